@@ -1,0 +1,417 @@
+"""SO8TModel: a dual-head, SO(8)-gated wrapper around any Hugging Face causal LM.
+
+- TaskHeadA is the base model's own LM head: it writes answers and rationales.
+- SafetyHeadB reads the final-norm hidden state at the decision position (the last
+  prompt token; by default the last non-pad token) and gives logits over
+  ALLOW / REFUSE / ESCALATE.
+- LoRA adapters come from peft; the SO(8) gate pairs wrap each configured layer's
+  ``o_proj``. The HF model itself is never copied or edited in its code.
+
+A checkpoint folder holds ``so8t_model.yaml`` (model config), ``adapter.safetensors``
+(LoRA + gates + head), ``tokenizer/`` and, for the tiny preset whose random base
+cannot be downloaded again, ``base/`` (a plain HF model folder).
+"""
+
+from __future__ import annotations
+
+import copy
+import json
+import os
+import shutil
+import tempfile
+from dataclasses import dataclass
+from pathlib import Path
+
+import torch
+import yaml
+from safetensors import SafetensorError
+from safetensors.torch import load_file, save_file
+from torch import nn
+from transformers import AutoModelForCausalLM, PreTrainedModel, Qwen2Config, Qwen2ForCausalLM
+
+from .config import LABELS, ConfigError, ModelConfig
+from .gates import GatedLinear, GatePair, fold_rotation_into_linear
+from .prompts import format_prompt
+from .tokenizer import load_tokenizer, tiny_tokenizer
+
+CHECKPOINT_FORMAT = 1
+MODEL_CONFIG_FILE = "so8t_model.yaml"
+ADAPTER_FILE = "adapter.safetensors"
+
+
+class CheckpointError(RuntimeError):
+    """A checkpoint folder that is missing, incomplete or damaged; the message names the file."""
+
+
+@dataclass
+class SO8TOutput:
+    logits: torch.Tensor | None  # (B, T, V) from TaskHeadA, None when not requested
+    safety_logits: torch.Tensor  # (B, 3) from SafetyHeadB, before temperature
+    pooled: torch.Tensor  # (B, D) final-norm state at the decision position
+    hidden_states: tuple[torch.Tensor, ...] | None  # decoder states (embeddings, layers..., final norm)
+
+
+def last_token_index(attention_mask: torch.Tensor) -> torch.Tensor:
+    """Index of the last non-pad token of each row; works for left and right padding."""
+    if (attention_mask.sum(-1) == 0).any():
+        raise ValueError("a row of the batch has no tokens (attention_mask all zero)")
+    positions = torch.arange(1, attention_mask.shape[-1] + 1, device=attention_mask.device)
+    return (attention_mask.long() * positions).argmax(-1)
+
+
+def position_ids_from_mask(attention_mask: torch.Tensor) -> torch.Tensor:
+    """Positions counted over real tokens only, so left padding does not shift RoPE."""
+    return (attention_mask.long().cumsum(-1) - 1).clamp(min=0)
+
+
+class SafetyHeadB(nn.Module):
+    """Small classifier over the decision state; small enough to travel in GGUF metadata."""
+
+    def __init__(self, hidden_size: int, hidden_units: int = 0, dropout: float = 0.1, n_labels: int = len(LABELS)):
+        super().__init__()
+        layers: list[nn.Module] = [nn.Dropout(dropout)]
+        width = hidden_size
+        if hidden_units:
+            layers += [nn.Linear(hidden_size, hidden_units), nn.GELU(approximate="tanh")]
+            width = hidden_units
+        layers.append(nn.Linear(width, n_labels))
+        self.net = nn.Sequential(*layers)
+        # Calibration temperature (fitted after training); logits are divided by it for probabilities.
+        self.register_buffer("temperature", torch.ones(()))
+
+    def forward(self, pooled: torch.Tensor) -> torch.Tensor:
+        return self.net(pooled.float())
+
+    def probabilities(self, logits: torch.Tensor) -> torch.Tensor:
+        return torch.softmax(logits / self.temperature, dim=-1)
+
+
+def _want_4bit(cfg: ModelConfig) -> bool:
+    return cfg.load_in_4bit is True or (cfg.load_in_4bit == "auto" and torch.cuda.is_available())
+
+
+def _torch_dtype(cfg: ModelConfig) -> torch.dtype:
+    return {"float32": torch.float32, "bfloat16": torch.bfloat16, "float16": torch.float16}[cfg.dtype]
+
+
+def build_tiny_base(cfg: ModelConfig, tokenizer=None):
+    """The tiny Qwen2-shaped model (random weights) and the project's tokenizer, in one call."""
+    tokenizer = tokenizer if tokenizer is not None else tiny_tokenizer(cfg.tiny.vocab_size)
+    arch = cfg.tiny
+    hf_config = Qwen2Config(
+        vocab_size=len(tokenizer),
+        hidden_size=arch.hidden_size,
+        num_hidden_layers=arch.num_hidden_layers,
+        num_attention_heads=arch.num_attention_heads,
+        num_key_value_heads=arch.num_key_value_heads,
+        intermediate_size=arch.intermediate_size,
+        max_position_embeddings=arch.max_position_embeddings,
+        rope_theta=arch.rope_theta,
+        tie_word_embeddings=False,
+        eos_token_id=tokenizer.eos_token_id,
+        pad_token_id=tokenizer.pad_token_id,
+        bos_token_id=None,
+    )
+    hf_config._attn_implementation = cfg.attn_implementation
+    torch.manual_seed(cfg.seed)
+    return Qwen2ForCausalLM(hf_config).to(_torch_dtype(cfg)), tokenizer
+
+
+def load_pretrained_base(path_or_id: str, cfg: ModelConfig):
+    """from_pretrained by hub id or local folder; nf4 4-bit via bitsandbytes when CUDA is present."""
+    kwargs: dict = {"dtype": _torch_dtype(cfg), "attn_implementation": cfg.attn_implementation}
+    if _want_4bit(cfg):
+        from transformers import BitsAndBytesConfig
+
+        kwargs["quantization_config"] = BitsAndBytesConfig(
+            load_in_4bit=True,
+            bnb_4bit_quant_type="nf4",
+            bnb_4bit_use_double_quant=True,
+            bnb_4bit_compute_dtype=torch.bfloat16 if torch.cuda.is_available() else torch.float32,
+        )
+        if torch.cuda.is_available():
+            kwargs["device_map"] = {"": 0}
+    try:
+        lm = AutoModelForCausalLM.from_pretrained(path_or_id, **kwargs)
+    except OSError as exc:
+        raise CheckpointError(
+            f"cannot load base model {path_or_id!r}: {exc}. There is no model hub on this machine: "
+            "point model.base_model at a local folder, or use the 'tiny' preset."
+        ) from exc
+    if _want_4bit(cfg):
+        _disable_avx512bf16(lm)
+    local = Path(path_or_id)
+    tokenizer = load_tokenizer(local) if (local / "tokenizer.json").is_file() else _hub_tokenizer(path_or_id)
+    return lm, tokenizer
+
+
+def _hub_tokenizer(path_or_id: str):
+    from transformers import AutoTokenizer
+
+    return AutoTokenizer.from_pretrained(path_or_id)
+
+
+def _disable_avx512bf16(lm: nn.Module) -> None:
+    """bitsandbytes 0.50 on CPU: training after an eval forward fails on AVX512-BF16 CPUs otherwise."""
+    for module in lm.modules():
+        if type(module).__name__ == "Linear4bit":
+            module.support_avx512bf16_for_cpu = False
+
+
+def _resolve_layers(spec, n_layers: int) -> list[int]:
+    if spec == "all":
+        return list(range(n_layers))
+    resolved = []
+    for index in spec:
+        if not -n_layers <= index < n_layers:
+            raise ConfigError(f"model.gates.layers: layer {index} does not exist (the model has {n_layers})")
+        resolved.append(index % n_layers)
+    return sorted(set(resolved))
+
+
+def _split_attr(root: nn.Module, dotted: str) -> tuple[nn.Module, str]:
+    *parents, leaf = dotted.split(".")
+    for name in parents:
+        root = getattr(root, name)
+    return root, leaf
+
+
+class SO8TModel(nn.Module):
+    """Base LM + LoRA + SO(8) gates + SafetyHeadB. Build with ``from_config`` or ``load``."""
+
+    def __init__(self, lm: PreTrainedModel, tokenizer, config: ModelConfig) -> None:
+        super().__init__()
+        self.config = config
+        self.tokenizer = tokenizer
+        for param in lm.parameters():
+            param.requires_grad_(False)
+        torch.manual_seed(config.seed)
+        if config.lora.r > 0:
+            from peft import LoraConfig as PeftLoraConfig
+            from peft import get_peft_model
+
+            lm = get_peft_model(
+                lm,
+                PeftLoraConfig(
+                    r=config.lora.r,
+                    lora_alpha=config.lora.alpha,
+                    lora_dropout=config.lora.dropout,
+                    target_modules=list(config.lora.target_modules),
+                    bias="none",
+                    task_type="CAUSAL_LM",
+                ),
+            )
+        self.lm = lm
+        hidden = self.causal_lm.config.hidden_size
+        self.gated_layers: list[int] = []
+        if config.gates.order != "none":
+            layers = self.decoder_layers
+            self.gated_layers = _resolve_layers(config.gates.layers, len(layers))
+            for index in self.gated_layers:
+                parent, leaf = _split_attr(layers[index], config.gates.target)
+                setattr(parent, leaf, GatedLinear(getattr(parent, leaf), GatePair(hidden, config.gates.order)))
+        self.safety_head = SafetyHeadB(hidden, config.head.hidden_units, config.head.dropout)
+        device = next(self.causal_lm.parameters()).device
+        self.safety_head.to(device)
+        for gate in self.gate_pairs().values():
+            gate.to(device)
+
+    # ----- construction -------------------------------------------------------------------------
+    @classmethod
+    def from_config(cls, config: ModelConfig, tokenizer=None) -> "SO8TModel":
+        """Build from a model config: the tiny preset from scratch (with ``tokenizer`` if given,
+        else the project's cached one), other presets via from_pretrained."""
+        if config.preset == "tiny":
+            if config.load_in_4bit is True:
+                raise ConfigError(
+                    "model.load_in_4bit: true is not supported for the tiny preset at build time; "
+                    "save the model and reload it with preset 'hf' and load_in_4bit: true"
+                )
+            lm, tokenizer = build_tiny_base(config, tokenizer)
+        else:
+            lm, tokenizer = load_pretrained_base(config.resolved_base_model(), config)
+        return cls(lm, tokenizer, config)
+
+    # ----- structure ----------------------------------------------------------------------------
+    @property
+    def causal_lm(self) -> PreTrainedModel:
+        """The HF causal LM (with LoRA layers injected when LoRA is on)."""
+        return self.lm.get_base_model() if hasattr(self.lm, "get_base_model") else self.lm
+
+    @property
+    def decoder_layers(self) -> nn.ModuleList:
+        return self.causal_lm.get_decoder().layers
+
+    def gate_pairs(self) -> dict[int, GatePair]:
+        pairs = {}
+        for index in self.gated_layers:
+            parent, leaf = _split_attr(self.decoder_layers[index], self.config.gates.target)
+            pairs[index] = getattr(parent, leaf).gate
+        return pairs
+
+    def named_parameter_groups(self) -> dict[str, list[tuple[str, nn.Parameter]]]:
+        """The dual policy: task side (LoRA, R_cmd) and safety side (R_safe, SafetyHeadB)."""
+        groups: dict[str, list[tuple[str, nn.Parameter]]] = {"task": [], "safety": []}
+        for name, param in self.named_parameters():
+            if "lora_" in name or ".r_cmd." in name:
+                groups["task"].append((name, param))
+            elif ".r_safe." in name or name.startswith("safety_head."):
+                groups["safety"].append((name, param))
+        return groups
+
+    def adapter_state_dict(self) -> dict[str, torch.Tensor]:
+        """Everything SO8T adds to the base model: LoRA, gates, the head (with its temperature)."""
+        return {
+            name: tensor.detach().contiguous()
+            for name, tensor in self.state_dict().items()
+            if "lora_" in name or ".r_safe." in name or ".r_cmd." in name or name.startswith("safety_head.")
+        }
+
+    # ----- forward ------------------------------------------------------------------------------
+    def forward(
+        self,
+        input_ids: torch.Tensor,
+        attention_mask: torch.Tensor | None = None,
+        decision_positions: torch.Tensor | None = None,
+        return_lm_logits: bool = True,
+        output_hidden_states: bool = False,
+    ) -> SO8TOutput:
+        """Both heads from one pass. ``decision_positions`` (B,) picks the state SafetyHeadB reads;
+        by default the last non-pad token. Training passes the end of the prompt, so the head
+        never sees the target answer or rationale."""
+        if attention_mask is None:
+            attention_mask = torch.ones_like(input_ids)
+        lm = self.causal_lm
+        out = lm.get_decoder()(
+            input_ids=input_ids,
+            attention_mask=attention_mask,
+            position_ids=position_ids_from_mask(attention_mask),
+            use_cache=False,
+            output_hidden_states=output_hidden_states,
+        )
+        hidden = out.last_hidden_state  # after the final norm
+        if decision_positions is None:
+            decision_positions = last_token_index(attention_mask)
+        pooled = hidden[torch.arange(hidden.shape[0], device=hidden.device), decision_positions]
+        logits = lm.get_output_embeddings()(hidden) if return_lm_logits else None
+        return SO8TOutput(logits, self.safety_head(pooled), pooled, out.hidden_states if output_hidden_states else None)
+
+    @torch.no_grad()
+    def decide(self, requests: list[str], contexts: list[str | None] | None = None) -> torch.Tensor:
+        """Probabilities (N, 3) over ALLOW, REFUSE, ESCALATE for raw requests (one prefill each batch)."""
+        contexts = contexts or [None] * len(requests)
+        prompts = [format_prompt(self.tokenizer, r, c) for r, c in zip(requests, contexts, strict=True)]
+        device = next(self.parameters()).device
+        batch = self.tokenizer(prompts, return_tensors="pt", padding=True).to(device)
+        out = self(batch["input_ids"], batch["attention_mask"], return_lm_logits=False)
+        return self.safety_head.probabilities(out.safety_logits)
+
+    # ----- export -------------------------------------------------------------------------------
+    @torch.no_grad()
+    def merge_for_export(self) -> tuple[PreTrainedModel, dict[str, torch.Tensor]]:
+        """A plain HF model computing the same function (LoRA merged, gates folded into o_proj),
+        plus SafetyHeadB's weights. The live model is left untouched."""
+        if any(type(m).__name__.endswith("4bit") for m in self.causal_lm.modules()):
+            raise RuntimeError(
+                "cannot merge into 4-bit weights exactly: reload the checkpoint with "
+                "model.load_in_4bit=false (fp16/bf16/fp32 base) and export from that"
+            )
+        clone = copy.deepcopy(self.lm)
+        merged = clone.merge_and_unload() if hasattr(clone, "merge_and_unload") else clone
+        layers = merged.get_decoder().layers
+        for index in self.gated_layers:
+            parent, leaf = _split_attr(layers[index], self.config.gates.target)
+            wrapper = getattr(parent, leaf)
+            setattr(parent, leaf, fold_rotation_into_linear(wrapper.wrapped, wrapper.gate.matrix()))
+        head_state = {k: v.detach().clone() for k, v in self.safety_head.state_dict().items()}
+        return merged.eval(), head_state
+
+    # ----- persistence --------------------------------------------------------------------------
+    def _base_state_for_saving(self) -> dict[str, torch.Tensor]:
+        """Base weights under their plain HF names (wrapper segments removed)."""
+        state = {}
+        for name, tensor in self.causal_lm.state_dict().items():
+            if "lora_" in name or ".r_safe." in name or ".r_cmd." in name:
+                continue
+            plain = name.replace(".wrapped", "").replace(".base_layer", "")
+            state[plain] = tensor
+        return state
+
+    def save(self, path: str | Path) -> Path:
+        """Write the checkpoint atomically: a temporary folder, then one rename."""
+        path = Path(path)
+        path.parent.mkdir(parents=True, exist_ok=True)
+        tmp = Path(tempfile.mkdtemp(prefix=f".{path.name}.tmp-", dir=path.parent))
+        try:
+            meta = {"format": CHECKPOINT_FORMAT, "model": self.config.model_dump(mode="json")}
+            (tmp / MODEL_CONFIG_FILE).write_text(yaml.safe_dump(meta, sort_keys=False), encoding="utf-8")
+            save_file(self.adapter_state_dict(), str(tmp / ADAPTER_FILE), metadata={"format": str(CHECKPOINT_FORMAT)})
+            self.tokenizer.save_pretrained(str(tmp / "tokenizer"))
+            if self.config.preset == "tiny":
+                lm = self.causal_lm
+                plain = type(lm)(lm.config)
+                plain.load_state_dict(self._base_state_for_saving(), strict=True)
+                plain.save_pretrained(str(tmp / "base"))
+            _replace_dir(tmp, path)
+        finally:
+            if tmp.exists():
+                shutil.rmtree(tmp, ignore_errors=True)
+        return path
+
+    @classmethod
+    def load(cls, path: str | Path, **model_overrides) -> "SO8TModel":
+        """Load a checkpoint written by ``save``; ``model_overrides`` change ModelConfig fields
+        (e.g. ``load_in_4bit=False`` to export a QLoRA run)."""
+        path = Path(path)
+        config_file = path / MODEL_CONFIG_FILE
+        if not config_file.is_file():
+            raise CheckpointError(f"{config_file}: missing; {path} is not an SO8T checkpoint folder")
+        try:
+            meta = yaml.safe_load(config_file.read_text(encoding="utf-8"))
+            config = ModelConfig.model_validate({**meta["model"], **model_overrides})
+        except Exception as exc:  # noqa: BLE001 - any parse failure means the same thing to the user
+            raise CheckpointError(f"{config_file}: unreadable or invalid ({exc})") from None
+        tokenizer = load_tokenizer(path / "tokenizer")
+        if (path / "base").is_dir():
+            lm, _ = load_pretrained_base(str(path / "base"), config.model_copy(update={"load_in_4bit": False}))
+        else:
+            lm, _ = load_pretrained_base(config.resolved_base_model(), config)
+        model = cls(lm, tokenizer, config)
+        model.load_adapter(path / ADAPTER_FILE)
+        return model.eval()
+
+    def load_adapter(self, file: str | Path) -> None:
+        file = Path(file)
+        try:
+            state = load_file(str(file))
+        except (SafetensorError, OSError, ValueError) as exc:
+            raise CheckpointError(f"{file}: damaged or truncated checkpoint file ({exc})") from None
+        expected = self.adapter_state_dict()
+        missing, extra = sorted(set(expected) - set(state)), sorted(set(state) - set(expected))
+        if missing or extra:
+            raise CheckpointError(
+                f"{file}: does not match this model config (missing {missing[:3]}{'...' if len(missing) > 3 else ''}, "
+                f"unexpected {extra[:3]}{'...' if len(extra) > 3 else ''})"
+            )
+        for name, tensor in state.items():
+            if tensor.shape != expected[name].shape:
+                raise CheckpointError(f"{file}: {name} has shape {tuple(tensor.shape)}, expected {tuple(expected[name].shape)}")
+        self.load_state_dict(state, strict=False)
+
+
+def _replace_dir(src: Path, dst: Path) -> None:
+    """Move a finished folder into place; an existing one is swapped out, never half overwritten."""
+    if dst.exists():
+        old = dst.with_name(f".{dst.name}.old-{os.getpid()}")
+        os.replace(dst, old)
+        os.replace(src, dst)
+        shutil.rmtree(old, ignore_errors=True)
+    else:
+        os.replace(src, dst)
+
+
+def describe_probabilities(probs: torch.Tensor) -> list[dict[str, float]]:
+    return [{label: round(float(p), 4) for label, p in zip(LABELS, row)} for row in probs]
+
+
+__all__ = ["SO8TModel", "SO8TOutput", "SafetyHeadB", "CheckpointError", "LABELS", "json"]

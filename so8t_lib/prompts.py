@@ -1,0 +1,27 @@
+"""The one prompt format both heads read.
+
+SafetyHeadB decides from the hidden state of the prompt's last token (the start of
+the assistant turn), TaskHeadA continues from the same place with the answer or the
+rationale. Training, evaluation, the GGUF runtime and the agent all build prompts here.
+"""
+
+from __future__ import annotations
+
+SYSTEM_PROMPT = (
+    "You are SO8T, a workplace assistant. Decide whether the employee's request is ALLOW, "
+    "REFUSE or ESCALATE under the company safety policy, then answer it or explain the decision."
+)
+
+
+def build_messages(user_request: str, context: str | None = None) -> list[dict[str, str]]:
+    content = f"Context: {context.strip()}\n\nRequest: {user_request.strip()}" if context and context.strip() \
+        else f"Request: {user_request.strip()}"
+    return [{"role": "system", "content": SYSTEM_PROMPT}, {"role": "user", "content": content}]
+
+
+def format_prompt(tokenizer, user_request: str, context: str | None = None) -> str:
+    """Prompt text ending where the assistant turn begins (chat template when the tokenizer has one)."""
+    messages = build_messages(user_request, context)
+    if getattr(tokenizer, "chat_template", None):
+        return tokenizer.apply_chat_template(messages, tokenize=False, add_generation_prompt=True)
+    return "\n\n".join(m["content"] for m in messages) + "\n\nDecision:"
