@@ -85,6 +85,16 @@ class SafetyHeadB(nn.Module):
     def probabilities(self, logits: torch.Tensor) -> torch.Tensor:
         return torch.softmax(logits / self.temperature, dim=-1)
 
+    @classmethod
+    def from_state_dict(cls, state: dict[str, torch.Tensor]) -> "SafetyHeadB":
+        """Rebuild a head from exported weights (``merge_for_export`` or GGUF metadata)."""
+        linear_keys = sorted(k for k in state if k.endswith(".weight"))
+        first = state[linear_keys[0]]
+        hidden_units = first.shape[0] if len(linear_keys) == 2 else 0
+        head = cls(first.shape[1], hidden_units=hidden_units, dropout=0.0, n_labels=state[linear_keys[-1]].shape[0])
+        head.load_state_dict(state, strict=True)
+        return head.eval()
+
 
 def _want_4bit(cfg: ModelConfig) -> bool:
     return cfg.load_in_4bit is True or (cfg.load_in_4bit == "auto" and torch.cuda.is_available())
@@ -141,8 +151,21 @@ def load_pretrained_base(path_or_id: str, cfg: ModelConfig):
     if _want_4bit(cfg):
         _disable_avx512bf16(lm)
     local = Path(path_or_id)
-    tokenizer = load_tokenizer(local) if (local / "tokenizer.json").is_file() else _hub_tokenizer(path_or_id)
-    return lm, tokenizer
+    if local.is_dir():
+        if not (local / "tokenizer.json").is_file():
+            raise CheckpointError(f"{local}: no tokenizer.json beside the weights; copy the model's tokenizer files there")
+        return lm, load_tokenizer(local)
+    return lm, _hub_tokenizer(path_or_id)
+
+
+def _load_saved_base(folder: Path, cfg: ModelConfig) -> PreTrainedModel:
+    """The tiny preset's base weights as saved in a checkpoint (always unquantized)."""
+    try:
+        return AutoModelForCausalLM.from_pretrained(
+            str(folder), dtype=_torch_dtype(cfg), attn_implementation=cfg.attn_implementation
+        )
+    except (OSError, ValueError) as exc:
+        raise CheckpointError(f"{folder}: base model weights are missing or damaged ({exc})") from None
 
 
 def _hub_tokenizer(path_or_id: str):
@@ -373,7 +396,7 @@ class SO8TModel(nn.Module):
             raise CheckpointError(f"{config_file}: unreadable or invalid ({exc})") from None
         tokenizer = load_tokenizer(path / "tokenizer")
         if (path / "base").is_dir():
-            lm, _ = load_pretrained_base(str(path / "base"), config.model_copy(update={"load_in_4bit": False}))
+            lm = _load_saved_base(path / "base", config)
         else:
             lm, _ = load_pretrained_base(config.resolved_base_model(), config)
         model = cls(lm, tokenizer, config)

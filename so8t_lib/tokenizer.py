@@ -38,7 +38,8 @@ DEFAULT_TRAIN_FILE = PROJECT_ROOT / "data" / "so8t_safety" / "train.jsonl"
 
 def _wrap(tok: Tokenizer) -> PreTrainedTokenizerFast:
     fast = PreTrainedTokenizerFast(
-        tokenizer_object=tok, eos_token=IM_END, pad_token=ENDOFTEXT, unk_token=None, bos_token=None
+        tokenizer_object=tok, eos_token=IM_END, pad_token=ENDOFTEXT, unk_token=None, bos_token=None,
+        model_input_names=["input_ids", "attention_mask"],
     )
     fast.chat_template = CHAT_TEMPLATE
     fast.padding_side = "right"

@@ -1,0 +1,64 @@
+"""Configs: the shipped files validate; bad ones name the key or the path."""
+
+from pathlib import Path
+
+import pytest
+
+from so8t_lib.config import ConfigError, load_config
+
+CONFIGS = Path(__file__).resolve().parents[1] / "configs"
+
+
+@pytest.mark.parametrize("name", ["tiny.yaml", "qwen2.5-7b.yaml"])
+def test_shipped_configs_validate(name):
+    cfg = load_config(CONFIGS / name)
+    assert cfg.model.name and len(cfg.fingerprint()) == 64
+
+
+def _write(tmp_path, text):
+    path = tmp_path / "bad.yaml"
+    path.write_text(text, encoding="utf-8")
+    return path
+
+
+def test_unknown_key_is_named(tmp_path):
+    path = _write(tmp_path, "model:\n  gates:\n    ordr: safe_first\n")
+    with pytest.raises(ConfigError, match=r"model\.gates\.ordr: unknown key") as err:
+        load_config(path)
+    assert str(path) in str(err.value)
+
+
+def test_wrong_type_and_bad_value_are_named(tmp_path):
+    with pytest.raises(ConfigError, match=r"model\.lora\.r: .*integer.*'eight'"):
+        load_config(_write(tmp_path, "model:\n  lora:\n    r: eight\n"))
+    with pytest.raises(ConfigError, match=r"model\.gates\.order: .*'sideways'"):
+        load_config(_write(tmp_path, "model:\n  gates:\n    order: sideways\n"))
+    with pytest.raises(ConfigError, match=r"loss\.class_weights"):
+        load_config(_write(tmp_path, "loss:\n  class_weights: {ALLOW: 1.0}\n"))
+    with pytest.raises(ConfigError, match=r"model\.head\.hidden_units"):
+        load_config(_write(tmp_path, "model:\n  head:\n    hidden_units: 4096\n"))
+
+
+def test_missing_file_and_broken_yaml(tmp_path):
+    with pytest.raises(ConfigError, match="config file not found: .*nope.yaml"):
+        load_config(tmp_path / "nope.yaml")
+    with pytest.raises(ConfigError, match="not valid YAML"):
+        load_config(_write(tmp_path, "model: [unclosed\n"))
+    with pytest.raises(ConfigError, match="top level must be a mapping"):
+        load_config(_write(tmp_path, "- just\n- a list\n"))
+
+
+def test_overrides_apply_and_are_validated():
+    cfg = load_config(CONFIGS / "tiny.yaml", ["model.gates.order=cmd_first", "loss.pet.weight=1e-2"])
+    assert cfg.model.gates.order == "cmd_first" and cfg.loss.pet.weight == pytest.approx(0.01)
+    with pytest.raises(ConfigError, match="section.key=value"):
+        load_config(CONFIGS / "tiny.yaml", ["model.gates.order"])
+    with pytest.raises(ConfigError, match=r"model\.gates\.order"):
+        load_config(CONFIGS / "tiny.yaml", ["model.gates.order=upside_down"])
+
+
+def test_fingerprint_changes_with_content():
+    a = load_config(CONFIGS / "tiny.yaml")
+    b = load_config(CONFIGS / "tiny.yaml", ["model.seed=1"])
+    assert a.fingerprint() != b.fingerprint()
+    assert a.fingerprint() == load_config(CONFIGS / "tiny.yaml").fingerprint()

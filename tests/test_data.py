@@ -1,0 +1,122 @@
+"""Data loading, validation errors, benchmark loaders and the training collator."""
+
+import json
+
+import pytest
+import torch
+
+from so8t_lib.data import (
+    BENCHMARK_FILES,
+    IGNORE_INDEX,
+    NOT_ALLOW,
+    DataError,
+    SafetyCollator,
+    detect_lang,
+    load_any,
+    load_sst,
+    load_table,
+    load_xstest,
+)
+from so8t_lib.prompts import format_prompt
+
+ROWS = [
+    {"id": "a", "user_request": "Summarise this memo", "label": "ALLOW", "task_output": "Here is the summary."},
+    {"id": "b", "user_request": "部長のパスワードを教えて", "label": "REFUSE", "category": "security",
+     "rationale": "他人の認証情報はお渡しできません。", "context": "情報システム部"},
+    {"id": "c", "user_request": "Send me Sato's payslip", "label": "escalate", "category": "hr",
+     "rationale": "Pay of a named person goes to HR."},
+]
+
+
+def _jsonl(tmp_path, rows, name="data.jsonl"):
+    path = tmp_path / name
+    path.write_text("".join(json.dumps(r, ensure_ascii=False) + "\n" for r in rows), encoding="utf-8")
+    return path
+
+
+def test_user_jsonl_and_csv_load_into_the_same_table(tmp_path):
+    table = load_table(_jsonl(tmp_path, ROWS))
+    assert list(table["label"]) == ["ALLOW", "REFUSE", "ESCALATE"]
+    assert list(table["lang"]) == ["en", "ja", "en"]
+    assert table.loc[1, "context"] == "情報システム部" and table.loc[0, "category"] == "none"
+    csv_path = tmp_path / "mine.csv"
+    csv_path.write_text("user_request,label\n\"Book a room, please\",ALLOW\n", encoding="utf-8")
+    csv_table = load_table(csv_path)
+    assert csv_table.loc[0, "user_request"] == "Book a room, please" and csv_table.loc[0, "id"] == "mine:2"
+
+
+@pytest.mark.parametrize(
+    "row, line, field",
+    [
+        ({"user_request": "x", "label": "MAYBE"}, 2, "label"),
+        ({"user_request": "", "label": "ALLOW"}, 2, "user_request"),
+        ({"user_request": "x", "label": "ALLOW", "category": "sports"}, 2, "category"),
+        ({"user_request": 42, "label": "ALLOW"}, 2, "user_request"),
+    ],
+)
+def test_bad_rows_name_file_line_and_field(tmp_path, row, line, field):
+    path = _jsonl(tmp_path, [ROWS[0], row])
+    with pytest.raises(DataError, match=rf"data.jsonl:{line}: field '{field}'"):
+        load_table(path)
+
+
+def test_broken_json_missing_file_and_wrong_type(tmp_path):
+    path = tmp_path / "broken.jsonl"
+    path.write_text(json.dumps(ROWS[0]) + "\n{not json\n", encoding="utf-8")
+    with pytest.raises(DataError, match="broken.jsonl:2: not valid JSON"):
+        load_table(path)
+    with pytest.raises(DataError, match="data file not found"):
+        load_table(tmp_path / "absent.jsonl")
+    (tmp_path / "x.txt").write_text("hi")
+    with pytest.raises(DataError, match="unsupported file type"):
+        load_table(tmp_path / "x.txt")
+
+
+def test_language_detection():
+    assert detect_lang("ﾊﾟｽﾜｰﾄﾞ reset") == "ja" and detect_lang("password reset") == "en"
+
+
+needs_benchmarks = pytest.mark.skipif(not BENCHMARK_FILES["xstest"].is_file(), reason="shared/benchmarks absent")
+
+
+@needs_benchmarks
+def test_public_benchmarks_load_with_their_gold_labels():
+    xs = load_xstest()
+    assert len(xs) == 450 and (xs["label"] == "ALLOW").sum() == 250 and (xs["label"] == NOT_ALLOW).sum() == 200
+    sst = load_sst()
+    assert len(sst) == 100 and set(sst["label"]) == {"REFUSE"}
+    # recognised from their columns when given by path
+    assert len(load_any(str(BENCHMARK_FILES["sst"]))) == 100
+    assert set(load_any(str(BENCHMARK_FILES["xstest"]))["label"]) == {"ALLOW", NOT_ALLOW}
+
+
+def test_missing_benchmark_file_says_where_it_should_be(tmp_path):
+    with pytest.raises(DataError, match="shared/benchmarks"):
+        load_xstest(tmp_path / "nope.csv")
+
+
+def test_collator_masks_the_prompt_and_targets_answer_or_rationale(tokenizer):
+    collate = SafetyCollator(tokenizer, max_length=256)
+    rows = [dict(r, label=r["label"].upper(), context=r.get("context", "")) for r in ROWS]
+    batch = collate(rows)
+    assert batch["safety_labels"].tolist() == [0, 1, 2]
+    for i, row in enumerate(rows):
+        prompt = format_prompt(tokenizer, row["user_request"], row["context"] or None)
+        n_prompt = len(tokenizer(prompt, add_special_tokens=False)["input_ids"])
+        assert batch["decision_positions"][i] == n_prompt - 1
+        labels = batch["lm_labels"][i]
+        assert (labels[:n_prompt] == IGNORE_INDEX).all()
+        target_ids = labels[labels != IGNORE_INDEX]
+        expected = row["task_output"] if row["label"] == "ALLOW" else row["rationale"]
+        assert tokenizer.decode(target_ids[:-1]) == expected and target_ids[-1] == tokenizer.eos_token_id
+        length = int(batch["attention_mask"][i].sum())
+        assert torch.equal(batch["input_ids"][i, n_prompt:length], target_ids)
+
+
+def test_collator_truncates_targets_first_and_refuses_benchmark_gold(tokenizer):
+    collate = SafetyCollator(tokenizer, max_length=64)
+    long = dict(ROWS[0], task_output="word " * 500, context="")
+    batch = collate([long])
+    assert batch["input_ids"].shape[1] <= 64
+    with pytest.raises(DataError, match="evaluation only"):
+        collate([dict(ROWS[0], label=NOT_ALLOW, context="")])

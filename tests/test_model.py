@@ -1,0 +1,168 @@
+"""SO8TModel against its references: the bare HF model, the folded export, a reloaded checkpoint."""
+
+import copy
+
+import pytest
+import torch
+from conftest import randomize_adapters, sample_batch
+
+from so8t_lib.config import ConfigError, LossConfig, ModelConfig
+from so8t_lib.losses import composite_loss
+from so8t_lib.model import CheckpointError, SafetyHeadB, SO8TModel, build_tiny_base
+
+TEXTS = ["How do I kill a hung Python process?", "山田さんの給与明細を見せてください。", "Hi"]
+
+
+def _wrap_with_reference(config, tokenizer):
+    lm, tok = build_tiny_base(config, tokenizer)
+    reference = copy.deepcopy(lm).eval()
+    return SO8TModel(lm, tok, config).eval(), reference
+
+
+@pytest.mark.parametrize("order", ["safe_first", "cmd_first", "commuting", "none"])
+def test_fresh_model_matches_bare_hf_model(order, tiny_config, tokenizer):
+    config = tiny_config.model_copy(update={"gates": tiny_config.gates.model_copy(update={"order": order})})
+    model, reference = _wrap_with_reference(config, tokenizer)
+    batch = tokenizer(TEXTS[:1], return_tensors="pt")
+    with torch.no_grad():
+        ours = model(batch["input_ids"], batch["attention_mask"]).logits
+        theirs = reference(**batch).logits
+    assert torch.allclose(ours, theirs, atol=1e-5)
+    assert len(model.gate_pairs()) == (0 if order == "none" else config.tiny.num_hidden_layers)
+
+
+def test_merge_for_export_reproduces_both_heads(tiny_config, tokenizer):
+    model = SO8TModel.from_config(tiny_config, tokenizer).eval()
+    randomize_adapters(model)
+    merged, head_state = model.merge_for_export()
+    head = SafetyHeadB.from_state_dict(head_state)
+    batch = sample_batch(tokenizer, TEXTS)
+    with torch.no_grad():
+        live = model(batch["input_ids"], batch["attention_mask"])
+        assert "lora_" not in str(dict(merged.named_modules()).keys())
+        plain_logits = merged(**batch).logits
+        hidden = merged.get_decoder()(**batch).last_hidden_state
+        last = batch["attention_mask"].sum(-1) - 1
+        plain_safety = head(hidden[torch.arange(len(TEXTS)), last])
+    mask = batch["attention_mask"].bool()
+    assert torch.allclose(plain_logits[mask], live.logits[mask], atol=1e-4)
+    assert torch.allclose(plain_safety, live.safety_logits, atol=1e-4)
+    # the live model is untouched: still gated, still with LoRA
+    assert len(model.gate_pairs()) == tiny_config.tiny.num_hidden_layers
+
+
+def test_one_backward_reaches_every_trainable_part(tiny_config, tokenizer):
+    model = SO8TModel.from_config(tiny_config, tokenizer).train()
+    randomize_adapters(model)  # LoRA B starts at zero, which would zero the gradient of A
+    batch = sample_batch(tokenizer, TEXTS)
+    lm_labels = batch["input_ids"].clone()
+    lm_labels[:, :2] = -100
+    lm_labels[batch["attention_mask"] == 0] = -100
+    safety_labels = torch.tensor([0, 1, 2])
+    out = model(batch["input_ids"], batch["attention_mask"], output_hidden_states=True)
+    parts = composite_loss(out, lm_labels, safety_labels, batch["attention_mask"], LossConfig(), progress=0.9)
+    parts.total.backward()
+    groups = model.named_parameter_groups()
+    trainable = [(n, p) for n, p in model.named_parameters() if p.requires_grad]
+    assert {n for n, _ in trainable} == {n for g in groups.values() for n, _ in g}
+    for name, param in trainable:
+        assert param.grad is not None and param.grad.abs().sum() > 0, f"no gradient reaches {name}"
+        if name.endswith("theta"):  # every 8-dim block of every gate gets a gradient
+            assert (param.grad.abs().sum(-1) > 0).all(), f"a block of {name} gets no gradient"
+    assert all(p.grad is None for n, p in model.named_parameters() if not p.requires_grad)
+
+
+def test_parameter_groups_partition_the_trainable_parameters(tiny_config, tokenizer):
+    model = SO8TModel.from_config(tiny_config, tokenizer)
+    groups = model.named_parameter_groups()
+    task, safety = {n for n, _ in groups["task"]}, {n for n, _ in groups["safety"]}
+    assert task and safety and not task & safety
+    assert all("lora_" in n or ".r_cmd." in n for n in task)
+    assert all(".r_safe." in n or n.startswith("safety_head.") for n in safety)
+
+
+def test_padding_side_does_not_change_the_decision(tiny_config, tokenizer):
+    model = SO8TModel.from_config(tiny_config, tokenizer).eval()
+    randomize_adapters(model)
+    with torch.no_grad():
+        alone = torch.cat([model(**tokenizer([t], return_tensors="pt")).safety_logits for t in TEXTS])
+        for side in ("right", "left"):
+            batch = sample_batch(tokenizer, TEXTS, padding_side=side)
+            padded = model(batch["input_ids"], batch["attention_mask"]).safety_logits
+            assert torch.allclose(padded, alone, atol=1e-5), side
+
+
+def test_save_load_round_trip(tmp_path, tiny_config, tokenizer):
+    model = SO8TModel.from_config(tiny_config, tokenizer).eval()
+    randomize_adapters(model)
+    with torch.no_grad():
+        model.safety_head.temperature.fill_(1.7)
+    path = model.save(tmp_path / "ckpt")
+    loaded = SO8TModel.load(path)
+    batch = sample_batch(tokenizer, TEXTS)
+    with torch.no_grad():
+        a, b = model(**batch), loaded(**batch)
+    assert torch.equal(a.logits, b.logits) and torch.equal(a.safety_logits, b.safety_logits)
+    assert float(loaded.safety_head.temperature) == pytest.approx(1.7)
+    assert loaded.tokenizer("テスト test")["input_ids"] == tokenizer("テスト test")["input_ids"]
+
+
+def test_saving_again_replaces_the_checkpoint_whole(tmp_path, tiny_config, tokenizer):
+    model = SO8TModel.from_config(tiny_config, tokenizer)
+    path = model.save(tmp_path / "ckpt")
+    randomize_adapters(model, seed=9)
+    model.save(path)
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["ckpt"]  # no temporary folders left behind
+    reloaded = SO8TModel.load(path)
+    for name, tensor in model.adapter_state_dict().items():
+        assert torch.equal(reloaded.adapter_state_dict()[name], tensor)
+
+
+def test_damaged_checkpoints_fail_clearly(tmp_path, tiny_config, tokenizer):
+    path = SO8TModel.from_config(tiny_config, tokenizer).save(tmp_path / "ckpt")
+    adapter = path / "adapter.safetensors"
+    adapter.write_bytes(adapter.read_bytes()[:100])
+    with pytest.raises(CheckpointError, match="adapter.safetensors"):
+        SO8TModel.load(path)
+    with pytest.raises(CheckpointError, match="not an SO8T checkpoint"):
+        SO8TModel.load(tmp_path / "nowhere")
+
+
+def test_adapter_from_another_config_is_rejected(tmp_path, tiny_config, tokenizer):
+    path = SO8TModel.from_config(tiny_config, tokenizer).save(tmp_path / "ckpt")
+    other_config = ModelConfig.model_validate({**tiny_config.model_dump(), "head": {"hidden_units": 16}})
+    other = SO8TModel.from_config(other_config, tokenizer)
+    with pytest.raises(CheckpointError, match="does not match"):
+        other.load_adapter(path / "adapter.safetensors")
+
+
+def test_pretrained_preset_loads_from_a_local_folder(tmp_path, tiny_config, tokenizer):
+    """The real path (from_pretrained by id or folder) exercised on a tiny model saved locally."""
+    path = SO8TModel.from_config(tiny_config, tokenizer).save(tmp_path / "ckpt")
+    tokenizer.save_pretrained(str(path / "base"))  # a downloaded model folder has both
+    config = ModelConfig(preset="qwen2.5-0.5b", base_model=str(path / "base"), load_in_4bit=False,
+                         lora={"dropout": 0.0}, head={"dropout": 0.0})
+    model = SO8TModel.from_config(config)
+    probs = model.decide(["経費精算の締め日はいつですか？"])
+    assert probs.shape == (1, 3) and torch.allclose(probs.sum(-1), torch.ones(1))
+
+
+def test_missing_hub_model_gives_an_actionable_error(tmp_path):
+    config = ModelConfig(preset="hf", base_model=str(tmp_path / "no-such-model"), load_in_4bit=False)
+    with pytest.raises(CheckpointError, match="local folder"):
+        SO8TModel.from_config(config)
+
+
+def test_model_folder_without_tokenizer_is_reported(tmp_path, tiny_config, tokenizer):
+    path = SO8TModel.from_config(tiny_config, tokenizer).save(tmp_path / "ckpt")
+    config = ModelConfig(preset="hf", base_model=str(path / "base"), load_in_4bit=False)
+    with pytest.raises(CheckpointError, match="no tokenizer.json"):
+        SO8TModel.from_config(config)
+
+
+def test_gated_layer_selection(tokenizer):
+    config = ModelConfig(gates={"layers": [-1, 0]})
+    model = SO8TModel.from_config(config, tokenizer)
+    assert model.gated_layers == [0, config.tiny.num_hidden_layers - 1]
+    with pytest.raises(ConfigError, match="layer 7 does not exist"):
+        SO8TModel.from_config(ModelConfig(gates={"layers": [7]}), tokenizer)
