@@ -972,9 +972,9 @@ def _markdown_table(df: "pandas.DataFrame") -> str:  # noqa: F821
     index_names = [n or "" for n in df.index.names]
     header = index_names + [str(c) for c in df.columns]
     lines = ["| " + " | ".join(header) + " |", "|" + "|".join(["---"] * len(index_names) + ["---:"] * len(df.columns)) + "|"]
-    for idx, row in df.iterrows():
+    for idx, vals in zip(df.index, df.itertuples(index=False)):  # itertuples keeps each column's dtype
         idx = idx if isinstance(idx, tuple) else (idx,)
-        cells = [str(i) for i in idx] + [str(v) for v in row.tolist()]
+        cells = [str(i) for i in idx] + [f"{v:.1f}" if isinstance(v, float) else str(v) for v in vals]
         lines.append("| " + " | ".join(cells) + " |")
     return "\n".join(lines)
 
