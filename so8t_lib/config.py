@@ -147,11 +147,54 @@ class LossConfig(_Section):
         return [self.class_weights[label] for label in LABELS]
 
 
+class OptimizerConfig(_Section):
+    """One side of the dual policy: AdamW with warm-up, then a constant, linear or cosine schedule."""
+
+    lr: float = Field(2e-4, gt=0)
+    weight_decay: float = Field(0.0, ge=0)
+    betas: tuple[float, float] = (0.9, 0.999)
+    warmup_steps: int = Field(0, ge=0)
+    schedule: Literal["constant", "linear", "cosine"] = "cosine"
+    min_lr_ratio: float = Field(0.1, ge=0, le=1, description="final lr / peak lr for linear and cosine")
+
+
+class EarlyStoppingConfig(_Section):
+    metric: Literal["safety_score", "refuse_recall", "macro_f1"] = "safety_score"
+    patience: int = Field(5, ge=1, description="evaluations without improvement before stopping")
+    min_delta: float = Field(0.0, ge=0)
+
+
+class TrainingConfig(_Section):
+    """The training loop (so8t_lib.train). Paths are relative to the working directory."""
+
+    data_dir: str = "data/so8t_safety"
+    output_dir: str = "checkpoints/so8t-tiny"
+    max_steps: int = Field(300, gt=0)
+    batch_size: int = Field(16, gt=0, description="per process, per micro-batch")
+    grad_accum: int = Field(1, gt=0)
+    max_length: int = Field(256, ge=8)
+    task_optimizer: OptimizerConfig = Field(default_factory=lambda: OptimizerConfig(lr=3e-4))
+    safety_optimizer: OptimizerConfig = Field(default_factory=lambda: OptimizerConfig(lr=2e-3))
+    max_grad_norm: float = Field(1.0, gt=0)
+    freeze_safety_at: float | None = Field(None, ge=0, le=1, description="progress after which the safety side stops updating")
+    gradient_checkpointing: bool = False
+    mixed_precision: Literal["no", "bf16", "fp16"] = "no"
+    eval_every: int = Field(50, gt=0)
+    eval_batch_size: int = Field(32, gt=0)
+    eval_max_rows: int | None = Field(None, gt=0, description="evaluate on the first N val rows (None: all)")
+    log_every: int = Field(10, gt=0)
+    early_stopping: EarlyStoppingConfig = Field(default_factory=EarlyStoppingConfig)
+    autosave_minutes: float = Field(5.0, gt=0)
+    save_every_steps: int = Field(0, ge=0, description="also save 'last' every N steps (0: time-based only)")
+    seed: int = 0
+
+
 class SO8TConfig(_Section):
-    """The whole config file: the model and its loss (training and runtime sections come with their modules)."""
+    """The whole config file: model, loss and training (runtime sections come with their modules)."""
 
     model: ModelConfig = Field(default_factory=ModelConfig)
     loss: LossConfig = Field(default_factory=LossConfig)
+    training: TrainingConfig = Field(default_factory=TrainingConfig)
 
     def to_dict(self) -> dict[str, Any]:
         return self.model_dump(mode="json")

@@ -15,10 +15,6 @@ cannot be downloaded again, ``base/`` (a plain HF model folder).
 from __future__ import annotations
 
 import copy
-import json
-import os
-import shutil
-import tempfile
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -29,6 +25,7 @@ from safetensors.torch import load_file, save_file
 from torch import nn
 from transformers import AutoModelForCausalLM, PreTrainedModel, Qwen2Config, Qwen2ForCausalLM
 
+from .checkpoint import CheckpointError, atomic_folder, recover_interrupted_swap, verify_manifest
 from .config import LABELS, ConfigError, ModelConfig
 from .gates import GatedLinear, GatePair, fold_rotation_into_linear
 from .prompts import format_prompt
@@ -37,10 +34,6 @@ from .tokenizer import load_tokenizer, tiny_tokenizer
 CHECKPOINT_FORMAT = 1
 MODEL_CONFIG_FILE = "so8t_model.yaml"
 ADAPTER_FILE = "adapter.safetensors"
-
-
-class CheckpointError(RuntimeError):
-    """A checkpoint folder that is missing, incomplete or damaged; the message names the file."""
 
 
 @dataclass
@@ -320,14 +313,37 @@ class SO8TModel(nn.Module):
         return SO8TOutput(logits, self.safety_head(pooled), pooled, out.hidden_states if output_hidden_states else None)
 
     @torch.no_grad()
-    def decide(self, requests: list[str], contexts: list[str | None] | None = None) -> torch.Tensor:
-        """Probabilities (N, 3) over ALLOW, REFUSE, ESCALATE for raw requests (one prefill each batch)."""
+    def decide(
+        self,
+        requests: list[str],
+        contexts: list[str | None] | None = None,
+        batch_size: int = 32,
+        progress: bool = False,
+    ) -> torch.Tensor:
+        """Probabilities (N, 3) over ALLOW, REFUSE, ESCALATE for raw requests: one prefill per batch,
+        no generation. Temperature-scaled when a temperature has been fitted."""
         contexts = contexts or [None] * len(requests)
-        prompts = [format_prompt(self.tokenizer, r, c) for r, c in zip(requests, contexts, strict=True)]
+        if len(contexts) != len(requests):
+            raise ValueError(f"{len(requests)} requests but {len(contexts)} contexts")
         device = next(self.parameters()).device
-        batch = self.tokenizer(prompts, return_tensors="pt", padding=True).to(device)
-        out = self(batch["input_ids"], batch["attention_mask"], return_lm_logits=False)
-        return self.safety_head.probabilities(out.safety_logits)
+        was_training = self.training
+        self.eval()
+        chunks = []
+        starts = range(0, len(requests), batch_size)
+        if progress:
+            from tqdm.auto import tqdm
+
+            starts = tqdm(starts, desc="deciding", unit="batch", leave=False)
+        try:
+            for start in starts:
+                prompts = [format_prompt(self.tokenizer, r, c) for r, c in
+                           zip(requests[start:start + batch_size], contexts[start:start + batch_size])]
+                batch = self.tokenizer(prompts, return_tensors="pt", padding=True).to(device)
+                out = self(batch["input_ids"], batch["attention_mask"], return_lm_logits=False)
+                chunks.append(self.safety_head.probabilities(out.safety_logits).cpu())
+        finally:
+            self.train(was_training)
+        return torch.cat(chunks) if chunks else torch.empty(0, len(LABELS))
 
     # ----- export -------------------------------------------------------------------------------
     @torch.no_grad()
@@ -360,32 +376,30 @@ class SO8TModel(nn.Module):
             state[plain] = tensor
         return state
 
+    def write_files(self, folder: Path) -> None:
+        """Write the checkpoint files into an existing folder (``save`` makes it atomic)."""
+        meta = {"format": CHECKPOINT_FORMAT, "model": self.config.model_dump(mode="json")}
+        (folder / MODEL_CONFIG_FILE).write_text(yaml.safe_dump(meta, sort_keys=False), encoding="utf-8")
+        save_file(self.adapter_state_dict(), str(folder / ADAPTER_FILE), metadata={"format": str(CHECKPOINT_FORMAT)})
+        self.tokenizer.save_pretrained(str(folder / "tokenizer"))
+        if self.config.preset == "tiny":
+            lm = self.causal_lm
+            plain = type(lm)(lm.config)
+            plain.load_state_dict(self._base_state_for_saving(), strict=True)
+            plain.save_pretrained(str(folder / "base"))
+
     def save(self, path: str | Path) -> Path:
-        """Write the checkpoint atomically: a temporary folder, then one rename."""
-        path = Path(path)
-        path.parent.mkdir(parents=True, exist_ok=True)
-        tmp = Path(tempfile.mkdtemp(prefix=f".{path.name}.tmp-", dir=path.parent))
-        try:
-            meta = {"format": CHECKPOINT_FORMAT, "model": self.config.model_dump(mode="json")}
-            (tmp / MODEL_CONFIG_FILE).write_text(yaml.safe_dump(meta, sort_keys=False), encoding="utf-8")
-            save_file(self.adapter_state_dict(), str(tmp / ADAPTER_FILE), metadata={"format": str(CHECKPOINT_FORMAT)})
-            self.tokenizer.save_pretrained(str(tmp / "tokenizer"))
-            if self.config.preset == "tiny":
-                lm = self.causal_lm
-                plain = type(lm)(lm.config)
-                plain.load_state_dict(self._base_state_for_saving(), strict=True)
-                plain.save_pretrained(str(tmp / "base"))
-            _replace_dir(tmp, path)
-        finally:
-            if tmp.exists():
-                shutil.rmtree(tmp, ignore_errors=True)
-        return path
+        """Write the checkpoint atomically: a temporary folder with a manifest, then one rename."""
+        with atomic_folder(path) as tmp:
+            self.write_files(tmp)
+        return Path(path)
 
     @classmethod
     def load(cls, path: str | Path, **model_overrides) -> "SO8TModel":
         """Load a checkpoint written by ``save``; ``model_overrides`` change ModelConfig fields
         (e.g. ``load_in_4bit=False`` to export a QLoRA run)."""
-        path = Path(path)
+        path = resolve_checkpoint(path)
+        verify_manifest(path)
         config_file = path / MODEL_CONFIG_FILE
         if not config_file.is_file():
             raise CheckpointError(f"{config_file}: missing; {path} is not an SO8T checkpoint folder")
@@ -422,19 +436,21 @@ class SO8TModel(nn.Module):
         self.load_state_dict(state, strict=False)
 
 
-def _replace_dir(src: Path, dst: Path) -> None:
-    """Move a finished folder into place; an existing one is swapped out, never half overwritten."""
-    if dst.exists():
-        old = dst.with_name(f".{dst.name}.old-{os.getpid()}")
-        os.replace(dst, old)
-        os.replace(src, dst)
-        shutil.rmtree(old, ignore_errors=True)
-    else:
-        os.replace(src, dst)
+def resolve_checkpoint(path: str | Path) -> Path:
+    """A checkpoint folder, or a training run folder (its ``best/``, else its ``last/``)."""
+    path = Path(path)
+    recover_interrupted_swap(path)
+    if (path / MODEL_CONFIG_FILE).is_file():
+        return path
+    for child in ("best", "last"):
+        recover_interrupted_swap(path / child)
+        if (path / child / MODEL_CONFIG_FILE).is_file():
+            return path / child
+    return path
 
 
 def describe_probabilities(probs: torch.Tensor) -> list[dict[str, float]]:
     return [{label: round(float(p), 4) for label, p in zip(LABELS, row)} for row in probs]
 
 
-__all__ = ["SO8TModel", "SO8TOutput", "SafetyHeadB", "CheckpointError", "LABELS", "json"]
+__all__ = ["SO8TModel", "SO8TOutput", "SafetyHeadB", "CheckpointError", "LABELS", "resolve_checkpoint"]

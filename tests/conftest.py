@@ -14,7 +14,7 @@ from so8t_lib.tokenizer import tiny_tokenizer
 
 @pytest.fixture(scope="session")
 def tokenizer():
-    return tiny_tokenizer(train_file=os.environ.get("TMP_TRAIN")) if os.environ.get("TMP_TRAIN") else tiny_tokenizer()
+    return tiny_tokenizer()
 
 
 @pytest.fixture
