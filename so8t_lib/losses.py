@@ -62,17 +62,20 @@ def pet_weight(progress: float, cfg: PETConfig) -> float:
     return cfg.weight * cfg.schedule[-1][1]
 
 
-def _target_ce(logits: torch.Tensor, labels: torch.Tensor, rows: torch.Tensor) -> torch.Tensor:
-    """Token-mean next-token CE over the selected rows' target tokens (0 when there are none)."""
-    if not rows.any():
-        return logits.new_zeros((), dtype=torch.float32)
-    shifted_logits = logits[rows, :-1].float()
-    shifted_labels = labels[rows, 1:]
-    if (shifted_labels != IGNORE_INDEX).sum() == 0:
-        return logits.new_zeros((), dtype=torch.float32)
-    return F.cross_entropy(
-        shifted_logits.reshape(-1, shifted_logits.shape[-1]), shifted_labels.reshape(-1), ignore_index=IGNORE_INDEX
-    )
+def _target_ce(states: torch.Tensor, labels: torch.Tensor, rows: torch.Tensor, lm_head=None) -> torch.Tensor:
+    """Token-mean next-token CE over the selected rows' target tokens (0 when there are none).
+
+    ``states`` are LM logits (B, T, V), or final hidden states (B, T, D) with ``lm_head``:
+    then the head runs only at target positions, which saves most of its compute and the
+    (B, T, V) logits tensor (large for a 152k vocabulary).
+    """
+    shifted_labels = labels[:, 1:]
+    valid = (shifted_labels != IGNORE_INDEX) & rows[:, None]
+    if not valid.any():
+        return states.new_zeros((), dtype=torch.float32)
+    selected = states[:, :-1][valid]
+    logits = lm_head(selected) if lm_head is not None else selected
+    return F.cross_entropy(logits.float(), shifted_labels[valid])
 
 
 def dangerous_compliance(safety_logits: torch.Tensor, safety_labels: torch.Tensor) -> torch.Tensor:
@@ -113,14 +116,22 @@ def composite_loss(
     attention_mask: torch.Tensor,
     cfg: LossConfig,
     progress: float,
+    lm_head=None,
 ) -> LossParts:
-    """The SO8T loss from one forward (an ``SO8TOutput``); ``progress`` in [0, 1] drives gamma(p)."""
+    """The SO8T loss from one forward (an ``SO8TOutput``); ``progress`` in [0, 1] drives gamma(p).
+
+    Give ``lm_head`` (and run the forward with ``return_lm_logits=False``) to compute the LM
+    terms at target positions only; the result is the same.
+    """
     allow_rows = safety_labels == ALLOW
     if output.logits is not None:
         task = _target_ce(output.logits, lm_labels, allow_rows)
         rationale = _target_ce(output.logits, lm_labels, ~allow_rows)
+    elif lm_head is not None and output.last_hidden is not None:
+        task = _target_ce(output.last_hidden, lm_labels, allow_rows, lm_head)
+        rationale = _target_ce(output.last_hidden, lm_labels, ~allow_rows, lm_head)
     else:
-        task = rationale = output.safety_logits.new_zeros((), dtype=torch.float32)
+        raise ValueError("composite_loss needs LM logits, or final hidden states and lm_head")
     weights = torch.tensor(cfg.class_weight_list(), device=output.safety_logits.device)
     safety = F.cross_entropy(output.safety_logits.float(), safety_labels, weight=weights)
     dangerous = dangerous_compliance(output.safety_logits, safety_labels)

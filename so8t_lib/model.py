@@ -42,6 +42,7 @@ class SO8TOutput:
     safety_logits: torch.Tensor  # (B, 3) from SafetyHeadB, before temperature
     pooled: torch.Tensor  # (B, D) final-norm state at the decision position
     hidden_states: tuple[torch.Tensor, ...] | None  # decoder states (embeddings, layers..., final norm)
+    last_hidden: torch.Tensor | None = None  # (B, T, D) final-norm states, for target-only LM loss
 
 
 def last_token_index(attention_mask: torch.Tensor) -> torch.Tensor:
@@ -310,7 +311,8 @@ class SO8TModel(nn.Module):
             decision_positions = last_token_index(attention_mask)
         pooled = hidden[torch.arange(hidden.shape[0], device=hidden.device), decision_positions]
         logits = lm.get_output_embeddings()(hidden) if return_lm_logits else None
-        return SO8TOutput(logits, self.safety_head(pooled), pooled, out.hidden_states if output_hidden_states else None)
+        return SO8TOutput(logits, self.safety_head(pooled), pooled,
+                          out.hidden_states if output_hidden_states else None, hidden)
 
     @torch.no_grad()
     def decide(
@@ -384,7 +386,8 @@ class SO8TModel(nn.Module):
         self.tokenizer.save_pretrained(str(folder / "tokenizer"))
         if self.config.preset == "tiny":
             lm = self.causal_lm
-            plain = type(lm)(lm.config)
+            with torch.random.fork_rng(devices=[]):  # the throwaway init must not shift training's RNG
+                plain = type(lm)(lm.config)
             plain.load_state_dict(self._base_state_for_saving(), strict=True)
             plain.save_pretrained(str(folder / "base"))
 

@@ -1,7 +1,8 @@
 """Safety-aware (Q)LoRA training with two optimizers, early stopping, autosave and exact resume.
 
     python -m so8t_lib.train --config configs/training.yaml [key=value ...] [--resume]
-    accelerate launch --num_processes 2 -m so8t_lib.train --config ...   # several GPUs (or CPU processes)
+    accelerate launch --num_processes 2 -m so8t_lib.train --config ...   # several GPUs
+    torchrun --nproc_per_node 2 -m so8t_lib.train --config ...           # several CPU processes (gloo)
 
 The run folder (``training.output_dir``) holds ``config.yaml`` (the resolved config),
 ``metrics.jsonl`` (one line per logging step and per evaluation), ``best/`` (the best
@@ -130,7 +131,8 @@ class Trainer:
         self.tcfg = config.training
         self.run_dir = Path(self.tcfg.output_dir)
         self.accelerator = Accelerator(gradient_accumulation_steps=self.tcfg.grad_accum,
-                                       mixed_precision=self.tcfg.mixed_precision)
+                                       mixed_precision=self.tcfg.mixed_precision,
+                                       cpu=not torch.cuda.is_available())
         self.main = self.accelerator.is_main_process
         self.state = TrainerState()
         self._stop_signal: int | None = None
@@ -157,6 +159,7 @@ class Trainer:
         val_rows = table_rows(load_table(data_dir / "val.jsonl"))
         self.val_rows = val_rows[: self.tcfg.eval_max_rows] if self.tcfg.eval_max_rows else val_rows
         self.collate = SafetyCollator(self.model.tokenizer, self.tcfg.max_length)
+        self.lm_head = self.model.causal_lm.get_output_embeddings()
         self.ddp_model, self.opt_task, self.opt_safety = self.accelerator.prepare(
             self.model, self.opt_task, self.opt_safety
         )
@@ -199,13 +202,14 @@ class Trainer:
     def save(self, name: str, rng: dict | None = None) -> None:
         """Write ``best`` or ``last`` atomically (main process only)."""
         self.accelerator.wait_for_everyone()
+        rng = rng or rng_state()
         if self.main:
             with atomic_folder(self.run_dir / name) as tmp:
                 self.model.write_files(tmp)
                 torch.save({
                     "opt_task": self.opt_task.state_dict(), "opt_safety": self.opt_safety.state_dict(),
                     "sched_task": self.sched_task.state_dict(), "sched_safety": self.sched_safety.state_dict(),
-                    "state": asdict(self.state), "rng": rng or rng_state(),
+                    "state": asdict(self.state), "rng": rng,
                     "config_fingerprint": self.config.fingerprint(),
                 }, tmp / TRAINER_STATE)
         self._last_save = time.monotonic()
@@ -243,10 +247,10 @@ class Trainer:
             n_tokens += int(batch["attention_mask"].sum())
             with self.accelerator.accumulate(self.ddp_model):
                 out = self.ddp_model(batch["input_ids"], batch["attention_mask"],
-                                     decision_positions=batch["decision_positions"],
+                                     decision_positions=batch["decision_positions"], return_lm_logits=False,
                                      output_hidden_states=self.config.loss.pet.enabled)
                 parts = composite_loss(out, batch["lm_labels"], batch["safety_labels"], batch["attention_mask"],
-                                       self.config.loss, progress)
+                                       self.config.loss, progress, lm_head=self.lm_head)
                 self.accelerator.backward(parts.total / self.tcfg.grad_accum)
             for key, value in parts.as_floats().items():
                 totals[key] = totals.get(key, 0.0) + value / self.tcfg.grad_accum
@@ -261,6 +265,7 @@ class Trainer:
         self.opt_safety.zero_grad(set_to_none=True)
         self.state.step += 1
         totals.update(grad_norm=float(grad_norm), tokens=n_tokens * self.accelerator.num_processes,
+                      world_size=self.accelerator.num_processes,
                       lr_task=self.sched_task.get_last_lr()[0], lr_safety=self.sched_safety.get_last_lr()[0],
                       safety_frozen=safety_frozen)
         return totals

@@ -94,3 +94,20 @@ def test_pet_without_hidden_states_is_an_error():
     out = SO8TOutput(None, torch.zeros(1, 3), torch.zeros(1, 8), None)
     with pytest.raises(ValueError, match="output_hidden_states"):
         composite_loss(out, torch.zeros(1, 4, dtype=torch.long), torch.tensor([0]), torch.ones(1, 4), LossConfig(), 0.5)
+
+
+def test_target_only_lm_head_gives_the_same_loss():
+    torch.manual_seed(1)
+    head = torch.nn.Linear(8, 11, bias=False)
+    hidden = torch.randn(3, 6, 8)
+    lm_labels = torch.randint(0, 11, (3, 6))
+    lm_labels[:, :3] = -100
+    labels = torch.tensor([ALLOW, REFUSE, ESCALATE])
+    mask = torch.ones(3, 6)
+    safety = torch.randn(3, 3)
+    cfg = LossConfig(pet={"enabled": False})
+    full = composite_loss(SO8TOutput(head(hidden), safety, hidden[:, -1], None), lm_labels, labels, mask, cfg, 0.5)
+    lean = composite_loss(SO8TOutput(None, safety, hidden[:, -1], None, hidden), lm_labels, labels, mask, cfg, 0.5,
+                          lm_head=head)
+    assert torch.allclose(full.total, lean.total) and torch.allclose(full.task, lean.task)
+    assert torch.allclose(full.rationale, lean.rationale)

@@ -166,3 +166,12 @@ def test_gated_layer_selection(tokenizer):
     assert model.gated_layers == [0, config.tiny.num_hidden_layers - 1]
     with pytest.raises(ConfigError, match="layer 7 does not exist"):
         SO8TModel.from_config(ModelConfig(gates={"layers": [7]}), tokenizer)
+
+
+def test_saving_does_not_consume_the_global_rng(tmp_path, tiny_config, tokenizer):
+    model = SO8TModel.from_config(tiny_config, tokenizer)
+    torch.manual_seed(123)
+    model.save(tmp_path / "ckpt")
+    after_save = torch.rand(3)
+    torch.manual_seed(123)
+    assert torch.equal(torch.rand(3), after_save)

@@ -1,0 +1,165 @@
+"""The training loop: exact resume after SIGKILL, safe checkpoints, signals, two processes."""
+
+import os
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import pytest
+import torch
+import yaml
+from safetensors.torch import load_file
+
+from so8t_lib.checkpoint import CheckpointError
+from so8t_lib.config import load_config
+from so8t_lib.train import Trainer, build_optimizers, lr_multiplier
+
+ROOT = Path(__file__).resolve().parents[1]
+QUICK = [
+    "training.batch_size=4", "training.max_length=96", "training.eval_every=1000", "training.eval_max_rows=16",
+    "training.eval_batch_size=16", "training.log_every=1", "training.task_optimizer.warmup_steps=2",
+    "training.safety_optimizer.warmup_steps=2",
+]
+
+
+def _config_file(tmp_path, run_dir, *overrides):
+    cfg = load_config(ROOT / "configs" / "training.yaml", [*QUICK, f"training.output_dir={run_dir}", *overrides])
+    path = tmp_path / f"{Path(run_dir).name}.yaml"
+    path.write_text(cfg.to_yaml(), encoding="utf-8")
+    return path
+
+
+def _launch(config_path, *extra, module=("-m", "so8t_lib.train")):
+    env = dict(os.environ, PYTHONUNBUFFERED="1", HF_HUB_OFFLINE="1")
+    return subprocess.Popen([sys.executable, *module, "--config", str(config_path), *extra], cwd=ROOT, env=env,
+                            stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
+
+
+def _finish(proc, timeout=300):
+    out, _ = proc.communicate(timeout=timeout)
+    return proc.returncode, out
+
+
+def _saved_step(run_dir):
+    state = torch.load(Path(run_dir) / "last" / "trainer_state.pt", weights_only=False)
+    return state["state"]["step"]
+
+
+def test_resume_after_sigkill_matches_an_uninterrupted_run(tmp_path):
+    steps = "training.max_steps=12"
+    straight = _config_file(tmp_path, tmp_path / "straight", steps)
+    code, out = _finish(_launch(straight))
+    assert code == 0, out
+
+    broken_dir = tmp_path / "broken"
+    broken = _config_file(tmp_path, broken_dir, steps, "training.save_every_steps=3")
+    proc = _launch(broken)
+    deadline = time.monotonic() + 240
+    while not (broken_dir / "last" / "trainer_state.pt").exists():
+        assert proc.poll() is None, proc.communicate()[0]
+        assert time.monotonic() < deadline
+        time.sleep(0.05)
+    proc.send_signal(signal.SIGKILL)
+    proc.wait()
+    killed_at = _saved_step(broken_dir)
+    assert 3 <= killed_at < 12, "the run must be killed mid-way for this test to mean anything"
+
+    code, out = _finish(_launch(broken, "--resume"))
+    assert code == 0, out
+    assert _saved_step(broken_dir) == 12
+    a = load_file(str(tmp_path / "straight" / "last" / "adapter.safetensors"))
+    b = load_file(str(broken_dir / "last" / "adapter.safetensors"))
+    assert a.keys() == b.keys()
+    for name in a:
+        assert torch.allclose(a[name], b[name], atol=1e-6, rtol=0), name
+    # the log has each step once, as if there had been no interruption
+    steps_logged = [yaml.safe_load(line)["step"] for line in (broken_dir / "metrics.jsonl").read_text().splitlines()
+                    if '"train"' in line]
+    assert steps_logged == list(range(1, 13))
+
+
+def test_damaged_checkpoint_fails_clearly_and_is_left_alone(tmp_path):
+    run_dir = tmp_path / "run"
+    cfg = load_config(_config_file(tmp_path, run_dir, "training.max_steps=2"))
+    Trainer(cfg).run()
+    state_file = run_dir / "last" / "trainer_state.pt"
+    damaged = state_file.read_bytes()[:-50]
+    state_file.write_bytes(damaged)
+    with pytest.raises(CheckpointError, match="trainer_state.pt"):
+        Trainer(cfg, resume=True)
+    assert state_file.read_bytes() == damaged  # nothing was overwritten
+    with pytest.raises(FileExistsError, match="--resume"):
+        Trainer(cfg)  # a fresh start never overwrites an existing run
+
+
+def test_exception_mid_run_leaves_an_emergency_checkpoint(tmp_path, monkeypatch):
+    import so8t_lib.train as train_module
+
+    cfg = load_config(_config_file(tmp_path, tmp_path / "run", "training.max_steps=10"))
+    trainer = Trainer(cfg)
+    real_step = trainer.train_step
+
+    def failing_step():
+        if trainer.state.step == 3:
+            raise RuntimeError("simulated out-of-memory")
+        return real_step()
+
+    monkeypatch.setattr(trainer, "train_step", failing_step)
+    with pytest.raises(RuntimeError, match="simulated"):
+        trainer.run()
+    assert _saved_step(tmp_path / "run") == 3
+    assert train_module.TRAINER_STATE == "trainer_state.pt"
+
+
+def test_sigint_saves_and_exits(tmp_path):
+    run_dir = tmp_path / "run"
+    proc = _launch(_config_file(tmp_path, run_dir, "training.max_steps=500"))
+    deadline = time.monotonic() + 240
+    while not (run_dir / "metrics.jsonl").exists() or not (run_dir / "metrics.jsonl").read_text():
+        assert proc.poll() is None, proc.communicate()[0]
+        assert time.monotonic() < deadline
+        time.sleep(0.05)
+    proc.send_signal(signal.SIGINT)
+    code, out = _finish(proc)
+    assert code == 128 + signal.SIGINT, out
+    assert "--resume" in out
+    assert 1 <= _saved_step(run_dir) < 500
+
+
+def test_optimizers_partition_the_trainable_parameters(tmp_path):
+    cfg = load_config(_config_file(tmp_path, tmp_path / "run"))
+    from so8t_lib.model import SO8TModel
+
+    model = SO8TModel.from_config(cfg.model)
+    (task, _), (safety, _) = build_optimizers(model, cfg)
+    ids = lambda opt: {id(p) for g in opt.param_groups for p in g["params"]}  # noqa: E731
+    trainable = {id(p) for p in model.parameters() if p.requires_grad}
+    assert ids(task) | ids(safety) == trainable and not ids(task) & ids(safety)
+    names = {id(p): n for n, p in model.named_parameters()}
+    assert all("lora_" in names[i] or ".r_cmd." in names[i] for i in ids(task))
+    assert all(".r_safe." in names[i] or names[i].startswith("safety_head.") for i in ids(safety))
+
+
+def test_learning_rate_schedules():
+    from so8t_lib.config import OptimizerConfig
+
+    f = lr_multiplier(OptimizerConfig(warmup_steps=4, schedule="cosine", min_lr_ratio=0.1), total_steps=104)
+    assert f(0) == pytest.approx(0.25) and f(3) == pytest.approx(1.0)
+    assert f(4) == pytest.approx(1.0) and f(54) == pytest.approx(0.55) and f(104) == pytest.approx(0.1)
+    g = lr_multiplier(OptimizerConfig(schedule="linear", min_lr_ratio=0.0), total_steps=10)
+    assert g(5) == pytest.approx(0.5)
+
+
+def test_two_cpu_processes_under_torchrun(tmp_path):
+    run_dir = tmp_path / "ddp"
+    config = _config_file(tmp_path, run_dir, "training.max_steps=3")
+    code, out = _finish(_launch(config, module=("-m", "torch.distributed.run", "--nproc_per_node", "2",
+                                                "--master_port", "29517", "-m", "so8t_lib.train")))
+    assert code == 0, out
+    assert _saved_step(run_dir) == 3
+    records = [yaml.safe_load(line) for line in (run_dir / "metrics.jsonl").read_text().splitlines()]
+    train_records = [r for r in records if r["kind"] == "train"]
+    assert len(train_records) == 3  # logged once (main process), not once per process
+    assert all(r["world_size"] == 2 for r in train_records)
