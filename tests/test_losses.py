@@ -91,7 +91,7 @@ def test_composite_loss_adds_its_weighted_parts():
 
 
 def test_pet_without_hidden_states_is_an_error():
-    out = SO8TOutput(None, torch.zeros(1, 3), torch.zeros(1, 8), None)
+    out = SO8TOutput(torch.zeros(1, 4, 5), torch.zeros(1, 3), torch.zeros(1, 8), None)
     with pytest.raises(ValueError, match="output_hidden_states"):
         composite_loss(out, torch.zeros(1, 4, dtype=torch.long), torch.tensor([0]), torch.ones(1, 4), LossConfig(), 0.5)
 
