@@ -602,19 +602,26 @@ def _en_lower_start(text: str) -> str | None:
     return None
 
 
+def _ja_register(text: str, opener: str, te_ending: str, onegai_ending: str,
+                 closings: list[str] | tuple[str, ...], rng: random.Random) -> str:
+    """Re-end a Japanese request in one register (〜てください -> 〜ていただけますでしょうか / 〜てくれる？);
+    a request with no recognised ending gets a closing sentence instead."""
+    m = _JA_TE_ENDING.search(text)
+    if m:
+        return opener + text[: m.start()] + m.group(1) + te_ending
+    m = _JA_ONEGAI_ENDING.search(text)
+    if m:
+        return opener + text[: m.start()] + (m.group(1) or "") + onegai_ending
+    m = _JA_BARE_TE_ENDING.search(text)
+    if m:
+        return opener + text[: m.start()] + m.group(1) + m.group(2) + te_ending
+    return opener + _join("ja", text, rng.choice(closings))
+
+
 def _polite(text: str, lang: str, rng: random.Random) -> str:
     if lang == "ja":
-        opener = rng.choice(JA_POLITE_OPENERS)
-        m = _JA_TE_ENDING.search(text)
-        if m:
-            return opener + text[: m.start()] + m.group(1) + "いただけますでしょうか。"
-        m = _JA_ONEGAI_ENDING.search(text)
-        if m:
-            return opener + text[: m.start()] + (m.group(1) or "") + "お願いできますでしょうか。"
-        m = _JA_BARE_TE_ENDING.search(text)
-        if m:
-            return opener + text[: m.start()] + m.group(1) + m.group(2) + "いただけますでしょうか。"
-        return opener + _join("ja", text, rng.choice(JA_POLITE_CLOSINGS))
+        return _ja_register(text, rng.choice(JA_POLITE_OPENERS), "いただけますでしょうか。",
+                            "お願いできますでしょうか。", JA_POLITE_CLOSINGS, rng)
     m = _EN_ASK_START.match(text)
     single = not re.search(r"[.?!] ", text.strip())
     if m:
@@ -628,17 +635,8 @@ def _polite(text: str, lang: str, rng: random.Random) -> str:
 
 def _casual(text: str, lang: str, rng: random.Random) -> str:
     if lang == "ja":
-        opener = rng.choice(JA_CASUAL_OPENERS)
-        m = _JA_TE_ENDING.search(text)
-        if m:
-            return opener + text[: m.start()] + m.group(1) + "くれる？"
-        m = _JA_ONEGAI_ENDING.search(text)
-        if m:
-            return opener + text[: m.start()] + (m.group(1) or "") + "お願いしてもいい？"
-        m = _JA_BARE_TE_ENDING.search(text)
-        if m:
-            return opener + text[: m.start()] + m.group(1) + m.group(2) + "くれる？"
-        return opener + _join("ja", text, rng.choice(JA_CASUAL_CLOSINGS))
+        return _ja_register(text, rng.choice(JA_CASUAL_OPENERS), "くれる？", "お願いしてもいい？",
+                            JA_CASUAL_CLOSINGS, rng)
     lowered = _en_lower_start(text)
     if lowered is not None and rng.random() < 0.5:
         body = f"{rng.choice(EN_CASUAL_LEADS)} {lowered}"  # one sentence: no punctuation after the lead

@@ -9,7 +9,6 @@ on the corpus's training split (requests, contexts, answers, rationales).
 from __future__ import annotations
 
 import hashlib
-import json
 import os
 import shutil
 import tempfile
@@ -69,26 +68,21 @@ def train_tokenizer(texts: Iterable[str], vocab_size: int = 8192, min_frequency:
 
 
 def corpus_texts(path: str | Path) -> list[str]:
-    """All text a tokenizer may learn from in a corpus JSONL file: context, request, answer, rationale."""
+    """All text a tokenizer may learn from in a corpus file: context, request, answer, rationale.
+
+    Reads through ``so8t_lib.data.load_table``, so a bad row is reported the same way everywhere.
+    """
+    from .data import load_table  # lazy: data imports this module
+
     path = Path(path)
     if not path.is_file():
         raise FileNotFoundError(
             f"tokenizer training file not found: {path}. Build the corpus with "
             "`python -m so8t_lib.corpus build` (it is committed under data/so8t_safety/)."
         )
-    texts: list[str] = []
-    with path.open(encoding="utf-8") as handle:
-        for line_no, line in enumerate(handle, 1):
-            if not line.strip():
-                continue
-            try:
-                row = json.loads(line)
-            except json.JSONDecodeError as exc:
-                raise ValueError(f"{path}:{line_no}: not valid JSON ({exc.msg})") from None
-            texts.extend(str(row[k]) for k in ("context", "user_request", "task_output", "rationale") if row.get(k))
-    if not texts:
-        raise ValueError(f"{path}: no text to train a tokenizer on")
-    return texts
+    table = load_table(path)
+    return [text for row in table[["context", "user_request", "task_output", "rationale"]].itertuples(index=False)
+            for text in row if text]
 
 
 def load_tokenizer(path: str | Path) -> PreTrainedTokenizerFast:

@@ -52,11 +52,12 @@ def test_training_is_deterministic_and_save_load_round_trips(tmp_path):
 
 def test_corpus_texts_reads_all_fields_and_reports_bad_lines(tmp_path):
     good = tmp_path / "train.jsonl"
-    good.write_text(json.dumps({"context": "c", "user_request": "r", "task_output": "t", "rationale": None}) + "\n",
+    good.write_text(json.dumps({"context": "c", "user_request": "r", "label": "ALLOW", "task_output": "t",
+                                "rationale": None}) + "\n",
                     encoding="utf-8")
     assert corpus_texts(good) == ["c", "r", "t"]
     bad = tmp_path / "bad.jsonl"
-    bad.write_text('{"user_request": "ok"}\n{broken\n', encoding="utf-8")
+    bad.write_text('{"user_request": "ok", "label": "ALLOW"}\n{broken\n', encoding="utf-8")
     with pytest.raises(ValueError, match=r"bad.jsonl:2"):
         corpus_texts(bad)
     with pytest.raises(FileNotFoundError, match="so8t_lib.corpus build"):

@@ -84,6 +84,10 @@ def test_damaged_checkpoint_fails_clearly_and_is_left_alone(tmp_path):
     run_dir = tmp_path / "run"
     cfg = load_config(_config_file(tmp_path, run_dir, "training.max_steps=2"))
     Trainer(cfg).run()
+    from so8t_lib.model import SO8TModel, resolve_checkpoint
+
+    assert resolve_checkpoint(run_dir) == run_dir / "best"  # a run folder loads as its best checkpoint
+    assert SO8TModel.load(run_dir).decide(["test"]).shape == (1, 3)
     state_file = run_dir / "last" / "trainer_state.pt"
     damaged = state_file.read_bytes()[:-50]
     state_file.write_bytes(damaged)
