@@ -41,6 +41,7 @@ class TinyArchConfig(_Section):
     max_position_embeddings: int = Field(2048, gt=0)
     rope_theta: float = Field(1_000_000.0, gt=0)
     vocab_size: int = Field(8192, ge=512, description="target size of the locally trained BPE tokenizer")
+    initializer_range: float = Field(0.02, gt=0, description="std of the random initial weights")
 
     @model_validator(mode="after")
     def _heads_divide(self) -> "TinyArchConfig":
@@ -75,6 +76,10 @@ class HeadConfig(_Section):
 
     hidden_units: int = Field(0, ge=0, le=256)
     dropout: float = Field(0.1, ge=0, lt=1)
+    standardize: bool = Field(
+        True, description="normalise the decision state with running statistics before the head "
+        "(folded into the head at export); off gives the plain head of the design",
+    )
 
 
 class ModelConfig(_Section):

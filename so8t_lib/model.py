@@ -58,11 +58,44 @@ def position_ids_from_mask(attention_mask: torch.Tensor) -> torch.Tensor:
     return (attention_mask.long().cumsum(-1) - 1).clamp(min=0)
 
 
+class RunningStandardizer(nn.Module):
+    """(x - mean) / std with mean and variance tracked over training batches (no gradient).
+
+    The decision states of a causal LM share a large common component (on the tiny random
+    base the spread around the mean is about a fifth of the norm), which a linear head learns
+    to see past only slowly. Unlike BatchNorm this always normalises with the running
+    estimates, so it works at batch size 1 (QLoRA) and in eval alike, and it folds exactly into
+    the head's first linear layer for export.
+    """
+
+    def __init__(self, width: int, momentum: float = 0.1, eps: float = 1e-5) -> None:
+        super().__init__()
+        self.momentum, self.eps = momentum, eps
+        self.register_buffer("mean", torch.zeros(width))
+        self.register_buffer("sq_mean", torch.ones(width))
+        self.register_buffer("count", torch.zeros((), dtype=torch.long))
+
+    def scale(self) -> torch.Tensor:
+        return torch.rsqrt((self.sq_mean - self.mean.square()).clamp_min(0) + self.eps)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        if self.training:
+            with torch.no_grad():
+                # cumulative average at first, then an exponential one that follows the drift
+                weight = max(1.0 / float(self.count + 1), self.momentum)
+                self.mean.lerp_(x.mean(0), weight)
+                self.sq_mean.lerp_(x.square().mean(0), weight)
+                self.count += 1
+        return (x - self.mean) * self.scale()
+
+
 class SafetyHeadB(nn.Module):
     """Small classifier over the decision state; small enough to travel in GGUF metadata."""
 
-    def __init__(self, hidden_size: int, hidden_units: int = 0, dropout: float = 0.1, n_labels: int = len(LABELS)):
+    def __init__(self, hidden_size: int, hidden_units: int = 0, dropout: float = 0.1,
+                 n_labels: int = len(LABELS), standardize: bool = True):
         super().__init__()
+        self.standardizer = RunningStandardizer(hidden_size) if standardize else None
         layers: list[nn.Module] = [nn.Dropout(dropout)]
         width = hidden_size
         if hidden_units:
@@ -74,18 +107,35 @@ class SafetyHeadB(nn.Module):
         self.register_buffer("temperature", torch.ones(()))
 
     def forward(self, pooled: torch.Tensor) -> torch.Tensor:
-        return self.net(pooled.float())
+        x = pooled.float()
+        if self.standardizer is not None:
+            x = self.standardizer(x)
+        return self.net(x)
 
     def probabilities(self, logits: torch.Tensor) -> torch.Tensor:
         return torch.softmax(logits / self.temperature, dim=-1)
 
+    @torch.no_grad()
+    def folded_state_dict(self) -> dict[str, torch.Tensor]:
+        """Weights of the same function with the standardiser folded into the first linear layer
+        (W' = W·diag(s), b' = b − W·(μ·s)): plain linears and the temperature, for export."""
+        state = {k: v.detach().clone() for k, v in self.state_dict().items() if not k.startswith("standardizer.")}
+        if self.standardizer is not None:
+            first = next(i for i, m in enumerate(self.net) if isinstance(m, nn.Linear))
+            scale = self.standardizer.scale()
+            weight, bias = state[f"net.{first}.weight"], state[f"net.{first}.bias"]
+            state[f"net.{first}.bias"] = bias - weight @ (self.standardizer.mean * scale)
+            state[f"net.{first}.weight"] = weight * scale
+        return state
+
     @classmethod
     def from_state_dict(cls, state: dict[str, torch.Tensor]) -> "SafetyHeadB":
-        """Rebuild a head from exported weights (``merge_for_export`` or GGUF metadata)."""
-        linear_keys = sorted(k for k in state if k.endswith(".weight"))
+        """Rebuild a head from exported (folded) weights: ``merge_for_export`` or GGUF metadata."""
+        linear_keys = sorted(k for k in state if k.startswith("net.") and k.endswith(".weight"))
         first = state[linear_keys[0]]
         hidden_units = first.shape[0] if len(linear_keys) == 2 else 0
-        head = cls(first.shape[1], hidden_units=hidden_units, dropout=0.0, n_labels=state[linear_keys[-1]].shape[0])
+        head = cls(first.shape[1], hidden_units=hidden_units, dropout=0.0,
+                   n_labels=state[linear_keys[-1]].shape[0], standardize=False)
         head.load_state_dict(state, strict=True)
         return head.eval()
 
@@ -111,6 +161,7 @@ def build_tiny_base(cfg: ModelConfig, tokenizer=None):
         intermediate_size=arch.intermediate_size,
         max_position_embeddings=arch.max_position_embeddings,
         rope_theta=arch.rope_theta,
+        initializer_range=arch.initializer_range,
         tie_word_embeddings=False,
         eos_token_id=tokenizer.eos_token_id,
         pad_token_id=tokenizer.pad_token_id,
@@ -121,20 +172,34 @@ def build_tiny_base(cfg: ModelConfig, tokenizer=None):
     return Qwen2ForCausalLM(hf_config).to(_torch_dtype(cfg)), tokenizer
 
 
-def load_pretrained_base(path_or_id: str, cfg: ModelConfig):
-    """from_pretrained by hub id or local folder; nf4 4-bit via bitsandbytes when CUDA is present."""
-    kwargs: dict = {"dtype": _torch_dtype(cfg), "attn_implementation": cfg.attn_implementation}
-    if _want_4bit(cfg):
-        from transformers import BitsAndBytesConfig
+def _quantization_kwargs(cfg: ModelConfig) -> dict:
+    """from_pretrained arguments for nf4 4-bit base weights (bitsandbytes), or none."""
+    if not _want_4bit(cfg):
+        return {}
+    try:
+        import bitsandbytes  # noqa: F401
+    except ImportError:
+        raise ConfigError(
+            "model.load_in_4bit needs bitsandbytes: pip install -e '.[quant]' (or set load_in_4bit: false)"
+        ) from None
+    from transformers import BitsAndBytesConfig
 
-        kwargs["quantization_config"] = BitsAndBytesConfig(
-            load_in_4bit=True,
-            bnb_4bit_quant_type="nf4",
-            bnb_4bit_use_double_quant=True,
-            bnb_4bit_compute_dtype=torch.bfloat16 if torch.cuda.is_available() else torch.float32,
-        )
-        if torch.cuda.is_available():
-            kwargs["device_map"] = {"": 0}
+    kwargs: dict = {"quantization_config": BitsAndBytesConfig(
+        load_in_4bit=True,
+        bnb_4bit_quant_type="nf4",
+        bnb_4bit_use_double_quant=True,
+        bnb_4bit_compute_dtype=torch.bfloat16 if torch.cuda.is_available() else torch.float32,
+    )}
+    if torch.cuda.is_available():
+        kwargs["device_map"] = {"": 0}
+    return kwargs
+
+
+def load_pretrained_base(path_or_id: str, cfg: ModelConfig):
+    """from_pretrained by hub id or local folder; nf4 4-bit via bitsandbytes when CUDA is present
+    (or on CPU when ``load_in_4bit: true``)."""
+    kwargs: dict = {"dtype": _torch_dtype(cfg), "attn_implementation": cfg.attn_implementation,
+                    **_quantization_kwargs(cfg)}
     try:
         lm = AutoModelForCausalLM.from_pretrained(path_or_id, **kwargs)
     except OSError as exc:
@@ -153,13 +218,53 @@ def load_pretrained_base(path_or_id: str, cfg: ModelConfig):
 
 
 def _load_saved_base(folder: Path, cfg: ModelConfig) -> PreTrainedModel:
-    """The tiny preset's base weights as saved in a checkpoint (always unquantized)."""
+    """The tiny preset's base weights as saved in a checkpoint (full precision on disk;
+    quantized to nf4 on loading when the config asks for 4-bit)."""
     try:
-        return AutoModelForCausalLM.from_pretrained(
-            str(folder), dtype=_torch_dtype(cfg), attn_implementation=cfg.attn_implementation
+        lm = AutoModelForCausalLM.from_pretrained(
+            str(folder), dtype=_torch_dtype(cfg), attn_implementation=cfg.attn_implementation,
+            **_quantization_kwargs(cfg),
         )
     except (OSError, ValueError) as exc:
         raise CheckpointError(f"{folder}: base model weights are missing or damaged ({exc})") from None
+    if _want_4bit(cfg):
+        _disable_avx512bf16(lm)
+    return lm
+
+
+def _quantize_tiny_base(lm: PreTrainedModel, cfg: ModelConfig) -> PreTrainedModel:
+    """The freshly built tiny base in nf4: bitsandbytes quantizes while loading, so go through disk."""
+    import tempfile
+
+    with tempfile.TemporaryDirectory(prefix="so8t-tiny-base-") as tmp:
+        lm.save_pretrained(tmp)
+        return _load_saved_base(Path(tmp), cfg)
+
+
+def is_4bit(module: nn.Module) -> bool:
+    return any(type(m).__name__ == "Linear4bit" for m in module.modules())
+
+
+def dequantized_state_dict(lm: nn.Module) -> dict[str, torch.Tensor]:
+    """Plain full-precision weights of a model whose linears may be bitsandbytes 4-bit: each
+    Linear4bit's weight is dequantized (the exact values the 4-bit model computes with) and
+    its quantization-state entries are dropped."""
+    quantized = {name: m for name, m in lm.named_modules() if type(m).__name__ == "Linear4bit"}
+    if not quantized:
+        return dict(lm.state_dict())
+    import bitsandbytes.functional as bnbf
+
+    state = {}
+    for key, tensor in lm.state_dict().items():
+        owner, _, leaf = key.rpartition(".")
+        if any(key.startswith(f"{name}.weight.") for name in quantized):
+            continue  # absmax, quant_map, nested stats: described by the dequantized weight
+        if owner in quantized and leaf == "weight":
+            weight = quantized[owner].weight
+            state[key] = bnbf.dequantize_4bit(weight.data, weight.quant_state).to(torch.float32)
+        else:
+            state[key] = tensor
+    return state
 
 
 def _hub_tokenizer(path_or_id: str):
@@ -227,7 +332,8 @@ class SO8TModel(nn.Module):
             for index in self.gated_layers:
                 parent, leaf = _split_attr(layers[index], config.gates.target)
                 setattr(parent, leaf, GatedLinear(getattr(parent, leaf), GatePair(hidden, config.gates.order)))
-        self.safety_head = SafetyHeadB(hidden, config.head.hidden_units, config.head.dropout)
+        self.safety_head = SafetyHeadB(hidden, config.head.hidden_units, config.head.dropout,
+                                       standardize=config.head.standardize)
         device = next(self.causal_lm.parameters()).device
         self.safety_head.to(device)
         for gate in self.gate_pairs().values():
@@ -239,12 +345,9 @@ class SO8TModel(nn.Module):
         """Build from a model config: the tiny preset from scratch (with ``tokenizer`` if given,
         else the project's cached one), other presets via from_pretrained."""
         if config.preset == "tiny":
-            if config.load_in_4bit is True:
-                raise ConfigError(
-                    "model.load_in_4bit: true is not supported for the tiny preset at build time; "
-                    "save the model and reload it with preset 'hf' and load_in_4bit: true"
-                )
             lm, tokenizer = build_tiny_base(config, tokenizer)
+            if _want_4bit(config):
+                lm = _quantize_tiny_base(lm, config)
         else:
             lm, tokenizer = load_pretrained_base(config.resolved_base_model(), config)
         return cls(lm, tokenizer, config)
@@ -352,7 +455,7 @@ class SO8TModel(nn.Module):
     def merge_for_export(self) -> tuple[PreTrainedModel, dict[str, torch.Tensor]]:
         """A plain HF model computing the same function (LoRA merged, gates folded into o_proj),
         plus SafetyHeadB's weights. The live model is left untouched."""
-        if any(type(m).__name__.endswith("4bit") for m in self.causal_lm.modules()):
+        if is_4bit(self.causal_lm):
             raise RuntimeError(
                 "cannot merge into 4-bit weights exactly: reload the checkpoint with "
                 "model.load_in_4bit=false (fp16/bf16/fp32 base) and export from that"
@@ -364,14 +467,15 @@ class SO8TModel(nn.Module):
             parent, leaf = _split_attr(layers[index], self.config.gates.target)
             wrapper = getattr(parent, leaf)
             setattr(parent, leaf, fold_rotation_into_linear(wrapper.wrapped, wrapper.gate.matrix()))
-        head_state = {k: v.detach().clone() for k, v in self.safety_head.state_dict().items()}
+        head_state = self.safety_head.folded_state_dict()
         return merged.eval(), head_state
 
     # ----- persistence --------------------------------------------------------------------------
     def _base_state_for_saving(self) -> dict[str, torch.Tensor]:
-        """Base weights under their plain HF names (wrapper segments removed)."""
+        """Base weights under their plain HF names (wrapper segments removed), dequantized when
+        the base is 4-bit, so ``base/`` always loads as a plain HF model."""
         state = {}
-        for name, tensor in self.causal_lm.state_dict().items():
+        for name, tensor in dequantized_state_dict(self.causal_lm).items():
             if "lora_" in name or ".r_safe." in name or ".r_cmd." in name:
                 continue
             plain = name.replace(".wrapped", "").replace(".base_layer", "")
@@ -386,8 +490,12 @@ class SO8TModel(nn.Module):
         self.tokenizer.save_pretrained(str(folder / "tokenizer"))
         if self.config.preset == "tiny":
             lm = self.causal_lm
+            plain_config = copy.deepcopy(lm.config)
+            for attr in ("quantization_config", "_pre_quantization_dtype"):
+                if hasattr(plain_config, attr):  # base/ holds full-precision weights
+                    delattr(plain_config, attr)
             with torch.random.fork_rng(devices=[]):  # the throwaway init must not shift training's RNG
-                plain = type(lm)(lm.config)
+                plain = type(lm)(plain_config)
             plain.load_state_dict(self._base_state_for_saving(), strict=True)
             plain.save_pretrained(str(folder / "base"))
 

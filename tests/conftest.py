@@ -30,6 +30,11 @@ def randomize_adapters(model, scale: float = 0.05, seed: int = 1) -> None:
         for name, param in model.named_parameters():
             if "lora_" in name or ".r_safe." in name or ".r_cmd." in name:
                 param.add_(torch.randn(param.shape, generator=gen) * scale)
+        standardizer = model.safety_head.standardizer
+        if standardizer is not None:  # statistics as training would leave them
+            width = standardizer.mean.numel()
+            standardizer.mean.copy_(torch.randn(width, generator=gen))
+            standardizer.sq_mean.copy_(standardizer.mean.square() + torch.rand(width, generator=gen) + 0.1)
 
 
 def sample_batch(tokenizer, texts, padding_side="right"):

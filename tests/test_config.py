@@ -9,10 +9,19 @@ from so8t_lib.config import ConfigError, load_config
 CONFIGS = Path(__file__).resolve().parents[1] / "configs"
 
 
-@pytest.mark.parametrize("name", ["tiny.yaml", "qwen2.5-7b.yaml"])
+@pytest.mark.parametrize("name", sorted(p.name for p in CONFIGS.glob("*.yaml")))
 def test_shipped_configs_validate(name):
     cfg = load_config(CONFIGS / name)
     assert cfg.model.name and len(cfg.fingerprint()) == 64
+    assert "python -m so8t_lib" in (CONFIGS / name).read_text(encoding="utf-8").split("\nmodel:")[0], \
+        "each config's header says how to run it"
+
+
+def test_qlora_config_is_sized_for_a_12gb_gpu():
+    cfg = load_config(CONFIGS / "qwen2.5-7b-qlora.yaml")
+    assert cfg.model.load_in_4bit is True and cfg.training.gradient_checkpointing
+    assert cfg.training.batch_size == 1 and cfg.training.max_length <= 512
+    assert cfg.training.mixed_precision == "bf16"
 
 
 def _write(tmp_path, text):

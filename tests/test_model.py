@@ -175,3 +175,68 @@ def test_saving_does_not_consume_the_global_rng(tmp_path, tiny_config, tokenizer
     after_save = torch.rand(3)
     torch.manual_seed(123)
     assert torch.equal(torch.rand(3), after_save)
+
+
+def test_running_standardizer_tracks_batch_statistics_and_works_at_batch_one():
+    from so8t_lib.model import RunningStandardizer
+
+    torch.manual_seed(0)
+    data = torch.randn(4000, 8) * torch.arange(1, 9) + 5.0
+    norm = RunningStandardizer(8, momentum=0.0)  # pure cumulative average: the exact mean and variance
+    for row in data:  # batch size 1, as QLoRA trains the 7B model
+        norm(row[None])
+    assert torch.allclose(norm.mean, data.mean(0), atol=1e-3)
+    assert torch.allclose(norm.scale(), data.var(0, unbiased=False).rsqrt(), rtol=1e-3)
+    out = norm.eval()(data)
+    assert torch.allclose(out.mean(0), torch.zeros(8), atol=1e-3)
+    assert torch.allclose(out.std(0, unbiased=False), torch.ones(8), atol=1e-3)
+    frozen = norm.mean.clone()
+    norm(data[:10] + 100)  # eval mode never updates the statistics
+    assert torch.equal(norm.mean, frozen)
+
+
+@pytest.mark.parametrize("hidden_units", [0, 16])
+def test_head_fold_matches_standardized_head(hidden_units):
+    torch.manual_seed(0)
+    head = SafetyHeadB(32, hidden_units=hidden_units, dropout=0.0)
+    head.train()
+    for _ in range(20):
+        head(torch.randn(6, 32) * 3 + 2)
+    head.eval()
+    plain = SafetyHeadB.from_state_dict(head.folded_state_dict())
+    assert plain.standardizer is None
+    x = torch.randn(10, 32) * 3 + 2
+    assert torch.allclose(plain(x), head(x), atol=1e-5)
+
+
+def test_tiny_4bit_on_cpu_trains_saves_and_reloads(tiny_config, tokenizer, tmp_path):
+    pytest.importorskip("bitsandbytes")
+    config = tiny_config.model_copy(update={"load_in_4bit": True})
+    model = SO8TModel.from_config(config, tokenizer)
+    assert any(type(m).__name__ == "Linear4bit" for m in model.modules())
+    batch = sample_batch(tokenizer, TEXTS)
+    model.eval()
+    with torch.no_grad():  # an eval forward first: the AVX512-BF16 path used to break training after it
+        model(batch["input_ids"], batch["attention_mask"])
+    model.train()
+    out = model(batch["input_ids"], batch["attention_mask"])
+    (out.logits.float().square().mean() + out.safety_logits.square().mean()).backward()
+    lora_grads = [p.grad for n, p in model.named_parameters() if "lora_B" in n]
+    assert lora_grads and all(g is not None and g.abs().sum() > 0 for g in lora_grads)
+    randomize_adapters(model)
+    model.eval()
+    with torch.no_grad():
+        live = model(batch["input_ids"], batch["attention_mask"])
+    model.save(tmp_path / "ckpt")
+    mask = batch["attention_mask"].bool()
+    reloaded = SO8TModel.load(tmp_path / "ckpt")  # base/ holds the dequantized weights; nf4 again on load
+    assert any(type(m).__name__ == "Linear4bit" for m in reloaded.modules())
+    full = SO8TModel.load(tmp_path / "ckpt", load_in_4bit=False)  # the same weights in fp32: the export path
+    with torch.no_grad():
+        for other in (reloaded, full):
+            again = other(batch["input_ids"], batch["attention_mask"])
+            assert torch.allclose(again.logits[mask], live.logits[mask], atol=1e-3)
+            assert torch.allclose(again.safety_logits, live.safety_logits, atol=1e-3)
+    merged, _ = full.merge_for_export()
+    with pytest.raises(RuntimeError, match="4-bit"):
+        reloaded.merge_for_export()
