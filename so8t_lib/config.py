@@ -61,6 +61,17 @@ class LoraConfig(_Section):
     target_modules: list[str] = Field(
         default_factory=lambda: ["q_proj", "k_proj", "v_proj", "o_proj", "gate_proj", "up_proj", "down_proj"]
     )
+    modules_to_save: list[str] = Field(
+        default_factory=list,
+        description="base modules trained in full beside the adapters (peft modules_to_save), e.g. "
+        "[embed_tokens] for the random tiny base, whose frozen token embeddings carry no meaning",
+    )
+
+    @model_validator(mode="after")
+    def _needs_peft(self) -> "LoraConfig":
+        if self.r == 0 and self.modules_to_save:
+            raise ValueError("modules_to_save needs LoRA on (r > 0): peft manages the trained copies")
+        return self
 
 
 class GateConfig(_Section):

@@ -319,6 +319,7 @@ class SO8TModel(nn.Module):
                     lora_alpha=config.lora.alpha,
                     lora_dropout=config.lora.dropout,
                     target_modules=list(config.lora.target_modules),
+                    modules_to_save=list(config.lora.modules_to_save) or None,
                     bias="none",
                     task_type="CAUSAL_LM",
                 ),
@@ -373,7 +374,7 @@ class SO8TModel(nn.Module):
         """The dual policy: task side (LoRA, R_cmd) and safety side (R_safe, SafetyHeadB)."""
         groups: dict[str, list[tuple[str, nn.Parameter]]] = {"task": [], "safety": []}
         for name, param in self.named_parameters():
-            if "lora_" in name or ".r_cmd." in name:
+            if "lora_" in name or ".r_cmd." in name or ".modules_to_save." in name:
                 groups["task"].append((name, param))
             elif ".r_safe." in name or name.startswith("safety_head."):
                 groups["safety"].append((name, param))
@@ -384,7 +385,7 @@ class SO8TModel(nn.Module):
         return {
             name: tensor.detach().contiguous()
             for name, tensor in self.state_dict().items()
-            if "lora_" in name or ".r_safe." in name or ".r_cmd." in name or name.startswith("safety_head.")
+            if _is_adapter_key(name)
         }
 
     # ----- forward ------------------------------------------------------------------------------
@@ -476,9 +477,9 @@ class SO8TModel(nn.Module):
         the base is 4-bit, so ``base/`` always loads as a plain HF model."""
         state = {}
         for name, tensor in dequantized_state_dict(self.causal_lm).items():
-            if "lora_" in name or ".r_safe." in name or ".r_cmd." in name:
+            if _is_adapter_key(name):
                 continue
-            plain = name.replace(".wrapped", "").replace(".base_layer", "")
+            plain = name.replace(".wrapped", "").replace(".base_layer", "").replace(".original_module", "")
             state[plain] = tensor
         return state
 
@@ -545,6 +546,12 @@ class SO8TModel(nn.Module):
             if tensor.shape != expected[name].shape:
                 raise CheckpointError(f"{file}: {name} has shape {tuple(tensor.shape)}, expected {tuple(expected[name].shape)}")
         self.load_state_dict(state, strict=False)
+
+
+def _is_adapter_key(name: str) -> bool:
+    """What SO8T trains and saves in adapter.safetensors (everything else is the frozen base)."""
+    return ("lora_" in name or ".r_safe." in name or ".r_cmd." in name or ".modules_to_save." in name
+            or name.startswith("safety_head."))
 
 
 def resolve_checkpoint(path: str | Path) -> Path:

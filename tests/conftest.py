@@ -19,8 +19,9 @@ def tokenizer():
 
 @pytest.fixture
 def tiny_config():
-    """The tiny preset with dropout off so outputs are deterministic."""
-    return ModelConfig(lora={"dropout": 0.0}, head={"dropout": 0.0})
+    """The tiny preset as configs/tiny.yaml ships it (embeddings trained in full), dropout off
+    so outputs are deterministic."""
+    return ModelConfig(lora={"dropout": 0.0, "modules_to_save": ["embed_tokens"]}, head={"dropout": 0.0})
 
 
 def randomize_adapters(model, scale: float = 0.05, seed: int = 1) -> None:
@@ -28,7 +29,7 @@ def randomize_adapters(model, scale: float = 0.05, seed: int = 1) -> None:
     gen = torch.Generator().manual_seed(seed)
     with torch.no_grad():
         for name, param in model.named_parameters():
-            if "lora_" in name or ".r_safe." in name or ".r_cmd." in name:
+            if "lora_" in name or ".r_safe." in name or ".r_cmd." in name or ".modules_to_save." in name:
                 param.add_(torch.randn(param.shape, generator=gen) * scale)
         standardizer = model.safety_head.standardizer
         if standardizer is not None:  # statistics as training would leave them

@@ -77,8 +77,11 @@ def test_parameter_groups_partition_the_trainable_parameters(tiny_config, tokeni
     groups = model.named_parameter_groups()
     task, safety = {n for n, _ in groups["task"]}, {n for n, _ in groups["safety"]}
     assert task and safety and not task & safety
-    assert all("lora_" in n or ".r_cmd." in n for n in task)
+    assert all("lora_" in n or ".r_cmd." in n or ".modules_to_save." in n for n in task)
+    assert any(".modules_to_save." in n for n in task)  # the tiny preset's trained embeddings
     assert all(".r_safe." in n or n.startswith("safety_head.") for n in safety)
+    trainable = {n for n, p in model.named_parameters() if p.requires_grad}
+    assert trainable == task | safety
 
 
 def test_padding_side_does_not_change_the_decision(tiny_config, tokenizer):
