@@ -1,0 +1,24 @@
+"""make demo's job end to end on a few steps: train, reuse the finished run, score the test split."""
+
+import json
+
+from so8t_lib import demo
+
+FEW_STEPS = ["training.max_steps=3", "training.batch_size=4", "training.max_length=96", "training.eval_every=3",
+             "training.eval_max_rows=16", "training.log_every=1"]
+
+
+def test_demo_trains_then_reuses_the_run_and_writes_test_metrics(tmp_path, capsys):
+    run_dir = tmp_path / "run"
+    args = ["--bootstrap", "20", *FEW_STEPS, f"training.output_dir={run_dir}"]
+    demo.main(args)
+    report = json.loads((run_dir / "test_metrics.json").read_text(encoding="utf-8"))
+    assert report["n"] == 572 and sum(map(sum, report["confusion_matrix"])) == 572
+    assert set(report["ci"]) >= {"safety_score", "macro_f1"} and report["checkpoint"].endswith("best")
+    log = (run_dir / "metrics.jsonl").read_text(encoding="utf-8")
+    out = capsys.readouterr().out
+    assert "safety_score" in out and "confusion" in out
+
+    demo.main(args)  # a finished run is reused, not trained again
+    assert (run_dir / "metrics.jsonl").read_text(encoding="utf-8") == log
+    assert "holds a run" in capsys.readouterr().out
