@@ -243,3 +243,20 @@ def test_tiny_4bit_on_cpu_trains_saves_and_reloads(tiny_config, tokenizer, tmp_p
     merged, _ = full.merge_for_export()
     with pytest.raises(RuntimeError, match="4-bit"):
         reloaded.merge_for_export()
+
+
+def test_gradient_checkpointing_gives_the_same_gradients(tiny_config, tokenizer):
+    batch = sample_batch(tokenizer, TEXTS)
+    grads = []
+    for checkpointing in (False, True):
+        model = SO8TModel.from_config(tiny_config, tokenizer).train()
+        randomize_adapters(model)
+        if checkpointing:
+            model.causal_lm.gradient_checkpointing_enable(gradient_checkpointing_kwargs={"use_reentrant": False})
+            assert all(layer.gradient_checkpointing for layer in model.decoder_layers)  # engaged per layer
+        out = model(batch["input_ids"], batch["attention_mask"], output_hidden_states=True)
+        (out.logits.square().mean() + out.safety_logits.square().sum() + out.hidden_states[-2].square().mean()).backward()
+        grads.append({n: p.grad.clone() for n, p in model.named_parameters() if p.requires_grad})
+    assert grads[0].keys() == grads[1].keys()
+    for name in grads[0]:
+        assert torch.allclose(grads[0][name], grads[1][name], atol=1e-6), name

@@ -1,0 +1,119 @@
+"""Training-step speed and memory of the tiny preset on CPU: fp32 base vs nf4 (bitsandbytes) base.
+
+    python benchmarks/train_step.py [--steps 20] [--batch-size 8] [--out benchmarks/results/train_step_cpu.json]
+
+Both variants run in this one process, fp32 first as the baseline, through the real
+``Trainer.train_step`` (configs/training.yaml, two optimizers, composite loss). Reported per
+variant: tokens/s and seconds per step over the timed steps (after warm-up steps), peak RSS
+while stepping and its growth over the RSS before the variant was built (sampled every 5 ms),
+and ratios to the baseline. Numbers depend on the machine: compare ratios, not absolutes.
+"""
+
+from __future__ import annotations
+
+import argparse
+import gc
+import json
+import os
+import platform
+import sys
+import tempfile
+import threading
+import time
+import warnings
+from pathlib import Path
+
+import psutil
+import torch
+
+ROOT = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(ROOT))
+
+from so8t_lib.config import load_config  # noqa: E402
+from so8t_lib.train import Trainer  # noqa: E402
+
+
+class PeakRSS:
+    """Samples this process's resident set size in a thread; ``peak`` is the largest seen."""
+
+    def __init__(self, interval: float = 0.005) -> None:
+        self.process, self.interval, self.peak = psutil.Process(), interval, 0
+        self._stop = threading.Event()
+        self._thread = threading.Thread(target=self._run, daemon=True)
+
+    def _run(self) -> None:
+        while not self._stop.is_set():
+            self.peak = max(self.peak, self.process.memory_info().rss)
+            time.sleep(self.interval)
+
+    def __enter__(self) -> "PeakRSS":
+        self._thread.start()
+        return self
+
+    def __exit__(self, *exc) -> None:
+        self._stop.set()
+        self._thread.join()
+        self.peak = max(self.peak, self.process.memory_info().rss)
+
+
+def run_variant(name: str, overrides: list[str], steps: int, warmup: int) -> dict:
+    gc.collect()
+    rss_before = psutil.Process().memory_info().rss
+    with tempfile.TemporaryDirectory() as tmp, PeakRSS() as sampler:
+        cfg = load_config(ROOT / "configs" / "training.yaml", [*overrides, f"training.output_dir={tmp}/run"])
+        trainer = Trainer(cfg)
+        for _ in range(warmup):
+            trainer.train_step()
+        tokens, start = 0, time.perf_counter()
+        for _ in range(steps):
+            tokens += trainer.train_step()["tokens"]
+        elapsed = time.perf_counter() - start
+        linear4 = sum(type(m).__name__ == "Linear4bit" for m in trainer.model.modules())
+        del trainer
+    gc.collect()
+    return {"variant": name, "overrides": overrides, "linear4bit_modules": linear4, "steps": steps,
+            "tokens": tokens, "seconds": elapsed, "tokens_per_s": tokens / elapsed, "s_per_step": elapsed / steps,
+            "rss_before_mb": rss_before / 2**20, "peak_rss_mb": sampler.peak / 2**20,
+            "peak_rss_growth_mb": (sampler.peak - rss_before) / 2**20}
+
+
+def main(argv: list[str] | None = None) -> dict:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--steps", type=int, default=20)
+    parser.add_argument("--warmup", type=int, default=2)
+    parser.add_argument("--batch-size", type=int, default=8)
+    parser.add_argument("--max-length", type=int, default=192)
+    parser.add_argument("--out", default=str(ROOT / "benchmarks" / "results" / "train_step_cpu.json"))
+    args = parser.parse_args(argv)
+    warnings.filterwarnings("ignore")
+    common = [f"training.batch_size={args.batch_size}", f"training.max_length={args.max_length}",
+              "training.eval_every=100000", "model.load_in_4bit=false"]
+    results = [run_variant("fp32", common, args.steps, args.warmup)]
+    try:
+        import bitsandbytes  # noqa: F401
+
+        results.append(run_variant("nf4", [*common, "model.load_in_4bit=true"], args.steps, args.warmup))
+    except ImportError:
+        print("bitsandbytes is not installed (pip install -e '.[quant]'): nf4 skipped", file=sys.stderr)
+    base = results[0]
+    for r in results:
+        r["tokens_per_s_ratio"] = r["tokens_per_s"] / base["tokens_per_s"]
+        r["peak_rss_growth_ratio"] = r["peak_rss_growth_mb"] / base["peak_rss_growth_mb"]
+    payload = {"benchmark": "train_step", "device": "cpu", "threads": torch.get_num_threads(),
+               "cpu_count": os.cpu_count(), "torch": torch.__version__, "python": platform.python_version(),
+               "machine": platform.machine(), "results": results}
+    out = Path(args.out)
+    out.parent.mkdir(parents=True, exist_ok=True)
+    tmp = out.with_suffix(".tmp")
+    tmp.write_text(json.dumps(payload, indent=1), encoding="utf-8")
+    os.replace(tmp, out)
+    for r in results:
+        print(f"{r['variant']:>5s}: {r['tokens_per_s']:7.0f} tokens/s ({r['tokens_per_s_ratio']:.2f}x), "
+              f"{r['s_per_step']:.2f} s/step, peak RSS {r['peak_rss_mb']:.0f} MB "
+              f"(+{r['peak_rss_growth_mb']:.0f} MB, {r['peak_rss_growth_ratio']:.2f}x)")
+    print(f"wrote {out}")
+    return payload
+
+
+if __name__ == "__main__":
+    main()

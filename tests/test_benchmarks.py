@@ -1,0 +1,29 @@
+"""The benchmark scripts run and write well-formed JSON (numbers themselves are not asserted)."""
+
+import importlib.util
+import json
+from pathlib import Path
+
+import pytest
+
+ROOT = Path(__file__).resolve().parents[1]
+
+
+def _load(name):
+    spec = importlib.util.spec_from_file_location(name, ROOT / "benchmarks" / f"{name}.py")
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module
+
+
+def test_train_step_benchmark_writes_both_variants(tmp_path):
+    pytest.importorskip("bitsandbytes")
+    out = tmp_path / "bench.json"
+    _load("train_step").main(["--steps", "1", "--warmup", "0", "--batch-size", "2", "--max-length", "64",
+                              "--out", str(out)])
+    payload = json.loads(out.read_text())
+    variants = {r["variant"]: r for r in payload["results"]}
+    assert set(variants) == {"fp32", "nf4"}
+    assert variants["fp32"]["linear4bit_modules"] == 0 and variants["nf4"]["linear4bit_modules"] > 0
+    assert variants["fp32"]["tokens_per_s_ratio"] == 1.0
+    assert all(r["tokens"] > 0 and r["peak_rss_mb"] >= r["rss_before_mb"] for r in variants.values())
