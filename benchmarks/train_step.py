@@ -2,11 +2,12 @@
 
     python benchmarks/train_step.py [--steps 20] [--batch-size 8] [--out benchmarks/results/train_step_cpu.json]
 
-Both variants run in this one process, fp32 first as the baseline, through the real
-``Trainer.train_step`` (configs/training.yaml, two optimizers, composite loss). Reported per
-variant: tokens/s and seconds per step over the timed steps (after warm-up steps), peak RSS
-while stepping and its growth over the RSS before the variant was built (sampled every 5 ms),
-and ratios to the baseline. Numbers depend on the machine: compare ratios, not absolutes.
+Speed: both variants run in this one process, fp32 first as the baseline, through the real
+``Trainer.train_step`` (configs/training.yaml, two optimizers, composite loss): tokens/s and
+seconds per step over the timed steps, after warm-up steps. Memory: the allocator keeps pages a
+previous variant freed, so each variant's peak RSS is measured again in a fresh child process
+(peak RSS while building and stepping, and its growth over the RSS after imports, sampled every
+5 ms). Ratios are to fp32. Numbers depend on the machine: compare ratios, not absolutes.
 """
 
 from __future__ import annotations
@@ -22,6 +23,8 @@ import threading
 import time
 import warnings
 from pathlib import Path
+
+import subprocess
 
 import psutil
 import torch
@@ -68,13 +71,28 @@ def run_variant(name: str, overrides: list[str], steps: int, warmup: int) -> dic
         for _ in range(steps):
             tokens += trainer.train_step()["tokens"]
         elapsed = time.perf_counter() - start
+        rss_steady = psutil.Process().memory_info().rss  # after the steps, with the model and optimizer states
         linear4 = sum(type(m).__name__ == "Linear4bit" for m in trainer.model.modules())
         del trainer
     gc.collect()
     return {"variant": name, "overrides": overrides, "linear4bit_modules": linear4, "steps": steps,
             "tokens": tokens, "seconds": elapsed, "tokens_per_s": tokens / elapsed, "s_per_step": elapsed / steps,
-            "rss_before_mb": rss_before / 2**20, "peak_rss_mb": sampler.peak / 2**20,
+            "rss_before_mb": rss_before / 2**20, "rss_after_steps_mb": rss_steady / 2**20, "peak_rss_mb": sampler.peak / 2**20,
             "peak_rss_growth_mb": (sampler.peak - rss_before) / 2**20}
+
+
+def memory_in_child(overrides: list[str], steps: int) -> dict:
+    """Peak RSS of building and stepping one variant, in a fresh Python process."""
+    cmd = [sys.executable, __file__, "--child", json.dumps({"overrides": overrides, "steps": steps})]
+    out = subprocess.run(cmd, capture_output=True, text=True, check=True, cwd=ROOT).stdout
+    return json.loads(out.strip().splitlines()[-1])
+
+
+def child(spec: str) -> None:
+    job = json.loads(spec)
+    result = run_variant("child", job["overrides"], job["steps"], warmup=0)
+    print(json.dumps({"peak_rss_mb": result["peak_rss_mb"], "rss_after_steps_mb": result["rss_after_steps_mb"], "rss_after_imports_mb": result["rss_before_mb"],
+                      "peak_rss_growth_mb": result["peak_rss_growth_mb"]}))
 
 
 def main(argv: list[str] | None = None) -> dict:
@@ -84,8 +102,12 @@ def main(argv: list[str] | None = None) -> dict:
     parser.add_argument("--batch-size", type=int, default=8)
     parser.add_argument("--max-length", type=int, default=192)
     parser.add_argument("--out", default=str(ROOT / "benchmarks" / "results" / "train_step_cpu.json"))
+    parser.add_argument("--child", help=argparse.SUPPRESS)
     args = parser.parse_args(argv)
     warnings.filterwarnings("ignore")
+    if args.child:
+        child(args.child)
+        return {}
     common = [f"training.batch_size={args.batch_size}", f"training.max_length={args.max_length}",
               "training.eval_every=100000", "model.load_in_4bit=false"]
     results = [run_variant("fp32", common, args.steps, args.warmup)]
@@ -95,6 +117,9 @@ def main(argv: list[str] | None = None) -> dict:
         results.append(run_variant("nf4", [*common, "model.load_in_4bit=true"], args.steps, args.warmup))
     except ImportError:
         print("bitsandbytes is not installed (pip install -e '.[quant]'): nf4 skipped", file=sys.stderr)
+    for r in results:  # replace the in-process memory numbers with fresh-process ones
+        r.update(memory_in_child(r["overrides"], max(1, min(args.steps, 3))))
+        r.pop("rss_before_mb")
     base = results[0]
     for r in results:
         r["tokens_per_s_ratio"] = r["tokens_per_s"] / base["tokens_per_s"]
@@ -110,7 +135,8 @@ def main(argv: list[str] | None = None) -> dict:
     for r in results:
         print(f"{r['variant']:>5s}: {r['tokens_per_s']:7.0f} tokens/s ({r['tokens_per_s_ratio']:.2f}x), "
               f"{r['s_per_step']:.2f} s/step, peak RSS {r['peak_rss_mb']:.0f} MB "
-              f"(+{r['peak_rss_growth_mb']:.0f} MB, {r['peak_rss_growth_ratio']:.2f}x)")
+              f"(+{r['peak_rss_growth_mb']:.0f} MB, {r['peak_rss_growth_ratio']:.2f}x), "
+              f"RSS after the steps {r['rss_after_steps_mb']:.0f} MB")
     print(f"wrote {out}")
     return payload
 
