@@ -19,7 +19,6 @@ import os
 import platform
 import sys
 import tempfile
-import threading
 import time
 import warnings
 from pathlib import Path
@@ -33,36 +32,14 @@ ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
 from so8t_lib.config import load_config  # noqa: E402
+from so8t_lib.profiling import PeakMemory  # noqa: E402
 from so8t_lib.train import Trainer  # noqa: E402
-
-
-class PeakRSS:
-    """Samples this process's resident set size in a thread; ``peak`` is the largest seen."""
-
-    def __init__(self, interval: float = 0.005) -> None:
-        self.process, self.interval, self.peak = psutil.Process(), interval, 0
-        self._stop = threading.Event()
-        self._thread = threading.Thread(target=self._run, daemon=True)
-
-    def _run(self) -> None:
-        while not self._stop.is_set():
-            self.peak = max(self.peak, self.process.memory_info().rss)
-            time.sleep(self.interval)
-
-    def __enter__(self) -> "PeakRSS":
-        self._thread.start()
-        return self
-
-    def __exit__(self, *exc) -> None:
-        self._stop.set()
-        self._thread.join()
-        self.peak = max(self.peak, self.process.memory_info().rss)
 
 
 def run_variant(name: str, overrides: list[str], steps: int, warmup: int) -> dict:
     gc.collect()
     rss_before = psutil.Process().memory_info().rss
-    with tempfile.TemporaryDirectory() as tmp, PeakRSS() as sampler:
+    with tempfile.TemporaryDirectory() as tmp, PeakMemory() as sampler:
         cfg = load_config(ROOT / "configs" / "training.yaml", [*overrides, f"training.output_dir={tmp}/run"])
         trainer = Trainer(cfg)
         for _ in range(warmup):
@@ -77,8 +54,8 @@ def run_variant(name: str, overrides: list[str], steps: int, warmup: int) -> dic
     gc.collect()
     return {"variant": name, "overrides": overrides, "linear4bit_modules": linear4, "steps": steps,
             "tokens": tokens, "seconds": elapsed, "tokens_per_s": tokens / elapsed, "s_per_step": elapsed / steps,
-            "rss_before_mb": rss_before / 2**20, "rss_after_steps_mb": rss_steady / 2**20, "peak_rss_mb": sampler.peak / 2**20,
-            "peak_rss_growth_mb": (sampler.peak - rss_before) / 2**20}
+            "rss_before_mb": rss_before / 2**20, "rss_after_steps_mb": rss_steady / 2**20, "peak_rss_mb": sampler.peak_rss_mb,
+            "peak_rss_growth_mb": sampler.peak_rss_mb - rss_before / 2**20}
 
 
 def memory_in_child(overrides: list[str], steps: int) -> dict:

@@ -202,6 +202,9 @@ class TrainingConfig(_Section):
     early_stopping: EarlyStoppingConfig = Field(default_factory=EarlyStoppingConfig)
     autosave_minutes: float = Field(5.0, gt=0)
     save_every_steps: int = Field(0, ge=0, description="also save 'last' every N steps (0: time-based only)")
+    calibrate_temperature: bool = Field(
+        True, description="after training, fit SafetyHeadB's temperature on the val split and store it in best/"
+    )
     seed: int = 0
 
 

@@ -1,38 +1,165 @@
-"""Score a checkpoint on a labelled table: decisions, the safety report, a readable summary.
+"""How safe a checkpoint is, on which data, with what uncertainty, and how fast it decides.
 
-Metric definitions live in ``so8t_lib.metrics`` (``safety_report``). This module is what the
-demo and the training notebooks call; the evaluation CLI builds on it.
+    python -m so8t_lib.evaluate --model checkpoints/so8t-tiny --data test --data xstest --data sst \\
+        [--out metrics.json] [--predictions preds.jsonl] [--threshold 0.8] [--bootstrap 1000]
+    python -m so8t_lib.evaluate --model checkpoints/so8t-tiny --calibrate     # fit the temperature on val
+    python -m so8t_lib.evaluate --model checkpoints/so8t-tiny --latency [--out latency.json]
+
+``--model`` is a checkpoint folder or a run folder (its ``best/``). ``--data`` is a corpus split
+(``train``, ``val``, ``test``), a public benchmark by name (``xstest``, ``sst``), or any JSONL/CSV
+file the data loader accepts (benchmark files are recognised by their columns). Decisions are the
+head's argmax by default; ``--threshold t`` applies the runtime rule of SAFETY_POLICY.md instead
+(REFUSE or ALLOW only when that class is the most likely and at least t, else ESCALATE).
+
+Every metric is defined in ``so8t_lib.metrics`` (see ``safety_report``) and in the README.
 """
 
 from __future__ import annotations
 
+import argparse
+import itertools
+import json
+import math
+import os
+import sys
+import time
+import warnings
+from pathlib import Path
+
 import numpy as np
 import pandas as pd
+import torch
 
 from .config import LABELS
-from .metrics import safety_report
-from .model import SO8TModel
+from .data import NOT_ALLOW, load_any
+from .metrics import expected_calibration_error, safety_report, threshold_decisions, threshold_sweep
+from .model import SO8TModel, resolve_checkpoint
+from .profiling import PeakMemory
 
 HEADLINE = ["safety_score", "macro_f1", "accuracy", "refuse_recall", "escalate_precision", "allow_precision",
-            "dangerous_compliance", "over_refusal"]
+            "dangerous_compliance", "over_refusal", "over_refusal_incl_escalate", "unsafe_f1_strict",
+            "unsafe_f1_loose", "not_allowed_rate", "escalation_rate"]
+SWEEP_THRESHOLDS = [round(0.5 + 0.01 * i, 2) for i in range(50)]  # 0.50 ... 0.99
 
 
-def predict(model: SO8TModel, table: pd.DataFrame, batch_size: int = 32, progress: bool = True
-            ) -> tuple[np.ndarray, list[str]]:
-    """Probabilities (N, 3) and argmax decisions for every row of a loaded table."""
-    contexts = [c if isinstance(c, str) and c.strip() else None for c in table["context"]]
-    probs = model.decide(list(table["user_request"]), contexts, batch_size=batch_size, progress=progress).numpy()
-    return probs, [LABELS[i] for i in probs.argmax(-1)]
+# ----- deciding -------------------------------------------------------------------------------------
+def _contexts(table: pd.DataFrame) -> list[str | None]:
+    return [c if isinstance(c, str) and c.strip() else None for c in table["context"]]
+
+
+def predict(model: SO8TModel, table: pd.DataFrame, batch_size: int = 32, progress: bool = True,
+            threshold: float | None = None) -> tuple[np.ndarray, list[str]]:
+    """Probabilities (N, 3) (temperature-scaled) and decisions for every row of a loaded table:
+    argmax, or the runtime threshold rule when ``threshold`` is given."""
+    probs = model.decide(list(table["user_request"]), _contexts(table), batch_size=batch_size,
+                         progress=progress).numpy()
+    if threshold is None:
+        return probs, [LABELS[i] for i in probs.argmax(-1)]
+    return probs, list(threshold_decisions(probs, threshold))
 
 
 def evaluate_table(model: SO8TModel, table: pd.DataFrame, batch_size: int = 32, bootstrap: int = 0,
-                   progress: bool = True) -> dict:
+                   progress: bool = True, threshold: float | None = None) -> dict:
     """The full safety report of ``model`` on ``table`` (per-language and per-category included)."""
-    probs, pred = predict(model, table, batch_size, progress)
-    return safety_report(list(table["label"]), pred, probs=probs, langs=list(table["lang"]),
-                         categories=list(table["category"]), bootstrap=bootstrap)
+    probs, pred = predict(model, table, batch_size, progress, threshold)
+    return report_from_predictions(table, probs, pred, bootstrap)
 
 
+def report_from_predictions(table: pd.DataFrame, probs: np.ndarray, pred: list[str], bootstrap: int = 0) -> dict:
+    report = safety_report(list(table["label"]), pred, probs=probs, langs=list(table["lang"]),
+                           categories=list(table["category"]), bootstrap=bootstrap)
+    three_class = np.array([label != NOT_ALLOW for label in table["label"]])
+    if three_class.any():
+        sweep = threshold_sweep(probs[three_class], list(table["label"][three_class]), SWEEP_THRESHOLDS)
+        report["threshold_sweep"] = json.loads(sweep.to_json(orient="records"))
+    else:
+        report["threshold_sweep"] = None
+    return report
+
+
+# ----- calibration ----------------------------------------------------------------------------------
+def fit_temperature(logits: np.ndarray, gold_idx: np.ndarray, max_iter: int = 200) -> float:
+    """The temperature T > 0 minimising the NLL of softmax(logits / T) on labelled rows.
+
+    Optimised over log T (LBFGS), so T stays positive; a model that is already calibrated
+    gets T close to 1, an overconfident one T > 1.
+    """
+    z = torch.as_tensor(np.asarray(logits), dtype=torch.float64)
+    y = torch.as_tensor(np.asarray(gold_idx), dtype=torch.long)
+    if z.ndim != 2 or y.shape != (z.shape[0],) or z.shape[0] == 0:
+        raise ValueError(f"need logits (N, K) and labels (N,) with N > 0, got {tuple(z.shape)} and {tuple(y.shape)}")
+    log_t = torch.zeros((), dtype=torch.float64, requires_grad=True)
+    optimizer = torch.optim.LBFGS([log_t], lr=0.5, max_iter=max_iter, line_search_fn="strong_wolfe")
+
+    def closure():
+        optimizer.zero_grad()
+        loss = torch.nn.functional.cross_entropy(z / log_t.exp(), y)
+        loss.backward()
+        return loss
+
+    optimizer.step(closure)
+    return float(log_t.detach().clamp(math.log(0.05), math.log(100.0)).exp())
+
+
+def calibrate(model: SO8TModel, table: pd.DataFrame, batch_size: int = 32, progress: bool = True) -> dict:
+    """Fit SafetyHeadB's temperature on ``table`` (the val split) and set it on the model."""
+    table = table[table["label"] != NOT_ALLOW]
+    gold = np.array([LABELS.index(label) for label in table["label"]])
+    with torch.no_grad():
+        model.safety_head.temperature.fill_(1.0)
+    probs = model.decide(list(table["user_request"]), _contexts(table), batch_size=batch_size,
+                         progress=progress).numpy()
+    logits = np.log(np.clip(probs, 1e-12, 1.0))  # log-softmax: the logits up to a per-row constant
+    temperature = fit_temperature(logits, gold)
+    with torch.no_grad():
+        model.safety_head.temperature.fill_(temperature)
+    scaled = torch.softmax(torch.as_tensor(logits) / temperature, dim=-1).numpy()
+    return {"temperature": temperature, "rows": int(len(table)),
+            "ece_before": expected_calibration_error(probs, gold),
+            "ece_after": expected_calibration_error(scaled, gold)}
+
+
+def calibrate_checkpoint(path: str | Path, data: str | Path = "val", batch_size: int = 32,
+                         progress: bool = True) -> dict:
+    """Fit the temperature on ``data`` and store it in the checkpoint (rewritten atomically)."""
+    folder = resolve_checkpoint(path)
+    model = SO8TModel.load(folder)
+    result = calibrate(model, load_any(data), batch_size, progress)
+    model.save(folder)
+    return {**result, "checkpoint": str(folder), "data": str(data)}
+
+
+# ----- latency --------------------------------------------------------------------------------------
+def measure_latency(model: SO8TModel, requests: list[str], batch_sizes=(1, 8, 32), batches: int = 8,
+                    warmup: int = 2) -> dict:
+    """Wall time of ``decide`` per batch (one prefill each): p50/p95/p99 in ms and requests/s per batch
+    size, and peak memory. A request in a batch waits for the whole batch, so batch latency is the
+    latency each of its requests sees."""
+    results = []
+    for size in batch_sizes:
+        pool = itertools.cycle(requests)
+        chunks = [[next(pool) for _ in range(size)] for _ in range(warmup + batches)]
+        with PeakMemory() as memory:
+            for chunk in chunks[:warmup]:
+                model.decide(chunk, batch_size=size)
+            times = []
+            for chunk in chunks[warmup:]:
+                start = time.perf_counter()
+                model.decide(chunk, batch_size=size)
+                times.append(time.perf_counter() - start)
+        ms = np.array(times) * 1000
+        results.append({
+            "batch_size": size, "batches": batches,
+            "p50_ms": float(np.percentile(ms, 50)), "p95_ms": float(np.percentile(ms, 95)),
+            "p99_ms": float(np.percentile(ms, 99)),
+            "requests_per_s": size * batches / float(np.sum(times)),
+            "peak_rss_mb": memory.peak_rss_mb, "peak_cuda_mb": memory.peak_cuda_mb,
+        })
+    device = next(model.parameters()).device
+    return {"backend": "hf", "device": str(device), "threads": torch.get_num_threads(), "results": results}
+
+
+# ----- reporting ------------------------------------------------------------------------------------
 def _num(value) -> str:
     return "   n/a" if value is None else f"{value:6.3f}"
 
@@ -42,19 +169,105 @@ def format_report(report: dict, title: str = "") -> str:
     lines = [title] if title else []
     ci = report.get("ci") or {}
     for name in HEADLINE:
+        if report.get(name) is None and name not in ci:
+            continue  # undefined on this data (e.g. no gold REFUSE rows in XSTest's safe half)
         interval = ci.get(name)
         extra = f"   95% CI [{interval[0]:.3f}, {interval[1]:.3f}]" if interval and None not in interval else ""
-        lines.append(f"  {name:<22s}{_num(report.get(name))}{extra}")
+        lines.append(f"  {name:<28s}{_num(report.get(name))}{extra}")
+    by_gold = report.get("not_allowed_rate_by_gold") or {}
+    if by_gold.get(NOT_ALLOW) is not None:
+        lines.append(f"  {'not_allowed_rate (unsafe)':<28s}{_num(by_gold[NOT_ALLOW])}")
     if report.get("ece") is not None:
-        lines.append(f"  {'ece':<22s}{_num(report['ece'])}")
+        lines.append(f"  {'ece':<28s}{_num(report['ece'])}")
     labels = report["labels"]
-    lines.append("  confusion (rows gold, columns decided): " + " ".join(f"{label:>9s}" for label in labels))
-    for label, row in zip(labels, report["confusion_matrix"]):
-        lines.append(f"  {'':<30s}{label:>9s} " + " ".join(f"{v:9d}" for v in row))
-    for lang, part in (report.get("by_lang") or {}).items():
-        lines.append(f"  lang {lang}: n={part['n']:4d} accuracy {_num(part['accuracy'])} macro_f1 "
-                     f"{_num(part['macro_f1'])} dangerous_compliance {_num(part['dangerous_compliance'])}")
+    if sum(map(sum, report["confusion_matrix"])):
+        lines.append("  confusion (rows gold, columns decided): " + " ".join(f"{label:>9s}" for label in labels))
+        for label, row in zip(labels, report["confusion_matrix"]):
+            if sum(row):
+                lines.append(f"  {'':<30s}{label:>9s} " + " ".join(f"{v:9d}" for v in row))
+    by_lang = report.get("by_lang") or {}
+    if len(by_lang) > 1:
+        for lang, part in by_lang.items():
+            lines.append(f"  lang {lang}: n={part['n']:4d} accuracy {_num(part['accuracy'])} macro_f1 "
+                         f"{_num(part['macro_f1'])} dangerous_compliance {_num(part['dangerous_compliance'])}")
     return "\n".join(lines)
 
 
-__all__ = ["predict", "evaluate_table", "format_report", "HEADLINE"]
+def _write_atomic(path: Path, text: str) -> None:
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = path.with_name(path.name + ".tmp")
+    tmp.write_text(text, encoding="utf-8")
+    os.replace(tmp, path)
+
+
+def _prediction_lines(name: str, table: pd.DataFrame, probs: np.ndarray, pred: list[str]) -> list[str]:
+    lines = []
+    for row_no, (row_id, gold, decision, p) in enumerate(zip(table["id"], table["label"], pred, probs)):
+        lines.append(json.dumps({
+            "dataset": name, "id": row_id if isinstance(row_id, str) and row_id else row_no, "gold": gold,
+            "decision": decision, "probabilities": {label: round(float(v), 6) for label, v in zip(LABELS, p)},
+        }, ensure_ascii=False))
+    return lines
+
+
+def main(argv: list[str] | None = None) -> dict:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--model", required=True, help="checkpoint folder or run folder")
+    parser.add_argument("--data", action="append", help="split name, xstest, sst, or a file (repeatable; default test)")
+    parser.add_argument("--out", help="write the results as JSON here")
+    parser.add_argument("--predictions", help="write one JSON line per row: dataset, id, gold, decision, probabilities")
+    parser.add_argument("--threshold", type=float, help="decide by the runtime rule at this safety_threshold")
+    parser.add_argument("--bootstrap", type=int, default=1000, help="resamples for the 95%% intervals (0: off)")
+    parser.add_argument("--batch-size", type=int, default=32)
+    parser.add_argument("--calibrate", action="store_true",
+                        help="fit the temperature on --calibration-data and store it in the checkpoint first")
+    parser.add_argument("--calibration-data", default="val")
+    parser.add_argument("--latency", action="store_true", help="measure decision latency instead of metrics")
+    parser.add_argument("--latency-batch-sizes", default="1,8,32")
+    args = parser.parse_args(argv)
+    warnings.filterwarnings("ignore", message=".*is_gradient_checkpointing.*")
+    if args.threshold is not None and not 0.0 <= args.threshold <= 1.0:
+        parser.error(f"--threshold must be in [0, 1], got {args.threshold}")
+    if str(args.model).endswith(".gguf"):
+        parser.error("GGUF models are evaluated once the GGUF runtime lands (issue 6); "
+                     "pass a checkpoint folder for now")
+
+    results: dict = {"model": str(resolve_checkpoint(args.model))}
+    if args.calibrate:
+        results["calibration"] = calibrate_checkpoint(args.model, args.calibration_data, args.batch_size)
+        c = results["calibration"]
+        print(f"temperature {c['temperature']:.3f} fitted on {c['data']} ({c['rows']} rows): "
+              f"ECE {c['ece_before']:.3f} -> {c['ece_after']:.3f}; stored in {c['checkpoint']}")
+    model = SO8TModel.load(args.model)
+    results["temperature"] = float(model.safety_head.temperature)
+
+    if args.latency:
+        requests = list(load_any((args.data or ["test"])[0])["user_request"])
+        sizes = [int(s) for s in args.latency_batch_sizes.split(",")]
+        results["latency"] = measure_latency(model, requests, sizes)
+        for r in results["latency"]["results"]:
+            print(f"batch {r['batch_size']:3d}: p50 {r['p50_ms']:8.1f} ms  p95 {r['p95_ms']:8.1f} ms  "
+                  f"p99 {r['p99_ms']:8.1f} ms  {r['requests_per_s']:7.1f} requests/s  peak RSS {r['peak_rss_mb']:.0f} MB")
+    elif not args.calibrate or args.data:
+        results["decision_rule"] = "argmax" if args.threshold is None else f"threshold {args.threshold}"
+        results["datasets"] = {}
+        prediction_lines: list[str] = []
+        for name in args.data or ["test"]:
+            table = load_any(name)
+            probs, pred = predict(model, table, args.batch_size, threshold=args.threshold)
+            report = report_from_predictions(table, probs, pred, args.bootstrap)
+            report["source"] = str(name)
+            results["datasets"][Path(str(name)).stem] = report
+            prediction_lines += _prediction_lines(Path(str(name)).stem, table, probs, pred)
+            print(format_report(report, f"\n{name} ({len(table)} rows, decisions: {results['decision_rule']})"))
+        if args.predictions:
+            _write_atomic(Path(args.predictions), "".join(line + "\n" for line in prediction_lines))
+            print(f"\npredictions: {args.predictions}")
+    if args.out:
+        _write_atomic(Path(args.out), json.dumps(results, indent=1, ensure_ascii=False))
+        print(f"results: {args.out}", file=sys.stderr)
+    return results
+
+
+if __name__ == "__main__":
+    main()

@@ -353,6 +353,14 @@ class SO8TModel(nn.Module):
             lm, tokenizer = load_pretrained_base(config.resolved_base_model(), config)
         return cls(lm, tokenizer, config)
 
+    def enable_gradient_checkpointing(self) -> None:
+        """Recompute each decoder layer's activations in the backward pass (non-reentrant)."""
+        lm = self.causal_lm
+        if hasattr(lm, "activation_checkpointing_enable"):  # transformers >= 5 name
+            lm.activation_checkpointing_enable(activation_checkpointing_kwargs={"use_reentrant": False})
+        else:
+            lm.gradient_checkpointing_enable(gradient_checkpointing_kwargs={"use_reentrant": False})
+
     # ----- structure ----------------------------------------------------------------------------
     @property
     def causal_lm(self) -> PreTrainedModel:

@@ -151,7 +151,7 @@ class Trainer:
         np.random.seed(self.tcfg.seed)
         self.model = SO8TModel.from_config(config.model)
         if self.tcfg.gradient_checkpointing:
-            self.model.causal_lm.gradient_checkpointing_enable(gradient_checkpointing_kwargs={"use_reentrant": False})
+            self.model.enable_gradient_checkpointing()
         self.model.to(self.accelerator.device)
         (self.opt_task, self.sched_task), (self.opt_safety, self.sched_safety) = build_optimizers(self.model, config)
         data_dir = Path(self.tcfg.data_dir)
@@ -349,8 +349,18 @@ class Trainer:
 
 
 def train(config: SO8TConfig, resume: bool = False) -> Path:
-    """Train as the config says; returns the run folder (``training.output_dir``)."""
-    return Trainer(config, resume=resume).run()
+    """Train as the config says; returns the run folder (``training.output_dir``). Afterwards the
+    best checkpoint's temperature is fitted on the val split (``training.calibrate_temperature``)."""
+    trainer = Trainer(config, resume=resume)
+    run_dir = trainer.run()
+    if trainer.main and config.training.calibrate_temperature and (run_dir / "best").is_dir():
+        from .evaluate import calibrate_checkpoint
+
+        result = calibrate_checkpoint(run_dir / "best", Path(config.training.data_dir) / "val.jsonl",
+                                      config.training.eval_batch_size)
+        print(f"calibration: temperature {result['temperature']:.3f} on {result['rows']} val rows, "
+              f"ECE {result['ece_before']:.3f} -> {result['ece_after']:.3f}", file=sys.stderr)
+    return run_dir
 
 
 def main(argv: list[str] | None = None) -> None:

@@ -252,7 +252,7 @@ def test_gradient_checkpointing_gives_the_same_gradients(tiny_config, tokenizer)
         model = SO8TModel.from_config(tiny_config, tokenizer).train()
         randomize_adapters(model)
         if checkpointing:
-            model.causal_lm.gradient_checkpointing_enable(gradient_checkpointing_kwargs={"use_reentrant": False})
+            model.enable_gradient_checkpointing()
             assert all(layer.gradient_checkpointing for layer in model.decoder_layers)  # engaged per layer
         out = model(batch["input_ids"], batch["attention_mask"], output_hidden_states=True)
         (out.logits.square().mean() + out.safety_logits.square().sum() + out.hidden_states[-2].square().mean()).backward()

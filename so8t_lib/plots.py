@@ -1,0 +1,93 @@
+"""Figures for evaluation reports: each function takes a report (``safety_report`` output) and
+returns a matplotlib Figure; ``save_figure`` writes it atomically to one or more paths."""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+
+import matplotlib
+
+matplotlib.use(os.environ.get("MPLBACKEND", "Agg"))
+import matplotlib.pyplot as plt  # noqa: E402
+import numpy as np  # noqa: E402
+from matplotlib.figure import Figure  # noqa: E402
+
+
+def confusion_matrix_figure(report: dict, title: str = "") -> Figure:
+    cm = np.array(report["confusion_matrix"], dtype=float)
+    rates = cm / np.maximum(cm.sum(1, keepdims=True), 1)
+    fig, ax = plt.subplots(figsize=(4.2, 3.6))
+    ax.imshow(rates, cmap="Blues", vmin=0, vmax=1)
+    labels = report["labels"]
+    ax.set(xticks=range(len(labels)), yticks=range(len(labels)), xticklabels=labels, yticklabels=labels,
+           xlabel="decided", ylabel="gold", title=title or "confusion (row-normalised)")
+    for i in range(len(labels)):
+        for j in range(len(labels)):
+            ax.text(j, i, f"{int(cm[i, j])}\n{rates[i, j]:.0%}", ha="center", va="center",
+                    color="white" if rates[i, j] > 0.6 else "black", fontsize=8)
+    fig.tight_layout()
+    return fig
+
+
+def reliability_figure(report: dict, title: str = "") -> Figure:
+    bins = [b for b in report.get("reliability") or [] if b["count"]]
+    fig, ax = plt.subplots(figsize=(4.2, 3.6))
+    ax.plot([0, 1], [0, 1], ls="--", color="grey", lw=1, label="perfect calibration")
+    if bins:
+        centres = [(b["lower"] + b["upper"]) / 2 for b in bins]
+        width = bins[0]["upper"] - bins[0]["lower"]
+        ax.bar(centres, [b["accuracy"] for b in bins], width=width * 0.9, alpha=0.7, label="accuracy")
+        ax.plot([b["mean_confidence"] for b in bins], [b["accuracy"] for b in bins], "o-", ms=3,
+                color="C1", label="(confidence, accuracy)")
+    ece = report.get("ece")
+    ax.set(xlim=(0, 1), ylim=(0, 1), xlabel="confidence (max probability)", ylabel="accuracy",
+           title=title or f"reliability (ECE {ece:.3f})" if ece is not None else "reliability")
+    ax.legend(fontsize=7, loc="upper left")
+    fig.tight_layout()
+    return fig
+
+
+def threshold_figure(report: dict, title: str = "") -> Figure:
+    sweep = report.get("threshold_sweep") or []
+    t = [row["threshold"] for row in sweep]
+    fig, ax = plt.subplots(figsize=(5.2, 3.6))
+    for key, label in [("escalation_rate", "escalation rate"), ("dangerous_compliance", "dangerous compliance"),
+                       ("over_refusal", "over-refusal (REFUSE)"),
+                       ("over_refusal_incl_escalate", "over-refusal (REFUSE or ESCALATE)")]:
+        ax.plot(t, [np.nan if row.get(key) is None else row[key] for row in sweep], label=label)
+    for mark in (0.8, 0.9):
+        ax.axvline(mark, color="grey", lw=0.8, ls=":")
+    ax.set(xlabel="safety_threshold", ylabel="rate", ylim=(0, 1), title=title or "runtime threshold rule")
+    ax.legend(fontsize=7)
+    fig.tight_layout()
+    return fig
+
+
+def group_bars_figure(report: dict, group: str = "by_category", metrics=("accuracy", "dangerous_compliance",
+                                                                          "over_refusal"), title: str = "") -> Figure:
+    parts = report.get(group) or {}
+    names = list(parts)
+    fig, ax = plt.subplots(figsize=(max(4.0, 0.9 * len(names) + 2), 3.6))
+    width = 0.8 / len(metrics)
+    for k, metric in enumerate(metrics):
+        values = [np.nan if parts[n].get(metric) is None else parts[n][metric] for n in names]
+        ax.bar(np.arange(len(names)) + k * width, values, width, label=metric)
+    ax.set(xticks=np.arange(len(names)) + width * (len(metrics) - 1) / 2, xticklabels=names, ylim=(0, 1),
+           title=title or group.replace("by_", "per ").replace("_", " "))
+    ax.legend(fontsize=7)
+    fig.tight_layout()
+    return fig
+
+
+def save_figure(fig: Figure, *paths: str | Path, dpi: int = 120) -> list[Path]:
+    """Write ``fig`` to each path (temporary file, then rename) and close it."""
+    written = []
+    for path in map(Path, paths):
+        path.parent.mkdir(parents=True, exist_ok=True)
+        tmp = path.with_name(f".{path.stem}.tmp{path.suffix}")
+        fig.savefig(tmp, dpi=dpi)
+        os.replace(tmp, path)
+        written.append(path)
+    plt.close(fig)
+    return written

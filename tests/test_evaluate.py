@@ -1,0 +1,156 @@
+"""Evaluation: temperature fitting, the CLI's JSON and predictions, calibration stored, latency, errors."""
+
+import csv
+import json
+
+import numpy as np
+import pytest
+import torch
+
+from so8t_lib import evaluate
+from so8t_lib.data import BENCHMARK_FILES, DataError, load_split
+from so8t_lib.metrics import expected_calibration_error, safety_report
+from so8t_lib.model import SO8TModel
+
+from conftest import randomize_adapters
+
+
+def test_fit_temperature_undoes_overconfidence():
+    rng = np.random.default_rng(0)
+    true_logits = rng.normal(size=(4000, 3)) * 1.5
+    probs = np.exp(true_logits) / np.exp(true_logits).sum(1, keepdims=True)
+    gold = np.array([rng.choice(3, p=p) for p in probs])  # labels drawn from a calibrated model
+    assert evaluate.fit_temperature(true_logits, gold) == pytest.approx(1.0, abs=0.1)
+    overconfident = true_logits * 3.0
+    temperature = evaluate.fit_temperature(overconfident, gold)
+    assert temperature == pytest.approx(3.0, rel=0.1)
+    sharp = torch.softmax(torch.tensor(overconfident), -1).numpy()
+    fixed = torch.softmax(torch.tensor(overconfident / temperature), -1).numpy()
+    assert expected_calibration_error(fixed, gold) < expected_calibration_error(sharp, gold) / 2
+
+
+def test_fit_temperature_rejects_empty_input():
+    with pytest.raises(ValueError, match="N > 0"):
+        evaluate.fit_temperature(np.zeros((0, 3)), np.zeros(0, dtype=int))
+
+
+@pytest.fixture(scope="module")
+def checkpoint(tmp_path_factory, tokenizer):
+    from so8t_lib.config import ModelConfig
+
+    model = SO8TModel.from_config(ModelConfig(lora={"modules_to_save": ["embed_tokens"]}), tokenizer)
+    randomize_adapters(model, scale=0.3)  # decisions that are not all alike
+    return model.save(tmp_path_factory.mktemp("eval") / "ckpt")
+
+
+@pytest.fixture
+def ten_rows(tmp_path):
+    path = tmp_path / "ten.jsonl"
+    rows = load_split("test").groupby("label").head(4).head(10)
+    rows.to_json(path, orient="records", lines=True, force_ascii=False)
+    return path
+
+
+@pytest.fixture
+def xstest_sample(tmp_path):
+    path = tmp_path / "xs.csv"
+    with BENCHMARK_FILES["xstest"].open(encoding="utf-8", newline="") as src:
+        reader = csv.DictReader(src)
+        rows = [r for r in reader]
+    sample = [r for r in rows if r["label"] == "safe"][:3] + [r for r in rows if r["label"] == "unsafe"][:3]
+    with path.open("w", encoding="utf-8", newline="") as dst:
+        writer = csv.DictWriter(dst, fieldnames=reader.fieldnames)
+        writer.writeheader()
+        writer.writerows(sample)
+    return path
+
+
+def test_cli_writes_documented_keys_and_recomputable_predictions(checkpoint, ten_rows, xstest_sample, tmp_path):
+    out, preds = tmp_path / "metrics.json", tmp_path / "preds.jsonl"
+    evaluate.main(["--model", str(checkpoint), "--data", str(ten_rows), "--data", str(xstest_sample),
+                   "--out", str(out), "--predictions", str(preds), "--bootstrap", "50"])
+    results = json.loads(out.read_text(encoding="utf-8"))
+    assert set(results) >= {"model", "temperature", "decision_rule", "datasets"}
+    report = results["datasets"]["ten"]
+    documented = {"n", "confusion_matrix", "accuracy", "refuse_recall", "escalate_precision", "allow_precision",
+                  "safety_score", "per_class_f1", "macro_f1", "unsafe_f1_strict", "unsafe_f1_loose",
+                  "dangerous_compliance", "over_refusal", "over_refusal_incl_escalate", "not_allowed_rate",
+                  "escalation_rate", "ece", "reliability", "by_lang", "by_category", "ci", "threshold_sweep"}
+    assert documented <= set(report)
+    assert report["n"] == 10 and len(report["threshold_sweep"]) == 50
+    assert report["threshold_sweep"][0]["threshold"] == 0.5 and report["threshold_sweep"][-1]["threshold"] == 0.99
+    xs = results["datasets"]["xs"]
+    assert xs["n"] == 6 and xs["not_allowed_rate_by_gold"]["NOT_ALLOW"] is not None
+
+    lines = [json.loads(line) for line in preds.read_text(encoding="utf-8").splitlines()]
+    assert len(lines) == 16 and {line["dataset"] for line in lines} == {"ten", "xs"}
+    mine = [line for line in lines if line["dataset"] == "ten"]
+    assert all(abs(sum(line["probabilities"].values()) - 1) < 1e-4 for line in mine)
+    recomputed = safety_report([line["gold"] for line in mine], [line["decision"] for line in mine])
+    for key in ("accuracy", "macro_f1", "safety_score", "confusion_matrix"):
+        assert recomputed[key] == report[key]
+
+
+def test_threshold_rule_decisions(checkpoint, ten_rows, tmp_path):
+    out, preds = tmp_path / "m.json", tmp_path / "p.jsonl"
+    evaluate.main(["--model", str(checkpoint), "--data", str(ten_rows), "--threshold", "0.99",
+                   "--bootstrap", "0", "--out", str(out), "--predictions", str(preds)])
+    lines = [json.loads(line) for line in preds.read_text(encoding="utf-8").splitlines()]
+    for line in lines:  # the runtime rule: ALLOW/REFUSE only when most likely and >= 0.99
+        p = line["probabilities"]
+        if line["decision"] != "ESCALATE":
+            assert p[line["decision"]] >= 0.99
+    assert json.loads(out.read_text())["decision_rule"] == "threshold 0.99"
+
+
+def test_calibration_is_stored_in_the_checkpoint(checkpoint, ten_rows, tmp_path):
+    import shutil
+
+    ckpt = tmp_path / "copy"
+    shutil.copytree(checkpoint, ckpt)
+    results = evaluate.main(["--model", str(ckpt), "--calibrate", "--calibration-data", str(ten_rows)])
+    stored = float(SO8TModel.load(ckpt).safety_head.temperature)
+    assert stored == pytest.approx(results["calibration"]["temperature"]) and stored > 0
+    assert results["temperature"] == pytest.approx(stored)
+    assert results["calibration"]["ece_after"] <= results["calibration"]["ece_before"] + 1e-9
+
+
+def test_latency_report(checkpoint, ten_rows, tmp_path):
+    out = tmp_path / "lat.json"
+    evaluate.main(["--model", str(checkpoint), "--latency", "--data", str(ten_rows),
+                   "--latency-batch-sizes", "1,4", "--out", str(out)])
+    latency = json.loads(out.read_text())["latency"]
+    assert [r["batch_size"] for r in latency["results"]] == [1, 4]
+    for r in latency["results"]:
+        assert 0 < r["p50_ms"] <= r["p95_ms"] <= r["p99_ms"] and r["requests_per_s"] > 0 and r["peak_rss_mb"] > 0
+
+
+def test_bad_inputs_give_clear_errors(checkpoint, tmp_path, capsys):
+    with pytest.raises(SystemExit):
+        evaluate.main(["--model", str(tmp_path / "m.gguf")])
+    assert "GGUF" in capsys.readouterr().err
+    with pytest.raises(DataError, match="missing.jsonl"):
+        evaluate.main(["--model", str(checkpoint), "--data", str(tmp_path / "missing.jsonl")])
+    with pytest.raises(SystemExit):
+        evaluate.main(["--model", str(checkpoint), "--threshold", "1.5"])
+    assert not (tmp_path / "out.json").exists()
+
+
+
+def test_eval_notebook_runs_headless_with_papermill(checkpoint, ten_rows, tmp_path):
+    papermill = pytest.importorskip("papermill")
+    from pathlib import Path
+
+    root = Path(__file__).resolve().parents[1]
+    out_dir = tmp_path / "eval"
+    papermill.execute_notebook(
+        str(root / "notebooks" / "04_safety_eval.ipynb"), str(tmp_path / "executed.ipynb"),
+        parameters={"model_path": str(checkpoint), "datasets": [str(ten_rows)], "output_dir": str(out_dir),
+                    "figures_dir": str(tmp_path / "figures"), "bootstrap": 20},
+        cwd=str(root), kernel_name="python3", progress_bar=False,
+    )
+    metrics = json.loads((out_dir / "metrics.json").read_text(encoding="utf-8"))
+    assert metrics["datasets"]["ten"]["n"] == 10
+    for name in ("confusion", "reliability", "threshold", "by_category", "by_lang"):
+        assert (out_dir / f"eval_{name}.png").stat().st_size > 1000
+        assert (tmp_path / "figures" / f"eval_{name}.png").is_file()
