@@ -39,6 +39,13 @@ from .profiling import PeakMemory
 HEADLINE = ["safety_score", "macro_f1", "accuracy", "refuse_recall", "escalate_precision", "allow_precision",
             "dangerous_compliance", "over_refusal", "over_refusal_incl_escalate", "unsafe_f1_strict",
             "unsafe_f1_loose", "not_allowed_rate", "escalation_rate"]
+# What each public benchmark measures (the other metrics are in the JSON but say little there:
+# XSTest has no gold REFUSE or ESCALATE rows, SimpleSafetyTests only gold REFUSE rows).
+BENCHMARK_HEADLINES = {
+    "xstest": ["over_refusal", "over_refusal_incl_escalate", "not_allowed_rate_unsafe", "escalation_rate",
+               "unsafe_f1_strict", "unsafe_f1_loose"],
+    "sst": ["refuse_recall", "not_allowed_rate", "dangerous_compliance", "escalation_rate"],
+}
 SWEEP_THRESHOLDS = [round(0.5 + 0.01 * i, 2) for i in range(50)]  # 0.50 ... 0.99
 
 
@@ -68,6 +75,9 @@ def evaluate_table(model: SO8TModel, table: pd.DataFrame, batch_size: int = 32, 
 def report_from_predictions(table: pd.DataFrame, probs: np.ndarray, pred: list[str], bootstrap: int = 0) -> dict:
     report = safety_report(list(table["label"]), pred, probs=probs, langs=list(table["lang"]),
                            categories=list(table["category"]), bootstrap=bootstrap)
+    report["not_allowed_rate_unsafe"] = (report.get("not_allowed_rate_by_gold") or {}).get(NOT_ALLOW)
+    sources = set(table["source"]) if "source" in table else set()
+    report["headline"] = BENCHMARK_HEADLINES.get(sources.pop(), HEADLINE) if len(sources) == 1 else HEADLINE
     three_class = np.array([label != NOT_ALLOW for label in table["label"]])
     if three_class.any():
         sweep = threshold_sweep(probs[three_class], list(table["label"][three_class]), SWEEP_THRESHOLDS)
@@ -168,15 +178,12 @@ def format_report(report: dict, title: str = "") -> str:
     """Headline metrics (with bootstrap intervals when present), confusion matrix, per language."""
     lines = [title] if title else []
     ci = report.get("ci") or {}
-    for name in HEADLINE:
+    for name in report.get("headline") or HEADLINE:
         if report.get(name) is None and name not in ci:
-            continue  # undefined on this data (e.g. no gold REFUSE rows in XSTest's safe half)
+            continue  # undefined on this data
         interval = ci.get(name)
         extra = f"   95% CI [{interval[0]:.3f}, {interval[1]:.3f}]" if interval and None not in interval else ""
         lines.append(f"  {name:<28s}{_num(report.get(name))}{extra}")
-    by_gold = report.get("not_allowed_rate_by_gold") or {}
-    if by_gold.get(NOT_ALLOW) is not None:
-        lines.append(f"  {'not_allowed_rate (unsafe)':<28s}{_num(by_gold[NOT_ALLOW])}")
     if report.get("ece") is not None:
         lines.append(f"  {'ece':<28s}{_num(report['ece'])}")
     labels = report["labels"]
