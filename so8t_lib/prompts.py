@@ -13,10 +13,11 @@ SYSTEM_PROMPT = (
 )
 
 
-def build_messages(user_request: str, context: str | None = None) -> list[dict[str, str]]:
+def build_messages(user_request: str, context: str | None = None,
+                   system_prompt: str = SYSTEM_PROMPT) -> list[dict[str, str]]:
     content = f"Context: {context.strip()}\n\nRequest: {user_request.strip()}" if context and context.strip() \
         else f"Request: {user_request.strip()}"
-    return [{"role": "system", "content": SYSTEM_PROMPT}, {"role": "user", "content": content}]
+    return [{"role": "system", "content": system_prompt}, {"role": "user", "content": content}]
 
 
 def format_prompt(tokenizer, user_request: str, context: str | None = None) -> str:

@@ -1,0 +1,290 @@
+"""GGUF export and quantization: one file that carries both heads.
+
+    python -m so8t_lib.gguf export checkpoints/so8t-tiny --out dist/ [--quant Q8_0,Q4_K_M,Q4_K_S,IQ4_XS] [--f32]
+    python -m so8t_lib.gguf inspect dist/so8t-tiny-q4_k_m.gguf
+
+Export merges LoRA, folds the SO(8) gates into ``o_proj`` (``SO8TModel.merge_for_export``) and
+writes a llama.cpp ``qwen2`` model with the ``gguf`` package: the project's own HF → GGUF tensor
+names, the byte-level BPE tokenizer (tokens, merges, token types, pre-tokenizer ``qwen2``, chat
+template). SafetyHeadB travels as ``so8t.*`` metadata (llama.cpp ignores unknown keys): its
+weights as float arrays with their shapes, the label order, the temperature, the default threshold,
+the gate order, the system prompt, the model version and the training config hash. Quantized
+files come from ``llama_cpp.llama_model_quantize``, which copies all metadata.
+"""
+
+from __future__ import annotations
+
+import argparse
+import hashlib
+import json
+import os
+import sys
+from pathlib import Path
+
+import numpy as np
+
+from .config import LABELS
+from .prompts import SYSTEM_PROMPT
+
+SO8T_FORMAT = 1
+DEFAULT_THRESHOLD = 0.8  # SAFETY_POLICY.md: 0.8 basic, 0.9 production
+QUANT_TYPES = ("Q8_0", "Q4_K_M", "Q4_K_S", "IQ4_XS")
+_TOKEN_NORMAL, _TOKEN_CONTROL = 1, 3
+
+# HF Qwen2 parameter names -> llama.cpp GGUF tensor names.
+_GLOBAL_NAMES = {"model.embed_tokens.weight": "token_embd.weight", "model.norm.weight": "output_norm.weight",
+                 "lm_head.weight": "output.weight"}
+_LAYER_NAMES = {
+    "input_layernorm.weight": "attn_norm.weight",
+    "self_attn.q_proj.weight": "attn_q.weight", "self_attn.q_proj.bias": "attn_q.bias",
+    "self_attn.k_proj.weight": "attn_k.weight", "self_attn.k_proj.bias": "attn_k.bias",
+    "self_attn.v_proj.weight": "attn_v.weight", "self_attn.v_proj.bias": "attn_v.bias",
+    "self_attn.o_proj.weight": "attn_output.weight",
+    "post_attention_layernorm.weight": "ffn_norm.weight",
+    "mlp.gate_proj.weight": "ffn_gate.weight", "mlp.up_proj.weight": "ffn_up.weight",
+    "mlp.down_proj.weight": "ffn_down.weight",
+}
+
+
+class GGUFError(ValueError):
+    """A file that is not a usable SO8T GGUF; the message names the file and what is wrong."""
+
+
+def gguf_tensor_name(hf_name: str) -> str:
+    """The llama.cpp name of one HF Qwen2 parameter (raises for anything it does not know)."""
+    if hf_name in _GLOBAL_NAMES:
+        return _GLOBAL_NAMES[hf_name]
+    parts = hf_name.split(".")
+    if len(parts) > 3 and parts[0] == "model" and parts[1] == "layers" and parts[2].isdigit():
+        rest = ".".join(parts[3:])
+        if rest in _LAYER_NAMES:
+            return f"blk.{parts[2]}.{_LAYER_NAMES[rest]}"
+    raise GGUFError(f"no GGUF name for parameter {hf_name!r}: only the Qwen2 family is mapped")
+
+
+def _merges(tokenizer) -> list[str]:
+    model = json.loads(tokenizer.backend_tokenizer.to_str())["model"]
+    if model.get("type") != "BPE":
+        raise GGUFError(f"tokenizer model {model.get('type')!r}: GGUF export needs a byte-level BPE tokenizer")
+    return [m if isinstance(m, str) else " ".join(m) for m in model["merges"]]
+
+
+def _tokens(tokenizer) -> tuple[list[str], list[int]]:
+    n = len(tokenizer)
+    tokens = tokenizer.convert_ids_to_tokens(list(range(n)))
+    if any(t is None for t in tokens):
+        raise GGUFError("the tokenizer's ids are not contiguous; cannot write a GGUF token list")
+    special = set(tokenizer.all_special_ids) | {
+        i for i, tok in tokenizer.added_tokens_decoder.items() if getattr(tok, "special", False)}
+    return tokens, [_TOKEN_CONTROL if i in special else _TOKEN_NORMAL for i in range(n)]
+
+
+def _model_version(checkpoint: Path | None, name: str) -> str:
+    manifest = checkpoint / "manifest.json" if checkpoint else None
+    if manifest and manifest.is_file():
+        files = json.loads(manifest.read_text(encoding="utf-8"))["files"]
+        digest = files.get("adapter.safetensors", {}).get("sha256", "")
+        if digest:
+            return f"{name}@{digest[:12]}"
+    return name
+
+
+def _config_hash(checkpoint: Path | None, model) -> str:
+    """sha256 of the training run's resolved config when the checkpoint sits in a run folder,
+    else of the model config."""
+    if checkpoint is not None and (checkpoint.parent / "config.yaml").is_file():
+        from .config import load_config
+
+        return load_config(checkpoint.parent / "config.yaml").fingerprint()
+    canonical = json.dumps(model.config.model_dump(mode="json"), sort_keys=True, separators=(",", ":"))
+    return hashlib.sha256(canonical.encode()).hexdigest()
+
+
+def write_gguf(model, path: str | Path, dtype: str = "f16", checkpoint: Path | None = None,
+               threshold: float = DEFAULT_THRESHOLD) -> Path:
+    """Write ``model`` (an SO8TModel) as one GGUF at ``path`` (temporary file, then rename)."""
+    import gguf
+
+    if dtype not in ("f16", "f32"):
+        raise ValueError(f"dtype must be 'f16' or 'f32', got {dtype!r}")
+    merged, head_state = model.merge_for_export()
+    cfg = merged.config
+    if cfg.model_type != "qwen2":
+        raise GGUFError(f"model type {cfg.model_type!r}: the GGUF export maps the Qwen2 family only")
+    tokenizer = model.tokenizer
+    tokens, token_types = _tokens(tokenizer)
+    if len(tokens) != cfg.vocab_size:
+        raise GGUFError(f"tokenizer has {len(tokens)} tokens but the embedding has {cfg.vocab_size} rows; "
+                        "GGUF needs them equal")
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = path.with_name(f".{path.name}.tmp")
+    writer = gguf.GGUFWriter(str(tmp), "qwen2")
+    writer.add_name(model.config.name)
+    writer.add_file_type(gguf.LlamaFileType.MOSTLY_F16 if dtype == "f16" else gguf.LlamaFileType.ALL_F32)
+    writer.add_context_length(cfg.max_position_embeddings)
+    writer.add_embedding_length(cfg.hidden_size)
+    writer.add_block_count(cfg.num_hidden_layers)
+    writer.add_feed_forward_length(cfg.intermediate_size)
+    writer.add_head_count(cfg.num_attention_heads)
+    writer.add_head_count_kv(cfg.num_key_value_heads)
+    writer.add_rope_freq_base(float(getattr(cfg, "rope_theta", None) or cfg.rope_parameters["rope_theta"]))
+    writer.add_layer_norm_rms_eps(float(cfg.rms_norm_eps))
+    writer.add_tokenizer_model("gpt2")
+    writer.add_tokenizer_pre("qwen2")
+    writer.add_token_list(tokens)
+    writer.add_token_types(token_types)
+    writer.add_token_merges(_merges(tokenizer))
+    writer.add_eos_token_id(tokenizer.eos_token_id)
+    if tokenizer.pad_token_id is not None:
+        writer.add_pad_token_id(tokenizer.pad_token_id)
+    if tokenizer.bos_token_id is not None:
+        writer.add_bos_token_id(tokenizer.bos_token_id)
+    writer.add_add_bos_token(False)
+    if getattr(tokenizer, "chat_template", None):
+        writer.add_chat_template(tokenizer.chat_template)
+
+    writer.add_uint32("so8t.format", SO8T_FORMAT)
+    writer.add_array("so8t.labels", list(LABELS))
+    writer.add_float32("so8t.temperature", float(head_state["temperature"]))
+    writer.add_float32("so8t.threshold", float(threshold))
+    writer.add_string("so8t.gate_order", model.config.gates.order)
+    writer.add_string("so8t.system_prompt", SYSTEM_PROMPT)
+    writer.add_string("so8t.model_version", _model_version(checkpoint, model.config.name))
+    writer.add_string("so8t.config_sha256", _config_hash(checkpoint, model))
+    head_keys = sorted(k for k in head_state if k.startswith("net."))
+    writer.add_array("so8t.head.keys", head_keys)
+    for key in head_keys:
+        values = head_state[key].detach().float().cpu().numpy()
+        writer.add_array(f"so8t.head.{key}.shape", [int(s) for s in values.shape])
+        writer.add_array(f"so8t.head.{key}", values.reshape(-1).astype(np.float32).tolist())
+
+    for name, tensor in merged.state_dict().items():
+        if name == "lm_head.weight" and getattr(cfg, "tie_word_embeddings", False):
+            continue
+        array = tensor.detach().float().cpu().numpy()
+        if dtype == "f16" and array.ndim == 2:
+            array = array.astype(np.float16)
+        writer.add_tensor(gguf_tensor_name(name), array)
+    try:
+        writer.write_header_to_file()
+        writer.write_kv_data_to_file()
+        writer.write_tensors_to_file()
+    finally:
+        writer.close()
+    os.replace(tmp, path)
+    return path
+
+
+def quantize(source: str | Path, target: str | Path, quant: str) -> Path:
+    """Quantize a GGUF with llama.cpp (``llama_model_quantize``); metadata is carried over."""
+    try:
+        import llama_cpp
+    except ImportError:
+        raise GGUFError("quantizing needs llama-cpp-python: pip install -e '.[gguf]'") from None
+    ftype_name = f"LLAMA_FTYPE_MOSTLY_{quant.upper()}"
+    if not hasattr(llama_cpp, ftype_name):
+        raise GGUFError(f"unknown quant type {quant!r}; supported here: {', '.join(QUANT_TYPES)}")
+    target = Path(target)
+    tmp = target.with_name(f".{target.name}.tmp")
+    params = llama_cpp.llama_model_quantize_default_params()
+    params.ftype = getattr(llama_cpp, ftype_name)
+    params.nthread = os.cpu_count() or 1
+    code = llama_cpp.llama_model_quantize(str(source).encode(), str(tmp).encode(), params)
+    if code != 0 or not tmp.is_file():
+        tmp.unlink(missing_ok=True)
+        raise GGUFError(f"llama.cpp could not quantize {source} to {quant} (code {code})")
+    os.replace(tmp, target)
+    return target
+
+
+def read_metadata(path: str | Path) -> dict:
+    """The ``so8t.*`` metadata and the SafetyHeadB weights of an SO8T GGUF; GGUFError otherwise."""
+    import gguf
+
+    path = Path(path)
+    if not path.is_file():
+        raise GGUFError(f"{path}: no such file")
+    with path.open("rb") as handle:
+        if handle.read(4) != b"GGUF":
+            raise GGUFError(f"{path}: not a GGUF file (the first bytes are not 'GGUF')")
+    try:
+        reader = gguf.GGUFReader(str(path))
+    except Exception as exc:  # noqa: BLE001 - a damaged file raises many kinds of errors
+        raise GGUFError(f"{path}: damaged or truncated GGUF ({type(exc).__name__}: {exc})") from None
+    fields = reader.fields
+
+    def value(key: str):
+        if key not in fields:
+            raise GGUFError(f"{path}: no {key!r} key; this GGUF was not exported by so8t_lib.gguf "
+                            "(it lacks the safety head), export the checkpoint again")
+        return fields[key].contents()
+
+    meta = {key: value(key) for key in ("so8t.format", "so8t.labels", "so8t.temperature", "so8t.threshold",
+                                        "so8t.gate_order", "so8t.system_prompt", "so8t.model_version",
+                                        "so8t.config_sha256", "so8t.head.keys")}
+    if int(meta["so8t.format"]) > SO8T_FORMAT:
+        raise GGUFError(f"{path}: so8t.format {meta['so8t.format']} is newer than this library ({SO8T_FORMAT})")
+    head = {}
+    for key in meta["so8t.head.keys"]:
+        shape = [int(s) for s in value(f"so8t.head.{key}.shape")]
+        flat = np.asarray(value(f"so8t.head.{key}"), dtype=np.float32)
+        if flat.size != int(np.prod(shape)):
+            raise GGUFError(f"{path}: so8t.head.{key} has {flat.size} values, its shape says {shape}")
+        head[key] = flat.reshape(shape)
+    meta["head"] = head
+    meta["general.file_type"] = int(fields["general.file_type"].contents()) if "general.file_type" in fields else None
+    meta["tensor_count"] = len(reader.tensors)
+    return meta
+
+
+def export(checkpoint: str | Path, out_dir: str | Path = "dist", quants: list[str] | None = None,
+           f32: bool = False, threshold: float = DEFAULT_THRESHOLD, progress: bool = True) -> list[Path]:
+    """Export a checkpoint (or run folder) to ``out_dir/<name>-f16.gguf`` (+ f32 and quantized files)."""
+    from tqdm.auto import tqdm
+
+    from .model import SO8TModel, resolve_checkpoint
+
+    folder = resolve_checkpoint(checkpoint)
+    model = SO8TModel.load(folder, load_in_4bit=False)  # exact merge needs full-precision base weights
+    name = model.config.name
+    out_dir = Path(out_dir)
+    jobs = [("f16", None)] + ([("f32", None)] if f32 else []) + [(q, q) for q in (quants or [])]
+    written = []
+    f16_path = out_dir / f"{name}-f16.gguf"
+    for label, quant in tqdm(jobs, desc="gguf", unit="file", disable=not progress):
+        if quant is None:
+            written.append(write_gguf(model, out_dir / f"{name}-{label}.gguf", label, folder, threshold))
+        else:
+            written.append(quantize(f16_path, out_dir / f"{name}-{quant.lower()}.gguf", quant))
+    return written
+
+
+def main(argv: list[str] | None = None) -> None:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    sub = parser.add_subparsers(dest="command", required=True)
+    p_export = sub.add_parser("export", help="checkpoint -> GGUF files")
+    p_export.add_argument("checkpoint")
+    p_export.add_argument("--out", default="dist")
+    p_export.add_argument("--quant", default="", help=f"comma-separated, from {','.join(QUANT_TYPES)}")
+    p_export.add_argument("--f32", action="store_true", help="also write an f32 file (for parity checks)")
+    p_export.add_argument("--threshold", type=float, default=DEFAULT_THRESHOLD)
+    p_inspect = sub.add_parser("inspect", help="print a GGUF's so8t metadata")
+    p_inspect.add_argument("file")
+    args = parser.parse_args(argv)
+    if args.command == "export":
+        quants = [q.strip().upper() for q in args.quant.split(",") if q.strip()]
+        for path in export(args.checkpoint, args.out, quants, args.f32, args.threshold):
+            print(f"{path}  {path.stat().st_size / 2**20:.1f} MiB")
+    else:
+        try:
+            meta = read_metadata(args.file)
+        except GGUFError as exc:
+            sys.exit(f"error: {exc}")
+        head = meta.pop("head")
+        meta["head_shapes"] = {k: list(v.shape) for k, v in head.items()}
+        print(json.dumps(meta, indent=1, ensure_ascii=False, default=str))
+
+
+if __name__ == "__main__":
+    main()
