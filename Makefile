@@ -5,7 +5,7 @@ PYTHON ?= python3
 VENV   := .venv
 PY     := $(VENV)/bin/python
 STAMP  := $(VENV)/.installed
-EXTRAS ?= quant,notebooks,dev
+EXTRAS ?= quant,gguf,notebooks,dev
 
 .PHONY: demo test venv clean-venv lint
 

@@ -5,7 +5,9 @@
 Trains to ``training.output_dir`` (``checkpoints/so8t-tiny/``, a few minutes on 2 CPU cores),
 continues an interrupted run there, or reuses a finished one; then loads the best checkpoint,
 decides on every test row, prints the safety report (bootstrap 95% intervals) and writes it to
-``<run folder>/test_metrics.json``. ``--retrain`` starts over in a fresh folder.
+``<run folder>/test_metrics.json``. ``--retrain`` starts over in a fresh folder. Finally it
+exports the best checkpoint to GGUF under ``dist/`` (f16, Q8_0, Q4_K_M, Q4_K_S, IQ4_XS) and decides
+one request from the Q4_K_M file with llama.cpp (``--no-gguf`` skips this).
 """
 
 from __future__ import annotations
@@ -57,6 +59,8 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--config", default=str(DEFAULT_CONFIG))
     parser.add_argument("--retrain", action="store_true", help="delete the run folder and train from scratch")
     parser.add_argument("--bootstrap", type=int, default=500, help="resamples for the 95%% intervals")
+    parser.add_argument("--dist", default="dist", help="folder for the GGUF files")
+    parser.add_argument("--no-gguf", action="store_true", help="skip the GGUF export")
     parser.add_argument("overrides", nargs="*", help="key=value, e.g. training.max_steps=100")
     args = parser.parse_args(argv)
     warnings.filterwarnings("ignore", message=".*is_gradient_checkpointing.*")
@@ -88,6 +92,32 @@ def main(argv: list[str] | None = None) -> None:
     for request, row in zip(requests, probs):
         print(f"{_fit(request, 58)} " + " ".join(f"{float(p):9.3f}" for p in row))
     print(f"\nmetrics: {run_dir / 'test_metrics.json'}; per-step log: {run_dir / 'metrics.jsonl'}")
+    if not args.no_gguf:
+        _gguf_step(run_dir, Path(args.dist), requests[1], contexts[1])
+
+
+def _gguf_step(run_dir: Path, dist: Path, request: str, context: str | None) -> None:
+    try:
+        from .gguf import QUANT_TYPES, export
+        from .gguf_backend import GGUFBackend
+    except ImportError:
+        print("\nGGUF export skipped: pip install -e '.[gguf]' (gguf, llama-cpp-python)")
+        return
+    try:
+        import llama_cpp  # noqa: F401
+    except ImportError:
+        print("\nGGUF export skipped: llama-cpp-python is not installed (pip install -e '.[gguf]')")
+        return
+    paths = export(run_dir, dist, list(QUANT_TYPES))
+    print("\nGGUF files (one file carries both heads):")
+    for path in paths:
+        print(f"  {path}  {path.stat().st_size / 2**20:5.1f} MiB")
+    q4 = next(p for p in paths if p.name.endswith("-q4_k_m.gguf"))
+    backend = GGUFBackend(q4)
+    probs = backend.decide([request], [context])[0]
+    decision = LABELS[int(probs.argmax())]
+    print(f"\n{q4.name} (llama.cpp): {_fit(request, 58)} -> {decision} "
+          + " ".join(f"{label} {float(p):.3f}" for label, p in zip(LABELS, probs)))
 
 
 if __name__ == "__main__":

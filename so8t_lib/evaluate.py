@@ -50,11 +50,21 @@ SWEEP_THRESHOLDS = [round(0.5 + 0.01 * i, 2) for i in range(50)]  # 0.50 ... 0.9
 
 
 # ----- deciding -------------------------------------------------------------------------------------
+def load_decider(path: str | Path):
+    """An SO8TModel for a checkpoint or run folder, a GGUFBackend for a .gguf file: both have
+    ``decide(requests, contexts, batch_size, progress)``."""
+    if str(path).endswith(".gguf"):
+        from .gguf_backend import GGUFBackend
+
+        return GGUFBackend(path)
+    return SO8TModel.load(path)
+
+
 def _contexts(table: pd.DataFrame) -> list[str | None]:
     return [c if isinstance(c, str) and c.strip() else None for c in table["context"]]
 
 
-def predict(model: SO8TModel, table: pd.DataFrame, batch_size: int = 32, progress: bool = True,
+def predict(model, table: pd.DataFrame, batch_size: int = 32, progress: bool = True,
             threshold: float | None = None) -> tuple[np.ndarray, list[str]]:
     """Probabilities (N, 3) (temperature-scaled) and decisions for every row of a loaded table:
     argmax, or the runtime threshold rule when ``threshold`` is given."""
@@ -165,8 +175,10 @@ def measure_latency(model: SO8TModel, requests: list[str], batch_sizes=(1, 8, 32
             "requests_per_s": size * batches / float(np.sum(times)),
             "peak_rss_mb": memory.peak_rss_mb, "peak_cuda_mb": memory.peak_cuda_mb,
         })
-    device = next(model.parameters()).device
-    return {"backend": "hf", "device": str(device), "threads": torch.get_num_threads(), "results": results}
+    if isinstance(model, SO8TModel):
+        return {"backend": "hf", "device": str(next(model.parameters()).device), "threads": torch.get_num_threads(),
+                "results": results}
+    return {"backend": "gguf", "device": "llama.cpp", "file": str(getattr(model, "path", "")), "results": results}
 
 
 # ----- reporting ------------------------------------------------------------------------------------
@@ -235,18 +247,20 @@ def main(argv: list[str] | None = None) -> dict:
     warnings.filterwarnings("ignore", message=".*is_gradient_checkpointing.*")
     if args.threshold is not None and not 0.0 <= args.threshold <= 1.0:
         parser.error(f"--threshold must be in [0, 1], got {args.threshold}")
-    if str(args.model).endswith(".gguf"):
-        parser.error("GGUF models are evaluated once the GGUF runtime lands (issue 6); "
-                     "pass a checkpoint folder for now")
+    is_gguf = str(args.model).endswith(".gguf")
+    if is_gguf and args.calibrate:
+        parser.error("--calibrate works on checkpoint folders; the GGUF carries the temperature of its checkpoint "
+                     "(calibrate the checkpoint, then export again)")
 
-    results: dict = {"model": str(resolve_checkpoint(args.model))}
+    results: dict = {"model": str(args.model if is_gguf else resolve_checkpoint(args.model))}
     if args.calibrate:
         results["calibration"] = calibrate_checkpoint(args.model, args.calibration_data, args.batch_size)
         c = results["calibration"]
         print(f"temperature {c['temperature']:.3f} fitted on {c['data']} ({c['rows']} rows): "
               f"ECE {c['ece_before']:.3f} -> {c['ece_after']:.3f}; stored in {c['checkpoint']}")
-    model = SO8TModel.load(args.model)
-    results["temperature"] = float(model.safety_head.temperature)
+    model = load_decider(args.model)
+    results["temperature"] = float(model.safety_head.temperature) if not is_gguf else float(model.head.temperature)
+    results["backend"] = "gguf" if is_gguf else "hf"
 
     if args.latency:
         requests = list(load_any((args.data or ["test"])[0])["user_request"])

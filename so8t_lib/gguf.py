@@ -185,6 +185,12 @@ def quantize(source: str | Path, target: str | Path, quant: str) -> Path:
     ftype_name = f"LLAMA_FTYPE_MOSTLY_{quant.upper()}"
     if not hasattr(llama_cpp, ftype_name):
         raise GGUFError(f"unknown quant type {quant!r}; supported here: {', '.join(QUANT_TYPES)}")
+    try:  # llama.cpp logs every tensor it converts; keep errors only
+        from llama_cpp._logger import set_verbose
+
+        set_verbose(False)
+    except ImportError:
+        pass
     target = Path(target)
     tmp = target.with_name(f".{target.name}.tmp")
     params = llama_cpp.llama_model_quantize_default_params()

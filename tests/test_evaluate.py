@@ -127,7 +127,7 @@ def test_latency_report(checkpoint, ten_rows, tmp_path):
 
 def test_bad_inputs_give_clear_errors(checkpoint, tmp_path, capsys):
     with pytest.raises(SystemExit):
-        evaluate.main(["--model", str(tmp_path / "m.gguf")])
+        evaluate.main(["--model", str(tmp_path / "m.gguf"), "--calibrate"])
     assert "GGUF" in capsys.readouterr().err
     with pytest.raises(DataError, match="missing.jsonl"):
         evaluate.main(["--model", str(checkpoint), "--data", str(tmp_path / "missing.jsonl")])
