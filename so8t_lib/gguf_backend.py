@@ -37,12 +37,15 @@ class GGUFBackend:
     """``decide(requests, contexts)`` -> probabilities (N, 3); ``generate(request, context)`` -> text."""
 
     def __init__(self, path: str | Path, n_ctx: int = 2048, n_threads: int | None = None, n_gpu_layers: int = 0,
-                 f32_kv_cache: bool = False, verbose: bool = False) -> None:
+                 f32_kv_cache: bool = False, batch_tokens: int = 512, verbose: bool = False) -> None:
         try:
             import llama_cpp
         except ImportError:
             raise GGUFError("the GGUF backend needs llama-cpp-python: pip install -e '.[gguf]'") from None
         self.path = Path(path)
+        # tokens per llama.cpp decode when several prompts share one: every token attends over the
+        # whole batch's KV cells (masked), so huge batches cost more than they save (512 measured best)
+        self.batch_tokens = batch_tokens
         self.meta = read_metadata(self.path)
         if tuple(self.meta["so8t.labels"]) != tuple(LABELS):
             raise GGUFError(f"{self.path}: label order {self.meta['so8t.labels']} differs from {list(LABELS)}")
@@ -85,6 +88,7 @@ class GGUFBackend:
         special tokens, so ``<|im_start|>`` would become plain text."""
         emb, n_embd = self.embedder, self.embedder.n_embd()
         n_batch, n_seq_max = emb.n_batch, emb.context_params.n_seq_max
+        fill = min(n_batch, self.batch_tokens)
         states: list[np.ndarray] = []
         pending = 0
 
@@ -100,7 +104,7 @@ class GGUFBackend:
         used = 0
         for prompt in prompts:
             tokens = emb.tokenize(prompt.encode("utf-8"), add_bos=False, special=True)[-n_batch:]
-            if pending and (used + len(tokens) > n_batch or pending >= n_seq_max):
+            if pending and (used + len(tokens) > fill or pending >= n_seq_max):
                 flush()
                 pending, used = 0, 0
             emb._batch.add_sequence(tokens, pending, True)

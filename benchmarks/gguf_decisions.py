@@ -1,0 +1,60 @@
+"""Decision latency, throughput and agreement: each GGUF quant type vs the fp32 HF model, one run.
+
+    python benchmarks/gguf_decisions.py [--checkpoint checkpoints/so8t-tiny] [--dist dist]
+                                        [--out benchmarks/results/gguf_decisions_cpu.json]
+
+Needs the trained tiny default and its GGUF files (``make demo`` writes both). All backends run in
+this one process on the same requests of the test split (``so8t_lib.quant_compare.compare``);
+ratios are to the fp32 HF model. Numbers depend on the machine: compare ratios, not absolutes.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import platform
+import sys
+from pathlib import Path
+
+import torch
+
+ROOT = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(ROOT))
+
+from so8t_lib.quant_compare import compare  # noqa: E402
+
+ORDER = ["f16", "q8_0", "q4_k_m", "q4_k_s", "iq4_xs"]
+
+
+def main(argv: list[str] | None = None) -> dict:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--checkpoint", default=str(ROOT / "checkpoints" / "so8t-tiny"))
+    parser.add_argument("--dist", default=str(ROOT / "dist"))
+    parser.add_argument("--name", default="so8t-tiny")
+    parser.add_argument("--data", default="test")
+    parser.add_argument("--out", default=str(ROOT / "benchmarks" / "results" / "gguf_decisions_cpu.json"))
+    args = parser.parse_args(argv)
+    files = [Path(args.dist) / f"{args.name}-{q}.gguf" for q in ORDER]
+    missing = [str(f) for f in files if not f.is_file()]
+    if missing:
+        sys.exit(f"missing GGUF files {missing}: run `make demo` (or python -m so8t_lib.gguf export "
+                 f"{args.checkpoint} --quant Q8_0,Q4_K_M,Q4_K_S,IQ4_XS) first")
+    frame = compare(args.checkpoint, files, args.data)
+    payload = {"benchmark": "gguf_decisions", "device": "cpu", "threads": torch.get_num_threads(),
+               "cpu_count": os.cpu_count(), "machine": platform.machine(), "data": args.data,
+               "results": json.loads(frame.to_json(orient="records"))}
+    out = Path(args.out)
+    out.parent.mkdir(parents=True, exist_ok=True)
+    tmp = out.with_name(out.name + ".tmp")
+    tmp.write_text(json.dumps(payload, indent=1), encoding="utf-8")
+    os.replace(tmp, out)
+    cols = ["backend", "size_mib", "load_s", "decide_p50_ms", "decide_p95_ms", "requests_per_s_batch32",
+            "agreement_with_fp32", "macro_f1", "generation_tokens_per_s", "decide_p50_ratio_vs_fp32"]
+    print(frame[cols].round(3).to_string(index=False))
+    print(f"wrote {out}")
+    return payload
+
+
+if __name__ == "__main__":
+    main()
