@@ -91,3 +91,22 @@ def save_figure(fig: Figure, *paths: str | Path, dpi: int = 120) -> list[Path]:
         written.append(path)
     plt.close(fig)
     return written
+
+
+def quant_ladder_figure(frame, title: str = "") -> Figure:
+    """Size, decision latency, agreement with fp32 and macro-F1 per backend (``quant_compare.compare``)."""
+    panels = [("size_mib", "file size (MiB)"), ("decide_p50_ms", "decision latency p50 (ms)"),
+              ("agreement_with_fp32", "agreement with fp32"), ("macro_f1", "macro-F1")]
+    fig, axes = plt.subplots(1, len(panels), figsize=(3.2 * len(panels), 3.4))
+    names = list(frame["backend"])
+    colors = ["grey"] + [f"C{i}" for i in range(len(names) - 1)]
+    for ax, (column, label) in zip(axes, panels):
+        values = frame[column].astype(float).to_numpy()
+        ax.bar(range(len(names)), values, color=colors)
+        ax.set(xticks=range(len(names)), title=label)
+        ax.set_xticklabels(names, rotation=45, ha="right", fontsize=8)
+        if column in ("agreement_with_fp32", "macro_f1"):
+            ax.set_ylim(min(0.5, float(np.nanmin(values)) - 0.05), 1.0)
+    fig.suptitle(title or "quantization ladder")
+    fig.tight_layout()
+    return fig

@@ -137,3 +137,26 @@ def test_evaluate_cli_on_a_gguf_file(exported, tmp_path):
     assert results["temperature"] == pytest.approx(1.3)
     with pytest.raises(so8t_gguf.GGUFError, match="no such file"):
         evaluate.main(["--model", str(tmp_path / "missing.gguf")])
+
+
+def test_quantization_notebook_runs_headless(exported, tmp_path):
+    papermill = pytest.importorskip("papermill")
+    import json
+    from pathlib import Path
+
+    model, paths = exported
+    root = Path(__file__).resolve().parents[1]
+    rows = tmp_path / "rows.jsonl"
+    load_split("test").head(12).to_json(rows, orient="records", lines=True, force_ascii=False)
+    checkpoint = next(iter(paths.values())).parent.parent / "ckpt"
+    papermill.execute_notebook(
+        str(root / "notebooks" / "03_quantization.ipynb"), str(tmp_path / "executed.ipynb"),
+        parameters={"checkpoint": str(checkpoint), "quant_types": ["Q4_K_M"], "data": str(rows),
+                    "dist_dir": str(tmp_path / "dist"), "output_dir": str(tmp_path / "out"),
+                    "figures_dir": "", "latency_requests": 3},
+        cwd=str(root), kernel_name="python3", progress_bar=False,
+    )
+    ladder = json.loads((tmp_path / "out" / "quant_ladder.json").read_text())
+    assert [row["backend"] for row in ladder] == ["hf-fp32", "F16", "Q4_K_M"]
+    assert ladder[0]["agreement_with_fp32"] == 1.0 and ladder[1]["agreement_with_fp32"] >= 11 / 12  # f16 ~ fp32
+    assert (tmp_path / "out" / "quant_ladder.png").stat().st_size > 1000
