@@ -1,0 +1,211 @@
+"""The audit log: append-only JSONL with a hash chain, size-based rotation with gzip, safe under
+many threads and processes at once.
+
+    python -m so8t_lib.audit verify logs/        # exit 1 and name the record if anything was edited,
+                                                 # dropped or reordered
+
+Every record gets ``seq`` (0, 1, 2, ...), ``prev_hash`` (the previous record's ``hash``) and
+``hash`` = sha256 of ``prev_hash`` and the record's canonical JSON without ``hash``. Appends hold an
+exclusive ``flock`` on ``<log>.lock`` while they read the chain head, write one line, flush and
+fsync, so records from concurrent writers are never interleaved or lost. When the live file would
+pass ``max_bytes`` it is gzipped to ``<log>.1.gz`` (older ones shift to ``.2.gz`` ...; beyond
+``backup_count`` the oldest is deleted) and the chain head is kept in ``<log>.head`` so the chain
+continues across files. The record format is the operations manual's (timestamp, request_id, user_id,
+input, decision, rationale, human_required, model_version, processing_time_ms, confidence_score)
+plus whatever the runtime adds (category, flags, error).
+"""
+
+from __future__ import annotations
+
+import argparse
+import fcntl
+import gzip
+import hashlib
+import json
+import os
+import sys
+from collections.abc import Iterator
+from contextlib import contextmanager
+from dataclasses import dataclass
+from pathlib import Path
+
+from .sanitize import mask_personal_data
+
+GENESIS = "0" * 64
+
+
+def record_hash(record: dict) -> str:
+    body = {k: v for k, v in record.items() if k != "hash"}
+    canonical = json.dumps(body, sort_keys=True, ensure_ascii=False, separators=(",", ":"))
+    return hashlib.sha256((record.get("prev_hash", "") + canonical).encode("utf-8")).hexdigest()
+
+
+def parse_size(text: str | int) -> int:
+    """'100MB', '1GB', '64KB' or a byte count -> bytes (the manual writes sizes this way)."""
+    if isinstance(text, int):
+        return text
+    units = {"KB": 2**10, "MB": 2**20, "GB": 2**30, "B": 1}
+    upper = str(text).strip().upper()
+    for unit, factor in units.items():
+        if upper.endswith(unit) and upper[: -len(unit)].strip().replace(".", "", 1).isdigit():
+            return int(float(upper[: -len(unit)]) * factor)
+    if upper.isdigit():
+        return int(upper)
+    raise ValueError(f"cannot read size {text!r}: write e.g. 100MB, 1GB or a number of bytes")
+
+
+@dataclass
+class AuditLog:
+    """``AuditLog(path).append(record)`` -> the record as written (with seq and hashes)."""
+
+    path: Path
+    max_bytes: int = 100 * 2**20
+    backup_count: int = 5
+    mask_input: bool = True
+
+    def __post_init__(self) -> None:
+        self.path = Path(self.path)
+        if self.backup_count < 1:
+            raise ValueError("backup_count must be at least 1: rotation would delete records at once")
+        self.path.parent.mkdir(parents=True, exist_ok=True)
+
+    @property
+    def _lock_path(self) -> Path:
+        return self.path.with_name(self.path.name + ".lock")
+
+    @property
+    def _head_path(self) -> Path:
+        return self.path.with_name(self.path.name + ".head")
+
+    @contextmanager
+    def _locked(self) -> Iterator[None]:
+        with open(self._lock_path, "a") as lock:
+            fcntl.flock(lock, fcntl.LOCK_EX)
+            try:
+                yield
+            finally:
+                fcntl.flock(lock, fcntl.LOCK_UN)
+
+    def _head(self) -> tuple[int, str]:
+        """(next seq, hash of the last record): from the live file's last line, else the head file."""
+        if self.path.is_file() and self.path.stat().st_size:
+            with self.path.open("rb") as handle:
+                handle.seek(0, os.SEEK_END)
+                end = handle.tell()
+                chunk, pos = b"", end
+                while pos > 0 and chunk.count(b"\n") < 2:
+                    step = min(65536, pos)
+                    pos -= step
+                    handle.seek(pos)
+                    chunk = handle.read(step) + chunk
+            last = chunk.rstrip(b"\n").rsplit(b"\n", 1)[-1]
+            record = json.loads(last)
+            return int(record["seq"]) + 1, record["hash"]
+        if self._head_path.is_file():
+            head = json.loads(self._head_path.read_text(encoding="utf-8"))
+            return int(head["next_seq"]), head["hash"]
+        return 0, GENESIS
+
+    def _rotate(self, next_seq: int, last_hash: str) -> None:
+        tmp = self._head_path.with_name(self._head_path.name + ".tmp")
+        tmp.write_text(json.dumps({"next_seq": next_seq, "hash": last_hash}), encoding="utf-8")
+        os.replace(tmp, self._head_path)
+        oldest = self.path.with_name(f"{self.path.name}.{self.backup_count}.gz")
+        oldest.unlink(missing_ok=True)
+        for n in range(self.backup_count - 1, 0, -1):
+            older = self.path.with_name(f"{self.path.name}.{n}.gz")
+            if older.exists():
+                os.replace(older, self.path.with_name(f"{self.path.name}.{n + 1}.gz"))
+        target = self.path.with_name(f"{self.path.name}.1.gz")
+        part = target.with_name(target.name + ".tmp")
+        with self.path.open("rb") as src, gzip.open(part, "wb") as dst:
+            while block := src.read(1 << 20):
+                dst.write(block)
+        os.replace(part, target)
+        self.path.unlink()
+
+    def append(self, record: dict) -> dict:
+        record = dict(record)
+        if self.mask_input and isinstance(record.get("input"), str):
+            record["input"] = mask_personal_data(record["input"])
+        with self._locked():
+            next_seq, last_hash = self._head()
+            record["seq"], record["prev_hash"] = next_seq, last_hash
+            record["hash"] = record_hash(record)
+            line = (json.dumps(record, ensure_ascii=False, separators=(",", ":")) + "\n").encode("utf-8")
+            if self.path.is_file() and self.path.stat().st_size and \
+                    self.path.stat().st_size + len(line) > self.max_bytes:
+                self._rotate(next_seq, last_hash)
+            fd = os.open(self.path, os.O_WRONLY | os.O_CREAT | os.O_APPEND, 0o600)
+            try:
+                os.write(fd, line)
+                os.fsync(fd)
+            finally:
+                os.close(fd)
+        return record
+
+
+def log_files(folder: str | Path, name: str = "audit.jsonl") -> list[Path]:
+    """Oldest first: ``name.N.gz`` ... ``name.1.gz``, then the live ``name``."""
+    folder = Path(folder)
+    rotated = sorted(folder.glob(f"{name}.*.gz"), key=lambda p: -int(p.name[len(name) + 1:-3]))
+    live = folder / name
+    return rotated + ([live] if live.is_file() else [])
+
+
+def _lines(path: Path) -> Iterator[str]:
+    opener = gzip.open if path.suffix == ".gz" else open
+    with opener(path, "rt", encoding="utf-8") as handle:
+        yield from handle
+
+
+def verify(folder: str | Path, name: str = "audit.jsonl") -> dict:
+    """Walk every file oldest first and check each record's hash, its link to the previous one, and
+    that ``seq`` has no gap. Returns {files, records, first_seq, last_seq, errors}; the first record
+    may start after 0 when older files were rotated away (``backup_count``)."""
+    files = log_files(folder, name)
+    errors: list[str] = []
+    count, first_seq, prev = 0, None, None
+    for path in files:
+        for line_no, line in enumerate(_lines(path), 1):
+            where = f"{path.name}:{line_no}"
+            try:
+                record = json.loads(line)
+                seq, stored = int(record["seq"]), record["hash"]
+            except (json.JSONDecodeError, KeyError, TypeError, ValueError):
+                errors.append(f"{where}: not a complete audit record")
+                continue
+            if record_hash(record) != stored:
+                errors.append(f"{where}: record seq {seq} was edited (its hash does not match its content)")
+            if prev is not None:
+                if seq != prev["seq"] + 1:
+                    errors.append(f"{where}: seq {seq} follows seq {prev['seq']} (records dropped or reordered)")
+                elif record.get("prev_hash") != prev["hash"]:
+                    errors.append(f"{where}: seq {seq} does not link to the record before it")
+            first_seq = seq if first_seq is None else first_seq
+            prev, count = record, count + 1
+    return {"files": [str(p) for p in files], "records": count, "first_seq": first_seq,
+            "last_seq": prev["seq"] if prev else None, "errors": errors}
+
+
+def main(argv: list[str] | None = None) -> None:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    sub = parser.add_subparsers(dest="command", required=True)
+    p_verify = sub.add_parser("verify", help="check the hash chain of every audit file in a folder")
+    p_verify.add_argument("folder")
+    p_verify.add_argument("--name", default="audit.jsonl")
+    args = parser.parse_args(argv)
+    report = verify(args.folder, args.name)
+    if not report["files"]:
+        sys.exit(f"error: no {args.name} files in {args.folder}")
+    for error in report["errors"]:
+        print(f"FAIL {error}")
+    status = "OK" if not report["errors"] else f"{len(report['errors'])} problem(s)"
+    print(f"{status}: {report['records']} records (seq {report['first_seq']}..{report['last_seq']}) "
+          f"in {len(report['files'])} file(s)")
+    if report["errors"]:
+        sys.exit(1)
+
+
+if __name__ == "__main__":
+    main()
