@@ -459,6 +459,24 @@ class SO8TModel(nn.Module):
             self.train(was_training)
         return torch.cat(chunks) if chunks else torch.empty(0, len(LABELS))
 
+    @torch.no_grad()
+    def generate(self, request: str, context: str | None = None, max_tokens: int = 128,
+                 temperature: float = 0.0) -> str:
+        """TaskHeadA's continuation of the prompt: the answer (ALLOW) or the rationale."""
+        device = next(self.parameters()).device
+        batch = self.tokenizer(format_prompt(self.tokenizer, request, context), return_tensors="pt").to(device)
+        was_training = self.training
+        self.eval()
+        try:
+            out = self.causal_lm.generate(
+                **batch, max_new_tokens=max_tokens, do_sample=temperature > 0,
+                temperature=temperature if temperature > 0 else None, top_p=None, top_k=None,
+                pad_token_id=self.tokenizer.pad_token_id, eos_token_id=self.tokenizer.eos_token_id,
+            )
+        finally:
+            self.train(was_training)
+        return self.tokenizer.decode(out[0, batch["input_ids"].shape[1]:], skip_special_tokens=True)
+
     # ----- export -------------------------------------------------------------------------------
     @torch.no_grad()
     def merge_for_export(self) -> tuple[PreTrainedModel, dict[str, torch.Tensor]]:

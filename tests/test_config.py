@@ -11,8 +11,14 @@ CONFIGS = Path(__file__).resolve().parents[1] / "configs"
 
 @pytest.mark.parametrize("name", sorted(p.name for p in CONFIGS.glob("*.yaml")))
 def test_shipped_configs_validate(name):
-    cfg = load_config(CONFIGS / name)
-    assert cfg.model.name and len(cfg.fingerprint()) == 64
+    from so8t_lib.runtime_config import is_runtime_config, load_runtime_config
+
+    if is_runtime_config(CONFIGS / name) or "mode: emergency" in (CONFIGS / name).read_text(encoding="utf-8"):
+        cfg = load_runtime_config(CONFIGS / name)
+        assert 0.5 <= cfg.inference.safety_threshold <= 1
+    else:
+        cfg = load_config(CONFIGS / name)
+        assert cfg.model.name and len(cfg.fingerprint()) == 64
     assert "python -m so8t_lib" in (CONFIGS / name).read_text(encoding="utf-8").split("\nmodel:")[0], \
         "each config's header says how to run it"
 
