@@ -5,7 +5,7 @@ PYTHON ?= python3
 VENV   := .venv
 PY     := $(VENV)/bin/python
 STAMP  := $(VENV)/.installed
-EXTRAS ?= quant,gguf,notebooks,dev
+EXTRAS ?= quant,gguf,runtime,notebooks,dev
 
 .PHONY: demo test venv clean-venv lint
 
