@@ -104,6 +104,7 @@ def _gguf_step(run_dir: Path, dist: Path, request: str, context: str | None) -> 
         print("\nGGUF export skipped: pip install -e '.[gguf]' (gguf, llama-cpp-python)")
         return
     try:
+        import gguf  # noqa: F401
         import llama_cpp  # noqa: F401
     except ImportError:
         print("\nGGUF export skipped: llama-cpp-python is not installed (pip install -e '.[gguf]')")

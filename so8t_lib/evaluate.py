@@ -46,6 +46,7 @@ BENCHMARK_HEADLINES = {
                "unsafe_f1_strict", "unsafe_f1_loose"],
     "sst": ["refuse_recall", "not_allowed_rate", "dangerous_compliance", "escalation_rate"],
 }
+TEMPERATURE_RANGE = (0.25, 10.0)
 SWEEP_THRESHOLDS = [round(0.5 + 0.01 * i, 2) for i in range(50)]  # 0.50 ... 0.99
 
 
@@ -118,18 +119,18 @@ def fit_temperature(logits: np.ndarray, gold_idx: np.ndarray, max_iter: int = 20
         return loss
 
     optimizer.step(closure)
-    return float(log_t.detach().clamp(math.log(0.05), math.log(100.0)).exp())
+    # When every row is already right the NLL keeps falling as T -> 0; bound T so a small, easy val
+    # split cannot make the head 20x sharper (and the threshold rule unable to escalate).
+    return float(log_t.detach().clamp(math.log(TEMPERATURE_RANGE[0]), math.log(TEMPERATURE_RANGE[1])).exp())
 
 
 def calibrate(model: SO8TModel, table: pd.DataFrame, batch_size: int = 32, progress: bool = True) -> dict:
     """Fit SafetyHeadB's temperature on ``table`` (the val split) and set it on the model."""
     table = table[table["label"] != NOT_ALLOW]
     gold = np.array([LABELS.index(label) for label in table["label"]])
-    with torch.no_grad():
-        model.safety_head.temperature.fill_(1.0)
-    probs = model.decide(list(table["user_request"]), _contexts(table), batch_size=batch_size,
-                         progress=progress).numpy()
-    logits = np.log(np.clip(probs, 1e-12, 1.0))  # log-softmax: the logits up to a per-row constant
+    logits = model.decide(list(table["user_request"]), _contexts(table), batch_size=batch_size,
+                          progress=progress, return_logits=True).numpy().astype(np.float64)
+    probs = torch.softmax(torch.as_tensor(logits), dim=-1).numpy()
     temperature = fit_temperature(logits, gold)
     with torch.no_grad():
         model.safety_head.temperature.fill_(temperature)
@@ -141,11 +142,23 @@ def calibrate(model: SO8TModel, table: pd.DataFrame, batch_size: int = 32, progr
 
 def calibrate_checkpoint(path: str | Path, data: str | Path = "val", batch_size: int = 32,
                          progress: bool = True) -> dict:
-    """Fit the temperature on ``data`` and store it in the checkpoint (rewritten atomically)."""
+    """Fit the temperature on ``data`` and store it in the checkpoint: only the temperature entry of
+    ``adapter.safetensors`` changes (temporary file, then rename), and the manifest is renewed; every
+    other file (a training run's trainer_state.pt too) stays as it was."""
+    from safetensors.torch import load_file, save_file
+
+    from .checkpoint import write_manifest
+
     folder = resolve_checkpoint(path)
     model = SO8TModel.load(folder)
     result = calibrate(model, load_any(data), batch_size, progress)
-    model.save(folder)
+    adapter = folder / "adapter.safetensors"
+    state = load_file(str(adapter))
+    state["safety_head.temperature"] = torch.tensor(result["temperature"], dtype=state["safety_head.temperature"].dtype)
+    tmp = adapter.with_name(adapter.name + ".tmp")
+    save_file(state, str(tmp), metadata={"format": "1"})
+    os.replace(tmp, adapter)
+    write_manifest(folder)
     return {**result, "checkpoint": str(folder), "data": str(data)}
 
 
@@ -219,11 +232,16 @@ def _write_atomic(path: Path, text: str) -> None:
     os.replace(tmp, path)
 
 
+def _dataset_key(name) -> str:
+    return Path(str(name)).stem
+
+
 def _prediction_lines(name: str, table: pd.DataFrame, probs: np.ndarray, pred: list[str]) -> list[str]:
     lines = []
     for row_no, (row_id, gold, decision, p) in enumerate(zip(table["id"], table["label"], pred, probs)):
         lines.append(json.dumps({
-            "dataset": name, "id": row_id if isinstance(row_id, str) and row_id else row_no, "gold": gold,
+            "dataset": name, "id": str(row_id) if row_id is not None and str(row_id) not in ("", "nan") else row_no,
+            "gold": gold,
             "decision": decision, "probabilities": {label: round(float(v), 6) for label, v in zip(LABELS, p)},
         }, ensure_ascii=False))
     return lines
@@ -247,6 +265,17 @@ def main(argv: list[str] | None = None) -> dict:
     warnings.filterwarnings("ignore", message=".*is_gradient_checkpointing.*")
     if args.threshold is not None and not 0.0 <= args.threshold <= 1.0:
         parser.error(f"--threshold must be in [0, 1], got {args.threshold}")
+    if args.latency and (args.predictions or args.threshold is not None):
+        parser.error("--latency measures speed only; --predictions and --threshold belong to a metrics run")
+    if args.calibrate and args.predictions and not args.data:
+        parser.error("--predictions needs --data (which rows to decide)")
+    if args.data and len({_dataset_key(d) for d in args.data}) < len(args.data):
+        parser.error("two --data entries have the same name; give them different file names")
+    try:
+        sizes = [int(s) for s in args.latency_batch_sizes.split(",")]
+        assert sizes and all(s > 0 for s in sizes)
+    except (ValueError, AssertionError):
+        parser.error(f"--latency-batch-sizes must be positive integers separated by commas, got {args.latency_batch_sizes!r}")
     is_gguf = str(args.model).endswith(".gguf")
     if is_gguf and args.calibrate:
         parser.error("--calibrate works on checkpoint folders; the GGUF carries the temperature of its checkpoint "
@@ -264,7 +293,8 @@ def main(argv: list[str] | None = None) -> dict:
 
     if args.latency:
         requests = list(load_any((args.data or ["test"])[0])["user_request"])
-        sizes = [int(s) for s in args.latency_batch_sizes.split(",")]
+        if not requests:
+            parser.error("the --data file for --latency has no rows")
         results["latency"] = measure_latency(model, requests, sizes)
         for r in results["latency"]["results"]:
             print(f"batch {r['batch_size']:3d}: p50 {r['p50_ms']:8.1f} ms  p95 {r['p95_ms']:8.1f} ms  "
@@ -278,8 +308,8 @@ def main(argv: list[str] | None = None) -> dict:
             probs, pred = predict(model, table, args.batch_size, threshold=args.threshold)
             report = report_from_predictions(table, probs, pred, args.bootstrap)
             report["source"] = str(name)
-            results["datasets"][Path(str(name)).stem] = report
-            prediction_lines += _prediction_lines(Path(str(name)).stem, table, probs, pred)
+            results["datasets"][_dataset_key(name)] = report
+            prediction_lines += _prediction_lines(_dataset_key(name), table, probs, pred)
             print(format_report(report, f"\n{name} ({len(table)} rows, decisions: {results['decision_rule']})"))
         if args.predictions:
             _write_atomic(Path(args.predictions), "".join(line + "\n" for line in prediction_lines))

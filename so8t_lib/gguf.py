@@ -22,6 +22,7 @@ import sys
 from pathlib import Path
 
 import numpy as np
+import torch
 
 from .config import LABELS
 from .prompts import SYSTEM_PROMPT
@@ -29,7 +30,7 @@ from .prompts import SYSTEM_PROMPT
 SO8T_FORMAT = 1
 DEFAULT_THRESHOLD = 0.8  # SAFETY_POLICY.md: 0.8 basic, 0.9 production
 QUANT_TYPES = ("Q8_0", "Q4_K_M", "Q4_K_S", "IQ4_XS")
-_TOKEN_NORMAL, _TOKEN_CONTROL = 1, 3
+_TOKEN_NORMAL, _TOKEN_CONTROL, _TOKEN_USER_DEFINED, _TOKEN_UNUSED = 1, 3, 4, 5
 
 # HF Qwen2 parameter names -> llama.cpp GGUF tensor names.
 _GLOBAL_NAMES = {"model.embed_tokens.weight": "token_embd.weight", "model.norm.weight": "output_norm.weight",
@@ -69,14 +70,23 @@ def _merges(tokenizer) -> list[str]:
     return [m if isinstance(m, str) else " ".join(m) for m in model["merges"]]
 
 
-def _tokens(tokenizer) -> tuple[list[str], list[int]]:
+def _tokens(tokenizer, vocab_size: int) -> tuple[list[str], list[int]]:
+    """Token strings and types by id, padded with unused ``[PAD{i}]`` entries up to the embedding's
+    row count (Qwen2.5 pads its embedding matrix past the tokenizer)."""
     n = len(tokenizer)
+    if n > vocab_size:
+        raise GGUFError(f"the tokenizer has {n} tokens but the embedding only {vocab_size} rows")
     tokens = tokenizer.convert_ids_to_tokens(list(range(n)))
     if any(t is None for t in tokens):
         raise GGUFError("the tokenizer's ids are not contiguous; cannot write a GGUF token list")
-    special = set(tokenizer.all_special_ids) | {
-        i for i, tok in tokenizer.added_tokens_decoder.items() if getattr(tok, "special", False)}
-    return tokens, [_TOKEN_CONTROL if i in special else _TOKEN_NORMAL for i in range(n)]
+    added = tokenizer.added_tokens_decoder
+    special = set(tokenizer.all_special_ids) | {i for i, tok in added.items() if getattr(tok, "special", False)}
+    types = [_TOKEN_CONTROL if i in special else _TOKEN_USER_DEFINED if i in added else _TOKEN_NORMAL
+             for i in range(n)]
+    # added tokens that are not special (e.g. Qwen2.5's <tool_call>) must stay whole: USER_DEFINED
+    tokens += [f"[PAD{i}]" for i in range(n, vocab_size)]
+    types += [_TOKEN_UNUSED] * (vocab_size - n)
+    return tokens, types
 
 
 def _model_version(checkpoint: Path | None, name: str) -> str:
@@ -112,10 +122,7 @@ def write_gguf(model, path: str | Path, dtype: str = "f16", checkpoint: Path | N
     if cfg.model_type != "qwen2":
         raise GGUFError(f"model type {cfg.model_type!r}: the GGUF export maps the Qwen2 family only")
     tokenizer = model.tokenizer
-    tokens, token_types = _tokens(tokenizer)
-    if len(tokens) != cfg.vocab_size:
-        raise GGUFError(f"tokenizer has {len(tokens)} tokens but the embedding has {cfg.vocab_size} rows; "
-                        "GGUF needs them equal")
+    tokens, token_types = _tokens(tokenizer, cfg.vocab_size)
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
     tmp = path.with_name(f".{path.name}.tmp")
@@ -159,9 +166,11 @@ def write_gguf(model, path: str | Path, dtype: str = "f16", checkpoint: Path | N
         writer.add_array(f"so8t.head.{key}.shape", [int(s) for s in values.shape])
         writer.add_array(f"so8t.head.{key}", values.reshape(-1).astype(np.float32).tolist())
 
-    for name, tensor in merged.state_dict().items():
-        if name == "lm_head.weight" and getattr(cfg, "tie_word_embeddings", False):
-            continue
+    state = merged.state_dict()
+    for name, tensor in state.items():
+        if name == "lm_head.weight" and getattr(cfg, "tie_word_embeddings", False) \
+                and torch.equal(tensor, state["model.embed_tokens.weight"]):
+            continue  # tied: llama.cpp reuses token_embd
         array = tensor.detach().float().cpu().numpy()
         if dtype == "f16" and array.ndim == 2:
             array = array.astype(np.float16)
@@ -170,9 +179,11 @@ def write_gguf(model, path: str | Path, dtype: str = "f16", checkpoint: Path | N
         writer.write_header_to_file()
         writer.write_kv_data_to_file()
         writer.write_tensors_to_file()
+        writer.close()
+        os.replace(tmp, path)
     finally:
         writer.close()
-    os.replace(tmp, path)
+        tmp.unlink(missing_ok=True)
     return path
 
 
@@ -252,7 +263,8 @@ def export(checkpoint: str | Path, out_dir: str | Path = "dist", quants: list[st
     from .model import SO8TModel, resolve_checkpoint
 
     folder = resolve_checkpoint(checkpoint)
-    model = SO8TModel.load(folder, load_in_4bit=False)  # exact merge needs full-precision base weights
+    # the merge and the gate fold in fp32, whatever dtype the run used, then one rounding to f16
+    model = SO8TModel.load(folder, load_in_4bit=False, dtype="float32")
     name = model.config.name
     out_dir = Path(out_dir)
     jobs = [("f16", None)] + ([("f32", None)] if f32 else []) + [(q, q) for q in (quants or [])]

@@ -23,14 +23,13 @@ from .prompts import build_messages
 
 
 def _render_chat(template: str, messages: list[dict], eos_token: str | None) -> str:
-    """Render a chat template the way transformers does (jinja2, trim_blocks, lstrip_blocks)."""
-    import jinja2
-    from jinja2.sandbox import ImmutableSandboxedEnvironment
+    """Render a chat template with transformers' own renderer (the same sandbox, extensions and
+    variables as ``apply_chat_template``, e.g. ``tools`` for Qwen2.5's template)."""
+    from transformers.utils.chat_template_utils import render_jinja_template
 
-    env = ImmutableSandboxedEnvironment(trim_blocks=True, lstrip_blocks=True, undefined=jinja2.StrictUndefined)
-    env.globals["raise_exception"] = lambda message: (_ for _ in ()).throw(jinja2.TemplateError(message))
-    return env.from_string(template).render(messages=messages, add_generation_prompt=True, eos_token=eos_token,
-                                            bos_token="")
+    rendered, _ = render_jinja_template([messages], chat_template=template, add_generation_prompt=True,
+                                        eos_token=eos_token)
+    return rendered[0]
 
 
 class GGUFBackend:
@@ -54,7 +53,8 @@ class GGUFBackend:
         self.head = SafetyHeadB.from_state_dict(state)
         self._llama = llama_cpp
         self._kwargs = dict(model_path=str(self.path), n_ctx=n_ctx, n_batch=n_ctx, n_ubatch=n_ctx,
-                            n_threads=n_threads or os.cpu_count(), n_gpu_layers=n_gpu_layers, verbose=verbose)
+                            n_threads=n_threads or len(os.sched_getaffinity(0)), n_gpu_layers=n_gpu_layers,
+                            verbose=verbose)
         if f32_kv_cache:  # for exact parity checks against the HF model (DESIGN.md)
             self._kwargs.update(type_k=llama_cpp.GGML_TYPE_F32, type_v=llama_cpp.GGML_TYPE_F32)
         try:
@@ -103,7 +103,10 @@ class GGUFBackend:
         emb._batch.reset()
         used = 0
         for prompt in prompts:
-            tokens = emb.tokenize(prompt.encode("utf-8"), add_bos=False, special=True)[-n_batch:]
+            tokens = emb.tokenize(prompt.encode("utf-8"), add_bos=False, special=True)
+            if len(tokens) > n_batch:  # never decide on a cut prompt: the HF backend does not cut either
+                raise GGUFError(f"a prompt has {len(tokens)} tokens, more than n_ctx={n_batch}; "
+                                "load the backend with a larger n_ctx")
             if pending and (used + len(tokens) > fill or pending >= n_seq_max):
                 flush()
                 pending, used = 0, 0

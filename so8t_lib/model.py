@@ -71,8 +71,9 @@ class RunningStandardizer(nn.Module):
     def __init__(self, width: int, momentum: float = 0.1, eps: float = 1e-5) -> None:
         super().__init__()
         self.momentum, self.eps = momentum, eps
-        self.register_buffer("mean", torch.zeros(width))
-        self.register_buffer("sq_mean", torch.ones(width))
+        # float64: sq_mean - mean² cancels catastrophically in float32 for a large-mean, small-spread feature
+        self.register_buffer("mean", torch.zeros(width, dtype=torch.float64))
+        self.register_buffer("sq_mean", torch.ones(width, dtype=torch.float64))
         self.register_buffer("count", torch.zeros((), dtype=torch.long))
 
     def scale(self) -> torch.Tensor:
@@ -83,10 +84,11 @@ class RunningStandardizer(nn.Module):
             with torch.no_grad():
                 # cumulative average at first, then an exponential one that follows the drift
                 weight = max(1.0 / float(self.count + 1), self.momentum)
-                self.mean.lerp_(x.mean(0), weight)
-                self.sq_mean.lerp_(x.square().mean(0), weight)
+                x64 = x.double()
+                self.mean.lerp_(x64.mean(0), weight)
+                self.sq_mean.lerp_(x64.square().mean(0), weight)
                 self.count += 1
-        return (x - self.mean) * self.scale()
+        return ((x.double() - self.mean) * self.scale()).to(x.dtype)
 
 
 class SafetyHeadB(nn.Module):
@@ -123,9 +125,9 @@ class SafetyHeadB(nn.Module):
         if self.standardizer is not None:
             first = next(i for i, m in enumerate(self.net) if isinstance(m, nn.Linear))
             scale = self.standardizer.scale()
-            weight, bias = state[f"net.{first}.weight"], state[f"net.{first}.bias"]
-            state[f"net.{first}.bias"] = bias - weight @ (self.standardizer.mean * scale)
-            state[f"net.{first}.weight"] = weight * scale
+            weight, bias = state[f"net.{first}.weight"].double(), state[f"net.{first}.bias"].double()
+            state[f"net.{first}.bias"] = (bias - weight @ (self.standardizer.mean * scale)).float()
+            state[f"net.{first}.weight"] = (weight * scale).float()
         return state
 
     @classmethod
@@ -433,9 +435,11 @@ class SO8TModel(nn.Module):
         contexts: list[str | None] | None = None,
         batch_size: int = 32,
         progress: bool = False,
+        return_logits: bool = False,
     ) -> torch.Tensor:
         """Probabilities (N, 3) over ALLOW, REFUSE, ESCALATE for raw requests: one prefill per batch,
-        no generation. Temperature-scaled when a temperature has been fitted."""
+        no generation. Temperature-scaled when a temperature has been fitted; ``return_logits``
+        gives the head's raw logits instead (for fitting the temperature)."""
         contexts = contexts or [None] * len(requests)
         if len(contexts) != len(requests):
             raise ValueError(f"{len(requests)} requests but {len(contexts)} contexts")
@@ -454,7 +458,8 @@ class SO8TModel(nn.Module):
                            zip(requests[start:start + batch_size], contexts[start:start + batch_size])]
                 batch = self.tokenizer(prompts, return_tensors="pt", padding=True).to(device)
                 out = self(batch["input_ids"], batch["attention_mask"], return_lm_logits=False)
-                chunks.append(self.safety_head.probabilities(out.safety_logits).cpu())
+                chunks.append(out.safety_logits.float().cpu() if return_logits
+                              else self.safety_head.probabilities(out.safety_logits).cpu())
         finally:
             self.train(was_training)
         return torch.cat(chunks) if chunks else torch.empty(0, len(LABELS))

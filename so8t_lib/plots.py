@@ -41,8 +41,9 @@ def reliability_figure(report: dict, title: str = "") -> Figure:
         ax.plot([b["mean_confidence"] for b in bins], [b["accuracy"] for b in bins], "o-", ms=3,
                 color="C1", label="(confidence, accuracy)")
     ece = report.get("ece")
+    default_title = f"reliability (ECE {ece:.3f})" if ece is not None else "reliability"
     ax.set(xlim=(0, 1), ylim=(0, 1), xlabel="confidence (max probability)", ylabel="accuracy",
-           title=title or f"reliability (ECE {ece:.3f})" if ece is not None else "reliability")
+           title=title or default_title)
     ax.legend(fontsize=7, loc="upper left")
     fig.tight_layout()
     return fig
@@ -105,7 +106,7 @@ def quant_ladder_figure(frame, title: str = "") -> Figure:
         ax.bar(range(len(names)), values, color=colors)
         ax.set(xticks=range(len(names)), title=label)
         ax.set_xticklabels(names, rotation=45, ha="right", fontsize=8)
-        if column in ("agreement_with_fp32", "macro_f1"):
+        if column in ("agreement_with_fp32", "macro_f1") and np.isfinite(values).any():
             ax.set_ylim(min(0.5, float(np.nanmin(values)) - 0.05), 1.0)
     fig.suptitle(title or "quantization ladder")
     fig.tight_layout()

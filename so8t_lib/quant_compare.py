@@ -56,7 +56,7 @@ def compare(checkpoint: str | Path, gguf_files: list[str | Path], data: str = "t
     backends += [(Path(f).stem.rsplit("-", 1)[-1].upper(), Path(f)) for f in gguf_files]
     for name, path in tqdm(backends, desc="backends", unit="backend"):
         start = time.perf_counter()
-        decider = SO8TModel.load(path) if name == "hf-fp32" else GGUFBackend(path)
+        decider = SO8TModel.load(path, load_in_4bit=False, dtype="float32") if name == "hf-fp32" else GGUFBackend(path)
         load_s = time.perf_counter() - start
         probs = decider.decide(requests, contexts, batch_size=32).numpy()
         pred = probs.argmax(-1)

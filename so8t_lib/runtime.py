@@ -29,6 +29,7 @@ import numpy as np
 
 from .audit import AuditLog, parse_size
 from .config import LABELS
+from .escalation import EscalationQueue, Notifier
 from .metrics import threshold_decisions
 from .routing import categorize
 from .runtime_config import RuntimeConfig, load_runtime_config
@@ -68,6 +69,12 @@ class Agent:
             audit_path = Path(log_dir) / audit_path.name
         self.audit = AuditLog(audit_path, parse_size(config.logging.max_log_size), config.logging.backup_count,
                               mask_input=config.logging.mask_personal_data)
+        queue_path = Path(config.escalation.queue_db)
+        if log_dir:
+            queue_path = Path(log_dir) / queue_path.name
+        self.queue = EscalationQueue(queue_path)
+        self.notifier = Notifier(config.escalation, self.queue)
+        self.pending_notifications: list[concurrent.futures.Future] = []
         self._pool = concurrent.futures.ThreadPoolExecutor(max_workers=1, thread_name_prefix="so8t-decide")
 
     @classmethod
@@ -183,13 +190,27 @@ class Agent:
             "processing_time_ms": round((time.perf_counter() - start) * 1000, 3), "flags": flags,
         }
 
+    def _escalate(self, result: dict, request: str, user_id: str | None) -> None:
+        """Queue the case; notify in the background (never in test mode), so the decision is not delayed."""
+        try:
+            case_id = self.queue.add(result, mask_personal_data(request), user_id, test=self.test_mode)
+            result["escalation_id"] = case_id
+            if self.config.escalation.enable_notifications and not self.test_mode:
+                self.pending_notifications.append(self.notifier.notify_async(self.queue.get(case_id)))
+        except Exception as exc:  # noqa: BLE001 - the decision (ESCALATE) stands; the failure is audited
+            result["escalation_id"] = None
+            result["flags"] = result["flags"] + [f"escalation_queue_error: {type(exc).__name__}"]
+
     def _audit(self, result: dict, request: str, user_id: str | None, error: str | None) -> None:
+        if result["decision"] == "ESCALATE":
+            self._escalate(result, request, user_id)
         record = {
             "timestamp": _now(), "request_id": result["request_id"], "user_id": user_id, "input": request,
             "decision": result["decision"], "rationale": result["rationale"],
             "human_required": result["human_required"], "model_version": result["model_version"],
             "processing_time_ms": result["processing_time_ms"], "confidence_score": result["confidence"],
             "category": result["category"], "flags": result["flags"], "error": error, "test": self.test_mode,
+            "escalation_id": result.get("escalation_id"),
         }
         self.audit.append(record)
 

@@ -352,8 +352,14 @@ def train(config: SO8TConfig, resume: bool = False) -> Path:
     """Train as the config says; returns the run folder (``training.output_dir``). Afterwards the
     best checkpoint's temperature is fitted on the val split (``training.calibrate_temperature``)."""
     trainer = Trainer(config, resume=resume)
-    run_dir = trainer.run()
-    if trainer.main and config.training.calibrate_temperature and (run_dir / "best").is_dir():
+    run_dir, is_main = trainer.run(), trainer.main
+    del trainer  # free the model and optimizer states before calibration loads the best checkpoint
+    import gc
+
+    gc.collect()
+    if torch.cuda.is_available():
+        torch.cuda.empty_cache()
+    if is_main and config.training.calibrate_temperature and (run_dir / "best").is_dir():
         from .evaluate import calibrate_checkpoint
 
         result = calibrate_checkpoint(run_dir / "best", Path(config.training.data_dir) / "val.jsonl",

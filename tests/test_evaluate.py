@@ -29,6 +29,11 @@ def test_fit_temperature_undoes_overconfidence():
     assert expected_calibration_error(fixed, gold) < expected_calibration_error(sharp, gold) / 2
 
 
+def test_fit_temperature_is_bounded_when_every_row_is_right():
+    logits = np.array([[5.0, 0.0, 0.0], [0.0, 5.0, 0.0], [0.0, 0.0, 5.0]] * 10)
+    assert evaluate.fit_temperature(logits, np.array([0, 1, 2] * 10)) == pytest.approx(evaluate.TEMPERATURE_RANGE[0])
+
+
 def test_fit_temperature_rejects_empty_input():
     with pytest.raises(ValueError, match="N > 0"):
         evaluate.fit_temperature(np.zeros((0, 3)), np.zeros(0, dtype=int))
@@ -106,9 +111,14 @@ def test_threshold_rule_decisions(checkpoint, ten_rows, tmp_path):
 def test_calibration_is_stored_in_the_checkpoint(checkpoint, ten_rows, tmp_path):
     import shutil
 
+    from so8t_lib.checkpoint import write_manifest
+
     ckpt = tmp_path / "copy"
     shutil.copytree(checkpoint, ckpt)
+    (ckpt / "trainer_state.pt").write_bytes(b"optimizer states of a training run")
+    write_manifest(ckpt)
     results = evaluate.main(["--model", str(ckpt), "--calibrate", "--calibration-data", str(ten_rows)])
+    assert (ckpt / "trainer_state.pt").read_bytes() == b"optimizer states of a training run"
     stored = float(SO8TModel.load(ckpt).safety_head.temperature)
     assert stored == pytest.approx(results["calibration"]["temperature"]) and stored > 0
     assert results["temperature"] == pytest.approx(stored)

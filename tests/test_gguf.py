@@ -160,3 +160,37 @@ def test_quantization_notebook_runs_headless(exported, tmp_path):
     assert [row["backend"] for row in ladder] == ["hf-fp32", "F16", "Q4_K_M"]
     assert ladder[0]["agreement_with_fp32"] == 1.0 and ladder[1]["agreement_with_fp32"] >= 11 / 12  # f16 ~ fp32
     assert (tmp_path / "out" / "quant_ladder.png").stat().st_size > 1000
+
+
+def test_token_list_is_padded_to_the_embedding_and_added_tokens_stay_whole(tokenizer):
+    import copy
+
+    tok = copy.deepcopy(tokenizer)
+    tok.add_tokens(["<tool_call>"])  # an added token that is not special, as Qwen2.5 has
+    tokens, types = so8t_gguf._tokens(tok, len(tok) + 5)
+    assert len(tokens) == len(types) == len(tok) + 5
+    assert tokens[-5:] == [f"[PAD{i}]" for i in range(len(tok), len(tok) + 5)] and types[-5:] == [5] * 5
+    assert types[tok.convert_tokens_to_ids("<tool_call>")] == 4
+    assert types[tok.eos_token_id] == 3 and types[tok.convert_tokens_to_ids("a")] == 1
+    with pytest.raises(so8t_gguf.GGUFError, match="only 10 rows"):
+        so8t_gguf._tokens(tok, 10)
+
+
+def test_chat_rendering_matches_transformers_for_a_template_using_tools(tokenizer):
+    """Qwen2.5-style templates read ``tools`` and use loop controls; rendering must match exactly."""
+    import copy
+
+    from so8t_lib.gguf_backend import _render_chat
+    from so8t_lib.prompts import build_messages
+
+    template = (
+        "{%- if tools %}{{ '<|im_start|>system\\nTools available.<|im_end|>\\n' }}{%- endif %}"
+        "{%- for m in messages %}{%- if loop.index > 9 %}{% break %}{% endif %}"
+        "{{ '<|im_start|>' + m['role'] + '\\n' + m['content'] | trim + '<|im_end|>\\n' }}{%- endfor %}"
+        "{%- if add_generation_prompt %}{{ '<|im_start|>assistant\\n' }}{%- endif %}"
+    )
+    tok = copy.deepcopy(tokenizer)
+    tok.chat_template = template
+    messages = build_messages("経費の締め日は？ ", "経理部")
+    expected = tok.apply_chat_template(messages, tokenize=False, add_generation_prompt=True)
+    assert _render_chat(template, messages, tok.eos_token) == expected

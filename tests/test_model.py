@@ -188,14 +188,25 @@ def test_running_standardizer_tracks_batch_statistics_and_works_at_batch_one():
     norm = RunningStandardizer(8, momentum=0.0)  # pure cumulative average: the exact mean and variance
     for row in data:  # batch size 1, as QLoRA trains the 7B model
         norm(row[None])
-    assert torch.allclose(norm.mean, data.mean(0), atol=1e-3)
-    assert torch.allclose(norm.scale(), data.var(0, unbiased=False).rsqrt(), rtol=1e-3)
+    assert torch.allclose(norm.mean.float(), data.mean(0), atol=1e-3)
+    assert torch.allclose(norm.scale().float(), data.var(0, unbiased=False).rsqrt(), rtol=1e-3)
     out = norm.eval()(data)
     assert torch.allclose(out.mean(0), torch.zeros(8), atol=1e-3)
     assert torch.allclose(out.std(0, unbiased=False), torch.ones(8), atol=1e-3)
     frozen = norm.mean.clone()
     norm(data[:10] + 100)  # eval mode never updates the statistics
     assert torch.equal(norm.mean, frozen)
+
+
+def test_running_standardizer_keeps_precision_for_large_mean_small_spread():
+    from so8t_lib.model import RunningStandardizer
+
+    torch.manual_seed(0)
+    data = torch.randn(2000, 4) * 0.05 + 300.0
+    norm = RunningStandardizer(4, momentum=0.0)
+    for chunk in data.split(16):
+        norm(chunk)
+    assert torch.allclose(norm.scale().float(), torch.full((4,), 20.0), rtol=0.05)
 
 
 @pytest.mark.parametrize("hidden_units", [0, 16])
