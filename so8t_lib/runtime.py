@@ -39,6 +39,7 @@ from .validation import InvalidRequest, validate_request
 FAIL_CLOSED_RATIONALE = ("The safety gate could not reach a decision ({reason}); a person will review this "
                          "request before anything is done.")
 RATIONALES = {
+    "ALLOW": "Allowed under the company safety policy.",
     "REFUSE": "This request conflicts with the company safety policy ({category}), so it is declined.",
     "ESCALATE": "This request needs a person's judgement ({category}); it has been passed to {notify}.",
 }
@@ -227,6 +228,9 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--pretty", action="store_true", help="readable output instead of one JSON per line")
     parser.add_argument("overrides", nargs="*", help="key=value, e.g. inference.safety_threshold=0.9")
     args = parser.parse_args(argv)
+    import warnings
+
+    warnings.filterwarnings("ignore", message=".*is_gradient_checkpointing.*")
     overrides = list(args.overrides)
     if args.use_gguf:
         overrides.append("model.use_gguf=true")
