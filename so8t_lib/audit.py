@@ -2,7 +2,8 @@
 many threads and processes at once.
 
     python -m so8t_lib.audit verify logs/        # exit 1 and name the record if anything was edited,
-                                                 # dropped or reordered
+                                                 # dropped or reordered (no key needed)
+    python -m so8t_lib.audit show logs/          # the records; decrypted with $SO8T_AUDIT_KEY if encrypted
 
 Every record gets ``seq`` (0, 1, 2, ...), ``prev_hash`` (the previous record's ``hash``) and
 ``hash`` = sha256 of ``prev_hash`` and the record's canonical JSON without ``hash``. Appends hold an
@@ -62,9 +63,11 @@ class AuditLog:
     max_bytes: int = 100 * 2**20
     backup_count: int = 5
     mask_input: bool = True
+    encryption_key: str | bytes | None = None  # a Fernet key: records are stored encrypted at rest
 
     def __post_init__(self) -> None:
         self.path = Path(self.path)
+        self._fernet = make_fernet(self.encryption_key) if self.encryption_key else None
         if self.backup_count < 1:
             raise ValueError("backup_count must be at least 1: rotation would delete records at once")
         self.path.parent.mkdir(parents=True, exist_ok=True)
@@ -131,8 +134,13 @@ class AuditLog:
         with self._locked():
             next_seq, last_hash = self._head()
             record["seq"], record["prev_hash"] = next_seq, last_hash
-            record["hash"] = record_hash(record)
-            line = (json.dumps(record, ensure_ascii=False, separators=(",", ":")) + "\n").encode("utf-8")
+            stored = record
+            if self._fernet is not None:  # the chain covers the ciphertext: verify needs no key
+                token = self._fernet.encrypt(json.dumps(record, ensure_ascii=False).encode("utf-8")).decode("ascii")
+                stored = {"seq": next_seq, "prev_hash": last_hash, "enc": token}
+            stored["hash"] = record_hash(stored)
+            record["hash"] = stored["hash"]
+            line = (json.dumps(stored, ensure_ascii=False, separators=(",", ":")) + "\n").encode("utf-8")
             if self.path.is_file() and self.path.stat().st_size and \
                     self.path.stat().st_size + len(line) > self.max_bytes:
                 self._rotate(next_seq, last_hash)
@@ -143,6 +151,38 @@ class AuditLog:
             finally:
                 os.close(fd)
         return record
+
+
+def make_fernet(key: str | bytes):
+    try:
+        from cryptography.fernet import Fernet
+    except ImportError:
+        raise RuntimeError("audit encryption needs the cryptography package: pip install -e '.[runtime]'") from None
+    try:
+        return Fernet(key.encode("ascii") if isinstance(key, str) else key)
+    except (ValueError, TypeError):
+        raise ValueError("the audit encryption key is not a Fernet key (32 url-safe base64 bytes); make one with "
+                         "python -c 'from cryptography.fernet import Fernet; print(Fernet.generate_key().decode())'") \
+            from None
+
+
+def read_records(folder: str | Path, name: str = "audit.jsonl", key: str | bytes | None = None) -> Iterator[dict]:
+    """Every record, oldest first, decrypted when ``key`` is given (encrypted ones need it)."""
+    fernet = make_fernet(key) if key else None
+    for path in log_files(folder, name):
+        for line in _lines(path):
+            stored = json.loads(line)
+            if "enc" in stored:
+                if fernet is None:
+                    raise ValueError(f"{path.name}: records are encrypted; pass the key (SO8T_AUDIT_KEY)")
+                from cryptography.fernet import InvalidToken
+
+                try:
+                    yield json.loads(fernet.decrypt(stored["enc"].encode("ascii")))
+                except InvalidToken:
+                    raise ValueError(f"{path.name}: seq {stored.get('seq')} cannot be decrypted with this key") from None
+            else:
+                yield stored
 
 
 def log_files(folder: str | Path, name: str = "audit.jsonl") -> list[Path]:
@@ -194,7 +234,18 @@ def main(argv: list[str] | None = None) -> None:
     p_verify = sub.add_parser("verify", help="check the hash chain of every audit file in a folder")
     p_verify.add_argument("folder")
     p_verify.add_argument("--name", default="audit.jsonl")
+    p_show = sub.add_parser("show", help="print every record (decrypted with $SO8T_AUDIT_KEY when encrypted)")
+    p_show.add_argument("folder")
+    p_show.add_argument("--name", default="audit.jsonl")
+    p_show.add_argument("--key-env", default="SO8T_AUDIT_KEY")
     args = parser.parse_args(argv)
+    if args.command == "show":
+        try:
+            for record in read_records(args.folder, args.name, os.environ.get(args.key_env)):
+                print(json.dumps(record, ensure_ascii=False))
+        except ValueError as exc:
+            sys.exit(f"error: {exc}")
+        return
     report = verify(args.folder, args.name)
     if not report["files"]:
         sys.exit(f"error: no {args.name} files in {args.folder}")

@@ -28,7 +28,7 @@ from pathlib import Path
 import numpy as np
 
 from .audit import AuditLog, parse_size
-from .config import LABELS
+from .config import LABELS, ConfigError
 from .escalation import EscalationQueue, Notifier
 from .metrics import threshold_decisions
 from .routing import categorize
@@ -68,8 +68,14 @@ class Agent:
         audit_path = Path(config.logging.audit_log)
         if log_dir:
             audit_path = Path(log_dir) / audit_path.name
+        key = None
+        if config.logging.encryption_key_env:
+            key = os.environ.get(config.logging.encryption_key_env)
+            if not key:
+                raise ConfigError(f"logging.encryption_key_env names {config.logging.encryption_key_env}, but that "
+                                  "environment variable is not set: the audit log cannot be encrypted")
         self.audit = AuditLog(audit_path, parse_size(config.logging.max_log_size), config.logging.backup_count,
-                              mask_input=config.logging.mask_personal_data)
+                              mask_input=config.logging.mask_personal_data, encryption_key=key)
         queue_path = Path(config.escalation.queue_db)
         if log_dir:
             queue_path = Path(log_dir) / queue_path.name
@@ -176,6 +182,7 @@ class Agent:
             category = "general"
         result = self._result("ESCALATE", FAIL_CLOSED_RATIONALE.format(reason=reason.split(":")[0]), None, None, None,
                               category, True, start, list(flags or []) + ["fail_closed"])
+        result["error"] = reason  # e.g. "invalid input: user_request has 5000 characters; the limit is 4000"
         user_id = item.get("user_id") if isinstance(item.get("user_id"), str) else None
         self._audit(result, text, user_id, reason)
         return result

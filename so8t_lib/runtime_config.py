@@ -56,6 +56,8 @@ class LoggingConfig(_Section):
     max_log_size: str = "100MB"
     backup_count: int = Field(5, ge=1)
     mask_personal_data: bool = True
+    encryption_key_env: str | None = Field(
+        None, description="name of the environment variable holding a Fernet key; records are then encrypted")
 
     @model_validator(mode="after")
     def _size_readable(self) -> "LoggingConfig":

@@ -121,3 +121,25 @@ def test_cli_ok_and_sizes(tmp_path, capsys):
     assert audit.parse_size("100MB") == 100 * 2**20 and audit.parse_size("1GB") == 2**30
     with pytest.raises(ValueError, match="100MB"):
         audit.parse_size("lots")
+
+
+def test_encryption_at_rest(tmp_path, capsys, monkeypatch):
+    fernet = pytest.importorskip("cryptography.fernet")
+    key = fernet.Fernet.generate_key().decode()
+    log = audit.AuditLog(tmp_path / "audit.jsonl", encryption_key=key)
+    for i in range(5):
+        log.append({**_record(i), "input": f"秘密の相談 {i}"})
+    raw = (tmp_path / "audit.jsonl").read_text(encoding="utf-8")
+    assert "秘密" not in raw and "ESCALATE" not in raw
+    assert audit.verify(tmp_path)["errors"] == []  # the chain is checked without the key
+    records = list(audit.read_records(tmp_path, key=key))
+    assert [r["input"] for r in records] == [f"秘密の相談 {i}" for i in range(5)]
+    with pytest.raises(ValueError, match="encrypted"):
+        list(audit.read_records(tmp_path))
+    with pytest.raises(ValueError, match="cannot be decrypted"):
+        list(audit.read_records(tmp_path, key=fernet.Fernet.generate_key()))
+    with pytest.raises(ValueError, match="not a Fernet key"):
+        audit.AuditLog(tmp_path / "x.jsonl", encryption_key="short")
+    monkeypatch.setenv("SO8T_AUDIT_KEY", key)
+    audit.main(["show", str(tmp_path)])
+    assert capsys.readouterr().out.count("秘密の相談") == 5

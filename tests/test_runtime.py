@@ -136,3 +136,19 @@ def test_end_to_end_with_a_tiny_checkpoint_and_the_cli(tmp_path, tokenizer, caps
     assert np.isclose(sum(result["probabilities"].values()), 1.0, atol=1e-4)
     record = _records(tmp_path)[-1]
     assert record["test"] is True and record["request_id"] == result["request_id"]
+
+
+def test_invalid_input_result_names_the_problem(tmp_path):
+    result = _agent(tmp_path, FakeDecider()).run_agent(None, "x" * 5000)
+    assert result["decision"] == "ESCALATE" and "limit is 4000" in result["error"]
+
+
+def test_encryption_key_must_be_present_when_configured(tmp_path, monkeypatch):
+    from so8t_lib.config import ConfigError
+
+    monkeypatch.delenv("MY_AUDIT_KEY", raising=False)
+    cfg = RuntimeConfig.model_validate({"model": {"checkpoint_path": "unused"},
+                                        "logging": {"audit_log": str(tmp_path / "a.jsonl"),
+                                                    "encryption_key_env": "MY_AUDIT_KEY"}})
+    with pytest.raises(ConfigError, match="MY_AUDIT_KEY"):
+        Agent(cfg, decider=FakeDecider())
