@@ -1,0 +1,62 @@
+"""Sweeps: the grid × seeds runs through papermill, failures are recorded, completed runs are skipped."""
+
+import json
+
+import nbformat
+import pandas as pd
+import pytest
+
+from so8t_lib import sweep
+from so8t_lib.config import ConfigError
+
+pytest.importorskip("papermill")
+
+
+def _notebook(path):
+    nb = nbformat.v4.new_notebook()
+    nb.cells = [
+        nbformat.v4.new_code_cell("x = 1\nseed = 0\noutput_dir = '.'", metadata={"tags": ["parameters"]}),
+        nbformat.v4.new_code_cell(
+            "import json, pathlib\n"
+            "if x == 3:\n    raise ValueError('x=3 is broken on purpose')\n"
+            "pathlib.Path(output_dir, 'metrics.json').write_text(json.dumps({'score': x * 10 + seed, 'nested': {'a': x}}))"
+        ),
+    ]
+    nb.metadata["kernelspec"] = {"name": "python3", "display_name": "Python 3", "language": "python"}
+    nbformat.write(nb, path)
+
+
+def test_sweep_runs_records_failures_and_resumes(tmp_path, monkeypatch):
+    monkeypatch.chdir(tmp_path)
+    _notebook(tmp_path / "nb.ipynb")
+    (tmp_path / "spec.yaml").write_text("name: toy\nnotebook: nb.ipynb\ngrid: {x: [1, 2, 3]}\nseeds: [0, 1]\n")
+    spec = sweep.load_spec(tmp_path / "spec.yaml")
+    assert len(spec.runs()) == 6
+    frame = sweep.run_sweep(spec, workers=2, runs_root=tmp_path / "runs")
+    assert len(frame) == 6 and sorted(frame["status"]) == ["failed"] * 2 + ["ok"] * 4
+    ok = frame[frame["status"] == "ok"].sort_values(["x", "seed"])
+    assert list(ok["metric.score"]) == [10, 11, 20, 21] and list(ok["metric.nested.a"]) == [1, 1, 2, 2]
+    failed = json.loads((tmp_path / "runs" / "toy" / "x=3__seed=0" / "status.json").read_text())
+    assert "broken on purpose" in failed["error"]
+    summary = pd.read_csv(tmp_path / "runs" / "toy" / "summary.csv")
+    assert len(summary) == 6
+
+    done = tmp_path / "runs" / "toy" / "x=1__seed=0" / "output.ipynb"
+    stamp = done.stat().st_mtime_ns
+    sweep.run_sweep(spec, workers=1, runs_root=tmp_path / "runs")  # resume: finished runs are not redone
+    assert done.stat().st_mtime_ns == stamp
+
+
+def test_bad_specs_name_the_problem(tmp_path, monkeypatch):
+    monkeypatch.chdir(tmp_path)
+    _notebook(tmp_path / "nb.ipynb")
+    cases = {
+        "name: a\nnotebook: missing.ipynb\n": "not found",
+        "name: a\nnotebook: nb.ipynb\ngrid: {x: []}\n": "non-empty list",
+        "name: a\nnotebook: nb.ipynb\ngird: {x: [1]}\n": "unknown key",
+        "name: a\nnotebook: nb.ipynb\ngrid: {seed: [1]}\n": "set by the sweep",
+    }
+    for text, message in cases.items():
+        (tmp_path / "s.yaml").write_text(text)
+        with pytest.raises(ConfigError, match=message):
+            sweep.load_spec(tmp_path / "s.yaml")
