@@ -111,3 +111,25 @@ def quant_ladder_figure(frame, title: str = "") -> Figure:
     fig.suptitle(title or "quantization ladder")
     fig.tight_layout()
     return fig
+
+
+def training_curves_figure(log: list[dict], title: str = "") -> Figure:
+    """Loss parts per logged step and the validation metric per evaluation (a run's metrics.jsonl)."""
+    train = [e for e in log if e.get("kind") == "train"]
+    evals = [e for e in log if e.get("kind") == "eval" and e.get("value") is not None]
+    fig, (ax_loss, ax_val) = plt.subplots(1, 2, figsize=(9, 3.4))
+    for key in ("loss", "task", "rationale", "safety", "pet", "dangerous"):
+        if train and key in train[0]:
+            ax_loss.plot([e["step"] for e in train], [e[key] for e in train], label=key)
+    ax_loss.set(xlabel="step", ylabel="loss", yscale="log", title="training loss parts")
+    ax_loss.legend(fontsize=7)
+    if evals:
+        ax_val.plot([e["step"] for e in evals], [e["value"] for e in evals], "o-", label=evals[0].get("metric", "val"))
+        for key in ("macro_f1", "safety_score", "refuse_recall"):
+            if key in evals[0] and key != evals[0].get("metric"):
+                ax_val.plot([e["step"] for e in evals], [e[key] for e in evals], "--", alpha=0.6, label=key)
+        ax_val.legend(fontsize=7)
+    ax_val.set(xlabel="step", ylim=(0, 1), title="validation")
+    fig.suptitle(title)
+    fig.tight_layout()
+    return fig

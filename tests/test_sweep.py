@@ -60,3 +60,26 @@ def test_bad_specs_name_the_problem(tmp_path, monkeypatch):
         (tmp_path / "s.yaml").write_text(text)
         with pytest.raises(ConfigError, match=message):
             sweep.load_spec(tmp_path / "s.yaml")
+
+
+def test_training_notebook_through_a_small_ablation_sweep(tmp_path):
+    from pathlib import Path
+
+    from so8t_lib.data import load_split
+
+    root = Path(__file__).resolve().parents[1]
+    rows = tmp_path / "rows.jsonl"
+    load_split("test").groupby("label").head(4).to_json(rows, orient="records", lines=True, force_ascii=False)
+    spec = sweep.SweepSpec(
+        name="mini_ablation", notebook=root / "notebooks" / "01_train_so8t.ipynb",
+        params={"config": str(root / "configs" / "training.yaml"), "max_steps": 2, "eval_data": str(rows),
+                "overrides": [f"training.data_dir={root / 'data' / 'so8t_safety'}", "training.batch_size=4",
+                              "training.max_length=96", "training.eval_every=2", "training.eval_max_rows=16",
+                              "training.calibrate_temperature=false", "training.log_every=1"]},
+        grid={"gate_order": ["safe_first", "none"]}, seeds=[0],
+    )
+    frame = sweep.run_sweep(spec, workers=1, runs_root=tmp_path / "runs")
+    assert list(frame["status"]) == ["ok", "ok"], frame
+    assert set(frame["metric.gate_order"]) == {"safe_first", "none"} and (frame["metric.steps"] == 2).all()
+    assert frame["metric.macro_f1"].notna().all()
+    assert (tmp_path / "runs" / "mini_ablation" / "gate_order=none__seed=0" / "curves.png").is_file()
