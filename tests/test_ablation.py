@@ -1,0 +1,46 @@
+"""Ablation statistics against hand-computed cases."""
+
+import math
+
+import numpy as np
+import pandas as pd
+import pytest
+
+from so8t_lib import ablation
+
+
+def test_t_interval_by_hand():
+    mean, low, high = ablation.t_interval([1.0, 2.0, 3.0])
+    half = 4.303 * 1.0 / math.sqrt(3)  # sd = 1, t(0.975, 2) = 4.303
+    assert mean == 2.0 and low == pytest.approx(2 - half) and high == pytest.approx(2 + half)
+    assert math.isnan(ablation.t_interval([5.0])[1])
+
+
+@pytest.mark.parametrize("t, df", [(12.706, 1), (4.303, 2), (3.182, 3), (2.776, 4), (2.571, 5), (2.228, 10), (2.042, 30)])
+def test_t_p_value_at_the_tabulated_95_percent_points(t, df):
+    assert ablation.t_two_sided_p(t, df) == pytest.approx(0.05, abs=2e-4)
+
+
+def test_sign_flip_p_values_are_exact():
+    assert ablation.sign_flip_p_value([1, 1, 1, 1, 1]) == pytest.approx(2 / 32)  # only all-+ and all-- reach it
+    assert ablation.sign_flip_p_value([1, -1, 1, -1]) == 1.0
+
+
+def test_analyze_pairs_seeds_within_pet_and_reports_a_real_effect():
+    rows = []
+    rng = np.random.default_rng(0)
+    for seed in range(5):
+        noise = rng.normal(0, 0.001)
+        for order, shift in [("none", 0.0), ("safe_first", 0.05), ("commuting", 0.0)]:
+            for pet in (True, False):
+                rows.append({"gate_order": order, "pet": pet, "seed": seed, "status": "ok",
+                             "metric.macro_f1": 0.6 + shift + noise + 0.01 * seed})
+    table = ablation.analyze(pd.DataFrame(rows), ["macro_f1"])
+    sf = table[(table.gate_order == "safe_first") & (table.pet)].iloc[0]
+    assert sf["diff_vs_baseline"] == pytest.approx(0.05) and sf["p_value"] < 1e-6
+    assert sf["p_sign_flip"] == pytest.approx(2 / 32)
+    co = table[(table.gate_order == "commuting") & (table.pet)].iloc[0]
+    assert abs(co["diff_vs_baseline"]) < 1e-9 and co["p_value"] == 1.0
+    text = ablation.finding(table, "macro_f1")
+    assert "gate_order=safe_first, pet=True" in text and "a measurable difference" in text
+    assert "gate_order=commuting, pet=True" in text and "no measurable difference" in text
