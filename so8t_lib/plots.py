@@ -133,3 +133,28 @@ def training_curves_figure(log: list[dict], title: str = "") -> Figure:
     fig.suptitle(title)
     fig.tight_layout()
     return fig
+
+
+def ablation_figure(table, metrics: list[str], group: str = "gate_order", hue: str = "pet", title: str = "") -> Figure:
+    """Mean and 95% interval per configuration for each metric (``so8t_lib.ablation.analyze`` output)."""
+    fig, axes = plt.subplots(1, len(metrics), figsize=(4.2 * len(metrics), 3.6), squeeze=False)
+    orders = list(dict.fromkeys(table[group]))
+    hues = list(dict.fromkeys(table[hue])) if hue in table else [None]
+    width = 0.8 / len(hues)
+    for ax, metric in zip(axes[0], metrics):
+        part = table[table["metric"] == metric]
+        for k, h in enumerate(hues):
+            sub = part if h is None else part[part[hue] == h]
+            sub = sub.set_index(group).reindex(orders)
+            x = np.arange(len(orders)) + k * width
+            err = np.vstack([sub["mean"] - sub["ci_low"], sub["ci_high"] - sub["mean"]])
+            ax.bar(x, sub["mean"], width, yerr=np.nan_to_num(err), capsize=3, label=f"{hue}={h}" if h is not None else None)
+        ax.set(xticks=np.arange(len(orders)) + width * (len(hues) - 1) / 2, title=metric)
+        ax.set_xticklabels(orders, rotation=20)
+        finite = part[["ci_low", "mean"]].to_numpy(dtype=float)
+        if np.isfinite(finite).any():
+            ax.set_ylim(max(0.0, float(np.nanmin(finite)) - 0.05), min(1.0, float(np.nanmax(part["ci_high"])) + 0.05))
+        ax.legend(fontsize=7)
+    fig.suptitle(title or "gate ablation: mean and 95% interval over seeds")
+    fig.tight_layout()
+    return fig

@@ -44,3 +44,24 @@ def test_analyze_pairs_seeds_within_pet_and_reports_a_real_effect():
     text = ablation.finding(table, "macro_f1")
     assert "gate_order=safe_first, pet=True" in text and "a measurable difference" in text
     assert "gate_order=commuting, pet=True" in text and "no measurable difference" in text
+
+
+def test_ablation_notebook_runs_headless(tmp_path):
+    papermill = pytest.importorskip("papermill")
+    import json
+    from pathlib import Path
+
+    rng = np.random.default_rng(1)
+    rows = [{"run": f"{o}-{p}-{s}", "gate_order": o, "pet": p, "seed": s, "status": "ok",
+             "metric.macro_f1": 0.6 + rng.normal(0, 0.02), "metric.safety_score": 0.6 + rng.normal(0, 0.02)}
+            for o in ("safe_first", "cmd_first", "commuting", "none") for p in (True, False) for s in range(5)]
+    pd.DataFrame(rows).to_csv(tmp_path / "summary.csv", index=False)
+    root = Path(__file__).resolve().parents[1]
+    papermill.execute_notebook(
+        str(root / "notebooks" / "02_gate_ablation.ipynb"), str(tmp_path / "out.ipynb"),
+        parameters={"summary_csv": str(tmp_path / "summary.csv"), "metrics": ["macro_f1", "safety_score"],
+                    "output_dir": str(tmp_path), "figures_dir": ""},
+        cwd=str(root), kernel_name="python3", progress_bar=False)
+    result = json.loads((tmp_path / "ablation.json").read_text())
+    assert len(result["table"]) == 16 and "paired t p" in result["finding"]
+    assert (tmp_path / "gate_ablation.png").stat().st_size > 1000
