@@ -1,0 +1,35 @@
+"""Every notebook keeps the conventions: a literal-only parameters cell, a markdown header that says
+how to run it headless, no stored outputs. The quickstart runs end to end with tiny parameters."""
+
+import ast
+import json
+from pathlib import Path
+
+import nbformat
+import pytest
+
+ROOT = Path(__file__).resolve().parents[1]
+NOTEBOOKS = sorted((ROOT / "notebooks").glob("*.ipynb"))
+
+
+@pytest.mark.parametrize("path", NOTEBOOKS, ids=lambda p: p.name)
+def test_notebook_conventions(path):
+    nb = nbformat.read(path, as_version=4)
+    assert nb.cells[0].cell_type == "markdown" and "papermill" in nb.cells[0].source
+    params = [c for c in nb.cells if "parameters" in c.metadata.get("tags", [])]
+    assert len(params) == 1, "exactly one cell tagged 'parameters'"
+    for node in ast.parse(params[0].source).body:  # literals only: papermill overrides them
+        assert isinstance(node, ast.Assign) and len(node.targets) == 1
+        ast.literal_eval(node.value)
+    assert all(not c.get("outputs") and c.get("execution_count") is None for c in nb.cells if c.cell_type == "code")
+
+
+def test_quickstart_runs_headless(tmp_path):
+    papermill = pytest.importorskip("papermill")
+    papermill.execute_notebook(
+        str(ROOT / "notebooks" / "00_quickstart.ipynb"), str(tmp_path / "out.ipynb"),
+        parameters={"max_steps": 2, "output_dir": str(tmp_path / "qs"), "requests": ["経費精算の締め日は？", "hi"]},
+        cwd=str(ROOT), kernel_name="python3", progress_bar=False)
+    out = nbformat.read(tmp_path / "out.ipynb", as_version=4)
+    html = json.dumps(out.cells[-1].outputs, ensure_ascii=False)
+    assert "rule@0.8" in html and "経費精算" in html
