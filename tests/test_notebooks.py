@@ -33,3 +33,21 @@ def test_quickstart_runs_headless(tmp_path):
     out = nbformat.read(tmp_path / "out.ipynb", as_version=4)
     html = json.dumps(out.cells[-1].outputs, ensure_ascii=False)
     assert "rule@0.8" in html and "経費精算" in html
+
+
+def test_stakeholder_app_decides_when_clicked(tmp_path, tokenizer):
+    pytest.importorskip("ipywidgets")
+    from so8t_lib.config import ModelConfig
+    from so8t_lib.model import SO8TModel
+    from so8t_lib.widget_app import build_app
+
+    ckpt = SO8TModel.from_config(ModelConfig(), tokenizer).save(tmp_path / "ckpt")
+    app = build_app([str(ckpt)], threshold=0.8, log_dir=tmp_path / "logs")
+    app.example_buttons[1].click()  # the Japanese prompt-injection example
+    shown = app.result_html.value
+    assert any(label in shown for label in ("ALLOW", "REFUSE", "ESCALATE")) and "REFUSE" in shown
+    assert "prompt_injection" in shown and app.context_box.value == "情報システム部への問い合わせ"
+    app.request_box.value = "x" * 5000  # too long: the gate fails closed, and says so
+    app.decide_button.click()
+    assert "ESCALATE" in app.result_html.value
+    assert (tmp_path / "logs" / "audit.jsonl").read_text(encoding="utf-8").count('"test":true') == 2
