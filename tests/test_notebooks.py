@@ -51,3 +51,21 @@ def test_stakeholder_app_decides_when_clicked(tmp_path, tokenizer):
     app.decide_button.click()
     assert "ESCALATE" in app.result_html.value
     assert (tmp_path / "logs" / "audit.jsonl").read_text(encoding="utf-8").count('"test":true') == 2
+
+
+def test_model_card_names_missing_results_and_quotes_present_ones(tmp_path):
+    from so8t_lib.model_card import main
+
+    run = tmp_path / "run"
+    run.mkdir()
+    (run / "config.yaml").write_text((ROOT / "configs" / "training.yaml").read_text(encoding="utf-8"), encoding="utf-8")
+    evaluation = {"temperature": 2.0, "datasets": {"test": {
+        "n": 10, "headline": ["safety_score"], "safety_score": 0.5, "macro_f1": 0.4, "refuse_recall": 0.3,
+        "dangerous_compliance": 0.2, "over_refusal": 0.1, "ece": 0.05, "ci": {"macro_f1": [0.35, 0.45]}}}}
+    (tmp_path / "eval.json").write_text(json.dumps(evaluation))
+    out = tmp_path / "CARD.md"
+    main(["--run", str(run), "--eval", str(tmp_path / "eval.json"), "--quant", str(tmp_path / "none.json"),
+          "--ablation", str(tmp_path / "none2.json"), "--out", str(out)])
+    card = out.read_text(encoding="utf-8")
+    assert "macro_f1 0.400 [0.35, 0.45]" in card and "dangerous_compliance 0.200" in card
+    assert "Not measured" in card and "Not run yet" in card and "no evidence either way" in card
