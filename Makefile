@@ -7,7 +7,7 @@ PY     := $(VENV)/bin/python
 STAMP  := $(VENV)/.installed
 EXTRAS ?= quant,gguf,runtime,notebooks,dev
 
-.PHONY: demo test venv clean-venv lint
+.PHONY: demo test venv clean-venv lint lab
 
 venv: $(STAMP)
 
@@ -24,6 +24,10 @@ demo: venv
 
 test: venv
 	$(PY) -m pytest -q
+
+lab: venv
+	# JupyterLab from .venv: its "python3" kernel is the project's environment
+	$(VENV)/bin/jupyter lab notebooks/
 
 lint: venv
 	$(VENV)/bin/ruff check so8t_lib tests
