@@ -22,6 +22,7 @@ import torch
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
+from so8t_lib.checkpoint import atomic_write_text  # noqa: E402
 from so8t_lib.quant_compare import compare  # noqa: E402
 
 ORDER = ["f16", "q8_0", "q4_k_m", "q4_k_s", "iq4_xs"]
@@ -44,11 +45,7 @@ def main(argv: list[str] | None = None) -> dict:
     payload = {"benchmark": "gguf_decisions", "device": "cpu", "threads": torch.get_num_threads(),
                "cpu_count": os.cpu_count(), "machine": platform.machine(), "data": args.data,
                "results": json.loads(frame.to_json(orient="records"))}
-    out = Path(args.out)
-    out.parent.mkdir(parents=True, exist_ok=True)
-    tmp = out.with_name(out.name + ".tmp")
-    tmp.write_text(json.dumps(payload, indent=1), encoding="utf-8")
-    os.replace(tmp, out)
+    out = atomic_write_text(args.out, json.dumps(payload, indent=1))
     cols = ["backend", "size_mib", "load_s", "decide_p50_ms", "decide_p95_ms", "requests_per_s_batch32",
             "agreement_with_fp32", "macro_f1", "generation_tokens_per_s", "decide_p50_ratio_vs_fp32"]
     print(frame[cols].round(3).to_string(index=False))

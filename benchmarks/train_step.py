@@ -17,13 +17,12 @@ import gc
 import json
 import os
 import platform
+import subprocess
 import sys
 import tempfile
 import time
 import warnings
 from pathlib import Path
-
-import subprocess
 
 import psutil
 import torch
@@ -31,6 +30,7 @@ import torch
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
+from so8t_lib.checkpoint import atomic_write_text  # noqa: E402
 from so8t_lib.config import load_config  # noqa: E402
 from so8t_lib.profiling import PeakMemory  # noqa: E402
 from so8t_lib.train import Trainer  # noqa: E402
@@ -104,11 +104,7 @@ def main(argv: list[str] | None = None) -> dict:
     payload = {"benchmark": "train_step", "device": "cpu", "threads": torch.get_num_threads(),
                "cpu_count": os.cpu_count(), "torch": torch.__version__, "python": platform.python_version(),
                "machine": platform.machine(), "results": results}
-    out = Path(args.out)
-    out.parent.mkdir(parents=True, exist_ok=True)
-    tmp = out.with_suffix(".tmp")
-    tmp.write_text(json.dumps(payload, indent=1), encoding="utf-8")
-    os.replace(tmp, out)
+    out = atomic_write_text(args.out, json.dumps(payload, indent=1))
     for r in results:
         print(f"{r['variant']:>5s}: {r['tokens_per_s']:7.0f} tokens/s ({r['tokens_per_s_ratio']:.2f}x), "
               f"{r['s_per_step']:.2f} s/step, peak RSS {r['peak_rss_mb']:.0f} MB "

@@ -30,6 +30,7 @@ from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
 
+from .checkpoint import atomic_write_text
 from .sanitize import mask_personal_data
 
 GENESIS = "0" * 64
@@ -110,9 +111,7 @@ class AuditLog:
         return 0, GENESIS
 
     def _rotate(self, next_seq: int, last_hash: str) -> None:
-        tmp = self._head_path.with_name(self._head_path.name + ".tmp")
-        tmp.write_text(json.dumps({"next_seq": next_seq, "hash": last_hash}), encoding="utf-8")
-        os.replace(tmp, self._head_path)
+        atomic_write_text(self._head_path, json.dumps({"next_seq": next_seq, "hash": last_hash}))
         oldest = self.path.with_name(f"{self.path.name}.{self.backup_count}.gz")
         oldest.unlink(missing_ok=True)
         for n in range(self.backup_count - 1, 0, -1):

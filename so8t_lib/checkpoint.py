@@ -20,6 +20,26 @@ from pathlib import Path
 MANIFEST = "manifest.json"
 
 
+def atomic_write_text(path: str | Path, text: str) -> Path:
+    """Write a text file whole or not at all: a temporary file in the same folder, fsync, rename.
+    A reader (or a crash) never sees half a file; a failed write leaves the old file in place."""
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
+    try:
+        with os.fdopen(fd, "wb") as handle:
+            handle.write(text.encode("utf-8"))
+            handle.flush()
+            os.fsync(handle.fileno())
+        os.chmod(tmp, 0o644)
+        os.replace(tmp, path)
+    except BaseException:
+        if os.path.exists(tmp):
+            os.unlink(tmp)
+        raise
+    return path
+
+
 class CheckpointError(RuntimeError):
     """A checkpoint folder that is missing, incomplete or damaged; the message names the file."""
 

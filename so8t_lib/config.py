@@ -15,8 +15,6 @@ from typing import Any, Literal
 import yaml
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
 
-from .gates import GATE_ORDERS
-
 LABELS: tuple[str, ...] = ("ALLOW", "REFUSE", "ESCALATE")
 PRESETS: tuple[str, ...] = ("tiny", "qwen2.5-0.5b", "qwen2.5-7b", "hf")
 PRESET_HUB_IDS = {"qwen2.5-0.5b": "Qwen/Qwen2.5-0.5B-Instruct", "qwen2.5-7b": "Qwen/Qwen2.5-7B-Instruct"}

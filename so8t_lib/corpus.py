@@ -26,11 +26,9 @@ from __future__ import annotations
 import argparse
 import csv
 import json
-import os
 import random
 import re
 import sys
-import tempfile
 import unicodedata
 import zlib
 from collections import Counter, defaultdict
@@ -40,6 +38,8 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 import yaml
+
+from .checkpoint import atomic_write_text
 
 if TYPE_CHECKING:
     import pandas
@@ -783,22 +783,6 @@ def _row_line(row: dict) -> str:
     return json.dumps({k: row[k] for k in ROW_KEYS}, ensure_ascii=False) + "\n"
 
 
-def _atomic_write(path: Path, text: str) -> None:
-    """Temp file in the same folder, then os.replace: a reader never sees half a file."""
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
-    try:
-        with os.fdopen(fd, "wb") as f:
-            f.write(text.encode("utf-8"))
-            f.flush()
-            os.fsync(f.fileno())
-        os.chmod(tmp, 0o644)
-        os.replace(tmp, path)
-    except BaseException:
-        if os.path.exists(tmp):
-            os.unlink(tmp)
-        raise
-
-
 def generate_rows(
     seeds: list[Seed], seed: int = 0, benchmarks_dir: str | Path | None = DEFAULT_BENCHMARKS_DIR
 ) -> tuple[list[dict], dict[str, int]]:
@@ -851,7 +835,7 @@ def build_corpus(
     counts: dict[str, int] = {}
     for sp in SPLITS:
         part = [r for r in rows if r["split"] == sp]
-        _atomic_write(out / f"{sp}.jsonl", "".join(_row_line(r) for r in part))
+        atomic_write_text(out / f"{sp}.jsonl", "".join(_row_line(r) for r in part))
         counts[sp] = len(part)
     counts["total"] = len(rows)
     counts["dropped_duplicates"] = info["dropped_duplicates"]

@@ -14,7 +14,6 @@ from __future__ import annotations
 
 import argparse
 import json
-import os
 import shutil
 import time
 import unicodedata
@@ -23,6 +22,7 @@ from pathlib import Path
 
 import yaml
 
+from .checkpoint import atomic_write_text
 from .config import LABELS, config_from_dict, load_config
 from .data import load_table
 from .evaluate import evaluate_table, format_report
@@ -46,12 +46,6 @@ def _fit(text: str, width: int) -> str:
             return out + "…" + " " * (width - used - 1)
         out, used = out + ch, used + w
     return out + " " * (width - used)
-
-
-def _write_json(path: Path, payload: dict) -> None:
-    tmp = path.with_suffix(".tmp")
-    tmp.write_text(json.dumps(payload, indent=1, ensure_ascii=False), encoding="utf-8")
-    os.replace(tmp, path)
 
 
 def main(argv: list[str] | None = None) -> None:
@@ -82,7 +76,7 @@ def main(argv: list[str] | None = None) -> None:
     test = load_table(Path(config.training.data_dir) / "test.jsonl")
     report = evaluate_table(model, test, bootstrap=args.bootstrap)
     report["checkpoint"] = str(run_dir / "best")
-    _write_json(run_dir / "test_metrics.json", report)
+    atomic_write_text(run_dir / "test_metrics.json", json.dumps(report, indent=1, ensure_ascii=False))
     print(f"\ntraining: {trained:.0f}s. Test split ({len(test)} rows), best checkpoint {run_dir / 'best'}:")
     print(format_report(report))
 

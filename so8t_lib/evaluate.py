@@ -30,6 +30,7 @@ import numpy as np
 import pandas as pd
 import torch
 
+from .checkpoint import atomic_write_text
 from .config import LABELS
 from .data import NOT_ALLOW, load_any
 from .metrics import expected_calibration_error, safety_report, threshold_decisions, threshold_sweep
@@ -225,13 +226,6 @@ def format_report(report: dict, title: str = "") -> str:
     return "\n".join(lines)
 
 
-def _write_atomic(path: Path, text: str) -> None:
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(path.name + ".tmp")
-    tmp.write_text(text, encoding="utf-8")
-    os.replace(tmp, path)
-
-
 def _dataset_key(name) -> str:
     return Path(str(name)).stem
 
@@ -312,10 +306,10 @@ def main(argv: list[str] | None = None) -> dict:
             prediction_lines += _prediction_lines(_dataset_key(name), table, probs, pred)
             print(format_report(report, f"\n{name} ({len(table)} rows, decisions: {results['decision_rule']})"))
         if args.predictions:
-            _write_atomic(Path(args.predictions), "".join(line + "\n" for line in prediction_lines))
+            atomic_write_text(Path(args.predictions), "".join(line + "\n" for line in prediction_lines))
             print(f"\npredictions: {args.predictions}")
     if args.out:
-        _write_atomic(Path(args.out), json.dumps(results, indent=1, ensure_ascii=False))
+        atomic_write_text(Path(args.out), json.dumps(results, indent=1, ensure_ascii=False))
         print(f"results: {args.out}", file=sys.stderr)
     return results
 

@@ -12,11 +12,11 @@ from __future__ import annotations
 
 import argparse
 import json
-import os
 from pathlib import Path
 
 import yaml
 
+from .checkpoint import atomic_write_text
 from .data import load_split
 
 
@@ -113,10 +113,7 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--out", default="MODEL_CARD.md")
     args = parser.parse_args(argv)
     card = build_card(Path(args.run), Path(args.eval), Path(args.quant), Path(args.ablation))
-    out = Path(args.out)
-    tmp = out.with_name(out.name + ".tmp")
-    tmp.write_text(card, encoding="utf-8")
-    os.replace(tmp, out)
+    out = atomic_write_text(args.out, card)
     print(f"wrote {out}")
 
 

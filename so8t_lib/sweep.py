@@ -35,6 +35,7 @@ import pandas as pd
 import yaml
 from tqdm.auto import tqdm
 
+from .checkpoint import atomic_write_text
 from .config import ConfigError
 
 RUNS_ROOT = Path("experiments/runs")
@@ -98,9 +99,7 @@ def load_spec(path: str | Path) -> SweepSpec:
 
 
 def _write_json(path: Path, payload: dict) -> None:
-    tmp = path.with_name(path.name + ".tmp")
-    tmp.write_text(json.dumps(payload, indent=1, ensure_ascii=False, default=str), encoding="utf-8")
-    os.replace(tmp, path)
+    atomic_write_text(path, json.dumps(payload, indent=1, ensure_ascii=False, default=str))
 
 
 def run_one(spec: SweepSpec, name: str, params: dict, root: Path) -> dict:
@@ -153,9 +152,7 @@ def summarize(root: Path) -> pd.DataFrame:
             row.update({f"metric.{k}": v for k, v in metrics.items()})
         rows.append(row)
     frame = pd.DataFrame(rows)
-    tmp = root / "summary.csv.tmp"
-    frame.to_csv(tmp, index=False)
-    os.replace(tmp, root / "summary.csv")
+    atomic_write_text(root / "summary.csv", frame.to_csv(index=False))
     return frame
 
 

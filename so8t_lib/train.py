@@ -32,7 +32,13 @@ import torch
 from accelerate import Accelerator
 from tqdm.auto import tqdm
 
-from .checkpoint import CheckpointError, atomic_folder, recover_interrupted_swap, verify_manifest
+from .checkpoint import (
+    CheckpointError,
+    atomic_folder,
+    atomic_write_text,
+    recover_interrupted_swap,
+    verify_manifest,
+)
 from .config import LABELS, OptimizerConfig, SO8TConfig, config_from_dict, load_config
 from .data import SafetyCollator, load_table, table_rows
 from .losses import composite_loss
@@ -195,9 +201,7 @@ class Trainer:
         if not self.main or not path.is_file():
             return
         kept = [line for line in path.read_text(encoding="utf-8").splitlines() if json.loads(line)["step"] <= step]
-        tmp = path.with_suffix(".tmp")
-        tmp.write_text("".join(line + "\n" for line in kept), encoding="utf-8")
-        tmp.replace(path)
+        atomic_write_text(path, "".join(line + "\n" for line in kept))
 
     def save(self, name: str, rng: dict | None = None) -> None:
         """Write ``best`` or ``last`` atomically (main process only)."""
