@@ -268,18 +268,31 @@ def config_from_dict(data: dict[str, Any] | None, source: str = "<dict>") -> SO8
     try:
         return SO8TConfig.model_validate(data)
     except ValidationError as exc:
-        problems = "\n  ".join(_describe(e) for e in exc.errors())
-        raise ConfigError(f"{source}: invalid config\n  {problems}") from None
+        raise ConfigError(f"{source}: invalid config\n  {validation_problems(exc)}") from None
 
 
-def load_config(path: str | Path, overrides: list[str] | tuple[str, ...] = ()) -> SO8TConfig:
-    """Read a YAML config, apply ``key=value`` overrides, validate; errors name the file and key."""
+def read_yaml_mapping(path: str | Path, what: str = "config file") -> dict[str, Any]:
+    """A YAML file whose top level is a mapping (empty file: {}); ConfigError naming the file otherwise.
+    Every config-like file (model/training configs, runtime configs, sweep specs) is read here."""
     path = Path(path)
     if not path.is_file():
-        raise ConfigError(f"config file not found: {path} (configs/ holds the shipped ones)")
+        raise ConfigError(f"{what} not found: {path} (configs/ holds the shipped ones)")
     try:
         data = yaml.safe_load(path.read_text(encoding="utf-8"))
     except yaml.YAMLError as exc:
         raise ConfigError(f"{path}: not valid YAML: {exc}") from None
-    data = apply_overrides(data if data is not None else {}, overrides)
+    data = {} if data is None else data
+    if not isinstance(data, dict):
+        raise ConfigError(f"{path}: the top level must be a mapping of sections, got {type(data).__name__}")
+    return data
+
+
+def validation_problems(exc: ValidationError) -> str:
+    """pydantic's errors as one line per key, in the project's wording."""
+    return "\n  ".join(_describe(e) for e in exc.errors())
+
+
+def load_config(path: str | Path, overrides: list[str] | tuple[str, ...] = ()) -> SO8TConfig:
+    """Read a YAML config, apply ``key=value`` overrides, validate; errors name the file and key."""
+    data = apply_overrides(read_yaml_mapping(path), overrides)
     return config_from_dict(data, source=str(path))

@@ -10,11 +10,10 @@ from __future__ import annotations
 from pathlib import Path
 from typing import Literal
 
-import yaml
 from pydantic import Field, ValidationError, model_validator
 
 from .audit import parse_size
-from .config import ConfigError, _describe, _Section, apply_overrides
+from .config import ConfigError, _Section, apply_overrides, read_yaml_mapping, validation_problems
 
 CATEGORIES = ("medical", "legal", "hr", "security", "finance", "general")
 
@@ -113,23 +112,13 @@ class RuntimeConfig(_Section):
 
 
 def load_runtime_config(path: str | Path, overrides: list[str] | tuple[str, ...] = ()) -> RuntimeConfig:
-    path = Path(path)
-    if not path.is_file():
-        raise ConfigError(f"runtime config not found: {path} (configs/basic.yaml is the shipped default)")
-    try:
-        data = yaml.safe_load(path.read_text(encoding="utf-8")) or {}
-    except yaml.YAMLError as exc:
-        raise ConfigError(f"{path}: not valid YAML: {exc}") from None
-    if not isinstance(data, dict):
-        raise ConfigError(f"{path}: the top level must be a mapping of sections")
-    data = apply_overrides(data, overrides)
+    data = apply_overrides(read_yaml_mapping(path, "runtime config"), overrides)
     try:
         return RuntimeConfig.model_validate(data)
     except ValidationError as exc:
-        problems = "\n  ".join(_describe(e) for e in exc.errors())
-        raise ConfigError(f"{path}: invalid runtime config\n  {problems}") from None
+        raise ConfigError(f"{path}: invalid runtime config\n  {validation_problems(exc)}") from None
 
 
 def is_runtime_config(path: str | Path) -> bool:
-    data = yaml.safe_load(Path(path).read_text(encoding="utf-8")) or {}
-    return isinstance(data, dict) and "inference" in data
+    """A runtime config has sections a training config never has (inference, escalation, mode)."""
+    return bool({"inference", "escalation", "mode"} & set(read_yaml_mapping(path)))

@@ -36,7 +36,7 @@ import yaml
 from tqdm.auto import tqdm
 
 from .checkpoint import atomic_write_text
-from .config import ConfigError
+from .config import ConfigError, read_yaml_mapping
 
 RUNS_ROOT = Path("experiments/runs")
 
@@ -70,12 +70,7 @@ def _slug(value: Any) -> str:
 
 def load_spec(path: str | Path) -> SweepSpec:
     path = Path(path)
-    if not path.is_file():
-        raise ConfigError(f"sweep spec not found: {path}")
-    try:
-        data = yaml.safe_load(path.read_text(encoding="utf-8")) or {}
-    except yaml.YAMLError as exc:
-        raise ConfigError(f"{path}: not valid YAML: {exc}") from None
+    data = read_yaml_mapping(path, "sweep spec")
     allowed = {"name", "notebook", "params", "grid", "seeds", "kernel", "timeout_s"}
     unknown = sorted(set(data) - allowed)
     if unknown:

@@ -13,7 +13,7 @@ CONFIGS = Path(__file__).resolve().parents[1] / "configs"
 def test_shipped_configs_validate(name):
     from so8t_lib.runtime_config import is_runtime_config, load_runtime_config
 
-    if is_runtime_config(CONFIGS / name) or "mode: emergency" in (CONFIGS / name).read_text(encoding="utf-8"):
+    if is_runtime_config(CONFIGS / name):
         cfg = load_runtime_config(CONFIGS / name)
         assert 0.5 <= cfg.inference.safety_threshold <= 1
     else:
