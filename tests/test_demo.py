@@ -10,7 +10,7 @@ FEW_STEPS = ["training.max_steps=3", "training.batch_size=4", "training.max_leng
 
 def test_demo_trains_then_reuses_the_run_and_writes_test_metrics(tmp_path, capsys):
     run_dir = tmp_path / "run"
-    args = ["--bootstrap", "20", *FEW_STEPS, f"training.output_dir={run_dir}"]
+    args = ["--bootstrap", "20", "--dist", str(tmp_path / "dist"), *FEW_STEPS, f"training.output_dir={run_dir}"]
     demo.main(args)
     report = json.loads((run_dir / "test_metrics.json").read_text(encoding="utf-8"))
     assert report["n"] == 572 and sum(map(sum, report["confusion_matrix"])) == 572
@@ -18,6 +18,15 @@ def test_demo_trains_then_reuses_the_run_and_writes_test_metrics(tmp_path, capsy
     log = (run_dir / "metrics.jsonl").read_text(encoding="utf-8")
     out = capsys.readouterr().out
     assert "safety_score" in out and "confusion" in out
+    try:
+        import gguf  # noqa: F401
+        import llama_cpp  # noqa: F401
+    except ImportError:
+        assert "GGUF export skipped" in out
+    else:  # the ladder is written where asked (never into the repository's dist/) and Q4_K_M decides
+        assert sorted(p.name for p in (tmp_path / "dist").iterdir()) == sorted(
+            f"so8t-tiny-{t}.gguf" for t in ("f16", "q8_0", "q4_k_m", "q4_k_s", "iq4_xs"))
+        assert "so8t-tiny-q4_k_m.gguf (llama.cpp)" in out
 
     demo.main(args)  # a finished run is reused, not trained again
     assert (run_dir / "metrics.jsonl").read_text(encoding="utf-8") == log
