@@ -62,7 +62,8 @@ def load_decider(path: str | Path):
     return SO8TModel.load(path)
 
 
-def _contexts(table: pd.DataFrame) -> list[str | None]:
+def table_contexts(table: pd.DataFrame) -> list[str | None]:
+    """The context column with empty cells as None (how decide() expects "no context")."""
     return [c if isinstance(c, str) and c.strip() else None for c in table["context"]]
 
 
@@ -70,7 +71,7 @@ def predict(model, table: pd.DataFrame, batch_size: int = 32, progress: bool = T
             threshold: float | None = None) -> tuple[np.ndarray, list[str]]:
     """Probabilities (N, 3) (temperature-scaled) and decisions for every row of a loaded table:
     argmax, or the runtime threshold rule when ``threshold`` is given."""
-    probs = model.decide(list(table["user_request"]), _contexts(table), batch_size=batch_size,
+    probs = model.decide(list(table["user_request"]), table_contexts(table), batch_size=batch_size,
                          progress=progress).numpy()
     if threshold is None:
         return probs, [LABELS[i] for i in probs.argmax(-1)]
@@ -129,7 +130,7 @@ def calibrate(model: SO8TModel, table: pd.DataFrame, batch_size: int = 32, progr
     """Fit SafetyHeadB's temperature on ``table`` (the val split) and set it on the model."""
     table = table[table["label"] != NOT_ALLOW]
     gold = np.array([LABELS.index(label) for label in table["label"]])
-    logits = model.decide(list(table["user_request"]), _contexts(table), batch_size=batch_size,
+    logits = model.decide(list(table["user_request"]), table_contexts(table), batch_size=batch_size,
                           progress=progress, return_logits=True).numpy().astype(np.float64)
     probs = torch.softmax(torch.as_tensor(logits), dim=-1).numpy()
     temperature = fit_temperature(logits, gold)
@@ -241,6 +242,38 @@ def _prediction_lines(name: str, table: pd.DataFrame, probs: np.ndarray, pred: l
     return lines
 
 
+def read_run_log(run_dir: str | Path) -> list[dict]:
+    """A training run's metrics.jsonl as a list of dicts (train and eval lines)."""
+    path = Path(run_dir) / "metrics.jsonl"
+    return [json.loads(line) for line in path.read_text(encoding="utf-8").splitlines() if line.strip()]
+
+
+def run_metrics(run_dir: str | Path, data: str = "test", batch_size: int = 32) -> dict:
+    """One run's numbers for a sweep's summary: the best checkpoint's headline metrics and ECE on
+    ``data``, the best validation value of the early-stopping metric, and the steps trained."""
+    log = read_run_log(run_dir)
+    report = evaluate_table(SO8TModel.load(run_dir), load_any(data), batch_size, bootstrap=0, progress=False)
+    evals = [e["value"] for e in log if e["kind"] == "eval" and e["value"] is not None]
+    return {**{k: report[k] for k in HEADLINE}, "ece": report["ece"], "best_val": max(evals, default=None),
+            "steps": log[-1]["step"] if log else 0}
+
+
+def evaluate_datasets(model, names: list[str], batch_size: int = 32, bootstrap: int = 1000,
+                      threshold: float | None = None, progress: bool = True) -> tuple[dict, list[str]]:
+    """Score ``model`` on each data set (split name, xstest, sst or file): ({"decision_rule",
+    "datasets": {name: report}}, one JSON prediction line per row). The CLI and notebook 04 use this."""
+    results: dict = {"decision_rule": "argmax" if threshold is None else f"threshold {threshold}", "datasets": {}}
+    lines: list[str] = []
+    for name in names:
+        table = load_any(name)
+        probs, pred = predict(model, table, batch_size, progress, threshold)
+        report = report_from_predictions(table, probs, pred, bootstrap)
+        report["source"] = str(name)
+        results["datasets"][_dataset_key(name)] = report
+        lines += _prediction_lines(_dataset_key(name), table, probs, pred)
+    return results, lines
+
+
 def main(argv: list[str] | None = None) -> dict:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--model", required=True, help="checkpoint folder or run folder")
@@ -282,7 +315,7 @@ def main(argv: list[str] | None = None) -> dict:
         print(f"temperature {c['temperature']:.3f} fitted on {c['data']} ({c['rows']} rows): "
               f"ECE {c['ece_before']:.3f} -> {c['ece_after']:.3f}; stored in {c['checkpoint']}")
     model = load_decider(args.model)
-    results["temperature"] = float(model.safety_head.temperature) if not is_gguf else float(model.head.temperature)
+    results["temperature"] = float(model.safety_head.temperature)
     results["backend"] = "gguf" if is_gguf else "hf"
 
     if args.latency:
@@ -294,17 +327,11 @@ def main(argv: list[str] | None = None) -> dict:
             print(f"batch {r['batch_size']:3d}: p50 {r['p50_ms']:8.1f} ms  p95 {r['p95_ms']:8.1f} ms  "
                   f"p99 {r['p99_ms']:8.1f} ms  {r['requests_per_s']:7.1f} requests/s  peak RSS {r['peak_rss_mb']:.0f} MB")
     elif not args.calibrate or args.data:
-        results["decision_rule"] = "argmax" if args.threshold is None else f"threshold {args.threshold}"
-        results["datasets"] = {}
-        prediction_lines: list[str] = []
-        for name in args.data or ["test"]:
-            table = load_any(name)
-            probs, pred = predict(model, table, args.batch_size, threshold=args.threshold)
-            report = report_from_predictions(table, probs, pred, args.bootstrap)
-            report["source"] = str(name)
-            results["datasets"][_dataset_key(name)] = report
-            prediction_lines += _prediction_lines(_dataset_key(name), table, probs, pred)
-            print(format_report(report, f"\n{name} ({len(table)} rows, decisions: {results['decision_rule']})"))
+        scored, prediction_lines = evaluate_datasets(model, args.data or ["test"], args.batch_size, args.bootstrap,
+                                                     args.threshold)
+        results.update(scored)
+        for name, report in results["datasets"].items():
+            print(format_report(report, f"\n{report['source']} ({report['n']} rows, decisions: {results['decision_rule']})"))
         if args.predictions:
             atomic_write_text(Path(args.predictions), "".join(line + "\n" for line in prediction_lines))
             print(f"\npredictions: {args.predictions}")
