@@ -58,6 +58,17 @@ def write_manifest(folder: Path) -> None:
     (folder / MANIFEST).write_text(json.dumps({"files": entries}, indent=1, sort_keys=True), encoding="utf-8")
 
 
+def checkpoint_version(folder: str | Path, name: str) -> str:
+    """``name@<first 12 hex of the adapter's sha256>``: the same trained weights give the same version
+    in every backend (HF checkpoint, each GGUF exported from it) and in every audit record."""
+    manifest = Path(folder) / MANIFEST
+    if manifest.is_file():
+        digest = json.loads(manifest.read_text(encoding="utf-8"))["files"].get("adapter.safetensors", {}).get("sha256")
+        if digest:
+            return f"{name}@{digest[:12]}"
+    return name
+
+
 def verify_manifest(folder: Path) -> None:
     """Raise CheckpointError naming the first file that is missing, truncated or altered."""
     manifest = folder / MANIFEST

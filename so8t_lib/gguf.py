@@ -89,16 +89,6 @@ def _tokens(tokenizer, vocab_size: int) -> tuple[list[str], list[int]]:
     return tokens, types
 
 
-def _model_version(checkpoint: Path | None, name: str) -> str:
-    manifest = checkpoint / "manifest.json" if checkpoint else None
-    if manifest and manifest.is_file():
-        files = json.loads(manifest.read_text(encoding="utf-8"))["files"]
-        digest = files.get("adapter.safetensors", {}).get("sha256", "")
-        if digest:
-            return f"{name}@{digest[:12]}"
-    return name
-
-
 def _config_hash(checkpoint: Path | None, model) -> str:
     """sha256 of the training run's resolved config when the checkpoint sits in a run folder,
     else of the model config."""
@@ -157,7 +147,7 @@ def write_gguf(model, path: str | Path, dtype: str = "f16", checkpoint: Path | N
     writer.add_float32("so8t.threshold", float(threshold))
     writer.add_string("so8t.gate_order", model.config.gates.order)
     writer.add_string("so8t.system_prompt", SYSTEM_PROMPT)
-    writer.add_string("so8t.model_version", _model_version(checkpoint, model.config.name))
+    writer.add_string("so8t.model_version", model.model_version)
     writer.add_string("so8t.config_sha256", _config_hash(checkpoint, model))
     head_keys = sorted(k for k in head_state if k.startswith("net."))
     writer.add_array("so8t.head.keys", head_keys)

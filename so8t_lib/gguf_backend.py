@@ -50,7 +50,7 @@ class GGUFBackend:
             raise GGUFError(f"{self.path}: label order {self.meta['so8t.labels']} differs from {list(LABELS)}")
         state = {k: torch.from_numpy(v.copy()) for k, v in self.meta["head"].items()}
         state["temperature"] = torch.tensor(float(self.meta["so8t.temperature"]))
-        self.head = SafetyHeadB.from_state_dict(state)
+        self.safety_head = SafetyHeadB.from_state_dict(state)  # the same name as on SO8TModel
         self._llama = llama_cpp
         self._kwargs = dict(model_path=str(self.path), n_ctx=n_ctx, n_batch=n_ctx, n_ubatch=n_ctx,
                             n_threads=n_threads or len(os.sched_getaffinity(0)), n_gpu_layers=n_gpu_layers,
@@ -132,7 +132,7 @@ class GGUFBackend:
 
             prompts = tqdm(prompts, desc="deciding (gguf)", unit="request", leave=False)
         states = torch.from_numpy(self.hidden_states(list(prompts)))
-        return self.head.probabilities(self.head(states)) if len(states) else torch.empty(0, len(LABELS))
+        return self.safety_head.probabilities(self.safety_head(states)) if len(states) else torch.empty(0, len(LABELS))
 
     def generate(self, request: str, context: str | None = None, max_tokens: int = 128,
                  temperature: float = 0.0) -> str:

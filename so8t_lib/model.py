@@ -25,7 +25,13 @@ from safetensors.torch import load_file, save_file
 from torch import nn
 from transformers import AutoModelForCausalLM, PreTrainedModel, Qwen2Config, Qwen2ForCausalLM
 
-from .checkpoint import CheckpointError, atomic_folder, recover_interrupted_swap, verify_manifest
+from .checkpoint import (
+    CheckpointError,
+    atomic_folder,
+    checkpoint_version,
+    recover_interrupted_swap,
+    verify_manifest,
+)
 from .config import LABELS, ConfigError, ModelConfig
 from .gates import GatedLinear, GatePair, fold_rotation_into_linear
 from .prompts import format_prompt
@@ -61,9 +67,9 @@ def position_ids_from_mask(attention_mask: torch.Tensor) -> torch.Tensor:
 class RunningStandardizer(nn.Module):
     """(x - mean) / std with mean and variance tracked over training batches (no gradient).
 
-    The decision states of a causal LM share a large common component (on the tiny random
-    base the spread around the mean is about a fifth of the norm), which a linear head learns
-    to see past only slowly. Unlike BatchNorm this always normalises with the running
+    The decision states of a causal LM share a large common component (after the final norm
+    every state has the same length, and most of it points the same way), which a linear head
+    trained with Adam has to learn to see past. Unlike BatchNorm this always normalises with the running
     estimates, so it works at batch size 1 (QLoRA) and in eval alike, and it folds exactly into
     the head's first linear layer for export.
     """
@@ -307,6 +313,7 @@ class SO8TModel(nn.Module):
         super().__init__()
         self.config = config
         self.tokenizer = tokenizer
+        self.model_version = config.name  # load() adds the adapter's hash (checkpoint_version)
         for param in lm.parameters():
             param.requires_grad_(False)
         torch.manual_seed(config.seed)
@@ -558,6 +565,7 @@ class SO8TModel(nn.Module):
             lm, _ = load_pretrained_base(config.resolved_base_model(), config)
         model = cls(lm, tokenizer, config)
         model.load_adapter(path / ADAPTER_FILE)
+        model.model_version = checkpoint_version(path, config.name)
         return model.eval()
 
     def load_adapter(self, file: str | Path) -> None:

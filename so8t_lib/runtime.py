@@ -90,11 +90,7 @@ class Agent:
 
     @property
     def model_version(self) -> str:
-        version = getattr(self.decider, "model_version", None)
-        if version:
-            return str(version)
-        cfg = getattr(self.decider, "config", None)
-        return getattr(cfg, "name", None) or "unloaded"
+        return str(self.decider.model_version) if self.decider is not None else "unloaded"
 
     # ----- one request --------------------------------------------------------------------------
     def _probabilities(self, requests: list[str], contexts: list[str | None]) -> np.ndarray:
@@ -126,6 +122,8 @@ class Agent:
             try:
                 if not isinstance(item, dict):
                     raise InvalidRequest(f"each request must be an object with user_request, got {type(item).__name__}")
+                if item.get("_error"):  # the CLI could not parse this line
+                    raise InvalidRequest(item["_error"])
                 v = self.config.validation
                 clean = validate_request(item.get("user_request"), item.get("context"), item.get("user_id"),
                                          v.max_request_chars, v.max_context_chars, v.max_user_id_chars)

@@ -194,3 +194,10 @@ def test_chat_rendering_matches_transformers_for_a_template_using_tools(tokenize
     messages = build_messages("経費の締め日は？ ", "経理部")
     expected = tok.apply_chat_template(messages, tokenize=False, add_generation_prompt=True)
     assert _render_chat(template, messages, tok.eos_token) == expected
+
+
+def test_hf_checkpoint_and_its_gguf_report_the_same_model_version(exported):
+    model, paths = exported
+    assert model.model_version.startswith("so8t-test@")
+    for path in paths.values():
+        assert GGUFBackend(path).model_version == model.model_version
