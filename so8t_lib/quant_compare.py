@@ -11,34 +11,18 @@ from __future__ import annotations
 import time
 from pathlib import Path
 
-import numpy as np
 import pandas as pd
 from tqdm.auto import tqdm
 
 from .config import LABELS
 from .data import load_any
+from .evaluate import measure_latency, table_contexts
 from .metrics import safety_report
 from .model import SO8TModel, resolve_checkpoint
 
 
 def _dir_size(path: Path) -> int:
     return sum(p.stat().st_size for p in path.rglob("*") if p.is_file())
-
-
-def _latency(decider, requests: list[str], n: int) -> tuple[float, float]:
-    times = []
-    for request in requests[:n]:
-        start = time.perf_counter()
-        decider.decide([request], batch_size=1)
-        times.append(time.perf_counter() - start)
-    ms = np.array(times) * 1000
-    return float(np.percentile(ms, 50)), float(np.percentile(ms, 95))
-
-
-def _throughput(decider, requests: list[str], batch_size: int = 32) -> float:
-    start = time.perf_counter()
-    decider.decide(requests, batch_size=batch_size)
-    return len(requests) / (time.perf_counter() - start)
 
 
 def compare(checkpoint: str | Path, gguf_files: list[str | Path], data: str = "test", latency_requests: int = 32,
@@ -48,7 +32,7 @@ def compare(checkpoint: str | Path, gguf_files: list[str | Path], data: str = "t
 
     table = load_any(data)
     requests = list(table["user_request"])
-    contexts = [c if isinstance(c, str) and c.strip() else None for c in table["context"]]
+    contexts = table_contexts(table)
     gold = list(table["label"])
     rows = []
     reference = None
@@ -63,13 +47,14 @@ def compare(checkpoint: str | Path, gguf_files: list[str | Path], data: str = "t
         if reference is None:
             reference = pred
         report = safety_report(gold, [LABELS[i] for i in pred])
-        p50, p95 = _latency(decider, requests, latency_requests)
+        single = measure_latency(decider, requests, (1,), batches=latency_requests)["results"][0]
+        batched = measure_latency(decider, requests, (32,), batches=max(1, throughput_requests // 32))["results"][0]
         row = {
             "backend": name, "file": str(path),
             "size_mib": (_dir_size(path / "base") + (path / "adapter.safetensors").stat().st_size) / 2**20
             if name == "hf-fp32" and (path / "base").is_dir() else path.stat().st_size / 2**20,
-            "load_s": load_s, "decide_p50_ms": p50, "decide_p95_ms": p95,
-            "requests_per_s_batch32": _throughput(decider, requests[:throughput_requests]),
+            "load_s": load_s, "decide_p50_ms": single["p50_ms"], "decide_p95_ms": single["p95_ms"],
+            "requests_per_s_batch32": batched["requests_per_s"], "peak_rss_mb": batched["peak_rss_mb"],
             "agreement_with_fp32": float((pred == reference).mean()),
             "macro_f1": report["macro_f1"], "safety_score": report["safety_score"],
             "dangerous_compliance": report["dangerous_compliance"], "over_refusal": report["over_refusal"],
