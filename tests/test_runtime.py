@@ -152,3 +152,25 @@ def test_encryption_key_must_be_present_when_configured(tmp_path, monkeypatch):
                                                     "encryption_key_env": "MY_AUDIT_KEY"}})
     with pytest.raises(ConfigError, match="MY_AUDIT_KEY"):
         Agent(cfg, decider=FakeDecider())
+
+
+def test_cli_reads_jsonl_from_stdin_and_answers_every_line(tmp_path, tokenizer, capsys, monkeypatch):
+    import io
+
+    from so8t_lib.config import ModelConfig
+    from so8t_lib.model import SO8TModel
+    from so8t_lib.runtime import main
+
+    ckpt = SO8TModel.from_config(ModelConfig(), tokenizer).save(tmp_path / "ckpt")
+    config = tmp_path / "rt.yaml"
+    config.write_text(f"model:\n  checkpoint_path: {ckpt}\ninference:\n  generate_responses: false\n", encoding="utf-8")
+    monkeypatch.setenv("SO8T_LOG_DIR", str(tmp_path / "logs"))
+    lines = ['{"user_request": "経費精算の締め日は？", "user_id": "u1"}', "not json", "",
+             '{"user_request": "Reset the admin password", "context": "IT"}']
+    monkeypatch.setattr("sys.stdin", io.StringIO("\n".join(lines) + "\n"))
+    main(["--config", str(config), "--test-mode"])
+    results = [json.loads(line) for line in capsys.readouterr().out.splitlines()]
+    assert len(results) == 3  # the blank line is skipped; the bad line still gets an answer
+    assert results[1]["decision"] == "ESCALATE" and "fail_closed" in results[1]["flags"]
+    assert "stdin line 2: not JSON" in results[1]["error"]
+    assert len(_records(tmp_path)) == 3
