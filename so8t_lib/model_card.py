@@ -32,7 +32,8 @@ def _fmt(report: dict, key: str) -> str:
     return f"{value:.3f} [{interval[0]:.2f}, {interval[1]:.2f}]" if interval and None not in interval else f"{value:.3f}"
 
 
-def build_card(run: Path, eval_json: Path, quant_json: Path, ablation_json: Path) -> str:
+def build_card(run: Path, eval_json: Path, quant_json: Path, ablation_json: Path,
+               baseline_json: Path = Path("benchmarks/results/bow_baseline.json")) -> str:
     config = yaml.safe_load((run / "config.yaml").read_text(encoding="utf-8")) if (run / "config.yaml").is_file() else {}
     model, training = config.get("model", {}), config.get("training", {})
     evaluation, quant, ablation = _load(eval_json), _load(quant_json), _load(ablation_json)
@@ -77,6 +78,12 @@ def build_card(run: Path, eval_json: Path, quant_json: Path, ablation_json: Path
             lines.append(f"| {name} | {rep['n']} | {shown} |")
     else:
         lines.append(f"Not measured: `{eval_json}` is missing (run `python -m so8t_lib.evaluate ... --out {eval_json}`).")
+    baseline = _load(baseline_json)
+    if baseline and evaluation and "test" in evaluation.get("datasets", {}):
+        ours, bow = evaluation["datasets"]["test"]["macro_f1"], baseline["results"]["test"]["macro_f1"]
+        lines += ["", f"Yardstick (`python benchmarks/bow_baseline.py`): a bag-of-tokens logistic regression scores "
+                      f"test macro-F1 {bow:.3f} against this model's {ours:.3f}"
+                      + (": the model does not beat keyword spotting." if ours <= bow else ".")]
     lines += ["", "## Quantization"]
     if quant:
         lines += ["From `benchmarks/gguf_decisions.py` (same requests, one process):", "",

@@ -27,3 +27,10 @@ def test_train_step_benchmark_writes_both_variants(tmp_path):
     assert variants["fp32"]["linear4bit_modules"] == 0 and variants["nf4"]["linear4bit_modules"] > 0
     assert variants["fp32"]["tokens_per_s_ratio"] == 1.0
     assert all(r["tokens"] > 0 and r["peak_rss_mb"] >= r["rss_after_imports_mb"] > 0 for r in variants.values())
+
+
+def test_bow_baseline_writes_scores(tmp_path):
+    out = tmp_path / "bow.json"
+    results = _load("bow_baseline").main(["--steps", "3", "--out", str(out)])
+    assert json.loads(out.read_text())["results"] == results
+    assert set(results) == {"val", "test"} and 0 <= results["test"]["macro_f1"] <= 1
