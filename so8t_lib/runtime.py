@@ -105,7 +105,7 @@ class Agent:
         return probs
 
     def _generate(self, request: str, context: str | None) -> str:
-        if not self.config.inference.generate_responses or not hasattr(self.decider, "generate"):
+        if not self.config.inference.generate_responses:
             return ""
         text = self.decider.generate(request, context, max_tokens=min(self.config.inference.max_tokens, 256))
         return mask_personal_data(text.strip())
