@@ -21,12 +21,15 @@ from __future__ import annotations
 
 import argparse
 import concurrent.futures
+import contextlib
+import dataclasses
 import itertools
 import json
 import os
 import sys
 import time
 import traceback
+from collections.abc import Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -151,12 +154,62 @@ def summarize(root: Path) -> pd.DataFrame:
     return frame
 
 
+THREAD_VARIABLES = ("OMP_NUM_THREADS", "MKL_NUM_THREADS")
+
+
+@contextlib.contextmanager
+def share_cores(workers: int) -> Iterator[int | None]:
+    """Give each parallel kernel its share of the cores while the sweep runs (kernels inherit this
+    process's environment); the environment is restored afterwards.
+
+    Without it every kernel's torch starts one thread per core, and two workers on two cores thrash.
+    An explicit OMP_NUM_THREADS in the environment wins. Yields the threads per kernel it set, or None.
+    """
+    if workers <= 1 or any(os.environ.get(name) for name in THREAD_VARIABLES):
+        yield None
+        return
+    threads = max(1, (os.cpu_count() or 1) // workers)
+    saved = {name: os.environ.get(name) for name in THREAD_VARIABLES}
+    os.environ.update({name: str(threads) for name in THREAD_VARIABLES})
+    try:
+        yield threads
+    finally:
+        for name, value in saved.items():
+            if value is None:
+                os.environ.pop(name, None)
+            else:
+                os.environ[name] = value
+
+
+def resolve_kernel(spec: SweepSpec) -> str:
+    """The kernel the runs use: the spec's, else the notebook's (``so8t``, registered by ``make``).
+
+    A plain ``pip install -e .`` registers no ``so8t`` kernel; the sweep then uses this environment's
+    ``python3`` kernel and says so, rather than failing 40 runs on a missing kernel.
+    """
+    from jupyter_client.kernelspec import KernelSpecManager
+
+    available = set(KernelSpecManager().find_kernel_specs())
+    if spec.kernel:
+        if spec.kernel not in available:
+            raise ConfigError(f"sweep {spec.name}: kernel '{spec.kernel}' is not installed "
+                              f"(installed: {sorted(available)}); 'make venv' registers 'so8t'")
+        return spec.kernel
+    wanted = json.loads(spec.notebook.read_text(encoding="utf-8")).get("metadata", {}).get("kernelspec", {}).get("name")
+    if wanted in available:
+        return wanted
+    print(f"sweep {spec.name}: kernel '{wanted}' is not installed; using python3 from {sys.prefix} "
+          "('make venv' registers the project kernel)", file=sys.stderr)
+    return "python3"
+
+
 def run_sweep(spec: SweepSpec, workers: int = 1, runs_root: Path = RUNS_ROOT) -> pd.DataFrame:
     root = Path(runs_root) / spec.name
+    spec = dataclasses.replace(spec, kernel=resolve_kernel(spec))
     root.mkdir(parents=True, exist_ok=True)
     runs = spec.runs()
     outcomes = []
-    with concurrent.futures.ThreadPoolExecutor(max_workers=max(1, workers)) as pool, \
+    with share_cores(workers), concurrent.futures.ThreadPoolExecutor(max_workers=max(1, workers)) as pool, \
             tqdm(total=len(runs), desc=f"sweep {spec.name}", unit="run") as bar:
         futures = [pool.submit(run_one, spec, name, params, root) for name, params in runs]
         for future in concurrent.futures.as_completed(futures):

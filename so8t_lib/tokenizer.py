@@ -18,6 +18,8 @@ from pathlib import Path
 from tokenizers import Regex, Tokenizer, decoders, models, normalizers, pre_tokenizers, trainers
 from transformers import PreTrainedTokenizerFast
 
+from .paths import PROJECT_ROOT
+
 # Qwen2's pre-tokenizer pattern (a public fact: contractions, letter runs, single digits, ...).
 QWEN2_SPLIT_PATTERN = (
     r"(?i:'s|'t|'re|'ve|'m|'ll|'d)|[^\r\n\p{L}\p{N}]?\p{L}+|\p{N}| ?[^\s\p{L}\p{N}]+[\r\n]*|\s*[\r\n]+|\s+(?!\S)|\s+"
@@ -31,7 +33,6 @@ CHAT_TEMPLATE = (
     "{% if add_generation_prompt %}{{ '<|im_start|>assistant\n' }}{% endif %}"
 )
 TOKENIZER_VERSION = 1  # bump when the recipe changes, so caches are rebuilt
-PROJECT_ROOT = Path(__file__).resolve().parent.parent
 DEFAULT_TRAIN_FILE = PROJECT_ROOT / "data" / "so8t_safety" / "train.jsonl"
 
 

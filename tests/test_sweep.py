@@ -83,3 +83,31 @@ def test_training_notebook_through_a_small_ablation_sweep(tmp_path):
     assert set(frame["metric.gate_order"]) == {"safe_first", "none"} and (frame["metric.steps"] == 2).all()
     assert frame["metric.macro_f1"].notna().all()
     assert (tmp_path / "runs" / "mini_ablation" / "gate_order=none__seed=0" / "curves.png").is_file()
+
+
+def test_parallel_kernels_share_the_cores_and_the_environment_is_restored(monkeypatch):
+    for name in sweep.THREAD_VARIABLES:
+        monkeypatch.delenv(name, raising=False)
+    monkeypatch.setattr(sweep.os, "cpu_count", lambda: 8)
+    with sweep.share_cores(4) as threads:
+        assert threads == 2 and all(sweep.os.environ[n] == "2" for n in sweep.THREAD_VARIABLES)
+    assert not any(n in sweep.os.environ for n in sweep.THREAD_VARIABLES)
+    with sweep.share_cores(1) as threads:  # one worker keeps torch's own default
+        assert threads is None and "OMP_NUM_THREADS" not in sweep.os.environ
+    monkeypatch.setenv("OMP_NUM_THREADS", "3")  # the user's explicit choice wins
+    with sweep.share_cores(4) as threads:
+        assert threads is None and sweep.os.environ["OMP_NUM_THREADS"] == "3"
+
+
+def test_a_missing_notebook_kernel_falls_back_to_this_environment(tmp_path, monkeypatch, capsys):
+    monkeypatch.chdir(tmp_path)
+    _notebook(tmp_path / "nb.ipynb")
+    nb = nbformat.read(tmp_path / "nb.ipynb", as_version=4)
+    nb.metadata["kernelspec"]["name"] = "no-such-kernel"
+    nbformat.write(nb, tmp_path / "nb.ipynb")
+    (tmp_path / "spec.yaml").write_text("name: toy\nnotebook: nb.ipynb\n")
+    spec = sweep.load_spec(tmp_path / "spec.yaml")
+    assert sweep.resolve_kernel(spec) == "python3" and "no-such-kernel" in capsys.readouterr().err
+    spec.kernel = "also-missing"  # named in the spec: an error that says how to get one
+    with pytest.raises(ConfigError, match="also-missing.*not installed"):
+        sweep.resolve_kernel(spec)
