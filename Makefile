@@ -7,16 +7,21 @@ PY     := $(VENV)/bin/python
 STAMP  := $(VENV)/.installed
 EXTRAS ?= quant,gguf,runtime,notebooks,dev
 
-.PHONY: demo test venv clean-venv lint lab
+.PHONY: demo test nbval venv clean-venv lint lab strip
 
 venv: $(STAMP)
 
-$(STAMP): pyproject.toml
+$(STAMP): pyproject.toml Makefile
 	test -x $(PY) || $(PYTHON) -m venv $(VENV)
 	$(PY) -m pip install -q --upgrade pip
 	# torch first and pinned: any other spec pulls GBs of CUDA wheels (see DESIGN.md)
 	$(PY) -m pip install -q torch==2.13.0
 	$(PY) -m pip install -q -e ".[$(EXTRAS)]"
+	# the notebooks' kernel "so8t", registered inside .venv: JupyterLab, papermill and sweeps from .venv find it
+	if $(PY) -c "import ipykernel" 2>/dev/null; then \
+	  $(PY) -m ipykernel install --sys-prefix --name so8t --display-name "Python (so8t workbench)"; fi
+	# in a git clone, notebook outputs are stripped on commit (cell tags are kept)
+	if [ -d .git ] && [ -x $(VENV)/bin/nbstripout ]; then $(VENV)/bin/nbstripout --install; fi
 	touch $(STAMP)
 
 demo: venv
@@ -24,10 +29,20 @@ demo: venv
 
 test: venv
 	$(PY) -m pytest -q
+	$(MAKE) --no-print-directory nbval
+
+# every notebook, run by nbval with the tiny parameters of tests/notebook_params.yaml
+nbval: venv
+	$(PY) tests/prepare_notebooks.py build/nbval
+	HF_HUB_OFFLINE=1 $(PY) -m pytest -q -p no:cacheprovider --nbval-lax --nbval-current-env build/nbval
 
 lab: venv
-	# JupyterLab from .venv: its "python3" kernel is the project's environment
+	# JupyterLab from .venv; the notebooks open on the "so8t" kernel, which is this environment
 	$(VENV)/bin/jupyter lab notebooks/
+
+# strip outputs from the committed notebooks (make venv installs the same as a git filter)
+strip: venv
+	$(VENV)/bin/nbstripout notebooks/*.ipynb
 
 lint: venv
 	$(VENV)/bin/ruff check so8t_lib tests

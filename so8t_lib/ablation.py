@@ -5,6 +5,10 @@ The paired test is Student's paired t-test on the per-seed differences (p-value 
 form of the t distribution for integer degrees of freedom, no SciPy). An exact sign-flip
 permutation p-value is reported beside it as an assumption-free check; note that with 5 seeds its
 smallest possible value is 2/32 = 0.0625.
+
+An ablation makes many comparisons (3 gated orders x PET on/off x several metrics), so the verdicts use
+Holm-adjusted p-values over the whole table: at alpha 0.05 and 24 comparisons, about one unadjusted
+"difference" is expected from seed noise alone.
 """
 
 from __future__ import annotations
@@ -82,6 +86,19 @@ def sign_flip_p_value(differences) -> float:
     return float((means >= observed - 1e-12).mean())
 
 
+def holm_adjust(p_values) -> np.ndarray:
+    """Holm's step-down adjusted p-values (family-wise error control); NaN entries stay NaN and do not
+    count towards the family."""
+    p = np.asarray(p_values, dtype=float)
+    adjusted = np.full(p.shape, math.nan)
+    valid = np.flatnonzero(~np.isnan(p))
+    running = 0.0
+    for rank, index in enumerate(valid[np.argsort(p[valid], kind="stable")]):
+        running = max(running, min(1.0, (len(valid) - rank) * p[index]))
+        adjusted[index] = running
+    return adjusted
+
+
 def analyze(summary: pd.DataFrame, metrics: list[str], group: str = "gate_order", baseline: str = "none",
             pair_by: tuple[str, ...] = ("pet", "seed")) -> pd.DataFrame:
     """One row per (configuration, metric): n, mean, 95% interval; and against the baseline on the same
@@ -107,7 +124,10 @@ def analyze(summary: pd.DataFrame, metrics: list[str], group: str = "gate_order"
                 row.update(diff_vs_baseline=d_mean, diff_ci_low=d_low, diff_ci_high=d_high,
                            p_value=paired_t_p_value(diff), p_sign_flip=sign_flip_p_value(diff), pairs=len(diff))
             rows.append(row)
-    return pd.DataFrame(rows)
+    table = pd.DataFrame(rows)
+    if "p_value" in table:
+        table["p_holm"] = holm_adjust(table["p_value"])
+    return table
 
 
 def finding(table: pd.DataFrame, metric: str, group: str = "gate_order", alpha: float = 0.05) -> str:
@@ -116,9 +136,33 @@ def finding(table: pd.DataFrame, metric: str, group: str = "gate_order", alpha: 
     for _, row in table[(table["metric"] == metric) & table.get("p_value", pd.Series(dtype=float)).notna()].iterrows():
         label = ", ".join(f"{k}={row[k]}" for k in row.index if k not in (
             "metric", "n", "mean", "ci_low", "ci_high", "diff_vs_baseline", "diff_ci_low", "diff_ci_high",
-            "p_value", "p_sign_flip", "pairs"))
-        verdict = "a measurable difference" if row["p_value"] < alpha else "no measurable difference"
+            "p_value", "p_sign_flip", "pairs", "p_holm"))
+        p_holm = row.get("p_holm", row["p_value"])
+        verdict = "a measurable difference" if p_holm < alpha else "no measurable difference"
         lines.append(f"{label}: {metric} {row['mean']:.3f} vs baseline, difference {row['diff_vs_baseline']:+.3f} "
                      f"[{row['diff_ci_low']:+.3f}, {row['diff_ci_high']:+.3f}], paired t p = {row['p_value']:.3f} "
-                     f"over {int(row['pairs'])} paired seeds: {verdict} at alpha {alpha}.")
+                     f"(Holm {p_holm:.3f}) over {int(row['pairs'])} paired seeds: {verdict} at alpha {alpha}.")
     return "\n".join(lines)
+
+
+def conclusion(table: pd.DataFrame, alpha: float = 0.05, group: str = "gate_order", baseline: str = "none",
+               non_commuting: tuple[str, ...] = ("safe_first", "cmd_first")) -> str:
+    """The ablation's answer in one paragraph: did non-commutative gating differ measurably from the
+    baseline on any metric, after Holm's correction over every comparison in the table?"""
+    compared = table[table.get("p_holm", pd.Series(dtype=float)).notna()] if "p_holm" in table else table.iloc[0:0]
+    if compared.empty:
+        return "No paired comparisons: the summary has no baseline runs on the same seeds."
+    ours = compared[compared[group].isin(non_commuting)]
+    hits = ours[ours["p_holm"] < alpha]
+    family = f"{len(compared)} comparisons against {group}={baseline}"
+    seeds = int(compared["pairs"].max())
+    if hits.empty:
+        best = ours.loc[ours["p_value"].idxmin()] if not ours.empty else compared.loc[compared["p_value"].idxmin()]
+        return (f"Non-commutative gating ({', '.join(non_commuting)}) made no measurable difference: none of "
+                f"its comparisons is significant at alpha {alpha} after Holm's correction over {family} "
+                f"({seeds} paired seeds each). The smallest unadjusted p was {best['p_value']:.3f} "
+                f"({group}={best[group]}, {best['metric']}, difference {best['diff_vs_baseline']:+.3f}).")
+    parts = [f"{r[group]}{'' if 'pet' not in r else ' with PET ' + ('on' if r['pet'] else 'off')}: {r['metric']} "
+             f"{r['diff_vs_baseline']:+.3f} (Holm p {r['p_holm']:.3f})" for _, r in hits.iterrows()]
+    return (f"Non-commutative gating made a measurable difference at alpha {alpha} after Holm's correction over "
+            f"{family} ({seeds} paired seeds each): " + "; ".join(parts) + ".")

@@ -95,7 +95,10 @@ def build_card(run: Path, eval_json: Path, quant_json: Path, ablation_json: Path
         lines.append(f"Not measured: `{quant_json}` is missing (`python benchmarks/gguf_decisions.py`).")
     lines += ["", "## Gate ablation"]
     if ablation:
-        lines += [f"From `{ablation_json}`:", "", "```", ablation["finding"], "```"]
+        if ablation.get("conclusion"):
+            lines += ["", f"**Finding.** {ablation['conclusion']}", ""]
+        lines += [f"Per configuration, from `{ablation_json}` (`notebooks/02_gate_ablation.ipynb`):", "", "```",
+                  ablation["finding"], "```"]
     else:
         lines.append(f"Not run yet: `{ablation_json}` is missing (`python -m so8t_lib.sweep experiments/gate_ablation.yaml`, "
                      "then notebook 02). Until then there is no evidence either way that non-commutative gating helps.")
@@ -116,7 +119,7 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--run", default="checkpoints/so8t-tiny")
     parser.add_argument("--eval", default="experiments/eval/so8t-tiny.json")
     parser.add_argument("--quant", default="benchmarks/results/gguf_decisions_cpu.json")
-    parser.add_argument("--ablation", default="experiments/runs/gate_ablation/ablation.json")
+    parser.add_argument("--ablation", default="experiments/ablation/ablation.json")
     parser.add_argument("--out", default="MODEL_CARD.md")
     args = parser.parse_args(argv)
     card = build_card(Path(args.run), Path(args.eval), Path(args.quant), Path(args.ablation))

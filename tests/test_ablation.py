@@ -65,3 +65,26 @@ def test_ablation_notebook_runs_headless(tmp_path):
     result = json.loads((tmp_path / "ablation.json").read_text())
     assert len(result["table"]) == 16 and "paired t p" in result["finding"]
     assert (tmp_path / "gate_ablation.png").stat().st_size > 1000
+
+
+def test_holm_adjustment_by_hand():
+    adjusted = ablation.holm_adjust([0.01, 0.04, math.nan, 0.03, 0.5])
+    # family of 4: sorted 0.01, 0.03, 0.04, 0.5 -> 4*0.01, max(.04, 3*.03), max(.09, 2*.04), max(.09, .5)
+    assert adjusted[0] == pytest.approx(0.04) and adjusted[3] == pytest.approx(0.09)
+    assert adjusted[1] == pytest.approx(0.09) and adjusted[4] == pytest.approx(0.5) and math.isnan(adjusted[2])
+
+
+def test_conclusion_says_plainly_whether_non_commutative_gating_mattered():
+    rng = np.random.default_rng(3)
+    def summary(shift):
+        return pd.DataFrame([{"gate_order": o, "pet": p, "seed": s, "status": "ok",
+                              "metric.macro_f1": 0.6 + (shift if o == "safe_first" else 0) + rng.normal(0, 0.01)}
+                             for o in ("safe_first", "cmd_first", "commuting", "none") for p in (True, False)
+                             for s in range(5)])
+    null = ablation.conclusion(ablation.analyze(summary(0.0), ["macro_f1"]))
+    assert null.startswith("Non-commutative gating (safe_first, cmd_first) made no measurable difference")
+    assert "6 comparisons against gate_order=none" in null and "5 paired seeds" in null
+    effect = ablation.conclusion(ablation.analyze(summary(0.1), ["macro_f1"]))
+    assert effect.startswith("Non-commutative gating made a measurable difference")
+    assert "safe_first with PET on: macro_f1 +0.09" in effect or "safe_first with PET on: macro_f1 +0.1" in effect
+    assert "safe_first with PET off" in effect and "cmd_first" not in effect.split(":", 1)[1]

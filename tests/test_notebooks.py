@@ -3,6 +3,8 @@ how to run it headless, no stored outputs. The quickstart runs end to end with t
 
 import ast
 import json
+import subprocess
+import sys
 from pathlib import Path
 
 import nbformat
@@ -22,6 +24,23 @@ def test_notebook_conventions(path):
         assert isinstance(node, ast.Assign) and len(node.targets) == 1
         ast.literal_eval(node.value)
     assert all(not c.get("outputs") and c.get("execution_count") is None for c in nb.cells if c.cell_type == "code")
+    assert nb.metadata.kernelspec.name == "so8t", "the kernel make registers (Makefile, venv)"
+    assert "enter_project_root()" in nb.cells[2].source, "paths are taken from the project root"
+
+
+def test_notebooks_are_committed_stripped_and_each_has_tiny_parameters_for_nbval():
+    result = subprocess.run([sys.executable, "-m", "nbstripout", "--verify", *map(str, NOTEBOOKS)],
+                            capture_output=True, text=True)
+    assert result.returncode == 0, f"run 'make strip': {result.stdout}{result.stderr}"
+    import yaml
+
+    params = yaml.safe_load((ROOT / "tests" / "notebook_params.yaml").read_text(encoding="utf-8"))
+    assert sorted(params) == [p.name for p in NOTEBOOKS]
+    for path in NOTEBOOKS:  # only names the notebook declares: papermill would warn and inject them anyway
+        declared = nbformat.read(path, as_version=4)
+        source = next(c.source for c in declared.cells if "parameters" in c.metadata.get("tags", []))
+        names = {node.targets[0].id for node in ast.parse(source).body}
+        assert set(params[path.name]) <= names, f"{path.name}: {set(params[path.name]) - names} not parameters"
 
 
 def test_quickstart_runs_headless(tmp_path):
