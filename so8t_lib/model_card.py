@@ -1,7 +1,11 @@
 """MODEL_CARD.md from measured results only: every number in the card is read from a result file
 written by a named command, and a missing file is said to be missing, never filled in.
 
-    python -m so8t_lib.model_card [--run checkpoints/so8t-tiny] [--out MODEL_CARD.md]
+    python -m so8t_lib.model_card [--run checkpoints/so8t-tiny] [--out MODEL_CARD.md] [--figures figures]
+
+It also redraws the card's figures from the same files (``--figures ""`` skips them): the evaluation
+figures from the test-split report, the quantization ladder from the GGUF benchmark, the ablation
+from its table. A fresh clone can therefore regenerate the card and ``figures/`` without a model.
 
 Sources: the run's ``config.yaml``, ``experiments/eval/<name>.json`` (``so8t_lib.evaluate``),
 ``benchmarks/results/gguf_decisions_cpu.json``, the ablation's ``ablation.json`` (notebook 02) and the
@@ -30,6 +34,36 @@ def _fmt(report: dict, key: str) -> str:
         return "n/a"
     interval = (report.get("ci") or {}).get(key)
     return f"{value:.3f} [{interval[0]:.2f}, {interval[1]:.2f}]" if interval and None not in interval else f"{value:.3f}"
+
+
+EVAL_FIGURES = ("eval_confusion.png", "eval_reliability.png", "eval_threshold.png", "eval_by_category.png",
+                "eval_by_lang.png")
+
+
+def write_figures(eval_json: Path, quant_json: Path, ablation_json: Path, figures_dir: Path) -> list[Path]:
+    """Redraw every figure whose result file exists; returns the files written."""
+    import pandas as pd
+
+    from . import plots
+
+    evaluation, quant, ablation = _load(eval_json), _load(quant_json), _load(ablation_json)
+    drawn: dict[str, object] = {}
+    if evaluation and evaluation.get("datasets"):
+        name, report = next(iter(evaluation["datasets"].items()))  # the first data set: the test split
+        drawn.update(zip(EVAL_FIGURES, (
+            plots.confusion_matrix_figure(report, f"{name}: confusion"), plots.reliability_figure(report),
+            plots.threshold_figure(report, f"{name}: runtime threshold rule"),
+            plots.group_bars_figure(report, "by_category"), plots.group_bars_figure(report, "by_lang"))))
+    if quant and quant.get("results"):
+        drawn["quant_ladder.png"] = plots.quant_ladder_figure(
+            pd.DataFrame(quant["results"]), f"quantization ladder on {quant.get('data', '?')} ({quant.get('device', 'cpu')})")
+    if ablation and ablation.get("table"):
+        table = pd.DataFrame(ablation["table"])
+        drawn["gate_ablation.png"] = plots.ablation_figure(table, list(dict.fromkeys(table["metric"])))
+    written = []
+    for file, fig in drawn.items():
+        written += plots.save_figure(fig, Path(figures_dir) / file)
+    return written
 
 
 def build_card(run: Path, eval_json: Path, quant_json: Path, ablation_json: Path,
@@ -121,7 +155,11 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--quant", default="benchmarks/results/gguf_decisions_cpu.json")
     parser.add_argument("--ablation", default="experiments/ablation/ablation.json")
     parser.add_argument("--out", default="MODEL_CARD.md")
+    parser.add_argument("--figures", default="figures", help='folder for the figures; "" skips them')
     args = parser.parse_args(argv)
+    if args.figures:
+        for path in write_figures(Path(args.eval), Path(args.quant), Path(args.ablation), Path(args.figures)):
+            print(f"drew {path}")
     card = build_card(Path(args.run), Path(args.eval), Path(args.quant), Path(args.ablation))
     out = atomic_write_text(args.out, card)
     print(f"wrote {out}")

@@ -84,7 +84,25 @@ def test_model_card_names_missing_results_and_quotes_present_ones(tmp_path):
     (tmp_path / "eval.json").write_text(json.dumps(evaluation))
     out = tmp_path / "CARD.md"
     main(["--run", str(run), "--eval", str(tmp_path / "eval.json"), "--quant", str(tmp_path / "none.json"),
-          "--ablation", str(tmp_path / "none2.json"), "--out", str(out)])
+          "--ablation", str(tmp_path / "none2.json"), "--out", str(out), "--figures", ""])
     card = out.read_text(encoding="utf-8")
     assert "macro_f1 0.400 [0.35, 0.45]" in card and "dangerous_compliance 0.200" in card
     assert "Not measured" in card and "Not run yet" in card and "no evidence either way" in card
+
+
+def test_model_card_redraws_its_figures_from_the_committed_results(tmp_path):
+    import pandas as pd
+
+    from so8t_lib import ablation
+    from so8t_lib.model_card import EVAL_FIGURES, write_figures
+
+    rows = [{"gate_order": o, "pet": p, "seed": s, "status": "ok", "metric.macro_f1": 0.5 + 0.01 * s}
+            for o in ("safe_first", "none") for p in (True, False) for s in range(3)]
+    table = ablation.analyze(pd.DataFrame(rows), ["macro_f1"])
+    (tmp_path / "ablation.json").write_text(json.dumps({"table": json.loads(table.to_json(orient="records"))}))
+    written = write_figures(ROOT / "experiments" / "eval" / "so8t-tiny.json",
+                            ROOT / "benchmarks" / "results" / "gguf_decisions_cpu.json",
+                            tmp_path / "ablation.json", tmp_path / "figures")
+    assert sorted(p.name for p in written) == sorted([*EVAL_FIGURES, "quant_ladder.png", "gate_ablation.png"])
+    assert all(p.stat().st_size > 5000 for p in written)
+    assert write_figures(tmp_path / "a.json", tmp_path / "b.json", tmp_path / "c.json", tmp_path / "none") == []
