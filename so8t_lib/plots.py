@@ -135,6 +135,46 @@ def training_curves_figure(log: list[dict], title: str = "") -> Figure:
     return fig
 
 
+class LiveCurves:
+    """Training curves that redraw in place in a notebook while ``train`` runs: pass an instance as
+    ``train(..., on_log=...)``. Outside IPython (a script, a test) it only collects the records.
+
+    It redraws on every evaluation and on every ``every``-th training record, so a long run does not
+    spend its time drawing.
+    """
+
+    def __init__(self, title: str = "", every: int = 1) -> None:
+        self.title, self.every = title, max(1, every)
+        self.records: list[dict] = []
+        self._handle = None
+        self._train_records = 0
+
+    def __call__(self, record: dict) -> None:
+        self.records.append(record)
+        if record.get("kind") == "train":
+            self._train_records += 1
+            if self._train_records % self.every:
+                return
+        self.redraw()
+
+    def redraw(self) -> bool:
+        """Draw (or replace) the figure in the notebook's output; False outside IPython."""
+        try:
+            from IPython import get_ipython
+            from IPython.display import display
+        except ImportError:
+            return False
+        if get_ipython() is None:
+            return False
+        fig = training_curves_figure(self.records, self.title)
+        if self._handle is None:
+            self._handle = display(fig, display_id=True)
+        else:
+            self._handle.update(fig)
+        plt.close(fig)
+        return True
+
+
 def ablation_figure(table, metrics: list[str], group: str = "gate_order", hue: str = "pet", title: str = "") -> Figure:
     """Mean and 95% interval per configuration for each metric (``so8t_lib.ablation.analyze`` output)."""
     fig, axes = plt.subplots(1, len(metrics), figsize=(4.2 * len(metrics), 3.6), squeeze=False)

@@ -24,6 +24,7 @@ import signal
 import sys
 import time
 import warnings
+from collections.abc import Callable
 from dataclasses import asdict, dataclass
 from pathlib import Path
 
@@ -132,7 +133,9 @@ def validation_report(model: SO8TModel, rows: list[dict], batch_size: int) -> di
 
 # ----- the loop -----------------------------------------------------------------------------------
 class Trainer:
-    def __init__(self, config: SO8TConfig, resume: bool = False) -> None:
+    def __init__(self, config: SO8TConfig, resume: bool = False,
+                 on_log: Callable[[dict], None] | None = None) -> None:
+        self.on_log = on_log
         self.config = config
         self.tcfg = config.training
         self.run_dir = Path(self.tcfg.output_dir)
@@ -223,6 +226,12 @@ class Trainer:
         if self.main:
             with (self.run_dir / METRICS_FILE).open("a", encoding="utf-8") as handle:
                 handle.write(json.dumps(record) + "\n")
+            if self.on_log is not None:
+                try:  # a live plot must never stop a training run
+                    self.on_log(record)
+                except Exception as exc:  # noqa: BLE001
+                    warnings.warn(f"on_log callback failed and is switched off: {exc!r}", stacklevel=2)
+                    self.on_log = None
 
     # --- one optimizer step ----------------------------------------------------------------------
     def _next_rows(self) -> list[dict]:
@@ -352,10 +361,13 @@ class Trainer:
         return self.run_dir
 
 
-def train(config: SO8TConfig, resume: bool = False) -> Path:
+def train(config: SO8TConfig, resume: bool = False, on_log: Callable[[dict], None] | None = None) -> Path:
     """Train as the config says; returns the run folder (``training.output_dir``). Afterwards the
-    best checkpoint's temperature is fitted on the val split (``training.calibrate_temperature``)."""
-    trainer = Trainer(config, resume=resume)
+    best checkpoint's temperature is fitted on the val split (``training.calibrate_temperature``).
+
+    ``on_log`` receives every record written to ``metrics.jsonl`` (main process only), e.g.
+    ``plots.LiveCurves`` for loss curves that update in a notebook while it trains."""
+    trainer = Trainer(config, resume=resume, on_log=on_log)
     run_dir, is_main = trainer.run(), trainer.main
     del trainer  # free the model and optimizer states before calibration loads the best checkpoint
     import gc

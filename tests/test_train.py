@@ -184,3 +184,22 @@ def test_tiny_preset_learns_the_safety_corpus(tmp_path):
     assert [e["step"] for e in evals] == [75, 150]
     assert evals[-1]["macro_f1"] >= 0.5, evals
     assert evals[-1]["accuracy"] >= 0.5, evals
+
+
+def test_on_log_sees_every_logged_record_and_a_failing_callback_does_not_stop_training(tmp_path):
+    from so8t_lib.plots import LiveCurves
+    from so8t_lib.train import train
+
+    live = LiveCurves("test")
+    overrides = ["training.max_steps=3", "training.eval_every=3", "training.calibrate_temperature=false"]
+    run_dir = train(load_config(_config_file(tmp_path, tmp_path / "a", *overrides)), on_log=live)
+    logged = [json.loads(line) for line in (run_dir / "metrics.jsonl").read_text().splitlines()]
+    assert live.records == logged and {r["kind"] for r in logged} == {"train", "eval"}
+    assert live.redraw() is False  # no IPython here: it only collects
+
+    def broken(record):
+        raise ValueError("plotting broke")
+
+    with pytest.warns(UserWarning, match="plotting broke"):
+        run_dir = train(load_config(_config_file(tmp_path, tmp_path / "b", *overrides)), on_log=broken)
+    assert _saved_step(run_dir) == 3
