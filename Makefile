@@ -7,7 +7,7 @@ PY     := $(VENV)/bin/python
 STAMP  := $(VENV)/.installed
 EXTRAS ?= quant,gguf,runtime,notebooks,dev
 
-.PHONY: demo test nbval venv clean-venv lint lab strip
+.PHONY: demo test nbval venv clean-venv lint lab strip ablation card
 
 venv: $(STAMP)
 
@@ -35,6 +35,16 @@ test: venv
 nbval: venv
 	$(PY) tests/prepare_notebooks.py build/nbval
 	HF_HUB_OFFLINE=1 $(PY) -m pytest -q -p no:cacheprovider --nbval-lax --nbval-current-env build/nbval
+
+# the gate ablation end to end: 40 training runs (resumable), the statistics notebook, the model card
+ablation: venv
+	$(PY) -m so8t_lib.sweep experiments/gate_ablation.yaml --workers 2
+	$(VENV)/bin/papermill --no-progress-bar notebooks/02_gate_ablation.ipynb experiments/runs/gate_ablation/02.ipynb
+	$(MAKE) --no-print-directory card
+
+# MODEL_CARD.md and figures/ from the committed result files
+card: venv
+	$(PY) -m so8t_lib.model_card
 
 lab: venv
 	# JupyterLab from .venv; the notebooks open on the "so8t" kernel, which is this environment

@@ -15,6 +15,7 @@ cannot be downloaded again, ``base/`` (a plain HF model folder).
 from __future__ import annotations
 
 import copy
+import warnings
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -36,6 +37,10 @@ from .config import LABELS, ConfigError, ModelConfig
 from .gates import GatedLinear, GatePair, fold_rotation_into_linear
 from .prompts import format_prompt
 from .tokenizer import load_tokenizer, tiny_tokenizer
+
+# peft asks transformers whether gradient checkpointing is on through a name transformers now
+# deprecates; the warning is printed on every model build and there is nothing for a user to do.
+warnings.filterwarnings("ignore", message=".*is_gradient_checkpointing.*", category=FutureWarning)
 
 CHECKPOINT_FORMAT = 1
 MODEL_CONFIG_FILE = "so8t_model.yaml"
