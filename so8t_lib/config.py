@@ -42,7 +42,7 @@ class TinyArchConfig(_Section):
     initializer_range: float = Field(0.02, gt=0, description="std of the random initial weights")
 
     @model_validator(mode="after")
-    def _heads_divide(self) -> "TinyArchConfig":
+    def _heads_divide(self) -> TinyArchConfig:
         if self.hidden_size % self.num_attention_heads:
             raise ValueError("hidden_size must be divisible by num_attention_heads")
         if self.num_attention_heads % self.num_key_value_heads:
@@ -66,7 +66,7 @@ class LoraConfig(_Section):
     )
 
     @model_validator(mode="after")
-    def _needs_peft(self) -> "LoraConfig":
+    def _needs_peft(self) -> LoraConfig:
         if self.r == 0 and self.modules_to_save:
             raise ValueError("modules_to_save needs LoRA on (r > 0): peft manages the trained copies")
         return self
@@ -105,7 +105,7 @@ class ModelConfig(_Section):
     head: HeadConfig = Field(default_factory=HeadConfig)
 
     @model_validator(mode="after")
-    def _base_model_needed(self) -> "ModelConfig":
+    def _base_model_needed(self) -> ModelConfig:
         if self.preset == "hf" and not self.base_model:
             raise ValueError("preset 'hf' needs model.base_model (a hub id or a local folder)")
         return self

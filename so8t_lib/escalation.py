@@ -42,7 +42,7 @@ CREATE TABLE IF NOT EXISTS cases (
 
 
 def _now() -> str:
-    return dt.datetime.now(dt.timezone.utc).isoformat(timespec="seconds")
+    return dt.datetime.now(dt.UTC).isoformat(timespec="seconds")
 
 
 class EscalationQueue:

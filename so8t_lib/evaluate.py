@@ -330,7 +330,7 @@ def main(argv: list[str] | None = None) -> dict:
         scored, prediction_lines = evaluate_datasets(model, args.data or ["test"], args.batch_size, args.bootstrap,
                                                      args.threshold)
         results.update(scored)
-        for name, report in results["datasets"].items():
+        for report in results["datasets"].values():
             print(format_report(report, f"\n{report['source']} ({report['n']} rows, decisions: {results['decision_rule']})"))
         if args.predictions:
             atomic_write_text(Path(args.predictions), "".join(line + "\n" for line in prediction_lines))

@@ -142,7 +142,7 @@ class SafetyHeadB(nn.Module):
         return state
 
     @classmethod
-    def from_state_dict(cls, state: dict[str, torch.Tensor]) -> "SafetyHeadB":
+    def from_state_dict(cls, state: dict[str, torch.Tensor]) -> SafetyHeadB:
         """Rebuild a head from exported (folded) weights: ``merge_for_export`` or GGUF metadata."""
         linear_keys = sorted(k for k in state if k.startswith("net.") and k.endswith(".weight"))
         first = state[linear_keys[0]]
@@ -356,7 +356,7 @@ class SO8TModel(nn.Module):
 
     # ----- construction -------------------------------------------------------------------------
     @classmethod
-    def from_config(cls, config: ModelConfig, tokenizer=None) -> "SO8TModel":
+    def from_config(cls, config: ModelConfig, tokenizer=None) -> SO8TModel:
         """Build from a model config: the tiny preset from scratch (with ``tokenizer`` if given,
         else the project's cached one), other presets via from_pretrained."""
         if config.preset == "tiny":
@@ -550,7 +550,7 @@ class SO8TModel(nn.Module):
         return Path(path)
 
     @classmethod
-    def load(cls, path: str | Path, **model_overrides) -> "SO8TModel":
+    def load(cls, path: str | Path, **model_overrides) -> SO8TModel:
         """Load a checkpoint written by ``save``; ``model_overrides`` change ModelConfig fields
         (e.g. ``load_in_4bit=False`` to export a QLoRA run)."""
         path = resolve_checkpoint(path)

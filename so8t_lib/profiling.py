@@ -27,7 +27,7 @@ class PeakMemory:
             self.peak_rss = max(self.peak_rss, self.process.memory_info().rss)
             time.sleep(self.interval)
 
-    def __enter__(self) -> "PeakMemory":
+    def __enter__(self) -> PeakMemory:
         self.start_rss = self.peak_rss = self.process.memory_info().rss
         if torch.cuda.is_available():
             torch.cuda.reset_peak_memory_stats()

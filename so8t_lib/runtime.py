@@ -46,7 +46,7 @@ RATIONALES = {
 
 
 def _now() -> str:
-    return dt.datetime.now(dt.timezone.utc).strftime("%Y-%m-%dT%H:%M:%S.%fZ")
+    return dt.datetime.now(dt.UTC).strftime("%Y-%m-%dT%H:%M:%S.%fZ")
 
 
 class Agent:
@@ -85,7 +85,7 @@ class Agent:
         self._pool = concurrent.futures.ThreadPoolExecutor(max_workers=1, thread_name_prefix="so8t-decide")
 
     @classmethod
-    def from_config(cls, path: str | Path, overrides: list[str] | tuple[str, ...] = (), **kwargs) -> "Agent":
+    def from_config(cls, path: str | Path, overrides: list[str] | tuple[str, ...] = (), **kwargs) -> Agent:
         return cls(load_runtime_config(path, overrides), **kwargs)
 
     @property

@@ -59,7 +59,7 @@ class LoggingConfig(_Section):
         None, description="name of the environment variable holding a Fernet key; records are then encrypted")
 
     @model_validator(mode="after")
-    def _size_readable(self) -> "LoggingConfig":
+    def _size_readable(self) -> LoggingConfig:
         parse_size(self.max_log_size)
         return self
 
@@ -95,7 +95,7 @@ class EscalationConfig(_Section):
     routes: dict[str, RouteConfig] = Field(default_factory=_default_routes)
 
     @model_validator(mode="after")
-    def _every_category_routed(self) -> "EscalationConfig":
+    def _every_category_routed(self) -> EscalationConfig:
         missing = [c for c in CATEGORIES if c not in self.routes]
         if missing:
             raise ValueError(f"routes is missing categories {missing}")

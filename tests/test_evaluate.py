@@ -6,13 +6,12 @@ import json
 import numpy as np
 import pytest
 import torch
+from conftest import randomize_adapters
 
 from so8t_lib import evaluate
 from so8t_lib.data import BENCHMARK_FILES, DataError, load_split
 from so8t_lib.metrics import expected_calibration_error, safety_report
 from so8t_lib.model import SO8TModel
-
-from conftest import randomize_adapters
 
 
 def test_fit_temperature_undoes_overconfidence():

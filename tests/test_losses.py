@@ -4,7 +4,15 @@ import pytest
 import torch
 
 from so8t_lib.config import LossConfig, PETConfig
-from so8t_lib.losses import ALLOW, ESCALATE, REFUSE, composite_loss, dangerous_compliance, pet_loss, pet_weight
+from so8t_lib.losses import (
+    ALLOW,
+    ESCALATE,
+    REFUSE,
+    composite_loss,
+    dangerous_compliance,
+    pet_loss,
+    pet_weight,
+)
 from so8t_lib.model import SO8TOutput
 
 

@@ -5,7 +5,15 @@ import unicodedata
 
 import pytest
 
-from so8t_lib.tokenizer import CHAT_TEMPLATE, IM_END, IM_START, SPECIAL_TOKENS, corpus_texts, load_tokenizer, train_tokenizer
+from so8t_lib.tokenizer import (
+    CHAT_TEMPLATE,
+    IM_END,
+    IM_START,
+    SPECIAL_TOKENS,
+    corpus_texts,
+    load_tokenizer,
+    train_tokenizer,
+)
 
 SAMPLES = [
     "プロセスをkillしてください。",
