@@ -15,6 +15,7 @@ from __future__ import annotations
 
 import itertools
 import math
+from pathlib import Path
 
 import numpy as np
 import pandas as pd
@@ -84,6 +85,35 @@ def sign_flip_p_value(differences) -> float:
         signs = np.random.default_rng(0).choice([1.0, -1.0], size=(20_000, len(d)))
     means = np.abs((signs * d).mean(axis=1))
     return float((means >= observed - 1e-12).mean())
+
+
+def gate_geometry_of_runs(root: str | Path, summary: pd.DataFrame) -> pd.DataFrame:
+    """Per run of a sweep: how non-commutative its trained gate pair is (``gates.generator_geometry``,
+    averaged over the gated layers), read from the run's best checkpoint (``<root>/<run>/run/``).
+
+    Runs without gates or without a checkpoint are left out. This is the mechanism check beside the
+    metrics: if the trained R_safe and R_cmd commute, their order cannot matter.
+    """
+    from safetensors.torch import load_file
+
+    from .gates import generator_geometry
+    from .model import resolve_checkpoint
+
+    rows = []
+    for _, run in summary.iterrows():
+        if run.get("gate_order") in (None, "none"):
+            continue
+        adapter = resolve_checkpoint(Path(root) / str(run["run"]) / "run") / "adapter.safetensors"
+        if not adapter.is_file():
+            continue
+        state = load_file(adapter)
+        prefixes = sorted(k[: -len("r_safe.theta")] for k in state if k.endswith("r_safe.theta"))
+        per_layer = [generator_geometry(state[p + "r_safe.theta"], state[p + "r_cmd.theta"],
+                                        torus=run["gate_order"] == "commuting") for p in prefixes]
+        if per_layer:
+            rows.append({"run": run["run"], **{c: run[c] for c in ("gate_order", "pet", "seed") if c in run},
+                         **{k: float(np.mean([g[k] for g in per_layer])) for k in per_layer[0]}})
+    return pd.DataFrame(rows)
 
 
 def holm_adjust(p_values) -> np.ndarray:

@@ -78,6 +78,11 @@ class GateConfig(_Section):
     order: Literal["safe_first", "cmd_first", "commuting", "none"] = "safe_first"
     layers: Literal["all"] | list[int] = Field("all", description="'all' or decoder layer indices (negative ok)")
     target: str = Field("self_attn.o_proj", description="attribute path of the wrapped linear inside a layer")
+    init_std: float = Field(
+        0.0, ge=0, le=1,
+        description="0: both gates start at the identity. They then get the same gradient, Adam keeps their "
+                    "generators parallel and R_safe, R_cmd commute (the gate ablation measured this); > 0 draws "
+                    "each generator from N(0, init_std^2) to break that symmetry")
 
 
 class HeadConfig(_Section):

@@ -14,6 +14,12 @@ A layer's gate is a pair (R_safe, R_cmd) multiplied onto the attention output
   This is the control for the claim that non-commutativity matters.
 - ``none``:       no gate at all.
 
+Both gates start at the identity by default. Then dL/dA_safe = dL/dA_cmd at the first step (for
+either order), and Adam moves the two generators in parallel, scaled by their learning rates; two
+rotations with parallel generators commute, so the order stops mattering. ``init_std > 0`` starts
+each generator at a random point instead; ``pair_geometry`` measures how far a trained pair is from
+commuting.
+
 The gate sits on the output of ``o_proj``; ``y = a Wᵀ + b`` followed by ``y R`` is the
 same linear map as ``a (Rᵀ W)ᵀ + b R``, so it folds exactly into the weights for export.
 """
@@ -60,7 +66,7 @@ def apply_block_rotation(y: torch.Tensor, rotation: torch.Tensor) -> torch.Tenso
 class SO8Rotation(nn.Module):
     """One rotation per 8-dim block, R = exp(A); the identity at initialisation."""
 
-    def __init__(self, hidden_size: int, torus: bool = False) -> None:
+    def __init__(self, hidden_size: int, torus: bool = False, init_std: float = 0.0) -> None:
         super().__init__()
         if hidden_size % BLOCK:
             raise ValueError(f"hidden size {hidden_size} is not a multiple of {BLOCK}; SO(8) gates need D = 8k")
@@ -68,6 +74,8 @@ class SO8Rotation(nn.Module):
         self.torus = torus
         n_params = N_TORUS_PARAMS if torus else N_FULL_PARAMS
         self.theta = nn.Parameter(torch.zeros(hidden_size // BLOCK, n_params))
+        if init_std > 0:
+            nn.init.normal_(self.theta, std=init_std)
 
     def generator(self) -> torch.Tensor:
         return skew_symmetric(self.theta.float(), torus=self.torus)
@@ -83,14 +91,14 @@ class SO8Rotation(nn.Module):
 class GatePair(nn.Module):
     """R_safe and R_cmd of one layer, combined in the configured order."""
 
-    def __init__(self, hidden_size: int, order: GateOrder = "safe_first") -> None:
+    def __init__(self, hidden_size: int, order: GateOrder = "safe_first", init_std: float = 0.0) -> None:
         super().__init__()
         if order not in GATE_ORDERS or order == "none":
             raise ValueError(f"gate order must be one of safe_first, cmd_first, commuting (got {order!r})")
         self.order = order
         torus = order == "commuting"
-        self.r_safe = SO8Rotation(hidden_size, torus=torus)
-        self.r_cmd = SO8Rotation(hidden_size, torus=torus)
+        self.r_safe = SO8Rotation(hidden_size, torus=torus, init_std=init_std)
+        self.r_cmd = SO8Rotation(hidden_size, torus=torus, init_std=init_std)
 
     def matrix(self) -> torch.Tensor:
         """The combined block rotation M, so that the gated output is y · M."""
@@ -102,6 +110,32 @@ class GatePair(nn.Module):
 
     def extra_repr(self) -> str:
         return f"order={self.order}"
+
+
+@torch.no_grad()
+def generator_geometry(theta_safe: torch.Tensor, theta_cmd: torch.Tensor, torus: bool = False) -> dict[str, float]:
+    """How far a gate pair, given by its parameters (blocks, 28) or (blocks, 4), is from commuting.
+
+    Averaged over blocks. ``cosine``: of the two parameter vectors (1: parallel generators, so the
+    rotations commute); ``commutator``: ||R_safe R_cmd - R_cmd R_safe||_F relative to
+    ||R_safe - I||_F ||R_cmd - I||_F (0: they commute; the ratio is bounded, so pairs of different
+    sizes compare); ``safe_angle``, ``cmd_angle``: ||R - I||_F, how far each gate moved from the identity.
+    """
+    theta_safe, theta_cmd = theta_safe.float(), theta_cmd.float()
+    safe = torch.linalg.matrix_exp(skew_symmetric(theta_safe, torus))
+    cmd = torch.linalg.matrix_exp(skew_symmetric(theta_cmd, torus))
+    eye = torch.eye(BLOCK, dtype=safe.dtype, device=safe.device)
+    safe_move, cmd_move = (safe - eye).flatten(1).norm(dim=1), (cmd - eye).flatten(1).norm(dim=1)
+    commutator = (safe @ cmd - cmd @ safe).flatten(1).norm(dim=1)
+    relative = commutator / (safe_move * cmd_move).clamp_min(1e-12)
+    cosine = torch.nn.functional.cosine_similarity(theta_safe, theta_cmd, dim=-1, eps=1e-12)
+    return {"cosine": float(cosine.mean()), "commutator": float(relative.mean()),
+            "safe_angle": float(safe_move.mean()), "cmd_angle": float(cmd_move.mean())}
+
+
+def pair_geometry(pair: GatePair) -> dict[str, float]:
+    """``generator_geometry`` of a live gate pair."""
+    return generator_geometry(pair.r_safe.theta, pair.r_cmd.theta, pair.r_safe.torus)
 
 
 class GatedLinear(nn.Module):

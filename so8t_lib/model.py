@@ -34,7 +34,7 @@ from .checkpoint import (
     verify_manifest,
 )
 from .config import LABELS, ConfigError, ModelConfig
-from .gates import GatedLinear, GatePair, fold_rotation_into_linear
+from .gates import GatedLinear, GatePair, fold_rotation_into_linear, pair_geometry
 from .prompts import format_prompt
 from .tokenizer import load_tokenizer, tiny_tokenizer
 
@@ -346,7 +346,8 @@ class SO8TModel(nn.Module):
             self.gated_layers = _resolve_layers(config.gates.layers, len(layers))
             for index in self.gated_layers:
                 parent, leaf = _split_attr(layers[index], config.gates.target)
-                setattr(parent, leaf, GatedLinear(getattr(parent, leaf), GatePair(hidden, config.gates.order)))
+                gate = GatePair(hidden, config.gates.order, config.gates.init_std)
+                setattr(parent, leaf, GatedLinear(getattr(parent, leaf), gate))
         self.safety_head = SafetyHeadB(hidden, config.head.hidden_units, config.head.dropout,
                                        standardize=config.head.standardize)
         device = next(self.causal_lm.parameters()).device
@@ -391,6 +392,12 @@ class SO8TModel(nn.Module):
             parent, leaf = _split_attr(self.decoder_layers[index], self.config.gates.target)
             pairs[index] = getattr(parent, leaf).gate
         return pairs
+
+    def gate_geometry(self) -> dict[str, float]:
+        """``gates.pair_geometry`` averaged over the gated layers ({} without gates): is the trained
+        pair still non-commutative, and how far has each gate moved from the identity?"""
+        per_layer = [pair_geometry(pair) for pair in self.gate_pairs().values()]
+        return {key: sum(g[key] for g in per_layer) / len(per_layer) for key in per_layer[0]} if per_layer else {}
 
     def named_parameter_groups(self) -> dict[str, list[tuple[str, nn.Parameter]]]:
         """The dual policy: task side (LoRA, R_cmd) and safety side (R_safe, SafetyHeadB)."""

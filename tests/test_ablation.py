@@ -88,3 +88,21 @@ def test_conclusion_says_plainly_whether_non_commutative_gating_mattered():
     assert effect.startswith("Non-commutative gating made a measurable difference")
     assert "safe_first with PET on: macro_f1 +0.09" in effect or "safe_first with PET on: macro_f1 +0.1" in effect
     assert "safe_first with PET off" in effect and "cmd_first" not in effect.split(":", 1)[1]
+
+
+def test_gate_geometry_is_read_from_each_runs_best_checkpoint(tmp_path, tokenizer):
+    from so8t_lib.config import ModelConfig
+    from so8t_lib.model import SO8TModel
+
+    torch = pytest.importorskip("torch")
+    torch.manual_seed(0)
+    for name, gates in (("a", {"order": "safe_first", "init_std": 0.1}), ("b", {"order": "commuting", "init_std": 0.1}),
+                        ("c", {"order": "none"})):
+        SO8TModel.from_config(ModelConfig(gates=gates), tokenizer).save(tmp_path / name / "run" / "best")
+    summary = pd.DataFrame([{"run": "a", "gate_order": "safe_first", "pet": True, "seed": 0},
+                            {"run": "b", "gate_order": "commuting", "pet": True, "seed": 0},
+                            {"run": "c", "gate_order": "none", "pet": True, "seed": 0},
+                            {"run": "missing", "gate_order": "cmd_first", "pet": True, "seed": 0}])
+    geometry = ablation.gate_geometry_of_runs(tmp_path, summary).set_index("run")
+    assert list(geometry.index) == ["a", "b"]
+    assert geometry.loc["a", "commutator"] > 0.3 and geometry.loc["b", "commutator"] < 1e-5
