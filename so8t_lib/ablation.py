@@ -116,6 +116,21 @@ def gate_geometry_of_runs(root: str | Path, summary: pd.DataFrame) -> pd.DataFra
     return pd.DataFrame(rows)
 
 
+def geometry_summary(geometry: pd.DataFrame, group: str = "gate_order") -> str:
+    """One sentence per gate order on how commutative its trained pairs are (``gate_geometry_of_runs``)."""
+    if geometry.empty:
+        return "Gate geometry: no run checkpoints found, so the trained gate pairs could not be inspected."
+    lines = []
+    for order, part in geometry.groupby(group):
+        verdict = ("they commute by construction" if order == "commuting" else
+                   "R_safe and R_cmd nearly commute, so their order can hardly matter" if part["commutator"].mean() < 0.05
+                   else "the pair stays non-commutative")
+        lines.append(f"Gate geometry, {group}={order} ({len(part)} runs): generator cosine {part['cosine'].mean():.4f}, "
+                     f"relative commutator {part['commutator'].mean():.4f}, distance from identity "
+                     f"R_safe {part['safe_angle'].mean():.3f} / R_cmd {part['cmd_angle'].mean():.3f}: {verdict}.")
+    return "\n".join(lines)
+
+
 def holm_adjust(p_values) -> np.ndarray:
     """Holm's step-down adjusted p-values (family-wise error control); NaN entries stay NaN and do not
     count towards the family."""

@@ -131,6 +131,8 @@ def build_card(run: Path, eval_json: Path, quant_json: Path, ablation_json: Path
     if ablation:
         if ablation.get("conclusion"):
             lines += ["", f"**Finding.** {ablation['conclusion']}", ""]
+        if ablation.get("geometry"):
+            lines += ["**Why.** " + ablation["geometry"].replace("\n", " "), ""]
         lines += [f"Per configuration, from `{ablation_json}` (`notebooks/02_gate_ablation.ipynb`):", "", "```",
                   ablation["finding"], "```"]
     else:

@@ -106,3 +106,14 @@ def test_gate_geometry_is_read_from_each_runs_best_checkpoint(tmp_path, tokenize
     geometry = ablation.gate_geometry_of_runs(tmp_path, summary).set_index("run")
     assert list(geometry.index) == ["a", "b"]
     assert geometry.loc["a", "commutator"] > 0.3 and geometry.loc["b", "commutator"] < 1e-5
+
+
+def test_geometry_summary_names_pairs_that_commute_in_practice():
+    geometry = pd.DataFrame([{"gate_order": "safe_first", "cosine": 0.9998, "commutator": 0.013, "safe_angle": 0.09,
+                              "cmd_angle": 0.03},
+                             {"gate_order": "cmd_first", "cosine": 0.1, "commutator": 0.45, "safe_angle": 0.4,
+                              "cmd_angle": 0.4}])
+    text = ablation.geometry_summary(geometry)
+    assert "safe_first (1 runs): generator cosine 0.9998, relative commutator 0.0130" in text
+    assert "nearly commute" in text.splitlines()[1] and "stays non-commutative" in text.splitlines()[0]
+    assert "could not be inspected" in ablation.geometry_summary(pd.DataFrame())
