@@ -111,3 +111,23 @@ def test_a_missing_notebook_kernel_falls_back_to_this_environment(tmp_path, monk
     spec.kernel = "also-missing"  # named in the spec: an error that says how to get one
     with pytest.raises(ConfigError, match="also-missing.*not installed"):
         sweep.resolve_kernel(spec)
+
+
+def test_every_committed_spec_loads_and_each_run_has_a_valid_config(monkeypatch):
+    from pathlib import Path
+
+    from so8t_lib.config import load_config
+
+    root = Path(__file__).resolve().parents[1]
+    monkeypatch.chdir(root)
+    specs = sorted((root / "experiments").glob("*.yaml"))
+    assert specs
+    for path in specs:
+        assert "python -m so8t_lib.sweep" in path.read_text(encoding="utf-8"), f"{path.name}: header names its command"
+        spec = sweep.load_spec(path)
+        for _, params in spec.runs():  # the overrides notebook 01 builds from these parameters
+            config = load_config(params["config"], [
+                f"model.gates.order={params['gate_order']}", f"loss.pet.enabled={str(params['pet']).lower()}",
+                f"training.max_steps={params['max_steps']}", f"training.seed={params['seed']}",
+                *params.get("overrides", [])])
+            assert config.model.gates.order == params["gate_order"] and config.training.max_steps == params["max_steps"]
