@@ -129,6 +129,10 @@ def build_card(run: Path, eval_json: Path, quant_json: Path, ablation_json: Path
         lines.append(f"Not measured: `{quant_json}` is missing (`python benchmarks/gguf_decisions.py`).")
     lines += ["", "## Gate ablation"]
     if ablation:
+        if ablation.get("runs"):
+            steps = ", ".join(map(str, ablation.get("steps") or [])) or "?"
+            lines += ["", f"{ablation.get('runs_ok', '?')} of {ablation['runs']} training runs finished "
+                          f"(the tiny preset, {steps} steps each; sweep summary `{ablation.get('summary_csv', '?')}`)."]
         if ablation.get("conclusion"):
             lines += ["", f"**Finding.** {ablation['conclusion']}", ""]
         if ablation.get("geometry"):
