@@ -176,25 +176,41 @@ class LiveCurves:
 
 
 def ablation_figure(table, metrics: list[str], group: str = "gate_order", hue: str = "pet", title: str = "") -> Figure:
-    """Mean and 95% interval per configuration for each metric (``so8t_lib.ablation.analyze`` output)."""
-    fig, axes = plt.subplots(1, len(metrics), figsize=(4.2 * len(metrics), 3.6), squeeze=False)
+    """Top row: mean and 95% interval per configuration for each metric. Bottom row (when the table has
+    paired comparisons): the paired difference against the baseline with its 95% interval, which is
+    what the test judges; seed-to-seed spread makes the top row's intervals much wider."""
+    paired = "diff_vs_baseline" in table and table["diff_vs_baseline"].notna().any()
+    rows = 2 if paired else 1
+    fig, axes = plt.subplots(rows, len(metrics), figsize=(4.2 * len(metrics), 3.4 * rows), squeeze=False)
     orders = list(dict.fromkeys(table[group]))
     hues = list(dict.fromkeys(table[hue])) if hue in table else [None]
     width = 0.8 / len(hues)
-    for ax, metric in zip(axes[0], metrics):
+    for col, metric in enumerate(metrics):
         part = table[table["metric"] == metric]
-        for k, h in enumerate(hues):
-            sub = part if h is None else part[part[hue] == h]
-            sub = sub.set_index(group).reindex(orders)
-            x = np.arange(len(orders)) + k * width
-            err = np.vstack([sub["mean"] - sub["ci_low"], sub["ci_high"] - sub["mean"]])
-            ax.bar(x, sub["mean"], width, yerr=np.nan_to_num(err), capsize=3, label=f"{hue}={h}" if h is not None else None)
-        ax.set(xticks=np.arange(len(orders)) + width * (len(hues) - 1) / 2, title=metric)
-        ax.set_xticklabels(orders, rotation=20)
+        panels = [(axes[0][col], "mean", "ci_low", "ci_high", orders)]
+        if paired:
+            compared = [o for o in orders if part[part[group] == o]["diff_vs_baseline"].notna().any()]
+            panels.append((axes[1][col], "diff_vs_baseline", "diff_ci_low", "diff_ci_high", compared))
+        for ax, value, low, high, names in panels:
+            for k, h in enumerate(hues):
+                sub = part if h is None else part[part[hue] == h]
+                sub = sub.set_index(group).reindex(names)
+                x = np.arange(len(names)) + k * width
+                err = np.vstack([sub[value] - sub[low], sub[high] - sub[value]])
+                ax.bar(x, sub[value], width, yerr=np.nan_to_num(err), capsize=3,
+                       label=f"{hue}={h}" if h is not None else None)
+            ax.set(xticks=np.arange(len(names)) + width * (len(hues) - 1) / 2)
+            ax.set_xticklabels(names, rotation=20)
+            if hues != [None]:
+                ax.legend(fontsize=7)
+        axes[0][col].set_title(metric)
         finite = part[["ci_low", "mean"]].to_numpy(dtype=float)
         if np.isfinite(finite).any():
-            ax.set_ylim(max(0.0, float(np.nanmin(finite)) - 0.05), min(1.0, float(np.nanmax(part["ci_high"])) + 0.05))
-        ax.legend(fontsize=7)
-    fig.suptitle(title or "gate ablation: mean and 95% interval over seeds")
+            axes[0][col].set_ylim(max(0.0, float(np.nanmin(finite)) - 0.05),
+                                  min(1.0, float(np.nanmax(part["ci_high"])) + 0.05))
+        if paired:
+            axes[1][col].axhline(0, color="black", linewidth=0.8)
+            axes[1][col].set_title(f"{metric}: paired difference vs baseline", fontsize=9)
+    fig.suptitle(title or "gate ablation: mean and 95% interval over seeds; paired differences below")
     fig.tight_layout()
     return fig
