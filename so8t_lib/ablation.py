@@ -203,7 +203,8 @@ def conclusion(table: pd.DataFrame, alpha: float = 0.05, group: str = "gate_orde
     seeds = int(compared["pairs"].max())
     if hits.empty:
         best = ours.loc[ours["p_value"].idxmin()] if not ours.empty else compared.loc[compared["p_value"].idxmin()]
-        return (f"Non-commutative gating ({', '.join(non_commuting)}) made no measurable difference: none of "
+        present = [o for o in non_commuting if o in set(ours[group])] or list(non_commuting)
+        return (f"Non-commutative gating ({', '.join(present)}) made no measurable difference: none of "
                 f"its comparisons is significant at alpha {alpha} after Holm's correction over {family} "
                 f"({seeds} paired seeds each). The smallest unadjusted p was {best['p_value']:.3f} "
                 f"({group}={best[group]}, {best['metric']}, difference {best['diff_vs_baseline']:+.3f}).")

@@ -84,6 +84,10 @@ def test_conclusion_says_plainly_whether_non_commutative_gating_mattered():
     null = ablation.conclusion(ablation.analyze(summary(0.0), ["macro_f1"]))
     assert null.startswith("Non-commutative gating (safe_first, cmd_first) made no measurable difference")
     assert "6 comparisons against gate_order=none" in null and "5 paired seeds" in null
+    against_cmd = ablation.conclusion(ablation.analyze(summary(0.0), ["macro_f1"], baseline="cmd_first"),
+                                      baseline="cmd_first")  # safe_first against cmd_first: order alone
+    assert against_cmd.startswith("Non-commutative gating (safe_first) made no measurable difference")
+    assert "comparisons against gate_order=cmd_first" in against_cmd
     effect = ablation.conclusion(ablation.analyze(summary(0.1), ["macro_f1"]))
     assert effect.startswith("Non-commutative gating made a measurable difference")
     assert "safe_first with PET on: macro_f1 +0.09" in effect or "safe_first with PET on: macro_f1 +0.1" in effect
