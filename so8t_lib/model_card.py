@@ -66,8 +66,15 @@ def write_figures(eval_json: Path, quant_json: Path, ablation_json: Path, figure
     return written
 
 
+FOLLOW_UP_ABLATIONS = ("experiments/ablation/random_init/ablation.json",
+                       "experiments/ablation/random_init_order/ablation.json")
+
+
 def build_card(run: Path, eval_json: Path, quant_json: Path, ablation_json: Path,
-               baseline_json: Path = Path("benchmarks/results/bow_baseline.json")) -> str:
+               baseline_json: Path = Path("benchmarks/results/bow_baseline.json"),
+               follow_ups: tuple[Path, ...] = ()) -> str:
+    """The card's markdown; ``follow_ups`` are further ablation results (other sweeps of the same
+    question) quoted by their conclusion and geometry, each only if its file exists."""
     config = yaml.safe_load((run / "config.yaml").read_text(encoding="utf-8")) if (run / "config.yaml").is_file() else {}
     model, training = config.get("model", {}), config.get("training", {})
     evaluation, quant, ablation = _load(eval_json), _load(quant_json), _load(ablation_json)
@@ -139,6 +146,12 @@ def build_card(run: Path, eval_json: Path, quant_json: Path, ablation_json: Path
             lines += ["**Why.** " + ablation["geometry"].replace("\n", " "), ""]
         lines += [f"Per configuration, from `{ablation_json}` (`notebooks/02_gate_ablation.ipynb`):", "", "```",
                   ablation["finding"], "```"]
+        for path in follow_ups:
+            more = _load(Path(path))
+            if more and more.get("conclusion"):
+                lines += ["", f"Follow-up, `{path}` (sweep summary `{more.get('summary_csv', '?')}`, baseline "
+                              f"`{more.get('baseline', 'none')}`): {more['conclusion']}",
+                          "", more.get("geometry", "").replace("\n", " ")]
     else:
         lines.append(f"Not run yet: `{ablation_json}` is missing (`python -m so8t_lib.sweep experiments/gate_ablation.yaml`, "
                      "then notebook 02). Until then there is no evidence either way that non-commutative gating helps.")
@@ -162,11 +175,14 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--ablation", default="experiments/ablation/ablation.json")
     parser.add_argument("--out", default="MODEL_CARD.md")
     parser.add_argument("--figures", default="figures", help='folder for the figures; "" skips them')
+    parser.add_argument("--follow-up", action="append", default=None,
+                        help=f"a further ablation.json to quote (repeatable; default {', '.join(FOLLOW_UP_ABLATIONS)})")
     args = parser.parse_args(argv)
     if args.figures:
         for path in write_figures(Path(args.eval), Path(args.quant), Path(args.ablation), Path(args.figures)):
             print(f"drew {path}")
-    card = build_card(Path(args.run), Path(args.eval), Path(args.quant), Path(args.ablation))
+    follow_ups = tuple(Path(p) for p in (args.follow_up if args.follow_up is not None else FOLLOW_UP_ABLATIONS))
+    card = build_card(Path(args.run), Path(args.eval), Path(args.quant), Path(args.ablation), follow_ups=follow_ups)
     out = atomic_write_text(args.out, card)
     print(f"wrote {out}")
 
