@@ -14,6 +14,7 @@ Holm-adjusted p-values over the whole table: at alpha 0.05 and 24 comparisons, a
 from __future__ import annotations
 
 import itertools
+import json
 import math
 from pathlib import Path
 
@@ -96,7 +97,7 @@ def gate_geometry_of_runs(root: str | Path, summary: pd.DataFrame) -> pd.DataFra
     """
     from safetensors.torch import load_file
 
-    from .gates import generator_geometry
+    from .gates import N_TORUS_PARAMS, generator_geometry
     from .model import resolve_checkpoint
 
     rows = []
@@ -109,7 +110,7 @@ def gate_geometry_of_runs(root: str | Path, summary: pd.DataFrame) -> pd.DataFra
         state = load_file(adapter)
         prefixes = sorted(k[: -len("r_safe.theta")] for k in state if k.endswith("r_safe.theta"))
         per_layer = [generator_geometry(state[p + "r_safe.theta"], state[p + "r_cmd.theta"],
-                                        torus=run["gate_order"] == "commuting") for p in prefixes]
+                                        torus=state[p + "r_safe.theta"].shape[-1] == N_TORUS_PARAMS) for p in prefixes]
         if per_layer:
             rows.append({"run": run["run"], **{c: run[c] for c in ("gate_order", "pet", "seed") if c in run},
                          **{k: float(np.mean([g[k] for g in per_layer])) for k in per_layer[0]}})
@@ -212,3 +213,25 @@ def conclusion(table: pd.DataFrame, alpha: float = 0.05, group: str = "gate_orde
              f"{r['diff_vs_baseline']:+.3f} (Holm p {r['p_holm']:.3f})" for _, r in hits.iterrows()]
     return (f"Non-commutative gating made a measurable difference at alpha {alpha} after Holm's correction over "
             f"{family} ({seeds} paired seeds each): " + "; ".join(parts) + ".")
+
+
+def write_report(summary: pd.DataFrame, table: pd.DataFrame, geometry: pd.DataFrame, out: str | Path,
+                 metrics: list[str], summary_csv: str = "", baseline: str = "none", alpha: float = 0.05) -> dict:
+    """Save an ablation where the model card and the README read it: ``summary.csv``, ``geometry.csv`` and
+    ``ablation.json`` (the table, the per-configuration verdicts, the conclusion and the gate geometry),
+    each written to a temporary file and renamed. Returns the ``ablation.json`` content."""
+    from .checkpoint import atomic_write_text
+
+    out = Path(out)
+    out.mkdir(parents=True, exist_ok=True)
+    steps = sorted({int(s) for s in summary["metric.steps"].dropna()}) if "metric.steps" in summary else []
+    ok = int((summary["status"] == "ok").sum()) if "status" in summary else len(summary)
+    result = {"summary_csv": summary_csv, "baseline": baseline, "runs_ok": ok, "runs": len(summary), "steps": steps,
+              "conclusion": conclusion(table, alpha=alpha, baseline=baseline),
+              "geometry": geometry_summary(geometry),
+              "finding": "\n\n".join(finding(table, m, alpha=alpha) for m in metrics),
+              "table": json.loads(table.to_json(orient="records"))}
+    atomic_write_text(out / "summary.csv", summary.to_csv(index=False))
+    atomic_write_text(out / "geometry.csv", geometry.to_csv(index=False))
+    atomic_write_text(out / "ablation.json", json.dumps(result, indent=1))
+    return result

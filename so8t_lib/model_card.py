@@ -20,6 +20,7 @@ from pathlib import Path
 
 import yaml
 
+from . import plots
 from .checkpoint import atomic_write_text
 from .data import load_split
 
@@ -36,24 +37,18 @@ def _fmt(report: dict, key: str) -> str:
     return f"{value:.3f} [{interval[0]:.2f}, {interval[1]:.2f}]" if interval and None not in interval else f"{value:.3f}"
 
 
-EVAL_FIGURES = ("eval_confusion.png", "eval_reliability.png", "eval_threshold.png", "eval_by_category.png",
-                "eval_by_lang.png")
+CARD_FIGURES = (*plots.EVALUATION_FIGURES, "quant_ladder.png", "gate_ablation.png")
 
 
 def write_figures(eval_json: Path, quant_json: Path, ablation_json: Path, figures_dir: Path) -> list[Path]:
     """Redraw every figure whose result file exists; returns the files written."""
     import pandas as pd
 
-    from . import plots
-
     evaluation, quant, ablation = _load(eval_json), _load(quant_json), _load(ablation_json)
     drawn: dict[str, object] = {}
     if evaluation and evaluation.get("datasets"):
         name, report = next(iter(evaluation["datasets"].items()))  # the first data set: the test split
-        drawn.update(zip(EVAL_FIGURES, (
-            plots.confusion_matrix_figure(report, f"{name}: confusion"), plots.reliability_figure(report),
-            plots.threshold_figure(report, f"{name}: runtime threshold rule"),
-            plots.group_bars_figure(report, "by_category"), plots.group_bars_figure(report, "by_lang"))))
+        drawn.update(plots.evaluation_figures(report, name))
     if quant and quant.get("results"):
         drawn["quant_ladder.png"] = plots.quant_ladder_figure(
             pd.DataFrame(quant["results"]), f"quantization ladder on {quant.get('data', '?')} ({quant.get('device', 'cpu')})")
@@ -155,8 +150,7 @@ def build_card(run: Path, eval_json: Path, quant_json: Path, ablation_json: Path
     else:
         lines.append(f"Not run yet: `{ablation_json}` is missing (`python -m so8t_lib.sweep experiments/gate_ablation.yaml`, "
                      "then notebook 02). Until then there is no evidence either way that non-commutative gating helps.")
-    figures = [f for f in ("eval_confusion.png", "eval_reliability.png", "eval_threshold.png", "eval_by_category.png",
-                           "eval_by_lang.png", "quant_ladder.png", "gate_ablation.png") if (Path("figures") / f).is_file()]
+    figures = [f for f in CARD_FIGURES if (Path("figures") / f).is_file()]
     if figures:
         lines += ["", "## Figures", ""] + [f"![{f[:-4]}](figures/{f})" for f in figures]
     lines += ["", "## Limits",

@@ -81,6 +81,20 @@ def group_bars_figure(report: dict, group: str = "by_category", metrics=("accura
     return fig
 
 
+EVALUATION_FIGURES = ("eval_confusion.png", "eval_reliability.png", "eval_threshold.png", "eval_by_category.png",
+                      "eval_by_lang.png")
+
+
+def evaluation_figures(report: dict, name: str) -> dict[str, Figure]:
+    """The evaluation figure set of one report, keyed by the file names of ``EVALUATION_FIGURES``:
+    confusion matrix, reliability diagram, threshold curve, per-category and per-language bars
+    (notebook 04 draws them from a live model, the model card from the stored report)."""
+    figures = (confusion_matrix_figure(report, f"{name}: confusion"), reliability_figure(report),
+               threshold_figure(report, f"{name}: runtime threshold rule"),
+               group_bars_figure(report, "by_category"), group_bars_figure(report, "by_lang"))
+    return dict(zip(EVALUATION_FIGURES, figures, strict=True))
+
+
 def save_figure(fig: Figure, *paths: str | Path, dpi: int = 120) -> list[Path]:
     """Write ``fig`` to each path (temporary file, then rename) and close it."""
     written = []

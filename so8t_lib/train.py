@@ -361,6 +361,18 @@ class Trainer:
         return self.run_dir
 
 
+def run_config(config: str | Path, gate_order: str, pet: bool, max_steps: int, seed: int, output_dir: str | Path,
+               overrides: list[str] | tuple[str, ...] = ()) -> SO8TConfig:
+    """The config of one sweep run (notebook 01): the run's parameters become overrides of ``config``.
+
+    The seed drives both the data order and the model init (gates, head), so paired runs of different
+    gate orders share everything else; ``overrides`` come last and win."""
+    return load_config(config, [
+        f"model.gates.order={gate_order}", f"loss.pet.enabled={str(bool(pet)).lower()}",
+        f"training.max_steps={max_steps}", f"training.seed={seed}", f"model.seed={seed}",
+        f"training.output_dir={Path(output_dir) / 'run'}", *overrides])
+
+
 def train(config: SO8TConfig, resume: bool = False, on_log: Callable[[dict], None] | None = None) -> Path:
     """Train as the config says; returns the run folder (``training.output_dir``). Afterwards the
     best checkpoint's temperature is fitted on the val split (``training.calibrate_temperature``).

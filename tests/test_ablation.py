@@ -64,6 +64,9 @@ def test_ablation_notebook_runs_headless(tmp_path):
         cwd=str(root), kernel_name="python3", progress_bar=False)
     result = json.loads((tmp_path / "ablation.json").read_text())
     assert len(result["table"]) == 16 and "paired t p" in result["finding"]
+    assert result["runs_ok"] == result["runs"] == 40 and result["conclusion"].startswith("Non-commutative gating")
+    assert "no run checkpoints found" in result["geometry"]  # a summary without run folders
+    assert len(pd.read_csv(tmp_path / "summary.csv")) == 40
     assert (tmp_path / "gate_ablation.png").stat().st_size > 1000
 
 

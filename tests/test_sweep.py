@@ -116,7 +116,7 @@ def test_a_missing_notebook_kernel_falls_back_to_this_environment(tmp_path, monk
 def test_every_committed_spec_loads_and_each_run_has_a_valid_config(monkeypatch):
     from pathlib import Path
 
-    from so8t_lib.config import load_config
+    from so8t_lib.train import run_config
 
     root = Path(__file__).resolve().parents[1]
     monkeypatch.chdir(root)
@@ -125,9 +125,8 @@ def test_every_committed_spec_loads_and_each_run_has_a_valid_config(monkeypatch)
     for path in specs:
         assert "python -m so8t_lib.sweep" in path.read_text(encoding="utf-8"), f"{path.name}: header names its command"
         spec = sweep.load_spec(path)
-        for _, params in spec.runs():  # the overrides notebook 01 builds from these parameters
-            config = load_config(params["config"], [
-                f"model.gates.order={params['gate_order']}", f"loss.pet.enabled={str(params['pet']).lower()}",
-                f"training.max_steps={params['max_steps']}", f"training.seed={params['seed']}",
-                *params.get("overrides", [])])
+        for _, params in spec.runs():  # exactly what notebook 01 does with its parameters
+            config = run_config(params["config"], params["gate_order"], params["pet"], params["max_steps"],
+                                params["seed"], "experiments/runs/x", params.get("overrides", []))
             assert config.model.gates.order == params["gate_order"] and config.training.max_steps == params["max_steps"]
+            assert config.loss.pet.enabled == params["pet"] and config.model.seed == config.training.seed == params["seed"]

@@ -203,3 +203,29 @@ def test_on_log_sees_every_logged_record_and_a_failing_callback_does_not_stop_tr
     with pytest.warns(UserWarning, match="plotting broke"):
         run_dir = train(load_config(_config_file(tmp_path, tmp_path / "b", *overrides)), on_log=broken)
     assert _saved_step(run_dir) == 3
+
+
+def test_live_curves_draw_once_then_update_in_place_and_skip_between_evaluations(monkeypatch):
+    pytest.importorskip("IPython")
+    from so8t_lib.plots import LiveCurves
+
+    calls = []
+
+    class Handle:
+        def update(self, fig):
+            calls.append(("update", len(fig.axes)))
+
+    def display(fig, display_id=False):
+        calls.append(("display", display_id))
+        return Handle()
+
+    from types import SimpleNamespace
+
+    kernel = SimpleNamespace(events=SimpleNamespace(register=lambda *args: None))  # matplotlib hooks into it
+    monkeypatch.setattr("IPython.get_ipython", lambda: kernel)  # as inside a kernel
+    monkeypatch.setattr("IPython.display.display", display)
+    live = LiveCurves("t", every=2)
+    live({"step": 1, "kind": "train", "loss": 3.0})  # 1st train record: skipped (every=2)
+    live({"step": 2, "kind": "train", "loss": 2.0})  # drawn
+    live({"step": 2, "kind": "eval", "metric": "macro_f1", "value": 0.4})  # evaluations always redraw
+    assert calls == [("display", True), ("update", 2)] and len(live.records) == 3
