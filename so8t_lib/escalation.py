@@ -148,10 +148,15 @@ class Notifier:
         host = os.environ.get("SMTP_SERVER") or self.config.smtp_server
         port = int(os.environ.get("SMTP_PORT") or self.config.smtp_port)
         with smtplib.SMTP(host, port, timeout=timeout) as smtp:
-            if smtp.has_extn("starttls"):
+            smtp.ehlo()  # the server's extensions are known only after EHLO
+            encrypted = smtp.has_extn("starttls")
+            if encrypted:
                 smtp.starttls()
+                smtp.ehlo()
             user, password = os.environ.get("SMTP_USERNAME"), os.environ.get("SMTP_PASSWORD")
             if user and password:
+                if not encrypted:
+                    raise RuntimeError(f"{host}:{port} offers no STARTTLS; refusing to send SMTP_PASSWORD in clear")
                 smtp.login(user, password)
             smtp.send_message(message)
 

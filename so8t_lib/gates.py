@@ -17,7 +17,7 @@ A layer's gate is a pair (R_safe, R_cmd) multiplied onto the attention output
 Both gates start at the identity by default. Then dL/dA_safe = dL/dA_cmd at the first step (for
 either order), and Adam moves the two generators in parallel, scaled by their learning rates; two
 rotations with parallel generators commute, so the order stops mattering. ``init_std > 0`` starts
-each generator at a random point instead; ``pair_geometry`` measures how far a trained pair is from
+each generator at a random point instead; ``generator_geometry`` measures how far a trained pair is from
 commuting.
 
 The gate sits on the output of ``o_proj``; ``y = a Wᵀ + b`` followed by ``y R`` is the
@@ -131,11 +131,6 @@ def generator_geometry(theta_safe: torch.Tensor, theta_cmd: torch.Tensor, torus:
     cosine = torch.nn.functional.cosine_similarity(theta_safe, theta_cmd, dim=-1, eps=1e-12)
     return {"cosine": float(cosine.mean()), "commutator": float(relative.mean()),
             "safe_angle": float(safe_move.mean()), "cmd_angle": float(cmd_move.mean())}
-
-
-def pair_geometry(pair: GatePair) -> dict[str, float]:
-    """``generator_geometry`` of a live gate pair."""
-    return generator_geometry(pair.r_safe.theta, pair.r_cmd.theta, pair.r_safe.torus)
 
 
 class GatedLinear(nn.Module):

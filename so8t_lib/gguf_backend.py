@@ -32,6 +32,11 @@ def _render_chat(template: str, messages: list[dict], eos_token: str | None) -> 
     return rendered[0]
 
 
+
+def _usable_cores() -> int:
+    """Cores this process may run on (the affinity mask on Linux, else the machine's count)."""
+    return len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else (os.cpu_count() or 1)
+
 class GGUFBackend:
     """``decide(requests, contexts)`` -> probabilities (N, 3); ``generate(request, context)`` -> text."""
 
@@ -53,7 +58,7 @@ class GGUFBackend:
         self.safety_head = SafetyHeadB.from_state_dict(state)  # the same name as on SO8TModel
         self._llama = llama_cpp
         self._kwargs = dict(model_path=str(self.path), n_ctx=n_ctx, n_batch=n_ctx, n_ubatch=n_ctx,
-                            n_threads=n_threads or len(os.sched_getaffinity(0)), n_gpu_layers=n_gpu_layers,
+                            n_threads=n_threads or _usable_cores(), n_gpu_layers=n_gpu_layers,
                             verbose=verbose)
         if f32_kv_cache:  # for exact parity checks against the HF model (DESIGN.md)
             self._kwargs.update(type_k=llama_cpp.GGML_TYPE_F32, type_v=llama_cpp.GGML_TYPE_F32)

@@ -34,7 +34,7 @@ from .checkpoint import (
     verify_manifest,
 )
 from .config import LABELS, ConfigError, ModelConfig
-from .gates import GatedLinear, GatePair, fold_rotation_into_linear, pair_geometry
+from .gates import GatedLinear, GatePair, fold_rotation_into_linear
 from .prompts import format_prompt
 from .tokenizer import load_tokenizer, tiny_tokenizer
 
@@ -392,12 +392,6 @@ class SO8TModel(nn.Module):
             parent, leaf = _split_attr(self.decoder_layers[index], self.config.gates.target)
             pairs[index] = getattr(parent, leaf).gate
         return pairs
-
-    def gate_geometry(self) -> dict[str, float]:
-        """``gates.pair_geometry`` averaged over the gated layers ({} without gates): is the trained
-        pair still non-commutative, and how far has each gate moved from the identity?"""
-        per_layer = [pair_geometry(pair) for pair in self.gate_pairs().values()]
-        return {key: sum(g[key] for g in per_layer) / len(per_layer) for key in per_layer[0]} if per_layer else {}
 
     def named_parameter_groups(self) -> dict[str, list[tuple[str, nn.Parameter]]]:
         """The dual policy: task side (LoRA, R_cmd) and safety side (R_safe, SafetyHeadB)."""

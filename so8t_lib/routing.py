@@ -22,9 +22,15 @@ KEYWORDS = {
 }
 
 
+def _pattern(keyword: str) -> str:
+    """ASCII keywords match at a word start ("mental" not inside "departmental"; "harass" still finds
+    "harassment"); Japanese has no spaces, so its keywords match anywhere."""
+    return rf"\b{re.escape(keyword)}" if keyword.isascii() else re.escape(keyword)
+
+
 def categorize(request: str, context: str | None = None) -> str:
     """The category with the most keyword hits in request + context; ``general`` when none."""
     text = f"{context or ''} {request}".lower()
-    scores = {cat: sum(len(re.findall(re.escape(k), text)) for k in words) for cat, words in KEYWORDS.items()}
+    scores = {cat: sum(len(re.findall(_pattern(k), text)) for k in words) for cat, words in KEYWORDS.items()}
     best = max(scores, key=scores.get)
     return best if scores[best] > 0 else "general"

@@ -36,7 +36,7 @@ def make_agent(model_path: str, threshold: float, log_dir: str | Path) -> Agent:
         "logging": {"audit_log": str(Path(log_dir) / "audit.jsonl")},
         "escalation": {"queue_db": str(Path(log_dir) / "escalations.sqlite"), "enable_notifications": False},
     })
-    return Agent(cfg, test_mode=True)
+    return Agent(cfg, test_mode=True, log_dir=str(log_dir))  # never the real log folder of SO8T_LOG_DIR
 
 
 def render_result(result: dict, agent: Agent) -> str:

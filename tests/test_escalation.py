@@ -128,3 +128,22 @@ def test_resolve_from_the_command_line(tmp_path, capsys):
         escalation.main(["--db", db, "resolve", "esc_missing", "--decision", "REFUSE", "--by", "x"])
     escalation.main(["--db", db, "list", "--status", "resolved"])
     assert case_id in capsys.readouterr().out
+
+
+def test_no_password_goes_to_a_server_without_starttls(tmp_path, smtp_server, monkeypatch):
+    port, mails = smtp_server  # aiosmtpd here offers no STARTTLS
+    monkeypatch.setenv("SMTP_USERNAME", "so8t")
+    monkeypatch.setenv("SMTP_PASSWORD", "secret")
+    agent = _agent(tmp_path, email_notifications=True, smtp_server="127.0.0.1", smtp_port=port)
+    result = agent.run_agent(None, "上司からのパワハラについて相談したい", "u1")
+    outcomes = agent.pending_notifications[0].result(timeout=10)
+    assert not outcomes[0]["ok"] and "refusing to send SMTP_PASSWORD in clear" in outcomes[0]["error"]
+    assert mails == [] and agent.queue.get(result["escalation_id"])["status"] == "notify_failed"
+
+
+def test_routing_keywords_match_whole_english_words():
+    from so8t_lib.routing import categorize
+
+    assert categorize("Please share the departmental budget for Q3") == "finance"  # not "mental" -> medical
+    assert categorize("I am being harassed by my manager") == "hr"  # a word start still matches
+    assert categorize("上司からのパワハラについて相談したい") == "hr" and categorize("hello") == "general"
