@@ -48,7 +48,8 @@ class GGUFBackend:
             raise GGUFError("the GGUF backend needs llama-cpp-python: pip install -e '.[gguf]'") from None
         self.path = Path(path)
         # tokens per llama.cpp decode when several prompts share one: every token attends over the
-        # whole batch's KV cells (masked), so huge batches cost more than they save (512 measured best)
+        # whole batch's KV cells (masked), so huge batches cost more than they save (256 and 512 tied
+        # in benchmarks/results/gguf_decisions_cpu.json; larger was slower)
         self.batch_tokens = batch_tokens
         self.meta = read_metadata(self.path)
         if tuple(self.meta["so8t.labels"]) != tuple(LABELS):
