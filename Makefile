@@ -25,7 +25,7 @@ $(STAMP): pyproject.toml Makefile
 	touch $(STAMP)
 
 demo: venv
-	$(PY) -m so8t_lib.demo
+	$(VENV)/bin/so8t demo
 
 test: venv
 	$(PY) -m pytest -q
@@ -38,13 +38,13 @@ nbval: venv
 
 # the gate ablation end to end: 40 training runs (resumable), the statistics notebook, the model card
 ablation: venv
-	$(PY) -m so8t_lib.sweep experiments/gate_ablation.yaml --workers 2
+	$(VENV)/bin/so8t sweep experiments/gate_ablation.yaml --workers 2
 	$(VENV)/bin/papermill --no-progress-bar notebooks/02_gate_ablation.ipynb experiments/runs/gate_ablation/02.ipynb
 	$(MAKE) --no-print-directory card
 
 # MODEL_CARD.md and figures/ from the committed result files
 card: venv
-	$(PY) -m so8t_lib.model_card
+	$(VENV)/bin/so8t card
 
 lab: venv
 	# JupyterLab from .venv; the notebooks open on the "so8t" kernel, which is this environment

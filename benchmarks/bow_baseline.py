@@ -20,11 +20,11 @@ import torch
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
-from so8t_lib.checkpoint import atomic_write_text  # noqa: E402
-from so8t_lib.config import LABELS  # noqa: E402
-from so8t_lib.data import load_split  # noqa: E402
-from so8t_lib.metrics import safety_report  # noqa: E402
-from so8t_lib.tokenizer import tiny_tokenizer  # noqa: E402
+from so8t_lib.core.io import atomic_write_text  # noqa: E402
+from so8t_lib.core.schema import LABELS  # noqa: E402
+from so8t_lib.data.tables import load_split  # noqa: E402
+from so8t_lib.eval.report import safety_report  # noqa: E402
+from so8t_lib.model.tokenizer import tiny_tokenizer  # noqa: E402
 
 
 def bag_of_tokens(table, tokenizer) -> torch.Tensor:

@@ -4,7 +4,7 @@
                                         [--out benchmarks/results/gguf_decisions_cpu.json]
 
 Needs the trained tiny default and its GGUF files (``make demo`` writes both). All backends run in
-this one process on the same requests of the test split (``so8t_lib.quant_compare.compare``);
+this one process on the same requests of the test split (``so8t_lib.eval.quant_compare.compare``);
 ratios are to the fp32 HF model. Then the Q4_K_M file's throughput on 128 requests for each
 ``GGUFBackend(batch_tokens=...)`` setting (tokens packed into one llama.cpp decode). Numbers depend on the machine: compare ratios, not absolutes.
 """
@@ -24,15 +24,15 @@ import torch
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
-from so8t_lib.checkpoint import atomic_write_text  # noqa: E402
-from so8t_lib.quant_compare import compare  # noqa: E402
+from so8t_lib.core.io import atomic_write_text  # noqa: E402
+from so8t_lib.eval.quant_compare import compare  # noqa: E402
 
 ORDER = ["f16", "q8_0", "q4_k_m", "q4_k_s", "iq4_xs"]
 
 
 def batch_tokens_sweep(path: Path, data: str, settings: list[int], n: int = 128) -> list[dict]:
-    from so8t_lib.data import load_any
-    from so8t_lib.gguf_backend import GGUFBackend
+    from so8t_lib.data.benchmarks import load_any
+    from so8t_lib.serve.gguf_backend import GGUFBackend
 
     requests = list(load_any(data)["user_request"])[:n]
     backend = GGUFBackend(path)
@@ -58,7 +58,7 @@ def main(argv: list[str] | None = None) -> dict:
     files = [Path(args.dist) / f"{args.name}-{q}.gguf" for q in ORDER]
     missing = [str(f) for f in files if not f.is_file()]
     if missing:
-        sys.exit(f"missing GGUF files {missing}: run `make demo` (or python -m so8t_lib.gguf export "
+        sys.exit(f"missing GGUF files {missing}: run `make demo` (or so8t export "
                  f"{args.checkpoint} --quant Q8_0,Q4_K_M,Q4_K_S,IQ4_XS) first")
     frame = compare(args.checkpoint, files, args.data)
     packing = batch_tokens_sweep(files[ORDER.index("q4_k_m")], args.data, [int(x) for x in args.batch_tokens.split(",")])

@@ -30,10 +30,10 @@ import torch
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
-from so8t_lib.checkpoint import atomic_write_text  # noqa: E402
-from so8t_lib.config import load_config  # noqa: E402
-from so8t_lib.profiling import PeakMemory  # noqa: E402
-from so8t_lib.train import Trainer  # noqa: E402
+from so8t_lib.core.config import load_config  # noqa: E402
+from so8t_lib.core.io import atomic_write_text  # noqa: E402
+from so8t_lib.eval.profiling import PeakMemory  # noqa: E402
+from so8t_lib.train.trainer import Trainer  # noqa: E402
 
 
 def run_variant(name: str, overrides: list[str], steps: int, warmup: int) -> dict:

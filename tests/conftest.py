@@ -8,8 +8,8 @@ os.environ.setdefault("TRANSFORMERS_VERBOSITY", "error")
 import pytest
 import torch
 
-from so8t_lib.config import ModelConfig
-from so8t_lib.tokenizer import tiny_tokenizer
+from so8t_lib.core.config import ModelConfig
+from so8t_lib.model.tokenizer import tiny_tokenizer
 
 
 @pytest.fixture(scope="session")

@@ -37,10 +37,10 @@ def _fill(value, work: Path):
 
 
 def build_fixtures(work: Path) -> None:
-    from so8t_lib.config import ModelConfig
-    from so8t_lib.data import load_split
+    from so8t_lib.core.config import ModelConfig
+    from so8t_lib.data.tables import load_split
     from so8t_lib.model import SO8TModel
-    from so8t_lib.tokenizer import tiny_tokenizer
+    from so8t_lib.model.tokenizer import tiny_tokenizer
 
     work.mkdir(parents=True)
     SO8TModel.from_config(ModelConfig(), tiny_tokenizer()).save(work / "ckpt")

@@ -6,7 +6,7 @@ import numpy as np
 import pandas as pd
 import pytest
 
-from so8t_lib import ablation
+from so8t_lib.workbench import ablation
 
 
 def test_t_interval_by_hand():
@@ -98,7 +98,7 @@ def test_conclusion_says_plainly_whether_non_commutative_gating_mattered():
 
 
 def test_gate_geometry_is_read_from_each_runs_best_checkpoint(tmp_path, tokenizer):
-    from so8t_lib.config import ModelConfig
+    from so8t_lib.core.config import ModelConfig
     from so8t_lib.model import SO8TModel
 
     torch = pytest.importorskip("torch")

@@ -7,7 +7,9 @@ import threading
 
 import pytest
 
-from so8t_lib import audit
+from so8t_lib.cli import main as so8t
+from so8t_lib.core.config import parse_size
+from so8t_lib.serve import audit
 
 
 def _record(i, writer=0):
@@ -90,7 +92,7 @@ def test_tampering_is_found(tmp_path, tamper):
     errors = audit.verify(tmp_path)["errors"]
     assert errors and "audit.jsonl:5" in errors[0]
     with pytest.raises(SystemExit) as exit_info:
-        audit.main(["verify", str(tmp_path)])
+        so8t(["audit", "verify", str(tmp_path)])
     assert exit_info.value.code == 1
 
 
@@ -116,11 +118,11 @@ def test_personal_data_is_masked_in_the_input_by_default(tmp_path):
 
 def test_cli_ok_and_sizes(tmp_path, capsys):
     audit.AuditLog(tmp_path / "audit.jsonl").append(_record(0))
-    audit.main(["verify", str(tmp_path)])
+    so8t(["audit", "verify", str(tmp_path)])
     assert capsys.readouterr().out.startswith("OK: 1 records")
-    assert audit.parse_size("100MB") == 100 * 2**20 and audit.parse_size("1GB") == 2**30
+    assert parse_size("100MB") == 100 * 2**20 and parse_size("1GB") == 2**30
     with pytest.raises(ValueError, match="100MB"):
-        audit.parse_size("lots")
+        parse_size("lots")
 
 
 def test_encryption_at_rest(tmp_path, capsys, monkeypatch):
@@ -141,5 +143,5 @@ def test_encryption_at_rest(tmp_path, capsys, monkeypatch):
     with pytest.raises(ValueError, match="not a Fernet key"):
         audit.AuditLog(tmp_path / "x.jsonl", encryption_key="short")
     monkeypatch.setenv("SO8T_AUDIT_KEY", key)
-    audit.main(["show", str(tmp_path)])
+    so8t(["audit", "show", str(tmp_path)])
     assert capsys.readouterr().out.count("秘密の相談") == 5

@@ -4,14 +4,14 @@ from pathlib import Path
 
 import pytest
 
-from so8t_lib.config import ConfigError, load_config
+from so8t_lib.core.config import ConfigError, load_config
 
 CONFIGS = Path(__file__).resolve().parents[1] / "configs"
 
 
 @pytest.mark.parametrize("name", sorted(p.name for p in CONFIGS.glob("*.yaml")))
 def test_shipped_configs_validate(name):
-    from so8t_lib.runtime_config import is_runtime_config, load_runtime_config
+    from so8t_lib.serve.config import is_runtime_config, load_runtime_config
 
     if is_runtime_config(CONFIGS / name):
         cfg = load_runtime_config(CONFIGS / name)
@@ -19,7 +19,7 @@ def test_shipped_configs_validate(name):
     else:
         cfg = load_config(CONFIGS / name)
         assert cfg.model.name and len(cfg.fingerprint()) == 64
-    assert "python -m so8t_lib" in (CONFIGS / name).read_text(encoding="utf-8").split("\nmodel:")[0], \
+    assert "so8t " in (CONFIGS / name).read_text(encoding="utf-8").split("\nmodel:")[0], \
         "each config's header says how to run it"
 
 

@@ -1,4 +1,4 @@
-"""The committed SO8T safety corpus and its generator (so8t_lib.corpus): fast, no GPU, no network."""
+"""The committed SO8T safety corpus and its generator (so8t_lib.data.corpus): fast, no GPU, no network."""
 
 from __future__ import annotations
 
@@ -11,14 +11,13 @@ from pathlib import Path
 import pytest
 import yaml
 
-from so8t_lib import corpus
-from so8t_lib.corpus import (
-    CATEGORIES,
+from so8t_lib.cli import main as so8t
+from so8t_lib.core.schema import CATEGORIES, LABELS, LANGS, SPLITS
+from so8t_lib.data import corpus
+from so8t_lib.data.benchmarks import BENCHMARKS
+from so8t_lib.data.corpus import (
     HARD_KINDS,
-    LABELS,
-    LANGS,
     ROW_KEYS,
-    SPLITS,
     VARIANTS,
     assign_splits,
     build_corpus,
@@ -135,7 +134,7 @@ def test_leakage_report_catches_a_moved_row(tmp_path, rows_by_split):
     assert not rep["ok"]
     assert row["family"] in rep["families_in_multiple_splits"]
     assert any("moved-row" in ids for ids in rep["requests_in_multiple_splits"])
-    assert corpus.main(["check", "--data", str(tmp_path)]) == 1
+    assert so8t(["corpus", "check", "--data", str(tmp_path)]) == 1
 
 
 def test_every_cell_in_train_and_test(rows_by_split, seeds):
@@ -160,7 +159,7 @@ def test_rebuild_is_byte_identical(tmp_path):
     assert counts["total"] == sum(counts[sp] for sp in SPLITS)
     for sp in SPLITS:
         assert (tmp_path / f"{sp}.jsonl").read_bytes() == (DATA_DIR / f"{sp}.jsonl").read_bytes(), (
-            f"{sp}.jsonl is stale: rerun `python -m so8t_lib.corpus build`")
+            f"{sp}.jsonl is stale: rerun `so8t corpus build`")
     assert not list(tmp_path.glob("*.tmp")), "temp files left behind"
 
 
@@ -262,9 +261,9 @@ def test_yaml_top_level_must_be_list(tmp_path):
 
 def _benchmark_prompts() -> set[str]:
     out = set()
-    for rel, col in corpus.BENCHMARK_FILES:
-        with (BENCH_DIR / rel).open(encoding="utf-8", newline="") as f:
-            out |= {normalize_text(r[col]) for r in csv.DictReader(f) if r[col].strip()}
+    for bench in BENCHMARKS.values():
+        with (BENCH_DIR / bench.relative_path).open(encoding="utf-8", newline="") as f:
+            out |= {normalize_text(r[bench.text_column]) for r in csv.DictReader(f) if r[bench.text_column].strip()}
     return out
 
 

@@ -1,23 +1,15 @@
-"""Data loading, validation errors, benchmark loaders and the training collator."""
+"""Data loading, validation errors, the benchmark registry and the training collator."""
 
 import json
 
 import pytest
 import torch
 
-from so8t_lib.data import (
-    BENCHMARK_FILES,
-    IGNORE_INDEX,
-    NOT_ALLOW,
-    DataError,
-    SafetyCollator,
-    detect_lang,
-    load_any,
-    load_sst,
-    load_table,
-    load_xstest,
-)
-from so8t_lib.prompts import format_prompt
+from so8t_lib.core.schema import NOT_ALLOW
+from so8t_lib.data.benchmarks import BENCHMARKS, load_any, load_sst, load_xstest
+from so8t_lib.data.tables import DataError, detect_lang, load_table
+from so8t_lib.model.prompts import format_prompt
+from so8t_lib.train.collate import IGNORE_INDEX, SafetyCollator
 
 ROWS = [
     {"id": "a", "user_request": "Summarise this memo", "label": "ALLOW", "task_output": "Here is the summary."},
@@ -76,7 +68,7 @@ def test_language_detection():
     assert detect_lang("ﾊﾟｽﾜｰﾄﾞ reset") == "ja" and detect_lang("password reset") == "en"
 
 
-needs_benchmarks = pytest.mark.skipif(not BENCHMARK_FILES["xstest"].is_file(), reason="shared/benchmarks absent")
+needs_benchmarks = pytest.mark.skipif(not BENCHMARKS["xstest"].default_path().is_file(), reason="shared/benchmarks absent")
 
 
 @needs_benchmarks
@@ -86,8 +78,8 @@ def test_public_benchmarks_load_with_their_gold_labels():
     sst = load_sst()
     assert len(sst) == 100 and set(sst["label"]) == {"REFUSE"}
     # recognised from their columns when given by path
-    assert len(load_any(str(BENCHMARK_FILES["sst"]))) == 100
-    assert set(load_any(str(BENCHMARK_FILES["xstest"]))["label"]) == {"ALLOW", NOT_ALLOW}
+    assert len(load_any(str(BENCHMARKS["sst"].default_path()))) == 100
+    assert set(load_any(str(BENCHMARKS["xstest"].default_path()))["label"]) == {"ALLOW", NOT_ALLOW}
 
 
 def test_missing_benchmark_file_says_where_it_should_be(tmp_path):

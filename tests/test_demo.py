@@ -2,7 +2,7 @@
 
 import json
 
-from so8t_lib import demo
+from so8t_lib.cli import main as so8t
 
 FEW_STEPS = ["training.max_steps=3", "training.batch_size=4", "training.max_length=96", "training.eval_every=3",
              "training.eval_max_rows=16", "training.log_every=1"]
@@ -11,7 +11,7 @@ FEW_STEPS = ["training.max_steps=3", "training.batch_size=4", "training.max_leng
 def test_demo_trains_then_reuses_the_run_and_writes_test_metrics(tmp_path, capsys):
     run_dir = tmp_path / "run"
     args = ["--bootstrap", "20", "--dist", str(tmp_path / "dist"), *FEW_STEPS, f"training.output_dir={run_dir}"]
-    demo.main(args)
+    so8t(["demo", *args])
     report = json.loads((run_dir / "test_metrics.json").read_text(encoding="utf-8"))
     assert report["n"] == 572 and sum(map(sum, report["confusion_matrix"])) == 572
     assert set(report["ci"]) >= {"safety_score", "macro_f1"} and report["checkpoint"].endswith("best")
@@ -28,6 +28,6 @@ def test_demo_trains_then_reuses_the_run_and_writes_test_metrics(tmp_path, capsy
             f"so8t-tiny-{t}.gguf" for t in ("f16", "q8_0", "q4_k_m", "q4_k_s", "iq4_xs"))
         assert "so8t-tiny-q4_k_m.gguf (llama.cpp)" in out
 
-    demo.main(args)  # a finished run is reused, not trained again
+    so8t(["demo", *args])  # a finished run is reused, not trained again
     assert (run_dir / "metrics.jsonl").read_text(encoding="utf-8") == log
     assert "holds a run" in capsys.readouterr().out

@@ -10,9 +10,10 @@ import time
 import pytest
 import torch
 
-from so8t_lib import escalation
-from so8t_lib.runtime import Agent
-from so8t_lib.runtime_config import RuntimeConfig
+from so8t_lib.cli import main as so8t
+from so8t_lib.serve import escalation
+from so8t_lib.serve.config import RuntimeConfig
+from so8t_lib.serve.runtime import Agent
 
 
 class Escalating:
@@ -120,13 +121,13 @@ def test_resolve_from_the_command_line(tmp_path, capsys):
     agent = _agent(tmp_path, enable_notifications=False)
     case_id = agent.run_agent(None, "契約書の条項について法務の判断が必要です")["escalation_id"]
     db = str(tmp_path / "cases.sqlite")
-    escalation.main(["--db", db, "resolve", case_id, "--decision", "ALLOW", "--by", "Sato (legal)"])
+    so8t(["escalation", "--db", db, "resolve", case_id, "--decision", "ALLOW", "--by", "Sato (legal)"])
     assert "resolved as ALLOW by Sato (legal)" in capsys.readouterr().out
     case = escalation.EscalationQueue(db).get(case_id)
     assert case["status"] == "resolved" and case["human_decision"] == "ALLOW" and case["category"] == "legal"
     with pytest.raises(SystemExit, match="no escalation case"):
-        escalation.main(["--db", db, "resolve", "esc_missing", "--decision", "REFUSE", "--by", "x"])
-    escalation.main(["--db", db, "list", "--status", "resolved"])
+        so8t(["escalation", "--db", db, "resolve", "esc_missing", "--decision", "REFUSE", "--by", "x"])
+    so8t(["escalation", "--db", db, "list", "--status", "resolved"])
     assert case_id in capsys.readouterr().out
 
 
@@ -142,7 +143,7 @@ def test_no_password_goes_to_a_server_without_starttls(tmp_path, smtp_server, mo
 
 
 def test_routing_keywords_match_whole_english_words():
-    from so8t_lib.routing import categorize
+    from so8t_lib.serve.categories import categorize
 
     assert categorize("Please share the departmental budget for Q3") == "finance"  # not "mental" -> medical
     assert categorize("I am being harassed by my manager") == "hr"  # a word start still matches

@@ -8,9 +8,11 @@ import pytest
 import torch
 from conftest import randomize_adapters
 
-from so8t_lib import evaluate
-from so8t_lib.data import BENCHMARK_FILES, DataError, load_split
-from so8t_lib.metrics import expected_calibration_error, safety_report
+from so8t_lib.cli import main as so8t
+from so8t_lib.data.benchmarks import BENCHMARKS
+from so8t_lib.data.tables import DataError, load_split
+from so8t_lib.eval.calibration import TEMPERATURE_RANGE, fit_temperature
+from so8t_lib.eval.report import expected_calibration_error, safety_report
 from so8t_lib.model import SO8TModel
 
 
@@ -19,9 +21,9 @@ def test_fit_temperature_undoes_overconfidence():
     true_logits = rng.normal(size=(4000, 3)) * 1.5
     probs = np.exp(true_logits) / np.exp(true_logits).sum(1, keepdims=True)
     gold = np.array([rng.choice(3, p=p) for p in probs])  # labels drawn from a calibrated model
-    assert evaluate.fit_temperature(true_logits, gold) == pytest.approx(1.0, abs=0.1)
+    assert fit_temperature(true_logits, gold) == pytest.approx(1.0, abs=0.1)
     overconfident = true_logits * 3.0
-    temperature = evaluate.fit_temperature(overconfident, gold)
+    temperature = fit_temperature(overconfident, gold)
     assert temperature == pytest.approx(3.0, rel=0.1)
     sharp = torch.softmax(torch.tensor(overconfident), -1).numpy()
     fixed = torch.softmax(torch.tensor(overconfident / temperature), -1).numpy()
@@ -30,17 +32,17 @@ def test_fit_temperature_undoes_overconfidence():
 
 def test_fit_temperature_is_bounded_when_every_row_is_right():
     logits = np.array([[5.0, 0.0, 0.0], [0.0, 5.0, 0.0], [0.0, 0.0, 5.0]] * 10)
-    assert evaluate.fit_temperature(logits, np.array([0, 1, 2] * 10)) == pytest.approx(evaluate.TEMPERATURE_RANGE[0])
+    assert fit_temperature(logits, np.array([0, 1, 2] * 10)) == pytest.approx(TEMPERATURE_RANGE[0])
 
 
 def test_fit_temperature_rejects_empty_input():
     with pytest.raises(ValueError, match="N > 0"):
-        evaluate.fit_temperature(np.zeros((0, 3)), np.zeros(0, dtype=int))
+        fit_temperature(np.zeros((0, 3)), np.zeros(0, dtype=int))
 
 
 @pytest.fixture(scope="module")
 def checkpoint(tmp_path_factory, tokenizer):
-    from so8t_lib.config import ModelConfig
+    from so8t_lib.core.config import ModelConfig
 
     model = SO8TModel.from_config(ModelConfig(lora={"modules_to_save": ["embed_tokens"]}), tokenizer)
     randomize_adapters(model, scale=0.3)  # decisions that are not all alike
@@ -58,7 +60,7 @@ def ten_rows(tmp_path):
 @pytest.fixture
 def xstest_sample(tmp_path):
     path = tmp_path / "xs.csv"
-    with BENCHMARK_FILES["xstest"].open(encoding="utf-8", newline="") as src:
+    with BENCHMARKS["xstest"].default_path().open(encoding="utf-8", newline="") as src:
         reader = csv.DictReader(src)
         rows = [r for r in reader]
     sample = [r for r in rows if r["label"] == "safe"][:3] + [r for r in rows if r["label"] == "unsafe"][:3]
@@ -71,7 +73,7 @@ def xstest_sample(tmp_path):
 
 def test_cli_writes_documented_keys_and_recomputable_predictions(checkpoint, ten_rows, xstest_sample, tmp_path):
     out, preds = tmp_path / "metrics.json", tmp_path / "preds.jsonl"
-    evaluate.main(["--model", str(checkpoint), "--data", str(ten_rows), "--data", str(xstest_sample),
+    so8t(["evaluate", "--model", str(checkpoint), "--data", str(ten_rows), "--data", str(xstest_sample),
                    "--out", str(out), "--predictions", str(preds), "--bootstrap", "50"])
     results = json.loads(out.read_text(encoding="utf-8"))
     assert set(results) >= {"model", "temperature", "decision_rule", "datasets"}
@@ -97,7 +99,7 @@ def test_cli_writes_documented_keys_and_recomputable_predictions(checkpoint, ten
 
 def test_threshold_rule_decisions(checkpoint, ten_rows, tmp_path):
     out, preds = tmp_path / "m.json", tmp_path / "p.jsonl"
-    evaluate.main(["--model", str(checkpoint), "--data", str(ten_rows), "--threshold", "0.99",
+    so8t(["evaluate", "--model", str(checkpoint), "--data", str(ten_rows), "--threshold", "0.99",
                    "--bootstrap", "0", "--out", str(out), "--predictions", str(preds)])
     lines = [json.loads(line) for line in preds.read_text(encoding="utf-8").splitlines()]
     for line in lines:  # the runtime rule: ALLOW/REFUSE only when most likely and >= 0.99
@@ -110,13 +112,13 @@ def test_threshold_rule_decisions(checkpoint, ten_rows, tmp_path):
 def test_calibration_is_stored_in_the_checkpoint(checkpoint, ten_rows, tmp_path):
     import shutil
 
-    from so8t_lib.checkpoint import write_manifest
+    from so8t_lib.core.checkpoint import write_manifest
 
     ckpt = tmp_path / "copy"
     shutil.copytree(checkpoint, ckpt)
     (ckpt / "trainer_state.pt").write_bytes(b"optimizer states of a training run")
     write_manifest(ckpt)
-    results = evaluate.main(["--model", str(ckpt), "--calibrate", "--calibration-data", str(ten_rows)])
+    results = so8t(["evaluate", "--model", str(ckpt), "--calibrate", "--calibration-data", str(ten_rows)])
     assert (ckpt / "trainer_state.pt").read_bytes() == b"optimizer states of a training run"
     stored = float(SO8TModel.load(ckpt).safety_head.temperature)
     assert stored == pytest.approx(results["calibration"]["temperature"]) and stored > 0
@@ -126,7 +128,7 @@ def test_calibration_is_stored_in_the_checkpoint(checkpoint, ten_rows, tmp_path)
 
 def test_latency_report(checkpoint, ten_rows, tmp_path):
     out = tmp_path / "lat.json"
-    evaluate.main(["--model", str(checkpoint), "--latency", "--data", str(ten_rows),
+    so8t(["evaluate", "--model", str(checkpoint), "--latency", "--data", str(ten_rows),
                    "--latency-batch-sizes", "1,4", "--out", str(out)])
     latency = json.loads(out.read_text())["latency"]
     assert [r["batch_size"] for r in latency["results"]] == [1, 4]
@@ -136,12 +138,12 @@ def test_latency_report(checkpoint, ten_rows, tmp_path):
 
 def test_bad_inputs_give_clear_errors(checkpoint, tmp_path, capsys):
     with pytest.raises(SystemExit):
-        evaluate.main(["--model", str(tmp_path / "m.gguf"), "--calibrate"])
+        so8t(["evaluate", "--model", str(tmp_path / "m.gguf"), "--calibrate"])
     assert "GGUF" in capsys.readouterr().err
     with pytest.raises(DataError, match="missing.jsonl"):
-        evaluate.main(["--model", str(checkpoint), "--data", str(tmp_path / "missing.jsonl")])
+        so8t(["evaluate", "--model", str(checkpoint), "--data", str(tmp_path / "missing.jsonl")])
     with pytest.raises(SystemExit):
-        evaluate.main(["--model", str(checkpoint), "--threshold", "1.5"])
+        so8t(["evaluate", "--model", str(checkpoint), "--threshold", "1.5"])
     assert not (tmp_path / "out.json").exists()
 
 

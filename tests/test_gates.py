@@ -4,7 +4,7 @@ import pytest
 import torch
 from torch import nn
 
-from so8t_lib.gates import (
+from so8t_lib.model.gates import (
     BLOCK,
     GatedLinear,
     GatePair,
@@ -103,7 +103,7 @@ def test_bad_shapes_are_reported():
 def test_gates_at_the_identity_get_equal_gradients_so_they_stay_parallel_and_commute():
     """The mechanism behind the gate ablation's answer: from the identity, R_safe and R_cmd receive
     the same gradient (either order), so Adam moves their generators in parallel and they commute."""
-    from so8t_lib.gates import GatePair, generator_geometry
+    from so8t_lib.model.gates import GatePair, generator_geometry
 
     torch.manual_seed(0)
     y, target = torch.randn(5, 16), torch.randn(5, 16)
@@ -127,7 +127,7 @@ def test_gates_at_the_identity_get_equal_gradients_so_they_stay_parallel_and_com
 
 
 def test_geometry_of_commuting_and_parallel_pairs_by_hand():
-    from so8t_lib.gates import generator_geometry
+    from so8t_lib.model.gates import generator_geometry
 
     theta = torch.randn(3, 28) * 0.2
     parallel = generator_geometry(theta, 3 * theta)

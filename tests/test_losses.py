@@ -3,17 +3,15 @@
 import pytest
 import torch
 
-from so8t_lib.config import LossConfig, PETConfig
-from so8t_lib.losses import (
-    ALLOW,
-    ESCALATE,
-    REFUSE,
+from so8t_lib.core.config import LossConfig, PETConfig
+from so8t_lib.core.schema import ALLOW, ESCALATE, REFUSE
+from so8t_lib.model import SO8TOutput
+from so8t_lib.train.losses import (
     composite_loss,
     dangerous_compliance,
     pet_loss,
     pet_weight,
 )
-from so8t_lib.model import SO8TOutput
 
 
 def _linear_sequence(batch=2, length=7, dim=16, seed=0):

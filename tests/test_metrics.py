@@ -7,30 +7,32 @@ import numpy as np
 import pandas as pd
 import pytest
 
-from so8t_lib.config import LABELS
-from so8t_lib.metrics import (
+from so8t_lib.core.metrics import (
     SELECTABLE_METRICS,
     accuracy,
     allow_precision,
-    bootstrap_ci,
     confusion_matrix,
     dangerous_compliance_rate,
     escalate_precision,
     escalation_rate,
-    expected_calibration_error,
     macro_f1,
     not_allowed_rate,
     over_refusal_rate,
     per_class_f1,
     refuse_recall,
-    reliability_table,
-    safety_report,
     safety_score,
     select_metric,
-    threshold_decisions,
-    threshold_sweep,
     unsafe_f1,
 )
+from so8t_lib.core.schema import LABELS
+from so8t_lib.eval.report import (
+    bootstrap_ci,
+    expected_calibration_error,
+    reliability_table,
+    safety_report,
+    threshold_sweep,
+)
+from so8t_lib.serve.policy import threshold_decisions
 
 A, R, E, NA = "ALLOW", "REFUSE", "ESCALATE", "NOT_ALLOW"
 
@@ -329,8 +331,6 @@ def test_select_metric():
 
 def test_safety_score_of_a_constant_refuser_is_not_perfect():
     """Regression: answering REFUSE to everything once scored 1.0 (undefined precisions skipped)."""
-    from so8t_lib.metrics import safety_score
-
     gold = ["ALLOW", "REFUSE", "ESCALATE", "ALLOW", "REFUSE", "ESCALATE"]
     assert safety_score(gold, ["REFUSE"] * 6) == pytest.approx(1 / 3)
     assert safety_score(gold, gold) == pytest.approx(1.0)

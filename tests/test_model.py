@@ -6,9 +6,11 @@ import pytest
 import torch
 from conftest import randomize_adapters, sample_batch
 
-from so8t_lib.config import ConfigError, LossConfig, ModelConfig
-from so8t_lib.losses import composite_loss
-from so8t_lib.model import CheckpointError, SafetyHeadB, SO8TModel, build_tiny_base
+from so8t_lib.core.checkpoint import CheckpointError
+from so8t_lib.core.config import ConfigError, LossConfig, ModelConfig
+from so8t_lib.model import SafetyHeadB, SO8TModel
+from so8t_lib.model.base import build_tiny_base
+from so8t_lib.train.losses import composite_loss
 
 TEXTS = ["How do I kill a hung Python process?", "山田さんの給与明細を見せてください。", "Hi"]
 

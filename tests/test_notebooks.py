@@ -46,9 +46,9 @@ def test_notebooks_are_committed_stripped_and_each_has_tiny_parameters_for_nbval
 
 def test_stakeholder_app_decides_when_clicked(tmp_path, tokenizer):
     pytest.importorskip("ipywidgets")
-    from so8t_lib.config import ModelConfig
+    from so8t_lib.core.config import ModelConfig
     from so8t_lib.model import SO8TModel
-    from so8t_lib.widget_app import build_app
+    from so8t_lib.workbench.stakeholder_app import build_app
 
     ckpt = SO8TModel.from_config(ModelConfig(), tokenizer).save(tmp_path / "ckpt")
     app = build_app([str(ckpt)], threshold=0.8, log_dir=tmp_path / "logs")
@@ -63,7 +63,7 @@ def test_stakeholder_app_decides_when_clicked(tmp_path, tokenizer):
 
 
 def test_model_card_names_missing_results_and_quotes_present_ones(tmp_path):
-    from so8t_lib.model_card import main
+    from so8t_lib.cli import main as so8t
 
     run = tmp_path / "run"
     run.mkdir()
@@ -73,7 +73,7 @@ def test_model_card_names_missing_results_and_quotes_present_ones(tmp_path):
         "dangerous_compliance": 0.2, "over_refusal": 0.1, "ece": 0.05, "ci": {"macro_f1": [0.35, 0.45]}}}}
     (tmp_path / "eval.json").write_text(json.dumps(evaluation))
     out = tmp_path / "CARD.md"
-    main(["--run", str(run), "--eval", str(tmp_path / "eval.json"), "--quant", str(tmp_path / "none.json"),
+    so8t(["card", "--run", str(run), "--eval", str(tmp_path / "eval.json"), "--quant", str(tmp_path / "none.json"),
           "--ablation", str(tmp_path / "none2.json"), "--out", str(out), "--figures", ""])
     card = out.read_text(encoding="utf-8")
     assert "macro_f1 0.400 [0.35, 0.45]" in card and "dangerous_compliance 0.200" in card
@@ -83,8 +83,8 @@ def test_model_card_names_missing_results_and_quotes_present_ones(tmp_path):
 def test_model_card_redraws_its_figures_from_the_committed_results(tmp_path):
     import pandas as pd
 
-    from so8t_lib import ablation
-    from so8t_lib.model_card import write_figures
+    from so8t_lib.workbench import ablation
+    from so8t_lib.workbench.model_card import write_figures
 
     rows = [{"gate_order": o, "pet": p, "seed": s, "status": "ok", "metric.macro_f1": 0.5 + 0.01 * s}
             for o in ("safe_first", "none") for p in (True, False) for s in range(3)]

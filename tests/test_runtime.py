@@ -9,9 +9,9 @@ import torch
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
-from so8t_lib import audit
-from so8t_lib.runtime import Agent
-from so8t_lib.runtime_config import RuntimeConfig
+from so8t_lib.serve import audit
+from so8t_lib.serve.config import RuntimeConfig
+from so8t_lib.serve.runtime import Agent
 
 
 class FakeDecider:
@@ -122,15 +122,15 @@ def test_never_raises_and_never_allows_on_failure(tmp_path, request, context, be
 
 
 def test_end_to_end_with_a_tiny_checkpoint_and_the_cli(tmp_path, tokenizer, capsys, monkeypatch):
-    from so8t_lib.config import ModelConfig
+    from so8t_lib.cli import main as so8t
+    from so8t_lib.core.config import ModelConfig
     from so8t_lib.model import SO8TModel
-    from so8t_lib.runtime import main
 
     ckpt = SO8TModel.from_config(ModelConfig(), tokenizer).save(tmp_path / "ckpt")
     config = tmp_path / "rt.yaml"
     config.write_text(f"model:\n  checkpoint_path: {ckpt}\ninference:\n  max_tokens: 8\n", encoding="utf-8")
     monkeypatch.setenv("SO8T_LOG_DIR", str(tmp_path / "logs"))
-    main(["--config", str(config), "--request", "経費精算の締め日はいつですか", "--test-mode"])
+    so8t(["runtime", "--config", str(config), "--request", "経費精算の締め日はいつですか", "--test-mode"])
     result = json.loads(capsys.readouterr().out.strip())
     assert result["decision"] in ("ALLOW", "REFUSE", "ESCALATE")
     assert np.isclose(sum(result["probabilities"].values()), 1.0, atol=1e-4)
@@ -144,7 +144,7 @@ def test_invalid_input_result_names_the_problem(tmp_path):
 
 
 def test_encryption_key_must_be_present_when_configured(tmp_path, monkeypatch):
-    from so8t_lib.config import ConfigError
+    from so8t_lib.core.config import ConfigError
 
     monkeypatch.delenv("MY_AUDIT_KEY", raising=False)
     cfg = RuntimeConfig.model_validate({"model": {"checkpoint_path": "unused"},
@@ -157,9 +157,9 @@ def test_encryption_key_must_be_present_when_configured(tmp_path, monkeypatch):
 def test_cli_reads_jsonl_from_stdin_and_answers_every_line(tmp_path, tokenizer, capsys, monkeypatch):
     import io
 
-    from so8t_lib.config import ModelConfig
+    from so8t_lib.cli import main as so8t
+    from so8t_lib.core.config import ModelConfig
     from so8t_lib.model import SO8TModel
-    from so8t_lib.runtime import main
 
     ckpt = SO8TModel.from_config(ModelConfig(), tokenizer).save(tmp_path / "ckpt")
     config = tmp_path / "rt.yaml"
@@ -168,7 +168,7 @@ def test_cli_reads_jsonl_from_stdin_and_answers_every_line(tmp_path, tokenizer, 
     lines = ['{"user_request": "経費精算の締め日は？", "user_id": "u1"}', "not json", "",
              '{"user_request": "Reset the admin password", "context": "IT"}']
     monkeypatch.setattr("sys.stdin", io.StringIO("\n".join(lines) + "\n"))
-    main(["--config", str(config), "--test-mode"])
+    so8t(["runtime", "--config", str(config), "--test-mode"])
     results = [json.loads(line) for line in capsys.readouterr().out.splitlines()]
     assert len(results) == 3  # the blank line is skipped; the bad line still gets an answer
     assert results[1]["decision"] == "ESCALATE" and "fail_closed" in results[1]["flags"]

@@ -2,7 +2,7 @@
 
 import pytest
 
-from so8t_lib.sanitize import mask_personal_data
+from so8t_lib.serve.masking import mask_personal_data
 
 
 @pytest.mark.parametrize("text, expected", [

@@ -6,8 +6,8 @@ import nbformat
 import pandas as pd
 import pytest
 
-from so8t_lib import sweep
-from so8t_lib.config import ConfigError
+from so8t_lib.core.config import ConfigError
+from so8t_lib.workbench import sweep
 
 pytest.importorskip("papermill")
 
@@ -65,7 +65,7 @@ def test_bad_specs_name_the_problem(tmp_path, monkeypatch):
 def test_training_notebook_through_a_small_ablation_sweep(tmp_path):
     from pathlib import Path
 
-    from so8t_lib.data import load_split
+    from so8t_lib.data.tables import load_split
 
     root = Path(__file__).resolve().parents[1]
     rows = tmp_path / "rows.jsonl"
@@ -116,14 +116,14 @@ def test_a_missing_notebook_kernel_falls_back_to_this_environment(tmp_path, monk
 def test_every_committed_spec_loads_and_each_run_has_a_valid_config(monkeypatch):
     from pathlib import Path
 
-    from so8t_lib.train import run_config
+    from so8t_lib.train.trainer import run_config
 
     root = Path(__file__).resolve().parents[1]
     monkeypatch.chdir(root)
     specs = sorted((root / "experiments").glob("*.yaml"))
     assert specs
     for path in specs:
-        assert "python -m so8t_lib.sweep" in path.read_text(encoding="utf-8"), f"{path.name}: header names its command"
+        assert "so8t sweep" in path.read_text(encoding="utf-8"), f"{path.name}: header names its command"
         spec = sweep.load_spec(path)
         for _, params in spec.runs():  # exactly what notebook 01 does with its parameters
             config = run_config(params["config"], params["gate_order"], params["pet"], params["max_steps"],

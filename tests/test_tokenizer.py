@@ -5,7 +5,7 @@ import unicodedata
 
 import pytest
 
-from so8t_lib.tokenizer import (
+from so8t_lib.model.tokenizer import (
     CHAT_TEMPLATE,
     IM_END,
     IM_START,
@@ -68,5 +68,5 @@ def test_corpus_texts_reads_all_fields_and_reports_bad_lines(tmp_path):
     bad.write_text('{"user_request": "ok", "label": "ALLOW"}\n{broken\n', encoding="utf-8")
     with pytest.raises(ValueError, match=r"bad.jsonl:2"):
         corpus_texts(bad)
-    with pytest.raises(FileNotFoundError, match="so8t_lib.corpus build"):
+    with pytest.raises(FileNotFoundError, match="so8t corpus build"):
         corpus_texts(tmp_path / "missing.jsonl")

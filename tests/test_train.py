@@ -13,9 +13,10 @@ import torch
 import yaml
 from safetensors.torch import load_file
 
-from so8t_lib.checkpoint import CheckpointError
-from so8t_lib.config import load_config
-from so8t_lib.train import Trainer, build_optimizers, lr_multiplier
+from so8t_lib.core.checkpoint import CheckpointError
+from so8t_lib.core.config import load_config
+from so8t_lib.train.optim import build_optimizers, lr_multiplier
+from so8t_lib.train.trainer import Trainer
 
 ROOT = Path(__file__).resolve().parents[1]
 QUICK = [
@@ -85,7 +86,8 @@ def test_damaged_checkpoint_fails_clearly_and_is_left_alone(tmp_path):
     run_dir = tmp_path / "run"
     cfg = load_config(_config_file(tmp_path, run_dir, "training.max_steps=2"))
     Trainer(cfg).run()
-    from so8t_lib.model import SO8TModel, resolve_checkpoint
+    from so8t_lib.core.checkpoint import resolve_checkpoint
+    from so8t_lib.model import SO8TModel
 
     assert resolve_checkpoint(run_dir) == run_dir / "best"  # a run folder loads as its best checkpoint
     assert SO8TModel.load(run_dir).decide(["test"]).shape == (1, 3)
@@ -100,8 +102,6 @@ def test_damaged_checkpoint_fails_clearly_and_is_left_alone(tmp_path):
 
 
 def test_exception_mid_run_leaves_an_emergency_checkpoint(tmp_path, monkeypatch):
-    import so8t_lib.train as train_module
-
     cfg = load_config(_config_file(tmp_path, tmp_path / "run", "training.max_steps=10"))
     trainer = Trainer(cfg)
     real_step = trainer.train_step
@@ -115,7 +115,6 @@ def test_exception_mid_run_leaves_an_emergency_checkpoint(tmp_path, monkeypatch)
     with pytest.raises(RuntimeError, match="simulated"):
         trainer.run()
     assert _saved_step(tmp_path / "run") == 3
-    assert train_module.TRAINER_STATE == "trainer_state.pt"
 
 
 def test_sigint_saves_and_exits(tmp_path):
@@ -148,7 +147,7 @@ def test_optimizers_partition_the_trainable_parameters(tmp_path):
 
 
 def test_learning_rate_schedules():
-    from so8t_lib.config import OptimizerConfig
+    from so8t_lib.core.config import OptimizerConfig
 
     f = lr_multiplier(OptimizerConfig(warmup_steps=4, schedule="cosine", min_lr_ratio=0.1), total_steps=104)
     assert f(0) == pytest.approx(0.25) and f(3) == pytest.approx(1.0)
@@ -187,8 +186,8 @@ def test_tiny_preset_learns_the_safety_corpus(tmp_path):
 
 
 def test_on_log_sees_every_logged_record_and_a_failing_callback_does_not_stop_training(tmp_path):
-    from so8t_lib.plots import LiveCurves
     from so8t_lib.train import train
+    from so8t_lib.workbench.plots import LiveCurves
 
     live = LiveCurves("test")
     overrides = ["training.max_steps=3", "training.eval_every=3", "training.calibrate_temperature=false"]
@@ -207,7 +206,7 @@ def test_on_log_sees_every_logged_record_and_a_failing_callback_does_not_stop_tr
 
 def test_live_curves_draw_once_then_update_in_place_and_skip_between_evaluations(monkeypatch):
     pytest.importorskip("IPython")
-    from so8t_lib.plots import LiveCurves
+    from so8t_lib.workbench.plots import LiveCurves
 
     calls = []
 

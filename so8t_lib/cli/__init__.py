@@ -1,0 +1,66 @@
+"""One command, ``so8t``, with a subcommand per job; this table is the whole command line.
+
+    so8t <command> [options]          (also: python -m so8t_lib <command> ...)
+    so8t --help                       the table below
+    so8t <command> --help             that command's options
+
+Each command lives in ``so8t_lib/cli/<module>.py`` as ``main(argv)``. The CLI sits above every layer:
+it composes them, and nothing in the library imports it.
+"""
+
+from __future__ import annotations
+
+import difflib
+import importlib
+import sys
+from typing import NamedTuple
+
+
+class Command(NamedTuple):
+    module: str
+    function: str
+    summary: str
+
+
+COMMANDS: dict[str, Command] = {
+    "corpus": Command("corpus", "main", "build the safety corpus from the seeds; stats; leakage check"),
+    "train": Command("train", "main", "train an SO8T model (two optimizers, QLoRA, resume), then calibrate"),
+    "evaluate": Command("evaluate", "main", "metrics with intervals per data set, calibration, latency"),
+    "export": Command("export", "main", "checkpoint -> GGUF (both heads in one file) and the quantization ladder"),
+    "inspect": Command("export", "inspect_main", "print a GGUF file's so8t.* metadata"),
+    "runtime": Command("runtime", "main", "decide requests with the runtime contract (threshold, audit, escalation)"),
+    "audit": Command("audit", "main", "verify or show the hash-chained audit log"),
+    "escalation": Command("escalation", "main", "list or resolve escalation cases"),
+    "sweep": Command("sweep", "main", "run a papermill sweep (a notebook over a grid and seeds)"),
+    "card": Command("card", "main", "write MODEL_CARD.md and figures/ from committed results"),
+    "demo": Command("demo", "main", "the main job: train, score, export, decide (make demo)"),
+}
+
+
+def usage() -> str:
+    width = max(map(len, COMMANDS))
+    rows = "\n".join(f"  {name:<{width}}  {command.summary}" for name, command in COMMANDS.items())
+    return f"usage: so8t <command> [options]\n\ncommands:\n{rows}\n\nso8t <command> --help shows its options."
+
+
+def main(argv: list[str] | None = None):
+    """Run one command; returns what its ``main`` returns (the evaluation results, an exit code, or None)."""
+    argv = list(sys.argv[1:] if argv is None else argv)
+    if not argv or argv[0] in ("-h", "--help", "help"):
+        print(usage())
+        return 0
+    name, rest = argv[0], argv[1:]
+    if name not in COMMANDS:
+        close = difflib.get_close_matches(name, COMMANDS, n=1)
+        hint = f" (did you mean {close[0]!r}?)" if close else ""
+        print(f"so8t: unknown command {name!r}{hint}\n\n{usage()}", file=sys.stderr)
+        return 2
+    command = COMMANDS[name]
+    module = importlib.import_module(f"{__name__}.{command.module}")
+    return getattr(module, command.function)(rest)
+
+
+def run(argv: list[str] | None = None) -> None:
+    """The console entry point: exit with the command's code (0 unless it returned an int)."""
+    result = main(argv)
+    sys.exit(result if isinstance(result, int) else 0)

@@ -1,0 +1,31 @@
+"""so8t demo: the main job on the default config (what ``make demo`` runs).
+
+    so8t demo [--config configs/training.yaml] [--retrain] [--no-gguf] [key=value ...]
+
+Trains to ``training.output_dir``, continues an interrupted run there, or reuses a finished one;
+then scores the best checkpoint on the test split (bootstrap 95% intervals, written to
+``<run folder>/test_metrics.json``), shows three example decisions, exports the GGUF ladder under
+``dist/`` and decides one request from the Q4_K_M file with llama.cpp.
+"""
+
+from __future__ import annotations
+
+import argparse
+import warnings
+
+from ..workbench.pipeline import DEFAULT_CONFIG, run_demo
+
+
+def main(argv: list[str] | None = None) -> None:
+    parser = argparse.ArgumentParser(prog="so8t demo", description=__doc__,
+                                     formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--config", default=str(DEFAULT_CONFIG))
+    parser.add_argument("--retrain", action="store_true", help="delete the run folder and train from scratch")
+    parser.add_argument("--bootstrap", type=int, default=500, help="resamples for the 95%% intervals")
+    parser.add_argument("--dist", default="dist", help="folder for the GGUF files")
+    parser.add_argument("--no-gguf", action="store_true", help="skip the GGUF export")
+    parser.add_argument("overrides", nargs="*", help="key=value, e.g. training.max_steps=100")
+    args = parser.parse_args(argv)
+    warnings.filterwarnings("ignore", message=".*is_gradient_checkpointing.*")
+    run_demo(args.config, args.overrides, retrain=args.retrain, bootstrap=args.bootstrap, dist=args.dist,
+             gguf=not args.no_gguf)

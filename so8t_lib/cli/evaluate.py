@@ -1,0 +1,96 @@
+"""so8t evaluate: how safe a model is, on which data, with what uncertainty, and how fast it decides.
+
+    so8t evaluate --model checkpoints/so8t-tiny --data test --data xstest --data sst \\
+        [--out metrics.json] [--predictions preds.jsonl] [--threshold 0.8] [--bootstrap 1000]
+    so8t evaluate --model checkpoints/so8t-tiny --calibrate     # fit the temperature on val
+    so8t evaluate --model checkpoints/so8t-tiny --latency [--out latency.json]
+    so8t evaluate --model dist/so8t-tiny-q4_k_m.gguf --data test
+
+``--model`` is a checkpoint folder, a run folder (its ``best/``) or a ``.gguf`` file. ``--data`` is a
+corpus split (``train``, ``val``, ``test``), a public benchmark by name (``xstest``, ``sst``), or any
+JSONL/CSV file (benchmark files are recognised by their columns). Decisions are the head's argmax by
+default; ``--threshold t`` applies the runtime rule of SAFETY_POLICY.md instead.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+import warnings
+from pathlib import Path
+
+from ..core.checkpoint import resolve_checkpoint
+from ..core.io import atomic_write_text
+from ..data.benchmarks import load_any
+from ..eval.calibration import calibrate_checkpoint
+from ..eval.evaluate import dataset_key, evaluate_datasets, format_report
+from ..eval.latency import measure_latency
+from ..serve.backends import is_gguf_path, load_decider
+
+
+def main(argv: list[str] | None = None) -> dict:
+    parser = argparse.ArgumentParser(prog="so8t evaluate", description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--model", required=True, help="checkpoint folder or run folder")
+    parser.add_argument("--data", action="append", help="split name, xstest, sst, or a file (repeatable; default test)")
+    parser.add_argument("--out", help="write the results as JSON here")
+    parser.add_argument("--predictions", help="write one JSON line per row: dataset, id, gold, decision, probabilities")
+    parser.add_argument("--threshold", type=float, help="decide by the runtime rule at this safety_threshold")
+    parser.add_argument("--bootstrap", type=int, default=1000, help="resamples for the 95%% intervals (0: off)")
+    parser.add_argument("--batch-size", type=int, default=32)
+    parser.add_argument("--calibrate", action="store_true",
+                        help="fit the temperature on --calibration-data and store it in the checkpoint first")
+    parser.add_argument("--calibration-data", default="val")
+    parser.add_argument("--latency", action="store_true", help="measure decision latency instead of metrics")
+    parser.add_argument("--latency-batch-sizes", default="1,8,32")
+    args = parser.parse_args(argv)
+    warnings.filterwarnings("ignore", message=".*is_gradient_checkpointing.*")
+    if args.threshold is not None and not 0.0 <= args.threshold <= 1.0:
+        parser.error(f"--threshold must be in [0, 1], got {args.threshold}")
+    if args.latency and (args.predictions or args.threshold is not None):
+        parser.error("--latency measures speed only; --predictions and --threshold belong to a metrics run")
+    if args.calibrate and args.predictions and not args.data:
+        parser.error("--predictions needs --data (which rows to decide)")
+    if args.data and len({dataset_key(d) for d in args.data}) < len(args.data):
+        parser.error("two --data entries have the same name; give them different file names")
+    try:
+        sizes = [int(s) for s in args.latency_batch_sizes.split(",")]
+        assert sizes and all(s > 0 for s in sizes)
+    except (ValueError, AssertionError):
+        parser.error(f"--latency-batch-sizes must be positive integers separated by commas, got {args.latency_batch_sizes!r}")
+    is_gguf = is_gguf_path(args.model)
+    if is_gguf and args.calibrate:
+        parser.error("--calibrate works on checkpoint folders; the GGUF carries the temperature of its checkpoint "
+                     "(calibrate the checkpoint, then export again)")
+
+    results: dict = {"model": str(args.model if is_gguf else resolve_checkpoint(args.model))}
+    if args.calibrate:
+        results["calibration"] = calibrate_checkpoint(args.model, args.calibration_data, args.batch_size)
+        c = results["calibration"]
+        print(f"temperature {c['temperature']:.3f} fitted on {c['data']} ({c['rows']} rows): "
+              f"ECE {c['ece_before']:.3f} -> {c['ece_after']:.3f}; stored in {c['checkpoint']}")
+    model = load_decider(args.model)
+    results["temperature"] = float(model.safety_head.temperature)
+    results["backend"] = "gguf" if is_gguf else "hf"
+
+    if args.latency:
+        requests = list(load_any((args.data or ["test"])[0])["user_request"])
+        if not requests:
+            parser.error("the --data file for --latency has no rows")
+        results["latency"] = measure_latency(model, requests, sizes)
+        for r in results["latency"]["results"]:
+            print(f"batch {r['batch_size']:3d}: p50 {r['p50_ms']:8.1f} ms  p95 {r['p95_ms']:8.1f} ms  "
+                  f"p99 {r['p99_ms']:8.1f} ms  {r['requests_per_s']:7.1f} requests/s  peak RSS {r['peak_rss_mb']:.0f} MB")
+    elif not args.calibrate or args.data:
+        scored, prediction_lines = evaluate_datasets(model, args.data or ["test"], args.batch_size, args.bootstrap,
+                                                     args.threshold)
+        results.update(scored)
+        for report in results["datasets"].values():
+            print(format_report(report, f"\n{report['source']} ({report['n']} rows, decisions: {results['decision_rule']})"))
+        if args.predictions:
+            atomic_write_text(Path(args.predictions), "".join(line + "\n" for line in prediction_lines))
+            print(f"\npredictions: {args.predictions}")
+    if args.out:
+        atomic_write_text(Path(args.out), json.dumps(results, indent=1, ensure_ascii=False))
+        print(f"results: {args.out}", file=sys.stderr)
+    return results

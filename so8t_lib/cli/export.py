@@ -1,0 +1,44 @@
+"""so8t export / so8t inspect: one GGUF file that carries both heads, and the ladder of its quantizations.
+
+    so8t export checkpoints/so8t-tiny --out dist/ [--quant Q8_0,Q4_K_M,Q4_K_S,IQ4_XS] [--f32]
+    so8t inspect dist/so8t-tiny-q4_k_m.gguf          # the so8t.* metadata
+
+Export merges LoRA, folds the SO(8) gates into ``o_proj``, writes ``dist/<name>-f16.gguf`` (and
+f32), then quantizes it with llama.cpp; files are named ``<out>/<name>-<type>.gguf``.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+
+from ..export.gguf_meta import DEFAULT_THRESHOLD, GGUFError, read_metadata
+from ..export.quantize import QUANT_TYPES, export
+
+
+def main(argv: list[str] | None = None) -> None:
+    parser = argparse.ArgumentParser(prog="so8t export", description=__doc__,
+                                     formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("checkpoint", help="checkpoint folder or run folder")
+    parser.add_argument("--out", default="dist")
+    parser.add_argument("--quant", default="", help=f"comma-separated, from {','.join(QUANT_TYPES)}")
+    parser.add_argument("--f32", action="store_true", help="also write an f32 file (for parity checks)")
+    parser.add_argument("--threshold", type=float, default=DEFAULT_THRESHOLD)
+    args = parser.parse_args(argv)
+    quants = [q.strip().upper() for q in args.quant.split(",") if q.strip()]
+    for path in export(args.checkpoint, args.out, quants, args.f32, args.threshold):
+        print(f"{path}  {path.stat().st_size / 2**20:.1f} MiB")
+
+
+def inspect_main(argv: list[str] | None = None) -> None:
+    parser = argparse.ArgumentParser(prog="so8t inspect", description="Print an SO8T GGUF file's so8t.* metadata.")
+    parser.add_argument("file")
+    args = parser.parse_args(argv)
+    try:
+        meta = read_metadata(args.file)
+    except GGUFError as exc:
+        sys.exit(f"error: {exc}")
+    head = meta.pop("head")
+    meta["head_shapes"] = {k: list(v.shape) for k, v in head.items()}
+    print(json.dumps(meta, indent=1, ensure_ascii=False, default=str))

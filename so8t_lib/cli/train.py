@@ -1,0 +1,33 @@
+"""so8t train: safety-aware (Q)LoRA training with two optimizers, early stopping, autosave and exact resume,
+then the temperature fitted on val.
+
+    so8t train --config configs/training.yaml [key=value ...] [--resume]
+    accelerate launch --num_processes 2 -m so8t_lib.train --config ...   # several GPUs
+    torchrun --nproc_per_node 2 -m so8t_lib.train --config ...           # several CPU processes (gloo)
+"""
+
+from __future__ import annotations
+
+import argparse
+import warnings
+from pathlib import Path
+
+from ..core.config import load_config
+from ..core.schema import BEST_DIR, RUN_CONFIG_FILE
+from ..workbench.pipeline import config_of_run, train_and_calibrate
+
+
+def main(argv: list[str] | None = None) -> None:
+    parser = argparse.ArgumentParser(prog="so8t train", description=__doc__,
+                                     formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--config", default="configs/training.yaml")
+    parser.add_argument("--resume", action="store_true", help="continue the run in training.output_dir from last/")
+    parser.add_argument("overrides", nargs="*", help="key=value, e.g. training.max_steps=50")
+    args = parser.parse_args(argv)
+    warnings.filterwarnings("ignore", message=".*is_gradient_checkpointing.*")
+    config = load_config(args.config, args.overrides)
+    run_dir = Path(config.training.output_dir)
+    if args.resume and (run_dir / RUN_CONFIG_FILE).is_file():
+        config = config_of_run(run_dir)  # the run continues under the config it started with
+    run_dir = train_and_calibrate(config, resume=args.resume)
+    print(f"run folder: {run_dir} (best checkpoint: {run_dir / BEST_DIR})")

@@ -1,0 +1,106 @@
+"""Atomic checkpoint folders with a checksum manifest.
+
+A checkpoint is written into a temporary sibling folder and moved into place with
+one rename, so a crash (even SIGKILL) leaves either the old checkpoint or the new
+one, never half of one. ``manifest.json`` records the sha256 of every file;
+``verify_manifest`` names the first damaged or missing file.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import shutil
+import tempfile
+from collections.abc import Iterator
+from contextlib import contextmanager
+from pathlib import Path
+
+from .io import sha256_file
+from .schema import ADAPTER_FILE, BEST_DIR, LAST_DIR, MANIFEST_FILE, MODEL_CONFIG_FILE
+
+
+class CheckpointError(RuntimeError):
+    """A checkpoint folder that is missing, incomplete or damaged; the message names the file."""
+
+
+def write_manifest(folder: Path) -> None:
+    files = sorted(p for p in folder.rglob("*") if p.is_file() and p.name != MANIFEST_FILE)
+    entries = {str(p.relative_to(folder)): {"sha256": sha256_file(p), "bytes": p.stat().st_size} for p in files}
+    (folder / MANIFEST_FILE).write_text(json.dumps({"files": entries}, indent=1, sort_keys=True), encoding="utf-8")
+
+
+def checkpoint_version(folder: str | Path, name: str) -> str:
+    """``name@<first 12 hex of the adapter's sha256>``: the same trained weights give the same version
+    in every backend (HF checkpoint, each GGUF exported from it) and in every audit record."""
+    manifest = Path(folder) / MANIFEST_FILE
+    if manifest.is_file():
+        digest = json.loads(manifest.read_text(encoding="utf-8"))["files"].get(ADAPTER_FILE, {}).get("sha256")
+        if digest:
+            return f"{name}@{digest[:12]}"
+    return name
+
+
+def verify_manifest(folder: Path) -> None:
+    """Raise CheckpointError naming the first file that is missing, truncated or altered."""
+    manifest = folder / MANIFEST_FILE
+    if not manifest.is_file():
+        return  # folders written by hand or by older versions carry no manifest
+    try:
+        entries = json.loads(manifest.read_text(encoding="utf-8"))["files"]
+    except (ValueError, KeyError) as exc:
+        raise CheckpointError(f"{manifest}: unreadable manifest ({exc})") from None
+    for name, entry in entries.items():
+        path = folder / name
+        if not path.is_file():
+            raise CheckpointError(f"{path}: missing from checkpoint {folder}")
+        if path.stat().st_size != entry["bytes"]:
+            raise CheckpointError(f"{path}: truncated or damaged ({path.stat().st_size} bytes, expected {entry['bytes']})")
+        if sha256_file(path) != entry["sha256"]:
+            raise CheckpointError(f"{path}: damaged (checksum does not match the manifest)")
+
+
+def recover_interrupted_swap(target: str | Path) -> None:
+    """If a kill landed between the two renames of a swap, put the previous folder back."""
+    target = Path(target)
+    if target.exists():
+        return
+    olds = sorted(target.parent.glob(f".{target.name}.old-*"), key=lambda p: p.stat().st_mtime)
+    if olds:
+        os.replace(olds[-1], target)
+
+
+@contextmanager
+def atomic_folder(target: str | Path) -> Iterator[Path]:
+    """Yield a temporary folder; on success add a manifest and swap it in for ``target``."""
+    target = Path(target)
+    target.parent.mkdir(parents=True, exist_ok=True)
+    recover_interrupted_swap(target)
+    tmp = Path(tempfile.mkdtemp(prefix=f".{target.name}.tmp-", dir=target.parent))
+    try:
+        yield tmp
+        write_manifest(tmp)
+        if target.exists():
+            old = target.with_name(f".{target.name}.old-{os.getpid()}")
+            shutil.rmtree(old, ignore_errors=True)
+            os.replace(target, old)
+            os.replace(tmp, target)
+            shutil.rmtree(old, ignore_errors=True)
+        else:
+            os.replace(tmp, target)
+    finally:
+        if tmp.exists():
+            shutil.rmtree(tmp, ignore_errors=True)
+
+
+def resolve_checkpoint(path: str | Path) -> Path:
+    """A checkpoint folder, or a training run folder (its ``best/``, else its ``last/``)."""
+    path = Path(path)
+    recover_interrupted_swap(path)
+    if (path / MODEL_CONFIG_FILE).is_file():
+        return path
+    for child in (BEST_DIR, LAST_DIR):
+        recover_interrupted_swap(path / child)
+        if (path / child / MODEL_CONFIG_FILE).is_file():
+            return path / child
+    return path

@@ -1,0 +1,318 @@
+"""YAML configs validated into typed objects.
+
+Every section forbids unknown keys, so a typo (``lerning_rate``) is an error that
+names the key instead of a silently ignored setting. ``load_config`` also takes
+``key=value`` overrides (``model.gates.order=none``) as the command lines do.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+from pathlib import Path
+from typing import Any, Literal
+
+import yaml
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
+
+from .schema import LABELS
+
+PRESETS: tuple[str, ...] = ("tiny", "qwen2.5-0.5b", "qwen2.5-7b", "hf")
+PRESET_HUB_IDS = {"qwen2.5-0.5b": "Qwen/Qwen2.5-0.5B-Instruct", "qwen2.5-7b": "Qwen/Qwen2.5-7B-Instruct"}
+
+
+class ConfigError(ValueError):
+    """A config file or override that cannot be used; the message names the file and key."""
+
+
+class _Section(BaseModel):
+    model_config = ConfigDict(extra="forbid", validate_assignment=True)
+
+
+class TinyArchConfig(_Section):
+    """The tiny Qwen2-shaped model every test and the CPU demo use (built from config, random init)."""
+
+    hidden_size: int = Field(256, gt=0, multiple_of=8)
+    num_hidden_layers: int = Field(4, gt=0)
+    num_attention_heads: int = Field(4, gt=0)
+    num_key_value_heads: int = Field(2, gt=0)
+    intermediate_size: int = Field(768, gt=0)
+    max_position_embeddings: int = Field(2048, gt=0)
+    rope_theta: float = Field(1_000_000.0, gt=0)
+    vocab_size: int = Field(8192, ge=512, description="target size of the locally trained BPE tokenizer")
+    initializer_range: float = Field(0.02, gt=0, description="std of the random initial weights")
+
+    @model_validator(mode="after")
+    def _heads_divide(self) -> TinyArchConfig:
+        if self.hidden_size % self.num_attention_heads:
+            raise ValueError("hidden_size must be divisible by num_attention_heads")
+        if self.num_attention_heads % self.num_key_value_heads:
+            raise ValueError("num_attention_heads must be divisible by num_key_value_heads")
+        return self
+
+
+class LoraConfig(_Section):
+    """peft LoRA adapters on the attention and MLP projections; r = 0 disables LoRA."""
+
+    r: int = Field(8, ge=0)
+    alpha: float = Field(16.0, gt=0)
+    dropout: float = Field(0.05, ge=0, lt=1)
+    target_modules: list[str] = Field(
+        default_factory=lambda: ["q_proj", "k_proj", "v_proj", "o_proj", "gate_proj", "up_proj", "down_proj"]
+    )
+    modules_to_save: list[str] = Field(
+        default_factory=list,
+        description="base modules trained in full beside the adapters (peft modules_to_save), e.g. "
+        "[embed_tokens] for the random tiny base, whose frozen token embeddings carry no meaning",
+    )
+
+    @model_validator(mode="after")
+    def _needs_peft(self) -> LoraConfig:
+        if self.r == 0 and self.modules_to_save:
+            raise ValueError("modules_to_save needs LoRA on (r > 0): peft manages the trained copies")
+        return self
+
+
+class GateConfig(_Section):
+    """Where and in which order the SO(8) gate pair acts (see so8t_lib.model.gates)."""
+
+    order: Literal["safe_first", "cmd_first", "commuting", "none"] = "safe_first"
+    layers: Literal["all"] | list[int] = Field("all", description="'all' or decoder layer indices (negative ok)")
+    target: str = Field("self_attn.o_proj", description="attribute path of the wrapped linear inside a layer")
+    init_std: float = Field(
+        0.0, ge=0, le=1,
+        description="0: both gates start at the identity. They then get the same gradient, Adam keeps their "
+                    "generators parallel and R_safe, R_cmd commute (the gate ablation measured this); > 0 draws "
+                    "each generator from N(0, init_std^2) to break that symmetry")
+
+
+class HeadConfig(_Section):
+    """SafetyHeadB: linear (hidden_units = 0) or one hidden layer of at most 256 units."""
+
+    hidden_units: int = Field(0, ge=0, le=256)
+    dropout: float = Field(0.1, ge=0, lt=1)
+    standardize: bool = Field(
+        True, description="normalise the decision state with running statistics before the head "
+        "(folded into the head at export); off gives the plain head of the design",
+    )
+
+
+class ModelConfig(_Section):
+    name: str = Field("so8t-tiny", min_length=1, pattern=r"^[A-Za-z0-9._-]+$")
+    preset: Literal["tiny", "qwen2.5-0.5b", "qwen2.5-7b", "hf"] = "tiny"
+    base_model: str | None = Field(None, description="hub id or local folder; defaults to the preset's hub id")
+    load_in_4bit: Literal["auto"] | bool = Field("auto", description="auto: nf4 when CUDA is present")
+    dtype: Literal["float32", "bfloat16", "float16"] = "float32"
+    attn_implementation: Literal["sdpa", "eager"] = "sdpa"
+    seed: int = 0
+    tiny: TinyArchConfig = Field(default_factory=TinyArchConfig)
+    lora: LoraConfig = Field(default_factory=LoraConfig)
+    gates: GateConfig = Field(default_factory=GateConfig)
+    head: HeadConfig = Field(default_factory=HeadConfig)
+
+    @model_validator(mode="after")
+    def _base_model_needed(self) -> ModelConfig:
+        if self.preset == "hf" and not self.base_model:
+            raise ValueError("preset 'hf' needs model.base_model (a hub id or a local folder)")
+        return self
+
+    def resolved_base_model(self) -> str | None:
+        return self.base_model or PRESET_HUB_IDS.get(self.preset)
+
+
+class PETConfig(_Section):
+    """PET: mean squared second difference of hidden states along the sequence.
+
+    gamma(p) = weight * multiplier of the first schedule stage whose ``until`` exceeds
+    the training progress p in [0, 1]. Defaults: 0.01, 0.1, 1.0 x weight at p < 0.3, < 0.7, else.
+    """
+
+    enabled: bool = True
+    weight: float = Field(0.1, ge=0)
+    layers: list[int] = Field(default_factory=lambda: [-1], description="indices into the decoder's hidden states")
+    schedule: list[tuple[float, float]] = Field(default_factory=lambda: [(0.3, 0.01), (0.7, 0.1), (1.0, 1.0)])
+
+    @field_validator("schedule")
+    @classmethod
+    def _increasing(cls, stages: list[tuple[float, float]]) -> list[tuple[float, float]]:
+        if not stages:
+            raise ValueError("schedule needs at least one [until, multiplier] stage")
+        ends = [until for until, _ in stages]
+        if ends != sorted(ends) or ends[-1] < 1.0:
+            raise ValueError("stage ends must increase and the last must be >= 1.0")
+        if any(m < 0 for _, m in stages):
+            raise ValueError("multipliers must be >= 0")
+        return stages
+
+
+class LossConfig(_Section):
+    """L = L_task + alpha L_safety + beta L_rationale + gamma(p) L_PET + delta L_dangerous (see so8t_lib.train.losses)."""
+
+    alpha: float = Field(1.0, ge=0, description="weight of the class-weighted safety CE")
+    beta: float = Field(0.5, ge=0, description="weight of the rationale CE (REFUSE/ESCALATE targets)")
+    delta: float = Field(0.5, ge=0, description="weight of the dangerous-compliance term")
+    class_weights: dict[str, float] = Field(default_factory=lambda: {"ALLOW": 1.0, "REFUSE": 2.0, "ESCALATE": 1.5})
+    pet: PETConfig = Field(default_factory=PETConfig)
+
+    @field_validator("class_weights")
+    @classmethod
+    def _all_labels(cls, weights: dict[str, float]) -> dict[str, float]:
+        if set(weights) != set(LABELS):
+            raise ValueError(f"needs exactly the keys {', '.join(LABELS)} (got {', '.join(sorted(weights))})")
+        if any(w <= 0 for w in weights.values()):
+            raise ValueError("class weights must be > 0")
+        return weights
+
+    def class_weight_list(self) -> list[float]:
+        return [self.class_weights[label] for label in LABELS]
+
+
+class OptimizerConfig(_Section):
+    """One side of the dual policy: AdamW with warm-up, then a constant, linear or cosine schedule."""
+
+    lr: float = Field(2e-4, gt=0)
+    weight_decay: float = Field(0.0, ge=0)
+    betas: tuple[float, float] = (0.9, 0.999)
+    warmup_steps: int = Field(0, ge=0)
+    schedule: Literal["constant", "linear", "cosine"] = "cosine"
+    min_lr_ratio: float = Field(0.1, ge=0, le=1, description="final lr / peak lr for linear and cosine")
+
+
+class EarlyStoppingConfig(_Section):
+    metric: Literal["safety_score", "refuse_recall", "macro_f1"] = "safety_score"
+    patience: int = Field(5, ge=1, description="evaluations without improvement before stopping")
+    min_delta: float = Field(0.0, ge=0)
+
+
+class TrainingConfig(_Section):
+    """The training loop (so8t_lib.train). Paths are relative to the working directory."""
+
+    data_dir: str = "data/so8t_safety"
+    output_dir: str = "checkpoints/so8t-tiny"
+    max_steps: int = Field(300, gt=0)
+    batch_size: int = Field(16, gt=0, description="per process, per micro-batch")
+    grad_accum: int = Field(1, gt=0)
+    max_length: int = Field(256, ge=8)
+    task_optimizer: OptimizerConfig = Field(default_factory=lambda: OptimizerConfig(lr=3e-4))
+    safety_optimizer: OptimizerConfig = Field(default_factory=lambda: OptimizerConfig(lr=2e-3))
+    max_grad_norm: float = Field(1.0, gt=0)
+    freeze_safety_at: float | None = Field(None, ge=0, le=1, description="progress after which the safety side stops updating")
+    gradient_checkpointing: bool = False
+    mixed_precision: Literal["no", "bf16", "fp16"] = "no"
+    eval_every: int = Field(50, gt=0)
+    eval_batch_size: int = Field(32, gt=0)
+    eval_max_rows: int | None = Field(None, gt=0, description="evaluate on the first N val rows (None: all)")
+    log_every: int = Field(10, gt=0)
+    early_stopping: EarlyStoppingConfig = Field(default_factory=EarlyStoppingConfig)
+    autosave_minutes: float = Field(5.0, gt=0)
+    save_every_steps: int = Field(0, ge=0, description="also save 'last' every N steps (0: time-based only)")
+    calibrate_temperature: bool = Field(
+        True, description="after training, fit SafetyHeadB's temperature on the val split and store it in best/"
+    )
+    seed: int = 0
+
+
+class SO8TConfig(_Section):
+    """The whole config file: model, loss and training (runtime sections come with their modules)."""
+
+    model: ModelConfig = Field(default_factory=ModelConfig)
+    loss: LossConfig = Field(default_factory=LossConfig)
+    training: TrainingConfig = Field(default_factory=TrainingConfig)
+
+    def to_dict(self) -> dict[str, Any]:
+        return self.model_dump(mode="json")
+
+    def to_yaml(self) -> str:
+        return yaml.safe_dump(self.to_dict(), sort_keys=False, allow_unicode=True)
+
+    def fingerprint(self) -> str:
+        """sha256 of the canonical JSON form; recorded in checkpoints and GGUF metadata."""
+        canonical = json.dumps(self.to_dict(), sort_keys=True, separators=(",", ":"))
+        return hashlib.sha256(canonical.encode()).hexdigest()
+
+
+def _describe(error: dict[str, Any]) -> str:
+    key = ".".join(str(part) for part in error["loc"]) or "(top level)"
+    message = error["msg"]
+    if error["type"] == "extra_forbidden":
+        message = "unknown key (check the spelling; see so8t_lib/core/config.py for the allowed keys)"
+    elif "input" in error and not isinstance(error["input"], dict):
+        message += f" (got {error['input']!r})"
+    return f"{key}: {message}"
+
+
+def parse_override(text: str) -> tuple[list[str], Any]:
+    """'model.gates.order=none' -> (['model', 'gates', 'order'], 'none'); the value is read as YAML."""
+    key, sep, raw = text.partition("=")
+    if not sep or not key.strip():
+        raise ConfigError(f"override {text!r} must look like section.key=value")
+    try:
+        value = yaml.safe_load(raw)
+    except yaml.YAMLError as exc:
+        raise ConfigError(f"override {text!r}: value is not valid YAML ({exc})") from exc
+    return key.strip().split("."), value
+
+
+def apply_overrides(data: dict[str, Any], overrides: list[str] | tuple[str, ...]) -> dict[str, Any]:
+    for text in overrides:
+        path, value = parse_override(text)
+        node = data
+        for part in path[:-1]:
+            child = node.setdefault(part, {})
+            if not isinstance(child, dict):
+                raise ConfigError(f"override {text!r}: {part} is a value, not a section")
+            node = child
+        node[path[-1]] = value
+    return data
+
+
+def config_from_dict(data: dict[str, Any] | None, source: str = "<dict>") -> SO8TConfig:
+    if data is None:
+        data = {}
+    if not isinstance(data, dict):
+        raise ConfigError(f"{source}: the top level must be a mapping of sections, got {type(data).__name__}")
+    try:
+        return SO8TConfig.model_validate(data)
+    except ValidationError as exc:
+        raise ConfigError(f"{source}: invalid config\n  {validation_problems(exc)}") from None
+
+
+def read_yaml_mapping(path: str | Path, what: str = "config file") -> dict[str, Any]:
+    """A YAML file whose top level is a mapping (empty file: {}); ConfigError naming the file otherwise.
+    Every config-like file (model/training configs, runtime configs, sweep specs) is read here."""
+    path = Path(path)
+    if not path.is_file():
+        raise ConfigError(f"{what} not found: {path} (configs/ holds the shipped ones)")
+    try:
+        data = yaml.safe_load(path.read_text(encoding="utf-8"))
+    except yaml.YAMLError as exc:
+        raise ConfigError(f"{path}: not valid YAML: {exc}") from None
+    data = {} if data is None else data
+    if not isinstance(data, dict):
+        raise ConfigError(f"{path}: the top level must be a mapping of sections, got {type(data).__name__}")
+    return data
+
+
+def validation_problems(exc: ValidationError) -> str:
+    """pydantic's errors as one line per key, in the project's wording."""
+    return "\n  ".join(_describe(e) for e in exc.errors())
+
+
+def load_config(path: str | Path, overrides: list[str] | tuple[str, ...] = ()) -> SO8TConfig:
+    """Read a YAML config, apply ``key=value`` overrides, validate; errors name the file and key."""
+    data = apply_overrides(read_yaml_mapping(path), overrides)
+    return config_from_dict(data, source=str(path))
+
+
+def parse_size(text: str | int) -> int:
+    """'100MB', '1GB', '64KB' or a byte count -> bytes (the operations manual writes sizes this way)."""
+    if isinstance(text, int):
+        return text
+    units = {"KB": 2**10, "MB": 2**20, "GB": 2**30, "B": 1}
+    upper = str(text).strip().upper()
+    for unit, factor in units.items():
+        if upper.endswith(unit) and upper[: -len(unit)].strip().replace(".", "", 1).isdigit():
+            return int(float(upper[: -len(unit)]) * factor)
+    if upper.isdigit():
+        return int(upper)
+    raise ValueError(f"cannot read size {text!r}: write e.g. 100MB, 1GB or a number of bytes")

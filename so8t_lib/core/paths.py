@@ -1,0 +1,38 @@
+"""Where things live: the project root, the corpus, the public benchmarks, the cache.
+
+Every default path in configs, specs and notebooks is taken from here, so a notebook run from
+``notebooks/``, from a papermill ``cwd`` or as a copy elsewhere means the same files.
+"""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+
+PROJECT_ROOT = Path(__file__).resolve().parents[2]
+DATA_DIR = PROJECT_ROOT / "data"
+CORPUS_DIR = DATA_DIR / "so8t_safety"
+SEEDS_DIR = DATA_DIR / "seeds"
+CONFIGS_DIR = PROJECT_ROOT / "configs"
+# The public prompt sets (evaluation only) sit in shared/ beside the repository.
+BENCHMARKS_DIR = PROJECT_ROOT.parent / "shared" / "benchmarks"
+
+
+def cache_root() -> Path:
+    """Derived artifacts worth keeping between runs (tokenizers, converted base models): ``$SO8T_CACHE``,
+    else ``~/.cache/so8t``."""
+    return Path(os.environ.get("SO8T_CACHE", Path.home() / ".cache" / "so8t"))
+
+
+def enter_project_root() -> Path:
+    """Make the project root the working directory and return it.
+
+    A notebook may run from ``notebooks/``, from a papermill ``cwd``, or as a prepared copy in another
+    folder (nbval runs each notebook from its own folder); its paths mean the same in all three.
+    """
+    if not (PROJECT_ROOT / "pyproject.toml").is_file():
+        raise FileNotFoundError(
+            f"{PROJECT_ROOT} is not the SO8T project folder: install the workbench editable "
+            "(pip install -e . from the clone, as make does) so notebooks can find configs/ and data/")
+    os.chdir(PROJECT_ROOT)
+    return PROJECT_ROOT

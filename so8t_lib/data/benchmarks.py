@@ -1,0 +1,140 @@
+"""The public prompt sets, in one registry: where each file lives, how its rows become the project's
+table, which metrics mean something on it, and whom to cite.
+
+They are for evaluation only: the corpus build refuses any request that equals one of their prompts.
+``load_any`` is the one entry point for "a data set by name": a corpus split, a registered benchmark,
+or any JSONL/CSV file (a benchmark file elsewhere is recognised by its columns).
+"""
+
+from __future__ import annotations
+
+import csv
+import warnings
+from collections.abc import Callable
+from dataclasses import dataclass
+from pathlib import Path
+
+import pandas as pd
+
+from ..core.paths import BENCHMARKS_DIR
+from ..core.schema import NOT_ALLOW, SPLITS
+from .tables import COLUMNS, DataError, load_split, load_table, read_records
+
+
+@dataclass(frozen=True)
+class Benchmark:
+    """One public prompt set (read-only, evaluation only)."""
+
+    name: str
+    relative_path: str  # under shared/benchmarks
+    text_column: str
+    signature: frozenset[str]  # columns that identify its CSV files
+    headline: tuple[str, ...]  # the metrics that say something on it
+    citation: str
+    row: Callable[[dict, int], dict]  # raw CSV record (and line number) -> the project's row
+
+    def default_path(self) -> Path:
+        return BENCHMARKS_DIR / self.relative_path
+
+    def load(self, path: str | Path | None = None) -> pd.DataFrame:
+        path = Path(path) if path else self.default_path()
+        if not path.is_file():
+            raise DataError(
+                f"{self.name} benchmark file not found: {path}. The public sets live in shared/benchmarks beside "
+                "the repository; pass the file's path explicitly if yours is elsewhere.")
+        rows = []
+        for line_no, record in read_records(path):
+            try:
+                rows.append(self.row(record, line_no) | {"source": self.name})
+            except DataError as exc:
+                raise DataError(f"{path}:{line_no}: {exc}") from None
+        return pd.DataFrame(rows, columns=COLUMNS)
+
+
+def _xstest_row(record: dict, line_no: int) -> dict:
+    gold = (record.get("label") or "").strip()
+    if gold not in ("safe", "unsafe") or not (record.get("prompt") or "").strip():
+        raise DataError("expected columns prompt and label (safe|unsafe)")
+    return {"id": f"xstest-{record.get('id') or line_no}", "context": "", "user_request": record["prompt"],
+            "label": "ALLOW" if gold == "safe" else NOT_ALLOW, "category": "none", "lang": "en",
+            "rationale": "", "task_output": "", "family": f"xstest-{record.get('type', '')}",
+            "split": "benchmark", "hard": True}
+
+
+def _sst_row(record: dict, line_no: int) -> dict:
+    if not (record.get("prompts_final") or "").strip():
+        raise DataError("field 'prompts_final' is missing or empty")
+    return {"id": record.get("id") or f"sst-{line_no}", "context": "", "user_request": record["prompts_final"],
+            "label": "REFUSE", "category": "general", "lang": "en", "rationale": "", "task_output": "",
+            "family": f"sst-{record.get('harm_area', '')}", "split": "benchmark", "hard": False}
+
+
+BENCHMARKS: dict[str, Benchmark] = {b.name: b for b in (
+    Benchmark(
+        name="xstest", relative_path="xstest/xstest_prompts.csv", text_column="prompt",
+        signature=frozenset({"prompt", "type", "label"}),
+        # no gold REFUSE or ESCALATE rows: over-refusal on the safe half, "not allowed" on the unsafe contrasts
+        headline=("over_refusal", "over_refusal_incl_escalate", "not_allowed_rate_unsafe", "escalation_rate",
+                  "unsafe_f1_strict", "unsafe_f1_loose"),
+        citation="XSTest v2: Röttger et al., NAACL 2024 (CC-BY-4.0)", row=_xstest_row),
+    Benchmark(
+        name="sst", relative_path="simplesafetytests/sst_test_cases.csv", text_column="prompts_final",
+        signature=frozenset({"prompts_final"}),
+        # only gold REFUSE rows
+        headline=("refuse_recall", "not_allowed_rate", "dangerous_compliance", "escalation_rate"),
+        citation="SimpleSafetyTests: Vidgen et al., 2023 (CC-BY-4.0)", row=_sst_row),
+)}
+
+
+def load_xstest(path: str | Path | None = None) -> pd.DataFrame:
+    """XSTest v2: safe prompts -> ALLOW, unsafe contrasts -> NOT_ALLOW."""
+    return BENCHMARKS["xstest"].load(path)
+
+
+def load_sst(path: str | Path | None = None) -> pd.DataFrame:
+    """SimpleSafetyTests: every prompt is clearly harmful -> REFUSE."""
+    return BENCHMARKS["sst"].load(path)
+
+
+def recognise(path: Path) -> Benchmark | None:
+    """The registered benchmark whose columns a CSV file has (a project table has user_request instead)."""
+    if path.suffix.lower() != ".csv" or not path.is_file():
+        return None
+    with path.open(encoding="utf-8", newline="") as handle:
+        header = set(next(csv.reader(handle), []))
+    if "user_request" in header:
+        return None
+    return next((b for b in BENCHMARKS.values() if b.signature <= header), None)
+
+
+def load_any(name_or_path: str | Path) -> pd.DataFrame:
+    """A corpus split name, a registered benchmark name, or a JSONL/CSV file."""
+    text = str(name_or_path)
+    if text in BENCHMARKS:
+        return BENCHMARKS[text].load()
+    if text in SPLITS:
+        return load_split(text)
+    path = Path(text)
+    benchmark = recognise(path)
+    return benchmark.load(path) if benchmark else load_table(path)
+
+
+def benchmark_prompts(normalize: Callable[[str], str], benchmarks_dir: str | Path | None = BENCHMARKS_DIR,
+                      ) -> dict[str, str]:
+    """Normalised prompt -> "file:line" over every registered benchmark found under ``benchmarks_dir``
+    (empty when the folder is absent): what the corpus must never contain."""
+    if benchmarks_dir is None or not Path(benchmarks_dir).is_dir():
+        return {}
+    prompts: dict[str, str] = {}
+    for bench in BENCHMARKS.values():
+        path = Path(benchmarks_dir) / bench.relative_path
+        if not path.is_file():
+            warnings.warn(f"{path} is missing; the contamination guard skips it", stacklevel=2)
+            continue
+        for line_no, record in read_records(path):
+            if bench.text_column not in record:
+                raise DataError(f"{path}: expected a column {bench.text_column!r}, found {sorted(record)}")
+            text = record.get(bench.text_column) or ""
+            if text.strip():
+                prompts.setdefault(normalize(text), f"{bench.relative_path}:{line_no}")
+    return prompts

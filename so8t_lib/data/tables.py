@@ -1,0 +1,124 @@
+"""Load safety data into one validated table.
+
+Accepted inputs: the project corpus (``data/so8t_safety/*.jsonl``), a user's own JSONL
+or CSV with at least ``user_request`` and ``label`` (``context`` optional), and the
+public benchmarks (``so8t_lib.data.benchmarks``), which are for evaluation only. A bad row raises ``DataError`` naming the file, line and field.
+"""
+
+from __future__ import annotations
+
+import csv
+import json
+import re
+from collections.abc import Iterator
+from pathlib import Path
+
+import pandas as pd
+
+from ..core.paths import CORPUS_DIR
+from ..core.schema import CATEGORIES, LABELS, LANGS, NOT_ALLOW, SPLITS
+
+COLUMNS = ["id", "context", "user_request", "label", "category", "lang", "rationale", "task_output",
+           "family", "split", "hard", "source"]
+MAX_REQUEST_CHARS = 20_000
+_JAPANESE = re.compile(r"[\u3040-\u30ff\u3400-\u9fff\uff66-\uff9f]")
+
+
+class DataError(ValueError):
+    """A data file or row that cannot be used; the message names file, line and field."""
+
+
+def detect_lang(text: str) -> str:
+    """'ja' when the text contains kana or kanji, else 'en' (the corpus has only these two)."""
+    return "ja" if _JAPANESE.search(text) else "en"
+
+
+def read_records(path: Path) -> Iterator[tuple[int, dict]]:
+    """(line number, raw record) pairs from a JSONL or CSV file."""
+    suffix = path.suffix.lower()
+    if suffix in (".jsonl", ".json"):
+        with path.open(encoding="utf-8") as handle:
+            for line_no, line in enumerate(handle, 1):
+                if not line.strip():
+                    continue
+                try:
+                    record = json.loads(line)
+                except json.JSONDecodeError as exc:
+                    raise DataError(f"{path}:{line_no}: not valid JSON ({exc.msg})") from None
+                if not isinstance(record, dict):
+                    raise DataError(f"{path}:{line_no}: expected a JSON object, got {type(record).__name__}")
+                yield line_no, record
+    elif suffix == ".csv":
+        with path.open(encoding="utf-8", newline="") as handle:
+            reader = csv.DictReader(handle)
+            for record in reader:
+                yield reader.line_num, record
+    else:
+        raise DataError(f"{path}: unsupported file type {suffix!r}; use .jsonl or .csv")
+
+
+def _text(record: dict, field: str, where: str, required: bool = False) -> str:
+    value = record.get(field)
+    if value is None or (isinstance(value, float) and value != value):
+        value = ""
+    if not isinstance(value, str):
+        raise DataError(f"{where}: field {field!r} must be text, got {type(value).__name__}")
+    if required and not value.strip():
+        raise DataError(f"{where}: field {field!r} is missing or empty")
+    if len(value) > MAX_REQUEST_CHARS:
+        raise DataError(f"{where}: field {field!r} is longer than {MAX_REQUEST_CHARS} characters")
+    return value
+
+
+def _validated_row(record: dict, path: Path, line_no: int, allowed_labels: tuple[str, ...]) -> dict:
+    where = f"{path}:{line_no}"
+    request = _text(record, "user_request", where, required=True)
+    label = _text(record, "label", where, required=True).strip().upper()
+    if label not in allowed_labels:
+        raise DataError(f"{where}: field 'label' must be one of {', '.join(allowed_labels)} (got {record.get('label')!r})")
+    category = _text(record, "category", where).strip().lower() or "none"
+    if category not in CATEGORIES:
+        raise DataError(f"{where}: field 'category' must be one of {', '.join(CATEGORIES)} (got {category!r})")
+    lang = _text(record, "lang", where).strip().lower() or detect_lang(request)
+    if lang not in LANGS:
+        raise DataError(f"{where}: field 'lang' must be ja or en (got {lang!r})")
+    hard = record.get("hard", False)
+    if isinstance(hard, str):
+        hard = hard.strip().lower() in ("true", "1", "yes")
+    return {
+        "id": str(record.get("id") or f"{path.stem}:{line_no}"),
+        "context": _text(record, "context", where),
+        "user_request": request,
+        "label": label,
+        "category": category,
+        "lang": lang,
+        "rationale": _text(record, "rationale", where),
+        "task_output": _text(record, "task_output", where),
+        "family": str(record.get("family") or record.get("id") or f"{path.stem}:{line_no}"),
+        "split": str(record.get("split") or ""),
+        "hard": bool(hard),
+        "source": str(record.get("source") or path.name),
+    }
+
+
+def load_table(path: str | Path, allow_not_allow: bool = False) -> pd.DataFrame:
+    """Read a JSONL/CSV file of requests into the validated table (columns: ``COLUMNS``)."""
+    path = Path(path)
+    if not path.is_file():
+        raise DataError(f"data file not found: {path}")
+    allowed = LABELS + ((NOT_ALLOW,) if allow_not_allow else ())
+    rows = [_validated_row(record, path, line_no, allowed) for line_no, record in read_records(path)]
+    if not rows:
+        raise DataError(f"{path}: no rows")
+    table = pd.DataFrame(rows, columns=COLUMNS)
+    duplicated = table["id"][table["id"].duplicated()]
+    if len(duplicated):
+        raise DataError(f"{path}: duplicate id {duplicated.iloc[0]!r}")
+    return table
+
+
+def load_split(split: str, data_dir: str | Path = CORPUS_DIR) -> pd.DataFrame:
+    """One split of the project corpus: 'train', 'val' or 'test'."""
+    if split not in SPLITS:
+        raise DataError(f"split must be one of {', '.join(SPLITS)} (got {split!r})")
+    return load_table(Path(data_dir) / f"{split}.jsonl")

@@ -1,0 +1,85 @@
+"""Temperature scaling of SafetyHeadB: fit T on held-out rows so its probabilities mean what they say.
+
+The runtime's threshold rule reads those probabilities, so a calibrated head escalates when it is
+unsure instead of when it happens to be sharp. The pipeline calls this after training
+(``training.calibrate_temperature``); ``so8t evaluate --calibrate`` refits it on any data.
+"""
+
+from __future__ import annotations
+
+import math
+import os
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
+import torch
+from safetensors.torch import load_file, save_file
+
+from ..core.checkpoint import resolve_checkpoint, write_manifest
+from ..core.schema import ADAPTER_FILE, CHECKPOINT_FORMAT, LABELS, NOT_ALLOW
+from ..data.benchmarks import load_any
+from ..model.so8t import SO8TModel
+from .evaluate import table_contexts
+from .report import expected_calibration_error
+
+TEMPERATURE_RANGE = (0.25, 10.0)
+
+
+def fit_temperature(logits: np.ndarray, gold_idx: np.ndarray, max_iter: int = 200) -> float:
+    """The temperature T > 0 minimising the NLL of softmax(logits / T) on labelled rows.
+
+    Optimised over log T (LBFGS), so T stays positive; a model that is already calibrated
+    gets T close to 1, an overconfident one T > 1.
+    """
+    z = torch.as_tensor(np.asarray(logits), dtype=torch.float64)
+    y = torch.as_tensor(np.asarray(gold_idx), dtype=torch.long)
+    if z.ndim != 2 or y.shape != (z.shape[0],) or z.shape[0] == 0:
+        raise ValueError(f"need logits (N, K) and labels (N,) with N > 0, got {tuple(z.shape)} and {tuple(y.shape)}")
+    log_t = torch.zeros((), dtype=torch.float64, requires_grad=True)
+    optimizer = torch.optim.LBFGS([log_t], lr=0.5, max_iter=max_iter, line_search_fn="strong_wolfe")
+
+    def closure():
+        optimizer.zero_grad()
+        loss = torch.nn.functional.cross_entropy(z / log_t.exp(), y)
+        loss.backward()
+        return loss
+
+    optimizer.step(closure)
+    # When every row is already right the NLL keeps falling as T -> 0; bound T so a small, easy val
+    # split cannot make the head 20x sharper (and the threshold rule unable to escalate).
+    return float(log_t.detach().clamp(math.log(TEMPERATURE_RANGE[0]), math.log(TEMPERATURE_RANGE[1])).exp())
+
+
+def calibrate(model: SO8TModel, table: pd.DataFrame, batch_size: int = 32, progress: bool = True) -> dict:
+    """Fit SafetyHeadB's temperature on ``table`` (the val split) and set it on the model."""
+    table = table[table["label"] != NOT_ALLOW]
+    gold = np.array([LABELS.index(label) for label in table["label"]])
+    logits = model.decide(list(table["user_request"]), table_contexts(table), batch_size=batch_size,
+                          progress=progress, return_logits=True).numpy().astype(np.float64)
+    probs = torch.softmax(torch.as_tensor(logits), dim=-1).numpy()
+    temperature = fit_temperature(logits, gold)
+    with torch.no_grad():
+        model.safety_head.temperature.fill_(temperature)
+    scaled = torch.softmax(torch.as_tensor(logits) / temperature, dim=-1).numpy()
+    return {"temperature": temperature, "rows": int(len(table)),
+            "ece_before": expected_calibration_error(probs, gold),
+            "ece_after": expected_calibration_error(scaled, gold)}
+
+
+def calibrate_checkpoint(path: str | Path, data: str | Path = "val", batch_size: int = 32,
+                         progress: bool = True) -> dict:
+    """Fit the temperature on ``data`` and store it in the checkpoint: only the temperature entry of
+    ``adapter.safetensors`` changes (temporary file, then rename), and the manifest is renewed; every
+    other file (a training run's trainer_state.pt too) stays as it was."""
+    folder = resolve_checkpoint(path)
+    model = SO8TModel.load(folder)
+    result = calibrate(model, load_any(data), batch_size, progress)
+    adapter = folder / ADAPTER_FILE
+    state = load_file(str(adapter))
+    state["safety_head.temperature"] = torch.tensor(result["temperature"], dtype=state["safety_head.temperature"].dtype)
+    tmp = adapter.with_name(adapter.name + ".tmp")
+    save_file(state, str(tmp), metadata={"format": str(CHECKPOINT_FORMAT)})
+    os.replace(tmp, adapter)
+    write_manifest(folder)
+    return {**result, "checkpoint": str(folder), "data": str(data)}

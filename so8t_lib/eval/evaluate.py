@@ -1,0 +1,152 @@
+"""How safe a checkpoint is, on which data, with what uncertainty, and how fast it decides.
+
+    so8t evaluate --model checkpoints/so8t-tiny --data test --data xstest --data sst \\
+        [--out metrics.json] [--predictions preds.jsonl] [--threshold 0.8] [--bootstrap 1000]
+    so8t evaluate --model checkpoints/so8t-tiny --calibrate     # fit the temperature on val
+    so8t evaluate --model checkpoints/so8t-tiny --latency [--out latency.json]
+
+``--model`` is a checkpoint folder or a run folder (its ``best/``). ``--data`` is a corpus split
+(``train``, ``val``, ``test``), a public benchmark by name (``xstest``, ``sst``), or any JSONL/CSV
+file the data loader accepts (benchmark files are recognised by their columns). Decisions are the
+head's argmax by default; ``--threshold t`` applies the runtime rule of SAFETY_POLICY.md instead
+(REFUSE or ALLOW only when that class is the most likely and at least t, else ESCALATE).
+
+Every metric is defined in ``so8t_lib.core.metrics`` and ``so8t_lib.eval.report`` (``safety_report``),
+and in docs/evaluation.md. Decisions go through ``so8t_lib.serve.backends``, the runtime's own path.
+"""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
+
+from ..core.schema import LABELS, NOT_ALLOW, RUN_METRICS_FILE
+from ..data.benchmarks import BENCHMARKS, load_any
+from ..serve.backends import load_decider
+from ..serve.policy import threshold_decisions
+from .report import safety_report, threshold_sweep
+
+HEADLINE = ["safety_score", "macro_f1", "accuracy", "refuse_recall", "escalate_precision", "allow_precision",
+            "dangerous_compliance", "over_refusal", "over_refusal_incl_escalate", "unsafe_f1_strict",
+            "unsafe_f1_loose", "not_allowed_rate", "escalation_rate"]
+SWEEP_THRESHOLDS = [round(0.5 + 0.01 * i, 2) for i in range(50)]  # 0.50 ... 0.99
+
+
+def table_contexts(table: pd.DataFrame) -> list[str | None]:
+    """The context column with empty cells as None (how decide() expects "no context")."""
+    return [c if isinstance(c, str) and c.strip() else None for c in table["context"]]
+
+
+def predict(model, table: pd.DataFrame, batch_size: int = 32, progress: bool = True,
+            threshold: float | None = None) -> tuple[np.ndarray, list[str]]:
+    """Probabilities (N, 3) (temperature-scaled) and decisions for every row of a loaded table:
+    argmax, or the runtime threshold rule when ``threshold`` is given."""
+    probs = model.decide(list(table["user_request"]), table_contexts(table), batch_size=batch_size,
+                         progress=progress).numpy()
+    if threshold is None:
+        return probs, [LABELS[i] for i in probs.argmax(-1)]
+    return probs, list(threshold_decisions(probs, threshold))
+
+
+def evaluate_table(model, table: pd.DataFrame, batch_size: int = 32, bootstrap: int = 0,
+                   progress: bool = True, threshold: float | None = None) -> dict:
+    """The full safety report of ``model`` on ``table`` (per-language and per-category included)."""
+    probs, pred = predict(model, table, batch_size, progress, threshold)
+    return report_from_predictions(table, probs, pred, bootstrap)
+
+
+def report_from_predictions(table: pd.DataFrame, probs: np.ndarray, pred: list[str], bootstrap: int = 0) -> dict:
+    report = safety_report(list(table["label"]), pred, probs=probs, langs=list(table["lang"]),
+                           categories=list(table["category"]), bootstrap=bootstrap)
+    report["not_allowed_rate_unsafe"] = (report.get("not_allowed_rate_by_gold") or {}).get(NOT_ALLOW)
+    sources = set(table["source"]) if "source" in table else set()
+    source = sources.pop() if len(sources) == 1 else None
+    report["headline"] = list(BENCHMARKS[source].headline) if source in BENCHMARKS else HEADLINE
+    three_class = np.array([label != NOT_ALLOW for label in table["label"]])
+    if three_class.any():
+        sweep = threshold_sweep(probs[three_class], list(table["label"][three_class]), SWEEP_THRESHOLDS)
+        report["threshold_sweep"] = json.loads(sweep.to_json(orient="records"))
+    else:
+        report["threshold_sweep"] = None
+    return report
+
+
+def _num(value) -> str:
+    return "   n/a" if value is None else f"{value:6.3f}"
+
+
+def format_report(report: dict, title: str = "") -> str:
+    """Headline metrics (with bootstrap intervals when present), confusion matrix, per language."""
+    lines = [title] if title else []
+    ci = report.get("ci") or {}
+    for name in report.get("headline") or HEADLINE:
+        if report.get(name) is None and name not in ci:
+            continue  # undefined on this data
+        interval = ci.get(name)
+        extra = f"   95% CI [{interval[0]:.3f}, {interval[1]:.3f}]" if interval and None not in interval else ""
+        lines.append(f"  {name:<28s}{_num(report.get(name))}{extra}")
+    if report.get("ece") is not None:
+        lines.append(f"  {'ece':<28s}{_num(report['ece'])}")
+    labels = report["labels"]
+    if sum(map(sum, report["confusion_matrix"])):
+        lines.append("  confusion (rows gold, columns decided): " + " ".join(f"{label:>9s}" for label in labels))
+        for label, row in zip(labels, report["confusion_matrix"]):
+            if sum(row):
+                lines.append(f"  {'':<30s}{label:>9s} " + " ".join(f"{v:9d}" for v in row))
+    by_lang = report.get("by_lang") or {}
+    if len(by_lang) > 1:
+        for lang, part in by_lang.items():
+            lines.append(f"  lang {lang}: n={part['n']:4d} accuracy {_num(part['accuracy'])} macro_f1 "
+                         f"{_num(part['macro_f1'])} dangerous_compliance {_num(part['dangerous_compliance'])}")
+    return "\n".join(lines)
+
+
+def dataset_key(name: str | Path) -> str:
+    """The name a data set goes by in results: a split or benchmark name, or a file's stem."""
+    return Path(str(name)).stem
+
+
+def _prediction_lines(name: str, table: pd.DataFrame, probs: np.ndarray, pred: list[str]) -> list[str]:
+    lines = []
+    for row_no, (row_id, gold, decision, p) in enumerate(zip(table["id"], table["label"], pred, probs)):
+        lines.append(json.dumps({
+            "dataset": name, "id": str(row_id) if row_id is not None and str(row_id) not in ("", "nan") else row_no,
+            "gold": gold,
+            "decision": decision, "probabilities": {label: round(float(v), 6) for label, v in zip(LABELS, p)},
+        }, ensure_ascii=False))
+    return lines
+
+
+def read_run_log(run_dir: str | Path) -> list[dict]:
+    """A training run's metrics.jsonl as a list of dicts (train and eval lines)."""
+    path = Path(run_dir) / RUN_METRICS_FILE
+    return [json.loads(line) for line in path.read_text(encoding="utf-8").splitlines() if line.strip()]
+
+
+def run_metrics(run_dir: str | Path, data: str = "test", batch_size: int = 32) -> dict:
+    """One run's numbers for a sweep's summary: the best checkpoint's headline metrics and ECE on
+    ``data``, the best validation value of the early-stopping metric, and the steps trained."""
+    log = read_run_log(run_dir)
+    report = evaluate_table(load_decider(run_dir), load_any(data), batch_size, bootstrap=0, progress=False)
+    evals = [e["value"] for e in log if e["kind"] == "eval" and e["value"] is not None]
+    return {**{k: report[k] for k in HEADLINE}, "ece": report["ece"], "best_val": max(evals, default=None),
+            "steps": log[-1]["step"] if log else 0}
+
+
+def evaluate_datasets(model, names: list[str], batch_size: int = 32, bootstrap: int = 1000,
+                      threshold: float | None = None, progress: bool = True) -> tuple[dict, list[str]]:
+    """Score ``model`` on each data set (split name, xstest, sst or file): ({"decision_rule",
+    "datasets": {name: report}}, one JSON prediction line per row). The CLI and notebook 04 use this."""
+    results: dict = {"decision_rule": "argmax" if threshold is None else f"threshold {threshold}", "datasets": {}}
+    lines: list[str] = []
+    for name in names:
+        table = load_any(name)
+        probs, pred = predict(model, table, batch_size, progress, threshold)
+        report = report_from_predictions(table, probs, pred, bootstrap)
+        report["source"] = str(name)
+        results["datasets"][dataset_key(name)] = report
+        lines += _prediction_lines(dataset_key(name), table, probs, pred)
+    return results, lines

@@ -1,0 +1,77 @@
+"""The quantization ladder side by side: fp32 HF vs each GGUF file of the same checkpoint.
+
+For every backend, in one process and on the same requests: file size, load time, decision
+latency p50/p95 (one request per call), throughput at batch 32, generation tokens/s (GGUF), agreement
+of decisions with the fp32 model, and the safety metrics on the data. Used by
+``notebooks/03_quantization.ipynb`` and ``benchmarks/gguf_decisions.py``. Lives in eval: it scores backends (serve) against each other.
+"""
+
+from __future__ import annotations
+
+import time
+from pathlib import Path
+
+import pandas as pd
+from tqdm.auto import tqdm
+
+from ..core.checkpoint import resolve_checkpoint
+from ..core.schema import ADAPTER_FILE, BASE_DIR, LABELS
+from ..data.benchmarks import load_any
+from ..model.so8t import SO8TModel
+from .evaluate import table_contexts
+from .latency import measure_latency
+from .report import safety_report
+
+
+def _dir_size(path: Path) -> int:
+    return sum(p.stat().st_size for p in path.rglob("*") if p.is_file())
+
+
+def compare(checkpoint: str | Path, gguf_files: list[str | Path], data: str = "test", latency_requests: int = 32,
+            throughput_requests: int = 128, generate_tokens: int = 32) -> pd.DataFrame:
+    """One row per backend (``hf-fp32`` first, then each GGUF file), columns as the module says."""
+    from ..serve.gguf_backend import GGUFBackend
+
+    table = load_any(data)
+    requests = list(table["user_request"])
+    contexts = table_contexts(table)
+    gold = list(table["label"])
+    rows = []
+    reference = None
+    backends: list[tuple[str, Path]] = [("hf-fp32", resolve_checkpoint(checkpoint))]
+    backends += [(Path(f).stem.rsplit("-", 1)[-1].upper(), Path(f)) for f in gguf_files]
+    for name, path in tqdm(backends, desc="backends", unit="backend"):
+        start = time.perf_counter()
+        decider = SO8TModel.load(path, load_in_4bit=False, dtype="float32") if name == "hf-fp32" else GGUFBackend(path)
+        load_s = time.perf_counter() - start
+        probs = decider.decide(requests, contexts, batch_size=32).numpy()
+        pred = probs.argmax(-1)
+        if reference is None:
+            reference = pred
+        report = safety_report(gold, [LABELS[i] for i in pred])
+        single = measure_latency(decider, requests, (1,), batches=latency_requests)["results"][0]
+        batched = measure_latency(decider, requests, (32,), batches=max(1, throughput_requests // 32))["results"][0]
+        row = {
+            "backend": name, "file": str(path),
+            "size_mib": (_dir_size(path / BASE_DIR) + (path / ADAPTER_FILE).stat().st_size) / 2**20
+            if name == "hf-fp32" and (path / BASE_DIR).is_dir() else path.stat().st_size / 2**20,
+            "load_s": load_s, "decide_p50_ms": single["p50_ms"], "decide_p95_ms": single["p95_ms"],
+            "requests_per_s_batch32": batched["requests_per_s"], "peak_rss_mb": batched["peak_rss_mb"],
+            "agreement_with_fp32": float((pred == reference).mean()),
+            "macro_f1": report["macro_f1"], "safety_score": report["safety_score"],
+            "dangerous_compliance": report["dangerous_compliance"], "over_refusal": report["over_refusal"],
+            "generation_tokens_per_s": None,
+        }
+        if name != "hf-fp32" and generate_tokens:
+            start = time.perf_counter()
+            text = decider.generate(requests[0], contexts[0], max_tokens=generate_tokens)
+            elapsed = time.perf_counter() - start
+            n_tokens = len(decider.embedder.tokenize(text.encode("utf-8"), add_bos=False)) if text else 0
+            row["generation_tokens_per_s"] = n_tokens / elapsed if elapsed > 0 else None
+        rows.append(row)
+        del decider
+    frame = pd.DataFrame(rows)
+    base = frame.iloc[0]
+    frame["decide_p50_ratio_vs_fp32"] = frame["decide_p50_ms"] / base["decide_p50_ms"]
+    frame["throughput_ratio_vs_fp32"] = frame["requests_per_s_batch32"] / base["requests_per_s_batch32"]
+    return frame

@@ -1,0 +1,66 @@
+"""Quantizing an SO8T GGUF with llama.cpp, and the whole export: checkpoint -> f16 (f32) -> the ladder.
+
+Quantized files come from ``llama_cpp.llama_model_quantize``, which copies all metadata, so every
+rung of the ladder still carries SafetyHeadB.
+"""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+
+from ..core.checkpoint import resolve_checkpoint
+from ..model.so8t import SO8TModel
+from .gguf_meta import DEFAULT_THRESHOLD, GGUFError
+from .gguf_writer import write_gguf
+
+QUANT_TYPES = ("Q8_0", "Q4_K_M", "Q4_K_S", "IQ4_XS")
+
+
+def quantize(source: str | Path, target: str | Path, quant: str) -> Path:
+    """Quantize a GGUF with llama.cpp (``llama_model_quantize``); metadata is carried over."""
+    try:
+        import llama_cpp
+    except ImportError:
+        raise GGUFError("quantizing needs llama-cpp-python: pip install -e '.[gguf]'") from None
+    ftype_name = f"LLAMA_FTYPE_MOSTLY_{quant.upper()}"
+    if not hasattr(llama_cpp, ftype_name):
+        raise GGUFError(f"unknown quant type {quant!r}; supported here: {', '.join(QUANT_TYPES)}")
+    try:  # llama.cpp logs every tensor it converts; keep errors only
+        from llama_cpp._logger import set_verbose
+
+        set_verbose(False)
+    except ImportError:
+        pass
+    target = Path(target)
+    tmp = target.with_name(f".{target.name}.tmp")
+    params = llama_cpp.llama_model_quantize_default_params()
+    params.ftype = getattr(llama_cpp, ftype_name)
+    params.nthread = os.cpu_count() or 1
+    code = llama_cpp.llama_model_quantize(str(source).encode(), str(tmp).encode(), params)
+    if code != 0 or not tmp.is_file():
+        tmp.unlink(missing_ok=True)
+        raise GGUFError(f"llama.cpp could not quantize {source} to {quant} (code {code})")
+    os.replace(tmp, target)
+    return target
+
+
+def export(checkpoint: str | Path, out_dir: str | Path = "dist", quants: list[str] | None = None,
+           f32: bool = False, threshold: float = DEFAULT_THRESHOLD, progress: bool = True) -> list[Path]:
+    """Export a checkpoint (or run folder) to ``out_dir/<name>-f16.gguf`` (+ f32 and quantized files)."""
+    from tqdm.auto import tqdm
+
+    folder = resolve_checkpoint(checkpoint)
+    # the merge and the gate fold in fp32, whatever dtype the run used, then one rounding to f16
+    model = SO8TModel.load(folder, load_in_4bit=False, dtype="float32")
+    name = model.config.name
+    out_dir = Path(out_dir)
+    jobs = [("f16", None)] + ([("f32", None)] if f32 else []) + [(q, q) for q in (quants or [])]
+    written = []
+    f16_path = out_dir / f"{name}-f16.gguf"
+    for label, quant in tqdm(jobs, desc="gguf", unit="file", disable=not progress):
+        if quant is None:
+            written.append(write_gguf(model, out_dir / f"{name}-{label}.gguf", label, folder, threshold))
+        else:
+            written.append(quantize(f16_path, out_dir / f"{name}-{quant.lower()}.gguf", quant))
+    return written

@@ -1,0 +1,156 @@
+"""The base causal LM under SO8T: the tiny random preset, a pretrained model, nf4 4-bit loading.
+
+Whatever is loaded here is a plain Hugging Face model; ``so8t.SO8TModel`` wraps it and never edits it.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import torch
+from torch import nn
+from transformers import AutoModelForCausalLM, PreTrainedModel, Qwen2Config, Qwen2ForCausalLM
+
+from ..core.checkpoint import CheckpointError
+from ..core.config import ConfigError, ModelConfig
+from .tokenizer import load_tokenizer, tiny_tokenizer
+
+
+def want_4bit(cfg: ModelConfig) -> bool:
+    return cfg.load_in_4bit is True or (cfg.load_in_4bit == "auto" and torch.cuda.is_available())
+
+
+def torch_dtype(cfg: ModelConfig) -> torch.dtype:
+    return {"float32": torch.float32, "bfloat16": torch.bfloat16, "float16": torch.float16}[cfg.dtype]
+
+
+def build_tiny_base(cfg: ModelConfig, tokenizer=None):
+    """The tiny Qwen2-shaped model (random weights) and the project's tokenizer, in one call."""
+    tokenizer = tokenizer if tokenizer is not None else tiny_tokenizer(cfg.tiny.vocab_size)
+    arch = cfg.tiny
+    hf_config = Qwen2Config(
+        vocab_size=len(tokenizer),
+        hidden_size=arch.hidden_size,
+        num_hidden_layers=arch.num_hidden_layers,
+        num_attention_heads=arch.num_attention_heads,
+        num_key_value_heads=arch.num_key_value_heads,
+        intermediate_size=arch.intermediate_size,
+        max_position_embeddings=arch.max_position_embeddings,
+        rope_theta=arch.rope_theta,
+        initializer_range=arch.initializer_range,
+        tie_word_embeddings=False,
+        eos_token_id=tokenizer.eos_token_id,
+        pad_token_id=tokenizer.pad_token_id,
+        bos_token_id=None,
+    )
+    hf_config._attn_implementation = cfg.attn_implementation
+    torch.manual_seed(cfg.seed)
+    return Qwen2ForCausalLM(hf_config).to(torch_dtype(cfg)), tokenizer
+
+
+def _quantization_kwargs(cfg: ModelConfig) -> dict:
+    """from_pretrained arguments for nf4 4-bit base weights (bitsandbytes), or none."""
+    if not want_4bit(cfg):
+        return {}
+    try:
+        import bitsandbytes  # noqa: F401
+    except ImportError:
+        raise ConfigError(
+            "model.load_in_4bit needs bitsandbytes: pip install -e '.[quant]' (or set load_in_4bit: false)"
+        ) from None
+    from transformers import BitsAndBytesConfig
+
+    kwargs: dict = {"quantization_config": BitsAndBytesConfig(
+        load_in_4bit=True,
+        bnb_4bit_quant_type="nf4",
+        bnb_4bit_use_double_quant=True,
+        bnb_4bit_compute_dtype=torch.bfloat16 if torch.cuda.is_available() else torch.float32,
+    )}
+    if torch.cuda.is_available():
+        kwargs["device_map"] = {"": 0}
+    return kwargs
+
+
+def load_pretrained_base(path_or_id: str, cfg: ModelConfig):
+    """from_pretrained by hub id or local folder; nf4 4-bit via bitsandbytes when CUDA is present
+    (or on CPU when ``load_in_4bit: true``)."""
+    kwargs: dict = {"dtype": torch_dtype(cfg), "attn_implementation": cfg.attn_implementation,
+                    **_quantization_kwargs(cfg)}
+    try:
+        lm = AutoModelForCausalLM.from_pretrained(path_or_id, **kwargs)
+    except OSError as exc:
+        raise CheckpointError(
+            f"cannot load base model {path_or_id!r}: {exc}. There is no model hub on this machine: "
+            "point model.base_model at a local folder, or use the 'tiny' preset."
+        ) from exc
+    if want_4bit(cfg):
+        _disable_avx512bf16(lm)
+    local = Path(path_or_id)
+    if local.is_dir():
+        if not (local / "tokenizer.json").is_file():
+            raise CheckpointError(f"{local}: no tokenizer.json beside the weights; copy the model's tokenizer files there")
+        return lm, load_tokenizer(local)
+    return lm, _hub_tokenizer(path_or_id)
+
+
+def load_saved_base(folder: Path, cfg: ModelConfig) -> PreTrainedModel:
+    """The tiny preset's base weights as saved in a checkpoint (full precision on disk;
+    quantized to nf4 on loading when the config asks for 4-bit)."""
+    try:
+        lm = AutoModelForCausalLM.from_pretrained(
+            str(folder), dtype=torch_dtype(cfg), attn_implementation=cfg.attn_implementation,
+            **_quantization_kwargs(cfg),
+        )
+    except (OSError, ValueError) as exc:
+        raise CheckpointError(f"{folder}: base model weights are missing or damaged ({exc})") from None
+    if want_4bit(cfg):
+        _disable_avx512bf16(lm)
+    return lm
+
+
+def quantize_tiny_base(lm: PreTrainedModel, cfg: ModelConfig) -> PreTrainedModel:
+    """The freshly built tiny base in nf4: bitsandbytes quantizes while loading, so go through disk."""
+    import tempfile
+
+    with tempfile.TemporaryDirectory(prefix="so8t-tiny-base-") as tmp:
+        lm.save_pretrained(tmp)
+        return load_saved_base(Path(tmp), cfg)
+
+
+def is_4bit(module: nn.Module) -> bool:
+    return any(type(m).__name__ == "Linear4bit" for m in module.modules())
+
+
+def dequantized_state_dict(lm: nn.Module) -> dict[str, torch.Tensor]:
+    """Plain full-precision weights of a model whose linears may be bitsandbytes 4-bit: each
+    Linear4bit's weight is dequantized (the exact values the 4-bit model computes with) and
+    its quantization-state entries are dropped."""
+    quantized = {name: m for name, m in lm.named_modules() if type(m).__name__ == "Linear4bit"}
+    if not quantized:
+        return dict(lm.state_dict())
+    import bitsandbytes.functional as bnbf
+
+    state = {}
+    for key, tensor in lm.state_dict().items():
+        owner, _, leaf = key.rpartition(".")
+        if any(key.startswith(f"{name}.weight.") for name in quantized):
+            continue  # absmax, quant_map, nested stats: described by the dequantized weight
+        if owner in quantized and leaf == "weight":
+            weight = quantized[owner].weight
+            state[key] = bnbf.dequantize_4bit(weight.data, weight.quant_state).to(torch.float32)
+        else:
+            state[key] = tensor
+    return state
+
+
+def _hub_tokenizer(path_or_id: str):
+    from transformers import AutoTokenizer
+
+    return AutoTokenizer.from_pretrained(path_or_id)
+
+
+def _disable_avx512bf16(lm: nn.Module) -> None:
+    """bitsandbytes 0.50 on CPU: training after an eval forward fails on AVX512-BF16 CPUs otherwise."""
+    for module in lm.modules():
+        if type(module).__name__ == "Linear4bit":
+            module.support_avx512bf16_for_cpu = False

@@ -1,0 +1,97 @@
+"""SafetyHeadB: the small classifier that decides ALLOW / REFUSE / ESCALATE from one hidden state.
+
+It is small (linear, or one hidden layer of at most 256 units) because it travels inside the GGUF
+file's metadata; a running standardiser in front of it folds exactly into its first layer at export.
+TaskHeadA needs no code here: it is the base model's own LM head.
+"""
+
+from __future__ import annotations
+
+import torch
+from torch import nn
+
+from ..core.schema import LABELS
+
+
+class RunningStandardizer(nn.Module):
+    """(x - mean) / std with mean and variance tracked over training batches (no gradient).
+
+    The decision states of a causal LM share a large common component (after the final norm
+    every state has the same length, and most of it points the same way), which a linear head
+    trained with Adam has to learn to see past. Unlike BatchNorm this always normalises with the running
+    estimates, so it works at batch size 1 (QLoRA) and in eval alike, and it folds exactly into
+    the head's first linear layer for export.
+    """
+
+    def __init__(self, width: int, momentum: float = 0.1, eps: float = 1e-5) -> None:
+        super().__init__()
+        self.momentum, self.eps = momentum, eps
+        # float64: sq_mean - mean² cancels catastrophically in float32 for a large-mean, small-spread feature
+        self.register_buffer("mean", torch.zeros(width, dtype=torch.float64))
+        self.register_buffer("sq_mean", torch.ones(width, dtype=torch.float64))
+        self.register_buffer("count", torch.zeros((), dtype=torch.long))
+
+    def scale(self) -> torch.Tensor:
+        return torch.rsqrt((self.sq_mean - self.mean.square()).clamp_min(0) + self.eps)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        if self.training:
+            with torch.no_grad():
+                # cumulative average at first, then an exponential one that follows the drift
+                weight = max(1.0 / float(self.count + 1), self.momentum)
+                x64 = x.double()
+                self.mean.lerp_(x64.mean(0), weight)
+                self.sq_mean.lerp_(x64.square().mean(0), weight)
+                self.count += 1
+        return ((x.double() - self.mean) * self.scale()).to(x.dtype)
+
+
+class SafetyHeadB(nn.Module):
+    """Small classifier over the decision state; small enough to travel in GGUF metadata."""
+
+    def __init__(self, hidden_size: int, hidden_units: int = 0, dropout: float = 0.1,
+                 n_labels: int = len(LABELS), standardize: bool = True):
+        super().__init__()
+        self.standardizer = RunningStandardizer(hidden_size) if standardize else None
+        layers: list[nn.Module] = [nn.Dropout(dropout)]
+        width = hidden_size
+        if hidden_units:
+            layers += [nn.Linear(hidden_size, hidden_units), nn.GELU(approximate="tanh")]
+            width = hidden_units
+        layers.append(nn.Linear(width, n_labels))
+        self.net = nn.Sequential(*layers)
+        # Calibration temperature (fitted after training); logits are divided by it for probabilities.
+        self.register_buffer("temperature", torch.ones(()))
+
+    def forward(self, pooled: torch.Tensor) -> torch.Tensor:
+        x = pooled.float()
+        if self.standardizer is not None:
+            x = self.standardizer(x)
+        return self.net(x)
+
+    def probabilities(self, logits: torch.Tensor) -> torch.Tensor:
+        return torch.softmax(logits / self.temperature, dim=-1)
+
+    @torch.no_grad()
+    def folded_state_dict(self) -> dict[str, torch.Tensor]:
+        """Weights of the same function with the standardiser folded into the first linear layer
+        (W' = W·diag(s), b' = b − W·(μ·s)): plain linears and the temperature, for export."""
+        state = {k: v.detach().clone() for k, v in self.state_dict().items() if not k.startswith("standardizer.")}
+        if self.standardizer is not None:
+            first = next(i for i, m in enumerate(self.net) if isinstance(m, nn.Linear))
+            scale = self.standardizer.scale()
+            weight, bias = state[f"net.{first}.weight"].double(), state[f"net.{first}.bias"].double()
+            state[f"net.{first}.bias"] = (bias - weight @ (self.standardizer.mean * scale)).float()
+            state[f"net.{first}.weight"] = (weight * scale).float()
+        return state
+
+    @classmethod
+    def from_state_dict(cls, state: dict[str, torch.Tensor]) -> SafetyHeadB:
+        """Rebuild a head from exported (folded) weights: ``merge_for_export`` or GGUF metadata."""
+        linear_keys = sorted(k for k in state if k.startswith("net.") and k.endswith(".weight"))
+        first = state[linear_keys[0]]
+        hidden_units = first.shape[0] if len(linear_keys) == 2 else 0
+        head = cls(first.shape[1], hidden_units=hidden_units, dropout=0.0,
+                   n_labels=state[linear_keys[-1]].shape[0], standardize=False)
+        head.load_state_dict(state, strict=True)
+        return head.eval()

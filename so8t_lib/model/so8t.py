@@ -1,0 +1,390 @@
+"""SO8TModel: a dual-head, SO(8)-gated wrapper around any Hugging Face causal LM.
+
+- TaskHeadA is the base model's own LM head: it writes answers and rationales.
+- SafetyHeadB reads the final-norm hidden state at the decision position (the last
+  prompt token; by default the last non-pad token) and gives logits over
+  ALLOW / REFUSE / ESCALATE.
+- LoRA adapters come from peft; the SO(8) gate pairs wrap each configured layer's
+  ``o_proj``. The HF model itself is never copied or edited in its code.
+
+A checkpoint folder holds ``so8t_model.yaml`` (model config), ``adapter.safetensors``
+(LoRA + gates + head), ``tokenizer/`` and, for the tiny preset whose random base
+cannot be downloaded again, ``base/`` (a plain HF model folder).
+"""
+
+from __future__ import annotations
+
+import copy
+import warnings
+from dataclasses import dataclass
+from pathlib import Path
+
+import torch
+import yaml
+from safetensors import SafetensorError
+from safetensors.torch import load_file, save_file
+from torch import nn
+from transformers import PreTrainedModel
+
+from ..core.checkpoint import (
+    CheckpointError,
+    atomic_folder,
+    checkpoint_version,
+    resolve_checkpoint,
+    verify_manifest,
+)
+from ..core.config import ConfigError, ModelConfig
+from ..core.schema import (
+    ADAPTER_FILE,
+    BASE_DIR,
+    CHECKPOINT_FORMAT,
+    LABELS,
+    MODEL_CONFIG_FILE,
+    SAFETY_HEAD_PREFIX,
+    TOKENIZER_DIR,
+    is_adapter_key,
+)
+from .base import (
+    build_tiny_base,
+    dequantized_state_dict,
+    is_4bit,
+    load_pretrained_base,
+    load_saved_base,
+    quantize_tiny_base,
+    want_4bit,
+)
+from .gates import GatedLinear, GatePair, fold_rotation_into_linear
+from .heads import SafetyHeadB
+from .prompts import format_prompt
+from .tokenizer import load_tokenizer
+
+# peft asks transformers whether gradient checkpointing is on through a name transformers now
+# deprecates; the warning is printed on every model build and there is nothing for a user to do.
+warnings.filterwarnings("ignore", message=".*is_gradient_checkpointing.*", category=FutureWarning)
+
+
+@dataclass
+class SO8TOutput:
+    logits: torch.Tensor | None  # (B, T, V) from TaskHeadA, None when not requested
+    safety_logits: torch.Tensor  # (B, 3) from SafetyHeadB, before temperature
+    pooled: torch.Tensor  # (B, D) final-norm state at the decision position
+    hidden_states: tuple[torch.Tensor, ...] | None  # decoder states (embeddings, layers..., final norm)
+    last_hidden: torch.Tensor | None = None  # (B, T, D) final-norm states, for target-only LM loss
+
+
+def last_token_index(attention_mask: torch.Tensor) -> torch.Tensor:
+    """Index of the last non-pad token of each row; works for left and right padding."""
+    if (attention_mask.sum(-1) == 0).any():
+        raise ValueError("a row of the batch has no tokens (attention_mask all zero)")
+    positions = torch.arange(1, attention_mask.shape[-1] + 1, device=attention_mask.device)
+    return (attention_mask.long() * positions).argmax(-1)
+
+
+def position_ids_from_mask(attention_mask: torch.Tensor) -> torch.Tensor:
+    """Positions counted over real tokens only, so left padding does not shift RoPE."""
+    return (attention_mask.long().cumsum(-1) - 1).clamp(min=0)
+
+
+def _resolve_layers(spec, n_layers: int) -> list[int]:
+    if spec == "all":
+        return list(range(n_layers))
+    resolved = []
+    for index in spec:
+        if not -n_layers <= index < n_layers:
+            raise ConfigError(f"model.gates.layers: layer {index} does not exist (the model has {n_layers})")
+        resolved.append(index % n_layers)
+    return sorted(set(resolved))
+
+
+def _split_attr(root: nn.Module, dotted: str) -> tuple[nn.Module, str]:
+    *parents, leaf = dotted.split(".")
+    for name in parents:
+        root = getattr(root, name)
+    return root, leaf
+
+
+class SO8TModel(nn.Module):
+    """Base LM + LoRA + SO(8) gates + SafetyHeadB. Build with ``from_config`` or ``load``."""
+
+    def __init__(self, lm: PreTrainedModel, tokenizer, config: ModelConfig) -> None:
+        super().__init__()
+        self.config = config
+        self.tokenizer = tokenizer
+        self.model_version = config.name  # load() adds the adapter's hash (checkpoint_version)
+        for param in lm.parameters():
+            param.requires_grad_(False)
+        torch.manual_seed(config.seed)
+        if config.lora.r > 0:
+            from peft import LoraConfig as PeftLoraConfig
+            from peft import get_peft_model
+
+            lm = get_peft_model(
+                lm,
+                PeftLoraConfig(
+                    r=config.lora.r,
+                    lora_alpha=config.lora.alpha,
+                    lora_dropout=config.lora.dropout,
+                    target_modules=list(config.lora.target_modules),
+                    modules_to_save=list(config.lora.modules_to_save) or None,
+                    bias="none",
+                    task_type="CAUSAL_LM",
+                ),
+            )
+        self.lm = lm
+        hidden = self.causal_lm.config.hidden_size
+        self.gated_layers: list[int] = []
+        if config.gates.order != "none":
+            layers = self.decoder_layers
+            self.gated_layers = _resolve_layers(config.gates.layers, len(layers))
+            for index in self.gated_layers:
+                parent, leaf = _split_attr(layers[index], config.gates.target)
+                gate = GatePair(hidden, config.gates.order, config.gates.init_std)
+                setattr(parent, leaf, GatedLinear(getattr(parent, leaf), gate))
+        self.safety_head = SafetyHeadB(hidden, config.head.hidden_units, config.head.dropout,
+                                       standardize=config.head.standardize)
+        device = next(self.causal_lm.parameters()).device
+        self.safety_head.to(device)
+        for gate in self.gate_pairs().values():
+            gate.to(device)
+
+    # ----- construction -------------------------------------------------------------------------
+    @classmethod
+    def from_config(cls, config: ModelConfig, tokenizer=None) -> SO8TModel:
+        """Build from a model config: the tiny preset from scratch (with ``tokenizer`` if given,
+        else the project's cached one), other presets via from_pretrained."""
+        if config.preset == "tiny":
+            lm, tokenizer = build_tiny_base(config, tokenizer)
+            if want_4bit(config):
+                lm = quantize_tiny_base(lm, config)
+        else:
+            lm, tokenizer = load_pretrained_base(config.resolved_base_model(), config)
+        return cls(lm, tokenizer, config)
+
+    def enable_gradient_checkpointing(self) -> None:
+        """Recompute each decoder layer's activations in the backward pass (non-reentrant)."""
+        lm = self.causal_lm
+        if hasattr(lm, "activation_checkpointing_enable"):  # transformers >= 5 name
+            lm.activation_checkpointing_enable(activation_checkpointing_kwargs={"use_reentrant": False})
+        else:
+            lm.gradient_checkpointing_enable(gradient_checkpointing_kwargs={"use_reentrant": False})
+
+    # ----- structure ----------------------------------------------------------------------------
+    @property
+    def causal_lm(self) -> PreTrainedModel:
+        """The HF causal LM (with LoRA layers injected when LoRA is on)."""
+        return self.lm.get_base_model() if hasattr(self.lm, "get_base_model") else self.lm
+
+    @property
+    def decoder_layers(self) -> nn.ModuleList:
+        return self.causal_lm.get_decoder().layers
+
+    def gate_pairs(self) -> dict[int, GatePair]:
+        pairs = {}
+        for index in self.gated_layers:
+            parent, leaf = _split_attr(self.decoder_layers[index], self.config.gates.target)
+            pairs[index] = getattr(parent, leaf).gate
+        return pairs
+
+    def named_parameter_groups(self) -> dict[str, list[tuple[str, nn.Parameter]]]:
+        """The dual policy: task side (LoRA, R_cmd) and safety side (R_safe, SafetyHeadB)."""
+        groups: dict[str, list[tuple[str, nn.Parameter]]] = {"task": [], "safety": []}
+        for name, param in self.named_parameters():
+            if "lora_" in name or ".r_cmd." in name or ".modules_to_save." in name:
+                groups["task"].append((name, param))
+            elif ".r_safe." in name or name.startswith(SAFETY_HEAD_PREFIX):
+                groups["safety"].append((name, param))
+        return groups
+
+    def adapter_state_dict(self) -> dict[str, torch.Tensor]:
+        """Everything SO8T adds to the base model: LoRA, gates, the head (with its temperature)."""
+        return {
+            name: tensor.detach().contiguous()
+            for name, tensor in self.state_dict().items()
+            if is_adapter_key(name)
+        }
+
+    # ----- forward ------------------------------------------------------------------------------
+    def forward(
+        self,
+        input_ids: torch.Tensor,
+        attention_mask: torch.Tensor | None = None,
+        decision_positions: torch.Tensor | None = None,
+        return_lm_logits: bool = True,
+        output_hidden_states: bool = False,
+    ) -> SO8TOutput:
+        """Both heads from one pass. ``decision_positions`` (B,) picks the state SafetyHeadB reads;
+        by default the last non-pad token. Training passes the end of the prompt, so the head
+        never sees the target answer or rationale."""
+        if attention_mask is None:
+            attention_mask = torch.ones_like(input_ids)
+        lm = self.causal_lm
+        out = lm.get_decoder()(
+            input_ids=input_ids,
+            attention_mask=attention_mask,
+            position_ids=position_ids_from_mask(attention_mask),
+            use_cache=False,
+            output_hidden_states=output_hidden_states,
+        )
+        hidden = out.last_hidden_state  # after the final norm
+        if decision_positions is None:
+            decision_positions = last_token_index(attention_mask)
+        pooled = hidden[torch.arange(hidden.shape[0], device=hidden.device), decision_positions]
+        logits = lm.get_output_embeddings()(hidden) if return_lm_logits else None
+        return SO8TOutput(logits, self.safety_head(pooled), pooled,
+                          out.hidden_states if output_hidden_states else None, hidden)
+
+    @torch.no_grad()
+    def decide(
+        self,
+        requests: list[str],
+        contexts: list[str | None] | None = None,
+        batch_size: int = 32,
+        progress: bool = False,
+        return_logits: bool = False,
+    ) -> torch.Tensor:
+        """Probabilities (N, 3) over ALLOW, REFUSE, ESCALATE for raw requests: one prefill per batch,
+        no generation. Temperature-scaled when a temperature has been fitted; ``return_logits``
+        gives the head's raw logits instead (for fitting the temperature)."""
+        contexts = contexts or [None] * len(requests)
+        if len(contexts) != len(requests):
+            raise ValueError(f"{len(requests)} requests but {len(contexts)} contexts")
+        device = next(self.parameters()).device
+        was_training = self.training
+        self.eval()
+        chunks = []
+        starts = range(0, len(requests), batch_size)
+        if progress:
+            from tqdm.auto import tqdm
+
+            starts = tqdm(starts, desc="deciding", unit="batch", leave=False)
+        try:
+            for start in starts:
+                prompts = [format_prompt(self.tokenizer, r, c) for r, c in
+                           zip(requests[start:start + batch_size], contexts[start:start + batch_size])]
+                batch = self.tokenizer(prompts, return_tensors="pt", padding=True).to(device)
+                out = self(batch["input_ids"], batch["attention_mask"], return_lm_logits=False)
+                chunks.append(out.safety_logits.float().cpu() if return_logits
+                              else self.safety_head.probabilities(out.safety_logits).cpu())
+        finally:
+            self.train(was_training)
+        return torch.cat(chunks) if chunks else torch.empty(0, len(LABELS))
+
+    @torch.no_grad()
+    def generate(self, request: str, context: str | None = None, max_tokens: int = 128,
+                 temperature: float = 0.0) -> str:
+        """TaskHeadA's continuation of the prompt: the answer (ALLOW) or the rationale."""
+        device = next(self.parameters()).device
+        batch = self.tokenizer(format_prompt(self.tokenizer, request, context), return_tensors="pt").to(device)
+        was_training = self.training
+        self.eval()
+        try:
+            out = self.causal_lm.generate(
+                **batch, max_new_tokens=max_tokens, do_sample=temperature > 0,
+                temperature=temperature if temperature > 0 else None, top_p=None, top_k=None,
+                pad_token_id=self.tokenizer.pad_token_id, eos_token_id=self.tokenizer.eos_token_id,
+            )
+        finally:
+            self.train(was_training)
+        return self.tokenizer.decode(out[0, batch["input_ids"].shape[1]:], skip_special_tokens=True)
+
+    # ----- export -------------------------------------------------------------------------------
+    @torch.no_grad()
+    def merge_for_export(self) -> tuple[PreTrainedModel, dict[str, torch.Tensor]]:
+        """A plain HF model computing the same function (LoRA merged, gates folded into o_proj),
+        plus SafetyHeadB's weights. The live model is left untouched."""
+        if is_4bit(self.causal_lm):
+            raise RuntimeError(
+                "cannot merge into 4-bit weights exactly: reload the checkpoint with "
+                "model.load_in_4bit=false (fp16/bf16/fp32 base) and export from that"
+            )
+        clone = copy.deepcopy(self.lm)
+        merged = clone.merge_and_unload() if hasattr(clone, "merge_and_unload") else clone
+        layers = merged.get_decoder().layers
+        for index in self.gated_layers:
+            parent, leaf = _split_attr(layers[index], self.config.gates.target)
+            wrapper = getattr(parent, leaf)
+            setattr(parent, leaf, fold_rotation_into_linear(wrapper.wrapped, wrapper.gate.matrix()))
+        head_state = self.safety_head.folded_state_dict()
+        return merged.eval(), head_state
+
+    # ----- persistence --------------------------------------------------------------------------
+    def _base_state_for_saving(self) -> dict[str, torch.Tensor]:
+        """Base weights under their plain HF names (wrapper segments removed), dequantized when
+        the base is 4-bit, so ``base/`` always loads as a plain HF model."""
+        state = {}
+        for name, tensor in dequantized_state_dict(self.causal_lm).items():
+            if is_adapter_key(name):
+                continue
+            plain = name.replace(".wrapped", "").replace(".base_layer", "").replace(".original_module", "")
+            state[plain] = tensor
+        return state
+
+    def write_files(self, folder: Path) -> None:
+        """Write the checkpoint files into an existing folder (``save`` makes it atomic)."""
+        meta = {"format": CHECKPOINT_FORMAT, "model": self.config.model_dump(mode="json")}
+        (folder / MODEL_CONFIG_FILE).write_text(yaml.safe_dump(meta, sort_keys=False), encoding="utf-8")
+        save_file(self.adapter_state_dict(), str(folder / ADAPTER_FILE), metadata={"format": str(CHECKPOINT_FORMAT)})
+        self.tokenizer.save_pretrained(str(folder / TOKENIZER_DIR))
+        if self.config.preset == "tiny":
+            lm = self.causal_lm
+            plain_config = copy.deepcopy(lm.config)
+            for attr in ("quantization_config", "_pre_quantization_dtype"):
+                if hasattr(plain_config, attr):  # base/ holds full-precision weights
+                    delattr(plain_config, attr)
+            with torch.random.fork_rng(devices=[]):  # the throwaway init must not shift training's RNG
+                plain = type(lm)(plain_config)
+            plain.load_state_dict(self._base_state_for_saving(), strict=True)
+            plain.save_pretrained(str(folder / BASE_DIR))
+
+    def save(self, path: str | Path) -> Path:
+        """Write the checkpoint atomically: a temporary folder with a manifest, then one rename."""
+        with atomic_folder(path) as tmp:
+            self.write_files(tmp)
+        return Path(path)
+
+    @classmethod
+    def load(cls, path: str | Path, **model_overrides) -> SO8TModel:
+        """Load a checkpoint written by ``save``; ``model_overrides`` change ModelConfig fields
+        (e.g. ``load_in_4bit=False`` to export a QLoRA run)."""
+        path = resolve_checkpoint(path)
+        verify_manifest(path)
+        config_file = path / MODEL_CONFIG_FILE
+        if not config_file.is_file():
+            raise CheckpointError(f"{config_file}: missing; {path} is not an SO8T checkpoint folder")
+        try:
+            meta = yaml.safe_load(config_file.read_text(encoding="utf-8"))
+            config = ModelConfig.model_validate({**meta["model"], **model_overrides})
+        except Exception as exc:  # noqa: BLE001 - any parse failure means the same thing to the user
+            raise CheckpointError(f"{config_file}: unreadable or invalid ({exc})") from None
+        tokenizer = load_tokenizer(path / TOKENIZER_DIR)
+        if (path / BASE_DIR).is_dir():
+            lm = load_saved_base(path / BASE_DIR, config)
+        else:
+            lm, _ = load_pretrained_base(config.resolved_base_model(), config)
+        model = cls(lm, tokenizer, config)
+        model.load_adapter(path / ADAPTER_FILE)
+        model.model_version = checkpoint_version(path, config.name)
+        return model.eval()
+
+    def load_adapter(self, file: str | Path) -> None:
+        file = Path(file)
+        try:
+            state = load_file(str(file))
+        except (SafetensorError, OSError, ValueError) as exc:
+            raise CheckpointError(f"{file}: damaged or truncated checkpoint file ({exc})") from None
+        expected = self.adapter_state_dict()
+        missing, extra = sorted(set(expected) - set(state)), sorted(set(state) - set(expected))
+        if missing or extra:
+            raise CheckpointError(
+                f"{file}: does not match this model config (missing {missing[:3]}{'...' if len(missing) > 3 else ''}, "
+                f"unexpected {extra[:3]}{'...' if len(extra) > 3 else ''})"
+            )
+        for name, tensor in state.items():
+            if tensor.shape != expected[name].shape:
+                raise CheckpointError(f"{file}: {name} has shape {tuple(tensor.shape)}, expected {tuple(expected[name].shape)}")
+        self.load_state_dict(state, strict=False)
+
+
+
+
+__all__ = ["SO8TModel", "SO8TOutput", "last_token_index", "position_ids_from_mask"]

@@ -1,0 +1,66 @@
+"""The dual policy's optimizers and the pieces that make a resumed run continue exactly: learning-rate
+schedules, the epoch's data order, and the RNG states."""
+
+from __future__ import annotations
+
+import math
+import random
+
+import numpy as np
+import torch
+
+from ..core.config import OptimizerConfig, SO8TConfig
+from ..model.so8t import SO8TModel
+
+
+def lr_multiplier(cfg: OptimizerConfig, total_steps: int):
+    """Linear warm-up, then constant, linear or cosine decay down to ``min_lr_ratio``."""
+
+    def factor(step: int) -> float:
+        if step < cfg.warmup_steps:
+            return (step + 1) / cfg.warmup_steps
+        if cfg.schedule == "constant":
+            return 1.0
+        span = max(1, total_steps - cfg.warmup_steps)
+        progress = min(1.0, (step - cfg.warmup_steps) / span)
+        shape = 1 - progress if cfg.schedule == "linear" else 0.5 * (1 + math.cos(math.pi * progress))
+        return cfg.min_lr_ratio + (1 - cfg.min_lr_ratio) * shape
+
+    return factor
+
+
+def build_optimizers(model: SO8TModel, config: SO8TConfig):
+    """The two optimizers of the dual policy and their schedulers."""
+    groups = model.named_parameter_groups()
+    result = []
+    for side, opt_cfg in (("task", config.training.task_optimizer), ("safety", config.training.safety_optimizer)):
+        params = [p for _, p in groups[side] if p.requires_grad]
+        if not params:
+            raise ValueError(f"the {side} side has no trainable parameters (check model.lora / model.gates)")
+        optimizer = torch.optim.AdamW(params, lr=opt_cfg.lr, betas=opt_cfg.betas, weight_decay=opt_cfg.weight_decay)
+        scheduler = torch.optim.lr_scheduler.LambdaLR(optimizer, lr_multiplier(opt_cfg, config.training.max_steps))
+        result.append((optimizer, scheduler))
+    return result
+
+
+def epoch_order(n_rows: int, seed: int, epoch: int) -> list[int]:
+    """The data order of one epoch: a permutation that depends only on (seed, epoch)."""
+    generator = torch.Generator().manual_seed(seed * 100_003 + epoch)
+    return torch.randperm(n_rows, generator=generator).tolist()
+
+
+def rng_state() -> dict:
+    state = {"python": random.getstate(), "torch": torch.get_rng_state(),
+             "numpy": {k: (torch.from_numpy(v) if isinstance(v, np.ndarray) else v)
+                       for k, v in np.random.get_state(legacy=False).items()}}
+    if torch.cuda.is_available():
+        state["cuda"] = torch.cuda.get_rng_state_all()
+    return state
+
+
+def set_rng_state(state: dict) -> None:
+    random.setstate(state["python"])
+    torch.set_rng_state(state["torch"])
+    np.random.set_state({k: (v.numpy() if isinstance(v, torch.Tensor) else v) for k, v in state["numpy"].items()})
+    if "cuda" in state and torch.cuda.is_available():
+        torch.cuda.set_rng_state_all(state["cuda"])

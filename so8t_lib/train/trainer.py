@@ -1,0 +1,342 @@
+"""Safety-aware (Q)LoRA training with two optimizers, early stopping, autosave and exact resume.
+
+    so8t train --config configs/training.yaml [key=value ...] [--resume]
+    accelerate launch --num_processes 2 -m so8t_lib.train --config ...   # several GPUs
+    torchrun --nproc_per_node 2 -m so8t_lib.train --config ...           # several CPU processes (gloo)
+
+The run folder (``training.output_dir``) holds ``config.yaml`` (the resolved config),
+``metrics.jsonl`` (one line per logging step and per evaluation), ``best/`` (the best
+checkpoint by the early-stopping metric) and ``last/`` (model + both optimizers, both
+schedulers, RNG states, data position and step). Both are written atomically.
+
+Dual policy: the task optimizer updates LoRA and R_cmd, the safety optimizer R_safe and
+SafetyHeadB, each with its own learning rate and schedule. After ``freeze_safety_at``
+(a fraction of max_steps) the safety optimizer stops stepping.
+"""
+
+from __future__ import annotations
+
+import gc
+import json
+import random
+import signal
+import sys
+import time
+import warnings
+from collections.abc import Callable
+from dataclasses import asdict, dataclass
+from pathlib import Path
+
+import numpy as np
+import torch
+from accelerate import Accelerator
+from tqdm.auto import tqdm
+
+from ..core.checkpoint import CheckpointError, atomic_folder, recover_interrupted_swap, verify_manifest
+from ..core.config import SO8TConfig, load_config
+from ..core.io import atomic_write_text
+from ..core.metrics import headline_metrics, select_metric
+from ..core.schema import (
+    ADAPTER_FILE,
+    BEST_DIR,
+    LABELS,
+    LAST_DIR,
+    RUN_CONFIG_FILE,
+    RUN_METRICS_FILE,
+    TRAINER_STATE_FILE,
+)
+from ..data.tables import load_table
+from ..model.so8t import SO8TModel
+from .collate import SafetyCollator, table_rows
+from .losses import composite_loss
+from .optim import build_optimizers, epoch_order, rng_state, set_rng_state
+
+
+@dataclass
+class TrainerState:
+    """Where the loop is; saved in every checkpoint so a resume continues exactly."""
+
+    step: int = 0
+    epoch: int = 0
+    batch_in_epoch: int = 0
+    best_metric: float | None = None
+    best_step: int | None = None
+    evals_without_improvement: int = 0
+    stopped_early: bool = False
+
+
+class StopRequested(Exception):
+    """SIGINT/SIGTERM arrived; the loop saves and leaves at the next step boundary."""
+
+
+# ----- building blocks ----------------------------------------------------------------------------
+@torch.no_grad()
+def val_metrics(model: SO8TModel, rows: list[dict], batch_size: int) -> dict:
+    """Decide on the validation rows (argmax) and score them (definitions in so8t_lib.core.metrics)."""
+    probs = model.decide([r["user_request"] for r in rows], [r.get("context") or None for r in rows],
+                         batch_size=batch_size)
+    pred = [LABELS[i] for i in probs.argmax(-1).tolist()]
+    return headline_metrics([r["label"] for r in rows], pred)
+
+
+# ----- the loop -----------------------------------------------------------------------------------
+class Trainer:
+    def __init__(self, config: SO8TConfig, resume: bool = False,
+                 on_log: Callable[[dict], None] | None = None) -> None:
+        self.on_log = on_log
+        self.config = config
+        self.tcfg = config.training
+        self.run_dir = Path(self.tcfg.output_dir)
+        self.accelerator = Accelerator(gradient_accumulation_steps=self.tcfg.grad_accum,
+                                       mixed_precision=self.tcfg.mixed_precision,
+                                       cpu=not torch.cuda.is_available())
+        self.main = self.accelerator.is_main_process
+        self.state = TrainerState()
+        self._stop_signal: int | None = None
+        self._last_save = time.monotonic()
+        self._step_rng: dict | None = None
+
+        if resume:
+            self._check_resumable()
+        elif (self.run_dir / LAST_DIR).exists() and self.main:
+            raise FileExistsError(
+                f"{self.run_dir} already holds a run; pass --resume to continue it, or choose another "
+                "training.output_dir"
+            )
+        torch.manual_seed(self.tcfg.seed)
+        random.seed(self.tcfg.seed)
+        np.random.seed(self.tcfg.seed)
+        self.model = SO8TModel.from_config(config.model)
+        if self.tcfg.gradient_checkpointing:
+            self.model.enable_gradient_checkpointing()
+        self.model.to(self.accelerator.device)
+        (self.opt_task, self.sched_task), (self.opt_safety, self.sched_safety) = build_optimizers(self.model, config)
+        data_dir = Path(self.tcfg.data_dir)
+        self.train_rows = table_rows(load_table(data_dir / "train.jsonl"))
+        val_rows = table_rows(load_table(data_dir / "val.jsonl"))
+        self.val_rows = val_rows[: self.tcfg.eval_max_rows] if self.tcfg.eval_max_rows else val_rows
+        self.collate = SafetyCollator(self.model.tokenizer, self.tcfg.max_length)
+        self.lm_head = self.model.causal_lm.get_output_embeddings()
+        self.ddp_model, self.opt_task, self.opt_safety = self.accelerator.prepare(
+            self.model, self.opt_task, self.opt_safety
+        )
+        if resume:
+            self._load_last()
+
+    # --- persistence ---------------------------------------------------------------------------
+    def _check_resumable(self) -> None:
+        last = self.run_dir / LAST_DIR
+        recover_interrupted_swap(last)
+        if not (last / TRAINER_STATE_FILE).is_file():
+            raise CheckpointError(f"{last / TRAINER_STATE_FILE}: nothing to resume (no complete checkpoint in {self.run_dir})")
+        verify_manifest(last)
+
+    def _load_last(self) -> None:
+        last = self.run_dir / LAST_DIR
+        try:
+            saved = torch.load(last / TRAINER_STATE_FILE, map_location="cpu", weights_only=False)
+        except Exception as exc:  # noqa: BLE001 - torch raises many types for a damaged file
+            raise CheckpointError(f"{last / TRAINER_STATE_FILE}: damaged or truncated ({exc})") from None
+        self.model.load_adapter(last / ADAPTER_FILE)
+        self.opt_task.load_state_dict(saved["opt_task"])
+        self.opt_safety.load_state_dict(saved["opt_safety"])
+        self.sched_task.load_state_dict(saved["sched_task"])
+        self.sched_safety.load_state_dict(saved["sched_safety"])
+        self.state = TrainerState(**saved["state"])
+        set_rng_state(saved["rng"])
+        self._truncate_metrics(self.state.step)
+
+    def _truncate_metrics(self, step: int) -> None:
+        """Drop log lines written after the checkpoint we resume from (they will be redone)."""
+        path = self.run_dir / RUN_METRICS_FILE
+        if not self.main or not path.is_file():
+            return
+        kept = [line for line in path.read_text(encoding="utf-8").splitlines() if json.loads(line)["step"] <= step]
+        atomic_write_text(path, "".join(line + "\n" for line in kept))
+
+    def save(self, name: str, rng: dict | None = None) -> None:
+        """Write ``best`` or ``last`` atomically (main process only)."""
+        self.accelerator.wait_for_everyone()
+        rng = rng or rng_state()
+        if self.main:
+            with atomic_folder(self.run_dir / name) as tmp:
+                self.model.write_files(tmp)
+                torch.save({
+                    "opt_task": self.opt_task.state_dict(), "opt_safety": self.opt_safety.state_dict(),
+                    "sched_task": self.sched_task.state_dict(), "sched_safety": self.sched_safety.state_dict(),
+                    "state": asdict(self.state), "rng": rng,
+                    "config_fingerprint": self.config.fingerprint(),
+                }, tmp / TRAINER_STATE_FILE)
+        self._last_save = time.monotonic()
+        self.accelerator.wait_for_everyone()
+
+    def log(self, record: dict) -> None:
+        if self.main:
+            with (self.run_dir / RUN_METRICS_FILE).open("a", encoding="utf-8") as handle:
+                handle.write(json.dumps(record) + "\n")
+            if self.on_log is not None:
+                try:  # a live plot must never stop a training run
+                    self.on_log(record)
+                except Exception as exc:  # noqa: BLE001
+                    warnings.warn(f"on_log callback failed and is switched off: {exc!r}", stacklevel=2)
+                    self.on_log = None
+
+    # --- one optimizer step ----------------------------------------------------------------------
+    def _next_rows(self) -> list[dict]:
+        """This process's rows of the next micro-batch, continuing the epoch's fixed order."""
+        world, rank = self.accelerator.num_processes, self.accelerator.process_index
+        global_batch = self.tcfg.batch_size * world
+        n_batches = len(self.train_rows) // global_batch
+        if n_batches == 0:
+            raise ValueError(f"{len(self.train_rows)} training rows cannot fill one batch of {global_batch}")
+        if self.state.batch_in_epoch >= n_batches:
+            self.state.epoch += 1
+            self.state.batch_in_epoch = 0
+        order = epoch_order(len(self.train_rows), self.tcfg.seed, self.state.epoch)
+        start = self.state.batch_in_epoch * global_batch + rank * self.tcfg.batch_size
+        self.state.batch_in_epoch += 1
+        return [self.train_rows[i] for i in order[start : start + self.tcfg.batch_size]]
+
+    def train_step(self) -> dict:
+        progress = self.state.step / self.tcfg.max_steps
+        safety_frozen = self.tcfg.freeze_safety_at is not None and progress >= self.tcfg.freeze_safety_at
+        totals: dict[str, float] = {}
+        n_tokens = 0
+        self.ddp_model.train()
+        for _ in range(self.tcfg.grad_accum):
+            batch = {k: v.to(self.accelerator.device) for k, v in self.collate(self._next_rows()).items()}
+            n_tokens += int(batch["attention_mask"].sum())
+            with self.accelerator.accumulate(self.ddp_model):
+                out = self.ddp_model(batch["input_ids"], batch["attention_mask"],
+                                     decision_positions=batch["decision_positions"], return_lm_logits=False,
+                                     output_hidden_states=self.config.loss.pet.enabled)
+                parts = composite_loss(out, batch["lm_labels"], batch["safety_labels"], batch["attention_mask"],
+                                       self.config.loss, progress, lm_head=self.lm_head)
+                self.accelerator.backward(parts.total / self.tcfg.grad_accum)
+            for key, value in parts.as_floats().items():
+                totals[key] = totals.get(key, 0.0) + value / self.tcfg.grad_accum
+        params = [p for g in (self.opt_task, self.opt_safety) for pg in g.param_groups for p in pg["params"]]
+        grad_norm = self.accelerator.clip_grad_norm_(params, self.tcfg.max_grad_norm)
+        self.opt_task.step()
+        self.sched_task.step()
+        if not safety_frozen:
+            self.opt_safety.step()
+            self.sched_safety.step()
+        self.opt_task.zero_grad(set_to_none=True)
+        self.opt_safety.zero_grad(set_to_none=True)
+        self.state.step += 1
+        totals.update(grad_norm=float(grad_norm), tokens=n_tokens * self.accelerator.num_processes,
+                      world_size=self.accelerator.num_processes,
+                      lr_task=self.sched_task.get_last_lr()[0], lr_safety=self.sched_safety.get_last_lr()[0],
+                      safety_frozen=safety_frozen)
+        return totals
+
+    def evaluate(self) -> dict:
+        report = val_metrics(self.model, self.val_rows, self.tcfg.eval_batch_size)
+        metric_name = self.tcfg.early_stopping.metric
+        value = select_metric(report, metric_name)
+        improved = value is not None and (
+            self.state.best_metric is None or value > self.state.best_metric + self.tcfg.early_stopping.min_delta
+        )
+        if improved:
+            self.state.best_metric, self.state.best_step = value, self.state.step
+            self.state.evals_without_improvement = 0
+        else:
+            self.state.evals_without_improvement += 1
+        headline = {k: report.get(k) for k in ("safety_score", "refuse_recall", "macro_f1", "accuracy",
+                                              "dangerous_compliance", "escalate_precision", "allow_precision")}
+        self.log({"step": self.state.step, "kind": "eval", "metric": metric_name, "value": value,
+                  "improved": improved, **headline})
+        if improved:
+            self.save(BEST_DIR)
+        return {"value": value, "improved": improved}
+
+    # --- the loop --------------------------------------------------------------------------------
+    def _on_signal(self, signum, frame) -> None:  # noqa: ARG002 - signal handler signature
+        self._stop_signal = signum
+
+    def run(self) -> Path:
+        if self.main:
+            self.run_dir.mkdir(parents=True, exist_ok=True)
+            (self.run_dir / RUN_CONFIG_FILE).write_text(self.config.to_yaml(), encoding="utf-8")
+        previous = {s: signal.signal(s, self._on_signal) for s in (signal.SIGINT, signal.SIGTERM)}
+        bar = tqdm(total=self.tcfg.max_steps, initial=self.state.step, desc="training", unit="step",
+                   disable=not self.main, dynamic_ncols=True)
+        tokens, clock = 0, time.perf_counter()
+        val_text = "-"
+        try:
+            while self.state.step < self.tcfg.max_steps and not self.state.stopped_early:
+                self._step_rng = rng_state()  # the state at the last step boundary, for emergency saves
+                parts = self.train_step()
+                tokens += parts["tokens"]
+                if self.state.step % self.tcfg.log_every == 0 or self.state.step == self.tcfg.max_steps:
+                    elapsed = time.perf_counter() - clock
+                    self.log({"step": self.state.step, "kind": "train", **parts,
+                              "tokens_per_s": tokens / elapsed if elapsed > 0 else None})
+                    tokens, clock = 0, time.perf_counter()
+                if self.state.step % self.tcfg.eval_every == 0 or self.state.step == self.tcfg.max_steps:
+                    result = self.evaluate()
+                    val_text = "n/a" if result["value"] is None else f"{result['value']:.3f}"
+                    if self.state.evals_without_improvement >= self.tcfg.early_stopping.patience:
+                        self.state.stopped_early = True
+                bar.set_postfix(loss=f"{parts['loss']:.3f}", safety=f"{parts['safety']:.3f}",
+                                pet=f"{parts['pet']:.3f}", **{f"val_{self.tcfg.early_stopping.metric}": val_text})
+                bar.update(1)
+                due = (self.tcfg.save_every_steps and self.state.step % self.tcfg.save_every_steps == 0) or (
+                    time.monotonic() - self._last_save >= self.tcfg.autosave_minutes * 60)
+                if due or self.state.step == self.tcfg.max_steps or self.state.stopped_early:
+                    self.save(LAST_DIR)
+                if self._stop_signal is not None:
+                    raise StopRequested()
+        except StopRequested:
+            bar.close()
+            self.save(LAST_DIR)
+            print(f"\nstopped by signal {self._stop_signal} at step {self.state.step}; saved {self.run_dir / 'last'}. "
+                  f"Continue with --resume.", file=sys.stderr)
+            raise SystemExit(128 + int(self._stop_signal)) from None
+        except Exception:
+            bar.close()
+            if self._step_rng is not None and self.state.step > 0:
+                # parameters are still those of the last finished step; save them with that step's RNG state
+                self.save(LAST_DIR, rng=self._step_rng)
+                print(f"\nerror at step {self.state.step + 1}; emergency checkpoint at {self.run_dir / 'last'}",
+                      file=sys.stderr)
+            raise
+        finally:
+            for sig, handler in previous.items():
+                signal.signal(sig, handler)
+        bar.close()
+        return self.run_dir
+
+
+def run_config(config: str | Path, gate_order: str, pet: bool, max_steps: int, seed: int, output_dir: str | Path,
+               overrides: list[str] | tuple[str, ...] = ()) -> SO8TConfig:
+    """The config of one sweep run (notebook 01): the run's parameters become overrides of ``config``.
+
+    The seed drives both the data order and the model init (gates, head), so paired runs of different
+    gate orders share everything else; ``overrides`` come last and win."""
+    return load_config(config, [
+        f"model.gates.order={gate_order}", f"loss.pet.enabled={str(bool(pet)).lower()}",
+        f"training.max_steps={max_steps}", f"training.seed={seed}", f"model.seed={seed}",
+        f"training.output_dir={Path(output_dir) / 'run'}", *overrides])
+
+
+def train(config: SO8TConfig, resume: bool = False, on_log: Callable[[dict], None] | None = None,
+          after_training: Callable[[Path], object] | None = None) -> Path:
+    """Train as the config says; returns the run folder (``training.output_dir``).
+
+    ``on_log`` receives every record written to ``metrics.jsonl`` (main process only), e.g.
+    ``workbench.plots.LiveCurves`` for loss curves that update in a notebook while it trains.
+    ``after_training(run_dir)`` runs on the main process once the model and optimizers are freed:
+    the pipeline passes the temperature calibration there (``so8t_lib.workbench.pipeline.train_and_calibrate``),
+    which keeps training independent of evaluation.
+    """
+    trainer = Trainer(config, resume=resume, on_log=on_log)
+    run_dir, is_main = trainer.run(), trainer.main
+    del trainer  # free the model and optimizer states before the next step loads the best checkpoint
+    gc.collect()
+    if torch.cuda.is_available():
+        torch.cuda.empty_cache()
+    if is_main and after_training is not None:
+        after_training(run_dir)
+    return run_dir

@@ -1,0 +1,123 @@
+"""The main job, end to end: train (and calibrate), score on the test split, export the GGUF ladder,
+decide from the Q4_K_M file. ``make demo`` runs ``so8t demo``, which is ``run_demo``.
+
+Training and evaluation do not import each other; this is where they meet.
+"""
+
+from __future__ import annotations
+
+import json
+import shutil
+import sys
+import time
+import unicodedata
+from collections.abc import Callable
+from pathlib import Path
+
+import yaml
+
+from ..core.config import SO8TConfig, config_from_dict, load_config
+from ..core.io import atomic_write_text
+from ..core.paths import CONFIGS_DIR
+from ..core.schema import BEST_DIR, LABELS, LAST_DIR, RUN_CONFIG_FILE, RUN_METRICS_FILE, TEST_METRICS_FILE
+from ..data.tables import load_table
+from ..eval.calibration import calibrate_checkpoint
+from ..eval.evaluate import evaluate_table, format_report
+from ..model.prompts import EXAMPLE_REQUESTS
+from ..serve.backends import load_decider
+from ..train.trainer import train
+
+DEFAULT_CONFIG = CONFIGS_DIR / "training.yaml"
+EXAMPLES = EXAMPLE_REQUESTS[:3]
+
+
+def calibrate_run(run_dir: Path, config: SO8TConfig) -> dict | None:
+    """Fit the best checkpoint's temperature on the val split (``training.calibrate_temperature``)."""
+    if not config.training.calibrate_temperature or not (run_dir / BEST_DIR).is_dir():
+        return None
+    result = calibrate_checkpoint(run_dir / BEST_DIR, Path(config.training.data_dir) / "val.jsonl",
+                                  config.training.eval_batch_size)
+    print(f"calibration: temperature {result['temperature']:.3f} on {result['rows']} val rows, "
+          f"ECE {result['ece_before']:.3f} -> {result['ece_after']:.3f}", file=sys.stderr)
+    return result
+
+
+def train_and_calibrate(config: SO8TConfig, resume: bool = False,
+                        on_log: Callable[[dict], None] | None = None) -> Path:
+    """Train as the config says, then fit SafetyHeadB's temperature on val; returns the run folder.
+    What ``so8t train``, ``make demo`` and notebook 01 run."""
+    return train(config, resume=resume, on_log=on_log, after_training=lambda run_dir: calibrate_run(run_dir, config))
+
+
+def config_of_run(run_dir: Path) -> SO8TConfig:
+    """The config a run was started with (a resumed run continues under it, whatever the command line says)."""
+    saved = run_dir / RUN_CONFIG_FILE
+    return config_from_dict(yaml.safe_load(saved.read_text(encoding="utf-8")), source=str(saved))
+
+
+def fit_width(text: str, width: int) -> str:
+    """Cut and pad to a terminal width, counting wide (CJK) characters as two columns."""
+    out, used = "", 0
+    for ch in text:
+        w = 2 if unicodedata.east_asian_width(ch) in "WF" else 1
+        if used + w > width - 1:
+            return out + "…" + " " * (width - used - 1)
+        out, used = out + ch, used + w
+    return out + " " * (width - used)
+
+
+def run_demo(config_path: str | Path = DEFAULT_CONFIG, overrides: list[str] | tuple[str, ...] = (),
+             retrain: bool = False, bootstrap: int = 500, dist: str | Path = "dist", gguf: bool = True) -> dict:
+    """Train (or continue, or reuse) the run of ``config_path``, score its best checkpoint on the test split
+    (written to ``<run>/test_metrics.json``), show three example decisions, then export and decide from GGUF."""
+    config = load_config(config_path, overrides)
+    run_dir = Path(config.training.output_dir)
+    if retrain and run_dir.exists():
+        shutil.rmtree(run_dir)
+    resume = (run_dir / LAST_DIR).is_dir()
+    if resume:
+        config = config_of_run(run_dir)
+        print(f"{run_dir} holds a run: continuing it if unfinished (--retrain starts over)")
+    start = time.perf_counter()
+    train_and_calibrate(config, resume=resume)
+    trained = time.perf_counter() - start
+
+    model = load_decider(run_dir)  # the best checkpoint
+    test = load_table(Path(config.training.data_dir) / "test.jsonl")
+    report = evaluate_table(model, test, bootstrap=bootstrap)
+    report["checkpoint"] = str(run_dir / BEST_DIR)
+    atomic_write_text(run_dir / TEST_METRICS_FILE, json.dumps(report, indent=1, ensure_ascii=False))
+    print(f"\ntraining: {trained:.0f}s. Test split ({len(test)} rows), best checkpoint {run_dir / BEST_DIR}:")
+    print(format_report(report))
+
+    requests, contexts = zip(*EXAMPLES)
+    probs = model.decide(list(requests), list(contexts))
+    print(f"\n{fit_width('request', 58)} " + " ".join(f"{label:>9s}" for label in LABELS))
+    for request, row in zip(requests, probs):
+        print(f"{fit_width(request, 58)} " + " ".join(f"{float(p):9.3f}" for p in row))
+    print(f"\nmetrics: {run_dir / TEST_METRICS_FILE}; per-step log: {run_dir / RUN_METRICS_FILE}")
+    if gguf:
+        export_and_decide(run_dir, Path(dist), requests[1], contexts[1])
+    return report
+
+
+def export_and_decide(run_dir: Path, dist: Path, request: str, context: str | None) -> list[Path]:
+    """The GGUF ladder of the run's best checkpoint, then one decision from its Q4_K_M file with llama.cpp."""
+    try:
+        import gguf  # noqa: F401
+        import llama_cpp  # noqa: F401
+    except ImportError:
+        print("\nGGUF export skipped: pip install -e '.[gguf]' (gguf, llama-cpp-python)")
+        return []
+    from ..export.quantize import QUANT_TYPES, export
+
+    paths = export(run_dir, dist, list(QUANT_TYPES))
+    print("\nGGUF files (one file carries both heads):")
+    for path in paths:
+        print(f"  {path}  {path.stat().st_size / 2**20:5.1f} MiB")
+    q4 = next(p for p in paths if p.name.endswith("-q4_k_m.gguf"))
+    probs = load_decider(q4).decide([request], [context])[0]
+    decision = LABELS[int(probs.argmax())]
+    print(f"\n{q4.name} (llama.cpp): {fit_width(request, 58)} -> {decision} "
+          + " ".join(f"{label} {float(p):.3f}" for label, p in zip(LABELS, probs)))
+    return paths

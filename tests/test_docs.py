@@ -1,0 +1,82 @@
+"""Every command the documentation quotes exists: ``so8t`` subcommands, ``python -m`` modules, make targets,
+and the configs, specs, notebooks, scripts and source files it names; every local link resolves."""
+
+from __future__ import annotations
+
+import json
+import re
+from pathlib import Path
+
+import pytest
+
+ROOT = Path(__file__).resolve().parents[1]
+DOCS = sorted({*ROOT.glob("*.md"), *ROOT.glob("docs/*.md"), *ROOT.glob("*/README.md"), *ROOT.glob("data/*/README.md")})
+FENCE = re.compile(r"```[a-z]*\n(.*?)```", re.S)
+INLINE = re.compile(r"`([^`\n]+)`")
+SO8T_COMMAND = re.compile(r"(?:^|[\s|;(/])so8t ([a-z][a-z-]*)")
+PYTHON_M = re.compile(r"-m (so8t_lib[\w.]*)")
+MAKE = re.compile(r"(?:^|[\s;(])make ([a-z][\w-]*)")
+PATHS = re.compile(r"(?<![\w./-])((?:configs|experiments|notebooks|benchmarks|so8t_lib|tests|deploy)/[\w./-]+"
+                   r"\.(?:yaml|ipynb|py))")
+LINK = re.compile(r"\]\(([^)#\s]+)(?:#[^)]*)?\)")
+
+
+def code_of(text: str) -> list[str]:
+    """Code blocks and inline code spans of a markdown text."""
+    return FENCE.findall(text) + INLINE.findall(FENCE.sub("", text))
+
+
+def headers() -> list[tuple[Path, str]]:
+    """The comment headers of configs and sweep specs, and the markdown cells of notebooks: docs too."""
+    out = [(p, "\n".join(line[1:] for line in p.read_text(encoding="utf-8").splitlines() if line.startswith("#  ")))
+           for p in sorted([*ROOT.glob("configs/*.yaml"), *ROOT.glob("experiments/*.yaml")])]  # indented: commands
+    for nb in sorted(ROOT.glob("notebooks/*.ipynb")):
+        cells = json.loads(nb.read_text(encoding="utf-8"))["cells"]
+        markdown = "\n".join("".join(c["source"]) for c in cells if c["cell_type"] == "markdown")
+        out.append((nb, "\n".join(code_of(markdown))))
+    return out
+
+
+def sources() -> list[tuple[Path, list[str]]]:
+    return [(p, code_of(p.read_text(encoding="utf-8"))) for p in DOCS] + [(p, [text]) for p, text in headers()]
+
+
+def make_targets() -> set[str]:
+    return set(re.findall(r"^([a-z][\w-]*):", (ROOT / "Makefile").read_text(encoding="utf-8"), re.M))
+
+
+def test_the_docs_quote_commands_at_all():
+    quoted = [m for _, chunks in sources() for chunk in chunks for m in SO8T_COMMAND.findall(chunk)]
+    assert {"train", "evaluate", "export", "runtime", "demo"} <= set(quoted)
+
+
+def test_every_quoted_command_and_file_exists():
+    from so8t_lib.cli import COMMANDS
+
+    targets = make_targets()
+    problems = []
+    for path, chunks in sources():
+        where = path.relative_to(ROOT)
+        for chunk in chunks:
+            problems += [f"{where}: so8t {c} is no command" for c in SO8T_COMMAND.findall(chunk) if c not in COMMANDS]
+            for module in PYTHON_M.findall(chunk):
+                folder = ROOT / module.replace(".", "/")
+                if not (folder / "__main__.py").is_file():
+                    problems.append(f"{where}: python -m {module} has no __main__")
+            problems += [f"{where}: make {t} is no target" for t in MAKE.findall(chunk) if t not in targets]
+            problems += [f"{where}: {p} does not exist" for p in PATHS.findall(chunk)
+                         if "<" not in p and "*" not in p and not (ROOT / p).exists()
+                         and not p.startswith(("experiments/runs/", "experiments/quant/", "experiments/eval/0"))]
+    assert problems == []
+
+
+@pytest.mark.parametrize("doc", DOCS, ids=lambda p: str(p.relative_to(ROOT)))
+def test_local_links_resolve(doc):
+    text = doc.read_text(encoding="utf-8")
+    broken = [link for link in LINK.findall(text) if not link.startswith(("http://", "https://", "mailto:"))
+              and not (doc.parent / link).exists()]
+    assert broken == []
+
+
+def test_the_readme_stays_a_front_page():
+    assert len((ROOT / "README.md").read_text(encoding="utf-8").splitlines()) <= 200
