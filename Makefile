@@ -5,7 +5,7 @@ PYTHON ?= python3
 VENV   := .venv
 PY     := $(VENV)/bin/python
 STAMP  := $(VENV)/.installed
-EXTRAS ?= quant,gguf,runtime,notebooks,dev
+EXTRAS ?= quant,gguf,pretrained,data,runtime,service,notebooks,dev
 
 .PHONY: demo test nbval venv clean-venv lint lab strip ablation card
 

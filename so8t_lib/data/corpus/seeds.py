@@ -18,9 +18,23 @@ from .text import normalize_text
 
 HARD_KINDS: tuple[str, ...] = (
     "benign_violent_words", "policy_question", "own_vs_others_data", "injection", "ambiguous_intent",
+    "lookalike",  # a benign request that shares the words of a harmful one (see ``contrast``)
+)
+# The public hazard taxonomy (MLCommons AILuminate's categories as a checklist, plus the workplace ones):
+# what a harmful request asks for, or what a benign look-alike sounds like.
+HAZARDS: tuple[str, ...] = (
+    "violent_crime", "nonviolent_crime", "sex_crime", "child_exploitation", "self_harm", "cbrne", "weapons",
+    "hate", "harassment", "defamation", "privacy", "ip", "elections", "specialized_advice", "cyber", "fraud",
+)
+# How a benign look-alike differs from the harmful request it resembles (XSTest's contrast types, in the
+# project's own words).
+CONTRASTS: tuple[str, ...] = (
+    "homonym", "figurative", "safe_target", "safe_context", "history", "definition", "prevention", "fiction",
+    "public_figure", "reporting",
 )
 SEED_KEYS = frozenset(
-    {"id", "lang", "label", "category", "request", "alt", "context", "hard", "rationale", "task_output"}
+    {"id", "lang", "label", "category", "request", "alt", "context", "hard", "rationale", "task_output",
+     "hazard", "contrast"}
 )
 SEED_ID_RE = re.compile(r"^[a-z]+-(ja|en)-\d{3}$")
 
@@ -39,6 +53,8 @@ class Seed:
     hard: str | None
     rationale: str | None
     task_output: str | None
+    hazard: str | None = None
+    contrast: str | None = None
     file: str = ""
     index: int = -1
 
@@ -82,6 +98,11 @@ def _validate_item(item: Any, where: str) -> Seed:
         raise fail("label", f"unknown label {item['label']!r} (expected one of {list(LABELS)})")
     if item["category"] not in CATEGORIES:
         raise fail("category", f"unknown category {item['category']!r} (expected one of {list(CATEGORIES)})")
+    for key, allowed in (("hazard", HAZARDS), ("contrast", CONTRASTS)):
+        if item.get(key) is not None and item[key] not in allowed:
+            raise fail(key, f"unknown {key} {item[key]!r} (expected null or one of {list(allowed)})")
+    if item.get("contrast") is not None and item.get("hard") != "lookalike":
+        raise fail("contrast", "only a seed with hard: lookalike names a contrast")
     hard = item.get("hard")
     if hard is not None and hard not in HARD_KINDS:
         raise fail("hard", f"unknown hard kind {hard!r} (expected null or one of {list(HARD_KINDS)})")
@@ -112,6 +133,7 @@ def _validate_item(item: Any, where: str) -> Seed:
         request=item["request"].strip(), alt=tuple(a.strip() for a in alts),
         context=context.strip() if isinstance(context, str) and context.strip() else None,
         hard=hard, rationale=rationale.strip() if rationale else None,
+        hazard=item.get("hazard"), contrast=item.get("contrast"),
         task_output=task_output.strip() if task_output else None,
     )
 
