@@ -1,12 +1,13 @@
-"""The phrase pools the surface variants draw from, read from ``data/phrases.yaml``.
+"""The phrase pools the surface variants and framings draw from, read from ``data/phrases.yaml``.
 
-They are data, not code: a linguist can add a department, an opener or an injection wrapper without
+They are data, not code: a linguist can add a department, an opener or a jailbreak wrapper without
 touching the generator (then rebuild the corpus). Each pool exists for both languages.
 """
 
 from __future__ import annotations
 
 import functools
+import re
 from pathlib import Path
 
 import yaml
@@ -16,12 +17,36 @@ from ...core.schema import LANGS
 
 PHRASES_FILE = DATA_DIR / "phrases.yaml"
 POOLS: tuple[str, ...] = (
+    # surface variants (transforms.py)
     "departments", "roles", "situations", "polite_openers", "polite_closings", "casual_openers",
-    "casual_closings", "casual_leads", "injections", "preambles", "closings", "tags",
+    "casual_closings", "casual_leads", "preambles", "closings", "tags",
+    # framings (framings.py)
+    "injections", "personas", "hypotheticals", "fictions", "translations", "decoders", "obfuscated",
+    "payload_splits", "many_shot", "speakers", "shots", "templates",
 )
-PAIR_POOLS = frozenset({"situations"})  # entries are [context, opening sentence]
+PAIR_POOLS = frozenset({"situations", "speakers", "shots"})  # entries are [first, second]
 # pools only one language uses: English casual leads continue in lowercase; Japanese mixed-width variants get a tag
 OPTIONAL = frozenset({("casual_leads", "ja"), ("tags", "en")})
+# the placeholders every entry of a template pool must contain exactly once (others may not appear)
+PLACEHOLDERS: dict[str, frozenset[str]] = {
+    "injections": frozenset({"req"}), "personas": frozenset({"req"}), "hypotheticals": frozenset({"req"}),
+    "fictions": frozenset({"req"}), "translations": frozenset({"req"}), "obfuscated": frozenset({"req"}),
+    "templates": frozenset({"req"}), "decoders": frozenset({"req", "scheme"}),
+    "payload_splits": frozenset({"a", "b"}), "many_shot": frozenset({"req", "shots", "user"}),
+}
+OPTIONAL_PLACEHOLDERS: dict[str, frozenset[str]] = {"many_shot": frozenset({"assistant"})}
+_PLACEHOLDER_RE = re.compile(r"\{([a-z]+)\}")
+
+
+def _check_placeholders(where: str, name: str, entry: str) -> None:
+    found = _PLACEHOLDER_RE.findall(entry)
+    need, may = PLACEHOLDERS[name], OPTIONAL_PLACEHOLDERS.get(name, frozenset())
+    for ph in sorted(need):
+        if found.count(ph) != 1:
+            raise ValueError(f"{where}: entry {entry!r} must contain {{{ph}}} exactly once")
+    extra = sorted(set(found) - need - may)
+    if extra or any(found.count(ph) > 1 for ph in may):
+        raise ValueError(f"{where}: entry {entry!r} has unknown or repeated placeholder(s) {extra or sorted(may)}")
 
 
 def _pool(path: Path, name: str, lang: str, entries) -> tuple:
@@ -30,12 +55,13 @@ def _pool(path: Path, name: str, lang: str, entries) -> tuple:
         raise ValueError(f"{where}: must be a non-empty list")
     if name in PAIR_POOLS:
         if not all(isinstance(e, list) and len(e) == 2 and all(isinstance(x, str) and x for x in e) for e in entries):
-            raise ValueError(f"{where}: each entry must be [context, opening sentence]")
+            raise ValueError(f"{where}: each entry must be a pair [first, second] of non-empty strings")
         return tuple(tuple(e) for e in entries)
     if not all(isinstance(e, str) and e.strip() for e in entries):
         raise ValueError(f"{where}: each entry must be a non-empty string")
-    if name == "injections" and not all(e.count("{req}") == 1 for e in entries):
-        raise ValueError(f"{where}: each wrapper must contain {{req}} exactly once")
+    if name in PLACEHOLDERS:
+        for e in entries:
+            _check_placeholders(where, name, e)
     return tuple(entries)
 
 
@@ -62,3 +88,8 @@ def load_phrases(path: Path = PHRASES_FILE) -> dict[str, dict[str, tuple]]:
                 raise ValueError(f"{path}: pool {name} has no {lang!r} entries")
             pools[name][lang] = _pool(Path(path), name, lang, by_lang[lang])
     return pools
+
+
+def pool(name: str, lang: str) -> tuple:
+    """The entries of one pool in one language (from the default phrase file)."""
+    return load_phrases()[name][lang]

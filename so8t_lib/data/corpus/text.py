@@ -1,4 +1,5 @@
-"""What "the same text" means for the corpus, and seeded randomness that does not depend on the process.
+"""What "the same text" means for the corpus, seeded randomness that does not depend on the process, and
+joining message parts with the punctuation a person would type.
 
 ``normalize_text`` is the one notion of sameness for deduplication and the leakage guards; ``seeded_rng``
 gives every family its own generator, so a build is byte-identical whatever order it runs in.
@@ -30,3 +31,26 @@ def stable_int(*parts: object) -> int:
 
 def seeded_rng(seed: int, *parts: object) -> random.Random:
     return random.Random(int(seed) * 4_294_967_296 + stable_int(*parts))
+
+
+JA_END = tuple("。．.！!？?」』）)…〜~♪、，,：:→")
+EN_END = tuple(".?!:;,)\"'…]")
+_EN_QUESTION_START = re.compile(
+    r"^(how|what|what's|can|could|is|are|do|does|did|where|where's|when|which|who|should|would|will|why|may)\b",
+    re.IGNORECASE,
+)
+
+
+def join_parts(lang: str, *parts: str) -> str:
+    """Concatenate message parts, closing a part that lacks final punctuation (ja "。", en "." or "?")."""
+    parts = tuple(p.strip() for p in parts if p and p.strip())
+    out = ""
+    for i, part in enumerate(parts):
+        last_char = unicodedata.normalize("NFKC", out[-1:])  # full-width "？" ends a sentence too
+        if i and lang == "ja" and not last_char.endswith(JA_END):
+            out += "。"
+        elif i and lang == "en" and not last_char.endswith(EN_END):
+            last = re.split(r"(?<=[.?!])\s+", out)[-1]
+            out += "?" if _EN_QUESTION_START.match(last) else "."
+        out += part if (lang == "ja" or not out) else " " + part
+    return out

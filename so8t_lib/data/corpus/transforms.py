@@ -1,7 +1,7 @@
-"""Surface variants of a seed: the same request in other words, registers, scripts and wrappers.
+"""Surface variants of a seed: the same request in other words, registers, scripts and framings.
 
-A variant never changes the label (the policy decides on the underlying request; an injection
-wrapper does not change that either). ``expand_seed`` turns one seed into its family.
+A variant never changes the label (the policy decides on the underlying request; a jailbreak or
+injection framing does not change that either). ``expand_seed`` turns one seed into its family.
 """
 
 from __future__ import annotations
@@ -10,20 +10,21 @@ import random
 import re
 import unicodedata
 
-from .phrases import load_phrases
-from .seeds import Seed
+from .framings import FRAMINGS, choose_framings, frame
+from .phrases import pool as _pool
+from .seeds import HARD_KINDS, Seed
+from .text import join_parts
 
-VARIANTS: tuple[str, ...] = (
-    "original", "alt1", "alt2", "context", "polite", "casual", "injection", "long_middle", "fullwidth", "typo",
-)
+# how a row was made: hand-written wordings, surface variants, then one framing kind each (framings.py)
+HANDWRITTEN: tuple[str, ...] = ("original", "alt1", "alt2")
+SURFACE_VARIANTS: tuple[str, ...] = ("context", "polite", "casual", "long_middle", "mixed_width", "typo")
+VARIANTS: tuple[str, ...] = (*HANDWRITTEN, *SURFACE_VARIANTS, *FRAMINGS)
+FRAMED_HARD_KIND = "framing"  # the hard kind of a framed row whose seed has none
+ROW_HARD_KINDS: tuple[str, ...] = (*HARD_KINDS, FRAMED_HARD_KIND)
 ROW_KEYS: tuple[str, ...] = (
     "id", "context", "user_request", "label", "category", "lang", "rationale", "task_output",
-    "family", "split", "hard", "hard_kind", "variant",
+    "family", "split", "hard", "hard_kind", "variant", "framing", "hazard", "contrast",
 )
-
-
-def _pool(name: str, lang: str) -> tuple:
-    return load_phrases()[name][lang]
 
 
 # request endings rewritten into the other register ("〜お願いできますでしょうか" / "〜してくれる？")
@@ -120,28 +121,6 @@ def add_typo(text: str, lang: str, rng: random.Random) -> str:
     return text[: i + 1] + text[i] + text[i + 1:]
 
 
-_JA_END = tuple("。．.！!？?」』）)…〜~♪、，,：:")
-_EN_END = tuple(".?!:;,)\"'…")
-_EN_QUESTION_START = re.compile(
-    r"^(how|what|what's|can|could|is|are|do|does|did|where|where's|when|which|who|should|would|will|why|may)\b",
-    re.IGNORECASE,
-)
-
-
-def _join(lang: str, *parts: str) -> str:
-    """Concatenate message parts, closing a part that lacks final punctuation (ja "。", en "." or "?")."""
-    parts = tuple(p.strip() for p in parts if p and p.strip())
-    out = ""
-    for i, part in enumerate(parts):
-        if i and lang == "ja" and not out.endswith(_JA_END):
-            out += "。"
-        elif i and lang == "en" and not out.endswith(_EN_END):
-            last = re.split(r"(?<=[.?!])\s+", out)[-1]
-            out += "?" if _EN_QUESTION_START.match(last) else "."
-        out += part if (lang == "ja" or not out) else " " + part
-    return out
-
-
 def _en_lower_start(text: str) -> str | None:
     """Lowercase the first letter when the first word allows it ("Can you" -> "can you"); else None."""
     first = text.split(" ", 1)[0]
@@ -163,7 +142,7 @@ def _ja_register(text: str, opener: str, te_ending: str, onegai_ending: str,
     m = _JA_BARE_TE_ENDING.search(text)
     if m:
         return opener + text[: m.start()] + m.group(1) + m.group(2) + te_ending
-    return opener + _join("ja", text, rng.choice(closings))
+    return opener + join_parts("ja", text, rng.choice(closings))
 
 
 def _polite(text: str, lang: str, rng: random.Random) -> str:
@@ -178,7 +157,7 @@ def _polite(text: str, lang: str, rng: random.Random) -> str:
         body = "Could you please " + text[0].lower() + text[1:].rstrip(".!") + "?"
     else:
         body = text
-    return _join("en", rng.choice(_pool("polite_openers", "en")), body, rng.choice(_pool("polite_closings", "en")))
+    return join_parts("en", rng.choice(_pool("polite_openers", "en")), body, rng.choice(_pool("polite_closings", "en")))
 
 
 def _casual(text: str, lang: str, rng: random.Random) -> str:
@@ -189,8 +168,8 @@ def _casual(text: str, lang: str, rng: random.Random) -> str:
     if lowered is not None and rng.random() < 0.5:
         body = f"{rng.choice(_pool('casual_leads', 'en'))} {lowered}"  # one sentence: no punctuation after the lead
     else:
-        body = _join("en", rng.choice(_pool("casual_openers", "en")), text)
-    return _join("en", body, rng.choice(_pool("casual_closings", "en")))
+        body = join_parts("en", rng.choice(_pool("casual_openers", "en")), text)
+    return join_parts("en", body, rng.choice(_pool("casual_closings", "en")))
 
 
 def _new_context(seed: Seed, rng: random.Random) -> tuple[str, str]:
@@ -210,11 +189,11 @@ def expand_seed(seed: Seed, rng: random.Random) -> list[dict]:
     Variants: ``original``, ``alt1``/``alt2`` (hand-written), then ``context`` (a new
     requester/situation in the context field and an opening sentence), ``polite`` or
     ``casual`` (register; ja rewrites "〜てください" into "〜ていただけますでしょうか" or
-    "〜てくれる？"), ``injection`` (an "ignore your instructions" wrapper; skipped for seeds
-    that already are injections), ``long_middle`` (benign preamble + request + benign
-    closing), ``typo`` and, for Japanese, ``fullwidth`` (mixed-width script behind a chat
-    tag). ``rng`` must be seeded per family so the result does not depend on build order.
-    Rows carry every key of ``ROW_KEYS``; ``split`` is None until ``assign_splits`` decides.
+    "〜てくれる？"), ``long_middle`` (benign preamble + request + benign closing), ``typo``
+    and, for Japanese, ``mixed_width`` (mixed-width script behind a chat tag); then
+    ``FRAMINGS_PER_FAMILY`` framed rows (framings.py), whatever the label. ``rng`` must be
+    seeded per family so the result does not depend on build order. Rows carry every key of
+    ``ROW_KEYS``; ``split`` is None until the build assigns the family's split.
     """
     lang = seed.lang
     texts = seed.texts
@@ -226,25 +205,24 @@ def expand_seed(seed: Seed, rng: random.Random) -> list[dict]:
         return texts[rng.randrange(len(texts))]
 
     new_ctx, lead = _new_context(seed, rng)
-    out.append(("context", _join(lang, lead, base()), new_ctx))
-    registers = ["polite", "casual"]
-    rng.shuffle(registers)
-    n_register = 2 if seed.hard == "injection" else 1  # injection seeds get the other register instead
-    for reg in registers[:n_register]:
-        out.append((reg, (_polite if reg == "polite" else _casual)(base(), lang, rng), ctx))
-    if seed.hard != "injection":
-        pre, post = rng.choice(_pool("injections", lang)).split("{req}")
-        out.append(("injection", _join(lang, pre, base(), post), ctx))
+    out.append(("context", join_parts(lang, lead, base()), new_ctx))
+    register = rng.choice(("polite", "casual"))
+    out.append((register, (_polite if register == "polite" else _casual)(base(), lang, rng), ctx))
     pre = rng.choice(_pool("preambles", lang))
     post = rng.choice(_pool("closings", lang))
-    out.append(("long_middle", _join(lang, pre, base(), post), ctx))
+    out.append(("long_middle", join_parts(lang, pre, base(), post), ctx))
     if lang == "ja":
-        out.append(("fullwidth", mix_width(rng.choice(_pool("tags", "ja")) + base(), rng), ctx))
+        out.append(("mixed_width", mix_width(rng.choice(_pool("tags", "ja")) + base(), rng), ctx))
     out.append(("typo", add_typo(base(), lang, rng), ctx))
+    framed: set[str] = set()
+    for group in choose_framings(rng):
+        kind, text = frame(group, base(), lang, rng)
+        framed.add(kind)
+        out.append((kind, text, ctx))
 
     rows = []
     for variant, text, context in out:
-        is_injection = variant == "injection"
+        is_framed = variant in framed
         rows.append({
             "id": f"{seed.id}-{variant}",
             "context": context,
@@ -256,8 +234,11 @@ def expand_seed(seed: Seed, rng: random.Random) -> list[dict]:
             "task_output": seed.task_output if seed.label == "ALLOW" else None,
             "family": seed.id,
             "split": None,
-            "hard": seed.hard is not None or is_injection,
-            "hard_kind": seed.hard or ("injection" if is_injection else None),
+            "hard": seed.hard is not None or is_framed,
+            "hard_kind": seed.hard or (FRAMED_HARD_KIND if is_framed else None),
             "variant": variant,
+            "framing": variant if is_framed else None,
+            "hazard": seed.hazard,
+            "contrast": seed.contrast,
         })
     return rows
