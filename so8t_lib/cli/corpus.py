@@ -1,8 +1,10 @@
-"""so8t corpus: build the safety corpus from the seeds, show its statistics, check it for leakage.
+"""so8t corpus: build the safety corpus from the seeds, show its statistics, check it for leakage, audit its labels.
 
     so8t corpus build [--seed 0] [--seeds-dir data/seeds] [--out data/so8t_safety]
     so8t corpus stats [--data data/so8t_safety] [--markdown]
-    so8t corpus check [--data data/so8t_safety]
+    so8t corpus check [--data data/so8t_safety] [--json]
+    so8t corpus audit [--data data/so8t_safety] [--seeds-dir data/seeds] [--out data/label_audit.json]
+                      [--review data/label_audit_review.yaml] [--show 30]
 """
 
 from __future__ import annotations
@@ -14,20 +16,76 @@ from pathlib import Path
 
 from ..core.paths import CORPUS_DIR, SEEDS_DIR
 from ..data.corpus import build_corpus, leakage_report, stats_text
+from ..data.corpus.audit import AUDIT_FILE, REVIEW_FILE, audit_labels, write_audit
+from ..data.corpus.guard import VIOLATIONS
+
+
+def _print_pairs(title: str, pairs: list[dict], keys: tuple[str, str, str, str]) -> None:
+    """keys: the two ids' fields, then the two texts' fields."""
+    print(title)
+    for p in pairs:
+        print(f"  {p['similarity']:.3f}  {p[keys[0]]} ~ {p[keys[1]]}\n         {p[keys[2]]!r}\n         {p[keys[3]]!r}")
+    if not pairs:
+        print("  (none)")
+
+
+def _check(data: Path, as_json: bool) -> int:
+    rep = leakage_report(data)
+    if as_json:
+        print(json.dumps(rep, ensure_ascii=False, indent=1))
+        return 0 if rep["ok"] else 1
+    bench = "checked" if rep["benchmarks_checked"] else "not present, skipped"
+    print(f"rows {rep['rows']}; benchmarks {bench}")
+    print(f"near-duplicates: character {rep['ngram']}-grams of the normalised text, exact Jaccard; "
+          f"group threshold {rep['group_threshold']} (hand-written wordings in two splits), "
+          f"benchmark threshold {rep['near_duplicate_threshold']} (any row against a benchmark prompt)")
+    _print_pairs("nearest hand-written pairs in different splits:", rep["nearest_cross_split"],
+                 ("a", "b", "a_text", "b_text"))
+    _print_pairs("nearest rows to a benchmark prompt:", rep["nearest_benchmark"],
+                 ("row", "benchmark", "row_text", "benchmark_text"))
+    if rep["ok"]:
+        print("ok: no family, request or near-duplicate in two splits; nothing equal or near to a benchmark prompt")
+        return 0
+    for k in VIOLATIONS:
+        if rep[k]:
+            print(f"LEAK {k}: {json.dumps(rep[k], ensure_ascii=False)}", file=sys.stderr)
+    return 1
+
+
+def _audit(args: argparse.Namespace) -> int:
+    rep = audit_labels(args.data, args.seeds_dir, args.review)
+    path = write_audit(rep, args.out)
+    s = rep["summary"]
+    print(f"wrote {path}: {s['families']} families, cross-validated accuracy {s['cv_accuracy']:.3f} (families), "
+          f"{s['cv_accuracy_rows']:.3f} (rows); cleanlab flagged {s['flagged']} {s['flagged_by_label']}; "
+          f"reviewed {s['reviewed']} (fixed {s['fixed']}, kept {s['kept']}, reported {s['reported']})")
+    for f in rep["flagged"][: args.show]:
+        verdict = f["review"]["verdict"] if f["review"] else "unreviewed"
+        print(f"  {f['rank']:>3} {f['family']:<13} {f['label']:<8} -> {f['predicted']:<8} p={f['p_label']:.2f} "
+              f"[{verdict}] {f['request'][:80]!r}")
+    return 0
 
 
 def main(argv: list[str] | None = None) -> int:
-    p = argparse.ArgumentParser(prog="so8t corpus", description=__doc__)
+    p = argparse.ArgumentParser(prog="so8t corpus", description=__doc__,
+                                formatter_class=argparse.RawDescriptionHelpFormatter)
     sub = p.add_subparsers(dest="cmd", required=True)
     b = sub.add_parser("build", help="seeds -> data/so8t_safety/{train,val,test}.jsonl")
     b.add_argument("--seed", type=int, default=0)
     b.add_argument("--seeds-dir", type=Path, default=SEEDS_DIR)
     b.add_argument("--out", type=Path, default=CORPUS_DIR)
-    s = sub.add_parser("stats", help="counts per label x category x lang x split")
+    s = sub.add_parser("stats", help="every table of the data card (--markdown: as pasted there)")
     s.add_argument("--data", type=Path, default=CORPUS_DIR)
     s.add_argument("--markdown", action="store_true")
-    c = sub.add_parser("check", help="leakage check: no family or request in two splits")
+    c = sub.add_parser("check", help="leakage: no family, request or near-duplicate in two splits or near a benchmark")
     c.add_argument("--data", type=Path, default=CORPUS_DIR)
+    c.add_argument("--json", action="store_true", help="the whole report as JSON")
+    a = sub.add_parser("audit", help="label audit: cleanlab on a grouped cross-validated baseline")
+    a.add_argument("--data", type=Path, default=CORPUS_DIR)
+    a.add_argument("--seeds-dir", type=Path, default=SEEDS_DIR)
+    a.add_argument("--out", type=Path, default=AUDIT_FILE)
+    a.add_argument("--review", type=Path, default=REVIEW_FILE, help="the reviewer's verdicts per family")
+    a.add_argument("--show", type=int, default=30, help="flagged families to print")
     args = p.parse_args(argv)
     try:
         if args.cmd == "build":
@@ -35,17 +93,10 @@ def main(argv: list[str] | None = None) -> int:
             print(f"wrote {args.out}: " + ", ".join(f"{k}={v}" for k, v in counts.items()))
         elif args.cmd == "stats":
             print(stats_text(args.data, markdown=args.markdown))
+        elif args.cmd == "check":
+            return _check(args.data, args.json)
         else:
-            rep = leakage_report(args.data)
-            if rep["ok"]:
-                bench = "checked" if rep["benchmarks_checked"] else "not present, skipped"
-                print(f"ok: rows {rep['rows']}; no family or request in two splits; benchmarks {bench}")
-                return 0
-            for k in ("families_in_multiple_splits", "requests_in_multiple_splits", "rows_in_wrong_file",
-                      "duplicate_ids", "benchmark_overlap"):
-                if rep[k]:
-                    print(f"LEAK {k}: {json.dumps(rep[k], ensure_ascii=False)}", file=sys.stderr)
-            return 1
+            return _audit(args)
     except (ValueError, FileNotFoundError, RuntimeError) as e:
         print(f"error: {e}", file=sys.stderr)
         return 2
