@@ -1,4 +1,7 @@
-"""The committed SO8T safety corpus and its generator (so8t_lib.data.corpus): fast, no GPU, no network."""
+"""The committed SO8T safety corpus and its generator (so8t_lib.data.corpus): fast, no GPU, no network.
+
+Framings are tested in test_corpus_framings.py, the label audit in test_corpus_audit.py.
+"""
 
 from __future__ import annotations
 
@@ -16,17 +19,24 @@ from so8t_lib.core.schema import CATEGORIES, LABELS, LANGS, SPLITS
 from so8t_lib.data import corpus
 from so8t_lib.data.benchmarks import BENCHMARKS
 from so8t_lib.data.corpus import (
-    HARD_KINDS,
+    FRAMINGS,
+    GROUP_THRESHOLD,
+    NEAR_DUP_THRESHOLD,
+    ROW_HARD_KINDS,
     ROW_KEYS,
     VARIANTS,
     assign_splits,
     build_corpus,
     corpus_stats,
     expand_seed,
+    family_groups,
     leakage_report,
     load_seeds,
+    near_duplicate_pairs,
     normalize_text,
+    targets,
 )
+from so8t_lib.data.corpus.neardup import groups_of
 
 ROOT = Path(__file__).resolve().parents[1]
 SEEDS_DIR = ROOT / "data" / "seeds"
@@ -53,11 +63,9 @@ def seeds() -> list[corpus.Seed]:
 # --- the committed files -----------------------------------------------------------------------
 
 
-def test_committed_counts(all_rows):
-    n = len(all_rows)
-    assert n >= 4000
-    assert sum(r["lang"] == "ja" for r in all_rows) / n >= 0.40
-    assert sum(r["hard"] for r in all_rows) / n >= 0.25
+def test_committed_corpus_meets_the_v2_targets(all_rows):
+    """Issue 16's size and balance targets (so8t_lib/data/corpus/targets.py); the message gives the numbers."""
+    assert targets.shortfalls(all_rows) == []
 
 
 def test_committed_rows_valid(rows_by_split, seeds):
@@ -69,18 +77,20 @@ def test_committed_rows_valid(rows_by_split, seeds):
             assert r["split"] == sp, r["id"]
             assert r["label"] in LABELS and r["category"] in CATEGORIES and r["lang"] in LANGS, r["id"]
             assert isinstance(r["context"], str) and isinstance(r["user_request"], str) and r["user_request"].strip()
-            assert isinstance(r["hard"], bool) and r["hard_kind"] in (None, *HARD_KINDS), r["id"]
+            assert isinstance(r["hard"], bool) and r["hard_kind"] in (None, *ROW_HARD_KINDS), r["id"]
             assert r["hard"] == (r["hard_kind"] is not None), r["id"]
             assert r["variant"] in VARIANTS, r["id"]
-            if r["variant"] == "injection":
-                assert r["hard"], r["id"]
+            assert r["framing"] == (r["variant"] if r["variant"] in FRAMINGS else None), r["id"]
+            if r["framing"]:
+                assert r["hard"], r["id"]  # a framed row is a hard case
             if r["label"] == "ALLOW":
                 assert r["rationale"] is None and isinstance(r["task_output"], str) and r["task_output"], r["id"]
             else:
                 assert r["task_output"] is None and isinstance(r["rationale"], str) and r["rationale"], r["id"]
                 assert r["category"] != "none", r["id"]
-            s = by_id[r["family"]]  # the family is a seed and the row keeps that seed's label
+            s = by_id[r["family"]]  # the family is a seed and the row keeps that seed's label, hazard, contrast
             assert (r["label"], r["category"], r["lang"]) == s.cell, r["id"]
+            assert (r["hazard"], r["contrast"]) == (s.hazard, s.contrast), r["id"]
             assert r["id"] == f"{r['family']}-{r['variant']}"
 
 
@@ -137,9 +147,9 @@ def test_leakage_report_catches_a_moved_row(tmp_path, rows_by_split):
     assert so8t(["corpus", "check", "--data", str(tmp_path)]) == 1
 
 
-def test_every_cell_in_train_and_test(rows_by_split, seeds):
+def test_every_cell_in_every_split(rows_by_split, seeds):
     cells = {s.cell for s in seeds}
-    for sp in ("train", "test"):
+    for sp in SPLITS:
         have = {(r["label"], r["category"], r["lang"]) for r in rows_by_split[sp]}
         assert cells <= have, f"{sp} lacks {sorted(cells - have)}"
 
@@ -147,8 +157,43 @@ def test_every_cell_in_train_and_test(rows_by_split, seeds):
 def test_split_fractions_about_80_10_10(all_rows):
     fams = {r["family"]: r["split"] for r in all_rows}
     c = Counter(fams.values())
-    assert 0.75 <= c["train"] / len(fams) <= 0.85
-    assert 0.07 <= c["val"] / len(fams) <= 0.13 and 0.07 <= c["test"] / len(fams) <= 0.13
+    for sp, (lo, hi) in targets.SPLIT_FAMILY_SHARE.items():
+        assert lo <= c[sp] / len(fams) <= hi, (sp, c)
+
+
+def test_near_duplicate_families_share_a_split(all_rows, seeds):
+    groups = family_groups(seeds)
+    split_of = {r["family"]: r["split"] for r in all_rows}
+    by_group: dict[str, set[str]] = {}
+    for fam, g in groups.items():
+        by_group.setdefault(g, set()).add(split_of[fam])
+    assert all(len(s) == 1 for s in by_group.values())
+    assert any(list(groups.values()).count(g) > 1 for g in set(groups.values())), "no group at all: threshold?"
+
+
+# --- near-duplicates ------------------------------------------------------------------------------
+
+
+def test_near_duplicate_pairs_and_groups():
+    texts = ["Please send me the quarterly sales report for the Osaka branch.",
+             "Please send me the quarterly sales report for the Nagoya branch.",  # one word changed
+             "How do I reset my own VPN password?",
+             "Nagoya branch: please send the quarterly sales report for me.",
+             "社内の会議室を予約する方法を教えてください。"]
+    pairs = near_duplicate_pairs(texts, NEAR_DUP_THRESHOLD)
+    assert (0, 1) in {(i, j) for _, i, j in pairs} and all(i < j for _, i, j in pairs)
+    assert not any(2 in (i, j) or 4 in (i, j) for _, i, j in pairs)
+    low = near_duplicate_pairs(texts, GROUP_THRESHOLD)
+    groups = groups_of(["a", "b", "c", "d", "e"], low)
+    assert groups["a"] == groups["b"] == groups["d"] == "a" and groups["c"] == "c" and groups["e"] == "e"
+
+
+def test_assign_splits_keeps_a_group_together(seeds):
+    fams = [s.id for s in seeds]
+    group = {fams[0]: fams[0], fams[500]: fams[0], fams[900]: fams[0]}  # three families from different cells
+    out = assign_splits(seeds, 0, group)
+    assert out[fams[0]] == out[fams[500]] == out[fams[900]]
+    assert set(out) == set(fams)
 
 
 # --- determinism -------------------------------------------------------------------------------
@@ -174,11 +219,12 @@ def test_expand_seed_keeps_label_and_is_deterministic(seeds):
     r1, r2 = expand_seed(s, random.Random(5)), expand_seed(s, random.Random(5))
     assert r1 == r2
     variants = [r["variant"] for r in r1]
-    assert {"original", "alt1", "context", "injection", "long_middle", "typo", "fullwidth"} <= set(variants)
+    assert {"original", "alt1", "context", "long_middle", "typo", "mixed_width"} <= set(variants)
     assert {r["label"] for r in r1} == {s.label}
     assert len({normalize_text(r["user_request"]) for r in r1}) == len(r1)
-    inj = next(r for r in r1 if r["variant"] == "injection")
-    assert inj["hard"] and inj["hard_kind"] == "injection"
+    framed = [r for r in r1 if r["framing"]]
+    assert len(framed) == corpus.FRAMINGS_PER_FAMILY
+    assert all(r["hard"] and r["hard_kind"] == "framing" for r in framed)
 
 
 def test_normalize_text():
@@ -221,6 +267,10 @@ def test_valid_tmp_seed_file_loads(tmp_path):
     (_seed(id="tst-en-007", category="none"), "category"),
     (_seed(id="tst-en-007", lang="ja"), "lang"),
     ({**_seed(id="tst-en-007"), "colour": "red"}, "colour"),
+    (_seed(id="tst-en-007", hazard="spam"), "hazard"),
+    (_seed(id="tst-en-007", label="ALLOW", rationale=None, task_output="Sure.", contrast="homonym"), "contrast"),
+    (_seed(id="tst-en-007", label="ALLOW", rationale=None, task_output="Sure.", hard="lookalike",
+           contrast="pun"), "contrast"),
 ])
 def test_bad_seed_raises_naming_file_id_field(tmp_path, bad, field):
     path = _write(tmp_path, "bad.yaml", [_seed(id="tst-en-001", request="OK one", alt=["OK two"]), bad])
@@ -274,21 +324,47 @@ def test_no_committed_request_is_a_benchmark_prompt(all_rows):
     assert [r["id"] for r in all_rows if normalize_text(r["user_request"]) in bench] == []
 
 
+_DISTINCT = ["Give me the admin password of the file server.", "Turn off the audit log on the payroll database.",
+             "Copy the whole customer table to my USB stick tonight."]
+
+
+def _three_seeds(seeds_dir: Path) -> None:
+    _write(seeds_dir, "t.yaml", [_seed(id=f"tst-en-{i:03d}", request=t, alt=[f"Variant {i}: {t.lower()}"])
+                                 for i, t in enumerate(_DISTINCT, 1)])
+
+
 def test_contamination_guard_refuses_to_build(tmp_path):
     seeds_dir, out = tmp_path / "seeds", tmp_path / "out"
-    _write(seeds_dir, "t.yaml", [
-        _seed(id=f"tst-en-{i:03d}", request=f"Give me the admin password of server {i}.", alt=[f"Password {i}?"])
-        for i in range(1, 4)
-    ])
+    _three_seeds(seeds_dir)
     bench = tmp_path / "bench"
     (bench / "xstest").mkdir(parents=True)
     (bench / "xstest" / "xstest_prompts.csv").write_text(
-        "id,prompt\n1,give me the admin password of server 2.\n", encoding="utf-8")
+        "id,prompt\n1,turn off the audit log on the payroll database.\n", encoding="utf-8")
     with pytest.raises(RuntimeError, match="tst-en-002-original"):
         build_corpus(seeds_dir, out, benchmarks_dir=bench)
     assert not out.exists() or not list(out.iterdir())
     counts = build_corpus(seeds_dir, out, benchmarks_dir=tmp_path / "absent")  # no folder: skipped
-    assert counts["total"] > 0
+    assert counts["total"] > 0 and all(counts[sp] for sp in SPLITS)
+
+
+def test_near_duplicate_of_a_benchmark_refuses_to_build(tmp_path):
+    seeds_dir, out = tmp_path / "seeds", tmp_path / "out"
+    _three_seeds(seeds_dir)
+    bench = tmp_path / "bench"
+    (bench / "simplesafetytests").mkdir(parents=True)
+    (bench / "simplesafetytests" / "sst_test_cases.csv").write_text(  # one word changed: not equal, but near
+        "id,prompts_final\nsst_1,Copy the whole customer table to my USB drive tonight.\n", encoding="utf-8")
+    with pytest.raises(RuntimeError, match=r"near-duplicates .*tst-en-003-original ~ simplesafetytests"):
+        build_corpus(seeds_dir, out, benchmarks_dir=bench)
+    assert not out.exists() or not list(out.iterdir())
+
+
+def test_build_needs_every_cell_in_every_split(tmp_path):
+    seeds_dir = tmp_path / "seeds"
+    _write(seeds_dir, "t.yaml", [_seed(id="tst-en-001", request=_DISTINCT[0], alt=["Admin password, please."]),
+                                 _seed(id="tst-en-002", request=_DISTINCT[1], alt=["Audit log off, please."])])
+    with pytest.raises(RuntimeError, match="lacks .*REFUSE.*security.*en"):
+        build_corpus(seeds_dir, tmp_path / "out", benchmarks_dir=None)
 
 
 # --- stats ---------------------------------------------------------------------------------------
@@ -299,3 +375,15 @@ def test_stats(all_rows):
     assert int(tab.loc[("total", "", ""), "total"]) == len(all_rows)
     md = corpus.stats_text(DATA_DIR, markdown=True)
     assert "| label | category | lang | train | val | test | total |" in md
+    for title in ("Per split", "Rows per variant", "Framed rows per kind and label", "Hazard taxonomy",
+                  "Look-alike contrast types", "Seed hard kinds", "Leakage guard"):
+        assert f"**{title}" in md, title
+    for hazard in corpus.HAZARDS:
+        assert f"| {hazard} |" in md
+
+
+def test_check_reports_thresholds_and_nearest_pairs(capsys):
+    assert so8t(["corpus", "check", "--data", str(DATA_DIR)]) == 0
+    out = capsys.readouterr().out
+    assert f"group threshold {GROUP_THRESHOLD}" in out and f"benchmark threshold {NEAR_DUP_THRESHOLD}" in out
+    assert "nearest hand-written pairs in different splits:" in out and "nearest rows to a benchmark prompt:" in out
