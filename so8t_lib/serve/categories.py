@@ -2,6 +2,9 @@
 
 SafetyHeadB decides ALLOW / REFUSE / ESCALATE; it has no category output, so routing uses this
 transparent keyword table (Japanese and English) and falls back to ``general`` (the direct manager).
+Keywords are matched on ``textforms.matching_form`` (look-alike letters mapped to Latin, spaced
+letters joined, invisible characters removed) and on text decoded from base64, hex or percent
+encoding, so "раsswоrd" in Cyrillic or "p a s s w o r d" still goes to security.
 """
 
 from __future__ import annotations
@@ -9,6 +12,8 @@ from __future__ import annotations
 import re
 
 from ..core.schema import FALLBACK_CATEGORY
+from .injection import encoded_payloads
+from .textforms import matching_form
 
 KEYWORDS = {
     "medical": ["health", "medical", "diagnos", "medicine", "prescription", "illness", "sick leave", "mental",
@@ -32,7 +37,8 @@ def _pattern(keyword: str) -> str:
 
 def categorize(request: str, context: str | None = None) -> str:
     """The category with the most keyword hits in request + context; ``general`` when none."""
-    text = f"{context or ''} {request}".lower()
+    raw = f"{context or ''} {request}"
+    text = " ".join(matching_form(t) for t in [raw, *encoded_payloads(raw)])
     scores = {cat: sum(len(re.findall(_pattern(k), text)) for k in words) for cat, words in KEYWORDS.items()}
     best = max(scores, key=scores.get)
     return best if scores[best] > 0 else FALLBACK_CATEGORY

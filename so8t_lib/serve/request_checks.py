@@ -1,27 +1,33 @@
-"""Request validation at the runtime's boundary: types, lengths, NFKC, control characters, and
-prompt-injection phrases (flagged for the audit record; the head still decides)."""
+"""Request validation at the runtime's boundary: types and lengths first (before any other work, so
+an oversized request costs nothing), then NFKC with invisible characters removed, the user id's
+shape, and the flags for the audit record (prompt injection, obfuscated or encoded text). The
+head still decides on a flagged request; the flags are evidence, not a verdict."""
 
 from __future__ import annotations
 
 import re
-import unicodedata
 from dataclasses import dataclass, field
 
-INJECTION_PATTERNS = [re.compile(p, re.IGNORECASE) for p in (
-    r"ignore (all |any )?(the )?(previous|prior|above) (instructions|rules|prompts?)",
-    r"disregard (all |the )?(previous|prior|above|system) (instructions|rules|prompt)",
-    r"you are now (in )?(developer|dan|jailbreak) mode",
-    r"(reveal|print|show) (me )?(your|the) system prompt",
-    r"前の指示を(すべて|全て)?無視",
-    r"(以前|上記|これまで)の(指示|命令|ルール)を(すべて|全て)?無視",
-    r"システムプロンプトを(表示|教え|出力)",
-    r"制限を(解除|無視)",
-)]
-_CONTROL = re.compile(r"[\u0000-\u0008\u000b\u000c\u000e-\u001f\u007f-\u009f\u200b-\u200f\u202a-\u202e\u2060-\u2064\ufeff]")
+from .injection import INJECTION_PATTERNS, encoded_payloads, injection_signs
+from .textforms import clean_text, is_obfuscated
+
+__all__ = ["INJECTION_PATTERNS", "CleanRequest", "InvalidRequest", "Unparsed", "encoded_payloads",
+           "validate_request"]
+# A user id is an account name, an employee number or an e-mail address: printable, no spaces.
+USER_ID = re.compile(r"[^\s\x00-\x1f\x7f]+")
 
 
 class InvalidRequest(ValueError):
     """A request the runtime cannot take; the message says which field and why."""
+
+
+@dataclass(frozen=True)
+class Unparsed:
+    """A request line a front end could not even read (not JSON, not UTF-8). Only the caller can
+    make one, so a client field cannot pose as a parse error."""
+
+    reason: str
+    raw: str = ""
 
 
 @dataclass
@@ -32,35 +38,53 @@ class CleanRequest:
     flags: list[str] = field(default_factory=list)
 
 
+def _has_surrogates(text: str) -> bool:
+    return any(0xD800 <= ord(ch) <= 0xDFFF for ch in text)
+
+
 def _clean(value, name: str, limit: int, required: bool) -> str | None:
     if value is None:
         if required:
             raise InvalidRequest(f"{name} is required")
         return None
-    if isinstance(value, bytes):
+    if isinstance(value, (bytes, bytearray)):
+        if len(value) > 4 * limit:  # more bytes than any text of `limit` characters can take
+            raise InvalidRequest(f"{name} has {len(value)} bytes; the limit is {limit} characters")
         try:
-            value = value.decode("utf-8")
-        except UnicodeDecodeError:
-            raise InvalidRequest(f"{name} is not valid UTF-8 text") from None
+            value = bytes(value).decode("utf-8")
+        except UnicodeDecodeError as exc:
+            raise InvalidRequest(f"{name} is not valid UTF-8 text (byte {exc.start})") from None
     if not isinstance(value, str):
         raise InvalidRequest(f"{name} must be text, got {type(value).__name__}")
-    if any(0xD800 <= ord(ch) <= 0xDFFF for ch in value):
+    if len(value) > limit:  # before any other work: masking, NFKC and matching are never run on it
+        raise InvalidRequest(f"{name} has {len(value)} characters; the limit is {limit} (validation.max_*_chars)")
+    if _has_surrogates(value):
         raise InvalidRequest(f"{name} contains unpaired surrogates (not valid Unicode text)")
-    text = _CONTROL.sub("", unicodedata.normalize("NFKC", value)).strip()
+    text, _ = clean_text(value)
+    text = text.strip()
     if required and not text:
         raise InvalidRequest(f"{name} is empty")
-    if len(text) > limit:
-        raise InvalidRequest(f"{name} has {len(text)} characters; the limit is {limit} (validation.max_*_chars)")
+    if len(text) > limit:  # NFKC can lengthen text (㍿ -> 株式会社)
+        raise InvalidRequest(f"{name} has {len(text)} characters after normalisation; the limit is {limit}")
     return text or None
 
 
 def validate_request(user_request, context=None, user_id=None, max_request_chars: int = 4000,
                      max_context_chars: int = 4000, max_user_id_chars: int = 128) -> CleanRequest:
+    """The request cleaned and flagged, or InvalidRequest naming the field and the problem."""
     request = _clean(user_request, "user_request", max_request_chars, required=True)
-    clean = CleanRequest(request, _clean(context, "context", max_context_chars, required=False),
-                         _clean(user_id, "user_id", max_user_id_chars, required=False))
-    for text in (clean.user_request, clean.context or ""):
-        if any(p.search(text) for p in INJECTION_PATTERNS):
-            clean.flags.append("prompt_injection")
-            break
+    ctx = _clean(context, "context", max_context_chars, required=False)
+    uid = _clean(user_id, "user_id", max_user_id_chars, required=False)
+    if uid is not None and not USER_ID.fullmatch(uid):
+        raise InvalidRequest("user_id must be printable text without spaces (an account name, employee number "
+                             "or e-mail address)")
+    clean = CleanRequest(request, ctx, uid)
+    for raw, text in ((user_request, request), (context, ctx)):
+        if not text:
+            continue
+        for flag in injection_signs(text):
+            if flag not in clean.flags:
+                clean.flags.append(flag)
+        if isinstance(raw, str) and is_obfuscated(raw, text) and "obfuscated_text" not in clean.flags:
+            clean.flags.append("obfuscated_text")
     return clean

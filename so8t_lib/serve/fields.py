@@ -1,0 +1,76 @@
+"""What may be stored: every text field bounded, valid UTF-8, and personal data masked.
+
+A client controls the request, the context and the user id, and an error message can quote them;
+so nothing reaches the audit log or the escalation queue verbatim. A text longer than its bound is
+stored as a prefix plus its length and a sha256 (so the original can still be matched against it),
+a lone surrogate becomes U+FFFD instead of an encoding error, and anything that is not text is
+stored as a bounded ``repr``.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import hmac
+import re
+
+from .masking import mask_personal_data
+
+# what is cut off is described in this many characters at most: "…[12345 chars, sha256 0123456789abcdef]"
+TRUNCATION_NOTE = 48
+_NOTE = re.compile(r"…\[\d+ chars, sha256 [0-9a-f]{16}\]\Z")
+
+
+def storable(text: str) -> str:
+    """The text with lone surrogates replaced (U+FFFD), so it can always be encoded as UTF-8."""
+    try:
+        text.encode("utf-8")
+        return text
+    except UnicodeEncodeError:
+        return "".join("\ufffd" if 0xD800 <= ord(ch) <= 0xDFFF else ch for ch in text)
+
+
+def as_text(value: object, limit: int) -> str:
+    """Any value as text; a huge container is described, not printed."""
+    if isinstance(value, str):
+        return value
+    if isinstance(value, (bytes, bytearray)):
+        return bytes(value).decode("utf-8", "replace")
+    if isinstance(value, (list, tuple, dict, set)) and len(value) > limit:
+        return f"<{type(value).__name__} of {len(value)} items>"
+    return repr(value)
+
+
+def bounded(value: object, limit: int) -> str | None:
+    """``value`` as storable text of at most ``limit`` characters plus a short note: a longer text
+    keeps its first characters, its length and its sha256."""
+    if value is None:
+        return None
+    text = storable(as_text(value, limit))
+    if len(text) <= limit or (len(text) <= limit + TRUNCATION_NOTE and _NOTE.search(text)):
+        return text  # short, or bounded already
+    digest = hashlib.sha256(text.encode("utf-8")).hexdigest()[:16]
+    return f"{text[:limit]}…[{len(text)} chars, sha256 {digest}]"
+
+
+def masked_bounded(value: object, limit: int) -> str | None:
+    """Bounded first (masking never sees more than the bound, plus a margin so an address cut in
+    the middle is still recognised), then masked, then cut to the bound again."""
+    text = bounded(value, limit + 256)
+    if text is None:
+        return None
+    masked = mask_personal_data(text)
+    return masked if len(masked) <= limit + TRUNCATION_NOTE else bounded(masked, limit)
+
+
+def pseudonym(user_id: str | None, key: bytes | None = None, limit: int = 128) -> str | None:
+    """A user id with personal data masked. When masking changed it, a short digest (keyed when a
+    key is configured) is appended so one person's records stay linkable without naming them."""
+    if user_id is None:
+        return None
+    text = bounded(user_id, limit) or ""
+    masked = mask_personal_data(text)
+    if masked == text:
+        return text
+    raw = text.encode("utf-8")
+    digest = hmac.new(key, raw, hashlib.sha256).hexdigest() if key else hashlib.sha256(raw).hexdigest()
+    return f"{masked}#{digest[:12]}"

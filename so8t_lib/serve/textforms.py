@@ -1,0 +1,114 @@
+"""Text as the gate compares it: invisible characters out, look-alike letters mapped to Latin,
+letter-spaced words joined.
+
+An attacker who writes "раsswоrd" with Cyrillic letters, "p a s s w o r d" with spaces, or hides a
+soft hyphen inside "ign\u00adore" must meet the same flags and the same routing as the plain
+spelling. ``clean_text`` is what the model sees (NFKC, no invisible characters); ``matching_form``
+is only for the pattern checks (injection flags, routing keywords), because mapping letters to
+Latin would damage genuine text. The look-alike table is Unicode's confusables data as shipped by
+the ``confusable-homoglyphs`` package, not a hand list.
+"""
+
+from __future__ import annotations
+
+import functools
+import re
+import unicodedata
+
+# Default_Ignorable_Code_Point (Unicode DerivedCoreProperties.txt) outside the format category Cf,
+# which ``_invisible_pattern`` takes from unicodedata: the combining grapheme joiner, Hangul fillers,
+# Khmer inherent vowels, Mongolian free variation selectors, variation selectors, and the
+# unassigned default-ignorable ranges.
+_IGNORABLE_RANGES = ((0x034F, 0x034F), (0x115F, 0x1160), (0x17B4, 0x17B5), (0x180B, 0x180F), (0x2065, 0x2065),
+                     (0x3164, 0x3164), (0xFE00, 0xFE0F), (0xFFA0, 0xFFA0), (0xFFF0, 0xFFF8),
+                     (0x1D173, 0x1D17A), (0xE0000, 0xE0FFF))
+_KEEP_CONTROLS = frozenset("\t\n\r")
+# scripts the corpus is written in: their letters are never remapped (〇 is not "O" in Japanese)
+_OWN_SCRIPTS = frozenset({"LATIN", "HAN", "HIRAGANA", "KATAKANA"})
+_SPACED_LETTERS = re.compile(r"(?<![^\W\d_])(?:[^\W\d_][ .\-_*·|/]){2,}[^\W\d_](?![^\W\d_])")
+_SPACES = re.compile(r"\s+")
+
+
+def _ranges_to_class(points: list[int]) -> str:
+    """A regex character class for sorted code points, written as ranges."""
+    parts, start, prev = [], None, None
+    for cp in points:
+        if start is None:
+            start = prev = cp
+        elif cp == prev + 1:
+            prev = cp
+        else:
+            parts.append((start, prev))
+            start = prev = cp
+    if start is not None:
+        parts.append((start, prev))
+    return "[" + "".join(f"\\U{a:08x}" if a == b else f"\\U{a:08x}-\\U{b:08x}" for a, b in parts) + "]"
+
+
+@functools.cache
+def _invisible_pattern() -> re.Pattern:
+    """Format characters (Cf: soft hyphen, bidi isolates and overrides, zero-width marks, tags),
+    controls other than tab and newlines, and the other default-ignorable code points."""
+    points = set()
+    for lo, hi in ((0, 0x2FFFF), (0xE0000, 0xE0FFF)):
+        for cp in range(lo, hi + 1):
+            cat = unicodedata.category(chr(cp))
+            if cat == "Cf" or (cat == "Cc" and chr(cp) not in _KEEP_CONTROLS):
+                points.add(cp)
+    for lo, hi in _IGNORABLE_RANGES:
+        points.update(range(lo, hi + 1))
+    return re.compile(_ranges_to_class(sorted(points)))
+
+
+def strip_invisible(text: str) -> tuple[str, int]:
+    """(text without invisible characters, how many were removed)."""
+    return _invisible_pattern().subn("", text)
+
+
+def clean_text(text: str) -> tuple[str, int]:
+    """NFKC, then invisible characters removed: the text the model decides on. Returns the number
+    of invisible characters removed (a sign of obfuscation when non-zero)."""
+    return strip_invisible(unicodedata.normalize("NFKC", text))
+
+
+@functools.cache
+def _latin_lookalikes() -> dict[int, str]:
+    """Non-Latin letters that Unicode lists as confusable with an ASCII letter, mapped to it
+    (Cyrillic а -> a, Greek ο -> o, ...). Letters of the corpus's own scripts stay as they are."""
+    from confusable_homoglyphs import categories, confusables
+
+    table: dict[int, str] = {}
+    for char, homoglyphs in confusables.confusables_data.items():
+        if len(char) != 1 or char.isascii() or categories.alias(char) in _OWN_SCRIPTS:
+            continue
+        for glyph in homoglyphs:
+            if len(glyph["c"]) == 1 and glyph["c"].isascii() and glyph["c"].isalpha():
+                table[ord(char)] = glyph["c"].lower()
+                break
+    return table
+
+
+def skeleton(text: str) -> str:
+    """Casefolded text with look-alike letters replaced by the ASCII letters they imitate."""
+    return text.casefold().translate(_latin_lookalikes())
+
+
+def join_spaced_letters(text: str) -> str:
+    """'p a s s w o r d' -> 'password'; words of one letter each, three or more in a row."""
+    return _SPACED_LETTERS.sub(lambda m: re.sub(r"[^\w]|_", "", m.group()), text)
+
+
+def matching_form(text: str) -> str:
+    """The form pattern checks run on: clean, casefolded, look-alikes mapped to Latin, spaced
+    letters joined, runs of white space collapsed to one space."""
+    cleaned, _ = clean_text(text)
+    return _SPACES.sub(" ", join_spaced_letters(skeleton(cleaned))).strip()
+
+
+def is_obfuscated(raw: str, cleaned: str) -> bool:
+    """True when the text hides its letters: invisible characters, look-alike letters from another
+    script, or letter-spaced words."""
+    if strip_invisible(raw)[1]:
+        return True
+    folded = cleaned.casefold()
+    return folded.translate(_latin_lookalikes()) != folded or _SPACED_LETTERS.search(folded) is not None
