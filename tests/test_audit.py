@@ -111,7 +111,7 @@ def test_tampering_inside_a_rotated_file_is_found(tmp_path):
 def test_personal_data_is_masked_in_the_input_by_default(tmp_path):
     log = audit.AuditLog(tmp_path / "audit.jsonl")
     written = log.append({**_record(0), "input": "田中さん(tanaka@example.com, 090-1234-5678)の番号は123456789012"})
-    assert written["input"] == "田中さん([EMAIL], [PHONE])の番号は[MY_NUMBER]"
+    assert written["input"] == "[NAME]さん([EMAIL], [PHONE])の番号は[MY_NUMBER]"
     raw = audit.AuditLog(tmp_path / "raw.jsonl", mask_input=False).append({**_record(0), "input": "a@b.co"})
     assert raw["input"] == "a@b.co"
 

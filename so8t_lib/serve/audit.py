@@ -1,43 +1,68 @@
-"""The audit log: append-only JSONL with a hash chain, size-based rotation with gzip, safe under
-many threads and processes at once.
+"""The audit log: append-only JSONL with a hash chain and an anchor, size-based rotation with gzip,
+safe under many threads and processes at once, and whole records or none.
 
-    so8t audit verify logs/        # exit 1 and name the record if anything was edited,
-                                   # dropped or reordered (no key needed)
+    so8t audit verify logs/        # exit 1 and name the problem (see audit_verify for what is found)
     so8t audit show logs/          # the records; decrypted with $SO8T_AUDIT_KEY if encrypted
 
 Every record gets ``seq`` (0, 1, 2, ...), ``prev_hash`` (the previous record's ``hash``) and
-``hash`` = sha256 of ``prev_hash`` and the record's canonical JSON without ``hash``. Appends hold an
-exclusive ``flock`` on ``<log>.lock`` while they read the chain head, write one line, flush and
-fsync, so records from concurrent writers are never interleaved or lost. When the live file would
-pass ``max_bytes`` it is gzipped to ``<log>.1.gz`` (older ones shift to ``.2.gz`` ...; beyond
-``backup_count`` the oldest is deleted) and the chain head is kept in ``<log>.head`` so the chain
-continues across files. The record format is the operations manual's (timestamp, request_id, user_id,
-input, decision, rationale, human_required, model_version, processing_time_ms, confidence_score)
-plus whatever the runtime adds (category, flags, error).
+``hash`` = sha256 of ``prev_hash`` and the record's canonical JSON without ``hash``. An append
+holds an exclusive ``flock`` on ``<log>.lock`` while it finds the chain head, writes one line
+and fsyncs it, then moves the anchor (``audit_files``) to the new head. A write that cannot be
+completed (disk full, file size limit, read-only folder) is cut back to where it began and
+raises ``AuditWriteError``, so no torn record stays behind and the caller can fail closed. A torn
+tail left by a crash is set aside (kept under ``<log>.torn-*``) when the log is opened or before
+the next append, and the chain continues from the last complete record, or from the anchor when
+the anchor is further along (records deleted at the end stay visible as a gap).
+
+Every stored text is bounded (``fields``), and with ``mask_input`` the input, note and user id
+are masked. The record format is the operations manual's plus what the runtime adds.
 """
 
 from __future__ import annotations
 
-import fcntl
+import datetime as dt
+import errno
 import gzip
-import hashlib
 import json
+import logging
 import os
-from collections.abc import Iterator
-from contextlib import contextmanager
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 
-from ..core.io import atomic_write_text
-from .masking import mask_personal_data
+from .audit_files import (
+    GENESIS,
+    anchor_path,
+    encode_line,
+    file_lock,
+    first_record,
+    key_bytes,
+    last_good_end,
+    last_record,
+    legacy_head_path,
+    log_files,
+    parse_record,
+    read_anchor,
+    read_lines,
+    record_hash,
+    rotated_path,
+    sibling,
+    write_anchor,
+)
+from .audit_verify import make_fernet, read_records, verify
+from .fields import bounded, masked_bounded, pseudonym
 
-GENESIS = "0" * 64
+__all__ = ["GENESIS", "AuditLog", "AuditWriteError", "log_files", "make_fernet", "read_records", "record_hash",
+           "verify"]
+logger = logging.getLogger("so8t.audit")
+MASKED_FIELDS = ("input", "note", "context")
 
 
-def record_hash(record: dict) -> str:
-    body = {k: v for k, v in record.items() if k != "hash"}
-    canonical = json.dumps(body, sort_keys=True, ensure_ascii=False, separators=(",", ":"))
-    return hashlib.sha256((record.get("prev_hash", "") + canonical).encode("utf-8")).hexdigest()
+class AuditWriteError(RuntimeError):
+    """A record could not be written whole; the message names the file and the cause."""
+
+
+def _utc_stamp() -> str:
+    return dt.datetime.now(dt.UTC).strftime("%Y%m%dT%H%M%S.%fZ")
 
 
 @dataclass
@@ -49,163 +74,232 @@ class AuditLog:
     backup_count: int = 5
     mask_input: bool = True
     encryption_key: str | bytes | None = None  # a Fernet key: records are stored encrypted at rest
+    hmac_key: str | bytes | None = None  # signs the anchor (and keys the user-id digests)
+    max_field_chars: int = 8192
+    set_aside: list[Path] = field(default_factory=list)
 
     def __post_init__(self) -> None:
         self.path = Path(self.path)
         self._fernet = make_fernet(self.encryption_key) if self.encryption_key else None
+        self._mac_key = key_bytes(self.hmac_key)
         if self.backup_count < 1:
             raise ValueError("backup_count must be at least 1: rotation would delete records at once")
-        self.path.parent.mkdir(parents=True, exist_ok=True)
+        self.open_error: str | None = None
+        try:  # a broken folder must not stop the gate from answering: each append fails closed instead
+            self.path.parent.mkdir(parents=True, exist_ok=True)
+            with file_lock(self.path):
+                self._repair()
+        except OSError as exc:
+            self.open_error = f"{self.path}: cannot open the audit log ({type(exc).__name__}: {exc})"
+            logger.error("%s", self.open_error)
 
-    @property
-    def _lock_path(self) -> Path:
-        return self.path.with_name(self.path.name + ".lock")
+    # ----- repair on open -----------------------------------------------------------------------
+    def _repair(self) -> None:
+        """Undo what a crash can leave: a half-finished rotation and a torn last line."""
+        sibling(self.path, ".rotating.tmp").unlink(missing_ok=True)
+        newest = rotated_path(self.path, 1)
+        if self.path.is_file() and newest.is_file():
+            live_first, gz_first = first_record(self.path), first_record(newest)
+            if live_first and gz_first and live_first["hash"] == gz_first["hash"]:
+                self.path.unlink()  # rotation was cut after the gzip was in place: the live file is a copy
+                logger.warning("%s: removed the copy left by an interrupted rotation", self.path)
+        self._set_aside_torn_tail()
 
-    @property
-    def _head_path(self) -> Path:
-        return self.path.with_name(self.path.name + ".head")
+    def _set_aside_torn_tail(self) -> None:
+        good_end, size = last_good_end(self.path)
+        if good_end == size:
+            return
+        with self.path.open("rb") as handle:
+            handle.seek(good_end)
+            torn = handle.read()
+        target = sibling(self.path, f".torn-{_utc_stamp()}-{os.getpid()}")
+        fd = os.open(target, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
+        try:
+            os.write(fd, torn)
+            os.fsync(fd)
+        finally:
+            os.close(fd)
+        with self.path.open("rb+") as handle:
+            handle.truncate(good_end)
+            os.fsync(handle.fileno())
+        self.set_aside.append(target)
+        logger.warning("%s: set aside %d bytes of an unfinished write as %s; the chain continues from the last "
+                       "complete record", self.path, len(torn), target.name)
 
-    @contextmanager
-    def _locked(self) -> Iterator[None]:
-        with open(self._lock_path, "a") as lock:
-            fcntl.flock(lock, fcntl.LOCK_EX)
+    # ----- the chain head -------------------------------------------------------------------------
+    def _head(self) -> tuple[int, str, dict | None, dict | None]:
+        """(next seq, hash to link to, last record, anchor). The anchor wins when it is further along
+        than the files (records were deleted at the end: the gap must stay visible)."""
+        last = last_record(self.path) if self.path.is_file() else None
+        if last is None:
+            rotated = log_files(self.path.parent, self.path.name)
+            last = last_record(rotated[-1]) if rotated and rotated[-1] != self.path else None
+        try:
+            anchor = read_anchor(self.path)
+        except ValueError as exc:
+            logger.error("%s", exc)
+            anchor = None
+        if anchor is not None and anchor.get("last_seq") is not None:
+            a_seq, a_hash = int(anchor["last_seq"]), str(anchor["last_hash"])
+            if last is None or a_seq > last["seq"] or (a_seq == last["seq"] and a_hash != last["hash"]):
+                if last is not None:
+                    logger.error("%s: the anchor is at seq %d but the log ends at seq %d; records are missing at "
+                                 "the end (so8t audit verify shows them)", self.path, a_seq, last["seq"])
+                return a_seq + 1, a_hash, last, anchor
+        if last is not None:
+            return last["seq"] + 1, last["hash"], last, anchor
+        legacy = legacy_head_path(self.path)
+        if legacy.is_file():
+            head = json.loads(legacy.read_text(encoding="utf-8"))
+            return int(head["next_seq"]), head["hash"], None, anchor
+        return 0, GENESIS, None, anchor
+
+    # ----- storing ----------------------------------------------------------------------------------
+    def _sanitize(self, value, key: str | None = None):
+        if isinstance(value, dict):
+            return {str(k)[:64]: self._sanitize(v, str(k)) for k, v in value.items()}
+        if isinstance(value, (list, tuple)):
+            return [self._sanitize(v) for v in value[:256]]
+        if value is None or isinstance(value, (bool, int)):
+            return value
+        if isinstance(value, float):
+            return value if value == value and abs(value) != float("inf") else None
+        if self.mask_input and key == "user_id":
+            return pseudonym(bounded(value, self.max_field_chars), self._mac_key)
+        if self.mask_input and key in MASKED_FIELDS:
+            return masked_bounded(value, self.max_field_chars)
+        return bounded(value, self.max_field_chars)
+
+    def prepare(self, record: dict) -> dict:
+        """The record as it will be stored: every text bounded, personal data masked (when on)."""
+        return self._sanitize(dict(record))
+
+    def _write_line(self, line: bytes) -> None:
+        """Write the whole line and fsync it, or cut the file back to where it was and raise."""
+        try:
+            fd = os.open(self.path, os.O_WRONLY | os.O_CREAT | os.O_APPEND, 0o600)
+        except OSError as exc:
+            raise AuditWriteError(f"{self.path}: cannot open for writing ({type(exc).__name__}: {exc})") from exc
+        try:
+            start = os.fstat(fd).st_size
+            written = 0
             try:
-                yield
-            finally:
-                fcntl.flock(lock, fcntl.LOCK_UN)
+                while written < len(line):
+                    n = os.write(fd, line[written:])
+                    if n <= 0:
+                        raise OSError(errno.ENOSPC, "no space written")
+                    written += n
+                os.fsync(fd)
+            except OSError as exc:
+                try:
+                    os.ftruncate(fd, start)  # leave no torn record behind
+                except OSError:
+                    logger.error("%s: could not cut back a partial write; it is set aside on the next open", self.path)
+                raise AuditWriteError(f"{self.path}: the record could not be written whole ({written} of {len(line)} "
+                                      f"bytes: {type(exc).__name__}: {exc})") from exc
+        finally:
+            os.close(fd)
 
-    def _head(self) -> tuple[int, str]:
-        """(next seq, hash of the last record): from the live file's last line, else the head file."""
-        if self.path.is_file() and self.path.stat().st_size:
-            with self.path.open("rb") as handle:
-                handle.seek(0, os.SEEK_END)
-                end = handle.tell()
-                chunk, pos = b"", end
-                while pos > 0 and chunk.count(b"\n") < 2:
-                    step = min(65536, pos)
-                    pos -= step
-                    handle.seek(pos)
-                    chunk = handle.read(step) + chunk
-            last = chunk.rstrip(b"\n").rsplit(b"\n", 1)[-1]
-            record = json.loads(last)
-            return int(record["seq"]) + 1, record["hash"]
-        if self._head_path.is_file():
-            head = json.loads(self._head_path.read_text(encoding="utf-8"))
-            return int(head["next_seq"]), head["hash"]
-        return 0, GENESIS
+    def _move_anchor(self, anchor: dict | None, stored: dict, last: dict | None) -> None:
+        now = dt.datetime.now(dt.UTC).isoformat(timespec="seconds")
+        if anchor is None:
+            anchor = {"first_seq": stored["seq"], "first_prev_hash": stored["prev_hash"], "created_at": now}
+            if last is not None or stored["prev_hash"] != GENESIS:  # a log from before anchors existed
+                files = log_files(self.path.parent, self.path.name)
+                first = first_record(files[0]) if files else None
+                if first is not None:
+                    anchor["first_seq"], anchor["first_prev_hash"] = first["seq"], first["prev_hash"]
+                anchor["adopted_at"] = now
+                logger.warning("%s: no anchor found for an existing log; a new one starts at seq %s (deletions before "
+                               "now cannot be ruled out; so8t audit verify reports this)", self.path, anchor["first_seq"])
+        anchor.update(last_seq=stored["seq"], last_hash=stored["hash"], updated_at=now)
+        try:
+            write_anchor(self.path, anchor, self._mac_key)
+        except OSError as exc:  # the record is safe; an anchor behind the log is still consistent
+            logger.error("%s: the anchor could not be updated (%s)", self.path, exc)
 
-    def _rotate(self, next_seq: int, last_hash: str) -> None:
-        atomic_write_text(self._head_path, json.dumps({"next_seq": next_seq, "hash": last_hash}))
-        oldest = self.path.with_name(f"{self.path.name}.{self.backup_count}.gz")
-        oldest.unlink(missing_ok=True)
-        for n in range(self.backup_count - 1, 0, -1):
-            older = self.path.with_name(f"{self.path.name}.{n}.gz")
-            if older.exists():
-                os.replace(older, self.path.with_name(f"{self.path.name}.{n + 1}.gz"))
-        target = self.path.with_name(f"{self.path.name}.1.gz")
-        part = target.with_name(target.name + ".tmp")
+    def append(self, record: dict) -> dict:
+        """Write one record (bounded, masked, chained); AuditWriteError if it cannot be written whole."""
+        record = self._sanitize(dict(record))
+        try:
+            with file_lock(self.path):
+                self._set_aside_torn_tail()
+                next_seq, last_hash, last, anchor = self._head()
+                if self._fernet is None and last is not None and "enc" in last:
+                    raise AuditWriteError(f"{self.path}: the log is encrypted; set the key "
+                                          "(logging.encryption_key_env) to append to it")
+                record["seq"], record["prev_hash"] = next_seq, last_hash
+                stored = record
+                if self._fernet is not None:  # the chain covers the ciphertext: verify needs no key
+                    token = self._fernet.encrypt(json.dumps(record, ensure_ascii=False).encode("utf-8"))
+                    stored = {"seq": next_seq, "prev_hash": last_hash, "enc": token.decode("ascii")}
+                stored["hash"] = record_hash(stored)
+                record["hash"] = stored["hash"]
+                line = encode_line(stored)
+                if self.path.is_file() and self.path.stat().st_size and \
+                        self.path.stat().st_size + len(line) > self.max_bytes:
+                    anchor = self._rotate(anchor)
+                self._write_line(line)
+                self._move_anchor(anchor, stored, last)
+        except AuditWriteError:
+            raise
+        except OSError as exc:
+            raise AuditWriteError(f"{self.path}: {type(exc).__name__}: {exc}") from exc
+        self.open_error = None
+        return record
+
+    # ----- rotation -----------------------------------------------------------------------------------
+    def rotate(self) -> None:
+        """Rotate now (the live file becomes ``.1.gz``), whatever its size."""
+        with file_lock(self.path):
+            if self.path.is_file() and self.path.stat().st_size:
+                _, _, _, anchor = self._head()
+                self._rotate(anchor)
+
+    def _rotate(self, anchor: dict | None) -> dict | None:
+        """gzip the live file to ``.1.gz`` (older ones shift; the one beyond backup_count goes). The
+        anchor's start moves before a file is deleted, so a crash never looks like a deletion."""
+        part = sibling(self.path, ".rotating.tmp")
         with self.path.open("rb") as src, gzip.open(part, "wb") as dst:
             while block := src.read(1 << 20):
                 dst.write(block)
-        os.replace(part, target)
+        with part.open("rb") as handle:
+            os.fsync(handle.fileno())
+        oldest = rotated_path(self.path, self.backup_count)
+        if oldest.exists():
+            keep = [p for p in log_files(self.path.parent, self.path.name) if p != oldest]
+            first = first_record(keep[0]) if keep else None
+            if anchor is not None and first is not None:
+                anchor.update(first_seq=first["seq"], first_prev_hash=first["prev_hash"])
+                write_anchor(self.path, anchor, self._mac_key)
+            oldest.unlink()
+        for n in range(self.backup_count - 1, 0, -1):
+            older = rotated_path(self.path, n)
+            if older.exists():
+                os.replace(older, rotated_path(self.path, n + 1))
+        os.replace(part, rotated_path(self.path, 1))
         self.path.unlink()
+        return anchor
 
-    def append(self, record: dict) -> dict:
-        record = dict(record)
-        if self.mask_input and isinstance(record.get("input"), str):
-            record["input"] = mask_personal_data(record["input"])
-        with self._locked():
-            next_seq, last_hash = self._head()
-            record["seq"], record["prev_hash"] = next_seq, last_hash
-            stored = record
-            if self._fernet is not None:  # the chain covers the ciphertext: verify needs no key
-                token = self._fernet.encrypt(json.dumps(record, ensure_ascii=False).encode("utf-8")).decode("ascii")
-                stored = {"seq": next_seq, "prev_hash": last_hash, "enc": token}
-            stored["hash"] = record_hash(stored)
-            record["hash"] = stored["hash"]
-            line = (json.dumps(stored, ensure_ascii=False, separators=(",", ":")) + "\n").encode("utf-8")
-            if self.path.is_file() and self.path.stat().st_size and \
-                    self.path.stat().st_size + len(line) > self.max_bytes:
-                self._rotate(next_seq, last_hash)
-            fd = os.open(self.path, os.O_WRONLY | os.O_CREAT | os.O_APPEND, 0o600)
-            try:
-                os.write(fd, line)
-                os.fsync(fd)
-            finally:
-                os.close(fd)
-        return record
+    # ----- lookups --------------------------------------------------------------------------------------
+    def find_requests(self, request_ids: set[str]) -> set[str]:
+        """Which of these request ids have a record in the live file or the newest rotated one (used
+        after a crash, to tell a decision that was recorded from one that was not)."""
+        if not request_ids:
+            return set()
+        found: set[str] = set()
+        for path in log_files(self.path.parent, self.path.name)[-2:]:
+            for line, _ in read_lines(path):
+                stored = parse_record(line)
+                if stored is None:
+                    continue
+                record = stored
+                if "enc" in stored and self._fernet is not None:
+                    record = json.loads(self._fernet.decrypt(stored["enc"].encode("ascii")))
+                if record.get("request_id") in request_ids:
+                    found.add(record["request_id"])
+        return found
 
-
-def make_fernet(key: str | bytes):
-    try:
-        from cryptography.fernet import Fernet
-    except ImportError:
-        raise RuntimeError("audit encryption needs the cryptography package: pip install -e '.[runtime]'") from None
-    try:
-        return Fernet(key.encode("ascii") if isinstance(key, str) else key)
-    except (ValueError, TypeError):
-        raise ValueError("the audit encryption key is not a Fernet key (32 url-safe base64 bytes); make one with "
-                         "python -c 'from cryptography.fernet import Fernet; print(Fernet.generate_key().decode())'") \
-            from None
-
-
-def read_records(folder: str | Path, name: str = "audit.jsonl", key: str | bytes | None = None) -> Iterator[dict]:
-    """Every record, oldest first, decrypted when ``key`` is given (encrypted ones need it)."""
-    fernet = make_fernet(key) if key else None
-    for path in log_files(folder, name):
-        for line in _lines(path):
-            stored = json.loads(line)
-            if "enc" in stored:
-                if fernet is None:
-                    raise ValueError(f"{path.name}: records are encrypted; pass the key (SO8T_AUDIT_KEY)")
-                from cryptography.fernet import InvalidToken
-
-                try:
-                    yield json.loads(fernet.decrypt(stored["enc"].encode("ascii")))
-                except InvalidToken:
-                    raise ValueError(f"{path.name}: seq {stored.get('seq')} cannot be decrypted with this key") from None
-            else:
-                yield stored
-
-
-def log_files(folder: str | Path, name: str = "audit.jsonl") -> list[Path]:
-    """Oldest first: ``name.N.gz`` ... ``name.1.gz``, then the live ``name``."""
-    folder = Path(folder)
-    rotated = sorted(folder.glob(f"{name}.*.gz"), key=lambda p: -int(p.name[len(name) + 1:-3]))
-    live = folder / name
-    return rotated + ([live] if live.is_file() else [])
-
-
-def _lines(path: Path) -> Iterator[str]:
-    opener = gzip.open if path.suffix == ".gz" else open
-    with opener(path, "rt", encoding="utf-8") as handle:
-        yield from handle
-
-
-def verify(folder: str | Path, name: str = "audit.jsonl") -> dict:
-    """Walk every file oldest first and check each record's hash, its link to the previous one, and
-    that ``seq`` has no gap. Returns {files, records, first_seq, last_seq, errors}; the first record
-    may start after 0 when older files were rotated away (``backup_count``)."""
-    files = log_files(folder, name)
-    errors: list[str] = []
-    count, first_seq, prev = 0, None, None
-    for path in files:
-        for line_no, line in enumerate(_lines(path), 1):
-            where = f"{path.name}:{line_no}"
-            try:
-                record = json.loads(line)
-                seq, stored = int(record["seq"]), record["hash"]
-            except (json.JSONDecodeError, KeyError, TypeError, ValueError):
-                errors.append(f"{where}: not a complete audit record")
-                continue
-            if record_hash(record) != stored:
-                errors.append(f"{where}: record seq {seq} was edited (its hash does not match its content)")
-            if prev is not None:
-                if seq != prev["seq"] + 1:
-                    errors.append(f"{where}: seq {seq} follows seq {prev['seq']} (records dropped or reordered)")
-                elif record.get("prev_hash") != prev["hash"]:
-                    errors.append(f"{where}: seq {seq} does not link to the record before it")
-            first_seq = seq if first_seq is None else first_seq
-            prev, count = record, count + 1
-    return {"files": [str(p) for p in files], "records": count, "first_seq": first_seq,
-            "last_seq": prev["seq"] if prev else None, "errors": errors}
+    @property
+    def anchor_file(self) -> Path:
+        return anchor_path(self.path)

@@ -1,0 +1,192 @@
+"""The audit log's files and the rules the writer and the verifier share.
+
+In a log folder, for a log named ``audit.jsonl``:
+
+- ``audit.jsonl``: the live file, one JSON record per line; ``audit.jsonl.N.gz``: rotated files,
+  ``.1.gz`` the newest;
+- ``audit.jsonl.anchor``: where the chain must start and end (first seq and the hash it links to,
+  last seq and its hash), rewritten after every append and on rotation; signed with an HMAC when a
+  key is configured, so that rewriting the chain *and* the anchor needs the key;
+- ``audit.jsonl.torn-<time>-<pid>``: bytes of an unfinished write (disk full, a kill during the
+  write) that the writer set aside instead of building on them; ``verify`` lists them;
+- ``audit.jsonl.lock``: the lock every writer holds while it appends or rotates.
+"""
+
+from __future__ import annotations
+
+import fcntl
+import gzip
+import hashlib
+import hmac
+import json
+import os
+import re
+from collections.abc import Iterator
+from contextlib import contextmanager
+from pathlib import Path
+
+GENESIS = "0" * 64
+ANCHOR_FORMAT = 1
+
+
+def record_hash(record: dict) -> str:
+    """sha256 of the previous hash and the record's canonical JSON without ``hash``."""
+    body = {k: v for k, v in record.items() if k != "hash"}
+    canonical = json.dumps(body, sort_keys=True, ensure_ascii=False, separators=(",", ":"))
+    return hashlib.sha256((record.get("prev_hash", "") + canonical).encode("utf-8")).hexdigest()
+
+
+def encode_line(stored: dict) -> bytes:
+    return (json.dumps(stored, ensure_ascii=False, separators=(",", ":")) + "\n").encode("utf-8")
+
+
+def parse_record(line: bytes | str) -> dict | None:
+    """The record on one line, or None when the line is not a complete record."""
+    try:
+        record = json.loads(line)
+    except (ValueError, UnicodeDecodeError):
+        return None
+    if not isinstance(record, dict) or not isinstance(record.get("seq"), int) or \
+            not isinstance(record.get("hash"), str) or not isinstance(record.get("prev_hash"), str):
+        return None
+    return record
+
+
+def sibling(path: Path, suffix: str) -> Path:
+    return path.with_name(path.name + suffix)
+
+
+def anchor_path(log: Path) -> Path:
+    return sibling(log, ".anchor")
+
+
+def lock_path(log: Path) -> Path:
+    return sibling(log, ".lock")
+
+
+def legacy_head_path(log: Path) -> Path:
+    """Written by earlier versions at rotation; read when nothing newer says where the chain is."""
+    return sibling(log, ".head")
+
+
+def rotated_path(log: Path, n: int) -> Path:
+    return sibling(log, f".{n}.gz")
+
+
+def log_files(folder: str | Path, name: str = "audit.jsonl") -> list[Path]:
+    """Oldest first: ``name.N.gz`` ... ``name.1.gz``, then the live ``name``."""
+    folder = Path(folder)
+    pattern = re.compile(rf"^{re.escape(name)}\.(\d+)\.gz$")
+    numbered = [(int(m.group(1)), p) for p in folder.glob(f"{name}.*.gz") if (m := pattern.match(p.name))]
+    live = folder / name
+    return [p for _, p in sorted(numbered, key=lambda item: -item[0])] + ([live] if live.is_file() else [])
+
+
+def set_aside_files(folder: str | Path, name: str = "audit.jsonl") -> list[Path]:
+    return sorted(Path(folder).glob(f"{name}.torn-*"))
+
+
+def read_lines(path: Path) -> Iterator[tuple[bytes, bool]]:
+    """(line without its newline, whether it was terminated) for a live or a gzipped file."""
+    opener = gzip.open if path.suffix == ".gz" else open
+    with opener(path, "rb") as handle:
+        for line in handle:
+            yield (line[:-1], True) if line.endswith(b"\n") else (line, False)
+
+
+def first_record(path: Path) -> dict | None:
+    for line, _ in read_lines(path):
+        record = parse_record(line)
+        if record is not None:
+            return record
+    return None
+
+
+def last_record(path: Path) -> dict | None:
+    """The last complete record of a file (read from the end for the live file)."""
+    if path.suffix == ".gz":
+        last = None
+        for line, terminated in read_lines(path):
+            record = parse_record(line) if terminated else None
+            last = record or last
+        return last
+    end, _ = last_good_end(path)
+    if not end:
+        return None
+    with path.open("rb") as handle:
+        start = max(0, end - (1 << 20))
+        handle.seek(start)
+        chunk = handle.read(end - start)
+    return parse_record(chunk.rstrip(b"\n").rsplit(b"\n", 1)[-1])
+
+
+def last_good_end(path: Path) -> tuple[int, int]:
+    """(offset just after the last complete record line, file size). Everything after that offset
+    is a torn tail: an unterminated line, or lines that are not records."""
+    if not path.is_file():
+        return 0, 0
+    with path.open("rb") as handle:
+        size = handle.seek(0, os.SEEK_END)
+        window = 1 << 16
+        while True:
+            start = max(0, size - window)
+            handle.seek(start)
+            chunk = handle.read(size - start)
+            cut = chunk.rfind(b"\n")  # bytes after the last newline are unterminated: torn
+            while cut >= 0:
+                prev = chunk.rfind(b"\n", 0, cut)
+                if prev < 0 and start > 0:
+                    break  # the line may begin before this window: read more
+                if parse_record(chunk[prev + 1:cut]) is not None:
+                    return start + cut + 1, size
+                cut = prev
+            if start == 0:
+                return 0, size
+            window *= 4
+
+
+def anchor_mac(anchor: dict, key: bytes) -> str:
+    body = {k: v for k, v in anchor.items() if k != "mac"}
+    return hmac.new(key, json.dumps(body, sort_keys=True).encode("utf-8"), hashlib.sha256).hexdigest()
+
+
+def read_anchor(log: Path) -> dict | None:
+    """The anchor, or None when there is none; ValueError when it is unreadable."""
+    path = anchor_path(log)
+    if not path.is_file():
+        return None
+    try:
+        anchor = json.loads(path.read_text(encoding="utf-8"))
+        int(anchor["first_seq"]), str(anchor["first_prev_hash"]), anchor["last_seq"], str(anchor["last_hash"])
+    except (ValueError, KeyError, TypeError) as exc:
+        raise ValueError(f"{path}: unreadable anchor ({exc})") from None
+    return anchor
+
+
+def write_anchor(log: Path, anchor: dict, key: bytes | None = None) -> None:
+    """Replace the anchor in one rename (a reader sees the old or the new one, never half)."""
+    anchor = {k: v for k, v in anchor.items() if k != "mac"}
+    anchor["format"] = ANCHOR_FORMAT
+    if key:
+        anchor["mac"] = anchor_mac(anchor, key)
+    path = anchor_path(log)
+    tmp = sibling(path, f".{os.getpid()}.tmp")
+    tmp.write_text(json.dumps(anchor, sort_keys=True), encoding="utf-8")
+    os.replace(tmp, path)
+
+
+@contextmanager
+def file_lock(log: Path, shared: bool = False) -> Iterator[None]:
+    """The log's lock: exclusive for writers, shared for readers that need a consistent view."""
+    with open(lock_path(log), "a") as lock:
+        fcntl.flock(lock, fcntl.LOCK_SH if shared else fcntl.LOCK_EX)
+        try:
+            yield
+        finally:
+            fcntl.flock(lock, fcntl.LOCK_UN)
+
+
+def key_bytes(key: str | bytes | None) -> bytes | None:
+    if not key:
+        return None
+    return key.encode("utf-8") if isinstance(key, str) else key

@@ -1,0 +1,205 @@
+"""Checking and reading the audit log.
+
+``verify`` finds, without any key:
+- a record edited after it was written (its hash no longer matches its content);
+- records dropped, inserted or reordered inside the retained files (a seq gap, a broken link);
+- a line that is not a complete record, except the very last line of the live file, which is a
+  torn tail (an unfinished write) and is reported as such;
+- records deleted at the start (the first retained record is not the anchor's first seq, or does
+  not link to the hash the anchor names) or at the end (the last record is before the anchor's
+  last seq), a deleted live file, a deleted oldest ``.gz``;
+- a chain that was rewritten and re-hashed from some record on, as long as the anchor was not
+  rewritten too (the record at the anchor's last seq has another hash);
+- a missing anchor, and an anchor the writer had to re-create for a log that had none.
+With the HMAC key it also finds a forged anchor, so rewriting the chain and the anchor together
+is found. With ``expect=(seq, hash)`` (a checkpoint kept outside the log folder) it finds a log
+rolled back to an older state together with an older anchor. What it cannot find: a rollback to
+an earlier, validly signed anchor when no outside checkpoint is compared, changes made by someone
+who holds the HMAC key, and records that were never written (a process killed before its write).
+"""
+
+from __future__ import annotations
+
+import hmac
+import json
+from collections.abc import Iterator
+from pathlib import Path
+
+from .audit_files import (
+    GENESIS,
+    anchor_mac,
+    file_lock,
+    key_bytes,
+    log_files,
+    parse_record,
+    read_anchor,
+    read_lines,
+    record_hash,
+    set_aside_files,
+    write_anchor,
+)
+
+
+def make_fernet(key: str | bytes):
+    try:
+        from cryptography.fernet import Fernet
+    except ImportError:
+        raise RuntimeError("audit encryption needs the cryptography package: pip install -e '.[runtime]'") from None
+    try:
+        return Fernet(key.encode("ascii") if isinstance(key, str) else key)
+    except (ValueError, TypeError):
+        raise ValueError("the audit encryption key is not a Fernet key (32 url-safe base64 bytes); make one with "
+                         "python -c 'from cryptography.fernet import Fernet; print(Fernet.generate_key().decode())'") \
+            from None
+
+
+def read_records(folder: str | Path, name: str = "audit.jsonl", key: str | bytes | None = None) -> Iterator[dict]:
+    """Every complete record, oldest first, decrypted when ``key`` is given (encrypted ones need it)."""
+    fernet = make_fernet(key) if key else None
+    for path in log_files(folder, name):
+        for line, _ in read_lines(path):
+            stored = parse_record(line)
+            if stored is None:
+                continue
+            if "enc" in stored:
+                if fernet is None:
+                    raise ValueError(f"{path.name}: records are encrypted; pass the key (SO8T_AUDIT_KEY)")
+                from cryptography.fernet import InvalidToken
+
+                try:
+                    yield json.loads(fernet.decrypt(stored["enc"].encode("ascii")))
+                except InvalidToken:
+                    raise ValueError(f"{path.name}: seq {stored.get('seq')} cannot be decrypted with this key") from None
+            else:
+                yield stored
+
+
+def _walk(files: list[Path]) -> tuple[list[dict], list[str], list[str]]:
+    """Records (seq, hash, prev_hash), errors and notes of one pass over the files."""
+    errors, notes, chain = [], [], []
+    prev = None
+    for path in files:
+        lines = list(read_lines(path))
+        for line_no, (line, terminated) in enumerate(lines, 1):
+            where = f"{path.name}:{line_no}"
+            record = parse_record(line) if terminated else None
+            if record is None:
+                if path == files[-1] and line_no == len(lines) and path.suffix != ".gz":
+                    notes.append(f"{where}: torn tail ({len(line)} bytes of an unfinished write); the writer sets "
+                                 "it aside on its next append")
+                else:
+                    errors.append(f"{where}: not a complete audit record")
+                continue
+            seq = record["seq"]
+            if record_hash(record) != record["hash"]:
+                errors.append(f"{where}: record seq {seq} was edited (its hash does not match its content)")
+            if prev is not None:
+                if seq != prev["seq"] + 1:
+                    errors.append(f"{where}: seq {seq} follows seq {prev['seq']} (records dropped or reordered)")
+                elif record["prev_hash"] != prev["hash"]:
+                    errors.append(f"{where}: seq {seq} does not link to the record before it")
+            prev = record
+            chain.append({"seq": seq, "hash": record["hash"], "prev_hash": record["prev_hash"]})
+    return chain, errors, notes
+
+
+def _check_anchor(anchor: dict | None, chain: list[dict], key: bytes | None, log: Path) -> tuple[list[str], list[str]]:
+    errors, notes = [], []
+    if anchor is None:
+        if chain:
+            errors.append(f"{log.name}.anchor is missing: deletions at either end and a re-hashed chain cannot be "
+                          "ruled out")
+        return errors, notes
+    if key:
+        if "mac" not in anchor:
+            errors.append(f"{log.name}.anchor is not signed, but an HMAC key was given")
+        elif not hmac.compare_digest(anchor["mac"], anchor_mac(anchor, key)):
+            errors.append(f"{log.name}.anchor: the signature does not match (the anchor was forged or the key is wrong)")
+    elif "mac" in anchor:
+        notes.append(f"{log.name}.anchor is signed; pass the HMAC key to check its signature")
+    if anchor.get("adopted_at") and not anchor.get("accepted_by"):
+        errors.append(f"{log.name}.anchor was re-created by the writer at {anchor['adopted_at']} for a log that had "
+                      f"none: deletions before then cannot be ruled out (so8t audit accept-anchor after a review)")
+    elif anchor.get("accepted_by"):
+        notes.append(f"{log.name}.anchor re-created and accepted by {anchor['accepted_by']} at {anchor['accepted_at']}")
+    last_seq = anchor.get("last_seq")
+    if last_seq is None:
+        return errors, notes
+    if not chain:
+        errors.append(f"every record is missing: the anchor says the log holds seq {anchor['first_seq']}..{last_seq}")
+        return errors, notes
+    first = chain[0]
+    if first["seq"] > anchor["first_seq"]:
+        errors.append(f"records before seq {first['seq']} are missing: the anchor says the log starts at seq "
+                      f"{anchor['first_seq']} (deleted lines or a deleted oldest file)")
+    elif first["seq"] == anchor["first_seq"] and first["prev_hash"] != anchor["first_prev_hash"]:
+        errors.append(f"seq {first['seq']} does not link to the hash the anchor names for the start (the start of "
+                      "the chain was replaced)")
+    if chain[-1]["seq"] < last_seq:
+        errors.append(f"records after seq {chain[-1]['seq']} are missing: the anchor says the log reaches seq "
+                      f"{last_seq} (deleted lines or a deleted live file)")
+    else:
+        at = next((r for r in chain if r["seq"] == last_seq), None)
+        if at is not None and at["hash"] != anchor["last_hash"]:
+            errors.append(f"seq {last_seq} has another hash than the anchor records: the chain was rewritten and "
+                          "re-hashed")
+    return errors, notes
+
+
+def verify(folder: str | Path, name: str = "audit.jsonl", hmac_key: str | bytes | None = None,
+           expect: tuple[int, str] | None = None) -> dict:
+    """Check the chain, its anchor and (optionally) an outside checkpoint ``expect=(seq, hash)``.
+    Returns {files, records, first_seq, last_seq, errors, notes, set_aside, anchor}."""
+    folder = Path(folder)
+    log = folder / name
+    try:
+        lock = file_lock(log, shared=True)
+        lock.__enter__()
+    except OSError:
+        lock = None  # a read-only copy of a log folder can still be verified
+    try:
+        files = log_files(folder, name)
+        chain, errors, notes = _walk(files)
+        try:
+            anchor = read_anchor(log)
+        except ValueError as exc:
+            anchor, errors = None, errors + [str(exc)]
+        more_errors, more_notes = _check_anchor(anchor, chain, key_bytes(hmac_key), log)
+        errors += more_errors
+        notes += more_notes
+        aside = set_aside_files(folder, name)
+        notes += [f"{p.name}: {p.stat().st_size} bytes of an unfinished write, set aside by the writer" for p in aside]
+        if chain and chain[0]["seq"] > 0 and chain[0]["prev_hash"] != GENESIS and not errors:
+            notes.append(f"seq 0..{chain[0]['seq'] - 1} were rotated away (backup_count)")
+        if expect is not None:
+            seq, digest = expect
+            at = next((r for r in chain if r["seq"] == seq), None)
+            if at is None and (not chain or seq > chain[-1]["seq"]):
+                errors.append(f"the outside checkpoint names seq {seq}, but the log ends at seq "
+                              f"{chain[-1]['seq'] if chain else None} (rolled back)")
+            elif at is not None and at["hash"] != digest:
+                errors.append(f"seq {seq} has another hash than the outside checkpoint (the chain was rewritten)")
+    finally:
+        if lock is not None:
+            lock.__exit__(None, None, None)
+    return {"files": [str(p) for p in files], "records": len(chain),
+            "first_seq": chain[0]["seq"] if chain else None, "last_seq": chain[-1]["seq"] if chain else None,
+            "errors": errors, "notes": notes, "set_aside": [str(p) for p in aside], "anchor": anchor}
+
+
+def accept_anchor(folder: str | Path, by: str, name: str = "audit.jsonl", hmac_key: str | bytes | None = None) -> dict:
+    """Record that a person reviewed a re-created anchor; verify then reports it as a note."""
+    if not by.strip():
+        raise ValueError("--by must name the person who reviewed the log")
+    log = Path(folder) / name
+    import datetime as dt
+
+    with file_lock(log):
+        anchor = read_anchor(log)
+        if anchor is None:
+            raise ValueError(f"{log}.anchor does not exist")
+        if not anchor.get("adopted_at"):
+            raise ValueError(f"{log}.anchor was not re-created; there is nothing to accept")
+        anchor.update(accepted_by=by.strip(), accepted_at=dt.datetime.now(dt.UTC).isoformat(timespec="seconds"))
+        write_anchor(log, anchor, key_bytes(hmac_key))
+    return anchor
