@@ -1,7 +1,14 @@
 """so8t escalation: the queue of cases for people.
 
-    so8t escalation list [--db logs/escalations.sqlite] [--status open]
-    so8t escalation resolve CASE_ID --decision ALLOW|REFUSE --by NAME [--note TEXT]
+    so8t escalation list [--status open] [--overdue] [--no-tests]
+    so8t escalation resolve CASE_ID --decision ALLOW|REFUSE --by NAME [--note TEXT] [--supersede]
+    so8t escalation history CASE_ID
+
+The queue is found as the runtime finds it: --db, else $SO8T_ESCALATION_DB, else the --config's
+escalation.queue_db (moved into $SO8T_LOG_DIR when set), else $SO8T_LOG_DIR/escalations.sqlite,
+else logs/escalations.sqlite. A path that is not an existing queue is an error, never a new empty
+database. Each resolution is appended to the case's history and written to the audit log (next to
+the queue unless --audit-log or --config says otherwise); a second resolution needs --supersede.
 """
 
 from __future__ import annotations
@@ -10,31 +17,81 @@ import argparse
 import json
 import os
 import sys
+from pathlib import Path
 
+from ..core.config import ConfigError
 from ..core.schema import HUMAN_DECISIONS
-from ..serve.escalation import EscalationQueue
+from ..serve.audit import AuditLog, AuditWriteError
+from ..serve.config import load_runtime_config, runtime_paths
+from ..serve.escalation import AlreadyResolved, EscalationQueue, QueueError
+from ..serve.outcome import utc_timestamp
+
+DB_NAME = "escalations.sqlite"
+LISTED = ("case_id", "created_at", "category", "status", "overdue", "test", "human_decision", "resolved_by", "input")
 
 
-def main(argv: list[str] | None = None) -> None:
+def _locations(args) -> tuple[Path, Path, str | None, str | None]:
+    """(queue, audit log, encryption key, HMAC key) for this invocation."""
+    enc_env, mac_env = "SO8T_AUDIT_KEY", "SO8T_AUDIT_HMAC_KEY"
+    config_db = config_audit = None
+    if args.config:
+        config = load_runtime_config(args.config)
+        paths = runtime_paths(config)
+        config_db, config_audit = paths.queue, paths.audit
+        enc_env = config.logging.encryption_key_env or enc_env
+        mac_env = config.logging.hmac_key_env or mac_env
+    log_dir = os.environ.get("SO8T_LOG_DIR")
+    db = Path(args.db or os.environ.get("SO8T_ESCALATION_DB") or config_db or
+              (Path(log_dir) / DB_NAME if log_dir else Path("logs") / DB_NAME))
+    audit = Path(getattr(args, "audit_log", None) or config_audit or db.with_name("audit.jsonl"))
+    return db, audit, os.environ.get(enc_env), os.environ.get(mac_env)
+
+
+def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(prog="so8t escalation", description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("--db", default=os.environ.get("SO8T_ESCALATION_DB", "logs/escalations.sqlite"))
+    parser.add_argument("--db", help="the queue (default: see above)")
+    parser.add_argument("--config", help="a runtime config: its queue, audit log and key variables")
     sub = parser.add_subparsers(dest="command", required=True)
-    p_list = sub.add_parser("list", help="show cases")
+    p_list = sub.add_parser("list", help="show cases (one JSON object each)")
     p_list.add_argument("--status", choices=["open", "notified", "notify_failed", "resolved"])
+    p_list.add_argument("--overdue", action="store_true", help="only cases past escalation_timeout")
+    p_list.add_argument("--no-tests", action="store_true", help="leave out cases made in --test-mode")
     p_resolve = sub.add_parser("resolve", help="record a person's decision on a case")
     p_resolve.add_argument("case_id")
     p_resolve.add_argument("--decision", required=True, choices=HUMAN_DECISIONS)
     p_resolve.add_argument("--by", required=True)
     p_resolve.add_argument("--note")
+    p_resolve.add_argument("--supersede", action="store_true", help="replace an earlier decision (it stays in the history)")
+    p_resolve.add_argument("--audit-log", help="the audit log that records the resolution")
+    p_history = sub.add_parser("history", help="every resolution of a case, oldest first")
+    p_history.add_argument("case_id")
     args = parser.parse_args(argv)
-    queue = EscalationQueue(args.db)
-    if args.command == "list":
-        for case in queue.list(args.status):
-            print(json.dumps({k: case[k] for k in ("case_id", "created_at", "category", "status", "human_decision",
-                                                    "input")}, ensure_ascii=False))
-        return
     try:
-        case = queue.resolve(args.case_id, args.decision, args.by, args.note)
-    except (KeyError, ValueError) as exc:
-        sys.exit(f"error: {exc.args[0]}")
-    print(f"{case['case_id']}: resolved as {case['human_decision']} by {case['resolved_by']} at {case['resolved_at']}")
+        db, audit_path, enc_key, mac_key = _locations(args)
+        queue = EscalationQueue(db, create=False, encryption_key=enc_key)
+        if args.command == "list":
+            for case in queue.list(args.status, overdue_only=args.overdue, include_tests=not args.no_tests):
+                print(json.dumps({k: case.get(k) for k in LISTED}, ensure_ascii=False))
+            return 0
+        if args.command == "history":
+            queue.get(args.case_id)
+            for entry in queue.history(args.case_id):
+                print(json.dumps(entry, ensure_ascii=False))
+            return 0
+        audit = AuditLog(audit_path, encryption_key=enc_key, hmac_key=mac_key)
+
+        def record(resolution: dict) -> None:
+            audit.append({"event": "resolution", "timestamp": utc_timestamp(), "request_id": resolution["request_id"],
+                          "case_id": resolution["case_id"], "human_decision": resolution["decision"],
+                          "resolved_by": resolution["decided_by"], "note": resolution["note"],
+                          "supersedes": resolution["supersedes"], "test": resolution["test"]})
+
+        case = queue.resolve(args.case_id, args.decision, args.by, args.note, supersede=args.supersede,
+                             before_commit=record)
+    except (ConfigError, QueueError, KeyError, ValueError, AuditWriteError) as exc:
+        sys.exit(f"error: {exc.args[0] if isinstance(exc, KeyError) else exc}")
+    before = case["resolution"]["supersedes"]
+    print(f"{case['case_id']}: resolved as {case['human_decision']} by {case['resolved_by']} at {case['resolved_at']}"
+          + (f" (supersedes {before['decision']} by {before['decided_by']} at {before['decided_at']})" if before else "")
+          + f"; recorded in {audit_path}")
+    return 0

@@ -1,181 +1,278 @@
-"""Escalations: a queue of cases for people, and notifications by category.
+"""Escalation cases: the queue people work through, behind a small interface.
 
-    so8t escalation list [--db logs/escalations.sqlite] [--status open]
-    so8t escalation resolve CASE_ID --decision ALLOW|REFUSE --by NAME [--note TEXT]
+    so8t escalation list [--status open] [--overdue]
+    so8t escalation resolve CASE_ID --decision ALLOW|REFUSE --by NAME [--note TEXT] [--supersede]
+    so8t escalation history CASE_ID
 
-Every ESCALATE decision becomes a case in an SQLite queue (status open → notified | notify_failed →
-resolved). The human's decision, who made it and when are recorded there; the retraining flow reads
-resolved cases later. Notifications go, by category, to a Slack-compatible webhook and to e-mail over
-SMTP. Addresses and channels come from the config; secrets only from the environment
-(SLACK_WEBHOOK_URL, SMTP_USERNAME, SMTP_PASSWORD). Sending runs in a background thread with
-retries and exponential backoff, bounded by ``notify_timeout_s``, so it never delays a decision;
-a failure is recorded on the case and logged.
+``CaseStore`` is everything the runtime and the command line need from a queue; ``EscalationQueue``
+implements it on SQLite (WAL, a bounded busy wait). A server with a PostgreSQL queue implements the
+same protocol. A case moves open -> notified | notify_failed -> resolved; it is *overdue* once
+``escalation_timeout`` has passed without a resolution. Resolutions are append-only: each one is a
+row of ``resolutions`` (who, when, what, note, which one it supersedes), a second one needs
+``supersede=True``, and ``before_commit`` lets the caller write its audit record inside the same
+transaction. With an encryption key, the user id, input, rationale and notes are stored encrypted.
 """
 
 from __future__ import annotations
 
-import concurrent.futures
 import datetime as dt
 import json
-import logging
-import os
-import smtplib
 import sqlite3
-import time
-import urllib.request
-import uuid
-from email.message import EmailMessage
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
 from pathlib import Path
+from typing import Protocol, runtime_checkable
 
 from ..core.schema import HUMAN_DECISIONS
-from .config import EscalationConfig
+from .audit_verify import make_fernet
 
-logger = logging.getLogger("so8t.escalation")
-_SCHEMA = """
-CREATE TABLE IF NOT EXISTS cases (
-    case_id TEXT PRIMARY KEY, created_at TEXT NOT NULL, request_id TEXT, user_id TEXT, category TEXT,
-    input TEXT, rationale TEXT, confidence REAL, status TEXT NOT NULL, notifications TEXT,
-    human_decision TEXT, resolved_by TEXT, resolved_at TEXT, note TEXT, test INTEGER NOT NULL DEFAULT 0
-)"""
+ENCRYPTED_FIELDS = ("user_id", "input", "rationale", "note")
+ENCRYPTED_MARK = "enc:"
+CASE_COLUMNS = {
+    "case_id": "TEXT PRIMARY KEY", "created_at": "TEXT NOT NULL", "due_at": "TEXT", "request_id": "TEXT",
+    "user_id": "TEXT", "category": "TEXT", "input": "TEXT", "rationale": "TEXT", "confidence": "REAL",
+    "status": "TEXT NOT NULL", "notifications": "TEXT", "human_decision": "TEXT", "resolved_by": "TEXT",
+    "resolved_at": "TEXT", "note": "TEXT", "test": "INTEGER NOT NULL DEFAULT 0", "overdue_at": "TEXT",
+    "error": "TEXT",
+}
+_RESOLUTIONS = """CREATE TABLE IF NOT EXISTS resolutions (
+    id INTEGER PRIMARY KEY AUTOINCREMENT, case_id TEXT NOT NULL, decided_at TEXT NOT NULL, decision TEXT NOT NULL,
+    decided_by TEXT NOT NULL, note TEXT, supersedes INTEGER)"""
 
 
-def _now() -> str:
-    return dt.datetime.now(dt.UTC).isoformat(timespec="seconds")
+class QueueError(RuntimeError):
+    """The queue cannot be used: missing, not a queue, or not answering; the message names the file."""
+
+
+class QueueUnavailable(QueueError):
+    """The queue did not answer within the bounded wait (locked by another process, or unreachable)."""
+
+
+class AlreadyResolved(ValueError):
+    """A second resolution without ``supersede``: the first must not be overwritten silently."""
+
+
+def utc_now() -> dt.datetime:
+    return dt.datetime.now(dt.UTC)
+
+
+def iso(moment: dt.datetime) -> str:
+    return moment.isoformat(timespec="seconds")
+
+
+@runtime_checkable
+class CaseStore(Protocol):
+    """What the runtime and the CLI need from an escalation queue, whatever stores it."""
+
+    def add(self, case: dict) -> bool: ...  # True if new; adding the same case_id again changes nothing
+
+    def get(self, case_id: str) -> dict: ...
+
+    def list(self, status: str | None = None, overdue_only: bool = False, include_tests: bool = True) -> list[dict]: ...
+
+    def record_notifications(self, case_id: str, outcomes: list[dict]) -> None: ...
+
+    def resolve(self, case_id: str, decision: str, by: str, note: str | None = None, supersede: bool = False,
+                before_commit: Callable[[dict], None] | None = None) -> dict: ...
+
+    def history(self, case_id: str) -> list[dict]: ...
+
+    def mark_overdue(self, now: dt.datetime | None = None) -> list[str]: ...
 
 
 class EscalationQueue:
-    """SQLite-backed cases; safe for several processes (WAL, busy timeout)."""
+    """The SQLite CaseStore. ``create=False`` refuses a path that is not already a queue (a mistyped
+    ``--db`` must not create an empty database); ``timeout_s`` bounds every wait for a lock."""
 
-    def __init__(self, path: str | Path) -> None:
+    def __init__(self, path: str | Path, timeout_s: float = 2.0, create: bool = True,
+                 encryption_key: str | bytes | None = None, escalation_timeout_s: float = 300.0) -> None:
         self.path = Path(path)
-        self.path.parent.mkdir(parents=True, exist_ok=True)
-        with self._connect() as db:
-            db.execute("PRAGMA journal_mode=WAL")
-            db.execute(_SCHEMA)
+        self.timeout_s = timeout_s
+        self.escalation_timeout_s = escalation_timeout_s
+        self._fernet = make_fernet(encryption_key) if encryption_key else None
+        if create:
+            self.path.parent.mkdir(parents=True, exist_ok=True)
+            self._uri = f"file:{self.path}?mode=rwc"
+        else:
+            if not self.path.is_file():
+                raise QueueError(f"no escalation queue at {self.path} (check --db, SO8T_ESCALATION_DB or SO8T_LOG_DIR)")
+            self._uri = f"file:{self.path}?mode=rw"
+        self._ready = False
+        try:
+            self._ensure_schema(create)
+        except QueueUnavailable:
+            if not create:
+                raise  # the command line says so at once; the runtime retries later
 
-    def _connect(self) -> sqlite3.Connection:
-        db = sqlite3.connect(self.path, timeout=30, isolation_level=None)
-        db.row_factory = sqlite3.Row
-        return db
+    # ----- connections ----------------------------------------------------------------------------
+    @contextmanager
+    def _db(self, write: bool = False) -> Iterator[sqlite3.Connection]:
+        db = None
+        try:
+            db = sqlite3.connect(self._uri, uri=True, timeout=self.timeout_s, isolation_level=None)
+            db.row_factory = sqlite3.Row
+            if write:
+                db.execute("BEGIN IMMEDIATE")
+            try:
+                yield db
+                if write:
+                    db.execute("COMMIT")
+            except BaseException:
+                if write and db.in_transaction:
+                    db.execute("ROLLBACK")
+                raise
+        except sqlite3.OperationalError as exc:
+            if "locked" in str(exc) or "busy" in str(exc):
+                raise QueueUnavailable(f"{self.path}: the escalation queue is locked by another process (waited "
+                                       f"{self.timeout_s:g}s)") from None
+            raise QueueError(f"{self.path}: {exc}") from None
+        except sqlite3.DatabaseError as exc:
+            raise QueueError(f"{self.path} is not an escalation queue ({exc})") from None
+        finally:
+            if db is not None:
+                db.close()
 
-    def add(self, result: dict, user_input: str, user_id: str | None = None, test: bool = False) -> str:
-        case_id = f"esc_{uuid.uuid4().hex[:12]}"
-        with self._connect() as db:
-            db.execute("INSERT INTO cases (case_id, created_at, request_id, user_id, category, input, rationale, "
-                       "confidence, status, notifications, test) VALUES (?,?,?,?,?,?,?,?,?,?,?)",
-                       (case_id, _now(), result.get("request_id"), user_id, result.get("category"), user_input,
-                        result.get("rationale"), result.get("confidence"), "open", "[]", int(test)))
-        return case_id
+    def _ensure_schema(self, create: bool = True) -> None:
+        if self._ready:
+            return
+        with self._db() as db:
+            tables = {r[0] for r in db.execute("SELECT name FROM sqlite_master WHERE type='table'")}
+            if "cases" not in tables and not create:
+                raise QueueError(f"{self.path} is an SQLite database but not an escalation queue (no cases table)")
+        with self._db(write=True) as db:
+            db.execute("CREATE TABLE IF NOT EXISTS cases (" +
+                       ", ".join(f"{k} {v}" for k, v in CASE_COLUMNS.items()) + ")")
+            have = {r["name"] for r in db.execute("PRAGMA table_info(cases)")}
+            for column, kind in CASE_COLUMNS.items():  # queues made by earlier versions
+                if column not in have:
+                    db.execute(f"ALTER TABLE cases ADD COLUMN {column} {kind.replace(' PRIMARY KEY', '')}")
+            db.execute(_RESOLUTIONS)
+        try:
+            with self._db() as db:
+                db.execute("PRAGMA journal_mode=WAL")
+        except QueueUnavailable:
+            pass  # WAL is an optimisation; the queue works without it
+        self._ready = True
+
+    # ----- encryption at rest ---------------------------------------------------------------------
+    def _seal(self, value: str | None) -> str | None:
+        if value is None or self._fernet is None:
+            return value
+        return ENCRYPTED_MARK + self._fernet.encrypt(value.encode("utf-8")).decode("ascii")
+
+    def _open(self, value):
+        if not isinstance(value, str) or not value.startswith(ENCRYPTED_MARK):
+            return value
+        if self._fernet is None:
+            return "[encrypted: set the audit key (SO8T_AUDIT_KEY) to read]"
+        from cryptography.fernet import InvalidToken
+
+        try:
+            return self._fernet.decrypt(value[len(ENCRYPTED_MARK):].encode("ascii")).decode("utf-8")
+        except InvalidToken:
+            return "[encrypted with another key]"
+
+    def _row(self, row: sqlite3.Row) -> dict:
+        case = {k: (self._open(row[k]) if k in ENCRYPTED_FIELDS else row[k]) for k in row.keys()}
+        case["notifications"] = json.loads(case.get("notifications") or "[]")
+        case["test"] = bool(case.get("test"))
+        case["overdue"] = case.get("overdue_at") is not None or (
+            case["status"] != "resolved" and case.get("due_at") is not None and case["due_at"] <= iso(utc_now()))
+        return case
+
+    # ----- the CaseStore protocol -------------------------------------------------------------------
+    def add(self, case: dict) -> bool:
+        self._ensure_schema()
+        created = case.get("created_at") or iso(utc_now())
+        due = iso(dt.datetime.fromisoformat(created) + dt.timedelta(seconds=self.escalation_timeout_s))
+        with self._db(write=True) as db:
+            cursor = db.execute(
+                "INSERT OR IGNORE INTO cases (case_id, created_at, due_at, request_id, user_id, category, input, "
+                "rationale, confidence, status, notifications, test, error) VALUES (?,?,?,?,?,?,?,?,?,?,?,?,?)",
+                (case["case_id"], created, due, case.get("request_id"), self._seal(case.get("user_id")),
+                 case.get("category"), self._seal(case.get("input")), self._seal(case.get("rationale")),
+                 case.get("confidence"), "open", "[]", int(bool(case.get("test"))), case.get("error")))
+            return cursor.rowcount == 1
 
     def get(self, case_id: str) -> dict:
-        with self._connect() as db:
+        self._ensure_schema()
+        with self._db() as db:
             row = db.execute("SELECT * FROM cases WHERE case_id = ?", (case_id,)).fetchone()
         if row is None:
             raise KeyError(f"no escalation case {case_id!r} in {self.path}")
-        case = dict(row)
-        case["notifications"] = json.loads(case["notifications"] or "[]")
-        return case
+        return self._row(row)
 
-    def list(self, status: str | None = None) -> list[dict]:
-        with self._connect() as db:
-            rows = db.execute("SELECT case_id FROM cases" + (" WHERE status = ?" if status else "") +
-                              " ORDER BY created_at", (status,) if status else ()).fetchall()
-        return [self.get(r["case_id"]) for r in rows]
+    def list(self, status: str | None = None, overdue_only: bool = False, include_tests: bool = True) -> list[dict]:
+        self._ensure_schema()
+        where, args = [], []
+        if status:
+            where.append("status = ?")
+            args.append(status)
+        if not include_tests:
+            where.append("test = 0")
+        with self._db() as db:
+            rows = db.execute("SELECT * FROM cases" + (" WHERE " + " AND ".join(where) if where else "") +
+                              " ORDER BY created_at, case_id", args).fetchall()
+        cases = [self._row(r) for r in rows]
+        return [c for c in cases if c["overdue"]] if overdue_only else cases
 
     def record_notifications(self, case_id: str, outcomes: list[dict]) -> None:
-        ok = outcomes and all(o["ok"] for o in outcomes)
-        with self._connect() as db:
+        ok = bool(outcomes) and all(o["ok"] for o in outcomes)
+        with self._db(write=True) as db:
             db.execute("UPDATE cases SET notifications = ?, status = CASE WHEN status = 'resolved' THEN status "
                        "ELSE ? END WHERE case_id = ?",
                        (json.dumps(outcomes, ensure_ascii=False), "notified" if ok else "notify_failed", case_id))
 
-    def resolve(self, case_id: str, decision: str, by: str, note: str | None = None) -> dict:
+    def history(self, case_id: str) -> list[dict]:
+        self._ensure_schema()
+        with self._db() as db:
+            rows = db.execute("SELECT * FROM resolutions WHERE case_id = ? ORDER BY id", (case_id,)).fetchall()
+        return [{**dict(r), "note": self._open(r["note"])} for r in rows]
+
+    def resolve(self, case_id: str, decision: str, by: str, note: str | None = None, supersede: bool = False,
+                before_commit: Callable[[dict], None] | None = None) -> dict:
         if decision not in HUMAN_DECISIONS:
             raise ValueError(f"decision must be one of {HUMAN_DECISIONS}, got {decision!r}")
         if not by.strip():
             raise ValueError("--by must name the person who decided")
-        self.get(case_id)  # raises KeyError for an unknown id
-        with self._connect() as db:
+        self._ensure_schema()
+        now = iso(utc_now())
+        with self._db(write=True) as db:
+            row = db.execute("SELECT * FROM cases WHERE case_id = ?", (case_id,)).fetchone()
+            if row is None:
+                raise KeyError(f"no escalation case {case_id!r} in {self.path}")
+            last = db.execute("SELECT * FROM resolutions WHERE case_id = ? ORDER BY id DESC LIMIT 1",
+                              (case_id,)).fetchone()
+            if (last is not None or row["status"] == "resolved") and not supersede:
+                who = last["decided_by"] if last is not None else row["resolved_by"]
+                what = last["decision"] if last is not None else row["human_decision"]
+                raise AlreadyResolved(f"case {case_id} was already resolved as {what} by {who}; pass --supersede to "
+                                      "record a new decision (the earlier one stays in the history)")
+            if last is None and row["status"] == "resolved":  # resolved by an earlier version: keep it as history
+                db.execute("INSERT INTO resolutions (case_id, decided_at, decision, decided_by, note) VALUES (?,?,?,?,?)",
+                           (case_id, row["resolved_at"] or now, row["human_decision"], row["resolved_by"] or "?",
+                            row["note"]))
+                last = db.execute("SELECT * FROM resolutions WHERE case_id = ? ORDER BY id DESC LIMIT 1",
+                                  (case_id,)).fetchone()
+            cursor = db.execute("INSERT INTO resolutions (case_id, decided_at, decision, decided_by, note, supersedes) "
+                                "VALUES (?,?,?,?,?,?)", (case_id, now, decision, by.strip(), self._seal(note),
+                                                         last["id"] if last is not None else None))
             db.execute("UPDATE cases SET status='resolved', human_decision=?, resolved_by=?, resolved_at=?, note=? "
-                       "WHERE case_id=?", (decision, by.strip(), _now(), note, case_id))
-        return self.get(case_id)
+                       "WHERE case_id=?", (decision, by.strip(), now, self._seal(note), case_id))
+            resolution = {"resolution_id": cursor.lastrowid, "case_id": case_id, "request_id": row["request_id"],
+                          "decision": decision, "decided_by": by.strip(), "decided_at": now, "note": note,
+                          "test": bool(row["test"]),
+                          "supersedes": None if last is None else {"resolution_id": last["id"], "decision": last["decision"],
+                                                                   "decided_by": last["decided_by"],
+                                                                   "decided_at": last["decided_at"]}}
+            if before_commit is not None:
+                before_commit(resolution)  # e.g. the audit record: if it fails, nothing is resolved
+        return {**self.get(case_id), "resolution": resolution, "history": self.history(case_id)}
 
-
-def _with_retries(send, retries: int, deadline: float) -> dict:
-    attempt, delay, error = 0, 0.2, None
-    while True:
-        attempt += 1
-        try:
-            send(max(0.1, deadline - time.monotonic()))
-            return {"ok": True, "attempts": attempt}
-        except Exception as exc:  # noqa: BLE001 - any transport failure is retried, then recorded
-            error = f"{type(exc).__name__}: {exc}"
-        if attempt > retries or time.monotonic() + delay >= deadline:
-            return {"ok": False, "attempts": attempt, "error": error}
-        time.sleep(delay)
-        delay *= 2
-
-
-class Notifier:
-    """Sends one case's notifications (webhook and/or e-mail) in a background thread."""
-
-    def __init__(self, config: EscalationConfig, queue: EscalationQueue | None = None) -> None:
-        self.config, self.queue = config, queue
-        self._pool = concurrent.futures.ThreadPoolExecutor(max_workers=2, thread_name_prefix="so8t-notify")
-
-    def _message(self, case: dict) -> str:
-        return (f"[SO8T escalation {case['case_id']}] category {case['category']}, request {case['request_id']}\n"
-                f"{case['rationale']}\nInput (personal data masked): {case['input']}\n"
-                f"Resolve: so8t escalation resolve {case['case_id']} --decision ALLOW|REFUSE --by NAME")
-
-    def _webhook(self, case: dict, timeout: float) -> None:
-        url = os.environ.get("SLACK_WEBHOOK_URL") or self.config.notification_webhook
-        route = self.config.routes[case["category"]]
-        body = json.dumps({"text": self._message(case), "channel": route.slack_channel}).encode("utf-8")
-        request = urllib.request.Request(url, data=body, headers={"Content-Type": "application/json"})
-        with urllib.request.urlopen(request, timeout=timeout) as response:  # noqa: S310 - URL from config/env
-            if response.status >= 300:
-                raise RuntimeError(f"webhook answered HTTP {response.status}")
-
-    def _email(self, case: dict, timeout: float) -> None:
-        route = self.config.routes[case["category"]]
-        message = EmailMessage()
-        message["From"], message["To"] = self.config.email_from, route.email
-        message["Subject"] = f"[SO8T] escalation {case['case_id']} ({case['category']})"
-        message.set_content(self._message(case))
-        host = os.environ.get("SMTP_SERVER") or self.config.smtp_server
-        port = int(os.environ.get("SMTP_PORT") or self.config.smtp_port)
-        with smtplib.SMTP(host, port, timeout=timeout) as smtp:
-            smtp.ehlo()  # the server's extensions are known only after EHLO
-            encrypted = smtp.has_extn("starttls")
-            if encrypted:
-                smtp.starttls()
-                smtp.ehlo()
-            user, password = os.environ.get("SMTP_USERNAME"), os.environ.get("SMTP_PASSWORD")
-            if user and password:
-                if not encrypted:
-                    raise RuntimeError(f"{host}:{port} offers no STARTTLS; refusing to send SMTP_PASSWORD in clear")
-                smtp.login(user, password)
-            smtp.send_message(message)
-
-    def send(self, case: dict) -> list[dict]:
-        """Send now (blocking, bounded by notify_timeout_s); returns one outcome per channel."""
-        deadline = time.monotonic() + self.config.notify_timeout_s
-        outcomes = []
-        route = self.config.routes[case["category"]]
-        if os.environ.get("SLACK_WEBHOOK_URL") or self.config.notification_webhook:
-            outcomes.append({"channel": "webhook", "target": route.slack_channel,
-                             **_with_retries(lambda t: self._webhook(case, t), self.config.retries, deadline)})
-        if self.config.email_notifications and route.email and (os.environ.get("SMTP_SERVER") or self.config.smtp_server):
-            outcomes.append({"channel": "email", "target": route.email,
-                             **_with_retries(lambda t: self._email(case, t), self.config.retries, deadline)})
-        for outcome in outcomes:
-            if not outcome["ok"]:
-                logger.error("escalation %s: %s notification failed after %d attempts: %s", case["case_id"],
-                             outcome["channel"], outcome["attempts"], outcome.get("error"))
-        if self.queue is not None and outcomes:
-            self.queue.record_notifications(case["case_id"], outcomes)
-        return outcomes
-
-    def notify_async(self, case: dict) -> concurrent.futures.Future:
-        return self._pool.submit(self.send, case)
+    def mark_overdue(self, now: dt.datetime | None = None) -> list[str]:
+        self._ensure_schema()
+        stamp = iso(now or utc_now())
+        with self._db(write=True) as db:
+            rows = db.execute("UPDATE cases SET overdue_at = ? WHERE status != 'resolved' AND overdue_at IS NULL "
+                              "AND due_at IS NOT NULL AND due_at <= ? RETURNING case_id", (stamp, stamp)).fetchall()
+        return [r["case_id"] for r in rows]

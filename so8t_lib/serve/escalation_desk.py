@@ -1,0 +1,185 @@
+"""Getting every ESCALATE to a person: spool, queue, audit, notify, and retry whatever failed.
+
+For each escalation the runtime calls, in this order:
+1. ``open(case, record)``: the case and its audit record go to the durable spool (``spool``);
+2. ``try_queue(ticket)``: the case goes to the queue within ``queue_timeout_s``; a locked or broken
+   queue leaves it spooled (the result says ``escalation_status: spooled``);
+3. the runtime writes the audit record;
+4. ``finish(ticket, audited)``: a case that is queued and audited leaves the spool and is
+   notified; anything else stays in the spool for ``replay``.
+``replay`` (run by a background thread every ``retry_interval_s``, at start, and on demand) finishes
+the orphans: the audit record if the log lacks it, the queue row if the queue lacks it. The same
+thread marks overdue cases (past ``escalation_timeout``) and sends a reminder.
+"""
+
+from __future__ import annotations
+
+import concurrent.futures
+import logging
+import threading
+from collections.abc import Callable
+from dataclasses import dataclass
+
+from .audit import AuditLog, AuditWriteError
+from .escalation import CaseStore, QueueError
+from .notify import Notifier
+from .spool import CaseSpool, SpoolEntry
+
+logger = logging.getLogger("so8t.escalation")
+
+
+@dataclass
+class Ticket:
+    case: dict
+    entry: SpoolEntry | None
+    queued: bool = False
+    error: str | None = None
+
+    @property
+    def status(self) -> str:
+        """queued; spooled (kept durably, retried); or unqueued (neither worked: the error says why)."""
+        return "queued" if self.queued else "spooled" if self.entry is not None else "unqueued"
+
+
+class EscalationDesk:
+    def __init__(self, store_factory: Callable[[], CaseStore], spool: CaseSpool, audit: AuditLog,
+                 notifier: Notifier, notify: bool, retry_interval_s: float = 5.0) -> None:
+        self._store_factory, self._store = store_factory, None
+        self.spool, self.audit, self.notifier, self.notify = spool, audit, notifier, notify
+        self.retry_interval_s = retry_interval_s
+        self.notifications: list[concurrent.futures.Future] = []
+        self._lock = threading.Lock()
+        self._replay_lock = threading.Lock()
+        self._wake = threading.Event()
+        self._stopped = threading.Event()
+        self._thread: threading.Thread | None = None
+
+    @property
+    def store(self) -> CaseStore:
+        """The queue, opened on first use (a queue that is locked at start is retried later)."""
+        with self._lock:
+            if self._store is None:
+                self._store = self._store_factory()
+                self.notifier.queue = self._store
+            return self._store
+
+    # ----- one escalation -----------------------------------------------------------------------
+    def open(self, case: dict, record: dict) -> Ticket:
+        try:
+            return Ticket(case, self.spool.put(case, record))
+        except OSError as exc:
+            logger.error("escalation %s: could not be spooled (%s)", case["case_id"], exc)
+            return Ticket(case, None, error=f"escalation spool unavailable: {type(exc).__name__}: {exc}")
+
+    def try_queue(self, ticket: Ticket) -> str:
+        try:
+            self.store.add(ticket.case)
+            ticket.queued = True
+        except (QueueError, OSError) as exc:
+            reason = f"escalation queue unavailable: {exc}"
+            ticket.error = f"{ticket.error}; {reason}" if ticket.error else reason
+            logger.error("escalation %s: %s", ticket.case["case_id"], reason)
+        return ticket.status
+
+    def finish(self, ticket: Ticket, audited: bool) -> None:
+        if ticket.queued:
+            self._notify(ticket.case)
+        if ticket.entry is None:
+            return
+        try:
+            if audited and ticket.queued:
+                ticket.entry.done()
+                return
+            if audited:
+                ticket.entry.update(audited=True)
+            if ticket.queued:
+                ticket.entry.update(queued=True)
+        except OSError as exc:  # the entry stays as it is; replay checks the log and the queue itself
+            logger.error("escalation %s: spool entry not updated (%s)", ticket.case["case_id"], exc)
+        ticket.entry.release()
+        self.start()
+        self._wake.set()
+
+    def _notify(self, case: dict, reminder: bool = False) -> None:
+        if not self.notify or case.get("test"):
+            return
+        future = self.notifier.notify_async(case, reminder)
+        with self._lock:
+            self.notifications = [f for f in self.notifications if not f.done()] + [future]
+
+    # ----- catching up ------------------------------------------------------------------------------
+    def replay(self) -> dict:
+        """Finish every orphaned spool entry that can be finished now: {"finished": [...], "failed": [...]}."""
+        finished, failed = [], []
+        with self._replay_lock:
+            entries = list(self.spool.orphans())
+            try:
+                unaudited = {e.data["record"].get("request_id") for e in entries if not e.data.get("audited")}
+                present = self.audit.find_requests(unaudited - {None})
+            except (OSError, ValueError) as exc:
+                for entry in entries:
+                    entry.release()
+                return {"finished": [], "failed": [f"audit log unreadable: {exc}"]}
+            for entry in entries:
+                case = entry.data["case"]
+                try:
+                    new = False
+                    if not entry.data.get("queued"):
+                        new = self.store.add(case)
+                        entry.update(queued=True)
+                    if not entry.data.get("audited") and entry.data["record"].get("request_id") not in present:
+                        record = dict(entry.data["record"])
+                        record["flags"] = list(record.get("flags") or []) + ["recovered_from_spool"]
+                        self.audit.append(record)
+                        entry.update(audited=True)
+                    entry.done()
+                    finished.append(case["case_id"])
+                    if new:
+                        self._notify(case)
+                except (QueueError, AuditWriteError, OSError) as exc:
+                    entry.release()
+                    failed.append(f"{case['case_id']}: {exc}")
+        if finished:
+            logger.warning("replayed %d spooled escalation(s): %s", len(finished), ", ".join(finished))
+        return {"finished": finished, "failed": failed}
+
+    def sweep_overdue(self) -> list[str]:
+        """Mark cases past escalation_timeout as overdue, log them, and remind the route."""
+        overdue = self.store.mark_overdue()
+        for case_id in overdue:
+            case = self.store.get(case_id)
+            logger.warning("escalation %s (%s) is overdue: no decision since %s", case_id, case["category"],
+                           case["created_at"])
+            self._notify(case, reminder=True)
+        return overdue
+
+    def maintain(self) -> None:
+        try:
+            self.replay()
+            self.sweep_overdue()
+        except Exception as exc:  # noqa: BLE001 - the background thread must keep running
+            logger.error("escalation maintenance failed: %s", exc)
+
+    def maintain_soon(self) -> None:
+        """Wake the background thread now (it must be started)."""
+        self._wake.set()
+
+    def start(self) -> None:
+        """Start the background thread once (daemon: it never keeps a process alive)."""
+        with self._lock:
+            if self._thread is None and not self._stopped.is_set():
+                self._thread = threading.Thread(target=self._loop, name="so8t-escalation-desk", daemon=True)
+                self._thread.start()
+
+    def _loop(self) -> None:
+        while not self._stopped.is_set():
+            self._wake.wait(self.retry_interval_s)
+            self._wake.clear()
+            if not self._stopped.is_set():
+                self.maintain()
+
+    def close(self) -> None:
+        self._stopped.set()
+        self._wake.set()
+        if self._thread is not None and self._thread is not threading.current_thread():
+            self._thread.join(timeout=self.retry_interval_s + 5)

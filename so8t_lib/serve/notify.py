@@ -1,0 +1,124 @@
+"""Notifications for escalation cases, by category: a Slack-compatible webhook and e-mail over SMTP.
+
+Addresses and channels come from the config; secrets only from the environment (SLACK_WEBHOOK_URL,
+SMTP_USERNAME, SMTP_PASSWORD). Sending runs in a background thread with retries and exponential
+backoff, bounded by ``notify_timeout_s``, so it never delays a decision; the outcome is recorded on
+the case. When no channel is configured at all, that is itself a failed outcome (logged, recorded,
+the case shows notify_failed): an escalation that reaches nobody must not look like a sent one.
+"""
+
+from __future__ import annotations
+
+import concurrent.futures
+import json
+import logging
+import os
+import smtplib
+import time
+import urllib.request
+from email.message import EmailMessage
+
+from .config import EscalationConfig
+
+logger = logging.getLogger("so8t.escalation")
+NO_CHANNEL = ("no notification channel is configured (set SLACK_WEBHOOK_URL or escalation.notification_webhook, "
+              "or escalation.email_notifications with smtp_server)")
+
+
+def _with_retries(send, retries: int, deadline: float) -> dict:
+    attempt, delay, error = 0, 0.2, None
+    while True:
+        attempt += 1
+        try:
+            send(max(0.1, deadline - time.monotonic()))
+            return {"ok": True, "attempts": attempt}
+        except Exception as exc:  # noqa: BLE001 - any transport failure is retried, then recorded
+            error = f"{type(exc).__name__}: {exc}"
+        if attempt > retries or time.monotonic() + delay >= deadline:
+            return {"ok": False, "attempts": attempt, "error": error}
+        time.sleep(delay)
+        delay *= 2
+
+
+class Notifier:
+    """Sends one case's notifications (webhook and/or e-mail) in a background thread."""
+
+    def __init__(self, config: EscalationConfig, queue=None) -> None:
+        self.config, self.queue = config, queue
+        self._pool = concurrent.futures.ThreadPoolExecutor(max_workers=2, thread_name_prefix="so8t-notify")
+
+    def channels(self) -> list[str]:
+        """The channels a case would be sent to now ([] when none is configured)."""
+        found = []
+        if os.environ.get("SLACK_WEBHOOK_URL") or self.config.notification_webhook:
+            found.append("webhook")
+        if self.config.email_notifications and (os.environ.get("SMTP_SERVER") or self.config.smtp_server):
+            found.append("email")
+        return found
+
+    def _message(self, case: dict, reminder: bool) -> str:
+        head = "OVERDUE: no decision yet on " if reminder else ""
+        return (f"[SO8T escalation {case['case_id']}] {head}category {case['category']}, request {case['request_id']}\n"
+                f"{case['rationale']}\nInput (personal data masked): {case['input']}\n"
+                f"Resolve: so8t escalation resolve {case['case_id']} --decision ALLOW|REFUSE --by NAME")
+
+    def _webhook(self, case: dict, timeout: float, reminder: bool) -> None:
+        url = os.environ.get("SLACK_WEBHOOK_URL") or self.config.notification_webhook
+        route = self.config.routes[case["category"]]
+        body = json.dumps({"text": self._message(case, reminder), "channel": route.slack_channel}).encode("utf-8")
+        request = urllib.request.Request(url, data=body, headers={"Content-Type": "application/json"})
+        with urllib.request.urlopen(request, timeout=timeout) as response:  # noqa: S310 - URL from config/env
+            if response.status >= 300:
+                raise RuntimeError(f"webhook answered HTTP {response.status}")
+
+    def _email(self, case: dict, timeout: float, reminder: bool) -> None:
+        route = self.config.routes[case["category"]]
+        message = EmailMessage()
+        message["From"], message["To"] = self.config.email_from, route.email
+        message["Subject"] = f"[SO8T] {'OVERDUE ' if reminder else ''}escalation {case['case_id']} ({case['category']})"
+        message.set_content(self._message(case, reminder))
+        host = os.environ.get("SMTP_SERVER") or self.config.smtp_server
+        port = int(os.environ.get("SMTP_PORT") or self.config.smtp_port)
+        with smtplib.SMTP(host, port, timeout=timeout) as smtp:
+            smtp.ehlo()  # the server's extensions are known only after EHLO
+            encrypted = smtp.has_extn("starttls")
+            if encrypted:
+                smtp.starttls()
+                smtp.ehlo()
+            user, password = os.environ.get("SMTP_USERNAME"), os.environ.get("SMTP_PASSWORD")
+            if user and password:
+                if not encrypted:
+                    raise RuntimeError(f"{host}:{port} offers no STARTTLS; refusing to send SMTP_PASSWORD in clear")
+                smtp.login(user, password)
+            smtp.send_message(message)
+
+    def send(self, case: dict, reminder: bool = False) -> list[dict]:
+        """Send now (blocking, bounded by notify_timeout_s); returns one outcome per channel."""
+        deadline = time.monotonic() + self.config.notify_timeout_s
+        outcomes = []
+        route = self.config.routes[case["category"]]
+        channels = self.channels()
+        if "webhook" in channels:
+            outcomes.append({"channel": "webhook", "target": route.slack_channel,
+                             **_with_retries(lambda t: self._webhook(case, t, reminder), self.config.retries, deadline)})
+        if "email" in channels and route.email:
+            outcomes.append({"channel": "email", "target": route.email,
+                             **_with_retries(lambda t: self._email(case, t, reminder), self.config.retries, deadline)})
+        if not outcomes:
+            outcomes.append({"channel": "none", "target": None, "ok": False, "attempts": 0, "error": NO_CHANNEL})
+        for outcome in outcomes:
+            if not outcome["ok"]:
+                logger.error("escalation %s: %s notification failed after %d attempts: %s", case["case_id"],
+                             outcome["channel"], outcome["attempts"], outcome.get("error"))
+        if self.queue is not None:
+            try:
+                self.queue.record_notifications(case["case_id"], outcomes)
+            except Exception as exc:  # noqa: BLE001 - the queue may be locked; the log line above stays
+                logger.error("escalation %s: notification outcome not recorded (%s)", case["case_id"], exc)
+        return outcomes
+
+    def notify_async(self, case: dict, reminder: bool = False) -> concurrent.futures.Future:
+        return self._pool.submit(self.send, case, reminder)
+
+    def close(self) -> None:
+        self._pool.shutdown(wait=False, cancel_futures=False)

@@ -1,0 +1,127 @@
+"""A durable spool for escalation cases: one JSON file per case, fsynced, in ``<queue>.spool/``.
+
+Every escalation is written here *before* anything else happens to it, together with the audit
+record it will get. While a request is in flight its file is held under an exclusive ``flock``;
+a file nobody holds is an orphan: its process died (kill -9) or a step failed (the queue was
+locked, the audit log could not be written). ``EscalationDesk`` replays orphans: it writes the
+audit record if the log does not have it yet, adds the case to the queue if it is not there, and
+only then deletes the file. So a case is never lost between the queue and the audit log, and
+neither ever holds it twice. With an encryption key the files are Fernet tokens, like the audit
+records and the queue's text fields.
+"""
+
+from __future__ import annotations
+
+import fcntl
+import json
+import os
+from collections.abc import Iterator
+from contextlib import suppress
+from pathlib import Path
+
+SUFFIX = ".case.json"
+
+
+class SpoolEntry:
+    """One spooled case, held (locked) by whoever created or picked it."""
+
+    def __init__(self, path: Path, fd: int, data: dict, fernet=None) -> None:
+        self.path, self._fd, self.data, self._fernet = path, fd, data, fernet
+
+    @property
+    def case_id(self) -> str:
+        return self.data["case"]["case_id"]
+
+    def update(self, **changes) -> None:
+        """Rewrite the entry in place (same inode, so the lock stays) and fsync it."""
+        self.data.update(changes)
+        payload = json.dumps(self.data, ensure_ascii=False).encode("utf-8")
+        if self._fernet is not None:
+            payload = self._fernet.encrypt(payload)
+        os.ftruncate(self._fd, 0)
+        os.pwrite(self._fd, payload, 0)
+        os.fsync(self._fd)
+
+    def done(self) -> None:
+        """The case is queued and audited: the file goes."""
+        with suppress(FileNotFoundError):
+            os.unlink(self.path)
+        self.release()
+
+    def release(self) -> None:
+        """Let go of the file (it stays, for the desk to replay)."""
+        if self._fd >= 0:
+            os.close(self._fd)
+            self._fd = -1
+
+
+class CaseSpool:
+    def __init__(self, folder: str | Path, fernet=None) -> None:
+        self.folder, self._fernet = Path(folder), fernet
+
+    def _load(self, raw: bytes) -> dict:
+        if self._fernet is not None and not raw.startswith(b"{"):
+            raw = self._fernet.decrypt(raw)
+        return json.loads(raw or b"{}")
+
+    def put(self, case: dict, record: dict) -> SpoolEntry:
+        """Write a new entry durably and hold it; OSError when the folder cannot take it."""
+        self.folder.mkdir(parents=True, exist_ok=True)
+        path = self.folder / f"{case['case_id']}{SUFFIX}"
+        part = self.folder / f"{case['case_id']}.part"  # written and locked before it gets its visible name
+        fd = os.open(part, os.O_RDWR | os.O_CREAT | os.O_EXCL, 0o600)
+        try:
+            fcntl.flock(fd, fcntl.LOCK_EX)
+            entry = SpoolEntry(path, fd, {"case": case, "record": record, "queued": False, "audited": False},
+                               self._fernet)
+            entry.update()
+            os.rename(part, path)
+            dir_fd = os.open(self.folder, os.O_RDONLY)
+            try:
+                os.fsync(dir_fd)  # the new name survives a power cut too
+            finally:
+                os.close(dir_fd)
+        except BaseException:
+            os.close(fd)
+            for leftover in (part, path):
+                with suppress(OSError):
+                    os.unlink(leftover)
+            raise
+        return entry
+
+    def orphans(self) -> Iterator[SpoolEntry]:
+        """Entries nobody holds, each locked for the caller (who must call done() or release())."""
+        if not self.folder.is_dir():
+            return
+        for part in self.folder.glob("*.part"):  # a crash before the entry was complete: nothing else happened yet
+            with suppress(OSError):
+                fd = os.open(part, os.O_RDWR)
+                try:
+                    fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+                    os.unlink(part)
+                finally:
+                    os.close(fd)
+        for path in sorted(self.folder.glob(f"*{SUFFIX}")):
+            try:
+                fd = os.open(path, os.O_RDWR)
+            except FileNotFoundError:
+                continue  # finished meanwhile
+            try:
+                fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+            except BlockingIOError:
+                os.close(fd)
+                continue  # in flight in this or another process
+            if not path.exists():  # deleted between open and lock: it was finished
+                os.close(fd)
+                continue
+            try:
+                data = self._load(os.pread(fd, os.fstat(fd).st_size, 0))
+                data["case"]["case_id"]
+            except Exception:  # noqa: BLE001 - unreadable JSON, a wrong key: set it aside for a person
+                os.close(fd)
+                os.replace(path, path.with_name(path.name + ".unreadable"))  # kept for a person; not replayed
+                continue
+            yield SpoolEntry(path, fd, data, self._fernet)
+
+    def count(self) -> int:
+        return len(list(self.folder.glob(f"*{SUFFIX}"))) if self.folder.is_dir() else 0
