@@ -33,7 +33,7 @@ class FakeDecider:
             return torch.ones(len(requests), 2)
         return torch.tensor([self.probs] * len(requests))
 
-    def generate(self, request, context=None, max_tokens=128):
+    def generate(self, request, context=None, max_tokens=128, temperature=0.0):
         return "Contact tanaka@example.com or 090-1234-5678 for the form."
 
 

@@ -4,7 +4,11 @@
     cat requests.jsonl | so8t runtime --config configs/basic.yaml [--use-gguf] [--test-mode]
 
 One JSON result per request (``so8t_lib.serve.runtime.Agent.run_batch``), one audit record each; the
-gate fails closed (ESCALATE, never ALLOW) on anything it cannot decide.
+gate fails closed (ESCALATE, never ALLOW) on anything it cannot decide. A stdin line that is not
+UTF-8 or not JSON gets its own fail-closed result; the other lines are decided.
+
+Exit status: 0 all decided and recorded; 3 the model could not be loaded (every request was
+escalated); 4 an audit record could not be written (those requests were escalated, see ``error``).
 """
 
 from __future__ import annotations
@@ -14,10 +18,36 @@ import json
 import sys
 import warnings
 
+from ..core.config import ConfigError
+from ..serve.request_checks import Unparsed
 from ..serve.runtime import Agent
 
+EXIT_MODEL_NOT_LOADED = 3
+EXIT_AUDIT_FAILED = 4
 
-def main(argv: list[str] | None = None) -> None:
+
+def read_items(stream) -> list:
+    """Requests from a binary stream of JSON lines; an unreadable line becomes ``Unparsed``."""
+    items: list = []
+    for line_no, raw in enumerate(stream, 1):
+        if isinstance(raw, str):  # a text stream (tests, notebooks): back to the bytes it stands for
+            raw = raw.encode("utf-8", "surrogateescape")
+        if not raw.strip():
+            continue
+        try:
+            text = raw.decode("utf-8")
+        except UnicodeDecodeError as exc:
+            items.append(Unparsed(f"stdin line {line_no}: not valid UTF-8 (byte {exc.start})",
+                                  raw[:200].decode("utf-8", "replace")))
+            continue
+        try:
+            items.append(json.loads(text))
+        except json.JSONDecodeError as exc:
+            items.append(Unparsed(f"stdin line {line_no}: not JSON ({exc.msg})", text[:200]))
+    return items
+
+
+def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(prog="so8t runtime", description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--config", default="configs/basic.yaml")
     parser.add_argument("--use-gguf", action="store_true", help="decide with the config's GGUF file")
@@ -25,7 +55,7 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--request", help="one request; without it, JSONL objects are read from stdin")
     parser.add_argument("--context")
     parser.add_argument("--user-id")
-    parser.add_argument("--test-mode", action="store_true", help="audit records marked as tests; no notifications")
+    parser.add_argument("--test-mode", action="store_true", help="audit records and cases marked as tests; no notifications")
     parser.add_argument("--pretty", action="store_true", help="readable output instead of one JSON per line")
     parser.add_argument("overrides", nargs="*", help="key=value, e.g. inference.safety_threshold=0.9")
     args = parser.parse_args(argv)
@@ -37,22 +67,31 @@ def main(argv: list[str] | None = None) -> None:
         overrides.append(f"model.checkpoint_path={args.model_path}")
         if args.model_path.endswith(".gguf"):
             overrides += ["model.use_gguf=true", f"model.gguf_path={args.model_path}"]
-    agent = Agent.from_config(args.config, overrides, test_mode=args.test_mode)
+    try:
+        agent = Agent.from_config(args.config, overrides, test_mode=args.test_mode)
+    except ConfigError as exc:
+        sys.exit(f"error: {exc}")
+    if agent.load_error:
+        print(f"so8t runtime: {agent.load_error}; every request is escalated", file=sys.stderr)
     if args.request is not None:
         items = [{"user_request": args.request, "context": args.context, "user_id": args.user_id}]
     else:
-        items = []
-        for line_no, line in enumerate(sys.stdin, 1):
-            if not line.strip():
-                continue
-            try:
-                items.append(json.loads(line))
-            except json.JSONDecodeError as exc:
-                items.append({"user_request": None, "_error": f"stdin line {line_no}: not JSON ({exc.msg})"})
-    for result in agent.run_batch(items):
-        if args.pretty:
-            print(f"{result['decision']:<9s} conf {result['confidence']}  [{result['category']}]  "
-                  f"human_required={result['human_required']}  {result['request_id']}\n  {result['rationale']}"
-                  + (f"\n  answer: {result['task_response']}" if result["task_response"] else ""))
-        else:
-            print(json.dumps(result, ensure_ascii=False))
+        items = read_items(getattr(sys.stdin, "buffer", sys.stdin))
+    try:
+        for result in agent.run_batch(items):
+            if args.pretty:
+                print(f"{result['decision']:<9s} conf {result['confidence']}  [{result['category']}]  "
+                      f"human_required={result['human_required']}  {result['request_id']}\n  {result['rationale']}"
+                      + (f"\n  answer: {result['task_response']}" if result["task_response"] else "")
+                      + (f"\n  error: {result['error']}" if result.get("error") else ""))
+            else:
+                print(json.dumps(result, ensure_ascii=False))
+    finally:
+        agent.close()
+    if agent.load_error:
+        return EXIT_MODEL_NOT_LOADED
+    if agent.audit_failures:
+        print(f"so8t runtime: {agent.audit_failures} audit record(s) could not be written; see each result's error",
+              file=sys.stderr)
+        return EXIT_AUDIT_FAILED
+    return 0

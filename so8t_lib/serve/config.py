@@ -2,15 +2,19 @@
 
 The sections and values follow the operations manual (shared/origin/RUNBOOK_AGENT.ja.md); secrets
 (webhook URLs, SMTP passwords) never live here, only the names of the environment variables that
-hold them. Unknown keys are errors, as in so8t_lib.core.config.
+hold them. Unknown keys are errors, as in so8t_lib.core.config, and so is a key the runtime
+would not honour: ``model.base_model`` (the base is fixed by the checkpoint or the GGUF file) and
+``inference.top_p`` other than 1 (no backend's ``generate`` samples by nucleus), each with a message
+that says why, instead of being accepted and ignored.
 """
 
 from __future__ import annotations
 
+import os
 from pathlib import Path
-from typing import Literal
+from typing import Literal, NamedTuple
 
-from pydantic import Field, ValidationError, model_validator
+from pydantic import Field, ValidationError, field_validator, model_validator
 
 from ..core.config import (
     ConfigError,
@@ -24,10 +28,18 @@ from ..core.schema import ROUTE_CATEGORIES
 
 
 class RuntimeModelConfig(_Section):
-    base_model: str | None = "Qwen/Qwen2.5-7B-Instruct"
+    base_model: str | None = Field(None, description="not used: rejected with a message when set")
     checkpoint_path: str = Field(..., description="checkpoint folder, run folder, or .gguf file")
     use_gguf: bool = False
     gguf_path: str | None = None
+
+    @field_validator("base_model")
+    @classmethod
+    def _base_model_is_not_a_runtime_setting(cls, value: str | None) -> None:
+        if value is not None:
+            raise ValueError("the runtime does not choose the base model: it is fixed by the checkpoint "
+                             "(so8t_model.yaml) or the GGUF file; remove model.base_model")
+        return None
 
     def model_path(self) -> str:
         if self.use_gguf:
@@ -39,12 +51,21 @@ class RuntimeModelConfig(_Section):
 
 
 class InferenceConfig(_Section):
-    max_tokens: int = Field(2048, gt=0)
-    temperature: float = Field(0.7, ge=0)
-    top_p: float = Field(0.9, gt=0, le=1)
+    max_tokens: int = Field(2048, gt=0, le=32768, description="new tokens of a task answer, passed as given")
+    temperature: float = Field(0.7, ge=0, le=2, description="sampling temperature of task answers (0: greedy)")
+    top_p: float = Field(1.0, gt=0, le=1, description="only 1.0: rejected otherwise, no backend supports it")
     safety_threshold: float = Field(0.8, ge=0.5, le=1.0, description="the policy's rule: 0.8 basic, 0.9 production")
     decision_timeout_s: float = Field(30.0, gt=0, description="past this the gate fails closed (ESCALATE)")
+    generation_timeout_s: float = Field(120.0, gt=0, description="past this an ALLOW comes without its answer")
     generate_responses: bool = Field(True, description="write task_response / rationale with TaskHeadA")
+
+    @field_validator("top_p")
+    @classmethod
+    def _top_p_is_not_supported(cls, value: float) -> float:
+        if value != 1.0:
+            raise ValueError(f"top_p={value} cannot be honoured: neither backend's generate() samples by nucleus; "
+                             "remove inference.top_p (or set 1.0) and use temperature")
+        return value
 
 
 class ValidationConfig(_Section):
@@ -54,14 +75,18 @@ class ValidationConfig(_Section):
 
 
 class LoggingConfig(_Section):
-    log_level: Literal["DEBUG", "INFO", "WARNING", "ERROR"] = "INFO"
-    log_file: str = "logs/agent_runtime.log"
+    log_level: Literal["DEBUG", "INFO", "WARNING", "ERROR"] = Field("INFO", description="of the so8t.* loggers")
+    log_file: str | None = Field(None, description="the application log (SO8T_LOG_DIR overrides the folder)")
     audit_log: str = "logs/audit.jsonl"
     max_log_size: str = "100MB"
     backup_count: int = Field(5, ge=1)
     mask_personal_data: bool = True
+    max_field_chars: int = Field(8192, ge=256, description="any stored text longer than this keeps a prefix, "
+                                 "its length and its sha256")
     encryption_key_env: str | None = Field(
         None, description="name of the environment variable holding a Fernet key; records are then encrypted")
+    hmac_key_env: str | None = Field(
+        None, description="name of the environment variable holding a secret that signs the audit anchor")
 
     @model_validator(mode="after")
     def _size_readable(self) -> LoggingConfig:
@@ -93,10 +118,14 @@ class EscalationConfig(_Section):
     smtp_server: str | None = None
     smtp_port: int = Field(587, gt=0)
     email_from: str = "so8t-agent@company.com"
-    escalation_timeout: float = Field(300, gt=0, description="seconds a human has to answer")
+    escalation_timeout: float = Field(300, gt=0, description="seconds a human has to answer; then the case is "
+                                      "marked overdue and the route reminded")
     notify_timeout_s: float = Field(5.0, gt=0, description="a notification never delays a decision past this")
     retries: int = Field(3, ge=0)
     queue_db: str = "logs/escalations.sqlite"
+    queue_timeout_s: float | None = Field(None, gt=0, description="longest wait for a locked queue, then the case "
+                                          "is spooled and retried; default: 2 s or decision_timeout_s if shorter")
+    retry_interval_s: float = Field(5.0, gt=0, description="how often spooled cases are retried")
     routes: dict[str, RouteConfig] = Field(default_factory=_default_routes)
 
     @model_validator(mode="after")
@@ -115,6 +144,21 @@ class RuntimeConfig(_Section):
     escalation: EscalationConfig = Field(default_factory=EscalationConfig)
     mode: Literal["normal", "emergency"] = Field("normal", description="emergency: every request is escalated")
 
+    @model_validator(mode="after")
+    def _queue_wait_below_decision_timeout(self) -> RuntimeConfig:
+        wait = self.escalation.queue_timeout_s
+        if wait is not None and wait >= self.inference.decision_timeout_s:
+            raise ValueError(f"escalation.queue_timeout_s ({self.escalation.queue_timeout_s}) must be shorter than "
+                             f"inference.decision_timeout_s ({self.inference.decision_timeout_s}): a locked queue "
+                             "must not hold a decision longer than the model may")
+        return self
+
+    def queue_wait_s(self) -> float:
+        """The bounded wait for the escalation queue."""
+        if self.escalation.queue_timeout_s is not None:
+            return self.escalation.queue_timeout_s
+        return min(2.0, self.inference.decision_timeout_s)
+
 
 def load_runtime_config(path: str | Path, overrides: list[str] | tuple[str, ...] = ()) -> RuntimeConfig:
     data = apply_overrides(read_yaml_mapping(path, "runtime config"), overrides)
@@ -127,3 +171,25 @@ def load_runtime_config(path: str | Path, overrides: list[str] | tuple[str, ...]
 def is_runtime_config(path: str | Path) -> bool:
     """A runtime config has sections a training config never has (inference, escalation, mode)."""
     return bool({"inference", "escalation", "mode"} & set(read_yaml_mapping(path)))
+
+
+class RuntimePaths(NamedTuple):
+    audit: Path
+    queue: Path
+    spool: Path
+    log_file: Path | None
+
+
+def runtime_paths(config: RuntimeConfig, log_dir: str | Path | None = None) -> RuntimePaths:
+    """Where the runtime writes: the config's files, moved into ``log_dir`` (or $SO8T_LOG_DIR) when
+    one is given. Every tool (runtime, escalation CLI) resolves them here, so they agree."""
+    log_dir = log_dir or os.environ.get("SO8T_LOG_DIR")
+
+    def place(name: str | None) -> Path | None:
+        if name is None:
+            return None
+        return Path(log_dir) / Path(name).name if log_dir else Path(name)
+
+    queue = place(config.escalation.queue_db)
+    return RuntimePaths(place(config.logging.audit_log), queue, queue.with_name(queue.name + ".spool"),
+                        place(config.logging.log_file))

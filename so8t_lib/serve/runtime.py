@@ -3,148 +3,250 @@
     so8t runtime --config configs/basic.yaml --request "経費精算の締め日は？" [--pretty]
     cat requests.jsonl | so8t runtime --config configs/basic.yaml [--use-gguf] [--test-mode]
 
-``Agent.from_config(path)`` loads the decider (HF checkpoint or GGUF file) and the audit log;
-``agent.run_agent(context, user_request, user_id)`` returns decision, rationale, task_response
-(ALLOW only), confidence, probabilities, category, human_required, request_id, model_version,
-processing_time_ms and flags, and writes one audit record. The policy's threshold rule decides
-(shared/SAFETY_POLICY.md); the gate fails closed: invalid input, a model error, a timeout or
-unreadable probabilities give ESCALATE with ``human_required: true`` and the error in the audit
-record, never ALLOW. ``mode: emergency`` escalates everything.
+``Agent.from_config(path)`` loads the decider (HF checkpoint or GGUF file), the audit log and the
+escalation desk; ``agent.run_batch(requests)`` returns one result per request, in order:
+decision, rationale, task_response (ALLOW only), confidence, probabilities, category,
+human_required, request_id, model_version, processing_time_ms, flags, error and, for ESCALATE,
+escalation_id and escalation_status. The policy's threshold rule decides (shared/SAFETY_POLICY.md)
+and the gate fails closed: invalid input, a model that cannot load, a model error, a timeout,
+unreadable probabilities, *and an audit record that cannot be written* give ESCALATE with
+``human_required: true`` and the error named, never ALLOW. ``mode: emergency`` escalates everything.
+
+Every decision has exactly one audit record. An ESCALATE is spooled durably before anything
+else, queued within ``queue_timeout_s`` (else retried from the spool), then audited; see
+``escalation_desk`` for how a crash or a locked queue is caught up. ``run_batch`` may be called from
+several threads at once: the model runs on one worker thread (backends are not thread-safe), the
+audit log locks each append, the queue and the spool lock per case.
 """
 
 from __future__ import annotations
 
 import concurrent.futures
-import datetime as dt
-import math
+import logging
 import os
+import threading
 import time
-import uuid
 from pathlib import Path
 
 import numpy as np
 
+from ..core.checkpoint import UNVERIFIED_MARK
 from ..core.config import ConfigError, parse_size
 from ..core.schema import LABELS
-from .audit import AuditLog
+from .applog import configure_logging
+from .audit import AuditLog, AuditWriteError
+from .audit_verify import make_fernet
 from .backends import load_decider
 from .categories import categorize
-from .config import RuntimeConfig, load_runtime_config
-from .escalation import EscalationQueue, Notifier
+from .config import RuntimeConfig, load_runtime_config, runtime_paths
+from .escalation import EscalationQueue
+from .escalation_desk import EscalationDesk
+from .fields import bounded, pseudonym
 from .masking import mask_personal_data
+from .notify import NO_CHANNEL, Notifier
+from .outcome import RATIONALES, audit_record, escalation_case, fail_closed, join_errors, make_result, new_case_id
 from .policy import threshold_decisions
-from .request_checks import InvalidRequest, validate_request
+from .request_checks import CleanRequest, InvalidRequest, Unparsed, validate_request
+from .spool import CaseSpool
 
-FAIL_CLOSED_RATIONALE = ("The safety gate could not reach a decision ({reason}); a person will review this "
-                         "request before anything is done.")
-RATIONALES = {
-    "ALLOW": "Allowed under the company safety policy.",
-    "REFUSE": "This request conflicts with the company safety policy ({category}), so it is declined.",
-    "ESCALATE": "This request needs a person's judgement ({category}); it has been passed to {notify}.",
-}
-
-
-def _now() -> str:
-    return dt.datetime.now(dt.UTC).strftime("%Y-%m-%dT%H:%M:%S.%fZ")
+logger = logging.getLogger("so8t.runtime")
 
 
 class Agent:
-    """One loaded model plus its audit log, applying the runtime contract to every request."""
+    """One loaded model plus its audit log and escalation desk, applying the runtime contract."""
 
     def __init__(self, config: RuntimeConfig, decider=None, test_mode: bool = False, log_dir: str | None = None):
         self.config = config
         self.test_mode = test_mode
-        self.decider = decider
-        self._load_error: str | None = None
-        if decider is None:
+        self.paths = runtime_paths(config, log_dir)
+        configure_logging(config.logging.log_level, self.paths.log_file)
+        enc_key = self._secret(config.logging.encryption_key_env, "the audit log cannot be encrypted")
+        self._mac_key = self._secret(config.logging.hmac_key_env, "the audit anchor cannot be signed")
+        self.decider, self.load_error = decider, None
+        if decider is None and config.mode != "emergency":  # emergency mode never consults a model
             try:
                 self.decider = load_decider(config.model.model_path())
             except Exception as exc:  # noqa: BLE001 - the gate must still answer (fail closed)
-                self._load_error = f"model could not be loaded: {type(exc).__name__}: {exc}"
-        log_dir = log_dir or os.environ.get("SO8T_LOG_DIR")
-        audit_path = Path(config.logging.audit_log)
-        if log_dir:
-            audit_path = Path(log_dir) / audit_path.name
-        key = None
-        if config.logging.encryption_key_env:
-            key = os.environ.get(config.logging.encryption_key_env)
-            if not key:
-                raise ConfigError(f"logging.encryption_key_env names {config.logging.encryption_key_env}, but that "
-                                  "environment variable is not set: the audit log cannot be encrypted")
-        self.audit = AuditLog(audit_path, parse_size(config.logging.max_log_size), config.logging.backup_count,
-                              mask_input=config.logging.mask_personal_data, encryption_key=key)
-        queue_path = Path(config.escalation.queue_db)
-        if log_dir:
-            queue_path = Path(log_dir) / queue_path.name
-        self.queue = EscalationQueue(queue_path)
-        self.notifier = Notifier(config.escalation, self.queue)
-        self.pending_notifications: list[concurrent.futures.Future] = []
+                self.load_error = f"model could not be loaded: {type(exc).__name__}: {exc}"
+                logger.error("%s", self.load_error)
+        logs = config.logging
+        self.audit = AuditLog(self.paths.audit, parse_size(logs.max_log_size), logs.backup_count,
+                              mask_input=logs.mask_personal_data, encryption_key=enc_key, hmac_key=self._mac_key,
+                              max_field_chars=logs.max_field_chars)
+        esc = config.escalation
+        self.notifier = Notifier(esc)
+        self.desk = EscalationDesk(
+            lambda: EscalationQueue(self.paths.queue, config.queue_wait_s(), True, enc_key, esc.escalation_timeout),
+            CaseSpool(self.paths.spool, make_fernet(enc_key) if enc_key else None), self.audit, self.notifier,
+            notify=esc.enable_notifications and not test_mode, retry_interval_s=esc.retry_interval_s)
         self._pool = concurrent.futures.ThreadPoolExecutor(max_workers=1, thread_name_prefix="so8t-decide")
+        self._lock = threading.Lock()
+        self.audit_failures = 0
+        if esc.enable_notifications and not test_mode and not self.notifier.channels():
+            logger.warning("escalations will reach nobody: %s", NO_CHANNEL)
+        if self.unverified:
+            logger.warning("serving %s, a model whose files were not verified (%s)", self.model_version,
+                           "SO8T_ALLOW_UNVERIFIED_MODEL is set")
+        if self.desk.spool.count():  # cases left by a crash or a locked queue: catch up in the background
+            self.desk.start()
+            self.desk.maintain_soon()
 
     @classmethod
     def from_config(cls, path: str | Path, overrides: list[str] | tuple[str, ...] = (), **kwargs) -> Agent:
         return cls(load_runtime_config(path, overrides), **kwargs)
 
+    @staticmethod
+    def _secret(env_name: str | None, consequence: str) -> str | None:
+        if not env_name:
+            return None
+        value = os.environ.get(env_name)
+        if not value:
+            raise ConfigError(f"the config names the environment variable {env_name}, but it is not set: {consequence}")
+        return value
+
     @property
     def model_version(self) -> str:
-        return str(self.decider.model_version) if self.decider is not None else "unloaded"
+        if self.decider is not None:
+            return str(self.decider.model_version)
+        return "none (emergency mode)" if self.config.mode == "emergency" else "unloaded"
 
-    # ----- one request --------------------------------------------------------------------------
-    def _probabilities(self, requests: list[str], contexts: list[str | None]) -> np.ndarray:
-        if self._load_error:
-            raise RuntimeError(self._load_error)
+    @property
+    def unverified(self) -> bool:
+        return UNVERIFIED_MARK in self.model_version
+
+    @property
+    def queue(self):
+        """The escalation queue (a CaseStore)."""
+        return self.desk.store
+
+    @property
+    def pending_notifications(self) -> list[concurrent.futures.Future]:
+        return self.desk.notifications
+
+    def close(self) -> None:
+        self.desk.close()
+        self.notifier.close()
+        self._pool.shutdown(wait=False)
+
+    def __enter__(self) -> Agent:
+        return self
+
+    def __exit__(self, *exc) -> None:
+        self.close()
+
+    # ----- deciding ---------------------------------------------------------------------------------
+    def _probabilities(self, requests: list[str], contexts: list[str | None], timeout: float) -> np.ndarray:
         future = self._pool.submit(self.decider.decide, requests, contexts)
-        probs = future.result(timeout=self.config.inference.decision_timeout_s)
+        probs = future.result(timeout=timeout)
         probs = np.asarray(probs.detach().cpu().numpy() if hasattr(probs, "detach") else probs, dtype=float)
         if probs.shape != (len(requests), len(LABELS)) or not np.isfinite(probs).all() \
                 or (probs < 0).any() or not np.allclose(probs.sum(-1), 1.0, atol=1e-3):
             raise ValueError(f"unreadable model output: probabilities of shape {probs.shape}")
         return probs
 
-    def _generate(self, request: str, context: str | None) -> str:
-        if not self.config.inference.generate_responses:
-            return ""
-        text = self.decider.generate(request, context, max_tokens=min(self.config.inference.max_tokens, 256))
-        return mask_personal_data(text.strip())
+    def _decide_all(self, cleans: list[CleanRequest]) -> list:
+        """One entry per request: a row of probabilities, None (emergency mode) or a failure reason.
+        When a batch fails, each request is decided alone within what is left of the timeout, so one
+        item that breaks the model (too long for its context window) fails closed alone."""
+        if self.config.mode == "emergency":
+            return [None] * len(cleans)
+        if self.load_error:
+            return [self.load_error] * len(cleans)
+        limit = self.config.inference.decision_timeout_s
+        deadline = time.monotonic() + limit
+        requests, contexts = [c.user_request for c in cleans], [c.context for c in cleans]
+        try:
+            return list(self._probabilities(requests, contexts, limit))
+        except concurrent.futures.TimeoutError:
+            return [f"timeout after {limit}s"] * len(cleans)
+        except Exception as exc:  # noqa: BLE001 - fail closed on anything
+            if len(cleans) == 1:
+                return [f"model error: {type(exc).__name__}: {exc}"]
+        out: list = []
+        for request, context in zip(requests, contexts):
+            left = deadline - time.monotonic()
+            if left <= 0:
+                out.append(f"timeout after {limit}s")
+                continue
+            try:
+                out.append(self._probabilities([request], [context], left)[0])
+            except concurrent.futures.TimeoutError:
+                out.append(f"timeout after {limit}s")
+            except Exception as exc:  # noqa: BLE001
+                out.append(f"model error: {type(exc).__name__}: {exc}")
+        return out
+
+    def _generate(self, request: str, context: str | None) -> tuple[str, str | None]:
+        """(masked task answer, error); an answer that fails leaves the decision standing."""
+        inference = self.config.inference
+        if not inference.generate_responses:
+            return "", None
+        future = self._pool.submit(self.decider.generate, request, context, max_tokens=inference.max_tokens,
+                                   temperature=inference.temperature)
+        try:
+            text = future.result(timeout=inference.generation_timeout_s)
+        except concurrent.futures.TimeoutError:
+            return "", f"generation timed out after {inference.generation_timeout_s}s"
+        except Exception as exc:  # noqa: BLE001
+            return "", f"generation failed: {type(exc).__name__}: {exc}"
+        return mask_personal_data(str(text).strip()), None
 
     def run_agent(self, context, user_request, user_id=None) -> dict:
         return self.run_batch([{"context": context, "user_request": user_request, "user_id": user_id}])[0]
 
-    def run_batch(self, requests: list[dict]) -> list[dict]:
-        """Many requests in one decision pass; one result (and one audit record) each, in order."""
-        starts = [time.perf_counter() for _ in requests]
+    def run_batch(self, requests: list, received_at: list[float] | None = None) -> list[dict]:
+        """Many requests in one decision pass; one result and one audit record each, in order.
+        ``received_at`` (``time.perf_counter()`` values) lets a server count the time a request waited
+        before this call in its processing_time_ms. Never raises for a bad item: it fails closed."""
+        now = time.perf_counter()
+        starts = list(received_at) if received_at is not None else [now] * len(requests)
         results: list[dict | None] = [None] * len(requests)
-        valid: list[tuple[int, object]] = []
+        valid: list[tuple[int, CleanRequest]] = []
         for i, item in enumerate(requests):
             try:
-                if not isinstance(item, dict):
-                    raise InvalidRequest(f"each request must be an object with user_request, got {type(item).__name__}")
-                if item.get("_error"):  # the CLI could not parse this line
-                    raise InvalidRequest(item["_error"])
-                v = self.config.validation
-                clean = validate_request(item.get("user_request"), item.get("context"), item.get("user_id"),
-                                         v.max_request_chars, v.max_context_chars, v.max_user_id_chars)
-                valid.append((i, clean))
+                valid.append((i, self._check(item)))
             except InvalidRequest as exc:
-                results[i] = self._fail_closed(item if isinstance(item, dict) else {}, f"invalid input: {exc}", starts[i])
+                results[i] = self._guarded(self._fail_closed, item, f"invalid input: {exc}", starts[i])
+            except Exception as exc:  # noqa: BLE001 - a checker bug must not lose the batch
+                results[i] = self._guarded(self._fail_closed, item, f"internal error: {type(exc).__name__}: {exc}",
+                                           starts[i])
         if valid:
-            try:
-                if self.config.mode == "emergency":
-                    probs = None
+            outcomes = self._decide_all([clean for _, clean in valid])
+            for (i, clean), outcome in zip(valid, outcomes):
+                if isinstance(outcome, str):
+                    results[i] = self._guarded(self._fail_closed, vars(clean), outcome, starts[i], clean.flags)
                 else:
-                    probs = self._probabilities([c.user_request for _, c in valid], [c.context for _, c in valid])
-            except concurrent.futures.TimeoutError:
-                probs = f"timeout after {self.config.inference.decision_timeout_s}s"
-            except Exception as exc:  # noqa: BLE001 - fail closed on anything
-                probs = f"model error: {type(exc).__name__}: {exc}"
-            for k, (i, clean) in enumerate(valid):
-                if isinstance(probs, str):
-                    results[i] = self._fail_closed(vars(clean), probs, starts[i], clean.flags)
-                else:
-                    results[i] = self._decide_one(clean, None if probs is None else probs[k], starts[i])
+                    results[i] = self._guarded(self._decide_one, clean, outcome, starts[i])
         return results  # type: ignore[return-value]
 
-    def _decide_one(self, clean, probs, start: float) -> dict:
+    def _guarded(self, step, item, *args) -> dict:
+        """Run one request's step; an unexpected failure still yields a fail-closed result."""
+        try:
+            return step(item, *args)
+        except Exception as exc:  # noqa: BLE001
+            logger.exception("internal error while deciding a request")
+            if step == self._fail_closed:  # nothing left to try but an unrecorded ESCALATE
+                result = make_result("ESCALATE", "", None, None, None, "general", self.model_version, [])
+                with self._lock:
+                    self.audit_failures += 1
+                return fail_closed(result, f"internal error: {type(exc).__name__}: {exc}; not recorded")
+            start = args[-1]
+            return self._fail_closed(vars(item) if isinstance(item, CleanRequest) else item,
+                                     f"internal error: {type(exc).__name__}: {exc}", start)
+
+    def _check(self, item) -> CleanRequest:
+        if isinstance(item, Unparsed):
+            raise InvalidRequest(item.reason)
+        if not isinstance(item, dict):
+            raise InvalidRequest(f"each request must be an object with user_request, got {type(item).__name__}")
+        v = self.config.validation
+        return validate_request(item.get("user_request"), item.get("context"), item.get("user_id"),
+                                v.max_request_chars, v.max_context_chars, v.max_user_id_chars)
+
+    def _flags(self, flags: list[str]) -> list[str]:
+        return [*flags, "unverified_model"] if self.unverified else list(flags)
+
+    def _decide_one(self, clean: CleanRequest, probs, start: float) -> dict:
         category = categorize(clean.user_request, clean.context)
         route = self.config.escalation.routes[category]
         if probs is None:  # emergency mode
@@ -155,64 +257,67 @@ class Agent:
             confidence = float(probs.max())
             prob_map = {label: round(float(p), 6) for label, p in zip(LABELS, probs)}
             rationale = RATIONALES.get(decision, "").format(category=category, notify=route.notify or category)
-        task_response = None
-        error = None
+        result = make_result(decision, rationale, None, confidence, prob_map, category, self.model_version,
+                             self._flags(clean.flags))
         if decision == "ALLOW":
+            result["task_response"], result["error"] = self._generate(clean.user_request, clean.context)
+        return self._finish(result, clean.user_request, clean.user_id, start)
+
+    def _fail_closed(self, item, reason: str, start: float, flags: list[str] | None = None) -> dict:
+        """ESCALATE for a request that could not be decided, storing only a bounded prefix of it."""
+        v = self.config.validation
+        item = item if isinstance(item, dict) else {"user_request": item.raw if isinstance(item, Unparsed) else item}
+        text = bounded(item.get("user_request"), v.max_request_chars)
+        context = bounded(item.get("context"), v.max_context_chars)
+        user_id = bounded(item.get("user_id"), v.max_user_id_chars)
+        category = categorize(text or "", context)
+        result = make_result("ESCALATE", "", None, None, None, category, self.model_version, self._flags(flags or []))
+        return self._finish(fail_closed(result, reason), text, user_id, start)
+
+    # ----- recording --------------------------------------------------------------------------------
+    def _record(self, result: dict, request: str | None, user_id: str | None) -> dict:
+        return audit_record(result, request, user_id, self.test_mode, self.config.logging.max_field_chars)
+
+    @staticmethod
+    def _stamp(result: dict, start: float) -> None:
+        result["processing_time_ms"] = round((time.perf_counter() - start) * 1000, 3)
+
+    def _audit_failed(self, result: dict, exc: Exception) -> None:
+        with self._lock:
+            self.audit_failures += 1
+        logger.error("audit record of %s not written: %s", result["request_id"], exc)
+        result["flags"] = list(dict.fromkeys([*result["flags"], "audit_write_failed"]))
+
+    def _finish(self, result: dict, request: str | None, user_id: str | None, start: float) -> dict:
+        """Write the one audit record; an ALLOW or REFUSE whose record fails becomes ESCALATE."""
+        if result["decision"] != "ESCALATE":
+            self._stamp(result, start)
             try:
-                task_response = self._generate(clean.user_request, clean.context)
-            except Exception as exc:  # noqa: BLE001 - the decision stands; the missing answer is recorded
-                error = f"generation failed: {type(exc).__name__}: {exc}"
-                task_response = ""
-        result = self._result(decision, rationale, task_response, confidence, prob_map, category,
-                              decision == "ESCALATE", start, clean.flags)
-        self._audit(result, clean.user_request, clean.user_id, error)
-        return result
+                self.audit.append(self._record(result, request, user_id))
+                return result
+            except AuditWriteError as exc:
+                self._audit_failed(result, exc)
+                fail_closed(result, f"audit write failed: {exc}")
+        return self._escalate(result, request, user_id, start)
 
-    def _fail_closed(self, item: dict, reason: str, start: float, flags: list[str] | None = None) -> dict:
-        request = item.get("user_request")
-        text = request if isinstance(request, str) else repr(request)[:200]
+    def _escalate(self, result: dict, request: str | None, user_id: str | None, start: float) -> dict:
+        """Spool, queue (bounded wait), then audit; the desk retries whatever did not happen."""
+        result["escalation_id"] = new_case_id()
+        limit = self.config.logging.max_field_chars
+        stored_uid = pseudonym(user_id, self._mac_key) if self.config.logging.mask_personal_data else user_id
+        case = escalation_case(result, request, stored_uid, self.test_mode, limit)
+        ticket = self.desk.open(case, self.audit.prepare(self._record(result, request, user_id)))
+        result["escalation_status"] = self.desk.try_queue(ticket)
+        if not ticket.queued:
+            result["flags"] = [*result["flags"], f"escalation_{result['escalation_status']}"]
+            result["error"] = join_errors(result["error"], ticket.error)
+        self._stamp(result, start)
         try:
-            category = categorize(text, item.get("context") if isinstance(item.get("context"), str) else None)
-        except Exception:  # noqa: BLE001
-            category = "general"
-        result = self._result("ESCALATE", FAIL_CLOSED_RATIONALE.format(reason=reason.split(":")[0]), None, None, None,
-                              category, True, start, list(flags or []) + ["fail_closed"])
-        result["error"] = reason  # e.g. "invalid input: user_request has 5000 characters; the limit is 4000"
-        user_id = item.get("user_id") if isinstance(item.get("user_id"), str) else None
-        self._audit(result, text, user_id, reason)
+            self.audit.append(self._record(result, request, user_id))
+            audited = True
+        except AuditWriteError as exc:
+            self._audit_failed(result, exc)
+            result["error"] = join_errors(result["error"], f"audit write failed: {exc}")
+            audited = False
+        self.desk.finish(ticket, audited)
         return result
-
-    def _result(self, decision, rationale, task_response, confidence, probabilities, category, human_required,
-                start, flags) -> dict:
-        return {
-            "decision": decision, "rationale": rationale,
-            "task_response": task_response if decision == "ALLOW" else None,
-            "confidence": None if confidence is None or math.isnan(confidence) else round(confidence, 6),
-            "probabilities": probabilities, "category": category, "human_required": bool(human_required),
-            "request_id": f"req_{uuid.uuid4().hex[:16]}", "model_version": self.model_version,
-            "processing_time_ms": round((time.perf_counter() - start) * 1000, 3), "flags": flags,
-        }
-
-    def _escalate(self, result: dict, request: str, user_id: str | None) -> None:
-        """Queue the case; notify in the background (never in test mode), so the decision is not delayed."""
-        try:
-            case_id = self.queue.add(result, mask_personal_data(request), user_id, test=self.test_mode)
-            result["escalation_id"] = case_id
-            if self.config.escalation.enable_notifications and not self.test_mode:
-                self.pending_notifications.append(self.notifier.notify_async(self.queue.get(case_id)))
-        except Exception as exc:  # noqa: BLE001 - the decision (ESCALATE) stands; the failure is audited
-            result["escalation_id"] = None
-            result["flags"] = result["flags"] + [f"escalation_queue_error: {type(exc).__name__}"]
-
-    def _audit(self, result: dict, request: str, user_id: str | None, error: str | None) -> None:
-        if result["decision"] == "ESCALATE":
-            self._escalate(result, request, user_id)
-        record = {
-            "timestamp": _now(), "request_id": result["request_id"], "user_id": user_id, "input": request,
-            "decision": result["decision"], "rationale": result["rationale"],
-            "human_required": result["human_required"], "model_version": result["model_version"],
-            "processing_time_ms": result["processing_time_ms"], "confidence_score": result["confidence"],
-            "category": result["category"], "flags": result["flags"], "error": error, "test": self.test_mode,
-            "escalation_id": result.get("escalation_id"),
-        }
-        self.audit.append(record)

@@ -1,0 +1,81 @@
+"""The shapes the runtime hands out and stores: the result of one request, its audit record and its
+escalation case, and the rationales. Kept apart from ``runtime`` so the decision flow reads on its own."""
+
+from __future__ import annotations
+
+import datetime as dt
+import math
+import uuid
+
+from .fields import bounded, masked_bounded
+
+FAIL_CLOSED_RATIONALE = ("The safety gate could not reach a decision ({reason}); a person will review this "
+                         "request before anything is done.")
+RATIONALES = {
+    "ALLOW": "Allowed under the company safety policy.",
+    "REFUSE": "This request conflicts with the company safety policy ({category}), so it is declined.",
+    "ESCALATE": "This request needs a person's judgement ({category}); it has been passed to {notify}.",
+}
+MAX_ERROR_CHARS = 1000
+
+
+def utc_timestamp() -> str:
+    return dt.datetime.now(dt.UTC).strftime("%Y-%m-%dT%H:%M:%S.%fZ")
+
+
+def new_request_id() -> str:
+    return f"req_{uuid.uuid4().hex[:16]}"
+
+
+def new_case_id() -> str:
+    return f"esc_{uuid.uuid4().hex[:12]}"
+
+
+def join_errors(*errors: str | None) -> str | None:
+    parts = [e for e in errors if e]
+    return bounded("; ".join(parts), MAX_ERROR_CHARS) if parts else None
+
+
+def make_result(decision: str, rationale: str, task_response: str | None, confidence: float | None,
+                probabilities: dict | None, category: str, model_version: str, flags: list[str]) -> dict:
+    """The result of one request (the runtime's contract; processing_time_ms is set last)."""
+    return {
+        "decision": decision, "rationale": rationale,
+        "task_response": task_response if decision == "ALLOW" else None,
+        "confidence": None if confidence is None or math.isnan(confidence) else round(confidence, 6),
+        "probabilities": probabilities, "category": category, "human_required": decision == "ESCALATE",
+        "request_id": new_request_id(), "model_version": model_version, "processing_time_ms": None,
+        "flags": list(dict.fromkeys(flags)), "error": None,
+    }
+
+
+def fail_closed(result: dict, reason: str) -> dict:
+    """Turn a result into ESCALATE because something broke; the reason is named, the answer dropped."""
+    result.update(decision="ESCALATE", human_required=True, task_response=None,
+                  rationale=FAIL_CLOSED_RATIONALE.format(reason=reason.split(":")[0]),
+                  error=join_errors(result.get("error"), reason))
+    result["flags"] = list(dict.fromkeys([*result["flags"], "fail_closed"]))
+    return result
+
+
+def audit_record(result: dict, request: str | None, user_id: str | None, test: bool, limit: int) -> dict:
+    """The operations manual's record plus category, flags, error, test and the escalation fields."""
+    return {
+        "event": "decision", "timestamp": utc_timestamp(), "request_id": result["request_id"],
+        "user_id": user_id, "input": bounded(request, limit), "decision": result["decision"],
+        "rationale": result["rationale"], "human_required": result["human_required"],
+        "model_version": result["model_version"], "processing_time_ms": result["processing_time_ms"],
+        "confidence_score": result["confidence"], "category": result["category"], "flags": result["flags"],
+        "error": result.get("error"), "test": test, "escalation_id": result.get("escalation_id"),
+        "escalation_status": result.get("escalation_status"),
+    }
+
+
+def escalation_case(result: dict, request: str | None, user_id: str | None, test: bool, limit: int) -> dict:
+    """The queue's copy: personal data masked in the input (the user id is masked by the caller)."""
+    return {
+        "case_id": result["escalation_id"], "created_at": dt.datetime.now(dt.UTC).isoformat(timespec="seconds"),
+        "request_id": result["request_id"], "user_id": user_id, "category": result["category"],
+        "input": masked_bounded(request, limit) if request is not None else None, "rationale": result["rationale"],
+        "confidence": result["confidence"], "test": test, "error": result.get("error"),
+    }
