@@ -13,7 +13,7 @@ import re
 
 from ..core.schema import FALLBACK_CATEGORY
 from .injection import encoded_payloads
-from .textforms import matching_form
+from .textforms import matching_form, unleet
 
 KEYWORDS = {
     "medical": ["health", "medical", "diagnos", "medicine", "prescription", "illness", "sick leave", "mental",
@@ -38,7 +38,8 @@ def _pattern(keyword: str) -> str:
 def categorize(request: str, context: str | None = None) -> str:
     """The category with the most keyword hits in request + context; ``general`` when none."""
     raw = f"{context or ''} {request}"
-    text = " ".join(matching_form(t) for t in [raw, *encoded_payloads(raw)])
+    forms = [matching_form(t) for t in [raw, *encoded_payloads(raw)]]
+    text = " ".join(forms + [unleet(forms[0])])
     scores = {cat: sum(len(re.findall(_pattern(k), text)) for k in words) for cat, words in KEYWORDS.items()}
     best = max(scores, key=scores.get)
     return best if scores[best] > 0 else FALLBACK_CATEGORY

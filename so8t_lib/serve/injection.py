@@ -6,7 +6,7 @@ wrapper of a known kind is flagged too: overriding or forgetting the rules, clai
 safety checks are off, switching to a special mode, speaking as the system or the developer,
 role-play and persona framings, fictional or hypothetical framings of a how-to, translate-then-do
 and decode-then-do framings. They run on ``textforms.matching_form`` (look-alike letters mapped,
-spaced letters joined, casefolded) and also on the text reversed, ROT13-shifted, and on base64,
+spaced letters joined, casefolded) and also on the text read as leetspeak, reversed, ROT13-shifted, and on base64,
 hex and percent-encoded runs decoded, because an encoded instruction is still an instruction.
 """
 
@@ -18,7 +18,7 @@ import codecs
 import re
 import urllib.parse
 
-from .textforms import matching_form
+from .textforms import matching_form, unleet
 
 _RULES = (r"(?:instructions?|rules?|prompts?|guidelines?|guardrails?|polic(?:y|ies)|restrictions?|filters?|checks?|"
           r"safety|review|programming|directives?|constraints?|limitations?|limits?|moderation|safeguards?|"
@@ -201,7 +201,7 @@ def injection_signs(text: str) -> list[str]:
         flags.append("encoded_payload")
     if _matches(form):
         return ["prompt_injection", *flags]
-    hidden = [form[::-1], codecs.encode(form, "rot13")] + [matching_form(p) for p in payloads]
+    hidden = [unleet(form), form[::-1], codecs.encode(form, "rot13")] + [matching_form(p) for p in payloads]
     if any(_matches(h) for h in hidden):
         return ["prompt_injection", *(flags or ["encoded_payload"])]
     return flags

@@ -19,7 +19,7 @@ _SEP = r"[ \-‐‑‒–—―−ー]"
 # 13-19 digits in groups (cards) before 12-digit My Number and phones, so the longest match wins.
 CARD = re.compile(rf"(?<!\d)(?:\d{_SEP}?){{12,18}}\d(?!\d)")
 MY_NUMBER = re.compile(rf"(?<!\d)\d{{4}}{_SEP}?\d{{4}}{_SEP}?\d{{4}}(?!\d)")
-PHONE = re.compile(rf"(?<![\d\w+])(?:\+\d{{1,3}}{_SEP}?\d{{1,4}}|\(?0\d{{1,4}}\)?){_SEP}?\d{{1,4}}{_SEP}?\d{{3,4}}(?!\d)")
+PHONE = re.compile(rf"(?<![0-9A-Za-z+])(?:\+\d{{1,3}}{_SEP}?\d{{1,4}}|\(?0\d{{1,4}}\)?){_SEP}?\d{{1,4}}{_SEP}?\d{{3,4}}(?!\d)")
 _HONORIFIC = r"(?:さん|様|さま|サマ|くん|君|ちゃん|氏|殿|先生|部長|課長|係長|主任|社長|専務|常務|室長|所長|支店長|本部長|次長)"
 NAME_JA = re.compile(rf"(?<![\u3005\u4e00-\u9fff\u30a1-\u30fa\u30fc])([\u3005\u4e00-\u9fff]{{1,6}}|[\u30a1-\u30fa\u30fc]{{2,8}})"
                      rf"(?={_HONORIFIC})")

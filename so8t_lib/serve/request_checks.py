@@ -42,7 +42,8 @@ def _has_surrogates(text: str) -> bool:
     return any(0xD800 <= ord(ch) <= 0xDFFF for ch in text)
 
 
-def _clean(value, name: str, limit: int, required: bool) -> str | None:
+def _sized(value, name: str, limit: int, required: bool) -> str | None:
+    """Type and length only: the first check, before any work on the text."""
     if value is None:
         if required:
             raise InvalidRequest(f"{name} is required")
@@ -56,8 +57,14 @@ def _clean(value, name: str, limit: int, required: bool) -> str | None:
             raise InvalidRequest(f"{name} is not valid UTF-8 text (byte {exc.start})") from None
     if not isinstance(value, str):
         raise InvalidRequest(f"{name} must be text, got {type(value).__name__}")
-    if len(value) > limit:  # before any other work: masking, NFKC and matching are never run on it
+    if len(value) > limit:  # masking, NFKC and matching are never run on it
         raise InvalidRequest(f"{name} has {len(value)} characters; the limit is {limit} (validation.max_*_chars)")
+    return value
+
+
+def _clean(value: str | None, name: str, limit: int, required: bool) -> str | None:
+    if value is None:
+        return None
     if _has_surrogates(value):
         raise InvalidRequest(f"{name} contains unpaired surrogates (not valid Unicode text)")
     text, _ = clean_text(value)
@@ -72,12 +79,15 @@ def _clean(value, name: str, limit: int, required: bool) -> str | None:
 def validate_request(user_request, context=None, user_id=None, max_request_chars: int = 4000,
                      max_context_chars: int = 4000, max_user_id_chars: int = 128) -> CleanRequest:
     """The request cleaned and flagged, or InvalidRequest naming the field and the problem."""
-    request = _clean(user_request, "user_request", max_request_chars, required=True)
-    ctx = _clean(context, "context", max_context_chars, required=False)
-    uid = _clean(user_id, "user_id", max_user_id_chars, required=False)
-    if uid is not None and not USER_ID.fullmatch(uid):
-        raise InvalidRequest("user_id must be printable text without spaces (an account name, employee number "
-                             "or e-mail address)")
+    raw_request = _sized(user_request, "user_request", max_request_chars, required=True)
+    raw_context = _sized(context, "context", max_context_chars, required=False)
+    raw_uid = _sized(user_id, "user_id", max_user_id_chars, required=False)
+    request = _clean(raw_request, "user_request", max_request_chars, required=True)
+    ctx = _clean(raw_context, "context", max_context_chars, required=False)
+    uid = _clean(raw_uid, "user_id", max_user_id_chars, required=False)
+    if raw_uid is not None and (not USER_ID.fullmatch(raw_uid) or uid != raw_uid):
+        raise InvalidRequest("user_id must be printable text without spaces or invisible characters (an account "
+                             "name, employee number or e-mail address)")
     clean = CleanRequest(request, ctx, uid)
     for raw, text in ((user_request, request), (context, ctx)):
         if not text:

@@ -25,8 +25,17 @@ _IGNORABLE_RANGES = ((0x034F, 0x034F), (0x115F, 0x1160), (0x17B4, 0x17B5), (0x18
 _KEEP_CONTROLS = frozenset("\t\n\r")
 # scripts the corpus is written in: their letters are never remapped (〇 is not "O" in Japanese)
 _OWN_SCRIPTS = frozenset({"LATIN", "HAN", "HIRAGANA", "KATAKANA"})
+_KANJI_KANA = r"\u30a1-\u30fa\u30fc\u3005\u4e00-\u9fff"
+# a space between two kanji or katakana: Japanese puts no spaces inside words ("リ ス ト", "単 価")
+_SPACED_JA = re.compile(rf"(?<=[{_KANJI_KANA}]) (?=[{_KANJI_KANA}])")
+# ... and the sign of a word pulled apart: a kanji or katakana standing alone between spaces ("単 価 表")
+_WORDISH = rf"\u3041-\u309f{_KANJI_KANA}"
+_SPLIT_JA = re.compile(rf"(?<![{_WORDISH}])[{_KANJI_KANA}] [{_KANJI_KANA}]|[{_KANJI_KANA}] [{_KANJI_KANA}](?![{_WORDISH}])")
 _SPACED_LETTERS = re.compile(r"(?<![^\W\d_])(?:[^\W\d_][ .\-_*·|/]){2,}[^\W\d_](?![^\W\d_])")
 _SPACES = re.compile(r"\s+")
+# leetspeak: an ASCII word that mixes letters and digits ("p4ssw0rd", "ign0r3"), digits read as letters
+_LEET_WORD = re.compile(r"(?<![0-9a-z])(?=[0-9a-z]*[a-z])(?=[0-9a-z]*[0-9])[0-9a-z]+(?![0-9a-z])")
+_LEET = str.maketrans("013457", "oieast")
 
 
 def _ranges_to_class(points: list[int]) -> str:
@@ -79,28 +88,64 @@ def _latin_lookalikes() -> dict[int, str]:
 
     table: dict[int, str] = {}
     for char, homoglyphs in confusables.confusables_data.items():
-        if len(char) != 1 or char.isascii() or categories.alias(char) in _OWN_SCRIPTS:
+        if len(char) != 1 or char.isascii() or not char.isalpha() or categories.alias(char) in _OWN_SCRIPTS:
             continue
-        for glyph in homoglyphs:
-            if len(glyph["c"]) == 1 and glyph["c"].isascii() and glyph["c"].isalpha():
-                table[ord(char)] = glyph["c"].lower()
-                break
+        ascii_letters = [g["c"] for g in homoglyphs if len(g["c"]) == 1 and g["c"].isascii() and g["c"].isalpha()]
+        for letter in list(ascii_letters):  # the table lists one of l / I; the other is its own look-alike
+            ascii_letters += [g["c"] for g in confusables.confusables_data.get(letter, ())
+                              if len(g["c"]) == 1 and g["c"].isascii() and g["c"].isalpha()]
+        same_case = [g for g in ascii_letters if g.isupper() == char.isupper()]  # І -> I, not l
+        if ascii_letters:
+            table[ord(char)] = (same_case or ascii_letters)[0].lower()
     return table
 
 
+@functools.cache
+def _kana_lookalikes() -> tuple[dict[int, str], re.Pattern]:
+    """Kanji that Unicode lists as confusable with a katakana (力 -> カ, 亻 -> イ, 口 -> ロ), and a
+    pattern that finds them where they stand in for katakana: before a katakana, after a katakana
+    not before a kanji, or at a word start before a katakana (so 協力, 人口 and サクラ工業 stay)."""
+    from confusable_homoglyphs import categories, confusables
+
+    table: dict[int, str] = {}
+    for char, homoglyphs in confusables.confusables_data.items():
+        if len(char) == 1 and categories.alias(char) == "HAN":
+            for glyph in homoglyphs:
+                if len(glyph["c"]) == 1 and categories.alias(glyph["c"]) == "KATAKANA":
+                    table[ord(char)] = glyph["c"]
+                    break
+    chars = "".join(map(chr, table))
+    pattern = re.compile(rf"(?<![\u3040-\u309f\u3005\u4e00-\u9fff])[{chars}](?=[\u30a1-\u30fa\u30fc])|"
+                         rf"(?<=[\u30a1-\u30fa\u30fc])[{chars}](?![\u3005\u4e00-\u9fff])")
+    return table, pattern
+
+
+def _kana_for_kanji(text: str) -> str:
+    table, pattern = _kana_lookalikes()
+    return pattern.sub(lambda m: table[ord(m.group())], text)
+
+
 def skeleton(text: str) -> str:
-    """Casefolded text with look-alike letters replaced by the ASCII letters they imitate."""
-    return text.casefold().translate(_latin_lookalikes())
+    """Casefolded text with look-alike letters replaced by the letters they imitate: ASCII for
+    other scripts' letters, katakana for kanji standing in a katakana word."""
+    table = _latin_lookalikes()
+    return _kana_for_kanji(text.translate(table).casefold().translate(table))
 
 
 def join_spaced_letters(text: str) -> str:
-    """'p a s s w o r d' -> 'password'; words of one letter each, three or more in a row."""
-    return _SPACED_LETTERS.sub(lambda m: re.sub(r"[^\w]|_", "", m.group()), text)
+    """'p a s s w o r d' -> 'password' (words of one letter each, three or more in a row);
+    'リ ス ト' -> 'リスト' (no space between two kanji or katakana)."""
+    return _SPACED_JA.sub("", _SPACED_LETTERS.sub(lambda m: re.sub(r"[^\w]|_", "", m.group()), text))
+
+
+def unleet(text: str) -> str:
+    """'ign0r3 pr3v10u5' -> 'ignore previous' (only in words that mix ASCII letters and digits)."""
+    return _LEET_WORD.sub(lambda m: m.group().translate(_LEET), text)
 
 
 def matching_form(text: str) -> str:
     """The form pattern checks run on: clean, casefolded, look-alikes mapped to Latin, spaced
-    letters joined, runs of white space collapsed to one space."""
+    letters joined, runs of white space collapsed to one space (``unleet`` is a second form)."""
     cleaned, _ = clean_text(text)
     return _SPACES.sub(" ", join_spaced_letters(skeleton(cleaned))).strip()
 
@@ -111,4 +156,5 @@ def is_obfuscated(raw: str, cleaned: str) -> bool:
     if strip_invisible(raw)[1]:
         return True
     folded = cleaned.casefold()
-    return folded.translate(_latin_lookalikes()) != folded or _SPACED_LETTERS.search(folded) is not None
+    return skeleton(cleaned) != folded or _SPACED_LETTERS.search(folded) is not None or \
+        _SPLIT_JA.search(cleaned) is not None or len(_SPACED_JA.findall(cleaned)) >= 3
