@@ -1,8 +1,10 @@
 """Audit log: nothing lost under concurrent writers, rotation keeps every record, tampering is found."""
 
+import errno
 import gzip
 import json
 import multiprocessing as mp
+import os
 import threading
 
 import pytest
@@ -10,6 +12,7 @@ import pytest
 from so8t_lib.cli import main as so8t
 from so8t_lib.core.config import parse_size
 from so8t_lib.serve import audit
+from so8t_lib.serve.audit_files import set_aside_files
 
 
 def _record(i, writer=0):
@@ -145,3 +148,181 @@ def test_encryption_at_rest(tmp_path, capsys, monkeypatch):
     monkeypatch.setenv("SO8T_AUDIT_KEY", key)
     so8t(["audit", "show", str(tmp_path)])
     assert capsys.readouterr().out.count("秘密の相談") == 5
+
+
+# ----- issue 14: torn writes, deletions at either end, re-hashed chains -------------------------------------
+def _fill(folder, n, **kwargs):
+    log = audit.AuditLog(folder / "audit.jsonl", **kwargs)
+    for i in range(n):
+        log.append(_record(i))
+    return log
+
+
+def _lines_of(path):
+    return [json.loads(line) for line in path.read_text(encoding="utf-8").splitlines()]
+
+
+def test_a_crash_during_a_write_is_set_aside_and_the_chain_continues(tmp_path):
+    path = tmp_path / "audit.jsonl"
+    _fill(tmp_path, 5)
+    torn = b'{"timestamp":"2026-11-21T00:00:00Z","request_id":"req_torn","user_id":"u0","inp'
+    with path.open("ab") as handle:  # what a kill -9 or a full disk leaves: no newline, no anchor update
+        handle.write(torn)
+    before = audit.verify(tmp_path)
+    assert before["errors"] == [] and any("torn tail" in n for n in before["notes"])
+    log = audit.AuditLog(path)  # set aside on open
+    assert [p.read_bytes() for p in log.set_aside] == [torn]
+    written = log.append(_record(5))
+    report = audit.verify(tmp_path)
+    assert written["seq"] == 5 and report["errors"] == [] and report["records"] == 6
+    assert any(".torn-" in n and "set aside" in n for n in report["notes"])
+
+
+def test_a_cut_last_record_does_not_stop_the_log_and_is_reported(tmp_path):
+    path = tmp_path / "audit.jsonl"
+    _fill(tmp_path, 10)
+    os.truncate(path, path.stat().st_size - 50)  # truncate -s -50: seq 9 is no longer complete
+    log = audit.AuditLog(path)
+    assert log.append(_record(10))["seq"] == 10  # no JSONDecodeError: the next request is recorded
+    errors = audit.verify(tmp_path)["errors"]
+    assert any("seq 10 follows seq 8" in e for e in errors)  # the lost record stays visible as a gap
+    assert len(set_aside_files(tmp_path)) == 1
+
+
+def test_a_failed_write_leaves_no_partial_record(tmp_path, monkeypatch):
+    path = tmp_path / "audit.jsonl"
+    log = _fill(tmp_path, 3)
+    size = path.stat().st_size
+    real_write = os.write
+
+    def half_then_full(fd, data):
+        if len(data) > 100:  # the record: half of it lands, then the disk is full
+            real_write(fd, bytes(data[: len(data) // 2]))
+            raise OSError(errno.ENOSPC, "No space left on device")
+        return real_write(fd, data)
+
+    monkeypatch.setattr(audit.os, "write", half_then_full)
+    with pytest.raises(audit.AuditWriteError, match="could not be written whole.*No space left"):
+        log.append(_record(3))
+    monkeypatch.undo()
+    assert path.stat().st_size == size and audit.verify(tmp_path)["errors"] == []
+    assert log.append(_record(4))["seq"] == 3
+
+
+def _rewrite_lines(path, records):
+    path.write_text("".join(json.dumps(r, ensure_ascii=False, separators=(",", ":")) + "\n" for r in records),
+                    encoding="utf-8")
+
+
+def _rehash(records, start_index):
+    """Edit one record and recompute every hash after it: a chain that is valid on its own."""
+    records[start_index]["decision"] = "ALLOW"
+    for i in range(start_index, len(records)):
+        if i:
+            records[i]["prev_hash"] = records[i - 1]["hash"]
+        records[i]["hash"] = audit.record_hash(records[i])
+    return records
+
+
+@pytest.mark.parametrize("damage, message", [
+    ("first_lines", "records before seq 5 are missing"),
+    ("last_line", "records after seq 58 are missing"),
+    ("live_file", "records after seq"),
+    ("oldest_gz", "records before seq"),
+    ("rehash", "chain was rewritten and re-hashed"),
+    ("anchor", "anchor is missing"),
+])
+def test_deletions_at_either_end_and_a_rehashed_chain_are_found(tmp_path, damage, message):
+    _fill(tmp_path, 60, max_bytes=4096, backup_count=50)
+    files = audit.log_files(tmp_path)
+    live = tmp_path / "audit.jsonl"
+    assert audit.verify(tmp_path)["errors"] == []
+    if damage == "first_lines":
+        oldest = files[0]
+        lines = gzip.decompress(oldest.read_bytes()).splitlines(keepends=True)
+        oldest.write_bytes(gzip.compress(b"".join(lines[5:])))
+    elif damage == "last_line":
+        _rewrite_lines(live, _lines_of(live)[:-1])
+    elif damage == "live_file":
+        live.unlink()
+    elif damage == "oldest_gz":
+        files[0].unlink()
+    elif damage == "rehash":
+        _rewrite_lines(live, _rehash(_lines_of(live), 1))
+    else:
+        (tmp_path / "audit.jsonl.anchor").unlink()
+    errors = audit.verify(tmp_path)["errors"]
+    assert any(message in e for e in errors), errors
+    with pytest.raises(SystemExit) as exit_info:
+        so8t(["audit", "verify", str(tmp_path)])
+    assert exit_info.value.code == 1
+
+
+def test_a_rewritten_anchor_is_found_with_the_hmac_key(tmp_path, monkeypatch):
+    _fill(tmp_path, 10, hmac_key="s3cret")
+    live = tmp_path / "audit.jsonl"
+    records = _rehash(_lines_of(live), 2)
+    _rewrite_lines(live, records)
+    anchor_file = tmp_path / "audit.jsonl.anchor"
+    anchor = json.loads(anchor_file.read_text())
+    anchor["last_hash"] = records[-1]["hash"]  # the forger re-anchors too, without the key
+    anchor_file.write_text(json.dumps(anchor))
+    assert audit.verify(tmp_path)["errors"] == []  # without the key this is indistinguishable (documented)
+    errors = audit.verify(tmp_path, hmac_key="s3cret")["errors"]
+    assert any("signature does not match" in e for e in errors)
+    monkeypatch.setenv("SO8T_AUDIT_HMAC_KEY", "s3cret")
+    with pytest.raises(SystemExit):
+        so8t(["audit", "verify", str(tmp_path)])
+
+
+def test_a_rollback_is_found_against_an_outside_checkpoint(tmp_path, capsys):
+    _fill(tmp_path, 5)
+    saved = {p.name: p.read_bytes() for p in tmp_path.iterdir() if p.is_file()}
+    _fill(tmp_path, 3)
+    so8t(["audit", "verify", str(tmp_path)])
+    checkpoint = capsys.readouterr().out.strip().splitlines()[-1].split("anchor: ")[1]  # kept outside the folder
+    assert checkpoint.startswith("7:")
+    so8t(["audit", "verify", str(tmp_path), "--expect", checkpoint])
+    for name, data in saved.items():  # the folder, anchor included, rolled back to an earlier valid state
+        (tmp_path / name).write_bytes(data)
+    assert audit.verify(tmp_path)["errors"] == []  # consistent on its own ...
+    with pytest.raises(SystemExit):  # ... but not with what was seen before
+        so8t(["audit", "verify", str(tmp_path), "--expect", checkpoint])
+    assert "rolled back" in capsys.readouterr().out
+
+
+def test_a_re_created_anchor_is_reported_until_a_person_accepts_it(tmp_path, capsys):
+    _fill(tmp_path, 4)
+    (tmp_path / "audit.jsonl.anchor").unlink()
+    audit.AuditLog(tmp_path / "audit.jsonl").append(_record(4))  # the writer re-creates it
+    assert any("re-created by the writer" in e for e in audit.verify(tmp_path)["errors"])
+    so8t(["audit", "accept-anchor", str(tmp_path), "--by", "Sato (audit)"])
+    report = audit.verify(tmp_path)
+    assert report["errors"] == [] and any("accepted by Sato (audit)" in n for n in report["notes"])
+
+
+def test_a_clear_writer_cannot_append_to_an_encrypted_log(tmp_path):
+    fernet = pytest.importorskip("cryptography.fernet")
+    _fill(tmp_path, 2, encryption_key=fernet.Fernet.generate_key())
+    with pytest.raises(audit.AuditWriteError, match="the log is encrypted"):
+        audit.AuditLog(tmp_path / "audit.jsonl").append(_record(2))
+
+
+def test_an_interrupted_rotation_leaves_no_duplicate(tmp_path):
+    _fill(tmp_path, 20, max_bytes=2048)
+    live = tmp_path / "audit.jsonl"
+    newest = tmp_path / "audit.jsonl.1.gz"
+    for n in range(9, 0, -1):  # redo the shift, then stop before the live file is removed
+        if (tmp_path / f"audit.jsonl.{n}.gz").exists():
+            os.replace(tmp_path / f"audit.jsonl.{n}.gz", tmp_path / f"audit.jsonl.{n + 1}.gz")
+    newest.write_bytes(gzip.compress(live.read_bytes()))
+    audit.AuditLog(live, max_bytes=2048)
+    assert not live.exists() and audit.verify(tmp_path)["errors"] == []
+
+
+def test_stored_fields_are_bounded_and_a_user_id_with_an_address_is_pseudonymised(tmp_path):
+    log = audit.AuditLog(tmp_path / "audit.jsonl", max_field_chars=1000)
+    written = log.append({**_record(0), "input": "x" * 1_000_000, "user_id": "tanaka@example.com", "error": "e" * 5000})
+    assert len(written["input"]) < 1100 and "1000000 chars, sha256" in written["input"]
+    assert written["user_id"].startswith("[EMAIL]#") and "tanaka" not in (tmp_path / "audit.jsonl").read_text()
+    assert len(written["error"]) < 1100

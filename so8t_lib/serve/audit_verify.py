@@ -20,6 +20,7 @@ who holds the HMAC key, and records that were never written (a process killed be
 
 from __future__ import annotations
 
+import datetime as dt
 import hmac
 import json
 from collections.abc import Iterator
@@ -192,8 +193,6 @@ def accept_anchor(folder: str | Path, by: str, name: str = "audit.jsonl", hmac_k
     if not by.strip():
         raise ValueError("--by must name the person who reviewed the log")
     log = Path(folder) / name
-    import datetime as dt
-
     with file_lock(log):
         anchor = read_anchor(log)
         if anchor is None:

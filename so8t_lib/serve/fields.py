@@ -53,13 +53,16 @@ def bounded(value: object, limit: int) -> str | None:
 
 
 def masked_bounded(value: object, limit: int) -> str | None:
-    """Bounded first (masking never sees more than the bound, plus a margin so an address cut in
-    the middle is still recognised), then masked, then cut to the bound again."""
-    text = bounded(value, limit + 256)
-    if text is None:
+    """Bounded and masked: masking never sees more than the bound (plus a margin, so an address
+    cut at the bound is still recognised); the note keeps the original's length and sha256."""
+    if value is None:
         return None
-    masked = mask_personal_data(text)
-    return masked if len(masked) <= limit + TRUNCATION_NOTE else bounded(masked, limit)
+    text = storable(as_text(value, limit))
+    if len(text) <= limit or (len(text) <= limit + TRUNCATION_NOTE and _NOTE.search(text)):
+        masked = mask_personal_data(text)
+        return masked if len(masked) <= limit + TRUNCATION_NOTE else bounded(masked, limit)
+    digest = hashlib.sha256(text.encode("utf-8")).hexdigest()[:16]
+    return f"{mask_personal_data(text[: limit + 256])[:limit]}…[{len(text)} chars, sha256 {digest}]"
 
 
 def pseudonym(user_id: str | None, key: bytes | None = None, limit: int = 128) -> str | None:
