@@ -1,5 +1,5 @@
-"""What the corpus must reach (issue 16, corpus v2), declared once: the tests, ``so8t corpus stats`` and the
-data card read these numbers here.
+"""What the corpus must reach (issue 16, corpus v2), declared once: the tests check the committed files
+against these numbers and the data card quotes them.
 """
 
 from __future__ import annotations
