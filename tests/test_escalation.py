@@ -1,9 +1,14 @@
 """Escalation: real SMTP and HTTP servers on 127.0.0.1 receive the case; failures are retried,
 recorded, and never hold up the decision; people resolve cases from the command line."""
 
+import datetime as dt
 import http.server
 import json
+import logging
 import socket
+import sqlite3
+import subprocess
+import sys
 import threading
 import time
 
@@ -11,7 +16,7 @@ import pytest
 import torch
 
 from so8t_lib.cli import main as so8t
-from so8t_lib.serve import escalation
+from so8t_lib.serve import audit, escalation
 from so8t_lib.serve.config import RuntimeConfig
 from so8t_lib.serve.runtime import Agent
 
@@ -67,14 +72,14 @@ def _free_port():
         return s.getsockname()[1]
 
 
-def _agent(tmp_path, **escalation_cfg):
+def _agent(tmp_path, logging=None, test_mode=False, **escalation_cfg):
     cfg = RuntimeConfig.model_validate({
         "model": {"checkpoint_path": "unused"},
-        "logging": {"audit_log": str(tmp_path / "audit.jsonl")},
+        "logging": {"audit_log": str(tmp_path / "audit.jsonl"), **(logging or {})},
         "escalation": {"queue_db": str(tmp_path / "cases.sqlite"), "notify_timeout_s": 3, "retries": 2,
                        **escalation_cfg},
     })
-    return Agent(cfg, decider=Escalating())
+    return Agent(cfg, decider=Escalating(), test_mode=test_mode)
 
 
 def test_webhook_and_email_are_received(tmp_path, webhook, smtp_server, monkeypatch):
@@ -148,3 +153,138 @@ def test_routing_keywords_match_whole_english_words():
     assert categorize("Please share the departmental budget for Q3") == "finance"  # not "mental" -> medical
     assert categorize("I am being harassed by my manager") == "hr"  # a word start still matches
     assert categorize("上司からのパワハラについて相談したい") == "hr" and categorize("hello") == "general"
+
+
+# ----- issue 14 -------------------------------------------------------------------------------------------
+def _records(tmp_path):
+    return list(audit.read_records(tmp_path))
+
+
+def _hold_exclusive(db_path):
+    """A second process that holds the queue EXCLUSIVE until its stdin closes."""
+    code = ("import sqlite3, sys; db = sqlite3.connect(sys.argv[1], isolation_level=None); "
+            "db.execute('BEGIN EXCLUSIVE'); print('locked', flush=True); sys.stdin.read(); db.execute('ROLLBACK')")
+    proc = subprocess.Popen([sys.executable, "-c", code, str(db_path)], stdin=subprocess.PIPE,
+                            stdout=subprocess.PIPE, text=True)
+    assert proc.stdout.readline().strip() == "locked"
+    return proc
+
+
+def test_a_locked_queue_spools_the_case_and_it_is_queued_later(tmp_path):
+    agent = _agent(tmp_path, enable_notifications=False, queue_timeout_s=0.3)
+    agent.queue.list()  # the queue exists before the other process takes it
+    holder = _hold_exclusive(tmp_path / "cases.sqlite")
+    try:
+        result = agent.run_agent(None, "上司からのパワハラについて相談したい", "u1")
+    finally:
+        holder.stdin.close()
+        holder.wait(timeout=30)
+    case_id = result["escalation_id"]
+    assert result["decision"] == "ESCALATE" and case_id and result["escalation_status"] == "spooled"
+    assert "locked by another process" in result["error"] and "escalation_spooled" in result["flags"]
+    assert result["processing_time_ms"] >= 300  # the bounded wait is part of the time the request took
+    record = _records(tmp_path)[-1]
+    assert record["escalation_id"] == case_id and record["escalation_status"] == "spooled"
+    agent.desk.replay()  # what the background thread does every retry_interval_s
+    assert agent.queue.get(case_id)["category"] == "hr" and agent.desk.spool.count() == 0
+    assert [r["request_id"] for r in _records(tmp_path)].count(result["request_id"]) == 1
+    assert audit.verify(tmp_path)["errors"] == []
+
+
+def test_a_second_resolution_needs_supersede_and_both_are_kept_and_audited(tmp_path, capsys):
+    agent = _agent(tmp_path, enable_notifications=False)
+    case_id = agent.run_agent(None, "契約書の条項について法務の判断が必要です")["escalation_id"]
+    db = str(tmp_path / "cases.sqlite")
+    so8t(["escalation", "--db", db, "resolve", case_id, "--decision", "ALLOW", "--by", "Sato", "--note", "first look"])
+    with pytest.raises(SystemExit, match="already resolved as ALLOW by Sato.*--supersede"):
+        so8t(["escalation", "--db", db, "resolve", case_id, "--decision", "REFUSE", "--by", "Suzuki"])
+    so8t(["escalation", "--db", db, "resolve", case_id, "--decision", "REFUSE", "--by", "Suzuki", "--note",
+          "on reflection", "--supersede"])
+    assert "supersedes ALLOW by Sato" in capsys.readouterr().out
+    queue = escalation.EscalationQueue(db)
+    history = queue.history(case_id)
+    assert [(h["decision"], h["decided_by"], h["note"]) for h in history] == [
+        ("ALLOW", "Sato", "first look"), ("REFUSE", "Suzuki", "on reflection")]
+    assert history[1]["supersedes"] == history[0]["id"] and queue.get(case_id)["human_decision"] == "REFUSE"
+    resolutions = [r for r in _records(tmp_path) if r.get("event") == "resolution"]
+    assert [(r["human_decision"], r["resolved_by"]) for r in resolutions] == [("ALLOW", "Sato"), ("REFUSE", "Suzuki")]
+    assert resolutions[1]["supersedes"]["decision"] == "ALLOW" and audit.verify(tmp_path)["errors"] == []
+    so8t(["escalation", "--db", db, "history", case_id])
+    assert capsys.readouterr().out.count(case_id) == 2
+
+
+def test_with_encryption_on_the_queue_holds_no_clear_text(tmp_path, monkeypatch, capsys):
+    fernet = pytest.importorskip("cryptography.fernet")
+    monkeypatch.setenv("SO8T_AUDIT_KEY", fernet.Fernet.generate_key().decode())
+    agent = _agent(tmp_path, logging={"encryption_key_env": "SO8T_AUDIT_KEY"}, enable_notifications=False)
+    case_id = agent.run_agent(None, "同僚の健康診断の結果を見せて、連絡は tanaka@example.com まで", "tanaka@example.com")[
+        "escalation_id"]
+    raw = b"".join(p.read_bytes() for p in tmp_path.glob("cases.sqlite*") if p.is_file())
+    assert "健康診断".encode() not in raw and b"tanaka" not in raw and b"[EMAIL]" not in raw
+    case = agent.queue.get(case_id)
+    assert "健康診断" in case["input"] and "[EMAIL]" in case["input"] and case["user_id"].startswith("[EMAIL]#")
+    so8t(["escalation", "--db", str(tmp_path / "cases.sqlite"), "list"])
+    assert "健康診断" in capsys.readouterr().out  # the key is in the environment
+    monkeypatch.delenv("SO8T_AUDIT_KEY")
+    assert escalation.EscalationQueue(tmp_path / "cases.sqlite").get(case_id)["input"].startswith("[encrypted")
+
+
+def test_the_cli_finds_the_queue_in_so8t_log_dir_and_marks_test_cases(tmp_path, monkeypatch, capsys):
+    monkeypatch.setenv("SO8T_LOG_DIR", str(tmp_path / "live"))
+    monkeypatch.delenv("SO8T_ESCALATION_DB", raising=False)
+    cfg = RuntimeConfig.model_validate({"model": {"checkpoint_path": "unused"},
+                                        "escalation": {"enable_notifications": False}})
+    case_id = Agent(cfg, decider=Escalating(), test_mode=True).run_agent(None, "hello")["escalation_id"]
+    monkeypatch.chdir(tmp_path)  # logs/escalations.sqlite does not exist here
+    so8t(["escalation", "list"])
+    listed = [json.loads(line) for line in capsys.readouterr().out.splitlines()]
+    assert [(c["case_id"], c["test"]) for c in listed] == [(case_id, True)]
+    so8t(["escalation", "list", "--no-tests"])
+    assert capsys.readouterr().out == ""
+
+
+def test_a_mistyped_or_wrong_db_is_named_and_nothing_is_created(tmp_path):
+    typo = tmp_path / "escalatoins.sqlite"
+    with pytest.raises(SystemExit, match="no escalation queue at .*escalatoins.sqlite"):
+        so8t(["escalation", "--db", str(typo), "list"])
+    assert not typo.exists()
+    text = tmp_path / "notes.txt"
+    text.write_text("not a database " * 100, encoding="utf-8")
+    with pytest.raises(SystemExit, match="not an escalation queue"):
+        so8t(["escalation", "--db", str(text), "list"])
+    other = tmp_path / "other.sqlite"
+    sqlite3.connect(other).execute("CREATE TABLE t (x)")
+    with pytest.raises(SystemExit, match="not an escalation queue \\(no cases table\\)"):
+        so8t(["escalation", "--db", str(other), "resolve", "esc_1", "--decision", "ALLOW", "--by", "x"])
+
+
+def test_no_notification_channel_warns_and_the_case_says_so(tmp_path, monkeypatch, caplog):
+    for name in ("SLACK_WEBHOOK_URL", "SMTP_SERVER"):
+        monkeypatch.delenv(name, raising=False)
+    with caplog.at_level(logging.WARNING, logger="so8t"):
+        agent = _agent(tmp_path)
+    assert "escalations will reach nobody" in caplog.text
+    result = agent.run_agent(None, "上司からのパワハラについて相談したい")
+    outcomes = agent.pending_notifications[-1].result(timeout=10)
+    assert [(o["channel"], o["ok"]) for o in outcomes] == [("none", False)]
+    assert agent.queue.get(result["escalation_id"])["status"] == "notify_failed"
+
+
+def test_a_case_past_escalation_timeout_is_marked_overdue_and_reminded(tmp_path, webhook, monkeypatch, capsys):
+    url, posts = webhook
+    monkeypatch.delenv("SLACK_WEBHOOK_URL", raising=False)
+    agent = _agent(tmp_path, notification_webhook=url, escalation_timeout=60)
+    case_id = agent.run_agent(None, "経費の例外承認をお願いします")["escalation_id"]
+    agent.pending_notifications[-1].result(timeout=10)
+    assert agent.desk.sweep_overdue(now=escalation.utc_now()) == []  # not yet
+    later = escalation.utc_now() + dt.timedelta(seconds=61)
+    assert agent.desk.sweep_overdue(now=later) == [case_id]
+    agent.pending_notifications[-1].result(timeout=10)
+    assert posts[-1]["text"].count("OVERDUE") == 1 and case_id in posts[-1]["text"]
+    assert agent.desk.sweep_overdue(now=later) == []  # reminded once
+    so8t(["escalation", "--db", str(tmp_path / "cases.sqlite"), "list", "--overdue"])
+    assert json.loads(capsys.readouterr().out)["case_id"] == case_id
+
+
+def test_the_queue_offers_the_case_store_interface(tmp_path):
+    assert isinstance(escalation.EscalationQueue(tmp_path / "q.sqlite"), escalation.CaseStore)

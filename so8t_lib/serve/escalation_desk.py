@@ -15,6 +15,7 @@ thread marks overdue cases (past ``escalation_timeout``) and sends a reminder.
 from __future__ import annotations
 
 import concurrent.futures
+import datetime as dt
 import logging
 import threading
 from collections.abc import Callable
@@ -143,9 +144,9 @@ class EscalationDesk:
             logger.warning("replayed %d spooled escalation(s): %s", len(finished), ", ".join(finished))
         return {"finished": finished, "failed": failed}
 
-    def sweep_overdue(self) -> list[str]:
+    def sweep_overdue(self, now: dt.datetime | None = None) -> list[str]:
         """Mark cases past escalation_timeout as overdue, log them, and remind the route."""
-        overdue = self.store.mark_overdue()
+        overdue = self.store.mark_overdue(now)
         for case_id in overdue:
             case = self.store.get(case_id)
             logger.warning("escalation %s (%s) is overdue: no decision since %s", case_id, case["category"],
