@@ -3,12 +3,17 @@
 A checkpoint is written into a temporary sibling folder and moved into place with
 one rename, so a crash (even SIGKILL) leaves either the old checkpoint or the new
 one, never half of one. ``manifest.json`` records the sha256 of every file;
-``verify_manifest`` names the first damaged or missing file.
+``verify_manifest`` names the first damaged or missing file, and refuses a folder without a
+manifest (4 changed bytes of the safety head's bias turn it into a yes-machine; without a
+manifest nothing would notice). An operator who must load such a folder sets
+``SO8T_ALLOW_UNVERIFIED_MODEL=1``: the load is then logged, and the loaded model's version carries
+``+unverified`` so every decision made with it says so.
 """
 
 from __future__ import annotations
 
 import json
+import logging
 import os
 import shutil
 import tempfile
@@ -20,8 +25,30 @@ from .io import sha256_file
 from .schema import ADAPTER_FILE, BEST_DIR, LAST_DIR, MANIFEST_FILE, MODEL_CONFIG_FILE
 
 
+logger = logging.getLogger("so8t.checkpoint")
+# The explicit override for model files without a manifest or checksum, and the mark it leaves.
+UNVERIFIED_ENV = "SO8T_ALLOW_UNVERIFIED_MODEL"
+UNVERIFIED_MARK = "+unverified"
+
+
 class CheckpointError(RuntimeError):
     """A checkpoint folder that is missing, incomplete or damaged; the message names the file."""
+
+
+def unverified_allowed() -> bool:
+    """True when the operator set the override (SO8T_ALLOW_UNVERIFIED_MODEL=1)."""
+    return os.environ.get(UNVERIFIED_ENV, "").strip().lower() in ("1", "true", "yes")
+
+
+def refuse_unverified(path: Path, what: str) -> None:
+    """Raise CheckpointError for model files that cannot be checked, unless the override is set
+    (then log a warning naming the files)."""
+    if not unverified_allowed():
+        raise CheckpointError(f"{path}: {what}, so its files cannot be checked; refusing to load it (export or save "
+                              f"it again, or set {UNVERIFIED_ENV}=1 to load it anyway, which is logged and marks "
+                              f"every decision {UNVERIFIED_MARK})")
+    logger.warning("%s: %s; loading it anyway because %s is set (decisions are marked %s)", path, what,
+                   UNVERIFIED_ENV, UNVERIFIED_MARK)
 
 
 def write_manifest(folder: Path) -> None:
@@ -41,11 +68,17 @@ def checkpoint_version(folder: str | Path, name: str) -> str:
     return name
 
 
+def has_manifest(folder: str | Path) -> bool:
+    return (Path(folder) / MANIFEST_FILE).is_file()
+
+
 def verify_manifest(folder: Path) -> None:
-    """Raise CheckpointError naming the first file that is missing, truncated or altered."""
+    """Raise CheckpointError naming the first file that is missing, truncated or altered, or the
+    missing manifest itself (unless the override is set: see ``refuse_unverified``)."""
     manifest = folder / MANIFEST_FILE
     if not manifest.is_file():
-        return  # folders written by hand or by older versions carry no manifest
+        refuse_unverified(folder, f"no {MANIFEST_FILE}")
+        return
     try:
         entries = json.loads(manifest.read_text(encoding="utf-8"))["files"]
     except (ValueError, KeyError) as exc:

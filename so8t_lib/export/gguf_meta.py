@@ -58,3 +58,40 @@ def read_metadata(path: str | Path) -> dict:
     meta["general.file_type"] = int(fields["general.file_type"].contents()) if "general.file_type" in fields else None
     meta["tensor_count"] = len(reader.tensors)
     return meta
+
+
+# ----- integrity: a sha256 sidecar beside every exported file -----------------------------------------
+SHA256_SUFFIX = ".sha256"
+
+
+def sidecar_path(path: str | Path) -> Path:
+    """``model.gguf`` -> ``model.gguf.sha256``, in ``sha256sum`` format (so ``sha256sum -c`` checks it too)."""
+    path = Path(path)
+    return path.with_name(path.name + SHA256_SUFFIX)
+
+
+def write_sha256_sidecar(path: str | Path) -> Path:
+    """Hash a finished GGUF file and write its sidecar (whole or not at all)."""
+    from ..core.io import atomic_write_text, sha256_file
+
+    path = Path(path)
+    return atomic_write_text(sidecar_path(path), f"{sha256_file(path)}  {path.name}\n")
+
+
+def verify_sha256_sidecar(path: str | Path) -> bool:
+    """True when the file matches its sidecar. GGUFError when it does not (damaged or altered); a
+    missing or unreadable sidecar is refused like a checkpoint without a manifest (CheckpointError
+    unless SO8T_ALLOW_UNVERIFIED_MODEL=1, then False and a logged warning)."""
+    from ..core.checkpoint import refuse_unverified
+    from ..core.io import sha256_file
+
+    path = Path(path)
+    side = sidecar_path(path)
+    try:
+        expected = side.read_text(encoding="ascii").split()[0].lower()
+    except (OSError, UnicodeDecodeError, IndexError):
+        refuse_unverified(path, f"no readable {side.name} (sha256 sidecar)")
+        return False
+    if len(expected) != 64 or sha256_file(path) != expected:
+        raise GGUFError(f"{path}: damaged or altered (its sha256 does not match {side.name}); export it again")
+    return True

@@ -1,7 +1,8 @@
 """Quantizing an SO8T GGUF with llama.cpp, and the whole export: checkpoint -> f16 (f32) -> the ladder.
 
 Quantized files come from ``llama_cpp.llama_model_quantize``, which copies all metadata, so every
-rung of the ladder still carries SafetyHeadB.
+rung of the ladder still carries SafetyHeadB. Every file written gets a sha256 sidecar
+(``gguf_meta.write_sha256_sidecar``), which the runtime's GGUF backend checks before loading.
 """
 
 from __future__ import annotations
@@ -11,7 +12,7 @@ from pathlib import Path
 
 from ..core.checkpoint import resolve_checkpoint
 from ..model.so8t import SO8TModel
-from .gguf_meta import DEFAULT_THRESHOLD, GGUFError
+from .gguf_meta import DEFAULT_THRESHOLD, GGUFError, write_sha256_sidecar
 from .gguf_writer import write_gguf
 
 QUANT_TYPES = ("Q8_0", "Q4_K_M", "Q4_K_S", "IQ4_XS")
@@ -42,6 +43,7 @@ def quantize(source: str | Path, target: str | Path, quant: str) -> Path:
         tmp.unlink(missing_ok=True)
         raise GGUFError(f"llama.cpp could not quantize {source} to {quant} (code {code})")
     os.replace(tmp, target)
+    write_sha256_sidecar(target)
     return target
 
 
@@ -61,6 +63,7 @@ def export(checkpoint: str | Path, out_dir: str | Path = "dist", quants: list[st
     for label, quant in tqdm(jobs, desc="gguf", unit="file", disable=not progress):
         if quant is None:
             written.append(write_gguf(model, out_dir / f"{name}-{label}.gguf", label, folder, threshold))
+            write_sha256_sidecar(written[-1])
         else:
             written.append(quantize(f16_path, out_dir / f"{name}-{quant.lower()}.gguf", quant))
     return written

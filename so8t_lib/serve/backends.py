@@ -2,14 +2,20 @@
 
 Evaluation, the quantization ladder, the stakeholder app and the runtime all decide through
 ``load_decider``, so a number measured by ``so8t evaluate`` is a number of the served gate.
+Model files are verified on the way in (a checkpoint against its manifest, a GGUF file against its
+sha256 sidecar); files that cannot be verified are refused unless the operator set
+``SO8T_ALLOW_UNVERIFIED_MODEL=1``, and then the decider's ``model_version`` ends in ``+unverified``.
 """
 
 from __future__ import annotations
 
 from pathlib import Path
-from typing import Protocol, runtime_checkable
+from typing import TYPE_CHECKING, Protocol, runtime_checkable
 
-import torch
+from ..core.checkpoint import UNVERIFIED_MARK, has_manifest, resolve_checkpoint
+
+if TYPE_CHECKING:  # torch is imported by the backends themselves; the runtime starts without it
+    import torch
 
 
 @runtime_checkable
@@ -37,4 +43,9 @@ def load_decider(path: str | Path) -> Decider:
         return GGUFBackend(path)
     from ..model.so8t import SO8TModel
 
-    return SO8TModel.load(path)
+    folder = resolve_checkpoint(path)
+    verified = has_manifest(folder)
+    model = SO8TModel.load(path)  # refuses a folder without a manifest unless the override is set
+    if not verified and not str(model.model_version).endswith(UNVERIFIED_MARK):
+        model.model_version = f"{model.model_version}{UNVERIFIED_MARK}"
+    return model
