@@ -326,3 +326,11 @@ def test_stored_fields_are_bounded_and_a_user_id_with_an_address_is_pseudonymise
     assert len(written["input"]) < 1100 and "1000000 chars, sha256" in written["input"]
     assert written["user_id"].startswith("[EMAIL]#") and "tanaka" not in (tmp_path / "audit.jsonl").read_text()
     assert len(written["error"]) < 1100
+
+
+def test_with_the_hmac_key_a_record_added_without_it_is_found(tmp_path):
+    _fill(tmp_path, 3, hmac_key="s3cret")
+    audit.AuditLog(tmp_path / "audit.jsonl").append(_record(3))  # write access to the folder, but not the key
+    assert audit.verify(tmp_path)["errors"] == []  # a valid chain to anyone without the key
+    errors = audit.verify(tmp_path, hmac_key="s3cret")["errors"]
+    assert any("seq 3 has no valid signature" in e for e in errors) and any("not signed" in e for e in errors)

@@ -44,6 +44,7 @@ from .audit_files import (
     read_anchor,
     read_lines,
     record_hash,
+    record_mac,
     rotated_path,
     sibling,
     write_anchor,
@@ -104,6 +105,25 @@ class AuditLog:
                 self.path.unlink()  # rotation was cut after the gzip was in place: the live file is a copy
                 logger.warning("%s: removed the copy left by an interrupted rotation", self.path)
         self._set_aside_torn_tail()
+        self._catch_up_anchor()
+
+    def _catch_up_anchor(self) -> None:
+        """A new log gets its anchor before its first record (so a deleted anchor is always noticed);
+        a log whose last write outran its anchor (a crash in between) gets the anchor moved up."""
+        try:
+            anchor = read_anchor(self.path)
+        except ValueError:
+            return  # verify reports it; the next append replaces it as a re-created anchor
+        files = log_files(self.path.parent, self.path.name)
+        if anchor is None:
+            if not files:
+                now = dt.datetime.now(dt.UTC).isoformat(timespec="seconds")
+                write_anchor(self.path, {"first_seq": 0, "first_prev_hash": GENESIS, "last_seq": None,
+                                         "last_hash": GENESIS, "created_at": now}, self._mac_key)
+            return
+        last = last_record(files[-1]) if files else None
+        if last is not None and (anchor.get("last_seq") is None or last["seq"] > int(anchor["last_seq"])):
+            self._move_anchor(anchor, last, last)
 
     def _set_aside_torn_tail(self) -> None:
         good_end, size = last_good_end(self.path)
@@ -202,6 +222,8 @@ class AuditLog:
 
     def _move_anchor(self, anchor: dict | None, stored: dict, last: dict | None) -> None:
         now = dt.datetime.now(dt.UTC).isoformat(timespec="seconds")
+        if anchor is not None and self._mac_key and not anchor.get("mac"):
+            logger.warning("%s: the anchor was not signed; it is signed from now on", self.path)
         if anchor is None:
             anchor = {"first_seq": stored["seq"], "first_prev_hash": stored["prev_hash"], "created_at": now}
             if last is not None or stored["prev_hash"] != GENESIS:  # a log from before anchors existed
@@ -235,6 +257,8 @@ class AuditLog:
                     stored = {"seq": next_seq, "prev_hash": last_hash, "enc": token.decode("ascii")}
                 stored["hash"] = record_hash(stored)
                 record["hash"] = stored["hash"]
+                if self._mac_key:
+                    stored["mac"] = record_mac(stored["hash"], self._mac_key)
                 line = encode_line(stored)
                 if self.path.is_file() and self.path.stat().st_size and \
                         self.path.stat().st_size + len(line) > self.max_bytes:

@@ -30,8 +30,8 @@ ANCHOR_FORMAT = 1
 
 
 def record_hash(record: dict) -> str:
-    """sha256 of the previous hash and the record's canonical JSON without ``hash``."""
-    body = {k: v for k, v in record.items() if k != "hash"}
+    """sha256 of the previous hash and the record's canonical JSON without ``hash`` and ``mac``."""
+    body = {k: v for k, v in record.items() if k not in ("hash", "mac")}
     canonical = json.dumps(body, sort_keys=True, ensure_ascii=False, separators=(",", ":"))
     return hashlib.sha256((record.get("prev_hash", "") + canonical).encode("utf-8")).hexdigest()
 
@@ -143,6 +143,11 @@ def last_good_end(path: Path) -> tuple[int, int]:
             if start == 0:
                 return 0, size
             window *= 4
+
+
+def record_mac(digest: str, key: bytes) -> str:
+    """The HMAC that signs one record's hash (only someone with the key can add or re-hash records)."""
+    return hmac.new(key, digest.encode("ascii"), hashlib.sha256).hexdigest()
 
 
 def anchor_mac(anchor: dict, key: bytes) -> str:

@@ -11,8 +11,8 @@
 - a chain that was rewritten and re-hashed from some record on, as long as the anchor was not
   rewritten too (the record at the anchor's last seq has another hash);
 - a missing anchor, and an anchor the writer had to re-create for a log that had none.
-With the HMAC key it also finds a forged anchor, so rewriting the chain and the anchor together
-is found. With ``expect=(seq, hash)`` (a checkpoint kept outside the log folder) it finds a log
+With the HMAC key it also finds a forged anchor and any record added or re-hashed without the key
+(each record carries an HMAC of its hash), so rewriting the chain and the anchor together is found. With ``expect=(seq, hash)`` (a checkpoint kept outside the log folder) it finds a log
 rolled back to an older state together with an older anchor. What it cannot find: a rollback to
 an earlier, validly signed anchor when no outside checkpoint is compared, changes made by someone
 who holds the HMAC key, and records that were never written (a process killed before its write).
@@ -36,6 +36,7 @@ from .audit_files import (
     read_anchor,
     read_lines,
     record_hash,
+    record_mac,
     set_aside_files,
     write_anchor,
 )
@@ -75,9 +76,11 @@ def read_records(folder: str | Path, name: str = "audit.jsonl", key: str | bytes
                 yield stored
 
 
-def _walk(files: list[Path]) -> tuple[list[dict], list[str], list[str]]:
-    """Records (seq, hash, prev_hash), errors and notes of one pass over the files."""
+def _walk(files: list[Path], key: bytes | None = None) -> tuple[list[dict], list[str], list[str]]:
+    """Records (seq, hash, prev_hash), errors and notes of one pass over the files; with the HMAC key
+    every record's signature is checked too."""
     errors, notes, chain = [], [], []
+    unsigned, seen_signed = 0, False
     prev = None
     for path in files:
         lines = list(read_lines(path))
@@ -94,13 +97,23 @@ def _walk(files: list[Path]) -> tuple[list[dict], list[str], list[str]]:
             seq = record["seq"]
             if record_hash(record) != record["hash"]:
                 errors.append(f"{where}: record seq {seq} was edited (its hash does not match its content)")
+            if key and not hmac.compare_digest(str(record.get("mac", "")), record_mac(record["hash"], key)):
+                if "mac" in record or seen_signed:
+                    errors.append(f"{where}: record seq {seq} has no valid signature (added or re-hashed without "
+                                  "the key)")
+                else:
+                    unsigned += 1  # written before the key was configured
+            seen_signed = seen_signed or "mac" in record
             if prev is not None:
                 if seq != prev["seq"] + 1:
                     errors.append(f"{where}: seq {seq} follows seq {prev['seq']} (records dropped or reordered)")
                 elif record["prev_hash"] != prev["hash"]:
                     errors.append(f"{where}: seq {seq} does not link to the record before it")
             prev = record
-            chain.append({"seq": seq, "hash": record["hash"], "prev_hash": record["prev_hash"]})
+            chain.append({"seq": seq, "hash": record["hash"], "prev_hash": record["prev_hash"],
+                          "signed": "mac" in record})
+    if unsigned:
+        notes.append(f"{unsigned} record(s) carry no signature (written without the HMAC key)")
     return chain, errors, notes
 
 
@@ -160,7 +173,7 @@ def verify(folder: str | Path, name: str = "audit.jsonl", hmac_key: str | bytes 
         lock = None  # a read-only copy of a log folder can still be verified
     try:
         files = log_files(folder, name)
-        chain, errors, notes = _walk(files)
+        chain, errors, notes = _walk(files, key_bytes(hmac_key))
         try:
             anchor = read_anchor(log)
         except ValueError as exc:
