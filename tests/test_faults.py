@@ -8,9 +8,9 @@ from __future__ import annotations
 
 import json
 import os
+import random
 import shutil
 import subprocess
-import random
 import sys
 import threading
 import time

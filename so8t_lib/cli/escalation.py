@@ -23,7 +23,7 @@ from ..core.config import ConfigError
 from ..core.schema import HUMAN_DECISIONS
 from ..serve.audit import AuditLog, AuditWriteError
 from ..serve.config import load_runtime_config, runtime_paths
-from ..serve.escalation import AlreadyResolved, EscalationQueue, QueueError
+from ..serve.escalation import EscalationQueue, QueueError
 from ..serve.outcome import utc_timestamp
 
 DB_NAME = "escalations.sqlite"

@@ -24,7 +24,6 @@ from pathlib import Path
 from .io import sha256_file
 from .schema import ADAPTER_FILE, BEST_DIR, LAST_DIR, MANIFEST_FILE, MODEL_CONFIG_FILE
 
-
 logger = logging.getLogger("so8t.checkpoint")
 # The explicit override for model files without a manifest or checksum, and the mark it leaves.
 UNVERIFIED_ENV = "SO8T_ALLOW_UNVERIFIED_MODEL"

@@ -18,8 +18,8 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from ..core.schema import LABELS
 from ..core.checkpoint import UNVERIFIED_MARK
+from ..core.schema import LABELS
 from ..export.gguf_meta import GGUFError, read_metadata, verify_sha256_sidecar
 from ..model.heads import SafetyHeadB
 from ..model.prompts import build_messages

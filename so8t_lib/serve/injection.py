@@ -28,10 +28,10 @@ _EN = [
     rf"\b(?:ignore|disregard|forget|bypass|override|skip|drop|abandon|set aside|turn off|disable|deactivate|"
     rf"circumvent|get around)\b(?:\W+\w+){{0,5}}?\W+{_RULES}\b",
     # claiming the checks are off: "the safety gate is disabled", "your guardrails don't apply"
-    rf"\b(?:gate|filters?|checks?|guardrails?|rules?|polic(?:y|ies)|restrictions?|review|safety|moderation|"
-    rf"safeguards?)\s+(?:is|are|has been|have been|were|was)?\s*(?:now\s+|currently\s+|temporarily\s+)?"
-    rf"(?:disabled|off|turned off|suspended|bypassed|lifted|removed|paused|deactivated|not active|"
-    rf"don'?t apply|do not apply|does not apply|doesn'?t apply|not apply)\b",
+    r"\b(?:gate|filters?|checks?|guardrails?|rules?|polic(?:y|ies)|restrictions?|review|safety|moderation|"
+    r"safeguards?)\s+(?:is|are|has been|have been|were|was)?\s*(?:now\s+|currently\s+|temporarily\s+)?"
+    r"(?:disabled|off|turned off|suspended|bypassed|lifted|removed|paused|deactivated|not active|"
+    r"don'?t apply|do not apply|does not apply|doesn'?t apply|not apply)\b",
     r"\b(?:do not|don'?t|never|no need to)\s+(?:apply|use|run|enforce|follow|check)\b(?:\W+\w+){0,4}?\W+"
     r"(?:polic(?:y|ies)|checks?|rules?|filters?|guidelines?|safety|restrictions?|review)\b",
     r"\b(?:no|without|free of|zero|free from)\s+(?:any\s+)?(?:content polic(?:y|ies)|guardrails?|censorship|"

@@ -44,7 +44,15 @@ from .escalation_desk import EscalationDesk
 from .fields import bounded, pseudonym
 from .masking import mask_personal_data
 from .notify import NO_CHANNEL, Notifier
-from .outcome import RATIONALES, audit_record, escalation_case, fail_closed, join_errors, make_result, new_case_id
+from .outcome import (
+    RATIONALES,
+    audit_record,
+    escalation_case,
+    fail_closed,
+    join_errors,
+    make_result,
+    new_case_id,
+)
 from .policy import threshold_decisions
 from .request_checks import CleanRequest, InvalidRequest, Unparsed, validate_request
 from .spool import CaseSpool
