@@ -76,8 +76,9 @@ def verify_manifest(folder: Path) -> None:
     missing manifest itself (unless the override is set: see ``refuse_unverified``)."""
     manifest = folder / MANIFEST_FILE
     if not manifest.is_file():
-        refuse_unverified(folder, f"no {MANIFEST_FILE}")
-        return
+        if (folder / MODEL_CONFIG_FILE).is_file():  # a checkpoint without its checksums
+            refuse_unverified(folder, f"no {MANIFEST_FILE}")
+        return  # not a checkpoint at all: the loader names what is missing
     try:
         entries = json.loads(manifest.read_text(encoding="utf-8"))["files"]
     except (ValueError, KeyError) as exc:
