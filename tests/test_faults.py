@@ -357,3 +357,17 @@ def test_a_gguf_without_its_sidecar_is_refused_unless_overridden(tmp_path, gguf_
     monkeypatch.setenv(UNVERIFIED_ENV, "1")
     result = _model_agent(tmp_path / "allowed", bare).run_agent(None, "経費精算の締め日はいつですか")
     assert result["model_version"].endswith("+unverified") and "unverified_model" in result["flags"]
+
+
+def test_one_item_too_long_for_the_gguf_context_fails_closed_alone(tmp_path, gguf_file):
+    agent = _model_agent(tmp_path, gguf_file)
+    rng = random.Random(13)  # varied characters: byte-level BPE cannot merge them, so ~1 token or more each
+    long_context = "".join(chr(rng.randrange(0x4E00, 0x9FA0)) for _ in range(4000))  # past n_ctx=2048 tokens
+    results = agent.run_batch([{"user_request": "経費精算の締め日はいつですか"},
+                               {"user_request": "この規程で問題ないですか", "context": long_context},
+                               {"user_request": "How do I book a meeting room?"}])
+    assert results[1]["decision"] == "ESCALATE" and "n_ctx" in results[1]["error"]
+    assert results[0]["error"] is None and results[2]["error"] is None  # decided by the model, not failed closed
+    assert results[0]["probabilities"] is not None and results[2]["probabilities"] is not None
+    agent.close()
+    check_invariants(tmp_path / "logs", results)
