@@ -17,7 +17,7 @@ from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_valida
 
 from .schema import LABELS
 
-PRESETS: tuple[str, ...] = ("tiny", "qwen2.5-0.5b", "qwen2.5-7b", "hf")
+PRESETS: tuple[str, ...] = ("tiny", "gemma3-270m", "qwen2.5-0.5b", "qwen2.5-7b", "hf")
 PRESET_HUB_IDS = {"qwen2.5-0.5b": "Qwen/Qwen2.5-0.5B-Instruct", "qwen2.5-7b": "Qwen/Qwen2.5-7B-Instruct"}
 
 
@@ -30,8 +30,10 @@ class _Section(BaseModel):
 
 
 class TinyArchConfig(_Section):
-    """The tiny Qwen2-shaped model every test and the CPU demo use (built from config, random init)."""
+    """The tiny random model every unit test uses (built from config, random init): Qwen2-shaped by default,
+    or Gemma3-shaped (sliding and full attention, q/k norms, four norms per layer) to test that family."""
 
+    arch: Literal["qwen2", "gemma3"] = "qwen2"
     hidden_size: int = Field(256, gt=0, multiple_of=8)
     num_hidden_layers: int = Field(4, gt=0)
     num_attention_heads: int = Field(4, gt=0)
@@ -41,6 +43,7 @@ class TinyArchConfig(_Section):
     rope_theta: float = Field(1_000_000.0, gt=0)
     vocab_size: int = Field(8192, ge=512, description="target size of the locally trained BPE tokenizer")
     initializer_range: float = Field(0.02, gt=0, description="std of the random initial weights")
+    sliding_window: int = Field(16, gt=0, description="gemma3 only: window of its sliding-attention layers")
 
     @model_validator(mode="after")
     def _heads_divide(self) -> TinyArchConfig:
@@ -55,6 +58,8 @@ class LoraConfig(_Section):
     """peft LoRA adapters on the attention and MLP projections; r = 0 disables LoRA."""
 
     r: int = Field(8, ge=0)
+    layers: Literal["all"] | list[int] = Field(
+        "all", description="'all' or decoder layer indices (negative ok) that get adapters (peft layers_to_transform)")
     alpha: float = Field(16.0, gt=0)
     dropout: float = Field(0.05, ge=0, lt=1)
     target_modules: list[str] = Field(
@@ -95,16 +100,22 @@ class HeadConfig(_Section):
         True, description="normalise the decision state with running statistics before the head "
         "(folded into the head at export); off gives the plain head of the design",
     )
+    pooling: Literal["last", "mean"] = Field(
+        "last", description="the decision state: the final-norm state of the prompt's last token, or the mean over "
+        "the prompt's tokens (llama.cpp computes both, so either exports)")
 
 
 class ModelConfig(_Section):
     name: str = Field("so8t-tiny", min_length=1, pattern=r"^[A-Za-z0-9._-]+$")
-    preset: Literal["tiny", "qwen2.5-0.5b", "qwen2.5-7b", "hf"] = "tiny"
+    preset: Literal["tiny", "gemma3-270m", "qwen2.5-0.5b", "qwen2.5-7b", "hf"] = "tiny"
     base_model: str | None = Field(None, description="hub id or local folder; defaults to the preset's hub id")
     load_in_4bit: Literal["auto"] | bool = Field("auto", description="auto: nf4 when CUDA is present")
     dtype: Literal["float32", "bfloat16", "float16"] = "float32"
     attn_implementation: Literal["sdpa", "eager"] = "sdpa"
     seed: int = 0
+    system_prompt: str | None = Field(
+        None, min_length=1, description="the system turn both heads read; None: the project's default "
+        "(so8t_lib.model.prompts.SYSTEM_PROMPT). Travels in the checkpoint and the GGUF file")
     tiny: TinyArchConfig = Field(default_factory=TinyArchConfig)
     lora: LoraConfig = Field(default_factory=LoraConfig)
     gates: GateConfig = Field(default_factory=GateConfig)
@@ -201,7 +212,22 @@ class TrainingConfig(_Section):
     mixed_precision: Literal["no", "bf16", "fp16"] = "no"
     eval_every: int = Field(50, gt=0)
     eval_batch_size: int = Field(32, gt=0)
-    eval_max_rows: int | None = Field(None, gt=0, description="evaluate on the first N val rows (None: all)")
+    eval_max_rows: int | None = Field(
+        None, gt=0, description="evaluate on a seeded sample of N val rows, stratified by label and language (None: all)")
+    train_max_rows: int | None = Field(
+        None, gt=0, description="train on a seeded sample of N rows, stratified by label and language (None: all): "
+        "the CPU recipe of a pretrained base, which needs fewer rows than a random one")
+    freeze_below: int = Field(
+        0, ge=0, description="decoder layers below this index are frozen (no LoRA, no gates there): the layers a "
+        "pretrained base keeps as they are")
+    cache_frozen_states: bool = Field(
+        False, description="compute the frozen layers' output once per row and keep it under SO8T_CACHE; every step "
+        "then runs only the layers from freeze_below up (exact: the frozen part never changes)")
+    max_target_tokens: int | None = Field(
+        None, gt=0, description="cut each answer or rationale target to its first N tokens (None: up to max_length)")
+    lm_positions_per_row: int | None = Field(
+        None, gt=0, description="compute the LM loss at a random sample of at most N target positions per row: an "
+        "unbiased estimate of the token-mean CE at a fraction of a large vocabulary's cost (None: every position)")
     log_every: int = Field(10, gt=0)
     early_stopping: EarlyStoppingConfig = Field(default_factory=EarlyStoppingConfig)
     autosave_minutes: float = Field(5.0, gt=0)

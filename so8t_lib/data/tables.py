@@ -13,6 +13,7 @@ import re
 from collections.abc import Iterator
 from pathlib import Path
 
+import numpy as np
 import pandas as pd
 
 from ..core.paths import CORPUS_DIR
@@ -122,3 +123,19 @@ def load_split(split: str, data_dir: str | Path = CORPUS_DIR) -> pd.DataFrame:
     if split not in SPLITS:
         raise DataError(f"split must be one of {', '.join(SPLITS)} (got {split!r})")
     return load_table(Path(data_dir) / f"{split}.jsonl")
+
+
+def stratified_sample(table: pd.DataFrame, n: int | None, seed: int = 0,
+                      by: tuple[str, ...] = ("label", "lang")) -> pd.DataFrame:
+    """``n`` rows of ``table`` with each (label, lang) cell's share kept (largest remainder), drawn with a seeded
+    generator and returned in the table's order; the whole table when ``n`` is None or not smaller."""
+    if n is None or n >= len(table):
+        return table
+    rng = np.random.default_rng(seed)
+    groups = {key: np.asarray(index) for key, index in table.groupby(list(by), sort=True).groups.items()}
+    quotas = {key: n * len(index) / len(table) for key, index in groups.items()}
+    counts = {key: int(q) for key, q in quotas.items()}
+    for key in sorted(quotas, key=lambda k: quotas[k] - counts[k], reverse=True)[: n - sum(counts.values())]:
+        counts[key] += 1
+    chosen = np.concatenate([rng.permutation(groups[key])[: counts[key]] for key in sorted(groups)])
+    return table.loc[sorted(chosen, key=table.index.get_loc)]

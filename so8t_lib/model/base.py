@@ -9,10 +9,18 @@ from pathlib import Path
 
 import torch
 from torch import nn
-from transformers import AutoModelForCausalLM, PreTrainedModel, Qwen2Config, Qwen2ForCausalLM
+from transformers import (
+    AutoModelForCausalLM,
+    Gemma3ForCausalLM,
+    Gemma3TextConfig,
+    PreTrainedModel,
+    Qwen2Config,
+    Qwen2ForCausalLM,
+)
 
 from ..core.checkpoint import CheckpointError
 from ..core.config import ConfigError, ModelConfig
+from .pretrained import GGUF_BASES, converted_base
 from .tokenizer import load_tokenizer, tiny_tokenizer
 
 
@@ -24,10 +32,30 @@ def torch_dtype(cfg: ModelConfig) -> torch.dtype:
     return {"float32": torch.float32, "bfloat16": torch.bfloat16, "float16": torch.float16}[cfg.dtype]
 
 
+def _tiny_gemma3_config(cfg: ModelConfig, tokenizer) -> Gemma3TextConfig:
+    """Gemma3's shape at toy size: sliding and full attention alternate, q/k norms, tied embeddings."""
+    arch = cfg.tiny
+    n = arch.num_hidden_layers
+    return Gemma3TextConfig(
+        vocab_size=len(tokenizer), hidden_size=arch.hidden_size, num_hidden_layers=n,
+        num_attention_heads=arch.num_attention_heads, num_key_value_heads=arch.num_key_value_heads,
+        head_dim=arch.hidden_size // arch.num_attention_heads, intermediate_size=arch.intermediate_size,
+        max_position_embeddings=arch.max_position_embeddings, sliding_window=arch.sliding_window,
+        layer_types=["full_attention" if (i + 1) % 2 == 0 else "sliding_attention" for i in range(n)],
+        query_pre_attn_scalar=arch.hidden_size // arch.num_attention_heads,
+        initializer_range=arch.initializer_range, tie_word_embeddings=True,
+        eos_token_id=tokenizer.eos_token_id, pad_token_id=tokenizer.pad_token_id, bos_token_id=None)
+
+
 def build_tiny_base(cfg: ModelConfig, tokenizer=None):
-    """The tiny Qwen2-shaped model (random weights) and the project's tokenizer, in one call."""
+    """The tiny random model (Qwen2- or Gemma3-shaped) and the project's tokenizer, in one call."""
     tokenizer = tokenizer if tokenizer is not None else tiny_tokenizer(cfg.tiny.vocab_size)
     arch = cfg.tiny
+    if arch.arch == "gemma3":
+        hf_config = _tiny_gemma3_config(cfg, tokenizer)
+        hf_config._attn_implementation = cfg.attn_implementation
+        torch.manual_seed(cfg.seed)
+        return Gemma3ForCausalLM(hf_config).to(torch_dtype(cfg)), tokenizer
     hf_config = Qwen2Config(
         vocab_size=len(tokenizer),
         hidden_size=arch.hidden_size,
@@ -69,6 +97,19 @@ def _quantization_kwargs(cfg: ModelConfig) -> dict:
     if torch.cuda.is_available():
         kwargs["device_map"] = {"": 0}
     return kwargs
+
+
+def base_location(cfg: ModelConfig) -> str:
+    """Where a non-tiny preset's base comes from: ``model.base_model`` when given, else the preset's converted
+    GGUF base (cached, offline) or its hub id."""
+    if cfg.base_model:
+        return cfg.base_model
+    if cfg.preset in GGUF_BASES:
+        return str(converted_base(GGUF_BASES[cfg.preset]))
+    location = cfg.resolved_base_model()
+    if location is None:
+        raise ConfigError(f"model.preset {cfg.preset!r} needs model.base_model (a local folder)")
+    return location
 
 
 def load_pretrained_base(path_or_id: str, cfg: ModelConfig):

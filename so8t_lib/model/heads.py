@@ -95,3 +95,18 @@ class SafetyHeadB(nn.Module):
                    n_labels=state[linear_keys[-1]].shape[0], standardize=False)
         head.load_state_dict(state, strict=True)
         return head.eval()
+
+
+def pool_states(hidden: torch.Tensor, attention_mask: torch.Tensor, decision_positions: torch.Tensor,
+                mode: str = "last") -> torch.Tensor:
+    """The decision state of each row: the state at its decision position (``last``), or the mean over its
+    real tokens up to and including that position (``mean``, what llama.cpp's MEAN pooling gives for a prompt)."""
+    rows = torch.arange(hidden.shape[0], device=hidden.device)
+    if mode == "last":
+        return hidden[rows, decision_positions]
+    if mode != "mean":
+        raise ValueError(f"pooling must be 'last' or 'mean', got {mode!r}")
+    positions = torch.arange(hidden.shape[1], device=hidden.device)
+    keep = attention_mask.bool() & (positions[None, :] <= decision_positions[:, None])
+    weights = keep.to(hidden.dtype).unsqueeze(-1)
+    return (hidden * weights).sum(1) / weights.sum(1).clamp_min(1)

@@ -17,46 +17,31 @@ from __future__ import annotations
 import copy
 import warnings
 from dataclasses import dataclass
-from pathlib import Path
 
 import torch
-import yaml
-from safetensors import SafetensorError
-from safetensors.torch import load_file, save_file
 from torch import nn
 from transformers import PreTrainedModel
 
-from ..core.checkpoint import (
-    CheckpointError,
-    atomic_folder,
-    checkpoint_version,
-    resolve_checkpoint,
-    verify_manifest,
-)
 from ..core.config import ConfigError, ModelConfig
 from ..core.schema import (
-    ADAPTER_FILE,
-    BASE_DIR,
-    CHECKPOINT_FORMAT,
     LABELS,
-    MODEL_CONFIG_FILE,
     SAFETY_HEAD_PREFIX,
-    TOKENIZER_DIR,
     is_adapter_key,
 )
 from .base import (
+    base_location,
     build_tiny_base,
-    dequantized_state_dict,
     is_4bit,
     load_pretrained_base,
-    load_saved_base,
     quantize_tiny_base,
     want_4bit,
 )
 from .gates import GatedLinear, GatePair, fold_rotation_into_linear
-from .heads import SafetyHeadB
-from .prompts import format_prompt
-from .tokenizer import load_tokenizer
+from .heads import SafetyHeadB, pool_states
+from .persistence import CheckpointMixin
+from .pretrained import base_fingerprint
+from .prompts import SYSTEM_PROMPT, format_prompt
+from .split import DecoderSplit
 
 # peft asks transformers whether gradient checkpointing is on through a name transformers now
 # deprecates; the warning is printed on every model build and there is nothing for a user to do.
@@ -67,9 +52,10 @@ warnings.filterwarnings("ignore", message=".*is_gradient_checkpointing.*", categ
 class SO8TOutput:
     logits: torch.Tensor | None  # (B, T, V) from TaskHeadA, None when not requested
     safety_logits: torch.Tensor  # (B, 3) from SafetyHeadB, before temperature
-    pooled: torch.Tensor  # (B, D) final-norm state at the decision position
+    pooled: torch.Tensor  # (B, D) the decision state (final norm; last prompt token or mean over the prompt)
     hidden_states: tuple[torch.Tensor, ...] | None  # decoder states (embeddings, layers..., final norm)
     last_hidden: torch.Tensor | None = None  # (B, T, D) final-norm states, for target-only LM loss
+    hidden_offset: int = 0  # hidden_states[i] is the whole decoder's state i + offset (a pass from layer k)
 
 
 def last_token_index(attention_mask: torch.Tensor) -> torch.Tensor:
@@ -85,13 +71,14 @@ def position_ids_from_mask(attention_mask: torch.Tensor) -> torch.Tensor:
     return (attention_mask.long().cumsum(-1) - 1).clamp(min=0)
 
 
-def _resolve_layers(spec, n_layers: int) -> list[int]:
+def resolve_layers(spec, n_layers: int, key: str = "model.gates.layers") -> list[int]:
+    """'all' or a list of layer indices (negative count from the top) -> sorted, distinct, non-negative."""
     if spec == "all":
         return list(range(n_layers))
     resolved = []
     for index in spec:
         if not -n_layers <= index < n_layers:
-            raise ConfigError(f"model.gates.layers: layer {index} does not exist (the model has {n_layers})")
+            raise ConfigError(f"{key}: layer {index} does not exist (the model has {n_layers})")
         resolved.append(index % n_layers)
     return sorted(set(resolved))
 
@@ -103,7 +90,7 @@ def _split_attr(root: nn.Module, dotted: str) -> tuple[nn.Module, str]:
     return root, leaf
 
 
-class SO8TModel(nn.Module):
+class SO8TModel(CheckpointMixin, nn.Module):
     """Base LM + LoRA + SO(8) gates + SafetyHeadB. Build with ``from_config`` or ``load``."""
 
     def __init__(self, lm: PreTrainedModel, tokenizer, config: ModelConfig) -> None:
@@ -111,13 +98,17 @@ class SO8TModel(nn.Module):
         self.config = config
         self.tokenizer = tokenizer
         self.model_version = config.name  # load() adds the adapter's hash (checkpoint_version)
+        self.base_fingerprint: str | None = None  # sha256 of a pretrained base's manifest (see pretrained.py)
         for param in lm.parameters():
             param.requires_grad_(False)
         torch.manual_seed(config.seed)
+        n_layers = len(lm.get_decoder().layers)
         if config.lora.r > 0:
             from peft import LoraConfig as PeftLoraConfig
             from peft import get_peft_model
 
+            lora_layers = None if config.lora.layers == "all" else resolve_layers(config.lora.layers, n_layers,
+                                                                                     "model.lora.layers")
             lm = get_peft_model(
                 lm,
                 PeftLoraConfig(
@@ -126,6 +117,7 @@ class SO8TModel(nn.Module):
                     lora_dropout=config.lora.dropout,
                     target_modules=list(config.lora.target_modules),
                     modules_to_save=list(config.lora.modules_to_save) or None,
+                    layers_to_transform=lora_layers,
                     bias="none",
                     task_type="CAUSAL_LM",
                 ),
@@ -135,7 +127,7 @@ class SO8TModel(nn.Module):
         self.gated_layers: list[int] = []
         if config.gates.order != "none":
             layers = self.decoder_layers
-            self.gated_layers = _resolve_layers(config.gates.layers, len(layers))
+            self.gated_layers = resolve_layers(config.gates.layers, len(layers))
             for index in self.gated_layers:
                 parent, leaf = _split_attr(layers[index], config.gates.target)
                 gate = GatePair(hidden, config.gates.order, config.gates.init_std)
@@ -156,9 +148,12 @@ class SO8TModel(nn.Module):
             lm, tokenizer = build_tiny_base(config, tokenizer)
             if want_4bit(config):
                 lm = quantize_tiny_base(lm, config)
-        else:
-            lm, tokenizer = load_pretrained_base(config.resolved_base_model(), config)
-        return cls(lm, tokenizer, config)
+            return cls(lm, tokenizer, config)
+        location = base_location(config)
+        lm, tokenizer = load_pretrained_base(location, config)
+        model = cls(lm, tokenizer, config)
+        model.base_fingerprint = base_fingerprint(location)
+        return model
 
     def enable_gradient_checkpointing(self) -> None:
         """Recompute each decoder layer's activations in the backward pass (non-reentrant)."""
@@ -177,6 +172,17 @@ class SO8TModel(nn.Module):
     @property
     def decoder_layers(self) -> nn.ModuleList:
         return self.causal_lm.get_decoder().layers
+
+    @property
+    def system_prompt(self) -> str:
+        return self.config.system_prompt or SYSTEM_PROMPT
+
+    def format_prompt(self, request: str, context: str | None = None) -> str:
+        return format_prompt(self.tokenizer, request, context, self.system_prompt)
+
+    def split(self, k: int) -> DecoderSplit:
+        """The decoder as two views, below and from layer k (for training with frozen, cached lower layers)."""
+        return DecoderSplit(self.causal_lm.get_decoder(), k)
 
     def gate_pairs(self) -> dict[int, GatePair]:
         pairs = {}
@@ -211,27 +217,33 @@ class SO8TModel(nn.Module):
         decision_positions: torch.Tensor | None = None,
         return_lm_logits: bool = True,
         output_hidden_states: bool = False,
+        states: torch.Tensor | None = None,
+        split: DecoderSplit | None = None,
     ) -> SO8TOutput:
-        """Both heads from one pass. ``decision_positions`` (B,) picks the state SafetyHeadB reads;
-        by default the last non-pad token. Training passes the end of the prompt, so the head
-        never sees the target answer or rationale."""
+        """Both heads from one pass. ``decision_positions`` (B,) marks the end of the prompt (by default the
+        last non-pad token): SafetyHeadB reads the state there, or the mean over the prompt up to it, so in
+        training the head never sees the target answer or rationale. Given ``split`` and ``states`` (the
+        state entering its layer k, e.g. from the frozen-layer cache), only layers k.. run: the same result."""
         if attention_mask is None:
             attention_mask = torch.ones_like(input_ids)
         lm = self.causal_lm
-        out = lm.get_decoder()(
-            input_ids=input_ids,
-            attention_mask=attention_mask,
-            position_ids=position_ids_from_mask(attention_mask),
-            use_cache=False,
-            output_hidden_states=output_hidden_states,
-        )
+        position_ids = position_ids_from_mask(attention_mask)
+        if states is None:
+            out = lm.get_decoder()(input_ids=input_ids, attention_mask=attention_mask, position_ids=position_ids,
+                                   use_cache=False, output_hidden_states=output_hidden_states)
+            offset = 0
+        else:
+            if split is None:
+                raise ValueError("states given without the split they enter")
+            out = split.above(states.to(lm.dtype), attention_mask, position_ids, output_hidden_states)
+            offset = split.k
         hidden = out.last_hidden_state  # after the final norm
         if decision_positions is None:
             decision_positions = last_token_index(attention_mask)
-        pooled = hidden[torch.arange(hidden.shape[0], device=hidden.device), decision_positions]
+        pooled = pool_states(hidden, attention_mask, decision_positions, self.config.head.pooling)
         logits = lm.get_output_embeddings()(hidden) if return_lm_logits else None
         return SO8TOutput(logits, self.safety_head(pooled), pooled,
-                          out.hidden_states if output_hidden_states else None, hidden)
+                          out.hidden_states if output_hidden_states else None, hidden, offset)
 
     @torch.no_grad()
     def decide(
@@ -259,9 +271,9 @@ class SO8TModel(nn.Module):
             starts = tqdm(starts, desc="deciding", unit="batch", leave=False)
         try:
             for start in starts:
-                prompts = [format_prompt(self.tokenizer, r, c) for r, c in
+                prompts = [self.format_prompt(r, c) for r, c in
                            zip(requests[start:start + batch_size], contexts[start:start + batch_size])]
-                batch = self.tokenizer(prompts, return_tensors="pt", padding=True).to(device)
+                batch = self.tokenizer(prompts, return_tensors="pt", padding=True, add_special_tokens=False).to(device)
                 out = self(batch["input_ids"], batch["attention_mask"], return_lm_logits=False)
                 chunks.append(out.safety_logits.float().cpu() if return_logits
                               else self.safety_head.probabilities(out.safety_logits).cpu())
@@ -274,7 +286,8 @@ class SO8TModel(nn.Module):
                  temperature: float = 0.0) -> str:
         """TaskHeadA's continuation of the prompt: the answer (ALLOW) or the rationale."""
         device = next(self.parameters()).device
-        batch = self.tokenizer(format_prompt(self.tokenizer, request, context), return_tensors="pt").to(device)
+        batch = self.tokenizer(self.format_prompt(request, context), return_tensors="pt",
+                               add_special_tokens=False).to(device)
         was_training = self.training
         self.eval()
         try:
@@ -306,85 +319,6 @@ class SO8TModel(nn.Module):
             setattr(parent, leaf, fold_rotation_into_linear(wrapper.wrapped, wrapper.gate.matrix()))
         head_state = self.safety_head.folded_state_dict()
         return merged.eval(), head_state
-
-    # ----- persistence --------------------------------------------------------------------------
-    def _base_state_for_saving(self) -> dict[str, torch.Tensor]:
-        """Base weights under their plain HF names (wrapper segments removed), dequantized when
-        the base is 4-bit, so ``base/`` always loads as a plain HF model."""
-        state = {}
-        for name, tensor in dequantized_state_dict(self.causal_lm).items():
-            if is_adapter_key(name):
-                continue
-            plain = name.replace(".wrapped", "").replace(".base_layer", "").replace(".original_module", "")
-            state[plain] = tensor
-        return state
-
-    def write_files(self, folder: Path) -> None:
-        """Write the checkpoint files into an existing folder (``save`` makes it atomic)."""
-        meta = {"format": CHECKPOINT_FORMAT, "model": self.config.model_dump(mode="json")}
-        (folder / MODEL_CONFIG_FILE).write_text(yaml.safe_dump(meta, sort_keys=False), encoding="utf-8")
-        save_file(self.adapter_state_dict(), str(folder / ADAPTER_FILE), metadata={"format": str(CHECKPOINT_FORMAT)})
-        self.tokenizer.save_pretrained(str(folder / TOKENIZER_DIR))
-        if self.config.preset == "tiny":
-            lm = self.causal_lm
-            plain_config = copy.deepcopy(lm.config)
-            for attr in ("quantization_config", "_pre_quantization_dtype"):
-                if hasattr(plain_config, attr):  # base/ holds full-precision weights
-                    delattr(plain_config, attr)
-            with torch.random.fork_rng(devices=[]):  # the throwaway init must not shift training's RNG
-                plain = type(lm)(plain_config)
-            plain.load_state_dict(self._base_state_for_saving(), strict=True)
-            plain.save_pretrained(str(folder / BASE_DIR))
-
-    def save(self, path: str | Path) -> Path:
-        """Write the checkpoint atomically: a temporary folder with a manifest, then one rename."""
-        with atomic_folder(path) as tmp:
-            self.write_files(tmp)
-        return Path(path)
-
-    @classmethod
-    def load(cls, path: str | Path, **model_overrides) -> SO8TModel:
-        """Load a checkpoint written by ``save``; ``model_overrides`` change ModelConfig fields
-        (e.g. ``load_in_4bit=False`` to export a QLoRA run)."""
-        path = resolve_checkpoint(path)
-        verify_manifest(path)
-        config_file = path / MODEL_CONFIG_FILE
-        if not config_file.is_file():
-            raise CheckpointError(f"{config_file}: missing; {path} is not an SO8T checkpoint folder")
-        try:
-            meta = yaml.safe_load(config_file.read_text(encoding="utf-8"))
-            config = ModelConfig.model_validate({**meta["model"], **model_overrides})
-        except Exception as exc:  # noqa: BLE001 - any parse failure means the same thing to the user
-            raise CheckpointError(f"{config_file}: unreadable or invalid ({exc})") from None
-        tokenizer = load_tokenizer(path / TOKENIZER_DIR)
-        if (path / BASE_DIR).is_dir():
-            lm = load_saved_base(path / BASE_DIR, config)
-        else:
-            lm, _ = load_pretrained_base(config.resolved_base_model(), config)
-        model = cls(lm, tokenizer, config)
-        model.load_adapter(path / ADAPTER_FILE)
-        model.model_version = checkpoint_version(path, config.name)
-        return model.eval()
-
-    def load_adapter(self, file: str | Path) -> None:
-        file = Path(file)
-        try:
-            state = load_file(str(file))
-        except (SafetensorError, OSError, ValueError) as exc:
-            raise CheckpointError(f"{file}: damaged or truncated checkpoint file ({exc})") from None
-        expected = self.adapter_state_dict()
-        missing, extra = sorted(set(expected) - set(state)), sorted(set(state) - set(expected))
-        if missing or extra:
-            raise CheckpointError(
-                f"{file}: does not match this model config (missing {missing[:3]}{'...' if len(missing) > 3 else ''}, "
-                f"unexpected {extra[:3]}{'...' if len(extra) > 3 else ''})"
-            )
-        for name, tensor in state.items():
-            if tensor.shape != expected[name].shape:
-                raise CheckpointError(f"{file}: {name} has shape {tuple(tensor.shape)}, expected {tuple(expected[name].shape)}")
-        self.load_state_dict(state, strict=False)
-
-
 
 
 __all__ = ["SO8TModel", "SO8TOutput", "last_token_index", "position_ids_from_mask"]

@@ -16,7 +16,6 @@ from ..model.prompts import format_prompt
 IGNORE_INDEX = -100  # PyTorch's cross-entropy default: positions that carry no LM target
 
 
-
 def target_text(row: dict) -> str:
     """What TaskHeadA learns to write: the answer for ALLOW, the rationale otherwise."""
     return (row.get("task_output") if row["label"] == "ALLOW" else row.get("rationale")) or ""
@@ -29,23 +28,32 @@ class SafetyCollator:
     head never sees the answer or rationale that follows (causal attention).
     """
 
-    def __init__(self, tokenizer, max_length: int = 512) -> None:
+    def __init__(self, tokenizer, max_length: int = 512, system_prompt: str | None = None,
+                 max_target_tokens: int | None = None) -> None:
         if tokenizer.pad_token_id is None:
             raise ValueError("the tokenizer needs a pad token")
         if max_length < 8:
             raise ValueError("max_length must be at least 8 tokens")
         self.tokenizer = tokenizer
         self.max_length = max_length
+        self.system_prompt = system_prompt
+        self.max_target_tokens = max_target_tokens
+
+    def fingerprint(self) -> str:
+        """What decides the token ids of a row: part of the frozen-state cache key."""
+        return f"{self.max_length}|{self.max_target_tokens}|{self.system_prompt}|{len(self.tokenizer)}"
 
     def encode(self, row: dict) -> tuple[list[int], list[int], int]:
         if row["label"] not in LABELS:
             raise DataError(f"row {row.get('id')}: label {row['label']!r} cannot be trained on (evaluation only)")
-        prompt = format_prompt(self.tokenizer, row["user_request"], row.get("context") or None)
+        prompt = format_prompt(self.tokenizer, row["user_request"], row.get("context") or None, self.system_prompt)
         prompt_ids = self.tokenizer(prompt, add_special_tokens=False)["input_ids"][-self.max_length:]
         target = target_text(row)
         target_ids = self.tokenizer(target, add_special_tokens=False)["input_ids"] if target else []
         if target_ids and self.tokenizer.eos_token_id is not None:
             target_ids = target_ids + [self.tokenizer.eos_token_id]
+        if self.max_target_tokens is not None:
+            target_ids = target_ids[: self.max_target_tokens]
         target_ids = target_ids[: self.max_length - len(prompt_ids)]
         return prompt_ids + target_ids, [IGNORE_INDEX] * len(prompt_ids) + target_ids, len(prompt_ids) - 1
 

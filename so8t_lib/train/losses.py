@@ -61,15 +61,30 @@ def pet_weight(progress: float, cfg: PETConfig) -> float:
     return cfg.weight * cfg.schedule[-1][1]
 
 
-def _target_ce(states: torch.Tensor, labels: torch.Tensor, rows: torch.Tensor, lm_head=None) -> torch.Tensor:
+def sample_positions(valid: torch.Tensor, per_row: int) -> torch.Tensor:
+    """Keep at most ``per_row`` of each row's valid positions, chosen uniformly at random (torch's global RNG,
+    which the trainer saves, so a resumed run draws the same ones)."""
+    scores = torch.rand(valid.shape, device=valid.device).masked_fill(~valid, -1.0)
+    kept = torch.zeros_like(valid)
+    k = min(per_row, valid.shape[1])
+    top = scores.topk(k, dim=1).indices
+    kept.scatter_(1, top, True)
+    return kept & valid
+
+
+def _target_ce(states: torch.Tensor, labels: torch.Tensor, rows: torch.Tensor, lm_head=None,
+               positions_per_row: int | None = None) -> torch.Tensor:
     """Token-mean next-token CE over the selected rows' target tokens (0 when there are none).
 
     ``states`` are LM logits (B, T, V), or final hidden states (B, T, D) with ``lm_head``:
     then the head runs only at target positions, which saves most of its compute and the
-    (B, T, V) logits tensor (large for a 152k vocabulary).
+    (B, T, V) logits tensor (large for a 152k or 262k vocabulary). ``positions_per_row`` estimates
+    the same mean from a random sample of each row's target positions.
     """
     shifted_labels = labels[:, 1:]
     valid = (shifted_labels != IGNORE_INDEX) & rows[:, None]
+    if positions_per_row is not None:
+        valid = sample_positions(valid, positions_per_row)
     if not valid.any():
         return states.new_zeros((), dtype=torch.float32)
     selected = states[:, :-1][valid]
@@ -116,19 +131,21 @@ def composite_loss(
     cfg: LossConfig,
     progress: float,
     lm_head=None,
+    lm_positions_per_row: int | None = None,
 ) -> LossParts:
     """The SO8T loss from one forward (an ``SO8TOutput``); ``progress`` in [0, 1] drives gamma(p).
 
     Give ``lm_head`` (and run the forward with ``return_lm_logits=False``) to compute the LM
-    terms at target positions only; the result is the same.
+    terms at target positions only; the result is the same. ``lm_positions_per_row`` samples them.
     """
     allow_rows = safety_labels == ALLOW
+    sample = lm_positions_per_row
     if output.logits is not None:
-        task = _target_ce(output.logits, lm_labels, allow_rows)
-        rationale = _target_ce(output.logits, lm_labels, ~allow_rows)
+        task = _target_ce(output.logits, lm_labels, allow_rows, positions_per_row=sample)
+        rationale = _target_ce(output.logits, lm_labels, ~allow_rows, positions_per_row=sample)
     elif lm_head is not None and output.last_hidden is not None:
-        task = _target_ce(output.last_hidden, lm_labels, allow_rows, lm_head)
-        rationale = _target_ce(output.last_hidden, lm_labels, ~allow_rows, lm_head)
+        task = _target_ce(output.last_hidden, lm_labels, allow_rows, lm_head, sample)
+        rationale = _target_ce(output.last_hidden, lm_labels, ~allow_rows, lm_head, sample)
     else:
         raise ValueError("composite_loss needs LM logits, or final hidden states and lm_head")
     weights = torch.tensor(cfg.class_weight_list(), device=output.safety_logits.device)
@@ -138,7 +155,8 @@ def composite_loss(
     if gamma > 0:
         if output.hidden_states is None:
             raise ValueError("PET is on but the forward ran without output_hidden_states=True")
-        pet = pet_loss([output.hidden_states[i] for i in cfg.pet.layers], attention_mask)
+        offset = getattr(output, "hidden_offset", 0)  # a pass from layer k holds states k, k+1, ...
+        pet = pet_loss([output.hidden_states[i - offset if i >= 0 else i] for i in cfg.pet.layers], attention_mask)
     else:
         pet = safety.new_zeros(())
     total = task + cfg.alpha * safety + cfg.beta * rationale + gamma * pet + cfg.delta * dangerous

@@ -45,11 +45,12 @@ from ..core.schema import (
     RUN_METRICS_FILE,
     TRAINER_STATE_FILE,
 )
-from ..data.tables import load_table
+from ..data.tables import load_table, stratified_sample
 from ..model.so8t import SO8TModel
 from .collate import SafetyCollator, table_rows
 from .losses import composite_loss
 from .optim import build_optimizers, epoch_order, rng_state, set_rng_state
+from .state_cache import FrozenStates, check_frozen_below, decide_from_states
 
 
 @dataclass
@@ -112,11 +113,20 @@ class Trainer:
         self.model.to(self.accelerator.device)
         (self.opt_task, self.sched_task), (self.opt_safety, self.sched_safety) = build_optimizers(self.model, config)
         data_dir = Path(self.tcfg.data_dir)
-        self.train_rows = table_rows(load_table(data_dir / "train.jsonl"))
-        val_rows = table_rows(load_table(data_dir / "val.jsonl"))
-        self.val_rows = val_rows[: self.tcfg.eval_max_rows] if self.tcfg.eval_max_rows else val_rows
-        self.collate = SafetyCollator(self.model.tokenizer, self.tcfg.max_length)
+        self.train_rows = table_rows(stratified_sample(load_table(data_dir / "train.jsonl"), self.tcfg.train_max_rows,
+                                                       self.tcfg.seed))
+        self.val_rows = table_rows(stratified_sample(load_table(data_dir / "val.jsonl"), self.tcfg.eval_max_rows,
+                                                     self.tcfg.seed))
+        self.collate = SafetyCollator(self.model.tokenizer, self.tcfg.max_length, self.model.system_prompt,
+                                      self.tcfg.max_target_tokens)
         self.lm_head = self.model.causal_lm.get_output_embeddings()
+        self.split, self.frozen = None, None
+        if self.tcfg.freeze_below:
+            check_frozen_below(self.model, self.tcfg.freeze_below, config.loss.pet.layers)
+            if self.tcfg.cache_frozen_states:
+                self.split = self.model.split(self.tcfg.freeze_below)
+                self.frozen = FrozenStates.build(self.model, self.split, self.train_rows + self.val_rows, self.collate,
+                                                 self.tcfg.eval_batch_size, progress=self.main)
         self.ddp_model, self.opt_task, self.opt_safety = self.accelerator.prepare(
             self.model, self.opt_task, self.opt_safety
         )
@@ -204,14 +214,19 @@ class Trainer:
         n_tokens = 0
         self.ddp_model.train()
         for _ in range(self.tcfg.grad_accum):
-            batch = {k: v.to(self.accelerator.device) for k, v in self.collate(self._next_rows()).items()}
+            rows = self._next_rows()
+            batch = {k: v.to(self.accelerator.device) for k, v in self.collate(rows).items()}
             n_tokens += int(batch["attention_mask"].sum())
+            states = None if self.frozen is None else \
+                self.frozen.batch(rows, batch["input_ids"].shape[1]).to(self.accelerator.device)
             with self.accelerator.accumulate(self.ddp_model):
                 out = self.ddp_model(batch["input_ids"], batch["attention_mask"],
                                      decision_positions=batch["decision_positions"], return_lm_logits=False,
-                                     output_hidden_states=self.config.loss.pet.enabled)
+                                     output_hidden_states=self.config.loss.pet.enabled, states=states,
+                                     split=self.split)
                 parts = composite_loss(out, batch["lm_labels"], batch["safety_labels"], batch["attention_mask"],
-                                       self.config.loss, progress, lm_head=self.lm_head)
+                                       self.config.loss, progress, lm_head=self.lm_head,
+                                       lm_positions_per_row=self.tcfg.lm_positions_per_row)
                 self.accelerator.backward(parts.total / self.tcfg.grad_accum)
             for key, value in parts.as_floats().items():
                 totals[key] = totals.get(key, 0.0) + value / self.tcfg.grad_accum
@@ -232,7 +247,12 @@ class Trainer:
         return totals
 
     def evaluate(self) -> dict:
-        report = val_metrics(self.model, self.val_rows, self.tcfg.eval_batch_size)
+        if self.frozen is None:
+            report = val_metrics(self.model, self.val_rows, self.tcfg.eval_batch_size)
+        else:  # the same decisions from the cached lower layers (only the layers above run)
+            probs = decide_from_states(self.model, self.split, self.frozen, self.val_rows, self.collate,
+                                       self.tcfg.eval_batch_size)
+            report = headline_metrics([r["label"] for r in self.val_rows], [LABELS[i] for i in probs.argmax(-1)])
         metric_name = self.tcfg.early_stopping.metric
         value = select_metric(report, metric_name)
         improved = value is not None and (

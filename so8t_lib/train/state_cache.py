@@ -1,0 +1,151 @@
+"""The frozen layers' output, computed once per row and kept on disk.
+
+With ``training.freeze_below: k`` nothing below layer k trains, so the state entering layer k is a fixed
+function of a row's tokens. ``FrozenStates`` computes it once for every training and validation row (one
+pass of the lower layers, with a progress bar), stores it as one float32 array under
+``$SO8T_CACHE/states/<key>/``, and hands batches of it to the trainer, which then runs only the layers from
+k up. The key is a hash of everything the states depend on: the base (its fingerprint, or the tiny preset's
+config), k, and the token ids of every row, so a changed corpus, tokenizer or prompt builds a new cache.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import shutil
+from pathlib import Path
+
+import numpy as np
+import torch
+
+from ..core.paths import cache_root
+from ..model.so8t import SO8TModel, position_ids_from_mask
+from ..model.split import DecoderSplit
+from .collate import SafetyCollator
+
+STATES_FILE, INDEX_FILE = "states.npy", "index.json"
+CACHE_VERSION = 1
+
+
+def base_key(model: SO8TModel) -> str:
+    """What the frozen layers' weights depend on: the pretrained base's fingerprint, or the tiny preset's
+    architecture and seed (its base is random but seeded)."""
+    cfg = model.config
+    if model.base_fingerprint:
+        return f"{model.base_fingerprint}|{cfg.dtype}"
+    return json.dumps({"preset": cfg.preset, "tiny": cfg.tiny.model_dump(mode="json"), "seed": cfg.seed,
+                       "base_model": cfg.base_model, "dtype": cfg.dtype}, sort_keys=True)
+
+
+class FrozenStates:
+    """Row id -> the (length, hidden) state entering layer k, for every row it was built on."""
+
+    def __init__(self, folder: Path) -> None:
+        index = json.loads((folder / INDEX_FILE).read_text(encoding="utf-8"))
+        self.folder = folder
+        self.k = int(index["k"])
+        self.offsets: dict[str, tuple[int, int]] = {row_id: (start, length)
+                                                     for row_id, start, length in index["rows"]}
+        self.states = np.load(folder / STATES_FILE, mmap_mode="r")
+        if self.states.shape[0] != int(index["tokens"]):
+            raise ValueError(f"{folder}: {STATES_FILE} holds {self.states.shape[0]} states, the index {index['tokens']}")
+
+    @classmethod
+    def build(cls, model: SO8TModel, split: DecoderSplit, rows: list[dict], collate: SafetyCollator,
+              batch_size: int = 16, progress: bool = True) -> FrozenStates:
+        """The cache for ``rows`` (built now, or found from an earlier run with the same key)."""
+        encoded = [collate.encode(row) for row in rows]
+        digest = hashlib.sha256(f"v{CACHE_VERSION}|{base_key(model)}|k={split.k}".encode())
+        for row, (ids, _, _) in zip(rows, encoded):
+            digest.update(f"|{row['id']}:".encode() + np.asarray(ids, dtype=np.int64).tobytes())
+        folder = cache_root() / "states" / digest.hexdigest()[:24]
+        if (folder / INDEX_FILE).is_file():
+            try:
+                return cls(folder)
+            except (ValueError, OSError) as exc:
+                print(f"frozen-state cache {folder} is damaged ({exc}); building it again")
+        lengths = [len(ids) for ids, _, _ in encoded]
+        hidden = model.causal_lm.config.hidden_size
+        tmp = folder.with_name(folder.name + ".tmp")
+        shutil.rmtree(tmp, ignore_errors=True)
+        tmp.mkdir(parents=True)
+        states = np.lib.format.open_memmap(tmp / STATES_FILE, mode="w+", dtype=np.float32,
+                                           shape=(sum(lengths), hidden))
+        starts = np.concatenate([[0], np.cumsum(lengths)[:-1]]).astype(int).tolist()
+        device = next(model.parameters()).device
+        order = sorted(range(len(rows)), key=lambda i: lengths[i])  # similar lengths share a batch: less padding
+        batches = [order[i:i + batch_size] for i in range(0, len(order), batch_size)]
+        if progress:
+            from tqdm.auto import tqdm
+
+            batches = tqdm(batches, desc=f"caching layers 0-{split.k - 1}", unit="batch")
+        was_training = model.training
+        model.eval()
+        try:
+            with torch.no_grad():
+                for chunk in batches:
+                    batch = collate([rows[i] for i in chunk])
+                    mask = batch["attention_mask"].to(device)
+                    out = split.below(batch["input_ids"].to(device), mask, position_ids_from_mask(mask))
+                    for j, i in enumerate(chunk):
+                        states[starts[i]:starts[i] + lengths[i]] = out[j, :lengths[i]].float().cpu().numpy()
+        finally:
+            model.train(was_training)
+        states.flush()
+        del states
+        index = {"k": split.k, "tokens": sum(lengths), "hidden": hidden,
+                 "rows": [[row["id"], start, length] for row, start, length in zip(rows, starts, lengths)]}
+        (tmp / INDEX_FILE).write_text(json.dumps(index), encoding="utf-8")
+        if folder.exists():
+            shutil.rmtree(folder)
+        tmp.rename(folder)
+        return cls(folder)
+
+    def batch(self, rows: list[dict], width: int) -> torch.Tensor:
+        """(B, width, hidden) states for rows collated to ``width`` tokens (right padding; pads are zeros)."""
+        out = torch.zeros(len(rows), width, self.states.shape[1])
+        for i, row in enumerate(rows):
+            start, length = self.offsets[row["id"]]
+            out[i, :length] = torch.from_numpy(np.asarray(self.states[start:start + length]))
+        return out
+
+
+def check_frozen_below(model: SO8TModel, k: int, pet_layers: list[int]) -> None:
+    """Refuse a config in which something below layer k would train: its cached output would then be stale."""
+    n = len(model.decoder_layers)
+    if not 0 < k < n:
+        raise ValueError(f"training.freeze_below must lie in 1..{n - 1} for this {n}-layer model, got {k}")
+    prefix = ".layers."
+    trained_below = sorted({name for name, param in model.named_parameters() if param.requires_grad
+                            and prefix in name and int(name.split(prefix, 1)[1].split(".", 1)[0]) < k})
+    if trained_below or model.config.lora.modules_to_save:
+        what = trained_below[:3] or list(model.config.lora.modules_to_save)
+        raise ValueError(f"training.freeze_below={k}, but {what} would train below layer {k}: set model.lora.layers "
+                         f"and model.gates.layers to layers >= {k} and model.lora.modules_to_save to []")
+    low = [i for i in pet_layers if 0 <= i <= k]
+    if low:
+        raise ValueError(f"loss.pet.layers {low} lie in the frozen part (<= {k}); PET there has no gradient")
+
+
+@torch.no_grad()
+def decide_from_states(model: SO8TModel, split: DecoderSplit, frozen: FrozenStates, rows: list[dict],
+                       collate: SafetyCollator, batch_size: int = 32) -> np.ndarray:
+    """Temperature-scaled probabilities (N, 3) for cached rows, running only the layers from k up. The state at
+    the end of the prompt does not see the target tokens that follow (causal attention), so this equals
+    ``model.decide`` on the same prompts."""
+    was_training = model.training
+    model.eval()
+    chunks = []
+    try:
+        device = next(model.parameters()).device
+        for start in range(0, len(rows), batch_size):
+            part = rows[start:start + batch_size]
+            batch = collate(part)
+            states = frozen.batch(part, batch["input_ids"].shape[1]).to(device)
+            out = model(batch["input_ids"].to(device), batch["attention_mask"].to(device),
+                        decision_positions=batch["decision_positions"].to(device), return_lm_logits=False,
+                        states=states, split=split)
+            chunks.append(model.safety_head.probabilities(out.safety_logits).float().cpu().numpy())
+    finally:
+        model.train(was_training)
+    return np.concatenate(chunks) if chunks else np.zeros((0, 3), dtype=np.float32)
