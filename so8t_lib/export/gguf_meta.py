@@ -45,6 +45,8 @@ def read_metadata(path: str | Path) -> dict:
         return fields[key].contents()
 
     meta = {key: value(key) for key in REQUIRED_KEYS}
+    # files written before mean pooling existed decide from the last token
+    meta["so8t.pooling"] = fields["so8t.pooling"].contents() if "so8t.pooling" in fields else "last"
     if int(meta["so8t.format"]) > SO8T_FORMAT:
         raise GGUFError(f"{path}: so8t.format {meta['so8t.format']} is newer than this library ({SO8T_FORMAT})")
     head = {}

@@ -1,11 +1,13 @@
 """Writing one GGUF file that carries both heads.
 
-Export merges LoRA, folds the SO(8) gates into ``o_proj`` (``SO8TModel.merge_for_export``) and
-writes a llama.cpp ``qwen2`` model with the ``gguf`` package: the project's own HF → GGUF tensor
-names, the byte-level BPE tokenizer (tokens, merges, token types, pre-tokenizer ``qwen2``, chat
-template). SafetyHeadB travels as ``so8t.*`` metadata (llama.cpp ignores unknown keys): its
-weights as float arrays with their shapes, the label order, the temperature, the default threshold,
-the gate order, the system prompt, the model version and the training config hash.
+Export merges LoRA, folds the SO(8) gates into ``o_proj`` (``SO8TModel.merge_for_export``) and writes a
+llama.cpp model of the base's own architecture (Qwen2 or Gemma3) with the ``gguf`` package: tensor names
+from gguf's architecture tables (``TensorNameMap``), the hyperparameters llama.cpp reads, and the
+tokenizer: for a base that came as a GGUF file (the Gemma 3 270M preset) its tokenizer is copied from that
+source file, otherwise the project's byte-level BPE is written (tokens, merges, token types). The chat
+template is the model's own. SafetyHeadB travels as ``so8t.*`` metadata (llama.cpp ignores unknown keys):
+its weights as float arrays with their shapes, the label order, the pooling, the temperature, the default
+threshold, the gate order, the system prompt, the model version and the training config hash.
 """
 
 from __future__ import annotations
@@ -20,36 +22,65 @@ import torch
 
 from ..core.config import load_config
 from ..core.schema import LABELS, RUN_CONFIG_FILE
-from ..model.prompts import SYSTEM_PROMPT
 from .gguf_meta import DEFAULT_THRESHOLD, SO8T_FORMAT, GGUFError
 
 _TOKEN_NORMAL, _TOKEN_CONTROL, _TOKEN_USER_DEFINED, _TOKEN_UNUSED = 1, 3, 4, 5
-
-# HF Qwen2 parameter names -> llama.cpp GGUF tensor names.
-_GLOBAL_NAMES = {"model.embed_tokens.weight": "token_embd.weight", "model.norm.weight": "output_norm.weight",
-                 "lm_head.weight": "output.weight"}
-_LAYER_NAMES = {
-    "input_layernorm.weight": "attn_norm.weight",
-    "self_attn.q_proj.weight": "attn_q.weight", "self_attn.q_proj.bias": "attn_q.bias",
-    "self_attn.k_proj.weight": "attn_k.weight", "self_attn.k_proj.bias": "attn_k.bias",
-    "self_attn.v_proj.weight": "attn_v.weight", "self_attn.v_proj.bias": "attn_v.bias",
-    "self_attn.o_proj.weight": "attn_output.weight",
-    "post_attention_layernorm.weight": "ffn_norm.weight",
-    "mlp.gate_proj.weight": "ffn_gate.weight", "mlp.up_proj.weight": "ffn_up.weight",
-    "mlp.down_proj.weight": "ffn_down.weight",
-}
+# HF model_type -> the gguf package's architecture; llama.cpp knows both.
+ARCHITECTURES = {"qwen2": "QWEN2", "gemma3_text": "GEMMA3"}
+GEMMA3_FULL_ATTENTION_EVERY = 6  # llama.cpp's fixed Gemma3 pattern: five sliding layers, then one full
+# Gemma's RMSNorm scales by (1 + w); llama.cpp's by w, so its converter stores w + 1 (and reading subtracts it).
+GEMMA_NORM_SUFFIXES = ("norm.weight",)
 
 
-def gguf_tensor_name(hf_name: str) -> str:
-    """The llama.cpp name of one HF Qwen2 parameter (raises for anything it does not know)."""
-    if hf_name in _GLOBAL_NAMES:
-        return _GLOBAL_NAMES[hf_name]
-    parts = hf_name.split(".")
-    if len(parts) > 3 and parts[0] == "model" and parts[1] == "layers" and parts[2].isdigit():
-        rest = ".".join(parts[3:])
-        if rest in _LAYER_NAMES:
-            return f"blk.{parts[2]}.{_LAYER_NAMES[rest]}"
-    raise GGUFError(f"no GGUF name for parameter {hf_name!r}: only the Qwen2 family is mapped")
+def _architecture(config):
+    import gguf
+
+    name = ARCHITECTURES.get(config.model_type)
+    if name is None:
+        raise GGUFError(f"model type {config.model_type!r}: the GGUF export knows {', '.join(ARCHITECTURES)}")
+    return getattr(gguf.MODEL_ARCH, name)
+
+
+def gguf_tensor_names(state_names: list[str], arch, n_layers: int) -> dict[str, str]:
+    """HF parameter name -> llama.cpp tensor name, from the gguf package's tables (raises for an unknown one)."""
+    import gguf
+
+    table = gguf.get_tensor_name_map(arch, n_layers)
+    names = {}
+    for hf_name in state_names:
+        gguf_name = table.get_name(hf_name, try_suffixes=(".weight", ".bias"))
+        if gguf_name is None:
+            raise GGUFError(f"no GGUF name for parameter {hf_name!r} in gguf's {arch.name} table")
+        names[hf_name] = gguf_name
+    return names
+
+
+def _hyperparameters(writer, cfg, arch) -> None:
+    import gguf
+
+    writer.add_context_length(cfg.max_position_embeddings)
+    writer.add_embedding_length(cfg.hidden_size)
+    writer.add_block_count(cfg.num_hidden_layers)
+    writer.add_feed_forward_length(cfg.intermediate_size)
+    writer.add_head_count(cfg.num_attention_heads)
+    writer.add_head_count_kv(cfg.num_key_value_heads)
+    writer.add_layer_norm_rms_eps(float(cfg.rms_norm_eps))
+    rope = getattr(cfg, "rope_parameters", None) or {}
+    if arch == gguf.MODEL_ARCH.GEMMA3:
+        expected = ["full_attention" if (i + 1) % GEMMA3_FULL_ATTENTION_EVERY == 0 else "sliding_attention"
+                    for i in range(cfg.num_hidden_layers)]
+        if list(cfg.layer_types) != expected:
+            raise GGUFError("llama.cpp runs Gemma3 with one full-attention layer after every five sliding ones; "
+                            f"this model's layer_types differ ({cfg.layer_types})")
+        if cfg.query_pre_attn_scalar != cfg.head_dim:
+            raise GGUFError("llama.cpp scales Gemma3 attention by 1/sqrt(head_dim); this model's "
+                            f"query_pre_attn_scalar is {cfg.query_pre_attn_scalar}")
+        writer.add_key_length(cfg.head_dim)
+        writer.add_value_length(cfg.head_dim)
+        writer.add_sliding_window(cfg.sliding_window)
+        writer.add_rope_freq_base(float(rope.get("full_attention", {}).get("rope_theta", 1_000_000.0)))
+    else:
+        writer.add_rope_freq_base(float(getattr(cfg, "rope_theta", None) or rope["rope_theta"]))
 
 
 def _merges(tokenizer) -> list[str]:
@@ -78,6 +109,41 @@ def _tokens(tokenizer, vocab_size: int) -> tuple[list[str], list[int]]:
     return tokens, types
 
 
+def _bpe_tokenizer(writer, tokenizer, vocab_size: int) -> None:
+    """The project's byte-level BPE (Qwen2's split pattern): tokens, merges, token types."""
+    tokens, token_types = _tokens(tokenizer, vocab_size)
+    writer.add_tokenizer_model("gpt2")
+    writer.add_tokenizer_pre("qwen2")
+    writer.add_token_list(tokens)
+    writer.add_token_types(token_types)
+    writer.add_token_merges(_merges(tokenizer))
+    writer.add_eos_token_id(tokenizer.eos_token_id)
+    if tokenizer.pad_token_id is not None:
+        writer.add_pad_token_id(tokenizer.pad_token_id)
+    if tokenizer.bos_token_id is not None:
+        writer.add_bos_token_id(tokenizer.bos_token_id)
+    writer.add_add_bos_token(False)
+
+
+def copy_tokenizer(writer, source: Path, vocab_size: int) -> None:
+    """Every ``tokenizer.*`` key of a base's source GGUF, as llama.cpp's own converter wrote it (the chat
+    template excepted: the model's own is written after)."""
+    import gguf
+
+    reader = gguf.GGUFReader(str(source))
+    for key, field in reader.fields.items():
+        if not key.startswith("tokenizer.") or key == "tokenizer.chat_template":
+            continue
+        value_type = field.types[0]
+        if value_type == gguf.GGUFValueType.ARRAY:
+            values = field.contents()
+            if key == "tokenizer.ggml.tokens" and len(values) != vocab_size:
+                raise GGUFError(f"{source} has {len(values)} tokens but the model's embedding {vocab_size} rows")
+            writer.add_key_value(key, values, value_type, sub_type=field.types[-1])
+        else:
+            writer.add_key_value(key, field.contents(), value_type)
+
+
 def _config_hash(checkpoint: Path | None, model) -> str:
     """sha256 of the training run's resolved config when the checkpoint sits in a run folder,
     else of the model config."""
@@ -92,48 +158,41 @@ def write_gguf(model, path: str | Path, dtype: str = "f16", checkpoint: Path | N
     """Write ``model`` (an SO8TModel) as one GGUF at ``path`` (temporary file, then rename)."""
     import gguf
 
+    from ..model.pretrained import GGUF_BASES, source_gguf
+
     if dtype not in ("f16", "f32"):
         raise ValueError(f"dtype must be 'f16' or 'f32', got {dtype!r}")
     merged, head_state = model.merge_for_export()
     cfg = merged.config
-    if cfg.model_type != "qwen2":
-        raise GGUFError(f"model type {cfg.model_type!r}: the GGUF export maps the Qwen2 family only")
-    tokenizer = model.tokenizer
-    tokens, token_types = _tokens(tokenizer, cfg.vocab_size)
+    arch = _architecture(cfg)
+    state = merged.state_dict()
+    tied = getattr(cfg, "tie_word_embeddings", False) and "lm_head.weight" in state \
+        and torch.equal(state["lm_head.weight"], state["model.embed_tokens.weight"])
+    if tied:
+        del state["lm_head.weight"]  # llama.cpp reuses token_embd
+    names = gguf_tensor_names(list(state), arch, cfg.num_hidden_layers)
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
     tmp = path.with_name(f".{path.name}.tmp")
-    writer = gguf.GGUFWriter(str(tmp), "qwen2")
+    writer = gguf.GGUFWriter(str(tmp), gguf.MODEL_ARCH_NAMES[arch])
     writer.add_name(model.config.name)
     writer.add_file_type(gguf.LlamaFileType.MOSTLY_F16 if dtype == "f16" else gguf.LlamaFileType.ALL_F32)
-    writer.add_context_length(cfg.max_position_embeddings)
-    writer.add_embedding_length(cfg.hidden_size)
-    writer.add_block_count(cfg.num_hidden_layers)
-    writer.add_feed_forward_length(cfg.intermediate_size)
-    writer.add_head_count(cfg.num_attention_heads)
-    writer.add_head_count_kv(cfg.num_key_value_heads)
-    writer.add_rope_freq_base(float(getattr(cfg, "rope_theta", None) or cfg.rope_parameters["rope_theta"]))
-    writer.add_layer_norm_rms_eps(float(cfg.rms_norm_eps))
-    writer.add_tokenizer_model("gpt2")
-    writer.add_tokenizer_pre("qwen2")
-    writer.add_token_list(tokens)
-    writer.add_token_types(token_types)
-    writer.add_token_merges(_merges(tokenizer))
-    writer.add_eos_token_id(tokenizer.eos_token_id)
-    if tokenizer.pad_token_id is not None:
-        writer.add_pad_token_id(tokenizer.pad_token_id)
-    if tokenizer.bos_token_id is not None:
-        writer.add_bos_token_id(tokenizer.bos_token_id)
-    writer.add_add_bos_token(False)
+    _hyperparameters(writer, cfg, arch)
+    tokenizer = model.tokenizer
+    if model.config.preset in GGUF_BASES:
+        copy_tokenizer(writer, source_gguf(GGUF_BASES[model.config.preset]), cfg.vocab_size)
+    else:
+        _bpe_tokenizer(writer, tokenizer, cfg.vocab_size)
     if getattr(tokenizer, "chat_template", None):
         writer.add_chat_template(tokenizer.chat_template)
 
     writer.add_uint32("so8t.format", SO8T_FORMAT)
     writer.add_array("so8t.labels", list(LABELS))
+    writer.add_string("so8t.pooling", model.config.head.pooling)
     writer.add_float32("so8t.temperature", float(head_state["temperature"]))
     writer.add_float32("so8t.threshold", float(threshold))
     writer.add_string("so8t.gate_order", model.config.gates.order)
-    writer.add_string("so8t.system_prompt", SYSTEM_PROMPT)
+    writer.add_string("so8t.system_prompt", model.system_prompt)
     writer.add_string("so8t.model_version", model.model_version)
     writer.add_string("so8t.config_sha256", _config_hash(checkpoint, model))
     head_keys = sorted(k for k in head_state if k.startswith("net."))
@@ -143,15 +202,14 @@ def write_gguf(model, path: str | Path, dtype: str = "f16", checkpoint: Path | N
         writer.add_array(f"so8t.head.{key}.shape", [int(s) for s in values.shape])
         writer.add_array(f"so8t.head.{key}", values.reshape(-1).astype(np.float32).tolist())
 
-    state = merged.state_dict()
+    gemma = arch == gguf.MODEL_ARCH.GEMMA3
     for name, tensor in state.items():
-        if name == "lm_head.weight" and getattr(cfg, "tie_word_embeddings", False) \
-                and torch.equal(tensor, state["model.embed_tokens.weight"]):
-            continue  # tied: llama.cpp reuses token_embd
         array = tensor.detach().float().cpu().numpy()
+        if gemma and name.endswith(GEMMA_NORM_SUFFIXES):
+            array = array + 1.0
         if dtype == "f16" and array.ndim == 2:
             array = array.astype(np.float16)
-        writer.add_tensor(gguf_tensor_name(name), array)
+        writer.add_tensor(names[name], array)
     try:
         writer.write_header_to_file()
         writer.write_kv_data_to_file()

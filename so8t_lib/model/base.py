@@ -33,7 +33,8 @@ def torch_dtype(cfg: ModelConfig) -> torch.dtype:
 
 
 def _tiny_gemma3_config(cfg: ModelConfig, tokenizer) -> Gemma3TextConfig:
-    """Gemma3's shape at toy size: sliding and full attention alternate, q/k norms, tied embeddings."""
+    """Gemma3 at toy size: five sliding-attention layers then a full one (the pattern llama.cpp runs), q/k norms,
+    tied embeddings."""
     arch = cfg.tiny
     n = arch.num_hidden_layers
     return Gemma3TextConfig(
@@ -41,7 +42,7 @@ def _tiny_gemma3_config(cfg: ModelConfig, tokenizer) -> Gemma3TextConfig:
         num_attention_heads=arch.num_attention_heads, num_key_value_heads=arch.num_key_value_heads,
         head_dim=arch.hidden_size // arch.num_attention_heads, intermediate_size=arch.intermediate_size,
         max_position_embeddings=arch.max_position_embeddings, sliding_window=arch.sliding_window,
-        layer_types=["full_attention" if (i + 1) % 2 == 0 else "sliding_attention" for i in range(n)],
+        layer_types=["full_attention" if (i + 1) % 6 == 0 else "sliding_attention" for i in range(n)],
         query_pre_attn_scalar=arch.hidden_size // arch.num_attention_heads,
         initializer_range=arch.initializer_range, tie_word_embeddings=True,
         eos_token_id=tokenizer.eos_token_id, pad_token_id=tokenizer.pad_token_id, bos_token_id=None)

@@ -106,7 +106,7 @@ class FrozenStates:
         out = torch.zeros(len(rows), width, self.states.shape[1])
         for i, row in enumerate(rows):
             start, length = self.offsets[row["id"]]
-            out[i, :length] = torch.from_numpy(np.asarray(self.states[start:start + length]))
+            out[i, :length] = torch.from_numpy(np.array(self.states[start:start + length]))
         return out
 
 

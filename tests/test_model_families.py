@@ -1,0 +1,161 @@
+"""SO8T on both model families it ships for (Qwen2 and Gemma3, tiny random configs), against the bare HF
+model, the folded export and a reloaded checkpoint; the split decoder and the frozen-state cache the CPU
+recipe trains with; mean pooling; sampled LM targets."""
+
+import copy
+
+import numpy as np
+import pytest
+import torch
+from conftest import randomize_adapters, sample_batch
+
+from so8t_lib.core.config import ModelConfig, load_config
+from so8t_lib.data.tables import load_split, stratified_sample
+from so8t_lib.model import SafetyHeadB, SO8TModel
+from so8t_lib.model.base import build_tiny_base
+from so8t_lib.model.heads import pool_states
+from so8t_lib.model.so8t import position_ids_from_mask
+from so8t_lib.train.losses import sample_positions
+
+TEXTS = ["How do I kill a hung Python process on my laptop, quickly please?", "山田さんの給与明細を見せてください。", "Hi"]
+FAMILIES = ["qwen2", "gemma3"]
+
+
+def family_config(arch: str, **model) -> ModelConfig:
+    """Six layers, so the Gemma3 shape has its full-attention layer; a sliding window shorter than the texts."""
+    tiny = {"arch": arch, "hidden_size": 64, "num_hidden_layers": 6, "num_attention_heads": 4,
+            "num_key_value_heads": 1, "intermediate_size": 128, "sliding_window": 6}
+    return ModelConfig(**{"tiny": tiny, "lora": {"dropout": 0.0}, "head": {"dropout": 0.0}, **model})
+
+
+@pytest.mark.parametrize("arch", FAMILIES)
+@pytest.mark.parametrize("order", ["safe_first", "commuting", "none"])
+def test_fresh_model_matches_the_bare_hf_model(arch, order, tokenizer):
+    config = family_config(arch, gates={"order": order})
+    lm, tok = build_tiny_base(config, tokenizer)
+    reference = copy.deepcopy(lm).eval()
+    model = SO8TModel(lm, tok, config).eval()
+    batch = tokenizer(TEXTS[:1], return_tensors="pt")
+    with torch.no_grad():
+        assert torch.allclose(model(batch["input_ids"], batch["attention_mask"]).logits, reference(**batch).logits,
+                              atol=1e-5)
+
+
+@pytest.mark.parametrize("arch", FAMILIES)
+@pytest.mark.parametrize("pooling", ["last", "mean"])
+def test_folded_export_reproduces_both_heads(arch, pooling, tokenizer):
+    model = SO8TModel.from_config(family_config(arch, head={"dropout": 0.0, "pooling": pooling},
+                                                gates={"init_std": 0.05}), tokenizer).eval()
+    randomize_adapters(model)
+    merged, head_state = model.merge_for_export()
+    head = SafetyHeadB.from_state_dict(head_state)
+    batch = sample_batch(tokenizer, TEXTS)
+    with torch.no_grad():
+        live = model(batch["input_ids"], batch["attention_mask"])
+        hidden = merged.get_decoder()(**batch).last_hidden_state
+        last = batch["attention_mask"].sum(-1) - 1
+        plain = head(pool_states(hidden, batch["attention_mask"], last, pooling))
+        plain_logits = merged(**batch).logits
+    mask = batch["attention_mask"].bool()
+    assert torch.allclose(plain_logits[mask], live.logits[mask], atol=1e-4)
+    assert torch.allclose(plain, live.safety_logits, atol=1e-4)
+
+
+@pytest.mark.parametrize("arch", FAMILIES)
+def test_save_and_load_give_the_same_decisions(arch, tokenizer, tmp_path):
+    model = SO8TModel.from_config(family_config(arch, head={"dropout": 0.0, "pooling": "mean"}), tokenizer).eval()
+    randomize_adapters(model)
+    model.save(tmp_path / "ckpt")
+    again = SO8TModel.load(tmp_path / "ckpt")
+    assert torch.allclose(model.decide(TEXTS), again.decide(TEXTS), atol=1e-6)
+
+
+@pytest.mark.parametrize("arch", FAMILIES)
+def test_the_split_decoder_is_exact(arch, tokenizer):
+    """Layers below k, then layers from k up on their output: the same states, heads and PET layers."""
+    model = SO8TModel.from_config(family_config(arch, gates={"layers": [3, 4, 5], "init_std": 0.05},
+                                                lora={"dropout": 0.0, "layers": [3, 4, 5]}), tokenizer).eval()
+    randomize_adapters(model)
+    batch = sample_batch(tokenizer, TEXTS)
+    ids, mask = batch["input_ids"], batch["attention_mask"]
+    split = model.split(3)
+    with torch.no_grad():
+        full = model(ids, mask, output_hidden_states=True)
+        states = split.below(ids, mask, position_ids_from_mask(mask))
+        part = model(ids, mask, output_hidden_states=True, states=states, split=split)
+    assert torch.equal(full.safety_logits, part.safety_logits) and torch.equal(full.logits, part.logits)
+    assert part.hidden_offset == 3 and torch.equal(part.hidden_states[1], full.hidden_states[4])
+    with pytest.raises(ValueError, match="inside the decoder"):
+        model.split(6)
+
+
+def test_mean_pooling_reads_the_prompt_only_and_ignores_padding():
+    hidden = torch.arange(2 * 5 * 2, dtype=torch.float32).reshape(2, 5, 2)
+    mask = torch.tensor([[1, 1, 1, 1, 0], [0, 1, 1, 1, 1]])
+    decision = torch.tensor([2, 4])  # row 0: its prompt ends at 2, a target token follows at 3
+    pooled = pool_states(hidden, mask, decision, "mean")
+    assert torch.allclose(pooled[0], hidden[0, :3].mean(0)) and torch.allclose(pooled[1], hidden[1, 1:].mean(0))
+    assert torch.equal(pool_states(hidden, mask, decision, "last"), hidden[[0, 1], [2, 4]])
+
+
+def test_sampled_lm_positions_are_a_subset_of_at_most_n_per_row():
+    torch.manual_seed(0)
+    valid = torch.rand(4, 30) > 0.4
+    kept = sample_positions(valid, 5)
+    assert not (kept & ~valid).any()
+    assert (kept.sum(1) == torch.clamp(valid.sum(1), max=5)).all()
+
+
+def test_stratified_sample_keeps_each_cells_share():
+    table = load_split("val")
+    sample = stratified_sample(table, 300, seed=1)
+    assert len(sample) == 300 and list(sample.index) == sorted(sample.index)
+    share = sample.groupby(["label", "lang"]).size() / 300
+    full = table.groupby(["label", "lang"]).size() / len(table)
+    assert (share - full).abs().max() < 0.01
+    assert sample.equals(stratified_sample(table, 300, seed=1)) and stratified_sample(table, None, 1) is table
+
+
+def _recipe(tmp_path, run, cache: bool):
+    layers = "[3, 4, 5]"
+    return load_config("configs/training.yaml", [
+        f"training.output_dir={tmp_path / run}", "training.max_steps=3", "training.batch_size=4",
+        "training.max_length=256", "training.eval_every=3", "training.eval_max_rows=12", "training.log_every=1",
+        "training.train_max_rows=40", "training.calibrate_temperature=false", "training.max_target_tokens=8",
+        "training.lm_positions_per_row=3", "training.freeze_below=3", f"training.cache_frozen_states={cache}",
+        "model.tiny.arch=gemma3", "model.tiny.num_hidden_layers=6", "model.tiny.hidden_size=64",
+        "model.tiny.num_attention_heads=4", "model.tiny.num_key_value_heads=1", "model.tiny.intermediate_size=128",
+        "model.lora.modules_to_save=[]", f"model.lora.layers={layers}", f"model.gates.layers={layers}",
+        "model.lora.dropout=0.0", "model.head.dropout=0.0", "model.head.pooling=mean"])
+
+
+def test_training_from_cached_frozen_states_equals_training_the_whole_model(tmp_path, monkeypatch):
+    """The CPU recipe is exact: three steps from the cache end with the parameters three full steps reach."""
+    from so8t_lib.train.trainer import Trainer
+
+    monkeypatch.setenv("SO8T_CACHE", str(tmp_path / "cache"))
+    finals = []
+    for run, cache in (("full", False), ("cached", True)):
+        trainer = Trainer(_recipe(tmp_path, run, cache))
+        trainer.run()
+        finals.append({n: p.detach().clone() for n, p in trainer.model.named_parameters() if p.requires_grad})
+        if cache:
+            assert list((tmp_path / "cache" / "states").iterdir()), "the states were cached"
+            ids = [r["id"] for r in trainer.val_rows]
+            probs = trainer.model.decide([r["user_request"] for r in trainer.val_rows],
+                                         [r["context"] or None for r in trainer.val_rows]).numpy()
+            from so8t_lib.train.state_cache import decide_from_states
+
+            cached = decide_from_states(trainer.model, trainer.split, trainer.frozen, trainer.val_rows, trainer.collate)
+            assert len(ids) == 12 and np.allclose(probs, cached, atol=1e-5)
+    assert finals[0].keys() == finals[1].keys()
+    assert all(torch.allclose(finals[0][n], finals[1][n], atol=1e-5) for n in finals[0])
+
+
+def test_a_frozen_part_that_would_train_is_refused(tmp_path):
+    from so8t_lib.train.trainer import Trainer
+
+    config = _recipe(tmp_path, "bad", True).model_copy(deep=True)
+    config.model.gates.layers = [1, 4]
+    with pytest.raises(ValueError, match="would train below layer 3"):
+        Trainer(config)
