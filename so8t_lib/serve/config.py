@@ -136,6 +136,39 @@ class EscalationConfig(_Section):
         return self
 
 
+class ServiceConfig(_Section):
+    """``so8t serve``: the HTTP front of the same Agent (docs/serving.md). API keys never live here, only
+    the names of the environment variables that hold them."""
+
+    host: str = "127.0.0.1"
+    port: int = Field(8080, ge=0, le=65535, description="0: any free port (printed at start)")
+    max_batch: int = Field(32, ge=1, le=1024, description="requests gathered into one decision pass")
+    max_wait_ms: float = Field(5.0, ge=0, le=1000, description="longest a request waits for others to join it")
+    concurrent_batches: int = Field(2, ge=1, le=8, description="batches in flight: the model runs one at a time, "
+                                    "audit and queue writes of one batch overlap the next one's model pass")
+    max_pending: int = Field(2048, ge=1, description="requests waiting for a batch; beyond: 503 with Retry-After")
+    max_body_bytes: str = Field("1MB", description="a larger request body is refused (413) before it is read")
+    max_items: int = Field(64, ge=1, le=1024, description="requests in one call of /v1/decide or /v1/moderations")
+    rate_limit_per_minute: float = Field(600, gt=0, description="requests per API key and minute (each item of a "
+                                         "list counts)")
+    rate_limit_burst: int = Field(120, ge=1, description="requests a key may send at once before the rate applies")
+    client_keys_env: str = Field("SO8T_CLIENT_KEYS", description="variable with the client keys: name:secret,...")
+    reviewer_keys_env: str = Field("SO8T_REVIEWER_KEYS", description="variable with the reviewer keys")
+    emergency_flag_file: str = Field("logs/EMERGENCY", description="while this file exists every request is "
+                                     "escalated (SO8T_LOG_DIR moves it with the logs)")
+    flag_poll_s: float = Field(1.0, gt=0, description="how often the flag file is looked for")
+    queue_poll_s: float = Field(5.0, gt=0, description="how often queue depth and overdue cases are counted")
+    shutdown_timeout_s: float = Field(30.0, gt=0, description="SIGTERM: longest wait for requests in flight")
+
+    @model_validator(mode="after")
+    def _consistent(self) -> ServiceConfig:
+        parse_size(self.max_body_bytes)
+        if self.rate_limit_burst < self.max_items:
+            raise ValueError(f"rate_limit_burst ({self.rate_limit_burst}) must be at least max_items "
+                             f"({self.max_items}): a full list could never pass the rate limit")
+        return self
+
+
 class RuntimeConfig(_Section):
     model: RuntimeModelConfig
     inference: InferenceConfig = Field(default_factory=InferenceConfig)
@@ -143,6 +176,7 @@ class RuntimeConfig(_Section):
     logging: LoggingConfig = Field(default_factory=LoggingConfig)
     escalation: EscalationConfig = Field(default_factory=EscalationConfig)
     mode: Literal["normal", "emergency"] = Field("normal", description="emergency: every request is escalated")
+    service: ServiceConfig = Field(default_factory=ServiceConfig)
 
     @model_validator(mode="after")
     def _queue_wait_below_decision_timeout(self) -> RuntimeConfig:
@@ -183,13 +217,12 @@ class RuntimePaths(NamedTuple):
 def runtime_paths(config: RuntimeConfig, log_dir: str | Path | None = None) -> RuntimePaths:
     """Where the runtime writes: the config's files, moved into ``log_dir`` (or $SO8T_LOG_DIR) when
     one is given. Every tool (runtime, escalation CLI) resolves them here, so they agree."""
+    queue = placed(config.escalation.queue_db, log_dir)
+    return RuntimePaths(placed(config.logging.audit_log, log_dir), queue, queue.with_name(queue.name + ".spool"),
+                        placed(config.logging.log_file, log_dir) if config.logging.log_file else None)
+
+
+def placed(name: str, log_dir: str | Path | None = None) -> Path:
+    """A configured file, moved into ``log_dir`` (else $SO8T_LOG_DIR) when one is given."""
     log_dir = log_dir or os.environ.get("SO8T_LOG_DIR")
-
-    def place(name: str | None) -> Path | None:
-        if name is None:
-            return None
-        return Path(log_dir) / Path(name).name if log_dir else Path(name)
-
-    queue = place(config.escalation.queue_db)
-    return RuntimePaths(place(config.logging.audit_log), queue, queue.with_name(queue.name + ".spool"),
-                        place(config.logging.log_file))
+    return Path(log_dir) / Path(name).name if log_dir else Path(name)

@@ -131,6 +131,14 @@ class Agent:
     def pending_notifications(self) -> list[concurrent.futures.Future]:
         return self.desk.notifications
 
+    def set_mode(self, mode: str) -> str:
+        """Switch between ``normal`` and ``emergency`` without a restart (a server's emergency switch);
+        returns the previous mode. A batch already deciding finishes in the mode it started in."""
+        with self._lock:
+            previous = self.config.mode
+            self.config = RuntimeConfig.model_validate({**self.config.model_dump(), "mode": mode})
+        return previous
+
     def close(self) -> None:
         self.desk.close()
         self.notifier.close()
