@@ -29,6 +29,7 @@ COMMANDS: dict[str, Command] = {
     "export": Command("export", "main", "checkpoint -> GGUF (both heads in one file) and the quantization ladder"),
     "inspect": Command("export", "inspect_main", "print a GGUF file's so8t.* metadata"),
     "runtime": Command("runtime", "main", "decide requests with the runtime contract (threshold, audit, escalation)"),
+    "serve": Command("serve", "main", "the gate as an HTTP service: REST API, metrics, dashboard (FastAPI)"),
     "audit": Command("audit", "main", "verify or show the hash-chained audit log"),
     "escalation": Command("escalation", "main", "list or resolve escalation cases"),
     "sweep": Command("sweep", "main", "run a papermill sweep (a notebook over a grid and seeds)"),

@@ -1,0 +1,81 @@
+"""so8t serve: the safety gate as an HTTP service (FastAPI on uvicorn), the same Agent as so8t runtime.
+
+    export SO8T_CLIENT_KEYS="gateway:$(python -c 'import secrets; print(secrets.token_urlsafe(32))')"
+    export SO8T_REVIEWER_KEYS="desk:..."          # reviewers: escalations and the emergency switch
+    so8t serve --config configs/production.yaml [--host 127.0.0.1 --port 8080]
+    curl -s -H "Authorization: Bearer $KEY" -d '{"user_request": "経費精算の締め日は？"}' \\
+         -H 'Content-Type: application/json' http://127.0.0.1:8080/v1/decide
+
+API keys come from the environment only (the config's service.client_keys_env and
+service.reviewer_keys_env name the variables). --port 0 takes any free port; the first line on stdout
+says which. SIGTERM stops taking connections, finishes the requests in flight and closes the audit
+log; a model that cannot be loaded still serves, failing closed (every request escalated, /readyz 503).
+Endpoints, metrics and alerts: docs/serving.md.
+"""
+
+from __future__ import annotations
+
+import argparse
+import socket
+import sys
+import warnings
+
+from ..core.config import ConfigError
+from ..serve.config import load_runtime_config
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(prog="so8t serve", description=__doc__,
+                                     formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--config", default="configs/basic.yaml")
+    parser.add_argument("--host", help="address to listen on (default: service.host, 127.0.0.1)")
+    parser.add_argument("--port", type=int, help="port (default: service.port, 8080; 0: any free port)")
+    parser.add_argument("--log-dir", help="folder of the audit log, queue, spool and flag file (else SO8T_LOG_DIR)")
+    parser.add_argument("--use-gguf", action="store_true", help="decide with the config's GGUF file")
+    parser.add_argument("--model-path", help="override model.checkpoint_path (a folder or a .gguf file)")
+    parser.add_argument("--test-mode", action="store_true", help="records and cases marked as tests; no notifications")
+    parser.add_argument("overrides", nargs="*", help="key=value, e.g. service.max_batch=16")
+    args = parser.parse_args(argv)
+    warnings.filterwarnings("ignore", message=".*is_gradient_checkpointing.*")
+    overrides = list(args.overrides)
+    if args.use_gguf:
+        overrides.append("model.use_gguf=true")
+    if args.model_path:
+        overrides.append(f"model.checkpoint_path={args.model_path}")
+        if args.model_path.endswith(".gguf"):
+            overrides += ["model.use_gguf=true", f"model.gguf_path={args.model_path}"]
+    for key, value in (("host", args.host), ("port", args.port)):
+        if value is not None:
+            overrides.append(f"service.{key}={value}")
+    try:
+        import uvicorn
+
+        from ..serve.http import ApiKeys, Service, create_app
+        from ..serve.runtime import Agent
+    except ImportError as exc:
+        sys.exit(f"error: {exc.name} is missing: install the service extra (pip install -e '.[service]')")
+    try:
+        config = load_runtime_config(args.config, overrides)
+        keys = ApiKeys.from_env(config.service.client_keys_env, config.service.reviewer_keys_env)
+    except ConfigError as exc:
+        sys.exit(f"error: {exc}")
+    try:
+        listener = socket.create_server((config.service.host, config.service.port))
+    except OSError as exc:
+        sys.exit(f"error: cannot listen on {config.service.host}:{config.service.port}: {exc}")
+    try:
+        agent = Agent(config, test_mode=args.test_mode, log_dir=args.log_dir)
+    except ConfigError as exc:
+        listener.close()
+        sys.exit(f"error: {exc}")
+    if agent.load_error:
+        print(f"so8t serve: {agent.load_error}; every request is escalated and /readyz answers 503", file=sys.stderr)
+    service = Service(agent, keys, log_dir=args.log_dir)
+    host, port = listener.getsockname()[:2]
+    print(f"so8t serve: listening on http://{host}:{port} (model {agent.model_version}, mode {service.switch.mode}, "
+          f"audit log {agent.audit.path})", flush=True)
+    server = uvicorn.Server(uvicorn.Config(create_app(service), log_level="warning", access_log=False,
+                                           timeout_graceful_shutdown=config.service.shutdown_timeout_s,
+                                           lifespan="on"))
+    server.run(sockets=[listener])
+    return 0

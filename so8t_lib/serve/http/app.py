@@ -1,0 +1,304 @@
+"""The gate as a service: FastAPI routes over one ``Agent`` (the runtime contract of ``so8t runtime``).
+
+    POST /v1/decide                    one request or a list -> the run_agent result(s)      client
+    POST /v1/moderations               OpenAI moderation shape (input: text or list)         client
+    GET  /v1/escalations?status=open   the escalation queue                                  reviewer
+    POST /v1/escalations/{id}/resolve  a person's decision, audited                          reviewer
+    GET|POST /v1/admin/emergency       the emergency switch, audited                         reviewer
+    GET  /healthz, /readyz, /metrics, /dashboard                                             open
+
+Every error is JSON ``{"error": {"type", "message"}}`` naming the problem. The gate never answers
+ALLOW because something broke: a failure inside the gate is a fail-closed ESCALATE from the runtime
+(audited), and a failure of the service around it is a 4xx/5xx error or an unrecorded ESCALATE,
+never an ALLOW.
+"""
+
+# No "from __future__ import annotations": FastAPI reads the route signatures, whose body types are
+# built inside create_app from the config.
+import json
+import logging
+import uuid
+from contextlib import asynccontextmanager
+from typing import Annotated, Any, Literal
+
+from fastapi import Body, Depends, FastAPI, Query, Request
+from fastapi.exceptions import RequestValidationError
+from fastapi.responses import HTMLResponse, JSONResponse, Response
+from fastapi.security import HTTPAuthorizationCredentials, HTTPBearer
+from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
+from starlette.concurrency import run_in_threadpool
+from starlette.exceptions import HTTPException
+
+from ...core.config import parse_size
+from ...core.schema import ROUTE_CATEGORIES
+from ..audit import AuditWriteError
+from ..escalation import AlreadyResolved, QueueError, QueueUnavailable
+from ..outcome import utc_timestamp
+from .auth import CLIENT, REVIEWER, ApiKey, RateLimiter
+from .batching import Closing, Overloaded
+from .dashboard_page import PAGE, SCRIPT
+from .emergency import API, SwitchRefused
+from .middleware import BodySizeLimit, HttpMetrics
+from .schemas import (
+    CASE_STATUSES,
+    UNRESOLVED,
+    DecisionResult,
+    EmergencyRequest,
+    EmergencyState,
+    EscalationCase,
+    EscalationList,
+    Health,
+    ModerationResponse,
+    Readiness,
+    Resolution,
+    ResolveRequest,
+    errors,
+    request_models,
+)
+from .service import UNRESOLVED_STATUSES, Service
+
+logger = logging.getLogger("so8t.service")
+BEARER = Depends(HTTPBearer(auto_error=False, description="an API key: Authorization: Bearer <secret>"))
+
+
+class ApiError(HTTPException):
+    def __init__(self, status: int, kind: str, message: str, headers: dict | None = None) -> None:
+        super().__init__(status, message, headers)
+        self.kind = kind
+
+
+class SafeJSONResponse(JSONResponse):
+    """UTF-8 JSON; text the client sent that cannot be UTF-8 (a lone surrogate) is escaped, not a 500."""
+
+    def render(self, content: Any) -> bytes:
+        try:
+            return json.dumps(content, ensure_ascii=False, allow_nan=False, separators=(",", ":")).encode("utf-8")
+        except UnicodeEncodeError:
+            return json.dumps(content, ensure_ascii=True, allow_nan=False, separators=(",", ":")).encode("ascii")
+
+
+def _error(status: int, kind: str, message: str, headers: dict | None = None) -> SafeJSONResponse:
+    return SafeJSONResponse({"error": {"type": kind, "message": message}}, status, headers=headers)
+
+
+KINDS = {400: "invalid_request", 401: "unauthorized", 403: "forbidden", 404: "not_found", 405: "method_not_allowed",
+         409: "conflict", 413: "request_too_large", 422: "invalid_request", 429: "rate_limited",
+         503: "unavailable"}
+
+
+def _problems(exc: RequestValidationError) -> str:
+    """Each schema problem as 'where: what' (never the value: it may be megabytes of hostile text)."""
+    parts = []
+    for err in exc.errors()[:10]:
+        if err.get("type") == "json_invalid":
+            parts.append(f"the body is not valid JSON ({err.get('ctx', {}).get('error', 'cannot be parsed')})")
+            continue
+        where = ".".join(str(p) for p in err.get("loc", ()) if p not in ("body",)) or "body"
+        parts.append(f"{where}: {err.get('msg', 'invalid')}")
+    return "; ".join(parts)
+
+
+def create_app(service: Service) -> FastAPI:
+    """The FastAPI app of one Service; uvicorn (or a test client) runs its start and stop."""
+
+    @asynccontextmanager
+    async def lifespan(app: FastAPI):
+        await service.start()
+        try:
+            yield
+        finally:
+            await service.stop()
+
+    app = FastAPI(title="SO8T safety gate", version="1", lifespan=lifespan, default_response_class=SafeJSONResponse,
+                  description="ALLOW / REFUSE / ESCALATE for employee requests (shared/SAFETY_POLICY.md). "
+                              "Fail-closed: a failure inside the gate is never ALLOW.")
+    app.state.service = service
+    app.add_middleware(BodySizeLimit, max_bytes=parse_size(service.config.max_body_bytes))
+    app.add_middleware(HttpMetrics, metrics=service.metrics)
+
+    @app.exception_handler(HTTPException)
+    async def http_error(request: Request, exc: HTTPException):
+        kind = getattr(exc, "kind", None) or KINDS.get(exc.status_code, "error")
+        return _error(exc.status_code, kind, str(exc.detail), getattr(exc, "headers", None))
+
+    @app.exception_handler(RequestValidationError)
+    async def invalid(request: Request, exc: RequestValidationError):
+        return _error(422, "invalid_request", _problems(exc))
+
+    @app.exception_handler(Exception)
+    async def internal(request: Request, exc: Exception):
+        logger.exception("unhandled error on %s", request.url.path)
+        return _error(500, "internal_error", f"{type(exc).__name__}: the service failed; no decision was made")
+
+    def role(required: str):
+        def check(credentials: HTTPAuthorizationCredentials | None = BEARER) -> ApiKey:
+            if credentials is None:
+                raise ApiError(401, "unauthorized", "send an API key: Authorization: Bearer <secret>",
+                               {"WWW-Authenticate": "Bearer"})
+            key = service.keys.identify(credentials.credentials)
+            if key is None:
+                raise ApiError(401, "unauthorized", "unknown API key", {"WWW-Authenticate": "Bearer"})
+            if not key.may(required):
+                raise ApiError(403, "forbidden", f"the key {key.name!r} has the role {key.role!r}; this needs "
+                               f"{required!r}")
+            return key
+        return check
+
+    def charge(key: ApiKey, cost: int) -> None:
+        wait = service.limiter.take(key.name, cost)
+        if wait is not None:
+            service.metrics.rate_limited.labels(key.name).inc()
+            raise ApiError(429, "rate_limited", f"rate limit of {service.config.rate_limit_per_minute:g} requests/min "
+                           f"for {key.name!r}; retry in {wait:.1f}s", {"Retry-After": RateLimiter.retry_after(wait)})
+
+    async def decide(items: list[dict], request: Request, endpoint: str) -> list[dict]:
+        received = getattr(request.state, "received_at", None)
+        try:
+            return await service.decide(items, received, endpoint)
+        except Overloaded as exc:
+            raise ApiError(503, "overloaded", f"{exc}; retry shortly", {"Retry-After": "1"}) from None
+        except Closing as exc:
+            raise ApiError(503, "shutting_down", str(exc), {"Retry-After": "5"}) from None
+
+    client, reviewer = Depends(role(CLIENT)), Depends(role(REVIEWER))
+    DecideBody, ModerationBody = request_models(service.config.max_items)
+
+    @app.post("/v1/decide", response_model=DecisionResult | list[DecisionResult], tags=["gate"],
+              responses=errors(401, 403, 413, 422, 429, 503),
+              summary="Decide one request (an object) or several (a list): ALLOW, REFUSE or ESCALATE")
+    async def decide_route(body: Annotated[DecideBody, Body()], request: Request,  # type: ignore[valid-type]
+                           key: ApiKey = client):
+        items = [i.model_dump() for i in body] if isinstance(body, list) else [body.model_dump()]
+        charge(key, len(items))
+        results = await decide(items, request, "decide")
+        return SafeJSONResponse(results if isinstance(body, list) else results[0])
+
+    @app.post("/v1/moderations", response_model=ModerationResponse, tags=["gate"],
+              responses=errors(401, 403, 413, 422, 429, 503),
+              summary="The gate in OpenAI's moderation shape: flagged unless the decision is ALLOW")
+    async def moderations(body: Annotated[ModerationBody, Body()], request: Request,  # type: ignore[valid-type]
+                          key: ApiKey = client):
+        texts = body.input if isinstance(body.input, list) else [body.input]
+        charge(key, len(texts))
+        results = await decide([{"user_request": t, "context": None, "user_id": body.user} for t in texts],
+                               request, "moderations")
+        model = results[0]["model_version"] if results else service.agent.model_version
+        return SafeJSONResponse({"id": f"modr-{uuid.uuid4().hex[:24]}", "model": model,
+                                 "results": [moderation_result(r) for r in results]})
+
+    @app.get("/v1/escalations", response_model=EscalationList, tags=["review"], responses=errors(401, 403, 422, 503),
+             summary="Escalation cases, oldest first")
+    async def escalations(key: ApiKey = reviewer,
+                          status: Annotated[Literal[(*CASE_STATUSES, UNRESOLVED)] | None,  # type: ignore[valid-type]
+                                            Query(description="a case status, or 'unresolved'")] = None,
+                          overdue: Annotated[bool, Query(description="only cases past escalation_timeout")] = False,
+                          include_tests: bool = True,
+                          limit: Annotated[int, Query(ge=1, le=1000)] = 100):
+        def listing() -> list[dict]:
+            statuses = UNRESOLVED_STATUSES if status == UNRESOLVED else (status,)
+            return [c for s in statuses for c in service.agent.queue.list(s, overdue, include_tests)]
+        try:
+            cases = await run_in_threadpool(listing)
+        except QueueError as exc:
+            raise ApiError(503, "queue_unavailable", str(exc), {"Retry-After": "2"}) from None
+        cases.sort(key=lambda c: (c["created_at"], c["case_id"]))
+        shown = [EscalationCase.model_validate(c).model_dump() for c in cases[:limit]]
+        return SafeJSONResponse({"count": len(cases), "cases": shown})
+
+    @app.post("/v1/escalations/{case_id}/resolve", response_model=Resolution, tags=["review"],
+              responses=errors(401, 403, 404, 409, 413, 422, 503),
+              summary="Record a person's decision on a case (append-only, audited in the same transaction)")
+    async def resolve(case_id: str, body: ResolveRequest, key: ApiKey = reviewer):
+        for name, text in (("case_id", case_id), ("by", body.by), ("note", body.note or "")):
+            try:
+                text.encode("utf-8")
+            except UnicodeEncodeError:
+                raise ApiError(422, "invalid_request", f"{name}: not valid Unicode text") from None
+        audit = service.agent.audit
+
+        def record(resolution: dict) -> None:
+            audit.append({"event": "resolution", "timestamp": utc_timestamp(), "request_id": resolution["request_id"],
+                          "case_id": resolution["case_id"], "human_decision": resolution["decision"],
+                          "resolved_by": resolution["decided_by"], "note": resolution["note"],
+                          "supersedes": resolution["supersedes"], "test": resolution["test"],
+                          "via": f"api key {key.name}"})
+
+        try:
+            case = await run_in_threadpool(service.agent.queue.resolve, case_id, body.decision, body.by, body.note,
+                                           body.supersede, record)
+        except KeyError:
+            raise ApiError(404, "not_found", f"no escalation case {case_id!r}") from None
+        except AlreadyResolved as exc:
+            raise ApiError(409, "already_resolved", str(exc).replace("--supersede", "supersede: true")) from None
+        except (QueueUnavailable, AuditWriteError) as exc:
+            raise ApiError(503, "unavailable", f"not resolved: {exc}", {"Retry-After": "2"}) from None
+        except QueueError as exc:
+            raise ApiError(503, "queue_unavailable", f"not resolved: {exc}") from None
+        except ValueError as exc:
+            raise ApiError(422, "invalid_request", str(exc)) from None
+        service.count_queue()
+        shown = EscalationCase.model_validate(case).model_dump()
+        return SafeJSONResponse({"case": shown, "resolution": case["resolution"], "history": case["history"]})
+
+    @app.get("/v1/admin/emergency", response_model=EmergencyState, tags=["admin"], responses=errors(401, 403),
+             summary="Whether every request is being escalated, and who holds it")
+    async def emergency_state(key: ApiKey = reviewer):
+        return SafeJSONResponse({**service.switch.state(), "changed": False, "audited": True, "error": None})
+
+    @app.post("/v1/admin/emergency", response_model=EmergencyState, tags=["admin"],
+              responses=errors(401, 403, 413, 422, 503),
+              summary="Hold (enabled: true) or release emergency mode: every request escalated; audited")
+    async def emergency(body: EmergencyRequest, key: ApiKey = reviewer):
+        try:
+            state = await run_in_threadpool(service.switch.set, API, body.enabled, f"api key {key.name}", body.reason)
+        except SwitchRefused as exc:
+            raise ApiError(503, "switch_refused", str(exc)) from None
+        return SafeJSONResponse(state)
+
+    @app.get("/healthz", response_model=Health, tags=["ops"], summary="The process answers")
+    async def healthz():
+        return {"status": "ok"}
+
+    @app.get("/readyz", response_model=Readiness, tags=["ops"], responses={503: {"model": Readiness}},
+             summary="Model loaded, audit log writable, batcher running (503 names what is not)")
+    async def readyz():
+        checks = service.readiness()
+        ready = not any(v.startswith("not ready") for v in checks.values())
+        return SafeJSONResponse({"ready": ready, "checks": checks}, 200 if ready else 503)
+
+    @app.get("/metrics", include_in_schema=False)
+    async def metrics():
+        service.metrics.pending.set(service.batcher.pending)
+        service.readiness()
+        return Response(generate_latest(service.metrics.registry), media_type=CONTENT_TYPE_LATEST)
+
+    @app.get("/dashboard", include_in_schema=False)
+    async def dashboard():
+        return HTMLResponse(PAGE, headers={"Content-Security-Policy": "default-src 'self'; style-src 'unsafe-inline'",
+                                           "Cache-Control": "no-store"})
+
+    @app.get("/dashboard/app.js", include_in_schema=False)
+    async def dashboard_script():
+        return Response(SCRIPT, media_type="text/javascript", headers={"Cache-Control": "no-store"})
+
+    @app.get("/dashboard/data", include_in_schema=False)
+    async def dashboard_data():
+        return SafeJSONResponse(service.dashboard_summary(), headers={"Cache-Control": "no-store"})
+
+    return app
+
+
+def moderation_result(result: dict) -> dict:
+    """OpenAI's moderation result for one decision: flagged unless ALLOW; the routed category carries
+    the score 1 - p(ALLOW) (1.0 when the gate could not decide)."""
+    flagged = result["decision"] != "ALLOW"
+    probs = result.get("probabilities") or {}
+    score = 1.0 if "ALLOW" not in probs else round(1.0 - float(probs["ALLOW"]), 6)
+    category = result.get("category")
+    return {
+        "flagged": flagged,
+        "categories": {c: flagged and c == category for c in ROUTE_CATEGORIES},
+        "category_scores": {c: (score if c == category else 0.0) for c in ROUTE_CATEGORIES},
+        "so8t": {k: result.get(k) for k in ("decision", "request_id", "human_required", "category", "escalation_id",
+                                            "escalation_status", "flags", "error")},
+    }

@@ -1,0 +1,112 @@
+"""API keys and the per-key rate limit.
+
+Keys come from environment variables only (the config names the variables, default
+``SO8T_CLIENT_KEYS`` and ``SO8T_REVIEWER_KEYS``), each a comma-separated list of ``name:secret``. The
+name appears in metrics and in audit records of what a key did (a resolution, the emergency switch);
+the secret is kept only as its sha256 and compared in constant time. Two roles: a *client* may ask for
+decisions; a *reviewer* may also list and resolve escalations and throw the emergency switch.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import hmac
+import math
+import os
+import re
+import threading
+import time
+from collections.abc import Mapping
+from dataclasses import dataclass
+
+from ...core.config import ConfigError
+
+CLIENT, REVIEWER = "client", "reviewer"
+ROLES = (CLIENT, REVIEWER)
+MIN_SECRET_CHARS = 16
+KEY_NAME = re.compile(r"[A-Za-z0-9._-]{1,64}")
+
+
+@dataclass(frozen=True)
+class ApiKey:
+    name: str
+    role: str
+    digest: bytes
+
+    def may(self, role: str) -> bool:
+        """A reviewer may do what a client may; a client may not review."""
+        return self.role == REVIEWER or role == CLIENT
+
+
+def _digest(secret: str) -> bytes:
+    return hashlib.sha256(secret.encode("utf-8", "surrogatepass")).digest()
+
+
+class ApiKeys:
+    def __init__(self, keys: list[ApiKey]) -> None:
+        if not keys:
+            raise ConfigError("no API keys: the service would answer nobody")
+        names = [k.name for k in keys]
+        if len(set(names)) != len(names):
+            raise ConfigError(f"API key names must be unique, got {sorted(names)}")
+        self.keys = keys
+
+    @classmethod
+    def parse(cls, entries: Mapping[str, str | None], env_names: Mapping[str, str]) -> ApiKeys:
+        """Keys from ``{role: "name:secret,..."}``; ``env_names`` names each role's variable in errors."""
+        keys: list[ApiKey] = []
+        for role in ROLES:
+            for n, entry in enumerate(filter(None, (e.strip() for e in (entries.get(role) or "").split(","))), 1):
+                name, sep, secret = entry.partition(":")
+                where = f"{env_names[role]} entry {n}"
+                if not sep or not KEY_NAME.fullmatch(name):
+                    raise ConfigError(f"{where}: write name:secret (a name of letters, digits, . _ -)")
+                if len(secret) < MIN_SECRET_CHARS:
+                    raise ConfigError(f"{where} ({name}): the secret must have at least {MIN_SECRET_CHARS} "
+                                      "characters (e.g. python -c 'import secrets; print(secrets.token_urlsafe(32))')")
+                keys.append(ApiKey(name, role, _digest(secret)))
+        if not keys:
+            raise ConfigError(f"no API keys: set {env_names[CLIENT]} (and {env_names[REVIEWER]} for reviewers) "
+                              "to name:secret,... in the environment")
+        return cls(keys)
+
+    @classmethod
+    def from_env(cls, client_env: str, reviewer_env: str, environ: Mapping[str, str] | None = None) -> ApiKeys:
+        environ = os.environ if environ is None else environ
+        return cls.parse({CLIENT: environ.get(client_env), REVIEWER: environ.get(reviewer_env)},
+                         {CLIENT: client_env, REVIEWER: reviewer_env})
+
+    def identify(self, token: str) -> ApiKey | None:
+        """The key this bearer token is, comparing every key in constant time (no early exit)."""
+        digest = _digest(token)
+        found = None
+        for key in self.keys:
+            if hmac.compare_digest(digest, key.digest):
+                found = key
+        return found
+
+
+class RateLimiter:
+    """A token bucket per key: ``burst`` at once, refilled at ``per_minute``. Hand-written because it is
+    this small; a shared limit across several server processes belongs in the gateway in front."""
+
+    def __init__(self, per_minute: float, burst: int) -> None:
+        self.rate, self.burst = per_minute / 60.0, burst
+        self._buckets: dict[str, tuple[float, float]] = {}
+        self._lock = threading.Lock()
+
+    def take(self, key: str, cost: int = 1) -> float | None:
+        """None when allowed (tokens taken); otherwise the seconds until ``cost`` tokens are there."""
+        now = time.monotonic()
+        with self._lock:
+            tokens, stamp = self._buckets.get(key, (float(self.burst), now))
+            tokens = min(float(self.burst), tokens + (now - stamp) * self.rate)
+            if tokens >= cost:
+                self._buckets[key] = (tokens - cost, now)
+                return None
+            self._buckets[key] = (tokens, now)
+            return max(0.001, (cost - tokens) / self.rate)
+
+    @staticmethod
+    def retry_after(seconds: float) -> str:
+        return str(max(1, math.ceil(seconds)))

@@ -1,0 +1,106 @@
+"""Two ASGI middlewares: the body size limit, enforced before anything parses the body, and the
+HTTP metrics (count and latency per route and status), which also stamps each request's arrival
+time for the runtime's ``received_at``."""
+
+from __future__ import annotations
+
+import json
+import time
+
+from starlette.exceptions import HTTPException
+from starlette.types import ASGIApp, Message, Receive, Scope, Send
+
+from .metrics import ServiceMetrics
+
+
+class BodyTooLarge(HTTPException):
+    def __init__(self, limit: int) -> None:
+        super().__init__(413, f"the request body is larger than {limit} bytes (service.max_body_bytes)")
+
+
+def error_bytes(kind: str, message: str) -> bytes:
+    return json.dumps({"error": {"type": kind, "message": message}}).encode("utf-8")
+
+
+class BodySizeLimit:
+    """413 for a declared Content-Length over the limit (the body is never read), and for a body that
+    grows past it while it is read (chunked uploads): the reader stops at the limit."""
+
+    def __init__(self, app: ASGIApp, max_bytes: int) -> None:
+        self.app, self.max_bytes = app, max_bytes
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        if scope["type"] != "http":
+            await self.app(scope, receive, send)
+            return
+        declared = dict(scope.get("headers") or []).get(b"content-length")
+        too_large = BodyTooLarge(self.max_bytes)
+        if declared is not None:
+            try:
+                size = int(declared)
+            except ValueError:
+                await _answer(send, 400, "invalid_request", "Content-Length is not a number")
+                return
+            if size > self.max_bytes:
+                await _answer(send, 413, "request_too_large", too_large.detail)
+                return
+        seen = 0
+        started = False
+
+        async def limited() -> Message:
+            nonlocal seen
+            message = await receive()
+            if message["type"] == "http.request":
+                seen += len(message.get("body", b""))
+                if seen > self.max_bytes:
+                    raise too_large
+            return message
+
+        async def tracking(message: Message) -> None:
+            nonlocal started
+            started = started or message["type"] == "http.response.start"
+            await send(message)
+
+        try:
+            await self.app(scope, limited, tracking)
+        except BodyTooLarge:
+            if not started:
+                await _answer(send, 413, "request_too_large", too_large.detail)
+
+
+async def _answer(send: Send, status: int, kind: str, message: str) -> None:
+    body = error_bytes(kind, message)
+    await send({"type": "http.response.start", "status": status,
+                "headers": [(b"content-type", b"application/json"), (b"content-length", str(len(body)).encode()),
+                            (b"connection", b"close")]})
+    await send({"type": "http.response.body", "body": body})
+
+
+class HttpMetrics:
+    """so8t_http_requests_total and so8t_http_request_duration_seconds by route template (never the raw
+    path, so the label set stays small); ``scope["state"]["received_at"]`` is the arrival time."""
+
+    def __init__(self, app: ASGIApp, metrics: ServiceMetrics) -> None:
+        self.app, self.metrics = app, metrics
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        if scope["type"] != "http":
+            await self.app(scope, receive, send)
+            return
+        start = time.perf_counter()
+        scope.setdefault("state", {})["received_at"] = start
+        status = {"code": 500}
+
+        async def recording(message: Message) -> None:
+            if message["type"] == "http.response.start":
+                status["code"] = message["status"]
+            await send(message)
+
+        self.metrics.in_flight.inc()
+        try:
+            await self.app(scope, receive, recording)
+        finally:
+            self.metrics.in_flight.dec()
+            route = getattr(scope.get("route"), "path", None) or "unmatched"
+            self.metrics.http_requests.labels(scope["method"], route, str(status["code"])).inc()
+            self.metrics.http_latency.labels(route).observe(time.perf_counter() - start)

@@ -1,0 +1,176 @@
+"""The service's request and response shapes: they are its OpenAPI schema, which clients read and
+schemathesis checks every response against.
+
+The decision result is the runtime's (``outcome.make_result``) field for field; the moderation shape
+is OpenAI's (``results[].flagged``, ``categories``, ``category_scores``) with the routing categories
+of the safety policy, plus an ``so8t`` object a gateway may log. Limits that come from the config
+(items per call) are part of the schema, so a request the schema allows is never refused for them.
+"""
+
+from __future__ import annotations
+
+from typing import Annotated, Any, Literal
+
+from pydantic import BaseModel, ConfigDict, Field, create_model
+
+from ...core.schema import HUMAN_DECISIONS, LABELS, ROUTE_CATEGORIES
+
+ESCALATION_STATUSES = ("queued", "spooled", "unqueued")
+CASE_STATUSES = ("open", "notified", "notify_failed", "resolved")
+UNRESOLVED = "unresolved"  # a filter of the list endpoint: open, notified or notify_failed
+
+
+class _Strict(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+
+
+class ErrorDetail(BaseModel):
+    type: str = Field(description="a short machine-readable kind, e.g. unauthorized, rate_limited")
+    message: str = Field(description="what went wrong, in words")
+
+
+class ErrorBody(BaseModel):
+    """Every error of the service, whatever the status."""
+
+    error: ErrorDetail
+
+
+class DecideRequest(_Strict):
+    user_request: str = Field(description="the employee's request (checked by the runtime: length, characters)")
+    context: str | None = Field(None, description="earlier conversation or task context")
+    user_id: str | None = Field(None, description="who asks: an account name, employee number or e-mail")
+
+
+class DecisionResult(BaseModel):
+    """One decision, exactly as ``so8t runtime`` prints it."""
+
+    decision: Literal[LABELS]
+    rationale: str
+    task_response: str | None
+    confidence: float | None
+    probabilities: dict[str, float] | None
+    category: str
+    human_required: bool
+    request_id: str
+    model_version: str
+    processing_time_ms: float | None
+    flags: list[str]
+    error: str | None
+    escalation_id: str | None = None
+    escalation_status: Literal[ESCALATION_STATUSES] | None = None
+
+
+class DecisionSummary(BaseModel):
+    """The gate's own view of a moderation result (OpenAI clients ignore it)."""
+
+    decision: Literal[LABELS]
+    request_id: str
+    human_required: bool
+    category: str
+    escalation_id: str | None = None
+    escalation_status: Literal[ESCALATION_STATUSES] | None = None
+    flags: list[str]
+    error: str | None
+
+
+ModerationCategories = create_model("ModerationCategories", **{c: (bool, ...) for c in ROUTE_CATEGORIES})
+ModerationScores = create_model("ModerationScores", **{c: (float, ...) for c in ROUTE_CATEGORIES})
+
+
+class ModerationResult(BaseModel):
+    flagged: bool = Field(description="true unless the gate decided ALLOW")
+    categories: ModerationCategories  # type: ignore[valid-type]
+    category_scores: ModerationScores  # type: ignore[valid-type]
+    so8t: DecisionSummary
+
+
+class ModerationResponse(BaseModel):
+    id: str
+    model: str
+    results: list[ModerationResult]
+
+
+class EscalationCase(BaseModel):
+    case_id: str
+    created_at: str
+    due_at: str | None = None
+    request_id: str | None = None
+    user_id: str | None = None
+    category: str | None = None
+    input: str | None = None
+    rationale: str | None = None
+    confidence: float | None = None
+    status: str
+    overdue: bool
+    test: bool
+    human_decision: str | None = None
+    resolved_by: str | None = None
+    resolved_at: str | None = None
+    note: str | None = None
+    error: str | None = None
+    notifications: list[dict[str, Any]] = []
+
+
+class EscalationList(BaseModel):
+    count: int
+    cases: list[EscalationCase]
+
+
+class ResolveRequest(_Strict):
+    decision: Literal[HUMAN_DECISIONS]
+    by: str = Field(min_length=1, max_length=128, pattern=r"\S", description="the person who decided")
+    note: str | None = Field(None, max_length=4000)
+    supersede: bool = Field(False, description="replace an earlier resolution (it stays in the history)")
+
+
+class Resolution(BaseModel):
+    case: EscalationCase
+    resolution: dict[str, Any]
+    history: list[dict[str, Any]]
+
+
+class EmergencyRequest(_Strict):
+    enabled: bool = Field(description="true: escalate every request from now on; false: back to normal")
+    reason: str = Field(min_length=1, max_length=1000, pattern=r"\S", description="why (audited)")
+
+
+class EmergencyState(BaseModel):
+    mode: Literal["normal", "emergency"]
+    sources: dict[str, dict[str, Any]] = Field(description="what holds emergency mode: config, api, flag file")
+    changed: bool = False
+    audited: bool = True
+    error: str | None = None
+
+
+class Health(BaseModel):
+    status: Literal["ok"]
+
+
+class Readiness(BaseModel):
+    ready: bool
+    checks: dict[str, str]
+
+
+def request_models(max_items: int) -> tuple[Any, Any]:
+    """(decide body, moderation body): their list limits are the config's ``service.max_items``."""
+    decide_list = Annotated[list[DecideRequest], Field(min_length=1, max_length=max_items)]
+    texts = Annotated[list[str], Field(min_length=1, max_length=max_items)]
+    moderation = create_model(
+        "ModerationRequest", __config__=ConfigDict(extra="forbid"),
+        input=(str | texts, Field(description="one text or a list of texts")),
+        model=(str | None, Field(None, description="accepted for OpenAI clients; the gate's model answers")),
+        user=(str | None, Field(None, description="the employee (the audit log's user_id)")))
+    return DecideRequest | decide_list, moderation
+
+
+ERRORS = {code: {"model": ErrorBody, "description": text} for code, text in {
+    401: "no API key, or an unknown one", 403: "the key's role may not do this", 404: "no such case",
+    409: "already resolved (pass supersede)", 413: "the body is larger than service.max_body_bytes",
+    422: "the body or a parameter does not match the schema (the message names it)",
+    429: "the key's rate limit (Retry-After says when to try again)",
+    503: "overloaded, shutting down, or a store that does not answer"}.items()}
+
+
+def errors(*codes: int) -> dict:
+    """The OpenAPI ``responses`` entries of these error statuses."""
+    return {code: ERRORS[code] for code in codes}

@@ -1,0 +1,145 @@
+"""What the HTTP routes share: one Agent behind the micro-batcher, the metrics, the emergency switch,
+the keys and the background chores (flag file, queue gauges, dashboard samples). Kept apart from the
+routes so the app module reads as the API."""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import os
+from pathlib import Path
+
+from ..config import ServiceConfig, placed
+from ..runtime import Agent
+from .auth import ApiKeys, RateLimiter
+from .batching import MicroBatcher
+from .dashboard import DashboardData
+from .emergency import EMERGENCY, EmergencySwitch
+from .metrics import ServiceMetrics
+
+logger = logging.getLogger("so8t.service")
+UNRESOLVED_STATUSES = ("open", "notified", "notify_failed")
+
+
+class Service:
+    def __init__(self, agent: Agent, keys: ApiKeys, config: ServiceConfig | None = None,
+                 log_dir: str | Path | None = None, own_agent: bool = True) -> None:
+        self.agent, self.keys, self.own_agent = agent, keys, own_agent
+        self.config = config or agent.config.service
+        self.metrics = ServiceMetrics()
+        self.dashboard = DashboardData(self.metrics)
+        self.limiter = RateLimiter(self.config.rate_limit_per_minute, self.config.rate_limit_burst)
+        self.switch = EmergencySwitch(agent, placed(self.config.emergency_flag_file, log_dir), self._mode_changed)
+        self.batcher = MicroBatcher(agent.run_batch, max_batch=self.config.max_batch,
+                                    max_wait_s=self.config.max_wait_ms / 1000.0,
+                                    concurrency=self.config.concurrent_batches, max_pending=self.config.max_pending,
+                                    model_version=lambda: agent.model_version, on_batch=self._batch_done)
+        self.queue_counts = {"open": None, "overdue": None, "spooled": None}
+        self.queue_error: str | None = None
+        self._tasks: list[asyncio.Task] = []
+        self.draining = False
+        self._mode_changed(self.switch.mode)
+
+    # ----- life cycle -------------------------------------------------------------------------------
+    async def start(self) -> None:
+        await self.batcher.start()
+        self.agent.desk.start()  # replays spooled cases, marks overdue ones, reminds their routes
+        self.switch.poll_file()
+        self.dashboard.sample()
+        self._tasks = [asyncio.create_task(self._every(self.config.flag_poll_s, self.switch.poll_file, True)),
+                       asyncio.create_task(self._every(self.config.queue_poll_s, self.count_queue, True)),
+                       asyncio.create_task(self._every(2.0, self.dashboard.sample, False))]
+        await asyncio.to_thread(self.count_queue)
+
+    async def stop(self) -> None:
+        """Stop taking requests, decide every one already waiting, then close the agent: every answered
+        request's record is on disk (each append is fsynced) and spooled cases get a last replay."""
+        self.draining = True
+        for task in self._tasks:
+            task.cancel()
+        await asyncio.gather(*self._tasks, return_exceptions=True)
+        await self.batcher.close()
+        if self.agent.desk.spool.count():
+            outcome = await asyncio.to_thread(self.agent.desk.replay)
+            logger.warning("shutdown: spooled escalations replayed: %s", outcome)
+        if self.own_agent:
+            self.agent.close()
+        logger.warning("shutdown complete: the audit log %s is closed", self.agent.audit.path)
+
+    async def _every(self, seconds: float, chore, in_thread: bool) -> None:
+        while True:
+            await asyncio.sleep(seconds)
+            try:
+                if in_thread:
+                    await asyncio.to_thread(chore)
+                else:
+                    chore()
+            except Exception:  # noqa: BLE001 - a chore must not stop the service
+                logger.exception("background chore %s failed", getattr(chore, "__name__", chore))
+
+    # ----- deciding -------------------------------------------------------------------------------
+    async def decide(self, items: list[dict], received_at: float | None, endpoint: str) -> list[dict]:
+        results = await self.batcher.submit(items, received_at)
+        for result, reason in self.metrics.record(results, endpoint):
+            self.dashboard.note_fail_closed(result, reason, endpoint)
+        self.metrics.pending.set(self.batcher.pending)
+        return results
+
+    def _batch_done(self, size: int, seconds: float) -> None:
+        self.metrics.batch_size.observe(size)
+        self.metrics.batch_seconds.observe(seconds)
+        self.metrics.pending.set(self.batcher.pending)
+
+    def _mode_changed(self, mode: str) -> None:
+        self.metrics.set_model(self.agent.model_version, mode == EMERGENCY)
+
+    # ----- state -------------------------------------------------------------------------------------
+    def count_queue(self) -> None:
+        """Queue depth and overdue cases for the gauges (a locked queue keeps the last numbers)."""
+        try:
+            store = self.agent.queue
+            cases = [c for status in UNRESOLVED_STATUSES for c in store.list(status)]
+            self.queue_counts.update(open=len(cases), overdue=sum(1 for c in cases if c["overdue"]))
+            self.queue_error = None
+        except Exception as exc:  # noqa: BLE001
+            self.queue_error = f"{type(exc).__name__}: {exc}"
+            logger.error("escalation queue not counted: %s", self.queue_error)
+        self.queue_counts["spooled"] = self.agent.desk.spool.count()
+        for gauge, key in ((self.metrics.cases_open, "open"), (self.metrics.cases_overdue, "overdue"),
+                           (self.metrics.spooled, "spooled")):
+            if self.queue_counts[key] is not None:
+                gauge.set(self.queue_counts[key])
+
+    def readiness(self) -> dict[str, str]:
+        """Each check's finding; the service is ready when none starts with 'not ready'."""
+        agent = self.agent
+        checks = {}
+        if agent.decider is not None:
+            checks["model"] = f"loaded: {agent.model_version}"
+        elif agent.config.mode == EMERGENCY and not agent.load_error:
+            checks["model"] = "none needed: emergency mode"
+        else:
+            checks["model"] = f"not ready: {agent.load_error or 'no model loaded'}"
+        audit = agent.audit.path
+        target = audit if audit.exists() else audit.parent
+        if agent.audit.open_error:
+            checks["audit_log"] = f"not ready: {agent.audit.open_error}"
+        elif not os.access(target, os.W_OK):
+            checks["audit_log"] = f"not ready: {target} is not writable"
+        else:
+            checks["audit_log"] = f"writable: {audit}"
+        if self.draining or not self.batcher.started:
+            checks["batcher"] = "not ready: shutting down" if self.draining else "not ready: not started"
+        else:
+            checks["batcher"] = f"running: max_batch {self.config.max_batch}, max_wait_ms {self.config.max_wait_ms:g}"
+        checks["mode"] = self.switch.mode
+        ready = not any(v.startswith("not ready") for v in checks.values())
+        self.metrics.ready.set(1 if ready else 0)
+        return checks
+
+    def dashboard_summary(self) -> dict:
+        checks = self.readiness()
+        return self.dashboard.summary({
+            "model_version": self.agent.model_version, "mode": self.switch.mode,
+            "ready": not any(v.startswith("not ready") for v in checks.values()),
+            "escalations": dict(self.queue_counts), "pending": self.batcher.pending})
