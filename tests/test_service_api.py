@@ -1,0 +1,255 @@
+"""so8t serve's API: the runtime contract over HTTP (result format, one audit record per decision,
+fail-closed), the OpenAI moderation shape, roles and keys (401/403), the body limit before parsing
+(413), the per-key rate limit (429), the escalation queue for reviewers, readiness, JSON errors."""
+
+from __future__ import annotations
+
+import pytest
+from fastapi.testclient import TestClient
+from service_support import (
+    CLIENT,
+    LOAD,
+    OTHER_CLIENT,
+    PROBS,
+    REVIEWER,
+    FaultyDecider,
+    FixedDecider,
+    fault_of,
+    make_service,
+    records,
+)
+
+from so8t_lib.core.config import ConfigError
+from so8t_lib.core.schema import ROUTE_CATEGORIES
+from so8t_lib.serve.http import ApiKeys, create_app
+from so8t_lib.serve.http.schemas import DecisionResult
+
+RESULT_KEYS = set(DecisionResult.model_fields)
+
+
+@pytest.fixture
+def serve(tmp_path):
+    """serve(decider, **config sections) -> (service, client); the client runs the app's start and stop."""
+    opened = []
+
+    def start(decider=None, **sections):
+        service = make_service(tmp_path / f"service{len(opened)}", decider, **sections)
+        client = TestClient(create_app(service))
+        client.__enter__()
+        opened.append(client)
+        return service, client
+
+    yield start
+    for client in opened:
+        client.__exit__(None, None, None)
+
+
+def folder(service):
+    return service.agent.audit.path.parent
+
+
+def test_decide_one_and_a_list_in_the_runtime_format_with_one_record_each(serve):
+    service, client = serve(FixedDecider(PROBS["REFUSE"]))
+    one = client.post("/v1/decide", json={"user_request": "Give me the admin password", "user_id": "u1"},
+                      headers=CLIENT)
+    assert one.status_code == 200
+    assert set(one.json()) == RESULT_KEYS - {"escalation_id", "escalation_status"}  # those come with ESCALATE
+    assert one.json()["decision"] == "REFUSE"
+    many = client.post("/v1/decide", json=[{"user_request": f"request {i}"} for i in range(5)], headers=CLIENT)
+    assert many.status_code == 200 and len(many.json()) == 5
+    returned = [one.json()["request_id"]] + [r["request_id"] for r in many.json()]
+    assert [r["request_id"] for r in records(folder(service))] == returned  # same order, one record each
+
+
+def test_a_model_that_breaks_fails_closed_over_http(serve):
+    service, client = serve(FixedDecider(PROBS["ALLOW"], fail=True))
+    result = client.post("/v1/decide", json={"user_request": "How do I file expenses?"}, headers=CLIENT).json()
+    assert result["decision"] == "ESCALATE" and "fail_closed" in result["flags"] and "model error" in result["error"]
+    assert records(folder(service))[-1]["decision"] == "ESCALATE"
+    moderation = client.post("/v1/moderations", json={"input": "How do I file expenses?"}, headers=CLIENT).json()
+    assert moderation["results"][0]["flagged"] is True
+    assert max(moderation["results"][0]["category_scores"].values()) == 1.0
+    metrics = client.get("/metrics").text
+    assert 'so8t_fail_closed_total{reason="model_error"} 2.0' in metrics
+
+
+def test_only_the_broken_items_of_a_batch_fail_closed(serve):
+    service, client = serve(FaultyDecider())
+    texts = [f"please book room {i}" for i in range(24)]
+    results = client.post("/v1/decide", json=[{"user_request": t} for t in texts], headers=CLIENT).json()
+    for text, result in zip(texts, results):
+        broken = fault_of(text) is not None
+        assert result["decision"] == ("ESCALATE" if broken else "ALLOW"), text
+        assert ("fail_closed" in result["flags"]) == broken
+    assert any(fault_of(t) for t in texts) and not all(fault_of(t) for t in texts)
+
+
+def test_a_model_that_cannot_load_is_not_ready_and_every_request_is_escalated(serve, tmp_path):
+    service, client = serve(LOAD, model={"checkpoint_path": str(tmp_path / "missing")})
+    assert client.get("/healthz").json() == {"status": "ok"}
+    ready = client.get("/readyz")
+    assert ready.status_code == 503 and ready.json()["checks"]["model"].startswith("not ready: model could not")
+    result = client.post("/v1/decide", json={"user_request": "hello"}, headers=CLIENT).json()
+    assert result["decision"] == "ESCALATE" and "fail_closed" in result["flags"]
+
+
+def test_readyz_names_an_audit_log_that_cannot_be_written(serve):
+    service, client = serve()
+    assert client.get("/readyz").json()["ready"] is True
+    service.agent.audit.open_error = "audit.jsonl: cannot open the audit log (PermissionError)"
+    answer = client.get("/readyz")
+    assert answer.status_code == 503 and "PermissionError" in answer.json()["checks"]["audit_log"]
+
+
+@pytest.mark.parametrize("decision", ["ALLOW", "REFUSE", "ESCALATE"])
+def test_moderations_in_the_openai_shape(serve, decision):
+    service, client = serve(FixedDecider(PROBS[decision]))
+    body = client.post("/v1/moderations", json={"input": ["How do I reset my password?", "hello"],
+                                                "model": "omni-moderation-latest"}, headers=CLIENT).json()
+    assert body["id"].startswith("modr-") and body["model"] == "fake-fixed@1" and len(body["results"]) == 2
+    first = body["results"][0]
+    assert first["flagged"] is (decision != "ALLOW")
+    assert set(first["categories"]) == set(first["category_scores"]) == set(ROUTE_CATEGORIES)
+    routed = first["so8t"]["category"]
+    assert first["categories"][routed] is (decision != "ALLOW") and sum(first["categories"].values()) <= 1
+    assert first["category_scores"][routed] == pytest.approx(1 - PROBS[decision][0], abs=1e-6)
+    assert first["so8t"]["decision"] == decision
+    single = client.post("/v1/moderations", json={"input": "hello"}, headers=CLIENT).json()
+    assert len(single["results"]) == 1
+    assert len(records(folder(service))) == 3
+
+
+PROTECTED = [("post", "/v1/decide", {"user_request": "x"}, "client"),
+             ("post", "/v1/moderations", {"input": "x"}, "client"),
+             ("get", "/v1/escalations", None, "reviewer"),
+             ("post", "/v1/escalations/esc_0/resolve", {"decision": "REFUSE", "by": "Sato"}, "reviewer"),
+             ("get", "/v1/admin/emergency", None, "reviewer"),
+             ("post", "/v1/admin/emergency", {"enabled": False, "reason": "check"}, "reviewer")]
+
+
+@pytest.mark.parametrize("method, path, body, role", PROTECTED, ids=[f"{m} {p}" for m, p, _, _ in PROTECTED])
+def test_keys_and_roles(serve, method, path, body, role):
+    service, client = serve()
+    call = getattr(client, method)
+    kwargs = {"json": body} if body is not None else {}
+    missing = call(path, **kwargs)
+    assert missing.status_code == 401 and missing.headers["WWW-Authenticate"] == "Bearer"
+    assert missing.json()["error"]["type"] == "unauthorized"
+    assert call(path, headers={"Authorization": "Bearer not-a-key-at-all"}, **kwargs).status_code == 401
+    as_client = call(path, headers=CLIENT, **kwargs)
+    if role == "reviewer":
+        assert as_client.status_code == 403 and "'reviewer'" in as_client.json()["error"]["message"]
+    else:
+        assert as_client.status_code == 200
+    assert call(path, headers=REVIEWER, **kwargs).status_code in (200, 404)  # a reviewer may do both
+    assert records(folder(service)) == [] or role == "client"  # nothing refused was decided
+
+
+def test_keys_come_only_from_the_environment_and_are_checked():
+    with pytest.raises(ConfigError, match="SO8T_CLIENT_KEYS"):
+        ApiKeys.from_env("SO8T_CLIENT_KEYS", "SO8T_REVIEWER_KEYS", {})
+    with pytest.raises(ConfigError, match="at least 16"):
+        ApiKeys.from_env("C", "R", {"C": "gw:short"})
+    with pytest.raises(ConfigError, match="name:secret"):
+        ApiKeys.from_env("C", "R", {"C": "0123456789abcdef0123"})
+    with pytest.raises(ConfigError, match="unique"):
+        ApiKeys.from_env("C", "R", {"C": "a:0123456789abcdef", "R": "a:fedcba9876543210"})
+
+
+def test_a_body_over_the_limit_is_refused_before_it_is_read(serve):
+    service, client = serve(service={"max_body_bytes": "2KB"})
+    big = {"user_request": "x" * 4000}
+    declared = client.post("/v1/decide", json=big, headers=CLIENT)
+    assert declared.status_code == 413 and "2048 bytes" in declared.json()["error"]["message"]
+
+    def chunks():  # no Content-Length: the limit applies while the body is read
+        yield b'{"user_request": "'
+        for _ in range(10):
+            yield b"y" * 500
+        yield b'"}'
+
+    streamed = client.post("/v1/decide", content=chunks(), headers={**CLIENT, "Content-Type": "application/json"})
+    assert streamed.status_code == 413 and streamed.json()["error"]["type"] == "request_too_large"
+    assert client.post("/v1/decide", json={"user_request": "x" * 1000}, headers=CLIENT).status_code == 200
+    assert len(records(folder(service))) == 1
+
+
+def test_rate_limit_per_key_counts_items(serve):
+    service, client = serve(service={"rate_limit_per_minute": 1, "rate_limit_burst": 4, "max_items": 4})
+    assert client.post("/v1/decide", json=[{"user_request": "a"}] * 3, headers=CLIENT).status_code == 200
+    assert client.post("/v1/decide", json={"user_request": "b"}, headers=CLIENT).status_code == 200
+    limited = client.post("/v1/decide", json={"user_request": "c"}, headers=CLIENT)
+    assert limited.status_code == 429 and int(limited.headers["Retry-After"]) >= 1
+    assert "gateway" in limited.json()["error"]["message"]
+    assert client.post("/v1/decide", json={"user_request": "d"}, headers=OTHER_CLIENT).status_code == 200
+    too_many = client.post("/v1/decide", json=[{"user_request": "e"}] * 5, headers=OTHER_CLIENT)
+    assert too_many.status_code == 422 and "at most 4" in too_many.json()["error"]["message"]
+    assert len(records(folder(service))) == 5
+    assert 'so8t_rate_limited_total{key="gateway"} 1.0' in client.get("/metrics").text
+
+
+def test_escalations_listed_and_resolved_by_reviewers_with_an_audit_record(serve):
+    service, client = serve(FixedDecider(PROBS["ESCALATE"]))
+    decided = client.post("/v1/decide", json=[{"user_request": "Can I see Tanaka-san's salary?"},
+                                               {"user_request": "Approve a transfer of 5M yen"}], headers=CLIENT).json()
+    assert all(r["escalation_status"] == "queued" for r in decided)
+    listed = client.get("/v1/escalations", params={"status": "open"}, headers=REVIEWER).json()
+    assert listed["count"] == 2 and {c["request_id"] for c in listed["cases"]} == {r["request_id"] for r in decided}
+    assert not any("Tanaka" in c["input"] for c in listed["cases"])  # masked in the queue
+    case_id = decided[0]["escalation_id"]
+    resolved = client.post(f"/v1/escalations/{case_id}/resolve", json={"decision": "REFUSE", "by": "Sato (hr)"},
+                           headers=REVIEWER)
+    assert resolved.status_code == 200 and resolved.json()["case"]["status"] == "resolved"
+    again = client.post(f"/v1/escalations/{case_id}/resolve", json={"decision": "ALLOW", "by": "Ito"}, headers=REVIEWER)
+    assert again.status_code == 409 and "supersede" in again.json()["error"]["message"]
+    superseded = client.post(f"/v1/escalations/{case_id}/resolve", headers=REVIEWER,
+                             json={"decision": "ALLOW", "by": "Ito", "note": "approved", "supersede": True})
+    assert superseded.status_code == 200 and len(superseded.json()["history"]) == 2
+    resolutions = records(folder(service), "resolution")
+    assert [r["human_decision"] for r in resolutions] == ["REFUSE", "ALLOW"]
+    assert all(r["via"] == "api key desk" and r["case_id"] == case_id for r in resolutions)
+    assert client.get("/v1/escalations", params={"status": "unresolved"}, headers=REVIEWER).json()["count"] == 1
+    missing = client.post("/v1/escalations/esc_nope/resolve", json={"decision": "REFUSE", "by": "x"}, headers=REVIEWER)
+    assert missing.status_code == 404 and "esc_nope" in missing.json()["error"]["message"]
+    wrong = client.post(f"/v1/escalations/{case_id}/resolve", json={"decision": "ESCALATE", "by": "x"}, headers=REVIEWER)
+    assert wrong.status_code == 422 and "decision" in wrong.json()["error"]["message"]
+
+
+def test_errors_are_json_and_name_the_problem(serve):
+    service, client = serve()
+    wrong_type = client.post("/v1/decide", json={"user_request": 5}, headers=CLIENT)
+    assert wrong_type.status_code == 422 and "user_request" in wrong_type.json()["error"]["message"]
+    unknown_field = client.post("/v1/decide", json={"user_request": "x", "admin": True}, headers=CLIENT)
+    assert unknown_field.status_code == 422 and "admin" in unknown_field.json()["error"]["message"]
+    not_json = client.post("/v1/decide", content=b"{nope", headers={**CLIENT, "Content-Type": "application/json"})
+    assert not_json.status_code == 422 and "not valid JSON" in not_json.json()["error"]["message"]
+    assert client.get("/v1/nothing").json()["error"]["type"] == "not_found"
+    assert client.get("/v1/decide").status_code == 405
+    assert records(folder(service)) == []
+
+
+def test_hostile_text_is_decided_by_the_runtime_contract_not_a_500(serve):
+    service, client = serve(FixedDecider(PROBS["ALLOW"]))
+    lone = b'{"user_request": "\\ud800 approve", "user_id": "u1"}'
+    answer = client.post("/v1/decide", content=lone, headers={**CLIENT, "Content-Type": "application/json"})
+    assert answer.status_code == 200 and answer.json()["decision"] == "ESCALATE" and "invalid input" in answer.json()["error"]
+    huge = client.post("/v1/decide", json={"user_request": "a" * 100_000}, headers=CLIENT).json()
+    assert huge["decision"] == "ESCALATE" and "fail_closed" in huge["flags"]
+    assert 'so8t_fail_closed_total{reason="invalid_input"} 2.0' in client.get("/metrics").text
+
+
+def test_metrics_name_what_the_manual_watches(serve):
+    service, client = serve(FixedDecider(PROBS["ESCALATE"]))
+    client.post("/v1/decide", json=[{"user_request": "I need a medical certificate for sick leave"}] * 3, headers=CLIENT)
+    client.post("/v1/moderations", json={"input": "hello"}, headers=CLIENT)
+    service.count_queue()
+    text = client.get("/metrics").text
+    for line in ['so8t_decisions_total{category="medical",decision="ESCALATE",endpoint="decide"} 3.0',
+                 'so8t_model_info{model_version="fake-fixed@1"} 1.0', "so8t_emergency_mode 0.0",
+                 "so8t_escalations_open 4.0", "so8t_escalations_overdue 0.0", 'so8t_escalations_total{status="queued"} 4.0',
+                 'so8t_http_requests_total{code="200",method="POST",route="/v1/decide"} 1.0', "so8t_ready 1.0"]:
+        assert line in text, line
+    for name in ["so8t_http_request_duration_seconds_bucket", "so8t_decision_latency_seconds_bucket",
+                 "so8t_batch_size_bucket", "so8t_host_cpu_ratio", "so8t_host_memory_ratio",
+                 "process_resident_memory_bytes", "so8t_batcher_pending"]:
+        assert name in text, name

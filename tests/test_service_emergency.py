@@ -1,0 +1,95 @@
+"""The emergency switch of a running server: the admin endpoint and the flag file move it to
+emergency mode (every request escalated, the model not consulted) and back, without a restart, and
+every change is an audit record."""
+
+from __future__ import annotations
+
+import time
+
+import pytest
+from fastapi.testclient import TestClient
+from service_support import CLIENT, PROBS, REVIEWER, FixedDecider, make_service, records
+
+from so8t_lib.serve.audit import AuditWriteError, verify
+from so8t_lib.serve.http import create_app
+
+
+@pytest.fixture
+def running(tmp_path):
+    decider = FixedDecider(PROBS["ALLOW"])
+    service = make_service(tmp_path / "logs", decider)
+    with TestClient(create_app(service)) as client:
+        yield service, client, decider
+
+
+def decide(client) -> dict:
+    return client.post("/v1/decide", json={"user_request": "Where is the expense form?"}, headers=CLIENT).json()
+
+
+def wait_for(predicate, timeout=15.0):
+    deadline = time.monotonic() + timeout
+    while not predicate():
+        assert time.monotonic() < deadline, "the flag file was not noticed"
+        time.sleep(0.05)
+
+
+def test_the_admin_endpoint_escalates_everything_then_releases_it(running, tmp_path):
+    service, client, decider = running
+    assert decide(client)["decision"] == "ALLOW"
+    on = client.post("/v1/admin/emergency", json={"enabled": True, "reason": "model under review"}, headers=REVIEWER)
+    assert on.status_code == 200 and on.json()["mode"] == "emergency" and on.json()["audited"] is True
+    calls = len(decider.batches)
+    during = decide(client)
+    assert during["decision"] == "ESCALATE" and during["rationale"].startswith("Emergency mode")
+    assert len(decider.batches) == calls  # the model is not consulted
+    assert "so8t_emergency_mode 1.0" in client.get("/metrics").text
+    assert client.get("/readyz").json()["checks"]["mode"] == "emergency"
+    off = client.post("/v1/admin/emergency", json={"enabled": False, "reason": "review done"}, headers=REVIEWER)
+    assert off.json()["mode"] == "normal" and decide(client)["decision"] == "ALLOW"
+    changes = records(tmp_path / "logs", "mode_change")
+    assert [(c["mode"], c["source"], c["by"], c["note"]) for c in changes] == [
+        ("emergency", "api", "api key desk", "model under review"), ("normal", "api", "api key desk", "review done")]
+    assert verify(tmp_path / "logs")["errors"] == []
+
+
+def test_the_flag_file_holds_emergency_mode_while_it_exists(running, tmp_path):
+    service, client, _ = running
+    flag = tmp_path / "logs" / "EMERGENCY"
+    flag.write_text("incident 42: suspected prompt-injection campaign\n")
+    wait_for(lambda: service.switch.mode == "emergency")
+    assert decide(client)["decision"] == "ESCALATE"
+    state = client.get("/v1/admin/emergency", headers=REVIEWER).json()
+    assert state["sources"]["flag_file"]["reason"] == "incident 42: suspected prompt-injection campaign"
+    # the API cannot release what the file holds
+    client.post("/v1/admin/emergency", json={"enabled": True, "reason": "also"}, headers=REVIEWER)
+    client.post("/v1/admin/emergency", json={"enabled": False, "reason": "api done"}, headers=REVIEWER)
+    assert decide(client)["decision"] == "ESCALATE"
+    flag.unlink()
+    wait_for(lambda: service.switch.mode == "normal")
+    assert decide(client)["decision"] == "ALLOW"
+    sources = [(c["source"], c["enabled"], c["mode"]) for c in records(tmp_path / "logs", "mode_change")]
+    assert sources == [("flag_file", True, "emergency"), ("api", True, "emergency"), ("api", False, "emergency"),
+                       ("flag_file", False, "normal")]
+
+
+def test_turning_it_off_needs_its_record_and_on_happens_even_without(running, monkeypatch):
+    service, client, _ = running
+
+    def broken(record):
+        raise AuditWriteError("audit.jsonl: the record could not be written whole (disk full)")
+
+    monkeypatch.setattr(service.agent.audit, "append", broken)
+    on = client.post("/v1/admin/emergency", json={"enabled": True, "reason": "drill"}, headers=REVIEWER).json()
+    assert on["mode"] == "emergency" and on["audited"] is False and "disk full" in on["error"]
+    off = client.post("/v1/admin/emergency", json={"enabled": False, "reason": "drill over"}, headers=REVIEWER)
+    assert off.status_code == 503 and "stays on" in off.json()["error"]["message"]
+    assert service.switch.mode == "emergency"
+
+
+def test_a_config_in_emergency_mode_cannot_be_switched_off(tmp_path):
+    service = make_service(tmp_path / "logs", FixedDecider(PROBS["ALLOW"]), mode="emergency")
+    with TestClient(create_app(service)) as client:
+        client.post("/v1/admin/emergency", json={"enabled": False, "reason": "try"}, headers=REVIEWER)
+        state = client.get("/v1/admin/emergency", headers=REVIEWER).json()
+        assert state["mode"] == "emergency" and "config" in state["sources"]
+        assert decide(client)["decision"] == "ESCALATE"

@@ -1,0 +1,177 @@
+"""so8t serve as a process, with the tiny model: it refuses to start without keys; SIGTERM stops taking
+connections, answers the requests in flight and closes the audit log; kill -9 in the middle of a burst
+loses nothing that was answered (the restarted server finds every answered decision in the log and
+every escalation in the queue, and the chain verifies)."""
+
+from __future__ import annotations
+
+import os
+import queue
+import signal
+import subprocess
+import sys
+import threading
+import time
+from pathlib import Path
+
+import httpx
+import pytest
+import yaml
+from service_support import CLIENT, KEY_ENV, REVIEWER, records
+
+from so8t_lib.serve.audit import verify
+
+ROOT = Path(__file__).resolve().parents[1]
+
+
+@pytest.fixture(scope="module")
+def checkpoint(tmp_path_factory):
+    from so8t_lib.core.config import ModelConfig
+    from so8t_lib.model import SO8TModel
+
+    path = tmp_path_factory.mktemp("model") / "tiny"
+    SO8TModel.from_config(ModelConfig()).save(path)
+    return path
+
+
+def write_config(folder: Path, checkpoint: Path, **service) -> Path:
+    config = {"model": {"checkpoint_path": str(checkpoint)},
+              "inference": {"generate_responses": False, "decision_timeout_s": 60},
+              "logging": {"audit_log": "logs/audit.jsonl", "log_level": "WARNING"},
+              "escalation": {"enable_notifications": False, "queue_timeout_s": 5, "retry_interval_s": 1},
+              "service": {"flag_poll_s": 0.2, **service}}
+    path = folder / "serve.yaml"
+    path.write_text(yaml.safe_dump(config), encoding="utf-8")
+    return path
+
+
+class Server:
+    """``so8t serve --port 0`` in a child process; ``url`` once its first line says where it listens."""
+
+    def __init__(self, config: Path, log_dir: Path, *overrides: str) -> None:
+        self.stderr_path = log_dir.parent / f"serve-{time.monotonic_ns()}.err"
+        self.stderr = open(self.stderr_path, "w")
+        self.proc = subprocess.Popen([sys.executable, "-m", "so8t_lib", "serve", "--config", str(config), "--port", "0",
+                                      "--log-dir", str(log_dir), "--test-mode", *overrides],
+                                     cwd=ROOT, env={**os.environ, **KEY_ENV}, stdout=subprocess.PIPE,
+                                     stderr=self.stderr, text=True)
+        lines: queue.Queue[str] = queue.Queue()
+        threading.Thread(target=lambda: [lines.put(line) for line in self.proc.stdout], daemon=True).start()
+        try:
+            first = lines.get(timeout=180)
+        except queue.Empty:
+            self.proc.kill()
+            raise AssertionError(f"so8t serve did not start: {self.errors()}") from None
+        assert "listening on http://" in first, first + self.errors()
+        self.url = first.split("listening on ", 1)[1].split()[0]
+
+    def errors(self) -> str:
+        return self.stderr_path.read_text(encoding="utf-8", errors="replace")
+
+    def metric(self, name: str) -> float:
+        for line in httpx.get(f"{self.url}/metrics", timeout=30).text.splitlines():
+            if line.startswith(name + " "):
+                return float(line.split()[1])
+        raise KeyError(name)
+
+    def stop(self, sig: int = signal.SIGTERM) -> int:
+        if self.proc.poll() is None:
+            self.proc.send_signal(sig)
+        try:
+            return self.proc.wait(120)
+        finally:
+            self.stderr.close()
+
+
+def test_serve_refuses_to_start_without_keys(tmp_path, checkpoint):
+    env = {k: v for k, v in os.environ.items() if k not in KEY_ENV}
+    done = subprocess.run([sys.executable, "-m", "so8t_lib", "serve", "--config",
+                           str(write_config(tmp_path, checkpoint)), "--port", "0"],
+                          cwd=ROOT, env=env, capture_output=True, text=True, timeout=300)
+    assert done.returncode == 1 and "SO8T_CLIENT_KEYS" in done.stderr and done.stdout == ""
+
+
+def test_sigterm_answers_the_requests_in_flight_then_stops(tmp_path, checkpoint):
+    log_dir = tmp_path / "logs"
+    server = Server(write_config(tmp_path, checkpoint), log_dir, "service.max_wait_ms=1000", "service.max_batch=64")
+    answers: list[httpx.Response | Exception] = []
+
+    def ask(n: int) -> None:
+        try:
+            answers.append(httpx.post(f"{server.url}/v1/decide", headers=CLIENT, timeout=120,
+                                      json={"user_request": f"How do I book meeting room {n}?", "user_id": f"u{n}"}))
+        except httpx.HTTPError as exc:
+            answers.append(exc)
+
+    threads = [threading.Thread(target=ask, args=(n,)) for n in range(10)]
+    for t in threads:
+        t.start()
+    deadline = time.monotonic() + 60
+    while server.metric("so8t_http_requests_in_flight") < 11:  # the ten, and this scrape
+        assert time.monotonic() < deadline, "the requests did not arrive"
+        time.sleep(0.01)
+    server.proc.send_signal(signal.SIGTERM)
+    refused = False
+    while not refused and server.proc.poll() is None:
+        try:
+            httpx.get(f"{server.url}/healthz", timeout=5)
+        except httpx.ConnectError:
+            refused = True
+        time.sleep(0.02)
+    for t in threads:
+        t.join(120)
+    code = server.stop()
+    assert code in (0, -signal.SIGTERM), server.errors()
+    assert refused or server.proc.poll() is not None
+    assert len(answers) == 10 and all(isinstance(a, httpx.Response) and a.status_code == 200 for a in answers), answers
+    assert sorted(r["request_id"] for r in records(log_dir)) == sorted(a.json()["request_id"] for a in answers)
+    assert verify(log_dir)["errors"] == []
+    assert "shutdown complete" in server.errors()
+
+
+def test_kill_9_mid_burst_loses_nothing_that_was_answered(tmp_path, checkpoint):
+    log_dir = tmp_path / "logs"
+    config = write_config(tmp_path, checkpoint)
+    server = Server(config, log_dir)
+    answered: list[dict] = []
+    stop = threading.Event()
+
+    def client(k: int) -> None:
+        with httpx.Client(base_url=server.url, headers=CLIENT, timeout=60) as http:
+            n = 0
+            while not stop.is_set():
+                try:
+                    answer = http.post("/v1/decide", json={"user_request": f"client {k} asks {n}: the VPN is down"})
+                except httpx.HTTPError:
+                    return
+                if answer.status_code == 200:
+                    answered.append(answer.json())
+                n += 1
+
+    threads = [threading.Thread(target=client, args=(k,)) for k in range(4)]
+    for t in threads:
+        t.start()
+    deadline = time.monotonic() + 120
+    while len(answered) < 40:
+        assert time.monotonic() < deadline and server.proc.poll() is None, server.errors()
+        time.sleep(0.01)
+    server.stop(signal.SIGKILL)  # nothing is cleaned up
+    stop.set()
+    for t in threads:
+        t.join(60)
+    restarted = Server(config, log_dir)
+    try:
+        deadline = time.monotonic() + 60
+        while restarted.metric("so8t_escalations_spooled") > 0:  # the new server finishes what was spooled
+            assert time.monotonic() < deadline, restarted.errors()
+            time.sleep(0.2)
+        logged = [r["request_id"] for r in records(log_dir)]
+        assert len(logged) == len(set(logged))  # none recorded twice
+        assert {a["request_id"] for a in answered} <= set(logged)  # nothing answered is missing
+        cases = httpx.get(f"{restarted.url}/v1/escalations", params={"limit": 1000}, headers=REVIEWER, timeout=30).json()
+        queued = {c["case_id"] for c in cases["cases"]}
+        assert {a["escalation_id"] for a in answered if a.get("escalation_id")} <= queued
+        assert not any(a["decision"] == "ALLOW" and "fail_closed" in a["flags"] for a in answered)
+    finally:
+        restarted.stop()
+    assert verify(log_dir)["errors"] == []
