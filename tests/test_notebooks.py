@@ -45,20 +45,32 @@ def test_notebooks_are_committed_stripped_and_each_has_tiny_parameters_for_nbval
 
 
 def test_stakeholder_app_decides_when_clicked(tmp_path, tokenizer):
+    """The page shows the decision the runtime returned and recorded, not just the three label names (they
+    are always on the page, as the bars' labels), and a request the gate cannot take fails closed, visibly."""
     pytest.importorskip("ipywidgets")
+    import re
+
     from so8t_lib.core.config import ModelConfig
+    from so8t_lib.core.schema import LABELS
     from so8t_lib.model import SO8TModel
     from so8t_lib.workbench.stakeholder_app import build_app
 
     ckpt = SO8TModel.from_config(ModelConfig(), tokenizer).save(tmp_path / "ckpt")
     app = build_app([str(ckpt)], threshold=0.8, log_dir=tmp_path / "logs")
     app.example_buttons[1].click()  # the Japanese prompt-injection example
-    shown = app.result_html.value
-    assert any(label in shown for label in ("ALLOW", "REFUSE", "ESCALATE")) and "REFUSE" in shown
+    shown, result = app.result_html.value, app.last_result
+    records = [json.loads(line) for line in (tmp_path / "logs" / "audit.jsonl").read_text(encoding="utf-8").splitlines()]
+    assert records[-1]["request_id"] == result["request_id"] and records[-1]["decision"] == result["decision"]
+    assert re.findall(r'data-decision="(\w+)"', shown) == [result["decision"]]
+    assert re.search(rf'so8t-decision"[^>]*>{result["decision"]}<', shown)
+    bars = dict(re.findall(r'data-label="(\w+)" data-value="([0-9.e-]+)"', shown))
+    assert {k: float(v) for k, v in bars.items()} == result["probabilities"] and list(bars) == list(LABELS)
+    assert ("so8t-route" in shown) == (result["decision"] == "ESCALATE")
     assert "prompt_injection" in shown and app.context_box.value == "情報システム部への問い合わせ"
     app.request_box.value = "x" * 5000  # too long: the gate fails closed, and says so
     app.decide_button.click()
-    assert "ESCALATE" in app.result_html.value
+    assert app.last_result["decision"] == "ESCALATE" and 'data-decision="ESCALATE"' in app.result_html.value
+    assert "failed closed" in app.result_html.value and "direct manager" in app.result_html.value
     assert (tmp_path / "logs" / "audit.jsonl").read_text(encoding="utf-8").count('"test":true') == 2
 
 

@@ -1,104 +1,201 @@
-"""The stakeholder demo: an ipywidgets app over the real agent runtime.
+"""The stakeholder demo: an ipywidgets app over the real agent runtime (notebook 05, served by
+``so8t present`` through Voilà).
 
-Type a request (Japanese or English) and its context, pick a model file and a threshold, and see
-the decision, a confidence bar per class, the rationale or the answer, and where an escalation
-would be routed. Runs the same ``Agent`` as production, in test mode (audit records marked as
-tests, no notifications), logging to a temporary folder.
+Type a request (Japanese or English) and its context, pick a model and a threshold, press Decide: the
+page shows the decision the runtime returned, a confidence bar per class, the answer or the reason, and
+where an escalation would go. It runs the production ``Agent`` in test mode (audit records marked as
+tests, nobody notified), logging to its own folder. Whatever goes wrong (no model, a model that cannot
+load, a request the gate fails closed on, a bug) is shown as a message on the page, never a traceback:
+the audience is not technical.
 """
 
 from __future__ import annotations
 
-import html
+import logging
 import tempfile
+from collections.abc import Callable
 from pathlib import Path
 
-from ..core.schema import LABELS
 from ..model.prompts import EXAMPLE_REQUESTS
+from ..serve.backends import is_gguf_path
 from ..serve.config import RuntimeConfig
 from ..serve.runtime import Agent
+from .stakeholder_view import (
+    NO_MODEL,
+    THRESHOLD_RANGE,
+    DemoSettings,
+    demo_settings,
+    model_label,
+    render_message,
+    render_result,
+)
 
-COLORS = {"ALLOW": "#2e7d32", "REFUSE": "#c62828", "ESCALATE": "#ef6c00"}
+logger = logging.getLogger("so8t.demo")
+INTRO = ("<h2 style='margin-bottom:4px'>SO8T safety gate</h2><div style='color:#444'>An employee's request goes to "
+         "the gate first. It decides <b style='color:#2e7d32'>ALLOW</b> (the assistant answers), "
+         "<b style='color:#c62828'>REFUSE</b> (it declines, with a reason) or <b style='color:#ef6c00'>ESCALATE</b> "
+         "(a person with the right role decides). Demo mode: records are marked as tests and nobody is notified."
+         "</div>")
+IDLE = render_message("info", "Type a request or pick an example, then press Decide.")
 
 
-def model_choices(root: str | Path = ".") -> list[str]:
-    """Trained checkpoints (run folders) and GGUF files found under ``root``."""
-    root = Path(root)
-    runs = sorted(str(p.parent) for p in root.glob("checkpoints/*/best/so8t_model.yaml"))
-    ggufs = sorted(str(p) for p in root.glob("dist/*.gguf"))
-    return [str(Path(r).parent) if r.endswith("/best") else r for r in runs] + ggufs
-
-
-def make_agent(model_path: str, threshold: float, log_dir: str | Path) -> Agent:
+def make_agent(model_path: str, threshold: float, log_dir: str | Path, decider=None) -> Agent:
+    """The production agent on one model and threshold, in test mode, writing only under ``log_dir``."""
+    gguf = is_gguf_path(model_path)
     cfg = RuntimeConfig.model_validate({
-        "model": {"checkpoint_path": model_path, "use_gguf": model_path.endswith(".gguf"),
-                  "gguf_path": model_path if model_path.endswith(".gguf") else None},
+        "model": {"checkpoint_path": model_path, "use_gguf": gguf, "gguf_path": model_path if gguf else None},
         "inference": {"safety_threshold": threshold, "max_tokens": 64},
         "logging": {"audit_log": str(Path(log_dir) / "audit.jsonl")},
         "escalation": {"queue_db": str(Path(log_dir) / "escalations.sqlite"), "enable_notifications": False},
     })
-    return Agent(cfg, test_mode=True, log_dir=str(log_dir))  # never the real log folder of SO8T_LOG_DIR
+    return Agent(cfg, decider=decider, test_mode=True, log_dir=str(log_dir))  # never SO8T_LOG_DIR's folder
 
 
-def render_result(result: dict, agent: Agent) -> str:
-    """HTML for one runtime result: decision badge, one bar per class, text, routing."""
-    color = COLORS[result["decision"]]
-    parts = [f'<div style="font-size:1.4em;font-weight:bold;color:{color}">{result["decision"]}'
-             f'{" — a person decides" if result["human_required"] else ""}</div>']
-    for label in LABELS:
-        p = (result["probabilities"] or {}).get(label)
-        width = 0 if p is None else round(100 * p)
-        value = "n/a" if p is None else f"{p:.1%}"
-        parts.append(f'<div style="display:flex;align-items:center;margin:2px 0"><span style="width:90px">{label}</span>'
-                     f'<div style="background:{COLORS[label]};height:14px;width:{2 * width}px"></div>'
-                     f'<span style="margin-left:6px">{value}</span></div>')
-    text = result["task_response"] if result["decision"] == "ALLOW" and result["task_response"] else result["rationale"]
-    parts.append(f"<p>{html.escape(text or '')}</p>")
-    if result["decision"] == "ESCALATE":
-        route = agent.config.escalation.routes[result["category"]]
-        parts.append(f"<p>Routed to <b>{html.escape(route.notify or result['category'])}</b>: "
-                     f"{html.escape(route.email or '-')}, {html.escape(route.slack_channel or '-')}</p>")
-    if result.get("flags"):
-        parts.append(f"<p><i>flags: {html.escape(', '.join(result['flags']))}</i></p>")
-    return "\n".join(parts)
+AgentFactory = Callable[[str, float, "str | Path", object], Agent]
 
 
-def build_app(models: list[str] | None = None, threshold: float = 0.8, log_dir: str | Path | None = None):
-    """The widget tree; ``app.decide_button.click()`` works headless (tests use it)."""
-    import ipywidgets as w
+class StakeholderApp:
+    """The page's widgets and state. Displayed as its ``widget``; the buttons work headless
+    (``app.decide_button.click()``), which is how the tests drive it without a browser."""
 
-    models = models or model_choices()
-    if not models:
-        raise FileNotFoundError("no trained model found under checkpoints/ or dist/: run `make demo` first")
-    log_dir = Path(log_dir or tempfile.mkdtemp(prefix="so8t-demo-"))
-    agents: dict[tuple[str, float], Agent] = {}
-    request = w.Textarea(placeholder="Type a request (日本語 or English)", layout=w.Layout(width="100%", height="70px"))
-    context = w.Text(placeholder="Context (optional): who asks, which department", layout=w.Layout(width="100%"))
-    model = w.Dropdown(options=models, value=models[0], description="model")
-    slider = w.FloatSlider(value=threshold, min=0.5, max=0.99, step=0.01, description="threshold")
-    button = w.Button(description="Decide", button_style="primary")
-    output = w.HTML()
+    def __init__(self, settings: DemoSettings, log_dir: Path, agent_factory: AgentFactory = make_agent) -> None:
+        import ipywidgets as w
 
-    def decide(_=None) -> None:
-        key = (model.value, round(slider.value, 2))
-        if key not in agents:
-            agents[key] = make_agent(model.value, slider.value, log_dir)
-        result = agents[key].run_agent(context.value or None, request.value)
-        output.value = render_result(result, agents[key])
+        self.settings, self.log_dir, self.agent_factory = settings, log_dir, agent_factory
+        self.agent: Agent | None = None
+        self._agent_key: tuple[str, float] | None = None
+        self._deciders: dict[str, object] = {}  # one load per model; a new threshold reuses it
+        self.last_result: dict | None = None
+        low, high = THRESHOLD_RANGE
+        self.request_box = w.Textarea(placeholder="Type a request (日本語 or English)",
+                                      layout=w.Layout(width="auto", height="80px"))
+        self.context_box = w.Text(placeholder="Context (optional): who asks, which department",
+                                  layout=w.Layout(width="auto"))
+        self.model_picker = w.Dropdown(options=settings.choices, value=settings.selected, description="Model",
+                                       layout=w.Layout(width="460px"))
+        self.threshold_slider = w.FloatSlider(value=settings.threshold, min=low, max=high, step=0.01,
+                                              description="Threshold", continuous_update=False, readout_format=".2f")
+        self.decide_button = w.Button(description="Decide", button_style="primary")
+        self.status_html = w.HTML()
+        self.result_html = w.HTML(IDLE)
+        self.log_output = w.Output()  # loading bars, warnings, logs: kept off the page, one click away
+        self.example_buttons = []
+        for request, context in EXAMPLE_REQUESTS:
+            button = w.Button(description=request if len(request) <= 30 else request[:29] + "…", tooltip=request,
+                              layout=w.Layout(width="auto"))
+            button.on_click(self._example(request, context))
+            button.add_class("so8t-example")
+            self.example_buttons.append(button)
+        self.decide_button.on_click(self.decide)
+        self.model_picker.observe(self._reload, names="value")
+        self.threshold_slider.observe(self._reload, names="value")
+        self.widget = w.VBox([
+            w.HTML(INTRO), self.status_html, self.request_box, self.context_box,
+            w.HBox([self.model_picker, self.threshold_slider, self.decide_button]),
+            w.HBox([w.Label("Examples:"), *self.example_buttons], layout=w.Layout(flex_flow="row wrap")),
+            self.result_html, w.Accordion([self.log_output], titles=("Log (for engineers)",), selected_index=None)],
+            layout=w.Layout(max_width="980px"))
+        for widget, name in ((self.widget, "so8t-app"), (self.request_box, "so8t-request-box"),
+                             (self.context_box, "so8t-context-box"), (self.decide_button, "so8t-decide")):
+            widget.add_class(name)  # what the browser tests and the screenshot find the page's parts by
+        if settings.selected is None:
+            self.status_html.value = render_message("warning", NO_MODEL, escape=False)
+            self.result_html.value = ""
+            for control in (self.request_box, self.context_box, self.model_picker, self.threshold_slider,
+                            self.decide_button, *self.example_buttons):
+                control.disabled = True
+        else:
+            with self.log_output:
+                self._load()
 
-    def example(req: str, ctx: str):
+    def _repr_mimebundle_(self, **kwargs):
+        return self.widget._repr_mimebundle_(**kwargs)
+
+    # ----- the agent ------------------------------------------------------------------------------
+    def _reload(self, _=None) -> None:
+        with self.log_output:
+            self._load()
+
+    def _load(self) -> Agent | None:
+        """The agent for the picked model and threshold (a new one when either changed); the status line
+        says which model decides, or why it cannot."""
+        model, threshold = self.model_picker.value, round(float(self.threshold_slider.value), 2)
+        if self._agent_key == (model, threshold) and self.agent is not None:
+            return self.agent
+        self.status_html.value = render_message("info", f"Loading {model_label(model)} …")
+        try:
+            agent = self.agent_factory(model, threshold, self.log_dir, self._deciders.get(model))
+        except Exception as exc:  # noqa: BLE001 - the page says what went wrong instead of a traceback
+            logger.exception("the demo's agent could not be set up")
+            self.status_html.value = render_message("error", f"The gate could not be set up for {model}: "
+                                                    f"{type(exc).__name__}: {exc}")
+            return None
+        if self.agent is not None:
+            self.agent.close()
+        self.agent, self._agent_key = agent, (model, threshold)
+        if agent.decider is not None:
+            self._deciders[model] = agent.decider
+        self.status_html.value = self._status(agent, model, threshold)
+        return agent
+
+    def _status(self, agent: Agent, model: str, threshold: float) -> str:
+        notes = "".join(render_message("warning", note) for note in self.settings.notes)
+        if agent.load_error:
+            return notes + render_message(
+                "error", f"{model_label(model)} ({model}): every request fails closed (ESCALATE) until another "
+                f"model is picked, because the {agent.load_error}")
+        return notes + render_message("info", f"Deciding with {model_label(model)} ({model}), version "
+                                      f"{agent.model_version}; threshold {threshold:.2f}.")
+
+    # ----- deciding -------------------------------------------------------------------------------
+    def decide(self, _=None) -> None:
+        """Decide what the request box holds and show the runtime's result (or a message)."""
+        request, context = self.request_box.value, self.context_box.value.strip() or None
+        if not request.strip():
+            self.result_html.value = render_message("info", "Type a request first (Japanese or English), or pick "
+                                                    "an example.")
+            return
+        self.decide_button.disabled = True
+        self.result_html.value = render_message("info", "Deciding …")
+        with self.log_output:
+            self._decide(request, context)
+
+    def _decide(self, request: str, context: str | None) -> None:
+        try:
+            agent = self._load()
+            if agent is None:
+                self.result_html.value = render_message("error", "No decision: the gate is not set up (see the "
+                                                        "message above).")
+                return
+            result = agent.run_agent(context, request)
+            self.last_result = result
+            route = agent.config.escalation.routes.get(result.get("category") or "")
+            self.result_html.value = render_result(result, request, agent.config.inference.safety_threshold,
+                                                   route.model_dump() if route is not None else None)
+        except Exception as exc:  # noqa: BLE001 - a message, never a traceback
+            logger.exception("the demo could not show a decision")
+            self.result_html.value = render_message("error", f"Something went wrong, no decision is shown: "
+                                                    f"{type(exc).__name__}: {exc}")
+        finally:
+            self.decide_button.disabled = False
+
+    def _example(self, request: str, context: str | None) -> Callable:
         def fill(_=None) -> None:
-            request.value, context.value = req, ctx or ""
-            decide()
+            self.request_box.value, self.context_box.value = request, context or ""
+            self.decide()
         return fill
 
-    button.on_click(decide)
-    example_buttons = []
-    for req, ctx in EXAMPLE_REQUESTS:
-        b = w.Button(description=(req[:28] + "…") if len(req) > 28 else req, layout=w.Layout(width="auto"))
-        b.on_click(example(req, ctx))
-        example_buttons.append(b)
-    app = w.VBox([w.HTML("<h3>SO8T safety gate</h3>"), request, context, w.HBox([model, slider, button]),
-                  w.HBox(example_buttons), output])
-    app.decide_button, app.example_buttons, app.result_html = button, example_buttons, output
-    app.request_box, app.context_box = request, context
-    return app
+    def close(self) -> None:
+        if self.agent is not None:
+            self.agent.close()
+
+
+def build_app(models: list[str] | None = None, threshold: float | None = None, log_dir: str | Path | None = None,
+              model: str | None = None, agent_factory: AgentFactory = make_agent) -> StakeholderApp:
+    """The app for notebook 05. Unset arguments come from ``$SO8T_DEMO_MODEL``, ``$SO8T_DEMO_THRESHOLD`` and
+    ``$SO8T_DEMO_LOG_DIR`` (set by ``so8t present``), then the defaults: every model under checkpoints/
+    and dist/, the pretrained default's Q4_K_M file first, threshold 0.8, a temporary log folder."""
+    settings = demo_settings(models, model, threshold, str(log_dir) if log_dir else None)
+    folder = Path(settings.log_dir) if settings.log_dir else Path(tempfile.mkdtemp(prefix="so8t-demo-"))
+    folder.mkdir(parents=True, exist_ok=True)
+    return StakeholderApp(settings, folder, agent_factory)
