@@ -35,6 +35,7 @@ COMMANDS: dict[str, Command] = {
     "sweep": Command("sweep", "main", "run a papermill sweep (a notebook over a grid and seeds)"),
     "card": Command("card", "main", "write MODEL_CARD.md and figures/ from committed results"),
     "demo": Command("demo", "main", "the main job: train, score, export, decide (make demo)"),
+    "present": Command("present", "main", "the stakeholder demo as a web page on 127.0.0.1 (Voila; make present)"),
 }
 
 
