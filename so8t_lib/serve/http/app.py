@@ -98,6 +98,27 @@ def _problems(exc: RequestValidationError) -> str:
     return "; ".join(parts)
 
 
+def _query_names(dependant) -> set[str]:
+    names = {p.alias for p in dependant.query_params}
+    for sub in dependant.dependencies:
+        names |= _query_names(sub)
+    return names
+
+
+def reject_unknown_query(request: Request) -> None:
+    """A query parameter the route does not take is an error, not silently ignored (a typo such as
+    ?stauts=open would otherwise list every case)."""
+    route = request.scope.get("route")
+    dependant = getattr(route, "dependant", None)
+    if dependant is None:
+        return
+    known = _query_names(dependant)
+    unknown = sorted(set(request.query_params) - known)
+    if unknown:
+        raise ApiError(422, "invalid_request", f"unknown query parameter(s) {unknown}; this route takes "
+                       f"{sorted(known) or 'none'}")
+
+
 def create_app(service: Service) -> FastAPI:
     """The FastAPI app of one Service; uvicorn (or a test client) runs its start and stop."""
 
@@ -110,6 +131,7 @@ def create_app(service: Service) -> FastAPI:
             await service.stop()
 
     app = FastAPI(title="SO8T safety gate", version="1", lifespan=lifespan, default_response_class=SafeJSONResponse,
+                  dependencies=[Depends(reject_unknown_query)],
                   description="ALLOW / REFUSE / ESCALATE for employee requests (shared/SAFETY_POLICY.md). "
                               "Fail-closed: a failure inside the gate is never ALLOW.")
     app.state.service = service
@@ -119,7 +141,10 @@ def create_app(service: Service) -> FastAPI:
     @app.exception_handler(HTTPException)
     async def http_error(request: Request, exc: HTTPException):
         kind = getattr(exc, "kind", None) or KINDS.get(exc.status_code, "error")
-        return _error(exc.status_code, kind, str(exc.detail), getattr(exc, "headers", None))
+        message = str(exc.detail)
+        if exc.status_code == 400 and exc.__cause__ is not None:  # FastAPI could not read the body
+            message = f"the body cannot be read: {type(exc.__cause__).__name__}: {str(exc.__cause__)[:200]}"
+        return _error(exc.status_code, kind, message, getattr(exc, "headers", None))
 
     @app.exception_handler(RequestValidationError)
     async def invalid(request: Request, exc: RequestValidationError):
@@ -164,7 +189,7 @@ def create_app(service: Service) -> FastAPI:
     DecideBody, ModerationBody = request_models(service.config.max_items)
 
     @app.post("/v1/decide", response_model=DecisionResult | list[DecisionResult], tags=["gate"],
-              responses=errors(401, 403, 413, 422, 429, 503),
+              responses=errors(400, 401, 403, 413, 422, 429, 503),
               summary="Decide one request (an object) or several (a list): ALLOW, REFUSE or ESCALATE")
     async def decide_route(body: Annotated[DecideBody, Body()], request: Request,  # type: ignore[valid-type]
                            key: ApiKey = client):
@@ -174,7 +199,7 @@ def create_app(service: Service) -> FastAPI:
         return SafeJSONResponse(results if isinstance(body, list) else results[0])
 
     @app.post("/v1/moderations", response_model=ModerationResponse, tags=["gate"],
-              responses=errors(401, 403, 413, 422, 429, 503),
+              responses=errors(400, 401, 403, 413, 422, 429, 503),
               summary="The gate in OpenAI's moderation shape: flagged unless the decision is ALLOW")
     async def moderations(body: Annotated[ModerationBody, Body()], request: Request,  # type: ignore[valid-type]
                           key: ApiKey = client):
@@ -206,7 +231,7 @@ def create_app(service: Service) -> FastAPI:
         return SafeJSONResponse({"count": len(cases), "cases": shown})
 
     @app.post("/v1/escalations/{case_id}/resolve", response_model=Resolution, tags=["review"],
-              responses=errors(401, 403, 404, 409, 413, 422, 503),
+              responses=errors(400, 401, 403, 404, 409, 413, 422, 503),
               summary="Record a person's decision on a case (append-only, audited in the same transaction)")
     async def resolve(case_id: str, body: ResolveRequest, key: ApiKey = reviewer):
         for name, text in (("case_id", case_id), ("by", body.by), ("note", body.note or "")):
@@ -246,7 +271,7 @@ def create_app(service: Service) -> FastAPI:
         return SafeJSONResponse({**service.switch.state(), "changed": False, "audited": True, "error": None})
 
     @app.post("/v1/admin/emergency", response_model=EmergencyState, tags=["admin"],
-              responses=errors(401, 403, 413, 422, 503),
+              responses=errors(400, 401, 403, 413, 422, 503),
               summary="Hold (enabled: true) or release emergency mode: every request escalated; audited")
     async def emergency(body: EmergencyRequest, key: ApiKey = reviewer):
         try:
