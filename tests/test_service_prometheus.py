@@ -59,9 +59,9 @@ def fast_rules(target: Path) -> None:
 def test_a_real_prometheus_sees_the_error_alert_pending_then_firing(tmp_path):
     service = make_service(tmp_path / "logs", FixedDecider(fail=True))
     fast_rules(tmp_path / "rules.yml")
-    port = free_port()
     states: list[str] = []
     with LiveServer(service) as server:
+        port = free_port()
         (tmp_path / "prometheus.yml").write_text(yaml.safe_dump({
             "global": {"scrape_interval": "1s", "evaluation_interval": "1s"},
             "rule_files": [str(tmp_path / "rules.yml")],
@@ -88,8 +88,9 @@ def test_a_real_prometheus_sees_the_error_alert_pending_then_firing(tmp_path):
             while "firing" not in states:
                 assert prometheus.poll() is None, (tmp_path / "prometheus.log").read_text()
                 assert time.monotonic() < deadline, f"no firing alert within 90 s; states seen: {states}"
-                try:
-                    alerts = httpx.get(f"http://127.0.0.1:{port}/api/v1/alerts", timeout=5).json()["data"]["alerts"]
+                try:  # 503 in plain text until Prometheus is ready
+                    answer = httpx.get(f"http://127.0.0.1:{port}/api/v1/alerts", timeout=5)
+                    alerts = answer.json()["data"]["alerts"] if answer.status_code == 200 else []
                 except httpx.HTTPError:
                     alerts = []
                 states += [a["state"] for a in alerts if a["labels"]["alertname"] == "SO8THighErrorRate"][-1:]
