@@ -306,6 +306,10 @@ def create_app(service: Service) -> FastAPI:
     async def dashboard_script():
         return Response(SCRIPT, media_type="text/javascript", headers={"Cache-Control": "no-store"})
 
+    @app.get("/favicon.ico", include_in_schema=False)
+    async def favicon():  # browsers ask for it; no icon, and no 404 in their console
+        return Response(status_code=204)
+
     @app.get("/dashboard/data", include_in_schema=False)
     async def dashboard_data():
         return SafeJSONResponse(service.dashboard_summary(), headers={"Cache-Control": "no-store"})
