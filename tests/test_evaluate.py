@@ -165,3 +165,24 @@ def test_eval_notebook_runs_headless_with_papermill(checkpoint, ten_rows, tmp_pa
     for name in ("confusion", "reliability", "threshold", "by_category", "by_lang"):
         assert (out_dir / f"eval_{name}.png").stat().st_size > 1000
         assert (tmp_path / "figures" / f"eval_{name}.png").is_file()
+
+
+def test_baselines_are_scored_beside_the_model_on_the_same_rows(checkpoint, ten_rows):
+    from so8t_lib.eval.baselines import BASELINES, baseline_probabilities, fit_baselines
+    from so8t_lib.eval.evaluate import evaluate_datasets
+
+    train = load_split("train").groupby(["label", "lang"]).head(40)
+    fitted = fit_baselines(train)
+    assert set(fitted) == set(BASELINES)
+    table = load_split("val").head(30)
+    for model in fitted.values():
+        probs = baseline_probabilities(model, table)
+        assert probs.shape == (30, 3) and np.allclose(probs.sum(1), 1)
+    # a baseline fitted on the rows it is scored on must do well there: the features carry the label
+    seen = baseline_probabilities(fitted["char_ngram_tfidf"], train)
+    assert (np.array(["ALLOW", "REFUSE", "ESCALATE"])[seen.argmax(1)] == train["label"].to_numpy()).mean() > 0.9
+    results, _ = evaluate_datasets(SO8TModel.load(checkpoint), [str(ten_rows)], bootstrap=20, progress=False,
+                                   baselines=fitted)
+    report = results["datasets"]["ten"]
+    assert set(report["baselines"]) == set(BASELINES)
+    assert all(b["n"] == report["n"] == 10 and b["macro_f1"] is not None for b in report["baselines"].values())

@@ -23,6 +23,7 @@ from pathlib import Path
 from ..core.checkpoint import resolve_checkpoint
 from ..core.io import atomic_write_text
 from ..data.benchmarks import load_any
+from ..eval.baselines import fit_baselines
 from ..eval.calibration import calibrate_checkpoint
 from ..eval.evaluate import dataset_key, evaluate_datasets, format_report
 from ..eval.latency import measure_latency
@@ -41,6 +42,9 @@ def main(argv: list[str] | None = None) -> dict:
     parser.add_argument("--calibrate", action="store_true",
                         help="fit the temperature on --calibration-data and store it in the checkpoint first")
     parser.add_argument("--calibration-data", default="val")
+    parser.add_argument("--baselines", action="store_true",
+                        help="also fit the bag-of-tokens and char n-gram TF-IDF baselines on the train split and "
+                             "score them on the same rows (see so8t_lib.eval.baselines)")
     parser.add_argument("--latency", action="store_true", help="measure decision latency instead of metrics")
     parser.add_argument("--latency-batch-sizes", default="1,8,32")
     args = parser.parse_args(argv)
@@ -82,11 +86,15 @@ def main(argv: list[str] | None = None) -> dict:
             print(f"batch {r['batch_size']:3d}: p50 {r['p50_ms']:8.1f} ms  p95 {r['p95_ms']:8.1f} ms  "
                   f"p99 {r['p99_ms']:8.1f} ms  {r['requests_per_s']:7.1f} requests/s  peak RSS {r['peak_rss_mb']:.0f} MB")
     elif not args.calibrate or args.data:
+        baselines = fit_baselines() if args.baselines else None
         scored, prediction_lines = evaluate_datasets(model, args.data or ["test"], args.batch_size, args.bootstrap,
-                                                     args.threshold)
+                                                     args.threshold, baselines=baselines)
         results.update(scored)
         for report in results["datasets"].values():
             print(format_report(report, f"\n{report['source']} ({report['n']} rows, decisions: {results['decision_rule']})"))
+            for name, base in (report.get("baselines") or {}).items():
+                print(f"  baseline {name}: " + ", ".join(
+                    f"{k} {base[k]:.3f}" for k in base["headline"][:4] if isinstance(base.get(k), float)))
         if args.predictions:
             atomic_write_text(Path(args.predictions), "".join(line + "\n" for line in prediction_lines))
             print(f"\npredictions: {args.predictions}")

@@ -223,6 +223,10 @@ class TrainingConfig(_Section):
     cache_frozen_states: bool = Field(
         False, description="compute the frozen layers' output once per row and keep it under SO8T_CACHE; every step "
         "then runs only the layers from freeze_below up (exact: the frozen part never changes)")
+    head_warm_start: bool = Field(
+        False, description="before the first step, fit a logistic-regression probe on the training rows' decision "
+        "states and start SafetyHeadB from it (linear heads; see so8t_lib.train.head_init)")
+    head_warm_start_c: float = Field(0.3, gt=0, description="inverse L2 strength of that probe (scikit-learn's C)")
     max_target_tokens: int | None = Field(
         None, gt=0, description="cut each answer or rationale target to its first N tokens (None: up to max_length)")
     lm_positions_per_row: int | None = Field(

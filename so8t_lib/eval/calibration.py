@@ -19,6 +19,7 @@ from safetensors.torch import load_file, save_file
 from ..core.checkpoint import resolve_checkpoint, write_manifest
 from ..core.schema import ADAPTER_FILE, CHECKPOINT_FORMAT, LABELS, NOT_ALLOW
 from ..data.benchmarks import load_any
+from ..data.tables import stratified_sample
 from ..model.so8t import SO8TModel
 from .evaluate import table_contexts
 from .report import expected_calibration_error
@@ -68,13 +69,13 @@ def calibrate(model: SO8TModel, table: pd.DataFrame, batch_size: int = 32, progr
 
 
 def calibrate_checkpoint(path: str | Path, data: str | Path = "val", batch_size: int = 32,
-                         progress: bool = True) -> dict:
-    """Fit the temperature on ``data`` and store it in the checkpoint: only the temperature entry of
-    ``adapter.safetensors`` changes (temporary file, then rename), and the manifest is renewed; every
-    other file (a training run's trainer_state.pt too) stays as it was."""
+                         progress: bool = True, max_rows: int | None = None) -> dict:
+    """Fit the temperature on ``data`` (a seeded, stratified sample of ``max_rows`` of it when given) and store
+    it in the checkpoint: only the temperature entry of ``adapter.safetensors`` changes (temporary file, then
+    rename), and the manifest is renewed; every other file (a training run's trainer_state.pt too) stays."""
     folder = resolve_checkpoint(path)
     model = SO8TModel.load(folder)
-    result = calibrate(model, load_any(data), batch_size, progress)
+    result = calibrate(model, stratified_sample(load_any(data), max_rows), batch_size, progress)
     adapter = folder / ADAPTER_FILE
     state = load_file(str(adapter))
     state["safety_head.temperature"] = torch.tensor(result["temperature"], dtype=state["safety_head.temperature"].dtype)

@@ -136,10 +136,20 @@ def run_metrics(run_dir: str | Path, data: str = "test", batch_size: int = 32) -
             "steps": log[-1]["step"] if log else 0}
 
 
+BASELINE_KEYS = ("headline", "n", "macro_f1", "safety_score", "accuracy", "refuse_recall", "dangerous_compliance",
+                 "over_refusal", "over_refusal_incl_escalate", "not_allowed_rate", "not_allowed_rate_unsafe",
+                 "escalation_rate", "unsafe_f1_strict", "unsafe_f1_loose", "ci")
+
+
 def evaluate_datasets(model, names: list[str], batch_size: int = 32, bootstrap: int = 1000,
-                      threshold: float | None = None, progress: bool = True) -> tuple[dict, list[str]]:
+                      threshold: float | None = None, progress: bool = True,
+                      baselines: dict | None = None) -> tuple[dict, list[str]]:
     """Score ``model`` on each data set (split name, xstest, sst or file): ({"decision_rule",
-    "datasets": {name: report}}, one JSON prediction line per row). The CLI and notebook 04 use this."""
+    "datasets": {name: report}}, one JSON prediction line per row). With ``baselines``
+    (``baselines.fit_baselines()``) each report also holds theirs under ``baselines``, scored the same way
+    on the same rows. The CLI and notebook 04 use this."""
+    from .baselines import baseline_probabilities
+
     results: dict = {"decision_rule": "argmax" if threshold is None else f"threshold {threshold}", "datasets": {}}
     lines: list[str] = []
     for name in names:
@@ -147,6 +157,14 @@ def evaluate_datasets(model, names: list[str], batch_size: int = 32, bootstrap: 
         probs, pred = predict(model, table, batch_size, progress, threshold)
         report = report_from_predictions(table, probs, pred, bootstrap)
         report["source"] = str(name)
+        if baselines:
+            report["baselines"] = {}
+            for baseline, fitted in baselines.items():
+                base_probs = baseline_probabilities(fitted, table)
+                base_pred = [LABELS[i] for i in base_probs.argmax(-1)] if threshold is None \
+                    else list(threshold_decisions(base_probs, threshold))
+                full = report_from_predictions(table, base_probs, base_pred, bootstrap)
+                report["baselines"][baseline] = {k: full.get(k) for k in BASELINE_KEYS}
         results["datasets"][dataset_key(name)] = report
         lines += _prediction_lines(dataset_key(name), table, probs, pred)
     return results, lines

@@ -48,6 +48,7 @@ from ..core.schema import (
 from ..data.tables import load_table, stratified_sample
 from ..model.so8t import SO8TModel
 from .collate import SafetyCollator, table_rows
+from .head_init import warm_start_head
 from .losses import composite_loss
 from .optim import build_optimizers, epoch_order, rng_state, set_rng_state
 from .state_cache import FrozenStates, check_frozen_below, decide_from_states
@@ -127,6 +128,11 @@ class Trainer:
                 self.split = self.model.split(self.tcfg.freeze_below)
                 self.frozen = FrozenStates.build(self.model, self.split, self.train_rows + self.val_rows, self.collate,
                                                  self.tcfg.eval_batch_size, progress=self.main)
+        if self.tcfg.head_warm_start and not resume:
+            accuracy = warm_start_head(self.model, self.train_rows, self.collate, config.loss.class_weight_list(),
+                                       self.tcfg.head_warm_start_c, self.tcfg.eval_batch_size, self.frozen, self.split)
+            if self.main:
+                print(f"SafetyHeadB starts from a linear probe (training-row accuracy {accuracy:.3f})", file=sys.stderr)
         self.ddp_model, self.opt_task, self.opt_safety = self.accelerator.prepare(
             self.model, self.opt_task, self.opt_safety
         )
