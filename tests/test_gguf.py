@@ -74,6 +74,35 @@ def test_f32_gguf_matches_the_hf_model(exported):
     assert torch.equal(model.decide(requests, contexts).argmax(-1), backend.decide(requests, contexts).argmax(-1))
 
 
+@pytest.fixture(scope="module")
+def gemma3_exported(tmp_path_factory, tokenizer):
+    """A tiny random Gemma3 (five sliding-attention layers and one full, a window shorter than the prompts,
+    mean pooling) with trained-looking adapters, exported to f32 and Q8_0."""
+    root = tmp_path_factory.mktemp("gguf-gemma3")
+    config = ModelConfig(name="so8t-g3", tiny={"arch": "gemma3", "hidden_size": 64, "num_hidden_layers": 6,
+                                               "num_attention_heads": 4, "num_key_value_heads": 1,
+                                               "intermediate_size": 128, "sliding_window": 8},
+                         head={"pooling": "mean"}, gates={"init_std": 0.05})
+    model = SO8TModel.from_config(config, tokenizer)
+    randomize_adapters(model, scale=0.3)
+    model.train()
+    model.safety_head(torch.randn(64, 64) * 2 + 1)
+    ckpt = model.save(root / "ckpt")
+    paths = export(ckpt, root / "dist", ["Q8_0"], f32=True, progress=False)
+    return SO8TModel.load(ckpt), {p.name: p for p in paths}
+
+
+def test_f32_gguf_of_a_gemma3_model_matches_the_hf_model(gemma3_exported):
+    """gguf's Gemma3 tensor table, Gemma's (1 + w) norms, the sliding window and mean pooling, end to end."""
+    model, paths = gemma3_exported
+    backend = GGUFBackend(paths["so8t-g3-f32.gguf"], f32_kv_cache=True)
+    assert backend.meta["so8t.pooling"] == "mean" and read_metadata(paths["so8t-g3-q8_0.gguf"])["so8t.pooling"] == "mean"
+    test = load_split("test").sample(200, random_state=0)
+    requests, contexts = list(test["user_request"]), [c or None for c in test["context"]]
+    hf, ours = model.decide(requests, contexts), backend.decide(requests, contexts)
+    assert torch.allclose(hf, ours, atol=1e-3) and torch.equal(hf.argmax(-1), ours.argmax(-1))
+
+
 def test_q4_k_m_mostly_agrees_with_fp32_decisions(exported):
     """A regression guard on randomly perturbed adapters (whose decisions sit closer to ties than a
     trained model's): measured 0.90. The trained default's agreement is measured by
