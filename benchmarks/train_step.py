@@ -3,7 +3,7 @@
     python benchmarks/train_step.py [--steps 20] [--batch-size 8] [--out benchmarks/results/train_step_cpu.json]
 
 Speed: both variants run in this one process, fp32 first as the baseline, through the real
-``Trainer.train_step`` (configs/training.yaml, two optimizers, composite loss): tokens/s and
+``Trainer.train_step`` (configs/tiny-training.yaml, two optimizers, composite loss): tokens/s and
 seconds per step over the timed steps, after warm-up steps. Memory: the allocator keeps pages a
 previous variant freed, so each variant's peak RSS is measured again in a fresh child process
 (peak RSS while building and stepping, and its growth over the RSS after imports, sampled every

@@ -77,3 +77,16 @@ def test_fingerprint_changes_with_content():
     b = load_config(CONFIGS / "tiny.yaml", ["model.seed=1"])
     assert a.fingerprint() != b.fingerprint()
     assert a.fingerprint() == load_config(CONFIGS / "tiny.yaml").fingerprint()
+
+
+def test_extends_merges_section_by_section_and_refuses_loops(tmp_path):
+    (tmp_path / "base.yaml").write_text("model: {name: base-model, seed: 3}\ntraining: {max_steps: 7}\n")
+    (tmp_path / "top.yaml").write_text("extends: base.yaml\nmodel: {name: top-model}\n")
+    cfg = load_config(tmp_path / "top.yaml")
+    assert cfg.model.name == "top-model" and cfg.model.seed == 3 and cfg.training.max_steps == 7
+    (tmp_path / "a.yaml").write_text("extends: b.yaml\n")
+    (tmp_path / "b.yaml").write_text("extends: a.yaml\n")
+    with pytest.raises(ConfigError, match="loop"):
+        load_config(tmp_path / "a.yaml")
+    with pytest.raises(ConfigError, match="not found"):
+        load_config(tmp_path / "missing-parent.yaml")

@@ -118,7 +118,7 @@ def test_stratified_sample_keeps_each_cells_share():
 
 def _recipe(tmp_path, run, cache: bool):
     layers = "[3, 4, 5]"
-    return load_config("configs/training.yaml", [
+    return load_config("configs/tiny-training.yaml", [
         f"training.output_dir={tmp_path / run}", "training.max_steps=3", "training.batch_size=4",
         "training.max_length=256", "training.eval_every=3", "training.eval_max_rows=12", "training.log_every=1",
         "training.train_max_rows=40", "training.calibrate_temperature=false", "training.max_target_tokens=8",

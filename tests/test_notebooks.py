@@ -79,7 +79,7 @@ def test_model_card_names_missing_results_and_quotes_present_ones(tmp_path):
 
     run = tmp_path / "run"
     run.mkdir()
-    (run / "config.yaml").write_text((ROOT / "configs" / "training.yaml").read_text(encoding="utf-8"), encoding="utf-8")
+    (run / "config.yaml").write_text((ROOT / "configs" / "tiny-training.yaml").read_text(encoding="utf-8"), encoding="utf-8")
     evaluation = {"temperature": 2.0, "datasets": {"test": {
         "n": 10, "headline": ["safety_score"], "safety_score": 0.5, "macro_f1": 0.4, "refuse_recall": 0.3,
         "dangerous_compliance": 0.2, "over_refusal": 0.1, "ece": 0.05, "ci": {"macro_f1": [0.35, 0.45]}}}}

@@ -171,7 +171,7 @@ def test_two_cpu_processes_under_torchrun(tmp_path):
 
 @pytest.mark.slow
 def test_tiny_preset_learns_the_safety_corpus(tmp_path):
-    """150 steps of configs/training.yaml on 2 CPU cores (about 3 minutes): validation macro-F1 on
+    """150 steps of configs/tiny-training.yaml on 2 CPU cores (about 3 minutes): validation macro-F1 on
     all 571 val rows must rise well above chance (a uniform random guess scores about 0.33)."""
     cfg = load_config(ROOT / "configs" / "training.yaml", [
         f"training.output_dir={tmp_path / 'learn'}", "training.max_steps=150", "training.eval_every=75",

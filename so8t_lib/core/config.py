@@ -328,9 +328,34 @@ def validation_problems(exc: ValidationError) -> str:
     return "\n  ".join(_describe(e) for e in exc.errors())
 
 
+def _deep_merge(base: dict[str, Any], top: dict[str, Any]) -> dict[str, Any]:
+    merged = dict(base)
+    for key, value in top.items():
+        merged[key] = _deep_merge(merged[key], value) if isinstance(value, dict) and isinstance(merged.get(key), dict) \
+            else value
+    return merged
+
+
+def read_config_mapping(path: str | Path, _seen: tuple[Path, ...] = ()) -> dict[str, Any]:
+    """A config file's mapping with ``extends: other.yaml`` resolved (relative to the file; the file's own keys
+    win, section by section), so a named default can point at a recipe without copying it."""
+    path = Path(path)
+    data = read_yaml_mapping(path)
+    parent = data.pop("extends", None)
+    if parent is None:
+        return data
+    if not isinstance(parent, str):
+        raise ConfigError(f"{path}: extends: must name one config file, got {parent!r}")
+    target = (path.parent / parent).resolve()
+    if target in _seen or target == path.resolve():
+        raise ConfigError(f"{path}: extends {parent} forms a loop")
+    return _deep_merge(read_config_mapping(target, (*_seen, path.resolve())), data)
+
+
 def load_config(path: str | Path, overrides: list[str] | tuple[str, ...] = ()) -> SO8TConfig:
-    """Read a YAML config, apply ``key=value`` overrides, validate; errors name the file and key."""
-    data = apply_overrides(read_yaml_mapping(path), overrides)
+    """Read a YAML config (following ``extends``), apply ``key=value`` overrides, validate; errors name the
+    file and key."""
+    data = apply_overrides(read_config_mapping(path), overrides)
     return config_from_dict(data, source=str(path))
 
 

@@ -24,10 +24,12 @@ def decision_states(model: SO8TModel, rows: list[dict], collate: SafetyCollator,
     was_training = model.training
     model.eval()
     device = next(model.parameters()).device
-    chunks = []
+    order = sorted(range(len(rows)), key=lambda i: len(rows[i]["user_request"]) + len(rows[i].get("context") or ""))
+    chunks, done = [], []
     try:
-        for start in range(0, len(rows), batch_size):
-            part = rows[start:start + batch_size]
+        for start in range(0, len(rows), batch_size):  # similar lengths share a batch: little padding
+            done += order[start:start + batch_size]
+            part = [rows[i] for i in order[start:start + batch_size]]
             batch = collate(part)
             states = None if frozen is None else frozen.batch(part, batch["input_ids"].shape[1]).to(device)
             out = model(batch["input_ids"].to(device), batch["attention_mask"].to(device),
@@ -36,7 +38,9 @@ def decision_states(model: SO8TModel, rows: list[dict], collate: SafetyCollator,
             chunks.append(out.pooled.double().cpu().numpy())
     finally:
         model.train(was_training)
-    return np.concatenate(chunks)
+    states = np.empty((len(rows), chunks[0].shape[1]))
+    states[done] = np.concatenate(chunks)
+    return states
 
 
 def warm_start_head(model: SO8TModel, rows: list[dict], collate: SafetyCollator, class_weights: list[float],

@@ -135,11 +135,13 @@ def decide_from_states(model: SO8TModel, split: DecoderSplit, frozen: FrozenStat
     ``model.decide`` on the same prompts."""
     was_training = model.training
     model.eval()
-    chunks = []
+    order = sorted(range(len(rows)), key=lambda i: frozen.offsets[rows[i]["id"]][1])  # little padding
+    chunks, done = [], []
     try:
         device = next(model.parameters()).device
         for start in range(0, len(rows), batch_size):
-            part = rows[start:start + batch_size]
+            done += order[start:start + batch_size]
+            part = [rows[i] for i in order[start:start + batch_size]]
             batch = collate(part)
             states = frozen.batch(part, batch["input_ids"].shape[1]).to(device)
             out = model(batch["input_ids"].to(device), batch["attention_mask"].to(device),
@@ -148,4 +150,7 @@ def decide_from_states(model: SO8TModel, split: DecoderSplit, frozen: FrozenStat
             chunks.append(model.safety_head.probabilities(out.safety_logits).float().cpu().numpy())
     finally:
         model.train(was_training)
-    return np.concatenate(chunks) if chunks else np.zeros((0, 3), dtype=np.float32)
+    probs = np.zeros((len(rows), 3), dtype=np.float32)
+    if chunks:
+        probs[done] = np.concatenate(chunks)
+    return probs
