@@ -11,10 +11,10 @@ import time
 from pathlib import Path
 
 import numpy as np
-import uvicorn
 
 from so8t_lib.serve.config import RuntimeConfig
-from so8t_lib.serve.http import ApiKeys, Service, create_app
+from so8t_lib.serve.http import ApiKeys, Service
+from so8t_lib.serve.http.server import listening_socket, uvicorn_server
 from so8t_lib.serve.runtime import Agent
 
 CLIENT_SECRET = "client-secret-0123456789"
@@ -123,11 +123,10 @@ class LiveServer:
 
     def __init__(self, service: Service) -> None:
         self.service = service
-        self.app = create_app(service)
-        self.sock = socket.create_server(("127.0.0.1", 0))
+        self.sock = listening_socket("127.0.0.1", 0)
         self.port = self.sock.getsockname()[1]
         self.url = f"http://127.0.0.1:{self.port}"
-        self.server = uvicorn.Server(uvicorn.Config(self.app, log_level="warning", access_log=False, lifespan="on"))
+        self.server = uvicorn_server(service)
         self.thread = threading.Thread(target=self.server.run, kwargs={"sockets": [self.sock]}, daemon=True)
 
     def __enter__(self) -> LiveServer:

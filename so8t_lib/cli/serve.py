@@ -16,7 +16,6 @@ Endpoints, metrics and alerts: docs/serving.md.
 from __future__ import annotations
 
 import argparse
-import socket
 import sys
 import warnings
 
@@ -48,9 +47,8 @@ def main(argv: list[str] | None = None) -> int:
         if value is not None:
             overrides.append(f"service.{key}={value}")
     try:
-        import uvicorn
-
-        from ..serve.http import ApiKeys, Service, create_app
+        from ..serve.http import ApiKeys, Service
+        from ..serve.http.server import listening_socket, uvicorn_server
         from ..serve.runtime import Agent
     except ImportError as exc:
         sys.exit(f"error: {exc.name} is missing: install the service extra (pip install -e '.[service]')")
@@ -60,7 +58,7 @@ def main(argv: list[str] | None = None) -> int:
     except ConfigError as exc:
         sys.exit(f"error: {exc}")
     try:
-        listener = socket.create_server((config.service.host, config.service.port))
+        listener = listening_socket(config.service.host, config.service.port)
     except OSError as exc:
         sys.exit(f"error: cannot listen on {config.service.host}:{config.service.port}: {exc}")
     try:
@@ -74,8 +72,5 @@ def main(argv: list[str] | None = None) -> int:
     host, port = listener.getsockname()[:2]
     print(f"so8t serve: listening on http://{host}:{port} (model {agent.model_version}, mode {service.switch.mode}, "
           f"audit log {agent.audit.path})", flush=True)
-    server = uvicorn.Server(uvicorn.Config(create_app(service), log_level="warning", access_log=False,
-                                           timeout_graceful_shutdown=config.service.shutdown_timeout_s,
-                                           lifespan="on"))
-    server.run(sockets=[listener])
+    uvicorn_server(service).run(sockets=[listener])
     return 0

@@ -261,7 +261,7 @@ def create_app(service: Service) -> FastAPI:
             raise ApiError(503, "queue_unavailable", f"not resolved: {exc}") from None
         except ValueError as exc:
             raise ApiError(422, "invalid_request", str(exc)) from None
-        service.count_queue()
+        await run_in_threadpool(service.count_queue)
         shown = EscalationCase.model_validate(case).model_dump()
         return SafeJSONResponse({"case": shown, "resolution": case["resolution"], "history": case["history"]})
 
