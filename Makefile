@@ -7,7 +7,7 @@ PY     := $(VENV)/bin/python
 STAMP  := $(VENV)/.installed
 EXTRAS ?= quant,gguf,pretrained,data,runtime,service,notebooks,dev
 
-.PHONY: demo test nbval venv clean-venv lint lab strip ablation card present
+.PHONY: demo test nbval venv clean-venv lint lab strip ablation card present serve
 
 venv: $(STAMP)
 
@@ -45,6 +45,10 @@ ablation: venv
 # MODEL_CARD.md and figures/ from the committed result files
 card: venv
 	$(VENV)/bin/so8t card
+
+# the gate as a service on 127.0.0.1:8080; set SO8T_CLIENT_KEYS / SO8T_REVIEWER_KEYS first (docs/serving.md)
+serve: venv
+	$(VENV)/bin/so8t serve --config configs/basic.yaml
 
 # the stakeholder demo as a web page: Voila serves notebook 05 on http://127.0.0.1:8866/ (so8t present --help)
 present: venv

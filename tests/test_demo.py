@@ -3,6 +3,7 @@
 import json
 
 from so8t_lib.cli import main as so8t
+from so8t_lib.data.tables import load_split
 
 FEW_STEPS = ["training.max_steps=3", "training.batch_size=4", "training.max_length=96", "training.eval_every=3",
              "training.eval_max_rows=16", "training.log_every=1"]
@@ -10,10 +11,12 @@ FEW_STEPS = ["training.max_steps=3", "training.batch_size=4", "training.max_leng
 
 def test_demo_trains_then_reuses_the_run_and_writes_test_metrics(tmp_path, capsys):
     run_dir = tmp_path / "run"
-    args = ["--bootstrap", "20", "--dist", str(tmp_path / "dist"), *FEW_STEPS, f"training.output_dir={run_dir}"]
+    args = ["--config", "configs/tiny-training.yaml", "--bootstrap", "20", "--dist", str(tmp_path / "dist"), *FEW_STEPS,
+            f"training.output_dir={run_dir}"]
     so8t(["demo", *args])
     report = json.loads((run_dir / "test_metrics.json").read_text(encoding="utf-8"))
-    assert report["n"] == 572 and sum(map(sum, report["confusion_matrix"])) == 572
+    n_test = len(load_split("test"))
+    assert report["n"] == n_test and sum(map(sum, report["confusion_matrix"])) == n_test
     assert set(report["ci"]) >= {"safety_score", "macro_f1"} and report["checkpoint"].endswith("best")
     log = (run_dir / "metrics.jsonl").read_text(encoding="utf-8")
     out = capsys.readouterr().out
