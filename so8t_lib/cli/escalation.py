@@ -4,9 +4,10 @@
     so8t escalation resolve CASE_ID --decision ALLOW|REFUSE --by NAME [--note TEXT] [--supersede]
     so8t escalation history CASE_ID
 
-The queue is found as the runtime finds it: --db, else $SO8T_ESCALATION_DB, else the --config's
-escalation.queue_db (moved into $SO8T_LOG_DIR when set), else $SO8T_LOG_DIR/escalations.sqlite,
-else logs/escalations.sqlite. A path that is not an existing queue is an error, never a new empty
+The queue is found as the runtime finds it: --db (a file or a postgresql:// URL), else
+$SO8T_ESCALATION_DB, else $SO8T_ESCALATION_URL, else the --config's queue (escalation.queue_url, or
+queue_db moved into $SO8T_LOG_DIR when set), else $SO8T_LOG_DIR/escalations.sqlite, else
+logs/escalations.sqlite. A path that is not an existing queue is an error, never a new empty
 database. Each resolution is appended to the case's history and written to the audit log (next to
 the queue unless --audit-log or --config says otherwise); a second resolution needs --supersede.
 """
@@ -22,34 +23,38 @@ from pathlib import Path
 from ..core.config import ConfigError
 from ..core.schema import HUMAN_DECISIONS
 from ..serve.audit import AuditLog, AuditWriteError
-from ..serve.config import load_runtime_config, runtime_paths
+from ..serve.config import QUEUE_URL_ENV, REPLICA_ENV, load_runtime_config, replica_log_name, runtime_paths
 from ..serve.escalation import EscalationQueue, QueueError
+from ..serve.queue_sql import is_url
 from ..serve.outcome import utc_timestamp
 
 DB_NAME = "escalations.sqlite"
 LISTED = ("case_id", "created_at", "category", "status", "overdue", "test", "human_decision", "resolved_by", "input")
 
 
-def _locations(args) -> tuple[Path, Path, str | None, str | None]:
-    """(queue, audit log, encryption key, HMAC key) for this invocation."""
+def _locations(args) -> tuple[str | Path, Path, str | None, str | None]:
+    """(queue file or server URL, audit log, encryption key, HMAC key) for this invocation."""
     enc_env, mac_env = "SO8T_AUDIT_KEY", "SO8T_AUDIT_HMAC_KEY"
     config_db = config_audit = None
     if args.config:
         config = load_runtime_config(args.config)
         paths = runtime_paths(config)
-        config_db, config_audit = paths.queue, paths.audit
+        config_db, config_audit = paths.queue_target, paths.audit
         enc_env = config.logging.encryption_key_env or enc_env
         mac_env = config.logging.hmac_key_env or mac_env
-    log_dir = os.environ.get("SO8T_LOG_DIR")
-    db = Path(args.db or os.environ.get("SO8T_ESCALATION_DB") or config_db or
-              (Path(log_dir) / DB_NAME if log_dir else Path("logs") / DB_NAME))
-    audit = Path(getattr(args, "audit_log", None) or config_audit or db.with_name("audit.jsonl"))
+    log_dir = Path(os.environ.get("SO8T_LOG_DIR") or "logs")
+    db = (args.db or os.environ.get("SO8T_ESCALATION_DB") or os.environ.get(QUEUE_URL_ENV) or config_db
+          or log_dir / DB_NAME)
+    db = db if is_url(db) else Path(db)
+    beside = log_dir if is_url(db) else Path(db).parent
+    audit = Path(getattr(args, "audit_log", None) or config_audit or
+                 replica_log_name(beside / "audit.jsonl", os.environ.get(REPLICA_ENV) or None))
     return db, audit, os.environ.get(enc_env), os.environ.get(mac_env)
 
 
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(prog="so8t escalation", description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("--db", help="the queue (default: see above)")
+    parser.add_argument("--db", help="the queue: a SQLite file or a postgresql:// URL (default: see above)")
     parser.add_argument("--config", help="a runtime config: its queue, audit log and key variables")
     sub = parser.add_subparsers(dest="command", required=True)
     p_list = sub.add_parser("list", help="show cases (one JSON object each)")

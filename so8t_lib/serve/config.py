@@ -11,6 +11,7 @@ that says why, instead of being accepted and ignored.
 from __future__ import annotations
 
 import os
+import re
 from pathlib import Path
 from typing import Literal, NamedTuple
 
@@ -122,11 +123,35 @@ class EscalationConfig(_Section):
                                       "marked overdue and the route reminded")
     notify_timeout_s: float = Field(5.0, gt=0, description="a notification never delays a decision past this")
     retries: int = Field(3, ge=0)
-    queue_db: str = "logs/escalations.sqlite"
+    queue_db: str = Field("logs/escalations.sqlite", description="the SQLite queue (SO8T_LOG_DIR moves it); "
+                          "its folder also holds the spool")
+    queue_url: str | None = Field(None, description="a PostgreSQL queue shared by several server processes, "
+                                  "postgresql://user@host:port/db (SO8T_ESCALATION_URL overrides it); no password "
+                                  "here: libpq reads PGPASSWORD or ~/.pgpass")
     queue_timeout_s: float | None = Field(None, gt=0, description="longest wait for a locked queue, then the case "
                                           "is spooled and retried; default: 2 s or decision_timeout_s if shorter")
     retry_interval_s: float = Field(5.0, gt=0, description="how often spooled cases are retried")
     routes: dict[str, RouteConfig] = Field(default_factory=_default_routes)
+
+    @field_validator("queue_url")
+    @classmethod
+    def _server_url_without_secret(cls, value: str | None) -> str | None:
+        if value is None:
+            return None
+        from sqlalchemy.engine import make_url
+        from sqlalchemy.exc import ArgumentError
+
+        try:
+            url = make_url(value)
+        except ArgumentError:
+            raise ValueError("not a database URL; use postgresql://user@host:port/dbname") from None
+        if url.get_backend_name() != "postgresql":
+            raise ValueError(f"only postgresql:// URLs are served here (a SQLite queue is queue_db), got "
+                             f"{url.get_backend_name()}://")
+        if url.password:
+            raise ValueError("the URL holds a password: secrets never live in a config; put it in PGPASSWORD or "
+                             "~/.pgpass, or the whole URL in SO8T_ESCALATION_URL")
+        return value
 
     @model_validator(mode="after")
     def _every_category_routed(self) -> EscalationConfig:
@@ -212,14 +237,40 @@ class RuntimePaths(NamedTuple):
     queue: Path
     spool: Path
     log_file: Path | None
+    queue_url: str | None = None  # a PostgreSQL queue instead of the SQLite file ``queue``
+
+    @property
+    def queue_target(self) -> str | Path:
+        """What EscalationQueue opens: the server URL when there is one, else the SQLite file."""
+        return self.queue_url or self.queue
+
+
+REPLICA_ENV = "SO8T_REPLICA"
+QUEUE_URL_ENV = "SO8T_ESCALATION_URL"
+_REPLICA = re.compile(r"[A-Za-z0-9_]{1,40}")
+
+
+def replica_log_name(audit_log: str | Path, replica: str | None) -> Path:
+    """``logs/audit.jsonl`` for replica ``r2`` is ``logs/audit-r2.jsonl``: each server process of a
+    shared folder writes its own chain (``so8t audit verify`` and ``so8t report`` read them all)."""
+    path = Path(audit_log)
+    if not replica:
+        return path
+    if not _REPLICA.fullmatch(replica):
+        raise ConfigError(f"replica name {replica!r} ({REPLICA_ENV}): use 1-40 letters, digits or _")
+    return path.with_name(f"{path.stem}-{replica}{path.suffix}")
 
 
 def runtime_paths(config: RuntimeConfig, log_dir: str | Path | None = None) -> RuntimePaths:
     """Where the runtime writes: the config's files, moved into ``log_dir`` (or $SO8T_LOG_DIR) when
-    one is given. Every tool (runtime, escalation CLI) resolves them here, so they agree."""
+    one is given; the audit log named for the replica ($SO8T_REPLICA) when there is one; the queue
+    on the PostgreSQL server of $SO8T_ESCALATION_URL or ``escalation.queue_url`` when set. Every tool
+    (runtime, escalation CLI, backup) resolves them here, so they agree."""
     queue = placed(config.escalation.queue_db, log_dir)
-    return RuntimePaths(placed(config.logging.audit_log, log_dir), queue, queue.with_name(queue.name + ".spool"),
-                        placed(config.logging.log_file, log_dir) if config.logging.log_file else None)
+    audit = replica_log_name(placed(config.logging.audit_log, log_dir), os.environ.get(REPLICA_ENV) or None)
+    return RuntimePaths(audit, queue, queue.with_name(queue.name + ".spool"),
+                        placed(config.logging.log_file, log_dir) if config.logging.log_file else None,
+                        os.environ.get(QUEUE_URL_ENV) or config.escalation.queue_url)
 
 
 def placed(name: str, log_dir: str | Path | None = None) -> Path:

@@ -5,11 +5,13 @@
     so8t escalation history CASE_ID
 
 ``CaseStore`` is everything the runtime and the command line need from a queue; ``EscalationQueue``
-implements it on SQLite (WAL, a bounded busy wait). A server with a PostgreSQL queue implements the
-same protocol. A case moves open -> notified | notify_failed -> resolved; it is *overdue* once
+implements it with SQLAlchemy on a SQLite file (the embedded default; WAL, a bounded busy wait) or
+on PostgreSQL (a URL: several server processes share one queue); ``queue_sql`` holds what differs.
+A case moves open -> notified | notify_failed -> resolved; it is *overdue* once
 ``escalation_timeout`` has passed without a resolution. Resolutions are append-only: each one is a
 row of ``resolutions`` (who, when, what, note, which one it supersedes), a second one needs
-``supersede=True``, and ``before_commit`` lets the caller write its audit record inside the same
+``supersede=True`` (the case row is locked while it is checked, so two replicas never both record
+a first resolution), and ``before_commit`` lets the caller write its audit record inside the same
 transaction. With an encryption key, the user id, input, rationale and notes are stored encrypted.
 """
 
@@ -17,31 +19,25 @@ from __future__ import annotations
 
 import datetime as dt
 import json
-import sqlite3
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from pathlib import Path
 from typing import Protocol, runtime_checkable
 
+from sqlalchemy import exc, func, select, update
+from sqlalchemy.engine import Connection
+
 from ..core.schema import HUMAN_DECISIONS
+from . import queue_sql
 from .audit_verify import make_fernet
+from .queue_sql import cases, resolutions
 
 ENCRYPTED_FIELDS = ("user_id", "input", "rationale", "note")
 ENCRYPTED_MARK = "enc:"
-CASE_COLUMNS = {
-    "case_id": "TEXT PRIMARY KEY", "created_at": "TEXT NOT NULL", "due_at": "TEXT", "request_id": "TEXT",
-    "user_id": "TEXT", "category": "TEXT", "input": "TEXT", "rationale": "TEXT", "confidence": "REAL",
-    "status": "TEXT NOT NULL", "notifications": "TEXT", "human_decision": "TEXT", "resolved_by": "TEXT",
-    "resolved_at": "TEXT", "note": "TEXT", "test": "INTEGER NOT NULL DEFAULT 0", "overdue_at": "TEXT",
-    "error": "TEXT",
-}
-_RESOLUTIONS = """CREATE TABLE IF NOT EXISTS resolutions (
-    id INTEGER PRIMARY KEY AUTOINCREMENT, case_id TEXT NOT NULL, decided_at TEXT NOT NULL, decision TEXT NOT NULL,
-    decided_by TEXT NOT NULL, note TEXT, supersedes INTEGER)"""
 
 
 class QueueError(RuntimeError):
-    """The queue cannot be used: missing, not a queue, or not answering; the message names the file."""
+    """The queue cannot be used: missing, not a queue, or not answering; the message names it."""
 
 
 class QueueUnavailable(QueueError):
@@ -81,22 +77,33 @@ class CaseStore(Protocol):
 
 
 class EscalationQueue:
-    """The SQLite CaseStore. ``create=False`` refuses a path that is not already a queue (a mistyped
-    ``--db`` must not create an empty database); ``timeout_s`` bounds every wait for a lock."""
+    """The CaseStore on SQLAlchemy. ``target`` is a SQLite file (or ``sqlite:///`` URL) or a
+    ``postgresql://`` URL. ``create=False`` refuses a target that is not already a queue (a mistyped
+    ``--db`` must not create an empty database); ``timeout_s`` bounds every wait for a lock or a server."""
 
-    def __init__(self, path: str | Path, timeout_s: float = 2.0, create: bool = True,
+    def __init__(self, target: str | Path, timeout_s: float = 2.0, create: bool = True,
                  encryption_key: str | bytes | None = None, escalation_timeout_s: float = 300.0) -> None:
-        self.path = Path(path)
         self.timeout_s = timeout_s
         self.escalation_timeout_s = escalation_timeout_s
         self._fernet = make_fernet(encryption_key) if encryption_key else None
-        if create:
-            self.path.parent.mkdir(parents=True, exist_ok=True)
-            self._uri = f"file:{self.path}?mode=rwc"
+        self.path = queue_sql.sqlite_path(target)  # None for a server
+        self._raw_connect = None
+        if self.path is not None:
+            self.where = str(self.path)
+            if create:
+                self.path.parent.mkdir(parents=True, exist_ok=True)
+            elif not self.path.is_file():
+                raise QueueError(f"no escalation queue at {self.path} (check --db, SO8T_ESCALATION_DB, "
+                                 f"{queue_sql.URL_ENV} or SO8T_LOG_DIR)")
+            self.engine, self._raw_connect = queue_sql.sqlite_engine(self.path, create, timeout_s)
         else:
-            if not self.path.is_file():
-                raise QueueError(f"no escalation queue at {self.path} (check --db, SO8T_ESCALATION_DB or SO8T_LOG_DIR)")
-            self._uri = f"file:{self.path}?mode=rw"
+            try:
+                url = queue_sql.server_url(str(target))
+            except ValueError as exc_:
+                raise QueueError(str(exc_)) from None
+            self.where = queue_sql.display(url)
+            self.engine = queue_sql.postgres_engine(url, timeout_s)
+        self.dialect = self.engine.dialect.name
         self._ready = False
         try:
             self._ensure_schema(create)
@@ -104,54 +111,42 @@ class EscalationQueue:
             if not create:
                 raise  # the command line says so at once; the runtime retries later
 
+    def close(self) -> None:
+        """Let go of pooled connections (a server's; SQLite keeps none)."""
+        self.engine.dispose()
+
     # ----- connections ----------------------------------------------------------------------------
     @contextmanager
-    def _db(self, write: bool = False) -> Iterator[sqlite3.Connection]:
-        db = None
+    def _db(self, write: bool = False) -> Iterator[Connection]:
+        """One transaction (BEGIN IMMEDIATE on SQLite when writing); driver errors become QueueError."""
         try:
-            db = sqlite3.connect(self._uri, uri=True, timeout=self.timeout_s, isolation_level=None)
-            db.row_factory = sqlite3.Row
-            if write:
-                db.execute("BEGIN IMMEDIATE")
-            try:
-                yield db
-                if write:
-                    db.execute("COMMIT")
-            except BaseException:
-                if write and db.in_transaction:
-                    db.execute("ROLLBACK")
-                raise
-        except sqlite3.OperationalError as exc:
-            if "locked" in str(exc) or "busy" in str(exc):
-                raise QueueUnavailable(f"{self.path}: the escalation queue is locked by another process (waited "
-                                       f"{self.timeout_s:g}s)") from None
-            raise QueueError(f"{self.path}: {exc}") from None
-        except sqlite3.DatabaseError as exc:
-            raise QueueError(f"{self.path} is not an escalation queue ({exc})") from None
-        finally:
-            if db is not None:
-                db.close()
+            with self.engine.connect().execution_options(so8t_write=write) as conn, conn.begin():
+                yield conn
+        except (exc.DBAPIError, exc.TimeoutError) as error:
+            found = queue_sql.translate(error, self.where, self.timeout_s)
+            raise (QueueUnavailable if found.unavailable else QueueError)(str(found)) from None
 
     def _ensure_schema(self, create: bool = True) -> None:
         if self._ready:
             return
-        with self._db() as db:
-            tables = {r[0] for r in db.execute("SELECT name FROM sqlite_master WHERE type='table'")}
-            if "cases" not in tables and not create:
-                raise QueueError(f"{self.path} is an SQLite database but not an escalation queue (no cases table)")
-        with self._db(write=True) as db:
-            db.execute("CREATE TABLE IF NOT EXISTS cases (" +
-                       ", ".join(f"{k} {v}" for k, v in CASE_COLUMNS.items()) + ")")
-            have = {r["name"] for r in db.execute("PRAGMA table_info(cases)")}
-            for column, kind in CASE_COLUMNS.items():  # queues made by earlier versions
-                if column not in have:
-                    db.execute(f"ALTER TABLE cases ADD COLUMN {column} {kind.replace(' PRIMARY KEY', '')}")
-            db.execute(_RESOLUTIONS)
         try:
-            with self._db() as db:
-                db.execute("PRAGMA journal_mode=WAL")
-        except QueueUnavailable:
-            pass  # WAL is an optimisation; the queue works without it
+            present = queue_sql.has_queue_tables(self.engine)
+            if not present and not create:
+                kind = "an SQLite database" if self.path is not None else "a database"
+                raise QueueError(f"{self.where} is {kind} but not an escalation queue (no cases table)")
+            queue_sql.ensure_schema(self.engine)
+        except (exc.DBAPIError, exc.TimeoutError) as error:
+            found = queue_sql.translate(error, self.where, self.timeout_s)
+            raise (QueueUnavailable if found.unavailable else QueueError)(str(found)) from None
+        if self._raw_connect is not None:
+            try:
+                raw = self._raw_connect()
+                try:
+                    raw.execute("PRAGMA journal_mode=WAL")
+                finally:
+                    raw.close()
+            except Exception:  # noqa: BLE001 - WAL is an optimisation; the queue works without it
+                pass
         self._ready = True
 
     # ----- encryption at rest ---------------------------------------------------------------------
@@ -172,62 +167,83 @@ class EscalationQueue:
         except InvalidToken:
             return "[encrypted with another key]"
 
-    def _row(self, row: sqlite3.Row) -> dict:
-        case = {k: (self._open(row[k]) if k in ENCRYPTED_FIELDS else row[k]) for k in row.keys()}
+    def _row(self, row) -> dict:
+        mapping = row._mapping
+        case = {k: (self._open(mapping[k]) if k in ENCRYPTED_FIELDS else mapping[k]) for k in mapping.keys()}
         case["notifications"] = json.loads(case.get("notifications") or "[]")
         case["test"] = bool(case.get("test"))
         case["overdue"] = case.get("overdue_at") is not None or (
             case["status"] != "resolved" and case.get("due_at") is not None and case["due_at"] <= iso(utc_now()))
         return case
 
+    def _insert(self):
+        """INSERT that ignores a case_id already there (the same case from a replay or another replica)."""
+        if self.dialect == "postgresql":
+            from sqlalchemy.dialects.postgresql import insert
+        else:
+            from sqlalchemy.dialects.sqlite import insert
+        return insert(cases).on_conflict_do_nothing(index_elements=["case_id"])
+
     # ----- the CaseStore protocol -------------------------------------------------------------------
     def add(self, case: dict) -> bool:
         self._ensure_schema()
         created = case.get("created_at") or iso(utc_now())
         due = iso(dt.datetime.fromisoformat(created) + dt.timedelta(seconds=self.escalation_timeout_s))
+        row = {"case_id": case["case_id"], "created_at": created, "due_at": due, "request_id": case.get("request_id"),
+               "user_id": self._seal(case.get("user_id")), "category": case.get("category"),
+               "input": self._seal(case.get("input")), "rationale": self._seal(case.get("rationale")),
+               "confidence": case.get("confidence"), "status": "open", "notifications": "[]",
+               "test": int(bool(case.get("test"))), "error": case.get("error")}
         with self._db(write=True) as db:
-            cursor = db.execute(
-                "INSERT OR IGNORE INTO cases (case_id, created_at, due_at, request_id, user_id, category, input, "
-                "rationale, confidence, status, notifications, test, error) VALUES (?,?,?,?,?,?,?,?,?,?,?,?,?)",
-                (case["case_id"], created, due, case.get("request_id"), self._seal(case.get("user_id")),
-                 case.get("category"), self._seal(case.get("input")), self._seal(case.get("rationale")),
-                 case.get("confidence"), "open", "[]", int(bool(case.get("test"))), case.get("error")))
-            return cursor.rowcount == 1
+            return db.execute(self._insert().values(**row).returning(cases.c.case_id)).first() is not None
 
     def get(self, case_id: str) -> dict:
         self._ensure_schema()
         with self._db() as db:
-            row = db.execute("SELECT * FROM cases WHERE case_id = ?", (case_id,)).fetchone()
+            row = db.execute(select(cases).where(cases.c.case_id == case_id)).first()
         if row is None:
-            raise KeyError(f"no escalation case {case_id!r} in {self.path}")
+            raise KeyError(f"no escalation case {case_id!r} in {self.where}")
         return self._row(row)
 
     def list(self, status: str | None = None, overdue_only: bool = False, include_tests: bool = True) -> list[dict]:
         self._ensure_schema()
-        where, args = [], []
+        query = select(cases).order_by(cases.c.created_at, cases.c.case_id)
         if status:
-            where.append("status = ?")
-            args.append(status)
+            query = query.where(cases.c.status == status)
         if not include_tests:
-            where.append("test = 0")
+            query = query.where(cases.c.test == 0)
         with self._db() as db:
-            rows = db.execute("SELECT * FROM cases" + (" WHERE " + " AND ".join(where) if where else "") +
-                              " ORDER BY created_at, case_id", args).fetchall()
-        cases = [self._row(r) for r in rows]
-        return [c for c in cases if c["overdue"]] if overdue_only else cases
+            rows = db.execute(query).fetchall()
+        found = [self._row(r) for r in rows]
+        return [c for c in found if c["overdue"]] if overdue_only else found
+
+    def count(self) -> dict[str, int]:
+        """Cases and resolutions held (for backups and reports)."""
+        self._ensure_schema()
+        with self._db() as db:
+            return {"cases": db.execute(select(func.count()).select_from(cases)).scalar_one(),
+                    "resolutions": db.execute(select(func.count()).select_from(resolutions)).scalar_one()}
 
     def record_notifications(self, case_id: str, outcomes: list[dict]) -> None:
         ok = bool(outcomes) and all(o["ok"] for o in outcomes)
+        self._ensure_schema()
         with self._db(write=True) as db:
-            db.execute("UPDATE cases SET notifications = ?, status = CASE WHEN status = 'resolved' THEN status "
-                       "ELSE ? END WHERE case_id = ?",
-                       (json.dumps(outcomes, ensure_ascii=False), "notified" if ok else "notify_failed", case_id))
+            db.execute(update(cases).where(cases.c.case_id == case_id).where(cases.c.status != "resolved")
+                       .values(status="notified" if ok else "notify_failed"))
+            db.execute(update(cases).where(cases.c.case_id == case_id)
+                       .values(notifications=json.dumps(outcomes, ensure_ascii=False)))
 
     def history(self, case_id: str) -> list[dict]:
         self._ensure_schema()
         with self._db() as db:
-            rows = db.execute("SELECT * FROM resolutions WHERE case_id = ? ORDER BY id", (case_id,)).fetchall()
-        return [{**dict(r), "note": self._open(r["note"])} for r in rows]
+            rows = db.execute(select(resolutions).where(resolutions.c.case_id == case_id)
+                              .order_by(resolutions.c.id)).fetchall()
+        return [{**dict(r._mapping), "note": self._open(r._mapping["note"])} for r in rows]
+
+    @staticmethod
+    def _last_resolution(db: Connection, case_id: str):
+        return db.execute(select(resolutions).where(resolutions.c.case_id == case_id)
+                          .order_by(resolutions.c.id.desc()).limit(1)).first()
 
     def resolve(self, case_id: str, decision: str, by: str, note: str | None = None, supersede: bool = False,
                 before_commit: Callable[[dict], None] | None = None) -> dict:
@@ -238,31 +254,33 @@ class EscalationQueue:
         self._ensure_schema()
         now = iso(utc_now())
         with self._db(write=True) as db:
-            row = db.execute("SELECT * FROM cases WHERE case_id = ?", (case_id,)).fetchone()
-            if row is None:
-                raise KeyError(f"no escalation case {case_id!r} in {self.path}")
-            last = db.execute("SELECT * FROM resolutions WHERE case_id = ? ORDER BY id DESC LIMIT 1",
-                              (case_id,)).fetchone()
+            found = db.execute(select(cases).where(cases.c.case_id == case_id).with_for_update()).first()
+            if found is None:
+                raise KeyError(f"no escalation case {case_id!r} in {self.where}")
+            row = found._mapping
+            last = self._last_resolution(db, case_id)
+            last = last._mapping if last is not None else None
             if (last is not None or row["status"] == "resolved") and not supersede:
                 who = last["decided_by"] if last is not None else row["resolved_by"]
                 what = last["decision"] if last is not None else row["human_decision"]
                 raise AlreadyResolved(f"case {case_id} was already resolved as {what} by {who}; pass --supersede to "
                                       "record a new decision (the earlier one stays in the history)")
             if last is None and row["status"] == "resolved":  # resolved by an earlier version: keep it as history
-                db.execute("INSERT INTO resolutions (case_id, decided_at, decision, decided_by, note) VALUES (?,?,?,?,?)",
-                           (case_id, row["resolved_at"] or now, row["human_decision"], row["resolved_by"] or "?",
-                            row["note"]))
-                last = db.execute("SELECT * FROM resolutions WHERE case_id = ? ORDER BY id DESC LIMIT 1",
-                                  (case_id,)).fetchone()
-            cursor = db.execute("INSERT INTO resolutions (case_id, decided_at, decision, decided_by, note, supersedes) "
-                                "VALUES (?,?,?,?,?,?)", (case_id, now, decision, by.strip(), self._seal(note),
-                                                         last["id"] if last is not None else None))
-            db.execute("UPDATE cases SET status='resolved', human_decision=?, resolved_by=?, resolved_at=?, note=? "
-                       "WHERE case_id=?", (decision, by.strip(), now, self._seal(note), case_id))
-            resolution = {"resolution_id": cursor.lastrowid, "case_id": case_id, "request_id": row["request_id"],
-                          "decision": decision, "decided_by": by.strip(), "decided_at": now, "note": note,
-                          "test": bool(row["test"]),
-                          "supersedes": None if last is None else {"resolution_id": last["id"], "decision": last["decision"],
+                db.execute(resolutions.insert().values(
+                    case_id=case_id, decided_at=row["resolved_at"] or now, decision=row["human_decision"],
+                    decided_by=row["resolved_by"] or "?", note=row["note"]))
+                last = self._last_resolution(db, case_id)._mapping
+            inserted = db.execute(resolutions.insert().values(
+                case_id=case_id, decided_at=now, decision=decision, decided_by=by.strip(), note=self._seal(note),
+                supersedes=last["id"] if last is not None else None))
+            db.execute(update(cases).where(cases.c.case_id == case_id).values(
+                status="resolved", human_decision=decision, resolved_by=by.strip(), resolved_at=now,
+                note=self._seal(note)))
+            resolution = {"resolution_id": inserted.inserted_primary_key[0], "case_id": case_id,
+                          "request_id": row["request_id"], "decision": decision, "decided_by": by.strip(),
+                          "decided_at": now, "note": note, "test": bool(row["test"]),
+                          "supersedes": None if last is None else {"resolution_id": last["id"],
+                                                                   "decision": last["decision"],
                                                                    "decided_by": last["decided_by"],
                                                                    "decided_at": last["decided_at"]}}
             if before_commit is not None:
@@ -273,6 +291,13 @@ class EscalationQueue:
         self._ensure_schema()
         stamp = iso(now or utc_now())
         with self._db(write=True) as db:
-            rows = db.execute("UPDATE cases SET overdue_at = ? WHERE status != 'resolved' AND overdue_at IS NULL "
-                              "AND due_at IS NOT NULL AND due_at <= ? RETURNING case_id", (stamp, stamp)).fetchall()
-        return [r["case_id"] for r in rows]
+            rows = db.execute(update(cases).where(cases.c.status != "resolved").where(cases.c.overdue_at.is_(None))
+                              .where(cases.c.due_at.is_not(None)).where(cases.c.due_at <= stamp)
+                              .values(overdue_at=stamp).returning(cases.c.case_id)).fetchall()
+        return sorted(r[0] for r in rows)
+
+    def raw_sqlite(self):
+        """A plain sqlite3 connection to the queue file (SQLite's online backup API needs one)."""
+        if self._raw_connect is None:
+            raise QueueError(f"{self.where} is not a SQLite queue")
+        return self._raw_connect()

@@ -184,3 +184,5 @@ class EscalationDesk:
         self._wake.set()
         if self._thread is not None and self._thread is not threading.current_thread():
             self._thread.join(timeout=self.retry_interval_s + 5)
+        if self._store is not None and hasattr(self._store, "close"):
+            self._store.close()  # a server queue's pooled connections

@@ -84,7 +84,7 @@ class Agent:
         esc = config.escalation
         self.notifier = Notifier(esc)
         self.desk = EscalationDesk(
-            lambda: EscalationQueue(self.paths.queue, config.queue_wait_s(), True, enc_key, esc.escalation_timeout),
+            lambda: EscalationQueue(self.paths.queue_target, config.queue_wait_s(), True, enc_key, esc.escalation_timeout),
             CaseSpool(self.paths.spool, make_fernet(enc_key) if enc_key else None), self.audit, self.notifier,
             notify=esc.enable_notifications and not test_mode, retry_interval_s=esc.retry_interval_s)
         self._pool = concurrent.futures.ThreadPoolExecutor(max_workers=1, thread_name_prefix="so8t-decide")

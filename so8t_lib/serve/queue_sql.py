@@ -1,0 +1,172 @@
+"""The escalation queue's tables and database connections, on SQLAlchemy Core.
+
+Two stores speak the same SQL through it: a SQLite file (the embedded default: one machine, any
+number of processes on it) and PostgreSQL (several server processes, on several machines, sharing
+one queue). What differs is kept here:
+
+- **SQLite**: a fresh connection per operation (``NullPool``: nothing is cached between calls, so a
+  queue file replaced by a restore is seen at once), opened with a URI so ``create=False`` never
+  makes a file, ``BEGIN IMMEDIATE`` for writes so two writers never deadlock on a lock upgrade,
+  and ``timeout_s`` as SQLite's busy wait.
+- **PostgreSQL** (psycopg 3): a small pool with a liveness check, ``connect_timeout`` and
+  ``lock_timeout`` from ``timeout_s``, and row locks (``SELECT ... FOR UPDATE``) where SQLite
+  relies on its one writer. The schema is created under an advisory lock, so two replicas that
+  start together do not both create it.
+
+``translate`` turns driver errors into the queue's own: a lock or a server that does not answer
+within the bounded wait is ``QueueUnavailable`` (the runtime spools the case and retries), anything
+else ``QueueError``; the message names the queue, never its password.
+"""
+
+from __future__ import annotations
+
+import re
+import sqlite3
+from collections.abc import Callable
+from pathlib import Path
+
+from sqlalchemy import (
+    Column,
+    Float,
+    Index,
+    Integer,
+    MetaData,
+    Table,
+    Text,
+    create_engine,
+    event,
+    exc,
+    inspect,
+    text,
+)
+from sqlalchemy.engine import URL, Engine, make_url
+from sqlalchemy.pool import NullPool
+
+metadata = MetaData()
+cases = Table(
+    "cases", metadata,
+    Column("case_id", Text, primary_key=True), Column("created_at", Text, nullable=False), Column("due_at", Text),
+    Column("request_id", Text), Column("user_id", Text), Column("category", Text), Column("input", Text),
+    Column("rationale", Text), Column("confidence", Float), Column("status", Text, nullable=False),
+    Column("notifications", Text), Column("human_decision", Text), Column("resolved_by", Text),
+    Column("resolved_at", Text), Column("note", Text), Column("test", Integer, nullable=False, server_default="0"),
+    Column("overdue_at", Text), Column("error", Text),
+)
+resolutions = Table(
+    "resolutions", metadata,
+    Column("id", Integer, primary_key=True, autoincrement=True), Column("case_id", Text, nullable=False),
+    Column("decided_at", Text, nullable=False), Column("decision", Text, nullable=False),
+    Column("decided_by", Text, nullable=False), Column("note", Text), Column("supersedes", Integer),
+    sqlite_autoincrement=True,  # ids are never reused, as in queues made before SQLAlchemy
+)
+RESOLUTIONS_BY_CASE = Index("ix_resolutions_case_id", resolutions.c.case_id)
+URL_ENV = "SO8T_ESCALATION_URL"
+_SCHEMA_LOCK = 0x50387451  # any fixed number: the advisory lock two starting replicas share
+
+
+class StoreError(RuntimeError):
+    """A driver error, translated; ``unavailable`` says whether waiting and retrying may help."""
+
+    def __init__(self, message: str, unavailable: bool) -> None:
+        super().__init__(message)
+        self.unavailable = unavailable
+
+
+def is_url(target: str | Path) -> bool:
+    return "://" in str(target)
+
+
+def sqlite_path(target: str | Path) -> Path | None:
+    """The file of a SQLite target (a path or a ``sqlite:///`` URL); None for a server URL."""
+    if not is_url(target):
+        return Path(target)
+    url = make_url(str(target))
+    return Path(url.database) if url.get_backend_name() == "sqlite" and url.database else None
+
+
+def server_url(target: str) -> URL:
+    """A PostgreSQL URL with the psycopg 3 driver (``postgresql://`` alone would ask for psycopg2)."""
+    url = make_url(target)
+    if url.get_backend_name() != "postgresql":
+        raise ValueError(f"unsupported escalation queue URL {display(target)!r}: use postgresql://user@host/db "
+                         "or a SQLite file path")
+    return url.set(drivername="postgresql+psycopg")
+
+
+def display(target: str | Path | URL) -> str:
+    """How a queue is named in messages: a path, or a URL without its password."""
+    if isinstance(target, URL):
+        return target.render_as_string(hide_password=True)
+    if is_url(target):
+        try:
+            return make_url(str(target)).render_as_string(hide_password=True)
+        except exc.ArgumentError:
+            return re.sub(r"//[^@/]*@", "//***@", str(target))
+    return str(target)
+
+
+def sqlite_engine(path: Path, create: bool, timeout_s: float) -> tuple[Engine, Callable[[], sqlite3.Connection]]:
+    """An engine on a SQLite file and the raw connection factory it uses (for PRAGMAs outside a
+    transaction and for the online backup API)."""
+    uri = f"file:{path}?mode={'rwc' if create else 'rw'}"
+
+    def connect() -> sqlite3.Connection:
+        return sqlite3.connect(uri, uri=True, timeout=timeout_s, isolation_level=None, check_same_thread=False)
+
+    engine = create_engine("sqlite://", creator=connect, poolclass=NullPool)
+
+    @event.listens_for(engine, "begin")
+    def _begin(conn) -> None:  # writes take the lock up front: no deadlock on a read-to-write upgrade
+        conn.exec_driver_sql("BEGIN IMMEDIATE" if conn.get_execution_options().get("so8t_write") else "BEGIN")
+
+    return engine, connect
+
+
+def postgres_engine(url: URL, timeout_s: float) -> Engine:
+    wait_ms = max(1, int(timeout_s * 1000))
+    return create_engine(
+        url, pool_size=2, max_overflow=8, pool_timeout=timeout_s, pool_pre_ping=True,
+        connect_args={"connect_timeout": max(2, int(round(timeout_s))), "application_name": "so8t",
+                      "options": f"-c lock_timeout={wait_ms}"})
+
+
+def has_queue_tables(engine: Engine) -> bool:
+    return "cases" in inspect(engine).get_table_names()
+
+
+def ensure_schema(engine: Engine) -> None:
+    """Create what is missing: the tables, columns added since a queue was made, the index."""
+    with engine.connect().execution_options(so8t_write=True) as conn, conn.begin():
+        if engine.dialect.name == "postgresql":
+            conn.execute(text("SELECT pg_advisory_xact_lock(:key)"), {"key": _SCHEMA_LOCK})
+        metadata.create_all(conn, checkfirst=True)
+        have = {c["name"] for c in inspect(conn).get_columns("cases")}
+        for column in cases.columns:  # queues made by earlier versions
+            if column.name not in have:
+                kind = column.type.compile(engine.dialect)
+                default = " NOT NULL DEFAULT 0" if column.name == "test" else ""
+                conn.exec_driver_sql(f"ALTER TABLE cases ADD COLUMN {column.name} {kind}{default}")
+        RESOLUTIONS_BY_CASE.create(conn, checkfirst=True)
+
+
+def translate(error: exc.DBAPIError | exc.SQLAlchemyError, where: str, timeout_s: float) -> StoreError:
+    """A driver error as the queue reports it (see the module docstring)."""
+    orig = getattr(error, "orig", None)
+    lines = str(orig if orig is not None else error).strip().splitlines()
+    message = lines[0] if lines else type(error).__name__
+    if isinstance(error, exc.TimeoutError):  # every pooled connection busy for the whole wait
+        return StoreError(f"{where}: the escalation queue does not answer (no free connection within "
+                          f"{timeout_s:g}s)", True)
+    if isinstance(orig, sqlite3.Error):
+        if isinstance(orig, sqlite3.OperationalError) and ("locked" in message or "busy" in message):
+            return StoreError(f"{where}: the escalation queue is locked by another process (waited {timeout_s:g}s)",
+                              True)
+        if isinstance(orig, sqlite3.OperationalError):
+            return StoreError(f"{where}: {message}", False)
+        return StoreError(f"{where} is not an escalation queue ({message})", False)
+    sqlstate = getattr(orig, "sqlstate", None)
+    if sqlstate in ("55P03", "57014") or (isinstance(error, exc.OperationalError) and sqlstate is None):
+        return StoreError(f"{where}: the escalation queue does not answer within {timeout_s:g}s ({message})", True)
+    if sqlstate in ("57P01", "57P02", "57P03", "08000", "08003", "08006"):  # server shutting down, connection lost
+        return StoreError(f"{where}: the escalation queue's server is not available ({message})", True)
+    return StoreError(f"{where}: {message}", False)

@@ -1,0 +1,161 @@
+"""The escalation queue's contract, run on both stores: the SQLite file (the embedded default) and
+PostgreSQL (a throwaway cluster started by tests/pg_support.py). Cases are added once, listed in order,
+resolved once (a second resolution needs supersede, and a failed audit write resolves nothing), marked
+overdue once, stored encrypted when a key is set; threads racing to resolve one case leave exactly one
+resolution; and errors name the queue, never its password."""
+
+from __future__ import annotations
+
+import datetime as dt
+import threading
+
+import pytest
+from pg_support import pg_url  # noqa: F401 - the fixture
+
+from so8t_lib.serve import escalation
+from so8t_lib.serve.escalation import AlreadyResolved, EscalationQueue, QueueError, QueueUnavailable
+
+
+@pytest.fixture(params=["sqlite", "postgresql"])
+def target(request, tmp_path):
+    if request.param == "sqlite":
+        return tmp_path / "cases.sqlite"
+    return request.getfixturevalue("pg_url")
+
+
+@pytest.fixture
+def queue(target):
+    store = EscalationQueue(target, escalation_timeout_s=60)
+    yield store
+    store.close()
+
+
+def _case(n: int, **extra) -> dict:
+    return {"case_id": f"esc_{n:04d}", "request_id": f"req_{n:04d}", "user_id": "u1", "category": "legal",
+            "input": f"request {n}", "rationale": "needs legal", "confidence": 0.4,
+            "created_at": f"2026-11-0{1 + n % 9}T09:00:00+00:00", **extra}
+
+
+def test_cases_are_added_once_and_listed_oldest_first(queue):
+    assert isinstance(queue, escalation.CaseStore)
+    assert [queue.add(_case(n)) for n in (3, 1, 2)] == [True, True, True]
+    assert queue.add(_case(1, input="changed")) is False  # a replayed case changes nothing
+    listed = queue.list()
+    assert [c["case_id"] for c in listed] == ["esc_0001", "esc_0002", "esc_0003"]
+    assert listed[0]["input"] == "request 1" and listed[0]["status"] == "open" and listed[0]["test"] is False
+    assert queue.count() == {"cases": 3, "resolutions": 0}
+    queue.add(_case(4, test=True))
+    assert len(queue.list(include_tests=False)) == 3 and queue.get("esc_0004")["test"] is True
+    with pytest.raises(KeyError, match="esc_9999"):
+        queue.get("esc_9999")
+
+
+def test_notifications_move_the_status_but_never_undo_a_resolution(queue):
+    queue.add(_case(1))
+    queue.add(_case(2))
+    queue.record_notifications("esc_0001", [{"channel": "webhook", "ok": True}])
+    queue.record_notifications("esc_0002", [{"channel": "none", "ok": False}])
+    assert queue.get("esc_0001")["status"] == "notified" and queue.get("esc_0002")["status"] == "notify_failed"
+    queue.resolve("esc_0001", "ALLOW", "Sato")
+    queue.record_notifications("esc_0001", [{"channel": "webhook", "ok": False, "reminder": True}])
+    case = queue.get("esc_0001")
+    assert case["status"] == "resolved" and case["notifications"][0]["reminder"] is True
+    assert [c["case_id"] for c in queue.list("notify_failed")] == ["esc_0002"]
+
+
+def test_a_resolution_is_kept_a_second_needs_supersede_and_a_failed_audit_resolves_nothing(queue):
+    queue.add(_case(1))
+
+    def failing_audit(resolution):
+        raise OSError("disk full")
+
+    with pytest.raises(OSError, match="disk full"):
+        queue.resolve("esc_0001", "REFUSE", "Sato", before_commit=failing_audit)
+    assert queue.get("esc_0001")["status"] == "open" and queue.history("esc_0001") == []
+    seen = []
+    first = queue.resolve("esc_0001", "ALLOW", " Sato ", "first look", before_commit=seen.append)
+    assert first["human_decision"] == "ALLOW" and first["resolved_by"] == "Sato" and seen[0]["request_id"] == "req_0001"
+    with pytest.raises(AlreadyResolved, match="already resolved as ALLOW by Sato"):
+        queue.resolve("esc_0001", "REFUSE", "Suzuki")
+    second = queue.resolve("esc_0001", "REFUSE", "Suzuki", "on reflection", supersede=True)
+    assert second["resolution"]["supersedes"]["decision"] == "ALLOW"
+    history = queue.history("esc_0001")
+    assert [(h["decision"], h["decided_by"], h["note"]) for h in history] == [
+        ("ALLOW", "Sato", "first look"), ("REFUSE", "Suzuki", "on reflection")]
+    assert history[1]["supersedes"] == history[0]["id"] and queue.count()["resolutions"] == 2
+    with pytest.raises(ValueError, match="decision must be one of"):
+        queue.resolve("esc_0001", "ESCALATE", "x", supersede=True)
+    with pytest.raises(KeyError):
+        queue.resolve("esc_0404", "ALLOW", "x")
+
+
+def test_overdue_cases_are_marked_once(queue):
+    queue.add(_case(1, created_at="2026-11-01T09:00:00+00:00"))
+    queue.add(_case(2, created_at="2026-11-01T09:00:30+00:00"))
+    queue.add(_case(3, created_at="2026-11-01T09:00:00+00:00"))
+    queue.resolve("esc_0003", "ALLOW", "Sato")
+    at = dt.datetime(2026, 11, 1, 9, 1, 10, tzinfo=dt.UTC)
+    assert queue.mark_overdue(at) == ["esc_0001"]  # due at 09:01:00; the second is due at 09:01:30
+    assert queue.mark_overdue(at) == []
+    assert queue.mark_overdue(at + dt.timedelta(minutes=1)) == ["esc_0002"]
+    assert {c["case_id"] for c in queue.list(overdue_only=True)} == {"esc_0001", "esc_0002"}
+
+
+def test_with_a_key_the_texts_are_stored_encrypted(target):
+    fernet = pytest.importorskip("cryptography.fernet")
+    key = fernet.Fernet.generate_key()
+    sealed = EscalationQueue(target, encryption_key=key)
+    sealed.add(_case(1, input="健康診断の結果"))
+    sealed.resolve("esc_0001", "REFUSE", "Sato", note="内密に")
+    plain = EscalationQueue(target)
+    raw = plain.get("esc_0001")
+    assert raw["input"].startswith("[encrypted") and plain.history("esc_0001")[0]["note"].startswith("[encrypted")
+    assert sealed.get("esc_0001")["input"] == "健康診断の結果" and sealed.history("esc_0001")[0]["note"] == "内密に"
+    sealed.close()
+    plain.close()
+
+
+def test_threads_racing_to_resolve_one_case_leave_exactly_one_resolution(target):
+    stores = [EscalationQueue(target, timeout_s=10) for _ in range(4)]
+    for n in range(6):
+        stores[0].add(_case(n))
+    outcomes: list[str] = []
+    lock = threading.Lock()
+
+    def resolve(store: EscalationQueue, case_id: str, who: str) -> None:
+        try:
+            store.resolve(case_id, "REFUSE", who)
+            result = "ok"
+        except AlreadyResolved:
+            result = "already"
+        with lock:
+            outcomes.append(result)
+
+    threads = [threading.Thread(target=resolve, args=(store, f"esc_{n:04d}", f"reviewer{i}"))
+               for n in range(6) for i, store in enumerate(stores)]
+    for thread in threads:
+        thread.start()
+    for thread in threads:
+        thread.join(60)
+    assert outcomes.count("ok") == 6 and outcomes.count("already") == 18
+    assert all(len(stores[0].history(f"esc_{n:04d}")) == 1 for n in range(6))
+    for store in stores:
+        store.close()
+
+
+def test_create_false_refuses_a_target_that_is_not_a_queue(target, tmp_path):
+    if isinstance(target, str):  # a server database without the tables
+        with pytest.raises(QueueError, match="not an escalation queue \\(no cases table\\)"):
+            EscalationQueue(target, create=False)
+    else:
+        with pytest.raises(QueueError, match="no escalation queue at"):
+            EscalationQueue(target, create=False)
+        assert not target.exists()
+
+
+def test_an_unreachable_server_is_unavailable_and_its_password_is_never_shown():
+    with pytest.raises(QueueUnavailable) as raised:
+        EscalationQueue("postgresql://so8t:s3cret-pw@127.0.0.1:1/none", timeout_s=1, create=False)
+    assert "does not answer" in str(raised.value) and "s3cret-pw" not in str(raised.value)
+    with pytest.raises(QueueError, match="unsupported escalation queue URL"):
+        EscalationQueue("mysql://u@h/db")
