@@ -1,13 +1,15 @@
 """so8t audit: check and read the hash-chained audit log.
 
-    so8t audit verify logs/ [--hmac-key-env SO8T_AUDIT_HMAC_KEY] [--expect SEQ:HASH]
+    so8t audit verify logs/ [more/ ...] [--hmac-key-env SO8T_AUDIT_HMAC_KEY] [--expect SEQ:HASH]
     so8t audit show logs/          # the records; decrypted with $SO8T_AUDIT_KEY if encrypted
     so8t audit accept-anchor logs/ --by NAME
 
 ``verify`` exits 1 and names every problem it finds (docs/runtime.md lists exactly what it can and
 cannot detect), prints notes (set-aside torn writes, rotated-away records), and ends with the
 anchor's (seq, hash): store that line outside the log folder and pass it back with --expect to
-detect a rollback. ``accept-anchor`` records that a person reviewed a log whose anchor the writer
+detect a rollback. A folder shared by several server processes holds one chain per replica
+(``audit-<replica>.jsonl``, from $SO8T_REPLICA): ``verify`` checks each of them, and of several
+folders, unless --name picks one. ``accept-anchor`` records that a person reviewed a log whose anchor the writer
 had to re-create.
 """
 
@@ -17,9 +19,10 @@ import argparse
 import json
 import os
 import sys
+from pathlib import Path
 
 from ..serve.audit import read_records, verify
-from ..serve.audit_verify import accept_anchor
+from ..serve.audit_verify import accept_anchor, verify_chains
 
 
 def _expect(text: str) -> tuple[int, str]:
@@ -34,8 +37,8 @@ def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(prog="so8t audit", description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     sub = parser.add_subparsers(dest="command", required=True)
     p_verify = sub.add_parser("verify", help="check the chain, its anchor and the files of a log folder")
-    p_verify.add_argument("folder")
-    p_verify.add_argument("--name", default="audit.jsonl")
+    p_verify.add_argument("folder", nargs="+", help="log folder(s); every replica's chain in each is checked")
+    p_verify.add_argument("--name", help="check only this chain (default: audit.jsonl and every audit-<replica>.jsonl)")
     p_verify.add_argument("--hmac-key-env", default="SO8T_AUDIT_HMAC_KEY",
                           help="environment variable with the key that signs the anchor (checked when set)")
     p_verify.add_argument("--expect", type=_expect, help="SEQ:HASH kept outside the folder: detects a rollback")
@@ -63,9 +66,34 @@ def main(argv: list[str] | None = None) -> int:
             sys.exit(f"error: {exc}")
         print(f"anchor accepted by {anchor['accepted_by']} at {anchor['accepted_at']}")
         return 0
-    report = verify(args.folder, args.name, os.environ.get(args.hmac_key_env), args.expect)
-    if not report["files"] and not report["errors"]:
-        sys.exit(f"error: no {args.name} files in {args.folder}")
+    if args.name:
+        reports = {str(Path(f) / args.name): verify(f, args.name, os.environ.get(args.hmac_key_env), args.expect)
+                   for f in args.folder}
+        missing = [chain for chain, report in reports.items() if not report["files"] and not report["errors"]]
+        if missing:
+            sys.exit(f"error: no {args.name} files in {Path(missing[0]).parent}")
+    else:
+        reports = verify_chains(args.folder, hmac_key=os.environ.get(args.hmac_key_env))
+        if args.expect and len(reports) > 1:
+            sys.exit(f"error: --expect names one chain's head, but there are {len(reports)} chains "
+                     f"({', '.join(reports)}): pick one with --name")
+        if args.expect:
+            only = next(iter(reports))
+            reports[only] = verify(Path(only).parent, Path(only).name, os.environ.get(args.hmac_key_env), args.expect)
+    failed = 0
+    for chain, report in reports.items():
+        if len(reports) > 1:
+            print(f"== {chain}")
+        failed += bool(report["errors"])
+        _print_report(report)
+    if len(reports) > 1:
+        print(f"{len(reports) - failed} of {len(reports)} chains OK")
+    if failed:
+        sys.exit(1)
+    return 0
+
+
+def _print_report(report: dict) -> None:
     for note in report["notes"]:
         print(f"NOTE {note}")
     for error in report["errors"]:
@@ -76,6 +104,3 @@ def main(argv: list[str] | None = None) -> int:
     anchor = report["anchor"]
     if anchor and anchor.get("last_seq") is not None:
         print(f"anchor: {anchor['last_seq']}:{anchor['last_hash']}")
-    if report["errors"]:
-        sys.exit(1)
-    return 0

@@ -26,12 +26,14 @@ import gzip
 import json
 import logging
 import os
+import re
 from dataclasses import dataclass, field
 from pathlib import Path
 
 from .audit_files import (
     GENESIS,
     anchor_path,
+    chain_names,
     encode_line,
     file_lock,
     first_record,
@@ -307,12 +309,18 @@ class AuditLog:
 
     # ----- lookups --------------------------------------------------------------------------------------
     def find_requests(self, request_ids: set[str]) -> set[str]:
-        """Which of these request ids have a record in the live file or the newest rotated one (used
-        after a crash, to tell a decision that was recorded from one that was not)."""
+        """Which of these request ids have a record in the live file or the newest rotated one of this
+        chain or of another replica's chain in the folder (used after a crash, to tell a decision that
+        was recorded from one that was not: a replica may finish the spool entry another one left)."""
         if not request_ids:
             return set()
         found: set[str] = set()
-        for path in log_files(self.path.parent, self.path.name)[-2:]:
+        folder = self.path.parent
+        name = self.path.name
+        base = re.sub(r"-[A-Za-z0-9_]{1,40}(?=\.[^.]*$)", "", name, count=1)  # the chain this replica's is named after
+        chains = sorted(set(chain_names(folder, name)) | set(chain_names(folder, base)) | {name})
+        recent = [p for chain in chains for p in log_files(folder, chain)[-2:]]
+        for path in recent:
             for line, _ in read_lines(path):
                 stored = parse_record(line)
                 if stored is None:

@@ -82,6 +82,17 @@ def log_files(folder: str | Path, name: str = "audit.jsonl") -> list[Path]:
     return [p for _, p in sorted(numbered, key=lambda item: -item[0])] + ([live] if live.is_file() else [])
 
 
+def chain_names(folder: str | Path, name: str = "audit.jsonl") -> list[str]:
+    """Every chain of a log folder: ``name`` and the replicas' ``<stem>-<replica><suffix>`` (one chain
+    per server process sharing the folder), each found by its live file, a rotated file or its anchor;
+    ``name`` first, then the replicas by name."""
+    stem, suffix = Path(name).stem, Path(name).suffix
+    pattern = re.compile(rf"^({re.escape(stem)}(?:-[A-Za-z0-9_]{{1,40}})?{re.escape(suffix)})(?:\.\d+\.gz|\.anchor)?$")
+    folder = Path(folder)
+    found = {m.group(1) for p in folder.iterdir() if (m := pattern.match(p.name))} if folder.is_dir() else set()
+    return sorted(found, key=lambda n: (n != name, n))
+
+
 def set_aside_files(folder: str | Path, name: str = "audit.jsonl") -> list[Path]:
     return sorted(Path(folder).glob(f"{name}.torn-*"))
 

@@ -29,6 +29,7 @@ from pathlib import Path
 from .audit_files import (
     GENESIS,
     anchor_mac,
+    chain_names,
     file_lock,
     key_bytes,
     log_files,
@@ -199,6 +200,35 @@ def verify(folder: str | Path, name: str = "audit.jsonl", hmac_key: str | bytes 
     return {"files": [str(p) for p in files], "records": len(chain),
             "first_seq": chain[0]["seq"] if chain else None, "last_seq": chain[-1]["seq"] if chain else None,
             "errors": errors, "notes": notes, "set_aside": [str(p) for p in aside], "anchor": anchor}
+
+
+def verify_chains(folders: str | Path | list[str | Path], name: str = "audit.jsonl",
+                  hmac_key: str | bytes | None = None) -> dict[str, dict]:
+    """``verify`` for every chain of one or more log folders (``name`` and each replica's
+    ``<stem>-<replica><suffix>``), keyed ``<folder>/<chain>``. A folder with no chain at all is an
+    entry with an error, so a mistyped folder is never a clean report."""
+    folders = [folders] if isinstance(folders, (str, Path)) else list(folders)
+    reports: dict[str, dict] = {}
+    for folder in map(Path, folders):
+        names = chain_names(folder, name)
+        if not names:
+            reports[str(folder / name)] = {"files": [], "records": 0, "first_seq": None, "last_seq": None,
+                                           "errors": [f"no audit log ({name} or a replica's chain) in {folder}"],
+                                           "notes": [], "set_aside": [], "anchor": None}
+        for chain in names:
+            reports[str(folder / chain)] = verify(folder, chain, hmac_key)
+    return reports
+
+
+def read_chains(folders: str | Path | list[str | Path], name: str = "audit.jsonl",
+                key: str | bytes | None = None) -> Iterator[tuple[str, dict]]:
+    """(chain, record) for every complete record of every chain of the folders, each chain oldest
+    first; ``chain`` is the replica's log name (``audit.jsonl``, ``audit-r2.jsonl``)."""
+    folders = [folders] if isinstance(folders, (str, Path)) else list(folders)
+    for folder in folders:
+        for chain in chain_names(folder, name):
+            for record in read_records(folder, chain, key):
+                yield chain, record
 
 
 def accept_anchor(folder: str | Path, by: str, name: str = "audit.jsonl", hmac_key: str | bytes | None = None) -> dict:
