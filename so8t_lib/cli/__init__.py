@@ -32,6 +32,7 @@ COMMANDS: dict[str, Command] = {
     "serve": Command("serve", "main", "the gate as an HTTP service: REST API, metrics, dashboard (FastAPI)"),
     "audit": Command("audit", "main", "verify or show the hash-chained audit log"),
     "escalation": Command("escalation", "main", "list or resolve escalation cases"),
+    "report": Command("report", "main", "compliance report from the verified audit log: HTML with figures, CSV"),
     "sweep": Command("sweep", "main", "run a papermill sweep (a notebook over a grid and seeds)"),
     "card": Command("card", "main", "write MODEL_CARD.md and figures/ from committed results"),
     "demo": Command("demo", "main", "the main job: train, score, export, decide (make demo)"),

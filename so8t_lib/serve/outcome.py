@@ -59,13 +59,16 @@ def fail_closed(result: dict, reason: str) -> dict:
 
 
 def audit_record(result: dict, request: str | None, user_id: str | None, test: bool, limit: int) -> dict:
-    """The operations manual's record plus category, flags, error, test and the escalation fields."""
+    """The operations manual's record plus the head's probabilities (which way an escalated request
+    leaned: compliance reports compare it with the reviewer's decision), category, flags, error, test
+    and the escalation fields."""
     return {
         "event": "decision", "timestamp": utc_timestamp(), "request_id": result["request_id"],
         "user_id": user_id, "input": bounded(request, limit), "decision": result["decision"],
         "rationale": result["rationale"], "human_required": result["human_required"],
         "model_version": result["model_version"], "processing_time_ms": result["processing_time_ms"],
-        "confidence_score": result["confidence"], "category": result["category"], "flags": result["flags"],
+        "confidence_score": result["confidence"], "probabilities": result.get("probabilities"),
+        "category": result["category"], "flags": result["flags"],
         "error": result.get("error"), "test": test, "escalation_id": result.get("escalation_id"),
         "escalation_status": result.get("escalation_status"),
     }

@@ -1,0 +1,73 @@
+"""so8t report: a compliance report from the audit log, verified first.
+
+    so8t report --logs logs/ --from 2026-11-01 --to 2026-11-30 [--period daily|weekly] --out reports/
+    so8t report --logs logs/r1 --logs logs/r2 --config configs/production.yaml --from ... --to ...
+
+Every chain of every --logs folder (each replica's audit-<replica>.jsonl too) is verified before
+anything is counted; the page says so at the top, and the command exits 1 when a chain does not
+verify (the report is still written, marked as such). Decisions by class, category and language;
+escalations opened, resolved and overdue against escalation_timeout, and how reviewers decided
+compared with the model; fail-closed events by reason; model versions in service; the emergency
+switch. Encrypted logs are read with the key in $SO8T_AUDIT_KEY (or the config's
+logging.encryption_key_env). The report holds no request text, user id or note. Writes
+<out>/compliance_<from>_<to>[_<period>]/ (report.html, one CSV per table, summary.json).
+"""
+
+from __future__ import annotations
+
+import argparse
+import datetime as dt
+import os
+import sys
+
+from ..core.config import ConfigError
+from ..serve.config import load_runtime_config
+from ..workbench.reports import PERIODS, ReportError, make_report
+
+
+def _date(text: str) -> dt.date:
+    try:
+        return dt.date.fromisoformat(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected a date YYYY-MM-DD, got {text!r}") from None
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(prog="so8t report", description=__doc__,
+                                     formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--logs", action="append", required=True, help="a log folder (repeat for several)")
+    parser.add_argument("--from", dest="date_from", type=_date, required=True, help="first day (UTC), YYYY-MM-DD")
+    parser.add_argument("--to", dest="date_to", type=_date, required=True, help="last day (UTC), included")
+    parser.add_argument("--period", choices=PERIODS, help="break the numbers down by day or ISO week")
+    parser.add_argument("--out", default="reports", help="folder for the report's folder (default reports/)")
+    parser.add_argument("--config", help="a runtime config: its escalation_timeout (the SLA) and key variables")
+    parser.add_argument("--sla-seconds", type=float, help="escalation SLA in seconds (default: the config's "
+                        "escalation_timeout, else 300)")
+    parser.add_argument("--key-env", default="SO8T_AUDIT_KEY", help="variable holding the encryption key")
+    parser.add_argument("--hmac-key-env", default="SO8T_AUDIT_HMAC_KEY", help="variable holding the HMAC key")
+    parser.add_argument("--include-tests", action="store_true", help="count test-mode records too")
+    args = parser.parse_args(argv)
+    sla, key_env, mac_env = 300.0, args.key_env, args.hmac_key_env
+    try:
+        if args.config:
+            config = load_runtime_config(args.config)
+            sla = config.escalation.escalation_timeout
+            key_env = config.logging.encryption_key_env or key_env
+            mac_env = config.logging.hmac_key_env or mac_env
+        report, folder = make_report(args.logs, args.date_from, args.date_to, args.out, args.period,
+                                     args.sla_seconds or sla, os.environ.get(key_env), os.environ.get(mac_env),
+                                     args.include_tests)
+    except (ConfigError, ReportError, OSError) as exc:
+        sys.exit(f"error: {exc}")
+    s = report.summary
+    head = (f"audit chains verified: {s['chains']} chain(s), {s['records_verified']} records" if report.verified
+            else "AUDIT CHAIN VERIFICATION FAILED:\n  " + "\n  ".join(
+                f"{chain}: {e}" for chain, r in report.verification.items() for e in r["errors"]))
+    print(head)
+    print(f"{s['decisions']} decisions ({s['decisions_allow']} ALLOW, {s['decisions_refuse']} REFUSE, "
+          f"{s['decisions_escalate']} ESCALATE), {s['fail_closed']} fail-closed; {s['escalations_opened']} "
+          f"escalations, {s['escalations_resolved']} resolved, {s['escalations_overdue']} overdue (SLA "
+          f"{report.sla_s:g} s); {s['model_versions']} model version(s); {s['test_records_left_out']} test "
+          f"record(s) left out")
+    print(f"report: {folder / 'report.html'}")
+    return 0 if report.verified else 1

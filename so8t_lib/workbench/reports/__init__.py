@@ -1,0 +1,32 @@
+"""Compliance reports from the audit log (the feature list's コンプライアンス報告).
+
+    so8t report --logs logs/ --from 2026-11-01 --to 2026-11-30 [--period daily|weekly] --out reports/
+
+``collect`` verifies and reads every chain, ``compliance`` computes the tables, ``render`` writes
+the HTML page (figures inline), the CSVs and summary.json. ``make_report`` does all three; notebook
+07 calls the same functions and shows the figures.
+"""
+
+from __future__ import annotations
+
+import datetime as dt
+from pathlib import Path
+
+from .collect import PERIODS, Collected, ReportError, collect
+from .compliance import ComplianceReport, build_report
+from .render import figures, render_html, write_report
+
+__all__ = ["PERIODS", "Collected", "ComplianceReport", "ReportError", "build_report", "collect", "figures",
+           "make_report", "render_html", "write_report"]
+
+
+def make_report(logs: list[str | Path], date_from: dt.date, date_to: dt.date, out: str | Path | None = None,
+                period: str | None = None, sla_s: float = 300.0, key: str | bytes | None = None,
+                hmac_key: str | bytes | None = None, include_tests: bool = False,
+                now: dt.datetime | None = None) -> tuple[ComplianceReport, Path | None]:
+    """Verify, read, compute and (with ``out``) write; returns the report and its folder."""
+    if period is not None and period not in PERIODS:
+        raise ReportError(f"--period must be one of {', '.join(PERIODS)} (got {period!r})")
+    collected = collect(logs, key, hmac_key, include_tests)
+    report = build_report(collected, date_from, date_to, period, sla_s, now)
+    return report, (write_report(report, out) if out is not None else None)

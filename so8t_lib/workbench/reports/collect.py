@@ -1,0 +1,94 @@
+"""Reading the audit chains a report is made from: every replica's chain of every log folder,
+verified first, decrypted with the key when the log is encrypted, cut to a date range.
+
+Records keep what they were written with plus ``chain`` (``<folder>/<log name>``, which names the
+replica) and ``at`` (the timestamp as an aware UTC datetime). Nothing here prints a record.
+"""
+
+from __future__ import annotations
+
+import datetime as dt
+from dataclasses import dataclass, field
+from pathlib import Path
+
+from ...serve.audit_verify import read_chains, verify_chains
+
+PERIODS = ("daily", "weekly")
+
+
+class ReportError(ValueError):
+    """A report that cannot be made as asked (bad range, unreadable or encrypted log without its key)."""
+
+
+def parse_time(stamp: str | None) -> dt.datetime | None:
+    """An audit timestamp (``2026-11-01T09:00:00.123456Z`` or ISO with an offset) as aware UTC."""
+    if not isinstance(stamp, str) or not stamp:
+        return None
+    try:
+        moment = dt.datetime.fromisoformat(stamp.replace("Z", "+00:00"))
+    except ValueError:
+        return None
+    return moment.replace(tzinfo=dt.UTC) if moment.tzinfo is None else moment.astimezone(dt.UTC)
+
+
+def day_range(date_from: dt.date, date_to: dt.date) -> tuple[dt.datetime, dt.datetime]:
+    """[start of date_from, start of the day after date_to) in UTC; both days are included."""
+    if date_to < date_from:
+        raise ReportError(f"--to {date_to} is before --from {date_from}")
+    start = dt.datetime.combine(date_from, dt.time(), dt.UTC)
+    return start, dt.datetime.combine(date_to + dt.timedelta(days=1), dt.time(), dt.UTC)
+
+
+def period_of(moment: dt.datetime, period: str | None, date_from: dt.date, date_to: dt.date) -> str:
+    """The period a moment falls in: the day, the ISO week (Monday first), or the whole range."""
+    if period == "daily":
+        return moment.date().isoformat()
+    if period == "weekly":
+        year, week, _ = moment.isocalendar()
+        return f"{year}-W{week:02d}"
+    return f"{date_from.isoformat()}..{date_to.isoformat()}"
+
+
+@dataclass
+class Collected:
+    """What a report reads: verification of every chain, and the records."""
+
+    verification: dict[str, dict]
+    records: list[dict]  # every record of every chain, any date (resolutions may come after the range)
+    tests_left_out: int = 0
+    undated: int = 0
+    notes: list[str] = field(default_factory=list)
+
+    @property
+    def verified(self) -> bool:
+        return all(not r["errors"] for r in self.verification.values())
+
+    def problems(self) -> list[str]:
+        return [f"{Path(chain).name}: {e}" for chain, r in self.verification.items() for e in r["errors"]]
+
+
+def collect(folders: list[str | Path], key: str | bytes | None = None, hmac_key: str | bytes | None = None,
+            include_tests: bool = False, name: str = "audit.jsonl") -> Collected:
+    """Verify every chain of ``folders``, then read their records (decrypted with ``key``); test-mode
+    records are left out (and counted) unless ``include_tests``."""
+    folders = [Path(f) for f in folders]
+    missing = [str(f) for f in folders if not f.is_dir()]
+    if missing:
+        raise ReportError(f"no log folder at {', '.join(missing)}")
+    verification = verify_chains(folders, name, hmac_key)
+    records, tests, undated = [], 0, 0
+    try:
+        for folder in folders:
+            for chain, record in read_chains(folder, name, key):
+                if record.get("test") and not include_tests:
+                    tests += 1
+                    continue
+                at = parse_time(record.get("timestamp"))
+                if at is None:
+                    undated += 1
+                    continue
+                records.append({**record, "chain": str(folder / chain), "at": at})
+    except ValueError as exc:  # encrypted without the key, or with another key
+        raise ReportError(str(exc)) from None
+    notes = [f"{undated} record(s) without a readable timestamp were left out"] if undated else []
+    return Collected(verification, records, tests, undated, notes)

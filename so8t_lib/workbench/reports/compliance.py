@@ -1,0 +1,187 @@
+"""The numbers of a compliance report, as tables (pandas), from verified audit records.
+
+- **decisions** by period, class, routing category and language (the language is read from the
+  stored, masked request: kana or kanji means Japanese);
+- **escalations**, one row per case opened in the range: when it was first and last decided by a
+  person up to the report's cutoff (the end of ``--to``, or now if earlier, so a report of a closed
+  month reads the same whenever it is made), whether that took longer than ``escalation_timeout``
+  (overdue against the SLA, or still open past it), and how the person decided compared with the
+  model: the model *leaned* to whichever of ALLOW and REFUSE had the higher probability; the person
+  *agreed* when they chose that one and *overrode* it otherwise (a fail-closed case has no leaning);
+- **escalation_summary** per period; **fail_closed** events by reason; **models** in service
+  (first and last decision, how many, on which replicas); **mode_changes** (the emergency switch).
+
+No table holds a request text, a user id or a note: only ids, counts, categories and times.
+"""
+
+from __future__ import annotations
+
+import datetime as dt
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import pandas as pd
+
+from ...core.schema import HUMAN_DECISIONS, LABELS
+from ...data.tables import detect_lang
+from ...serve.masking import mask_personal_data
+from .collect import Collected, day_range, period_of
+
+DECISION_COLUMNS = ["period", "decision", "category", "lang", "count"]
+CASE_COLUMNS = ["case_id", "request_id", "replica", "period", "opened_at", "category", "lang", "fail_closed",
+                "model_leaning", "first_resolved_at", "minutes_to_first_resolution", "human_decision",
+                "resolutions", "agreement", "overdue", "status_at_cutoff"]
+SUMMARY_COLUMNS = ["period", "opened", "resolved", "open_at_cutoff", "overdue", "within_sla_rate",
+                   "median_minutes_to_resolution", "human_allow", "human_refuse", "agreed", "overridden",
+                   "no_leaning", "superseded"]
+
+
+@dataclass
+class ComplianceReport:
+    date_from: dt.date
+    date_to: dt.date
+    period: str | None
+    sla_s: float
+    cutoff: dt.datetime
+    verification: dict[str, dict]
+    tables: dict[str, pd.DataFrame]
+    summary: dict
+    notes: list[str] = field(default_factory=list)
+
+    @property
+    def verified(self) -> bool:
+        return all(not r["errors"] for r in self.verification.values())
+
+    @property
+    def title(self) -> str:
+        return f"SO8T compliance report {self.date_from.isoformat()} to {self.date_to.isoformat()}"
+
+
+def replica_of(chain: str) -> str:
+    """``logs/audit-r2.jsonl`` -> ``r2``; the folder's own chain is ``main``."""
+    stem = Path(chain).stem
+    return stem.split("-", 1)[1] if "-" in stem else "main"
+
+
+def _leaning(record: dict) -> str | None:
+    probs = record.get("probabilities")
+    if "fail_closed" in (record.get("flags") or []) or not isinstance(probs, dict):
+        return None
+    known = {label: probs.get(label) for label in HUMAN_DECISIONS if isinstance(probs.get(label), (int, float))}
+    return max(known, key=known.get) if len(known) == len(HUMAN_DECISIONS) else None
+
+
+def _fail_reason(record: dict) -> str:
+    from ...serve.http.metrics import fail_reason  # the service's reason labels: one list of them
+
+    return fail_reason(record) or "other"
+
+
+def _lang(record: dict) -> str:
+    text = record.get("input")
+    return detect_lang(text) if isinstance(text, str) and text.strip() else "unknown"
+
+
+def _cases(decisions: list[dict], resolutions: dict[str, list[dict]], period, sla_s: float,
+           cutoff: dt.datetime) -> pd.DataFrame:
+    rows = []
+    for record in decisions:
+        case_id = record.get("escalation_id")
+        if record.get("decision") != "ESCALATE" or not case_id:
+            continue
+        done = [r for r in resolutions.get(case_id, []) if r["at"] < cutoff]
+        first = done[0] if done else None
+        leaning = _leaning(record)
+        final = done[-1].get("human_decision") if done else None
+        minutes = (first["at"] - record["at"]).total_seconds() / 60 if first else None
+        waited = (first["at"] if first else cutoff) - record["at"]
+        rows.append({
+            "case_id": case_id, "request_id": record.get("request_id"), "replica": replica_of(record["chain"]),
+            "period": period(record["at"]), "opened_at": record["at"].isoformat(timespec="seconds"),
+            "category": record.get("category"), "lang": _lang(record),
+            "fail_closed": "fail_closed" in (record.get("flags") or []), "model_leaning": leaning,
+            "first_resolved_at": first["at"].isoformat(timespec="seconds") if first else None,
+            "minutes_to_first_resolution": None if minutes is None else round(minutes, 2),
+            "human_decision": final, "resolutions": len(done),
+            "agreement": None if final is None or leaning is None else final == leaning,
+            "overdue": waited.total_seconds() > sla_s, "status_at_cutoff": "resolved" if done else "open"})
+    return pd.DataFrame(rows, columns=CASE_COLUMNS)
+
+
+def _case_summary(cases: pd.DataFrame, periods: list[str]) -> pd.DataFrame:
+    rows = []
+    for key in periods:
+        part = cases[cases["period"] == key]
+        resolved = part[part["status_at_cutoff"] == "resolved"]
+        opened = len(part)
+        rows.append({
+            "period": key, "opened": opened, "resolved": len(resolved), "open_at_cutoff": opened - len(resolved),
+            "overdue": int(part["overdue"].sum()),
+            "within_sla_rate": None if not opened else round(1 - part["overdue"].sum() / opened, 4),
+            "median_minutes_to_resolution": None if resolved.empty else
+            round(float(resolved["minutes_to_first_resolution"].median()), 2),
+            "human_allow": int((resolved["human_decision"] == "ALLOW").sum()),
+            "human_refuse": int((resolved["human_decision"] == "REFUSE").sum()),
+            "agreed": int((resolved["agreement"] == True).sum()),  # noqa: E712 - a column of True/False/None
+            "overridden": int((resolved["agreement"] == False).sum()),  # noqa: E712
+            "no_leaning": int(resolved["model_leaning"].isna().sum()),
+            "superseded": int((resolved["resolutions"] > 1).sum())})
+    return pd.DataFrame(rows, columns=SUMMARY_COLUMNS)
+
+
+def build_report(collected: Collected, date_from: dt.date, date_to: dt.date, period: str | None = None,
+                 sla_s: float = 300.0, now: dt.datetime | None = None) -> ComplianceReport:
+    """The report's tables for decisions made from ``date_from`` to ``date_to`` (both included, UTC)."""
+    start, end = day_range(date_from, date_to)
+    cutoff = min(end, now or dt.datetime.now(dt.UTC))
+
+    def period_key(moment: dt.datetime) -> str:
+        return period_of(moment, period, date_from, date_to)
+
+    in_range = [r for r in collected.records if start <= r["at"] < end]
+    decisions = [r for r in in_range if r.get("event", "decision") == "decision"]
+    resolutions: dict[str, list[dict]] = {}
+    for record in sorted((r for r in collected.records if r.get("event") == "resolution"), key=lambda r: r["at"]):
+        resolutions.setdefault(record.get("case_id"), []).append(record)
+
+    counted = pd.DataFrame([{"period": period_key(r["at"]), "decision": r.get("decision"),
+                             "category": r.get("category") or "none", "lang": _lang(r)} for r in decisions],
+                           columns=DECISION_COLUMNS[:-1])
+    decision_table = (counted.groupby(DECISION_COLUMNS[:-1]).size().reset_index(name="count")
+                      if len(counted) else pd.DataFrame(columns=DECISION_COLUMNS))
+    periods = sorted({period_key(r["at"]) for r in decisions}) or [period_key(start)]
+    cases = _cases(decisions, resolutions, period_key, sla_s, cutoff)
+    failed = [r for r in decisions if "fail_closed" in (r.get("flags") or [])]
+    fail_table = pd.DataFrame([{"period": period_key(r["at"]), "reason": _fail_reason(r)} for r in failed],
+                              columns=["period", "reason"])
+    fail_table = (fail_table.groupby(["period", "reason"]).size().reset_index(name="count") if len(fail_table)
+                  else pd.DataFrame(columns=["period", "reason", "count"]))
+    models = pd.DataFrame([{"model_version": r.get("model_version") or "unknown", "at": r["at"],
+                            "replica": replica_of(r["chain"])} for r in decisions],
+                          columns=["model_version", "at", "replica"])
+    model_table = pd.DataFrame(
+        [{"model_version": version, "first_decision": group["at"].min().isoformat(timespec="seconds"),
+          "last_decision": group["at"].max().isoformat(timespec="seconds"), "decisions": len(group),
+          "replicas": ", ".join(sorted(set(group["replica"])))} for version, group in models.groupby("model_version")],
+        columns=["model_version", "first_decision", "last_decision", "decisions", "replicas"])
+    switches = pd.DataFrame(
+        [{"at": r["at"].isoformat(timespec="seconds"), "mode": r.get("mode"), "enabled": r.get("enabled"),
+          "source": r.get("source"), "by": mask_personal_data(str(r.get("by") or "")),
+          "replica": replica_of(r["chain"])} for r in in_range if r.get("event") == "mode_change"],
+        columns=["at", "mode", "enabled", "source", "by", "replica"])
+    by_class = {label: sum(1 for r in decisions if r.get("decision") == label) for label in LABELS}
+    summary = {
+        "decisions": len(decisions), **{f"decisions_{k.lower()}": v for k, v in by_class.items()},
+        "escalation_rate": round(by_class["ESCALATE"] / len(decisions), 4) if decisions else None,
+        "fail_closed": len(failed), "escalations_opened": len(cases),
+        "escalations_resolved": int((cases["status_at_cutoff"] == "resolved").sum()),
+        "escalations_overdue": int(cases["overdue"].sum()), "human_agreed": int((cases["agreement"] == True).sum()),  # noqa: E712
+        "human_overrode": int((cases["agreement"] == False).sum()),  # noqa: E712
+        "model_versions": len(model_table), "chains": len(collected.verification),
+        "records_verified": sum(r["records"] for r in collected.verification.values()),
+        "test_records_left_out": collected.tests_left_out, "sla_seconds": sla_s,
+        "cutoff": cutoff.isoformat(timespec="seconds"), "verified": collected.verified}
+    tables = {"decisions": decision_table, "escalations": cases, "escalation_summary": _case_summary(cases, periods),
+              "fail_closed": fail_table, "models": model_table, "mode_changes": switches}
+    return ComplianceReport(date_from, date_to, period, sla_s, cutoff, collected.verification, tables, summary,
+                            list(collected.notes))

@@ -1,0 +1,150 @@
+"""so8t report: verified first (and said so at the top), decisions by class, category and language,
+escalations opened, resolved and overdue against the SLA, reviewers against the model's leaning,
+fail-closed reasons, model versions, several replicas, encrypted logs, and no personal data anywhere
+in what it writes."""
+
+from __future__ import annotations
+
+import datetime as dt
+import json
+
+import pandas as pd
+import pytest
+from ops_fixtures import PLANTED_PERSONAL_DATA, build_ops_logs
+
+from so8t_lib.cli import main as so8t
+from so8t_lib.serve.audit import AuditLog
+from so8t_lib.workbench.reports import ReportError, collect, make_report
+
+UTC = dt.UTC
+
+
+def _at(day: int, hour: int, minute: int = 0) -> str:
+    return dt.datetime(2026, 11, day, hour, minute, tzinfo=UTC).strftime("%Y-%m-%dT%H:%M:%S.%fZ")
+
+
+def _decision(log: AuditLog, n: int, when: str, decision: str, lean: str | None = None, **extra) -> dict:
+    probs = {"ALLOW": (0.9, 0.05, 0.05), "REFUSE": (0.05, 0.9, 0.05), None: None,
+             "lean-ALLOW": (0.5, 0.2, 0.3), "lean-REFUSE": (0.2, 0.5, 0.3)}[lean or (decision if decision != "ESCALATE"
+                                                                                     else None)]
+    record = {"event": "decision", "timestamp": when, "request_id": f"req_{n}", "user_id": "u1",
+              "input": extra.pop("input", f"経費の質問 {n}"), "decision": decision, "rationale": "r",
+              "human_required": decision == "ESCALATE", "model_version": extra.pop("model", "m@1"),
+              "confidence_score": 0.5, "category": extra.pop("category", "finance"), "test": False,
+              "probabilities": None if probs is None else dict(zip(("ALLOW", "REFUSE", "ESCALATE"), probs)),
+              "flags": [], "error": None, "escalation_id": f"esc_{n}" if decision == "ESCALATE" else None, **extra}
+    return log.append(record)
+
+
+def _resolution(log: AuditLog, n: int, when: str, decision: str) -> None:
+    log.append({"event": "resolution", "timestamp": when, "request_id": f"req_{n}", "case_id": f"esc_{n}",
+                "human_decision": decision, "resolved_by": "Sato", "note": "see tanaka@example.com", "test": False})
+
+
+@pytest.fixture
+def november(tmp_path):
+    """Three days of November 2026 in one chain, with everything a report must count."""
+    log = AuditLog(tmp_path / "logs" / "audit.jsonl")
+    _decision(log, 1, _at(2, 9), "ALLOW", input="How do I book a room? mail tanaka@example.com", category="none")
+    _decision(log, 2, _at(2, 10), "REFUSE", category="security")
+    _decision(log, 3, _at(2, 11), "ESCALATE", "lean-REFUSE", category="legal")  # resolved REFUSE in 2 min: agreed
+    _resolution(log, 3, _at(2, 11, 2), "REFUSE")
+    _decision(log, 4, _at(3, 9), "ESCALATE", "lean-REFUSE", input="Can I see the payroll?")  # ALLOW after 10 min:
+    _resolution(log, 4, _at(3, 9, 10), "ALLOW")  # overridden, and overdue against a 5-minute SLA
+    _decision(log, 5, _at(3, 12), "ESCALATE", flags=["fail_closed"], error="model error: RuntimeError: boom",
+              model="m@2")  # fail-closed: no leaning; never resolved: open and overdue at the cutoff
+    _decision(log, 6, _at(9, 8), "ESCALATE", "lean-ALLOW", model="m@2")  # resolved after the range: open then
+    _resolution(log, 6, _at(11, 8), "ALLOW")
+    _decision(log, 7, _at(3, 13), "ALLOW", test=True)  # test mode: left out
+    log.append({"event": "mode_change", "timestamp": _at(3, 14), "mode": "emergency", "previous": "normal",
+                "source": "api", "enabled": True, "by": "desk", "note": "incident 42", "test": False})
+    _decision(log, 8, _at(1, 8), "ALLOW")  # before the range
+    return tmp_path / "logs"
+
+
+def test_the_numbers_of_a_report(november, tmp_path):
+    report, folder = make_report([november], dt.date(2026, 11, 2), dt.date(2026, 11, 9), tmp_path / "reports",
+                                 period="daily", sla_s=300, now=dt.datetime(2026, 12, 1, tzinfo=UTC))
+    assert report.verified and report.summary["decisions"] == 6 and report.summary["test_records_left_out"] == 1
+    decisions = report.tables["decisions"]
+    assert decisions[decisions["period"] == "2026-11-02"].set_index("decision")["count"].to_dict() == {
+        "ALLOW": 1, "REFUSE": 1, "ESCALATE": 1}
+    assert set(decisions["lang"]) == {"ja", "en"}
+    cases = report.tables["escalations"].set_index("case_id")
+    assert cases.loc["esc_3", "agreement"] == True and not cases.loc["esc_3", "overdue"]  # noqa: E712
+    assert cases.loc["esc_4", "agreement"] == False and cases.loc["esc_4", "overdue"]  # noqa: E712
+    assert cases.loc["esc_4", "minutes_to_first_resolution"] == 10.0
+    assert pd.isna(cases.loc["esc_5", "model_leaning"]) and cases.loc["esc_5", "status_at_cutoff"] == "open"
+    assert cases.loc["esc_6", "status_at_cutoff"] == "open" and cases.loc["esc_6", "overdue"]  # resolved on the 11th
+    summary = report.tables["escalation_summary"].set_index("period")
+    assert summary.loc["2026-11-03", ["opened", "resolved", "overdue", "overridden"]].tolist() == [2, 1, 2, 1]
+    assert report.tables["fail_closed"].to_dict("records") == [{"period": "2026-11-03", "reason": "model_error",
+                                                                "count": 1}]
+    assert report.tables["models"]["model_version"].tolist() == ["m@1", "m@2"]
+    assert report.tables["mode_changes"]["mode"].tolist() == ["emergency"]
+    weekly, _ = make_report([november], dt.date(2026, 11, 2), dt.date(2026, 11, 9), period="weekly",
+                            now=dt.datetime(2026, 12, 1, tzinfo=UTC))
+    assert sorted(weekly.tables["escalation_summary"]["period"]) == ["2026-W45", "2026-W46"]
+    # the files: a page that says it verified, figures inline, a CSV per table, and no personal data at all
+    html = (folder / "report.html").read_text(encoding="utf-8")
+    assert html.index('data-verified="true"') < html.index("<h1>") and html.count("data:image/png;base64,") == 6
+    assert pd.read_csv(folder / "escalations.csv")["case_id"].tolist() == ["esc_3", "esc_4", "esc_5", "esc_6"]
+    assert json.loads((folder / "summary.json").read_text())["summary"]["escalations_overdue"] == 3
+    written = "".join(p.read_text(encoding="utf-8") for p in folder.iterdir())
+    assert "tanaka" not in written and "payroll" not in written and "incident 42" not in written
+
+
+def test_a_chain_that_does_not_verify_is_reported_at_the_top_and_exits_1(november, tmp_path, capsys):
+    live = november / "audit.jsonl"
+    lines = live.read_text(encoding="utf-8").splitlines()
+    edited = json.loads(lines[1])
+    edited["decision"] = "ALLOW"
+    lines[1] = json.dumps(edited, ensure_ascii=False)
+    live.write_text("\n".join(lines) + "\n", encoding="utf-8")
+    code = so8t(["report", "--logs", str(november), "--from", "2026-11-02", "--to", "2026-11-09", "--out",
+                 str(tmp_path / "out")])
+    out = capsys.readouterr().out
+    assert code == 1 and out.startswith("AUDIT CHAIN VERIFICATION FAILED") and "seq 1 was edited" in out
+    html = next((tmp_path / "out").glob("*/report.html")).read_text(encoding="utf-8")
+    assert html.index('data-verified="false"') < html.index("<h1>") and "seq 1 was edited" in html
+
+
+def test_the_command_on_a_live_log_with_two_replicas(tmp_path, monkeypatch, capsys):
+    logs = tmp_path / "logs"
+    monkeypatch.setenv("SO8T_REPLICA", "r1")
+    build_ops_logs(logs)
+    monkeypatch.setenv("SO8T_REPLICA", "r2")
+    build_ops_logs(logs, repeat_duplicate=False)
+    today = dt.datetime.now(UTC).date().isoformat()
+    code = so8t(["report", "--logs", str(logs), "--from", today, "--to", today, "--out", str(tmp_path / "out"),
+                 "--sla-seconds", "3600"])
+    out = capsys.readouterr().out
+    assert code == 0 and out.startswith("audit chains verified: 2 chain(s)")
+    assert "23 decisions" in out and "1 fail-closed" not in out and "2 fail-closed" in out
+    folder = next((tmp_path / "out").iterdir())
+    models = pd.read_csv(folder / "models.csv")
+    assert models["replicas"].tolist() == ["r1, r2"] and models["decisions"].tolist() == [23]
+    cases = pd.read_csv(folder / "escalations.csv")
+    # per replica: three reviewers agree with the model's leaning (one after superseding), one overrides it;
+    # r1 also resolved the repeated request
+    assert set(cases["replica"]) == {"r1", "r2"} and cases["agreement"].value_counts().to_dict() == {True: 7,
+                                                                                                     False: 2}
+    written = "".join(p.read_text(encoding="utf-8") for p in folder.iterdir())
+    assert not [s for s in PLANTED_PERSONAL_DATA if s in written]
+
+
+def test_an_encrypted_log_needs_its_key(tmp_path, monkeypatch):
+    fernet = pytest.importorskip("cryptography.fernet")
+    key = fernet.Fernet.generate_key().decode()
+    log = AuditLog(tmp_path / "logs" / "audit.jsonl", encryption_key=key)
+    _decision(log, 1, dt.datetime.now(UTC).strftime("%Y-%m-%dT%H:%M:%S.%fZ"), "REFUSE")
+    with pytest.raises(ReportError, match="records are encrypted; pass the key"):
+        collect([tmp_path / "logs"])
+    monkeypatch.setenv("SO8T_AUDIT_KEY", key)
+    today = dt.datetime.now(UTC).date().isoformat()
+    assert so8t(["report", "--logs", str(tmp_path / "logs"), "--from", today, "--to", today, "--out",
+                 str(tmp_path / "out")]) == 0
+    with pytest.raises(SystemExit, match="is before --from"):
+        so8t(["report", "--logs", str(tmp_path / "logs"), "--from", "2026-11-30", "--to", "2026-11-01"])
+    with pytest.raises(SystemExit, match="no log folder at"):
+        so8t(["report", "--logs", str(tmp_path / "nope"), "--from", "2026-11-01", "--to", "2026-11-30"])
