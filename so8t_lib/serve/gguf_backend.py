@@ -26,13 +26,13 @@ from ..model.heads import SafetyHeadB
 from ..model.prompts import build_messages
 
 
-def _render_chat(template: str, messages: list[dict], eos_token: str | None) -> str:
+def _render_chat(template: str, messages: list[dict], eos_token: str | None, bos_token: str | None = None) -> str:
     """Render a chat template with transformers' own renderer (the same sandbox, extensions and
     variables as ``apply_chat_template``, e.g. ``tools`` for Qwen2.5's template)."""
     from transformers.utils.chat_template_utils import render_jinja_template
 
     rendered, _ = render_jinja_template([messages], chat_template=template, add_generation_prompt=True,
-                                        eos_token=eos_token)
+                                        eos_token=eos_token, bos_token=bos_token or "")
     return rendered[0]
 
 
@@ -84,6 +84,10 @@ class GGUFBackend:
         self.chat_template = template
         eos_id = self.embedder.token_eos()
         self.eos_token = self.embedder.detokenize([eos_id], special=True).decode("utf-8") if eos_id >= 0 else None
+        # Gemma's template opens with the BOS token; the project's BPE has none (llama.cpp answers -1)
+        bos_id = self.embedder.token_bos() if self.embedder.metadata.get("tokenizer.ggml.add_bos_token") == "true" \
+            else -1
+        self.bos_token = self.embedder.detokenize([bos_id], special=True).decode("utf-8") if bos_id >= 0 else None
 
     @property
     def model_version(self) -> str:
@@ -95,7 +99,7 @@ class GGUFBackend:
 
     def format_prompt(self, request: str, context: str | None = None) -> str:
         messages = build_messages(request, context, system_prompt=str(self.meta["so8t.system_prompt"]))
-        return _render_chat(self.chat_template, messages, self.eos_token)
+        return _render_chat(self.chat_template, messages, self.eos_token, self.bos_token)
 
     def hidden_states(self, prompts: list[str]) -> np.ndarray:
         """Final-norm state of each prompt's last token, (N, hidden): several prompts per llama.cpp
