@@ -99,3 +99,52 @@ def build_ops_logs(log_dir: Path, repeat_duplicate: bool = True) -> dict:
 
 def digest(text: str) -> str:
     return hashlib.sha256(text.encode("utf-8")).hexdigest()[:12]
+
+
+class ServeProcess:
+    """``so8t serve --port 0`` as a child process in ``cwd``; ``url`` once its first line says where it
+    listens. ``stop()`` sends SIGTERM and returns the exit status."""
+
+    def __init__(self, cwd: Path, *args: str, env: dict | None = None, timeout_s: float = 240) -> None:
+        import os
+        import queue as queue_mod
+        import subprocess
+        import sys
+        import threading
+
+        from service_support import KEY_ENV
+
+        self.stderr_path = Path(cwd) / f".serve-{os.getpid()}-{id(self)}.err"
+        self.stderr = open(self.stderr_path, "w")
+        self.proc = subprocess.Popen([sys.executable, "-m", "so8t_lib", "serve", "--port", "0", *args], cwd=cwd,
+                                     env={**os.environ, **KEY_ENV, **(env or {})}, stdout=subprocess.PIPE,
+                                     stderr=self.stderr, text=True)
+        lines: queue_mod.Queue[str] = queue_mod.Queue()
+        threading.Thread(target=lambda: [lines.put(line) for line in self.proc.stdout], daemon=True).start()
+        try:
+            first = lines.get(timeout=timeout_s)
+        except queue_mod.Empty:
+            self.proc.kill()
+            raise AssertionError(f"so8t serve did not start: {self.errors()}") from None
+        if "listening on http://" not in first:
+            self.proc.kill()
+            raise AssertionError(first + self.errors())
+        self.url = first.split("listening on ", 1)[1].split()[0]
+
+    def errors(self) -> str:
+        return self.stderr_path.read_text(encoding="utf-8", errors="replace")
+
+    def stop(self) -> int:
+        import signal
+        import subprocess
+
+        if self.proc.poll() is None:
+            self.proc.send_signal(signal.SIGTERM)
+        try:
+            code = self.proc.wait(60)
+        except subprocess.TimeoutExpired:
+            self.proc.kill()
+            code = self.proc.wait(30)
+        self.stderr.close()
+        self.stderr_path.unlink(missing_ok=True)
+        return code

@@ -33,6 +33,8 @@ COMMANDS: dict[str, Command] = {
     "audit": Command("audit", "main", "verify or show the hash-chained audit log"),
     "escalation": Command("escalation", "main", "list or resolve escalation cases"),
     "report": Command("report", "main", "compliance report from the verified audit log: HTML with figures, CSV"),
+    "backup": Command("backup", "main", "back up audit logs, the escalation queue, configs and model manifests"),
+    "restore": Command("backup", "restore_main", "verify a backup (chains, checksums), then put it back"),
     "sweep": Command("sweep", "main", "run a papermill sweep (a notebook over a grid and seeds)"),
     "card": Command("card", "main", "write MODEL_CARD.md and figures/ from committed results"),
     "demo": Command("demo", "main", "the main job: train, score, export, decide (make demo)"),

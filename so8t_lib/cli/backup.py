@@ -1,0 +1,119 @@
+"""so8t backup / so8t restore: the operation's state in one folder, and back, checked first.
+
+    so8t backup --config configs/production.yaml [--out backup/20261130T090000Z] [--include-models]
+    so8t backup --logs logs/ --db postgresql://so8t@db/so8t --configs configs/ --model dist/x-q4_k_m.gguf
+    so8t restore backup/20261130T090000Z --into /srv/so8t [--queue-url postgresql://so8t@db2/so8t]
+    so8t restore backup/20261130T090000Z --check          # every check, nothing written
+
+``backup`` copies every replica's audit chain (under its lock, with its head), the escalation queue
+(SQLite's online backup API, or a snapshot of the PostgreSQL tables) and its spool, the emergency flag
+file, the configs, and each model's manifest with sha256 (its files too with --include-models). The
+folder appears whole or not at all and never replaces another. It exits 1 when a chain did not verify
+(the copy is kept as evidence, but restore will refuse it).
+
+``restore`` checks every file's sha256, that nothing was added, that every chain verifies and ends at
+its recorded head, the queue's integrity and counts, and the included models, and writes nothing when
+any check fails. Then logs/, configs/ and the models' paths appear in --into, which must not hold them.
+"""
+
+from __future__ import annotations
+
+import argparse
+import datetime as dt
+import os
+import sys
+from pathlib import Path
+
+from ..core.config import ConfigError
+from ..serve.config import QUEUE_URL_ENV, load_runtime_config, runtime_paths
+from ..serve.escalation import QueueError
+from ..workbench.backup import BackupError, backup, check_backup, restore
+
+
+def _sources(args) -> tuple[Path, str | Path | None, list[Path], list[Path], str]:
+    """(log folder, queue, configs, models, HMAC key variable) from the options and the config."""
+    mac_env = args.hmac_key_env
+    log_dir = Path(args.logs) if args.logs else Path(os.environ.get("SO8T_LOG_DIR") or "logs")
+    queue = args.db or os.environ.get(QUEUE_URL_ENV)
+    configs = [Path(c) for c in args.configs] if args.configs else ([Path("configs")] if Path("configs").is_dir()
+                                                                     else [])
+    models = [Path(m) for m in args.model]
+    if args.config:
+        config = load_runtime_config(args.config)
+        paths = runtime_paths(config)
+        log_dir = Path(args.logs) if args.logs else paths.audit.parent
+        queue = args.db or paths.queue_url or (paths.queue if paths.queue.is_file() else None)
+        mac_env = config.logging.hmac_key_env or mac_env
+        if Path(args.config).resolve().parent not in [c.resolve() for c in configs]:
+            configs.append(Path(args.config))
+        if not args.model:
+            for candidate in (config.model.checkpoint_path, config.model.gguf_path):
+                if candidate and Path(candidate).exists():
+                    models.append(Path(candidate))
+    return log_dir, queue, configs, models, mac_env
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(prog="so8t backup", description=__doc__,
+                                     formatter_class=argparse.RawDescriptionHelpFormatter)
+    stamp = dt.datetime.now(dt.UTC).strftime("%Y%m%dT%H%M%SZ")
+    parser.add_argument("--out", default=f"backup/{stamp}", help="the new backup folder (default backup/<UTC time>)")
+    parser.add_argument("--config", help="a runtime config: its log folder, queue, model files and key variables")
+    parser.add_argument("--logs", help="the log folder (default: the config's, else $SO8T_LOG_DIR, else logs/)")
+    parser.add_argument("--db", help="the queue: a SQLite file or a postgresql:// URL (default: the config's, else "
+                        "$SO8T_ESCALATION_URL, else <logs>/escalations.sqlite)")
+    parser.add_argument("--configs", action="append", help="config folder or file to include (default configs/)")
+    parser.add_argument("--model", action="append", default=[], help="a checkpoint folder or .gguf file (default: "
+                        "the config's)")
+    parser.add_argument("--include-models", action="store_true", help="copy the model files, not only manifests")
+    parser.add_argument("--hmac-key-env", default="SO8T_AUDIT_HMAC_KEY")
+    args = parser.parse_args(argv)
+    try:
+        log_dir, queue, configs, models, mac_env = _sources(args)
+        manifest = backup(args.out, log_dir, queue, configs, models, args.include_models, os.environ.get(mac_env))
+    except (BackupError, ConfigError, QueueError, OSError) as exc:
+        sys.exit(f"error: {exc}")
+    failed = {name: c["errors"] for name, c in manifest["chains"].items() if c["errors"]}
+    for name, chain in manifest["chains"].items():
+        state = "FAIL " + "; ".join(chain["errors"]) if chain["errors"] else f"head {chain['head']}"
+        print(f"audit {name}: {chain['records']} records, {state}")
+    queue_info = manifest["queue"]
+    print(f"queue ({queue_info['kind']}): {queue_info.get('cases', 0)} cases, {queue_info.get('resolutions', 0)} "
+          f"resolutions; spool: {manifest['spool']['entries']} entries")
+    print(f"configs: {len(manifest['configs'])}; models: " + (", ".join(
+        f"{m['path']} ({'files' if m['included'] else 'manifest'})" for m in manifest["models"]) or "none"))
+    print(f"backup: {args.out} ({len(manifest['files'])} files)")
+    if failed:
+        print(f"error: {len(failed)} chain(s) did not verify; the copy is kept as evidence, restore refuses it",
+              file=sys.stderr)
+        return 1
+    return 0
+
+
+def restore_main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(prog="so8t restore", description=__doc__,
+                                     formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("backup", help="a folder written by so8t backup")
+    target = parser.add_mutually_exclusive_group(required=True)
+    target.add_argument("--into", help="where logs/, configs/ and the models go (must not hold them)")
+    target.add_argument("--check", action="store_true", help="make every check, write nothing")
+    parser.add_argument("--queue-url", help="put the escalation cases into this empty PostgreSQL queue")
+    parser.add_argument("--hmac-key-env", default="SO8T_AUDIT_HMAC_KEY")
+    args = parser.parse_args(argv)
+    key = os.environ.get(args.hmac_key_env)
+    try:
+        if args.check:
+            checks = check_backup(args.backup, key)
+            for line in checks["checked"]:
+                print(f"ok   {line}")
+            for problem in checks["problems"]:
+                print(f"FAIL {problem}")
+            return 1 if checks["problems"] else 0
+        done = restore(args.backup, args.into, args.queue_url, key)
+    except (BackupError, QueueError, OSError) as exc:
+        sys.exit(f"error: {exc}")
+    for line in done["checked"]:
+        print(f"ok   {line}")
+    print("restored: " + ", ".join(done["restored"]))
+    print(f"start the service on it: cd {args.into} && so8t serve --config configs/<config>.yaml --log-dir logs")
+    return 0

@@ -1,0 +1,97 @@
+"""Copying the escalation queue out of a running system and back.
+
+A SQLite queue is copied with SQLite's online backup API (``sqlite3.Connection.backup``): a
+consistent snapshot while servers keep writing, page by page, never a half-written file. A PostgreSQL
+queue is exported as JSON lines (cases, resolutions) from one REPEATABLE READ transaction, a
+consistent snapshot too, and loaded back into an empty queue (a new SQLite file or an empty
+PostgreSQL database). ``check_sqlite`` is what restore asks of a copy before using it.
+"""
+
+from __future__ import annotations
+
+import json
+import sqlite3
+from pathlib import Path
+
+from sqlalchemy import select, text
+
+from ...serve.escalation import EscalationQueue, QueueError
+from ...serve.queue_sql import cases, resolutions
+
+SQLITE_FILE = "escalations.sqlite"
+CASES_FILE, RESOLUTIONS_FILE = "cases.jsonl", "resolutions.jsonl"
+
+
+def copy_sqlite(queue: EscalationQueue, target: Path) -> dict:
+    """Online backup of a SQLite queue into ``target`` (a new file); its counts."""
+    source = queue.raw_sqlite()
+    try:
+        copy = sqlite3.connect(target)
+        try:
+            source.backup(copy)
+        finally:
+            copy.close()
+    except sqlite3.Error as exc:
+        raise QueueError(f"{queue.where}: the online backup failed ({exc})") from None
+    finally:
+        source.close()
+    return check_sqlite(target)
+
+
+def check_sqlite(path: Path) -> dict:
+    """{"cases", "resolutions"} of a queue file that passes SQLite's integrity check; QueueError if not."""
+    try:
+        db = sqlite3.connect(f"file:{path}?mode=ro", uri=True)
+        try:
+            result = db.execute("PRAGMA integrity_check").fetchone()[0]
+            if result != "ok":
+                raise QueueError(f"{path}: SQLite integrity check failed ({result})")
+            return {"cases": db.execute("SELECT count(*) FROM cases").fetchone()[0],
+                    "resolutions": db.execute("SELECT count(*) FROM resolutions").fetchone()[0]}
+        finally:
+            db.close()
+    except sqlite3.Error as exc:
+        raise QueueError(f"{path}: not a readable escalation queue ({exc})") from None
+
+
+def export_rows(queue: EscalationQueue, folder: Path) -> dict:
+    """Every case and resolution of a server queue, from one snapshot, as JSON lines; their counts."""
+    folder.mkdir(parents=True, exist_ok=True)
+    with queue.engine.connect() as conn:
+        if queue.dialect == "postgresql":  # one snapshot for both tables (SQLite's transaction is one already)
+            conn = conn.execution_options(isolation_level="REPEATABLE READ")
+        with conn.begin():
+            case_rows = [dict(r._mapping) for r in conn.execute(select(cases).order_by(cases.c.case_id))]
+            resolution_rows = [dict(r._mapping) for r in conn.execute(select(resolutions).order_by(resolutions.c.id))]
+    for name, rows in ((CASES_FILE, case_rows), (RESOLUTIONS_FILE, resolution_rows)):
+        (folder / name).write_text("".join(json.dumps(r, ensure_ascii=False) + "\n" for r in rows), encoding="utf-8")
+    return {"cases": len(case_rows), "resolutions": len(resolution_rows)}
+
+
+def read_rows(folder: Path) -> tuple[list[dict], list[dict]]:
+    def load(name: str) -> list[dict]:
+        lines = (folder / name).read_text(encoding="utf-8").splitlines()
+        return [json.loads(line) for line in lines if line.strip()]
+
+    return load(CASES_FILE), load(RESOLUTIONS_FILE)
+
+
+def load_rows(folder: Path, target: str | Path) -> dict:
+    """Put exported rows into an empty queue (a new SQLite file or an empty PostgreSQL database), ids
+    kept; refuses a queue that already holds cases."""
+    case_rows, resolution_rows = read_rows(folder)
+    queue = EscalationQueue(target)
+    try:
+        if queue.count()["cases"]:
+            raise QueueError(f"{queue.where} already holds cases; restore into an empty queue")
+        with queue.engine.connect().execution_options(so8t_write=True) as conn, conn.begin():
+            if case_rows:
+                conn.execute(cases.insert(), case_rows)
+            if resolution_rows:
+                conn.execute(resolutions.insert(), resolution_rows)
+            if queue.dialect == "postgresql" and resolution_rows:  # the next id continues after the restored ones
+                conn.execute(text("SELECT setval(pg_get_serial_sequence('resolutions', 'id'), "
+                                  "(SELECT max(id) FROM resolutions))"))
+        return queue.count()
+    finally:
+        queue.close()

@@ -1,0 +1,181 @@
+"""``so8t backup``: one folder holding what the gate's operation cannot be rebuilt without.
+
+    backup/<UTC time>/
+      BACKUP.json                  what was copied, from where, each file's sha256 and size, each chain's head
+      logs/                        every replica's audit chain (live file, rotated files, anchor, set-aside
+                                   tails), the emergency flag file, the escalation queue and its spool
+      configs/                     the runtime and training configs
+      models/<name>/               each model's manifest (sha256 of its files); its files too with
+                                   include_models
+
+Order matters while servers keep running: the spool first, then the queue (SQLite's online backup
+API, or a snapshot of the PostgreSQL tables), then each audit chain under its lock. A case moves
+spool -> queue -> audit record, so whatever the copy of a later step holds was already in the copy
+of an earlier one, or is in flight and in the spool copy. The folder is written beside its final
+name and renamed into place when complete: a backup is whole or absent.
+"""
+
+from __future__ import annotations
+
+import datetime as dt
+import fcntl
+import json
+import os
+import shutil
+import tempfile
+from pathlib import Path
+
+from ...core.checkpoint import resolve_checkpoint
+from ...core.io import sha256_file
+from ...core.schema import MANIFEST_FILE
+from ...export.gguf_meta import sidecar_path
+from ...serve.audit_files import anchor_path, chain_names, file_lock, log_files, set_aside_files
+from ...serve.audit_verify import verify
+from ...serve.escalation import EscalationQueue
+from ...serve.queue_sql import display
+from ...serve.spool import SUFFIX as SPOOL_SUFFIX
+from .queue_copy import SQLITE_FILE, copy_sqlite, export_rows
+
+BACKUP_FILE = "BACKUP.json"
+FORMAT = 1
+
+
+class BackupError(RuntimeError):
+    """A backup that cannot be made or used; the message names the file and what is wrong."""
+
+
+def file_entries(root: Path) -> dict[str, dict]:
+    """relative path -> {sha256, bytes} of every file under ``root`` but BACKUP.json."""
+    return {str(p.relative_to(root)): {"sha256": sha256_file(p), "bytes": p.stat().st_size}
+            for p in sorted(root.rglob("*")) if p.is_file() and p.name != BACKUP_FILE}
+
+
+def _copy_chains(log_dir: Path, target: Path, hmac_key: str | bytes | None) -> dict[str, dict]:
+    """Each chain's files, copied under its lock; the verification of the copy and its head."""
+    chains = {}
+    for name in chain_names(log_dir):
+        log = log_dir / name
+        with file_lock(log, shared=True):  # no append or rotation while its files are copied
+            for path in [*log_files(log_dir, name), anchor_path(log), *set_aside_files(log_dir, name)]:
+                if path.is_file():
+                    shutil.copy2(path, target / path.name)
+        report = verify(target, name, hmac_key)
+        anchor = report["anchor"] or {}
+        chains[name] = {"records": report["records"], "first_seq": report["first_seq"], "last_seq": report["last_seq"],
+                        "head": f"{anchor.get('last_seq')}:{anchor.get('last_hash')}" if anchor else None,
+                        "errors": report["errors"]}
+    return chains
+
+
+def _copy_spool(spool: Path, target: Path) -> dict:
+    """Spool entries nobody holds (in-flight ones are skipped: their request has no answer yet)."""
+    copied, in_flight = 0, 0
+    if not spool.is_dir():
+        return {"entries": 0, "in_flight_skipped": 0}
+    for entry in sorted(spool.glob(f"*{SPOOL_SUFFIX}")):
+        try:
+            fd = os.open(entry, os.O_RDONLY)
+        except FileNotFoundError:
+            continue
+        try:
+            fcntl.flock(fd, fcntl.LOCK_SH | fcntl.LOCK_NB)
+        except BlockingIOError:
+            in_flight += 1
+            os.close(fd)
+            continue
+        try:
+            data = os.pread(fd, os.fstat(fd).st_size, 0)
+        finally:
+            os.close(fd)
+        target.mkdir(parents=True, exist_ok=True)
+        (target / entry.name).write_bytes(data)
+        copied += 1
+    return {"entries": copied, "in_flight_skipped": in_flight}
+
+
+def _model_entry(path: Path, models_dir: Path, include: bool) -> dict:
+    """A model's manifest (checkpoint) or sha256 (GGUF), and its files when ``include``; ``path`` is
+    where restore puts it back (relative to the restore folder)."""
+    where = path if not path.is_absolute() else Path(("dist" if path.suffix == ".gguf" else "checkpoints"), path.name)
+    if path.suffix == ".gguf":
+        if not path.is_file():
+            raise BackupError(f"model file not found: {path}")
+        entry = {"kind": "gguf", "path": str(where), "sha256": sha256_file(path), "bytes": path.stat().st_size}
+        models_dir.mkdir(parents=True, exist_ok=True)
+        if include:
+            shutil.copy2(path, models_dir / path.name)
+            if sidecar_path(path).is_file():  # the runtime checks it before llama.cpp reads the file
+                shutil.copy2(sidecar_path(path), models_dir / sidecar_path(path).name)
+        return {**entry, "stored": path.name if include else None, "included": include}
+    folder = resolve_checkpoint(path)
+    manifest = folder / MANIFEST_FILE
+    if not manifest.is_file():
+        raise BackupError(f"{folder}: no checkpoint with a manifest there (a model without checksums is not "
+                          "backed up)")
+    if folder != path:
+        where = where / folder.relative_to(path)
+    stored = models_dir / f"{len(list(models_dir.glob('*'))) if models_dir.is_dir() else 0}-{path.name}"
+    if include:
+        shutil.copytree(folder, stored)
+    else:
+        stored.mkdir(parents=True)
+        shutil.copy2(manifest, stored / MANIFEST_FILE)
+    return {"kind": "checkpoint", "path": str(where), "stored": stored.name, "manifest_sha256": sha256_file(manifest),
+            "included": include}
+
+
+def backup(out: str | Path, log_dir: str | Path, queue: str | Path | None = None,
+           configs: list[str | Path] = (), models: list[str | Path] = (), include_models: bool = False,
+           hmac_key: str | bytes | None = None) -> dict:
+    """Write the backup folder ``out`` (which must not exist); returns BACKUP.json's content. The queue
+    is ``queue`` (a file or URL), else ``<log_dir>/escalations.sqlite`` when present."""
+    out, log_dir = Path(out), Path(log_dir)
+    if out.exists():
+        raise BackupError(f"{out} already exists; a backup never overwrites another")
+    if not log_dir.is_dir():
+        raise BackupError(f"no log folder at {log_dir}")
+    out.parent.mkdir(parents=True, exist_ok=True)
+    tmp = Path(tempfile.mkdtemp(prefix=f".{out.name}.tmp-", dir=out.parent))
+    try:
+        logs = tmp / "logs"
+        logs.mkdir()
+        queue = queue or (log_dir / SQLITE_FILE if (log_dir / SQLITE_FILE).is_file() else None)
+        spool = Path(f"{queue}.spool") if queue is not None and "://" not in str(queue) else log_dir / (
+            SQLITE_FILE + ".spool")
+        spool_info = _copy_spool(spool, logs / (SQLITE_FILE + ".spool"))
+        queue_info: dict = {"kind": "none"}
+        if queue is not None:
+            store = EscalationQueue(queue, create=False)
+            try:
+                if store.path is not None:
+                    queue_info = {"kind": "sqlite", "source": store.where, **copy_sqlite(store, logs / SQLITE_FILE)}
+                else:
+                    queue_info = {"kind": "postgresql", "source": display(store.where),
+                                  **export_rows(store, tmp / "queue")}
+            finally:
+                store.close()
+        chains = _copy_chains(log_dir, logs, hmac_key)
+        if not chains:
+            raise BackupError(f"no audit log in {log_dir} (audit.jsonl or a replica's audit-<name>.jsonl)")
+        for extra in ("EMERGENCY",):
+            if (log_dir / extra).is_file():
+                shutil.copy2(log_dir / extra, logs / extra)
+        config_files = []
+        for source in map(Path, configs):
+            for path in sorted(source.glob("*.yaml")) if source.is_dir() else [source]:
+                if not path.is_file():
+                    raise BackupError(f"config not found: {path}")
+                (tmp / "configs").mkdir(exist_ok=True)
+                shutil.copy2(path, tmp / "configs" / path.name)
+                config_files.append(path.name)
+        model_info = [_model_entry(Path(m), tmp / "models", include_models) for m in models]
+        manifest = {
+            "format": FORMAT, "created_at": dt.datetime.now(dt.UTC).isoformat(timespec="seconds"),
+            "source": {"logs": str(log_dir), "cwd": os.getcwd()}, "chains": chains, "queue": queue_info,
+            "spool": spool_info, "configs": config_files, "models": model_info, "files": file_entries(tmp)}
+        (tmp / BACKUP_FILE).write_text(json.dumps(manifest, indent=1, ensure_ascii=False), encoding="utf-8")
+        os.replace(tmp, out)
+    finally:
+        if tmp.exists():
+            shutil.rmtree(tmp, ignore_errors=True)
+    return manifest

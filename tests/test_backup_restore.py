@@ -1,0 +1,157 @@
+"""so8t backup and so8t restore: a backup holds every chain (rotated files too) with its head, the queue
+(SQLite's online backup API, or the PostgreSQL tables), the spool, the configs and the models; restore
+checks all of it before it writes anything, never overwrites, and so8t serve starts on what it restored,
+continuing the same chains and queue."""
+
+from __future__ import annotations
+
+import json
+import shutil
+
+import httpx
+import pytest
+import yaml
+from ops_fixtures import ServeProcess, TextDecider, build_ops_logs, runtime_config
+from pg_support import pg_url  # noqa: F401 - the fixture
+from service_support import CLIENT, REVIEWER
+
+from so8t_lib.cli import main as so8t
+from so8t_lib.serve.audit import AuditLog, verify
+from so8t_lib.serve.audit_verify import verify_chains
+from so8t_lib.serve.escalation import EscalationQueue
+from so8t_lib.serve.runtime import Agent
+from so8t_lib.workbench.backup import backup, check_backup
+
+
+@pytest.fixture(scope="module")
+def tiny_checkpoint(tmp_path_factory):
+    from so8t_lib.core.config import ModelConfig
+    from so8t_lib.model import SO8TModel
+
+    return SO8TModel.from_config(ModelConfig(name="so8t-ops")).save(tmp_path_factory.mktemp("model") / "tiny")
+
+
+@pytest.fixture
+def project(tmp_path, tiny_checkpoint, monkeypatch):
+    """A working folder as an operator has it: configs/, checkpoints/, logs/ with two chains, one rotated."""
+    root = tmp_path / "project"
+    shutil.copytree(tiny_checkpoint, root / "checkpoints" / "tiny")
+    (root / "configs").mkdir()
+    config = {"model": {"checkpoint_path": "checkpoints/tiny"},
+              "inference": {"generate_responses": False, "safety_threshold": 0.99, "decision_timeout_s": 60},
+              "logging": {"audit_log": "logs/audit.jsonl", "log_level": "WARNING"},
+              "escalation": {"queue_db": "logs/escalations.sqlite", "enable_notifications": False,
+                             "retry_interval_s": 1},
+              "service": {"flag_poll_s": 0.2}}
+    (root / "configs" / "serve.yaml").write_text(yaml.safe_dump(config), encoding="utf-8")
+    build_ops_logs(root / "logs")
+    AuditLog(root / "logs" / "audit.jsonl").rotate()
+    monkeypatch.setenv("SO8T_REPLICA", "r2")
+    agent = Agent(runtime_config(root / "logs"), decider=TextDecider())
+    agent.run_agent(None, "契約書の秘密保持条項を確認してほしい")
+    agent.close()
+    monkeypatch.delenv("SO8T_REPLICA")
+    monkeypatch.chdir(root)
+    return root
+
+
+def test_backup_then_restore_into_an_empty_folder_and_the_service_starts_on_it(project, tmp_path, capsys):
+    assert so8t(["backup", "--config", "configs/serve.yaml", "--out", str(tmp_path / "b1"), "--include-models"]) == 0
+    out = capsys.readouterr().out
+    assert "audit audit.jsonl:" in out and "audit audit-r2.jsonl: 1 records, head 0:" in out
+    manifest = json.loads((tmp_path / "b1" / "BACKUP.json").read_text())
+    assert {"logs/audit.jsonl.1.gz", "logs/audit.jsonl.anchor", "logs/escalations.sqlite",
+            "configs/serve.yaml"} <= set(manifest["files"])
+    source_queue = EscalationQueue(project / "logs" / "escalations.sqlite")
+    cases_before = source_queue.count()
+    unresolved = sorted(c["case_id"] for c in source_queue.list(include_tests=False) if c["status"] != "resolved")
+    assert manifest["queue"] == {"kind": "sqlite", "source": "logs/escalations.sqlite",
+                                 **cases_before}
+    assert [m["path"] for m in manifest["models"]] == ["checkpoints/tiny"]
+
+    into = tmp_path / "restored"
+    assert so8t(["restore", str(tmp_path / "b1"), "--into", str(into)]) == 0
+    assert "audit.jsonl: " in capsys.readouterr().out
+    assert EscalationQueue(into / "logs" / "escalations.sqlite").count() == cases_before
+    heads = {name: r["last_seq"] for name, r in verify_chains(into / "logs").items()}
+
+    server = ServeProcess(into, "--config", "configs/serve.yaml", "--log-dir", "logs")
+    try:
+        assert httpx.get(f"{server.url}/readyz", timeout=30).status_code == 200  # the restored model loaded
+        listed = httpx.get(f"{server.url}/v1/escalations?status=unresolved", headers=REVIEWER, timeout=30).json()
+        assert sorted(c["case_id"] for c in listed["cases"]) == unresolved  # the restored queue
+        answer = httpx.post(f"{server.url}/v1/decide", json={"user_request": "経費精算の締め日は？"}, headers=CLIENT,
+                            timeout=120).json()
+        assert answer["decision"] == "ESCALATE" and answer["escalation_status"] == "queued"
+    finally:
+        assert server.stop() in (0, -15, 143)
+    after = verify_chains(into / "logs")
+    assert all(not r["errors"] for r in after.values())
+    main = str(into / "logs" / "audit.jsonl")
+    assert after[main]["last_seq"] == heads[main] + 1  # the chain continues where the backup ended
+
+
+def test_restore_checks_everything_before_it_writes_and_never_overwrites(project, tmp_path, capsys):
+    made = backup(tmp_path / "b", project / "logs", configs=[project / "configs"])
+    assert made["queue"]["kind"] == "sqlite" and not made["models"]
+    assert check_backup(tmp_path / "b")["problems"] == []
+    with pytest.raises(SystemExit, match="already exists"):
+        so8t(["backup", "--logs", "logs", "--out", str(tmp_path / "b")])
+
+    def damaged(change) -> list[str]:
+        copy = tmp_path / f"copy-{len(list(tmp_path.glob('copy-*')))}"
+        shutil.copytree(tmp_path / "b", copy)
+        change(copy)
+        target = tmp_path / f"into-{copy.name}"
+        with pytest.raises(SystemExit, match="nothing was restored"):
+            so8t(["restore", str(copy), "--into", str(target)])
+        assert not (target / "logs").exists()
+        assert so8t(["restore", str(copy), "--check"]) == 1
+        return [line for line in capsys.readouterr().out.splitlines() if line.startswith("FAIL")]
+
+    def edit_record(copy):
+        live = copy / "logs" / "audit-r2.jsonl"
+        live.write_text(live.read_text(encoding="utf-8").replace("ESCALATE", "ALLOW", 1), encoding="utf-8")
+
+    assert any("audit-r2.jsonl: changed since the backup" in f for f in damaged(edit_record))
+    assert any("audit.jsonl.1.gz: missing" in f for f in damaged(lambda c: (c / "logs" / "audit.jsonl.1.gz").unlink()))
+    assert any("not part of the backup" in f for f in damaged(lambda c: (c / "logs" / "extra.txt").write_text("x")))
+
+    def rehash_and_relist(copy):  # an edit that also fixes BACKUP.json's checksums is still refused: the chain
+        live = copy / "logs" / "audit-r2.jsonl"  # no longer verifies against its anchor and head
+        edit_record(copy)
+        listing = json.loads((copy / "BACKUP.json").read_text())
+        from so8t_lib.workbench.backup.snapshot import file_entries
+
+        listing["files"] = file_entries(copy)
+        (copy / "BACKUP.json").write_text(json.dumps(listing))
+        assert live.is_file()
+
+    assert any("was edited" in f for f in damaged(rehash_and_relist))
+    (tmp_path / "busy" / "logs").mkdir(parents=True)
+    (tmp_path / "busy" / "logs" / "audit.jsonl").write_text("{}\n")
+    with pytest.raises(SystemExit, match="never overwrites"):
+        so8t(["restore", str(tmp_path / "b"), "--into", str(tmp_path / "busy")])
+    assert (tmp_path / "busy" / "logs" / "audit.jsonl").read_text() == "{}\n"
+
+
+def test_a_postgresql_queue_is_backed_up_and_restored_into_postgresql_or_sqlite(project, tmp_path, pg_url):
+    source_db = EscalationQueue(pg_url)
+    for case in EscalationQueue(project / "logs" / "escalations.sqlite").list():  # move the cases to the server
+        source_db.add({k: case[k] for k in ("case_id", "created_at", "request_id", "category", "input", "test")})
+    source_db.resolve(source_db.list()[0]["case_id"], "REFUSE", "Sato")
+    counts = source_db.count()
+    source_db.close()
+    made = backup(tmp_path / "b", project / "logs", queue=pg_url)
+    assert made["queue"]["kind"] == "postgresql" and "so8t@127.0.0.1" in made["queue"]["source"]
+    from pg_support import cluster
+
+    fresh = cluster().database()
+    assert so8t(["restore", str(tmp_path / "b"), "--into", str(tmp_path / "r1"), "--queue-url", fresh]) == 0
+    restored = EscalationQueue(fresh, create=False)
+    assert restored.count() == counts and len(restored.history(restored.list()[0]["case_id"])) == 1
+    restored.resolve(restored.list()[1]["case_id"], "ALLOW", "Ito")  # ids continue after the restored ones
+    restored.close()
+    assert so8t(["restore", str(tmp_path / "b"), "--into", str(tmp_path / "r2")]) == 0
+    assert EscalationQueue(tmp_path / "r2" / "logs" / "escalations.sqlite").count() == counts
+    assert verify(tmp_path / "r2" / "logs")["errors"] == []
