@@ -158,8 +158,3 @@ def cluster() -> Cluster:
         _cluster = started.start()
     return _cluster
 
-
-@pytest.fixture
-def pg_url() -> str:
-    """A URL to a fresh, empty database on the session's PostgreSQL server."""
-    return cluster().database()

@@ -12,7 +12,7 @@ import httpx
 import pytest
 import yaml
 from ops_fixtures import ServeProcess, TextDecider, build_ops_logs, runtime_config
-from pg_support import pg_url  # noqa: F401 - the fixture
+from pg_support import cluster
 from service_support import CLIENT, REVIEWER
 
 from so8t_lib.cli import main as so8t
@@ -135,7 +135,8 @@ def test_restore_checks_everything_before_it_writes_and_never_overwrites(project
     assert (tmp_path / "busy" / "logs" / "audit.jsonl").read_text() == "{}\n"
 
 
-def test_a_postgresql_queue_is_backed_up_and_restored_into_postgresql_or_sqlite(project, tmp_path, pg_url):
+def test_a_postgresql_queue_is_backed_up_and_restored_into_postgresql_or_sqlite(project, tmp_path):
+    pg_url = cluster().database()  # PostgreSQL started by the tests (tests/pg_support.py)
     source_db = EscalationQueue(pg_url)
     for case in EscalationQueue(project / "logs" / "escalations.sqlite").list():  # move the cases to the server
         source_db.add({k: case[k] for k in ("case_id", "created_at", "request_id", "category", "input", "test")})
@@ -144,8 +145,6 @@ def test_a_postgresql_queue_is_backed_up_and_restored_into_postgresql_or_sqlite(
     source_db.close()
     made = backup(tmp_path / "b", project / "logs", queue=pg_url)
     assert made["queue"]["kind"] == "postgresql" and "so8t@127.0.0.1" in made["queue"]["source"]
-    from pg_support import cluster
-
     fresh = cluster().database()
     assert so8t(["restore", str(tmp_path / "b"), "--into", str(tmp_path / "r1"), "--queue-url", fresh]) == 0
     restored = EscalationQueue(fresh, create=False)

@@ -10,7 +10,7 @@ import datetime as dt
 import threading
 
 import pytest
-from pg_support import pg_url  # noqa: F401 - the fixture
+from pg_support import cluster
 
 from so8t_lib.serve import escalation
 from so8t_lib.serve.escalation import AlreadyResolved, EscalationQueue, QueueError, QueueUnavailable
@@ -20,7 +20,7 @@ from so8t_lib.serve.escalation import AlreadyResolved, EscalationQueue, QueueErr
 def target(request, tmp_path):
     if request.param == "sqlite":
         return tmp_path / "cases.sqlite"
-    return request.getfixturevalue("pg_url")
+    return cluster().database()  # a fresh database on the PostgreSQL the tests started
 
 
 @pytest.fixture

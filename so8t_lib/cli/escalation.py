@@ -25,8 +25,8 @@ from ..core.schema import HUMAN_DECISIONS
 from ..serve.audit import AuditLog, AuditWriteError
 from ..serve.config import QUEUE_URL_ENV, REPLICA_ENV, load_runtime_config, replica_log_name, runtime_paths
 from ..serve.escalation import EscalationQueue, QueueError
-from ..serve.queue_sql import is_url
 from ..serve.outcome import utc_timestamp
+from ..serve.queue_sql import is_url
 
 DB_NAME = "escalations.sqlite"
 LISTED = ("case_id", "created_at", "category", "status", "overdue", "test", "human_decision", "resolved_by", "input")
