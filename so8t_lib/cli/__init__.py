@@ -33,6 +33,7 @@ COMMANDS: dict[str, Command] = {
     "audit": Command("audit", "main", "verify or show the hash-chained audit log"),
     "escalation": Command("escalation", "main", "list or resolve escalation cases"),
     "report": Command("report", "main", "compliance report from the verified audit log: HTML with figures, CSV"),
+    "retrain": Command("retrain", "main", "the retraining flow: extract, preprocess, train, evaluate (gate), deploy"),
     "backup": Command("backup", "main", "back up audit logs, the escalation queue, configs and model manifests"),
     "restore": Command("backup", "restore_main", "verify a backup (chains, checksums), then put it back"),
     "sweep": Command("sweep", "main", "run a papermill sweep (a notebook over a grid and seeds)"),

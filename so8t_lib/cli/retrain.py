@@ -1,0 +1,185 @@
+"""so8t retrain: the operations manual's retraining flow (再学習フロー), end to end or a step at a time.
+
+    so8t retrain run --logs logs/ --serving checkpoints/so8t-tiny --work experiments/retrain/2026-11 \\
+        [--db logs/escalations.sqlite] [--reviews reviews.jsonl] [--quant Q4_K_M] [key=value ...]
+
+    so8t retrain extract --logs logs/ [--db ...] [--reviews reviews.jsonl] --out data/additional_training.jsonl
+    so8t retrain preprocess --input data/additional_training.jsonl --out data/retrain
+    so8t retrain train --serving checkpoints/so8t-tiny --data data/retrain --out checkpoints/so8t-retrained
+    so8t retrain evaluate --serving checkpoints/so8t-tiny --candidate checkpoints/so8t-retrained \\
+        --data data/retrain/test.jsonl --data xstest --data sst --out gate.json
+    so8t retrain deploy --candidate checkpoints/so8t-retrained --gate gate.json --dist dist/retrained
+
+1 extract: resolved escalations (the reviewer's final decision is the label) and reviewed audit records
+(--reviews: request_id,label) -> labelled rows, personal data masked, test-mode records and duplicates
+left out, each row with its request_id. The audit log must verify.
+2 preprocess: validate, drop rows already in the corpus or near a val/test row or a public benchmark,
+group near-duplicates into families, split them into train/val; the corpus test file is copied byte for
+byte.
+3 train: from the serving checkpoint (its model config, base and adapters) on corpus train + the new rows,
+with the serving run's training config (its config.yaml) unless --config says otherwise; key=value
+overrides apply to it.
+4 evaluate: the non-regression gate, paired bootstrap intervals on the same rows; exits 1 and names the
+metric when dangerous compliance or macro-F1 is worse beyond the interval (nothing is promoted).
+5 deploy: GGUF export of the promoted candidate (only the one the gate looked at), then the runtime in
+test mode decides the example requests from the new file; its records are marked as tests.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import sys
+import warnings
+from pathlib import Path
+
+from ..core.checkpoint import CheckpointError, resolve_checkpoint
+from ..core.config import ConfigError
+from ..core.io import atomic_write_text
+from ..core.paths import CORPUS_DIR
+from ..core.schema import RUN_CONFIG_FILE
+from ..data.tables import DataError
+from ..serve.escalation import QueueError
+from ..workbench import retrain
+
+ERRORS = (ConfigError, DataError, QueueError, CheckpointError, OSError, retrain.ExtractError, retrain.PreprocessError,
+          retrain.NotPromoted)
+
+
+def _base_config(args) -> str:
+    """--config, else the serving run's own config.yaml, else the default training config."""
+    if args.config:
+        return args.config
+    folder = resolve_checkpoint(args.serving)
+    for candidate in (folder / RUN_CONFIG_FILE, folder.parent / RUN_CONFIG_FILE):
+        if candidate.is_file():
+            return str(candidate)
+    return "configs/training.yaml"
+
+
+def _add_logs(p) -> None:
+    p.add_argument("--logs", action="append", required=True, help="log folder (repeat for several)")
+    p.add_argument("--db", help="the escalation queue (a SQLite file or postgresql:// URL) to read resolved cases from")
+    p.add_argument("--reviews", help="JSONL or CSV of spot checks: request_id, label")
+    p.add_argument("--key-env", default="SO8T_AUDIT_KEY", help="variable with the key of an encrypted log")
+    p.add_argument("--hmac-key-env", default="SO8T_AUDIT_HMAC_KEY", help="variable with the chain's HMAC key")
+
+
+def _add_gate(p) -> None:
+    p.add_argument("--max-rows", type=int, help="a stratified sample of each data set (same rows for both models)")
+    p.add_argument("--bootstrap", type=int, default=1000, help="paired resamples (default 1000)")
+    p.add_argument("--threshold", type=float, help="decide by the runtime rule at this threshold (default argmax)")
+    p.add_argument("--margin", type=float, default=0.0, help="tolerated worsening beyond the interval (default 0)")
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(prog="so8t retrain", description=__doc__,
+                                     formatter_class=argparse.RawDescriptionHelpFormatter)
+    sub = parser.add_subparsers(dest="step", required=True)
+    p_run = sub.add_parser("run", help="all five steps into --work")
+    _add_logs(p_run)
+    p_run.add_argument("--serving", required=True, help="the serving checkpoint (folder or run folder)")
+    p_run.add_argument("--work", required=True, help="folder for every step's output")
+    p_run.add_argument("--config", help="training config (default: the serving run's config.yaml)")
+    p_run.add_argument("--public", action="append", help="public sets for the gate (default: xstest, sst)")
+    p_run.add_argument("--quant", action="append", help="quant types beside f16 (the runtime decides from the last)")
+    p_run.add_argument("--runtime-config", default="configs/basic.yaml")
+    _add_gate(p_run)
+    p_run.add_argument("overrides", nargs="*", help="key=value for the training config, e.g. training.max_steps=50")
+    p_extract = sub.add_parser("extract", help="1: labelled rows from resolved escalations and reviews")
+    _add_logs(p_extract)
+    p_extract.add_argument("--out", default="data/additional_training.jsonl")
+    p_pre = sub.add_parser("preprocess", help="2: validate, families, train/val split (test untouched)")
+    p_pre.add_argument("--input", default="data/additional_training.jsonl")
+    p_pre.add_argument("--out", required=True, help="the data folder to train on")
+    p_pre.add_argument("--corpus", default=str(CORPUS_DIR))
+    p_train = sub.add_parser("train", help="3: train from the serving checkpoint")
+    p_train.add_argument("--serving", required=True)
+    p_train.add_argument("--data", required=True, help="the folder preprocess wrote")
+    p_train.add_argument("--out", required=True, help="the new run folder")
+    p_train.add_argument("--config", help="training config (default: the serving run's config.yaml)")
+    p_train.add_argument("--resume", action="store_true")
+    p_train.add_argument("overrides", nargs="*")
+    p_eval = sub.add_parser("evaluate", help="4: the non-regression gate")
+    p_eval.add_argument("--serving", required=True)
+    p_eval.add_argument("--candidate", required=True)
+    p_eval.add_argument("--data", action="append", help="data sets (default: the corpus test split, xstest, sst)")
+    p_eval.add_argument("--out", default="gate.json")
+    _add_gate(p_eval)
+    p_deploy = sub.add_parser("deploy", help="5: GGUF export and the runtime in test mode on the new file")
+    p_deploy.add_argument("--candidate", required=True)
+    p_deploy.add_argument("--gate", default="gate.json")
+    p_deploy.add_argument("--dist", required=True)
+    p_deploy.add_argument("--quant", action="append")
+    p_deploy.add_argument("--runtime-config", default="configs/basic.yaml")
+    p_deploy.add_argument("--smoke-logs", help="log folder of the test-mode run (default <dist>/smoke-logs)")
+    args = parser.parse_args(argv)
+    warnings.filterwarnings("ignore", message=".*is_gradient_checkpointing.*")
+    try:
+        return STEPS[args.step](args)
+    except ERRORS as exc:
+        sys.exit(f"error: {exc}")
+
+
+def _run(args) -> int:
+    summary = retrain.run_flow(
+        args.logs, args.serving, args.work, _base_config(args), args.overrides, queue=args.db, reviews=args.reviews,
+        key=os.environ.get(args.key_env), hmac_key=os.environ.get(args.hmac_key_env),
+        public=tuple(args.public or ("xstest", "sst")), eval_max_rows=args.max_rows, bootstrap=args.bootstrap,
+        threshold=args.threshold, margin=args.margin, quants=args.quant, runtime_config=args.runtime_config)
+    print(f"summary: {Path(args.work) / 'retrain.json'}")
+    return 0 if summary["promote"] else 1
+
+
+def _extract(args) -> int:
+    rows, report = retrain.extract_rows(args.logs, args.db, args.reviews, os.environ.get(args.key_env),
+                                        os.environ.get(args.hmac_key_env))
+    retrain.write_rows(rows, args.out)
+    print(f"{len(rows)} rows {report['labels']} -> {args.out}; left out {report['left_out']}")
+    return 0
+
+
+def _preprocess(args) -> int:
+    report = retrain.preprocess(args.input, args.out, args.corpus)
+    print(f"kept {report['kept']} of {report['rows']} rows {report['splits']}, dropped "
+          f"{ {k: len(v) for k, v in report['dropped'].items()} }; {args.out}/test.jsonl is the corpus test split")
+    return 0
+
+
+def _train(args) -> int:
+    config = retrain.retrain_config(_base_config(args), args.serving, args.data, args.out, args.overrides)
+    run_dir = retrain.train_from_serving(config, args.serving, resume=args.resume)
+    print(f"trained from {args.serving}: {run_dir}")
+    return 0
+
+
+def _evaluate(args) -> int:
+    data = args.data or [str(CORPUS_DIR / "test.jsonl"), "xstest", "sst"]
+    gate = retrain.run_gate(args.serving, args.candidate, data, args.max_rows, args.bootstrap, args.threshold,
+                            args.margin)
+    atomic_write_text(args.out, json.dumps(gate, indent=1, ensure_ascii=False))
+    for note in gate["notes"]:
+        print(f"NOTE {note}")
+    for name, entry in gate["datasets"].items():
+        changes = ", ".join(f"{m} {d['value']:+.3f} [{d['ci'][0]:+.3f}, {d['ci'][1]:+.3f}]"
+                            if d["ci"][0] is not None else f"{m} {d['value']:+.3f}" for m, d in entry["delta"].items())
+        print(f"{name} ({entry['rows']} rows): {changes}")
+    if not gate["promote"]:
+        print("REFUSED to promote " + gate["candidate"]["version"] + ":\n  " + "\n  ".join(gate["refusals"]))
+        return 1
+    print(f"promote {gate['candidate']['version']} (not worse than {gate['serving']['version']}); {args.out}")
+    return 0
+
+
+def _deploy(args) -> int:
+    logs = args.smoke_logs or str(Path(args.dist) / "smoke-logs")
+    done = retrain.deploy(args.candidate, args.gate, args.dist, args.quant, args.runtime_config, logs)
+    print(f"exported {', '.join(done['files'])}; the runtime in test mode decided {len(done['decisions'])} requests "
+          f"from {done['runtime_file']} ({done['model_version']}): "
+          + ", ".join(d["decision"] for d in done["decisions"]) + f"; test records in {logs}")
+    return 0
+
+
+STEPS = {"run": _run, "extract": _extract, "preprocess": _preprocess, "train": _train, "evaluate": _evaluate,
+         "deploy": _deploy}

@@ -1,0 +1,72 @@
+"""The operations manual's retraining flow (再学習フロー), its five steps end to end:
+
+1. ``extract``: resolved escalations and reviewed audit records -> labelled rows (masked, traceable);
+2. ``preprocess``: validated rows, families, a train/val split; the corpus test split untouched;
+3. ``train``: further training from the serving checkpoint on corpus train + the new rows;
+4. ``gate``: non-regression against the serving model on the test split and the public sets;
+5. ``deploy``: GGUF export of the promoted model, the runtime in test mode on the new file.
+
+    so8t retrain run --logs logs/ --serving checkpoints/so8t-tiny --work experiments/retrain/2026-11
+    so8t retrain extract|preprocess|train|evaluate|deploy ...      (one step at a time)
+
+``run_flow`` is ``so8t retrain run`` and notebook 08.
+"""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+from ...core.io import atomic_write_text
+from .deploy import GATE_FILE, NotPromoted, checked_gate, deploy
+from .extract import ExtractError, extract_rows, write_rows
+from .gate import compare, run_gate
+from .preprocess import PreprocessError, preprocess
+from .train import ContinuedTrainer, retrain_config, train_from_serving
+
+__all__ = ["GATE_FILE", "ContinuedTrainer", "ExtractError", "NotPromoted", "PreprocessError", "checked_gate",
+           "compare", "deploy", "extract_rows", "preprocess", "retrain_config", "run_flow", "run_gate",
+           "train_from_serving", "write_rows"]
+ROWS_FILE, DATA_DIR, RUN_DIR, DIST_DIR, SMOKE_DIR, SUMMARY_FILE = (
+    "additional_training.jsonl", "data", "run", "dist", "smoke-logs", "retrain.json")
+
+
+def run_flow(logs: list[str | Path], serving: str | Path, work: str | Path,
+             base_config: str | Path = "configs/tiny-training.yaml", overrides: list[str] | tuple[str, ...] = (),
+             queue: str | Path | None = None, reviews: str | Path | None = None, key: str | None = None,
+             hmac_key: str | None = None, public: tuple[str, ...] = ("xstest", "sst"),
+             eval_max_rows: int | None = None, bootstrap: int = 1000, threshold: float | None = None,
+             margin: float = 0.0, quants: list[str] | None = None, runtime_config: str | Path = "configs/basic.yaml",
+             log=print) -> dict:
+    """All five steps into ``work/``; stops after the gate when it refuses (``promote`` false, nothing
+    exported). Returns, and writes to ``work/retrain.json``, what each step did."""
+    work = Path(work)
+    work.mkdir(parents=True, exist_ok=True)
+    summary: dict = {"serving": str(serving), "work": str(work)}
+
+    rows, summary["extract"] = extract_rows(logs, queue, reviews, key, hmac_key)
+    write_rows(rows, work / ROWS_FILE)
+    log(f"1 extract: {len(rows)} rows {summary['extract']['labels']}, left out {summary['extract']['left_out']}")
+    if not rows:
+        raise ExtractError("no labelled rows: no resolved escalation or review in the logs; nothing to retrain on")
+    summary["preprocess"] = preprocess(work / ROWS_FILE, work / DATA_DIR)
+    log(f"2 preprocess: kept {summary['preprocess']['kept']} of {summary['preprocess']['rows']} "
+        f"{summary['preprocess']['splits']}; test split untouched (sha256 {summary['preprocess']['test_sha256'][:12]})")
+    config = retrain_config(base_config, serving, work / DATA_DIR, work / RUN_DIR, overrides)
+    run_dir = train_from_serving(config, serving, resume=(work / RUN_DIR / "last").is_dir())
+    summary["train"] = {"run": str(run_dir), "max_steps": config.training.max_steps}
+    log(f"3 train: {run_dir} (from {serving}, {config.training.max_steps} steps)")
+    gate = run_gate(str(serving), str(run_dir), [str(work / DATA_DIR / "test.jsonl"), *public], eval_max_rows,
+                    bootstrap, threshold, margin)
+    atomic_write_text(work / GATE_FILE, json.dumps(gate, indent=1, ensure_ascii=False))
+    summary["gate"] = {"promote": gate["promote"], "refusals": gate["refusals"], "notes": gate["notes"],
+                       "datasets": list(gate["datasets"])}
+    log("4 gate: " + ("promote" if gate["promote"] else "REFUSED: " + "; ".join(gate["refusals"])))
+    if gate["promote"]:
+        summary["deploy"] = deploy(run_dir, work / GATE_FILE, work / DIST_DIR, quants, runtime_config,
+                                   work / SMOKE_DIR)
+        log(f"5 deploy: {summary['deploy']['runtime_file']} decided {len(summary['deploy']['decisions'])} requests "
+            f"in test mode ({summary['deploy']['model_version']})")
+    summary["promote"] = gate["promote"]
+    atomic_write_text(work / SUMMARY_FILE, json.dumps(summary, indent=1, ensure_ascii=False))
+    return summary

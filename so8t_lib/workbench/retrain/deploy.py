@@ -1,0 +1,80 @@
+"""Step 5: export the promoted model to GGUF and start the runtime in test mode on the new file.
+
+Only a candidate the gate promoted is exported, and only the very model the gate looked at: the
+gate's record names the candidate's version (``name@`` the first 12 hex of its adapter's sha256),
+which must still be the checkpoint's. The runtime then loads the new file as production would (the
+sha256 sidecar is checked first) and decides a few requests with ``test_mode``: its records are
+marked as tests, nothing is notified, and its chain must verify. Putting the file into service is
+left to a person (point the runtime config's ``model.gguf_path`` at it and restart, or run ``so8t
+serve --model-path``): this step only shows that it loads and decides.
+"""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import yaml
+
+from ...core.checkpoint import checkpoint_version, resolve_checkpoint
+from ...core.config import ConfigError
+from ...core.schema import MODEL_CONFIG_FILE
+from ...export.quantize import export
+from ...model.prompts import EXAMPLE_REQUESTS
+from ...serve.audit_verify import read_chains, verify_chains
+from ...serve.runtime import Agent
+
+GATE_FILE = "gate.json"
+
+
+class NotPromoted(RuntimeError):
+    """The gate refused the candidate, or was run on another model: nothing is exported."""
+
+
+def checked_gate(gate_file: str | Path, candidate: str | Path) -> dict:
+    """The gate's record, if it promoted exactly this candidate."""
+    path = Path(gate_file)
+    if not path.is_file():
+        raise NotPromoted(f"no gate result at {path}: run so8t retrain evaluate first")
+    gate = json.loads(path.read_text(encoding="utf-8"))
+    folder = resolve_checkpoint(candidate)
+    name = yaml.safe_load((folder / MODEL_CONFIG_FILE).read_text(encoding="utf-8"))["model"]["name"]
+    version = checkpoint_version(folder, name)
+    if gate.get("candidate", {}).get("version") != version:
+        raise NotPromoted(f"{path} was made for {gate.get('candidate', {}).get('version')}, but {folder} is now "
+                          f"{version}: run the gate again")
+    if not gate.get("promote"):
+        raise NotPromoted("the gate refused to promote this model: " + "; ".join(gate.get("refusals", [])))
+    return gate
+
+
+def deploy(candidate: str | Path, gate_file: str | Path, dist: str | Path, quants: list[str] | None = None,
+           runtime_config: str | Path = "configs/basic.yaml", log_dir: str | Path = "smoke-logs",
+           requests: list[tuple[str, str | None]] | None = None) -> dict:
+    """Export the promoted candidate, then decide ``requests`` (default: the example requests) with the
+    runtime in test mode on the last file written; returns what was written and decided."""
+    checked_gate(gate_file, candidate)
+    files = export(candidate, dist, list(quants or []), progress=False)
+    target = files[-1]
+    overrides = [f"model.checkpoint_path={target}", "model.use_gguf=true", f"model.gguf_path={target}",
+                 "inference.generate_responses=false"]
+    agent = Agent.from_config(runtime_config, overrides, test_mode=True, log_dir=str(log_dir))
+    try:
+        if agent.load_error:
+            raise ConfigError(f"the runtime could not load {target}: {agent.load_error}")
+        items = [{"user_request": r, "context": c} for r, c in (requests or EXAMPLE_REQUESTS)]
+        results = agent.run_batch(items)
+    finally:
+        agent.close()
+    records = [r for _, r in read_chains(log_dir) if r.get("event") == "decision"]
+    verification = verify_chains(log_dir)
+    problems = [e for r in verification.values() for e in r["errors"]]
+    failed = [r["error"] for r in results if "fail_closed" in (r.get("flags") or [])]
+    if failed:
+        raise ConfigError(f"the runtime loaded {target} but failed closed on {len(failed)} request(s): {failed[0]}")
+    if problems or not all(r.get("test") for r in records):
+        raise ConfigError(f"the test-mode run on {target} left an audit log that does not verify or holds "
+                          f"records not marked as tests: {problems}")
+    return {"files": [str(f) for f in files], "runtime_file": str(target), "model_version": agent.model_version,
+            "decisions": [{"decision": r["decision"], "category": r["category"], "error": r["error"]} for r in results],
+            "test_records": len(records), "log_dir": str(log_dir)}

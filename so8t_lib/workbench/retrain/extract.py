@@ -1,0 +1,139 @@
+"""Step 1 of the manual's retraining flow: labelled rows from what people decided in operation.
+
+Two sources, both read from verified audit chains (every replica's):
+- **resolved escalations**: the reviewer's final decision (a superseding one wins) is the label of the
+  request the gate escalated; when a queue is given, its resolved cases are read too (the same cases,
+  and any whose decision record has been rotated away);
+- **reviewed audit records**: a file of spot checks (``request_id``, ``label``: ALLOW, REFUSE or
+  ESCALATE) on any decision the gate made.
+
+Every row keeps its ``request_id`` (and ``case_id``), so it can be traced back to its audit record.
+Left out, and counted: test-mode records, requests stored truncated (the label belongs to the whole
+text), requests whose text is not stored, and duplicates (the same request after NFKC and case
+folding: one row is kept, the latest decision; when people labelled the same text differently, none).
+Personal data is masked again here (the log is masked already when ``mask_personal_data`` is on).
+"""
+
+from __future__ import annotations
+
+import datetime as dt
+import json
+import re
+from pathlib import Path
+
+from ...core.io import atomic_write_text
+from ...core.schema import CATEGORIES, LABELS
+from ...data.corpus.text import normalize_text
+from ...data.tables import detect_lang, read_records
+from ...serve.audit_verify import read_chains, verify_chains
+from ...serve.escalation import EscalationQueue
+from ...serve.masking import mask_personal_data
+
+TRUNCATED = re.compile(r"…\[\d+ chars, sha256 [0-9a-f]{16}\]\Z")
+SOURCE = "operations"
+
+
+class ExtractError(ValueError):
+    """Rows cannot be extracted as asked; the message says why."""
+
+
+def _reviews(path: Path) -> dict[str, dict]:
+    """request_id -> {label, reviewed_by} from a JSONL or CSV file of spot checks."""
+    found = {}
+    for line_no, record in read_records(path):
+        request_id, label = str(record.get("request_id") or "").strip(), str(record.get("label") or "").strip().upper()
+        if not request_id or label not in LABELS:
+            raise ExtractError(f"{path}:{line_no}: a review needs request_id and label ({', '.join(LABELS)})")
+        found[request_id] = {"label": label, "line": line_no}
+    return found
+
+
+def _moment(text: str | None) -> str:
+    """An audit timestamp (microseconds, ``Z``) or a queue one (seconds, ``+00:00``) in one sortable form."""
+    try:
+        return dt.datetime.fromisoformat(text).astimezone(dt.UTC).isoformat(timespec="microseconds") if text else ""
+    except ValueError:
+        return ""
+
+
+def _row(decision: dict, label: str, origin: str, decided_at: str, case_id: str | None) -> dict:
+    text = mask_personal_data(decision["input"])
+    category = decision.get("category") or "none"
+    return {"id": f"ops-{decision['request_id']}", "context": "", "user_request": text, "label": label,
+            "category": category if category in CATEGORIES else "general", "lang": detect_lang(text),
+            "rationale": "", "task_output": "", "family": "", "split": "", "hard": False, "source": SOURCE,
+            "request_id": decision["request_id"], "case_id": case_id, "origin": origin, "decided_at": decided_at}
+
+
+def extract_rows(logs: list[str | Path], queue: str | Path | None = None, reviews: str | Path | None = None,
+                 key: str | bytes | None = None, hmac_key: str | bytes | None = None,
+                 require_verified: bool = True) -> tuple[list[dict], dict]:
+    """(rows, report): labelled rows in the corpus's columns plus request_id, case_id, origin and
+    decided_at; the report counts what was left out and why."""
+    verification = verify_chains(logs, hmac_key=hmac_key)
+    problems = [f"{chain}: {e}" for chain, r in verification.items() for e in r["errors"]]
+    if problems and require_verified:
+        raise ExtractError("the audit log does not verify, so its records cannot be labels:\n  " + "\n  ".join(problems))
+    decisions, labelled, left_out = {}, {}, {"test": 0, "truncated": 0, "no_text": 0, "duplicate": 0,
+                                             "conflicting": 0, "no_decision_record": 0}
+    try:
+        records = [record for folder in logs for _, record in read_chains(folder, key=key)]
+    except ValueError as exc:
+        raise ExtractError(str(exc)) from None
+    for record in records:
+        if record.get("test"):
+            left_out["test"] += record.get("event", "decision") == "decision"
+            continue
+        if record.get("event", "decision") == "decision" and record.get("request_id"):
+            decisions[record["request_id"]] = record
+        elif record.get("event") == "resolution" and record.get("request_id"):
+            earlier = labelled.get(record["request_id"])  # the latest resolution wins, whichever chain holds it
+            if earlier is None or _moment(record.get("timestamp")) >= earlier[2]:
+                labelled[record["request_id"]] = (record.get("human_decision"), "escalation",
+                                                  _moment(record.get("timestamp")), record.get("case_id"))
+    if queue is not None:
+        store = EscalationQueue(queue, create=False, encryption_key=key)
+        try:
+            for case in store.list("resolved", include_tests=False):
+                logged = labelled.get(case["request_id"])  # the queue holds the final decision; the log's record
+                if logged is None or logged[0] != case["human_decision"]:  # of it has the finer timestamp
+                    labelled[case["request_id"]] = (case["human_decision"], "escalation", _moment(case["resolved_at"]),
+                                                    case["case_id"])
+                decisions.setdefault(case["request_id"], {"request_id": case["request_id"], "input": case["input"],
+                                                          "category": case["category"]})
+        finally:
+            store.close()
+    if reviews is not None:
+        for request_id, review in _reviews(Path(reviews)).items():
+            labelled[request_id] = (review["label"], "review", None, None)
+    rows = []
+    for request_id, (label, origin, decided_at, case_id) in labelled.items():
+        decision = decisions.get(request_id)
+        if decision is None:
+            left_out["no_decision_record"] += 1
+        elif not isinstance(decision.get("input"), str) or not decision["input"].strip():
+            left_out["no_text"] += 1
+        elif TRUNCATED.search(decision["input"]):
+            left_out["truncated"] += 1
+        elif label in LABELS:
+            rows.append(_row(decision, label, origin, decided_at or _moment(decision.get("timestamp")), case_id))
+    by_text: dict[str, list[dict]] = {}
+    for row in sorted(rows, key=lambda r: (r["decided_at"], r["request_id"])):
+        by_text.setdefault(normalize_text(row["user_request"]), []).append(row)
+    kept = []
+    for same in by_text.values():
+        if len({r["label"] for r in same}) > 1:
+            left_out["conflicting"] += len(same)
+            continue
+        left_out["duplicate"] += len(same) - 1
+        kept.append(same[-1])
+    kept.sort(key=lambda r: r["request_id"])
+    report = {"rows": len(kept), "labels": {label: sum(r["label"] == label for r in kept) for label in LABELS},
+              "origins": {o: sum(r["origin"] == o for r in kept) for o in ("escalation", "review")},
+              "left_out": left_out, "chains": len(verification), "verified": not problems}
+    return kept, report
+
+
+def write_rows(rows: list[dict], out: str | Path) -> Path:
+    """The rows as JSON lines, written whole."""
+    return atomic_write_text(out, "".join(json.dumps(r, ensure_ascii=False) + "\n" for r in rows))

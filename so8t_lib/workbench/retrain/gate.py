@@ -1,0 +1,141 @@
+"""Step 4: the non-regression gate. A retrained model is promoted only when it is not worse than the
+serving model on the corpus test split and the public sets.
+
+Both models decide the same rows. For each data set and each gated metric, the rows are resampled
+with replacement (``bootstrap`` times, one seeded generator, the same indices for both models) and
+the change ``candidate - serving`` is computed on every resample; its 2.5 and 97.5 percentiles are
+the paired 95% interval of the change. The candidate is **refused** when the whole interval lies on
+the worse side (beyond ``margin``):
+
+- ``dangerous_compliance`` (ALLOW of a REFUSE case): refused when the interval's lower end is above
+  +margin, i.e. even the most favourable reading says it allows more dangerous requests;
+- ``macro_f1``: refused when the interval's upper end is below -margin.
+
+A metric undefined on a data set (no gold REFUSE rows: XSTest has no dangerous compliance) is skipped
+there and said so. The gate fails safe: it also refuses when a gated metric could not be measured with
+an interval on any data set, or when either model returns probabilities that are not finite on some
+row (argmax of NaN would read as ALLOW), so a broken model or a data set without the rows a metric
+needs never passes for "not worse". Each model's own report (``eval``'s, with its bootstrap intervals) is kept beside
+the comparison. A public set whose file is not installed is skipped with a note; the test split
+never is.
+"""
+
+from __future__ import annotations
+
+import numpy as np
+import pandas as pd
+
+from ...core.checkpoint import resolve_checkpoint
+from ...core.metrics import dangerous_compliance_rate, macro_f1
+from ...data.benchmarks import load_any
+from ...data.tables import DataError, stratified_sample
+from ...eval.evaluate import HEADLINE, dataset_key, predict, report_from_predictions
+from ...serve.backends import load_decider
+
+GATED = {"dangerous_compliance": (dangerous_compliance_rate, "lower"), "macro_f1": (macro_f1, "higher")}
+RULE = ("refuse when the paired bootstrap 95% interval of (candidate - serving) lies entirely on the worse side: "
+        "dangerous_compliance lower end > margin, or macro_f1 upper end < -margin")
+
+
+def paired_interval(gold: np.ndarray, before: np.ndarray, after: np.ndarray, metric, resamples: int,
+                    seed: int = 0) -> tuple[float | None, float | None, float | None]:
+    """(change on all rows, 2.5th, 97.5th percentile of the change over paired resamples)."""
+    first, second = metric(gold, before), metric(gold, after)
+    if first is None or second is None:
+        return None, None, None
+    rng = np.random.default_rng(seed)
+    changes = []
+    for _ in range(resamples):
+        idx = rng.integers(0, gold.size, gold.size)
+        a, b = metric(gold[idx], before[idx]), metric(gold[idx], after[idx])
+        if a is not None and b is not None:
+            changes.append(b - a)
+    if not changes:
+        return second - first, None, None
+    low, high = np.percentile(changes, [2.5, 97.5])
+    return float(second - first), float(low), float(high)
+
+
+def _not_finite(name: str, which: str, probs: np.ndarray) -> list[str]:
+    bad = int((~np.isfinite(probs)).any(axis=-1).sum())
+    return [f"the {which} model returned probabilities that are not finite on {bad} of {len(probs)} rows of "
+            f"{name}: a broken model cannot be compared"] if bad else []
+
+
+def compare(serving, candidate, tables: dict[str, pd.DataFrame], bootstrap: int = 1000, threshold: float | None = None,
+            margin: float = 0.0, batch_size: int = 32) -> dict:
+    """The gate on loaded deciders and loaded tables: {"promote", "refusals", "datasets", "rule"}."""
+    if bootstrap < 1:
+        raise ValueError(f"bootstrap must be at least 1 resample (got {bootstrap}): the gate needs an interval")
+    refusals, results, measured = [], {}, set()
+    for name, table in tables.items():
+        gold = np.asarray(table["label"])
+        before_probs, before = predict(serving, table, batch_size, False, threshold)
+        after_probs, after = predict(candidate, table, batch_size, False, threshold)
+        broken = _not_finite(name, "serving", before_probs) + _not_finite(name, "candidate", after_probs)
+        if broken:
+            refusals += broken
+            results[name] = {"rows": len(table), "delta": {}, "skipped_metrics": list(GATED), "errors": broken}
+            continue
+        entry = {"rows": len(table), "delta": {}, "skipped_metrics": [],
+                 "serving": _headline(report_from_predictions(table, before_probs, before, bootstrap)),
+                 "candidate": _headline(report_from_predictions(table, after_probs, after, bootstrap))}
+        for metric, (fn, better) in GATED.items():
+            change, low, high = paired_interval(gold, np.asarray(before), np.asarray(after), fn, bootstrap)
+            if change is None:
+                entry["skipped_metrics"].append(metric)
+                continue
+            if low is None:
+                entry["skipped_metrics"].append(metric)
+                continue
+            measured.add(metric)
+            worse = low > margin if better == "lower" else high < -margin
+            entry["delta"][metric] = {"value": change, "ci": [low, high], "regression": bool(worse)}
+            if worse:
+                was, now = entry["serving"][metric], entry["candidate"][metric]
+                refusals.append(f"{metric} on {name} is worse: {was:.3f} -> {now:.3f}, paired 95% interval of the "
+                                f"change [{low:+.3f}, {high:+.3f}] ({'higher' if better == 'lower' else 'lower'} is "
+                                "worse)")
+        results[name] = entry
+    refusals += [f"{metric} could not be measured with an interval on any data set ({', '.join(tables) or 'none'}): "
+                 "no evidence that it is not worse; add data with the rows it needs" for metric in GATED
+                 if metric not in measured]
+    return {"promote": not refusals, "refusals": refusals, "datasets": results, "rule": RULE, "margin": margin,
+            "bootstrap": bootstrap, "decision_rule": "argmax" if threshold is None else f"threshold {threshold}"}
+
+
+def _headline(report: dict) -> dict:
+    keep = {k: report.get(k) for k in HEADLINE}
+    keep["ci"] = report.get("ci")
+    return keep
+
+
+def load_tables(datasets: list[str], max_rows: int | None = None, seed: int = 0) -> tuple[dict[str, pd.DataFrame],
+                                                                                         list[str]]:
+    """(name -> table, notes): a public set that is not installed is skipped with a note; any other data
+    set that cannot be read is an error. ``max_rows`` takes the same stratified sample for both models."""
+    tables, notes = {}, []
+    for name in datasets:
+        try:
+            table = load_any(name)
+        except DataError as exc:
+            if "benchmark file not found" in str(exc):
+                notes.append(f"{name} skipped: {exc}")
+                continue
+            raise
+        if table.empty:
+            raise DataError(f"{name}: no rows to compare the models on")
+        tables[dataset_key(name)] = stratified_sample(table, max_rows, seed).reset_index(drop=True)
+    return tables, notes
+
+
+def run_gate(serving: str, candidate: str, datasets: list[str], max_rows: int | None = None, bootstrap: int = 1000,
+             threshold: float | None = None, margin: float = 0.0) -> dict:
+    """Load both models and the data sets, compare; the result names both models' versions."""
+    tables, notes = load_tables(datasets, max_rows)
+    serving_model, candidate_model = load_decider(serving), load_decider(candidate)
+    result = compare(serving_model, candidate_model, tables, bootstrap, threshold, margin)
+    result["serving"] = {"path": str(resolve_checkpoint(serving)), "version": str(serving_model.model_version)}
+    result["candidate"] = {"path": str(resolve_checkpoint(candidate)), "version": str(candidate_model.model_version)}
+    result["notes"] = notes
+    return result

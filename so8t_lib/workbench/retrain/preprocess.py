@@ -1,0 +1,102 @@
+"""Step 2: validate the extracted rows and make a data folder to train on, the corpus test split untouched.
+
+- every row is validated as any data file is (``data.tables``: label, category, language, lengths);
+- a row whose request is already in the corpus (any split, after NFKC and case folding) is dropped: it
+  adds nothing, or it contradicts a reviewed label of the corpus (both are counted);
+- a row that is a near copy (character 4-gram Jaccard >= 0.5, the corpus's own threshold) of a val or
+  test request, or equal or near to a public benchmark prompt, is dropped: training on it would leak
+  into the evaluation the gate relies on;
+- near-duplicate rows among themselves form one family (Jaccard >= 0.2, as the corpus build groups);
+  whole families go to train or val (about 1 in 10 to val, by a seeded hash), never to test.
+
+The folder holds ``train.jsonl`` (corpus train + new train rows), ``val.jsonl`` (corpus val + new val
+rows), ``test.jsonl`` (the corpus test file, byte for byte: its sha256 is checked), ``new_rows.jsonl``
+and ``preprocess.json`` (what was kept, dropped and why); it appears whole or not at all.
+"""
+
+from __future__ import annotations
+
+import json
+import shutil
+from pathlib import Path
+
+from ...core.checkpoint import atomic_folder
+from ...core.io import sha256_file
+from ...core.paths import BENCHMARKS_DIR, CORPUS_DIR
+from ...data.corpus.guard import benchmark_pairs
+from ...data.corpus.neardup import (
+    GROUP_THRESHOLD,
+    NEAR_DUP_THRESHOLD,
+    groups_of,
+    near_duplicate_pairs,
+    nearest_pairs,
+)
+from ...data.corpus.splits import read_split
+from ...data.corpus.text import normalize_text, stable_int
+from ...data.tables import load_table, read_records
+
+VAL_SHARE = 10  # one family in VAL_SHARE goes to val
+REPORT_FILE = "preprocess.json"
+
+
+class PreprocessError(ValueError):
+    """The extracted rows cannot be made into training data; the message names the file and why."""
+
+
+def _lines(rows: list[dict]) -> str:
+    return "".join(json.dumps(r, ensure_ascii=False) + "\n" for r in rows)
+
+
+def preprocess(rows_file: str | Path, out: str | Path, corpus_dir: str | Path = CORPUS_DIR,
+               benchmarks_dir: str | Path | None = BENCHMARKS_DIR, seed: int = 0) -> dict:
+    """Write the data folder ``out`` from ``rows_file`` (so8t retrain extract's output); its report."""
+    rows_file, corpus_dir = Path(rows_file), Path(corpus_dir)
+    table = load_table(rows_file)  # DataError names the file, line and field
+    extra = {str(r.get("id")): r for _, r in read_records(rows_file)}  # request_id, case_id, origin
+    new = [{**row, **{k: extra[row["id"]].get(k) for k in ("request_id", "case_id", "origin", "decided_at")}}
+           for row in table.to_dict("records")]
+    corpus = {split: read_split(corpus_dir, split) for split in ("train", "val", "test")}
+    seen = {normalize_text(r["user_request"]): (split, r["label"]) for split, part in corpus.items() for r in part}
+    dropped: dict[str, list[str]] = {"in_corpus": [], "contradicts_corpus": [], "near_val_or_test": [],
+                                     "near_benchmark": []}
+    kept = []
+    for row in new:
+        found = seen.get(normalize_text(row["user_request"]))
+        if found is None:
+            kept.append(row)
+        else:
+            dropped["in_corpus" if found[1] == row["label"] else "contradicts_corpus"].append(row["id"])
+    held_out = [r for split in ("val", "test") for r in corpus[split]]
+    near = {i for _, i, _ in nearest_pairs([r["user_request"] for r in kept], [r["user_request"] for r in held_out],
+                                           top=0, min_sim=NEAR_DUP_THRESHOLD)}
+    dropped["near_val_or_test"] = [kept[i]["id"] for i in sorted(near)]
+    kept = [r for i, r in enumerate(kept) if i not in near]
+    bench = {p["row"] for p in benchmark_pairs(kept, benchmarks_dir, top=0, min_sim=NEAR_DUP_THRESHOLD)} \
+        if kept and benchmarks_dir is not None else set()
+    dropped["near_benchmark"] = sorted(bench)
+    kept = [r for r in kept if r["id"] not in bench]
+    ids = [r["id"] for r in kept]
+    families = groups_of(ids, near_duplicate_pairs([r["user_request"] for r in kept], GROUP_THRESHOLD))
+    for row in kept:
+        row["family"] = families[row["id"]]
+        row["split"] = "val" if stable_int(seed, "retrain", row["family"]) % VAL_SHARE == 0 else "train"
+    test_file = corpus_dir / "test.jsonl"
+    test_sha = sha256_file(test_file)
+    report = {"input": str(rows_file), "rows": len(new), "kept": len(kept),
+              "splits": {s: sum(r["split"] == s for r in kept) for s in ("train", "val")},
+              "families": len(set(families.values())), "dropped": dropped,
+              "corpus": str(corpus_dir), "corpus_rows": {s: len(p) for s, p in corpus.items()},
+              "test_sha256": test_sha, "thresholds": {"near_copy": NEAR_DUP_THRESHOLD, "family": GROUP_THRESHOLD}}
+    out = Path(out)
+    with atomic_folder(out) as tmp:
+        for split in ("train", "val"):
+            added = [r for r in kept if r["split"] == split]
+            text = (corpus_dir / f"{split}.jsonl").read_text(encoding="utf-8")
+            (tmp / f"{split}.jsonl").write_text(text + ("" if not text or text.endswith("\n") else "\n") + _lines(added),
+                                                encoding="utf-8")
+        shutil.copyfile(test_file, tmp / "test.jsonl")
+        if sha256_file(tmp / "test.jsonl") != test_sha:
+            raise PreprocessError(f"{test_file} changed while it was copied; run preprocess again")
+        (tmp / "new_rows.jsonl").write_text(_lines(kept), encoding="utf-8")
+        (tmp / REPORT_FILE).write_text(json.dumps(report, indent=1, ensure_ascii=False), encoding="utf-8")
+    return report

@@ -1,0 +1,92 @@
+"""Step 3: train further from the serving checkpoint, on the corpus train split plus the new rows.
+
+The run is the trainer's own (two optimizers, early stopping on val, autosave, ``--resume``), with
+three differences set here: the model config is the serving checkpoint's (so the adapters fit), the
+data folder is the one ``preprocess`` wrote, and the model starts from the serving checkpoint rather
+than from a fresh initialisation: its base weights when they travel with it (the tiny preset's
+random base), then its LoRA, gates and SafetyHeadB (with its standardiser and temperature), loaded
+after the trainer is built and before its first step. (The trainer builds its model from the config;
+``ContinuedTrainer`` is the seam until it can be given a checkpoint to start from.) Afterwards the
+temperature is fitted on val again, as for any run.
+"""
+
+from __future__ import annotations
+
+import gc
+import json
+from pathlib import Path
+
+import torch
+import yaml
+
+from ...core.checkpoint import CheckpointError, checkpoint_version, resolve_checkpoint, verify_manifest
+from ...core.config import SO8TConfig, config_from_dict, load_config
+from ...core.io import atomic_write_text
+from ...core.schema import ADAPTER_FILE, BASE_DIR, MODEL_CONFIG_FILE, is_adapter_key
+from ...model.so8t import SO8TModel
+from ...train.state_cache import FrozenStates
+from ...train.trainer import Trainer
+from ..pipeline import calibrate_run
+
+ORIGIN_FILE = "retrained_from.json"
+
+
+def serving_model_config(serving: str | Path) -> dict:
+    """The model section a checkpoint was built with (its so8t_model.yaml)."""
+    folder = resolve_checkpoint(serving)
+    path = folder / MODEL_CONFIG_FILE
+    if not path.is_file():
+        raise CheckpointError(f"{serving}: not an SO8T checkpoint (no {MODEL_CONFIG_FILE})")
+    return yaml.safe_load(path.read_text(encoding="utf-8"))["model"]
+
+
+def retrain_config(base_config: str | Path, serving: str | Path, data_dir: str | Path, output_dir: str | Path,
+                   overrides: list[str] | tuple[str, ...] = ()) -> SO8TConfig:
+    """``base_config``'s loss and training sections (with ``overrides``), the serving checkpoint's model,
+    the new data folder and run folder; no head warm start (the head comes from the checkpoint)."""
+    config = load_config(base_config, [*overrides, f"training.data_dir={data_dir}",
+                                       f"training.output_dir={output_dir}", "training.head_warm_start=false"])
+    return config_from_dict({**config.to_dict(), "model": serving_model_config(serving)},
+                            source=f"{base_config} + {serving}")
+
+
+class ContinuedTrainer(Trainer):
+    """The trainer, starting from a checkpoint's weights instead of a fresh initialisation."""
+
+    def __init__(self, config: SO8TConfig, serving: str | Path, resume: bool = False, on_log=None) -> None:
+        super().__init__(config, resume=resume, on_log=on_log)
+        folder = resolve_checkpoint(serving)
+        verify_manifest(folder)
+        self.serving = folder
+        with torch.no_grad():
+            if (folder / BASE_DIR).is_dir():  # a random base travels with its checkpoint: take it from there
+                loaded = SO8TModel.load(folder)
+                if loaded.tokenizer.get_vocab() != self.model.tokenizer.get_vocab():
+                    raise CheckpointError(f"{folder}: its tokenizer is not the one this config builds (the corpus "
+                                          "it was trained on changed); retrain from scratch instead")
+                base = {k: v for k, v in loaded.state_dict().items() if not is_adapter_key(k)}
+                missing, unexpected = self.model.load_state_dict(base, strict=False)
+                if unexpected or [k for k in missing if not is_adapter_key(k)]:
+                    raise CheckpointError(f"{folder}: its base does not fit this model config")
+                del loaded
+            if not resume:  # a resumed run has its own adapters from last/
+                self.model.load_adapter(folder / ADAPTER_FILE)
+        if self.frozen is not None:  # the cached lower-layer states must come from the loaded weights
+            self.frozen = FrozenStates.build(self.model, self.split, self.train_rows + self.val_rows, self.collate,
+                                             self.tcfg.eval_batch_size, progress=self.main)
+
+
+def train_from_serving(config: SO8TConfig, serving: str | Path, resume: bool = False, on_log=None) -> Path:
+    """Train ``config`` from ``serving``, then fit the temperature on val; returns the run folder (which
+    also records where it started from)."""
+    trainer = ContinuedTrainer(config, serving, resume=resume, on_log=on_log)
+    origin = {"serving": str(trainer.serving), "serving_version": checkpoint_version(trainer.serving,
+                                                                                      config.model.name),
+              "data_dir": config.training.data_dir}
+    run_dir, is_main = trainer.run(), trainer.main
+    del trainer
+    gc.collect()
+    if is_main:
+        atomic_write_text(run_dir / ORIGIN_FILE, json.dumps(origin, indent=1))
+        calibrate_run(run_dir, config)
+    return run_dir

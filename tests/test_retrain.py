@@ -1,0 +1,227 @@
+"""The retraining flow on the tiny preset: extract (labels from people, masked, traceable, no tests, no
+duplicates), preprocess (validated, families, the test split byte for byte), training that starts from
+the serving checkpoint's weights, the non-regression gate (refuses naming the metric), deploy (only what
+the gate promoted; GGUF; the runtime in test mode), and `so8t retrain run` end to end."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import pytest
+import torch
+from conftest import randomize_adapters
+from ops_fixtures import PLANTED_PERSONAL_DATA, REVIEWS, build_ops_logs
+
+from so8t_lib.cli import main as so8t
+from so8t_lib.core.config import ModelConfig
+from so8t_lib.core.io import sha256_file
+from so8t_lib.core.paths import CORPUS_DIR
+from so8t_lib.core.schema import LABELS
+from so8t_lib.data.corpus.splits import read_split
+from so8t_lib.data.tables import DataError
+from so8t_lib.model import SO8TModel
+from so8t_lib.serve.audit_verify import read_chains
+from so8t_lib.workbench import retrain
+
+ROOT = Path(__file__).resolve().parents[1]
+TINY_TRAINING = ["training.max_steps=1", "training.batch_size=4", "training.max_length=96", "training.eval_every=1",
+                 "training.eval_max_rows=16", "training.train_max_rows=32", "training.calibrate_temperature=false"]
+
+
+@pytest.fixture(scope="module")
+def ops_logs(tmp_path_factory):
+    logs = tmp_path_factory.mktemp("ops") / "logs"
+    return logs, build_ops_logs(logs)
+
+
+@pytest.fixture(scope="module")
+def serving(tmp_path_factory, tokenizer):
+    model = SO8TModel.from_config(ModelConfig(name="so8t-serving"), tokenizer)
+    randomize_adapters(model)  # weights a fresh initialisation would not have
+    return model.save(tmp_path_factory.mktemp("serving") / "ckpt")
+
+
+def test_extract_labels_what_people_decided(ops_logs, tmp_path):
+    logs, results = ops_logs
+    reviews = tmp_path / "reviews.jsonl"  # a spot check of a decision the gate made on its own
+    reviews.write_text(json.dumps({"request_id": results["How do I book a meeting room for Friday?"]["request_id"],
+                                   "label": "ALLOW"}) + "\n", encoding="utf-8")
+    rows, report = retrain.extract_rows([logs], queue=logs / "escalations.sqlite", reviews=reviews)
+    by_request = {r["request_id"]: r for r in rows}
+    for text, decisions in REVIEWS.items():  # the final decision (a superseding one wins) is the label
+        assert by_request[results[text]["request_id"]]["label"] == decisions[-1]
+    assert by_request[results["How do I book a meeting room for Friday?"]["request_id"]]["origin"] == "review"
+    assert report["left_out"]["duplicate"] == 1  # the request decided twice is one row
+    assert report["left_out"]["test"] == 2 and "test: a made-up request" not in {r["user_request"] for r in rows}
+    assert len(rows) == len(REVIEWS) + 1 and all(r["id"] == f"ops-{r['request_id']}" and r["case_id"] or
+                                                 r["origin"] == "review" for r in rows)
+    written = retrain.write_rows(rows, tmp_path / "rows.jsonl").read_text(encoding="utf-8")
+    assert not [s for s in PLANTED_PERSONAL_DATA if s in written] and "[EMAIL]" in written
+    with pytest.raises(retrain.ExtractError, match="request_id and label"):
+        bad = tmp_path / "bad.jsonl"
+        bad.write_text('{"request_id": "req_1", "label": "MAYBE"}\n', encoding="utf-8")
+        retrain.extract_rows([logs], reviews=bad)
+
+
+def test_extract_refuses_a_log_that_does_not_verify(ops_logs, tmp_path):
+    import shutil
+
+    logs = tmp_path / "logs"
+    shutil.copytree(ops_logs[0], logs)
+    live = logs / "audit.jsonl"
+    live.write_text(live.read_text(encoding="utf-8").replace('"REFUSE"', '"ALLOW"', 1), encoding="utf-8")
+    with pytest.raises(SystemExit, match="does not verify"):
+        so8t(["retrain", "extract", "--logs", str(logs), "--out", str(tmp_path / "rows.jsonl")])
+
+
+def test_preprocess_keeps_the_test_split_untouched_and_drops_leaks(tmp_path):
+    test_rows, train_rows = read_split(CORPUS_DIR, "test"), read_split(CORPUS_DIR, "train")
+    flipped = next(label for label in LABELS if label != train_rows[0]["label"])
+    base = {"context": "", "category": "general", "rationale": "", "task_output": "", "source": "operations"}
+    rows = [
+        {"id": "ops-1", "user_request": test_rows[0]["user_request"], "label": test_rows[0]["label"]},  # in the corpus
+        {"id": "ops-2", "user_request": train_rows[0]["user_request"], "label": flipped},  # contradicts it
+        {"id": "ops-3", "user_request": test_rows[5]["user_request"] + " please", "label": "ESCALATE"},  # near test
+        {"id": "ops-4", "user_request": "来週の在宅勤務の申請方法を教えてください。フォームはどこですか", "label": "ALLOW"},
+        {"id": "ops-5", "user_request": "来週の在宅勤務の申請方法を教えてください。フォームはどこにありますか", "label": "ALLOW"},
+        {"id": "ops-6", "user_request": "Please wire 2 million yen to this new supplier account today", "label": "ESCALATE",
+         "category": "finance"},
+    ]
+    source = tmp_path / "rows.jsonl"
+    source.write_text("".join(json.dumps({**base, **r, "request_id": r["id"][4:]}, ensure_ascii=False) + "\n"
+                              for r in rows), encoding="utf-8")
+    report = retrain.preprocess(source, tmp_path / "data")
+    assert report["dropped"] == {"in_corpus": ["ops-1"], "contradicts_corpus": ["ops-2"], "near_val_or_test": ["ops-3"],
+                                 "near_benchmark": []}
+    assert sha256_file(tmp_path / "data" / "test.jsonl") == sha256_file(CORPUS_DIR / "test.jsonl")
+    new = [json.loads(line) for line in (tmp_path / "data" / "new_rows.jsonl").read_text().splitlines()]
+    assert {r["id"] for r in new} == {"ops-4", "ops-5", "ops-6"} and {r["split"] for r in new} <= {"train", "val"}
+    assert new[0]["family"] == new[1]["family"] != new[2]["family"] and new[0]["request_id"] == "4"
+    train = read_split(tmp_path / "data", "train") + read_split(tmp_path / "data", "val")
+    assert len(train) == len(train_rows) + len(read_split(CORPUS_DIR, "val")) + 3
+    bad = tmp_path / "bad.jsonl"
+    bad.write_text(json.dumps({**base, "id": "x", "user_request": "hi", "label": "PERHAPS"}) + "\n", encoding="utf-8")
+    with pytest.raises(DataError, match="bad.jsonl:1: field 'label'"):
+        retrain.preprocess(bad, tmp_path / "data2")
+
+
+def test_training_starts_from_the_serving_checkpoint(serving, tmp_path):
+    config = retrain.retrain_config(ROOT / "configs" / "tiny-training.yaml", serving, CORPUS_DIR, tmp_path / "run",
+                                    TINY_TRAINING)
+    assert config.model.name == "so8t-serving" and not config.training.head_warm_start
+    trainer = retrain.ContinuedTrainer(config, serving)
+    loaded = SO8TModel.load(serving)
+    start, expected = trainer.model.state_dict(), loaded.state_dict()
+    assert set(start) == set(expected)
+    assert all(torch.equal(start[k], expected[k]) for k in expected)  # base and adapters: the serving model's
+    fresh = SO8TModel.from_config(config.model)
+    assert not all(torch.equal(fresh.state_dict()[k], expected[k]) for k in loaded.adapter_state_dict())
+
+
+class Decider:
+    """Decides from a table of request -> label (the gold one, or ALLOW for everything); ``broken``
+    returns NaN on every other row."""
+
+    model_version = "stub@1"
+
+    def __init__(self, answers: dict[str, str] | None, broken: bool = False) -> None:
+        self.answers, self.broken = answers, broken
+
+    def decide(self, requests, contexts=None, batch_size=32, progress=False):
+        labels = [self.answers.get(r, "ESCALATE") if self.answers is not None else "ALLOW" for r in requests]
+        probs = torch.tensor([[0.9 if label == c else 0.05 for c in LABELS] for label in labels])
+        if self.broken:
+            probs[::2] = float("nan")
+        return probs
+
+
+def test_the_gate_refuses_a_worse_model_naming_the_metric_and_promotes_an_equal_one():
+    tables, notes = retrain.gate.load_tables([str(CORPUS_DIR / "test.jsonl"), "xstest"], max_rows=90)
+    gold = dict(zip(tables["test"]["user_request"], tables["test"]["label"]))
+    good, allow_all = Decider(gold), Decider(None)
+    refused = retrain.compare(good, allow_all, tables, bootstrap=200)
+    assert not refused["promote"] and refused["refusals"][0].startswith("dangerous_compliance on test is worse: 0.000")
+    assert any(r.startswith("macro_f1 on test is worse") for r in refused["refusals"])
+    same = retrain.compare(good, Decider(gold), tables, bootstrap=200)
+    assert same["promote"] and same["datasets"]["test"]["delta"]["macro_f1"]["ci"] == [0.0, 0.0]
+    assert all("xstest" in n for n in notes) or "xstest" in tables  # not installed here: skipped with a note
+
+
+def test_the_gate_fails_safe_on_a_broken_model_or_a_metric_it_cannot_measure():
+    tables, _ = retrain.gate.load_tables([str(CORPUS_DIR / "test.jsonl")], max_rows=60)
+    gold = dict(zip(tables["test"]["user_request"], tables["test"]["label"]))
+    broken = retrain.compare(Decider(gold), Decider(gold, broken=True), tables, bootstrap=50)
+    assert not broken["promote"] and "candidate model returned probabilities that are not finite on 30 of 60" in \
+        broken["refusals"][0]
+    no_refuse = {"test": tables["test"][tables["test"]["label"] != "REFUSE"].reset_index(drop=True)}
+    blind = retrain.compare(Decider(gold), Decider(None), no_refuse, bootstrap=50)  # allows everything
+    assert not blind["promote"] and blind["datasets"]["test"]["skipped_metrics"] == ["dangerous_compliance"]
+    assert any(r.startswith("dangerous_compliance could not be measured") for r in blind["refusals"])
+
+
+def test_deploy_exports_only_what_the_gate_promoted(serving, tmp_path):
+    gate = tmp_path / "gate.json"
+    with pytest.raises(retrain.NotPromoted, match="run so8t retrain evaluate first"):
+        retrain.deploy(serving, gate, tmp_path / "dist")
+    gate.write_text(json.dumps({"promote": False, "refusals": ["macro_f1 on test is worse"],
+                                "candidate": {"version": "so8t-serving@000000000000"}}))
+    with pytest.raises(retrain.NotPromoted, match="was made for so8t-serving@000000000000"):
+        retrain.deploy(serving, gate, tmp_path / "dist")
+    version = SO8TModel.load(serving).model_version
+    gate.write_text(json.dumps({"promote": False, "refusals": ["macro_f1 on test is worse"],
+                                "candidate": {"version": version}}))
+    with pytest.raises(retrain.NotPromoted, match="refused to promote this model: macro_f1"):
+        retrain.deploy(serving, gate, tmp_path / "dist")
+    assert not (tmp_path / "dist").exists()
+
+
+def _leaning(tokenizer, folder: Path, bias: tuple[float, float, float]) -> Path:
+    """A tiny checkpoint whose head leans hard to one class (no running standardiser, so a training step
+    with a learning rate near zero leaves its decisions exactly as they were)."""
+    model = SO8TModel.from_config(ModelConfig(name="so8t-lean", head={"standardize": False, "dropout": 0.0}),
+                                  tokenizer)
+    with torch.no_grad():
+        [m for m in model.safety_head.modules() if isinstance(m, torch.nn.Linear)][-1].bias.copy_(torch.tensor(bias))
+    return model.save(folder)
+
+
+@pytest.fixture(scope="module")
+def refusing(tmp_path_factory, tokenizer):
+    return _leaning(tokenizer, tmp_path_factory.mktemp("refusing") / "ckpt", (-8.0, 8.0, 0.0))
+
+
+def test_the_gate_command_refuses_a_model_that_allows_everything(refusing, tmp_path, tokenizer, capsys):
+    allowing = _leaning(tokenizer, tmp_path / "allowing", (8.0, -8.0, 0.0))
+    gate = tmp_path / "gate.json"
+    code = so8t(["retrain", "evaluate", "--serving", str(refusing), "--candidate", str(allowing), "--data",
+                 str(CORPUS_DIR / "test.jsonl"), "--max-rows", "24", "--bootstrap", "100", "--out", str(gate)])
+    out = capsys.readouterr().out
+    assert code == 1 and "REFUSED to promote so8t-lean@" in out and "dangerous_compliance on test is worse: 0.000 " \
+        "-> 1.000" in out
+    assert json.loads(gate.read_text())["promote"] is False
+    with pytest.raises(SystemExit, match="refused to promote this model: dangerous_compliance"):
+        so8t(["retrain", "deploy", "--candidate", str(allowing), "--gate", str(gate), "--dist", str(tmp_path / "d")])
+    assert not (tmp_path / "d").exists()
+
+
+def test_retrain_run_end_to_end_on_the_tiny_preset(ops_logs, refusing, tmp_path, capsys):
+    pytest.importorskip("llama_cpp")
+    logs, _ = ops_logs
+    work = tmp_path / "work"
+    serving = refusing
+    # learning rates near zero: the candidate decides as the serving model does, so the gate promotes it
+    code = so8t(["retrain", "run", "--logs", str(logs), "--serving", str(serving), "--work", str(work),
+                 "--config", str(ROOT / "configs" / "tiny-training.yaml"), "--public", "sst", "--max-rows", "15",
+                 "--bootstrap", "50", "--runtime-config", str(ROOT / "configs" / "basic.yaml"), *TINY_TRAINING,
+                 "training.task_optimizer.lr=1e-12", "training.safety_optimizer.lr=1e-12"])
+    out = capsys.readouterr().out
+    assert code == 0 and "4 gate: promote" in out, out
+    summary = json.loads((work / "retrain.json").read_text())
+    assert summary["extract"]["rows"] == len(REVIEWS) and summary["promote"]
+    assert json.loads((work / "run" / "retrained_from.json").read_text())["serving"] == str(serving)
+    gguf = Path(summary["deploy"]["runtime_file"])
+    assert gguf.is_file() and Path(str(gguf) + ".sha256").is_file()
+    records = [r for _, r in read_chains(work / "smoke-logs") if r.get("event") == "decision"]
+    assert len(records) == 4 and all(r["test"] for r in records)
+    assert {r["model_version"] for r in records} == {summary["deploy"]["model_version"]}
