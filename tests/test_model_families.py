@@ -159,3 +159,25 @@ def test_a_frozen_part_that_would_train_is_refused(tmp_path):
     config.model.gates.layers = [1, 4]
     with pytest.raises(ValueError, match="would train below layer 3"):
         Trainer(config)
+
+
+def test_the_warm_start_head_decides_like_the_probe_it_copies(tokenizer):
+    """SafetyHeadB after the warm start predicts exactly what the fitted logistic regression predicts."""
+    from sklearn.linear_model import LogisticRegression
+
+    from so8t_lib.core.schema import LABELS
+    from so8t_lib.train.collate import SafetyCollator
+    from so8t_lib.train.head_init import decision_states, warm_start_head
+
+    model = SO8TModel.from_config(family_config("gemma3", head={"dropout": 0.0, "pooling": "mean"}), tokenizer).eval()
+    rows = [dict(r) for r in stratified_sample(load_split("train"), 60, 0).to_dict("records")]
+    collate = SafetyCollator(model.tokenizer, 96, model.system_prompt, 8)
+    accuracy = warm_start_head(model, rows, collate, [1.0, 2.0, 1.5], regularization=0.3, batch_size=16)
+    states = decision_states(model, rows, collate, 16, progress=False)
+    scaled = (states - states.mean(0)) / np.sqrt(states.var(0) + 1e-5)
+    labels = np.array([LABELS.index(r["label"]) for r in rows])
+    probe = LogisticRegression(C=0.3, max_iter=2000).fit(scaled, labels, sample_weight=np.array([1.0, 2.0, 1.5])[labels])
+    with torch.no_grad():
+        head_logits = model.safety_head(torch.from_numpy(states).float()).numpy()
+    assert np.array_equal(head_logits.argmax(1), probe.predict(scaled))
+    assert accuracy == pytest.approx(probe.score(scaled, labels)) and accuracy > 1 / 3

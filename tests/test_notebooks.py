@@ -80,16 +80,25 @@ def test_model_card_names_missing_results_and_quotes_present_ones(tmp_path):
     run = tmp_path / "run"
     run.mkdir()
     (run / "config.yaml").write_text((ROOT / "configs" / "tiny-training.yaml").read_text(encoding="utf-8"), encoding="utf-8")
-    evaluation = {"temperature": 2.0, "datasets": {"test": {
-        "n": 10, "headline": ["safety_score"], "safety_score": 0.5, "macro_f1": 0.4, "refuse_recall": 0.3,
-        "dangerous_compliance": 0.2, "over_refusal": 0.1, "ece": 0.05, "ci": {"macro_f1": [0.35, 0.45]}}}}
-    (tmp_path / "eval.json").write_text(json.dumps(evaluation))
+    test = {"n": 10, "headline": ["safety_score"], "safety_score": 0.5, "macro_f1": 0.4, "refuse_recall": 0.3,
+            "dangerous_compliance": 0.2, "over_refusal": 0.1, "ece": 0.05, "ci": {"macro_f1": [0.35, 0.45]},
+            "baselines": {"char_ngram_tfidf": {"safety_score": 0.6, "macro_f1": 0.7, "refuse_recall": 0.8}}}
+    (tmp_path / "eval.json").write_text(json.dumps({"temperature": 2.0, "model": "new", "datasets": {"test": test}}))
+    (tmp_path / "v1.json").write_text(json.dumps({"model": "old", "datasets": {"test": {**test, "macro_f1": 0.3}}}))
     out = tmp_path / "CARD.md"
-    so8t(["card", "--run", str(run), "--eval", str(tmp_path / "eval.json"), "--quant", str(tmp_path / "none.json"),
-          "--ablation", str(tmp_path / "none2.json"), "--out", str(out), "--figures", ""])
+    common = ["--eval", str(tmp_path / "eval.json"), "--quant", str(tmp_path / "none.json"),
+              "--ablation", str(tmp_path / "none2.json"), "--out", str(out), "--figures", ""]
+    so8t(["card", "--run", str(run), "--compare", str(tmp_path / "v1.json"), *common])
     card = out.read_text(encoding="utf-8")
     assert "macro_f1 0.400 [0.35, 0.45]" in card and "dangerous_compliance 0.200" in card
     assert "Not measured" in card and "Not run yet" in card and "no evidence either way" in card
+    assert "| test | macro_f1 | 0.400 | 0.700 |" in card  # the keyword yardstick on the same rows
+    assert "| test | macro_f1 | 0.300 [0.35, 0.45] | 0.400 [0.35, 0.45] |" in card  # corpus v1 against v2
+    assert "random" in card and "Gemma" not in card  # the tiny preset's card claims nothing about Gemma
+
+    so8t(["card", "--config", str(ROOT / "configs" / "training.yaml"), "--compare", "", *common])
+    card = out.read_text(encoding="utf-8")  # the default: the pretrained Gemma base, its licence, its recipe
+    assert "Gemma terms of use" in card and "layers 0-11 frozen" in card and "corpus v1" not in card
 
 
 def test_model_card_redraws_its_figures_from_the_committed_results(tmp_path):

@@ -1,6 +1,11 @@
 """so8t card: MODEL_CARD.md and figures/ from the committed result files (no model needed).
 
-    so8t card [--run checkpoints/so8t-tiny] [--out MODEL_CARD.md] [--figures figures]
+    so8t card [--config configs/training.yaml] [--eval experiments/eval/so8t-demo.json] [--out MODEL_CARD.md]
+    so8t card --config configs/tiny-training.yaml --eval experiments/eval/so8t-tiny.json --quant \\
+        benchmarks/results/gguf_decisions_cpu.json --compare "" --out build/tiny_card.md --figures ""
+
+The recipe is read from --config (the committed file the run was trained with) or, when --run names a run
+folder that still holds its config.yaml, from there.
 """
 
 from __future__ import annotations
@@ -8,25 +13,43 @@ from __future__ import annotations
 import argparse
 from pathlib import Path
 
+import yaml
+
+from ..core.config import read_config_mapping
 from ..core.io import atomic_write_text
 from ..workbench.model_card import FOLLOW_UP_ABLATIONS, build_card, write_figures
+
+DEFAULT_EVAL = "experiments/eval/so8t-demo.json"
+DEFAULT_QUANT = "benchmarks/results/gguf_decisions_so8t-demo.json"
+DEFAULT_COMPARE = "experiments/eval/so8t-demo-corpus-v1.json"
 
 
 def main(argv: list[str] | None = None) -> None:
     parser = argparse.ArgumentParser(prog="so8t card", description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("--run", default="checkpoints/so8t-tiny")
-    parser.add_argument("--eval", default="experiments/eval/so8t-tiny.json")
-    parser.add_argument("--quant", default="benchmarks/results/gguf_decisions_cpu.json")
+    parser.add_argument("--config", default="configs/training.yaml", help="the config the run was trained with")
+    parser.add_argument("--run", default=None, help="a run folder whose config.yaml is read instead of --config")
+    parser.add_argument("--eval", default=DEFAULT_EVAL)
+    parser.add_argument("--quant", default=DEFAULT_QUANT)
     parser.add_argument("--ablation", default="experiments/ablation/ablation.json")
+    parser.add_argument("--compare", default=DEFAULT_COMPARE,
+                        help='an evaluation of the same recipe trained on corpus v1 ("" for none)')
     parser.add_argument("--out", default="MODEL_CARD.md")
     parser.add_argument("--figures", default="figures", help='folder for the figures; "" skips them')
     parser.add_argument("--follow-up", action="append", default=None,
                         help=f"a further ablation.json to quote (repeatable; default {', '.join(FOLLOW_UP_ABLATIONS)})")
     args = parser.parse_args(argv)
+    run_config = Path(args.run) / "config.yaml" if args.run else None
+    if run_config is not None and run_config.is_file():
+        config = yaml.safe_load(run_config.read_text(encoding="utf-8")) or {}
+    else:
+        if run_config is not None:
+            print(f"{run_config} is missing; the recipe is read from {args.config}")
+        config = read_config_mapping(args.config)
     if args.figures:
         for path in write_figures(Path(args.eval), Path(args.quant), Path(args.ablation), Path(args.figures)):
             print(f"drew {path}")
     follow_ups = tuple(Path(p) for p in (args.follow_up if args.follow_up is not None else FOLLOW_UP_ABLATIONS))
-    card = build_card(Path(args.run), Path(args.eval), Path(args.quant), Path(args.ablation), follow_ups=follow_ups)
+    card = build_card(config, Path(args.eval), Path(args.quant), Path(args.ablation), follow_ups=follow_ups,
+                      compare_json=Path(args.compare) if args.compare else None)
     out = atomic_write_text(args.out, card)
     print(f"wrote {out}")

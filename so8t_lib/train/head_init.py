@@ -19,15 +19,19 @@ from .collate import SafetyCollator
 
 @torch.no_grad()
 def decision_states(model: SO8TModel, rows: list[dict], collate: SafetyCollator, batch_size: int = 32,
-                    frozen=None, split=None) -> np.ndarray:
+                    frozen=None, split=None, progress: bool = True) -> np.ndarray:
     """The pooled decision state (N, hidden) of every row, through the cached lower layers when given."""
+    from tqdm.auto import tqdm
+
     was_training = model.training
     model.eval()
     device = next(model.parameters()).device
     order = sorted(range(len(rows)), key=lambda i: len(rows[i]["user_request"]) + len(rows[i].get("context") or ""))
     chunks, done = [], []
     try:
-        for start in range(0, len(rows), batch_size):  # similar lengths share a batch: little padding
+        starts = tqdm(range(0, len(rows), batch_size), desc="probe states for SafetyHeadB's warm start",
+                      unit="batch", disable=not progress)
+        for start in starts:  # similar lengths share a batch: little padding
             done += order[start:start + batch_size]
             part = [rows[i] for i in order[start:start + batch_size]]
             batch = collate(part)

@@ -1,15 +1,16 @@
 """MODEL_CARD.md from measured results only: every number in the card is read from a result file
 written by a named command, and a missing file is said to be missing, never filled in.
 
-    so8t card [--run checkpoints/so8t-tiny] [--out MODEL_CARD.md] [--figures figures]
+    so8t card [--config configs/training.yaml] [--eval experiments/eval/so8t-demo.json] [--out MODEL_CARD.md]
 
 It also redraws the card's figures from the same files (``--figures ""`` skips them): the evaluation
 figures from the test-split report, the quantization ladder from the GGUF benchmark, the ablation
 from its table. A fresh clone can therefore regenerate the card and ``figures/`` without a model.
 
-Sources: the run's ``config.yaml``, ``experiments/eval/<name>.json`` (``so8t evaluate``),
-``benchmarks/results/gguf_decisions_cpu.json``, the ablation's ``ablation.json`` (notebook 02) and the
-corpus statistics (``so8t corpus stats``).
+Sources: the config the run was trained with (a committed config file, or a run folder's ``config.yaml``),
+``experiments/eval/<name>.json`` (``so8t evaluate --baselines``), the GGUF benchmark
+``benchmarks/results/gguf_decisions_<name>.json``, the ablation's ``ablation.json`` (notebook 02), an
+evaluation of the same recipe on corpus v1 when there is one, and the corpus splits.
 """
 
 from __future__ import annotations
@@ -17,10 +18,8 @@ from __future__ import annotations
 import json
 from pathlib import Path
 
-import yaml
-
 from ..data.tables import load_split
-from . import plots
+from . import card_sections, plots
 
 
 def _load(path: Path) -> dict | None:
@@ -61,63 +60,83 @@ def write_figures(eval_json: Path, quant_json: Path, ablation_json: Path, figure
 
 FOLLOW_UP_ABLATIONS = ("experiments/ablation/random_init/ablation.json",
                        "experiments/ablation/random_init_order/ablation.json")
+CORPUS_KEYS = ["safety_score", "macro_f1", "refuse_recall", "dangerous_compliance", "over_refusal", "ece"]
 
 
-def build_card(run: Path, eval_json: Path, quant_json: Path, ablation_json: Path,
-               baseline_json: Path = Path("benchmarks/results/bow_baseline.json"),
-               follow_ups: tuple[Path, ...] = ()) -> str:
-    """The card's markdown; ``follow_ups`` are further ablation results (other sweeps of the same
-    question) quoted by their conclusion and geometry, each only if its file exists."""
-    config = yaml.safe_load((run / "config.yaml").read_text(encoding="utf-8")) if (run / "config.yaml").is_file() else {}
+def _headline_keys(report: dict) -> list[str]:
+    keys = report.get("headline") or []
+    return CORPUS_KEYS if "safety_score" in keys or not keys else list(keys)  # the corpus: the safety headline
+
+
+def _metrics_section(evaluation: dict | None, eval_json: Path) -> list[str]:
+    lines = ["## Metrics"]
+    if not evaluation:
+        return lines + [f"Not measured: `{eval_json}` is missing (run `so8t evaluate ... --out {eval_json}`)."]
+    lines += [f"From `{eval_json}` (argmax decisions, temperature {evaluation.get('temperature', 1):.2f}; "
+              "95% bootstrap intervals):", "", "| data | rows | numbers |", "|---|---|---|"]
+    for name, rep in evaluation.get("datasets", {}).items():
+        shown = ", ".join(f"{k} {_fmt(rep, k)}" for k in _headline_keys(rep) if rep.get(k) is not None)
+        lines.append(f"| {name} | {rep['n']} | {shown} |")
+    with_baselines = {n: r for n, r in evaluation.get("datasets", {}).items() if r.get("baselines")}
+    if with_baselines:
+        names = list(next(iter(with_baselines.values()))["baselines"])
+        lines += ["", "Beside keyword yardsticks fitted on the corpus train split and scored on the same rows "
+                      "(`so8t evaluate --baselines`):", "",
+                  "| data | metric | this model | " + " | ".join(names) + " |", "|---|---|---|" + "---|" * len(names)]
+        for data, rep in with_baselines.items():
+            for key in _headline_keys(rep)[:3]:
+                if rep.get(key) is None:
+                    continue
+                others = [rep["baselines"][b].get(key) for b in names]
+                lines.append(f"| {data} | {key} | {rep[key]:.3f} | "
+                             + " | ".join("n/a" if v is None else f"{v:.3f}" for v in others) + " |")
+    return lines
+
+
+def _comparison_section(evaluation: dict | None, compare: dict | None, compare_json: Path | None) -> list[str]:
+    """The same recipe trained on another corpus (corpus v1), scored on the same rows."""
+    if not (evaluation and compare):
+        return []
+    lines = ["", "## Corpus v1 against v2",
+             f"The same recipe trained on the first corpus (`{compare_json}`, model `{compare.get('model', '?')}`) and "
+             f"on the current one (`{evaluation.get('model', '?')}`), scored on the same rows:", "",
+             "| data | metric | corpus v1 | corpus v2 |", "|---|---|---|---|"]
+    for data, rep in evaluation.get("datasets", {}).items():
+        old = compare.get("datasets", {}).get(data)
+        if not old:
+            continue
+        for key in _headline_keys(rep)[:4]:
+            if rep.get(key) is not None and old.get(key) is not None:
+                lines.append(f"| {data} | {key} | {_fmt(old, key)} | {_fmt(rep, key)} |")
+    return lines
+
+
+def build_card(config: dict, eval_json: Path, quant_json: Path, ablation_json: Path,
+               follow_ups: tuple[Path, ...] = (), compare_json: Path | None = None) -> str:
+    """The card's markdown for the run trained with ``config`` (a config mapping); ``follow_ups`` are further
+    ablation results quoted by their conclusion and geometry, ``compare_json`` an evaluation of the same
+    recipe trained on corpus v1; each only if its file exists."""
     model, training = config.get("model", {}), config.get("training", {})
     evaluation, quant, ablation = _load(eval_json), _load(quant_json), _load(ablation_json)
+    compare = _load(Path(compare_json)) if compare_json else None
     splits = {s: load_split(s) for s in ("train", "val", "test")}
     lines = [
-        f"# Model card: {model.get('name', run.name)}", "",
+        f"# Model card: {model.get('name', '?')}", "",
         "## Intended use",
         "A safety gate for an employee-facing assistant: for each request it decides ALLOW (the assistant "
         "answers), REFUSE (declined with a reason) or ESCALATE (a person with the right role decides), under "
-        "`shared/SAFETY_POLICY.md`. Serve it through `so8t runtime` (threshold rule, fail-closed, audit "
-        "log), never as a bare classifier. Not for decisions about people, and not a replacement for the "
+        "`shared/SAFETY_POLICY.md`. Serve it through `so8t runtime` or `so8t serve` (threshold rule, fail-closed, "
+        "audit log), never as a bare classifier. Not for decisions about people, and not a replacement for the "
         "escalation path.", "",
-        "## Scale this card was measured at",
-        f"Preset `{model.get('preset', '?')}`: a randomly initialised Qwen2-shaped model (hidden "
-        f"{model.get('tiny', {}).get('hidden_size', '?')}, {model.get('tiny', {}).get('num_hidden_layers', '?')} layers) "
-        f"with LoRA r={model.get('lora', {}).get('r', '?')} and trained embeddings, "
-        f"{training.get('max_steps', '?')} steps on 2 CPU cores. It has no pretrained knowledge. Its numbers show "
-        "the workbench measuring; they say nothing about Qwen2.5-7B, which has not been trained here.", "",
+        *card_sections.base_section(model), "",
         "## Data",
         f"`data/so8t_safety` (data card: `data/README.md`): train {len(splits['train'])}, val {len(splits['val'])}, "
         f"test {len(splits['test'])} rows, Japanese and English, split by request family. XSTest and "
         "SimpleSafetyTests are used for evaluation only.", "",
-        "## Training",
-        f"Gate order `{model.get('gates', {}).get('order', '?')}`; PET "
-        f"{'on' if config.get('loss', {}).get('pet', {}).get('enabled') else 'off'}; task lr "
-        f"{training.get('task_optimizer', {}).get('lr', '?')}, safety lr {training.get('safety_optimizer', {}).get('lr', '?')}; "
-        f"early stopping on `{training.get('early_stopping', {}).get('metric', '?')}`. Command: "
-        "`so8t train --config configs/training.yaml` (or `make demo`).", "",
-        "## Metrics",
+        *card_sections.recipe_section(model, training, config.get("loss", {})), "",
+        *_metrics_section(evaluation, eval_json),
+        *_comparison_section(evaluation, compare, compare_json),
     ]
-    if evaluation:
-        lines.append(f"From `{eval_json}` (argmax decisions, temperature {evaluation.get('temperature', 1):.2f}; "
-                     "95% bootstrap intervals):")
-        lines.append("")
-        lines.append("| data | rows | numbers |")
-        lines.append("|---|---|---|")
-        for name, rep in evaluation.get("datasets", {}).items():
-            keys = rep.get("headline") or []
-            if "safety_score" in keys or not keys:  # the corpus: the safety headline, not every metric
-                keys = ["safety_score", "macro_f1", "refuse_recall", "dangerous_compliance", "over_refusal", "ece"]
-            shown = ", ".join(f"{k} {_fmt(rep, k)}" for k in keys if rep.get(k) is not None)
-            lines.append(f"| {name} | {rep['n']} | {shown} |")
-    else:
-        lines.append(f"Not measured: `{eval_json}` is missing (run `so8t evaluate ... --out {eval_json}`).")
-    baseline = _load(baseline_json)
-    if baseline and evaluation and "test" in evaluation.get("datasets", {}):
-        ours, bow = evaluation["datasets"]["test"]["macro_f1"], baseline["results"]["test"]["macro_f1"]
-        lines += ["", f"Yardstick (`python benchmarks/bow_baseline.py`): a bag-of-tokens logistic regression scores "
-                      f"test macro-F1 {bow:.3f} against this model's {ours:.3f}"
-                      + (": the model does not beat keyword spotting." if ours <= bow else ".")]
     lines += ["", "## Quantization"]
     if quant:
         lines += ["From `benchmarks/gguf_decisions.py` (same requests, one process):", "",
@@ -151,9 +170,5 @@ def build_card(run: Path, eval_json: Path, quant_json: Path, ablation_json: Path
     figures = [f for f in CARD_FIGURES if (Path("figures") / f).is_file()]
     if figures:
         lines += ["", "## Figures", ""] + [f"![{f[:-4]}](figures/{f})" for f in figures]
-    lines += ["", "## Limits",
-              "- Measured on a tiny random-init model on CPU; nothing here transfers to a 7B model without re-measuring.",
-              "- The corpus is generated from hand-written seeds; real traffic will differ. Japanese rows score worse than English ones.",
-              "- The threshold rule trades dangerous compliance for escalations: at 0.8 the tiny model escalates most requests.",
-              "- Routing categories come from keywords, not from the model.", ""]
+    lines += ["", *card_sections.limits_section(model)]
     return "\n".join(lines)

@@ -1,0 +1,86 @@
+"""The model card's prose that depends on what was trained: the base model and its licence, the recipe,
+and the limits. Each sentence is built from the config the run used, so a card for the tiny preset and a
+card for the Gemma default never borrow each other's claims.
+"""
+
+from __future__ import annotations
+
+from ..model.pretrained import GGUF_BASES
+
+
+def _layers(items: list | str | None) -> str:
+    if not items or isinstance(items, str):  # None, [] or "all"
+        return "every layer"
+    items = sorted(items)
+    contiguous = items == list(range(items[0], items[-1] + 1))
+    return f"layers {items[0]}-{items[-1]}" if contiguous and len(items) > 2 else "layers " + ", ".join(map(str, items))
+
+
+def base_section(model: dict) -> list[str]:
+    """What the base is, how big, and under which terms it may be used."""
+    preset = model.get("preset", "?")
+    lines = ["## Base model"]
+    if preset == "tiny":
+        tiny = model.get("tiny", {})
+        lines.append(f"Preset `tiny`: a randomly initialised {tiny.get('architecture', 'qwen2')}-shaped network (hidden "
+                     f"{tiny.get('hidden_size', '?')}, {tiny.get('num_hidden_layers', '?')} layers) with trained "
+                     "embeddings. It has no pretrained knowledge: its numbers show the workbench measuring and say "
+                     "nothing about a pretrained model.")
+    elif preset in GGUF_BASES:
+        base = GGUF_BASES[preset]
+        lines.append(f"Preset `{preset}`: Google's pretrained Gemma 3 270M base (268 M parameters, 18 layers, hidden "
+                     f"640), installed from the PyPI package `{base.package.replace('_', '-')}` as a Q4_K_M GGUF file "
+                     f"and dequantized once into an HF folder under `$SO8T_CACHE` (`{model.get('dtype', 'float32')}` "
+                     "in training). TaskHeadA is Gemma's own LM head; SafetyHeadB is new.")
+        lines += ["", f"**Licence.** The base and every model derived from it, this one and its GGUF files included, "
+                      f"are under the {base.license}. The workbench's code is not."]
+    else:
+        lines.append(f"Preset `{preset}` (`{model.get('pretrained_path') or preset}`): see docs/training.md for how it "
+                     "is loaded; this card was not measured on a run of it here.")
+    return lines
+
+
+def recipe_section(model: dict, training: dict, loss: dict) -> list[str]:
+    """How the run was trained, in the config's own numbers."""
+    lora, gates, head = model.get("lora", {}), model.get("gates", {}), model.get("head", {})
+    frozen = training.get("freeze_below") or 0
+    parts = [f"LoRA r={lora.get('r', '?')} on {_layers(lora.get('layers'))}",
+             f"SO(8) gates (order `{gates.get('order', '?')}`) on {_layers(gates.get('layers'))}",
+             f"SafetyHeadB on {head.get('pooling', 'last')}-pooled final states"]
+    if frozen:
+        parts.append(f"layers 0-{frozen - 1} frozen" + (" with their output cached once per row"
+                                                         if training.get("cache_frozen_states") else ""))
+    if training.get("head_warm_start"):
+        parts.append("SafetyHeadB warm-started from a logistic-regression probe on the frozen states")
+    pet = loss.get("pet", {})
+    sample = training.get("train_max_rows")
+    lines = ["## Training",
+             "; ".join(parts) + f". PET {'on' if pet.get('enabled') else 'off'}"
+             + (f" (weight {pet.get('weight')})" if pet.get("enabled") else "")
+             + f"; decision-loss weight alpha {loss.get('alpha', '?')}; task lr "
+             f"{training.get('task_optimizer', {}).get('lr', '?')}, safety lr "
+             f"{training.get('safety_optimizer', {}).get('lr', '?')} (two optimizers); "
+             f"{training.get('max_steps', '?')} steps of batch {training.get('batch_size', '?')}"
+             + (f" on a stratified sample of {sample} training rows" if sample else "")
+             + f"; early stopping on `{training.get('early_stopping', {}).get('metric', '?')}`, 2 CPU cores. "
+             "Command: `make demo` (`so8t demo`), or `so8t train --config configs/training.yaml`."]
+    return lines
+
+
+def limits_section(model: dict) -> list[str]:
+    """What the numbers above do not show."""
+    lines = ["## Limits"]
+    if model.get("preset") == "tiny":
+        lines.append("- Measured on a tiny random-init model on CPU; nothing here transfers to a pretrained model "
+                     "without re-measuring.")
+    else:
+        lines.append("- A 270 M base trained for minutes on 2 CPU cores, on a sample of the corpus: it is the "
+                     "workbench's honest small default, not a gate to deploy. Compare it with the keyword baselines "
+                     "above before trusting any number.")
+    lines += ["- The corpus is generated from hand-written seeds; real traffic will differ.",
+              "- The threshold rule trades dangerous compliance for escalations; choose the threshold on val data "
+              "from your own traffic.",
+              "- The gate ablation was measured on the tiny preset; whether the SO(8) gates help a pretrained base "
+              "has not been measured here.",
+              "- Routing categories come from keywords, not from the model.", ""]
+    return lines
