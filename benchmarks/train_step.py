@@ -40,7 +40,7 @@ def run_variant(name: str, overrides: list[str], steps: int, warmup: int) -> dic
     gc.collect()
     rss_before = psutil.Process().memory_info().rss
     with tempfile.TemporaryDirectory() as tmp, PeakMemory() as sampler:
-        cfg = load_config(ROOT / "configs" / "training.yaml", [*overrides, f"training.output_dir={tmp}/run"])
+        cfg = load_config(ROOT / "configs" / "tiny-training.yaml", [*overrides, f"training.output_dir={tmp}/run"])
         trainer = Trainer(cfg)
         for _ in range(warmup):
             trainer.train_step()

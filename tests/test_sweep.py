@@ -72,7 +72,7 @@ def test_training_notebook_through_a_small_ablation_sweep(tmp_path):
     load_split("test").groupby("label").head(4).to_json(rows, orient="records", lines=True, force_ascii=False)
     spec = sweep.SweepSpec(
         name="mini_ablation", notebook=root / "notebooks" / "01_train_so8t.ipynb",
-        params={"config": str(root / "configs" / "training.yaml"), "max_steps": 2, "eval_data": str(rows),
+        params={"config": str(root / "configs" / "tiny-training.yaml"), "max_steps": 2, "eval_data": str(rows),
                 "overrides": [f"training.data_dir={root / 'data' / 'so8t_safety'}", "training.batch_size=4",
                               "training.max_length=96", "training.eval_every=2", "training.eval_max_rows=16",
                               "training.calibrate_temperature=false", "training.log_every=1"]},

@@ -27,7 +27,7 @@ QUICK = [
 
 
 def _config_file(tmp_path, run_dir, *overrides):
-    cfg = load_config(ROOT / "configs" / "training.yaml", [*QUICK, f"training.output_dir={run_dir}", *overrides])
+    cfg = load_config(ROOT / "configs" / "tiny-training.yaml", [*QUICK, f"training.output_dir={run_dir}", *overrides])
     path = tmp_path / f"{Path(run_dir).name}.yaml"
     path.write_text(cfg.to_yaml(), encoding="utf-8")
     return path
@@ -173,7 +173,7 @@ def test_two_cpu_processes_under_torchrun(tmp_path):
 def test_tiny_preset_learns_the_safety_corpus(tmp_path):
     """150 steps of configs/tiny-training.yaml on 2 CPU cores (about 3 minutes): validation macro-F1 on
     all 571 val rows must rise well above chance (a uniform random guess scores about 0.33)."""
-    cfg = load_config(ROOT / "configs" / "training.yaml", [
+    cfg = load_config(ROOT / "configs" / "tiny-training.yaml", [
         f"training.output_dir={tmp_path / 'learn'}", "training.max_steps=150", "training.eval_every=75",
         "training.eval_max_rows=null", "training.log_every=25",
     ])
