@@ -6,13 +6,16 @@
 Each notebook in ``notebooks/`` gets its entry of ``tests/notebook_params.yaml`` injected by papermill
 (prepare only: an ``injected-parameters`` cell after the ``parameters`` cell, nothing executed) and is
 written to ``<out>/``. The fixtures the parameters name are built under ``<out>/work``: an untrained
-tiny checkpoint, twelve test-split rows, and a synthetic sweep summary for the ablation notebook.
+tiny checkpoint, twelve test-split rows, a synthetic sweep summary for the ablation notebook, and a
+log folder with decisions and reviewers' resolutions (tests/ops_fixtures.py) for the compliance report
+and the retraining flow. ``{work}`` and ``{today}`` (UTC, the day the logs were written) are filled in.
 These are fixtures for running the notebooks, not results: nothing here is quoted anywhere.
 """
 
 from __future__ import annotations
 
 import argparse
+import datetime as dt
 import shutil
 import sys
 from pathlib import Path
@@ -26,13 +29,13 @@ ROOT = Path(__file__).resolve().parents[1]
 PARAMS_FILE = ROOT / "tests" / "notebook_params.yaml"
 
 
-def _fill(value, work: Path):
+def _fill(value, work: Path, today: str):
     if isinstance(value, str):
-        return value.replace("{work}", str(work))
+        return value.replace("{work}", str(work)).replace("{today}", today)
     if isinstance(value, list):
-        return [_fill(v, work) for v in value]
+        return [_fill(v, work, today) for v in value]
     if isinstance(value, dict):
-        return {key: _fill(v, work) for key, v in value.items()}
+        return {key: _fill(v, work, today) for key, v in value.items()}
     return value
 
 
@@ -51,6 +54,9 @@ def build_fixtures(work: Path) -> None:
              "metric.macro_f1": 0.55 + rng.normal(0, 0.03), "metric.safety_score": 0.6 + rng.normal(0, 0.03)}
             for order in ("safe_first", "cmd_first", "commuting", "none") for pet in (True, False) for seed in range(3)]
     pd.DataFrame(rows).to_csv(work / "summary.csv", index=False)
+    from ops_fixtures import build_ops_logs  # tests/ is this script's folder
+
+    build_ops_logs(work / "ops_logs")
 
 
 def prepare(out: Path) -> list[Path]:
@@ -63,10 +69,11 @@ def prepare(out: Path) -> list[Path]:
         shutil.rmtree(out)  # generated, never edited by hand
     work = out / "work"
     build_fixtures(work)
+    today = dt.datetime.now(dt.UTC).date().isoformat()
     written = []
     for nb in notebooks:
         target = out / nb.name
-        papermill.execute_notebook(str(nb), str(target), parameters=_fill(params[nb.name], work),
+        papermill.execute_notebook(str(nb), str(target), parameters=_fill(params[nb.name], work, today),
                                    prepare_only=True, progress_bar=False)
         written.append(target)
     return written
