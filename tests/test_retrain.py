@@ -119,6 +119,26 @@ def test_training_starts_from_the_serving_checkpoint(serving, tmp_path):
     assert not all(torch.equal(fresh.state_dict()[k], expected[k]) for k in loaded.adapter_state_dict())
 
 
+def test_training_keeps_the_serving_checkpoints_own_tokenizer(tmp_path, tokenizer):
+    """A checkpoint made before the corpus changed has another tiny tokenizer; its embeddings fit only
+    that one, so training goes on with it (here: two tokens' ids swapped in the saved tokenizer)."""
+    from so8t_lib.core.checkpoint import write_manifest
+
+    folder = SO8TModel.from_config(ModelConfig(name="so8t-old"), tokenizer).save(tmp_path / "old")
+    path = folder / "tokenizer" / "tokenizer.json"
+    spec = json.loads(path.read_text(encoding="utf-8"))
+    vocab = spec["model"]["vocab"]
+    first, second = sorted(vocab, key=vocab.get)[500:502]
+    vocab[first], vocab[second] = vocab[second], vocab[first]
+    path.write_text(json.dumps(spec, ensure_ascii=False), encoding="utf-8")
+    write_manifest(folder)
+    config = retrain.retrain_config(ROOT / "configs" / "tiny-training.yaml", folder, CORPUS_DIR, tmp_path / "run",
+                                    TINY_TRAINING)
+    trainer = retrain.ContinuedTrainer(config, folder)
+    assert trainer.model.tokenizer.get_vocab()[first] == tokenizer.get_vocab()[second]
+    assert trainer.collate.tokenizer is trainer.model.tokenizer
+
+
 class Decider:
     """Decides from a table of request -> label (the gold one, or ALLOW for everything); ``broken``
     returns NaN on every other row."""

@@ -13,6 +13,7 @@ temperature is fitted on val again, as for any run.
 from __future__ import annotations
 
 import gc
+import hashlib
 import json
 from pathlib import Path
 
@@ -22,13 +23,22 @@ import yaml
 from ...core.checkpoint import CheckpointError, checkpoint_version, resolve_checkpoint, verify_manifest
 from ...core.config import SO8TConfig, config_from_dict, load_config
 from ...core.io import atomic_write_text
-from ...core.schema import ADAPTER_FILE, BASE_DIR, MODEL_CONFIG_FILE, is_adapter_key
+from ...core.schema import ADAPTER_FILE, BASE_DIR, MANIFEST_FILE, MODEL_CONFIG_FILE, is_adapter_key
 from ...model.so8t import SO8TModel
+from ...train.collate import SafetyCollator
 from ...train.state_cache import FrozenStates
 from ...train.trainer import Trainer
 from ..pipeline import calibrate_run
 
 ORIGIN_FILE = "retrained_from.json"
+
+
+def _saved_base_digest(folder: Path) -> str:
+    """sha256 over the manifest entries of a checkpoint's saved base: it names that base, where the tiny
+    preset's config (seed and shape) only names the base a fresh initialisation would draw."""
+    files = json.loads((folder / MANIFEST_FILE).read_text(encoding="utf-8"))["files"]
+    entries = {name: entry["sha256"] for name, entry in files.items() if name.startswith(f"{BASE_DIR}/")}
+    return "saved-base:" + hashlib.sha256(json.dumps(entries, sort_keys=True).encode()).hexdigest()
 
 
 def serving_model_config(serving: str | Path) -> dict:
@@ -61,19 +71,35 @@ class ContinuedTrainer(Trainer):
         with torch.no_grad():
             if (folder / BASE_DIR).is_dir():  # a random base travels with its checkpoint: take it from there
                 loaded = SO8TModel.load(folder)
-                if loaded.tokenizer.get_vocab() != self.model.tokenizer.get_vocab():
-                    raise CheckpointError(f"{folder}: its tokenizer is not the one this config builds (the corpus "
-                                          "it was trained on changed); retrain from scratch instead")
                 base = {k: v for k, v in loaded.state_dict().items() if not is_adapter_key(k)}
                 missing, unexpected = self.model.load_state_dict(base, strict=False)
                 if unexpected or [k for k in missing if not is_adapter_key(k)]:
                     raise CheckpointError(f"{folder}: its base does not fit this model config")
+                self._adopt_tokenizer(folder, loaded.tokenizer)
+                self.model.base_fingerprint = _saved_base_digest(folder)  # the frozen-state cache key: this base
                 del loaded
             if not resume:  # a resumed run has its own adapters from last/
                 self.model.load_adapter(folder / ADAPTER_FILE)
         if self.frozen is not None:  # the cached lower-layer states must come from the loaded weights
             self.frozen = FrozenStates.build(self.model, self.split, self.train_rows + self.val_rows, self.collate,
                                              self.tcfg.eval_batch_size, progress=self.main)
+
+
+    def _adopt_tokenizer(self, folder: Path, tokenizer) -> None:
+        """The tiny preset's tokenizer is built from the corpus train split, so a serving checkpoint made
+        before the corpus changed has another one; its embeddings only fit its own, so training goes on
+        with the checkpoint's tokenizer (saved with the new checkpoint), provided its special tokens are
+        where the model config put them."""
+        if tokenizer.get_vocab() == self.model.tokenizer.get_vocab():
+            return
+        special = ("pad_token_id", "bos_token_id", "eos_token_id")
+        if [getattr(tokenizer, k) for k in special] != [getattr(self.model.tokenizer, k) for k in special] or \
+                len(tokenizer) > self.model.causal_lm.get_input_embeddings().num_embeddings:
+            raise CheckpointError(f"{folder}: its tokenizer's special tokens or size do not fit the model this config "
+                                  "builds; retrain from scratch instead")
+        self.model.tokenizer = tokenizer
+        self.collate = SafetyCollator(tokenizer, self.tcfg.max_length, self.model.system_prompt,
+                                      self.tcfg.max_target_tokens)
 
 
 def train_from_serving(config: SO8TConfig, serving: str | Path, resume: bool = False, on_log=None) -> Path:
