@@ -14,7 +14,7 @@ from conftest import randomize_adapters
 from ops_fixtures import PLANTED_PERSONAL_DATA, REVIEWS, build_ops_logs
 
 from so8t_lib.cli import main as so8t
-from so8t_lib.core.config import ModelConfig
+from so8t_lib.core.config import ConfigError, ModelConfig
 from so8t_lib.core.io import sha256_file
 from so8t_lib.core.paths import CORPUS_DIR
 from so8t_lib.core.schema import LABELS
@@ -110,6 +110,8 @@ def test_training_starts_from_the_serving_checkpoint(serving, tmp_path):
     config = retrain.retrain_config(ROOT / "configs" / "tiny-training.yaml", serving, CORPUS_DIR, tmp_path / "run",
                                     TINY_TRAINING)
     assert config.model.name == "so8t-serving" and not config.training.head_warm_start
+    with pytest.raises(ConfigError, match="no config.yaml of the run that made it; name the training config"):
+        retrain.retrain_config(None, serving, CORPUS_DIR, tmp_path / "run")  # a bare checkpoint: say which recipe
     trainer = retrain.ContinuedTrainer(config, serving)
     loaded = SO8TModel.load(serving)
     start, expected = trainer.model.state_dict(), loaded.state_dict()
@@ -137,6 +139,27 @@ def test_training_keeps_the_serving_checkpoints_own_tokenizer(tmp_path, tokenize
     trainer = retrain.ContinuedTrainer(config, folder)
     assert trainer.model.tokenizer.get_vocab()[first] == tokenizer.get_vocab()[second]
     assert trainer.collate.tokenizer is trainer.model.tokenizer
+
+
+def test_training_from_a_pretrained_base_loads_the_adapters_and_caches_frozen_states(tmp_path, tokenizer,
+                                                                                     monkeypatch):
+    """The Gemma recipe's shape (a pretrained base that does not travel with the checkpoint, frozen lower
+    layers with cached states) on a tiny base saved as a local model folder."""
+    base = SO8TModel.from_config(ModelConfig(), tokenizer).save(tmp_path / "tiny") / "base"
+    tokenizer.save_pretrained(str(base))  # a model folder has both
+    model = SO8TModel.from_config(ModelConfig(name="so8t-hf", preset="hf", base_model=str(base), load_in_4bit=False,
+                                              lora={"dropout": 0.0, "layers": [2, 3], "modules_to_save": []},
+                                              gates={"layers": [2, 3]}, head={"dropout": 0.0}))
+    randomize_adapters(model)
+    serving = model.save(tmp_path / "serving")
+    assert not (serving / "base").exists()
+    monkeypatch.setenv("SO8T_CACHE", str(tmp_path / "cache"))
+    config = retrain.retrain_config(ROOT / "configs" / "tiny-training.yaml", serving, CORPUS_DIR, tmp_path / "run",
+                                    [*TINY_TRAINING, "training.freeze_below=2", "training.cache_frozen_states=true"])
+    trainer = retrain.ContinuedTrainer(config, serving)
+    expected = SO8TModel.load(serving).adapter_state_dict()
+    start = trainer.model.adapter_state_dict()
+    assert all(torch.equal(start[k], expected[k]) for k in expected) and trainer.frozen is not None
 
 
 class Decider:

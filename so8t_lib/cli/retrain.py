@@ -34,28 +34,16 @@ import sys
 import warnings
 from pathlib import Path
 
-from ..core.checkpoint import CheckpointError, resolve_checkpoint
+from ..core.checkpoint import CheckpointError
 from ..core.config import ConfigError
 from ..core.io import atomic_write_text
 from ..core.paths import CORPUS_DIR
-from ..core.schema import RUN_CONFIG_FILE
 from ..data.tables import DataError
 from ..serve.escalation import QueueError
 from ..workbench import retrain
 
 ERRORS = (ConfigError, DataError, QueueError, CheckpointError, OSError, retrain.ExtractError, retrain.PreprocessError,
           retrain.NotPromoted)
-
-
-def _base_config(args) -> str:
-    """--config, else the serving run's own config.yaml, else the default training config."""
-    if args.config:
-        return args.config
-    folder = resolve_checkpoint(args.serving)
-    for candidate in (folder / RUN_CONFIG_FILE, folder.parent / RUN_CONFIG_FILE):
-        if candidate.is_file():
-            return str(candidate)
-    return "configs/training.yaml"
 
 
 def _add_logs(p) -> None:
@@ -124,7 +112,7 @@ def main(argv: list[str] | None = None) -> int:
 
 def _run(args) -> int:
     summary = retrain.run_flow(
-        args.logs, args.serving, args.work, _base_config(args), args.overrides, queue=args.db, reviews=args.reviews,
+        args.logs, args.serving, args.work, args.config, args.overrides, queue=args.db, reviews=args.reviews,
         key=os.environ.get(args.key_env), hmac_key=os.environ.get(args.hmac_key_env),
         public=tuple(args.public or ("xstest", "sst")), eval_max_rows=args.max_rows, bootstrap=args.bootstrap,
         threshold=args.threshold, margin=args.margin, quants=args.quant, runtime_config=args.runtime_config)
@@ -148,7 +136,7 @@ def _preprocess(args) -> int:
 
 
 def _train(args) -> int:
-    config = retrain.retrain_config(_base_config(args), args.serving, args.data, args.out, args.overrides)
+    config = retrain.retrain_config(args.config, args.serving, args.data, args.out, args.overrides)
     run_dir = retrain.train_from_serving(config, args.serving, resume=args.resume)
     print(f"trained from {args.serving}: {run_dir}")
     return 0

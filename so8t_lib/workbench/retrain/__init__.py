@@ -22,24 +22,24 @@ from .deploy import GATE_FILE, NotPromoted, checked_gate, deploy
 from .extract import ExtractError, extract_rows, write_rows
 from .gate import compare, run_gate
 from .preprocess import PreprocessError, preprocess
-from .train import ContinuedTrainer, retrain_config, train_from_serving
+from .train import ContinuedTrainer, retrain_config, serving_training_config, train_from_serving
 
 __all__ = ["GATE_FILE", "ContinuedTrainer", "ExtractError", "NotPromoted", "PreprocessError", "checked_gate",
            "compare", "deploy", "extract_rows", "preprocess", "retrain_config", "run_flow", "run_gate",
-           "train_from_serving", "write_rows"]
+           "serving_training_config", "train_from_serving", "write_rows"]
 ROWS_FILE, DATA_DIR, RUN_DIR, DIST_DIR, SMOKE_DIR, SUMMARY_FILE = (
     "additional_training.jsonl", "data", "run", "dist", "smoke-logs", "retrain.json")
 
 
 def run_flow(logs: list[str | Path], serving: str | Path, work: str | Path,
-             base_config: str | Path = "configs/tiny-training.yaml", overrides: list[str] | tuple[str, ...] = (),
+             base_config: str | Path | None = None, overrides: list[str] | tuple[str, ...] = (),
              queue: str | Path | None = None, reviews: str | Path | None = None, key: str | None = None,
              hmac_key: str | None = None, public: tuple[str, ...] = ("xstest", "sst"),
              eval_max_rows: int | None = None, bootstrap: int = 1000, threshold: float | None = None,
              margin: float = 0.0, quants: list[str] | None = None, runtime_config: str | Path = "configs/basic.yaml",
              log=print) -> dict:
     """All five steps into ``work/``; stops after the gate when it refuses (``promote`` false, nothing
-    exported). Returns, and writes to ``work/retrain.json``, what each step did."""
+    exported). ``base_config`` None trains with the serving run's own config. Returns, and writes to ``work/retrain.json``, what each step did."""
     work = Path(work)
     work.mkdir(parents=True, exist_ok=True)
     summary: dict = {"serving": str(serving), "work": str(work)}

@@ -21,9 +21,16 @@ import torch
 import yaml
 
 from ...core.checkpoint import CheckpointError, checkpoint_version, resolve_checkpoint, verify_manifest
-from ...core.config import SO8TConfig, config_from_dict, load_config
+from ...core.config import ConfigError, SO8TConfig, config_from_dict, load_config
 from ...core.io import atomic_write_text
-from ...core.schema import ADAPTER_FILE, BASE_DIR, MANIFEST_FILE, MODEL_CONFIG_FILE, is_adapter_key
+from ...core.schema import (
+    ADAPTER_FILE,
+    BASE_DIR,
+    MANIFEST_FILE,
+    MODEL_CONFIG_FILE,
+    RUN_CONFIG_FILE,
+    is_adapter_key,
+)
 from ...model.so8t import SO8TModel
 from ...train.collate import SafetyCollator
 from ...train.state_cache import FrozenStates
@@ -50,10 +57,23 @@ def serving_model_config(serving: str | Path) -> dict:
     return yaml.safe_load(path.read_text(encoding="utf-8"))["model"]
 
 
-def retrain_config(base_config: str | Path, serving: str | Path, data_dir: str | Path, output_dir: str | Path,
-                   overrides: list[str] | tuple[str, ...] = ()) -> SO8TConfig:
-    """``base_config``'s loss and training sections (with ``overrides``), the serving checkpoint's model,
-    the new data folder and run folder; no head warm start (the head comes from the checkpoint)."""
+def serving_training_config(serving: str | Path) -> Path:
+    """The training config the serving run was made with (the ``config.yaml`` its trainer wrote beside
+    ``best/``): retraining repeats that recipe unless told otherwise."""
+    folder = resolve_checkpoint(serving)
+    for candidate in (folder / RUN_CONFIG_FILE, folder.parent / RUN_CONFIG_FILE):
+        if candidate.is_file():
+            return candidate
+    raise ConfigError(f"{serving}: no {RUN_CONFIG_FILE} of the run that made it; name the training config to "
+                      "retrain with (--config, e.g. configs/tiny-training.yaml for the tiny preset)")
+
+
+def retrain_config(base_config: str | Path | None, serving: str | Path, data_dir: str | Path,
+                   output_dir: str | Path, overrides: list[str] | tuple[str, ...] = ()) -> SO8TConfig:
+    """``base_config``'s loss and training sections (with ``overrides``; None: the serving run's own),
+    the serving checkpoint's model, the new data folder and run folder; no head warm start (the head
+    comes from the checkpoint)."""
+    base_config = base_config or serving_training_config(serving)
     config = load_config(base_config, [*overrides, f"training.data_dir={data_dir}",
                                        f"training.output_dir={output_dir}", "training.head_warm_start=false"])
     return config_from_dict({**config.to_dict(), "model": serving_model_config(serving)},
