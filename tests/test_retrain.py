@@ -268,3 +268,12 @@ def test_retrain_run_end_to_end_on_the_tiny_preset(ops_logs, refusing, tmp_path,
     records = [r for _, r in read_chains(work / "smoke-logs") if r.get("event") == "decision"]
     assert len(records) == 4 and all(r["test"] for r in records)
     assert {r["model_version"] for r in records} == {summary["deploy"]["model_version"]}
+    run_dir, gate = work / "run", work / "gate.json"
+    with pytest.raises(ConfigError, match="failed closed on 1 request"):  # too long: nothing reaches the folder
+        retrain.deploy(run_dir, gate, tmp_path / "d1", log_dir=tmp_path / "l1", requests=[("x" * 50_000, None)])
+    assert list((tmp_path / "d1").iterdir()) == []
+    f16 = gguf  # no --quant: the f16 file is the one the runtime decided from
+    f16.write_bytes(b"the file in service")
+    with pytest.raises(ConfigError, match="already exist with other contents.*nothing was replaced"):
+        retrain.deploy(run_dir, gate, work / "dist", log_dir=tmp_path / "l2")
+    assert f16.read_bytes() == b"the file in service" and not list((work / "dist").glob(".deploy-*"))

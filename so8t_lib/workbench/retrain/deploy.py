@@ -4,7 +4,10 @@ Only a candidate the gate promoted is exported, and only the very model the gate
 gate's record names the candidate's version (``name@`` the first 12 hex of its adapter's sha256),
 which must still be the checkpoint's. The runtime then loads the new file as production would (the
 sha256 sidecar is checked first) and decides a few requests with ``test_mode``: its records are
-marked as tests, nothing is notified, and its chain must verify. Putting the file into service is
+marked as tests, nothing is notified, and its chain must verify. The files are exported into a staging
+folder and moved into the dist folder only after that run passed, and never over a file of the same
+name with other bytes (a retrained model keeps its name: that may be the file in service). Putting the
+file into service is
 left to a person (point the runtime config's ``model.gguf_path`` at it and restart, or run ``so8t
 serve --model-path``): this step only shows that it loads and decides.
 """
@@ -12,13 +15,18 @@ serve --model-path``): this step only shows that it loads and decides.
 from __future__ import annotations
 
 import json
+import os
+import shutil
+import tempfile
 from pathlib import Path
 
 import yaml
 
 from ...core.checkpoint import checkpoint_version, resolve_checkpoint
 from ...core.config import ConfigError
+from ...core.io import sha256_file
 from ...core.schema import MODEL_CONFIG_FILE
+from ...export.gguf_meta import sidecar_path
 from ...export.quantize import export
 from ...model.prompts import EXAMPLE_REQUESTS
 from ...serve.audit_verify import read_chains, verify_chains
@@ -48,33 +56,60 @@ def checked_gate(gate_file: str | Path, candidate: str | Path) -> dict:
     return gate
 
 
-def deploy(candidate: str | Path, gate_file: str | Path, dist: str | Path, quants: list[str] | None = None,
-           runtime_config: str | Path = "configs/basic.yaml", log_dir: str | Path = "smoke-logs",
-           requests: list[tuple[str, str | None]] | None = None) -> dict:
-    """Export the promoted candidate, then decide ``requests`` (default: the example requests) with the
-    runtime in test mode on the last file written; returns what was written and decided."""
-    checked_gate(gate_file, candidate)
-    files = export(candidate, dist, list(quants or []), progress=False)
-    target = files[-1]
+def _smoke_test(target: Path, runtime_config: str | Path, log_dir: str | Path,
+                requests: list[tuple[str, str | None]] | None) -> tuple[str, list[dict], int]:
+    """The runtime in test mode on ``target``: (model version, results, test records); ConfigError when it
+    cannot load the file, fails closed on a request, or leaves a log that does not verify."""
     overrides = [f"model.checkpoint_path={target}", "model.use_gguf=true", f"model.gguf_path={target}",
                  "inference.generate_responses=false"]
     agent = Agent.from_config(runtime_config, overrides, test_mode=True, log_dir=str(log_dir))
     try:
         if agent.load_error:
-            raise ConfigError(f"the runtime could not load {target}: {agent.load_error}")
-        items = [{"user_request": r, "context": c} for r, c in (requests or EXAMPLE_REQUESTS)]
-        results = agent.run_batch(items)
+            raise ConfigError(f"the runtime could not load {target.name}: {agent.load_error}")
+        results = agent.run_batch([{"user_request": r, "context": c} for r, c in (requests or EXAMPLE_REQUESTS)])
     finally:
         agent.close()
     records = [r for _, r in read_chains(log_dir) if r.get("event") == "decision"]
-    verification = verify_chains(log_dir)
-    problems = [e for r in verification.values() for e in r["errors"]]
+    problems = [e for r in verify_chains(log_dir).values() for e in r["errors"]]
     failed = [r["error"] for r in results if "fail_closed" in (r.get("flags") or [])]
     if failed:
-        raise ConfigError(f"the runtime loaded {target} but failed closed on {len(failed)} request(s): {failed[0]}")
+        raise ConfigError(f"the runtime loaded {target.name} but failed closed on {len(failed)} request(s): {failed[0]}")
     if problems or not all(r.get("test") for r in records):
-        raise ConfigError(f"the test-mode run on {target} left an audit log that does not verify or holds "
+        raise ConfigError(f"the test-mode run on {target.name} left an audit log that does not verify or holds "
                           f"records not marked as tests: {problems}")
-    return {"files": [str(f) for f in files], "runtime_file": str(target), "model_version": agent.model_version,
+    return agent.model_version, results, len(records)
+
+
+def _place(files: list[Path], dist: Path) -> list[Path]:
+    """Move the staged files (and sidecars) into ``dist``. A file of the same name with other bytes is
+    never replaced: it may be the one in service (a retrained model keeps its name)."""
+    clashes = [dist / f.name for f in files if (dist / f.name).exists()
+               and sha256_file(dist / f.name) != sha256_file(f)]
+    if clashes:
+        raise ConfigError(f"{', '.join(map(str, clashes))} already exist with other contents (perhaps the model in "
+                          "service): choose a new --dist folder; nothing was replaced")
+    for f in files:
+        os.replace(sidecar_path(f), dist / sidecar_path(f).name)
+        os.replace(f, dist / f.name)
+    return [dist / f.name for f in files]
+
+
+def deploy(candidate: str | Path, gate_file: str | Path, dist: str | Path, quants: list[str] | None = None,
+           runtime_config: str | Path = "configs/basic.yaml", log_dir: str | Path = "smoke-logs",
+           requests: list[tuple[str, str | None]] | None = None) -> dict:
+    """Export the promoted candidate into a staging folder, decide ``requests`` (default: the example
+    requests) with the runtime in test mode on the last file, and only then move the files into
+    ``dist``: a failed export or test run leaves nothing there. Returns what was written and decided."""
+    checked_gate(gate_file, candidate)
+    dist = Path(dist)
+    dist.mkdir(parents=True, exist_ok=True)
+    staging = Path(tempfile.mkdtemp(prefix=".deploy-", dir=dist))
+    try:
+        staged = export(candidate, staging, list(quants or []), progress=False)
+        version, results, records = _smoke_test(staged[-1], runtime_config, log_dir, requests)
+        files = _place(staged, dist)
+    finally:
+        shutil.rmtree(staging, ignore_errors=True)
+    return {"files": [str(f) for f in files], "runtime_file": str(files[-1]), "model_version": version,
             "decisions": [{"decision": r["decision"], "category": r["category"], "error": r["error"]} for r in results],
-            "test_records": len(records), "log_dir": str(log_dir)}
+            "test_records": records, "log_dir": str(log_dir)}
