@@ -2,8 +2,10 @@
 
     python benchmarks/gguf_decisions.py [--checkpoint checkpoints/so8t-tiny] [--dist dist]
                                         [--out benchmarks/results/gguf_decisions_cpu.json]
+    python benchmarks/gguf_decisions.py --checkpoint checkpoints/so8t-demo --name so8t-demo --rows 400 \
+        --out benchmarks/results/gguf_decisions_so8t-demo.json          # the Gemma default
 
-Needs the trained tiny default and its GGUF files (``make demo`` writes both). All backends run in
+Needs a trained checkpoint and its GGUF files (``make demo`` writes both). All backends run in
 this one process on the same requests of the test split (``so8t_lib.eval.quant_compare.compare``);
 ratios are to the fp32 HF model. Then the Q4_K_M file's throughput on 128 requests for each
 ``GGUFBackend(batch_tokens=...)`` setting (tokens packed into one llama.cpp decode). Numbers depend on the machine: compare ratios, not absolutes.
@@ -52,6 +54,7 @@ def main(argv: list[str] | None = None) -> dict:
     parser.add_argument("--dist", default=str(ROOT / "dist"))
     parser.add_argument("--name", default="so8t-tiny")
     parser.add_argument("--data", default="test")
+    parser.add_argument("--rows", type=int, default=None, help="a stratified sample of this many rows (default: all)")
     parser.add_argument("--batch-tokens", default="2048,1024,512,256,128")
     parser.add_argument("--out", default=str(ROOT / "benchmarks" / "results" / "gguf_decisions_cpu.json"))
     args = parser.parse_args(argv)
@@ -60,10 +63,10 @@ def main(argv: list[str] | None = None) -> dict:
     if missing:
         sys.exit(f"missing GGUF files {missing}: run `make demo` (or so8t export "
                  f"{args.checkpoint} --quant Q8_0,Q4_K_M,Q4_K_S,IQ4_XS) first")
-    frame = compare(args.checkpoint, files, args.data)
+    frame = compare(args.checkpoint, files, args.data, max_rows=args.rows)
     packing = batch_tokens_sweep(files[ORDER.index("q4_k_m")], args.data, [int(x) for x in args.batch_tokens.split(",")])
     payload = {"benchmark": "gguf_decisions", "device": "cpu", "threads": torch.get_num_threads(),
-               "cpu_count": os.cpu_count(), "machine": platform.machine(), "data": args.data,
+               "cpu_count": os.cpu_count(), "machine": platform.machine(), "data": args.data, "rows": args.rows,
                "results": json.loads(frame.to_json(orient="records")), "batch_tokens_q4_k_m": packing}
     out = atomic_write_text(args.out, json.dumps(payload, indent=1))
     cols = ["backend", "size_mib", "load_s", "decide_p50_ms", "decide_p95_ms", "requests_per_s_batch32",

@@ -17,6 +17,7 @@ from tqdm.auto import tqdm
 from ..core.checkpoint import resolve_checkpoint
 from ..core.schema import ADAPTER_FILE, BASE_DIR, LABELS
 from ..data.benchmarks import load_any
+from ..data.tables import stratified_sample
 from ..model.so8t import SO8TModel
 from .evaluate import table_contexts
 from .latency import measure_latency
@@ -28,11 +29,15 @@ def _dir_size(path: Path) -> int:
 
 
 def compare(checkpoint: str | Path, gguf_files: list[str | Path], data: str = "test", latency_requests: int = 32,
-            throughput_requests: int = 128, generate_tokens: int = 32) -> pd.DataFrame:
-    """One row per backend (``hf-fp32`` first, then each GGUF file), columns as the module says."""
+            throughput_requests: int = 128, generate_tokens: int = 32, max_rows: int | None = None) -> pd.DataFrame:
+    """One row per backend (``hf-fp32`` first, then each GGUF file), columns as the module says; ``max_rows``
+    scores a stratified sample of the data (a 270M base on a CPU: every backend on every row takes long)."""
     from ..serve.gguf_backend import GGUFBackend
 
     table = load_any(data)
+    if max_rows and len(table) > max_rows:
+        table = (stratified_sample(table, max_rows, seed=0) if {"label", "lang"} <= set(table.columns)
+                 else table.sample(max_rows, random_state=0).sort_index())
     requests = list(table["user_request"])
     contexts = table_contexts(table)
     gold = list(table["label"])
