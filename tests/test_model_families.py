@@ -181,3 +181,19 @@ def test_the_warm_start_head_decides_like_the_probe_it_copies(tokenizer):
         head_logits = model.safety_head(torch.from_numpy(states).float()).numpy()
     assert np.array_equal(head_logits.argmax(1), probe.predict(scaled))
     assert accuracy == pytest.approx(probe.score(scaled, labels)) and accuracy > 1 / 3
+
+
+def test_a_warm_started_run_scores_its_starting_probe_so_best_is_never_worse(tmp_path, monkeypatch):
+    import json
+
+    from so8t_lib.train.trainer import Trainer
+
+    monkeypatch.setenv("SO8T_CACHE", str(tmp_path / "cache"))
+    config = _recipe(tmp_path, "warm", True).model_copy(deep=True)
+    config.training.head_warm_start = True
+    Trainer(config).run()
+    evals = [json.loads(line) for line in (tmp_path / "warm" / "metrics.jsonl").read_text().splitlines()]
+    evals = [e for e in evals if e.get("kind") == "eval"]
+    assert [e["step"] for e in evals] == [0, 3] and evals[0]["improved"]
+    best = max(e["value"] for e in evals)
+    assert (tmp_path / "warm" / "best").is_dir() and best >= evals[0]["value"]

@@ -290,6 +290,9 @@ class Trainer:
                    disable=not self.main, dynamic_ncols=True)
         tokens, clock = 0, time.perf_counter()
         val_text = "-"
+        if self.state.step == 0 and self.tcfg.head_warm_start:
+            # the warm-started head is already a fitted probe: score it, so best/ is never worse than the start
+            val_text = f"{self.evaluate()['value'] or 0:.3f}"
         try:
             while self.state.step < self.tcfg.max_steps and not self.state.stopped_early:
                 self._step_rng = rng_state()  # the state at the last step boundary, for emergency saves
