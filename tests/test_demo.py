@@ -3,19 +3,23 @@
 import json
 
 from so8t_lib.cli import main as so8t
-from so8t_lib.data.tables import load_split
+from so8t_lib.data.tables import load_split, stratified_sample
 
 FEW_STEPS = ["training.max_steps=3", "training.batch_size=4", "training.max_length=96", "training.eval_every=3",
              "training.eval_max_rows=16", "training.log_every=1"]
 
 
 def test_demo_trains_then_reuses_the_run_and_writes_test_metrics(tmp_path, capsys):
-    run_dir = tmp_path / "run"
+    run_dir, data_dir = tmp_path / "run", tmp_path / "data"
+    data_dir.mkdir()
+    for split, rows in (("train", 200), ("val", 60), ("test", 120)):  # a stratified slice of each split: minutes less
+        stratified_sample(load_split(split), rows, 0).to_json(data_dir / f"{split}.jsonl", orient="records", lines=True,
+                                                              force_ascii=False)
     args = ["--config", "configs/tiny-training.yaml", "--bootstrap", "20", "--dist", str(tmp_path / "dist"), *FEW_STEPS,
-            f"training.output_dir={run_dir}"]
+            f"training.output_dir={run_dir}", f"training.data_dir={data_dir}"]
     so8t(["demo", *args])
     report = json.loads((run_dir / "test_metrics.json").read_text(encoding="utf-8"))
-    n_test = len(load_split("test"))
+    n_test = 120
     assert report["n"] == n_test and sum(map(sum, report["confusion_matrix"])) == n_test
     assert set(report["ci"]) >= {"safety_score", "macro_f1"} and report["checkpoint"].endswith("best")
     log = (run_dir / "metrics.jsonl").read_text(encoding="utf-8")
