@@ -34,3 +34,16 @@ def test_bow_baseline_writes_scores(tmp_path):
     results = _load("bow_baseline").main(["--steps", "3", "--out", str(out)])
     assert json.loads(out.read_text())["results"] == results
     assert set(results) == {"val", "test"} and 0 <= results["test"]["macro_f1"] <= 1
+
+
+def test_head_vs_generative_benchmark_reports_both_ways_of_deciding(tmp_path, tokenizer):
+    from so8t_lib.core.config import ModelConfig
+    from so8t_lib.core.schema import LABELS
+    from so8t_lib.model import SO8TModel
+
+    checkpoint = SO8TModel.from_config(ModelConfig(name="bench"), tokenizer).save(tmp_path / "ckpt")
+    out = tmp_path / "hvg.json"
+    result = _load("head_vs_generative").main(["--model", str(checkpoint), "--rows", "6", "--out", str(out)])
+    assert json.loads(out.read_text()) == result and result["rows"] == 6
+    assert sum(result["generative_label_counts"].values()) == 6 and set(result["generative_label_counts"]) == set(LABELS)
+    assert 0 <= result["agreement"] <= 1 and result["p50_ratio_generative_over_head"] > 0
