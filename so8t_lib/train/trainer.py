@@ -252,7 +252,9 @@ class Trainer:
                       safety_frozen=safety_frozen)
         return totals
 
-    def evaluate(self) -> dict:
+    def evaluate(self, select: bool = True) -> dict:
+        """Score the val sample; with ``select`` the score competes for ``best/`` and counts for early stopping,
+        without it it is only logged (the warm start's reference)."""
         if self.frozen is None:
             report = val_metrics(self.model, self.val_rows, self.tcfg.eval_batch_size)
         else:  # the same decisions from the cached lower layers (only the layers above run)
@@ -261,18 +263,18 @@ class Trainer:
             report = headline_metrics([r["label"] for r in self.val_rows], [LABELS[i] for i in probs.argmax(-1)])
         metric_name = self.tcfg.early_stopping.metric
         value = select_metric(report, metric_name)
-        improved = value is not None and (
+        improved = select and value is not None and (
             self.state.best_metric is None or value > self.state.best_metric + self.tcfg.early_stopping.min_delta
         )
         if improved:
             self.state.best_metric, self.state.best_step = value, self.state.step
             self.state.evals_without_improvement = 0
-        else:
+        elif select:
             self.state.evals_without_improvement += 1
         headline = {k: report.get(k) for k in ("safety_score", "refuse_recall", "macro_f1", "accuracy",
                                               "dangerous_compliance", "escalate_precision", "allow_precision")}
-        self.log({"step": self.state.step, "kind": "eval", "metric": metric_name, "value": value,
-                  "improved": improved, **headline})
+        self.log({"step": self.state.step, "kind": "eval" if select else "eval_reference", "metric": metric_name,
+                  "value": value, "improved": improved, **headline})
         if improved:
             self.save(BEST_DIR)
         return {"value": value, "improved": improved}
@@ -291,8 +293,8 @@ class Trainer:
         tokens, clock = 0, time.perf_counter()
         val_text = "-"
         if self.state.step == 0 and self.tcfg.head_warm_start:
-            # the warm-started head is already a fitted probe: score it, so best/ is never worse than the start
-            val_text = f"{self.evaluate()['value'] or 0:.3f}"
+            # the warm-started head is already a fitted probe: log its score as the reference the steps must beat
+            val_text = f"{self.evaluate(select=False)['value'] or 0:.3f}"
         try:
             while self.state.step < self.tcfg.max_steps and not self.state.stopped_early:
                 self._step_rng = rng_state()  # the state at the last step boundary, for emergency saves
