@@ -28,6 +28,16 @@ def _dir_size(path: Path) -> int:
     return sum(p.stat().st_size for p in path.rglob("*") if p.is_file())
 
 
+def _size_mib(name: str, path: Path) -> float | None:
+    """A GGUF file's size; a checkpoint's base plus adapters, or None when its base lives outside it (a
+    pretrained base in the cache: the checkpoint folder alone would read as a few kilobytes)."""
+    if name != "hf-fp32":
+        return path.stat().st_size / 2**20
+    if not (path / BASE_DIR).is_dir():
+        return None
+    return (_dir_size(path / BASE_DIR) + (path / ADAPTER_FILE).stat().st_size) / 2**20
+
+
 def compare(checkpoint: str | Path, gguf_files: list[str | Path], data: str = "test", latency_requests: int = 32,
             throughput_requests: int = 128, generate_tokens: int = 32, max_rows: int | None = None) -> pd.DataFrame:
     """One row per backend (``hf-fp32`` first, then each GGUF file), columns as the module says; ``max_rows``
@@ -58,8 +68,7 @@ def compare(checkpoint: str | Path, gguf_files: list[str | Path], data: str = "t
         batched = measure_latency(decider, requests, (32,), batches=max(1, throughput_requests // 32))["results"][0]
         row = {
             "backend": name, "file": str(path),
-            "size_mib": (_dir_size(path / BASE_DIR) + (path / ADAPTER_FILE).stat().st_size) / 2**20
-            if name == "hf-fp32" and (path / BASE_DIR).is_dir() else path.stat().st_size / 2**20,
+            "size_mib": _size_mib(name, path),
             "load_s": load_s, "decide_p50_ms": single["p50_ms"], "decide_p95_ms": single["p95_ms"],
             "requests_per_s_batch32": batched["requests_per_s"], "peak_rss_mb": batched["peak_rss_mb"],
             "agreement_with_fp32": float((pred == reference).mean()),

@@ -139,10 +139,14 @@ def build_card(config: dict, eval_json: Path, quant_json: Path, ablation_json: P
     ]
     lines += ["", "## Quantization"]
     if quant:
-        lines += ["From `benchmarks/gguf_decisions.py` (same requests, one process):", "",
+        sample = f"a stratified sample of {quant['rows']} rows of " if quant.get("rows") else ""
+        lines += [f"From `benchmarks/gguf_decisions.py` ({sample}`{quant.get('data', 'test')}`, same requests, one "
+                  "process; timings depend on the machine's load, agreement and macro-F1 do not):", "",
                   "| backend | MiB | agreement with fp32 | macro-F1 | decide p50 ms |", "|---|---|---|---|---|"]
         for r in quant["results"]:
-            lines.append(f"| {r['backend']} | {r['size_mib']:.1f} | {r['agreement_with_fp32']:.3f} | "
+            # None, or (older result files) the few-kB folder of a checkpoint whose base lives in the cache
+            size = "n/a" if r.get("size_mib") is None or r["size_mib"] < 0.1 else f"{r['size_mib']:.1f}"
+            lines.append(f"| {r['backend']} | {size} | {r['agreement_with_fp32']:.3f} | "
                          f"{r['macro_f1']:.3f} | {r['decide_p50_ms']:.1f} |")
     else:
         lines.append(f"Not measured: `{quant_json}` is missing (`python benchmarks/gguf_decisions.py`).")
