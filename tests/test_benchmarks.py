@@ -47,3 +47,12 @@ def test_head_vs_generative_benchmark_reports_both_ways_of_deciding(tmp_path, to
     assert json.loads(out.read_text()) == result and result["rows"] == 6
     assert sum(result["generative_label_counts"].values()) == 6 and set(result["generative_label_counts"]) == set(LABELS)
     assert 0 <= result["agreement"] <= 1 and result["p50_ratio_generative_over_head"] > 0
+
+
+def test_result_files_name_paths_relative_to_the_project(tmp_path):
+    from so8t_lib.core.paths import PROJECT_ROOT, project_relative
+
+    assert project_relative(PROJECT_ROOT / "dist" / "x.gguf") == "dist/x.gguf"
+    assert project_relative(tmp_path / "y.gguf") == str(tmp_path / "y.gguf")  # outside the project: kept as given
+    for result in (ROOT / "benchmarks" / "results").glob("*.json"):
+        assert str(PROJECT_ROOT) not in result.read_text(encoding="utf-8"), result

@@ -36,3 +36,13 @@ def enter_project_root() -> Path:
             "(pip install -e . from the clone, as make does) so notebooks can find configs/ and data/")
     os.chdir(PROJECT_ROOT)
     return PROJECT_ROOT
+
+
+def project_relative(path: str | Path) -> str:
+    """``path`` relative to the project root when it lies inside it, else as given: result files are
+    committed, and a machine's absolute paths mean nothing on the next one."""
+    resolved = Path(path).resolve()
+    try:
+        return str(resolved.relative_to(PROJECT_ROOT))
+    except ValueError:
+        return str(path)

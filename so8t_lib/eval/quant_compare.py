@@ -15,6 +15,7 @@ import pandas as pd
 from tqdm.auto import tqdm
 
 from ..core.checkpoint import resolve_checkpoint
+from ..core.paths import project_relative
 from ..core.schema import ADAPTER_FILE, BASE_DIR, LABELS
 from ..data.benchmarks import load_any
 from ..data.tables import stratified_sample
@@ -67,7 +68,7 @@ def compare(checkpoint: str | Path, gguf_files: list[str | Path], data: str = "t
         single = measure_latency(decider, requests, (1,), batches=latency_requests)["results"][0]
         batched = measure_latency(decider, requests, (32,), batches=max(1, throughput_requests // 32))["results"][0]
         row = {
-            "backend": name, "file": str(path),
+            "backend": name, "file": project_relative(path),
             "size_mib": _size_mib(name, path),
             "load_s": load_s, "decide_p50_ms": single["p50_ms"], "decide_p95_ms": single["p95_ms"],
             "requests_per_s_batch32": batched["requests_per_s"], "peak_rss_mb": batched["peak_rss_mb"],
