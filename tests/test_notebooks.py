@@ -96,9 +96,15 @@ def test_model_card_names_missing_results_and_quotes_present_ones(tmp_path):
     assert "| test | macro_f1 | 0.300 [0.35, 0.45] | 0.400 [0.35, 0.45] |" in card  # corpus v1 against v2
     assert "random" in card and "Gemma" not in card  # the tiny preset's card claims nothing about Gemma
 
+    quant = {"rows": 40, "data": "test", "results": [
+        {"backend": "hf-fp32", "size_mib": None, "agreement_with_fp32": 1.0, "macro_f1": 0.5, "decide_p50_ms": 9.0},
+        {"backend": "Q8_0", "size_mib": 278.0, "agreement_with_fp32": 0.9, "macro_f1": 0.5, "decide_p50_ms": 8.0}]}
+    (tmp_path / "quant.json").write_text(json.dumps(quant))
+    common[common.index(str(tmp_path / "none.json"))] = str(tmp_path / "quant.json")
     so8t(["card", "--config", str(ROOT / "configs" / "training.yaml"), "--compare", "", *common])
     card = out.read_text(encoding="utf-8")  # the default: the pretrained Gemma base, its licence, its recipe
     assert "Gemma terms of use" in card and "layers 0-11 frozen" in card and "corpus v1" not in card
+    assert "| hf-fp32 | n/a | 1.000 |" in card and "| Q8_0 | 278.0 | 0.900 |" in card and "sample of 40 rows" in card
 
 
 def test_model_card_redraws_its_figures_from_the_committed_results(tmp_path):

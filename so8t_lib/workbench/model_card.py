@@ -144,8 +144,7 @@ def build_card(config: dict, eval_json: Path, quant_json: Path, ablation_json: P
                   "process; timings depend on the machine's load, agreement and macro-F1 do not):", "",
                   "| backend | MiB | agreement with fp32 | macro-F1 | decide p50 ms |", "|---|---|---|---|---|"]
         for r in quant["results"]:
-            # None, or (older result files) the few-kB folder of a checkpoint whose base lives in the cache
-            size = "n/a" if r.get("size_mib") is None or r["size_mib"] < 0.1 else f"{r['size_mib']:.1f}"
+            size = "n/a" if r.get("size_mib") is None else f"{r['size_mib']:.1f}"  # None: the base lives in the cache
             lines.append(f"| {r['backend']} | {size} | {r['agreement_with_fp32']:.3f} | "
                          f"{r['macro_f1']:.3f} | {r['decide_p50_ms']:.1f} |")
     else:
