@@ -41,10 +41,12 @@ from pathlib import Path
 
 import httpx
 import numpy as np
-import yaml
 
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
+sys.path.insert(0, str(ROOT / "tests"))  # serve_process: the child-process server the tests start too
+
+from serve_process import Server, write_config  # noqa: E402
 
 from so8t_lib.core.io import atomic_write_text  # noqa: E402
 from so8t_lib.serve.audit import read_records, verify  # noqa: E402
@@ -65,40 +67,15 @@ def build_model(folder: Path) -> Path:
     return path
 
 
-def write_config(folder: Path, checkpoint: Path, **service) -> Path:
-    config = {"model": {"checkpoint_path": str(checkpoint)},
-              "inference": {"generate_responses": False, "decision_timeout_s": 60},
-              "logging": {"audit_log": "logs/audit.jsonl", "log_level": "WARNING"},
-              "escalation": {"enable_notifications": False, "queue_timeout_s": 10, "retry_interval_s": 1},
-              "service": {"rate_limit_per_minute": 1e9, "rate_limit_burst": 10**6, "max_pending": 100_000, **service}}
-    path = folder / "serve.yaml"
-    path.write_text(yaml.safe_dump(config), encoding="utf-8")
-    return path
+def write_bench_config(folder: Path, checkpoint: Path, **service) -> Path:
+    """The service config with no rate limit and no backlog limit (the load is the point)."""
+    return write_config(folder, checkpoint, queue_timeout_s=10, **{"rate_limit_per_minute": 1e9,
+                        "rate_limit_burst": 10**6, "max_pending": 100_000, **service})
 
 
-class Server:
-    """``so8t serve --port 0`` as a child process, like a deployment; ``url`` from its first line."""
-
-    def __init__(self, config: Path, log_dir: Path, threads: int) -> None:
-        env = {**os.environ, **KEYS, "OMP_NUM_THREADS": str(threads), "MKL_NUM_THREADS": str(threads)}
-        self.proc = subprocess.Popen([sys.executable, "-m", "so8t_lib", "serve", "--config", str(config), "--port", "0",
-                                      "--log-dir", str(log_dir), "--test-mode"], cwd=ROOT, env=env,
-                                     stdout=subprocess.PIPE, stderr=subprocess.DEVNULL, text=True)
-        first = self.proc.stdout.readline()
-        if "listening on" not in first:
-            raise RuntimeError(f"so8t serve did not start: {first!r}")
-        self.url = first.split("listening on ", 1)[1].split()[0]
-        self.log_dir = log_dir
-
-    def metric(self, name: str) -> float:
-        for line in httpx.get(f"{self.url}/metrics", timeout=30).text.splitlines():
-            if line.startswith(name + " "):
-                return float(line.split()[1])
-        raise KeyError(name)
-
-    def stop(self, sig: int = signal.SIGTERM) -> int:
-        self.proc.send_signal(sig)
-        return self.proc.wait(300)
+def serve(config: Path, log_dir: Path, threads: int) -> Server:
+    """``so8t serve`` as a child process, like a deployment, with the benchmark's keys and ``threads``."""
+    return Server(config, log_dir, keys=KEYS, threads=threads, stop_timeout_s=300)
 
 
 def decision_ids(log_dir: Path) -> list[str]:
@@ -115,7 +92,7 @@ def throughput(label: str, settings: dict, work: Path, checkpoint: Path, request
     """One locust run against a fresh server with these service settings."""
     folder = work / label
     folder.mkdir()
-    server = Server(write_config(folder, checkpoint, **settings), folder / "logs", args.torch_threads)
+    server = serve(write_bench_config(folder, checkpoint, **settings), folder / "logs", args.torch_threads)
     try:
         with httpx.Client(base_url=server.url, headers=AUTH, timeout=120) as http:
             for i in range(10):  # warm-up: the first passes of a model are slow
@@ -143,7 +120,8 @@ def throughput(label: str, settings: dict, work: Path, checkpoint: Path, request
 def exact_counts(work: Path, checkpoint: Path, args) -> dict:
     folder = work / "exact"
     folder.mkdir()
-    server = Server(write_config(folder, checkpoint, **VARIANTS["micro_batching"]), folder / "logs", args.torch_threads)
+    config = write_bench_config(folder, checkpoint, **VARIANTS["micro_batching"])
+    server = serve(config, folder / "logs", args.torch_threads)
 
     async def client(http: httpx.AsyncClient, k: int) -> list[str]:
         ids = []
@@ -172,8 +150,8 @@ def exact_counts(work: Path, checkpoint: Path, args) -> dict:
 def kill_9(work: Path, checkpoint: Path, args) -> dict:
     folder = work / "kill9"
     folder.mkdir()
-    config = write_config(folder, checkpoint, **VARIANTS["micro_batching"])
-    server = Server(config, folder / "logs", args.torch_threads)
+    config = write_bench_config(folder, checkpoint, **VARIANTS["micro_batching"])
+    server = serve(config, folder / "logs", args.torch_threads)
     answered: list[dict] = []
     stop = threading.Event()
 
@@ -197,7 +175,7 @@ def kill_9(work: Path, checkpoint: Path, args) -> dict:
     stop.set()
     for t in threads:
         t.join()
-    restarted = Server(config, folder / "logs", args.torch_threads)
+    restarted = serve(config, folder / "logs", args.torch_threads)
     try:
         deadline = time.monotonic() + 120
         while restarted.metric("so8t_escalations_spooled") > 0 and time.monotonic() < deadline:

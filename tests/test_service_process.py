@@ -6,7 +6,6 @@ every escalation in the queue, and the chain verifies)."""
 from __future__ import annotations
 
 import os
-import queue
 import signal
 import subprocess
 import sys
@@ -16,12 +15,13 @@ from pathlib import Path
 
 import httpx
 import pytest
-import yaml
+from serve_process import Server, write_config
 from service_support import CLIENT, KEY_ENV, REVIEWER, records
 
 from so8t_lib.serve.audit import verify
 
 ROOT = Path(__file__).resolve().parents[1]
+SERVICE = {"flag_poll_s": 0.2}  # the emergency flag file, looked for five times a second
 
 
 @pytest.fixture(scope="module")
@@ -34,66 +34,18 @@ def checkpoint(tmp_path_factory):
     return path
 
 
-def write_config(folder: Path, checkpoint: Path, **service) -> Path:
-    config = {"model": {"checkpoint_path": str(checkpoint)},
-              "inference": {"generate_responses": False, "decision_timeout_s": 60},
-              "logging": {"audit_log": "logs/audit.jsonl", "log_level": "WARNING"},
-              "escalation": {"enable_notifications": False, "queue_timeout_s": 5, "retry_interval_s": 1},
-              "service": {"flag_poll_s": 0.2, **service}}
-    path = folder / "serve.yaml"
-    path.write_text(yaml.safe_dump(config), encoding="utf-8")
-    return path
-
-
-class Server:
-    """``so8t serve --port 0`` in a child process; ``url`` once its first line says where it listens."""
-
-    def __init__(self, config: Path, log_dir: Path, *overrides: str) -> None:
-        self.stderr_path = log_dir.parent / f"serve-{time.monotonic_ns()}.err"
-        self.stderr = open(self.stderr_path, "w")
-        self.proc = subprocess.Popen([sys.executable, "-m", "so8t_lib", "serve", "--config", str(config), "--port", "0",
-                                      "--log-dir", str(log_dir), "--test-mode", *overrides],
-                                     cwd=ROOT, env={**os.environ, **KEY_ENV}, stdout=subprocess.PIPE,
-                                     stderr=self.stderr, text=True)
-        lines: queue.Queue[str] = queue.Queue()
-        threading.Thread(target=lambda: [lines.put(line) for line in self.proc.stdout], daemon=True).start()
-        try:
-            first = lines.get(timeout=180)
-        except queue.Empty:
-            self.proc.kill()
-            raise AssertionError(f"so8t serve did not start: {self.errors()}") from None
-        assert "listening on http://" in first, first + self.errors()
-        self.url = first.split("listening on ", 1)[1].split()[0]
-
-    def errors(self) -> str:
-        return self.stderr_path.read_text(encoding="utf-8", errors="replace")
-
-    def metric(self, name: str) -> float:
-        for line in httpx.get(f"{self.url}/metrics", timeout=30).text.splitlines():
-            if line.startswith(name + " "):
-                return float(line.split()[1])
-        raise KeyError(name)
-
-    def stop(self, sig: int = signal.SIGTERM) -> int:
-        if self.proc.poll() is None:
-            self.proc.send_signal(sig)
-        try:
-            return self.proc.wait(120)
-        finally:
-            self.stderr.close()
-
-
 def test_serve_refuses_to_start_without_keys(tmp_path, checkpoint):
     env = {k: v for k, v in os.environ.items() if k not in KEY_ENV}
     done = subprocess.run([sys.executable, "-m", "so8t_lib", "serve", "--config",
-                           str(write_config(tmp_path, checkpoint)), "--port", "0"],
+                           str(write_config(tmp_path, checkpoint, **SERVICE)), "--port", "0"],
                           cwd=ROOT, env=env, capture_output=True, text=True, timeout=300)
     assert done.returncode == 1 and "SO8T_CLIENT_KEYS" in done.stderr and done.stdout == ""
 
 
 def test_sigterm_answers_the_requests_in_flight_then_stops(tmp_path, checkpoint):
     log_dir = tmp_path / "logs"
-    server = Server(write_config(tmp_path, checkpoint), log_dir, "service.max_wait_ms=1000", "service.max_batch=64")
+    config = write_config(tmp_path, checkpoint, **SERVICE)
+    server = Server(config, log_dir, "service.max_wait_ms=1000", "service.max_batch=64", keys=KEY_ENV)
     answers: list[httpx.Response | Exception] = []
 
     def ask(n: int) -> None:
@@ -131,8 +83,8 @@ def test_sigterm_answers_the_requests_in_flight_then_stops(tmp_path, checkpoint)
 
 def test_kill_9_mid_burst_loses_nothing_that_was_answered(tmp_path, checkpoint):
     log_dir = tmp_path / "logs"
-    config = write_config(tmp_path, checkpoint)
-    server = Server(config, log_dir)
+    config = write_config(tmp_path, checkpoint, **SERVICE)
+    server = Server(config, log_dir, keys=KEY_ENV)
     answered: list[dict] = []
     stop = threading.Event()
 
@@ -159,7 +111,7 @@ def test_kill_9_mid_burst_loses_nothing_that_was_answered(tmp_path, checkpoint):
     stop.set()
     for t in threads:
         t.join(60)
-    restarted = Server(config, log_dir)
+    restarted = Server(config, log_dir, keys=KEY_ENV)
     try:
         deadline = time.monotonic() + 60
         while restarted.metric("so8t_escalations_spooled") > 0:  # the new server finishes what was spooled
