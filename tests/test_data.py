@@ -6,6 +6,7 @@ import pytest
 import torch
 
 from so8t_lib.core.schema import NOT_ALLOW
+from so8t_lib.data.tables import load_split
 from so8t_lib.data.benchmarks import BENCHMARKS, load_any, load_sst, load_xstest
 from so8t_lib.data.tables import DataError, detect_lang, load_table
 from so8t_lib.model.prompts import format_prompt
@@ -80,6 +81,17 @@ def test_public_benchmarks_load_with_their_gold_labels():
     # recognised from their columns when given by path
     assert len(load_any(str(BENCHMARKS["sst"].default_path()))) == 100
     assert set(load_any(str(BENCHMARKS["xstest"].default_path()))["label"]) == {"ALLOW", NOT_ALLOW}
+
+
+def test_split_sample_is_stratified_and_repeatable():
+    sample = load_any("test:90")
+    full = load_split("test")
+    assert len(sample) == 90 and sample["id"].isin(full["id"]).all()
+    assert sample["id"].tolist() == load_any("test:90")["id"].tolist()
+    assert set(sample["label"]) == set(full["label"])
+    for bad in ("test:0", "test:x", "test:-3"):
+        with pytest.raises(DataError, match="split:N"):
+            load_any(bad)
 
 
 def test_missing_benchmark_file_says_where_it_should_be(tmp_path):

@@ -18,7 +18,7 @@ import pandas as pd
 
 from ..core.paths import BENCHMARKS_DIR
 from ..core.schema import NOT_ALLOW, SPLITS
-from .tables import COLUMNS, DataError, load_split, load_table, read_records
+from .tables import COLUMNS, DataError, load_split, load_table, read_records, stratified_sample
 
 
 @dataclass(frozen=True)
@@ -108,12 +108,18 @@ def recognise(path: Path) -> Benchmark | None:
 
 
 def load_any(name_or_path: str | Path) -> pd.DataFrame:
-    """A corpus split name, a registered benchmark name, or a JSONL/CSV file."""
+    """A corpus split name, a registered benchmark name, or a JSONL/CSV file. ``split:N`` is a stratified
+    sample of N rows of a split (seed 0, the same rows every time): quick comparisons on a CPU."""
     text = str(name_or_path)
     if text in BENCHMARKS:
         return BENCHMARKS[text].load()
     if text in SPLITS:
         return load_split(text)
+    split, _, size = text.partition(":")
+    if split in SPLITS and size:
+        if not size.isdigit() or int(size) < 1:
+            raise DataError(f"{text!r}: a split sample is written split:N with N a positive number of rows")
+        return stratified_sample(load_split(split), int(size), seed=0)
     path = Path(text)
     benchmark = recognise(path)
     return benchmark.load(path) if benchmark else load_table(path)
