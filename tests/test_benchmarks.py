@@ -49,6 +49,18 @@ def test_head_vs_generative_benchmark_reports_both_ways_of_deciding(tmp_path, to
     assert 0 <= result["agreement"] <= 1 and result["p50_ratio_generative_over_head"] > 0
 
 
+def test_head_layer_probe_scores_every_layer_and_pooling(tmp_path):
+    out, figure = tmp_path / "probe.json", tmp_path / "probe.png"
+    result = _load("head_layer_probe").main(["--config", "configs/tiny-training.yaml", "--train-rows", "60",
+                                             "--val-rows", "45", "--out", str(out), "--plot", str(figure)])
+    assert json.loads(out.read_text()) == result and figure.stat().st_size > 0
+    cells = result["cells"]
+    assert len(cells) == 2 * (result["layers"] + 1) and {c["pooling"] for c in cells} == {"last", "mean"}
+    assert all(0 <= c["macro_f1"] <= 1 and c["C"] in result["C_grid"] for c in cells)
+    assert result["best"] == max(cells, key=lambda c: c["macro_f1"])
+    assert result["train_rows"] == 60 and result["val_rows"] == 45
+
+
 def test_result_files_name_paths_relative_to_the_project(tmp_path):
     from so8t_lib.core.paths import PROJECT_ROOT, project_relative
 

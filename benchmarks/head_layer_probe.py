@@ -1,0 +1,175 @@
+"""Which state should SafetyHeadB read? A linear probe on every layer of the frozen pretrained base.
+
+    python benchmarks/head_layer_probe.py [--config configs/gemma3-270m.yaml] [--train-rows 3000] \
+        [--out benchmarks/results/head_layer_probe.json] [--plot docs/figures/head_layer_probe.png] [--plot-only]
+
+About 11 minutes on 2 CPU cores (6 for the states, 5 for the 152 probe fits).
+
+One pass of the untouched base (no LoRA, no gates: ``gates.init`` does not matter, the gates are off) over a
+stratified sample of the training split and the whole validation split, prompts only (what the head sees).
+For every layer's output (0 = embeddings, then each decoder layer; the last one with the model's final
+norm, as HF returns it) and both poolings (the prompt's last token, the mean over the prompt), the same
+standardised multinomial logistic regression (class weights from the training config) is fitted on the
+training states and scored on validation: macro-F1 and dangerous compliance (gold REFUSE rows ALLOWed). The
+regularisation strength is picked per cell from a small grid on a 20% hold-out of the training sample, so
+no validation label chooses anything. The result says where the base's knowledge of the decision lives.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+import time
+from pathlib import Path
+
+import numpy as np
+import torch
+
+ROOT = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(ROOT))
+
+from so8t_lib.core.config import load_config  # noqa: E402
+from so8t_lib.core.io import atomic_write_text  # noqa: E402
+from so8t_lib.core.metrics import dangerous_compliance_rate, macro_f1  # noqa: E402
+from so8t_lib.core.paths import project_relative  # noqa: E402
+from so8t_lib.core.schema import LABELS  # noqa: E402
+from so8t_lib.data.tables import load_split, stratified_sample  # noqa: E402
+from so8t_lib.model import SO8TModel  # noqa: E402
+from so8t_lib.model.prompts import format_prompt  # noqa: E402
+
+C_GRID = (0.01, 0.03, 0.1, 0.3)
+
+
+@torch.no_grad()
+def layer_states(model: SO8TModel, rows: list[dict], max_length: int, batch_size: int = 16) -> np.ndarray:
+    """(layers + 1, 2, N, hidden): every layer's last-token and mean-pooled prompt state, float32."""
+    from tqdm.auto import tqdm
+
+    tok = model.tokenizer
+    prompts = [format_prompt(tok, r["user_request"], r.get("context") or None, model.system_prompt) for r in rows]
+    ids = [tok(p, add_special_tokens=False)["input_ids"][-max_length:] for p in prompts]
+    order = sorted(range(len(rows)), key=lambda i: len(ids[i]))
+    decoder = model.causal_lm.get_decoder()
+    out_arr = None
+    for start in tqdm(range(0, len(order), batch_size), desc="layer states", unit="batch"):
+        part = order[start:start + batch_size]
+        width = max(len(ids[i]) for i in part)
+        input_ids = torch.full((len(part), width), tok.pad_token_id, dtype=torch.long)
+        mask = torch.zeros((len(part), width), dtype=torch.long)
+        for j, i in enumerate(part):  # right padding: the prompt's tokens keep positions 0..n-1
+            input_ids[j, :len(ids[i])] = torch.tensor(ids[i])
+            mask[j, :len(ids[i])] = 1
+        hidden = decoder(input_ids=input_ids, attention_mask=mask, use_cache=False,
+                         output_hidden_states=True).hidden_states
+        if out_arr is None:
+            out_arr = np.empty((len(hidden), 2, len(rows), hidden[0].shape[-1]), dtype=np.float32)
+        last = mask.sum(1) - 1
+        weights = (mask / mask.sum(1, keepdim=True)).unsqueeze(-1)
+        for layer, h in enumerate(hidden):
+            h = h.float()
+            out_arr[layer, 0, part] = h[torch.arange(len(part)), last].numpy()
+            out_arr[layer, 1, part] = (h * weights).sum(1).numpy()
+    return out_arr
+
+
+def fit_probe(x_train, y_train, w_train, c: float):
+    from sklearn.linear_model import LogisticRegression
+    from sklearn.pipeline import make_pipeline
+    from sklearn.preprocessing import StandardScaler
+
+    return make_pipeline(StandardScaler(), LogisticRegression(C=c, max_iter=3000)).fit(
+        x_train, y_train, logisticregression__sample_weight=w_train)
+
+
+def score(y_true: np.ndarray, y_pred: np.ndarray) -> dict:
+    gold, pred = [LABELS[i] for i in y_true], [LABELS[i] for i in y_pred]
+    return {"macro_f1": round(macro_f1(gold, pred), 4),
+            "dangerous_compliance": round(dangerous_compliance_rate(gold, pred), 4)}
+
+
+def main(argv: list[str] | None = None) -> dict:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--config", default="configs/gemma3-270m.yaml")
+    parser.add_argument("--train-rows", type=int, default=3000)
+    parser.add_argument("--val-rows", type=int, default=0, help="0: the whole validation split")
+    parser.add_argument("--out", default="benchmarks/results/head_layer_probe.json")
+    parser.add_argument("--plot", default="docs/figures/head_layer_probe.png")
+    parser.add_argument("--plot-only", action="store_true", help="redraw the figure from --out, measure nothing")
+    args = parser.parse_args(argv)
+    if args.plot_only:
+        result = json.loads(Path(args.out).read_text(encoding="utf-8"))
+        plot(result["cells"], Path(args.plot), result)
+        return result
+
+    cfg = load_config(args.config)
+    torch.manual_seed(cfg.training.seed)
+    train_rows = stratified_sample(load_split("train", cfg.training.data_dir), args.train_rows,
+                                   seed=cfg.training.seed).to_dict("records")
+    val_table = load_split("val", cfg.training.data_dir)
+    val_rows = stratified_sample(val_table, args.val_rows or None, seed=cfg.training.seed).to_dict("records")
+    model = SO8TModel.from_config(cfg.model)
+    started = time.perf_counter()
+    states = layer_states(model, train_rows + val_rows, cfg.training.max_length)
+    seconds = time.perf_counter() - started
+    n = len(train_rows)
+    y = np.array([LABELS.index(r["label"]) for r in train_rows + val_rows])
+    class_weights = np.array([cfg.loss.class_weights[label] for label in LABELS])
+    rng = np.random.default_rng(0)
+    fit_idx = rng.permutation(n)
+    hold, fit = fit_idx[: n // 5], fit_idx[n // 5:]
+
+    cells = []
+    from tqdm.auto import tqdm
+
+    for layer in tqdm(range(states.shape[0]), desc="probes", unit="layer"):
+        for p, pooling in enumerate(("last", "mean")):
+            x = states[layer, p].astype(np.float64)
+            picks = []
+            for c in C_GRID:
+                probe = fit_probe(x[fit], y[fit], class_weights[y[fit]], c)
+                picks.append((score(y[hold], probe.predict(x[hold]))["macro_f1"], c))
+            best_c = max(picks)[1]
+            probe = fit_probe(x[:n], y[:n], class_weights[y[:n]], best_c)
+            cells.append({"layer": layer, "pooling": pooling, "C": best_c,
+                          **score(y[n:], probe.predict(x[n:]))})
+    best = max(cells, key=lambda c: c["macro_f1"])
+    result = {
+        "config": project_relative(args.config), "base": cfg.model.preset, "dtype": cfg.model.dtype,
+        "train_rows": n, "val_rows": len(val_rows), "states_seconds": round(seconds, 1),
+        "layers": states.shape[0] - 1, "C_grid": list(C_GRID), "best": best, "cells": cells,
+        "note": "layer 0 is the embedding output; layer L is decoder layer L-1's output; the last has the final norm",
+    }
+    out = Path(args.out)
+    out.parent.mkdir(parents=True, exist_ok=True)
+    atomic_write_text(out, json.dumps(result, indent=2) + "\n")
+    if args.plot:
+        plot(cells, Path(args.plot), result)
+    print(json.dumps(best))
+    return result
+
+
+def plot(cells: list[dict], path: Path, result: dict) -> None:
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    fig, ax = plt.subplots(figsize=(7, 3.6))
+    for pooling, style in (("last", "o--"), ("mean", "s-")):
+        pts = [(c["layer"], c["macro_f1"]) for c in cells if c["pooling"] == pooling]
+        ax.plot(*zip(*pts), style, label=f"{pooling} token" if pooling == "last" else "mean over prompt")
+    ax.set_xticks(range(0, result["layers"] + 1, 2))
+    ax.set_xlabel("layer output (0 = embeddings; the last with the final norm)")
+    ax.set_ylabel("validation macro-F1")
+    ax.set_title(f"Linear probe per layer, frozen {result['base']} ({result['train_rows']} train rows)")
+    ax.grid(alpha=0.3)
+    ax.legend()
+    fig.tight_layout()
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fig.savefig(path, dpi=120)
+    plt.close(fig)
+
+
+if __name__ == "__main__":
+    main()
