@@ -106,6 +106,13 @@ def test_model_card_names_missing_results_and_quotes_present_ones(tmp_path):
     assert "Gemma terms of use" in card and "layers 0-11 frozen" in card and "corpus v1" not in card
     assert "| hf-fp32 | n/a | 1.000 |" in card and "| Q8_0 | 278.0 | 0.900 |" in card and "sample of 40 rows" in card
 
+    follow_up = {"runs_ok": 4, "runs": 4, "steps": [40], "summary_csv": "s.csv", "baseline": "none",
+                 "conclusion": "Gates made no measurable difference here.", "geometry": ""}
+    (tmp_path / "follow.json").write_text(json.dumps(follow_up))
+    so8t(["card", "--run", str(run), "--compare", "", "--follow-up", str(tmp_path / "follow.json"), *common])
+    card = out.read_text(encoding="utf-8")
+    assert "(4 runs of 40 steps, sweep summary `s.csv`, baseline `none`): Gates made no measurable" in card
+
 
 def test_model_card_redraws_its_figures_from_the_committed_results(tmp_path):
     import pandas as pd

@@ -59,7 +59,8 @@ def write_figures(eval_json: Path, quant_json: Path, ablation_json: Path, figure
 
 
 FOLLOW_UP_ABLATIONS = ("experiments/ablation/random_init/ablation.json",
-                       "experiments/ablation/random_init_order/ablation.json")
+                       "experiments/ablation/random_init_order/ablation.json",
+                       "experiments/ablation/gemma/ablation.json")  # the pretrained default (gate_ablation_gemma.yaml)
 CORPUS_KEYS = ["safety_score", "macro_f1", "refuse_recall", "dangerous_compliance", "over_refusal", "ece"]
 
 
@@ -161,15 +162,17 @@ def build_card(config: dict, eval_json: Path, quant_json: Path, ablation_json: P
             lines += ["**Why.** " + ablation["geometry"].replace("\n", " "), ""]
         lines += [f"Per configuration, from `{ablation_json}` (`notebooks/02_gate_ablation.ipynb`):", "", "```",
                   ablation["finding"], "```"]
-        for path in follow_ups:
-            more = _load(Path(path))
-            if more and more.get("conclusion"):
-                lines += ["", f"Follow-up, `{path}` (sweep summary `{more.get('summary_csv', '?')}`, baseline "
-                              f"`{more.get('baseline', 'none')}`): {more['conclusion']}",
-                          "", more.get("geometry", "").replace("\n", " ")]
     else:
         lines.append(f"Not run yet: `{ablation_json}` is missing (`so8t sweep experiments/gate_ablation.yaml`, "
                      "then notebook 02). Until then there is no evidence either way that non-commutative gating helps.")
+    for path in follow_ups:
+        more = _load(Path(path))
+        if more and more.get("conclusion"):
+            steps = ", ".join(map(str, more.get("steps") or [])) or "?"
+            lines += ["", f"Follow-up, `{path}` ({more.get('runs_ok', '?')} runs of {steps} steps, sweep summary "
+                          f"`{more.get('summary_csv', '?')}`, baseline `{more.get('baseline', 'none')}`): "
+                          f"{more['conclusion']}",
+                      "", more.get("geometry", "").replace("\n", " ")]
     figures = [f for f in CARD_FIGURES if (Path("figures") / f).is_file()]
     if figures:
         lines += ["", "## Figures", ""] + [f"![{f[:-4]}](figures/{f})" for f in figures]
