@@ -232,3 +232,30 @@ def test_hf_checkpoint_and_its_gguf_report_the_same_model_version(exported):
     assert model.model_version.startswith("so8t-test@")
     for path in paths.values():
         assert GGUFBackend(path).model_version == model.model_version
+
+
+def test_head_quant_robustness_benchmark_scores_the_checkpoint_head_as_the_backend_decides(exported, tmp_path):
+    import importlib.util
+    import json
+    from pathlib import Path
+
+    model, paths = exported
+    dist = paths["so8t-test-q8_0.gguf"].parent
+    root = Path(__file__).resolve().parents[1]
+    spec = importlib.util.spec_from_file_location("hqr", root / "benchmarks" / "head_quant_robustness.py")
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    out = tmp_path / "hqr.json"
+    result = module.main(["--checkpoint", str(dist.parent / "ckpt"), "--name", "so8t-test", "--dist", str(dist),
+                          "--rows", "30", "--train-rows", "60", "--out", str(out)])
+    assert json.loads(out.read_text()) == result and result["test_rows"] == 30 and result["train_rows"] == 60
+    assert len(result["heads"]) == 1 + 2 * len(module.C_GRID)
+    # the checkpoint's own head: its agreement is what the two backends' decide() give on the same rows
+    test = stratified_sample(load_split("test"), 30, seed=0)
+    requests, contexts = list(test["user_request"]), [c or None for c in test["context"]]
+    reference = SO8TModel.load(dist.parent / "ckpt", load_in_4bit=False, dtype="float32").decide(requests, contexts)
+    quantized = GGUFBackend(paths["so8t-test-q4_k_m.gguf"]).decide(requests, contexts)
+    agreement = float((reference.argmax(-1) == quantized.argmax(-1)).float().mean())
+    assert result["heads"][0]["agreement_q4_k_m"] == pytest.approx(agreement, abs=1e-4)
+    closeness = result["state_closeness_to_fp32"]
+    assert -1 <= closeness["q4_k_m"]["cosine_mean"] < closeness["q8_0"]["cosine_mean"] <= 1 + 1e-6  # 8 bits stay closer

@@ -1,0 +1,148 @@
+"""Why 4-bit files change SafetyHeadB's decisions, and whether a head fitted for it keeps them.
+
+    python benchmarks/head_quant_robustness.py [--checkpoint checkpoints/so8t-demo] [--name so8t-demo] \
+        [--rows 400] [--train-rows 1500] [--out benchmarks/results/head_quant_robustness.json]
+
+One process: the checkpoint as an fp32 HF model and its GGUF files (``dist/<name>-{q8_0,q4_k_m}.gguf``, from
+``make demo``) each give the pooled decision state of the same rows: a stratified sample of the test split
+(the rows ``benchmarks/gguf_decisions.py --rows`` scores) and of the training split. Reported per file: how
+close its states are to fp32 (cosine, relative error), and for several heads how often the file's decision
+equals fp32's on the test rows and the macro-F1 each way:
+- the checkpoint's own SafetyHeadB;
+- linear probes refitted on the fp32 training states (a regularisation grid);
+- the same probes fitted on the fp32 AND the Q4_K_M states of the training rows, each row once per
+  precision: a quantization-aware readout, taught that both versions of a row mean the same decision.
+Only training rows fit anything; the test rows only score.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+import time
+from pathlib import Path
+
+import numpy as np
+import torch
+
+ROOT = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(ROOT))
+
+from so8t_lib.core.io import atomic_write_text  # noqa: E402
+from so8t_lib.core.metrics import macro_f1  # noqa: E402
+from so8t_lib.core.paths import project_relative  # noqa: E402
+from so8t_lib.core.schema import LABELS  # noqa: E402
+from so8t_lib.data.tables import load_split, stratified_sample  # noqa: E402
+from so8t_lib.model import SO8TModel  # noqa: E402
+
+C_GRID = (0.003, 0.01, 0.03, 0.1)
+CLASS_WEIGHTS = {"ALLOW": 1.0, "REFUSE": 2.0, "ESCALATE": 1.5}  # the recipe's (configs/gemma3-270m.yaml)
+QUANTS = ("q8_0", "q4_k_m")
+
+
+@torch.no_grad()
+def hf_states(model: SO8TModel, rows: list[dict], batch_size: int = 16) -> np.ndarray:
+    """SafetyHeadB's input (the pooled prompt state) for each row, as ``decide`` computes it."""
+    from tqdm.auto import tqdm
+
+    model.eval()
+    out = []
+    for start in tqdm(range(0, len(rows), batch_size), desc="fp32 states", unit="batch"):
+        part = rows[start:start + batch_size]
+        prompts = [model.format_prompt(r["user_request"], r.get("context") or None) for r in part]
+        batch = model.tokenizer(prompts, return_tensors="pt", padding=True, add_special_tokens=False)
+        out.append(model(batch["input_ids"], batch["attention_mask"], return_lm_logits=False).pooled.float().numpy())
+    return np.concatenate(out)
+
+
+def gguf_states(path: Path, rows: list[dict]) -> np.ndarray:
+    from so8t_lib.serve.gguf_backend import GGUFBackend
+
+    backend = GGUFBackend(path)
+    prompts = [backend.format_prompt(r["user_request"], r.get("context") or None) for r in rows]
+    states = np.concatenate([backend.hidden_states(prompts[i:i + 64]) for i in range(0, len(prompts), 64)])
+    del backend
+    return states
+
+
+def probe(x: np.ndarray, y: np.ndarray, c: float):
+    from sklearn.linear_model import LogisticRegression
+    from sklearn.pipeline import make_pipeline
+    from sklearn.preprocessing import StandardScaler
+
+    weights = np.array([CLASS_WEIGHTS[LABELS[i]] for i in y])
+    return make_pipeline(StandardScaler(), LogisticRegression(C=c, max_iter=3000)).fit(
+        x, y, logisticregression__sample_weight=weights)
+
+
+def closeness(ref: np.ndarray, other: np.ndarray) -> dict:
+    cos = (ref * other).sum(1) / (np.linalg.norm(ref, axis=1) * np.linalg.norm(other, axis=1))
+    rel = np.linalg.norm(other - ref, axis=1) / np.linalg.norm(ref, axis=1)
+    return {"cosine_mean": round(float(cos.mean()), 5), "cosine_min": round(float(cos.min()), 5),
+            "relative_error_mean": round(float(rel.mean()), 5)}
+
+
+def head_row(name: str, predict, test_states: dict[str, np.ndarray], gold: list[str]) -> dict:
+    preds = {k: predict(v) for k, v in test_states.items()}
+    row = {"head": name, "macro_f1_fp32": round(macro_f1(gold, [LABELS[i] for i in preds["fp32"]]), 4)}
+    for quant in QUANTS:
+        row[f"agreement_{quant}"] = round(float((preds[quant] == preds["fp32"]).mean()), 4)
+        row[f"macro_f1_{quant}"] = round(macro_f1(gold, [LABELS[i] for i in preds[quant]]), 4)
+    return row
+
+
+def main(argv: list[str] | None = None) -> dict:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--checkpoint", default="checkpoints/so8t-demo")
+    parser.add_argument("--name", default="so8t-demo")
+    parser.add_argument("--dist", default="dist")
+    parser.add_argument("--rows", type=int, default=400)
+    parser.add_argument("--train-rows", type=int, default=1500)
+    parser.add_argument("--out", default="benchmarks/results/head_quant_robustness.json")
+    args = parser.parse_args(argv)
+
+    files = {q: Path(args.dist) / f"{args.name}-{q}.gguf" for q in QUANTS}
+    missing = [str(f) for f in files.values() if not f.is_file()]
+    if missing:
+        sys.exit(f"missing GGUF files {missing}: run `make demo` (or so8t export {args.checkpoint} --quant Q8_0,Q4_K_M)")
+    test = stratified_sample(load_split("test"), args.rows, seed=0).to_dict("records")
+    train = stratified_sample(load_split("train"), args.train_rows, seed=0).to_dict("records")
+    started = time.perf_counter()
+    model = SO8TModel.load(args.checkpoint, load_in_4bit=False, dtype="float32")
+    states = {"fp32": hf_states(model, test + train)}
+    own_head = model.safety_head
+    for quant, path in files.items():
+        states[quant] = gguf_states(path, test + train if quant == "q4_k_m" else test)
+    n = len(test)
+    test_states = {k: v[:n] for k, v in states.items()}
+    y_train = np.array([LABELS.index(r["label"]) for r in train])
+    gold = [r["label"] for r in test]
+
+    def own(x: np.ndarray) -> np.ndarray:
+        with torch.no_grad():
+            return own_head(torch.from_numpy(x)).argmax(-1).numpy()
+
+    heads = [head_row("checkpoint SafetyHeadB", own, test_states, gold)]
+    for c in C_GRID:
+        fitted = probe(states["fp32"][n:], y_train, c)
+        heads.append({"C": c, **head_row(f"probe on fp32 states, C={c}", fitted.predict, test_states, gold)})
+    for c in C_GRID:
+        both = np.concatenate([states["fp32"][n:], states["q4_k_m"][n:]])
+        fitted = probe(both, np.concatenate([y_train, y_train]), c)
+        heads.append({"C": c, **head_row(f"probe on fp32 + Q4_K_M states, C={c}", fitted.predict, test_states, gold)})
+    result = {
+        "benchmark": "head_quant_robustness", "checkpoint": project_relative(args.checkpoint),
+        "files": {q: project_relative(p) for q, p in files.items()}, "test_rows": n, "train_rows": len(train),
+        "seconds": round(time.perf_counter() - started, 1),
+        "state_closeness_to_fp32": {q: closeness(test_states["fp32"], test_states[q]) for q in QUANTS},
+        "heads": heads,
+    }
+    atomic_write_text(args.out, json.dumps(result, indent=1) + "\n")
+    for row in heads:
+        print(json.dumps(row))
+    return result
+
+
+if __name__ == "__main__":
+    main()
