@@ -6,9 +6,8 @@ import pytest
 import torch
 
 from so8t_lib.core.schema import NOT_ALLOW
-from so8t_lib.data.tables import load_split
 from so8t_lib.data.benchmarks import BENCHMARKS, load_any, load_sst, load_xstest
-from so8t_lib.data.tables import DataError, detect_lang, load_table
+from so8t_lib.data.tables import DataError, detect_lang, load_split, load_table
 from so8t_lib.model.prompts import format_prompt
 from so8t_lib.train.collate import IGNORE_INDEX, SafetyCollator
 

@@ -70,12 +70,15 @@ def t_two_sided_p(t: float, df: int) -> float:
 
 
 def paired_t_p_value(differences) -> float:
+    """Two-sided paired t-test p-value. Identical non-zero differences on every seed leave the spread unknown
+    (t is infinite on a test set where a few rows flip the same way each time): then the exact sign-flip
+    p-value answers, which with few seeds cannot be small, instead of claiming p = 0."""
     d = np.asarray(differences, dtype=float)
     if len(d) < 2:
         return math.nan
     sd = float(d.std(ddof=1))
-    if sd == 0:
-        return 0.0 if abs(d.mean()) > 0 else 1.0
+    if sd <= 1e-12 * max(1.0, float(np.abs(d).max())):  # equal up to rounding
+        return sign_flip_p_value(d) if abs(d.mean()) > 1e-12 else 1.0
     return t_two_sided_p(float(d.mean()) / (sd / math.sqrt(len(d))), len(d) - 1)
 
 

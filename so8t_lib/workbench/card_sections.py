@@ -80,7 +80,8 @@ def limits_section(model: dict) -> list[str]:
     lines += ["- The corpus is generated from hand-written seeds; real traffic will differ.",
               "- The threshold rule trades dangerous compliance for escalations; choose the threshold on val data "
               "from your own traffic.",
-              "- The gate ablation was measured on the tiny preset; whether the SO(8) gates help a pretrained base "
-              "has not been measured here.",
+              "- The gate ablation was measured on the tiny preset (5 seeds)" + (
+                  "." if model.get("preset") == "tiny" else
+                  " and, small, on this base (2 seeds, 40 steps: it can only rule out large effects)."),
               "- Routing categories come from keywords, not from the model.", ""]
     return lines
