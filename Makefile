@@ -5,11 +5,18 @@ PYTHON ?= python3
 VENV   := .venv
 PY     := $(VENV)/bin/python
 STAMP  := $(VENV)/.installed
+CORPUS := data/so8t_safety/train.jsonl
 EXTRAS ?= quant,gguf,pretrained,data,runtime,service,notebooks,dev
 
 .PHONY: demo test nbval venv clean-venv lint lab strip ablation card present serve
 
-venv: $(STAMP)
+venv: $(STAMP) $(CORPUS)
+
+# the training split (9.5 MB) is not committed: it is built from the seeds in seconds and must match the
+# committed digest (val and test are committed; the rebuild writes them byte for byte as they are)
+$(CORPUS): $(STAMP) $(wildcard data/seeds/*.yaml) $(wildcard so8t_lib/data/corpus/*.py)
+	$(VENV)/bin/so8t corpus build
+	cd data/so8t_safety && sha256sum -c train.jsonl.sha256
 
 $(STAMP): pyproject.toml Makefile
 	test -x $(PY) || $(PYTHON) -m venv $(VENV)

@@ -6,6 +6,7 @@ Framings are tested in test_corpus_framings.py, the label audit in test_corpus_a
 from __future__ import annotations
 
 import csv
+import hashlib
 import json
 import random
 from collections import Counter
@@ -205,6 +206,10 @@ def test_rebuild_is_byte_identical(tmp_path):
     for sp in SPLITS:
         assert (tmp_path / f"{sp}.jsonl").read_bytes() == (DATA_DIR / f"{sp}.jsonl").read_bytes(), (
             f"{sp}.jsonl is stale: rerun `so8t corpus build`")
+    # train.jsonl is built by make, not committed: the build must give the published bytes, named by their digest
+    digest, name = (DATA_DIR / "train.jsonl.sha256").read_text(encoding="utf-8").split()
+    assert name == "train.jsonl" and hashlib.sha256((tmp_path / name).read_bytes()).hexdigest() == digest, (
+        "the corpus build changed train.jsonl: if that is intended, write its new train.jsonl.sha256")
     assert not list(tmp_path.glob("*.tmp")), "temp files left behind"
 
 

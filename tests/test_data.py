@@ -123,3 +123,11 @@ def test_collator_truncates_targets_first_and_refuses_benchmark_gold(tokenizer):
     assert batch["input_ids"].shape[1] <= 64
     with pytest.raises(DataError, match="evaluation only"):
         collate([dict(ROWS[0], label=NOT_ALLOW, context="")])
+
+
+def test_a_missing_training_split_says_how_to_build_it(tmp_path, monkeypatch):
+    from so8t_lib.data import tables
+
+    monkeypatch.setattr(tables, "CORPUS_DIR", tmp_path)
+    with pytest.raises(DataError, match="so8t corpus build"):
+        load_split("train", tmp_path)

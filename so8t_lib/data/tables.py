@@ -122,7 +122,11 @@ def load_split(split: str, data_dir: str | Path = CORPUS_DIR) -> pd.DataFrame:
     """One split of the project corpus: 'train', 'val' or 'test'."""
     if split not in SPLITS:
         raise DataError(f"split must be one of {', '.join(SPLITS)} (got {split!r})")
-    return load_table(Path(data_dir) / f"{split}.jsonl")
+    path = Path(data_dir) / f"{split}.jsonl"
+    if not path.is_file() and Path(data_dir).resolve() == CORPUS_DIR.resolve():
+        raise DataError(f"{path} is missing: the corpus is built from data/seeds, not committed whole; "
+                        "run `make venv` or `so8t corpus build`")
+    return load_table(path)
 
 
 def stratified_sample(table: pd.DataFrame, n: int | None, seed: int = 0,
