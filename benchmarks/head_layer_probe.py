@@ -37,6 +37,7 @@ from so8t_lib.core.schema import LABELS  # noqa: E402
 from so8t_lib.data.tables import load_split, stratified_sample  # noqa: E402
 from so8t_lib.model import SO8TModel  # noqa: E402
 from so8t_lib.model.prompts import format_prompt  # noqa: E402
+from so8t_lib.train.head_init import fit_probe  # noqa: E402
 
 C_GRID = (0.01, 0.03, 0.1, 0.3)
 
@@ -73,15 +74,6 @@ def layer_states(model: SO8TModel, rows: list[dict], max_length: int, batch_size
     return out_arr
 
 
-def fit_probe(x_train, y_train, w_train, c: float):
-    from sklearn.linear_model import LogisticRegression
-    from sklearn.pipeline import make_pipeline
-    from sklearn.preprocessing import StandardScaler
-
-    return make_pipeline(StandardScaler(), LogisticRegression(C=c, max_iter=3000)).fit(
-        x_train, y_train, logisticregression__sample_weight=w_train)
-
-
 def score(y_true: np.ndarray, y_pred: np.ndarray) -> dict:
     gold, pred = [LABELS[i] for i in y_true], [LABELS[i] for i in y_pred]
     return {"macro_f1": round(macro_f1(gold, pred), 4),
@@ -114,7 +106,7 @@ def main(argv: list[str] | None = None) -> dict:
     seconds = time.perf_counter() - started
     n = len(train_rows)
     y = np.array([LABELS.index(r["label"]) for r in train_rows + val_rows])
-    class_weights = np.array([cfg.loss.class_weights[label] for label in LABELS])
+    class_weights = cfg.loss.class_weight_list()
     rng = np.random.default_rng(0)
     fit_idx = rng.permutation(n)
     hold, fit = fit_idx[: n // 5], fit_idx[n // 5:]
@@ -127,10 +119,10 @@ def main(argv: list[str] | None = None) -> dict:
             x = states[layer, p].astype(np.float64)
             picks = []
             for c in C_GRID:
-                probe = fit_probe(x[fit], y[fit], class_weights[y[fit]], c)
+                probe = fit_probe(x[fit], y[fit], class_weights, c)
                 picks.append((score(y[hold], probe.predict(x[hold]))["macro_f1"], c))
             best_c = max(picks)[1]
-            probe = fit_probe(x[:n], y[:n], class_weights[y[:n]], best_c)
+            probe = fit_probe(x[:n], y[:n], class_weights, best_c)
             cells.append({"layer": layer, "pooling": pooling, "C": best_c,
                           **score(y[n:], probe.predict(x[n:]))})
     best = max(cells, key=lambda c: c["macro_f1"])

@@ -35,25 +35,11 @@ from so8t_lib.core.paths import project_relative  # noqa: E402
 from so8t_lib.core.schema import LABELS  # noqa: E402
 from so8t_lib.data.tables import load_split, stratified_sample  # noqa: E402
 from so8t_lib.model import SO8TModel  # noqa: E402
+from so8t_lib.train.head_init import fit_probe  # noqa: E402
 
 C_GRID = (0.003, 0.01, 0.03, 0.1)
-CLASS_WEIGHTS = {"ALLOW": 1.0, "REFUSE": 2.0, "ESCALATE": 1.5}  # the recipe's (configs/gemma3-270m.yaml)
+CLASS_WEIGHTS = [1.0, 2.0, 1.5]  # ALLOW, REFUSE, ESCALATE: the recipe's (configs/gemma3-270m.yaml)
 QUANTS = ("q8_0", "q4_k_m")
-
-
-@torch.no_grad()
-def hf_states(model: SO8TModel, rows: list[dict], batch_size: int = 16) -> np.ndarray:
-    """SafetyHeadB's input (the pooled prompt state) for each row, as ``decide`` computes it."""
-    from tqdm.auto import tqdm
-
-    model.eval()
-    out = []
-    for start in tqdm(range(0, len(rows), batch_size), desc="fp32 states", unit="batch"):
-        part = rows[start:start + batch_size]
-        prompts = [model.format_prompt(r["user_request"], r.get("context") or None) for r in part]
-        batch = model.tokenizer(prompts, return_tensors="pt", padding=True, add_special_tokens=False)
-        out.append(model(batch["input_ids"], batch["attention_mask"], return_lm_logits=False).pooled.float().numpy())
-    return np.concatenate(out)
 
 
 def gguf_states(path: Path, rows: list[dict]) -> np.ndarray:
@@ -64,16 +50,6 @@ def gguf_states(path: Path, rows: list[dict]) -> np.ndarray:
     states = np.concatenate([backend.hidden_states(prompts[i:i + 64]) for i in range(0, len(prompts), 64)])
     del backend
     return states
-
-
-def probe(x: np.ndarray, y: np.ndarray, c: float):
-    from sklearn.linear_model import LogisticRegression
-    from sklearn.pipeline import make_pipeline
-    from sklearn.preprocessing import StandardScaler
-
-    weights = np.array([CLASS_WEIGHTS[LABELS[i]] for i in y])
-    return make_pipeline(StandardScaler(), LogisticRegression(C=c, max_iter=3000)).fit(
-        x, y, logisticregression__sample_weight=weights)
 
 
 def closeness(ref: np.ndarray, other: np.ndarray) -> dict:
@@ -110,7 +86,9 @@ def main(argv: list[str] | None = None) -> dict:
     train = stratified_sample(load_split("train"), args.train_rows, seed=0).to_dict("records")
     started = time.perf_counter()
     model = SO8TModel.load(args.checkpoint, load_in_4bit=False, dtype="float32")
-    states = {"fp32": hf_states(model, test + train)}
+    rows = test + train
+    states = {"fp32": model.decision_states([r["user_request"] for r in rows],
+                                            [r.get("context") or None for r in rows], 16, progress=True).numpy()}
     own_head = model.safety_head
     for quant, path in files.items():
         states[quant] = gguf_states(path, test + train if quant == "q4_k_m" else test)
@@ -125,11 +103,11 @@ def main(argv: list[str] | None = None) -> dict:
 
     heads = [head_row("checkpoint SafetyHeadB", own, test_states, gold)]
     for c in C_GRID:
-        fitted = probe(states["fp32"][n:], y_train, c)
+        fitted = fit_probe(states["fp32"][n:], y_train, CLASS_WEIGHTS, c)
         heads.append({"C": c, **head_row(f"probe on fp32 states, C={c}", fitted.predict, test_states, gold)})
     for c in C_GRID:
         both = np.concatenate([states["fp32"][n:], states["q4_k_m"][n:]])
-        fitted = probe(both, np.concatenate([y_train, y_train]), c)
+        fitted = fit_probe(both, np.concatenate([y_train, y_train]), CLASS_WEIGHTS, c)
         heads.append({"C": c, **head_row(f"probe on fp32 + Q4_K_M states, C={c}", fitted.predict, test_states, gold)})
     result = {
         "benchmark": "head_quant_robustness", "checkpoint": project_relative(args.checkpoint),

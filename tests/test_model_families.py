@@ -183,6 +183,38 @@ def test_the_warm_start_head_decides_like_the_probe_it_copies(tokenizer):
     assert accuracy == pytest.approx(probe.score(scaled, labels)) and accuracy > 1 / 3
 
 
+def test_the_shared_probe_predicts_as_scikit_learn_does_with_two_or_three_classes():
+    """fit_probe (the warm start's and the benchmarks' readout) holds the regression in SafetyHeadB's form; with a
+    class missing from the rows it must still rank the two present classes as scikit-learn does."""
+    from sklearn.linear_model import LogisticRegression
+
+    from so8t_lib.train.head_init import fit_probe
+
+    gen = np.random.default_rng(0)
+    states = gen.normal(size=(90, 12)) * gen.uniform(0.1, 50, size=12) + gen.normal(size=12) * 100
+    for labels in (gen.integers(0, 3, 90), gen.choice([0, 2], 90)):
+        labels = labels.copy()
+        states[:, 0] += labels * 30  # something to find
+        probe = fit_probe(states, labels, [1.0, 2.0, 1.5], 0.3)
+        scaled = (states - states.mean(0)) / np.sqrt(states.var(0) + 1e-5)
+        reference = LogisticRegression(C=0.3, max_iter=3000).fit(scaled, labels,
+                                                                  sample_weight=np.array([1.0, 2.0, 1.5])[labels])
+        assert np.array_equal(probe.predict(states), reference.predict(scaled))
+        assert set(probe.predict(states)) <= set(labels)
+
+
+def test_decision_states_are_what_decide_reads(tokenizer):
+    """The states a probe or a quantization study is fitted on are the head's input in decide()."""
+    model = SO8TModel.from_config(family_config("gemma3", head={"dropout": 0.0, "pooling": "mean"}), tokenizer).eval()
+    requests, contexts = ["経費精算の締め日は？", "Delete the audit log, please", "hi"], [None, "ops", None]
+    states = model.decision_states(requests, contexts, batch_size=2)
+    with torch.no_grad():
+        logits = model.safety_head(states)
+    assert states.shape == (3, model.causal_lm.config.hidden_size)
+    torch.testing.assert_close(logits, model.decide(requests, contexts, batch_size=2, return_logits=True))
+    assert model.decision_states([]).shape == (0, model.causal_lm.config.hidden_size)
+
+
 def test_a_warm_started_run_logs_its_starting_probe_as_the_reference_to_beat(tmp_path, monkeypatch):
     import json
 

@@ -12,6 +12,8 @@ from torch import nn
 
 from ..core.schema import LABELS
 
+STANDARDIZER_EPS = 1e-5  # added to the variance: a constant feature scales to zero, not to infinity
+
 
 class RunningStandardizer(nn.Module):
     """(x - mean) / std with mean and variance tracked over training batches (no gradient).
@@ -23,7 +25,7 @@ class RunningStandardizer(nn.Module):
     the head's first linear layer for export.
     """
 
-    def __init__(self, width: int, momentum: float = 0.1, eps: float = 1e-5) -> None:
+    def __init__(self, width: int, momentum: float = 0.1, eps: float = STANDARDIZER_EPS) -> None:
         super().__init__()
         self.momentum, self.eps = momentum, eps
         # float64: sq_mean - mean² cancels catastrophically in float32 for a large-mean, small-spread feature

@@ -16,6 +16,7 @@ from __future__ import annotations
 
 import copy
 import warnings
+from collections.abc import Iterator
 from dataclasses import dataclass
 
 import torch
@@ -257,13 +258,29 @@ class SO8TModel(CheckpointMixin, nn.Module):
         """Probabilities (N, 3) over ALLOW, REFUSE, ESCALATE for raw requests: one prefill per batch,
         no generation. Temperature-scaled when a temperature has been fitted; ``return_logits``
         gives the head's raw logits instead (for fitting the temperature)."""
+        chunks = []
+        for out in self._prefill(requests, contexts, batch_size, progress):
+            chunks.append(out.safety_logits.float().cpu() if return_logits
+                          else self.safety_head.probabilities(out.safety_logits).cpu())
+        return torch.cat(chunks) if chunks else torch.empty(0, len(LABELS))
+
+    @torch.no_grad()
+    def decision_states(self, requests: list[str], contexts: list[str | None] | None = None,
+                        batch_size: int = 32, progress: bool = False) -> torch.Tensor:
+        """SafetyHeadB's input (N, hidden) for raw requests, computed as ``decide`` computes it: what a readout
+        fitted outside the model (a probe, a quantization study) must see."""
+        chunks = [out.pooled.float().cpu() for out in self._prefill(requests, contexts, batch_size, progress)]
+        return torch.cat(chunks) if chunks else torch.empty(0, self.causal_lm.config.hidden_size)
+
+    def _prefill(self, requests: list[str], contexts: list[str | None] | None, batch_size: int,
+                 progress: bool) -> Iterator[SO8TOutput]:
+        """One forward pass (no LM logits) per batch of formatted prompts, in eval mode."""
         contexts = contexts or [None] * len(requests)
         if len(contexts) != len(requests):
             raise ValueError(f"{len(requests)} requests but {len(contexts)} contexts")
         device = next(self.parameters()).device
         was_training = self.training
         self.eval()
-        chunks = []
         starts = range(0, len(requests), batch_size)
         if progress:
             from tqdm.auto import tqdm
@@ -274,12 +291,9 @@ class SO8TModel(CheckpointMixin, nn.Module):
                 prompts = [self.format_prompt(r, c) for r, c in
                            zip(requests[start:start + batch_size], contexts[start:start + batch_size])]
                 batch = self.tokenizer(prompts, return_tensors="pt", padding=True, add_special_tokens=False).to(device)
-                out = self(batch["input_ids"], batch["attention_mask"], return_lm_logits=False)
-                chunks.append(out.safety_logits.float().cpu() if return_logits
-                              else self.safety_head.probabilities(out.safety_logits).cpu())
+                yield self(batch["input_ids"], batch["attention_mask"], return_lm_logits=False)
         finally:
             self.train(was_training)
-        return torch.cat(chunks) if chunks else torch.empty(0, len(LABELS))
 
     @torch.no_grad()
     def generate(self, request: str, context: str | None = None, max_tokens: int = 128,

@@ -9,10 +9,13 @@ starts from the probe instead of from noise. Off by default; the pretrained reci
 
 from __future__ import annotations
 
+from dataclasses import dataclass
+
 import numpy as np
 import torch
 
 from ..core.schema import LABELS
+from ..model.heads import STANDARDIZER_EPS
 from ..model.so8t import SO8TModel
 from .collate import SafetyCollator
 
@@ -47,34 +50,66 @@ def decision_states(model: SO8TModel, rows: list[dict], collate: SafetyCollator,
     return states
 
 
-def warm_start_head(model: SO8TModel, rows: list[dict], collate: SafetyCollator, class_weights: list[float],
-                    regularization: float = 0.3, batch_size: int = 32, frozen=None, split=None) -> float:
-    """Fit a multinomial logistic regression on the standardised decision states of ``rows`` and load it into
-    SafetyHeadB (linear heads only); returns its accuracy on those rows."""
+@dataclass
+class LinearProbe:
+    """A multinomial logistic regression on standardised states, in the form SafetyHeadB holds it: the
+    standardiser's mean and mean square, then one linear layer (rows in LABELS order)."""
+
+    mean: np.ndarray
+    sq_mean: np.ndarray
+    coef: np.ndarray
+    bias: np.ndarray
+
+    @property
+    def scale(self) -> np.ndarray:
+        return 1 / np.sqrt(np.clip(self.sq_mean - self.mean**2, 0, None) + STANDARDIZER_EPS)
+
+    def logits(self, states: np.ndarray) -> np.ndarray:
+        return ((states - self.mean) * self.scale) @ self.coef.T + self.bias
+
+    def predict(self, states: np.ndarray) -> np.ndarray:
+        """Label indices (LABELS order)."""
+        return self.logits(states).argmax(-1)
+
+
+def fit_probe(states: np.ndarray, labels: np.ndarray, class_weights: list[float], regularization: float,
+              max_iter: int = 3000) -> LinearProbe:
+    """Fit the probe on ``states`` (N, hidden) and label indices, each row weighted by its class's weight;
+    ``regularization`` is scikit-learn's C (smaller: stronger). Shared by the warm start and the benchmarks."""
     from sklearn.linear_model import LogisticRegression
 
+    states = np.asarray(states, dtype=np.float64)
+    mean, sq_mean = states.mean(0), np.square(states).mean(0)
+    probe = LinearProbe(mean, sq_mean, np.zeros((len(LABELS), states.shape[1])), np.zeros(len(LABELS)))
+    fitted = LogisticRegression(C=regularization, max_iter=max_iter).fit(
+        (states - mean) * probe.scale, labels, sample_weight=np.asarray(class_weights)[labels])
+    if len(fitted.classes_) == 2:  # scikit-learn keeps one row for two classes: logit(b) - logit(a)
+        probe.coef[fitted.classes_[1]], probe.bias[fitted.classes_[1]] = fitted.coef_[0], fitted.intercept_[0]
+    else:
+        probe.coef[fitted.classes_], probe.bias[fitted.classes_] = fitted.coef_, fitted.intercept_
+    return probe
+
+
+def warm_start_head(model: SO8TModel, rows: list[dict], collate: SafetyCollator, class_weights: list[float],
+                    regularization: float = 0.3, batch_size: int = 32, frozen=None, split=None) -> float:
+    """Fit ``fit_probe`` on the decision states of ``rows`` and load it into SafetyHeadB (linear heads only);
+    returns its accuracy on those rows."""
     head = model.safety_head
     linears = [m for m in head.net if isinstance(m, torch.nn.Linear)]
     if len(linears) != 1:
         raise ValueError("a warm start needs a linear SafetyHeadB (model.head.hidden_units: 0)")
     states = decision_states(model, rows, collate, batch_size, frozen, split)
-    mean, sq_mean = states.mean(0), np.square(states).mean(0)
-    scaled = (states - mean) / np.sqrt(np.clip(sq_mean - mean**2, 0, None) + 1e-5)
     labels = np.array([LABELS.index(r["label"]) for r in rows])
-    weights = np.asarray(class_weights)[labels]
-    probe = LogisticRegression(C=regularization, max_iter=2000).fit(scaled, labels, sample_weight=weights)
-    coef = np.zeros((len(LABELS), states.shape[1]))
-    bias = np.zeros(len(LABELS))
-    coef[probe.classes_], bias[probe.classes_] = probe.coef_, probe.intercept_
+    probe = fit_probe(states, labels, class_weights, regularization, max_iter=2000)
+    coef, bias = probe.coef, probe.bias
     with torch.no_grad():
         if head.standardizer is not None:
-            head.standardizer.mean.copy_(torch.from_numpy(mean))
-            head.standardizer.sq_mean.copy_(torch.from_numpy(sq_mean))
+            head.standardizer.mean.copy_(torch.from_numpy(probe.mean))
+            head.standardizer.sq_mean.copy_(torch.from_numpy(probe.sq_mean))
             head.standardizer.count.fill_(len(rows))
         else:  # no standardiser: fold the scaling into the weights
-            scale = 1 / np.sqrt(np.clip(sq_mean - mean**2, 0, None) + 1e-5)
-            bias = bias - coef @ (mean * scale)
-            coef = coef * scale
+            bias = bias - coef @ (probe.mean * probe.scale)
+            coef = coef * probe.scale
         linears[0].weight.copy_(torch.from_numpy(coef).to(linears[0].weight.dtype))
         linears[0].bias.copy_(torch.from_numpy(bias).to(linears[0].bias.dtype))
-    return float(probe.score(scaled, labels))
+    return float((probe.predict(states) == labels).mean())
