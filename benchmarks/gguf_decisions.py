@@ -28,8 +28,9 @@ sys.path.insert(0, str(ROOT))
 
 from so8t_lib.core.io import atomic_write_text  # noqa: E402
 from so8t_lib.eval.quant_compare import compare  # noqa: E402
+from so8t_lib.export.quantize import QUANT_TYPES  # noqa: E402
 
-ORDER = ["f16", "q8_0", "q4_k_m", "q4_k_s", "iq4_xs"]
+ORDER = ["f16"] + [q.lower() for q in QUANT_TYPES]  # the ladder make demo writes
 
 
 def batch_tokens_sweep(path: Path, data: str, settings: list[int], n: int = 128) -> list[dict]:
@@ -62,7 +63,7 @@ def main(argv: list[str] | None = None) -> dict:
     missing = [str(f) for f in files if not f.is_file()]
     if missing:
         sys.exit(f"missing GGUF files {missing}: run `make demo` (or so8t export "
-                 f"{args.checkpoint} --quant Q8_0,Q4_K_M,Q4_K_S,IQ4_XS) first")
+                 f"{args.checkpoint} --quant {','.join(QUANT_TYPES)}) first")
     frame = compare(args.checkpoint, files, args.data, max_rows=args.rows)
     packing = batch_tokens_sweep(files[ORDER.index("q4_k_m")], args.data, [int(x) for x in args.batch_tokens.split(",")])
     payload = {"benchmark": "gguf_decisions", "device": "cpu", "threads": torch.get_num_threads(),

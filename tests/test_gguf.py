@@ -40,7 +40,7 @@ def exported(tmp_path_factory, tokenizer):
 
 def test_file_names_follow_the_convention(exported):
     _, paths = exported
-    assert sorted(paths) == sorted(f"so8t-test-{t}.gguf" for t in ["f16", "f32", "q8_0", "q4_k_m", "q4_k_s", "iq4_xs"])
+    assert sorted(paths) == sorted(f"so8t-test-{t}.gguf" for t in ["f16", "f32", "q8_0", "q4_k_m", "q4_k_m_t8", "q4_k_s", "iq4_xs"])
 
 
 def test_metadata_survives_every_quant_type(exported):

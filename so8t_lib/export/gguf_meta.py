@@ -59,6 +59,8 @@ def read_metadata(path: str | Path) -> dict:
     meta["head"] = head
     meta["general.file_type"] = int(fields["general.file_type"].contents()) if "general.file_type" in fields else None
     meta["tensor_count"] = len(reader.tensors)
+    if "so8t.quant_mix" in fields:  # a mixed-precision rung (export.mixed) says which tensors are at which type
+        meta["so8t.quant_mix"] = fields["so8t.quant_mix"].contents()
     return meta
 
 

@@ -8,14 +8,17 @@ rung of the ladder still carries SafetyHeadB. Every file written gets a sha256 s
 from __future__ import annotations
 
 import os
+import tempfile
 from pathlib import Path
 
 from ..core.checkpoint import resolve_checkpoint
 from ..model.so8t import SO8TModel
 from .gguf_meta import DEFAULT_THRESHOLD, GGUFError, write_sha256_sidecar
 from .gguf_writer import write_gguf
+from .mixed import MIXED_TYPES, describe, splice, trained_tensor_prefixes
 
-QUANT_TYPES = ("Q8_0", "Q4_K_M", "Q4_K_S", "IQ4_XS")
+# the ladder make demo writes; Q4_K_M_T8 is Q4_K_M with the trained layers at Q8_0 (export.mixed)
+QUANT_TYPES = ("Q8_0", "Q4_K_M", "Q4_K_M_T8", "Q4_K_S", "IQ4_XS")
 
 
 def quantize(source: str | Path, target: str | Path, quant: str) -> Path:
@@ -25,6 +28,8 @@ def quantize(source: str | Path, target: str | Path, quant: str) -> Path:
     except ImportError:
         raise GGUFError("quantizing needs llama-cpp-python: pip install -e '.[gguf]'") from None
     ftype_name = f"LLAMA_FTYPE_MOSTLY_{quant.upper()}"
+    if quant.upper() in MIXED_TYPES:
+        raise GGUFError(f"{quant} is a mix of two llama.cpp types: export() builds it (so8t export --quant {quant})")
     if not hasattr(llama_cpp, ftype_name):
         raise GGUFError(f"unknown quant type {quant!r}; supported here: {', '.join(QUANT_TYPES)}")
     try:  # llama.cpp logs every tensor it converts; keep errors only
@@ -53,17 +58,35 @@ def export(checkpoint: str | Path, out_dir: str | Path = "dist", quants: list[st
     from tqdm.auto import tqdm
 
     folder = resolve_checkpoint(checkpoint)
+    quants = [q.upper() for q in quants or []]
+    unknown = [q for q in quants if q not in QUANT_TYPES]
+    if unknown:
+        raise GGUFError(f"unknown quant type(s) {', '.join(unknown)}; supported: {', '.join(QUANT_TYPES)}")
     # the merge and the gate fold in fp32, whatever dtype the run used, then one rounding to f16
     model = SO8TModel.load(folder, load_in_4bit=False, dtype="float32")
     name = model.config.name
     out_dir = Path(out_dir)
-    jobs = [("f16", None)] + ([("f32", None)] if f32 else []) + [(q, q) for q in (quants or [])]
-    written = []
+    out_dir.mkdir(parents=True, exist_ok=True)
+    plain = [q for q in quants if q not in MIXED_TYPES]
+    mixes = [q for q in quants if q in MIXED_TYPES]
+    # a mix needs both of its llama.cpp types; those not asked for are built aside and removed
+    helpers = list(dict.fromkeys(t for q in mixes for t in MIXED_TYPES[q] if t not in plain))
+    jobs = [("f16", None)] + ([("f32", None)] if f32 else []) + [(q, q) for q in plain + helpers + mixes]
+    written, made = [], {}
     f16_path = out_dir / f"{name}-f16.gguf"
-    for label, quant in tqdm(jobs, desc="gguf", unit="file", disable=not progress):
-        if quant is None:
-            written.append(write_gguf(model, out_dir / f"{name}-{label}.gguf", label, folder, threshold))
-            write_sha256_sidecar(written[-1])
-        else:
-            written.append(quantize(f16_path, out_dir / f"{name}-{quant.lower()}.gguf", quant))
+    with tempfile.TemporaryDirectory(dir=out_dir, prefix=".mix-") as aside:
+        for label, quant in tqdm(jobs, desc="gguf", unit="file", disable=not progress):
+            target = (Path(aside) if quant in helpers else out_dir) / f"{name}-{label.lower()}.gguf"
+            if quant is None:
+                written.append(write_gguf(model, target, label, folder, threshold))
+                write_sha256_sidecar(written[-1])
+            elif quant in MIXED_TYPES:
+                low, high = MIXED_TYPES[quant]
+                prefixes = tuple(trained_tensor_prefixes(model.config, model.causal_lm.config.num_hidden_layers))
+                written.append(splice(made[low], made[high], target, lambda tensor, p=prefixes: tensor.startswith(p),
+                                      f"{quant}: " + describe(list(prefixes), low, high)))
+            else:
+                made[quant] = quantize(f16_path, target, quant)
+                if quant not in helpers:
+                    written.append(made[quant])
     return written
