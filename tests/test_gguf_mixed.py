@@ -89,3 +89,34 @@ def test_mismatched_files_are_refused_and_nothing_is_written(mixed, tokenizer, t
     assert not target.exists() and not list(tmp_path.glob(".out.gguf*"))
     with pytest.raises(GGUFError, match="unknown quant type"):
         export(tmp_path / "ckpt", tmp_path / "dist", ["Q3_X"], progress=False)
+
+
+def test_quant_mix_benchmark_its_t8_row_is_the_exported_t8_file(mixed, tmp_path):
+    """benchmarks/quant_mix.py rebuilds the mix itself: its Q4_K_M_T8 row must score what the exported file
+    decides, and its Q8_0 row what the Q8_0 file decides, against the checkpoint's own decisions."""
+    import importlib.util
+    import json
+    from pathlib import Path
+
+    from so8t_lib.data.tables import load_split, stratified_sample
+
+    _, paths = mixed
+    dist = paths["so8t-mix-q8_0.gguf"].parent
+    spec = importlib.util.spec_from_file_location(
+        "quant_mix", Path(__file__).resolve().parents[1] / "benchmarks" / "quant_mix.py")
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    out = tmp_path / "mix.json"
+    result = module.main(["--checkpoint", str(dist.parent / "ckpt"), "--name", "so8t-mix", "--dist", str(dist),
+                          "--rows", "30", "--out", str(out)])
+    assert json.loads(out.read_text()) == result and result["trained_prefixes"] == ["blk.2.", "blk.3."]
+    assert not [p for p in dist.iterdir() if p.name.startswith(".quant-mix-")]  # the mixes are removed
+    rows = {row["file"]: row for row in result["files"]}
+    assert len(rows) == 7
+    test = stratified_sample(load_split("test"), 30, seed=0)
+    requests, contexts = list(test["user_request"]), [c or None for c in test["context"]]
+    fp32 = SO8TModel.load(dist.parent / "ckpt", load_in_4bit=False, dtype="float32").decide(requests, contexts)
+    for name, file in [("Q4_K_M + trained blocks at Q8_0 (Q4_K_M_T8)", "q4_k_m_t8"), ("Q8_0", "q8_0")]:
+        decided = GGUFBackend(paths[f"so8t-mix-{file}.gguf"]).decide(requests, contexts)
+        agreement = float((decided.argmax(-1) == fp32.argmax(-1)).float().mean())
+        assert rows[name]["agreement_with_fp32"] == pytest.approx(agreement, abs=1e-4), name
