@@ -23,6 +23,12 @@ def test_demo_trains_then_reuses_the_run_and_writes_test_metrics(tmp_path, capsy
     assert report["n"] == n_test and sum(map(sum, report["confusion_matrix"])) == n_test
     assert set(report["ci"]) >= {"safety_score", "macro_f1"} and report["checkpoint"].endswith("best")
     log = (run_dir / "metrics.jsonl").read_text(encoding="utf-8")
+    setup = json.loads(log.splitlines()[0])  # the run's first record: where the time before step 1 went
+    assert setup["kind"] == "setup" and setup["step"] == 0 and setup["model_and_data_s"] >= 0
+    timings = json.loads((run_dir / "demo_timings.json").read_text(encoding="utf-8"))
+    assert timings["training_steps"] == 3 and timings["training_setup"] == {k: v for k, v in setup.items() if k.endswith("_s")}
+    stages = [timings[k] for k in ("training_s", "test_split_s", "gguf_ladder_s") if k in timings]
+    assert len(stages) >= 2 and timings["total_s"] >= sum(stages) - 0.2
     out = capsys.readouterr().out
     assert "safety_score" in out and "confusion" in out
     try:

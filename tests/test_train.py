@@ -193,7 +193,7 @@ def test_on_log_sees_every_logged_record_and_a_failing_callback_does_not_stop_tr
     overrides = ["training.max_steps=3", "training.eval_every=3", "training.calibrate_temperature=false"]
     run_dir = train(load_config(_config_file(tmp_path, tmp_path / "a", *overrides)), on_log=live)
     logged = [json.loads(line) for line in (run_dir / "metrics.jsonl").read_text().splitlines()]
-    assert live.records == logged and {r["kind"] for r in logged} == {"train", "eval"}
+    assert live.records == logged and {r["kind"] for r in logged} == {"setup", "train", "eval"}
     assert live.redraw() is False  # no IPython here: it only collects
 
     def broken(record):

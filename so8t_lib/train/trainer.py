@@ -108,6 +108,10 @@ class Trainer:
         torch.manual_seed(self.tcfg.seed)
         random.seed(self.tcfg.seed)
         np.random.seed(self.tcfg.seed)
+        clock = time.perf_counter()
+        # where the minutes before the first step go (logged as the run's "setup" record): on a CPU they are
+        # a large part of make demo
+        self.setup_seconds: dict[str, float] = {}
         self.model = SO8TModel.from_config(config.model)
         if self.tcfg.gradient_checkpointing:
             self.model.enable_gradient_checkpointing()
@@ -121,18 +125,23 @@ class Trainer:
         self.collate = SafetyCollator(self.model.tokenizer, self.tcfg.max_length, self.model.system_prompt,
                                       self.tcfg.max_target_tokens)
         self.lm_head = self.model.causal_lm.get_output_embeddings()
+        self.setup_seconds["model_and_data_s"] = time.perf_counter() - clock
         self.split, self.frozen = None, None
         if self.tcfg.freeze_below:
             check_frozen_below(self.model, self.tcfg.freeze_below, config.loss.pet.layers)
             if self.tcfg.cache_frozen_states:
                 self.split = self.model.split(self.tcfg.freeze_below)
+                clock = time.perf_counter()
                 self.frozen = FrozenStates.build(self.model, self.split, self.train_rows + self.val_rows, self.collate,
                                                  self.tcfg.eval_batch_size, progress=self.main)
+                self.setup_seconds["frozen_states_s"] = time.perf_counter() - clock  # a cache hit: seconds
         if self.tcfg.head_warm_start and not resume:
+            clock = time.perf_counter()
             accuracy = warm_start_head(self.model, self.train_rows, self.collate, config.loss.class_weight_list(),
                                        self.tcfg.head_warm_start_c, self.tcfg.eval_batch_size, self.frozen, self.split)
             if self.main:
                 print(f"SafetyHeadB starts from a linear probe (training-row accuracy {accuracy:.3f})", file=sys.stderr)
+            self.setup_seconds["head_warm_start_s"] = time.perf_counter() - clock
         self.ddp_model, self.opt_task, self.opt_safety = self.accelerator.prepare(
             self.model, self.opt_task, self.opt_safety
         )
@@ -292,6 +301,8 @@ class Trainer:
                    disable=not self.main, dynamic_ncols=True)
         tokens, clock = 0, time.perf_counter()
         val_text = "-"
+        if self.state.step == 0:
+            self.log({"step": 0, "kind": "setup", **{k: round(v, 1) for k, v in self.setup_seconds.items()}})
         if self.state.step == 0 and self.tcfg.head_warm_start:
             # the warm-started head is already a fitted probe: log its score as the reference the steps must beat
             val_text = f"{self.evaluate(select=False)['value'] or 0:.3f}"

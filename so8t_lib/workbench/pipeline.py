@@ -19,7 +19,15 @@ import yaml
 from ..core.config import SO8TConfig, config_from_dict, load_config
 from ..core.io import atomic_write_text
 from ..core.paths import CONFIGS_DIR
-from ..core.schema import BEST_DIR, LABELS, LAST_DIR, RUN_CONFIG_FILE, RUN_METRICS_FILE, TEST_METRICS_FILE
+from ..core.schema import (
+    BEST_DIR,
+    DEMO_TIMINGS_FILE,
+    LABELS,
+    LAST_DIR,
+    RUN_CONFIG_FILE,
+    RUN_METRICS_FILE,
+    TEST_METRICS_FILE,
+)
 from ..data.tables import load_table
 from ..eval.calibration import calibrate_checkpoint
 from ..eval.evaluate import evaluate_table, format_report
@@ -83,9 +91,11 @@ def run_demo(config_path: str | Path = DEFAULT_CONFIG, overrides: list[str] | tu
     train_and_calibrate(config, resume=resume)
     trained = time.perf_counter() - start
 
+    clock = time.perf_counter()
     model = load_decider(run_dir)  # the best checkpoint
     test = load_table(Path(config.training.data_dir) / "test.jsonl")
     report = evaluate_table(model, test, bootstrap=bootstrap)
+    timings = {"training_s": trained, "test_split_s": time.perf_counter() - clock}
     report["checkpoint"] = str(run_dir / BEST_DIR)
     atomic_write_text(run_dir / TEST_METRICS_FILE, json.dumps(report, indent=1, ensure_ascii=False))
     print(f"\ntraining: {trained:.0f}s. Test split ({len(test)} rows), best checkpoint {run_dir / BEST_DIR}:")
@@ -98,8 +108,30 @@ def run_demo(config_path: str | Path = DEFAULT_CONFIG, overrides: list[str] | tu
         print(f"{fit_width(request, 58)} " + " ".join(f"{float(p):9.3f}" for p in row))
     print(f"\nmetrics: {run_dir / TEST_METRICS_FILE}; per-step log: {run_dir / RUN_METRICS_FILE}")
     if gguf:
+        clock = time.perf_counter()
         export_and_decide(run_dir, Path(dist), requests[1], contexts[1])
+        timings["gguf_ladder_s"] = time.perf_counter() - clock
+    write_timings(run_dir, timings, time.perf_counter() - start)
     return report
+
+
+def write_timings(run_dir: Path, timings: dict[str, float], total: float) -> dict:
+    """``<run>/demo_timings.json``: this invocation's stages, with the training run's own setup record (model,
+    frozen-state cache, warm start) and step count, so the demo's cost can be read, not guessed."""
+    setup, steps = {}, 0
+    log = run_dir / RUN_METRICS_FILE
+    if log.is_file():
+        for line in log.read_text(encoding="utf-8").splitlines():
+            record = json.loads(line)
+            if record.get("kind") == "setup":
+                setup = {k: v for k, v in record.items() if k.endswith("_s")}
+            steps = max(steps, int(record.get("step") or 0))
+    result = {"total_s": round(total, 1), **{k: round(v, 1) for k, v in timings.items()},
+              "training_setup": setup, "training_steps": steps}
+    atomic_write_text(run_dir / DEMO_TIMINGS_FILE, json.dumps(result, indent=1))
+    print("time: " + ", ".join(f"{k.removesuffix('_s').replace('_', ' ')} {v:.0f}s" for k, v in result.items()
+                               if k.endswith("_s")) + f" (setup: {setup}); {run_dir / DEMO_TIMINGS_FILE}")
+    return result
 
 
 def export_and_decide(run_dir: Path, dist: Path, request: str, context: str | None) -> list[Path]:
