@@ -152,6 +152,27 @@ def test_training_from_cached_frozen_states_equals_training_the_whole_model(tmp_
     assert all(torch.allclose(finals[0][n], finals[1][n], atol=1e-5) for n in finals[0])
 
 
+def test_a_fixed_sample_seed_shares_the_rows_and_the_cache_across_seeds(tmp_path, monkeypatch):
+    """A sweep over seeds with training.sample_seed fixed trains every run on the same rows (one frozen-state
+    cache); without it each seed draws its own sample."""
+    from so8t_lib.train.trainer import Trainer
+
+    monkeypatch.setenv("SO8T_CACHE", str(tmp_path / "cache"))
+    base = _recipe(tmp_path, "s", True)
+
+    def rows(seed: int, sample_seed: int | None):
+        config = base.model_copy(deep=True)
+        config.training.seed, config.training.sample_seed = seed, sample_seed
+        config.training.output_dir = str(tmp_path / f"run{seed}-{sample_seed}")
+        trainer = Trainer(config)
+        return [r["id"] for r in trainer.train_rows], [r["id"] for r in trainer.val_rows]
+
+    shared = rows(0, 0)
+    assert rows(1, 0) == shared and rows(0, None) == shared
+    assert rows(1, None)[0] != shared[0]
+    assert len(list((tmp_path / "cache" / "states").iterdir())) == 2  # seed 1's own sample built a second cache
+
+
 def test_a_frozen_part_that_would_train_is_refused(tmp_path):
     from so8t_lib.train.trainer import Trainer
 

@@ -240,6 +240,15 @@ class TrainingConfig(_Section):
         True, description="after training, fit SafetyHeadB's temperature on the val split and store it in best/"
     )
     seed: int = 0
+    sample_seed: int | None = Field(
+        None, ge=0, description="seed of the train_max_rows / eval_max_rows samples (None: training.seed). Fix it "
+        "in a sweep over seeds so every run sees the same rows and shares one frozen-state cache; the seed then "
+        "varies only the initialisation and the order")
+
+    @property
+    def data_seed(self) -> int:
+        """The seed the row samples are drawn with."""
+        return self.seed if self.sample_seed is None else self.sample_seed
 
 
 class SO8TConfig(_Section):

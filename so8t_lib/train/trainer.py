@@ -119,9 +119,9 @@ class Trainer:
         (self.opt_task, self.sched_task), (self.opt_safety, self.sched_safety) = build_optimizers(self.model, config)
         data_dir = Path(self.tcfg.data_dir)
         self.train_rows = table_rows(stratified_sample(load_table(data_dir / "train.jsonl"), self.tcfg.train_max_rows,
-                                                       self.tcfg.seed))
+                                                       self.tcfg.data_seed))
         self.val_rows = table_rows(stratified_sample(load_table(data_dir / "val.jsonl"), self.tcfg.eval_max_rows,
-                                                     self.tcfg.seed))
+                                                     self.tcfg.data_seed))
         self.collate = SafetyCollator(self.model.tokenizer, self.tcfg.max_length, self.model.system_prompt,
                                       self.tcfg.max_target_tokens)
         self.lm_head = self.model.causal_lm.get_output_embeddings()

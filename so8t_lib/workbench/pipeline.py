@@ -45,7 +45,8 @@ def calibrate_run(run_dir: Path, config: SO8TConfig) -> dict | None:
     if not config.training.calibrate_temperature or not (run_dir / BEST_DIR).is_dir():
         return None
     result = calibrate_checkpoint(run_dir / BEST_DIR, Path(config.training.data_dir) / "val.jsonl",
-                                  config.training.eval_batch_size, max_rows=config.training.eval_max_rows)
+                                  config.training.eval_batch_size, max_rows=config.training.eval_max_rows,
+                                  seed=config.training.data_seed)
     print(f"calibration: temperature {result['temperature']:.3f} on {result['rows']} val rows, "
           f"ECE {result['ece_before']:.3f} -> {result['ece_after']:.3f}", file=sys.stderr)
     return result
