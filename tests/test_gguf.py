@@ -118,8 +118,13 @@ def test_q4_k_m_mostly_agrees_with_fp32_decisions(exported):
 
 def test_backend_generates_text(exported):
     _, paths = exported
-    text = GGUFBackend(paths["so8t-test-q8_0.gguf"]).generate("経費精算の締め日はいつですか", max_tokens=8)
+    backend = GGUFBackend(paths["so8t-test-q8_0.gguf"])
+    text = backend.generate("経費精算の締め日はいつですか", max_tokens=8)
     assert isinstance(text, str)
+    seen = []  # TaskHeadA gets the prompt's tokens as decide() sees them, never text llama.cpp would re-tokenize
+    backend._generator.create_completion = lambda prompt, **kw: seen.append(prompt) or {"choices": [{"text": ""}]}
+    backend.generate("経費精算の締め日はいつですか")
+    assert seen == [backend.prompt_tokens(backend.format_prompt("経費精算の締め日はいつですか"))]
 
 
 def test_bad_files_fail_with_clear_errors(exported, tmp_path):

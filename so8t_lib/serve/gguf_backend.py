@@ -101,6 +101,11 @@ class GGUFBackend:
         messages = build_messages(request, context, system_prompt=str(self.meta["so8t.system_prompt"]))
         return _render_chat(self.chat_template, messages, self.eos_token, self.bos_token)
 
+    def prompt_tokens(self, prompt: str) -> list[int]:
+        """The rendered prompt's tokens as the HF tokenizer gives them: special tokens parsed, and no BOS added
+        (the chat template already starts with it; llama.cpp would add a second one)."""
+        return self.embedder.tokenize(prompt.encode("utf-8"), add_bos=False, special=True)
+
     def hidden_states(self, prompts: list[str]) -> np.ndarray:
         """Final-norm state of each prompt's last token, (N, hidden): several prompts per llama.cpp
         batch, one sequence id each. ``Llama.embed`` cannot be used: it tokenizes without parsing
@@ -122,7 +127,7 @@ class GGUFBackend:
         emb._batch.reset()
         used = 0
         for prompt in prompts:
-            tokens = emb.tokenize(prompt.encode("utf-8"), add_bos=False, special=True)
+            tokens = self.prompt_tokens(prompt)
             if len(tokens) > n_batch:  # never decide on a cut prompt: the HF backend does not cut either
                 raise GGUFError(f"a prompt has {len(tokens)} tokens, more than n_ctx={n_batch}; "
                                 "load the backend with a larger n_ctx")
@@ -158,6 +163,8 @@ class GGUFBackend:
         """The task answer (ALLOW) or rationale (otherwise) that TaskHeadA writes after the prompt."""
         if self._generator is None:
             self._generator = self._llama.Llama(**self._kwargs, embedding=False)
-        out = self._generator.create_completion(self.format_prompt(request, context), max_tokens=max_tokens,
-                                                temperature=temperature, stop=[self.eos_token] if self.eos_token else None)
+        # tokens, not text: from text llama.cpp prepends a BOS to a prompt that already starts with one
+        out = self._generator.create_completion(self.prompt_tokens(self.format_prompt(request, context)),
+                                                max_tokens=max_tokens, temperature=temperature,
+                                                stop=[self.eos_token] if self.eos_token else None)
         return out["choices"][0]["text"]
