@@ -61,6 +61,39 @@ def test_head_layer_probe_scores_every_layer_and_pooling(tmp_path):
     assert result["train_rows"] == 60 and result["val_rows"] == 45
 
 
+def test_probe_learning_curve_scores_what_a_probe_on_decide_states_scores(tmp_path):
+    """The script batches rows by length and puts the states back in row order: its whole-split point must be
+    what fit_probe on decision_states in plain row order gives, with the regularisation it reports."""
+    import numpy as np
+
+    from so8t_lib.core.config import load_config
+    from so8t_lib.core.metrics import macro_f1
+    from so8t_lib.core.schema import LABELS
+    from so8t_lib.data.tables import load_split, stratified_sample
+    from so8t_lib.model import SO8TModel
+    from so8t_lib.train.head_init import fit_probe
+
+    out, figure = tmp_path / "curve.json", tmp_path / "curve.png"
+    result = _load("probe_learning_curve").main(["--config", "configs/tiny-training.yaml", "--sizes", "50,0",
+                                                 "--train-rows", "120", "--val-rows", "45", "--out", str(out),
+                                                 "--plot", str(figure)])
+    assert json.loads(out.read_text()) == result and figure.stat().st_size > 0
+    assert [p["train_rows"] for p in result["points"]] == [50, 120] and result["val_rows"] == 45
+    cfg = load_config("configs/tiny-training.yaml")
+    train = stratified_sample(load_split("train"), 120, seed=0).to_dict("records")
+    val = stratified_sample(load_split("val"), 45, seed=0).to_dict("records")
+    model = SO8TModel.from_config(cfg.model)
+
+    def states(rows):
+        return model.decision_states([r["user_request"] for r in rows], [r.get("context") or None for r in rows]).numpy()
+
+    whole = result["points"][-1]
+    probe = fit_probe(states(train), np.array([LABELS.index(r["label"]) for r in train]),
+                      cfg.loss.class_weight_list(), whole["C"])
+    predicted = [LABELS[i] for i in probe.predict(states(val))]
+    assert whole["macro_f1"] == pytest.approx(macro_f1([r["label"] for r in val], predicted), abs=1e-4)
+
+
 def test_result_files_name_paths_relative_to_the_project(tmp_path):
     from so8t_lib.core.paths import PROJECT_ROOT, project_relative
 
