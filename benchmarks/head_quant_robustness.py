@@ -1,16 +1,17 @@
 """Why 4-bit files change SafetyHeadB's decisions, and whether a head fitted for it keeps them.
 
     python benchmarks/head_quant_robustness.py [--checkpoint checkpoints/so8t-demo] [--name so8t-demo] \
-        [--rows 400] [--train-rows 1500] [--out benchmarks/results/head_quant_robustness.json]
+        [--quant q4_k_m] [--rows 400] [--train-rows 1500] [--out benchmarks/results/head_quant_robustness.json]
 
-One process: the checkpoint as an fp32 HF model and its GGUF files (``dist/<name>-{q8_0,q4_k_m}.gguf``, from
+One process: the checkpoint as an fp32 HF model and its GGUF files (``dist/<name>-q8_0.gguf`` and the low-bit
+file ``--quant``, default ``q4_k_m``; from
 ``make demo``) each give the pooled decision state of the same rows: a stratified sample of the test split
 (the rows ``benchmarks/gguf_decisions.py --rows`` scores) and of the training split. Reported per file: how
 close its states are to fp32 (cosine, relative error), and for several heads how often the file's decision
 equals fp32's on the test rows and the macro-F1 each way:
 - the checkpoint's own SafetyHeadB;
 - linear probes refitted on the fp32 training states (a regularisation grid);
-- the same probes fitted on the fp32 AND the Q4_K_M states of the training rows, each row once per
+- the same probes fitted on the fp32 AND the low-bit file's states of the training rows, each row once per
   precision: a quantization-aware readout, taught that both versions of a row mean the same decision.
 Only training rows fit anything; the test rows only score.
 """
@@ -39,7 +40,6 @@ from so8t_lib.train.head_init import fit_probe  # noqa: E402
 
 C_GRID = (0.003, 0.01, 0.03, 0.1)
 CLASS_WEIGHTS = [1.0, 2.0, 1.5]  # ALLOW, REFUSE, ESCALATE: the recipe's (configs/gemma3-270m.yaml)
-QUANTS = ("q8_0", "q4_k_m")
 
 
 def gguf_states(path: Path, rows: list[dict]) -> np.ndarray:
@@ -62,7 +62,7 @@ def closeness(ref: np.ndarray, other: np.ndarray) -> dict:
 def head_row(name: str, predict, test_states: dict[str, np.ndarray], gold: list[str]) -> dict:
     preds = {k: predict(v) for k, v in test_states.items()}
     row = {"head": name, "macro_f1_fp32": round(macro_f1(gold, [LABELS[i] for i in preds["fp32"]]), 4)}
-    for quant in QUANTS:
+    for quant in [k for k in test_states if k != "fp32"]:
         row[f"agreement_{quant}"] = round(float((preds[quant] == preds["fp32"]).mean()), 4)
         row[f"macro_f1_{quant}"] = round(macro_f1(gold, [LABELS[i] for i in preds[quant]]), 4)
     return row
@@ -73,15 +73,18 @@ def main(argv: list[str] | None = None) -> dict:
     parser.add_argument("--checkpoint", default="checkpoints/so8t-demo")
     parser.add_argument("--name", default="so8t-demo")
     parser.add_argument("--dist", default="dist")
+    parser.add_argument("--quant", default="q4_k_m", help="the low-bit file whose states the aware probes also see")
     parser.add_argument("--rows", type=int, default=400)
     parser.add_argument("--train-rows", type=int, default=1500)
     parser.add_argument("--out", default="benchmarks/results/head_quant_robustness.json")
     args = parser.parse_args(argv)
 
-    files = {q: Path(args.dist) / f"{args.name}-{q}.gguf" for q in QUANTS}
+    low = args.quant.lower()
+    quants = ("q8_0", low)
+    files = {q: Path(args.dist) / f"{args.name}-{q}.gguf" for q in quants}
     missing = [str(f) for f in files.values() if not f.is_file()]
     if missing:
-        sys.exit(f"missing GGUF files {missing}: run `make demo` (or so8t export {args.checkpoint} --quant Q8_0,Q4_K_M)")
+        sys.exit(f"missing GGUF files {missing}: run `make demo` (or so8t export {args.checkpoint} --quant Q8_0,{low.upper()})")
     test = stratified_sample(load_split("test"), args.rows, seed=0).to_dict("records")
     train = stratified_sample(load_split("train"), args.train_rows, seed=0).to_dict("records")
     started = time.perf_counter()
@@ -91,7 +94,7 @@ def main(argv: list[str] | None = None) -> dict:
                                             [r.get("context") or None for r in rows], 16, progress=True).numpy()}
     own_head = model.safety_head
     for quant, path in files.items():
-        states[quant] = gguf_states(path, test + train if quant == "q4_k_m" else test)
+        states[quant] = gguf_states(path, test + train if quant == low else test)
     n = len(test)
     test_states = {k: v[:n] for k, v in states.items()}
     y_train = np.array([LABELS.index(r["label"]) for r in train])
@@ -106,14 +109,14 @@ def main(argv: list[str] | None = None) -> dict:
         fitted = fit_probe(states["fp32"][n:], y_train, CLASS_WEIGHTS, c)
         heads.append({"C": c, **head_row(f"probe on fp32 states, C={c}", fitted.predict, test_states, gold)})
     for c in C_GRID:
-        both = np.concatenate([states["fp32"][n:], states["q4_k_m"][n:]])
+        both = np.concatenate([states["fp32"][n:], states[low][n:]])
         fitted = fit_probe(both, np.concatenate([y_train, y_train]), CLASS_WEIGHTS, c)
-        heads.append({"C": c, **head_row(f"probe on fp32 + Q4_K_M states, C={c}", fitted.predict, test_states, gold)})
+        heads.append({"C": c, **head_row(f"probe on fp32 + {low.upper()} states, C={c}", fitted.predict, test_states, gold)})
     result = {
         "benchmark": "head_quant_robustness", "checkpoint": project_relative(args.checkpoint),
         "files": {q: project_relative(p) for q, p in files.items()}, "test_rows": n, "train_rows": len(train),
         "seconds": round(time.perf_counter() - started, 1),
-        "state_closeness_to_fp32": {q: closeness(test_states["fp32"], test_states[q]) for q in QUANTS},
+        "state_closeness_to_fp32": {q: closeness(test_states["fp32"], test_states[q]) for q in quants},
         "heads": heads,
     }
     atomic_write_text(args.out, json.dumps(result, indent=1) + "\n")

@@ -264,3 +264,7 @@ def test_head_quant_robustness_benchmark_scores_the_checkpoint_head_as_the_backe
     assert result["heads"][0]["agreement_q4_k_m"] == pytest.approx(agreement, abs=1e-4)
     closeness = result["state_closeness_to_fp32"]
     assert -1 <= closeness["q4_k_m"]["cosine_mean"] < closeness["q8_0"]["cosine_mean"] <= 1 + 1e-6  # 8 bits stay closer
+    t8 = module.main(["--checkpoint", str(dist.parent / "ckpt"), "--name", "so8t-test", "--dist", str(dist),
+                      "--quant", "q4_k_m_t8", "--rows", "30", "--train-rows", "60", "--out", str(out)])
+    assert set(t8["state_closeness_to_fp32"]) == {"q8_0", "q4_k_m_t8"}
+    assert all("agreement_q4_k_m_t8" in row for row in t8["heads"]) and "Q4_K_M_T8 states" in t8["heads"][-1]["head"]
