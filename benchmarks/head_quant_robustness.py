@@ -34,22 +34,13 @@ from so8t_lib.core.io import atomic_write_text  # noqa: E402
 from so8t_lib.core.metrics import macro_f1  # noqa: E402
 from so8t_lib.core.paths import project_relative  # noqa: E402
 from so8t_lib.core.schema import LABELS  # noqa: E402
-from so8t_lib.data.tables import load_split, stratified_sample  # noqa: E402
+from so8t_lib.data.tables import load_split, requests_and_contexts, stratified_sample  # noqa: E402
 from so8t_lib.model import SO8TModel  # noqa: E402
+from so8t_lib.serve.gguf_backend import GGUFBackend  # noqa: E402
 from so8t_lib.train.head_init import fit_probe  # noqa: E402
 
 C_GRID = (0.003, 0.01, 0.03, 0.1)
 CLASS_WEIGHTS = [1.0, 2.0, 1.5]  # ALLOW, REFUSE, ESCALATE: the recipe's (configs/gemma3-270m.yaml)
-
-
-def gguf_states(path: Path, rows: list[dict]) -> np.ndarray:
-    from so8t_lib.serve.gguf_backend import GGUFBackend
-
-    backend = GGUFBackend(path)
-    prompts = [backend.format_prompt(r["user_request"], r.get("context") or None) for r in rows]
-    states = np.concatenate([backend.hidden_states(prompts[i:i + 64]) for i in range(0, len(prompts), 64)])
-    del backend
-    return states
 
 
 def closeness(ref: np.ndarray, other: np.ndarray) -> dict:
@@ -90,11 +81,11 @@ def main(argv: list[str] | None = None) -> dict:
     started = time.perf_counter()
     model = SO8TModel.load(args.checkpoint, load_in_4bit=False, dtype="float32")
     rows = test + train
-    states = {"fp32": model.decision_states([r["user_request"] for r in rows],
-                                            [r.get("context") or None for r in rows], 16, progress=True).numpy()}
+    states = {"fp32": model.decision_states(*requests_and_contexts(rows), 16, progress=True).numpy()}
     own_head = model.safety_head
     for quant, path in files.items():
-        states[quant] = gguf_states(path, test + train if quant == low else test)
+        states[quant] = GGUFBackend(path).decision_states(*requests_and_contexts(test + train if quant == low else test),
+                                                          progress=True).numpy()
     n = len(test)
     test_states = {k: v[:n] for k, v in states.items()}
     y_train = np.array([LABELS.index(r["label"]) for r in train])

@@ -30,7 +30,7 @@ from so8t_lib.core.io import atomic_write_text  # noqa: E402
 from so8t_lib.core.metrics import macro_f1  # noqa: E402
 from so8t_lib.core.paths import project_relative  # noqa: E402
 from so8t_lib.core.schema import LABELS  # noqa: E402
-from so8t_lib.data.tables import load_split, stratified_sample  # noqa: E402
+from so8t_lib.data.tables import load_split, requests_and_contexts, stratified_sample  # noqa: E402
 from so8t_lib.export.mixed import splice, trained_tensor_prefixes  # noqa: E402
 from so8t_lib.model import SO8TModel  # noqa: E402
 from so8t_lib.serve.gguf_backend import GGUFBackend  # noqa: E402
@@ -50,12 +50,6 @@ def variants(trained: tuple[str, ...]) -> dict:
     }
 
 
-def file_states(path: Path, rows: list[dict]) -> np.ndarray:
-    backend = GGUFBackend(path)
-    prompts = [backend.format_prompt(r["user_request"], r.get("context") or None) for r in rows]
-    return np.concatenate([backend.hidden_states(prompts[i:i + 64]) for i in range(0, len(prompts), 64)])
-
-
 def main(argv: list[str] | None = None) -> dict:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--checkpoint", default="checkpoints/so8t-demo")
@@ -73,8 +67,7 @@ def main(argv: list[str] | None = None) -> dict:
     gold = [r["label"] for r in test]
     started = time.perf_counter()
     model = SO8TModel.load(args.checkpoint, load_in_4bit=False, dtype="float32")
-    reference = model.decision_states([r["user_request"] for r in test], [r.get("context") or None for r in test],
-                                      16, progress=True).numpy()
+    reference = model.decision_states(*requests_and_contexts(test), 16, progress=True).numpy()
 
     def decide(states: np.ndarray) -> np.ndarray:
         with torch.no_grad():
@@ -87,7 +80,7 @@ def main(argv: list[str] | None = None) -> dict:
         for name, take in tqdm(variants(trained).items(), desc="files", unit="file"):
             path = q4 if take is None else q8 if take == "q8_0" else splice(
                 q4, q8, Path(aside) / "mix.gguf", take, f"benchmarks/quant_mix.py: {name}")
-            states = file_states(path, test)
+            states = GGUFBackend(path).decision_states(*requests_and_contexts(test)).numpy()
             pred = decide(states)
             cos = (reference * states).sum(1) / (np.linalg.norm(reference, axis=1) * np.linalg.norm(states, axis=1))
             rows.append({"file": name, "size_mib": round(path.stat().st_size / 2**20, 1),

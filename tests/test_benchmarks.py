@@ -69,7 +69,7 @@ def test_probe_learning_curve_scores_what_a_probe_on_decide_states_scores(tmp_pa
     from so8t_lib.core.config import load_config
     from so8t_lib.core.metrics import macro_f1
     from so8t_lib.core.schema import LABELS
-    from so8t_lib.data.tables import load_split, stratified_sample
+    from so8t_lib.data.tables import load_split, requests_and_contexts, stratified_sample
     from so8t_lib.model import SO8TModel
     from so8t_lib.train.head_init import fit_probe
 
@@ -85,7 +85,7 @@ def test_probe_learning_curve_scores_what_a_probe_on_decide_states_scores(tmp_pa
     model = SO8TModel.from_config(cfg.model)
 
     def states(rows):
-        return model.decision_states([r["user_request"] for r in rows], [r.get("context") or None for r in rows]).numpy()
+        return model.decision_states(*requests_and_contexts(rows)).numpy()
 
     whole = result["points"][-1]
     probe = fit_probe(states(train), np.array([LABELS.index(r["label"]) for r in train]),

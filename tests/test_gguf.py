@@ -75,6 +75,24 @@ def test_f32_gguf_matches_the_hf_model(exported):
     assert torch.equal(model.decide(requests, contexts).argmax(-1), backend.decide(requests, contexts).argmax(-1))
 
 
+def test_gguf_decision_states_are_what_decide_reads_and_match_the_hf_states(exported):
+    """The counterpart of SO8TModel.decision_states: the quantization studies fit readouts on it, so it must be
+    exactly decide()'s head input, and on the f32 file the HF model's."""
+    model, paths = exported
+    backend = GGUFBackend(paths["so8t-test-f32.gguf"], f32_kv_cache=True)
+    test = stratified_sample(load_split("test"), TEST_ROWS, 0)
+    requests, contexts = list(test["user_request"]), [c or None for c in test["context"]]
+    states = backend.decision_states(requests, contexts)
+    assert states.shape == (len(requests), model.causal_lm.config.hidden_size)
+    with torch.no_grad():
+        assert torch.equal(backend.safety_head.probabilities(backend.safety_head(states)),
+                           backend.decide(requests, contexts))
+    hf = model.decision_states(requests, contexts)
+    assert torch.nn.functional.cosine_similarity(hf, states, dim=-1).min() >= 0.99999
+    with pytest.raises(ValueError, match="contexts"):
+        backend.decision_states(requests, contexts[:-1])
+
+
 @pytest.fixture(scope="module")
 def gemma3_exported(tmp_path_factory, tokenizer):
     """A tiny random Gemma3 (five sliding-attention layers and one full, a window shorter than the prompts,

@@ -129,6 +129,11 @@ def load_split(split: str, data_dir: str | Path = CORPUS_DIR) -> pd.DataFrame:
     return load_table(path)
 
 
+def requests_and_contexts(rows: list[dict]) -> tuple[list[str], list[str | None]]:
+    """The two arguments ``decide`` and ``decision_states`` take, from table rows (an empty context is none)."""
+    return [r["user_request"] for r in rows], [r.get("context") or None for r in rows]
+
+
 def stratified_sample(table: pd.DataFrame, n: int | None, seed: int = 0,
                       by: tuple[str, ...] = ("label", "lang")) -> pd.DataFrame:
     """``n`` rows of ``table`` with each (label, lang) cell's share kept (largest remainder), drawn with a seeded

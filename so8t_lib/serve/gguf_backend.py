@@ -107,8 +107,8 @@ class GGUFBackend:
         return self.embedder.tokenize(prompt.encode("utf-8"), add_bos=False, special=True)
 
     def hidden_states(self, prompts: list[str]) -> np.ndarray:
-        """Final-norm state of each prompt's last token, (N, hidden): several prompts per llama.cpp
-        batch, one sequence id each. ``Llama.embed`` cannot be used: it tokenizes without parsing
+        """Each prompt's pooled final-norm state (last token or mean, as the file's ``so8t.pooling`` says),
+        (N, hidden): several prompts per llama.cpp batch, one sequence id each. ``Llama.embed`` cannot be used: it tokenizes without parsing
         special tokens, so ``<|im_start|>`` would become plain text."""
         emb, n_embd = self.embedder, self.embedder.n_embd()
         n_batch, n_seq_max = emb.n_batch, emb.context_params.n_seq_max
@@ -142,11 +142,11 @@ class GGUFBackend:
         emb.reset()
         return np.stack(states) if states else np.zeros((0, n_embd), dtype=np.float32)
 
-    @torch.no_grad()
-    def decide(self, requests: list[str], contexts: list[str | None] | None = None, batch_size: int = 32,
-               progress: bool = False) -> torch.Tensor:
-        """Probabilities (N, 3) over ALLOW, REFUSE, ESCALATE, temperature-scaled (``batch_size``
-        is accepted for interface parity with SO8TModel.decide)."""
+    def decision_states(self, requests: list[str], contexts: list[str | None] | None = None,
+                        progress: bool = False) -> torch.Tensor:
+        """SafetyHeadB's input (N, hidden) for raw requests, packed into llama.cpp batches as ``decide`` packs
+        them: what a readout fitted outside the file (a quantization study) must see. The counterpart of
+        ``SO8TModel.decision_states``."""
         contexts = contexts or [None] * len(requests)
         if len(contexts) != len(requests):
             raise ValueError(f"{len(requests)} requests but {len(contexts)} contexts")
@@ -155,7 +155,14 @@ class GGUFBackend:
             from tqdm.auto import tqdm
 
             prompts = tqdm(prompts, desc="deciding (gguf)", unit="request", leave=False)
-        states = torch.from_numpy(self.hidden_states(list(prompts)))
+        return torch.from_numpy(self.hidden_states(list(prompts)))
+
+    @torch.no_grad()
+    def decide(self, requests: list[str], contexts: list[str | None] | None = None, batch_size: int = 32,
+               progress: bool = False) -> torch.Tensor:
+        """Probabilities (N, 3) over ALLOW, REFUSE, ESCALATE, temperature-scaled (``batch_size``
+        is accepted for interface parity with SO8TModel.decide)."""
+        states = self.decision_states(requests, contexts, progress)
         return self.safety_head.probabilities(self.safety_head(states)) if len(states) else torch.empty(0, len(LABELS))
 
     def generate(self, request: str, context: str | None = None, max_tokens: int = 128,

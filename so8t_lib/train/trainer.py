@@ -45,7 +45,7 @@ from ..core.schema import (
     RUN_METRICS_FILE,
     TRAINER_STATE_FILE,
 )
-from ..data.tables import load_table, stratified_sample
+from ..data.tables import load_table, requests_and_contexts, stratified_sample
 from ..model.so8t import SO8TModel
 from .collate import SafetyCollator, table_rows
 from .head_init import warm_start_head
@@ -75,8 +75,7 @@ class StopRequested(Exception):
 @torch.no_grad()
 def val_metrics(model: SO8TModel, rows: list[dict], batch_size: int) -> dict:
     """Decide on the validation rows (argmax) and score them (definitions in so8t_lib.core.metrics)."""
-    probs = model.decide([r["user_request"] for r in rows], [r.get("context") or None for r in rows],
-                         batch_size=batch_size)
+    probs = model.decide(*requests_and_contexts(rows), batch_size=batch_size)
     pred = [LABELS[i] for i in probs.argmax(-1).tolist()]
     return headline_metrics([r["label"] for r in rows], pred)
 
