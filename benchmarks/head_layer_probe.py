@@ -3,13 +3,15 @@
     python benchmarks/head_layer_probe.py [--config configs/gemma3-270m.yaml] [--train-rows 3000] \
         [--out benchmarks/results/head_layer_probe.json] [--plot docs/figures/head_layer_probe.png] [--plot-only]
 
-About 11 minutes on 2 CPU cores (6 for the states, 5 for the 152 probe fits).
+About 20 minutes on 2 CPU cores (6 for the states, the rest for the probe fits).
 
 One pass of the untouched base (no LoRA, no gates: ``gates.init`` does not matter, the gates are off) over a
 stratified sample of the training split and the whole validation split, prompts only (what the head sees).
 For every layer's output (0 = embeddings, then each decoder layer; the last one with the model's final
-norm, as HF returns it) and both poolings (the prompt's last token, the mean over the prompt), the same
-standardised multinomial logistic regression (class weights from the training config) is fitted on the
+norm, as HF returns it) and three poolings (the prompt's last token; the mean over the prompt; the mean over
+the request's part, i.e. after the system turn every prompt shares, whose states are the same in every row),
+and for a few concatenations of mean-pooled depths (every sixth, third or half of the network: could a head
+reading several layers do better than any one?), the same standardised multinomial logistic regression (class weights from the training config) is fitted on the
 training states and scored on validation: macro-F1 and dangerous compliance (gold REFUSE rows ALLOWed). The
 regularisation strength is picked per cell from a small grid on a 20% hold-out of the training sample, so
 no validation label chooses anything. The result says where the base's knowledge of the decision lives.
@@ -40,16 +42,40 @@ from so8t_lib.model.prompts import format_prompt  # noqa: E402
 from so8t_lib.train.head_init import fit_probe  # noqa: E402
 
 C_GRID = (0.01, 0.03, 0.1, 0.3)
+POOLINGS = ("last", "mean", "mean_request")
+DEPTH_FRACTIONS = (2, 3, 6)  # concatenations: every L/2, L/3, L/6 layers, ending at the last
+
+
+def shared_prefix_length(ids: list[list[int]]) -> int:
+    """Tokens every prompt starts with (BOS, the turn marker, the system text): their states are the same in
+    every row, since attention is causal, so they only dilute a mean."""
+    shortest = min(len(row) for row in ids)
+    n = 0
+    while n < shortest - 1 and len({row[n] for row in ids}) == 1:
+        n += 1
+    return n
+
+
+def depth_sets(layers: int) -> list[tuple[int, ...]]:
+    """Layer outputs read together: every ``layers // f``-th one up to the last, for f in DEPTH_FRACTIONS."""
+    sets = []
+    for fraction in DEPTH_FRACTIONS:
+        stride = max(1, layers // fraction)
+        chosen = tuple(range(layers, 0, -stride))[::-1]
+        if len(chosen) > 1 and chosen not in sets:
+            sets.append(chosen)
+    return sets
 
 
 @torch.no_grad()
 def layer_states(model: SO8TModel, rows: list[dict], max_length: int, batch_size: int = 16) -> np.ndarray:
-    """(layers + 1, 2, N, hidden): every layer's last-token and mean-pooled prompt state, float32."""
+    """(layers + 1, 3, N, hidden): every layer's state pooled as POOLINGS says, float32."""
     from tqdm.auto import tqdm
 
     tok = model.tokenizer
     prompts = [format_prompt(tok, r["user_request"], r.get("context") or None, model.system_prompt) for r in rows]
     ids = [tok(p, add_special_tokens=False)["input_ids"][-max_length:] for p in prompts]
+    prefix = shared_prefix_length(ids)
     order = sorted(range(len(rows)), key=lambda i: len(ids[i]))
     decoder = model.causal_lm.get_decoder()
     out_arr = None
@@ -64,13 +90,17 @@ def layer_states(model: SO8TModel, rows: list[dict], max_length: int, batch_size
         hidden = decoder(input_ids=input_ids, attention_mask=mask, use_cache=False,
                          output_hidden_states=True).hidden_states
         if out_arr is None:
-            out_arr = np.empty((len(hidden), 2, len(rows), hidden[0].shape[-1]), dtype=np.float32)
+            out_arr = np.empty((len(hidden), len(POOLINGS), len(rows), hidden[0].shape[-1]), dtype=np.float32)
         last = mask.sum(1) - 1
         weights = (mask / mask.sum(1, keepdim=True)).unsqueeze(-1)
+        request = mask.clone()
+        request[:, :prefix] = 0
+        request_weights = (request / request.sum(1, keepdim=True)).unsqueeze(-1)
         for layer, h in enumerate(hidden):
             h = h.float()
             out_arr[layer, 0, part] = h[torch.arange(len(part)), last].numpy()
             out_arr[layer, 1, part] = (h * weights).sum(1).numpy()
+            out_arr[layer, 2, part] = (h * request_weights).sum(1).numpy()
     return out_arr
 
 
@@ -111,33 +141,41 @@ def main(argv: list[str] | None = None) -> dict:
     fit_idx = rng.permutation(n)
     hold, fit = fit_idx[: n // 5], fit_idx[n // 5:]
 
-    cells = []
+    def probe_cell(x: np.ndarray) -> dict:
+        """Pick C on the hold-out, refit on the whole training sample, score on validation."""
+        picks = []
+        for c in C_GRID:
+            probe = fit_probe(x[fit], y[fit], class_weights, c)
+            picks.append((score(y[hold], probe.predict(x[hold]))["macro_f1"], c))
+        best_c = max(picks)[1]
+        probe = fit_probe(x[:n], y[:n], class_weights, best_c)
+        return {"C": best_c, **score(y[n:], probe.predict(x[n:]))}
+
     from tqdm.auto import tqdm
 
-    for layer in tqdm(range(states.shape[0]), desc="probes", unit="layer"):
-        for p, pooling in enumerate(("last", "mean")):
-            x = states[layer, p].astype(np.float64)
-            picks = []
-            for c in C_GRID:
-                probe = fit_probe(x[fit], y[fit], class_weights, c)
-                picks.append((score(y[hold], probe.predict(x[hold]))["macro_f1"], c))
-            best_c = max(picks)[1]
-            probe = fit_probe(x[:n], y[:n], class_weights, best_c)
-            cells.append({"layer": layer, "pooling": pooling, "C": best_c,
-                          **score(y[n:], probe.predict(x[n:]))})
+    cells = [{"layer": layer, "pooling": pooling, **probe_cell(states[layer, p].astype(np.float64))}
+             for layer in tqdm(range(states.shape[0]), desc="probes", unit="layer")
+             for p, pooling in enumerate(POOLINGS)]
+    mean = POOLINGS.index("mean")
+    concatenations = [{"layers": list(chosen), "pooling": "mean",
+                       **probe_cell(np.concatenate([states[layer, mean] for layer in chosen], 1).astype(np.float64))}
+                      for chosen in tqdm(depth_sets(states.shape[0] - 1), desc="concatenations", unit="set")]
     best = max(cells, key=lambda c: c["macro_f1"])
     result = {
         "config": project_relative(args.config), "base": cfg.model.preset, "dtype": cfg.model.dtype,
         "train_rows": n, "val_rows": len(val_rows), "states_seconds": round(seconds, 1),
         "layers": states.shape[0] - 1, "C_grid": list(C_GRID), "best": best, "cells": cells,
-        "note": "layer 0 is the embedding output; layer L is decoder layer L-1's output; the last has the final norm",
+        "concatenations": concatenations,
+        "note": "layer 0 is the embedding output; layer L is decoder layer L-1's output; the last has the final norm; "
+                "mean_request averages only the tokens after the prefix all prompts share",
     }
     out = Path(args.out)
     out.parent.mkdir(parents=True, exist_ok=True)
     atomic_write_text(out, json.dumps(result, indent=2) + "\n")
     if args.plot:
         plot(cells, Path(args.plot), result)
-    print(json.dumps(best))
+    print(json.dumps({"best": best, "best_concatenation": max(concatenations, key=lambda c: c["macro_f1"],
+                                                              default=None)}))
     return result
 
 
@@ -148,9 +186,15 @@ def plot(cells: list[dict], path: Path, result: dict) -> None:
     import matplotlib.pyplot as plt
 
     fig, ax = plt.subplots(figsize=(7, 3.6))
-    for pooling, style in (("last", "o--"), ("mean", "s-")):
+    labels = {"last": "last token", "mean": "mean over prompt", "mean_request": "mean over the request's part"}
+    for pooling, style in (("last", "o--"), ("mean", "s-"), ("mean_request", "^:")):
         pts = [(c["layer"], c["macro_f1"]) for c in cells if c["pooling"] == pooling]
-        ax.plot(*zip(*pts), style, label=f"{pooling} token" if pooling == "last" else "mean over prompt")
+        if pts:
+            ax.plot(*zip(*pts), style, label=labels[pooling])
+    for concat in result.get("concatenations", [])[-1:]:  # the finest set
+        ax.axhline(concat["macro_f1"], color="grey", lw=1)
+        ax.annotate(f"mean of layers {', '.join(map(str, concat['layers']))}, concatenated",
+                    (0, concat["macro_f1"]), textcoords="offset points", xytext=(2, 3), fontsize=8, color="grey")
     ax.set_xticks(range(0, result["layers"] + 1, 2))
     ax.set_xlabel("layer output (0 = embeddings; the last with the final norm)")
     ax.set_ylabel("validation macro-F1")

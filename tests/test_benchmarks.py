@@ -55,10 +55,22 @@ def test_head_layer_probe_scores_every_layer_and_pooling(tmp_path):
                                              "--val-rows", "45", "--out", str(out), "--plot", str(figure)])
     assert json.loads(out.read_text()) == result and figure.stat().st_size > 0
     cells = result["cells"]
-    assert len(cells) == 2 * (result["layers"] + 1) and {c["pooling"] for c in cells} == {"last", "mean"}
+    assert len(cells) == 3 * (result["layers"] + 1)
+    assert {c["pooling"] for c in cells} == {"last", "mean", "mean_request"}
     assert all(0 <= c["macro_f1"] <= 1 and c["C"] in result["C_grid"] for c in cells)
     assert result["best"] == max(cells, key=lambda c: c["macro_f1"])
     assert result["train_rows"] == 60 and result["val_rows"] == 45
+    concatenations = result["concatenations"]
+    assert concatenations and all(c["layers"][-1] == result["layers"] and len(c["layers"]) > 1 for c in concatenations)
+    assert all(0 <= c["macro_f1"] <= 1 and c["C"] in result["C_grid"] for c in concatenations)
+
+
+def test_head_layer_probe_pools_the_request_after_the_shared_prefix_and_reads_depth_sets():
+    module = _load("head_layer_probe")
+    assert module.shared_prefix_length([[2, 7, 7, 5], [2, 7, 9], [2, 7, 7]]) == 2
+    assert module.shared_prefix_length([[2, 7], [2, 7]]) == 1  # identical prompts keep their last token
+    assert module.depth_sets(18) == [(9, 18), (6, 12, 18), (3, 6, 9, 12, 15, 18)]
+    assert module.depth_sets(2) == [(1, 2)]
 
 
 def test_probe_learning_curve_scores_what_a_probe_on_decide_states_scores(tmp_path):
