@@ -93,6 +93,28 @@ def test_gguf_decision_states_are_what_decide_reads_and_match_the_hf_states(expo
         backend.decision_states(requests, contexts[:-1])
 
 
+def test_gguf_layer_states_benchmark_reads_every_layer_as_hf_computes_it(exported, tmp_path):
+    """llama.cpp's eval callback hands out every layer's per-token output: on the f32 file their prompt means
+    equal the HF hidden states (the route a head reading middle layers would take)."""
+    import importlib.util
+    import json
+    from pathlib import Path
+
+    model, paths = exported
+    spec = importlib.util.spec_from_file_location(
+        "gls", Path(__file__).resolve().parents[1] / "benchmarks" / "gguf_layer_states.py")
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    out = tmp_path / "layers.json"
+    f32 = paths["so8t-test-f32.gguf"]
+    result = module.main(["--checkpoint", str(f32.parent.parent / "ckpt"), "--gguf", str(f32), "--rows", "6",
+                          "--out", str(out)])
+    assert json.loads(out.read_text()) == result and result["rows"] == 6
+    layers = model.causal_lm.config.num_hidden_layers
+    assert set(result["nodes"]) == {f"l_out-{i}" for i in range(layers - 1)} | {"result_norm"}
+    assert result["worst_cosine"] >= 0.9999 and result["worst_relative_error"] <= 1e-4, result["nodes"]
+
+
 @pytest.fixture(scope="module")
 def gemma3_exported(tmp_path_factory, tokenizer):
     """A tiny random Gemma3 (five sliding-attention layers and one full, a window shorter than the prompts,
