@@ -89,6 +89,45 @@ def test_the_split_decoder_is_exact(arch, tokenizer):
         model.split(6)
 
 
+@pytest.mark.parametrize("arch", FAMILIES)
+def test_a_head_reading_several_depths_sees_the_hf_states_there(arch, tokenizer, tmp_path):
+    """head.read_layers: each listed hidden state pooled and concatenated, in the full pass, from the split at
+    the lowest one, after the folded export and after save/load; a split above it is refused."""
+    model = SO8TModel.from_config(family_config(arch, head={"dropout": 0.0, "pooling": "mean", "read_layers": [4, 2, 6]},
+                                                gates={"layers": [3, 4, 5], "init_std": 0.05},
+                                                lora={"dropout": 0.0, "layers": [3, 4, 5]}), tokenizer).eval()
+    randomize_adapters(model)
+    assert model.safety_head.net[-1].in_features == 3 * 64
+    batch = sample_batch(tokenizer, TEXTS)
+    ids, mask = batch["input_ids"], batch["attention_mask"]
+    merged, head_state = model.merge_for_export()
+    with torch.no_grad():
+        full = model(ids, mask)
+        states = merged.get_decoder()(**batch, output_hidden_states=True).hidden_states
+        last = mask.sum(-1) - 1
+        expected = torch.cat([pool_states(states[i], mask, last, "mean") for i in (4, 2, 6)], -1)
+        assert torch.allclose(full.pooled, expected, atol=1e-4)
+        assert torch.allclose(SafetyHeadB.from_state_dict(head_state)(expected), full.safety_logits, atol=1e-4)
+        split = model.split(2)
+        part = model(ids, mask, states=split.below(ids, mask, position_ids_from_mask(mask)), split=split)
+        assert torch.equal(full.safety_logits, part.safety_logits)
+        too_high = model.split(3)
+        with pytest.raises(ValueError, match="freeze_below <= 2"):
+            model(ids, mask, states=too_high.below(ids, mask, position_ids_from_mask(mask)), split=too_high)
+    assert model.decision_states(TEXTS).shape == (3, 3 * 64) and model.decision_states([]).shape == (0, 3 * 64)
+    model.save(tmp_path / "ckpt")
+    assert torch.allclose(model.decide(TEXTS), SO8TModel.load(tmp_path / "ckpt").decide(TEXTS), atol=1e-6)
+
+
+def test_read_layers_outside_the_model_are_refused(tokenizer):
+    with pytest.raises(ValueError, match="read_layers"):
+        family_config("qwen2", head={"read_layers": [0, 3]})
+    with pytest.raises(ValueError, match="read_layers"):
+        family_config("qwen2", head={"read_layers": [3, 3]})
+    with pytest.raises(ValueError, match="1..6"):
+        SO8TModel.from_config(family_config("qwen2", head={"read_layers": [3, 7]}), tokenizer)
+
+
 def test_mean_pooling_reads_the_prompt_only_and_ignores_padding():
     hidden = torch.arange(2 * 5 * 2, dtype=torch.float32).reshape(2, 5, 2)
     mask = torch.tensor([[1, 1, 1, 1, 0], [0, 1, 1, 1, 1]])
@@ -129,14 +168,18 @@ def _recipe(tmp_path, run, cache: bool):
         "model.lora.dropout=0.0", "model.head.dropout=0.0", "model.head.pooling=mean"])
 
 
-def test_training_from_cached_frozen_states_equals_training_the_whole_model(tmp_path, monkeypatch):
-    """The CPU recipe is exact: three steps from the cache end with the parameters three full steps reach."""
+@pytest.mark.parametrize("read_layers", [[], [3, 5, 6]])
+def test_training_from_cached_frozen_states_equals_training_the_whole_model(tmp_path, monkeypatch, read_layers):
+    """The CPU recipe is exact: three steps from the cache end with the parameters three full steps reach, also
+    with a head that reads the cached layer's own output and a middle one."""
     from so8t_lib.train.trainer import Trainer
 
     monkeypatch.setenv("SO8T_CACHE", str(tmp_path / "cache"))
     finals = []
     for run, cache in (("full", False), ("cached", True)):
-        trainer = Trainer(_recipe(tmp_path, run, cache))
+        config = _recipe(tmp_path, run, cache)
+        config.model.head.read_layers = read_layers
+        trainer = Trainer(config)
         trainer.run()
         finals.append({n: p.detach().clone() for n, p in trainer.model.named_parameters() if p.requires_grad})
         if cache:
@@ -179,6 +222,10 @@ def test_a_frozen_part_that_would_train_is_refused(tmp_path):
     config = _recipe(tmp_path, "bad", True).model_copy(deep=True)
     config.model.gates.layers = [1, 4]
     with pytest.raises(ValueError, match="would train below layer 3"):
+        Trainer(config)
+    config = _recipe(tmp_path, "unread", True).model_copy(deep=True)
+    config.model.head.read_layers = [2, 6]
+    with pytest.raises(ValueError, match="freeze_below <= 2"):
         Trainer(config)
 
 

@@ -103,6 +103,18 @@ class HeadConfig(_Section):
     pooling: Literal["last", "mean"] = Field(
         "last", description="the decision state: the final-norm state of the prompt's last token, or the mean over "
         "the prompt's tokens (llama.cpp computes both, so either exports)")
+    read_layers: list[int] = Field(
+        default_factory=list, description="hidden-state indices the head reads, each pooled, concatenated in this "
+        "order (0 = embeddings, i = decoder layer i-1's output, the last = the final-norm state); empty: the "
+        "final-norm state alone. benchmarks/head_layer_probe.py measures which depths carry the decision")
+
+    @field_validator("read_layers")
+    @classmethod
+    def _read_layers_distinct(cls, value: list[int]) -> list[int]:
+        if any(i < 1 for i in value) or len(set(value)) != len(value):
+            raise ValueError(f"head.read_layers must be distinct layer outputs >= 1 (got {value}); "
+                             "0, the embeddings, carries no context")
+        return value
 
 
 class ModelConfig(_Section):

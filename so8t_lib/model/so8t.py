@@ -53,7 +53,7 @@ warnings.filterwarnings("ignore", message=".*is_gradient_checkpointing.*", categ
 class SO8TOutput:
     logits: torch.Tensor | None  # (B, T, V) from TaskHeadA, None when not requested
     safety_logits: torch.Tensor  # (B, 3) from SafetyHeadB, before temperature
-    pooled: torch.Tensor  # (B, D) the decision state (final norm; last prompt token or mean over the prompt)
+    pooled: torch.Tensor  # (B, D * len(read_layers)) the decision state (last prompt token or mean over the prompt)
     hidden_states: tuple[torch.Tensor, ...] | None  # decoder states (embeddings, layers..., final norm)
     last_hidden: torch.Tensor | None = None  # (B, T, D) final-norm states, for target-only LM loss
     hidden_offset: int = 0  # hidden_states[i] is the whole decoder's state i + offset (a pass from layer k)
@@ -133,7 +133,12 @@ class SO8TModel(CheckpointMixin, nn.Module):
                 parent, leaf = _split_attr(layers[index], config.gates.target)
                 gate = GatePair(hidden, config.gates.order, config.gates.init_std)
                 setattr(parent, leaf, GatedLinear(getattr(parent, leaf), gate))
-        self.safety_head = SafetyHeadB(hidden, config.head.hidden_units, config.head.dropout,
+        n_outputs = len(self.decoder_layers)  # hidden-state indices 0..n: embeddings, then each layer's output
+        self.read_layers: list[int] = list(config.head.read_layers) or [n_outputs]
+        if max(self.read_layers) > n_outputs:
+            raise ValueError(f"head.read_layers {config.head.read_layers}: this base has hidden-state indices "
+                             f"1..{n_outputs} ({n_outputs} is the final-norm state)")
+        self.safety_head = SafetyHeadB(hidden * len(self.read_layers), config.head.hidden_units, config.head.dropout,
                                        standardize=config.head.standardize)
         device = next(self.causal_lm.parameters()).device
         self.safety_head.to(device)
@@ -229,22 +234,40 @@ class SO8TModel(CheckpointMixin, nn.Module):
             attention_mask = torch.ones_like(input_ids)
         lm = self.causal_lm
         position_ids = position_ids_from_mask(attention_mask)
+        every_layer = output_hidden_states or self.read_layers != [len(self.decoder_layers)]
         if states is None:
             out = lm.get_decoder()(input_ids=input_ids, attention_mask=attention_mask, position_ids=position_ids,
-                                   use_cache=False, output_hidden_states=output_hidden_states)
+                                   use_cache=False, output_hidden_states=every_layer)
             offset = 0
         else:
             if split is None:
                 raise ValueError("states given without the split they enter")
-            out = split.above(states.to(lm.dtype), attention_mask, position_ids, output_hidden_states)
+            out = split.above(states.to(lm.dtype), attention_mask, position_ids, every_layer)
             offset = split.k
         hidden = out.last_hidden_state  # after the final norm
         if decision_positions is None:
             decision_positions = last_token_index(attention_mask)
-        pooled = pool_states(hidden, attention_mask, decision_positions, self.config.head.pooling)
+        pooled = self._decision_state(out, offset, attention_mask, decision_positions)
         logits = lm.get_output_embeddings()(hidden) if return_lm_logits else None
         return SO8TOutput(logits, self.safety_head(pooled), pooled,
                           out.hidden_states if output_hidden_states else None, hidden, offset)
+
+    def _decision_state(self, out, offset: int, attention_mask: torch.Tensor,
+                        decision_positions: torch.Tensor) -> torch.Tensor:
+        """SafetyHeadB's input: each of ``read_layers`` pooled, concatenated. ``out.hidden_states`` starts at
+        hidden-state index ``offset`` (the split point when the lower layers' output came from the cache)."""
+        last = len(self.decoder_layers)
+        parts = []
+        for index in self.read_layers:
+            if index == last:
+                hidden = out.last_hidden_state
+            elif index < offset:
+                raise ValueError(f"head.read_layers has {index}, below layer {offset} where this pass starts: "
+                                 f"set training.freeze_below <= {min(self.read_layers)}")
+            else:
+                hidden = out.hidden_states[index - offset]
+            parts.append(pool_states(hidden, attention_mask, decision_positions, self.config.head.pooling))
+        return parts[0] if len(parts) == 1 else torch.cat(parts, -1)
 
     @torch.no_grad()
     def decide(
@@ -270,7 +293,7 @@ class SO8TModel(CheckpointMixin, nn.Module):
         """SafetyHeadB's input (N, hidden) for raw requests, computed as ``decide`` computes it: what a readout
         fitted outside the model (a probe, a quantization study) must see."""
         chunks = [out.pooled.float().cpu() for out in self._prefill(requests, contexts, batch_size, progress)]
-        return torch.cat(chunks) if chunks else torch.empty(0, self.causal_lm.config.hidden_size)
+        return torch.cat(chunks) if chunks else torch.empty(0, self.causal_lm.config.hidden_size * len(self.read_layers))
 
     def _prefill(self, requests: list[str], contexts: list[str | None] | None, batch_size: int,
                  progress: bool) -> Iterator[SO8TOutput]:

@@ -125,6 +125,10 @@ def check_frozen_below(model: SO8TModel, k: int, pet_layers: list[int]) -> None:
     low = [i for i in pet_layers if 0 <= i <= k]
     if low:
         raise ValueError(f"loss.pet.layers {low} lie in the frozen part (<= {k}); PET there has no gradient")
+    unread = [i for i in model.read_layers if i < k]
+    if unread:
+        raise ValueError(f"model.head.read_layers {unread} lie below layer {k}, whose input is all the cache keeps: "
+                         f"set training.freeze_below <= {min(model.read_layers)} (the layers between stay frozen)")
 
 
 @torch.no_grad()
