@@ -7,15 +7,15 @@
 depths at once) than in the final-norm state that llama.cpp's MEAN pooling returns. A head reading those
 states would need them from the GGUF file too. llama.cpp names every layer's output ``l_out-<i>`` in its
 graph and hands each node to an eval callback (``llama_context_params.cb_eval``) that may copy it out with
-ggml's public ``ggml_backend_tensor_get``. This script does that for one prompt at a time and compares the
+ggml's public ``ggml_backend_tensor_get`` (``so8t_lib.serve.gguf_layers``, what GGUFBackend uses when a head
+reads middle layers). This script does that for one prompt at a time and compares the
 mean over the prompt of every layer output with the HF hidden state of the merged checkpoint (LoRA merged,
-gates folded: the function the file computes), on stratified test rows. Nothing here is used by the runtime.
+gates folded: the function the file computes), on stratified test rows.
 """
 
 from __future__ import annotations
 
 import argparse
-import ctypes
 import json
 import sys
 import time
@@ -32,50 +32,18 @@ from so8t_lib.core.paths import project_relative  # noqa: E402
 from so8t_lib.data.tables import load_split, requests_and_contexts, stratified_sample  # noqa: E402
 from so8t_lib.model import SO8TModel  # noqa: E402
 from so8t_lib.serve.gguf_backend import GGUFBackend  # noqa: E402
-
-LAYER_OUTPUT = "l_out-{}"  # llama.cpp's name for decoder layer i's output (before the final norm)
-FINAL_NORM = "result_norm"  # the final-norm output, what MEAN pooling averages
+from so8t_lib.serve.gguf_layers import LayerCapture, node_name  # noqa: E402
 
 
-class LayerCapture:
-    """Copies named graph nodes out of a llama.cpp context during decode, through ggml's public API only."""
-
-    def __init__(self, backend: GGUFBackend, names: set[str]):
-        import llama_cpp
-        from llama_cpp import _internals
-
-        ggml = ctypes.CDLL(str(Path(llama_cpp.__file__).parent / "lib" / "libggml-base.so"))
-        ggml.ggml_get_name.restype, ggml.ggml_get_name.argtypes = ctypes.c_char_p, [ctypes.c_void_p]
-        ggml.ggml_nbytes.restype, ggml.ggml_nbytes.argtypes = ctypes.c_size_t, [ctypes.c_void_p]
-        ggml.ggml_backend_tensor_get.argtypes = [ctypes.c_void_p, ctypes.c_void_p, ctypes.c_size_t, ctypes.c_size_t]
-        self.names, self.captured = names, {}
-
-        def on_node(tensor, ask, _user_data):
-            name = ggml.ggml_get_name(tensor).decode()
-            if ask:
-                return name in self.names
-            if name in self.names:  # f32 activations, (n_tokens, n_embd) row-major
-                out = np.empty(ggml.ggml_nbytes(tensor) // 4, dtype=np.float32)
-                ggml.ggml_backend_tensor_get(tensor, out.ctypes.data, 0, out.nbytes)
-                self.captured[name] = out
-            return True
-
-        self._callback = llama_cpp.ggml_backend_sched_eval_callback(on_node)  # kept alive with the context
-        self.embedder = backend.embedder
-        params = self.embedder.context_params
-        params.cb_eval = self._callback
-        self.ctx = _internals.LlamaContext(model=self.embedder._model, params=params, verbose=False)
-        self.batch = _internals.LlamaBatch(n_tokens=params.n_batch, embd=0, n_seq_max=1, verbose=False)
-
-    def run(self, tokens: list[int]) -> dict[str, np.ndarray]:
-        """Each captured node as (n_tokens, n_embd) for one prompt."""
-        self.captured = {}
-        self.batch.reset()
-        self.batch.add_sequence(tokens, 0, True)
-        self.ctx.kv_cache_clear()
-        self.ctx.decode(self.batch)
-        width = self.embedder.n_embd()
-        return {name: value.reshape(-1, width)[-len(tokens):] for name, value in self.captured.items()}
+def layer_states(backend: GGUFBackend, capture: LayerCapture, tokens: list[int]) -> dict[str, np.ndarray]:
+    """Each captured node as (n_tokens, n_embd) for one prompt, alone in its batch."""
+    batch = backend.embedder._batch
+    batch.reset()
+    batch.add_sequence(tokens, 0, True)
+    try:
+        return capture.decode(batch)
+    finally:
+        batch.reset()
 
 
 def main(argv: list[str] | None = None) -> dict:
@@ -92,9 +60,9 @@ def main(argv: list[str] | None = None) -> dict:
     merged, _ = model.merge_for_export()
     layers = merged.config.num_hidden_layers
     backend = GGUFBackend(args.gguf, f32_kv_cache=True)  # only the weights' precision differs from HF
-    # the last layer's output is compared after the final norm: HF returns it only that way
-    names = {LAYER_OUTPUT.format(i) for i in range(layers - 1)} | {FINAL_NORM}
-    capture = LayerCapture(backend, names)
+    # hidden-state i (HF numbering) for i = 1..layers; the last one after the final norm, as HF returns it
+    names = {node_name(i, layers): i for i in range(1, layers + 1)}
+    capture = LayerCapture(backend.embedder, set(names))
     rows = stratified_sample(load_split("test"), args.rows, seed=0).to_dict("records")
     cosines: dict[str, list[float]] = {name: [] for name in sorted(names)}
     errors: dict[str, list[float]] = {name: [] for name in sorted(names)}
@@ -104,10 +72,9 @@ def main(argv: list[str] | None = None) -> dict:
         assert tokens == model.tokenizer(prompt, add_special_tokens=False)["input_ids"], "tokenizers disagree"
         with torch.no_grad():
             hidden = merged.get_decoder()(input_ids=torch.tensor([tokens]), output_hidden_states=True).hidden_states
-        ours = capture.run(tokens)
-        for name in names:  # HF hidden_states[i + 1] is layer i's output; the last one has the final norm
-            reference = hidden[-1] if name == FINAL_NORM else hidden[int(name.split("-")[1]) + 1]
-            a, b = reference[0].mean(0).numpy(), ours[name].mean(0)
+        ours = layer_states(backend, capture, tokens)
+        for name, index in names.items():
+            a, b = hidden[index][0].mean(0).numpy(), ours[name].mean(0)
             cosines[name].append(float(a @ b / (np.linalg.norm(a) * np.linalg.norm(b))))
             errors[name].append(float(np.linalg.norm(a - b) / np.linalg.norm(a)))
     per_node = {name: {"cosine_mean": round(float(np.mean(v)), 6), "cosine_min": round(float(np.min(v)), 6),

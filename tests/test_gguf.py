@@ -144,6 +144,37 @@ def test_f32_gguf_of_a_gemma3_model_matches_the_hf_model(gemma3_exported):
     assert torch.allclose(hf, ours, atol=1e-3) and torch.equal(hf.argmax(-1), ours.argmax(-1))
 
 
+@pytest.mark.parametrize("arch,pooling", [("qwen2", "last"), ("gemma3", "mean")])
+def test_a_head_reading_middle_layers_decides_from_the_gguf_file_as_from_hf(arch, pooling, tokenizer, tmp_path):
+    """head.read_layers travels as so8t.read_layers; the backend copies those layers' outputs out of llama.cpp's
+    graph (eval callback), pools them per prompt in a packed batch, and decides as the HF model does."""
+    from so8t_lib.serve.gguf_layers import node_name
+
+    config = ModelConfig(name="so8t-depths", tiny={"arch": arch, "hidden_size": 64, "num_hidden_layers": 6,
+                                                   "num_attention_heads": 4, "num_key_value_heads": 1,
+                                                   "intermediate_size": 128, "sliding_window": 8},
+                         head={"pooling": pooling, "read_layers": [4, 2, 6]}, gates={"init_std": 0.05})
+    model = SO8TModel.from_config(config, tokenizer)
+    randomize_adapters(model, scale=0.3)
+    model.train()
+    model.safety_head(torch.randn(64, 3 * 64) * 2 + 1)
+    ckpt = model.save(tmp_path / "ckpt")
+    paths = {p.name: p for p in export(ckpt, tmp_path / "dist", ["Q8_0"], f32=True, progress=False)}
+    assert read_metadata(paths["so8t-depths-q8_0.gguf"])["so8t.read_layers"] == [4, 2, 6]
+    model = SO8TModel.load(ckpt)
+    backend = GGUFBackend(paths["so8t-depths-f32.gguf"], f32_kv_cache=True)
+    test = load_split("test").sample(120, random_state=0)
+    requests, contexts = list(test["user_request"]), [c or None for c in test["context"]]
+    hf_states, ours_states = model.decision_states(requests, contexts), backend.decision_states(requests, contexts)
+    assert ours_states.shape == (120, 3 * 64)
+    assert torch.nn.functional.cosine_similarity(hf_states, ours_states, dim=-1).min() >= 0.99999
+    hf, ours = model.decide(requests, contexts), backend.decide(requests, contexts)
+    assert torch.allclose(hf, ours, atol=1e-3) and torch.equal(hf.argmax(-1), ours.argmax(-1))
+    assert [node_name(i, 6) for i in (1, 5, 6)] == ["l_out-0", "l_out-4", "result_norm"]
+    with pytest.raises(ValueError, match="outside 1..6"):
+        node_name(7, 6)
+
+
 def test_q4_k_m_mostly_agrees_with_fp32_decisions(exported):
     """A regression guard on randomly perturbed adapters (whose decisions sit closer to ties than a
     trained model's): measured 0.90. The trained default's agreement is measured by

@@ -47,6 +47,11 @@ def read_metadata(path: str | Path) -> dict:
     meta = {key: value(key) for key in REQUIRED_KEYS}
     # files written before mean pooling existed decide from the last token
     meta["so8t.pooling"] = fields["so8t.pooling"].contents() if "so8t.pooling" in fields else "last"
+    # hidden-state indices the head reads (HF numbering); files written before it read the final norm only
+    meta["so8t.read_layers"] = [int(i) for i in fields["so8t.read_layers"].contents()] \
+        if "so8t.read_layers" in fields else []
+    arch = fields["general.architecture"].contents() if "general.architecture" in fields else None
+    meta["block_count"] = int(fields[f"{arch}.block_count"].contents()) if f"{arch}.block_count" in fields else None
     if int(meta["so8t.format"]) > SO8T_FORMAT:
         raise GGUFError(f"{path}: so8t.format {meta['so8t.format']} is newer than this library ({SO8T_FORMAT})")
     head = {}

@@ -189,6 +189,7 @@ def write_gguf(model, path: str | Path, dtype: str = "f16", checkpoint: Path | N
     writer.add_uint32("so8t.format", SO8T_FORMAT)
     writer.add_array("so8t.labels", list(LABELS))
     writer.add_string("so8t.pooling", model.config.head.pooling)
+    writer.add_array("so8t.read_layers", [int(i) for i in model.read_layers])
     writer.add_float32("so8t.temperature", float(head_state["temperature"]))
     writer.add_float32("so8t.threshold", float(threshold))
     writer.add_string("so8t.gate_order", model.config.gates.order)

@@ -24,6 +24,7 @@ from ..core.schema import LABELS
 from ..export.gguf_meta import GGUFError, read_metadata, verify_sha256_sidecar
 from ..model.heads import SafetyHeadB
 from ..model.prompts import build_messages
+from .gguf_layers import LayerCapture, node_name
 
 
 def _render_chat(template: str, messages: list[dict], eos_token: str | None, bos_token: str | None = None) -> str:
@@ -77,6 +78,7 @@ class GGUFBackend:
                                             pooling_type=POOLING[self.meta["so8t.pooling"]](llama_cpp))
         except (ValueError, RuntimeError) as exc:
             raise GGUFError(f"{self.path}: llama.cpp cannot load this file ({exc})") from None
+        self._capture = self._layer_capture()
         self._generator = None
         template = self.embedder.metadata.get("tokenizer.chat_template")
         if not template:
@@ -92,6 +94,22 @@ class GGUFBackend:
     @property
     def model_version(self) -> str:
         return str(self.meta["so8t.model_version"]) + ("" if self.verified else UNVERIFIED_MARK)
+
+    def _layer_capture(self) -> LayerCapture | None:
+        """A capturing context when the head reads more than the final-norm state (``so8t.read_layers``)."""
+        n_layers, read = self.meta["block_count"], self.meta["so8t.read_layers"]
+        self.read_layers = read or ([n_layers] if n_layers else [])
+        width = self.embedder.n_embd() * max(1, len(self.read_layers))
+        reads = self.safety_head.net[next(i for i, m in enumerate(self.safety_head.net)
+                                          if isinstance(m, torch.nn.Linear))].in_features
+        if reads != width:
+            raise GGUFError(f"{self.path}: SafetyHeadB reads {reads} features but so8t.read_layers {read or '(final)'} "
+                            f"gives {width}; export the checkpoint again")
+        if not read or read == [n_layers]:
+            return None
+        if n_layers is None or max(read) > n_layers:
+            raise GGUFError(f"{self.path}: so8t.read_layers {read} does not fit the file's {n_layers} layers")
+        return LayerCapture(self.embedder, {node_name(i, n_layers) for i in read})
 
     @property
     def threshold(self) -> float:
@@ -116,13 +134,19 @@ class GGUFBackend:
         states: list[np.ndarray] = []
         pending = 0
 
+        spans: list[tuple[int, int]] = []  # each pending prompt's tokens in the batch
+
         def flush() -> None:
-            emb._ctx.kv_cache_clear()
-            emb._ctx.decode(emb._batch)
-            for seq in range(pending):
-                ptr = self._llama.llama_get_embeddings_seq(emb._ctx.ctx, seq)
-                states.append(np.ctypeslib.as_array(ptr, shape=(n_embd,)).astype(np.float32).copy())
+            if self._capture is not None:
+                states.extend(self._pool_captured(self._capture.decode(emb._batch), spans))
+            else:
+                emb._ctx.kv_cache_clear()
+                emb._ctx.decode(emb._batch)
+                for seq in range(pending):
+                    ptr = self._llama.llama_get_embeddings_seq(emb._ctx.ctx, seq)
+                    states.append(np.ctypeslib.as_array(ptr, shape=(n_embd,)).astype(np.float32).copy())
             emb._batch.reset()
+            spans.clear()
 
         emb._batch.reset()
         used = 0
@@ -135,12 +159,24 @@ class GGUFBackend:
                 flush()
                 pending, used = 0, 0
             emb._batch.add_sequence(tokens, pending, True)
+            spans.append((used, len(tokens)))
             pending, used = pending + 1, used + len(tokens)
         if pending:
             flush()
         emb._ctx.kv_cache_clear()
         emb.reset()
         return np.stack(states) if states else np.zeros((0, n_embd), dtype=np.float32)
+
+    def _pool_captured(self, nodes: dict[str, np.ndarray], spans: list[tuple[int, int]]) -> list[np.ndarray]:
+        """Each prompt's read layers pooled (mean over its tokens, or its last token) and concatenated."""
+        names = [node_name(i, self.meta["block_count"]) for i in self.read_layers]
+        total = sum(length for _, length in spans)
+        if any(nodes[name].shape[0] != total for name in names):
+            raise GGUFError(f"{self.path}: llama.cpp returned {[nodes[n].shape[0] for n in names]} token states "
+                            f"for a batch of {total} tokens")
+        mean = self.meta["so8t.pooling"] == "mean"
+        return [np.concatenate([nodes[name][start:start + length].mean(0) if mean else nodes[name][start + length - 1]
+                                for name in names]) for start, length in spans]
 
     def decision_states(self, requests: list[str], contexts: list[str | None] | None = None,
                         progress: bool = False) -> torch.Tensor:
