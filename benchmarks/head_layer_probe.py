@@ -56,6 +56,14 @@ def shared_prefix_length(ids: list[list[int]]) -> int:
     return n
 
 
+def cut_with_request_starts(ids: list[list[int]], max_length: int) -> tuple[list[list[int]], list[int]]:
+    """Each prompt's last ``max_length`` tokens and where its request part starts in them: after the shared
+    prefix, found on the whole prompts (a prompt cut from the left lost some or all of that prefix)."""
+    prefix = shared_prefix_length(ids)
+    cut = [row[-max_length:] for row in ids]
+    return cut, [max(0, prefix - (len(row) - len(kept))) for row, kept in zip(ids, cut)]
+
+
 def depth_sets(layers: int) -> list[tuple[int, ...]]:
     """Layer outputs read together: every ``layers // f``-th one up to the last, for f in DEPTH_FRACTIONS."""
     sets = []
@@ -74,8 +82,8 @@ def layer_states(model: SO8TModel, rows: list[dict], max_length: int, batch_size
 
     tok = model.tokenizer
     prompts = [format_prompt(tok, r["user_request"], r.get("context") or None, model.system_prompt) for r in rows]
-    ids = [tok(p, add_special_tokens=False)["input_ids"][-max_length:] for p in prompts]
-    prefix = shared_prefix_length(ids)
+    ids, request_starts = cut_with_request_starts([tok(p, add_special_tokens=False)["input_ids"] for p in prompts],
+                                                  max_length)
     order = sorted(range(len(rows)), key=lambda i: len(ids[i]))
     decoder = model.causal_lm.get_decoder()
     out_arr = None
@@ -94,7 +102,8 @@ def layer_states(model: SO8TModel, rows: list[dict], max_length: int, batch_size
         last = mask.sum(1) - 1
         weights = (mask / mask.sum(1, keepdim=True)).unsqueeze(-1)
         request = mask.clone()
-        request[:, :prefix] = 0
+        for j, i in enumerate(part):
+            request[j, :request_starts[i]] = 0
         request_weights = (request / request.sum(1, keepdim=True)).unsqueeze(-1)
         for layer, h in enumerate(hidden):
             h = h.float()

@@ -69,6 +69,8 @@ def test_head_layer_probe_pools_the_request_after_the_shared_prefix_and_reads_de
     module = _load("head_layer_probe")
     assert module.shared_prefix_length([[2, 7, 7, 5], [2, 7, 9], [2, 7, 7]]) == 2
     assert module.shared_prefix_length([[2, 7], [2, 7]]) == 1  # identical prompts keep their last token
+    cut, starts = module.cut_with_request_starts([[2, 7, 7, 5, 6], [2, 7, 7, 9], [2, 7, 7, 1, 1, 1, 1, 1]], 6)
+    assert cut[2] == [7, 1, 1, 1, 1, 1] and starts == [3, 3, 1]  # the long prompt lost 2 of its 3 prefix tokens
     assert module.depth_sets(18) == [(9, 18), (6, 12, 18), (3, 6, 9, 12, 15, 18)]
     assert module.depth_sets(2) == [(1, 2)]
 
