@@ -145,7 +145,8 @@ def test_f32_gguf_of_a_gemma3_model_matches_the_hf_model(gemma3_exported):
 
 
 @pytest.mark.parametrize("arch,pooling", [("qwen2", "last"), ("gemma3", "mean")])
-def test_a_head_reading_middle_layers_decides_from_the_gguf_file_as_from_hf(arch, pooling, tokenizer, tmp_path):
+def test_a_head_reading_middle_layers_decides_from_the_gguf_file_as_from_hf(arch, pooling, tokenizer, tmp_path,
+                                                                             monkeypatch):
     """head.read_layers travels as so8t.read_layers; the backend copies those layers' outputs out of llama.cpp's
     graph (eval callback), pools them per prompt in a packed batch, and decides as the HF model does."""
     from so8t_lib.serve.gguf_layers import node_name
@@ -170,7 +171,22 @@ def test_a_head_reading_middle_layers_decides_from_the_gguf_file_as_from_hf(arch
     assert torch.nn.functional.cosine_similarity(hf_states, ours_states, dim=-1).min() >= 0.99999
     hf, ours = model.decide(requests, contexts), backend.decide(requests, contexts)
     assert torch.allclose(hf, ours, atol=1e-3) and torch.equal(hf.argmax(-1), ours.argmax(-1))
+    assert backend.decision_states([]).shape == (0, 3 * 64)
     assert [node_name(i, 6) for i in (1, 5, 6)] == ["l_out-0", "l_out-4", "result_norm"]
+    from so8t_lib.serve.gguf_layers import LayerCapture
+
+    batch = backend.embedder._batch  # a node this llama.cpp does not have is an error, not a silent zero
+    batch.reset()
+    batch.add_sequence(backend.prompt_tokens(backend.format_prompt("hello")), 0, True)
+    with pytest.raises(GGUFError, match="no nodes"):
+        LayerCapture(backend.embedder, {"l_out-99"}).decode(batch)
+    batch.reset()
+    import so8t_lib.serve.gguf_backend as gguf_backend  # metadata whose layer list does not fit the head is refused
+
+    wrong = dict(read_metadata(paths["so8t-depths-f32.gguf"]), **{"so8t.read_layers": [2, 6]})
+    monkeypatch.setattr(gguf_backend, "read_metadata", lambda path: wrong)
+    with pytest.raises(GGUFError, match="SafetyHeadB reads 192 features"):
+        GGUFBackend(paths["so8t-depths-f32.gguf"])
     with pytest.raises(ValueError, match="outside 1..6"):
         node_name(7, 6)
 

@@ -71,6 +71,11 @@ class SafetyHeadB(nn.Module):
             x = self.standardizer(x)
         return self.net(x)
 
+    @property
+    def input_width(self) -> int:
+        """How many features it reads: the hidden size times the number of states it reads."""
+        return next(m for m in self.net if isinstance(m, nn.Linear)).in_features
+
     def probabilities(self, logits: torch.Tensor) -> torch.Tensor:
         return torch.softmax(logits / self.temperature, dim=-1)
 

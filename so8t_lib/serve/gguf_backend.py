@@ -79,6 +79,8 @@ class GGUFBackend:
                                             pooling_type=POOLING[self.meta["so8t.pooling"]](llama_cpp))
         except (ValueError, RuntimeError) as exc:
             raise GGUFError(f"{self.path}: llama.cpp cannot load this file ({exc})") from None
+        n_layers, read = self.meta["block_count"], self.meta["so8t.read_layers"]
+        self.read_layers: list[int] = read or ([n_layers] if n_layers else [])  # HF numbering; [n]: the final norm
         self._capture = self._layer_capture()
         self._generator = None
         template = self.embedder.metadata.get("tokenizer.chat_template")
@@ -99,13 +101,10 @@ class GGUFBackend:
     def _layer_capture(self) -> LayerCapture | None:
         """A capturing context when the head reads more than the final-norm state (``so8t.read_layers``)."""
         n_layers, read = self.meta["block_count"], self.meta["so8t.read_layers"]
-        self.read_layers = read or ([n_layers] if n_layers else [])
         width = self.embedder.n_embd() * max(1, len(self.read_layers))
-        reads = self.safety_head.net[next(i for i, m in enumerate(self.safety_head.net)
-                                          if isinstance(m, torch.nn.Linear))].in_features
-        if reads != width:
-            raise GGUFError(f"{self.path}: SafetyHeadB reads {reads} features but so8t.read_layers {read or '(final)'} "
-                            f"gives {width}; export the checkpoint again")
+        if self.safety_head.input_width != width:
+            raise GGUFError(f"{self.path}: SafetyHeadB reads {self.safety_head.input_width} features but "
+                            f"so8t.read_layers {read or '(final)'} gives {width}; export the checkpoint again")
         if not read or read == [n_layers]:
             return None
         if n_layers is None or max(read) > n_layers:
@@ -126,9 +125,10 @@ class GGUFBackend:
         return self.embedder.tokenize(prompt.encode("utf-8"), add_bos=False, special=True)
 
     def hidden_states(self, prompts: list[str]) -> np.ndarray:
-        """Each prompt's pooled final-norm state (last token or mean, as the file's ``so8t.pooling`` says),
-        (N, hidden): several prompts per llama.cpp batch, one sequence id each. ``Llama.embed`` cannot be used: it tokenizes without parsing
-        special tokens, so ``<|im_start|>`` would become plain text."""
+        """SafetyHeadB's input for each prompt, (N, hidden x read layers): the final-norm state (or each read
+        layer's) pooled as the file's ``so8t.pooling`` says, several prompts per llama.cpp batch, one sequence id
+        each. ``Llama.embed`` cannot be used: it tokenizes without parsing special tokens, so ``<|im_start|>``
+        would become plain text."""
         emb, n_embd = self.embedder, self.embedder.n_embd()
         n_batch, n_seq_max = emb.n_batch, emb.context_params.n_seq_max
         fill = min(n_batch, self.batch_tokens)
@@ -166,7 +166,7 @@ class GGUFBackend:
             flush()
         emb._ctx.kv_cache_clear()
         emb.reset()
-        return np.stack(states) if states else np.zeros((0, n_embd), dtype=np.float32)
+        return np.stack(states) if states else np.zeros((0, self.safety_head.input_width), dtype=np.float32)
 
     def _pool_captured(self, nodes: dict[str, np.ndarray], spans: list[tuple[int, int]]) -> list[np.ndarray]:
         """Each prompt's read layers pooled (mean over its tokens, or its last token) and concatenated."""

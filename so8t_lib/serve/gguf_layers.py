@@ -14,6 +14,8 @@ from pathlib import Path
 
 import numpy as np
 
+from ..export.gguf_meta import GGUFError
+
 FINAL_NORM_NODE = "result_norm"
 
 
@@ -68,6 +70,6 @@ class LayerCapture:
         self.ctx.decode(batch)
         missing = self.names - set(self.captured)
         if missing:
-            raise RuntimeError(f"llama.cpp's graph has no nodes {sorted(missing)}: this llama.cpp names layer "
+            raise GGUFError(f"llama.cpp's graph has no nodes {sorted(missing)}: this llama.cpp names layer "
                                "outputs differently; a head reading middle layers cannot run on it")
         return self.captured
