@@ -70,7 +70,7 @@ strip: venv
 	$(VENV)/bin/nbstripout notebooks/*.ipynb
 
 lint: venv
-	$(VENV)/bin/ruff check so8t_lib tests
+	$(VENV)/bin/ruff check .   # the package, tests, benchmarks and the notebooks
 
 clean-venv:
 	rm -rf $(VENV)
