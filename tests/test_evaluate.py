@@ -87,6 +87,13 @@ def test_cli_writes_documented_keys_and_recomputable_predictions(checkpoint, ten
     assert report["threshold_sweep"][0]["threshold"] == 0.5 and report["threshold_sweep"][-1]["threshold"] == 0.99
     xs = results["datasets"]["xs"]
     assert xs["n"] == 6 and xs["not_allowed_rate_by_gold"]["NOT_ALLOW"] is not None
+    # the row digest names what was scored: the same rows give the same digest, other rows another
+    from so8t_lib.data.benchmarks import load_any
+    from so8t_lib.data.tables import rows_digest
+    assert report["rows_sha256"] == rows_digest(load_any(str(ten_rows))) != xs["rows_sha256"]
+    relabelled = load_any(str(ten_rows))
+    relabelled.loc[0, "label"] = "REFUSE" if relabelled.loc[0, "label"] != "REFUSE" else "ALLOW"
+    assert rows_digest(relabelled) != report["rows_sha256"]
 
     lines = [json.loads(line) for line in preds.read_text(encoding="utf-8").splitlines()]
     assert len(lines) == 16 and {line["dataset"] for line in lines} == {"ten", "xs"}

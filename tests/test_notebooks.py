@@ -93,7 +93,17 @@ def test_model_card_names_missing_results_and_quotes_present_ones(tmp_path):
     assert "macro_f1 0.400 [0.35, 0.45]" in card and "dangerous_compliance 0.200" in card
     assert "Not measured" in card and "Not run yet" in card and "no evidence either way" in card
     assert "| test | macro_f1 | 0.400 | 0.700 |" in card  # the keyword yardstick on the same rows
-    assert "| test | macro_f1 | 0.300 [0.35, 0.45] | 0.400 [0.35, 0.45] |" in card  # corpus v1 against v2
+    assert "| test | macro_f1 | 0.300 [0.35, 0.45] | 0.400 [0.35, 0.45] |" in card  # the previous corpus, same n
+    # with row digests, only the same rows are compared row for row; a reshuffled split is named as such
+    (tmp_path / "eval.json").write_text(json.dumps({"temperature": 2.0, "model": "new", "datasets": {
+        "test": {**test, "rows_sha256": "a"}, "xstest": {**test, "rows_sha256": "x"}}}))
+    (tmp_path / "v1.json").write_text(json.dumps({"model": "old", "datasets": {
+        "test": {**test, "macro_f1": 0.3, "rows_sha256": "b"}, "xstest": {**test, "macro_f1": 0.2, "rows_sha256": "x"}}}))
+    so8t(["card", "--run", str(run), "--compare", str(tmp_path / "v1.json"), "--compare-label", "corpus v0", *common])
+    card = out.read_text(encoding="utf-8")
+    assert "## The same recipe trained on corpus v0" in card and "| xstest | macro_f1 | 0.200 [0.35, 0.45] |" in card
+    assert "| test | macro_f1 |" not in card.split("## The same recipe")[1]
+    assert "different rows" in card and "test macro_f1 0.300 [0.35, 0.45] (n=10) vs 0.400" in card
     assert "random" in card and "Gemma" not in card  # the tiny preset's card claims nothing about Gemma
 
     quant = {"rows": 40, "data": "test", "results": [

@@ -21,7 +21,8 @@ from ..workbench.model_card import FOLLOW_UP_ABLATIONS, build_card, write_figure
 
 DEFAULT_EVAL = "experiments/eval/so8t-demo.json"
 DEFAULT_QUANT = "benchmarks/results/gguf_decisions_so8t-demo.json"
-DEFAULT_COMPARE = "experiments/eval/so8t-demo-corpus-v1.json"
+DEFAULT_COMPARE = "experiments/eval/so8t-demo-corpus-v2.json"
+DEFAULT_COMPARE_LABEL = "corpus v2"
 
 
 def main(argv: list[str] | None = None) -> None:
@@ -32,7 +33,8 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--quant", default=DEFAULT_QUANT)
     parser.add_argument("--ablation", default="experiments/ablation/ablation.json")
     parser.add_argument("--compare", default=DEFAULT_COMPARE,
-                        help='an evaluation of the same recipe trained on corpus v1 ("" for none)')
+                        help='an evaluation of the same recipe trained on another corpus ("" for none)')
+    parser.add_argument("--compare-label", default=DEFAULT_COMPARE_LABEL, help="what --compare was trained on")
     parser.add_argument("--out", default="MODEL_CARD.md")
     parser.add_argument("--figures", default="figures", help='folder for the figures; "" skips them')
     parser.add_argument("--follow-up", action="append", default=None,
@@ -50,6 +52,7 @@ def main(argv: list[str] | None = None) -> None:
             print(f"drew {path}")
     follow_ups = tuple(Path(p) for p in (args.follow_up if args.follow_up is not None else FOLLOW_UP_ABLATIONS))
     card = build_card(config, Path(args.eval), Path(args.quant), Path(args.ablation), follow_ups=follow_ups,
-                      compare_json=Path(args.compare) if args.compare else None)
+                      compare_json=Path(args.compare) if args.compare else None,
+                      compare_label=args.compare_label)
     out = atomic_write_text(args.out, card)
     print(f"wrote {out}")

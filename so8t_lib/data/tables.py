@@ -8,6 +8,7 @@ public benchmarks (``so8t_lib.data.benchmarks``), which are for evaluation only.
 from __future__ import annotations
 
 import csv
+import hashlib
 import json
 import re
 from collections.abc import Iterator
@@ -148,3 +149,15 @@ def stratified_sample(table: pd.DataFrame, n: int | None, seed: int = 0,
         counts[key] += 1
     chosen = np.concatenate([rng.permutation(groups[key])[: counts[key]] for key in sorted(groups)])
     return table.loc[sorted(chosen, key=table.index.get_loc)]
+
+
+def rows_digest(table: pd.DataFrame) -> str:
+    """SHA-256 of what a model is scored on (id, context, request, label, in order): two evaluations with the
+    same digest scored the same rows, so their numbers may be compared row for row."""
+    digest = hashlib.sha256()
+    contexts = table["context"] if "context" in table else [None] * len(table)
+    for row_id, context, request, label in zip(table["id"], contexts, table["user_request"], table["label"]):
+        fields = [None if value is None or (isinstance(value, float) and np.isnan(value)) else str(value)
+                  for value in (row_id, context, request, label)]
+        digest.update(json.dumps(fields, ensure_ascii=False).encode("utf-8") + b"\n")
+    return digest.hexdigest()

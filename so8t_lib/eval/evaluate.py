@@ -25,6 +25,7 @@ import pandas as pd
 
 from ..core.schema import LABELS, NOT_ALLOW, RUN_METRICS_FILE
 from ..data.benchmarks import BENCHMARKS, load_any
+from ..data.tables import rows_digest
 from ..serve.backends import load_decider
 from ..serve.policy import threshold_decisions
 from .report import safety_report, threshold_sweep
@@ -157,6 +158,7 @@ def evaluate_datasets(model, names: list[str], batch_size: int = 32, bootstrap: 
         probs, pred = predict(model, table, batch_size, progress, threshold)
         report = report_from_predictions(table, probs, pred, bootstrap)
         report["source"] = str(name)
+        report["rows_sha256"] = rows_digest(table)
         if baselines:
             report["baselines"] = {}
             for baseline, fitted in baselines.items():

@@ -10,7 +10,7 @@ from its table. A fresh clone can therefore regenerate the card and ``figures/``
 Sources: the config the run was trained with (a committed config file, or a run folder's ``config.yaml``),
 ``experiments/eval/<name>.json`` (``so8t evaluate --baselines``), the GGUF benchmark
 ``benchmarks/results/gguf_decisions_<name>.json``, the ablation's ``ablation.json`` (notebook 02), an
-evaluation of the same recipe on corpus v1 when there is one, and the corpus splits.
+evaluation of the same recipe on the previous corpus when there is one, and the corpus splits.
 """
 
 from __future__ import annotations
@@ -94,29 +94,47 @@ def _metrics_section(evaluation: dict | None, eval_json: Path) -> list[str]:
     return lines
 
 
-def _comparison_section(evaluation: dict | None, compare: dict | None, compare_json: Path | None) -> list[str]:
-    """The same recipe trained on another corpus (corpus v1), scored on the same rows."""
+def same_rows(report: dict, other: dict) -> bool:
+    """Whether two reports scored the same rows: by their row digests (``rows_sha256``), or by row count for
+    result files written before evaluations recorded one."""
+    if report.get("rows_sha256") and other.get("rows_sha256"):
+        return report["rows_sha256"] == other["rows_sha256"]
+    return report.get("n") is not None and report.get("n") == other.get("n")
+
+
+def _comparison_section(evaluation: dict | None, compare: dict | None, compare_json: Path | None,
+                        compare_label: str) -> list[str]:
+    """The same recipe trained on another corpus: compared row for row only where both scored the same rows
+    (a new corpus reshuffles its splits, so its test split is other rows; the public sets are not)."""
     if not (evaluation and compare):
         return []
-    lines = ["", "## Corpus v1 against v2",
-             f"The same recipe trained on the first corpus (`{compare_json}`, model `{compare.get('model', '?')}`) and "
-             f"on the current one (`{evaluation.get('model', '?')}`), scored on the same rows:", "",
-             "| data | metric | corpus v1 | corpus v2 |", "|---|---|---|---|"]
+    lines = ["", f"## The same recipe trained on {compare_label}",
+             f"`{compare_json}` (model `{compare.get('model', '?')}`) against this model "
+             f"(`{evaluation.get('model', '?')}`), on the data sets both scored row for row:", "",
+             f"| data | metric | {compare_label} | this model |", "|---|---|---|---|"]
+    other_rows = []
     for data, rep in evaluation.get("datasets", {}).items():
         old = compare.get("datasets", {}).get(data)
         if not old:
             continue
-        for key in _headline_keys(rep)[:4]:
-            if rep.get(key) is not None and old.get(key) is not None:
-                lines.append(f"| {data} | {key} | {_fmt(old, key)} | {_fmt(rep, key)} |")
+        keys = [k for k in _headline_keys(rep)[:4] if rep.get(k) is not None and old.get(k) is not None]
+        if not same_rows(rep, old):
+            other_rows += [f"{data} {k} {_fmt(old, k)} (n={old.get('n')}) vs {_fmt(rep, k)} (n={rep.get('n')})"
+                           for k in keys[:2]]
+            continue
+        lines += [f"| {data} | {key} | {_fmt(old, key)} | {_fmt(rep, key)} |" for key in keys]
+    if other_rows:
+        lines += ["", "Scored on different rows (each model on its own corpus's split), so not comparable row for "
+                      "row: " + "; ".join(other_rows) + "."]
     return lines
 
 
 def build_card(config: dict, eval_json: Path, quant_json: Path, ablation_json: Path,
-               follow_ups: tuple[Path, ...] = (), compare_json: Path | None = None) -> str:
+               follow_ups: tuple[Path, ...] = (), compare_json: Path | None = None,
+               compare_label: str = "the previous corpus") -> str:
     """The card's markdown for the run trained with ``config`` (a config mapping); ``follow_ups`` are further
     ablation results quoted by their conclusion and geometry, ``compare_json`` an evaluation of the same
-    recipe trained on corpus v1; each only if its file exists."""
+    recipe trained on another corpus (``compare_label``); each only if its file exists."""
     model, training = config.get("model", {}), config.get("training", {})
     evaluation, quant, ablation = _load(eval_json), _load(quant_json), _load(ablation_json)
     compare = _load(Path(compare_json)) if compare_json else None
@@ -136,7 +154,7 @@ def build_card(config: dict, eval_json: Path, quant_json: Path, ablation_json: P
         "SimpleSafetyTests are used for evaluation only.", "",
         *card_sections.recipe_section(model, training, config.get("loss", {})), "",
         *_metrics_section(evaluation, eval_json),
-        *_comparison_section(evaluation, compare, compare_json),
+        *_comparison_section(evaluation, compare, compare_json, compare_label),
     ]
     lines += ["", "## Quantization"]
     if quant:
