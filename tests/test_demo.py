@@ -36,11 +36,11 @@ def test_demo_trains_then_reuses_the_run_and_writes_test_metrics(tmp_path, capsy
         import llama_cpp  # noqa: F401
     except ImportError:
         assert "GGUF export skipped" in out
-    else:  # the ladder and its sha256 sidecars are written where asked (never into dist/) and Q4_K_M decides
+    else:  # the ladder and its sha256 sidecars are written where asked (never into dist/) and Q4_K_M_T8 decides
         ladder = [f"so8t-tiny-{t}.gguf" for t in ("f16", "q8_0", "q4_k_m", "q4_k_m_t8", "q4_k_s", "iq4_xs")]
         assert sorted(p.name for p in (tmp_path / "dist").iterdir()) == sorted(
             ladder + [f"{name}.sha256" for name in ladder])
-        assert "so8t-tiny-q4_k_m.gguf (llama.cpp)" in out
+        assert "so8t-tiny-q4_k_m_t8.gguf (llama.cpp)" in out  # the 4-bit rung that keeps the decisions
 
     so8t(["demo", *args])  # a finished run is reused, not trained again
     assert (run_dir / "metrics.jsonl").read_text(encoding="utf-8") == log

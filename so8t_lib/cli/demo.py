@@ -5,7 +5,7 @@
 Trains to ``training.output_dir``, continues an interrupted run there, or reuses a finished one;
 then scores the best checkpoint on the test split (bootstrap 95% intervals, written to
 ``<run folder>/test_metrics.json``), shows three example decisions, exports the GGUF ladder under
-``dist/`` and decides one request from the Q4_K_M file with llama.cpp.
+``dist/`` and decides one request from the Q4_K_M_T8 file (Q4_K_M, trained blocks at Q8_0) with llama.cpp.
 """
 
 from __future__ import annotations

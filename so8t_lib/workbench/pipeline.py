@@ -1,5 +1,5 @@
 """The main job, end to end: train (and calibrate), score on the test split, export the GGUF ladder,
-decide from the Q4_K_M file. ``make demo`` runs ``so8t demo``, which is ``run_demo``.
+decide from the Q4_K_M_T8 file. ``make demo`` runs ``so8t demo``, which is ``run_demo``.
 
 Training and evaluation do not import each other; this is where they meet.
 """
@@ -36,6 +36,9 @@ from ..serve.backends import load_decider
 from ..train.trainer import train
 
 DEFAULT_CONFIG = CONFIGS_DIR / "training.yaml"
+# which exported file the demo decides from, in order of preference: Q4_K_M with the trained blocks at Q8_0
+# (the 4-bit rung that keeps the decisions, docs/benchmarks.md), else plain Q4_K_M
+DEMO_GGUF_SUFFIXES = ("-q4_k_m_t8.gguf", "-q4_k_m.gguf")
 EXAMPLES = EXAMPLE_REQUESTS[:3]
 
 
@@ -149,7 +152,8 @@ def export_and_decide(run_dir: Path, dist: Path, request: str, context: str | No
     print("\nGGUF files (one file carries both heads):")
     for path in paths:
         print(f"  {path}  {path.stat().st_size / 2**20:5.1f} MiB")
-    q4 = next(p for p in paths if p.name.endswith("-q4_k_m.gguf"))
+    # the 4-bit file the ladder benchmark recommends (trained blocks at Q8_0); plain Q4_K_M if it is missing
+    q4 = next(p for suffix in DEMO_GGUF_SUFFIXES for p in paths if p.name.endswith(suffix))
     probs = load_decider(q4).decide([request], [context])[0]
     decision = LABELS[int(probs.argmax())]
     print(f"\n{q4.name} (llama.cpp): {fit_width(request, 58)} -> {decision} "
