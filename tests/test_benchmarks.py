@@ -115,3 +115,26 @@ def test_result_files_name_paths_relative_to_the_project(tmp_path):
     assert project_relative(tmp_path / "y.gguf") == str(tmp_path / "y.gguf")  # outside the project: kept as given
     for result in (ROOT / "benchmarks" / "results").glob("*.json"):
         assert str(PROJECT_ROOT) not in result.read_text(encoding="utf-8"), result
+
+
+def test_short_request_probe_scores_short_rows_apart(tmp_path):
+    module = _load("short_request_probe")
+    assert module.readouts(18) == {"final": [18], "middle": [10], "five_depths": [6, 9, 12, 15, 18]}
+    out = tmp_path / "short.json"
+    result = module.main(["--config", "configs/tiny-training.yaml", "--train-rows", "60", "--val-rows", "300",
+                          "--out", str(out)])
+    assert json.loads(out.read_text()) == result
+    assert 0 < result["short_val_rows"] < result["val_rows"] == 300  # the stratified sample holds both kinds
+    cells = result["cells"]
+    assert len(cells) == 3 * 3 * 2 and {c["pooling"] for c in cells} == {"last", "mean", "mean_request"}
+    # dangerous compliance is a rate over gold REFUSE rows: the whole split's is the parts' weighted by their counts
+    from so8t_lib.data.tables import load_split, stratified_sample
+
+    val = stratified_sample(load_split("val"), 300, seed=0)
+    refuse = val[val["label"] == "REFUSE"]
+    n_short = int(refuse["family"].str.startswith(module.SHORT_FAMILY_PREFIX).sum())
+    n_other = len(refuse) - n_short
+    for cell in cells:
+        assert 0 <= cell["all"]["macro_f1"] <= 1 and cell["short"] is not None and cell["other"] is not None
+        parts = cell["short"]["dangerous_compliance"] * n_short + cell["other"]["dangerous_compliance"] * n_other
+        assert abs(cell["all"]["dangerous_compliance"] * len(refuse) - parts) < 0.02  # rates rounded to 4 digits
