@@ -113,6 +113,21 @@ def layer_states(model: SO8TModel, rows: list[dict], max_length: int, batch_size
     return out_arr
 
 
+def sample_and_states(config_path: str, train_rows: int, val_rows: int) -> tuple:
+    """The probe scripts' common start: the config, a stratified training sample, the validation rows (0: all)
+    and their states on every layer (``layer_states``), with the seconds the states took."""
+    cfg = load_config(config_path)
+    torch.manual_seed(cfg.training.seed)
+    train = stratified_sample(load_split("train", cfg.training.data_dir), train_rows,
+                              seed=cfg.training.seed).to_dict("records")
+    val = stratified_sample(load_split("val", cfg.training.data_dir), val_rows or None,
+                            seed=cfg.training.seed).to_dict("records")
+    model = SO8TModel.from_config(cfg.model)
+    started = time.perf_counter()
+    states = layer_states(model, train + val, cfg.training.max_length)
+    return cfg, train, val, states, time.perf_counter() - started
+
+
 def score(y_true: np.ndarray, y_pred: np.ndarray) -> dict:
     gold, pred = [LABELS[i] for i in y_true], [LABELS[i] for i in y_pred]
     return {"macro_f1": round(macro_f1(gold, pred), 4),
@@ -133,16 +148,7 @@ def main(argv: list[str] | None = None) -> dict:
         plot(result["cells"], Path(args.plot), result)
         return result
 
-    cfg = load_config(args.config)
-    torch.manual_seed(cfg.training.seed)
-    train_rows = stratified_sample(load_split("train", cfg.training.data_dir), args.train_rows,
-                                   seed=cfg.training.seed).to_dict("records")
-    val_table = load_split("val", cfg.training.data_dir)
-    val_rows = stratified_sample(val_table, args.val_rows or None, seed=cfg.training.seed).to_dict("records")
-    model = SO8TModel.from_config(cfg.model)
-    started = time.perf_counter()
-    states = layer_states(model, train_rows + val_rows, cfg.training.max_length)
-    seconds = time.perf_counter() - started
+    cfg, train_rows, val_rows, states, seconds = sample_and_states(args.config, args.train_rows, args.val_rows)
     n = len(train_rows)
     y = np.array([LABELS.index(r["label"]) for r in train_rows + val_rows])
     class_weights = cfg.loss.class_weight_list()

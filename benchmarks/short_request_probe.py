@@ -20,24 +20,19 @@ from __future__ import annotations
 import argparse
 import json
 import sys
-import time
 from pathlib import Path
 
 import numpy as np
-import torch
 
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 sys.path.insert(0, str(ROOT / "benchmarks"))
 
-from head_layer_probe import POOLINGS, layer_states, score  # noqa: E402
+from head_layer_probe import POOLINGS, sample_and_states, score  # noqa: E402
 
-from so8t_lib.core.config import load_config  # noqa: E402
 from so8t_lib.core.io import atomic_write_text  # noqa: E402
 from so8t_lib.core.paths import project_relative  # noqa: E402
 from so8t_lib.core.schema import LABELS  # noqa: E402
-from so8t_lib.data.tables import load_split, stratified_sample  # noqa: E402
-from so8t_lib.model import SO8TModel  # noqa: E402
 from so8t_lib.train.head_init import fit_probe  # noqa: E402
 
 SHORT_FAMILY_PREFIX = "brief-"  # the seeds of data/seeds/brief_*.yaml (corpus v3, "Short requests")
@@ -64,16 +59,7 @@ def main(argv: list[str] | None = None) -> dict:
     parser.add_argument("--out", default="benchmarks/results/short_request_probe.json")
     args = parser.parse_args(argv)
 
-    cfg = load_config(args.config)
-    torch.manual_seed(cfg.training.seed)
-    train_rows = stratified_sample(load_split("train", cfg.training.data_dir), args.train_rows,
-                                   seed=cfg.training.seed).to_dict("records")
-    val_rows = stratified_sample(load_split("val", cfg.training.data_dir), args.val_rows or None,
-                                 seed=cfg.training.seed).to_dict("records")
-    model = SO8TModel.from_config(cfg.model)
-    started = time.perf_counter()
-    states = layer_states(model, train_rows + val_rows, cfg.training.max_length)
-    seconds = time.perf_counter() - started
+    cfg, train_rows, val_rows, states, seconds = sample_and_states(args.config, args.train_rows, args.val_rows)
     n = len(train_rows)
     y = np.array([LABELS.index(r["label"]) for r in train_rows + val_rows])
     short = np.array([str(r["family"]).startswith(SHORT_FAMILY_PREFIX) for r in val_rows])
