@@ -33,9 +33,9 @@ from head_layer_probe import POOLINGS, sample_and_states, score  # noqa: E402
 from so8t_lib.core.io import atomic_write_text  # noqa: E402
 from so8t_lib.core.paths import project_relative  # noqa: E402
 from so8t_lib.core.schema import LABELS  # noqa: E402
+from so8t_lib.data.tables import SHORT_FAMILY_PREFIX, is_short_family  # noqa: E402
 from so8t_lib.train.head_init import fit_probe  # noqa: E402
 
-SHORT_FAMILY_PREFIX = "brief-"  # the seeds of data/seeds/brief_*.yaml (corpus v3, "Short requests")
 REGULARIZATION = (0.01, 0.03)  # the warm starts' C values (five depths, final state)
 
 
@@ -62,7 +62,7 @@ def main(argv: list[str] | None = None) -> dict:
     cfg, train_rows, val_rows, states, seconds = sample_and_states(args.config, args.train_rows, args.val_rows)
     n = len(train_rows)
     y = np.array([LABELS.index(r["label"]) for r in train_rows + val_rows])
-    short = np.array([str(r["family"]).startswith(SHORT_FAMILY_PREFIX) for r in val_rows])
+    short = np.array([is_short_family(r["family"]) for r in val_rows])
     class_weights = cfg.loss.class_weight_list()
     cells = []
     for readout, layers in readouts(states.shape[0] - 1).items():

@@ -151,6 +151,14 @@ def stratified_sample(table: pd.DataFrame, n: int | None, seed: int = 0,
     return table.loc[sorted(chosen, key=table.index.get_loc)]
 
 
+SHORT_FAMILY_PREFIX = "brief-"  # the families of data/seeds/brief_*.yaml: corpus v3's short requests
+
+
+def is_short_family(family: object) -> bool:
+    """Whether a row comes from the short, blunt seeds, which the docs score apart from the rest."""
+    return str(family).startswith(SHORT_FAMILY_PREFIX)
+
+
 def rows_digest(table: pd.DataFrame) -> str:
     """SHA-256 of what a model is scored on (id, context, request, label, in order): two evaluations with the
     same digest scored the same rows, so their numbers may be compared row for row."""
