@@ -1,9 +1,13 @@
 """make demo's job end to end on a few steps: train, reuse the finished run, score the test split."""
 
 import json
+from pathlib import Path
+
+import pytest
 
 from so8t_lib.cli import main as so8t
 from so8t_lib.data.tables import load_split, stratified_sample
+from so8t_lib.workbench.pipeline import demo_gguf
 
 FEW_STEPS = ["training.max_steps=3", "training.batch_size=4", "training.max_length=96", "training.eval_every=3",
              "training.eval_max_rows=16", "training.log_every=1"]
@@ -45,3 +49,11 @@ def test_demo_trains_then_reuses_the_run_and_writes_test_metrics(tmp_path, capsy
     so8t(["demo", *args])  # a finished run is reused, not trained again
     assert (run_dir / "metrics.jsonl").read_text(encoding="utf-8") == log
     assert "holds a run" in capsys.readouterr().out
+
+
+def test_demo_decides_from_the_recommended_4bit_rung_then_plain_q4_k_m():
+    ladder = [Path(f"dist/m-{t}.gguf") for t in ("f16", "q8_0", "q4_k_m", "q4_k_m_t8", "iq4_xs")]
+    assert demo_gguf(ladder).name == "m-q4_k_m_t8.gguf"
+    assert demo_gguf([p for p in ladder if "t8" not in p.name]).name == "m-q4_k_m.gguf"  # an older export
+    with pytest.raises(FileNotFoundError, match="q4_k_m.*so8t export"):
+        demo_gguf(ladder[:2])

@@ -138,6 +138,17 @@ def write_timings(run_dir: Path, timings: dict[str, float], total: float) -> dic
     return result
 
 
+def demo_gguf(paths: list[Path]) -> Path:
+    """The file the demo decides from: the 4-bit rung the ladder benchmark recommends (trained blocks at Q8_0),
+    plain Q4_K_M where an older export lacks it."""
+    for suffix in DEMO_GGUF_SUFFIXES:
+        for path in paths:
+            if path.name.endswith(suffix):
+                return path
+    raise FileNotFoundError(f"no {' or '.join(DEMO_GGUF_SUFFIXES)} file among {[p.name for p in paths]}: "
+                            "re-run the export (so8t export) to write the 4-bit rungs")
+
+
 def export_and_decide(run_dir: Path, dist: Path, request: str, context: str | None) -> list[Path]:
     """The GGUF ladder of the run's best checkpoint, then one decision from its Q4_K_M file with llama.cpp."""
     try:
@@ -152,8 +163,7 @@ def export_and_decide(run_dir: Path, dist: Path, request: str, context: str | No
     print("\nGGUF files (one file carries both heads):")
     for path in paths:
         print(f"  {path}  {path.stat().st_size / 2**20:5.1f} MiB")
-    # the 4-bit file the ladder benchmark recommends (trained blocks at Q8_0); plain Q4_K_M if it is missing
-    q4 = next(p for suffix in DEMO_GGUF_SUFFIXES for p in paths if p.name.endswith(suffix))
+    q4 = demo_gguf(paths)
     probs = load_decider(q4).decide([request], [context])[0]
     decision = LABELS[int(probs.argmax())]
     print(f"\n{q4.name} (llama.cpp): {fit_width(request, 58)} -> {decision} "
