@@ -97,10 +97,11 @@ def test_model_card_names_missing_results_and_quotes_present_ones(tmp_path):
     # with row digests, only the same rows are compared row for row; a reshuffled split is named as such
     (tmp_path / "eval.json").write_text(json.dumps({"temperature": 2.0, "model": "new", "datasets": {
         "test": {**test, "rows_sha256": "a"}, "xstest": {**test, "rows_sha256": "x"}}}))
-    (tmp_path / "v1.json").write_text(json.dumps({"model": "old", "datasets": {
+    (tmp_path / "v1.json").write_text(json.dumps({"model": "new", "datasets": {  # the same path, retrained since
         "test": {**test, "macro_f1": 0.3, "rows_sha256": "b"}, "xstest": {**test, "macro_f1": 0.2, "rows_sha256": "x"}}}))
     so8t(["card", "--run", str(run), "--compare", str(tmp_path / "v1.json"), "--compare-label", "corpus v0", *common])
     card = out.read_text(encoding="utf-8")
+    assert "(model `old`)" not in card and "same path `new`, which held the corpus v0 run" in card
     assert "## The same recipe trained on corpus v0" in card and "| xstest | macro_f1 | 0.200 [0.35, 0.45] |" in card
     assert "| test | macro_f1 |" not in card.split("## The same recipe")[1]
     assert "different rows" in card and "test macro_f1 0.300 [0.35, 0.45] (n=10) vs 0.400" in card

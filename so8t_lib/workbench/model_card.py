@@ -108,9 +108,12 @@ def _comparison_section(evaluation: dict | None, compare: dict | None, compare_j
     (a new corpus reshuffles its splits, so its test split is other rows; the public sets are not)."""
     if not (evaluation and compare):
         return []
+    old_model, new_model = compare.get("model", "?"), evaluation.get("model", "?")
+    where = (f"the same path `{new_model}`, which held the {compare_label} run when that file was written"
+             if old_model == new_model else f"model `{old_model}`")
     lines = ["", f"## The same recipe trained on {compare_label}",
-             f"`{compare_json}` (model `{compare.get('model', '?')}`) against this model "
-             f"(`{evaluation.get('model', '?')}`), on the data sets both scored row for row:", "",
+             f"`{compare_json}` ({where}) against this model (`{new_model}`), on the data sets both scored row "
+             "for row:", "",
              f"| data | metric | {compare_label} | this model |", "|---|---|---|---|"]
     other_rows = []
     for data, rep in evaluation.get("datasets", {}).items():
