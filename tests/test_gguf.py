@@ -191,20 +191,31 @@ def test_a_head_reading_middle_layers_decides_from_the_gguf_file_as_from_hf(arch
         node_name(7, 6)
 
 
-def test_q4_k_m_mostly_agrees_with_fp32_decisions(exported):
-    """A regression guard on randomly perturbed adapters (whose decisions sit closer to ties than a
-    trained model's), against quantization-specific breakage (the f32 file's exact parity is tested above):
-    Q4_K_M measured 0.90 on the corpus-v2 test rows and 0.84 on v3's, whose short requests sit nearer ties,
-    well above what unrelated decisions would share; more bits never agree less. The trained default's agreement is
-    measured by benchmarks/gguf_decisions.py and reported in docs/benchmarks.md."""
+def test_q4_k_m_flips_only_near_ties(exported):
+    """A guard against quantization-specific breakage (the f32 file's exact parity is tested above), on
+    randomly perturbed adapters whose decisions sit closer to ties than a trained model's. Rounding the weights
+    moves the decision probabilities a little, so what it flips must be the rows fp32 nearly tied: rows with a
+    wide fp32 margin keep their decision and the flipped rows' margins are smaller than the kept rows'. A broken
+    tensor flips decisions whatever their margin. (Measured on corpus v3's rows: Q4_K_M agreement 0.84 in all,
+    0.93 where the top-two margin is at least 0.1, 0.95 at 0.2; an overall threshold moved with the corpus's
+    share of short, near-tie requests, this one does not.) More bits never agree less. The trained default's
+    agreement is measured by benchmarks/gguf_decisions.py and reported in docs/benchmarks.md."""
     model, paths = exported
     test = stratified_sample(load_split("test"), TEST_ROWS, 0)
     requests, contexts = list(test["user_request"]), [c or None for c in test["context"]]
-    reference = model.decide(requests, contexts).argmax(-1)
-    agreement = {quant: (GGUFBackend(paths[f"so8t-test-{quant}.gguf"]).decide(requests, contexts).argmax(-1)
-                         == reference).float().mean().item() for quant in ("q8_0", "q4_k_m")}
-    assert agreement["q4_k_m"] >= 0.80, agreement
-    assert agreement["q8_0"] >= agreement["q4_k_m"], agreement
+    probs = model.decide(requests, contexts)
+    reference = probs.argmax(-1)
+    top_two = probs.topk(2, dim=-1).values
+    margin = top_two[:, 0] - top_two[:, 1]
+    agrees = {quant: GGUFBackend(paths[f"so8t-test-{quant}.gguf"]).decide(requests, contexts).argmax(-1) == reference
+              for quant in ("q8_0", "q4_k_m")}
+    wide = margin >= 0.1
+    assert wide.sum() >= len(margin) // 4, "too few wide-margin rows to judge: the fixture's adapters changed"
+    kept, flipped = agrees["q4_k_m"], ~agrees["q4_k_m"]
+    assert kept[wide].float().mean() >= 0.90, f"Q4_K_M flips {(~kept[wide]).sum()} of {wide.sum()} wide-margin rows"
+    if flipped.any():
+        assert margin[flipped].median() < margin[kept].median(), "Q4_K_M's flips are not concentrated near ties"
+    assert agrees["q8_0"].float().mean() >= kept.float().mean(), {q: a.float().mean().item() for q, a in agrees.items()}
 
 
 def test_backend_generates_text(exported):
