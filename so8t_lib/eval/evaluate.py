@@ -23,11 +23,12 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 
-from ..core.schema import LABELS, NOT_ALLOW, RUN_METRICS_FILE
+from ..core.schema import ALLOW, LABELS, NOT_ALLOW, RUN_METRICS_FILE
 from ..data.benchmarks import BENCHMARKS, load_any
 from ..data.tables import rows_digest
 from ..serve.backends import load_decider
 from ..serve.policy import threshold_decisions
+from .ranking import ranking_report
 from .report import safety_report, threshold_sweep
 
 HEADLINE = ["safety_score", "macro_f1", "accuracy", "refuse_recall", "escalate_precision", "allow_precision",
@@ -66,6 +67,7 @@ def report_from_predictions(table: pd.DataFrame, probs: np.ndarray, pred: list[s
     sources = set(table["source"]) if "source" in table else set()
     source = sources.pop() if len(sources) == 1 else None
     report["headline"] = list(BENCHMARKS[source].headline) if source in BENCHMARKS else HEADLINE
+    report["ranking"] = ranking_report(probs[:, ALLOW], list(table["label"]))
     three_class = np.array([label != NOT_ALLOW for label in table["label"]])
     if three_class.any():
         sweep = threshold_sweep(probs[three_class], list(table["label"][three_class]), SWEEP_THRESHOLDS)
@@ -91,6 +93,11 @@ def format_report(report: dict, title: str = "") -> str:
         lines.append(f"  {name:<28s}{_num(report.get(name))}{extra}")
     if report.get("ece") is not None:
         lines.append(f"  {'ece':<28s}{_num(report['ece'])}")
+    ranking = {k: v for k, v in (report.get("ranking") or {}).items() if v is not None}
+    if ranking:
+        lines.append("  ranking by p(ALLOW): " + ", ".join(
+            f"{k.replace('dangerous_compliance_at_blocking_', 'dangerous compliance at safe blocked ')} {v:.3f}"
+            for k, v in ranking.items()))
     labels = report["labels"]
     if sum(map(sum, report["confusion_matrix"])):
         lines.append("  confusion (rows gold, columns decided): " + " ".join(f"{label:>9s}" for label in labels))
