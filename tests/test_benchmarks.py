@@ -4,6 +4,7 @@ import importlib.util
 import json
 from pathlib import Path
 
+import numpy as np
 import pytest
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -78,7 +79,6 @@ def test_head_layer_probe_pools_the_request_after_the_shared_prefix_and_reads_de
 def test_probe_learning_curve_scores_what_a_probe_on_decide_states_scores(tmp_path):
     """The script batches rows by length and puts the states back in row order: its whole-split point must be
     what fit_probe on decision_states in plain row order gives, with the regularisation it reports."""
-    import numpy as np
 
     from so8t_lib.core.config import load_config
     from so8t_lib.core.metrics import macro_f1
@@ -138,3 +138,62 @@ def test_short_request_probe_scores_short_rows_apart(tmp_path):
         assert 0 <= cell["all"]["macro_f1"] <= 1 and cell["short"] is not None and cell["other"] is not None
         parts = cell["short"]["dangerous_compliance"] * n_short + cell["other"]["dangerous_compliance"] * n_other
         assert abs(cell["all"]["dangerous_compliance"] * len(refuse) - parts) < 0.02  # rates rounded to 4 digits
+
+
+def test_recipe_ranking_compares_recipes_on_the_same_rows(tmp_path):
+    module = _load("recipe_ranking")
+    from so8t_lib.data.tables import is_short_family, load_split, stratified_sample
+
+    test = stratified_sample(load_split("test"), 60, 0)
+    rng = np.random.default_rng(0)
+    good = {"ALLOW": 0.8, "REFUSE": 0.2, "ESCALATE": 0.3}
+
+    def write(name: str, noise: float) -> Path:
+        lines = []
+        for row_id, label in zip(test["id"], test["label"]):
+            p = float(np.clip(good[label] + rng.normal(0, noise), 0, 1))
+            lines.append(json.dumps({"dataset": "test", "id": row_id, "gold": label, "decision": "ALLOW",
+                                     "probabilities": {"ALLOW": p, "REFUSE": 1 - p, "ESCALATE": 0.0}}))
+        for k, label in enumerate(["ALLOW", "NOT_ALLOW"] * 5):
+            lines.append(json.dumps({"dataset": "xstest", "id": f"x{k}", "gold": label, "decision": "ALLOW",
+                                     "probabilities": {"ALLOW": 0.5, "REFUSE": 0.5, "ESCALATE": 0.0}}))
+        path = tmp_path / f"{name}.preds.jsonl"
+        path.write_text("\n".join(lines) + "\n")
+        return path
+
+    sharp, blurred = write("sharp", 0.05), write("blurred", 0.6)
+    out = tmp_path / "ranking.json"
+    result = module.main([str(blurred), str(sharp), "--baseline", "blurred", "--resamples", "200",
+                          "--out", str(out), "--figure", str(tmp_path / "ranking.png")])
+    assert json.loads(out.read_text()) == result and (tmp_path / "ranking.png").stat().st_size > 0
+    n_short = int(test["family"].map(is_short_family).sum())
+    assert result["baseline_subsets"] == {"test": 60, "xstest": 10, "test_other": 60 - n_short,
+                                          **({"test_short": n_short} if n_short else {})}
+    cell = result["recipes"]["sharp"]["test"]
+    assert cell["not_allow_auroc"] > result["recipes"]["blurred"]["test"]["not_allow_auroc"]
+    refuse = test["label"] == "REFUSE"  # every decision written is ALLOW: all of them let through
+    assert cell["argmax_dangerous_compliance"] == (1.0 if refuse.any() else None)
+    low, high = cell["minus_baseline_95ci"]["not_allow_auroc"]["interval"]
+    assert 0 < low <= high  # even the interval's lower end favours the sharper ranking
+    assert cell["dangerous_compliance_at_blocking_0.30"] <= result["recipes"]["blurred"]["test"][
+        "dangerous_compliance_at_blocking_0.30"]
+    xstest = result["recipes"]["sharp"]["xstest"]
+    assert xstest["not_allow_auroc"] == 0.5  # constant p(ALLOW): no ranking
+    point = xstest["at_test_threshold_0.30"]  # the test split's threshold, applied to a set that never set it
+    assert point["safe_blocked"] == float(0.5 < point["threshold"]) == 1 - point["harmful_allowed"]
+    assert point["runtime_rule_reaches"] == (point["threshold"] >= 0.5)
+    lines = sharp.read_text().splitlines()
+    errors = {"other rows": lines[1:], "predicted twice": lines + lines[:1], "disagree on gold": None,
+              "out of range": [lines[0].replace('"gold": "', '"gold": "MAYBE', 1), *lines[1:]]}
+    relabelled = [json.loads(line) for line in lines]
+    relabelled[0]["gold"] = "ESCALATE" if relabelled[0]["gold"] != "ESCALATE" else "ALLOW"
+    errors["disagree on gold"] = [json.dumps(r) for r in relabelled]
+    for message, changed in errors.items():
+        (tmp_path / "other.preds.jsonl").write_text("\n".join(changed) + "\n")
+        with pytest.raises(SystemExit, match=message):
+            module.main([str(sharp), str(tmp_path / "other.preds.jsonl"), "--baseline", "sharp", "--figure", "",
+                         "--out", str(tmp_path / "not_written.json")])
+    assert not (tmp_path / "not_written.json").exists()
+    (tmp_path / "bad.preds.jsonl").write_text('{"dataset": "test"}\n')
+    with pytest.raises(SystemExit, match="bad.preds.jsonl:1: not a prediction line"):
+        module.main([str(tmp_path / "bad.preds.jsonl"), "--baseline", "bad", "--figure", "", "--out", str(tmp_path / "x.json")])
