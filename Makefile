@@ -19,7 +19,8 @@ $(CORPUS): $(STAMP) $(wildcard data/seeds/*.yaml) $(wildcard so8t_lib/data/corpu
 	cd data/so8t_safety && sha256sum -c train.jsonl.sha256
 
 $(STAMP): pyproject.toml Makefile
-	test -x $(PY) || $(PYTHON) -m venv $(VENV)
+	# a venv cut off while it was being made (no pip in it) is made again rather than failing here
+	$(PY) -m pip --version >/dev/null 2>&1 || $(PYTHON) -m venv --clear $(VENV)
 	$(PY) -m pip install -q --upgrade pip
 	# torch first and pinned: any other spec pulls GBs of CUDA wheels (see DESIGN.md)
 	$(PY) -m pip install -q torch==2.13.0

@@ -12,7 +12,10 @@ equals fp32's on the test rows and the macro-F1 each way:
 - the checkpoint's own SafetyHeadB;
 - linear probes refitted on the fp32 training states (a regularisation grid);
 - the same probes fitted on the fp32 AND the low-bit file's states of the training rows, each row once per
-  precision: a quantization-aware readout, taught that both versions of a row mean the same decision.
+  precision: a quantization-aware readout, taught that both versions of a row mean the same decision;
+- the checkpoint's head refitted to the low-bit file's states of the training rows, with the fp32 head's
+  probabilities as targets (``so8t_lib.export.head_refit``, what ``so8t export --refit-head`` writes into a
+  file): it changes nothing on fp32, only what the file decides.
 Only training rows fit anything; the test rows only score.
 """
 
@@ -35,7 +38,9 @@ from so8t_lib.core.metrics import macro_f1  # noqa: E402
 from so8t_lib.core.paths import project_relative  # noqa: E402
 from so8t_lib.core.schema import LABELS  # noqa: E402
 from so8t_lib.data.tables import load_split, requests_and_contexts, stratified_sample  # noqa: E402
+from so8t_lib.export.head_refit import refit_head  # noqa: E402
 from so8t_lib.model import SO8TModel  # noqa: E402
+from so8t_lib.model.heads import SafetyHeadB  # noqa: E402
 from so8t_lib.serve.gguf_backend import GGUFBackend  # noqa: E402
 from so8t_lib.train.head_init import fit_probe  # noqa: E402
 
@@ -103,6 +108,21 @@ def main(argv: list[str] | None = None) -> dict:
         both = np.concatenate([states["fp32"][n:], states[low][n:]])
         fitted = fit_probe(both, np.concatenate([y_train, y_train]), CLASS_WEIGHTS, c)
         heads.append({"C": c, **head_row(f"probe on fp32 + {low.upper()} states, C={c}", fitted.predict, test_states, gold)})
+    folded = SafetyHeadB.from_state_dict(own_head.folded_state_dict())
+    with torch.no_grad():
+        teacher = folded.probabilities(folded(torch.from_numpy(states["fp32"][n:])))
+    refitted, refit_report = refit_head(folded, torch.from_numpy(states[low][n:]), teacher)
+
+    def refit_predict(x: np.ndarray) -> np.ndarray:
+        with torch.no_grad():
+            return refitted(torch.from_numpy(x)).argmax(-1).numpy()
+
+    # fp32 keeps the checkpoint's head; only the file's decisions change, and they are held to fp32's
+    file_preds, fp32_preds = refit_predict(test_states[low]), own(test_states["fp32"])
+    heads.append({"head": f"checkpoint SafetyHeadB refitted to {low.upper()} states",
+                  "macro_f1_fp32": heads[0]["macro_f1_fp32"],
+                  f"agreement_{low}": round(float((file_preds == fp32_preds).mean()), 4),
+                  f"macro_f1_{low}": round(macro_f1(gold, [LABELS[i] for i in file_preds]), 4), "refit": refit_report})
     result = {
         "benchmark": "head_quant_robustness", "checkpoint": project_relative(args.checkpoint),
         "files": {q: project_relative(p) for q, p in files.items()}, "test_rows": n, "train_rows": len(train),

@@ -356,7 +356,10 @@ def test_head_quant_robustness_benchmark_scores_the_checkpoint_head_as_the_backe
     result = module.main(["--checkpoint", str(dist.parent / "ckpt"), "--name", "so8t-test", "--dist", str(dist),
                           "--rows", "30", "--train-rows", "60", "--out", str(out)])
     assert json.loads(out.read_text()) == result and result["test_rows"] == 30 and result["train_rows"] == 60
-    assert len(result["heads"]) == 1 + 2 * len(module.C_GRID)
+    assert len(result["heads"]) == 1 + 2 * len(module.C_GRID) + 1
+    refit = result["heads"][-1]  # the head refitted to the Q4_K_M states: fp32 keeps the checkpoint's head
+    assert "refitted to Q4_K_M" in refit["head"] and refit["macro_f1_fp32"] == result["heads"][0]["macro_f1_fp32"]
+    assert refit["refit"]["rows"] == 60 and 0 <= refit["agreement_q4_k_m"] <= 1
     # the checkpoint's own head: its agreement is what the two backends' decide() give on the same rows
     test = stratified_sample(load_split("test"), 30, seed=0)
     requests, contexts = list(test["user_request"]), [c or None for c in test["context"]]

@@ -1,6 +1,7 @@
 """so8t export / so8t inspect: one GGUF file that carries both heads, and the ladder of its quantizations.
 
     so8t export checkpoints/so8t-tiny --out dist/ [--quant Q8_0,Q4_K_M,Q4_K_M_T8,Q4_K_S,IQ4_XS] [--f32]
+    so8t export checkpoints/so8t-demo --quant Q8_0,Q4_K_M,Q4_K_M_T8 --refit-head Q4_K_M_T8   # head refitted at 4 bits
     so8t inspect dist/so8t-tiny-q4_k_m.gguf          # the so8t.* metadata
 
 Export merges LoRA, folds the SO(8) gates into ``o_proj``, writes ``dist/<name>-f16.gguf`` (and
@@ -14,6 +15,7 @@ import json
 import sys
 
 from ..export.gguf_meta import DEFAULT_THRESHOLD, GGUFError, read_metadata
+from ..eval.quant_refit import REFIT_ROWS, refit_rungs
 from ..export.quantize import QUANT_TYPES, export
 
 
@@ -25,9 +27,28 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--quant", default="", help=f"comma-separated, from {','.join(QUANT_TYPES)}")
     parser.add_argument("--f32", action="store_true", help="also write an f32 file (for parity checks)")
     parser.add_argument("--threshold", type=float, default=DEFAULT_THRESHOLD)
+    parser.add_argument("--refit-head", default="", help="comma-separated rungs whose SafetyHeadB is refitted to "
+                        "their own states so their decisions follow fp32's (export.head_refit), e.g. Q4_K_M_T8")
+    parser.add_argument("--refit-rows", type=int, default=REFIT_ROWS, help="training rows the refit uses (a quarter "
+                        "held out to choose how far the head may move)")
     args = parser.parse_args(argv)
-    quants = [q.strip().upper() for q in args.quant.split(",") if q.strip()]
-    for path in export(args.checkpoint, args.out, quants, args.f32, args.threshold):
+
+    def names(text: str) -> list[str]:
+        return [q.strip().upper() for q in text.split(",") if q.strip()]
+
+    quants, refit = names(args.quant), names(args.refit_head)
+    if [q for q in refit if q not in quants]:  # refused before anything is written
+        sys.exit(f"error: --refit-head {','.join(q for q in refit if q not in quants)}: not among the rungs this "
+                 f"export writes ({','.join(quants) or 'none'}); add it to --quant")
+    try:
+        paths = export(args.checkpoint, args.out, quants, args.f32, args.threshold)
+        if refit:
+            by_name = {p.name: p for p in paths}
+            refit_rungs(args.checkpoint, {q: next(p for n, p in by_name.items() if n.endswith(f"-{q.lower()}.gguf"))
+                                          for q in refit}, args.refit_rows)
+    except GGUFError as exc:
+        sys.exit(f"error: {exc}")
+    for path in paths:
         print(f"{path}  {path.stat().st_size / 2**20:.1f} MiB")
 
 

@@ -6,11 +6,13 @@ The export writes these keys (``gguf_writer``); the runtime's GGUF backend reads
 
 from __future__ import annotations
 
+import json
 from pathlib import Path
 
 import numpy as np
 
 SO8T_FORMAT = 1
+REFIT_KEY = "so8t.head_refit"  # JSON: rows, the chosen pull, held-out agreement before and after
 DEFAULT_THRESHOLD = 0.8  # SAFETY_POLICY.md: 0.8 basic, 0.9 production
 REQUIRED_KEYS: tuple[str, ...] = (
     "so8t.format", "so8t.labels", "so8t.temperature", "so8t.threshold", "so8t.gate_order", "so8t.system_prompt",
@@ -64,6 +66,11 @@ def read_metadata(path: str | Path) -> dict:
     meta["head"] = head
     meta["general.file_type"] = int(fields["general.file_type"].contents()) if "general.file_type" in fields else None
     meta["tensor_count"] = len(reader.tensors)
+    if REFIT_KEY in fields:  # a head refitted to this file's own states (export.head_refit) says how
+        try:
+            meta[REFIT_KEY] = json.loads(fields[REFIT_KEY].contents())
+        except (json.JSONDecodeError, TypeError):
+            raise GGUFError(f"{path}: {REFIT_KEY} is not JSON; export the checkpoint again") from None
     if "so8t.quant_mix" in fields:  # a mixed-precision rung (export.mixed) says which tensors are at which type
         meta["so8t.quant_mix"] = fields["so8t.quant_mix"].contents()
     return meta

@@ -153,6 +153,19 @@ def _config_hash(checkpoint: Path | None, model) -> str:
     return hashlib.sha256(canonical.encode()).hexdigest()
 
 
+HEAD_KEY_PREFIX = "so8t.head."  # SafetyHeadB's folded linears: so8t.head.keys, then per key its values and shape
+
+
+def add_head_keys(writer, head_state: dict[str, torch.Tensor]) -> None:
+    """SafetyHeadB's linear layers (``net.*`` of a folded state dict) as float arrays with their shapes."""
+    head_keys = sorted(k for k in head_state if k.startswith("net."))
+    writer.add_array(f"{HEAD_KEY_PREFIX}keys", head_keys)
+    for key in head_keys:
+        values = torch.as_tensor(head_state[key]).detach().float().cpu().numpy()
+        writer.add_array(f"{HEAD_KEY_PREFIX}{key}.shape", [int(s) for s in values.shape])
+        writer.add_array(f"{HEAD_KEY_PREFIX}{key}", values.reshape(-1).astype(np.float32).tolist())
+
+
 def write_gguf(model, path: str | Path, dtype: str = "f16", checkpoint: Path | None = None,
                threshold: float = DEFAULT_THRESHOLD) -> Path:
     """Write ``model`` (an SO8TModel) as one GGUF at ``path`` (temporary file, then rename)."""
@@ -196,12 +209,7 @@ def write_gguf(model, path: str | Path, dtype: str = "f16", checkpoint: Path | N
     writer.add_string("so8t.system_prompt", model.system_prompt)
     writer.add_string("so8t.model_version", model.model_version)
     writer.add_string("so8t.config_sha256", _config_hash(checkpoint, model))
-    head_keys = sorted(k for k in head_state if k.startswith("net."))
-    writer.add_array("so8t.head.keys", head_keys)
-    for key in head_keys:
-        values = head_state[key].detach().float().cpu().numpy()
-        writer.add_array(f"so8t.head.{key}.shape", [int(s) for s in values.shape])
-        writer.add_array(f"so8t.head.{key}", values.reshape(-1).astype(np.float32).tolist())
+    add_head_keys(writer, head_state)
 
     gemma = arch == gguf.MODEL_ARCH.GEMMA3
     for name, tensor in state.items():

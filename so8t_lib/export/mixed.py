@@ -11,12 +11,12 @@ f16 export: every tensor from the 4-bit file except those of the trained layers,
 
 from __future__ import annotations
 
-import os
 from collections.abc import Callable
 from pathlib import Path
 
 from ..core.config import ModelConfig
-from .gguf_meta import GGUFError, write_sha256_sidecar
+from .gguf_meta import GGUFError
+from .gguf_rewrite import rewrite_gguf
 
 # name -> (the file it starts from, the type its trained layers keep)
 MIXED_TYPES: dict[str, tuple[str, str]] = {"Q4_K_M_T8": ("Q4_K_M", "Q8_0")}
@@ -77,32 +77,5 @@ def splice(low_path: str | Path, high_path: str | Path, target: str | Path, take
                                 f"{list(tensor.shape)} in {low_path}")
             tensor = other
         chosen.append(tensor)
-    arch_key = gguf.Keys.General.ARCHITECTURE
-    target = Path(target)
-    tmp = target.with_name(f".{target.name}.tmp")
-    writer = gguf.GGUFWriter(str(tmp), low.fields[arch_key].contents())
-    try:
-        try:
-            for field in low.fields.values():
-                if field.name == arch_key or field.name.startswith("GGUF.") or field.name == MIX_KEY:
-                    continue  # the writer adds the architecture and the GGUF.* header fields itself
-                kind = field.types[0]
-                sub = field.types[-1] if kind == gguf.GGUFValueType.ARRAY else None
-                writer.add_key_value(field.name, field.contents(), kind, sub_type=sub)
-            writer.add_string(MIX_KEY, note)
-            for tensor in chosen:
-                writer.add_tensor_info(tensor.name, tensor.data.shape, tensor.data.dtype, tensor.data.nbytes,
-                                       tensor.tensor_type)
-            writer.write_header_to_file()
-            writer.write_kv_data_to_file()
-            writer.write_ti_data_to_file()
-            for tensor in chosen:
-                writer.write_tensor_data(tensor.data)
-        finally:
-            writer.close()
-        os.replace(tmp, target)
-    except BaseException:
-        tmp.unlink(missing_ok=True)
-        raise
-    write_sha256_sidecar(target)
-    return target
+    return rewrite_gguf(low, target, chosen, drop_key=lambda key: key == MIX_KEY,
+                        add_keys=lambda writer: writer.add_string(MIX_KEY, note))

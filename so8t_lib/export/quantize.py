@@ -90,3 +90,4 @@ def export(checkpoint: str | Path, out_dir: str | Path = "dist", quants: list[st
                 if quant not in helpers:
                     written.append(made[quant])
     return written
+

@@ -1,0 +1,61 @@
+"""Refitting the SafetyHeadB of quantized files so that their decisions follow the fp32 model's.
+
+The fit itself is ``so8t_lib.export.head_refit``; this module runs what it needs: the fp32 checkpoint decides
+a stratified sample of training rows (the targets), each file computes its own states for the same rows
+through llama.cpp, and the head that wins on the held-out rows is written into the file. Like temperature
+calibration (``calibration``), it fits on data and only the fit's result travels with the model.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import torch
+
+from ..core.checkpoint import resolve_checkpoint
+from ..data.tables import load_split, requests_and_contexts, stratified_sample
+from ..export.gguf_meta import REFIT_KEY, GGUFError
+from ..export.head_refit import refit_head, write_head
+from ..model.so8t import SO8TModel
+from ..serve.gguf_backend import GGUFBackend
+
+REFIT_ROWS = 1000  # training rows a refitted head is fitted on (a quarter held out to choose its pull)
+
+
+def refit_gguf(path: str | Path, requests: list[str], contexts: list[str | None], teacher: torch.Tensor,
+               progress: bool = False) -> dict:
+    """Refit the head of the SO8T GGUF at ``path`` to ``teacher`` (the fp32 model's probabilities for these
+    requests) from the file's own states; written into the file only where it helps. Returns the report."""
+    if len(requests) != len(teacher) or len(requests) != len(contexts):
+        raise ValueError(f"{len(requests)} requests, {len(contexts)} contexts, {len(teacher)} teacher rows")
+    backend = GGUFBackend(path)
+    if backend.meta.get(REFIT_KEY) is not None:
+        raise GGUFError(f"{path}: its head was refitted already; export again to refit from the exported head")
+    states = backend.decision_states(requests, contexts, progress)
+    head = backend.safety_head
+    del backend  # llama.cpp's handle on the file, before the file is replaced
+    chosen, report = refit_head(head, states, teacher)
+    if report["refitted"]:
+        write_head(path, chosen, report)
+    return report
+
+
+def refit_rungs(checkpoint: str | Path, files: dict[str, Path], rows: int = REFIT_ROWS,
+                progress: bool = True) -> dict[str, dict]:
+    """Refit the head of each file (rung name -> path) to the checkpoint's fp32 decisions on ``rows``
+    stratified training rows; prints one line per file and returns the reports."""
+    missing = [str(p) for p in files.values() if not Path(p).is_file()]
+    if missing:
+        raise GGUFError(f"no such file(s) to refit: {', '.join(missing)}; export them first")
+    model = SO8TModel.load(resolve_checkpoint(checkpoint), load_in_4bit=False, dtype="float32")
+    sample = stratified_sample(load_split("train"), rows, seed=0).to_dict("records")
+    requests, contexts = requests_and_contexts(sample)
+    teacher = model.decide(requests, contexts, progress=progress)
+    del model
+    reports = {}
+    for quant, path in files.items():
+        report = reports[quant] = refit_gguf(path, requests, contexts, teacher, progress)
+        verdict = f"refitted (pull {report['pull']})" if report["refitted"] else "kept the exported head"
+        print(f"{Path(path).name}: held-out agreement with fp32 {report['holdout_agreement_exported_head']:.3f} "
+              f"with the exported head, best refit {max(report['holdout_agreement_by_pull'].values()):.3f}: {verdict}")
+    return reports
