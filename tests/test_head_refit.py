@@ -3,7 +3,6 @@ agreement, keeps the exported head when nothing is wrong, and rewrites only the 
 
 import json
 
-import numpy as np
 import pytest
 import torch
 from hypothesis import given, settings
@@ -121,8 +120,8 @@ def test_refit_rewrites_only_the_head_of_the_file(q4_file, tmp_path):
     import gguf
 
     from so8t_lib.data.tables import load_split, requests_and_contexts, stratified_sample
-    from so8t_lib.export.gguf_meta import GGUFError, read_metadata, verify_sha256_sidecar
     from so8t_lib.eval.quant_refit import refit_gguf
+    from so8t_lib.export.gguf_meta import GGUFError, read_metadata, verify_sha256_sidecar
     from so8t_lib.serve.gguf_backend import GGUFBackend
 
     model, _, original = q4_file

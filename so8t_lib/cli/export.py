@@ -14,8 +14,8 @@ import argparse
 import json
 import sys
 
-from ..export.gguf_meta import DEFAULT_THRESHOLD, GGUFError, read_metadata
 from ..eval.quant_refit import REFIT_ROWS, refit_rungs
+from ..export.gguf_meta import DEFAULT_THRESHOLD, GGUFError, read_metadata
 from ..export.quantize import QUANT_TYPES, export
 
 
