@@ -90,3 +90,12 @@ def test_extends_merges_section_by_section_and_refuses_loops(tmp_path):
         load_config(tmp_path / "a.yaml")
     with pytest.raises(ConfigError, match="not found"):
         load_config(tmp_path / "missing-parent.yaml")
+
+
+def test_cache_root_reads_so8t_cache_and_treats_an_empty_value_as_unset(monkeypatch, tmp_path):
+    from so8t_lib.core.paths import cache_root
+
+    monkeypatch.setenv("SO8T_CACHE", str(tmp_path))
+    assert cache_root() == tmp_path
+    monkeypatch.setenv("SO8T_CACHE", "")  # `SO8T_CACHE= make demo` must not convert the base into the cwd
+    assert cache_root() == Path.home() / ".cache" / "so8t"

@@ -20,8 +20,8 @@ BENCHMARKS_DIR = PROJECT_ROOT.parent / "shared" / "benchmarks"
 
 def cache_root() -> Path:
     """Derived artifacts worth keeping between runs (tokenizers, converted base models): ``$SO8T_CACHE``,
-    else ``~/.cache/so8t``."""
-    return Path(os.environ.get("SO8T_CACHE", Path.home() / ".cache" / "so8t"))
+    else ``~/.cache/so8t`` (also when it is set but empty)."""
+    return Path(os.environ.get("SO8T_CACHE") or Path.home() / ".cache" / "so8t")  # empty means unset, not the cwd
 
 
 def enter_project_root() -> Path:
