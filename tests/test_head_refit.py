@@ -168,3 +168,31 @@ def test_export_refits_the_named_rungs_and_refuses_a_rung_it_does_not_write(q4_f
         assert meta["so8t.head_refit"]["rows"] == MIN_ROWS * 2 and meta["so8t.head_refit"]["refitted"]
     else:
         assert "kept the exported head" in out and "so8t.head_refit" not in meta
+
+
+def test_head_refit_benchmark_scores_exported_and_refitted_heads_without_touching_dist(q4_file, tmp_path):
+    import importlib.util
+    from pathlib import Path
+
+    from so8t_lib.data.tables import load_split, requests_and_contexts, stratified_sample
+    from so8t_lib.serve.gguf_backend import GGUFBackend
+
+    model, ckpt, path = q4_file
+    spec = importlib.util.spec_from_file_location(
+        "head_refit_bench", Path(__file__).resolve().parents[1] / "benchmarks" / "head_refit.py")
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    before = path.read_bytes()
+    out = tmp_path / "refit.json"
+    result = module.main(["--checkpoint", str(ckpt), "--name", "so8t-refit", "--dist", str(path.parent),
+                          "--quants", "q4_k_m", "--rows", "30", "--refit-rows", str(MIN_ROWS * 2), "--out", str(out)])
+    assert json.loads(out.read_text()) == result and path.read_bytes() == before  # the ladder is left as it was
+    assert result["rungs"]["fp32"]["agreement_with_fp32"] == 1.0 and result["rungs"]["q4_k_m"]["refit"]["rows"] == 80
+    test = stratified_sample(load_split("test"), 30, seed=0).to_dict("records")
+    reference = model.decide(*requests_and_contexts(test)).argmax(-1)
+    exported = GGUFBackend(path).decide(*requests_and_contexts(test)).argmax(-1)
+    assert result["rungs"]["q4_k_m"]["exported_head"]["agreement_with_fp32"] == pytest.approx(
+        float((exported == reference).float().mean()), abs=1e-4)
+    with pytest.raises(SystemExit, match="missing GGUF files"):
+        module.main(["--checkpoint", str(ckpt), "--name", "so8t-refit", "--dist", str(path.parent),
+                     "--quants", "iq4_xs", "--out", str(tmp_path / "none.json")])
