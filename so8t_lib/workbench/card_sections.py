@@ -85,3 +85,29 @@ def limits_section(model: dict) -> list[str]:
                   " and, small, on this base (2 seeds, 40 steps: it can only rule out large effects)."),
               "- Routing categories come from keywords, not from the model.", ""]
     return lines
+
+
+def refit_section(refit: dict | None, refit_json: str, fp32_macro_f1: float | None) -> list[str]:
+    """The quantized files' agreement with fp32 before and after ``so8t export --refit-head``. The refit
+    benchmark may have run on another training of the same recipe; when its fp32 macro-F1 on the same
+    sample differs from the ladder's, the card says so rather than mixing the two runs silently."""
+    if not refit:
+        return ["", f"Head refit not measured: `{refit_json}` is missing (`python benchmarks/head_refit.py`)."]
+    rungs = {name: r for name, r in refit.get("rungs", {}).items() if "refitted_head" in r}
+    lines = ["", f"With SafetyHeadB refitted to each file's own states (`so8t export --refit-head`; from "
+                 f"`benchmarks/head_refit.py`, {refit.get('test_rows', '?')} test rows score, "
+                 f"{refit.get('refit_rows', '?')} training rows fit):", "",
+             "| file | agreement with fp32: exported head | refitted head | dangerous compliance: exported | "
+             "refitted | pull |", "|---|---|---|---|---|---|"]
+    for name, r in rungs.items():
+        before, after = r["exported_head"], r["refitted_head"]
+        dc = [("n/a" if x.get("dangerous_compliance") is None else f"{x['dangerous_compliance']:.3f}")
+              for x in (before, after)]
+        pull = r.get("refit", {}).get("pull")
+        lines.append(f"| {name.upper()} | {before['agreement_with_fp32']:.3f} | {after['agreement_with_fp32']:.3f} "
+                     f"| {dc[0]} | {dc[1]} | {'kept' if pull is None else pull} |")
+    own = (refit.get("rungs", {}).get("fp32") or {}).get("macro_f1")
+    if own is not None and fp32_macro_f1 is not None and round(own, 3) != round(fp32_macro_f1, 3):
+        lines += ["", f"Measured on another training of this recipe (fp32 macro-F1 {own:.3f} on the same sample, "
+                      f"against {fp32_macro_f1:.3f} above): CPU training is close but not bitwise across machines."]
+    return lines

@@ -134,10 +134,11 @@ def _comparison_section(evaluation: dict | None, compare: dict | None, compare_j
 
 def build_card(config: dict, eval_json: Path, quant_json: Path, ablation_json: Path,
                follow_ups: tuple[Path, ...] = (), compare_json: Path | None = None,
-               compare_label: str = "the previous corpus") -> str:
+               compare_label: str = "the previous corpus", refit_json: Path | None = None) -> str:
     """The card's markdown for the run trained with ``config`` (a config mapping); ``follow_ups`` are further
     ablation results quoted by their conclusion and geometry, ``compare_json`` an evaluation of the same
-    recipe trained on another corpus (``compare_label``); each only if its file exists."""
+    recipe trained on another corpus (``compare_label``), ``refit_json`` the head-refit benchmark; each only if
+    its file exists."""
     model, training = config.get("model", {}), config.get("training", {})
     evaluation, quant, ablation = _load(eval_json), _load(quant_json), _load(ablation_json)
     compare = _load(Path(compare_json)) if compare_json else None
@@ -169,6 +170,9 @@ def build_card(config: dict, eval_json: Path, quant_json: Path, ablation_json: P
             size = "n/a" if r.get("size_mib") is None else f"{r['size_mib']:.1f}"  # None: the base lives in the cache
             lines.append(f"| {r['backend']} | {size} | {r['agreement_with_fp32']:.3f} | "
                          f"{r['macro_f1']:.3f} | {r['decide_p50_ms']:.1f} |")
+        if refit_json is not None:
+            fp32 = next((r["macro_f1"] for r in quant["results"] if r["backend"] == "hf-fp32"), None)
+            lines += card_sections.refit_section(_load(Path(refit_json)), str(refit_json), fp32)
     else:
         lines.append(f"Not measured: `{quant_json}` is missing (`python benchmarks/gguf_decisions.py`).")
     lines += ["", "## Gate ablation"]
