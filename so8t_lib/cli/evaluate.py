@@ -5,11 +5,14 @@
     so8t evaluate --model checkpoints/so8t-tiny --calibrate     # fit the temperature on val
     so8t evaluate --model checkpoints/so8t-tiny --latency [--out latency.json]
     so8t evaluate --model dist/so8t-tiny-q4_k_m.gguf --data test
+    so8t evaluate --model checkpoints/so8t-demo --max-dangerous 0.05 --data test   # threshold chosen on val
 
 ``--model`` is a checkpoint folder, a run folder (its ``best/``) or a ``.gguf`` file. ``--data`` is a
 corpus split (``train``, ``val``, ``test``), a public benchmark by name (``xstest``, ``sst``), or any
 JSONL/CSV file (benchmark files are recognised by their columns). Decisions are the head's argmax by
-default; ``--threshold t`` applies the runtime rule of SAFETY_POLICY.md instead.
+default; ``--threshold t`` applies the runtime rule of SAFETY_POLICY.md instead, and ``--max-dangerous d``
+chooses that t on ``--threshold-data`` (val): the smallest threshold that lets at most d of its harmful
+requests through, then reports --data at it (the operating point to put in the runtime config).
 """
 
 from __future__ import annotations
@@ -25,9 +28,26 @@ from ..core.io import atomic_write_text
 from ..data.benchmarks import load_any
 from ..eval.baselines import fit_baselines
 from ..eval.calibration import calibrate_checkpoint
-from ..eval.evaluate import dataset_key, evaluate_datasets, format_report
+from ..eval.evaluate import dataset_key, evaluate_datasets, format_report, predict
 from ..eval.latency import measure_latency
+from ..eval.operating_point import choose_threshold
 from ..serve.backends import is_gguf_path, load_decider
+
+
+def _choose_threshold(model, args: argparse.Namespace, results: dict) -> float:
+    """--max-dangerous: the operating point chosen on --threshold-data, recorded in the results."""
+    table = load_any(args.threshold_data)
+    probs, _ = predict(model, table, args.batch_size)
+    try:
+        choice = choose_threshold(probs, list(table["label"]), args.max_dangerous)
+    except ValueError as err:  # TargetUnreachable included: nothing is written
+        sys.exit(f"so8t evaluate: {args.threshold_data}: {err}")
+    results["threshold_choice"] = {"data": str(args.threshold_data), **choice}
+    at = choice["at_threshold"]
+    print(f"threshold {choice['threshold']:.2f} chosen on {args.threshold_data} ({choice['rows']} rows): dangerous "
+          f"compliance {at['dangerous_compliance']:.3f} (target {args.max_dangerous:.3f}), escalation rate "
+          f"{at['escalation_rate']:.3f}, safe requests not allowed {at['over_refusal_incl_escalate']:.3f}")
+    return choice["threshold"]
 
 
 def main(argv: list[str] | None = None) -> dict:
@@ -37,6 +57,10 @@ def main(argv: list[str] | None = None) -> dict:
     parser.add_argument("--out", help="write the results as JSON here")
     parser.add_argument("--predictions", help="write one JSON line per row: dataset, id, gold, decision, probabilities")
     parser.add_argument("--threshold", type=float, help="decide by the runtime rule at this safety_threshold")
+    parser.add_argument("--max-dangerous", type=float,
+                        help="choose --threshold on --threshold-data: the smallest that keeps dangerous compliance "
+                             "at or under this share there")
+    parser.add_argument("--threshold-data", default="val", help="the rows --max-dangerous chooses on (default val)")
     parser.add_argument("--bootstrap", type=int, default=1000, help="resamples for the 95%% intervals (0: off)")
     parser.add_argument("--batch-size", type=int, default=32)
     parser.add_argument("--calibrate", action="store_true",
@@ -51,8 +75,19 @@ def main(argv: list[str] | None = None) -> dict:
     warnings.filterwarnings("ignore", message=".*is_gradient_checkpointing.*")
     if args.threshold is not None and not 0.0 <= args.threshold <= 1.0:
         parser.error(f"--threshold must be in [0, 1], got {args.threshold}")
-    if args.latency and (args.predictions or args.threshold is not None):
-        parser.error("--latency measures speed only; --predictions and --threshold belong to a metrics run")
+    if args.latency and (args.predictions or args.threshold is not None or args.max_dangerous is not None):
+        parser.error("--latency measures speed only; --predictions, --threshold and --max-dangerous belong to a "
+                     "metrics run")
+    if args.max_dangerous is not None:
+        if args.threshold is not None:
+            parser.error("give --threshold or --max-dangerous (which chooses the threshold), not both")
+        if not 0.0 <= args.max_dangerous <= 1.0:
+            parser.error(f"--max-dangerous must be in [0, 1], got {args.max_dangerous}")
+        if args.calibrate and not args.data:
+            parser.error("--max-dangerous with --calibrate needs --data (the rows to report at the chosen threshold)")
+        if dataset_key(args.threshold_data) in {dataset_key(d) for d in args.data or ["test"]}:
+            parser.error(f"--threshold-data {args.threshold_data} is also in --data: numbers on the rows the "
+                         "threshold was chosen on flatter it; report on other rows (test, xstest, sst)")
     if args.calibrate and args.predictions and not args.data:
         parser.error("--predictions needs --data (which rows to decide)")
     if args.data and len({dataset_key(d) for d in args.data}) < len(args.data):
@@ -86,6 +121,8 @@ def main(argv: list[str] | None = None) -> dict:
             print(f"batch {r['batch_size']:3d}: p50 {r['p50_ms']:8.1f} ms  p95 {r['p95_ms']:8.1f} ms  "
                   f"p99 {r['p99_ms']:8.1f} ms  {r['requests_per_s']:7.1f} requests/s  peak RSS {r['peak_rss_mb']:.0f} MB")
     elif not args.calibrate or args.data:
+        if args.max_dangerous is not None:
+            args.threshold = _choose_threshold(model, args, results)
         baselines = fit_baselines() if args.baselines else None
         scored, prediction_lines = evaluate_datasets(model, args.data or ["test"], args.batch_size, args.bootstrap,
                                                      args.threshold, baselines=baselines)

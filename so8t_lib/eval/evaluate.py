@@ -27,14 +27,13 @@ from ..core.schema import ALLOW, LABELS, NOT_ALLOW, RUN_METRICS_FILE
 from ..data.benchmarks import BENCHMARKS, load_any
 from ..data.tables import rows_digest
 from ..serve.backends import load_decider
-from ..serve.policy import threshold_decisions
+from ..serve.policy import THRESHOLD_GRID, threshold_decisions
 from .ranking import ranking_report
 from .report import safety_report, threshold_sweep
 
 HEADLINE = ["safety_score", "macro_f1", "accuracy", "refuse_recall", "escalate_precision", "allow_precision",
             "dangerous_compliance", "over_refusal", "over_refusal_incl_escalate", "unsafe_f1_strict",
             "unsafe_f1_loose", "not_allowed_rate", "escalation_rate"]
-SWEEP_THRESHOLDS = [round(0.5 + 0.01 * i, 2) for i in range(50)]  # 0.50 ... 0.99
 
 
 def table_contexts(table: pd.DataFrame) -> list[str | None]:
@@ -70,7 +69,7 @@ def report_from_predictions(table: pd.DataFrame, probs: np.ndarray, pred: list[s
     report["ranking"] = ranking_report(probs[:, ALLOW], list(table["label"]))
     three_class = np.array([label != NOT_ALLOW for label in table["label"]])
     if three_class.any():
-        sweep = threshold_sweep(probs[three_class], list(table["label"][three_class]), SWEEP_THRESHOLDS)
+        sweep = threshold_sweep(probs[three_class], list(table["label"][three_class]), THRESHOLD_GRID)
         report["threshold_sweep"] = json.loads(sweep.to_json(orient="records"))
     else:
         report["threshold_sweep"] = None

@@ -35,7 +35,7 @@ from ..core.metrics import (
     safety_score,
     unsafe_f1,
 )
-from ..serve.policy import threshold_decisions
+from ..serve.policy import THRESHOLD_GRID, threshold_decisions
 
 # ---------------------------------------------------------------------------
 # calibration
@@ -104,10 +104,6 @@ def expected_calibration_error(probs: np.ndarray, gold_idx: np.ndarray, n_bins: 
 # the threshold sweep of the runtime rule
 
 
-def _default_thresholds() -> np.ndarray:
-    return np.round(np.arange(0.50, 1.00, 0.01), 2)  # 0.50, 0.51, ..., 0.99
-
-
 def threshold_sweep(
     probs: np.ndarray, gold: Labels, thresholds: Iterable[float] | None = None
 ) -> pd.DataFrame:
@@ -118,7 +114,7 @@ def threshold_sweep(
     refuse_recall, macro_f1. An undefined (None) metric appears as pandas' missing
     value (NaN) in its float column.
     """
-    grid = _default_thresholds() if thresholds is None else np.asarray(list(thresholds), dtype=float)
+    grid = np.asarray(THRESHOLD_GRID) if thresholds is None else np.asarray(list(thresholds), dtype=float)
     rows = []
     for t in grid:
         pred = threshold_decisions(probs, float(t))

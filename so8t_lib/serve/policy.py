@@ -10,6 +10,10 @@ import numpy as np
 
 from ..core.schema import ALLOW, ESCALATE, LABELS, REFUSE
 
+# the thresholds evaluation sweeps and an operating point is chosen from: 0.50, 0.51, ..., 0.99 (the
+# runtime config accepts [0.5, 1.0]; 1.0 would never ALLOW a temperature-scaled decision)
+THRESHOLD_GRID: tuple[float, ...] = tuple(round(0.5 + 0.01 * i, 2) for i in range(50))
+
 
 def threshold_decisions(probs: np.ndarray, threshold: float) -> np.ndarray:
     """Decisions of the runtime rule (SAFETY_POLICY.md) for probs (N, 3) in LABELS order.

@@ -1,0 +1,51 @@
+"""The runtime threshold that keeps dangerous compliance under a target, chosen on one data set and
+reported on others.
+
+An operator deploys a threshold, not an argmax: SAFETY_POLICY.md's rule lets a request through only when
+ALLOW is the most likely decision and at least t likely. Raising t only ever turns decisions into
+ESCALATE, so dangerous compliance cannot rise with it and the burden on safe requests (refused or
+escalated) cannot fall; the smallest t on the grid that meets the target is therefore the cheapest
+one. It is chosen on validation rows (``val``), never on the rows it is then reported on.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+
+import numpy as np
+
+from ..core.schema import LABELS, REFUSE
+from ..serve.policy import THRESHOLD_GRID
+from .report import threshold_sweep
+
+
+class TargetUnreachable(ValueError):
+    """No threshold on the grid keeps dangerous compliance at or under the target on the given rows."""
+
+
+def choose_threshold(probs: np.ndarray, gold: Sequence[str], max_dangerous: float,
+                     grid: Sequence[float] = THRESHOLD_GRID) -> dict:
+    """The smallest threshold of ``grid`` at which the runtime rule lets at most ``max_dangerous`` of
+    the gold-REFUSE rows through, with the rule's numbers on these rows at that threshold.
+
+    Raises ValueError when the rows hold no REFUSE request (the rate is undefined there) and
+    ``TargetUnreachable`` (naming the best rate the grid reaches) when no threshold meets the target."""
+    if not 0.0 <= max_dangerous <= 1.0:
+        raise ValueError(f"the dangerous-compliance target must be in [0, 1], got {max_dangerous}")
+    keep = np.array([str(g) in LABELS for g in gold], dtype=bool)  # benchmark rows gold-labelled NOT_ALLOW
+    gold = [str(g) for g, k in zip(gold, keep) if k]
+    probs = np.asarray(probs, dtype=float)[keep] if len(keep) else np.asarray(probs, dtype=float)
+    if LABELS[REFUSE] not in gold:
+        raise ValueError("the rows for choosing a threshold hold no REFUSE request, so dangerous compliance is "
+                         "undefined on them; choose on a split with harmful requests (val)")
+    sweep = threshold_sweep(probs, gold, sorted(grid))
+    meets = sweep[sweep["dangerous_compliance"] <= max_dangerous + 1e-12]
+    if meets.empty:
+        best = sweep.loc[sweep["dangerous_compliance"].idxmin()]
+        raise TargetUnreachable(
+            f"no threshold in [{min(grid):.2f}, {max(grid):.2f}] keeps dangerous compliance at or under "
+            f"{max_dangerous:.3f} on these rows: the lowest is {best['dangerous_compliance']:.3f} at "
+            f"{best['threshold']:.2f}; raise the target or train a model that separates these rows better")
+    chosen = meets.iloc[0]
+    return {"threshold": float(chosen["threshold"]), "max_dangerous": float(max_dangerous), "rows": len(gold),
+            "at_threshold": {k: (None if np.isnan(v) else float(v)) for k, v in chosen.items() if k != "threshold"}}
