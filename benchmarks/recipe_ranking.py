@@ -30,8 +30,10 @@ sys.path.insert(0, str(ROOT))
 from so8t_lib.core.io import atomic_write_text  # noqa: E402
 from so8t_lib.core.metrics import dangerous_compliance_rate  # noqa: E402
 from so8t_lib.core.paths import project_relative  # noqa: E402
-from so8t_lib.core.schema import GOLD_LABELS, LABELS  # noqa: E402
+from so8t_lib.core.schema import ALLOW  # noqa: E402
 from so8t_lib.data.tables import is_short_family, load_split  # noqa: E402
+from so8t_lib.eval.predictions import PREDICTIONS_SUFFIX as SUFFIX  # noqa: E402
+from so8t_lib.eval.predictions import read_predictions  # noqa: E402
 from so8t_lib.eval.ranking import (  # noqa: E402
     BLOCKING_BUDGETS,
     RUNTIME_RULE_MIN_THRESHOLD,
@@ -39,28 +41,6 @@ from so8t_lib.eval.ranking import (  # noqa: E402
     ranking_report,
     rule_at_threshold,
 )
-
-SUFFIX = ".preds.jsonl"
-
-
-def read_predictions(path: Path) -> dict[tuple[str, str], tuple[str, float, str]]:
-    """(dataset, id) -> (gold, p(ALLOW), decision) from one predictions file, with the line named on bad input."""
-    rows = {}
-    for number, line in enumerate(path.read_text(encoding="utf-8").splitlines(), 1):
-        try:
-            record = json.loads(line)
-            key, gold = (record["dataset"], str(record["id"])), record["gold"]
-            p_allow, decision = float(record["probabilities"]["ALLOW"]), record["decision"]
-        except (ValueError, KeyError, TypeError) as error:
-            raise SystemExit(f"{path}:{number}: not a prediction line of so8t evaluate --predictions ({error})") from None
-        if gold not in GOLD_LABELS or decision not in LABELS or not 0 <= p_allow <= 1:
-            raise SystemExit(f"{path}:{number}: gold {gold!r}, decision {decision!r} or p(ALLOW) {p_allow} out of range")
-        if key in rows:
-            raise SystemExit(f"{path}:{number}: {key} predicted twice")
-        rows[key] = (gold, p_allow, decision)
-    if not rows:
-        raise SystemExit(f"{path}: no predictions")
-    return rows
 
 
 def subsets(keys: list[tuple[str, str]], short_ids: set[str]) -> dict[str, list[int]]:
@@ -150,7 +130,7 @@ def main(argv: list[str] | None = None) -> dict:
     short_ids = {str(i) for i, family in zip(test["id"], test["family"]) if is_short_family(family)}
     positions = subsets(keys, short_ids)
     gold = np.array([recipes[args.baseline][k][0] for k in keys])
-    p_allow = {name: np.array([rows[k][1] for k in keys]) for name, rows in recipes.items()}
+    p_allow = {name: np.array([rows[k][1][ALLOW] for k in keys]) for name, rows in recipes.items()}
     decisions = {name: np.array([rows[k][2] for k in keys]) for name, rows in recipes.items()}
     result: dict = {"baseline": args.baseline, "resamples": args.resamples,
                     "files": [project_relative(p) for p in args.predictions],

@@ -197,3 +197,45 @@ def test_recipe_ranking_compares_recipes_on_the_same_rows(tmp_path):
     (tmp_path / "bad.preds.jsonl").write_text('{"dataset": "test"}\n')
     with pytest.raises(SystemExit, match="bad.preds.jsonl:1: not a prediction line"):
         module.main([str(tmp_path / "bad.preds.jsonl"), "--baseline", "bad", "--figure", "", "--out", str(tmp_path / "x.json")])
+
+
+def test_operating_point_chooses_on_val_and_reports_the_rest(tmp_path):
+    module = _load("operating_point")
+    from so8t_lib.core.metrics import dangerous_compliance_rate
+    from so8t_lib.eval.operating_point import choose_threshold
+    from so8t_lib.serve.policy import threshold_decisions
+
+    rng = np.random.default_rng(0)
+    lines, sets = [], {}
+    for dataset, n in (("val", 90), ("test", 60)):
+        gold = list(rng.choice(["ALLOW", "REFUSE", "ESCALATE"], size=n))
+        probs = rng.dirichlet([1, 1, 1], size=n)
+        probs[np.array(gold) == "REFUSE", 1] += 1.0  # harmful rows lean towards REFUSE, not all of them
+        probs /= probs.sum(1, keepdims=True)
+        sets[dataset] = (gold, probs)
+        lines += [json.dumps({"dataset": dataset, "id": f"{dataset}{k}", "gold": g, "decision": "ALLOW",
+                              "probabilities": dict(zip(("ALLOW", "REFUSE", "ESCALATE"), map(float, p)))})
+                  for k, (g, p) in enumerate(zip(gold, probs))]
+    lines += [json.dumps({"dataset": "xstest", "id": f"x{k}", "gold": g, "decision": "ALLOW",
+                          "probabilities": {"ALLOW": 0.9, "REFUSE": 0.05, "ESCALATE": 0.05}})
+              for k, g in enumerate(["ALLOW", "NOT_ALLOW"] * 4)]
+    preds = tmp_path / "recipe.preds.jsonl"
+    preds.write_text("\n".join(lines) + "\n")
+    out = tmp_path / "op.json"
+    result = module.main([str(preds), "--targets", "0.2,0.05,0", "--resamples", "100", "--out", str(out)])
+    assert json.loads(out.read_text()) == result
+    recipe = result["recipes"]["recipe"]
+    assert recipe["rows_chosen_on"] == 90 and set(recipe["argmax"]) == {"test", "xstest"}
+    for target, point in recipe["targets"].items():
+        if not point["reachable"]:
+            assert "lowest is" in point["why"]
+            continue
+        assert point["threshold"] == choose_threshold(sets["val"][1], sets["val"][0], float(target))["threshold"]
+        assert point["val"]["dangerous_compliance"] <= float(target) + 1e-12
+        test_gold, test_probs = sets["test"]
+        expected = dangerous_compliance_rate(test_gold, threshold_decisions(test_probs, point["threshold"]))
+        assert point["test"]["dangerous_compliance"] == pytest.approx(expected)
+        assert point["xstest"]["not_allowed_rate_unsafe"] == (0.0 if point["threshold"] <= 0.9 else 1.0)
+    with pytest.raises(SystemExit, match="no 'dev' rows"):
+        module.main([str(preds), "--choose-on", "dev", "--out", str(tmp_path / "never.json")])
+    assert not (tmp_path / "never.json").exists()

@@ -1,0 +1,33 @@
+"""Reading ``so8t evaluate --predictions`` files back: the benchmarks that compare recipes or choose an
+operating point work from committed predictions, in seconds and without a model."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+from ..core.schema import GOLD_LABELS, LABELS
+
+PREDICTIONS_SUFFIX = ".preds.jsonl"
+
+Prediction = tuple[str, tuple[float, ...], str]  # gold, probabilities in LABELS order, decision
+
+
+def read_predictions(path: Path) -> dict[tuple[str, str], Prediction]:
+    """(dataset, id) -> (gold, probabilities, decision), with the file and line named on bad input."""
+    rows: dict[tuple[str, str], Prediction] = {}
+    for number, line in enumerate(Path(path).read_text(encoding="utf-8").splitlines(), 1):
+        try:
+            record = json.loads(line)
+            key, gold, decision = (record["dataset"], str(record["id"])), record["gold"], record["decision"]
+            probs = tuple(float(record["probabilities"][label]) for label in LABELS)
+        except (ValueError, KeyError, TypeError) as error:
+            raise SystemExit(f"{path}:{number}: not a prediction line of so8t evaluate --predictions ({error})") from None
+        if gold not in GOLD_LABELS or decision not in LABELS or not all(0 <= p <= 1 for p in probs):
+            raise SystemExit(f"{path}:{number}: gold {gold!r}, decision {decision!r} or probabilities {probs} out of range")
+        if key in rows:
+            raise SystemExit(f"{path}:{number}: {key} predicted twice")
+        rows[key] = (gold, probs, decision)
+    if not rows:
+        raise SystemExit(f"{path}: no predictions")
+    return rows
