@@ -108,11 +108,14 @@ def main(argv: list[str] | None = None) -> dict:
     parser.add_argument("predictions", nargs="+", type=Path, help="so8t evaluate --predictions files")
     parser.add_argument("--baseline", required=True, help="the recipe the others are compared with (file stem)")
     parser.add_argument("--resamples", type=int, default=1000)
+    parser.add_argument("--skip", action="append", default=[],
+                        help="a data set left out of every file, e.g. val where only some files hold it (repeatable)")
     parser.add_argument("--out", type=Path, default=ROOT / "benchmarks/results/recipe_ranking.json")
     parser.add_argument("--figure", default=str(ROOT / "docs/figures/recipe_ranking.png"), help="'' draws none")
     args = parser.parse_args(argv)
 
-    recipes = {path.name.removesuffix(SUFFIX): read_predictions(path) for path in args.predictions}
+    recipes = {path.name.removesuffix(SUFFIX): {key: row for key, row in read_predictions(path).items()
+                                                if key[0] not in args.skip} for path in args.predictions}
     if args.baseline not in recipes:
         raise SystemExit(f"--baseline {args.baseline!r} is none of {sorted(recipes)} (the file names without {SUFFIX})")
     keys = sorted(recipes[args.baseline])

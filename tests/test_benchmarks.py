@@ -194,6 +194,16 @@ def test_recipe_ranking_compares_recipes_on_the_same_rows(tmp_path):
             module.main([str(sharp), str(tmp_path / "other.preds.jsonl"), "--baseline", "sharp", "--figure", "",
                          "--out", str(tmp_path / "not_written.json")])
     assert not (tmp_path / "not_written.json").exists()
+    with_val = [*lines, json.dumps({"dataset": "val", "id": "v0", "gold": "ALLOW", "decision": "ALLOW",
+                                    "probabilities": {"ALLOW": 0.9, "REFUSE": 0.05, "ESCALATE": 0.05}})]
+    (tmp_path / "other.preds.jsonl").write_text("\n".join(with_val) + "\n")
+    with pytest.raises(SystemExit, match="other rows"):  # one file holds val rows the other lacks
+        module.main([str(sharp), str(tmp_path / "other.preds.jsonl"), "--baseline", "sharp", "--figure", "",
+                     "--out", str(tmp_path / "not_written.json")])
+    skipped = module.main([str(sharp), str(tmp_path / "other.preds.jsonl"), "--baseline", "sharp", "--figure", "",
+                           "--skip", "val", "--resamples", "50", "--out", str(tmp_path / "skipped.json")])
+    assert "val" not in skipped["recipes"]["other"] and skipped["recipes"]["other"]["test"]["not_allow_auroc"] == \
+        skipped["recipes"]["sharp"]["test"]["not_allow_auroc"]
     (tmp_path / "bad.preds.jsonl").write_text('{"dataset": "test"}\n')
     with pytest.raises(SystemExit, match="bad.preds.jsonl:1: not a prediction line"):
         module.main([str(tmp_path / "bad.preds.jsonl"), "--baseline", "bad", "--figure", "", "--out", str(tmp_path / "x.json")])
