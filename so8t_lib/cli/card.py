@@ -2,7 +2,7 @@
 
     so8t card [--config configs/training.yaml] [--eval experiments/eval/so8t-demo.json] [--out MODEL_CARD.md]
     so8t card --config configs/tiny-training.yaml --eval experiments/eval/so8t-tiny.json --quant \\
-        benchmarks/results/gguf_decisions_cpu.json --compare "" --refit "" --out build/tiny_card.md --figures ""
+        benchmarks/results/gguf_decisions_cpu.json --compare "" --refit "" --operating-points "" --out build/tiny_card.md --figures ""
 
 The recipe is read from --config (the committed file the run was trained with) or, when --run names a run
 folder that still holds its config.yaml, from there.
@@ -22,6 +22,7 @@ from ..workbench.model_card import FOLLOW_UP_ABLATIONS, build_card, write_figure
 DEFAULT_EVAL = "experiments/eval/so8t-demo.json"
 DEFAULT_QUANT = "benchmarks/results/gguf_decisions_so8t-demo.json"
 DEFAULT_REFIT = "benchmarks/results/head_refit_so8t-demo.json"
+DEFAULT_POINTS = "benchmarks/results/operating_point.json"
 DEFAULT_COMPARE = "experiments/eval/so8t-demo-corpus-v2.json"
 DEFAULT_COMPARE_LABEL = "corpus v2"
 
@@ -33,6 +34,8 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--eval", default=DEFAULT_EVAL)
     parser.add_argument("--quant", default=DEFAULT_QUANT)
     parser.add_argument("--refit", default=DEFAULT_REFIT, help='the head-refit benchmark\'s result ("" for none)')
+    parser.add_argument("--operating-points", default=DEFAULT_POINTS,
+                        help='the operating-point benchmark\'s result ("" for none)')
     parser.add_argument("--ablation", default="experiments/ablation/ablation.json")
     parser.add_argument("--compare", default=DEFAULT_COMPARE,
                         help='an evaluation of the same recipe trained on another corpus ("" for none)')
@@ -55,6 +58,7 @@ def main(argv: list[str] | None = None) -> None:
     follow_ups = tuple(Path(p) for p in (args.follow_up if args.follow_up is not None else FOLLOW_UP_ABLATIONS))
     card = build_card(config, Path(args.eval), Path(args.quant), Path(args.ablation), follow_ups=follow_ups,
                       compare_json=Path(args.compare) if args.compare else None,
-                      compare_label=args.compare_label, refit_json=Path(args.refit) if args.refit else None)
+                      compare_label=args.compare_label, refit_json=Path(args.refit) if args.refit else None,
+                      points_json=Path(args.operating_points) if args.operating_points else None)
     out = atomic_write_text(args.out, card)
     print(f"wrote {out}")

@@ -111,3 +111,37 @@ def refit_section(refit: dict | None, refit_json: str, fp32_macro_f1: float | No
         lines += ["", f"Measured on another training of this recipe (fp32 macro-F1 {own:.3f} on the same sample, "
                       f"against {fp32_macro_f1:.3f} above): CPU training is close but not bitwise across machines."]
     return lines
+
+
+def operating_point_section(points: dict | None, points_json: str, model_name: str) -> list[str]:
+    """The runtime thresholds chosen on val for dangerous-compliance targets, and what each costs on the
+    test split: the table a deployer sets ``inference.safety_threshold`` from. A run of the same recipe that
+    reproduced this model is accepted under ``<name>-rerun``."""
+    lines = ["## Operating points"]
+    recipes = (points or {}).get("recipes", {})
+    name = next((n for n in (model_name, f"{model_name}-rerun") if n in recipes), None)
+    if name is None:
+        return lines + [f"Not measured for `{model_name}`: `{points_json}` holds no such recipe "
+                        "(`python benchmarks/operating_point.py`, on predictions that include val)."]
+    recipe = recipes[name]
+    lines += [f"The runtime rule's threshold chosen on {recipe.get('chosen_on', 'val')} "
+              f"({recipe.get('rows_chosen_on', '?')} rows) as `so8t evaluate --max-dangerous d` chooses it, then "
+              f"applied to the test split (from `{points_json}`, predictions `{recipe.get('file', '?')}`):", "",
+              "| target d on val | threshold | test: dangerous compliance | safe requests not allowed | escalated |",
+              "|---|---|---|---|---|"]
+    over = []  # targets the test split exceeds
+    for target, point in recipe.get("targets", {}).items():
+        test = point.get("test") or {}
+        if not point.get("reachable") or not test:
+            lines.append(f"| {target} | unreachable | n/a | n/a | n/a |")
+            continue
+        ci = test.get("dangerous_compliance_ci") or [None, None]
+        interval = f" [{ci[0]:.2f}, {ci[1]:.2f}]" if None not in ci else ""
+        lines.append(f"| {target} | {point['threshold']:.2f} | {test['dangerous_compliance']:.3f}{interval} | "
+                     f"{test['over_refusal_incl_escalate']:.3f} | {test['escalation_rate']:.3f} |")
+        if test["dangerous_compliance"] > float(target):
+            over.append(target)
+    if over:
+        lines += ["", f"At {', '.join(over)} the test split lets more through than the target set on val: choose "
+                      "on data like your traffic and keep a margin."]
+    return lines
