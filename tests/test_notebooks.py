@@ -139,7 +139,7 @@ def test_model_card_names_missing_results_and_quotes_present_ones(tmp_path):
           "--refit", str(tmp_path / "missing.json"), *common])
     assert "Head refit not measured: `" in out.read_text(encoding="utf-8")
 
-    # operating points: the model's own recipe (or a rerun that reproduced it), else said to be missing
+    # operating points: the named recipe's entry (default the make demo rerun), else said to be missing
     points = {"recipes": {"so8t-demo-rerun": {"chosen_on": "val", "rows_chosen_on": 90, "file": "p.preds.jsonl",
                                               "targets": {"0.05": {"reachable": True, "threshold": 0.57, "test": {
                                                   "dangerous_compliance": 0.083, "dangerous_compliance_ci": [0.06, 0.11],
@@ -151,7 +151,8 @@ def test_model_card_names_missing_results_and_quotes_present_ones(tmp_path):
     card = out.read_text(encoding="utf-8")
     assert "| 0.05 | 0.57 | 0.083 [0.06, 0.11] | 0.526 | 0.503 |" in card and "| 0.01 | unreachable |" in card
     assert "chosen on val (90 rows)" in card and "At 0.05 the test split lets more through" in card
-    so8t(["card", "--run", str(run), "--compare", "", "--operating-points", str(tmp_path / "points.json"), *common])
+    so8t(["card", "--run", str(run), "--compare", "", "--operating-points", str(tmp_path / "points.json"),
+          "--operating-points-recipe", "so8t-tiny", *common])
     assert "Not measured for `so8t-tiny`" in out.read_text(encoding="utf-8")
 
     follow_up = {"runs_ok": 4, "runs": 4, "steps": [40], "summary_csv": "s.csv", "baseline": "none",

@@ -23,6 +23,7 @@ DEFAULT_EVAL = "experiments/eval/so8t-demo.json"
 DEFAULT_QUANT = "benchmarks/results/gguf_decisions_so8t-demo.json"
 DEFAULT_REFIT = "benchmarks/results/head_refit_so8t-demo.json"
 DEFAULT_POINTS = "benchmarks/results/operating_point.json"
+DEFAULT_POINTS_RECIPE = "so8t-demo-rerun"
 DEFAULT_COMPARE = "experiments/eval/so8t-demo-corpus-v2.json"
 DEFAULT_COMPARE_LABEL = "corpus v2"
 
@@ -36,6 +37,9 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--refit", default=DEFAULT_REFIT, help='the head-refit benchmark\'s result ("" for none)')
     parser.add_argument("--operating-points", default=DEFAULT_POINTS,
                         help='the operating-point benchmark\'s result ("" for none)')
+    parser.add_argument("--operating-points-recipe", default=DEFAULT_POINTS_RECIPE,
+                        help="its entry for this model (the predictions file's stem; the default's val predictions "
+                             "come from a make demo rerun that reproduced it exactly, docs/benchmarks.md)")
     parser.add_argument("--ablation", default="experiments/ablation/ablation.json")
     parser.add_argument("--compare", default=DEFAULT_COMPARE,
                         help='an evaluation of the same recipe trained on another corpus ("" for none)')
@@ -59,6 +63,7 @@ def main(argv: list[str] | None = None) -> None:
     card = build_card(config, Path(args.eval), Path(args.quant), Path(args.ablation), follow_ups=follow_ups,
                       compare_json=Path(args.compare) if args.compare else None,
                       compare_label=args.compare_label, refit_json=Path(args.refit) if args.refit else None,
-                      points_json=Path(args.operating_points) if args.operating_points else None)
+                      points_json=Path(args.operating_points) if args.operating_points else None,
+                      points_recipe=args.operating_points_recipe)
     out = atomic_write_text(args.out, card)
     print(f"wrote {out}")

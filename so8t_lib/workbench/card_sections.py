@@ -113,15 +113,14 @@ def refit_section(refit: dict | None, refit_json: str, fp32_macro_f1: float | No
     return lines
 
 
-def operating_point_section(points: dict | None, points_json: str, model_name: str) -> list[str]:
+def operating_point_section(points: dict | None, points_json: str, name: str) -> list[str]:
     """The runtime thresholds chosen on val for dangerous-compliance targets, and what each costs on the
-    test split: the table a deployer sets ``inference.safety_threshold`` from. A run of the same recipe that
-    reproduced this model is accepted under ``<name>-rerun``."""
+    test split: the table a deployer sets ``inference.safety_threshold`` from. ``name`` is the recipe's
+    entry in the benchmark's file (its predictions file's stem)."""
     lines = ["## Operating points"]
     recipes = (points or {}).get("recipes", {})
-    name = next((n for n in (model_name, f"{model_name}-rerun") if n in recipes), None)
-    if name is None:
-        return lines + [f"Not measured for `{model_name}`: `{points_json}` holds no such recipe "
+    if name not in recipes:
+        return lines + [f"Not measured for `{name}`: `{points_json}` holds no such recipe "
                         "(`python benchmarks/operating_point.py`, on predictions that include val)."]
     recipe = recipes[name]
     lines += [f"The runtime rule's threshold chosen on {recipe.get('chosen_on', 'val')} "

@@ -135,11 +135,12 @@ def _comparison_section(evaluation: dict | None, compare: dict | None, compare_j
 def build_card(config: dict, eval_json: Path, quant_json: Path, ablation_json: Path,
                follow_ups: tuple[Path, ...] = (), compare_json: Path | None = None,
                compare_label: str = "the previous corpus", refit_json: Path | None = None,
-               points_json: Path | None = None) -> str:
+               points_json: Path | None = None, points_recipe: str | None = None) -> str:
     """The card's markdown for the run trained with ``config`` (a config mapping); ``follow_ups`` are further
     ablation results quoted by their conclusion and geometry, ``compare_json`` an evaluation of the same
     recipe trained on another corpus (``compare_label``), ``refit_json`` the head-refit benchmark,
-    ``points_json`` the operating-point benchmark; each only if given and its file exists."""
+    ``points_json`` the operating-point benchmark (its entry ``points_recipe``, default the model's name); each
+    only if given and its file exists."""
     model, training = config.get("model", {}), config.get("training", {})
     evaluation, quant, ablation = _load(eval_json), _load(quant_json), _load(ablation_json)
     compare = _load(Path(compare_json)) if compare_json else None
@@ -178,7 +179,7 @@ def build_card(config: dict, eval_json: Path, quant_json: Path, ablation_json: P
         lines.append(f"Not measured: `{quant_json}` is missing (`python benchmarks/gguf_decisions.py`).")
     if points_json is not None:
         lines += ["", *card_sections.operating_point_section(_load(Path(points_json)), str(points_json),
-                                                              model.get("name", "?"))]
+                                                              points_recipe or model.get("name", "?"))]
     lines += ["", "## Gate ablation"]
     if ablation:
         if ablation.get("runs"):
