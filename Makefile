@@ -7,6 +7,8 @@ PY     := $(VENV)/bin/python
 STAMP  := $(VENV)/.installed
 CORPUS := data/so8t_safety/train.jsonl
 EXTRAS ?= quant,gguf,pretrained,data,runtime,service,notebooks,dev
+# the llama.cpp binding as pyproject.toml's gguf extra names it (tests/test_docs.py keeps the two equal)
+LLAMA_CPP := llama-cpp-python>=0.3.16
 
 .PHONY: demo test nbval venv clean-venv lint lab strip ablation card present serve
 
@@ -24,6 +26,11 @@ $(STAMP): pyproject.toml Makefile
 	$(PY) -m pip install -q --upgrade pip
 	# torch first and pinned: any other spec pulls GBs of CUDA wheels (see DESIGN.md)
 	$(PY) -m pip install -q torch==2.13.0
+	# llama.cpp built for x86-64 with AVX2, not for this exact CPU: a native build on a CPU with AMX compiles
+	# ggml's AMX kernels in, and they crashed on Q8_0 files (serve/gguf_backend.py refuses such a build);
+	# --no-cache-dir so that a natively built wheel in pip's cache is not reused
+	if echo "$(EXTRAS)" | grep -qw gguf; then \
+	  CMAKE_ARGS="-DGGML_NATIVE=OFF" $(PY) -m pip install -q --no-cache-dir "$(LLAMA_CPP)"; fi
 	$(PY) -m pip install -q -e ".[$(EXTRAS)]"
 	# the notebooks' kernel "so8t", registered inside .venv: JupyterLab, papermill and sweeps from .venv find it
 	if $(PY) -c "import ipykernel" 2>/dev/null; then \

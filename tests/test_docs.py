@@ -80,3 +80,12 @@ def test_local_links_resolve(doc):
 
 def test_the_readme_stays_a_front_page():
     assert len((ROOT / "README.md").read_text(encoding="utf-8").splitlines()) <= 200
+
+
+def test_the_makefile_builds_the_llama_binding_pyproject_names():
+    """make installs llama-cpp-python on its own line (to build it without the AMX kernels): the same spec."""
+    import tomllib
+
+    extras = tomllib.loads((ROOT / "pyproject.toml").read_text(encoding="utf-8"))["project"]["optional-dependencies"]
+    spec = next(d for d in extras["gguf"] if d.startswith("llama-cpp-python"))
+    assert re.search(rf"^LLAMA_CPP := {re.escape(spec)}$", (ROOT / "Makefile").read_text(encoding="utf-8"), re.M)

@@ -1,5 +1,7 @@
 """GGUF: the export reproduces the HF model (f32), metadata survives every quant type, bad files fail clearly."""
 
+import json
+
 import numpy as np
 import pytest
 import torch
@@ -254,6 +256,16 @@ def test_bad_files_fail_with_clear_errors(exported, tmp_path):
         GGUFBackend(tmp_path / "missing.gguf")
 
 
+def test_a_llama_build_with_the_amx_kernels_is_refused_before_it_can_crash(exported, monkeypatch):
+    """A native build on an AMX CPU segfaulted on Q8_0 files; the backend refuses it at load, naming the rebuild."""
+    _, paths = exported
+    info = llama_cpp.llama_print_system_info()
+    assert b"AMX_INT8 = 1" not in info, "this environment's llama.cpp carries the AMX kernels: rebuild it (make)"
+    monkeypatch.setattr(llama_cpp, "llama_print_system_info", lambda: info + b" | AMX_INT8 = 1 | ")
+    with pytest.raises(GGUFError, match="AMX kernels.*GGML_NATIVE=OFF"):
+        GGUFBackend(paths["so8t-test-q8_0.gguf"])
+
+
 def test_cli_inspect(exported, capsys):
     _, paths = exported
     so8t(["inspect", str(paths["so8t-test-q4_k_m.gguf"])])
@@ -373,3 +385,33 @@ def test_head_quant_robustness_benchmark_scores_the_checkpoint_head_as_the_backe
                       "--quant", "q4_k_m_t8", "--rows", "30", "--train-rows", "60", "--out", str(out)])
     assert set(t8["state_closeness_to_fp32"]) == {"q8_0", "q4_k_m_t8"}
     assert all("agreement_q4_k_m_t8" in row for row in t8["heads"]) and "Q4_K_M_T8 states" in t8["heads"][-1]["head"]
+
+
+def test_operating_point_is_chosen_from_the_files_own_probabilities(exported, tmp_path):
+    """so8t evaluate --max-dangerous on a .gguf: the threshold comes from the file's decisions on the choosing
+    rows (not the checkpoint's), and the reported rows are decided by the rule at that threshold."""
+    from so8t_lib.core.schema import LABELS
+    from so8t_lib.data.tables import requests_and_contexts
+    from so8t_lib.eval.operating_point import choose_threshold
+    from so8t_lib.serve.policy import THRESHOLD_GRID, threshold_decisions
+
+    _, paths = exported
+    path = paths["so8t-test-q8_0.gguf"]
+    choose, report = tmp_path / "choose.jsonl", tmp_path / "report.jsonl"
+    rows = load_split("val").groupby("label").head(6)
+    rows.to_json(choose, orient="records", lines=True, force_ascii=False)
+    load_split("test").groupby("label").head(3).to_json(report, orient="records", lines=True, force_ascii=False)
+    probs = GGUFBackend(path).decide(*requests_and_contexts(rows.to_dict("records")))
+    # a target between what the smallest and the largest threshold let through, so the choice is not the grid's end
+    rates = [choose_threshold(probs, list(rows["label"]), 1.0, grid=(t,))["at_threshold"]["dangerous_compliance"]
+             for t in (THRESHOLD_GRID[0], THRESHOLD_GRID[-1])]
+    target = (rates[0] + rates[1]) / 2
+    expected = choose_threshold(probs, list(rows["label"]), target)["threshold"]
+    preds = tmp_path / "p.jsonl"
+    results = so8t(["evaluate", "--model", str(path), "--data", str(report), "--max-dangerous", str(target),
+                    "--threshold-data", str(choose), "--bootstrap", "0", "--out", str(tmp_path / "m.json"),
+                    "--predictions", str(preds)])
+    assert results["backend"] == "gguf" and results["threshold_choice"]["threshold"] == expected
+    for line in map(json.loads, preds.read_text(encoding="utf-8").splitlines()):
+        p = np.array([[line["probabilities"][k] for k in LABELS]])
+        assert line["decision"] == threshold_decisions(p, expected)[0]

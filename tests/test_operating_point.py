@@ -64,6 +64,8 @@ def test_benchmark_rows_without_three_way_labels_are_left_out():
     assert choice["rows"] == 2 and choice["threshold"] == 0.5
     with pytest.raises(ValueError, match="no REFUSE"):
         choose_threshold(probs[:1], ["NOT_ALLOW"], 0.0)
+    with pytest.raises(ValueError, match="2 probability rows for 3 gold labels"):
+        choose_threshold(probs[:2], ["NOT_ALLOW", "REFUSE", "ALLOW"], 0.0)
 
 
 def test_cli_chooses_on_one_split_and_reports_another(tmp_path, tokenizer):

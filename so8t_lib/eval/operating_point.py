@@ -34,7 +34,10 @@ def choose_threshold(probs: np.ndarray, gold: Sequence[str], max_dangerous: floa
         raise ValueError(f"the dangerous-compliance target must be in [0, 1], got {max_dangerous}")
     keep = np.array([str(g) in LABELS for g in gold], dtype=bool)  # benchmark rows gold-labelled NOT_ALLOW
     gold = [str(g) for g, k in zip(gold, keep) if k]
-    probs = np.asarray(probs, dtype=float)[keep] if len(keep) else np.asarray(probs, dtype=float)
+    probs = np.asarray(probs, dtype=float)
+    if len(probs) != len(keep):
+        raise ValueError(f"{len(probs)} probability rows for {len(keep)} gold labels")
+    probs = probs[keep]
     if LABELS[REFUSE] not in gold:
         raise ValueError("the rows for choosing a threshold hold no REFUSE request, so dangerous compliance is "
                          "undefined on them; choose on a split with harmful requests (val)")

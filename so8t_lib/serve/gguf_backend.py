@@ -42,6 +42,23 @@ def _render_chat(template: str, messages: list[dict], eos_token: str | None, bos
 POOLING = {"last": lambda lib: lib.LLAMA_POOLING_TYPE_LAST, "mean": lambda lib: lib.LLAMA_POOLING_TYPE_MEAN}
 
 
+# a native llama.cpp build on a CPU with AMX compiles ggml's AMX matmul kernels in; on llama-cpp-python 0.3.36
+# they crashed the process (SIGSEGV in ggml_backend_amx_mul_mat) on a Q8_0 file of the tiny preset, so such a
+# build is refused at load rather than left to kill a serving process mid-decision
+AMX_FEATURE = "AMX_INT8 = 1"
+REBUILD_LLAMA = ('CMAKE_ARGS="-DGGML_NATIVE=OFF" pip install --force-reinstall --no-deps --no-cache-dir '
+                 "llama-cpp-python (what make does)")
+
+
+def check_llama_build(llama_cpp) -> None:
+    """Refuse a llama.cpp build whose CPU backend carries the AMX kernels (see AMX_FEATURE)."""
+    info = llama_cpp.llama_print_system_info()
+    info = info.decode("utf-8", "replace") if isinstance(info, bytes) else str(info)
+    if AMX_FEATURE in info:
+        raise GGUFError("this llama-cpp-python was built with ggml's AMX kernels (a native build on an AMX CPU), "
+                        f"which crash on quantized files; rebuild it without them: {REBUILD_LLAMA}")
+
+
 def _usable_cores() -> int:
     """Cores this process may run on (the affinity mask on Linux, else the machine's count)."""
     return len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else (os.cpu_count() or 1)
@@ -56,6 +73,7 @@ class GGUFBackend:
             import llama_cpp
         except ImportError:
             raise GGUFError("the GGUF backend needs llama-cpp-python: pip install -e '.[gguf]'") from None
+        check_llama_build(llama_cpp)
         self.path = Path(path)
         # tokens per llama.cpp decode when several prompts share one: every token attends over the
         # whole batch's KV cells (masked), so huge batches cost more than they save (256 and 512 tied
