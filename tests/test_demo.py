@@ -46,9 +46,19 @@ def test_demo_trains_then_reuses_the_run_and_writes_test_metrics(tmp_path, capsy
             ladder + [f"{name}.sha256" for name in ladder])
         assert "so8t-tiny-q4_k_m_t8.gguf (llama.cpp)" in out  # the 4-bit rung that keeps the decisions
 
-    so8t(["demo", *args])  # a finished run is reused, not trained again
+    refit = ["--refit-head", "--refit-rows", "80"] if "GGUF export skipped" not in out else []
+    so8t(["demo", *args, *refit])  # a finished run is reused, not trained again
     assert (run_dir / "metrics.jsonl").read_text(encoding="utf-8") == log
-    assert "holds a run" in capsys.readouterr().out
+    out = capsys.readouterr().out
+    assert "holds a run" in out
+    if refit:  # the 4-bit file's head was refitted to the scored model, on the run's own training rows, then decided
+        from so8t_lib.export.gguf_meta import REFIT_KEY, read_metadata
+
+        report = read_metadata(tmp_path / "dist" / "so8t-tiny-q4_k_m_t8.gguf").get(REFIT_KEY)  # written if it helps
+        assert "so8t-tiny-q4_k_m_t8.gguf: held-out agreement with the scored model" in out
+        assert report is None or report["rows"] == 80
+        assert "head_refit_s" in json.loads((run_dir / "demo_timings.json").read_text(encoding="utf-8"))
+        assert out.index("held-out agreement") < out.index("so8t-tiny-q4_k_m_t8.gguf (llama.cpp)")
 
 
 def test_demo_decides_from_the_recommended_4bit_rung_then_plain_q4_k_m():

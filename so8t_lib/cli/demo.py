@@ -1,11 +1,12 @@
 """so8t demo: the main job on the default config (what ``make demo`` runs).
 
-    so8t demo [--config configs/training.yaml] [--retrain] [--no-gguf] [key=value ...]
+    so8t demo [--config configs/training.yaml] [--retrain] [--no-gguf] [--refit-head] [key=value ...]
 
 Trains to ``training.output_dir``, continues an interrupted run there, or reuses a finished one;
 then scores the best checkpoint on the test split (bootstrap 95% intervals, written to
 ``<run folder>/test_metrics.json``), shows three example decisions, exports the GGUF ladder under
-``dist/`` and decides one request from the Q4_K_M_T8 file (Q4_K_M, trained blocks at Q8_0) with llama.cpp.
+``dist/`` and decides one request from the Q4_K_M_T8 file (Q4_K_M, trained blocks at Q8_0) with llama.cpp,
+after refitting that file's SafetyHeadB to the scored model's decisions with ``--refit-head``.
 """
 
 from __future__ import annotations
@@ -13,6 +14,7 @@ from __future__ import annotations
 import argparse
 import warnings
 
+from ..eval.quant_refit import REFIT_ROWS
 from ..workbench.pipeline import DEFAULT_CONFIG, run_demo
 
 
@@ -24,8 +26,14 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--bootstrap", type=int, default=500, help="resamples for the 95%% intervals")
     parser.add_argument("--dist", default="dist", help="folder for the GGUF files")
     parser.add_argument("--no-gguf", action="store_true", help="skip the GGUF export")
+    parser.add_argument("--refit-head", action="store_true",
+                        help="refit the Q4_K_M_T8 file's SafetyHeadB to the scored model's decisions before deciding "
+                             "from it (so8t export --refit-head; minutes: the model and the file each decide "
+                             "--refit-rows training rows)")
+    parser.add_argument("--refit-rows", type=int, default=REFIT_ROWS, help="training rows the refit uses (a quarter "
+                        "held out to choose how far the head may move)")
     parser.add_argument("overrides", nargs="*", help="key=value, e.g. training.max_steps=100")
     args = parser.parse_args(argv)
     warnings.filterwarnings("ignore", message=".*is_gradient_checkpointing.*")
     run_demo(args.config, args.overrides, retrain=args.retrain, bootstrap=args.bootstrap, dist=args.dist,
-             gguf=not args.no_gguf)
+             gguf=not args.no_gguf, refit_rows=args.refit_rows if args.refit_head else 0)

@@ -13,10 +13,12 @@ from pathlib import Path
 import torch
 
 from ..core.checkpoint import resolve_checkpoint
+from ..core.paths import CORPUS_DIR
 from ..data.tables import load_split, requests_and_contexts, stratified_sample
 from ..export.gguf_meta import REFIT_KEY, GGUFError
 from ..export.head_refit import refit_head, write_head
 from ..model.so8t import SO8TModel
+from ..serve.backends import Decider
 from ..serve.gguf_backend import GGUFBackend
 
 REFIT_ROWS = 1000  # training rows a refitted head is fitted on (a quarter held out to choose its pull)
@@ -40,22 +42,25 @@ def refit_gguf(path: str | Path, requests: list[str], contexts: list[str | None]
     return report
 
 
-def refit_rungs(checkpoint: str | Path, files: dict[str, Path], rows: int = REFIT_ROWS,
-                progress: bool = True) -> dict[str, dict]:
-    """Refit the head of each file (rung name -> path) to the checkpoint's fp32 decisions on ``rows``
-    stratified training rows; prints one line per file and returns the reports."""
+def refit_rungs(checkpoint: str | Path, files: dict[str, Path], rows: int = REFIT_ROWS, progress: bool = True,
+                teacher: Decider | None = None, data_dir: str | Path = CORPUS_DIR) -> dict[str, dict]:
+    """Refit the head of each file (rung name -> path) to the checkpoint's decisions on ``rows`` stratified
+    rows of ``data_dir``'s training split; prints one line per file and returns the reports. The teacher is
+    the checkpoint loaded in fp32, or ``teacher`` when the caller holds the model already (``so8t demo``
+    passes the model it scored the test split with, so the file follows the numbers it reported)."""
     missing = [str(p) for p in files.values() if not Path(p).is_file()]
     if missing:
         raise GGUFError(f"no such file(s) to refit: {', '.join(missing)}; export them first")
-    model = SO8TModel.load(resolve_checkpoint(checkpoint), load_in_4bit=False, dtype="float32")
-    sample = stratified_sample(load_split("train"), rows, seed=0).to_dict("records")
+    who = "fp32" if teacher is None else "the scored model"
+    model = teacher or SO8TModel.load(resolve_checkpoint(checkpoint), load_in_4bit=False, dtype="float32")
+    sample = stratified_sample(load_split("train", data_dir), rows, seed=0).to_dict("records")
     requests, contexts = requests_and_contexts(sample)
-    teacher = model.decide(requests, contexts, progress=progress)
+    target = model.decide(requests, contexts, progress=progress)
     del model
     reports = {}
     for quant, path in files.items():
-        report = reports[quant] = refit_gguf(path, requests, contexts, teacher, progress)
+        report = reports[quant] = refit_gguf(path, requests, contexts, target, progress)
         verdict = f"refitted (pull {report['pull']})" if report["refitted"] else "kept the exported head"
-        print(f"{Path(path).name}: held-out agreement with fp32 {report['holdout_agreement_exported_head']:.3f} "
+        print(f"{Path(path).name}: held-out agreement with {who} {report['holdout_agreement_exported_head']:.3f} "
               f"with the exported head, best refit {max(report['holdout_agreement_by_pull'].values()):.3f}: {verdict}")
     return reports

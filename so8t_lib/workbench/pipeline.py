@@ -1,5 +1,5 @@
 """The main job, end to end: train (and calibrate), score on the test split, export the GGUF ladder,
-decide from the Q4_K_M_T8 file. ``make demo`` runs ``so8t demo``, which is ``run_demo``.
+(optionally refit the 4-bit file's head), decide from the Q4_K_M_T8 file. ``make demo`` runs ``so8t demo``, which is ``run_demo``.
 
 Training and evaluation do not import each other; this is where they meet.
 """
@@ -31,6 +31,7 @@ from ..core.schema import (
 from ..data.tables import load_table
 from ..eval.calibration import calibrate_checkpoint
 from ..eval.evaluate import evaluate_table, format_report
+from ..eval.quant_refit import refit_rungs
 from ..model.prompts import EXAMPLE_REQUESTS
 from ..serve.backends import load_decider
 from ..train.trainer import train
@@ -80,9 +81,12 @@ def fit_width(text: str, width: int) -> str:
 
 
 def run_demo(config_path: str | Path = DEFAULT_CONFIG, overrides: list[str] | tuple[str, ...] = (),
-             retrain: bool = False, bootstrap: int = 500, dist: str | Path = "dist", gguf: bool = True) -> dict:
+             retrain: bool = False, bootstrap: int = 500, dist: str | Path = "dist", gguf: bool = True,
+             refit_rows: int = 0) -> dict:
     """Train (or continue, or reuse) the run of ``config_path``, score its best checkpoint on the test split
-    (written to ``<run>/test_metrics.json``), show three example decisions, then export and decide from GGUF."""
+    (written to ``<run>/test_metrics.json``), show three example decisions, then export and decide from GGUF.
+    With ``refit_rows`` the 4-bit file's SafetyHeadB is first refitted to the scored model's decisions on that
+    many training rows (``eval.quant_refit``), so the file follows the model the test numbers describe."""
     config = load_config(config_path, overrides)
     run_dir = Path(config.training.output_dir)
     if retrain and run_dir.exists():
@@ -113,8 +117,15 @@ def run_demo(config_path: str | Path = DEFAULT_CONFIG, overrides: list[str] | tu
     print(f"\nmetrics: {run_dir / TEST_METRICS_FILE}; per-step log: {run_dir / RUN_METRICS_FILE}")
     if gguf:
         clock = time.perf_counter()
-        export_and_decide(run_dir, Path(dist), requests[1], contexts[1])
+        paths = export_ladder(run_dir, Path(dist))
         timings["gguf_ladder_s"] = time.perf_counter() - clock
+        if paths:
+            q4 = demo_gguf(paths)
+            if refit_rows:
+                clock = time.perf_counter()
+                refit_rungs(run_dir, {q4.name: q4}, refit_rows, teacher=model, data_dir=config.training.data_dir)
+                timings["head_refit_s"] = time.perf_counter() - clock
+            decide_from_gguf(q4, requests[1], contexts[1])
     write_timings(run_dir, timings, time.perf_counter() - start)
     return report
 
@@ -149,8 +160,8 @@ def demo_gguf(paths: list[Path]) -> Path:
                             "re-run the export (so8t export) to write the 4-bit rungs")
 
 
-def export_and_decide(run_dir: Path, dist: Path, request: str, context: str | None) -> list[Path]:
-    """The GGUF ladder of the run's best checkpoint, then one decision from its Q4_K_M file with llama.cpp."""
+def export_ladder(run_dir: Path, dist: Path) -> list[Path]:
+    """The GGUF ladder of the run's best checkpoint (none, with a note, where the gguf extra is missing)."""
     try:
         import gguf  # noqa: F401
         import llama_cpp  # noqa: F401
@@ -163,9 +174,12 @@ def export_and_decide(run_dir: Path, dist: Path, request: str, context: str | No
     print("\nGGUF files (one file carries both heads):")
     for path in paths:
         print(f"  {path}  {path.stat().st_size / 2**20:5.1f} MiB")
-    q4 = demo_gguf(paths)
+    return paths
+
+
+def decide_from_gguf(q4: Path, request: str, context: str | None) -> None:
+    """One decision from the demo's 4-bit file with llama.cpp, printed."""
     probs = load_decider(q4).decide([request], [context])[0]
     decision = LABELS[int(probs.argmax())]
     print(f"\n{q4.name} (llama.cpp): {fit_width(request, 58)} -> {decision} "
           + " ".join(f"{label} {float(p):.3f}" for label, p in zip(LABELS, probs)))
-    return paths
