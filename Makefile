@@ -9,6 +9,8 @@ CORPUS := data/so8t_safety/train.jsonl
 EXTRAS ?= quant,gguf,pretrained,data,runtime,service,notebooks,dev
 # the llama.cpp binding as pyproject.toml's gguf extra names it (tests/test_docs.py keeps the two equal)
 LLAMA_CPP := llama-cpp-python>=0.3.16
+LLAMA_CMAKE_ARGS := $(if $(filter x86_64,$(shell uname -m)),-DGGML_NATIVE=OFF)
+LLAMA_OK := import sys, llama_cpp; sys.exit(b'AMX_INT8 = 1' in llama_cpp.llama_print_system_info())
 
 .PHONY: demo test nbval venv clean-venv lint lab strip ablation card present serve
 
@@ -26,11 +28,11 @@ $(STAMP): pyproject.toml Makefile
 	$(PY) -m pip install -q --upgrade pip
 	# torch first and pinned: any other spec pulls GBs of CUDA wheels (see DESIGN.md)
 	$(PY) -m pip install -q torch==2.13.0
-	# llama.cpp built for x86-64 with AVX2, not for this exact CPU: a native build on a CPU with AMX compiles
-	# ggml's AMX kernels in, and they crashed on Q8_0 files (serve/gguf_backend.py refuses such a build);
-	# --no-cache-dir so that a natively built wheel in pip's cache is not reused
-	if echo "$(EXTRAS)" | grep -qw gguf; then \
-	  CMAKE_ARGS="-DGGML_NATIVE=OFF" $(PY) -m pip install -q --no-cache-dir "$(LLAMA_CPP)"; fi
+	# on x86-64, llama.cpp built for AVX2 rather than for this exact CPU: a native build on a CPU with AMX compiles
+	# ggml's AMX kernels in, and they crashed on Q8_0 files (serve/gguf_backend.py refuses such a build). Built
+	# when missing or when the installed one has them; --no-cache-dir so that a native wheel in pip's cache is not reused
+	if echo "$(EXTRAS)" | grep -qw gguf && ! $(PY) -c "$(LLAMA_OK)" 2>/dev/null; then \
+	  CMAKE_ARGS="$(LLAMA_CMAKE_ARGS)" $(PY) -m pip install -q --force-reinstall --no-deps --no-cache-dir "$(LLAMA_CPP)"; fi
 	$(PY) -m pip install -q -e ".[$(EXTRAS)]"
 	# the notebooks' kernel "so8t", registered inside .venv: JupyterLab, papermill and sweeps from .venv find it
 	if $(PY) -c "import ipykernel" 2>/dev/null; then \

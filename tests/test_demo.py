@@ -1,6 +1,7 @@
 """make demo's job end to end on a few steps: train, reuse the finished run, score the test split."""
 
 import json
+import re
 from pathlib import Path
 
 import pytest
@@ -46,7 +47,7 @@ def test_demo_trains_then_reuses_the_run_and_writes_test_metrics(tmp_path, capsy
             ladder + [f"{name}.sha256" for name in ladder])
         assert "so8t-tiny-q4_k_m_t8.gguf (llama.cpp)" in out  # the 4-bit rung that keeps the decisions
 
-    refit = ["--refit-head", "--refit-rows", "80"] if "GGUF export skipped" not in out else []
+    refit = ["--refit-head", "--refit-rows", "300"] if "GGUF export skipped" not in out else []
     so8t(["demo", *args, *refit])  # a finished run is reused, not trained again
     assert (run_dir / "metrics.jsonl").read_text(encoding="utf-8") == log
     out = capsys.readouterr().out
@@ -55,10 +56,21 @@ def test_demo_trains_then_reuses_the_run_and_writes_test_metrics(tmp_path, capsy
         from so8t_lib.export.gguf_meta import REFIT_KEY, read_metadata
 
         report = read_metadata(tmp_path / "dist" / "so8t-tiny-q4_k_m_t8.gguf").get(REFIT_KEY)  # written if it helps
-        assert "so8t-tiny-q4_k_m_t8.gguf: held-out agreement with the scored model" in out
-        assert report is None or report["rows"] == 80
+        # the run's own training split (200 rows), not the corpus's 12,375
+        assert re.search(r"so8t-tiny-q4_k_m_t8.gguf: held-out agreement with the scored model .*\(200 training rows\)",
+                         out), out
+        assert report is None or (report["rows"] == 200 and report["data"] == str(data_dir / "train.jsonl")
+                                  and report["teacher"].startswith("scored model (so8t-tiny@"))
         assert "head_refit_s" in json.loads((run_dir / "demo_timings.json").read_text(encoding="utf-8"))
         assert out.index("held-out agreement") < out.index("so8t-tiny-q4_k_m_t8.gguf (llama.cpp)")
+
+
+@pytest.mark.parametrize("args, message", [(["--refit-head", "--no-gguf"], "drop --no-gguf"),
+                                           (["--refit-head", "--refit-rows", "10"], "at least 40")])
+def test_demo_refuses_a_refit_it_could_not_do_before_training(args, message, tmp_path, capsys):
+    with pytest.raises(SystemExit):
+        so8t(["demo", "--config", "configs/tiny-training.yaml", *args, f"training.output_dir={tmp_path / 'run'}"])
+    assert message in capsys.readouterr().err and not (tmp_path / "run").exists()
 
 
 def test_demo_decides_from_the_recommended_4bit_rung_then_plain_q4_k_m():

@@ -389,24 +389,47 @@ def test_head_quant_robustness_benchmark_scores_the_checkpoint_head_as_the_backe
 
 def test_operating_point_is_chosen_from_the_files_own_probabilities(exported, tmp_path):
     """so8t evaluate --max-dangerous on a .gguf: the threshold comes from the file's decisions on the choosing
-    rows (not the checkpoint's), and the reported rows are decided by the rule at that threshold."""
+    rows, and the reported rows are decided by the rule at that threshold. The random fixture's head is nearly
+    uniform (no threshold changes what it lets through), so a copy of the file gets a head whose p(ALLOW) on
+    the harmful rows spreads around 0.75: then the choice depends on the file's own probabilities."""
+    import shutil
+
+    from torch import nn
+
     from so8t_lib.core.schema import LABELS
     from so8t_lib.data.tables import requests_and_contexts
     from so8t_lib.eval.operating_point import choose_threshold
+    from so8t_lib.export.head_refit import write_head
     from so8t_lib.serve.policy import THRESHOLD_GRID, threshold_decisions
 
     _, paths = exported
-    path = paths["so8t-test-q8_0.gguf"]
+    path = tmp_path / "skewed" / "so8t-test-q8_0.gguf"
+    path.parent.mkdir()
+    for suffix in ("", ".sha256"):
+        shutil.copy(f"{paths['so8t-test-q8_0.gguf']}{suffix}", f"{path}{suffix}")
     choose, report = tmp_path / "choose.jsonl", tmp_path / "report.jsonl"
-    rows = load_split("val").groupby("label").head(6)
+    rows = load_split("val").groupby("label").head(8)
     rows.to_json(choose, orient="records", lines=True, force_ascii=False)
     load_split("test").groupby("label").head(3).to_json(report, orient="records", lines=True, force_ascii=False)
+    harmful = torch.tensor((rows["label"] == "REFUSE").to_numpy())
+    backend = GGUFBackend(path)
+    states, head = backend.decision_states(*requests_and_contexts(rows.to_dict("records"))), backend.safety_head
+    del backend
+    last = [m for m in head.net if isinstance(m, nn.Linear)][-1]
+    with torch.no_grad():  # spread the logits, then move ALLOW so that the harmful rows' median p(ALLOW) is 0.75
+        last.weight.mul_(30)
+        last.bias.mul_(30)
+        z = head(states) / head.temperature
+        margin = z[:, 0] - torch.logsumexp(z[:, 1:], dim=-1)
+        last.bias[0] += (torch.log(torch.tensor(3.0)) - margin[harmful].median()) * head.temperature
+    write_head(path, head, {"test": "a head skewed towards ALLOW"})
     probs = GGUFBackend(path).decide(*requests_and_contexts(rows.to_dict("records")))
-    # a target between what the smallest and the largest threshold let through, so the choice is not the grid's end
     rates = [choose_threshold(probs, list(rows["label"]), 1.0, grid=(t,))["at_threshold"]["dangerous_compliance"]
              for t in (THRESHOLD_GRID[0], THRESHOLD_GRID[-1])]
+    assert rates[0] > rates[1], f"the file lets the same share through at every threshold ({rates}): nothing to choose"
     target = (rates[0] + rates[1]) / 2
     expected = choose_threshold(probs, list(rows["label"]), target)["threshold"]
+    assert expected > THRESHOLD_GRID[0]
     preds = tmp_path / "p.jsonl"
     results = so8t(["evaluate", "--model", str(path), "--data", str(report), "--max-dangerous", str(target),
                     "--threshold-data", str(choose), "--bootstrap", "0", "--out", str(tmp_path / "m.json"),

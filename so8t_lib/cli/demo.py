@@ -1,6 +1,7 @@
 """so8t demo: the main job on the default config (what ``make demo`` runs).
 
-    so8t demo [--config configs/training.yaml] [--retrain] [--no-gguf] [--refit-head] [key=value ...]
+    so8t demo [--config configs/training.yaml] [--retrain] [--no-gguf] [--refit-head [--refit-rows N]]
+              [key=value ...]
 
 Trains to ``training.output_dir``, continues an interrupted run there, or reuses a finished one;
 then scores the best checkpoint on the test split (bootstrap 95% intervals, written to
@@ -12,9 +13,12 @@ after refitting that file's SafetyHeadB to the scored model's decisions with ``-
 from __future__ import annotations
 
 import argparse
+import sys
 import warnings
 
 from ..eval.quant_refit import REFIT_ROWS
+from ..export.gguf_meta import GGUFError
+from ..export.head_refit import MIN_ROWS
 from ..workbench.pipeline import DEFAULT_CONFIG, run_demo
 
 
@@ -27,13 +31,20 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--dist", default="dist", help="folder for the GGUF files")
     parser.add_argument("--no-gguf", action="store_true", help="skip the GGUF export")
     parser.add_argument("--refit-head", action="store_true",
-                        help="refit the Q4_K_M_T8 file's SafetyHeadB to the scored model's decisions before deciding "
-                             "from it (so8t export --refit-head; minutes: the model and the file each decide "
-                             "--refit-rows training rows)")
+                        help="refit the Q4_K_M_T8 file's SafetyHeadB to the decisions of the model the demo scored "
+                             "(so8t export --refit-head does it to the fp32 checkpoint's) before deciding from it; "
+                             "minutes: the model and the file each decide --refit-rows training rows")
     parser.add_argument("--refit-rows", type=int, default=REFIT_ROWS, help="training rows the refit uses (a quarter "
                         "held out to choose how far the head may move)")
     parser.add_argument("overrides", nargs="*", help="key=value, e.g. training.max_steps=100")
     args = parser.parse_args(argv)
+    if args.refit_head and args.no_gguf:
+        parser.error("--refit-head refits a GGUF file: drop --no-gguf")
+    if args.refit_head and args.refit_rows < MIN_ROWS:  # refused now, not after training and the export
+        parser.error(f"--refit-rows must be at least {MIN_ROWS} (a quarter is held out to choose the refit)")
     warnings.filterwarnings("ignore", message=".*is_gradient_checkpointing.*")
-    run_demo(args.config, args.overrides, retrain=args.retrain, bootstrap=args.bootstrap, dist=args.dist,
-             gguf=not args.no_gguf, refit_rows=args.refit_rows if args.refit_head else 0)
+    try:
+        run_demo(args.config, args.overrides, retrain=args.retrain, bootstrap=args.bootstrap, dist=args.dist,
+                 gguf=not args.no_gguf, refit_rows=args.refit_rows if args.refit_head else 0)
+    except GGUFError as err:  # the run and its test metrics are kept; only the GGUF part failed
+        sys.exit(f"so8t demo: {err}")

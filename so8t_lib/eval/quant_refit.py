@@ -1,9 +1,10 @@
-"""Refitting the SafetyHeadB of quantized files so that their decisions follow the fp32 model's.
+"""Refitting the SafetyHeadB of quantized files so that their decisions follow the unquantized model's.
 
-The fit itself is ``so8t_lib.export.head_refit``; this module runs what it needs: the fp32 checkpoint decides
-a stratified sample of training rows (the targets), each file computes its own states for the same rows
-through llama.cpp, and the head that wins on the held-out rows is written into the file. Like temperature
-calibration (``calibration``), it fits on data and only the fit's result travels with the model.
+The fit itself is ``so8t_lib.export.head_refit``; this module runs what it needs: the teacher (the checkpoint
+in fp32, or the model ``so8t demo`` scored) decides a stratified sample of training rows (the targets), each
+file computes its own states for the same rows through llama.cpp, and the head that wins on the held-out rows
+is written into the file with a report naming the teacher. Like temperature calibration (``calibration``), it
+fits on data and only the fit's result travels with the model.
 """
 
 from __future__ import annotations
@@ -25,9 +26,10 @@ REFIT_ROWS = 1000  # training rows a refitted head is fitted on (a quarter held 
 
 
 def refit_gguf(path: str | Path, requests: list[str], contexts: list[str | None], teacher: torch.Tensor,
-               progress: bool = False) -> dict:
-    """Refit the head of the SO8T GGUF at ``path`` to ``teacher`` (the fp32 model's probabilities for these
-    requests) from the file's own states; written into the file only where it helps. Returns the report."""
+               progress: bool = False, provenance: dict | None = None) -> dict:
+    """Refit the head of the SO8T GGUF at ``path`` to ``teacher`` (the unquantized model's probabilities for
+    these requests) from the file's own states; written into the file only where it helps, with ``provenance``
+    (what the teacher was, which rows) added to the report. Returns the report."""
     if len(requests) != len(teacher) or len(requests) != len(contexts):
         raise ValueError(f"{len(requests)} requests, {len(contexts)} contexts, {len(teacher)} teacher rows")
     backend = GGUFBackend(path)
@@ -37,6 +39,7 @@ def refit_gguf(path: str | Path, requests: list[str], contexts: list[str | None]
     head = backend.safety_head
     del backend  # llama.cpp's handle on the file, before the file is replaced
     chosen, report = refit_head(head, states, teacher)
+    report.update(provenance or {})
     if report["refitted"]:
         write_head(path, chosen, report)
     return report
@@ -52,15 +55,19 @@ def refit_rungs(checkpoint: str | Path, files: dict[str, Path], rows: int = REFI
     if missing:
         raise GGUFError(f"no such file(s) to refit: {', '.join(missing)}; export them first")
     who = "fp32" if teacher is None else "the scored model"
-    model = teacher or SO8TModel.load(resolve_checkpoint(checkpoint), load_in_4bit=False, dtype="float32")
+    model = teacher if teacher is not None else SO8TModel.load(resolve_checkpoint(checkpoint), load_in_4bit=False,
+                                                                 dtype="float32")
     sample = stratified_sample(load_split("train", data_dir), rows, seed=0).to_dict("records")
     requests, contexts = requests_and_contexts(sample)
     target = model.decide(requests, contexts, progress=progress)
+    provenance = {"teacher": "fp32 checkpoint" if teacher is None else f"scored model ({model.model_version})",
+                  "data": str(Path(data_dir) / "train.jsonl")}
     del model
     reports = {}
     for quant, path in files.items():
-        report = reports[quant] = refit_gguf(path, requests, contexts, target, progress)
+        report = reports[quant] = refit_gguf(path, requests, contexts, target, progress, provenance)
         verdict = f"refitted (pull {report['pull']})" if report["refitted"] else "kept the exported head"
         print(f"{Path(path).name}: held-out agreement with {who} {report['holdout_agreement_exported_head']:.3f} "
-              f"with the exported head, best refit {max(report['holdout_agreement_by_pull'].values()):.3f}: {verdict}")
+              f"with the exported head, best refit {max(report['holdout_agreement_by_pull'].values()):.3f} "
+              f"({report['rows']} training rows): {verdict}")
     return reports

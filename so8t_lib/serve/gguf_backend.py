@@ -46,8 +46,8 @@ POOLING = {"last": lambda lib: lib.LLAMA_POOLING_TYPE_LAST, "mean": lambda lib: 
 # they crashed the process (SIGSEGV in ggml_backend_amx_mul_mat) on a Q8_0 file of the tiny preset, so such a
 # build is refused at load rather than left to kill a serving process mid-decision
 AMX_FEATURE = "AMX_INT8 = 1"
-REBUILD_LLAMA = ('CMAKE_ARGS="-DGGML_NATIVE=OFF" pip install --force-reinstall --no-deps --no-cache-dir '
-                 "llama-cpp-python (what make does)")
+REBUILD_LLAMA = ('CMAKE_ARGS="-DGGML_NATIVE=OFF" python -m pip install --force-reinstall --no-deps --no-cache-dir '
+                 "llama-cpp-python")
 
 
 def check_llama_build(llama_cpp) -> None:
@@ -56,7 +56,8 @@ def check_llama_build(llama_cpp) -> None:
     info = info.decode("utf-8", "replace") if isinstance(info, bytes) else str(info)
     if AMX_FEATURE in info:
         raise GGUFError("this llama-cpp-python was built with ggml's AMX kernels (a native build on an AMX CPU), "
-                        f"which crash on quantized files; rebuild it without them: {REBUILD_LLAMA}")
+                        f"which crash on quantized files; rebuild it without them (make venv does, or run in the venv): "
+                       f"{REBUILD_LLAMA}")
 
 
 def _usable_cores() -> int:
