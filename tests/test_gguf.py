@@ -438,3 +438,21 @@ def test_operating_point_is_chosen_from_the_files_own_probabilities(exported, tm
     for line in map(json.loads, preds.read_text(encoding="utf-8").splitlines()):
         p = np.array([[line["probabilities"][k] for k in LABELS]])
         assert line["decision"] == threshold_decisions(p, expected)[0]
+
+
+def test_progress_advances_as_batches_are_decoded(exported, monkeypatch):
+    """The bar counts decoded requests (a few per llama.cpp batch), not prompts merely formatted."""
+    import tqdm.auto
+
+    steps: list[int] = []
+
+    class Recording(tqdm.auto.tqdm):
+        def update(self, n=1):
+            steps.append(n)
+            return super().update(n)
+
+    monkeypatch.setattr(tqdm.auto, "tqdm", Recording)
+    _, paths = exported
+    backend = GGUFBackend(paths["so8t-test-q8_0.gguf"], batch_tokens=64)  # several batches for these prompts
+    backend.decision_states(SAMPLE * 3, progress=True)
+    assert sum(steps) == 12 and len(steps) > 2 and all(0 < n < 12 for n in steps), steps

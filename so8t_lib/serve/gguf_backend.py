@@ -143,11 +143,14 @@ class GGUFBackend:
         (the chat template already starts with it; llama.cpp would add a second one)."""
         return self.embedder.tokenize(prompt.encode("utf-8"), add_bos=False, special=True)
 
-    def hidden_states(self, prompts: list[str]) -> np.ndarray:
+    def hidden_states(self, prompts: list[str], progress: bool = False) -> np.ndarray:
         """SafetyHeadB's input for each prompt, (N, hidden x read layers): the final-norm state (or each read
         layer's) pooled as the file's ``so8t.pooling`` says, several prompts per llama.cpp batch, one sequence id
         each. ``Llama.embed`` cannot be used: it tokenizes without parsing special tokens, so ``<|im_start|>``
-        would become plain text."""
+        would become plain text. ``progress`` shows a bar that advances as each batch is decoded."""
+        from tqdm.auto import tqdm
+
+        bar = tqdm(total=len(prompts), desc="deciding (gguf)", unit="request", leave=False, disable=not progress)
         emb, n_embd = self.embedder, self.embedder.n_embd()
         n_batch, n_seq_max = emb.n_batch, emb.context_params.n_seq_max
         fill = min(n_batch, self.batch_tokens)
@@ -166,6 +169,7 @@ class GGUFBackend:
                     ptr = self._llama.llama_get_embeddings_seq(emb._ctx.ctx, seq)
                     states.append(np.ctypeslib.as_array(ptr, shape=(n_embd,)).astype(np.float32).copy())
             emb._batch.reset()
+            bar.update(len(spans))
             spans.clear()
 
         emb._batch.reset()
@@ -185,6 +189,7 @@ class GGUFBackend:
             flush()
         emb._ctx.kv_cache_clear()
         emb.reset()
+        bar.close()
         return np.stack(states) if states else np.zeros((0, self.safety_head.input_width), dtype=np.float32)
 
     def _pool_captured(self, nodes: dict[str, np.ndarray], spans: list[tuple[int, int]]) -> list[np.ndarray]:
@@ -207,11 +212,7 @@ class GGUFBackend:
         if len(contexts) != len(requests):
             raise ValueError(f"{len(requests)} requests but {len(contexts)} contexts")
         prompts = [self.format_prompt(r, c) for r, c in zip(requests, contexts)]
-        if progress:
-            from tqdm.auto import tqdm
-
-            prompts = tqdm(prompts, desc="deciding (gguf)", unit="request", leave=False)
-        return torch.from_numpy(self.hidden_states(list(prompts)))
+        return torch.from_numpy(self.hidden_states(prompts, progress))
 
     @torch.no_grad()
     def decide(self, requests: list[str], contexts: list[str | None] | None = None, batch_size: int = 32,
