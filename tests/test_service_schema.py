@@ -81,3 +81,17 @@ def fuzz(operation, mode, base_url: str, headers: dict) -> None:
         case.call_and_validate(base_url=base_url, additional_checks=[no_allow_when_the_gate_failed])
 
     call()
+
+
+def test_a_name_of_control_characters_is_refused_by_the_schema_itself():
+    """The queue strips names with Python's strip(), which removes \\x1c-\\x1f and \\x85 too: the schema must refuse
+    what the queue would, or a schema-valid request gets a 422 (schemathesis found "\\x1d")."""
+    import pydantic
+
+    from so8t_lib.serve.http.schemas import ResolveRequest
+
+    for blank in ["\x1d", " \x1c\x85", "\u3000", "\t"]:
+        with pytest.raises(pydantic.ValidationError):
+            ResolveRequest(decision="REFUSE", by=blank)
+        assert not blank.strip()
+    assert ResolveRequest(decision="REFUSE", by="a\x1d").by.strip() == "a"

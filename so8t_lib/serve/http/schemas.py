@@ -18,6 +18,9 @@ from ...core.schema import HUMAN_DECISIONS, LABELS, ROUTE_CATEGORIES
 ESCALATION_STATUSES = ("queued", "spooled", "unqueued")
 CASE_STATUSES = ("open", "notified", "notify_failed", "resolved")
 UNRESOLVED = "unresolved"  # a filter of the list endpoint: open, notified or notify_failed
+# a name or reason must hold one visible character: not whitespace and not a control character (Python's strip(),
+# which the queue applies, also removes \x1c-\x1f and \x85, which JSON Schema's \S lets through)
+VISIBLE_TEXT = r"[^\s\x00-\x1f\x7f-\x9f]"
 
 
 class _Strict(BaseModel):
@@ -118,7 +121,7 @@ class EscalationList(BaseModel):
 
 class ResolveRequest(_Strict):
     decision: Literal[HUMAN_DECISIONS]
-    by: str = Field(min_length=1, max_length=128, pattern=r"\S", description="the person who decided")
+    by: str = Field(min_length=1, max_length=128, pattern=VISIBLE_TEXT, description="the person who decided")
     note: str | None = Field(None, max_length=4000)
     supersede: bool = Field(False, description="replace an earlier resolution (it stays in the history)")
 
@@ -131,7 +134,7 @@ class Resolution(BaseModel):
 
 class EmergencyRequest(_Strict):
     enabled: bool = Field(description="true: escalate every request from now on; false: back to normal")
-    reason: str = Field(min_length=1, max_length=1000, pattern=r"\S", description="why (audited)")
+    reason: str = Field(min_length=1, max_length=1000, pattern=VISIBLE_TEXT, description="why (audited)")
 
 
 class EmergencyState(BaseModel):
