@@ -26,35 +26,12 @@ sys.path.insert(0, str(ROOT))
 
 from so8t_lib.core.io import atomic_write_text  # noqa: E402
 from so8t_lib.core.paths import project_relative  # noqa: E402
-from so8t_lib.core.schema import LABELS, NOT_ALLOW  # noqa: E402
-from so8t_lib.eval.operating_point import TargetUnreachable, choose_threshold  # noqa: E402
-from so8t_lib.eval.predictions import PREDICTIONS_SUFFIX, read_predictions  # noqa: E402
-from so8t_lib.eval.report import safety_report  # noqa: E402
+from so8t_lib.core.schema import LABELS  # noqa: E402
+from so8t_lib.eval.operating_point import TargetUnreachable, choose_threshold, scored  # noqa: E402
+from so8t_lib.eval.predictions import PREDICTIONS_SUFFIX, by_dataset, read_predictions  # noqa: E402
 from so8t_lib.serve.policy import threshold_decisions  # noqa: E402
 
 TARGETS = (0.10, 0.05, 0.02)
-REPORTED = ("dangerous_compliance", "over_refusal_incl_escalate", "escalation_rate", "macro_f1", "not_allowed_rate")
-
-
-def by_dataset(rows: dict) -> dict[str, tuple[list[str], np.ndarray]]:
-    """dataset -> (gold labels, probabilities (N, 3)) in file order."""
-    grouped: dict[str, tuple[list[str], list]] = {}
-    for (dataset, _), (gold, probs, _) in rows.items():
-        grouped.setdefault(dataset, ([], []))
-        grouped[dataset][0].append(gold)
-        grouped[dataset][1].append(probs)
-    return {name: (gold, np.asarray(probs, dtype=float)) for name, (gold, probs) in grouped.items()}
-
-
-def scored(gold: list[str], decisions, resamples: int) -> dict:
-    """The reported numbers of one set of decisions, dangerous compliance with its interval."""
-    report = safety_report(gold, list(decisions), bootstrap=resamples)
-    out = {k: report[k] for k in REPORTED}
-    if NOT_ALLOW in gold or not set(LABELS) <= set(gold):  # a public set's two-way labels: no three-way F1
-        out["macro_f1"] = None
-    out["not_allowed_rate_unsafe"] = (report.get("not_allowed_rate_by_gold") or {}).get(NOT_ALLOW)
-    out["dangerous_compliance_ci"] = (report.get("ci") or {}).get("dangerous_compliance")
-    return out
 
 
 def operating_points(path: Path, choose_on: str, targets: tuple[float, ...], resamples: int) -> dict:

@@ -249,3 +249,54 @@ def test_operating_point_chooses_on_val_and_reports_the_rest(tmp_path):
     with pytest.raises(SystemExit, match="no 'dev' rows"):
         module.main([str(preds), "--choose-on", "dev", "--out", str(tmp_path / "never.json")])
     assert not (tmp_path / "never.json").exists()
+
+
+def test_lexical_blend_chooses_the_weight_on_val_and_scores_model_blend_and_keyword_model(tmp_path, monkeypatch):
+    module = _load("lexical_blend")
+    from so8t_lib.data.tables import load_split, stratified_sample
+    from so8t_lib.eval.baselines import _texts, baseline_probabilities, make_baseline
+    from so8t_lib.eval.operating_point import scored
+    from so8t_lib.eval.report import safety_report
+
+    train = stratified_sample(load_split("train"), 300, 0)  # a small fit keeps the test fast; the script fits all
+    fitted = make_baseline(module.BASELINE).fit(_texts(train), list(train["label"]))
+    monkeypatch.setattr(module, "fit_baselines", lambda names: {module.BASELINE: fitted})
+    rng = np.random.default_rng(0)
+    lines, sets = [], {}
+    for dataset in ("val", "test"):
+        table = stratified_sample(load_split(dataset), 80, 1)
+        probs = rng.dirichlet([1, 1, 1], size=len(table))
+        sets[dataset] = (list(table["label"]), probs, baseline_probabilities(fitted, table))
+        lines += [json.dumps({"dataset": dataset, "id": str(i), "gold": g, "decision": "ALLOW",
+                              "probabilities": dict(zip(("ALLOW", "REFUSE", "ESCALATE"), map(float, p)))})
+                  for i, g, p in zip(table["id"], table["label"], probs)]
+    preds = tmp_path / "noise.preds.jsonl"
+    preds.write_text("\n".join(lines) + "\n")
+    out = tmp_path / "blend.json"
+    result = module.main([str(preds), "--targets", "0.2", "--resamples", "50", "--out", str(out)])
+    assert json.loads(out.read_text()) == result
+    recipe = result["recipes"]["noise"]
+    by_weight = recipe["val_macro_f1_by_weight"]
+    assert recipe["weight"] in module.WEIGHTS and by_weight[f"{recipe['weight']:g}"] == max(by_weight.values())
+    gold_test, model_test, keyword_test = sets["test"]
+    for who, probs in (("model", model_test), ("keyword", keyword_test)):  # the two ends are each model alone
+        expected = scored(gold_test, module.argmax_labels(probs), 50)
+        assert recipe["argmax"]["test"][who]["macro_f1"] == pytest.approx(expected["macro_f1"])
+    gold_val, model_val, keyword_val = sets["val"]
+    blended = module.pooled(model_val, keyword_val, recipe["weight"])
+    assert by_weight[f"{recipe['weight']:g}"] == round(safety_report(gold_val, module.argmax_labels(blended))["macro_f1"], 4)
+    assert set(recipe["targets"]["0.2"]) == {"model", "blend", "keyword"}
+
+    keyword = rng.dirichlet([1, 1, 1], size=5)
+    assert np.allclose(module.pooled(model_test[:5], keyword, 1.0), model_test[:5] / model_test[:5].sum(1, keepdims=True))
+    assert np.allclose(module.pooled(model_test[:5], keyword, 0.0), keyword)
+    assert np.allclose(module.pooled(model_test[:5], np.zeros((5, 3)), 0.5).sum(1), 1.0)  # a zero is floored, not NaN
+
+    (tmp_path / "noval.preds.jsonl").write_text("\n".join(line for line in lines if '"test"' in line) + "\n")
+    with pytest.raises(SystemExit, match="no 'val' rows"):
+        module.main([str(tmp_path / "noval.preds.jsonl"), "--out", str(tmp_path / "never.json")])
+    stale = [line.replace('"id": "', '"id": "gone-', 1) if k == 0 else line for k, line in enumerate(lines)]
+    (tmp_path / "stale.preds.jsonl").write_text("\n".join(stale) + "\n")
+    with pytest.raises(SystemExit, match="another build"):
+        module.main([str(tmp_path / "stale.preds.jsonl"), "--out", str(tmp_path / "never.json")])
+    assert not (tmp_path / "never.json").exists()

@@ -6,6 +6,8 @@ from __future__ import annotations
 import json
 from pathlib import Path
 
+import numpy as np
+
 from ..core.schema import GOLD_LABELS, LABELS
 
 PREDICTIONS_SUFFIX = ".preds.jsonl"
@@ -31,3 +33,13 @@ def read_predictions(path: Path) -> dict[tuple[str, str], Prediction]:
     if not rows:
         raise SystemExit(f"{path}: no predictions")
     return rows
+
+
+def by_dataset(rows: dict[tuple[str, str], Prediction]) -> dict[str, tuple[list[str], np.ndarray]]:
+    """dataset -> (gold labels, probabilities (N, 3)) in file order."""
+    grouped: dict[str, tuple[list[str], list]] = {}
+    for (dataset, _), (gold, probs, _) in rows.items():
+        grouped.setdefault(dataset, ([], []))
+        grouped[dataset][0].append(gold)
+        grouped[dataset][1].append(probs)
+    return {name: (gold, np.asarray(probs, dtype=float)) for name, (gold, probs) in grouped.items()}
