@@ -89,3 +89,20 @@ def test_the_makefile_builds_the_llama_binding_pyproject_names():
     extras = tomllib.loads((ROOT / "pyproject.toml").read_text(encoding="utf-8"))["project"]["optional-dependencies"]
     spec = next(d for d in extras["gguf"] if d.startswith("llama-cpp-python"))
     assert re.search(rf"^LLAMA_CPP := {re.escape(spec)}$", (ROOT / "Makefile").read_text(encoding="utf-8"), re.M)
+
+
+@pytest.mark.parametrize("system_info, rebuilds", [(b"AVX2 = 1 | AMX_INT8 = 1 | ", True),
+                                                    (b"AVX2 = 1 | AMX_INT8 = 0 | ", False), (None, True)])
+def test_the_makefile_rebuilds_a_llama_binding_with_the_amx_kernels_or_none(tmp_path, system_info, rebuilds):
+    """make's LLAMA_OK check, run as make runs it, against a stand-in binding: an AMX build (which crashed in
+    ggml_backend_amx_mul_mat) or a missing one is rebuilt, a plain one is kept."""
+    import subprocess
+    import sys
+
+    check = re.search(r"^LLAMA_OK := (.+)$", (ROOT / "Makefile").read_text(encoding="utf-8"), re.M).group(1)
+    stand_in = (f"def llama_print_system_info():\n    return {system_info!r}\n" if system_info is not None
+                else "raise ImportError('llama-cpp-python is not installed')\n")  # shadows the installed one
+    (tmp_path / "llama_cpp.py").write_text(stand_in)
+    done = subprocess.run([sys.executable, "-c", check], cwd=tmp_path, env={"PYTHONPATH": str(tmp_path)},
+                          capture_output=True, timeout=60)
+    assert (done.returncode != 0) == rebuilds, done.stderr
