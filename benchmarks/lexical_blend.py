@@ -32,7 +32,7 @@ from so8t_lib.core.paths import project_relative  # noqa: E402
 from so8t_lib.core.schema import LABELS  # noqa: E402
 from so8t_lib.data.benchmarks import load_any  # noqa: E402
 from so8t_lib.eval.baselines import baseline_probabilities, fit_baselines  # noqa: E402
-from so8t_lib.eval.operating_point import TargetUnreachable, choose_threshold, scored  # noqa: E402
+from so8t_lib.eval.operating_point import TargetUnreachable, choose_threshold, scored, target_shares  # noqa: E402
 from so8t_lib.eval.predictions import PREDICTIONS_SUFFIX, read_predictions  # noqa: E402
 from so8t_lib.eval.report import safety_report  # noqa: E402
 from so8t_lib.serve.policy import threshold_decisions  # noqa: E402
@@ -117,16 +117,12 @@ def main(argv: list[str] | None = None) -> dict:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("predictions", nargs="+", type=Path, help="so8t evaluate --predictions files holding val")
     parser.add_argument("--choose-on", default="val", help="the data set the weight and thresholds are chosen on")
-    parser.add_argument("--targets", default=",".join(f"{t:g}" for t in TARGETS),
+    parser.add_argument("--targets", type=target_shares, default=TARGETS,
                         help="dangerous-compliance targets on val, separated by commas")
     parser.add_argument("--resamples", type=int, default=1000, help="bootstrap resamples for the intervals")
     parser.add_argument("--out", type=Path, default=ROOT / "benchmarks/results/lexical_blend.json")
     args = parser.parse_args(argv)
-    try:
-        targets = tuple(float(t) for t in args.targets.split(","))
-        assert targets and all(0 <= t <= 1 for t in targets)
-    except (ValueError, AssertionError):
-        parser.error(f"--targets must be shares in [0, 1] separated by commas, got {args.targets!r}")
+    targets = args.targets
     files = {path: read_predictions(path) for path in args.predictions}  # bad files fail before the fit
     keyword_model = fit_baselines(names=(BASELINE,))[BASELINE]
     keyword = keyword_probabilities({dataset for rows in files.values() for dataset, _ in rows}, keyword_model)

@@ -107,3 +107,14 @@ def test_cli_chooses_on_one_split_and_reports_another(tmp_path, tokenizer):
     message = refused("--max-dangerous", "0.05", "--threshold-data", str(harmless), "--data", str(report))
     assert "harmless.jsonl" in message and "no REFUSE request" in message
     assert not (tmp_path / "never.json").exists()
+
+
+def test_dangerous_compliance_targets_parse_from_the_command_line_or_say_what_is_wrong():
+    import argparse
+
+    from so8t_lib.eval.operating_point import target_shares
+
+    assert target_shares("0.1,0.05,0") == (0.1, 0.05, 0.0)
+    for bad in ("", "0.1,abc", "1.5", "-0.01", "0.05,,0.02"):
+        with pytest.raises(argparse.ArgumentTypeError, match="shares in \\[0, 1\\]"):
+            target_shares(bad)

@@ -10,6 +10,7 @@ one. It is chosen on validation rows (``val``), never on the rows it is then rep
 
 from __future__ import annotations
 
+import argparse
 from collections.abc import Sequence
 
 import numpy as np
@@ -67,3 +68,15 @@ def scored(gold: Sequence[str], decisions: Sequence[str], resamples: int) -> dic
     out["dangerous_compliance_ci"] = (report.get("ci") or {}).get("dangerous_compliance")
     out["macro_f1_ci"] = None if out["macro_f1"] is None else (report.get("ci") or {}).get("macro_f1")
     return out
+
+
+def target_shares(text: str) -> tuple[float, ...]:
+    """``"0.05,0.02"`` -> ``(0.05, 0.02)``: dangerous-compliance targets as a command-line type."""
+    try:
+        targets = tuple(float(t) for t in text.split(","))
+    except ValueError:
+        targets = ()
+    if not targets or not all(0 <= t <= 1 for t in targets):
+        raise argparse.ArgumentTypeError(f"dangerous-compliance targets are shares in [0, 1] separated by commas, "
+                                         f"got {text!r}")
+    return targets
