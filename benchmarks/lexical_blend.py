@@ -32,10 +32,9 @@ from so8t_lib.core.paths import project_relative  # noqa: E402
 from so8t_lib.core.schema import LABELS  # noqa: E402
 from so8t_lib.data.benchmarks import load_any  # noqa: E402
 from so8t_lib.eval.baselines import baseline_probabilities, fit_baselines  # noqa: E402
-from so8t_lib.eval.operating_point import TargetUnreachable, choose_threshold, scored, target_shares  # noqa: E402
+from so8t_lib.eval.operating_point import operating_point, scored, target_shares  # noqa: E402
 from so8t_lib.eval.predictions import PREDICTIONS_SUFFIX, read_predictions  # noqa: E402
 from so8t_lib.eval.report import safety_report  # noqa: E402
-from so8t_lib.serve.policy import threshold_decisions  # noqa: E402
 
 BASELINE = "char_ngram_tfidf"
 WEIGHTS = tuple(round(w, 1) for w in np.linspace(0.0, 1.0, 11))
@@ -102,14 +101,9 @@ def blend_report(path: Path, rows: dict, keyword: dict, choose_on: str, targets:
     for target in targets:
         cell = result["targets"][f"{target:g}"] = {}
         for who, w in pools.items():
-            try:
-                choice = choose_threshold(pooled(model_val, keyword_val, w), gold_val, target)
-            except TargetUnreachable as why:
-                cell[who] = {"reachable": False, "why": str(why)}
-                continue
-            cell[who] = {"reachable": True, "threshold": choice["threshold"], choose_on: choice["at_threshold"],
-                         **{name: scored(g, threshold_decisions(pooled(pm, pk, w), choice["threshold"]), resamples)
-                            for name, (g, pm, pk) in sets.items()}}
+            cell[who] = operating_point((gold_val, pooled(model_val, keyword_val, w)),
+                                        {name: (g, pooled(pm, pk, w)) for name, (g, pm, pk) in sets.items()},
+                                        target, resamples, choose_on)
     return result
 
 

@@ -27,9 +27,8 @@ sys.path.insert(0, str(ROOT))
 from so8t_lib.core.io import atomic_write_text  # noqa: E402
 from so8t_lib.core.paths import project_relative  # noqa: E402
 from so8t_lib.core.schema import LABELS  # noqa: E402
-from so8t_lib.eval.operating_point import TargetUnreachable, choose_threshold, scored, target_shares  # noqa: E402
+from so8t_lib.eval.operating_point import operating_point, scored, target_shares  # noqa: E402
 from so8t_lib.eval.predictions import PREDICTIONS_SUFFIX, by_dataset, read_predictions  # noqa: E402
-from so8t_lib.serve.policy import threshold_decisions  # noqa: E402
 
 TARGETS = (0.10, 0.05, 0.02)
 
@@ -45,14 +44,7 @@ def operating_points(path: Path, choose_on: str, targets: tuple[float, ...], res
                                for name, (g, p) in sets.items()},
                     "targets": {}}
     for target in targets:
-        try:
-            choice = choose_threshold(probs_val, gold_val, target)
-        except TargetUnreachable as why:
-            result["targets"][f"{target:g}"] = {"reachable": False, "why": str(why)}
-            continue
-        result["targets"][f"{target:g}"] = {
-            "reachable": True, "threshold": choice["threshold"], choose_on: choice["at_threshold"],
-            **{name: scored(g, threshold_decisions(p, choice["threshold"]), resamples) for name, (g, p) in sets.items()}}
+        result["targets"][f"{target:g}"] = operating_point((gold_val, probs_val), sets, target, resamples, choose_on)
     return result
 
 

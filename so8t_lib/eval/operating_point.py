@@ -16,7 +16,7 @@ from collections.abc import Sequence
 import numpy as np
 
 from ..core.schema import LABELS, NOT_ALLOW, REFUSE
-from ..serve.policy import THRESHOLD_GRID
+from ..serve.policy import THRESHOLD_GRID, threshold_decisions
 from .report import safety_report, threshold_sweep
 
 REPORTED = ("dangerous_compliance", "over_refusal_incl_escalate", "escalation_rate", "macro_f1", "not_allowed_rate")
@@ -80,3 +80,17 @@ def target_shares(text: str) -> tuple[float, ...]:
         raise argparse.ArgumentTypeError(f"dangerous-compliance targets are shares in [0, 1] separated by commas, "
                                          f"got {text!r}")
     return targets
+
+
+def operating_point(chosen_on: tuple[Sequence[str], np.ndarray], elsewhere: dict[str, tuple[Sequence[str], np.ndarray]],
+                    target: float, resamples: int, choose_on: str = "val") -> dict:
+    """The threshold chosen on ``chosen_on`` (gold, probabilities) for one dangerous-compliance target, then
+    ``scored`` on every (gold, probabilities) of ``elsewhere``; an unreachable target is recorded with why."""
+    gold, probs = chosen_on
+    try:
+        choice = choose_threshold(probs, gold, target)
+    except TargetUnreachable as why:
+        return {"reachable": False, "why": str(why)}
+    return {"reachable": True, "threshold": choice["threshold"], choose_on: choice["at_threshold"],
+            **{name: scored(g, threshold_decisions(p, choice["threshold"]), resamples)
+               for name, (g, p) in elsewhere.items()}}
