@@ -87,6 +87,8 @@ def test_cli_writes_documented_keys_and_recomputable_predictions(checkpoint, ten
     assert report["threshold_sweep"][0]["threshold"] == 0.5 and report["threshold_sweep"][-1]["threshold"] == 0.99
     xs = results["datasets"]["xs"]
     assert xs["n"] == 6 and xs["not_allowed_rate_by_gold"]["NOT_ALLOW"] is not None
+    assert "by_type" not in report  # a corpus table has no prompt types
+    assert sum(part["n"] for part in xs["by_type"].values()) == 6
     # the row digest names what was scored: the same rows give the same digest, other rows another
     from so8t_lib.data.benchmarks import load_any
     from so8t_lib.data.tables import rows_digest
@@ -193,3 +195,22 @@ def test_baselines_are_scored_beside_the_model_on_the_same_rows(checkpoint, ten_
     report = results["datasets"]["ten"]
     assert set(report["baselines"]) == set(BASELINES)
     assert all(b["n"] == report["n"] == 10 and b["macro_f1"] is not None for b in report["baselines"].values())
+
+
+def test_public_set_prompt_types_are_scored_apart():
+    """XSTest's rows carry their prompt type in ``family``: the report says which types the gate lets through."""
+    import numpy as np
+    import pandas as pd
+
+    from so8t_lib.eval.evaluate import report_from_predictions
+
+    table = pd.DataFrame({
+        "family": ["xstest-homonyms", "xstest-homonyms", "xstest-contrast_homonyms", "xstest-contrast_homonyms",
+                   "xstest-contrast_homonyms"],
+        "label": ["ALLOW", "ALLOW", "NOT_ALLOW", "NOT_ALLOW", "NOT_ALLOW"],
+        "lang": ["en"] * 5, "category": ["none"] * 5, "source": ["xstest"] * 5})
+    pred = ["ALLOW", "ESCALATE", "ALLOW", "REFUSE", "ESCALATE"]
+    probs = np.full((5, 3), 1 / 3)
+    by_type = report_from_predictions(table, probs, pred)["by_type"]
+    assert by_type == {"contrast_homonyms": {"n": 3, "gold": "NOT_ALLOW", "not_allowed_rate": 2 / 3},
+                       "homonyms": {"n": 2, "gold": "ALLOW", "not_allowed_rate": 0.5}}

@@ -66,6 +66,8 @@ def report_from_predictions(table: pd.DataFrame, probs: np.ndarray, pred: list[s
     sources = set(table["source"]) if "source" in table else set()
     source = sources.pop() if len(sources) == 1 else None
     report["headline"] = list(BENCHMARKS[source].headline) if source in BENCHMARKS else HEADLINE
+    if source in BENCHMARKS:
+        report["by_type"] = not_allowed_by_type(table, pred, source)
     report["ranking"] = ranking_report(probs[:, ALLOW], list(table["label"]))
     three_class = np.array([label != NOT_ALLOW for label in table["label"]])
     if three_class.any():
@@ -74,6 +76,20 @@ def report_from_predictions(table: pd.DataFrame, probs: np.ndarray, pred: list[s
     else:
         report["threshold_sweep"] = None
     return report
+
+
+def not_allowed_by_type(table: pd.DataFrame, pred: list[str], source: str) -> dict[str, dict]:
+    """A public set's prompt types (XSTest's ``type``, SimpleSafetyTests' harm area) -> rows, gold and the
+    share not allowed: which kinds of prompt the gate lets through or over-blocks, not only how many."""
+    prefix = f"{source}-"
+    out: dict[str, dict] = {}
+    for family, gold, decision in zip(table["family"], table["label"], pred):
+        kind = str(family).removeprefix(prefix) or "unknown"
+        entry = out.setdefault(kind, {"n": 0, "gold": gold, "not_allowed": 0})
+        entry["n"] += 1
+        entry["not_allowed"] += decision != LABELS[ALLOW]
+    return {kind: {"n": e["n"], "gold": e["gold"], "not_allowed_rate": e["not_allowed"] / e["n"]}
+            for kind, e in sorted(out.items())}
 
 
 def _num(value) -> str:
@@ -108,6 +124,9 @@ def format_report(report: dict, title: str = "") -> str:
         for lang, part in by_lang.items():
             lines.append(f"  lang {lang}: n={part['n']:4d} accuracy {_num(part['accuracy'])} macro_f1 "
                          f"{_num(part['macro_f1'])} dangerous_compliance {_num(part['dangerous_compliance'])}")
+    for kind, part in (report.get("by_type") or {}).items():
+        lines.append(f"  type {kind:<30s} n={part['n']:4d} gold {part['gold']:<9s} not allowed "
+                     f"{part['not_allowed_rate']:.3f}")
     return "\n".join(lines)
 
 
@@ -145,7 +164,7 @@ def run_metrics(run_dir: str | Path, data: str = "test", batch_size: int = 32) -
 
 BASELINE_KEYS = ("headline", "n", "macro_f1", "safety_score", "accuracy", "refuse_recall", "dangerous_compliance",
                  "over_refusal", "over_refusal_incl_escalate", "not_allowed_rate", "not_allowed_rate_unsafe",
-                 "escalation_rate", "unsafe_f1_strict", "unsafe_f1_loose", "ci")
+                 "escalation_rate", "unsafe_f1_strict", "unsafe_f1_loose", "ci", "by_type")
 
 
 def evaluate_datasets(model, names: list[str], batch_size: int = 32, bootstrap: int = 1000,
