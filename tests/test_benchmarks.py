@@ -194,6 +194,14 @@ def test_recipe_ranking_compares_recipes_on_the_same_rows(tmp_path):
             module.main([str(sharp), str(tmp_path / "other.preds.jsonl"), "--baseline", "sharp", "--figure", "",
                          "--out", str(tmp_path / "not_written.json")])
     assert not (tmp_path / "not_written.json").exists()
+    # predictions of another corpus build (ids the current split lacks) rank without the corpus
+    renamed = [json.loads(line) for line in lines]
+    for r in renamed:
+        r["id"] = f"brief-en-9{r['id']}" if r["dataset"] == "test" else r["id"]
+    (tmp_path / "old_build.preds.jsonl").write_text("\n".join(map(json.dumps, renamed)) + "\n")
+    old_build = module.main([str(tmp_path / "old_build.preds.jsonl"), "--baseline", "old_build", "--figure", "",
+                             "--out", str(tmp_path / "old_build.json")])
+    assert old_build["baseline_subsets"]["test_short"] == 60 and "test_other" not in old_build["baseline_subsets"]
     with_val = [*lines, json.dumps({"dataset": "val", "id": "v0", "gold": "ALLOW", "decision": "ALLOW",
                                     "probabilities": {"ALLOW": 0.9, "REFUSE": 0.05, "ESCALATE": 0.05}})]
     (tmp_path / "other.preds.jsonl").write_text("\n".join(with_val) + "\n")
