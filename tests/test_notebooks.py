@@ -129,7 +129,7 @@ def test_model_card_names_missing_results_and_quotes_present_ones(tmp_path):
           "--refit", str(tmp_path / "refit.json"), *common])
     card = out.read_text(encoding="utf-8")
     assert "| Q8_0 | 0.900 | 0.950 | 0.300 | n/a | 0.001 |" in card
-    assert "another training of this recipe (fp32 macro-F1 0.450 on the same sample, against 0.500" in card
+    assert "another training of this recipe (fp32 macro-F1 0.450 on its sample, against 0.500" in card
     refit["rungs"]["fp32"]["macro_f1"] = 0.5
     (tmp_path / "refit.json").write_text(json.dumps(refit))
     so8t(["card", "--config", str(ROOT / "configs" / "training.yaml"), "--compare", "",

@@ -89,8 +89,8 @@ def limits_section(model: dict) -> list[str]:
 
 def refit_section(refit: dict | None, refit_json: str, fp32_macro_f1: float | None) -> list[str]:
     """The quantized files' agreement with fp32 before and after ``so8t export --refit-head``. The refit
-    benchmark may have run on another training of the same recipe; when its fp32 macro-F1 on the same
-    sample differs from the ladder's, the card says so rather than mixing the two runs silently."""
+    benchmark may have run on another training of the same recipe (another machine, an earlier corpus); when
+    its fp32 macro-F1 differs from the ladder's, the card says so rather than mixing the two runs silently."""
     if not refit:
         return ["", f"Head refit not measured: `{refit_json}` is missing (`python benchmarks/head_refit.py`)."]
     rungs = {name: r for name, r in refit.get("rungs", {}).items() if "refitted_head" in r}
@@ -108,8 +108,9 @@ def refit_section(refit: dict | None, refit_json: str, fp32_macro_f1: float | No
                      f"| {dc[0]} | {dc[1]} | {'kept' if pull is None else pull} |")
     own = (refit.get("rungs", {}).get("fp32") or {}).get("macro_f1")
     if own is not None and fp32_macro_f1 is not None and round(own, 3) != round(fp32_macro_f1, 3):
-        lines += ["", f"Measured on another training of this recipe (fp32 macro-F1 {own:.3f} on the same sample, "
-                      f"against {fp32_macro_f1:.3f} above): CPU training is close but not bitwise across machines."]
+        lines += ["", f"Measured on another training of this recipe (fp32 macro-F1 {own:.3f} on its sample, "
+                      f"against {fp32_macro_f1:.3f} above): a run on another machine (CPU training is close, not "
+                      "bitwise) or on an earlier corpus; docs/benchmarks.md says which."]
     return lines
 
 
