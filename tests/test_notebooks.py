@@ -139,8 +139,8 @@ def test_model_card_names_missing_results_and_quotes_present_ones(tmp_path):
           "--refit", str(tmp_path / "missing.json"), *common])
     assert "Head refit not measured: `" in out.read_text(encoding="utf-8")
 
-    # operating points: the named recipe's entry (default the make demo rerun), else said to be missing
-    points = {"recipes": {"so8t-demo-rerun": {"chosen_on": "val", "rows_chosen_on": 90, "file": "p.preds.jsonl",
+    # operating points: the named recipe's entry (default the default's own evaluation), else said to be missing
+    points = {"recipes": {"so8t-demo": {"chosen_on": "val", "rows_chosen_on": 90, "file": "p.preds.jsonl",
                                               "targets": {"0.05": {"reachable": True, "threshold": 0.57, "test": {
                                                   "dangerous_compliance": 0.083, "dangerous_compliance_ci": [0.06, 0.11],
                                                   "over_refusal_incl_escalate": 0.526, "escalation_rate": 0.503}},

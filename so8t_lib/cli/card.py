@@ -23,7 +23,7 @@ DEFAULT_EVAL = "experiments/eval/so8t-demo.json"
 DEFAULT_QUANT = "benchmarks/results/gguf_decisions_so8t-demo.json"
 DEFAULT_REFIT = "benchmarks/results/head_refit_so8t-demo.json"
 DEFAULT_POINTS = "benchmarks/results/operating_point.json"
-DEFAULT_POINTS_RECIPE = "so8t-demo-rerun"
+DEFAULT_POINTS_RECIPE = "so8t-demo"
 DEFAULT_COMPARE = "experiments/eval/so8t-demo-corpus-v3.json"
 DEFAULT_COMPARE_LABEL = "corpus v3"
 
@@ -38,8 +38,8 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--operating-points", default=DEFAULT_POINTS,
                         help='the operating-point benchmark\'s result ("" for none)')
     parser.add_argument("--operating-points-recipe", default=DEFAULT_POINTS_RECIPE,
-                        help="its entry for this model (the predictions file's stem; the default's val predictions "
-                             "come from a make demo rerun that reproduced it exactly, docs/benchmarks.md)")
+                        help="its entry for this model (the predictions file's stem: the default's evaluation "
+                             "with val, docs/benchmarks.md)")
     parser.add_argument("--ablation", default="experiments/ablation/ablation.json")
     parser.add_argument("--compare", default=DEFAULT_COMPARE,
                         help='an evaluation of the same recipe trained on another corpus ("" for none)')
