@@ -27,6 +27,9 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--quant", default="", help=f"comma-separated, from {','.join(QUANT_TYPES)}")
     parser.add_argument("--f32", action="store_true", help="also write an f32 file (for parity checks)")
     parser.add_argument("--threshold", type=float, default=DEFAULT_THRESHOLD)
+    parser.add_argument("--requantize-frozen", action="store_true", help="quantize the tensors the checkpoint left "
+                        "unchanged again instead of taking them byte for byte from the base's own GGUF file "
+                        "(export.source_tensors; for comparison)")
     parser.add_argument("--refit-head", default="", help="comma-separated rungs whose SafetyHeadB is refitted to "
                         "their own states so their decisions follow fp32's (export.head_refit), e.g. Q4_K_M_T8")
     parser.add_argument("--refit-rows", type=int, default=REFIT_ROWS, help="training rows the refit uses (a quarter "
@@ -41,7 +44,8 @@ def main(argv: list[str] | None = None) -> None:
         sys.exit(f"error: --refit-head {','.join(q for q in refit if q not in quants)}: not among the rungs this "
                  f"export writes ({','.join(quants) or 'none'}); add it to --quant")
     try:
-        paths = export(args.checkpoint, args.out, quants, args.f32, args.threshold)
+        paths = export(args.checkpoint, args.out, quants, args.f32, args.threshold,
+                       source_tensors=not args.requantize_frozen)
         if refit:
             by_name = {p.name: p for p in paths}
             refit_rungs(args.checkpoint, {q: next(p for n, p in by_name.items() if n.endswith(f"-{q.lower()}.gguf"))

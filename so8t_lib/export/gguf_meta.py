@@ -24,6 +24,11 @@ class GGUFError(ValueError):
     """A file that is not a usable SO8T GGUF; the message names the file and what is wrong."""
 
 
+# one line each, where present: which tensors a mixed rung holds at which type (export.mixed), and which came
+# byte for byte from the base's own GGUF file (export.source_tensors)
+NOTE_KEYS = ("so8t.quant_mix", "so8t.source_tensors")
+
+
 def read_metadata(path: str | Path) -> dict:
     """The ``so8t.*`` metadata and the SafetyHeadB weights of an SO8T GGUF; GGUFError otherwise."""
     import gguf
@@ -71,8 +76,9 @@ def read_metadata(path: str | Path) -> dict:
             meta[REFIT_KEY] = json.loads(fields[REFIT_KEY].contents())
         except (json.JSONDecodeError, TypeError):
             raise GGUFError(f"{path}: {REFIT_KEY} is not JSON; export the checkpoint again") from None
-    if "so8t.quant_mix" in fields:  # a mixed-precision rung (export.mixed) says which tensors are at which type
-        meta["so8t.quant_mix"] = fields["so8t.quant_mix"].contents()
+    for key in NOTE_KEYS:
+        if key in fields:
+            meta[key] = fields[key].contents()
     return meta
 
 

@@ -15,12 +15,12 @@ from collections.abc import Callable
 from pathlib import Path
 
 from ..core.config import ModelConfig
-from .gguf_meta import GGUFError
+from .gguf_meta import NOTE_KEYS, GGUFError
 from .gguf_rewrite import rewrite_gguf
 
 # name -> (the file it starts from, the type its trained layers keep)
 MIXED_TYPES: dict[str, tuple[str, str]] = {"Q4_K_M_T8": ("Q4_K_M", "Q8_0")}
-MIX_KEY = "so8t.quant_mix"  # says which tensors came from where; general.file_type keeps the 4-bit type
+MIX_KEY = NOTE_KEYS[0]  # says which tensors came from where; general.file_type keeps the 4-bit type
 
 
 def trained_tensor_prefixes(config: ModelConfig, n_layers: int) -> list[str]:

@@ -16,6 +16,7 @@ from ..model.so8t import SO8TModel
 from .gguf_meta import DEFAULT_THRESHOLD, GGUFError, write_sha256_sidecar
 from .gguf_writer import write_gguf
 from .mixed import MIXED_TYPES, describe, splice, trained_tensor_prefixes
+from .source_tensors import take_source_tensors
 
 # the ladder make demo writes; Q4_K_M_T8 is Q4_K_M with the trained layers at Q8_0 (export.mixed)
 QUANT_TYPES = ("Q8_0", "Q4_K_M", "Q4_K_M_T8", "Q4_K_S", "IQ4_XS")
@@ -52,9 +53,21 @@ def quantize(source: str | Path, target: str | Path, quant: str) -> Path:
     return target
 
 
+def base_source_file(config) -> Path | None:
+    """The GGUF file the checkpoint's base was converted from, or None for a base that did not come as one."""
+    from ..model.pretrained import GGUF_BASES, source_gguf
+
+    return source_gguf(GGUF_BASES[config.preset]) if config.preset in GGUF_BASES else None
+
+
 def export(checkpoint: str | Path, out_dir: str | Path = "dist", quants: list[str] | None = None,
-           f32: bool = False, threshold: float = DEFAULT_THRESHOLD, progress: bool = True) -> list[Path]:
-    """Export a checkpoint (or run folder) to ``out_dir/<name>-f16.gguf`` (+ f32 and quantized files)."""
+           f32: bool = False, threshold: float = DEFAULT_THRESHOLD, progress: bool = True,
+           source_tensors: bool = True) -> list[Path]:
+    """Export a checkpoint (or run folder) to ``out_dir/<name>-f16.gguf`` (+ f32 and quantized files).
+
+    On a base that ships as a GGUF file, each quantized file takes the tensors the checkpoint left unchanged
+    byte for byte from that file where it holds them in the same type (``export.source_tensors``);
+    ``source_tensors=False`` quantizes them again instead, for comparison."""
     from tqdm.auto import tqdm
 
     folder = resolve_checkpoint(checkpoint)
@@ -74,6 +87,7 @@ def export(checkpoint: str | Path, out_dir: str | Path = "dist", quants: list[st
     jobs = [("f16", None)] + ([("f32", None)] if f32 else []) + [(q, q) for q in plain + helpers + mixes]
     written, made = [], {}
     f16_path = out_dir / f"{name}-f16.gguf"
+    source = base_source_file(model.config) if source_tensors else None
     with tempfile.TemporaryDirectory(dir=out_dir, prefix=".mix-") as aside:
         for label, quant in tqdm(jobs, desc="gguf", unit="file", disable=not progress):
             target = (Path(aside) if quant in helpers else out_dir) / f"{name}-{label.lower()}.gguf"
@@ -87,6 +101,10 @@ def export(checkpoint: str | Path, out_dir: str | Path = "dist", quants: list[st
                                       f"{quant}: " + describe(list(prefixes), low, high)))
             else:
                 made[quant] = quantize(f16_path, target, quant)
+                if source is not None:
+                    kept = take_source_tensors(made[quant], f16_path, source)
+                    if progress:
+                        tqdm.write(f"{quant}: {kept.summary(source.name)}")
                 if quant not in helpers:
                     written.append(made[quant])
     return written
