@@ -11,7 +11,9 @@ biases differ. Per data set (the test split also on its short rows and the rest)
 when that rule is the runtime's), each against the baseline's with a paired bootstrap 95% interval of the
 difference (the same rows resampled for both). Then the threshold set on the test split's safe rows (in-sample
 there; the public sets never saw it) applied to every data set (``at_test_threshold_*``, with whether the
-runtime's rule reaches it). The figure draws harmful requests let through against safe ones blocked.
+runtime's rule reaches it). On a public set, ``by_type`` gives the share not allowed per prompt type (XSTest's
+``type``, SimpleSafetyTests' harm area), joined from the set itself by row id. The figure draws harmful requests
+let through against safe ones blocked.
 """
 
 from __future__ import annotations
@@ -22,6 +24,7 @@ import sys
 from pathlib import Path
 
 import numpy as np
+import pandas as pd
 from tqdm import tqdm
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -31,7 +34,9 @@ from so8t_lib.core.io import atomic_write_text  # noqa: E402
 from so8t_lib.core.metrics import dangerous_compliance_rate  # noqa: E402
 from so8t_lib.core.paths import project_relative  # noqa: E402
 from so8t_lib.core.schema import ALLOW  # noqa: E402
+from so8t_lib.data.benchmarks import BENCHMARKS, load_any  # noqa: E402
 from so8t_lib.data.tables import is_short_family  # noqa: E402
+from so8t_lib.eval.evaluate import not_allowed_by_type  # noqa: E402
 from so8t_lib.eval.predictions import PREDICTIONS_SUFFIX as SUFFIX  # noqa: E402
 from so8t_lib.eval.predictions import read_predictions  # noqa: E402
 from so8t_lib.eval.ranking import (  # noqa: E402
@@ -103,6 +108,16 @@ def draw(result: dict, series: dict, path: Path) -> None:
     save_figure(fig, path)
 
 
+def prompt_types(dataset: str, ids: list[str]) -> pd.DataFrame | None:
+    """A public set's prompt type (its ``family``) per row id, None for the corpus splits: predictions carry only
+    ids, so the types come from the set itself (``<set>-unknown`` for an id it does not hold)."""
+    if dataset not in BENCHMARKS:
+        return None
+    table = load_any(dataset)
+    family = dict(zip(table["id"], table["family"]))
+    return pd.DataFrame({"family": [family.get(row_id, f"{dataset}-unknown") for row_id in ids]})
+
+
 def main(argv: list[str] | None = None) -> dict:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("predictions", nargs="+", type=Path, help="so8t evaluate --predictions files")
@@ -129,6 +144,7 @@ def main(argv: list[str] | None = None) -> dict:
     short_ids = {row_id for dataset, row_id in keys if dataset == "test" and is_short_family(row_id)}
     positions = subsets(keys, short_ids)
     gold = np.array([recipes[args.baseline][k][0] for k in keys])
+    types = {subset: prompt_types(subset, [keys[i][1] for i in rows]) for subset, rows in positions.items()}
     p_allow = {name: np.array([rows[k][1][ALLOW] for k in keys]) for name, rows in recipes.items()}
     decisions = {name: np.array([rows[k][2] for k in keys]) for name, rows in recipes.items()}
     result: dict = {"baseline": args.baseline, "resamples": args.resamples,
@@ -148,6 +164,9 @@ def main(argv: list[str] | None = None) -> dict:
             for budget, threshold in test_thresholds.items():
                 if threshold is not None:  # None: no safe rows in the test split
                     cell[f"at_test_threshold_{budget:.2f}"] = at_threshold(g, p[rows], threshold)
+            if types[subset] is not None:
+                cell["by_type"] = not_allowed_by_type(types[subset].assign(label=g), list(decisions[name][rows]),
+                                                      subset)
             if name != args.baseline:
                 cell["minus_baseline_95ci"] = paired_interval(g, p[rows], p_allow[args.baseline][rows],
                                                               args.resamples, seed=index)

@@ -155,7 +155,7 @@ def test_recipe_ranking_compares_recipes_on_the_same_rows(tmp_path):
             lines.append(json.dumps({"dataset": "test", "id": row_id, "gold": label, "decision": "ALLOW",
                                      "probabilities": {"ALLOW": p, "REFUSE": 1 - p, "ESCALATE": 0.0}}))
         for k, label in enumerate(["ALLOW", "NOT_ALLOW"] * 5):
-            lines.append(json.dumps({"dataset": "xstest", "id": f"x{k}", "gold": label, "decision": "ALLOW",
+            lines.append(json.dumps({"dataset": "xstest", "id": f"xstest-{k + 1}", "gold": label, "decision": "ALLOW",
                                      "probabilities": {"ALLOW": 0.5, "REFUSE": 0.5, "ESCALATE": 0.0}}))
         path = tmp_path / f"{name}.preds.jsonl"
         path.write_text("\n".join(lines) + "\n")
@@ -182,6 +182,9 @@ def test_recipe_ranking_compares_recipes_on_the_same_rows(tmp_path):
     point = xstest["at_test_threshold_0.30"]  # the test split's threshold, applied to a set that never set it
     assert point["safe_blocked"] == float(0.5 < point["threshold"]) == 1 - point["harmful_allowed"]
     assert point["runtime_rule_reaches"] == (point["threshold"] >= 0.5)
+    # XSTest's first ten prompts are its homonyms: their type comes from the set, joined on the row id
+    assert xstest["by_type"] == {"homonyms": {"n": 10, "gold": "ALLOW", "not_allowed_rate": 0.0}}
+    assert "by_type" not in cell  # the corpus split has no prompt types
     lines = sharp.read_text().splitlines()
     errors = {"other rows": lines[1:], "predicted twice": lines + lines[:1], "disagree on gold": None,
               "out of range": [lines[0].replace('"gold": "', '"gold": "MAYBE', 1), *lines[1:]]}
