@@ -38,6 +38,7 @@ from so8t_lib.core.metrics import macro_f1  # noqa: E402
 from so8t_lib.core.paths import project_relative  # noqa: E402
 from so8t_lib.core.schema import LABELS  # noqa: E402
 from so8t_lib.data.tables import load_split, requests_and_contexts, stratified_sample  # noqa: E402
+from so8t_lib.eval.quant_compare import state_closeness  # noqa: E402
 from so8t_lib.export.head_refit import refit_head  # noqa: E402
 from so8t_lib.model import SO8TModel  # noqa: E402
 from so8t_lib.model.heads import SafetyHeadB  # noqa: E402
@@ -46,13 +47,6 @@ from so8t_lib.train.head_init import fit_probe  # noqa: E402
 
 C_GRID = (0.003, 0.01, 0.03, 0.1)
 CLASS_WEIGHTS = [1.0, 2.0, 1.5]  # ALLOW, REFUSE, ESCALATE: the recipe's (configs/gemma3-270m.yaml)
-
-
-def closeness(ref: np.ndarray, other: np.ndarray) -> dict:
-    cos = (ref * other).sum(1) / (np.linalg.norm(ref, axis=1) * np.linalg.norm(other, axis=1))
-    rel = np.linalg.norm(other - ref, axis=1) / np.linalg.norm(ref, axis=1)
-    return {"cosine_mean": round(float(cos.mean()), 5), "cosine_min": round(float(cos.min()), 5),
-            "relative_error_mean": round(float(rel.mean()), 5)}
 
 
 def head_row(name: str, predict, test_states: dict[str, np.ndarray], gold: list[str]) -> dict:
@@ -127,7 +121,7 @@ def main(argv: list[str] | None = None) -> dict:
         "benchmark": "head_quant_robustness", "checkpoint": project_relative(args.checkpoint),
         "files": {q: project_relative(p) for q, p in files.items()}, "test_rows": n, "train_rows": len(train),
         "seconds": round(time.perf_counter() - started, 1),
-        "state_closeness_to_fp32": {q: closeness(test_states["fp32"], test_states[q]) for q in quants},
+        "state_closeness_to_fp32": {q: state_closeness(test_states["fp32"], test_states[q]) for q in quants},
         "heads": heads,
     }
     atomic_write_text(args.out, json.dumps(result, indent=1) + "\n")

@@ -31,6 +31,7 @@ from so8t_lib.core.metrics import macro_f1  # noqa: E402
 from so8t_lib.core.paths import project_relative  # noqa: E402
 from so8t_lib.core.schema import LABELS  # noqa: E402
 from so8t_lib.data.tables import load_split, requests_and_contexts, stratified_sample  # noqa: E402
+from so8t_lib.eval.quant_compare import state_closeness  # noqa: E402
 from so8t_lib.export.mixed import splice, trained_tensor_prefixes  # noqa: E402
 from so8t_lib.model import SO8TModel  # noqa: E402
 from so8t_lib.serve.gguf_backend import GGUFBackend  # noqa: E402
@@ -82,11 +83,8 @@ def main(argv: list[str] | None = None) -> dict:
                 q4, q8, Path(aside) / "mix.gguf", take, f"benchmarks/quant_mix.py: {name}")
             states = GGUFBackend(path).decision_states(*requests_and_contexts(test)).numpy()
             pred = decide(states)
-            cos = (reference * states).sum(1) / (np.linalg.norm(reference, axis=1) * np.linalg.norm(states, axis=1))
             rows.append({"file": name, "size_mib": round(path.stat().st_size / 2**20, 1),
-                         "cosine_mean": round(float(cos.mean()), 5),
-                         "relative_error_mean": round(float((np.linalg.norm(states - reference, axis=1)
-                                                             / np.linalg.norm(reference, axis=1)).mean()), 5),
+                         **state_closeness(reference, states),
                          "agreement_with_fp32": round(float((pred == fp32).mean()), 4),
                          "macro_f1": round(macro_f1(gold, [LABELS[i] for i in pred]), 4)})
             print(json.dumps(rows[-1]), flush=True)

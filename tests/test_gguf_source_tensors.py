@@ -141,3 +141,40 @@ def test_f16_rounding_is_the_same_values_and_a_trained_change_is_not(values, pos
     changed[index] += np.float32(2.0**-7) * max(1.0, abs(float(changed[index])))
     assert not holds_source_values(changed.astype(np.float16), source)
     assert not holds_source_values(source[None, :].astype(np.float16), source)  # another shape is another tensor
+
+
+def test_the_benchmark_scores_both_versions_of_each_rung_on_the_same_rows(tokenizer, tmp_path, monkeypatch):
+    """benchmarks/source_tensors.py on a tiny checkpoint whose "source file" is its own f16 export: the rungs
+    take its f32 tensors (2-D ones differ in type), and both versions of each rung are scored."""
+    import importlib.util
+    import json
+    from pathlib import Path
+
+    model = SO8TModel.from_config(ModelConfig(name="so8t-bench", lora={"layers": [3]}, gates={"layers": [3]}),
+                                  tokenizer)
+    ckpt = model.save(tmp_path / "ckpt")
+    (own_f16,) = export(ckpt, tmp_path / "own", [], progress=False)
+    monkeypatch.setattr(quantize_module, "base_source_file", lambda config: own_f16)
+    dist = tmp_path / "dist"
+    export(ckpt, dist, ["Q4_K_M", "Q4_K_S"], progress=False)
+    spec = importlib.util.spec_from_file_location(
+        "source_tensors_bench", Path(__file__).resolve().parents[1] / "benchmarks" / "source_tensors.py")
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    out = tmp_path / "result.json"
+    args = ["--checkpoint", str(ckpt), "--name", "so8t-bench", "--dist", str(dist), "--rows", "24", "--out", str(out)]
+    result = module.main([*args, "--rungs", "Q4_K_M,Q4_K_S"])
+    assert json.loads(out.read_text()) == result and result["rows"] == 24
+    assert [(r["rung"], r["frozen_tensors"]) for r in result["files"]] == [
+        ("Q4_K_M", "from the source file"), ("Q4_K_S", "from the source file"),
+        ("Q4_K_M", "quantized again"), ("Q4_K_S", "quantized again")]
+    for row in result["files"]:
+        assert (row["source_tensors"] is None) == (row["frozen_tensors"] == "quantized again")
+        assert 0 <= row["agreement_with_fp32"] <= 1 and row["cosine_min"] <= row["cosine_mean"] <= 1.0001
+    assert not [p for p in dist.iterdir() if p.name.startswith(".source-tensors-")]  # the aside export is removed
+    monkeypatch.setattr(quantize_module, "base_source_file", lambda config: None)
+    plain = tmp_path / "plain"
+    export(ckpt, plain, ["Q4_K_M"], progress=False)
+    with pytest.raises(SystemExit, match="took no tensors from a source file"):
+        module.main([*args[:4], "--dist", str(plain), "--rungs", "Q4_K_M", "--out", str(tmp_path / "no.json")])
+    assert not (tmp_path / "no.json").exists()

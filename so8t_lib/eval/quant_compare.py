@@ -11,6 +11,7 @@ from __future__ import annotations
 import time
 from pathlib import Path
 
+import numpy as np
 import pandas as pd
 from tqdm.auto import tqdm
 
@@ -23,6 +24,14 @@ from ..model.so8t import SO8TModel
 from .evaluate import table_contexts
 from .latency import measure_latency
 from .report import safety_report
+
+
+def state_closeness(reference: np.ndarray, states: np.ndarray) -> dict[str, float]:
+    """How far a quantized file's decision states (rows) are from the fp32 model's: cosine and relative error."""
+    cos = (reference * states).sum(1) / (np.linalg.norm(reference, axis=1) * np.linalg.norm(states, axis=1))
+    rel = np.linalg.norm(states - reference, axis=1) / np.linalg.norm(reference, axis=1)
+    return {"cosine_mean": round(float(cos.mean()), 5), "cosine_min": round(float(cos.min()), 5),
+            "relative_error_mean": round(float(rel.mean()), 5)}
 
 
 def _dir_size(path: Path) -> int:
