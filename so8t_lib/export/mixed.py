@@ -1,7 +1,7 @@
 """``Q4_K_M_T8``: a 4-bit file whose trained layers stay at 8 bits.
 
-The pretrained default starts from a base that ships as Q4_K_M, so its frozen layers already hold 4-bit
-values and quantizing them to Q4_K_M again loses almost nothing. The layers the checkpoint trained (LoRA
+The pretrained default starts from a base that ships as Q4_K_M, so its frozen layers hold 4-bit values, which
+the export takes byte for byte from the source file (``export.source_tensors``). The layers the checkpoint trained (LoRA
 merged, gates folded into ``o_proj``) hold new values, and at 4 bits they move SafetyHeadB's decisions:
 measured on the Gemma default (``python benchmarks/quant_mix.py``), blocks 12-17 at Q8_0 and the rest at
 Q4_K_M bring the pooled state's error from 10% to 2.4% and the agreement with fp32 from 0.80 to Q8_0's level,
