@@ -24,8 +24,8 @@ DEFAULT_QUANT = "benchmarks/results/gguf_decisions_so8t-demo.json"
 DEFAULT_REFIT = "benchmarks/results/head_refit_so8t-demo.json"
 DEFAULT_POINTS = "benchmarks/results/operating_point.json"
 DEFAULT_POINTS_RECIPE = "so8t-demo"
-DEFAULT_COMPARE = "experiments/eval/so8t-demo-corpus-v3.json"
-DEFAULT_COMPARE_LABEL = "corpus v3"
+DEFAULT_COMPARE = "experiments/eval/so8t-demo-corpus-v4.json"
+DEFAULT_COMPARE_LABEL = "corpus v4"
 
 
 def main(argv: list[str] | None = None) -> None:
