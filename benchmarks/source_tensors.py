@@ -20,9 +20,6 @@ import tempfile
 import time
 from pathlib import Path
 
-import numpy as np
-import torch
-
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
@@ -30,12 +27,11 @@ from so8t_lib.core.io import atomic_write_text  # noqa: E402
 from so8t_lib.core.metrics import macro_f1  # noqa: E402
 from so8t_lib.core.paths import project_relative  # noqa: E402
 from so8t_lib.core.schema import LABELS  # noqa: E402
-from so8t_lib.data.tables import load_split, requests_and_contexts, stratified_sample  # noqa: E402
-from so8t_lib.eval.quant_compare import state_closeness  # noqa: E402
+from so8t_lib.data.tables import requests_and_contexts  # noqa: E402
+from so8t_lib.eval.quant_compare import fp32_decision_reference, state_closeness  # noqa: E402
 from so8t_lib.export.gguf_meta import read_metadata  # noqa: E402
 from so8t_lib.export.quantize import export  # noqa: E402
 from so8t_lib.export.source_tensors import SOURCE_KEY  # noqa: E402
-from so8t_lib.model import SO8TModel  # noqa: E402
 from so8t_lib.serve.gguf_backend import GGUFBackend  # noqa: E402
 
 RUNGS = ("Q4_K_M", "Q4_K_M_T8", "Q4_K_S")  # the rungs whose types the Q4_K_M source holds tensors in
@@ -61,16 +57,8 @@ def main(argv: list[str] | None = None) -> dict:
                  "no GGUF, or an export older than so8t_lib.export.source_tensors): nothing to compare")
     from tqdm.auto import tqdm
 
-    test = stratified_sample(load_split("test"), args.rows, seed=0).to_dict("records")
-    gold = [r["label"] for r in test]
     started = time.perf_counter()
-    model = SO8TModel.load(args.checkpoint, load_in_4bit=False, dtype="float32")
-    reference = model.decision_states(*requests_and_contexts(test), 16, progress=True).numpy()
-
-    def decide(states: np.ndarray) -> np.ndarray:
-        with torch.no_grad():
-            return model.safety_head(torch.from_numpy(states)).argmax(-1).numpy()
-
+    model, test, gold, reference, decide = fp32_decision_reference(args.checkpoint, args.rows)
     fp32 = decide(reference)
     rows = []
     with tempfile.TemporaryDirectory(dir=args.dist, prefix=".source-tensors-") as aside:

@@ -34,6 +34,25 @@ def state_closeness(reference: np.ndarray, states: np.ndarray) -> dict[str, floa
             "relative_error_mean": round(float(rel.mean()), 5)}
 
 
+def fp32_decision_reference(checkpoint: str | Path, rows: int, seed: int = 0):
+    """What the quantization benchmarks score every file against: a stratified sample of the test split, the
+    fp32 checkpoint's pooled decision states on it, and ``decide(states) -> label indices`` with its head.
+    Returns ``(model, records, gold, reference_states, decide)``."""
+    import torch
+
+    from ..data.tables import load_split, requests_and_contexts
+
+    records = stratified_sample(load_split("test"), rows, seed=seed).to_dict("records")
+    model = SO8TModel.load(checkpoint, load_in_4bit=False, dtype="float32")
+    reference = model.decision_states(*requests_and_contexts(records), 16, progress=True).numpy()
+
+    def decide(states: np.ndarray) -> np.ndarray:
+        with torch.no_grad():
+            return model.safety_head(torch.from_numpy(states)).argmax(-1).numpy()
+
+    return model, records, [r["label"] for r in records], reference, decide
+
+
 def _dir_size(path: Path) -> int:
     return sum(p.stat().st_size for p in path.rglob("*") if p.is_file())
 
