@@ -229,6 +229,10 @@ class TrainingConfig(_Section):
     train_max_rows: int | None = Field(
         None, gt=0, description="train on a seeded sample of N rows, stratified by label and language (None: all): "
         "the CPU recipe of a pretrained base, which needs fewer rows than a random one")
+    group_by_length: int = Field(
+        0, ge=0, description="put rows of similar length in one batch: sort each window of N batches of the "
+        "epoch's shuffled order by length, then shuffle the batches (0: off). On the Gemma recipe's rows 16 cuts "
+        "the padded tokens per epoch from 1.76x the real ones to 1.07x")
     freeze_below: int = Field(
         0, ge=0, description="decoder layers below this index are frozen (no LoRA, no gates there): the layers a "
         "pretrained base keeps as they are")

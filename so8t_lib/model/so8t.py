@@ -281,40 +281,47 @@ class SO8TModel(CheckpointMixin, nn.Module):
         """Probabilities (N, 3) over ALLOW, REFUSE, ESCALATE for raw requests: one prefill per batch,
         no generation. Temperature-scaled when a temperature has been fitted; ``return_logits``
         gives the head's raw logits instead (for fitting the temperature)."""
-        chunks = []
-        for out in self._prefill(requests, contexts, batch_size, progress):
-            chunks.append(out.safety_logits.float().cpu() if return_logits
-                          else self.safety_head.probabilities(out.safety_logits).cpu())
-        return torch.cat(chunks) if chunks else torch.empty(0, len(LABELS))
+        result = torch.empty(len(requests), len(LABELS))
+        for rows, out in self._prefill(requests, contexts, batch_size, progress):
+            result[rows] = (out.safety_logits.float().cpu() if return_logits
+                            else self.safety_head.probabilities(out.safety_logits).float().cpu())
+        return result
 
     @torch.no_grad()
     def decision_states(self, requests: list[str], contexts: list[str | None] | None = None,
                         batch_size: int = 32, progress: bool = False) -> torch.Tensor:
         """SafetyHeadB's input (N, hidden) for raw requests, computed as ``decide`` computes it: what a readout
         fitted outside the model (a probe, a quantization study) must see."""
-        chunks = [out.pooled.float().cpu() for out in self._prefill(requests, contexts, batch_size, progress)]
-        return torch.cat(chunks) if chunks else torch.empty(0, self.causal_lm.config.hidden_size * len(self.read_layers))
+        result = torch.empty(len(requests), self.causal_lm.config.hidden_size * len(self.read_layers))
+        for rows, out in self._prefill(requests, contexts, batch_size, progress):
+            result[rows] = out.pooled.float().cpu()
+        return result
 
     def _prefill(self, requests: list[str], contexts: list[str | None] | None, batch_size: int,
-                 progress: bool) -> Iterator[SO8TOutput]:
-        """One forward pass (no LM logits) per batch of formatted prompts, in eval mode."""
+                 progress: bool) -> Iterator[tuple[list[int], SO8TOutput]]:
+        """One forward pass (no LM logits) per batch of formatted prompts, in eval mode, with the indices of the
+        requests it holds. Prompts of similar token length share a batch: unsorted, a batch of 32 pads every row
+        to its longest, close to twice the tokens on the corpus."""
         contexts = contexts or [None] * len(requests)
         if len(contexts) != len(requests):
             raise ValueError(f"{len(requests)} requests but {len(contexts)} contexts")
         device = next(self.parameters()).device
         was_training = self.training
         self.eval()
-        starts = range(0, len(requests), batch_size)
+        prompts = [self.format_prompt(r, c) for r, c in zip(requests, contexts)]
+        lengths = [len(ids) for ids in self.tokenizer(prompts, add_special_tokens=False)["input_ids"]] if prompts else []
+        order = sorted(range(len(prompts)), key=lambda i: lengths[i])
+        starts = range(0, len(prompts), batch_size)
         if progress:
             from tqdm.auto import tqdm
 
             starts = tqdm(starts, desc="deciding", unit="batch", leave=False)
         try:
             for start in starts:
-                prompts = [self.format_prompt(r, c) for r, c in
-                           zip(requests[start:start + batch_size], contexts[start:start + batch_size])]
-                batch = self.tokenizer(prompts, return_tensors="pt", padding=True, add_special_tokens=False).to(device)
-                yield self(batch["input_ids"], batch["attention_mask"], return_lm_logits=False)
+                rows = order[start:start + batch_size]
+                batch = self.tokenizer([prompts[i] for i in rows], return_tensors="pt", padding=True,
+                                       add_special_tokens=False).to(device)
+                yield rows, self(batch["input_ids"], batch["attention_mask"], return_lm_logits=False)
         finally:
             self.train(was_training)
 

@@ -49,6 +49,28 @@ def epoch_order(n_rows: int, seed: int, epoch: int) -> list[int]:
     return torch.randperm(n_rows, generator=generator).tolist()
 
 
+def length_grouped_order(lengths: list[int], batch_size: int, window_batches: int, seed: int, epoch: int) -> list[int]:
+    """The epoch's order with rows of similar length in one batch, so a padded batch wastes little.
+
+    The permutation of ``epoch_order`` is cut into windows of ``window_batches`` batches; each window is sorted by
+    length and cut into batches, and the full batches are shuffled as wholes (again depending only on seed and
+    epoch, so a resumed run continues exactly). A last, incomplete batch stays at the end, where the trainer's
+    fixed stride never reaches it, as it never reaches the tail of a plain permutation.
+    """
+    if batch_size < 1 or window_batches < 1:
+        raise ValueError(f"batch_size ({batch_size}) and window_batches ({window_batches}) must be at least 1")
+    order = epoch_order(len(lengths), seed, epoch)
+    window = batch_size * window_batches
+    batches: list[list[int]] = []
+    for start in range(0, len(order), window):
+        chunk = sorted(order[start:start + window], key=lambda i: lengths[i], reverse=True)
+        batches += [chunk[i:i + batch_size] for i in range(0, len(chunk), batch_size)]
+    full = [b for b in batches if len(b) == batch_size]
+    tail = [i for b in batches if len(b) < batch_size for i in b]
+    generator = torch.Generator().manual_seed(seed * 100_003 + epoch + 50_000)
+    return [i for b in torch.randperm(len(full), generator=generator).tolist() for i in full[b]] + tail
+
+
 def rng_state() -> dict:
     state = {"python": random.getstate(), "torch": torch.get_rng_state(),
              "numpy": {k: (torch.from_numpy(v) if isinstance(v, np.ndarray) else v)

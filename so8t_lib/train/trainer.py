@@ -50,7 +50,7 @@ from ..model.so8t import SO8TModel
 from .collate import SafetyCollator, table_rows
 from .head_init import warm_start_head
 from .losses import composite_loss
-from .optim import build_optimizers, epoch_order, rng_state, set_rng_state
+from .optim import build_optimizers, epoch_order, length_grouped_order, rng_state, set_rng_state
 from .state_cache import FrozenStates, check_frozen_below, decide_from_states
 
 
@@ -124,6 +124,9 @@ class Trainer:
         self.collate = SafetyCollator(self.model.tokenizer, self.tcfg.max_length, self.model.system_prompt,
                                       self.tcfg.max_target_tokens)
         self.lm_head = self.model.causal_lm.get_output_embeddings()
+        # token counts for group_by_length (what the collator pads to), computed once per run
+        self.row_lengths = [len(self.collate.encode(row)[0]) for row in self.train_rows] \
+            if self.tcfg.group_by_length else None
         self.setup_seconds["model_and_data_s"] = time.perf_counter() - clock
         self.split, self.frozen = None, None
         if self.tcfg.freeze_below:
@@ -216,7 +219,9 @@ class Trainer:
         if self.state.batch_in_epoch >= n_batches:
             self.state.epoch += 1
             self.state.batch_in_epoch = 0
-        order = epoch_order(len(self.train_rows), self.tcfg.seed, self.state.epoch)
+        order = epoch_order(len(self.train_rows), self.tcfg.seed, self.state.epoch) if self.row_lengths is None else \
+            length_grouped_order(self.row_lengths, self.tcfg.batch_size, self.tcfg.group_by_length, self.tcfg.seed,
+                                 self.state.epoch)
         start = self.state.batch_in_epoch * global_batch + rank * self.tcfg.batch_size
         self.state.batch_in_epoch += 1
         return [self.train_rows[i] for i in order[start : start + self.tcfg.batch_size]]
