@@ -195,6 +195,23 @@ def test_training_from_cached_frozen_states_equals_training_the_whole_model(tmp_
     assert all(torch.allclose(finals[0][n], finals[1][n], atol=1e-5) for n in finals[0])
 
 
+def test_warm_start_states_are_the_prompt_states_decide_reads_with_or_without_the_cache(tmp_path, monkeypatch):
+    """The warm start cuts each batch at its last prompt token and reads the cache's states: exact, since the
+    pooled state reads the prompt only and attention is causal."""
+    from so8t_lib.train.head_init import decision_states
+    from so8t_lib.train.trainer import Trainer
+
+    monkeypatch.setenv("SO8T_CACHE", str(tmp_path / "cache"))
+    trainer = Trainer(_recipe(tmp_path, "warm-states", True))
+    rows = trainer.train_rows[:20]
+    reference = trainer.model.decision_states([r["user_request"] for r in rows], [r["context"] or None for r in rows],
+                                              batch_size=6).numpy()
+    plain = decision_states(trainer.model, rows, trainer.collate, batch_size=6, progress=False)
+    cached = decision_states(trainer.model, rows, trainer.collate, batch_size=6, frozen=trainer.frozen,
+                             split=trainer.split, progress=False)
+    assert np.allclose(plain, reference, atol=1e-5) and np.allclose(cached, reference, atol=1e-5)
+
+
 def test_a_fixed_sample_seed_shares_the_rows_and_the_cache_across_seeds(tmp_path, monkeypatch):
     """A sweep over seeds with training.sample_seed fixed trains every run on the same rows (one frozen-state
     cache); without it each seed draws its own sample."""

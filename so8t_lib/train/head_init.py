@@ -29,15 +29,22 @@ def decision_states(model: SO8TModel, rows: list[dict], collate: SafetyCollator,
     was_training = model.training
     model.eval()
     device = next(model.parameters()).device
-    order = sorted(range(len(rows)), key=lambda i: len(rows[i]["user_request"]) + len(rows[i].get("context") or ""))
+    # similar token lengths share a batch (characters are no guide: a Japanese character is about a token, an English
+    # one a quarter of one)
+    lengths = [frozen.offsets[row["id"]][1] for row in rows] if frozen is not None else \
+        [len(collate.encode(row)[0]) for row in rows]
+    order = sorted(range(len(rows)), key=lambda i: lengths[i])
     chunks, done = [], []
     try:
         starts = tqdm(range(0, len(rows), batch_size), desc="probe states for SafetyHeadB's warm start",
                       unit="batch", disable=not progress)
-        for start in starts:  # similar lengths share a batch: little padding
+        for start in starts:
             done += order[start:start + batch_size]
             part = [rows[i] for i in order[start:start + batch_size]]
             batch = collate(part)
+            # the pooled state reads the prompt only, and attention is causal: the targets after it change nothing
+            width = int(batch["decision_positions"].max()) + 1
+            batch["input_ids"], batch["attention_mask"] = batch["input_ids"][:, :width], batch["attention_mask"][:, :width]
             states = None if frozen is None else frozen.batch(part, batch["input_ids"].shape[1]).to(device)
             out = model(batch["input_ids"].to(device), batch["attention_mask"].to(device),
                         decision_positions=batch["decision_positions"].to(device), return_lm_logits=False,

@@ -102,10 +102,12 @@ class FrozenStates:
         return cls(folder)
 
     def batch(self, rows: list[dict], width: int) -> torch.Tensor:
-        """(B, width, hidden) states for rows collated to ``width`` tokens (right padding; pads are zeros)."""
+        """(B, width, hidden) states for rows collated to ``width`` tokens (right padding; pads are zeros); a row
+        longer than ``width`` is cut to its first ``width`` tokens, as its token ids were."""
         out = torch.zeros(len(rows), width, self.states.shape[1])
         for i, row in enumerate(rows):
             start, length = self.offsets[row["id"]]
+            length = min(length, width)
             out[i, :length] = torch.from_numpy(np.array(self.states[start:start + length]))
         return out
 
