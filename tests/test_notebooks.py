@@ -102,8 +102,8 @@ def test_model_card_names_missing_results_and_quotes_present_ones(tmp_path):
     so8t(["card", "--run", str(run), "--compare", str(tmp_path / "v1.json"), "--compare-label", "corpus v0", *common])
     card = out.read_text(encoding="utf-8")
     assert "(model `old`)" not in card and "same path `new`, which held the corpus v0 run" in card
-    assert "## The same recipe trained on corpus v0" in card and "| xstest | macro_f1 | 0.200 [0.35, 0.45] |" in card
-    assert "| test | macro_f1 |" not in card.split("## The same recipe")[1]
+    assert "## Beside an earlier run: corpus v0" in card and "| xstest | macro_f1 | 0.200 [0.35, 0.45] |" in card
+    assert "| test | macro_f1 |" not in card.split("## Beside an earlier run")[1]
     assert "different rows" in card and "test macro_f1 0.300 [0.35, 0.45] (n=10) vs 0.400" in card
     assert "random" in card and "Gemma" not in card  # the tiny preset's card claims nothing about Gemma
 

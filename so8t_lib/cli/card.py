@@ -24,8 +24,8 @@ DEFAULT_QUANT = "benchmarks/results/gguf_decisions_so8t-demo.json"
 DEFAULT_REFIT = "benchmarks/results/head_refit_so8t-demo.json"
 DEFAULT_POINTS = "benchmarks/results/operating_point.json"
 DEFAULT_POINTS_RECIPE = "so8t-demo"
-DEFAULT_COMPARE = "experiments/eval/so8t-demo-corpus-v4.json"
-DEFAULT_COMPARE_LABEL = "corpus v4"
+DEFAULT_COMPARE = "experiments/eval/so8t-demo-corpus-v5-plain-batches.json"
+DEFAULT_COMPARE_LABEL = "corpus v5, plain batches (the run before)"
 
 
 def main(argv: list[str] | None = None) -> None:
@@ -42,8 +42,8 @@ def main(argv: list[str] | None = None) -> None:
                              "with val, docs/benchmarks.md)")
     parser.add_argument("--ablation", default="experiments/ablation/ablation.json")
     parser.add_argument("--compare", default=DEFAULT_COMPARE,
-                        help='an evaluation of the same recipe trained on another corpus ("" for none)')
-    parser.add_argument("--compare-label", default=DEFAULT_COMPARE_LABEL, help="what --compare was trained on")
+                        help='an evaluation of an earlier run of the recipe, on another corpus or with other settings ("" for none)')
+    parser.add_argument("--compare-label", default=DEFAULT_COMPARE_LABEL, help="what sets that run apart")
     parser.add_argument("--out", default="MODEL_CARD.md")
     parser.add_argument("--figures", default="figures", help='folder for the figures; "" skips them')
     parser.add_argument("--follow-up", action="append", default=None,

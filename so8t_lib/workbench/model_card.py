@@ -104,14 +104,14 @@ def same_rows(report: dict, other: dict) -> bool:
 
 def _comparison_section(evaluation: dict | None, compare: dict | None, compare_json: Path | None,
                         compare_label: str) -> list[str]:
-    """The same recipe trained on another corpus: compared row for row only where both scored the same rows
+    """An earlier run of the recipe (another corpus, or other settings): compared row for row only where both scored the same rows
     (a new corpus reshuffles its splits, so its test split is other rows; the public sets are not)."""
     if not (evaluation and compare):
         return []
     old_model, new_model = compare.get("model", "?"), evaluation.get("model", "?")
     where = (f"the same path `{new_model}`, which held the {compare_label} run when that file was written"
              if old_model == new_model else f"model `{old_model}`")
-    lines = ["", f"## The same recipe trained on {compare_label}",
+    lines = ["", f"## Beside an earlier run: {compare_label}",
              f"`{compare_json}` ({where}) against this model (`{new_model}`), on the data sets both scored row "
              "for row:", "",
              f"| data | metric | {compare_label} | this model |", "|---|---|---|---|"]
