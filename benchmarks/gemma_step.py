@@ -53,22 +53,12 @@ def time_steps(trainer: Trainer, steps: int, warmup: int) -> dict:
     positions, real = [], 0
     start = time.perf_counter()
     for _ in range(steps):
-        positions.append((trainer.state.epoch, trainer.state.batch_in_epoch))
         real += trainer.train_step()["tokens"]
+        positions.append((trainer.state.epoch, trainer.state.batch_in_epoch - 1))  # the batch that step took
     elapsed = time.perf_counter() - start
-    padded = sum(trainer.collate(_rows_at(trainer, *position))["input_ids"].numel() for position in positions)
+    padded = sum(trainer.collate(trainer.batch_rows(*position))["input_ids"].numel() for position in positions)
     return {"steps": steps, "seconds": elapsed, "s_per_step": elapsed / steps, "real_tokens": real,
             "padded_tokens": padded, "padded_per_real": padded / real, "real_tokens_per_s": real / elapsed}
-
-
-def _rows_at(trainer: Trainer, epoch: int, batch_in_epoch: int) -> list[dict]:
-    """The rows of an earlier step, read again from the epoch order (after the timing)."""
-    saved = (trainer.state.epoch, trainer.state.batch_in_epoch)
-    trainer.state.epoch, trainer.state.batch_in_epoch = epoch, batch_in_epoch
-    try:
-        return trainer._next_rows()
-    finally:
-        trainer.state.epoch, trainer.state.batch_in_epoch = saved
 
 
 def time_decide(model, requests: list[str], contexts: list[str | None], batch_size: int = 32) -> dict:

@@ -7,6 +7,7 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 from test_train import QUICK, ROOT
 
+from so8t_lib.core.batching import batches_by_length
 from so8t_lib.core.config import load_config
 from so8t_lib.model import SO8TModel
 from so8t_lib.train.optim import epoch_order, length_grouped_order
@@ -38,6 +39,15 @@ def test_grouped_order_is_a_permutation_whose_batches_each_come_from_one_sorted_
                         or min(lengths[i] for i in b) >= max(lengths[i] for i in a))
 
 
+def test_batches_by_length_cover_every_index_once_shortest_first():
+    lengths = [5, 1, 9, 1, 7, 3, 2]
+    batches = batches_by_length(lengths, 3)
+    assert sorted(i for b in batches for i in b) == list(range(7)) and [len(b) for b in batches] == [3, 3, 1]
+    assert [lengths[i] for b in batches for i in b] == sorted(lengths)
+    with pytest.raises(ValueError, match="at least 1"):
+        batches_by_length(lengths, 0)
+
+
 def test_grouping_by_length_rejects_an_empty_batch_or_window():
     with pytest.raises(ValueError, match="at least 1"):
         length_grouped_order([3, 4], 0, 4, 0, 0)
@@ -53,6 +63,7 @@ def _epoch_widths(tmp_path, group: int) -> tuple[list[int], list[str]]:
     widths, seen = [], []
     for _ in range(len(trainer.train_rows) // cfg.training.batch_size):
         rows = trainer._next_rows()
+        assert rows == trainer.batch_rows(trainer.state.epoch, trainer.state.batch_in_epoch - 1)  # looked up again
         widths.append(trainer.collate(rows)["input_ids"].shape[1])
         seen += [row["id"] for row in rows]
     return widths, seen

@@ -23,6 +23,7 @@ import torch
 from torch import nn
 from transformers import PreTrainedModel
 
+from ..core.batching import batches_by_length
 from ..core.config import ConfigError, ModelConfig
 from ..core.schema import (
     LABELS,
@@ -310,15 +311,13 @@ class SO8TModel(CheckpointMixin, nn.Module):
         self.eval()
         prompts = [self.format_prompt(r, c) for r, c in zip(requests, contexts)]
         lengths = [len(ids) for ids in self.tokenizer(prompts, add_special_tokens=False)["input_ids"]] if prompts else []
-        order = sorted(range(len(prompts)), key=lambda i: lengths[i])
-        starts = range(0, len(prompts), batch_size)
+        batches = batches_by_length(lengths, batch_size)
         if progress:
             from tqdm.auto import tqdm
 
-            starts = tqdm(starts, desc="deciding", unit="batch", leave=False)
+            batches = tqdm(batches, desc="deciding", unit="batch", leave=False)
         try:
-            for start in starts:
-                rows = order[start:start + batch_size]
+            for rows in batches:
                 batch = self.tokenizer([prompts[i] for i in rows], return_tensors="pt", padding=True,
                                        add_special_tokens=False).to(device)
                 yield rows, self(batch["input_ids"], batch["attention_mask"], return_lm_logits=False)

@@ -14,6 +14,7 @@ from dataclasses import dataclass
 import numpy as np
 import torch
 
+from ..core.batching import batches_by_length
 from ..core.schema import LABELS
 from ..model.heads import STANDARDIZER_EPS
 from ..model.so8t import SO8TModel
@@ -33,14 +34,13 @@ def decision_states(model: SO8TModel, rows: list[dict], collate: SafetyCollator,
     # one a quarter of one)
     lengths = [frozen.offsets[row["id"]][1] for row in rows] if frozen is not None else \
         [len(collate.encode(row)[0]) for row in rows]
-    order = sorted(range(len(rows)), key=lambda i: lengths[i])
     chunks, done = [], []
     try:
-        starts = tqdm(range(0, len(rows), batch_size), desc="probe states for SafetyHeadB's warm start",
-                      unit="batch", disable=not progress)
-        for start in starts:
-            done += order[start:start + batch_size]
-            part = [rows[i] for i in order[start:start + batch_size]]
+        batches = tqdm(batches_by_length(lengths, batch_size), desc="probe states for SafetyHeadB's warm start",
+                       unit="batch", disable=not progress)
+        for indices in batches:
+            done += indices
+            part = [rows[i] for i in indices]
             batch = collate(part)
             # the pooled state reads the prompt only, and attention is causal: the targets after it change nothing
             width = int(batch["decision_positions"].max()) + 1

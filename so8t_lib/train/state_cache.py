@@ -18,6 +18,7 @@ from pathlib import Path
 import numpy as np
 import torch
 
+from ..core.batching import batches_by_length
 from ..core.paths import cache_root
 from ..model.so8t import SO8TModel, position_ids_from_mask
 from ..model.split import DecoderSplit
@@ -73,8 +74,7 @@ class FrozenStates:
                                            shape=(sum(lengths), hidden))
         starts = np.concatenate([[0], np.cumsum(lengths)[:-1]]).astype(int).tolist()
         device = next(model.parameters()).device
-        order = sorted(range(len(rows)), key=lambda i: lengths[i])  # similar lengths share a batch: less padding
-        batches = [order[i:i + batch_size] for i in range(0, len(order), batch_size)]
+        batches = batches_by_length(lengths, batch_size)
         if progress:
             from tqdm.auto import tqdm
 
@@ -141,13 +141,12 @@ def decide_from_states(model: SO8TModel, split: DecoderSplit, frozen: FrozenStat
     ``model.decide`` on the same prompts."""
     was_training = model.training
     model.eval()
-    order = sorted(range(len(rows)), key=lambda i: frozen.offsets[rows[i]["id"]][1])  # little padding
     chunks, done = [], []
     try:
         device = next(model.parameters()).device
-        for start in range(0, len(rows), batch_size):
-            done += order[start:start + batch_size]
-            part = [rows[i] for i in order[start:start + batch_size]]
+        for indices in batches_by_length([frozen.offsets[row["id"]][1] for row in rows], batch_size):
+            done += indices
+            part = [rows[i] for i in indices]
             batch = collate(part)
             states = frozen.batch(part, batch["input_ids"].shape[1]).to(device)
             out = model(batch["input_ids"].to(device), batch["attention_mask"].to(device),

@@ -211,19 +211,28 @@ class Trainer:
     # --- one optimizer step ----------------------------------------------------------------------
     def _next_rows(self) -> list[dict]:
         """This process's rows of the next micro-batch, continuing the epoch's fixed order."""
-        world, rank = self.accelerator.num_processes, self.accelerator.process_index
-        global_batch = self.tcfg.batch_size * world
+        if self.state.batch_in_epoch >= self._batches_per_epoch():
+            self.state.epoch += 1
+            self.state.batch_in_epoch = 0
+        rows = self.batch_rows(self.state.epoch, self.state.batch_in_epoch)
+        self.state.batch_in_epoch += 1
+        return rows
+
+    def _batches_per_epoch(self) -> int:
+        global_batch = self.tcfg.batch_size * self.accelerator.num_processes
         n_batches = len(self.train_rows) // global_batch
         if n_batches == 0:
             raise ValueError(f"{len(self.train_rows)} training rows cannot fill one batch of {global_batch}")
-        if self.state.batch_in_epoch >= n_batches:
-            self.state.epoch += 1
-            self.state.batch_in_epoch = 0
-        order = epoch_order(len(self.train_rows), self.tcfg.seed, self.state.epoch) if self.row_lengths is None else \
+        return n_batches
+
+    def batch_rows(self, epoch: int, batch_in_epoch: int) -> list[dict]:
+        """This process's rows of one micro-batch of the run's data order: a pure function of (seed, epoch,
+        index), which is what makes resuming exact and lets a benchmark look a step's rows up afterwards."""
+        world, rank = self.accelerator.num_processes, self.accelerator.process_index
+        order = epoch_order(len(self.train_rows), self.tcfg.seed, epoch) if self.row_lengths is None else \
             length_grouped_order(self.row_lengths, self.tcfg.batch_size, self.tcfg.group_by_length, self.tcfg.seed,
-                                 self.state.epoch)
-        start = self.state.batch_in_epoch * global_batch + rank * self.tcfg.batch_size
-        self.state.batch_in_epoch += 1
+                                 epoch)
+        start = batch_in_epoch * self.tcfg.batch_size * world + rank * self.tcfg.batch_size
         return [self.train_rows[i] for i in order[start : start + self.tcfg.batch_size]]
 
     def train_step(self) -> dict:
