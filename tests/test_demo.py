@@ -34,6 +34,9 @@ def test_demo_trains_then_reuses_the_run_and_writes_test_metrics(tmp_path, capsy
     assert timings["training_steps"] == 3 and timings["training_setup"] == {k: v for k, v in setup.items() if k.endswith("_s")}
     stages = [timings[k] for k in ("training_s", "test_split_s", "gguf_ladder_s") if k in timings]
     assert len(stages) >= 2 and timings["total_s"] >= sum(stages) - 0.2
+    machine = timings["machine"]  # a timing says where it was taken, and the memory it took
+    assert machine["cores"] >= 1 and machine["torch_threads"] >= 1 and machine["cpu"]
+    assert 0.1 < machine["peak_rss_gb"] < 64
     out = capsys.readouterr().out
     assert "safety_score" in out and "confusion" in out
     try:

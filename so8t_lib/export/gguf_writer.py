@@ -130,8 +130,9 @@ def copy_tokenizer(writer, source: Path, vocab_size: int) -> None:
     template excepted: the model's own is written after)."""
     import gguf
 
-    reader = gguf.GGUFReader(str(source))
-    for key, field in reader.fields.items():
+    from .gguf_file import open_gguf
+
+    for key, field in open_gguf(source, want=lambda key: key.startswith("tokenizer.")).fields.items():
         if not key.startswith("tokenizer.") or key == "tokenizer.chat_template":
             continue
         value_type = field.types[0]

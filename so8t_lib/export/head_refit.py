@@ -24,6 +24,7 @@ import torch
 from torch import nn
 
 from ..model.heads import SafetyHeadB
+from .gguf_file import open_gguf
 from .gguf_meta import REFIT_KEY
 from .gguf_rewrite import rewrite_gguf
 from .gguf_writer import HEAD_KEY_PREFIX, add_head_keys
@@ -116,9 +117,8 @@ def refit_head(head: SafetyHeadB, states: torch.Tensor, teacher: torch.Tensor,
 def write_head(path: str | Path, head: SafetyHeadB, report: dict) -> Path:
     """Rewrite ``path`` with ``head`` as its SafetyHeadB and ``report`` under ``so8t.head_refit``; tensors and
     every other key as they were, the sha256 sidecar renewed."""
-    import gguf
 
-    reader = gguf.GGUFReader(str(path))
+    reader = open_gguf(path)
     state = {k: v for k, v in head.state_dict().items() if k.startswith("net.")}
 
     def add(writer) -> None:

@@ -15,6 +15,7 @@ from collections.abc import Callable
 from pathlib import Path
 
 from ..core.config import ModelConfig
+from .gguf_file import open_gguf
 from .gguf_meta import NOTE_KEYS, GGUFError
 from .gguf_rewrite import rewrite_gguf
 
@@ -61,9 +62,8 @@ def splice(low_path: str | Path, high_path: str | Path, target: str | Path, take
            note: str) -> Path:
     """Write ``target``: metadata and tensors of ``low_path``, except tensors for which ``take(name)`` holds,
     copied from ``high_path`` (the same model quantized otherwise). Whole or not at all, with a sha256 sidecar."""
-    import gguf
 
-    low, high = gguf.GGUFReader(str(low_path)), gguf.GGUFReader(str(high_path))
+    low, high = open_gguf(low_path), open_gguf(high_path)
     high_tensors = {t.name: t for t in high.tensors}
     low_names = [t.name for t in low.tensors]
     if sorted(low_names) != sorted(high_tensors):

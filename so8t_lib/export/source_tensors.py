@@ -16,6 +16,7 @@ from pathlib import Path
 
 import numpy as np
 
+from .gguf_file import open_gguf
 from .gguf_meta import NOTE_KEYS, GGUFError
 from .gguf_rewrite import rewrite_gguf
 
@@ -59,15 +60,14 @@ def take_source_tensors(quantized: str | Path, exported: str | Path, source: str
     """Rewrite ``quantized`` in place with every tensor that ``source`` (the base's original GGUF) holds in the
     same type and that ``exported`` (the f16 or f32 export the file was quantized from) holds unchanged. The
     file is left as it was when no tensor qualifies; otherwise it is replaced whole, with its sha256 sidecar."""
-    import gguf
 
     quantized, exported, source = Path(quantized), Path(exported), Path(source)
     for path in (quantized, exported, source):
         if not path.is_file():
             raise GGUFError(f"{path}: no such GGUF file")
-    target = gguf.GGUFReader(str(quantized))
-    reference = {t.name: t for t in gguf.GGUFReader(str(exported)).tensors}
-    original = {t.name: t for t in gguf.GGUFReader(str(source)).tensors}
+    target = open_gguf(quantized)
+    reference = {t.name: t for t in open_gguf(exported).tensors}
+    original = {t.name: t for t in open_gguf(source).tensors}
     if sorted(reference) != sorted(t.name for t in target.tensors):
         raise GGUFError(f"{quantized} is not a quantization of {exported}: they hold different tensors")
     chosen, taken = [], []

@@ -7,6 +7,7 @@ Training and evaluation do not import each other; this is where they meet.
 from __future__ import annotations
 
 import json
+import os
 import shutil
 import sys
 import time
@@ -142,11 +143,36 @@ def write_timings(run_dir: Path, timings: dict[str, float], total: float) -> dic
                 setup = {k: v for k, v in record.items() if k.endswith("_s")}
             steps = max(steps, int(record.get("step") or 0))
     result = {"total_s": round(total, 1), **{k: round(v, 1) for k, v in timings.items()},
-              "training_setup": setup, "training_steps": steps}
+              "training_setup": setup, "training_steps": steps, "machine": machine_facts()}
     atomic_write_text(run_dir / DEMO_TIMINGS_FILE, json.dumps(result, indent=1))
     print("time: " + ", ".join(f"{k.removesuffix('_s').replace('_', ' ')} {v:.0f}s" for k, v in result.items()
                                if k.endswith("_s")) + f" (setup: {setup}); {run_dir / DEMO_TIMINGS_FILE}")
     return result
+
+
+def machine_facts() -> dict:
+    """What a timing needs beside it to be read: the cores torch used and this process's peak resident memory
+    (children such as llama.cpp's quantizer run in-process, so it counts them too)."""
+    import platform
+
+    import torch
+
+    cpu = platform.processor() or platform.machine()
+    try:  # Linux names the model ("AMD EPYC ...", "Intel Xeon ..."); elsewhere the architecture will do
+        cpu = next(line.split(":", 1)[1].strip() for line in Path("/proc/cpuinfo").read_text().splitlines()
+                   if line.startswith("model name"))
+    except (OSError, StopIteration):
+        pass
+    facts = {"cpu": cpu, "cores": os.cpu_count(),
+             "torch_threads": torch.get_num_threads()}
+    try:
+        import resource
+    except ImportError:  # not on Windows
+        return facts
+    # ru_maxrss counts kilobytes on Linux and bytes on macOS
+    scale = 1 if sys.platform == "darwin" else 1024
+    facts["peak_rss_gb"] = round(resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * scale / 2**30, 2)
+    return facts
 
 
 def demo_gguf(paths: list[Path]) -> Path:
