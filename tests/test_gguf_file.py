@@ -10,29 +10,16 @@ from hypothesis import strategies as st
 gguf = pytest.importorskip("gguf")
 
 from so8t_lib.core.config import ModelConfig  # noqa: E402
-from so8t_lib.export.gguf_file import GGUFFile, open_gguf  # noqa: E402
+from so8t_lib.export.gguf_file import GGUFFile, differences_from_gguf_reader, open_gguf  # noqa: E402
 from so8t_lib.export.gguf_meta import GGUFError, read_metadata  # noqa: E402
 from so8t_lib.model import SO8TModel  # noqa: E402
 
 VT = gguf.GGUFValueType
 
 
-def assert_same_as_gguf_reader(path, read=None):
-    """``read`` (default: GGUFFile) gives exactly what gguf.GGUFReader gives for ``path``."""
-    ours, theirs = (read or GGUFFile)(path), gguf.GGUFReader(str(path))
-    keys = [k for k in theirs.fields if not k.startswith("GGUF.")]  # GGUFReader's own header entries
-    assert [k for k in ours.fields if not k.startswith("GGUF.")] == keys
-    for key in keys:
-        mine, reference = ours.fields[key], theirs.fields[key]
-        assert mine.types[0] == reference.types[0] and mine.types[-1] == reference.types[-1], key
-        assert mine.contents() == reference.contents(), key
-    assert [t.name for t in ours.tensors] == [t.name for t in theirs.tensors]
-    for mine, reference in zip(ours.tensors, theirs.tensors):
-        assert mine.tensor_type == reference.tensor_type and [int(d) for d in mine.shape] == \
-            [int(d) for d in reference.shape], mine.name
-        assert mine.data.dtype == reference.data.dtype and mine.data.shape == reference.data.shape, mine.name
-        np.testing.assert_array_equal(np.asarray(mine.data), np.asarray(reference.data))
-    return ours
+def assert_same_as_gguf_reader(path):
+    assert differences_from_gguf_reader(path) == []
+    return GGUFFile(path)
 
 
 @pytest.fixture(scope="module")
@@ -43,12 +30,14 @@ def exported(tmp_path_factory, tokenizer):
 
     root = tmp_path_factory.mktemp("gguf-file")
     model = SO8TModel.from_config(ModelConfig(name="so8t-read"), tokenizer)
-    return export(model.save(root / "ckpt"), root / "dist", ["Q4_K_M"], progress=False)
+    files = export(model.save(root / "ckpt"), root / "dist", ["Q4_K_M"], progress=False)
+    return files
 
 
 def test_the_projects_files_read_as_gguf_reads_them(exported):
     for path in exported:
         ours = assert_same_as_gguf_reader(path)
+        assert not ours.tensors[0].data.flags.writeable  # mapped read-only: nothing can change the file
         assert len(ours.fields["tokenizer.ggml.tokens"].contents()) == 8192
     assert read_metadata(exported[-1])["tensor_count"] == len(GGUFFile(exported[-1]).tensors)
 
@@ -131,3 +120,23 @@ def test_a_big_endian_file_goes_to_gguf_reader_and_reads_the_same(tmp_path):
     reader = open_gguf(path)
     assert isinstance(reader, gguf.GGUFReader)
     assert reader.fields["x.name"].contents() == "big" and reader.fields["x.values"].contents() == [1, 2, 3]
+
+
+def test_the_open_benchmark_finds_both_readers_alike_and_the_ladder_the_same_files(exported, tmp_path):
+    import importlib.util
+    import json
+    from pathlib import Path
+
+    root = Path(__file__).resolve().parents[1]
+    spec = importlib.util.spec_from_file_location("gguf_open", root / "benchmarks" / "gguf_open.py")
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    out = tmp_path / "open.json"
+    checkpoint = exported[0].parents[1] / "ckpt"
+    module.main([*map(str, exported), "--ladder", str(checkpoint), "--out", str(out)])
+    result = json.loads(out.read_text())
+    assert [r["same_as_gguf_reader"] for r in result["opens"]] == [True, True]
+    assert all(r["gguf_reader_s"] > 0 and r["gguf_file_s"] > 0 for r in result["opens"])
+    ladder = result["ladder"]  # every open through GGUFReader, then through GGUFFile: the same bytes written
+    assert ladder["same_files"] and len(ladder["files"]) == 6 and ladder["speedup"] > 0
+    assert result["backend_start"]["file"].endswith("q4_k_m.gguf")

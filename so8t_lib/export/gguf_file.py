@@ -186,3 +186,27 @@ def open_gguf(path: str | Path, want: Callable[[str], bool] | None = None):
             return gguf.GGUFReader(str(path))
         except Exception as exc:  # noqa: BLE001 - a damaged file raises many kinds of errors
             raise GGUFError(f"{path}: damaged or truncated GGUF ({type(exc).__name__}: {exc})") from None
+
+
+def differences_from_gguf_reader(path: str | Path) -> list[str]:
+    """Where ``GGUFFile`` and ``gguf.GGUFReader`` read ``path`` differently (key names, value types, values,
+    tensor names, types, shapes, bytes): empty when they agree. For tests and the open-time benchmark."""
+    import gguf
+
+    ours, theirs = GGUFFile(path), gguf.GGUFReader(str(path))
+    keys = [k for k in theirs.fields if not k.startswith("GGUF.")]  # GGUFReader's own header entries
+    found = [] if list(ours.fields) == keys else [f"keys: {list(ours.fields)} against {keys}"]
+    for key in (k for k in keys if k in ours.fields):
+        mine, reference = ours.fields[key], theirs.fields[key]
+        if (mine.types[0], mine.types[-1]) != (reference.types[0], reference.types[-1]):
+            found.append(f"{key}: types {mine.types} against {reference.types}")
+        elif mine.contents() != reference.contents():
+            found.append(f"{key}: another value")
+    if [t.name for t in ours.tensors] != [t.name for t in theirs.tensors]:
+        return found + ["tensor names or order differ"]
+    for mine, reference in zip(ours.tensors, theirs.tensors):
+        if (mine.tensor_type != reference.tensor_type or list(mine.shape) != [int(d) for d in reference.shape]
+                or mine.data.dtype != reference.data.dtype or mine.data.shape != reference.data.shape
+                or not np.array_equal(np.asarray(mine.data).view(np.uint8), np.asarray(reference.data).view(np.uint8))):
+            found.append(f"tensor {mine.name} differs")
+    return found
