@@ -25,13 +25,15 @@ from typing import Any
 
 import numpy as np
 
-from .gguf_meta import GGUFError
-
 ALIGNMENT_KEY = "general.alignment"
 READ_VERSIONS = (2, 3)  # version 1 used 32-bit lengths; no tool writes it any more
 # tensor types whose data GGUFReader gives typed; every other type comes as its raw bytes
 TYPED_TENSORS = {"F16": np.float16, "F32": np.float32, "F64": np.float64, "I8": np.int8, "I16": np.int16,
                  "I32": np.int32, "I64": np.int64}
+
+
+class GGUFError(ValueError):
+    """A file that is not a usable SO8T GGUF; the message names the file and what is wrong."""
 
 
 class _Unsupported(Exception):

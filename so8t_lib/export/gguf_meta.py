@@ -11,6 +11,8 @@ from pathlib import Path
 
 import numpy as np
 
+from .gguf_file import GGUFError, open_gguf  # GGUFError lives with the reader; imported from here too
+
 SO8T_FORMAT = 1
 REFIT_KEY = "so8t.head_refit"  # JSON: rows, the chosen pull, held-out agreement before and after
 DEFAULT_THRESHOLD = 0.8  # SAFETY_POLICY.md: 0.8 basic, 0.9 production
@@ -18,10 +20,6 @@ REQUIRED_KEYS: tuple[str, ...] = (
     "so8t.format", "so8t.labels", "so8t.temperature", "so8t.threshold", "so8t.gate_order", "so8t.system_prompt",
     "so8t.model_version", "so8t.config_sha256", "so8t.head.keys",
 )
-
-
-class GGUFError(ValueError):
-    """A file that is not a usable SO8T GGUF; the message names the file and what is wrong."""
 
 
 # one line each, where present: which tensors a mixed rung holds at which type (export.mixed), and which came
@@ -37,8 +35,6 @@ def read_metadata(path: str | Path) -> dict:
     with path.open("rb") as handle:
         if handle.read(4) != b"GGUF":
             raise GGUFError(f"{path}: not a GGUF file (the first bytes are not 'GGUF')")
-    from .gguf_file import open_gguf
-
     # the so8t.* keys and the two the architecture needs; the 262k-token vocabulary is stepped over, not decoded
     reader = open_gguf(path, want=lambda key: key.startswith(("so8t.", "general.")) or key.endswith(".block_count"))
     fields = reader.fields
