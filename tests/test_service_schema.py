@@ -95,3 +95,18 @@ def test_a_name_of_control_characters_is_refused_by_the_schema_itself():
             ResolveRequest(decision="REFUSE", by=blank)
         assert not blank.strip()
     assert ResolveRequest(decision="REFUSE", by="a\x1d").by.strip() == "a"
+
+
+@pytest.mark.parametrize("value", [1, 0, "true", "false", None])
+def test_a_flag_in_a_request_is_a_json_boolean_not_something_that_coerces_to_one(value):
+    """schemathesis found {"enabled": 1} accepted as true by the emergency switch (pydantic's lax mode)."""
+    import pydantic
+
+    from so8t_lib.serve.http.schemas import EmergencyRequest, ResolveRequest
+
+    with pytest.raises(pydantic.ValidationError):
+        EmergencyRequest(enabled=value, reason="drill")
+    with pytest.raises(pydantic.ValidationError):
+        ResolveRequest(decision="REFUSE", by="desk", supersede=value)
+    assert EmergencyRequest(enabled=True, reason="drill").enabled is True
+    assert ResolveRequest(decision="REFUSE", by="desk", supersede=True).supersede is True

@@ -123,7 +123,7 @@ class ResolveRequest(_Strict):
     decision: Literal[HUMAN_DECISIONS]
     by: str = Field(min_length=1, max_length=128, pattern=VISIBLE_TEXT, description="the person who decided")
     note: str | None = Field(None, max_length=4000)
-    supersede: bool = Field(False, description="replace an earlier resolution (it stays in the history)")
+    supersede: bool = Field(False, strict=True, description="replace an earlier resolution (it stays in the history)")
 
 
 class Resolution(BaseModel):
@@ -133,7 +133,7 @@ class Resolution(BaseModel):
 
 
 class EmergencyRequest(_Strict):
-    enabled: bool = Field(description="true: escalate every request from now on; false: back to normal")
+    enabled: bool = Field(strict=True, description="true: escalate every request from now on; false: back to normal")
     reason: str = Field(min_length=1, max_length=1000, pattern=VISIBLE_TEXT, description="why (audited)")
 
 
