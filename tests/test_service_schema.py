@@ -110,3 +110,35 @@ def test_a_flag_in_a_request_is_a_json_boolean_not_something_that_coerces_to_one
         ResolveRequest(decision="REFUSE", by="desk", supersede=value)
     assert EmergencyRequest(enabled=True, reason="drill").enabled is True
     assert ResolveRequest(decision="REFUSE", by="desk", supersede=True).supersede is True
+
+
+def test_every_request_body_the_routes_take_is_strict_and_closed(tmp_path):
+    """The class of the bug above at its root: each body model of each route refuses lax conversions and
+    unknown fields, whatever route is added later (the models are read from the app's routes)."""
+    import typing
+
+    import pydantic
+    from fastapi.routing import APIRoute
+
+    from so8t_lib.serve.http.app import create_app
+
+    app = create_app(make_service(tmp_path / "logs", FaultyDecider()))
+    models: set[type] = set()
+
+    def collect(annotation) -> None:
+        if isinstance(annotation, type) and issubclass(annotation, pydantic.BaseModel):
+            models.add(annotation)
+        for argument in typing.get_args(annotation):
+            collect(argument)
+
+    for route in app.routes:
+        if isinstance(route, APIRoute) and route.body_field is not None:
+            for field in route.dependant.body_params:
+                collect(field.field_info.annotation)
+    names = {model.__name__ for model in models}
+    assert {"DecideRequest", "ModerationRequest", "ResolveRequest", "EmergencyRequest"} <= names, names
+    for model in models:
+        assert model.model_config.get("strict") is True, model.__name__
+        assert model.model_config.get("extra") == "forbid", model.__name__
+        with pytest.raises(pydantic.ValidationError):
+            model.model_validate({"an_unknown_field": 1})

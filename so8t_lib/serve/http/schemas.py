@@ -23,8 +23,13 @@ UNRESOLVED = "unresolved"  # a filter of the list endpoint: open, notified or no
 VISIBLE_TEXT = r"[^\s\x00-\x1f\x7f-\x9f]"
 
 
+# every request body: unknown fields refused, and no lax conversions (pydantic would read 1 or "true" as true,
+# so a schema-violating body could switch a flag such as the emergency mode on)
+REQUEST_CONFIG = ConfigDict(extra="forbid", strict=True)
+
+
 class _Strict(BaseModel):
-    model_config = ConfigDict(extra="forbid")
+    model_config = REQUEST_CONFIG
 
 
 class ErrorDetail(BaseModel):
@@ -123,7 +128,7 @@ class ResolveRequest(_Strict):
     decision: Literal[HUMAN_DECISIONS]
     by: str = Field(min_length=1, max_length=128, pattern=VISIBLE_TEXT, description="the person who decided")
     note: str | None = Field(None, max_length=4000)
-    supersede: bool = Field(False, strict=True, description="replace an earlier resolution (it stays in the history)")
+    supersede: bool = Field(False, description="replace an earlier resolution (it stays in the history)")
 
 
 class Resolution(BaseModel):
@@ -133,7 +138,7 @@ class Resolution(BaseModel):
 
 
 class EmergencyRequest(_Strict):
-    enabled: bool = Field(strict=True, description="true: escalate every request from now on; false: back to normal")
+    enabled: bool = Field(description="true: escalate every request from now on; false: back to normal")
     reason: str = Field(min_length=1, max_length=1000, pattern=VISIBLE_TEXT, description="why (audited)")
 
 
@@ -159,7 +164,7 @@ def request_models(max_items: int) -> tuple[Any, Any]:
     decide_list = Annotated[list[DecideRequest], Field(min_length=1, max_length=max_items)]
     texts = Annotated[list[str], Field(min_length=1, max_length=max_items)]
     moderation = create_model(
-        "ModerationRequest", __config__=ConfigDict(extra="forbid"),
+        "ModerationRequest", __config__=REQUEST_CONFIG,
         input=(str | texts, Field(description="one text or a list of texts")),
         model=(str | None, Field(None, description="accepted for OpenAI clients; the gate's model answers")),
         user=(str | None, Field(None, description="the employee (the audit log's user_id)")))
