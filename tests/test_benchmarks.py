@@ -66,6 +66,23 @@ def test_head_layer_probe_scores_every_layer_and_pooling(tmp_path):
     assert all(0 <= c["macro_f1"] <= 1 and c["C"] in result["C_grid"] for c in concatenations)
 
 
+def test_token_pooling_probe_scores_each_layer_three_ways(tmp_path):
+    out, figure = tmp_path / "pooling.json", tmp_path / "pooling.png"
+    result = _load("token_pooling_probe").main(["--config", "configs/tiny-training.yaml", "--train-rows", "60",
+                                                "--val-rows", "40", "--layers", "1", "2", "--units", "8",
+                                                "--out", str(out), "--plot", str(figure)])
+    assert json.loads(out.read_text()) == result and figure.stat().st_size > 0
+    cells = result["cells"]
+    assert [(c["layer"], c["pooling"]) for c in cells] == [(1, "mean"), (1, "max"), (1, "attention"),
+                                                          (2, "mean"), (2, "max"), (2, "attention")]
+    assert all(0 <= c["macro_f1"] <= 1 and 0 <= c["dangerous_compliance"] <= 1 for c in cells)
+    neural = [c for c in cells if c["pooling"] != "mean"]
+    assert all(c["epochs"] in result["epoch_checkpoints"] and set(map(int, c["hold_out_macro_f1"])) ==
+               set(result["epoch_checkpoints"]) for c in neural)
+    assert result["best"] == max(cells, key=lambda c: c["macro_f1"])
+    assert result["train_rows"] == 60 and result["val_rows"] == 40
+
+
 def test_head_layer_probe_pools_the_request_after_the_shared_prefix_and_reads_depth_sets():
     module = _load("head_layer_probe")
     assert module.shared_prefix_length([[2, 7, 7, 5], [2, 7, 9], [2, 7, 7]]) == 2

@@ -156,6 +156,52 @@ def test_f32_gguf_of_a_gemma3_model_matches_the_hf_model(gemma3_exported):
     assert_same_decisions(hf, ours, atol=1e-3)
 
 
+@pytest.mark.parametrize("arch,read_layers", [("gemma3", []), ("qwen2", [2, 6])])
+def test_a_max_pooling_head_decides_from_the_gguf_file_as_from_hf(arch, read_layers, tokenizer, tmp_path):
+    """head.pooling max travels as so8t.pooling; the backend copies every prompt token's state out of llama.cpp's
+    graph, runs the head's hidden layer on each and takes the maximum, as the HF model does."""
+    config = ModelConfig(name="so8t-max", tiny={"arch": arch, "hidden_size": 64, "num_hidden_layers": 6,
+                                                "num_attention_heads": 4, "num_key_value_heads": 1,
+                                                "intermediate_size": 128, "sliding_window": 8},
+                         head={"pooling": "max", "hidden_units": 32, "read_layers": read_layers},
+                         gates={"init_std": 0.05})
+    model = SO8TModel.from_config(config, tokenizer)
+    randomize_adapters(model, scale=0.3)
+    test = load_split("test").sample(120, random_state=1)
+    requests, contexts = list(test["user_request"]), [c or None for c in test["context"]]
+    with torch.no_grad():  # the last layer centred on these rows' states and scaled up: decisions vary by row
+        last = model.safety_head.net[3]
+        last.weight.mul_(20)
+        last.bias.copy_(-last.weight @ model.decision_states(requests, contexts).mean(0))
+    ckpt = model.save(tmp_path / "ckpt")
+    paths = {p.name: p for p in export(ckpt, tmp_path / "dist", ["Q8_0"], f32=True, progress=False)}
+    assert read_metadata(paths["so8t-max-q8_0.gguf"])["so8t.pooling"] == "max"
+    model = SO8TModel.load(ckpt)
+    backend = GGUFBackend(paths["so8t-max-f32.gguf"], f32_kv_cache=True)
+    assert backend.safety_head.pools_tokens and backend._capture is not None
+    hf_states, ours_states = model.decision_states(requests, contexts), backend.decision_states(requests, contexts)
+    assert ours_states.shape == (120, 32) and backend.decision_states([]).shape == (0, 32)
+    # f32 rounding between llama.cpp and torch: about 1e-3 of the pooled values
+    assert torch.nn.functional.cosine_similarity(hf_states, ours_states, dim=-1).min() >= 0.99999
+    assert torch.allclose(hf_states, ours_states, rtol=3e-3, atol=3e-3), float((hf_states - ours_states).abs().max())
+    hf, ours = model.decide(requests, contexts), backend.decide(requests, contexts)
+    assert_same_decisions(hf, ours, atol=5e-3)  # that rounding times the twentyfold last layer: up to ~4e-3
+    assert len(set(hf.argmax(-1).tolist())) > 1, "the head decides more than one way on these rows"
+
+
+def test_an_unknown_pooling_in_a_file_is_refused(exported, tmp_path):
+    """A pooling this library does not know (a newer so8t's) is an error naming it, not a guess."""
+    from so8t_lib.export.gguf_file import open_gguf
+    from so8t_lib.export.gguf_rewrite import rewrite_gguf
+
+    _, paths = exported
+    target = tmp_path / "newer.gguf"
+    rewrite_gguf(open_gguf(paths["so8t-test-q8_0.gguf"]), target, drop_key=lambda name: name == "so8t.pooling",
+                 add_keys=lambda writer: writer.add_string("so8t.pooling", "attention"))
+    with pytest.raises(GGUFError, match="'attention' is none of"):
+        read_metadata(target)
+
+
 @pytest.mark.parametrize("arch,pooling", [("qwen2", "last"), ("gemma3", "mean")])
 def test_a_head_reading_middle_layers_decides_from_the_gguf_file_as_from_hf(arch, pooling, tokenizer, tmp_path,
                                                                              monkeypatch):

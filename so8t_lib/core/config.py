@@ -15,7 +15,7 @@ from typing import Any, Literal
 import yaml
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
 
-from .schema import LABELS
+from .schema import LABELS, POOLINGS
 
 PRESETS: tuple[str, ...] = ("tiny", "gemma3-270m", "qwen2.5-0.5b", "qwen2.5-7b", "hf")
 PRESET_HUB_IDS = {"qwen2.5-0.5b": "Qwen/Qwen2.5-0.5B-Instruct", "qwen2.5-7b": "Qwen/Qwen2.5-7B-Instruct"}
@@ -100,9 +100,10 @@ class HeadConfig(_Section):
         True, description="normalise the decision state with running statistics before the head "
         "(folded into the head at export); off gives the plain head of the design",
     )
-    pooling: Literal["last", "mean"] = Field(
-        "last", description="the decision state: the final-norm state of the prompt's last token, or the mean over "
-        "the prompt's tokens (llama.cpp computes both, so either exports)")
+    pooling: Literal[POOLINGS] = Field(
+        "last", description="the decision state: the final-norm state of the prompt's last token, the mean over "
+        "the prompt's tokens (llama.cpp computes both), or max: the head's hidden layer on every prompt token, its "
+        "maximum over them (needs hidden_units; the GGUF backend reads the tokens from llama.cpp's graph)")
     read_layers: list[int] = Field(
         default_factory=list, description="hidden-state indices the head reads, each pooled, concatenated in this "
         "order (0 = embeddings, i = decoder layer i-1's output, the last = the final-norm state); empty: the "
@@ -115,6 +116,13 @@ class HeadConfig(_Section):
             raise ValueError(f"head.read_layers must be distinct layer outputs >= 1 (got {value}); "
                              "0, the embeddings, carries no context")
         return value
+
+    @model_validator(mode="after")
+    def _max_pools_a_hidden_layer(self) -> HeadConfig:
+        if self.pooling == "max" and not self.hidden_units:
+            raise ValueError("head.pooling max pools the head's hidden layer over the prompt's tokens: "
+                             "set head.hidden_units (e.g. 256)")
+        return self
 
 
 class ModelConfig(_Section):
@@ -241,8 +249,12 @@ class TrainingConfig(_Section):
         "then runs only the layers from freeze_below up (exact: the frozen part never changes)")
     head_warm_start: bool = Field(
         False, description="before the first step, fit a logistic-regression probe on the training rows' decision "
-        "states and start SafetyHeadB from it (linear heads; see so8t_lib.train.head_init)")
+        "states and start SafetyHeadB from it (linear heads; a max-pooling head is fitted by gradient steps on the "
+        "token states instead; see so8t_lib.train.head_init)")
     head_warm_start_c: float = Field(0.3, gt=0, description="inverse L2 strength of that probe (scikit-learn's C)")
+    head_warm_start_epochs: int = Field(
+        10, ge=1, le=200, description="a max-pooling head's warm start: AdamW epochs over the training rows' token "
+        "states (a convex probe cannot fit its hidden layer); benchmarks/token_pooling_probe.py picked 10 at layer 6")
     max_target_tokens: int | None = Field(
         None, gt=0, description="cut each answer or rationale target to its first N tokens (None: up to max_length)")
     lm_positions_per_row: int | None = Field(

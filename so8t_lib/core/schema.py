@@ -6,6 +6,8 @@ corpus, the trainer, the evaluation, the GGUF file and the runtime.
 
 from __future__ import annotations
 
+# How SafetyHeadB reads the prompt: its last token, the mean over it, or its hidden layer's maximum over the tokens.
+POOLINGS = ("last", "mean", "max")
 # The three decisions of SAFETY_POLICY.md, in the order of SafetyHeadB's logits.
 LABELS: tuple[str, ...] = ("ALLOW", "REFUSE", "ESCALATE")
 ALLOW, REFUSE, ESCALATE = range(len(LABELS))

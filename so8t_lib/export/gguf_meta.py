@@ -11,6 +11,7 @@ from pathlib import Path
 
 import numpy as np
 
+from ..core.schema import POOLINGS
 from .gguf_file import GGUFError, open_gguf  # GGUFError lives with the reader; imported from here too
 
 SO8T_FORMAT = 1
@@ -48,6 +49,9 @@ def read_metadata(path: str | Path) -> dict:
     meta = {key: value(key) for key in REQUIRED_KEYS}
     # files written before mean pooling existed decide from the last token
     meta["so8t.pooling"] = fields["so8t.pooling"].contents() if "so8t.pooling" in fields else "last"
+    if meta["so8t.pooling"] not in POOLINGS:
+        raise GGUFError(f"{path}: so8t.pooling {meta['so8t.pooling']!r} is none of {POOLINGS}; a newer so8t wrote it, "
+                        "upgrade so8t_lib to read it")
     # hidden-state indices the head reads (HF numbering); files written before it read the final norm only
     meta["so8t.read_layers"] = [int(i) for i in fields["so8t.read_layers"].contents()] \
         if "so8t.read_layers" in fields else []

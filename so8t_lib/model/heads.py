@@ -1,4 +1,4 @@
-"""SafetyHeadB: the small classifier that decides ALLOW / REFUSE / ESCALATE from one hidden state.
+"""SafetyHeadB: the small classifier that decides ALLOW / REFUSE / ESCALATE from the prompt's hidden states.
 
 It is small (linear, or one hidden layer of at most 256 units) because it travels inside the GGUF
 file's metadata; a running standardiser in front of it folds exactly into its first layer at export.
@@ -10,7 +10,7 @@ from __future__ import annotations
 import torch
 from torch import nn
 
-from ..core.schema import LABELS
+from ..core.schema import LABELS, POOLINGS
 
 STANDARDIZER_EPS = 1e-5  # added to the variance: a constant feature scales to zero, not to infinity
 
@@ -36,24 +36,43 @@ class RunningStandardizer(nn.Module):
     def scale(self) -> torch.Tensor:
         return torch.rsqrt((self.sq_mean - self.mean.square()).clamp_min(0) + self.eps)
 
+    @torch.no_grad()
+    def observe(self, rows: torch.Tensor) -> None:
+        """Fold a batch of (N, width) rows into the running statistics."""
+        # cumulative average at first, then an exponential one that follows the drift
+        weight = max(1.0 / float(self.count + 1), self.momentum)
+        x64 = rows.double()
+        self.mean.lerp_(x64.mean(0), weight)
+        self.sq_mean.lerp_(x64.square().mean(0), weight)
+        self.count += 1
+
+    def normalize(self, x: torch.Tensor) -> torch.Tensor:
+        """(..., width) scaled by the running statistics, whatever the leading shape (rows, or rows x tokens)."""
+        return ((x.double() - self.mean) * self.scale()).to(x.dtype)
+
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         if self.training:
-            with torch.no_grad():
-                # cumulative average at first, then an exponential one that follows the drift
-                weight = max(1.0 / float(self.count + 1), self.momentum)
-                x64 = x.double()
-                self.mean.lerp_(x64.mean(0), weight)
-                self.sq_mean.lerp_(x64.square().mean(0), weight)
-                self.count += 1
-        return ((x.double() - self.mean) * self.scale()).to(x.dtype)
+            self.observe(x)
+        return self.normalize(x)
 
 
 class SafetyHeadB(nn.Module):
-    """Small classifier over the decision state; small enough to travel in GGUF metadata."""
+    """Small classifier over the decision state; small enough to travel in GGUF metadata.
+
+    With ``pooling="max"`` the decision state is not a pooled hidden state: the first layer (Linear + GELU) runs on
+    every prompt token and its maximum over the tokens is the state the last layer reads, so a few tokens that make
+    a request harmful are not averaged away among the many that do not (benchmarks/token_pooling_probe.py). The
+    weights are the same two linear layers as a ``hidden_units`` head; only where the pooling happens moves.
+    """
 
     def __init__(self, hidden_size: int, hidden_units: int = 0, dropout: float = 0.1,
-                 n_labels: int = len(LABELS), standardize: bool = True):
+                 n_labels: int = len(LABELS), standardize: bool = True, pooling: str = "mean"):
         super().__init__()
+        if pooling not in POOLINGS:
+            raise ValueError(f"pooling must be one of {POOLINGS}, got {pooling!r}")
+        if pooling == "max" and not hidden_units:
+            raise ValueError("max pooling needs a hidden layer to pool (model.head.hidden_units > 0)")
+        self.pooling = pooling
         self.standardizer = RunningStandardizer(hidden_size) if standardize else None
         layers: list[nn.Module] = [nn.Dropout(dropout)]
         width = hidden_size
@@ -65,7 +84,29 @@ class SafetyHeadB(nn.Module):
         # Calibration temperature (fitted after training); logits are divided by it for probabilities.
         self.register_buffer("temperature", torch.ones(()))
 
+    @property
+    def pools_tokens(self) -> bool:
+        """True when the head pools the prompt's tokens itself (``token_features``) instead of reading one state."""
+        return self.pooling == "max"
+
+    def token_features(self, tokens: torch.Tensor, keep: torch.Tensor) -> torch.Tensor:
+        """The decision state of a token-pooling head: (B, T, width) states and a (B, T) mask of the prompt's
+        tokens -> (B, hidden_units), the maximum over the kept tokens of the first layer's output."""
+        x = tokens.float()
+        keep = keep.bool()
+        if not bool(keep.any(1).all()):
+            raise ValueError("every row needs at least one prompt token to pool")
+        if self.standardizer is not None:
+            if self.training:
+                self.standardizer.observe(x[keep])
+            x = self.standardizer.normalize(x)
+        hidden = self.net[2](self.net[1](self.net[0](x)))
+        return hidden.masked_fill(~keep.unsqueeze(-1), float("-inf")).amax(1)
+
     def forward(self, pooled: torch.Tensor) -> torch.Tensor:
+        """Logits from the decision state (for ``pools_tokens``, the output of ``token_features``)."""
+        if self.pools_tokens:
+            return self.net[3](pooled.float())
         x = pooled.float()
         if self.standardizer is not None:
             x = self.standardizer(x)
@@ -73,8 +114,13 @@ class SafetyHeadB(nn.Module):
 
     @property
     def input_width(self) -> int:
-        """How many features it reads: the hidden size times the number of states it reads."""
+        """How many features per token or state it reads: the hidden size times the number of states it reads."""
         return next(m for m in self.net if isinstance(m, nn.Linear)).in_features
+
+    @property
+    def state_width(self) -> int:
+        """The width of the decision state ``forward`` reads: ``input_width``, or the hidden units when it pools tokens."""
+        return self.net[1].out_features if self.pools_tokens else self.input_width
 
     def probabilities(self, logits: torch.Tensor) -> torch.Tensor:
         return torch.softmax(logits / self.temperature, dim=-1)
@@ -93,15 +139,21 @@ class SafetyHeadB(nn.Module):
         return state
 
     @classmethod
-    def from_state_dict(cls, state: dict[str, torch.Tensor]) -> SafetyHeadB:
+    def from_state_dict(cls, state: dict[str, torch.Tensor], pooling: str = "mean") -> SafetyHeadB:
         """Rebuild a head from exported (folded) weights: ``merge_for_export`` or GGUF metadata."""
         linear_keys = sorted(k for k in state if k.startswith("net.") and k.endswith(".weight"))
         first = state[linear_keys[0]]
         hidden_units = first.shape[0] if len(linear_keys) == 2 else 0
         head = cls(first.shape[1], hidden_units=hidden_units, dropout=0.0,
-                   n_labels=state[linear_keys[-1]].shape[0], standardize=False)
+                   n_labels=state[linear_keys[-1]].shape[0], standardize=False, pooling=pooling)
         head.load_state_dict(state, strict=True)
         return head.eval()
+
+
+def prompt_mask(attention_mask: torch.Tensor, decision_positions: torch.Tensor) -> torch.Tensor:
+    """(B, T) bool: each row's real tokens up to and including its decision position (the prompt)."""
+    positions = torch.arange(attention_mask.shape[1], device=attention_mask.device)
+    return attention_mask.bool() & (positions[None, :] <= decision_positions[:, None])
 
 
 def pool_states(hidden: torch.Tensor, attention_mask: torch.Tensor, decision_positions: torch.Tensor,
@@ -112,8 +164,6 @@ def pool_states(hidden: torch.Tensor, attention_mask: torch.Tensor, decision_pos
     if mode == "last":
         return hidden[rows, decision_positions]
     if mode != "mean":
-        raise ValueError(f"pooling must be 'last' or 'mean', got {mode!r}")
-    positions = torch.arange(hidden.shape[1], device=hidden.device)
-    keep = attention_mask.bool() & (positions[None, :] <= decision_positions[:, None])
-    weights = keep.to(hidden.dtype).unsqueeze(-1)
+        raise ValueError(f"pool_states pools 'last' or 'mean', got {mode!r} (a 'max' head pools inside itself)")
+    weights = prompt_mask(attention_mask, decision_positions).to(hidden.dtype).unsqueeze(-1)
     return (hidden * weights).sum(1) / weights.sum(1).clamp_min(1)

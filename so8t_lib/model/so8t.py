@@ -39,7 +39,7 @@ from .base import (
     want_4bit,
 )
 from .gates import GatedLinear, GatePair, fold_rotation_into_linear
-from .heads import SafetyHeadB, pool_states
+from .heads import SafetyHeadB, pool_states, prompt_mask
 from .persistence import CheckpointMixin
 from .pretrained import base_fingerprint
 from .prompts import SYSTEM_PROMPT, format_prompt
@@ -54,7 +54,8 @@ warnings.filterwarnings("ignore", message=".*is_gradient_checkpointing.*", categ
 class SO8TOutput:
     logits: torch.Tensor | None  # (B, T, V) from TaskHeadA, None when not requested
     safety_logits: torch.Tensor  # (B, 3) from SafetyHeadB, before temperature
-    pooled: torch.Tensor  # (B, D * len(read_layers)) the decision state (last prompt token or mean over the prompt)
+    pooled: torch.Tensor  # (B, safety_head.state_width) the decision state: the prompt's last token or mean over it
+    # (D * len(read_layers)), or a max head's pooled first layer (hidden_units)
     hidden_states: tuple[torch.Tensor, ...] | None  # decoder states (embeddings, layers..., final norm)
     last_hidden: torch.Tensor | None = None  # (B, T, D) final-norm states, for target-only LM loss
     hidden_offset: int = 0  # hidden_states[i] is the whole decoder's state i + offset (a pass from layer k)
@@ -140,7 +141,7 @@ class SO8TModel(CheckpointMixin, nn.Module):
             raise ValueError(f"head.read_layers {config.head.read_layers}: this base has hidden-state indices "
                              f"1..{n_outputs} ({n_outputs} is the final-norm state)")
         self.safety_head = SafetyHeadB(hidden * len(self.read_layers), config.head.hidden_units, config.head.dropout,
-                                       standardize=config.head.standardize)
+                                       standardize=config.head.standardize, pooling=config.head.pooling)
         device = next(self.causal_lm.parameters()).device
         self.safety_head.to(device)
         for gate in self.gate_pairs().values():
@@ -233,41 +234,58 @@ class SO8TModel(CheckpointMixin, nn.Module):
         state entering its layer k, e.g. from the frozen-layer cache), only layers k.. run: the same result."""
         if attention_mask is None:
             attention_mask = torch.ones_like(input_ids)
-        lm = self.causal_lm
-        position_ids = position_ids_from_mask(attention_mask)
-        every_layer = output_hidden_states or self.read_layers != [len(self.decoder_layers)]
-        if states is None:
-            out = lm.get_decoder()(input_ids=input_ids, attention_mask=attention_mask, position_ids=position_ids,
-                                   use_cache=False, output_hidden_states=every_layer)
-            offset = 0
-        else:
-            if split is None:
-                raise ValueError("states given without the split they enter")
-            out = split.above(states.to(lm.dtype), attention_mask, position_ids, every_layer)
-            offset = split.k
+        out, offset = self._run_decoder(input_ids, attention_mask, output_hidden_states, states, split)
         hidden = out.last_hidden_state  # after the final norm
         if decision_positions is None:
             decision_positions = last_token_index(attention_mask)
         pooled = self._decision_state(out, offset, attention_mask, decision_positions)
-        logits = lm.get_output_embeddings()(hidden) if return_lm_logits else None
+        logits = self.causal_lm.get_output_embeddings()(hidden) if return_lm_logits else None
         return SO8TOutput(logits, self.safety_head(pooled), pooled,
                           out.hidden_states if output_hidden_states else None, hidden, offset)
 
+    def _run_decoder(self, input_ids: torch.Tensor, attention_mask: torch.Tensor, output_hidden_states: bool,
+                     states: torch.Tensor | None, split: DecoderSplit | None):
+        """The decoder's output and the hidden-state index its ``hidden_states`` start at (0, or the split's k)."""
+        position_ids = position_ids_from_mask(attention_mask)
+        every_layer = output_hidden_states or self.read_layers != [len(self.decoder_layers)]
+        if states is None:
+            return self.causal_lm.get_decoder()(input_ids=input_ids, attention_mask=attention_mask,
+                                                position_ids=position_ids, use_cache=False,
+                                                output_hidden_states=every_layer), 0
+        if split is None:
+            raise ValueError("states given without the split they enter")
+        return split.above(states.to(self.causal_lm.dtype), attention_mask, position_ids, every_layer), split.k
+
+    def prompt_tokens(self, input_ids: torch.Tensor, attention_mask: torch.Tensor, decision_positions: torch.Tensor,
+                      states: torch.Tensor | None = None, split: DecoderSplit | None = None) -> tuple:
+        """The states a token-pooling head reads, unpooled: (B, T, D * len(read_layers)) and the (B, T) prompt
+        mask (what a max head's warm start fits on)."""
+        out, offset = self._run_decoder(input_ids, attention_mask, False, states, split)
+        return self._read_states(out, offset), prompt_mask(attention_mask, decision_positions)
+
+    def _read_states(self, out, offset: int) -> torch.Tensor:
+        """Each of ``read_layers``' (B, T, D) states, concatenated along the features."""
+        parts = [self._layer_output(out, offset, index) for index in self.read_layers]
+        return parts[0] if len(parts) == 1 else torch.cat(parts, -1)
+
+    def _layer_output(self, out, offset: int, index: int) -> torch.Tensor:
+        if index == len(self.decoder_layers):
+            return out.last_hidden_state
+        if index < offset:
+            raise ValueError(f"head.read_layers has {index}, below layer {offset} where this pass starts: "
+                             f"set training.freeze_below <= {min(self.read_layers)}")
+        return out.hidden_states[index - offset]
+
     def _decision_state(self, out, offset: int, attention_mask: torch.Tensor,
                         decision_positions: torch.Tensor) -> torch.Tensor:
-        """SafetyHeadB's input: each of ``read_layers`` pooled, concatenated. ``out.hidden_states`` starts at
-        hidden-state index ``offset`` (the split point when the lower layers' output came from the cache)."""
-        last = len(self.decoder_layers)
-        parts = []
-        for index in self.read_layers:
-            if index == last:
-                hidden = out.last_hidden_state
-            elif index < offset:
-                raise ValueError(f"head.read_layers has {index}, below layer {offset} where this pass starts: "
-                                 f"set training.freeze_below <= {min(self.read_layers)}")
-            else:
-                hidden = out.hidden_states[index - offset]
-            parts.append(pool_states(hidden, attention_mask, decision_positions, self.config.head.pooling))
+        """SafetyHeadB's input: each of ``read_layers`` pooled, concatenated (or, for a token-pooling head, its
+        pooled first layer). ``out.hidden_states`` starts at hidden-state index ``offset`` (the split point when
+        the lower layers' output came from the cache)."""
+        if self.safety_head.pools_tokens:
+            return self.safety_head.token_features(self._read_states(out, offset),
+                                                   prompt_mask(attention_mask, decision_positions))
+        parts = [pool_states(self._layer_output(out, offset, index), attention_mask, decision_positions,
+                             self.config.head.pooling) for index in self.read_layers]
         return parts[0] if len(parts) == 1 else torch.cat(parts, -1)
 
     @torch.no_grad()
@@ -293,7 +311,7 @@ class SO8TModel(CheckpointMixin, nn.Module):
                         batch_size: int = 32, progress: bool = False) -> torch.Tensor:
         """SafetyHeadB's input (N, hidden) for raw requests, computed as ``decide`` computes it: what a readout
         fitted outside the model (a probe, a quantization study) must see."""
-        result = torch.empty(len(requests), self.causal_lm.config.hidden_size * len(self.read_layers))
+        result = torch.empty(len(requests), self.safety_head.state_width)
         for rows, out in self._prefill(requests, contexts, batch_size, progress):
             result[rows] = out.pooled.float().cpu()
         return result

@@ -97,14 +97,98 @@ def fit_probe(states: np.ndarray, labels: np.ndarray, class_weights: list[float]
     return probe
 
 
+@torch.no_grad()
+def prompt_token_states(model: SO8TModel, rows: list[dict], collate: SafetyCollator, batch_size: int = 32,
+                        frozen=None, split=None, progress: bool = True) -> list[torch.Tensor]:
+    """Each row's unpooled prompt states at the head's read layers, (prompt tokens, width) float32."""
+    from tqdm.auto import tqdm
+
+    was_training = model.training
+    model.eval()
+    device = next(model.parameters()).device
+    lengths = [frozen.offsets[row["id"]][1] for row in rows] if frozen is not None else \
+        [len(collate.encode(row)[0]) for row in rows]
+    out: list[torch.Tensor] = [torch.empty(0)] * len(rows)
+    try:
+        for indices in tqdm(batches_by_length(lengths, batch_size), desc="token states for SafetyHeadB's warm start",
+                            unit="batch", disable=not progress):
+            part = [rows[i] for i in indices]
+            batch = collate(part)
+            width = int(batch["decision_positions"].max()) + 1
+            ids, mask = batch["input_ids"][:, :width], batch["attention_mask"][:, :width]
+            states = None if frozen is None else frozen.batch(part, width).to(device)
+            tokens, keep = model.prompt_tokens(ids.to(device), mask.to(device), batch["decision_positions"].to(device),
+                                               states=states, split=split)
+            for j, i in enumerate(indices):
+                out[i] = tokens[j][keep[j]].float().cpu()
+    finally:
+        model.train(was_training)
+    return out
+
+
+def fit_token_head(head, tokens: list[torch.Tensor], labels: np.ndarray, class_weights: list[float], epochs: int,
+                   lr: float = 1e-3, weight_decay: float = 1e-2, batch_size: int = 32, seed: int = 0) -> float:
+    """Train a max-pooling SafetyHeadB on fixed token states (AdamW, batches of similar length, the class weights),
+    its standardiser set from all the tokens first; returns the accuracy on those rows."""
+    generator = np.random.default_rng(seed)
+    torch.manual_seed(seed)
+    if head.standardizer is not None:
+        every = torch.cat(tokens).double()
+        with torch.no_grad():
+            head.standardizer.mean.copy_(every.mean(0))
+            head.standardizer.sq_mean.copy_(every.square().mean(0))
+            head.standardizer.count.fill_(len(tokens))
+    was_training = head.training
+    optimizer = torch.optim.AdamW([p for p in head.parameters() if p.requires_grad], lr, weight_decay=weight_decay)
+    weight = torch.tensor(class_weights, dtype=torch.float32)
+    target = torch.from_numpy(np.asarray(labels))
+    lengths = [len(t) for t in tokens]
+
+    def batch_of(indices):
+        x = torch.nn.utils.rnn.pad_sequence([tokens[i] for i in indices], batch_first=True)
+        size = torch.tensor([lengths[i] for i in indices])
+        return x, torch.arange(x.shape[1])[None, :] < size[:, None]
+
+    try:
+        for _ in range(epochs):
+            head.train()
+            if head.standardizer is not None:
+                head.standardizer.eval()  # its statistics are the whole sample's, not a running estimate
+            # similar lengths share a batch (little padding), shuffled within a few tokens and in batch order
+            batches = batches_by_length([n + generator.uniform(0, 8) for n in lengths], batch_size)
+            for b in generator.permutation(len(batches)):
+                x, keep = batch_of(batches[b])
+                loss = torch.nn.functional.cross_entropy(head(head.token_features(x, keep)), target[batches[b]],
+                                                         weight=weight)
+                optimizer.zero_grad()
+                loss.backward()
+                optimizer.step()
+        head.eval()
+        correct = 0
+        with torch.no_grad():
+            for indices in batches_by_length(lengths, 64):
+                x, keep = batch_of(indices)
+                correct += int((head(head.token_features(x, keep)).argmax(-1) == target[indices]).sum())
+    finally:
+        head.train(was_training)
+    return correct / len(tokens)
+
+
 def warm_start_head(model: SO8TModel, rows: list[dict], collate: SafetyCollator, class_weights: list[float],
-                    regularization: float = 0.3, batch_size: int = 32, frozen=None, split=None) -> float:
-    """Fit ``fit_probe`` on the decision states of ``rows`` and load it into SafetyHeadB (linear heads only);
-    returns its accuracy on those rows."""
+                    regularization: float = 0.3, batch_size: int = 32, frozen=None, split=None,
+                    epochs: int = 10) -> float:
+    """Fit ``fit_probe`` on the decision states of ``rows`` and load it into SafetyHeadB (linear heads), or, for a
+    max-pooling head, ``fit_token_head`` for ``epochs`` on the rows' token states; returns the accuracy on those
+    rows."""
     head = model.safety_head
+    if head.pools_tokens:
+        tokens = prompt_token_states(model, rows, collate, batch_size, frozen, split)
+        labels = np.array([LABELS.index(r["label"]) for r in rows])
+        return fit_token_head(head, tokens, labels, class_weights, epochs)
     linears = [m for m in head.net if isinstance(m, torch.nn.Linear)]
     if len(linears) != 1:
-        raise ValueError("a warm start needs a linear SafetyHeadB (model.head.hidden_units: 0)")
+        raise ValueError("a warm start needs a linear SafetyHeadB (model.head.hidden_units: 0) or a max-pooling one "
+                         "(model.head.pooling: max)")
     states = decision_states(model, rows, collate, batch_size, frozen, split)
     labels = np.array([LABELS.index(r["label"]) for r in rows])
     probe = fit_probe(states, labels, class_weights, regularization, max_iter=2000)

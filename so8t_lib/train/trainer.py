@@ -140,9 +140,11 @@ class Trainer:
         if self.tcfg.head_warm_start and not resume:
             clock = time.perf_counter()
             accuracy = warm_start_head(self.model, self.train_rows, self.collate, config.loss.class_weight_list(),
-                                       self.tcfg.head_warm_start_c, self.tcfg.eval_batch_size, self.frozen, self.split)
+                                       self.tcfg.head_warm_start_c, self.tcfg.eval_batch_size, self.frozen, self.split,
+                                       self.tcfg.head_warm_start_epochs)
             if self.main:
-                print(f"SafetyHeadB starts from a linear probe (training-row accuracy {accuracy:.3f})", file=sys.stderr)
+                print(f"SafetyHeadB starts from a probe fitted on the frozen states (training-row accuracy {accuracy:.3f})",
+                      file=sys.stderr)
             self.setup_seconds["head_warm_start_s"] = time.perf_counter() - clock
         self.ddp_model, self.opt_task, self.opt_safety = self.accelerator.prepare(
             self.model, self.opt_task, self.opt_safety
