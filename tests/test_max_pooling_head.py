@@ -168,3 +168,22 @@ def test_a_max_head_trains_from_the_cache_after_a_warm_start_on_the_same_token_s
     probs = trainer.model.decide([r["user_request"] for r in val], [r["context"] or None for r in val]).numpy()
     assert np.allclose(probs, decide_from_states(trainer.model, trainer.split, trainer.frozen, val, trainer.collate),
                        atol=1e-5)
+
+
+@pytest.mark.parametrize("arch", FAMILIES)
+def test_prompt_tokens_of_the_cached_layer_itself_skip_the_layers_above_and_equal_a_full_pass(arch, tokenizer):
+    model = max_model(arch, tokenizer, read_layers=[3])
+    batch = sample_batch(tokenizer, TEXTS)
+    ids, mask = batch["input_ids"], batch["attention_mask"]
+    positions = mask.sum(-1) - 1
+    split = model.split(3)
+    with torch.no_grad():
+        full, keep = model.prompt_tokens(ids, mask, positions)
+        cached, keep_cached = model.prompt_tokens(ids, mask, positions,
+                                                  states=split.below(ids, mask, position_ids_from_mask(mask)),
+                                                  split=split)
+        logits = model(ids, mask).safety_logits
+    assert torch.equal(keep, keep_cached) and torch.allclose(full, cached, atol=1e-5)
+    head = model.safety_head
+    with torch.no_grad():
+        assert torch.allclose(head(head.token_features(cached, keep_cached)), logits, atol=1e-5)

@@ -260,6 +260,9 @@ class SO8TModel(CheckpointMixin, nn.Module):
                       states: torch.Tensor | None = None, split: DecoderSplit | None = None) -> tuple:
         """The states a token-pooling head reads, unpooled: (B, T, D * len(read_layers)) and the (B, T) prompt
         mask (what a max head's warm start fits on)."""
+        if states is not None and split is not None and self.read_layers == [split.k]:
+            # the head reads the very state the cache holds (cast as the layers above would see it): nothing runs
+            return states.to(self.causal_lm.dtype), prompt_mask(attention_mask, decision_positions)
         out, offset = self._run_decoder(input_ids, attention_mask, False, states, split)
         return self._read_states(out, offset), prompt_mask(attention_mask, decision_positions)
 
