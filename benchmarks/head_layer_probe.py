@@ -195,25 +195,40 @@ def main(argv: list[str] | None = None) -> dict:
 
 
 def plot(cells: list[dict], path: Path, result: dict) -> None:
+    labels = {"last": "last token", "mean": "mean over prompt", "mean_request": "mean over the request's part"}
+
+    def concatenation(ax) -> None:
+        for concat in result.get("concatenations", [])[-1:]:  # the finest set
+            ax.axhline(concat["macro_f1"], color="grey", lw=1)
+            ax.annotate(f"mean of layers {', '.join(map(str, concat['layers']))}, concatenated",
+                        (0, concat["macro_f1"]), textcoords="offset points", xytext=(2, 3), fontsize=8, color="grey")
+
+    plot_layer_curves(cells, [(p, style, labels[p]) for p, style in (("last", "o--"), ("mean", "s-"),
+                                                                      ("mean_request", "^:"))],
+                      list(range(0, result["layers"] + 1, 2)),
+                      f"Linear probe per layer, frozen {result['base']} ({result['train_rows']} train rows)", path,
+                      extra=concatenation)
+
+
+def plot_layer_curves(cells: list[dict], curves: list[tuple[str, str, str]], xticks: list[int], title: str,
+                      path: Path, extra=None) -> None:
+    """Validation macro-F1 against the layer, one line per (pooling, matplotlib style, label) in ``curves``."""
     import matplotlib
 
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
     fig, ax = plt.subplots(figsize=(7, 3.6))
-    labels = {"last": "last token", "mean": "mean over prompt", "mean_request": "mean over the request's part"}
-    for pooling, style in (("last", "o--"), ("mean", "s-"), ("mean_request", "^:")):
+    for pooling, style, label in curves:
         pts = [(c["layer"], c["macro_f1"]) for c in cells if c["pooling"] == pooling]
         if pts:
-            ax.plot(*zip(*pts), style, label=labels[pooling])
-    for concat in result.get("concatenations", [])[-1:]:  # the finest set
-        ax.axhline(concat["macro_f1"], color="grey", lw=1)
-        ax.annotate(f"mean of layers {', '.join(map(str, concat['layers']))}, concatenated",
-                    (0, concat["macro_f1"]), textcoords="offset points", xytext=(2, 3), fontsize=8, color="grey")
-    ax.set_xticks(range(0, result["layers"] + 1, 2))
+            ax.plot(*zip(*pts), style, label=label)
+    if extra is not None:
+        extra(ax)
+    ax.set_xticks(xticks)
     ax.set_xlabel("layer output (0 = embeddings; the last with the final norm)")
     ax.set_ylabel("validation macro-F1")
-    ax.set_title(f"Linear probe per layer, frozen {result['base']} ({result['train_rows']} train rows)")
+    ax.set_title(title)
     ax.grid(alpha=0.3)
     ax.legend()
     fig.tight_layout()

@@ -39,7 +39,7 @@ ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 sys.path.insert(0, str(ROOT / "benchmarks"))
 
-from head_layer_probe import C_GRID, score  # noqa: E402
+from head_layer_probe import C_GRID, plot_layer_curves, score  # noqa: E402
 
 from so8t_lib.core.batching import batches_by_length  # noqa: E402
 from so8t_lib.core.config import load_config  # noqa: E402
@@ -252,28 +252,10 @@ def main(argv: list[str] | None = None) -> dict:
 
 
 def plot(result: dict, path: Path) -> None:
-    import matplotlib
-
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
-
-    fig, ax = plt.subplots(figsize=(7, 3.6))
-    labels = {"mean": "mean, logistic regression", "max": f"max over tokens ({result['units']} units)",
-              "attention": f"attention ({result['heads']} weightings)"}
-    for pooling, style in (("mean", "s-"), ("max", "o-"), ("attention", "^:")):
-        pts = [(c["layer"], c["macro_f1"]) for c in result["cells"] if c["pooling"] == pooling]
-        if pts:
-            ax.plot(*zip(*pts), style, label=labels[pooling])
-    ax.set_xticks(result["layers"])
-    ax.set_xlabel("layer output (0 = embeddings; the last with the final norm)")
-    ax.set_ylabel("validation macro-F1")
-    ax.set_title(f"Pooling the prompt's tokens, frozen {result['base']} ({result['train_rows']} train rows)")
-    ax.grid(alpha=0.3)
-    ax.legend()
-    fig.tight_layout()
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fig.savefig(path, dpi=120)
-    plt.close(fig)
+    curves = [("mean", "s-", "mean, logistic regression"), ("max", "o-", f"max over tokens ({result['units']} units)"),
+              ("attention", "^:", f"attention ({result['heads']} weightings)")]
+    plot_layer_curves(result["cells"], curves, result["layers"],
+                      f"Pooling the prompt's tokens, frozen {result['base']} ({result['train_rows']} train rows)", path)
 
 
 if __name__ == "__main__":
