@@ -113,15 +113,34 @@ def layer_states(model: SO8TModel, rows: list[dict], max_length: int, batch_size
     return out_arr
 
 
-def sample_and_states(config_path: str, train_rows: int, val_rows: int) -> tuple:
-    """The probe scripts' common start: the config, a stratified training sample, the validation rows (0: all)
-    and their states on every layer (``layer_states``), with the seconds the states took."""
+def config_and_rows(config_path: str, train_rows: int, val_rows: int) -> tuple:
+    """The config, a stratified training sample and the validation rows (0: all), seeded by the config."""
     cfg = load_config(config_path)
     torch.manual_seed(cfg.training.seed)
     train = stratified_sample(load_split("train", cfg.training.data_dir), train_rows,
                               seed=cfg.training.seed).to_dict("records")
     val = stratified_sample(load_split("val", cfg.training.data_dir), val_rows or None,
                             seed=cfg.training.seed).to_dict("records")
+    return cfg, train, val
+
+
+def probe_cell(x: np.ndarray, y: np.ndarray, n: int, fit: np.ndarray, hold: np.ndarray,
+               class_weights: list[float]) -> dict:
+    """Pick C on the hold-out (``fit``/``hold`` index the first ``n`` rows, the training sample), refit on the
+    whole training sample, score on the rest (validation)."""
+    picks = []
+    for c in C_GRID:
+        probe = fit_probe(x[fit], y[fit], class_weights, c)
+        picks.append((score(y[hold], probe.predict(x[hold]))["macro_f1"], c))
+    best_c = max(picks)[1]
+    probe = fit_probe(x[:n], y[:n], class_weights, best_c)
+    return {"C": best_c, **score(y[n:], probe.predict(x[n:]))}
+
+
+def sample_and_states(config_path: str, train_rows: int, val_rows: int) -> tuple:
+    """The probe scripts' common start: ``config_and_rows`` and the rows' states on every layer
+    (``layer_states``), with the seconds the states took."""
+    cfg, train, val = config_and_rows(config_path, train_rows, val_rows)
     model = SO8TModel.from_config(cfg.model)
     started = time.perf_counter()
     states = layer_states(model, train + val, cfg.training.max_length)
@@ -156,24 +175,15 @@ def main(argv: list[str] | None = None) -> dict:
     fit_idx = rng.permutation(n)
     hold, fit = fit_idx[: n // 5], fit_idx[n // 5:]
 
-    def probe_cell(x: np.ndarray) -> dict:
-        """Pick C on the hold-out, refit on the whole training sample, score on validation."""
-        picks = []
-        for c in C_GRID:
-            probe = fit_probe(x[fit], y[fit], class_weights, c)
-            picks.append((score(y[hold], probe.predict(x[hold]))["macro_f1"], c))
-        best_c = max(picks)[1]
-        probe = fit_probe(x[:n], y[:n], class_weights, best_c)
-        return {"C": best_c, **score(y[n:], probe.predict(x[n:]))}
-
     from tqdm.auto import tqdm
 
-    cells = [{"layer": layer, "pooling": pooling, **probe_cell(states[layer, p].astype(np.float64))}
+    cells = [{"layer": layer, "pooling": pooling, **probe_cell(states[layer, p].astype(np.float64), y, n, fit, hold, class_weights)}
              for layer in tqdm(range(states.shape[0]), desc="probes", unit="layer")
              for p, pooling in enumerate(POOLINGS)]
     mean = POOLINGS.index("mean")
     concatenations = [{"layers": list(chosen), "pooling": "mean",
-                       **probe_cell(np.concatenate([states[layer, mean] for layer in chosen], 1).astype(np.float64))}
+                       **probe_cell(np.concatenate([states[layer, mean] for layer in chosen], 1).astype(np.float64),
+                                  y, n, fit, hold, class_weights)}
                       for chosen in tqdm(depth_sets(states.shape[0] - 1), desc="concatenations", unit="set")]
     best = max(cells, key=lambda c: c["macro_f1"])
     result = {

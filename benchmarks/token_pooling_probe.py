@@ -39,17 +39,14 @@ ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 sys.path.insert(0, str(ROOT / "benchmarks"))
 
-from head_layer_probe import C_GRID, plot_layer_curves, score  # noqa: E402
+from head_layer_probe import config_and_rows, plot_layer_curves, probe_cell, score  # noqa: E402
 
 from so8t_lib.core.batching import batches_by_length  # noqa: E402
-from so8t_lib.core.config import load_config  # noqa: E402
 from so8t_lib.core.io import atomic_write_text  # noqa: E402
 from so8t_lib.core.paths import project_relative  # noqa: E402
 from so8t_lib.core.schema import LABELS  # noqa: E402
-from so8t_lib.data.tables import load_split, stratified_sample  # noqa: E402
 from so8t_lib.model import SO8TModel  # noqa: E402
 from so8t_lib.model.prompts import format_prompt  # noqa: E402
-from so8t_lib.train.head_init import fit_probe  # noqa: E402
 
 EPOCH_CHECKPOINTS = (5, 10, 20)  # the hold-out picks one of these
 BATCH_ROWS = 32
@@ -179,13 +176,7 @@ def neural_cell(name: str, make, states, n: int, y, class_weights, fit, hold) ->
 
 def mean_cell(states, n: int, y, class_weights, fit, hold) -> dict:
     x = torch.stack([s.double().mean(0) for s in states]).numpy()
-    picks = []
-    for c in C_GRID:
-        probe = fit_probe(x[fit], y[fit], class_weights, c)
-        picks.append((score(y[hold], probe.predict(x[hold]))["macro_f1"], c))
-    best_c = max(picks)[1]
-    probe = fit_probe(x[:n], y[:n], class_weights, best_c)
-    return {"pooling": "mean", "C": best_c, **score(y[n:], probe.predict(x[n:]))}
+    return {"pooling": "mean", **probe_cell(x, y, n, fit, hold, class_weights)}
 
 
 def main(argv: list[str] | None = None) -> dict:
@@ -207,12 +198,7 @@ def main(argv: list[str] | None = None) -> dict:
 
     from tqdm.auto import tqdm
 
-    cfg = load_config(args.config)
-    torch.manual_seed(cfg.training.seed)
-    train = stratified_sample(load_split("train", cfg.training.data_dir), args.train_rows,
-                              seed=cfg.training.seed).to_dict("records")
-    val = stratified_sample(load_split("val", cfg.training.data_dir), args.val_rows or None,
-                            seed=cfg.training.seed).to_dict("records")
+    cfg, train, val = config_and_rows(args.config, args.train_rows, args.val_rows)
     model = SO8TModel.from_config(cfg.model)
     started = time.perf_counter()
     by_layer = token_states(model, train + val, cfg.training.max_length, args.layers)
