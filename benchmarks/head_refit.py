@@ -1,8 +1,11 @@
 """Does refitting a quantized file's head to its own states bring its decisions back to fp32's?
 
-    python benchmarks/head_refit.py [--checkpoint checkpoints/so8t-demo] [--name so8t-demo] [--dist dist] \
+    python benchmarks/head_refit.py [--checkpoint checkpoints/so8t-mean] [--name so8t-mean] [--dist dist] \
         [--quants q8_0,q4_k_m,q4_k_m_t8] [--rows 400] [--refit-rows 1000] \
-        [--out benchmarks/results/head_refit_so8t-demo.json]
+        [--out benchmarks/results/head_refit_so8t-mean.json]
+
+A refit serves heads that read pooled states: the mean-head recipe (``configs/gemma3-270m.yaml``, trained by
+``so8t demo --config configs/gemma3-270m.yaml``), not the default's max head, which it refuses.
 
 One process. The fp32 checkpoint decides a stratified sample of the training split (the targets) and of the
 test split (the reference). Each file of ``--quants`` (from ``make demo``'s ladder) is copied aside and its
@@ -46,13 +49,13 @@ def scored(decisions: np.ndarray, reference: np.ndarray, gold: list[str]) -> dic
 
 def main(argv: list[str] | None = None) -> dict:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("--checkpoint", default="checkpoints/so8t-demo")
-    parser.add_argument("--name", default="so8t-demo")
+    parser.add_argument("--checkpoint", default="checkpoints/so8t-mean")
+    parser.add_argument("--name", default="so8t-mean")
     parser.add_argument("--dist", default="dist")
     parser.add_argument("--quants", default="q8_0,q4_k_m,q4_k_m_t8")
     parser.add_argument("--rows", type=int, default=400, help="stratified test rows that score")
     parser.add_argument("--refit-rows", type=int, default=REFIT_ROWS, help="stratified training rows that fit")
-    parser.add_argument("--out", default="benchmarks/results/head_refit_so8t-demo.json")
+    parser.add_argument("--out", default="benchmarks/results/head_refit_so8t-mean.json")
     args = parser.parse_args(argv)
 
     quants = [q.strip().lower() for q in args.quants.split(",") if q.strip()]

@@ -68,12 +68,17 @@ def test_demo_trains_then_reuses_the_run_and_writes_test_metrics(tmp_path, capsy
         assert out.index("held-out agreement") < out.index("so8t-tiny-q4_k_m_t8.gguf (llama.cpp)")
 
 
+MAX_HEAD = ["model.head.pooling=max", "model.head.hidden_units=16"]
+
+
 @pytest.mark.parametrize("args, message", [(["--refit-head", "--no-gguf"], "drop --no-gguf"),
-                                           (["--refit-head", "--refit-rows", "10"], "at least 40")])
+                                           (["--refit-head", "--refit-rows", "10"], "at least 40"),
+                                           (["--refit-head", *MAX_HEAD], "max-pools token states")])
 def test_demo_refuses_a_refit_it_could_not_do_before_training(args, message, tmp_path, capsys):
-    with pytest.raises(SystemExit):
+    with pytest.raises(SystemExit) as stopped:
         so8t(["demo", "--config", "configs/tiny-training.yaml", *args, f"training.output_dir={tmp_path / 'run'}"])
-    assert message in capsys.readouterr().err and not (tmp_path / "run").exists()
+    said = capsys.readouterr().err + str(stopped.value.code)  # argparse prints; sys.exit(text) carries it
+    assert message in said and not (tmp_path / "run").exists()
 
 
 def test_demo_decides_from_the_recommended_4bit_rung_then_plain_q4_k_m():

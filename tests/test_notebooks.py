@@ -114,8 +114,14 @@ def test_model_card_names_missing_results_and_quotes_present_ones(tmp_path):
     common[common.index(str(tmp_path / "none.json"))] = str(tmp_path / "quant.json")
     so8t(["card", "--config", str(ROOT / "configs" / "training.yaml"), "--compare", "", *common])
     card = out.read_text(encoding="utf-8")  # the default: the pretrained Gemma base, its licence, its recipe
-    assert "Gemma terms of use" in card and "layers 0-11 frozen" in card and "corpus v1" not in card
+    assert "Gemma terms of use" in card and "layers 0-8 frozen" in card and "corpus v1" not in card
+    assert "SafetyHeadB reading the output of layer 8: a 256-unit hidden layer on every prompt token" in card
     assert "| hf-fp32 | n/a | 1.000 |" in card and "| Q8_0 | 278.0 | 0.900 |" in card and "sample of 40 rows" in card
+    assert "Head refit does not apply" in card  # a max head has no pooled state to refit on
+    mean_recipe = str(ROOT / "configs" / "gemma3-270m.yaml")  # the mean-pooled head the refit serves
+    so8t(["card", "--config", mean_recipe, "--compare", "", *common])
+    card = out.read_text(encoding="utf-8")
+    assert "layers 0-11 frozen" in card and "SafetyHeadB (linear) on the final-norm states, mean-pooled" in card
     assert "Head refit not measured" in card or "refitted to each file's own states" in card
 
     # the head refit: before and after per file, and a refit measured on another training is named as such
@@ -125,17 +131,17 @@ def test_model_card_names_missing_results_and_quotes_present_ones(tmp_path):
                  "refitted_head": {"agreement_with_fp32": 0.95, "macro_f1": 0.5, "dangerous_compliance": None},
                  "refit": {"pull": 0.001}}}}
     (tmp_path / "refit.json").write_text(json.dumps(refit))
-    so8t(["card", "--config", str(ROOT / "configs" / "training.yaml"), "--compare", "",
+    so8t(["card", "--config", mean_recipe, "--compare", "",
           "--refit", str(tmp_path / "refit.json"), *common])
     card = out.read_text(encoding="utf-8")
     assert "| Q8_0 | 0.900 | 0.950 | 0.300 | n/a | 0.001 |" in card
     assert "another training of this recipe (fp32 macro-F1 0.450 on its sample, against 0.500" in card
     refit["rungs"]["fp32"]["macro_f1"] = 0.5
     (tmp_path / "refit.json").write_text(json.dumps(refit))
-    so8t(["card", "--config", str(ROOT / "configs" / "training.yaml"), "--compare", "",
+    so8t(["card", "--config", mean_recipe, "--compare", "",
           "--refit", str(tmp_path / "refit.json"), *common])
     assert "another training" not in out.read_text(encoding="utf-8")
-    so8t(["card", "--config", str(ROOT / "configs" / "training.yaml"), "--compare", "",
+    so8t(["card", "--config", mean_recipe, "--compare", "",
           "--refit", str(tmp_path / "missing.json"), *common])
     assert "Head refit not measured: `" in out.read_text(encoding="utf-8")
 

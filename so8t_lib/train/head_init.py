@@ -127,9 +127,12 @@ def prompt_token_states(model: SO8TModel, rows: list[dict], collate: SafetyColla
 
 
 def fit_token_head(head, tokens: list[torch.Tensor], labels: np.ndarray, class_weights: list[float], epochs: int,
-                   lr: float = 1e-3, weight_decay: float = 1e-2, batch_size: int = 32, seed: int = 0) -> float:
+                   lr: float = 1e-3, weight_decay: float = 1e-2, batch_size: int = 32, seed: int = 0,
+                   progress: bool = True) -> float:
     """Train a max-pooling SafetyHeadB on fixed token states (AdamW, batches of similar length, the class weights),
     its standardiser set from all the tokens first; returns the accuracy on those rows."""
+    from tqdm.auto import tqdm
+
     generator = np.random.default_rng(seed)
     torch.manual_seed(seed)
     if head.standardizer is not None:
@@ -150,7 +153,7 @@ def fit_token_head(head, tokens: list[torch.Tensor], labels: np.ndarray, class_w
         return x, torch.arange(x.shape[1])[None, :] < size[:, None]
 
     try:
-        for _ in range(epochs):
+        for _ in tqdm(range(epochs), desc="SafetyHeadB warm start", unit="epoch", disable=not progress):
             head.train()
             if head.standardizer is not None:
                 head.standardizer.eval()  # its statistics are the whole sample's, not a running estimate

@@ -40,18 +40,33 @@ def base_section(model: dict) -> list[str]:
     return lines
 
 
+def head_phrase(head: dict) -> str:
+    """What SafetyHeadB reads and how it pools, in the card's words: ``read_layers`` index hidden states (i =
+    layer i-1's output), none means the final-norm state."""
+    read = head.get("read_layers") or []
+    where = ("the final-norm states" if not read else
+             "the output of layer" + ("s " if len(read) > 1 else " ") + ", ".join(str(i - 1) for i in read))
+    units = head.get("hidden_units") or 0
+    if head.get("pooling") == "max":
+        return f"SafetyHeadB reading {where}: a {units}-unit hidden layer on every prompt token, max-pooled"
+    shape = f"a {units}-unit hidden layer" if units else "linear"
+    return f"SafetyHeadB ({shape}) on {where}, {head.get('pooling', 'last')}-pooled"
+
+
 def recipe_section(model: dict, training: dict, loss: dict) -> list[str]:
     """How the run was trained, in the config's own numbers."""
     lora, gates, head = model.get("lora", {}), model.get("gates", {}), model.get("head", {})
     frozen = training.get("freeze_below") or 0
     parts = [f"LoRA r={lora.get('r', '?')} on {_layers(lora.get('layers'))}",
              f"SO(8) gates (order `{gates.get('order', '?')}`) on {_layers(gates.get('layers'))}",
-             f"SafetyHeadB on {head.get('pooling', 'last')}-pooled final states"]
+             head_phrase(head)]
     if frozen:
         parts.append(f"layers 0-{frozen - 1} frozen" + (" with their output cached once per row"
                                                          if training.get("cache_frozen_states") else ""))
     if training.get("head_warm_start"):
-        parts.append("SafetyHeadB warm-started from a logistic-regression probe on the frozen states")
+        parts.append("SafetyHeadB warm-started by " + (
+            f"{training.get('head_warm_start_epochs', '?')} epochs of AdamW on the frozen token states"
+            if head.get("pooling") == "max" else "a logistic-regression probe on the frozen states"))
     pet = loss.get("pet", {})
     sample = training.get("train_max_rows")
     lines = ["## Training",

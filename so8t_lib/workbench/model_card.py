@@ -172,7 +172,10 @@ def build_card(config: dict, eval_json: Path, quant_json: Path, ablation_json: P
             size = "n/a" if r.get("size_mib") is None else f"{r['size_mib']:.1f}"  # None: the base lives in the cache
             lines.append(f"| {r['backend']} | {size} | {r['agreement_with_fp32']:.3f} | "
                          f"{r['macro_f1']:.3f} | {r['decide_p50_ms']:.1f} |")
-        if refit_json is not None:
+        if model.get("head", {}).get("pooling") == "max":
+            lines += ["", "Head refit does not apply: this SafetyHeadB max-pools its hidden layer over token "
+                          "states, and `so8t export --refit-head` refits a head on pooled states."]
+        elif refit_json is not None:
             fp32 = next((r["macro_f1"] for r in quant["results"] if r["backend"] == "hf-fp32"), None)
             lines += card_sections.refit_section(_load(Path(refit_json)), str(refit_json), fp32)
     else:

@@ -33,6 +33,7 @@ from ..data.tables import load_table
 from ..eval.calibration import calibrate_checkpoint
 from ..eval.evaluate import evaluate_table, format_report
 from ..eval.quant_refit import refit_rungs
+from ..export.gguf_meta import GGUFError
 from ..model.prompts import EXAMPLE_REQUESTS
 from ..serve.backends import load_decider
 from ..train.trainer import train
@@ -89,6 +90,10 @@ def run_demo(config_path: str | Path = DEFAULT_CONFIG, overrides: list[str] | tu
     With ``refit_rows`` the 4-bit file's SafetyHeadB is first refitted to the scored model's decisions on that
     many training rows (``eval.quant_refit``), so the file follows the model the test numbers describe."""
     config = load_config(config_path, overrides)
+    if refit_rows and config.model.head.pooling == "max":  # refused now, not after training and the export
+        raise GGUFError("--refit-head refits a head on pooled states, and this config's SafetyHeadB max-pools "
+                        "token states (model.head.pooling: max; its 4-bit file keeps the decisions without it, "
+                        "docs/benchmarks.md): drop --refit-head")
     run_dir = Path(config.training.output_dir)
     if retrain and run_dir.exists():
         shutil.rmtree(run_dir)
