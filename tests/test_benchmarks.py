@@ -50,6 +50,21 @@ def test_head_vs_generative_benchmark_reports_both_ways_of_deciding(tmp_path, to
     assert 0 <= result["agreement"] <= 1 and result["p50_ratio_generative_over_head"] > 0
 
 
+def test_decision_depth_times_the_early_exit_against_the_whole_pass(tmp_path, tokenizer):
+    from so8t_lib.core.config import ModelConfig
+    from so8t_lib.model import SO8TModel
+
+    config = ModelConfig(name="bench", head={"pooling": "max", "hidden_units": 8, "read_layers": [1]})
+    checkpoint = SO8TModel.from_config(config, tokenizer).save(tmp_path / "ckpt")
+    out = tmp_path / "depth.json"
+    result = _load("decision_depth").main(["--checkpoint", str(checkpoint), "--rows", "6", "--batches", "2",
+                                           "--rounds", "1", "--batch-sizes", "1", "--out", str(out)])
+    assert json.loads(out.read_text()) == result
+    assert result["layers_run_by_early_exit"] == 1 < result["n_layers"]
+    assert result["decision_agreement"] == 1.0 and result["max_abs_probability_difference"] < 1e-5
+    assert set(result["speedup"]) == {"1"} and all(v > 0 for v in result["speedup"].values())
+
+
 def test_head_layer_probe_scores_every_layer_and_pooling(tmp_path):
     out, figure = tmp_path / "probe.json", tmp_path / "probe.png"
     result = _load("head_layer_probe").main(["--config", "configs/tiny-training.yaml", "--train-rows", "60",

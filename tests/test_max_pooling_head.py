@@ -187,3 +187,23 @@ def test_prompt_tokens_of_the_cached_layer_itself_skip_the_layers_above_and_equa
     head = model.safety_head
     with torch.no_grad():
         assert torch.allclose(head(head.token_features(cached, keep_cached)), logits, atol=1e-5)
+
+
+@pytest.mark.parametrize("arch", FAMILIES)
+@pytest.mark.parametrize("pooling", ["max", "mean"])
+def test_deciding_from_a_lower_read_layer_skips_the_layers_above_and_keeps_the_decision(arch, pooling, tokenizer):
+    head = {"pooling": pooling, "hidden_units": 16 if pooling == "max" else 0, "read_layers": [2, 4]}
+    model = max_model(arch, tokenizer, **head)  # LoRA and gates on every layer, the lower ones included
+    batch = model.tokenizer([model.format_prompt(t) for t in TEXTS], return_tensors="pt", padding=True,
+                            add_special_tokens=False)  # as decide() tokenizes
+    with torch.no_grad():
+        whole = model.safety_head.probabilities(model(batch["input_ids"], batch["attention_mask"]).safety_logits)
+    ran = []
+    hooks = [layer.register_forward_hook(lambda *_, i=i: ran.append(i)) for i, layer in enumerate(model.decoder_layers)]
+    try:
+        decided = model.decide(TEXTS)
+    finally:
+        for hook in hooks:
+            hook.remove()
+    assert torch.allclose(decided, whole, atol=1e-5)
+    assert sorted(set(ran)) == [0, 1, 2, 3]  # layers 4 and 5 feed nothing the head reads

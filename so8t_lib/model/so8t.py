@@ -337,13 +337,22 @@ class SO8TModel(CheckpointMixin, nn.Module):
             from tqdm.auto import tqdm
 
             batches = tqdm(batches, desc="deciding", unit="batch", leave=False)
+        depth = max(self.read_layers)  # the head reads nothing above hidden state `depth`: the layers there need not run
+        lower = self.split(depth) if depth < len(self.decoder_layers) else None
         try:
             for rows in batches:
                 batch = self.tokenizer([prompts[i] for i in rows], return_tensors="pt", padding=True,
                                        add_special_tokens=False).to(device)
-                yield rows, self(batch["input_ids"], batch["attention_mask"], return_lm_logits=False)
+                ids, mask = batch["input_ids"], batch["attention_mask"]
+                yield rows, (self(ids, mask, return_lm_logits=False) if lower is None else self._decide_below(lower, ids, mask))
         finally:
             self.train(was_training)
+
+    def _decide_below(self, lower: DecoderSplit, input_ids: torch.Tensor, attention_mask: torch.Tensor) -> SO8TOutput:
+        """SafetyHeadB from the layers below the split alone (the same decision as the whole pass, in that share of its time)."""
+        out = lower.below_outputs(input_ids, attention_mask, position_ids_from_mask(attention_mask), True)
+        pooled = self._decision_state(out, 0, attention_mask, last_token_index(attention_mask))
+        return SO8TOutput(None, self.safety_head(pooled), pooled, None)
 
     @torch.no_grad()
     def generate(self, request: str, context: str | None = None, max_tokens: int = 128,

@@ -44,9 +44,14 @@ class DecoderSplit:
         self._above = _view(decoder, slice(k, n), final_norm=True)
 
     def below(self, input_ids: torch.Tensor, attention_mask: torch.Tensor, position_ids: torch.Tensor) -> torch.Tensor:
-        out = self._below(input_ids=input_ids, attention_mask=attention_mask, position_ids=position_ids,
-                          use_cache=False)
-        return out.last_hidden_state
+        return self.below_outputs(input_ids, attention_mask, position_ids).last_hidden_state
+
+    def below_outputs(self, input_ids: torch.Tensor, attention_mask: torch.Tensor, position_ids: torch.Tensor,
+                      output_hidden_states: bool = False):
+        """The lower layers' HF output; its ``hidden_states`` (when asked) are the whole decoder's indices 0..k,
+        the last one un-normed (this view's norm is the identity)."""
+        return self._below(input_ids=input_ids, attention_mask=attention_mask, position_ids=position_ids,
+                           use_cache=False, output_hidden_states=output_hidden_states)
 
     def above(self, states: torch.Tensor, attention_mask: torch.Tensor, position_ids: torch.Tensor,
               output_hidden_states: bool = False):
