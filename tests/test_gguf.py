@@ -156,10 +156,11 @@ def test_f32_gguf_of_a_gemma3_model_matches_the_hf_model(gemma3_exported):
     assert_same_decisions(hf, ours, atol=1e-3)
 
 
-@pytest.mark.parametrize("arch,read_layers", [("gemma3", []), ("qwen2", [2, 6])])
+@pytest.mark.parametrize("arch,read_layers", [("gemma3", []), ("qwen2", [2, 6]), ("gemma3", [2, 4])])
 def test_a_max_pooling_head_decides_from_the_gguf_file_as_from_hf(arch, read_layers, tokenizer, tmp_path):
     """head.pooling max travels as so8t.pooling; the backend copies every prompt token's state out of llama.cpp's
-    graph, runs the head's hidden layer on each and takes the maximum, as the HF model does."""
+    graph, runs the head's hidden layer on each and takes the maximum, as the HF model does. A head reading
+    below the top stops llama.cpp's pass at its last read layer, as it stops the HF model's."""
     config = ModelConfig(name="so8t-max", tiny={"arch": arch, "hidden_size": 64, "num_hidden_layers": 6,
                                                 "num_attention_heads": 4, "num_key_value_heads": 1,
                                                 "intermediate_size": 128, "sliding_window": 8},
@@ -185,8 +186,13 @@ def test_a_max_pooling_head_decides_from_the_gguf_file_as_from_hf(arch, read_lay
     assert torch.nn.functional.cosine_similarity(hf_states, ours_states, dim=-1).min() >= 0.99999
     assert torch.allclose(hf_states, ours_states, rtol=3e-3, atol=3e-3), float((hf_states - ours_states).abs().max())
     hf, ours = model.decide(requests, contexts), backend.decide(requests, contexts)
-    assert_same_decisions(hf, ours, atol=5e-3)  # that rounding times the twentyfold last layer: up to ~4e-3
+    # that rounding times the twentyfold last layer: up to ~4e-3 on the final norm, ~6e-3 on un-normed middle layers
+    assert_same_decisions(hf, ours, atol=1e-2)
     assert len(set(hf.argmax(-1).tolist())) > 1, "the head decides more than one way on these rows"
+    from so8t_lib.serve.gguf_layers import node_name
+
+    top = max(read_layers or [6])  # the graph's last node computed: the head's last read layer
+    assert top == 6 or backend._capture.last_node == node_name(top, 6), backend._capture.last_node
 
 
 def test_an_unknown_pooling_in_a_file_is_refused(exported, tmp_path):

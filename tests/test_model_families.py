@@ -331,3 +331,22 @@ def test_a_saved_base_tokenizer_does_not_depend_on_how_it_was_loaded(tokenizer, 
         save_tokenizer(loaded, tmp_path / str(offline))
         configs.append((tmp_path / str(offline) / "tokenizer_config.json").read_bytes())
     assert configs[0] == configs[1] and b"local_files_only" not in configs[0]
+
+
+@pytest.mark.parametrize("arch", FAMILIES)
+def test_split_views_leave_the_hidden_states_as_the_decoder_counts_them(arch, tokenizer):
+    """Views of the decoder share its layers, where transformers hooks its hidden-state recording: a view's pass
+    must not hook them a second time, or every later pass would record each layer twice (indices shifted)."""
+    model = SO8TModel.from_config(family_config(arch), tokenizer).eval()
+    batch = sample_batch(tokenizer, TEXTS)
+    ids, mask = batch["input_ids"], batch["attention_mask"]
+    positions = position_ids_from_mask(mask)
+    with torch.no_grad():
+        for _ in range(2):  # views made fresh each time, as decide() makes them, before and after a whole pass
+            lower = model.split(3).below_outputs(ids, mask, positions, output_hidden_states=True)
+            whole = model.causal_lm.get_decoder()(input_ids=ids, attention_mask=mask, position_ids=positions,
+                                                  output_hidden_states=True, use_cache=False)
+            assert len(lower.hidden_states) == 4 and len(whole.hidden_states) == 7
+            keep = mask.bool()[..., None]
+            for index in range(4):
+                assert torch.equal(lower.hidden_states[index] * keep, whole.hidden_states[index] * keep)

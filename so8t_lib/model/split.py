@@ -15,9 +15,21 @@ import torch
 from torch import nn
 
 
+def _own_output_hooks(decoder: nn.Module) -> None:
+    """Install transformers' output-capturing hooks on the decoder itself before any view is copied from it. They
+    live on the layers, which the views share; a view copied from an unhooked decoder would hook the layers again
+    on its first pass, and every later pass would then record each layer's output twice (hidden_states shifted)."""
+    try:
+        from transformers.utils.output_capturing import maybe_install_capturing_hooks
+    except ImportError:  # a transformers that records hidden states without hooks
+        return
+    maybe_install_capturing_hooks(decoder)
+
+
 def _view(decoder: nn.Module, layers: slice, final_norm: bool) -> nn.Module:
     """A decoder that runs ``decoder.layers[layers]`` on the given input embeddings (same modules, no copies
     of weights), ending with the final norm or without it."""
+    _own_output_hooks(decoder)  # the copy below inherits the decoder's "hooks installed" mark
     view = copy.copy(decoder)
     view._modules = dict(decoder._modules)  # noqa: SLF001 - a new module table, the same module objects
     view.layers = nn.ModuleList(list(decoder.layers)[layers])

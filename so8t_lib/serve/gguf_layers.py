@@ -39,9 +39,12 @@ def _ggml_api():
 
 class LayerCapture:
     """A second llama.cpp context on a loaded model's weights whose decode also copies out ``names``:
-    after ``decode(batch)``, ``captured[name]`` is (tokens in the batch, n_embd) float32, in batch order."""
+    after ``decode(batch)``, ``captured[name]`` is (tokens in the batch, n_embd) float32, in batch order.
+    With ``stop_early`` the graph stops once every named node is out (the callback's false answer ends
+    ggml's pass): a head that reads layer 8 of 18 leaves the upper layers uncomputed, as the HF model does.
+    Whatever llama.cpp then pools from the last node is never read."""
 
-    def __init__(self, llama, names: set[str]) -> None:
+    def __init__(self, llama, names: set[str], stop_early: bool = True) -> None:
         import llama_cpp
         from llama_cpp import _internals
 
@@ -49,14 +52,18 @@ class LayerCapture:
         self.names, self.width = set(names), llama.n_embd()
         self.captured: dict[str, np.ndarray] = {}
 
+        self.last_node = ""  # the last node llama.cpp offered in the latest decode (where the pass ended)
+
         def on_node(tensor, ask, _user_data):
             name = ggml.ggml_get_name(tensor).decode()
             if ask:
+                self.last_node = name
                 return name in self.names
             if name in self.names:
                 out = np.empty(ggml.ggml_nbytes(tensor) // 4, dtype=np.float32)
                 ggml.ggml_backend_tensor_get(tensor, out.ctypes.data, 0, out.nbytes)
                 self.captured[name] = out.reshape(-1, self.width)
+                return not (stop_early and len(self.captured) == len(self.names))
             return True
 
         self._callback = llama_cpp.ggml_backend_sched_eval_callback(on_node)  # lives as long as the context
