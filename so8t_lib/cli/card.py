@@ -25,7 +25,7 @@ DEFAULT_REFIT = "benchmarks/results/head_refit_so8t-demo.json"
 DEFAULT_POINTS = "benchmarks/results/operating_point.json"
 DEFAULT_POINTS_RECIPE = "so8t-demo"
 DEFAULT_COMPARE = "experiments/eval/so8t-demo-mean-head.json"
-DEFAULT_COMPARE_LABEL = "the mean-pooled head on the final norm (the default before)"
+DEFAULT_COMPARE_LABEL = "mean-pooled head on the final norm (the default before)"
 
 
 def main(argv: list[str] | None = None) -> None:
