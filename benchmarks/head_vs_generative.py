@@ -1,15 +1,19 @@
 """The headline speed figure: SafetyHeadB's one-pass decision against deciding the way generative guards do.
 
-    python benchmarks/head_vs_generative.py [--model checkpoints/so8t-demo] [--rows 64] \
+    python benchmarks/head_vs_generative.py [--model checkpoints/so8t-demo] [--rows 64] [--shots 6] \
         [--out benchmarks/results/head_vs_generative.json]
 
-Same model, same requests (a stratified sample of the test split), one process:
-- head: ``decide`` (one prefill per batch, SafetyHeadB on the pooled state), batch 1 and batch 16;
-- generative: the same weights prompted to write the label (the prompt ends with an instruction to answer
-  with one word, ALLOW, REFUSE or ESCALATE), greedy, prefill plus up to 4 new tokens, batch 1; the first of
-  the three words in the output is the decision (none found: ESCALATE, as a guard would fail closed).
-It reports latency p50/p95 per request, requests/s, the ratio head/generative, and how often the two agree
-(and each one's accuracy on the gold labels, so the agreement can be read).
+Same model, same requests (a stratified sample of the test split), one process, batch 1 unless said:
+- head: ``decide`` (one prefill per batch, stopped at the layer SafetyHeadB reads), batch 1 and batch 16;
+- generative, zero-shot: the same weights prompted to write the label (the request ends with an instruction to
+  answer with one word, ALLOW, REFUSE or ESCALATE), greedy, prefill plus up to 4 new tokens; the first of the
+  three words in the output is the decision (none found: ESCALATE, as a guard fails closed);
+- generative, few-shot: the same, after ``--shots`` labelled training requests shown as earlier turns (a base
+  model follows examples rather than instructions), so it has a fair chance to write a label;
+- scored, few-shot: the few-shot prompt's next-token logits compared at the first token of each label word
+  (a constrained guard: one prefill, always one of the three).
+It reports latency p50/p95 per request, requests/s, each mode's ratio to the head, how often each agrees with
+the head, and each one's accuracy on the gold labels, so the agreement can be read.
 """
 
 from __future__ import annotations
@@ -19,6 +23,7 @@ import json
 import re
 import sys
 import time
+from collections.abc import Callable
 from pathlib import Path
 
 import numpy as np
@@ -31,13 +36,30 @@ from so8t_lib.core.io import atomic_write_text  # noqa: E402
 from so8t_lib.core.schema import LABELS  # noqa: E402
 from so8t_lib.data.tables import load_split, stratified_sample  # noqa: E402
 from so8t_lib.model import SO8TModel  # noqa: E402
+from so8t_lib.model.prompts import build_messages  # noqa: E402
 
 INSTRUCTION = "\n\nAnswer with one word, ALLOW, REFUSE or ESCALATE."
 LABEL_WORD = re.compile(r"\b(ALLOW|REFUSE|ESCALATE)\b", re.IGNORECASE)
+Item = tuple[str, str | None]
 
 
-def generative_decision(model: SO8TModel, request: str, context: str | None, max_new_tokens: int = 4) -> str:
-    prompt = model.format_prompt(request + INSTRUCTION, context)
+def _context(value) -> str | None:
+    return value if isinstance(value, str) and value.strip() else None
+
+
+def guard_prompt(model: SO8TModel, request: str, context: str | None, shots: list[tuple[Item, str]]) -> str:
+    """The model's own prompt format, with each shot as an earlier user turn answered by its label."""
+    messages = build_messages(request + INSTRUCTION, context, model.system_prompt)
+    earlier = []
+    for (shot_request, shot_context), label in shots:
+        earlier += [build_messages(shot_request + INSTRUCTION, shot_context)[1], {"role": "assistant", "content": label}]
+    messages = messages[:1] + earlier + messages[1:]
+    if getattr(model.tokenizer, "chat_template", None):
+        return model.tokenizer.apply_chat_template(messages, tokenize=False, add_generation_prompt=True)
+    return "\n\n".join(m["content"] for m in messages) + "\n\nDecision:"
+
+
+def generative_decision(model: SO8TModel, prompt: str, max_new_tokens: int = 4) -> str:
     batch = model.tokenizer(prompt, return_tensors="pt", add_special_tokens=False)
     with torch.no_grad():
         out = model.causal_lm.generate(**batch, max_new_tokens=max_new_tokens, do_sample=False,
@@ -47,7 +69,22 @@ def generative_decision(model: SO8TModel, request: str, context: str | None, max
     return found.group(1).upper() if found else "ESCALATE"
 
 
-def timed(fn, items) -> tuple[list, np.ndarray]:
+def label_first_tokens(model: SO8TModel) -> list[int]:
+    """The first token of each label word as it would start the model's turn; they must differ."""
+    ids = [model.tokenizer(label, add_special_tokens=False)["input_ids"][0] for label in LABELS]
+    if len(set(ids)) != len(LABELS):
+        raise ValueError(f"the label words share a first token ({ids}): scoring cannot tell them apart")
+    return ids
+
+
+def scored_decision(model: SO8TModel, prompt: str, label_ids: list[int]) -> str:
+    batch = model.tokenizer(prompt, return_tensors="pt", add_special_tokens=False)
+    with torch.no_grad():
+        logits = model.causal_lm(**batch, logits_to_keep=1).logits[0, -1]
+    return LABELS[int(logits[label_ids].argmax())]
+
+
+def timed(fn: Callable, items: list) -> tuple[list, np.ndarray]:
     results, times = [], []
     for item in items:
         start = time.perf_counter()
@@ -56,36 +93,54 @@ def timed(fn, items) -> tuple[list, np.ndarray]:
     return results, np.array(times) * 1000
 
 
+def latency(ms: np.ndarray) -> dict:
+    return {"p50_ms": float(np.percentile(ms, 50)), "p95_ms": float(np.percentile(ms, 95)),
+            "requests_per_s": len(ms) / (ms.sum() / 1000)}
+
+
 def main(argv: list[str] | None = None) -> dict:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--model", default="checkpoints/so8t-demo")
     parser.add_argument("--rows", type=int, default=64)
+    parser.add_argument("--shots", type=int, default=6, help="labelled training requests in the few-shot prompt")
     parser.add_argument("--out", default=str(ROOT / "benchmarks" / "results" / "head_vs_generative.json"))
     args = parser.parse_args(argv)
     model = SO8TModel.load(args.model)
     table = stratified_sample(load_split("test"), args.rows, seed=0)
-    items = [(r, c if isinstance(c, str) and c.strip() else None) for r, c in zip(table["user_request"], table["context"])]
+    items: list[Item] = [(r, _context(c)) for r, c in zip(table["user_request"], table["context"])]
     gold = list(table["label"])
+    # the shots: short requests without context, the labels in turn, from the training split (never test)
+    train = load_split("train")
+    train = train[(train["context"].fillna("").str.strip() == "") & (train["user_request"].str.len() < 90)]
+    per_label = -(-args.shots // len(LABELS))
+    picks = [train[train["label"] == label].sample(per_label, random_state=0) for label in LABELS]
+    shots = [((picks[i % 3].iloc[i // 3]["user_request"], None), LABELS[i % 3]) for i in range(args.shots)]
+
     model.decide([items[0][0]])  # warm-up
     head, head_ms = timed(lambda it: LABELS[int(model.decide([it[0]], [it[1]])[0].argmax())], items)
     start = time.perf_counter()
     model.decide([r for r, _ in items], [c for _, c in items], batch_size=16)
     batched_s = time.perf_counter() - start
-    generative_decision(model, *items[0])  # warm-up
-    gen, gen_ms = timed(lambda it: generative_decision(model, *it), items)
-    result = {
-        "benchmark": "head_vs_generative", "model": str(args.model), "rows": len(items), "threads": torch.get_num_threads(),
-        "head_batch1": {"p50_ms": float(np.percentile(head_ms, 50)), "p95_ms": float(np.percentile(head_ms, 95)),
-                        "requests_per_s": len(items) / (head_ms.sum() / 1000)},
-        "head_batch16": {"requests_per_s": len(items) / batched_s},
-        "generative_batch1": {"p50_ms": float(np.percentile(gen_ms, 50)), "p95_ms": float(np.percentile(gen_ms, 95)),
-                              "requests_per_s": len(items) / (gen_ms.sum() / 1000)},
-        "agreement": float(np.mean([a == b for a, b in zip(head, gen)])),
-        "accuracy_head": float(np.mean([a == g for a, g in zip(head, gold)])),
-        "accuracy_generative": float(np.mean([a == g for a, g in zip(gen, gold)])),
-        "generative_label_counts": {label: gen.count(label) for label in LABELS},
+
+    label_ids = label_first_tokens(model)
+    modes = {
+        "generative_zero_shot": lambda it: generative_decision(model, guard_prompt(model, *it, [])),
+        "generative_few_shot": lambda it: generative_decision(model, guard_prompt(model, *it, shots)),
+        "scored_few_shot": lambda it: scored_decision(model, guard_prompt(model, *it, shots), label_ids),
     }
-    result["p50_ratio_generative_over_head"] = result["generative_batch1"]["p50_ms"] / result["head_batch1"]["p50_ms"]
+    result = {
+        "benchmark": "head_vs_generative", "model": str(args.model), "rows": len(items), "shots": len(shots),
+        "threads": torch.get_num_threads(),
+        "head_batch1": latency(head_ms), "head_batch16": {"requests_per_s": len(items) / batched_s},
+        "accuracy_head": float(np.mean([a == g for a, g in zip(head, gold)])),
+    }
+    for name, decide in modes.items():
+        decide(items[0])  # warm-up
+        decisions, ms = timed(decide, items)
+        result[name] = {**latency(ms), "p50_ratio_to_head": float(np.percentile(ms, 50) / np.percentile(head_ms, 50)),
+                        "agreement_with_head": float(np.mean([a == b for a, b in zip(head, decisions)])),
+                        "accuracy": float(np.mean([a == g for a, g in zip(decisions, gold)])),
+                        "label_counts": {label: decisions.count(label) for label in LABELS}}
     atomic_write_text(args.out, json.dumps(result, indent=1))
     print(json.dumps(result, indent=1))
     return result

@@ -44,10 +44,30 @@ def test_head_vs_generative_benchmark_reports_both_ways_of_deciding(tmp_path, to
 
     checkpoint = SO8TModel.from_config(ModelConfig(name="bench"), tokenizer).save(tmp_path / "ckpt")
     out = tmp_path / "hvg.json"
-    result = _load("head_vs_generative").main(["--model", str(checkpoint), "--rows", "6", "--out", str(out)])
-    assert json.loads(out.read_text()) == result and result["rows"] == 6
-    assert sum(result["generative_label_counts"].values()) == 6 and set(result["generative_label_counts"]) == set(LABELS)
-    assert 0 <= result["agreement"] <= 1 and result["p50_ratio_generative_over_head"] > 0
+    result = _load("head_vs_generative").main(["--model", str(checkpoint), "--rows", "6", "--shots", "3",
+                                               "--out", str(out)])
+    assert json.loads(out.read_text()) == result and result["rows"] == 6 and result["shots"] == 3
+    for mode in ("generative_zero_shot", "generative_few_shot", "scored_few_shot"):
+        counts = result[mode]["label_counts"]
+        assert sum(counts.values()) == 6 and set(counts) == set(LABELS)
+        assert 0 <= result[mode]["agreement_with_head"] <= 1 and result[mode]["p50_ratio_to_head"] > 0
+
+
+def test_the_generative_guards_few_shot_prompt_shows_each_shot_as_an_answered_turn(tokenizer):
+    from so8t_lib.core.config import ModelConfig
+    from so8t_lib.model import SO8TModel
+
+    model = SO8TModel.from_config(ModelConfig(name="bench"), tokenizer)
+    bench = _load("head_vs_generative")
+    shots = [(("Reset my own password", None), "ALLOW"), (("Delete the audit log", None), "REFUSE")]
+    prompt = bench.guard_prompt(model, "What is the lunch menu?", "canteen", shots)
+    first = prompt.index("Reset my own password")
+    answer = prompt.index("ALLOW", prompt.index("ESCALATE.", first))  # past the instruction that names all three
+    second = prompt.index("Delete the audit log")
+    assert first < answer < second < prompt.index("REFUSE", prompt.index("ESCALATE.", second)) \
+        < prompt.index("What is the lunch menu?")
+    assert prompt == bench.guard_prompt(model, "What is the lunch menu?", "canteen", shots)
+    assert "Reset my own password" not in bench.guard_prompt(model, "What is the lunch menu?", "canteen", [])
 
 
 def test_decision_depth_times_the_early_exit_against_the_whole_pass(tmp_path, tokenizer):
