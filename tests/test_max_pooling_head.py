@@ -13,7 +13,7 @@ from test_model_families import FAMILIES, TEXTS, family_config
 from so8t_lib.core.config import ModelConfig
 from so8t_lib.model import SafetyHeadB, SO8TModel
 from so8t_lib.model.so8t import position_ids_from_mask
-from so8t_lib.train.head_init import fit_token_head
+from so8t_lib.train.head_init import fit_token_head, token_moments
 
 MAX_HEAD = {"dropout": 0.0, "pooling": "max", "hidden_units": 16}
 
@@ -207,3 +207,16 @@ def test_deciding_from_a_lower_read_layer_skips_the_layers_above_and_keeps_the_d
             hook.remove()
     assert torch.allclose(decided, whole, atol=1e-5)
     assert sorted(set(ran)) == [0, 1, 2, 3]  # layers 4 and 5 feed nothing the head reads
+
+
+@settings(max_examples=25, deadline=None)
+@given(st.lists(st.integers(1, 7), min_size=1, max_size=12), st.integers(1, 5))
+def test_token_moments_chunked_equal_the_whole_concatenation(lengths, chunk_rows):
+    """The warm start's standardiser statistics are summed a few rows at a time (memory); they must equal the
+    moments of all the tokens at once."""
+    generator = torch.Generator().manual_seed(sum(lengths))
+    tokens = [torch.randn(n, 4, generator=generator) * 3 + 1 for n in lengths]
+    mean, sq_mean = token_moments(tokens, chunk_rows=chunk_rows)
+    every = torch.cat(tokens).double()
+    torch.testing.assert_close(mean, every.mean(0))
+    torch.testing.assert_close(sq_mean, every.square().mean(0))

@@ -126,6 +126,20 @@ def prompt_token_states(model: SO8TModel, rows: list[dict], collate: SafetyColla
     return out
 
 
+def token_moments(tokens: list[torch.Tensor], chunk_rows: int = 256) -> tuple[torch.Tensor, torch.Tensor]:
+    """The mean and mean square over every token of every row, summed in float64 a chunk of rows at a time: the
+    whole training split's token states in float64 at once would need several times their own memory."""
+    total = torch.zeros(tokens[0].shape[-1], dtype=torch.float64)
+    total_sq = torch.zeros_like(total)
+    count = 0
+    for start in range(0, len(tokens), chunk_rows):
+        chunk = torch.cat(tokens[start:start + chunk_rows]).double()
+        total += chunk.sum(0)
+        total_sq += chunk.square().sum(0)
+        count += chunk.shape[0]
+    return total / count, total_sq / count
+
+
 def fit_token_head(head, tokens: list[torch.Tensor], labels: np.ndarray, class_weights: list[float], epochs: int,
                    lr: float = 1e-3, weight_decay: float = 1e-2, batch_size: int = 32, seed: int = 0,
                    progress: bool = True) -> float:
@@ -136,10 +150,10 @@ def fit_token_head(head, tokens: list[torch.Tensor], labels: np.ndarray, class_w
     generator = np.random.default_rng(seed)
     torch.manual_seed(seed)
     if head.standardizer is not None:
-        every = torch.cat(tokens).double()
+        mean, sq_mean = token_moments(tokens)
         with torch.no_grad():
-            head.standardizer.mean.copy_(every.mean(0))
-            head.standardizer.sq_mean.copy_(every.square().mean(0))
+            head.standardizer.mean.copy_(mean)
+            head.standardizer.sq_mean.copy_(sq_mean)
             head.standardizer.count.fill_(len(tokens))
     was_training = head.training
     optimizer = torch.optim.AdamW([p for p in head.parameters() if p.requires_grad], lr, weight_decay=weight_decay)
