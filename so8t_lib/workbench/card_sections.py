@@ -76,7 +76,7 @@ def recipe_section(model: dict, training: dict, loss: dict) -> list[str]:
              f"{training.get('task_optimizer', {}).get('lr', '?')}, safety lr "
              f"{training.get('safety_optimizer', {}).get('lr', '?')} (two optimizers); "
              f"{training.get('max_steps', '?')} steps of batch {training.get('batch_size', '?')}"
-             + (f" on a stratified sample of {sample} training rows" if sample else "")
+             + (f" on a stratified sample of {sample} training rows" if sample else " drawn from the whole training split")
              + f"; early stopping on `{training.get('early_stopping', {}).get('metric', '?')}`, 2 CPU cores. "
              "Command: `make demo` (`so8t demo`), or `so8t train --config configs/training.yaml`."]
     return lines
