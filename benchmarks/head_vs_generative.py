@@ -11,7 +11,9 @@ Same model, same requests (a stratified sample of the test split), one process, 
 - generative, few-shot: the same, after ``--shots`` labelled training requests shown as earlier turns (a base
   model follows examples rather than instructions), so it has a fair chance to write a label;
 - scored, few-shot: the few-shot prompt's next-token logits compared at the first token of each label word
-  (a constrained guard: one prefill, always one of the three).
+  (a constrained guard: one prefill, always one of the three);
+- the two few-shot ways again on the bare base: LoRA off and the SO(8) gates taken out, so what the demo taught
+  layers 12-17 (to answer or explain after this prompt) does not stand in the way of writing a label.
 It reports latency p50/p95 per request, requests/s, each mode's ratio to the head, how often each agrees with
 the head, and each one's accuracy on the gold labels, so the agreement can be read.
 """
@@ -23,7 +25,8 @@ import json
 import re
 import sys
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager, nullcontext
 from pathlib import Path
 
 import numpy as np
@@ -84,6 +87,27 @@ def scored_decision(model: SO8TModel, prompt: str, label_ids: list[int]) -> str:
     return LABELS[int(logits[label_ids].argmax())]
 
 
+@contextmanager
+def bare_base(model: SO8TModel) -> Iterator[None]:
+    """The pretrained base alone for the duration: LoRA disabled (peft) and each gated projection swapped back
+    for the module it wraps; everything is put back on the way out."""
+    swapped = []
+    *path, leaf = model.config.gates.target.split(".")
+    for index in model.gated_layers:
+        parent = model.decoder_layers[index]
+        for name in path:
+            parent = getattr(parent, name)
+        gated = getattr(parent, leaf)
+        setattr(parent, leaf, gated.wrapped)
+        swapped.append((parent, gated))
+    try:
+        with model.lm.disable_adapter() if hasattr(model.lm, "disable_adapter") else nullcontext():
+            yield
+    finally:
+        for parent, gated in swapped:
+            setattr(parent, leaf, gated)
+
+
 def timed(fn: Callable, items: list) -> tuple[list, np.ndarray]:
     results, times = [], []
     for item in items:
@@ -127,6 +151,8 @@ def main(argv: list[str] | None = None) -> dict:
         "generative_zero_shot": lambda it: generative_decision(model, guard_prompt(model, *it, [])),
         "generative_few_shot": lambda it: generative_decision(model, guard_prompt(model, *it, shots)),
         "scored_few_shot": lambda it: scored_decision(model, guard_prompt(model, *it, shots), label_ids),
+        "bare_base_generative_few_shot": lambda it: generative_decision(model, guard_prompt(model, *it, shots)),
+        "bare_base_scored_few_shot": lambda it: scored_decision(model, guard_prompt(model, *it, shots), label_ids),
     }
     result = {
         "benchmark": "head_vs_generative", "model": str(args.model), "rows": len(items), "shots": len(shots),
@@ -135,8 +161,9 @@ def main(argv: list[str] | None = None) -> dict:
         "accuracy_head": float(np.mean([a == g for a, g in zip(head, gold)])),
     }
     for name, decide in modes.items():
-        decide(items[0])  # warm-up
-        decisions, ms = timed(decide, items)
+        with bare_base(model) if name.startswith("bare_base") else nullcontext():
+            decide(items[0])  # warm-up
+            decisions, ms = timed(decide, items)
         result[name] = {**latency(ms), "p50_ratio_to_head": float(np.percentile(ms, 50) / np.percentile(head_ms, 50)),
                         "agreement_with_head": float(np.mean([a == b for a, b in zip(head, decisions)])),
                         "accuracy": float(np.mean([a == g for a, g in zip(decisions, gold)])),

@@ -47,10 +47,34 @@ def test_head_vs_generative_benchmark_reports_both_ways_of_deciding(tmp_path, to
     result = _load("head_vs_generative").main(["--model", str(checkpoint), "--rows", "6", "--shots", "3",
                                                "--out", str(out)])
     assert json.loads(out.read_text()) == result and result["rows"] == 6 and result["shots"] == 3
-    for mode in ("generative_zero_shot", "generative_few_shot", "scored_few_shot"):
+    for mode in ("generative_zero_shot", "generative_few_shot", "scored_few_shot", "bare_base_generative_few_shot",
+                 "bare_base_scored_few_shot"):
         counts = result[mode]["label_counts"]
         assert sum(counts.values()) == 6 and set(counts) == set(LABELS)
         assert 0 <= result[mode]["agreement_with_head"] <= 1 and result[mode]["p50_ratio_to_head"] > 0
+
+
+def test_the_bare_base_context_takes_lora_and_gates_out_and_puts_them_back(tokenizer):
+    import torch
+    from conftest import randomize_adapters
+
+    from so8t_lib.core.config import ModelConfig
+    from so8t_lib.model import SO8TModel
+
+    model = SO8TModel.from_config(ModelConfig(name="bench", gates={"init_std": 0.05}), tokenizer).eval()
+    randomize_adapters(model)
+    batch = model.tokenizer(["Reset my own password"], return_tensors="pt")
+    # the same seeded base with nothing added: the reference for "bare"
+    plain = SO8TModel.from_config(ModelConfig(name="plain", lora={"r": 0}, gates={"order": "none"}), tokenizer).eval()
+    with torch.no_grad():
+        adapted = model.causal_lm(**batch).logits
+        with _load("head_vs_generative").bare_base(model):
+            bare = model.causal_lm(**batch).logits
+        again = model.causal_lm(**batch).logits
+        reference = plain.causal_lm(**batch).logits
+    assert not torch.allclose(adapted, bare) and torch.equal(adapted, again)
+    torch.testing.assert_close(bare, reference)
+    assert model.gated_layers and all(hasattr(model.decoder_layers[i].self_attn.o_proj, "gate") for i in model.gated_layers)
 
 
 def test_the_generative_guards_few_shot_prompt_shows_each_shot_as_an_answered_turn(tokenizer):
