@@ -55,13 +55,11 @@ def gguf_contenders(path: Path) -> list[tuple[str, object]]:
     """The file as the backend opens it (its capture stops at the last read layer) and a second backend on the same
     file whose capture computes the whole graph."""
     from so8t_lib.serve.gguf_backend import GGUFBackend
-    from so8t_lib.serve.gguf_layers import LayerCapture
 
-    stopped, full = GGUFBackend(path), GGUFBackend(path)
-    if stopped._capture is None:
+    stopped = GGUFBackend(path)
+    if not stopped.safety_head.pools_tokens and stopped.read_layers == [stopped.meta["block_count"]]:
         raise SystemExit(f"{path}: its head reads the final-norm state by llama.cpp's pooling; nothing to stop early")
-    full._capture = LayerCapture(full.embedder, stopped._capture.names, stop_early=False)
-    return [("gguf_whole_pass", full), ("gguf_early_exit", stopped)]
+    return [("gguf_whole_pass", GGUFBackend(path, stop_early=False)), ("gguf_early_exit", stopped)]
 
 
 def main(argv: list[str] | None = None) -> dict:

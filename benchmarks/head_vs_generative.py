@@ -39,7 +39,8 @@ from so8t_lib.core.io import atomic_write_text  # noqa: E402
 from so8t_lib.core.schema import LABELS  # noqa: E402
 from so8t_lib.data.tables import load_split, stratified_sample  # noqa: E402
 from so8t_lib.model import SO8TModel  # noqa: E402
-from so8t_lib.model.prompts import build_messages  # noqa: E402
+from so8t_lib.model.prompts import build_messages, render_messages  # noqa: E402
+from so8t_lib.model.so8t import _split_attr  # noqa: E402
 
 INSTRUCTION = "\n\nAnswer with one word, ALLOW, REFUSE or ESCALATE."
 LABEL_WORD = re.compile(r"\b(ALLOW|REFUSE|ESCALATE)\b", re.IGNORECASE)
@@ -56,10 +57,7 @@ def guard_prompt(model: SO8TModel, request: str, context: str | None, shots: lis
     earlier = []
     for (shot_request, shot_context), label in shots:
         earlier += [build_messages(shot_request + INSTRUCTION, shot_context)[1], {"role": "assistant", "content": label}]
-    messages = messages[:1] + earlier + messages[1:]
-    if getattr(model.tokenizer, "chat_template", None):
-        return model.tokenizer.apply_chat_template(messages, tokenize=False, add_generation_prompt=True)
-    return "\n\n".join(m["content"] for m in messages) + "\n\nDecision:"
+    return render_messages(model.tokenizer, messages[:1] + earlier + messages[1:])
 
 
 def generative_decision(model: SO8TModel, prompt: str, max_new_tokens: int = 4) -> str:
@@ -92,19 +90,16 @@ def bare_base(model: SO8TModel) -> Iterator[None]:
     """The pretrained base alone for the duration: LoRA disabled (peft) and each gated projection swapped back
     for the module it wraps; everything is put back on the way out."""
     swapped = []
-    *path, leaf = model.config.gates.target.split(".")
     for index in model.gated_layers:
-        parent = model.decoder_layers[index]
-        for name in path:
-            parent = getattr(parent, name)
+        parent, leaf = _split_attr(model.decoder_layers[index], model.config.gates.target)
         gated = getattr(parent, leaf)
         setattr(parent, leaf, gated.wrapped)
-        swapped.append((parent, gated))
+        swapped.append((parent, leaf, gated))
     try:
         with model.lm.disable_adapter() if hasattr(model.lm, "disable_adapter") else nullcontext():
             yield
     finally:
-        for parent, gated in swapped:
+        for parent, leaf, gated in swapped:
             setattr(parent, leaf, gated)
 
 

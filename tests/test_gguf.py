@@ -193,6 +193,9 @@ def test_a_max_pooling_head_decides_from_the_gguf_file_as_from_hf(arch, read_lay
 
     top = max(read_layers or [6])  # the graph's last node computed: the head's last read layer
     assert top == 6 or backend._capture.last_node == node_name(top, 6), backend._capture.last_node
+    whole = GGUFBackend(paths["so8t-max-f32.gguf"], f32_kv_cache=True, stop_early=False)  # what decision_depth times
+    torch.testing.assert_close(whole.decide(requests, contexts), ours)
+    assert top == 6 or whole._capture.last_node != node_name(top, 6), "the whole pass runs past the read layer"
 
 
 def test_an_unknown_pooling_in_a_file_is_refused(exported, tmp_path):

@@ -44,7 +44,12 @@ def build_messages(user_request: str, context: str | None = None,
 def format_prompt(tokenizer, user_request: str, context: str | None = None, system_prompt: str | None = None) -> str:
     """Prompt text ending where the assistant turn begins (chat template when the tokenizer has one).
     The text is complete: tokenize it without adding special tokens."""
-    messages = build_messages(user_request, context, system_prompt)
+    return render_messages(tokenizer, build_messages(user_request, context, system_prompt))
+
+
+def render_messages(tokenizer, messages: list[dict[str, str]]) -> str:
+    """Any conversation in the one prompt format, ending where the assistant's next turn begins (earlier
+    assistant turns included, as a few-shot prompt has them)."""
     if getattr(tokenizer, "chat_template", None):
         return tokenizer.apply_chat_template(messages, tokenize=False, add_generation_prompt=True)
     return "\n\n".join(m["content"] for m in messages) + "\n\nDecision:"

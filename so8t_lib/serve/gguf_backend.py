@@ -72,7 +72,10 @@ class GGUFBackend:
     """``decide(requests, contexts)`` -> probabilities (N, 3); ``generate(request, context)`` -> text."""
 
     def __init__(self, path: str | Path, n_ctx: int = 2048, n_threads: int | None = None, n_gpu_layers: int = 0,
-                 f32_kv_cache: bool = False, batch_tokens: int = 512, verbose: bool = False) -> None:
+                 f32_kv_cache: bool = False, batch_tokens: int = 512, verbose: bool = False,
+                 stop_early: bool = True) -> None:
+        """``stop_early=False`` computes the whole graph even when the head reads a lower layer (for timing the
+        stopped pass against it, benchmarks/decision_depth.py); the decisions are the same."""
         try:
             import llama_cpp
         except ImportError:
@@ -104,7 +107,7 @@ class GGUFBackend:
             raise GGUFError(f"{self.path}: llama.cpp cannot load this file ({exc})") from None
         n_layers, read = self.meta["block_count"], self.meta["so8t.read_layers"]
         self.read_layers: list[int] = read or ([n_layers] if n_layers else [])  # HF numbering; [n]: the final norm
-        self._capture = self._layer_capture()
+        self._capture = self._layer_capture(stop_early)
         self._generator = None
         template = self.embedder.metadata.get("tokenizer.chat_template")
         if not template:
@@ -121,7 +124,7 @@ class GGUFBackend:
     def model_version(self) -> str:
         return str(self.meta["so8t.model_version"]) + ("" if self.verified else UNVERIFIED_MARK)
 
-    def _layer_capture(self) -> LayerCapture | None:
+    def _layer_capture(self, stop_early: bool = True) -> LayerCapture | None:
         """A capturing context when the head reads more than the final-norm state (``so8t.read_layers``) or
         pools the tokens itself (``so8t.pooling`` max)."""
         n_layers, read = self.meta["block_count"], self.meta["so8t.read_layers"]
@@ -134,7 +137,7 @@ class GGUFBackend:
         read = read or [n_layers]
         if n_layers is None or max(read) > n_layers:
             raise GGUFError(f"{self.path}: so8t.read_layers {read} does not fit the file's {n_layers} layers")
-        return LayerCapture(self.embedder, {node_name(i, n_layers) for i in read})
+        return LayerCapture(self.embedder, {node_name(i, n_layers) for i in read}, stop_early=stop_early)
 
     @property
     def threshold(self) -> float:
