@@ -40,7 +40,6 @@ from so8t_lib.core.schema import LABELS  # noqa: E402
 from so8t_lib.data.tables import load_split, stratified_sample  # noqa: E402
 from so8t_lib.model import SO8TModel  # noqa: E402
 from so8t_lib.model.prompts import build_messages, render_messages  # noqa: E402
-from so8t_lib.model.so8t import _split_attr  # noqa: E402
 
 INSTRUCTION = "\n\nAnswer with one word, ALLOW, REFUSE or ESCALATE."
 LABEL_WORD = re.compile(r"\b(ALLOW|REFUSE|ESCALATE)\b", re.IGNORECASE)
@@ -90,8 +89,7 @@ def bare_base(model: SO8TModel) -> Iterator[None]:
     """The pretrained base alone for the duration: LoRA disabled (peft) and each gated projection swapped back
     for the module it wraps; everything is put back on the way out."""
     swapped = []
-    for index in model.gated_layers:
-        parent, leaf = _split_attr(model.decoder_layers[index], model.config.gates.target)
+    for _, parent, leaf in model.gate_slots():
         gated = getattr(parent, leaf)
         setattr(parent, leaf, gated.wrapped)
         swapped.append((parent, leaf, gated))

@@ -1,8 +1,8 @@
 """Mean or max? How SafetyHeadB should pool a prompt's token states, measured on the frozen pretrained base.
 
     python benchmarks/token_pooling_probe.py [--config configs/gemma3-270m.yaml] [--train-rows 3000] \
-        [--layers 3 6 9 12 18] [--out benchmarks/results/token_pooling_probe.json] \
-        [--plot docs/figures/token_pooling_probe.png] [--plot-only]
+        [--layers 3 6 9 12 18] [--poolings mean max attention] [--concat 6+9 9+12] \
+        [--out benchmarks/results/token_pooling_probe.json] [--plot docs/figures/token_pooling_probe.png] [--plot-only]
 
 About 25 minutes on 2 CPU cores (7 for the states, the rest for the fits).
 
@@ -16,7 +16,9 @@ L = the final norm's output) it fits, on the same stratified training sample and
 - ``max``: a per-token layer (Linear to ``--units``, GELU), the maximum over the prompt's tokens, then a
   linear layer to the three labels: the same two linear layers as a ``hidden_units`` head, with the pooling
   moved between them, so it would travel in GGUF metadata as the current head does;
-- ``attention``: a learned softmax weighting of the tokens (``--heads`` of them), then a linear layer.
+- ``attention``: a learned softmax weighting of the tokens (``--heads`` of them), then a linear layer;
+- with ``--concat 6+9``, a ``max`` head on two depths at once: each token's standardised states of both layers side by
+  side (what ``model.head.read_layers: [6, 9]`` gives a max head).
 
 The neural heads train with AdamW and the training config's class weights; how many epochs is picked on a 20%
 hold-out of the training sample (as the C of the regression), then they are refitted on the whole sample.
@@ -48,6 +50,7 @@ from so8t_lib.core.schema import LABELS  # noqa: E402
 from so8t_lib.model import SO8TModel  # noqa: E402
 from so8t_lib.model.prompts import format_prompt  # noqa: E402
 
+POOLINGS = ("mean", "max", "attention")
 EPOCH_CHECKPOINTS = (5, 10, 20)  # the hold-out picks one of these
 BATCH_ROWS = 32
 LEARNING_RATE, WEIGHT_DECAY, DROPOUT = 1e-3, 1e-2, 0.1
@@ -185,6 +188,10 @@ def main(argv: list[str] | None = None) -> dict:
     parser.add_argument("--train-rows", type=int, default=3000)
     parser.add_argument("--val-rows", type=int, default=0, help="0: the whole validation split")
     parser.add_argument("--layers", type=int, nargs="+", default=[3, 6, 9, 12, 18])
+    parser.add_argument("--poolings", nargs="+", default=list(POOLINGS), choices=POOLINGS,
+                        help="the single-layer cells to fit")
+    parser.add_argument("--concat", nargs="*", default=[], metavar="A+B",
+                        help="depths whose token states a max head reads side by side, e.g. 6+9 (each in --layers)")
     parser.add_argument("--units", type=int, default=256, help="the max head's per-token layer")
     parser.add_argument("--heads", type=int, default=4, help="the attention head's weightings")
     parser.add_argument("--out", default="benchmarks/results/token_pooling_probe.json")
@@ -198,6 +205,10 @@ def main(argv: list[str] | None = None) -> dict:
 
     from tqdm.auto import tqdm
 
+    concat = [[int(x) for x in group.split("+")] for group in args.concat]
+    missing = sorted({x for group in concat for x in group} - set(args.layers))
+    if missing:
+        parser.error(f"--concat reads layers {missing} that --layers does not compute")
     cfg, train, val = config_and_rows(args.config, args.train_rows, args.val_rows)
     model = SO8TModel.from_config(cfg.model)
     started = time.perf_counter()
@@ -210,19 +221,33 @@ def main(argv: list[str] | None = None) -> dict:
     order = np.random.default_rng(0).permutation(n)
     hold, fit = order[: n // 5], order[n // 5:]
     width = by_layer[args.layers[0]][0].shape[1]
-    cells = []
+    cells, scaled = [], {}
     for layer in tqdm(args.layers, desc="layers", unit="layer"):
-        cells.append({"layer": layer, **mean_cell(by_layer[layer], n, y, class_weights, fit, hold)})
+        fitted = []
+        if "mean" in args.poolings:
+            fitted.append({"layer": layer, **mean_cell(by_layer[layer], n, y, class_weights, fit, hold)})
         states = standardized(by_layer.pop(layer), n)
-        cells.append({"layer": layer, **neural_cell("max", lambda: MaxPoolHead(width, args.units), states, n, y,
-                                                    class_weights, fit, hold)})
-        cells.append({"layer": layer, **neural_cell("attention", lambda: AttentionPoolHead(width, args.heads), states,
-                                                    n, y, class_weights, fit, hold)})
-        print(json.dumps(cells[-3:]), flush=True)
+        if "max" in args.poolings:
+            fitted.append({"layer": layer, **neural_cell("max", lambda: MaxPoolHead(width, args.units), states, n, y,
+                                                        class_weights, fit, hold)})
+        if "attention" in args.poolings:
+            fitted.append({"layer": layer, **neural_cell("attention", lambda: AttentionPoolHead(width, args.heads),
+                                                        states, n, y, class_weights, fit, hold)})
+        if any(layer in group for group in concat):
+            scaled[layer] = states
+        cells += fitted
+        print(json.dumps(fitted), flush=True)
+    for group in concat:
+        states = [torch.cat(parts, -1) for parts in zip(*(scaled[layer] for layer in group))]
+        span = states[0].shape[1]
+        cell = {"layers": group, **neural_cell("max", lambda span=span: MaxPoolHead(span, args.units), states, n, y,
+                                               class_weights, fit, hold)}
+        cells.append(cell)
+        print(json.dumps(cell), flush=True)
     result = {
         "config": project_relative(args.config), "base": cfg.model.preset, "dtype": cfg.model.dtype,
         "train_rows": n, "val_rows": len(val), "states_seconds": round(seconds, 1), "layers": args.layers,
-        "units": args.units, "heads": args.heads,
+        "units": args.units, "heads": args.heads, "concat": concat,
         "epoch_checkpoints": list(EPOCH_CHECKPOINTS), "cells": cells,
         "best": max(cells, key=lambda c: c["macro_f1"]),
         "note": "layer 0 is the embedding output, layer L decoder layer L-1's output, the last with the final norm; "
@@ -240,7 +265,8 @@ def main(argv: list[str] | None = None) -> dict:
 def plot(result: dict, path: Path) -> None:
     curves = [("mean", "s-", "mean, logistic regression"), ("max", "o-", f"max over tokens ({result['units']} units)"),
               ("attention", "^:", f"attention ({result['heads']} weightings)")]
-    plot_layer_curves(result["cells"], curves, result["layers"],
+    single = [c for c in result["cells"] if "layer" in c]  # the --concat cells have no one layer to stand at
+    plot_layer_curves(single, curves, result["layers"],
                       f"Pooling the prompt's tokens, frozen {result['base']} ({result['train_rows']} train rows)", path)
 
 

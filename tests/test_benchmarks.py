@@ -142,6 +142,48 @@ def test_token_pooling_probe_scores_each_layer_three_ways(tmp_path):
     assert result["train_rows"] == 60 and result["val_rows"] == 40
 
 
+def test_token_pooling_probe_reads_two_depths_side_by_side(tmp_path):
+    out = tmp_path / "concat.json"
+    result = _load("token_pooling_probe").main(["--config", "configs/tiny-training.yaml", "--train-rows", "40",
+                                                "--val-rows", "30", "--layers", "1", "2", "--poolings", "max",
+                                                "--concat", "1+2", "--units", "8", "--out", str(out), "--plot", ""])
+    cells = result["cells"]
+    assert [(c.get("layer"), c.get("layers"), c["pooling"]) for c in cells] == [
+        (1, None, "max"), (2, None, "max"), (None, [1, 2], "max")]
+    assert result["concat"] == [[1, 2]] and all(0 <= c["macro_f1"] <= 1 for c in cells)
+    with pytest.raises(SystemExit):  # a depth the probe would not compute
+        _load("token_pooling_probe").main(["--config", "configs/tiny-training.yaml", "--layers", "1",
+                                           "--concat", "1+2", "--out", str(out)])
+
+
+def test_miss_breakdown_counts_the_misses_where_they_fall(tmp_path):
+    module = _load("miss_breakdown")
+    test_rows = module.source_rows("test")
+    harmful = [r for r in test_rows if r["label"] == "REFUSE" and r["lang"] == "ja"][:3]
+    safe = [r for r in test_rows if r["label"] == "ALLOW" and r["lang"] == "en"][:2]
+    xstest = module.source_rows("xstest")[:3]
+    records = ([{"dataset": "test", "id": r["id"], "gold": "REFUSE", "decision": d}
+                for r, d in zip(harmful, ["ALLOW", "ALLOW", "REFUSE"])]
+               + [{"dataset": "test", "id": r["id"], "gold": "ALLOW", "decision": "ESCALATE"} for r in safe]
+               + [{"dataset": "xstest", "id": r["id"], "gold": r["label"], "decision": "REFUSE"} for r in xstest])
+    preds = tmp_path / "m.preds.jsonl"
+    preds.write_text("".join(json.dumps(r) + "\n" for r in records))
+    result = module.main([str(preds), "--out", str(tmp_path / "out.json")])
+    test = result["test"]
+    assert test["dangerous_compliance"] == {"count": 2, "of": 3, "rate": round(2 / 3, 4)}
+    assert test["dangerous_compliance_by_lang"]["ja"]["count"] == 2
+    assert test["over_refusal_by_lang"]["en"] == {"count": 2, "of": 2, "rate": 1.0}
+    assert sum(h["count"] for h in test["allowed_by_lang_hazard"]) == 2
+    assert sum(f["count"] for f in test["families_most_allowed"]) == 2
+    kinds = result["xstest"]
+    assert sum(v.get("safe_not_allowed", {}).get("count", 0) for v in kinds.values()) == \
+        sum(r["label"] == "ALLOW" for r in xstest)
+    records.append({"dataset": "test", "id": "no-such-row", "gold": "ALLOW", "decision": "ALLOW"})
+    preds.write_text("".join(json.dumps(r) + "\n" for r in records))
+    with pytest.raises(SystemExit, match="another build"):
+        module.main([str(preds), "--out", str(tmp_path / "out.json")])
+
+
 def test_head_layer_probe_pools_the_request_after_the_shared_prefix_and_reads_depth_sets():
     module = _load("head_layer_probe")
     assert module.shared_prefix_length([[2, 7, 7, 5], [2, 7, 9], [2, 7, 7]]) == 2

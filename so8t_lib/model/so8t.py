@@ -192,12 +192,13 @@ class SO8TModel(CheckpointMixin, nn.Module):
         """The decoder as two views, below and from layer k (for training with frozen, cached lower layers)."""
         return DecoderSplit(self.causal_lm.get_decoder(), k)
 
-    def gate_pairs(self) -> dict[int, GatePair]:
-        pairs = {}
+    def gate_slots(self) -> Iterator[tuple[int, nn.Module, str]]:
+        """(layer index, parent module, attribute) of each gated projection: where a tool swaps a gate in or out."""
         for index in self.gated_layers:
-            parent, leaf = _split_attr(self.decoder_layers[index], self.config.gates.target)
-            pairs[index] = getattr(parent, leaf).gate
-        return pairs
+            yield index, *_split_attr(self.decoder_layers[index], self.config.gates.target)
+
+    def gate_pairs(self) -> dict[int, GatePair]:
+        return {index: getattr(parent, leaf).gate for index, parent, leaf in self.gate_slots()}
 
     def named_parameter_groups(self) -> dict[str, list[tuple[str, nn.Parameter]]]:
         """The dual policy: task side (LoRA, R_cmd) and safety side (R_safe, SafetyHeadB)."""
