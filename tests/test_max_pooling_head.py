@@ -220,3 +220,76 @@ def test_token_moments_chunked_equal_the_whole_concatenation(lengths, chunk_rows
     every = torch.cat(tokens).double()
     torch.testing.assert_close(mean, every.mean(0))
     torch.testing.assert_close(sq_mean, every.square().mean(0))
+
+
+def test_the_cache_keeps_the_shared_prefix_once_and_gives_back_whole_rows_cut_ones_included(tmp_path, monkeypatch):
+    """Rows store only their tokens after the prefix every prompt shares; a row cut from the left (longer than
+    max_length) shares nothing and keeps all of its own. Either way a batch of the cache is what the lower layers
+    give for the whole rows."""
+    from test_model_families import _recipe
+
+    from so8t_lib.train.state_cache import FrozenStates
+    from so8t_lib.train.trainer import Trainer
+
+    monkeypatch.setenv("SO8T_CACHE", str(tmp_path / "cache"))
+    config = _recipe(tmp_path, "prefix-cache", False)
+    config.training.max_length = 72  # the longest rows lose their start
+    trainer = Trainer(config)
+    model, collate, rows = trainer.model.eval(), trainer.collate, trainer.train_rows[:24]
+    split = model.split(3)
+    frozen = FrozenStates.build(model, split, rows, collate, batch_size=5, progress=False)
+    encoded = [collate.encode(r)[0] for r in rows]
+    shared = [frozen.stored[r["id"]][2] for r in rows]
+    assert frozen.prefix_length > 10 and any(shared) and not all(shared), "some rows were cut from the left"
+    assert frozen.states.shape[0] == frozen.prefix_length + sum(
+        len(ids) - frozen.prefix_length * s for ids, s in zip(encoded, shared))
+    batch = collate(rows)
+    with torch.no_grad():
+        whole = split.below(batch["input_ids"], batch["attention_mask"],
+                            position_ids_from_mask(batch["attention_mask"]))
+    cached = frozen.batch(rows, batch["input_ids"].shape[1])
+    mask = batch["attention_mask"].bool()
+    assert torch.allclose(cached[mask], whole[mask], atol=1e-5) and not cached[~mask].any()
+    assert torch.equal(FrozenStates(frozen.folder).batch(rows[:3], 9), cached[:3, :9]), "reopened: the same"
+
+
+def test_the_warm_start_on_the_cached_layer_reads_the_prefix_once_and_fits_the_same_head(tmp_path, monkeypatch):
+    """A max head that reads the cached layer warm-starts from the rows' own prompt tokens and the shared prefix's
+    states once per batch: the same head and accuracy as fitting on every row's whole prompt."""
+    import copy
+
+    from test_model_families import _recipe
+
+    from so8t_lib.core.schema import LABELS
+    from so8t_lib.train.head_init import cached_prompt_tokens, prompt_token_states
+    from so8t_lib.train.trainer import Trainer
+
+    monkeypatch.setenv("SO8T_CACHE", str(tmp_path / "cache"))
+    config = _recipe(tmp_path, "prefix-warm", True)
+    config.model.head.hidden_units, config.model.head.pooling, config.model.head.read_layers = 16, "max", [3]
+    trainer = Trainer(config)
+    model, rows = trainer.model, trainer.train_rows
+    tokens, prefixed, prefix = cached_prompt_tokens(model, rows, trainer.collate, trainer.frozen)
+    whole = prompt_token_states(model, rows, trainer.collate, 8, trainer.frozen, trainer.split, progress=False)
+    assert prefixed.all() and len(prefix) == trainer.frozen.prefix_length
+    assert all(torch.allclose(torch.cat([prefix, own]), full, atol=1e-6) for own, full in zip(tokens, whole))
+    labels = np.array([LABELS.index(r["label"]) for r in rows])
+    weights = config.loss.class_weight_list()
+    heads = [copy.deepcopy(model.safety_head) for _ in range(2)]
+    accuracies = [fit_token_head(heads[0], whole, labels, weights, epochs=3, progress=False),
+                  fit_token_head(heads[1], tokens, labels, weights, epochs=3, progress=False, prefix=prefix,
+                                 prefixed=prefixed)]
+    assert accuracies[0] == accuracies[1]
+    mean, _ = token_moments(whole)  # the warm start's statistics are the whole sample's, not the last batches'
+    assert torch.allclose(heads[1].standardizer.mean, mean) and torch.allclose(heads[0].standardizer.mean, mean)
+    for a, b in zip(heads[0].state_dict().values(), heads[1].state_dict().values()):
+        assert torch.allclose(a.float(), b.float(), atol=1e-4)
+
+
+def test_token_moments_count_a_left_out_prefix_once_per_row_that_shares_it():
+    rng = np.random.default_rng(3)
+    prefix = torch.tensor(rng.normal(size=(4, 5)), dtype=torch.float32)
+    own = [torch.tensor(rng.normal(size=(n, 5)), dtype=torch.float32) for n in (2, 7, 3)]
+    mean, sq = token_moments(own, prefix=prefix, prefix_rows=2)
+    every = torch.cat([prefix, own[0], prefix, own[1], own[2]]).double()
+    assert torch.allclose(mean, every.mean(0)) and torch.allclose(sq, every.square().mean(0))

@@ -97,7 +97,7 @@ class SafetyHeadB(nn.Module):
         if not bool(keep.any(1).all()):
             raise ValueError("every row needs at least one prompt token to pool")
         if self.standardizer is not None:
-            if self.training:
+            if self.standardizer.training:  # its own mode: a warm start fixes the statistics while the head trains
                 self.standardizer.observe(x[keep])
             x = self.standardizer.normalize(x)
         hidden = self.net[2](self.net[1](self.net[0](x)))

@@ -10,6 +10,7 @@ layers, so the HF code builds the same masks and rotary embeddings and the split
 from __future__ import annotations
 
 import copy
+import inspect
 
 import torch
 from torch import nn
@@ -43,6 +44,12 @@ def _view(decoder: nn.Module, layers: slice, final_norm: bool) -> nn.Module:
     return view
 
 
+def _cache_argument(decoder: nn.Module) -> str:
+    """The keyword a decoder takes its key/value cache by: ``cache`` in newer transformers, ``past_key_values``
+    before."""
+    return "cache" if "cache" in inspect.signature(decoder.forward).parameters else "past_key_values"
+
+
 class DecoderSplit:
     """``below(input_ids, mask)`` -> the hidden state entering layer k (no final norm);
     ``above(states, mask)`` -> the decoder output of layers k.. given that state (final norm applied)."""
@@ -71,3 +78,22 @@ class DecoderSplit:
         i here is index i + k of the whole decoder's tuple, and negative indices mean the same in both."""
         return self._above(inputs_embeds=states, attention_mask=attention_mask, position_ids=position_ids,
                            use_cache=False, output_hidden_states=output_hidden_states)
+
+    def below_prefix(self, prefix_ids: torch.Tensor) -> tuple[torch.Tensor, object]:
+        """A prefix every row shares, (1, P) token ids, through the lower layers once: its (1, P, hidden) state
+        entering layer k and the lower layers' key/value cache of it, for ``below_after``."""
+        ones = torch.ones_like(prefix_ids)
+        out = self._below(input_ids=prefix_ids, attention_mask=ones, position_ids=ones.cumsum(-1) - 1, use_cache=True)
+        return out.last_hidden_state, out.cache if hasattr(out, "cache") else out.past_key_values
+
+    def below_after(self, prefix_cache, input_ids: torch.Tensor, attention_mask: torch.Tensor) -> torch.Tensor:
+        """The state entering layer k of right-padded tokens that follow the shared prefix, attending to it
+        through its cache: what ``below`` gives for those positions of the whole rows (causal attention), with
+        the prefix's share of the work done once instead of once per row."""
+        rows, prefix = input_ids.shape[0], prefix_cache.get_seq_length()
+        cache = copy.deepcopy(prefix_cache)
+        cache.batch_repeat_interleave(rows)
+        mask = torch.cat([attention_mask.new_ones(rows, prefix), attention_mask], 1)
+        positions = prefix + (attention_mask.long().cumsum(-1) - 1).clamp(min=0)
+        return self._below(input_ids=input_ids, attention_mask=mask, position_ids=positions, use_cache=True,
+                           **{_cache_argument(self._below): cache}).last_hidden_state

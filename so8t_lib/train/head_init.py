@@ -32,7 +32,7 @@ def decision_states(model: SO8TModel, rows: list[dict], collate: SafetyCollator,
     device = next(model.parameters()).device
     # similar token lengths share a batch (characters are no guide: a Japanese character is about a token, an English
     # one a quarter of one)
-    lengths = [frozen.offsets[row["id"]][1] for row in rows] if frozen is not None else \
+    lengths = [frozen.lengths[row["id"]] for row in rows] if frozen is not None else \
         [len(collate.encode(row)[0]) for row in rows]
     chunks, done = [], []
     try:
@@ -106,7 +106,7 @@ def prompt_token_states(model: SO8TModel, rows: list[dict], collate: SafetyColla
     was_training = model.training
     model.eval()
     device = next(model.parameters()).device
-    lengths = [frozen.offsets[row["id"]][1] for row in rows] if frozen is not None else \
+    lengths = [frozen.lengths[row["id"]] for row in rows] if frozen is not None else \
         [len(collate.encode(row)[0]) for row in rows]
     out: list[torch.Tensor] = [torch.empty(0)] * len(rows)
     try:
@@ -126,9 +126,29 @@ def prompt_token_states(model: SO8TModel, rows: list[dict], collate: SafetyColla
     return out
 
 
-def token_moments(tokens: list[torch.Tensor], chunk_rows: int = 256) -> tuple[torch.Tensor, torch.Tensor]:
+def cached_prompt_tokens(model: SO8TModel, rows: list[dict], collate: SafetyCollator,
+                         frozen) -> tuple[list[torch.Tensor], np.ndarray, torch.Tensor]:
+    """The prompt token states a head reading the cached layer sees, straight from the cache and without the
+    shared prefix: each row's own prompt tokens, whether the prefix comes before them, and the prefix's states
+    (cast to the model's dtype and back, as the layers above would read them)."""
+    dtype = model.causal_lm.dtype
+    tokens, prefixed = [], []
+    for row in rows:
+        prompt_length = collate.encode(row)[2] + 1
+        own = frozen.row_states(row["id"], prompt_length, with_prefix=False)
+        shared = len(own) < prompt_length
+        if not len(own):  # a prompt no longer than the prefix: keep it whole
+            own, shared = frozen.row_states(row["id"], prompt_length), False
+        tokens.append(own.to(dtype).float())
+        prefixed.append(shared)
+    return tokens, np.array(prefixed), frozen.prefix.to(dtype).float()
+
+
+def token_moments(tokens: list[torch.Tensor], chunk_rows: int = 256, prefix: torch.Tensor | None = None,
+                  prefix_rows: int = 0) -> tuple[torch.Tensor, torch.Tensor]:
     """The mean and mean square over every token of every row, summed in float64 a chunk of rows at a time: the
-    whole training split's token states in float64 at once would need several times their own memory."""
+    whole training split's token states in float64 at once would need several times their own memory. ``prefix``
+    (P, width) counts ``prefix_rows`` times: the shared prefix of rows whose lists leave it out."""
     total = torch.zeros(tokens[0].shape[-1], dtype=torch.float64)
     total_sq = torch.zeros_like(total)
     count = 0
@@ -137,20 +157,31 @@ def token_moments(tokens: list[torch.Tensor], chunk_rows: int = 256) -> tuple[to
         total += chunk.sum(0)
         total_sq += chunk.square().sum(0)
         count += chunk.shape[0]
+    if prefix is not None and prefix_rows:
+        total += prefix.double().sum(0) * prefix_rows
+        total_sq += prefix.double().square().sum(0) * prefix_rows
+        count += prefix.shape[0] * prefix_rows
     return total / count, total_sq / count
 
 
 def fit_token_head(head, tokens: list[torch.Tensor], labels: np.ndarray, class_weights: list[float], epochs: int,
                    lr: float = 1e-3, weight_decay: float = 1e-2, batch_size: int = 32, seed: int = 0,
-                   progress: bool = True) -> float:
+                   progress: bool = True, prefix: torch.Tensor | None = None,
+                   prefixed: np.ndarray | None = None) -> float:
     """Train a max-pooling SafetyHeadB on fixed token states (AdamW, batches of similar length, the class weights),
-    its standardiser set from all the tokens first; returns the accuracy on those rows."""
+    its standardiser set from all the tokens first; returns the accuracy on those rows.
+
+    ``prefix`` (P, width): the states of a prefix that the rows marked in ``prefixed`` share and leave out of their
+    lists. The maximum over a row's tokens is the larger of the prefix's maximum and its own, so the prefix runs
+    through the head once per batch instead of once per row (in training, its dropout is then shared by the batch)."""
     from tqdm.auto import tqdm
 
     generator = np.random.default_rng(seed)
     torch.manual_seed(seed)
+    prefixed_rows = torch.zeros(len(tokens), dtype=torch.bool) if prefix is None else \
+        torch.as_tensor(np.asarray(prefixed, dtype=bool))
     if head.standardizer is not None:
-        mean, sq_mean = token_moments(tokens)
+        mean, sq_mean = token_moments(tokens, prefix=prefix, prefix_rows=int(prefixed_rows.sum()))
         with torch.no_grad():
             head.standardizer.mean.copy_(mean)
             head.standardizer.sq_mean.copy_(sq_mean)
@@ -161,10 +192,14 @@ def fit_token_head(head, tokens: list[torch.Tensor], labels: np.ndarray, class_w
     target = torch.from_numpy(np.asarray(labels))
     lengths = [len(t) for t in tokens]
 
-    def batch_of(indices):
+    def features(indices):
         x = torch.nn.utils.rnn.pad_sequence([tokens[i] for i in indices], batch_first=True)
         size = torch.tensor([lengths[i] for i in indices])
-        return x, torch.arange(x.shape[1])[None, :] < size[:, None]
+        pooled = head.token_features(x, torch.arange(x.shape[1])[None, :] < size[:, None])
+        if prefix is None:
+            return pooled
+        shared = head.token_features(prefix[None], torch.ones(1, len(prefix), dtype=torch.bool))
+        return torch.where(prefixed_rows[indices][:, None], torch.maximum(pooled, shared), pooled)
 
     try:
         for _ in tqdm(range(epochs), desc="SafetyHeadB warm start", unit="epoch", disable=not progress):
@@ -174,8 +209,7 @@ def fit_token_head(head, tokens: list[torch.Tensor], labels: np.ndarray, class_w
             # similar lengths share a batch (little padding), shuffled within a few tokens and in batch order
             batches = batches_by_length([n + generator.uniform(0, 8) for n in lengths], batch_size)
             for b in generator.permutation(len(batches)):
-                x, keep = batch_of(batches[b])
-                loss = torch.nn.functional.cross_entropy(head(head.token_features(x, keep)), target[batches[b]],
+                loss = torch.nn.functional.cross_entropy(head(features(batches[b])), target[batches[b]],
                                                          weight=weight)
                 optimizer.zero_grad()
                 loss.backward()
@@ -184,8 +218,7 @@ def fit_token_head(head, tokens: list[torch.Tensor], labels: np.ndarray, class_w
         correct = 0
         with torch.no_grad():
             for indices in batches_by_length(lengths, 64):
-                x, keep = batch_of(indices)
-                correct += int((head(head.token_features(x, keep)).argmax(-1) == target[indices]).sum())
+                correct += int((head(features(indices)).argmax(-1) == target[indices]).sum())
     finally:
         head.train(was_training)
     return correct / len(tokens)
@@ -199,8 +232,11 @@ def warm_start_head(model: SO8TModel, rows: list[dict], collate: SafetyCollator,
     rows."""
     head = model.safety_head
     if head.pools_tokens:
-        tokens = prompt_token_states(model, rows, collate, batch_size, frozen, split)
         labels = np.array([LABELS.index(r["label"]) for r in rows])
+        if frozen is not None and frozen.prefix_length and model.read_layers == [frozen.k]:
+            tokens, prefixed, prefix = cached_prompt_tokens(model, rows, collate, frozen)
+            return fit_token_head(head, tokens, labels, class_weights, epochs, prefix=prefix, prefixed=prefixed)
+        tokens = prompt_token_states(model, rows, collate, batch_size, frozen, split)
         return fit_token_head(head, tokens, labels, class_weights, epochs)
     linears = [m for m in head.net if isinstance(m, torch.nn.Linear)]
     if len(linears) != 1:

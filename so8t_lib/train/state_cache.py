@@ -25,7 +25,7 @@ from ..model.split import DecoderSplit
 from .collate import SafetyCollator
 
 STATES_FILE, INDEX_FILE = "states.npy", "index.json"
-CACHE_VERSION = 1
+CACHE_VERSION = 2  # 2: the shared prefix stored once
 
 
 def base_key(model: SO8TModel) -> str:
@@ -38,78 +38,143 @@ def base_key(model: SO8TModel) -> str:
                        "base_model": cfg.base_model, "dtype": cfg.dtype}, sort_keys=True)
 
 
+def shared_prefix(encoded: list[list[int]]) -> list[int]:
+    """The longest token prefix that most rows share (the chat template's opening and the system turn): the rows
+    starting with the most common first token, their common prefix, one token short of the shortest of them so
+    that each keeps a token of its own. Rows cut from the left (longer than ``max_length``) do not share it."""
+    if not encoded:
+        return []
+    firsts: dict[int, int] = {}
+    for ids in encoded:
+        if ids:
+            firsts[ids[0]] = firsts.get(ids[0], 0) + 1
+    if not firsts:
+        return []
+    first = max(firsts, key=firsts.get)
+    group = [ids for ids in encoded if ids and ids[0] == first]
+    prefix = list(group[0])
+    for ids in group[1:]:
+        n = 0
+        while n < min(len(prefix), len(ids)) and prefix[n] == ids[n]:
+            n += 1
+        del prefix[n:]
+    return prefix[:min(len(ids) for ids in group) - 1]
+
+
 class FrozenStates:
-    """Row id -> the (length, hidden) state entering layer k, for every row it was built on."""
+    """Row id -> the (length, hidden) state entering layer k, for every row it was built on.
+
+    The prefix every prompt shares (the chat template's opening and the system turn, about half of an average
+    prompt's tokens) has the same states in every row, since attention is causal: it is computed and stored once,
+    and each row keeps only the tokens after it (rows cut from the left keep all of theirs)."""
 
     def __init__(self, folder: Path) -> None:
         index = json.loads((folder / INDEX_FILE).read_text(encoding="utf-8"))
         self.folder = folder
         self.k = int(index["k"])
-        self.offsets: dict[str, tuple[int, int]] = {row_id: (start, length)
-                                                     for row_id, start, length in index["rows"]}
+        self.prefix_length = int(index["prefix"])
+        # row id -> (start of its stored states, how many are stored, whether the shared prefix comes first)
+        self.stored: dict[str, tuple[int, int, bool]] = {row_id: (start, stored, bool(shared))
+                                                         for row_id, start, stored, shared in index["rows"]}
+        self.lengths: dict[str, int] = {row_id: stored + (self.prefix_length if shared else 0)
+                                        for row_id, (_, stored, shared) in self.stored.items()}
         self.states = np.load(folder / STATES_FILE, mmap_mode="r")
         if self.states.shape[0] != int(index["tokens"]):
             raise ValueError(f"{folder}: {STATES_FILE} holds {self.states.shape[0]} states, the index {index['tokens']}")
+        self.prefix = torch.from_numpy(np.array(self.states[:self.prefix_length]))
 
     @classmethod
     def build(cls, model: SO8TModel, split: DecoderSplit, rows: list[dict], collate: SafetyCollator,
               batch_size: int = 16, progress: bool = True) -> FrozenStates:
         """The cache for ``rows`` (built now, or found from an earlier run with the same key)."""
-        encoded = [collate.encode(row) for row in rows]
+        encoded = [collate.encode(row)[0] for row in rows]
         digest = hashlib.sha256(f"v{CACHE_VERSION}|{base_key(model)}|k={split.k}".encode())
-        for row, (ids, _, _) in zip(rows, encoded):
+        for row, ids in zip(rows, encoded):
             digest.update(f"|{row['id']}:".encode() + np.asarray(ids, dtype=np.int64).tobytes())
         folder = cache_root() / "states" / digest.hexdigest()[:24]
         if (folder / INDEX_FILE).is_file():
             try:
                 return cls(folder)
-            except (ValueError, OSError) as exc:
+            except (ValueError, OSError, KeyError) as exc:
                 print(f"frozen-state cache {folder} is damaged ({exc}); building it again")
-        lengths = [len(ids) for ids, _, _ in encoded]
+        prefix = shared_prefix(encoded)
+        shared = [len(prefix) > 0 and ids[:len(prefix)] == prefix for ids in encoded]
+        own = [ids[len(prefix):] if is_shared else ids for ids, is_shared in zip(encoded, shared)]
+        lengths = [len(ids) for ids in own]
         hidden = model.causal_lm.config.hidden_size
         tmp = folder.with_name(folder.name + ".tmp")
         shutil.rmtree(tmp, ignore_errors=True)
         tmp.mkdir(parents=True)
         states = np.lib.format.open_memmap(tmp / STATES_FILE, mode="w+", dtype=np.float32,
-                                           shape=(sum(lengths), hidden))
-        starts = np.concatenate([[0], np.cumsum(lengths)[:-1]]).astype(int).tolist()
+                                           shape=(len(prefix) + sum(lengths), hidden))
+        starts = (len(prefix) + np.concatenate([[0], np.cumsum(lengths)[:-1]])).astype(int).tolist()
         device = next(model.parameters()).device
-        batches = batches_by_length(lengths, batch_size)
-        if progress:
-            from tqdm.auto import tqdm
-
-            batches = tqdm(batches, desc=f"caching layers 0-{split.k - 1}", unit="batch")
         was_training = model.training
         model.eval()
         try:
             with torch.no_grad():
-                for chunk in batches:
-                    batch = collate([rows[i] for i in chunk])
-                    mask = batch["attention_mask"].to(device)
-                    out = split.below(batch["input_ids"].to(device), mask, position_ids_from_mask(mask))
-                    for j, i in enumerate(chunk):
-                        states[starts[i]:starts[i] + lengths[i]] = out[j, :lengths[i]].float().cpu().numpy()
+                prefix_cache = None
+                if prefix:
+                    prefix_states, prefix_cache = split.below_prefix(torch.tensor([prefix], device=device))
+                    states[:len(prefix)] = prefix_states[0].float().cpu().numpy()
+                for group in (True, False):  # rows after the shared prefix, then the few without it
+                    members = [i for i in range(len(rows)) if shared[i] == group]
+                    batches = batches_by_length([lengths[i] for i in members], batch_size)
+                    if progress:
+                        from tqdm.auto import tqdm
+
+                        batches = tqdm(batches, desc=f"caching layers 0-{split.k - 1}" +
+                                       (f" after the {len(prefix)}-token shared prefix" if group else
+                                        " (rows without the prefix)"), unit="batch", disable=not batches)
+                    for chunk in batches:
+                        chunk = [members[j] for j in chunk]
+                        ids, mask = _padded([own[i] for i in chunk], collate.tokenizer.pad_token_id)
+                        ids, mask = ids.to(device), mask.to(device)
+                        out = split.below_after(prefix_cache, ids, mask) if group else \
+                            split.below(ids, mask, position_ids_from_mask(mask))
+                        for j, i in enumerate(chunk):
+                            states[starts[i]:starts[i] + lengths[i]] = out[j, :lengths[i]].float().cpu().numpy()
         finally:
             model.train(was_training)
         states.flush()
         del states
-        index = {"k": split.k, "tokens": sum(lengths), "hidden": hidden,
-                 "rows": [[row["id"], start, length] for row, start, length in zip(rows, starts, lengths)]}
+        index = {"k": split.k, "tokens": len(prefix) + sum(lengths), "hidden": hidden, "prefix": len(prefix),
+                 "rows": [[row["id"], start, length, int(is_shared)]
+                          for row, start, length, is_shared in zip(rows, starts, lengths, shared)]}
         (tmp / INDEX_FILE).write_text(json.dumps(index), encoding="utf-8")
         if folder.exists():
             shutil.rmtree(folder)
         tmp.rename(folder)
         return cls(folder)
 
+    def row_states(self, row_id: str, width: int | None = None, with_prefix: bool = True) -> torch.Tensor:
+        """One row's (length, hidden) states, its first ``width`` tokens when given; without the shared prefix when
+        ``with_prefix`` is false (a row that does not share it keeps all of its own)."""
+        start, stored, shared = self.stored[row_id]
+        skip = self.prefix_length if shared and not with_prefix else 0
+        width = self.lengths[row_id] if width is None else min(width, self.lengths[row_id])
+        if shared and with_prefix:
+            own = max(0, width - self.prefix_length)
+            return torch.cat([self.prefix[:width], torch.from_numpy(np.array(self.states[start:start + own]))])
+        return torch.from_numpy(np.array(self.states[start:start + max(0, width - skip)]))
+
     def batch(self, rows: list[dict], width: int) -> torch.Tensor:
         """(B, width, hidden) states for rows collated to ``width`` tokens (right padding; pads are zeros); a row
         longer than ``width`` is cut to its first ``width`` tokens, as its token ids were."""
         out = torch.zeros(len(rows), width, self.states.shape[1])
         for i, row in enumerate(rows):
-            start, length = self.offsets[row["id"]]
-            length = min(length, width)
-            out[i, :length] = torch.from_numpy(np.array(self.states[start:start + length]))
+            states = self.row_states(row["id"], width)
+            out[i, :len(states)] = states
         return out
+
+
+def _padded(sequences: list[list[int]], pad_id: int) -> tuple[torch.Tensor, torch.Tensor]:
+    width = max(len(ids) for ids in sequences)
+    ids = torch.full((len(sequences), width), pad_id, dtype=torch.long)
+    mask = torch.zeros((len(sequences), width), dtype=torch.long)
+    for j, seq in enumerate(sequences):
+        ids[j, :len(seq)], mask[j, :len(seq)] = torch.tensor(seq), 1
+    return ids, mask
 
 
 def check_frozen_below(model: SO8TModel, k: int, pet_layers: list[int]) -> None:
@@ -144,7 +209,7 @@ def decide_from_states(model: SO8TModel, split: DecoderSplit, frozen: FrozenStat
     chunks, done = [], []
     try:
         device = next(model.parameters()).device
-        for indices in batches_by_length([frozen.offsets[row["id"]][1] for row in rows], batch_size):
+        for indices in batches_by_length([frozen.lengths[row["id"]] for row in rows], batch_size):
             done += indices
             part = [rows[i] for i in indices]
             batch = collate(part)
