@@ -293,3 +293,21 @@ def test_token_moments_count_a_left_out_prefix_once_per_row_that_shares_it():
     mean, sq = token_moments(own, prefix=prefix, prefix_rows=2)
     every = torch.cat([prefix, own[0], prefix, own[1], own[2]]).double()
     assert torch.allclose(mean, every.mean(0)) and torch.allclose(sq, every.square().mean(0))
+
+
+def test_the_warm_start_draws_its_batch_order_from_the_runs_seed(tmp_path, monkeypatch):
+    """A seed sweep varies the warm start too (it is most of what a max head learns): the same training.seed gives
+    the same head, another seed another head, with model.seed (the head's initial weights) held fixed."""
+    from test_model_families import _recipe
+
+    from so8t_lib.train.trainer import Trainer
+
+    monkeypatch.setenv("SO8T_CACHE", str(tmp_path / "cache"))
+    heads = []
+    for run, seed in (("a", 0), ("b", 0), ("c", 1)):
+        config = _recipe(tmp_path, f"seed-{run}", True)
+        config.model.head.hidden_units, config.model.head.pooling, config.model.head.read_layers = 16, "max", [3]
+        config.training.head_warm_start, config.training.head_warm_start_epochs = True, 2
+        config.training.seed, config.training.sample_seed = seed, 0
+        heads.append(Trainer(config).model.safety_head.net[1].weight.detach().clone())
+    assert torch.equal(heads[0], heads[1]) and not torch.allclose(heads[0], heads[2])

@@ -24,8 +24,8 @@ DEFAULT_QUANT = "benchmarks/results/gguf_decisions_so8t-demo.json"
 DEFAULT_REFIT = "benchmarks/results/head_refit_so8t-demo.json"
 DEFAULT_POINTS = "benchmarks/results/operating_point.json"
 DEFAULT_POINTS_RECIPE = "so8t-demo"
-DEFAULT_COMPARE = "experiments/eval/so8t-demo-sample3000.json"
-DEFAULT_COMPARE_LABEL = "max head trained on a 3,000-row sample (the default before)"
+DEFAULT_COMPARE = "experiments/eval/so8t-demo-drifting-standardizer.json"
+DEFAULT_COMPARE_LABEL = "the same recipe before the warm start's standardiser fix (the default before)"
 
 
 def main(argv: list[str] | None = None) -> None:

@@ -226,18 +226,19 @@ def fit_token_head(head, tokens: list[torch.Tensor], labels: np.ndarray, class_w
 
 def warm_start_head(model: SO8TModel, rows: list[dict], collate: SafetyCollator, class_weights: list[float],
                     regularization: float = 0.3, batch_size: int = 32, frozen=None, split=None,
-                    epochs: int = 10) -> float:
+                    epochs: int = 10, seed: int = 0) -> float:
     """Fit ``fit_probe`` on the decision states of ``rows`` and load it into SafetyHeadB (linear heads), or, for a
-    max-pooling head, ``fit_token_head`` for ``epochs`` on the rows' token states; returns the accuracy on those
-    rows."""
+    max-pooling head, ``fit_token_head`` for ``epochs`` on the rows' token states, its batch order drawn from ``seed``
+    (the run's ``training.seed``, so runs of different seeds differ here too); returns the accuracy on those rows."""
     head = model.safety_head
     if head.pools_tokens:
         labels = np.array([LABELS.index(r["label"]) for r in rows])
         if frozen is not None and frozen.prefix_length and model.read_layers == [frozen.k]:
             tokens, prefixed, prefix = cached_prompt_tokens(model, rows, collate, frozen)
-            return fit_token_head(head, tokens, labels, class_weights, epochs, prefix=prefix, prefixed=prefixed)
+            return fit_token_head(head, tokens, labels, class_weights, epochs, seed=seed, prefix=prefix,
+                                  prefixed=prefixed)
         tokens = prompt_token_states(model, rows, collate, batch_size, frozen, split)
-        return fit_token_head(head, tokens, labels, class_weights, epochs)
+        return fit_token_head(head, tokens, labels, class_weights, epochs, seed=seed)
     linears = [m for m in head.net if isinstance(m, torch.nn.Linear)]
     if len(linears) != 1:
         raise ValueError("a warm start needs a linear SafetyHeadB (model.head.hidden_units: 0) or a max-pooling one "

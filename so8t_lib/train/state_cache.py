@@ -64,9 +64,10 @@ def shared_prefix(encoded: list[list[int]]) -> list[int]:
 class FrozenStates:
     """Row id -> the (length, hidden) state entering layer k, for every row it was built on.
 
-    The prefix every prompt shares (the chat template's opening and the system turn, about half of an average
-    prompt's tokens) has the same states in every row, since attention is causal: it is computed and stored once,
-    and each row keeps only the tokens after it (rows cut from the left keep all of theirs)."""
+    The prefix every prompt shares (the chat template's opening and the system turn: 25 tokens of the Gemma
+    default's rows, which average 91 with their targets) has the same states in every row, since attention is
+    causal: it is computed and stored once, and each row keeps only the tokens after it (rows cut from the left
+    keep all of theirs)."""
 
     def __init__(self, folder: Path) -> None:
         index = json.loads((folder / INDEX_FILE).read_text(encoding="utf-8"))

@@ -141,7 +141,7 @@ class Trainer:
             clock = time.perf_counter()
             accuracy = warm_start_head(self.model, self.train_rows, self.collate, config.loss.class_weight_list(),
                                        self.tcfg.head_warm_start_c, self.tcfg.eval_batch_size, self.frozen, self.split,
-                                       self.tcfg.head_warm_start_epochs)
+                                       self.tcfg.head_warm_start_epochs, seed=self.tcfg.seed)
             if self.main:
                 print(f"SafetyHeadB starts from a probe fitted on the frozen states (training-row accuracy {accuracy:.3f})",
                       file=sys.stderr)
