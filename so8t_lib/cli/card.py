@@ -25,7 +25,7 @@ DEFAULT_REFIT = "benchmarks/results/head_refit_so8t-demo.json"
 DEFAULT_POINTS = "benchmarks/results/operating_point.json"
 DEFAULT_POINTS_RECIPE = "so8t-demo"
 DEFAULT_COMPARE = "experiments/eval/so8t-demo-drifting-standardizer.json"
-DEFAULT_COMPARE_LABEL = "the same recipe before the warm start's standardiser fix (the default before)"
+DEFAULT_COMPARE_LABEL = "default recipe before the warm-start standardiser fix"
 
 
 def main(argv: list[str] | None = None) -> None:
