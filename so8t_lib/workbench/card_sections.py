@@ -89,9 +89,11 @@ def limits_section(model: dict) -> list[str]:
         lines.append("- Measured on a tiny random-init model on CPU; nothing here transfers to a pretrained model "
                      "without re-measuring.")
     else:
-        lines.append("- A 270 M base, its SafetyHeadB fitted in minutes on 2 CPU cores (one seed): it is the "
-                     "workbench's honest small default, not a gate to deploy. Compare it with the keyword baselines "
-                     "above, and the public sets with the corpus, before trusting any number.")
+        lines.append("- A 270 M base, its SafetyHeadB fitted in minutes on 2 CPU cores (one seed here; over three, "
+                     "docs/benchmarks.md \"Three seeds of the default\", the public sets' argmax boundary moved more "
+                     "than this card's intervals): it is the workbench's honest small default, not a gate to deploy. "
+                     "Compare it with the keyword baselines above, and the public sets with the corpus, before "
+                     "trusting any number.")
     lines += ["- The corpus is generated from hand-written seeds; real traffic will differ.",
               "- The threshold rule trades dangerous compliance for escalations; choose the threshold on val data "
               "from your own traffic.",
