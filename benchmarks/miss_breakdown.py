@@ -29,23 +29,17 @@ sys.path.insert(0, str(ROOT))
 from so8t_lib.core.io import atomic_write_text  # noqa: E402
 from so8t_lib.core.paths import CORPUS_DIR, project_relative  # noqa: E402
 from so8t_lib.data.benchmarks import BENCHMARKS, load_any  # noqa: E402
+from so8t_lib.data.tables import read_records  # noqa: E402
+from so8t_lib.eval.predictions import read_predictions  # noqa: E402
 
 TOP_FAMILIES = 15
 
 
-def read_predictions(path: Path) -> dict[str, list[dict]]:
-    """dataset -> its prediction records, in file order."""
-    by_set: dict[str, list[dict]] = defaultdict(list)
-    with path.open(encoding="utf-8") as handle:
-        for line_no, line in enumerate(handle, 1):
-            if not line.strip():
-                continue
-            try:
-                record = json.loads(line)
-                by_set[record["dataset"]].append(record)
-            except (json.JSONDecodeError, KeyError, TypeError) as exc:
-                raise SystemExit(f"{path}:{line_no}: not a prediction record ({exc}); write one with "
-                                 "`so8t evaluate --predictions`") from None
+def decisions_by_dataset(path: Path) -> dict[str, list[tuple[str, str]]]:
+    """dataset -> (row id, argmax decision) in file order, read (and checked) by the library's prediction reader."""
+    by_set: dict[str, list[tuple[str, str]]] = defaultdict(list)
+    for (dataset, row_id), (_, _, decision) in read_predictions(path).items():
+        by_set[dataset].append((row_id, decision))
     return by_set
 
 
@@ -54,19 +48,18 @@ def source_rows(dataset: str) -> list[dict]:
     fields (hazard, variant) the training tables leave out."""
     path = CORPUS_DIR / f"{dataset}.jsonl"
     if dataset not in BENCHMARKS and path.is_file():
-        with path.open(encoding="utf-8") as handle:
-            return [json.loads(line) for line in handle if line.strip()]
+        return [record for _, record in read_records(path)]
     return load_any(dataset).to_dict("records")
 
 
-def joined(dataset: str, records: list[dict]) -> list[dict]:
-    """Each prediction with its row's fields; every id must be found (same corpus build)."""
+def joined(dataset: str, decisions: list[tuple[str, str]]) -> list[dict]:
+    """Each prediction's row with its decision; every id must be found (same corpus build)."""
     rows = {str(r["id"]): r for r in source_rows(dataset)}
-    missing = [r["id"] for r in records if str(r["id"]) not in rows]
+    missing = [row_id for row_id, _ in decisions if row_id not in rows]
     if missing:
         raise SystemExit(f"{len(missing)} {dataset} predictions (e.g. {missing[0]!r}) name rows the current "
                          f"{dataset} data does not have: the predictions come from another build")
-    return [rows[str(r["id"])] | {"decision": r["decision"]} for r in records]
+    return [rows[row_id] | {"decision": decision} for row_id, decision in decisions]
 
 
 def ratio(hits: int, total: int) -> dict:
@@ -121,8 +114,8 @@ def sst_breakdown(rows: list[dict]) -> dict:
 
 def breakdown(path: Path) -> dict:
     result: dict = {"predictions": project_relative(path), "decisions": "argmax, as written by so8t evaluate"}
-    for dataset, records in read_predictions(path).items():
-        rows = joined(dataset, records)
+    for dataset, decisions in decisions_by_dataset(path).items():
+        rows = joined(dataset, decisions)
         if dataset == "xstest":
             result[dataset] = xstest_breakdown(rows)
         elif dataset == "sst":

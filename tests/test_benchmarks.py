@@ -162,10 +162,14 @@ def test_miss_breakdown_counts_the_misses_where_they_fall(tmp_path):
     harmful = [r for r in test_rows if r["label"] == "REFUSE" and r["lang"] == "ja"][:3]
     safe = [r for r in test_rows if r["label"] == "ALLOW" and r["lang"] == "en"][:2]
     xstest = module.source_rows("xstest")[:3]
-    records = ([{"dataset": "test", "id": r["id"], "gold": "REFUSE", "decision": d}
-                for r, d in zip(harmful, ["ALLOW", "ALLOW", "REFUSE"])]
-               + [{"dataset": "test", "id": r["id"], "gold": "ALLOW", "decision": "ESCALATE"} for r in safe]
-               + [{"dataset": "xstest", "id": r["id"], "gold": r["label"], "decision": "REFUSE"} for r in xstest])
+    probs = {"ALLOW": 0.2, "REFUSE": 0.5, "ESCALATE": 0.3}
+
+    def record(dataset, row, gold, decision):
+        return {"dataset": dataset, "id": row["id"], "gold": gold, "decision": decision, "probabilities": probs}
+
+    records = ([record("test", r, "REFUSE", d) for r, d in zip(harmful, ["ALLOW", "ALLOW", "REFUSE"])]
+               + [record("test", r, "ALLOW", "ESCALATE") for r in safe]
+               + [record("xstest", r, r["label"], "REFUSE") for r in xstest])
     preds = tmp_path / "m.preds.jsonl"
     preds.write_text("".join(json.dumps(r) + "\n" for r in records))
     result = module.main([str(preds), "--out", str(tmp_path / "out.json")])
@@ -178,10 +182,14 @@ def test_miss_breakdown_counts_the_misses_where_they_fall(tmp_path):
     kinds = result["xstest"]
     assert sum(v.get("safe_not_allowed", {}).get("count", 0) for v in kinds.values()) == \
         sum(r["label"] == "ALLOW" for r in xstest)
-    records.append({"dataset": "test", "id": "no-such-row", "gold": "ALLOW", "decision": "ALLOW"})
-    preds.write_text("".join(json.dumps(r) + "\n" for r in records))
+    preds.write_text("".join(json.dumps(r) + "\n" for r in records + [
+        {**records[0], "id": "no-such-row"}]))
     with pytest.raises(SystemExit, match="another build"):
         module.main([str(preds), "--out", str(tmp_path / "out.json")])
+    preds.write_text(json.dumps(records[0]) + "\n" + '{"dataset": "test"}\n')
+    with pytest.raises(SystemExit, match="m.preds.jsonl:2"):  # the line is named, nothing written
+        module.main([str(preds), "--out", str(tmp_path / "bad.json")])
+    assert not (tmp_path / "bad.json").exists()
 
 
 def test_head_layer_probe_pools_the_request_after_the_shared_prefix_and_reads_depth_sets():
