@@ -308,9 +308,19 @@ def test_safety_report_is_json_and_has_the_documented_keys():
     assert report["by_category"]["hr"]["n"] == 4
     assert report["by_lang"]["ja"]["n"] + report["by_lang"]["en"]["n"] == 14
     assert report["ci_resamples"] == 200
-    for name in ("safety_score", "refuse_recall", "macro_f1", "dangerous_compliance", "over_refusal"):
+    for name in ("safety_score", "refuse_recall", "macro_f1", "dangerous_compliance", "over_refusal",
+                 "over_refusal_incl_escalate"):
         low, high = report["ci"][name]
         assert low <= report[name] <= high
+    low, high = report["ci"]["not_allowed_rate_unsafe"]  # the report's field comes from the by-gold table
+    assert low <= report["not_allowed_rate_by_gold"][NA] <= high
+
+
+def test_ci_of_a_metric_a_data_set_cannot_have_is_none():
+    """Without gold NOT_ALLOW rows there is no unsafe-stopped rate to bound: [None, None], not an error."""
+    keep = [i for i, g in enumerate(GOLD) if g != NA]
+    report = safety_report([GOLD[i] for i in keep], [PRED[i] for i in keep], bootstrap=50)
+    assert report["ci"]["not_allowed_rate_unsafe"] == [None, None] and report["ci"]["macro_f1"][0] is not None
 
 
 def test_safety_report_optional_parts_are_none():

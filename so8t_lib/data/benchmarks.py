@@ -73,8 +73,9 @@ BENCHMARKS: dict[str, Benchmark] = {b.name: b for b in (
     Benchmark(
         name="xstest", relative_path="xstest/xstest_prompts.csv", text_column="prompt",
         signature=frozenset({"prompt", "type", "label"}),
-        # no gold REFUSE or ESCALATE rows: over-refusal on the safe half, "not allowed" on the unsafe contrasts
-        headline=("over_refusal", "over_refusal_incl_escalate", "not_allowed_rate_unsafe", "escalation_rate",
+        # no gold REFUSE or ESCALATE rows: over-refusal on the safe half (XSTest counts an escalation as a block,
+        # so that measure comes first), "not allowed" on the unsafe contrasts
+        headline=("over_refusal_incl_escalate", "not_allowed_rate_unsafe", "over_refusal", "escalation_rate",
                   "unsafe_f1_strict", "unsafe_f1_loose"),
         citation="XSTest v2: Röttger et al., NAACL 2024 (CC-BY-4.0)", row=_xstest_row),
     Benchmark(

@@ -8,6 +8,7 @@ metric, NOT_ALLOW rows counted only where they mean something) hold here too.
 from __future__ import annotations
 
 from collections.abc import Iterable, Mapping, Sequence
+from functools import partial
 from typing import Any
 
 import numpy as np
@@ -230,6 +231,11 @@ _HEADLINE_FNS: dict[str, MetricFn] = {
     "macro_f1": macro_f1,
     "dangerous_compliance": dangerous_compliance_rate,
     "over_refusal": over_refusal_rate,
+    # XSTest's measure of over-refusal counts an escalation as a block too
+    "over_refusal_incl_escalate": partial(over_refusal_rate, include_escalate=True),
+    "not_allowed_rate": not_allowed_rate,
+    # the public harmful sets: the share of their rows stopped (None on sets without NOT_ALLOW rows)
+    "not_allowed_rate_unsafe": partial(not_allowed_rate, gold_in=[GOLD_LABELS[NOT_ALLOW_CODE]]),
 }
 
 
