@@ -437,3 +437,50 @@ def test_lexical_blend_chooses_the_weight_on_val_and_scores_model_blend_and_keyw
     with pytest.raises(SystemExit, match="another build"):
         module.main([str(tmp_path / "stale.preds.jsonl"), "--out", str(tmp_path / "never.json")])
     assert not (tmp_path / "never.json").exists()
+
+
+def test_seed_ensemble_averages_the_members_and_refuses_mismatched_files(tmp_path):
+    module = _load("seed_ensemble")
+    from so8t_lib.core.metrics import dangerous_compliance_rate
+    from so8t_lib.eval.ranking import not_allow_auroc
+
+    rng = np.random.default_rng(1)
+    gold = {name: list(rng.choice(["ALLOW", "REFUSE", "ESCALATE"], size=n)) for name, n in (("val", 60), ("test", 40))}
+    members = []
+    for _ in range(3):
+        member = {}
+        for name, labels in gold.items():
+            probs = rng.dirichlet([1, 1, 1], size=len(labels))
+            probs[np.array(labels) == "REFUSE", 1] += 0.8
+            member[name] = probs / probs.sum(1, keepdims=True)
+        members.append(member)
+    paths = []
+    for seed, member in enumerate(members):
+        path = tmp_path / f"run{seed}.preds.jsonl"
+        path.write_text("".join(json.dumps({"dataset": name, "id": f"{name}{k}", "gold": g, "decision": "ALLOW",
+                                            "probabilities": dict(zip(("ALLOW", "REFUSE", "ESCALATE"), map(float, p)))})
+                                + "\n" for name in gold for k, (g, p) in enumerate(zip(gold[name], member[name]))))
+        paths.append(str(path))
+    out = tmp_path / "ensemble.json"
+    result = module.main(paths + ["--targets", "0.2", "--resamples", "50", "--out", str(out)])
+    assert json.loads(out.read_text()) == result and len(result["runs"]) == 4
+    average = np.mean([m["test"] for m in members], axis=0)
+    ensemble = result["runs"][module.ENSEMBLE]
+    decided = np.asarray(["ALLOW", "REFUSE", "ESCALATE"])[average.argmax(1)]
+    assert ensemble["argmax"]["test"]["dangerous_compliance"] == pytest.approx(
+        dangerous_compliance_rate(gold["test"], decided))
+    assert ensemble["auroc"]["test"] == pytest.approx(not_allow_auroc(average[:, 0], gold["test"]))
+    assert result["runs"]["run1"]["auroc"]["test"] == pytest.approx(not_allow_auroc(members[1]["test"][:, 0], gold["test"]))
+    # a member scored on other rows, or on other gold labels, is refused with its file named, nothing written
+    lines = Path(paths[2]).read_text().splitlines()
+    Path(paths[2]).write_text("\n".join(lines[:-1]) + "\n")
+    with pytest.raises(SystemExit, match="run2.preds.jsonl: not the rows"):
+        module.main(paths + ["--out", str(tmp_path / "never.json")])
+    flipped = json.loads(lines[0])
+    flipped["gold"] = "REFUSE" if flipped["gold"] != "REFUSE" else "ALLOW"
+    Path(paths[2]).write_text("\n".join([json.dumps(flipped)] + lines[1:]) + "\n")
+    with pytest.raises(SystemExit, match="gold label of"):
+        module.main(paths + ["--out", str(tmp_path / "never.json")])
+    with pytest.raises(SystemExit, match="at least two"):
+        module.main(paths[:1] + ["--out", str(tmp_path / "never.json")])
+    assert not (tmp_path / "never.json").exists()
