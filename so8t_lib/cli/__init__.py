@@ -37,6 +37,7 @@ COMMANDS: dict[str, Command] = {
     "backup": Command("backup", "main", "back up audit logs, the escalation queue, configs and model manifests"),
     "restore": Command("backup", "restore_main", "verify a backup (chains, checksums), then put it back"),
     "sweep": Command("sweep", "main", "run a papermill sweep (a notebook over a grid and seeds)"),
+    "cache": Command("cache", "main", "what $SO8T_CACHE holds; prune frozen-state caches nothing will read again"),
     "card": Command("card", "main", "write MODEL_CARD.md and figures/ from committed results"),
     "demo": Command("demo", "main", "the main job: train, score, export, decide (make demo)"),
     "present": Command("present", "main", "the stakeholder demo as a web page on 127.0.0.1 (Voila; make present)"),

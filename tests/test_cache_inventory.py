@@ -1,0 +1,108 @@
+"""so8t cache: every entry named with its status; prune removes only what nothing will read again."""
+
+from __future__ import annotations
+
+import json
+import os
+import time
+
+import numpy as np
+import pytest
+
+from so8t_lib.cli import main as so8t
+from so8t_lib.train.state_cache import CACHE_VERSION, INDEX_FILE, STATES_FILE, FrozenStates
+from so8t_lib.workbench.cache_inventory import inventory, removable
+
+HOUR = 3600.0
+
+
+def _age(path, seconds):
+    """Make ``path`` and everything under it look ``seconds`` old."""
+    then = time.time() - seconds
+    for p in [path, *path.rglob("*")]:
+        os.utime(p, (then, then))
+
+
+def _states(folder, version=CACHE_VERSION, tokens=6, hidden=4):
+    folder.mkdir(parents=True)
+    index = {"k": 3, "tokens": tokens, "hidden": hidden, "prefix": 2, "rows": [["r1", 2, tokens - 2, 1]]}
+    if version == 1:
+        index = {"k": 3, "tokens": tokens, "hidden": hidden, "rows": [["r1", 0, tokens]]}
+    elif version is not None:
+        index["version"] = version
+    (folder / INDEX_FILE).write_text(json.dumps(index))
+    np.save(folder / STATES_FILE, np.zeros((tokens, hidden), dtype=np.float32))
+    return folder
+
+
+@pytest.fixture
+def cache(tmp_path, monkeypatch):
+    monkeypatch.setenv("SO8T_CACHE", str(tmp_path))
+    states = tmp_path / "states"
+    _states(states / "current")
+    _states(states / "current-unversioned", version=None)  # written before the index named its format
+    _states(states / "stale-v1", version=1)
+    (states / "damaged").mkdir()
+    (states / "damaged" / INDEX_FILE).write_text("{not json")
+    _states(states / "left.tmp")
+    _age(states / "left.tmp", 2 * HOUR)
+    _states(states / "building.tmp")  # written to just now: a build in progress
+    base = tmp_path / "bases" / "gemma3-270m-abc"
+    base.mkdir(parents=True)
+    (base / "model.safetensors").write_bytes(b"x" * 100)
+    half = tmp_path / "bases" / ".gemma3-270m-abc.tmp-x1"
+    half.mkdir()
+    (half / "model.safetensors").write_bytes(b"x" * 10)
+    _age(half, 3 * HOUR)
+    (tmp_path / "tokenizers" / "bpe-8192-ff").mkdir(parents=True)
+    return tmp_path
+
+
+def test_every_entry_is_named_with_its_status(cache):
+    status = {e.path.name: (e.kind, e.status) for e in inventory()}
+    assert status == {
+        "current": ("frozen states", "current"), "current-unversioned": ("frozen states", "current"),
+        "stale-v1": ("frozen states", "stale"), "damaged": ("frozen states", "damaged"),
+        "left.tmp": ("frozen states", "partial"), "building.tmp": ("frozen states", "in progress"),
+        "gemma3-270m-abc": ("base", "current"), ".gemma3-270m-abc.tmp-x1": ("base", "partial"),
+        "bpe-8192-ff": ("tokenizer", "current")}
+    sizes = {e.path.name: e.bytes for e in inventory()}
+    assert sizes["gemma3-270m-abc"] == 100 and sizes["current"] > 6 * 4 * 4
+
+
+def test_prune_keeps_what_is_in_use_unless_asked(cache):
+    names = lambda entries: {e.path.name for e in entries}  # noqa: E731
+    entries = inventory()
+    assert names(removable(entries)) == {"stale-v1", "damaged", "left.tmp", ".gemma3-270m-abc.tmp-x1"}
+    assert names(removable(entries, all_states=True)) - names(removable(entries)) == {"current", "current-unversioned"}
+    _age(cache / "states" / "current", 20 * 24 * HOUR)
+    assert names(removable(inventory(), unused_days=14)) - names(removable(entries)) == {"current"}
+
+
+def test_prune_dry_run_removes_nothing_and_prune_removes_exactly_the_list(cache, capsys):
+    before = sorted(p.name for p in cache.rglob("*"))
+    assert so8t(["cache", "prune", "--dry-run"]) == 0
+    assert sorted(p.name for p in cache.rglob("*")) == before
+    assert "would remove 4 of 9 entries" in capsys.readouterr().out
+    assert so8t(["cache", "prune"]) == 0
+    left = {e.path.name for e in inventory()}
+    assert left == {"current", "current-unversioned", "building.tmp", "gemma3-270m-abc", "bpe-8192-ff"}
+    assert not any(".trash-" in p.name for p in cache.rglob("*"))  # renamed aside, then gone
+    assert so8t(["cache"]) == 0 and "5 entries" in capsys.readouterr().out
+
+
+def test_list_refuses_prune_options(cache):
+    with pytest.raises(SystemExit) as stop:
+        so8t(["cache", "--all-states"])
+    assert stop.value.code == 2
+    with pytest.raises(SystemExit):
+        so8t(["cache", "prune", "--unused-days", "-1"])
+
+
+def test_reading_a_state_cache_records_its_last_use(cache):
+    folder = cache / "states" / "current"
+    _age(folder, 30 * 24 * HOUR)
+    stale_use = (folder / INDEX_FILE).stat().st_mtime
+    frozen = FrozenStates(folder)
+    assert frozen.lengths == {"r1": 6} and (folder / INDEX_FILE).stat().st_mtime > stale_use + 29 * 24 * HOUR
+    assert folder not in {e.path for e in removable(inventory(), unused_days=14)}
