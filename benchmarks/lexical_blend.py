@@ -32,7 +32,7 @@ from so8t_lib.core.paths import project_relative  # noqa: E402
 from so8t_lib.core.schema import LABELS  # noqa: E402
 from so8t_lib.data.benchmarks import load_any  # noqa: E402
 from so8t_lib.eval.baselines import baseline_probabilities, fit_baselines  # noqa: E402
-from so8t_lib.eval.operating_point import operating_point, scored, target_shares  # noqa: E402
+from so8t_lib.eval.operating_point import add_choice_arguments, operating_point, scored  # noqa: E402
 from so8t_lib.eval.predictions import PREDICTIONS_SUFFIX, read_predictions  # noqa: E402
 from so8t_lib.eval.report import safety_report  # noqa: E402
 
@@ -110,10 +110,7 @@ def blend_report(path: Path, rows: dict, keyword: dict, choose_on: str, targets:
 def main(argv: list[str] | None = None) -> dict:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("predictions", nargs="+", type=Path, help="so8t evaluate --predictions files holding val")
-    parser.add_argument("--choose-on", default="val", help="the data set the weight and thresholds are chosen on")
-    parser.add_argument("--targets", type=target_shares, default=TARGETS,
-                        help="dangerous-compliance targets on val, separated by commas")
-    parser.add_argument("--resamples", type=int, default=1000, help="bootstrap resamples for the intervals")
+    add_choice_arguments(parser, TARGETS, chosen="weight and thresholds")
     parser.add_argument("--out", type=Path, default=ROOT / "benchmarks/results/lexical_blend.json")
     args = parser.parse_args(argv)
     targets = args.targets

@@ -27,7 +27,7 @@ sys.path.insert(0, str(ROOT))
 from so8t_lib.core.io import atomic_write_text  # noqa: E402
 from so8t_lib.core.paths import project_relative  # noqa: E402
 from so8t_lib.core.schema import LABELS  # noqa: E402
-from so8t_lib.eval.operating_point import operating_point, scored, target_shares  # noqa: E402
+from so8t_lib.eval.operating_point import add_choice_arguments, operating_point, scored  # noqa: E402
 from so8t_lib.eval.predictions import PREDICTIONS_SUFFIX, by_dataset, read_predictions  # noqa: E402
 
 TARGETS = (0.10, 0.05, 0.02)
@@ -51,10 +51,7 @@ def operating_points(path: Path, choose_on: str, targets: tuple[float, ...], res
 def main(argv: list[str] | None = None) -> dict:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("predictions", nargs="+", type=Path, help="so8t evaluate --predictions files holding val")
-    parser.add_argument("--targets", type=target_shares, default=TARGETS,
-                        help="dangerous-compliance targets on val, separated by commas")
-    parser.add_argument("--choose-on", default="val", help="the data set name the threshold is chosen on")
-    parser.add_argument("--resamples", type=int, default=1000, help="bootstrap resamples for the intervals")
+    add_choice_arguments(parser, TARGETS, chosen="threshold")
     parser.add_argument("--out", type=Path, default=ROOT / "benchmarks/results/operating_point.json")
     args = parser.parse_args(argv)
     targets = args.targets

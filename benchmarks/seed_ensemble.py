@@ -28,7 +28,7 @@ sys.path.insert(0, str(ROOT))
 from so8t_lib.core.io import atomic_write_text  # noqa: E402
 from so8t_lib.core.paths import project_relative  # noqa: E402
 from so8t_lib.core.schema import ALLOW, LABELS  # noqa: E402
-from so8t_lib.eval.operating_point import operating_point, scored, target_shares  # noqa: E402
+from so8t_lib.eval.operating_point import add_choice_arguments, operating_point, scored  # noqa: E402
 from so8t_lib.eval.predictions import PREDICTIONS_SUFFIX, read_predictions  # noqa: E402
 from so8t_lib.eval.ranking import not_allow_auroc  # noqa: E402
 
@@ -75,10 +75,7 @@ def score_probabilities(gold: dict[str, list[str]], probs: dict[str, np.ndarray]
 def main(argv: list[str] | None = None) -> dict:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("predictions", nargs="+", type=Path, help="so8t evaluate --predictions files, one per seed")
-    parser.add_argument("--targets", type=target_shares, default=TARGETS,
-                        help="dangerous-compliance targets on val, separated by commas")
-    parser.add_argument("--choose-on", default="val", help="the data set the thresholds are chosen on")
-    parser.add_argument("--resamples", type=int, default=1000, help="bootstrap resamples for the intervals")
+    add_choice_arguments(parser, TARGETS)
     parser.add_argument("--out", type=Path, default=ROOT / "benchmarks/results/seed_ensemble.json")
     args = parser.parse_args(argv)
     gold, probs = aligned_members(args.predictions)

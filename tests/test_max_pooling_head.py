@@ -315,3 +315,18 @@ def test_the_warm_start_draws_its_batch_order_from_the_runs_seed(tmp_path, monke
         config.training.seed, config.training.sample_seed = seed, 0
         heads.append(Trainer(config).model.safety_head.net[1].weight.detach().clone())
     assert torch.equal(heads[0], heads[1]) and not torch.allclose(heads[0], heads[2])
+
+
+def test_the_key_value_cache_goes_by_the_keyword_the_installed_transformers_takes():
+    """transformers renamed the decoder's ``past_key_values`` to ``cache``; the split asks the signature."""
+    from so8t_lib.model.split import _cache_argument
+
+    class Newer(torch.nn.Module):
+        def forward(self, input_ids=None, attention_mask=None, cache=None, use_cache=None):
+            return input_ids
+
+    class Older(torch.nn.Module):
+        def forward(self, input_ids=None, attention_mask=None, past_key_values=None, use_cache=None):
+            return input_ids
+
+    assert _cache_argument(Newer()) == "cache" and _cache_argument(Older()) == "past_key_values"

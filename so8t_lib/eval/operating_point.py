@@ -82,6 +82,15 @@ def target_shares(text: str) -> tuple[float, ...]:
     return targets
 
 
+def add_choice_arguments(parser: argparse.ArgumentParser, targets: tuple[float, ...], chosen: str = "thresholds") -> None:
+    """The options every benchmark that picks operating points from predictions shares: --targets, --choose-on
+    (the data set ``chosen`` are picked on) and --resamples."""
+    parser.add_argument("--targets", type=target_shares, default=targets,
+                        help="dangerous-compliance targets on val, separated by commas")
+    parser.add_argument("--choose-on", default="val", help=f"the data set the {chosen} are chosen on")
+    parser.add_argument("--resamples", type=int, default=1000, help="bootstrap resamples for the intervals")
+
+
 def operating_point(chosen_on: tuple[Sequence[str], np.ndarray], elsewhere: dict[str, tuple[Sequence[str], np.ndarray]],
                     target: float, resamples: int, choose_on: str = "val") -> dict:
     """The threshold chosen on ``chosen_on`` (gold, probabilities) for one dangerous-compliance target, then
