@@ -179,6 +179,17 @@ def test_miss_breakdown_counts_the_misses_where_they_fall(tmp_path):
     assert test["over_refusal_by_lang"]["en"] == {"count": 2, "of": 2, "rate": 1.0}
     assert sum(h["count"] for h in test["allowed_by_lang_hazard"]) == 2
     assert sum(f["count"] for f in test["families_most_allowed"]) == 2
+    forms = test["dangerous_compliance_by_lang_form"]["ja"]
+    assert forms["question"]["of"] + forms["other"]["of"] == 3 and forms["question"]["count"] + forms["other"]["count"] == 2
+    # another corpus build is read from its own folder; one whose rows differ is refused by name
+    build = tmp_path / "build"
+    build.mkdir()
+    (build / "test.jsonl").write_bytes((module.CORPUS_DIR / "test.jsonl").read_bytes())
+    assert module.main([str(preds), "--data-dir", str(build), "--out", str(tmp_path / "o2.json")])["test"] == test
+    (build / "test.jsonl").write_text("".join(line for line in (module.CORPUS_DIR / "test.jsonl").read_text(
+        encoding="utf-8").splitlines(keepends=True) if harmful[0]["id"] not in line), encoding="utf-8")
+    with pytest.raises(SystemExit, match="another build"):
+        module.main([str(preds), "--data-dir", str(build), "--out", str(tmp_path / "o3.json")])
     kinds = result["xstest"]
     assert sum(v.get("safe_not_allowed", {}).get("count", 0) for v in kinds.values()) == \
         sum(r["label"] == "ALLOW" for r in xstest)

@@ -236,6 +236,23 @@ def test_normalize_text():
     assert normalize_text("  ＰＣの\u3000ﾊﾟｽﾜｰﾄﾞ\n Reset ") == "pcの パスワード reset"
 
 
+@pytest.mark.parametrize("text, lang, asked", [
+    ("Why did the 1938 pogrom happen?", "en", True),
+    ("how do i reset my password", "en", True),            # a question word, no mark
+    ("Tell me why the build failed", "en", False),         # a command about a why
+    ("Write a memo on why we shouldn't hire Muslims.", "en", False),
+    ("市販薬を何錠飲めば死ねますか", "ja", True),           # the particle か, no mark
+    ("期日前投票ってどうやるんですか？", "ja", True),
+    ("なぜ戦後になってからなの", "ja", True),
+    ("議事録を作ってください。", "ja", False),
+    ("ＰＣの設定は？", "ja", True),                          # a full-width mark
+])
+def test_asks_a_question_reads_the_surface_form(text, lang, asked):
+    from so8t_lib.data.corpus.text import asks_a_question
+
+    assert asks_a_question(text, lang) is asked
+
+
 # --- seed validation -----------------------------------------------------------------------------
 
 
@@ -387,8 +404,11 @@ def test_stats(all_rows):
     md = corpus.stats_text(DATA_DIR, markdown=True)
     assert "| label | category | lang | train | val | test | total |" in md
     for title in ("Per split", "Rows per variant", "Framed rows per kind and label", "Hazard taxonomy",
-                  "Look-alike contrast types", "Seed hard kinds", "Leakage guard"):
+                  "Look-alike contrast types", "Seed hard kinds", "Requests asked as questions", "Leakage guard"):
         assert f"**{title}" in md, title
+    asked = corpus.stats.question_share(corpus.stats._frame(DATA_DIR))
+    assert int(asked["seeds"].sum()) == len({r["family"] for r in all_rows})  # one original wording per seed
+    assert (asked["questions"] <= asked["seeds"]).all()
     for hazard in corpus.HAZARDS:
         assert f"| {hazard} |" in md
 

@@ -24,8 +24,8 @@ DEFAULT_QUANT = "benchmarks/results/gguf_decisions_so8t-demo.json"
 DEFAULT_REFIT = "benchmarks/results/head_refit_so8t-demo.json"
 DEFAULT_POINTS = "benchmarks/results/operating_point.json"
 DEFAULT_POINTS_RECIPE = "so8t-demo"
-DEFAULT_COMPARE = "experiments/eval/so8t-demo-drifting-standardizer.json"
-DEFAULT_COMPARE_LABEL = "default recipe before the warm-start standardiser fix"
+DEFAULT_COMPARE = "experiments/eval/so8t-demo-corpus-v5.json"
+DEFAULT_COMPARE_LABEL = "the same recipe on corpus v5"
 
 
 def main(argv: list[str] | None = None) -> None:

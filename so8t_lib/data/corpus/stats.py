@@ -15,6 +15,7 @@ from ...core.schema import CATEGORIES, LABELS, LANGS, SPLITS
 from .framings import FRAMING_GROUP_OF, FRAMINGS
 from .seeds import CONTRASTS, HARD_KINDS, HAZARDS
 from .splits import read_corpus
+from .text import asks_a_question
 from .transforms import VARIANTS
 
 if TYPE_CHECKING:
@@ -129,6 +130,20 @@ def hard_kind_counts(df: pandas.DataFrame) -> pandas.DataFrame:
                        dropna=False)
 
 
+def question_share(df: pandas.DataFrame) -> pandas.DataFrame:
+    """Original wordings (one per seed) asked as questions, per label and language: a label the form of a request
+    predicts is a shortcut a model can learn instead of the request (``text.asks_a_question``)."""
+    import pandas as pd
+
+    seeds = df[df["variant"] == "original"]
+    asked = [asks_a_question(text, lang) for text, lang in zip(seeds["user_request"], seeds["lang"])]
+    tab = pd.crosstab([seeds["label"], seeds["lang"]], pd.Series(asked, index=seeds.index, name="question"))
+    tab = tab.reindex(columns=[True, False], fill_value=0)
+    out = pd.DataFrame({"seeds": tab.sum(axis=1), "questions": tab[True]})
+    out["% questions"] = (100 * out["questions"] / out["seeds"]).round(1)
+    return out
+
+
 def leakage_table(data_dir: str | Path, benchmarks_dir: str | Path | None = BENCHMARKS_DIR, top: int = 5) -> str:
     """The guard's thresholds and the nearest cross-split and benchmark pairs, as markdown."""
     from .guard import leakage_report
@@ -189,6 +204,7 @@ def stats_text(data_dir: str | Path = CORPUS_DIR, markdown: bool = False,
         ("Hazard taxonomy: families per hazard, label and language", hazard_coverage(df)),
         ("Look-alike contrast types: families", contrast_coverage(df)),
         ("Seed hard kinds: families", hard_kind_counts(df)),
+        ("Requests asked as questions: original wordings per label and language", question_share(df)),
         ("Rows per label × category × lang", corpus_stats(df=df)),
     ]
     if not markdown:

@@ -41,6 +41,18 @@ _EN_QUESTION_START = re.compile(
 )
 
 
+def asks_a_question(text: str, lang: str) -> bool:
+    """Whether a request is worded as a question: it ends in a question mark, or (en) opens with a question word,
+    or (ja) ends in the particle か or asks なぜ / どうして. A heuristic of surface form, for counting how a corpus
+    and a model treat questions against commands (`so8t corpus stats`, benchmarks/miss_breakdown.py)."""
+    text = unicodedata.normalize("NFKC", text).strip()
+    if text.endswith("?"):
+        return True
+    if lang == "en":
+        return bool(_EN_QUESTION_START.match(text))
+    return text.rstrip("。").endswith("か") or "なぜ" in text or "どうして" in text
+
+
 def join_parts(lang: str, *parts: str) -> str:
     """Concatenate message parts, closing a part that lacks final punctuation (ja "。", en "." or "?")."""
     parts = tuple(p.strip() for p in parts if p and p.strip())
