@@ -25,7 +25,7 @@ DEFAULT_REFIT = "benchmarks/results/head_refit_so8t-demo.json"
 DEFAULT_POINTS = "benchmarks/results/operating_point.json"
 DEFAULT_POINTS_RECIPE = "so8t-demo"
 DEFAULT_COMPARE = "experiments/eval/so8t-demo-corpus-v5.json"
-DEFAULT_COMPARE_LABEL = "the same recipe on corpus v5"
+DEFAULT_COMPARE_LABEL = "corpus-v5 default"
 
 
 def main(argv: list[str] | None = None) -> None:

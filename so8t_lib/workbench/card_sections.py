@@ -90,8 +90,8 @@ def limits_section(model: dict) -> list[str]:
                      "without re-measuring.")
     else:
         lines.append("- A 270 M base, its SafetyHeadB fitted in minutes on 2 CPU cores (one seed here; over three, "
-                     "docs/benchmarks.md \"Three seeds of the default\", the public sets' argmax boundary moved more "
-                     "than this card's intervals): it is the workbench's honest small default, not a gate to deploy. "
+                     "docs/benchmarks.md \"Harmful questions: corpus v6\", dangerous compliance ran 0.09-0.13 and "
+                     "the public sets' argmax boundary moved about as much as this card's intervals): it is the workbench's honest small default, not a gate to deploy. "
                      "Compare it with the keyword baselines above, and the public sets with the corpus, before "
                      "trusting any number.")
     lines += ["- The corpus is generated from hand-written seeds; real traffic will differ.",
