@@ -52,6 +52,8 @@ def source_rows(dataset: str, data_dir: Path = CORPUS_DIR) -> list[dict]:
     path = Path(data_dir) / f"{dataset}.jsonl"
     if dataset not in BENCHMARKS and path.is_file():
         return [record for _, record in read_records(path)]
+    if dataset not in BENCHMARKS and Path(data_dir) != CORPUS_DIR:
+        raise SystemExit(f"{path}: no such split file in the corpus build given as --data-dir")
     return load_any(dataset).to_dict("records")
 
 
@@ -60,8 +62,9 @@ def joined(dataset: str, decisions: list[tuple[str, str]], data_dir: Path = CORP
     rows = {str(r["id"]): r for r in source_rows(dataset, data_dir)}
     missing = [row_id for row_id, _ in decisions if row_id not in rows]
     if missing:
-        raise SystemExit(f"{len(missing)} {dataset} predictions (e.g. {missing[0]!r}) name rows the current "
-                         f"{dataset} data does not have: the predictions come from another build")
+        raise SystemExit(f"{len(missing)} {dataset} predictions (e.g. {missing[0]!r}) name rows the {dataset} data "
+                         f"of {project_relative(data_dir)} does not have: the predictions come from another build "
+                         f"(give its folder as --data-dir)")
     return [rows[row_id] | {"decision": decision} for row_id, decision in decisions]
 
 
@@ -145,6 +148,8 @@ def main(argv: list[str] | None = None) -> dict:
     args = parser.parse_args(argv)
     if not args.predictions.is_file():
         parser.error(f"{args.predictions}: no such prediction file")
+    if not args.data_dir.is_dir():
+        parser.error(f"{args.data_dir}: no such corpus folder (--data-dir)")
     result = breakdown(args.predictions, args.data_dir)
     name = args.predictions.name.removesuffix(".preds.jsonl")
     out = args.out or ROOT / "benchmarks" / "results" / f"miss_breakdown_{name}.json"

@@ -83,6 +83,9 @@ def main(argv: list[str] | None = None) -> dict:
         raise SystemExit(f"the files hold no {args.choose_on!r} rows to choose thresholds on (they have "
                          f"{sorted(gold)}); evaluate with --data {args.choose_on} beside the others")
     names = [path.name.removesuffix(PREDICTIONS_SUFFIX) for path in args.predictions]
+    if len(set(names)) < len(names):
+        raise SystemExit(f"two members share a file name ({sorted(n for n in names if names.count(n) > 1)[0]}); "
+                         "the results are keyed by it: rename one")
     result: dict = {"benchmark": "seed_ensemble", "members": [project_relative(p) for p in args.predictions],
                     "chosen_on": args.choose_on, "targets": list(args.targets), "runs": {}}
     for index, name in enumerate(names):

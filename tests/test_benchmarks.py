@@ -179,8 +179,12 @@ def test_miss_breakdown_counts_the_misses_where_they_fall(tmp_path):
     assert test["over_refusal_by_lang"]["en"] == {"count": 2, "of": 2, "rate": 1.0}
     assert sum(h["count"] for h in test["allowed_by_lang_hazard"]) == 2
     assert sum(f["count"] for f in test["families_most_allowed"]) == 2
+    from so8t_lib.data.corpus.text import asks_a_question
+
     forms = test["dangerous_compliance_by_lang_form"]["ja"]
-    assert forms["question"]["of"] + forms["other"]["of"] == 3 and forms["question"]["count"] + forms["other"]["count"] == 2
+    asked = [asks_a_question(r["user_request"], "ja") for r in harmful]
+    assert forms["question"]["of"] == sum(asked) and forms["other"]["of"] == 3 - sum(asked)
+    assert forms["question"]["count"] == sum(asked[:2]) and forms["other"]["count"] == 2 - sum(asked[:2])
     # another corpus build is read from its own folder; one whose rows differ is refused by name
     build = tmp_path / "build"
     build.mkdir()
@@ -190,6 +194,9 @@ def test_miss_breakdown_counts_the_misses_where_they_fall(tmp_path):
         encoding="utf-8").splitlines(keepends=True) if harmful[0]["id"] not in line), encoding="utf-8")
     with pytest.raises(SystemExit, match="another build"):
         module.main([str(preds), "--data-dir", str(build), "--out", str(tmp_path / "o3.json")])
+    (build / "test.jsonl").unlink()  # a build without the split is named, not replaced by the current corpus
+    with pytest.raises(SystemExit, match="no such split file"):
+        module.main([str(preds), "--data-dir", str(build), "--out", str(tmp_path / "o4.json")])
     kinds = result["xstest"]
     assert sum(v.get("safe_not_allowed", {}).get("count", 0) for v in kinds.values()) == \
         sum(r["label"] == "ALLOW" for r in xstest)
@@ -492,6 +499,8 @@ def test_seed_ensemble_averages_the_members_and_refuses_mismatched_files(tmp_pat
     Path(paths[2]).write_text("\n".join([json.dumps(flipped)] + lines[1:]) + "\n")
     with pytest.raises(SystemExit, match="gold label of"):
         module.main(paths + ["--out", str(tmp_path / "never.json")])
+    with pytest.raises(SystemExit, match="share a file name"):
+        module.main([paths[0], paths[0], "--out", str(tmp_path / "never.json")])
     with pytest.raises(SystemExit, match="at least two"):
         module.main(paths[:1] + ["--out", str(tmp_path / "never.json")])
     assert not (tmp_path / "never.json").exists()

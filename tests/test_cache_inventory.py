@@ -10,6 +10,7 @@ import numpy as np
 import pytest
 
 from so8t_lib.cli import main as so8t
+from so8t_lib.core.schema import MANIFEST_FILE
 from so8t_lib.train.state_cache import CACHE_VERSION, INDEX_FILE, STATES_FILE, FrozenStates
 from so8t_lib.workbench.cache_inventory import inventory, removable
 
@@ -47,12 +48,16 @@ def cache(tmp_path, monkeypatch):
     _states(states / "left.tmp")
     _age(states / "left.tmp", 2 * HOUR)
     _states(states / "building.tmp")  # written to just now: a build in progress
-    base = tmp_path / "bases" / "gemma3-270m-abc"
-    base.mkdir(parents=True)
-    (base / "model.safetensors").write_bytes(b"x" * 100)
-    half = tmp_path / "bases" / ".gemma3-270m-abc.tmp-x1"
-    half.mkdir()
-    (half / "model.safetensors").write_bytes(b"x" * 10)
+    _states(states / "from-v3", version=CACHE_VERSION + 1)  # a newer workbench shares the cache
+    _states(states / ".trash-gone-1")  # a removal cut short
+    _age(states / ".trash-gone-1", 2 * HOUR)
+    base = tmp_path / "bases" / "gemma3-270m-abc"  # as pretrained.converted_base leaves it
+    (base / "hf").mkdir(parents=True)
+    (base / "hf" / "model.safetensors").write_bytes(b"x" * 100)
+    (base / "hf" / MANIFEST_FILE).write_text("{}")
+    half = tmp_path / "bases" / "gemma3-270m-def"  # the source file only: its conversion was cut short
+    (half / "source").mkdir(parents=True)
+    (half / "source" / "base.gguf").write_bytes(b"x" * 10)
     _age(half, 3 * HOUR)
     (tmp_path / "tokenizers" / "bpe-8192-ff").mkdir(parents=True)
     return tmp_path
@@ -64,16 +69,17 @@ def test_every_entry_is_named_with_its_status(cache):
         "current": ("frozen states", "current"), "current-unversioned": ("frozen states", "current"),
         "stale-v1": ("frozen states", "stale"), "damaged": ("frozen states", "damaged"),
         "left.tmp": ("frozen states", "partial"), "building.tmp": ("frozen states", "in progress"),
-        "gemma3-270m-abc": ("base", "current"), ".gemma3-270m-abc.tmp-x1": ("base", "partial"),
+        "from-v3": ("frozen states", "newer"), ".trash-gone-1": ("frozen states", "partial"),
+        "gemma3-270m-abc": ("base", "current"), "gemma3-270m-def": ("base", "partial"),
         "bpe-8192-ff": ("tokenizer", "current")}
     sizes = {e.path.name: e.bytes for e in inventory()}
-    assert sizes["gemma3-270m-abc"] == 100 and sizes["current"] > 6 * 4 * 4
+    assert sizes["gemma3-270m-abc"] == 102 and sizes["current"] > 6 * 4 * 4
 
 
 def test_prune_keeps_what_is_in_use_unless_asked(cache):
     names = lambda entries: {e.path.name for e in entries}  # noqa: E731
     entries = inventory()
-    assert names(removable(entries)) == {"stale-v1", "damaged", "left.tmp", ".gemma3-270m-abc.tmp-x1"}
+    assert names(removable(entries)) == {"stale-v1", "damaged", "left.tmp", ".trash-gone-1", "gemma3-270m-def"}
     assert names(removable(entries, all_states=True)) - names(removable(entries)) == {"current", "current-unversioned"}
     _age(cache / "states" / "current", 20 * 24 * HOUR)
     assert names(removable(inventory(), unused_days=14)) - names(removable(entries)) == {"current"}
@@ -83,12 +89,27 @@ def test_prune_dry_run_removes_nothing_and_prune_removes_exactly_the_list(cache,
     before = sorted(p.name for p in cache.rglob("*"))
     assert so8t(["cache", "prune", "--dry-run"]) == 0
     assert sorted(p.name for p in cache.rglob("*")) == before
-    assert "would remove 4 of 9 entries" in capsys.readouterr().out
+    assert "would remove 5 of 11 entries" in capsys.readouterr().out
     assert so8t(["cache", "prune"]) == 0
     left = {e.path.name for e in inventory()}
-    assert left == {"current", "current-unversioned", "building.tmp", "gemma3-270m-abc", "bpe-8192-ff"}
+    assert left == {"current", "current-unversioned", "building.tmp", "from-v3", "gemma3-270m-abc", "bpe-8192-ff"}
     assert not any(".trash-" in p.name for p in cache.rglob("*"))  # renamed aside, then gone
-    assert so8t(["cache"]) == 0 and "5 entries" in capsys.readouterr().out
+    assert so8t(["cache"]) == 0 and "6 entries" in capsys.readouterr().out
+    _age(cache / "states" / "current", 20 * 24 * HOUR)
+    assert so8t(["cache", "prune", "--unused-days", "14"]) == 0
+    assert {e.path.name for e in inventory()} == left - {"current"}
+
+
+def test_a_removal_that_fails_says_where_the_folder_is_and_exits_1(cache, monkeypatch, capsys):
+    import shutil
+
+    def refuse(path, *args, **kwargs):
+        raise PermissionError("read-only")
+
+    monkeypatch.setattr(shutil, "rmtree", refuse)
+    assert so8t(["cache", "prune"]) == 1
+    out = capsys.readouterr().out
+    assert "renamed to" in out and ".trash-stale-v1-" in out and "run prune again" in out
 
 
 def test_list_refuses_prune_options(cache):

@@ -2,6 +2,8 @@
 model's states computed by hand, the folded export, save/load, the split decoder and the frozen-state cache,
 padding and batch order; its warm start learns a rule a mean cannot see."""
 
+import json
+
 import numpy as np
 import pytest
 import torch
@@ -251,10 +253,13 @@ def test_the_cache_keeps_the_shared_prefix_once_and_gives_back_whole_rows_cut_on
     mask = batch["attention_mask"].bool()
     assert torch.allclose(cached[mask], whole[mask], atol=1e-5) and not cached[~mask].any()
     assert torch.equal(FrozenStates(frozen.folder).batch(rows[:3], 9), cached[:3, :9]), "reopened: the same"
+    from so8t_lib.train.state_cache import CACHE_VERSION
     from so8t_lib.workbench.cache_inventory import inventory
 
     listed = {e.path: e for e in inventory()}[frozen.folder]  # what `so8t cache` says of it
     assert listed.status == "current" and "layers 0-2" in listed.detail and f"{len(rows)} rows" in listed.detail
+    index = json.loads((frozen.folder / "index.json").read_text())
+    assert index["version"] == CACHE_VERSION and index["base"] == model.config.preset
 
 
 def test_the_warm_start_on_the_cached_layer_reads_the_prefix_once_and_fits_the_same_head(tmp_path, monkeypatch):

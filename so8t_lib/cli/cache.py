@@ -7,7 +7,8 @@
     so8t cache prune --all-states           # every frozen-state cache (the next run rebuilds its own: minutes)
 
 Converted bases and tokenizers are never pruned unless an interrupted write left them half-made; a folder
-written to in the last hour is taken for a build in progress and left alone.
+written to in the last hour is taken for a build in progress and left alone. A job that has a frozen-state cache
+open keeps working if --all-states or --unused-days removes it; the next run rebuilds it.
 """
 
 from __future__ import annotations
@@ -63,5 +64,5 @@ def main(argv: list[str] | None = None) -> int:
                 remove(entry)
             except OSError as exc:
                 failed += 1
-                print(f"could not remove {entry.path} ({exc}); check its permissions and run prune again")
+                print(f"could not remove it: {exc}; check the permissions and run prune again")
     return 1 if failed else 0

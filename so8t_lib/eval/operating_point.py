@@ -87,7 +87,7 @@ def add_choice_arguments(parser: argparse.ArgumentParser, targets: tuple[float, 
     (the data set ``chosen`` are picked on) and --resamples."""
     parser.add_argument("--targets", type=target_shares, default=targets,
                         help="dangerous-compliance targets on val, separated by commas")
-    parser.add_argument("--choose-on", default="val", help=f"the data set the {chosen} are chosen on")
+    parser.add_argument("--choose-on", default="val", help=f"the data set to choose the {chosen} on")
     parser.add_argument("--resamples", type=int, default=1000, help="bootstrap resamples for the intervals")
 
 

