@@ -31,7 +31,8 @@ def _table(entries: list[CacheEntry]) -> str:
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(prog="so8t cache", description=__doc__.split("\n\n")[0],
                                      formatter_class=argparse.RawDescriptionHelpFormatter, epilog=__doc__)
-    parser.add_argument("action", nargs="?", choices=("list", "prune"), default="list")
+    parser.add_argument("action", nargs="?", choices=("list", "prune"), default="list",
+                        help="list the entries (the default) or prune them")
     parser.add_argument("--dry-run", action="store_true", help="prune: say what would go, remove nothing")
     parser.add_argument("--unused-days", type=float, default=None,
                         help="prune: also frozen-state caches not read for this many days")
