@@ -31,9 +31,9 @@ from so8t_lib.core.schema import ALLOW, LABELS  # noqa: E402
 from so8t_lib.eval.operating_point import add_choice_arguments, operating_point, scored  # noqa: E402
 from so8t_lib.eval.predictions import PREDICTIONS_SUFFIX, read_predictions  # noqa: E402
 from so8t_lib.eval.ranking import not_allow_auroc  # noqa: E402
+from so8t_lib.workbench.card_sections import ENSEMBLE_RUN as ENSEMBLE  # noqa: E402
 
 TARGETS = (0.05, 0.02)
-ENSEMBLE = "mean of the members"
 
 
 def aligned_members(paths: list[Path]) -> tuple[dict[str, list[str]], dict[str, np.ndarray]]:

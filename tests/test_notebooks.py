@@ -86,7 +86,7 @@ def test_model_card_names_missing_results_and_quotes_present_ones(tmp_path):
     (tmp_path / "eval.json").write_text(json.dumps({"temperature": 2.0, "model": "new", "datasets": {"test": test}}))
     (tmp_path / "v1.json").write_text(json.dumps({"model": "old", "datasets": {"test": {**test, "macro_f1": 0.3}}}))
     out = tmp_path / "CARD.md"
-    common = ["--eval", str(tmp_path / "eval.json"), "--quant", str(tmp_path / "none.json"),
+    common = ["--eval", str(tmp_path / "eval.json"), "--quant", str(tmp_path / "none.json"), "--seeds", "",
               "--ablation", str(tmp_path / "none2.json"), "--out", str(out), "--figures", ""]
     so8t(["card", "--run", str(run), "--compare", str(tmp_path / "v1.json"), *common])
     card = out.read_text(encoding="utf-8")
@@ -118,6 +118,16 @@ def test_model_card_names_missing_results_and_quotes_present_ones(tmp_path):
     assert "SafetyHeadB reading the output of layer 8: a 256-unit hidden layer on every prompt token" in card
     assert "| hf-fp32 | n/a | 1.000 |" in card and "| Q8_0 | 278.0 | 0.900 |" in card and "sample of 40 rows" in card
     assert "Head refit does not apply" in card  # a max head has no pooled state to refit on
+    assert "(one seed):" in card  # no seed-ensemble result given: no spread claimed
+    seeds = {"runs": {name: {"argmax": {"test": {"dangerous_compliance": dc},
+                                        "xstest": {"over_refusal_incl_escalate": safe, "not_allowed_rate_unsafe": 0.5}}}
+                      for name, dc, safe in (("a", 0.09, 0.2), ("b", 0.13, 0.3), ("mean of the members", 0.01, 0.0))}}
+    (tmp_path / "seeds.json").write_text(json.dumps(seeds))
+    so8t(["card", "--config", str(ROOT / "configs" / "training.yaml"), "--compare", "", *common,
+          "--seeds", str(tmp_path / "seeds.json")])
+    card = out.read_text(encoding="utf-8")  # the spread read from the file, the averaged run left out
+    assert "over 2 seeds" in card and "test dangerous compliance 0.09-0.13" in card
+    assert "XSTest's safe prompts not allowed 0.20-0.30, its unsafe ones 0.50-0.50" in card
     mean_recipe = str(ROOT / "configs" / "gemma3-270m.yaml")  # the mean-pooled head the refit serves
     so8t(["card", "--config", mean_recipe, "--compare", "", *common])
     card = out.read_text(encoding="utf-8")

@@ -24,6 +24,7 @@ DEFAULT_QUANT = "benchmarks/results/gguf_decisions_so8t-demo.json"
 DEFAULT_REFIT = "benchmarks/results/head_refit_so8t-demo.json"
 DEFAULT_POINTS = "benchmarks/results/operating_point.json"
 DEFAULT_POINTS_RECIPE = "so8t-demo"
+DEFAULT_SEEDS = "benchmarks/results/seed_ensemble.json"
 DEFAULT_COMPARE = "experiments/eval/so8t-demo-corpus-v5.json"
 DEFAULT_COMPARE_LABEL = "corpus-v5 default"
 
@@ -41,6 +42,8 @@ def main(argv: list[str] | None = None) -> None:
                         help="its entry for this model (the predictions file's stem: the default's evaluation "
                              "with val, docs/benchmarks.md)")
     parser.add_argument("--ablation", default="experiments/ablation/ablation.json")
+    parser.add_argument("--seeds", default=DEFAULT_SEEDS,
+                        help='benchmarks/seed_ensemble.py\'s result: the spread between seeds ("" for none)')
     parser.add_argument("--compare", default=DEFAULT_COMPARE,
                         help='an evaluation of an earlier run of the recipe, on another corpus or with other settings ("" for none)')
     parser.add_argument("--compare-label", default=DEFAULT_COMPARE_LABEL, help="what sets that run apart")
@@ -64,6 +67,7 @@ def main(argv: list[str] | None = None) -> None:
                       compare_json=Path(args.compare) if args.compare else None,
                       compare_label=args.compare_label, refit_json=Path(args.refit) if args.refit else None,
                       points_json=Path(args.operating_points) if args.operating_points else None,
-                      points_recipe=args.operating_points_recipe)
+                      points_recipe=args.operating_points_recipe,
+                      seeds_json=Path(args.seeds) if args.seeds else None)
     out = atomic_write_text(args.out, card)
     print(f"wrote {out}")

@@ -144,7 +144,8 @@ class FrozenStates:
             model.train(was_training)
         states.flush()
         del states
-        index = {"version": CACHE_VERSION, "base": model.config.preset, "k": split.k, "tokens": len(prefix) + sum(lengths), "hidden": hidden, "prefix": len(prefix),
+        index = {"version": CACHE_VERSION, "base": model.config.preset, "k": split.k,
+                 "tokens": len(prefix) + sum(lengths), "hidden": hidden, "prefix": len(prefix),
                  "rows": [[row["id"], start, length, int(is_shared)]
                           for row, start, length, is_shared in zip(rows, starts, lengths, shared)]}
         (tmp / INDEX_FILE).write_text(json.dumps(index), encoding="utf-8")

@@ -82,18 +82,36 @@ def recipe_section(model: dict, training: dict, loss: dict) -> list[str]:
     return lines
 
 
-def limits_section(model: dict) -> list[str]:
-    """What the numbers above do not show."""
+ENSEMBLE_RUN = "mean of the members"  # benchmarks/seed_ensemble.py's name for the averaged run
+
+
+def seed_spread(seeds: dict | None, source: str) -> str:
+    """"over N seeds (file), test dangerous compliance ran a-b, ...", from benchmarks/seed_ensemble.py's result;
+    "one seed" when there is none, so the card never states a spread no file holds."""
+    runs = [r["argmax"] for name, r in ((seeds or {}).get("runs") or {}).items() if name != ENSEMBLE_RUN]
+    if len(runs) < 2:
+        return "one seed"
+    parts = []
+    for data, key, what in (("test", "dangerous_compliance", "test dangerous compliance"),
+                            ("xstest", "over_refusal_incl_escalate", "XSTest's safe prompts not allowed"),
+                            ("xstest", "not_allowed_rate_unsafe", "its unsafe ones")):
+        values = [r[data][key] for r in runs if (r.get(data) or {}).get(key) is not None]
+        if values:
+            parts.append(f"{what} {min(values):.2f}-{max(values):.2f}")
+    return f"one seed here; over {len(runs)} seeds (`{source}`), " + ", ".join(parts)
+
+
+def limits_section(model: dict, seeds: dict | None = None, seeds_source: str = "") -> list[str]:
+    """What the numbers above do not show; ``seeds`` is the seed-ensemble benchmark's result, when there is one."""
     lines = ["## Limits"]
     if model.get("preset") == "tiny":
         lines.append("- Measured on a tiny random-init model on CPU; nothing here transfers to a pretrained model "
                      "without re-measuring.")
     else:
-        lines.append("- A 270 M base, its SafetyHeadB fitted in minutes on 2 CPU cores (one seed here; over three, "
-                     "docs/benchmarks.md \"Harmful questions: corpus v6\", dangerous compliance ran 0.09-0.13 and "
-                     "the public sets' argmax boundary moved about as much as this card's intervals): it is the workbench's honest small default, not a gate to deploy. "
-                     "Compare it with the keyword baselines above, and the public sets with the corpus, before "
-                     "trusting any number.")
+        lines.append(f"- A 270 M base, its SafetyHeadB fitted in minutes on 2 CPU cores "
+                     f"({seed_spread(seeds, seeds_source)}): it is the workbench's honest small default, not a gate "
+                     "to deploy. Compare it with the keyword baselines above, and the public sets with the corpus, "
+                     "before trusting any number.")
     lines += ["- The corpus is generated from hand-written seeds; real traffic will differ.",
               "- The threshold rule trades dangerous compliance for escalations; choose the threshold on val data "
               "from your own traffic.",

@@ -135,12 +135,13 @@ def _comparison_section(evaluation: dict | None, compare: dict | None, compare_j
 def build_card(config: dict, eval_json: Path, quant_json: Path, ablation_json: Path,
                follow_ups: tuple[Path, ...] = (), compare_json: Path | None = None,
                compare_label: str = "the previous corpus", refit_json: Path | None = None,
-               points_json: Path | None = None, points_recipe: str | None = None) -> str:
+               points_json: Path | None = None, points_recipe: str | None = None,
+               seeds_json: Path | None = None) -> str:
     """The card's markdown for the run trained with ``config`` (a config mapping); ``follow_ups`` are further
     ablation results quoted by their conclusion and geometry, ``compare_json`` an evaluation of the same
     recipe trained on another corpus (``compare_label``), ``refit_json`` the head-refit benchmark,
-    ``points_json`` the operating-point benchmark (its entry ``points_recipe``, default the model's name); each
-    only if given and its file exists."""
+    ``points_json`` the operating-point benchmark (its entry ``points_recipe``, default the model's name),
+    ``seeds_json`` the seed-ensemble benchmark (the spread between seeds); each only if given and its file exists."""
     model, training = config.get("model", {}), config.get("training", {})
     evaluation, quant, ablation = _load(eval_json), _load(quant_json), _load(ablation_json)
     compare = _load(Path(compare_json)) if compare_json else None
@@ -209,5 +210,6 @@ def build_card(config: dict, eval_json: Path, quant_json: Path, ablation_json: P
     figures = [f for f in CARD_FIGURES if (Path("figures") / f).is_file()]
     if figures:
         lines += ["", "## Figures", ""] + [f"![{f[:-4]}](figures/{f})" for f in figures]
-    lines += ["", *card_sections.limits_section(model)]
+    seeds = _load(Path(seeds_json)) if seeds_json else None
+    lines += ["", *card_sections.limits_section(model, seeds, str(seeds_json))]
     return "\n".join(lines)
