@@ -25,8 +25,8 @@ DEFAULT_REFIT = "benchmarks/results/head_refit_so8t-demo.json"
 DEFAULT_POINTS = "benchmarks/results/operating_point.json"
 DEFAULT_POINTS_RECIPE = "so8t-demo"
 DEFAULT_SEEDS = "benchmarks/results/seed_ensemble.json"
-DEFAULT_COMPARE = "experiments/eval/so8t-demo-corpus-v5.json"
-DEFAULT_COMPARE_LABEL = "corpus-v5 default"
+DEFAULT_COMPARE = "experiments/eval/so8t-demo-corpus-v6.json"
+DEFAULT_COMPARE_LABEL = "corpus-v6 default"
 
 
 def main(argv: list[str] | None = None) -> None:
