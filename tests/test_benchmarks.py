@@ -504,3 +504,32 @@ def test_seed_ensemble_averages_the_members_and_refuses_mismatched_files(tmp_pat
     with pytest.raises(SystemExit, match="at least two"):
         module.main(paths[:1] + ["--out", str(tmp_path / "never.json")])
     assert not (tmp_path / "never.json").exists()
+
+
+def test_gpu_train_benchmark_refuses_a_cpu_and_runs_its_toy_shapes_there(tmp_path, tokenizer):
+    pytest.importorskip("bitsandbytes")
+    from transformers import Gemma3TextConfig
+
+    bench = _load("gpu_train")
+    if not bench.CUDA:
+        with pytest.raises(SystemExit, match="CUDA"):
+            bench.main(["--gemma-dir", str(tmp_path), "--out", str(tmp_path / "no.json")])
+    gemma_dir = tmp_path / "gemma"  # an architecture and a tokenizer, as the real base's folder holds them
+    Gemma3TextConfig(vocab_size=len(tokenizer), hidden_size=64, intermediate_size=128, num_hidden_layers=18,
+                     num_attention_heads=4, num_key_value_heads=1, head_dim=16,
+                     pad_token_id=tokenizer.pad_token_id, eos_token_id=tokenizer.eos_token_id).save_pretrained(gemma_dir)
+    tokenizer.save_pretrained(gemma_dir)
+    out = tmp_path / "gpu.json"
+    report = bench.main(["--smoke", "--gemma-dir", str(gemma_dir), "--steps", "1", "--gemma-steps", "1",
+                         "--seq-only", "--out", str(out)])
+    assert json.loads(out.read_text()) == report
+    qlora = report["qlora_7b_shape"]
+    assert qlora["linear4bit_modules"] > 0 and list(qlora["variants"]) == [
+        "seq 512, batch 1 (every micro-batch cut at 512 tokens)"]
+    seq = qlora["variants"]["seq 512, batch 1 (every micro-batch cut at 512 tokens)"]
+    assert seq["tokens"] == bench.SEQ * seq["micro_batches"]  # every micro-batch is cut at exactly 512 tokens
+    variants = report["gemma3_270m_shape"]["variants"]
+    assert len(variants) == 4 and next(iter(variants.values()))["tokens_per_s_vs_recipe"] == 1.0
+    full = variants["full fine-tuning, batch 16"]
+    assert full["base_parameters_trained"] > 0 and full["trainable_parameters"] > full["base_parameters_trained"]
+    assert all(v["base_parameters_trained"] == 0 for name, v in variants.items() if "full" not in name)
