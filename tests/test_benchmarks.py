@@ -533,3 +533,13 @@ def test_gpu_train_benchmark_refuses_a_cpu_and_runs_its_toy_shapes_there(tmp_pat
     full = variants["full fine-tuning, batch 16"]
     assert full["base_parameters_trained"] > 0 and full["trainable_parameters"] > full["base_parameters_trained"]
     assert all(v["base_parameters_trained"] == 0 for name, v in variants.items() if "full" not in name)
+
+
+def test_gate_exp_benchmark_times_both_exponentials_on_the_same_gate(tmp_path):
+    out = tmp_path / "gate.json"
+    report = _load("gate_exp").main(["--repeats", "1", "--device", "cpu", "--out", str(out)])
+    assert json.loads(out.read_text()) == report and len(report["shapes"]) == 2
+    for shape in report["shapes"].values():
+        assert shape["exponentials"]["torch.linalg.matrix_exp"]["speed_vs_matrix_exp"] == 1.0
+        assert shape["max_abs_gradient"] > 0  # the loss depends on the rotation, so the comparison means something
+        assert shape["max_abs_gradient_difference"] <= 1e-4 * shape["max_abs_gradient"]

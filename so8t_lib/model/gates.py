@@ -2,7 +2,8 @@
 
 The hidden size D is cut into D/8 blocks of 8 dimensions. Each block gets a
 rotation R = exp(A) with A skew-symmetric (28 free parameters), so R is in SO(8)
-by construction (orthogonal, det = +1) and equals the identity when A = 0.
+by construction (orthogonal, det = +1) and equals the identity when A = 0. ``block_exp``
+computes exp for the whole batch of blocks at once (see there why not torch's matrix_exp).
 
 A layer's gate is a pair (R_safe, R_cmd) multiplied onto the attention output
 (row vectors, y -> y @ R):
@@ -26,6 +27,7 @@ same linear map as ``a (Rᵀ W)ᵀ + b R``, so it folds exactly into the weights
 
 from __future__ import annotations
 
+import math
 from typing import Literal
 
 import torch
@@ -40,6 +42,7 @@ _TORUS_ROWS = torch.tensor([0, 2, 4, 6])  # the four fixed 2-planes of the maxim
 _TORUS_COLS = _TORUS_ROWS + 1
 N_FULL_PARAMS = _ROWS.numel()  # 28 = dim so(8)
 N_TORUS_PARAMS = _TORUS_ROWS.numel()  # 4 = rank of SO(8)
+MAX_TAYLOR_DEGREE = 18  # block_exp's polynomial on generators scaled to 1-norm <= 1 (1/19! ~ 8e-18)
 
 
 def skew_symmetric(theta: torch.Tensor, torus: bool = False) -> torch.Tensor:
@@ -51,6 +54,32 @@ def skew_symmetric(theta: torch.Tensor, torus: bool = False) -> torch.Tensor:
     a = theta.new_zeros(*theta.shape[:-1], BLOCK, BLOCK)
     a[..., rows, cols] = theta
     return a - a.transpose(-1, -2)
+
+
+def block_exp(generator: torch.Tensor) -> torch.Tensor:
+    """exp(A) for a batch of small matrices (..., n, n): scaling and squaring with a Taylor polynomial.
+
+    Why not ``torch.linalg.matrix_exp``: for a batch it squares each matrix in a host-side loop, one kernel per
+    block, so on a GPU every gate cost hundreds of launches (forward, checkpoint recompute and backward), 40% of a
+    7B QLoRA step (benchmarks/gpu_train.py). Here the whole batch shares one scaling 2^-s and one degree, both
+    read once from the largest 1-norm: a call is a few batched matmuls, and autograd runs through them. The degree
+    is the smallest whose next Taylor term, at the scaled norm (at most 1), is below the dtype's epsilon.
+    """
+    norm = float(generator.detach().abs().sum(-2).amax()) if generator.numel() else 0.0
+    squarings = max(0, math.ceil(math.log2(norm))) if norm > 1 else 0
+    scaled_norm, eps = norm / 2.0**squarings, torch.finfo(generator.dtype).eps
+    degree, next_term = 1, scaled_norm**2 / 2
+    while next_term > eps and degree < MAX_TAYLOR_DEGREE:
+        degree += 1
+        next_term *= scaled_norm / (degree + 1)
+    scaled = generator / 2.0**squarings
+    eye = torch.eye(generator.shape[-1], dtype=generator.dtype, device=generator.device)
+    result = eye + scaled / degree
+    for k in range(degree - 1, 0, -1):  # Horner: I + A/1 (I + A/2 (... (I + A/degree)))
+        result = eye + (scaled @ result) / k
+    for _ in range(squarings):
+        result = result @ result
+    return result
 
 
 def apply_block_rotation(y: torch.Tensor, rotation: torch.Tensor) -> torch.Tensor:
@@ -82,7 +111,7 @@ class SO8Rotation(nn.Module):
 
     def matrix(self) -> torch.Tensor:
         """The block rotations, shape (D/8, 8, 8)."""
-        return torch.linalg.matrix_exp(self.generator())
+        return block_exp(self.generator())
 
     def extra_repr(self) -> str:
         return f"hidden_size={self.hidden_size}, blocks={self.hidden_size // BLOCK}, torus={self.torus}"
@@ -122,8 +151,8 @@ def generator_geometry(theta_safe: torch.Tensor, theta_cmd: torch.Tensor, torus:
     sizes compare); ``safe_angle``, ``cmd_angle``: ||R - I||_F, how far each gate moved from the identity.
     """
     theta_safe, theta_cmd = theta_safe.float(), theta_cmd.float()
-    safe = torch.linalg.matrix_exp(skew_symmetric(theta_safe, torus))
-    cmd = torch.linalg.matrix_exp(skew_symmetric(theta_cmd, torus))
+    safe = block_exp(skew_symmetric(theta_safe, torus))
+    cmd = block_exp(skew_symmetric(theta_cmd, torus))
     eye = torch.eye(BLOCK, dtype=safe.dtype, device=safe.device)
     safe_move, cmd_move = (safe - eye).flatten(1).norm(dim=1), (cmd - eye).flatten(1).norm(dim=1)
     commutator = (safe @ cmd - cmd @ safe).flatten(1).norm(dim=1)
