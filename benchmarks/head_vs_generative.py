@@ -7,7 +7,8 @@ Same model, same requests (a stratified sample of the test split), one process, 
 - head: ``decide`` (one prefill per batch, stopped at the layer SafetyHeadB reads), batch 1 and batch 16;
 - generative, zero-shot: the same weights prompted to write the label (the request ends with an instruction to
   answer with one word, ALLOW, REFUSE or ESCALATE), greedy, prefill plus up to 4 new tokens; the first of the
-  three words in the output is the decision (none found: ESCALATE, as a guard fails closed);
+  three words in the output is the decision (none found: ESCALATE, as a guard fails closed; ``labels_written``
+  counts the outputs that held a label word, so a written ESCALATE and a failure are told apart);
 - generative, few-shot: the same, after ``--shots`` labelled training requests shown as earlier turns (a base
   model follows examples rather than instructions), so it has a fair chance to write a label;
 - scored, few-shot: the few-shot prompt's next-token logits compared at the first token of each label word
@@ -42,6 +43,7 @@ from so8t_lib.model import SO8TModel  # noqa: E402
 from so8t_lib.model.prompts import build_messages, render_messages  # noqa: E402
 
 INSTRUCTION = "\n\nAnswer with one word, ALLOW, REFUSE or ESCALATE."
+FAIL_CLOSED = "ESCALATE"
 LABEL_WORD = re.compile(r"\b(ALLOW|REFUSE|ESCALATE)\b", re.IGNORECASE)
 Item = tuple[str, str | None]
 
@@ -59,14 +61,15 @@ def guard_prompt(model: SO8TModel, request: str, context: str | None, shots: lis
     return render_messages(model.tokenizer, messages[:1] + earlier + messages[1:])
 
 
-def generative_decision(model: SO8TModel, prompt: str, max_new_tokens: int = 4) -> str:
+def generative_decision(model: SO8TModel, prompt: str, max_new_tokens: int = 4) -> str | None:
+    """The first label word the model writes, or None when it writes none (the caller fails closed)."""
     batch = model.tokenizer(prompt, return_tensors="pt", add_special_tokens=False)
     with torch.no_grad():
         out = model.causal_lm.generate(**batch, max_new_tokens=max_new_tokens, do_sample=False,
                                        pad_token_id=model.tokenizer.pad_token_id)
     text = model.tokenizer.decode(out[0, batch["input_ids"].shape[1]:], skip_special_tokens=True)
     found = LABEL_WORD.search(text)
-    return found.group(1).upper() if found else "ESCALATE"
+    return found.group(1).upper() if found else None
 
 
 def label_first_tokens(model: SO8TModel) -> list[int]:
@@ -156,11 +159,13 @@ def main(argv: list[str] | None = None) -> dict:
     for name, decide in modes.items():
         with bare_base(model) if name.startswith("bare_base") else nullcontext():
             decide(items[0])  # warm-up
-            decisions, ms = timed(decide, items)
+            written, ms = timed(decide, items)
+        decisions = [label or FAIL_CLOSED for label in written]  # no label word: the guard fails closed
         result[name] = {**latency(ms), "p50_ratio_to_head": float(np.percentile(ms, 50) / np.percentile(head_ms, 50)),
                         "agreement_with_head": float(np.mean([a == b for a, b in zip(head, decisions)])),
                         "accuracy": float(np.mean([a == g for a, g in zip(decisions, gold)])),
-                        "label_counts": {label: decisions.count(label) for label in LABELS}}
+                        "label_counts": {label: decisions.count(label) for label in LABELS},
+                        "labels_written": sum(label is not None for label in written)}
     atomic_write_text(args.out, json.dumps(result, indent=1))
     print(json.dumps(result, indent=1))
     return result

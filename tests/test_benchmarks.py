@@ -51,6 +51,9 @@ def test_head_vs_generative_benchmark_reports_both_ways_of_deciding(tmp_path, to
                  "bare_base_scored_few_shot"):
         counts = result[mode]["label_counts"]
         assert sum(counts.values()) == 6 and set(counts) == set(LABELS)
+        assert 0 <= result[mode]["labels_written"] <= 6
+        if "scored" in mode:  # a constrained guard always names one of the three
+            assert result[mode]["labels_written"] == 6
         assert 0 <= result[mode]["agreement_with_head"] <= 1 and result[mode]["p50_ratio_to_head"] > 0
 
 
