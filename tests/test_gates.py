@@ -162,3 +162,11 @@ def test_block_exp_gradient_is_the_exponentials_and_empty_batches_pass():
     assert torch.allclose(ours, torchs, atol=1e-10)
     assert block_exp(torch.zeros(0, 8, 8)).shape == (0, 8, 8)
     assert torch.equal(block_exp(torch.zeros(3, 8, 8)), torch.eye(8).expand(3, 8, 8))
+
+
+@pytest.mark.parametrize("bad", [float("nan"), float("inf")])
+def test_block_exp_of_a_non_finite_generator_is_nan_everywhere_not_a_crash_or_a_half_rotation(bad):
+    a = skew_symmetric(torch.randn(3, 28) * 0.1)
+    a[1, 0, 1] = bad
+    out = block_exp(a)
+    assert out.shape == a.shape and torch.isnan(out).all()

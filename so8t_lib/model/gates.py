@@ -66,6 +66,8 @@ def block_exp(generator: torch.Tensor) -> torch.Tensor:
     is the smallest whose next Taylor term, at the scaled norm (at most 1), is below the dtype's epsilon.
     """
     norm = float(generator.detach().abs().sum(-2).amax()) if generator.numel() else 0.0
+    if not math.isfinite(norm):  # a diverged or damaged gate: no rotation, NaN everywhere, for the callers to catch
+        return torch.full_like(generator, float("nan"))
     squarings = max(0, math.ceil(math.log2(norm))) if norm > 1 else 0
     scaled_norm, eps = norm / 2.0**squarings, torch.finfo(generator.dtype).eps
     degree, next_term = 1, scaled_norm**2 / 2
