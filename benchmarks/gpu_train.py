@@ -164,9 +164,10 @@ def qlora_7b(work: Path, smoke: bool, steps: int, extra: list[str], corpus_too: 
     trainer = Trainer(cfg)
     load = {"load_s": time.perf_counter() - clock, **memory(reset=True)}
     model = trainer.model
-    counts = {"linear4bit_modules": sum(type(m).__name__ == "Linear4bit" for m in model.modules()),
-              "trainable_parameters": sum(p.numel() for p in model.parameters() if p.requires_grad),
-              "base_parameters": sum(p.numel() for p in model.causal_lm.parameters())}
+    # bitsandbytes' own layers only (peft's LoRA wrapper around each one shares the class name)
+    counts = {"nf4_projections": sum(type(m).__name__ == "Linear4bit" and type(m).__module__.startswith("bitsandbytes")
+                                     for m in model.modules()),
+              "trainable_parameters": sum(p.numel() for p in model.parameters() if p.requires_grad)}
     results = {"shape": dict(shape), "overrides": extra, "write_random_base_s": write_s, "after_load": load,
                **counts, "variants": {}}
     results["variants"]["seq 512, batch 1 (every micro-batch cut at 512 tokens)"] = time_steps(trainer, steps, 1)

@@ -527,7 +527,7 @@ def test_gpu_train_benchmark_refuses_a_cpu_and_runs_its_toy_shapes_there(tmp_pat
                          "--seq-only", "--out", str(out)])
     assert json.loads(out.read_text()) == report
     qlora = report["qlora_7b_shape"]
-    assert qlora["linear4bit_modules"] > 0 and list(qlora["variants"]) == [
+    assert qlora["nf4_projections"] == 2 * 7 and list(qlora["variants"]) == [  # 2 toy layers x 7 projections
         "seq 512, batch 1 (every micro-batch cut at 512 tokens)"]
     seq = qlora["variants"]["seq 512, batch 1 (every micro-batch cut at 512 tokens)"]
     assert seq["tokens"] == bench.SEQ * seq["micro_batches"]  # every micro-batch is cut at exactly 512 tokens

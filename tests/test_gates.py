@@ -164,9 +164,25 @@ def test_block_exp_gradient_is_the_exponentials_and_empty_batches_pass():
     assert torch.equal(block_exp(torch.zeros(3, 8, 8)), torch.eye(8).expand(3, 8, 8))
 
 
-@pytest.mark.parametrize("bad", [float("nan"), float("inf")])
-def test_block_exp_of_a_non_finite_generator_is_nan_everywhere_not_a_crash_or_a_half_rotation(bad):
+@pytest.mark.parametrize("bad", [float("nan"), float("inf"), 1e30])
+def test_block_exp_of_a_non_finite_or_absurd_generator_is_nan_everywhere_not_a_crash_or_a_half_rotation(bad):
     a = skew_symmetric(torch.randn(3, 28) * 0.1)
     a[1, 0, 1] = bad
     out = block_exp(a)
     assert out.shape == a.shape and torch.isnan(out).all()
+
+
+def test_block_exp_refuses_what_is_not_a_batch_of_square_matrices():
+    for shape in [(1, 8), (8,), (3, 8, 7)]:
+        with pytest.raises(ValueError, match="square"):
+            block_exp(torch.zeros(shape))
+
+
+def test_the_gate_rotates_in_float32_under_bf16_autocast():
+    """Training runs under bf16 autocast on a GPU; the rotation must stay the float32 one the export folds."""
+    pair = GatePair(HIDDEN, "safe_first", init_std=0.3)
+    y = torch.randn(4, 5, HIDDEN)
+    reference = apply_block_rotation(y, pair.matrix())
+    with torch.autocast(device_type="cpu", dtype=torch.bfloat16):
+        out = pair(y)
+    assert out.dtype == torch.float32 and torch.allclose(out, reference, atol=1e-6)

@@ -42,6 +42,7 @@ _TORUS_ROWS = torch.tensor([0, 2, 4, 6])  # the four fixed 2-planes of the maxim
 _TORUS_COLS = _TORUS_ROWS + 1
 N_FULL_PARAMS = _ROWS.numel()  # 28 = dim so(8)
 N_TORUS_PARAMS = _TORUS_ROWS.numel()  # 4 = rank of SO(8)
+MAX_GENERATOR_NORM = 2.0**60  # beyond it the squarings would overflow the scale: treated as a damaged gate
 MAX_TAYLOR_DEGREE = 18  # block_exp's polynomial on generators scaled to 1-norm <= 1 (1/19! ~ 8e-18)
 
 
@@ -60,13 +61,16 @@ def block_exp(generator: torch.Tensor) -> torch.Tensor:
     """exp(A) for a batch of small matrices (..., n, n): scaling and squaring with a Taylor polynomial.
 
     Why not ``torch.linalg.matrix_exp``: for a batch it squares each matrix in a host-side loop, one kernel per
-    block, so on a GPU every gate cost hundreds of launches (forward, checkpoint recompute and backward), 40% of a
-    7B QLoRA step (benchmarks/gpu_train.py). Here the whole batch shares one scaling 2^-s and one degree, both
+    block, so on a GPU every gate call cost hundreds of launches (forward, checkpoint recompute and backward; the
+    gates as a whole took 40% of a 7B QLoRA step, benchmarks/gpu_train.py). Here the whole batch shares one scaling 2^-s and one degree, both
     read once from the largest 1-norm: a call is a few batched matmuls, and autograd runs through them. The degree
     is the smallest whose next Taylor term, at the scaled norm (at most 1), is below the dtype's epsilon.
     """
+    if generator.dim() < 2 or generator.shape[-1] != generator.shape[-2]:
+        raise ValueError(f"block_exp needs square matrices (..., n, n), got shape {tuple(generator.shape)}")
     norm = float(generator.detach().abs().sum(-2).amax()) if generator.numel() else 0.0
-    if not math.isfinite(norm):  # a diverged or damaged gate: no rotation, NaN everywhere, for the callers to catch
+    if not math.isfinite(norm) or norm > MAX_GENERATOR_NORM:
+        # a diverged or damaged gate: no rotation, NaN everywhere, for the callers' non-finite checks to catch
         return torch.full_like(generator, float("nan"))
     squarings = max(0, math.ceil(math.log2(norm))) if norm > 1 else 0
     scaled_norm, eps = norm / 2.0**squarings, torch.finfo(generator.dtype).eps
@@ -137,7 +141,10 @@ class GatePair(nn.Module):
         return cmd @ safe if self.order == "cmd_first" else safe @ cmd
 
     def forward(self, y: torch.Tensor) -> torch.Tensor:
-        return apply_block_rotation(y, self.matrix())
+        # in float32 even under bf16 autocast: a bf16 exponential or product leaves the rotation ~1e-3 off
+        # orthogonal, and the export folds the float32 one
+        with torch.autocast(device_type=y.device.type, enabled=False):
+            return apply_block_rotation(y, self.matrix())
 
     def extra_repr(self) -> str:
         return f"order={self.order}"
