@@ -240,8 +240,12 @@ def gemma(work: Path, gemma_dir: Path, smoke: bool, steps: int) -> dict:
         setup_s = time.perf_counter() - clock
         full = full_finetune(trainer) if "full" in name else 0
         trainable = sum(p.numel() for p in trainer.model.parameters() if p.requires_grad)
+        embedding = trainer.model.causal_lm.get_input_embeddings().weight
+        before = embedding.detach().clone()
+        timing = time_steps(trainer, steps, 2)
         results["variants"][name] = {"overrides": overrides, "setup_s": setup_s, "trainable_parameters": trainable,
-                                     "base_parameters_trained": full, **time_steps(trainer, steps, 2)}
+                                     "base_parameters_trained": full,
+                                     "embedding_moved": bool((embedding.detach() != before).any()), **timing}
         del trainer
         if CUDA:
             torch.cuda.empty_cache()

@@ -536,6 +536,8 @@ def test_gpu_train_benchmark_refuses_a_cpu_and_runs_its_toy_shapes_there(tmp_pat
     full = variants["full fine-tuning, batch 16"]
     assert full["base_parameters_trained"] > 0 and full["trainable_parameters"] > full["base_parameters_trained"]
     assert all(v["base_parameters_trained"] == 0 for name, v in variants.items() if "full" not in name)
+    # the full fine-tune really steps the base: its embedding moves; the LoRA variants leave it as loaded
+    assert all(v["embedding_moved"] == ("full" in name) for name, v in variants.items())
 
 
 def test_gate_exp_benchmark_times_both_exponentials_on_the_same_gate(tmp_path):
