@@ -32,6 +32,7 @@ COMMANDS: dict[str, Command] = {
     "serve": Command("serve", "main", "the gate as an HTTP service: REST API, metrics, dashboard (FastAPI)"),
     "audit": Command("audit", "main", "verify or show the hash-chained audit log"),
     "escalation": Command("escalation", "main", "list or resolve escalation cases"),
+    "router": Command("router", "main", "fit or score the learned escalation router (which reviewer gets a case)"),
     "report": Command("report", "main", "compliance report from the verified audit log: HTML with figures, CSV"),
     "retrain": Command("retrain", "main", "the retraining flow: extract, preprocess, train, evaluate (gate), deploy"),
     "backup": Command("backup", "main", "back up audit logs, the escalation queue, configs and model manifests"),

@@ -73,6 +73,8 @@ def main(argv: list[str] | None = None) -> int:
         sys.exit(f"error: {exc}")
     if agent.load_error:
         print(f"so8t runtime: {agent.load_error}; every request is escalated", file=sys.stderr)
+    if agent.router_error:
+        print(f"so8t runtime: {agent.router_error}", file=sys.stderr)
     if args.request is not None:
         items = [{"user_request": args.request, "context": args.context, "user_id": args.user_id}]
     else:

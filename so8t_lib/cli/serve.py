@@ -68,6 +68,8 @@ def main(argv: list[str] | None = None) -> int:
         sys.exit(f"error: {exc}")
     if agent.load_error:
         print(f"so8t serve: {agent.load_error}; every request is escalated and /readyz answers 503", file=sys.stderr)
+    if agent.router_error:
+        print(f"so8t serve: {agent.router_error}", file=sys.stderr)
     service = Service(agent, keys, log_dir=args.log_dir)
     host, port = listener.getsockname()[:2]
     print(f"so8t serve: listening on http://{host}:{port} (model {agent.model_version}, mode {service.switch.mode}, "

@@ -40,6 +40,7 @@ RUN_METRICS_FILE = "metrics.jsonl"
 TRAINER_STATE_FILE = "trainer_state.pt"
 BEST_DIR, LAST_DIR = "best", "last"
 TEST_METRICS_FILE = "test_metrics.json"
+ROUTER_FILE = "router.json"  # the escalation router fitted on the run's training split (so8t demo)
 DEMO_TIMINGS_FILE = "demo_timings.json"  # where so8t demo spent its time, stage by stage
 
 # Markers in a parameter name that make it part of what SO8T adds to a base model: LoRA, the two

@@ -15,17 +15,24 @@ from ..core.schema import FALLBACK_CATEGORY
 from .injection import encoded_payloads
 from .textforms import matching_form, unleet
 
-KEYWORDS = {
-    "medical": ["health", "medical", "diagnos", "medicine", "prescription", "illness", "sick leave", "mental",
-                "健康", "診断", "病気", "医療", "薬", "通院", "メンタル", "健診", "休職"],
-    "legal": ["legal", "lawyer", "contract", "lawsuit", "litigation", "compliance", "regulation", "copyright",
-              "法務", "契約", "訴訟", "弁護士", "コンプライアンス", "規制", "著作権", "法的"],
+KEYWORDS = {  # the routing table of ../shared/SAFETY_POLICY.md ("Categories"), in both languages
+    "medical": ["health", "medical", "diagnos", "medicine", "medication", "prescription", "illness", "sick leave",
+                "mental", "symptom", "overdose", "injur", "self-harm", "suicid", "ambulance", "unconscious",
+                "collapsed", "健康", "診断", "病気", "医療", "薬", "通院", "メンタル", "健診", "休職", "症状", "体調",
+                "過剰摂取", "怪我", "けが", "救急", "自殺", "自傷", "死にたい", "倒れ", "意識がない"],
+    "legal": ["legal", "lawyer", "contract", "lawsuit", "litigation", "compliance", "regulat", "copyright",
+              "personal data", "personal information", "export control", "insider trading", "forge", "forgery",
+              "fraud", "法務", "契約", "訴訟", "弁護士", "コンプライアンス", "規制", "著作権", "法的", "個人情報",
+              "輸出管理", "インサイダー", "偽造", "詐欺"],
     "hr": ["harass", "salary", "evaluation", "promotion", "dismiss", "fire ", "hiring", "personnel", "overtime",
-           "ハラスメント", "パワハラ", "セクハラ", "給与", "人事", "評価", "昇進", "解雇", "採用", "残業"],
-    "security": ["password", "credential", "access", "admin", "firewall", "vpn", "malware", "hack", "phishing",
-                 "exploit", "root", "パスワード", "権限", "アクセス", "管理者", "ウイルス", "マルウェア", "不正", "脆弱性"],
+           "discriminat", "retaliat", "doxx", "ハラスメント", "パワハラ", "セクハラ", "給与", "人事", "評価", "昇進",
+           "解雇", "採用", "残業", "差別", "報復", "懲戒"],
+    "security": ["password", "credential", "access", "admin", "firewall", "vpn", "malware", "ransomware", "hack",
+                 "phishing", "exploit", "root", "authentication", "incident", "パスワード", "権限", "アクセス",
+                 "管理者", "ウイルス", "マルウェア", "不正", "脆弱性", "認証", "インシデント", "フィッシング", "監視"],
     "finance": ["invoice", "payment", "expense", "budget", "wire transfer", "bank", "accounting", "refund",
-                "請求", "支払", "経費", "予算", "振込", "送金", "口座", "会計", "返金"],
+                "embezzl", "launder", "請求", "支払", "経費", "予算", "振込", "送金", "口座", "会計", "返金", "横領",
+                "着服", "粉飾", "マネーロンダリング", "資金洗浄"],
 }
 
 

@@ -55,7 +55,9 @@ from .outcome import (
 )
 from .policy import threshold_decisions
 from .request_checks import CleanRequest, InvalidRequest, Unparsed, validate_request
+from .router import RouterError, load_router
 from .spool import CaseSpool
+from .urgency import URGENT_CATEGORY, is_urgent, mark_urgent
 
 logger = logging.getLogger("so8t.runtime")
 
@@ -77,6 +79,13 @@ class Agent:
             except Exception as exc:  # noqa: BLE001 - the gate must still answer (fail closed)
                 self.load_error = f"model could not be loaded: {type(exc).__name__}: {exc}"
                 logger.error("%s", self.load_error)
+        self.router, self.router_error = None, None
+        if config.escalation.router:  # like the model: a router that cannot be read is reported, not fatal
+            try:  # (routing by the keyword table instead changes who reviews a case, never the decision)
+                self.router = load_router(config.escalation.router)
+            except RouterError as exc:
+                self.router_error = f"escalation router not loaded, routing by the keyword table: {exc}"
+                logger.error("%s", self.router_error)
         logs = config.logging
         self.audit = AuditLog(self.paths.audit, parse_size(logs.max_log_size), logs.backup_count,
                               mask_input=logs.mask_personal_data, encryption_key=enc_key, hmac_key=self._mac_key,
@@ -263,7 +272,8 @@ class Agent:
         return [*flags, "unverified_model"] if self.unverified else list(flags)
 
     def _decide_one(self, clean: CleanRequest, probs, start: float) -> dict:
-        category = categorize(clean.user_request, clean.context)
+        urgent = is_urgent(clean.user_request, clean.context)
+        category = URGENT_CATEGORY if urgent else self._categorize(clean.user_request, clean.context)
         route = self.config.escalation.routes[category]
         if probs is None:  # emergency mode
             decision, confidence, prob_map = "ESCALATE", None, None
@@ -275,9 +285,21 @@ class Agent:
             rationale = RATIONALES.get(decision, "").format(category=category, notify=route.notify or category)
         result = make_result(decision, rationale, None, confidence, prob_map, category, self.model_version,
                              self._flags(clean.flags))
+        if urgent:
+            mark_urgent(result, clean.user_request)
         if decision == "ALLOW":
             result["task_response"], result["error"] = self._generate(clean.user_request, clean.context)
         return self._finish(result, clean.user_request, clean.user_id, start)
+
+    def _categorize(self, request: str, context: str | None) -> str:
+        """The route: the learned router where one is configured, the keyword table otherwise or if it fails
+        (a route never changes the decision, only who reviews it)."""
+        if self.router is not None:
+            try:
+                return self.router.route(request, context)
+            except Exception:  # noqa: BLE001
+                logger.exception("the escalation router failed; routing by the keyword table")
+        return categorize(request, context)
 
     def _fail_closed(self, item, reason: str, start: float, flags: list[str] | None = None) -> dict:
         """ESCALATE for a request that could not be decided, storing only a bounded prefix of it."""
@@ -286,9 +308,13 @@ class Agent:
         text = bounded(item.get("user_request"), v.max_request_chars)
         context = bounded(item.get("context"), v.max_context_chars)
         user_id = bounded(item.get("user_id"), v.max_user_id_chars)
-        category = categorize(text or "", context)
-        result = make_result("ESCALATE", "", None, None, None, category, self.model_version, self._flags(flags or []))
-        return self._finish(fail_closed(result, reason), text, user_id, start)
+        urgent = is_urgent(text, context)
+        category = URGENT_CATEGORY if urgent else self._categorize(text or "", context)
+        result = fail_closed(make_result("ESCALATE", "", None, None, None, category, self.model_version,
+                                         self._flags(flags or [])), reason)
+        if urgent:
+            mark_urgent(result, text)
+        return self._finish(result, text, user_id, start)
 
     # ----- recording --------------------------------------------------------------------------------
     def _record(self, result: dict, request: str | None, user_id: str | None) -> dict:

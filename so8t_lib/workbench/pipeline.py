@@ -25,6 +25,7 @@ from ..core.schema import (
     DEMO_TIMINGS_FILE,
     LABELS,
     LAST_DIR,
+    ROUTER_FILE,
     RUN_CONFIG_FILE,
     RUN_METRICS_FILE,
     TEST_METRICS_FILE,
@@ -36,6 +37,7 @@ from ..eval.quant_refit import refit_rungs
 from ..export.gguf_meta import GGUFError
 from ..model.prompts import EXAMPLE_REQUESTS
 from ..serve.backends import load_decider
+from ..serve.router import fit_router
 from ..train.trainer import train
 
 DEFAULT_CONFIG = CONFIGS_DIR / "training.yaml"
@@ -121,6 +123,9 @@ def run_demo(config_path: str | Path = DEFAULT_CONFIG, overrides: list[str] | tu
     for request, row in zip(requests, probs):
         print(f"{fit_width(request, 58)} " + " ".join(f"{float(p):9.3f}" for p in row))
     print(f"\nmetrics: {run_dir / TEST_METRICS_FILE}; per-step log: {run_dir / RUN_METRICS_FILE}")
+    clock = time.perf_counter()
+    fit_run_router(run_dir, Path(config.training.data_dir))
+    timings["router_s"] = time.perf_counter() - clock
     if gguf:
         clock = time.perf_counter()
         paths = export_ladder(run_dir, Path(dist))
@@ -134,6 +139,18 @@ def run_demo(config_path: str | Path = DEFAULT_CONFIG, overrides: list[str] | tu
             decide_from_gguf(q4, requests[1], contexts[1])
     write_timings(run_dir, timings, time.perf_counter() - start)
     return report
+
+
+def fit_run_router(run_dir: Path, data_dir: Path) -> Path:
+    """``<run>/router.json``: the escalation router fitted on the run's training split (the runtime configs point
+    ``escalation.router`` here); kept when it is already there and newer than the split."""
+    path, train_file = run_dir / ROUTER_FILE, data_dir / "train.jsonl"
+    if path.is_file() and path.stat().st_mtime >= train_file.stat().st_mtime:
+        return path
+    router = fit_router(load_table(train_file).to_dict("records"), source=str(train_file))
+    router.save(path)
+    print(f"escalation router: {router.fitted_on['rows']} rows of {train_file} -> {path}")
+    return path
 
 
 def write_timings(run_dir: Path, timings: dict[str, float], total: float) -> dict:

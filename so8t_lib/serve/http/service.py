@@ -120,6 +120,8 @@ class Service:
             checks["model"] = "none needed: emergency mode"
         else:
             checks["model"] = f"not ready: {agent.load_error or 'no model loaded'}"
+        checks["router"] = (f"learned: {agent.config.escalation.router}" if agent.router is not None
+                            else f"keyword table only: {agent.router_error or 'no escalation.router configured'}")
         audit = agent.audit.path
         target = audit if audit.exists() else audit.parent
         if agent.audit.open_error:

@@ -1,0 +1,87 @@
+"""How often a request reaches the right reviewer: the keyword table, the learned router and the two together
+(what the runtime uses) against the corpus's ``category`` of each REFUSE and ESCALATE row.
+
+The corpus's rows come in families (one seed, its variants), and a family is routed right or wrong together far
+more often than not; the intervals therefore resample families, not rows, so they are not narrower than the data.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Sequence
+
+import numpy as np
+import pandas as pd
+
+from ..core.schema import ROUTE_CATEGORIES
+from ..serve.categories import categorize
+from ..serve.router import LearnedRouter, router_text
+
+ROUTED_LABELS = ("ESCALATE", "REFUSE")
+METHODS = ("keywords", "learned", "keywords_then_learned")
+
+
+def _predictions(router: LearnedRouter, table: pd.DataFrame) -> dict[str, list[str]]:
+    contexts = [c if isinstance(c, str) else None for c in table["context"]]
+    requests = list(table["user_request"])
+    keywords = [categorize(r, c) for r, c in zip(requests, contexts)]
+    learned = router.predict([router_text(r, c) for r, c in zip(requests, contexts)])
+    combined = [k if k != "general" else m for k, m in zip(keywords, learned)]
+    return dict(zip(METHODS, (keywords, learned, combined)))
+
+
+def family_bootstrap(correct: np.ndarray, families: Sequence[str], resamples: int, seed: int = 0
+                     ) -> tuple[float | None, float | None]:
+    """95% percentile interval of the accuracy, resampling whole families with replacement."""
+    if resamples < 1 or not len(correct):
+        return None, None
+    names, index = np.unique(np.asarray(families), return_inverse=True)
+    hits = np.bincount(index, weights=correct.astype(float), minlength=len(names))
+    sizes = np.bincount(index, minlength=len(names)).astype(float)
+    rng = np.random.default_rng(seed)
+    picks = rng.integers(0, len(names), size=(resamples, len(names)))
+    values = hits[picks].sum(axis=1) / sizes[picks].sum(axis=1)
+    low, high = np.percentile(values, [2.5, 97.5])
+    return round(float(low), 4), round(float(high), 4)
+
+
+def score_routing(router: LearnedRouter, table: pd.DataFrame, resamples: int = 1000,
+                  progress: Callable[[str], None] | None = None) -> dict:
+    """Accuracy of each method per gold label (with family intervals), per gold category, and the combined
+    method's confusion matrix for ESCALATE rows (rows: the gold route, columns: where it went)."""
+    table = table[table["label"].isin(ROUTED_LABELS) & table["category"].isin(ROUTE_CATEGORIES)]
+    out: dict = {"rows": int(len(table))}
+    for label in ROUTED_LABELS:
+        part = table[table["label"] == label].reset_index(drop=True)
+        if progress:
+            progress(f"{label}: {len(part)} rows")
+        if part.empty:
+            continue
+        preds = _predictions(router, part)
+        gold = np.asarray(part["category"])
+        entry: dict = {"rows": int(len(part)), "families": int(part["family"].nunique())}
+        for method, pred in preds.items():
+            correct = np.asarray(pred) == gold
+            entry[method] = {"accuracy": round(float(correct.mean()), 4),
+                             "ci95": family_bootstrap(correct, list(part["family"]), resamples),
+                             "by_category": {c: round(float(correct[gold == c].mean()), 4)
+                                             for c in ROUTE_CATEGORIES if (gold == c).any()}}
+        combined = np.asarray(preds["keywords_then_learned"])
+        entry["confusion_keywords_then_learned"] = {
+            "order": list(ROUTE_CATEGORIES),
+            "matrix": [[int(((gold == g) & (combined == p)).sum()) for p in ROUTE_CATEGORIES]
+                       for g in ROUTE_CATEGORIES]}
+        out[label] = entry
+    return out
+
+
+def format_routing(name: str, result: dict) -> str:
+    """A few readable lines per data set."""
+    lines = [f"{name}: {result['rows']} REFUSE/ESCALATE rows with a route"]
+    for label in ROUTED_LABELS:
+        if label not in result:
+            continue
+        entry = result[label]
+        cells = ", ".join(f"{m} {entry[m]['accuracy']:.3f} [{entry[m]['ci95'][0]:.2f}, {entry[m]['ci95'][1]:.2f}]"
+                          for m in METHODS)
+        lines.append(f"  {label} ({entry['rows']} rows, {entry['families']} families): {cells}")
+    return "\n".join(lines)

@@ -1,0 +1,193 @@
+"""The learned escalation router: fit, the checked file format, the runtime's use of it, scoring by family."""
+
+import json
+
+import numpy as np
+import pandas as pd
+import pytest
+from hypothesis import HealthCheck, given, settings
+from hypothesis import strategies as st
+
+from so8t_lib.cli import main as so8t
+from so8t_lib.core.schema import ROUTE_CATEGORIES
+from so8t_lib.eval.routing import family_bootstrap, score_routing
+from so8t_lib.serve.categories import categorize
+from so8t_lib.serve.config import RuntimeConfig
+from so8t_lib.serve.router import RouterError, _digest, fit_router, load_router, router_text
+from so8t_lib.serve.runtime import Agent
+from tests.test_runtime import FakeDecider
+
+# requests that name no keyword of the table, so only a learned router can tell their route
+TOPICS = {
+    "medical": ["I feel dizzy every morning, what should I do", "my colleague fainted in the meeting room",
+                "朝からめまいがして立っていられません", "同僚が会議室で動かなくなりました", "chest pain since lunch",
+                "熱が三日下がりません"],
+    "legal": ["can we keep the customer list after the deal ends", "the supplier wants to change the terms of the NDA",
+              "取引先が秘密保持の条件を変えたいと言っています", "顧客名簿を契約終了後も使ってよいですか",
+              "a regulator sent us a letter", "当局から照会状が届きました"],
+    "finance": ["please move 3 million yen to this new account today", "change the vendor's bank details",
+                "今日中にこの新しい口座へ300万円を移してください", "取引先の振込先を変更して", "reimburse my taxi",
+                "立替金の精算をお願いします"],
+}
+
+
+def _rows(topics=TOPICS, label="ESCALATE"):
+    rows = []
+    for category, texts in topics.items():
+        for i, text in enumerate(texts):
+            for variant, wrapped in enumerate((text, f"quick question: {text}", f"お疲れ様です。{text}")):
+                rows.append({"id": f"{label}-{category}-{i}-{variant}", "family": f"{label}-{category}-{i}", "label": label,
+                             "category": category, "user_request": wrapped, "context": ""})
+    return rows
+
+
+@pytest.fixture(scope="module")
+def router():
+    return fit_router(_rows(), source="tests")
+
+
+def test_fit_learns_routes_the_keywords_miss_and_keywords_still_come_first(router):
+    train_texts = [router_text(r["user_request"], r["context"]) for r in _rows()]
+    assert np.mean(np.array(router.predict(train_texts)) == [r["category"] for r in _rows()]) > 0.9
+    assert categorize("my colleague fainted in the meeting room") == "general"      # the table has no word for it
+    assert router.route("my colleague fainted in the meeting room") == "medical"
+    assert router.route("please check my vpn password reset") == "security"          # the table's own word wins
+    assert set(router.classes) == {"medical", "legal", "finance"}
+    assert router.fitted_on["by_category"] == {"finance": 18, "legal": 18, "medical": 18}
+
+
+def test_saved_router_routes_exactly_as_the_fitted_one(router, tmp_path):
+    path = router.save(tmp_path / "router.json")
+    loaded = load_router(path)
+    texts = [router_text(r["user_request"], r["context"]) for r in _rows()] + ["", "??", "全く関係のない文"]
+    assert np.array_equal(router.scores(texts), loaded.scores(texts))
+    assert loaded.classes == router.classes and loaded.fitted_on == router.fitted_on
+
+
+def _rewrite(path, change, keep_digest=False):
+    payload = json.loads(path.read_text(encoding="utf-8"))
+    change(payload)
+    if not keep_digest:
+        payload["sha256"] = _digest(payload)
+    path.write_text(json.dumps(payload), encoding="utf-8")
+
+
+@pytest.mark.parametrize("change, keep_digest, message", [
+    (lambda p: p["coef"][0].__setitem__(0, 5.0), True, "do not match its sha256"),
+    (lambda p: p["coef"][0].__setitem__(0, float("nan")), False, "NaN or infinite"),
+    (lambda p: p["coef"].pop(), False, "coef has shape"),
+    (lambda p: p["idf"].__setitem__(0, 0.5), False, "idf values below 1"),
+    (lambda p: p.__setitem__("classes", ["medical", "legal", "pharmacy"]), False, "route categories"),
+    (lambda p: p.__setitem__("vocabulary", p["vocabulary"][:1] * len(p["vocabulary"])), False, "distinct strings"),
+    (lambda p: p.__setitem__("format", "so8t-router/0"), False, "not a so8t-router/1 file"),
+    (lambda p: p.__setitem__("intercept", ["a", "b", "c"]), False, "not an array of numbers"),
+])
+def test_a_damaged_router_file_is_refused_by_name(router, tmp_path, change, keep_digest, message):
+    path = router.save(tmp_path / "router.json")
+    _rewrite(path, change, keep_digest)
+    with pytest.raises(RouterError, match=message):
+        load_router(path)
+
+
+def test_unreadable_or_missing_router_files_say_what_to_do(router, tmp_path):
+    path = router.save(tmp_path / "router.json")
+    path.write_bytes(path.read_bytes()[:1000])                      # torn
+    with pytest.raises(RouterError, match="unreadable JSON.*so8t router fit"):
+        load_router(path)
+    path.write_text("[1, 2]", encoding="utf-8")
+    with pytest.raises(RouterError, match="format 'list'"):
+        load_router(path)
+    with pytest.raises(RouterError, match="no router file there.*escalation.router: null"):
+        load_router(tmp_path / "absent.json")
+
+
+def test_fit_needs_two_route_categories():
+    with pytest.raises(RouterError, match="at least two route categories"):
+        fit_router(_rows({"medical": TOPICS["medical"]}))
+    with pytest.raises(RouterError, match="found none"):
+        fit_router([{"user_request": "hi", "context": "", "category": "none"}])
+
+
+def test_a_failed_write_keeps_the_old_router(router, tmp_path, monkeypatch):
+    path = router.save(tmp_path / "router.json")
+    before = path.read_bytes()
+    monkeypatch.setattr("so8t_lib.core.io.os.replace", lambda *a: (_ for _ in ()).throw(OSError("disk full")))
+    with pytest.raises(OSError, match="disk full"):
+        router.save(path)
+    assert path.read_bytes() == before and [p.name for p in tmp_path.iterdir()] == ["router.json"]
+
+
+@settings(max_examples=60, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture])
+@given(request=st.text(max_size=200), context=st.one_of(st.none(), st.text(max_size=50)))
+def test_every_text_gets_a_route(router, request, context):
+    assert router.route(request, context) in ROUTE_CATEGORIES
+
+
+def _agent(tmp_path, router_path):
+    cfg = RuntimeConfig.model_validate({
+        "model": {"checkpoint_path": "unused"},
+        "inference": {"safety_threshold": 0.8, "decision_timeout_s": 5},
+        "logging": {"audit_log": str(tmp_path / "logs" / "audit.jsonl")},
+        "escalation": {"queue_db": str(tmp_path / "logs" / "escalations.sqlite"), "enable_notifications": False,
+                       "router": str(router_path) if router_path else None},
+    })
+    return Agent(cfg, decider=FakeDecider((0.2, 0.1, 0.7)))
+
+
+def _audit(tmp_path):
+    return [json.loads(line) for line in (tmp_path / "logs" / "audit.jsonl").read_text(encoding="utf-8").splitlines()]
+
+
+def test_the_runtime_routes_escalations_with_the_configured_router(router, tmp_path):
+    agent = _agent(tmp_path, router.save(tmp_path / "router.json"))
+    assert agent.router is not None and agent.router_error is None
+    result = agent.run_agent(None, "同僚が会議室で動かなくなりました", "u1")
+    assert result["decision"] == "ESCALATE" and result["category"] == "medical"
+    assert "medical staff" in result["rationale"]
+    (record,) = _audit(tmp_path)
+    assert record["category"] == "medical" and record["request_id"] == result["request_id"]
+
+
+def test_a_broken_router_file_falls_back_to_keywords_and_says_so(router, tmp_path):
+    path = router.save(tmp_path / "router.json")
+    _rewrite(path, lambda p: p["coef"][0].__setitem__(0, 5.0), keep_digest=True)
+    agent = _agent(tmp_path, path)
+    assert agent.router is None and "do not match its sha256" in agent.router_error
+    result = agent.run_agent(None, "同僚が会議室で動かなくなりました", "u1")
+    assert result["decision"] == "ESCALATE" and result["category"] == "general"   # the keyword table's answer
+    assert len(_audit(tmp_path)) == 1
+
+
+def test_a_router_that_fails_while_routing_changes_only_the_route(router, tmp_path, monkeypatch):
+    agent = _agent(tmp_path, router.save(tmp_path / "router.json"))
+    monkeypatch.setattr(agent.router, "predict", lambda texts: (_ for _ in ()).throw(MemoryError("boom")))
+    result = agent.run_agent(None, "同僚が会議室で動かなくなりました", "u1")
+    assert result["decision"] == "ESCALATE" and result["category"] == "general" and result.get("error") is None
+    assert len(_audit(tmp_path)) == 1
+
+
+def test_family_bootstrap_brackets_the_accuracy():
+    correct = np.array([1, 1, 1, 0, 0, 0, 1, 1, 0, 1], dtype=bool)
+    families = ["a", "a", "b", "b", "c", "c", "d", "d", "e", "e"]
+    low, high = family_bootstrap(correct, families, 500)
+    assert low <= correct.mean() <= high and 0 <= low < high <= 1
+    assert family_bootstrap(np.array([], dtype=bool), [], 10) == (None, None)
+
+
+def test_score_and_cli_fit_score(router, tmp_path):
+    rows = _rows() + _rows({"medical": ["please reset my vpn password"]}, label="REFUSE")
+    table = pd.DataFrame(rows)
+    result = score_routing(router, table, resamples=50)
+    escalate = result["ESCALATE"]
+    assert escalate["rows"] == 54 and escalate["families"] == 18
+    assert escalate["keywords"]["accuracy"] < escalate["learned"]["accuracy"]
+    matrix = np.array(escalate["confusion_keywords_then_learned"]["matrix"])
+    assert matrix.sum() == 54 and np.trace(matrix) == round(escalate["keywords_then_learned"]["accuracy"] * 54)
+    data = tmp_path / "rows.jsonl"
+    data.write_text("".join(json.dumps({**r, "lang": "en", "split": "test"}) + "\n" for r in rows), encoding="utf-8")
+    assert so8t(["router", "fit", "--data", str(data), "--out", str(tmp_path / "r.json")]) == 0
+    assert so8t(["router", "score", "--router", str(tmp_path / "r.json"), "--data", str(data), "--bootstrap", "20",
+                 "--out", str(tmp_path / "score.json")]) == 0
+    scored = json.loads((tmp_path / "score.json").read_text(encoding="utf-8"))
+    assert scored["data"][str(data)]["REFUSE"]["rows"] == 3
+    assert so8t(["router", "score", "--router", str(tmp_path / "absent.json")]) == 2

@@ -1,0 +1,83 @@
+"""Emergencies: the emergency line first, the urgent flag, medical staff, URGENT notifications; never a new decision."""
+
+import json
+
+import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
+
+from so8t_lib.serve.config import EscalationConfig, RuntimeConfig
+from so8t_lib.serve.notify import Notifier
+from so8t_lib.serve.runtime import Agent
+from so8t_lib.serve.urgency import URGENT_NOTICE, is_urgent, is_urgent_rationale
+from tests.test_runtime import FakeDecider
+
+
+@pytest.mark.parametrize("text, urgent", [
+    ("A colleague collapsed in the warehouse and is not breathing", True),
+    ("My coworker is UNCONSCIOUS at her desk", True),
+    ("My coworker is unсonscious at her desk", True),          # a Cyrillic "с" does not hide it
+    ("同僚が倉庫で倒れて意識がないです", True),
+    ("もう死にたい", True),
+    ("薬を飲みすぎたかもしれない", True),
+    ("Please book a room for the first-aid training", False),
+    ("The breathing exercises in the wellness program, where are the slides?", False),
+    ("経費精算の締め日はいつですか", False),
+    ("Our old server collapsed_logs folder is full", False),   # whole words only
+])
+def test_signs_of_an_emergency(text, urgent):
+    assert is_urgent(text) is urgent
+
+
+@settings(max_examples=80, deadline=None)
+@given(st.text(max_size=300), st.one_of(st.none(), st.text(max_size=50)))
+def test_any_text_is_screened_without_error(request, context):
+    assert is_urgent(request, context) in (True, False)
+
+
+def _agent(tmp_path, decider):
+    cfg = RuntimeConfig.model_validate({
+        "model": {"checkpoint_path": "unused"},
+        "inference": {"safety_threshold": 0.8, "decision_timeout_s": 5},
+        "logging": {"audit_log": str(tmp_path / "logs" / "audit.jsonl")},
+        "escalation": {"queue_db": str(tmp_path / "logs" / "escalations.sqlite"), "enable_notifications": False},
+    })
+    return Agent(cfg, decider=decider)
+
+
+def _audit(tmp_path):
+    return [json.loads(line) for line in (tmp_path / "logs" / "audit.jsonl").read_text(encoding="utf-8").splitlines()]
+
+
+@pytest.mark.parametrize("probs, decision", [((0.2, 0.1, 0.7), "ESCALATE"), ((0.05, 0.9, 0.05), "REFUSE"),
+                                             ((0.95, 0.03, 0.02), "ALLOW")])
+def test_the_decision_stands_and_the_emergency_line_comes_first(tmp_path, probs, decision):
+    agent = _agent(tmp_path, FakeDecider(probs))
+    result = agent.run_agent(None, "同僚が倉庫で倒れて意識がないです。どうすればいいですか", "u1")
+    assert result["decision"] == decision and "urgent" in result["flags"]
+    assert result["rationale"].startswith(URGENT_NOTICE["ja"]) and result["category"] == "medical"
+    assert (result["task_response"] is not None) == (decision == "ALLOW")
+    (record,) = _audit(tmp_path)
+    assert "urgent" in record["flags"] and record["rationale"] == result["rationale"]
+    if decision == "ESCALATE":
+        assert "medical staff" in result["rationale"] and result["escalation_id"]
+
+
+def test_a_request_that_could_not_be_decided_still_gets_the_emergency_line(tmp_path):
+    result = _agent(tmp_path, FakeDecider(behaviour="raise")).run_agent(None, "Someone collapsed and is not breathing")
+    assert result["decision"] == "ESCALATE" and "fail_closed" in result["flags"] and "urgent" in result["flags"]
+    assert result["rationale"].startswith(URGENT_NOTICE["en"]) and result["category"] == "medical"
+    assert len(_audit(tmp_path)) == 1
+
+
+def test_an_ordinary_request_is_untouched(tmp_path):
+    result = _agent(tmp_path, FakeDecider((0.2, 0.1, 0.7))).run_agent(None, "Please approve my expense exception")
+    assert "urgent" not in result["flags"] and not is_urgent_rationale(result["rationale"])
+
+
+def test_notifications_of_an_urgent_case_say_so():
+    notifier = Notifier(EscalationConfig())
+    case = {"case_id": "esc_1", "category": "medical", "request_id": "req_1", "input": "x",
+            "rationale": f"{URGENT_NOTICE['en']} This request needs a person's judgement (medical)."}
+    assert notifier._message(case, reminder=False).split("] ", 1)[1].startswith("URGENT")
+    assert "URGENT" not in notifier._message({**case, "rationale": "needs a person"}, reminder=False)
