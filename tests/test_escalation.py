@@ -97,6 +97,61 @@ def test_webhook_and_email_are_received(tmp_path, webhook, smtp_server, monkeypa
     assert agent.queue.get(result["escalation_id"])["status"] == "notified"
 
 
+def _second_webhook():
+    received = []
+
+    class Handler(http.server.BaseHTTPRequestHandler):
+        def do_POST(self):  # noqa: N802 - http.server's naming
+            received.append(json.loads(self.rfile.read(int(self.headers["Content-Length"]))))
+            self.send_response(200)
+            self.end_headers()
+
+        def log_message(self, *args):
+            pass
+
+    server = http.server.HTTPServer(("127.0.0.1", 0), Handler)
+    threading.Thread(target=server.serve_forever, daemon=True).start()
+    return server, f"http://127.0.0.1:{server.server_port}/medical", received
+
+
+def test_a_route_with_its_own_webhook_posts_there_and_the_rest_use_the_shared_one(tmp_path, webhook, monkeypatch):
+    url, shared_posts = webhook
+    server, medical_url, medical_posts = _second_webhook()
+    monkeypatch.delenv("SLACK_WEBHOOK_URL", raising=False)
+    monkeypatch.setenv("SO8T_TEST_MEDICAL_HOOK", medical_url)
+    routes = {c: {"notify": c} for c in ("legal", "hr", "security", "finance", "general")}
+    routes["medical"] = {"notify": "medical staff", "webhook_env": "SO8T_TEST_MEDICAL_HOOK"}
+    try:
+        agent = _agent(tmp_path, notification_webhook=url, routes=routes)
+        outcomes = []
+        for request in ("健康診断の結果について相談したい", "上司からのパワハラについて相談したい"):
+            outcomes.append((agent.run_agent(None, request, "u1"), agent.pending_notifications[-1].result(timeout=10)))
+        (medical, (to_medical,)), (hr, (to_shared,)) = outcomes
+        assert medical["category"] == "medical" and hr["category"] == "hr"
+        assert to_medical["target"] == "SO8T_TEST_MEDICAL_HOOK" and to_medical["ok"] and to_shared["ok"]
+        assert len(medical_posts) == 1 and medical["escalation_id"] in medical_posts[0]["text"]
+        assert len(shared_posts) == 1 and hr["escalation_id"] in shared_posts[0]["text"]
+        # without the shared webhook a route whose variable is unset fails by name, and the case says so
+        monkeypatch.delenv("SO8T_TEST_MEDICAL_HOOK")
+        monkeypatch.setenv("SO8T_TEST_LEGAL_HOOK", medical_url)
+        routes["legal"] = {"notify": "legal", "webhook_env": "SO8T_TEST_LEGAL_HOOK"}
+        agent = _agent(tmp_path / "second", routes=routes)
+        assert agent.notifier.unset_route_webhooks() == ["SO8T_TEST_MEDICAL_HOOK"]
+        failed = agent.run_agent(None, "健康診断の結果について相談したい", "u3")
+        (outcome,) = agent.pending_notifications[-1].result(timeout=10)
+        assert not outcome["ok"] and "no webhook for route medical: set SO8T_TEST_MEDICAL_HOOK" in outcome["error"]
+        assert agent.queue.get(failed["escalation_id"])["status"] == "notify_failed"
+    finally:
+        server.shutdown()
+
+
+def test_a_route_webhook_is_named_by_a_variable_never_written_in_the_config():
+    with pytest.raises(ValueError, match="not an environment variable name"):
+        RuntimeConfig.model_validate({"model": {"checkpoint_path": "x"}, "escalation": {"routes": {
+            c: {"webhook_env": "https://hooks.example.com/T000/B000/XXXX"} for c in
+            ("medical", "legal", "hr", "security", "finance", "general")}}})
+
+
 def test_unreachable_servers_are_retried_recorded_and_do_not_delay_the_decision(tmp_path):
     dead = _free_port()
     agent = _agent(tmp_path, notification_webhook=f"http://127.0.0.1:{dead}/hook", email_notifications=True,

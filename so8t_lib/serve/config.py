@@ -95,10 +95,24 @@ class LoggingConfig(_Section):
         return self
 
 
+_ENV_NAME = re.compile(r"[A-Za-z_][A-Za-z0-9_]{0,127}")
+
+
 class RouteConfig(_Section):
     email: str | None = None
-    slack_channel: str | None = None
+    slack_channel: str | None = Field(None, description="sent as the message's channel; Slack's incoming webhooks "
+                                      "ignore it (each posts where it was made): give the route its own webhook")
+    webhook_env: str | None = Field(None, description="name of the environment variable with this route's own "
+                                    "webhook URL; unset: the shared one (SLACK_WEBHOOK_URL, notification_webhook)")
     notify: str = Field("", description="who is notified, in words")
+
+    @field_validator("webhook_env")
+    @classmethod
+    def _an_environment_variable_name(cls, value: str | None) -> str | None:
+        if value is not None and not _ENV_NAME.fullmatch(value):
+            raise ValueError(f"{value!r} is not an environment variable name: the URL itself never lives in a "
+                             "config; put it in a variable and name the variable here")
+        return value
 
 
 def _default_routes() -> dict[str, RouteConfig]:

@@ -1,7 +1,8 @@
 """Notifications for escalation cases, by category: a Slack-compatible webhook and e-mail over SMTP.
 
 Addresses and channels come from the config; secrets only from the environment (SLACK_WEBHOOK_URL,
-SMTP_USERNAME, SMTP_PASSWORD). Sending runs in a background thread with retries and exponential
+SMTP_USERNAME, SMTP_PASSWORD, and each route's own webhook variable, ``routes.<category>.webhook_env``: Slack's
+incoming webhooks post to the channel they were made for, so one shared webhook reaches one channel). Sending runs in a background thread with retries and exponential
 backoff, bounded by ``notify_timeout_s``, so it never delays a decision; the outcome is recorded on
 the case. When no channel is configured at all, that is itself a failed outcome (logged, recorded,
 the case shows notify_failed): an escalation that reaches nobody must not look like a sent one.
@@ -48,10 +49,24 @@ class Notifier:
         self.config, self.queue = config, queue
         self._pool = concurrent.futures.ThreadPoolExecutor(max_workers=2, thread_name_prefix="so8t-notify")
 
+    def _shared_webhook(self) -> str | None:
+        return os.environ.get("SLACK_WEBHOOK_URL") or self.config.notification_webhook
+
+    def webhook_for(self, category: str) -> str | None:
+        """The route's own webhook (``routes.<category>.webhook_env``) when its variable is set, else the shared one."""
+        env = self.config.routes[category].webhook_env
+        return (os.environ.get(env) if env else None) or self._shared_webhook()
+
+    def unset_route_webhooks(self) -> list[str]:
+        """Variables named by ``webhook_env`` that are not set (their routes fall back to the shared webhook)."""
+        return [route.webhook_env for route in self.config.routes.values()
+                if route.webhook_env and not os.environ.get(route.webhook_env)]
+
     def channels(self) -> list[str]:
-        """The channels a case would be sent to now ([] when none is configured)."""
+        """The channels a case could be sent to now ([] when none is configured)."""
         found = []
-        if os.environ.get("SLACK_WEBHOOK_URL") or self.config.notification_webhook:
+        if self._shared_webhook() or any(route.webhook_env and os.environ.get(route.webhook_env)
+                                         for route in self.config.routes.values()):
             found.append("webhook")
         if self.config.email_notifications and (os.environ.get("SMTP_SERVER") or self.config.smtp_server):
             found.append("email")
@@ -65,8 +80,11 @@ class Notifier:
                 f"Resolve: so8t escalation resolve {case['case_id']} --decision ALLOW|REFUSE --by NAME")
 
     def _webhook(self, case: dict, timeout: float, reminder: bool) -> None:
-        url = os.environ.get("SLACK_WEBHOOK_URL") or self.config.notification_webhook
+        url = self.webhook_for(case["category"])
         route = self.config.routes[case["category"]]
+        if not url:
+            raise RuntimeError(f"no webhook for route {case['category']}: set "
+                               f"{route.webhook_env or 'its webhook_env variable'} or SLACK_WEBHOOK_URL")
         body = json.dumps({"text": self._message(case, reminder), "channel": route.slack_channel}).encode("utf-8")
         request = urllib.request.Request(url, data=body, headers={"Content-Type": "application/json"})
         with urllib.request.urlopen(request, timeout=timeout) as response:  # noqa: S310 - URL from config/env
@@ -102,7 +120,8 @@ class Notifier:
         route = self.config.routes[case["category"]]
         channels = self.channels()
         if "webhook" in channels:
-            outcomes.append({"channel": "webhook", "target": route.slack_channel,
+            own = bool(route.webhook_env and os.environ.get(route.webhook_env))
+            outcomes.append({"channel": "webhook", "target": route.webhook_env if own else route.slack_channel,
                              **_with_retries(lambda t: self._webhook(case, t, reminder), self.config.retries, deadline)})
         if "email" in channels and route.email:
             outcomes.append({"channel": "email", "target": route.email,

@@ -101,6 +101,9 @@ class Agent:
         self.audit_failures = 0
         if esc.enable_notifications and not test_mode and not self.notifier.channels():
             logger.warning("escalations will reach nobody: %s", NO_CHANNEL)
+        elif esc.enable_notifications and not test_mode and self.notifier.unset_route_webhooks():
+            logger.warning("route webhook variables not set, those routes use the shared webhook: %s",
+                           ", ".join(self.notifier.unset_route_webhooks()))
         if self.unverified:
             logger.warning("serving %s, a model whose files were not verified (%s)", self.model_version,
                            "SO8T_ALLOW_UNVERIFIED_MODEL is set")
