@@ -52,6 +52,7 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--config", default="configs/basic.yaml")
     parser.add_argument("--use-gguf", action="store_true", help="decide with the config's GGUF file")
     parser.add_argument("--model-path", help="override model.checkpoint_path (a folder or a .gguf file)")
+    parser.add_argument("--device", choices=("cpu", "cuda", "auto"), help="where the model runs (inference.device)")
     parser.add_argument("--request", help="one request; without it, JSONL objects are read from stdin")
     parser.add_argument("--context")
     parser.add_argument("--user-id")
@@ -61,6 +62,8 @@ def main(argv: list[str] | None = None) -> int:
     args = parser.parse_args(argv)
     warnings.filterwarnings("ignore", message=".*is_gradient_checkpointing.*")
     overrides = list(args.overrides)
+    if args.device:
+        overrides.append(f"inference.device={args.device}")
     if args.use_gguf:
         overrides.append("model.use_gguf=true")
     if args.model_path:

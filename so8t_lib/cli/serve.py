@@ -32,11 +32,14 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--log-dir", help="folder of the audit log, queue, spool and flag file (else SO8T_LOG_DIR)")
     parser.add_argument("--use-gguf", action="store_true", help="decide with the config's GGUF file")
     parser.add_argument("--model-path", help="override model.checkpoint_path (a folder or a .gguf file)")
+    parser.add_argument("--device", choices=("cpu", "cuda", "auto"), help="where the model runs (inference.device)")
     parser.add_argument("--test-mode", action="store_true", help="records and cases marked as tests; no notifications")
     parser.add_argument("overrides", nargs="*", help="key=value, e.g. service.max_batch=16")
     args = parser.parse_args(argv)
     warnings.filterwarnings("ignore", message=".*is_gradient_checkpointing.*")
     overrides = list(args.overrides)
+    if args.device:
+        overrides.append(f"inference.device={args.device}")
     if args.use_gguf:
         overrides.append("model.use_gguf=true")
     if args.model_path:

@@ -59,6 +59,10 @@ class InferenceConfig(_Section):
     decision_timeout_s: float = Field(30.0, gt=0, description="past this the gate fails closed (ESCALATE)")
     generation_timeout_s: float = Field(120.0, gt=0, description="past this an ALLOW comes without its answer")
     generate_responses: bool = Field(True, description="write task_response / rationale with TaskHeadA")
+    device: Literal["cpu", "cuda", "auto"] = Field("cpu", description="where the model runs; cuda is refused by "
+                                                   "name when torch or llama-cpp-python cannot use a GPU; auto: "
+                                                   "cuda when they can, else cpu")
+    gpu_layers: int = Field(-1, ge=-1, description="layers of a GGUF file offloaded on cuda (-1: all)")
 
     @field_validator("top_p")
     @classmethod

@@ -75,7 +75,8 @@ class Agent:
         self.decider, self.load_error = decider, None
         if decider is None and config.mode != "emergency":  # emergency mode never consults a model
             try:
-                self.decider = load_decider(config.model.model_path())
+                self.decider = load_decider(config.model.model_path(), config.inference.device,
+                                            config.inference.gpu_layers)
             except Exception as exc:  # noqa: BLE001 - the gate must still answer (fail closed)
                 self.load_error = f"model could not be loaded: {type(exc).__name__}: {exc}"
                 logger.error("%s", self.load_error)

@@ -1,0 +1,64 @@
+"""Where the model runs: inference.device reaches both backends, and a GPU that cannot be used is named, never
+silently replaced by the CPU (the gate then fails closed like any model that cannot load)."""
+
+import pytest
+
+from so8t_lib.export.gguf_meta import GGUFError
+from so8t_lib.serve import backends
+from so8t_lib.serve.config import RuntimeConfig
+from so8t_lib.serve.runtime import Agent
+
+
+def test_cuda_on_a_machine_without_it_is_refused_by_name(monkeypatch):
+    import torch
+
+    monkeypatch.setattr(torch.cuda, "is_available", lambda: False)
+    assert backends._torch_device("cpu") == "cpu" and backends._torch_device("auto") == "cpu"
+    with pytest.raises(RuntimeError, match="torch sees no CUDA device.*inference.device: cpu"):
+        backends._torch_device("cuda")
+    monkeypatch.setattr(torch.cuda, "is_available", lambda: True)
+    assert backends._torch_device("auto") == "cuda" and backends._torch_device("cuda") == "cuda"
+
+
+@pytest.mark.parametrize("offload, device, expected", [
+    (False, "cpu", 0), (False, "auto", 0), (True, "auto", -1), (True, "cuda", 20), (True, "cpu", 0)])
+def test_gguf_layers_offloaded_per_device(monkeypatch, offload, device, expected):
+    llama_cpp = pytest.importorskip("llama_cpp")
+    monkeypatch.setattr(llama_cpp, "llama_supports_gpu_offload", lambda: offload)
+    assert backends._gguf_gpu_layers(device, 20 if device == "cuda" else -1) == expected
+
+
+def test_a_cpu_only_llama_cpp_asked_for_cuda_says_how_to_rebuild(monkeypatch):
+    llama_cpp = pytest.importorskip("llama_cpp")
+    monkeypatch.setattr(llama_cpp, "llama_supports_gpu_offload", lambda: False)
+    with pytest.raises(GGUFError, match="without a GPU backend.*GGML_CUDA=on"):
+        backends._gguf_gpu_layers("cuda", -1)
+
+
+def test_load_decider_passes_the_offload_to_the_gguf_backend(monkeypatch, tmp_path):
+    pytest.importorskip("llama_cpp")
+    from so8t_lib.serve import gguf_backend
+
+    seen = {}
+    monkeypatch.setattr(gguf_backend, "GGUFBackend", lambda path, **kwargs: seen.update(path=path, **kwargs) or seen)
+    monkeypatch.setattr(backends, "_gguf_gpu_layers", lambda device, layers: 7 if device == "cuda" else 0)
+    backends.load_decider(tmp_path / "m.gguf", device="cuda")
+    assert seen["n_gpu_layers"] == 7
+    with pytest.raises(ValueError, match="device must be one of"):
+        backends.load_decider(tmp_path / "m.gguf", device="gpu")
+
+
+def test_an_agent_told_to_use_a_missing_gpu_fails_closed_and_says_why(tmp_path, monkeypatch):
+    import torch
+
+    monkeypatch.setattr(torch.cuda, "is_available", lambda: False)
+    config = RuntimeConfig.model_validate({
+        "model": {"checkpoint_path": str(tmp_path / "no-such-run")}, "inference": {"device": "cuda"},
+        "logging": {"audit_log": str(tmp_path / "audit.jsonl")},
+        "escalation": {"queue_db": str(tmp_path / "q.sqlite"), "enable_notifications": False}})
+    agent = Agent(config)
+    assert "inference.device is cuda" in agent.load_error
+    result = agent.run_agent(None, "経費精算の締め日はいつですか")
+    assert result["decision"] == "ESCALATE" and "fail_closed" in result["flags"]
+    with pytest.raises(ValueError, match="device"):
+        RuntimeConfig.model_validate({"model": {"checkpoint_path": "x"}, "inference": {"device": "gpu"}})
