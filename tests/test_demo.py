@@ -39,9 +39,9 @@ def test_demo_trains_then_reuses_the_run_and_writes_test_metrics(tmp_path, capsy
     assert 0.1 < machine["peak_rss_gb"] < 64
     out = capsys.readouterr().out
     assert "safety_score" in out and "confusion" in out
-    from so8t_lib.serve.router import load_router  # the runtime configs' escalation router, fitted on the run's split
+    from so8t_lib.serve.router import load_router
 
-    router = load_router(run_dir / "router.json")
+    router = load_router(run_dir / "router.json")  # the runtime configs' escalation router, fitted on the run's split
     assert router.fitted_on["source"] == str(data_dir / "train.jsonl") and timings["router_s"] >= 0
     assert f"-> {run_dir / 'router.json'}" in out
     try:
