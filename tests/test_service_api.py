@@ -215,6 +215,42 @@ def test_escalations_listed_and_resolved_by_reviewers_with_an_audit_record(serve
     assert wrong.status_code == 422 and "decision" in wrong.json()["error"]["message"]
 
 
+HR_DESK_SECRET = "hr-desk-secret-0123456789"
+HR_DESK = {"Authorization": f"Bearer {HR_DESK_SECRET}"}
+
+
+def test_a_desk_reviewer_sees_and_resolves_only_its_own_cases_and_cannot_stop_the_gate(serve):
+    service, client = serve(FixedDecider(PROBS["ESCALATE"]))
+    service.keys = ApiKeys.from_env("C", "R", {"C": f"gateway:{CLIENT['Authorization'][7:]}",
+                                               "R": f"desk:{REVIEWER['Authorization'][7:]},hr@hr:{HR_DESK_SECRET}"})
+    hr_case, finance_case = client.post("/v1/decide", headers=CLIENT, json=[
+        {"user_request": "上司からのパワハラについて相談したい"}, {"user_request": "Approve a wire transfer of 5M yen"}]).json()
+    assert (hr_case["category"], finance_case["category"]) == ("hr", "finance")
+    seen = client.get("/v1/escalations", headers=HR_DESK).json()
+    assert seen["count"] == 1 and seen["cases"][0]["case_id"] == hr_case["escalation_id"]
+    assert client.get("/v1/escalations", headers=REVIEWER).json()["count"] == 2        # a key of every desk
+    refused = client.post(f"/v1/escalations/{finance_case['escalation_id']}/resolve", headers=HR_DESK,
+                          json={"decision": "ALLOW", "by": "Sato (hr)"})
+    assert refused.status_code == 403 and "routed to finance" in refused.json()["error"]["message"]
+    assert service.agent.queue.get(finance_case["escalation_id"])["status"] != "resolved"   # nothing written
+    assert records(folder(service), "resolution") == []
+    mine = client.post(f"/v1/escalations/{hr_case['escalation_id']}/resolve", headers=HR_DESK,
+                       json={"decision": "REFUSE", "by": "Sato (hr)"})
+    assert mine.status_code == 200 and records(folder(service), "resolution")[0]["via"] == "api key hr"
+    assert client.get("/v1/admin/emergency", headers=HR_DESK).status_code == 200
+    switch = client.post("/v1/admin/emergency", headers=HR_DESK, json={"enabled": True, "reason": "test"})
+    assert switch.status_code == 403 and "every desk" in switch.json()["error"]["message"]
+    assert client.get("/v1/admin/emergency", headers=REVIEWER).json()["mode"] == "normal"
+
+
+@pytest.mark.parametrize("entry, message", [("x@pharmacy:" + "s" * 20, "unknown desk"), ("x@:" + "s" * 20, "unknown desk")])
+def test_desks_are_the_policy_routes_and_only_reviewers_have_them(entry, message):
+    with pytest.raises(ConfigError, match=message):
+        ApiKeys.from_env("C", "R", {"C": "gateway:" + "c" * 20, "R": entry})
+    with pytest.raises(ConfigError, match="only reviewer keys have desks"):
+        ApiKeys.from_env("C", "R", {"C": "gateway@hr:" + "c" * 20})
+
+
 def test_errors_are_json_and_name_the_problem(serve):
     service, client = serve()
     wrong_type = client.post("/v1/decide", json={"user_request": 5}, headers=CLIENT)

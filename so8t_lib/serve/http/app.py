@@ -155,6 +155,9 @@ def create_app(service: Service) -> FastAPI:
         logger.exception("unhandled error on %s", request.url.path)
         return _error(500, "internal_error", f"{type(exc).__name__}: the service failed; no decision was made")
 
+    class DeskRefused(Exception):
+        """A reviewer key limited to other desks than the case's route."""
+
     def role(required: str):
         def check(credentials: HTTPAuthorizationCredentials | None = BEARER) -> ApiKey:
             if credentials is None:
@@ -221,7 +224,8 @@ def create_app(service: Service) -> FastAPI:
                           limit: Annotated[int, Query(ge=1, le=1000)] = 100):
         def listing() -> list[dict]:
             statuses = UNRESOLVED_STATUSES if status == UNRESOLVED else (status,)
-            return [c for s in statuses for c in service.agent.queue.list(s, overdue, include_tests)]
+            return [c for s in statuses for c in service.agent.queue.list(s, overdue, include_tests)
+                    if key.reviews(c.get("category"))]
         try:
             cases = await run_in_threadpool(listing)
         except QueueError as exc:
@@ -248,9 +252,17 @@ def create_app(service: Service) -> FastAPI:
                           "supersedes": resolution["supersedes"], "test": resolution["test"],
                           "via": f"api key {key.name}"})
 
+        def resolve_on_its_desk() -> dict:
+            category = service.agent.queue.get(case_id)["category"]  # KeyError: no such case
+            if not key.reviews(category):
+                raise DeskRefused(f"the case is routed to {category}; the key {key.name!r} reviews "
+                                  f"{sorted(key.desks or [])}")
+            return service.agent.queue.resolve(case_id, body.decision, body.by, body.note, body.supersede, record)
+
         try:
-            case = await run_in_threadpool(service.agent.queue.resolve, case_id, body.decision, body.by, body.note,
-                                           body.supersede, record)
+            case = await run_in_threadpool(resolve_on_its_desk)
+        except DeskRefused as exc:
+            raise ApiError(403, "forbidden", str(exc)) from None
         except KeyError:
             raise ApiError(404, "not_found", f"no escalation case {case_id!r}") from None
         except AlreadyResolved as exc:
@@ -274,6 +286,9 @@ def create_app(service: Service) -> FastAPI:
               responses=errors(400, 401, 403, 413, 422, 503),
               summary="Hold (enabled: true) or release emergency mode: every request escalated; audited")
     async def emergency(body: EmergencyRequest, key: ApiKey = reviewer):
+        if key.desks is not None:
+            raise ApiError(403, "forbidden", f"the key {key.name!r} reviews {sorted(key.desks)} only; the emergency "
+                           "switch stops the whole gate and needs a reviewer key of every desk")
         try:
             state = await run_in_threadpool(service.switch.set, API, body.enabled, f"api key {key.name}", body.reason)
         except SwitchRefused as exc:

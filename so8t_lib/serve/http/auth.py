@@ -5,6 +5,11 @@ Keys come from environment variables only (the config names the variables, defau
 name appears in metrics and in audit records of what a key did (a resolution, the emergency switch);
 the secret is kept only as its sha256 and compared in constant time. Two roles: a *client* may ask for
 decisions; a *reviewer* may also list and resolve escalations and throw the emergency switch.
+
+A reviewer key may be limited to desks, the routes of the safety policy: ``sato@medical:secret`` or
+``ito@legal+hr:secret``. Such a key lists and resolves only the cases routed to its desks (an HR or medical
+case is for its own desk's eyes) and may read but not throw the emergency switch; a key without ``@`` reviews
+every desk.
 """
 
 from __future__ import annotations
@@ -20,6 +25,7 @@ from collections.abc import Mapping
 from dataclasses import dataclass
 
 from ...core.config import ConfigError
+from ...core.schema import ROUTE_CATEGORIES
 
 CLIENT, REVIEWER = "client", "reviewer"
 ROLES = (CLIENT, REVIEWER)
@@ -32,10 +38,28 @@ class ApiKey:
     name: str
     role: str
     digest: bytes
+    desks: frozenset[str] | None = None  # a reviewer's routes; None: every desk
 
     def may(self, role: str) -> bool:
         """A reviewer may do what a client may; a client may not review."""
         return self.role == REVIEWER or role == CLIENT
+
+    def reviews(self, category: str | None) -> bool:
+        """Whether this reviewer may see and resolve a case routed to ``category``."""
+        return self.role == REVIEWER and (self.desks is None or category in self.desks)
+
+
+def _name_and_desks(label: str, role: str, where: str) -> tuple[str, frozenset[str] | None]:
+    name, at, desks = label.partition("@")
+    if not at:
+        return name, None
+    if role != REVIEWER:
+        raise ConfigError(f"{where} ({name}): only reviewer keys have desks (name@desk+desk:secret)")
+    chosen = desks.split("+")
+    unknown = [d for d in chosen if d not in ROUTE_CATEGORIES]
+    if not desks or unknown:
+        raise ConfigError(f"{where} ({name}): unknown desk {unknown or [desks]}; desks are {list(ROUTE_CATEGORIES)}")
+    return name, frozenset(chosen)
 
 
 def _digest(secret: str) -> bytes:
@@ -57,14 +81,15 @@ class ApiKeys:
         keys: list[ApiKey] = []
         for role in ROLES:
             for n, entry in enumerate(filter(None, (e.strip() for e in (entries.get(role) or "").split(","))), 1):
-                name, sep, secret = entry.partition(":")
+                label, sep, secret = entry.partition(":")
                 where = f"{env_names[role]} entry {n}"
+                name, desks = _name_and_desks(label, role, where)
                 if not sep or not KEY_NAME.fullmatch(name):
                     raise ConfigError(f"{where}: write name:secret (a name of letters, digits, . _ -)")
                 if len(secret) < MIN_SECRET_CHARS:
                     raise ConfigError(f"{where} ({name}): the secret must have at least {MIN_SECRET_CHARS} "
                                       "characters (e.g. python -c 'import secrets; print(secrets.token_urlsafe(32))')")
-                keys.append(ApiKey(name, role, _digest(secret)))
+                keys.append(ApiKey(name, role, _digest(secret), desks))
         if not keys:
             raise ConfigError(f"no API keys: set {env_names[CLIENT]} (and {env_names[REVIEWER]} for reviewers) "
                               "to name:secret,... in the environment")
