@@ -215,6 +215,22 @@ def test_escalations_listed_and_resolved_by_reviewers_with_an_audit_record(serve
     assert wrong.status_code == 422 and "decision" in wrong.json()["error"]["message"]
 
 
+def test_the_client_that_asked_learns_what_a_person_decided_and_nothing_else(serve):
+    service, client = serve(FixedDecider(PROBS["ESCALATE"]))
+    asked = client.post("/v1/decide", headers=CLIENT, json={"user_request": "Can I see Tanaka-san's salary?"}).json()
+    case_id = asked["escalation_id"]
+    before = client.get(f"/v1/escalations/{case_id}/outcome", headers=CLIENT)
+    assert before.status_code == 200 and before.json()["human_decision"] is None
+    assert before.json()["request_id"] == asked["request_id"] and before.json()["status"] != "resolved"
+    client.post(f"/v1/escalations/{case_id}/resolve", headers=REVIEWER,
+                json={"decision": "REFUSE", "by": "Sato (hr)", "note": "pay of a named person"})
+    after = client.get(f"/v1/escalations/{case_id}/outcome", headers=CLIENT).json()
+    assert after["status"] == "resolved" and after["human_decision"] == "REFUSE" and after["resolved_at"]
+    assert not {"input", "note", "resolved_by", "user_id", "rationale"} & set(after)   # the reviewer's side stays there
+    assert client.get("/v1/escalations/esc_nope/outcome", headers=CLIENT).status_code == 404
+    assert client.get(f"/v1/escalations/{case_id}/outcome").status_code == 401
+
+
 HR_DESK_SECRET = "hr-desk-secret-0123456789"
 HR_DESK = {"Authorization": f"Bearer {HR_DESK_SECRET}"}
 

@@ -2,6 +2,7 @@
 
     POST /v1/decide                    one request or a list -> the run_agent result(s)      client
     POST /v1/moderations               OpenAI moderation shape (input: text or list)         client
+    GET  /v1/escalations/{id}/outcome  where an escalated request stands, what a person decided  client
     GET  /v1/escalations?status=open   the escalation queue                                  reviewer
     POST /v1/escalations/{id}/resolve  a person's decision, audited                          reviewer
     GET|POST /v1/admin/emergency       the emergency switch, audited                         reviewer
@@ -22,6 +23,7 @@ from contextlib import asynccontextmanager
 from typing import Annotated, Any, Literal
 
 from fastapi import Body, Depends, FastAPI, Query, Request
+from fastapi import Path as FastPath
 from fastapi.exceptions import RequestValidationError
 from fastapi.responses import HTMLResponse, JSONResponse, Response
 from fastapi.security import HTTPAuthorizationCredentials, HTTPBearer
@@ -47,6 +49,7 @@ from .schemas import (
     EmergencyState,
     EscalationCase,
     EscalationList,
+    EscalationOutcome,
     Health,
     ModerationResponse,
     Readiness,
@@ -57,6 +60,7 @@ from .schemas import (
 )
 from .service import UNRESOLVED_STATUSES, Service
 
+CASE_ID_PATTERN = r"^[A-Za-z0-9_-]{1,64}$"  # case ids are esc_ and hex; anything else cannot name one
 logger = logging.getLogger("so8t.service")
 BEARER = Depends(HTTPBearer(auto_error=False, description="an API key: Authorization: Bearer <secret>"))
 
@@ -233,6 +237,19 @@ def create_app(service: Service) -> FastAPI:
         cases.sort(key=lambda c: (c["created_at"], c["case_id"]))
         shown = [EscalationCase.model_validate(c).model_dump() for c in cases[:limit]]
         return SafeJSONResponse({"count": len(cases), "cases": shown})
+
+    @app.get("/v1/escalations/{case_id}/outcome", response_model=EscalationOutcome, tags=["gate"],
+             responses=errors(401, 403, 404, 503),
+             summary="Where an escalated request stands and what a person decided (for the client that asked)")
+    async def outcome(case_id: Annotated[str, FastPath(pattern=CASE_ID_PATTERN, description="the escalation_id "
+                                                       "of the decision")], key: ApiKey = client):
+        try:
+            case = await run_in_threadpool(service.agent.queue.get, case_id)
+        except KeyError:
+            raise ApiError(404, "not_found", f"no escalation case {case_id!r}") from None
+        except QueueError as exc:
+            raise ApiError(503, "queue_unavailable", str(exc), {"Retry-After": "2"}) from None
+        return SafeJSONResponse(EscalationOutcome.model_validate(case).model_dump())
 
     @app.post("/v1/escalations/{case_id}/resolve", response_model=Resolution, tags=["review"],
               responses=errors(400, 401, 403, 404, 409, 413, 422, 503),

@@ -119,6 +119,18 @@ class EscalationCase(BaseModel):
     notifications: list[dict[str, Any]] = []
 
 
+class EscalationOutcome(BaseModel):
+    """What the person who asked may learn of their escalated request: where it stands and what a person
+    decided, without the stored input, the reviewer's name or note."""
+    case_id: str
+    request_id: str | None = None
+    category: str | None = None
+    status: str
+    overdue: bool
+    human_decision: str | None = None
+    resolved_at: str | None = None
+
+
 class EscalationList(BaseModel):
     count: int
     cases: list[EscalationCase]
