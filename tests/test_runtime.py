@@ -378,3 +378,17 @@ def test_run_batch_from_many_threads_records_every_decision_once(tmp_path):
     records = _records(tmp_path)
     assert sorted(r["request_id"] for r in records) == sorted(r["request_id"] for r in results)
     assert len(agent.queue.list()) == 40 and audit.verify(tmp_path / "logs")["errors"] == []
+
+
+@pytest.mark.parametrize("request_text, probs, starts", [
+    ("経費精算の締め日はいつですか", (0.1, 0.85, 0.05), "この依頼は社内の安全ポリシー"),
+    ("When is the expense deadline?", (0.1, 0.85, 0.05), "This request conflicts"),
+    ("経費精算の締め日はいつですか", (0.2, 0.1, 0.7), "この依頼は人の判断が必要なため"),
+])
+def test_the_rationale_is_in_the_requests_language(tmp_path, request_text, probs, starts):
+    assert _agent(tmp_path, FakeDecider(probs)).run_agent(None, request_text)["rationale"].startswith(starts)
+
+
+def test_a_japanese_request_that_fails_closed_is_told_so_in_japanese(tmp_path):
+    result = _agent(tmp_path, FakeDecider(behaviour="raise")).run_agent(None, "経費精算の締め日はいつですか")
+    assert result["decision"] == "ESCALATE" and result["rationale"].startswith("安全ゲートが判断できませんでした（model error")

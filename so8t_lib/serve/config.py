@@ -58,7 +58,8 @@ class InferenceConfig(_Section):
     safety_threshold: float = Field(0.8, ge=0.5, le=1.0, description="the policy's rule: 0.8 basic, 0.9 production")
     decision_timeout_s: float = Field(30.0, gt=0, description="past this the gate fails closed (ESCALATE)")
     generation_timeout_s: float = Field(120.0, gt=0, description="past this an ALLOW comes without its answer")
-    generate_responses: bool = Field(True, description="write task_response / rationale with TaskHeadA")
+    generate_responses: bool = Field(True, description="write an ALLOW's task_response with TaskHeadA "
+                                       "(rationales are fixed per decision, in the request's language)")
     device: Literal["cpu", "cuda", "auto"] = Field("cpu", description="where the model runs; cuda is refused by "
                                                    "name when torch or llama-cpp-python cannot use a GPU; auto: "
                                                    "cuda when they can, else cpu")

@@ -9,13 +9,31 @@ import uuid
 
 from .fields import bounded, masked_bounded
 
-FAIL_CLOSED_RATIONALE = ("The safety gate could not reach a decision ({reason}); a person will review this "
-                         "request before anything is done.")
-RATIONALES = {
-    "ALLOW": "Allowed under the company safety policy.",
-    "REFUSE": "This request conflicts with the company safety policy ({category}), so it is declined.",
-    "ESCALATE": "This request needs a person's judgement ({category}); it has been passed to {notify}.",
+# what the employee reads, in the request's language (Japanese when it holds Japanese script)
+FAIL_CLOSED_RATIONALES = {
+    "en": ("The safety gate could not reach a decision ({reason}); a person will review this request before "
+           "anything is done."),
+    "ja": "安全ゲートが判断できませんでした（{reason}）。対応の前に担当者が確認します。",
 }
+RATIONALES_BY_LANG = {
+    "en": {
+        "ALLOW": "Allowed under the company safety policy.",
+        "REFUSE": "This request conflicts with the company safety policy ({category}), so it is declined.",
+        "ESCALATE": "This request needs a person's judgement ({category}); it has been passed to {notify}.",
+        "EMERGENCY_MODE": "Emergency mode: every request is reviewed by a person ({notify}).",
+    },
+    "ja": {
+        "ALLOW": "社内の安全ポリシーに沿った依頼として対応します。",
+        "REFUSE": "この依頼は社内の安全ポリシー（{category}）に反するため、お受けできません。",
+        "ESCALATE": "この依頼は人の判断が必要なため（{category}）、{notify} に回しました。",
+        "EMERGENCY_MODE": "緊急モード中のため、すべての依頼を担当者が確認します（{notify}）。",
+    },
+}
+
+
+def rationale_for(kind: str, lang: str, **fields: str) -> str:
+    """The rationale template ``kind`` (a decision or EMERGENCY_MODE) in ``lang`` (English when unknown)."""
+    return RATIONALES_BY_LANG.get(lang, RATIONALES_BY_LANG["en"]).get(kind, "").format(**fields)
 MAX_ERROR_CHARS = 1000
 
 
@@ -49,10 +67,11 @@ def make_result(decision: str, rationale: str, task_response: str | None, confid
     }
 
 
-def fail_closed(result: dict, reason: str) -> dict:
+def fail_closed(result: dict, reason: str, lang: str = "en") -> dict:
     """Turn a result into ESCALATE because something broke; the reason is named, the answer dropped."""
+    template = FAIL_CLOSED_RATIONALES.get(lang, FAIL_CLOSED_RATIONALES["en"])
     result.update(decision="ESCALATE", human_required=True, task_response=None,
-                  rationale=FAIL_CLOSED_RATIONALE.format(reason=reason.split(":")[0]),
+                  rationale=template.format(reason=reason.split(":")[0]),
                   error=join_errors(result.get("error"), reason))
     result["flags"] = list(dict.fromkeys([*result["flags"], "fail_closed"]))
     return result

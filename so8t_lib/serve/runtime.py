@@ -33,6 +33,7 @@ import numpy as np
 from ..core.checkpoint import UNVERIFIED_MARK
 from ..core.config import ConfigError, parse_size
 from ..core.schema import LABELS
+from ..data.tables import detect_lang
 from .applog import configure_logging
 from .audit import AuditLog, AuditWriteError
 from .audit_verify import make_fernet
@@ -45,13 +46,13 @@ from .fields import bounded, pseudonym
 from .masking import mask_personal_data
 from .notify import NO_CHANNEL, Notifier
 from .outcome import (
-    RATIONALES,
     audit_record,
     escalation_case,
     fail_closed,
     join_errors,
     make_result,
     new_case_id,
+    rationale_for,
 )
 from .policy import threshold_decisions
 from .request_checks import CleanRequest, InvalidRequest, Unparsed, validate_request
@@ -278,15 +279,15 @@ class Agent:
     def _decide_one(self, clean: CleanRequest, probs, start: float) -> dict:
         urgent = is_urgent(clean.user_request, clean.context)
         category = URGENT_CATEGORY if urgent else self._categorize(clean.user_request, clean.context)
-        route = self.config.escalation.routes[category]
+        notify, lang = self.config.escalation.routes[category].notify or category, detect_lang(clean.user_request)
         if probs is None:  # emergency mode
             decision, confidence, prob_map = "ESCALATE", None, None
-            rationale = f"Emergency mode: every request is reviewed by a person ({route.notify or category})."
+            rationale = rationale_for("EMERGENCY_MODE", lang, notify=notify)
         else:
             decision = str(threshold_decisions(probs[None, :], self.config.inference.safety_threshold)[0])
             confidence = float(probs.max())
             prob_map = {label: round(float(p), 6) for label, p in zip(LABELS, probs)}
-            rationale = RATIONALES.get(decision, "").format(category=category, notify=route.notify or category)
+            rationale = rationale_for(decision, lang, category=category, notify=notify)
         result = make_result(decision, rationale, None, confidence, prob_map, category, self.model_version,
                              self._flags(clean.flags))
         if urgent:
@@ -315,7 +316,7 @@ class Agent:
         urgent = is_urgent(text, context)
         category = URGENT_CATEGORY if urgent else self._categorize(text or "", context)
         result = fail_closed(make_result("ESCALATE", "", None, None, None, category, self.model_version,
-                                         self._flags(flags or [])), reason)
+                                         self._flags(flags or [])), reason, detect_lang(text or ""))
         if urgent:
             mark_urgent(result, text)
         return self._finish(result, text, user_id, start)
@@ -343,7 +344,7 @@ class Agent:
                 return result
             except AuditWriteError as exc:
                 self._audit_failed(result, exc)
-                fail_closed(result, f"audit write failed: {exc}")
+                fail_closed(result, f"audit write failed: {exc}", detect_lang(request or ""))
         return self._escalate(result, request, user_id, start)
 
     def _escalate(self, result: dict, request: str | None, user_id: str | None, start: float) -> dict:
