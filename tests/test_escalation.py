@@ -191,6 +191,36 @@ def test_resolve_from_the_command_line(tmp_path, capsys):
     assert case_id in capsys.readouterr().out
 
 
+def test_redact_blanks_old_resolved_texts_keeps_the_decisions_and_is_audited(tmp_path, capsys):
+    agent = _agent(tmp_path, enable_notifications=False)
+    resolved = agent.run_agent(None, "田中さんの契約書の条項について法務の判断が必要です", "tanaka@example.com")
+    still_open = agent.run_agent(None, "契約書の条項について法務の判断が必要です", "u2")
+    db = str(tmp_path / "cases.sqlite")
+    so8t(["escalation", "--db", db, "resolve", resolved["escalation_id"], "--decision", "ALLOW", "--by", "Sato",
+          "--note", "signed by Tanaka-san"])
+    tomorrow = (dt.datetime.now(dt.UTC) + dt.timedelta(days=1)).date().isoformat()
+    queue = escalation.EscalationQueue(db)
+    before = {c["case_id"]: c for c in queue.list()}
+    so8t(["escalation", "--db", db, "redact", "--resolved-before", tomorrow, "--dry-run"])
+    assert "would blank the texts of 1 case(s)" in capsys.readouterr().out
+    assert {c["case_id"]: c for c in queue.list()} == before                      # a dry run changes nothing
+    so8t(["escalation", "--db", db, "redact", "--resolved-before", "2000-01-01"])
+    assert "blanked the texts of 0 case(s)" in capsys.readouterr().out
+    so8t(["escalation", "--db", db, "redact", "--resolved-before", tomorrow])
+    assert resolved["escalation_id"] in capsys.readouterr().out
+    case = queue.get(resolved["escalation_id"])
+    assert case["input"] is case["user_id"] is case["note"] is case["rationale"] is None
+    assert (case["status"], case["human_decision"], case["resolved_by"], case["category"]) == (
+        "resolved", "ALLOW", "Sato", "legal")
+    assert [h["note"] for h in queue.history(resolved["escalation_id"])] == [None]
+    assert queue.get(still_open["escalation_id"])["input"] == before[still_open["escalation_id"]]["input"]
+    records = [json.loads(line) for line in (tmp_path / "audit.jsonl").read_text(encoding="utf-8").splitlines()]
+    assert records[-1]["event"] == "redaction" and records[-1]["case_ids"] == [resolved["escalation_id"]]
+    assert so8t(["audit", "verify", str(tmp_path)]) in (0, None)                   # the chain still holds
+    with pytest.raises(SystemExit):
+        so8t(["escalation", "--db", db, "redact", "--resolved-before", "last year"])
+
+
 def test_no_password_goes_to_a_server_without_starttls(tmp_path, smtp_server, monkeypatch):
     port, mails = smtp_server  # aiosmtpd here offers no STARTTLS
     monkeypatch.setenv("SMTP_USERNAME", "so8t")

@@ -3,18 +3,21 @@
     so8t escalation list [--status open] [--overdue] [--no-tests]
     so8t escalation resolve CASE_ID --decision ALLOW|REFUSE --by NAME [--note TEXT] [--supersede]
     so8t escalation history CASE_ID
+    so8t escalation redact --resolved-before 2026-09-01 [--dry-run]
 
 The queue is found as the runtime finds it: --db (a file or a postgresql:// URL), else
 $SO8T_ESCALATION_DB, else $SO8T_ESCALATION_URL, else the --config's queue (escalation.queue_url, or
 queue_db moved into $SO8T_LOG_DIR when set), else $SO8T_LOG_DIR/escalations.sqlite, else
 logs/escalations.sqlite. A path that is not an existing queue is an error, never a new empty
-database. Each resolution is appended to the case's history and written to the audit log (next to
+database. ``redact`` blanks the stored texts (user id, input, rationale, notes) of cases resolved before
+a date, keeping decisions, names and times (retention of personal data; audited). Each resolution is appended to the case's history and written to the audit log (next to
 the queue unless --audit-log or --config says otherwise); a second resolution needs --supersede.
 """
 
 from __future__ import annotations
 
 import argparse
+import datetime as dt
 import json
 import os
 import sys
@@ -52,6 +55,27 @@ def _locations(args) -> tuple[str | Path, Path, str | None, str | None]:
     return db, audit, os.environ.get(enc_env), os.environ.get(mac_env)
 
 
+def _utc_date(text: str) -> dt.datetime:
+    try:
+        return dt.datetime.combine(dt.date.fromisoformat(text), dt.time(), tzinfo=dt.UTC)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"{text!r} is not a date (YYYY-MM-DD)") from None
+
+
+def _redact(queue: EscalationQueue, audit: AuditLog, before: dt.datetime, dry_run: bool) -> int:
+    def record(ids: list[str]) -> None:
+        audit.append({"event": "redaction", "timestamp": utc_timestamp(), "resolved_before": before.date().isoformat(),
+                      "cases": len(ids), "case_ids": ids, "fields": ["user_id", "input", "rationale", "note"]})
+
+    ids = queue.redact_resolved(before, dry_run=dry_run, before_commit=record)
+    verb = "would blank" if dry_run else "blanked"
+    print(f"{verb} the texts of {len(ids)} case(s) resolved before {before.date()}"
+          + ("" if dry_run else f"; recorded in {audit.path}"))
+    for case_id in ids:
+        print(case_id)
+    return 0
+
+
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(prog="so8t escalation", description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--db", help="the queue: a SQLite file or a postgresql:// URL (default: see above)")
@@ -70,6 +94,10 @@ def main(argv: list[str] | None = None) -> int:
     p_resolve.add_argument("--audit-log", help="the audit log that records the resolution")
     p_history = sub.add_parser("history", help="every resolution of a case, oldest first")
     p_history.add_argument("case_id")
+    p_redact = sub.add_parser("redact", help="blank the texts of cases resolved before a date (retention)")
+    p_redact.add_argument("--resolved-before", required=True, type=_utc_date, help="a date (UTC), e.g. 2026-09-01")
+    p_redact.add_argument("--dry-run", action="store_true", help="list the cases, change nothing")
+    p_redact.add_argument("--audit-log", help="the audit log that records the redaction")
     args = parser.parse_args(argv)
     try:
         db, audit_path, enc_key, mac_key = _locations(args)
@@ -84,6 +112,8 @@ def main(argv: list[str] | None = None) -> int:
                 print(json.dumps(entry, ensure_ascii=False))
             return 0
         audit = AuditLog(audit_path, encryption_key=enc_key, hmac_key=mac_key)
+        if args.command == "redact":
+            return _redact(queue, audit, args.resolved_before, args.dry_run)
 
         def record(resolution: dict) -> None:
             audit.append({"event": "resolution", "timestamp": utc_timestamp(), "request_id": resolution["request_id"],

@@ -3,6 +3,7 @@
     so8t escalation list [--status open] [--overdue]
     so8t escalation resolve CASE_ID --decision ALLOW|REFUSE --by NAME [--note TEXT] [--supersede]
     so8t escalation history CASE_ID
+    so8t escalation redact --resolved-before DATE [--dry-run]
 
 ``CaseStore`` is everything the runtime and the command line need from a queue; ``EscalationQueue``
 implements it with SQLAlchemy on a SQLite file (the embedded default; WAL, a bounded busy wait) or
@@ -295,6 +296,27 @@ class EscalationQueue:
                               .where(cases.c.due_at.is_not(None)).where(cases.c.due_at <= stamp)
                               .values(overdue_at=stamp).returning(cases.c.case_id)).fetchall()
         return sorted(r[0] for r in rows)
+
+    def redact_resolved(self, before: dt.datetime, dry_run: bool = False,
+                        before_commit: Callable[[list[str]], None] | None = None) -> list[str]:
+        """Blank the stored texts (user id, input, rationale, notes) of cases resolved before ``before``; the
+        decisions, who made them and when, the category and the history rows stay. ``before_commit`` (e.g. the
+        audit record of the redaction) runs inside the transaction: if it fails, nothing is redacted."""
+        self._ensure_schema()
+        stamp = iso(before)
+        due = ((cases.c.status == "resolved") & (cases.c.resolved_at < stamp)
+               & (cases.c.input.is_not(None) | cases.c.user_id.is_not(None) | cases.c.rationale.is_not(None)
+                  | cases.c.note.is_not(None)))
+        with self._db(write=not dry_run) as db:
+            ids = sorted(r[0] for r in db.execute(select(cases.c.case_id).where(due)).fetchall())
+            if dry_run or not ids:
+                return ids
+            db.execute(update(cases).where(cases.c.case_id.in_(ids)).values(user_id=None, input=None, rationale=None,
+                                                                            note=None))
+            db.execute(update(resolutions).where(resolutions.c.case_id.in_(ids)).values(note=None))
+            if before_commit is not None:
+                before_commit(ids)
+        return ids
 
     def raw_sqlite(self):
         """A plain sqlite3 connection to the queue file (SQLite's online backup API needs one)."""
