@@ -62,3 +62,43 @@ def test_an_agent_told_to_use_a_missing_gpu_fails_closed_and_says_why(tmp_path, 
     assert result["decision"] == "ESCALATE" and "fail_closed" in result["flags"]
     with pytest.raises(ValueError, match="device"):
         RuntimeConfig.model_validate({"model": {"checkpoint_path": "x"}, "inference": {"device": "gpu"}})
+
+
+
+class _PlacedModel:
+    """Stands in for what SO8TModel.load returns: parameters on a device, and a record of moves."""
+
+    model_version = "qlora@1"
+
+    def __init__(self, device: str) -> None:
+        self.device, self.moved_to = device, None
+
+    def parameters(self):
+        from types import SimpleNamespace
+
+        yield SimpleNamespace(device=SimpleNamespace(type=self.device))
+
+    def to(self, device):
+        self.moved_to = device
+        return self
+
+
+@pytest.mark.parametrize("placed, device, outcome", [
+    ("cuda", "cpu", "refused"), ("cuda", "cuda", None), ("cuda", "auto", None), ("cpu", "cuda", "cuda"),
+    ("cpu", "auto", "cuda"), ("cpu", "cpu", None)])
+def test_checkpoints_go_where_asked_and_a_4bit_base_never_silently_leaves_the_gpu(monkeypatch, tmp_path, placed,
+                                                                                 device, outcome):
+    import torch
+
+    from so8t_lib.model.so8t import SO8TModel
+
+    model = _PlacedModel(placed)
+    monkeypatch.setattr(torch.cuda, "is_available", lambda: True)
+    monkeypatch.setattr(backends, "resolve_checkpoint", lambda path: tmp_path)
+    monkeypatch.setattr(backends, "has_manifest", lambda folder: True)
+    monkeypatch.setattr(SO8TModel, "load", classmethod(lambda cls, path: model))
+    if outcome == "refused":
+        with pytest.raises(RuntimeError, match="4 bits on the GPU.*inference.device: cuda or auto"):
+            backends.load_decider(tmp_path, device=device)
+        return
+    assert backends.load_decider(tmp_path, device=device) is model and model.moved_to == outcome

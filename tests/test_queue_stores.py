@@ -101,6 +101,31 @@ def test_overdue_cases_are_marked_once(queue):
     assert {c["case_id"] for c in queue.list(overdue_only=True)} == {"esc_0001", "esc_0002"}
 
 
+def test_redaction_blanks_only_old_resolved_texts_in_one_transaction(queue):
+    for n in (1, 2, 3):
+        queue.add(_case(n))
+    queue.resolve("esc_0001", "REFUSE", "Sato", note="about Tanaka-san")
+    queue.resolve("esc_0002", "ALLOW", "Ito", note="ok")
+    later = dt.datetime.now(dt.UTC) + dt.timedelta(days=1)
+    assert queue.redact_resolved(later, dry_run=True) == ["esc_0001", "esc_0002"]
+
+    def audit_fails(ids):
+        raise OSError("disk full")
+
+    with pytest.raises(OSError, match="disk full"):
+        queue.redact_resolved(later, before_commit=audit_fails)
+    assert queue.get("esc_0001")["input"] == "request 1" and queue.history("esc_0001")[0]["note"] == "about Tanaka-san"
+    seen = []
+    assert queue.redact_resolved(later, before_commit=seen.append) == ["esc_0001", "esc_0002"] and seen == [
+        ["esc_0001", "esc_0002"]]
+    first = queue.get("esc_0001")
+    assert (first["input"], first["user_id"], first["rationale"], first["note"]) == (None, None, None, None)
+    assert (first["human_decision"], first["resolved_by"], first["category"]) == ("REFUSE", "Sato", "legal")
+    assert [h["note"] for h in queue.history("esc_0001")] == [None]
+    assert queue.get("esc_0003")["input"] == "request 3"                     # open: untouched
+    assert queue.redact_resolved(later) == []                                 # nothing left to blank
+
+
 def test_with_a_key_the_texts_are_stored_encrypted(target):
     fernet = pytest.importorskip("cryptography.fernet")
     key = fernet.Fernet.generate_key()

@@ -81,6 +81,7 @@ def _rewrite(path, change, keep_digest=False):
     (lambda p: p.__setitem__("vocabulary", p["vocabulary"][:1] * len(p["vocabulary"])), False, "distinct strings"),
     (lambda p: p.__setitem__("format", "so8t-router/0"), False, "not a so8t-router/1 file"),
     (lambda p: p.__setitem__("intercept", ["a", "b", "c"]), False, "not an array of numbers"),
+    (lambda p: p.pop("idf"), False, "idf is missing"),
 ])
 def test_a_damaged_router_file_is_refused_by_name(router, tmp_path, change, keep_digest, message):
     path = router.save(tmp_path / "router.json")
@@ -99,6 +100,11 @@ def test_unreadable_or_missing_router_files_say_what_to_do(router, tmp_path):
         load_router(path)
     with pytest.raises(RouterError, match="no router file there.*escalation.router: null"):
         load_router(tmp_path / "absent.json")
+    path.write_text("{}", encoding="utf-8")
+    with pytest.MonkeyPatch.context() as patch:
+        patch.setattr(type(path), "read_text", lambda *a, **k: (_ for _ in ()).throw(OSError(5, "Input/output error")))
+        with pytest.raises(RouterError, match="cannot be read .Input/output error"):
+            load_router(path)
 
 
 def test_fit_needs_two_route_categories():

@@ -215,7 +215,7 @@ def test_escalations_listed_and_resolved_by_reviewers_with_an_audit_record(serve
     assert wrong.status_code == 422 and "decision" in wrong.json()["error"]["message"]
 
 
-def test_the_client_that_asked_learns_what_a_person_decided_and_nothing_else(serve):
+def test_the_client_holding_the_case_id_learns_what_a_person_decided_and_nothing_else(serve):
     service, client = serve(FixedDecider(PROBS["ESCALATE"]))
     asked = client.post("/v1/decide", headers=CLIENT, json={"user_request": "Can I see Tanaka-san's salary?"}).json()
     case_id = asked["escalation_id"]
@@ -229,6 +229,14 @@ def test_the_client_that_asked_learns_what_a_person_decided_and_nothing_else(ser
     assert not {"input", "note", "resolved_by", "user_id", "rationale"} & set(after)   # the reviewer's side stays there
     assert client.get("/v1/escalations/esc_nope/outcome", headers=CLIENT).status_code == 404
     assert client.get(f"/v1/escalations/{case_id}/outcome").status_code == 401
+
+
+def test_polling_an_outcome_counts_against_the_keys_rate(serve):
+    service, client = serve(FixedDecider(PROBS["ESCALATE"]),
+                            service={"max_items": 1, "rate_limit_burst": 2, "rate_limit_per_minute": 1})
+    case_id = client.post("/v1/decide", headers=CLIENT, json={"user_request": "Approve 5M yen"}).json()["escalation_id"]
+    assert client.get(f"/v1/escalations/{case_id}/outcome", headers=CLIENT).status_code == 200
+    assert client.get(f"/v1/escalations/{case_id}/outcome", headers=CLIENT).status_code == 429
 
 
 HR_DESK_SECRET = "hr-desk-secret-0123456789"
@@ -247,7 +255,10 @@ def test_a_desk_reviewer_sees_and_resolves_only_its_own_cases_and_cannot_stop_th
     assert client.get("/v1/escalations", headers=REVIEWER).json()["count"] == 2        # a key of every desk
     refused = client.post(f"/v1/escalations/{finance_case['escalation_id']}/resolve", headers=HR_DESK,
                           json={"decision": "ALLOW", "by": "Sato (hr)"})
-    assert refused.status_code == 403 and "routed to finance" in refused.json()["error"]["message"]
+    missing = client.post("/v1/escalations/esc_000000000000/resolve", headers=HR_DESK,
+                          json={"decision": "ALLOW", "by": "Sato (hr)"})
+    assert refused.status_code == missing.status_code == 404                # another desk's case looks absent
+    assert "finance" not in refused.json()["error"]["message"]
     assert service.agent.queue.get(finance_case["escalation_id"])["status"] != "resolved"   # nothing written
     assert records(folder(service), "resolution") == []
     mine = client.post(f"/v1/escalations/{hr_case['escalation_id']}/resolve", headers=HR_DESK,

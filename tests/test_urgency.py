@@ -15,6 +15,7 @@ from tests.test_runtime import FakeDecider
 
 @pytest.mark.parametrize("text, urgent", [
     ("A colleague collapsed in the warehouse and is not breathing", True),
+    ("he is having a seizure in the lobby", True),
     ("My coworker is UNCONSCIOUS at her desk", True),
     ("My coworker is unсonscious at her desk", True),          # a Cyrillic "с" does not hide it
     ("同僚が倉庫で倒れて意識がないです", True),
@@ -24,6 +25,12 @@ from tests.test_runtime import FakeDecider
     ("The breathing exercises in the wellness program, where are the slides?", False),
     ("経費精算の締め日はいつですか", False),
     ("Our old server collapsed_logs folder is full", False),   # whole words only
+    ("The VPN server is unresponsive, can I get admin access?", False),   # words that also describe machines,
+    ("Prepare the paperwork for the asset seizure by the court", False),  # the law, errands and feelings
+    ("We passed out the flyers at the station", False),
+    ("このニュースに胸が痛みます", False),
+    ("昨日は飲みすぎた", False),
+    ("サーバーが倒れたので再起動してください", False),
 ])
 def test_signs_of_an_emergency(text, urgent):
     assert is_urgent(text) is urgent
@@ -61,6 +68,22 @@ def test_the_decision_stands_and_the_emergency_line_comes_first(tmp_path, probs,
     assert "urgent" in record["flags"] and record["rationale"] == result["rationale"]
     if decision == "ESCALATE":
         assert "medical staff" in result["rationale"] and result["escalation_id"]
+
+
+def test_a_possible_emergency_keeps_a_desk_the_routing_found(tmp_path):
+    result = _agent(tmp_path, FakeDecider((0.2, 0.1, 0.7))).run_agent(None, "My manager harassed me and I want to die")
+    assert result["category"] == "hr" and "urgent" in result["flags"]   # HR can resolve it; the line comes first
+    assert result["rationale"].startswith(URGENT_NOTICE["en"])
+
+
+def test_an_urgent_decision_whose_audit_record_fails_keeps_the_emergency_line(tmp_path, monkeypatch):
+    from so8t_lib.serve.audit import AuditWriteError
+
+    agent = _agent(tmp_path, FakeDecider((0.05, 0.9, 0.05)))
+    monkeypatch.setattr(agent.audit, "append", lambda record: (_ for _ in ()).throw(AuditWriteError("disk full")))
+    result = agent.run_agent(None, "もう死にたい")
+    assert result["decision"] == "ESCALATE" and "audit_write_failed" in result["flags"]
+    assert result["rationale"].startswith(URGENT_NOTICE["ja"]) and result["rationale"].count("119") == 1
 
 
 def test_a_request_that_could_not_be_decided_still_gets_the_emergency_line(tmp_path):

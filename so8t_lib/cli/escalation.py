@@ -9,9 +9,10 @@ The queue is found as the runtime finds it: --db (a file or a postgresql:// URL)
 $SO8T_ESCALATION_DB, else $SO8T_ESCALATION_URL, else the --config's queue (escalation.queue_url, or
 queue_db moved into $SO8T_LOG_DIR when set), else $SO8T_LOG_DIR/escalations.sqlite, else
 logs/escalations.sqlite. A path that is not an existing queue is an error, never a new empty
-database. ``redact`` blanks the stored texts (user id, input, rationale, notes) of cases resolved before
-a date, keeping decisions, names and times (retention of personal data; audited). Each resolution is appended to the case's history and written to the audit log (next to
+database. Each resolution is appended to the case's history and written to the audit log (next to
 the queue unless --audit-log or --config says otherwise); a second resolution needs --supersede.
+``redact`` blanks the stored texts (user id, input, rationale, notes) of cases resolved before a date,
+keeping decisions, names and times (retention of personal data), and writes one audit record for it.
 """
 
 from __future__ import annotations
@@ -27,11 +28,12 @@ from ..core.config import ConfigError
 from ..core.schema import HUMAN_DECISIONS
 from ..serve.audit import AuditLog, AuditWriteError
 from ..serve.config import QUEUE_URL_ENV, REPLICA_ENV, load_runtime_config, replica_log_name, runtime_paths
-from ..serve.escalation import EscalationQueue, QueueError
+from ..serve.escalation import REDACTED_FIELDS, EscalationQueue, QueueError
 from ..serve.outcome import utc_timestamp
 from ..serve.queue_sql import is_url
 
 DB_NAME = "escalations.sqlite"
+MAX_LISTED_IDS = 1000  # a redaction's audit record names at most this many cases (it always counts them all)
 LISTED = ("case_id", "created_at", "category", "status", "overdue", "test", "human_decision", "resolved_by", "input")
 
 
@@ -65,7 +67,7 @@ def _utc_date(text: str) -> dt.datetime:
 def _redact(queue: EscalationQueue, audit: AuditLog, before: dt.datetime, dry_run: bool) -> int:
     def record(ids: list[str]) -> None:
         audit.append({"event": "redaction", "timestamp": utc_timestamp(), "resolved_before": before.date().isoformat(),
-                      "cases": len(ids), "case_ids": ids, "fields": ["user_id", "input", "rationale", "note"]})
+                      "cases": len(ids), "case_ids": ids[:MAX_LISTED_IDS], "fields": list(REDACTED_FIELDS)})
 
     ids = queue.redact_resolved(before, dry_run=dry_run, before_commit=record)
     verb = "would blank" if dry_run else "blanked"

@@ -6,7 +6,7 @@
 ``fit`` trains a char n-gram TF-IDF logistic regression on the rows' ``category`` (about 15 s on the corpus's
 training split) and writes it as checked JSON; point ``escalation.router`` of a runtime config at it. ``score``
 measures the keyword table, the router and both together (the runtime's rule) on REFUSE and ESCALATE rows of each
-data set, with 95% intervals over families.
+data set, with 95% intervals over families, and counts the rows the emergency screen marks per label.
 """
 
 from __future__ import annotations
@@ -18,11 +18,10 @@ from pathlib import Path
 
 from ..core.config import ConfigError
 from ..core.io import atomic_write_text
+from ..core.paths import CORPUS_DIR
 from ..data.tables import DataError, load_table
-from ..eval.routing import format_routing, score_routing
+from ..eval.routing import format_routing, score_routing, urgency_counts
 from ..serve.router import fit_router, load_router
-
-CORPUS_DIR = Path("data/so8t_safety")
 
 
 def data_path(name: str) -> Path:
@@ -58,7 +57,8 @@ def main(argv: list[str] | None = None) -> int:
         router = load_router(args.router)
         results = {"router": str(args.router), "fitted_on": router.fitted_on, "data": {}}
         for name in args.data or ["val", "test"]:
-            result = score_routing(router, load_table(data_path(name)), resamples=args.bootstrap)
+            table = load_table(data_path(name))
+            result = {**score_routing(router, table, resamples=args.bootstrap), "urgency": urgency_counts(table)}
             results["data"][name] = result
             print(format_routing(name, result))
         if args.out:

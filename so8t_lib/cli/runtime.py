@@ -19,6 +19,7 @@ import sys
 import warnings
 
 from ..core.config import ConfigError
+from ..serve.config import DEVICES
 from ..serve.request_checks import Unparsed
 from ..serve.runtime import Agent
 
@@ -52,7 +53,7 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--config", default="configs/basic.yaml")
     parser.add_argument("--use-gguf", action="store_true", help="decide with the config's GGUF file")
     parser.add_argument("--model-path", help="override model.checkpoint_path (a folder or a .gguf file)")
-    parser.add_argument("--device", choices=("cpu", "cuda", "auto"), help="where the model runs (inference.device)")
+    parser.add_argument("--device", choices=DEVICES, help="where the model runs (inference.device)")
     parser.add_argument("--request", help="one request; without it, JSONL objects are read from stdin")
     parser.add_argument("--context")
     parser.add_argument("--user-id")

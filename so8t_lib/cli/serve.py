@@ -20,7 +20,7 @@ import sys
 import warnings
 
 from ..core.config import ConfigError
-from ..serve.config import load_runtime_config
+from ..serve.config import DEVICES, load_runtime_config
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -32,7 +32,7 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--log-dir", help="folder of the audit log, queue, spool and flag file (else SO8T_LOG_DIR)")
     parser.add_argument("--use-gguf", action="store_true", help="decide with the config's GGUF file")
     parser.add_argument("--model-path", help="override model.checkpoint_path (a folder or a .gguf file)")
-    parser.add_argument("--device", choices=("cpu", "cuda", "auto"), help="where the model runs (inference.device)")
+    parser.add_argument("--device", choices=DEVICES, help="where the model runs (inference.device)")
     parser.add_argument("--test-mode", action="store_true", help="records and cases marked as tests; no notifications")
     parser.add_argument("overrides", nargs="*", help="key=value, e.g. service.max_batch=16")
     args = parser.parse_args(argv)

@@ -15,6 +15,7 @@ import pandas as pd
 from ..core.schema import ROUTE_CATEGORIES
 from ..serve.categories import categorize
 from ..serve.router import LearnedRouter, router_text
+from ..serve.urgency import is_urgent
 
 ROUTED_LABELS = ("ESCALATE", "REFUSE")
 METHODS = ("keywords", "learned", "keywords_then_learned")
@@ -74,9 +75,22 @@ def score_routing(router: LearnedRouter, table: pd.DataFrame, resamples: int = 1
     return out
 
 
+def urgency_counts(table: pd.DataFrame) -> dict:
+    """How many rows of each label (and route) the emergency screen marks: its false alarms are the ALLOW rows."""
+    marked = [is_urgent(r, c if isinstance(c, str) else None) for r, c in zip(table["user_request"], table["context"])]
+    table = table.assign(urgent=marked)
+    return {label: {"rows": int(len(part)), "marked": int(part["urgent"].sum()),
+                    "marked_by_category": {str(k): int(v) for k, v in
+                                           part[part["urgent"]]["category"].value_counts().items()}}
+            for label, part in table.groupby("label")}
+
+
 def format_routing(name: str, result: dict) -> str:
     """A few readable lines per data set."""
     lines = [f"{name}: {result['rows']} REFUSE/ESCALATE rows with a route"]
+    if "urgency" in result:
+        lines.append("  emergency screen marked " + ", ".join(f"{v['marked']} of {v['rows']} {label}"
+                                                              for label, v in result["urgency"].items()))
     for label in ROUTED_LABELS:
         if label not in result:
             continue

@@ -13,6 +13,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Protocol, runtime_checkable
 
 from ..core.checkpoint import UNVERIFIED_MARK, has_manifest, resolve_checkpoint
+from .config import DEVICES
 
 if TYPE_CHECKING:  # torch is imported by the backends themselves; the runtime starts without it
     import torch
@@ -35,7 +36,6 @@ def is_gguf_path(path: str | Path) -> bool:
     return str(path).endswith(".gguf")
 
 
-DEVICES = ("cpu", "cuda", "auto")
 REBUILD_LLAMA_CUDA = ('CMAKE_ARGS="-DGGML_CUDA=on" pip install --force-reinstall --no-deps --no-cache-dir '
                       '"llama-cpp-python>=0.3.16"')
 
@@ -68,7 +68,7 @@ def _torch_device(device: str) -> str:
     return "cuda"
 
 
-def load_decider(path: str | Path, device: str = "cpu", gpu_layers: int = -1) -> Decider:
+def load_decider(path: str | Path, device: str = "auto", gpu_layers: int = -1) -> Decider:
     """An SO8TModel for a checkpoint or run folder, a GGUFBackend for a ``.gguf`` file, on ``device`` (cpu, cuda
     or auto: cuda when this build can use it); ``gpu_layers`` is how many layers a GGUF file offloads (-1: all)."""
     if device not in DEVICES:
@@ -85,6 +85,10 @@ def load_decider(path: str | Path, device: str = "cpu", gpu_layers: int = -1) ->
     model = SO8TModel.load(path)  # refuses a folder without a manifest unless the override is set
     if not verified and not str(model.model_version).endswith(UNVERIFIED_MARK):
         model.model_version = f"{model.model_version}{UNVERIFIED_MARK}"
-    if next(model.parameters()).device.type != target:  # a 4-bit base is already placed on the GPU
+    placed = next(model.parameters()).device.type
+    if placed == "cuda" and target == "cpu":  # a 4-bit base is loaded onto the GPU by bitsandbytes
+        raise RuntimeError(f"{path}: its base is loaded in 4 bits on the GPU (bitsandbytes), which cannot run on the "
+                           "CPU; set inference.device: cuda or auto")
+    if placed != target:
         model.to(target)
     return model

@@ -27,6 +27,9 @@ from ..core.config import (
 )
 from ..core.schema import ROUTE_CATEGORIES
 
+Device = Literal["cpu", "cuda", "auto"]
+DEVICES: tuple[str, ...] = Device.__args__  # where a model may run (inference.device, --device)
+
 
 class RuntimeModelConfig(_Section):
     base_model: str | None = Field(None, description="not used: rejected with a message when set")
@@ -60,9 +63,9 @@ class InferenceConfig(_Section):
     generation_timeout_s: float = Field(120.0, gt=0, description="past this an ALLOW comes without its answer")
     generate_responses: bool = Field(True, description="write an ALLOW's task_response with TaskHeadA "
                                        "(rationales are fixed per decision, in the request's language)")
-    device: Literal["cpu", "cuda", "auto"] = Field("cpu", description="where the model runs; cuda is refused by "
-                                                   "name when torch or llama-cpp-python cannot use a GPU; auto: "
-                                                   "cuda when they can, else cpu")
+    device: Device = Field("auto", description="where the model runs; auto: cuda when torch or llama-cpp-python "
+                           "can use a GPU, else cpu; cuda is refused by name when they cannot, cpu when the base is "
+                           "4-bit (bitsandbytes runs it on the GPU only)")
     gpu_layers: int = Field(-1, ge=-1, description="layers of a GGUF file offloaded on cuda (-1: all)")
 
     @field_validator("top_p")

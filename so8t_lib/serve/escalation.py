@@ -25,7 +25,7 @@ from contextlib import contextmanager
 from pathlib import Path
 from typing import Protocol, runtime_checkable
 
-from sqlalchemy import exc, func, select, update
+from sqlalchemy import exc, func, or_, select, update
 from sqlalchemy.engine import Connection
 
 from ..core.schema import HUMAN_DECISIONS
@@ -34,6 +34,7 @@ from .audit_verify import make_fernet
 from .queue_sql import cases, resolutions
 
 ENCRYPTED_FIELDS = ("user_id", "input", "rationale", "note")
+REDACTED_FIELDS = ENCRYPTED_FIELDS  # what retention blanks: every text that may hold personal data
 ENCRYPTED_MARK = "enc:"
 
 
@@ -299,22 +300,21 @@ class EscalationQueue:
 
     def redact_resolved(self, before: dt.datetime, dry_run: bool = False,
                         before_commit: Callable[[list[str]], None] | None = None) -> list[str]:
-        """Blank the stored texts (user id, input, rationale, notes) of cases resolved before ``before``; the
-        decisions, who made them and when, the category and the history rows stay. ``before_commit`` (e.g. the
-        audit record of the redaction) runs inside the transaction: if it fails, nothing is redacted."""
+        """Blank the stored texts (``REDACTED_FIELDS``) of cases resolved before ``before``; the decisions, who made
+        them and when, the category and the history rows stay. One statement per table, whatever the number of
+        cases; ``before_commit`` (the audit record of the redaction) runs inside the transaction: if it fails,
+        nothing is redacted."""
         self._ensure_schema()
-        stamp = iso(before)
-        due = ((cases.c.status == "resolved") & (cases.c.resolved_at < stamp)
-               & (cases.c.input.is_not(None) | cases.c.user_id.is_not(None) | cases.c.rationale.is_not(None)
-                  | cases.c.note.is_not(None)))
+        old = (cases.c.status == "resolved") & (cases.c.resolved_at < iso(before))
+        due = old & or_(*(cases.c[f].is_not(None) for f in REDACTED_FIELDS if f in cases.c))
         with self._db(write=not dry_run) as db:
-            ids = sorted(r[0] for r in db.execute(select(cases.c.case_id).where(due)).fetchall())
-            if dry_run or not ids:
-                return ids
-            db.execute(update(cases).where(cases.c.case_id.in_(ids)).values(user_id=None, input=None, rationale=None,
-                                                                            note=None))
-            db.execute(update(resolutions).where(resolutions.c.case_id.in_(ids)).values(note=None))
-            if before_commit is not None:
+            if dry_run:
+                return sorted(r[0] for r in db.execute(select(cases.c.case_id).where(due)).fetchall())
+            ids = sorted(r[0] for r in db.execute(update(cases).where(due).values(
+                {f: None for f in REDACTED_FIELDS}).returning(cases.c.case_id)).fetchall())
+            db.execute(update(resolutions).where(resolutions.c.case_id.in_(select(cases.c.case_id).where(old)))
+                       .where(resolutions.c.note.is_not(None)).values(note=None))
+            if ids and before_commit is not None:
                 before_commit(ids)
         return ids
 

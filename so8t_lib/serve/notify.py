@@ -1,11 +1,12 @@
 """Notifications for escalation cases, by category: a Slack-compatible webhook and e-mail over SMTP.
 
 Addresses and channels come from the config; secrets only from the environment (SLACK_WEBHOOK_URL,
-SMTP_USERNAME, SMTP_PASSWORD, and each route's own webhook variable, ``routes.<category>.webhook_env``: Slack's
-incoming webhooks post to the channel they were made for, so one shared webhook reaches one channel). Sending runs in a background thread with retries and exponential
-backoff, bounded by ``notify_timeout_s``, so it never delays a decision; the outcome is recorded on
-the case. When no channel is configured at all, that is itself a failed outcome (logged, recorded,
-the case shows notify_failed): an escalation that reaches nobody must not look like a sent one.
+SMTP_USERNAME, SMTP_PASSWORD, and each route's own webhook variable, ``routes.<category>.webhook_env``:
+Slack's incoming webhooks post to the channel they were made for, so one shared webhook reaches one
+channel). Sending runs in a background thread with retries and exponential backoff, bounded by
+``notify_timeout_s``, so it never delays a decision; the outcome is recorded on the case. When no
+channel is configured at all, that is itself a failed outcome (logged, recorded, the case shows
+notify_failed): an escalation that reaches nobody must not look like a sent one.
 """
 
 from __future__ import annotations
@@ -49,13 +50,14 @@ class Notifier:
         self.config, self.queue = config, queue
         self._pool = concurrent.futures.ThreadPoolExecutor(max_workers=2, thread_name_prefix="so8t-notify")
 
-    def _shared_webhook(self) -> str | None:
+    def shared_webhook(self) -> str | None:
+        """SLACK_WEBHOOK_URL, else escalation.notification_webhook."""
         return os.environ.get("SLACK_WEBHOOK_URL") or self.config.notification_webhook
 
     def webhook_for(self, category: str) -> str | None:
         """The route's own webhook (``routes.<category>.webhook_env``) when its variable is set, else the shared one."""
         env = self.config.routes[category].webhook_env
-        return (os.environ.get(env) if env else None) or self._shared_webhook()
+        return (os.environ.get(env) if env else None) or self.shared_webhook()
 
     def unset_route_webhooks(self) -> list[str]:
         """Variables named by ``webhook_env`` that are not set (their routes fall back to the shared webhook)."""
@@ -65,7 +67,7 @@ class Notifier:
     def channels(self) -> list[str]:
         """The channels a case could be sent to now ([] when none is configured)."""
         found = []
-        if self._shared_webhook() or any(route.webhook_env and os.environ.get(route.webhook_env)
+        if self.shared_webhook() or any(route.webhook_env and os.environ.get(route.webhook_env)
                                          for route in self.config.routes.values()):
             found.append("webhook")
         if self.config.email_notifications and (os.environ.get("SMTP_SERVER") or self.config.smtp_server):

@@ -9,6 +9,7 @@ import uuid
 
 from .fields import bounded, masked_bounded
 
+MAX_ERROR_CHARS = 1000
 # what the employee reads, in the request's language (Japanese when it holds Japanese script)
 FAIL_CLOSED_RATIONALES = {
     "en": ("The safety gate could not reach a decision ({reason}); a person will review this request before "
@@ -34,7 +35,6 @@ RATIONALES_BY_LANG = {
 def rationale_for(kind: str, lang: str, **fields: str) -> str:
     """The rationale template ``kind`` (a decision or EMERGENCY_MODE) in ``lang`` (English when unknown)."""
     return RATIONALES_BY_LANG.get(lang, RATIONALES_BY_LANG["en"]).get(kind, "").format(**fields)
-MAX_ERROR_CHARS = 1000
 
 
 def utc_timestamp() -> str:

@@ -18,6 +18,7 @@ import json
 import math
 from collections.abc import Sequence
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 import numpy as np
 
@@ -26,11 +27,14 @@ from ..core.io import atomic_write_text, sha256_file
 from ..core.schema import FALLBACK_CATEGORY, ROUTE_CATEGORIES
 from .categories import categorize
 
+if TYPE_CHECKING:  # scikit-learn is imported when a router is fitted or loaded, not with the runtime
+    from sklearn.feature_extraction.text import TfidfVectorizer
+
 ROUTER_FORMAT = "so8t-router/1"
 NGRAM_RANGE = (1, 4)        # characters: Japanese has no spaces, and look-alike spellings share most n-grams
-MAX_FEATURES = 50_000       # val routing accuracy is flat from 20k features up; the file stays a few MB
+MAX_FEATURES = 50_000       # the most frequent n-grams; the file stays a few MB
 MIN_DF = 2
-INVERSE_REGULARIZATION = 10.0   # LogisticRegression's C, chosen on the val split (C 100: ESCALATE 0.686 vs 0.699)
+INVERSE_REGULARIZATION = 10.0   # LogisticRegression's C, chosen on the val split among 1, 10 and 100
 
 
 class RouterError(ConfigError):
@@ -53,8 +57,8 @@ def _vectorizer(vocabulary: dict[str, int] | None = None):
 class LearnedRouter:
     """A fitted TF-IDF vectorizer and logistic regression over the route categories."""
 
-    def __init__(self, vectorizer, classes: Sequence[str], coef: np.ndarray, intercept: np.ndarray,
-                 fitted_on: dict):
+    def __init__(self, vectorizer: TfidfVectorizer, classes: Sequence[str], coef: np.ndarray,
+                 intercept: np.ndarray, fitted_on: dict):
         self.vectorizer, self.classes = vectorizer, tuple(classes)
         self.coef, self.intercept, self.fitted_on = coef, intercept, fitted_on
 
@@ -117,6 +121,8 @@ def fit_router(rows: Sequence[dict], source: str = "") -> LearnedRouter:
 
 
 def _array(payload: dict, key: str, shape: tuple[int, ...], path: Path) -> np.ndarray:
+    if key not in payload:
+        raise RouterError(f"{path}: {key} is missing")
     try:
         values = np.asarray(payload[key], dtype=np.float64)
     except (TypeError, ValueError):
@@ -137,7 +143,9 @@ def load_router(path: str | Path) -> LearnedRouter:
                           "keyword table alone")
     try:
         payload = json.loads(path.read_text(encoding="utf-8"))
-    except (UnicodeDecodeError, json.JSONDecodeError) as exc:
+    except OSError as exc:
+        raise RouterError(f"{path}: cannot be read ({exc.strerror or exc}); {remedy}") from None
+    except (UnicodeDecodeError, json.JSONDecodeError, RecursionError) as exc:
         raise RouterError(f"{path}: not a router file (unreadable JSON: {exc}); {remedy}") from None
     if not isinstance(payload, dict) or payload.get("format") != ROUTER_FORMAT:
         found = payload.get("format") if isinstance(payload, dict) else type(payload).__name__

@@ -58,7 +58,7 @@ from .policy import threshold_decisions
 from .request_checks import CleanRequest, InvalidRequest, Unparsed, validate_request
 from .router import RouterError, load_router
 from .spool import CaseSpool
-from .urgency import URGENT_CATEGORY, is_urgent, mark_urgent
+from .urgency import URGENT_FLAG, is_urgent, mark_urgent, urgent_route
 
 logger = logging.getLogger("so8t.runtime")
 
@@ -104,7 +104,9 @@ class Agent:
         if esc.enable_notifications and not test_mode and not self.notifier.channels():
             logger.warning("escalations will reach nobody: %s", NO_CHANNEL)
         elif esc.enable_notifications and not test_mode and self.notifier.unset_route_webhooks():
-            logger.warning("route webhook variables not set, those routes use the shared webhook: %s",
+            fallback = ("use the shared webhook" if self.notifier.shared_webhook() else
+                        "have no webhook (their cases are notified by e-mail, if at all)")
+            logger.warning("route webhook variables not set, so those routes %s: %s", fallback,
                            ", ".join(self.notifier.unset_route_webhooks()))
         if self.unverified:
             logger.warning("serving %s, a model whose files were not verified (%s)", self.model_version,
@@ -278,7 +280,8 @@ class Agent:
 
     def _decide_one(self, clean: CleanRequest, probs, start: float) -> dict:
         urgent = is_urgent(clean.user_request, clean.context)
-        category = URGENT_CATEGORY if urgent else self._categorize(clean.user_request, clean.context)
+        category = self._categorize(clean.user_request, clean.context)
+        category = urgent_route(category) if urgent else category
         notify, lang = self.config.escalation.routes[category].notify or category, detect_lang(clean.user_request)
         if probs is None:  # emergency mode
             decision, confidence, prob_map = "ESCALATE", None, None
@@ -314,7 +317,8 @@ class Agent:
         context = bounded(item.get("context"), v.max_context_chars)
         user_id = bounded(item.get("user_id"), v.max_user_id_chars)
         urgent = is_urgent(text, context)
-        category = URGENT_CATEGORY if urgent else self._categorize(text or "", context)
+        category = self._categorize(text or "", context)
+        category = urgent_route(category) if urgent else category
         result = fail_closed(make_result("ESCALATE", "", None, None, None, category, self.model_version,
                                          self._flags(flags or [])), reason, detect_lang(text or ""))
         if urgent:
@@ -345,6 +349,8 @@ class Agent:
             except AuditWriteError as exc:
                 self._audit_failed(result, exc)
                 fail_closed(result, f"audit write failed: {exc}", detect_lang(request or ""))
+                if URGENT_FLAG in result["flags"]:  # the emergency line survives the rewritten rationale
+                    mark_urgent(result, request)
         return self._escalate(result, request, user_id, start)
 
     def _escalate(self, result: dict, request: str | None, user_id: str | None, start: float) -> dict:

@@ -4,8 +4,11 @@ The safety policy routes medical cases to medical staff, "emergencies: call emer
 that a person reads within minutes is too slow for someone who is not breathing, so the runtime screens every
 request for signs of an emergency (a keyword screen, Japanese and English, on the same matching form as the
 routing table). A match never changes the decision. It puts the emergency line first in the rationale, in the
-request's language; routes the request to ``medical``; adds the ``urgent`` flag; and marks the notification
-URGENT. A false alarm costs a sentence; a miss leaves the case with the ordinary route and wording.
+request's language (also when the request fails closed); adds the ``urgent`` flag; marks the notification
+URGENT; and routes to ``medical`` a request that the routing would have sent to ``general``, keeping any other
+desk (a false alarm must not take a case from the desk that can resolve it). A false alarm costs a sentence and
+an URGENT mark; a miss leaves the case with the ordinary wording. The phrases are about a person ("not
+breathing", 意識がない), not words that also describe a server ("unresponsive") or a feeling (胸が痛む).
 """
 
 from __future__ import annotations
@@ -13,6 +16,7 @@ from __future__ import annotations
 import re
 import unicodedata
 
+from ..core.schema import FALLBACK_CATEGORY
 from ..data.tables import detect_lang
 from .textforms import matching_form
 
@@ -23,13 +27,13 @@ URGENT_NOTICE = {
     "ja": "命に関わるおそれがあるときは、まず119番に通報し、その人のそばを離れないでください。",
 }
 # signs of an emergency now: a person collapsed, not breathing, bleeding, poisoned, or at risk of suicide
-URGENT_WORDS = (
-    "not breathing", "stopped breathing", "unconscious", "unresponsive", "collapsed", "passed out", "heart attack",
-    "chest pain", "seizure", "bleeding heavily", "won't stop bleeding", "overdosed", "took too many pills",
-    "kill myself", "end my life", "want to die", "suicidal", "call an ambulance",
-    "息をしていない", "息してない", "呼吸がない", "意識がない", "意識が無い", "倒れ", "けいれん", "痙攣", "心停止",
-    "胸が痛", "血が止まらない", "大量に出血", "救急車", "119番", "過剰摂取した", "飲みすぎた", "死にたい",
-    "自殺したい", "消えたい",
+URGENT_WORDS = (  # phrases about a person, not words that also describe servers, markets or feelings
+    "not breathing", "stopped breathing", "unconscious", "heart attack", "having a seizure", "bleeding heavily",
+    "won't stop bleeding", "overdosed", "took too many pills", "kill myself", "end my life", "want to die",
+    "suicidal", "call an ambulance",
+    "息をしていない", "息してない", "呼吸をしていない", "意識がない", "意識が無い", "意識が戻らない", "心停止",
+    "けいれんしている", "血が止まらない", "大量に出血", "救急車を呼", "119番", "過剰摂取した", "薬を飲みすぎた",
+    "死にたい", "自殺したい", "消えたい",
 )
 _PATTERN = re.compile("|".join(rf"\b{re.escape(w)}\b" if w.isascii() else re.escape(w) for w in URGENT_WORDS))
 
@@ -53,9 +57,16 @@ def is_urgent_rationale(rationale: str | None) -> bool:
     return bool(rationale) and rationale.startswith(tuple(URGENT_NOTICE.values()))
 
 
+def urgent_route(routed: str) -> str:
+    """Medical staff for a possible emergency the routing gave to nobody in particular; otherwise its desk."""
+    return URGENT_CATEGORY if routed == FALLBACK_CATEGORY else routed
+
+
 def mark_urgent(result: dict, request: str | None) -> dict:
-    """The emergency line first in the rationale, and the ``urgent`` flag (the caller routes to medical)."""
+    """The emergency line first in the rationale (once), and the ``urgent`` flag."""
     notice = urgent_notice(request)
-    result["rationale"] = f"{notice} {result['rationale']}" if result.get("rationale") else notice
+    rationale = result.get("rationale") or ""
+    if not is_urgent_rationale(rationale):
+        result["rationale"] = f"{notice} {rationale}" if rationale else notice
     result["flags"] = list(dict.fromkeys([*result.get("flags", []), URGENT_FLAG]))
     return result

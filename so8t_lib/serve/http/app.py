@@ -159,9 +159,6 @@ def create_app(service: Service) -> FastAPI:
         logger.exception("unhandled error on %s", request.url.path)
         return _error(500, "internal_error", f"{type(exc).__name__}: the service failed; no decision was made")
 
-    class DeskRefused(Exception):
-        """A reviewer key limited to other desks than the case's route."""
-
     def role(required: str):
         def check(credentials: HTTPAuthorizationCredentials | None = BEARER) -> ApiKey:
             if credentials is None:
@@ -240,9 +237,11 @@ def create_app(service: Service) -> FastAPI:
 
     @app.get("/v1/escalations/{case_id}/outcome", response_model=EscalationOutcome, tags=["gate"],
              responses=errors(401, 403, 404, 503),
-             summary="Where an escalated request stands and what a person decided (for the client that asked)")
+             summary="Where an escalated request stands and what a person decided (the escalation_id is the "
+                     "credential: any client key holding it may ask)")
     async def outcome(case_id: Annotated[str, FastPath(pattern=CASE_ID_PATTERN, description="the escalation_id "
                                                        "of the decision")], key: ApiKey = client):
+        charge(key, 1)  # polling counts against the key's rate, so ids cannot be guessed at speed
         try:
             case = await run_in_threadpool(service.agent.queue.get, case_id)
         except KeyError:
@@ -271,17 +270,15 @@ def create_app(service: Service) -> FastAPI:
 
         def resolve_on_its_desk() -> dict:
             category = service.agent.queue.get(case_id)["category"]  # KeyError: no such case
-            if not key.reviews(category):
-                raise DeskRefused(f"the case is routed to {category}; the key {key.name!r} reviews "
-                                  f"{sorted(key.desks or [])}")
+            if not key.reviews(category):  # answered as a missing case: a desk key learns nothing of others
+                raise KeyError(case_id)
             return service.agent.queue.resolve(case_id, body.decision, body.by, body.note, body.supersede, record)
 
         try:
             case = await run_in_threadpool(resolve_on_its_desk)
-        except DeskRefused as exc:
-            raise ApiError(403, "forbidden", str(exc)) from None
         except KeyError:
-            raise ApiError(404, "not_found", f"no escalation case {case_id!r}") from None
+            raise ApiError(404, "not_found", f"no escalation case {case_id!r}" + (
+                f" on the desks of {key.name!r}" if key.desks is not None else "")) from None
         except AlreadyResolved as exc:
             raise ApiError(409, "already_resolved", str(exc).replace("--supersede", "supersede: true")) from None
         except (QueueUnavailable, AuditWriteError) as exc:
