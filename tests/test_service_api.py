@@ -239,6 +239,14 @@ def test_polling_an_outcome_counts_against_the_keys_rate(serve):
     assert client.get(f"/v1/escalations/{case_id}/outcome", headers=CLIENT).status_code == 429
 
 
+def test_a_possible_emergency_is_counted_for_the_alert(serve):
+    service, client = serve(FixedDecider(PROBS["ESCALATE"]))
+    result = client.post("/v1/decide", headers=CLIENT, json={"user_request": "同僚が倒れて息をしていない"}).json()
+    assert "urgent" in result["flags"] and result["rationale"].startswith("命に関わる")
+    metrics = client.get("/metrics").text
+    assert 'so8t_urgent_total{decision="ESCALATE"} 1.0' in metrics and 'so8t_urgent_total{decision="ALLOW"} 0.0' in metrics
+
+
 HR_DESK_SECRET = "hr-desk-secret-0123456789"
 HR_DESK = {"Authorization": f"Bearer {HR_DESK_SECRET}"}
 

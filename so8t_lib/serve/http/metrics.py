@@ -29,6 +29,7 @@ from prometheus_client import (
 from prometheus_client.core import GaugeMetricFamily
 
 from ...core.schema import LABELS, ROUTE_CATEGORIES
+from ..urgency import URGENT_FLAG
 
 LATENCY_BUCKETS = (0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0, 30.0, 60.0)
 BATCH_BUCKETS = (1, 2, 4, 8, 16, 32, 64, 128, 256, 512, 1024)
@@ -103,6 +104,8 @@ class ServiceMetrics:
         self.emergency = Gauge("so8t_emergency_mode", "1 while every request is escalated (emergency mode)",
                                registry=r)
         self.ready = Gauge("so8t_ready", "1 when /readyz answers 200", registry=r)
+        self.urgent = Counter("so8t_urgent", "Requests the emergency screen marked (the 119 line first, an URGENT "
+                              "notification), by decision", ["decision"], registry=r)
         for decision in LABELS:  # every series from zero, so rate() sees the first increment
             for category in ROUTE_CATEGORIES:
                 for endpoint in DECISION_ENDPOINTS:
@@ -111,6 +114,8 @@ class ServiceMetrics:
             self.fail_closed.labels(reason)
         for status in ("queued", "spooled", "unqueued"):
             self.escalations.labels(status)
+        for decision in LABELS:
+            self.urgent.labels(decision)
 
     def set_model(self, version: str, emergency: bool) -> None:
         self.model_info.clear()
@@ -133,4 +138,6 @@ class ServiceMetrics:
                 self.escalations.labels(result["escalation_status"]).inc()
             if "audit_write_failed" in (result.get("flags") or []):
                 self.audit_failures.inc()
+            if URGENT_FLAG in (result.get("flags") or []):
+                self.urgent.labels(result["decision"]).inc()
         return failed
