@@ -56,6 +56,18 @@ def test_fit_learns_routes_the_keywords_miss_and_keywords_still_come_first(route
     assert router.fitted_on["by_category"] == {"finance": 18, "legal": 18, "medical": 18}
 
 
+@pytest.mark.parametrize("keywords, learned, route", [
+    ({"hr": 2, "legal": 1}, {"legal": 5.0, "hr": 0.0}, "hr"),          # one category leads: the table decides
+    ({"hr": 1, "legal": 1}, {"legal": 5.0, "hr": 0.0}, "legal"),       # a tie: the router picks among the tied
+    ({"hr": 0, "legal": 0}, {"legal": 0.1, "medical": 3.0}, "medical"),  # nothing found: the router decides
+    ({"hr": 1, "legal": 1}, {"medical": 3.0}, "hr"),                   # tied desks it never saw: table order
+])
+def test_the_runtime_rule_combines_the_table_and_the_router(keywords, learned, route):
+    from so8t_lib.serve.router import combine_routes
+
+    assert combine_routes(keywords, learned) == route
+
+
 def test_saved_router_routes_exactly_as_the_fitted_one(router, tmp_path):
     path = router.save(tmp_path / "router.json")
     loaded = load_router(path)
@@ -166,7 +178,7 @@ def test_a_broken_router_file_falls_back_to_keywords_and_says_so(router, tmp_pat
 
 def test_a_router_that_fails_while_routing_changes_only_the_route(router, tmp_path, monkeypatch):
     agent = _agent(tmp_path, router.save(tmp_path / "router.json"))
-    monkeypatch.setattr(agent.router, "predict", lambda texts: (_ for _ in ()).throw(MemoryError("boom")))
+    monkeypatch.setattr(agent.router, "scores", lambda texts: (_ for _ in ()).throw(MemoryError("boom")))
     result = agent.run_agent(None, "同僚が会議室で動かなくなりました", "u1")
     assert result["decision"] == "ESCALATE" and result["category"] == "general" and result.get("error") is None
     assert len(_audit(tmp_path)) == 1

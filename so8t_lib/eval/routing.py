@@ -13,8 +13,8 @@ import numpy as np
 import pandas as pd
 
 from ..core.schema import ROUTE_CATEGORIES
-from ..serve.categories import categorize
-from ..serve.router import LearnedRouter, router_text
+from ..serve.categories import categorize, keyword_scores
+from ..serve.router import LearnedRouter, combine_routes, router_text
 from ..serve.urgency import is_urgent
 
 ROUTED_LABELS = ("ESCALATE", "REFUSE")
@@ -25,9 +25,12 @@ def _predictions(router: LearnedRouter, table: pd.DataFrame) -> dict[str, list[s
     contexts = [c if isinstance(c, str) else None for c in table["context"]]
     requests = list(table["user_request"])
     keywords = [categorize(r, c) for r, c in zip(requests, contexts)]
-    learned = router.predict([router_text(r, c) for r, c in zip(requests, contexts)])
-    combined = [k if k != "general" else m for k, m in zip(keywords, learned)]
-    return dict(zip(METHODS, (keywords, learned, combined)))
+    hits = [keyword_scores(r, c) for r, c in zip(requests, contexts)]
+    scores = router.scores([router_text(r, c) for r, c in zip(requests, contexts)])
+    learned = [router.classes[i] for i in scores.argmax(axis=1)]
+    combined = [combine_routes(h, dict(zip(router.classes, row))) for h, row in zip(hits, scores)]
+    ties = [max(h.values()) > 0 and sum(v == max(h.values()) for v in h.values()) > 1 for h in hits]
+    return {**dict(zip(METHODS, (keywords, learned, combined))), "keyword_ties": ties}
 
 
 def family_bootstrap(correct: np.ndarray, families: Sequence[str], resamples: int, seed: int = 0
@@ -58,8 +61,10 @@ def score_routing(router: LearnedRouter, table: pd.DataFrame, resamples: int = 1
         if part.empty:
             continue
         preds = _predictions(router, part)
+        ties = preds.pop("keyword_ties")
         gold = np.asarray(part["category"])
-        entry: dict = {"rows": int(len(part)), "families": int(part["family"].nunique())}
+        entry: dict = {"rows": int(len(part)), "families": int(part["family"].nunique()),
+                       "keyword_ties": int(sum(ties))}  # rows where two desks had the most keyword hits
         for method, pred in preds.items():
             correct = np.asarray(pred) == gold
             entry[method] = {"accuracy": round(float(correct.mean()), 4),

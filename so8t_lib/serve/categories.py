@@ -42,11 +42,17 @@ def _pattern(keyword: str) -> str:
     return rf"\b{re.escape(keyword)}" if keyword.isascii() else re.escape(keyword)
 
 
-def categorize(request: str, context: str | None = None) -> str:
-    """The category with the most keyword hits in request + context; ``general`` when none."""
+def keyword_scores(request: str, context: str | None = None) -> dict[str, int]:
+    """Keyword hits per category in request + context (and in text decoded from base64, hex or percent)."""
     raw = f"{context or ''} {request}"
     forms = [matching_form(t) for t in [raw, *encoded_payloads(raw)]]
     text = " ".join(forms + [unleet(forms[0])])
-    scores = {cat: sum(len(re.findall(_pattern(k), text)) for k in words) for cat, words in KEYWORDS.items()}
+    return {cat: sum(len(re.findall(_pattern(k), text)) for k in words) for cat, words in KEYWORDS.items()}
+
+
+def categorize(request: str, context: str | None = None) -> str:
+    """The category with the most keyword hits in request + context (a tie: the first in the table); ``general``
+    when none."""
+    scores = keyword_scores(request, context)
     best = max(scores, key=scores.get)
     return best if scores[best] > 0 else FALLBACK_CATEGORY

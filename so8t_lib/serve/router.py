@@ -3,8 +3,9 @@
 The keyword table (``categories.py``) is transparent but sends every request that names none of its words to
 ``general`` (the direct manager): on the corpus's held-out test split that was most of the medical and legal
 escalations. The router below is fitted on every corpus row that carries a route (REFUSE and ESCALATE rows, and
-ALLOW rows with the topic they are closest to) and decides only where the keyword table found nothing, so a
-request that names a route's words still goes where the table says (``so8t router score`` measures all three).
+ALLOW rows with the topic they are closest to) and decides only where the keyword table found nothing or found
+a tie, so a request that names one route's words most still goes where the table says (``so8t router score``
+measures all three).
 
 The file is plain JSON (no pickle: a router file is data an operator may receive from elsewhere): the
 vectorizer's vocabulary and idf, the classifier's weights, how it was fitted, and a sha256 over all of it, so a
@@ -24,8 +25,8 @@ import numpy as np
 
 from ..core.config_files import ConfigError
 from ..core.io import atomic_write_text, sha256_file
-from ..core.schema import FALLBACK_CATEGORY, ROUTE_CATEGORIES
-from .categories import categorize
+from ..core.schema import ROUTE_CATEGORIES
+from .categories import keyword_scores
 
 if TYPE_CHECKING:  # scikit-learn is imported when a router is fitted or loaded, not with the runtime
     from sklearn.feature_extraction.text import TfidfVectorizer
@@ -54,6 +55,19 @@ def _vectorizer(vocabulary: dict[str, int] | None = None):
                            max_features=MAX_FEATURES, vocabulary=vocabulary, dtype=np.float64)
 
 
+def combine_routes(keywords: dict[str, int], learned: dict[str, float]) -> str:
+    """The runtime's rule: the single category with the most keyword hits; else the learned router's best among
+    the tied categories (or among all, when no keyword was found)."""
+    top = max(keywords.values(), default=0)
+    tied = [c for c, hits in keywords.items() if hits == top] if top > 0 else []
+    if len(tied) == 1:
+        return tied[0]
+    candidates = [c for c in tied if c in learned] if tied else list(learned)
+    if not candidates:  # tied categories the router was not fitted on: the table's own order decides
+        return tied[0]
+    return max(candidates, key=learned.__getitem__)
+
+
 class LearnedRouter:
     """A fitted TF-IDF vectorizer and logistic regression over the route categories."""
 
@@ -70,11 +84,10 @@ class LearnedRouter:
         return [self.classes[i] for i in self.scores(texts).argmax(axis=1)]
 
     def route(self, request: str, context: str | None = None) -> str:
-        """The keyword table's category when it found one; else the learned category."""
-        keyword = categorize(request, context)
-        if keyword != FALLBACK_CATEGORY:
-            return keyword
-        return self.predict([router_text(request, context)])[0]
+        """The keyword table's category when one has the most hits; the learned router's choice among the tied
+        ones, or among all when the table found nothing."""
+        learned = dict(zip(self.classes, self.scores([router_text(request, context)])[0]))
+        return combine_routes(keyword_scores(request, context), learned)
 
     # ----- files ----------------------------------------------------------------------------------
     def payload(self) -> dict:
