@@ -91,6 +91,29 @@ def test_backup_then_restore_into_an_empty_folder_and_the_service_starts_on_it(p
     assert after[main]["last_seq"] == heads[main] + 1  # the chain continues where the backup ended
 
 
+def test_the_escalation_router_is_backed_up_checked_and_restored(project, tmp_path):
+    from test_router import _rows
+
+    from so8t_lib.serve.router import fit_router, load_router
+
+    fit_router(_rows()).save(project / "checkpoints" / "router.json")
+    config = yaml.safe_load((project / "configs" / "serve.yaml").read_text(encoding="utf-8"))
+    config["escalation"]["router"] = "checkpoints/router.json"
+    (project / "configs" / "serve.yaml").write_text(yaml.safe_dump(config), encoding="utf-8")
+    assert so8t(["backup", "--config", "configs/serve.yaml", "--out", str(tmp_path / "b")]) == 0
+    manifest = json.loads((tmp_path / "b" / "BACKUP.json").read_text())
+    (router,) = [m for m in manifest["models"] if m["kind"] == "router"]
+    assert router["path"] == "checkpoints/router.json" and router["included"]       # copied even without models
+    assert check_backup(tmp_path / "b")["problems"] == []
+    assert so8t(["restore", str(tmp_path / "b"), "--into", str(tmp_path / "restored")]) == 0
+    restored = tmp_path / "restored" / "checkpoints" / "router.json"
+    assert restored.read_bytes() == (project / "checkpoints" / "router.json").read_bytes()
+    assert load_router(restored).classes
+    stored = tmp_path / "b" / "models" / router["stored"]
+    stored.write_bytes(stored.read_bytes().replace(b'"coef":[[', b'"coef":[[9'))
+    assert any("router.json" in p and "sha256" in p for p in check_backup(tmp_path / "b")["problems"])
+
+
 def test_restore_checks_everything_before_it_writes_and_never_overwrites(project, tmp_path, capsys):
     made = backup(tmp_path / "b", project / "logs", configs=[project / "configs"])
     assert made["queue"]["kind"] == "sqlite" and not made["models"]

@@ -50,6 +50,8 @@ def _sources(args) -> tuple[Path, str | Path | None, list[Path], list[Path], str
             for candidate in (config.model.checkpoint_path, config.model.gguf_path):
                 if candidate and Path(candidate).exists():
                     models.append(Path(candidate))
+        if config.escalation.router and Path(config.escalation.router).is_file():
+            models.append(Path(config.escalation.router))  # who reviews a case comes back with the rest
     return log_dir, queue, configs, models, mac_env
 
 

@@ -22,6 +22,7 @@ from ...core.checkpoint import CheckpointError, verify_manifest
 from ...core.io import sha256_file
 from ...serve.audit_verify import verify
 from ...serve.escalation import EscalationQueue, QueueError
+from ...serve.router import RouterError, load_router
 from .queue_copy import SQLITE_FILE, check_sqlite, export_rows, load_rows, read_rows
 from .snapshot import BACKUP_FILE, FORMAT, BackupError, file_entries
 
@@ -97,13 +98,15 @@ def check_backup(folder: str | Path, hmac_key: str | bytes | None = None) -> dic
             continue
         stored = folder / "models" / model["stored"]
         try:
-            if model["kind"] == "gguf":
+            if model["kind"] in ("gguf", "router"):
                 if sha256_file(stored) != model["sha256"]:
                     raise CheckpointError(f"{stored}: damaged (sha256 does not match)")
+                if model["kind"] == "router":
+                    load_router(stored)  # its own checks too: the runtime must be able to route by it
             else:
                 verify_manifest(stored)
             checked.append(f"model {model['path']}: files match")
-        except (CheckpointError, OSError) as exc:
+        except (CheckpointError, RouterError, OSError) as exc:
             problems.append(f"model {model['path']}: {exc}")
     return {"manifest": manifest, "problems": problems, "checked": checked}
 

@@ -94,9 +94,17 @@ def _copy_spool(spool: Path, target: Path) -> dict:
 
 
 def _model_entry(path: Path, models_dir: Path, include: bool) -> dict:
-    """A model's manifest (checkpoint) or sha256 (GGUF), and its files when ``include``; ``path`` is
-    where restore puts it back (relative to the restore folder)."""
+    """A model's manifest (checkpoint) or sha256 (GGUF, router file), and its files when ``include`` (a router
+    file always); ``path`` is where restore puts it back (relative to the restore folder)."""
     where = path if not path.is_absolute() else Path(("dist" if path.suffix == ".gguf" else "checkpoints"), path.name)
+    if path.suffix == ".json":  # the escalation router (escalation.router): small, always copied
+        if not path.is_file():
+            raise BackupError(f"router file not found: {path}")
+        models_dir.mkdir(parents=True, exist_ok=True)
+        stored = f"router-{path.name}"
+        shutil.copy2(path, models_dir / stored)
+        return {"kind": "router", "path": str(where), "sha256": sha256_file(path), "bytes": path.stat().st_size,
+                "stored": stored, "included": True}
     if path.suffix == ".gguf":
         if not path.is_file():
             raise BackupError(f"model file not found: {path}")
