@@ -109,9 +109,55 @@ def test_the_escalation_router_is_backed_up_checked_and_restored(project, tmp_pa
     restored = tmp_path / "restored" / "checkpoints" / "router.json"
     assert restored.read_bytes() == (project / "checkpoints" / "router.json").read_bytes()
     assert load_router(restored).classes
+    # a router changed inside the backup, its listing and sha256 rewritten to match: the router's own check finds it
     stored = tmp_path / "b" / "models" / router["stored"]
-    stored.write_bytes(stored.read_bytes().replace(b'"coef":[[', b'"coef":[[9'))
-    assert any("router.json" in p and "sha256" in p for p in check_backup(tmp_path / "b")["problems"])
+    payload = json.loads(stored.read_text(encoding="utf-8"))
+    payload["coef"][0][0] += 1.0                                  # valid JSON, its own sha256 field left as it was
+    stored.write_text(json.dumps(payload), encoding="utf-8")
+    _rewrite_manifest(tmp_path / "b", router["stored"])
+    assert any(p.startswith("model checkpoints/router.json:") and "do not match its sha256" in p
+               for p in check_backup(tmp_path / "b")["problems"])
+
+
+def _rewrite_manifest(folder, stored_name, change=None):
+    """Make BACKUP.json agree with what is in the folder now (as someone tampering with a backup would)."""
+    from so8t_lib.core.io import sha256_file
+    from so8t_lib.workbench.backup.snapshot import file_entries
+
+    manifest = json.loads((folder / "BACKUP.json").read_text())
+    for model in manifest["models"]:
+        if model.get("stored") == stored_name and model["kind"] in ("router", "gguf"):
+            model["sha256"] = sha256_file(folder / "models" / stored_name)
+    if change:
+        change(manifest)
+    manifest["files"] = file_entries(folder)
+    (folder / "BACKUP.json").write_text(json.dumps(manifest))
+
+
+@pytest.mark.parametrize("change, problem", [
+    (lambda m, r: r.__setitem__("stored", "/etc/hostname"), "not a file of this backup's models/"),
+    (lambda m, r: r.__setitem__("stored", "../BACKUP.json"), "not a file of this backup's models/"),
+    (lambda m, r: r.__setitem__("path", "logs/audit.jsonl"), "overlap"),
+    (lambda m, r: r.__setitem__("path", "configs"), "overlap"),
+])
+def test_a_tampered_router_entry_cannot_reach_outside_or_replace_another_part(project, tmp_path, change, problem):
+    from test_router import _rows
+
+    from so8t_lib.serve.router import fit_router
+
+    fit_router(_rows()).save(project / "checkpoints" / "router.json")
+    made = backup(tmp_path / "b", project / "logs", configs=[project / "configs"],
+                  models=[project / "checkpoints" / "router.json"])
+    (router,) = made["models"]
+
+    def edit(manifest):
+        change(manifest, manifest["models"][0])
+
+    _rewrite_manifest(tmp_path / "b", router["stored"], edit)
+    assert any(problem in p for p in check_backup(tmp_path / "b")["problems"])
+    with pytest.raises(SystemExit, match="nothing was restored"):
+        so8t(["restore", str(tmp_path / "b"), "--into", str(tmp_path / "restored")])
+    assert not (tmp_path / "restored" / "logs").exists()
 
 
 def test_restore_checks_everything_before_it_writes_and_never_overwrites(project, tmp_path, capsys):

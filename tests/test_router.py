@@ -61,11 +61,22 @@ def test_fit_learns_routes_the_keywords_miss_and_keywords_still_come_first(route
     ({"hr": 1, "legal": 1}, {"legal": 5.0, "hr": 0.0}, "legal"),       # a tie: the router picks among the tied
     ({"hr": 0, "legal": 0}, {"legal": 0.1, "medical": 3.0}, "medical"),  # nothing found: the router decides
     ({"hr": 1, "legal": 1}, {"medical": 3.0}, "hr"),                   # tied desks it never saw: table order
+    ({"hr": 1, "legal": 1}, {"medical": 9.0, "legal": 5.0, "hr": 0.0}, "legal"),  # only among the tied
 ])
 def test_the_runtime_rule_combines_the_table_and_the_router(keywords, learned, route):
     from so8t_lib.serve.router import combine_routes
 
     assert combine_routes(keywords, learned) == route
+
+
+def test_route_scores_only_when_the_table_cannot_decide(router, monkeypatch):
+    calls = []
+    real = router.scores
+    monkeypatch.setattr(router, "scores", lambda texts: calls.append(texts) or real(texts))
+    assert router.route("上司からのパワハラについて相談したい") == "hr" and calls == []      # one desk leads
+    assert router.route("my colleague fainted in the meeting room") == "medical" and len(calls) == 1   # no hit
+    # a tie (one legal word, one finance word): the router picks between those two only
+    assert router.route("the contract says the invoice is due") in ("legal", "finance") and len(calls) == 2
 
 
 def test_saved_router_routes_exactly_as_the_fitted_one(router, tmp_path):
@@ -94,6 +105,7 @@ def _rewrite(path, change, keep_digest=False):
     (lambda p: p.__setitem__("format", "so8t-router/0"), False, "not a so8t-router/1 file"),
     (lambda p: p.__setitem__("intercept", ["a", "b", "c"]), False, "not an array of numbers"),
     (lambda p: p.pop("idf"), False, "idf is missing"),
+    (lambda p: p.__setitem__("classes", [["medical"], ["legal"], ["finance"]]), False, "route categories"),
 ])
 def test_a_damaged_router_file_is_refused_by_name(router, tmp_path, change, keep_digest, message):
     path = router.save(tmp_path / "router.json")
@@ -198,7 +210,7 @@ def test_score_and_cli_fit_score(router, tmp_path):
     result = score_routing(router, table, resamples=50)
     escalate = result["ESCALATE"]
     assert escalate["rows"] == 54 and escalate["families"] == 18
-    assert escalate["keywords"]["accuracy"] < escalate["learned"]["accuracy"]
+    assert escalate["keywords"]["accuracy"] < escalate["learned"]["accuracy"] and escalate["keyword_ties"] == 0
     matrix = np.array(escalate["confusion_keywords_then_learned"]["matrix"])
     assert matrix.sum() == 54 and np.trace(matrix) == round(escalate["keywords_then_learned"]["accuracy"] * 54)
     data = tmp_path / "rows.jsonl"

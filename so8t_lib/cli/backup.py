@@ -52,6 +52,9 @@ def _sources(args) -> tuple[Path, str | Path | None, list[Path], list[Path], str
                     models.append(Path(candidate))
         if config.escalation.router and Path(config.escalation.router).is_file():
             models.append(Path(config.escalation.router))  # who reviews a case comes back with the rest
+        elif config.escalation.router:
+            print(f"so8t backup: the router file {config.escalation.router} named by {args.config} is not there; "
+                  "the backup has none (the service routes by keywords until one is fitted)", file=sys.stderr)
     return log_dir, queue, configs, models, mac_env
 
 

@@ -17,7 +17,7 @@ import sys
 from pathlib import Path
 
 from ..core.config import ConfigError
-from ..core.io import atomic_write_text
+from ..core.io import atomic_write_text, sha256_file
 from ..core.paths import CORPUS_DIR
 from ..data.tables import DataError, load_table
 from ..eval.routing import format_routing, score_routing, urgency_counts
@@ -55,7 +55,8 @@ def main(argv: list[str] | None = None) -> int:
         if args.bootstrap < 1:
             parser.error("--bootstrap must be at least 1")
         router = load_router(args.router)
-        results = {"router": str(args.router), "fitted_on": router.fitted_on, "data": {}}
+        results = {"router": str(args.router), "router_sha256": sha256_file(args.router),
+                   "fitted_on": router.fitted_on, "data": {}}
         for name in args.data or ["val", "test"]:
             table = load_table(data_path(name))
             result = {**score_routing(router, table, resamples=args.bootstrap), "urgency": urgency_counts(table)}

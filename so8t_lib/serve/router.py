@@ -86,8 +86,11 @@ class LearnedRouter:
     def route(self, request: str, context: str | None = None) -> str:
         """The keyword table's category when one has the most hits; the learned router's choice among the tied
         ones, or among all when the table found nothing."""
-        learned = dict(zip(self.classes, self.scores([router_text(request, context)])[0]))
-        return combine_routes(keyword_scores(request, context), learned)
+        keywords = keyword_scores(request, context)
+        top = max(keywords.values(), default=0)
+        if top > 0 and sum(hits == top for hits in keywords.values()) == 1:  # the table decides: no scoring
+            return max(keywords, key=keywords.__getitem__)
+        return combine_routes(keywords, dict(zip(self.classes, self.scores([router_text(request, context)])[0])))
 
     # ----- files ----------------------------------------------------------------------------------
     def payload(self) -> dict:
@@ -167,8 +170,8 @@ def load_router(path: str | Path) -> LearnedRouter:
         raise RouterError(f"{path}: its contents do not match its sha256 (changed or damaged after it was written, "
                           f"file sha256 {sha256_file(path)[:12]}); {remedy}")
     classes, vocabulary = payload.get("classes"), payload.get("vocabulary")
-    if (not isinstance(classes, list) or len(classes) < 2 or len(set(classes)) != len(classes)
-            or not set(classes) <= set(ROUTE_CATEGORIES)):
+    if (not isinstance(classes, list) or len(classes) < 2 or not all(isinstance(c, str) for c in classes)
+            or len(set(classes)) != len(classes) or not set(classes) <= set(ROUTE_CATEGORIES)):
         raise RouterError(f"{path}: classes {classes!r} are not two or more distinct route categories "
                           f"{list(ROUTE_CATEGORIES)}")
     if not isinstance(vocabulary, list) or not vocabulary or not all(isinstance(t, str) for t in vocabulary) \

@@ -85,8 +85,9 @@ class Agent:
         if config.escalation.router:  # like the model: a router that cannot be read is reported, not fatal
             try:  # (routing by the keyword table instead changes who reviews a case, never the decision)
                 self.router = load_router(config.escalation.router)
-            except RouterError as exc:
-                self.router_error = f"escalation router not loaded, routing by the keyword table: {exc}"
+            except Exception as exc:  # noqa: BLE001 - RouterError names the problem; anything else is one too
+                detail = str(exc) if isinstance(exc, RouterError) else f"{type(exc).__name__}: {exc}"
+                self.router_error = f"escalation router not loaded, routing by the keyword table: {detail}"
                 logger.error("%s", self.router_error)
         logs = config.logging
         self.audit = AuditLog(self.paths.audit, parse_size(logs.max_log_size), logs.backup_count,

@@ -22,7 +22,7 @@ from ...core.checkpoint import CheckpointError, verify_manifest
 from ...core.io import sha256_file
 from ...serve.audit_verify import verify
 from ...serve.escalation import EscalationQueue, QueueError
-from ...serve.router import RouterError, load_router
+from ...serve.router import load_router
 from .queue_copy import SQLITE_FILE, check_sqlite, export_rows, load_rows, read_rows
 from .snapshot import BACKUP_FILE, FORMAT, BackupError, file_entries
 
@@ -90,13 +90,19 @@ def check_backup(folder: str | Path, hmac_key: str | bytes | None = None) -> dic
                            "resolutions, integrity ok")
     except (QueueError, OSError, ValueError) as exc:
         problems.append(f"escalation queue: {exc}")
+    problems += _overlapping_targets(manifest)
     for model in manifest.get("models", []):
         if not _safe_relative(model["path"]):
             problems.append(f"model path {model['path']!r} leaves the restore folder")
             continue
         if not model.get("included"):
             continue
-        stored = folder / "models" / model["stored"]
+        name = str(model.get("stored") or "")
+        if PurePosixPath(name).name != name or name in ("", ".", "..") or not any(
+                f == f"models/{name}" or f.startswith(f"models/{name}/") for f in listed):
+            problems.append(f"model {model['path']}: stored as {name!r}, not a file of this backup's models/")
+            continue
+        stored = folder / "models" / name
         try:
             if model["kind"] in ("gguf", "router"):
                 if sha256_file(stored) != model["sha256"]:
@@ -106,9 +112,22 @@ def check_backup(folder: str | Path, hmac_key: str | bytes | None = None) -> dic
             else:
                 verify_manifest(stored)
             checked.append(f"model {model['path']}: files match")
-        except (CheckpointError, RouterError, OSError) as exc:
+        except Exception as exc:  # noqa: BLE001 - whatever is wrong with a stored model is a reported problem
             problems.append(f"model {model['path']}: {exc}")
     return {"manifest": manifest, "problems": problems, "checked": checked}
+
+
+def _overlapping_targets(manifest: dict) -> list[str]:
+    """Restore moves whole parts into place: no model may land on, in or around logs/, configs/ or another
+    model, or one part would replace another."""
+    targets = ["logs", "configs"] + [m["path"] for m in manifest.get("models", []) if _safe_relative(m["path"])]
+    parts = [PurePosixPath(t) for t in targets]
+    problems = []
+    for i, a in enumerate(parts):
+        for b in parts[i + 1:]:
+            if a == b or a in b.parents or b in a.parents:
+                problems.append(f"restore targets {str(a)!r} and {str(b)!r} overlap: one would replace the other")
+    return problems
 
 
 def _parts(manifest: dict, folder: Path, into: Path) -> dict[Path, Path]:

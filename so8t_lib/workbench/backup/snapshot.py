@@ -97,13 +97,17 @@ def _model_entry(path: Path, models_dir: Path, include: bool) -> dict:
     """A model's manifest (checkpoint) or sha256 (GGUF, router file), and its files when ``include`` (a router
     file always); ``path`` is where restore puts it back (relative to the restore folder)."""
     where = path if not path.is_absolute() else Path(("dist" if path.suffix == ".gguf" else "checkpoints"), path.name)
+    if ".." in path.parts:
+        raise BackupError(f"{path}: a model path with '..' could not be restored inside the restore folder; name "
+                          "it from the folder it lives in")
     if path.suffix == ".json":  # the escalation router (escalation.router): small, always copied
         if not path.is_file():
             raise BackupError(f"router file not found: {path}")
         models_dir.mkdir(parents=True, exist_ok=True)
-        stored = f"router-{path.name}"
+        stored = f"{len(list(models_dir.iterdir()))}-{path.name}"
         shutil.copy2(path, models_dir / stored)
-        return {"kind": "router", "path": str(where), "sha256": sha256_file(path), "bytes": path.stat().st_size,
+        copy = models_dir / stored  # hashed as copied: a router refitted meanwhile cannot fail the backup's check
+        return {"kind": "router", "path": str(where), "sha256": sha256_file(copy), "bytes": copy.stat().st_size,
                 "stored": stored, "included": True}
     if path.suffix == ".gguf":
         if not path.is_file():
