@@ -371,3 +371,22 @@ def test_one_item_too_long_for_the_gguf_context_fails_closed_alone(tmp_path, ggu
     assert results[0]["probabilities"] is not None and results[2]["probabilities"] is not None
     agent.close()
     check_invariants(tmp_path / "logs", results)
+
+
+def test_an_orphan_scan_leaves_a_part_file_its_writer_is_about_to_lock(tmp_path):
+    """A spool entry is created, then locked: a scan in that instant must not take the file from its writer
+    (under load it did, and the case went unqueued); a part file left by a crash, long unlocked, is removed."""
+    import os
+    import time
+
+    from so8t_lib.serve.spool import STALE_PART_S, CaseSpool
+
+    spool = CaseSpool(tmp_path / "spool")
+    spool.folder.mkdir()
+    fresh, stale = spool.folder / "esc_fresh.part", spool.folder / "esc_stale.part"
+    fresh.write_bytes(b"")
+    stale.write_bytes(b"")
+    old = time.time() - STALE_PART_S - 5
+    os.utime(stale, (old, old))
+    assert list(spool.orphans()) == []
+    assert fresh.exists() and not stale.exists()

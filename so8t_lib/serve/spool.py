@@ -15,11 +15,16 @@ from __future__ import annotations
 import fcntl
 import json
 import os
+import time
 from collections.abc import Iterator
 from contextlib import suppress
 from pathlib import Path
 
 SUFFIX = ".case.json"
+# A ``.part`` file exists unlocked for the instant between its creation and its writer's flock; one that is
+# unlocked and older than this is a crash's leftover. (Deleting a younger one raced a writer under load: its
+# rename then failed and the case went unqueued.)
+STALE_PART_S = 30.0
 
 
 class SpoolEntry:
@@ -98,7 +103,8 @@ class CaseSpool:
                 fd = os.open(part, os.O_RDWR)
                 try:
                     fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
-                    os.unlink(part)
+                    if time.time() - os.fstat(fd).st_mtime > STALE_PART_S:  # not a writer about to lock it
+                        os.unlink(part)
                 finally:
                     os.close(fd)
         for path in sorted(self.folder.glob(f"*{SUFFIX}")):
