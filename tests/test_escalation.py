@@ -28,8 +28,8 @@ class Escalating:
         return torch.tensor([[0.3, 0.3, 0.4]] * len(requests))
 
 
-@pytest.fixture
-def webhook():
+def _webhook_server(path: str = "/hook"):
+    """A local Slack-compatible endpoint: (server, url, the JSON bodies it received)."""
     received = []
 
     class Handler(http.server.BaseHTTPRequestHandler):
@@ -42,9 +42,14 @@ def webhook():
             pass
 
     server = http.server.HTTPServer(("127.0.0.1", 0), Handler)
-    thread = threading.Thread(target=server.serve_forever, daemon=True)
-    thread.start()
-    yield f"http://127.0.0.1:{server.server_port}/hook", received
+    threading.Thread(target=server.serve_forever, daemon=True).start()
+    return server, f"http://127.0.0.1:{server.server_port}{path}", received
+
+
+@pytest.fixture
+def webhook():
+    server, url, received = _webhook_server()
+    yield url, received
     server.shutdown()
 
 
@@ -97,26 +102,9 @@ def test_webhook_and_email_are_received(tmp_path, webhook, smtp_server, monkeypa
     assert agent.queue.get(result["escalation_id"])["status"] == "notified"
 
 
-def _second_webhook():
-    received = []
-
-    class Handler(http.server.BaseHTTPRequestHandler):
-        def do_POST(self):  # noqa: N802 - http.server's naming
-            received.append(json.loads(self.rfile.read(int(self.headers["Content-Length"]))))
-            self.send_response(200)
-            self.end_headers()
-
-        def log_message(self, *args):
-            pass
-
-    server = http.server.HTTPServer(("127.0.0.1", 0), Handler)
-    threading.Thread(target=server.serve_forever, daemon=True).start()
-    return server, f"http://127.0.0.1:{server.server_port}/medical", received
-
-
 def test_a_route_with_its_own_webhook_posts_there_and_the_rest_use_the_shared_one(tmp_path, webhook, monkeypatch):
     url, shared_posts = webhook
-    server, medical_url, medical_posts = _second_webhook()
+    server, medical_url, medical_posts = _webhook_server("/medical")
     monkeypatch.delenv("SLACK_WEBHOOK_URL", raising=False)
     monkeypatch.setenv("SO8T_TEST_MEDICAL_HOOK", medical_url)
     routes = {c: {"notify": c} for c in ("legal", "hr", "security", "finance", "general")}
