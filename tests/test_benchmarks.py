@@ -548,3 +548,31 @@ def test_gate_exp_benchmark_times_both_exponentials_on_the_same_gate(tmp_path):
         assert shape["exponentials"]["torch.linalg.matrix_exp"]["speed_vs_matrix_exp"] == 1.0
         assert shape["max_abs_gradient"] > 0  # the loss depends on the rotation, so the comparison means something
         assert shape["max_abs_gradient_difference"] <= 1e-4 * shape["max_abs_gradient"]
+
+
+def test_gguf_cuda_benchmark_refuses_a_cpu_and_runs_its_toy_shapes_there(tmp_path):
+    """Its plumbing on a CPU build: every file decided twice by the same backend agrees exactly, the f32 file
+    agrees with the HF model, the toy 7B-shaped ladder is timed; without CUDA the real run is refused."""
+    pytest.importorskip("llama_cpp")
+    bench = _load("gguf_cuda")
+    if not bench.CUDA:
+        with pytest.raises(SystemExit, match="CUDA"):
+            bench.main(["--out", str(tmp_path / "no.json")])
+    out = tmp_path / "cuda.json"
+    report = bench.main(["--smoke", "--out", str(out)])
+    assert json.loads(out.read_text()) == report and report["errors"] == {}
+    assert list(report["parity"]) == list(bench.KINDS)
+    for kind in report["parity"].values():
+        assert len(kind["decisions_seen"]) > 1, "the random head decides more than one way"
+        assert list(kind["files"]) == ["f32", "q8_0", "q4_k_m"]
+        for result in kind["files"].values():
+            if not report["gpu_offload"]:  # a CPU build runs "-1 layers on the GPU" on the CPU: the same numbers
+                assert result["gpu_vs_cpu"]["max_probability_difference"] == 0.0
+            assert result["gpu_vs_cpu"]["argmax_agreement"] == 1.0
+        hf = kind["files"]["f32"]["cpu_vs_hf"]
+        assert hf["worst_state_cosine"] >= 0.9999 and hf["argmax_agreement"] == 1.0
+    ladder = report["ladder_7b"]
+    assert ladder["shape"]["hidden_size"] == 64 and list(ladder["files"]) == ["Q4_K_M", "F16", "Q8_0"]
+    for rung in ladder["files"].values():
+        assert rung["decide_p50_ms_batch1"] > 0 and rung["decisions_per_s_batch16"] > 0
+        assert all(a["answer_tokens"] > 0 for a in rung["answers"])

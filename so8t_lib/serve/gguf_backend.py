@@ -26,6 +26,7 @@ from ..export.gguf_meta import GGUFError, read_metadata, verify_sha256_sidecar
 from ..model.heads import SafetyHeadB
 from ..model.prompts import build_messages
 from .gguf_layers import LayerCapture, node_name
+from .llama_build import check_llama_build
 
 
 def _render_chat(template: str, messages: list[dict], eos_token: str | None, bos_token: str | None = None) -> str:
@@ -43,24 +44,6 @@ def _render_chat(template: str, messages: list[dict], eos_token: str | None, bos
 # token an output, so the final-norm node holds them all)
 POOLING = {"last": lambda lib: lib.LLAMA_POOLING_TYPE_LAST, "mean": lambda lib: lib.LLAMA_POOLING_TYPE_MEAN,
            "max": lambda lib: lib.LLAMA_POOLING_TYPE_MEAN}
-
-
-# a native llama.cpp build on a CPU with AMX compiles ggml's AMX matmul kernels in; on llama-cpp-python 0.3.36
-# they crashed the process (SIGSEGV in ggml_backend_amx_mul_mat) on a Q8_0 file of the tiny preset, so such a
-# build is refused at load rather than left to kill a serving process mid-decision
-AMX_FEATURE = "AMX_INT8 = 1"
-REBUILD_LLAMA = ('CMAKE_ARGS="-DGGML_NATIVE=OFF" python -m pip install --force-reinstall --no-deps --no-cache-dir '
-                 "llama-cpp-python")
-
-
-def check_llama_build(llama_cpp) -> None:
-    """Refuse a llama.cpp build whose CPU backend carries the AMX kernels (see AMX_FEATURE)."""
-    info = llama_cpp.llama_print_system_info()
-    info = info.decode("utf-8", "replace") if isinstance(info, bytes) else str(info)
-    if AMX_FEATURE in info:
-        raise GGUFError("this llama-cpp-python was built with ggml's AMX kernels (a native build on an AMX CPU), "
-                        f"which crash on quantized files; rebuild it without them (make venv does, or run in the venv): "
-                       f"{REBUILD_LLAMA}")
 
 
 def _usable_cores() -> int:
