@@ -221,3 +221,21 @@ def test_score_and_cli_fit_score(router, tmp_path):
     scored = json.loads((tmp_path / "score.json").read_text(encoding="utf-8"))
     assert scored["data"][str(data)]["REFUSE"]["rows"] == 3
     assert so8t(["router", "score", "--router", str(tmp_path / "absent.json")]) == 2
+
+
+def test_cli_reads_data_as_every_command_does(tmp_path, capsys):
+    """``--data`` goes through load_any: split samples work; rows without routes fit nothing and say so."""
+    router_file = tmp_path / "r.json"
+    assert so8t(["router", "fit", "--data", "train:300", "--out", str(router_file)]) == 0
+    assert "rows of train:300" in capsys.readouterr().out
+    assert so8t(["router", "score", "--router", str(router_file), "--data", "val:60", "--bootstrap", "5",
+                 "--out", str(tmp_path / "s.json")]) == 0
+    scored = json.loads((tmp_path / "s.json").read_text(encoding="utf-8"))["data"]
+    assert list(scored) == ["val:60"] and scored["val:60"]["ESCALATE"]["rows"] > 0
+    bare = tmp_path / "bare.jsonl"
+    bare.write_text(json.dumps({"user_request": "hello", "label": "ALLOW"}) + "\n", encoding="utf-8")
+    assert so8t(["router", "fit", "--data", str(bare), "--out", str(tmp_path / "never.json")]) == 2
+    assert "at least two route categories" in capsys.readouterr().err
+    assert so8t(["router", "fit", "--data", "val:0", "--out", str(tmp_path / "never.json")]) == 2
+    assert "positive number of rows" in capsys.readouterr().err
+    assert not (tmp_path / "never.json").exists()

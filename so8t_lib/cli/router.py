@@ -14,19 +14,13 @@ from __future__ import annotations
 import argparse
 import json
 import sys
-from pathlib import Path
 
 from ..core.config import ConfigError
 from ..core.io import atomic_write_text, sha256_file
-from ..core.paths import CORPUS_DIR
-from ..data.tables import DataError, load_table
+from ..data.benchmarks import load_any
+from ..data.tables import DataError
 from ..eval.routing import format_routing, score_routing, urgency_counts
 from ..serve.router import fit_router, load_router
-
-
-def data_path(name: str) -> Path:
-    """``val`` / ``test`` / ``train`` name a split of the corpus; anything else is a file."""
-    return CORPUS_DIR / f"{name}.jsonl" if name in ("train", "val", "test") else Path(name)
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -34,22 +28,21 @@ def main(argv: list[str] | None = None) -> int:
                                      formatter_class=argparse.RawDescriptionHelpFormatter)
     sub = parser.add_subparsers(dest="command", required=True)
     p_fit = sub.add_parser("fit", help="fit a router on a data file's categories")
-    p_fit.add_argument("--data", default="train", help="train (the corpus split) or a JSONL/CSV file")
+    p_fit.add_argument("--data", default="train", help="train (the corpus split), split:N or a JSONL/CSV file")
     p_fit.add_argument("--out", required=True, help="the router file to write")
     p_score = sub.add_parser("score", help="routing accuracy on data sets")
     p_score.add_argument("--router", required=True)
-    p_score.add_argument("--data", action="append", help="val, test or a file (repeatable; default val and test)")
+    p_score.add_argument("--data", action="append", help="val, test, split:N or a file (repeatable; default val and test)")
     p_score.add_argument("--bootstrap", type=int, default=1000, help="family resamples for the intervals (>= 1)")
     p_score.add_argument("--out", help="write the results as JSON")
     args = parser.parse_args(argv)
     try:
         if args.command == "fit":
-            source = data_path(args.data)
-            table = load_table(source)
-            router = fit_router(table.to_dict("records"), source=str(source))
+            table = load_any(args.data)  # as every command reads data: a split, split:N or a file
+            router = fit_router(table.to_dict("records"), source=str(args.data))
             router.save(args.out)
             counts = router.fitted_on["by_category"]
-            print(f"router fitted on {router.fitted_on['rows']} rows of {source} ({counts}), "
+            print(f"router fitted on {router.fitted_on['rows']} rows of {args.data} ({counts}), "
                   f"{len(router.vectorizer.vocabulary_)} features -> {args.out}")
             return 0
         if args.bootstrap < 1:
@@ -58,7 +51,7 @@ def main(argv: list[str] | None = None) -> int:
         results = {"router": str(args.router), "router_sha256": sha256_file(args.router),
                    "fitted_on": router.fitted_on, "data": {}}
         for name in args.data or ["val", "test"]:
-            table = load_table(data_path(name))
+            table = load_any(name)
             result = {**score_routing(router, table, resamples=args.bootstrap), "urgency": urgency_counts(table)}
             results["data"][name] = result
             print(format_routing(name, result))
