@@ -133,6 +133,32 @@ def test_a_route_with_its_own_webhook_posts_there_and_the_rest_use_the_shared_on
         server.shutdown()
 
 
+def test_start_up_names_route_webhook_variables_that_are_not_set(tmp_path, monkeypatch, caplog):
+    """An operator who gave a desk its own webhook variable but did not set it hears so at start-up, with where
+    that desk's cases go instead; with every variable set, or in test mode, nothing is said."""
+    monkeypatch.delenv("SLACK_WEBHOOK_URL", raising=False)
+    monkeypatch.delenv("SO8T_TEST_MEDICAL_HOOK", raising=False)
+    monkeypatch.setenv("SO8T_TEST_HR_HOOK", "http://127.0.0.1:9/hr")
+    routes = {c: {"notify": c} for c in ("legal", "security", "finance", "general")}
+    routes["medical"] = {"notify": "medical", "webhook_env": "SO8T_TEST_MEDICAL_HOOK"}
+    routes["hr"] = {"notify": "hr", "webhook_env": "SO8T_TEST_HR_HOOK"}
+
+    def start_up_warnings(folder, **escalation_cfg) -> list[str]:
+        caplog.clear()
+        with caplog.at_level(logging.WARNING, logger="so8t_lib.serve.runtime"):
+            _agent(tmp_path / folder, routes=routes, **escalation_cfg)
+        return [r.getMessage() for r in caplog.records if "webhook" in r.getMessage()]
+
+    (shared,) = start_up_warnings("shared", notification_webhook="http://127.0.0.1:9/shared")
+    assert "use the shared webhook: SO8T_TEST_MEDICAL_HOOK" in shared and "SO8T_TEST_HR_HOOK" not in shared
+    (alone,) = start_up_warnings("alone")  # the hr hook is a channel, so cases can be sent; medical's cannot
+    assert "have no webhook (their cases are notified by e-mail, if at all): SO8T_TEST_MEDICAL_HOOK" in alone
+    monkeypatch.setenv("SO8T_TEST_MEDICAL_HOOK", "http://127.0.0.1:9/medical")
+    assert start_up_warnings("all set") == []
+    monkeypatch.delenv("SO8T_TEST_MEDICAL_HOOK")
+    assert start_up_warnings("test mode", test_mode=True) == []
+
+
 def test_a_route_webhook_is_named_by_a_variable_never_written_in_the_config():
     with pytest.raises(ValueError, match="not an environment variable name"):
         RuntimeConfig.model_validate({"model": {"checkpoint_path": "x"}, "escalation": {"routes": {
