@@ -49,6 +49,8 @@ from so8t_lib.export.gguf_meta import write_sha256_sidecar  # noqa: E402
 from so8t_lib.export.gguf_writer import write_gguf  # noqa: E402
 from so8t_lib.export.quantize import export, quantize  # noqa: E402
 from so8t_lib.model import SO8TModel  # noqa: E402
+from so8t_lib.model.shapes import QWEN25_7B_SHAPE as QWEN25_7B  # noqa: E402
+from so8t_lib.model.shapes import TOY_QWEN_SHAPE as SMOKE_QWEN  # noqa: E402
 from so8t_lib.model.tokenizer import tiny_tokenizer  # noqa: E402
 from so8t_lib.serve.gguf_backend import GGUFBackend  # noqa: E402
 
@@ -60,11 +62,6 @@ KINDS = {"qwen2, max head on layers 2 and 6": ("qwen2", {"pooling": "max", "hidd
          "gemma3, mean head on the final norm": ("gemma3", {"pooling": "mean"})}
 PARITY_ROWS, TIMED = 120, 24
 SMOKE_ROWS = 24  # --smoke: fewer rows, for the CPU test of this script
-QWEN25_7B = dict(hidden_size=3584, intermediate_size=18944, num_hidden_layers=28, num_attention_heads=28,
-                 num_key_value_heads=4, vocab_size=152064, max_position_embeddings=32768, rope_theta=1e6,
-                 rms_norm_eps=1e-6, tie_word_embeddings=False)
-SMOKE_QWEN = dict(QWEN25_7B, hidden_size=64, intermediate_size=128, num_hidden_layers=2, num_attention_heads=4,
-                  num_key_value_heads=2, vocab_size=8192)
 ANSWER_TOKENS = 128
 CUDA = torch.cuda.is_available()
 VERBOSE = bool(os.environ.get("SO8T_LLAMA_VERBOSE"))  # llama.cpp logs and a crash trace (quiet loads hide stderr)

@@ -51,17 +51,14 @@ sys.path.insert(0, str(ROOT))
 from so8t_lib.core.config import load_config  # noqa: E402
 from so8t_lib.core.io import atomic_write_text  # noqa: E402
 from so8t_lib.data.tables import load_table  # noqa: E402
+from so8t_lib.model.shapes import QWEN25_7B_SHAPE as QWEN25_7B  # noqa: E402
+from so8t_lib.model.shapes import TOY_QWEN_SHAPE as SMOKE_QWEN  # noqa: E402
 from so8t_lib.model.tokenizer import tiny_tokenizer  # noqa: E402
 from so8t_lib.train.collate import table_rows  # noqa: E402
 from so8t_lib.train.optim import lr_multiplier  # noqa: E402
 from so8t_lib.train.trainer import Trainer  # noqa: E402
 
 CORPUS = ROOT / "data" / "so8t_safety"
-QWEN25_7B = dict(hidden_size=3584, intermediate_size=18944, num_hidden_layers=28, num_attention_heads=28,
-                 num_key_value_heads=4, vocab_size=152064, max_position_embeddings=32768, rope_theta=1e6,
-                 rms_norm_eps=1e-6, tie_word_embeddings=False)
-SMOKE_QWEN = dict(QWEN25_7B, hidden_size=64, intermediate_size=128, num_hidden_layers=2, num_attention_heads=4,
-                  num_key_value_heads=2, vocab_size=8192)
 SEQ = 512
 LONG_ROWS = 64  # rows of SEQ tokens: more than the timed micro-batches need
 CUDA = torch.cuda.is_available()
