@@ -184,3 +184,24 @@ def test_an_unreachable_server_is_unavailable_and_its_password_is_never_shown():
     assert "does not answer" in str(raised.value) and "s3cret-pw" not in str(raised.value)
     with pytest.raises(QueueError, match="unsupported escalation queue URL"):
         EscalationQueue("mysql://u@h/db")
+
+
+def test_the_urgent_column_is_stored_and_added_to_a_queue_made_before_it(target):
+    """A queue from before the ``urgent`` column gets it on opening (NOT NULL, 0 for its old cases); new cases
+    keep the flag they are added with."""
+    from sqlalchemy import text
+
+    store = EscalationQueue(target, escalation_timeout_s=60)
+    store.add(_case(1))
+    with store.engine.connect() as conn, conn.begin():
+        conn.execute(text("ALTER TABLE cases DROP COLUMN urgent"))  # as a queue made by an earlier version
+    store.close()
+    reopened = EscalationQueue(target, escalation_timeout_s=60)
+    try:
+        assert reopened.get("esc_0001")["urgent"] is False
+        reopened.add(_case(2, urgent=True))
+        reopened.add(_case(3))
+        assert [(c["case_id"], c["urgent"]) for c in reopened.list()] == [
+            ("esc_0001", False), ("esc_0002", True), ("esc_0003", False)]
+    finally:
+        reopened.close()

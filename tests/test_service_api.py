@@ -245,6 +245,11 @@ def test_a_possible_emergency_is_counted_for_the_alert(serve):
     assert "urgent" in result["flags"] and result["rationale"].startswith("命に関わる")
     metrics = client.get("/metrics").text
     assert 'so8t_urgent_total{decision="ESCALATE"} 1.0' in metrics and 'so8t_urgent_total{decision="ALLOW"} 0.0' in metrics
+    calm = client.post("/v1/decide", headers=CLIENT, json={"user_request": "Approve 5M yen"}).json()["escalation_id"]
+    listed = client.get("/v1/escalations", headers=REVIEWER).json()["cases"]
+    assert {c["case_id"]: c["urgent"] for c in listed} == {result["escalation_id"]: True, calm: False}
+    urgent_only = client.get("/v1/escalations?urgent=true", headers=REVIEWER).json()
+    assert urgent_only["count"] == 1 and urgent_only["cases"][0]["case_id"] == result["escalation_id"]
 
 
 HR_DESK_SECRET = "hr-desk-secret-0123456789"

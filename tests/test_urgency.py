@@ -68,6 +68,21 @@ def test_the_decision_stands_and_the_emergency_line_comes_first(tmp_path, probs,
     assert "urgent" in record["flags"] and record["rationale"] == result["rationale"]
     if decision == "ESCALATE":
         assert "medical staff" in result["rationale"] and result["escalation_id"]
+        assert agent.queue.get(result["escalation_id"])["urgent"] is True
+
+
+def test_only_cases_the_screen_marked_are_urgent_in_the_queue(tmp_path, capsys):
+    """The case row says ``urgent``; ``so8t escalation list --urgent`` shows only those."""
+    from so8t_lib.cli import main as so8t
+
+    agent = _agent(tmp_path, FakeDecider((0.2, 0.1, 0.7)))
+    calm = agent.run_agent(None, "Please approve my expense exception")["escalation_id"]
+    failed = _agent(tmp_path, FakeDecider(behaviour="raise")).run_agent(None, "He is not breathing")["escalation_id"]
+    assert agent.queue.get(calm)["urgent"] is False and agent.queue.get(failed)["urgent"] is True
+    capsys.readouterr()
+    assert so8t(["escalation", "--db", str(tmp_path / "logs" / "escalations.sqlite"), "list", "--urgent"]) == 0
+    listed = [json.loads(line) for line in capsys.readouterr().out.splitlines()]
+    assert [c["case_id"] for c in listed] == [failed] and listed[0]["urgent"] is True
 
 
 def test_a_possible_emergency_keeps_a_desk_the_routing_found(tmp_path):
@@ -104,3 +119,5 @@ def test_notifications_of_an_urgent_case_say_so():
             "rationale": f"{URGENT_NOTICE['en']} This request needs a person's judgement (medical)."}
     assert notifier._message(case, reminder=False).split("] ", 1)[1].startswith("URGENT")
     assert "URGENT" not in notifier._message({**case, "rationale": "needs a person"}, reminder=False)
+    # the column decides for cases queued with it; the rationale's line for cases queued before it existed
+    assert "URGENT" in notifier._message({**case, "rationale": "needs a person", "urgent": True}, reminder=True)

@@ -1,6 +1,6 @@
 """so8t escalation: the queue of cases for people.
 
-    so8t escalation list [--status open] [--overdue] [--no-tests]
+    so8t escalation list [--status open] [--overdue] [--urgent] [--no-tests]
     so8t escalation resolve CASE_ID --decision ALLOW|REFUSE --by NAME [--note TEXT] [--supersede]
     so8t escalation history CASE_ID
     so8t escalation redact --resolved-before 2026-09-01 [--dry-run]
@@ -31,10 +31,11 @@ from ..serve.config import QUEUE_URL_ENV, REPLICA_ENV, load_runtime_config, repl
 from ..serve.escalation import REDACTED_FIELDS, EscalationQueue, QueueError
 from ..serve.outcome import utc_timestamp
 from ..serve.queue_sql import is_url
+from ..serve.urgency import is_urgent_case
 
 DB_NAME = "escalations.sqlite"
 MAX_LISTED_IDS = 1000  # a redaction's audit record names at most this many cases (it always counts them all)
-LISTED = ("case_id", "created_at", "category", "status", "overdue", "test", "human_decision", "resolved_by", "input")
+LISTED = ("case_id", "created_at", "category", "status", "overdue", "urgent", "test", "human_decision", "resolved_by", "input")
 
 
 def _locations(args) -> tuple[str | Path, Path, str | None, str | None]:
@@ -86,6 +87,7 @@ def main(argv: list[str] | None = None) -> int:
     p_list = sub.add_parser("list", help="show cases (one JSON object each)")
     p_list.add_argument("--status", choices=["open", "notified", "notify_failed", "resolved"])
     p_list.add_argument("--overdue", action="store_true", help="only cases past escalation_timeout")
+    p_list.add_argument("--urgent", action="store_true", help="only cases the emergency screen marked")
     p_list.add_argument("--no-tests", action="store_true", help="leave out cases made in --test-mode")
     p_resolve = sub.add_parser("resolve", help="record a person's decision on a case")
     p_resolve.add_argument("case_id")
@@ -106,6 +108,8 @@ def main(argv: list[str] | None = None) -> int:
         queue = EscalationQueue(db, create=False, encryption_key=enc_key)
         if args.command == "list":
             for case in queue.list(args.status, overdue_only=args.overdue, include_tests=not args.no_tests):
+                if args.urgent and not is_urgent_case(case):
+                    continue
                 print(json.dumps({k: case.get(k) for k in LISTED}, ensure_ascii=False))
             return 0
         if args.command == "history":

@@ -174,6 +174,7 @@ class EscalationQueue:
         case = {k: (self._open(mapping[k]) if k in ENCRYPTED_FIELDS else mapping[k]) for k in mapping.keys()}
         case["notifications"] = json.loads(case.get("notifications") or "[]")
         case["test"] = bool(case.get("test"))
+        case["urgent"] = bool(case.get("urgent"))
         case["overdue"] = case.get("overdue_at") is not None or (
             case["status"] != "resolved" and case.get("due_at") is not None and case["due_at"] <= iso(utc_now()))
         return case
@@ -195,7 +196,7 @@ class EscalationQueue:
                "user_id": self._seal(case.get("user_id")), "category": case.get("category"),
                "input": self._seal(case.get("input")), "rationale": self._seal(case.get("rationale")),
                "confidence": case.get("confidence"), "status": "open", "notifications": "[]",
-               "test": int(bool(case.get("test"))), "error": case.get("error")}
+               "test": int(bool(case.get("test"))), "error": case.get("error"), "urgent": int(bool(case.get("urgent")))}
         with self._db(write=True) as db:
             return db.execute(self._insert().values(**row).returning(cases.c.case_id)).first() is not None
 

@@ -21,7 +21,7 @@ import urllib.request
 from email.message import EmailMessage
 
 from .config import EscalationConfig
-from .urgency import is_urgent_rationale
+from .urgency import is_urgent_case
 
 logger = logging.getLogger("so8t.escalation")
 NO_CHANNEL = ("no notification channel is configured (set SLACK_WEBHOOK_URL or escalation.notification_webhook, "
@@ -75,7 +75,7 @@ class Notifier:
         return found
 
     def _message(self, case: dict, reminder: bool) -> str:
-        head = ("URGENT, a possible emergency: " if is_urgent_rationale(case.get("rationale")) else "") + (
+        head = ("URGENT, a possible emergency: " if is_urgent_case(case) else "") + (
             "OVERDUE: no decision yet on " if reminder else "")
         return (f"[SO8T escalation {case['case_id']}] {head}category {case['category']}, request {case['request_id']}\n"
                 f"{case['rationale']}\nInput (personal data masked): {case['input']}\n"
@@ -97,7 +97,7 @@ class Notifier:
         route = self.config.routes[case["category"]]
         message = EmailMessage()
         message["From"], message["To"] = self.config.email_from, route.email
-        message["Subject"] = f"[SO8T] {'URGENT ' if is_urgent_rationale(case.get('rationale')) else ''}" \
+        message["Subject"] = f"[SO8T] {'URGENT ' if is_urgent_case(case) else ''}" \
                              f"{'OVERDUE ' if reminder else ''}escalation {case['case_id']} ({case['category']})"
         message.set_content(self._message(case, reminder))
         host = os.environ.get("SMTP_SERVER") or self.config.smtp_server

@@ -8,6 +8,7 @@ import math
 import uuid
 
 from .fields import bounded, masked_bounded
+from .urgency import URGENT_FLAG
 
 MAX_ERROR_CHARS = 1000
 # what the employee reads, in the request's language (Japanese when it holds Japanese script)
@@ -100,4 +101,5 @@ def escalation_case(result: dict, request: str | None, user_id: str | None, test
         "request_id": result["request_id"], "user_id": user_id, "category": result["category"],
         "input": masked_bounded(request, limit) if request is not None else None, "rationale": result["rationale"],
         "confidence": result["confidence"], "test": test, "error": result.get("error"),
+        "urgent": URGENT_FLAG in result.get("flags", ()),
     }

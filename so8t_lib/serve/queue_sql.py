@@ -51,6 +51,7 @@ cases = Table(
     Column("notifications", Text), Column("human_decision", Text), Column("resolved_by", Text),
     Column("resolved_at", Text), Column("note", Text), Column("test", Integer, nullable=False, server_default="0"),
     Column("overdue_at", Text), Column("error", Text),
+    Column("urgent", Integer, nullable=False, server_default="0"),  # the emergency screen marked the request
 )
 resolutions = Table(
     "resolutions", metadata,
@@ -144,7 +145,7 @@ def ensure_schema(engine: Engine) -> None:
         for column in cases.columns:  # queues made by earlier versions
             if column.name not in have:
                 kind = column.type.compile(engine.dialect)
-                default = " NOT NULL DEFAULT 0" if column.name == "test" else ""
+                default = f" NOT NULL DEFAULT {column.server_default.arg}" if column.server_default is not None else ""
                 conn.exec_driver_sql(f"ALTER TABLE cases ADD COLUMN {column.name} {kind}{default}")
         RESOLUTIONS_BY_CASE.create(conn, checkfirst=True)
 

@@ -52,9 +52,14 @@ def urgent_notice(request: str | None) -> str:
 
 
 def is_urgent_rationale(rationale: str | None) -> bool:
-    """Whether a stored rationale starts with the emergency line (how a notification knows to say URGENT
-    without a new column in the queue)."""
+    """Whether a rationale starts with the emergency line."""
     return bool(rationale) and rationale.startswith(tuple(URGENT_NOTICE.values()))
+
+
+def is_urgent_case(case: dict) -> bool:
+    """A queued case the screen marked: its ``urgent`` column, or for a case queued before that column
+    existed, the emergency line its rationale starts with."""
+    return bool(case.get("urgent")) or is_urgent_rationale(case.get("rationale"))
 
 
 def urgent_route(routed: str) -> str:

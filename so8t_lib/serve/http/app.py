@@ -36,6 +36,7 @@ from ...core.schema import ROUTE_CATEGORIES
 from ..audit import AuditWriteError
 from ..escalation import AlreadyResolved, QueueError, QueueUnavailable
 from ..outcome import utc_timestamp
+from ..urgency import is_urgent_case
 from .auth import CLIENT, REVIEWER, ApiKey, RateLimiter
 from .batching import Closing, Overloaded
 from .dashboard_page import PAGE, SCRIPT
@@ -221,12 +222,13 @@ def create_app(service: Service) -> FastAPI:
                           status: Annotated[Literal[(*CASE_STATUSES, UNRESOLVED)] | None,  # type: ignore[valid-type]
                                             Query(description="a case status, or 'unresolved'")] = None,
                           overdue: Annotated[bool, Query(description="only cases past escalation_timeout")] = False,
+                          urgent: Annotated[bool, Query(description="only cases the emergency screen marked")] = False,
                           include_tests: bool = True,
                           limit: Annotated[int, Query(ge=1, le=1000)] = 100):
         def listing() -> list[dict]:
             statuses = UNRESOLVED_STATUSES if status == UNRESOLVED else (status,)
             return [c for s in statuses for c in service.agent.queue.list(s, overdue, include_tests)
-                    if key.reviews(c.get("category"))]
+                    if key.reviews(c.get("category")) and (is_urgent_case(c) or not urgent)]
         try:
             cases = await run_in_threadpool(listing)
         except QueueError as exc:

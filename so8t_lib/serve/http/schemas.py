@@ -110,6 +110,7 @@ class EscalationCase(BaseModel):
     confidence: float | None = None
     status: str
     overdue: bool
+    urgent: bool = False  # the emergency screen marked the request (docs/runtime.md, "Emergencies")
     test: bool
     human_decision: str | None = None
     resolved_by: str | None = None
