@@ -215,7 +215,7 @@ def test_escalations_listed_and_resolved_by_reviewers_with_an_audit_record(serve
     assert wrong.status_code == 422 and "decision" in wrong.json()["error"]["message"]
 
 
-def test_the_client_holding_the_case_id_learns_what_a_person_decided_and_nothing_else(serve):
+def test_the_client_that_asked_learns_what_a_person_decided_and_nothing_else(serve):
     service, client = serve(FixedDecider(PROBS["ESCALATE"]))
     asked = client.post("/v1/decide", headers=CLIENT, json={"user_request": "Can I see Tanaka-san's salary?"}).json()
     case_id = asked["escalation_id"]
@@ -227,8 +227,20 @@ def test_the_client_holding_the_case_id_learns_what_a_person_decided_and_nothing
     after = client.get(f"/v1/escalations/{case_id}/outcome", headers=CLIENT).json()
     assert after["status"] == "resolved" and after["human_decision"] == "REFUSE" and after["resolved_at"]
     assert not {"input", "note", "resolved_by", "user_id", "rationale"} & set(after)   # the reviewer's side stays there
-    assert client.get("/v1/escalations/esc_nope/outcome", headers=CLIENT).status_code == 404
+    missing = client.get("/v1/escalations/esc_nope/outcome", headers=CLIENT)
+    assert missing.status_code == 404
     assert client.get(f"/v1/escalations/{case_id}/outcome").status_code == 401
+    # another client key holding the id learns nothing, not even that the case exists; a reviewer of its desk may ask
+    other = client.get(f"/v1/escalations/{case_id}/outcome", headers=OTHER_CLIENT)
+    assert other.status_code == 404 and other.json()["error"]["message"] == f"no escalation case {case_id!r}"
+    assert client.get(f"/v1/escalations/{case_id}/outcome", headers=REVIEWER).json()["human_decision"] == "REFUSE"
+    listed = client.get("/v1/escalations", headers=REVIEWER).json()["cases"]
+    assert [(c["case_id"], c["client"]) for c in listed] == [(case_id, "gateway")]
+    moderated = client.post("/v1/moderations", headers=OTHER_CLIENT, json={"input": "Approve 5M yen"}).json()
+    batch_case = next(c for c in client.get("/v1/escalations", headers=REVIEWER).json()["cases"] if c["case_id"] != case_id)
+    assert moderated["results"][0]["flagged"] and batch_case["client"] == "batch"
+    assert client.get(f"/v1/escalations/{batch_case['case_id']}/outcome", headers=OTHER_CLIENT).status_code == 200
+    assert client.get(f"/v1/escalations/{batch_case['case_id']}/outcome", headers=CLIENT).status_code == 404
 
 
 def test_polling_an_outcome_counts_against_the_keys_rate(serve):

@@ -196,7 +196,8 @@ class EscalationQueue:
                "user_id": self._seal(case.get("user_id")), "category": case.get("category"),
                "input": self._seal(case.get("input")), "rationale": self._seal(case.get("rationale")),
                "confidence": case.get("confidence"), "status": "open", "notifications": "[]",
-               "test": int(bool(case.get("test"))), "error": case.get("error"), "urgent": int(bool(case.get("urgent")))}
+               "test": int(bool(case.get("test"))), "error": case.get("error"), "urgent": int(bool(case.get("urgent"))),
+               "client": case.get("client")}
         with self._db(write=True) as db:
             return db.execute(self._insert().values(**row).returning(cases.c.case_id)).first() is not None
 

@@ -52,6 +52,7 @@ cases = Table(
     Column("resolved_at", Text), Column("note", Text), Column("test", Integer, nullable=False, server_default="0"),
     Column("overdue_at", Text), Column("error", Text),
     Column("urgent", Integer, nullable=False, server_default="0"),  # the emergency screen marked the request
+    Column("client", Text),  # the API key that asked over HTTP: the one that may read the outcome
 )
 resolutions = Table(
     "resolutions", metadata,

@@ -36,6 +36,7 @@ class CleanRequest:
     context: str | None
     user_id: str | None
     flags: list[str] = field(default_factory=list)
+    client: str | None = None  # the API key that asked (set by the HTTP service, never read from a request body)
 
 
 def _has_surrogates(text: str) -> bool:

@@ -273,8 +273,10 @@ class Agent:
         if not isinstance(item, dict):
             raise InvalidRequest(f"each request must be an object with user_request, got {type(item).__name__}")
         v = self.config.validation
-        return validate_request(item.get("user_request"), item.get("context"), item.get("user_id"),
-                                v.max_request_chars, v.max_context_chars, v.max_user_id_chars)
+        clean = validate_request(item.get("user_request"), item.get("context"), item.get("user_id"),
+                                 v.max_request_chars, v.max_context_chars, v.max_user_id_chars)
+        clean.client = item.get("client")
+        return clean
 
     def _flags(self, flags: list[str]) -> list[str]:
         return [*flags, "unverified_model"] if self.unverified else list(flags)
@@ -298,7 +300,7 @@ class Agent:
             mark_urgent(result, clean.user_request)
         if decision == "ALLOW":
             result["task_response"], result["error"] = self._generate(clean.user_request, clean.context)
-        return self._finish(result, clean.user_request, clean.user_id, start)
+        return self._finish(result, clean.user_request, clean.user_id, start, clean.client)
 
     def _categorize(self, request: str, context: str | None) -> str:
         """The route: the learned router where one is configured, the keyword table otherwise or if it fails
@@ -324,7 +326,7 @@ class Agent:
                                          self._flags(flags or [])), reason, detect_lang(text or ""))
         if urgent:
             mark_urgent(result, text)
-        return self._finish(result, text, user_id, start)
+        return self._finish(result, text, user_id, start, item.get("client"))
 
     # ----- recording --------------------------------------------------------------------------------
     def _record(self, result: dict, request: str | None, user_id: str | None) -> dict:
@@ -340,7 +342,8 @@ class Agent:
         logger.error("audit record of %s not written: %s", result["request_id"], exc)
         result["flags"] = list(dict.fromkeys([*result["flags"], "audit_write_failed"]))
 
-    def _finish(self, result: dict, request: str | None, user_id: str | None, start: float) -> dict:
+    def _finish(self, result: dict, request: str | None, user_id: str | None, start: float,
+                client: str | None = None) -> dict:
         """Write the one audit record; an ALLOW or REFUSE whose record fails becomes ESCALATE."""
         if result["decision"] != "ESCALATE":
             self._stamp(result, start)
@@ -352,14 +355,15 @@ class Agent:
                 fail_closed(result, f"audit write failed: {exc}", detect_lang(request or ""))
                 if URGENT_FLAG in result["flags"]:  # the emergency line survives the rewritten rationale
                     mark_urgent(result, request)
-        return self._escalate(result, request, user_id, start)
+        return self._escalate(result, request, user_id, start, client)
 
-    def _escalate(self, result: dict, request: str | None, user_id: str | None, start: float) -> dict:
+    def _escalate(self, result: dict, request: str | None, user_id: str | None, start: float,
+                  client: str | None = None) -> dict:
         """Spool, queue (bounded wait), then audit; the desk retries whatever did not happen."""
         result["escalation_id"] = new_case_id()
         limit = self.config.logging.max_field_chars
         stored_uid = pseudonym(user_id, self._mac_key) if self.config.logging.mask_personal_data else user_id
-        case = escalation_case(result, request, stored_uid, self.test_mode, limit)
+        case = escalation_case(result, request, stored_uid, self.test_mode, limit, client)
         ticket = self.desk.open(case, self.audit.prepare(self._record(result, request, user_id)))
         result["escalation_status"] = self.desk.try_queue(ticket)
         if not ticket.queued:

@@ -198,7 +198,7 @@ def create_app(service: Service) -> FastAPI:
               summary="Decide one request (an object) or several (a list): ALLOW, REFUSE or ESCALATE")
     async def decide_route(body: Annotated[DecideBody, Body()], request: Request,  # type: ignore[valid-type]
                            key: ApiKey = client):
-        items = [i.model_dump() for i in body] if isinstance(body, list) else [body.model_dump()]
+        items = [{**i.model_dump(), "client": key.name} for i in (body if isinstance(body, list) else [body])]
         charge(key, len(items))
         results = await decide(items, request, "decide")
         return SafeJSONResponse(results if isinstance(body, list) else results[0])
@@ -210,7 +210,8 @@ def create_app(service: Service) -> FastAPI:
                           key: ApiKey = client):
         texts = body.input if isinstance(body.input, list) else [body.input]
         charge(key, len(texts))
-        results = await decide([{"user_request": t, "context": None, "user_id": body.user} for t in texts],
+        results = await decide([{"user_request": t, "context": None, "user_id": body.user, "client": key.name}
+                                for t in texts],
                                request, "moderations")
         model = results[0]["model_version"] if results else service.agent.model_version
         return SafeJSONResponse({"id": f"modr-{uuid.uuid4().hex[:24]}", "model": model,
@@ -239,8 +240,8 @@ def create_app(service: Service) -> FastAPI:
 
     @app.get("/v1/escalations/{case_id}/outcome", response_model=EscalationOutcome, tags=["gate"],
              responses=errors(401, 403, 404, 503),
-             summary="Where an escalated request stands and what a person decided (the escalation_id is the "
-                     "credential: any client key holding it may ask)")
+             summary="Where an escalated request stands and what a person decided (the client key that asked, "
+                     "or a reviewer of its desk, may read it)")
     async def outcome(case_id: Annotated[str, FastPath(pattern=CASE_ID_PATTERN, description="the escalation_id "
                                                        "of the decision")], key: ApiKey = client):
         charge(key, 1)  # polling counts against the key's rate, so ids cannot be guessed at speed
@@ -250,6 +251,9 @@ def create_app(service: Service) -> FastAPI:
             raise ApiError(404, "not_found", f"no escalation case {case_id!r}") from None
         except QueueError as exc:
             raise ApiError(503, "queue_unavailable", str(exc), {"Retry-After": "2"}) from None
+        asked_by = case.get("client")  # None: decided outside the HTTP service
+        if asked_by not in (None, key.name) and not key.reviews(case.get("category")):
+            raise ApiError(404, "not_found", f"no escalation case {case_id!r}")  # another key's case: none to it
         return SafeJSONResponse(EscalationOutcome.model_validate(case).model_dump())
 
     @app.post("/v1/escalations/{case_id}/resolve", response_model=Resolution, tags=["review"],

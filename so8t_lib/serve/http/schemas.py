@@ -111,6 +111,7 @@ class EscalationCase(BaseModel):
     status: str
     overdue: bool
     urgent: bool = False  # the emergency screen marked the request (docs/runtime.md, "Emergencies")
+    client: str | None = None  # the API key that asked (None: decided outside the HTTP service)
     test: bool
     human_decision: str | None = None
     resolved_by: str | None = None
