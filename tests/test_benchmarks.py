@@ -561,10 +561,10 @@ def test_gguf_cuda_benchmark_refuses_a_cpu_and_runs_its_toy_shapes_there(tmp_pat
     out = tmp_path / "cuda.json"
     report = bench.main(["--smoke", "--out", str(out)])
     assert json.loads(out.read_text()) == report and report["errors"] == {}
-    assert list(report["parity"]) == list(bench.KINDS)
+    assert list(report["parity"]) == list(bench.KINDS)[1:2]  # --smoke: the default's kind, a stopped pass
     for kind in report["parity"].values():
         assert len(kind["decisions_seen"]) > 1, "the random head decides more than one way"
-        assert list(kind["files"]) == ["f32", "q8_0", "q4_k_m"]
+        assert list(kind["files"]) == ["f32", "q4_k_m"]
         for result in kind["files"].values():
             if not report["gpu_offload"]:  # a CPU build runs "-1 layers on the GPU" on the CPU: the same numbers
                 assert result["gpu_vs_cpu"]["max_probability_difference"] == 0.0
