@@ -284,6 +284,10 @@ def test_a_desk_reviewer_sees_and_resolves_only_its_own_cases_and_cannot_stop_th
                           json={"decision": "ALLOW", "by": "Sato (hr)"})
     assert refused.status_code == missing.status_code == 404                # another desk's case looks absent
     assert "finance" not in refused.json()["error"]["message"]
+    # the outcome follows the same desks: the hr desk reads its own case's outcome, not another desk's
+    outcome = "/v1/escalations/{}/outcome"
+    assert client.get(outcome.format(hr_case["escalation_id"]), headers=HR_DESK).status_code == 200
+    assert client.get(outcome.format(finance_case["escalation_id"]), headers=HR_DESK).status_code == 404
     assert service.agent.queue.get(finance_case["escalation_id"])["status"] != "resolved"   # nothing written
     assert records(folder(service), "resolution") == []
     mine = client.post(f"/v1/escalations/{hr_case['escalation_id']}/resolve", headers=HR_DESK,
