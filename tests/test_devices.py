@@ -102,3 +102,25 @@ def test_checkpoints_go_where_asked_and_a_4bit_base_never_silently_leaves_the_gp
             backends.load_decider(tmp_path, device=device)
         return
     assert backends.load_decider(tmp_path, device=device) is model and model.moved_to == outcome
+
+
+def test_the_gate_commands_model_flags_become_config_overrides():
+    """so8t runtime and so8t serve share their model flags: a .gguf --model-path selects llama.cpp with
+    that file, --device sets inference.device, and key=value overrides come first (the flags win)."""
+    import argparse
+
+    from so8t_lib.cli.gate_options import add_gate_options, gate_overrides
+    from so8t_lib.serve.config import load_runtime_config
+
+    parser = argparse.ArgumentParser(prog="so8t runtime")
+    add_gate_options(parser)
+    parser.add_argument("overrides", nargs="*")
+    args = parser.parse_args(["--model-path", "dist/x.gguf", "--device", "cpu", "inference.device=cuda"])
+    config = load_runtime_config("configs/basic.yaml", gate_overrides(args))
+    assert config.model.use_gguf and config.model.gguf_path == "dist/x.gguf"
+    assert config.model.checkpoint_path == "dist/x.gguf"
+    assert config.inference.device == "cpu"
+    folder = parser.parse_args(["--model-path", "checkpoints/run"])
+    assert gate_overrides(folder) == ["model.checkpoint_path=checkpoints/run"]
+    with pytest.raises(SystemExit):  # a device the runtime does not know is refused at the flag
+        parser.parse_args(["--device", "tpu"])

@@ -19,9 +19,9 @@ import sys
 import warnings
 
 from ..core.config import ConfigError
-from ..serve.config import DEVICES
 from ..serve.request_checks import Unparsed
 from ..serve.runtime import Agent
+from .gate_options import add_gate_options, gate_overrides
 
 EXIT_MODEL_NOT_LOADED = 3
 EXIT_AUDIT_FAILED = 4
@@ -51,9 +51,7 @@ def read_items(stream) -> list:
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(prog="so8t runtime", description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--config", default="configs/basic.yaml")
-    parser.add_argument("--use-gguf", action="store_true", help="decide with the config's GGUF file")
-    parser.add_argument("--model-path", help="override model.checkpoint_path (a folder or a .gguf file)")
-    parser.add_argument("--device", choices=DEVICES, help="where the model runs (inference.device)")
+    add_gate_options(parser)
     parser.add_argument("--request", help="one request; without it, JSONL objects are read from stdin")
     parser.add_argument("--context")
     parser.add_argument("--user-id")
@@ -62,15 +60,7 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("overrides", nargs="*", help="key=value, e.g. inference.safety_threshold=0.9")
     args = parser.parse_args(argv)
     warnings.filterwarnings("ignore", message=".*is_gradient_checkpointing.*")
-    overrides = list(args.overrides)
-    if args.device:
-        overrides.append(f"inference.device={args.device}")
-    if args.use_gguf:
-        overrides.append("model.use_gguf=true")
-    if args.model_path:
-        overrides.append(f"model.checkpoint_path={args.model_path}")
-        if args.model_path.endswith(".gguf"):
-            overrides += ["model.use_gguf=true", f"model.gguf_path={args.model_path}"]
+    overrides = gate_overrides(args)
     try:
         agent = Agent.from_config(args.config, overrides, test_mode=args.test_mode)
     except ConfigError as exc:

@@ -20,7 +20,8 @@ import sys
 import warnings
 
 from ..core.config import ConfigError
-from ..serve.config import DEVICES, load_runtime_config
+from ..serve.config import load_runtime_config
+from .gate_options import add_gate_options, gate_overrides
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -30,22 +31,12 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--host", help="address to listen on (default: service.host, 127.0.0.1)")
     parser.add_argument("--port", type=int, help="port (default: service.port, 8080; 0: any free port)")
     parser.add_argument("--log-dir", help="folder of the audit log, queue, spool and flag file (else SO8T_LOG_DIR)")
-    parser.add_argument("--use-gguf", action="store_true", help="decide with the config's GGUF file")
-    parser.add_argument("--model-path", help="override model.checkpoint_path (a folder or a .gguf file)")
-    parser.add_argument("--device", choices=DEVICES, help="where the model runs (inference.device)")
+    add_gate_options(parser)
     parser.add_argument("--test-mode", action="store_true", help="records and cases marked as tests; no notifications")
     parser.add_argument("overrides", nargs="*", help="key=value, e.g. service.max_batch=16")
     args = parser.parse_args(argv)
     warnings.filterwarnings("ignore", message=".*is_gradient_checkpointing.*")
-    overrides = list(args.overrides)
-    if args.device:
-        overrides.append(f"inference.device={args.device}")
-    if args.use_gguf:
-        overrides.append("model.use_gguf=true")
-    if args.model_path:
-        overrides.append(f"model.checkpoint_path={args.model_path}")
-        if args.model_path.endswith(".gguf"):
-            overrides += ["model.use_gguf=true", f"model.gguf_path={args.model_path}"]
+    overrides = gate_overrides(args)
     for key, value in (("host", args.host), ("port", args.port)):
         if value is not None:
             overrides.append(f"service.{key}={value}")
