@@ -49,6 +49,7 @@ from so8t_lib.export.gguf_meta import write_sha256_sidecar  # noqa: E402
 from so8t_lib.export.gguf_writer import write_gguf  # noqa: E402
 from so8t_lib.export.quantize import export, quantize  # noqa: E402
 from so8t_lib.model import SO8TModel  # noqa: E402
+from so8t_lib.model.perturb import perturb_adapters  # noqa: E402
 from so8t_lib.model.shapes import QWEN25_7B_SHAPE as QWEN25_7B  # noqa: E402
 from so8t_lib.model.shapes import TOY_QWEN_SHAPE as SMOKE_QWEN  # noqa: E402
 from so8t_lib.model.tokenizer import tiny_tokenizer  # noqa: E402
@@ -97,11 +98,8 @@ def small_model(kind: str, tokenizer, requests, contexts) -> SO8TModel:
     arch, head = KINDS[kind]
     model = SO8TModel.from_config(ModelConfig(name="so8t-cuda", tiny={"arch": arch, **SMALL}, head=head, load_in_4bit=False,
                                               gates={"init_std": 0.05}), tokenizer)
-    gen = torch.Generator().manual_seed(1)
+    perturb_adapters(model, scale=0.3)
     with torch.no_grad():
-        for name, param in model.named_parameters():
-            if "lora_" in name or ".r_safe." in name or ".r_cmd." in name:
-                param.add_(torch.randn(param.shape, generator=gen) * 0.3)
         last = [m for m in model.safety_head.net if isinstance(m, torch.nn.Linear)][-1]
         logits = model.decide(requests, contexts, return_logits=True)
         scale = 2.0 / float((logits - logits.mean(0)).std().clamp_min(1e-6))  # logits spread ~2 across rows
@@ -162,10 +160,9 @@ def time_backend(backend: GGUFBackend, requests: list[str], timed: int) -> dict:
     backend.generate(requests[0], max_tokens=8)  # builds the generating context
     answers = []
     for request in requests[1:4]:
-        tokens = backend.prompt_tokens(backend.format_prompt(request))
         start = time.perf_counter()
-        out = backend._generator.create_completion(tokens, max_tokens=ANSWER_TOKENS, temperature=0.0)
-        answers.append({"prompt_tokens": len(tokens), "answer_tokens": out["usage"]["completion_tokens"],
+        out = backend.complete(request, max_tokens=ANSWER_TOKENS, stop_at_eos=False)
+        answers.append({"prompt_tokens": out.prompt_tokens, "answer_tokens": out.answer_tokens,
                         "seconds": time.perf_counter() - start})
     result["answers"] = answers
     made = sum(a["answer_tokens"] for a in answers)

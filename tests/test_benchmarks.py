@@ -59,13 +59,13 @@ def test_head_vs_generative_benchmark_reports_both_ways_of_deciding(tmp_path, to
 
 def test_the_bare_base_context_takes_lora_and_gates_out_and_puts_them_back(tokenizer):
     import torch
-    from conftest import randomize_adapters
 
     from so8t_lib.core.config import ModelConfig
     from so8t_lib.model import SO8TModel
+    from so8t_lib.model.perturb import perturb_adapters
 
     model = SO8TModel.from_config(ModelConfig(name="bench", gates={"init_std": 0.05}), tokenizer).eval()
-    randomize_adapters(model)
+    perturb_adapters(model)
     batch = model.tokenizer(["Reset my own password"], return_tensors="pt")
     # the same seeded base with nothing added: the reference for "bare"
     plain = SO8TModel.from_config(ModelConfig(name="plain", lora={"r": 0}, gates={"order": "none"}), tokenizer).eval()

@@ -6,7 +6,6 @@ import json
 import numpy as np
 import pytest
 import torch
-from conftest import randomize_adapters
 
 from so8t_lib.cli import main as so8t
 from so8t_lib.data.benchmarks import BENCHMARKS
@@ -14,6 +13,7 @@ from so8t_lib.data.tables import DataError, load_split
 from so8t_lib.eval.calibration import TEMPERATURE_RANGE, fit_temperature
 from so8t_lib.eval.report import expected_calibration_error, safety_report
 from so8t_lib.model import SO8TModel
+from so8t_lib.model.perturb import perturb_adapters
 
 
 def test_fit_temperature_undoes_overconfidence():
@@ -45,7 +45,7 @@ def checkpoint(tmp_path_factory, tokenizer):
     from so8t_lib.core.config import ModelConfig
 
     model = SO8TModel.from_config(ModelConfig(lora={"modules_to_save": ["embed_tokens"]}), tokenizer)
-    randomize_adapters(model, scale=0.3)  # decisions that are not all alike
+    perturb_adapters(model, scale=0.3)  # decisions that are not all alike
     return model.save(tmp_path_factory.mktemp("eval") / "ckpt")
 
 

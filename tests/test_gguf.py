@@ -9,8 +9,6 @@ import torch
 pytest.importorskip("gguf")
 llama_cpp = pytest.importorskip("llama_cpp")
 
-from conftest import randomize_adapters  # noqa: E402
-
 from so8t_lib.cli import main as so8t  # noqa: E402
 from so8t_lib.core.config import ModelConfig  # noqa: E402
 from so8t_lib.data.tables import load_split, stratified_sample  # noqa: E402
@@ -18,6 +16,7 @@ from so8t_lib.export.gguf_meta import GGUFError, read_metadata  # noqa: E402
 from so8t_lib.export.gguf_writer import _tokens  # noqa: E402
 from so8t_lib.export.quantize import QUANT_TYPES, export  # noqa: E402
 from so8t_lib.model import SO8TModel  # noqa: E402
+from so8t_lib.model.perturb import perturb_adapters  # noqa: E402
 from so8t_lib.model.prompts import format_prompt  # noqa: E402
 from so8t_lib.serve.gguf_backend import GGUFBackend  # noqa: E402
 
@@ -40,7 +39,7 @@ def assert_same_decisions(hf: torch.Tensor, ours: torch.Tensor, atol: float) -> 
 def exported(tmp_path_factory, tokenizer):
     root = tmp_path_factory.mktemp("gguf")
     model = SO8TModel.from_config(ModelConfig(name="so8t-test", lora={"modules_to_save": ["embed_tokens"]}), tokenizer)
-    randomize_adapters(model, scale=0.3)
+    perturb_adapters(model, scale=0.3)
     model.train()
     model.safety_head(torch.randn(64, model.causal_lm.config.hidden_size) * 2 + 1)  # standardiser statistics
     with torch.no_grad():
@@ -137,7 +136,7 @@ def gemma3_exported(tmp_path_factory, tokenizer):
                                                "intermediate_size": 128, "sliding_window": 8},
                          head={"pooling": "mean"}, gates={"init_std": 0.05})
     model = SO8TModel.from_config(config, tokenizer)
-    randomize_adapters(model, scale=0.3)
+    perturb_adapters(model, scale=0.3)
     model.train()
     model.safety_head(torch.randn(64, 64) * 2 + 1)
     ckpt = model.save(root / "ckpt")
@@ -167,7 +166,7 @@ def test_a_max_pooling_head_decides_from_the_gguf_file_as_from_hf(arch, read_lay
                          head={"pooling": "max", "hidden_units": 32, "read_layers": read_layers},
                          gates={"init_std": 0.05})
     model = SO8TModel.from_config(config, tokenizer)
-    randomize_adapters(model, scale=0.3)
+    perturb_adapters(model, scale=0.3)
     test = load_split("test").sample(120, random_state=1)
     requests, contexts = list(test["user_request"]), [c or None for c in test["context"]]
     with torch.no_grad():  # the last layer centred on these rows' states and scaled up: decisions vary by row
@@ -225,7 +224,7 @@ def test_a_head_reading_middle_layers_decides_from_the_gguf_file_as_from_hf(arch
                                                    "intermediate_size": 128, "sliding_window": 8},
                          head={"pooling": pooling, "read_layers": [4, 2, 6]}, gates={"init_std": 0.05})
     model = SO8TModel.from_config(config, tokenizer)
-    randomize_adapters(model, scale=0.3)
+    perturb_adapters(model, scale=0.3)
     model.train()
     model.safety_head(torch.randn(64, 3 * 64) * 2 + 1)
     ckpt = model.save(tmp_path / "ckpt")
@@ -294,10 +293,14 @@ def test_backend_generates_text(exported):
     backend = GGUFBackend(paths["so8t-test-q8_0.gguf"])
     text = backend.generate("経費精算の締め日はいつですか", max_tokens=8)
     assert isinstance(text, str)
+    prompt = backend.prompt_tokens(backend.format_prompt("経費精算の締め日はいつですか"))
+    full = backend.complete("経費精算の締め日はいつですか", max_tokens=6, stop_at_eos=False)  # a fixed-length answer
+    assert (full.prompt_tokens, full.answer_tokens) == (len(prompt), 6)
     seen = []  # TaskHeadA gets the prompt's tokens as decide() sees them, never text llama.cpp would re-tokenize
-    backend._generator.create_completion = lambda prompt, **kw: seen.append(prompt) or {"choices": [{"text": ""}]}
+    backend._generator.create_completion = lambda prompt, **kw: seen.append(prompt) or {
+        "choices": [{"text": ""}], "usage": {"prompt_tokens": len(prompt), "completion_tokens": 0}}
     backend.generate("経費精算の締め日はいつですか")
-    assert seen == [backend.prompt_tokens(backend.format_prompt("経費精算の締め日はいつですか"))]
+    assert seen == [prompt]
 
 
 def test_bad_files_fail_with_clear_errors(exported, tmp_path):

@@ -100,15 +100,14 @@ def test_bad_inputs_are_named():
 @pytest.fixture(scope="module")
 def q4_file(tmp_path_factory, tokenizer):
     pytest.importorskip("llama_cpp")
-    from conftest import randomize_adapters
-
     from so8t_lib.core.config import ModelConfig
     from so8t_lib.export.quantize import export
     from so8t_lib.model import SO8TModel
+    from so8t_lib.model.perturb import perturb_adapters
 
     root = tmp_path_factory.mktemp("refit")
     model = SO8TModel.from_config(ModelConfig(name="so8t-refit"), tokenizer)
-    randomize_adapters(model, scale=0.3)
+    perturb_adapters(model, scale=0.3)
     model.train()
     model.safety_head(torch.randn(64, model.causal_lm.config.hidden_size) * 2 + 1)
     ckpt = model.save(root / "ckpt")

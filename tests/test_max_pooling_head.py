@@ -7,13 +7,14 @@ import json
 import numpy as np
 import pytest
 import torch
-from conftest import randomize_adapters, sample_batch
+from conftest import sample_batch
 from hypothesis import given, settings
 from hypothesis import strategies as st
 from test_model_families import FAMILIES, TEXTS, family_config
 
 from so8t_lib.core.config import ModelConfig
 from so8t_lib.model import SafetyHeadB, SO8TModel
+from so8t_lib.model.perturb import perturb_adapters
 from so8t_lib.model.so8t import position_ids_from_mask
 from so8t_lib.train.head_init import fit_token_head, token_moments
 
@@ -23,7 +24,7 @@ MAX_HEAD = {"dropout": 0.0, "pooling": "max", "hidden_units": 16}
 def max_model(arch: str, tokenizer, **head) -> SO8TModel:
     model = SO8TModel.from_config(family_config(arch, head={**MAX_HEAD, **head}, gates={"init_std": 0.05}),
                                   tokenizer).eval()
-    randomize_adapters(model)
+    perturb_adapters(model)
     with torch.no_grad():
         for p in model.safety_head.net.parameters():
             p.add_(torch.randn(p.shape, generator=torch.Generator().manual_seed(3)) * 0.3)

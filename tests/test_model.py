@@ -4,12 +4,13 @@ import copy
 
 import pytest
 import torch
-from conftest import randomize_adapters, sample_batch
+from conftest import sample_batch
 
 from so8t_lib.core.checkpoint import CheckpointError
 from so8t_lib.core.config import ConfigError, LossConfig, ModelConfig
 from so8t_lib.model import SafetyHeadB, SO8TModel
 from so8t_lib.model.base import build_tiny_base
+from so8t_lib.model.perturb import perturb_adapters
 from so8t_lib.train.losses import composite_loss
 
 TEXTS = ["How do I kill a hung Python process?", "山田さんの給与明細を見せてください。", "Hi"]
@@ -35,7 +36,7 @@ def test_fresh_model_matches_bare_hf_model(order, tiny_config, tokenizer):
 
 def test_merge_for_export_reproduces_both_heads(tiny_config, tokenizer):
     model = SO8TModel.from_config(tiny_config, tokenizer).eval()
-    randomize_adapters(model)
+    perturb_adapters(model)
     merged, head_state = model.merge_for_export()
     head = SafetyHeadB.from_state_dict(head_state)
     batch = sample_batch(tokenizer, TEXTS)
@@ -55,7 +56,7 @@ def test_merge_for_export_reproduces_both_heads(tiny_config, tokenizer):
 
 def test_one_backward_reaches_every_trainable_part(tiny_config, tokenizer):
     model = SO8TModel.from_config(tiny_config, tokenizer).train()
-    randomize_adapters(model)  # LoRA B starts at zero, which would zero the gradient of A
+    perturb_adapters(model)  # LoRA B starts at zero, which would zero the gradient of A
     batch = sample_batch(tokenizer, TEXTS)
     lm_labels = batch["input_ids"].clone()
     lm_labels[:, :2] = -100
@@ -88,7 +89,7 @@ def test_parameter_groups_partition_the_trainable_parameters(tiny_config, tokeni
 
 def test_padding_side_does_not_change_the_decision(tiny_config, tokenizer):
     model = SO8TModel.from_config(tiny_config, tokenizer).eval()
-    randomize_adapters(model)
+    perturb_adapters(model)
     with torch.no_grad():
         alone = torch.cat([model(**tokenizer([t], return_tensors="pt")).safety_logits for t in TEXTS])
         for side in ("right", "left"):
@@ -99,7 +100,7 @@ def test_padding_side_does_not_change_the_decision(tiny_config, tokenizer):
 
 def test_save_load_round_trip(tmp_path, tiny_config, tokenizer):
     model = SO8TModel.from_config(tiny_config, tokenizer).eval()
-    randomize_adapters(model)
+    perturb_adapters(model)
     with torch.no_grad():
         model.safety_head.temperature.fill_(1.7)
     path = model.save(tmp_path / "ckpt")
@@ -115,7 +116,7 @@ def test_save_load_round_trip(tmp_path, tiny_config, tokenizer):
 def test_saving_again_replaces_the_checkpoint_whole(tmp_path, tiny_config, tokenizer):
     model = SO8TModel.from_config(tiny_config, tokenizer)
     path = model.save(tmp_path / "ckpt")
-    randomize_adapters(model, seed=9)
+    perturb_adapters(model, seed=9)
     model.save(path)
     assert sorted(p.name for p in tmp_path.iterdir()) == ["ckpt"]  # no temporary folders left behind
     reloaded = SO8TModel.load(path)
@@ -239,7 +240,7 @@ def test_tiny_4bit_on_cpu_trains_saves_and_reloads(tiny_config, tokenizer, tmp_p
     (out.logits.float().square().mean() + out.safety_logits.square().mean()).backward()
     lora_grads = [p.grad for n, p in model.named_parameters() if "lora_B" in n]
     assert lora_grads and all(g is not None and g.abs().sum() > 0 for g in lora_grads)
-    randomize_adapters(model)
+    perturb_adapters(model)
     model.eval()
     with torch.no_grad():
         live = model(batch["input_ids"], batch["attention_mask"])
@@ -263,7 +264,7 @@ def test_gradient_checkpointing_gives_the_same_gradients(tiny_config, tokenizer)
     grads = []
     for checkpointing in (False, True):
         model = SO8TModel.from_config(tiny_config, tokenizer).train()
-        randomize_adapters(model)
+        perturb_adapters(model)
         if checkpointing:
             model.enable_gradient_checkpointing()
             assert all(layer.gradient_checkpointing for layer in model.decoder_layers)  # engaged per layer

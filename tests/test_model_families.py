@@ -7,13 +7,14 @@ import copy
 import numpy as np
 import pytest
 import torch
-from conftest import randomize_adapters, sample_batch
+from conftest import sample_batch
 
 from so8t_lib.core.config import ModelConfig, load_config
 from so8t_lib.data.tables import load_split, stratified_sample
 from so8t_lib.model import SafetyHeadB, SO8TModel
 from so8t_lib.model.base import build_tiny_base
 from so8t_lib.model.heads import pool_states
+from so8t_lib.model.perturb import perturb_adapters
 from so8t_lib.model.so8t import position_ids_from_mask
 from so8t_lib.train.losses import sample_positions
 
@@ -46,7 +47,7 @@ def test_fresh_model_matches_the_bare_hf_model(arch, order, tokenizer):
 def test_folded_export_reproduces_both_heads(arch, pooling, tokenizer):
     model = SO8TModel.from_config(family_config(arch, head={"dropout": 0.0, "pooling": pooling},
                                                 gates={"init_std": 0.05}), tokenizer).eval()
-    randomize_adapters(model)
+    perturb_adapters(model)
     merged, head_state = model.merge_for_export()
     head = SafetyHeadB.from_state_dict(head_state)
     batch = sample_batch(tokenizer, TEXTS)
@@ -64,7 +65,7 @@ def test_folded_export_reproduces_both_heads(arch, pooling, tokenizer):
 @pytest.mark.parametrize("arch", FAMILIES)
 def test_save_and_load_give_the_same_decisions(arch, tokenizer, tmp_path):
     model = SO8TModel.from_config(family_config(arch, head={"dropout": 0.0, "pooling": "mean"}), tokenizer).eval()
-    randomize_adapters(model)
+    perturb_adapters(model)
     model.save(tmp_path / "ckpt")
     again = SO8TModel.load(tmp_path / "ckpt")
     assert torch.allclose(model.decide(TEXTS), again.decide(TEXTS), atol=1e-6)
@@ -75,7 +76,7 @@ def test_the_split_decoder_is_exact(arch, tokenizer):
     """Layers below k, then layers from k up on their output: the same states, heads and PET layers."""
     model = SO8TModel.from_config(family_config(arch, gates={"layers": [3, 4, 5], "init_std": 0.05},
                                                 lora={"dropout": 0.0, "layers": [3, 4, 5]}), tokenizer).eval()
-    randomize_adapters(model)
+    perturb_adapters(model)
     batch = sample_batch(tokenizer, TEXTS)
     ids, mask = batch["input_ids"], batch["attention_mask"]
     split = model.split(3)
@@ -96,7 +97,7 @@ def test_a_head_reading_several_depths_sees_the_hf_states_there(arch, tokenizer,
     model = SO8TModel.from_config(family_config(arch, head={"dropout": 0.0, "pooling": "mean", "read_layers": [4, 2, 6]},
                                                 gates={"layers": [3, 4, 5], "init_std": 0.05},
                                                 lora={"dropout": 0.0, "layers": [3, 4, 5]}), tokenizer).eval()
-    randomize_adapters(model)
+    perturb_adapters(model)
     assert model.safety_head.net[-1].in_features == 3 * 64
     batch = sample_batch(tokenizer, TEXTS)
     ids, mask = batch["input_ids"], batch["attention_mask"]

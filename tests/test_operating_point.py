@@ -69,15 +69,14 @@ def test_benchmark_rows_without_three_way_labels_are_left_out():
 
 
 def test_cli_chooses_on_one_split_and_reports_another(tmp_path, tokenizer):
-    from conftest import randomize_adapters
-
     from so8t_lib.cli import main as so8t
     from so8t_lib.core.config import ModelConfig
     from so8t_lib.data.tables import load_split
     from so8t_lib.model import SO8TModel
+    from so8t_lib.model.perturb import perturb_adapters
 
     model = SO8TModel.from_config(ModelConfig(), tokenizer)
-    randomize_adapters(model, scale=0.3)
+    perturb_adapters(model, scale=0.3)
     ckpt = model.save(tmp_path / "ckpt")
     choose, report = tmp_path / "choose.jsonl", tmp_path / "report.jsonl"
     rows = load_split("val").groupby("label").head(8)

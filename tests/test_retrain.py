@@ -10,7 +10,6 @@ from pathlib import Path
 
 import pytest
 import torch
-from conftest import randomize_adapters
 from ops_fixtures import PLANTED_PERSONAL_DATA, REVIEWS, build_ops_logs
 
 from so8t_lib.cli import main as so8t
@@ -21,6 +20,7 @@ from so8t_lib.core.schema import LABELS
 from so8t_lib.data.corpus.splits import read_split
 from so8t_lib.data.tables import DataError
 from so8t_lib.model import SO8TModel
+from so8t_lib.model.perturb import perturb_adapters
 from so8t_lib.serve.audit_verify import read_chains
 from so8t_lib.workbench import retrain
 
@@ -38,7 +38,7 @@ def ops_logs(tmp_path_factory):
 @pytest.fixture(scope="module")
 def serving(tmp_path_factory, tokenizer):
     model = SO8TModel.from_config(ModelConfig(name="so8t-serving"), tokenizer)
-    randomize_adapters(model)  # weights a fresh initialisation would not have
+    perturb_adapters(model)  # weights a fresh initialisation would not have
     return model.save(tmp_path_factory.mktemp("serving") / "ckpt")
 
 
@@ -150,7 +150,7 @@ def test_training_from_a_pretrained_base_loads_the_adapters_and_caches_frozen_st
     model = SO8TModel.from_config(ModelConfig(name="so8t-hf", preset="hf", base_model=str(base), load_in_4bit=False,
                                               lora={"dropout": 0.0, "layers": [2, 3], "modules_to_save": []},
                                               gates={"layers": [2, 3]}, head={"dropout": 0.0}))
-    randomize_adapters(model)
+    perturb_adapters(model)
     serving = model.save(tmp_path / "serving")
     assert not (serving / "base").exists()
     monkeypatch.setenv("SO8T_CACHE", str(tmp_path / "cache"))

@@ -16,6 +16,7 @@ from __future__ import annotations
 
 import os
 from pathlib import Path
+from typing import NamedTuple
 
 import numpy as np
 import torch
@@ -44,6 +45,14 @@ def _render_chat(template: str, messages: list[dict], eos_token: str | None, bos
 # token an output, so the final-norm node holds them all)
 POOLING = {"last": lambda lib: lib.LLAMA_POOLING_TYPE_LAST, "mean": lambda lib: lib.LLAMA_POOLING_TYPE_MEAN,
            "max": lambda lib: lib.LLAMA_POOLING_TYPE_MEAN}
+
+
+class Completion(NamedTuple):
+    """One generated answer and what it cost in tokens."""
+
+    text: str
+    prompt_tokens: int
+    answer_tokens: int
 
 
 def _usable_cores() -> int:
@@ -223,10 +232,17 @@ class GGUFBackend:
     def generate(self, request: str, context: str | None = None, max_tokens: int = 128,
                  temperature: float = 0.0) -> str:
         """The task answer (ALLOW) or rationale (otherwise) that TaskHeadA writes after the prompt."""
+        return self.complete(request, context, max_tokens, temperature).text
+
+    def complete(self, request: str, context: str | None = None, max_tokens: int = 128, temperature: float = 0.0,
+                 stop_at_eos: bool = True) -> Completion:
+        """``generate`` with llama.cpp's token counts; ``stop_at_eos=False`` writes all ``max_tokens`` (for
+        timing a fixed-length answer, benchmarks/gguf_cuda.py)."""
         if self._generator is None:
             self._generator = self._llama.Llama(**self._kwargs, embedding=False)
         # tokens, not text: from text llama.cpp prepends a BOS to a prompt that already starts with one
         out = self._generator.create_completion(self.prompt_tokens(self.format_prompt(request, context)),
                                                 max_tokens=max_tokens, temperature=temperature,
-                                                stop=[self.eos_token] if self.eos_token else None)
-        return out["choices"][0]["text"]
+                                                stop=[self.eos_token] if self.eos_token and stop_at_eos else None)
+        usage = out["usage"]
+        return Completion(out["choices"][0]["text"], usage["prompt_tokens"], usage["completion_tokens"])
