@@ -114,11 +114,7 @@ class UnitProcess:
     """The unit's ExecStart as systemd starts it; ``url`` from the first line it prints."""
 
     def __init__(self, service: dict[str, list[str]]) -> None:
-        env = {"PATH": os.environ["PATH"], "LANG": "C.UTF-8"}  # systemd's own few, then the unit's
-        for env_file in service["EnvironmentFile"]:
-            env |= read_env_file(Path(env_file).read_text(encoding="utf-8"))
-        env |= dict(item.split("=", 1) for item in service["Environment"])
-        self.env = env
+        self.env = env = self.environment(service)
         self.kill_signal = getattr(signal, service["KillSignal"][0])
         self.stop_grace = float(service["TimeoutStopSec"][0])
         self.proc = subprocess.Popen(shlex.split(service["ExecStart"][0]), cwd=service["WorkingDirectory"][0], env=env,
@@ -132,6 +128,19 @@ class UnitProcess:
             raise AssertionError("the unit's ExecStart printed nothing in 180 s") from None
         assert "listening on http://" in first, first + self.proc.stderr.read()
         self.url = first.split("listening on ", 1)[1].split()[0]
+
+    @staticmethod
+    def environment(service: dict[str, list[str]]) -> dict[str, str]:
+        env = {"PATH": os.environ["PATH"], "LANG": "C.UTF-8"}  # systemd's own few, then the unit's
+        for env_file in service["EnvironmentFile"]:
+            env |= read_env_file(Path(env_file).read_text(encoding="utf-8"))
+        return env | dict(item.split("=", 1) for item in service["Environment"])
+
+    @classmethod
+    def check(cls, service: dict[str, list[str]]) -> subprocess.CompletedProcess:
+        """The unit's command with --check, in the unit's environment."""
+        return subprocess.run([*shlex.split(service["ExecStart"][0]), "--check"], cwd=service["WorkingDirectory"][0],
+                              env=cls.environment(service), capture_output=True, text=True, timeout=300)
 
     def stop(self) -> int:
         self.proc.send_signal(self.kill_signal)
@@ -151,6 +160,8 @@ def test_the_unit_serves_and_stops_and_logrotate_turns_its_application_log_over(
     for made_by_systemd in ("log", "cache"):  # LogsDirectory=, CacheDirectory=
         (tmp_path / made_by_systemd).mkdir(mode=0o750)
     service = read_unit(relocate(UNIT.read_text(encoding="utf-8"), tmp_path))["Service"]
+    checked = UnitProcess.check(service)  # what the docs say to run before the first start
+    assert checked.returncode == 2 and "problem: model could not be loaded" in checked.stdout, checked.stdout
     unit = UnitProcess(service)
     log_dir = Path(unit.env["SO8T_LOG_DIR"])
     app_log = log_dir / Path(config["logging"]["log_file"]).name

@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import os
 import signal
+import socket
 import subprocess
 import sys
 import threading
@@ -127,3 +128,30 @@ def test_kill_9_mid_burst_loses_nothing_that_was_answered(tmp_path, checkpoint):
     finally:
         restarted.stop()
     assert verify(log_dir)["errors"] == []
+
+
+def test_check_reports_what_a_start_would_find_and_serves_nothing(tmp_path, checkpoint, monkeypatch, capsys):
+    """so8t serve --check: 0 when everything a start loads is there; 2, naming each problem, when the gate would
+    serve degraded (a router file that is not there, a flag file holding emergency mode, its port taken); it never
+    listens and writes no audit record."""
+    from so8t_lib.cli import main as so8t
+
+    for name, value in KEY_ENV.items():
+        monkeypatch.setenv(name, value)
+    log_dir = tmp_path / "logs"
+    command = ["serve", "--config", str(write_config(tmp_path, checkpoint)), "--log-dir", str(log_dir), "--check"]
+    busy = socket.create_server(("127.0.0.1", 0))  # a port another process holds
+    assert so8t([*command, "service.port=0"]) == 0
+    out = capsys.readouterr().out
+    assert "model: loaded: " in out and "escalation_queue: reachable: 0 open" in out
+    assert out.splitlines()[-1] == "so8t serve --check: ready"
+
+    (log_dir / "EMERGENCY").write_text("drill\n", encoding="utf-8")
+    with busy:
+        assert so8t([*command, "escalation.router=missing/router.json", f"service.port={busy.getsockname()[1]}"]) == 2
+    out = capsys.readouterr().out
+    problems = [line for line in out.splitlines() if line.startswith("problem: ")]
+    assert len(problems) == 3, out
+    for expected in ("missing/router.json", "holds emergency mode", "cannot listen on 127.0.0.1"):
+        assert any(expected in p for p in problems), (expected, out)
+    assert records(log_dir, event=None) == []  # nothing decided, not even the switch's audit record

@@ -139,6 +139,20 @@ class Service:
         self.metrics.ready.set(1 if ready else 0)
         return checks
 
+    def preflight(self) -> dict[str, str]:
+        """What a start would find, without serving (``so8t serve --check``): the readiness checks but the
+        batcher's, the escalation queue reached once, and whether a flag file would hold emergency mode (read,
+        not acted on: acting on it writes an audit record)."""
+        checks = {name: finding for name, finding in self.readiness().items() if name != "batcher"}
+        self.count_queue()
+        counts = self.queue_counts
+        checks["escalation_queue"] = (f"not ready: {self.queue_error}" if self.queue_error else
+                                      f"reachable: {counts['open']} open, {counts['overdue']} overdue, "
+                                      f"{counts['spooled']} spooled")
+        if self.switch.flag_file.is_file():
+            checks["mode"] = f"not ready: the flag file {self.switch.flag_file} holds emergency mode (all escalated)"
+        return checks
+
     def dashboard_summary(self) -> dict:
         checks = self.readiness()
         return self.dashboard.summary({
