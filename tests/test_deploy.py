@@ -1,11 +1,12 @@
-"""deploy/ as an operator installs it on one Linux host: the systemd unit, its environment file and the
-logrotate file for the application log.
+"""deploy/ as an operator installs it on one Linux host: the systemd units (the service; the daily audit
+verification and its timer), the environment file and the logrotate file for the application log.
 
 There is no systemd running here, so the unit is checked by ``systemd-analyze verify`` and then run the way
 systemd would run it: its ExecStart in its WorkingDirectory with only its environment (EnvironmentFile= and
 Environment=), stopped with its KillSignal within its TimeoutStopSec. The install paths (/opt/so8t, /etc/so8t,
 /var/log/so8t, /var/cache/so8t) are moved under a temporary folder; nothing else in the files is changed.
-Between start and stop, logrotate runs the shipped file against the live application log.
+Between start and stop, logrotate runs the shipped file against the live application log; after the stop, the
+verification unit's command runs twice on the log folder the service left.
 """
 
 from __future__ import annotations
@@ -30,6 +31,7 @@ import yaml
 
 ROOT = Path(__file__).resolve().parents[1]
 UNIT = ROOT / "deploy" / "systemd" / "so8t-gate.service"
+VERIFY_UNITS = [ROOT / "deploy" / "systemd" / f"so8t-audit-verify.{kind}" for kind in ("service", "timer")]
 ENV_EXAMPLE = ROOT / "deploy" / "systemd" / "so8t.env.example"
 LOGROTATE = ROOT / "deploy" / "logrotate" / "so8t"
 PRODUCTION = ROOT / "configs" / "production.yaml"
@@ -62,21 +64,24 @@ def relocate(text: str, root: Path) -> str:
     """The install paths moved under ``root`` (the checkout stays where it is)."""
     for installed, here in (("/opt/so8t/.venv/bin/so8t", str(SO8T)), ("/opt/so8t", str(ROOT)),
                             ("/etc/so8t", str(root / "etc")), ("/var/log/so8t", str(root / "log")),
-                            ("/var/cache/so8t", str(root / "cache"))):
+                            ("/var/cache/so8t", str(root / "cache")), ("/var/lib/so8t", str(root / "lib"))):
         text = text.replace(installed, here)
     return text
 
 
-def systemd_analyze(unit: Path) -> subprocess.CompletedProcess:
-    return subprocess.run(["systemd-analyze", "verify", str(unit)], capture_output=True, text=True, timeout=120)
+def systemd_analyze(*units: Path) -> subprocess.CompletedProcess:
+    return subprocess.run(["systemd-analyze", "verify", *map(str, units)], capture_output=True, text=True, timeout=120)
 
 
 @pytest.mark.skipif(shutil.which("systemd-analyze") is None, reason="systemd-analyze is not installed")
-def test_the_unit_passes_systemd_analyze_without_a_warning(tmp_path):
-    unit = tmp_path / UNIT.name
-    unit.write_text(relocate(UNIT.read_text(encoding="utf-8"), tmp_path), encoding="utf-8")
-    checked = systemd_analyze(unit)
+def test_the_units_pass_systemd_analyze_without_a_warning(tmp_path):
+    units = []
+    for shipped in (UNIT, *VERIFY_UNITS):
+        units.append(tmp_path / shipped.name)
+        units[-1].write_text(relocate(shipped.read_text(encoding="utf-8"), tmp_path), encoding="utf-8")
+    checked = systemd_analyze(*units)
     assert checked.returncode == 0 and not (checked.stdout + checked.stderr).strip(), checked.stdout + checked.stderr
+    unit = units[0]
     broken = tmp_path / "broken.service"  # the check above can fail: a misspelt signal is reported
     broken.write_text(unit.read_text(encoding="utf-8").replace("KillSignal=SIGTERM", "KillSignal=SIGTERN"),
                       encoding="utf-8")
@@ -132,9 +137,9 @@ class UnitProcess:
     @staticmethod
     def environment(service: dict[str, list[str]]) -> dict[str, str]:
         env = {"PATH": os.environ["PATH"], "LANG": "C.UTF-8"}  # systemd's own few, then the unit's
-        for env_file in service["EnvironmentFile"]:
+        for env_file in service.get("EnvironmentFile", []):
             env |= read_env_file(Path(env_file).read_text(encoding="utf-8"))
-        return env | dict(item.split("=", 1) for item in service["Environment"])
+        return env | dict(item.split("=", 1) for item in service.get("Environment", []))
 
     @classmethod
     def check(cls, service: dict[str, list[str]]) -> subprocess.CompletedProcess:
@@ -157,7 +162,7 @@ def test_the_unit_serves_and_stops_and_logrotate_turns_its_application_log_over(
     config["escalation"] |= {"enable_notifications": False, "email_notifications": False}
     config["service"] = {"port": 0}
     (tmp_path / "etc" / "production.yaml").write_text(yaml.safe_dump(config), encoding="utf-8")
-    for made_by_systemd in ("log", "cache"):  # LogsDirectory=, CacheDirectory=
+    for made_by_systemd in ("log", "cache", "lib"):  # LogsDirectory=, CacheDirectory=, StateDirectory=
         (tmp_path / made_by_systemd).mkdir(mode=0o750)
     service = read_unit(relocate(UNIT.read_text(encoding="utf-8"), tmp_path))["Service"]
     checked = UnitProcess.check(service)  # what the docs say to run before the first start
@@ -198,6 +203,10 @@ def test_the_unit_serves_and_stops_and_logrotate_turns_its_application_log_over(
         status = unit.stop()
     assert status == -unit.kill_signal, unit.proc.stderr.read()
     assert re.search(r"shutdown complete", app_log.read_text(encoding="utf-8"))
-    verified = subprocess.run([str(SO8T), "audit", "verify", str(log_dir)], env={**os.environ, **unit.env},
-                              capture_output=True, text=True, timeout=120)
-    assert verified.returncode == 0, verified.stdout + verified.stderr
+    verifier = read_unit(relocate(VERIFY_UNITS[0].read_text(encoding="utf-8"), tmp_path))["Service"]
+    for run in ("first", "second"):  # the timer's job: the second run checks the heads the first one recorded
+        verified = subprocess.run(shlex.split(verifier["ExecStart"][0]), cwd=verifier["WorkingDirectory"][0],
+                                  env=UnitProcess.environment(verifier), capture_output=True, text=True, timeout=120)
+        assert verified.returncode == 0 and "heads of 1 chain(s) recorded" in verified.stdout, (run, verified.stdout,
+                                                                                              verified.stderr)
+    assert "the first run" not in verified.stdout and (tmp_path / "lib" / "audit-heads.json").is_file()

@@ -1,13 +1,15 @@
 """so8t audit: check and read the hash-chained audit log.
 
     so8t audit verify logs/ [more/ ...] [--hmac-key-env SO8T_AUDIT_HMAC_KEY] [--expect SEQ:HASH]
+    so8t audit verify /var/log/so8t --heads /var/lib/so8t/audit-heads.json   # every chain, run after run
     so8t audit show logs/          # the records; decrypted with $SO8T_AUDIT_KEY if encrypted
     so8t audit accept-anchor logs/ --by NAME
 
 ``verify`` exits 1 and names every problem it finds (docs/runtime.md lists exactly what it can and
 cannot detect), prints notes (set-aside torn writes, rotated-away records), and ends with the
 anchor's (seq, hash): store that line outside the log folder and pass it back with --expect to
-detect a rollback. A folder shared by several server processes holds one chain per replica
+detect a rollback. ``--heads FILE`` does that for every chain: it checks each against the head an earlier
+run recorded there (and that no recorded chain is gone), and records the new heads when all pass. A folder shared by several server processes holds one chain per replica
 (``audit-<replica>.jsonl``, from $SO8T_REPLICA): ``verify`` checks each of them, and of several
 folders, unless --name picks one. ``accept-anchor`` records that a person reviewed a log whose anchor the writer
 had to re-create.
@@ -22,6 +24,16 @@ import sys
 from pathlib import Path
 
 from ..serve.audit import read_records, verify
+from ..serve.audit_files import chain_names
+from ..serve.audit_heads import (
+    EMPTY_REPORT,
+    HeadsError,
+    chain_key,
+    gone_chains,
+    heads_of,
+    read_heads,
+    write_heads,
+)
 from ..serve.audit_verify import accept_anchor, verify_chains
 
 
@@ -41,7 +53,10 @@ def main(argv: list[str] | None = None) -> int:
     p_verify.add_argument("--name", help="check only this chain (default: audit.jsonl and every audit-<replica>.jsonl)")
     p_verify.add_argument("--hmac-key-env", default="SO8T_AUDIT_HMAC_KEY",
                           help="environment variable with the key that signs the anchor (checked when set)")
-    p_verify.add_argument("--expect", type=_expect, help="SEQ:HASH kept outside the folder: detects a rollback")
+    checkpoint = p_verify.add_mutually_exclusive_group()
+    checkpoint.add_argument("--expect", type=_expect, help="SEQ:HASH kept outside the folder: detects a rollback")
+    checkpoint.add_argument("--heads", type=Path, help="file outside the log folders with each chain's head from the "
+                            "last passing run: checked, then updated when every chain passes")
     p_show = sub.add_parser("show", help="print every record (decrypted with $SO8T_AUDIT_KEY when encrypted)")
     p_show.add_argument("folder")
     p_show.add_argument("--name", default="audit.jsonl")
@@ -66,6 +81,8 @@ def main(argv: list[str] | None = None) -> int:
             sys.exit(f"error: {exc}")
         print(f"anchor accepted by {anchor['accepted_by']} at {anchor['accepted_at']}")
         return 0
+    if args.heads:
+        return _verify_against_heads(args)
     if args.name:
         reports = {str(Path(f) / args.name): verify(f, args.name, os.environ.get(args.hmac_key_env), args.expect)
                    for f in args.folder}
@@ -80,6 +97,39 @@ def main(argv: list[str] | None = None) -> int:
         if args.expect:
             only = next(iter(reports))
             reports[only] = verify(Path(only).parent, Path(only).name, os.environ.get(args.hmac_key_env), args.expect)
+    if _print_reports(reports):
+        sys.exit(1)
+    return 0
+
+
+def _verify_against_heads(args: argparse.Namespace) -> int:
+    """Every chain of the folders against the head the last passing run recorded; new heads only when all pass."""
+    try:
+        earlier = read_heads(args.heads)
+    except HeadsError as exc:
+        sys.exit(f"error: {exc}")
+    key = os.environ.get(args.hmac_key_env)
+    chains = [str(Path(folder) / name) for folder in args.folder
+              for name in ([args.name] if args.name else chain_names(folder))]
+    reports = {chain: verify(Path(chain).parent, Path(chain).name, key, earlier.get(chain_key(chain)))
+               for chain in chains}
+    for chain, report in reports.items():
+        if not report["files"] and not report["errors"]:  # a mistyped folder is never a clean report
+            report["errors"].append(f"no audit log at {chain}")
+    for folder in args.folder:
+        if not any(Path(chain).parent == Path(folder) for chain in chains):
+            reports[str(Path(folder) / "audit.jsonl")] = {**EMPTY_REPORT, "errors": [f"no audit log in {folder}"]}
+    reports |= gone_chains(earlier, args.folder, chains)
+    if _print_reports(reports):
+        sys.exit(f"heads not updated: {args.heads} keeps the last passing run's")
+    write_heads(args.heads, earlier, heads_of(reports), args.folder)
+    print(f"heads of {len(reports)} chain(s) recorded in {args.heads}"
+          + ("" if earlier else " (the first run: nothing earlier to compare with)"))
+    return 0
+
+
+def _print_reports(reports: dict[str, dict]) -> int:
+    """Print each chain's report; how many failed."""
     failed = 0
     for chain, report in reports.items():
         if len(reports) > 1:
@@ -88,9 +138,7 @@ def main(argv: list[str] | None = None) -> int:
         _print_report(report)
     if len(reports) > 1:
         print(f"{len(reports) - failed} of {len(reports)} chains OK")
-    if failed:
-        sys.exit(1)
-    return 0
+    return failed
 
 
 def _print_report(report: dict) -> None:

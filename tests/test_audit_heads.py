@@ -1,0 +1,117 @@
+"""so8t audit verify --heads FILE: the chain heads kept outside the log folder find what the folder's own anchor
+cannot (the whole folder put back to an earlier state, a chain deleted with its anchor), the file is updated only
+by a passing run, and a damaged heads file is refused by name and left as it was."""
+
+import json
+import shutil
+
+import pytest
+from hypothesis import HealthCheck, given, settings
+from hypothesis import strategies as st
+
+from so8t_lib.cli import main as so8t
+from so8t_lib.serve import audit
+from so8t_lib.serve.audit_heads import HEADS_FORMAT, HeadsError, read_heads
+
+
+def _append(path, n: int, start: int = 0) -> None:
+    log = audit.AuditLog(path)
+    for i in range(start, start + n):
+        log.append({"timestamp": "2026-12-04T00:00:00Z", "request_id": f"req_{i}", "decision": "ALLOW",
+                    "rationale": "", "model_version": "so8t-test", "category": "general"})
+
+
+def _verify(folder, heads, *more) -> int:
+    try:
+        return so8t(["audit", "verify", str(folder), "--heads", str(heads), *more])
+    except SystemExit as exc:
+        return 1 if exc.code else 0
+
+
+def test_heads_advance_run_after_run_and_find_a_folder_put_back(tmp_path, capsys):
+    logs, heads = tmp_path / "logs", tmp_path / "outside" / "heads.json"
+    _append(logs / "audit.jsonl", 5)
+    assert _verify(logs, heads) == 0
+    assert "the first run" in capsys.readouterr().out
+    first = json.loads(heads.read_text(encoding="utf-8"))
+    assert first["format"] == HEADS_FORMAT
+    (chain, head), = first["heads"].items()
+    assert chain == str((logs / "audit.jsonl").resolve()) and head["seq"] == 4
+    assert head["hash"] == audit.read_anchor(logs / "audit.jsonl")["last_hash"]
+    backup = tmp_path / "backup"
+    shutil.copytree(logs, backup)  # a consistent earlier state of the whole folder, anchor included
+
+    _append(logs / "audit.jsonl", 3, start=5)
+    assert _verify(logs, heads) == 0
+    assert read_heads(heads)[str((logs / "audit.jsonl").resolve())][0] == 7
+    advanced = heads.read_bytes()
+
+    shutil.rmtree(logs)
+    shutil.copytree(backup, logs)  # put back: the folder's own anchor agrees with it
+    assert audit.verify(logs)["errors"] == []
+    assert _verify(logs, heads) == 1
+    out = capsys.readouterr().out
+    assert "rolled back" in out
+    assert heads.read_bytes() == advanced  # a failing run does not move the heads
+
+
+def test_a_chain_deleted_with_its_anchor_is_found_and_other_folders_heads_are_kept(tmp_path, capsys):
+    logs, other, heads = tmp_path / "logs", tmp_path / "other", tmp_path / "heads.json"
+    _append(logs / "audit.jsonl", 2)
+    _append(logs / "audit-r2.jsonl", 3)  # a second replica's chain in the same folder
+    _append(other / "audit.jsonl", 4)
+    assert _verify(logs, heads) == 0 and _verify(other, heads) == 0
+    assert len(read_heads(heads)) == 3
+    for leftover in logs.glob("audit-r2*"):
+        leftover.unlink()
+    assert audit.verify(logs)["errors"] == []  # what is left of the folder is consistent by itself
+    assert _verify(logs, heads) == 1
+    assert "audit-r2.jsonl was verified before (head seq 2) and is gone" in capsys.readouterr().out
+    _append(other / "audit.jsonl", 1, start=4)
+    assert _verify(other, heads) == 0  # verifying one folder leaves the heads of the others as they were
+    kept = read_heads(heads)
+    assert kept[str((other / "audit.jsonl").resolve())][0] == 4 and kept[str((logs / "audit-r2.jsonl").resolve())][0] == 2
+
+
+def test_a_mistyped_folder_fails_and_records_nothing(tmp_path, capsys):
+    heads = tmp_path / "heads.json"
+    assert _verify(tmp_path / "no-such-folder", heads) == 1
+    assert "no audit log" in capsys.readouterr().out and not heads.exists()
+
+
+@pytest.mark.parametrize("content, problem", [
+    ("{not json", "cannot read the chain heads"),
+    (json.dumps({"format": "something-else", "heads": {}}), "not a chain-heads file"),
+    (json.dumps({"format": HEADS_FORMAT, "heads": {"/x/audit.jsonl": {"seq": "4", "hash": "ab"}}}), "is not {seq"),
+    (json.dumps({"format": HEADS_FORMAT, "heads": {"/x/audit.jsonl": {"seq": -1, "hash": "ab"}}}), "is not {seq"),
+])
+def test_a_damaged_heads_file_is_refused_by_name_and_left_alone(tmp_path, content, problem):
+    logs, heads = tmp_path / "logs", tmp_path / "heads.json"
+    _append(logs / "audit.jsonl", 2)
+    heads.write_text(content, encoding="utf-8")
+    with pytest.raises(SystemExit) as exited:
+        so8t(["audit", "verify", str(logs), "--heads", str(heads)])
+    assert str(heads) in str(exited.value.code) and problem in str(exited.value.code)
+    assert heads.read_text(encoding="utf-8") == content
+
+
+def test_expect_and_heads_are_one_or_the_other(tmp_path):
+    with pytest.raises(SystemExit):
+        so8t(["audit", "verify", str(tmp_path), "--heads", str(tmp_path / "h.json"), "--expect", "1:ab"])
+
+
+@settings(max_examples=60, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture])
+@given(st.one_of(st.binary(max_size=200),
+                 st.recursive(st.none() | st.booleans() | st.integers() | st.text(max_size=8),
+                              lambda inner: st.lists(inner, max_size=3) | st.dictionaries(st.text(max_size=8), inner,
+                                                                                          max_size=3),
+                              max_leaves=8).map(lambda value: json.dumps(value).encode())))
+def test_any_file_is_either_heads_or_a_heads_error(tmp_path, content):
+    path = tmp_path / "heads.json"
+    path.write_bytes(content)
+    try:
+        heads = read_heads(path)
+    except HeadsError as exc:
+        assert str(path) in str(exc)
+    else:
+        assert all(isinstance(seq, int) and seq >= 0 and isinstance(digest, str) for seq, digest in heads.values())
