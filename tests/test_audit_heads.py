@@ -115,3 +115,74 @@ def test_any_file_is_either_heads_or_a_heads_error(tmp_path, content):
         assert str(path) in str(exc)
     else:
         assert all(isinstance(seq, int) and seq >= 0 and isinstance(digest, str) for seq, digest in heads.values())
+
+
+def _gauges(path) -> dict[tuple[str, tuple], float]:
+    from prometheus_client.parser import text_string_to_metric_families
+
+    return {(s.name, tuple(sorted(s.labels.items()))): s.value
+            for family in text_string_to_metric_families(path.read_text(encoding="utf-8")) for s in family.samples}
+
+
+def test_every_run_leaves_its_outcome_as_gauges_pass_fail_or_unable(tmp_path):
+    logs, heads, prom = tmp_path / "logs", tmp_path / "heads.json", tmp_path / "textfile" / "so8t_audit.prom"
+    _append(logs / "audit.jsonl", 4)
+    _append(logs / "audit-r2.jsonl", 2)
+    assert _verify(logs, heads, "--metrics-file", str(prom)) == 0
+    passed = _gauges(prom)
+    assert passed[("so8t_audit_verify_ok", ())] == 1 and passed[("so8t_audit_verify_records", ())] == 6
+    assert passed[("so8t_audit_verify_chains", (("result", "ok"),))] == 2
+    assert passed[("so8t_audit_verify_chains", (("result", "failed"),))] == 0
+
+    backup = tmp_path / "backup"
+    shutil.copytree(logs, backup)
+    _append(logs / "audit-r2.jsonl", 1, start=2)
+    assert _verify(logs, heads) == 0
+    shutil.rmtree(logs)
+    shutil.copytree(backup, logs)  # one replica's chain put back
+    assert _verify(logs, heads, "--metrics-file", str(prom)) == 1
+    failed = _gauges(prom)
+    assert failed[("so8t_audit_verify_ok", ())] == 0
+    assert failed[("so8t_audit_verify_chains", (("result", "failed"),))] == 1
+    assert failed[("so8t_audit_verify_timestamp_seconds", ())] >= passed[("so8t_audit_verify_timestamp_seconds", ())]
+
+    heads.write_text("{damaged", encoding="utf-8")  # a run that cannot verify at all is a failed run too
+    assert _verify(logs, heads, "--metrics-file", str(prom)) == 1
+    assert _gauges(prom)[("so8t_audit_verify_ok", ())] == 0
+
+
+@pytest.mark.skipif(shutil.which("prometheus-node-exporter") is None,
+                    reason="prometheus-node-exporter is not installed (.ci/run installs it)")
+def test_node_exporter_serves_the_gauges_from_its_textfile_folder(tmp_path):
+    """The file as node_exporter's textfile collector reads it (the Debian package, on 127.0.0.1): every gauge
+    comes through and the collector reports no error for the file."""
+    import subprocess
+    import time
+
+    import httpx
+    from service_support import free_port
+
+    logs, textfiles = tmp_path / "logs", tmp_path / "textfile"
+    _append(logs / "audit.jsonl", 3)
+    assert _verify(logs, tmp_path / "heads.json", "--metrics-file", str(textfiles / "so8t_audit.prom")) == 0
+    port = free_port()
+    exporter = subprocess.Popen(["prometheus-node-exporter", f"--web.listen-address=127.0.0.1:{port}",
+                                 "--collector.disable-defaults", "--collector.textfile",
+                                 f"--collector.textfile.directory={textfiles}"],
+                                stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True)
+    try:
+        deadline, page = time.monotonic() + 30, None
+        while page is None and time.monotonic() < deadline:
+            try:
+                page = httpx.get(f"http://127.0.0.1:{port}/metrics", timeout=5).text
+            except httpx.HTTPError:
+                time.sleep(0.2)
+        assert page is not None, "node_exporter did not answer in 30 s"
+    finally:
+        exporter.terminate()
+        exporter.wait(timeout=30)
+    scraped = tmp_path / "scraped.prom"
+    scraped.write_text(page, encoding="utf-8")
+    gauges = _gauges(scraped)
+    assert gauges[("so8t_audit_verify_ok", ())] == 1 and gauges[("so8t_audit_verify_records", ())] == 3
+    assert gauges[("node_textfile_scrape_error", ())] == 0

@@ -39,10 +39,11 @@ SO8T = Path(sys.executable).parent / "so8t"  # the console script of the environ
 
 
 def read_unit(text: str) -> dict[str, dict[str, list[str]]]:
-    """Section -> key -> every value in order (a unit may repeat a key, e.g. Environment=)."""
+    """Section -> key -> every value in order (a unit may repeat a key, e.g. Environment=); a line ending in a
+    backslash goes on in the next, as systemd reads it."""
     sections: dict[str, dict[str, list[str]]] = {}
     current = None
-    for line in text.splitlines():
+    for line in text.replace("\\\n", " ").splitlines():
         line = line.strip()
         if not line or line.startswith(("#", ";")):
             continue
@@ -64,7 +65,8 @@ def relocate(text: str, root: Path) -> str:
     """The install paths moved under ``root`` (the checkout stays where it is)."""
     for installed, here in (("/opt/so8t/.venv/bin/so8t", str(SO8T)), ("/opt/so8t", str(ROOT)),
                             ("/etc/so8t", str(root / "etc")), ("/var/log/so8t", str(root / "log")),
-                            ("/var/cache/so8t", str(root / "cache")), ("/var/lib/so8t", str(root / "lib"))):
+                            ("/var/cache/so8t", str(root / "cache")), ("/var/lib/so8t", str(root / "lib")),
+                            ("/var/lib/prometheus/node-exporter", str(root / "textfile"))):
         text = text.replace(installed, here)
     return text
 
@@ -210,3 +212,4 @@ def test_the_unit_serves_and_stops_and_logrotate_turns_its_application_log_over(
         assert verified.returncode == 0 and "heads of 1 chain(s) recorded" in verified.stdout, (run, verified.stdout,
                                                                                               verified.stderr)
     assert "the first run" not in verified.stdout and (tmp_path / "lib" / "audit-heads.json").is_file()
+    assert "so8t_audit_verify_ok 1.0" in (tmp_path / "textfile" / "so8t_audit.prom").read_text(encoding="utf-8")

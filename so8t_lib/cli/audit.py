@@ -34,6 +34,7 @@ from ..serve.audit_heads import (
     read_heads,
     write_heads,
 )
+from ..serve.audit_textfile import write_verify_metrics
 from ..serve.audit_verify import accept_anchor, verify_chains
 
 
@@ -57,6 +58,8 @@ def main(argv: list[str] | None = None) -> int:
     checkpoint.add_argument("--expect", type=_expect, help="SEQ:HASH kept outside the folder: detects a rollback")
     checkpoint.add_argument("--heads", type=Path, help="file outside the log folders with each chain's head from the "
                             "last passing run: checked, then updated when every chain passes")
+    p_verify.add_argument("--metrics-file", type=Path, help="also write the outcome as Prometheus gauges (a .prom file "
+                          "for node_exporter's textfile collector), whether the run passes or not")
     p_show = sub.add_parser("show", help="print every record (decrypted with $SO8T_AUDIT_KEY when encrypted)")
     p_show.add_argument("folder")
     p_show.add_argument("--name", default="audit.jsonl")
@@ -81,33 +84,58 @@ def main(argv: list[str] | None = None) -> int:
             sys.exit(f"error: {exc}")
         print(f"anchor accepted by {anchor['accepted_by']} at {anchor['accepted_at']}")
         return 0
-    if args.heads:
-        return _verify_against_heads(args)
-    if args.name:
-        reports = {str(Path(f) / args.name): verify(f, args.name, os.environ.get(args.hmac_key_env), args.expect)
-                   for f in args.folder}
-        missing = [chain for chain, report in reports.items() if not report["files"] and not report["errors"]]
-        if missing:
-            sys.exit(f"error: no {args.name} files in {Path(missing[0]).parent}")
-    else:
-        reports = verify_chains(args.folder, hmac_key=os.environ.get(args.hmac_key_env))
-        if args.expect and len(reports) > 1:
-            sys.exit(f"error: --expect names one chain's head, but there are {len(reports)} chains "
-                     f"({', '.join(reports)}): pick one with --name")
-        if args.expect:
-            only = next(iter(reports))
-            reports[only] = verify(Path(only).parent, Path(only).name, os.environ.get(args.hmac_key_env), args.expect)
-    if _print_reports(reports):
-        sys.exit(1)
+    return _verify_main(args)
+
+
+class _CannotVerify(Exception):
+    """A run that cannot check what it was asked to (the message says why)."""
+
+
+def _verify_main(args: argparse.Namespace) -> int:
+    """Verify, print, record the heads (--heads, when all pass) and the gauges (--metrics-file, always)."""
+    earlier: dict = {}
+    try:
+        if args.heads:
+            earlier = read_heads(args.heads)
+            reports = _verify_against_heads(args, earlier)
+        else:
+            reports = _verify_plain(args)
+    except (_CannotVerify, HeadsError) as exc:
+        if args.metrics_file:
+            write_verify_metrics(args.metrics_file, None)
+        sys.exit(f"error: {exc}")
+    failed = _print_reports(reports)
+    if args.heads and not failed:
+        write_heads(args.heads, earlier, heads_of(reports), args.folder)
+        print(f"heads of {len(reports)} chain(s) recorded in {args.heads}"
+              + ("" if earlier else " (the first run: nothing earlier to compare with)"))
+    if args.metrics_file:
+        write_verify_metrics(args.metrics_file, reports)
+    if failed:
+        sys.exit(f"heads not updated: {args.heads} keeps the last passing run's" if args.heads else 1)
     return 0
 
 
-def _verify_against_heads(args: argparse.Namespace) -> int:
-    """Every chain of the folders against the head the last passing run recorded; new heads only when all pass."""
-    try:
-        earlier = read_heads(args.heads)
-    except HeadsError as exc:
-        sys.exit(f"error: {exc}")
+def _verify_plain(args: argparse.Namespace) -> dict[str, dict]:
+    key = os.environ.get(args.hmac_key_env)
+    if args.name:
+        reports = {str(Path(f) / args.name): verify(f, args.name, key, args.expect) for f in args.folder}
+        missing = [chain for chain, report in reports.items() if not report["files"] and not report["errors"]]
+        if missing:
+            raise _CannotVerify(f"no {args.name} files in {Path(missing[0]).parent}")
+        return reports
+    reports = verify_chains(args.folder, hmac_key=key)
+    if args.expect and len(reports) > 1:
+        raise _CannotVerify(f"--expect names one chain's head, but there are {len(reports)} chains "
+                            f"({', '.join(reports)}): pick one with --name")
+    if args.expect:
+        only = next(iter(reports))
+        reports[only] = verify(Path(only).parent, Path(only).name, key, args.expect)
+    return reports
+
+
+def _verify_against_heads(args: argparse.Namespace, earlier: dict[str, tuple[int, str]]) -> dict[str, dict]:
+    """Every chain of the folders against the head the last passing run recorded, and no recorded chain gone."""
     key = os.environ.get(args.hmac_key_env)
     chains = [str(Path(folder) / name) for folder in args.folder
               for name in ([args.name] if args.name else chain_names(folder))]
@@ -119,13 +147,7 @@ def _verify_against_heads(args: argparse.Namespace) -> int:
     for folder in args.folder:
         if not any(Path(chain).parent == Path(folder) for chain in chains):
             reports[str(Path(folder) / "audit.jsonl")] = {**EMPTY_REPORT, "errors": [f"no audit log in {folder}"]}
-    reports |= gone_chains(earlier, args.folder, chains)
-    if _print_reports(reports):
-        sys.exit(f"heads not updated: {args.heads} keeps the last passing run's")
-    write_heads(args.heads, earlier, heads_of(reports), args.folder)
-    print(f"heads of {len(reports)} chain(s) recorded in {args.heads}"
-          + ("" if earlier else " (the first run: nothing earlier to compare with)"))
-    return 0
+    return reports | gone_chains(earlier, args.folder, chains)
 
 
 def _print_reports(reports: dict[str, dict]) -> int:
