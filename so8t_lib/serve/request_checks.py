@@ -32,7 +32,10 @@ class Unparsed:
 
 @dataclass
 class CleanRequest:
-    user_request: str
+    """A request as the runtime decides and records it: checked by ``validate_request``, or, for one that failed
+    the checks, the bounded prefix a fail-closed result keeps (then ``user_request`` may be None)."""
+
+    user_request: str | None
     context: str | None
     user_id: str | None
     flags: list[str] = field(default_factory=list)

@@ -300,7 +300,7 @@ class Agent:
             mark_urgent(result, clean.user_request)
         if decision == "ALLOW":
             result["task_response"], result["error"] = self._generate(clean.user_request, clean.context)
-        return self._finish(result, clean.user_request, clean.user_id, start, clean.client)
+        return self._finish(result, clean, start)
 
     def _categorize(self, request: str, context: str | None) -> str:
         """The route: the learned router where one is configured, the keyword table otherwise or if it fails
@@ -326,7 +326,7 @@ class Agent:
                                          self._flags(flags or [])), reason, detect_lang(text or ""))
         if urgent:
             mark_urgent(result, text)
-        return self._finish(result, text, user_id, start, item.get("client"))
+        return self._finish(result, CleanRequest(text, context, user_id, client=item.get("client")), start)
 
     # ----- recording --------------------------------------------------------------------------------
     def _record(self, result: dict, request: str | None, user_id: str | None) -> dict:
@@ -342,9 +342,9 @@ class Agent:
         logger.error("audit record of %s not written: %s", result["request_id"], exc)
         result["flags"] = list(dict.fromkeys([*result["flags"], "audit_write_failed"]))
 
-    def _finish(self, result: dict, request: str | None, user_id: str | None, start: float,
-                client: str | None = None) -> dict:
+    def _finish(self, result: dict, asked: CleanRequest, start: float) -> dict:
         """Write the one audit record; an ALLOW or REFUSE whose record fails becomes ESCALATE."""
+        request, user_id = asked.user_request, asked.user_id
         if result["decision"] != "ESCALATE":
             self._stamp(result, start)
             try:
@@ -355,15 +355,15 @@ class Agent:
                 fail_closed(result, f"audit write failed: {exc}", detect_lang(request or ""))
                 if URGENT_FLAG in result["flags"]:  # the emergency line survives the rewritten rationale
                     mark_urgent(result, request)
-        return self._escalate(result, request, user_id, start, client)
+        return self._escalate(result, asked, start)
 
-    def _escalate(self, result: dict, request: str | None, user_id: str | None, start: float,
-                  client: str | None = None) -> dict:
+    def _escalate(self, result: dict, asked: CleanRequest, start: float) -> dict:
         """Spool, queue (bounded wait), then audit; the desk retries whatever did not happen."""
+        request, user_id = asked.user_request, asked.user_id
         result["escalation_id"] = new_case_id()
         limit = self.config.logging.max_field_chars
         stored_uid = pseudonym(user_id, self._mac_key) if self.config.logging.mask_personal_data else user_id
-        case = escalation_case(result, request, stored_uid, self.test_mode, limit, client)
+        case = escalation_case(result, request, stored_uid, self.test_mode, limit, asked.client)
         ticket = self.desk.open(case, self.audit.prepare(self._record(result, request, user_id)))
         result["escalation_status"] = self.desk.try_queue(ticket)
         if not ticket.queued:
