@@ -334,3 +334,36 @@ def test_with_the_hmac_key_a_record_added_without_it_is_found(tmp_path):
     assert audit.verify(tmp_path)["errors"] == []  # a valid chain to anyone without the key
     errors = audit.verify(tmp_path, hmac_key="s3cret")["errors"]
     assert any("seq 3 has no valid signature" in e for e in errors) and any("not signed" in e for e in errors)
+
+
+def test_verify_reads_a_snapshot_and_lets_writers_append_and_rotate_while_it_walks(tmp_path, monkeypatch):
+    """The daily verification must not stall the gate: the shared lock covers only opening the files and reading
+    the anchor. A writer that appends and rotates during the walk neither waits for it nor makes it fail: the walk
+    reads the files as they were when opened, and the anchor of that moment."""
+    from so8t_lib.serve import audit_verify
+
+    log = audit.AuditLog(tmp_path / "audit.jsonl", max_bytes=1 << 20, backup_count=3)
+    for i in range(5):
+        log.append(_record(i))
+    walk, writer_done = audit_verify._walk, threading.Event()
+
+    def busy_gate(*args, **kwargs):
+        def write():
+            for i in range(5, 8):
+                log.append(_record(i))
+            log.rotate()  # the live file the walk is about to read is gzipped away and deleted
+            log.append(_record(8))
+            writer_done.set()
+
+        writer = threading.Thread(target=write)
+        writer.start()
+        writer.join(timeout=30)
+        assert writer_done.is_set(), "the writer waited for the verification's lock"
+        return walk(*args, **kwargs)
+
+    monkeypatch.setattr(audit_verify, "_walk", busy_gate)
+    report = audit.verify(tmp_path)
+    assert report["errors"] == [] and report["records"] == 5 and report["last_seq"] == 4
+    monkeypatch.setattr(audit_verify, "_walk", walk)
+    after = audit.verify(tmp_path)
+    assert after["errors"] == [] and after["records"] == 9

@@ -24,6 +24,7 @@ import re
 from collections.abc import Iterator
 from contextlib import contextmanager
 from pathlib import Path
+from typing import BinaryIO
 
 GENESIS = "0" * 64
 ANCHOR_FORMAT = 1
@@ -97,12 +98,23 @@ def set_aside_files(folder: str | Path, name: str = "audit.jsonl") -> list[Path]
     return sorted(Path(folder).glob(f"{name}.torn-*"))
 
 
-def read_lines(path: Path) -> Iterator[tuple[bytes, bool]]:
-    """(line without its newline, whether it was terminated) for a live or a gzipped file."""
-    opener = gzip.open if path.suffix == ".gz" else open
-    with opener(path, "rb") as handle:
-        for line in handle:
-            yield (line[:-1], True) if line.endswith(b"\n") else (line, False)
+def read_lines(path: Path, opened: BinaryIO | None = None, limit: int | None = None) -> Iterator[tuple[bytes, bool]]:
+    """(line without its newline, whether it was terminated) for a live or a gzipped file; from ``opened`` (a
+    handle taken earlier, so a file renamed or deleted since still reads as it was) and, for a live file, only
+    its first ``limit`` bytes (what it held when the handle was taken: appends after that are not read)."""
+    if opened is None:
+        with open(path, "rb") as handle:
+            yield from read_lines(path, handle, limit)
+        return
+    opened.seek(0)
+    source = gzip.GzipFile(fileobj=opened, mode="rb") if path.suffix == ".gz" else opened
+    left = None if path.suffix == ".gz" else limit
+    for line in source:
+        if left is not None:
+            if left <= 0:
+                return
+            line, left = line[:left], left - len(line)
+        yield (line[:-1], True) if line.endswith(b"\n") else (line, False)
 
 
 def first_record(path: Path) -> dict | None:
@@ -193,8 +205,10 @@ def write_anchor(log: Path, anchor: dict, key: bytes | None = None) -> None:
 
 @contextmanager
 def file_lock(log: Path, shared: bool = False) -> Iterator[None]:
-    """The log's lock: exclusive for writers, shared for readers that need a consistent view."""
-    with open(lock_path(log), "a") as lock:
+    """The log's lock: exclusive for writers, shared for readers that need a consistent view (a reader opens
+    an existing lock file read-only, so it can take the lock where it may not write: a verifier's sandbox)."""
+    path = lock_path(log)
+    with open(path, "r" if shared and path.exists() else "a") as lock:
         fcntl.flock(lock, fcntl.LOCK_SH if shared else fcntl.LOCK_EX)
         try:
             yield

@@ -23,7 +23,9 @@ from __future__ import annotations
 import datetime as dt
 import hmac
 import json
+import os
 from collections.abc import Iterator
+from contextlib import ExitStack
 from pathlib import Path
 
 from .audit_files import (
@@ -77,14 +79,15 @@ def read_records(folder: str | Path, name: str = "audit.jsonl", key: str | bytes
                 yield stored
 
 
-def _walk(files: list[Path], key: bytes | None = None) -> tuple[list[dict], list[str], list[str]]:
-    """Records (seq, hash, prev_hash), errors and notes of one pass over the files; with the HMAC key
-    every record's signature is checked too."""
+def _walk(files: list[Path], key: bytes | None = None, opened: list | None = None,
+          limits: list[int] | None = None) -> tuple[list[dict], list[str], list[str]]:
+    """Records (seq, hash, prev_hash), errors and notes of one pass over the files (read from ``opened``, each
+    live file up to its entry in ``limits``, when given); with the HMAC key every record's signature is checked."""
     errors, notes, chain = [], [], []
     unsigned, seen_signed = 0, False
     prev = None
-    for path in files:
-        lines = list(read_lines(path))
+    for index, path in enumerate(files):
+        lines = list(read_lines(path, opened[index] if opened else None, limits[index] if limits else None))
         for line_no, (line, terminated) in enumerate(lines, 1):
             where = f"{path.name}:{line_no}"
             record = parse_record(line) if terminated else None
@@ -167,36 +170,40 @@ def verify(folder: str | Path, name: str = "audit.jsonl", hmac_key: str | bytes 
     Returns {files, records, first_seq, last_seq, errors, notes, set_aside, anchor}."""
     folder = Path(folder)
     log = folder / name
-    try:
-        lock = file_lock(log, shared=True)
-        lock.__enter__()
-    except OSError:
-        lock = None  # a read-only copy of a log folder can still be verified
-    try:
-        files = log_files(folder, name)
-        chain, errors, notes = _walk(files, key_bytes(hmac_key))
-        try:
-            anchor = read_anchor(log)
-        except ValueError as exc:
-            anchor, errors = None, errors + [str(exc)]
-        more_errors, more_notes = _check_anchor(anchor, chain, key_bytes(hmac_key), log)
-        errors += more_errors
-        notes += more_notes
-        aside = set_aside_files(folder, name)
-        notes += [f"{p.name}: {p.stat().st_size} bytes of an unfinished write, set aside by the writer" for p in aside]
-        if chain and chain[0]["seq"] > 0 and chain[0]["prev_hash"] != GENESIS and not errors:
-            notes.append(f"seq 0..{chain[0]['seq'] - 1} were rotated away (backup_count)")
-        if expect is not None:
-            seq, digest = expect
-            at = next((r for r in chain if r["seq"] == seq), None)
-            if at is None and (not chain or seq > chain[-1]["seq"]):
-                errors.append(f"the outside checkpoint names seq {seq}, but the log ends at seq "
-                              f"{chain[-1]['seq'] if chain else None} (rolled back)")
-            elif at is not None and at["hash"] != digest:
-                errors.append(f"seq {seq} has another hash than the outside checkpoint (the chain was rewritten)")
-    finally:
-        if lock is not None:
-            lock.__exit__(None, None, None)
+    with ExitStack() as handles:
+        # a snapshot under the shared lock: every file opened (a rotation after it cannot pull one away), the live
+        # file's length and the anchor of that moment. The walk, which can take minutes on a large log, runs after
+        # the lock is released, so the gate's appends never wait for a verification.
+        with ExitStack() as lock:
+            try:
+                lock.enter_context(file_lock(log, shared=True))
+            except OSError:
+                pass  # a read-only copy of a log folder can still be verified
+            files = log_files(folder, name)
+            opened = [handles.enter_context(open(path, "rb")) for path in files]
+            limits = [os.fstat(handle.fileno()).st_size for handle in opened]
+            try:
+                anchor, anchor_errors = read_anchor(log), []
+            except ValueError as exc:
+                anchor, anchor_errors = None, [str(exc)]
+            aside = set_aside_files(folder, name)
+        chain, errors, notes = _walk(files, key_bytes(hmac_key), opened, limits)
+    errors += anchor_errors
+    more_errors, more_notes = _check_anchor(anchor, chain, key_bytes(hmac_key), log)
+    errors += more_errors
+    notes += more_notes
+    notes += [f"{p.name}: {p.stat().st_size} bytes of an unfinished write, set aside by the writer"
+              for p in aside if p.exists()]
+    if chain and chain[0]["seq"] > 0 and chain[0]["prev_hash"] != GENESIS and not errors:
+        notes.append(f"seq 0..{chain[0]['seq'] - 1} were rotated away (backup_count)")
+    if expect is not None:
+        seq, digest = expect
+        at = next((r for r in chain if r["seq"] == seq), None)
+        if at is None and (not chain or seq > chain[-1]["seq"]):
+            errors.append(f"the outside checkpoint names seq {seq}, but the log ends at seq "
+                          f"{chain[-1]['seq'] if chain else None} (rolled back)")
+        elif at is not None and at["hash"] != digest:
+            errors.append(f"seq {seq} has another hash than the outside checkpoint (the chain was rewritten)")
     return {"files": [str(p) for p in files], "records": len(chain),
             "first_seq": chain[0]["seq"] if chain else None, "last_seq": chain[-1]["seq"] if chain else None,
             "errors": errors, "notes": notes, "set_aside": [str(p) for p in aside], "anchor": anchor}
