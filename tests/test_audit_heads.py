@@ -95,9 +95,45 @@ def test_a_damaged_heads_file_is_refused_by_name_and_left_alone(tmp_path, conten
     assert heads.read_text(encoding="utf-8") == content
 
 
-def test_expect_and_heads_are_one_or_the_other(tmp_path):
-    with pytest.raises(SystemExit):
-        so8t(["audit", "verify", str(tmp_path), "--heads", str(tmp_path / "h.json"), "--expect", "1:ab"])
+@pytest.mark.parametrize("other, says", [(["--expect", "1:ab"], "not allowed with"), (["--name", "audit.jsonl"], "leave out --name")])
+def test_heads_take_neither_expect_nor_name(tmp_path, capsys, other, says):
+    logs = tmp_path / "logs"
+    _append(logs / "audit.jsonl", 2)
+    with pytest.raises(SystemExit) as exited:
+        so8t(["audit", "verify", str(logs), "--heads", str(tmp_path / "h.json"), *other])
+    assert exited.value.code == 2 and says in capsys.readouterr().err
+    assert not (tmp_path / "h.json").exists()
+
+
+def test_a_log_opened_but_not_written_yet_passes_and_records_no_head(tmp_path, capsys):
+    logs, heads = tmp_path / "logs", tmp_path / "heads.json"
+    audit.AuditLog(logs / "audit.jsonl")  # a gate that started and has decided nothing: an anchor, no records
+    assert _verify(logs, heads) == 0 and read_heads(heads) == {}
+    _append(logs / "audit.jsonl", 2)
+    assert _verify(logs, heads) == 0 and len(read_heads(heads)) == 1
+
+
+def test_a_link_turned_to_an_older_copy_of_the_folder_is_found(tmp_path, capsys):
+    real, link, heads = tmp_path / "real", tmp_path / "logs", tmp_path / "heads.json"
+    _append(real / "audit.jsonl", 3)
+    older = tmp_path / "older"
+    shutil.copytree(real, older)
+    _append(real / "audit.jsonl", 2, start=3)
+    link.symlink_to(real)
+    assert _verify(link, heads) == 0
+    link.unlink()
+    link.symlink_to(older)  # the same name now shows the folder as it was
+    assert _verify(link, heads) == 1 and "rolled back" in capsys.readouterr().out
+
+
+def test_heads_or_gauges_that_cannot_be_written_end_the_run_with_the_reason(tmp_path, capsys):
+    logs = tmp_path / "logs"
+    _append(logs / "audit.jsonl", 2)
+    (tmp_path / "a-file").write_text("", encoding="utf-8")
+    for option in ("--heads", "--metrics-file"):
+        with pytest.raises(SystemExit) as exited:
+            so8t(["audit", "verify", str(logs), option, str(tmp_path / "a-file" / "out")])
+        assert "cannot be written" in str(exited.value.code) or "could not be written" in str(exited.value.code)
 
 
 @settings(max_examples=60, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture])
@@ -133,6 +169,7 @@ def test_every_run_leaves_its_outcome_as_gauges_pass_fail_or_unable(tmp_path):
     assert passed[("so8t_audit_verify_ok", ())] == 1 and passed[("so8t_audit_verify_records", ())] == 6
     assert passed[("so8t_audit_verify_chains", (("result", "ok"),))] == 2
     assert passed[("so8t_audit_verify_chains", (("result", "failed"),))] == 0
+    assert prom.stat().st_mode & 0o777 == 0o644  # node_exporter, another user, must be able to read it
 
     backup = tmp_path / "backup"
     shutil.copytree(logs, backup)

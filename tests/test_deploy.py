@@ -168,7 +168,7 @@ def test_the_unit_serves_and_stops_and_logrotate_turns_its_application_log_over(
         (tmp_path / made_by_systemd).mkdir(mode=0o750)
     service = read_unit(relocate(UNIT.read_text(encoding="utf-8"), tmp_path))["Service"]
     checked = UnitProcess.check(service)  # what the docs say to run before the first start
-    assert checked.returncode == 2 and "problem: model could not be loaded" in checked.stdout, checked.stdout
+    assert checked.returncode == 3 and "problem: model could not be loaded" in checked.stdout, checked.stdout
     unit = UnitProcess(service)
     log_dir = Path(unit.env["SO8T_LOG_DIR"])
     app_log = log_dir / Path(config["logging"]["log_file"]).name
@@ -186,7 +186,7 @@ def test_the_unit_serves_and_stops_and_logrotate_turns_its_application_log_over(
 
         rotate_conf = tmp_path / "logrotate.conf"  # the shipped file, owner names made this machine's
         rotate_conf.write_text(relocate(LOGROTATE.read_text(encoding="utf-8"), tmp_path).replace(
-            "create 0640 so8t so8t", f"create 0640 {getpass.getuser()} {grp.getgrgid(os.getgid()).gr_name}"),
+            "so8t so8t", f"{getpass.getuser()} {grp.getgrgid(os.getgid()).gr_name}"),
             encoding="utf-8")
         rotated = subprocess.run(["logrotate", "--force", "--state", str(tmp_path / "logrotate.state"), str(rotate_conf)],
                                  capture_output=True, text=True, timeout=60)

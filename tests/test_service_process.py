@@ -131,7 +131,7 @@ def test_kill_9_mid_burst_loses_nothing_that_was_answered(tmp_path, checkpoint):
 
 
 def test_check_reports_what_a_start_would_find_and_serves_nothing(tmp_path, checkpoint, monkeypatch, capsys):
-    """so8t serve --check: 0 when everything a start loads is there; 2, naming each problem, when the gate would
+    """so8t serve --check: 0 when everything a start loads is there; 3, naming each problem, when the gate would
     serve degraded (a router file that is not there, a flag file holding emergency mode, its port taken); it never
     listens and writes no audit record."""
     from so8t_lib.cli import main as so8t
@@ -148,10 +148,15 @@ def test_check_reports_what_a_start_would_find_and_serves_nothing(tmp_path, chec
 
     (log_dir / "EMERGENCY").write_text("drill\n", encoding="utf-8")
     with busy:
-        assert so8t([*command, "escalation.router=missing/router.json", f"service.port={busy.getsockname()[1]}"]) == 2
+        assert so8t([*command, "escalation.router=missing/router.json", f"service.port={busy.getsockname()[1]}"]) == 3
     out = capsys.readouterr().out
     problems = [line for line in out.splitlines() if line.startswith("problem: ")]
     assert len(problems) == 3, out
     for expected in ("missing/router.json", "holds emergency mode", "cannot listen on 127.0.0.1"):
         assert any(expected in p for p in problems), (expected, out)
     assert records(log_dir, event=None) == []  # nothing decided, not even the switch's audit record
+    if os.geteuid() == 0:  # root in the service user's folder would leave files that user cannot open
+        os.chown(log_dir, 65534, 65534)
+        with pytest.raises(SystemExit) as exited:
+            so8t([*command, "service.port=0"])
+        assert "belongs to another user" in str(exited.value.code)

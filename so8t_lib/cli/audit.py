@@ -84,6 +84,8 @@ def main(argv: list[str] | None = None) -> int:
             sys.exit(f"error: {exc}")
         print(f"anchor accepted by {anchor['accepted_by']} at {anchor['accepted_at']}")
         return 0
+    if args.heads and args.name:
+        parser.error("--heads checks every chain of the folders (and that none is gone): leave out --name")
     return _verify_main(args)
 
 
@@ -101,19 +103,33 @@ def _verify_main(args: argparse.Namespace) -> int:
         else:
             reports = _verify_plain(args)
     except (_CannotVerify, HeadsError) as exc:
-        if args.metrics_file:
-            write_verify_metrics(args.metrics_file, None)
+        _record_outcome(args, None)
         sys.exit(f"error: {exc}")
     failed = _print_reports(reports)
     if args.heads and not failed:
-        write_heads(args.heads, earlier, heads_of(reports), args.folder)
+        try:
+            write_heads(args.heads, earlier, heads_of(reports), args.folder)
+        except OSError as exc:
+            _record_outcome(args, None)
+            sys.exit(f"error: the chains passed, but {args.heads} cannot be written ({exc}); it keeps the last "
+                     "passing run's heads")
         print(f"heads of {len(reports)} chain(s) recorded in {args.heads}"
               + ("" if earlier else " (the first run: nothing earlier to compare with)"))
-    if args.metrics_file:
-        write_verify_metrics(args.metrics_file, reports)
+    _record_outcome(args, reports)
     if failed:
         sys.exit(f"heads not updated: {args.heads} keeps the last passing run's" if args.heads else 1)
     return 0
+
+
+def _record_outcome(args: argparse.Namespace, reports: dict[str, dict] | None) -> None:
+    """--metrics-file: the gauges of this run; a file that cannot be written ends the run with that error."""
+    if not args.metrics_file:
+        return
+    try:
+        write_verify_metrics(args.metrics_file, reports)
+    except (OSError, RuntimeError) as exc:
+        sys.exit(f"error: the outcome could not be written to {args.metrics_file} ({exc}); the alert on it goes "
+                 "stale instead")
 
 
 def _verify_plain(args: argparse.Namespace) -> dict[str, dict]:
@@ -138,12 +154,12 @@ def _verify_against_heads(args: argparse.Namespace, earlier: dict[str, tuple[int
     """Every chain of the folders against the head the last passing run recorded, and no recorded chain gone."""
     key = os.environ.get(args.hmac_key_env)
     chains = [str(Path(folder) / name) for folder in args.folder
-              for name in ([args.name] if args.name else chain_names(folder))]
+              for name in chain_names(folder)]
     reports = {chain: verify(Path(chain).parent, Path(chain).name, key, earlier.get(chain_key(chain)))
                for chain in chains}
     for chain, report in reports.items():
-        if not report["files"] and not report["errors"]:  # a mistyped folder is never a clean report
-            report["errors"].append(f"no audit log at {chain}")
+        if not report["files"] and report["anchor"] is None and not report["errors"]:
+            report["errors"].append(f"no audit log at {chain}")  # a log opened but not written yet has its anchor
     for folder in args.folder:
         if not any(Path(chain).parent == Path(folder) for chain in chains):
             reports[str(Path(folder) / "audit.jsonl")] = {**EMPTY_REPORT, "errors": [f"no audit log in {folder}"]}

@@ -3,7 +3,7 @@
     export SO8T_CLIENT_KEYS="gateway:$(python -c 'import secrets; print(secrets.token_urlsafe(32))')"
     export SO8T_REVIEWER_KEYS="desk:..."          # reviewers: escalations and the emergency switch
     so8t serve --config configs/production.yaml [--host 127.0.0.1 --port 8080]
-    so8t serve --config configs/production.yaml --check     # what a start would find; 0 ready, 2 degraded
+    so8t serve --config configs/production.yaml --check     # what a start would find; 0 ready, 3 degraded
     curl -s -H "Authorization: Bearer $KEY" -d '{"user_request": "経費精算の締め日は？"}' \\
          -H 'Content-Type: application/json' http://127.0.0.1:8080/v1/decide
 
@@ -18,6 +18,7 @@ from __future__ import annotations
 
 import argparse
 import logging
+import os
 import sys
 import warnings
 
@@ -25,7 +26,7 @@ from ..core.config import ConfigError
 from ..serve.config import load_runtime_config
 from .gate_options import add_gate_options, gate_overrides
 
-EXIT_DEGRADED = 2
+EXIT_DEGRADED = 3  # not 2: argparse exits 2 on a usage error, which would not start
 
 
 class SaidAtStart(logging.Handler):
@@ -64,6 +65,17 @@ def preflight_report(service, said_at_start: SaidAtStart) -> int:
     return EXIT_DEGRADED if problems else 0
 
 
+def refuse_root_in_a_folder_of_another_user(config, log_dir: str | None) -> None:
+    """--check opens the audit log and the queue as a start does, creating what is missing: run as root in the
+    service user's folder, it would leave files that user cannot open, and the service would fail closed."""
+    from ..serve.config import runtime_paths
+
+    folder = runtime_paths(config, log_dir).audit.parent
+    if os.geteuid() == 0 and folder.is_dir() and folder.stat().st_uid != 0:
+        sys.exit(f"error: {folder} belongs to another user; run --check as that user (sudo -u <user> or "
+                 "systemd-run -p User=<user>, docs/serving.md), or files it creates there would be root's")
+
+
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(prog="so8t serve", description=__doc__,
                                      formatter_class=argparse.RawDescriptionHelpFormatter)
@@ -94,6 +106,8 @@ def main(argv: list[str] | None = None) -> int:
         keys = ApiKeys.from_env(config.service.client_keys_env, config.service.reviewer_keys_env)
     except ConfigError as exc:
         sys.exit(f"error: {exc}")
+    if args.check:
+        refuse_root_in_a_folder_of_another_user(config, args.log_dir)
     said_at_start = SaidAtStart()
     try:
         listener = listening_socket(config.service.host, config.service.port)

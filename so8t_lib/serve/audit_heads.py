@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import datetime as dt
 import json
+import os
 from pathlib import Path
 
 from ..core.io import atomic_write_text
@@ -25,8 +26,9 @@ class HeadsError(ValueError):
 
 
 def chain_key(chain: str | Path) -> str:
-    """How a chain is named in the file: its absolute path, so the same folder given two ways is one chain."""
-    return str(Path(chain).resolve())
+    """How a chain is named in the file: its absolute path, so the same folder given two ways is one chain. Links
+    are not followed: a link turned to an older copy of the folder is still the chain it named before."""
+    return os.path.abspath(chain)
 
 
 def read_heads(path: str | Path) -> dict[str, tuple[int, str]]:

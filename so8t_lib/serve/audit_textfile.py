@@ -34,4 +34,5 @@ def write_verify_metrics(path: str | Path, reports: dict[str, dict] | None) -> P
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
     write_to_textfile(str(path), registry)  # a temporary file renamed into place: a reader never sees half of it
+    path.chmod(0o644)  # node_exporter runs as another user; the gauges hold no secret
     return path

@@ -236,8 +236,9 @@ class GGUFBackend:
 
     def complete(self, request: str, context: str | None = None, max_tokens: int = 128, temperature: float = 0.0,
                  stop_at_eos: bool = True) -> Completion:
-        """``generate`` with llama.cpp's token counts; ``stop_at_eos=False`` writes all ``max_tokens`` (for
-        timing a fixed-length answer, benchmarks/gguf_cuda.py)."""
+        """``generate`` with llama.cpp's token counts. ``stop_at_eos=False`` drops the stop string of the chat
+        template's end token (for timing longer answers, benchmarks/gguf_cuda.py); llama.cpp still stops at the
+        model's own end-of-generation token, so read ``answer_tokens`` for how many were written."""
         if self._generator is None:
             self._generator = self._llama.Llama(**self._kwargs, embedding=False)
         # tokens, not text: from text llama.cpp prepends a BOS to a prompt that already starts with one
