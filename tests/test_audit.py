@@ -367,3 +367,28 @@ def test_verify_reads_a_snapshot_and_lets_writers_append_and_rotate_while_it_wal
     monkeypatch.setattr(audit_verify, "_walk", walk)
     after = audit.verify(tmp_path)
     assert after["errors"] == [] and after["records"] == 9
+
+
+def test_verify_walks_a_long_log_in_memory_that_does_not_grow_with_it(tmp_path):
+    """The production setting keeps ten files of 1 GB: the walk streams them, keeping the first and last record and
+    the few seqs it was asked about, never every line or every record."""
+    import tracemalloc
+
+    from so8t_lib.serve.audit_files import GENESIS, encode_line, record_hash, write_anchor
+
+    path, prev, n = tmp_path / "audit.jsonl", GENESIS, 40_000
+    with open(path, "wb") as out:
+        for seq in range(n):
+            record = {**_record(seq), "input": "x" * 300, "seq": seq, "prev_hash": prev}
+            record["hash"] = prev = record_hash(record)
+            out.write(encode_line(record))
+    write_anchor(path, {"first_seq": 0, "first_prev_hash": GENESIS, "last_seq": n - 1, "last_hash": prev})
+    tracemalloc.start()
+    try:
+        report = audit.verify(tmp_path, expect=(123, "not-the-hash"))
+        _, peak = tracemalloc.get_traced_memory()
+    finally:
+        tracemalloc.stop()
+    assert report["records"] == n and report["last_seq"] == n - 1
+    assert report["errors"] == ["seq 123 has another hash than the outside checkpoint (the chain was rewritten)"]
+    assert peak < path.stat().st_size / 20, (peak, path.stat().st_size)

@@ -26,6 +26,7 @@ import json
 import os
 from collections.abc import Iterator
 from contextlib import ExitStack
+from dataclasses import dataclass, field
 from pathlib import Path
 
 from .audit_files import (
@@ -79,20 +80,47 @@ def read_records(folder: str | Path, name: str = "audit.jsonl", key: str | bytes
                 yield stored
 
 
-def _walk(files: list[Path], key: bytes | None = None, opened: list | None = None,
-          limits: list[int] | None = None) -> tuple[list[dict], list[str], list[str]]:
-    """Records (seq, hash, prev_hash), errors and notes of one pass over the files (read from ``opened``, each
-    live file up to its entry in ``limits``, when given); with the HMAC key every record's signature is checked."""
-    errors, notes, chain = [], [], []
+@dataclass
+class ChainSummary:
+    """What a check needs of a walked chain, in constant memory however long the log: its first and last
+    record, how many there were, and the records of the few seqs asked for beforehand (the anchor's, --expect's)."""
+
+    count: int = 0
+    first: dict | None = None
+    last: dict | None = None
+    at: dict[int, dict] = field(default_factory=dict)
+
+    def __bool__(self) -> bool:
+        return self.count > 0
+
+
+def _with_last(items: Iterator) -> Iterator[tuple[object, bool]]:
+    """(item, whether it is the last one), reading one item ahead."""
+    iterator = iter(items)
+    try:
+        ahead = next(iterator)
+    except StopIteration:
+        return
+    for item in iterator:
+        yield ahead, False
+        ahead = item
+    yield ahead, True
+
+
+def _walk(files: list[Path], key: bytes | None = None, opened: list | None = None, limits: list[int] | None = None,
+          wanted: set[int] | frozenset[int] = frozenset()) -> tuple[ChainSummary, list[str], list[str]]:
+    """One streaming pass over the files (read from ``opened``, each live file up to its entry in ``limits``, when
+    given): the chain's summary, errors and notes; with the HMAC key every record's signature is checked too."""
+    errors, notes, chain = [], [], ChainSummary()
     unsigned, seen_signed = 0, False
     prev = None
     for index, path in enumerate(files):
-        lines = list(read_lines(path, opened[index] if opened else None, limits[index] if limits else None))
-        for line_no, (line, terminated) in enumerate(lines, 1):
+        lines = read_lines(path, opened[index] if opened else None, limits[index] if limits else None)
+        for line_no, ((line, terminated), last_line) in enumerate(_with_last(lines), 1):
             where = f"{path.name}:{line_no}"
             record = parse_record(line) if terminated else None
             if record is None:
-                if path == files[-1] and line_no == len(lines) and path.suffix != ".gz":
+                if path == files[-1] and last_line and path.suffix != ".gz":
                     notes.append(f"{where}: torn tail ({len(line)} bytes of an unfinished write); the writer sets "
                                  "it aside on its next append")
                 else:
@@ -114,14 +142,18 @@ def _walk(files: list[Path], key: bytes | None = None, opened: list | None = Non
                 elif record["prev_hash"] != prev["hash"]:
                     errors.append(f"{where}: seq {seq} does not link to the record before it")
             prev = record
-            chain.append({"seq": seq, "hash": record["hash"], "prev_hash": record["prev_hash"],
-                          "signed": "mac" in record})
+            kept = {"seq": seq, "hash": record["hash"], "prev_hash": record["prev_hash"], "signed": "mac" in record}
+            chain.count += 1
+            chain.first = chain.first or kept
+            chain.last = kept
+            if seq in wanted:
+                chain.at.setdefault(seq, kept)
     if unsigned:
         notes.append(f"{unsigned} record(s) carry no signature (written without the HMAC key)")
     return chain, errors, notes
 
 
-def _check_anchor(anchor: dict | None, chain: list[dict], key: bytes | None, log: Path) -> tuple[list[str], list[str]]:
+def _check_anchor(anchor: dict | None, chain: ChainSummary, key: bytes | None, log: Path) -> tuple[list[str], list[str]]:
     errors, notes = [], []
     if anchor is None:
         if chain:
@@ -146,18 +178,18 @@ def _check_anchor(anchor: dict | None, chain: list[dict], key: bytes | None, log
     if not chain:
         errors.append(f"every record is missing: the anchor says the log holds seq {anchor['first_seq']}..{last_seq}")
         return errors, notes
-    first = chain[0]
+    first = chain.first
     if first["seq"] > anchor["first_seq"]:
         errors.append(f"records before seq {first['seq']} are missing: the anchor says the log starts at seq "
                       f"{anchor['first_seq']} (deleted lines or a deleted oldest file)")
     elif first["seq"] == anchor["first_seq"] and first["prev_hash"] != anchor["first_prev_hash"]:
         errors.append(f"seq {first['seq']} does not link to the hash the anchor names for the start (the start of "
                       "the chain was replaced)")
-    if chain[-1]["seq"] < last_seq:
-        errors.append(f"records after seq {chain[-1]['seq']} are missing: the anchor says the log reaches seq "
+    if chain.last["seq"] < last_seq:
+        errors.append(f"records after seq {chain.last['seq']} are missing: the anchor says the log reaches seq "
                       f"{last_seq} (deleted lines or a deleted live file)")
     else:
-        at = next((r for r in chain if r["seq"] == last_seq), None)
+        at = chain.at.get(last_seq)
         if at is not None and at["hash"] != anchor["last_hash"]:
             errors.append(f"seq {last_seq} has another hash than the anchor records: the chain was rewritten and "
                           "re-hashed")
@@ -187,25 +219,26 @@ def verify(folder: str | Path, name: str = "audit.jsonl", hmac_key: str | bytes 
             except ValueError as exc:
                 anchor, anchor_errors = None, [str(exc)]
             aside = set_aside_files(folder, name)
-        chain, errors, notes = _walk(files, key_bytes(hmac_key), opened, limits)
+        wanted = {seq for seq in ((anchor or {}).get("last_seq"), expect[0] if expect else None) if seq is not None}
+        chain, errors, notes = _walk(files, key_bytes(hmac_key), opened, limits, wanted)
     errors += anchor_errors
     more_errors, more_notes = _check_anchor(anchor, chain, key_bytes(hmac_key), log)
     errors += more_errors
     notes += more_notes
     notes += [f"{p.name}: {p.stat().st_size} bytes of an unfinished write, set aside by the writer"
               for p in aside if p.exists()]
-    if chain and chain[0]["seq"] > 0 and chain[0]["prev_hash"] != GENESIS and not errors:
-        notes.append(f"seq 0..{chain[0]['seq'] - 1} were rotated away (backup_count)")
+    if chain and chain.first["seq"] > 0 and chain.first["prev_hash"] != GENESIS and not errors:
+        notes.append(f"seq 0..{chain.first['seq'] - 1} were rotated away (backup_count)")
     if expect is not None:
         seq, digest = expect
-        at = next((r for r in chain if r["seq"] == seq), None)
-        if at is None and (not chain or seq > chain[-1]["seq"]):
+        at = chain.at.get(seq)
+        if at is None and (not chain or seq > chain.last["seq"]):
             errors.append(f"the outside checkpoint names seq {seq}, but the log ends at seq "
-                          f"{chain[-1]['seq'] if chain else None} (rolled back)")
+                          f"{chain.last['seq'] if chain else None} (rolled back)")
         elif at is not None and at["hash"] != digest:
             errors.append(f"seq {seq} has another hash than the outside checkpoint (the chain was rewritten)")
-    return {"files": [str(p) for p in files], "records": len(chain),
-            "first_seq": chain[0]["seq"] if chain else None, "last_seq": chain[-1]["seq"] if chain else None,
+    return {"files": [str(p) for p in files], "records": chain.count,
+            "first_seq": chain.first["seq"] if chain else None, "last_seq": chain.last["seq"] if chain else None,
             "errors": errors, "notes": notes, "set_aside": [str(p) for p in aside], "anchor": anchor}
 
 
