@@ -392,3 +392,24 @@ def test_verify_walks_a_long_log_in_memory_that_does_not_grow_with_it(tmp_path):
     assert report["records"] == n and report["last_seq"] == n - 1
     assert report["errors"] == ["seq 123 has another hash than the outside checkpoint (the chain was rewritten)"]
     assert peak < path.stat().st_size / 20, (peak, path.stat().st_size)
+
+
+def test_a_file_that_cannot_be_read_is_a_named_problem_not_a_traceback(tmp_path):
+    """A rotated file that is a folder, or a .gz cut short: the chain fails naming the file, and what could be read
+    is still checked."""
+    log = audit.AuditLog(tmp_path / "audit.jsonl", max_bytes=1 << 20, backup_count=5)
+    for i in range(6):
+        log.append(_record(i))
+        if i in (1, 3):
+            log.rotate()  # .2.gz holds seq 0-1, .1.gz seq 2-3, the live file 4-5
+    newer = audit.log_files(tmp_path)[1]
+    newer.write_bytes(newer.read_bytes()[:-12])  # the gzip trailer and some data gone
+    report = audit.verify(tmp_path)
+    assert any(e.startswith(f"{newer.name}: cannot be read to the end") for e in report["errors"]), report["errors"]
+    assert report["records"] >= 4 and report["last_seq"] == 5  # the files around it were still walked
+
+    older = audit.log_files(tmp_path)[0]
+    older.unlink()
+    older.mkdir()
+    report = audit.verify(tmp_path)
+    assert f"{older.name}: cannot be read (Is a directory)" in report["errors"], report["errors"]

@@ -107,50 +107,68 @@ def _with_last(items: Iterator) -> Iterator[tuple[object, bool]]:
     yield ahead, True
 
 
-def _walk(files: list[Path], key: bytes | None = None, opened: list | None = None, limits: list[int] | None = None,
-          wanted: set[int] | frozenset[int] = frozenset()) -> tuple[ChainSummary, list[str], list[str]]:
-    """One streaming pass over the files (read from ``opened``, each live file up to its entry in ``limits``, when
-    given): the chain's summary, errors and notes; with the HMAC key every record's signature is checked too."""
-    errors, notes, chain = [], [], ChainSummary()
-    unsigned, seen_signed = 0, False
-    prev = None
-    for index, path in enumerate(files):
-        lines = read_lines(path, opened[index] if opened else None, limits[index] if limits else None)
+class _ChainWalker:
+    """One streaming pass over a chain's files, oldest first: each record's hash, signature and link checked, the
+    chain kept as a ``ChainSummary``, every problem an error or a note."""
+
+    def __init__(self, key: bytes | None, wanted: set[int] | frozenset[int]) -> None:
+        self.key, self.wanted = key, wanted
+        self.chain, self.errors, self.notes = ChainSummary(), [], []
+        self.unsigned, self.seen_signed, self.prev = 0, False, None
+
+    def read(self, path: Path, lines: Iterator[tuple[bytes, bool]], newest: bool) -> None:
         for line_no, ((line, terminated), last_line) in enumerate(_with_last(lines), 1):
             where = f"{path.name}:{line_no}"
             record = parse_record(line) if terminated else None
             if record is None:
-                if path == files[-1] and last_line and path.suffix != ".gz":
-                    notes.append(f"{where}: torn tail ({len(line)} bytes of an unfinished write); the writer sets "
-                                 "it aside on its next append")
+                if newest and last_line and path.suffix != ".gz":
+                    self.notes.append(f"{where}: torn tail ({len(line)} bytes of an unfinished write); the writer "
+                                      "sets it aside on its next append")
                 else:
-                    errors.append(f"{where}: not a complete audit record")
+                    self.errors.append(f"{where}: not a complete audit record")
                 continue
-            seq = record["seq"]
-            if record_hash(record) != record["hash"]:
-                errors.append(f"{where}: record seq {seq} was edited (its hash does not match its content)")
-            if key and not hmac.compare_digest(str(record.get("mac", "")), record_mac(record["hash"], key)):
-                if "mac" in record or seen_signed:
-                    errors.append(f"{where}: record seq {seq} has no valid signature (added or re-hashed without "
-                                  "the key)")
-                else:
-                    unsigned += 1  # written before the key was configured
-            seen_signed = seen_signed or "mac" in record
-            if prev is not None:
-                if seq != prev["seq"] + 1:
-                    errors.append(f"{where}: seq {seq} follows seq {prev['seq']} (records dropped or reordered)")
-                elif record["prev_hash"] != prev["hash"]:
-                    errors.append(f"{where}: seq {seq} does not link to the record before it")
-            prev = record
-            kept = {"seq": seq, "hash": record["hash"], "prev_hash": record["prev_hash"], "signed": "mac" in record}
-            chain.count += 1
-            chain.first = chain.first or kept
-            chain.last = kept
-            if seq in wanted:
-                chain.at.setdefault(seq, kept)
-    if unsigned:
-        notes.append(f"{unsigned} record(s) carry no signature (written without the HMAC key)")
-    return chain, errors, notes
+            self.record(record, where)
+
+    def record(self, record: dict, where: str) -> None:
+        seq, key, prev = record["seq"], self.key, self.prev
+        if record_hash(record) != record["hash"]:
+            self.errors.append(f"{where}: record seq {seq} was edited (its hash does not match its content)")
+        if key and not hmac.compare_digest(str(record.get("mac", "")), record_mac(record["hash"], key)):
+            if "mac" in record or self.seen_signed:
+                self.errors.append(f"{where}: record seq {seq} has no valid signature (added or re-hashed without "
+                                   "the key)")
+            else:
+                self.unsigned += 1  # written before the key was configured
+        self.seen_signed = self.seen_signed or "mac" in record
+        if prev is not None:
+            if seq != prev["seq"] + 1:
+                self.errors.append(f"{where}: seq {seq} follows seq {prev['seq']} (records dropped or reordered)")
+            elif record["prev_hash"] != prev["hash"]:
+                self.errors.append(f"{where}: seq {seq} does not link to the record before it")
+        self.prev = record
+        kept = {"seq": seq, "hash": record["hash"], "prev_hash": record["prev_hash"], "signed": "mac" in record}
+        chain = self.chain
+        chain.count += 1
+        chain.first = chain.first or kept
+        chain.last = kept
+        if seq in self.wanted:
+            chain.at.setdefault(seq, kept)
+
+
+def _walk(files: list[Path], key: bytes | None = None, opened: list | None = None, limits: list[int] | None = None,
+          wanted: set[int] | frozenset[int] = frozenset()) -> tuple[ChainSummary, list[str], list[str]]:
+    """One streaming pass over the files (read from ``opened``, each live file up to its entry in ``limits``, when
+    given): the chain's summary, errors and notes; with the HMAC key every record's signature is checked too."""
+    walker = _ChainWalker(key, wanted)
+    for index, path in enumerate(files):
+        lines = read_lines(path, opened[index] if opened else None, limits[index] if limits else None)
+        try:
+            walker.read(path, lines, newest=index == len(files) - 1)
+        except (OSError, EOFError) as exc:  # a damaged .gz: what was read counts, the rest is this error
+            walker.errors.append(f"{path.name}: cannot be read to the end ({exc})")
+    if walker.unsigned:
+        walker.notes.append(f"{walker.unsigned} record(s) carry no signature (written without the HMAC key)")
+    return walker.chain, walker.errors, walker.notes
 
 
 def _check_anchor(anchor: dict | None, chain: ChainSummary, key: bytes | None, log: Path) -> tuple[list[str], list[str]]:
@@ -211,8 +229,13 @@ def verify(folder: str | Path, name: str = "audit.jsonl", hmac_key: str | bytes 
                 lock.enter_context(file_lock(log, shared=True))
             except OSError:
                 pass  # a read-only copy of a log folder can still be verified
-            files = log_files(folder, name)
-            opened = [handles.enter_context(open(path, "rb")) for path in files]
+            files, opened, unreadable = [], [], []
+            for path in log_files(folder, name):
+                try:
+                    opened.append(handles.enter_context(open(path, "rb")))
+                    files.append(path)
+                except OSError as exc:  # named as a problem of the chain, never a traceback
+                    unreadable.append(f"{path.name}: cannot be read ({exc.strerror or exc})")
             limits = [os.fstat(handle.fileno()).st_size for handle in opened]
             try:
                 anchor, anchor_errors = read_anchor(log), []
@@ -221,7 +244,7 @@ def verify(folder: str | Path, name: str = "audit.jsonl", hmac_key: str | bytes 
             aside = set_aside_files(folder, name)
         wanted = {seq for seq in ((anchor or {}).get("last_seq"), expect[0] if expect else None) if seq is not None}
         chain, errors, notes = _walk(files, key_bytes(hmac_key), opened, limits, wanted)
-    errors += anchor_errors
+    errors += unreadable + anchor_errors
     more_errors, more_notes = _check_anchor(anchor, chain, key_bytes(hmac_key), log)
     errors += more_errors
     notes += more_notes
