@@ -24,9 +24,7 @@ import sys
 from pathlib import Path
 
 from ..serve.audit import read_records, verify
-from ..serve.audit_files import chain_names
 from ..serve.audit_heads import (
-    EMPTY_REPORT,
     HeadsError,
     chain_key,
     gone_chains,
@@ -152,18 +150,10 @@ def _verify_plain(args: argparse.Namespace) -> dict[str, dict]:
 
 def _verify_against_heads(args: argparse.Namespace, earlier: dict[str, tuple[int, str]]) -> dict[str, dict]:
     """Every chain of the folders against the head the last passing run recorded, and no recorded chain gone."""
-    key = os.environ.get(args.hmac_key_env)
-    chains = [str(Path(folder) / name) for folder in args.folder
-              for name in chain_names(folder)]
-    reports = {chain: verify(Path(chain).parent, Path(chain).name, key, earlier.get(chain_key(chain)))
-               for chain in chains}
-    for chain, report in reports.items():
-        if not report["files"] and report["anchor"] is None and not report["errors"]:
-            report["errors"].append(f"no audit log at {chain}")  # a log opened but not written yet has its anchor
-    for folder in args.folder:
-        if not any(Path(chain).parent == Path(folder) for chain in chains):
-            reports[str(Path(folder) / "audit.jsonl")] = {**EMPTY_REPORT, "errors": [f"no audit log in {folder}"]}
-    return reports | gone_chains(earlier, args.folder, chains)
+    reports = verify_chains(args.folder, hmac_key=os.environ.get(args.hmac_key_env),
+                            expect_for=lambda chain: earlier.get(chain_key(chain)))
+    present = [chain for chain, report in reports.items() if report["files"] or report["anchor"] is not None]
+    return reports | gone_chains(earlier, args.folder, present)
 
 
 def _print_reports(reports: dict[str, dict]) -> int:

@@ -15,10 +15,9 @@ import os
 from pathlib import Path
 
 from ..core.io import atomic_write_text
+from .audit_verify import failed_report
 
 HEADS_FORMAT = "so8t-audit-heads/1"
-EMPTY_REPORT = {"files": [], "records": 0, "first_seq": None, "last_seq": None, "notes": [], "set_aside": [],
-                "anchor": None, "errors": []}  # verify()'s keys, for a chain that could not be read at all
 
 
 class HeadsError(ValueError):
@@ -67,8 +66,7 @@ def gone_chains(heads: dict[str, tuple[int, str]], folders: list[str | Path], pr
     """A failing report for every chain of these folders that an earlier run verified and that is gone now."""
     roots = {chain_key(folder) for folder in folders}
     here = {chain_key(chain) for chain in present}
-    return {chain: {**EMPTY_REPORT, "errors": [f"{chain} was verified before (head seq {seq}) and is gone: "
-                                               "deleted with its anchor"]}
+    return {chain: failed_report(f"{chain} was verified before (head seq {seq}) and is gone: deleted with its anchor")
             for chain, (seq, _) in heads.items() if str(Path(chain).parent) in roots and chain not in here}
 
 

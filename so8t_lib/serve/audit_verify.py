@@ -24,7 +24,7 @@ import datetime as dt
 import hmac
 import json
 import os
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from contextlib import ExitStack
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -265,21 +265,28 @@ def verify(folder: str | Path, name: str = "audit.jsonl", hmac_key: str | bytes 
             "errors": errors, "notes": notes, "set_aside": [str(p) for p in aside], "anchor": anchor}
 
 
+def failed_report(error: str) -> dict:
+    """``verify``'s report for a chain that could not be walked at all (a folder without a log, a chain gone)."""
+    return {"files": [], "records": 0, "first_seq": None, "last_seq": None, "errors": [error], "notes": [],
+            "set_aside": [], "anchor": None}
+
+
 def verify_chains(folders: str | Path | list[str | Path], name: str = "audit.jsonl",
-                  hmac_key: str | bytes | None = None) -> dict[str, dict]:
+                  hmac_key: str | bytes | None = None,
+                  expect_for: Callable[[Path], tuple[int, str] | None] | None = None) -> dict[str, dict]:
     """``verify`` for every chain of one or more log folders (``name`` and each replica's
-    ``<stem>-<replica><suffix>``), keyed ``<folder>/<chain>``. A folder with no chain at all is an
-    entry with an error, so a mistyped folder is never a clean report."""
+    ``<stem>-<replica><suffix>``), keyed ``<folder>/<chain>``; ``expect_for(chain path)`` gives a chain its outside
+    checkpoint (``so8t audit verify --heads``). A folder with no chain at all is an entry with an error, so a
+    mistyped folder is never a clean report."""
     folders = [folders] if isinstance(folders, (str, Path)) else list(folders)
     reports: dict[str, dict] = {}
     for folder in map(Path, folders):
         names = chain_names(folder, name)
         if not names:
-            reports[str(folder / name)] = {"files": [], "records": 0, "first_seq": None, "last_seq": None,
-                                           "errors": [f"no audit log ({name} or a replica's chain) in {folder}"],
-                                           "notes": [], "set_aside": [], "anchor": None}
+            reports[str(folder / name)] = failed_report(f"no audit log ({name} or a replica's chain) in {folder}")
         for chain in names:
-            reports[str(folder / chain)] = verify(folder, chain, hmac_key)
+            reports[str(folder / chain)] = verify(folder, chain, hmac_key,
+                                                  expect_for(folder / chain) if expect_for else None)
     return reports
 
 
