@@ -413,3 +413,66 @@ def test_a_file_that_cannot_be_read_is_a_named_problem_not_a_traceback(tmp_path)
     older.mkdir()
     report = audit.verify(tmp_path)
     assert f"{older.name}: cannot be read (Is a directory)" in report["errors"], report["errors"]
+
+
+def test_a_verifier_that_may_not_write_to_the_log_folder_still_takes_the_lock(tmp_path):
+    """The daily verification runs in a read-only sandbox (deploy/systemd/so8t-audit-verify.service): its shared
+    lock opens the existing lock file read-only. As root this test drops to ``nobody``, since root may write
+    anywhere; as another user, the read-only modes below are enough."""
+    import contextlib
+    import shutil
+    import stat
+    import tempfile
+
+    from so8t_lib.serve import audit_verify
+
+    folder = tempfile.mkdtemp(prefix="so8t-readonly-")  # /tmp, not pytest's folder: nobody cannot enter that one
+    try:
+        log = audit.AuditLog(os.path.join(folder, "audit.jsonl"))
+        for i in range(3):
+            log.append(_record(i))
+        assert audit.verify(folder)["errors"] == []  # also loads, as root, every module the child needs
+        for name in os.listdir(folder):
+            os.chmod(os.path.join(folder, name), stat.S_IRUSR | stat.S_IRGRP | stat.S_IROTH)
+        os.chmod(folder, stat.S_IRUSR | stat.S_IXUSR | stat.S_IRGRP | stat.S_IXGRP | stat.S_IROTH | stat.S_IXOTH)
+        read_end, write_end = os.pipe()
+        child = os.fork()
+        if child == 0:  # pragma: no cover - runs in the forked child
+            status = 1
+            try:
+                os.close(read_end)
+                if os.getuid() == 0:
+                    os.setgid(65534)
+                    os.setuid(65534)
+                try:
+                    open(os.path.join(folder, "audit.jsonl.lock"), "a").close()
+                    writable = True
+                except PermissionError:
+                    writable = False
+                taken = []  # verify goes on without the lock when it cannot take it (a read-only copy): see if it did
+
+                @contextlib.contextmanager
+                def watched_lock(*args, **kwargs):
+                    with real_lock(*args, **kwargs):
+                        taken.append(kwargs.get("shared", False))
+                        yield
+
+                real_lock, audit_verify.file_lock = audit_verify.file_lock, watched_lock
+                report = audit.verify(folder)
+                os.write(write_end, json.dumps({"errors": report["errors"], "records": report["records"],
+                                                "uid": os.getuid(), "writable": writable, "locked": taken}).encode())
+                status = 0
+            except BaseException as exc:  # noqa: BLE001 - reported to the parent
+                os.write(write_end, json.dumps({"crash": f"{type(exc).__name__}: {exc}"}).encode())
+            finally:
+                os._exit(status)
+        os.close(write_end)
+        with os.fdopen(read_end, "rb") as pipe:
+            seen = json.loads(pipe.read() or b"{}")
+        os.waitpid(child, 0)
+        assert "crash" not in seen, seen["crash"]
+        assert seen["uid"] != 0 and not seen["writable"], seen  # the child really could not write there
+        assert seen["locked"] == [True] and seen["errors"] == [] and seen["records"] == 3, seen
+    finally:
+        os.chmod(folder, stat.S_IRWXU)
+        shutil.rmtree(folder, ignore_errors=True)
