@@ -160,3 +160,20 @@ def test_check_reports_what_a_start_would_find_and_serves_nothing(tmp_path, chec
         with pytest.raises(SystemExit) as exited:
             so8t([*command, "service.port=0"])
         assert "belongs to another user" in str(exited.value.code)
+
+
+def test_check_sees_the_warnings_of_a_start_under_any_log_level(tmp_path, checkpoint, monkeypatch, capsys):
+    """A config that logs only errors still has its warnings counted by --check (escalations notifying nobody),
+    and its log file still gets errors only."""
+    from so8t_lib.cli import main as so8t
+
+    for name, value in KEY_ENV.items():
+        monkeypatch.setenv(name, value)
+    log_dir = tmp_path / "logs"
+    command = ["serve", "--config", str(write_config(tmp_path, checkpoint)), "--log-dir", str(log_dir), "--check",
+               "service.port=0", "logging.log_level=ERROR", "logging.log_file=agent.log",
+               "escalation.enable_notifications=true"]
+    assert so8t(command) == 3
+    out = capsys.readouterr().out
+    assert any(line.startswith("problem: escalations will reach nobody") for line in out.splitlines()), out
+    assert "reach nobody" not in (log_dir / "agent.log").read_text(encoding="utf-8")

@@ -23,6 +23,7 @@ import sys
 import warnings
 
 from ..core.config import ConfigError
+from ..serve.applog import settle_level
 from ..serve.config import load_runtime_config
 from .gate_options import add_gate_options, gate_overrides
 
@@ -41,10 +42,12 @@ class SaidAtStart(logging.Handler):
 
     def __enter__(self) -> SaidAtStart:
         logging.getLogger("so8t").addHandler(self)
+        settle_level()  # its warnings reach it whatever log_level the config sets
         return self
 
     def __exit__(self, *exc) -> None:
         logging.getLogger("so8t").removeHandler(self)
+        settle_level()
 
 
 def preflight_report(service, said_at_start: SaidAtStart) -> int:

@@ -13,6 +13,7 @@ from ..core.config import ConfigError
 
 _HANDLERS: dict[Path, logging.Handler] = {}
 _LOCK = threading.Lock()
+_CONFIGURED = {"level": logging.NOTSET}  # the last log_level configured
 FORMAT = "%(asctime)s %(levelname)s %(name)s: %(message)s"
 
 
@@ -35,6 +36,17 @@ def configure_logging(level: str, log_file: Path | None) -> logging.Logger:
                 logger.addHandler(handler)
                 _HANDLERS[path] = handler
             handler.setLevel(numeric)
-        levels = [h.level for h in _HANDLERS.values()] + [numeric]
-        logger.setLevel(min(levels))
+        _CONFIGURED["level"] = numeric
+        settle_level()
     return logger
+
+
+def settle_level() -> None:
+    """The so8t logger lets through what the configured level or any of its handlers asks for: a handler
+    attached for a while (``so8t serve --check`` collecting the warnings of a start) sees its warnings even
+    under log_level ERROR, while the log file keeps its own level."""
+    logger = logging.getLogger("so8t")
+    levels = [h.level for h in logger.handlers if h.level > logging.NOTSET]
+    if _CONFIGURED["level"] > logging.NOTSET:
+        levels.append(_CONFIGURED["level"])
+    logger.setLevel(min(levels, default=logging.NOTSET))
