@@ -104,23 +104,38 @@ def test_checkpoints_go_where_asked_and_a_4bit_base_never_silently_leaves_the_gp
     assert backends.load_decider(tmp_path, device=device) is model and model.moved_to == outcome
 
 
-def test_the_gate_commands_model_flags_become_config_overrides():
-    """so8t runtime and so8t serve share their model flags: a .gguf --model-path selects llama.cpp with
-    that file, --device sets inference.device, and key=value overrides come first (the flags win)."""
-    import argparse
+@pytest.mark.parametrize("command", ["runtime", "serve"])
+def test_the_gate_commands_model_flags_become_config_overrides(command, monkeypatch, capsys):
+    """so8t runtime and so8t serve share their model flags, read by each command's own parser: a .gguf
+    --model-path selects llama.cpp with that file, --device sets inference.device, and key=value overrides
+    come first (the flags win). The config each command would load is caught before any model loads."""
+    from so8t_lib.cli import main as so8t
+    from so8t_lib.cli import serve as serve_cli
+    from so8t_lib.core.config import ConfigError
+    from so8t_lib.serve import config as config_module
+    from so8t_lib.serve import runtime as runtime_module
 
-    from so8t_lib.cli.gate_options import add_gate_options, gate_overrides
-    from so8t_lib.serve.config import load_runtime_config
+    loaded = []
 
-    parser = argparse.ArgumentParser(prog="so8t runtime")
-    add_gate_options(parser)
-    parser.add_argument("overrides", nargs="*")
-    args = parser.parse_args(["--model-path", "dist/x.gguf", "--device", "cpu", "inference.device=cuda"])
-    config = load_runtime_config("configs/basic.yaml", gate_overrides(args))
+    def caught(path, overrides=()):
+        loaded.append(config_module.load_runtime_config(path, overrides))
+        raise ConfigError("caught before loading")
+
+    monkeypatch.setattr(runtime_module, "load_runtime_config", caught)
+    monkeypatch.setattr(serve_cli, "load_runtime_config", caught)
+
+    def config_of(*flags):
+        with pytest.raises(SystemExit, match="caught before loading"):
+            so8t([command, "--config", "configs/basic.yaml", *flags])
+        return loaded.pop()
+
+    config = config_of("--model-path", "dist/x.gguf", "--device", "cpu", "inference.device=cuda")
     assert config.model.use_gguf and config.model.gguf_path == "dist/x.gguf"
     assert config.model.checkpoint_path == "dist/x.gguf"
     assert config.inference.device == "cpu"
-    folder = parser.parse_args(["--model-path", "checkpoints/run"])
-    assert gate_overrides(folder) == ["model.checkpoint_path=checkpoints/run"]
+    folder = config_of("--model-path", "checkpoints/run")
+    assert folder.model.checkpoint_path == "checkpoints/run" and not folder.model.use_gguf
+    assert config_of("--use-gguf").model.use_gguf
     with pytest.raises(SystemExit):  # a device the runtime does not know is refused at the flag
-        parser.parse_args(["--device", "tpu"])
+        so8t([command, "--device", "tpu"])
+    assert "invalid choice: 'tpu'" in capsys.readouterr().err
