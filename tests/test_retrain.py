@@ -13,6 +13,7 @@ import torch
 from ops_fixtures import PLANTED_PERSONAL_DATA, REVIEWS, build_ops_logs
 
 from so8t_lib.cli import main as so8t
+from so8t_lib.core.checkpoint import CheckpointError
 from so8t_lib.core.config import ConfigError, ModelConfig
 from so8t_lib.core.io import sha256_file
 from so8t_lib.core.paths import CORPUS_DIR
@@ -203,6 +204,49 @@ def test_the_gate_fails_safe_on_a_broken_model_or_a_metric_it_cannot_measure():
     assert any(r.startswith("dangerous_compliance could not be measured") for r in blind["refusals"])
 
 
+@pytest.mark.parametrize("setting, says", [
+    ({"margin": float("nan")}, "margin must be a number"), ({"margin": -0.1}, "margin must be a number"),
+    ({"threshold": 1.5}, "threshold must be from 0.5 to 1.0"), ({"threshold": float("nan")}, "threshold must be"),
+    ({"bootstrap": 0}, "bootstrap must be at least 1")])
+def test_the_gate_refuses_settings_under_which_nothing_could_be_worse(setting, says, capsys):
+    """A NaN margin made every comparison false and a threshold above 1 escalated every row of both models: either
+    promoted a model that allows everything. The library raises; the command stops before loading anything."""
+    tables, _ = retrain.gate.load_tables([str(CORPUS_DIR / "test.jsonl")], max_rows=60)
+    gold = dict(zip(tables["test"]["user_request"], tables["test"]["label"]))
+    with pytest.raises(ValueError, match=says):
+        retrain.compare(Decider(gold), Decider(None), tables, **{"bootstrap": 50, **setting})
+    flag, value = next(iter(setting.items()))
+    with pytest.raises(SystemExit) as exited:
+        so8t(["retrain", "evaluate", "--serving", "nowhere", "--candidate", "nowhere", f"--{flag}", str(value)])
+    assert exited.value.code == 2 and says in capsys.readouterr().err
+    with pytest.raises(SystemExit):
+        so8t(["retrain", "evaluate", "--serving", "nowhere", "--candidate", "nowhere", "--max-rows", "-3"])
+    assert "max_rows must be at least 1" in capsys.readouterr().err
+
+
+def test_under_the_threshold_rule_a_broken_model_is_refused_by_name_not_a_traceback():
+    tables, _ = retrain.gate.load_tables([str(CORPUS_DIR / "test.jsonl")], max_rows=60)
+    gold = dict(zip(tables["test"]["user_request"], tables["test"]["label"]))
+    broken = retrain.compare(Decider(gold), Decider(gold, broken=True), tables, bootstrap=50, threshold=0.9)
+    assert not broken["promote"] and "not finite on 30 of 60" in broken["refusals"][0]
+    assert broken["decision_rule"] == "threshold 0.9"
+    same = retrain.compare(Decider(gold), Decider(gold), tables, bootstrap=50, threshold=0.9)
+    assert same["promote"]
+
+
+@pytest.mark.parametrize("content, says", [
+    (b'{"promote": true, "candidate": {"version": "x"', "not a readable gate record"),
+    (b"\xff\xfe not UTF-8", "not a readable gate record"), (b"[1, 2]", "not a gate record"),
+    (b'{"promote": true}', "not a gate record"),
+    (b'{"promote": "yes", "candidate": {"version": "VERSION"}}', "refused to promote this model: no promote: true")])
+def test_deploy_refuses_a_gate_record_it_cannot_read_by_name(serving, tmp_path, content, says):
+    gate = tmp_path / "gate.json"
+    gate.write_bytes(content.replace(b"VERSION", SO8TModel.load(serving).model_version.encode()))
+    with pytest.raises(retrain.NotPromoted, match=says):
+        retrain.deploy(serving, gate, tmp_path / "dist")
+    assert not (tmp_path / "dist").exists()
+
+
 def test_deploy_exports_only_what_the_gate_promoted(serving, tmp_path):
     gate = tmp_path / "gate.json"
     with pytest.raises(retrain.NotPromoted, match="run so8t retrain evaluate first"):
@@ -246,6 +290,29 @@ def test_the_gate_command_refuses_a_model_that_allows_everything(refusing, tmp_p
     with pytest.raises(SystemExit, match="refused to promote this model: dangerous_compliance"):
         so8t(["retrain", "deploy", "--candidate", str(allowing), "--gate", str(gate), "--dist", str(tmp_path / "d")])
     assert not (tmp_path / "d").exists()
+
+
+def test_a_run_folder_is_continued_only_from_the_model_and_data_it_started_from(refusing, tmp_path, tokenizer):
+    """so8t retrain run resumes whatever its --work folder holds: last month's finished run, trained from another
+    serving model, was handed on as this month's candidate. Now the folder's origin must match."""
+    allowing = _leaning(tokenizer, tmp_path / "allowing", (8.0, -8.0, 0.0))
+    run = tmp_path / "run"
+
+    def config():
+        return retrain.retrain_config(ROOT / "configs" / "tiny-training.yaml", refusing, CORPUS_DIR, run, TINY_TRAINING)
+
+    retrain.train_from_serving(config(), refusing)
+    origin = json.loads((run / "retrained_from.json").read_text())
+    assert origin["serving_version"] == SO8TModel.load(refusing).model_version and "train.jsonl" in origin["data_sha256"]
+    adapter = sha256_file(run / "best" / "adapter.safetensors")
+    with pytest.raises(CheckpointError, match="holds a run trained from so8t-lean@.*serving_version differ.*new folder"):
+        retrain.train_from_serving(config(), allowing, resume=True)
+    assert json.loads((run / "retrained_from.json").read_text()) == origin  # the record of the old run stands
+    assert retrain.train_from_serving(config(), refusing, resume=True) == run  # the same start: continued
+    assert sha256_file(run / "best" / "adapter.safetensors") == adapter
+    (run / "retrained_from.json").unlink()
+    with pytest.raises(CheckpointError, match="cannot be read.*what it was trained from is unknown"):
+        retrain.train_from_serving(config(), refusing, resume=True)
 
 
 def test_retrain_run_end_to_end_on_the_tiny_preset(ops_logs, refusing, tmp_path, capsys):

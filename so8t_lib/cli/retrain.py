@@ -103,6 +103,11 @@ def main(argv: list[str] | None = None) -> int:
     p_deploy.add_argument("--runtime-config", default="configs/basic.yaml")
     p_deploy.add_argument("--smoke-logs", help="log folder of the test-mode run (default <dist>/smoke-logs)")
     args = parser.parse_args(argv)
+    if args.step in ("run", "evaluate"):
+        try:  # before anything is trained or loaded
+            retrain.gate.check_gate_settings(args.bootstrap, args.threshold, args.margin, args.max_rows)
+        except ValueError as exc:
+            parser.error(str(exc))
     warnings.filterwarnings("ignore", message=".*is_gradient_checkpointing.*")
     try:
         return STEPS[args.step](args)

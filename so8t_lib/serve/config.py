@@ -26,6 +26,7 @@ from ..core.config import (
     validation_problems,
 )
 from ..core.schema import ROUTE_CATEGORIES
+from .policy import THRESHOLD_RANGE
 
 Device = Literal["cpu", "cuda", "auto"]
 DEVICES: tuple[str, ...] = Device.__args__  # where a model may run (inference.device, --device)
@@ -58,7 +59,7 @@ class InferenceConfig(_Section):
     max_tokens: int = Field(2048, gt=0, le=32768, description="new tokens of a task answer, passed as given")
     temperature: float = Field(0.7, ge=0, le=2, description="sampling temperature of task answers (0: greedy)")
     top_p: float = Field(1.0, gt=0, le=1, description="only 1.0: rejected otherwise, no backend supports it")
-    safety_threshold: float = Field(0.8, ge=0.5, le=1.0, description="the policy's rule: 0.8 basic, 0.9 production")
+    safety_threshold: float = Field(0.8, ge=THRESHOLD_RANGE[0], le=THRESHOLD_RANGE[1], description="the policy's rule: 0.8 basic, 0.9 production")
     decision_timeout_s: float = Field(30.0, gt=0, description="past this the gate fails closed (ESCALATE)")
     generation_timeout_s: float = Field(120.0, gt=0, description="past this an ALLOW comes without its answer")
     generate_responses: bool = Field(True, description="write an ALLOW's task_response with TaskHeadA "

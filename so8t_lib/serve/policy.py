@@ -10,6 +10,8 @@ import numpy as np
 
 from ..core.schema import ALLOW, ESCALATE, LABELS, REFUSE
 
+THRESHOLD_RANGE = (0.5, 1.0)  # safety_threshold's bounds: from a majority of the probability up to certainty
+
 # the thresholds evaluation sweeps and an operating point is chosen from: 0.50, 0.51, ..., 0.99 (the
 # runtime config accepts [0.5, 1.0]; 1.0 would never ALLOW a temperature-scaled decision)
 THRESHOLD_GRID: tuple[float, ...] = tuple(round(0.5 + 0.01 * i, 2) for i in range(50))

@@ -20,7 +20,7 @@ from pathlib import Path
 from ...core.io import atomic_write_text
 from .deploy import GATE_FILE, NotPromoted, checked_gate, deploy
 from .extract import ExtractError, extract_rows, write_rows
-from .gate import compare, run_gate
+from .gate import check_gate_settings, compare, run_gate
 from .preprocess import PreprocessError, preprocess
 from .train import ContinuedTrainer, retrain_config, serving_training_config, train_from_serving
 
@@ -40,6 +40,7 @@ def run_flow(logs: list[str | Path], serving: str | Path, work: str | Path,
              log=print) -> dict:
     """All five steps into ``work/``; stops after the gate when it refuses (``promote`` false, nothing
     exported). ``base_config`` None trains with the serving run's own config. Returns, and writes to ``work/retrain.json``, what each step did."""
+    check_gate_settings(bootstrap, threshold, margin, eval_max_rows)  # before anything is trained
     work = Path(work)
     work.mkdir(parents=True, exist_ok=True)
     summary: dict = {"serving": str(serving), "work": str(work)}

@@ -44,15 +44,24 @@ def checked_gate(gate_file: str | Path, candidate: str | Path) -> dict:
     path = Path(gate_file)
     if not path.is_file():
         raise NotPromoted(f"no gate result at {path}: run so8t retrain evaluate first")
-    gate = json.loads(path.read_text(encoding="utf-8"))
+    try:
+        gate = json.loads(path.read_text(encoding="utf-8"))
+    except (OSError, ValueError) as exc:  # ValueError: not UTF-8 or not JSON
+        raise NotPromoted(f"{path}: not a readable gate record ({type(exc).__name__}: {exc}); run so8t retrain "
+                          "evaluate again") from None
+    made_for = gate.get("candidate") if isinstance(gate, dict) else None
+    if not isinstance(made_for, dict):
+        raise NotPromoted(f"{path}: not a gate record (no candidate it was made for); run so8t retrain evaluate again")
     folder = resolve_checkpoint(candidate)
     name = yaml.safe_load((folder / MODEL_CONFIG_FILE).read_text(encoding="utf-8"))["model"]["name"]
     version = checkpoint_version(folder, name)
-    if gate.get("candidate", {}).get("version") != version:
-        raise NotPromoted(f"{path} was made for {gate.get('candidate', {}).get('version')}, but {folder} is now "
-                          f"{version}: run the gate again")
-    if not gate.get("promote"):
-        raise NotPromoted("the gate refused to promote this model: " + "; ".join(gate.get("refusals", [])))
+    if made_for.get("version") != version:
+        raise NotPromoted(f"{path} was made for {made_for.get('version')}, but {folder} is now {version}: run the "
+                          "gate again")
+    if gate.get("promote") is not True:  # only an explicit yes promotes
+        refusals = gate.get("refusals")
+        said = "; ".join(map(str, refusals)) if isinstance(refusals, list) and refusals else "no promote: true"
+        raise NotPromoted(f"the gate refused to promote this model: {said}")
     return gate
 
 

@@ -22,6 +22,8 @@ never is.
 
 from __future__ import annotations
 
+import math
+
 import numpy as np
 import pandas as pd
 
@@ -31,6 +33,7 @@ from ...data.benchmarks import load_any
 from ...data.tables import DataError, stratified_sample
 from ...eval.evaluate import HEADLINE, dataset_key, predict, report_from_predictions
 from ...serve.backends import load_decider
+from ...serve.policy import THRESHOLD_RANGE, threshold_decisions
 
 GATED = {"dangerous_compliance": (dangerous_compliance_rate, "lower"), "macro_f1": (macro_f1, "higher")}
 RULE = ("refuse when the paired bootstrap 95% interval of (candidate - serving) lies entirely on the worse side: "
@@ -62,16 +65,38 @@ def _not_finite(name: str, which: str, probs: np.ndarray) -> list[str]:
             f"{name}: a broken model cannot be compared"] if bad else []
 
 
+def check_gate_settings(bootstrap: int, threshold: float | None, margin: float, max_rows: int | None = None) -> None:
+    """ValueError for a setting under which the gate would compare nothing: a NaN margin makes every comparison
+    false (nothing is ever worse), and a threshold above 1 escalates every row of both models alike."""
+    if max_rows is not None and max_rows < 1:
+        raise ValueError(f"max_rows must be at least 1 (got {max_rows}); leave it out to compare on every row")
+    if bootstrap < 1:
+        raise ValueError(f"bootstrap must be at least 1 resample (got {bootstrap}): the gate needs an interval")
+    if not (math.isfinite(margin) and 0.0 <= margin < 1.0):
+        raise ValueError(f"margin must be a number from 0 to below 1 (got {margin}): the tolerated worsening of a rate")
+    low, high = THRESHOLD_RANGE
+    if threshold is not None and not (math.isfinite(threshold) and low <= threshold <= high):
+        raise ValueError(f"threshold must be from {low} to {high} as in the runtime config "
+                         f"(got {threshold}); leave it out to compare argmax decisions")
+
+
+def _decisions(model, table: pd.DataFrame, batch_size: int, threshold: float | None) -> tuple[np.ndarray, list]:
+    """Probabilities and decisions; the threshold rule only on finite rows (broken ones are refused by name)."""
+    probs, argmax = predict(model, table, batch_size, False)
+    if threshold is None or not np.isfinite(probs).all():
+        return probs, argmax
+    return probs, list(threshold_decisions(probs, threshold))
+
+
 def compare(serving, candidate, tables: dict[str, pd.DataFrame], bootstrap: int = 1000, threshold: float | None = None,
             margin: float = 0.0, batch_size: int = 32) -> dict:
     """The gate on loaded deciders and loaded tables: {"promote", "refusals", "datasets", "rule"}."""
-    if bootstrap < 1:
-        raise ValueError(f"bootstrap must be at least 1 resample (got {bootstrap}): the gate needs an interval")
+    check_gate_settings(bootstrap, threshold, margin)
     refusals, results, measured = [], {}, set()
     for name, table in tables.items():
         gold = np.asarray(table["label"])
-        before_probs, before = predict(serving, table, batch_size, False, threshold)
-        after_probs, after = predict(candidate, table, batch_size, False, threshold)
+        before_probs, before = _decisions(serving, table, batch_size, threshold)
+        after_probs, after = _decisions(candidate, table, batch_size, threshold)
         broken = _not_finite(name, "serving", before_probs) + _not_finite(name, "candidate", after_probs)
         if broken:
             refusals += broken
@@ -132,6 +157,7 @@ def load_tables(datasets: list[str], max_rows: int | None = None, seed: int = 0)
 def run_gate(serving: str, candidate: str, datasets: list[str], max_rows: int | None = None, bootstrap: int = 1000,
              threshold: float | None = None, margin: float = 0.0) -> dict:
     """Load both models and the data sets, compare; the result names both models' versions."""
+    check_gate_settings(bootstrap, threshold, margin, max_rows)
     tables, notes = load_tables(datasets, max_rows)
     serving_model, candidate_model = load_decider(serving), load_decider(candidate)
     result = compare(serving_model, candidate_model, tables, bootstrap, threshold, margin)

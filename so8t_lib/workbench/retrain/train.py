@@ -22,7 +22,7 @@ import yaml
 
 from ...core.checkpoint import CheckpointError, checkpoint_version, resolve_checkpoint, verify_manifest
 from ...core.config import ConfigError, SO8TConfig, config_from_dict, load_config
-from ...core.io import atomic_write_text
+from ...core.io import atomic_write_text, sha256_file
 from ...core.schema import (
     ADAPTER_FILE,
     BASE_DIR,
@@ -122,17 +122,44 @@ class ContinuedTrainer(Trainer):
                                       self.tcfg.max_target_tokens)
 
 
+def run_origin(config: SO8TConfig, serving: str | Path) -> dict:
+    """What a retraining run starts from: the serving model's version and the data files' sha256."""
+    folder, data = resolve_checkpoint(serving), Path(config.training.data_dir)
+    return {"serving": str(folder), "serving_version": checkpoint_version(folder, config.model.name),
+            "data_dir": str(data), "data_sha256": {p.name: sha256_file(p) for p in sorted(data.glob("*.jsonl"))}}
+
+
+def check_same_origin(run_dir: Path, origin: dict) -> None:
+    """A run is continued only from the serving model and data it started from: a folder left by last month's
+    run would otherwise be "resumed" with nothing to do and handed on as this month's model."""
+    path = run_dir / ORIGIN_FILE
+    try:
+        saved = json.loads(path.read_text(encoding="utf-8"))
+    except (OSError, ValueError) as exc:
+        raise CheckpointError(f"{run_dir} holds a run, but {ORIGIN_FILE} cannot be read ({type(exc).__name__}), so "
+                              "what it was trained from is unknown: retrain into a new folder") from None
+    changed = [key for key in ("serving_version", "data_sha256") if not isinstance(saved, dict)
+               or saved.get(key) != origin[key]]
+    if changed:
+        was = saved.get("serving_version") if isinstance(saved, dict) else None
+        raise CheckpointError(f"{run_dir} holds a run trained from {was} on other data or from another model "
+                              f"({', '.join(changed)} differ from this run's): retrain into a new folder (another "
+                              "--work or --out), or delete that run to start it again")
+
+
 def train_from_serving(config: SO8TConfig, serving: str | Path, resume: bool = False, on_log=None) -> Path:
     """Train ``config`` from ``serving``, then fit the temperature on val; returns the run folder (which
-    also records where it started from)."""
+    also records where it started from, written before the first step and checked by a resume)."""
+    origin, run_dir = run_origin(config, serving), Path(config.training.output_dir)
+    if resume:
+        check_same_origin(run_dir, origin)
     trainer = ContinuedTrainer(config, serving, resume=resume, on_log=on_log)
-    origin = {"serving": str(trainer.serving), "serving_version": checkpoint_version(trainer.serving,
-                                                                                      config.model.name),
-              "data_dir": config.training.data_dir}
+    if trainer.main and not resume:
+        run_dir.mkdir(parents=True, exist_ok=True)
+        atomic_write_text(run_dir / ORIGIN_FILE, json.dumps(origin, indent=1))
     run_dir, is_main = trainer.run(), trainer.main
     del trainer
     gc.collect()
     if is_main:
-        atomic_write_text(run_dir / ORIGIN_FILE, json.dumps(origin, indent=1))
         calibrate_run(run_dir, config)
     return run_dir
