@@ -148,3 +148,58 @@ def test_an_encrypted_log_needs_its_key(tmp_path, monkeypatch):
         so8t(["report", "--logs", str(tmp_path / "logs"), "--from", "2026-11-30", "--to", "2026-11-01"])
     with pytest.raises(SystemExit, match="no log folder at"):
         so8t(["report", "--logs", str(tmp_path / "nope"), "--from", "2026-11-01", "--to", "2026-11-30"])
+
+
+@pytest.mark.parametrize("damage", ["cut short", "corrupted"])
+def test_a_damaged_rotated_file_is_a_failed_chain_and_a_note_and_the_rest_is_counted(tmp_path, capsys, damage):
+    """A .gz cut short ends early and a corrupted one fails to inflate: the report is still written, marked
+    unverified, names the file, and counts every record it could read."""
+    log = AuditLog(tmp_path / "logs" / "audit.jsonl")
+    for n in range(40):
+        _decision(log, n, _at(2, 9), "ALLOW")
+    log.rotate()
+    _decision(log, 99, _at(2, 10), "REFUSE")
+    gz = tmp_path / "logs" / "audit.jsonl.1.gz"
+    data = bytearray(gz.read_bytes())
+    if damage == "cut short":
+        del data[len(data) // 2:]
+    else:
+        data[40:60] = bytes(20)
+    gz.write_bytes(bytes(data))
+    code = so8t(["report", "--logs", str(tmp_path / "logs"), "--from", "2026-11-02", "--to", "2026-11-02",
+                 "--out", str(tmp_path / "out")])
+    out = capsys.readouterr().out
+    assert code == 1 and out.startswith("AUDIT CHAIN VERIFICATION FAILED") and "audit.jsonl.1.gz" in out
+    summary = json.loads(next((tmp_path / "out").glob("*/summary.json")).read_text(encoding="utf-8"))
+    assert summary["summary"]["decisions_refuse"] == 1 and summary["summary"]["decisions"] < 41
+    assert any(n.startswith("audit.jsonl.1.gz: cannot be read to the end") for n in summary["notes"])
+
+
+def test_a_folder_given_twice_is_counted_once(november):
+    once, _ = make_report([november], dt.date(2026, 11, 2), dt.date(2026, 11, 9), now=dt.datetime(2026, 12, 1, tzinfo=UTC))
+    twice, _ = make_report([november, f"{november}/", november / "."], dt.date(2026, 11, 2), dt.date(2026, 11, 9),
+                           now=dt.datetime(2026, 12, 1, tzinfo=UTC))
+    assert twice.summary == once.summary and once.summary["decisions"] == 6
+
+
+def test_a_range_whose_first_records_were_rotated_away_says_its_counts_may_be_incomplete(tmp_path):
+    log = AuditLog(tmp_path / "logs" / "audit.jsonl", max_bytes=1200, backup_count=1)
+    for n in range(10):
+        _decision(log, n, _at(2, 9 + n), "ALLOW")
+    report, _ = make_report([tmp_path / "logs"], dt.date(2026, 11, 2), dt.date(2026, 11, 2),
+                            now=dt.datetime(2026, 12, 1, tzinfo=UTC))
+    assert report.verified and report.summary["decisions"] < 10
+    assert any("were rotated away" in n and "may be incomplete" in n for n in report.notes), report.notes
+    later, _ = make_report([tmp_path / "logs"], dt.date(2026, 11, 3), dt.date(2026, 11, 3),
+                           now=dt.datetime(2026, 12, 1, tzinfo=UTC))
+    assert not any("rotated away" in n for n in later.notes)  # the range starts after the first kept record
+
+
+def test_the_sla_is_taken_as_given_even_zero_and_nonsense_is_refused(november, tmp_path, capsys):
+    args = ["report", "--logs", str(november), "--from", "2026-11-02", "--to", "2026-11-09", "--out", str(tmp_path)]
+    so8t([*args, "--sla-seconds", "0"])
+    assert "(SLA 0 s)" in capsys.readouterr().out
+    for bad in ("-5", "nan", "inf", "soon"):
+        with pytest.raises(SystemExit):
+            so8t([*args, "--sla-seconds", bad])
+        assert "expected a number of seconds, 0 or more" in capsys.readouterr().err

@@ -17,6 +17,7 @@ from __future__ import annotations
 
 import argparse
 import datetime as dt
+import math
 import os
 import sys
 
@@ -32,6 +33,16 @@ def _date(text: str) -> dt.date:
         raise argparse.ArgumentTypeError(f"expected a date YYYY-MM-DD, got {text!r}") from None
 
 
+def _seconds(text: str) -> float:
+    try:
+        value = float(text)
+    except ValueError:
+        value = float("nan")
+    if not (math.isfinite(value) and value >= 0):
+        raise argparse.ArgumentTypeError(f"expected a number of seconds, 0 or more, got {text!r}")
+    return value
+
+
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(prog="so8t report", description=__doc__,
                                      formatter_class=argparse.RawDescriptionHelpFormatter)
@@ -41,7 +52,7 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--period", choices=PERIODS, help="break the numbers down by day or ISO week")
     parser.add_argument("--out", default="reports", help="folder for the report's folder (default reports/)")
     parser.add_argument("--config", help="a runtime config: its escalation_timeout (the SLA) and key variables")
-    parser.add_argument("--sla-seconds", type=float, help="escalation SLA in seconds (default: the config's "
+    parser.add_argument("--sla-seconds", type=_seconds, help="escalation SLA in seconds (default: the config's "
                         "escalation_timeout, else 300)")
     parser.add_argument("--key-env", default="SO8T_AUDIT_KEY", help="variable holding the encryption key")
     parser.add_argument("--hmac-key-env", default="SO8T_AUDIT_HMAC_KEY", help="variable holding the HMAC key")
@@ -55,7 +66,7 @@ def main(argv: list[str] | None = None) -> int:
             key_env = config.logging.encryption_key_env or key_env
             mac_env = config.logging.hmac_key_env or mac_env
         report, folder = make_report(args.logs, args.date_from, args.date_to, args.out, args.period,
-                                     args.sla_seconds or sla, os.environ.get(key_env), os.environ.get(mac_env),
+                                     sla if args.sla_seconds is None else args.sla_seconds, os.environ.get(key_env), os.environ.get(mac_env),
                                      args.include_tests)
     except (ConfigError, ReportError, OSError) as exc:
         sys.exit(f"error: {exc}")

@@ -21,6 +21,7 @@ import hmac
 import json
 import os
 import re
+import zlib
 from collections.abc import Iterator
 from contextlib import contextmanager
 from pathlib import Path
@@ -59,6 +60,11 @@ def sibling(path: Path, suffix: str) -> Path:
 
 def anchor_path(log: Path) -> Path:
     return sibling(log, ".anchor")
+
+
+# what reading a damaged or vanished log file raises: a cut .gz ends early (EOFError), a corrupted one fails to
+# inflate (zlib.error), a bad header or an unreadable file is an OSError (gzip.BadGzipFile among them)
+READ_ERRORS = (OSError, EOFError, zlib.error)
 
 
 def lock_path(log: Path) -> Path:

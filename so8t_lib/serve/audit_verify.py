@@ -31,6 +31,7 @@ from pathlib import Path
 
 from .audit_files import (
     GENESIS,
+    READ_ERRORS,
     anchor_mac,
     chain_names,
     file_lock,
@@ -59,25 +60,38 @@ def make_fernet(key: str | bytes):
             from None
 
 
-def read_records(folder: str | Path, name: str = "audit.jsonl", key: str | bytes | None = None) -> Iterator[dict]:
-    """Every complete record, oldest first, decrypted when ``key`` is given (encrypted ones need it)."""
+def read_records(folder: str | Path, name: str = "audit.jsonl", key: str | bytes | None = None,
+                 unreadable: list[str] | None = None) -> Iterator[dict]:
+    """Every complete record, oldest first, decrypted when ``key`` is given (encrypted ones need it). A file that
+    cannot be read to the end (a damaged .gz) is a ValueError naming it, or, given an ``unreadable`` list, a line
+    added to it, and the next file is read."""
     fernet = make_fernet(key) if key else None
     for path in log_files(folder, name):
-        for line, _ in read_lines(path):
-            stored = parse_record(line)
-            if stored is None:
-                continue
-            if "enc" in stored:
-                if fernet is None:
-                    raise ValueError(f"{path.name}: records are encrypted; pass the key (SO8T_AUDIT_KEY)")
-                from cryptography.fernet import InvalidToken
+        try:
+            yield from _file_records(path, fernet)
+        except READ_ERRORS as exc:
+            problem = f"{path.name}: cannot be read to the end ({exc}); the records after the damage are missing"
+            if unreadable is None:
+                raise ValueError(problem) from None
+            unreadable.append(problem)
 
-                try:
-                    yield json.loads(fernet.decrypt(stored["enc"].encode("ascii")))
-                except InvalidToken:
-                    raise ValueError(f"{path.name}: seq {stored.get('seq')} cannot be decrypted with this key") from None
-            else:
-                yield stored
+
+def _file_records(path: Path, fernet) -> Iterator[dict]:
+    for line, _ in read_lines(path):
+        stored = parse_record(line)
+        if stored is None:
+            continue
+        if "enc" in stored:
+            if fernet is None:
+                raise ValueError(f"{path.name}: records are encrypted; pass the key (SO8T_AUDIT_KEY)")
+            from cryptography.fernet import InvalidToken
+
+            try:
+                yield json.loads(fernet.decrypt(stored["enc"].encode("ascii")))
+            except InvalidToken:
+                raise ValueError(f"{path.name}: seq {stored.get('seq')} cannot be decrypted with this key") from None
+        else:
+            yield stored
 
 
 @dataclass
@@ -164,7 +178,7 @@ def _walk(files: list[Path], key: bytes | None = None, opened: list | None = Non
         lines = read_lines(path, opened[index] if opened else None, limits[index] if limits else None)
         try:
             walker.read(path, lines, newest=index == len(files) - 1)
-        except (OSError, EOFError) as exc:  # a damaged .gz: what was read counts, the rest is this error
+        except READ_ERRORS as exc:  # a damaged .gz: what was read counts, the rest is this error
             walker.errors.append(f"{path.name}: cannot be read to the end ({exc})")
     if walker.unsigned:
         walker.notes.append(f"{walker.unsigned} record(s) carry no signature (written without the HMAC key)")
@@ -291,13 +305,14 @@ def verify_chains(folders: str | Path | list[str | Path], name: str = "audit.jso
 
 
 def read_chains(folders: str | Path | list[str | Path], name: str = "audit.jsonl",
-                key: str | bytes | None = None) -> Iterator[tuple[str, dict]]:
+                key: str | bytes | None = None, unreadable: list[str] | None = None) -> Iterator[tuple[str, dict]]:
     """(chain, record) for every complete record of every chain of the folders, each chain oldest
-    first; ``chain`` is the replica's log name (``audit.jsonl``, ``audit-r2.jsonl``)."""
+    first; ``chain`` is the replica's log name (``audit.jsonl``, ``audit-r2.jsonl``). ``unreadable``: as for
+    ``read_records``."""
     folders = [folders] if isinstance(folders, (str, Path)) else list(folders)
     for folder in folders:
         for chain in chain_names(folder, name):
-            for record in read_records(folder, chain, key):
+            for record in read_records(folder, chain, key, unreadable):
                 yield chain, record
 
 

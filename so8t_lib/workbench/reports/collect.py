@@ -71,15 +71,18 @@ def collect(folders: list[str | Path], key: str | bytes | None = None, hmac_key:
             include_tests: bool = False, name: str = "audit.jsonl") -> Collected:
     """Verify every chain of ``folders``, then read their records (decrypted with ``key``); test-mode
     records are left out (and counted) unless ``include_tests``."""
-    folders = [Path(f) for f in folders]
+    unique: dict[Path, Path] = {}
+    for folder in map(Path, folders):
+        unique.setdefault(folder.resolve(), folder)  # a folder given twice (logs, logs/) is read once
+    folders = list(unique.values())
     missing = [str(f) for f in folders if not f.is_dir()]
     if missing:
         raise ReportError(f"no log folder at {', '.join(missing)}")
     verification = verify_chains(folders, name, hmac_key)
-    records, tests, undated = [], 0, 0
+    records, tests, undated, unreadable = [], 0, 0, []
     try:
         for folder in folders:
-            for chain, record in read_chains(folder, name, key):
+            for chain, record in read_chains(folder, name, key, unreadable):
                 if record.get("test") and not include_tests:
                     tests += 1
                     continue
@@ -91,4 +94,5 @@ def collect(folders: list[str | Path], key: str | bytes | None = None, hmac_key:
     except ValueError as exc:  # encrypted without the key, or with another key
         raise ReportError(str(exc)) from None
     notes = [f"{undated} record(s) without a readable timestamp were left out"] if undated else []
+    notes += [f"{problem}: this report does not count them" for problem in unreadable]
     return Collected(verification, records, tests, undated, notes)

@@ -184,4 +184,20 @@ def build_report(collected: Collected, date_from: dt.date, date_to: dt.date, per
     tables = {"decisions": decision_table, "escalations": cases, "escalation_summary": _case_summary(cases, periods),
               "fail_closed": fail_table, "models": model_table, "mode_changes": switches}
     return ComplianceReport(date_from, date_to, period, sla_s, cutoff, collected.verification, tables, summary,
-                            list(collected.notes))
+                            [*collected.notes, *_rotated_away(collected, start)])
+
+
+def _rotated_away(collected: Collected, start: dt.datetime) -> list[str]:
+    """A chain whose oldest records were rotated away (backup_count) before the range's start is read from its
+    first kept record on: the report says so, rather than counting fewer decisions as if that were all."""
+    first_at: dict[str, dt.datetime] = {}
+    for record in collected.records:
+        first_at[record["chain"]] = min(first_at.get(record["chain"], record["at"]), record["at"])
+    notes = []
+    for chain, verified in collected.verification.items():
+        first_seq, kept_from = verified.get("first_seq"), first_at.get(chain)
+        if first_seq and kept_from is not None and kept_from > start:
+            notes.append(f"{chain}: its records up to seq {first_seq - 1} were rotated away (backup_count); it is "
+                         f"read from {kept_from.isoformat(timespec='seconds')}, so the counts before that may be "
+                         "incomplete")
+    return notes
