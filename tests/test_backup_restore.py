@@ -20,7 +20,7 @@ from so8t_lib.serve.audit import AuditLog, verify
 from so8t_lib.serve.audit_verify import verify_chains
 from so8t_lib.serve.escalation import EscalationQueue
 from so8t_lib.serve.runtime import Agent
-from so8t_lib.workbench.backup import backup, check_backup
+from so8t_lib.workbench.backup import BackupError, backup, check_backup, restore
 
 
 @pytest.fixture(scope="module")
@@ -202,6 +202,91 @@ def test_restore_checks_everything_before_it_writes_and_never_overwrites(project
     with pytest.raises(SystemExit, match="never overwrites"):
         so8t(["restore", str(tmp_path / "b"), "--into", str(tmp_path / "busy")])
     assert (tmp_path / "busy" / "logs" / "audit.jsonl").read_text() == "{}\n"
+
+
+def test_two_gguf_files_of_one_name_are_both_kept_or_refused_before_anything_is_written(project, tmp_path):
+    """A retrained GGUF keeps its name: stored under one name, the second copy overwrote the first and the backup
+    could never be restored. Given by absolute paths, both would be restored to dist/<name>: refused at once."""
+    for folder, content in (("dist/a", b"GGUF old"), ("dist/b", b"GGUF retrained")):
+        (project / folder).mkdir(parents=True)
+        (project / folder / "so8t-demo-q4_k_m.gguf").write_bytes(content)
+    made = backup(tmp_path / "b", project / "logs", models=["dist/a/so8t-demo-q4_k_m.gguf",
+                                                          "dist/b/so8t-demo-q4_k_m.gguf"], include_models=True)
+    assert len({m["stored"] for m in made["models"]}) == 2 and check_backup(tmp_path / "b")["problems"] == []
+    restored = tmp_path / "restored"
+    so8t(["restore", str(tmp_path / "b"), "--into", str(restored)])
+    assert (restored / "dist/a/so8t-demo-q4_k_m.gguf").read_bytes() == b"GGUF old"
+    assert (restored / "dist/b/so8t-demo-q4_k_m.gguf").read_bytes() == b"GGUF retrained"
+    with pytest.raises(BackupError, match="restore targets 'dist/so8t-demo-q4_k_m.gguf' and .* overlap"):
+        backup(tmp_path / "b2", project / "logs", models=[project / "dist/a/so8t-demo-q4_k_m.gguf",
+                                                          project / "dist/b/so8t-demo-q4_k_m.gguf"])
+    assert not list(tmp_path.glob("*b2*"))  # nothing left behind, not even the folder it was written in
+
+
+def test_a_restore_that_cannot_put_every_part_in_place_puts_none(project, tmp_path, monkeypatch):
+    (project / "dist").mkdir()
+    (project / "dist" / "m.gguf").write_bytes(b"GGUF")
+    backup(tmp_path / "b", project / "logs", configs=[project / "configs"], models=["dist/m.gguf"],
+           include_models=True)
+    into = tmp_path / "into"
+    into.mkdir()
+    (into / "dist").write_text("a file where the models' folder goes")
+    with pytest.raises(BackupError, match="is a file where a folder must be; nothing was restored"):
+        restore(tmp_path / "b", into)
+    assert sorted(p.name for p in into.iterdir()) == ["dist"]  # logs/ and configs/ were not moved in first
+
+    import os
+
+    real, calls = os.replace, []
+
+    def fails_on_the_third(source, target):
+        calls.append(target)
+        if len(calls) == 3:
+            raise OSError(28, "No space left on device")
+        return real(source, target)
+
+    (into / "dist").unlink()
+    with monkeypatch.context() as patched:
+        patched.setattr(os, "replace", fails_on_the_third)
+        with pytest.raises(BackupError, match="the parts already moved were taken back, nothing was restored"):
+            restore(tmp_path / "b", into)
+    assert not (into / "logs").exists() and not (into / "configs").exists() and not (into / "dist" / "m.gguf").exists()
+    restore(tmp_path / "b", into)  # and it can be run again
+    assert (into / "dist" / "m.gguf").read_bytes() == b"GGUF" and list((into / "logs").glob("audit*.jsonl*"))
+
+
+def test_the_configured_emergency_flag_file_and_spool_are_backed_up(project, tmp_path, capsys):
+    config = yaml.safe_load((project / "configs" / "serve.yaml").read_text(encoding="utf-8"))
+    config["service"]["emergency_flag_file"] = "logs/STOP"
+    (project / "configs" / "serve.yaml").write_text(yaml.safe_dump(config), encoding="utf-8")
+    (project / "logs" / "STOP").write_text("incident 42\n")
+    assert so8t(["backup", "--config", "configs/serve.yaml", "--out", str(tmp_path / "b")]) == 0
+    assert "emergency flag file: logs/STOP" in capsys.readouterr().out
+    made = json.loads((tmp_path / "b" / "BACKUP.json").read_text())
+    assert made["emergency_flag"] == {"source": "logs/STOP", "stored": "logs/STOP"}
+    assert (tmp_path / "b" / "logs" / "STOP").read_text() == "incident 42\n"
+
+
+@pytest.mark.parametrize("edit, problem", [
+    (lambda m: m["chains"].__setitem__("../../elsewhere/planted.jsonl", {"head": None, "errors": []}),
+     "is not an audit log's file name"),
+    (lambda m: m["chains"]["audit.jsonl"].__setitem__("head", "12"), "its head '12' or errors are not as recorded"),
+    (lambda m: m.__setitem__("files", ["logs/audit.jsonl"]), "'files' is not a table"),
+    (lambda m: m.__setitem__("models", [{"kind": "gguf"}]), "'models' is not a list"),
+    (lambda m: m["chains"].__setitem__("other.jsonl", {"head": None, "errors": []}), "has no file in the backup"),
+])
+def test_a_backup_record_changed_by_hand_is_refused_by_name_and_nothing_outside_is_touched(project, tmp_path, edit,
+                                                                                           problem):
+    backup(tmp_path / "b", project / "logs")
+    (tmp_path / "elsewhere").mkdir()
+    manifest = json.loads((tmp_path / "b" / "BACKUP.json").read_text())
+    edit(manifest)
+    (tmp_path / "b" / "BACKUP.json").write_text(json.dumps(manifest))
+    with pytest.raises(BackupError, match=problem):
+        check_backup(tmp_path / "b")
+    with pytest.raises(SystemExit, match=problem):
+        so8t(["restore", str(tmp_path / "b"), "--check"])
+    assert list((tmp_path / "elsewhere").iterdir()) == []
 
 
 def test_a_postgresql_queue_is_backed_up_and_restored_into_postgresql_or_sqlite(project, tmp_path):

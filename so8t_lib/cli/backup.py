@@ -23,27 +23,42 @@ import datetime as dt
 import os
 import sys
 from pathlib import Path
+from typing import NamedTuple
 
 from ..core.config import ConfigError
-from ..serve.config import QUEUE_URL_ENV, load_runtime_config, runtime_paths
+from ..serve.config import QUEUE_URL_ENV, load_runtime_config, placed, runtime_paths
 from ..serve.escalation import QueueError
 from ..workbench.backup import BackupError, backup, check_backup, restore
 
 
-def _sources(args) -> tuple[Path, str | Path | None, list[Path], list[Path], str]:
-    """(log folder, queue, configs, models, HMAC key variable) from the options and the config."""
+class Sources(NamedTuple):
+    """What a backup copies, from the options and the config."""
+
+    log_dir: Path
+    queue: str | Path | None
+    configs: list[Path]
+    models: list[Path]
+    hmac_key_env: str
+    flag_file: Path | None
+    spool: Path | None
+
+
+def _sources(args) -> Sources:
     mac_env = args.hmac_key_env
     log_dir = Path(args.logs) if args.logs else Path(os.environ.get("SO8T_LOG_DIR") or "logs")
     queue = args.db or os.environ.get(QUEUE_URL_ENV)
     configs = [Path(c) for c in args.configs] if args.configs else ([Path("configs")] if Path("configs").is_dir()
                                                                      else [])
     models = [Path(m) for m in args.model]
+    flag_file = spool = None
     if args.config:
         config = load_runtime_config(args.config)
         paths = runtime_paths(config)
         log_dir = Path(args.logs) if args.logs else paths.audit.parent
         queue = args.db or paths.queue_url or (paths.queue if paths.queue.is_file() else None)
         mac_env = config.logging.hmac_key_env or mac_env
+        flag_file = placed(config.service.emergency_flag_file, args.logs)  # where the service looks for it
+        spool = runtime_paths(config, args.logs).spool  # beside queue_db, even with a PostgreSQL queue
         if Path(args.config).resolve().parent not in [c.resolve() for c in configs]:
             configs.append(Path(args.config))
         if not args.model:
@@ -55,7 +70,7 @@ def _sources(args) -> tuple[Path, str | Path | None, list[Path], list[Path], str
         elif config.escalation.router:
             print(f"so8t backup: the router file {config.escalation.router} named by {args.config} is not there; "
                   "the backup has none (the service routes by keywords until one is fitted)", file=sys.stderr)
-    return log_dir, queue, configs, models, mac_env
+    return Sources(log_dir, queue, configs, models, mac_env, flag_file, spool)
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -74,8 +89,9 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--hmac-key-env", default="SO8T_AUDIT_HMAC_KEY")
     args = parser.parse_args(argv)
     try:
-        log_dir, queue, configs, models, mac_env = _sources(args)
-        manifest = backup(args.out, log_dir, queue, configs, models, args.include_models, os.environ.get(mac_env))
+        src = _sources(args)
+        manifest = backup(args.out, src.log_dir, src.queue, src.configs, src.models, args.include_models,
+                          os.environ.get(src.hmac_key_env), src.flag_file, src.spool)
     except (BackupError, ConfigError, QueueError, OSError) as exc:
         sys.exit(f"error: {exc}")
     failed = {name: c["errors"] for name, c in manifest["chains"].items() if c["errors"]}
@@ -85,6 +101,9 @@ def main(argv: list[str] | None = None) -> int:
     queue_info = manifest["queue"]
     print(f"queue ({queue_info['kind']}): {queue_info.get('cases', 0)} cases, {queue_info.get('resolutions', 0)} "
           f"resolutions; spool: {manifest['spool']['entries']} entries")
+    if manifest.get("emergency_flag"):
+        print(f"emergency flag file: {manifest['emergency_flag']['source']} (the gate was in emergency mode; restored "
+              f"as {manifest['emergency_flag']['stored']})")
     print(f"configs: {len(manifest['configs'])}; models: " + (", ".join(
         f"{m['path']} ({'files' if m['included'] else 'manifest'})" for m in manifest["models"]) or "none"))
     print(f"backup: {args.out} ({len(manifest['files'])} files)")

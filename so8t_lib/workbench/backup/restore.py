@@ -1,19 +1,22 @@
 """``so8t restore``: check a backup completely, and only then put it back.
 
-The checks, all before anything is written: BACKUP.json is readable; every file it lists is there with
+The checks, all before anything is written: BACKUP.json is readable and shaped as backup writes it; every file it lists is there with
 its size and sha256, and no file is there that it does not list; every audit chain verifies (hash
 chain, anchor, signatures with the HMAC key) and ends at the head recorded when it was backed up (a
 chain rolled back or re-hashed together with its anchor is refused); the queue passes SQLite's
 integrity check and holds the recorded number of cases and resolutions; every included model matches
 its manifest or sha256. Then the files are written into a staging folder inside the target and each
 top-level part (``logs/``, ``configs/``, each model's path) is renamed into place; a part that already
-exists in the target is refused before the first write, so nothing is ever overwritten.
+exists in the target is refused before the first write, so nothing is ever overwritten, and when a part
+cannot be moved the ones already moved are taken back: a restore is whole or absent (except a PostgreSQL
+queue, loaded before the moves in its own transaction).
 """
 
 from __future__ import annotations
 
 import json
 import os
+import re
 import shutil
 import tempfile
 from pathlib import Path, PurePosixPath
@@ -24,7 +27,12 @@ from ...serve.audit_verify import verify
 from ...serve.escalation import EscalationQueue, QueueError
 from ...serve.router import load_router
 from .queue_copy import SQLITE_FILE, check_sqlite, export_rows, load_rows, read_rows
-from .snapshot import BACKUP_FILE, FORMAT, BackupError, file_entries
+from .snapshot import BACKUP_FILE, FORMAT, BackupError, file_entries, overlapping_targets, safe_relative
+
+
+CHAIN_NAME = re.compile(r"[A-Za-z0-9_][A-Za-z0-9_.-]{0,120}\.jsonl")  # a plain file name: never a path
+HEAD = re.compile(r"(None:None|-?\d+:[0-9a-f]{64})")  # SEQ:HASH as backup writes it (None:None: no anchor yet)
+MODEL_KINDS = ("checkpoint", "gguf", "router")
 
 
 def _load_manifest(folder: Path) -> dict:
@@ -33,17 +41,41 @@ def _load_manifest(folder: Path) -> dict:
         raise BackupError(f"{folder} is not a backup (no {BACKUP_FILE})")
     try:
         manifest = json.loads(path.read_text(encoding="utf-8"))
-        manifest["files"], manifest["chains"]
-    except (ValueError, KeyError, TypeError) as exc:
+    except ValueError as exc:
         raise BackupError(f"{path}: unreadable ({exc})") from None
-    if manifest.get("format") != FORMAT:
-        raise BackupError(f"{path}: format {manifest.get('format')!r}, this version reads {FORMAT}")
+    if not isinstance(manifest, dict) or manifest.get("format") != FORMAT:
+        found = manifest.get("format") if isinstance(manifest, dict) else type(manifest).__name__
+        raise BackupError(f"{path}: format {found!r}, this version reads {FORMAT}")
+    problem = _shape_problem(manifest)
+    if problem:
+        raise BackupError(f"{path}: {problem}; the file was changed or damaged after the backup was made")
     return manifest
 
 
-def _safe_relative(text: str) -> bool:
-    path = PurePosixPath(text)
-    return not path.is_absolute() and ".." not in path.parts and bool(path.parts)
+def _shape_problem(manifest: dict) -> str | None:
+    """What in BACKUP.json is not as ``backup`` writes it (a checked backup is trusted field by field after this:
+    a chain named ``../x`` would have the checks open files outside the backup)."""
+    files, chains, models = manifest.get("files"), manifest.get("chains"), manifest.get("models", [])
+    if not isinstance(files, dict) or not all(isinstance(e, dict) and isinstance(e.get("sha256"), str)
+                                              and isinstance(e.get("bytes"), int) for e in files.values()):
+        return "'files' is not a table of sha256 and size"
+    if not isinstance(chains, dict) or not chains:
+        return "'chains' is not a table of audit chains"
+    for name, chain in chains.items():
+        if not CHAIN_NAME.fullmatch(name) or not isinstance(chain, dict):
+            return f"chain {name!r} is not an audit log's file name"
+        if f"logs/{name}" not in files and f"logs/{name}.anchor" not in files:
+            return f"chain {name!r} has no file in the backup"
+        head, errors = chain.get("head"), chain.get("errors", [])
+        if not isinstance(errors, list) or head is not None and not (isinstance(head, str) and HEAD.fullmatch(head)):
+            return f"chain {name!r}: its head {head!r} or errors are not as recorded"
+    if not isinstance(models, list) or not all(
+            isinstance(m, dict) and isinstance(m.get("path"), str) and m.get("kind") in MODEL_KINDS
+            and isinstance(m.get("stored"), (str, type(None))) for m in models):
+        return "'models' is not a list of models with a path, a kind and where each is stored"
+    if not isinstance(manifest.get("queue", {}), dict):
+        return "'queue' is not a record of the escalation queue"
+    return None
 
 
 def check_backup(folder: str | Path, hmac_key: str | bytes | None = None) -> dict:
@@ -66,7 +98,7 @@ def check_backup(folder: str | Path, hmac_key: str | bytes | None = None) -> dic
             continue
         head = chain.get("head")
         expect = None
-        if head and not head.startswith("None"):
+        if head and not head.startswith("None"):  # the shape was checked: SEQ:HASH
             seq, digest = head.split(":", 1)
             expect = (int(seq), digest)
         report = verify(folder / "logs", name, hmac_key, expect)
@@ -90,9 +122,9 @@ def check_backup(folder: str | Path, hmac_key: str | bytes | None = None) -> dic
                            "resolutions, integrity ok")
     except (QueueError, OSError, ValueError) as exc:
         problems.append(f"escalation queue: {exc}")
-    problems += _overlapping_targets(manifest)
+    problems += overlapping_targets(manifest["models"])
     for model in manifest.get("models", []):
-        if not _safe_relative(model["path"]):
+        if not safe_relative(model["path"]):
             problems.append(f"model path {model['path']!r} leaves the restore folder")
             continue
         if not model.get("included"):
@@ -115,19 +147,6 @@ def check_backup(folder: str | Path, hmac_key: str | bytes | None = None) -> dic
         except Exception as exc:  # noqa: BLE001 - whatever is wrong with a stored model is a reported problem
             problems.append(f"model {model['path']}: {exc}")
     return {"manifest": manifest, "problems": problems, "checked": checked}
-
-
-def _overlapping_targets(manifest: dict) -> list[str]:
-    """Restore moves whole parts into place: no model may land on, in or around logs/, configs/ or another
-    model, or one part would replace another."""
-    targets = ["logs", "configs"] + [m["path"] for m in manifest.get("models", []) if _safe_relative(m["path"])]
-    parts = [PurePosixPath(t) for t in targets]
-    problems = []
-    for i, a in enumerate(parts):
-        for b in parts[i + 1:]:
-            if a == b or a in b.parents or b in a.parents:
-                problems.append(f"restore targets {str(a)!r} and {str(b)!r} overlap: one would replace the other")
-    return problems
 
 
 def _parts(manifest: dict, folder: Path, into: Path) -> dict[Path, Path]:
@@ -158,7 +177,7 @@ def restore(folder: str | Path, into: str | Path, queue_url: str | None = None,
     if taken:
         raise BackupError(f"restore never overwrites: {', '.join(taken)} already exist(s); restore into an empty "
                           "folder")
-    into.mkdir(parents=True, exist_ok=True)
+    _make_parents(into, parents=[t.parent for t in parts.values()])
     staging = Path(tempfile.mkdtemp(prefix=".so8t-restore-", dir=into))
     try:
         shutil.copytree(folder / "logs", staging / "logs")
@@ -180,11 +199,35 @@ def restore(folder: str | Path, into: str | Path, queue_url: str | None = None,
             counts = load_rows(folder / "queue", staging / "logs" / SQLITE_FILE)
         else:
             counts = check_sqlite(staging / "logs" / SQLITE_FILE) if queue.get("kind") == "sqlite" else None
-        for source, target in parts.items():
-            target.parent.mkdir(parents=True, exist_ok=True)
-            if target.is_dir():
-                target.rmdir()  # an empty folder: nothing is overwritten
-            os.replace(staging / source, target)
+        _move_into_place(parts, staging)
     finally:
         shutil.rmtree(staging, ignore_errors=True)
     return {"checked": checks["checked"], "restored": [str(t) for t in parts.values()], "queue": counts}
+
+
+def _make_parents(into: Path, parents: list[Path]) -> None:
+    """Every folder the parts go into, made before anything is copied: a file where a folder must be is found
+    here, not after logs/ was already moved into place."""
+    for parent in [into, *parents]:
+        try:
+            parent.mkdir(parents=True, exist_ok=True)
+        except (FileExistsError, NotADirectoryError) as exc:
+            raise BackupError(f"cannot restore into {parent}: {exc.filename or parent} is a file where a folder must "
+                              "be; nothing was restored") from None
+
+
+def _move_into_place(parts: dict[Path, Path], staging: Path) -> None:
+    """Rename each part into place; if one fails, the ones already moved go back, so a restore is whole or
+    absent."""
+    moved: list[tuple[Path, Path]] = []
+    try:
+        for source, target in parts.items():
+            if target.is_dir():
+                target.rmdir()  # an empty folder: nothing is overwritten
+            os.replace(staging / source, target)
+            moved.append((source, target))
+    except OSError as exc:
+        for source, target in reversed(moved):
+            os.replace(target, staging / source)
+        raise BackupError(f"restore stopped at {target} ({exc}); the parts already moved were taken back, nothing "
+                          "was restored") from None

@@ -23,7 +23,7 @@ import json
 import os
 import shutil
 import tempfile
-from pathlib import Path
+from pathlib import Path, PurePosixPath
 
 from ...core.checkpoint import resolve_checkpoint
 from ...core.io import sha256_file
@@ -38,6 +38,7 @@ from .queue_copy import SQLITE_FILE, copy_sqlite, export_rows
 
 BACKUP_FILE = "BACKUP.json"
 FORMAT = 1
+FLAG_FILE = "EMERGENCY"  # the flag file's name when the config does not say
 
 
 class BackupError(RuntimeError):
@@ -93,9 +94,10 @@ def _copy_spool(spool: Path, target: Path) -> dict:
     return {"entries": copied, "in_flight_skipped": in_flight}
 
 
-def _model_entry(path: Path, models_dir: Path, include: bool) -> dict:
+def _model_entry(path: Path, models_dir: Path, include: bool, index: int) -> dict:
     """A model's manifest (checkpoint) or sha256 (GGUF, router file), and its files when ``include`` (a router
-    file always); ``path`` is where restore puts it back (relative to the restore folder)."""
+    file always), stored as ``<index>-<name>`` (two models may share a name: a retrained GGUF keeps it); ``path``
+    is where restore puts it back (relative to the restore folder)."""
     where = path if not path.is_absolute() else Path(("dist" if path.suffix == ".gguf" else "checkpoints"), path.name)
     if ".." in path.parts:
         raise BackupError(f"{path}: a model path with '..' could not be restored inside the restore folder; name "
@@ -104,7 +106,7 @@ def _model_entry(path: Path, models_dir: Path, include: bool) -> dict:
         if not path.is_file():
             raise BackupError(f"router file not found: {path}")
         models_dir.mkdir(parents=True, exist_ok=True)
-        stored = f"{len(list(models_dir.iterdir()))}-{path.name}"
+        stored = f"{index}-{path.name}"
         shutil.copy2(path, models_dir / stored)
         copy = models_dir / stored  # hashed as copied: a router refitted meanwhile cannot fail the backup's check
         return {"kind": "router", "path": str(where), "sha256": sha256_file(copy), "bytes": copy.stat().st_size,
@@ -114,11 +116,12 @@ def _model_entry(path: Path, models_dir: Path, include: bool) -> dict:
             raise BackupError(f"model file not found: {path}")
         entry = {"kind": "gguf", "path": str(where), "sha256": sha256_file(path), "bytes": path.stat().st_size}
         models_dir.mkdir(parents=True, exist_ok=True)
+        stored = models_dir / f"{index}-{path.name}"
         if include:
-            shutil.copy2(path, models_dir / path.name)
+            shutil.copy2(path, stored)
             if sidecar_path(path).is_file():  # the runtime checks it before llama.cpp reads the file
-                shutil.copy2(sidecar_path(path), models_dir / sidecar_path(path).name)
-        return {**entry, "stored": path.name if include else None, "included": include}
+                shutil.copy2(sidecar_path(path), sidecar_path(stored))
+        return {**entry, "stored": stored.name if include else None, "included": include}
     folder = resolve_checkpoint(path)
     manifest = folder / MANIFEST_FILE
     if not manifest.is_file():
@@ -126,7 +129,7 @@ def _model_entry(path: Path, models_dir: Path, include: bool) -> dict:
                           "backed up)")
     if folder != path:
         where = where / folder.relative_to(path)
-    stored = models_dir / f"{len(list(models_dir.glob('*'))) if models_dir.is_dir() else 0}-{path.name}"
+    stored = models_dir / f"{index}-{path.name}"
     if include:
         shutil.copytree(folder, stored)
     else:
@@ -136,11 +139,34 @@ def _model_entry(path: Path, models_dir: Path, include: bool) -> dict:
             "included": include}
 
 
+def overlapping_targets(models: list[dict]) -> list[str]:
+    """Restore moves whole parts into place: no model may land on, in or around logs/, configs/ or another
+    model, or one part would replace another (two GGUF files of one name given by absolute paths both go to
+    dist/<name>)."""
+    targets = ["logs", "configs"] + [m["path"] for m in models if safe_relative(m["path"])]
+    parts = [PurePosixPath(t) for t in targets]
+    problems = []
+    for i, a in enumerate(parts):
+        for b in parts[i + 1:]:
+            if a == b or a in b.parents or b in a.parents:
+                problems.append(f"restore targets {str(a)!r} and {str(b)!r} overlap: one would replace the other")
+    return problems
+
+
+def safe_relative(text: str) -> bool:
+    path = PurePosixPath(text)
+    return not path.is_absolute() and ".." not in path.parts and bool(path.parts)
+
+
 def backup(out: str | Path, log_dir: str | Path, queue: str | Path | None = None,
            configs: list[str | Path] = (), models: list[str | Path] = (), include_models: bool = False,
-           hmac_key: str | bytes | None = None) -> dict:
+           hmac_key: str | bytes | None = None, flag_file: str | Path | None = None,
+           spool: str | Path | None = None) -> dict:
     """Write the backup folder ``out`` (which must not exist); returns BACKUP.json's content. The queue
-    is ``queue`` (a file or URL), else ``<log_dir>/escalations.sqlite`` when present."""
+    is ``queue`` (a file or URL), else ``<log_dir>/escalations.sqlite`` when present; the emergency flag file
+    is ``flag_file`` (the config's ``service.emergency_flag_file``), else ``<log_dir>/EMERGENCY``, copied into
+    ``logs/`` when it exists; the spool is ``spool`` (the runtime's, beside ``escalation.queue_db`` even when the
+    queue is on PostgreSQL), else beside the queue file or ``<log_dir>/escalations.sqlite``."""
     out, log_dir = Path(out), Path(log_dir)
     if out.exists():
         raise BackupError(f"{out} already exists; a backup never overwrites another")
@@ -152,8 +178,8 @@ def backup(out: str | Path, log_dir: str | Path, queue: str | Path | None = None
         logs = tmp / "logs"
         logs.mkdir()
         queue = queue or (log_dir / SQLITE_FILE if (log_dir / SQLITE_FILE).is_file() else None)
-        spool = Path(f"{queue}.spool") if queue is not None and "://" not in str(queue) else log_dir / (
-            SQLITE_FILE + ".spool")
+        spool = Path(spool) if spool else Path(f"{queue}.spool") if queue is not None and "://" not in str(queue) \
+            else log_dir / (SQLITE_FILE + ".spool")
         spool_info = _copy_spool(spool, logs / (SQLITE_FILE + ".spool"))
         queue_info: dict = {"kind": "none"}
         if queue is not None:
@@ -169,9 +195,12 @@ def backup(out: str | Path, log_dir: str | Path, queue: str | Path | None = None
         chains = _copy_chains(log_dir, logs, hmac_key)
         if not chains:
             raise BackupError(f"no audit log in {log_dir} (audit.jsonl or a replica's audit-<name>.jsonl)")
-        for extra in ("EMERGENCY",):
-            if (log_dir / extra).is_file():
-                shutil.copy2(log_dir / extra, logs / extra)
+        flag, flag_info = Path(flag_file) if flag_file else log_dir / FLAG_FILE, None
+        if flag.is_file():
+            if (logs / flag.name).exists():
+                raise BackupError(f"the emergency flag file {flag} has the name of an audit log file; rename it")
+            shutil.copy2(flag, logs / flag.name)
+            flag_info = {"source": str(flag), "stored": f"logs/{flag.name}"}
         config_files = []
         for source in map(Path, configs):
             for path in sorted(source.glob("*.yaml")) if source.is_dir() else [source]:
@@ -180,11 +209,14 @@ def backup(out: str | Path, log_dir: str | Path, queue: str | Path | None = None
                 (tmp / "configs").mkdir(exist_ok=True)
                 shutil.copy2(path, tmp / "configs" / path.name)
                 config_files.append(path.name)
-        model_info = [_model_entry(Path(m), tmp / "models", include_models) for m in models]
+        model_info = [_model_entry(Path(m), tmp / "models", include_models, i) for i, m in enumerate(models)]
+        clashes = overlapping_targets(model_info)
+        if clashes:
+            raise BackupError("; ".join(clashes) + " (name the models from the folders they live in)")
         manifest = {
             "format": FORMAT, "created_at": dt.datetime.now(dt.UTC).isoformat(timespec="seconds"),
             "source": {"logs": str(log_dir), "cwd": os.getcwd()}, "chains": chains, "queue": queue_info,
-            "spool": spool_info, "configs": config_files, "models": model_info, "files": file_entries(tmp)}
+            "spool": spool_info, "emergency_flag": flag_info, "configs": config_files, "models": model_info, "files": file_entries(tmp)}
         (tmp / BACKUP_FILE).write_text(json.dumps(manifest, indent=1, ensure_ascii=False), encoding="utf-8")
         os.replace(tmp, out)
     finally:
