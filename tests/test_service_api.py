@@ -4,6 +4,8 @@ fail-closed), the OpenAI moderation shape, roles and keys (401/403), the body li
 
 from __future__ import annotations
 
+from pathlib import Path
+
 import pytest
 from fastapi.testclient import TestClient
 from service_support import (
@@ -23,6 +25,8 @@ from so8t_lib.core.config import ConfigError
 from so8t_lib.core.schema import ROUTE_CATEGORIES
 from so8t_lib.serve.http import ApiKeys, create_app
 from so8t_lib.serve.http.schemas import DecisionResult
+
+ROOT = Path(__file__).resolve().parents[1]
 
 RESULT_KEYS = set(DecisionResult.model_fields)
 
@@ -143,6 +147,14 @@ def test_keys_and_roles(serve, method, path, body, role):
         assert as_client.status_code == 200
     assert call(path, headers=REVIEWER, **kwargs).status_code in (200, 404)  # a reviewer may do both
     assert records(folder(service)) == [] or role == "client"  # nothing refused was decided
+
+
+def test_a_queue_limit_below_the_list_limit_is_refused_at_start():
+    """max_pending 4 with max_items 64: a list of five could never be queued and got 503 "retry shortly" forever."""
+    from so8t_lib.serve.config import load_runtime_config
+
+    with pytest.raises(ConfigError, match=r"max_pending \(4\) must be at least max_items \(64\)"):
+        load_runtime_config(ROOT / "configs" / "basic.yaml", ["service.max_pending=4"])
 
 
 def test_keys_come_only_from_the_environment_and_are_checked():
@@ -345,3 +357,43 @@ def test_metrics_name_what_the_manual_watches(serve):
                  "so8t_batch_size_bucket", "so8t_host_cpu_ratio", "so8t_host_memory_ratio",
                  "process_resident_memory_bytes", "so8t_batcher_pending"]:
         assert name in text, name
+
+
+def test_a_case_decided_outside_the_service_is_read_only_by_its_desks_reviewers(serve):
+    """A case made by so8t runtime was asked for by no client key: any client key holding its id used to read it."""
+    service, client = serve(FixedDecider(PROBS["ESCALATE"]))
+    case_id = service.agent.run_agent(None, "My colleague keeps commenting on my appearance")["escalation_id"]
+    for other in (CLIENT, OTHER_CLIENT):
+        assert client.get(f"/v1/escalations/{case_id}/outcome", headers=other).status_code == 404
+    assert client.get(f"/v1/escalations/{case_id}/outcome", headers=REVIEWER).status_code == 200
+
+
+def test_a_secret_that_a_header_cannot_carry_is_refused_at_start():
+    """Headers arrive as latin-1, so a secret with "ä" started fine and then never authenticated anyone."""
+    with pytest.raises(ConfigError, match="printable ASCII without spaces or commas"):
+        ApiKeys.from_env("C", "R", {"C": "gw:pässwörd-0123456789"})
+    assert ApiKeys.from_env("C", "R", {"C": "gw:Z9+/_-.~!:=0123456789"}).keys[0].name == "gw"
+
+
+def test_an_unknown_field_name_is_echoed_only_in_part(serve):
+    service, client = serve()
+    body = b'{"user_request": "x", "' + b"k" * 200_000 + b'": 1}'
+    answer = client.post("/v1/decide", content=body, headers={**CLIENT, "Content-Type": "application/json"})
+    message = answer.json()["error"]["message"]
+    assert answer.status_code == 422 and "k" * 64 + "…" in message and len(message) < 500
+
+
+def test_metric_labels_stay_few_whatever_the_client_sends(serve):
+    """A made-up method is counted as "other", and a 413 answered from Content-Length before routing is counted
+    under the route its path names, as a streamed one is."""
+    service, client = serve(service={"max_body_bytes": "1KB"})
+    for i in range(5):
+        client.request(f"M{i:04d}X", "/healthz")
+    client.post("/v1/decide", content=b'{"user_request": "' + b"a" * 2000 + b'"}',
+                headers={**CLIENT, "Content-Type": "application/json"})
+    text = client.get("/metrics").text
+    series = [line for line in text.splitlines() if line.startswith("so8t_http_requests_total{")]
+    assert not [line for line in series if 'method="M' in line], series
+    assert any('method="other"' in line and 'route="/healthz"' in line for line in series), series
+    assert 'so8t_http_requests_total{code="413",method="POST",route="/v1/decide"} 1.0' in text
+    assert not [line for line in series if 'route="unmatched"' in line and 'code="413"' in line]

@@ -152,3 +152,52 @@ def test_concurrent_clients_on_a_real_server_get_one_record_each(tmp_path):
     assert len(logged) == n_clients * per_client and sorted(logged) == sorted(returned)
     assert verify(tmp_path / "logs")["errors"] == []
     assert max(decider.batches) > 1  # eight clients, a 50 ms model: some requests shared a pass
+
+
+def _ask_together(server, texts: list[str], pause_s: float = 0.0) -> list[dict]:
+    out: dict[int, dict] = {}
+
+    def ask(i: int) -> None:
+        out[i] = httpx.post(f"{server.url}/v1/decide", json={"user_request": texts[i]}, headers=CLIENT,
+                            timeout=30).json()
+
+    threads = []
+    for i in range(len(texts)):
+        threads.append(threading.Thread(target=ask, args=(i,)))
+        threads[-1].start()
+        time.sleep(pause_s)
+    for thread in threads:
+        thread.join(30)
+    return [out[i] for i in range(len(texts))]
+
+
+def test_waiting_for_the_model_behind_other_batches_is_not_a_timeout(tmp_path):
+    """Four concurrent requests, one per pass, each pass 0.6 s against a 1.0 s decision limit: the limit counts a
+    pass's own time, so none fails closed (before, three of four were ESCALATEd for waiting, and their passes
+    still ran afterwards)."""
+    decider = FixedDecider(delay_s=0.6)
+    service = make_service(tmp_path, decider, inference={"decision_timeout_s": 1.0},
+                           escalation={"queue_timeout_s": 0.5},
+                           service={"max_batch": 1, "max_wait_ms": 0, "concurrent_batches": 2})
+    with LiveServer(service) as server:
+        answers = _ask_together(server, [f"book room {i}" for i in range(4)])
+    assert [a["decision"] for a in answers] == ["ALLOW"] * 4, [a["error"] for a in answers]
+    assert decider.batches == [1, 1, 1, 1]
+
+
+class SlowAnswers(FixedDecider):
+    def generate(self, request, context=None, max_tokens=128, temperature=0.0):
+        time.sleep(1.5)
+        return "Here is how."
+
+
+def test_an_answer_being_written_does_not_make_the_next_decision_time_out(tmp_path):
+    """The task answer of one ALLOW takes 1.5 s on the model's thread; a request arriving meanwhile waits for it
+    (decisions go before answers still waiting) and is decided, not ESCALATEd at its 1.0 s limit."""
+    service = make_service(tmp_path, SlowAnswers(), inference={"decision_timeout_s": 1.0, "generate_responses": True,
+                                                               "generation_timeout_s": 5},
+                           escalation={"queue_timeout_s": 0.5}, service={"max_wait_ms": 0})
+    with LiveServer(service) as server:
+        answers = _ask_together(server, ["book room 0", "book room 1"], pause_s=0.3)
+    assert [a["decision"] for a in answers] == ["ALLOW", "ALLOW"], [a["error"] for a in answers]
+    assert all(a["task_response"] == "Here is how." for a in answers)

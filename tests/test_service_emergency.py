@@ -93,3 +93,31 @@ def test_a_config_in_emergency_mode_cannot_be_switched_off(tmp_path):
         state = client.get("/v1/admin/emergency", headers=REVIEWER).json()
         assert state["mode"] == "emergency" and "config" in state["sources"]
         assert decide(client)["decision"] == "ESCALATE"
+
+
+def test_two_switches_at_once_leave_the_gauge_as_the_gate_is(running):
+    """The gauge's callback ran after the lock: a release slow to reach it could land after a later hold, and the
+    gauge said normal while the gate escalated everything (the SO8TEmergencyMode alert silent)."""
+    import threading
+
+    from so8t_lib.serve.http.emergency import API
+
+    service, client, _ = running
+    switch = service.switch
+    switch.set(API, True, "api key desk", "drill")
+    original, calls = switch._on_change, []
+
+    def slow_first(mode):
+        calls.append(mode)
+        if len(calls) == 1:
+            time.sleep(0.3)
+        original(mode)
+
+    switch._on_change = slow_first
+    release = threading.Thread(target=switch.set, args=(API, False, "api key desk", "drill over"))
+    release.start()
+    time.sleep(0.1)
+    switch.set(API, True, "api key desk", "real incident")
+    release.join(10)
+    assert client.get("/v1/admin/emergency", headers=REVIEWER).json()["mode"] == "emergency"
+    assert "so8t_emergency_mode 1.0" in client.get("/metrics").text.splitlines()

@@ -216,6 +216,9 @@ class ServiceConfig(_Section):
         if self.rate_limit_burst < self.max_items:
             raise ValueError(f"rate_limit_burst ({self.rate_limit_burst}) must be at least max_items "
                              f"({self.max_items}): a full list could never pass the rate limit")
+        if self.max_pending < self.max_items:
+            raise ValueError(f"max_pending ({self.max_pending}) must be at least max_items ({self.max_items}): a "
+                             "full list could never be queued and would be answered 503 forever")
         return self
 
 

@@ -15,7 +15,8 @@ unreadable probabilities, *and an audit record that cannot be written* give ESCA
 Every decision has exactly one audit record. An ESCALATE is spooled durably before anything
 else, queued within ``queue_timeout_s`` (else retried from the spool), then audited; see
 ``escalation_desk`` for how a crash or a locked queue is caught up. ``run_batch`` may be called from
-several threads at once: the model runs on one worker thread (backends are not thread-safe), the
+several threads at once: the model runs on one thread (backends are not thread-safe; ``model_worker``:
+decisions go before task answers, and a time limit counts a pass's own time, not its wait), the
 audit log locks each append, the queue and the spool lock per case.
 """
 
@@ -44,6 +45,7 @@ from .escalation import EscalationQueue
 from .escalation_desk import EscalationDesk
 from .fields import bounded, pseudonym
 from .masking import mask_personal_data
+from .model_worker import ANSWER, DECIDE, ModelWorker
 from .notify import NO_CHANNEL, Notifier
 from .outcome import (
     audit_record,
@@ -99,7 +101,7 @@ class Agent:
             lambda: EscalationQueue(self.paths.queue_target, config.queue_wait_s(), True, enc_key, esc.escalation_timeout),
             CaseSpool(self.paths.spool, make_fernet(enc_key) if enc_key else None), self.audit, self.notifier,
             notify=esc.enable_notifications and not test_mode, retry_interval_s=esc.retry_interval_s)
-        self._pool = concurrent.futures.ThreadPoolExecutor(max_workers=1, thread_name_prefix="so8t-decide")
+        self._model = ModelWorker()
         self._lock = threading.Lock()
         self.audit_failures = 0
         if esc.enable_notifications and not test_mode and not self.notifier.channels():
@@ -159,7 +161,7 @@ class Agent:
     def close(self) -> None:
         self.desk.close()
         self.notifier.close()
-        self._pool.shutdown(wait=False)
+        self._model.close()
 
     def __enter__(self) -> Agent:
         return self
@@ -169,8 +171,7 @@ class Agent:
 
     # ----- deciding ---------------------------------------------------------------------------------
     def _probabilities(self, requests: list[str], contexts: list[str | None], timeout: float) -> np.ndarray:
-        future = self._pool.submit(self.decider.decide, requests, contexts)
-        probs = future.result(timeout=timeout)
+        probs = self._model.call(lambda: self.decider.decide(requests, contexts), DECIDE, timeout)
         probs = np.asarray(probs.detach().cpu().numpy() if hasattr(probs, "detach") else probs, dtype=float)
         if probs.shape != (len(requests), len(LABELS)) or not np.isfinite(probs).all() \
                 or (probs < 0).any() or not np.allclose(probs.sum(-1), 1.0, atol=1e-3):
@@ -179,32 +180,33 @@ class Agent:
 
     def _decide_all(self, cleans: list[CleanRequest]) -> list:
         """One entry per request: a row of probabilities, None (emergency mode) or a failure reason.
-        When a batch fails, each request is decided alone within what is left of the timeout, so one
-        item that breaks the model (too long for its context window) fails closed alone."""
+        When a batch fails, its requests are decided one by one within one more ``decision_timeout_s``, so one
+        item that breaks the model (too long for its context window) fails closed alone. Each pass's limit
+        counts its own time on the model's thread, not the wait behind other work (``ModelWorker``)."""
         if self.config.mode == "emergency":
             return [None] * len(cleans)
         if self.load_error:
             return [self.load_error] * len(cleans)
         limit = self.config.inference.decision_timeout_s
-        deadline = time.monotonic() + limit
         requests, contexts = [c.user_request for c in cleans], [c.context for c in cleans]
         try:
             return list(self._probabilities(requests, contexts, limit))
-        except concurrent.futures.TimeoutError:
-            return [f"timeout after {limit}s"] * len(cleans)
+        except TimeoutError as exc:
+            return [f"timeout after {limit}s ({exc})"] * len(cleans)
         except Exception as exc:  # noqa: BLE001 - fail closed on anything
             if len(cleans) == 1:
                 return [f"model error: {type(exc).__name__}: {exc}"]
         out: list = []
+        deadline = time.monotonic() + limit  # the requests of a failed batch share one more limit
         for request, context in zip(requests, contexts):
             left = deadline - time.monotonic()
             if left <= 0:
-                out.append(f"timeout after {limit}s")
+                out.append(f"timeout after {limit}s (deciding the failed batch's requests one by one)")
                 continue
             try:
                 out.append(self._probabilities([request], [context], left)[0])
-            except concurrent.futures.TimeoutError:
-                out.append(f"timeout after {limit}s")
+            except TimeoutError as exc:
+                out.append(f"timeout after {limit}s ({exc})")
             except Exception as exc:  # noqa: BLE001
                 out.append(f"model error: {type(exc).__name__}: {exc}")
         return out
@@ -214,12 +216,12 @@ class Agent:
         inference = self.config.inference
         if not inference.generate_responses:
             return "", None
-        future = self._pool.submit(self.decider.generate, request, context, max_tokens=inference.max_tokens,
-                                   temperature=inference.temperature)
         try:
-            text = future.result(timeout=inference.generation_timeout_s)
-        except concurrent.futures.TimeoutError:
-            return "", f"generation timed out after {inference.generation_timeout_s}s"
+            text = self._model.call(lambda: self.decider.generate(request, context, max_tokens=inference.max_tokens,
+                                                                  temperature=inference.temperature),
+                                    ANSWER, inference.generation_timeout_s)
+        except TimeoutError as exc:
+            return "", f"generation timed out after {inference.generation_timeout_s}s ({exc})"
         except Exception as exc:  # noqa: BLE001
             return "", f"generation failed: {type(exc).__name__}: {exc}"
         return mask_personal_data(str(text).strip()), None

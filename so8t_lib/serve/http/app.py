@@ -91,16 +91,24 @@ KINDS = {400: "invalid_request", 401: "unauthorized", 403: "forbidden", 404: "no
          503: "unavailable"}
 
 
+MAX_LOCATION_CHARS = 64  # of each part of a problem's location: an unknown field's name is the client's text
+
+
 def _problems(exc: RequestValidationError) -> str:
-    """Each schema problem as 'where: what' (never the value: it may be megabytes of hostile text)."""
+    """Each schema problem as 'where: what' (never the value: it may be megabytes of hostile text; nor more than
+    the start of a field name the client made up)."""
     parts = []
     for err in exc.errors()[:10]:
         if err.get("type") == "json_invalid":
             parts.append(f"the body is not valid JSON ({err.get('ctx', {}).get('error', 'cannot be parsed')})")
             continue
-        where = ".".join(str(p) for p in err.get("loc", ()) if p not in ("body",)) or "body"
+        where = ".".join(_short(str(p)) for p in err.get("loc", ()) if p not in ("body",)) or "body"
         parts.append(f"{where}: {err.get('msg', 'invalid')}")
     return "; ".join(parts)
+
+
+def _short(text: str) -> str:
+    return text if len(text) <= MAX_LOCATION_CHARS else text[:MAX_LOCATION_CHARS] + "…"
 
 
 def _query_names(dependant) -> set[str]:
@@ -141,7 +149,7 @@ def create_app(service: Service) -> FastAPI:
                               "Fail-closed: a failure inside the gate is never ALLOW.")
     app.state.service = service
     app.add_middleware(BodySizeLimit, max_bytes=parse_size(service.config.max_body_bytes))
-    app.add_middleware(HttpMetrics, metrics=service.metrics)
+    app.add_middleware(HttpMetrics, metrics=service.metrics, router=app.router)
 
     @app.exception_handler(HTTPException)
     async def http_error(request: Request, exc: HTTPException):
@@ -251,8 +259,8 @@ def create_app(service: Service) -> FastAPI:
             raise ApiError(404, "not_found", f"no escalation case {case_id!r}") from None
         except QueueError as exc:
             raise ApiError(503, "queue_unavailable", str(exc), {"Retry-After": "2"}) from None
-        asked_by = case.get("client")  # None: decided outside the HTTP service
-        if asked_by not in (None, key.name) and not key.reviews(case.get("category")):
+        asked_by = case.get("client")  # None: decided outside the HTTP service, so no client key asked for it
+        if asked_by != key.name and not key.reviews(case.get("category")):
             raise ApiError(404, "not_found", f"no escalation case {case_id!r}")  # another key's case: none to it
         return SafeJSONResponse(EscalationOutcome.model_validate(case).model_dump())
 

@@ -31,6 +31,7 @@ CLIENT, REVIEWER = "client", "reviewer"
 ROLES = (CLIENT, REVIEWER)
 MIN_SECRET_CHARS = 16
 KEY_NAME = re.compile(r"[A-Za-z0-9._-]{1,64}")
+SECRET_CHARS = re.compile(r"[\x21-\x2b\x2d-\x7e]+")  # printable ASCII but space and the separator ","
 
 
 @dataclass(frozen=True)
@@ -86,6 +87,10 @@ class ApiKeys:
                 name, desks = _name_and_desks(label, role, where)
                 if not sep or not KEY_NAME.fullmatch(name):
                     raise ConfigError(f"{where}: write name:secret (a name of letters, digits, . _ -)")
+                if not SECRET_CHARS.fullmatch(secret):  # a header carries latin-1, so e.g. "ä" could never match
+                    raise ConfigError(f"{where} ({name}): the secret must be printable ASCII without spaces or commas, "
+                                      "as a bearer token is (e.g. python -c 'import secrets; "
+                                      "print(secrets.token_urlsafe(32))')")
                 if len(secret) < MIN_SECRET_CHARS:
                     raise ConfigError(f"{where} ({name}): the secret must have at least {MIN_SECRET_CHARS} "
                                       "characters (e.g. python -c 'import secrets; print(secrets.token_urlsafe(32))')")

@@ -72,8 +72,8 @@ class EmergencySwitch:
                            "held" if enabled else "released", by, source, reason, after)
             state = {"mode": after, "sources": {k: dict(v) for k, v in self.sources.items()}, "changed": True,
                      "audited": error is None, "error": error}
-        if self._on_change is not None:
-            self._on_change(after)
+            if self._on_change is not None:  # under the lock: two changes in a row reach it in their order
+                self._on_change(after)
         return state
 
     def _audit(self, record: dict) -> str | None:

@@ -8,6 +8,7 @@ import json
 import time
 
 from starlette.exceptions import HTTPException
+from starlette.routing import Match, Router
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
 from .metrics import ServiceMetrics
@@ -76,12 +77,23 @@ async def _answer(send: Send, status: int, kind: str, message: str) -> None:
     await send({"type": "http.response.body", "body": body})
 
 
-class HttpMetrics:
-    """so8t_http_requests_total and so8t_http_request_duration_seconds by route template (never the raw
-    path, so the label set stays small); ``scope["state"]["received_at"]`` is the arrival time."""
+METHODS = frozenset({"GET", "HEAD", "POST", "PUT", "DELETE", "PATCH", "OPTIONS"})  # any other token: "other"
 
-    def __init__(self, app: ASGIApp, metrics: ServiceMetrics) -> None:
-        self.app, self.metrics = app, metrics
+
+class HttpMetrics:
+    """so8t_http_requests_total and so8t_http_request_duration_seconds by route template and method (never the
+    raw path or a client's made-up method, so the label set stays small); ``scope["state"]["received_at"]`` is
+    the arrival time. A request answered before routing (413 by Content-Length) is labelled with the route its
+    path matches."""
+
+    def __init__(self, app: ASGIApp, metrics: ServiceMetrics, router: Router | None = None) -> None:
+        self.app, self.metrics, self.router = app, metrics, router
+
+    def _route(self, scope: Scope) -> str:
+        route = scope.get("route")
+        if route is None and self.router is not None:
+            route = next((r for r in self.router.routes if r.matches(scope)[0] != Match.NONE), None)
+        return getattr(route, "path", None) or "unmatched"
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
         if scope["type"] != "http":
@@ -101,6 +113,6 @@ class HttpMetrics:
             await self.app(scope, receive, recording)
         finally:
             self.metrics.in_flight.dec()
-            route = getattr(scope.get("route"), "path", None) or "unmatched"
-            self.metrics.http_requests.labels(scope["method"], route, str(status["code"])).inc()
+            route, method = self._route(scope), scope["method"] if scope["method"] in METHODS else "other"
+            self.metrics.http_requests.labels(method, route, str(status["code"])).inc()
             self.metrics.http_latency.labels(route).observe(time.perf_counter() - start)

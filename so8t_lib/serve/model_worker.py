@@ -1,0 +1,93 @@
+"""The one thread the model runs on (backends are not thread-safe), shared by every batch of a runtime.
+
+Two rules keep the gate answering under load:
+
+- **Decisions first.** A decision waiting for the thread goes before a task answer waiting to be written, so
+  the answers of one batch's ALLOWs do not hold the next batch's decisions behind them.
+- **A limit counts the call's own time.** A call fails with ``TimeoutError`` when it has run longer than its
+  ``limit`` on the thread, or when, while it waits, the thread makes no progress for ``limit`` seconds (the call
+  ahead of it has overrun its own limit: the model is stuck). Waiting behind healthy work is not a timeout; the
+  service bounds that wait with ``max_pending``. A call that gives up before it started is taken off the queue,
+  so a timed-out request never runs later, holding up the ones behind it.
+"""
+
+from __future__ import annotations
+
+import concurrent.futures
+import itertools
+import queue
+import threading
+import time
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from typing import Any
+
+DECIDE, ANSWER = 0, 1  # priorities: lower runs first
+_CLOSE = 9  # after everything queued before it
+_POLL_S = 0.5  # how often a waiting call looks at the thread's progress again
+
+
+@dataclass
+class _Call:
+    fn: Callable[[], Any]
+    limit: float
+    future: concurrent.futures.Future = field(default_factory=concurrent.futures.Future)
+    started_at: float | None = None
+
+
+class ModelWorker:
+    """``worker.call(fn, DECIDE, limit)`` runs ``fn`` on the model's thread and returns its result."""
+
+    def __init__(self, name: str = "so8t-model") -> None:
+        self._calls: queue.PriorityQueue = queue.PriorityQueue()
+        self._order = itertools.count()
+        self._lock = threading.Lock()
+        self._running: _Call | None = None
+        self._thread = threading.Thread(target=self._serve, name=name, daemon=True)
+        self._thread.start()
+
+    def _serve(self) -> None:
+        while True:
+            _, _, call = self._calls.get()
+            if call is None:
+                return
+            if not call.future.set_running_or_notify_cancel():
+                continue  # its caller gave up before it started
+            with self._lock:
+                call.started_at, self._running = time.monotonic(), call
+            try:
+                call.future.set_result(call.fn())
+            except BaseException as exc:  # noqa: BLE001 - handed to the caller
+                call.future.set_exception(exc)
+            finally:
+                with self._lock:
+                    self._running = None
+
+    def call(self, fn: Callable[[], Any], priority: int, limit: float) -> Any:
+        """``fn()`` on the model's thread; TimeoutError as the module says, naming which limit was met."""
+        call = _Call(fn, limit)
+        self._calls.put((priority, next(self._order), call))
+        waiting_since = time.monotonic()
+        while True:
+            now = time.monotonic()
+            with self._lock:
+                started, ahead = call.started_at, self._running
+            if started is not None:
+                deadline = started + limit
+            elif ahead is not None and ahead.started_at is not None:
+                deadline = max(ahead.started_at + ahead.limit, waiting_since) + limit
+            else:  # the thread is between calls: it is making progress
+                deadline = now + limit
+            try:
+                return call.future.result(timeout=max(0.0, min(deadline - now, _POLL_S)))
+            except concurrent.futures.TimeoutError:
+                if time.monotonic() < deadline:
+                    continue
+            if started is not None:
+                raise TimeoutError(f"the model ran longer than {limit:g}s")
+            if call.future.cancel():
+                raise TimeoutError(f"the model was stuck on an earlier request for {limit:g}s past its limit")
+
+    def close(self) -> None:
+        """Stop the thread once the calls queued so far have run (it does not wait for them)."""
+        self._calls.put((_CLOSE, next(self._order), None))
