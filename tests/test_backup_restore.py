@@ -16,7 +16,7 @@ from pg_support import cluster
 from service_support import CLIENT, REVIEWER
 
 from so8t_lib.cli import main as so8t
-from so8t_lib.serve.audit import AuditLog, verify
+from so8t_lib.serve.audit import AuditLog, read_records, verify
 from so8t_lib.serve.audit_verify import verify_chains
 from so8t_lib.serve.escalation import EscalationQueue
 from so8t_lib.serve.runtime import Agent
@@ -308,3 +308,37 @@ def test_a_postgresql_queue_is_backed_up_and_restored_into_postgresql_or_sqlite(
     assert so8t(["restore", str(tmp_path / "b"), "--into", str(tmp_path / "r2")]) == 0
     assert EscalationQueue(tmp_path / "r2" / "logs" / "escalations.sqlite").count() == counts
     assert verify(tmp_path / "r2" / "logs")["errors"] == []
+
+
+def test_the_gate_appends_and_rotates_while_a_chain_is_copied_and_the_copy_is_whole(project, tmp_path, monkeypatch):
+    """The shared lock covers only opening a chain's files and taking the live file's length: at the production
+    setting (1 GB x 10) a copy under the lock would stall every decision for as long as it takes."""
+    import threading
+
+    from so8t_lib.workbench.backup import snapshot
+
+    log = AuditLog(project / "logs" / "audit.jsonl", max_bytes=1 << 20, backup_count=5)
+    for i in range(3):
+        log.append({"event": "decision", "timestamp": "2026-12-05T00:00:00Z", "request_id": f"before_{i}"})
+    copy, writer_done = snapshot._copy_prefix, threading.Event()
+
+    def busy_gate(*args, **kwargs):
+        if not writer_done.is_set():
+            def write():
+                for i in range(3):
+                    log.append({"event": "decision", "timestamp": "2026-12-05T00:00:01Z", "request_id": f"during_{i}"})
+                log.rotate()
+                writer_done.set()
+
+            writer = threading.Thread(target=write)
+            writer.start()
+            writer.join(30)
+            assert writer_done.is_set(), "the gate waited for the backup's lock"
+        return copy(*args, **kwargs)
+
+    monkeypatch.setattr(snapshot, "_copy_prefix", busy_gate)
+    made = backup(tmp_path / "b", project / "logs")
+    assert writer_done.is_set() and all(not c["errors"] for c in made["chains"].values()), made["chains"]
+    assert check_backup(tmp_path / "b")["problems"] == []
+    copied = {r["request_id"] for r in read_records(tmp_path / "b" / "logs")}
+    assert {"before_0", "before_2"} <= copied and not {"during_0", "during_2"} & copied  # the moment of the lock

@@ -63,6 +63,16 @@ def test_extract_labels_what_people_decided(ops_logs, tmp_path):
         bad = tmp_path / "bad.jsonl"
         bad.write_text('{"request_id": "req_1", "label": "MAYBE"}\n', encoding="utf-8")
         retrain.extract_rows([logs], reviews=bad)
+    both = tmp_path / "both.jsonl"  # one request reviewed both ways: which one a person meant is unknown
+    both.write_text('{"request_id": "req_1", "label": "ALLOW"}\n{"request_id": "req_1", "label": "REFUSE"}\n',
+                    encoding="utf-8")
+    with pytest.raises(retrain.ExtractError, match="both.jsonl:2: req_1 is reviewed as REFUSE here and as ALLOW on "
+                                                   "line 1"):
+        retrain.extract_rows([logs], reviews=both)
+    assert report["left_out"]["not_a_label"] == 0
+    from so8t_lib.workbench.retrain.extract import _moment  # a stamp without a zone is UTC, never local time
+
+    assert _moment("2026-11-02T09:00:00") == _moment("2026-11-02T09:00:00Z") == "2026-11-02T09:00:00.000000+00:00"
 
 
 def test_extract_refuses_a_log_that_does_not_verify(ops_logs, tmp_path):

@@ -327,6 +327,47 @@ def test_a_failed_audit_write_turns_allow_into_escalate(tmp_path, monkeypatch):
     assert agent.queue.get(result["escalation_id"])["status"] in ("open", "notify_failed")
 
 
+def test_a_failure_after_an_escalation_is_recorded_never_decides_it_twice(tmp_path, monkeypatch):
+    """Finishing a recorded case (its notification, its spool entry) can fail, e.g. a notifier shut down while a
+    batch is still deciding: that used to reach the catch-all, which failed the request closed again, writing a
+    second audit record and opening a second case."""
+    agent = _agent(tmp_path, FakeDecider((0.3, 0.3, 0.4)))
+
+    def notifier_gone(ticket, audited):
+        raise RuntimeError("cannot schedule new futures after interpreter shutdown")
+
+    monkeypatch.setattr(agent.desk, "finish", notifier_gone)
+    result = agent.run_agent(None, "Can I see the payroll of my team?")
+    assert result["decision"] == "ESCALATE" and result["escalation_id"]
+    records = _records(tmp_path)
+    assert len(records) == 1 and records[0]["request_id"] == result["request_id"]
+    assert [c["case_id"] for c in agent.queue.list()] == [result["escalation_id"]]
+
+
+def test_the_reason_a_result_failed_closed_comes_first_in_its_error(tmp_path, monkeypatch):
+    """An ALLOW whose answer failed and whose record then failed: metrics and reports read the reason from the
+    error's first words, which said "generation failed" (counted as "other") instead of the audit write."""
+    from so8t_lib.serve.http.metrics import fail_reason
+
+    class NoAnswers(FakeDecider):
+        def generate(self, request, context=None, max_tokens=128, temperature=0.0):
+            raise RuntimeError("out of memory")
+
+    agent = _agent(tmp_path, NoAnswers((0.95, 0.03, 0.02)))
+    real_append, calls = agent.audit.append, []
+
+    def first_write_fails(record):
+        calls.append(record)
+        if len(calls) == 1:
+            raise audit.AuditWriteError("logs/audit.jsonl: disk full")
+        return real_append(record)
+
+    monkeypatch.setattr(agent.audit, "append", first_write_fails)
+    result = agent.run_agent(None, "How do I file expenses?")
+    assert result["error"].startswith("audit write failed") and "generation failed" in result["error"]
+    assert fail_reason(result) == "audit_write"
+
+
 def test_when_the_log_cannot_be_written_at_all_the_record_is_written_later(tmp_path, monkeypatch):
     agent = _agent(tmp_path, FakeDecider((0.95, 0.03, 0.02)))
     real_append = agent.audit.append

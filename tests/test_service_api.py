@@ -397,3 +397,24 @@ def test_metric_labels_stay_few_whatever_the_client_sends(serve):
     assert any('method="other"' in line and 'route="/healthz"' in line for line in series), series
     assert 'so8t_http_requests_total{code="413",method="POST",route="/v1/decide"} 1.0' in text
     assert not [line for line in series if 'route="unmatched"' in line and 'code="413"' in line]
+
+
+def test_a_request_answered_503_costs_no_rate(serve, monkeypatch):
+    """Overloaded or shutting down, nothing was decided: the tokens go back, so the client's retry is not 429."""
+    from so8t_lib.serve.http.batching import Overloaded
+
+    service, client = serve(service={"rate_limit_per_minute": 1, "rate_limit_burst": 2, "max_items": 2,
+                                     "max_pending": 2})
+    real = service.decide
+
+    async def overloaded(*args, **kwargs):
+        raise Overloaded("2 requests are waiting (max_pending 2)")
+
+    monkeypatch.setattr(service, "decide", overloaded)
+    two = [{"user_request": "book a room"}, {"user_request": "where is the form"}]
+    for _ in range(3):
+        answer = client.post("/v1/decide", json=two, headers=CLIENT)
+        assert answer.status_code == 503 and answer.headers["Retry-After"] == "1"
+    monkeypatch.setattr(service, "decide", real)
+    assert client.post("/v1/decide", json=two, headers=CLIENT).status_code == 200
+    assert client.post("/v1/decide", json=two, headers=CLIENT).status_code == 429  # the decided ones did count

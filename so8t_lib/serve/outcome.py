@@ -73,7 +73,7 @@ def fail_closed(result: dict, reason: str, lang: str = "en") -> dict:
     template = FAIL_CLOSED_RATIONALES.get(lang, FAIL_CLOSED_RATIONALES["en"])
     result.update(decision="ESCALATE", human_required=True, task_response=None,
                   rationale=template.format(reason=reason.split(":")[0]),
-                  error=join_errors(result.get("error"), reason))
+                  error=join_errors(reason, result.get("error")))  # the reason first: metrics and reports read it
     result["flags"] = list(dict.fromkeys([*result["flags"], "fail_closed"]))
     return result
 

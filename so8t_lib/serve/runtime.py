@@ -379,5 +379,8 @@ class Agent:
             self._audit_failed(result, exc)
             result["error"] = join_errors(result["error"], f"audit write failed: {exc}")
             audited = False
-        self.desk.finish(ticket, audited)
+        try:  # recorded: whatever goes wrong from here must not decide the request a second time (_guarded)
+            self.desk.finish(ticket, audited)
+        except Exception:  # noqa: BLE001 - the spool entry stays; the desk's replay finishes it
+            logger.exception("escalation %s: recorded, but finishing its case failed", result["escalation_id"])
         return result

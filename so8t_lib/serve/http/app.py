@@ -189,13 +189,16 @@ def create_app(service: Service) -> FastAPI:
             raise ApiError(429, "rate_limited", f"rate limit of {service.config.rate_limit_per_minute:g} requests/min "
                            f"for {key.name!r}; retry in {wait:.1f}s", {"Retry-After": RateLimiter.retry_after(wait)})
 
-    async def decide(items: list[dict], request: Request, endpoint: str) -> list[dict]:
+    async def decide(items: list[dict], request: Request, endpoint: str, key: ApiKey) -> list[dict]:
+        """The decisions of items already charged to ``key``; a 503 gives the charge back (nothing was decided)."""
         received = getattr(request.state, "received_at", None)
         try:
             return await service.decide(items, received, endpoint)
         except Overloaded as exc:
+            service.limiter.refund(key.name, len(items))
             raise ApiError(503, "overloaded", f"{exc}; retry shortly", {"Retry-After": "1"}) from None
         except Closing as exc:
+            service.limiter.refund(key.name, len(items))
             raise ApiError(503, "shutting_down", str(exc), {"Retry-After": "5"}) from None
 
     client, reviewer = Depends(role(CLIENT)), Depends(role(REVIEWER))
@@ -208,7 +211,7 @@ def create_app(service: Service) -> FastAPI:
                            key: ApiKey = client):
         items = [{**i.model_dump(), "client": key.name} for i in (body if isinstance(body, list) else [body])]
         charge(key, len(items))
-        results = await decide(items, request, "decide")
+        results = await decide(items, request, "decide", key)
         return SafeJSONResponse(results if isinstance(body, list) else results[0])
 
     @app.post("/v1/moderations", response_model=ModerationResponse, tags=["gate"],
@@ -220,7 +223,7 @@ def create_app(service: Service) -> FastAPI:
         charge(key, len(texts))
         results = await decide([{"user_request": t, "context": None, "user_id": body.user, "client": key.name}
                                 for t in texts],
-                               request, "moderations")
+                               request, "moderations", key)
         model = results[0]["model_version"] if results else service.agent.model_version
         return SafeJSONResponse({"id": f"modr-{uuid.uuid4().hex[:24]}", "model": model,
                                  "results": [moderation_result(r) for r in results]})

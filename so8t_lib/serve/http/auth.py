@@ -137,6 +137,13 @@ class RateLimiter:
             self._buckets[key] = (tokens, now)
             return max(0.001, (cost - tokens) / self.rate)
 
+    def refund(self, key: str, cost: int) -> None:
+        """Give back tokens taken for requests that were never decided (503: overloaded or shutting down)."""
+        with self._lock:
+            if key in self._buckets:
+                tokens, stamp = self._buckets[key]
+                self._buckets[key] = (min(float(self.burst), tokens + cost), stamp)
+
     @staticmethod
     def retry_after(seconds: float) -> str:
         return str(max(1, math.ceil(seconds)))

@@ -9,7 +9,8 @@
                                    include_models
 
 Order matters while servers keep running: the spool first, then the queue (SQLite's online backup
-API, or a snapshot of the PostgreSQL tables), then each audit chain under its lock. A case moves
+API, or a snapshot of the PostgreSQL tables), then each audit chain as of one moment under its lock
+(the files opened and the live file's length taken; the copying runs after it). A case moves
 spool -> queue -> audit record, so whatever the copy of a later step holds was already in the copy
 of an earlier one, or is in flight and in the spool copy. The folder is written beside its final
 name and renamed into place when complete: a backup is whole or absent.
@@ -23,6 +24,7 @@ import json
 import os
 import shutil
 import tempfile
+from contextlib import ExitStack
 from pathlib import Path, PurePosixPath
 
 from ...core.checkpoint import resolve_checkpoint
@@ -52,20 +54,40 @@ def file_entries(root: Path) -> dict[str, dict]:
 
 
 def _copy_chains(log_dir: Path, target: Path, hmac_key: str | bytes | None) -> dict[str, dict]:
-    """Each chain's files, copied under its lock; the verification of the copy and its head."""
+    """Each chain's files as they were at one moment; the verification of the copy and its head. The shared lock
+    covers only opening the files and taking the live file's length (a rotation afterwards cannot pull a file
+    away, and appends afterwards are not copied), so the gate's appends never wait for gigabytes to be copied."""
     chains = {}
     for name in chain_names(log_dir):
         log = log_dir / name
-        with file_lock(log, shared=True):  # no append or rotation while its files are copied
-            for path in [*log_files(log_dir, name), anchor_path(log), *set_aside_files(log_dir, name)]:
-                if path.is_file():
-                    shutil.copy2(path, target / path.name)
+        with ExitStack() as handles:
+            with file_lock(log, shared=True):
+                paths = [p for p in [*log_files(log_dir, name), anchor_path(log), *set_aside_files(log_dir, name)]
+                         if p.is_file()]
+                opened = [handles.enter_context(open(p, "rb")) for p in paths]
+                lengths = [os.fstat(handle.fileno()).st_size for handle in opened]
+            for path, handle, length in zip(paths, opened, lengths):
+                _copy_prefix(handle, length, target / path.name)
         report = verify(target, name, hmac_key)
         anchor = report["anchor"] or {}
         chains[name] = {"records": report["records"], "first_seq": report["first_seq"], "last_seq": report["last_seq"],
                         "head": f"{anchor.get('last_seq')}:{anchor.get('last_hash')}" if anchor else None,
                         "errors": report["errors"]}
     return chains
+
+
+def _copy_prefix(source, length: int, target: Path, chunk: int = 1 << 20) -> None:
+    """The first ``length`` bytes of an open file, with its modification time."""
+    left = length
+    with open(target, "wb") as out:
+        while left > 0:
+            data = source.read(min(chunk, left))
+            if not data:
+                break
+            out.write(data)
+            left -= len(data)
+    stat = os.fstat(source.fileno())
+    os.utime(target, ns=(stat.st_atime_ns, stat.st_mtime_ns))
 
 
 def _copy_spool(spool: Path, target: Path) -> dict:

@@ -44,16 +44,25 @@ def _reviews(path: Path) -> dict[str, dict]:
         request_id, label = str(record.get("request_id") or "").strip(), str(record.get("label") or "").strip().upper()
         if not request_id or label not in LABELS:
             raise ExtractError(f"{path}:{line_no}: a review needs request_id and label ({', '.join(LABELS)})")
+        earlier = found.get(request_id)
+        if earlier is not None and earlier["label"] != label:  # which one a person meant cannot be guessed
+            raise ExtractError(f"{path}:{line_no}: {request_id} is reviewed as {label} here and as {earlier['label']} "
+                               f"on line {earlier['line']}; keep one")
         found[request_id] = {"label": label, "line": line_no}
     return found
 
 
 def _moment(text: str | None) -> str:
-    """An audit timestamp (microseconds, ``Z``) or a queue one (seconds, ``+00:00``) in one sortable form."""
+    """An audit timestamp (microseconds, ``Z``) or a queue one (seconds, ``+00:00``) in one sortable form; one
+    without a zone is UTC, as everything the gate writes is (never this machine's local time)."""
     try:
-        return dt.datetime.fromisoformat(text).astimezone(dt.UTC).isoformat(timespec="microseconds") if text else ""
+        moment = dt.datetime.fromisoformat(text) if text else None
     except ValueError:
         return ""
+    if moment is None:
+        return ""
+    moment = moment.replace(tzinfo=dt.UTC) if moment.tzinfo is None else moment.astimezone(dt.UTC)
+    return moment.isoformat(timespec="microseconds")
 
 
 def _row(decision: dict, label: str, origin: str, decided_at: str, case_id: str | None) -> dict:
@@ -75,7 +84,7 @@ def extract_rows(logs: list[str | Path], queue: str | Path | None = None, review
     if problems and require_verified:
         raise ExtractError("the audit log does not verify, so its records cannot be labels:\n  " + "\n  ".join(problems))
     decisions, labelled, left_out = {}, {}, {"test": 0, "truncated": 0, "no_text": 0, "duplicate": 0,
-                                             "conflicting": 0, "no_decision_record": 0}
+                                             "conflicting": 0, "no_decision_record": 0, "not_a_label": 0}
     try:
         records = [record for folder in logs for _, record in read_chains(folder, key=key)]
     except ValueError as exc:
@@ -115,7 +124,9 @@ def extract_rows(logs: list[str | Path], queue: str | Path | None = None, review
             left_out["no_text"] += 1
         elif TRUNCATED.search(decision["input"]):
             left_out["truncated"] += 1
-        elif label in LABELS:
+        elif label not in LABELS:  # a resolution record whose decision is not one of the three
+            left_out["not_a_label"] += 1
+        else:
             rows.append(_row(decision, label, origin, decided_at or _moment(decision.get("timestamp")), case_id))
     by_text: dict[str, list[dict]] = {}
     for row in sorted(rows, key=lambda r: (r["decided_at"], r["request_id"])):
