@@ -418,3 +418,24 @@ def test_a_request_answered_503_costs_no_rate(serve, monkeypatch):
     monkeypatch.setattr(service, "decide", real)
     assert client.post("/v1/decide", json=two, headers=CLIENT).status_code == 200
     assert client.post("/v1/decide", json=two, headers=CLIENT).status_code == 429  # the decided ones did count
+
+
+def test_a_resolution_committed_but_not_read_back_is_not_reported_as_not_resolved(serve, monkeypatch):
+    from so8t_lib.serve.escalation import EscalationQueue, QueueUnavailable
+
+    service, client = serve(FixedDecider(PROBS["ESCALATE"]))
+    case_id = client.post("/v1/decide", headers=CLIENT, json={"user_request": "Can I see Tanaka-san's salary?"}
+                          ).json()["escalation_id"]
+
+    def locked(self, case_id):
+        raise QueueUnavailable("the queue is locked by another process")
+
+    monkeypatch.setattr(EscalationQueue, "history", locked)
+    answer = client.post(f"/v1/escalations/{case_id}/resolve", headers=REVIEWER,
+                         json={"decision": "REFUSE", "by": "Sato (hr)"})
+    error = answer.json()["error"]
+    assert answer.status_code == 503 and error["type"] == "resolved_not_shown"
+    assert "was resolved as REFUSE by Sato (hr) (recorded and audited)" in error["message"]
+    monkeypatch.undo()
+    assert service.agent.queue.get(case_id)["human_decision"] == "REFUSE"
+    assert [r["human_decision"] for r in records(folder(service), event="resolution")] == ["REFUSE"]

@@ -46,6 +46,11 @@ class QueueUnavailable(QueueError):
     """The queue did not answer within the bounded wait (locked by another process, or unreachable)."""
 
 
+class ResolvedButUnread(QueueError):
+    """The resolution was committed (and audited), but reading the case back failed: it must not be reported
+    as "not resolved"."""
+
+
 class AlreadyResolved(ValueError):
     """A second resolution without ``supersede``: the first must not be overwritten silently."""
 
@@ -289,7 +294,11 @@ class EscalationQueue:
                                                                    "decided_at": last["decided_at"]}}
             if before_commit is not None:
                 before_commit(resolution)  # e.g. the audit record: if it fails, nothing is resolved
-        return {**self.get(case_id), "resolution": resolution, "history": self.history(case_id)}
+        try:
+            return {**self.get(case_id), "resolution": resolution, "history": self.history(case_id)}
+        except QueueError as exc:
+            raise ResolvedButUnread(f"case {case_id} was resolved as {decision} by {by.strip()} (recorded and "
+                                    f"audited), but could not be read back: {exc}") from None
 
     def mark_overdue(self, now: dt.datetime | None = None) -> list[str]:
         self._ensure_schema()

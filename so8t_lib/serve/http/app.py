@@ -34,7 +34,7 @@ from starlette.exceptions import HTTPException
 from ...core.config import parse_size
 from ...core.schema import ROUTE_CATEGORIES
 from ..audit import AuditWriteError
-from ..escalation import AlreadyResolved, QueueError, QueueUnavailable
+from ..escalation import AlreadyResolved, QueueError, QueueUnavailable, ResolvedButUnread
 from ..outcome import utc_timestamp
 from ..urgency import is_urgent_case
 from .auth import CLIENT, REVIEWER, ApiKey, RateLimiter
@@ -298,6 +298,9 @@ def create_app(service: Service) -> FastAPI:
                 f" on the desks of {key.name!r}" if key.desks is not None else "")) from None
         except AlreadyResolved as exc:
             raise ApiError(409, "already_resolved", str(exc).replace("--supersede", "supersede: true")) from None
+        except ResolvedButUnread as exc:  # done: retrying would only meet 409 already resolved
+            raise ApiError(503, "resolved_not_shown", f"{exc}; GET /v1/escalations shows it",
+                           {"Retry-After": "2"}) from None
         except (QueueUnavailable, AuditWriteError) as exc:
             raise ApiError(503, "unavailable", f"not resolved: {exc}", {"Retry-After": "2"}) from None
         except QueueError as exc:
