@@ -30,6 +30,7 @@ import re
 from dataclasses import dataclass, field
 from pathlib import Path
 
+from . import audit_files
 from .audit_files import (
     GENESIS,
     anchor_path,
@@ -286,7 +287,7 @@ class AuditLog:
         """gzip the live file to ``.1.gz`` (older ones shift; the one beyond backup_count goes). The
         anchor's start moves before a file is deleted, so a crash never looks like a deletion."""
         part = sibling(self.path, ".rotating.tmp")
-        with self.path.open("rb") as src, gzip.open(part, "wb") as dst:
+        with self.path.open("rb") as src, gzip.open(part, "wb", compresslevel=audit_files.ROTATE_GZIP_LEVEL) as dst:
             while block := src.read(1 << 20):
                 dst.write(block)
         with part.open("rb") as handle:
