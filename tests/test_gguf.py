@@ -528,3 +528,55 @@ def test_progress_advances_as_batches_are_decoded(exported, monkeypatch):
     backend = GGUFBackend(paths["so8t-test-q8_0.gguf"], batch_tokens=64)  # several batches for these prompts
     backend.decision_states(SAMPLE * 3, progress=True)
     assert sum(steps) == 12 and len(steps) > 2 and all(0 < n < 12 for n in steps), steps
+
+
+@pytest.mark.parametrize("key, value, says", [
+    ("so8t.temperature", -0.05, "so8t.temperature -0.05.* is not a positive number"),
+    ("so8t.temperature", 0.0, "not a positive number"),
+    ("so8t.temperature", float("nan"), "not a positive number")])
+def test_a_head_that_would_turn_decisions_around_is_refused_even_with_a_fresh_sidecar(exported, tmp_path, key, value,
+                                                                                      says):
+    """A negative temperature keeps the probabilities finite and summing to 1 but reverses their order: REFUSE-leaning
+    requests came out ALLOW at p 0.999 from a file that verified (its sidecar renewed)."""
+    from so8t_lib.export.gguf_file import open_gguf
+    from so8t_lib.export.gguf_rewrite import rewrite_gguf
+
+    _, paths = exported
+    bad = tmp_path / "bad.gguf"
+    rewrite_gguf(open_gguf(paths["so8t-test-f16.gguf"]), bad, drop_key=lambda k: k == key,
+                 add_keys=lambda writer: writer.add_float32(key, value))
+    with pytest.raises(GGUFError, match=says):
+        read_metadata(bad)
+    with pytest.raises(GGUFError, match=says):
+        GGUFBackend(bad)
+
+
+def test_answers_never_come_from_a_file_other_than_the_one_checked_at_start(exported, tmp_path):
+    """The answer model opens the file again on the first ALLOW: after an export replaced it (sidecar left or
+    renewed), answers came from a file nobody checked while decisions still came from the old one."""
+    import os
+    import shutil
+
+    _, paths = exported
+    served = tmp_path / "served.gguf"
+    shutil.copy(paths["so8t-test-f16.gguf"], served)
+    shutil.copy(f"{paths['so8t-test-f16.gguf']}.sha256", f"{served}.sha256")
+    backend = GGUFBackend(served)
+    shutil.copy(paths["so8t-test-q8_0.gguf"], f"{served}.new")
+    os.replace(f"{served}.new", served)
+    with pytest.raises(GGUFError, match="was replaced since the gate loaded it"):
+        backend.generate("経費精算の締め日はいつですか", max_tokens=4)
+    assert backend._generator is None
+
+
+def test_export_options_are_checked_before_anything_is_written(exported, tmp_path, capsys):
+    model, paths = exported
+    checkpoint = paths["so8t-test-f16.gguf"].parent.parent / "ckpt"
+    for bad in ("nan", "-3", "1.5"):
+        with pytest.raises(SystemExit):
+            so8t(["export", str(checkpoint), "--out", str(tmp_path / "d"), "--threshold", bad])
+        assert "expected a number from 0.5 to 1.0" in capsys.readouterr().err
+    with pytest.raises(SystemExit, match="--refit-rows 5: refitting a head needs at least 40 rows"):
+        so8t(["export", str(checkpoint), "--out", str(tmp_path / "d"), "--quant", "Q8_0", "--refit-head", "Q8_0",
+              "--refit-rows", "5"])
+    assert not (tmp_path / "d").exists()

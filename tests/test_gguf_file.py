@@ -140,3 +140,53 @@ def test_the_open_benchmark_finds_both_readers_alike_and_the_ladder_the_same_fil
     ladder = result["ladder"]  # every open through GGUFReader, then through GGUFFile: the same bytes written
     assert ladder["same_files"] and len(ladder["files"]) == 6 and ladder["speedup"] > 0
     assert result["backend_start"]["file"].endswith("q4_k_m.gguf")
+
+
+def test_a_header_that_breaks_the_parser_in_other_ways_is_still_a_named_gguf_error(tmp_path):
+    """A quantized tensor without dimensions (IndexError) or an alignment that is a list (TypeError) escaped as
+    tracebacks that did not name the file."""
+    import struct
+
+    import gguf
+
+    def kv(name: str, value: str) -> bytes:
+        n, v = name.encode(), value.encode()
+        return struct.pack("<Q", len(n)) + n + struct.pack("<IQ", 8, len(v)) + v
+
+    def build(path, kvs, tensors):
+        out = b"GGUF" + struct.pack("<IQQ", 3, len(tensors), len(kvs)) + b"".join(kvs)
+        for name, dims, kind, offset in tensors:
+            out += struct.pack("<Q", len(name)) + name.encode() + struct.pack("<I", len(dims)) \
+                + b"".join(struct.pack("<Q", d) for d in dims) + struct.pack("<IQ", kind, offset)
+        path.write_bytes(out + b"\0" * (-len(out) % 32 + 64))
+
+    no_dims = tmp_path / "no_dims.gguf"
+    build(no_dims, [kv("general.architecture", "qwen2")], [("t", (), int(gguf.GGMLQuantizationType.Q8_0), 0)])
+    name = b"general.alignment"
+    listed = tmp_path / "listed.gguf"
+    build(listed, [kv("general.architecture", "qwen2"),
+                   struct.pack("<Q", len(name)) + name + struct.pack("<IIQI", 9, 4, 1, 32)], [])
+    for path in (no_dims, listed):
+        with pytest.raises(GGUFError, match=f"{path.name}: damaged or truncated GGUF"):
+            read_metadata(path)
+
+
+def test_a_rewritten_file_keeps_the_alignment_its_header_declares(tmp_path):
+    import gguf
+
+    from so8t_lib.export.gguf_file import open_gguf
+    from so8t_lib.export.gguf_rewrite import rewrite_gguf
+
+    source = tmp_path / "aligned.gguf"
+    writer = gguf.GGUFWriter(str(source), "qwen2")
+    writer.add_custom_alignment(64)
+    writer.add_string("so8t.note", "xxxxx")
+    writer.add_tensor("a", np.arange(24, dtype=np.float32).reshape(2, 12))
+    writer.add_tensor("b", np.ones((4, 12), np.float32))
+    writer.write_header_to_file()
+    writer.write_kv_data_to_file()
+    writer.write_tensors_to_file()
+    writer.close()
+    rewrite_gguf(open_gguf(source), tmp_path / "again.gguf")
+    again = open_gguf(tmp_path / "again.gguf")
+    assert np.array_equal(next(t for t in again.tensors if t.name == "b").data, np.ones((4, 12), np.float32))

@@ -16,7 +16,20 @@ import sys
 
 from ..eval.quant_refit import REFIT_ROWS, refit_rungs
 from ..export.gguf_meta import DEFAULT_THRESHOLD, GGUFError, read_metadata
+from ..export.head_refit import MIN_ROWS
 from ..export.quantize import QUANT_TYPES, export
+from ..serve.policy import THRESHOLD_RANGE
+
+
+def _threshold(text: str) -> float:
+    try:
+        value = float(text)
+    except ValueError:
+        value = float("nan")
+    low, high = THRESHOLD_RANGE
+    if not low <= value <= high:  # NaN fails too
+        raise argparse.ArgumentTypeError(f"expected a number from {low} to {high}, got {text!r}")
+    return value
 
 
 def main(argv: list[str] | None = None) -> None:
@@ -26,7 +39,9 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--out", default="dist")
     parser.add_argument("--quant", default="", help=f"comma-separated, from {','.join(QUANT_TYPES)}")
     parser.add_argument("--f32", action="store_true", help="also write an f32 file (for parity checks)")
-    parser.add_argument("--threshold", type=float, default=DEFAULT_THRESHOLD)
+    parser.add_argument("--threshold", type=_threshold, default=DEFAULT_THRESHOLD,
+                        help=f"the runtime rule's threshold written into the file ({THRESHOLD_RANGE[0]} to "
+                             f"{THRESHOLD_RANGE[1]})")
     parser.add_argument("--requantize-frozen", action="store_true", help="quantize the tensors the checkpoint left "
                         "unchanged again instead of taking them byte for byte from the base's own GGUF file "
                         "(export.source_tensors; for comparison)")
@@ -40,7 +55,9 @@ def main(argv: list[str] | None = None) -> None:
         return [q.strip().upper() for q in text.split(",") if q.strip()]
 
     quants, refit = names(args.quant), names(args.refit_head)
-    if [q for q in refit if q not in quants]:  # refused before anything is written
+    if refit and args.refit_rows < MIN_ROWS:  # refused before anything is written
+        sys.exit(f"error: --refit-rows {args.refit_rows}: refitting a head needs at least {MIN_ROWS} rows")
+    if [q for q in refit if q not in quants]:
         sys.exit(f"error: --refit-head {','.join(q for q in refit if q not in quants)}: not among the rungs this "
                  f"export writes ({','.join(quants) or 'none'}); add it to --quant")
     try:
@@ -50,7 +67,7 @@ def main(argv: list[str] | None = None) -> None:
             by_name = {p.name: p for p in paths}
             refit_rungs(args.checkpoint, {q: next(p for n, p in by_name.items() if n.endswith(f"-{q.lower()}.gguf"))
                                           for q in refit}, args.refit_rows)
-    except GGUFError as exc:
+    except (GGUFError, ValueError) as exc:  # ValueError: a head the refit cannot handle (named in the message)
         sys.exit(f"error: {exc}")
     for path in paths:
         print(f"{path}  {path.stat().st_size / 2**20:.1f} MiB")

@@ -80,7 +80,7 @@ class GGUFFile:
             raise GGUFError(f"{self.path}: cannot be read as GGUF ({exc})") from None
         try:
             self._parse(want)
-        except (struct.error, UnicodeDecodeError, ValueError, OverflowError) as exc:
+        except (struct.error, UnicodeDecodeError, ValueError, OverflowError, IndexError, TypeError, KeyError) as exc:
             raise GGUFError(f"{self.path}: damaged or truncated GGUF ({type(exc).__name__}: {exc})") from None
 
     # -- the layout --------------------------------------------------------------------------------------------
@@ -149,8 +149,8 @@ class GGUFFile:
             infos.append((name, dims, gguf.GGMLQuantizationType(self._take("<I")), self._take("<Q")))
         alignment = int(self.fields[ALIGNMENT_KEY].value) if ALIGNMENT_KEY in self.fields \
             else gguf.GGUF_DEFAULT_ALIGNMENT
-        if alignment <= 0:
-            raise ValueError(f"{ALIGNMENT_KEY} is {alignment}")
+        if alignment <= 0 or alignment & (alignment - 1):
+            raise ValueError(f"{ALIGNMENT_KEY} is {alignment}, not a power of two")
         self.data_offset = -(-self._at // alignment) * alignment
         self.tensors = [self._tensor(*info) for info in infos]
         if len({t.name for t in self.tensors}) != len(self.tensors):

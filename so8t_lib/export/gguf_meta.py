@@ -61,12 +61,24 @@ def read_metadata(path: str | Path) -> dict:
         raise GGUFError(f"{path}: so8t.format {meta['so8t.format']} is newer than this library ({SO8T_FORMAT})")
     head = {}
     for key in meta["so8t.head.keys"]:
-        shape = [int(s) for s in value(f"so8t.head.{key}.shape")]
-        flat = np.asarray(value(f"so8t.head.{key}"), dtype=np.float32)
-        if flat.size != int(np.prod(shape)):
+        try:
+            shape = [int(s) for s in value(f"so8t.head.{key}.shape")]
+            flat = np.asarray(value(f"so8t.head.{key}"), dtype=np.float32)
+        except (TypeError, ValueError):
+            raise GGUFError(f"{path}: so8t.head.{key} or its shape is not a list of numbers") from None
+        if not shape or min(shape) < 1 or flat.size != int(np.prod(shape)):
             raise GGUFError(f"{path}: so8t.head.{key} has {flat.size} values, its shape says {shape}")
+        if not np.isfinite(flat).all():  # a NaN head gives NaN probabilities, which argmax reads as ALLOW
+            raise GGUFError(f"{path}: so8t.head.{key} holds values that are not finite; export the checkpoint again")
         head[key] = flat.reshape(shape)
     meta["head"] = head
+    try:
+        temperature = float(meta["so8t.temperature"])
+    except (TypeError, ValueError):
+        temperature = float("nan")
+    if not (np.isfinite(temperature) and temperature > 0):  # a negative one turns the head's ranking upside down
+        raise GGUFError(f"{path}: so8t.temperature {meta['so8t.temperature']!r} is not a positive number; export the "
+                        "checkpoint again")
     meta["general.file_type"] = int(fields["general.file_type"].contents()) if "general.file_type" in fields else None
     meta["tensor_count"] = len(reader.tensors)
     if REFIT_KEY in fields:  # a head refitted to this file's own states (export.head_refit) says how

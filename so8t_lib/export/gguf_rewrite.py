@@ -31,6 +31,9 @@ def rewrite_gguf(reader, target: str | Path, tensors: Sequence | None = None,
             for field in reader.fields.values():
                 if field.name == arch_key or field.name.startswith("GGUF.") or drop_key(field.name):
                     continue  # the writer adds the architecture and the GGUF.* header fields itself
+                if field.name == "general.alignment":  # the writer lays the data out by it: set, not copied
+                    writer.add_custom_alignment(int(field.contents()))
+                    continue
                 kind = field.types[0]
                 sub = field.types[-1] if kind == gguf.GGUFValueType.ARRAY else None
                 writer.add_key_value(field.name, field.contents(), kind, sub_type=sub)

@@ -21,7 +21,7 @@ from typing import NamedTuple
 import numpy as np
 import torch
 
-from ..core.checkpoint import UNVERIFIED_MARK
+from ..core.checkpoint import UNVERIFIED_MARK, CheckpointError
 from ..core.schema import LABELS
 from ..export.gguf_meta import GGUFError, read_metadata, verify_sha256_sidecar
 from ..model.heads import SafetyHeadB
@@ -60,6 +60,12 @@ def _usable_cores() -> int:
     return len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else (os.cpu_count() or 1)
 
 
+def file_identity(path: Path) -> tuple[int, int, int, int]:
+    """(device, inode, size, mtime): which file a path names, so a replacement (os.replace by an export) is seen."""
+    st = os.stat(path)
+    return st.st_dev, st.st_ino, st.st_size, st.st_mtime_ns
+
+
 class GGUFBackend:
     """``decide(requests, contexts)`` -> probabilities (N, 3); ``generate(request, context)`` -> text."""
 
@@ -78,14 +84,28 @@ class GGUFBackend:
         # whole batch's KV cells (masked), so huge batches cost more than they save (256 and 512 tied
         # in benchmarks/results/gguf_decisions_cpu.json; larger was slower)
         self.batch_tokens = batch_tokens
+        try:
+            self._identity = file_identity(self.path)
+        except FileNotFoundError:
+            raise GGUFError(f"{self.path}: no such file") from None
+        except OSError as exc:
+            raise GGUFError(f"{self.path}: cannot be opened ({exc.strerror or exc})") from None
+        # checked before anything is read from the file: the head, then llama.cpp's tensors, come from the file
+        # whose bytes match the sidecar, and the file must still be that one once everything is loaded
+        try:
+            self.verified = verify_sha256_sidecar(self.path)
+        except (GGUFError, CheckpointError):
+            read_metadata(self.path)  # a file so8t did not export says that first, whatever its sidecar
+            raise
         self.meta = read_metadata(self.path)
-        self.verified = verify_sha256_sidecar(self.path)  # before llama.cpp reads a single tensor
         if tuple(self.meta["so8t.labels"]) != tuple(LABELS):
             raise GGUFError(f"{self.path}: label order {self.meta['so8t.labels']} differs from {list(LABELS)}")
         state = {k: torch.from_numpy(v.copy()) for k, v in self.meta["head"].items()}
         state["temperature"] = torch.tensor(float(self.meta["so8t.temperature"]))
-        # the same name as on SO8TModel
-        self.safety_head = SafetyHeadB.from_state_dict(state, pooling=self.meta["so8t.pooling"])
+        try:  # the same name as on SO8TModel
+            self.safety_head = SafetyHeadB.from_state_dict(state, pooling=self.meta["so8t.pooling"])
+        except (RuntimeError, ValueError, KeyError) as exc:  # shapes that do not chain into a head
+            raise GGUFError(f"{self.path}: the so8t.head.* tensors do not make a safety head ({exc})") from None
         self._llama = llama_cpp
         self._kwargs = dict(model_path=str(self.path), n_ctx=n_ctx, n_batch=n_ctx, n_ubatch=n_ctx,
                             n_threads=n_threads or _usable_cores(), n_gpu_layers=n_gpu_layers,
@@ -97,6 +117,7 @@ class GGUFBackend:
                                             pooling_type=POOLING[self.meta["so8t.pooling"]](llama_cpp))
         except (ValueError, RuntimeError) as exc:
             raise GGUFError(f"{self.path}: llama.cpp cannot load this file ({exc})") from None
+        self._same_file("was replaced while it was being loaded (an export finishing?)")
         n_layers, read = self.meta["block_count"], self.meta["so8t.read_layers"]
         self.read_layers: list[int] = read or ([n_layers] if n_layers else [])  # HF numbering; [n]: the final norm
         self._capture = self._layer_capture(stop_early)
@@ -119,6 +140,7 @@ class GGUFBackend:
     def _layer_capture(self, stop_early: bool = True) -> LayerCapture | None:
         """A capturing context when the head reads more than the final-norm state (``so8t.read_layers``) or
         pools the tokens itself (``so8t.pooling`` max)."""
+        self._same_file("was replaced while it was being loaded (an export finishing?)")
         n_layers, read = self.meta["block_count"], self.meta["so8t.read_layers"]
         width = self.embedder.n_embd() * max(1, len(self.read_layers))
         if self.safety_head.input_width != width:
@@ -229,6 +251,15 @@ class GGUFBackend:
         states = self.decision_states(requests, contexts, progress)
         return self.safety_head.probabilities(self.safety_head(states)) if len(states) else torch.empty(0, len(LABELS))
 
+    def _same_file(self, problem: str) -> None:
+        try:
+            now = file_identity(self.path)
+        except OSError:
+            now = None
+        if now != self._identity:
+            raise GGUFError(f"{self.path} {problem}; restart the gate to load the new file (its sidecar is checked "
+                            "then)")
+
     def generate(self, request: str, context: str | None = None, max_tokens: int = 128,
                  temperature: float = 0.0) -> str:
         """The task answer (ALLOW) or rationale (otherwise) that TaskHeadA writes after the prompt."""
@@ -239,8 +270,12 @@ class GGUFBackend:
         """``generate`` with llama.cpp's token counts. ``stop_at_eos=False`` drops the stop string of the chat
         template's end token (for timing longer answers, benchmarks/gguf_cuda.py); llama.cpp still stops at the
         model's own end-of-generation token, so read ``answer_tokens`` for how many were written."""
-        if self._generator is None:
-            self._generator = self._llama.Llama(**self._kwargs, embedding=False)
+        if self._generator is None:  # opened on the first answer: it must be the very file checked at start
+            self._same_file("was replaced since the gate loaded it, so answers would come from another file than "
+                            "decisions")
+            generator = self._llama.Llama(**self._kwargs, embedding=False)
+            self._same_file("was replaced while the answer model was being loaded")
+            self._generator = generator
         # tokens, not text: from text llama.cpp prepends a BOS to a prompt that already starts with one
         out = self._generator.create_completion(self.prompt_tokens(self.format_prompt(request, context)),
                                                 max_tokens=max_tokens, temperature=temperature,
