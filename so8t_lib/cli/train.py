@@ -9,10 +9,11 @@ then the temperature fitted on val.
 from __future__ import annotations
 
 import argparse
+import sys
 import warnings
 from pathlib import Path
 
-from ..core.config import load_config
+from ..core.config import config_differences, load_config
 from ..core.schema import BEST_DIR, RUN_CONFIG_FILE
 from ..workbench.pipeline import config_of_run, train_and_calibrate
 
@@ -28,6 +29,12 @@ def main(argv: list[str] | None = None) -> None:
     config = load_config(args.config, args.overrides)
     run_dir = Path(config.training.output_dir)
     if args.resume and (run_dir / RUN_CONFIG_FILE).is_file():
-        config = config_of_run(run_dir)  # the run continues under the config it started with
+        started = config_of_run(run_dir)  # the run continues under the config it started with
+        changed = config_differences(started.to_dict(), config.to_dict())
+        if changed:  # overrides that would be dropped without a word
+            sys.exit(f"error: --resume continues {run_dir} under the config it started with ({run_dir / RUN_CONFIG_FILE}"
+                     f"); these differ from it: {', '.join(changed)}. Resume with --config {run_dir / RUN_CONFIG_FILE}, or "
+                     "start a new run in another training.output_dir")
+        config = started
     run_dir = train_and_calibrate(config, resume=args.resume)
     print(f"run folder: {run_dir} (best checkpoint: {run_dir / BEST_DIR})")

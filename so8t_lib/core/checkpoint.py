@@ -61,8 +61,11 @@ def checkpoint_version(folder: str | Path, name: str) -> str:
     in every backend (HF checkpoint, each GGUF exported from it) and in every audit record."""
     manifest = Path(folder) / MANIFEST_FILE
     if manifest.is_file():
-        digest = json.loads(manifest.read_text(encoding="utf-8"))["files"].get(ADAPTER_FILE, {}).get("sha256")
-        if digest:
+        try:
+            digest = json.loads(manifest.read_text(encoding="utf-8"))["files"][ADAPTER_FILE]["sha256"]
+        except (OSError, ValueError, KeyError, TypeError):
+            digest = None  # a damaged manifest: verify_manifest refuses the checkpoint by name
+        if isinstance(digest, str) and digest:
             return f"{name}@{digest[:12]}"
     return name
 
@@ -81,8 +84,16 @@ def verify_manifest(folder: Path) -> None:
         return  # not a checkpoint at all: the loader names what is missing
     try:
         entries = json.loads(manifest.read_text(encoding="utf-8"))["files"]
-    except (ValueError, KeyError) as exc:
-        raise CheckpointError(f"{manifest}: unreadable manifest ({exc})") from None
+        if not all(isinstance(e["bytes"], int) and isinstance(e["sha256"], str) for e in entries.values()):
+            raise ValueError("an entry without bytes and sha256")
+    except (ValueError, KeyError, TypeError, AttributeError) as exc:
+        raise CheckpointError(f"{manifest}: unreadable manifest ({type(exc).__name__}: {exc})") from None
+    present = {str(p.relative_to(folder)) for p in folder.rglob("*") if p.is_file() and p.name != MANIFEST_FILE}
+    added = sorted(present - set(entries))
+    if added:  # e.g. a tokenizer file the loader would read: it changes decisions under the same version
+        raise CheckpointError(f"{folder / added[0]}: not in the manifest of checkpoint {folder} (added after it was "
+                              f"written{f', with {len(added) - 1} more' if len(added) > 1 else ''}); remove it or "
+                              "save the checkpoint again")
     for name, entry in entries.items():
         path = folder / name
         if not path.is_file():
@@ -113,6 +124,7 @@ def atomic_folder(target: str | Path) -> Iterator[Path]:
     try:
         yield tmp
         write_manifest(tmp)
+        os.chmod(tmp, 0o777 & ~_umask())  # mkdtemp's 0700 would keep the service's user out of it
         if target.exists():
             old = target.with_name(f".{target.name}.old-{os.getpid()}")
             shutil.rmtree(old, ignore_errors=True)
@@ -126,6 +138,17 @@ def atomic_folder(target: str | Path) -> Iterator[Path]:
             shutil.rmtree(tmp, ignore_errors=True)
 
 
+def _umask() -> int:
+    """The process's umask, read without setting it (os.umask would change it for other threads meanwhile)."""
+    try:
+        for line in Path("/proc/self/status").read_text().splitlines():
+            if line.startswith("Umask:"):
+                return int(line.split()[1], 8)
+    except (OSError, ValueError):
+        pass
+    return 0o022
+
+
 def resolve_checkpoint(path: str | Path) -> Path:
     """A checkpoint folder, or a training run folder (its ``best/``, else its ``last/``)."""
     path = Path(path)
@@ -136,4 +159,7 @@ def resolve_checkpoint(path: str | Path) -> Path:
         recover_interrupted_swap(path / child)
         if (path / child / MODEL_CONFIG_FILE).is_file():
             return path / child
+        if child == BEST_DIR and (path / child).is_dir():  # damaged: never fall back to last/ without a word
+            raise CheckpointError(f"{path / child}: no {MODEL_CONFIG_FILE}, so the run's best checkpoint is damaged; "
+                                  f"name {path / LAST_DIR} to use the last one instead")
     return path

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import hashlib
 import json
+import os
 from pathlib import Path
 from typing import Any, Literal
 
@@ -30,7 +31,7 @@ PRESET_HUB_IDS = {"qwen2.5-0.5b": "Qwen/Qwen2.5-0.5B-Instruct", "qwen2.5-7b": "Q
 
 
 class _Section(BaseModel):
-    model_config = ConfigDict(extra="forbid", validate_assignment=True)
+    model_config = ConfigDict(extra="forbid", validate_assignment=True, allow_inf_nan=False)  # .inf lr, NaN weights
 
 
 class TinyArchConfig(_Section):
@@ -136,7 +137,7 @@ class ModelConfig(_Section):
     load_in_4bit: Literal["auto"] | bool = Field("auto", description="auto: nf4 when CUDA is present")
     dtype: Literal["float32", "bfloat16", "float16"] = "float32"
     attn_implementation: Literal["sdpa", "eager"] = "sdpa"
-    seed: int = 0
+    seed: int = Field(0, ge=0, lt=2**32, description="numpy's and torch's range")
     system_prompt: str | None = Field(
         None, min_length=1, description="the system turn both heads read; None: the project's default "
         "(so8t_lib.model.prompts.SYSTEM_PROMPT). Travels in the checkpoint and the GGUF file")
@@ -164,7 +165,8 @@ class PETConfig(_Section):
 
     enabled: bool = True
     weight: float = Field(0.1, ge=0)
-    layers: list[int] = Field(default_factory=lambda: [-1], description="indices into the decoder's hidden states")
+    layers: list[int] = Field(default_factory=lambda: [-1], min_length=1,
+                              description="indices into the decoder's hidden states")
     schedule: list[tuple[float, float]] = Field(default_factory=lambda: [(0.3, 0.01), (0.7, 0.1), (1.0, 1.0)])
 
     @field_validator("schedule")
@@ -208,6 +210,13 @@ class OptimizerConfig(_Section):
     lr: float = Field(2e-4, gt=0)
     weight_decay: float = Field(0.0, ge=0)
     betas: tuple[float, float] = (0.9, 0.999)
+
+    @field_validator("betas")
+    @classmethod
+    def _betas(cls, betas: tuple[float, float]) -> tuple[float, float]:
+        if not all(0.0 <= b < 1.0 for b in betas):
+            raise ValueError(f"each of AdamW's betas must be from 0 to below 1, got {list(betas)}")
+        return betas
     warmup_steps: int = Field(0, ge=0)
     schedule: Literal["constant", "linear", "cosine"] = "cosine"
     min_lr_ratio: float = Field(0.1, ge=0, le=1, description="final lr / peak lr for linear and cosine")
@@ -224,6 +233,15 @@ class TrainingConfig(_Section):
 
     data_dir: str = "data/so8t_safety"
     output_dir: str = "checkpoints/so8t-tiny"
+
+    @field_validator("output_dir")
+    @classmethod
+    def _a_folder_of_its_own(cls, folder: str) -> str:
+        """The run folder is written into and, by ``so8t demo --retrain``, deleted: never the working directory."""
+        if os.path.normpath(folder or ".") in (".", "/") or Path(folder or ".").resolve() in Path.cwd().resolve().parents:
+            raise ValueError(f"{folder!r} is the working directory or above it; name a folder of its own, e.g. "
+                             "checkpoints/my-run")
+        return folder
     max_steps: int = Field(300, gt=0)
     batch_size: int = Field(16, gt=0, description="per process, per micro-batch")
     grad_accum: int = Field(1, gt=0)
@@ -271,7 +289,7 @@ class TrainingConfig(_Section):
     calibrate_temperature: bool = Field(
         True, description="after training, fit SafetyHeadB's temperature on the val split and store it in best/"
     )
-    seed: int = 0
+    seed: int = Field(0, ge=0, lt=2**32, description="numpy's and torch's range")
     sample_seed: int | None = Field(
         None, ge=0, description="seed of the train_max_rows / eval_max_rows samples (None: training.seed). Fix it "
         "in a sweep over seeds so every run sees the same rows and shares one frozen-state cache; the seed then "
@@ -300,6 +318,19 @@ class SO8TConfig(_Section):
         """sha256 of the canonical JSON form; recorded in checkpoints and GGUF metadata."""
         canonical = json.dumps(self.to_dict(), sort_keys=True, separators=(",", ":"))
         return hashlib.sha256(canonical.encode()).hexdigest()
+
+
+def config_differences(before: dict[str, Any], after: dict[str, Any], prefix: str = "") -> list[str]:
+    """The dotted keys whose values differ between two config dicts (``to_dict``)."""
+    keys = sorted(set(before) | set(after))
+    out = []
+    for key in keys:
+        a, b, name = before.get(key), after.get(key), f"{prefix}{key}"
+        if isinstance(a, dict) and isinstance(b, dict):
+            out += config_differences(a, b, f"{name}.")
+        elif a != b:
+            out.append(name)
+    return out
 
 
 def _describe(error: dict[str, Any]) -> str:

@@ -41,6 +41,21 @@ def apply_overrides(data: dict[str, Any], overrides: list[str] | tuple[str, ...]
     return data
 
 
+class _UniqueKeyLoader(yaml.SafeLoader):
+    """SafeLoader, but a key given twice in one mapping is an error: YAML would keep the last silently, dropping a
+    whole section written earlier."""
+
+    def construct_mapping(self, node, deep=False):
+        seen = set()
+        for key_node, _ in node.value:
+            key = self.construct_object(key_node, deep=deep)
+            if key in seen:
+                raise yaml.constructor.ConstructorError(None, None, f"the key {key!r} is given twice",
+                                                        key_node.start_mark)
+            seen.add(key)
+        return super().construct_mapping(node, deep=deep)
+
+
 def read_yaml_mapping(path: str | Path, what: str = "config file") -> dict[str, Any]:
     """A YAML file whose top level is a mapping (empty file: {}); ConfigError naming the file otherwise.
     Every config-like file (model/training configs, runtime configs, sweep specs) is read here."""
@@ -48,7 +63,9 @@ def read_yaml_mapping(path: str | Path, what: str = "config file") -> dict[str, 
     if not path.is_file():
         raise ConfigError(f"{what} not found: {path} (configs/ holds the shipped ones)")
     try:
-        data = yaml.safe_load(path.read_text(encoding="utf-8"))
+        data = yaml.load(path.read_text(encoding="utf-8"), Loader=_UniqueKeyLoader)  # noqa: S506 - a SafeLoader
+    except UnicodeDecodeError as exc:
+        raise ConfigError(f"{path}: not UTF-8 text (byte {exc.start}); save it as UTF-8") from None
     except yaml.YAMLError as exc:
         raise ConfigError(f"{path}: not valid YAML: {exc}") from None
     data = {} if data is None else data

@@ -36,7 +36,14 @@ def detect_lang(text: str) -> str:
 
 
 def read_records(path: Path) -> Iterator[tuple[int, dict]]:
-    """(line number, raw record) pairs from a JSONL or CSV file."""
+    """(line number, raw record) pairs from a JSONL or CSV file (UTF-8; a CSV may start with a byte order mark)."""
+    try:
+        yield from _records(path)
+    except UnicodeDecodeError as exc:
+        raise DataError(f"{path}: not UTF-8 text (byte {exc.start}); save it as UTF-8") from None
+
+
+def _records(path: Path) -> Iterator[tuple[int, dict]]:
     suffix = path.suffix.lower()
     if suffix in (".jsonl", ".json"):
         with path.open(encoding="utf-8") as handle:
@@ -51,9 +58,12 @@ def read_records(path: Path) -> Iterator[tuple[int, dict]]:
                     raise DataError(f"{path}:{line_no}: expected a JSON object, got {type(record).__name__}")
                 yield line_no, record
     elif suffix == ".csv":
-        with path.open(encoding="utf-8", newline="") as handle:
+        with path.open(encoding="utf-8-sig", newline="") as handle:
             reader = csv.DictReader(handle)
             for record in reader:
+                if None in record:  # more fields than the header names: an unquoted comma in a text
+                    raise DataError(f"{path}:{reader.line_num}: more fields than the header names; quote a text "
+                                    "that holds a comma")
                 yield reader.line_num, record
     else:
         raise DataError(f"{path}: unsupported file type {suffix!r}; use .jsonl or .csv")

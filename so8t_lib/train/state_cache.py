@@ -14,6 +14,7 @@ import hashlib
 import json
 import os
 import shutil
+import tempfile
 from pathlib import Path
 
 import numpy as np
@@ -21,6 +22,7 @@ import torch
 
 from ..core.batching import batches_by_length
 from ..core.paths import cache_root
+from ..model.base import want_4bit
 from ..model.so8t import SO8TModel, position_ids_from_mask
 from ..model.split import DecoderSplit
 from .collate import SafetyCollator
@@ -33,10 +35,21 @@ def base_key(model: SO8TModel) -> str:
     """What the frozen layers' weights depend on: the pretrained base's fingerprint, or the tiny preset's
     architecture and seed (its base is random but seeded)."""
     cfg = model.config
+    # how the weights are computed with, where it differs from the default: nf4 states are another model's
+    how = ("|nf4" if want_4bit(cfg) else "") + ("" if cfg.attn_implementation == "sdpa" else f"|{cfg.attn_implementation}")
     if model.base_fingerprint:
-        return f"{model.base_fingerprint}|{cfg.dtype}"
-    return json.dumps({"preset": cfg.preset, "tiny": cfg.tiny.model_dump(mode="json"), "seed": cfg.seed,
-                       "base_model": cfg.base_model, "dtype": cfg.dtype}, sort_keys=True)
+        return f"{model.base_fingerprint}|{cfg.dtype}{how}"
+    key = {"preset": cfg.preset, "tiny": cfg.tiny.model_dump(mode="json"), "seed": cfg.seed,
+           "base_model": cfg.base_model, "dtype": cfg.dtype}
+    if cfg.base_model and Path(cfg.base_model).is_dir():  # a local base without a manifest: its files as they are
+        key["files"] = folder_stamp(Path(cfg.base_model))
+    return json.dumps(key, sort_keys=True) + how
+
+
+def folder_stamp(folder: Path) -> list:
+    """(name, size, modification time) of every file of a folder: replaced weights give another stamp."""
+    return [[str(p.relative_to(folder)), p.stat().st_size, p.stat().st_mtime_ns]
+            for p in sorted(folder.rglob("*")) if p.is_file()]
 
 
 def shared_prefix(encoded: list[list[int]]) -> list[int]:
@@ -103,14 +116,21 @@ class FrozenStates:
                 return cls(folder)
             except (ValueError, OSError, KeyError) as exc:
                 print(f"frozen-state cache {folder} is damaged ({exc}); building it again")
+        folder.parent.mkdir(parents=True, exist_ok=True)  # a folder of this build's own: two runs may build at once
+        tmp = Path(tempfile.mkdtemp(prefix=f"{folder.name}.tmp-", dir=folder.parent))
+        try:
+            return cls._fill(tmp, folder, model, split, rows, collate, encoded, batch_size, progress)
+        finally:
+            shutil.rmtree(tmp, ignore_errors=True)
+
+    @classmethod
+    def _fill(cls, tmp: Path, folder: Path, model: SO8TModel, split: DecoderSplit, rows: list[dict],
+              collate: SafetyCollator, encoded: list[list[int]], batch_size: int, progress: bool) -> FrozenStates:
         prefix = shared_prefix(encoded)
         shared = [len(prefix) > 0 and ids[:len(prefix)] == prefix for ids in encoded]
         own = [ids[len(prefix):] if is_shared else ids for ids, is_shared in zip(encoded, shared)]
         lengths = [len(ids) for ids in own]
         hidden = model.causal_lm.config.hidden_size
-        tmp = folder.with_name(folder.name + ".tmp")
-        shutil.rmtree(tmp, ignore_errors=True)
-        tmp.mkdir(parents=True)
         states = np.lib.format.open_memmap(tmp / STATES_FILE, mode="w+", dtype=np.float32,
                                            shape=(len(prefix) + sum(lengths), hidden))
         starts = (len(prefix) + np.concatenate([[0], np.cumsum(lengths)[:-1]])).astype(int).tolist()
@@ -150,8 +170,14 @@ class FrozenStates:
                           for row, start, length, is_shared in zip(rows, starts, lengths, shared)]}
         (tmp / INDEX_FILE).write_text(json.dumps(index), encoding="utf-8")
         if folder.exists():
-            shutil.rmtree(folder)
-        tmp.rename(folder)
+            try:
+                return cls(folder)  # another run built the same cache meanwhile: theirs serves
+            except (ValueError, OSError, KeyError):
+                shutil.rmtree(folder)  # the damaged one found above
+        try:
+            tmp.rename(folder)
+        except OSError:  # put in place by another run between the check and the rename
+            pass
         return cls(folder)
 
     def row_states(self, row_id: str, width: int | None = None, with_prefix: bool = True) -> torch.Tensor:

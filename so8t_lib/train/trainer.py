@@ -18,6 +18,7 @@ from __future__ import annotations
 
 import gc
 import json
+import math
 import random
 import signal
 import sys
@@ -32,9 +33,8 @@ import torch
 from accelerate import Accelerator
 from tqdm.auto import tqdm
 
-from ..core.checkpoint import CheckpointError, atomic_folder, recover_interrupted_swap, verify_manifest
+from ..core.checkpoint import atomic_folder
 from ..core.config import SO8TConfig, load_config
-from ..core.io import atomic_write_text
 from ..core.metrics import headline_metrics, select_metric
 from ..core.schema import (
     ADAPTER_FILE,
@@ -45,12 +45,14 @@ from ..core.schema import (
     RUN_METRICS_FILE,
     TRAINER_STATE_FILE,
 )
-from ..data.tables import load_table, requests_and_contexts, stratified_sample
+from ..data.tables import requests_and_contexts
+from ..data.training_split import training_tables
 from ..model.so8t import SO8TModel
 from .collate import SafetyCollator, table_rows
 from .head_init import warm_start_head
 from .losses import composite_loss
 from .optim import build_optimizers, epoch_order, length_grouped_order, rng_state, set_rng_state
+from .run_folder import check_resumable, load_trainer_state, truncate_metrics
 from .state_cache import FrozenStates, check_frozen_below, decide_from_states
 
 
@@ -96,11 +98,12 @@ class Trainer:
         self._stop_signal: int | None = None
         self._last_save = time.monotonic()
         self._step_rng: dict | None = None
+        self._step_position = (0, 0)
 
         if resume:
             self._check_resumable()
-        elif (self.run_dir / LAST_DIR).exists() and self.main:
-            raise FileExistsError(
+        elif self.main and [n for n in (LAST_DIR, BEST_DIR, RUN_METRICS_FILE) if (self.run_dir / n).exists()]:
+            raise FileExistsError(  # best/ or a log without last/: a run killed before its first autosave
                 f"{self.run_dir} already holds a run; pass --resume to continue it, or choose another "
                 "training.output_dir"
             )
@@ -116,11 +119,9 @@ class Trainer:
             self.model.enable_gradient_checkpointing()
         self.model.to(self.accelerator.device)
         (self.opt_task, self.sched_task), (self.opt_safety, self.sched_safety) = build_optimizers(self.model, config)
-        data_dir = Path(self.tcfg.data_dir)
-        self.train_rows = table_rows(stratified_sample(load_table(data_dir / "train.jsonl"), self.tcfg.train_max_rows,
-                                                       self.tcfg.data_seed))
-        self.val_rows = table_rows(stratified_sample(load_table(data_dir / "val.jsonl"), self.tcfg.eval_max_rows,
-                                                     self.tcfg.data_seed))
+        train, val = training_tables(self.tcfg.data_dir, self.tcfg.train_max_rows, self.tcfg.eval_max_rows,
+                                     self.tcfg.data_seed)
+        self.train_rows, self.val_rows = table_rows(train), table_rows(val)
         self.collate = SafetyCollator(self.model.tokenizer, self.tcfg.max_length, self.model.system_prompt,
                                       self.tcfg.max_target_tokens)
         self.lm_head = self.model.causal_lm.get_output_embeddings()
@@ -154,34 +155,19 @@ class Trainer:
 
     # --- persistence ---------------------------------------------------------------------------
     def _check_resumable(self) -> None:
-        last = self.run_dir / LAST_DIR
-        recover_interrupted_swap(last)
-        if not (last / TRAINER_STATE_FILE).is_file():
-            raise CheckpointError(f"{last / TRAINER_STATE_FILE}: nothing to resume (no complete checkpoint in {self.run_dir})")
-        verify_manifest(last)
+        check_resumable(self.run_dir)
 
     def _load_last(self) -> None:
-        last = self.run_dir / LAST_DIR
-        try:
-            saved = torch.load(last / TRAINER_STATE_FILE, map_location="cpu", weights_only=False)
-        except Exception as exc:  # noqa: BLE001 - torch raises many types for a damaged file
-            raise CheckpointError(f"{last / TRAINER_STATE_FILE}: damaged or truncated ({exc})") from None
-        self.model.load_adapter(last / ADAPTER_FILE)
+        saved = load_trainer_state(self.run_dir, self.config)
+        self.model.load_adapter(self.run_dir / LAST_DIR / ADAPTER_FILE)
         self.opt_task.load_state_dict(saved["opt_task"])
         self.opt_safety.load_state_dict(saved["opt_safety"])
         self.sched_task.load_state_dict(saved["sched_task"])
         self.sched_safety.load_state_dict(saved["sched_safety"])
         self.state = TrainerState(**saved["state"])
         set_rng_state(saved["rng"])
-        self._truncate_metrics(self.state.step)
-
-    def _truncate_metrics(self, step: int) -> None:
-        """Drop log lines written after the checkpoint we resume from (they will be redone)."""
-        path = self.run_dir / RUN_METRICS_FILE
-        if not self.main or not path.is_file():
-            return
-        kept = [line for line in path.read_text(encoding="utf-8").splitlines() if json.loads(line)["step"] <= step]
-        atomic_write_text(path, "".join(line + "\n" for line in kept))
+        if self.main:
+            truncate_metrics(self.run_dir, self.state.step)
 
     def save(self, name: str, rng: dict | None = None) -> None:
         """Write ``best`` or ``last`` atomically (main process only)."""
@@ -262,6 +248,9 @@ class Trainer:
                 totals[key] = totals.get(key, 0.0) + value / self.tcfg.grad_accum
         params = [p for g in (self.opt_task, self.opt_safety) for pg in g.param_groups for p in pg["params"]]
         grad_norm = self.accelerator.clip_grad_norm_(params, self.tcfg.max_grad_norm)
+        if not (math.isfinite(totals["loss"]) and math.isfinite(float(grad_norm))):  # before NaN reaches a weight
+            raise TrainingDiverged(f"step {self.state.step + 1}: loss {totals['loss']}, gradient norm {float(grad_norm)}: "
+                                   "the run diverged; lower the learning rates or check the loss weights and the data")
         self.opt_task.step()
         self.sched_task.step()
         if not safety_frozen:
@@ -287,6 +276,10 @@ class Trainer:
             report = headline_metrics([r["label"] for r in self.val_rows], [LABELS[i] for i in probs.argmax(-1)])
         metric_name = self.tcfg.early_stopping.metric
         value = select_metric(report, metric_name)
+        if select and value is None:  # it would never improve: no best/, and early stopping after `patience` evals
+            raise ValueError(f"training.early_stopping.metric {metric_name} cannot be measured on the val rows "
+                             f"({len(self.val_rows)} rows; e.g. refuse_recall needs gold REFUSE rows): choose "
+                             "another metric or add such rows to val")
         improved = select and value is not None and (
             self.state.best_metric is None or value > self.state.best_metric + self.tcfg.early_stopping.min_delta
         )
@@ -324,6 +317,7 @@ class Trainer:
         try:
             while self.state.step < self.tcfg.max_steps and not self.state.stopped_early:
                 self._step_rng = rng_state()  # the state at the last step boundary, for emergency saves
+                self._step_position = (self.state.epoch, self.state.batch_in_epoch)
                 parts = self.train_step()
                 tokens += parts["tokens"]
                 if self.state.step % self.tcfg.log_every == 0 or self.state.step == self.tcfg.max_steps:
@@ -354,7 +348,9 @@ class Trainer:
         except Exception:
             bar.close()
             if self._step_rng is not None and self.state.step > 0:
-                # parameters are still those of the last finished step; save them with that step's RNG state
+                # parameters are still those of the last finished step; save them with that step's RNG state and
+                # data position (the failed step had taken its rows already: a resume must take them again)
+                self.state.epoch, self.state.batch_in_epoch = self._step_position
                 self.save(LAST_DIR, rng=self._step_rng)
                 print(f"\nerror at step {self.state.step + 1}; emergency checkpoint at {self.run_dir / 'last'}",
                       file=sys.stderr)
@@ -364,6 +360,10 @@ class Trainer:
                 signal.signal(sig, handler)
         bar.close()
         return self.run_dir
+
+
+class TrainingDiverged(RuntimeError):
+    """The loss or the gradient norm stopped being a number: the weights are not updated with it."""
 
 
 def run_config(config: str | Path, gate_order: str, pet: bool, max_steps: int, seed: int, output_dir: str | Path,

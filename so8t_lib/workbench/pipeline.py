@@ -17,7 +17,7 @@ from pathlib import Path
 
 import yaml
 
-from ..core.config import SO8TConfig, config_from_dict, load_config
+from ..core.config import ConfigError, SO8TConfig, config_from_dict, load_config
 from ..core.io import atomic_write_text
 from ..core.paths import CONFIGS_DIR
 from ..core.schema import (
@@ -98,8 +98,14 @@ def run_demo(config_path: str | Path = DEFAULT_CONFIG, overrides: list[str] | tu
                         "docs/benchmarks.md): drop --refit-head")
     run_dir = Path(config.training.output_dir)
     if retrain and run_dir.exists():
+        if not (run_dir / RUN_CONFIG_FILE).is_file():  # only a folder a run wrote is deleted
+            raise ConfigError(f"--retrain would delete {run_dir}, which does not hold a run (no {RUN_CONFIG_FILE}); "
+                              "remove it yourself or choose another training.output_dir")
         shutil.rmtree(run_dir)
     resume = (run_dir / LAST_DIR).is_dir()
+    if not resume and (run_dir / RUN_CONFIG_FILE).is_file():  # killed before its first save: nothing to continue
+        print(f"{run_dir} holds a run that saved no last/ checkpoint: starting it over")
+        shutil.rmtree(run_dir)
     if resume:
         config = config_of_run(run_dir)
         print(f"{run_dir} holds a run: continuing it if unfinished (--retrain starts over)")

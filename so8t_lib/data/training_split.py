@@ -1,0 +1,32 @@
+"""The train and val tables a run reads, refused when they cannot be trusted."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import pandas as pd
+
+from .benchmarks import benchmark_prompts
+from .corpus.text import normalize_text
+from .tables import DataError, load_table, stratified_sample
+
+
+def training_tables(data_dir: str | Path, train_max_rows: int | None, eval_max_rows: int | None,
+                    seed: int) -> tuple[pd.DataFrame, pd.DataFrame]:
+    """(train, val), each sampled as the config says. DataError for a row id in both files (the frozen-state cache
+    keys rows by id: a train row would be trained on its val namesake's states) and for a public benchmark prompt
+    in either (the benchmarks are for evaluation only)."""
+    data_dir = Path(data_dir)
+    train, val = load_table(data_dir / "train.jsonl"), load_table(data_dir / "val.jsonl")
+    shared = sorted(set(train["id"]) & set(val["id"]))
+    if shared:
+        raise DataError(f"{data_dir}: {len(shared)} row id(s) are in both train.jsonl and val.jsonl (e.g. "
+                        f"{shared[0]!r}); give every row an id of its own across the splits")
+    bench = benchmark_prompts(normalize_text)
+    for name, table in (("train.jsonl", train), ("val.jsonl", val)):
+        hits = [(row_id, bench[key]) for row_id, text in zip(table["id"], table["user_request"])
+                if (key := normalize_text(text)) in bench]
+        if hits:
+            raise DataError(f"{data_dir / name}: {len(hits)} row(s) are public benchmark prompts (row {hits[0][0]!r} "
+                            f"is {hits[0][1]}); the benchmarks are for evaluation only, remove them")
+    return stratified_sample(train, train_max_rows, seed), stratified_sample(val, eval_max_rows, seed)

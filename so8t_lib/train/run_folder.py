@@ -1,0 +1,66 @@
+"""A run folder's files as a resume reads them: ``last/`` (complete, verified), the trainer state saved in it (not
+damaged, made under this config), and ``metrics.jsonl`` cut back to the step it continues from."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import torch
+import yaml
+
+from ..core.checkpoint import CheckpointError, recover_interrupted_swap, verify_manifest
+from ..core.config import SO8TConfig, config_differences
+from ..core.io import atomic_write_text
+from ..core.schema import LAST_DIR, RUN_CONFIG_FILE, RUN_METRICS_FILE, TRAINER_STATE_FILE
+
+
+def check_resumable(run_dir: Path) -> None:
+    """CheckpointError unless ``last/`` holds a complete checkpoint whose files match their manifest."""
+    last = run_dir / LAST_DIR
+    recover_interrupted_swap(last)
+    if not (last / TRAINER_STATE_FILE).is_file():
+        raise CheckpointError(f"{last / TRAINER_STATE_FILE}: nothing to resume (no complete checkpoint in {run_dir})")
+    verify_manifest(last)
+
+
+def load_trainer_state(run_dir: Path, config: SO8TConfig) -> dict:
+    """The optimizer, scheduler, loop and RNG states saved in ``last/``, made under ``config``: a resume under
+    another config (the CLI used to drop its overrides, the Python API passed any) would continue one run as if
+    it were another."""
+    last = run_dir / LAST_DIR
+    try:
+        saved = torch.load(last / TRAINER_STATE_FILE, map_location="cpu", weights_only=False)
+    except Exception as exc:  # noqa: BLE001 - torch raises many types for a damaged file
+        raise CheckpointError(f"{last / TRAINER_STATE_FILE}: damaged or truncated ({exc})") from None
+    if saved.get("config_fingerprint") not in (None, config.fingerprint()):
+        raise CheckpointError(f"{last}: the run was trained under another config ({changed_keys(run_dir, config)}); "
+                              "a resume continues a run under the config it started with (its config.yaml), or "
+                              "choose another training.output_dir")
+    return saved
+
+
+def changed_keys(run_dir: Path, config: SO8TConfig) -> str:
+    try:
+        before = yaml.safe_load((run_dir / RUN_CONFIG_FILE).read_text(encoding="utf-8"))
+        changed = config_differences(before, config.to_dict())
+    except (OSError, yaml.YAMLError, AttributeError):
+        changed = []
+    return "changed: " + ", ".join(changed) if changed else "its config.yaml cannot tell which keys changed"
+
+
+def truncate_metrics(run_dir: Path, step: int) -> None:
+    """Drop log lines written after the checkpoint a resume continues from (they will be redone), and a line cut
+    short by a crash."""
+    path = run_dir / RUN_METRICS_FILE
+    if not path.is_file():
+        return
+    kept = [line for line in path.read_text(encoding="utf-8").splitlines() if _logged_step(line) <= step]
+    atomic_write_text(path, "".join(line + "\n" for line in kept))
+
+
+def _logged_step(line: str) -> float:
+    try:
+        return float(json.loads(line)["step"])
+    except (ValueError, KeyError, TypeError):
+        return float("inf")

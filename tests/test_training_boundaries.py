@@ -1,0 +1,189 @@
+"""Bad input on the training side is refused by name before it can train a wrong model: configs (non-finite numbers,
+out-of-range seeds and betas, a key given twice, the working directory as the run folder), data files (not UTF-8,
+an unquoted comma, ids shared by train and val, public benchmark prompts), checkpoints (a file the manifest does not
+list, a damaged manifest, a damaged best/), resumes under another config, a run that diverges, and the frozen-state
+cache's key (4-bit, a replaced local base)."""
+
+from __future__ import annotations
+
+import json
+import shutil
+import stat
+
+import pytest
+import torch
+from test_train import ROOT, _config_file, _saved_step
+
+from so8t_lib.cli import main as so8t
+from so8t_lib.core.checkpoint import CheckpointError, resolve_checkpoint, verify_manifest
+from so8t_lib.core.config import ConfigError, load_config
+from so8t_lib.data.tables import DataError, load_table
+from so8t_lib.data.training_split import training_tables
+from so8t_lib.train.trainer import Trainer, TrainingDiverged
+
+TINY = ROOT / "configs" / "tiny-training.yaml"
+
+
+@pytest.mark.parametrize("override, says", [
+    ("training.task_optimizer.lr=.inf", "finite number"), ("loss.class_weights.ALLOW=.nan", "finite number"),
+    ("loss.pet.schedule=[[1.0,.nan]]", "finite number"), ("training.seed=-1", "greater than or equal to 0"),
+    ("model.seed=4294967296", "less than 4294967296"), ("training.task_optimizer.betas=[1.5,0.9]", "betas"),
+    ("loss.pet.layers=[]", "at least 1 item"), ("training.output_dir=.", "the working directory or above it"),
+    ("training.output_dir=..", "the working directory or above it")])
+def test_config_values_that_would_break_or_poison_a_run_are_refused_by_key(override, says):
+    with pytest.raises(ConfigError, match=says):
+        load_config(TINY, [override])
+
+
+def test_a_config_file_with_a_key_twice_or_not_utf8_is_refused_by_name(tmp_path):
+    twice = tmp_path / "twice.yaml"  # YAML keeps the last one: the first training section vanished
+    twice.write_text(f"extends: {TINY}\ntraining:\n  max_steps: 20\nmodel:\n  name: x\ntraining:\n  batch_size: 4\n")
+    with pytest.raises(ConfigError, match="twice.yaml: not valid YAML: the key 'training' is given twice"):
+        load_config(twice)
+    latin = tmp_path / "latin.yaml"
+    latin.write_bytes("model:\n  name: caf\xe9\n".encode("latin-1"))
+    with pytest.raises(ConfigError, match="latin.yaml: not UTF-8 text"):
+        load_config(latin)
+
+
+def test_data_files_that_cannot_be_read_as_written_are_refused_by_name(tmp_path):
+    latin = tmp_path / "latin.jsonl"
+    latin.write_bytes('{"user_request": "caf\xe9", "label": "ALLOW"}\n'.encode("latin-1"))
+    with pytest.raises(DataError, match="latin.jsonl: not UTF-8 text"):
+        load_table(latin)
+    comma = tmp_path / "comma.csv"  # the unquoted comma cut the context and dropped the rest without a word
+    comma.write_text("user_request,label,context\nWipe the disk now,REFUSE,prod server, all of it\n")
+    with pytest.raises(DataError, match="comma.csv:2: more fields than the header names"):
+        load_table(comma)
+    bom = tmp_path / "bom.csv"
+    bom.write_text("\ufeffid,user_request,label\nrow-7,hello,ALLOW\nrow-8,hi,ALLOW\n", encoding="utf-8")
+    assert list(load_table(bom)["id"]) == ["row-7", "row-8"]  # the byte order mark is not part of the first name
+
+
+def _splits(tmp_path, train_rows, val_rows):
+    folder = tmp_path / "data"
+    folder.mkdir(exist_ok=True)
+    for name, rows in (("train.jsonl", train_rows), ("val.jsonl", val_rows)):
+        (folder / name).write_text("".join(json.dumps(r, ensure_ascii=False) + "\n" for r in rows), encoding="utf-8")
+    return folder
+
+
+def test_train_and_val_sharing_an_id_or_holding_a_benchmark_prompt_are_refused(tmp_path):
+    """The frozen-state cache keys rows by id: a train row shared its id with a val row and was trained on the val
+    row's states. And a public benchmark prompt in the training data would make its evaluation meaningless."""
+    row = {"user_request": "How do I book a meeting room?", "label": "ALLOW"}
+    folder = _splits(tmp_path, [{**row, "id": "1"}], [{**row, "user_request": "Where is the form?", "id": "1"}])
+    with pytest.raises(DataError, match="1 row id.* in both train.jsonl and val.jsonl"):
+        training_tables(folder, None, None, 0)
+    sst = (ROOT.parent / "shared" / "benchmarks" / "simplesafetytests" / "sst_test_cases.csv")
+    if not sst.is_file():
+        pytest.skip("the public benchmarks are not beside the repository")
+    import csv
+
+    prompt = next(csv.DictReader(sst.open(encoding="utf-8")))["prompts_final"]
+    folder = _splits(tmp_path, [{**row, "id": "t1"}, {"id": "t2", "user_request": prompt, "label": "REFUSE",
+                                                      "category": "general"}], [{**row, "id": "v1"}])
+    with pytest.raises(DataError, match="train.jsonl: 1 row.* public benchmark prompts .*evaluation only"):
+        training_tables(folder, None, None, 0)
+
+
+def test_a_checkpoint_file_not_in_its_manifest_or_a_damaged_manifest_is_refused(tmp_path):
+    run_dir = tmp_path / "run"
+    Trainer(load_config(_config_file(tmp_path, run_dir, "training.max_steps=2", "training.eval_every=2"))).run()
+    best = run_dir / "best"
+    assert stat.S_IMODE(best.stat().st_mode) & 0o055 == 0o055  # not mkdtemp's 0700: the service user reads it
+    verify_manifest(best)
+    added = best / "tokenizer" / "added_tokens.json"  # the loader would read it: other decisions, same version
+    added.write_text(json.dumps({"e": 5}))
+    with pytest.raises(CheckpointError, match="added_tokens.json: not in the manifest"):
+        verify_manifest(best)
+    added.unlink()
+    manifest = best / "manifest.json"
+    for damaged in ("[]", "null", '{"files": []}', '{"files": {"a.txt": {}}}'):
+        manifest.write_text(damaged)
+        with pytest.raises(CheckpointError, match="unreadable manifest"):
+            verify_manifest(best)
+    (best / "so8t_model.yaml").unlink()
+    with pytest.raises(CheckpointError, match="best checkpoint is damaged; name .*last"):
+        resolve_checkpoint(run_dir)  # it used to load last/ without a word
+
+
+def test_a_resume_under_another_config_is_refused_naming_what_changed(tmp_path, capsys):
+    run_dir = tmp_path / "run"
+    started = _config_file(tmp_path, run_dir, "training.max_steps=4", "training.save_every_steps=2")
+    Trainer(load_config(started)).run()
+    other = load_config(started, ["model.gates.order=cmd_first"])
+    with pytest.raises(CheckpointError, match="trained under another config \\(changed: model.gates.order\\)"):
+        Trainer(other, resume=True)
+    with pytest.raises(SystemExit, match="these differ from it: training.task_optimizer.lr. Resume with --config"):
+        so8t(["train", "--config", str(started), "--resume", "training.task_optimizer.lr=1e-5"])
+    shutil.rmtree(run_dir / "last")  # a run killed before its first autosave: best/ and the log, no last/
+    with pytest.raises(FileExistsError, match="already holds a run"):
+        Trainer(load_config(_config_file(tmp_path, run_dir, "training.max_steps=4")))
+
+
+def test_a_diverging_run_stops_before_a_nan_reaches_a_weight(tmp_path, monkeypatch):
+    import so8t_lib.train.trainer as trainer_module
+
+    run_dir = tmp_path / "run"
+    trainer = Trainer(load_config(_config_file(tmp_path, run_dir, "training.max_steps=6", "training.eval_every=1")))
+    real, calls = trainer_module.composite_loss, []
+
+    def diverging(*args, **kwargs):
+        parts = real(*args, **kwargs)
+        calls.append(1)
+        if len(calls) == 3:
+            parts.total = parts.total * float("nan")
+        return parts
+
+    monkeypatch.setattr(trainer_module, "composite_loss", diverging)
+    with pytest.raises(TrainingDiverged, match="step 3: loss nan.*the run diverged"):
+        trainer.run()
+    assert _saved_step(run_dir) == 2  # the emergency save holds the last finite step
+    weights = torch.load(run_dir / "last" / "trainer_state.pt", weights_only=False)
+    assert weights["state"]["batch_in_epoch"] == 2  # the failed step's rows are taken again on resume
+    from safetensors.torch import load_file
+
+    for folder in ("last", "best"):
+        assert all(torch.isfinite(t).all() for t in load_file(run_dir / folder / "adapter.safetensors").values())
+
+
+def test_a_partial_last_log_line_does_not_stop_a_resume(tmp_path):
+    run_dir = tmp_path / "run"
+    config = load_config(_config_file(tmp_path, run_dir, "training.max_steps=2"))
+    Trainer(config).run()
+    with (run_dir / "metrics.jsonl").open("a") as log:
+        log.write('{"step": 3, "kind": "tra')  # a crash mid-line
+    Trainer(config, resume=True)
+    lines = (run_dir / "metrics.jsonl").read_text().splitlines()
+    assert all(json.loads(line)["step"] <= 2 for line in lines)
+
+
+def test_an_early_stopping_metric_the_val_rows_cannot_measure_is_refused(tmp_path):
+    rows = [json.loads(line) for line in (ROOT / "data" / "so8t_safety" / "val.jsonl").read_text().splitlines()]
+    train = [json.loads(line) for line in (ROOT / "data" / "so8t_safety" / "train.jsonl").read_text().splitlines()[:64]]
+    folder = _splits(tmp_path, train, [r for r in rows if r["label"] != "REFUSE"][:30])
+    config = load_config(_config_file(tmp_path, tmp_path / "run", "training.max_steps=2", "training.eval_every=1",
+                                      f"training.data_dir={folder}", "training.early_stopping.metric=refuse_recall"))
+    with pytest.raises(ValueError, match="refuse_recall cannot be measured on the val rows"):
+        Trainer(config).run()
+
+
+def test_the_frozen_state_cache_is_another_for_4bit_and_for_a_replaced_local_base(tmp_path):
+    from so8t_lib.model.base import build_tiny_base
+    from so8t_lib.model.so8t import SO8TModel
+    from so8t_lib.train.state_cache import base_key
+
+    plain = SO8TModel.from_config(load_config(TINY).model)
+    config = load_config(TINY, ["model.load_in_4bit=true"]).model
+    assert base_key(plain) != base_key(type("Quantized", (), {"config": config, "base_fingerprint": None})())
+    base = tmp_path / "hf_base"
+    keys = []
+    for seed in (0, 1):
+        shutil.rmtree(base, ignore_errors=True)
+        lm, tokenizer = build_tiny_base(load_config(TINY, [f"model.seed={seed}"]).model, None)
+        lm.save_pretrained(base)
+        tokenizer.save_pretrained(base)
+        hf = load_config(TINY, ["model.preset=hf", f"model.base_model={base}"]).model
+        keys.append(base_key(type("Local", (), {"config": hf, "base_fingerprint": None})()))
+    assert keys[0] != keys[1]  # the same path, other weights: another cache
