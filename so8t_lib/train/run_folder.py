@@ -10,7 +10,7 @@ import torch
 import yaml
 
 from ..core.checkpoint import CheckpointError, recover_interrupted_swap, verify_manifest
-from ..core.config import SO8TConfig, config_differences
+from ..core.config import ConfigError, SO8TConfig, config_differences, config_from_dict
 from ..core.io import atomic_write_text
 from ..core.schema import LAST_DIR, RUN_CONFIG_FILE, RUN_METRICS_FILE, TRAINER_STATE_FILE
 
@@ -34,19 +34,23 @@ def load_trainer_state(run_dir: Path, config: SO8TConfig) -> dict:
     except Exception as exc:  # noqa: BLE001 - torch raises many types for a damaged file
         raise CheckpointError(f"{last / TRAINER_STATE_FILE}: damaged or truncated ({exc})") from None
     if saved.get("config_fingerprint") not in (None, config.fingerprint()):
-        raise CheckpointError(f"{last}: the run was trained under another config ({changed_keys(run_dir, config)}); "
-                              "a resume continues a run under the config it started with (its config.yaml), or "
-                              "choose another training.output_dir")
+        changed = changed_keys(run_dir, config)
+        if changed != []:  # [] : the same settings, fingerprinted by an older version with fewer keys
+            raise CheckpointError(f"{last}: the run was trained under another config ("
+                                  f"{'changed: ' + ', '.join(changed) if changed else 'its config.yaml is unreadable'}"
+                                  "); a resume continues a run under the config it started with (its config.yaml), "
+                                  "or choose another training.output_dir")
     return saved
 
 
-def changed_keys(run_dir: Path, config: SO8TConfig) -> str:
+def changed_keys(run_dir: Path, config: SO8TConfig) -> list[str] | None:
+    """The keys where ``config`` differs from the run's config.yaml (read with today's defaults), None when that
+    file cannot be read."""
     try:
-        before = yaml.safe_load((run_dir / RUN_CONFIG_FILE).read_text(encoding="utf-8"))
-        changed = config_differences(before, config.to_dict())
-    except (OSError, yaml.YAMLError, AttributeError):
-        changed = []
-    return "changed: " + ", ".join(changed) if changed else "its config.yaml cannot tell which keys changed"
+        before = config_from_dict(yaml.safe_load((run_dir / RUN_CONFIG_FILE).read_text(encoding="utf-8")))
+    except (OSError, yaml.YAMLError, ConfigError):
+        return None
+    return config_differences(before.to_dict(), config.to_dict())
 
 
 def truncate_metrics(run_dir: Path, step: int) -> None:
