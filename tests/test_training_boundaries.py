@@ -187,3 +187,9 @@ def test_the_frozen_state_cache_is_another_for_4bit_and_for_a_replaced_local_bas
         hf = load_config(TINY, ["model.preset=hf", f"model.base_model={base}"]).model
         keys.append(base_key(type("Local", (), {"config": hf, "base_fingerprint": None})()))
     assert keys[0] != keys[1]  # the same path, other weights: another cache
+
+
+def test_a_pet_layer_the_model_does_not_have_is_named(tmp_path):
+    config = load_config(_config_file(tmp_path, tmp_path / "run", "training.max_steps=2", "loss.pet.layers=[99]"))
+    with pytest.raises(ValueError, match=r"loss.pet.layers \[99\]: this model has \d+ hidden states"):
+        Trainer(config).run()

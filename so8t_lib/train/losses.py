@@ -156,7 +156,13 @@ def composite_loss(
         if output.hidden_states is None:
             raise ValueError("PET is on but the forward ran without output_hidden_states=True")
         offset = getattr(output, "hidden_offset", 0)  # a pass from layer k holds states k, k+1, ...
-        pet = pet_loss([output.hidden_states[i - offset if i >= 0 else i] for i in cfg.pet.layers], attention_mask)
+        try:
+            states = [output.hidden_states[i - offset if i >= 0 else i] for i in cfg.pet.layers]
+        except IndexError:
+            n = len(output.hidden_states) + offset
+            raise ValueError(f"loss.pet.layers {list(cfg.pet.layers)}: this model has {n} hidden states (indices 0 to "
+                             f"{n - 1}, or -1 down to -{n})") from None
+        pet = pet_loss(states, attention_mask)
     else:
         pet = safety.new_zeros(())
     total = task + cfg.alpha * safety + cfg.beta * rationale + gamma * pet + cfg.delta * dangerous
