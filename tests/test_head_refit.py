@@ -194,3 +194,21 @@ def test_head_refit_benchmark_scores_exported_and_refitted_heads_without_touchin
     with pytest.raises(SystemExit, match="missing GGUF files"):
         module.main(["--checkpoint", str(ckpt), "--name", "so8t-refit", "--dist", str(path.parent),
                      "--quants", "iq4_xs", "--out", str(tmp_path / "none.json")])
+
+
+def test_a_refitted_head_that_is_not_finite_never_reaches_the_file(q4_file, tmp_path):
+    from so8t_lib.export.gguf_meta import GGUFError
+    from so8t_lib.export.head_refit import write_head
+    from so8t_lib.serve.gguf_backend import GGUFBackend
+
+    _, _, original = q4_file
+    path = tmp_path / original.name
+    for source in (original, original.with_name(original.name + ".sha256")):
+        (tmp_path / source.name).write_bytes(source.read_bytes())
+    head = GGUFBackend(path).safety_head
+    with torch.no_grad():
+        next(p for n, p in head.named_parameters() if n.startswith("net.")).fill_(float("nan"))
+    before = path.read_bytes()
+    with pytest.raises(GGUFError, match="refitted head holds values that are not finite; the file was left"):
+        write_head(path, head, {"refitted": True})
+    assert path.read_bytes() == before

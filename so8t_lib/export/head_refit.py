@@ -25,7 +25,7 @@ from torch import nn
 
 from ..model.heads import SafetyHeadB
 from .gguf_file import open_gguf
-from .gguf_meta import REFIT_KEY
+from .gguf_meta import REFIT_KEY, GGUFError
 from .gguf_rewrite import rewrite_gguf
 from .gguf_writer import HEAD_KEY_PREFIX, add_head_keys
 
@@ -123,6 +123,8 @@ def write_head(path: str | Path, head: SafetyHeadB, report: dict) -> Path:
 
     reader = open_gguf(path)
     state = {k: v for k, v in head.state_dict().items() if k.startswith("net.")}
+    if not all(torch.isfinite(v).all() for v in state.values()):  # a refit that blew up: never into a file
+        raise GGUFError(f"{path}: the refitted head holds values that are not finite; the file was left as it was")
 
     def add(writer) -> None:
         add_head_keys(writer, state)
