@@ -9,6 +9,7 @@ from __future__ import annotations
 import json
 import shutil
 import stat
+from pathlib import Path
 
 import pytest
 import torch
@@ -193,3 +194,28 @@ def test_a_pet_layer_the_model_does_not_have_is_named(tmp_path):
     config = load_config(_config_file(tmp_path, tmp_path / "run", "training.max_steps=2", "loss.pet.layers=[99]"))
     with pytest.raises(ValueError, match=r"loss.pet.layers \[99\]: this model has \d+ hidden states"):
         Trainer(config).run()
+
+
+def test_a_checkpoint_is_on_disk_before_the_old_one_is_let_go(tmp_path, monkeypatch):
+    """No power-cut test here: the swap is checked to fsync every file and folder of the new copy before it
+    replaces the old one, and the parent folder after."""
+    import os
+
+    from so8t_lib.core import checkpoint
+
+    synced, real = [], os.fsync
+
+    def recording(fd):
+        synced.append((os.readlink(f"/proc/self/fd/{fd}"), (tmp_path / "ckpt").exists()))
+        return real(fd)
+
+    (tmp_path / "ckpt").mkdir()
+    (tmp_path / "ckpt" / "old.txt").write_text("the previous checkpoint")
+    monkeypatch.setattr(checkpoint.os, "fsync", recording)
+    with checkpoint.atomic_folder(tmp_path / "ckpt") as tmp:
+        (tmp / "sub").mkdir()
+        (tmp / "sub" / "weights.bin").write_bytes(b"\0" * 64)
+    names = [Path(path).name for path, _ in synced]
+    assert {"weights.bin", "manifest.json", "sub"} <= set(names)
+    assert names.index("weights.bin") < names.index(tmp_path.name)  # the files, then the parent after the swap
+    assert (tmp_path / "ckpt" / "sub" / "weights.bin").is_file() and not (tmp_path / "ckpt" / "old.txt").exists()

@@ -125,17 +125,37 @@ def atomic_folder(target: str | Path) -> Iterator[Path]:
         yield tmp
         write_manifest(tmp)
         os.chmod(tmp, 0o777 & ~_umask())  # mkdtemp's 0700 would keep the service's user out of it
+        _sync_tree(tmp)  # on disk before the old copy is let go: a power cut cannot leave empty files behind
         if target.exists():
             old = target.with_name(f".{target.name}.old-{os.getpid()}")
             shutil.rmtree(old, ignore_errors=True)
             os.replace(target, old)
             os.replace(tmp, target)
+            _sync_dir(target.parent)
             shutil.rmtree(old, ignore_errors=True)
         else:
             os.replace(tmp, target)
+            _sync_dir(target.parent)
     finally:
         if tmp.exists():
             shutil.rmtree(tmp, ignore_errors=True)
+
+
+def _sync_tree(folder: Path) -> None:
+    for path in folder.rglob("*"):
+        if path.is_file():
+            with open(path, "rb") as handle:
+                os.fsync(handle.fileno())
+    for path in [*(p for p in folder.rglob("*") if p.is_dir()), folder]:
+        _sync_dir(path)
+
+
+def _sync_dir(folder: Path) -> None:
+    fd = os.open(folder, os.O_RDONLY)
+    try:
+        os.fsync(fd)
+    finally:
+        os.close(fd)
 
 
 def _umask() -> int:
