@@ -342,3 +342,15 @@ def test_the_gate_appends_and_rotates_while_a_chain_is_copied_and_the_copy_is_wh
     assert check_backup(tmp_path / "b")["problems"] == []
     copied = {r["request_id"] for r in read_records(tmp_path / "b" / "logs")}
     assert {"before_0", "before_2"} <= copied and not {"during_0", "during_2"} & copied  # the moment of the lock
+
+
+def test_a_chain_opened_but_not_written_yet_backs_up_and_restores(tmp_path):
+    """A replica that started and decided nothing has an anchor whose head is None:<genesis>: the manifest check
+    refused such a backup as damaged."""
+    logs = tmp_path / "logs"
+    AuditLog(logs / "audit.jsonl")
+    made = backup(tmp_path / "b", logs)
+    assert made["chains"]["audit.jsonl"]["head"].startswith("None:")
+    assert check_backup(tmp_path / "b")["problems"] == []
+    restore(tmp_path / "b", tmp_path / "into")
+    assert (tmp_path / "into" / "logs").is_dir()

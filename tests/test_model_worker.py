@@ -78,3 +78,11 @@ def test_an_error_reaches_the_caller_and_the_thread_goes_on(worker):
     with pytest.raises(RuntimeError, match="context window exceeded"):
         worker.call(broken, DECIDE, 5)
     assert worker.call(lambda: 42, DECIDE, 5) == 42
+
+
+def test_a_call_after_close_fails_at_once_instead_of_waiting_forever():
+    worker = ModelWorker("closed-model")
+    assert worker.call(lambda: 1, DECIDE, 5) == 1
+    worker.close()
+    with pytest.raises(RuntimeError, match="thread is closed"):
+        worker.call(lambda: 2, DECIDE, 5)

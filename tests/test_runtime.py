@@ -342,6 +342,17 @@ def test_a_failure_after_an_escalation_is_recorded_never_decides_it_twice(tmp_pa
     records = _records(tmp_path)
     assert len(records) == 1 and records[0]["request_id"] == result["request_id"]
     assert [c["case_id"] for c in agent.queue.list()] == [result["escalation_id"]]
+    monkeypatch.undo()
+    agent.desk.notify = True  # a notifier shut down: the desk still releases the case's spool entry
+
+    def shut_down(case, reminder=False):
+        raise RuntimeError("cannot schedule new futures after shutdown")
+
+    monkeypatch.setattr(agent.desk.notifier, "notify_async", shut_down)
+    left = agent.desk.spool.count()  # the first case's entry, which the replaced finish never finished
+    second = agent.run_agent(None, "Can I see the payroll of my other team?")
+    assert len(_records(tmp_path)) == 2 and second["escalation_status"] == "queued"
+    assert agent.desk.spool.count() == left  # finished and done, not left locked until the next restart
 
 
 def test_the_reason_a_result_failed_closed_comes_first_in_its_error(tmp_path, monkeypatch):

@@ -30,7 +30,9 @@ TINY = ROOT / "configs" / "tiny-training.yaml"
     ("loss.pet.schedule=[[1.0,.nan]]", "finite number"), ("training.seed=-1", "greater than or equal to 0"),
     ("model.seed=4294967296", "less than 4294967296"), ("training.task_optimizer.betas=[1.5,0.9]", "betas"),
     ("loss.pet.layers=[]", "at least 1 item"), ("training.output_dir=.", "the working directory or above it"),
-    ("training.output_dir=..", "the working directory or above it")])
+    ("training.output_dir=..", "the working directory or above it"),
+    (f"training.output_dir={ROOT}", "the working directory or above it"),
+    (f"training.output_dir=../{ROOT.name}", "the working directory or above it")])
 def test_config_values_that_would_break_or_poison_a_run_are_refused_by_key(override, says):
     with pytest.raises(ConfigError, match=says):
         load_config(TINY, [override])
@@ -45,6 +47,10 @@ def test_a_config_file_with_a_key_twice_or_not_utf8_is_refused_by_name(tmp_path)
     latin.write_bytes("model:\n  name: caf\xe9\n".encode("latin-1"))
     with pytest.raises(ConfigError, match="latin.yaml: not UTF-8 text"):
         load_config(latin)
+    listed = tmp_path / "listed.yaml"
+    listed.write_text("? [a, b]\n: 1\n")
+    with pytest.raises(ConfigError, match="a key must be a plain name"):
+        load_config(listed)
 
 
 def test_data_files_that_cannot_be_read_as_written_are_refused_by_name(tmp_path):
@@ -119,7 +125,7 @@ def test_a_resume_under_another_config_is_refused_naming_what_changed(tmp_path, 
     with pytest.raises(SystemExit, match="these differ from it: training.task_optimizer.lr. Resume with --config"):
         so8t(["train", "--config", str(started), "--resume", "training.task_optimizer.lr=1e-5"])
     shutil.rmtree(run_dir / "last")  # a run killed before its first autosave: best/ and the log, no last/
-    with pytest.raises(FileExistsError, match="already holds a run"):
+    with pytest.raises(FileExistsError, match="saved no last/ checkpoint, so nothing can be resumed"):
         Trainer(load_config(_config_file(tmp_path, run_dir, "training.max_steps=4")))
 
 
@@ -147,6 +153,21 @@ def test_a_diverging_run_stops_before_a_nan_reaches_a_weight(tmp_path, monkeypat
 
     for folder in ("last", "best"):
         assert all(torch.isfinite(t).all() for t in load_file(run_dir / folder / "adapter.safetensors").values())
+
+
+def test_an_error_after_a_finished_step_saves_that_step_as_it_is(tmp_path, monkeypatch):
+    """The emergency save rewinds the data position only for an error inside a step: after it (an evaluation that
+    fails), the weights are the finished step's and a resume must not train its rows again."""
+    run_dir = tmp_path / "run"
+    trainer = Trainer(load_config(_config_file(tmp_path, run_dir, "training.max_steps=6", "training.eval_every=2")))
+    def failing(select=True):
+        raise RuntimeError("out of memory while evaluating")
+
+    monkeypatch.setattr(trainer, "evaluate", failing)
+    with pytest.raises(RuntimeError, match="while evaluating"):
+        trainer.run()
+    saved = torch.load(run_dir / "last" / "trainer_state.pt", weights_only=False)["state"]
+    assert saved["step"] == 2 and saved["batch_in_epoch"] == 2
 
 
 def test_a_partial_last_log_line_does_not_stop_a_resume(tmp_path):
@@ -219,3 +240,30 @@ def test_a_checkpoint_is_on_disk_before_the_old_one_is_let_go(tmp_path, monkeypa
     assert {"weights.bin", "manifest.json", "sub"} <= set(names)
     assert names.index("weights.bin") < names.index(tmp_path.name)  # the files, then the parent after the swap
     assert (tmp_path / "ckpt" / "sub" / "weights.bin").is_file() and not (tmp_path / "ckpt" / "old.txt").exists()
+
+
+def test_the_demo_continues_a_run_a_kill_left_mid_save_and_never_deletes_one_it_cannot_continue(tmp_path,
+                                                                                              monkeypatch):
+    from so8t_lib.workbench import pipeline
+
+    run_dir = tmp_path / "run"
+    config = _config_file(tmp_path, run_dir, "training.max_steps=2", "training.eval_every=2")
+    Trainer(load_config(config)).run()
+    (run_dir / "last").rename(run_dir / ".last.old-4242")  # killed between the two renames of a save
+    trained = []
+
+    class Trained(Exception):
+        pass
+
+    def train_and_calibrate(cfg, resume):  # what the demo would train, then stop: the test is about what came before
+        trained.append(resume)
+        raise Trained
+
+    monkeypatch.setattr(pipeline, "train_and_calibrate", train_and_calibrate)
+    with pytest.raises(Trained):
+        pipeline.run_demo(config, [])
+    assert trained == [True] and (run_dir / "best").is_dir() and (run_dir / "last").is_dir()
+    shutil.rmtree(run_dir / "last")
+    with pytest.raises(ConfigError, match="holds a run without a last/ checkpoint .*--retrain starts it over"):
+        pipeline.run_demo(config, [])
+    assert (run_dir / "best").is_dir()

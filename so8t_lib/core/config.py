@@ -9,7 +9,6 @@ from __future__ import annotations
 
 import hashlib
 import json
-import os
 from pathlib import Path
 from typing import Any, Literal
 
@@ -238,7 +237,8 @@ class TrainingConfig(_Section):
     @classmethod
     def _a_folder_of_its_own(cls, folder: str) -> str:
         """The run folder is written into and, by ``so8t demo --retrain``, deleted: never the working directory."""
-        if os.path.normpath(folder or ".") in (".", "/") or Path(folder or ".").resolve() in Path.cwd().resolve().parents:
+        where, cwd = Path(folder or ".").resolve(), Path.cwd().resolve()
+        if where == cwd or where in cwd.parents:
             raise ValueError(f"{folder!r} is the working directory or above it; name a folder of its own, e.g. "
                              "checkpoints/my-run")
         return folder

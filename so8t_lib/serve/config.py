@@ -60,7 +60,9 @@ class InferenceConfig(_Section):
     temperature: float = Field(0.7, ge=0, le=2, description="sampling temperature of task answers (0: greedy)")
     top_p: float = Field(1.0, gt=0, le=1, description="only 1.0: rejected otherwise, no backend supports it")
     safety_threshold: float = Field(0.8, ge=THRESHOLD_RANGE[0], le=THRESHOLD_RANGE[1], description="the policy's rule: 0.8 basic, 0.9 production")
-    decision_timeout_s: float = Field(30.0, gt=0, description="past this the gate fails closed (ESCALATE)")
+    decision_timeout_s: float = Field(30.0, gt=0, description="a decision pass running longer fails closed "
+                                      "(ESCALATE); the wait behind another pass on the model is not counted, up to "
+                                      "that pass's own limit")
     generation_timeout_s: float = Field(120.0, gt=0, description="past this an ALLOW comes without its answer")
     generate_responses: bool = Field(True, description="write an ALLOW's task_response with TaskHeadA "
                                        "(rationales are fixed per decision, in the request's language)")

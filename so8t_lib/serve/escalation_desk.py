@@ -84,7 +84,10 @@ class EscalationDesk:
 
     def finish(self, ticket: Ticket, audited: bool) -> None:
         if ticket.queued:
-            self._notify(ticket.case)
+            try:  # a notifier that fails (or was shut down) must not keep the spool entry locked
+                self._notify(ticket.case)
+            except Exception:  # noqa: BLE001
+                logger.exception("escalation %s: its route could not be notified", ticket.case["case_id"])
         if ticket.entry is None:
             return
         try:

@@ -7,7 +7,8 @@ Two rules keep the gate answering under load:
 - **A limit counts the call's own time.** A call fails with ``TimeoutError`` when it has run longer than its
   ``limit`` on the thread, or when, while it waits, the thread makes no progress for ``limit`` seconds (the call
   ahead of it has overrun its own limit: the model is stuck). Waiting behind healthy work is not a timeout; the
-  service bounds that wait with ``max_pending``. A call that gives up before it started is taken off the queue,
+  service bounds that wait with ``max_pending``. So a decision that arrives while an answer is being written waits
+  for it, up to that answer's own limit (``generation_timeout_s``) plus its own. A call that gives up before it started is taken off the queue,
   so a timed-out request never runs later, holding up the ones behind it.
 """
 
@@ -43,6 +44,7 @@ class ModelWorker:
         self._order = itertools.count()
         self._lock = threading.Lock()
         self._running: _Call | None = None
+        self._closed = False
         self._thread = threading.Thread(target=self._serve, name=name, daemon=True)
         self._thread.start()
 
@@ -65,6 +67,8 @@ class ModelWorker:
 
     def call(self, fn: Callable[[], Any], priority: int, limit: float) -> Any:
         """``fn()`` on the model's thread; TimeoutError as the module says, naming which limit was met."""
+        if self._closed:
+            raise RuntimeError("the model's thread is closed (the agent was closed)")
         call = _Call(fn, limit)
         self._calls.put((priority, next(self._order), call))
         waiting_since = time.monotonic()
@@ -76,8 +80,11 @@ class ModelWorker:
                 deadline = started + limit
             elif ahead is not None and ahead.started_at is not None:
                 deadline = max(ahead.started_at + ahead.limit, waiting_since) + limit
-            else:  # the thread is between calls: it is making progress
+            elif self._thread.is_alive():  # the thread is between calls: it is making progress
                 deadline = now + limit
+            else:  # closed meanwhile, or died: nothing will ever run this call
+                call.future.cancel()
+                raise RuntimeError("the model's thread has stopped")
             try:
                 return call.future.result(timeout=max(0.0, min(deadline - now, _POLL_S)))
             except concurrent.futures.TimeoutError:
@@ -89,5 +96,6 @@ class ModelWorker:
                 raise TimeoutError(f"the model was stuck on an earlier request for {limit:g}s past its limit")
 
     def close(self) -> None:
-        """Stop the thread once the calls queued so far have run (it does not wait for them)."""
+        """Stop the thread once the calls queued so far have run (it does not wait for them); later calls fail."""
+        self._closed = True
         self._calls.put((_CLOSE, next(self._order), None))

@@ -12,7 +12,19 @@ import yaml
 from ..core.checkpoint import CheckpointError, recover_interrupted_swap, verify_manifest
 from ..core.config import ConfigError, SO8TConfig, config_differences, config_from_dict
 from ..core.io import atomic_write_text
-from ..core.schema import LAST_DIR, RUN_CONFIG_FILE, RUN_METRICS_FILE, TRAINER_STATE_FILE
+from ..core.schema import BEST_DIR, LAST_DIR, RUN_CONFIG_FILE, RUN_METRICS_FILE, TRAINER_STATE_FILE
+
+
+def check_fresh(run_dir: Path) -> None:
+    """FileExistsError when a fresh run would write over another: one to resume (``last/``), or one killed before
+    its first save (``best/`` or a log without ``last/``), whose files it would mix with its own."""
+    recover_interrupted_swap(run_dir / LAST_DIR)
+    if (run_dir / LAST_DIR).exists():
+        raise FileExistsError(f"{run_dir} already holds a run; pass --resume to continue it, or choose another "
+                              "training.output_dir")
+    if [name for name in (BEST_DIR, RUN_METRICS_FILE) if (run_dir / name).exists()]:
+        raise FileExistsError(f"{run_dir} holds a run that saved no last/ checkpoint, so nothing can be resumed: "
+                              "move it away or delete it to start over")
 
 
 def check_resumable(run_dir: Path) -> None:

@@ -52,7 +52,7 @@ from .collate import SafetyCollator, table_rows
 from .head_init import warm_start_head
 from .losses import composite_loss
 from .optim import build_optimizers, epoch_order, length_grouped_order, rng_state, set_rng_state
-from .run_folder import check_resumable, load_trainer_state, truncate_metrics
+from .run_folder import check_fresh, check_resumable, load_trainer_state, truncate_metrics
 from .state_cache import FrozenStates, check_frozen_below, decide_from_states
 
 
@@ -98,15 +98,12 @@ class Trainer:
         self._stop_signal: int | None = None
         self._last_save = time.monotonic()
         self._step_rng: dict | None = None
-        self._step_position = (0, 0)
+        self._step_position: tuple[int, int] | None = None
 
         if resume:
             self._check_resumable()
-        elif self.main and [n for n in (LAST_DIR, BEST_DIR, RUN_METRICS_FILE) if (self.run_dir / n).exists()]:
-            raise FileExistsError(  # best/ or a log without last/: a run killed before its first autosave
-                f"{self.run_dir} already holds a run; pass --resume to continue it, or choose another "
-                "training.output_dir"
-            )
+        elif self.main:
+            check_fresh(self.run_dir)
         torch.manual_seed(self.tcfg.seed)
         random.seed(self.tcfg.seed)
         np.random.seed(self.tcfg.seed)
@@ -319,6 +316,7 @@ class Trainer:
                 self._step_rng = rng_state()  # the state at the last step boundary, for emergency saves
                 self._step_position = (self.state.epoch, self.state.batch_in_epoch)
                 parts = self.train_step()
+                self._step_position = None  # the step finished: an error from here on saves the state as it is
                 tokens += parts["tokens"]
                 if self.state.step % self.tcfg.log_every == 0 or self.state.step == self.tcfg.max_steps:
                     elapsed = time.perf_counter() - clock
@@ -348,12 +346,14 @@ class Trainer:
         except Exception:
             bar.close()
             if self._step_rng is not None and self.state.step > 0:
-                # parameters are still those of the last finished step; save them with that step's RNG state and
-                # data position (the failed step had taken its rows already: a resume must take them again)
-                self.state.epoch, self.state.batch_in_epoch = self._step_position
-                self.save(LAST_DIR, rng=self._step_rng)
-                print(f"\nerror at step {self.state.step + 1}; emergency checkpoint at {self.run_dir / 'last'}",
-                      file=sys.stderr)
+                # inside a step the parameters are still the last finished step's: save them with that step's RNG
+                # state and data position (the failed step had taken its rows: a resume takes them again)
+                inside = self._step_position is not None
+                if inside:
+                    self.state.epoch, self.state.batch_in_epoch = self._step_position
+                self.save(LAST_DIR, rng=self._step_rng if inside else None)
+                print(f"\nerror {'in' if inside else 'after'} step {self.state.step + inside}; emergency checkpoint at "
+                      f"{self.run_dir / 'last'}", file=sys.stderr)
             raise
         finally:
             for sig, handler in previous.items():

@@ -17,6 +17,7 @@ from pathlib import Path
 
 import yaml
 
+from ..core.checkpoint import recover_interrupted_swap
 from ..core.config import ConfigError, SO8TConfig, config_from_dict, load_config
 from ..core.io import atomic_write_text
 from ..core.paths import CONFIGS_DIR
@@ -102,10 +103,15 @@ def run_demo(config_path: str | Path = DEFAULT_CONFIG, overrides: list[str] | tu
             raise ConfigError(f"--retrain would delete {run_dir}, which does not hold a run (no {RUN_CONFIG_FILE}); "
                               "remove it yourself or choose another training.output_dir")
         shutil.rmtree(run_dir)
+    recover_interrupted_swap(run_dir / LAST_DIR)  # a kill between the two renames of a save leaves .last.old-*
     resume = (run_dir / LAST_DIR).is_dir()
-    if not resume and (run_dir / RUN_CONFIG_FILE).is_file():  # killed before its first save: nothing to continue
-        print(f"{run_dir} holds a run that saved no last/ checkpoint: starting it over")
+    leftovers = sorted(p.name for p in run_dir.iterdir()) if run_dir.is_dir() and not resume else []
+    if leftovers and set(leftovers) <= {RUN_CONFIG_FILE, RUN_METRICS_FILE}:  # killed before it saved anything
+        print(f"{run_dir} holds a run that saved no checkpoint: starting it over")
         shutil.rmtree(run_dir)
+    elif leftovers:
+        raise ConfigError(f"{run_dir} holds a run without a last/ checkpoint ({', '.join(leftovers)}), so it cannot be "
+                          "continued: so8t demo --retrain starts it over, or move the folder away")
     if resume:
         config = config_of_run(run_dir)
         print(f"{run_dir} holds a run: continuing it if unfinished (--retrain starts over)")

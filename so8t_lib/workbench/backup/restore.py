@@ -30,7 +30,7 @@ from .queue_copy import SQLITE_FILE, check_sqlite, export_rows, load_rows, read_
 from .snapshot import BACKUP_FILE, FORMAT, BackupError, file_entries, overlapping_targets, safe_relative
 
 CHAIN_NAME = re.compile(r"[A-Za-z0-9_][A-Za-z0-9_.-]{0,120}\.jsonl")  # a plain file name: never a path
-HEAD = re.compile(r"(None:None|-?\d+:[0-9a-f]{64})")  # SEQ:HASH as backup writes it (None:None: no anchor yet)
+HEAD = re.compile(r"None:(None|[0-9a-f]{64})|-?\d+:[0-9a-f]{64}")  # SEQ:HASH as backup writes it (None:...: no record)
 MODEL_KINDS = ("checkpoint", "gguf", "router")
 
 
