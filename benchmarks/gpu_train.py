@@ -149,8 +149,9 @@ def qlora_7b(work: Path, smoke: bool, steps: int, extra: list[str], corpus_too: 
     data = work / "data-512"
     data.mkdir()
     corpus = table_rows(load_table(CORPUS / "train.jsonl"))
-    for split in ("train", "val"):
-        lines = [json.dumps(r, ensure_ascii=False) for r in long_rows(corpus, tokenizer, SEQ)]
+    for split in ("train", "val"):  # the same long rows, ids of their own per split (a run refuses shared ids)
+        lines = [json.dumps({**r, "id": f"{split}-{r['id']}"}, ensure_ascii=False)
+                 for r in long_rows(corpus, tokenizer, SEQ)]
         (data / f"{split}.jsonl").write_text("\n".join(lines) + "\n", encoding="utf-8")
     memory(reset=True)
     clock = time.perf_counter()
