@@ -272,6 +272,7 @@ def main(argv: list[str] | None = None) -> dict:
     if not CUDA and not args.smoke:
         raise SystemExit("this benchmark measures a CUDA GPU; on a CPU only --smoke runs (toy shapes)")
     work = Path(tempfile.mkdtemp(prefix="so8t-gpu-", dir=args.work))
+    caller_cache = os.environ.get("SO8T_CACHE")  # put back afterwards: the folder below is deleted at the end
     os.environ.setdefault("SO8T_CACHE", str(work / "cache"))
     report = {"benchmark": "gpu_train", "smoke": args.smoke, "torch": torch.__version__,
               "device": torch.cuda.get_device_name(0) if CUDA else platform.processor() or "cpu",
@@ -294,6 +295,8 @@ def main(argv: list[str] | None = None) -> dict:
             if CUDA:
                 torch.cuda.empty_cache()
     finally:
+        if caller_cache is None:  # else a caller in the same process would rebuild 1.3 GB into a deleted folder
+            os.environ.pop("SO8T_CACHE", None)
         shutil.rmtree(work, ignore_errors=True)
     print(json.dumps(report, indent=2))
     if any("error" in report.get(parts[p][0], {}) for p in args.parts.split(",")):

@@ -2,6 +2,7 @@
 
 import importlib.util
 import json
+import os
 from pathlib import Path
 
 import numpy as np
@@ -509,7 +510,7 @@ def test_seed_ensemble_averages_the_members_and_refuses_mismatched_files(tmp_pat
     assert not (tmp_path / "never.json").exists()
 
 
-def test_gpu_train_benchmark_refuses_a_cpu_and_runs_its_toy_shapes_there(tmp_path, tokenizer):
+def test_gpu_train_benchmark_refuses_a_cpu_and_runs_its_toy_shapes_there(tmp_path, tokenizer, monkeypatch):
     pytest.importorskip("bitsandbytes")
     from transformers import Gemma3TextConfig
 
@@ -523,8 +524,12 @@ def test_gpu_train_benchmark_refuses_a_cpu_and_runs_its_toy_shapes_there(tmp_pat
                      pad_token_id=tokenizer.pad_token_id, eos_token_id=tokenizer.eos_token_id).save_pretrained(gemma_dir)
     tokenizer.save_pretrained(gemma_dir)
     out = tmp_path / "gpu.json"
+    monkeypatch.delenv("SO8T_CACHE", raising=False)
+    (tmp_path / "scratch").mkdir()
     report = bench.main(["--smoke", "--gemma-dir", str(gemma_dir), "--steps", "1", "--gemma-steps", "1",
-                         "--seq-only", "--out", str(out)])
+                         "--seq-only", "--out", str(out), "--work", str(tmp_path / "scratch")])
+    # its scratch folder is gone, and so is its cache setting: a later test must not refill a deleted folder
+    assert "SO8T_CACHE" not in os.environ and not any((tmp_path / "scratch").iterdir())
     assert json.loads(out.read_text()) == report
     qlora = report["qlora_7b_shape"]
     assert qlora["nf4_projections"] == 2 * 7 and list(qlora["variants"]) == [  # 2 toy layers x 7 projections
