@@ -58,6 +58,7 @@ def test_rotation_keeps_every_record_across_gzip_files(tmp_path):
     log = audit.AuditLog(tmp_path / "audit.jsonl", max_bytes=4096, backup_count=100)
     for i in range(300):
         log.append(_record(i))
+    assert log.wait_for_compression(60)
     files = audit.log_files(tmp_path)
     assert len(files) > 5 and all(f.suffix == ".gz" for f in files[:-1])
     report = audit.verify(tmp_path)

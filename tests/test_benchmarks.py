@@ -581,3 +581,13 @@ def test_gguf_cuda_benchmark_refuses_a_cpu_and_runs_its_toy_shapes_there(tmp_pat
     for rung in ladder["files"].values():
         assert rung["decide_p50_ms_batch1"] > 0 and rung["decisions_per_s_batch16"] > 0
         assert all(a["answer_tokens"] > 0 for a in rung["answers"])
+
+
+def test_audit_rotation_benchmark_times_appends_during_both_ways_of_rotating(tmp_path):
+    out = tmp_path / "rotation.json"
+    report = _load("audit_rotation").main(["--megabytes", "1", "--repeats", "1", "--out", str(out)])
+    assert json.loads(out.read_text()) == report and report["live_file"]["encrypted"]
+    ways = report["levels"]["6"]
+    assert set(ways) == {"gzip_under_lock", "gzip_after_lock"}
+    assert ways["gzip_under_lock"]["max_wait_ratio_to_gzip_under_lock"] == 1.0
+    assert all(way["gz_bytes"] > 0 and way["runs_max_wait_s"] for way in ways.values())

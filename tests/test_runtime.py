@@ -1,6 +1,8 @@
 """Agent runtime: the threshold rule, fail-closed on every failure, validation, audit, CLI."""
 
 import json
+import subprocess
+import sys
 import time
 
 import numpy as np
@@ -395,6 +397,29 @@ def test_when_the_log_cannot_be_written_at_all_the_record_is_written_later(tmp_p
     records = _records(tmp_path)
     assert [(r["request_id"], r["decision"]) for r in records] == [(result["request_id"], "ESCALATE")]
     assert "recovered_from_spool" in records[0]["flags"] and agent.desk.spool.count() == 0
+
+
+def test_a_process_that_holds_the_audit_lock_and_hangs_makes_decisions_fail_closed_not_hang(tmp_path):
+    """Another process takes the log's lock and never lets go (hung on a dead disk, stopped in a debugger): each
+    decision waited for it forever. Now it waits audit_lock_timeout_s, then fails closed, and its record is
+    written once the lock is free again."""
+    agent = _agent(tmp_path, FakeDecider((0.95, 0.03, 0.02)))
+    agent.audit.lock_timeout_s = 0.2
+    holder = subprocess.Popen([sys.executable, "-c", "import fcntl, sys, time\n"
+                               "f = open(sys.argv[1], 'a'); fcntl.flock(f, fcntl.LOCK_EX); print('held', flush=True)\n"
+                               "time.sleep(600)", str(tmp_path / "logs" / "audit.jsonl.lock")],
+                              stdout=subprocess.PIPE, text=True)
+    try:
+        assert holder.stdout.readline().strip() == "held"
+        result = agent.run_agent(None, "How do I file expenses?")
+    finally:
+        holder.kill()
+        holder.wait()
+    assert result["decision"] == "ESCALATE" and result["task_response"] is None
+    assert "held by another writer for more than 0.2 s" in result["error"] and agent.audit_failures == 2
+    agent.desk.replay()  # the lock is free: the spooled record is written, once
+    records = _records(tmp_path)
+    assert [(r["request_id"], r["decision"]) for r in records] == [(result["request_id"], "ESCALATE")]
 
 
 def test_personal_data_on_the_fail_closed_path_is_masked(tmp_path):

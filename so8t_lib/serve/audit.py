@@ -1,5 +1,6 @@
-"""The audit log: append-only JSONL with a hash chain and an anchor, size-based rotation with gzip,
-safe under many threads and processes at once, and whole records or none.
+"""The audit log: append-only JSONL with a hash chain and an anchor, size-based rotation with gzip (renamed
+under the lock, gzipped after it: ``audit_rotation``), safe under many threads and processes at once, and
+whole records or none.
 
     so8t audit verify logs/        # exit 1 and name the problem (see audit_verify for what is found)
     so8t audit show logs/          # the records; decrypted with $SO8T_AUDIT_KEY if encrypted
@@ -22,15 +23,15 @@ from __future__ import annotations
 
 import datetime as dt
 import errno
-import gzip
 import json
 import logging
 import os
 import re
+from contextlib import ExitStack
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from . import audit_files
+from . import audit_rotation
 from .audit_files import (
     GENESIS,
     anchor_path,
@@ -52,7 +53,7 @@ from .audit_files import (
     sibling,
     write_anchor,
 )
-from .audit_verify import make_fernet, read_records, verify
+from .audit_verify import consistent_view, make_fernet, open_files, read_records, verify
 from .fields import bounded, masked_bounded, pseudonym
 
 __all__ = ["GENESIS", "AuditLog", "AuditWriteError", "log_files", "make_fernet", "read_records", "record_hash",
@@ -80,6 +81,7 @@ class AuditLog:
     encryption_key: str | bytes | None = None  # a Fernet key: records are stored encrypted at rest
     hmac_key: str | bytes | None = None  # signs the anchor (and keys the user-id digests)
     max_field_chars: int = 8192
+    lock_timeout_s: float | None = None  # an append waiting longer for the lock fails (AuditWriteError)
     set_aside: list[Path] = field(default_factory=list)
 
     def __post_init__(self) -> None:
@@ -89,6 +91,8 @@ class AuditLog:
         if self.backup_count < 1:
             raise ValueError("backup_count must be at least 1: rotation would delete records at once")
         self.open_error: str | None = None
+        self._compressor = audit_rotation.BackgroundCompressor(self.path)
+        self._rotated = False  # set under the lock by a rotation; the gzip starts once the lock is released
         try:  # a broken folder must not stop the gate from answering: each append fails closed instead
             self.path.parent.mkdir(parents=True, exist_ok=True)
             with file_lock(self.path):
@@ -96,17 +100,22 @@ class AuditLog:
         except OSError as exc:
             self.open_error = f"{self.path}: cannot open the audit log ({type(exc).__name__}: {exc})"
             logger.error("%s", self.open_error)
+        if self._rotated:  # files a crash left plain
+            self._rotated = False
+            self._compressor.start()
 
     # ----- repair on open -----------------------------------------------------------------------
     def _repair(self) -> None:
-        """Undo what a crash can leave: a half-finished rotation and a torn last line."""
-        sibling(self.path, ".rotating.tmp").unlink(missing_ok=True)
+        """Undo what a crash can leave: a half-finished rotation or gzip, and a torn last line."""
+        sibling(self.path, ".rotating.tmp").unlink(missing_ok=True)  # left by versions that gzipped under the lock
         newest = rotated_path(self.path, 1)
         if self.path.is_file() and newest.is_file():
             live_first, gz_first = first_record(self.path), first_record(newest)
             if live_first and gz_first and live_first["hash"] == gz_first["hash"]:
                 self.path.unlink()  # rotation was cut after the gzip was in place: the live file is a copy
                 logger.warning("%s: removed the copy left by an interrupted rotation", self.path)
+        audit_rotation.clean_leftovers(self.path)
+        self._rotated = any(p.suffix != ".gz" and p != self.path for p in log_files(self.path.parent, self.path.name))
         self._set_aside_torn_tail()
         self._catch_up_anchor()
 
@@ -247,7 +256,7 @@ class AuditLog:
         """Write one record (bounded, masked, chained); AuditWriteError if it cannot be written whole."""
         record = self._sanitize(dict(record))
         try:
-            with file_lock(self.path):
+            with file_lock(self.path, timeout=self.lock_timeout_s):
                 self._set_aside_torn_tail()
                 next_seq, last_hash, last, anchor = self._head()
                 if self._fernet is None and last is not None and "enc" in last:
@@ -272,41 +281,33 @@ class AuditLog:
             raise
         except OSError as exc:
             raise AuditWriteError(f"{self.path}: {type(exc).__name__}: {exc}") from exc
+        finally:
+            if self._rotated:  # after the lock is released: no decision waits for the gzip
+                self._rotated = False
+                self._compressor.start()
         self.open_error = None
         return record
 
     # ----- rotation -----------------------------------------------------------------------------------
     def rotate(self) -> None:
-        """Rotate now (the live file becomes ``.1.gz``), whatever its size."""
+        """Rotate now, whatever the live file's size, and gzip it before returning (``.1.gz``)."""
         with file_lock(self.path):
             if self.path.is_file() and self.path.stat().st_size:
                 _, _, _, anchor = self._head()
                 self._rotate(anchor)
+        self._rotated = False
+        self._compressor.wait()
+        audit_rotation.compress_pending(self.path)
 
     def _rotate(self, anchor: dict | None) -> dict | None:
-        """gzip the live file to ``.1.gz`` (older ones shift; the one beyond backup_count goes). The
-        anchor's start moves before a file is deleted, so a crash never looks like a deletion."""
-        part = sibling(self.path, ".rotating.tmp")
-        with self.path.open("rb") as src, gzip.open(part, "wb", compresslevel=audit_files.ROTATE_GZIP_LEVEL) as dst:
-            while block := src.read(1 << 20):
-                dst.write(block)
-        with part.open("rb") as handle:
-            os.fsync(handle.fileno())
-        oldest = rotated_path(self.path, self.backup_count)
-        if oldest.exists():
-            keep = [p for p in log_files(self.path.parent, self.path.name) if p != oldest]
-            first = first_record(keep[0]) if keep else None
-            if anchor is not None and first is not None:
-                anchor.update(first_seq=first["seq"], first_prev_hash=first["prev_hash"])
-                write_anchor(self.path, anchor, self._mac_key)
-            oldest.unlink()
-        for n in range(self.backup_count - 1, 0, -1):
-            older = rotated_path(self.path, n)
-            if older.exists():
-                os.replace(older, rotated_path(self.path, n + 1))
-        os.replace(part, rotated_path(self.path, 1))
-        self.path.unlink()
+        """Renames only, under the lock; the gzip follows on a background thread (``audit_rotation``)."""
+        anchor = audit_rotation.shift_and_rename(self.path, self.backup_count, anchor, self._mac_key)
+        self._rotated = True
         return anchor
+
+    def wait_for_compression(self, timeout: float | None = None) -> bool:
+        """Until the rotated files are gzipped (True) or ``timeout`` seconds have passed (False)."""
+        return self._compressor.wait(timeout)
 
     # ----- lookups --------------------------------------------------------------------------------------
     def find_requests(self, request_ids: set[str]) -> set[str]:
@@ -320,17 +321,23 @@ class AuditLog:
         name = self.path.name
         base = re.sub(r"-[A-Za-z0-9_]{1,40}(?=\.[^.]*$)", "", name, count=1)  # the chain this replica's is named after
         chains = sorted(set(chain_names(folder, name)) | set(chain_names(folder, base)) | {name})
-        recent = [p for chain in chains for p in log_files(folder, chain)[-2:]]
-        for path in recent:
-            for line, _ in read_lines(path):
-                stored = parse_record(line)
-                if stored is None:
-                    continue
-                record = stored
-                if "enc" in stored and self._fernet is not None:
-                    record = json.loads(self._fernet.decrypt(stored["enc"].encode("ascii")))
-                if record.get("request_id") in request_ids:
-                    found.add(record["request_id"])
+        with ExitStack() as handles:
+            recent = []
+            for chain in chains:  # each chain's files of one moment: a rotation meanwhile cannot hide a record
+                with consistent_view(folder / chain):
+                    recent += open_files(folder, chain, handles)[-2:]
+            for path, handle, length, error in recent:
+                if error is not None:
+                    raise error
+                for line, _ in read_lines(path, handle, length):
+                    stored = parse_record(line)
+                    if stored is None:
+                        continue
+                    record = stored
+                    if "enc" in stored and self._fernet is not None:
+                        record = json.loads(self._fernet.decrypt(stored["enc"].encode("ascii")))
+                    if record.get("request_id") in request_ids:
+                        found.add(record["request_id"])
         return found
 
     @property

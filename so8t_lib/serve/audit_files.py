@@ -3,7 +3,8 @@
 In a log folder, for a log named ``audit.jsonl``:
 
 - ``audit.jsonl``: the live file, one JSON record per line; ``audit.jsonl.N.gz``: rotated files,
-  ``.1.gz`` the newest;
+  ``.1.gz`` the newest (``audit.jsonl.N``: rotated, not gzipped yet; ``.gzip-<pid>-<thread>.tmp``: a gzip
+  under way, see ``audit_rotation``);
 - ``audit.jsonl.anchor``: where the chain must start and end (first seq and the hash it links to,
   last seq and its hash), rewritten after every append and on rotation; signed with an HMAC when a
   key is configured, so that rewriting the chain *and* the anchor needs the key;
@@ -21,6 +22,7 @@ import hmac
 import json
 import os
 import re
+import time
 import zlib
 from collections.abc import Iterator
 from contextlib import contextmanager
@@ -65,7 +67,7 @@ def anchor_path(log: Path) -> Path:
 # what reading a damaged or vanished log file raises: a cut .gz ends early (EOFError), a corrupted one fails to
 # inflate (zlib.error), a bad header or an unreadable file is an OSError (gzip.BadGzipFile among them)
 READ_ERRORS = (OSError, EOFError, zlib.error)
-# gzip level of a rotation, which holds the log's lock while it compresses (benchmarks/audit_rotation.py)
+# gzip level of a rotated file (compressed after the lock is released: audit_rotation, benchmarks/audit_rotation.py)
 ROTATE_GZIP_LEVEL = 6  # zlib's default: as small as 9 on these logs, 0.62x its time (plain records)
 
 
@@ -82,13 +84,23 @@ def rotated_path(log: Path, n: int) -> Path:
     return sibling(log, f".{n}.gz")
 
 
+def plain_rotated_path(log: Path, n: int) -> Path:
+    """A rotated file not yet gzipped (``audit_rotation``: gzip runs after the lock is released)."""
+    return sibling(log, f".{n}")
+
+
 def log_files(folder: str | Path, name: str = "audit.jsonl") -> list[Path]:
-    """Oldest first: ``name.N.gz`` ... ``name.1.gz``, then the live ``name``."""
+    """Oldest first: ``name.N.gz`` (or ``name.N``, rotated but not yet gzipped) ... ``name.1.gz``, then the live
+    ``name``. Where a crash left both ``.N`` and ``.N.gz``, the ``.gz`` is listed: it was complete before it
+    was renamed in, and the plain one is its copy."""
     folder = Path(folder)
-    pattern = re.compile(rf"^{re.escape(name)}\.(\d+)\.gz$")
-    numbered = [(int(m.group(1)), p) for p in folder.glob(f"{name}.*.gz") if (m := pattern.match(p.name))]
+    pattern = re.compile(rf"^{re.escape(name)}\.(\d+)(\.gz)?$")
+    numbered: dict[int, Path] = {}
+    for path in folder.glob(f"{name}.*"):
+        if (m := pattern.match(path.name)) and (m.group(2) or int(m.group(1)) not in numbered):
+            numbered[int(m.group(1))] = path
     live = folder / name
-    return [p for _, p in sorted(numbered, key=lambda item: -item[0])] + ([live] if live.is_file() else [])
+    return [numbered[n] for n in sorted(numbered, reverse=True)] + ([live] if live.is_file() else [])
 
 
 def chain_names(folder: str | Path, name: str = "audit.jsonl") -> list[str]:
@@ -96,7 +108,7 @@ def chain_names(folder: str | Path, name: str = "audit.jsonl") -> list[str]:
     per server process sharing the folder), each found by its live file, a rotated file or its anchor;
     ``name`` first, then the replicas by name."""
     stem, suffix = Path(name).stem, Path(name).suffix
-    pattern = re.compile(rf"^({re.escape(stem)}(?:-[A-Za-z0-9_]{{1,40}})?{re.escape(suffix)})(?:\.\d+\.gz|\.anchor)?$")
+    pattern = re.compile(rf"^({re.escape(stem)}(?:-[A-Za-z0-9_]{{1,40}})?{re.escape(suffix)})(?:\.\d+(?:\.gz)?|\.anchor)?$")
     folder = Path(folder)
     found = {m.group(1) for p in folder.iterdir() if (m := pattern.match(p.name))} if folder.is_dir() else set()
     return sorted(found, key=lambda n: (n != name, n))
@@ -211,17 +223,42 @@ def write_anchor(log: Path, anchor: dict, key: bytes | None = None) -> None:
     os.replace(tmp, path)
 
 
+class AuditLockTimeout(TimeoutError):
+    """The log's lock stayed held by someone else for longer than the caller would wait."""
+
+
 @contextmanager
-def file_lock(log: Path, shared: bool = False) -> Iterator[None]:
+def file_lock(log: Path, shared: bool = False, timeout: float | None = None) -> Iterator[None]:
     """The log's lock: exclusive for writers, shared for readers that need a consistent view (a reader opens
-    an existing lock file read-only, so it can take the lock where it may not write: a verifier's sandbox)."""
+    an existing lock file read-only, so it can take the lock where it may not write: a verifier's sandbox).
+    With ``timeout``, ``AuditLockTimeout`` after that many seconds of waiting (a hung holder must not hang the
+    gate: its caller fails closed instead)."""
     path = lock_path(log)
+    mode = fcntl.LOCK_SH if shared else fcntl.LOCK_EX
     with open(path, "r" if shared and path.exists() else "a") as lock:
-        fcntl.flock(lock, fcntl.LOCK_SH if shared else fcntl.LOCK_EX)
+        if timeout is None:
+            fcntl.flock(lock, mode)
+        else:
+            _flock_within(lock, mode, timeout, path)
         try:
             yield
         finally:
             fcntl.flock(lock, fcntl.LOCK_UN)
+
+
+def _flock_within(lock, mode: int, timeout: float, path: Path) -> None:
+    deadline, pause = time.monotonic() + timeout, 0.001
+    while True:
+        try:
+            fcntl.flock(lock, mode | fcntl.LOCK_NB)
+            return
+        except BlockingIOError:
+            left = deadline - time.monotonic()
+            if left <= 0:
+                raise AuditLockTimeout(f"{path} was held by another writer for more than {timeout:g} s "
+                                       "(a hung process? `fuser` on the lock file names it)") from None
+            time.sleep(min(pause, left))
+            pause = min(pause * 2, 0.05)
 
 
 def key_bytes(key: str | bytes | None) -> bytes | None:

@@ -25,9 +25,10 @@ import hmac
 import json
 import os
 from collections.abc import Callable, Iterator
-from contextlib import ExitStack
+from contextlib import ExitStack, contextmanager
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import BinaryIO
 
 from .audit_files import (
     GENESIS,
@@ -64,20 +65,51 @@ def read_records(folder: str | Path, name: str = "audit.jsonl", key: str | bytes
                  unreadable: list[str] | None = None) -> Iterator[dict]:
     """Every complete record, oldest first, decrypted when ``key`` is given (encrypted ones need it). A file that
     cannot be read to the end (a damaged .gz) is a ValueError naming it, or, given an ``unreadable`` list, a line
-    added to it, and the next file is read."""
+    added to it, and the next file is read. The files are those of one moment (``open_files``): a rotation or
+    a gzip swap while they are read neither hides nor repeats a record."""
     fernet = make_fernet(key) if key else None
+    with ExitStack() as handles:
+        with consistent_view(Path(folder) / name):
+            files = open_files(Path(folder), name, handles)
+        for path, handle, length, error in files:
+            try:
+                if error is not None:
+                    raise error
+                yield from _file_records(path, fernet, handle, length)
+            except READ_ERRORS as exc:
+                problem = f"{path.name}: cannot be read to the end ({exc}); the records after the damage are missing"
+                if unreadable is None:
+                    raise ValueError(problem) from None
+                unreadable.append(problem)
+
+
+@contextmanager
+def consistent_view(log: Path) -> Iterator[None]:
+    """The log's shared lock, for opening its files at one moment (a rotation or a gzip swap afterwards cannot
+    pull a file away); where it cannot be taken (a read-only copy of a folder), the files are opened without it."""
+    with ExitStack() as lock:
+        try:
+            lock.enter_context(file_lock(log, shared=True))
+        except OSError:
+            pass
+        yield
+
+
+def open_files(folder: Path, name: str, handles: ExitStack) -> list[tuple[Path, BinaryIO | None, int, OSError | None]]:
+    """(path, open handle, length, error) of each file of the chain, oldest first; call it inside
+    ``consistent_view``. What is appended after the call is not read (``length``)."""
+    found = []
     for path in log_files(folder, name):
         try:
-            yield from _file_records(path, fernet)
-        except READ_ERRORS as exc:
-            problem = f"{path.name}: cannot be read to the end ({exc}); the records after the damage are missing"
-            if unreadable is None:
-                raise ValueError(problem) from None
-            unreadable.append(problem)
+            handle = handles.enter_context(open(path, "rb"))
+            found.append((path, handle, os.fstat(handle.fileno()).st_size, None))
+        except OSError as exc:
+            found.append((path, None, 0, exc))
+    return found
 
 
-def _file_records(path: Path, fernet) -> Iterator[dict]:
-    for line, _ in read_lines(path):
+def _file_records(path: Path, fernet, handle: BinaryIO, length: int) -> Iterator[dict]:
+    for line, _ in read_lines(path, handle, length):
         stored = parse_record(line)
         if stored is None:
             continue
@@ -235,27 +267,21 @@ def verify(folder: str | Path, name: str = "audit.jsonl", hmac_key: str | bytes 
     folder = Path(folder)
     log = folder / name
     with ExitStack() as handles:
-        # a snapshot under the shared lock: every file opened (a rotation after it cannot pull one away), the live
-        # file's length and the anchor of that moment. The walk, which can take minutes on a large log, runs after
-        # the lock is released, so the gate's appends never wait for a verification.
-        with ExitStack() as lock:
-            try:
-                lock.enter_context(file_lock(log, shared=True))
-            except OSError:
-                pass  # a read-only copy of a log folder can still be verified
-            files, opened, unreadable = [], [], []
-            for path in log_files(folder, name):
-                try:
-                    opened.append(handles.enter_context(open(path, "rb")))
-                    files.append(path)
-                except OSError as exc:  # named as a problem of the chain, never a traceback
-                    unreadable.append(f"{path.name}: cannot be read ({exc.strerror or exc})")
-            limits = [os.fstat(handle.fileno()).st_size for handle in opened]
+        # every file opened and the anchor read at one moment; the walk, which can take minutes on a large log,
+        # runs after the lock is released, so the gate's appends never wait for a verification
+        with consistent_view(log):
+            found = open_files(folder, name, handles)
             try:
                 anchor, anchor_errors = read_anchor(log), []
             except ValueError as exc:
                 anchor, anchor_errors = None, [str(exc)]
             aside = set_aside_files(folder, name)
+        files, opened, limits, unreadable = [], [], [], []
+        for path, handle, length, error in found:
+            if error is not None:  # named as a problem of the chain, never a traceback
+                unreadable.append(f"{path.name}: cannot be read ({error.strerror or error})")
+            else:
+                files.append(path), opened.append(handle), limits.append(length)
         wanted = {seq for seq in ((anchor or {}).get("last_seq"), expect[0] if expect else None) if seq is not None}
         chain, errors, notes = _walk(files, key_bytes(hmac_key), opened, limits, wanted)
     errors += unreadable + anchor_errors

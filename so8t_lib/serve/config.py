@@ -99,6 +99,10 @@ class LoggingConfig(_Section):
         None, description="name of the environment variable holding a Fernet key; records are then encrypted")
     hmac_key_env: str | None = Field(
         None, description="name of the environment variable holding a secret that signs the audit anchor")
+    audit_lock_timeout_s: float = Field(5.0, gt=0, le=600, description="longest wait for the audit log's lock (held "
+                                        "for milliseconds per append); then the decision fails closed (ESCALATE, "
+                                        "its record spooled and written later) instead of hanging behind a stuck "
+                                        "process")
 
     @model_validator(mode="after")
     def _size_readable(self) -> LoggingConfig:

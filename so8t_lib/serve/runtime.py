@@ -94,7 +94,7 @@ class Agent:
         logs = config.logging
         self.audit = AuditLog(self.paths.audit, parse_size(logs.max_log_size), logs.backup_count,
                               mask_input=logs.mask_personal_data, encryption_key=enc_key, hmac_key=self._mac_key,
-                              max_field_chars=logs.max_field_chars)
+                              max_field_chars=logs.max_field_chars, lock_timeout_s=logs.audit_lock_timeout_s)
         esc = config.escalation
         self.notifier = Notifier(esc)
         self.desk = EscalationDesk(

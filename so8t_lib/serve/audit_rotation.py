@@ -1,0 +1,182 @@
+"""Rotation of the audit log in two steps, so that no decision waits for gzip.
+
+Under the log's exclusive lock a rotation only renames: the live file becomes ``<log>.1`` (older files shift up
+by one, the one beyond ``backup_count`` goes). That takes milliseconds whatever the file's size; before, gzip ran
+under the lock and held every decision for about 30 s per GB (``benchmarks/audit_rotation.py``).
+
+The gzip runs afterwards, outside the lock, on a background thread: ``<log>.N`` is compressed to a temp file, and
+only the swap (``.N.gz`` in, ``.N`` out) takes the lock again. Every reader (verify, reports, backups, the chain
+head) reads a plain ``.N`` as it reads a ``.N.gz``, so a record is readable at every moment. A crash leaves a
+plain ``.N`` (compressed on the next open), a temp file of a process that is gone (deleted on the next open), or,
+between the swap's two renames, both ``.N`` and ``.N.gz``: the ``.N.gz`` is complete (it is fsynced before it
+is renamed in), so readers take it and the next open deletes the copy.
+"""
+
+from __future__ import annotations
+
+import gzip
+import logging
+import os
+import re
+import threading
+from pathlib import Path
+
+from . import audit_files
+from .audit_files import (
+    file_lock,
+    first_record,
+    log_files,
+    plain_rotated_path,
+    rotated_path,
+    sibling,
+    write_anchor,
+)
+
+logger = logging.getLogger("so8t.audit")
+TEMP_PATTERN = re.compile(r"\.gzip-(\d+)-\d+\.tmp$")
+
+
+def shift_and_rename(log: Path, backup_count: int, anchor: dict | None, mac_key: bytes | None) -> dict | None:
+    """The locked step: the live file becomes ``.1`` (renames only). The anchor's start moves before the oldest
+    file is deleted, so a crash never looks like a deletion. Returns the anchor as it now is."""
+    oldest = [p for p in (rotated_path(log, backup_count), plain_rotated_path(log, backup_count)) if p.exists()]
+    if oldest:
+        keep = [p for p in log_files(log.parent, log.name) if p not in oldest]
+        first = first_record(keep[0]) if keep else None
+        if anchor is not None and first is not None:
+            anchor.update(first_seq=first["seq"], first_prev_hash=first["prev_hash"])
+            write_anchor(log, anchor, mac_key)
+        for path in oldest:
+            path.unlink()
+    for n in range(backup_count - 1, 0, -1):
+        for older, newer in ((rotated_path(log, n), rotated_path(log, n + 1)),
+                             (plain_rotated_path(log, n), plain_rotated_path(log, n + 1))):
+            if older.exists():
+                os.replace(older, newer)
+    os.replace(log, plain_rotated_path(log, 1))
+    return anchor
+
+
+def _identity(stat: os.stat_result) -> tuple[int, int, int, int]:
+    """A rotated file never changes after its rename, so this tells it from a later file that reuses its inode."""
+    return stat.st_dev, stat.st_ino, stat.st_size, stat.st_mtime_ns
+
+
+def _plain_files(log: Path) -> list[Path]:
+    pattern = re.compile(rf"^{re.escape(log.name)}\.(\d+)$")
+    return sorted((p for p in log.parent.glob(f"{log.name}.*") if pattern.match(p.name)),
+                  key=lambda p: -int(p.name.rsplit(".", 1)[1]))
+
+
+def compress_one(log: Path, plain: Path) -> bool:
+    """gzip one rotated ``.N`` outside the lock, then swap it in under the lock. False when there was nothing to
+    do (another thread or process compressed it first, or a later rotation deleted it)."""
+    tmp = sibling(log, f".gzip-{os.getpid()}-{threading.get_ident()}.tmp")
+    try:
+        source = open(plain, "rb")
+    except FileNotFoundError:
+        return False
+    try:
+        with source:
+            identity = _identity(os.fstat(source.fileno()))
+            with gzip.open(tmp, "wb", compresslevel=audit_files.ROTATE_GZIP_LEVEL) as target:
+                while block := source.read(1 << 20):
+                    target.write(block)
+            with tmp.open("rb") as handle:
+                os.fsync(handle.fileno())
+        with file_lock(log):
+            for candidate in _plain_files(log):  # a rotation meanwhile moved it up: find it by what it is
+                try:
+                    if _identity(candidate.stat()) != identity:
+                        continue
+                except FileNotFoundError:
+                    continue
+                packed = candidate.with_name(candidate.name + ".gz")
+                if packed.exists():
+                    break  # compressed by someone else, who deletes the copy
+                os.replace(tmp, packed)
+                candidate.unlink()
+                return True
+        return False
+    finally:
+        tmp.unlink(missing_ok=True)
+
+
+def compress_pending(log: Path) -> int:
+    """gzip every rotated file still plain, oldest first; the number compressed. A failure (a full disk) is
+    logged and leaves the plain file as it is: readable, and compressed on a later try."""
+    done = 0
+    for plain in _plain_files(log):
+        try:
+            done += compress_one(log, plain)
+        except OSError as exc:
+            logger.error("%s: could not gzip %s (%s); it stays readable as it is and is compressed on a later "
+                         "rotation or start", log, plain.name, exc)
+            return done
+    return done
+
+
+def clean_leftovers(log: Path) -> None:
+    """Under the lock, on open: the plain copy of a file whose ``.gz`` is in place, and the temp files of
+    processes that are gone (a live process's temp file is its work in progress)."""
+    for plain in _plain_files(log):
+        if plain.with_name(plain.name + ".gz").exists():
+            plain.unlink()
+            logger.warning("%s: removed the plain copy left by an interrupted gzip of %s", log, plain.name)
+    for tmp in log.parent.glob(f"{log.name}.gzip-*.tmp"):
+        match = TEMP_PATTERN.search(tmp.name)
+        if match and not _process_alive(int(match.group(1))):
+            tmp.unlink(missing_ok=True)
+
+
+def _process_alive(pid: int) -> bool:
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:
+        return True  # someone else's process: alive
+    return True
+
+
+class BackgroundCompressor:
+    """One thread per log that gzips rotated files after the lock is released; asked again while it runs, it
+    makes one more pass, so a file rotated meanwhile is not left behind."""
+
+    def __init__(self, log: Path) -> None:
+        self.log = log
+        self._lock = threading.Lock()
+        self._thread: threading.Thread | None = None
+        self._again = False
+
+    def start(self) -> None:
+        with self._lock:
+            if self._thread is not None:
+                self._again = True
+                return
+            self._thread = threading.Thread(target=self._run, name="so8t-audit-gzip", daemon=True)
+            self._thread.start()
+
+    def _run(self) -> None:
+        while True:
+            try:
+                compress_pending(self.log)
+            except Exception:  # noqa: BLE001 - a background thread: say it, never die silently
+                logger.exception("%s: gzip of rotated files failed", self.log)
+            with self._lock:
+                if not self._again:
+                    self._thread = None
+                    return
+                self._again = False
+
+    def wait(self, timeout: float | None = None) -> bool:
+        """Until no gzip is running or due (True), or ``timeout`` seconds (False)."""
+        with self._lock:
+            thread = self._thread
+        while thread is not None:
+            thread.join(timeout)
+            if thread.is_alive():
+                return False
+            with self._lock:
+                thread = self._thread
+        return True
