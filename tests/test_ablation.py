@@ -11,9 +11,17 @@ from so8t_lib.workbench import ablation
 
 def test_t_interval_by_hand():
     mean, low, high = ablation.t_interval([1.0, 2.0, 3.0])
-    half = 4.303 * 1.0 / math.sqrt(3)  # sd = 1, t(0.975, 2) = 4.303
-    assert mean == 2.0 and low == pytest.approx(2 - half) and high == pytest.approx(2 + half)
+    half = 4.302653 * 1.0 / math.sqrt(3)  # sd = 1, t(0.975, 2) = 4.302653
+    assert mean == 2.0 and low == pytest.approx(2 - half, rel=1e-4) and high == pytest.approx(2 + half, rel=1e-4)
     assert math.isnan(ablation.t_interval([5.0])[1])
+
+
+def test_t_interval_stays_a_t_interval_past_thirty_degrees_of_freedom():
+    """32 seeds: t(0.975, 31) = 2.0395, not the normal 1.96 a 30-row table fell back to."""
+    values = np.arange(32, dtype=float)
+    mean, low, high = ablation.t_interval(values)
+    half = 2.0395 * values.std(ddof=1) / math.sqrt(32)
+    assert low == pytest.approx(mean - half, rel=1e-4) and high == pytest.approx(mean + half, rel=1e-4)
 
 
 @pytest.mark.parametrize("t, df", [(12.706, 1), (4.303, 2), (3.182, 3), (2.776, 4), (2.571, 5), (2.228, 10), (2.042, 30)])

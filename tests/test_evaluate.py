@@ -133,6 +133,10 @@ def test_calibration_is_stored_in_the_checkpoint(checkpoint, ten_rows, tmp_path)
     assert stored == pytest.approx(results["calibration"]["temperature"]) and stored > 0
     assert results["temperature"] == pytest.approx(stored)
     assert results["calibration"]["ece_after"] <= results["calibration"]["ece_before"] + 1e-9
+    # a second fit starts from the first one's temperature: its "before" is the first one's "after" (it was
+    # measured at temperature 1, so refitting a calibrated checkpoint claimed a gain it did not make)
+    again = so8t(["evaluate", "--model", str(ckpt), "--calibrate", "--calibration-data", str(ten_rows)])
+    assert again["calibration"]["ece_before"] == pytest.approx(results["calibration"]["ece_after"], abs=1e-6)
 
 
 def test_latency_report(checkpoint, ten_rows, tmp_path):

@@ -58,7 +58,8 @@ def calibrate(model: SO8TModel, table: pd.DataFrame, batch_size: int = 32, progr
     gold = np.array([LABELS.index(label) for label in table["label"]])
     logits = model.decide(list(table["user_request"]), table_contexts(table), batch_size=batch_size,
                           progress=progress, return_logits=True).numpy().astype(np.float64)
-    probs = torch.softmax(torch.as_tensor(logits), dim=-1).numpy()
+    # "before" is the model as it decides now, at its current temperature (a trained run is calibrated already)
+    probs = torch.softmax(torch.as_tensor(logits) / float(model.safety_head.temperature), dim=-1).numpy()
     temperature = fit_temperature(logits, gold)
     with torch.no_grad():
         model.safety_head.temperature.fill_(temperature)

@@ -44,8 +44,8 @@ def write_figures(eval_json: Path, quant_json: Path, ablation_json: Path, figure
     evaluation, quant, ablation = _load(eval_json), _load(quant_json), _load(ablation_json)
     drawn: dict[str, object] = {}
     if evaluation and evaluation.get("datasets"):
-        name, report = next(iter(evaluation["datasets"].items()))  # the first data set: the test split
-        drawn.update(plots.evaluation_figures(report, name))
+        name = figure_dataset(evaluation["datasets"])
+        drawn.update(plots.evaluation_figures(evaluation["datasets"][name], name))
     if quant and quant.get("results"):
         drawn["quant_ladder.png"] = plots.quant_ladder_figure(
             pd.DataFrame(quant["results"]), f"quantization ladder on {quant.get('data', '?')} ({quant.get('device', 'cpu')})")
@@ -64,6 +64,21 @@ FOLLOW_UP_ABLATIONS = ("experiments/ablation/random_init/ablation.json",
 CORPUS_KEYS = ["safety_score", "macro_f1", "refuse_recall", "dangerous_compliance", "over_refusal", "ece"]
 
 
+def figure_dataset(datasets: dict) -> str:
+    """The data set the card's evaluation figures show: the test split when it was scored (evaluations list val
+    first, whose rows the temperature was fitted on), else the first one."""
+    return "test" if "test" in datasets else next(iter(datasets))
+
+
+def _metrics_caption(evaluation: dict) -> str:
+    """What the numbers are: the decision rule and the intervals the evaluation actually used."""
+    rule = evaluation.get("decision_rule", "argmax")
+    rule = "argmax decisions" if rule == "argmax" else f"decisions by the serving rule, {rule}"
+    resamples = [rep.get("ci_resamples") or 0 for rep in evaluation.get("datasets", {}).values()]
+    intervals = "95% bootstrap intervals" if any(resamples) else "no intervals (evaluated with --bootstrap 0)"
+    return f"{rule}, temperature {evaluation.get('temperature', 1):.2f}; {intervals}"
+
+
 def _headline_keys(report: dict) -> list[str]:
     keys = report.get("headline") or []
     return CORPUS_KEYS if "safety_score" in keys or not keys else list(keys)  # the corpus: the safety headline
@@ -73,8 +88,7 @@ def _metrics_section(evaluation: dict | None, eval_json: Path) -> list[str]:
     lines = ["## Metrics"]
     if not evaluation:
         return lines + [f"Not measured: `{eval_json}` is missing (run `so8t evaluate ... --out {eval_json}`)."]
-    lines += [f"From `{eval_json}` (argmax decisions, temperature {evaluation.get('temperature', 1):.2f}; "
-              "95% bootstrap intervals):", "", "| data | rows | numbers |", "|---|---|---|"]
+    lines += [f"From `{eval_json}` ({_metrics_caption(evaluation)}):", "", "| data | rows | numbers |", "|---|---|---|"]
     for name, rep in evaluation.get("datasets", {}).items():
         shown = ", ".join(f"{k} {_fmt(rep, k)}" for k in _headline_keys(rep) if rep.get(k) is not None)
         lines.append(f"| {name} | {rep['n']} | {shown} |")

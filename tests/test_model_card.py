@@ -1,0 +1,31 @@
+"""The model card says what its numbers are: the figures show the test split, the caption names the rule and
+the intervals the evaluation really used."""
+
+import json
+
+from so8t_lib.workbench import model_card
+
+
+def _report(n, resamples):
+    return {"n": n, "ci_resamples": resamples, "macro_f1": 0.5, "safety_score": 0.6, "headline": ["safety_score"]}
+
+
+def test_the_evaluation_figures_show_the_test_split_not_the_first_listed(tmp_path, monkeypatch):
+    """Evaluations list val first; val holds the rows the temperature was fitted on, so its reliability diagram
+    flatters the model. The card's figures, captioned "on the test split", were drawn from val."""
+    evaluation = {"datasets": {"val": _report(2519, 1000), "test": _report(2670, 1000), "xstest": _report(450, 1000)}}
+    (tmp_path / "eval.json").write_text(json.dumps(evaluation))
+    drawn = []
+    monkeypatch.setattr(model_card.plots, "evaluation_figures", lambda report, name: drawn.append((name, report["n"])) or {})
+    model_card.write_figures(tmp_path / "eval.json", tmp_path / "none.json", tmp_path / "none.json", tmp_path / "fig")
+    assert drawn == [("test", 2670)]
+    assert model_card.figure_dataset({"xstest": _report(450, 0)}) == "xstest"  # no test split: the first one
+
+
+def test_the_metrics_caption_names_the_decision_rule_and_the_intervals_used(tmp_path):
+    threshold = {"decision_rule": "threshold 0.9", "temperature": 2.5, "datasets": {"test": _report(10, 0)}}
+    section = "\n".join(model_card._metrics_section(threshold, tmp_path / "eval.json"))
+    assert "threshold 0.9" in section and "no intervals" in section and "argmax" not in section
+    argmax = {"decision_rule": "argmax", "datasets": {"test": _report(10, 1000)}}
+    section = "\n".join(model_card._metrics_section(argmax, tmp_path / "eval.json"))
+    assert "argmax decisions" in section and "95% bootstrap intervals" in section
