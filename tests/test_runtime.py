@@ -248,6 +248,32 @@ def test_one_item_that_breaks_the_model_is_decided_alone(tmp_path):
     assert "more than n_ctx" in results[1]["error"]
 
 
+class StallingDecider(FakeDecider):
+    """Any pass holding a request with "stall" runs past every limit (one client's pathological request)."""
+
+    def __init__(self):
+        super().__init__((0.95, 0.03, 0.02))
+        self.passes = []
+
+    def decide(self, requests, contexts=None, batch_size=32, progress=False):
+        self.passes.append(list(requests))
+        if any("stall" in r for r in requests):
+            time.sleep(0.6)
+        return super().decide(requests, contexts, batch_size, progress)
+
+
+def test_one_item_that_stalls_the_model_times_out_alone(tmp_path):
+    """Micro-batching mixes clients: a batch that timed out failed every request in it, and the one-by-one
+    retry shared one deadline in arrival order, so the stalling request ate the others' time."""
+    decider = StallingDecider()
+    results = _agent(tmp_path, decider, decision_timeout_s=0.4).run_batch(
+        [{"user_request": "stall " * 30}, {"user_request": "short one"}, {"user_request": "another short one"}])
+    assert [r["decision"] for r in results] == ["ESCALATE", "ALLOW", "ALLOW"]
+    assert "timeout" in results[0]["error"] and results[1]["error"] is None
+    assert decider.passes[1:3] == [["short one"], ["another short one"]]  # the short ones first
+    assert len(_records(tmp_path)) == 3
+
+
 def test_processing_time_counts_the_wait_before_the_call(tmp_path):
     received = time.perf_counter() - 5.0  # a server received it 5 s ago and batched it
     result = _agent(tmp_path, FakeDecider()).run_batch([{"user_request": "hello"}], received_at=[received])[0]

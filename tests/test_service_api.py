@@ -149,6 +149,28 @@ def test_keys_and_roles(serve, method, path, body, role):
     assert records(folder(service)) == [] or role == "client"  # nothing refused was decided
 
 
+def test_a_caller_without_a_known_key_gets_401_before_its_body_size_or_query_is_looked_at(serve):
+    """Before, a body that was not JSON came back 422 with the parser's complaint, an unknown query parameter
+    422 with the route's parameter names, an oversized body 413: each read or parsed for a caller with no key."""
+    service, client = serve(service={"max_body_bytes": "2KB"})
+    nobody, stranger = {}, {"Authorization": "Bearer not-a-key-at-all"}
+    for headers in (nobody, stranger):
+        calls = [client.post("/v1/decide", content=b"{not json", headers={**headers, "Content-Type": "application/json"}),
+                 client.post("/v1/decide?verbose=1", json={"user_request": "hi"}, headers=headers),
+                 client.post("/v1/decide", json={"user_request": "x" * 4000}, headers=headers),
+                 client.get("/v1/escalations?stauts=open", headers=headers),
+                 client.get("/v1/no-such-route", headers=headers)]
+        assert [c.status_code for c in calls] == [401] * 5
+        assert all(c.json()["error"]["type"] == "unauthorized" and c.headers["WWW-Authenticate"] == "Bearer"
+                   for c in calls)
+        assert all("verbose" not in c.text and "stauts" not in c.text and "JSON" not in c.text for c in calls)
+    with_key = client.post("/v1/decide", content=b"{not json", headers={**CLIENT, "Content-Type": "application/json"})
+    assert with_key.status_code == 422  # a caller with a key still learns what was wrong
+    assert records(folder(service)) == []
+    counted = service.metrics.http_requests.labels("POST", "/v1/decide", "401")._value.get()
+    assert counted == 6  # the 401s are counted under their route like every other answer
+
+
 def test_a_queue_limit_below_the_list_limit_is_refused_at_start():
     """max_pending 4 with max_items 64: a list of five could never be queued and got 503 "retry shortly" forever."""
     from so8t_lib.serve.config import load_runtime_config
@@ -166,6 +188,10 @@ def test_keys_come_only_from_the_environment_and_are_checked():
         ApiKeys.from_env("C", "R", {"C": "0123456789abcdef0123"})
     with pytest.raises(ConfigError, match="unique"):
         ApiKeys.from_env("C", "R", {"C": "a:0123456789abcdef", "R": "a:fedcba9876543210"})
+    # one secret for two keys: the token was the last of them, so the gateway's secret carried a reviewer's role
+    with pytest.raises(ConfigError, match=r"gateway \(client\), sato \(reviewer\) have the same secret") as shared:
+        ApiKeys.from_env("C", "R", {"C": "gateway:0123456789abcdef", "R": "sato@medical:0123456789abcdef"})
+    assert "0123456789abcdef" not in str(shared.value)
 
 
 def test_a_body_over_the_limit_is_refused_before_it_is_read(serve):
@@ -327,8 +353,9 @@ def test_errors_are_json_and_name_the_problem(serve):
     assert unknown_field.status_code == 422 and "admin" in unknown_field.json()["error"]["message"]
     not_json = client.post("/v1/decide", content=b"{nope", headers={**CLIENT, "Content-Type": "application/json"})
     assert not_json.status_code == 422 and "not valid JSON" in not_json.json()["error"]["message"]
-    assert client.get("/v1/nothing").json()["error"]["type"] == "not_found"
-    assert client.get("/v1/decide").status_code == 405
+    assert client.get("/v1/nothing", headers=CLIENT).json()["error"]["type"] == "not_found"
+    assert client.get("/v1/decide", headers=CLIENT).status_code == 405
+    assert client.get("/v1/decide").status_code == 401  # without a key, nothing more is said
     assert records(folder(service)) == []
 
 

@@ -107,11 +107,12 @@ def test_close_decides_what_waits_and_refuses_what_comes_after():
         await until(recorder.entered.is_set)  # 0 is deciding (held)
         tasks.append(asyncio.create_task(batcher.submit([{"n": 1}])))
         await asyncio.sleep(0)
-        await until(lambda: batcher.pending == 0)  # 1 is taken and waits for the worker
-        tasks += [asyncio.create_task(batcher.submit([{"n": n}])) for n in (2, 3)]
+        await until(lambda: batcher._queue.qsize() == 0)  # 1 is taken and waits for the worker: still pending
+        assert batcher.pending == 1
+        tasks.append(asyncio.create_task(batcher.submit([{"n": 2}])))
         await until(lambda: batcher.pending == 2)
-        with pytest.raises(Overloaded):
-            await batcher.submit([{"n": 99}])
+        with pytest.raises(Overloaded):  # 1 held + 2 queued: a third waiting request is over max_pending 2
+            await batcher.submit([{"n": 3}])
         closing = asyncio.create_task(batcher.close())
         await asyncio.sleep(0)
         with pytest.raises(Closing):
@@ -120,8 +121,8 @@ def test_close_decides_what_waits_and_refuses_what_comes_after():
         await closing
         return [await t for t in tasks]
 
-    assert [r[0]["echo"] for r in run(scenario())] == [0, 1, 2, 3]
-    assert [[i["n"] for i in b] for b in recorder.batches] == [[0], [1, 2], [3]]
+    assert [r[0]["echo"] for r in run(scenario())] == [0, 1, 2]
+    assert [[i["n"] for i in b] for b in recorder.batches] == [[0], [1, 2]]
 
 
 def test_concurrent_clients_on_a_real_server_get_one_record_each(tmp_path):

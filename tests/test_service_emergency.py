@@ -121,3 +121,38 @@ def test_two_switches_at_once_leave_the_gauge_as_the_gate_is(running):
     release.join(10)
     assert client.get("/v1/admin/emergency", headers=REVIEWER).json()["mode"] == "emergency"
     assert "so8t_emergency_mode 1.0" in client.get("/metrics").text.splitlines()
+
+
+def test_reading_the_switch_while_a_change_waits_for_the_audit_log_stalls_nobody_else(tmp_path):
+    """A switch change holds the switch while its record waits for the audit log's lock. Reading the switch
+    took that lock on the event loop, so one GET froze the whole server: health checks, every client's
+    decisions. Now the read waits on a worker thread and the server answers everyone else meanwhile."""
+    import fcntl
+    import threading
+
+    import httpx
+    from service_support import LiveServer
+
+    from so8t_lib.serve.audit_files import lock_path
+
+    service = make_service(tmp_path / "logs", FixedDecider(PROBS["ALLOW"]), logging={"audit_lock_timeout_s": 60})
+    with LiveServer(service) as server, httpx.Client(base_url=server.url, timeout=60) as http:
+        holder = open(lock_path(service.agent.audit.path), "a")  # a backup or a verifier holding the log
+        fcntl.flock(holder, fcntl.LOCK_EX)
+        try:
+            change = threading.Thread(target=http.post, args=("/v1/admin/emergency",),
+                                      kwargs={"json": {"enabled": True, "reason": "drill"}, "headers": REVIEWER})
+            change.start()
+            wait_for(lambda: service.switch.sources)  # the change holds the switch, waiting for the audit log
+            read = threading.Thread(target=http.get, args=("/v1/admin/emergency",), kwargs={"headers": REVIEWER})
+            read.start()
+            wait_for(lambda: service.metrics.in_flight._value.get() >= 2)  # the read is in the server too
+            with httpx.Client(base_url=server.url, timeout=20) as other:
+                assert other.get("/healthz").status_code == 200
+            assert change.is_alive() and read.is_alive()  # answered while the switch was still held
+        finally:
+            fcntl.flock(holder, fcntl.LOCK_UN)
+            holder.close()
+        change.join(60)
+        read.join(60)
+        assert not change.is_alive() and not read.is_alive()

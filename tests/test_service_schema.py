@@ -142,3 +142,26 @@ def test_every_request_body_the_routes_take_is_strict_and_closed(tmp_path):
         assert model.model_config.get("extra") == "forbid", model.__name__
         with pytest.raises(pydantic.ValidationError):
             model.model_validate({"an_unknown_field": 1})
+
+
+def test_every_status_a_route_can_answer_is_in_the_schema_with_the_body_it_sends(tmp_path):
+    """The outcome route sent ErrorBody on 422 while the schema promised FastAPI's HTTPValidationError, and could
+    answer 429 undeclared; an unknown query parameter gets 422 on every route, the ops routes included."""
+    from fastapi.testclient import TestClient
+
+    from so8t_lib.serve.http import create_app
+
+    client = TestClient(create_app(make_service(tmp_path / "logs", FaultyDecider())))
+    paths = client.get("/openapi.json").json()["paths"]
+
+    def body_of(path, method, status):
+        answer = paths[path][method]["responses"].get(str(status))
+        return answer and answer["content"]["application/json"]["schema"]["$ref"].rsplit("/", 1)[-1]
+
+    outcome = "/v1/escalations/{case_id}/outcome"
+    assert body_of(outcome, "get", 422) == "ErrorBody" and body_of(outcome, "get", 429) == "ErrorBody"
+    for path in ("/healthz", "/readyz", "/v1/admin/emergency"):
+        assert body_of(path, "get", 422) == "ErrorBody", path
+        assert client.get(f"{path}?unknown=1", headers=REVIEWER).status_code == 422
+    assert not [f"{method.upper()} {path}" for path, methods in paths.items() for method, op in methods.items()
+                if body_of(path, method, 422) == "HTTPValidationError"]  # every 422 is the service's own shape

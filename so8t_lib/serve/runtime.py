@@ -180,8 +180,9 @@ class Agent:
 
     def _decide_all(self, cleans: list[CleanRequest]) -> list:
         """One entry per request: a row of probabilities, None (emergency mode) or a failure reason.
-        When a batch fails, its requests are decided one by one within one more ``decision_timeout_s``, so one
-        item that breaks the model (too long for its context window) fails closed alone. Each pass's limit
+        When a batch fails or times out, its requests are decided one by one, shortest first, within one more
+        ``decision_timeout_s``: one item that breaks or stalls the model (one client's huge request) fails
+        closed alone instead of taking the other clients' requests of its batch with it. Each pass's limit
         counts its own time on the model's thread, not the wait behind other work (``ModelWorker``)."""
         if self.config.mode == "emergency":
             return [None] * len(cleans)
@@ -192,23 +193,25 @@ class Agent:
         try:
             return list(self._probabilities(requests, contexts, limit))
         except TimeoutError as exc:
-            return [f"timeout after {limit}s ({exc})"] * len(cleans)
+            if len(cleans) == 1:
+                return [f"timeout after {limit}s ({exc})"]
         except Exception as exc:  # noqa: BLE001 - fail closed on anything
             if len(cleans) == 1:
                 return [f"model error: {type(exc).__name__}: {exc}"]
-        out: list = []
+        out: list = [None] * len(cleans)
         deadline = time.monotonic() + limit  # the requests of a failed batch share one more limit
-        for request, context in zip(requests, contexts):
+        by_length = sorted(range(len(cleans)), key=lambda i: len(requests[i]) + len(contexts[i] or ""))
+        for index in by_length:  # the short ones first: a long request that stalls the model cannot starve them
             left = deadline - time.monotonic()
             if left <= 0:
-                out.append(f"timeout after {limit}s (deciding the failed batch's requests one by one)")
+                out[index] = f"timeout: its batch failed and the {limit}s to decide its requests one by one ran out"
                 continue
             try:
-                out.append(self._probabilities([request], [context], left)[0])
+                out[index] = self._probabilities([requests[index]], [contexts[index]], left)[0]
             except TimeoutError as exc:
-                out.append(f"timeout after {limit}s ({exc})")
+                out[index] = f"timeout deciding its failed batch's requests one by one ({exc})"
             except Exception as exc:  # noqa: BLE001
-                out.append(f"model error: {type(exc).__name__}: {exc}")
+                out[index] = f"model error: {type(exc).__name__}: {exc}"
         return out
 
     def _generate(self, request: str, context: str | None) -> tuple[str, str | None]:

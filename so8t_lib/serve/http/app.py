@@ -41,7 +41,7 @@ from .auth import CLIENT, REVIEWER, ApiKey, RateLimiter
 from .batching import Closing, Overloaded
 from .dashboard_page import PAGE, SCRIPT
 from .emergency import API, SwitchRefused
-from .middleware import BodySizeLimit, HttpMetrics
+from .middleware import BodySizeLimit, HttpMetrics, RequireKey
 from .schemas import (
     CASE_STATUSES,
     UNRESOLVED,
@@ -149,6 +149,7 @@ def create_app(service: Service) -> FastAPI:
                               "Fail-closed: a failure inside the gate is never ALLOW.")
     app.state.service = service
     app.add_middleware(BodySizeLimit, max_bytes=parse_size(service.config.max_body_bytes))
+    app.add_middleware(RequireKey, keys_of=lambda: service.keys)  # outside the size limit: no key, no 413 either
     app.add_middleware(HttpMetrics, metrics=service.metrics, router=app.router)
 
     @app.exception_handler(HTTPException)
@@ -250,7 +251,7 @@ def create_app(service: Service) -> FastAPI:
         return SafeJSONResponse({"count": len(cases), "cases": shown})
 
     @app.get("/v1/escalations/{case_id}/outcome", response_model=EscalationOutcome, tags=["gate"],
-             responses=errors(401, 403, 404, 503),
+             responses=errors(401, 403, 404, 422, 429, 503),
              summary="Where an escalated request stands and what a person decided (the client key that asked, "
                      "or a reviewer of its desk, may read it)")
     async def outcome(case_id: Annotated[str, FastPath(pattern=CASE_ID_PATTERN, description="the escalation_id "
@@ -311,10 +312,11 @@ def create_app(service: Service) -> FastAPI:
         shown = EscalationCase.model_validate(case).model_dump()
         return SafeJSONResponse({"case": shown, "resolution": case["resolution"], "history": case["history"]})
 
-    @app.get("/v1/admin/emergency", response_model=EmergencyState, tags=["admin"], responses=errors(401, 403),
+    @app.get("/v1/admin/emergency", response_model=EmergencyState, tags=["admin"], responses=errors(401, 403, 422),
              summary="Whether every request is being escalated, and who holds it")
     async def emergency_state(key: ApiKey = reviewer):
-        return SafeJSONResponse({**service.switch.state(), "changed": False, "audited": True, "error": None})
+        state = await run_in_threadpool(service.switch.state)  # it waits for a change being recorded: off the loop
+        return SafeJSONResponse({**state, "changed": False, "audited": True, "error": None})
 
     @app.post("/v1/admin/emergency", response_model=EmergencyState, tags=["admin"],
               responses=errors(400, 401, 403, 413, 422, 503),
@@ -329,11 +331,11 @@ def create_app(service: Service) -> FastAPI:
             raise ApiError(503, "switch_refused", str(exc)) from None
         return SafeJSONResponse(state)
 
-    @app.get("/healthz", response_model=Health, tags=["ops"], summary="The process answers")
+    @app.get("/healthz", response_model=Health, tags=["ops"], responses=errors(422), summary="The process answers")
     async def healthz():
         return {"status": "ok"}
 
-    @app.get("/readyz", response_model=Readiness, tags=["ops"], responses={503: {"model": Readiness}},
+    @app.get("/readyz", response_model=Readiness, tags=["ops"], responses={**errors(422), 503: {"model": Readiness}},
              summary="Model loaded, audit log writable, batcher running (503 names what is not)")
     async def readyz():
         checks = service.readiness()

@@ -74,6 +74,13 @@ class ApiKeys:
         names = [k.name for k in keys]
         if len(set(names)) != len(names):
             raise ConfigError(f"API key names must be unique, got {sorted(names)}")
+        by_secret: dict[bytes, list[str]] = {}
+        for key in keys:
+            by_secret.setdefault(key.digest, []).append(f"{key.name} ({key.role})")
+        shared = [owners for owners in by_secret.values() if len(owners) > 1]
+        if shared:  # the token would be whichever key came last: a gateway's secret could carry a reviewer's role
+            raise ConfigError(f"API keys {', '.join(shared[0])} have the same secret; give each key its own "
+                              "(python -c 'import secrets; print(secrets.token_urlsafe(32))')")
         self.keys = keys
 
     @classmethod

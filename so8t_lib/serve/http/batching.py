@@ -53,12 +53,13 @@ class MicroBatcher:
         self._running: set[asyncio.Task] = set()
         self._slots: asyncio.Semaphore | None = None
         self._pool: concurrent.futures.ThreadPoolExecutor | None = None
+        self._held = 0  # requests taken into the batch being formed, or waiting for a free worker with it
         self.closing = False
 
     @property
     def pending(self) -> int:
-        """Requests waiting for a batch (not counting those being decided)."""
-        return self._queue.qsize() if self._queue is not None else 0
+        """Requests waiting for a decision pass: queued, or held in the next batch (not those being decided)."""
+        return (self._queue.qsize() if self._queue is not None else 0) + self._held
 
     @property
     def started(self) -> bool:
@@ -74,8 +75,8 @@ class MicroBatcher:
         """The results of these requests, in order; each one joins whatever batch is forming."""
         if self.closing or self._queue is None:
             raise Closing("the service is shutting down")
-        if self._queue.qsize() + len(items) > self.max_pending:
-            raise Overloaded(f"{self._queue.qsize()} requests are waiting (max_pending {self.max_pending})")
+        if self.pending + len(items) > self.max_pending:
+            raise Overloaded(f"{self.pending} requests are waiting (max_pending {self.max_pending})")
         loop = asyncio.get_running_loop()
         start = time.perf_counter() if received_at is None else received_at
         pending = [_Pending(item, start, loop.create_future()) for item in items]
@@ -92,6 +93,7 @@ class MicroBatcher:
             if first is None:
                 break
             batch = [first]
+            self._held = 1
             deadline = loop.time() + self.max_wait_s
             while len(batch) < self.max_batch:
                 try:
@@ -108,6 +110,7 @@ class MicroBatcher:
                     stop = True
                     break
                 batch.append(entry)
+                self._held = len(batch)
             await self._slots.acquire()
             while not stop and len(batch) < self.max_batch:  # what arrived while every worker was busy
                 try:
@@ -118,6 +121,8 @@ class MicroBatcher:
                     stop = True
                     break
                 batch.append(entry)
+                self._held = len(batch)
+            self._held = 0
             task = asyncio.create_task(self._decide(batch))
             self._running.add(task)
             task.add_done_callback(self._running.discard)

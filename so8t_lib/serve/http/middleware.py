@@ -1,12 +1,13 @@
-"""Two ASGI middlewares: the body size limit, enforced before anything parses the body, and the
-HTTP metrics (count and latency per route and status), which also stamps each request's arrival
-time for the runtime's ``received_at``."""
+"""Three ASGI middlewares: the API key check on ``/v1/``, before anything else looks at a request; the
+body size limit, enforced before anything parses the body; and the HTTP metrics (count and latency per
+route and status), which also stamps each request's arrival time for the runtime's ``received_at``."""
 
 from __future__ import annotations
 
 import json
 import time
 
+from fastapi.security.utils import get_authorization_scheme_param
 from starlette.exceptions import HTTPException
 from starlette.routing import Match, Router
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
@@ -69,11 +70,36 @@ class BodySizeLimit:
                 await _answer(send, 413, "request_too_large", too_large.detail)
 
 
-async def _answer(send: Send, status: int, kind: str, message: str) -> None:
+class RequireKey:
+    """401 for a ``/v1/`` request without a known API key, before its body, its size or its query is looked
+    at: a caller with no key learns nothing of a route's parameters and costs no JSON parsing. The route's own
+    check then decides what the key's role may do (403)."""
+
+    def __init__(self, app: ASGIApp, keys_of, prefix: str = "/v1/") -> None:
+        self.app, self.keys_of, self.prefix = app, keys_of, prefix  # keys_of(): the service's current ApiKeys
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        if scope["type"] != "http" or not scope["path"].startswith(self.prefix):
+            await self.app(scope, receive, send)
+            return
+        header = dict(scope.get("headers") or []).get(b"authorization", b"").decode("latin-1")
+        scheme, token = get_authorization_scheme_param(header)
+        if scheme.lower() != "bearer" or not token:
+            message = "send an API key: Authorization: Bearer <secret>"
+        elif self.keys_of().identify(token) is None:
+            message = "unknown API key"
+        else:
+            await self.app(scope, receive, send)
+            return
+        await _answer(send, 401, "unauthorized", message, [(b"www-authenticate", b"Bearer")])
+
+
+async def _answer(send: Send, status: int, kind: str, message: str,
+                  headers: list[tuple[bytes, bytes]] | None = None) -> None:
     body = error_bytes(kind, message)
     await send({"type": "http.response.start", "status": status,
                 "headers": [(b"content-type", b"application/json"), (b"content-length", str(len(body)).encode()),
-                            (b"connection", b"close")]})
+                            (b"connection", b"close"), *(headers or [])]})
     await send({"type": "http.response.body", "body": body})
 
 
