@@ -28,6 +28,7 @@ from ..core.io import atomic_write_text
 from ..core.schema import ADAPTER_FILE
 from ..model.gates import N_TORUS_PARAMS, generator_geometry
 
+
 def t_interval(values) -> tuple[float, float, float]:
     """(mean, low, high): the mean with its two-sided 95% Student-t interval (NaN bounds for n < 2)."""
     x = np.asarray([v for v in values if v is not None and not math.isnan(v)], dtype=float)
