@@ -1,10 +1,9 @@
 """Audit rotation in two steps: decisions never wait for gzip, every record stays readable at every moment, and
 whatever a crash leaves between the steps is finished or cleaned on the next open."""
 
+import fcntl
 import gzip
 import os
-import subprocess
-import sys
 import threading
 from types import SimpleNamespace
 
@@ -122,16 +121,30 @@ def test_a_crash_between_the_swaps_renames_leaves_a_copy_that_readers_skip_and_t
     assert not plain.exists() and audit.verify(tmp_path)["records"] == 6
 
 
-def test_temp_files_of_gone_processes_are_deleted_and_a_live_ones_kept(tmp_path):
+def test_temp_files_nobody_writes_are_deleted_and_one_being_written_is_kept(tmp_path):
+    """A temp file's writer holds a lock on it; a crashed one holds none. (Telling them by pid kept a crashed
+    gzip's temp file forever when the restarted server got the same pid, as pid 1 in a container does.)"""
     log = _plain_rotation(tmp_path)
-    gone = subprocess.run([sys.executable, "-c", "import os; print(os.getpid())"], capture_output=True, text=True)
-    dead = tmp_path / f"audit.jsonl.gzip-{int(gone.stdout)}-1.tmp"
-    alive = tmp_path / f"audit.jsonl.gzip-{os.getppid()}-1.tmp"  # pytest's parent: certainly running
-    dead.write_bytes(b"half a gzip")
-    alive.write_bytes(b"another process's work in progress")
-    reopened = audit.AuditLog(log.path)
-    assert reopened.wait_for_compression(60)
-    assert not dead.exists() and alive.exists()
+    crashed = tmp_path / f"audit.jsonl.gzip-{os.getpid()}-1.tmp"  # this very pid, as after a restart in a container
+    busy = tmp_path / "audit.jsonl.gzip-4242-7.tmp"
+    crashed.write_bytes(b"half a gzip")
+    busy.write_bytes(b"a gzip under way")
+    with open(busy, "rb") as writer:
+        fcntl.flock(writer, fcntl.LOCK_EX)
+        reopened = audit.AuditLog(log.path)
+        assert reopened.wait_for_compression(60)
+        assert not crashed.exists() and busy.exists()
+
+
+def test_a_plain_file_beside_a_gz_of_other_records_is_kept_not_deleted_as_a_copy(tmp_path, caplog):
+    """A writer of the older version rotated beside this one's plain .1 (a rolling upgrade): the plain file was
+    deleted as a "copy" and its records were gone."""
+    log = _plain_rotation(tmp_path, n=3)
+    plain = plain_rotated_path(log.path, 1)
+    other = gzip.compress(b"".join(line + b"\n" for line in plain.read_bytes().splitlines()[1:]))
+    rotated_path(log.path, 1).write_bytes(other)
+    audit.AuditLog(log.path)
+    assert plain.exists() and "hold different records" in caplog.text
 
 
 def test_a_gzip_swaps_in_only_the_file_it_read(tmp_path, monkeypatch):
@@ -179,3 +192,54 @@ def test_a_replica_chain_known_only_by_a_plain_rotated_file_is_still_a_chain(tmp
         audit_rotation.shift_and_rename(log.path, log.backup_count, None, None)
     (tmp_path / "audit-r2.jsonl.anchor").unlink()
     assert "audit-r2.jsonl" in chain_names(tmp_path)
+
+
+def test_a_gzip_that_cannot_start_does_not_fail_the_record_it_follows(tmp_path, monkeypatch, caplog):
+    """The record is written before the gzip starts; "can't start new thread" raised out of append, and the
+    runtime decided the request again: two records for one request."""
+    log = audit.AuditLog(tmp_path / "audit.jsonl", max_bytes=1024, backup_count=100)
+
+    def no_threads():
+        raise RuntimeError("can't start new thread")
+
+    monkeypatch.setattr(log._compressor, "start", no_threads)
+    for i in range(20):  # rotations happen; every append still returns its record
+        assert log.append(_record(i))["seq"] == i
+    assert "could not start" in caplog.text
+    assert [r["request_id"] for r in audit.read_records(tmp_path)] == [f"req_{i}" for i in range(20)]
+
+
+def test_a_reader_of_the_spool_gives_up_on_a_stuck_lock_instead_of_hanging(tmp_path):
+    """find_requests (the spool replay, also at shutdown) waited for the shared lock without a limit."""
+    log = audit.AuditLog(tmp_path / "audit.jsonl", lock_timeout_s=0.2)
+    log.append(_record(0))
+    with open(tmp_path / "audit.jsonl.lock", "a") as holder:
+        fcntl.flock(holder, fcntl.LOCK_EX)
+        with pytest.raises(audit_rotation.audit_files.AuditLockTimeout):
+            log.find_requests({"req_0"})
+    assert log.find_requests({"req_0"}) == {"req_0"}
+
+
+def test_appends_under_contention_wait_their_turn_instead_of_timing_out(tmp_path):
+    """Polling for the lock with a growing pause let newcomers win over long waiters: healthy appends timed out
+    and failed closed. Waiting in the kernel's queue, 12 threads of 2 processes x 40 appends each, with a
+    limit far above a turn's length, all get their turn."""
+    script = (
+        "import sys, threading\n"
+        "sys.path.insert(0, sys.argv[2])\n"
+        "from so8t_lib.serve import audit\n"
+        "log = audit.AuditLog(sys.argv[1], lock_timeout_s=5.0)\n"
+        "def write(t):\n"
+        "    for i in range(40):\n"
+        "        log.append({'request_id': f'{sys.argv[3]}_{t}_{i}', 'decision': 'REFUSE'})\n"
+        "threads = [threading.Thread(target=write, args=(t,)) for t in range(6)]\n"
+        "[t.start() for t in threads]; [t.join() for t in threads]\n")
+    root = str(audit_rotation.Path(audit.__file__).resolve().parents[2])
+    import subprocess
+    import sys
+    procs = [subprocess.Popen([sys.executable, "-c", script, str(tmp_path / "audit.jsonl"), root, f"p{n}"],
+                              stderr=subprocess.PIPE, text=True) for n in range(2)]
+    errors = [p.communicate(timeout=300)[1] for p in procs]
+    assert [p.returncode for p in procs] == [0, 0], errors
+    report = audit.verify(tmp_path)
+    assert report["errors"] == [] and report["records"] == 2 * 6 * 40

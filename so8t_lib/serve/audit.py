@@ -95,14 +95,14 @@ class AuditLog:
         self._rotated = False  # set under the lock by a rotation; the gzip starts once the lock is released
         try:  # a broken folder must not stop the gate from answering: each append fails closed instead
             self.path.parent.mkdir(parents=True, exist_ok=True)
-            with file_lock(self.path):
+            with file_lock(self.path, timeout=self.lock_timeout_s):
                 self._repair()
         except OSError as exc:
             self.open_error = f"{self.path}: cannot open the audit log ({type(exc).__name__}: {exc})"
             logger.error("%s", self.open_error)
         if self._rotated:  # files a crash left plain
             self._rotated = False
-            self._compressor.start()
+            self._start_compressing()
 
     # ----- repair on open -----------------------------------------------------------------------
     def _repair(self) -> None:
@@ -284,7 +284,7 @@ class AuditLog:
         finally:
             if self._rotated:  # after the lock is released: no decision waits for the gzip
                 self._rotated = False
-                self._compressor.start()
+                self._start_compressing()
         self.open_error = None
         return record
 
@@ -305,6 +305,14 @@ class AuditLog:
         self._rotated = True
         return anchor
 
+    def _start_compressing(self) -> None:
+        """The record is written: a gzip that cannot start (no threads left) must not fail it. The plain file
+        stays readable and is gzipped on a later rotation or start."""
+        try:
+            self._compressor.start()
+        except Exception as exc:  # noqa: BLE001 - never let the gzip decide a request a second time
+            logger.error("%s: the gzip of rotated files could not start (%s); they stay plain for now", self.path, exc)
+
     def wait_for_compression(self, timeout: float | None = None) -> bool:
         """Until the rotated files are gzipped (True) or ``timeout`` seconds have passed (False)."""
         return self._compressor.wait(timeout)
@@ -324,7 +332,7 @@ class AuditLog:
         with ExitStack() as handles:
             recent = []
             for chain in chains:  # each chain's files of one moment: a rotation meanwhile cannot hide a record
-                with consistent_view(folder / chain):
+                with consistent_view(folder / chain, self.lock_timeout_s):
                     recent += open_files(folder, chain, handles)[-2:]
             for path, handle, length, error in recent:
                 if error is not None:

@@ -3,7 +3,7 @@
 In a log folder, for a log named ``audit.jsonl``:
 
 - ``audit.jsonl``: the live file, one JSON record per line; ``audit.jsonl.N.gz``: rotated files,
-  ``.1.gz`` the newest (``audit.jsonl.N``: rotated, not gzipped yet; ``.gzip-<pid>-<thread>.tmp``: a gzip
+  ``.1.gz`` the newest (``audit.jsonl.N``: rotated, not gzipped yet; ``.gzip-<pid>-<thread>-<n>.tmp``: a gzip
   under way, see ``audit_rotation``);
 - ``audit.jsonl.anchor``: where the chain must start and end (first seq and the hash it links to,
   last seq and its hash), rewritten after every append and on rotation; signed with an HMAC when a
@@ -22,12 +22,13 @@ import hmac
 import json
 import os
 import re
-import time
 import zlib
 from collections.abc import Iterator
 from contextlib import contextmanager
 from pathlib import Path
 from typing import BinaryIO
+
+from .audit_lock import AuditLockTimeout, lock_within  # noqa: F401 - AuditLockTimeout is part of this API
 
 GENESIS = "0" * 64
 ANCHOR_FORMAT = 1
@@ -223,42 +224,27 @@ def write_anchor(log: Path, anchor: dict, key: bytes | None = None) -> None:
     os.replace(tmp, path)
 
 
-class AuditLockTimeout(TimeoutError):
-    """The log's lock stayed held by someone else for longer than the caller would wait."""
-
-
 @contextmanager
 def file_lock(log: Path, shared: bool = False, timeout: float | None = None) -> Iterator[None]:
     """The log's lock: exclusive for writers, shared for readers that need a consistent view (a reader opens
     an existing lock file read-only, so it can take the lock where it may not write: a verifier's sandbox).
     With ``timeout``, ``AuditLockTimeout`` after that many seconds of waiting (a hung holder must not hang the
-    gate: its caller fails closed instead)."""
+    gate: its caller fails closed instead), still in the kernel's queue (``audit_lock``)."""
     path = lock_path(log)
-    mode = fcntl.LOCK_SH if shared else fcntl.LOCK_EX
+    if timeout is not None:
+        fd = lock_within(path, shared, timeout)
+        try:
+            yield
+        finally:
+            fcntl.flock(fd, fcntl.LOCK_UN)
+            os.close(fd)
+        return
     with open(path, "r" if shared and path.exists() else "a") as lock:
-        if timeout is None:
-            fcntl.flock(lock, mode)
-        else:
-            _flock_within(lock, mode, timeout, path)
+        fcntl.flock(lock, fcntl.LOCK_SH if shared else fcntl.LOCK_EX)
         try:
             yield
         finally:
             fcntl.flock(lock, fcntl.LOCK_UN)
-
-
-def _flock_within(lock, mode: int, timeout: float, path: Path) -> None:
-    deadline, pause = time.monotonic() + timeout, 0.001
-    while True:
-        try:
-            fcntl.flock(lock, mode | fcntl.LOCK_NB)
-            return
-        except BlockingIOError:
-            left = deadline - time.monotonic()
-            if left <= 0:
-                raise AuditLockTimeout(f"{path} was held by another writer for more than {timeout:g} s "
-                                       "(a hung process? `fuser` on the lock file names it)") from None
-            time.sleep(min(pause, left))
-            pause = min(pause * 2, 0.05)
 
 
 def key_bytes(key: str | bytes | None) -> bytes | None:

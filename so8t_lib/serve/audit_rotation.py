@@ -14,11 +14,14 @@ is renamed in), so readers take it and the next open deletes the copy.
 
 from __future__ import annotations
 
+import fcntl
 import gzip
+import itertools
 import logging
 import os
 import re
 import threading
+import time
 from pathlib import Path
 
 from . import audit_files
@@ -33,7 +36,7 @@ from .audit_files import (
 )
 
 logger = logging.getLogger("so8t.audit")
-TEMP_PATTERN = re.compile(r"\.gzip-(\d+)-\d+\.tmp$")
+_TEMP_NUMBERS = itertools.count()  # each gzip its own temp file, even two in one thread
 
 
 def shift_and_rename(log: Path, backup_count: int, anchor: dict | None, mac_key: bytes | None) -> dict | None:
@@ -57,46 +60,48 @@ def shift_and_rename(log: Path, backup_count: int, anchor: dict | None, mac_key:
     return anchor
 
 
-def _identity(stat: os.stat_result) -> tuple[int, int, int, int]:
-    """A rotated file never changes after its rename, so this tells it from a later file that reuses its inode."""
-    return stat.st_dev, stat.st_ino, stat.st_size, stat.st_mtime_ns
-
-
 def _plain_files(log: Path) -> list[Path]:
     pattern = re.compile(rf"^{re.escape(log.name)}\.(\d+)$")
     return sorted((p for p in log.parent.glob(f"{log.name}.*") if pattern.match(p.name)),
                   key=lambda p: -int(p.name.rsplit(".", 1)[1]))
 
 
+def _packed(plain: Path) -> Path:
+    return plain.with_name(plain.name + ".gz")
+
+
 def compress_one(log: Path, plain: Path) -> bool:
     """gzip one rotated ``.N`` outside the lock, then swap it in under the lock. False when there was nothing to
-    do (another thread or process compressed it first, or a later rotation deleted it)."""
-    tmp = sibling(log, f".gzip-{os.getpid()}-{threading.get_ident()}.tmp")
+    do (another thread or process compressed it first, or a later rotation deleted it). The file stays open
+    until the swap, so its inode cannot be reused by a newer file that the swap would then overwrite."""
+    if _packed(plain).exists():
+        return False  # a crash's copy beside its .gz: the next open deletes it, nothing to compress
+    tmp = sibling(log, f".gzip-{os.getpid()}-{threading.get_ident()}-{next(_TEMP_NUMBERS)}.tmp")
     try:
         source = open(plain, "rb")
     except FileNotFoundError:
         return False
     try:
-        with source:
-            identity = _identity(os.fstat(source.fileno()))
-            with gzip.open(tmp, "wb", compresslevel=audit_files.ROTATE_GZIP_LEVEL) as target:
+        with source, open(tmp, "wb") as raw:
+            fcntl.flock(raw, fcntl.LOCK_EX)  # in use: clean_leftovers leaves a temp file it cannot lock
+            with gzip.open(raw, "wb", compresslevel=audit_files.ROTATE_GZIP_LEVEL) as target:
                 while block := source.read(1 << 20):
                     target.write(block)
-            with tmp.open("rb") as handle:
-                os.fsync(handle.fileno())
-        with file_lock(log):
-            for candidate in _plain_files(log):  # a rotation meanwhile moved it up: find it by what it is
-                try:
-                    if _identity(candidate.stat()) != identity:
+            raw.flush()
+            os.fsync(raw.fileno())
+            read = os.fstat(source.fileno())
+            with file_lock(log):
+                for candidate in _plain_files(log):  # a rotation meanwhile moved it up: find it by what it is
+                    try:
+                        if not os.path.samestat(read, candidate.stat()):
+                            continue
+                    except FileNotFoundError:
                         continue
-                except FileNotFoundError:
-                    continue
-                packed = candidate.with_name(candidate.name + ".gz")
-                if packed.exists():
-                    break  # compressed by someone else, who deletes the copy
-                os.replace(tmp, packed)
-                candidate.unlink()
-                return True
+                    if _packed(candidate).exists():
+                        break  # compressed by someone else, who deletes the copy
+                    os.replace(tmp, _packed(candidate))
+                    candidate.unlink()
+                    return True
         return False
     finally:
         tmp.unlink(missing_ok=True)
@@ -117,26 +122,31 @@ def compress_pending(log: Path) -> int:
 
 
 def clean_leftovers(log: Path) -> None:
-    """Under the lock, on open: the plain copy of a file whose ``.gz`` is in place, and the temp files of
-    processes that are gone (a live process's temp file is its work in progress)."""
+    """Under the lock, on open: the plain copy of a file whose ``.gz`` is in place (the same records: a gzip
+    cut between its renames), and the temp files nobody is writing (a writer holds a lock on its own)."""
     for plain in _plain_files(log):
-        if plain.with_name(plain.name + ".gz").exists():
+        packed = _packed(plain)
+        if not packed.exists():
+            continue
+        try:
+            same = (first_record(plain) or {}).get("hash") == (first_record(packed) or {}).get("hash")
+        except audit_files.READ_ERRORS:
+            same = False
+        if same:
             plain.unlink()
             logger.warning("%s: removed the plain copy left by an interrupted gzip of %s", log, plain.name)
+        else:  # not a copy: a writer of an older version rotated beside this one's plain file
+            logger.error("%s: %s and %s hold different records; both are kept, and readers see only the .gz "
+                         "(every process writing one log must run the same version)", log, plain.name, packed.name)
     for tmp in log.parent.glob(f"{log.name}.gzip-*.tmp"):
-        match = TEMP_PATTERN.search(tmp.name)
-        if match and not _process_alive(int(match.group(1))):
-            tmp.unlink(missing_ok=True)
-
-
-def _process_alive(pid: int) -> bool:
-    try:
-        os.kill(pid, 0)
-    except ProcessLookupError:
-        return False
-    except PermissionError:
-        return True  # someone else's process: alive
-    return True
+        try:
+            with open(tmp, "rb") as handle:
+                fcntl.flock(handle, fcntl.LOCK_EX | fcntl.LOCK_NB)
+                tmp.unlink(missing_ok=True)
+        except BlockingIOError:
+            continue  # a gzip under way, in this process or another
+        except FileNotFoundError:
+            continue
 
 
 class BackgroundCompressor:
@@ -171,10 +181,11 @@ class BackgroundCompressor:
 
     def wait(self, timeout: float | None = None) -> bool:
         """Until no gzip is running or due (True), or ``timeout`` seconds (False)."""
+        deadline = None if timeout is None else time.monotonic() + timeout
         with self._lock:
             thread = self._thread
         while thread is not None:
-            thread.join(timeout)
+            thread.join(None if deadline is None else max(0.0, deadline - time.monotonic()))
             if thread.is_alive():
                 return False
             with self._lock:

@@ -33,6 +33,7 @@ from typing import BinaryIO
 from .audit_files import (
     GENESIS,
     READ_ERRORS,
+    AuditLockTimeout,
     anchor_mac,
     chain_names,
     file_lock,
@@ -84,12 +85,15 @@ def read_records(folder: str | Path, name: str = "audit.jsonl", key: str | bytes
 
 
 @contextmanager
-def consistent_view(log: Path) -> Iterator[None]:
+def consistent_view(log: Path, timeout: float | None = None) -> Iterator[None]:
     """The log's shared lock, for opening its files at one moment (a rotation or a gzip swap afterwards cannot
-    pull a file away); where it cannot be taken (a read-only copy of a folder), the files are opened without it."""
+    pull a file away); where it cannot be taken (a read-only copy of a folder), the files are opened without it.
+    With ``timeout``, a lock held longer than that is an ``AuditLockTimeout``."""
     with ExitStack() as lock:
         try:
-            lock.enter_context(file_lock(log, shared=True))
+            lock.enter_context(file_lock(log, shared=True, timeout=timeout))
+        except AuditLockTimeout:
+            raise
         except OSError:
             pass
         yield
