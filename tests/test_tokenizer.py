@@ -70,3 +70,19 @@ def test_corpus_texts_reads_all_fields_and_reports_bad_lines(tmp_path):
         corpus_texts(bad)
     with pytest.raises(FileNotFoundError, match="so8t corpus build"):
         corpus_texts(tmp_path / "missing.jsonl")
+
+
+def test_a_cache_folder_without_its_tokenizer_is_rebuilt_not_a_failure_every_run(tmp_path, monkeypatch):
+    """A cache folder left without tokenizer.json (emptied, cut short by a full disk) made every run train a
+    tokenizer, fail to move it in, and stop with "no tokenizer.json" until someone found and deleted it."""
+    from so8t_lib.model import tokenizer as tokenizer_module
+
+    train = tmp_path / "train.jsonl"
+    train.write_text("".join(f'{{"id": "r{i}", "user_request": "expense form {i} 経費 {i}", "label": "ALLOW"}}\n'
+                             for i in range(40)), encoding="utf-8")
+    monkeypatch.setenv("SO8T_CACHE", str(tmp_path / "cache"))
+    first = tokenizer_module.tiny_tokenizer(vocab_size=300, train_file=train)
+    folder = next((tmp_path / "cache" / "tokenizers").iterdir())
+    (folder / "tokenizer.json").unlink()
+    again = tokenizer_module.tiny_tokenizer(vocab_size=300, train_file=train)
+    assert (folder / "tokenizer.json").is_file() and again.get_vocab() == first.get_vocab()

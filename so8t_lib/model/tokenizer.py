@@ -8,7 +8,9 @@ on the corpus's training split (requests, contexts, answers, rationales).
 
 from __future__ import annotations
 
+import contextlib
 import hashlib
+import logging
 import os
 import shutil
 import tempfile
@@ -20,6 +22,8 @@ from transformers import PreTrainedTokenizerFast
 
 from ..core.paths import CORPUS_DIR, cache_root
 from ..data.tables import load_table
+
+logger = logging.getLogger("so8t.model")
 
 # Qwen2's pre-tokenizer pattern (a public fact: contractions, letter runs, single digits, ...).
 QWEN2_SPLIT_PATTERN = (
@@ -119,8 +123,12 @@ def tiny_tokenizer(vocab_size: int = 8192, train_file: str | Path = DEFAULT_TRAI
         tok.save_pretrained(str(tmp))
         try:
             os.replace(tmp, target)
-        except OSError:  # another process won the race: use its copy
-            shutil.rmtree(tmp, ignore_errors=True)
+        except OSError:
+            if not (target / "tokenizer.json").is_file():  # not another process's copy: a broken leftover
+                logger.warning("%s holds no tokenizer.json; replacing it with the tokenizer just trained", target)
+                shutil.rmtree(target, ignore_errors=True)
+                with contextlib.suppress(OSError):  # another process's copy may land in between: load reads it
+                    os.replace(tmp, target)
     finally:
         if tmp.exists():
             shutil.rmtree(tmp, ignore_errors=True)
