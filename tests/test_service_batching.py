@@ -202,3 +202,26 @@ def test_an_answer_being_written_does_not_make_the_next_decision_time_out(tmp_pa
         answers = _ask_together(server, ["book room 0", "book room 1"], pause_s=0.3)
     assert [a["decision"] for a in answers] == ["ALLOW", "ALLOW"], [a["error"] for a in answers]
     assert all(a["task_response"] == "Here is how." for a in answers)
+
+
+def test_a_decision_whose_request_was_cancelled_is_still_counted(tmp_path):
+    """A shutdown whose grace period runs out cancels the requests still waiting; their decisions are made and
+    audited all the same, but were missing from so8t_decisions_total (counted only by the request's handler)."""
+    service = make_service(tmp_path / "logs", FixedDecider(PROBS["ALLOW"], delay_s=0.3))
+
+    async def scenario():
+        await service.start()
+        try:
+            asking = asyncio.create_task(service.decide([{"user_request": "Where is the expense form?"}], None,
+                                                        "decide"))
+            await asyncio.sleep(0.1)  # the decision pass is running
+            asking.cancel()
+            with pytest.raises(asyncio.CancelledError):
+                await asking
+        finally:
+            await service.stop()  # decides and records what is running
+
+    run(scenario())
+    counted = sum(sample.value for metric in service.metrics.decisions.collect() for sample in metric.samples
+                  if sample.name == "so8t_decisions_total")
+    assert len(records(tmp_path / "logs")) == 1 and counted == 1
