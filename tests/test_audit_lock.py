@@ -68,3 +68,90 @@ def test_waiting_callers_get_the_lock_in_turn_once_it_is_free(tmp_path):
     for caller in callers:
         caller.join(60)
     assert not any(c.is_alive() for c in callers) and overlaps == []  # each alone, none timed out
+
+
+def _lock_is_free(log) -> bool:
+    with open(lock_path(log), "a") as probe:
+        try:
+            fcntl.flock(probe, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except BlockingIOError:
+            return False
+        fcntl.flock(probe, fcntl.LOCK_UN)
+        return True
+
+
+def test_callers_who_gave_up_leave_nothing_queued(tmp_path):
+    """Each timed-out caller stayed in the queue while the waiting thread was blocked: memory grew with every
+    request as long as a holder hung."""
+    from so8t_lib.serve import audit_lock
+
+    log = tmp_path / "audit.jsonl"
+    with open(lock_path(log), "a") as holder:
+        fcntl.flock(holder, fcntl.LOCK_EX)
+        for _ in range(50):
+            with pytest.raises(AuditLockTimeout):
+                with file_lock(log, timeout=0.001):
+                    pass
+        queue = audit_lock._QUEUES[(str(lock_path(log)), False)]
+        assert len(queue.turns) == 0
+
+
+def test_a_caller_interrupted_while_waiting_leaves_the_lock_free(tmp_path):
+    """A signal handler that raises in the waiting thread (Ctrl-C, SIGTERM) left its turn queued; the lock was
+    later handed to nobody and stayed held by this process for good."""
+    import signal
+
+    class Interrupted(Exception):
+        pass
+
+    def interrupt(*_):
+        raise Interrupted
+
+    log = tmp_path / "audit.jsonl"
+    previous = signal.signal(signal.SIGALRM, interrupt)
+    holder = open(lock_path(log), "a")
+    fcntl.flock(holder, fcntl.LOCK_EX)
+    threading.Timer(0.4, holder.close).start()  # the holder is done soon after the interruption
+    try:
+        signal.setitimer(signal.ITIMER_REAL, 0.1)
+        with pytest.raises(Interrupted):
+            with file_lock(log, timeout=10):
+                pass
+    finally:
+        signal.setitimer(signal.ITIMER_REAL, 0)
+        signal.signal(signal.SIGALRM, previous)
+    deadline = time.monotonic() + 10
+    while not _lock_is_free(log) and time.monotonic() < deadline:
+        time.sleep(0.02)
+    assert _lock_is_free(log)
+
+
+def test_a_forked_child_takes_the_lock_though_its_parent_had_a_thread_waiting(tmp_path):
+    """The child inherited the parent's queue with its waiting thread recorded but not running there: every
+    append of the child timed out although the lock was free."""
+    import os
+
+    log = tmp_path / "audit.jsonl"
+    holder = open(lock_path(log), "a")
+    fcntl.flock(holder, fcntl.LOCK_EX)
+    def wait_once():
+        with file_lock(log, timeout=10):
+            pass
+
+    waiting = threading.Thread(target=wait_once)
+    waiting.start()
+    time.sleep(0.2)  # the parent's waiting thread is in the kernel's queue
+    pid = os.fork()
+    if pid == 0:  # the child: its copy of the holder goes, then it asks for the lock
+        holder.close()
+        time.sleep(0.5)
+        try:
+            with file_lock(log, timeout=5):
+                os._exit(0)
+        except BaseException:  # noqa: BLE001 - a child must not return into pytest
+            os._exit(1)
+    fcntl.flock(holder, fcntl.LOCK_UN)
+    holder.close()
+    waiting.join(10)
+    _, status = os.waitpid(pid, 0)
+    assert os.waitstatus_to_exitcode(status) == 0

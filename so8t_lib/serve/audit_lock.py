@@ -7,8 +7,9 @@ out under ordinary contention (about 2 in 1,600 at 16 processes with a 5 s limit
 
 So here one thread per log and mode (per process) waits in the kernel's blocking ``flock`` on behalf of the
 callers, in their order of arrival, on a file descriptor of its own. Each caller waits for its turn at most its
-``timeout``; once the lock is taken, the descriptor is handed to the first caller still waiting, and a caller who
-gave up is skipped. However long a holder hangs, at most one thread per log waits in the kernel.
+``timeout`` and then leaves the queue; once the lock is taken, the descriptor is handed to the first caller
+still waiting. However long a holder hangs, at most one thread per log waits in the kernel, and the callers who
+gave up leave nothing behind. A forked child starts with no queues (its parent's threads do not exist there).
 """
 
 from __future__ import annotations
@@ -29,7 +30,6 @@ class _Turn:
         self.ready = threading.Event()
         self.fd: int | None = None
         self.error: OSError | None = None
-        self.abandoned = False
 
 
 class _LockQueue:
@@ -46,12 +46,28 @@ class _LockQueue:
         with self.mutex:
             self.turns.append(turn)
             if self.waiter is None:
-                self.waiter = threading.Thread(target=self._wait_in_kernel, name="so8t-audit-lock", daemon=True)
-                self.waiter.start()
-        if not turn.ready.wait(timeout):
+                waiter = threading.Thread(target=self._wait_in_kernel, name="so8t-audit-lock", daemon=True)
+                try:
+                    waiter.start()
+                except BaseException:
+                    self.turns.remove(turn)
+                    raise
+                self.waiter = waiter
+        try:
+            ready = turn.ready.wait(timeout)
+        except BaseException:
+            with self.mutex:
+                if turn.ready.is_set():
+                    if turn.fd is not None:
+                        fcntl.flock(turn.fd, fcntl.LOCK_UN)
+                        os.close(turn.fd)
+                else:
+                    self.turns.remove(turn)
+            raise
+        if not ready:
             with self.mutex:
                 if not turn.ready.is_set():
-                    turn.abandoned = True
+                    self.turns.remove(turn)
                     raise AuditLockTimeout(f"{self.path} was held by another writer for more than {timeout:g} s "
                                            "(a hung process? `fuser` on the lock file names it)")
         if turn.error is not None:
@@ -60,9 +76,8 @@ class _LockQueue:
         return turn.fd
 
     def _next_turn(self) -> _Turn | None:
-        """The first caller still waiting (under the mutex); None ends the thread."""
-        while self.turns and self.turns[0].abandoned:
-            self.turns.popleft()
+        """The first caller still waiting (under the mutex; one who gave up has left the queue); None ends the
+        thread."""
         if not self.turns:
             self.waiter = None
             return None
@@ -90,6 +105,7 @@ class _LockQueue:
             turn = self._next_turn()
             if turn is None:  # everyone gave up while the lock was being taken: let it go
                 if fd is not None:
+                    fcntl.flock(fd, fcntl.LOCK_UN)  # a forked child may hold a duplicate of fd
                     os.close(fd)
                 return False
             self.turns.popleft()
@@ -115,5 +131,14 @@ def lock_within(path: Path, shared: bool, timeout: float) -> int:
     with _QUEUES_LOCK:
         queue = _QUEUES.get(key)
         if queue is None:
-            queue = _QUEUES[key] = _LockQueue(Path(path), shared)
+            queue = _QUEUES[key] = _LockQueue(Path(key[0]), shared)
     return queue.acquire(timeout)
+
+
+def _after_fork_in_child() -> None:
+    global _QUEUES_LOCK
+    _QUEUES_LOCK = threading.Lock()
+    _QUEUES.clear()
+
+
+os.register_at_fork(after_in_child=_after_fork_in_child)

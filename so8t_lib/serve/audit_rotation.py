@@ -84,6 +84,8 @@ def compress_one(log: Path, plain: Path) -> bool:
     try:
         with source, open(tmp, "wb") as raw:
             fcntl.flock(raw, fcntl.LOCK_EX)  # in use: clean_leftovers leaves a temp file it cannot lock
+            if os.fstat(raw.fileno()).st_nlink == 0:  # a cleaner deleted it between the open and the lock
+                return compress_one(log, plain)
             with gzip.open(raw, "wb", compresslevel=audit_files.ROTATE_GZIP_LEVEL) as target:
                 while block := source.read(1 << 20):
                     target.write(block)
@@ -161,7 +163,7 @@ class BackgroundCompressor:
 
     def start(self) -> None:
         with self._lock:
-            if self._thread is not None:
+            if self._thread is not None and self._thread.is_alive():
                 self._again = True
                 return
             self._thread = threading.Thread(target=self._run, name="so8t-audit-gzip", daemon=True)
@@ -189,5 +191,7 @@ class BackgroundCompressor:
             if thread.is_alive():
                 return False
             with self._lock:
+                if self._thread is thread:  # dead without clearing it (a fork's copy)
+                    self._thread = None
                 thread = self._thread
         return True
