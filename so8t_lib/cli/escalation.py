@@ -32,6 +32,7 @@ from ..serve.escalation import REDACTED_FIELDS, EscalationQueue, QueueError
 from ..serve.outcome import utc_timestamp
 from ..serve.queue_sql import is_url
 from ..serve.urgency import is_urgent_case
+from .arg_types import utc_midnight
 
 DB_NAME = "escalations.sqlite"
 MAX_LISTED_IDS = 1000  # a redaction's audit record names at most this many cases (it always counts them all)
@@ -56,13 +57,6 @@ def _locations(args) -> tuple[str | Path, Path, str | None, str | None]:
     audit = Path(getattr(args, "audit_log", None) or config_audit or
                  replica_log_name(beside / "audit.jsonl", os.environ.get(REPLICA_ENV) or None))
     return db, audit, os.environ.get(enc_env), os.environ.get(mac_env)
-
-
-def _utc_date(text: str) -> dt.datetime:
-    try:
-        return dt.datetime.combine(dt.date.fromisoformat(text), dt.time(), tzinfo=dt.UTC)
-    except ValueError:
-        raise argparse.ArgumentTypeError(f"{text!r} is not a date (YYYY-MM-DD)") from None
 
 
 def _redact(queue: EscalationQueue, audit: AuditLog, before: dt.datetime, dry_run: bool) -> int:
@@ -99,7 +93,7 @@ def main(argv: list[str] | None = None) -> int:
     p_history = sub.add_parser("history", help="every resolution of a case, oldest first")
     p_history.add_argument("case_id")
     p_redact = sub.add_parser("redact", help="blank the texts of cases resolved before a date (retention)")
-    p_redact.add_argument("--resolved-before", required=True, type=_utc_date, help="a date (UTC), e.g. 2026-09-01")
+    p_redact.add_argument("--resolved-before", required=True, type=utc_midnight, help="a date (UTC), e.g. 2026-09-01")
     p_redact.add_argument("--dry-run", action="store_true", help="list the cases, change nothing")
     p_redact.add_argument("--audit-log", help="the audit log that records the redaction")
     args = parser.parse_args(argv)

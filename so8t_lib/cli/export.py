@@ -19,17 +19,7 @@ from ..export.gguf_meta import DEFAULT_THRESHOLD, GGUFError, read_metadata
 from ..export.head_refit import MIN_ROWS
 from ..export.quantize import QUANT_TYPES, export
 from ..serve.policy import THRESHOLD_RANGE
-
-
-def _threshold(text: str) -> float:
-    try:
-        value = float(text)
-    except ValueError:
-        value = float("nan")
-    low, high = THRESHOLD_RANGE
-    if not low <= value <= high:  # NaN fails too
-        raise argparse.ArgumentTypeError(f"expected a number from {low} to {high}, got {text!r}")
-    return value
+from .arg_types import number_in
 
 
 def main(argv: list[str] | None = None) -> None:
@@ -39,7 +29,7 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--out", default="dist")
     parser.add_argument("--quant", default="", help=f"comma-separated, from {','.join(QUANT_TYPES)}")
     parser.add_argument("--f32", action="store_true", help="also write an f32 file (for parity checks)")
-    parser.add_argument("--threshold", type=_threshold, default=DEFAULT_THRESHOLD,
+    parser.add_argument("--threshold", type=number_in(*THRESHOLD_RANGE), default=DEFAULT_THRESHOLD,
                         help=f"the runtime rule's threshold written into the file ({THRESHOLD_RANGE[0]} to "
                              f"{THRESHOLD_RANGE[1]})")
     parser.add_argument("--requantize-frozen", action="store_true", help="quantize the tensors the checkpoint left "

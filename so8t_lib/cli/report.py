@@ -16,43 +16,25 @@ logging.encryption_key_env). The report holds no request text, user id or note. 
 from __future__ import annotations
 
 import argparse
-import datetime as dt
-import math
 import os
 import sys
 
 from ..core.config import ConfigError
 from ..serve.config import load_runtime_config
 from ..workbench.reports import PERIODS, ReportError, make_report
-
-
-def _date(text: str) -> dt.date:
-    try:
-        return dt.date.fromisoformat(text)
-    except ValueError:
-        raise argparse.ArgumentTypeError(f"expected a date YYYY-MM-DD, got {text!r}") from None
-
-
-def _seconds(text: str) -> float:
-    try:
-        value = float(text)
-    except ValueError:
-        value = float("nan")
-    if not (math.isfinite(value) and value >= 0):
-        raise argparse.ArgumentTypeError(f"expected a number of seconds, 0 or more, got {text!r}")
-    return value
+from .arg_types import iso_date, number_in
 
 
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(prog="so8t report", description=__doc__,
                                      formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--logs", action="append", required=True, help="a log folder (repeat for several)")
-    parser.add_argument("--from", dest="date_from", type=_date, required=True, help="first day (UTC), YYYY-MM-DD")
-    parser.add_argument("--to", dest="date_to", type=_date, required=True, help="last day (UTC), included")
+    parser.add_argument("--from", dest="date_from", type=iso_date, required=True, help="first day (UTC), YYYY-MM-DD")
+    parser.add_argument("--to", dest="date_to", type=iso_date, required=True, help="last day (UTC), included")
     parser.add_argument("--period", choices=PERIODS, help="break the numbers down by day or ISO week")
     parser.add_argument("--out", default="reports", help="folder for the report's folder (default reports/)")
     parser.add_argument("--config", help="a runtime config: its escalation_timeout (the SLA) and key variables")
-    parser.add_argument("--sla-seconds", type=_seconds, help="escalation SLA in seconds (default: the config's "
+    parser.add_argument("--sla-seconds", type=number_in(0, what="a number of seconds"), help="escalation SLA in seconds (default: the config's "
                         "escalation_timeout, else 300)")
     parser.add_argument("--key-env", default="SO8T_AUDIT_KEY", help="variable holding the encryption key")
     parser.add_argument("--hmac-key-env", default="SO8T_AUDIT_HMAC_KEY", help="variable holding the HMAC key")

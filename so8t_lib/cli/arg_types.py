@@ -1,0 +1,37 @@
+"""argparse types the commands share, so a bad value is named the same way everywhere and refused before
+anything loads (argparse prints the message and exits 2)."""
+
+from __future__ import annotations
+
+import argparse
+import datetime as dt
+import math
+from collections.abc import Callable
+
+
+def iso_date(text: str) -> dt.date:
+    """A day, YYYY-MM-DD."""
+    try:
+        return dt.date.fromisoformat(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected a date YYYY-MM-DD, got {text!r}") from None
+
+
+def utc_midnight(text: str) -> dt.datetime:
+    """The start of a day (YYYY-MM-DD) in UTC."""
+    return dt.datetime.combine(iso_date(text), dt.time(), tzinfo=dt.UTC)
+
+
+def number_in(low: float, high: float = math.inf, what: str = "a number") -> Callable[[str], float]:
+    """A finite number from ``low`` to ``high`` (NaN and infinities refused)."""
+    def parse(text: str) -> float:
+        try:
+            value = float(text)
+        except ValueError:
+            value = math.nan
+        if not (math.isfinite(value) and low <= value <= high):
+            span = f", {low} or more" if high == math.inf else f" from {low} to {high}"
+            raise argparse.ArgumentTypeError(f"expected {what}{span}, got {text!r}")
+        return value
+
+    return parse
