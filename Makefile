@@ -18,7 +18,7 @@ venv: $(STAMP) $(CORPUS)
 
 # the training split (9.5 MB) is not committed: it is built from the seeds in seconds and must match the
 # committed digest (val and test are committed; the rebuild writes them byte for byte as they are)
-$(CORPUS): $(STAMP) $(wildcard data/seeds/*.yaml) $(wildcard so8t_lib/data/corpus/*.py)
+$(CORPUS): $(STAMP) $(wildcard data/seeds/*.yaml) data/phrases.yaml $(wildcard so8t_lib/data/corpus/*.py)
 	$(VENV)/bin/so8t corpus build
 	cd data/so8t_safety && sha256sum -c train.jsonl.sha256
 

@@ -413,6 +413,15 @@ def test_stats(all_rows):
         assert f"| {hazard} |" in md
 
 
+def test_check_on_rows_without_the_corpus_fields_is_a_data_error_not_a_leak(tmp_path, capsys):
+    """A file of plain rows (no family) crashed the check with a KeyError traceback and exit 1, the code of a leak."""
+    for split in ("train", "val", "test"):
+        (tmp_path / f"{split}.jsonl").write_text(json.dumps({"id": split, "user_request": "Book a room",
+                                                             "label": "ALLOW"}) + "\n", encoding="utf-8")
+    assert so8t(["corpus", "check", "--data", str(tmp_path)]) == 2
+    assert "has no field" in capsys.readouterr().err
+
+
 def test_check_reports_thresholds_and_nearest_pairs(capsys):
     assert so8t(["corpus", "check", "--data", str(DATA_DIR)]) == 0
     out = capsys.readouterr().out

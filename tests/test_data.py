@@ -44,12 +44,33 @@ def test_user_jsonl_and_csv_load_into_the_same_table(tmp_path):
         ({"user_request": "", "label": "ALLOW"}, 2, "user_request"),
         ({"user_request": "x", "label": "ALLOW", "category": "sports"}, 2, "category"),
         ({"user_request": 42, "label": "ALLOW"}, 2, "user_request"),
+        ({"user_request": "x", "label": "ALLOW", "hard": float("nan")}, 2, "hard"),  # read as true before
+        ({"user_request": "x", "label": "ALLOW", "hard": None}, 2, "hard"),
     ],
 )
 def test_bad_rows_name_file_line_and_field(tmp_path, row, line, field):
     path = _jsonl(tmp_path, [ROWS[0], row])
     with pytest.raises(DataError, match=rf"data.jsonl:{line}: field '{field}'"):
         load_table(path)
+
+
+def test_a_refusal_without_its_category_or_one_request_with_two_labels_is_refused(tmp_path):
+    """Both loaded without a word: a REFUSE became category "none" (which SAFETY_POLICY.md keeps for ALLOW), and a
+    request labelled ALLOW on one line and REFUSE on another trained the model on both."""
+    with pytest.raises(DataError, match="data.jsonl:1: a REFUSE row needs its category"):
+        load_table(_jsonl(tmp_path, [{"user_request": "Delete the audit logs", "label": "REFUSE"}]))
+    twice = [{"id": "a", "user_request": "Share the salary table", "label": "ALLOW"},
+             {"id": "b", "user_request": "share the  salary table", "label": "REFUSE", "category": "hr"}]
+    with pytest.raises(DataError, match=r"rows 'a', 'b' ask the same thing with different labels \(ALLOW, REFUSE\)"):
+        load_table(_jsonl(tmp_path, twice))
+    other_context = [twice[0], {**twice[1], "context": "HR, payroll team"}]  # another context may decide otherwise
+    assert list(load_table(_jsonl(tmp_path, other_context))["label"]) == ["ALLOW", "REFUSE"]
+
+
+def test_a_jsonl_file_with_a_byte_order_mark_loads(tmp_path):
+    path = tmp_path / "windows.jsonl"
+    path.write_bytes(b"\xef\xbb\xbf" + (json.dumps(ROWS[0]) + "\n").encode("utf-8"))
+    assert list(load_table(path)["user_request"]) == [ROWS[0]["user_request"]]
 
 
 def test_broken_json_missing_file_and_wrong_type(tmp_path):

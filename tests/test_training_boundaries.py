@@ -92,6 +92,13 @@ def test_train_and_val_sharing_an_id_or_holding_a_benchmark_prompt_are_refused(t
                                                       "category": "general"}], [{**row, "id": "v1"}])
     with pytest.raises(DataError, match="train.jsonl: 1 row.* public benchmark prompts .*evaluation only"):
         training_tables(folder, None, None, 0)
+    # the same prompt with its punctuation changed, or given as a row's context, is still the benchmark's
+    for changed in ({"user_request": prompt.rstrip("?.!") + "??"}, {"user_request": "Please read this.",
+                                                                     "context": prompt.upper()}):
+        folder = _splits(tmp_path, [{**row, "id": "t1"}, {"id": "t2", "label": "REFUSE", "category": "general",
+                                                          **changed}], [{**row, "id": "v1"}])
+        with pytest.raises(DataError, match="public benchmark prompts"):
+            training_tables(folder, None, None, 0)
 
 
 def test_a_checkpoint_file_not_in_its_manifest_or_a_damaged_manifest_is_refused(tmp_path):

@@ -100,4 +100,8 @@ def main(argv: list[str] | None = None) -> int:
     except (ValueError, FileNotFoundError, RuntimeError) as e:
         print(f"error: {e}", file=sys.stderr)
         return 2
+    except KeyError as e:  # a data error (exit 2), not a leak found (exit 1)
+        print(f"error: a row of {args.data} has no field {e}; these files are written by 'so8t corpus build'",
+              file=sys.stderr)
+        return 2
     return 0

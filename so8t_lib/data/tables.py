@@ -46,7 +46,7 @@ def read_records(path: Path) -> Iterator[tuple[int, dict]]:
 def _records(path: Path) -> Iterator[tuple[int, dict]]:
     suffix = path.suffix.lower()
     if suffix in (".jsonl", ".json"):
-        with path.open(encoding="utf-8") as handle:
+        with path.open(encoding="utf-8-sig") as handle:  # a byte order mark, as Windows editors write, is not data
             for line_no, line in enumerate(handle, 1):
                 if not line.strip():
                     continue
@@ -91,12 +91,17 @@ def _validated_row(record: dict, path: Path, line_no: int, allowed_labels: tuple
     category = _text(record, "category", where).strip().lower() or "none"
     if category not in CATEGORIES:
         raise DataError(f"{where}: field 'category' must be one of {', '.join(CATEGORIES)} (got {category!r})")
+    if category == "none" and label in ("REFUSE", "ESCALATE"):  # SAFETY_POLICY.md: each one names its category
+        raise DataError(f"{where}: a {label} row needs its category (one of "
+                        f"{', '.join(c for c in CATEGORIES if c != 'none')})")
     lang = _text(record, "lang", where).strip().lower() or detect_lang(request)
     if lang not in LANGS:
         raise DataError(f"{where}: field 'lang' must be ja or en (got {lang!r})")
     hard = record.get("hard", False)
     if isinstance(hard, str):
         hard = hard.strip().lower() in ("true", "1", "yes")
+    elif hard is None or (not isinstance(hard, bool) and hard not in (0, 1)):  # NaN would read as true
+        raise DataError(f"{where}: field 'hard' must be true or false (got {hard!r})")
     return {
         "id": str(record.get("id") or f"{path.stem}:{line_no}"),
         "context": _text(record, "context", where),
@@ -126,6 +131,14 @@ def load_table(path: str | Path, allow_not_allow: bool = False) -> pd.DataFrame:
     duplicated = table["id"][table["id"].duplicated()]
     if len(duplicated):
         raise DataError(f"{path}: duplicate id {duplicated.iloc[0]!r}")
+    from .corpus.text import normalize_text  # here: the corpus package imports this module
+
+    asked = table["context"].map(normalize_text) + "\x00" + table["user_request"].map(normalize_text)
+    labels = table.groupby(asked)["label"].nunique()
+    if (labels > 1).any():  # one request, one context, two answers: a model cannot learn both
+        twice = table[asked == labels[labels > 1].index[0]]
+        raise DataError(f"{path}: rows {', '.join(map(repr, twice['id']))} ask the same thing with different labels "
+                        f"({', '.join(sorted(set(twice['label'])))})")
     return table
 
 

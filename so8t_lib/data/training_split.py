@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import unicodedata
 from pathlib import Path
 
 import pandas as pd
@@ -11,21 +12,28 @@ from .corpus.text import normalize_text
 from .tables import DataError, load_table, stratified_sample
 
 
+def bare_text(text: str) -> str:
+    """``normalize_text`` without punctuation or spaces: a benchmark prompt with its "?" dropped or doubled is
+    still that prompt."""
+    return "".join(ch for ch in normalize_text(text) if unicodedata.category(ch)[0] not in "PZ")
+
+
 def training_tables(data_dir: str | Path, train_max_rows: int | None, eval_max_rows: int | None,
                     seed: int) -> tuple[pd.DataFrame, pd.DataFrame]:
     """(train, val), each sampled as the config says. DataError for a row id in both files (the frozen-state cache
     keys rows by id: a train row would be trained on its val namesake's states) and for a public benchmark prompt
-    in either (the benchmarks are for evaluation only)."""
+    in either, as its request or its context, whatever its punctuation (the benchmarks are for evaluation only)."""
     data_dir = Path(data_dir)
     train, val = load_table(data_dir / "train.jsonl"), load_table(data_dir / "val.jsonl")
     shared = sorted(set(train["id"]) & set(val["id"]))
     if shared:
         raise DataError(f"{data_dir}: {len(shared)} row id(s) are in both train.jsonl and val.jsonl (e.g. "
                         f"{shared[0]!r}); give every row an id of its own across the splits")
-    bench = benchmark_prompts(normalize_text)
+    bench = benchmark_prompts(bare_text)
     for name, table in (("train.jsonl", train), ("val.jsonl", val)):
-        hits = [(row_id, bench[key]) for row_id, text in zip(table["id"], table["user_request"])
-                if (key := normalize_text(text)) in bench]
+        hits = [(row_id, bench[key]) for row_id, request, context in zip(table["id"], table["user_request"],
+                                                                          table["context"])
+                for text in (request, context) if text and (key := bare_text(text)) in bench]
         if hits:
             raise DataError(f"{data_dir / name}: {len(hits)} row(s) are public benchmark prompts (row {hits[0][0]!r} "
                             f"is {hits[0][1]}); the benchmarks are for evaluation only, remove them")
