@@ -591,3 +591,13 @@ def test_audit_rotation_benchmark_times_appends_during_both_ways_of_rotating(tmp
     assert set(ways) == {"gzip_under_lock", "gzip_after_lock"}
     assert ways["gzip_under_lock"]["max_wait_ratio_to_gzip_under_lock"] == 1.0
     assert all(way["gz_bytes"] > 0 and way["runs_max_wait_s"] for way in ways.values())
+
+
+def test_translation_twins_benchmark_splits_each_evaluation_into_twins_and_the_rest(tmp_path):
+    report = _load("translation_twins").main(["--out", str(tmp_path / "twins.json")])
+    assert json.loads((tmp_path / "twins.json").read_text()) == report
+    for split in report["splits"].values():
+        n, k = split["rows"], split["rows_with_translation_in_train"]
+        assert 0 < k < n and split["families_with_translation_in_train"] < split["families"]
+        whole = (k * split["accuracy_twins"] + (n - k) * split["accuracy_others"]) / n  # the two groups make the split
+        assert whole == pytest.approx(split["accuracy_all"], abs=1e-3)
