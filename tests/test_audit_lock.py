@@ -155,3 +155,14 @@ def test_a_forked_child_takes_the_lock_though_its_parent_had_a_thread_waiting(tm
     waiting.join(10)
     _, status = os.waitpid(pid, 0)
     assert os.waitstatus_to_exitcode(status) == 0
+
+
+def test_a_lock_file_that_cannot_be_opened_is_the_callers_error_not_a_timeout(tmp_path):
+    """The waiting thread died on anything but an OSError, and its callers saw timeouts instead of the cause."""
+    bad = tmp_path / "nul\x00name" / "audit.jsonl"
+    with pytest.raises(ValueError, match="null"):
+        with file_lock(bad, timeout=2):
+            pass
+    with pytest.raises(FileNotFoundError):  # an OSError reaches the caller as itself, too
+        with file_lock(tmp_path / "no-such-folder" / "audit.jsonl", timeout=2):
+            pass

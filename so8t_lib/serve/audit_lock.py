@@ -29,7 +29,7 @@ class _Turn:
     def __init__(self) -> None:
         self.ready = threading.Event()
         self.fd: int | None = None
-        self.error: OSError | None = None
+        self.error: Exception | None = None
 
 
 class _LockQueue:
@@ -92,14 +92,14 @@ class _LockQueue:
             try:
                 fd = _open_lock_file(self.path, self.shared)
                 fcntl.flock(fd, self.mode)  # blocks in the kernel's queue, beside other processes' writers
-            except OSError as exc:
+            except Exception as exc:  # noqa: BLE001 - any failure is the waiting caller's to see, not a timeout
                 if fd is not None:
                     os.close(fd)
                 fd, error = None, exc
             if not self._hand_over(fd, error):
                 return
 
-    def _hand_over(self, fd: int | None, error: OSError | None) -> bool:
+    def _hand_over(self, fd: int | None, error: Exception | None) -> bool:
         """Give the lock (or the error) to the first caller still waiting; False: nobody is, the thread ends."""
         with self.mutex:
             turn = self._next_turn()
