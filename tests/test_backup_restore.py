@@ -250,7 +250,13 @@ def test_a_restore_that_cannot_put_every_part_in_place_puts_none(project, tmp_pa
         patched.setattr(os, "replace", fails_on_the_third)
         with pytest.raises(BackupError, match="the parts already moved were taken back, nothing was restored"):
             restore(tmp_path / "b", into)
-    assert not (into / "logs").exists() and not (into / "configs").exists() and not (into / "dist" / "m.gguf").exists()
+    assert list(into.iterdir()) == []  # nothing moved in, and no empty folder left behind (dist/ was made for it)
+    with monkeypatch.context() as patched:  # into a folder that did not exist: it is not left behind either
+        calls.clear()
+        patched.setattr(os, "replace", fails_on_the_third)
+        with pytest.raises(BackupError, match="nothing was restored"):
+            restore(tmp_path / "b", tmp_path / "fresh" / "site")
+    assert not (tmp_path / "fresh").exists()
     restore(tmp_path / "b", into)  # and it can be run again
     assert (into / "dist" / "m.gguf").read_bytes() == b"GGUF" and list((into / "logs").glob("audit*.jsonl*"))
 

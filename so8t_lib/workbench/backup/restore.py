@@ -176,7 +176,18 @@ def restore(folder: str | Path, into: str | Path, queue_url: str | None = None,
     if taken:
         raise BackupError(f"restore never overwrites: {', '.join(taken)} already exist(s); restore into an empty "
                           "folder")
-    _make_parents(into, parents=[t.parent for t in parts.values()])
+    made = _make_parents(into, parents=[t.parent for t in parts.values()])
+    try:
+        counts = _restore_parts(folder, into, parts, manifest, queue_url)
+    except BaseException:
+        _remove_if_empty(made)  # a failed restore leaves the target as it found it, without empty folders
+        raise
+    return {"checked": checks["checked"], "restored": [str(t) for t in parts.values()], "queue": counts}
+
+
+def _restore_parts(folder: Path, into: Path, parts: dict[Path, Path], manifest: dict,
+                   queue_url: str | None) -> dict | None:
+    """Copy into a staging folder beside the targets, load the queue, then move every part into place."""
     staging = Path(tempfile.mkdtemp(prefix=".so8t-restore-", dir=into))
     try:
         shutil.copytree(folder / "logs", staging / "logs")
@@ -201,18 +212,31 @@ def restore(folder: str | Path, into: str | Path, queue_url: str | None = None,
         _move_into_place(parts, staging)
     finally:
         shutil.rmtree(staging, ignore_errors=True)
-    return {"checked": checks["checked"], "restored": [str(t) for t in parts.values()], "queue": counts}
+    return counts
 
 
-def _make_parents(into: Path, parents: list[Path]) -> None:
+def _make_parents(into: Path, parents: list[Path]) -> list[Path]:
     """Every folder the parts go into, made before anything is copied: a file where a folder must be is found
-    here, not after logs/ was already moved into place."""
+    here, not after logs/ was already moved into place. Returns the folders it made, deepest first."""
+    made: list[Path] = []
     for parent in [into, *parents]:
+        missing = [p for p in [parent, *parent.parents] if not p.exists()]
         try:
             parent.mkdir(parents=True, exist_ok=True)
         except (FileExistsError, NotADirectoryError) as exc:
+            _remove_if_empty(made)
             raise BackupError(f"cannot restore into {parent}: {exc.filename or parent} is a file where a folder must "
                               "be; nothing was restored") from None
+        made = missing + [p for p in made if p not in missing]
+    return sorted(made, key=lambda p: len(p.parts), reverse=True)
+
+
+def _remove_if_empty(folders: list[Path]) -> None:
+    for folder in sorted(folders, key=lambda p: len(p.parts), reverse=True):
+        try:
+            folder.rmdir()
+        except OSError:
+            pass  # not empty (something else put a file there) or already gone
 
 
 def _move_into_place(parts: dict[Path, Path], staging: Path) -> None:
