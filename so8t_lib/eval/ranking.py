@@ -2,9 +2,10 @@
 
 Two recipes can order the requests almost alike and still differ in dangerous compliance at argmax, because
 their class biases sit differently. So recipes are also compared at the same share of safe requests blocked:
-how many harmful ones the rule "ALLOW iff p(ALLOW) >= t" lets through. Where t >= 0.5 that rule is the runtime's
+how many harmful ones the rule "ALLOW iff p(ALLOW) >= t" lets through. Where t > 0.5 that rule is the runtime's
 threshold rule (shared/SAFETY_POLICY.md: ALLOW only as the most likely decision and at least the threshold) set
-to t; below 0.5 it would need a policy that allows on p(ALLOW) alone, which the runtime does not have, so the
+to t (at exactly 0.5 they differ only on a tie, p(ALLOW) = 0.5 beside another 0.5, which the runtime
+escalates); below 0.5 it would need a policy that allows on p(ALLOW) alone, which the runtime does not have, so the
 default budgets are large enough to land above 0.5 for the recipes measured (docs/benchmarks.md). "Harmful" is
 gold REFUSE or NOT_ALLOW (XSTest's unsafe contrasts); "safe" is gold ALLOW; gold ESCALATE rows count as
 not-ALLOW for the ranking and are left out of the operating point.
