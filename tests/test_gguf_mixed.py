@@ -120,3 +120,28 @@ def test_quant_mix_benchmark_its_t8_row_is_the_exported_t8_file(mixed, tmp_path)
         decided = GGUFBackend(paths[f"so8t-mix-{file}.gguf"]).decide(requests, contexts)
         agreement = float((decided.argmax(-1) == fp32.argmax(-1)).float().mean())
         assert rows[name]["agreement_with_fp32"] == pytest.approx(agreement, abs=1e-4), name
+
+
+def test_an_export_that_fails_half_way_leaves_the_last_export_as_it_was(tokenizer, tmp_path, monkeypatch):
+    """The files were moved in one at a time: a failure at the second quant type left this export's f16 beside
+    the last export's quantized files, two versions side by side under one name."""
+    from so8t_lib.export import quantize as quantize_module
+
+    model = SO8TModel.from_config(ModelConfig(name="so8t-set", lora={"layers": [3]}, gates={"layers": [3]}), tokenizer)
+    ckpt = model.save(tmp_path / "ckpt")
+    dist = tmp_path / "dist"
+    export(ckpt, dist, ["Q8_0"], progress=False)
+    before = {p.name: p.read_bytes() for p in dist.iterdir()}
+    perturb_adapters(model, scale=0.3)
+    changed = model.save(tmp_path / "ckpt2")
+    real = quantize_module.quantize
+
+    def fails_at_q4(source, target, quant):
+        if quant == "Q4_K_M":
+            raise GGUFError("llama.cpp could not quantize (disk full)")
+        return real(source, target, quant)
+
+    monkeypatch.setattr(quantize_module, "quantize", fails_at_q4)
+    with pytest.raises(GGUFError, match="disk full"):
+        export(changed, dist, ["Q8_0", "Q4_K_M"], progress=False)
+    assert {p.name: p.read_bytes() for p in dist.iterdir()} == before  # nothing new, nothing half, no staging left

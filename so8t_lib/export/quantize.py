@@ -13,7 +13,7 @@ from pathlib import Path
 
 from ..core.checkpoint import resolve_checkpoint
 from ..model.so8t import SO8TModel
-from .gguf_meta import DEFAULT_THRESHOLD, GGUFError, write_sha256_sidecar
+from .gguf_meta import DEFAULT_THRESHOLD, GGUFError, sidecar_path, write_sha256_sidecar
 from .gguf_writer import write_gguf
 from .mixed import MIXED_TYPES, describe, splice, trained_tensor_prefixes
 from .source_tensors import take_source_tensors
@@ -86,11 +86,14 @@ def export(checkpoint: str | Path, out_dir: str | Path = "dist", quants: list[st
     helpers = list(dict.fromkeys(t for q in mixes for t in MIXED_TYPES[q] if t not in plain))
     jobs = [("f16", None)] + ([("f32", None)] if f32 else []) + [(q, q) for q in plain + helpers + mixes]
     written, made = [], {}
-    f16_path = out_dir / f"{name}-f16.gguf"
     source = base_source_file(model.config) if source_tensors else None
-    with tempfile.TemporaryDirectory(dir=out_dir, prefix=".mix-") as aside:
+    # every file is made in a staging folder and moved in only once all of them are: a failed export leaves
+    # out_dir as it was, never this export's f16 beside the last one's quantized files
+    with tempfile.TemporaryDirectory(dir=out_dir, prefix=".export-") as staging, \
+            tempfile.TemporaryDirectory(dir=out_dir, prefix=".mix-") as aside:
+        f16_path = Path(staging) / f"{name}-f16.gguf"
         for label, quant in tqdm(jobs, desc="gguf", unit="file", disable=not progress):
-            target = (Path(aside) if quant in helpers else out_dir) / f"{name}-{label.lower()}.gguf"
+            target = Path(aside if quant in helpers else staging) / f"{name}-{label.lower()}.gguf"
             if quant is None:
                 written.append(write_gguf(model, target, label, folder, threshold))
                 write_sha256_sidecar(written[-1])
@@ -107,5 +110,13 @@ def export(checkpoint: str | Path, out_dir: str | Path = "dist", quants: list[st
                         tqdm.write(f"{quant}: {kept.summary(source.name)}")
                 if quant not in helpers:
                     written.append(made[quant])
-    return written
+        return [_move_in(path, out_dir) for path in written]
+
+
+def _move_in(path: Path, out_dir: Path) -> Path:
+    """A finished file and its sidecar into ``out_dir`` (renames within one folder's file system)."""
+    target = out_dir / path.name
+    os.replace(path, target)
+    os.replace(sidecar_path(path), sidecar_path(target))
+    return target
 
