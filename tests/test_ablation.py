@@ -140,3 +140,7 @@ def test_geometry_summary_names_pairs_that_commute_in_practice():
     assert "safe_first (1 runs): generator cosine 0.9998, relative commutator 0.0130" in text
     assert "nearly commute" in text.splitlines()[1] and "stays non-commutative" in text.splitlines()[0]
     assert "could not be inspected" in ablation.geometry_summary(pd.DataFrame())
+
+
+def test_a_nan_t_statistic_has_no_p_value():
+    assert math.isnan(ablation.t_two_sided_p(float("nan"), 4))

@@ -166,3 +166,23 @@ def test_a_lock_file_that_cannot_be_opened_is_the_callers_error_not_a_timeout(tm
     with pytest.raises(FileNotFoundError):  # an OSError reaches the caller as itself, too
         with file_lock(tmp_path / "no-such-folder" / "audit.jsonl", timeout=2):
             pass
+
+
+def test_a_waiting_thread_that_cannot_start_fails_the_append_as_a_write_error(tmp_path, monkeypatch):
+    """With no threads left, append raised RuntimeError, which the runtime does not treat as a failed write: an
+    ALLOW already recorded was decided a second time, and the whole batch came back unrecorded."""
+    from so8t_lib.serve import audit_lock
+    from so8t_lib.serve.audit import AuditLog, AuditWriteError
+
+    log = AuditLog(tmp_path / "audit.jsonl", lock_timeout_s=5)
+    log.append({"request_id": "a", "decision": "ALLOW"})
+
+    class NoThreads(threading.Thread):
+        def start(self):
+            raise RuntimeError("can't start new thread")
+
+    monkeypatch.setattr(audit_lock.threading, "Thread", NoThreads)
+    with pytest.raises(AuditWriteError, match="cannot start the thread that waits"):
+        log.append({"request_id": "b", "decision": "ALLOW"})
+    monkeypatch.undo()
+    assert log.append({"request_id": "c", "decision": "ALLOW"})["seq"] == 1  # nothing stuck: the next one is written

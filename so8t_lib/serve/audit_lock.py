@@ -14,6 +14,7 @@ gave up leave nothing behind. A forked child starts with no queues (its parent's
 
 from __future__ import annotations
 
+import errno
 import fcntl
 import os
 import threading
@@ -49,6 +50,9 @@ class _LockQueue:
                 waiter = threading.Thread(target=self._wait_in_kernel, name="so8t-audit-lock", daemon=True)
                 try:
                     waiter.start()
+                except RuntimeError as exc:  # no threads left: the lock cannot be had, which callers handle
+                    self.turns.remove(turn)
+                    raise OSError(errno.EAGAIN, f"cannot start the thread that waits for {self.path}: {exc}") from exc
                 except BaseException:
                     self.turns.remove(turn)
                     raise

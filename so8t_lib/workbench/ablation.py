@@ -44,7 +44,7 @@ def t_interval(values) -> tuple[float, float, float]:
 
 def t_two_sided_p(t: float, df: int) -> float:
     """P(|T| >= |t|) for Student's t with ``df`` degrees of freedom."""
-    if df < 1:
+    if df < 1 or math.isnan(t):
         return math.nan
     return float(min(1.0, 2 * student_t.sf(abs(t), df)))
 
