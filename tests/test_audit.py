@@ -104,6 +104,7 @@ def test_tampering_inside_a_rotated_file_is_found(tmp_path):
     log = audit.AuditLog(tmp_path / "audit.jsonl", max_bytes=2048, backup_count=10)
     for i in range(60):
         log.append(_record(i))
+    assert log.wait_for_compression(60)
     rotated = audit.log_files(tmp_path)[0]
     lines = [json.loads(line) for line in gzip.open(rotated, "rt", encoding="utf-8")]
     lines[1]["rationale"] = "changed later"
@@ -153,9 +154,12 @@ def test_encryption_at_rest(tmp_path, capsys, monkeypatch):
 
 # ----- issue 14: torn writes, deletions at either end, re-hashed chains -------------------------------------
 def _fill(folder, n, **kwargs):
+    """A log of n records, its rotated files gzipped (the gzip runs in the background: tests that edit files
+    by hand start from a settled folder)."""
     log = audit.AuditLog(folder / "audit.jsonl", **kwargs)
     for i in range(n):
         log.append(_record(i))
+    assert log.wait_for_compression(60)
     return log
 
 
