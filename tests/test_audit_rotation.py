@@ -243,3 +243,87 @@ def test_appends_under_contention_wait_their_turn_instead_of_timing_out(tmp_path
     assert [p.returncode for p in procs] == [0, 0], errors
     report = audit.verify(tmp_path)
     assert report["errors"] == [] and report["records"] == 2 * 6 * 40
+
+
+class _LockHeldByTheGzipThread:
+    """The compressor's own lock, which the gzip thread keeps (at the end of a pass) until ``release``: a fork
+    at that moment copies it into the child locked, with no thread there to let it go."""
+
+    def __init__(self, parent: int):
+        self.real, self.parent = threading.Lock(), parent
+        self.held, self.release = threading.Event(), threading.Event()
+
+    def __enter__(self):
+        self.real.acquire()
+        if threading.current_thread().name == "so8t-audit-gzip" and os.getpid() == self.parent:
+            self.held.set()
+            self.release.wait(60)
+        return self
+
+    def __exit__(self, *exc):
+        self.real.release()
+
+
+def _child_exit_code(pid: int, limit: float = 30.0) -> int | None:
+    """The forked child's exit code, or None when it hung (then it is killed)."""
+    import signal
+    import time
+
+    deadline = time.monotonic() + limit
+    while time.monotonic() < deadline:
+        done, status = os.waitpid(pid, os.WNOHANG)
+        if done:
+            return os.waitstatus_to_exitcode(status)
+        time.sleep(0.05)
+    os.kill(pid, signal.SIGKILL)
+    os.waitpid(pid, 0)
+    return None
+
+
+@pytest.mark.skipif(not hasattr(os, "fork"), reason="os.fork is POSIX only")
+@pytest.mark.parametrize("moment", ["mid-gzip", "holding its own lock"])
+def test_a_child_forked_during_a_gzip_rotates_appends_and_compresses(tmp_path, monkeypatch, moment):
+    """A process forked while its gzip thread held the compressor's lock hung on its first rotation: the child
+    inherited the lock held, and the thread that would release it exists only in the parent."""
+    parent = os.getpid()
+    log = audit.AuditLog(tmp_path / "audit.jsonl", max_bytes=2048, backup_count=100)
+    frozen = _LockHeldByTheGzipThread(parent)
+    if moment == "mid-gzip":
+        real_open = gzip.open
+
+        def parents_gzip_waits(*args, **kwargs):
+            if os.getpid() == parent:
+                frozen.held.set()
+                frozen.release.wait(60)
+            return real_open(*args, **kwargs)
+
+        monkeypatch.setattr(audit_rotation, "gzip", SimpleNamespace(open=parents_gzip_waits))
+    else:
+        log._compressor._lock = frozen
+    i = 0
+    while not frozen.held.wait(0.01):  # append until a rotation's gzip thread is at that moment
+        assert i < 100, "no rotation happened"
+        log.append(_record(i))
+        i += 1
+    pid = os.fork()
+    if pid == 0:  # the child reports through its exit code only; it must never return into pytest
+        code = 9
+        try:
+            for n in range(i, i + 30):  # several rotations, each starting the child's own gzip thread
+                log.append(_record(n))
+            compressed = log.wait_for_compression(30)
+            plain = [p for p in log_files(tmp_path) if p.suffix != ".gz" and p != log.path]
+            report = audit.verify(tmp_path)
+            code = 0 if compressed and not plain and not report["errors"] and report["records"] == i + 30 else 3
+        finally:
+            os._exit(code)
+    try:
+        assert _child_exit_code(pid) == 0, "the forked child hung (None) or could not rotate and compress (3, 9)"
+    finally:
+        frozen.release.set()
+    assert log.wait_for_compression(60)  # the parent's own gzip finishes too, beside the child's work
+    log.append(_record(i + 30))
+    report = audit.verify(tmp_path)
+    assert report["errors"] == [] and report["records"] == i + 31
+    assert all(p.suffix == ".gz" for p in log_files(tmp_path) if p != log.path)
+    assert not list(tmp_path.glob("*.tmp"))

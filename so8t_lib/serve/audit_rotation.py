@@ -22,6 +22,7 @@ import os
 import re
 import threading
 import time
+import weakref
 from pathlib import Path
 
 from . import audit_files
@@ -153,10 +154,17 @@ def clean_leftovers(log: Path) -> None:
 
 class BackgroundCompressor:
     """One thread per log that gzips rotated files after the lock is released; asked again while it runs, it
-    makes one more pass, so a file rotated meanwhile is not left behind."""
+    makes one more pass, so a file rotated meanwhile is not left behind. A forked child starts with none
+    running (``_after_fork_in_child``)."""
 
     def __init__(self, log: Path) -> None:
         self.log = log
+        self._reset()
+        _COMPRESSORS.add(self)
+
+    def _reset(self) -> None:
+        """No thread, nothing due. In a forked child the parent's gzip thread does not exist, so a lock it held
+        at the fork would never be released there, and its pending pass is the parent's to make."""
         self._lock = threading.Lock()
         self._thread: threading.Thread | None = None
         self._again = False
@@ -195,3 +203,14 @@ class BackgroundCompressor:
                     self._thread = None
                 thread = self._thread
         return True
+
+
+_COMPRESSORS: weakref.WeakSet[BackgroundCompressor] = weakref.WeakSet()
+
+
+def _after_fork_in_child() -> None:
+    for compressor in list(_COMPRESSORS):
+        compressor._reset()
+
+
+os.register_at_fork(after_in_child=_after_fork_in_child)
