@@ -327,3 +327,35 @@ def test_a_child_forked_during_a_gzip_rotates_appends_and_compresses(tmp_path, m
     assert report["errors"] == [] and report["records"] == i + 31
     assert all(p.suffix == ".gz" for p in log_files(tmp_path) if p != log.path)
     assert not list(tmp_path.glob("*.tmp"))
+
+
+def test_a_temp_file_a_cleaner_deletes_before_the_gzip_locks_it_is_replaced_and_the_gzip_finishes(tmp_path,
+                                                                                                    monkeypatch):
+    """Another process opening the log (clean_leftovers, under the log's lock) finds the gzip's temp file in the
+    moment between its open and its flock, when nothing marks it in use yet, and deletes it. Written on, the
+    unlinked file would be lost and the swap's rename would fail; the gzip starts again with a new temp file."""
+    import subprocess
+    import sys
+
+    log = _plain_rotation(tmp_path)
+    root = str(audit_rotation.Path(audit.__file__).resolve().parents[2])
+    cleaner = ("import sys; sys.path.insert(0, sys.argv[2]); from pathlib import Path\n"
+               "from so8t_lib.serve.audit_rotation import clean_leftovers, file_lock\n"
+               "log = Path(sys.argv[1])\n"
+               "with file_lock(log):\n"
+               "    clean_leftovers(log)\n")
+    deleted = []
+
+    def open_then_clean(path, *args, **kwargs):
+        handle = open(path, *args, **kwargs)
+        if ".gzip-" in str(path) and not deleted:  # opened, not locked yet: the cleaner's moment
+            subprocess.run([sys.executable, "-c", cleaner, str(log.path), root], check=True, timeout=120)
+            deleted.append(not os.path.exists(path))
+        return handle
+
+    monkeypatch.setattr(audit_rotation, "open", open_then_clean, raising=False)
+    assert audit_rotation.compress_one(log.path, plain_rotated_path(log.path, 1)) is True
+    assert deleted == [True]  # the race did happen
+    assert [p.name for p in log_files(tmp_path)] == ["audit.jsonl.1.gz"] and not list(tmp_path.glob("*.tmp"))
+    assert [r["request_id"] for r in audit.read_records(tmp_path)] == [f"req_{i}" for i in range(6)]
+    assert audit.verify(tmp_path)["errors"] == []
