@@ -13,6 +13,9 @@ run recorded there (and that no recorded chain is gone), and records the new hea
 (``audit-<replica>.jsonl``, from $SO8T_REPLICA): ``verify`` checks each of them, and of several
 folders, unless --name picks one. ``accept-anchor`` records that a person reviewed a log whose anchor the writer
 had to re-create.
+
+``show`` and ``verify`` wait at most --lock-timeout seconds (30) for the log's lock, which writers hold for
+milliseconds; past that they exit 2 and say how to find the process holding it.
 """
 
 from __future__ import annotations
@@ -24,6 +27,7 @@ import sys
 from pathlib import Path
 
 from ..serve.audit import read_records, verify
+from ..serve.audit_files import AuditLockTimeout
 from ..serve.audit_heads import (
     HeadsError,
     chain_key,
@@ -33,7 +37,8 @@ from ..serve.audit_heads import (
     write_heads,
 )
 from ..serve.audit_textfile import write_verify_metrics
-from ..serve.audit_verify import accept_anchor, verify_chains
+from ..serve.audit_verify import READ_LOCK_TIMEOUT_S, accept_anchor, verify_chains
+from .arg_types import number_in
 
 
 def _expect(text: str) -> tuple[int, str]:
@@ -58,10 +63,12 @@ def main(argv: list[str] | None = None) -> int:
                             "last passing run: checked, then updated when every chain passes")
     p_verify.add_argument("--metrics-file", type=Path, help="also write the outcome as Prometheus gauges (a .prom file "
                           "for node_exporter's textfile collector), whether the run passes or not")
+    _lock_timeout_option(p_verify)
     p_show = sub.add_parser("show", help="print every record (decrypted with $SO8T_AUDIT_KEY when encrypted)")
     p_show.add_argument("folder")
     p_show.add_argument("--name", default="audit.jsonl")
     p_show.add_argument("--key-env", default="SO8T_AUDIT_KEY")
+    _lock_timeout_option(p_show)
     p_accept = sub.add_parser("accept-anchor", help="record that a re-created anchor was reviewed")
     p_accept.add_argument("folder")
     p_accept.add_argument("--name", default="audit.jsonl")
@@ -70,8 +77,12 @@ def main(argv: list[str] | None = None) -> int:
     args = parser.parse_args(argv)
     if args.command == "show":
         try:
-            for record in read_records(args.folder, args.name, os.environ.get(args.key_env)):
+            for record in read_records(args.folder, args.name, os.environ.get(args.key_env),
+                                       lock_timeout=args.lock_timeout):
                 print(json.dumps(record, ensure_ascii=False))
+        except AuditLockTimeout as exc:
+            print(f"error: {exc}", file=sys.stderr)
+            return 2
         except ValueError as exc:
             sys.exit(f"error: {exc}")
         return 0
@@ -85,6 +96,12 @@ def main(argv: list[str] | None = None) -> int:
     if args.heads and args.name:
         parser.error("--heads checks every chain of the folders (and that none is gone): leave out --name")
     return _verify_main(args)
+
+
+def _lock_timeout_option(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument("--lock-timeout", type=number_in(0, what="a number of seconds"), default=READ_LOCK_TIMEOUT_S,
+                        help=f"seconds to wait for the log's lock before giving up with exit 2 (default "
+                             f"{READ_LOCK_TIMEOUT_S:g}); writers hold it for milliseconds")
 
 
 class _CannotVerify(Exception):
@@ -103,6 +120,10 @@ def _verify_main(args: argparse.Namespace) -> int:
     except (_CannotVerify, HeadsError) as exc:
         _record_outcome(args, None)
         sys.exit(f"error: {exc}")
+    except AuditLockTimeout as exc:  # nothing was checked: not a chain that failed (exit 1)
+        _record_outcome(args, None)
+        print(f"error: {exc}", file=sys.stderr)
+        return 2
     failed = _print_reports(reports)
     if args.heads and not failed:
         try:
@@ -133,25 +154,26 @@ def _record_outcome(args: argparse.Namespace, reports: dict[str, dict] | None) -
 def _verify_plain(args: argparse.Namespace) -> dict[str, dict]:
     key = os.environ.get(args.hmac_key_env)
     if args.name:
-        reports = {str(Path(f) / args.name): verify(f, args.name, key, args.expect) for f in args.folder}
+        reports = {str(Path(f) / args.name): verify(f, args.name, key, args.expect, lock_timeout=args.lock_timeout)
+                   for f in args.folder}
         missing = [chain for chain, report in reports.items() if not report["files"] and not report["errors"]]
         if missing:
             raise _CannotVerify(f"no {args.name} files in {Path(missing[0]).parent}")
         return reports
-    reports = verify_chains(args.folder, hmac_key=key)
+    reports = verify_chains(args.folder, hmac_key=key, lock_timeout=args.lock_timeout)
     if args.expect and len(reports) > 1:
         raise _CannotVerify(f"--expect names one chain's head, but there are {len(reports)} chains "
                             f"({', '.join(reports)}): pick one with --name")
     if args.expect:
         only = next(iter(reports))
-        reports[only] = verify(Path(only).parent, Path(only).name, key, args.expect)
+        reports[only] = verify(Path(only).parent, Path(only).name, key, args.expect, lock_timeout=args.lock_timeout)
     return reports
 
 
 def _verify_against_heads(args: argparse.Namespace, earlier: dict[str, tuple[int, str]]) -> dict[str, dict]:
     """Every chain of the folders against the head the last passing run recorded, and no recorded chain gone."""
     reports = verify_chains(args.folder, hmac_key=os.environ.get(args.hmac_key_env),
-                            expect_for=lambda chain: earlier.get(chain_key(chain)))
+                            expect_for=lambda chain: earlier.get(chain_key(chain)), lock_timeout=args.lock_timeout)
     present = [chain for chain, report in reports.items() if report["files"] or report["anchor"] is not None]
     return reports | gone_chains(earlier, args.folder, present)
 

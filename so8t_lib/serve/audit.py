@@ -53,7 +53,7 @@ from .audit_files import (
     sibling,
     write_anchor,
 )
-from .audit_verify import consistent_view, make_fernet, open_files, read_records, verify
+from .audit_verify import READ_LOCK_TIMEOUT_S, consistent_view, make_fernet, open_files, read_records, verify
 from .fields import bounded, masked_bounded, pseudonym
 
 __all__ = ["GENESIS", "AuditLog", "AuditWriteError", "log_files", "make_fernet", "read_records", "record_hash",
@@ -321,9 +321,11 @@ class AuditLog:
     def find_requests(self, request_ids: set[str]) -> set[str]:
         """Which of these request ids have a record in the live file or the newest rotated one of this
         chain or of another replica's chain in the folder (used after a crash, to tell a decision that
-        was recorded from one that was not: a replica may finish the spool entry another one left)."""
+        was recorded from one that was not: a replica may finish the spool entry another one left). A lock held
+        past ``lock_timeout_s`` (or the readers' limit when that is None) is an ``AuditLockTimeout``."""
         if not request_ids:
             return set()
+        timeout = READ_LOCK_TIMEOUT_S if self.lock_timeout_s is None else self.lock_timeout_s
         found: set[str] = set()
         folder = self.path.parent
         name = self.path.name
@@ -332,7 +334,7 @@ class AuditLog:
         with ExitStack() as handles:
             recent = []
             for chain in chains:  # each chain's files of one moment: a rotation meanwhile cannot hide a record
-                with consistent_view(folder / chain, self.lock_timeout_s):
+                with consistent_view(folder / chain, timeout):
                     recent += open_files(folder, chain, handles)[-2:]
             for path, handle, length, error in recent:
                 if error is not None:

@@ -38,6 +38,7 @@ from .audit_files import (
     chain_names,
     file_lock,
     key_bytes,
+    lock_path,
     log_files,
     parse_record,
     read_anchor,
@@ -47,6 +48,10 @@ from .audit_files import (
     set_aside_files,
     write_anchor,
 )
+
+# How long a reader waits for the log's shared lock. Writers hold it for milliseconds, so a longer wait means a
+# holder that hung; a reader without a limit hung behind it too (`so8t audit show`, reports, backups).
+READ_LOCK_TIMEOUT_S = 30.0
 
 
 def make_fernet(key: str | bytes):
@@ -63,14 +68,16 @@ def make_fernet(key: str | bytes):
 
 
 def read_records(folder: str | Path, name: str = "audit.jsonl", key: str | bytes | None = None,
-                 unreadable: list[str] | None = None) -> Iterator[dict]:
+                 unreadable: list[str] | None = None, *,
+                 lock_timeout: float | None = READ_LOCK_TIMEOUT_S) -> Iterator[dict]:
     """Every complete record, oldest first, decrypted when ``key`` is given (encrypted ones need it). A file that
     cannot be read to the end (a damaged .gz) is a ValueError naming it, or, given an ``unreadable`` list, a line
     added to it, and the next file is read. The files are those of one moment (``open_files``): a rotation or
-    a gzip swap while they are read neither hides nor repeats a record."""
+    a gzip swap while they are read neither hides nor repeats a record. A lock held past ``lock_timeout`` seconds
+    (None: no limit) is an ``AuditLockTimeout``."""
     fernet = make_fernet(key) if key else None
     with ExitStack() as handles:
-        with consistent_view(Path(folder) / name):
+        with consistent_view(Path(folder) / name, lock_timeout):
             files = open_files(Path(folder), name, handles)
         for path, handle, length, error in files:
             try:
@@ -85,15 +92,19 @@ def read_records(folder: str | Path, name: str = "audit.jsonl", key: str | bytes
 
 
 @contextmanager
-def consistent_view(log: Path, timeout: float | None = None) -> Iterator[None]:
+def consistent_view(log: Path, timeout: float | None = READ_LOCK_TIMEOUT_S) -> Iterator[None]:
     """The log's shared lock, for opening its files at one moment (a rotation or a gzip swap afterwards cannot
     pull a file away); where it cannot be taken (a read-only copy of a folder), the files are opened without it.
-    With ``timeout``, a lock held longer than that is an ``AuditLockTimeout``."""
+    A lock held longer than ``timeout`` seconds (None: no limit) is an ``AuditLockTimeout`` that says what to do."""
     with ExitStack() as lock:
         try:
             lock.enter_context(file_lock(log, shared=True, timeout=timeout))
         except AuditLockTimeout:
-            raise
+            held = lock_path(log)
+            raise AuditLockTimeout(
+                f"{log}: cannot read the audit log: another process has held its lock {held} for more than "
+                f"{timeout:g} s (a writer that hung?); find it with `fuser -v {held}` or `lsof {held}` and stop or "
+                "fix it, or wait longer (--lock-timeout)") from None
         except OSError:
             pass
         yield
@@ -265,15 +276,16 @@ def _check_anchor(anchor: dict | None, chain: ChainSummary, key: bytes | None, l
 
 
 def verify(folder: str | Path, name: str = "audit.jsonl", hmac_key: str | bytes | None = None,
-           expect: tuple[int, str] | None = None) -> dict:
+           expect: tuple[int, str] | None = None, *, lock_timeout: float | None = READ_LOCK_TIMEOUT_S) -> dict:
     """Check the chain, its anchor and (optionally) an outside checkpoint ``expect=(seq, hash)``.
-    Returns {files, records, first_seq, last_seq, errors, notes, set_aside, anchor}."""
+    Returns {files, records, first_seq, last_seq, errors, notes, set_aside, anchor}; ``AuditLockTimeout`` when
+    the log's lock stays held past ``lock_timeout`` seconds (None: no limit)."""
     folder = Path(folder)
     log = folder / name
     with ExitStack() as handles:
         # every file opened and the anchor read at one moment; the walk, which can take minutes on a large log,
         # runs after the lock is released, so the gate's appends never wait for a verification
-        with consistent_view(log):
+        with consistent_view(log, lock_timeout):
             found = open_files(folder, name, handles)
             try:
                 anchor, anchor_errors = read_anchor(log), []
@@ -317,11 +329,12 @@ def failed_report(error: str) -> dict:
 
 def verify_chains(folders: str | Path | list[str | Path], name: str = "audit.jsonl",
                   hmac_key: str | bytes | None = None,
-                  expect_for: Callable[[Path], tuple[int, str] | None] | None = None) -> dict[str, dict]:
+                  expect_for: Callable[[Path], tuple[int, str] | None] | None = None, *,
+                  lock_timeout: float | None = READ_LOCK_TIMEOUT_S) -> dict[str, dict]:
     """``verify`` for every chain of one or more log folders (``name`` and each replica's
     ``<stem>-<replica><suffix>``), keyed ``<folder>/<chain>``; ``expect_for(chain path)`` gives a chain its outside
     checkpoint (``so8t audit verify --heads``). A folder with no chain at all is an entry with an error, so a
-    mistyped folder is never a clean report."""
+    mistyped folder is never a clean report. ``lock_timeout``: as for ``verify``."""
     folders = [folders] if isinstance(folders, (str, Path)) else list(folders)
     reports: dict[str, dict] = {}
     for folder in map(Path, folders):
@@ -330,19 +343,21 @@ def verify_chains(folders: str | Path | list[str | Path], name: str = "audit.jso
             reports[str(folder / name)] = failed_report(f"no audit log ({name} or a replica's chain) in {folder}")
         for chain in names:
             reports[str(folder / chain)] = verify(folder, chain, hmac_key,
-                                                  expect_for(folder / chain) if expect_for else None)
+                                                  expect_for(folder / chain) if expect_for else None,
+                                                  lock_timeout=lock_timeout)
     return reports
 
 
 def read_chains(folders: str | Path | list[str | Path], name: str = "audit.jsonl",
-                key: str | bytes | None = None, unreadable: list[str] | None = None) -> Iterator[tuple[str, dict]]:
+                key: str | bytes | None = None, unreadable: list[str] | None = None, *,
+                lock_timeout: float | None = READ_LOCK_TIMEOUT_S) -> Iterator[tuple[str, dict]]:
     """(chain, record) for every complete record of every chain of the folders, each chain oldest
-    first; ``chain`` is the replica's log name (``audit.jsonl``, ``audit-r2.jsonl``). ``unreadable``: as for
-    ``read_records``."""
+    first; ``chain`` is the replica's log name (``audit.jsonl``, ``audit-r2.jsonl``). ``unreadable`` and
+    ``lock_timeout``: as for ``read_records``."""
     folders = [folders] if isinstance(folders, (str, Path)) else list(folders)
     for folder in folders:
         for chain in chain_names(folder, name):
-            for record in read_records(folder, chain, key, unreadable):
+            for record in read_records(folder, chain, key, unreadable, lock_timeout=lock_timeout):
                 yield chain, record
 
 
