@@ -303,6 +303,24 @@ def test_backend_generates_text(exported):
     assert seen == [prompt]
 
 
+def test_an_answer_written_in_chunks_is_the_answer_of_one_pass_with_decisions_between_them(exported):
+    """The runtime writes answers a chunk at a time and decides other requests between chunks: the decision
+    context is not the answer's, so neither changes the other; an answer left half-written (its time ran out)
+    does not change the next one."""
+    _, paths = exported
+    backend = GGUFBackend(paths["so8t-test-q8_0.gguf"])
+    request = "経費精算の締め日はいつですか"
+    whole = backend.complete(request, max_tokens=12).text
+    alone = backend.decide(["How do I reset my password?"])
+    backend.start_answer(request, max_tokens=12).advance(5)  # abandoned half-way
+    for chunk in (1, 3, 12):
+        answer = backend.start_answer(request, max_tokens=12)
+        while not answer.advance(chunk):
+            torch.testing.assert_close(backend.decide(["How do I reset my password?"]), alone)
+        assert answer.text == whole and answer.advance(chunk) and answer.text == whole
+    assert len(whole) > 12, whole  # several chunks of text, not an empty answer
+
+
 def test_bad_files_fail_with_clear_errors(exported, tmp_path):
     _, paths = exported
     not_gguf = tmp_path / "x.gguf"

@@ -30,6 +30,7 @@ from ..core.schema import (
     SAFETY_HEAD_PREFIX,
     is_adapter_key,
 )
+from .answers import HFAnswer
 from .base import (
     base_location,
     build_tiny_base,
@@ -355,24 +356,17 @@ class SO8TModel(CheckpointMixin, nn.Module):
         pooled = self._decision_state(out, 0, attention_mask, last_token_index(attention_mask))
         return SO8TOutput(None, self.safety_head(pooled), pooled, None)
 
-    @torch.no_grad()
+    def start_answer(self, request: str, context: str | None = None, max_tokens: int = 128,
+                     temperature: float = 0.0) -> HFAnswer:
+        """An answer written in chunks (``HFAnswer.advance``): the runtime lets decisions run between them."""
+        return HFAnswer(self, self.format_prompt(request, context), max_tokens, temperature)
+
     def generate(self, request: str, context: str | None = None, max_tokens: int = 128,
                  temperature: float = 0.0) -> str:
-        """TaskHeadA's continuation of the prompt: the answer (ALLOW) or the rationale."""
-        device = next(self.parameters()).device
-        batch = self.tokenizer(self.format_prompt(request, context), return_tensors="pt",
-                               add_special_tokens=False).to(device)
-        was_training = self.training
-        self.eval()
-        try:
-            out = self.causal_lm.generate(
-                **batch, max_new_tokens=max_tokens, do_sample=temperature > 0,
-                temperature=temperature if temperature > 0 else None, top_p=None, top_k=None,
-                pad_token_id=self.tokenizer.pad_token_id, eos_token_id=self.tokenizer.eos_token_id,
-            )
-        finally:
-            self.train(was_training)
-        return self.tokenizer.decode(out[0, batch["input_ids"].shape[1]:], skip_special_tokens=True)
+        """TaskHeadA's continuation of the prompt: the answer (ALLOW) or the rationale, in one pass."""
+        answer = self.start_answer(request, context, max_tokens, temperature)
+        answer.advance(max_tokens)
+        return answer.text
 
     # ----- export -------------------------------------------------------------------------------
     @torch.no_grad()

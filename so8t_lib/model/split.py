@@ -44,7 +44,7 @@ def _view(decoder: nn.Module, layers: slice, final_norm: bool) -> nn.Module:
     return view
 
 
-def _cache_argument(decoder: nn.Module) -> str:
+def cache_argument(decoder: nn.Module) -> str:
     """The keyword a decoder takes its key/value cache by: ``cache`` in newer transformers, ``past_key_values``
     before."""
     return "cache" if "cache" in inspect.signature(decoder.forward).parameters else "past_key_values"
@@ -96,4 +96,4 @@ class DecoderSplit:
         mask = torch.cat([attention_mask.new_ones(rows, prefix), attention_mask], 1)
         positions = prefix + (attention_mask.long().cumsum(-1) - 1).clamp(min=0)
         return self._below(input_ids=input_ids, attention_mask=mask, position_ids=positions, use_cache=True,
-                           **{_cache_argument(self._below): cache}).last_hidden_state
+                           **{cache_argument(self._below): cache}).last_hidden_state

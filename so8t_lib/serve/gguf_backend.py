@@ -260,6 +260,25 @@ class GGUFBackend:
             raise GGUFError(f"{self.path} {problem}; restart the gate to load the new file (its sidecar is checked "
                             "then)")
 
+    def _answer_model(self):
+        """The answer context, opened on the first answer: it must be the very file checked at start."""
+        if self._generator is None:
+            self._same_file("was replaced since the gate loaded it, so answers would come from another file than "
+                            "decisions")
+            generator = self._llama.Llama(**self._kwargs, embedding=False)
+            self._same_file("was replaced while the answer model was being loaded")
+            self._generator = generator
+        return self._generator
+
+    def start_answer(self, request: str, context: str | None = None, max_tokens: int = 128,
+                     temperature: float = 0.0) -> LlamaAnswer:
+        """An answer written in chunks (``LlamaAnswer.advance``), so that decisions run between them. The answer
+        context holds one answer at a time: the runtime finishes (or drops) one before starting the next."""
+        stream = self._answer_model().create_completion(
+            self.prompt_tokens(self.format_prompt(request, context)), max_tokens=max_tokens, temperature=temperature,
+            stop=[self.eos_token] if self.eos_token else None, stream=True)
+        return LlamaAnswer(stream)
+
     def generate(self, request: str, context: str | None = None, max_tokens: int = 128,
                  temperature: float = 0.0) -> str:
         """The task answer (ALLOW) or rationale (otherwise) that TaskHeadA writes after the prompt."""
@@ -270,15 +289,31 @@ class GGUFBackend:
         """``generate`` with llama.cpp's token counts. ``stop_at_eos=False`` drops the stop string of the chat
         template's end token (for timing longer answers, benchmarks/gguf_cuda.py); llama.cpp still stops at the
         model's own end-of-generation token, so read ``answer_tokens`` for how many were written."""
-        if self._generator is None:  # opened on the first answer: it must be the very file checked at start
-            self._same_file("was replaced since the gate loaded it, so answers would come from another file than "
-                            "decisions")
-            generator = self._llama.Llama(**self._kwargs, embedding=False)
-            self._same_file("was replaced while the answer model was being loaded")
-            self._generator = generator
         # tokens, not text: from text llama.cpp prepends a BOS to a prompt that already starts with one
-        out = self._generator.create_completion(self.prompt_tokens(self.format_prompt(request, context)),
-                                                max_tokens=max_tokens, temperature=temperature,
-                                                stop=[self.eos_token] if self.eos_token and stop_at_eos else None)
+        out = self._answer_model().create_completion(
+            self.prompt_tokens(self.format_prompt(request, context)), max_tokens=max_tokens, temperature=temperature,
+            stop=[self.eos_token] if self.eos_token and stop_at_eos else None)
         usage = out["usage"]
         return Completion(out["choices"][0]["text"], usage["prompt_tokens"], usage["completion_tokens"])
+
+
+class LlamaAnswer:
+    """One llama.cpp answer in progress, over its streamed completion: ``advance(n)`` takes up to ``n`` more
+    tokens and says whether it is finished; ``text`` is what has been written so far."""
+
+    def __init__(self, stream) -> None:
+        self._stream, self._pieces, self.finished = stream, [], False
+
+    def advance(self, tokens: int) -> bool:
+        for _ in range(tokens):
+            if self.finished:
+                break
+            try:
+                self._pieces.append(next(self._stream)["choices"][0]["text"])
+            except StopIteration:
+                self.finished, self._stream = True, None
+        return self.finished
+
+    @property
+    def text(self) -> str:
+        return "".join(self._pieces)

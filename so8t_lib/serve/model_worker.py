@@ -7,9 +7,10 @@ Two rules keep the gate answering under load:
 - **A limit counts the call's own time.** A call fails with ``TimeoutError`` when it has run longer than its
   ``limit`` on the thread, or when, while it waits, the thread makes no progress for ``limit`` seconds (the call
   ahead of it has overrun its own limit: the model is stuck). Waiting behind healthy work is not a timeout; the
-  service bounds that wait with ``max_pending``. So a decision that arrives while an answer is being written waits
-  for it, up to that answer's own limit (``generation_timeout_s``) plus its own. A call that gives up before it started is taken off the queue,
-  so a timed-out request never runs later, holding up the ones behind it.
+  service bounds that wait with ``max_pending``. A decision that arrives while an answer is being written waits
+  for the call running: answers are written a chunk per call (``answering.py``), so that is one chunk. A call
+  that gives up before it started is taken off the queue, so a timed-out request never runs later, holding up
+  the ones behind it.
 """
 
 from __future__ import annotations
@@ -26,6 +27,7 @@ from typing import Any
 DECIDE, ANSWER = 0, 1  # priorities: lower runs first
 _CLOSE = 9  # after everything queued before it
 _POLL_S = 0.5  # how often a waiting call looks at the thread's progress again
+OVERRAN = "the model ran longer than"  # how the TimeoutError of a call that overran its own limit begins
 
 
 @dataclass
@@ -91,7 +93,7 @@ class ModelWorker:
                 if time.monotonic() < deadline:
                     continue
             if started is not None:
-                raise TimeoutError(f"the model ran longer than {limit:g}s")
+                raise TimeoutError(f"{OVERRAN} {limit:g}s")
             if call.future.cancel():
                 raise TimeoutError(f"the model was stuck on an earlier request for {limit:g}s past its limit")
 

@@ -35,6 +35,7 @@ from ..core.checkpoint import UNVERIFIED_MARK
 from ..core.config import ConfigError, parse_size
 from ..core.schema import LABELS
 from ..data.tables import detect_lang
+from .answering import write_answer
 from .applog import configure_logging
 from .audit import AuditLog, AuditWriteError
 from .audit_verify import make_fernet
@@ -45,7 +46,7 @@ from .escalation import EscalationQueue
 from .escalation_desk import EscalationDesk
 from .fields import bounded, pseudonym
 from .masking import mask_personal_data
-from .model_worker import ANSWER, DECIDE, ModelWorker
+from .model_worker import DECIDE, ModelWorker
 from .notify import NO_CHANNEL, Notifier
 from .outcome import (
     audit_record,
@@ -102,6 +103,7 @@ class Agent:
             CaseSpool(self.paths.spool, make_fernet(enc_key) if enc_key else None), self.audit, self.notifier,
             notify=esc.enable_notifications and not test_mode, retry_interval_s=esc.retry_interval_s)
         self._model = ModelWorker()
+        self._answering = threading.Lock()  # one answer written at a time (answering.py)
         self._lock = threading.Lock()
         self.audit_failures = 0
         if esc.enable_notifications and not test_mode and not self.notifier.channels():
@@ -220,9 +222,7 @@ class Agent:
         if not inference.generate_responses:
             return "", None
         try:
-            text = self._model.call(lambda: self.decider.generate(request, context, max_tokens=inference.max_tokens,
-                                                                  temperature=inference.temperature),
-                                    ANSWER, inference.generation_timeout_s)
+            text = write_answer(self._model, self.decider, request, context, inference, self._answering)
         except TimeoutError as exc:
             return "", f"generation timed out after {inference.generation_timeout_s}s ({exc})"
         except Exception as exc:  # noqa: BLE001

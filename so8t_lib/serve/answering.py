@@ -1,0 +1,58 @@
+"""An ALLOW's task answer, written on the model's thread a chunk at a time.
+
+The model has one thread (``model_worker``), and decisions go before answers there. Written in one call, an
+answer held every decision that arrived meanwhile for as long as it took, up to ``generation_timeout_s`` (two
+minutes by default). Written ``answer_chunk_tokens`` at a time, each chunk is its own call, so a decision waits
+for at most the chunk being written. One answer is written at a time (``turn``): llama.cpp's answer context
+holds one, and two answers sharing the thread would each finish later, not sooner.
+
+``generation_timeout_s`` still bounds the answer's own time on the thread, summed over its chunks; the time
+decisions take between two chunks is not counted against it.
+"""
+
+from __future__ import annotations
+
+import threading
+import time
+
+from .config import InferenceConfig
+from .model_worker import ANSWER, OVERRAN, ModelWorker
+
+
+def write_answer(worker: ModelWorker, decider, request: str, context: str | None, inference: InferenceConfig,
+                 turn: threading.Lock) -> str:
+    """The raw answer text; TimeoutError past ``generation_timeout_s`` of the answer's own model time (or, for a
+    decider that writes answers only whole, of its one call), any other failure as itself."""
+    budget = inference.generation_timeout_s
+    start = getattr(decider, "start_answer", None)
+    if start is None:  # a decider that writes answers only in one pass (a custom backend, a test double)
+        return worker.call(lambda: decider.generate(request, context, max_tokens=inference.max_tokens,
+                                                    temperature=inference.temperature), ANSWER, budget)
+    if not turn.acquire(timeout=budget):
+        raise TimeoutError(f"another answer was being written for {budget:g}s")
+    try:
+        def timed(step):
+            began = time.perf_counter()
+            return step(), time.perf_counter() - began
+
+        answer, used = worker.call(lambda: timed(lambda: start(request, context, max_tokens=inference.max_tokens,
+                                                                temperature=inference.temperature)), ANSWER, budget)
+        finished = False
+        while not finished:
+            left = budget - used
+            if left <= 0:
+                raise TimeoutError(f"the answer ran past its {budget:g}s of model time")
+            try:
+                finished, took = worker.call(lambda: timed(lambda: answer.advance(inference.answer_chunk_tokens)),
+                                             ANSWER, left)
+            except TimeoutError as exc:
+                if str(exc).startswith(OVERRAN):  # the chunk overran what was left of the answer's time
+                    raise TimeoutError(f"the answer ran past its {budget:g}s of model time") from exc
+                raise
+            used += took
+        return answer.text
+    finally:
+        turn.release()
+
+
+__all__ = ["write_answer"]

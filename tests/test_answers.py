@@ -1,0 +1,146 @@
+"""Answers written in chunks: the same tokens as one pass (both model families), and in the runtime, decisions
+that run between two chunks of an answer instead of after all of it."""
+
+import threading
+import time
+
+import pytest
+import torch
+from test_model_families import FAMILIES, family_config
+from test_runtime import FakeDecider, _agent, _records
+
+from so8t_lib.model import SO8TModel
+
+REQUEST = "How do I restart the print server on floor 3?"
+
+
+@pytest.fixture(scope="module", params=FAMILIES)
+def family_model(request, tokenizer):
+    torch.manual_seed(0)
+    return SO8TModel.from_config(family_config(request.param, gates={"init_std": 0.05}), tokenizer).eval()
+
+
+@pytest.mark.parametrize("chunk", [1, 3, 7, 40])
+def test_greedy_chunks_write_the_tokens_of_one_pass(family_model, chunk):
+    whole = family_model.start_answer(REQUEST, "floor 3", max_tokens=25)
+    assert whole.advance(25) and whole.written == 25  # random weights never write the end token this early
+    answer = family_model.start_answer(REQUEST, "floor 3", max_tokens=25)
+    calls = 0
+    while not answer.advance(chunk):
+        calls += 1
+        assert answer.written == calls * chunk  # never more than asked for
+    assert answer.written == 25 and answer.text == whole.text
+    assert answer.advance(chunk) and answer.text == whole.text  # a finished answer stays as it is
+    assert family_model.generate(REQUEST, "floor 3", max_tokens=25) == whole.text
+
+
+def test_an_answer_stops_at_the_end_token_even_at_a_chunk_boundary(family_model):
+    first = family_model.start_answer(REQUEST, max_tokens=6)
+    first.advance(6)
+    end = int(first._ids[0, first._prompt_length + 2])  # make the third token written the end token
+    tokenizer = family_model.tokenizer
+    saved = tokenizer.eos_token_id
+    try:
+        tokenizer.eos_token_id = end
+        answer = family_model.start_answer(REQUEST, max_tokens=6)
+        assert not answer.advance(2)
+        assert answer.advance(1) and answer.written == 3  # the chunk ended exactly on the end token
+    finally:
+        tokenizer.eos_token_id = saved
+
+
+def test_max_tokens_must_be_positive(family_model):
+    with pytest.raises(ValueError, match="max_tokens must be positive"):
+        family_model.start_answer(REQUEST, max_tokens=0)
+
+
+class ChunkedFake(FakeDecider):
+    """ALLOWs everything; writes answers a token at a time, logging every call the model thread runs."""
+
+    def __init__(self, token_s=0.0, on_chunk=None):
+        super().__init__((0.95, 0.03, 0.02))
+        self.events, self.token_s, self.on_chunk = [], token_s, on_chunk
+
+    def decide(self, requests, contexts=None, batch_size=32, progress=False):
+        self.events.append(("decide", requests[0]))
+        return super().decide(requests, contexts, batch_size, progress)
+
+    def start_answer(self, request, context=None, max_tokens=128, temperature=0.0):
+        fake = self
+
+        class Answer:
+            written, finished = 0, False
+
+            def advance(self, tokens):
+                fake.events.append(("chunk", request))
+                if fake.on_chunk:
+                    fake.on_chunk(request, self.written)
+                time.sleep(fake.token_s * tokens)
+                self.written = min(max_tokens, self.written + tokens)
+                self.finished = self.written >= max_tokens
+                return self.finished
+
+            @property
+            def text(self):
+                return f"answer to {request} ({self.written} tokens)"
+
+        return Answer()
+
+
+def _decide_during_the_answer(tmp_path, chunk_tokens):
+    """An ALLOW's answer of 12 tokens; once its first chunk runs, another request is sent for a decision."""
+    sent = threading.Event()
+    later = {}
+
+    def on_chunk(request, written):
+        if request == "write me an answer" and not sent.is_set():
+            sent.set()
+            thread = threading.Thread(target=lambda: later.update(r=agent.run_agent(None, "a second request")))
+            thread.start()
+            later["thread"] = thread
+            time.sleep(0.2)  # the second request's decision is queued before this chunk ends
+
+    decider = ChunkedFake(on_chunk=on_chunk)
+    agent = _agent(tmp_path, decider, answer_chunk_tokens=chunk_tokens, max_tokens=12, decision_timeout_s=5,
+                   generate_responses=True)
+    first = agent.run_agent(None, "write me an answer")
+    later["thread"].join(10)
+    return decider.events, first, later["r"]
+
+
+def test_a_decision_runs_between_two_chunks_of_an_answer(tmp_path):
+    events, first, second = _decide_during_the_answer(tmp_path, chunk_tokens=4)
+    chunks = [i for i, e in enumerate(events) if e == ("chunk", "write me an answer")]
+    decided = events.index(("decide", "a second request"))
+    assert len(chunks) == 3 and chunks[0] < decided < chunks[1]  # after the first chunk, not after the answer
+    assert first["decision"] == "ALLOW" and first["task_response"] == "answer to write me an answer (12 tokens)"
+    assert second["decision"] == "ALLOW" and len(_records(tmp_path)) == 2
+
+
+def test_one_chunk_as_long_as_the_answer_holds_the_decision_behind_it(tmp_path):
+    events, first, _ = _decide_during_the_answer(tmp_path, chunk_tokens=12)  # the behaviour before chunks
+    assert events.index(("decide", "a second request")) > events.index(("chunk", "write me an answer"))
+    assert events.count(("chunk", "write me an answer")) == 1 and first["task_response"].endswith("(12 tokens)")
+
+
+def test_the_answer_limit_sums_its_chunks(tmp_path):
+    """Each chunk is short, but together they pass generation_timeout_s: the ALLOW stands, without an answer."""
+    decider = ChunkedFake(token_s=0.05)
+    agent = _agent(tmp_path, decider, answer_chunk_tokens=2, max_tokens=40, generation_timeout_s=0.5)
+    result = agent.run_agent(None, "write a long one")
+    assert result["decision"] == "ALLOW" and result["task_response"] == ""
+    assert "generation timed out after 0.5s (the answer ran past its 0.5s of model time)" in result["error"]
+    assert 3 <= decider.events.count(("chunk", "write a long one")) < 20
+    assert _records(tmp_path)[-1]["decision"] == "ALLOW"
+
+
+def test_two_answers_are_written_one_after_the_other(tmp_path):
+    decider = ChunkedFake(token_s=0.01)
+    agent = _agent(tmp_path, decider, answer_chunk_tokens=2, max_tokens=8, decision_timeout_s=5)
+    threads = [threading.Thread(target=agent.run_agent, args=(None, f"request {i}")) for i in range(2)]
+    for thread in threads:
+        thread.start()
+    for thread in threads:
+        thread.join(10)
+    order = [request for kind, request in decider.events if kind == "chunk"]
+    assert len(order) == 8 and order[:4] == [order[0]] * 4 and order[4:] == [order[4]] * 4 and order[0] != order[4]
