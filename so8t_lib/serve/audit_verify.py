@@ -35,6 +35,7 @@ from .audit_files import (
     READ_ERRORS,
     AuditLockTimeout,
     anchor_mac,
+    anchor_path,
     chain_names,
     file_lock,
     key_bytes,
@@ -110,11 +111,15 @@ def consistent_view(log: Path, timeout: float | None = READ_LOCK_TIMEOUT_S) -> I
         yield
 
 
-def open_files(folder: Path, name: str, handles: ExitStack) -> list[tuple[Path, BinaryIO | None, int, OSError | None]]:
+def open_files(folder: Path, name: str, handles: ExitStack,
+               sidecars: bool = False) -> list[tuple[Path, BinaryIO | None, int, OSError | None]]:
     """(path, open handle, length, error) of each file of the chain, oldest first; call it inside
-    ``consistent_view``. What is appended after the call is not read (``length``)."""
-    found = []
-    for path in log_files(folder, name):
+    ``consistent_view``. What is appended after the call is not read (``length``). With ``sidecars``, then the
+    anchor and the set-aside tails that exist (a backup copies them with the chain, as of the same moment)."""
+    found, paths = [], log_files(folder, name)
+    if sidecars:
+        paths += [p for p in (anchor_path(folder / name), *set_aside_files(folder, name)) if p.is_file()]
+    for path in paths:
         try:
             handle = handles.enter_context(open(path, "rb"))
             found.append((path, handle, os.fstat(handle.fileno()).st_size, None))

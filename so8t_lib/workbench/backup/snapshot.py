@@ -12,7 +12,9 @@ Order matters while servers keep running: the spool first, then the queue (SQLit
 API, or a snapshot of the PostgreSQL tables), then each audit chain as of one moment under its lock
 (the files opened and the live file's length taken; the copying runs after it). A case moves
 spool -> queue -> audit record, so whatever the copy of a later step holds was already in the copy
-of an earlier one, or is in flight and in the spool copy. The folder is written beside its final
+of an earlier one, or is in flight and in the spool copy. A chain is opened as every reader opens it
+(``serve.audit_verify``: ``consistent_view``, ``open_files``), so a lock held past ``lock_timeout`` by a
+writer that hung fails the backup instead of hanging it. The folder is written beside its final
 name and renamed into place when complete: a backup is whole or absent.
 """
 
@@ -31,8 +33,8 @@ from ...core.checkpoint import resolve_checkpoint
 from ...core.io import sha256_file
 from ...core.schema import MANIFEST_FILE
 from ...export.gguf_meta import sidecar_path
-from ...serve.audit_files import anchor_path, chain_names, file_lock, log_files, set_aside_files
-from ...serve.audit_verify import verify
+from ...serve.audit_files import chain_names
+from ...serve.audit_verify import READ_LOCK_TIMEOUT_S, consistent_view, open_files, verify
 from ...serve.escalation import EscalationQueue
 from ...serve.queue_sql import display
 from ...serve.spool import SUFFIX as SPOOL_SUFFIX
@@ -53,20 +55,19 @@ def file_entries(root: Path) -> dict[str, dict]:
             for p in sorted(root.rglob("*")) if p.is_file() and p.name != BACKUP_FILE}
 
 
-def _copy_chains(log_dir: Path, target: Path, hmac_key: str | bytes | None) -> dict[str, dict]:
+def _copy_chains(log_dir: Path, target: Path, hmac_key: str | bytes | None,
+                 lock_timeout: float | None = READ_LOCK_TIMEOUT_S) -> dict[str, dict]:
     """Each chain's files as they were at one moment; the verification of the copy and its head. The shared lock
     covers only opening the files and taking the live file's length (a rotation afterwards cannot pull a file
     away, and appends afterwards are not copied), so the gate's appends never wait for gigabytes to be copied."""
     chains = {}
     for name in chain_names(log_dir):
-        log = log_dir / name
         with ExitStack() as handles:
-            with file_lock(log, shared=True):
-                paths = [p for p in [*log_files(log_dir, name), anchor_path(log), *set_aside_files(log_dir, name)]
-                         if p.is_file()]
-                opened = [handles.enter_context(open(p, "rb")) for p in paths]
-                lengths = [os.fstat(handle.fileno()).st_size for handle in opened]
-            for path, handle, length in zip(paths, opened, lengths):
+            with consistent_view(log_dir / name, lock_timeout):
+                found = open_files(log_dir, name, handles, sidecars=True)
+            for path, handle, length, error in found:
+                if error is not None:
+                    raise error
                 _copy_prefix(handle, length, target / path.name)
         report = verify(target, name, hmac_key)
         anchor = report["anchor"] or {}
@@ -183,12 +184,13 @@ def safe_relative(text: str) -> bool:
 def backup(out: str | Path, log_dir: str | Path, queue: str | Path | None = None,
            configs: list[str | Path] = (), models: list[str | Path] = (), include_models: bool = False,
            hmac_key: str | bytes | None = None, flag_file: str | Path | None = None,
-           spool: str | Path | None = None) -> dict:
+           spool: str | Path | None = None, lock_timeout: float | None = READ_LOCK_TIMEOUT_S) -> dict:
     """Write the backup folder ``out`` (which must not exist); returns BACKUP.json's content. The queue
     is ``queue`` (a file or URL), else ``<log_dir>/escalations.sqlite`` when present; the emergency flag file
     is ``flag_file`` (the config's ``service.emergency_flag_file``), else ``<log_dir>/EMERGENCY``, copied into
     ``logs/`` when it exists; the spool is ``spool`` (the runtime's, beside ``escalation.queue_db`` even when the
-    queue is on PostgreSQL), else beside the queue file or ``<log_dir>/escalations.sqlite``."""
+    queue is on PostgreSQL), else beside the queue file or ``<log_dir>/escalations.sqlite``. A chain whose lock stays
+    held past ``lock_timeout`` seconds (None: no limit) is an ``AuditLockTimeout``, and nothing is written."""
     out, log_dir = Path(out), Path(log_dir)
     if out.exists():
         raise BackupError(f"{out} already exists; a backup never overwrites another")
@@ -214,7 +216,7 @@ def backup(out: str | Path, log_dir: str | Path, queue: str | Path | None = None
                                   **export_rows(store, tmp / "queue")}
             finally:
                 store.close()
-        chains = _copy_chains(log_dir, logs, hmac_key)
+        chains = _copy_chains(log_dir, logs, hmac_key, lock_timeout)
         if not chains:
             raise BackupError(f"no audit log in {log_dir} (audit.jsonl or a replica's audit-<name>.jsonl)")
         flag, flag_info = Path(flag_file) if flag_file else log_dir / FLAG_FILE, None
