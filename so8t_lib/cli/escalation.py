@@ -9,8 +9,12 @@ The queue is found as the runtime finds it: --db (a file or a postgresql:// URL)
 $SO8T_ESCALATION_DB, else $SO8T_ESCALATION_URL, else the --config's queue (escalation.queue_url, or
 queue_db moved into $SO8T_LOG_DIR when set), else $SO8T_LOG_DIR/escalations.sqlite, else
 logs/escalations.sqlite. A path that is not an existing queue is an error, never a new empty
-database. Each resolution is appended to the case's history and written to the audit log (next to
-the queue unless --audit-log or --config says otherwise); a second resolution needs --supersede.
+database. Each resolution is appended to the case's history and written to the audit log: --audit-log,
+else the --config's, else next to a queue file. A queue at a URL has no folder, so there resolve and
+redact need --audit-log, --config or $SO8T_LOG_DIR (the service's audit chain), and refuse with exit 2
+without one: a record in a chain the service does not write is missed by so8t report and retrain extract.
+A derived audit log whose folder is missing is refused too, and a record that starts a new chain says so.
+A second resolution needs --supersede.
 ``redact`` blanks the stored texts (user id, input, rationale, notes) of cases resolved before a date,
 keeping decisions, names and times (retention of personal data), and writes one audit record for it.
 """
@@ -23,10 +27,12 @@ import json
 import os
 import sys
 from pathlib import Path
+from typing import NamedTuple
 
 from ..core.config import ConfigError
 from ..core.schema import HUMAN_DECISIONS
 from ..serve.audit import AuditLog, AuditWriteError
+from ..serve.audit_files import anchor_path
 from ..serve.config import QUEUE_URL_ENV, REPLICA_ENV, load_runtime_config, replica_log_name, runtime_paths
 from ..serve.escalation import REDACTED_FIELDS, EscalationQueue, QueueError
 from ..serve.outcome import utc_timestamp
@@ -39,7 +45,18 @@ MAX_LISTED_IDS = 1000  # a redaction's audit record names at most this many case
 LISTED = ("case_id", "created_at", "category", "status", "overdue", "urgent", "test", "human_decision", "resolved_by", "input")
 
 
-def _locations(args) -> tuple[str | Path, Path, str | None, str | None]:
+class AuditTarget(NamedTuple):
+    """Where a resolution or redaction is audited; ``path`` None when nothing names it (a URL queue)."""
+
+    path: Path | None
+    source: str  # what named it, for messages
+
+
+class NoAuditLog(ValueError):
+    """The command would write an audit record but cannot tell where the service's chain is."""
+
+
+def _locations(args) -> tuple[str | Path, AuditTarget, str | None, str | None]:
     """(queue file or server URL, audit log, encryption key, HMAC key) for this invocation."""
     enc_env, mac_env = "SO8T_AUDIT_KEY", "SO8T_AUDIT_HMAC_KEY"
     config_db = config_audit = None
@@ -49,25 +66,59 @@ def _locations(args) -> tuple[str | Path, Path, str | None, str | None]:
         config_db, config_audit = paths.queue_target, paths.audit
         enc_env = config.logging.encryption_key_env or enc_env
         mac_env = config.logging.hmac_key_env or mac_env
-    log_dir = Path(os.environ.get("SO8T_LOG_DIR") or "logs")
+    env_log_dir = os.environ.get("SO8T_LOG_DIR")
+    log_dir = Path(env_log_dir or "logs")
     db = (args.db or os.environ.get("SO8T_ESCALATION_DB") or os.environ.get(QUEUE_URL_ENV) or config_db
           or log_dir / DB_NAME)
     db = db if is_url(db) else Path(db)
-    beside = log_dir if is_url(db) else Path(db).parent
-    audit = Path(getattr(args, "audit_log", None) or config_audit or
-                 replica_log_name(beside / "audit.jsonl", os.environ.get(REPLICA_ENV) or None))
+    replica = os.environ.get(REPLICA_ENV) or None
+    if getattr(args, "audit_log", None):
+        audit = AuditTarget(Path(args.audit_log), "--audit-log")
+    elif config_audit:
+        audit = AuditTarget(Path(config_audit), f"--config {args.config}")
+    elif not is_url(db):
+        audit = AuditTarget(replica_log_name(Path(db).parent / "audit.jsonl", replica), "the queue's folder")
+    elif env_log_dir:  # a URL has no folder: only an explicit log folder says where the service audits
+        audit = AuditTarget(replica_log_name(log_dir / "audit.jsonl", replica), "SO8T_LOG_DIR")
+    else:
+        audit = AuditTarget(None, "nothing")
     return db, audit, os.environ.get(enc_env), os.environ.get(mac_env)
 
 
-def _redact(queue: EscalationQueue, audit: AuditLog, before: dt.datetime, dry_run: bool) -> int:
+def open_audit_log(target: AuditTarget, enc_key: str | None, mac_key: str | None) -> tuple[AuditLog, bool]:
+    """The audit log to record in, and whether it already held a chain. Refuses (NoAuditLog) when no
+    log is named, or when a log not given by --audit-log lies in a missing folder: AuditLog would make
+    the folder and a fresh chain there, one that neither the service nor so8t report reads."""
+    if target.path is None:
+        raise NoAuditLog(
+            "the queue is a URL (--db or $SO8T_ESCALATION_URL), which does not say where the service's audit "
+            "log is, and neither --audit-log, --config nor $SO8T_LOG_DIR is set; refusing to write the record "
+            "into a new chain under ./logs that so8t report and so8t retrain extract would never read. Pass "
+            "--audit-log PATH (the service's audit.jsonl), --config (the service's runtime config) or set "
+            "SO8T_LOG_DIR to the service's log folder")
+    if target.source != "--audit-log" and not target.path.parent.is_dir():
+        raise NoAuditLog(
+            f"the audit log {target.path} (from {target.source}) is in a folder that does not exist; refusing "
+            "to start a new chain there. Pass --audit-log PATH (the service's audit.jsonl) or correct "
+            f"{target.source}")
+    existed = target.path.is_file() or anchor_path(target.path).is_file()
+    return AuditLog(target.path, encryption_key=enc_key, hmac_key=mac_key), existed
+
+
+def _new_chain_note(path: Path) -> None:
+    print(f"note: there was no audit chain at {path}; this record started one (if the service audits "
+          "elsewhere, point --audit-log at its log)", file=sys.stderr)
+
+
+def _redact(queue: EscalationQueue, audit: AuditLog | None, before: dt.datetime, dry_run: bool) -> int:
     def record(ids: list[str]) -> None:
         audit.append({"event": "redaction", "timestamp": utc_timestamp(), "resolved_before": before.date().isoformat(),
                       "cases": len(ids), "case_ids": ids[:MAX_LISTED_IDS], "fields": list(REDACTED_FIELDS)})
 
-    ids = queue.redact_resolved(before, dry_run=dry_run, before_commit=record)
+    ids = queue.redact_resolved(before, dry_run=dry_run, before_commit=None if audit is None else record)
     verb = "would blank" if dry_run else "blanked"
     print(f"{verb} the texts of {len(ids)} case(s) resolved before {before.date()}"
-          + ("" if dry_run else f"; recorded in {audit.path}"))
+          + ("" if audit is None else f"; recorded in {audit.path}"))
     for case_id in ids:
         print(case_id)
     return 0
@@ -98,7 +149,7 @@ def main(argv: list[str] | None = None) -> int:
     p_redact.add_argument("--audit-log", help="the audit log that records the redaction")
     args = parser.parse_args(argv)
     try:
-        db, audit_path, enc_key, mac_key = _locations(args)
+        db, target, enc_key, mac_key = _locations(args)
         queue = EscalationQueue(db, create=False, encryption_key=enc_key)
         if args.command == "list":
             for case in queue.list(args.status, overdue_only=args.overdue, include_tests=not args.no_tests):
@@ -111,22 +162,35 @@ def main(argv: list[str] | None = None) -> int:
             for entry in queue.history(args.case_id):
                 print(json.dumps(entry, ensure_ascii=False))
             return 0
-        audit = AuditLog(audit_path, encryption_key=enc_key, hmac_key=mac_key)
+        if args.command == "redact" and args.dry_run:  # writes nothing, so needs no audit log
+            return _redact(queue, None, args.resolved_before, dry_run=True)
+        audit, existed = open_audit_log(target, enc_key, mac_key)
         if args.command == "redact":
-            return _redact(queue, audit, args.resolved_before, args.dry_run)
-
-        def record(resolution: dict) -> None:
-            audit.append({"event": "resolution", "timestamp": utc_timestamp(), "request_id": resolution["request_id"],
-                          "case_id": resolution["case_id"], "human_decision": resolution["decision"],
-                          "resolved_by": resolution["decided_by"], "note": resolution["note"],
-                          "supersedes": resolution["supersedes"], "test": resolution["test"]})
-
-        case = queue.resolve(args.case_id, args.decision, args.by, args.note, supersede=args.supersede,
-                             before_commit=record)
+            code = _redact(queue, audit, args.resolved_before, dry_run=False)
+        else:
+            case = _resolve(queue, audit, args)
+    except NoAuditLog as exc:  # a missing setting: bad input, nothing written
+        print(f"error: {exc}", file=sys.stderr)
+        return 2
     except (ConfigError, QueueError, KeyError, ValueError, AuditWriteError) as exc:
         sys.exit(f"error: {exc.args[0] if isinstance(exc, KeyError) else exc}")
+    if not existed and audit.path.is_file():
+        _new_chain_note(audit.path)
+    if args.command == "redact":
+        return code
     before = case["resolution"]["supersedes"]
     print(f"{case['case_id']}: resolved as {case['human_decision']} by {case['resolved_by']} at {case['resolved_at']}"
           + (f" (supersedes {before['decision']} by {before['decided_by']} at {before['decided_at']})" if before else "")
-          + f"; recorded in {audit_path}")
+          + f"; recorded in {audit.path}")
     return 0
+
+
+def _resolve(queue: EscalationQueue, audit: AuditLog, args: argparse.Namespace) -> dict:
+    def record(resolution: dict) -> None:
+        audit.append({"event": "resolution", "timestamp": utc_timestamp(), "request_id": resolution["request_id"],
+                      "case_id": resolution["case_id"], "human_decision": resolution["decision"],
+                      "resolved_by": resolution["decided_by"], "note": resolution["note"],
+                      "supersedes": resolution["supersedes"], "test": resolution["test"]})
+
+    return queue.resolve(args.case_id, args.decision, args.by, args.note, supersede=args.supersede,
+                         before_commit=record)
