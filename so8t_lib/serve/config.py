@@ -305,9 +305,17 @@ def runtime_paths(config: RuntimeConfig, log_dir: str | Path | None = None) -> R
     (runtime, escalation CLI, backup) resolves them here, so they agree."""
     queue = placed(config.escalation.queue_db, log_dir)
     audit = replica_log_name(placed(config.logging.audit_log, log_dir), os.environ.get(REPLICA_ENV) or None)
+    url = os.environ.get(QUEUE_URL_ENV) or config.escalation.queue_url
+    if url:  # a mistyped URL stops the start, where the operator is looking, not the first escalation
+        from .queue_sql import check_target
+
+        try:
+            check_target(url)
+        except ValueError as exc:
+            where = QUEUE_URL_ENV if os.environ.get(QUEUE_URL_ENV) else "escalation.queue_url"
+            raise ConfigError(f"{where}: {exc}") from None
     return RuntimePaths(audit, queue, queue.with_name(queue.name + ".spool"),
-                        placed(config.logging.log_file, log_dir) if config.logging.log_file else None,
-                        os.environ.get(QUEUE_URL_ENV) or config.escalation.queue_url)
+                        placed(config.logging.log_file, log_dir) if config.logging.log_file else None, url)
 
 
 def placed(name: str, log_dir: str | Path | None = None) -> Path:

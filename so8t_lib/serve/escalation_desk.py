@@ -21,7 +21,7 @@ import threading
 from collections.abc import Callable
 from dataclasses import dataclass
 
-from .audit import AuditLog, AuditWriteError
+from .audit import AuditLog
 from .escalation import CaseStore, QueueError
 from .notify import Notifier
 from .spool import CaseSpool, SpoolEntry
@@ -76,8 +76,9 @@ class EscalationDesk:
         try:
             self.store.add(ticket.case)
             ticket.queued = True
-        except (QueueError, OSError) as exc:
-            reason = f"escalation queue unavailable: {exc}"
+        except Exception as exc:  # noqa: BLE001 - whatever breaks, the case stays spooled and the decision stands
+            reason = f"escalation queue unavailable: {exc}" if isinstance(exc, (QueueError, OSError)) else \
+                f"escalation queue unavailable: {type(exc).__name__}: {exc}"
             ticket.error = f"{ticket.error}; {reason}" if ticket.error else reason
             logger.error("escalation %s: %s", ticket.case["case_id"], reason)
         return ticket.status
@@ -113,39 +114,53 @@ class EscalationDesk:
 
     # ----- catching up ------------------------------------------------------------------------------
     def replay(self) -> dict:
-        """Finish every orphaned spool entry that can be finished now: {"finished": [...], "failed": [...]}."""
+        """Finish every orphaned spool entry that can be finished now: {"finished": [...], "failed": [...]}.
+        Every entry it picked is let go again whatever happens, so a failure here never strands one."""
         finished, failed = [], []
         with self._replay_lock:
             entries = list(self.spool.orphans())
             try:
-                unaudited = {e.data["record"].get("request_id") for e in entries if not e.data.get("audited")}
-                present = self.audit.find_requests(unaudited - {None})
-            except (OSError, ValueError) as exc:
-                for entry in entries:
-                    entry.release()
-                return {"finished": [], "failed": [f"audit log unreadable: {exc}"]}
-            for entry in entries:
-                case = entry.data["case"]
                 try:
-                    new = False
-                    if not entry.data.get("queued"):
-                        new = self.store.add(case)
-                        entry.update(queued=True)
-                    if not entry.data.get("audited") and entry.data["record"].get("request_id") not in present:
-                        record = dict(entry.data["record"])
-                        record["flags"] = list(record.get("flags") or []) + ["recovered_from_spool"]
-                        self.audit.append(record)
-                        entry.update(audited=True)
-                    entry.done()
-                    finished.append(case["case_id"])
-                    if new:
-                        self._notify(case)
-                except (QueueError, AuditWriteError, OSError) as exc:
-                    entry.release()
-                    failed.append(f"{case['case_id']}: {exc}")
+                    unaudited = {e.data["record"].get("request_id") for e in entries if not e.data.get("audited")}
+                    present = self.audit.find_requests(unaudited - {None})
+                except Exception as exc:  # noqa: BLE001 - an unreadable log: nothing is written twice, retried later
+                    return {"finished": [], "failed": [f"audit log unreadable: {type(exc).__name__}: {exc}"]}
+                for entry in entries:
+                    case = entry.data["case"]
+                    try:
+                        self._finish_orphan(entry, present)
+                        finished.append(case["case_id"])
+                    except Exception as exc:  # noqa: BLE001 - the entry stays for the next pass
+                        failed.append(f"{case['case_id']}: {type(exc).__name__}: {exc}")
+            finally:
+                for entry in entries:
+                    entry.release()  # a no-op for the finished ones
         if finished:
             logger.warning("replayed %d spooled escalation(s): %s", len(finished), ", ".join(finished))
+        if failed:
+            logger.error("spooled escalation(s) not finished, retried later: %s", "; ".join(failed))
         return {"finished": finished, "failed": failed}
+
+    def _finish_orphan(self, entry: SpoolEntry, present: set) -> None:
+        """Queue, audit and notify one orphan, each only if it has not happened yet, then delete it."""
+        case = entry.data["case"]
+        notify = False
+        if not entry.data.get("queued"):
+            # a case already in the queue may have been added by a process that died before it notified
+            notify = self.store.add(case) or self._never_notified(case["case_id"])
+            entry.update(queued=True)
+        if not entry.data.get("audited") and entry.data["record"].get("request_id") not in present:
+            record = dict(entry.data["record"])
+            record["flags"] = list(record.get("flags") or []) + ["recovered_from_spool"]
+            self.audit.append(record)
+            entry.update(audited=True)
+        entry.done()
+        if notify:
+            self._notify(case)
+
+    def _never_notified(self, case_id: str) -> bool:
+        stored = self.store.get(case_id)
+        return stored["status"] == "open" and not stored["notifications"]
 
     def sweep_overdue(self, now: dt.datetime | None = None) -> list[str]:
         """Mark cases past escalation_timeout as overdue, log them, and remind the route."""
@@ -158,11 +173,12 @@ class EscalationDesk:
         return overdue
 
     def maintain(self) -> None:
-        try:
-            self.replay()
-            self.sweep_overdue()
-        except Exception as exc:  # noqa: BLE001 - the background thread must keep running
-            logger.error("escalation maintenance failed: %s", exc)
+        """One pass of the background thread: the replay, then the overdue sweep, each whatever the other did."""
+        for step in (self.replay, self.sweep_overdue):
+            try:
+                step()
+            except Exception as exc:  # noqa: BLE001 - the background thread must keep running
+                logger.error("escalation maintenance (%s) failed: %r", step.__name__, exc)
 
     def maintain_soon(self) -> None:
         """Wake the background thread now (it must be started)."""

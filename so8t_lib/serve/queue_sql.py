@@ -78,17 +78,33 @@ def is_url(target: str | Path) -> bool:
     return "://" in str(target)
 
 
+def _parsed(target: str) -> URL:
+    """The URL, or ValueError naming it (without its password) and what is wrong with it."""
+    try:
+        return make_url(target)
+    except (exc.ArgumentError, ValueError) as error:
+        raise ValueError(f"unreadable escalation queue URL {display(target)!r} ({error}): write it as "
+                         "postgresql://user@host:port/db or sqlite:///path") from None
+
+
 def sqlite_path(target: str | Path) -> Path | None:
-    """The file of a SQLite target (a path or a ``sqlite:///`` URL); None for a server URL."""
+    """The file of a SQLite target (a path or a ``sqlite:///`` URL); None for a server URL. ValueError for a
+    URL that cannot be read (a mistyped port)."""
     if not is_url(target):
         return Path(target)
-    url = make_url(str(target))
+    url = _parsed(str(target))
     return Path(url.database) if url.get_backend_name() == "sqlite" and url.database else None
+
+
+def check_target(target: str | Path) -> None:
+    """ValueError unless ``target`` is a SQLite path or URL or a PostgreSQL URL that can be read."""
+    if sqlite_path(target) is None:
+        server_url(str(target))
 
 
 def server_url(target: str) -> URL:
     """A PostgreSQL URL with the psycopg 3 driver (``postgresql://`` alone would ask for psycopg2)."""
-    url = make_url(target)
+    url = _parsed(target)
     if url.get_backend_name() != "postgresql":
         raise ValueError(f"unsupported escalation queue URL {display(target)!r}: use postgresql://user@host/db "
                          "or a SQLite file path")
@@ -102,7 +118,7 @@ def display(target: str | Path | URL) -> str:
     if is_url(target):
         try:
             return make_url(str(target)).render_as_string(hide_password=True)
-        except exc.ArgumentError:
+        except (exc.ArgumentError, ValueError):  # ValueError: a port that is not a number
             return re.sub(r"//[^@/]*@", "//***@", str(target))
     return str(target)
 

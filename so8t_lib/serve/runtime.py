@@ -258,19 +258,23 @@ class Agent:
         return results  # type: ignore[return-value]
 
     def _guarded(self, step, item, *args) -> dict:
-        """Run one request's step; an unexpected failure still yields a fail-closed result."""
+        """Run one request's step; an unexpected failure still yields a fail-closed result, and never raises."""
         try:
             return step(item, *args)
         except Exception as exc:  # noqa: BLE001
             logger.exception("internal error while deciding a request")
-            if step == self._fail_closed:  # nothing left to try but an unrecorded ESCALATE
-                result = make_result("ESCALATE", "", None, None, None, "general", self.model_version, [])
-                with self._lock:
-                    self.audit_failures += 1
-                return fail_closed(result, f"internal error: {type(exc).__name__}: {exc}; not recorded")
-            start = args[-1]
-            return self._fail_closed(vars(item) if isinstance(item, CleanRequest) else item,
-                                     f"internal error: {type(exc).__name__}: {exc}", start)
+            failure = exc
+        if step != self._fail_closed:  # decide it again as a failure: a recorded ESCALATE
+            try:
+                return self._fail_closed(vars(item) if isinstance(item, CleanRequest) else item,
+                                         f"internal error: {type(failure).__name__}: {failure}", args[-1])
+            except Exception as exc:  # noqa: BLE001
+                logger.exception("internal error while failing a request closed")
+                failure = exc
+        result = make_result("ESCALATE", "", None, None, None, "general", self.model_version, [])
+        with self._lock:  # nothing left to try but an unrecorded ESCALATE
+            self.audit_failures += 1
+        return fail_closed(result, f"internal error: {type(failure).__name__}: {failure}; not recorded")
 
     def _check(self, item) -> CleanRequest:
         if isinstance(item, Unparsed):
@@ -375,10 +379,10 @@ class Agent:
             result["flags"] = [*result["flags"], f"escalation_{result['escalation_status']}"]
             result["error"] = join_errors(result["error"], ticket.error)
         self._stamp(result, start)
-        try:
+        try:  # spooled: from here nothing may raise, or _guarded would open a second case for this request
             self.audit.append(self._record(result, request, user_id))
             audited = True
-        except AuditWriteError as exc:
+        except Exception as exc:  # noqa: BLE001 - an AuditWriteError, or a bug: the spool's replay writes it
             self._audit_failed(result, exc)
             result["error"] = join_errors(result["error"], f"audit write failed: {exc}")
             audited = False

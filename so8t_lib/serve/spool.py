@@ -14,17 +14,27 @@ from __future__ import annotations
 
 import fcntl
 import json
+import logging
 import os
 import time
 from collections.abc import Iterator
 from contextlib import suppress
 from pathlib import Path
 
+logger = logging.getLogger("so8t.escalation")
+
 SUFFIX = ".case.json"
+UNREADABLE = ".unreadable"  # appended to an entry set aside for a person
 # A ``.part`` file exists unlocked for the instant between its creation and its writer's flock; one that is
 # unlocked and older than this is a crash's leftover. (Deleting a younger one raced a writer under load: its
 # rename then failed and the case went unqueued.)
 STALE_PART_S = 30.0
+
+
+def _write_all(fd: int, data: bytes, offset: int) -> None:
+    while data:
+        done = os.pwrite(fd, data, offset)
+        data, offset = data[done:], offset + done
 
 
 class SpoolEntry:
@@ -32,20 +42,25 @@ class SpoolEntry:
 
     def __init__(self, path: Path, fd: int, data: dict, fernet=None) -> None:
         self.path, self._fd, self.data, self._fernet = path, fd, data, fernet
+        self._written = os.fstat(fd).st_size > 0  # a new entry's first line holds all of it, later lines changes
 
     @property
     def case_id(self) -> str:
         return self.data["case"]["case_id"]
 
     def update(self, **changes) -> None:
-        """Rewrite the entry in place (same inode, so the lock stays) and fsync it."""
+        """Append the changes as one more line and fsync it. Never rewritten in place: a write that fails
+        half-way (a full disk) leaves the lines before it, so the entry keeps what it had."""
         self.data.update(changes)
-        payload = json.dumps(self.data, ensure_ascii=False).encode("utf-8")
+        line = json.dumps(changes if self._written else self.data, ensure_ascii=False).encode("utf-8")
         if self._fernet is not None:
-            payload = self._fernet.encrypt(payload)
-        os.ftruncate(self._fd, 0)
-        os.pwrite(self._fd, payload, 0)
+            line = self._fernet.encrypt(line)
+        end = os.fstat(self._fd).st_size
+        if end and os.pread(self._fd, 1, end - 1) != b"\n":  # after a torn line: start a new one
+            line = b"\n" + line
+        _write_all(self._fd, line + b"\n", end)
         os.fsync(self._fd)
+        self._written = True
 
     def done(self) -> None:
         """The case is queued and audited: the file goes."""
@@ -65,9 +80,27 @@ class CaseSpool:
         self.folder, self._fernet = Path(folder), fernet
 
     def _load(self, raw: bytes) -> dict:
-        if self._fernet is not None and not raw.startswith(b"{"):
-            raw = self._fernet.decrypt(raw)
-        return json.loads(raw or b"{}")
+        """The entry: its first line, then each later line's changes in order. A later line that cannot be read
+        (torn by a failed write) is skipped: its change is redone by the replay, which checks the queue and the
+        log before it writes to either."""
+        lines = [line for line in raw.split(b"\n") if line.strip()]
+        if not lines:
+            raise ValueError("an empty spool entry")
+        data = self._line(lines[0])
+        for line in lines[1:]:
+            try:
+                data.update(self._line(line))
+            except Exception:  # noqa: BLE001
+                logger.warning("a spool entry's update line could not be read (a torn write); its step is redone")
+        return data
+
+    def _line(self, line: bytes) -> dict:
+        if self._fernet is not None and not line.startswith(b"{"):
+            line = self._fernet.decrypt(line)
+        value = json.loads(line)
+        if not isinstance(value, dict):
+            raise ValueError("a spool line is not an object")
+        return value
 
     def put(self, case: dict, record: dict) -> SpoolEntry:
         """Write a new entry durably and hold it; OSError when the folder cannot take it."""
@@ -123,11 +156,19 @@ class CaseSpool:
             try:
                 data = self._load(os.pread(fd, os.fstat(fd).st_size, 0))
                 data["case"]["case_id"]
-            except Exception:  # noqa: BLE001 - unreadable JSON, a wrong key: set it aside for a person
+            except Exception as exc:  # noqa: BLE001 - unreadable JSON, a wrong key: set it aside for a person
                 os.close(fd)
-                os.replace(path, path.with_name(path.name + ".unreadable"))  # kept for a person; not replayed
+                aside = path.with_name(path.name + UNREADABLE)
+                os.replace(path, aside)  # kept for a person; not replayed
+                logger.error("spool entry %s could not be read (%s: %s) and was set aside as %s: its case may be "
+                             "missing from the queue or the audit log; a person must read it (with the audit key "
+                             "if one is set) and queue it by hand", path.name, type(exc).__name__, exc, aside.name)
                 continue
             yield SpoolEntry(path, fd, data, self._fernet)
 
     def count(self) -> int:
-        return len(list(self.folder.glob(f"*{SUFFIX}"))) if self.folder.is_dir() else 0
+        """Cases not yet in the queue and the log for sure: those waiting for a replay and those set aside as
+        unreadable (which wait for a person, so the spooled gauge stays up until one looks)."""
+        if not self.folder.is_dir():
+            return 0
+        return len(list(self.folder.glob(f"*{SUFFIX}"))) + len(list(self.folder.glob(f"*{SUFFIX}{UNREADABLE}")))

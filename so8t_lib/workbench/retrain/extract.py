@@ -26,7 +26,7 @@ from ...core.schema import CATEGORIES, LABELS
 from ...data.corpus.text import normalize_text
 from ...data.tables import detect_lang, read_records
 from ...serve.audit_verify import read_chains, verify_chains
-from ...serve.escalation import EscalationQueue
+from ...serve.escalation import UNREADABLE_TEXTS, EscalationQueue
 from ...serve.masking import mask_personal_data
 
 TRUNCATED = re.compile(r"…\[\d+ chars, sha256 [0-9a-f]{16}\]\Z")
@@ -83,8 +83,9 @@ def extract_rows(logs: list[str | Path], queue: str | Path | None = None, review
     problems = [f"{chain}: {e}" for chain, r in verification.items() for e in r["errors"]]
     if problems and require_verified:
         raise ExtractError("the audit log does not verify, so its records cannot be labels:\n  " + "\n  ".join(problems))
-    decisions, labelled, left_out = {}, {}, {"test": 0, "truncated": 0, "no_text": 0, "duplicate": 0,
-                                             "conflicting": 0, "no_decision_record": 0, "not_a_label": 0}
+    decisions, labelled, left_out = {}, {}, {"test": 0, "truncated": 0, "no_text": 0, "undecryptable": 0,
+                                             "duplicate": 0, "conflicting": 0, "no_decision_record": 0,
+                                             "not_a_label": 0}
     try:
         records = [record for folder in logs for _, record in read_chains(folder, key=key)]
     except ValueError as exc:
@@ -122,6 +123,8 @@ def extract_rows(logs: list[str | Path], queue: str | Path | None = None, review
             left_out["no_decision_record"] += 1
         elif not isinstance(decision.get("input"), str) or not decision["input"].strip():
             left_out["no_text"] += 1
+        elif decision["input"] in UNREADABLE_TEXTS:  # the queue's stand-in for a text under another key, or none
+            left_out["undecryptable"] += 1
         elif TRUNCATED.search(decision["input"]):
             left_out["truncated"] += 1
         elif label not in LABELS:  # a resolution record whose decision is not one of the three
