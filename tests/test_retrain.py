@@ -19,7 +19,7 @@ from so8t_lib.core.io import sha256_file
 from so8t_lib.core.paths import CORPUS_DIR
 from so8t_lib.core.schema import LABELS
 from so8t_lib.data.corpus.splits import read_split
-from so8t_lib.data.tables import DataError
+from so8t_lib.data.tables import DataError, stratified_sample
 from so8t_lib.model import SO8TModel
 from so8t_lib.model.perturb import perturb_adapters
 from so8t_lib.serve.audit_verify import read_chains
@@ -210,7 +210,8 @@ def test_the_gate_fails_safe_on_a_broken_model_or_a_metric_it_cannot_measure():
         broken["refusals"][0]
     no_refuse = {"test": tables["test"][tables["test"]["label"] != "REFUSE"].reset_index(drop=True)}
     blind = retrain.compare(Decider(gold), Decider(None), no_refuse, bootstrap=50)  # allows everything
-    assert not blind["promote"] and blind["datasets"]["test"]["skipped_metrics"] == ["dangerous_compliance"]
+    assert not blind["promote"] and blind["datasets"]["test"]["skipped_metrics"] == ["dangerous_compliance",
+                                                                                     "unsafe_contrasts_allowed"]
     assert any(r.startswith("dangerous_compliance could not be measured") for r in blind["refusals"])
 
 
@@ -354,3 +355,23 @@ def test_retrain_run_end_to_end_on_the_tiny_preset(ops_logs, refusing, tmp_path,
     with pytest.raises(ConfigError, match="already exist with other contents.*nothing was replaced"):
         retrain.deploy(run_dir, gate, work / "dist", log_dir=tmp_path / "l2")
     assert f16.read_bytes() == b"the file in service" and not list((work / "dist").glob(".deploy-*"))
+
+
+def test_the_gate_refuses_a_candidate_that_allows_xstests_unsafe_contrasts():
+    """macro-F1 leaves gold NOT_ALLOW rows out and dangerous compliance counts gold REFUSE only, so a candidate
+    that allowed every unsafe contrast of XSTest was promoted on it."""
+    from so8t_lib.data.benchmarks import load_any
+
+    try:
+        xstest = load_any("xstest")
+    except DataError as exc:
+        pytest.skip(f"XSTest is not installed here: {exc}")
+    tables, _ = retrain.gate.load_tables([str(CORPUS_DIR / "test.jsonl")], max_rows=60)
+    tables["xstest"] = stratified_sample(xstest, 120, 0).reset_index(drop=True)
+    gold = {r: label for t in tables.values() for r, label in zip(t["user_request"], t["label"])}
+    careful = Decider({r: "REFUSE" if label == "NOT_ALLOW" else label for r, label in gold.items()})
+    allow_contrasts = Decider({r: "ALLOW" if label == "NOT_ALLOW" else label for r, label in gold.items()})
+    result = retrain.compare(careful, allow_contrasts, tables, bootstrap=100)
+    assert not result["promote"] and len(result["refusals"]) == 1, result["refusals"]
+    assert result["refusals"][0].startswith("unsafe_contrasts_allowed on xstest is worse: 0.000 -> 1.000")
+    assert retrain.compare(careful, Decider(careful.answers), tables, bootstrap=100)["promote"]
