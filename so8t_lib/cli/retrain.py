@@ -4,7 +4,7 @@
         [--db logs/escalations.sqlite] [--reviews reviews.jsonl] [--quant Q4_K_M] [key=value ...]
 
     so8t retrain extract --logs logs/ [--db ...] [--reviews reviews.jsonl] --out data/additional_training.jsonl
-    so8t retrain preprocess --input data/additional_training.jsonl --out data/retrain
+    so8t retrain preprocess --input data/additional_training.jsonl --out data/retrain [--benchmarks DIR]
     so8t retrain train --serving checkpoints/so8t-tiny --data data/retrain --out checkpoints/so8t-retrained
     so8t retrain evaluate --serving checkpoints/so8t-tiny --candidate checkpoints/so8t-retrained \\
         --data data/retrain/test.jsonl --data xstest --data sst --out gate.json
@@ -15,7 +15,9 @@
 left out, each row with its request_id. The audit log must verify.
 2 preprocess: validate, drop rows already in the corpus or near a val/test row or a public benchmark,
 group near-duplicates into families, split them into train/val; the corpus test file is copied byte for
-byte.
+byte. The benchmarks are read from --benchmarks (default shared/benchmarks beside the clone); a folder
+that is missing, or holds none of the benchmark files, stops it with exit 2 unless --no-benchmark-guard
+says to go on without that check. preprocess.json records the folder and the files compared with.
 3 train: from the serving checkpoint (its model config, base and adapters) on corpus train + the new rows,
 with the serving run's training config (its config.yaml) unless --config says otherwise; key=value
 overrides apply to it.
@@ -37,10 +39,11 @@ from pathlib import Path
 from ..core.checkpoint import CheckpointError
 from ..core.config import ConfigError
 from ..core.io import atomic_write_text
-from ..core.paths import CORPUS_DIR
+from ..core.paths import BENCHMARKS_DIR, CORPUS_DIR
 from ..data.tables import DataError
 from ..serve.escalation import QueueError
 from ..workbench import retrain
+from ..workbench.retrain.preprocess import benchmark_guard
 
 ERRORS = (ConfigError, DataError, QueueError, CheckpointError, OSError, retrain.ExtractError, retrain.PreprocessError,
           retrain.NotPromoted)
@@ -82,6 +85,11 @@ def main(argv: list[str] | None = None) -> int:
     p_pre.add_argument("--input", default="data/additional_training.jsonl")
     p_pre.add_argument("--out", required=True, help="the data folder to train on")
     p_pre.add_argument("--corpus", default=str(CORPUS_DIR))
+    guard = p_pre.add_mutually_exclusive_group()
+    guard.add_argument("--benchmarks", default=str(BENCHMARKS_DIR),
+                       help="the folder holding xstest/ and simplesafetytests/ (default: %(default)s)")
+    guard.add_argument("--no-benchmark-guard", action="store_true",
+                       help="do not compare the rows with the public benchmarks (recorded in preprocess.json)")
     p_train = sub.add_parser("train", help="3: train from the serving checkpoint")
     p_train.add_argument("--serving", required=True)
     p_train.add_argument("--data", required=True, help="the folder preprocess wrote")
@@ -108,6 +116,11 @@ def main(argv: list[str] | None = None) -> int:
             retrain.gate.check_gate_settings(args.bootstrap, args.threshold, args.margin, args.max_rows)
         except ValueError as exc:
             parser.error(str(exc))
+    if args.step == "preprocess":
+        try:  # a guard that cannot run is bad input: refused before any row is read
+            benchmark_guard(_benchmarks(args))
+        except retrain.PreprocessError as exc:
+            parser.error(str(exc))
     warnings.filterwarnings("ignore", message=".*is_gradient_checkpointing.*")
     try:
         return STEPS[args.step](args)
@@ -133,10 +146,17 @@ def _extract(args) -> int:
     return 0
 
 
+def _benchmarks(args) -> str | None:
+    return None if args.no_benchmark_guard else args.benchmarks
+
+
 def _preprocess(args) -> int:
-    report = retrain.preprocess(args.input, args.out, args.corpus)
+    report = retrain.preprocess(args.input, args.out, args.corpus, _benchmarks(args))
     print(f"kept {report['kept']} of {report['rows']} rows {report['splits']}, dropped "
           f"{ {k: len(v) for k, v in report['dropped'].items()} }; {args.out}/test.jsonl is the corpus test split")
+    bench = report["benchmarks"]
+    print(f"benchmark guard: {', '.join(bench['files'])} in {bench['folder']}" if bench["guard"] else
+          "benchmark guard: OFF (--no-benchmark-guard): rows were not compared with the public benchmarks")
     return 0
 
 

@@ -126,11 +126,25 @@ def load_any(name_or_path: str | Path) -> pd.DataFrame:
     return benchmark.load(path) if benchmark else load_table(path)
 
 
+def benchmark_files(benchmarks_dir: str | Path) -> tuple[list[Path], list[Path]]:
+    """(registered benchmark files found under ``benchmarks_dir``, those missing): what a contamination guard
+    would compare with, for its report."""
+    paths = [Path(benchmarks_dir) / bench.relative_path for bench in BENCHMARKS.values()]
+    return [p for p in paths if p.is_file()], [p for p in paths if not p.is_file()]
+
+
 def benchmark_prompts(normalize: Callable[[str], str], benchmarks_dir: str | Path | None = BENCHMARKS_DIR,
                       ) -> dict[str, str]:
-    """Normalised prompt -> "file:line" over every registered benchmark found under ``benchmarks_dir``
-    (empty when the folder is absent): what the corpus must never contain."""
-    if benchmarks_dir is None or not Path(benchmarks_dir).is_dir():
+    """Normalised prompt -> "file:line" over every registered benchmark found under ``benchmarks_dir``:
+    what the corpus must never contain. Empty for None (no guard, asked for) and, with a warning, when the
+    folder is absent: an installed package has no shared/benchmarks beside it, and a guard that checks
+    nothing must not pass for one that ran."""
+    if benchmarks_dir is None:
+        return {}
+    if not Path(benchmarks_dir).is_dir():
+        warnings.warn(f"no benchmarks folder at {benchmarks_dir}: the contamination guard is skipped and nothing is "
+                      "compared with the public benchmark prompts; pass the folder that holds xstest/ and "
+                      "simplesafetytests/ (benchmarks_dir), or None to skip the guard on purpose", stacklevel=2)
         return {}
     prompts: dict[str, str] = {}
     for bench in BENCHMARKS.values():

@@ -9,9 +9,15 @@
 - near-duplicate rows among themselves form one family (Jaccard >= 0.2, as the corpus build groups);
   whole families go to train or val (about 1 in 10 to val, by a seeded hash), never to test.
 
+The benchmark guard needs the benchmarks folder (``shared/benchmarks`` beside a clone; an installed
+package has none): a missing folder, or one holding none of the benchmark files, is an error unless the
+caller opts out with ``benchmarks_dir=None`` (``--no-benchmark-guard``). Without it an exact benchmark
+prompt would be kept as a training row with no word said.
+
 The folder holds ``train.jsonl`` (corpus train + new train rows), ``val.jsonl`` (corpus val + new val
 rows), ``test.jsonl`` (the corpus test file, byte for byte: its sha256 is checked), ``new_rows.jsonl``
-and ``preprocess.json`` (what was kept, dropped and why); it appears whole or not at all.
+and ``preprocess.json`` (what was kept, dropped and why, and which benchmark files the guard compared
+with, each with its sha256); it appears whole or not at all.
 """
 
 from __future__ import annotations
@@ -23,6 +29,7 @@ from pathlib import Path
 from ...core.checkpoint import atomic_folder
 from ...core.io import sha256_file
 from ...core.paths import BENCHMARKS_DIR, CORPUS_DIR
+from ...data.benchmarks import benchmark_files
 from ...data.corpus.guard import benchmark_pairs
 from ...data.corpus.neardup import (
     GROUP_THRESHOLD,
@@ -47,9 +54,30 @@ def _lines(rows: list[dict]) -> str:
     return "".join(json.dumps(r, ensure_ascii=False) + "\n" for r in rows)
 
 
+def benchmark_guard(benchmarks_dir: str | Path | None) -> dict:
+    """What the benchmark guard will compare with, for preprocess.json: the folder and each benchmark file's
+    sha256 (``guard`` False when ``benchmarks_dir`` is None, the explicit opt-out). PreprocessError when the
+    folder is missing or holds none of the files: the guard would drop nothing and say nothing."""
+    if benchmarks_dir is None:
+        return {"guard": False, "folder": None, "files": {}, "missing": []}
+    folder = Path(benchmarks_dir)
+    found, missing = benchmark_files(folder) if folder.is_dir() else ([], [])
+    if not found:
+        what = "holds none of the benchmark files" if folder.is_dir() else "does not exist"
+        raise PreprocessError(
+            f"the benchmarks folder {folder} {what}, so the guard that keeps public benchmark prompts out of "
+            "the training rows cannot run. Point it at the folder that holds xstest/ and simplesafetytests/ "
+            "(so8t retrain preprocess --benchmarks DIR), or leave the guard out knowingly "
+            "(--no-benchmark-guard; benchmarks_dir=None in Python)")
+    return {"guard": True, "folder": str(folder), "files": {str(p.relative_to(folder)): sha256_file(p) for p in found},
+            "missing": [str(p.relative_to(folder)) for p in missing]}
+
+
 def preprocess(rows_file: str | Path, out: str | Path, corpus_dir: str | Path = CORPUS_DIR,
                benchmarks_dir: str | Path | None = BENCHMARKS_DIR, seed: int = 0) -> dict:
-    """Write the data folder ``out`` from ``rows_file`` (so8t retrain extract's output); its report."""
+    """Write the data folder ``out`` from ``rows_file`` (so8t retrain extract's output); its report.
+    ``benchmarks_dir`` None skips the benchmark guard (recorded in the report); a missing folder is an error."""
+    benchmarks = benchmark_guard(benchmarks_dir)  # before anything is read
     rows_file, corpus_dir = Path(rows_file), Path(corpus_dir)
     table = load_table(rows_file)  # DataError names the file, line and field
     extra = {str(r.get("id")): r for _, r in read_records(rows_file)}  # request_id, case_id, origin
@@ -72,7 +100,7 @@ def preprocess(rows_file: str | Path, out: str | Path, corpus_dir: str | Path = 
     dropped["near_val_or_test"] = [kept[i]["id"] for i in sorted(near)]
     kept = [r for i, r in enumerate(kept) if i not in near]
     bench = {p["row"] for p in benchmark_pairs(kept, benchmarks_dir, top=0, min_sim=NEAR_DUP_THRESHOLD)} \
-        if kept and benchmarks_dir is not None else set()
+        if kept and benchmarks["guard"] else set()
     dropped["near_benchmark"] = sorted(bench)
     kept = [r for r in kept if r["id"] not in bench]
     ids = [r["id"] for r in kept]
@@ -86,7 +114,8 @@ def preprocess(rows_file: str | Path, out: str | Path, corpus_dir: str | Path = 
               "splits": {s: sum(r["split"] == s for r in kept) for s in ("train", "val")},
               "families": len(set(families.values())), "dropped": dropped,
               "corpus": str(corpus_dir), "corpus_rows": {s: len(p) for s, p in corpus.items()},
-              "test_sha256": test_sha, "thresholds": {"near_copy": NEAR_DUP_THRESHOLD, "family": GROUP_THRESHOLD}}
+              "test_sha256": test_sha, "thresholds": {"near_copy": NEAR_DUP_THRESHOLD, "family": GROUP_THRESHOLD},
+              "benchmarks": benchmarks}
     out = Path(out)
     with atomic_folder(out) as tmp:
         for split in ("train", "val"):
