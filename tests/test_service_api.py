@@ -171,6 +171,17 @@ def test_a_caller_without_a_known_key_gets_401_before_its_body_size_or_query_is_
     assert counted == 6  # the 401s are counted under their route like every other answer
 
 
+def test_two_authorization_headers_are_refused_whatever_they_hold(serve):
+    """The key check read the last header and the route the first, so a request's role depended on which
+    reader looked: a request must name one key."""
+    service, client = serve()
+    for pair in ([CLIENT["Authorization"], REVIEWER["Authorization"]], [CLIENT["Authorization"]] * 2):
+        answer = client.post("/v1/decide", json={"user_request": "hello"},
+                             headers=[("Authorization", value) for value in pair])
+        assert answer.status_code == 401 and "send one Authorization header" in answer.json()["error"]["message"]
+    assert records(folder(service)) == []
+
+
 def test_a_queue_limit_below_the_list_limit_is_refused_at_start():
     """max_pending 4 with max_items 64: a list of five could never be queued and got 503 "retry shortly" forever."""
     from so8t_lib.serve.config import load_runtime_config

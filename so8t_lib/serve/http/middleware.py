@@ -82,9 +82,11 @@ class RequireKey:
         if scope["type"] != "http" or not scope["path"].startswith(self.prefix):
             await self.app(scope, receive, send)
             return
-        header = dict(scope.get("headers") or []).get(b"authorization", b"").decode("latin-1")
-        scheme, token = get_authorization_scheme_param(header)
-        if scheme.lower() != "bearer" or not token:
+        headers = [value for name, value in scope.get("headers") or [] if name == b"authorization"]
+        scheme, token = get_authorization_scheme_param(headers[0].decode("latin-1") if headers else "")
+        if len(headers) > 1:  # this check and the route's could read different ones: a key must be unambiguous
+            message = "send one Authorization header, not several"
+        elif scheme.lower() != "bearer" or not token:
             message = "send an API key: Authorization: Bearer <secret>"
         elif self.keys_of().identify(token) is None:
             message = "unknown API key"
