@@ -25,7 +25,7 @@ import sys
 import time
 import warnings
 from collections.abc import Callable
-from dataclasses import asdict, dataclass
+from dataclasses import asdict
 from pathlib import Path
 
 import numpy as np
@@ -52,21 +52,9 @@ from .collate import SafetyCollator, table_rows
 from .head_init import warm_start_head
 from .losses import composite_loss
 from .optim import build_optimizers, epoch_order, length_grouped_order, rng_state, set_rng_state
+from .resume import StepBoundary, TrainerState
 from .run_folder import check_fresh, check_resumable, load_trainer_state, truncate_metrics
 from .state_cache import FrozenStates, check_frozen_below, decide_from_states
-
-
-@dataclass
-class TrainerState:
-    """Where the loop is; saved in every checkpoint so a resume continues exactly."""
-
-    step: int = 0
-    epoch: int = 0
-    batch_in_epoch: int = 0
-    best_metric: float | None = None
-    best_step: int | None = None
-    evals_without_improvement: int = 0
-    stopped_early: bool = False
 
 
 class StopRequested(Exception):
@@ -97,8 +85,7 @@ class Trainer:
         self.state = TrainerState()
         self._stop_signal: int | None = None
         self._last_save = time.monotonic()
-        self._step_rng: dict | None = None
-        self._step_position: tuple[int, int] | None = None
+        self.boundary = StepBoundary()  # what an error inside a step saves
 
         if resume:
             self._check_resumable()
@@ -313,10 +300,9 @@ class Trainer:
             val_text = f"{self.evaluate(select=False)['value'] or 0:.3f}"
         try:
             while self.state.step < self.tcfg.max_steps and not self.state.stopped_early:
-                self._step_rng = rng_state()  # the state at the last step boundary, for emergency saves
-                self._step_position = (self.state.epoch, self.state.batch_in_epoch)
+                self.boundary.enter(self.state)
                 parts = self.train_step()
-                self._step_position = None  # the step finished: an error from here on saves the state as it is
+                self.boundary.leave()
                 tokens += parts["tokens"]
                 if self.state.step % self.tcfg.log_every == 0 or self.state.step == self.tcfg.max_steps:
                     elapsed = time.perf_counter() - clock
@@ -345,13 +331,9 @@ class Trainer:
             raise SystemExit(128 + int(self._stop_signal)) from None
         except Exception:
             bar.close()
-            if self._step_rng is not None and self.state.step > 0:
-                # inside a step the parameters are still the last finished step's: save them with that step's RNG
-                # state and data position (the failed step had taken its rows: a resume takes them again)
-                inside = self._step_position is not None
-                if inside:
-                    self.state.epoch, self.state.batch_in_epoch = self._step_position
-                self.save(LAST_DIR, rng=self._step_rng if inside else None)
+            if self.boundary.entered and self.state.step > 0:
+                inside = self.boundary.inside  # then the weights are still the last finished step's
+                self.save(LAST_DIR, rng=self.boundary.rewind(self.state))
                 print(f"\nerror {'in' if inside else 'after'} step {self.state.step + inside}; emergency checkpoint at "
                       f"{self.run_dir / 'last'}", file=sys.stderr)
             raise
