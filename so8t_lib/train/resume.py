@@ -5,6 +5,10 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
+import torch
+from torch import nn
+
+from ..core.schema import is_adapter_key
 from .optim import rng_state
 
 
@@ -23,17 +27,21 @@ class TrainerState:
 
 class StepBoundary:
     """The state at the start of the step in progress. An error inside a step leaves the weights as the last
-    finished step left them, so the emergency save must describe that step, not the half-done one: its RNG states
-    and its data position (a resume then takes the failed step's rows again)."""
+    finished step left them, so the emergency save must describe that step, not the half-done one: its RNG states,
+    its data position (a resume then takes the failed step's rows again) and the adapter's buffers, which the
+    forward already changed (SafetyHeadB's running statistics: kept, a resume would count the batch twice, and a
+    step that overflowed would leave them NaN)."""
 
     def __init__(self) -> None:
         self.rng: dict | None = None
         self.position: tuple[int, int] | None = None
+        self.buffers: dict[str, torch.Tensor] = {}
 
-    def enter(self, state: TrainerState) -> None:
+    def enter(self, state: TrainerState, model: nn.Module) -> None:
         """Record the boundary just before a step starts."""
         self.rng = rng_state()
         self.position = (state.epoch, state.batch_in_epoch)
+        self.buffers = {name: buffer.detach().clone() for name, buffer in _adapter_buffers(model)}
 
     def leave(self) -> None:
         """The step finished: an error from here on saves the state as it is."""
@@ -48,10 +56,19 @@ class StepBoundary:
     def inside(self) -> bool:
         return self.position is not None
 
-    def rewind(self, state: TrainerState) -> dict | None:
-        """Inside a step, put ``state``'s data position back to the step's start and return the RNG states to save
-        with it; after a step, change nothing and return None (save the current RNG states)."""
+    def rewind(self, state: TrainerState, model: nn.Module) -> dict | None:
+        """Inside a step, put ``state``'s data position and ``model``'s adapter buffers back to the step's start and
+        return the RNG states to save with them; after a step, change nothing and return None (save the current
+        RNG states)."""
         if self.position is None:
             return None
         state.epoch, state.batch_in_epoch = self.position
+        with torch.no_grad():
+            for name, buffer in _adapter_buffers(model):
+                buffer.copy_(self.buffers[name])
         return self.rng
+
+
+def _adapter_buffers(model: nn.Module) -> list[tuple[str, torch.Tensor]]:
+    """The buffers saved in ``adapter.safetensors`` (the frozen base's, such as rotary tables, never change)."""
+    return [(name, buffer) for name, buffer in model.named_buffers() if is_adapter_key(name)]

@@ -300,7 +300,7 @@ class Trainer:
             val_text = f"{self.evaluate(select=False)['value'] or 0:.3f}"
         try:
             while self.state.step < self.tcfg.max_steps and not self.state.stopped_early:
-                self.boundary.enter(self.state)
+                self.boundary.enter(self.state, self.model)
                 parts = self.train_step()
                 self.boundary.leave()
                 tokens += parts["tokens"]
@@ -333,7 +333,7 @@ class Trainer:
             bar.close()
             if self.boundary.entered and self.state.step > 0:
                 inside = self.boundary.inside  # then the weights are still the last finished step's
-                self.save(LAST_DIR, rng=self.boundary.rewind(self.state))
+                self.save(LAST_DIR, rng=self.boundary.rewind(self.state, self.model))
                 print(f"\nerror {'in' if inside else 'after'} step {self.state.step + inside}; emergency checkpoint at "
                       f"{self.run_dir / 'last'}", file=sys.stderr)
             raise

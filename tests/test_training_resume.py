@@ -1,0 +1,76 @@
+"""What a resume continues from: an emergency save after an error inside a step describes the last finished step
+(SafetyHeadB's running statistics included), and a resume refuses to go on under another base or other data."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+import torch
+from safetensors.torch import load_file
+from test_train import _config_file, _saved_step
+
+from so8t_lib.core.config import load_config
+from so8t_lib.train.trainer import Trainer, TrainingDiverged
+
+STATISTICS = ("safety_head.standardizer.mean", "safety_head.standardizer.sq_mean", "safety_head.standardizer.count")
+
+
+def _adapter(run_dir: Path, folder: str = "last") -> dict[str, torch.Tensor]:
+    return load_file(str(run_dir / folder / "adapter.safetensors"))
+
+
+def _assert_same_adapter(a: dict[str, torch.Tensor], b: dict[str, torch.Tensor]) -> None:
+    assert a.keys() == b.keys()
+    for name in a:
+        assert a[name].dtype == b[name].dtype and torch.allclose(a[name].double(), b[name].double(), atol=1e-6,
+                                                                 rtol=0), name
+
+
+def test_an_error_in_backward_saves_the_finished_step_and_the_resume_equals_a_straight_run(tmp_path, monkeypatch):
+    """The failed step's forward had folded its batch into the standardiser already: the save counted that batch,
+    and the resume, which takes the batch again, counted it twice."""
+    steps = "training.max_steps=4"
+    straight = Trainer(load_config(_config_file(tmp_path, tmp_path / "straight", steps))).run()
+    run_dir = tmp_path / "broken"
+    config = load_config(_config_file(tmp_path, run_dir, steps))
+    trainer = Trainer(config)
+    real = trainer.accelerator.backward
+
+    def backward(loss, **kwargs):
+        if trainer.state.step == 2:  # inside step 3
+            raise RuntimeError("simulated out of memory in backward")
+        return real(loss, **kwargs)
+
+    monkeypatch.setattr(trainer.accelerator, "backward", backward)
+    with pytest.raises(RuntimeError, match="simulated out of memory"):
+        trainer.run()
+    assert _saved_step(run_dir) == 2 and int(_adapter(run_dir)["safety_head.standardizer.count"]) == 2
+    Trainer(config, resume=True).run()
+    resumed = _adapter(run_dir)
+    assert int(resumed["safety_head.standardizer.count"]) == 4  # one observation per step, none twice
+    _assert_same_adapter(_adapter(straight), resumed)
+
+
+def test_an_overflow_inside_a_step_leaves_last_with_the_finished_steps_statistics(tmp_path):
+    """A step that overflowed had put inf into the running statistics before the loss showed it: last/ then decided
+    NaN for every request."""
+    run_dir = tmp_path / "run"
+    trainer = Trainer(load_config(_config_file(tmp_path, run_dir, "training.max_steps=4")))
+    head = trainer.model.safety_head
+    before = {}
+
+    def overflow(module, args):
+        if trainer.state.step == 2 and module.training:  # step 3
+            before.update({k: v.clone() for k, v in module.state_dict().items() if k.startswith("standardizer.")})
+            return (args[0] * float("inf"),)
+        return None
+
+    head.register_forward_pre_hook(overflow)
+    with pytest.raises(TrainingDiverged, match="step 3"):
+        trainer.run()
+    saved = _adapter(run_dir)
+    assert _saved_step(run_dir) == 2
+    for name in STATISTICS:
+        assert torch.isfinite(saved[name].double()).all(), name
+        assert torch.equal(saved[name], before[name.removeprefix("safety_head.")]), name
