@@ -227,7 +227,7 @@ class Trainer:
                 parts = composite_loss(out, batch["lm_labels"], batch["safety_labels"], batch["attention_mask"],
                                        self.config.loss, progress, lm_head=self.lm_head,
                                        lm_positions_per_row=self.tcfg.lm_positions_per_row)
-                self.accelerator.backward(parts.total / self.tcfg.grad_accum)
+                self.accelerator.backward(parts.total)  # it divides by grad_accum: the mean loss's gradient
             for key, value in parts.as_floats().items():
                 totals[key] = totals.get(key, 0.0) + value / self.tcfg.grad_accum
         params = [p for g in (self.opt_task, self.opt_safety) for pg in g.param_groups for p in pg["params"]]
