@@ -144,8 +144,6 @@ def test_an_encrypted_log_needs_its_key(tmp_path, monkeypatch):
     today = dt.datetime.now(UTC).date().isoformat()
     assert so8t(["report", "--logs", str(tmp_path / "logs"), "--from", today, "--to", today, "--out",
                  str(tmp_path / "out")]) == 0
-    with pytest.raises(SystemExit, match="is before --from"):
-        so8t(["report", "--logs", str(tmp_path / "logs"), "--from", "2026-11-30", "--to", "2026-11-01"])
     with pytest.raises(SystemExit, match="no log folder at"):
         so8t(["report", "--logs", str(tmp_path / "nope"), "--from", "2026-11-01", "--to", "2026-11-30"])
 
@@ -203,3 +201,21 @@ def test_the_sla_is_taken_as_given_even_zero_and_nonsense_is_refused(november, t
         with pytest.raises(SystemExit):
             so8t([*args, "--sla-seconds", bad])
         assert "expected a number of seconds, 0 or more" in capsys.readouterr().err
+
+
+def test_a_range_that_cannot_be_reported_on_exits_2_before_any_log_is_read(november, tmp_path, capsys):
+    """9999-12-31 has no next day (the range's end was an OverflowError traceback), and a reversed range
+    was found only after every chain had been verified and read: a missing folder here proves the order."""
+    cases = (("2026-11-01", "9999-12-31", "is the last date there is"),
+             ("2026-11-30", "2026-11-01", "is before --from 2026-11-30"))
+    for logs in (november, tmp_path / "nope"):
+        for first, last, said in cases:
+            with pytest.raises(SystemExit) as stopped:
+                so8t(["report", "--logs", str(logs), "--from", first, "--to", last, "--out", str(tmp_path / "out")])
+            assert stopped.value.code == 2 and said in capsys.readouterr().err
+            with pytest.raises(ReportError, match=said):
+                make_report([logs], dt.date.fromisoformat(first), dt.date.fromisoformat(last))
+    assert not (tmp_path / "out").exists()
+    assert so8t(["report", "--logs", str(november), "--from", "2026-11-02", "--to", "9999-12-30", "--out",
+                 str(tmp_path / "out")]) == 0                                     # the day before is fine
+    assert "audit chains verified" in capsys.readouterr().out

@@ -86,6 +86,25 @@ def test_extract_refuses_a_log_that_does_not_verify(ops_logs, tmp_path):
         so8t(["retrain", "extract", "--logs", str(logs), "--out", str(tmp_path / "rows.jsonl")])
 
 
+def test_extract_names_an_unreadable_queue_row_instead_of_a_traceback(ops_logs, tmp_path, monkeypatch):
+    class MalformedRow:  # a queue whose row reader trips over a cell it cannot parse
+        def __init__(self, target, create=True, encryption_key=None):
+            pass
+
+        def list(self, *args, **kwargs):
+            raise ValueError("case esc_0: created_at 'yesterday' is not an ISO time")
+
+        def close(self):
+            pass
+
+    monkeypatch.setattr("so8t_lib.workbench.retrain.extract.EscalationQueue", MalformedRow)
+    logs, _ = ops_logs
+    with pytest.raises(SystemExit, match=r"error: a stored value could not be read \(case esc_0: .*escalations.sqlite"):
+        so8t(["retrain", "extract", "--logs", str(logs), "--db", str(logs / "escalations.sqlite"), "--out",
+              str(tmp_path / "rows.jsonl")])
+    assert not (tmp_path / "rows.jsonl").exists()
+
+
 def test_preprocess_keeps_the_test_split_untouched_and_drops_leaks(tmp_path):
     test_rows, train_rows = read_split(CORPUS_DIR, "test"), read_split(CORPUS_DIR, "train")
     flipped = next(label for label in LABELS if label != train_rows[0]["label"])

@@ -5,7 +5,8 @@
 
 Every chain of every --logs folder (each replica's audit-<replica>.jsonl too) is verified before
 anything is counted; the page says so at the top, and the command exits 1 when a chain does not
-verify (the report is still written, marked as such). Decisions by class, category and language;
+verify (the report is still written, marked as such). A range that ends before it starts, or on the last
+date there is (9999-12-31), exits 2 before any log is read. Decisions by class, category and language;
 escalations opened, resolved and overdue against escalation_timeout, and how reviewers decided
 compared with the model; fail-closed events by reason; model versions in service; the emergency
 switch. Encrypted logs are read with the key in $SO8T_AUDIT_KEY (or the config's
@@ -21,7 +22,7 @@ import sys
 
 from ..core.config import ConfigError
 from ..serve.config import load_runtime_config
-from ..workbench.reports import PERIODS, ReportError, make_report
+from ..workbench.reports import PERIODS, ReportError, day_range, make_report
 from .arg_types import iso_date, number_in
 
 
@@ -40,6 +41,10 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--hmac-key-env", default="SO8T_AUDIT_HMAC_KEY", help="variable holding the HMAC key")
     parser.add_argument("--include-tests", action="store_true", help="count test-mode records too")
     args = parser.parse_args(argv)
+    try:
+        day_range(args.date_from, args.date_to)
+    except ReportError as exc:  # before any config or chain is read
+        parser.error(str(exc))
     sla, key_env, mac_env = 300.0, args.key_env, args.hmac_key_env
     try:
         if args.config:

@@ -126,6 +126,12 @@ def main(argv: list[str] | None = None) -> int:
         return STEPS[args.step](args)
     except ERRORS as exc:
         sys.exit(f"error: {exc}")
+    except ValueError as exc:
+        if args.step != "extract":  # elsewhere (training, the gate) a bare ValueError is a bug: keep its traceback
+            raise
+        source = f"the escalation queue {args.db} or " if args.db else ""
+        sys.exit(f"error: a stored value could not be read ({exc}); check {source}the logs "
+                 f"{', '.join(args.logs)} for the row it names, then run extract again")
 
 
 def _run(args) -> int:

@@ -12,12 +12,12 @@ from __future__ import annotations
 import datetime as dt
 from pathlib import Path
 
-from .collect import PERIODS, Collected, ReportError, collect
+from .collect import PERIODS, Collected, ReportError, collect, day_range
 from .compliance import ComplianceReport, build_report
 from .render import figures, render_html, write_report
 
-__all__ = ["PERIODS", "Collected", "ComplianceReport", "ReportError", "build_report", "collect", "figures",
-           "make_report", "render_html", "write_report"]
+__all__ = ["PERIODS", "Collected", "ComplianceReport", "ReportError", "build_report", "collect", "day_range",
+           "figures", "make_report", "render_html", "write_report"]
 
 
 def make_report(logs: list[str | Path], date_from: dt.date, date_to: dt.date, out: str | Path | None = None,
@@ -27,6 +27,7 @@ def make_report(logs: list[str | Path], date_from: dt.date, date_to: dt.date, ou
     """Verify, read, compute and (with ``out``) write; returns the report and its folder."""
     if period is not None and period not in PERIODS:
         raise ReportError(f"--period must be one of {', '.join(PERIODS)} (got {period!r})")
+    day_range(date_from, date_to)  # a range that cannot be reported on is refused before any chain is read
     collected = collect(logs, key, hmac_key, include_tests)
     report = build_report(collected, date_from, date_to, period, sla_s, now)
     return report, (write_report(report, out) if out is not None else None)

@@ -32,9 +32,13 @@ def parse_time(stamp: str | None) -> dt.datetime | None:
 
 
 def day_range(date_from: dt.date, date_to: dt.date) -> tuple[dt.datetime, dt.datetime]:
-    """[start of date_from, start of the day after date_to) in UTC; both days are included."""
+    """[start of date_from, start of the day after date_to) in UTC; both days are included. ReportError for a
+    range that ends before it starts or whose end has no next day (the last date Python can hold)."""
     if date_to < date_from:
-        raise ReportError(f"--to {date_to} is before --from {date_from}")
+        raise ReportError(f"--to {date_to} is before --from {date_from}; give the first day, then the last")
+    if date_to >= dt.date.max:
+        raise ReportError(f"--to {date_to} is the last date there is, so the range has no end to count up to; "
+                          f"give the real last day of the report (at most {dt.date.max - dt.timedelta(days=1)})")
     start = dt.datetime.combine(date_from, dt.time(), dt.UTC)
     return start, dt.datetime.combine(date_to + dt.timedelta(days=1), dt.time(), dt.UTC)
 
