@@ -32,7 +32,8 @@ TINY = ROOT / "configs" / "tiny-training.yaml"
     ("loss.pet.layers=[]", "at least 1 item"), ("training.output_dir=.", "the working directory or above it"),
     ("training.output_dir=..", "the working directory or above it"),
     (f"training.output_dir={ROOT}", "the working directory or above it"),
-    (f"training.output_dir=../{ROOT.name}", "the working directory or above it")])
+    (f"training.output_dir=../{ROOT.name}", "the working directory or above it"),
+    ("training.mixed_precision=fp16", "fp16 is not supported: .*share accelerate's one gradient scaler.*use bf16")])
 def test_config_values_that_would_break_or_poison_a_run_are_refused_by_key(override, says):
     with pytest.raises(ConfigError, match=says):
         load_config(TINY, [override])

@@ -251,7 +251,18 @@ class TrainingConfig(_Section):
     max_grad_norm: float = Field(1.0, gt=0)
     freeze_safety_at: float | None = Field(None, ge=0, le=1, description="progress after which the safety side stops updating")
     gradient_checkpointing: bool = False
-    mixed_precision: Literal["no", "bf16", "fp16"] = "no"
+    mixed_precision: Literal["no", "bf16", "fp16"] = Field("no", description="no or bf16; fp16 is refused (see below)")
+
+    @field_validator("mixed_precision")
+    @classmethod
+    def _not_fp16(cls, value: str) -> str:
+        """fp16 needs accelerate's GradScaler, one for both optimizers: its update after the task side's step forgets
+        that the safety side's gradients were unscaled already, so they are divided by the scale again."""
+        if value == "fp16":
+            raise ValueError("fp16 is not supported: the task and safety optimizers share accelerate's one gradient "
+                             "scaler, which unscales the safety side's gradients twice, so SafetyHeadB barely trains; "
+                             "use bf16 (the same memory, no scaler needed) or no")
+        return value
     eval_every: int = Field(50, gt=0)
     eval_batch_size: int = Field(32, gt=0)
     eval_max_rows: int | None = Field(
