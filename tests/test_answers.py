@@ -144,3 +144,56 @@ def test_two_answers_are_written_one_after_the_other(tmp_path):
         thread.join(10)
     order = [request for kind, request in decider.events if kind == "chunk"]
     assert len(order) == 8 and order[:4] == [order[0]] * 4 and order[4:] == [order[4]] * 4 and order[0] != order[4]
+
+
+class EndlessAnswers(ChunkedFake):
+    """ALLOWs requests that start with "answer", REFUSEs the rest; an answer goes on, a short chunk at a time,
+    until ``release`` is set."""
+
+    def __init__(self):
+        super().__init__(token_s=0.005)
+        self.release = threading.Event()
+
+    def decide(self, requests, contexts=None, batch_size=32, progress=False):
+        self.events.append(("decide", requests[0]))
+        return torch.tensor([[0.95, 0.03, 0.02] if r.startswith("answer") else [0.02, 0.95, 0.03] for r in requests])
+
+    def start_answer(self, request, context=None, max_tokens=128, temperature=0.0):
+        answer = super().start_answer(request, context, max_tokens=10**6, temperature=temperature)
+        release, advance = self.release, answer.advance
+        answer.advance = lambda tokens: advance(tokens) or release.is_set()
+        return answer
+
+
+def test_in_the_service_no_decision_waits_for_an_answer(tmp_path):
+    """Streamed batches: a REFUSE sharing a batch with an ALLOW gets its result while the ALLOW's answer is still
+    being written, and so does a request that arrives later, with a single batch worker: before, both waited for
+    the whole answer (up to generation_timeout_s)."""
+    import asyncio
+
+    from so8t_lib.serve.http.batching import MicroBatcher
+
+    decider = EndlessAnswers()
+    agent = _agent(tmp_path, decider, answer_chunk_tokens=2, decision_timeout_s=5, generation_timeout_s=60)
+
+    async def scenario():
+        batcher = MicroBatcher(agent.run_batch, max_batch=8, max_wait_s=0.05, concurrency=1, streamed=True)
+        await batcher.start()
+        try:
+            together = [asyncio.create_task(batcher.submit([{"user_request": text}]))
+                        for text in ("answer me at length", "refuse this one")]
+            refused = await asyncio.wait_for(together[1], 20)
+            later = await asyncio.wait_for(batcher.submit([{"user_request": "refuse this too"}]), 20)
+            assert not together[0].done()  # the answer is still being written
+            decider.release.set()
+            answered = await asyncio.wait_for(together[0], 20)
+            return answered, refused, later
+        finally:
+            decider.release.set()
+            await batcher.close()
+
+    answered, refused, later = asyncio.run(scenario())
+    assert [answered[0]["decision"], refused[0]["decision"], later[0]["decision"]] == ["ALLOW", "REFUSE", "REFUSE"]
+    assert answered[0]["task_response"].startswith("answer to answer me at length")
+    assert len(_records(tmp_path)) == 3
+    agent.close()

@@ -27,26 +27,26 @@ import logging
 import os
 import threading
 import time
+from collections.abc import Callable
 from pathlib import Path
-
-import numpy as np
 
 from ..core.checkpoint import UNVERIFIED_MARK
 from ..core.config import ConfigError, parse_size
 from ..core.schema import LABELS
 from ..data.tables import detect_lang
-from .answering import write_answer
+from .answering import Delivery, write_answer
 from .applog import configure_logging
 from .audit import AuditLog, AuditWriteError
 from .audit_verify import make_fernet
 from .backends import load_decider
 from .categories import categorize
 from .config import RuntimeConfig, load_runtime_config, runtime_paths
+from .deciding import decide_all
 from .escalation import EscalationQueue
 from .escalation_desk import EscalationDesk
 from .fields import bounded, pseudonym
 from .masking import mask_personal_data
-from .model_worker import DECIDE, ModelWorker
+from .model_worker import ModelWorker
 from .notify import NO_CHANNEL, Notifier
 from .outcome import (
     audit_record,
@@ -172,49 +172,15 @@ class Agent:
         self.close()
 
     # ----- deciding ---------------------------------------------------------------------------------
-    def _probabilities(self, requests: list[str], contexts: list[str | None], timeout: float) -> np.ndarray:
-        probs = self._model.call(lambda: self.decider.decide(requests, contexts), DECIDE, timeout)
-        probs = np.asarray(probs.detach().cpu().numpy() if hasattr(probs, "detach") else probs, dtype=float)
-        if probs.shape != (len(requests), len(LABELS)) or not np.isfinite(probs).all() \
-                or (probs < 0).any() or not np.allclose(probs.sum(-1), 1.0, atol=1e-3):
-            raise ValueError(f"unreadable model output: probabilities of shape {probs.shape}")
-        return probs
-
     def _decide_all(self, cleans: list[CleanRequest]) -> list:
-        """One entry per request: a row of probabilities, None (emergency mode) or a failure reason.
-        When a batch fails or times out, its requests are decided one by one, shortest first, within one more
-        ``decision_timeout_s``: one item that breaks or stalls the model (one client's huge request) fails
-        closed alone instead of taking the other clients' requests of its batch with it. Each pass's limit
-        counts its own time on the model's thread, not the wait behind other work (``ModelWorker``)."""
+        """One entry per request: a row of probabilities, None (emergency mode) or a failure reason
+        (``deciding.decide_all``: a batch that fails is decided again one by one)."""
         if self.config.mode == "emergency":
             return [None] * len(cleans)
         if self.load_error:
             return [self.load_error] * len(cleans)
-        limit = self.config.inference.decision_timeout_s
-        requests, contexts = [c.user_request for c in cleans], [c.context for c in cleans]
-        try:
-            return list(self._probabilities(requests, contexts, limit))
-        except TimeoutError as exc:
-            if len(cleans) == 1:
-                return [f"timeout after {limit}s ({exc})"]
-        except Exception as exc:  # noqa: BLE001 - fail closed on anything
-            if len(cleans) == 1:
-                return [f"model error: {type(exc).__name__}: {exc}"]
-        out: list = [None] * len(cleans)
-        deadline = time.monotonic() + limit  # the requests of a failed batch share one more limit
-        by_length = sorted(range(len(cleans)), key=lambda i: len(requests[i]) + len(contexts[i] or ""))
-        for index in by_length:  # the short ones first: a long request that stalls the model cannot starve them
-            left = deadline - time.monotonic()
-            if left <= 0:
-                out[index] = f"timeout: its batch failed and the {limit}s to decide its requests one by one ran out"
-                continue
-            try:
-                out[index] = self._probabilities([requests[index]], [contexts[index]], left)[0]
-            except TimeoutError as exc:
-                out[index] = f"timeout deciding its failed batch's requests one by one ({exc})"
-            except Exception as exc:  # noqa: BLE001
-                out[index] = f"model error: {type(exc).__name__}: {exc}"
-        return out
+        return decide_all(self._model, self.decider, [c.user_request for c in cleans], [c.context for c in cleans],
+                          self.config.inference.decision_timeout_s)
 
     def _generate(self, request: str, context: str | None) -> tuple[str, str | None]:
         """(masked task answer, error); an answer that fails leaves the decision standing."""
@@ -232,29 +198,45 @@ class Agent:
     def run_agent(self, context, user_request, user_id=None) -> dict:
         return self.run_batch([{"context": context, "user_request": user_request, "user_id": user_id}])[0]
 
-    def run_batch(self, requests: list, received_at: list[float] | None = None) -> list[dict]:
+    def run_batch(self, requests: list, received_at: list[float] | None = None,
+                  on_result: Callable[[int, dict], None] | None = None,
+                  on_decided: Callable[[], None] | None = None) -> list[dict]:
         """Many requests in one decision pass; one result and one audit record each, in order.
         ``received_at`` (``time.perf_counter()`` values) lets a server count the time a request waited
-        before this call in its processing_time_ms. Never raises for a bad item: it fails closed."""
+        before this call in its processing_time_ms. Never raises for a bad item: it fails closed.
+
+        A server passes ``on_result(index, result)`` to hand each result on as soon as it is final, and
+        ``on_decided()`` to hear when only answers are left to write: then the results that need no answer come
+        first and the ALLOWs' answers after, so no request waits for another's answer (nor does the next batch's
+        decision pass, if the server starts one then)."""
         now = time.perf_counter()
         starts = list(received_at) if received_at is not None else [now] * len(requests)
         results: list[dict | None] = [None] * len(requests)
+        deliver = Delivery(results, on_result)
         valid: list[tuple[int, CleanRequest]] = []
         for i, item in enumerate(requests):
             try:
                 valid.append((i, self._check(item)))
             except InvalidRequest as exc:
-                results[i] = self._guarded(self._fail_closed, item, f"invalid input: {exc}", starts[i])
+                deliver(i, self._guarded(self._fail_closed, item, f"invalid input: {exc}", starts[i]))
             except Exception as exc:  # noqa: BLE001 - a checker bug must not lose the batch
-                results[i] = self._guarded(self._fail_closed, item, f"internal error: {type(exc).__name__}: {exc}",
-                                           starts[i])
+                deliver(i, self._guarded(self._fail_closed, item, f"internal error: {type(exc).__name__}: {exc}",
+                                         starts[i]))
+        later: list = [] if on_result is not None else None  # ALLOWs whose answers are written last
         if valid:
             outcomes = self._decide_all([clean for _, clean in valid])
             for (i, clean), outcome in zip(valid, outcomes):
                 if isinstance(outcome, str):
-                    results[i] = self._guarded(self._fail_closed, vars(clean), outcome, starts[i], clean.flags)
+                    deliver(i, self._guarded(self._fail_closed, vars(clean), outcome, starts[i], clean.flags))
                 else:
-                    results[i] = self._guarded(self._decide_one, clean, outcome, starts[i])
+                    defer = None if later is None else \
+                        (lambda result, i=i, clean=clean, start=starts[i]: later.append((i, clean, result, start)))
+                    result = self._guarded(self._decide_one, clean, outcome, defer, starts[i])
+                    if result is not None:  # None: deferred
+                        deliver(i, result)
+        deliver.call(on_decided)
+        for i, clean, result, start in later or ():
+            deliver(i, self._guarded(self._answer_and_finish, clean, result, start))
         return results  # type: ignore[return-value]
 
     def _guarded(self, step, item, *args) -> dict:
@@ -290,7 +272,9 @@ class Agent:
     def _flags(self, flags: list[str]) -> list[str]:
         return [*flags, "unverified_model"] if self.unverified else list(flags)
 
-    def _decide_one(self, clean: CleanRequest, probs, start: float) -> dict:
+    def _decide_one(self, clean: CleanRequest, probs, defer, start: float) -> dict | None:
+        """The request's result, finished and recorded; an ALLOW whose answer is to be written later is handed
+        to ``defer`` unfinished instead, and None is returned."""
         urgent = is_urgent(clean.user_request, clean.context)
         category = self._categorize(clean.user_request, clean.context)
         category = urgent_route(category) if urgent else category
@@ -307,7 +291,13 @@ class Agent:
                              self._flags(clean.flags))
         if urgent:
             mark_urgent(result, clean.user_request)
-        if decision == "ALLOW":
+        if decision == "ALLOW" and defer is not None and self.config.inference.generate_responses:
+            defer(result)
+            return None
+        return self._answer_and_finish(clean, result, start)
+
+    def _answer_and_finish(self, clean: CleanRequest, result: dict, start: float) -> dict:
+        if result["decision"] == "ALLOW":
             result["task_response"], result["error"] = self._generate(clean.user_request, clean.context)
         return self._finish(result, clean, start)
 
@@ -391,3 +381,4 @@ class Agent:
         except Exception:  # noqa: BLE001 - the spool entry stays; the desk's replay finishes it
             logger.exception("escalation %s: recorded, but finishing its case failed", result["escalation_id"])
         return result
+

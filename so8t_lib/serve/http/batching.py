@@ -40,12 +40,19 @@ class _Pending:
     future: asyncio.Future
 
 
+def _settle(future: asyncio.Future, result: dict) -> None:
+    if not future.done():  # settled already, or its client went away
+        future.set_result(result)
+
+
 class MicroBatcher:
     def __init__(self, run_batch: Callable[[list, list[float]], list[dict]], *, max_batch: int = 32,
                  max_wait_s: float = 0.005, concurrency: int = 2, max_pending: int = 2048,
                  model_version: Callable[[], str] = lambda: "unknown",
-                 on_batch: Callable[[int, float], None] | None = None) -> None:
+                 on_batch: Callable[[int, float], None] | None = None, streamed: bool = False) -> None:
         self._run_batch, self.max_batch, self.max_wait_s = run_batch, max_batch, max_wait_s
+        self.streamed = streamed  # run_batch takes on_result and on_decided (Agent.run_batch)
+        self._answering = 0  # batches that left their decision slot to write answers
         self.concurrency, self.max_pending = concurrency, max_pending
         self._model_version, self._on_batch = model_version, on_batch
         self._queue: asyncio.Queue[_Pending | None] | None = None
@@ -68,7 +75,8 @@ class MicroBatcher:
     async def start(self) -> None:
         self._queue = asyncio.Queue()
         self._slots = asyncio.Semaphore(self.concurrency)
-        self._pool = concurrent.futures.ThreadPoolExecutor(self.concurrency, thread_name_prefix="so8t-batch")
+        threads = self.concurrency * (2 if self.streamed else 1)  # deciding, and as many writing answers
+        self._pool = concurrent.futures.ThreadPoolExecutor(threads, thread_name_prefix="so8t-batch")
         self._collector = asyncio.create_task(self._collect(), name="so8t-batcher")
 
     async def submit(self, items: list[dict], received_at: float | None = None) -> list[dict]:
@@ -128,24 +136,46 @@ class MicroBatcher:
             task.add_done_callback(self._running.discard)
 
     async def _decide(self, batch: list[_Pending]) -> None:
+        """One batch on a worker thread. Streamed, each result reaches its request as soon as it is final, and a
+        batch that has only answers left to write gives its decision slot to the next batch (up to
+        ``concurrency`` batches writing answers at once): answers are written one at a time, and a decision
+        must not wait for them."""
         assert self._slots is not None
         loop = asyncio.get_running_loop()
         started = time.perf_counter()
+        slot = {"held": True, "answering": False}
+
+        def answered(index: int, result: dict) -> None:  # on the worker thread
+            loop.call_soon_threadsafe(_settle, batch[index].future, result)
+
+        def decided() -> None:  # on the worker thread
+            loop.call_soon_threadsafe(self._leave_slot, slot)
+
+        args = [[e.item for e in batch], [e.received_at for e in batch]]
         try:
-            results = await loop.run_in_executor(self._pool, self._run_batch, [e.item for e in batch],
-                                                  [e.received_at for e in batch])
+            results = await loop.run_in_executor(self._pool, self._run_batch, *args,
+                                                  *((answered, decided) if self.streamed else ()))
             if len(results) != len(batch):
                 raise RuntimeError(f"run_batch returned {len(results)} results for {len(batch)} requests")
         except Exception as exc:  # noqa: BLE001 - fail closed, never an error a client could ignore
             logger.exception("a decision pass failed")
             results = [self._unrecorded(exc) for _ in batch]
         finally:
-            self._slots.release()
+            if slot["held"]:
+                self._slots.release()
+            if slot["answering"]:
+                self._answering -= 1
         if self._on_batch is not None:
             self._on_batch(len(batch), time.perf_counter() - started)
         for entry, result in zip(batch, results):
-            if not entry.future.done():  # a client that went away: its decision is still recorded
-                entry.future.set_result(result)
+            _settle(entry.future, result)  # a client that went away: its decision is still recorded
+
+    def _leave_slot(self, slot: dict) -> None:
+        """A batch has only answers left: its decision slot goes to the next batch, if a thread is free for it."""
+        if slot["held"] and self._answering < self.concurrency:
+            slot["held"], slot["answering"] = False, True
+            self._answering += 1
+            self._slots.release()
 
     def _unrecorded(self, exc: Exception) -> dict:
         result = make_result("ESCALATE", "", None, None, None, "general", self._model_version(), [])

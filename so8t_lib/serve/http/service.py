@@ -33,7 +33,8 @@ class Service:
         self.batcher = MicroBatcher(agent.run_batch, max_batch=self.config.max_batch,
                                     max_wait_s=self.config.max_wait_ms / 1000.0,
                                     concurrency=self.config.concurrent_batches, max_pending=self.config.max_pending,
-                                    model_version=lambda: agent.model_version, on_batch=self._batch_done)
+                                    model_version=lambda: agent.model_version, on_batch=self._batch_done,
+                                    streamed=True)
         self.queue_counts = {"open": None, "overdue": None, "spooled": None}
         self.queue_error: str | None = None
         self._tasks: list[asyncio.Task] = []
