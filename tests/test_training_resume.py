@@ -3,16 +3,19 @@
 
 from __future__ import annotations
 
+import shutil
 from pathlib import Path
 
 import pytest
 import torch
 from safetensors.torch import load_file
-from test_train import _config_file, _saved_step
+from test_train import ROOT, _config_file, _saved_step
 
+from so8t_lib.core.checkpoint import CheckpointError
 from so8t_lib.core.config import load_config
 from so8t_lib.train.trainer import Trainer, TrainingDiverged
 
+TINY = ROOT / "configs" / "tiny-training.yaml"
 STATISTICS = ("safety_head.standardizer.mean", "safety_head.standardizer.sq_mean", "safety_head.standardizer.count")
 
 
@@ -74,3 +77,33 @@ def test_an_overflow_inside_a_step_leaves_last_with_the_finished_steps_statistic
     for name in STATISTICS:
         assert torch.isfinite(saved[name].double()).all(), name
         assert torch.equal(saved[name], before[name.removeprefix("safety_head.")]), name
+
+
+def _local_base(folder: Path, seed: int) -> str:
+    """A tiny base saved as a plain HF folder with a manifest, as a converted pretrained base is; its fingerprint."""
+    from so8t_lib.core.checkpoint import write_manifest
+    from so8t_lib.model.base import build_tiny_base
+    from so8t_lib.model.pretrained import base_fingerprint
+
+    shutil.rmtree(folder, ignore_errors=True)
+    lm, tokenizer = build_tiny_base(load_config(TINY, [f"model.seed={seed}"]).model, None)
+    lm.save_pretrained(folder)
+    tokenizer.save_pretrained(folder)
+    write_manifest(folder)
+    return base_fingerprint(folder)
+
+
+def test_a_resume_on_another_base_is_refused_naming_both_fingerprints(tmp_path):
+    """The run folder records the base's fingerprint and SO8TModel.load checks it, but a resume went on training
+    the saved adapters on whatever base model.base_model now held."""
+    base = tmp_path / "base"
+    started_on = _local_base(base, seed=0)
+    config = load_config(_config_file(tmp_path, tmp_path / "run", "training.max_steps=2", "model.preset=hf",
+                                      f"model.base_model={base}"))
+    Trainer(config).run()
+    swapped = _local_base(base, seed=1)
+    assert swapped != started_on
+    with pytest.raises(CheckpointError, match=f"another base.*{started_on}.*{swapped}.*model.base_model"):
+        Trainer(config, resume=True)
+    assert _local_base(base, seed=0) == started_on
+    assert Trainer(config, resume=True).state.step == 2  # its own base: the resume goes on

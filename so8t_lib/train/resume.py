@@ -1,14 +1,21 @@
 """What lets an interrupted run go on as if it had never stopped: the loop's position (``TrainerState``, saved in
-every checkpoint) and the step boundary an emergency save goes back to (``StepBoundary``)."""
+every checkpoint), the step boundary an emergency save goes back to (``StepBoundary``), and the checks a resume
+makes that the run it continues is this one (``check_same_base``)."""
 
 from __future__ import annotations
 
+import warnings
 from dataclasses import dataclass
+from pathlib import Path
 
 import torch
+import yaml
 from torch import nn
 
-from ..core.schema import is_adapter_key
+from ..core.checkpoint import CheckpointError
+from ..core.config import ModelConfig
+from ..core.schema import MODEL_CONFIG_FILE, is_adapter_key
+from ..model.base import base_location
 from .optim import rng_state
 
 
@@ -72,3 +79,22 @@ class StepBoundary:
 def _adapter_buffers(model: nn.Module) -> list[tuple[str, torch.Tensor]]:
     """The buffers saved in ``adapter.safetensors`` (the frozen base's, such as rotary tables, never change)."""
     return [(name, buffer) for name, buffer in model.named_buffers() if is_adapter_key(name)]
+
+
+def check_same_base(last: Path, fingerprint: str | None, model_config: ModelConfig) -> None:
+    """CheckpointError when ``last/`` was trained on another base than the one ``model_config`` loaded now (its
+    ``fingerprint``): the saved adapters would go on training on weights they were not fitted to."""
+    meta_file = last / MODEL_CONFIG_FILE
+    try:
+        meta = yaml.safe_load(meta_file.read_text(encoding="utf-8"))
+    except (OSError, yaml.YAMLError) as exc:
+        raise CheckpointError(f"{meta_file}: unreadable ({exc}); the run cannot be resumed from {last}") from None
+    trained_on = meta.get("base_fingerprint") if isinstance(meta, dict) else None
+    location = base_location(model_config) if trained_on else None
+    if trained_on and fingerprint and trained_on != fingerprint:
+        raise CheckpointError(f"{last}: the run was trained on another base (manifest sha256 {trained_on}) than the "
+                              f"one at {location} (manifest sha256 {fingerprint}); point model.base_model at the base "
+                              "the run started on, or start a new run in another training.output_dir")
+    if trained_on and not fingerprint:
+        warnings.warn(f"{location} has no manifest, so the resume cannot check that it is the base {last} was trained "
+                      f"on (manifest sha256 {trained_on})", stacklevel=2)

@@ -52,7 +52,7 @@ from .collate import SafetyCollator, table_rows
 from .head_init import warm_start_head
 from .losses import composite_loss
 from .optim import build_optimizers, epoch_order, length_grouped_order, rng_state, set_rng_state
-from .resume import StepBoundary, TrainerState
+from .resume import StepBoundary, TrainerState, check_same_base
 from .run_folder import check_fresh, check_resumable, load_trainer_state, truncate_metrics
 from .state_cache import FrozenStates, check_frozen_below, decide_from_states
 
@@ -143,6 +143,7 @@ class Trainer:
 
     def _load_last(self) -> None:
         saved = load_trainer_state(self.run_dir, self.config)
+        check_same_base(self.run_dir / LAST_DIR, self.model.base_fingerprint, self.config.model)
         self.model.load_adapter(self.run_dir / LAST_DIR / ADAPTER_FILE)
         self.opt_task.load_state_dict(saved["opt_task"])
         self.opt_safety.load_state_dict(saved["opt_safety"])
