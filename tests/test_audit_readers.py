@@ -74,7 +74,7 @@ def test_every_reader_waits_a_bounded_time_by_default():
 def test_the_spool_replays_lookup_is_bounded_even_where_appends_wait_without_a_limit(log, hung_writer, monkeypatch):
     """An AuditLog opened without lock_timeout_s (so8t escalation resolve) looked records up with no limit."""
     monkeypatch.setattr(audit, "READ_LOCK_TIMEOUT_S", 0.3)
-    assert log.lock_timeout_s is None
+    log.lock_timeout_s = None  # appends wait without a limit
     _gives_up_quickly(lambda: log.find_requests({"req_0"}), log)
 
 
@@ -88,3 +88,16 @@ def test_audit_show_and_verify_exit_2_with_the_message_instead_of_hanging(log, h
     checked = capsys.readouterr()
     assert str(log.path) in checked.err and "fuser -v" in checked.err
     assert "so8t_audit_verify_ok 0.0" in metrics.read_text()  # an alert on the gauge sees a run that checked nothing
+
+
+def test_a_tool_writing_to_the_log_gives_up_behind_a_hung_holder_instead_of_hanging(log, hung_writer):
+    """AuditLog's lock_timeout_s defaulted to no limit, so a reviewer's `so8t escalation resolve`, a rotation and
+    `audit accept-anchor` hung behind a writer that hung holding the lock. A tool now gets the readers' limit."""
+    assert log.lock_timeout_s == audit_verify.READ_LOCK_TIMEOUT_S
+    log.lock_timeout_s = 0.3
+    started = time.monotonic()
+    with pytest.raises(audit.AuditWriteError, match="0.3 s"):
+        log.append({"request_id": "req_9", "decision": "REFUSE"})
+    with pytest.raises(AuditLockTimeout, match="held by another writer for more than 0.3 s"):
+        log.rotate()
+    assert time.monotonic() - started < 10

@@ -81,7 +81,9 @@ class AuditLog:
     encryption_key: str | bytes | None = None  # a Fernet key: records are stored encrypted at rest
     hmac_key: str | bytes | None = None  # signs the anchor (and keys the user-id digests)
     max_field_chars: int = 8192
-    lock_timeout_s: float | None = None  # an append waiting longer for the lock fails (AuditWriteError)
+    # an append (or rotate) waiting longer for the lock fails (AuditWriteError); None waits without a limit. The
+    # runtime passes logging.audit_lock_timeout_s (5 s); a tool gets the readers' 30 s, not a hang behind a hung holder
+    lock_timeout_s: float | None = READ_LOCK_TIMEOUT_S
     set_aside: list[Path] = field(default_factory=list)
 
     def __post_init__(self) -> None:
@@ -291,7 +293,7 @@ class AuditLog:
     # ----- rotation -----------------------------------------------------------------------------------
     def rotate(self) -> None:
         """Rotate now, whatever the live file's size, and gzip it before returning (``.1.gz``)."""
-        with file_lock(self.path):
+        with file_lock(self.path, timeout=self.lock_timeout_s):
             if self.path.is_file() and self.path.stat().st_size:
                 _, _, _, anchor = self._head()
                 self._rotate(anchor)

@@ -371,7 +371,7 @@ def accept_anchor(folder: str | Path, by: str, name: str = "audit.jsonl", hmac_k
     if not by.strip():
         raise ValueError("--by must name the person who reviewed the log")
     log = Path(folder) / name
-    with file_lock(log):
+    with file_lock(log, timeout=READ_LOCK_TIMEOUT_S):  # a person at a terminal: named, not hung, behind a holder
         anchor = read_anchor(log)
         if anchor is None:
             raise ValueError(f"{log}.anchor does not exist")
