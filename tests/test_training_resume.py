@@ -3,6 +3,7 @@
 
 from __future__ import annotations
 
+import json
 import shutil
 from pathlib import Path
 
@@ -107,3 +108,58 @@ def test_a_resume_on_another_base_is_refused_naming_both_fingerprints(tmp_path):
         Trainer(config, resume=True)
     assert _local_base(base, seed=0) == started_on
     assert Trainer(config, resume=True).state.step == 2  # its own base: the resume goes on
+
+
+def _data_folder(tmp_path: Path, train: list[str], val: list[str]) -> Path:
+    folder = tmp_path / "data"
+    folder.mkdir(exist_ok=True)
+    (folder / "train.jsonl").write_text("".join(line + "\n" for line in train), encoding="utf-8")
+    (folder / "val.jsonl").write_text("".join(line + "\n" for line in val), encoding="utf-8")
+    return folder
+
+
+def _rewrite_trainer_state(run_dir: Path, change) -> None:
+    """Edit last/trainer_state.pt as another version would have written it (the manifest follows)."""
+    from so8t_lib.core.checkpoint import write_manifest
+
+    file = run_dir / "last" / "trainer_state.pt"
+    saved = torch.load(file, weights_only=False)
+    change(saved)
+    torch.save(saved, file)
+    write_manifest(run_dir / "last")
+
+
+def test_a_resume_on_changed_training_data_is_refused_and_an_older_state_file_is_read_or_named(tmp_path):
+    """The data order is a function of (seed, epoch, index) over the training rows: with an edited train.jsonl
+    the resumed steps trained other rows than the run would have, and nothing said so."""
+    corpus = ROOT / "data" / "so8t_safety"
+    train = (corpus / "train.jsonl").read_text(encoding="utf-8").splitlines()[:64]
+    val = (corpus / "val.jsonl").read_text(encoding="utf-8").splitlines()[:30]
+    folder = _data_folder(tmp_path, train, val)
+    run_dir = tmp_path / "run"
+    config = load_config(_config_file(tmp_path, run_dir, "training.max_steps=2", f"training.data_dir={folder}"))
+    Trainer(config).run()
+    edited = json.loads(train[5])
+    edited["user_request"] += " Also, today."
+    _data_folder(tmp_path, [*train[:5], json.dumps(edited), *train[6:]], val)
+    with pytest.raises(CheckpointError, match=r"training rows changed since the run started \(the same 64 row ids, "
+                                              r"other contents\).*start a new run in another training.output_dir"):
+        Trainer(config, resume=True)
+    _data_folder(tmp_path, train[:-1], val)
+    with pytest.raises(CheckpointError, match=r"training rows changed .*\(64 rows then, 63 now\)"):
+        Trainer(config, resume=True)
+    _data_folder(tmp_path, train, val)
+    assert Trainer(config, resume=True).state.step == 2  # the rows it started on: the resume goes on
+
+    recorded = {}
+    _rewrite_trainer_state(run_dir, lambda saved: recorded.update(saved.pop("data_fingerprint")))  # an older version's
+    with pytest.warns(UserWarning, match="records no data fingerprint"):
+        Trainer(config, resume=True)
+
+    def newer(saved):
+        saved.update(data_fingerprint=recorded)
+        saved["state"]["warmup_done"] = True
+
+    _rewrite_trainer_state(run_dir, newer)
+    with pytest.raises(CheckpointError, match="trainer_state.pt: .*another version of so8t .*warmup_done"):
+        Trainer(config, resume=True)

@@ -1,11 +1,14 @@
 """What lets an interrupted run go on as if it had never stopped: the loop's position (``TrainerState``, saved in
 every checkpoint), the step boundary an emergency save goes back to (``StepBoundary``), and the checks a resume
-makes that the run it continues is this one (``check_same_base``)."""
+makes that the run it continues is this one: its loop state (``trainer_state_from``), its base
+(``check_same_base``) and its rows (``data_fingerprint``, ``check_same_data``)."""
 
 from __future__ import annotations
 
+import hashlib
+import json
 import warnings
-from dataclasses import dataclass
+from dataclasses import dataclass, fields
 from pathlib import Path
 
 import torch
@@ -14,7 +17,7 @@ from torch import nn
 
 from ..core.checkpoint import CheckpointError
 from ..core.config import ModelConfig
-from ..core.schema import MODEL_CONFIG_FILE, is_adapter_key
+from ..core.schema import MODEL_CONFIG_FILE, TRAINER_STATE_FILE, is_adapter_key
 from ..model.base import base_location
 from .optim import rng_state
 
@@ -30,6 +33,21 @@ class TrainerState:
     best_step: int | None = None
     evals_without_improvement: int = 0
     stopped_early: bool = False
+
+
+def trainer_state_from(saved: dict, last: Path) -> TrainerState:
+    """The loop state saved in ``last/``; CheckpointError when this version cannot read it (fields it does not
+    know: a newer version wrote it)."""
+    state = saved.get("state")
+    try:
+        return TrainerState(**state)
+    except TypeError:
+        known = {field.name for field in fields(TrainerState)}
+        unknown = sorted(set(state) - known) if isinstance(state, dict) else []
+        raise CheckpointError(f"{last / TRAINER_STATE_FILE}: its loop state was written by another version of so8t "
+                              f"({'unknown fields: ' + ', '.join(unknown) if unknown else f'not a mapping: {state!r}'})"
+                              "; resume it with the version that wrote it, or start a new run in another "
+                              "training.output_dir") from None
 
 
 class StepBoundary:
@@ -98,3 +116,45 @@ def check_same_base(last: Path, fingerprint: str | None, model_config: ModelConf
     if trained_on and not fingerprint:
         warnings.warn(f"{location} has no manifest, so the resume cannot check that it is the base {last} was trained "
                       f"on (manifest sha256 {trained_on})", stacklevel=2)
+
+
+def data_fingerprint(train_rows: list[dict], val_rows: list[dict]) -> dict[str, dict]:
+    """Per split, how many rows, and sha256s of their ids and of their contents, in order. The data order is a
+    function of (seed, epoch, index) over the training rows, so a resume on other rows trains other batches."""
+    return {"train": _rows_digest(train_rows), "val": _rows_digest(val_rows)}
+
+
+def _rows_digest(rows: list[dict]) -> dict:
+    ids, contents = hashlib.sha256(), hashlib.sha256()
+    for row in rows:
+        ids.update(f"{row.get('id')}\n".encode())
+        contents.update(json.dumps(row, sort_keys=True, ensure_ascii=False, default=str).encode() + b"\n")
+    return {"rows": len(rows), "ids": ids.hexdigest(), "contents": contents.hexdigest()}
+
+
+def check_same_data(saved: dict | None, current: dict[str, dict], last: Path, data_dir: str) -> None:
+    """CheckpointError when the rows differ from those the run in ``last/`` started on, naming what changed; a
+    warning when ``last/`` was written before the fingerprint was recorded (nothing to compare)."""
+    if saved is None:
+        warnings.warn(f"{last / TRAINER_STATE_FILE} records no data fingerprint (an older version wrote it): the "
+                      f"resume cannot check that {data_dir} holds the rows the run started on", stacklevel=2)
+        return
+    names = {"train": "training", "val": "validation"}
+    changed = []
+    for split, now in current.items():
+        then = saved.get(split) if isinstance(saved, dict) else None
+        if then == now:
+            continue
+        if not isinstance(then, dict):
+            how = "no fingerprint was recorded for them"
+        elif then.get("rows") != now["rows"]:
+            how = f"{then.get('rows')} rows then, {now['rows']} now"
+        elif then.get("ids") != now["ids"]:
+            how = f"{now['rows']} rows, other row ids or another order"
+        else:
+            how = f"the same {now['rows']} row ids, other contents"
+        changed.append(f"the {names[split]} rows changed since the run started ({how})")
+    if changed:
+        raise CheckpointError(f"{last}: {'; '.join(changed)}. Under the same config (training.data_dir {data_dir}) "
+                              "the resumed steps would train and select on other rows than the run's: restore the "
+                              "data the run started with, or start a new run in another training.output_dir")

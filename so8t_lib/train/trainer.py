@@ -52,7 +52,14 @@ from .collate import SafetyCollator, table_rows
 from .head_init import warm_start_head
 from .losses import composite_loss
 from .optim import build_optimizers, epoch_order, length_grouped_order, rng_state, set_rng_state
-from .resume import StepBoundary, TrainerState, check_same_base
+from .resume import (
+    StepBoundary,
+    TrainerState,
+    check_same_base,
+    check_same_data,
+    data_fingerprint,
+    trainer_state_from,
+)
 from .run_folder import check_fresh, check_resumable, load_trainer_state, truncate_metrics
 from .state_cache import FrozenStates, check_frozen_below, decide_from_states
 
@@ -106,6 +113,7 @@ class Trainer:
         train, val = training_tables(self.tcfg.data_dir, self.tcfg.train_max_rows, self.tcfg.eval_max_rows,
                                      self.tcfg.data_seed)
         self.train_rows, self.val_rows = table_rows(train), table_rows(val)
+        self.data_fingerprint = data_fingerprint(self.train_rows, self.val_rows)  # a resume must find the same rows
         self.collate = SafetyCollator(self.model.tokenizer, self.tcfg.max_length, self.model.system_prompt,
                                       self.tcfg.max_target_tokens)
         self.lm_head = self.model.causal_lm.get_output_embeddings()
@@ -144,12 +152,13 @@ class Trainer:
     def _load_last(self) -> None:
         saved = load_trainer_state(self.run_dir, self.config)
         check_same_base(self.run_dir / LAST_DIR, self.model.base_fingerprint, self.config.model)
+        check_same_data(saved.get("data_fingerprint"), self.data_fingerprint, self.run_dir / LAST_DIR, self.tcfg.data_dir)
+        self.state = trainer_state_from(saved, self.run_dir / LAST_DIR)
         self.model.load_adapter(self.run_dir / LAST_DIR / ADAPTER_FILE)
         self.opt_task.load_state_dict(saved["opt_task"])
         self.opt_safety.load_state_dict(saved["opt_safety"])
         self.sched_task.load_state_dict(saved["sched_task"])
         self.sched_safety.load_state_dict(saved["sched_safety"])
-        self.state = TrainerState(**saved["state"])
         set_rng_state(saved["rng"])
         if self.main:
             truncate_metrics(self.run_dir, self.state.step)
@@ -165,7 +174,7 @@ class Trainer:
                     "opt_task": self.opt_task.state_dict(), "opt_safety": self.opt_safety.state_dict(),
                     "sched_task": self.sched_task.state_dict(), "sched_safety": self.sched_safety.state_dict(),
                     "state": asdict(self.state), "rng": rng,
-                    "config_fingerprint": self.config.fingerprint(),
+                    "config_fingerprint": self.config.fingerprint(), "data_fingerprint": self.data_fingerprint,
                 }, tmp / TRAINER_STATE_FILE)
         self._last_save = time.monotonic()
         self.accelerator.wait_for_everyone()
