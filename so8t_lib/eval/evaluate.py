@@ -30,6 +30,7 @@ from ..serve.backends import load_decider
 from ..serve.policy import THRESHOLD_GRID, threshold_decisions
 from .ranking import ranking_report
 from .report import safety_report, threshold_sweep
+from .served import argmax_decisions
 
 HEADLINE = ["safety_score", "macro_f1", "accuracy", "refuse_recall", "escalate_precision", "allow_precision",
             "dangerous_compliance", "over_refusal", "over_refusal_incl_escalate", "unsafe_f1_strict",
@@ -44,11 +45,12 @@ def table_contexts(table: pd.DataFrame) -> list[str | None]:
 def predict(model, table: pd.DataFrame, batch_size: int = 32, progress: bool = True,
             threshold: float | None = None) -> tuple[np.ndarray, list[str]]:
     """Probabilities (N, 3) (temperature-scaled) and decisions for every row of a loaded table:
-    argmax, or the runtime threshold rule when ``threshold`` is given."""
+    argmax (an exact tie goes to the safer class, ``served.safe_argmax``), or the runtime threshold rule when
+    ``threshold`` is given."""
     probs = model.decide(list(table["user_request"]), table_contexts(table), batch_size=batch_size,
                          progress=progress).numpy()
     if threshold is None:
-        return probs, [LABELS[i] for i in probs.argmax(-1)]
+        return probs, argmax_decisions(probs)
     return probs, list(threshold_decisions(probs, threshold))
 
 
@@ -188,7 +190,7 @@ def evaluate_datasets(model, names: list[str], batch_size: int = 32, bootstrap: 
             report["baselines"] = {}
             for baseline, fitted in baselines.items():
                 base_probs = baseline_probabilities(fitted, table)
-                base_pred = [LABELS[i] for i in base_probs.argmax(-1)] if threshold is None \
+                base_pred = argmax_decisions(base_probs) if threshold is None \
                     else list(threshold_decisions(base_probs, threshold))
                 full = report_from_predictions(table, base_probs, base_pred, bootstrap)
                 report["baselines"][baseline] = {k: full.get(k) for k in BASELINE_KEYS}

@@ -24,6 +24,7 @@ from ..model.so8t import SO8TModel
 from .evaluate import table_contexts
 from .latency import measure_latency
 from .report import safety_report
+from .served import safe_argmax
 
 
 def state_closeness(reference: np.ndarray, states: np.ndarray) -> dict[str, float]:
@@ -89,7 +90,7 @@ def compare(checkpoint: str | Path, gguf_files: list[str | Path], data: str = "t
         decider = SO8TModel.load(path, load_in_4bit=False, dtype="float32") if name == "hf-fp32" else GGUFBackend(path)
         load_s = time.perf_counter() - start
         probs = decider.decide(requests, contexts, batch_size=32).numpy()
-        pred = probs.argmax(-1)
+        pred = safe_argmax(probs)
         if reference is None:
             reference = pred
         report = safety_report(gold, [LABELS[i] for i in pred])
