@@ -1,25 +1,33 @@
 """What lets an interrupted run go on as if it had never stopped: the loop's position (``TrainerState``, saved in
-every checkpoint), the step boundary an emergency save goes back to (``StepBoundary``), and the checks a resume
-makes that the run it continues is this one: its loop state (``trainer_state_from``), its base
-(``check_same_base``) and its rows (``data_fingerprint``, ``check_same_data``)."""
+every checkpoint), the step boundary an emergency save goes back to (``StepBoundary``), the trainer's saves and
+resume (``RunCheckpoints``), and the checks a resume makes that the run it continues is this one: its loop state
+(``trainer_state_from``), its base (``check_same_base``) and its rows (``data_fingerprint``, ``check_same_data``)."""
 
 from __future__ import annotations
 
 import hashlib
 import json
+import sys
+import time
 import warnings
-from dataclasses import dataclass, fields
+from dataclasses import asdict, dataclass, fields
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 import torch
 import yaml
 from torch import nn
 
-from ..core.checkpoint import CheckpointError
-from ..core.config import ModelConfig
-from ..core.schema import MODEL_CONFIG_FILE, TRAINER_STATE_FILE, is_adapter_key
-from ..model.base import base_location
-from .optim import rng_state
+from ..core.checkpoint import CheckpointError, atomic_folder
+from ..core.config import ModelConfig, SO8TConfig
+from ..core.schema import ADAPTER_FILE, LAST_DIR, MODEL_CONFIG_FILE, TRAINER_STATE_FILE, is_adapter_key
+from .optim import rng_state, set_rng_state
+from .run_folder import check_resumable, load_trainer_state, truncate_metrics
+
+if TYPE_CHECKING:
+    from accelerate import Accelerator
+
+    from ..model.so8t import SO8TModel
 
 
 @dataclass
@@ -33,6 +41,66 @@ class TrainerState:
     best_step: int | None = None
     evals_without_improvement: int = 0
     stopped_early: bool = False
+
+
+class RunCheckpoints:
+    """The saves of Trainer (``best/``, ``last/``, the one an error leaves) and its resume from ``last/``."""
+
+    accelerator: Accelerator
+    main: bool
+    run_dir: Path
+    config: SO8TConfig
+    model: SO8TModel
+    opt_task: torch.optim.Optimizer
+    opt_safety: torch.optim.Optimizer
+    sched_task: torch.optim.lr_scheduler.LRScheduler
+    sched_safety: torch.optim.lr_scheduler.LRScheduler
+    state: TrainerState
+    boundary: StepBoundary
+    data_fingerprint: dict[str, dict]
+    _last_save: float
+
+    def _check_resumable(self) -> None:
+        check_resumable(self.run_dir)
+
+    def _load_last(self) -> None:
+        last = self.run_dir / LAST_DIR
+        saved = load_trainer_state(self.run_dir, self.config)
+        check_same_base(last, self.model.base_fingerprint, self.config.model)
+        check_same_data(saved.get("data_fingerprint"), self.data_fingerprint, last, self.config.training.data_dir)
+        self.state = trainer_state_from(saved, last)
+        self.model.load_adapter(last / ADAPTER_FILE)
+        self.opt_task.load_state_dict(saved["opt_task"])
+        self.opt_safety.load_state_dict(saved["opt_safety"])
+        self.sched_task.load_state_dict(saved["sched_task"])
+        self.sched_safety.load_state_dict(saved["sched_safety"])
+        set_rng_state(saved["rng"])
+        if self.main:
+            truncate_metrics(self.run_dir, self.state.step)
+
+    def save(self, name: str, rng: dict | None = None) -> None:
+        """Write ``best`` or ``last`` atomically (main process only)."""
+        self.accelerator.wait_for_everyone()
+        rng = rng or rng_state()
+        if self.main:
+            with atomic_folder(self.run_dir / name) as tmp:
+                self.model.write_files(tmp)
+                torch.save({
+                    "opt_task": self.opt_task.state_dict(), "opt_safety": self.opt_safety.state_dict(),
+                    "sched_task": self.sched_task.state_dict(), "sched_safety": self.sched_safety.state_dict(),
+                    "state": asdict(self.state), "rng": rng,
+                    "config_fingerprint": self.config.fingerprint(), "data_fingerprint": self.data_fingerprint,
+                }, tmp / TRAINER_STATE_FILE)
+        self._last_save = time.monotonic()
+        self.accelerator.wait_for_everyone()
+
+    def _emergency_save(self) -> None:
+        """After an error, ``last/`` as the last finished step left it (nothing when no step has finished)."""
+        if self.boundary.entered and self.state.step > 0:
+            inside = self.boundary.inside  # then the weights are still the last finished step's
+            self.save(LAST_DIR, rng=self.boundary.rewind(self.state, self.model))
+            print(f"\nerror {'in' if inside else 'after'} step {self.state.step + inside}; emergency checkpoint at "
+                  f"{self.run_dir / LAST_DIR}", file=sys.stderr)
 
 
 def trainer_state_from(saved: dict, last: Path) -> TrainerState:
@@ -108,14 +176,15 @@ def check_same_base(last: Path, fingerprint: str | None, model_config: ModelConf
     except (OSError, yaml.YAMLError) as exc:
         raise CheckpointError(f"{meta_file}: unreadable ({exc}); the run cannot be resumed from {last}") from None
     trained_on = meta.get("base_fingerprint") if isinstance(meta, dict) else None
-    location = base_location(model_config) if trained_on else None
+    location = model_config.base_model or f"the {model_config.preset} preset's base"
     if trained_on and fingerprint and trained_on != fingerprint:
         raise CheckpointError(f"{last}: the run was trained on another base (manifest sha256 {trained_on}) than the "
                               f"one at {location} (manifest sha256 {fingerprint}); point model.base_model at the base "
                               "the run started on, or start a new run in another training.output_dir")
-    if trained_on and not fingerprint:
-        warnings.warn(f"{location} has no manifest, so the resume cannot check that it is the base {last} was trained "
-                      f"on (manifest sha256 {trained_on})", stacklevel=2)
+    # a tiny base is rebuilt from its seed (or, retraining, taken from the serving checkpoint): nothing to check
+    if trained_on and not fingerprint and model_config.preset != "tiny":
+        warnings.warn(f"{location} has no manifest, so the resume cannot check that it is the base {last} was "
+                      f"trained on (manifest sha256 {trained_on})", stacklevel=2)
 
 
 def data_fingerprint(train_rows: list[dict], val_rows: list[dict]) -> dict[str, dict]:

@@ -25,7 +25,6 @@ import sys
 import time
 import warnings
 from collections.abc import Callable
-from dataclasses import asdict
 from pathlib import Path
 
 import numpy as np
@@ -33,17 +32,14 @@ import torch
 from accelerate import Accelerator
 from tqdm.auto import tqdm
 
-from ..core.checkpoint import atomic_folder
 from ..core.config import SO8TConfig, load_config
 from ..core.metrics import headline_metrics, select_metric
 from ..core.schema import (
-    ADAPTER_FILE,
     BEST_DIR,
     LABELS,
     LAST_DIR,
     RUN_CONFIG_FILE,
     RUN_METRICS_FILE,
-    TRAINER_STATE_FILE,
 )
 from ..data.tables import requests_and_contexts
 from ..data.training_split import training_tables
@@ -51,16 +47,9 @@ from ..model.so8t import SO8TModel
 from .collate import SafetyCollator, table_rows
 from .head_init import warm_start_head
 from .losses import composite_loss
-from .optim import build_optimizers, epoch_order, length_grouped_order, rng_state, set_rng_state
-from .resume import (
-    StepBoundary,
-    TrainerState,
-    check_same_base,
-    check_same_data,
-    data_fingerprint,
-    trainer_state_from,
-)
-from .run_folder import check_fresh, check_resumable, load_trainer_state, truncate_metrics
+from .optim import build_optimizers, epoch_order, length_grouped_order
+from .resume import RunCheckpoints, StepBoundary, TrainerState, data_fingerprint
+from .run_folder import check_fresh
 from .state_cache import FrozenStates, check_frozen_below, decide_from_states
 
 
@@ -78,7 +67,7 @@ def val_metrics(model: SO8TModel, rows: list[dict], batch_size: int) -> dict:
 
 
 # ----- the loop -----------------------------------------------------------------------------------
-class Trainer:
+class Trainer(RunCheckpoints):
     def __init__(self, config: SO8TConfig, resume: bool = False,
                  on_log: Callable[[dict], None] | None = None) -> None:
         self.on_log = on_log
@@ -144,40 +133,6 @@ class Trainer:
         )
         if resume:
             self._load_last()
-
-    # --- persistence ---------------------------------------------------------------------------
-    def _check_resumable(self) -> None:
-        check_resumable(self.run_dir)
-
-    def _load_last(self) -> None:
-        saved = load_trainer_state(self.run_dir, self.config)
-        check_same_base(self.run_dir / LAST_DIR, self.model.base_fingerprint, self.config.model)
-        check_same_data(saved.get("data_fingerprint"), self.data_fingerprint, self.run_dir / LAST_DIR, self.tcfg.data_dir)
-        self.state = trainer_state_from(saved, self.run_dir / LAST_DIR)
-        self.model.load_adapter(self.run_dir / LAST_DIR / ADAPTER_FILE)
-        self.opt_task.load_state_dict(saved["opt_task"])
-        self.opt_safety.load_state_dict(saved["opt_safety"])
-        self.sched_task.load_state_dict(saved["sched_task"])
-        self.sched_safety.load_state_dict(saved["sched_safety"])
-        set_rng_state(saved["rng"])
-        if self.main:
-            truncate_metrics(self.run_dir, self.state.step)
-
-    def save(self, name: str, rng: dict | None = None) -> None:
-        """Write ``best`` or ``last`` atomically (main process only)."""
-        self.accelerator.wait_for_everyone()
-        rng = rng or rng_state()
-        if self.main:
-            with atomic_folder(self.run_dir / name) as tmp:
-                self.model.write_files(tmp)
-                torch.save({
-                    "opt_task": self.opt_task.state_dict(), "opt_safety": self.opt_safety.state_dict(),
-                    "sched_task": self.sched_task.state_dict(), "sched_safety": self.sched_safety.state_dict(),
-                    "state": asdict(self.state), "rng": rng,
-                    "config_fingerprint": self.config.fingerprint(), "data_fingerprint": self.data_fingerprint,
-                }, tmp / TRAINER_STATE_FILE)
-        self._last_save = time.monotonic()
-        self.accelerator.wait_for_everyone()
 
     def log(self, record: dict) -> None:
         if self.main:
@@ -341,11 +296,7 @@ class Trainer:
             raise SystemExit(128 + int(self._stop_signal)) from None
         except Exception:
             bar.close()
-            if self.boundary.entered and self.state.step > 0:
-                inside = self.boundary.inside  # then the weights are still the last finished step's
-                self.save(LAST_DIR, rng=self.boundary.rewind(self.state, self.model))
-                print(f"\nerror {'in' if inside else 'after'} step {self.state.step + inside}; emergency checkpoint at "
-                      f"{self.run_dir / 'last'}", file=sys.stderr)
+            self._emergency_save()
             raise
         finally:
             for sig, handler in previous.items():
