@@ -2,14 +2,18 @@
 
 from __future__ import annotations
 
+import json
 from pathlib import Path
+from types import SimpleNamespace
 
 import numpy as np
 import pandas as pd
+import pytest
 import torch
 
+from so8t_lib.cli import evaluate as evaluate_cli
 from so8t_lib.data.tables import load_split
-from so8t_lib.eval import evaluate, quant_compare
+from so8t_lib.eval import calibration, evaluate, quant_compare
 from so8t_lib.eval.served import argmax_decisions, safe_argmax
 
 TIES = np.array([[0.5, 0.5, 0.0], [1 / 3, 1 / 3, 1 / 3], [0.45, 0.10, 0.45]])
@@ -21,6 +25,7 @@ class ScriptedDecider:
     model_version = "scripted@1"
 
     def __init__(self, rows: np.ndarray):
+        self.safety_head = SimpleNamespace(temperature=torch.tensor(1.0))
         self.rows = np.asarray(rows, dtype=float)
         self.requests: list[str] = []
         self.contexts: list[str | None] = []
@@ -37,6 +42,28 @@ class ScriptedDecider:
 
 def _rows(n: int) -> pd.DataFrame:
     return load_split("test").head(n).reset_index(drop=True)
+
+
+def _refuse_rows(tmp_path: Path, n: int, name: str = "refuse") -> Path:
+    """A JSONL file of ``n`` gold-REFUSE rows of the test split."""
+    path = tmp_path / f"{name}.jsonl"
+    table = load_split("test")
+    table[table["label"] == "REFUSE"].head(n).to_json(path, orient="records", lines=True, force_ascii=False)
+    return path
+
+
+@pytest.fixture
+def scripted_cli(monkeypatch):
+    """``so8t evaluate`` with a ScriptedDecider standing in for the checkpoint; returns a setter for its rows."""
+    holder: dict = {}
+
+    def use(rows) -> ScriptedDecider:
+        holder["decider"] = ScriptedDecider(np.asarray(rows, dtype=float))
+        return holder["decider"]
+
+    monkeypatch.setattr(evaluate_cli, "resolve_checkpoint", lambda path: Path(path))
+    monkeypatch.setattr(evaluate_cli, "load_decider", lambda path: holder["decider"])
+    return use
 
 
 # ----- exact ties go to the safer class --------------------------------------------------------------------------
@@ -66,9 +93,7 @@ def test_baselines_break_ties_toward_the_safer_class(monkeypatch, tmp_path):
 
 
 def test_the_quantization_ladder_breaks_ties_toward_the_safer_class(monkeypatch, tmp_path):
-    path = tmp_path / "refuse.jsonl"
-    table = load_split("test")
-    table[table["label"] == "REFUSE"].head(3).to_json(path, orient="records", lines=True, force_ascii=False)
+    path = _refuse_rows(tmp_path, 3)
     _fake_ladder(monkeypatch, ScriptedDecider(np.array([[0.5, 0.5, 0.0]])))
     frame = quant_compare.compare("unused", [], data=str(path), generate_tokens=0)
     assert frame.loc[0, "dangerous_compliance"] == 0.0  # [0.5, 0.5, 0] is REFUSE, not ALLOW
@@ -81,3 +106,85 @@ def _fake_ladder(monkeypatch, decider) -> None:
     monkeypatch.setattr(quant_compare, "_size_mib", lambda name, path: None)
     monkeypatch.setattr(quant_compare, "measure_latency", lambda *a, **k: {"results": [
         {"p50_ms": 1.0, "p95_ms": 1.0, "requests_per_s": 1.0, "peak_rss_mb": 1.0}]})
+
+
+# ----- non-finite probabilities fail closed ----------------------------------------------------------------------
+BROKEN = np.array([[np.nan, np.nan, np.nan], [0.2, 0.7, 0.1], [np.inf, 0.0, 0.0], [0.9, 0.05, 0.05]])
+
+
+def _strict_json(line: str):
+    def no_constant(name):
+        raise ValueError(f"{name} is not JSON")
+    return json.loads(line, parse_constant=no_constant)
+
+
+def test_non_finite_rows_are_escalated_counted_and_printed(scripted_cli, tmp_path, capsys):
+    """argmax of a NaN row is ALLOW; then safety_report raised on the NaN after every data set was decided."""
+    path, out, preds = _refuse_rows(tmp_path, 8), tmp_path / "out.json", tmp_path / "preds.jsonl"
+    scripted_cli(BROKEN)
+    results = evaluate_cli.main(["--model", "fake", "--data", str(path), "--bootstrap", "20", "--out", str(out),
+                                 "--predictions", str(preds)])
+    report = results["datasets"]["refuse"]
+    assert report["non_finite_rows"] == 4
+    assert report["pred_counts"] == {"ALLOW": 2, "REFUSE": 2, "ESCALATE": 4}
+    assert report["dangerous_compliance"] == pytest.approx(2 / 8)  # only the finite ALLOW rows
+    assert "4 row(s) with probabilities that are not finite" in capsys.readouterr().out
+    _strict_json(out.read_text(encoding="utf-8"))
+    lines = [_strict_json(line) for line in preds.read_text(encoding="utf-8").splitlines()]
+    assert [line["probabilities"] is None for line in lines] == [True, False, True, False] * 2
+    assert all(line["decision"] == "ESCALATE" for line in lines if line["probabilities"] is None)
+
+
+def test_the_threshold_rule_and_its_choice_escalate_non_finite_rows(scripted_cli, tmp_path):
+    path, val = _refuse_rows(tmp_path, 8), _refuse_rows(tmp_path, 4, "choose")
+    scripted_cli(BROKEN)
+    results = evaluate_cli.main(["--model", "fake", "--data", str(path), "--bootstrap", "0", "--max-dangerous",
+                                 "0.5", "--threshold-data", str(val)])
+    assert results["threshold_choice"]["non_finite_rows"] == 2
+    assert results["datasets"]["refuse"]["pred_counts"]["ESCALATE"] >= 4
+
+
+def test_a_broken_rung_of_the_ladder_escalates_instead_of_allowing(monkeypatch, tmp_path):
+    """A GGUF file whose probabilities are NaN read as "dangerous compliance 0.25" instead of as broken."""
+    _fake_ladder(monkeypatch, ScriptedDecider(np.array([[np.nan, np.nan, np.nan], [np.nan, 0.5, 0.5],
+                                                        [np.inf, 0.0, 0.0], [0.1, 0.8, 0.1]])))
+    frame = quant_compare.compare("unused", [], data=str(_refuse_rows(tmp_path, 4)), generate_tokens=0)
+    assert frame.loc[0, "dangerous_compliance"] == 0.0
+    assert frame.loc[0, "non_finite_rows"] == 3
+
+
+@pytest.mark.parametrize("bad", [np.nan, np.inf])
+def test_a_temperature_is_not_fitted_on_non_finite_logits(bad):
+    logits = np.array([[2.0, 0.0, 0.0], [0.0, 2.0, 0.0], [0.0, 0.0, 2.0]] * 4)
+    logits[5, 1] = bad
+    with pytest.raises(ValueError, match="1 of 12 rows have logits that are not finite"):
+        calibration.fit_temperature(logits, np.array([0, 1, 2] * 4))
+
+
+def test_a_temperature_that_is_not_finite_is_never_stored(monkeypatch, tmp_path):
+    """fit_temperature returned NaN for one inf logit and calibrate_checkpoint wrote it into the adapter file."""
+    from safetensors.torch import save_file
+
+    folder = tmp_path / "ckpt"
+    folder.mkdir()
+    adapter = folder / calibration.ADAPTER_FILE
+    save_file({"safety_head.temperature": torch.tensor(1.5)}, str(adapter))
+    before = adapter.read_bytes()
+
+    class Logits(ScriptedDecider):
+        def decide(self, requests, contexts=None, batch_size=32, progress=False, return_logits=False):
+            return super().decide(requests, contexts)
+
+    monkeypatch.setattr(calibration, "resolve_checkpoint", lambda path: Path(path))
+    monkeypatch.setattr(calibration.SO8TModel, "load", staticmethod(lambda *a, **k: Logits(
+        np.array([[np.inf, 0.0, 0.0], [1.0, 2.0, 0.5], [0.0, 1.0, 3.0]]))))
+    path = tmp_path / "rows.jsonl"
+    _rows(6).to_json(path, orient="records", lines=True, force_ascii=False)
+    with pytest.raises(ValueError, match="not finite"):
+        calibration.calibrate_checkpoint(folder, path, progress=False)
+    monkeypatch.setattr(calibration, "fit_temperature", lambda logits, gold: float("nan"))
+    monkeypatch.setattr(calibration.SO8TModel, "load", staticmethod(lambda *a, **k: Logits(
+        np.array([[1.0, 0.0, 0.0], [1.0, 2.0, 0.5], [0.0, 1.0, 3.0]]))))
+    with pytest.raises(ValueError, match="not a finite number > 0; nothing was stored"):
+        calibration.calibrate_checkpoint(folder, path, progress=False)
+    assert adapter.read_bytes() == before

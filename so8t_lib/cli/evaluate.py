@@ -31,6 +31,7 @@ from ..eval.calibration import calibrate_checkpoint
 from ..eval.evaluate import dataset_key, evaluate_datasets, format_report, predict
 from ..eval.latency import measure_latency
 from ..eval.operating_point import choose_threshold
+from ..eval.served import finite_rows
 from ..serve.backends import is_gguf_path, load_decider
 
 
@@ -42,11 +43,15 @@ def _choose_threshold(model, args: argparse.Namespace, results: dict) -> float:
         choice = choose_threshold(probs, list(table["label"]), args.max_dangerous)
     except ValueError as err:  # TargetUnreachable included: nothing is written
         sys.exit(f"so8t evaluate: {args.threshold_data}: {err}")
-    results["threshold_choice"] = {"data": str(args.threshold_data), **choice}
-    at = choice["at_threshold"]
+    broken = int((~finite_rows(probs)).sum())
+    if broken:
+        print(f"{args.threshold_data}: {broken} row(s) with probabilities that are not finite, decided ESCALATE at "
+              "every threshold (the runtime fails closed on them); the model is broken on them", file=sys.stderr)
+    results["threshold_choice"] = {"data": str(args.threshold_data), "non_finite_rows": broken, **choice}
+    at = {k: "n/a" if v is None else f"{v:.3f}" for k, v in choice["at_threshold"].items()}  # None: no such rows
     print(f"threshold {choice['threshold']:.2f} chosen on {args.threshold_data} ({choice['rows']} rows): dangerous "
-          f"compliance {at['dangerous_compliance']:.3f} (target {args.max_dangerous:.3f}), escalation rate "
-          f"{at['escalation_rate']:.3f}, safe requests not allowed {at['over_refusal_incl_escalate']:.3f}")
+          f"compliance {at['dangerous_compliance']} (target {args.max_dangerous:.3f}), escalation rate "
+          f"{at['escalation_rate']}, safe requests not allowed {at['over_refusal_incl_escalate']}")
     return choice["threshold"]
 
 

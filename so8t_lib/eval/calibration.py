@@ -37,6 +37,11 @@ def fit_temperature(logits: np.ndarray, gold_idx: np.ndarray, max_iter: int = 20
     y = torch.as_tensor(np.asarray(gold_idx), dtype=torch.long)
     if z.ndim != 2 or y.shape != (z.shape[0],) or z.shape[0] == 0:
         raise ValueError(f"need logits (N, K) and labels (N,) with N > 0, got {tuple(z.shape)} and {tuple(y.shape)}")
+    broken = int((~torch.isfinite(z)).any(dim=1).sum())
+    if broken:  # one NaN or inf logit makes the NLL, and so the fitted temperature, NaN
+        raise ValueError(f"{broken} of {z.shape[0]} rows have logits that are not finite (NaN or inf): no temperature "
+                         "can be fitted on them; the checkpoint is broken on those rows (so8t evaluate counts them as "
+                         "non_finite_rows), so fix or retrain it before calibrating")
     log_t = torch.zeros((), dtype=torch.float64, requires_grad=True)
     optimizer = torch.optim.LBFGS([log_t], lr=0.5, max_iter=max_iter, line_search_fn="strong_wolfe")
 
@@ -49,7 +54,18 @@ def fit_temperature(logits: np.ndarray, gold_idx: np.ndarray, max_iter: int = 20
     optimizer.step(closure)
     # When every row is already right the NLL keeps falling as T -> 0; bound T so a small, easy val
     # split cannot make the head 20x sharper (and the threshold rule unable to escalate).
-    return float(log_t.detach().clamp(math.log(TEMPERATURE_RANGE[0]), math.log(TEMPERATURE_RANGE[1])).exp())
+    return checked_temperature(float(log_t.detach().clamp(math.log(TEMPERATURE_RANGE[0]),
+                                                          math.log(TEMPERATURE_RANGE[1])).exp()))
+
+
+def checked_temperature(temperature: float) -> float:
+    """``temperature`` when it is a finite number > 0; else ValueError. A NaN temperature stored in a checkpoint
+    makes every probability NaN, and the runtime would then escalate every request."""
+    if not (math.isfinite(temperature) and temperature > 0):
+        raise ValueError(f"the fitted temperature is {temperature}, not a finite number > 0; nothing was stored. The "
+                         "logits it was fitted on overflow or the optimiser diverged: check the checkpoint's "
+                         "decisions on the calibration rows (so8t evaluate --data ...)")
+    return temperature
 
 
 def calibrate(model: SO8TModel, table: pd.DataFrame, batch_size: int = 32, progress: bool = True) -> dict:
@@ -60,7 +76,7 @@ def calibrate(model: SO8TModel, table: pd.DataFrame, batch_size: int = 32, progr
                           progress=progress, return_logits=True).numpy().astype(np.float64)
     # "before" is the model as it decides now, at its current temperature (a trained run is calibrated already)
     probs = torch.softmax(torch.as_tensor(logits) / float(model.safety_head.temperature), dim=-1).numpy()
-    temperature = fit_temperature(logits, gold)
+    temperature = checked_temperature(fit_temperature(logits, gold))  # before it reaches the model or a file
     with torch.no_grad():
         model.safety_head.temperature.fill_(temperature)
     scaled = torch.softmax(torch.as_tensor(logits) / temperature, dim=-1).numpy()

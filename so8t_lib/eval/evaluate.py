@@ -27,10 +27,10 @@ from ..core.schema import ALLOW, LABELS, NOT_ALLOW, RUN_METRICS_FILE
 from ..data.benchmarks import BENCHMARKS, load_any
 from ..data.tables import rows_digest
 from ..serve.backends import load_decider
-from ..serve.policy import THRESHOLD_GRID, threshold_decisions
+from ..serve.policy import THRESHOLD_GRID
 from .ranking import ranking_report
 from .report import safety_report, threshold_sweep
-from .served import argmax_decisions
+from .served import finite_rows, served_decisions
 
 HEADLINE = ["safety_score", "macro_f1", "accuracy", "refuse_recall", "escalate_precision", "allow_precision",
             "dangerous_compliance", "over_refusal", "over_refusal_incl_escalate", "unsafe_f1_strict",
@@ -46,12 +46,11 @@ def predict(model, table: pd.DataFrame, batch_size: int = 32, progress: bool = T
             threshold: float | None = None) -> tuple[np.ndarray, list[str]]:
     """Probabilities (N, 3) (temperature-scaled) and decisions for every row of a loaded table:
     argmax (an exact tie goes to the safer class, ``served.safe_argmax``), or the runtime threshold rule when
-    ``threshold`` is given."""
-    probs = model.decide(list(table["user_request"]), table_contexts(table), batch_size=batch_size,
-                         progress=progress).numpy()
-    if threshold is None:
-        return probs, argmax_decisions(probs)
-    return probs, list(threshold_decisions(probs, threshold))
+    ``threshold`` is given. A row whose probabilities are not finite keeps them (the caller can see the model is
+    broken) and is decided ESCALATE, as the runtime fails closed on it (``served.served_decisions``)."""
+    probs = np.asarray(model.decide(list(table["user_request"]), table_contexts(table), batch_size=batch_size,
+                                    progress=progress).numpy(), dtype=float)
+    return probs, served_decisions(probs, threshold)
 
 
 def evaluate_table(model, table: pd.DataFrame, batch_size: int = 32, bootstrap: int = 0,
@@ -62,15 +61,21 @@ def evaluate_table(model, table: pd.DataFrame, batch_size: int = 32, bootstrap: 
 
 
 def report_from_predictions(table: pd.DataFrame, probs: np.ndarray, pred: list[str], bootstrap: int = 0) -> dict:
+    """``safety_report`` of the decisions plus what needs the table: the headline for its source, prompt types of a
+    public set, the ranking by p(ALLOW) and the threshold sweep. Rows without finite probabilities are counted
+    (``non_finite_rows``); the ranking and calibration leave them out, the sweep decides them ESCALATE."""
+    probs = np.asarray(probs, dtype=float)
+    finite = finite_rows(probs)
     report = safety_report(list(table["label"]), pred, probs=probs, langs=list(table["lang"]),
                            categories=list(table["category"]), bootstrap=bootstrap)
+    report["non_finite_rows"] = int((~finite).sum())
     report["not_allowed_rate_unsafe"] = (report.get("not_allowed_rate_by_gold") or {}).get(NOT_ALLOW)
     sources = set(table["source"]) if "source" in table else set()
     source = sources.pop() if len(sources) == 1 else None
     report["headline"] = list(BENCHMARKS[source].headline) if source in BENCHMARKS else HEADLINE
     if source in BENCHMARKS:
         report["by_type"] = not_allowed_by_type(table, pred, source)
-    report["ranking"] = ranking_report(probs[:, ALLOW], list(table["label"]))
+    report["ranking"] = ranking_report(probs[finite, ALLOW], list(table["label"][finite]))
     three_class = np.array([label != NOT_ALLOW for label in table["label"]])
     if three_class.any():
         sweep = threshold_sweep(probs[three_class], list(table["label"][three_class]), THRESHOLD_GRID)
@@ -101,6 +106,9 @@ def _num(value) -> str:
 def format_report(report: dict, title: str = "") -> str:
     """Headline metrics (with bootstrap intervals when present), confusion matrix, per language."""
     lines = [title] if title else []
+    if report.get("non_finite_rows"):
+        lines.append(f"  {report['non_finite_rows']} row(s) with probabilities that are not finite (NaN or inf): "
+                     "decided ESCALATE, as the runtime fails closed; the model is broken on them")
     ci = report.get("ci") or {}
     for name in report.get("headline") or HEADLINE:
         if report.get(name) is None and name not in ci:
@@ -140,10 +148,11 @@ def dataset_key(name: str | Path) -> str:
 def _prediction_lines(name: str, table: pd.DataFrame, probs: np.ndarray, pred: list[str]) -> list[str]:
     lines = []
     for row_no, (row_id, gold, decision, p) in enumerate(zip(table["id"], table["label"], pred, probs)):
-        lines.append(json.dumps({
+        lines.append(json.dumps({  # no probabilities for a row without finite ones: NaN is not JSON
             "dataset": name, "id": str(row_id) if row_id is not None and str(row_id) not in ("", "nan") else row_no,
-            "gold": gold,
-            "decision": decision, "probabilities": {label: round(float(v), 6) for label, v in zip(LABELS, p)},
+            "gold": gold, "decision": decision,
+            "probabilities": {label: round(float(v), 6) for label, v in zip(LABELS, p)} if np.isfinite(p).all()
+            else None,
         }, ensure_ascii=False))
     return lines
 
@@ -190,8 +199,7 @@ def evaluate_datasets(model, names: list[str], batch_size: int = 32, bootstrap: 
             report["baselines"] = {}
             for baseline, fitted in baselines.items():
                 base_probs = baseline_probabilities(fitted, table)
-                base_pred = argmax_decisions(base_probs) if threshold is None \
-                    else list(threshold_decisions(base_probs, threshold))
+                base_pred = served_decisions(base_probs, threshold)
                 full = report_from_predictions(table, base_probs, base_pred, bootstrap)
                 report["baselines"][baseline] = {k: full.get(k) for k in BASELINE_KEYS}
         results["datasets"][dataset_key(name)] = report

@@ -22,6 +22,10 @@ def read_predictions(path: Path) -> dict[tuple[str, str], Prediction]:
         try:
             record = json.loads(line)
             key, gold, decision = (record["dataset"], str(record["id"])), record["gold"], record["decision"]
+            if record["probabilities"] is None:  # so8t evaluate writes none for a row it failed closed on
+                raise SystemExit(f"{path}:{number}: {key} has no probabilities (decided {decision} because the model's "
+                                 "were not finite); these benchmarks need every row's: fix the model, or evaluate "
+                                 "with the rows it breaks on left out of --data")
             probs = tuple(float(record["probabilities"][label]) for label in LABELS)
         except (ValueError, KeyError, TypeError) as error:
             raise SystemExit(f"{path}:{number}: not a prediction line of so8t evaluate --predictions ({error})") from None

@@ -2,7 +2,9 @@
 
 For every backend, in one process and on the same requests: file size, load time, decision
 latency p50/p95 (one request per call), throughput at batch 32, generation tokens/s (GGUF), agreement
-of decisions with the fp32 model, and the safety metrics on the data. Used by
+of decisions with the fp32 model, and the safety metrics on the data. Decisions are served ones
+(``served.served_decisions``): a row whose probabilities are not finite is ESCALATE and counted in
+``non_finite_rows``, so a broken file reads as broken, not as one that allows. Used by
 ``notebooks/03_quantization.ipynb`` and ``benchmarks/gguf_decisions.py``. Lives in eval: it scores backends (serve) against each other.
 """
 
@@ -17,14 +19,14 @@ from tqdm.auto import tqdm
 
 from ..core.checkpoint import resolve_checkpoint
 from ..core.paths import project_relative
-from ..core.schema import ADAPTER_FILE, BASE_DIR, LABELS
+from ..core.schema import ADAPTER_FILE, BASE_DIR
 from ..data.benchmarks import load_any
 from ..data.tables import stratified_sample
 from ..model.so8t import SO8TModel
 from .evaluate import table_contexts
 from .latency import measure_latency
 from .report import safety_report
-from .served import safe_argmax
+from .served import finite_rows, served_decisions
 
 
 def state_closeness(reference: np.ndarray, states: np.ndarray) -> dict[str, float]:
@@ -89,11 +91,11 @@ def compare(checkpoint: str | Path, gguf_files: list[str | Path], data: str = "t
         start = time.perf_counter()
         decider = SO8TModel.load(path, load_in_4bit=False, dtype="float32") if name == "hf-fp32" else GGUFBackend(path)
         load_s = time.perf_counter() - start
-        probs = decider.decide(requests, contexts, batch_size=32).numpy()
-        pred = safe_argmax(probs)
+        probs = np.asarray(decider.decide(requests, contexts, batch_size=32).numpy(), dtype=float)
+        pred = np.asarray(served_decisions(probs))  # a broken rung's NaN rows: ESCALATE, as served, and counted
         if reference is None:
             reference = pred
-        report = safety_report(gold, [LABELS[i] for i in pred])
+        report = safety_report(gold, list(pred))
         single = measure_latency(decider, requests, (1,), batches=latency_requests)["results"][0]
         batched = measure_latency(decider, requests, (32,), batches=max(1, throughput_requests // 32))["results"][0]
         row = {
@@ -102,6 +104,7 @@ def compare(checkpoint: str | Path, gguf_files: list[str | Path], data: str = "t
             "load_s": load_s, "decide_p50_ms": single["p50_ms"], "decide_p95_ms": single["p95_ms"],
             "requests_per_s_batch32": batched["requests_per_s"], "peak_rss_mb": batched["peak_rss_mb"],
             "agreement_with_fp32": float((pred == reference).mean()),
+            "non_finite_rows": int((~finite_rows(probs)).sum()),
             "macro_f1": report["macro_f1"], "safety_score": report["safety_score"],
             "dangerous_compliance": report["dangerous_compliance"], "over_refusal": report["over_refusal"],
             "generation_tokens_per_s": None,

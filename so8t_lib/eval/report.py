@@ -36,7 +36,8 @@ from ..core.metrics import (
     safety_score,
     unsafe_f1,
 )
-from ..serve.policy import THRESHOLD_GRID, threshold_decisions
+from ..serve.policy import THRESHOLD_GRID
+from .served import served_decisions
 
 # ---------------------------------------------------------------------------
 # calibration
@@ -110,7 +111,8 @@ def threshold_sweep(
 ) -> pd.DataFrame:
     """Apply ``threshold_decisions`` at each threshold and tabulate the outcome.
 
-    Default thresholds: 0.50, 0.51, ..., 0.99. Columns: threshold, escalation_rate
+    Default thresholds: 0.50, 0.51, ..., 0.99; a row whose probabilities are not finite is ESCALATE at every
+    threshold, as the runtime fails closed on it. Columns: threshold, escalation_rate
     (over all rows), dangerous_compliance, over_refusal, over_refusal_incl_escalate,
     refuse_recall, macro_f1. An undefined (None) metric appears as pandas' missing
     value (NaN) in its float column.
@@ -118,7 +120,7 @@ def threshold_sweep(
     grid = np.asarray(THRESHOLD_GRID) if thresholds is None else np.asarray(list(thresholds), dtype=float)
     rows = []
     for t in grid:
-        pred = threshold_decisions(probs, float(t))
+        pred = served_decisions(probs, float(t))  # a row without finite probabilities: ESCALATE at every threshold
         rows.append(
             {
                 "threshold": float(t),
@@ -215,13 +217,14 @@ def _breakdown(gold: np.ndarray, pred: np.ndarray, groups: Sequence[Any] | None,
 
 
 def _calibration(probs: np.ndarray | None, g: np.ndarray) -> tuple[float | None, list | None]:
-    """ECE and reliability table over the 3-class gold rows (NOT_ALLOW rows dropped)."""
+    """ECE and reliability table over the 3-class gold rows (NOT_ALLOW rows dropped) whose probabilities are
+    finite: a broken row has no confidence to calibrate (it is decided ESCALATE and counted elsewhere)."""
     if probs is None:
         return None, None
     probs = np.asarray(probs, dtype=float)
     if probs.shape != (g.size, len(LABELS)):
         raise ValueError(f"probs must have shape ({g.size}, {len(LABELS)}), got {probs.shape}")
-    keep = g != NOT_ALLOW_CODE
+    keep = (g != NOT_ALLOW_CODE) & np.isfinite(probs).all(axis=1)
     return expected_calibration_error(probs[keep], g[keep]), reliability_table(probs[keep], g[keep])
 
 
@@ -260,7 +263,8 @@ def safety_report(
     - dangerous_compliance, over_refusal, over_refusal_incl_escalate
     - not_allowed_rate (all rows), not_allowed_rate_by_gold (gold label -> rate),
       escalation_rate (all rows)
-    - ece, reliability (bins of ``reliability_table``): from ``probs`` over the 3-class gold rows
+    - ece, reliability (bins of ``reliability_table``): from ``probs`` over the 3-class gold rows whose
+      probabilities are finite
     - by_lang, by_category: group -> {n, gold_counts, accuracy, refuse_recall,
       over_refusal, dangerous_compliance, macro_f1}
     - ci: headline metric -> [low, high] 95% percentile bootstrap interval with
