@@ -65,7 +65,7 @@ class InferenceConfig(_Section):
                                       "that pass's own limit")
     generation_timeout_s: float = Field(120.0, gt=0, description="past this much of its own model time an ALLOW "
                                         "comes without its answer")
-    answer_chunk_tokens: int = Field(16, gt=0, le=32768, description="an answer is written this many tokens at a "
+    answer_chunk_tokens: int = Field(8, gt=0, le=32768, description="an answer is written this many tokens at a "
                                      "time; a decision that arrives meanwhile waits for one chunk, not the answer")
     generate_responses: bool = Field(True, description="write an ALLOW's task_response with TaskHeadA "
                                        "(rationales are fixed per decision, in the request's language)")
