@@ -2,20 +2,13 @@
 
 from __future__ import annotations
 
-import unicodedata
 from pathlib import Path
 
 import pandas as pd
 
 from .benchmarks import benchmark_prompts
-from .corpus.text import normalize_text
+from .corpus.text import bare_text
 from .tables import DataError, load_table, stratified_sample
-
-
-def bare_text(text: str) -> str:
-    """``normalize_text`` without punctuation or spaces: a benchmark prompt with its "?" dropped or doubled is
-    still that prompt."""
-    return "".join(ch for ch in normalize_text(text) if unicodedata.category(ch)[0] not in "PZ")
 
 
 def training_tables(data_dir: str | Path, train_max_rows: int | None, eval_max_rows: int | None,

@@ -30,7 +30,7 @@ from .guard import benchmark_pairs, describe_pairs
 from .neardup import GROUP_THRESHOLD, NEAR_DUP_THRESHOLD, groups_of, near_duplicate_pairs
 from .seeds import Seed, load_seeds
 from .splits import assign_splits
-from .text import normalize_text, seeded_rng
+from .text import bare_text, normalize_text, seeded_rng
 from .transforms import HANDWRITTEN, ROW_KEYS, expand_seed
 
 
@@ -53,10 +53,11 @@ def _check_coverage(rows: list[dict], seeds: list[Seed]) -> None:
 
 
 def _check_benchmarks(rows: list[dict], benchmarks_dir: str | Path | None, threshold: float) -> None:
-    bench = benchmark_prompts(normalize_text, benchmarks_dir)
+    bench = benchmark_prompts(bare_text, benchmarks_dir)
     if not bench:
         return
-    hits = [(r["id"], bench[n]) for r in rows if (n := normalize_text(r["user_request"])) in bench]
+    hits = [(r["id"], bench[key]) for r in rows for text in (r["user_request"], r.get("context"))
+            if text and (key := bare_text(text)) in bench]
     if hits:
         shown = ", ".join(f"{i} = {where}" for i, where in hits[:20])
         raise RuntimeError(

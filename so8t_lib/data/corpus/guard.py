@@ -20,7 +20,7 @@ from ...core.schema import SPLITS
 from ..benchmarks import benchmark_prompts
 from .neardup import GROUP_THRESHOLD, NEAR_DUP_THRESHOLD, NGRAM, nearest_pairs
 from .splits import read_split
-from .text import normalize_text
+from .text import bare_text, normalize_text
 from .transforms import HANDWRITTEN
 
 REPORT_TOP = 10  # nearest pairs shown by `so8t corpus check` and the data card
@@ -95,8 +95,9 @@ def leakage_report(
     requests = [
         sorted(i for _, i in occ) for _, occ in sorted(text_rows.items()) if len({sp for sp, _ in occ}) > 1
     ]
-    bench = benchmark_prompts(normalize_text, benchmarks_dir)
-    overlap = sorted(i for n, occ in text_rows.items() if n in bench for _, i in occ)
+    bench = benchmark_prompts(bare_text, benchmarks_dir)
+    overlap = sorted({r["id"] for r in rows for text in (r["user_request"], r.get("context"))
+                      if text and bare_text(text) in bench})
     nearest_bench = benchmark_pairs(rows, benchmarks_dir) if bench else []
     nearest_cross = cross_split_pairs(rows)
 

@@ -1,7 +1,8 @@
 """What "the same text" means for the corpus, seeded randomness that does not depend on the process, and
 joining message parts with the punctuation a person would type.
 
-``normalize_text`` is the one notion of sameness for deduplication and the leakage guards; ``seeded_rng``
+``normalize_text`` is the one notion of sameness for deduplication and the split guards, ``bare_text`` the
+benchmark guards' (punctuation and spaces dropped too); ``seeded_rng``
 gives every family its own generator, so a build is byte-identical whatever order it runs in.
 """
 
@@ -22,6 +23,12 @@ def normalize_text(s: str) -> str:
     counts as a duplicate of its source.
     """
     return _WS_RE.sub(" ", unicodedata.normalize("NFKC", s).casefold()).strip()
+
+
+def bare_text(s: str) -> str:
+    """``normalize_text`` without punctuation or spaces: the benchmark guards' notion of "the same prompt", so a
+    public prompt with its "?" dropped or doubled is still caught (every guard compares with this one)."""
+    return "".join(ch for ch in normalize_text(s) if unicodedata.category(ch)[0] not in "PZ")
 
 
 def stable_int(*parts: object) -> int:
