@@ -188,3 +188,105 @@ def test_a_temperature_that_is_not_finite_is_never_stored(monkeypatch, tmp_path)
     with pytest.raises(ValueError, match="not a finite number > 0; nothing was stored"):
         calibration.calibrate_checkpoint(folder, path, progress=False)
     assert adapter.read_bytes() == before
+
+
+# ----- the model reads the runtime's text ------------------------------------------------------------------------
+WIDTH_ROWS = ("ask-en-011-fullwidth", "ask-ja-001-alt1", "ask-ja-001-mixed_width", "ask-ja-001-context")
+
+
+def _width_table() -> pd.DataFrame:
+    """Test-split rows the runtime's cleaning changes (full-width Latin, '？', half-width katakana, a full-width
+    context) and one the table keeps but the runtime refuses (nothing left after removing invisible characters)."""
+    table = load_split("test")
+    table = table[table["id"].isin(WIDTH_ROWS)].reset_index(drop=True)
+    hollow = table.iloc[[0]].assign(id="hollow", user_request="\u200b\u2060\u200b", context="")
+    return pd.concat([table, hollow], ignore_index=True)
+
+
+def _runtime_agent(tmp_path: Path, decider):
+    from so8t_lib.serve.config import RuntimeConfig
+    from so8t_lib.serve.runtime import Agent
+
+    config = RuntimeConfig.model_validate({
+        "model": {"checkpoint_path": "unused"},
+        "inference": {"safety_threshold": 0.8, "generate_responses": False},
+        "logging": {"audit_log": str(tmp_path / "logs" / "audit.jsonl")},
+        "escalation": {"queue_db": str(tmp_path / "logs" / "escalations.sqlite"), "enable_notifications": False},
+    })
+    return Agent(config, decider=decider)
+
+
+def test_predict_hands_the_model_what_the_runtime_hands_it(tmp_path):
+    """so8t evaluate decided the raw table text while the runtime decides NFKC-cleaned text: 916 of the 2,670 test
+    rows differ (full-width Latin, '？', half-width katakana), so the numbers described inputs never served."""
+    table = _width_table()
+    assert any("Ｈｏｗ" in r for r in table["user_request"]) and any("ｶﾒﾗ" in r for r in table["user_request"])
+    evaluated, served = ScriptedDecider(np.array([[0.05, 0.9, 0.05]])), ScriptedDecider(np.array([[0.05, 0.9, 0.05]]))
+    _, decisions = evaluate.predict(evaluated, table, progress=False)
+    with _runtime_agent(tmp_path, served) as agent:
+        results = [agent.run_agent(c or None, r) for r, c in zip(table["user_request"], table["context"])]
+    assert evaluated.requests == served.requests and evaluated.contexts == served.contexts
+    assert len(served.requests) == len(table) - 1  # the hollow row reaches neither model
+    assert "How do I get into someone else's car" in evaluated.requests[0] and "カメラ" in evaluated.requests[2]
+    assert decisions == [r["decision"] for r in results] == ["REFUSE"] * 4 + ["ESCALATE"]
+    assert "invalid input" in results[-1]["error"]
+
+
+def test_the_report_counts_rows_the_runtime_refuses(tmp_path):
+    from so8t_lib.eval.evaluate import format_report
+
+    path = tmp_path / "width.jsonl"
+    _width_table().to_json(path, orient="records", lines=True, force_ascii=False)
+    results, lines = evaluate.evaluate_datasets(ScriptedDecider(np.array([[0.9, 0.05, 0.05]])), [str(path)],
+                                                bootstrap=0, progress=False)
+    report = results["datasets"]["width"]
+    assert report["invalid_input_rows"] == 1 and report["non_finite_rows"] == 0
+    assert report["pred_counts"] == {"ALLOW": 4, "REFUSE": 0, "ESCALATE": 1}
+    assert "1 row(s) the runtime refuses as invalid input" in format_report(report)
+    hollow = _strict_json(lines[-1])
+    assert hollow["probabilities"] is None and "user_request is empty" in hollow["invalid_input"]
+
+
+def test_every_evaluation_path_hands_the_model_the_runtime_text(monkeypatch, tmp_path):
+    """Calibration, the quantization ladder, the head refit's teacher and --latency read the runtime's text too."""
+    from so8t_lib.eval import quant_refit
+    from so8t_lib.eval.served import model_inputs
+
+    table = _width_table()
+    path = tmp_path / "width.jsonl"
+    table.to_json(path, orient="records", lines=True, force_ascii=False)
+    expected = model_inputs(table)
+    assert expected.requests != list(table["user_request"])[:4]
+
+    class Logits(ScriptedDecider):
+        def decide(self, requests, contexts=None, batch_size=32, progress=False, return_logits=False):
+            return super().decide(requests, contexts)
+
+    calibrated = Logits(np.array([[0.1, 2.0, 0.1]]))
+    calibration.calibrate(calibrated, table, progress=False)
+    assert calibrated.requests == expected.requests and calibrated.contexts == expected.contexts
+
+    laddered = ScriptedDecider(np.array([[0.1, 0.8, 0.1]]))
+    _fake_ladder(monkeypatch, laddered)
+    frame = quant_compare.compare("unused", [], data=str(path), generate_tokens=0)
+    assert laddered.requests == expected.requests and frame.loc[0, "invalid_input_rows"] == 1
+
+    teacher, refitted = ScriptedDecider(np.array([[0.1, 0.8, 0.1]])), {}
+    monkeypatch.setattr(quant_refit, "load_split", lambda split, data_dir: table)
+    monkeypatch.setattr(quant_refit, "refit_gguf", lambda path, requests, contexts, target, progress, provenance:
+                        refitted.update(requests=requests, contexts=contexts) or
+                        {"refitted": False, "holdout_agreement_exported_head": 1.0,
+                         "holdout_agreement_by_pull": {0.5: 1.0}, "rows": len(requests)})
+    rung = tmp_path / "x-q8_0.gguf"
+    rung.write_bytes(b"gguf")
+    quant_refit.refit_rungs("unused", {"q8_0": rung}, rows=10, progress=False, teacher=teacher)
+    assert teacher.requests == refitted["requests"] == expected.requests
+    assert refitted["contexts"] == expected.contexts
+
+    timed: list[list[str]] = []
+    monkeypatch.setattr(evaluate_cli, "resolve_checkpoint", lambda p: Path(p))
+    monkeypatch.setattr(evaluate_cli, "load_decider", lambda p: ScriptedDecider(np.array([[0.1, 0.8, 0.1]])))
+    monkeypatch.setattr(evaluate_cli, "measure_latency", lambda model, requests, sizes: timed.append(requests) or
+                        {"results": []})
+    evaluate_cli.main(["--model", "fake", "--latency", "--data", str(path)])
+    assert timed == [expected.requests]

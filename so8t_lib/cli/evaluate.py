@@ -31,7 +31,7 @@ from ..eval.calibration import calibrate_checkpoint
 from ..eval.evaluate import dataset_key, evaluate_datasets, format_report, predict
 from ..eval.latency import measure_latency
 from ..eval.operating_point import choose_threshold
-from ..eval.served import finite_rows
+from ..eval.served import finite_rows, model_inputs
 from ..serve.backends import is_gguf_path, load_decider
 
 
@@ -118,7 +118,7 @@ def main(argv: list[str] | None = None) -> dict:
     results["backend"] = "gguf" if is_gguf else "hf"
 
     if args.latency:
-        requests = list(load_any((args.data or ["test"])[0])["user_request"])
+        requests = model_inputs(load_any((args.data or ["test"])[0])).requests  # the runtime's text
         if not requests:
             parser.error("the --data file for --latency has no rows")
         results["latency"] = measure_latency(model, requests, sizes)

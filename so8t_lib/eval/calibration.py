@@ -21,8 +21,8 @@ from ..core.schema import ADAPTER_FILE, CHECKPOINT_FORMAT, LABELS, NOT_ALLOW
 from ..data.benchmarks import load_any
 from ..data.tables import stratified_sample
 from ..model.so8t import SO8TModel
-from .evaluate import table_contexts
 from .report import expected_calibration_error
+from .served import model_inputs
 
 TEMPERATURE_RANGE = (0.25, 10.0)
 
@@ -69,10 +69,17 @@ def checked_temperature(temperature: float) -> float:
 
 
 def calibrate(model: SO8TModel, table: pd.DataFrame, batch_size: int = 32, progress: bool = True) -> dict:
-    """Fit SafetyHeadB's temperature on ``table`` (the val split) and set it on the model."""
+    """Fit SafetyHeadB's temperature on ``table`` (the val split) and set it on the model. The model reads the
+    runtime's text (``served.model_inputs``); a row the runtime refuses as invalid input is left out of the fit,
+    since the runtime never shows it to the model (its answer, ESCALATE, does not depend on the temperature)."""
     table = table[table["label"] != NOT_ALLOW]
-    gold = np.array([LABELS.index(label) for label in table["label"]])
-    logits = model.decide(list(table["user_request"]), table_contexts(table), batch_size=batch_size,
+    inputs = model_inputs(table)
+    gold = np.array([LABELS.index(label) for label in table["label"].iloc[inputs.positions]], dtype=np.int64)
+    if not inputs.positions:
+        raise ValueError(f"none of the {len(table)} labelled rows can be shown to the model: the runtime refuses "
+                         f"each as invalid input ({next(iter(inputs.invalid.values()), 'no rows')}); calibrate on "
+                         "other rows")
+    logits = model.decide(inputs.requests, inputs.contexts, batch_size=batch_size,
                           progress=progress, return_logits=True).numpy().astype(np.float64)
     # "before" is the model as it decides now, at its current temperature (a trained run is calibrated already)
     probs = torch.softmax(torch.as_tensor(logits) / float(model.safety_head.temperature), dim=-1).numpy()
@@ -80,7 +87,7 @@ def calibrate(model: SO8TModel, table: pd.DataFrame, batch_size: int = 32, progr
     with torch.no_grad():
         model.safety_head.temperature.fill_(temperature)
     scaled = torch.softmax(torch.as_tensor(logits) / temperature, dim=-1).numpy()
-    return {"temperature": temperature, "rows": int(len(table)),
+    return {"temperature": temperature, "rows": len(inputs.positions), "invalid_input_rows": len(inputs.invalid),
             "ece_before": expected_calibration_error(probs, gold),
             "ece_after": expected_calibration_error(scaled, gold)}
 

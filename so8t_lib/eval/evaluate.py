@@ -12,12 +12,15 @@ head's argmax by default; ``--threshold t`` applies the runtime rule of SAFETY_P
 (REFUSE or ALLOW only when that class is the most likely and at least t, else ESCALATE).
 
 Every metric is defined in ``so8t_lib.core.metrics`` and ``so8t_lib.eval.report`` (``safety_report``),
-and in docs/evaluation.md. Decisions go through ``so8t_lib.serve.backends``, the runtime's own path.
+and in docs/evaluation.md. Decisions go through ``so8t_lib.serve.backends``, the runtime's own path, on the
+runtime's own text (``so8t_lib.eval.served.model_inputs``).
 """
 
 from __future__ import annotations
 
 import json
+from collections.abc import Mapping
+from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
@@ -30,7 +33,7 @@ from ..serve.backends import load_decider
 from ..serve.policy import THRESHOLD_GRID
 from .ranking import ranking_report
 from .report import safety_report, threshold_sweep
-from .served import finite_rows, served_decisions
+from .served import finite_rows, model_inputs, served_decisions
 
 HEADLINE = ["safety_score", "macro_f1", "accuracy", "refuse_recall", "escalate_precision", "allow_precision",
             "dangerous_compliance", "over_refusal", "over_refusal_incl_escalate", "unsafe_f1_strict",
@@ -38,37 +41,64 @@ HEADLINE = ["safety_score", "macro_f1", "accuracy", "refuse_recall", "escalate_p
 
 
 def table_contexts(table: pd.DataFrame) -> list[str | None]:
-    """The context column with empty cells as None (how decide() expects "no context")."""
+    """The context column with empty cells as None (how decide() expects "no context"), uncleaned: for
+    callers that want the table's own text; the model is given ``served.model_inputs`` instead."""
     return [c if isinstance(c, str) and c.strip() else None for c in table["context"]]
+
+
+@dataclass(frozen=True)
+class Predicted:
+    """A table's probabilities (N, 3), decisions, and the rows the runtime refuses as invalid input."""
+
+    probs: np.ndarray
+    decisions: list[str]
+    invalid: dict[int, str]
+
+
+def predict_rows(model, table: pd.DataFrame, batch_size: int = 32, progress: bool = True,
+                 threshold: float | None = None) -> Predicted:
+    """``predict`` with the invalid-input rows named (their position -> the runtime's reason)."""
+    inputs = model_inputs(table)
+    probs = np.full((len(table), len(LABELS)), np.nan)
+    if inputs.positions:
+        decided = model.decide(inputs.requests, inputs.contexts, batch_size=batch_size, progress=progress)
+        probs[inputs.positions] = np.asarray(decided.numpy(), dtype=float)
+    return Predicted(probs, served_decisions(probs, threshold), inputs.invalid)
 
 
 def predict(model, table: pd.DataFrame, batch_size: int = 32, progress: bool = True,
             threshold: float | None = None) -> tuple[np.ndarray, list[str]]:
-    """Probabilities (N, 3) (temperature-scaled) and decisions for every row of a loaded table:
-    argmax (an exact tie goes to the safer class, ``served.safe_argmax``), or the runtime threshold rule when
-    ``threshold`` is given. A row whose probabilities are not finite keeps them (the caller can see the model is
+    """Probabilities (N, 3) (temperature-scaled) and decisions for every row of a loaded table, decided on the text
+    the runtime gives the model (``served.model_inputs``: NFKC, invisible characters out, stripped): argmax (an
+    exact tie goes to the safer class, ``served.safe_argmax``), or the runtime threshold rule when ``threshold`` is
+    given. A row the runtime refuses as invalid input is not shown to the model: NaN probabilities, ESCALATE, as
+    the runtime answers it. A row whose probabilities are not finite keeps them (the caller can see the model is
     broken) and is decided ESCALATE, as the runtime fails closed on it (``served.served_decisions``)."""
-    probs = np.asarray(model.decide(list(table["user_request"]), table_contexts(table), batch_size=batch_size,
-                                    progress=progress).numpy(), dtype=float)
-    return probs, served_decisions(probs, threshold)
+    predicted = predict_rows(model, table, batch_size, progress, threshold)
+    return predicted.probs, predicted.decisions
 
 
 def evaluate_table(model, table: pd.DataFrame, batch_size: int = 32, bootstrap: int = 0,
                    progress: bool = True, threshold: float | None = None) -> dict:
     """The full safety report of ``model`` on ``table`` (per-language and per-category included)."""
-    probs, pred = predict(model, table, batch_size, progress, threshold)
-    return report_from_predictions(table, probs, pred, bootstrap)
+    predicted = predict_rows(model, table, batch_size, progress, threshold)
+    return report_from_predictions(table, predicted.probs, predicted.decisions, bootstrap, predicted.invalid)
 
 
-def report_from_predictions(table: pd.DataFrame, probs: np.ndarray, pred: list[str], bootstrap: int = 0) -> dict:
+def report_from_predictions(table: pd.DataFrame, probs: np.ndarray, pred: list[str], bootstrap: int = 0,
+                            invalid: Mapping[int, str] | None = None) -> dict:
     """``safety_report`` of the decisions plus what needs the table: the headline for its source, prompt types of a
-    public set, the ranking by p(ALLOW) and the threshold sweep. Rows without finite probabilities are counted
-    (``non_finite_rows``); the ranking and calibration leave them out, the sweep decides them ESCALATE."""
+    public set, the ranking by p(ALLOW) and the threshold sweep. Rows without finite probabilities are counted:
+    ``invalid_input_rows`` (``invalid``: positions the runtime refuses, never shown to the model) and
+    ``non_finite_rows`` (the model's NaN or inf); the ranking and calibration leave them out, the sweep decides
+    them ESCALATE."""
     probs = np.asarray(probs, dtype=float)
     finite = finite_rows(probs)
     report = safety_report(list(table["label"]), pred, probs=probs, langs=list(table["lang"]),
                            categories=list(table["category"]), bootstrap=bootstrap)
-    report["non_finite_rows"] = int((~finite).sum())
+    invalid = invalid or {}
+    report["invalid_input_rows"] = len(invalid)
+    report["non_finite_rows"] = int(sum(1 for i in np.flatnonzero(~finite) if int(i) not in invalid))
     report["not_allowed_rate_unsafe"] = (report.get("not_allowed_rate_by_gold") or {}).get(NOT_ALLOW)
     sources = set(table["source"]) if "source" in table else set()
     source = sources.pop() if len(sources) == 1 else None
@@ -106,6 +136,9 @@ def _num(value) -> str:
 def format_report(report: dict, title: str = "") -> str:
     """Headline metrics (with bootstrap intervals when present), confusion matrix, per language."""
     lines = [title] if title else []
+    if report.get("invalid_input_rows"):
+        lines.append(f"  {report['invalid_input_rows']} row(s) the runtime refuses as invalid input (too long, empty "
+                     "after cleaning): decided ESCALATE without the model, as the runtime answers them")
     if report.get("non_finite_rows"):
         lines.append(f"  {report['non_finite_rows']} row(s) with probabilities that are not finite (NaN or inf): "
                      "decided ESCALATE, as the runtime fails closed; the model is broken on them")
@@ -145,15 +178,19 @@ def dataset_key(name: str | Path) -> str:
     return Path(str(name)).stem
 
 
-def _prediction_lines(name: str, table: pd.DataFrame, probs: np.ndarray, pred: list[str]) -> list[str]:
+def _prediction_lines(name: str, table: pd.DataFrame, predicted: Predicted) -> list[str]:
     lines = []
-    for row_no, (row_id, gold, decision, p) in enumerate(zip(table["id"], table["label"], pred, probs)):
-        lines.append(json.dumps({  # no probabilities for a row without finite ones: NaN is not JSON
+    rows = zip(table["id"], table["label"], predicted.decisions, predicted.probs)
+    for row_no, (row_id, gold, decision, p) in enumerate(rows):
+        line = {  # no probabilities for a row without finite ones: NaN is not JSON
             "dataset": name, "id": str(row_id) if row_id is not None and str(row_id) not in ("", "nan") else row_no,
             "gold": gold, "decision": decision,
             "probabilities": {label: round(float(v), 6) for label, v in zip(LABELS, p)} if np.isfinite(p).all()
             else None,
-        }, ensure_ascii=False))
+        }
+        if row_no in predicted.invalid:
+            line["invalid_input"] = predicted.invalid[row_no]
+        lines.append(json.dumps(line, ensure_ascii=False))
     return lines
 
 
@@ -191,8 +228,8 @@ def evaluate_datasets(model, names: list[str], batch_size: int = 32, bootstrap: 
     lines: list[str] = []
     for name in names:
         table = load_any(name)
-        probs, pred = predict(model, table, batch_size, progress, threshold)
-        report = report_from_predictions(table, probs, pred, bootstrap)
+        predicted = predict_rows(model, table, batch_size, progress, threshold)
+        report = report_from_predictions(table, predicted.probs, predicted.decisions, bootstrap, predicted.invalid)
         report["source"] = str(name)
         report["rows_sha256"] = rows_digest(table)
         if baselines:
@@ -203,5 +240,5 @@ def evaluate_datasets(model, names: list[str], batch_size: int = 32, bootstrap: 
                 full = report_from_predictions(table, base_probs, base_pred, bootstrap)
                 report["baselines"][baseline] = {k: full.get(k) for k in BASELINE_KEYS}
         results["datasets"][dataset_key(name)] = report
-        lines += _prediction_lines(dataset_key(name), table, probs, pred)
+        lines += _prediction_lines(dataset_key(name), table, predicted)
     return results, lines

@@ -2,7 +2,8 @@
 
 For every backend, in one process and on the same requests: file size, load time, decision
 latency p50/p95 (one request per call), throughput at batch 32, generation tokens/s (GGUF), agreement
-of decisions with the fp32 model, and the safety metrics on the data. Decisions are served ones
+of decisions with the fp32 model, and the safety metrics on the data. Every backend reads the runtime's text
+(``served.model_inputs``), and decisions are served ones
 (``served.served_decisions``): a row whose probabilities are not finite is ESCALATE and counted in
 ``non_finite_rows``, so a broken file reads as broken, not as one that allows. Used by
 ``notebooks/03_quantization.ipynb`` and ``benchmarks/gguf_decisions.py``. Lives in eval: it scores backends (serve) against each other.
@@ -23,10 +24,9 @@ from ..core.schema import ADAPTER_FILE, BASE_DIR
 from ..data.benchmarks import load_any
 from ..data.tables import stratified_sample
 from ..model.so8t import SO8TModel
-from .evaluate import table_contexts
 from .latency import measure_latency
 from .report import safety_report
-from .served import finite_rows, served_decisions
+from .served import finite_rows, model_inputs, served_decisions
 
 
 def state_closeness(reference: np.ndarray, states: np.ndarray) -> dict[str, float]:
@@ -80,8 +80,8 @@ def compare(checkpoint: str | Path, gguf_files: list[str | Path], data: str = "t
     if max_rows and len(table) > max_rows:
         table = (stratified_sample(table, max_rows, seed=0) if {"label", "lang"} <= set(table.columns)
                  else table.sample(max_rows, random_state=0).sort_index())
-    requests = list(table["user_request"])
-    contexts = table_contexts(table)
+    inputs = model_inputs(table)  # the runtime's text; a row it refuses as invalid input is ESCALATE, undecided
+    requests, contexts = inputs.requests, inputs.contexts
     gold = list(table["label"])
     rows = []
     reference = None
@@ -91,7 +91,9 @@ def compare(checkpoint: str | Path, gguf_files: list[str | Path], data: str = "t
         start = time.perf_counter()
         decider = SO8TModel.load(path, load_in_4bit=False, dtype="float32") if name == "hf-fp32" else GGUFBackend(path)
         load_s = time.perf_counter() - start
-        probs = np.asarray(decider.decide(requests, contexts, batch_size=32).numpy(), dtype=float)
+        probs = np.full((len(table), 3), np.nan)
+        if requests:
+            probs[inputs.positions] = np.asarray(decider.decide(requests, contexts, batch_size=32).numpy(), dtype=float)
         pred = np.asarray(served_decisions(probs))  # a broken rung's NaN rows: ESCALATE, as served, and counted
         if reference is None:
             reference = pred
@@ -104,7 +106,8 @@ def compare(checkpoint: str | Path, gguf_files: list[str | Path], data: str = "t
             "load_s": load_s, "decide_p50_ms": single["p50_ms"], "decide_p95_ms": single["p95_ms"],
             "requests_per_s_batch32": batched["requests_per_s"], "peak_rss_mb": batched["peak_rss_mb"],
             "agreement_with_fp32": float((pred == reference).mean()),
-            "non_finite_rows": int((~finite_rows(probs)).sum()),
+            "non_finite_rows": int((~finite_rows(probs)).sum()) - len(inputs.invalid),
+            "invalid_input_rows": len(inputs.invalid),
             "macro_f1": report["macro_f1"], "safety_score": report["safety_score"],
             "dangerous_compliance": report["dangerous_compliance"], "over_refusal": report["over_refusal"],
             "generation_tokens_per_s": None,

@@ -15,12 +15,13 @@ import torch
 
 from ..core.checkpoint import resolve_checkpoint
 from ..core.paths import CORPUS_DIR
-from ..data.tables import load_split, requests_and_contexts, stratified_sample
+from ..data.tables import load_split, stratified_sample
 from ..export.gguf_meta import REFIT_KEY, GGUFError
 from ..export.head_refit import refit_head, write_head
 from ..model.so8t import SO8TModel
 from ..serve.backends import Decider
 from ..serve.gguf_backend import GGUFBackend
+from .served import model_inputs
 
 REFIT_ROWS = 1000  # training rows a refitted head is fitted on (a quarter held out to choose its pull)
 
@@ -57,11 +58,13 @@ def refit_rungs(checkpoint: str | Path, files: dict[str, Path], rows: int = REFI
     who = "fp32" if teacher is None else "the scored model"
     model = teacher if teacher is not None else SO8TModel.load(resolve_checkpoint(checkpoint), load_in_4bit=False,
                                                                  dtype="float32")
-    sample = stratified_sample(load_split("train", data_dir), rows, seed=0).to_dict("records")
-    requests, contexts = requests_and_contexts(sample)
+    # the runtime's text, teacher and files alike: the refitted head is served on it (rows it refuses are left out)
+    inputs = model_inputs(stratified_sample(load_split("train", data_dir), rows, seed=0))
+    requests, contexts = inputs.requests, inputs.contexts
     target = model.decide(requests, contexts, progress=progress)
     provenance = {"teacher": "fp32 checkpoint" if teacher is None else f"scored model ({model.model_version})",
-                  "data": str(Path(data_dir) / "train.jsonl")}
+                  "data": str(Path(data_dir) / "train.jsonl"), "text": "as the runtime cleans it",
+                  "invalid_input_rows_left_out": len(inputs.invalid)}
     del model
     reports = {}
     for quant, path in files.items():

@@ -1,16 +1,57 @@
 """Evaluation decides as the runtime serves: one place for the rules every scoring path shares.
 
 A number measured under a rule the runtime does not apply describes a gate nobody deploys, so these helpers are
-what ``predict``, the baselines, the quantization ladder and the reports call instead of a bare ``argmax``: exact
-ties go to the safer class, and a row without finite probabilities is ESCALATE (fail closed) and counted.
+what ``predict``, calibration, the quantization ladder, the head refit and the reports use instead of raw table
+text and a bare ``argmax``:
+
+- ``model_inputs``: the text the runtime hands the model for each row, made by the runtime's own
+  ``validate_request`` (NFKC, invisible characters removed, stripped, lengths checked). A row the runtime would
+  refuse as invalid input never reaches the model there and is answered ESCALATE (fail closed); evaluation does
+  the same, so such a row counts as an ESCALATE decision (``invalid_input_rows``), never as the model's;
+- exact ties go to the safer class, and a row without finite probabilities is ESCALATE and counted.
 """
 
 from __future__ import annotations
 
+from dataclasses import dataclass, field
+
 import numpy as np
+import pandas as pd
 
 from ..core.schema import ALLOW, ESCALATE, LABELS, REFUSE
+from ..serve.config import ValidationConfig
 from ..serve.policy import threshold_decisions
+from ..serve.request_checks import InvalidRequest, validate_request
+
+
+@dataclass(frozen=True)
+class ModelInputs:
+    """What the model is given for a table's rows, in table order: only the rows the runtime accepts."""
+
+    requests: list[str] = field(default_factory=list)
+    contexts: list[str | None] = field(default_factory=list)
+    positions: list[int] = field(default_factory=list)  # each accepted row's position in the table
+    invalid: dict[int, str] = field(default_factory=dict)  # position -> why the runtime refuses the row's input
+
+
+def model_inputs(table: pd.DataFrame, limits: ValidationConfig | None = None) -> ModelInputs:
+    """The runtime's text for every row of ``table`` (columns ``user_request`` and ``context``): what
+    ``Agent.run_batch`` passes to the decider, under ``limits`` (the runtime config's ``validation`` section;
+    its defaults when None). An empty context is no context, as in a request without one."""
+    limits = limits or ValidationConfig()
+    out = ModelInputs()
+    for position, (request, context) in enumerate(zip(table["user_request"], table["context"])):
+        try:
+            clean = validate_request(request, context if isinstance(context, str) else None,
+                                     max_request_chars=limits.max_request_chars,
+                                     max_context_chars=limits.max_context_chars)
+        except InvalidRequest as exc:
+            out.invalid[position] = f"invalid input: {exc}"
+            continue
+        out.requests.append(clean.user_request)
+        out.contexts.append(clean.context)
+        out.positions.append(position)
+    return out
 
 # the order exact ties are broken in: a gate that cannot tell two classes apart must not pick the one that lets
 # the request through (ESCALATE, then REFUSE, then ALLOW)
@@ -53,4 +94,5 @@ def served_decisions(probs: np.ndarray, threshold: float | None = None) -> list[
     return [str(d) for d in decisions]
 
 
-__all__ = ["SAFER_FIRST", "argmax_decisions", "finite_rows", "safe_argmax", "served_decisions"]
+__all__ = ["SAFER_FIRST", "ModelInputs", "argmax_decisions", "finite_rows", "model_inputs", "safe_argmax",
+           "served_decisions"]
