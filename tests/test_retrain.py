@@ -394,3 +394,23 @@ def test_the_gate_refuses_a_candidate_that_allows_xstests_unsafe_contrasts():
     assert not result["promote"] and len(result["refusals"]) == 1, result["refusals"]
     assert result["refusals"][0].startswith("unsafe_contrasts_allowed on xstest is worse: 0.000 -> 1.000")
     assert retrain.compare(careful, Decider(careful.answers), tables, bootstrap=100)["promote"]
+
+
+def test_deploys_smoke_test_keeps_its_cases_out_of_a_shared_queue(tmp_path, monkeypatch):
+    """SO8T_ESCALATION_URL won over the smoke test's log folder, so on a production host its test-mode cases
+    went into production's PostgreSQL queue."""
+    import importlib
+
+    from so8t_lib.serve.runtime import Agent
+
+    deploy_module = importlib.import_module("so8t_lib.workbench.retrain.deploy")  # the package's deploy is a function
+
+    monkeypatch.setenv("SO8T_ESCALATION_URL", "postgresql://so8t@127.0.0.1:5432/production_queue")
+    seen = []
+    monkeypatch.setattr(Agent, "close", lambda self: seen.append(self.paths))
+    with pytest.raises(ConfigError, match="could not load"):
+        deploy_module._smoke_test(tmp_path / "missing.gguf", ROOT / "configs" / "basic.yaml", tmp_path / "smoke",
+                                  None)
+    (paths,) = seen
+    assert paths.queue_url is None and paths.queue_target == paths.queue
+    assert str(paths.queue).startswith(str(tmp_path / "smoke"))

@@ -298,14 +298,16 @@ def replica_log_name(audit_log: str | Path, replica: str | None) -> Path:
     return path.with_name(f"{path.stem}-{replica}{path.suffix}")
 
 
-def runtime_paths(config: RuntimeConfig, log_dir: str | Path | None = None) -> RuntimePaths:
+def runtime_paths(config: RuntimeConfig, log_dir: str | Path | None = None,
+                  shared_queue: bool = True) -> RuntimePaths:
     """Where the runtime writes: the config's files, moved into ``log_dir`` (or $SO8T_LOG_DIR) when
     one is given; the audit log named for the replica ($SO8T_REPLICA) when there is one; the queue
     on the PostgreSQL server of $SO8T_ESCALATION_URL or ``escalation.queue_url`` when set. Every tool
-    (runtime, escalation CLI, backup) resolves them here, so they agree."""
+    (runtime, escalation CLI, backup) resolves them here, so they agree. ``shared_queue=False`` keeps the queue in
+    the SQLite file whatever the URL settings say (a smoke test must not put its cases in production's queue)."""
     queue = placed(config.escalation.queue_db, log_dir)
     audit = replica_log_name(placed(config.logging.audit_log, log_dir), os.environ.get(REPLICA_ENV) or None)
-    url = os.environ.get(QUEUE_URL_ENV) or config.escalation.queue_url
+    url = (os.environ.get(QUEUE_URL_ENV) or config.escalation.queue_url) if shared_queue else None
     if url:  # a mistyped URL stops the start, where the operator is looking, not the first escalation
         from .queue_sql import check_target
 

@@ -69,10 +69,11 @@ logger = logging.getLogger("so8t.runtime")
 class Agent:
     """One loaded model plus its audit log and escalation desk, applying the runtime contract."""
 
-    def __init__(self, config: RuntimeConfig, decider=None, test_mode: bool = False, log_dir: str | None = None):
+    def __init__(self, config: RuntimeConfig, decider=None, test_mode: bool = False, log_dir: str | None = None,
+                 shared_queue: bool = True):
         self.config = config
         self.test_mode = test_mode
-        self.paths = runtime_paths(config, log_dir)
+        self.paths = runtime_paths(config, log_dir, shared_queue)
         configure_logging(config.logging.log_level, self.paths.log_file)
         enc_key = self._secret(config.logging.encryption_key_env, "the audit log cannot be encrypted")
         self._mac_key = self._secret(config.logging.hmac_key_env, "the audit anchor cannot be signed")

@@ -71,7 +71,8 @@ def _smoke_test(target: Path, runtime_config: str | Path, log_dir: str | Path,
     cannot load the file, fails closed on a request, or leaves a log that does not verify."""
     overrides = [f"model.checkpoint_path={target}", "model.use_gguf=true", f"model.gguf_path={target}",
                  "inference.generate_responses=false"]
-    agent = Agent.from_config(runtime_config, overrides, test_mode=True, log_dir=str(log_dir))
+    # its own queue in log_dir even where SO8T_ESCALATION_URL names production's: test cases stay out of it
+    agent = Agent.from_config(runtime_config, overrides, test_mode=True, log_dir=str(log_dir), shared_queue=False)
     try:
         if agent.load_error:
             raise ConfigError(f"the runtime could not load {target.name}: {agent.load_error}")
