@@ -176,6 +176,7 @@ def test_an_error_after_a_finished_step_saves_that_step_as_it_is(tmp_path, monke
         trainer.run()
     saved = torch.load(run_dir / "last" / "trainer_state.pt", weights_only=False)["state"]
     assert saved["step"] == 2 and saved["batch_in_epoch"] == 2
+    assert saved["eval_pending"]  # the resume evaluates step 2 before it trains step 3
 
 
 def test_a_partial_last_log_line_does_not_stop_a_resume(tmp_path):

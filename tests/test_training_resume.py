@@ -163,3 +163,65 @@ def test_a_resume_on_changed_training_data_is_refused_and_an_older_state_file_is
     _rewrite_trainer_state(run_dir, newer)
     with pytest.raises(CheckpointError, match="trainer_state.pt: .*another version of so8t .*warmup_done"):
         Trainer(config, resume=True)
+
+
+def _evals(run_dir: Path) -> list[tuple[int, float]]:
+    records = [json.loads(line) for line in (run_dir / "metrics.jsonl").read_text().splitlines()]
+    return [(r["step"], r["value"]) for r in records if r["kind"] == "eval"]
+
+
+@pytest.mark.parametrize("max_steps, failing", [(4, "evaluation"), (2, "evaluation"), (4, "best save")])
+def test_an_evaluation_that_failed_is_done_first_on_resume(tmp_path, monkeypatch, max_steps, failing):
+    """An evaluation that failed after step k left last/ at k, and the resume went on at k + 1 without it: at
+    k = max_steps the resumed run did nothing and ended without best/. And the state claimed a best step whose
+    best/ had failed to save."""
+    import so8t_lib.train.trainer as trainer_module
+
+    overrides = (f"training.max_steps={max_steps}", "training.eval_every=2")
+    straight = Trainer(load_config(_config_file(tmp_path, tmp_path / "straight", *overrides))).run()
+    run_dir = tmp_path / "broken"
+    config = load_config(_config_file(tmp_path, run_dir, *overrides))
+    trainer = Trainer(config)
+    real_metrics, real_save = trainer_module.val_metrics, trainer.save
+
+    def metrics(*args, **kwargs):
+        if trainer.state.step == 2:
+            raise RuntimeError("out of memory while evaluating")
+        return real_metrics(*args, **kwargs)
+
+    def save(name, *args, **kwargs):
+        if name == "best" and trainer.state.step == 2:
+            raise OSError("no space left on the device while writing best/")
+        return real_save(name, *args, **kwargs)
+
+    if failing == "evaluation":
+        monkeypatch.setattr(trainer_module, "val_metrics", metrics)
+    else:
+        monkeypatch.setattr(trainer, "save", save)
+    with pytest.raises((RuntimeError, OSError), match="while"):
+        trainer.run()
+    saved = torch.load(run_dir / "last" / "trainer_state.pt", weights_only=False)["state"]
+    assert saved["step"] == 2 and saved["eval_pending"] and saved["best_step"] is None
+    assert not (run_dir / "best").exists()
+    monkeypatch.undo()
+    Trainer(config, resume=True).run()
+    assert _evals(run_dir) == _evals(straight)  # step 2 evaluated once, before the resumed steps
+    for folder in ("best", "last"):
+        _assert_same_adapter(_adapter(straight, folder), _adapter(run_dir, folder))
+    saved = torch.load(run_dir / "last" / "trainer_state.pt", weights_only=False)["state"]
+    assert not saved["eval_pending"] and saved["step"] == max_steps and saved["best_step"] is not None
+
+
+def test_a_finished_run_without_best_is_reported_not_claimed(tmp_path, monkeypatch, capsys):
+    from so8t_lib.cli import main as so8t
+    from so8t_lib.workbench import pipeline
+
+    run_dir = tmp_path / "run"
+    config = _config_file(tmp_path, run_dir, "training.max_steps=2")
+    (run_dir / "last").mkdir(parents=True)
+    assert pipeline.calibrate_run(run_dir, load_config(config)) is None
+    assert "no best/ checkpoint" in capsys.readouterr().err  # said, not skipped in silence
+    monkeypatch.setattr("so8t_lib.cli.train.train_and_calibrate", lambda cfg, resume=False: run_dir)
+    with pytest.raises(SystemExit, match=f"{run_dir} holds no best checkpoint"):
+        so8t(["train", "--config", str(config)])
+    assert "best checkpoint: " not in capsys.readouterr().out

@@ -37,4 +37,7 @@ def main(argv: list[str] | None = None) -> None:
                      "start a new run in another training.output_dir")
         config = started
     run_dir = train_and_calibrate(config, resume=args.resume)
+    if not (run_dir / BEST_DIR).is_dir():  # reported, never claimed: nothing could load it
+        sys.exit(f"error: the run in {run_dir} holds no best checkpoint ({BEST_DIR}/): no evaluation finished. "
+                 f"Continue it with so8t train --config {run_dir / RUN_CONFIG_FILE} --resume")
     print(f"run folder: {run_dir} (best checkpoint: {run_dir / BEST_DIR})")

@@ -41,6 +41,7 @@ class TrainerState:
     best_step: int | None = None
     evals_without_improvement: int = 0
     stopped_early: bool = False
+    eval_pending: bool = False  # the step's evaluation has not finished: a resume does it before the next step
 
 
 class RunCheckpoints:
@@ -78,8 +79,9 @@ class RunCheckpoints:
         if self.main:
             truncate_metrics(self.run_dir, self.state.step)
 
-    def save(self, name: str, rng: dict | None = None) -> None:
-        """Write ``best`` or ``last`` atomically (main process only)."""
+    def save(self, name: str, rng: dict | None = None, state: TrainerState | None = None) -> None:
+        """Write ``best`` or ``last`` atomically (main process only), with ``state`` instead of the current one when
+        given (an evaluation's outcome, which enters the state only once ``best/`` holds it)."""
         self.accelerator.wait_for_everyone()
         rng = rng or rng_state()
         if self.main:
@@ -88,7 +90,7 @@ class RunCheckpoints:
                 torch.save({
                     "opt_task": self.opt_task.state_dict(), "opt_safety": self.opt_safety.state_dict(),
                     "sched_task": self.sched_task.state_dict(), "sched_safety": self.sched_safety.state_dict(),
-                    "state": asdict(self.state), "rng": rng,
+                    "state": asdict(state or self.state), "rng": rng,
                     "config_fingerprint": self.config.fingerprint(), "data_fingerprint": self.data_fingerprint,
                 }, tmp / TRAINER_STATE_FILE)
         self._last_save = time.monotonic()

@@ -25,6 +25,7 @@ import sys
 import time
 import warnings
 from collections.abc import Callable
+from dataclasses import replace
 from pathlib import Path
 
 import numpy as np
@@ -216,7 +217,7 @@ class Trainer(RunCheckpoints):
 
     def evaluate(self, select: bool = True) -> dict:
         """Score the val sample; with ``select`` the score competes for ``best/`` and counts for early stopping,
-        without it it is only logged (the warm start's reference)."""
+        without it it is only logged (the warm start's reference). A selecting one clears ``eval_pending``."""
         if self.frozen is None:
             report = val_metrics(self.model, self.val_rows, self.tcfg.eval_batch_size)
         else:  # the same decisions from the cached lower layers (only the layers above run)
@@ -232,17 +233,19 @@ class Trainer(RunCheckpoints):
         improved = select and value is not None and (
             self.state.best_metric is None or value > self.state.best_metric + self.tcfg.early_stopping.min_delta
         )
-        if improved:
-            self.state.best_metric, self.state.best_step = value, self.state.step
-            self.state.evals_without_improvement = 0
-        elif select:
-            self.state.evals_without_improvement += 1
+        after = replace(self.state, evals_without_improvement=self.state.evals_without_improvement + 1,
+                        eval_pending=False)
+        if improved:  # the state names a best step only once best/ holds it
+            after = replace(self.state, best_metric=value, best_step=self.state.step, evals_without_improvement=0,
+                            eval_pending=False)
+            self.save(BEST_DIR, state=after)
         headline = {k: report.get(k) for k in ("safety_score", "refuse_recall", "macro_f1", "accuracy",
                                               "dangerous_compliance", "escalate_precision", "allow_precision")}
         self.log({"step": self.state.step, "kind": "eval" if select else "eval_reference", "metric": metric_name,
                   "value": value, "improved": improved, **headline})
-        if improved:
-            self.save(BEST_DIR)
+        if select:  # done: the evaluation's outcome enters the state all at once
+            after.stopped_early |= after.evals_without_improvement >= self.tcfg.early_stopping.patience
+            self.state = after
         return {"value": value, "improved": improved}
 
     # --- the loop --------------------------------------------------------------------------------
@@ -264,6 +267,9 @@ class Trainer(RunCheckpoints):
             # the warm-started head is already a fitted probe: log its score as the reference the steps must beat
             val_text = f"{self.evaluate(select=False)['value'] or 0:.3f}"
         try:
+            if self.state.eval_pending:  # the evaluation of the saved step failed before the resume: it comes first
+                val_text = _shown(self.evaluate()["value"])
+                self.save(LAST_DIR)
             while self.state.step < self.tcfg.max_steps and not self.state.stopped_early:
                 self.boundary.enter(self.state, self.model)
                 parts = self.train_step()
@@ -275,10 +281,8 @@ class Trainer(RunCheckpoints):
                               "tokens_per_s": tokens / elapsed if elapsed > 0 else None})
                     tokens, clock = 0, time.perf_counter()
                 if self.state.step % self.tcfg.eval_every == 0 or self.state.step == self.tcfg.max_steps:
-                    result = self.evaluate()
-                    val_text = "n/a" if result["value"] is None else f"{result['value']:.3f}"
-                    if self.state.evals_without_improvement >= self.tcfg.early_stopping.patience:
-                        self.state.stopped_early = True
+                    self.state.eval_pending = True  # until it has finished: after an error the resume does it first
+                    val_text = _shown(self.evaluate()["value"])
                 bar.set_postfix(loss=f"{parts['loss']:.3f}", safety=f"{parts['safety']:.3f}",
                                 pet=f"{parts['pet']:.3f}", **{f"val_{self.tcfg.early_stopping.metric}": val_text})
                 bar.update(1)
@@ -303,6 +307,10 @@ class Trainer(RunCheckpoints):
                 signal.signal(sig, handler)
         bar.close()
         return self.run_dir
+
+
+def _shown(value: float | None) -> str:
+    return "n/a" if value is None else f"{value:.3f}"
 
 
 class TrainingDiverged(RuntimeError):

@@ -51,7 +51,11 @@ EXAMPLES = EXAMPLE_REQUESTS[:3]
 def calibrate_run(run_dir: Path, config: SO8TConfig) -> dict | None:
     """Fit the best checkpoint's temperature on the val split, or on the same sample of it the run evaluated on
     (``training.calibrate_temperature``, ``training.eval_max_rows``)."""
-    if not config.training.calibrate_temperature or not (run_dir / BEST_DIR).is_dir():
+    if not config.training.calibrate_temperature:
+        return None
+    if not (run_dir / BEST_DIR).is_dir():
+        print(f"calibration: {run_dir} holds no best/ checkpoint (no evaluation finished), so there is no "
+              "temperature to fit; so8t train --resume finishes a pending evaluation", file=sys.stderr)
         return None
     result = calibrate_checkpoint(run_dir / BEST_DIR, Path(config.training.data_dir) / "val.jsonl",
                                   config.training.eval_batch_size, max_rows=config.training.eval_max_rows,
