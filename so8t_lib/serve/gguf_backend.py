@@ -15,6 +15,7 @@ is refused unless SO8T_ALLOW_UNVERIFIED_MODEL=1, and then its model_version ends
 from __future__ import annotations
 
 import os
+from collections.abc import Callable
 from pathlib import Path
 from typing import NamedTuple
 
@@ -60,10 +61,20 @@ def _usable_cores() -> int:
     return len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else (os.cpu_count() or 1)
 
 
-def file_identity(path: Path) -> tuple[int, int, int, int]:
-    """(device, inode, size, mtime): which file a path names, so a replacement (os.replace by an export) is seen."""
+def file_identity(path: Path) -> tuple[int, int, int, int, int]:
+    """(device, inode, size, mtime, ctime): which file a path names and whether its bytes may have moved. A
+    replacement by rename (an export) brings another inode; a copy over it in place (``cp new.gguf served.gguf``)
+    keeps the inode llama.cpp has mapped, so its decisions would silently follow the new weights, but it moves
+    mtime and ctime (and usually the size)."""
     st = os.stat(path)
-    return st.st_dev, st.st_ino, st.st_size, st.st_mtime_ns
+    return st.st_dev, st.st_ino, st.st_size, st.st_mtime_ns, st.st_ctime_ns
+
+
+# said when the file changes under a loaded backend: the head and model_version are the old file's, the mapped
+# weights may already be the new one's
+CHANGED = ("changed on disk since the gate loaded it (replaced, or written over in place), so its decisions and "
+           "answers may no longer come from the weights the head and model_version belong to; replace served files "
+           "by rename (as so8t export does), never by copying over them")
 
 
 class GGUFBackend:
@@ -173,6 +184,7 @@ class GGUFBackend:
         would become plain text. ``progress`` shows a bar that advances as each batch is decoded."""
         from tqdm.auto import tqdm
 
+        self._same_file(CHANGED)  # before and after the pass: llama.cpp reads the mapped file as it is now
         bar = tqdm(total=len(prompts), desc="deciding (gguf)", unit="request", leave=False, disable=not progress)
         emb, n_embd = self.embedder, self.embedder.n_embd()
         n_batch, n_seq_max = emb.n_batch, emb.context_params.n_seq_max
@@ -213,6 +225,7 @@ class GGUFBackend:
         emb._ctx.kv_cache_clear()
         emb.reset()
         bar.close()
+        self._same_file(CHANGED)
         return np.stack(states) if states else np.zeros((0, self.safety_head.state_width), dtype=np.float32)
 
     def _pool_captured(self, nodes: dict[str, np.ndarray], spans: list[tuple[int, int]]) -> list[np.ndarray]:
@@ -252,6 +265,7 @@ class GGUFBackend:
         return self.safety_head.probabilities(self.safety_head(states)) if len(states) else torch.empty(0, len(LABELS))
 
     def _same_file(self, problem: str) -> None:
+        """GGUFError naming ``problem`` unless the path still names the very file (inode, size, times) loaded."""
         try:
             now = file_identity(self.path)
         except OSError:
@@ -261,8 +275,11 @@ class GGUFBackend:
                             "then)")
 
     def _answer_model(self):
-        """The answer context, opened on the first answer: it must be the very file checked at start."""
-        if self._generator is None:
+        """The answer context, opened on the first answer: it must be the very file checked at start, and still
+        hold the same bytes at every answer (the context maps the file, as the decision context does)."""
+        if self._generator is not None:
+            self._same_file(CHANGED)
+        else:
             self._same_file("was replaced since the gate loaded it, so answers would come from another file than "
                             "decisions")
             generator = self._llama.Llama(**self._kwargs, embedding=False)
@@ -277,7 +294,7 @@ class GGUFBackend:
         stream = self._answer_model().create_completion(
             self.prompt_tokens(self.format_prompt(request, context)), max_tokens=max_tokens, temperature=temperature,
             stop=[self.eos_token] if self.eos_token else None, stream=True)
-        return LlamaAnswer(stream)
+        return LlamaAnswer(stream, lambda: self._same_file(CHANGED))
 
     def generate(self, request: str, context: str | None = None, max_tokens: int = 128,
                  temperature: float = 0.0) -> str:
@@ -293,25 +310,33 @@ class GGUFBackend:
         out = self._answer_model().create_completion(
             self.prompt_tokens(self.format_prompt(request, context)), max_tokens=max_tokens, temperature=temperature,
             stop=[self.eos_token] if self.eos_token and stop_at_eos else None)
+        self._same_file(CHANGED)
         usage = out["usage"]
         return Completion(out["choices"][0]["text"], usage["prompt_tokens"], usage["completion_tokens"])
 
 
 class LlamaAnswer:
     """One llama.cpp answer in progress, over its streamed completion: ``advance(n)`` takes up to ``n`` more
-    tokens and says whether it is finished; ``text`` is what has been written so far."""
+    tokens and says whether it is finished; ``text`` is what has been written so far. ``check`` runs before and
+    after each chunk (the backend's test that its file is unchanged: no chunk may come from other weights)."""
 
-    def __init__(self, stream) -> None:
+    def __init__(self, stream, check: Callable[[], None] | None = None) -> None:
         self._stream, self._pieces, self.finished = stream, [], False
+        self._check = check
 
     def advance(self, tokens: int) -> bool:
+        if self.finished:
+            return True
+        if self._check is not None:
+            self._check()
         for _ in range(tokens):
-            if self.finished:
-                break
             try:
                 self._pieces.append(next(self._stream)["choices"][0]["text"])
             except StopIteration:
                 self.finished, self._stream = True, None
+                break
+        if self._check is not None:
+            self._check()
         return self.finished
 
     @property
