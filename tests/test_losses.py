@@ -117,3 +117,32 @@ def test_target_only_lm_head_gives_the_same_loss():
                           lm_head=head)
     assert torch.allclose(full.total, lean.total) and torch.allclose(full.task, lean.task)
     assert torch.allclose(full.rationale, lean.rationale)
+
+
+def test_lm_positions_per_row_is_a_per_row_capped_mean_not_the_token_mean():
+    """With at most N sampled target positions per row the LM loss is the mean over all kept positions: a row counts
+    with min(N, its targets), so rows with N or more targets weigh the same however long they are, where the token
+    mean weighs each by its length. Each row here has one CE at every position, so the sample does not matter."""
+    import torch.nn.functional as F
+
+    from so8t_lib.core.config import TrainingConfig
+
+    vocab, per_row, width = 5, 2, 10
+    targets, levels = (1, 3, 8), (0.0, 2.0, 4.0)  # row r: targets[r] target tokens, the gold logit at levels[r]
+    logits, labels = torch.zeros(3, width, vocab), torch.full((3, width), -100)
+    for row, (count, level) in enumerate(zip(targets, levels)):
+        labels[row, 1:1 + count] = 2
+        logits[row, :, 2] = level
+    ce = [float(-F.log_softmax(logits[row, 0], -1)[2]) for row in range(3)]
+    out = SO8TOutput(logits, torch.zeros(3, 3), torch.zeros(3, 8), None)
+    allow, mask, cfg = torch.tensor([ALLOW] * 3), torch.ones(3, width), LossConfig(pet={"enabled": False})
+    for seed in range(3):
+        torch.manual_seed(seed)
+        sampled = composite_loss(out, labels, allow, mask, cfg, 0.5, lm_positions_per_row=per_row).task
+        kept = [min(per_row, n) for n in targets]
+        assert float(sampled) == pytest.approx(sum(k * c for k, c in zip(kept, ce)) / sum(kept), rel=1e-6)
+    token_mean = composite_loss(out, labels, allow, mask, cfg, 0.5).task
+    assert float(token_mean) == pytest.approx(sum(n * c for n, c in zip(targets, ce)) / sum(targets), rel=1e-6)
+    assert abs(float(sampled) - float(token_mean)) > 0.1  # not an estimate of the token mean
+    description = TrainingConfig.model_fields["lm_positions_per_row"].description
+    assert "unbiased" not in description and "weigh equally" in description

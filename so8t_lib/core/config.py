@@ -291,8 +291,10 @@ class TrainingConfig(_Section):
     max_target_tokens: int | None = Field(
         None, gt=0, description="cut each answer or rationale target to its first N tokens (None: up to max_length)")
     lm_positions_per_row: int | None = Field(
-        None, gt=0, description="compute the LM loss at a random sample of at most N target positions per row: an "
-        "unbiased estimate of the token-mean CE at a fraction of a large vocabulary's cost (None: every position)")
+        None, gt=0, description="compute the LM loss at a random sample of at most N target positions per row, "
+        "averaged over all the kept positions: a row counts with min(N, its target tokens), so rows of N or more "
+        "targets weigh equally however long they are. A per-row capped mean, not the token-mean CE (which weighs a "
+        "row by its length) nor an estimate of it; far cheaper with a large vocabulary (None: every position)")
     log_every: int = Field(10, gt=0)
     early_stopping: EarlyStoppingConfig = Field(default_factory=EarlyStoppingConfig)
     autosave_minutes: float = Field(5.0, gt=0)

@@ -78,8 +78,10 @@ def _target_ce(states: torch.Tensor, labels: torch.Tensor, rows: torch.Tensor, l
 
     ``states`` are LM logits (B, T, V), or final hidden states (B, T, D) with ``lm_head``:
     then the head runs only at target positions, which saves most of its compute and the
-    (B, T, V) logits tensor (large for a 152k or 262k vocabulary). ``positions_per_row`` estimates
-    the same mean from a random sample of each row's target positions.
+    (B, T, V) logits tensor (large for a 152k or 262k vocabulary). With ``positions_per_row`` the mean
+    is over a random sample of at most that many of each row's target positions: a row counts with
+    min(N, its targets), so rows with N or more weigh equally, however long. That is another
+    quantity than the token mean, which weighs a row by its length, not an estimate of it.
     """
     shifted_labels = labels[:, 1:]
     valid = (shifted_labels != IGNORE_INDEX) & rows[:, None]
@@ -136,7 +138,8 @@ def composite_loss(
     """The SO8T loss from one forward (an ``SO8TOutput``); ``progress`` in [0, 1] drives gamma(p).
 
     Give ``lm_head`` (and run the forward with ``return_lm_logits=False``) to compute the LM
-    terms at target positions only; the result is the same. ``lm_positions_per_row`` samples them.
+    terms at target positions only; the result is the same. ``lm_positions_per_row`` samples them
+    (a per-row capped mean, see ``_target_ce``).
     """
     allow_rows = safety_labels == ALLOW
     sample = lm_positions_per_row
