@@ -68,3 +68,33 @@ def test_a_served_file_written_over_in_place_stops_decisions_and_answers(two_exp
                  lambda: backend.generate(REQUESTS[0], max_tokens=4)):
         with pytest.raises(GGUFError, match="changed on disk.*replace served files by rename"):
             step()
+
+
+@pytest.mark.parametrize("rope", [{"rope_type": "linear", "factor": 4.0},
+                                  {"rope_type": "yarn", "factor": 4.0, "original_max_position_embeddings": 512}])
+def test_a_scaled_rope_is_refused_at_export_by_name(rope, tokenizer, tmp_path):
+    """Only rope_theta was written: a linear or yarn base exported unscaled, and its f32 file computed another
+    model (state cosine about -0.2)."""
+    from so8t_lib.export.gguf_writer import write_gguf
+
+    model = SO8TModel.from_config(ModelConfig(name="so8t-guard"), tokenizer)
+    model.causal_lm.config.rope_parameters = {"rope_theta": 1e6, **rope}
+    with pytest.raises(GGUFError, match=f"rope_parameters has rope_type '{rope['rope_type']}'.*unscaled"):
+        write_gguf(model, tmp_path / "scaled.gguf", "f32")
+    assert not list(tmp_path.iterdir())
+
+
+def test_a_gemma3_sliding_rope_base_llama_cpp_does_not_use_is_refused(tokenizer, tmp_path):
+    from so8t_lib.export.gguf_writer import write_gguf
+
+    config = ModelConfig(name="so8t-g3", tiny={"arch": "gemma3", "hidden_size": 64, "num_hidden_layers": 6,
+                                               "num_attention_heads": 4, "num_key_value_heads": 1,
+                                               "intermediate_size": 128, "sliding_window": 8})
+    model = SO8TModel.from_config(config, tokenizer)
+    model.causal_lm.config.rope_parameters["sliding_attention"]["rope_theta"] = 20_000.0
+    with pytest.raises(GGUFError, match="sliding-attention layers' rope_theta is 20000.0.*10000"):
+        write_gguf(model, tmp_path / "g3.gguf", "f32")
+    model.causal_lm.config.rope_parameters["sliding_attention"]["rope_theta"] = 10_000.0
+    model.causal_lm.config.rope_parameters["full_attention"].update(rope_type="linear", factor=8.0)
+    with pytest.raises(GGUFError, match="rope_parameters\\['full_attention'\\] has rope_type 'linear'"):
+        write_gguf(model, tmp_path / "g3.gguf", "f32")

@@ -28,6 +28,7 @@ _TOKEN_NORMAL, _TOKEN_CONTROL, _TOKEN_USER_DEFINED, _TOKEN_UNUSED = 1, 3, 4, 5
 # HF model_type -> the gguf package's architecture; llama.cpp knows both.
 ARCHITECTURES = {"qwen2": "QWEN2", "gemma3_text": "GEMMA3"}
 GEMMA3_FULL_ATTENTION_EVERY = 6  # llama.cpp's fixed Gemma3 pattern: five sliding layers, then one full
+GEMMA3_SLIDING_ROPE_THETA = 10_000.0  # llama.cpp's fixed RoPE base for Gemma3's sliding-attention layers
 # Gemma's RMSNorm scales by (1 + w); llama.cpp's by w, so its converter stores w + 1 (and reading subtracts it).
 GEMMA_NORM_SUFFIXES = ("norm.weight",)
 
@@ -55,9 +56,45 @@ def gguf_tensor_names(state_names: list[str], arch, n_layers: int) -> dict[str, 
     return names
 
 
+def _rope_settings(cfg) -> list[tuple[str, dict]]:
+    """Every RoPE setting of an HF config, named: ``rope_parameters`` (flat, or one per layer type as Gemma3's)
+    and the older ``rope_scaling``."""
+    found = []
+    for name in ("rope_parameters", "rope_scaling"):
+        value = getattr(cfg, name, None)
+        if not isinstance(value, dict) or not value:
+            continue
+        if all(isinstance(v, dict) for v in value.values()):
+            found += [(f"{name}[{key!r}]", v) for key, v in value.items()]
+        else:
+            found.append((name, value))
+    return found
+
+
+def _check_rope(cfg, arch) -> None:
+    """The file carries a plain RoPE base only: a scaled RoPE (linear, yarn, ...) exported as it is would make the
+    f32 file compute another model (state cosine about -0.2 for linear x4), so it is refused, as is a Gemma3
+    sliding-attention base other than the 10000 llama.cpp fixes for those layers."""
+    import gguf
+
+    for where, params in _rope_settings(cfg):
+        kind = params.get("rope_type", params.get("type")) or "default"
+        if kind != "default":
+            raise GGUFError(f"{where} has rope_type {kind!r} (factor {params.get('factor')}): the GGUF export writes "
+                            "an unscaled RoPE only, and llama.cpp would compute another model from this file; export "
+                            "a model whose base uses rope_type 'default'")
+    if arch == gguf.MODEL_ARCH.GEMMA3:
+        rope = getattr(cfg, "rope_parameters", None) or {}
+        local = rope.get("sliding_attention", {}).get("rope_theta", getattr(cfg, "rope_local_base_freq", None))
+        if local is not None and float(local) != GEMMA3_SLIDING_ROPE_THETA:
+            raise GGUFError(f"the sliding-attention layers' rope_theta is {local}, but llama.cpp runs Gemma3's "
+                            f"sliding layers with {GEMMA3_SLIDING_ROPE_THETA:g}; this model cannot be exported")
+
+
 def _hyperparameters(writer, cfg, arch) -> None:
     import gguf
 
+    _check_rope(cfg, arch)
     writer.add_context_length(cfg.max_position_embeddings)
     writer.add_embedding_length(cfg.hidden_size)
     writer.add_block_count(cfg.num_hidden_layers)
