@@ -11,7 +11,8 @@ schedulers, RNG states, data position and step). Both are written atomically.
 
 Dual policy: the task optimizer updates LoRA and R_cmd, the safety optimizer R_safe and
 SafetyHeadB, each with its own learning rate and schedule. After ``freeze_safety_at``
-(a fraction of max_steps) the safety optimizer stops stepping.
+(a fraction of max_steps) the safety side stays as it is: its optimizer stops, SafetyHeadB's running
+statistics stop moving, and its gradients are left out of the clipped norm.
 """
 
 from __future__ import annotations
@@ -179,6 +180,8 @@ class Trainer(RunCheckpoints):
         totals: dict[str, float] = {}
         n_tokens = 0
         self.ddp_model.train()
+        if safety_frozen and self.model.safety_head.standardizer is not None:
+            self.model.safety_head.standardizer.eval()  # frozen too: the decisions read its statistics
         for _ in range(self.tcfg.grad_accum):
             rows = self._next_rows()
             batch = {k: v.to(self.accelerator.device) for k, v in self.collate(rows).items()}
@@ -196,7 +199,12 @@ class Trainer(RunCheckpoints):
                 self.accelerator.backward(parts.total)  # it divides by grad_accum: the mean loss's gradient
             for key, value in parts.as_floats().items():
                 totals[key] = totals.get(key, 0.0) + value / self.tcfg.grad_accum
-        params = [p for g in (self.opt_task, self.opt_safety) for pg in g.param_groups for p in pg["params"]]
+        if safety_frozen:  # its gradients are computed (DDP expects each parameter's) but neither clipped nor used
+            for group in self.opt_safety.param_groups:
+                for param in group["params"]:
+                    param.grad = None
+        sides = (self.opt_task,) if safety_frozen else (self.opt_task, self.opt_safety)
+        params = [p for g in sides for pg in g.param_groups for p in pg["params"]]
         grad_norm = self.accelerator.clip_grad_norm_(params, self.tcfg.max_grad_norm)
         if not (math.isfinite(totals["loss"]) and math.isfinite(float(grad_norm))):  # before NaN reaches a weight
             raise TrainingDiverged(f"step {self.state.step + 1}: loss {totals['loss']}, gradient norm {float(grad_norm)}: "
