@@ -270,7 +270,7 @@ REPORT_KEYS = {
     "per_class_f1", "macro_f1", "unsafe_f1_strict", "unsafe_f1_loose",
     "dangerous_compliance", "over_refusal", "over_refusal_incl_escalate",
     "not_allowed_rate", "not_allowed_rate_by_gold", "escalation_rate",
-    "ece", "reliability", "by_lang", "by_category", "ci", "ci_resamples",
+    "ece", "reliability", "by_lang", "by_category", "ci", "ci_resamples", "ci_resampling", "ci_resampled_units",
 }  # fmt: skip
 GROUP_KEYS = {
     "n",

@@ -29,3 +29,28 @@ def test_the_metrics_caption_names_the_decision_rule_and_the_intervals_used(tmp_
     argmax = {"decision_rule": "argmax", "datasets": {"test": _report(10, 1000)}}
     section = "\n".join(model_card._metrics_section(argmax, tmp_path / "eval.json"))
     assert "argmax decisions" in section and "95% bootstrap intervals" in section
+
+
+def test_the_caption_names_how_the_intervals_were_resampled(tmp_path):
+    """The corpus's intervals resample request families, the public sets' rows; a result file written before
+    ci_resampling was recorded resampled rows, and the card must keep working with it."""
+    new = {"decision_rule": "argmax", "datasets": {
+        "test": {**_report(2670, 1000), "ci_resampling": "families", "ci_resampled_units": 280},
+        "xstest": {**_report(450, 1000), "ci_resampling": "rows", "ci_resampled_units": 450}}}
+    section = "\n".join(model_card._metrics_section(new, tmp_path / "eval.json"))
+    assert "resampling whole request families on test (280 families) and rows on xstest" in section
+    old = {"decision_rule": "argmax", "datasets": {"test": _report(2670, 1000), "xstest": _report(450, 1000)}}
+    section = "\n".join(model_card._metrics_section(old, tmp_path / "eval.json"))
+    assert "95% bootstrap intervals (1000 resamples) resampling rows on test, xstest" in section
+
+
+def test_the_operating_point_table_names_its_row_intervals():
+    from so8t_lib.workbench.card_sections import operating_point_section
+
+    test = {"dangerous_compliance": 0.04, "dangerous_compliance_ci": [0.03, 0.05], "over_refusal_incl_escalate": 0.2,
+            "escalation_rate": 0.3}
+    points = {"recipes": {"demo": {"targets": {"0.05": {"reachable": True, "threshold": 0.8, "test": test}}}}}
+    text = "\n".join(operating_point_section(points, "op.json", "demo"))  # written before ci_resampling
+    assert "resampling rows, as a predictions file carries no families" in text
+    test["ci_resampling"] = "families"
+    assert "resampling whole request families" in "\n".join(operating_point_section(points, "op.json", "demo"))

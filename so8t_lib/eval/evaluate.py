@@ -95,7 +95,8 @@ def report_from_predictions(table: pd.DataFrame, probs: np.ndarray, pred: list[s
     probs = np.asarray(probs, dtype=float)
     finite = finite_rows(probs)
     report = safety_report(list(table["label"]), pred, probs=probs, langs=list(table["lang"]),
-                           categories=list(table["category"]), bootstrap=bootstrap)
+                           categories=list(table["category"]), bootstrap=bootstrap,
+                           families=resampling_families(table))
     invalid = invalid or {}
     report["invalid_input_rows"] = len(invalid)
     report["non_finite_rows"] = int(sum(1 for i in np.flatnonzero(~finite) if int(i) not in invalid))
@@ -113,6 +114,15 @@ def report_from_predictions(table: pd.DataFrame, probs: np.ndarray, pred: list[s
     else:
         report["threshold_sweep"] = None
     return report
+
+
+def resampling_families(table: pd.DataFrame) -> list[str] | None:
+    """What the bootstrap resamples whole (``safety_report``'s ``families``): the ``family`` column of a corpus-style
+    table (the variants of one seed request), a blank cell being a family of its own row; None (rows) for a table
+    without one, or from a public set, whose ``family`` holds a prompt type or harm area, not near-copies."""
+    if "family" not in table or ("source" in table and set(map(str, table["source"])) & set(BENCHMARKS)):
+        return None
+    return [str(f) if isinstance(f, str) and f.strip() else f"\x00row {i}" for i, f in enumerate(table["family"])]
 
 
 def not_allowed_by_type(table: pd.DataFrame, pred: list[str], source: str) -> dict[str, dict]:
@@ -143,6 +153,9 @@ def format_report(report: dict, title: str = "") -> str:
         lines.append(f"  {report['non_finite_rows']} row(s) with probabilities that are not finite (NaN or inf): "
                      "decided ESCALATE, as the runtime fails closed; the model is broken on them")
     ci = report.get("ci") or {}
+    if ci:
+        lines.append(f"  95% intervals: {report.get('ci_resamples')} bootstrap resamples of "
+                     f"{report.get('ci_resampled_units', report.get('n'))} {report.get('ci_resampling', 'rows')}")
     for name in report.get("headline") or HEADLINE:
         if report.get(name) is None and name not in ci:
             continue  # undefined on this data
@@ -212,7 +225,7 @@ def run_metrics(run_dir: str | Path, data: str = "test", batch_size: int = 32) -
 
 BASELINE_KEYS = ("headline", "n", "macro_f1", "safety_score", "accuracy", "refuse_recall", "dangerous_compliance",
                  "over_refusal", "over_refusal_incl_escalate", "not_allowed_rate", "not_allowed_rate_unsafe",
-                 "escalation_rate", "unsafe_f1_strict", "unsafe_f1_loose", "ci", "by_type")
+                 "escalation_rate", "unsafe_f1_strict", "unsafe_f1_loose", "ci", "ci_resampling", "by_type")
 
 
 def evaluate_datasets(model, names: list[str], batch_size: int = 32, bootstrap: int = 1000,

@@ -67,6 +67,7 @@ def scored(gold: Sequence[str], decisions: Sequence[str], resamples: int) -> dic
     out["not_allowed_rate_unsafe"] = (report.get("not_allowed_rate_by_gold") or {}).get(NOT_ALLOW)
     out["dangerous_compliance_ci"] = (report.get("ci") or {}).get("dangerous_compliance")
     out["macro_f1_ci"] = None if out["macro_f1"] is None else (report.get("ci") or {}).get("macro_f1")
+    out["ci_resampling"] = report["ci_resampling"]  # rows: a predictions file carries no families
     return out
 
 

@@ -159,9 +159,14 @@ def operating_point_section(points: dict | None, points_json: str, name: str) ->
         return lines + [f"Not measured for `{name}`: `{points_json}` holds no such recipe "
                         "(`python benchmarks/operating_point.py`, on predictions that include val)."]
     recipe = recipes[name]
+    # a result file written before ci_resampling was recorded resampled rows, as predictions files carry no families
+    unit = next((t["test"].get("ci_resampling") for t in recipe.get("targets", {}).values() if t.get("test")), None)
     lines += [f"The runtime rule's threshold chosen on {recipe.get('chosen_on', 'val')} "
               f"({recipe.get('rows_chosen_on', '?')} rows) as `so8t evaluate --max-dangerous d` chooses it, then "
-              f"applied to the test split (from `{points_json}`, predictions `{recipe.get('file', '?')}`):", "",
+              f"applied to the test split (from `{points_json}`, predictions `{recipe.get('file', '?')}`; 95% "
+              "bootstrap intervals resampling " + ("whole request families" if unit == "families" else
+                                                   "rows, as a predictions file carries no families: narrower than "
+                                                   "intervals over the test split's request families") + "):", "",
               "| target d on val | threshold | test: dangerous compliance | safe requests not allowed | escalated |",
               "|---|---|---|---|---|"]
     over = []  # targets the test split exceeds

@@ -70,12 +70,27 @@ def figure_dataset(datasets: dict) -> str:
     return "test" if "test" in datasets else next(iter(datasets))
 
 
+def intervals_phrase(datasets: dict) -> str:
+    """How the intervals were resampled, per data set: whole request families where the evaluation resampled them
+    (``ci_resampling``), rows elsewhere; a result file written before that key resampled rows."""
+    with_ci = {name: rep for name, rep in datasets.items() if rep.get("ci_resamples")}
+    if not with_ci:
+        return "no intervals (evaluated with --bootstrap 0)"
+    resamples = sorted({rep["ci_resamples"] for rep in with_ci.values()})
+    families = [f"{name} ({rep.get('ci_resampled_units', '?')} families)" for name, rep in with_ci.items()
+                if rep.get("ci_resampling") == "families"]
+    rows = [name for name, rep in with_ci.items() if rep.get("ci_resampling", "rows") != "families"]
+    ways = ([f"whole request families on {', '.join(families)}"] if families else []) + \
+        ([f"rows on {', '.join(rows)}"] if rows else [])
+    return (f"95% bootstrap intervals ({'/'.join(map(str, resamples))} resamples) resampling "
+            + " and ".join(ways))
+
+
 def _metrics_caption(evaluation: dict) -> str:
     """What the numbers are: the decision rule and the intervals the evaluation actually used."""
     rule = evaluation.get("decision_rule", "argmax")
     rule = "argmax decisions" if rule == "argmax" else f"decisions by the serving rule, {rule}"
-    resamples = [rep.get("ci_resamples") or 0 for rep in evaluation.get("datasets", {}).values()]
-    intervals = "95% bootstrap intervals" if any(resamples) else "no intervals (evaluated with --bootstrap 0)"
+    intervals = intervals_phrase(evaluation.get("datasets", {}))
     return f"{rule}, temperature {evaluation.get('temperature', 1):.2f}; {intervals}"
 
 
