@@ -98,3 +98,46 @@ def test_a_gemma3_sliding_rope_base_llama_cpp_does_not_use_is_refused(tokenizer,
     model.causal_lm.config.rope_parameters["full_attention"].update(rope_type="linear", factor=8.0)
     with pytest.raises(GGUFError, match="rope_parameters\\['full_attention'\\] has rope_type 'linear'"):
         write_gguf(model, tmp_path / "g3.gguf", "f32")
+
+
+def _tokenizer_with(tokenizer, **parts):
+    """A copy of the tiny preset's tokenizer with some pipeline steps replaced (normalizer=..., pre_tokenizer=...)."""
+    import copy
+
+    tok = copy.deepcopy(tokenizer)
+    for name, value in parts.items():
+        setattr(tok.backend_tokenizer, name, value)
+    return tok
+
+
+def test_a_tokenizer_llama_cpp_would_read_otherwise_is_refused_at_export_by_name(tokenizer, tmp_path):
+    """A Gemma-style "▁" normalizer (or no byte-level step, or another split) was written as gpt2/qwen2 and
+    exported "successfully", tokenizing differently in llama.cpp."""
+    from tokenizers import normalizers, pre_tokenizers
+
+    from so8t_lib.export.gguf_writer import write_gguf
+
+    cases = {"normalizer \\['Replace'\\]": dict(normalizer=normalizers.Replace(" ", "▁")),
+             "not byte-level BPE": dict(pre_tokenizer=pre_tokenizers.Metaspace(), decoder=None),
+             "Qwen2's pattern": dict(pre_tokenizer=pre_tokenizers.ByteLevel(add_prefix_space=False))}
+    for says, parts in cases.items():
+        model = SO8TModel.from_config(ModelConfig(name="so8t-guard"), _tokenizer_with(tokenizer, **parts))
+        with pytest.raises(GGUFError, match=says):
+            write_gguf(model, tmp_path / "tok.gguf", "f32")
+        assert not list(tmp_path.iterdir())
+
+
+def test_the_file_adds_a_bos_where_the_tokenizer_does(tokenizer, tmp_path):
+    """add_bos_token was always written false; it now follows the HF tokenizer's post-processor."""
+    from tokenizers import processors
+
+    from so8t_lib.export.gguf_file import open_gguf
+    from so8t_lib.export.gguf_writer import write_gguf
+
+    bos = _tokenizer_with(tokenizer, post_processor=processors.TemplateProcessing(
+        single="<|endoftext|> $A", special_tokens=[("<|endoftext|>", tokenizer.convert_tokens_to_ids("<|endoftext|>"))]))
+    bos.bos_token = "<|endoftext|>"
+    key = "tokenizer.ggml.add_bos_token"
+    for tok, expected in ((tokenizer, False), (bos, True)):
+        path = write_gguf(SO8TModel.from_config(ModelConfig(name="so8t-guard"), tok), tmp_path / f"{expected}.gguf")
+        assert open_gguf(path, want=lambda k: k == key).fields[key].contents() is expected

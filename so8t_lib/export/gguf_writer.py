@@ -23,6 +23,7 @@ import torch
 from ..core.config import load_config
 from ..core.schema import LABELS, RUN_CONFIG_FILE
 from .gguf_meta import DEFAULT_THRESHOLD, SO8T_FORMAT, GGUFError
+from .tokenizer_spec import adds_bos, check_byte_level_bpe
 
 _TOKEN_NORMAL, _TOKEN_CONTROL, _TOKEN_USER_DEFINED, _TOKEN_UNUSED = 1, 3, 4, 5
 # HF model_type -> the gguf package's architecture; llama.cpp knows both.
@@ -147,7 +148,8 @@ def _tokens(tokenizer, vocab_size: int) -> tuple[list[str], list[int]]:
 
 
 def _bpe_tokenizer(writer, tokenizer, vocab_size: int) -> None:
-    """The project's byte-level BPE (Qwen2's split pattern): tokens, merges, token types."""
+    """A byte-level BPE with Qwen2's split pattern (``tokenizer_spec.check_byte_level_bpe`` refused any other):
+    tokens, merges, token types, and whether a BOS goes first as the HF tokenizer says."""
     tokens, token_types = _tokens(tokenizer, vocab_size)
     writer.add_tokenizer_model("gpt2")
     writer.add_tokenizer_pre("qwen2")
@@ -159,7 +161,7 @@ def _bpe_tokenizer(writer, tokenizer, vocab_size: int) -> None:
         writer.add_pad_token_id(tokenizer.pad_token_id)
     if tokenizer.bos_token_id is not None:
         writer.add_bos_token_id(tokenizer.bos_token_id)
-    writer.add_add_bos_token(False)
+    writer.add_add_bos_token(adds_bos(tokenizer))
 
 
 def copy_tokenizer(writer, source: Path, vocab_size: int) -> None:
@@ -213,6 +215,10 @@ def write_gguf(model, path: str | Path, dtype: str = "f16", checkpoint: Path | N
 
     if dtype not in ("f16", "f32"):
         raise ValueError(f"dtype must be 'f16' or 'f32', got {dtype!r}")
+    tokenizer = model.tokenizer
+    from_source = model.config.preset in GGUF_BASES  # its tokenizer is copied from the source GGUF file
+    if not from_source:
+        check_byte_level_bpe(tokenizer)  # refused before anything is merged or written
     merged, head_state = model.merge_for_export()
     cfg = merged.config
     arch = _architecture(cfg)
@@ -229,8 +235,7 @@ def write_gguf(model, path: str | Path, dtype: str = "f16", checkpoint: Path | N
     writer.add_name(model.config.name)
     writer.add_file_type(gguf.LlamaFileType.MOSTLY_F16 if dtype == "f16" else gguf.LlamaFileType.ALL_F32)
     _hyperparameters(writer, cfg, arch)
-    tokenizer = model.tokenizer
-    if model.config.preset in GGUF_BASES:
+    if from_source:
         copy_tokenizer(writer, source_gguf(GGUF_BASES[model.config.preset]), cfg.vocab_size)
     else:
         _bpe_tokenizer(writer, tokenizer, cfg.vocab_size)
