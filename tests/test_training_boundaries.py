@@ -7,6 +7,7 @@ cache's key (4-bit, a replaced local base)."""
 from __future__ import annotations
 
 import json
+import re
 import shutil
 import stat
 from pathlib import Path
@@ -276,3 +277,20 @@ def test_the_demo_continues_a_run_a_kill_left_mid_save_and_never_deletes_one_it_
     with pytest.raises(ConfigError, match="holds a run without a last/ checkpoint .*--retrain starts it over"):
         pipeline.run_demo(config, [])
     assert (run_dir / "best").is_dir()
+
+
+def test_a_pet_layer_in_the_frozen_part_is_refused_however_it_is_counted():
+    """PET on a hidden state below freeze_below has no gradient: [2] was refused, but [-3], the same state of this
+    4-layer model counted from the end, was accepted and trained nothing."""
+    from so8t_lib.model.so8t import SO8TModel
+    from so8t_lib.train.state_cache import check_frozen_below
+
+    config = load_config(TINY, ["model.lora.layers=[2,3]", "model.gates.layers=[2,3]", "model.lora.modules_to_save=[]"])
+    model = SO8TModel.from_config(config.model)
+    assert len(model.decoder_layers) == 4  # hidden states 0 (embeddings) to 4 (final norm)
+    for layers, states in (([-3], [2]), ([2], [2]), ([-5, -1], [0]), ([0], [0])):
+        with pytest.raises(ValueError, match=re.escape(f"loss.pet.layers [{layers[0]}] (hidden states {states} of "
+                                                       "0..4) lie in the frozen part (<= 2)")):
+            check_frozen_below(model, 2, layers)
+    for layers in ([3], [-2], [-1], [-6], [99]):  # above the frozen part, or not in the model (the loss names those)
+        check_frozen_below(model, 2, layers)

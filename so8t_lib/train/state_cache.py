@@ -222,9 +222,12 @@ def check_frozen_below(model: SO8TModel, k: int, pet_layers: list[int]) -> None:
         what = trained_below[:3] or list(model.config.lora.modules_to_save)
         raise ValueError(f"training.freeze_below={k}, but {what} would train below layer {k}: set model.lora.layers "
                          f"and model.gates.layers to layers >= {k} and model.lora.modules_to_save to []")
-    low = [i for i in pet_layers if 0 <= i <= k]
+    n_states = n + 1  # the embeddings, then each layer's output (the last after the final norm)
+    # counted from either end, as the loss indexes them; an index outside the model is the loss's to name
+    low = [i for i in pet_layers if -n_states <= i < n_states and i % n_states <= k]
     if low:
-        raise ValueError(f"loss.pet.layers {low} lie in the frozen part (<= {k}); PET there has no gradient")
+        raise ValueError(f"loss.pet.layers {low} (hidden states {[i % n_states for i in low]} of 0..{n}) lie in the "
+                         f"frozen part (<= {k}); PET there has no gradient: choose states above {k}, e.g. -1")
     unread = [i for i in model.read_layers if i < k]
     if unread:
         raise ValueError(f"model.head.read_layers {unread} lie below layer {k}, whose input is all the cache keeps: "
