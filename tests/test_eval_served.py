@@ -290,3 +290,42 @@ def test_every_evaluation_path_hands_the_model_the_runtime_text(monkeypatch, tmp
                         {"results": []})
     evaluate_cli.main(["--model", "fake", "--latency", "--data", str(path)])
     assert timed == [expected.requests]
+
+
+# ----- every table is read before the first decision ------------------------------------------------------------
+def _bad_table(tmp_path: Path) -> Path:
+    path = tmp_path / "bad.jsonl"
+    path.write_text('{"user_request": "Where is the travel policy?", "label": "MAYBE"}\n', encoding="utf-8")
+    return path
+
+
+def test_a_bad_data_entry_is_refused_before_anything_is_decided(scripted_cli, tmp_path, monkeypatch):
+    """A bad last --data entry was read only after every earlier data set had been decided, and --out (written at
+    the end) got nothing; with --calibrate the checkpoint had already been changed."""
+    from so8t_lib.data.tables import DataError
+
+    decider = scripted_cli(np.array([[0.1, 0.8, 0.1]]))
+    good, bad, out = _refuse_rows(tmp_path, 4), _bad_table(tmp_path), tmp_path / "out.json"
+    with pytest.raises(DataError, match="bad.jsonl:1: field 'label'"):
+        evaluate_cli.main(["--model", "fake", "--data", str(good), "--data", str(bad), "--out", str(out)])
+    assert decider.requests == [] and not out.exists()
+
+    calibrated: list = []
+    monkeypatch.setattr(evaluate_cli, "calibrate_checkpoint", lambda *a, **k: calibrated.append(a))
+    with pytest.raises(DataError, match="bad.jsonl"):
+        evaluate_cli.main(["--model", "fake", "--calibrate", "--calibration-data", str(good), "--data", str(bad)])
+    with pytest.raises(DataError, match="bad.jsonl"):
+        evaluate_cli.main(["--model", "fake", "--max-dangerous", "0.1", "--threshold-data", str(bad),
+                           "--data", str(good)])
+    assert calibrated == [] and decider.requests == []
+
+
+def test_threshold_data_without_harmful_rows_is_refused_before_deciding(scripted_cli, tmp_path):
+    decider = scripted_cli(np.array([[0.1, 0.8, 0.1]]))
+    table = load_split("test")
+    safe = tmp_path / "safe.jsonl"
+    table[table["label"] == "ALLOW"].head(3).to_json(safe, orient="records", lines=True, force_ascii=False)
+    with pytest.raises(SystemExit, match="no REFUSE request"):
+        evaluate_cli.main(["--model", "fake", "--max-dangerous", "0.1", "--threshold-data", str(safe),
+                           "--data", str(_refuse_rows(tmp_path, 3))])
+    assert decider.requests == []

@@ -23,21 +23,40 @@ import sys
 import warnings
 from pathlib import Path
 
+import pandas as pd
+
 from ..core.checkpoint import resolve_checkpoint
 from ..core.io import atomic_write_text
-from ..data.benchmarks import load_any
 from ..eval.baselines import fit_baselines
 from ..eval.calibration import calibrate_checkpoint
-from ..eval.evaluate import dataset_key, evaluate_datasets, format_report, predict
+from ..eval.evaluate import dataset_key, evaluate_datasets, format_report, load_tables, predict
 from ..eval.latency import measure_latency
 from ..eval.operating_point import choose_threshold
 from ..eval.served import finite_rows, model_inputs
 from ..serve.backends import is_gguf_path, load_decider
 
 
-def _choose_threshold(model, args: argparse.Namespace, results: dict) -> float:
-    """--max-dangerous: the operating point chosen on --threshold-data, recorded in the results."""
-    table = load_any(args.threshold_data)
+def _load_tables(args: argparse.Namespace) -> dict[str, pd.DataFrame]:
+    """Every table this run reads (--data, --threshold-data, --calibration-data), loaded and checked before the
+    checkpoint is changed or anything is decided: a bad entry must not cost the work on the ones before it.
+    Keys: "data:<name>", "threshold", "calibration"."""
+    names = [] if args.calibrate and not args.data and not args.latency else (args.data or ["test"])
+    if args.latency:
+        names = names[:1]
+    tables = {f"data:{name}": table for name, table in load_tables(names).items()}
+    if args.max_dangerous is not None:
+        tables["threshold"] = load_tables([args.threshold_data])[str(args.threshold_data)]
+        if "REFUSE" not in set(tables["threshold"]["label"]):
+            sys.exit(f"so8t evaluate: --threshold-data {args.threshold_data} holds no REFUSE request, so dangerous "
+                     "compliance is undefined there and no threshold can be chosen; choose on a split with harmful "
+                     "requests (val)")
+    if args.calibrate:
+        tables["calibration"] = load_tables([args.calibration_data])[str(args.calibration_data)]
+    return tables
+
+
+def _choose_threshold(model, args: argparse.Namespace, results: dict, table: pd.DataFrame) -> float:
+    """--max-dangerous: the operating point chosen on --threshold-data (``table``), recorded in the results."""
     probs, _ = predict(model, table, args.batch_size)
     try:
         choice = choose_threshold(probs, list(table["label"]), args.max_dangerous)
@@ -107,9 +126,11 @@ def main(argv: list[str] | None = None) -> dict:
         parser.error("--calibrate works on checkpoint folders; the GGUF carries the temperature of its checkpoint "
                      "(calibrate the checkpoint, then export again)")
 
+    tables = _load_tables(args)  # before the checkpoint is calibrated or anything decided
     results: dict = {"model": str(args.model if is_gguf else resolve_checkpoint(args.model))}
     if args.calibrate:
-        results["calibration"] = calibrate_checkpoint(args.model, args.calibration_data, args.batch_size)
+        results["calibration"] = calibrate_checkpoint(args.model, args.calibration_data, args.batch_size,
+                                                      table=tables["calibration"])
         c = results["calibration"]
         print(f"temperature {c['temperature']:.3f} fitted on {c['data']} ({c['rows']} rows): "
               f"ECE {c['ece_before']:.3f} -> {c['ece_after']:.3f}; stored in {c['checkpoint']}")
@@ -118,7 +139,7 @@ def main(argv: list[str] | None = None) -> dict:
     results["backend"] = "gguf" if is_gguf else "hf"
 
     if args.latency:
-        requests = model_inputs(load_any((args.data or ["test"])[0])).requests  # the runtime's text
+        requests = model_inputs(tables[f"data:{(args.data or ['test'])[0]}"]).requests  # the runtime's text
         if not requests:
             parser.error("the --data file for --latency has no rows")
         results["latency"] = measure_latency(model, requests, sizes)
@@ -127,10 +148,12 @@ def main(argv: list[str] | None = None) -> dict:
                   f"p99 {r['p99_ms']:8.1f} ms  {r['requests_per_s']:7.1f} requests/s  peak RSS {r['peak_rss_mb']:.0f} MB")
     elif not args.calibrate or args.data:
         if args.max_dangerous is not None:
-            args.threshold = _choose_threshold(model, args, results)
+            args.threshold = _choose_threshold(model, args, results, tables["threshold"])
         baselines = fit_baselines() if args.baselines else None
-        scored, prediction_lines = evaluate_datasets(model, args.data or ["test"], args.batch_size, args.bootstrap,
-                                                     args.threshold, baselines=baselines)
+        names = args.data or ["test"]
+        scored, prediction_lines = evaluate_datasets(model, names, args.batch_size, args.bootstrap, args.threshold,
+                                                     baselines=baselines,
+                                                     tables={name: tables[f"data:{name}"] for name in names})
         results.update(scored)
         for report in results["datasets"].values():
             print(format_report(report, f"\n{report['source']} ({report['n']} rows, decisions: {results['decision_rule']})"))

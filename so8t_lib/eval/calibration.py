@@ -93,13 +93,16 @@ def calibrate(model: SO8TModel, table: pd.DataFrame, batch_size: int = 32, progr
 
 
 def calibrate_checkpoint(path: str | Path, data: str | Path = "val", batch_size: int = 32,
-                         progress: bool = True, max_rows: int | None = None, seed: int = 0) -> dict:
+                         progress: bool = True, max_rows: int | None = None, seed: int = 0,
+                         table: pd.DataFrame | None = None) -> dict:
     """Fit the temperature on ``data`` (a stratified sample of ``max_rows`` of it, drawn with ``seed``) and store
     it in the checkpoint: only the temperature entry of ``adapter.safetensors`` changes (temporary file, then
-    rename), and the manifest is renewed; every other file (a training run's trainer_state.pt too) stays."""
+    rename), and the manifest is renewed; every other file (a training run's trainer_state.pt too) stays.
+    ``table`` is ``data`` already loaded (the CLI loads every table before it changes anything)."""
     folder = resolve_checkpoint(path)
+    table = load_any(data) if table is None else table
     model = SO8TModel.load(folder)
-    result = calibrate(model, stratified_sample(load_any(data), max_rows, seed), batch_size, progress)
+    result = calibrate(model, stratified_sample(table, max_rows, seed), batch_size, progress)
     adapter = folder / ADAPTER_FILE
     state = load_file(str(adapter))
     state["safety_head.temperature"] = torch.tensor(result["temperature"], dtype=state["safety_head.temperature"].dtype)

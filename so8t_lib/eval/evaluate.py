@@ -28,7 +28,7 @@ import pandas as pd
 
 from ..core.schema import ALLOW, LABELS, NOT_ALLOW, RUN_METRICS_FILE
 from ..data.benchmarks import BENCHMARKS, load_any
-from ..data.tables import rows_digest
+from ..data.tables import DataError, rows_digest
 from ..serve.backends import load_decider
 from ..serve.policy import THRESHOLD_GRID
 from .ranking import ranking_report
@@ -228,19 +228,34 @@ BASELINE_KEYS = ("headline", "n", "macro_f1", "safety_score", "accuracy", "refus
                  "escalation_rate", "unsafe_f1_strict", "unsafe_f1_loose", "ci", "ci_resampling", "by_type")
 
 
+def load_tables(names: list[str]) -> dict[str, pd.DataFrame]:
+    """Every data set loaded and checked before any is decided: a bad last ``--data`` entry used to surface only
+    after the model had decided every earlier one (and nothing was written). DataError names the entry."""
+    tables: dict[str, pd.DataFrame] = {}
+    for name in names:
+        table = load_any(name)
+        if table.empty:
+            raise DataError(f"{name}: no rows to evaluate; check the file, or leave it out of --data")
+        tables[str(name)] = table
+    return tables
+
+
 def evaluate_datasets(model, names: list[str], batch_size: int = 32, bootstrap: int = 1000,
                       threshold: float | None = None, progress: bool = True,
-                      baselines: dict | None = None) -> tuple[dict, list[str]]:
+                      baselines: dict | None = None,
+                      tables: Mapping[str, pd.DataFrame] | None = None) -> tuple[dict, list[str]]:
     """Score ``model`` on each data set (split name, xstest, sst or file): ({"decision_rule",
     "datasets": {name: report}}, one JSON prediction line per row). With ``baselines``
     (``baselines.fit_baselines()``) each report also holds theirs under ``baselines``, scored the same way
-    on the same rows. The CLI and notebook 04 use this."""
+    on the same rows. Every table is loaded (or taken from ``tables``, keyed by name) before the first is
+    decided. The CLI and notebook 04 use this."""
     from .baselines import baseline_probabilities
 
+    tables = {**load_tables([n for n in names if str(n) not in (tables or {})]), **(tables or {})}
     results: dict = {"decision_rule": "argmax" if threshold is None else f"threshold {threshold}", "datasets": {}}
     lines: list[str] = []
     for name in names:
-        table = load_any(name)
+        table = tables[str(name)]
         predicted = predict_rows(model, table, batch_size, progress, threshold)
         report = report_from_predictions(table, predicted.probs, predicted.decisions, bootstrap, predicted.invalid)
         report["source"] = str(name)
