@@ -141,3 +141,35 @@ def test_the_file_adds_a_bos_where_the_tokenizer_does(tokenizer, tmp_path):
     for tok, expected in ((tokenizer, False), (bos, True)):
         path = write_gguf(SO8TModel.from_config(ModelConfig(name="so8t-guard"), tok), tmp_path / f"{expected}.gguf")
         assert open_gguf(path, want=lambda k: k == key).fields[key].contents() is expected
+
+
+def test_nfd_requests_get_the_hf_token_ids_and_probabilities_from_the_f32_file(two_exports, tmp_path):
+    """The tokenizer's NFC normalizer travels as so8t.normalizer and the backend applies it between special
+    tokens: NFD text got other ids in llama.cpp than in HF, and decisions flipped on the f32 file."""
+    import unicodedata
+
+    from so8t_lib.export.gguf_file import open_gguf
+    from so8t_lib.export.gguf_meta import NORMALIZER_KEY, read_metadata
+    from so8t_lib.export.gguf_rewrite import rewrite_gguf
+    from so8t_lib.model.prompts import format_prompt
+
+    ckpt, f32 = two_exports[0]
+    model, backend = SO8TModel.load(ckpt), GGUFBackend(f32, f32_kv_cache=True)
+    assert read_metadata(f32)[NORMALIZER_KEY] == "NFC" == backend.normalizer
+    requests = [unicodedata.normalize("NFD", t) for t in (
+        "経費精算の締め日はいつですか", "パスワードを変更できますか？", "Café déjà vu: naïve résumé, s'il vous plaît")]
+    contexts = [unicodedata.normalize("NFD", "人事部のガイドライン"), None, None]
+    assert all(unicodedata.normalize("NFC", r) != r for r in requests)
+    for request, context in zip(requests, contexts):
+        prompt = format_prompt(model.tokenizer, request, context)
+        assert backend.format_prompt(request, context) == prompt
+        assert backend.prompt_tokens(prompt) == model.tokenizer(prompt, add_special_tokens=False)["input_ids"]
+    hf, ours = model.decide(requests, contexts), backend.decide(requests, contexts)
+    torch.testing.assert_close(ours, hf, atol=1e-4, rtol=0)
+    # a file written before the key keeps llama.cpp's own tokenization
+    old = tmp_path / "old.gguf"
+    rewrite_gguf(open_gguf(f32), old, drop_key=lambda key: key == NORMALIZER_KEY)
+    before = GGUFBackend(old)
+    prompt = before.format_prompt(requests[0])
+    assert before.normalizer == "none"
+    assert before.prompt_tokens(prompt) == before.embedder.tokenize(prompt.encode(), add_bos=False, special=True)

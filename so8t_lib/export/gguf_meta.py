@@ -23,6 +23,11 @@ REQUIRED_KEYS: tuple[str, ...] = (
 )
 
 
+# the Unicode normalization the HF tokenizer applies before its BPE (llama.cpp applies none): the GGUF backend
+# applies it to the text between special tokens; a file without the key was written before it and gets none
+NORMALIZER_KEY = "so8t.normalizer"
+NORMALIZERS = ("none", "NFC", "NFD", "NFKC", "NFKD")
+
 # one line each, where present: which tensors a mixed rung holds at which type (export.mixed), and which came
 # byte for byte from the base's own GGUF file (export.source_tensors)
 NOTE_KEYS = ("so8t.quant_mix", "so8t.source_tensors")
@@ -55,6 +60,10 @@ def read_metadata(path: str | Path) -> dict:
     # hidden-state indices the head reads (HF numbering); files written before it read the final norm only
     meta["so8t.read_layers"] = [int(i) for i in fields["so8t.read_layers"].contents()] \
         if "so8t.read_layers" in fields else []
+    meta[NORMALIZER_KEY] = fields[NORMALIZER_KEY].contents() if NORMALIZER_KEY in fields else "none"
+    if meta[NORMALIZER_KEY] not in NORMALIZERS:
+        raise GGUFError(f"{path}: {NORMALIZER_KEY} {meta[NORMALIZER_KEY]!r} is none of {NORMALIZERS}; a newer so8t "
+                        "wrote it, upgrade so8t_lib to read it")
     arch = fields["general.architecture"].contents() if "general.architecture" in fields else None
     meta["block_count"] = int(fields[f"{arch}.block_count"].contents()) if f"{arch}.block_count" in fields else None
     if int(meta["so8t.format"]) > SO8T_FORMAT:

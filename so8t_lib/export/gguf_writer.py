@@ -22,8 +22,8 @@ import torch
 
 from ..core.config import load_config
 from ..core.schema import LABELS, RUN_CONFIG_FILE
-from .gguf_meta import DEFAULT_THRESHOLD, SO8T_FORMAT, GGUFError
-from .tokenizer_spec import adds_bos, check_byte_level_bpe
+from .gguf_meta import DEFAULT_THRESHOLD, NORMALIZER_KEY, SO8T_FORMAT, GGUFError
+from .tokenizer_spec import adds_bos, check_byte_level_bpe, unicode_normalizer
 
 _TOKEN_NORMAL, _TOKEN_CONTROL, _TOKEN_USER_DEFINED, _TOKEN_UNUSED = 1, 3, 4, 5
 # HF model_type -> the gguf package's architecture; llama.cpp knows both.
@@ -250,6 +250,7 @@ def write_gguf(model, path: str | Path, dtype: str = "f16", checkpoint: Path | N
     writer.add_float32("so8t.threshold", float(threshold))
     writer.add_string("so8t.gate_order", model.config.gates.order)
     writer.add_string("so8t.system_prompt", model.system_prompt)
+    writer.add_string(NORMALIZER_KEY, unicode_normalizer(tokenizer))
     writer.add_string("so8t.model_version", model.model_version)
     writer.add_string("so8t.config_sha256", _config_hash(checkpoint, model))
     add_head_keys(writer, head_state)

@@ -11,7 +11,7 @@ from __future__ import annotations
 import json
 
 from ..model.tokenizer import QWEN2_SPLIT_PATTERN
-from .gguf_file import GGUFError
+from .gguf_meta import NORMALIZERS, GGUFError
 
 # the members of a Sequence, by component kind in tokenizer.json
 _SEQUENCE_MEMBERS = ("normalizers", "pretokenizers", "decoders")
@@ -55,6 +55,17 @@ def check_byte_level_bpe(tokenizer) -> None:
         raise GGUFError("the tokenizer does not split text by Qwen2's pattern alone (pre-tokenizer "
                         f"{[s.get('type') for s in pre]}), which the file declares (tokenizer.ggml.pre = qwen2): "
                         "llama.cpp would split differently; export a model with a Qwen2-style tokenizer")
+
+
+def unicode_normalizer(tokenizer) -> str:
+    """The Unicode normalization form the HF tokenizer applies (``NFC``...), or ``none``: written as
+    ``so8t.normalizer`` so that the GGUF backend tokenizes NFD text as HF does (llama.cpp normalizes nothing).
+    Other normalizer steps (Gemma's "▁" for spaces) are the copied source tokenizer's own business."""
+    forms = list(dict.fromkeys(step.get("type") for step in _steps(_spec(tokenizer).get("normalizer"))
+                               if step.get("type") in NORMALIZERS))
+    if len(forms) > 1:
+        raise GGUFError(f"the tokenizer's normalizer applies {forms}; a GGUF file carries one Unicode form")
+    return forms[0] if forms else "none"
 
 
 def adds_bos(tokenizer) -> bool:

@@ -15,6 +15,8 @@ is refused unless SO8T_ALLOW_UNVERIFIED_MODEL=1, and then its model_version ends
 from __future__ import annotations
 
 import os
+import re
+import unicodedata
 from collections.abc import Callable
 from pathlib import Path
 from typing import NamedTuple
@@ -24,7 +26,7 @@ import torch
 
 from ..core.checkpoint import UNVERIFIED_MARK, CheckpointError
 from ..core.schema import LABELS
-from ..export.gguf_meta import GGUFError, read_metadata, verify_sha256_sidecar
+from ..export.gguf_meta import NORMALIZER_KEY, GGUFError, read_metadata, verify_sha256_sidecar
 from ..model.heads import SafetyHeadB
 from ..model.prompts import build_messages
 from .gguf_layers import LayerCapture, node_name
@@ -143,6 +145,11 @@ class GGUFBackend:
         bos_id = self.embedder.token_bos() if self.embedder.metadata.get("tokenizer.ggml.add_bos_token") == "true" \
             else -1
         self.bos_token = self.embedder.detokenize([bos_id], special=True).decode("utf-8") if bos_id >= 0 else None
+        self.normalizer: str = self.meta[NORMALIZER_KEY]
+        self._special_ids = self._special_tokens() if self.normalizer != "none" else {}
+        # leftmost, longest first, as HF's added-token matcher
+        self._special_pattern = re.compile("|".join(
+            re.escape(t) for t in sorted(self._special_ids, key=len, reverse=True))) if self._special_ids else None
 
     @property
     def model_version(self) -> str:
@@ -174,8 +181,31 @@ class GGUFBackend:
 
     def prompt_tokens(self, prompt: str) -> list[int]:
         """The rendered prompt's tokens as the HF tokenizer gives them: special tokens parsed, and no BOS added
-        (the chat template already starts with it; llama.cpp would add a second one)."""
-        return self.embedder.tokenize(prompt.encode("utf-8"), add_bos=False, special=True)
+        (the chat template already starts with it; llama.cpp would add a second one). Where the file names the
+        tokenizer's Unicode normalizer (``so8t.normalizer``), the text between special tokens is normalized first,
+        as HF does (llama.cpp does not: NFD text got other ids, and decisions flipped)."""
+        if self.normalizer == "none":
+            return self.embedder.tokenize(prompt.encode("utf-8"), add_bos=False, special=True)
+        tokens, start = [], 0
+        for match in self._special_pattern.finditer(prompt) if self._special_pattern else ():
+            tokens += self._text_tokens(prompt[start:match.start()])
+            tokens.append(self._special_ids[match.group()])
+            start = match.end()
+        return tokens + self._text_tokens(prompt[start:])
+
+    def _text_tokens(self, text: str) -> list[int]:
+        """Text with no special token in it, normalized and tokenized on its own (as HF tokenizes each piece)."""
+        normalized = unicodedata.normalize(self.normalizer, text)
+        return self.embedder.tokenize(normalized.encode("utf-8"), add_bos=False, special=False) if text else []
+
+    def _special_tokens(self) -> dict[str, int]:
+        """The vocabulary's control and user-defined tokens (text -> id): what llama.cpp parses whole in a prompt,
+        and HF's added tokens, which it splits off before normalizing."""
+        model, lib = self.embedder._model, self._llama
+        whole = lib.LLAMA_TOKEN_ATTR_CONTROL | lib.LLAMA_TOKEN_ATTR_USER_DEFINED
+        found = {model.token_get_text(i): i for i in range(model.n_vocab()) if model.token_get_attr(i) & whole}
+        found.pop("", None)  # an empty one would match between every two characters
+        return found
 
     def hidden_states(self, prompts: list[str], progress: bool = False) -> np.ndarray:
         """SafetyHeadB's input for each prompt, (N, hidden x read layers): the final-norm state (or each read
