@@ -44,11 +44,12 @@ def _rows(n: int) -> pd.DataFrame:
     return load_split("test").head(n).reset_index(drop=True)
 
 
-def _refuse_rows(tmp_path: Path, n: int, name: str = "refuse") -> Path:
-    """A JSONL file of ``n`` gold-REFUSE rows of the test split."""
+def _refuse_rows(tmp_path: Path, n: int, name: str = "refuse", skip: int = 0) -> Path:
+    """A JSONL file of ``n`` gold-REFUSE rows of the test split (after the first ``skip``)."""
     path = tmp_path / f"{name}.jsonl"
     table = load_split("test")
-    table[table["label"] == "REFUSE"].head(n).to_json(path, orient="records", lines=True, force_ascii=False)
+    refuse = table[table["label"] == "REFUSE"].iloc[skip:skip + n]
+    refuse.to_json(path, orient="records", lines=True, force_ascii=False)
     return path
 
 
@@ -136,7 +137,7 @@ def test_non_finite_rows_are_escalated_counted_and_printed(scripted_cli, tmp_pat
 
 
 def test_the_threshold_rule_and_its_choice_escalate_non_finite_rows(scripted_cli, tmp_path):
-    path, val = _refuse_rows(tmp_path, 8), _refuse_rows(tmp_path, 4, "choose")
+    path, val = _refuse_rows(tmp_path, 8), _refuse_rows(tmp_path, 4, "choose", skip=8)
     scripted_cli(BROKEN)
     results = evaluate_cli.main(["--model", "fake", "--data", str(path), "--bootstrap", "0", "--max-dangerous",
                                  "0.5", "--threshold-data", str(val)])
@@ -329,3 +330,36 @@ def test_threshold_data_without_harmful_rows_is_refused_before_deciding(scripted
         evaluate_cli.main(["--model", "fake", "--max-dangerous", "0.1", "--threshold-data", str(safe),
                            "--data", str(_refuse_rows(tmp_path, 3))])
     assert decider.requests == []
+
+
+# ----- no report on the rows a threshold or a temperature was fitted on ---------------------------------------
+@pytest.mark.parametrize("argv, option, count", [
+    (["--max-dangerous", "0.1", "--threshold-data", "val:600", "--data", "val"], "--threshold-data val:600", 600),
+    (["--calibrate", "--calibration-data", "test", "--data", "test"], "--calibration-data test", 2670),
+    (["--calibrate", "--calibration-data", "test:40", "--data", "xstest", "--data", "test"],
+     "--calibration-data test:40", 40),
+])
+def test_reporting_on_the_rows_fitted_on_is_refused_by_id(scripted_cli, monkeypatch, capsys, argv, option, count):
+    """The guard compared names (val:600 and val passed), and --calibrate fitted the temperature on the very rows
+    it then reported on with no guard at all."""
+    decider = scripted_cli(np.array([[0.1, 0.8, 0.1]]))
+    calibrated: list = []
+    monkeypatch.setattr(evaluate_cli, "calibrate_checkpoint", lambda *a, **k: calibrated.append(a))
+    with pytest.raises(SystemExit) as exit_:
+        evaluate_cli.main(["--model", "fake", "--bootstrap", "0", *argv])
+    assert exit_.value.code == 2
+    assert f"{option} shares {count} row id(s) with --data" in capsys.readouterr().err
+    assert decider.requests == [] and calibrated == []
+
+
+def test_other_rows_of_the_same_file_name_may_be_reported(scripted_cli, tmp_path):
+    """Two files named val.jsonl in different folders hold different rows: the ids, not the names, decide."""
+    table = load_split("test")
+    choose, report = tmp_path / "a" / "val.jsonl", tmp_path / "b" / "val.jsonl"
+    for path, part in ((choose, table.head(40)), (report, table.tail(40))):
+        path.parent.mkdir()
+        part.to_json(path, orient="records", lines=True, force_ascii=False)
+    scripted_cli(np.array([[0.1, 0.8, 0.1]]))
+    results = evaluate_cli.main(["--model", "fake", "--bootstrap", "0", "--max-dangerous", "0.5",
+                                 "--threshold-data", str(choose), "--data", str(report)])
+    assert results["datasets"]["val"]["n"] == 40

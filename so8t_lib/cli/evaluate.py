@@ -55,6 +55,22 @@ def _load_tables(args: argparse.Namespace) -> dict[str, pd.DataFrame]:
     return tables
 
 
+def _fitted_on_reported_rows(tables: dict[str, pd.DataFrame], args: argparse.Namespace) -> str | None:
+    """Why the run would report on rows it fitted something on (the threshold or the temperature), or None.
+    Compared by row ``id``, not by name: ``--threshold-data val:600 --data val`` are other names for shared rows,
+    and numbers on the rows a threshold was chosen on, or a temperature fitted on, flatter the model."""
+    reported = {str(i) for key, table in tables.items() if key.startswith("data:") for i in table["id"]}
+    for key, option, name in (("threshold", "--threshold-data", args.threshold_data),
+                              ("calibration", "--calibration-data", args.calibration_data)):
+        shared = reported & {str(i) for i in tables[key]["id"]} if key in tables else set()
+        if shared:
+            what = "the threshold is chosen" if key == "threshold" else "the temperature is fitted"
+            return (f"{option} {name} shares {len(shared)} row id(s) with --data (e.g. {min(shared)!r}): numbers on "
+                    f"the rows {what} on flatter the model; report on other rows (test, xstest, sst) or fit on "
+                    "other rows (val)")
+    return None
+
+
 def _choose_threshold(model, args: argparse.Namespace, results: dict, table: pd.DataFrame) -> float:
     """--max-dangerous: the operating point chosen on --threshold-data (``table``), recorded in the results."""
     probs, _ = predict(model, table, args.batch_size)
@@ -109,9 +125,6 @@ def main(argv: list[str] | None = None) -> dict:
             parser.error(f"--max-dangerous must be in [0, 1], got {args.max_dangerous}")
         if args.calibrate and not args.data:
             parser.error("--max-dangerous with --calibrate needs --data (the rows to report at the chosen threshold)")
-        if dataset_key(args.threshold_data) in {dataset_key(d) for d in args.data or ["test"]}:
-            parser.error(f"--threshold-data {args.threshold_data} is also in --data: numbers on the rows the "
-                         "threshold was chosen on flatter it; report on other rows (test, xstest, sst)")
     if args.calibrate and args.predictions and not args.data:
         parser.error("--predictions needs --data (which rows to decide)")
     if args.data and len({dataset_key(d) for d in args.data}) < len(args.data):
@@ -127,6 +140,9 @@ def main(argv: list[str] | None = None) -> dict:
                      "(calibrate the checkpoint, then export again)")
 
     tables = _load_tables(args)  # before the checkpoint is calibrated or anything decided
+    overlap = None if args.latency else _fitted_on_reported_rows(tables, args)
+    if overlap:
+        parser.error(overlap)
     results: dict = {"model": str(args.model if is_gguf else resolve_checkpoint(args.model))}
     if args.calibrate:
         results["calibration"] = calibrate_checkpoint(args.model, args.calibration_data, args.batch_size,
