@@ -173,3 +173,18 @@ def test_nfd_requests_get_the_hf_token_ids_and_probabilities_from_the_f32_file(t
     prompt = before.format_prompt(requests[0])
     assert before.normalizer == "none"
     assert before.prompt_tokens(prompt) == before.embedder.tokenize(prompt.encode(), add_bos=False, special=True)
+
+
+def test_a_rung_named_twice_is_made_once(two_exports, tmp_path, capsys):
+    """`--quant Q8_0,q8_0` made the rung twice into one staged file; moving in then failed half-way, leaving a
+    mix of two exports in --out."""
+    from so8t_lib.cli import main as so8t
+    from so8t_lib.export.gguf_meta import verify_sha256_sidecar
+
+    ckpt, _ = two_exports[0]
+    paths = export(ckpt, tmp_path / "api", ["Q8_0", "q8_0"], progress=False)
+    assert [p.name for p in paths] == ["so8t-guard-f16.gguf", "so8t-guard-q8_0.gguf"]
+    so8t(["export", str(ckpt), "--out", str(tmp_path / "cli"), "--quant", "q8_0,Q8_0,Q8_0"])
+    assert sorted(p.name for p in (tmp_path / "cli").iterdir()) == [
+        "so8t-guard-f16.gguf", "so8t-guard-f16.gguf.sha256", "so8t-guard-q8_0.gguf", "so8t-guard-q8_0.gguf.sha256"]
+    assert all(verify_sha256_sidecar(p) for p in (tmp_path / "cli").glob("*.gguf"))

@@ -17,7 +17,7 @@ import sys
 from ..eval.quant_refit import REFIT_ROWS, refit_rungs
 from ..export.gguf_meta import DEFAULT_THRESHOLD, GGUFError, read_metadata
 from ..export.head_refit import MIN_ROWS
-from ..export.quantize import QUANT_TYPES, export
+from ..export.quantize import QUANT_TYPES, export, rung_names
 from ..serve.policy import THRESHOLD_RANGE
 from .arg_types import number_in
 
@@ -41,10 +41,7 @@ def main(argv: list[str] | None = None) -> None:
                         "held out to choose how far the head may move)")
     args = parser.parse_args(argv)
 
-    def names(text: str) -> list[str]:
-        return [q.strip().upper() for q in text.split(",") if q.strip()]
-
-    quants, refit = names(args.quant), names(args.refit_head)
+    quants, refit = rung_names(args.quant.split(",")), rung_names(args.refit_head.split(","))
     if refit and args.refit_rows < MIN_ROWS:  # refused before anything is written
         sys.exit(f"error: --refit-rows {args.refit_rows}: refitting a head needs at least {MIN_ROWS} rows")
     if [q for q in refit if q not in quants]:

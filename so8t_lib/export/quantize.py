@@ -53,6 +53,12 @@ def quantize(source: str | Path, target: str | Path, quant: str) -> Path:
     return target
 
 
+def rung_names(names: list[str]) -> list[str]:
+    """Rung names upper-cased, each once, in the order first given: a rung named twice (``Q4_K_M,q4_k_m``) was
+    made twice into one staged file, and the move into out_dir failed half-way, leaving two exports' files mixed."""
+    return list(dict.fromkeys(name.strip().upper() for name in names if name.strip()))
+
+
 def base_source_file(config) -> Path | None:
     """The GGUF file the checkpoint's base was converted from, or None for a base that did not come as one."""
     from ..model.pretrained import GGUF_BASES, source_gguf
@@ -71,7 +77,7 @@ def export(checkpoint: str | Path, out_dir: str | Path = "dist", quants: list[st
     from tqdm.auto import tqdm
 
     folder = resolve_checkpoint(checkpoint)
-    quants = [q.upper() for q in quants or []]
+    quants = rung_names(quants or [])
     unknown = [q for q in quants if q not in QUANT_TYPES]
     if unknown:
         raise GGUFError(f"unknown quant type(s) {', '.join(unknown)}; supported: {', '.join(QUANT_TYPES)}")
@@ -110,6 +116,9 @@ def export(checkpoint: str | Path, out_dir: str | Path = "dist", quants: list[st
                         tqdm.write(f"{quant}: {kept.summary(source.name)}")
                 if quant not in helpers:
                     written.append(made[quant])
+        if len({path.name for path in written}) != len(written):  # never begin a move that cannot finish
+            raise GGUFError(f"the export staged two files of one name ({', '.join(p.name for p in written)}); "
+                            f"nothing was moved into {out_dir}")
         return [_move_in(path, out_dir) for path in written]
 
 
