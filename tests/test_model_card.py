@@ -2,6 +2,7 @@
 the intervals the evaluation really used."""
 
 import json
+from pathlib import Path
 
 from so8t_lib.workbench import model_card
 
@@ -54,3 +55,25 @@ def test_the_operating_point_table_names_its_row_intervals():
     assert "resampling rows, as a predictions file carries no families" in text
     test["ci_resampling"] = "families"
     assert "resampling whole request families" in "\n".join(operating_point_section(points, "op.json", "demo"))
+
+
+def test_the_limits_name_the_router_the_runtime_configs_use(tmp_path):
+    """The card said routing comes from keywords, not from the model, while configs/basic.yaml and production.yaml
+    name a learned router that decides where the keywords find nothing or tie."""
+    from so8t_lib.workbench.card_sections import limits_section
+
+    basic, bare = tmp_path / "basic.yaml", tmp_path / "bare.yaml"
+    basic.write_text("escalation:\n  router: checkpoints/so8t-demo/router.json\n", encoding="utf-8")
+    bare.write_text("escalation:\n  enable_notifications: false\n", encoding="utf-8")
+    routers = model_card.runtime_routers((basic, bare, tmp_path / "missing.yaml"))
+    assert routers == {str(basic): "checkpoints/so8t-demo/router.json", str(bare): None}
+    text = "\n".join(limits_section({"preset": "tiny"}, routers=routers))
+    assert "Routing categories come from keywords, not from the model." not in text
+    assert "learned router the runtime config names in `escalation.router`" in text
+    assert f"`{basic}`: `checkpoints/so8t-demo/router.json`" in text and f"without one (`{bare}`)" in text
+    keywords_only = "\n".join(limits_section({"preset": "tiny"}, routers={str(bare): None}))
+    assert "come from the keyword table" in keywords_only and "no runtime config names a learned router" in keywords_only
+    # the committed configs: both name one
+    root = Path(__file__).resolve().parents[1]
+    shipped = model_card.runtime_routers(tuple(root / c for c in model_card.RUNTIME_CONFIGS))
+    assert len(shipped) == 2 and all(shipped.values())

@@ -101,8 +101,26 @@ def seed_spread(seeds: dict | None, source: str) -> str:
     return f"one seed here; over {len(runs)} seeds (`{source}`), " + ", ".join(parts)
 
 
-def limits_section(model: dict, seeds: dict | None = None, seeds_source: str = "") -> list[str]:
-    """What the numbers above do not show; ``seeds`` is the seed-ensemble benchmark's result, when there is one."""
+def routing_sentence(routers: dict[str, str | None] | None) -> str:
+    """Where an escalation's route comes from, as the runtime configs (file -> ``escalation.router``) set it: the
+    keyword table first, then the learned router a config names where the keywords find nothing or tie."""
+    named = {config: router for config, router in (routers or {}).items() if router}
+    if not named:
+        return ("- Routing categories come from the keyword table (`so8t_lib/serve/categories.py`), not from the "
+                "model: no runtime config names a learned router (`escalation.router`).")
+    which = "; ".join(f"`{config}`: `{router}`" for config, router in named.items())
+    alone = [f"`{config}`" for config, router in (routers or {}).items() if not router]
+    return ("- Routing categories do not come from the model: the keyword table (`so8t_lib/serve/categories.py`) "
+            "picks the route, and where it finds no keyword or a tie, the learned router the runtime config names "
+            f"in `escalation.router` does (a character n-gram TF-IDF logistic regression fitted on the corpus, `so8t router "
+            f"fit`; {which}). A config without one" + (f" ({', '.join(alone)})" if alone else "")
+            + ", or whose router file cannot be read, routes by keywords alone.")
+
+
+def limits_section(model: dict, seeds: dict | None = None, seeds_source: str = "",
+                   routers: dict[str, str | None] | None = None) -> list[str]:
+    """What the numbers above do not show; ``seeds`` is the seed-ensemble benchmark's result, when there is one,
+    ``routers`` each runtime config's ``escalation.router`` (``routing_sentence``)."""
     lines = ["## Limits"]
     if model.get("preset") == "tiny":
         lines.append("- Measured on a tiny random-init model on CPU; nothing here transfers to a pretrained model "
@@ -118,7 +136,7 @@ def limits_section(model: dict, seeds: dict | None = None, seeds_source: str = "
               "- The gate ablation was measured on the tiny preset (5 seeds)" + (
                   "." if model.get("preset") == "tiny" else
                   " and, small, on this base (2 seeds, 40 steps: it can only rule out large effects)."),
-              "- Routing categories come from keywords, not from the model.", ""]
+              routing_sentence(routers), ""]
     return lines
 
 

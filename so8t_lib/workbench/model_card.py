@@ -26,6 +26,22 @@ def _load(path: Path) -> dict | None:
     return json.loads(path.read_text(encoding="utf-8")) if path.is_file() else None
 
 
+RUNTIME_CONFIGS = ("configs/basic.yaml", "configs/production.yaml")  # the configs the card's routing sentence names
+
+
+def runtime_routers(configs: tuple[str | Path, ...] = RUNTIME_CONFIGS) -> dict[str, str | None]:
+    """Each runtime config that exists -> its ``escalation.router`` (None: keywords alone), read as plain YAML."""
+    import yaml
+
+    routers: dict[str, str | None] = {}
+    for config in configs:
+        path = Path(config)
+        if path.is_file():
+            escalation = (yaml.safe_load(path.read_text(encoding="utf-8")) or {}).get("escalation") or {}
+            routers[str(config)] = escalation.get("router") or None
+    return routers
+
+
 def _fmt(report: dict, key: str) -> str:
     value = report.get(key)
     if value is None:
@@ -165,12 +181,13 @@ def build_card(config: dict, eval_json: Path, quant_json: Path, ablation_json: P
                follow_ups: tuple[Path, ...] = (), compare_json: Path | None = None,
                compare_label: str = "the previous corpus", refit_json: Path | None = None,
                points_json: Path | None = None, points_recipe: str | None = None,
-               seeds_json: Path | None = None) -> str:
+               seeds_json: Path | None = None, runtime_configs: tuple[str | Path, ...] = RUNTIME_CONFIGS) -> str:
     """The card's markdown for the run trained with ``config`` (a config mapping); ``follow_ups`` are further
     ablation results quoted by their conclusion and geometry, ``compare_json`` an evaluation of the same
     recipe trained on another corpus (``compare_label``), ``refit_json`` the head-refit benchmark,
     ``points_json`` the operating-point benchmark (its entry ``points_recipe``, default the model's name),
-    ``seeds_json`` the seed-ensemble benchmark (the spread between seeds); each only if given and its file exists."""
+    ``seeds_json`` the seed-ensemble benchmark (the spread between seeds); each only if given and its file exists.
+    ``runtime_configs`` are the serving configs whose escalation routing the limits name."""
     model, training = config.get("model", {}), config.get("training", {})
     evaluation, quant, ablation = _load(eval_json), _load(quant_json), _load(ablation_json)
     compare = _load(Path(compare_json)) if compare_json else None
@@ -240,5 +257,5 @@ def build_card(config: dict, eval_json: Path, quant_json: Path, ablation_json: P
     if figures:
         lines += ["", "## Figures", ""] + [f"![{f[:-4]}](figures/{f})" for f in figures]
     seeds = _load(Path(seeds_json)) if seeds_json else None
-    lines += ["", *card_sections.limits_section(model, seeds, str(seeds_json))]
+    lines += ["", *card_sections.limits_section(model, seeds, str(seeds_json), runtime_routers(runtime_configs))]
     return "\n".join(lines)
