@@ -101,7 +101,9 @@ def recognise(path: Path) -> Benchmark | None:
     """The registered benchmark whose columns a CSV file has (a project table has user_request instead)."""
     if path.suffix.lower() != ".csv" or not path.is_file():
         return None
-    with path.open(encoding="utf-8", newline="") as handle:
+    # utf-8-sig, as read_records reads the rows: an Excel-saved file starts with a byte order mark, which would
+    # otherwise stick to the first column's name ("\ufeffprompt") and hide the benchmark's signature
+    with path.open(encoding="utf-8-sig", newline="") as handle:
         header = set(next(csv.reader(handle), []))
     if "user_request" in header:
         return None
