@@ -24,8 +24,9 @@ def _checkpoint(root, tokenizer, seed: int, **config):
     torch.manual_seed(seed)
     model = SO8TModel.from_config(ModelConfig(name="so8t-guard", **config), tokenizer)
     perturb_adapters(model, scale=0.3, seed=seed)
-    model.train()
-    model.safety_head(torch.randn(64, model.causal_lm.config.hidden_size) * 2 + 1)
+    if not model.safety_head.pools_tokens:  # standardiser statistics (a max head reads token states)
+        model.train()
+        model.safety_head(torch.randn(64, model.causal_lm.config.hidden_size) * 2 + 1)
     return model.save(root / f"ckpt-{seed}")
 
 
@@ -188,3 +189,32 @@ def test_a_rung_named_twice_is_made_once(two_exports, tmp_path, capsys):
     assert sorted(p.name for p in (tmp_path / "cli").iterdir()) == [
         "so8t-guard-f16.gguf", "so8t-guard-f16.gguf.sha256", "so8t-guard-q8_0.gguf", "so8t-guard-q8_0.gguf.sha256"]
     assert all(verify_sha256_sidecar(p) for p in (tmp_path / "cli").glob("*.gguf"))
+
+
+def _contents(folder):
+    """Every entry of a folder (hidden ones too) with its bytes."""
+    return {p.name: p.read_bytes() for p in sorted(folder.iterdir())}
+
+
+def test_a_refit_that_cannot_be_done_leaves_out_as_it_was(two_exports, tokenizer, tmp_path, monkeypatch):
+    """The refit ran after export() had moved the new files in: a max-pooling head (which the refit refuses) or a
+    refit failing on a later rung left --out with the new model's files and without the refit asked for."""
+    from so8t_lib.cli import export as export_cli
+    from so8t_lib.cli import main as so8t
+
+    out = tmp_path / "dist"
+    export(two_exports[0][0], out, ["Q8_0"], progress=False)  # the previous export, in service
+    before = _contents(out)
+    max_head = _checkpoint(tmp_path, tokenizer, 2, head={"pooling": "max", "hidden_units": 32})
+    with pytest.raises(SystemExit, match="max-pooling SafetyHeadB cannot be refitted"):
+        so8t(["export", str(max_head), "--out", str(out), "--quant", "Q8_0", "--refit-head", "Q8_0"])
+    assert _contents(out) == before
+
+    def failing(checkpoint, files, rows):
+        assert all(p.is_file() and p.parent != out for p in files.values())  # staged, not yet in --out
+        raise GGUFError(f"{files['Q8_0'].name}: the refit failed")
+
+    monkeypatch.setattr(export_cli, "refit_rungs", failing)
+    with pytest.raises(SystemExit, match="q8_0.gguf: the refit failed"):
+        so8t(["export", str(two_exports[1][0]), "--out", str(out), "--quant", "Q8_0", "--refit-head", "Q8_0"])
+    assert _contents(out) == before

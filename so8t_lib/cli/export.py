@@ -48,12 +48,10 @@ def main(argv: list[str] | None = None) -> None:
         sys.exit(f"error: --refit-head {','.join(q for q in refit if q not in quants)}: not among the rungs this "
                  f"export writes ({','.join(quants) or 'none'}); add it to --quant")
     try:
+        # the refit runs on the staged files, before any is moved into --out: a refusal leaves --out as it was
         paths = export(args.checkpoint, args.out, quants, args.f32, args.threshold,
-                       source_tensors=not args.requantize_frozen)
-        if refit:
-            by_name = {p.name: p for p in paths}
-            refit_rungs(args.checkpoint, {q: next(p for n, p in by_name.items() if n.endswith(f"-{q.lower()}.gguf"))
-                                          for q in refit}, args.refit_rows)
+                       source_tensors=not args.requantize_frozen, refit_heads=refit,
+                       refit=lambda files: refit_rungs(args.checkpoint, files, args.refit_rows))
     except (GGUFError, ValueError) as exc:  # ValueError: a head the refit cannot handle (named in the message)
         sys.exit(f"error: {exc}")
     for path in paths:

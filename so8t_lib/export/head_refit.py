@@ -40,13 +40,18 @@ def _agreement(head: SafetyHeadB, states: torch.Tensor, teacher: torch.Tensor) -
         return float((head(states).argmax(-1) == teacher.argmax(-1)).float().mean())
 
 
+def check_refittable(head: SafetyHeadB) -> None:
+    """ValueError for a head of a kind the refit cannot fit, so that an export can refuse before writing anything."""
+    if head.pools_tokens:
+        raise ValueError("a max-pooling SafetyHeadB cannot be refitted (its first layer reads token states, which "
+                         "the refit does not collect): export without --refit-head")
+
+
 def _checked(head: SafetyHeadB, states: torch.Tensor, teacher: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
     states, teacher = torch.as_tensor(states, dtype=torch.float32), torch.as_tensor(teacher, dtype=torch.float32)
     if head.standardizer is not None:
         raise ValueError("refit a folded head (SafetyHeadB.from_state_dict of an export), not a training head")
-    if head.pools_tokens:
-        raise ValueError("a max-pooling SafetyHeadB cannot be refitted (its first layer reads token states, which "
-                         "the refit does not collect): export without --refit-head")
+    check_refittable(head)
     if states.ndim != 2 or states.shape[1] != head.input_width:
         raise ValueError(f"states must be (rows, {head.input_width}), got {tuple(states.shape)}")
     if teacher.shape != (states.shape[0], head.net[-1].out_features):

@@ -9,12 +9,14 @@ from __future__ import annotations
 
 import os
 import tempfile
+from collections.abc import Callable
 from pathlib import Path
 
 from ..core.checkpoint import resolve_checkpoint
 from ..model.so8t import SO8TModel
 from .gguf_meta import DEFAULT_THRESHOLD, GGUFError, sidecar_path, write_sha256_sidecar
 from .gguf_writer import write_gguf
+from .head_refit import check_refittable
 from .mixed import MIXED_TYPES, describe, splice, trained_tensor_prefixes
 from .source_tensors import take_source_tensors
 
@@ -68,21 +70,34 @@ def base_source_file(config) -> Path | None:
 
 def export(checkpoint: str | Path, out_dir: str | Path = "dist", quants: list[str] | None = None,
            f32: bool = False, threshold: float = DEFAULT_THRESHOLD, progress: bool = True,
-           source_tensors: bool = True) -> list[Path]:
+           source_tensors: bool = True, refit_heads: list[str] | None = None,
+           refit: Callable[[dict[str, Path]], object] | None = None) -> list[Path]:
     """Export a checkpoint (or run folder) to ``out_dir/<name>-f16.gguf`` (+ f32 and quantized files).
 
     On a base that ships as a GGUF file, each quantized file takes the tensors the checkpoint left unchanged
     byte for byte from that file where it holds them in the same type (``export.source_tensors``);
-    ``source_tensors=False`` quantizes them again instead, for comparison."""
+    ``source_tensors=False`` quantizes them again instead, for comparison.
+
+    ``refit_heads`` names rungs whose SafetyHeadB ``refit`` refits (called with rung -> staged file; the CLI passes
+    ``eval.quant_refit.refit_rungs``, which this layer may not import). It runs on the staged files before any is
+    moved in, and a head it cannot refit is refused before anything is written, so a refit that fails leaves
+    out_dir as it was rather than holding the new files without the refit asked for."""
     from tqdm.auto import tqdm
 
     folder = resolve_checkpoint(checkpoint)
-    quants = rung_names(quants or [])
+    quants, refit_heads = rung_names(quants or []), rung_names(refit_heads or [])
     unknown = [q for q in quants if q not in QUANT_TYPES]
     if unknown:
         raise GGUFError(f"unknown quant type(s) {', '.join(unknown)}; supported: {', '.join(QUANT_TYPES)}")
+    if [q for q in refit_heads if q not in quants]:
+        raise GGUFError(f"refit {','.join(q for q in refit_heads if q not in quants)}: not among the rungs this "
+                        f"export writes ({','.join(quants) or 'none'}); add it to the quant types")
+    if refit_heads and refit is None:
+        raise ValueError("refit_heads needs refit, the function that refits the staged files' heads")
     # the merge and the gate fold in fp32, whatever dtype the run used, then one rounding to f16
     model = SO8TModel.load(folder, load_in_4bit=False, dtype="float32")
+    if refit_heads:
+        check_refittable(model.safety_head)  # before anything is written
     name = model.config.name
     out_dir = Path(out_dir)
     out_dir.mkdir(parents=True, exist_ok=True)
@@ -116,6 +131,9 @@ def export(checkpoint: str | Path, out_dir: str | Path = "dist", quants: list[st
                         tqdm.write(f"{quant}: {kept.summary(source.name)}")
                 if quant not in helpers:
                     written.append(made[quant])
+        if refit_heads:
+            del model  # the refit loads its own fp32 teacher
+            refit({q: next(p for p in written if p.name == f"{name}-{q.lower()}.gguf") for q in refit_heads})
         if len({path.name for path in written}) != len(written):  # never begin a move that cannot finish
             raise GGUFError(f"the export staged two files of one name ({', '.join(p.name for p in written)}); "
                             f"nothing was moved into {out_dir}")
