@@ -196,7 +196,7 @@ def _contents(folder):
     return {p.name: p.read_bytes() for p in sorted(folder.iterdir())}
 
 
-def test_a_refit_that_cannot_be_done_leaves_out_as_it_was(two_exports, tokenizer, tmp_path, monkeypatch):
+def test_a_refit_that_cannot_be_done_leaves_out_as_it_was(two_exports, tokenizer, tmp_path, monkeypatch, capsys):
     """The refit ran after export() had moved the new files in: a max-pooling head (which the refit refuses) or a
     refit failing on a later rung left --out with the new model's files and without the refit asked for."""
     from so8t_lib.cli import export as export_cli
@@ -206,8 +206,8 @@ def test_a_refit_that_cannot_be_done_leaves_out_as_it_was(two_exports, tokenizer
     export(two_exports[0][0], out, ["Q8_0"], progress=False)  # the previous export, in service
     before = _contents(out)
     max_head = _checkpoint(tmp_path, tokenizer, 2, head={"pooling": "max", "hidden_units": 32})
-    with pytest.raises(SystemExit, match="max-pooling SafetyHeadB cannot be refitted"):
-        so8t(["export", str(max_head), "--out", str(out), "--quant", "Q8_0", "--refit-head", "Q8_0"])
+    assert so8t(["export", str(max_head), "--out", str(out), "--quant", "Q8_0", "--refit-head", "Q8_0"]) == 2
+    assert "error: a max-pooling SafetyHeadB cannot be refitted" in capsys.readouterr().err
     assert _contents(out) == before
 
     def failing(checkpoint, files, rows):
@@ -215,6 +215,26 @@ def test_a_refit_that_cannot_be_done_leaves_out_as_it_was(two_exports, tokenizer
         raise GGUFError(f"{files['Q8_0'].name}: the refit failed")
 
     monkeypatch.setattr(export_cli, "refit_rungs", failing)
-    with pytest.raises(SystemExit, match="q8_0.gguf: the refit failed"):
-        so8t(["export", str(two_exports[1][0]), "--out", str(out), "--quant", "Q8_0", "--refit-head", "Q8_0"])
+    assert so8t(["export", str(two_exports[1][0]), "--out", str(out), "--quant", "Q8_0", "--refit-head", "Q8_0"]) == 2
+    assert "q8_0.gguf: the refit failed" in capsys.readouterr().err
     assert _contents(out) == before
+
+
+def test_export_names_a_bad_checkpoint_or_out_folder_without_a_traceback(two_exports, tmp_path, capsys):
+    """A missing checkpoint folder, one without manifest.json and an --out that is a file printed tracebacks."""
+    from so8t_lib.cli import main as so8t
+
+    ckpt, _ = two_exports[0]
+    no_manifest = tmp_path / "no-manifest"
+    shutil.copytree(ckpt, no_manifest)
+    (no_manifest / "manifest.json").unlink()
+    a_file = tmp_path / "a-file"
+    a_file.write_text("not a folder")
+    cases = {(str(tmp_path / "missing"), str(tmp_path / "o1")): "missing",
+             (str(no_manifest), str(tmp_path / "o2")): "manifest.json",
+             (str(ckpt), str(a_file)): "a-file is a file, not a folder"}
+    for (checkpoint, out), says in cases.items():
+        assert so8t(["export", checkpoint, "--out", out]) == 2
+        err = capsys.readouterr().err
+        assert "error: " in err and says in err and "Traceback" not in err, err
+    assert a_file.read_text() == "not a folder"

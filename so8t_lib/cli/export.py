@@ -14,6 +14,7 @@ import argparse
 import json
 import sys
 
+from ..core.checkpoint import CheckpointError
 from ..eval.quant_refit import REFIT_ROWS, refit_rungs
 from ..export.gguf_meta import DEFAULT_THRESHOLD, GGUFError, read_metadata
 from ..export.head_refit import MIN_ROWS
@@ -22,7 +23,7 @@ from ..serve.policy import THRESHOLD_RANGE
 from .arg_types import number_in
 
 
-def main(argv: list[str] | None = None) -> None:
+def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(prog="so8t export", description=__doc__,
                                      formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("checkpoint", help="checkpoint folder or run folder")
@@ -52,10 +53,14 @@ def main(argv: list[str] | None = None) -> None:
         paths = export(args.checkpoint, args.out, quants, args.f32, args.threshold,
                        source_tensors=not args.requantize_frozen, refit_heads=refit,
                        refit=lambda files: refit_rungs(args.checkpoint, files, args.refit_rows))
-    except (GGUFError, ValueError) as exc:  # ValueError: a head the refit cannot handle (named in the message)
-        sys.exit(f"error: {exc}")
+    # a missing or incomplete checkpoint (CheckpointError), an --out that cannot be a folder (OSError), a head the
+    # refit cannot handle (ValueError): each message names the problem; a traceback would only hide it
+    except (GGUFError, CheckpointError, OSError, ValueError) as exc:
+        print(f"error: {exc}", file=sys.stderr)
+        return 2
     for path in paths:
         print(f"{path}  {path.stat().st_size / 2**20:.1f} MiB")
+    return 0
 
 
 def inspect_main(argv: list[str] | None = None) -> None:

@@ -84,6 +84,10 @@ def export(checkpoint: str | Path, out_dir: str | Path = "dist", quants: list[st
     out_dir as it was rather than holding the new files without the refit asked for."""
     from tqdm.auto import tqdm
 
+    out_dir = Path(out_dir)
+    if out_dir.exists() and not out_dir.is_dir():  # found before the model is loaded, not at the first write
+        raise GGUFError(f"{out_dir} is a file, not a folder: name a folder for the exported files (one that does not "
+                        "exist is made)")
     folder = resolve_checkpoint(checkpoint)
     quants, refit_heads = rung_names(quants or []), rung_names(refit_heads or [])
     unknown = [q for q in quants if q not in QUANT_TYPES]
@@ -99,7 +103,6 @@ def export(checkpoint: str | Path, out_dir: str | Path = "dist", quants: list[st
     if refit_heads:
         check_refittable(model.safety_head)  # before anything is written
     name = model.config.name
-    out_dir = Path(out_dir)
     out_dir.mkdir(parents=True, exist_ok=True)
     plain = [q for q in quants if q not in MIXED_TYPES]
     mixes = [q for q in quants if q in MIXED_TYPES]
