@@ -8,21 +8,18 @@ Greedy chunks give exactly the tokens of one ``generate`` call (tests/test_answe
 
 from __future__ import annotations
 
-from typing import TYPE_CHECKING
-
 import torch
+from torch import nn
 
 from .split import cache_argument
-
-if TYPE_CHECKING:
-    from .so8t import SO8TModel
 
 
 class HFAnswer:
     """One answer in progress: ``advance(n)`` writes up to ``n`` more tokens and says whether it is finished;
     ``text`` is what has been written so far (special tokens dropped)."""
 
-    def __init__(self, model: SO8TModel, prompt: str, max_tokens: int, temperature: float) -> None:
+    def __init__(self, model: nn.Module, prompt: str, max_tokens: int, temperature: float) -> None:
+        """``model``: an SO8TModel (its ``causal_lm`` and ``tokenizer`` write the answer)."""
         if max_tokens <= 0:
             raise ValueError(f"max_tokens must be positive, got {max_tokens}")
         self._model, self._max_tokens, self._temperature = model, max_tokens, temperature
