@@ -218,3 +218,14 @@ def test_public_set_prompt_types_are_scored_apart():
     by_type = report_from_predictions(table, probs, pred)["by_type"]
     assert by_type == {"contrast_homonyms": {"n": 3, "gold": "NOT_ALLOW", "not_allowed_rate": 2 / 3},
                        "homonyms": {"n": 2, "gold": "ALLOW", "not_allowed_rate": 0.5}}
+
+
+@pytest.mark.parametrize("model", ["nowhere-at-all", "nowhere.gguf"])
+def test_a_model_that_cannot_be_read_is_a_message_not_a_traceback(model, tmp_path, capsys):
+    """A missing checkpoint (CheckpointError) or GGUF file (GGUFError) ended `so8t evaluate` in a traceback."""
+    from so8t_lib.cli import main as so8t
+
+    with pytest.raises(SystemExit) as exited:
+        so8t(["evaluate", "--model", str(tmp_path / model), "--data", "sst", "--bootstrap", "0"])
+    err = capsys.readouterr().err
+    assert exited.value.code == 2 and err.startswith("so8t evaluate: error:") and "Traceback" not in err

@@ -25,7 +25,7 @@ from pathlib import Path
 
 import pandas as pd
 
-from ..core.checkpoint import resolve_checkpoint
+from ..core.checkpoint import CheckpointError, resolve_checkpoint
 from ..core.io import atomic_write_text
 from ..eval.baselines import fit_baselines
 from ..eval.calibration import calibrate_checkpoint
@@ -33,6 +33,7 @@ from ..eval.evaluate import dataset_key, evaluate_datasets, format_report, load_
 from ..eval.latency import measure_latency
 from ..eval.operating_point import choose_threshold
 from ..eval.served import finite_rows, model_inputs
+from ..export.gguf_meta import GGUFError
 from ..serve.backends import is_gguf_path, load_decider
 
 
@@ -143,14 +144,18 @@ def main(argv: list[str] | None = None) -> dict:
     overlap = None if args.latency else _fitted_on_reported_rows(tables, args)
     if overlap:
         parser.error(overlap)
-    results: dict = {"model": str(args.model if is_gguf else resolve_checkpoint(args.model))}
-    if args.calibrate:
-        results["calibration"] = calibrate_checkpoint(args.model, args.calibration_data, args.batch_size,
-                                                      table=tables["calibration"])
-        c = results["calibration"]
-        print(f"temperature {c['temperature']:.3f} fitted on {c['data']} ({c['rows']} rows): "
-              f"ECE {c['ece_before']:.3f} -> {c['ece_after']:.3f}; stored in {c['checkpoint']}")
-    model = load_decider(args.model)
+    try:  # a model that cannot be read is the caller's input: a message, not a traceback
+        results: dict = {"model": str(args.model if is_gguf else resolve_checkpoint(args.model))}
+        if args.calibrate:
+            results["calibration"] = calibrate_checkpoint(args.model, args.calibration_data, args.batch_size,
+                                                          table=tables["calibration"])
+            c = results["calibration"]
+            print(f"temperature {c['temperature']:.3f} fitted on {c['data']} ({c['rows']} rows): "
+                  f"ECE {c['ece_before']:.3f} -> {c['ece_after']:.3f}; stored in {c['checkpoint']}")
+        model = load_decider(args.model)
+    except (CheckpointError, GGUFError, OSError) as exc:
+        print(f"so8t evaluate: error: {exc}", file=sys.stderr)
+        sys.exit(2)
     results["temperature"] = float(model.safety_head.temperature)
     results["backend"] = "gguf" if is_gguf else "hf"
 
