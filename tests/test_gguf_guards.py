@@ -67,8 +67,24 @@ def test_a_served_file_written_over_in_place_stops_decisions_and_answers(two_exp
                  lambda: backend.hidden_states([backend.format_prompt(REQUESTS[0])]),
                  lambda: backend.start_answer(REQUESTS[0]), lambda: answer.advance(2),
                  lambda: backend.generate(REQUESTS[0], max_tokens=4)):
-        with pytest.raises(GGUFError, match="changed on disk.*replace served files by rename"):
+        with pytest.raises(GGUFError, match="written over in place.*replace served files by rename"):
             step()
+
+
+def test_a_served_file_replaced_by_rename_goes_on_deciding_from_the_file_it_loaded(two_exports, tmp_path):
+    """A rename (so8t export, retrain deploy) leaves the mapped inode as it was: decisions stay those of the file
+    the head and model_version belong to until a restart; only a new answer context, which would open the path
+    anew, is refused."""
+    (_, first), (_, second) = two_exports[0], two_exports[1]
+    served = _served_copy(first, tmp_path)
+    backend = GGUFBackend(served)
+    before = backend.decide(REQUESTS)
+    staged = tmp_path / "staged.gguf"
+    staged.write_bytes(second.read_bytes())
+    staged.replace(served)  # another inode at the served path
+    torch.testing.assert_close(backend.decide(REQUESTS), before)
+    with pytest.raises(GGUFError, match="was replaced since the gate loaded it"):
+        backend.start_answer(REQUESTS[0], max_tokens=4)
 
 
 @pytest.mark.parametrize("rope", [{"rope_type": "linear", "factor": 4.0},

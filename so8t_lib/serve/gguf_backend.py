@@ -17,6 +17,7 @@ from __future__ import annotations
 import os
 import re
 import unicodedata
+import weakref
 from collections.abc import Callable
 from pathlib import Path
 from typing import NamedTuple
@@ -72,11 +73,13 @@ def file_identity(path: Path) -> tuple[int, int, int, int, int]:
     return st.st_dev, st.st_ino, st.st_size, st.st_mtime_ns, st.st_ctime_ns
 
 
-# said when the file changes under a loaded backend: the head and model_version are the old file's, the mapped
-# weights may already be the new one's
-CHANGED = ("changed on disk since the gate loaded it (replaced, or written over in place), so its decisions and "
-           "answers may no longer come from the weights the head and model_version belong to; replace served files "
-           "by rename (as so8t export does), never by copying over them")
+# said when the loaded file's bytes change under a backend (written over in place: the same inode): the head and
+# model_version are the old file's, the mapped weights may already be the new one's. A file replaced by rename is
+# another inode: the mapped one still holds the old bytes, so decisions go on from it (answers are refused when the
+# answer context would have to open the path anew)
+CHANGED = ("was written over in place since the gate loaded it, so its decisions and answers may no longer come from "
+           "the weights the head and model_version belong to; replace served files by rename (as so8t export does), "
+           "never by copying over them")
 
 
 class GGUFBackend:
@@ -99,6 +102,8 @@ class GGUFBackend:
         self.batch_tokens = batch_tokens
         try:
             self._identity = file_identity(self.path)
+            self._held = os.open(self.path, os.O_RDONLY)  # the loaded inode, whatever its path names later
+            weakref.finalize(self, os.close, self._held)
         except FileNotFoundError:
             raise GGUFError(f"{self.path}: no such file") from None
         except OSError as exc:
@@ -214,7 +219,7 @@ class GGUFBackend:
         would become plain text. ``progress`` shows a bar that advances as each batch is decoded."""
         from tqdm.auto import tqdm
 
-        self._same_file(CHANGED)  # before and after the pass: llama.cpp reads the mapped file as it is now
+        self._same_bytes()  # before and after the pass: llama.cpp reads the mapped file as it is now
         bar = tqdm(total=len(prompts), desc="deciding (gguf)", unit="request", leave=False, disable=not progress)
         emb, n_embd = self.embedder, self.embedder.n_embd()
         n_batch, n_seq_max = emb.n_batch, emb.context_params.n_seq_max
@@ -255,7 +260,7 @@ class GGUFBackend:
         emb._ctx.kv_cache_clear()
         emb.reset()
         bar.close()
-        self._same_file(CHANGED)
+        self._same_bytes()
         return np.stack(states) if states else np.zeros((0, self.safety_head.state_width), dtype=np.float32)
 
     def _pool_captured(self, nodes: dict[str, np.ndarray], spans: list[tuple[int, int]]) -> list[np.ndarray]:
@@ -294,6 +299,14 @@ class GGUFBackend:
         states = self.decision_states(requests, contexts, progress)
         return self.safety_head.probabilities(self.safety_head(states)) if len(states) else torch.empty(0, len(LABELS))
 
+    def _same_bytes(self) -> None:
+        """GGUFError unless the loaded inode still has the size and mtime it had at load: llama.cpp reads the
+        mapped file as it is now, so bytes written over it in place would be the weights decided with."""
+        held = os.fstat(self._held)
+        if (held.st_size, held.st_mtime_ns) != (self._identity[2], self._identity[3]):
+            raise GGUFError(f"{self.path} {CHANGED}; restart the gate to load the new file (its sidecar is checked "
+                            "then)")
+
     def _same_file(self, problem: str) -> None:
         """GGUFError naming ``problem`` unless the path still names the very file (inode, size, times) loaded."""
         try:
@@ -308,7 +321,7 @@ class GGUFBackend:
         """The answer context, opened on the first answer: it must be the very file checked at start, and still
         hold the same bytes at every answer (the context maps the file, as the decision context does)."""
         if self._generator is not None:
-            self._same_file(CHANGED)
+            self._same_bytes()
         else:
             self._same_file("was replaced since the gate loaded it, so answers would come from another file than "
                             "decisions")
@@ -324,7 +337,7 @@ class GGUFBackend:
         stream = self._answer_model().create_completion(
             self.prompt_tokens(self.format_prompt(request, context)), max_tokens=max_tokens, temperature=temperature,
             stop=[self.eos_token] if self.eos_token else None, stream=True)
-        return LlamaAnswer(stream, lambda: self._same_file(CHANGED))
+        return LlamaAnswer(stream, self._same_bytes)
 
     def generate(self, request: str, context: str | None = None, max_tokens: int = 128,
                  temperature: float = 0.0) -> str:
@@ -340,7 +353,7 @@ class GGUFBackend:
         out = self._answer_model().create_completion(
             self.prompt_tokens(self.format_prompt(request, context)), max_tokens=max_tokens, temperature=temperature,
             stop=[self.eos_token] if self.eos_token and stop_at_eos else None)
-        self._same_file(CHANGED)
+        self._same_bytes()
         usage = out["usage"]
         return Completion(out["choices"][0]["text"], usage["prompt_tokens"], usage["completion_tokens"])
 
