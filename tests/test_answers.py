@@ -197,3 +197,89 @@ def test_in_the_service_no_decision_waits_for_an_answer(tmp_path):
     assert answered[0]["task_response"].startswith("answer to answer me at length")
     assert len(_records(tmp_path)) == 3
     agent.close()
+
+
+def test_answers_take_their_turns_in_the_order_asked_and_the_wait_is_not_model_time():
+    """A plain lock let one batch writing ALLOWs back to back take it again and again, and the wait for it was
+    charged to generation_timeout_s: another batch's ALLOW lost its answer having used no model time at all."""
+    from so8t_lib.serve.answering import AnswerTurns, write_answer
+    from so8t_lib.serve.config import InferenceConfig
+    from so8t_lib.serve.model_worker import ModelWorker
+
+    class Answer:
+        def __init__(self, name, n):
+            self.name, self.n, self.written, self.finished = name, n, 0, False
+
+        def advance(self, tokens):
+            order.append(self.name)
+            time.sleep(0.02 * tokens)
+            self.written += tokens
+            self.finished = self.written >= self.n
+            return self.finished
+
+        @property
+        def text(self):
+            return f"{self.name}:{self.written}"
+
+    class Decider:
+        def start_answer(self, request, context=None, max_tokens=128, temperature=0.0):
+            return Answer(request, max_tokens)
+
+    order, results = [], {}
+    inference = InferenceConfig(generation_timeout_s=0.5, max_tokens=8, answer_chunk_tokens=4)  # 0.16 s of model time
+    worker, turns = ModelWorker(), AnswerTurns()
+
+    def one_batch(names, delay):
+        time.sleep(delay)
+        for name in names:
+            results[name] = write_answer(worker, Decider(), name, None, inference, turns)
+
+    threads = [threading.Thread(target=one_batch, args=(["A0", "A1", "A2", "A3"], 0.0)),
+               threading.Thread(target=one_batch, args=(["B"], 0.05))]
+    for thread in threads:
+        thread.start()
+    for thread in threads:
+        thread.join(30)
+    worker.close()
+    assert results == {name: f"{name}:8" for name in ("A0", "A1", "A2", "A3", "B")}  # B waited ~0.6 s: no timeout
+    assert [name for i, name in enumerate(order) if i == 0 or order[i - 1] != name] == ["A0", "B", "A1", "A2", "A3"]
+
+
+def test_a_batch_that_could_not_leave_its_slot_leaves_it_once_an_answering_place_is_free():
+    """With every answering place taken, a decided batch kept its decision slot through all its answers, even after
+    the batches ahead of it had finished: a request arriving then waited for whole answers."""
+    import asyncio
+
+    from so8t_lib.serve.http.batching import MicroBatcher
+
+    log, turns = [], threading.Lock()
+    answered = {name: threading.Event() for name in "ABC"}
+
+    def run_batch(items, received, on_result, on_decided):
+        name = items[0]["user_request"]
+        log.append(f"decide {name}")
+        on_decided()
+        with turns:  # answers one at a time; A's ends only once C has been decided
+            if name == "A":
+                answered["A"].wait(0.3)
+            if name == "B":
+                assert answered["C"].wait(10), "C was not decided while B was writing its answer"
+            log.append(f"answered {name}")
+        on_result(0, {"decision": "ALLOW", "name": name})
+        return [{"decision": "ALLOW", "name": name}]
+
+    async def scenario():
+        batcher = MicroBatcher(run_batch, max_batch=1, max_wait_s=0.0, concurrency=1, streamed=True)
+        await batcher.start()
+        tasks = []
+        for name in "ABC":
+            tasks.append(asyncio.create_task(batcher.submit([{"user_request": name}])))
+            await asyncio.sleep(0.1)
+        while "decide C" not in log:
+            await asyncio.sleep(0.01)
+        answered["C"].set()
+        await asyncio.wait_for(asyncio.gather(*tasks), 20)
+        await batcher.close()
+
+    asyncio.run(scenario())
+    assert log.index("decide C") < log.index("answered B")

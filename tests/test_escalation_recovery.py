@@ -155,3 +155,29 @@ def test_retraining_leaves_out_a_case_whose_text_is_under_another_key(tmp_path, 
     rows, report = extract_rows([tmp_path / "logs"], tmp_path / "cases.sqlite", key=new)
     assert rows == [] and report["left_out"]["undecryptable"] == 1
     assert json.dumps(rows).count("encrypted") == 0
+
+
+def test_an_entry_that_cannot_be_opened_strands_none_of_the_others(tmp_path, caplog):
+    """An OSError other than 'not found' while the spool was listed escaped before the entries already picked were
+    let go: they stayed locked by lost descriptors, and every later replay skipped them as in flight."""
+    agent = _agent(tmp_path, enable_notifications=False)
+    real_append = agent.audit.append
+    agent.audit.append = lambda record: (_ for _ in ()).throw(AuditWriteError("lock timeout"))
+    result = agent.run_agent(None, HR, "u1")
+    agent.audit.append = real_append
+    blocker = agent.desk.spool.folder / "esc_zzzz.case.json"
+    blocker.mkdir()  # opening it fails with IsADirectoryError (as EACCES or EMFILE would)
+    with caplog.at_level(logging.ERROR, logger="so8t.escalation"):
+        agent.desk.replay()  # (or the desk's own thread, woken by the failed write: the replays take turns)
+    assert not (agent.desk.spool.folder / f"{result['escalation_id']}.case.json").exists()
+    assert agent.queue.get(result["escalation_id"])["status"] == "open"
+    assert "esc_zzzz.case.json cannot be opened" in caplog.text
+    assert len(_decisions(tmp_path, result["request_id"])) == 1
+    agent.close()
+
+
+@pytest.mark.parametrize("url", ["postgresql:/so8t@db/queue", "postgresql//so8t@db/queue"])
+def test_a_queue_url_missing_its_slashes_is_refused_not_taken_for_a_file(tmp_path, monkeypatch, url):
+    monkeypatch.setenv("SO8T_ESCALATION_URL", url)
+    with pytest.raises(ConfigError, match="SO8T_ESCALATION_URL: .* is not a URL"):
+        _agent(tmp_path, enable_notifications=False)

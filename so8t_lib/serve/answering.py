@@ -6,16 +6,20 @@ minutes by default). Written ``answer_chunk_tokens`` at a time, each chunk is it
 for at most the chunk being written. One answer is written at a time (``turn``): llama.cpp's answer context
 holds one, and two answers sharing the thread would each finish later, not sooner.
 
-``generation_timeout_s`` still bounds the answer's own time on the thread, summed over its chunks; the time
-decisions take between two chunks is not counted against it.
+``generation_timeout_s`` bounds the answer's own time on the thread, summed over its chunks; neither the time
+decisions take between two chunks nor the wait for an earlier answer to finish is counted against it. Answers
+take their turns in the order they asked (``AnswerTurns``; a plain lock is not fair, and one batch writing its
+ALLOWs back to back kept taking it back); the queue of waiting requests is bounded by ``service.max_pending``.
 """
 
 from __future__ import annotations
 
+import collections
+import contextlib
 import logging
 import threading
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 
 from .config import InferenceConfig
 from .model_worker import ANSWER, OVERRAN, ModelWorker
@@ -23,8 +27,38 @@ from .model_worker import ANSWER, OVERRAN, ModelWorker
 logger = logging.getLogger("so8t.runtime")
 
 
+class AnswerTurns:
+    """One answer at a time, first come first served."""
+
+    def __init__(self) -> None:
+        self._changed = threading.Condition()
+        self._waiting: collections.deque = collections.deque()
+        self._busy = False
+
+    @contextlib.contextmanager
+    def turn(self) -> Iterator[None]:
+        ticket = object()
+        with self._changed:
+            self._waiting.append(ticket)
+            try:
+                while self._busy or self._waiting[0] is not ticket:
+                    self._changed.wait()
+            except BaseException:  # interrupted while waiting: leave the queue, let the next one look
+                self._waiting.remove(ticket)
+                self._changed.notify_all()
+                raise
+            self._waiting.popleft()
+            self._busy = True
+        try:
+            yield
+        finally:
+            with self._changed:
+                self._busy = False
+                self._changed.notify_all()
+
+
 def write_answer(worker: ModelWorker, decider, request: str, context: str | None, inference: InferenceConfig,
-                 turn: threading.Lock) -> str:
+                 turns: AnswerTurns) -> str:
     """The raw answer text; TimeoutError past ``generation_timeout_s`` of the answer's own model time (or, for a
     decider that writes answers only whole, of its one call), any other failure as itself."""
     budget = inference.generation_timeout_s
@@ -32,9 +66,7 @@ def write_answer(worker: ModelWorker, decider, request: str, context: str | None
     if start is None:  # a decider that writes answers only in one pass (a custom backend, a test double)
         return worker.call(lambda: decider.generate(request, context, max_tokens=inference.max_tokens,
                                                     temperature=inference.temperature), ANSWER, budget)
-    if not turn.acquire(timeout=budget):
-        raise TimeoutError(f"another answer was being written for {budget:g}s")
-    try:
+    with turns.turn():
         def timed(step):
             began = time.perf_counter()
             return step(), time.perf_counter() - began
@@ -55,8 +87,6 @@ def write_answer(worker: ModelWorker, decider, request: str, context: str | None
                 raise
             used += took
         return answer.text
-    finally:
-        turn.release()
 
 
 class Delivery:
@@ -81,4 +111,4 @@ class Delivery:
             logger.exception("a server's result callback failed")
 
 
-__all__ = ["Delivery", "write_answer"]
+__all__ = ["AnswerTurns", "Delivery", "write_answer"]

@@ -309,12 +309,15 @@ def runtime_paths(config: RuntimeConfig, log_dir: str | Path | None = None,
     audit = replica_log_name(placed(config.logging.audit_log, log_dir), os.environ.get(REPLICA_ENV) or None)
     url = (os.environ.get(QUEUE_URL_ENV) or config.escalation.queue_url) if shared_queue else None
     if url:  # a mistyped URL stops the start, where the operator is looking, not the first escalation
-        from .queue_sql import check_target
+        from .queue_sql import check_target, is_url
 
+        where = QUEUE_URL_ENV if os.environ.get(QUEUE_URL_ENV) else "escalation.queue_url"
+        if not is_url(url):  # "postgresql:/host/db" would have become a SQLite file nobody watches
+            raise ConfigError(f"{where}: {url!r} is not a URL; write postgresql://user@host:port/db (or "
+                              "sqlite:///path for a file)")
         try:
             check_target(url)
         except ValueError as exc:
-            where = QUEUE_URL_ENV if os.environ.get(QUEUE_URL_ENV) else "escalation.queue_url"
             raise ConfigError(f"{where}: {exc}") from None
     return RuntimePaths(audit, queue, queue.with_name(queue.name + ".spool"),
                         placed(config.logging.log_file, log_dir) if config.logging.log_file else None, url)

@@ -118,13 +118,14 @@ class EscalationDesk:
         Every entry it picked is let go again whatever happens, so a failure here never strands one."""
         finished, failed = [], []
         with self._replay_lock:
-            entries = list(self.spool.orphans())
+            entries: list[SpoolEntry] = []
             try:
                 try:
+                    entries.extend(self.spool.orphans())  # inside: whatever was picked before a failure is let go
                     unaudited = {e.data["record"].get("request_id") for e in entries if not e.data.get("audited")}
                     present = self.audit.find_requests(unaudited - {None})
-                except Exception as exc:  # noqa: BLE001 - an unreadable log: nothing is written twice, retried later
-                    return {"finished": [], "failed": [f"audit log unreadable: {type(exc).__name__}: {exc}"]}
+                except Exception as exc:  # noqa: BLE001 - an unreadable spool or log: nothing written twice, retried later
+                    return {"finished": [], "failed": [f"spool or audit log unreadable: {type(exc).__name__}: {exc}"]}
                 for entry in entries:
                     case = entry.data["case"]
                     try:

@@ -64,13 +64,13 @@ def _usable_cores() -> int:
     return len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else (os.cpu_count() or 1)
 
 
-def file_identity(path: Path) -> tuple[int, int, int, int, int]:
-    """(device, inode, size, mtime, ctime): which file a path names and whether its bytes may have moved. A
-    replacement by rename (an export) brings another inode; a copy over it in place (``cp new.gguf served.gguf``)
-    keeps the inode llama.cpp has mapped, so its decisions would silently follow the new weights, but it moves
-    mtime and ctime (and usually the size)."""
+def file_identity(path: Path) -> tuple[int, int, int, int]:
+    """(device, inode, size, mtime): which file a path names and whether its bytes may have moved. A replacement
+    by rename (an export) brings another inode; a copy over it in place (``cp new.gguf served.gguf``) keeps the
+    inode llama.cpp has mapped, so its decisions would silently follow the new weights, but it moves mtime (and
+    usually the size). Not ctime: a hard link or a chmod by a backup tool moves it without touching a byte."""
     st = os.stat(path)
-    return st.st_dev, st.st_ino, st.st_size, st.st_mtime_ns, st.st_ctime_ns
+    return st.st_dev, st.st_ino, st.st_size, st.st_mtime_ns
 
 
 # said when the loaded file's bytes change under a backend (written over in place: the same inode): the head and

@@ -34,7 +34,7 @@ from ..core.checkpoint import UNVERIFIED_MARK
 from ..core.config import ConfigError, parse_size
 from ..core.schema import LABELS
 from ..data.tables import detect_lang
-from .answering import Delivery, write_answer
+from .answering import AnswerTurns, Delivery, write_answer
 from .applog import configure_logging
 from .audit import AuditLog, AuditWriteError
 from .audit_verify import make_fernet
@@ -104,7 +104,7 @@ class Agent:
             CaseSpool(self.paths.spool, make_fernet(enc_key) if enc_key else None), self.audit, self.notifier,
             notify=esc.enable_notifications and not test_mode, retry_interval_s=esc.retry_interval_s)
         self._model = ModelWorker()
-        self._answering = threading.Lock()  # one answer written at a time (answering.py)
+        self._answering = AnswerTurns()  # one answer written at a time, in the order asked (answering.py)
         self._lock = threading.Lock()
         self.audit_failures = 0
         if esc.enable_notifications and not test_mode and not self.notifier.channels():

@@ -145,6 +145,10 @@ class CaseSpool:
                 fd = os.open(path, os.O_RDWR)
             except FileNotFoundError:
                 continue  # finished meanwhile
+            except OSError as exc:  # not ours to read (permissions, a folder, no descriptors left): the rest go on
+                logger.error("spool entry %s cannot be opened (%s); it stays for a person or the next pass",
+                             path.name, exc)
+                continue
             try:
                 fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
             except BlockingIOError:
@@ -159,7 +163,10 @@ class CaseSpool:
             except Exception as exc:  # noqa: BLE001 - unreadable JSON, a wrong key: set it aside for a person
                 os.close(fd)
                 aside = path.with_name(path.name + UNREADABLE)
-                os.replace(path, aside)  # kept for a person; not replayed
+                try:
+                    os.replace(path, aside)  # kept for a person; not replayed
+                except OSError as moved:
+                    logger.error("spool entry %s could not be set aside (%s)", path.name, moved)
                 logger.error("spool entry %s could not be read (%s: %s) and was set aside as %s: its case may be "
                              "missing from the queue or the audit log; a person must read it (with the audit key "
                              "if one is set) and queue it by hand", path.name, type(exc).__name__, exc, aside.name)

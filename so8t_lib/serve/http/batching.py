@@ -14,6 +14,7 @@ ESCALATE that says it was not recorded, never an error a client could read as "n
 from __future__ import annotations
 
 import asyncio
+import collections
 import concurrent.futures
 import logging
 import time
@@ -53,6 +54,7 @@ class MicroBatcher:
         self._run_batch, self.max_batch, self.max_wait_s = run_batch, max_batch, max_wait_s
         self.streamed = streamed  # run_batch takes on_result and on_decided (Agent.run_batch)
         self._answering = 0  # batches that left their decision slot to write answers
+        self._to_leave: collections.deque[dict] = collections.deque()  # decided, waiting for a place to answer
         self.concurrency, self.max_pending = concurrency, max_pending
         self._model_version, self._on_batch = model_version, on_batch
         self._queue: asyncio.Queue[_Pending | None] | None = None
@@ -162,20 +164,33 @@ class MicroBatcher:
             results = [self._unrecorded(exc) for _ in batch]
         finally:
             if slot["held"]:
+                slot["held"] = False  # a decided() still on its way from the thread finds nothing to give
                 self._slots.release()
             if slot["answering"]:
+                slot["answering"] = False
                 self._answering -= 1
+                self._next_to_leave()
         if self._on_batch is not None:
             self._on_batch(len(batch), time.perf_counter() - started)
         for entry, result in zip(batch, results):
             _settle(entry.future, result)  # a client that went away: its decision is still recorded
 
     def _leave_slot(self, slot: dict) -> None:
-        """A batch has only answers left: its decision slot goes to the next batch, if a thread is free for it."""
-        if slot["held"] and self._answering < self.concurrency:
-            slot["held"], slot["answering"] = False, True
-            self._answering += 1
-            self._slots.release()
+        """A batch has only answers left: its decision slot goes to the next batch, if a thread is free for it;
+        otherwise it waits in line and leaves when an answering batch ends (``_next_to_leave``)."""
+        if not slot["held"]:
+            return
+        if self._answering >= self.concurrency:
+            self._to_leave.append(slot)
+            return
+        slot["held"], slot["answering"] = False, True
+        self._answering += 1
+        self._slots.release()
+
+    def _next_to_leave(self) -> None:
+        """An answering place came free: the batch that has waited longest for one takes it."""
+        while self._to_leave and self._answering < self.concurrency:
+            self._leave_slot(self._to_leave.popleft())  # one that has ended meanwhile holds nothing: skipped
 
     def _unrecorded(self, exc: Exception) -> dict:
         result = make_result("ESCALATE", "", None, None, None, "general", self._model_version(), [])
