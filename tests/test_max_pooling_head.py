@@ -325,7 +325,7 @@ def test_the_warm_start_draws_its_batch_order_from_the_runs_seed(tmp_path, monke
 
 def test_the_key_value_cache_goes_by_the_keyword_the_installed_transformers_takes():
     """transformers renamed the decoder's ``past_key_values`` to ``cache``; the split asks the signature."""
-    from so8t_lib.model.split import _cache_argument
+    from so8t_lib.model.split import cache_argument
 
     class Newer(torch.nn.Module):
         def forward(self, input_ids=None, attention_mask=None, cache=None, use_cache=None):
@@ -335,4 +335,4 @@ def test_the_key_value_cache_goes_by_the_keyword_the_installed_transformers_take
         def forward(self, input_ids=None, attention_mask=None, past_key_values=None, use_cache=None):
             return input_ids
 
-    assert _cache_argument(Newer()) == "cache" and _cache_argument(Older()) == "past_key_values"
+    assert cache_argument(Newer()) == "cache" and cache_argument(Older()) == "past_key_values"
