@@ -32,7 +32,7 @@ from tqdm import tqdm
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
-from so8t_lib.serve.answering import write_answer  # noqa: E402
+from so8t_lib.serve.answering import AnswerTurns, write_answer  # noqa: E402
 from so8t_lib.serve.backends import load_decider  # noqa: E402
 from so8t_lib.serve.config import InferenceConfig  # noqa: E402
 from so8t_lib.serve.model_worker import DECIDE, ModelWorker  # noqa: E402
@@ -48,7 +48,7 @@ def answer_with_decisions(decider, worker: ModelWorker, inference: InferenceConf
 
     def write() -> None:
         try:
-            text["answer"] = write_answer(worker, decider, ANSWERED, None, inference, threading.Lock())
+            text["answer"] = write_answer(worker, decider, ANSWERED, None, inference, AnswerTurns())
         finally:
             done.set()
 
