@@ -21,6 +21,14 @@ from so8t_lib.serve.spool import CaseSpool
 HR = "上司からのパワハラについて相談したい"
 
 
+def _quiet_agent(tmp_path):
+    """An agent whose desk never starts its background thread: each test calls ``replay`` itself, and a replay of
+    the thread's between two of the test's steps would finish an entry the test means to finish."""
+    agent = _agent(tmp_path, enable_notifications=False)
+    agent.desk._stopped.set()
+    return agent
+
+
 def _decisions(tmp_path, request_id):
     return [r for r in _records(tmp_path) if r.get("request_id") == request_id and r.get("event", "decision") == "decision"]
 
@@ -69,7 +77,7 @@ def test_an_unreadable_queue_url_stops_the_start_and_names_the_variable(tmp_path
 def test_a_queue_that_raises_something_unexpected_leaves_the_case_spooled_once(tmp_path):
     """A ValueError from the queue escaped try_queue: run_batch raised, and the spool entries of both the
     decision and its fail-closed retry were replayed later into two cases for one request."""
-    agent = _agent(tmp_path, enable_notifications=False)
+    agent = _quiet_agent(tmp_path)
     real_add = agent.desk.store.add
     agent.desk.store.add = lambda case: (_ for _ in ()).throw(ValueError("invalid literal for int()"))
     results = agent.run_batch([{"user_request": HR}, {"user_request": "経費精算の締め日はいつですか"}])
@@ -84,7 +92,7 @@ def test_a_queue_that_raises_something_unexpected_leaves_the_case_spooled_once(t
 
 
 def test_a_failure_while_failing_closed_returns_an_unrecorded_escalate_instead_of_raising(tmp_path):
-    agent = _agent(tmp_path, enable_notifications=False)
+    agent = _quiet_agent(tmp_path)
     agent._decide_one = lambda *args: (_ for _ in ()).throw(RuntimeError("a bug while deciding"))
     agent._fail_closed = lambda *args, **kw: (_ for _ in ()).throw(RuntimeError("a bug while failing closed"))
     (result,) = agent.run_batch([{"user_request": HR}])
@@ -109,7 +117,7 @@ def test_a_case_queued_by_a_process_that_died_before_notifying_is_notified_by_th
 
 
 def test_a_replay_that_fails_part_way_lets_go_of_every_entry(tmp_path):
-    agent = _agent(tmp_path, enable_notifications=False)
+    agent = _quiet_agent(tmp_path)
     real_append = agent.audit.append
     agent.audit.append = lambda record: (_ for _ in ()).throw(AuditWriteError("lock timeout"))
     result = agent.run_agent(None, HR, "u1")  # queued, but its audit record is spooled
@@ -125,7 +133,7 @@ def test_a_replay_that_fails_part_way_lets_go_of_every_entry(tmp_path):
 
 
 def test_a_queue_row_with_an_unreadable_notifications_cell_still_lists(tmp_path):
-    agent = _agent(tmp_path, enable_notifications=False)
+    agent = _quiet_agent(tmp_path)
     case_id = agent.run_agent(None, HR, "u1")["escalation_id"]
     agent.close()
     with sqlite3.connect(tmp_path / "cases.sqlite") as db:
@@ -160,7 +168,7 @@ def test_retraining_leaves_out_a_case_whose_text_is_under_another_key(tmp_path, 
 def test_an_entry_that_cannot_be_opened_strands_none_of_the_others(tmp_path, caplog):
     """An OSError other than 'not found' while the spool was listed escaped before the entries already picked were
     let go: they stayed locked by lost descriptors, and every later replay skipped them as in flight."""
-    agent = _agent(tmp_path, enable_notifications=False)
+    agent = _quiet_agent(tmp_path)
     real_append = agent.audit.append
     agent.audit.append = lambda record: (_ for _ in ()).throw(AuditWriteError("lock timeout"))
     result = agent.run_agent(None, HR, "u1")
@@ -168,7 +176,7 @@ def test_an_entry_that_cannot_be_opened_strands_none_of_the_others(tmp_path, cap
     blocker = agent.desk.spool.folder / "esc_zzzz.case.json"
     blocker.mkdir()  # opening it fails with IsADirectoryError (as EACCES or EMFILE would)
     with caplog.at_level(logging.ERROR, logger="so8t.escalation"):
-        agent.desk.replay()  # (or the desk's own thread, woken by the failed write: the replays take turns)
+        assert agent.desk.replay()["finished"] == [result["escalation_id"]]
     assert not (agent.desk.spool.folder / f"{result['escalation_id']}.case.json").exists()
     assert agent.queue.get(result["escalation_id"])["status"] == "open"
     assert "esc_zzzz.case.json cannot be opened" in caplog.text
