@@ -98,7 +98,9 @@ def _decide_during_the_answer(tmp_path, chunk_tokens):
             thread = threading.Thread(target=lambda: later.update(r=agent.run_agent(None, "a second request")))
             thread.start()
             later["thread"] = thread
-            time.sleep(0.2)  # the second request's decision is queued before this chunk ends
+            waited = time.monotonic()  # the second request's decision is queued before this chunk ends
+            while agent._model._calls.qsize() == 0 and time.monotonic() - waited < 10:
+                time.sleep(0.005)
 
     decider = ChunkedFake(on_chunk=on_chunk)
     agent = _agent(tmp_path, decider, answer_chunk_tokens=chunk_tokens, max_tokens=12, decision_timeout_s=5,
