@@ -32,6 +32,7 @@ from tqdm import tqdm
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
+from so8t_lib.core.io import atomic_write_text  # noqa: E402
 from so8t_lib.serve.answering import AnswerTurns, write_answer  # noqa: E402
 from so8t_lib.serve.backends import load_decider  # noqa: E402
 from so8t_lib.serve.config import InferenceConfig  # noqa: E402
@@ -149,9 +150,7 @@ def main() -> None:
               "answer_chars": len(next(iter(texts)) or ""), "answer_tokens": answer_tokens(decider, next(iter(texts))),
               "repeats": args.repeats, "ways": ways, "tiny_model_call_overhead": call_overhead_ms(),
               "machine": {"cpu": platform.processor() or platform.machine(), "python": platform.python_version()}}
-    out = Path(args.out)
-    out.parent.mkdir(parents=True, exist_ok=True)
-    out.write_text(json.dumps(result, indent=2) + "\n", encoding="utf-8")
+    out = atomic_write_text(args.out, json.dumps(result, indent=2) + "\n")
     for name, way in ways.items():
         print(f"{name:>12}: decision wait p50 {way['decision_wait_p50_s']:.2f}s max {way['decision_wait_max_s']:.2f}s "
               f"({way['decision_wait_max_vs_one_pass']:.3f}x); answer alone {way['answer_s_no_decisions']:.1f}s "

@@ -20,6 +20,7 @@ from pathlib import Path
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
+from so8t_lib.core.io import atomic_write_text  # noqa: E402
 from so8t_lib.data.benchmarks import load_any  # noqa: E402
 from so8t_lib.eval.evaluate import resampling_families  # noqa: E402
 from so8t_lib.eval.report import safety_report  # noqa: E402
@@ -62,9 +63,7 @@ def main() -> None:
             (lo, hi), (flo, fhi) = entry["rows_ci"], entry["families_ci"]
             print(f"{name} {metric:22s} {entry['value']:.3f}  rows [{lo:.3f}, {hi:.3f}]  "
                   f"families [{flo:.3f}, {fhi:.3f}]  ({(fhi - flo) / (hi - lo):.1f}x as wide)")
-    out = Path(args.out)
-    out.parent.mkdir(parents=True, exist_ok=True)
-    out.write_text(json.dumps(result, indent=2) + "\n", encoding="utf-8")
+    out = atomic_write_text(args.out, json.dumps(result, indent=2) + "\n")
     print(f"wrote {out}")
 
 

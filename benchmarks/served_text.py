@@ -25,6 +25,7 @@ import numpy as np
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
+from so8t_lib.core.io import atomic_write_text  # noqa: E402
 from so8t_lib.data.benchmarks import load_any  # noqa: E402
 from so8t_lib.eval.evaluate import predict_rows, report_from_predictions  # noqa: E402
 from so8t_lib.eval.served import model_inputs, served_decisions  # noqa: E402
@@ -78,9 +79,7 @@ def main() -> None:
         print(f"{name}: {differs} of {len(table)} rows' text differs, {len(changed)} decisions change; " +
               ", ".join(f"{m} {entry['raw_text'][m]} -> {entry['served_text'][m]}" for m in METRICS
                         if entry["raw_text"][m] is not None))
-    out = Path(args.out)
-    out.parent.mkdir(parents=True, exist_ok=True)
-    out.write_text(json.dumps(result, indent=2) + "\n", encoding="utf-8")
+    out = atomic_write_text(args.out, json.dumps(result, indent=2) + "\n")
     print(f"wrote {out}")
 
 
