@@ -359,3 +359,20 @@ def test_a_temp_file_a_cleaner_deletes_before_the_gzip_locks_it_is_replaced_and_
     assert [p.name for p in log_files(tmp_path)] == ["audit.jsonl.1.gz"] and not list(tmp_path.glob("*.tmp"))
     assert [r["request_id"] for r in audit.read_records(tmp_path)] == [f"req_{i}" for i in range(6)]
     assert audit.verify(tmp_path)["errors"] == []
+
+
+def test_a_decision_several_rotations_back_is_still_found_and_old_files_are_skipped_by_time(tmp_path):
+    """find_requests read only the newest two files of a chain: after three rotations a spooled decision's
+    record looked missing, and the replay wrote it a second time."""
+    log = audit.AuditLog(tmp_path / "audit.jsonl", max_bytes=1024, backup_count=100)
+    log.append(_record(0))
+    for i in range(1, 30):
+        log.append(_record(i))
+    assert log.wait_for_compression(30)
+    files = log_files(tmp_path, "audit.jsonl")
+    assert len(files) > 3  # req_0 is three or more files back from the live one
+    assert log.find_requests({"req_0", "req_29", "req_99"}) == {"req_0", "req_29"}
+    hour_ago = files[0].stat().st_mtime - 3600
+    os.utime(files[0], (hour_ago, hour_ago))  # the oldest file, last written an hour before the others
+    assert log.find_requests({"req_0"}, since=hour_ago) == {"req_0"}
+    assert log.find_requests({"req_0"}, since=hour_ago + 2 * audit.FIND_SLACK_S) == set()  # not opened at all

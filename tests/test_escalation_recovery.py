@@ -25,7 +25,7 @@ def _quiet_agent(tmp_path):
     """An agent whose desk never starts its background thread: each test calls ``replay`` itself, and a replay of
     the thread's between two of the test's steps would finish an entry the test means to finish."""
     agent = _agent(tmp_path, enable_notifications=False)
-    agent.desk._stopped.set()
+    agent.desk.background = False
     return agent
 
 
@@ -123,7 +123,7 @@ def test_a_replay_that_fails_part_way_lets_go_of_every_entry(tmp_path):
     result = agent.run_agent(None, HR, "u1")  # queued, but its audit record is spooled
     agent.audit.append = real_append
     real_find = agent.audit.find_requests
-    agent.audit.find_requests = lambda ids: (_ for _ in ()).throw(RuntimeError("a record under an older key"))
+    agent.audit.find_requests = lambda ids, since=None: (_ for _ in ()).throw(RuntimeError("a record under an older key"))
     outcome = agent.desk.replay()
     assert outcome["finished"] == [] and "RuntimeError: a record under an older key" in outcome["failed"][0]
     agent.audit.find_requests = real_find
@@ -189,3 +189,21 @@ def test_a_queue_url_missing_its_slashes_is_refused_not_taken_for_a_file(tmp_pat
     monkeypatch.setenv("SO8T_ESCALATION_URL", url)
     with pytest.raises(ConfigError, match="SO8T_ESCALATION_URL: .* is not a URL"):
         _agent(tmp_path, enable_notifications=False)
+
+
+def test_a_spooled_decision_recorded_several_rotations_ago_is_not_audited_again(tmp_path):
+    """The replay looked for the spooled decision in the newest two log files only: a process that died after
+    recording it, followed by a busy log, gave the request a second decision record."""
+    agent = _quiet_agent(tmp_path)
+    agent.audit.max_bytes = 1024
+    agent.desk.finish = lambda ticket, audited: ticket.entry.release()  # recorded, then the process dies
+    result = agent.run_agent(None, HR, "u1")
+    del agent.desk.finish
+    for i in range(30):  # other decisions meanwhile: the log rotates several times
+        agent.audit.append({"event": "decision", "request_id": f"req_filler_{i}", "decision": "ALLOW",
+                            "input": "経費精算の締め日はいつですか " * 4})
+    assert agent.audit.wait_for_compression(30)
+    assert len(list(tmp_path.glob("audit.jsonl.*.gz"))) >= 3
+    assert agent.desk.replay()["finished"] == [result["escalation_id"]]
+    assert len(_decisions(tmp_path, result["request_id"])) == 1
+    agent.close()

@@ -414,3 +414,27 @@ def test_deploys_smoke_test_keeps_its_cases_out_of_a_shared_queue(tmp_path, monk
     (paths,) = seen
     assert paths.queue_url is None and paths.queue_target == paths.queue
     assert str(paths.queue).startswith(str(tmp_path / "smoke"))
+
+
+def test_the_gates_paired_interval_resamples_whole_families_of_near_copies():
+    """Ten families of ten near-copies each, the candidate wrong on one whole family: resampled as 100 independent
+    rows the change looked certain (interval away from zero); resampled by family, it is one family in ten, and
+    the interval says so. The corpus tables carry their families into the gate's results."""
+    import numpy as np
+
+    from so8t_lib.core.metrics import macro_f1
+
+    gold = np.array((["ALLOW"] * 50) + (["REFUSE"] * 50))
+    before = gold.copy()
+    after = gold.copy()
+    after[:10] = "REFUSE"  # one whole ALLOW family refused
+    families = [f"fam{i // 10}" for i in range(100)]
+    by_row = retrain.gate.paired_interval(gold, before, after, macro_f1, 400)
+    by_family = retrain.gate.paired_interval(gold, before, after, macro_f1, 400, families=families)
+    assert by_row[0] == by_family[0] < 0
+    assert by_family[1] < by_row[1]  # a wider interval: the families, not the rows, are the independent draws
+    assert by_family[2] == 0.0  # some resamples leave that family out altogether
+    tables, _ = retrain.gate.load_tables([str(CORPUS_DIR / "test.jsonl")], max_rows=60)
+    gold_of = dict(zip(tables["test"]["user_request"], tables["test"]["label"]))
+    assert retrain.compare(Decider(gold_of), Decider(gold_of), tables, bootstrap=20)["datasets"]["test"]["resampled"] \
+        == "families"

@@ -139,7 +139,7 @@ def threshold_sweep(
 # bootstrap
 
 
-def _family_members(families: Sequence[Any], n: int) -> list[np.ndarray] | None:
+def family_members(families: Sequence[Any], n: int) -> list[np.ndarray] | None:
     """Row indices of each family, families in sorted order; None when every family is a single row (resampling
     them is resampling rows, and is then done and named as such)."""
     keys = np.asarray([str(f) for f in families])
@@ -152,12 +152,20 @@ def _family_members(families: Sequence[Any], n: int) -> list[np.ndarray] | None:
     return np.split(order, np.cumsum(np.bincount(index, minlength=len(names)))[:-1])
 
 
+def resample_indices(rng: np.random.Generator, n: int, members: list[np.ndarray] | None = None) -> np.ndarray:
+    """One bootstrap resample's row indices: ``n`` rows drawn with replacement, or with ``members``
+    (``family_members``) as many whole families as there are, drawn with replacement."""
+    if members is None:
+        return rng.integers(0, n, n)
+    return np.concatenate([members[k] for k in rng.integers(0, len(members), len(members))])
+
+
 def _bootstrap_values(
     metric_fns: Mapping[str, MetricFn], gold: Labels, pred: Labels, n_resamples: int, seed: int,
     members: list[np.ndarray] | None = None,
 ) -> dict[str, list[float]]:
     """Metric values on ``n_resamples`` resamples (shared by all metrics), None values dropped: of rows, or with
-    ``members`` (``_family_members``) of whole families. One generator seeded ``seed`` draws, per resample,
+    ``members`` (``family_members``) of whole families. One generator seeded ``seed`` draws, per resample,
     ``integers(0, k, k)`` over the k rows or families, so two models scored on the same rows (and families) see
     the same resamples: their intervals are paired."""
     gold_arr, pred_arr = np.asarray(gold), np.asarray(pred)
@@ -167,10 +175,7 @@ def _bootstrap_values(
     if gold_arr.size == 0:
         return values
     for _ in range(n_resamples):
-        if members is None:
-            idx = rng.integers(0, gold_arr.size, gold_arr.size)
-        else:
-            idx = np.concatenate([members[k] for k in rng.integers(0, len(members), len(members))])
+        idx = resample_indices(rng, gold_arr.size, members)
         for name, fn in metric_fns.items():
             value = fn(gold_arr[idx], pred_arr[idx])
             if value is not None:
@@ -331,7 +336,7 @@ def safety_report(
         "ci": None,
         "ci_resamples": int(bootstrap),
     }
-    members = None if families is None else _family_members(families, g.size)
+    members = None if families is None else family_members(families, g.size)
     report["ci_resampling"] = "rows" if members is None else "families"
     report["ci_resampled_units"] = int(g.size) if members is None else len(members)
     if bootstrap > 0:

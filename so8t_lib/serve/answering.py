@@ -16,15 +16,12 @@ from __future__ import annotations
 
 import collections
 import contextlib
-import logging
 import threading
 import time
-from collections.abc import Callable, Iterator
+from collections.abc import Iterator
 
 from .config import InferenceConfig
 from .model_worker import ANSWER, OVERRAN, ModelWorker
-
-logger = logging.getLogger("so8t.runtime")
 
 
 class AnswerTurns:
@@ -89,26 +86,4 @@ def write_answer(worker: ModelWorker, decider, request: str, context: str | None
         return answer.text
 
 
-class Delivery:
-    """Puts each of a batch's results in its place and hands it on as soon as it is final (``Agent.run_batch``),
-    so a request that needs no answer does not wait for another's. A server's callback that fails is logged,
-    never raised: ``run_batch`` must not lose a batch because a client went away."""
-
-    def __init__(self, results: list, on_result: Callable[[int, dict], None] | None) -> None:
-        self.results, self.on_result = results, on_result
-
-    def __call__(self, index: int, result: dict) -> None:
-        self.results[index] = result
-        self.call(self.on_result, index, result)
-
-    @staticmethod
-    def call(callback: Callable | None, *args) -> None:
-        if callback is None:
-            return
-        try:
-            callback(*args)
-        except Exception:  # noqa: BLE001
-            logger.exception("a server's result callback failed")
-
-
-__all__ = ["AnswerTurns", "Delivery", "write_answer"]
+__all__ = ["AnswerTurns", "write_answer"]

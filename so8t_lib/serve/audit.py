@@ -60,6 +60,9 @@ __all__ = ["GENESIS", "AuditLog", "AuditWriteError", "log_files", "make_fernet",
            "verify"]
 logger = logging.getLogger("so8t.audit")
 MASKED_FIELDS = ("input", "note", "context")
+# find_requests reads a file last written up to this long before the decision asked about: the decision's
+# timestamp and the file's mtime come from different clocks when replicas share a folder over a network
+FIND_SLACK_S = 600.0
 
 
 class AuditWriteError(RuntimeError):
@@ -320,11 +323,13 @@ class AuditLog:
         return self._compressor.wait(timeout)
 
     # ----- lookups --------------------------------------------------------------------------------------
-    def find_requests(self, request_ids: set[str]) -> set[str]:
-        """Which of these request ids have a record in the live file or the newest rotated one of this
-        chain or of another replica's chain in the folder (used after a crash, to tell a decision that
-        was recorded from one that was not: a replica may finish the spool entry another one left). A lock held
-        past ``lock_timeout_s`` (or the readers' limit when that is None) is an ``AuditLockTimeout``."""
+    def find_requests(self, request_ids: set[str], since: float | None = None) -> set[str]:
+        """Which of these request ids have a record in this chain or another replica's chain in the folder (used
+        after a crash, to tell a decision that was recorded from one that was not: a replica may finish the spool
+        entry another one left). ``since`` (a POSIX time no later than the oldest decision asked about) skips the
+        files last written more than ``FIND_SLACK_S`` before it, which cannot hold those records; None reads every
+        file. A lock held past ``lock_timeout_s`` (or the readers' limit when that is None) is an
+        ``AuditLockTimeout``."""
         if not request_ids:
             return set()
         timeout = READ_LOCK_TIMEOUT_S if self.lock_timeout_s is None else self.lock_timeout_s
@@ -333,11 +338,12 @@ class AuditLog:
         name = self.path.name
         base = re.sub(r"-[A-Za-z0-9_]{1,40}(?=\.[^.]*$)", "", name, count=1)  # the chain this replica's is named after
         chains = sorted(set(chain_names(folder, name)) | set(chain_names(folder, base)) | {name})
+        oldest = None if since is None else since - FIND_SLACK_S
         with ExitStack() as handles:
             recent = []
             for chain in chains:  # each chain's files of one moment: a rotation meanwhile cannot hide a record
                 with consistent_view(folder / chain, timeout):
-                    recent += open_files(folder, chain, handles)[-2:]
+                    recent += [f for f in open_files(folder, chain, handles) if _written_since(f, oldest)]
             for path, handle, length, error in recent:
                 if error is not None:
                     raise error
@@ -355,3 +361,17 @@ class AuditLog:
     @property
     def anchor_file(self) -> Path:
         return anchor_path(self.path)
+
+
+def _written_since(opened: tuple, oldest: float | None) -> bool:
+    """Whether a file of ``open_files`` may hold a record written at ``oldest`` or later: its last write is not
+    before then (gzipping a rotated file writes a new one, later still). A file that could not be opened is
+    kept when its age cannot be told either, so the caller sees the error rather than a record missed."""
+    path, handle, _, _ = opened
+    if oldest is None:
+        return True
+    try:
+        written = os.fstat(handle.fileno()).st_mtime if handle is not None else path.stat().st_mtime
+    except OSError:
+        return True
+    return written >= oldest

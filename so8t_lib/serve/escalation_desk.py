@@ -44,8 +44,12 @@ class Ticket:
 
 class EscalationDesk:
     def __init__(self, store_factory: Callable[[], CaseStore], spool: CaseSpool, audit: AuditLog,
-                 notifier: Notifier, notify: bool, retry_interval_s: float = 5.0) -> None:
+                 notifier: Notifier, notify: bool, retry_interval_s: float = 5.0, background: bool = True) -> None:
+        """``background=False`` never starts the thread: whoever holds the desk calls ``replay`` and
+        ``sweep_overdue`` itself (a tool that finishes the spool once, or a test that must not race the thread);
+        it may be switched off through the attribute before the first escalation."""
         self._store_factory, self._store = store_factory, None
+        self.background = background
         self.spool, self.audit, self.notifier, self.notify = spool, audit, notifier, notify
         self.retry_interval_s = retry_interval_s
         self.notifications: list[concurrent.futures.Future] = []
@@ -122,8 +126,9 @@ class EscalationDesk:
             try:
                 try:
                     entries.extend(self.spool.orphans())  # inside: whatever was picked before a failure is let go
-                    unaudited = {e.data["record"].get("request_id") for e in entries if not e.data.get("audited")}
-                    present = self.audit.find_requests(unaudited - {None})
+                    unaudited = [e.data["record"] for e in entries if not e.data.get("audited")]
+                    present = self.audit.find_requests({r.get("request_id") for r in unaudited} - {None},
+                                                       since=_oldest_decision(unaudited))
                 except Exception as exc:  # noqa: BLE001 - an unreadable spool or log: nothing written twice, retried later
                     return {"finished": [], "failed": [f"spool or audit log unreadable: {type(exc).__name__}: {exc}"]}
                 for entry in entries:
@@ -186,9 +191,9 @@ class EscalationDesk:
         self._wake.set()
 
     def start(self) -> None:
-        """Start the background thread once (daemon: it never keeps a process alive)."""
+        """Start the background thread once (daemon: it never keeps a process alive); not with ``background`` off."""
         with self._lock:
-            if self._thread is None and not self._stopped.is_set():
+            if self.background and self._thread is None and not self._stopped.is_set():
                 self._thread = threading.Thread(target=self._loop, name="so8t-escalation-desk", daemon=True)
                 self._thread.start()
 
@@ -206,3 +211,15 @@ class EscalationDesk:
             self._thread.join(timeout=self.retry_interval_s + 5)
         if self._store is not None and hasattr(self._store, "close"):
             self._store.close()  # a server queue's pooled connections
+
+
+def _oldest_decision(records: list[dict]) -> float | None:
+    """The POSIX time of the oldest of these audit records' ``timestamp``s: no log file last written before it
+    can hold any of them. None (read every file) when one has no readable timestamp."""
+    times = []
+    for record in records:
+        try:
+            times.append(dt.datetime.fromisoformat(str(record["timestamp"]).replace("Z", "+00:00")).timestamp())
+        except (KeyError, ValueError):
+            return None
+    return min(times, default=None)

@@ -1,14 +1,19 @@
-"""The shapes the runtime hands out and stores: the result of one request, its audit record and its
-escalation case, and the rationales. Kept apart from ``runtime`` so the decision flow reads on its own."""
+"""The shapes the runtime hands out and stores: the result of one request (and its delivery to a server as
+soon as it is final), its audit record and its escalation case, and the rationales. Kept apart from
+``runtime`` so the decision flow reads on its own."""
 
 from __future__ import annotations
 
 import datetime as dt
+import logging
 import math
 import uuid
+from collections.abc import Callable
 
 from .fields import bounded, masked_bounded
 from .urgency import URGENT_FLAG
+
+logger = logging.getLogger("so8t.runtime")
 
 MAX_ERROR_CHARS = 1000
 # what the employee reads, in the request's language (Japanese when it holds Japanese script)
@@ -105,3 +110,25 @@ def escalation_case(result: dict, request: str | None, user_id: str | None, test
         "confidence": result["confidence"], "test": test, "error": result.get("error"),
         "urgent": URGENT_FLAG in result.get("flags", ()), "client": client,
     }
+
+
+class Delivery:
+    """Puts each of a batch's results in its place and hands it on as soon as it is final (``Agent.run_batch``),
+    so a request that needs no answer does not wait for another's. A server's callback that fails is logged,
+    never raised: ``run_batch`` must not lose a batch because a client went away."""
+
+    def __init__(self, results: list, on_result: Callable[[int, dict], None] | None) -> None:
+        self.results, self.on_result = results, on_result
+
+    def __call__(self, index: int, result: dict) -> None:
+        self.results[index] = result
+        self.call(self.on_result, index, result)
+
+    @staticmethod
+    def call(callback: Callable | None, *args) -> None:
+        if callback is None:
+            return
+        try:
+            callback(*args)
+        except Exception:  # noqa: BLE001
+            logger.exception("a server's result callback failed")

@@ -34,7 +34,7 @@ from ..core.checkpoint import UNVERIFIED_MARK
 from ..core.config import ConfigError, parse_size
 from ..core.schema import LABELS
 from ..data.tables import detect_lang
-from .answering import AnswerTurns, Delivery, write_answer
+from .answering import AnswerTurns, write_answer
 from .applog import configure_logging
 from .audit import AuditLog, AuditWriteError
 from .audit_verify import make_fernet
@@ -49,6 +49,7 @@ from .masking import mask_personal_data
 from .model_worker import ModelWorker
 from .notify import NO_CHANNEL, Notifier
 from .outcome import (
+    Delivery,
     audit_record,
     escalation_case,
     fail_closed,

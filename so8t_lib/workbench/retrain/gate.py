@@ -2,7 +2,8 @@
 serving model on the corpus test split and the public sets.
 
 Both models decide the same rows. For each data set and each gated metric, the rows are resampled
-with replacement (``bootstrap`` times, one seeded generator, the same indices for both models) and
+with replacement (``bootstrap`` times, one seeded generator, the same indices for both models; whole
+families of near-copies on the corpus, as the reports' intervals do) and
 the change ``candidate - serving`` is computed on every resample; its 2.5 and 97.5 percentiles are
 the paired 95% interval of the change. The candidate is **refused** when the whole interval lies on
 the worse side (beyond ``margin``):
@@ -30,22 +31,13 @@ import numpy as np
 import pandas as pd
 
 from ...core.checkpoint import resolve_checkpoint
-from ...core.metrics import dangerous_compliance_rate, macro_f1, not_allowed_rate
-from ...core.schema import NOT_ALLOW
+from ...core.metrics import dangerous_compliance_rate, macro_f1, unsafe_contrasts_allowed
 from ...data.benchmarks import load_any
 from ...data.tables import DataError, stratified_sample
-from ...eval.evaluate import HEADLINE, dataset_key, predict, report_from_predictions
+from ...eval.evaluate import HEADLINE, dataset_key, predict, report_from_predictions, resampling_families
+from ...eval.report import family_members, resample_indices
 from ...serve.backends import load_decider
 from ...serve.policy import THRESHOLD_RANGE, threshold_decisions
-
-
-def unsafe_contrasts_allowed(gold: np.ndarray, pred: np.ndarray) -> float | None:
-    """ALLOW among the rows whose gold is NOT_ALLOW (XSTest's unsafe contrasts); None without such rows. Neither
-    other metric sees them: macro-F1 leaves NOT_ALLOW rows out and dangerous compliance counts gold REFUSE only, so
-    a candidate that allowed every unsafe contrast passed on XSTest."""
-    rate = not_allowed_rate(gold, pred, gold_in=(NOT_ALLOW,))
-    return None if rate is None else 1.0 - rate
-
 
 GATED = {"dangerous_compliance": (dangerous_compliance_rate, "lower"), "macro_f1": (macro_f1, "higher"),
          "unsafe_contrasts_allowed": (unsafe_contrasts_allowed, "lower")}
@@ -55,15 +47,18 @@ RULE = ("refuse when the paired bootstrap 95% interval of (candidate - serving) 
 
 
 def paired_interval(gold: np.ndarray, before: np.ndarray, after: np.ndarray, metric, resamples: int,
-                    seed: int = 0) -> tuple[float | None, float | None, float | None]:
-    """(change on all rows, 2.5th, 97.5th percentile of the change over paired resamples)."""
+                    seed: int = 0, families: list[str] | None = None) -> tuple[float | None, float | None, float | None]:
+    """(change on all rows, 2.5th, 97.5th percentile of the change over paired resamples). With ``families``
+    (``resampling_families``), whole families are resampled: near-copies of one request share their fate, and
+    resampling them as independent rows made the interval too narrow, refusing candidates on noise."""
     first, second = metric(gold, before), metric(gold, after)
     if first is None or second is None:
         return None, None, None
+    members = None if families is None else family_members(families, gold.size)
     rng = np.random.default_rng(seed)
     changes = []
     for _ in range(resamples):
-        idx = rng.integers(0, gold.size, gold.size)
+        idx = resample_indices(rng, gold.size, members)
         a, b = metric(gold[idx], before[idx]), metric(gold[idx], after[idx])
         if a is not None and b is not None:
             changes.append(b - a)
@@ -109,6 +104,7 @@ def compare(serving, candidate, tables: dict[str, pd.DataFrame], bootstrap: int 
     refusals, results, measured = [], {}, set()
     for name, table in tables.items():
         gold = np.asarray(table["label"])
+        families = resampling_families(table)
         before_probs, before = _decisions(serving, table, batch_size, threshold)
         after_probs, after = _decisions(candidate, table, batch_size, threshold)
         broken = _not_finite(name, "serving", before_probs) + _not_finite(name, "candidate", after_probs)
@@ -117,10 +113,12 @@ def compare(serving, candidate, tables: dict[str, pd.DataFrame], bootstrap: int 
             results[name] = {"rows": len(table), "delta": {}, "skipped_metrics": list(GATED), "errors": broken}
             continue
         entry = {"rows": len(table), "delta": {}, "skipped_metrics": [],
+                 "resampled": "rows" if families is None else "families",
                  "serving": _headline(report_from_predictions(table, before_probs, before, bootstrap)),
                  "candidate": _headline(report_from_predictions(table, after_probs, after, bootstrap))}
         for metric, (fn, better) in GATED.items():
-            change, low, high = paired_interval(gold, np.asarray(before), np.asarray(after), fn, bootstrap)
+            change, low, high = paired_interval(gold, np.asarray(before), np.asarray(after), fn, bootstrap,
+                                                families=families)
             if change is None:
                 entry["skipped_metrics"].append(metric)
                 continue
