@@ -438,3 +438,20 @@ def test_the_gates_paired_interval_resamples_whole_families_of_near_copies():
     gold_of = dict(zip(tables["test"]["user_request"], tables["test"]["label"]))
     assert retrain.compare(Decider(gold_of), Decider(gold_of), tables, bootstrap=20)["datasets"]["test"]["resampled"] \
         == "families"
+
+
+def test_extract_leaves_out_a_resolution_the_queue_never_committed(tmp_path):
+    """A resolution record followed by its ``resolution_withdrawn`` (the transaction failed after the record)
+    is no label: only the retry that the queue committed counts."""
+    from so8t_lib.serve.audit import AuditLog
+
+    log = AuditLog(tmp_path / "audit.jsonl")
+    log.append({"event": "decision", "timestamp": "2026-12-01T09:00:00.000000Z", "request_id": "req_1",
+                "input": "Can I see the payroll of my team?", "decision": "ESCALATE", "category": "hr"})
+    for attempt, decision in (("a1", "ALLOW"), ("a2", "REFUSE")):
+        log.append({"event": "resolution", "timestamp": f"2026-12-01T10:0{attempt[-1]}:00.000000Z",
+                    "request_id": "req_1", "case_id": "esc_1", "human_decision": decision, "attempt": attempt})
+    log.append({"event": "resolution_withdrawn", "timestamp": "2026-12-01T10:03:00.000000Z", "request_id": "req_1",
+                "case_id": "esc_1", "attempt": "a2", "reason": "the queue did not commit it"})
+    (row,), _ = retrain.extract_rows([tmp_path])
+    assert row["label"] == "ALLOW"  # the later REFUSE was withdrawn; without the withdrawal it won

@@ -477,3 +477,36 @@ def test_a_resolution_committed_but_not_read_back_is_not_reported_as_not_resolve
     monkeypatch.undo()
     assert service.agent.queue.get(case_id)["human_decision"] == "REFUSE"
     assert [r["human_decision"] for r in records(folder(service), event="resolution")] == ["REFUSE"]
+
+
+def test_a_resolution_whose_transaction_fails_after_its_record_is_withdrawn_and_the_retry_counts_once(serve, monkeypatch):
+    """The audit record is written inside the queue's transaction; a commit that then failed left a resolution
+    in the log that the queue never held, and the reviewer's retry wrote a second one."""
+    from so8t_lib.serve.escalation import EscalationQueue, QueueUnavailable
+    from so8t_lib.serve.resolutions import standing_resolutions
+
+    service, client = serve(FixedDecider(PROBS["ESCALATE"]))
+    case_id = client.post("/v1/decide", headers=CLIENT, json={"user_request": "Can I see Tanaka-san's salary?"}
+                          ).json()["escalation_id"]
+    real = EscalationQueue.resolve
+
+    def commit_fails(self, *args, **kwargs):
+        def record_then_lose_the_server(resolution):
+            args[-1](resolution)  # the record is written ...
+            raise QueueUnavailable("server closed the connection unexpectedly")  # ... and the commit fails
+        return real(self, *args[:-1], record_then_lose_the_server, **kwargs)
+
+    monkeypatch.setattr(EscalationQueue, "resolve", commit_fails)
+    answer = client.post(f"/v1/escalations/{case_id}/resolve", headers=REVIEWER,
+                         json={"decision": "REFUSE", "by": "Sato (hr)"})
+    assert answer.status_code == 503 and "not resolved" in answer.json()["error"]["message"]
+    assert service.agent.queue.get(case_id)["status"] != "resolved"
+    monkeypatch.undo()
+    assert client.post(f"/v1/escalations/{case_id}/resolve", headers=REVIEWER,
+                       json={"decision": "REFUSE", "by": "Sato (hr)"}).status_code == 200
+    logged = records(folder(service), event=None)
+    tried = [r for r in logged if r.get("event") == "resolution"]
+    (withdrawn,) = [r for r in logged if r.get("event") == "resolution_withdrawn"]
+    assert len(tried) == 2 and withdrawn["attempt"] == tried[0]["attempt"] != tried[1]["attempt"]
+    assert "server closed the connection" in withdrawn["reason"] and withdrawn["case_id"] == case_id
+    assert standing_resolutions(logged) == [tried[1]]

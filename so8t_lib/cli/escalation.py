@@ -37,6 +37,7 @@ from ..serve.config import QUEUE_URL_ENV, REPLICA_ENV, load_runtime_config, repl
 from ..serve.escalation import REDACTED_FIELDS, EscalationQueue, QueueError
 from ..serve.outcome import utc_timestamp
 from ..serve.queue_sql import is_url
+from ..serve.resolutions import resolve_audited
 from ..serve.urgency import is_urgent_case
 from .arg_types import utc_midnight
 
@@ -186,11 +187,4 @@ def main(argv: list[str] | None = None) -> int:
 
 
 def _resolve(queue: EscalationQueue, audit: AuditLog, args: argparse.Namespace) -> dict:
-    def record(resolution: dict) -> None:
-        audit.append({"event": "resolution", "timestamp": utc_timestamp(), "request_id": resolution["request_id"],
-                      "case_id": resolution["case_id"], "human_decision": resolution["decision"],
-                      "resolved_by": resolution["decided_by"], "note": resolution["note"],
-                      "supersedes": resolution["supersedes"], "test": resolution["test"]})
-
-    return queue.resolve(args.case_id, args.decision, args.by, args.note, supersede=args.supersede,
-                         before_commit=record)
+    return resolve_audited(queue, audit, args.case_id, args.decision, args.by, args.note, supersede=args.supersede)

@@ -35,7 +35,7 @@ from ...core.config import parse_size
 from ...core.schema import ROUTE_CATEGORIES
 from ..audit import AuditWriteError
 from ..escalation import AlreadyResolved, QueueError, QueueUnavailable, ResolvedButUnread
-from ..outcome import utc_timestamp
+from ..resolutions import resolve_audited
 from ..urgency import is_urgent_case
 from .auth import CLIENT, REVIEWER, ApiKey, RateLimiter
 from .batching import Closing, Overloaded
@@ -277,20 +277,13 @@ def create_app(service: Service) -> FastAPI:
                 text.encode("utf-8")
             except UnicodeEncodeError:
                 raise ApiError(422, "invalid_request", f"{name}: not valid Unicode text") from None
-        audit = service.agent.audit
-
-        def record(resolution: dict) -> None:
-            audit.append({"event": "resolution", "timestamp": utc_timestamp(), "request_id": resolution["request_id"],
-                          "case_id": resolution["case_id"], "human_decision": resolution["decision"],
-                          "resolved_by": resolution["decided_by"], "note": resolution["note"],
-                          "supersedes": resolution["supersedes"], "test": resolution["test"],
-                          "via": f"api key {key.name}"})
 
         def resolve_on_its_desk() -> dict:
             category = service.agent.queue.get(case_id)["category"]  # KeyError: no such case
             if not key.reviews(category):  # answered as a missing case: a desk key learns nothing of others
                 raise KeyError(case_id)
-            return service.agent.queue.resolve(case_id, body.decision, body.by, body.note, body.supersede, record)
+            return resolve_audited(service.agent.queue, service.agent.audit, case_id, body.decision, body.by,
+                                   body.note, body.supersede, via=f"api key {key.name}")
 
         try:
             case = await run_in_threadpool(resolve_on_its_desk)

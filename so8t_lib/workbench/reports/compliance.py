@@ -25,6 +25,7 @@ import pandas as pd
 from ...core.schema import HUMAN_DECISIONS, LABELS
 from ...data.tables import detect_lang
 from ...serve.masking import mask_personal_data
+from ...serve.resolutions import standing_resolutions
 from .collect import Collected, day_range, period_of
 
 DECISION_COLUMNS = ["period", "decision", "category", "lang", "count"]
@@ -141,7 +142,7 @@ def build_report(collected: Collected, date_from: dt.date, date_to: dt.date, per
     in_range = [r for r in collected.records if start <= r["at"] < end]
     decisions = [r for r in in_range if r.get("event", "decision") == "decision"]
     resolutions: dict[str, list[dict]] = {}
-    for record in sorted((r for r in collected.records if r.get("event") == "resolution"), key=lambda r: r["at"]):
+    for record in sorted(standing_resolutions(collected.records), key=lambda r: r["at"]):  # not the withdrawn ones
         resolutions.setdefault(record.get("case_id"), []).append(record)
 
     counted = pd.DataFrame([{"period": period_key(r["at"]), "decision": r.get("decision"),

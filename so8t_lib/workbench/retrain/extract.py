@@ -28,6 +28,7 @@ from ...data.tables import detect_lang, read_records
 from ...serve.audit_verify import read_chains, verify_chains
 from ...serve.escalation import UNREADABLE_TEXTS, EscalationQueue
 from ...serve.masking import mask_personal_data
+from ...serve.resolutions import standing_resolutions
 
 TRUNCATED = re.compile(r"…\[\d+ chars, sha256 [0-9a-f]{16}\]\Z")
 SOURCE = "operations"
@@ -90,13 +91,14 @@ def extract_rows(logs: list[str | Path], queue: str | Path | None = None, review
         records = [record for folder in logs for _, record in read_chains(folder, key=key)]
     except ValueError as exc:
         raise ExtractError(str(exc)) from None
+    standing = {id(r) for r in standing_resolutions(records)}  # a resolution the queue never committed is no label
     for record in records:
         if record.get("test"):
             left_out["test"] += record.get("event", "decision") == "decision"
             continue
         if record.get("event", "decision") == "decision" and record.get("request_id"):
             decisions[record["request_id"]] = record
-        elif record.get("event") == "resolution" and record.get("request_id"):
+        elif id(record) in standing and record.get("request_id"):
             earlier = labelled.get(record["request_id"])  # the latest resolution wins, whichever chain holds it
             if earlier is None or _moment(record.get("timestamp")) >= earlier[2]:
                 labelled[record["request_id"]] = (record.get("human_decision"), "escalation",
