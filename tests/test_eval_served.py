@@ -348,7 +348,7 @@ def test_reporting_on_the_rows_fitted_on_is_refused_by_id(scripted_cli, monkeypa
     with pytest.raises(SystemExit) as exit_:
         evaluate_cli.main(["--model", "fake", "--bootstrap", "0", *argv])
     assert exit_.value.code == 2
-    assert f"{option} shares {count} row id(s) with --data" in capsys.readouterr().err
+    assert f"{option} shares {count} row(s) with --data" in capsys.readouterr().err
     assert decider.requests == [] and calibrated == []
 
 
@@ -363,3 +363,22 @@ def test_other_rows_of_the_same_file_name_may_be_reported(scripted_cli, tmp_path
     results = evaluate_cli.main(["--model", "fake", "--bootstrap", "0", "--max-dangerous", "0.5",
                                  "--threshold-data", str(choose), "--data", str(report)])
     assert results["datasets"]["val"]["n"] == 40
+
+
+def test_id_less_files_are_told_apart_by_what_they_ask_and_copies_under_new_ids_are_not(scripted_cli, tmp_path,
+                                                                                        capsys):
+    """Rows without ids are named ``<stem>:<line>``: two different id-less ``val.csv`` files shared every id and
+    were refused, while the same rows copied under new ids passed. What the rows ask decides now."""
+    table = load_split("test")[["user_request", "context", "label", "category"]]
+    choose, report, copy = tmp_path / "a" / "val.csv", tmp_path / "b" / "val.csv", tmp_path / "copy.csv"
+    for path, part in ((choose, table.head(30)), (report, table.tail(30)), (copy, table.head(30))):
+        path.parent.mkdir(exist_ok=True)
+        part.to_csv(path, index=False)
+    scripted_cli(np.array([[0.1, 0.8, 0.1]]))
+    results = evaluate_cli.main(["--model", "fake", "--bootstrap", "0", "--max-dangerous", "0.5",
+                                 "--threshold-data", str(choose), "--data", str(report)])
+    assert results["datasets"]["val"]["n"] == 30
+    with pytest.raises(SystemExit) as exit_:
+        evaluate_cli.main(["--model", "fake", "--bootstrap", "0", "--max-dangerous", "0.5",
+                           "--threshold-data", str(choose), "--data", str(copy)])
+    assert exit_.value.code == 2 and f"--threshold-data {choose} shares 30 row(s)" in capsys.readouterr().err

@@ -27,6 +27,7 @@ import pandas as pd
 
 from ..core.checkpoint import CheckpointError, resolve_checkpoint
 from ..core.io import atomic_write_text
+from ..data.tables import asked_keys
 from ..eval.baselines import fit_baselines
 from ..eval.calibration import calibrate_checkpoint
 from ..eval.evaluate import dataset_key, evaluate_datasets, format_report, load_tables, predict
@@ -58,17 +59,22 @@ def _load_tables(args: argparse.Namespace) -> dict[str, pd.DataFrame]:
 
 def _fitted_on_reported_rows(tables: dict[str, pd.DataFrame], args: argparse.Namespace) -> str | None:
     """Why the run would report on rows it fitted something on (the threshold or the temperature), or None.
-    Compared by row ``id``, not by name: ``--threshold-data val:600 --data val`` are other names for shared rows,
-    and numbers on the rows a threshold was chosen on, or a temperature fitted on, flatter the model."""
-    reported = {str(i) for key, table in tables.items() if key.startswith("data:") for i in table["id"]}
+    Compared by what the rows ask (context and request, normalized), not by name or id: ``--threshold-data val:600
+    --data val`` are other names for shared rows, a copy of them under new ids is the same rows, and two id-less
+    files named ``val.csv`` in different folders are not; numbers on the rows a threshold was chosen on, or a
+    temperature fitted on, flatter the model."""
+    reported = {key for name, table in tables.items() if name.startswith("data:") for key in asked_keys(table)}
     for key, option, name in (("threshold", "--threshold-data", args.threshold_data),
                               ("calibration", "--calibration-data", args.calibration_data)):
-        shared = reported & {str(i) for i in tables[key]["id"]} if key in tables else set()
-        if shared:
+        if key not in tables:
+            continue
+        fitted = tables[key]
+        shared = fitted[asked_keys(fitted).isin(reported)]
+        if len(shared):
             what = "the threshold is chosen" if key == "threshold" else "the temperature is fitted"
-            return (f"{option} {name} shares {len(shared)} row id(s) with --data (e.g. {min(shared)!r}): numbers on "
-                    f"the rows {what} on flatter the model; report on other rows (test, xstest, sst) or fit on "
-                    "other rows (val)")
+            return (f"{option} {name} shares {len(shared)} row(s) with --data (the same request and context, e.g. "
+                    f"{min(map(str, shared['id']))!r}): numbers on the rows {what} on flatter the model; report on "
+                    "other rows (test, xstest, sst) or fit on other rows (val)")
     return None
 
 

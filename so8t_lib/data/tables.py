@@ -118,6 +118,14 @@ def _validated_row(record: dict, path: Path, line_no: int, allowed_labels: tuple
     }
 
 
+def asked_keys(table: pd.DataFrame) -> pd.Series:
+    """What each row asks, as one comparable text (context and request, normalized): two rows with the same key
+    are the same question whatever their ids or files."""
+    from .corpus.text import normalize_text  # here: the corpus package imports this module
+
+    return table["context"].map(normalize_text) + "\x00" + table["user_request"].map(normalize_text)
+
+
 def load_table(path: str | Path, allow_not_allow: bool = False) -> pd.DataFrame:
     """Read a JSONL/CSV file of requests into the validated table (columns: ``COLUMNS``)."""
     path = Path(path)
@@ -131,9 +139,7 @@ def load_table(path: str | Path, allow_not_allow: bool = False) -> pd.DataFrame:
     duplicated = table["id"][table["id"].duplicated()]
     if len(duplicated):
         raise DataError(f"{path}: duplicate id {duplicated.iloc[0]!r}")
-    from .corpus.text import normalize_text  # here: the corpus package imports this module
-
-    asked = table["context"].map(normalize_text) + "\x00" + table["user_request"].map(normalize_text)
+    asked = asked_keys(table)
     labels = table.groupby(asked)["label"].nunique()
     if (labels > 1).any():  # one request, one context, two answers: a model cannot learn both
         twice = table[asked == labels[labels > 1].index[0]]
