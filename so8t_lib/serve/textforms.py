@@ -26,16 +26,25 @@ _KEEP_CONTROLS = frozenset("\t\n\r")
 # scripts the corpus is written in: their letters are never remapped (〇 is not "O" in Japanese)
 _OWN_SCRIPTS = frozenset({"LATIN", "HAN", "HIRAGANA", "KATAKANA"})
 _KANJI_KANA = r"\u30a1-\u30fa\u30fc\u3005\u4e00-\u9fff"
-# a space between two kanji or katakana: Japanese puts no spaces inside words ("リ ス ト", "単 価")
-_SPACED_JA = re.compile(rf"(?<=[{_KANJI_KANA}]) (?=[{_KANJI_KANA}])")
+# a space (or a run of spaces and tabs, not a line break) between two kanji or katakana: Japanese
+# puts no spaces inside words ("リ ス ト", "単  価")
+_SPACED_JA = re.compile(rf"(?<=[{_KANJI_KANA}])[ \t]+(?=[{_KANJI_KANA}])")
 # ... and the sign of a word pulled apart: a kanji or katakana standing alone between spaces ("単 価 表")
 _WORDISH = rf"\u3041-\u309f{_KANJI_KANA}"
-_SPLIT_JA = re.compile(rf"(?<![{_WORDISH}])[{_KANJI_KANA}] [{_KANJI_KANA}]|[{_KANJI_KANA}] [{_KANJI_KANA}](?![{_WORDISH}])")
-_SPACED_LETTERS = re.compile(r"(?<![^\W\d_])(?:[^\W\d_][ .\-_*·|/]){2,}[^\W\d_](?![^\W\d_])")
+_SPLIT_JA = re.compile(rf"(?<![{_WORDISH}])[{_KANJI_KANA}][ \t]+[{_KANJI_KANA}]|"
+                       rf"[{_KANJI_KANA}][ \t]+[{_KANJI_KANA}](?![{_WORDISH}])")
+# between spaced letters: any run of white space ("p  a", "p\ta", "p\na"), a run of one mark ("p,a",
+# "p..a"), or a run of one mark with white space on both sides ("p . a"); never a mark followed by a space
+# only, which is how lists and initials are written ("a, b, c", "J. R. R.")
+_MARK_RUN = "|".join(f"{re.escape(mark)}+" for mark in ".,-_*·|/")
+_LETTER_GAP = rf"(?:\s+(?:(?:{_MARK_RUN})\s+)?|{_MARK_RUN})"
+_SPACED_LETTERS = re.compile(rf"(?<![^\W\d_])(?:[^\W\d_]{_LETTER_GAP}){{2,}}[^\W\d_](?![^\W\d_])")
 _SPACES = re.compile(r"\s+")
-# leetspeak: an ASCII word that mixes letters and digits ("p4ssw0rd", "ign0r3"), digits read as letters
-_LEET_WORD = re.compile(r"(?<![0-9a-z])(?=[0-9a-z]*[a-z])(?=[0-9a-z]*[0-9])[0-9a-z]+(?![0-9a-z])")
-_LEET = str.maketrans("013457", "oieast")
+# leetspeak: an ASCII word that mixes letters with digits or symbols read as letters ("p4ssw0rd",
+# "p@$$w0rd", "!gnore"); e-mail addresses are left alone, and so is a closing "!" ("thanks!")
+_LEET_CHARS = "0-9a-z@$!|"
+_LEET_WORD = re.compile(rf"[\w.%+-]+@[\w-]+(?:\.[\w-]+)+|(?<![{_LEET_CHARS}])[{_LEET_CHARS}]+")
+_LEET = str.maketrans("013457@$!|", "oieastasil")
 
 
 def _ranges_to_class(points: list[int]) -> str:
@@ -133,14 +142,24 @@ def skeleton(text: str) -> str:
 
 
 def join_spaced_letters(text: str) -> str:
-    """'p a s s w o r d' -> 'password' (words of one letter each, three or more in a row);
-    'リ ス ト' -> 'リスト' (no space between two kanji or katakana)."""
+    """'p a s s w o r d', 'p  a\ts\ns', 'p,a,s,s', 'p . a . s' -> 'password' (words of one letter each,
+    three or more in a row, see ``_LETTER_GAP``); 'リ ス ト' -> 'リスト' (no space between two kanji or katakana)."""
     return _SPACED_JA.sub("", _SPACED_LETTERS.sub(lambda m: re.sub(r"[^\w]|_", "", m.group()), text))
 
 
+def _unleet_word(word: str) -> str:
+    if "@" in word and "." in word:
+        return word  # an e-mail address (the first branch of _LEET_WORD)
+    body = word.rstrip("!")
+    if not re.search("[a-z]", body):
+        return word  # a price ("$5"), a number, "!!"
+    return body.translate(_LEET) + word[len(body):]
+
+
 def unleet(text: str) -> str:
-    """'ign0r3 pr3v10u5' -> 'ignore previous' (only in words that mix ASCII letters and digits)."""
-    return _LEET_WORD.sub(lambda m: m.group().translate(_LEET), text)
+    """'ign0r3 pr3v10u5' -> 'ignore previous', 'p@$$w0rd' -> 'password', '!gnore' -> 'ignore' (only in
+    words that mix ASCII letters with digits or @ $ ! |; for the pattern checks, never the model's text)."""
+    return _LEET_WORD.sub(lambda m: _unleet_word(m.group()), text)
 
 
 def matching_form(text: str) -> str:
