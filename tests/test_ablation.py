@@ -144,3 +144,19 @@ def test_geometry_summary_names_pairs_that_commute_in_practice():
 
 def test_a_nan_t_statistic_has_no_p_value():
     assert math.isnan(ablation.t_two_sided_p(float("nan"), 4))
+
+
+def test_conclusion_gives_the_range_of_paired_seeds_when_failed_runs_leave_fewer_pairs():
+    """Three baseline runs failed with PET off: those comparisons pair 2 seeds, not the 5 of the others."""
+    rng = np.random.default_rng(0)
+    summary = pd.DataFrame([{"gate_order": o, "pet": p, "seed": s,
+                             "status": "failed" if (o == "none" and not p and s >= 2) else "ok",
+                             "metric.macro_f1": 0.55 + rng.normal(0, 0.01)}
+                            for o in ("safe_first", "none") for p in (True, False) for s in range(5)])
+    table = ablation.analyze(summary, ["macro_f1"])
+    text = ablation.conclusion(table)
+    assert "2-5 paired seeds per comparison" in text and "5 paired seeds each" not in text
+    best = table.loc[table["p_value"].idxmin()]
+    assert f"{int(best['pairs'])} paired seeds)." in text  # the comparison it quotes says its own count
+    equal = ablation.conclusion(ablation.analyze(summary.assign(status="ok"), ["macro_f1"]))
+    assert "(5 paired seeds each)" in equal and "paired seeds)." not in equal  # the committed wording

@@ -175,6 +175,13 @@ def finding(table: pd.DataFrame, metric: str, group: str = "gate_order", alpha: 
     return "\n".join(lines)
 
 
+def _paired_seeds(pairs: pd.Series) -> str:
+    """How many seeds the comparisons paired: one number when all agree, else the range, since a failed
+    run leaves its comparisons fewer pairs and the largest count would overstate them."""
+    low, high = int(pairs.min()), int(pairs.max())
+    return f"{high} paired seeds each" if low == high else f"{low}-{high} paired seeds per comparison"
+
+
 def conclusion(table: pd.DataFrame, alpha: float = 0.05, group: str = "gate_order", baseline: str = "none",
                non_commuting: tuple[str, ...] = ("safe_first", "cmd_first")) -> str:
     """The ablation's answer in one paragraph: did non-commutative gating differ measurably from the
@@ -185,18 +192,23 @@ def conclusion(table: pd.DataFrame, alpha: float = 0.05, group: str = "gate_orde
     ours = compared[compared[group].isin(non_commuting)]
     hits = ours[ours["p_holm"] < alpha]
     family = f"{len(compared)} comparisons against {group}={baseline}"
-    seeds = int(compared["pairs"].max())
+    seeds = _paired_seeds(compared["pairs"])
+    equal = compared["pairs"].nunique() == 1
+
+    def per_pair(row: pd.Series) -> str:
+        return "" if equal else f", {int(row['pairs'])} paired seeds"
+
     if hits.empty:
         best = ours.loc[ours["p_value"].idxmin()] if not ours.empty else compared.loc[compared["p_value"].idxmin()]
         present = [o for o in non_commuting if o in set(ours[group])] or list(non_commuting)
         return (f"Non-commutative gating ({', '.join(present)}) made no measurable difference: none of "
                 f"its comparisons is significant at alpha {alpha} after Holm's correction over {family} "
-                f"({seeds} paired seeds each). The smallest unadjusted p was {best['p_value']:.3f} "
-                f"({group}={best[group]}, {best['metric']}, difference {best['diff_vs_baseline']:+.3f}).")
+                f"({seeds}). The smallest unadjusted p was {best['p_value']:.3f} "
+                f"({group}={best[group]}, {best['metric']}, difference {best['diff_vs_baseline']:+.3f}{per_pair(best)}).")
     parts = [f"{r[group]}{'' if 'pet' not in r else ' with PET ' + ('on' if r['pet'] else 'off')}: {r['metric']} "
-             f"{r['diff_vs_baseline']:+.3f} (Holm p {r['p_holm']:.3f})" for _, r in hits.iterrows()]
+             f"{r['diff_vs_baseline']:+.3f} (Holm p {r['p_holm']:.3f}{per_pair(r)})" for _, r in hits.iterrows()]
     return (f"Non-commutative gating made a measurable difference at alpha {alpha} after Holm's correction over "
-            f"{family} ({seeds} paired seeds each): " + "; ".join(parts) + ".")
+            f"{family} ({seeds}): " + "; ".join(parts) + ".")
 
 
 def write_report(summary: pd.DataFrame, table: pd.DataFrame, geometry: pd.DataFrame, out: str | Path,
