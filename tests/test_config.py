@@ -99,3 +99,99 @@ def test_cache_root_reads_so8t_cache_and_treats_an_empty_value_as_unset(monkeypa
     assert cache_root() == tmp_path
     monkeypatch.setenv("SO8T_CACHE", "")  # `SO8T_CACHE= make demo` must not convert the base into the cwd
     assert cache_root() == Path.home() / ".cache" / "so8t"
+
+
+def _gate_args(*argv):
+    import argparse
+
+    from so8t_lib.cli.gate_options import add_gate_options, gate_overrides
+
+    parser = argparse.ArgumentParser()
+    add_gate_options(parser)
+    parser.add_argument("overrides", nargs="*")
+    return gate_overrides(parser.parse_args(list(argv)))
+
+
+@pytest.mark.parametrize("path", ["checkpoints/run #3", "checkpoints/run #3/model.gguf", "20240601", "a: b", "~",
+                                  "'quoted'", " lead", "null.gguf", "日本語/モデル", "x\"y\\z"])
+def test_model_path_is_a_path_never_yaml(path):
+    """`run #3` lost '#3' to a YAML comment (and another checkpoint loaded), 20240601 became a number, ~ None."""
+    from so8t_lib.serve.config import load_runtime_config
+
+    model = load_runtime_config(CONFIGS / "basic.yaml", _gate_args("--model-path", path)).model
+    assert model.checkpoint_path == path
+    assert model.use_gguf == path.endswith(".gguf")
+    if path.endswith(".gguf"):
+        assert model.gguf_path == path and model.model_path() == path
+
+
+def test_a_text_override_keeps_its_text_and_a_dropped_comment_is_refused():
+    from so8t_lib.serve.config import load_runtime_config
+
+    cfg = load_config(CONFIGS / "tiny.yaml", ["training.output_dir=checkpoints/run #3", "model.name=20240601",
+                                              "training.mixed_precision=no", "model.base_model='a b'",
+                                              "model.system_prompt=~"])
+    assert cfg.training.output_dir == "checkpoints/run #3" and cfg.model.name == "20240601"
+    assert cfg.training.mixed_precision == "no" and cfg.model.base_model == "a b" and cfg.model.system_prompt is None
+    assert load_runtime_config(CONFIGS / "basic.yaml", ["model.checkpoint_path=~"]).model.checkpoint_path == "~"
+    assert load_config(CONFIGS / "tiny.yaml", ["training.max_steps=12"]).training.max_steps == 12
+    with pytest.raises(ConfigError, match="drop '# ten' as a comment"):
+        load_config(CONFIGS / "tiny.yaml", ["training.max_steps=10 # ten"])
+    with pytest.raises(ConfigError, match=r"training\.mixed_precision"):
+        load_config(CONFIGS / "tiny.yaml", ["training.mixed_precision=true"])
+
+
+def test_mixed_precision_no_as_yaml_reads_it_and_true_is_refused(tmp_path):
+    cfg = load_config(_write(tmp_path, "training:\n  mixed_precision: no\n"))
+    assert cfg.training.mixed_precision == "no"
+    for word in ("yes", "true"):
+        with pytest.raises(ConfigError, match="true is not a precision"):
+            load_config(_write(tmp_path, f"training:\n  mixed_precision: {word}\n"))
+
+
+def test_sizes_take_bytes_and_refuse_zero():
+    from so8t_lib.core.config import parse_size
+    from so8t_lib.serve.config import load_runtime_config
+
+    cfg = load_runtime_config(CONFIGS / "basic.yaml", ["service.max_body_bytes=1048576",
+                                                       "logging.max_log_size=104857600"])
+    assert parse_size(cfg.service.max_body_bytes) == 2**20 and parse_size(cfg.logging.max_log_size) == 100 * 2**20
+    for override, message in [("logging.max_log_size=0MB", "more than 0"), ("logging.max_log_size=1KB", "4KB"),
+                              ("logging.max_log_size=0", "more than 0"), ("service.max_body_bytes=0", "more than 0")]:
+        with pytest.raises(ConfigError, match=message):
+            load_runtime_config(CONFIGS / "basic.yaml", [override])
+    for bad in (0, "0KB", "0.0001KB", True, -1):
+        with pytest.raises(ValueError):
+            parse_size(bad)
+
+
+def test_an_override_under_an_alias_changes_only_its_own_key(tmp_path):
+    from so8t_lib.core.config import apply_overrides
+
+    path = _write(tmp_path, "training:\n  task_optimizer: &opt {lr: 0.0003, warmup_steps: 5}\n"
+                            "  safety_optimizer: *opt\n")
+    cfg = load_config(path, ["training.safety_optimizer.lr=0.002"])
+    assert cfg.training.task_optimizer.lr == pytest.approx(3e-4) and cfg.training.safety_optimizer.lr == 0.002
+    data = {"a": {"b": 1}}
+    assert apply_overrides(data, ["a.b=2"]) == {"a": {"b": 2}} and data == {"a": {"b": 1}}
+
+
+def test_merge_keys_work_and_duplicates_are_still_refused(tmp_path):
+    cfg = load_config(_write(tmp_path, "training:\n  task_optimizer: &opt {lr: 0.001, warmup_steps: 5}\n"
+                                       "  safety_optimizer:\n    <<: *opt\n    lr: 0.002\n"))
+    assert cfg.training.safety_optimizer.warmup_steps == 5 and cfg.training.safety_optimizer.lr == 0.002
+    assert cfg.training.task_optimizer.lr == 0.001
+    for text in ("training:\n  task_optimizer: &opt {lr: 0.001}\n  safety_optimizer: {<<: *opt, lr: 1, lr: 2}\n",
+                 "training:\n  max_steps: 1\n  max_steps: 2\n"):
+        with pytest.raises(ConfigError, match="given twice"):
+            load_config(_write(tmp_path, text))
+
+
+def test_one_route_override_starts_from_the_default_routes():
+    from so8t_lib.serve.config import load_runtime_config
+
+    routes = load_runtime_config(CONFIGS / "basic.yaml", ["escalation.routes.medical.email=x@y"]).escalation.routes
+    assert routes["medical"].email == "x@y" and routes["medical"].slack_channel == "#medical-escalation"
+    assert routes["legal"].email == "legal@company.com"
+    with pytest.raises(ConfigError, match=r"unknown categories \['medial'\]"):
+        load_runtime_config(CONFIGS / "basic.yaml", ["escalation.routes.medial={email: a@b}"])

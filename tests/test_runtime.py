@@ -495,3 +495,13 @@ def test_the_rationale_is_in_the_requests_language(tmp_path, request_text, probs
 def test_a_japanese_request_that_fails_closed_is_told_so_in_japanese(tmp_path):
     result = _agent(tmp_path, FakeDecider(behaviour="raise")).run_agent(None, "経費精算の締め日はいつですか")
     assert result["decision"] == "ESCALATE" and result["rationale"].startswith("安全ゲートが判断できませんでした（model error")
+
+
+def test_a_byte_order_mark_before_the_first_stdin_line_is_dropped():
+    """Windows editors write one; it used to make the first request unparsed (and escalated)."""
+    from so8t_lib.cli.runtime import read_items
+
+    data = '\ufeff{"user_request": "How do I reset my password?"}\n{"user_request": "What is 2+2?"}\n'
+    expected = [{"user_request": "How do I reset my password?"}, {"user_request": "What is 2+2?"}]
+    assert read_items(iter(data.encode("utf-8").splitlines(keepends=True))) == expected
+    assert read_items(iter(data.splitlines(keepends=True))) == expected

@@ -28,11 +28,14 @@ EXIT_AUDIT_FAILED = 4
 
 
 def read_items(stream) -> list:
-    """Requests from a binary stream of JSON lines; an unreadable line becomes ``Unparsed``."""
+    """Requests from a binary stream of JSON lines; an unreadable line becomes ``Unparsed``. A UTF-8 byte-order
+    mark before the first line (Windows editors write one) is dropped, as the training loaders drop it."""
     items: list = []
     for line_no, raw in enumerate(stream, 1):
         if isinstance(raw, str):  # a text stream (tests, notebooks): back to the bytes it stands for
             raw = raw.encode("utf-8", "surrogateescape")
+        if line_no == 1 and raw.startswith(b"\xef\xbb\xbf"):
+            raw = raw[3:]
         if not raw.strip():
             continue
         try:

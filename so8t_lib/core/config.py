@@ -253,6 +253,16 @@ class TrainingConfig(_Section):
     gradient_checkpointing: bool = False
     mixed_precision: Literal["no", "bf16", "fp16"] = Field("no", description="no or bf16; fp16 is refused (see below)")
 
+    @field_validator("mixed_precision", mode="before")
+    @classmethod
+    def _no_read_as_false(cls, value: Any) -> Any:
+        """YAML 1.1 reads the documented ``mixed_precision: no`` as False; true names no precision at all."""
+        if value is False:
+            return "no"
+        if value is True:
+            raise ValueError("true is not a precision: write no or bf16")
+        return value
+
     @field_validator("mixed_precision")
     @classmethod
     def _not_fp16(cls, value: str) -> str:
@@ -375,5 +385,5 @@ def validation_problems(exc: ValidationError) -> str:
 def load_config(path: str | Path, overrides: list[str] | tuple[str, ...] = ()) -> SO8TConfig:
     """Read a YAML config (following ``extends``), apply ``key=value`` overrides, validate; errors name the
     file and key."""
-    data = apply_overrides(read_config_mapping(path), overrides)
+    data = apply_overrides(read_config_mapping(path), overrides, SO8TConfig)
     return config_from_dict(data, source=str(path))

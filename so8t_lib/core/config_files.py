@@ -7,56 +7,152 @@ file fails the same way: a ConfigError naming the file and the key.
 from __future__ import annotations
 
 from pathlib import Path
-from typing import Any
+from types import UnionType
+from typing import Any, Literal, Union, get_args, get_origin
 
 import yaml
+from pydantic import BaseModel
 
 
 class ConfigError(ValueError):
     """A config file or override that cannot be used; the message names the file and key."""
 
 
-def parse_override(text: str) -> tuple[list[str], Any]:
-    """'model.gates.order=none' -> (['model', 'gates', 'order'], 'none'); the value is read as YAML."""
+def parse_override(text: str, schema: type[BaseModel] | None = None) -> tuple[list[str], Any]:
+    """'model.gates.order=none' -> (['model', 'gates', 'order'], 'none').
+
+    The value is read as YAML (numbers, true/false, null, [lists], {mappings}), except where ``schema`` says the key
+    holds text (a path, a name, one of a few words): there the text is taken as written, so ``20240601``, ``~``,
+    ``no`` or ``run #3`` stay that text instead of becoming a number, None, False or ``run``. Quotes still work, and
+    ``null`` or ``~`` still empties a text field that may be empty (nothing after '=' is null anywhere). Elsewhere,
+    text YAML would drop as a ``#`` comment is refused: the value would otherwise be silently cut short."""
     key, sep, raw = text.partition("=")
     if not sep or not key.strip():
         raise ConfigError(f"override {text!r} must look like section.key=value")
+    path = key.strip().split(".")
+    text_field, may_be_none = _text_field(_field_type(schema, path)) if schema is not None else (False, False)
     try:
-        value = yaml.safe_load(raw)
+        value, dropped = _read_yaml_value(raw)
     except yaml.YAMLError as exc:
+        if text_field:
+            return path, raw.strip()
         raise ConfigError(f"override {text!r}: value is not valid YAML ({exc})") from exc
-    return key.strip().split("."), value
+    if text_field:
+        if not dropped and (isinstance(value, str) or (value is None and (may_be_none or not raw.strip()))):
+            return path, value
+        return path, raw.strip()
+    if dropped:
+        raise ConfigError(f"override {text!r}: YAML would drop {dropped!r} as a comment; quote the value "
+                          "('...') or leave the comment out")
+    return path, value
 
 
-def apply_overrides(data: dict[str, Any], overrides: list[str] | tuple[str, ...]) -> dict[str, Any]:
+def literal_override(key: str, value: str) -> str:
+    """An override that sets ``key`` to exactly ``value`` (a path from a command-line flag): double-quoted YAML
+    with every special character escaped, which ``parse_override`` reads back unchanged."""
+    quoted = yaml.safe_dump(value, default_style='"', width=float("inf"), allow_unicode=False).rstrip("\n")
+    return f"{key}={quoted}"
+
+
+def _read_yaml_value(raw: str) -> tuple[Any, str]:
+    """The YAML value of ``raw`` and the text after its last token (a comment YAML drops; '' when none)."""
+    value = yaml.safe_load(raw)
+    ignored = (yaml.StreamStartToken, yaml.StreamEndToken, yaml.BlockEndToken)
+    end = max((t.end_mark.index for t in yaml.scan(raw) if not isinstance(t, ignored)), default=0)
+    return value, raw[end:].strip()
+
+
+def _without_none(annotation: Any) -> Any:
+    """``X | None`` -> ``X``; any other type as it is."""
+    args = get_args(annotation) if get_origin(annotation) in (Union, UnionType) else ()
+    rest = [a for a in args if a is not type(None)]
+    return rest[0] if len(rest) == 1 else annotation
+
+
+def _field_type(schema: Any, path: list[str]) -> Any:
+    """The type ``path`` leads to through ``schema``'s sections and mappings (routes.medical); None where unknown."""
+    node = schema
+    for part in path:
+        node = _without_none(node)
+        if isinstance(node, type) and issubclass(node, BaseModel):
+            if part not in node.model_fields:
+                return None
+            node = node.model_fields[part].annotation
+        elif get_origin(node) is dict:
+            node = get_args(node)[1]
+        else:
+            return None
+    return node
+
+
+def _text_field(annotation: Any) -> tuple[bool, bool]:
+    """(holds text only: str or a Literal of words, may be None)."""
+    args = get_args(annotation) if get_origin(annotation) in (Union, UnionType) else (annotation,)
+    kinds = [a for a in args if a is not type(None)]
+    text = bool(kinds) and all(a is str or (get_origin(a) is Literal and all(isinstance(v, str) for v in get_args(a)))
+                               for a in kinds)
+    return text, len(kinds) < len(args)
+
+
+def _default_section(schema: Any, path: list[str]) -> dict[str, Any]:
+    """What a section missing from the file stands for: its field's default as plain data, so an override of one
+    entry (escalation.routes.medical.email) keeps the other entries the default has; {} where there is none."""
+    parent = _without_none(_field_type(schema, path[:-1])) if schema is not None else None
+    if not (isinstance(parent, type) and issubclass(parent, BaseModel)) or path[-1] not in parent.model_fields:
+        return {}
+    default = parent.model_fields[path[-1]].get_default(call_default_factory=True)
+
+    def plain(value: Any) -> Any:
+        return value.model_dump(mode="json", exclude_defaults=True) if isinstance(value, BaseModel) else value
+
+    if isinstance(default, dict):
+        return {key: plain(value) for key, value in default.items()}
+    return plain(default) if isinstance(default, BaseModel) else {}
+
+
+def apply_overrides(data: dict[str, Any], overrides: list[str] | tuple[str, ...],
+                    schema: type[BaseModel] | None = None) -> dict[str, Any]:
+    """``data`` with the overrides set (read as ``parse_override`` says). Each section on an override's path is
+    copied before it changes, so neither the caller's dict nor a section YAML shares under two keys (an alias,
+    ``safety_optimizer: *opt``) changes with it; a section the file leaves out starts from its default."""
+    data = dict(data)
     for text in overrides:
-        path, value = parse_override(text)
+        path, value = parse_override(text, schema)
         node = data
-        for part in path[:-1]:
-            child = node.setdefault(part, {})
+        for depth, part in enumerate(path[:-1], 1):
+            child = node[part] if part in node else _default_section(schema, path[:depth])
             if not isinstance(child, dict):
                 raise ConfigError(f"override {text!r}: {part} is a value, not a section")
-            node = child
+            node[part] = dict(child)
+            node = node[part]
         node[path[-1]] = value
     return data
 
 
 class _UniqueKeyLoader(yaml.SafeLoader):
     """SafeLoader, but a key given twice in one mapping is an error: YAML would keep the last silently, dropping a
-    whole section written earlier."""
+    whole section written earlier. Merge keys (``<<: *opt``) work as in SafeLoader (the keys written beside one
+    win over the merged ones): each mapping's own keys are checked before SafeLoader merges others into it."""
 
-    def construct_mapping(self, node, deep=False):
-        seen = set()
-        for key_node, _ in node.value:
-            key = self.construct_object(key_node, deep=deep)
-            if not isinstance(key, (str, int, float, bool, type(None))):
-                raise yaml.constructor.ConstructorError(None, None, "a key must be a plain name, not a list or a "
-                                                        "mapping", key_node.start_mark)
-            if key in seen:
-                raise yaml.constructor.ConstructorError(None, None, f"the key {key!r} is given twice",
-                                                        key_node.start_mark)
-            seen.add(key)
-        return super().construct_mapping(node, deep=deep)
+    def __init__(self, stream: str) -> None:
+        super().__init__(stream)
+        self._checked: set[int] = set()  # mappings checked already: merging rewrites their keys in place
+
+    def flatten_mapping(self, node: yaml.MappingNode) -> None:
+        if id(node) not in self._checked:
+            self._checked.add(id(node))
+            seen = set()
+            for key_node, _ in node.value:
+                merge = key_node.tag == "tag:yaml.org,2002:merge"
+                key = "<<" if merge else self.construct_object(key_node)
+                if not isinstance(key, (str, int, float, bool, type(None))):
+                    raise yaml.constructor.ConstructorError(None, None, "a key must be a plain name, not a list or "
+                                                            "a mapping", key_node.start_mark)
+                if (merge, key) in seen:
+                    raise yaml.constructor.ConstructorError(None, None, f"the key {key!r} is given twice",
+                                                            key_node.start_mark)
+                seen.add((merge, key))
+        super().flatten_mapping(node)
 
 
 def read_yaml_mapping(path: str | Path, what: str = "config file") -> dict[str, Any]:
@@ -102,11 +198,19 @@ def read_config_mapping(path: str | Path, _seen: tuple[Path, ...] = ()) -> dict[
 
 
 def parse_size(text: str | int) -> int:
-    """'100MB', '1GB', '64KB' or a byte count -> bytes (the operations manual writes sizes this way)."""
-    if isinstance(text, int):
-        return text
+    """'100MB', '1GB', '64KB' or a whole number of bytes (1048576 or '1048576') -> bytes, as the operations manual
+    writes sizes. Always more than 0: a size of 0 would rotate a log on every record or refuse every body."""
+    if isinstance(text, bool):
+        raise ValueError(f"cannot read size {text!r}: write e.g. 100MB, 1GB or a number of bytes")
+    size = text if isinstance(text, int) else _size_from_text(str(text))
+    if size <= 0:
+        raise ValueError(f"size {text!r} must be more than 0 bytes: write e.g. 100MB, 1GB or a number of bytes")
+    return size
+
+
+def _size_from_text(text: str) -> int:
     units = {"KB": 2**10, "MB": 2**20, "GB": 2**30, "B": 1}
-    upper = str(text).strip().upper()
+    upper = text.strip().upper()
     for unit, factor in units.items():
         if upper.endswith(unit) and upper[: -len(unit)].strip().replace(".", "", 1).isdigit():
             return int(float(upper[: -len(unit)]) * factor)

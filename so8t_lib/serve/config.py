@@ -15,7 +15,7 @@ import re
 from pathlib import Path
 from typing import Literal, NamedTuple
 
-from pydantic import Field, ValidationError, field_validator, model_validator
+from pydantic import Field, StrictInt, ValidationError, field_validator, model_validator
 
 from ..core.config import (
     ConfigError,
@@ -89,11 +89,15 @@ class ValidationConfig(_Section):
     max_user_id_chars: int = Field(128, gt=0)
 
 
+MIN_AUDIT_LOG_BYTES = 4 * 2**10
+
+
 class LoggingConfig(_Section):
     log_level: Literal["DEBUG", "INFO", "WARNING", "ERROR"] = Field("INFO", description="of the so8t.* loggers")
     log_file: str | None = Field(None, description="the application log (SO8T_LOG_DIR overrides the folder)")
     audit_log: str = "logs/audit.jsonl"
-    max_log_size: str = "100MB"
+    max_log_size: str | StrictInt = Field("100MB", description="an audit log file past this size is rotated (e.g. 100MB, "
+                                    "1GB or a number of bytes; at least 4KB)")
     backup_count: int = Field(5, ge=1)
     mask_personal_data: bool = True
     max_field_chars: int = Field(8192, ge=256, description="any stored text longer than this keeps a prefix, "
@@ -107,10 +111,16 @@ class LoggingConfig(_Section):
                                         "its record spooled and written later) instead of hanging behind a stuck "
                                         "process")
 
-    @model_validator(mode="after")
-    def _size_readable(self) -> LoggingConfig:
-        parse_size(self.max_log_size)
-        return self
+    @field_validator("max_log_size")
+    @classmethod
+    def _size_readable(cls, value: str | int) -> str | int:
+        """Rotation happens whenever a file passes the size: a tiny one rotates on every record, and backup_count
+        rotations later the oldest history is deleted."""
+        if parse_size(value) < MIN_AUDIT_LOG_BYTES:
+            raise ValueError(f"{value!r} is below 4KB ({MIN_AUDIT_LOG_BYTES} bytes): the audit log rotates each "
+                             "time a file passes it and deletes the oldest file after backup_count rotations; "
+                             "write e.g. 100MB")
+        return value
 
 
 _ENV_NAME = re.compile(r"[A-Za-z_][A-Za-z0-9_]{0,127}")
@@ -192,6 +202,9 @@ class EscalationConfig(_Section):
         missing = [c for c in ROUTE_CATEGORIES if c not in self.routes]
         if missing:
             raise ValueError(f"routes is missing categories {missing}")
+        unknown = [c for c in self.routes if c not in ROUTE_CATEGORIES]
+        if unknown:  # a misspelt route (medial) would never be used: its cases would go to the default one
+            raise ValueError(f"routes has unknown categories {unknown}; the categories are {list(ROUTE_CATEGORIES)}")
         return self
 
 
@@ -206,7 +219,8 @@ class ServiceConfig(_Section):
     concurrent_batches: int = Field(2, ge=1, le=8, description="batches in flight: the model runs one at a time, "
                                     "audit and queue writes of one batch overlap the next one's model pass")
     max_pending: int = Field(2048, ge=1, description="requests waiting for a batch; beyond: 503 with Retry-After")
-    max_body_bytes: str = Field("1MB", description="a larger request body is refused (413) before it is read")
+    max_body_bytes: str | StrictInt = Field("1MB", description="a larger request body is refused (413) before it is "
+                                      "read (e.g. 1MB, 64KB or a number of bytes, more than 0)")
     max_items: int = Field(64, ge=1, le=1024, description="requests in one call of /v1/decide or /v1/moderations")
     rate_limit_per_minute: float = Field(600, gt=0, description="requests per API key and minute (each item of a "
                                          "list counts)")
@@ -219,9 +233,14 @@ class ServiceConfig(_Section):
     queue_poll_s: float = Field(5.0, gt=0, description="how often queue depth and overdue cases are counted")
     shutdown_timeout_s: float = Field(30.0, gt=0, description="SIGTERM: longest wait for requests in flight")
 
+    @field_validator("max_body_bytes")
+    @classmethod
+    def _size_readable(cls, value: str | int) -> str | int:
+        parse_size(value)
+        return value
+
     @model_validator(mode="after")
     def _consistent(self) -> ServiceConfig:
-        parse_size(self.max_body_bytes)
         if self.rate_limit_burst < self.max_items:
             raise ValueError(f"rate_limit_burst ({self.rate_limit_burst}) must be at least max_items "
                              f"({self.max_items}): a full list could never pass the rate limit")
@@ -257,7 +276,7 @@ class RuntimeConfig(_Section):
 
 
 def load_runtime_config(path: str | Path, overrides: list[str] | tuple[str, ...] = ()) -> RuntimeConfig:
-    data = apply_overrides(read_yaml_mapping(path, "runtime config"), overrides)
+    data = apply_overrides(read_yaml_mapping(path, "runtime config"), overrides, RuntimeConfig)
     try:
         return RuntimeConfig.model_validate(data)
     except ValidationError as exc:
