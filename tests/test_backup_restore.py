@@ -65,7 +65,7 @@ def test_backup_then_restore_into_an_empty_folder_and_the_service_starts_on_it(p
     source_queue = EscalationQueue(project / "logs" / "escalations.sqlite")
     cases_before = source_queue.count()
     unresolved = sorted(c["case_id"] for c in source_queue.list(include_tests=False) if c["status"] != "resolved")
-    assert manifest["queue"] == {"kind": "sqlite", "source": "logs/escalations.sqlite",
+    assert manifest["queue"] == {"kind": "sqlite", "source": "logs/escalations.sqlite", "file": "escalations.sqlite",
                                  **cases_before}
     assert [m["path"] for m in manifest["models"]] == ["checkpoints/tiny"]
 

@@ -219,3 +219,22 @@ def test_a_range_that_cannot_be_reported_on_exits_2_before_any_log_is_read(novem
     assert so8t(["report", "--logs", str(november), "--from", "2026-11-02", "--to", "9999-12-30", "--out",
                  str(tmp_path / "out")]) == 0                                     # the day before is fine
     assert "audit chains verified" in capsys.readouterr().out
+
+
+def test_the_report_reads_the_chain_the_config_or_name_gives(tmp_path, capsys):
+    """so8t report read only audit.jsonl: with logging.audit_log logs/gate.jsonl it verified a leftover audit.jsonl
+    and reported 0 decisions, exit 0."""
+    logs = tmp_path / "logs"
+    _decision(AuditLog(logs / "audit.jsonl"), 1, _at(2, 9), "ALLOW")  # a leftover, not the service's log
+    gate = AuditLog(logs / "gate.jsonl")
+    for n in range(2, 5):
+        _decision(gate, n, _at(2, 10), "REFUSE")
+    config = tmp_path / "gate.yaml"
+    config.write_text("model: {checkpoint_path: none}\nlogging: {audit_log: logs/gate.jsonl}\n", encoding="utf-8")
+    common = ["report", "--logs", str(logs), "--from", "2026-11-01", "--to", "2026-11-30"]
+    assert so8t([*common, "--config", str(config), "--out", str(tmp_path / "a")]) == 0
+    assert "3 decisions (0 ALLOW, 3 REFUSE" in capsys.readouterr().out
+    assert so8t([*common, "--name", "gate.jsonl", "--out", str(tmp_path / "b")]) == 0
+    assert "3 decisions (0 ALLOW, 3 REFUSE" in capsys.readouterr().out
+    assert so8t([*common, "--name", "other.jsonl", "--out", str(tmp_path / "c")]) == 1
+    assert "no audit log (other.jsonl or a replica's chain)" in capsys.readouterr().out

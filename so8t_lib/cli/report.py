@@ -3,9 +3,10 @@
     so8t report --logs logs/ --from 2026-11-01 --to 2026-11-30 [--period daily|weekly] --out reports/
     so8t report --logs logs/r1 --logs logs/r2 --config configs/production.yaml --from ... --to ...
 
-Every chain of every --logs folder (each replica's audit-<replica>.jsonl too) is verified before
-anything is counted; the page says so at the top, and the command exits 1 when a chain does not
-verify (the report is still written, marked as such). A range that ends before it starts, or on the last
+Every chain of every --logs folder (the log --name or the config's logging.audit_log names, audit.jsonl
+by default, and each replica's <stem>-<replica>.jsonl too) is verified before anything is counted; a
+folder without that log is a failed chain. The page says so at the top, and the command exits 1 when a
+chain does not verify (the report is still written, marked as such). A range that ends before it starts, or on the last
 date there is (9999-12-31), exits 2 before any log is read. Decisions by class, category and language;
 escalations opened, resolved and overdue against escalation_timeout, and how reviewers decided
 compared with the model; fail-closed events by reason; model versions in service; the emergency
@@ -19,10 +20,11 @@ from __future__ import annotations
 import argparse
 import os
 import sys
+from pathlib import Path
 
 from ..core.config import ConfigError
 from ..serve.config import load_runtime_config
-from ..workbench.reports import PERIODS, ReportError, day_range, make_report
+from ..workbench.reports import PERIODS, ReportError, build_report, collect, day_range, write_report
 from .arg_types import iso_date, number_in
 
 
@@ -34,7 +36,10 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--to", dest="date_to", type=iso_date, required=True, help="last day (UTC), included")
     parser.add_argument("--period", choices=PERIODS, help="break the numbers down by day or ISO week")
     parser.add_argument("--out", default="reports", help="folder for the report's folder (default reports/)")
-    parser.add_argument("--config", help="a runtime config: its escalation_timeout (the SLA) and key variables")
+    parser.add_argument("--config", help="a runtime config: its audit log's name, escalation_timeout (the SLA) and "
+                        "key variables")
+    parser.add_argument("--name", help="the audit log's file name, replicas' chains found from it (default: the "
+                        "config's logging.audit_log, else audit.jsonl)")
     parser.add_argument("--sla-seconds", type=number_in(0, what="a number of seconds"), help="escalation SLA in seconds (default: the config's "
                         "escalation_timeout, else 300)")
     parser.add_argument("--key-env", default="SO8T_AUDIT_KEY", help="variable holding the encryption key")
@@ -45,16 +50,21 @@ def main(argv: list[str] | None = None) -> int:
         day_range(args.date_from, args.date_to)
     except ReportError as exc:  # before any config or chain is read
         parser.error(str(exc))
-    sla, key_env, mac_env = 300.0, args.key_env, args.hmac_key_env
+    sla, key_env, mac_env, name = 300.0, args.key_env, args.hmac_key_env, "audit.jsonl"
     try:
         if args.config:
             config = load_runtime_config(args.config)
             sla = config.escalation.escalation_timeout
             key_env = config.logging.encryption_key_env or key_env
             mac_env = config.logging.hmac_key_env or mac_env
-        report, folder = make_report(args.logs, args.date_from, args.date_to, args.out, args.period,
-                                     sla if args.sla_seconds is None else args.sla_seconds, os.environ.get(key_env), os.environ.get(mac_env),
-                                     args.include_tests)
+            name = Path(config.logging.audit_log).name  # the base name: each replica's chain is found from it
+        name = args.name or name
+        if Path(name).name != name or name in ("", ".", ".."):
+            raise ReportError(f"--name {name!r}: give the audit log's file name, not a path (the folder is --logs)")
+        collected = collect(args.logs, os.environ.get(key_env), os.environ.get(mac_env), args.include_tests, name)
+        report = build_report(collected, args.date_from, args.date_to, args.period,
+                              sla if args.sla_seconds is None else args.sla_seconds)
+        folder = write_report(report, args.out)
     except (ConfigError, ReportError, OSError) as exc:
         sys.exit(f"error: {exc}")
     s = report.summary

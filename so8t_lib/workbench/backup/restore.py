@@ -3,7 +3,8 @@
 The checks, all before anything is written: BACKUP.json is readable and shaped as backup writes it; every file it lists is there with
 its size and sha256, and no file is there that it does not list; every audit chain verifies (hash
 chain, anchor, signatures with the HMAC key) and ends at the head recorded when it was backed up (a
-chain rolled back or re-hashed together with its anchor is refused); the queue passes SQLite's
+chain rolled back or re-hashed together with its anchor is refused); a signed chain without its key is
+refused unless unchecked signatures are accepted explicitly (only the key tells a re-hashed chain); the queue passes SQLite's
 integrity check and holds the recorded number of cases and resolutions; every included model matches
 its manifest or sha256. Then the files are written into a staging folder inside the target and each
 top-level part (``logs/``, ``configs/``, each model's path) is renamed into place; a part that already
@@ -29,7 +30,8 @@ from ...serve.router import load_router
 from .queue_copy import SQLITE_FILE, check_sqlite, export_rows, load_rows, read_rows
 from .snapshot import BACKUP_FILE, FORMAT, BackupError, file_entries, overlapping_targets, safe_relative
 
-CHAIN_NAME = re.compile(r"[A-Za-z0-9_][A-Za-z0-9_.-]{0,120}\.jsonl")  # a plain file name: never a path
+# a plain file name, never a path: a chain (logging.audit_log may have any name: gate.jsonl, audit.log), the queue
+FILE_NAME = re.compile(r"[A-Za-z0-9_][A-Za-z0-9_.-]{0,120}")
 HEAD = re.compile(r"None:(None|[0-9a-f]{64})|-?\d+:[0-9a-f]{64}")  # SEQ:HASH as backup writes it (None:...: no record)
 MODEL_KINDS = ("checkpoint", "gguf", "router")
 
@@ -61,7 +63,7 @@ def _shape_problem(manifest: dict) -> str | None:
     if not isinstance(chains, dict) or not chains:
         return "'chains' is not a table of audit chains"
     for name, chain in chains.items():
-        if not CHAIN_NAME.fullmatch(name) or not isinstance(chain, dict):
+        if not FILE_NAME.fullmatch(name) or not isinstance(chain, dict):
             return f"chain {name!r} is not an audit log's file name"
         if f"logs/{name}" not in files and f"logs/{name}.anchor" not in files:
             return f"chain {name!r} has no file in the backup"
@@ -72,16 +74,45 @@ def _shape_problem(manifest: dict) -> str | None:
             isinstance(m, dict) and isinstance(m.get("path"), str) and m.get("kind") in MODEL_KINDS
             and isinstance(m.get("stored"), (str, type(None))) for m in models):
         return "'models' is not a list of models with a path, a kind and where each is stored"
-    if not isinstance(manifest.get("queue", {}), dict):
+    queue = manifest.get("queue", {})
+    if not isinstance(queue, dict):
         return "'queue' is not a record of the escalation queue"
+    if queue.get("kind") in ("sqlite", "postgresql") and not all(
+            isinstance(queue.get(k), int) for k in ("cases", "resolutions")):
+        return "'queue' does not record how many cases and resolutions the copy holds"
+    if not FILE_NAME.fullmatch(str(queue.get("file", SQLITE_FILE))):
+        return f"the queue's file name {queue.get('file')!r} is not a plain file name"
+    if not isinstance(manifest.get("hmac_key_env"), (str, type(None))):
+        return "'hmac_key_env' is not the name of a variable"
     return None
 
 
-def check_backup(folder: str | Path, hmac_key: str | bytes | None = None) -> dict:
-    """Every check restore makes; writes nothing. {"manifest", "problems": [...], "checked": [...]}."""
+def recorded_key_env(folder: str | Path) -> str | None:
+    """The variable BACKUP.json says held the chains' HMAC key (None: not recorded, or no readable backup, which
+    ``check_backup`` then reports), so restore looks where the service did."""
+    try:
+        return _load_manifest(Path(folder)).get("hmac_key_env")
+    except BackupError:
+        return None
+
+
+def _unchecked_signatures(name: str, key_env: str | None) -> str:
+    where = f"${key_env}" if key_env else "the service's HMAC key variable"
+    return (f"{name}: the chain is signed and no HMAC key was given ({where} is not set): its signatures cannot be "
+            f"checked, so a chain re-hashed without the key would pass; set {key_env or 'the variable'}, or accept "
+            "unchecked signatures explicitly (so8t restore --unchecked-signatures)")
+
+
+def check_backup(folder: str | Path, hmac_key: str | bytes | None = None, *, key_env: str | None = None,
+                 unchecked_signatures: bool = False) -> dict:
+    """Every check restore makes; writes nothing. {"manifest", "problems": [...], "checked": [...], "notes": [...]}.
+    A signed chain (as recorded, or by its anchor) without ``hmac_key`` is a problem naming ``key_env`` (default:
+    the variable the backup recorded) unless ``unchecked_signatures``: a forger who re-hashes a chain cannot sign
+    it, and only the key tells."""
     folder = Path(folder)
     manifest = _load_manifest(folder)
-    problems, checked = [], []
+    key_env = key_env or manifest.get("hmac_key_env")
+    problems, checked, notes = [], [], []
     listed, present = manifest["files"], file_entries(folder)
     for name, entry in listed.items():
         found = present.get(name)
@@ -102,12 +133,20 @@ def check_backup(folder: str | Path, hmac_key: str | bytes | None = None) -> dic
             expect = (int(seq), digest)
         report = verify(folder / "logs", name, hmac_key, expect)
         problems += [f"{name}: {e}" for e in report["errors"]]
-        if not report["errors"]:
-            checked.append(f"{name}: {report['records']} records verify, head {head}")
+        notes += [f"{name}: {n}" for n in report["notes"]]
+        signed = bool(chain.get("signed")) or "mac" in (report["anchor"] or {})
+        unchecked = signed and not hmac_key
+        if unchecked and unchecked_signatures:
+            notes.append(f"{name}: signed, but its signatures were NOT checked (no HMAC key)")
+        elif unchecked:
+            problems.append(_unchecked_signatures(name, key_env))
+        if not report["errors"] and not (unchecked and not unchecked_signatures):
+            checked.append(f"{name}: {report['records']} records verify, head {head}" +
+                           (", signatures checked" if signed and hmac_key else ""))
     queue = manifest.get("queue", {})
     try:
         if queue.get("kind") == "sqlite":
-            counts = check_sqlite(folder / "logs" / SQLITE_FILE)
+            counts = check_sqlite(folder / "logs" / queue.get("file", SQLITE_FILE))
         elif queue.get("kind") == "postgresql":
             cases, resolutions = read_rows(folder / "queue")
             counts = {"cases": len(cases), "resolutions": len(resolutions)}
@@ -145,7 +184,7 @@ def check_backup(folder: str | Path, hmac_key: str | bytes | None = None) -> dic
             checked.append(f"model {model['path']}: files match")
         except Exception as exc:  # noqa: BLE001 - whatever is wrong with a stored model is a reported problem
             problems.append(f"model {model['path']}: {exc}")
-    return {"manifest": manifest, "problems": problems, "checked": checked}
+    return {"manifest": manifest, "problems": problems, "checked": checked, "notes": notes}
 
 
 def _parts(manifest: dict, folder: Path, into: Path) -> dict[Path, Path]:
@@ -162,11 +201,13 @@ def _parts(manifest: dict, folder: Path, into: Path) -> dict[Path, Path]:
 
 
 def restore(folder: str | Path, into: str | Path, queue_url: str | None = None,
-            hmac_key: str | bytes | None = None) -> dict:
-    """Check the backup, then put it into ``into`` (logs/, configs/, the models' paths); with
-    ``queue_url`` the escalation cases go to that empty PostgreSQL queue instead of logs/."""
+            hmac_key: str | bytes | None = None, *, key_env: str | None = None,
+            unchecked_signatures: bool = False) -> dict:
+    """Check the backup (``key_env``, ``unchecked_signatures``: as for ``check_backup``), then put it into ``into``
+    (logs/, configs/, the models' paths), the queue and spool under the names they had; with ``queue_url`` the
+    escalation cases go to that empty PostgreSQL queue instead of logs/."""
     folder, into = Path(folder), Path(into)
-    checks = check_backup(folder, hmac_key)
+    checks = check_backup(folder, hmac_key, key_env=key_env, unchecked_signatures=unchecked_signatures)
     if checks["problems"]:
         raise BackupError(f"{folder} did not pass its checks; nothing was restored:\n  " +
                           "\n  ".join(checks["problems"]))
@@ -182,7 +223,8 @@ def restore(folder: str | Path, into: str | Path, queue_url: str | None = None,
     except BaseException:
         _remove_if_empty(made)  # a failed restore leaves the target as it found it, without empty folders
         raise
-    return {"checked": checks["checked"], "restored": [str(t) for t in parts.values()], "queue": counts}
+    return {"checked": checks["checked"], "notes": checks["notes"], "restored": [str(t) for t in parts.values()],
+            "queue": counts}
 
 
 def _restore_parts(folder: Path, into: Path, parts: dict[Path, Path], manifest: dict,
@@ -196,19 +238,20 @@ def _restore_parts(folder: Path, into: Path, parts: dict[Path, Path], manifest: 
         if (folder / "models").is_dir():
             shutil.copytree(folder / "models", staging / "models")
         queue = manifest.get("queue", {})
+        local = staging / "logs" / queue.get("file", SQLITE_FILE)  # the name queue_db gave it (older backups: fixed)
         if queue_url is not None:
             if queue.get("kind") == "sqlite":  # the SQLite copy's rows into the server
-                copy = EscalationQueue(staging / "logs" / SQLITE_FILE, create=False)
+                copy = EscalationQueue(local, create=False)
                 export_rows(copy, staging / "queue")
                 copy.close()
-                (staging / "logs" / SQLITE_FILE).unlink()
+                local.unlink()
                 counts = load_rows(staging / "queue", queue_url)
             else:
                 counts = load_rows(folder / "queue", queue_url)
         elif queue.get("kind") == "postgresql":  # into the embedded default
-            counts = load_rows(folder / "queue", staging / "logs" / SQLITE_FILE)
+            counts = load_rows(folder / "queue", local)
         else:
-            counts = check_sqlite(staging / "logs" / SQLITE_FILE) if queue.get("kind") == "sqlite" else None
+            counts = check_sqlite(local) if queue.get("kind") == "sqlite" else None
         _move_into_place(parts, staging)
     finally:
         shutil.rmtree(staging, ignore_errors=True)

@@ -2,8 +2,10 @@
 
     backup/<UTC time>/
       BACKUP.json                  what was copied, from where, each file's sha256 and size, each chain's head
+                                   and whether it is signed, the HMAC key's variable, the queue's file name
       logs/                        every replica's audit chain (live file, rotated files, anchor, set-aside
-                                   tails), the emergency flag file, the escalation queue and its spool
+                                   tails), the emergency flag file, the escalation queue and its spool (under
+                                   the names the config gave them)
       configs/                     the runtime and training configs
       models/<name>/               each model's manifest (sha256 of its files); its files too with
                                    include_models
@@ -43,6 +45,7 @@ from .queue_copy import SQLITE_FILE, copy_sqlite, export_rows
 BACKUP_FILE = "BACKUP.json"
 FORMAT = 1
 FLAG_FILE = "EMERGENCY"  # the flag file's name when the config does not say
+SPOOL_DIR_SUFFIX = ".spool"  # the spool is the queue file's name with this (serve.config.runtime_paths)
 
 
 class BackupError(RuntimeError):
@@ -56,24 +59,29 @@ def file_entries(root: Path) -> dict[str, dict]:
 
 
 def _copy_chains(log_dir: Path, target: Path, hmac_key: str | bytes | None,
-                 lock_timeout: float | None = READ_LOCK_TIMEOUT_S) -> dict[str, dict]:
-    """Each chain's files as they were at one moment; the verification of the copy and its head. The shared lock
-    covers only opening the files and taking the live file's length (a rotation afterwards cannot pull a file
-    away, and appends afterwards are not copied), so the gate's appends never wait for gigabytes to be copied."""
+                 lock_timeout: float | None = READ_LOCK_TIMEOUT_S, chain: str = "audit.jsonl") -> dict[str, dict]:
+    """Each chain's files as they were at one moment; the verification of the copy, its head and whether it is
+    signed (restore refuses to pass a signed chain unchecked). The shared lock covers only opening the files and
+    taking the live file's length (a rotation afterwards cannot pull a file away, and appends afterwards are not
+    copied), so the gate's appends never wait for gigabytes to be copied. ``chain``: the configured log's name;
+    its replicas' chains come with it."""
     chains = {}
-    for name in chain_names(log_dir):
+    for name in chain_names(log_dir, chain):
         with ExitStack() as handles:
             with consistent_view(log_dir / name, lock_timeout):
                 found = open_files(log_dir, name, handles, sidecars=True)
             for path, handle, length, error in found:
                 if error is not None:
                     raise error
+                if (target / path.name).exists():  # the queue or its spool, copied first, named like a chain file
+                    raise BackupError(f"{path}: the escalation queue or its spool has the name of this audit log "
+                                      "file; rename one")
                 _copy_prefix(handle, length, target / path.name)
         report = verify(target, name, hmac_key)
         anchor = report["anchor"] or {}
         chains[name] = {"records": report["records"], "first_seq": report["first_seq"], "last_seq": report["last_seq"],
                         "head": f"{anchor.get('last_seq')}:{anchor.get('last_hash')}" if anchor else None,
-                        "errors": report["errors"]}
+                        "signed": "mac" in anchor, "errors": report["errors"]}
     return chains
 
 
@@ -181,16 +189,39 @@ def safe_relative(text: str) -> bool:
     return not path.is_absolute() and ".." not in path.parts and bool(path.parts)
 
 
+def _copy_configs(configs: list[str | Path], folder: Path) -> list[str]:
+    """Every config file (a folder's *.yaml) into ``folder``, one file given twice copied once. Restore puts them
+    all into one configs/, so two files of one name are refused: one would silently replace the other."""
+    kept: dict[str, Path] = {}
+    for source in map(Path, configs):
+        for path in sorted(source.glob("*.yaml")) if source.is_dir() else [source]:
+            if not path.is_file():
+                raise BackupError(f"config not found: {path}")
+            other = kept.get(path.name)
+            if other is not None and other.resolve() != path.resolve():
+                raise BackupError(f"two configs named {path.name}: {other} and {path}; the backup keeps its configs "
+                                  "in one folder, so one would replace the other (rename one, or leave one out)")
+            if other is None:
+                folder.mkdir(exist_ok=True)
+                shutil.copy2(path, folder / path.name)
+                kept[path.name] = path
+    return list(kept)
+
+
 def backup(out: str | Path, log_dir: str | Path, queue: str | Path | None = None,
            configs: list[str | Path] = (), models: list[str | Path] = (), include_models: bool = False,
            hmac_key: str | bytes | None = None, flag_file: str | Path | None = None,
-           spool: str | Path | None = None, lock_timeout: float | None = READ_LOCK_TIMEOUT_S) -> dict:
+           spool: str | Path | None = None, lock_timeout: float | None = READ_LOCK_TIMEOUT_S, *,
+           chain: str = "audit.jsonl", hmac_key_env: str | None = None) -> dict:
     """Write the backup folder ``out`` (which must not exist); returns BACKUP.json's content. The queue
     is ``queue`` (a file or URL), else ``<log_dir>/escalations.sqlite`` when present; the emergency flag file
     is ``flag_file`` (the config's ``service.emergency_flag_file``), else ``<log_dir>/EMERGENCY``, copied into
     ``logs/`` when it exists; the spool is ``spool`` (the runtime's, beside ``escalation.queue_db`` even when the
-    queue is on PostgreSQL), else beside the queue file or ``<log_dir>/escalations.sqlite``. A chain whose lock stays
-    held past ``lock_timeout`` seconds (None: no limit) is an ``AuditLockTimeout``, and nothing is written."""
+    queue is on PostgreSQL), else beside the queue file or ``<log_dir>/escalations.sqlite``. The queue and spool
+    keep their file names (recorded, so restore puts them where the config has the service look). ``chain`` is the
+    configured audit log's name (``logging.audit_log``'s, without a replica's suffix); ``hmac_key_env``, the
+    variable that holds its key, is recorded for restore. A chain whose lock stays held past ``lock_timeout``
+    seconds (None: no limit) is an ``AuditLockTimeout``, and nothing is written."""
     out, log_dir = Path(out), Path(log_dir)
     if out.exists():
         raise BackupError(f"{out} already exists; a backup never overwrites another")
@@ -204,42 +235,42 @@ def backup(out: str | Path, log_dir: str | Path, queue: str | Path | None = None
         queue = queue or (log_dir / SQLITE_FILE if (log_dir / SQLITE_FILE).is_file() else None)
         spool = Path(spool) if spool else Path(f"{queue}.spool") if queue is not None and "://" not in str(queue) \
             else log_dir / (SQLITE_FILE + ".spool")
-        spool_info = _copy_spool(spool, logs / (SQLITE_FILE + ".spool"))
+        spool_info = {"name": spool.name, **_copy_spool(spool, logs / spool.name)}
         queue_info: dict = {"kind": "none"}
         if queue is not None:
             store = EscalationQueue(queue, create=False)
             try:
                 if store.path is not None:
-                    queue_info = {"kind": "sqlite", "source": store.where, **copy_sqlite(store, logs / SQLITE_FILE)}
-                else:
-                    queue_info = {"kind": "postgresql", "source": display(store.where),
+                    local = Path(store.path).name
+                    queue_info = {"kind": "sqlite", "source": store.where, "file": local,
+                                  **copy_sqlite(store, logs / local)}
+                else:  # restored into a SQLite file by default: the one queue_db names, where the spool lies beside
+                    local = spool.name.removesuffix(SPOOL_DIR_SUFFIX) if spool.name.endswith(SPOOL_DIR_SUFFIX) \
+                        and spool.name != SPOOL_DIR_SUFFIX else SQLITE_FILE
+                    queue_info = {"kind": "postgresql", "source": display(store.where), "file": local,
                                   **export_rows(store, tmp / "queue")}
             finally:
                 store.close()
-        chains = _copy_chains(log_dir, logs, hmac_key, lock_timeout)
+        chains = _copy_chains(log_dir, logs, hmac_key, lock_timeout, chain)
         if not chains:
-            raise BackupError(f"no audit log in {log_dir} (audit.jsonl or a replica's audit-<name>.jsonl)")
+            others = [n for n in chain_names(log_dir) if n != chain] if chain != "audit.jsonl" else []
+            raise BackupError(f"no audit log {chain} in {log_dir} (nor a replica's chain of it)" +
+                              (f"; {', '.join(others)} there is another log, not backed up" if others else ""))
         flag, flag_info = Path(flag_file) if flag_file else log_dir / FLAG_FILE, None
         if flag.is_file():
             if (logs / flag.name).exists():
                 raise BackupError(f"the emergency flag file {flag} has the name of an audit log file; rename it")
             shutil.copy2(flag, logs / flag.name)
             flag_info = {"source": str(flag), "stored": f"logs/{flag.name}"}
-        config_files = []
-        for source in map(Path, configs):
-            for path in sorted(source.glob("*.yaml")) if source.is_dir() else [source]:
-                if not path.is_file():
-                    raise BackupError(f"config not found: {path}")
-                (tmp / "configs").mkdir(exist_ok=True)
-                shutil.copy2(path, tmp / "configs" / path.name)
-                config_files.append(path.name)
+        config_files = _copy_configs(configs, tmp / "configs")
         model_info = [_model_entry(Path(m), tmp / "models", include_models, i) for i, m in enumerate(models)]
         clashes = overlapping_targets(model_info)
         if clashes:
             raise BackupError("; ".join(clashes) + " (name the models from the folders they live in)")
         manifest = {
             "format": FORMAT, "created_at": dt.datetime.now(dt.UTC).isoformat(timespec="seconds"),
-            "source": {"logs": str(log_dir), "cwd": os.getcwd()}, "chains": chains, "queue": queue_info,
+            "source": {"logs": str(log_dir), "cwd": os.getcwd()}, "chains": chains, "hmac_key_env": hmac_key_env,
+            "queue": queue_info,
             "spool": spool_info, "emergency_flag": flag_info, "configs": config_files, "models": model_info, "files": file_entries(tmp)}
         (tmp / BACKUP_FILE).write_text(json.dumps(manifest, indent=1, ensure_ascii=False), encoding="utf-8")
         os.replace(tmp, out)
