@@ -130,3 +130,106 @@ def test_every_committed_spec_loads_and_each_run_has_a_valid_config(monkeypatch)
                                 params["seed"], "experiments/runs/x", params.get("overrides", []))
             assert config.model.gates.order == params["gate_order"] and config.training.max_steps == params["max_steps"]
             assert config.loss.pet.enabled == params["pet"] and config.model.seed == config.training.seed == params["seed"]
+
+
+def _spec_file(tmp_path, params: str, grid: str = "") -> str:
+    (tmp_path / "spec.yaml").write_text(f"name: toy\nnotebook: nb.ipynb\nparams: {params}\n{grid}seeds: [0]\n")
+    return str(tmp_path / "spec.yaml")
+
+
+def test_changed_params_make_finished_runs_stale_and_the_exit_status_says_what_happened(tmp_path, monkeypatch, capsys):
+    """max_steps 100 -> 300 used to skip every run and report the old results; a failed run exited 0."""
+    from so8t_lib.cli import sweep as cli
+
+    monkeypatch.chdir(tmp_path)
+    _notebook(tmp_path / "nb.ipynb")
+    runs = ["--runs-root", str(tmp_path / "runs")]
+    summary = tmp_path / "runs" / "toy" / "summary.csv"
+    assert cli.main([_spec_file(tmp_path, "{x: 1}"), *runs]) == 0
+    assert list(pd.read_csv(summary)["metric.score"]) == [10]
+
+    assert cli.main([_spec_file(tmp_path, "{x: 2}"), *runs]) == 2  # refused before anything ran
+    err = capsys.readouterr().err
+    assert "seed=0: params.yaml differs: x 1 -> 2" in err and "--rerun-stale" in err
+    assert list(pd.read_csv(summary)["metric.score"]) == [10]
+    assert cli.main([_spec_file(tmp_path, "{x: 2}"), *runs, "--rerun-stale"]) == 0
+    assert list(pd.read_csv(summary)["metric.score"]) == [20]
+
+    assert cli.main([_spec_file(tmp_path, "{x: 3}"), *runs, "--rerun-stale"]) == 1  # x=3 fails: make stops
+    assert list(pd.read_csv(summary)["status"]) == ["failed"]
+
+    def interrupted(*args, **kwargs):
+        raise KeyboardInterrupt
+    monkeypatch.setattr(cli, "run_sweep", interrupted)
+    assert cli.main([_spec_file(tmp_path, "{x: 1}"), *runs]) == 130
+
+
+def test_run_state_compares_params_and_notebook_code_and_names_unreadable_files(tmp_path, monkeypatch, capsys):
+    monkeypatch.chdir(tmp_path)
+    _notebook(tmp_path / "nb.ipynb")
+    digest = sweep.notebook_digest(tmp_path / "nb.ipynb")
+    run = tmp_path / "runs" / "toy" / "seed=0"
+    run.mkdir(parents=True)
+    (run / "params.yaml").write_text("seed: 0\nx: 1\n")
+    (run / "metrics.json").write_text('{"score": 10}')
+    (run / "status.json").write_text('{"status": "ok"}')  # written before the hash was recorded: still done
+    assert sweep.run_state(run, {"x": 1, "seed": 0}, digest) == ("done", "")
+    assert sweep.run_state(run, {"x": 1.0, "seed": 0}, digest)[0] == "stale"  # 1.0 is not the 1 it ran with
+    (run / "status.json").write_text(json.dumps({"status": "ok", "notebook_sha256": "0" * 16}))
+    state, why = sweep.run_state(run, {"x": 1, "seed": 0}, digest)
+    assert state == "stale" and "notebook's code changed" in why
+    spec = sweep.load_spec(_spec_file(tmp_path, "{x: 1}"))
+    with pytest.raises(sweep.StaleRunsError, match="seed=0: the notebook's code changed"):
+        sweep.check_stale(spec, tmp_path / "runs" / "toy")
+
+    (run / "status.json").write_text('{"status": "o')  # a crash mid-write: rerun, and say which file
+    state, why = sweep.run_state(run, {"x": 1, "seed": 0}, digest)
+    assert state == "todo" and str(run / "status.json") in why
+    (run / "status.json").write_text('{"status": "ok"}')
+    (run / "metrics.json").write_text("{")
+    frame = sweep.summarize(tmp_path / "runs" / "toy")
+    assert list(frame["status"]) == ["unreadable"] and str(run / "metrics.json") in capsys.readouterr().err
+
+
+def test_parameter_sets_that_would_share_a_run_name_are_refused(tmp_path, monkeypatch):
+    monkeypatch.chdir(tmp_path)
+    _notebook(tmp_path / "nb.ipynb")
+    (tmp_path / "spec.yaml").write_text('name: c\nnotebook: nb.ipynb\ngrid: {tag: ["a b", "a-b"]}\n')
+    with pytest.raises(ConfigError, match=r'share the folder tag=a-b__seed=0: \{"tag": "a b".*\{"tag": "a-b"'):
+        sweep.load_spec(tmp_path / "spec.yaml")
+    (tmp_path / "spec.yaml").write_text("name: c\nnotebook: nb.ipynb\ngrid: {lr: [0.001, 0.01]}\n")
+    assert [n for n, _ in sweep.load_spec(tmp_path / "spec.yaml").runs()] == ["lr=0.001__seed=0", "lr=0.01__seed=0"]
+
+
+def test_ctrl_c_cancels_queued_runs_interrupts_the_running_notebook_and_writes_the_summary(tmp_path, monkeypatch):
+    """Ctrl-C used to wait for every queued run (the executor's shutdown) and write no summary."""
+    import signal
+    import threading
+    import time
+
+    monkeypatch.chdir(tmp_path)
+    nb = nbformat.v4.new_notebook()
+    nb.cells = [nbformat.v4.new_code_cell("seed = 0\noutput_dir = '.'", metadata={"tags": ["parameters"]}),
+                nbformat.v4.new_code_cell("import pathlib, time\npathlib.Path(output_dir, 'started').touch()\n"
+                                          "time.sleep(30)")]
+    nb.metadata["kernelspec"] = {"name": "python3", "display_name": "Python 3", "language": "python"}
+    nbformat.write(nb, tmp_path / "nb.ipynb")
+    spec = sweep.SweepSpec(name="slow", notebook=tmp_path / "nb.ipynb", seeds=[0, 1, 2])
+    started = tmp_path / "runs" / "slow" / "seed=0" / "started"
+    pressed = []
+
+    def press_ctrl_c():
+        deadline = time.monotonic() + 120
+        while not started.exists() and time.monotonic() < deadline:
+            time.sleep(0.2)
+        pressed.append(time.monotonic())
+        signal.pthread_kill(threading.main_thread().ident, signal.SIGINT)
+
+    threading.Thread(target=press_ctrl_c, daemon=True).start()
+    with pytest.raises(KeyboardInterrupt):
+        sweep.run_sweep(spec, workers=1, runs_root=tmp_path / "runs")
+    assert time.monotonic() - pressed[0] < 20  # not the 30 s sleep, nor the two queued runs
+    status = json.loads((tmp_path / "runs" / "slow" / "seed=0" / "status.json").read_text())
+    assert status["status"] == "interrupted" and "KeyboardInterrupt" in status["error"]
+    assert not (tmp_path / "runs" / "slow" / "seed=1").exists()  # queued: cancelled, never started
+    assert list(pd.read_csv(tmp_path / "runs" / "slow" / "summary.csv")["status"]) == ["interrupted"]

@@ -1,6 +1,6 @@
 """Papermill sweeps: one notebook, a parameter grid, several seeds, comparable results.
 
-    so8t sweep experiments/<spec>.yaml [--workers 2] [--dry-run]
+    so8t sweep experiments/<spec>.yaml [--workers 2] [--dry-run] [--rerun-stale]
 
 A spec (YAML)::
 
@@ -12,9 +12,11 @@ A spec (YAML)::
 
 Each run executes the notebook with papermill into ``<run>/output.ipynb`` with the run's parameters
 plus ``output_dir=<run>``; the notebook writes ``<run>/metrics.json``. ``params.yaml`` records the
-parameters and ``status.json`` the outcome. A run whose status is ``ok`` is skipped on the next
-invocation (resume); a failing run is recorded with its error and the sweep goes on. ``--workers``
-runs several at once (each in its own kernel). ``summary.csv`` rolls up params × scalar metrics.
+parameters and ``status.json`` the outcome. A run that finished ``ok`` is skipped on the next invocation
+(resume) while its params.yaml and the notebook's code are the spec's; otherwise it is *stale* and the
+sweep refuses to start (``rerun_stale`` deletes and reruns it). A failing run is recorded with its error
+and the sweep goes on. ``--workers`` runs several at once (each in its own kernel). Ctrl-C cancels the
+queued runs and interrupts the running ones. ``summary.csv`` rolls up params × scalar metrics.
 """
 
 from __future__ import annotations
@@ -22,10 +24,14 @@ from __future__ import annotations
 import concurrent.futures
 import contextlib
 import dataclasses
+import hashlib
 import itertools
 import json
 import os
+import shutil
+import signal
 import sys
+import threading
 import time
 import traceback
 from collections.abc import Iterator
@@ -41,6 +47,11 @@ from ..core.config import ConfigError, read_yaml_mapping
 from ..core.io import atomic_write_text
 
 RUNS_ROOT = Path("experiments/runs")
+INTERRUPT_GRACE_S = 10.0  # after Ctrl-C, how long running notebooks get to stop before their kernels are killed
+
+
+class StaleRunsError(ConfigError):
+    """Run folders hold results of other settings than the spec's; resuming would report them as new."""
 
 
 @dataclass
@@ -54,14 +65,23 @@ class SweepSpec:
     timeout_s: float | None = None
 
     def runs(self) -> list[tuple[str, dict[str, Any]]]:
-        """(run name, parameters) for every grid point × seed, in a stable order."""
+        """(run name, parameters) for every grid point × seed, in a stable order. ConfigError when two
+        parameter sets get one name (``_slug`` maps "a b" and "a-b" alike): they would share one folder."""
         keys = list(self.grid)
-        out = []
+        out: list[tuple[str, dict[str, Any]]] = []
+        seen: dict[str, dict[str, Any]] = {}
         for values in itertools.product(*(self.grid[k] for k in keys)):
             point = dict(zip(keys, values))
             for seed in self.seeds:
                 name = "__".join([f"{k}={_slug(v)}" for k, v in point.items()] + [f"seed={seed}"])
-                out.append((name, {**self.params, **point, "seed": seed}))
+                params = {**self.params, **point, "seed": seed}
+                other = seen.setdefault(name.casefold(), params)  # casefold: macOS folders ignore case
+                if other is not params:
+                    raise ConfigError(
+                        f"sweep {self.name}: two runs would share the folder {name}: {json.dumps(other, default=str)} "
+                        f"and {json.dumps(params, default=str)}; make the grid values differ in letters, digits or "
+                        "'-._' (run names keep only those)")
+                out.append((name, params))
         return out
 
 
@@ -91,38 +111,132 @@ def load_spec(path: str | Path) -> SweepSpec:
     notebook = Path(data["notebook"])
     if not notebook.is_file():
         raise ConfigError(f"{path}: notebook {notebook} not found (paths are relative to the working directory)")
-    return SweepSpec(str(data["name"]), notebook, dict(data.get("params") or {}), grid, seeds,
+    spec = SweepSpec(str(data["name"]), notebook, dict(data.get("params") or {}), grid, seeds,
                      data.get("kernel"), data.get("timeout_s"))
+    spec.runs()  # refuses two parameter sets sharing a run name before anything runs
+    return spec
 
 
-def _write_json(path: Path, payload: dict) -> None:
-    atomic_write_text(path, json.dumps(payload, indent=1, ensure_ascii=False, default=str))
+def _read_json(path: Path) -> dict:
+    """A run file's JSON object; ValueError naming the file when it cannot be read (a crash mid-write)."""
+    try:
+        data = json.loads(path.read_text(encoding="utf-8"))
+    except (OSError, ValueError) as exc:
+        raise ValueError(f"{path} is unreadable ({type(exc).__name__}: {exc})") from None
+    if not isinstance(data, dict):
+        raise ValueError(f"{path} is unreadable (JSON {type(data).__name__}, not an object)")
+    return data
 
 
-def run_one(spec: SweepSpec, name: str, params: dict, root: Path) -> dict:
-    """Execute one run (or skip it when it already finished); never raises."""
+def _canonical(params: dict) -> str:
+    """Parameters as params.yaml stores them: two runs match when these texts are equal."""
+    return yaml.safe_dump(params, sort_keys=True, allow_unicode=True)
+
+
+def notebook_digest(notebook: Path) -> str:
+    """A hash of the notebook's code cells: outputs and markdown do not change results, code does."""
+    cells = json.loads(Path(notebook).read_text(encoding="utf-8")).get("cells", [])
+    code = ["".join(c.get("source", "")) for c in cells if c.get("cell_type") == "code"]
+    return hashlib.sha256(json.dumps(code).encode()).hexdigest()[:16]
+
+
+def run_state(run_dir: Path, params: dict, digest: str) -> tuple[str, str]:
+    """(state, why): ``new`` (no folder), ``done`` (finished with these params and this notebook code),
+    ``stale`` (the folder holds other settings: its results or checkpoints must not be reused) or
+    ``todo`` (unfinished or failed with these params: rerun it, resuming from its checkpoint)."""
+    if not run_dir.is_dir():
+        return "new", ""
+    params_file, status_file, metrics_file = run_dir / "params.yaml", run_dir / "status.json", run_dir / "metrics.json"
+    if params_file.is_file():
+        try:
+            stored = yaml.safe_load(params_file.read_text(encoding="utf-8")) or {}
+        except (OSError, yaml.YAMLError) as exc:
+            return "stale", f"{params_file} is unreadable ({type(exc).__name__})"
+        stored, wanted = stored if isinstance(stored, dict) else {"(not a mapping)": stored}, yaml.safe_load(_canonical(params))
+        if changed := [f"{k} {stored.get(k, '(unset)')!r} -> {wanted.get(k, '(unset)')!r}"
+                       for k in sorted(set(stored) | set(wanted), key=str)
+                       if _canonical({k: stored.get(k, "(unset)")}) != _canonical({k: wanted.get(k, "(unset)")})]:
+            return "stale", "params.yaml differs: " + ", ".join(changed)
+    elif status_file.is_file() or metrics_file.is_file():
+        return "stale", "it has results but no params.yaml to compare"
+    try:
+        status = _read_json(status_file) if status_file.is_file() else {}
+    except ValueError as exc:
+        return "todo", str(exc)
+    if status.get("status") != "ok" or not metrics_file.is_file():
+        return "todo", ""
+    if status.get("notebook_sha256", digest) != digest:  # runs from before the hash was recorded pass
+        return "stale", "the notebook's code changed since it ran"
+    return "done", ""
+
+
+@dataclass
+class _Stop:
+    """What Ctrl-C reaches: the flag runs check, and the kernel of each running notebook. Kernels run in
+    their own session (jupyter_client), so a terminal's Ctrl-C does not reach them on its own."""
+    requested: threading.Event = field(default_factory=threading.Event)
+    kernels: dict[str, Any] = field(default_factory=dict)
+
+    def manager_class(self, run: str) -> type:
+        """A kernel manager class that files each kernel it starts under ``run``."""
+        from jupyter_client import AsyncKernelManager
+        kernels = self.kernels
+
+        class TrackedKernelManager(AsyncKernelManager):
+            def __init__(self, **kwargs: Any) -> None:
+                super().__init__(**kwargs)
+                kernels[run] = self
+
+        return TrackedKernelManager
+
+    def signal_kernels(self, signum: int) -> None:
+        for manager in list(self.kernels.values()):
+            process = getattr(getattr(manager, "provisioner", None), "process", None)
+            if process is not None and process.poll() is None:
+                with contextlib.suppress(OSError):
+                    os.killpg(process.pid, signum)  # the kernel leads its own process group
+
+
+def run_one(spec: SweepSpec, name: str, params: dict, root: Path, stop: _Stop | None = None) -> dict:
+    """Execute one run (or skip it when it already finished); never raises. A stale folder is left
+    alone (status ``stale``): resuming from its checkpoint would mix two settings in one result."""
     import papermill
 
     run_dir = root / name
     status_file = run_dir / "status.json"
-    if status_file.is_file() and json.loads(status_file.read_text(encoding="utf-8")).get("status") == "ok" \
-            and (run_dir / "metrics.json").is_file():
+    stop = stop or _Stop()
+    try:
+        digest = notebook_digest(spec.notebook)
+        state, why = run_state(run_dir, params, digest)
+    except (OSError, ValueError) as exc:
+        return {"run": name, "status": "failed", "error": f"{type(exc).__name__}: {exc}"}
+    if state == "done":
         return {"run": name, "status": "skipped"}
-    run_dir.mkdir(parents=True, exist_ok=True)
-    (run_dir / "params.yaml").write_text(yaml.safe_dump(params, sort_keys=True, allow_unicode=True), encoding="utf-8")
+    if state == "stale":
+        return {"run": name, "status": "stale", "error": why}
+    if stop.requested.is_set():
+        return {"run": name, "status": "cancelled"}
     start = time.perf_counter()
     try:
+        run_dir.mkdir(parents=True, exist_ok=True)
+        for old in (status_file, run_dir / "metrics.json"):  # a failed rerun must not pass on the last attempt's
+            old.unlink(missing_ok=True)
+        atomic_write_text(run_dir / "params.yaml", _canonical(params))
         papermill.execute_notebook(
             str(spec.notebook), str(run_dir / "output.ipynb"), parameters={**params, "output_dir": str(run_dir)},
             kernel_name=spec.kernel, progress_bar=False, execution_timeout=spec.timeout_s, cwd=os.getcwd(),
+            kernel_manager_class=stop.manager_class(name),
         )
         if not (run_dir / "metrics.json").is_file():
             raise RuntimeError(f"the notebook did not write {run_dir / 'metrics.json'}")
-        outcome = {"run": name, "status": "ok", "seconds": time.perf_counter() - start}
+        outcome = {"run": name, "status": "ok", "seconds": time.perf_counter() - start, "notebook_sha256": digest}
     except Exception as exc:  # noqa: BLE001 - a failing run is recorded; the sweep goes on
-        outcome = {"run": name, "status": "failed", "seconds": time.perf_counter() - start,
+        outcome = {"run": name, "status": "interrupted" if stop.requested.is_set() else "failed",
+                   "seconds": time.perf_counter() - start,
                    "error": f"{type(exc).__name__}: {str(exc)[-2000:]}", "traceback": traceback.format_exc()[-4000:]}
-    _write_json(status_file, outcome)
+    finally:
+        stop.kernels.pop(name, None)
+    atomic_write_text(status_file, json.dumps(outcome, indent=1, ensure_ascii=False, default=str))
     return outcome
 
 
@@ -134,19 +248,25 @@ def _flatten(prefix: str, value: Any, out: dict) -> None:
         out[prefix] = value
 
 
-def summarize(root: Path) -> pd.DataFrame:
-    """One row per run folder: params, status, and every scalar in metrics.json (nested keys dotted)."""
+def summarize(root: Path, names: list[str] | None = None) -> pd.DataFrame:
+    """One row per run folder (only ``names`` when given: the spec's runs, not leftovers of an earlier
+    grid): params, status, and every scalar in metrics.json (nested keys dotted). An unreadable file
+    is named on stderr and its run's status becomes ``unreadable``, so analyses leave it out."""
     rows = []
-    for run_dir in sorted(p for p in root.iterdir() if p.is_dir()):
+    for run_dir in sorted(p for p in root.iterdir() if p.is_dir() and (names is None or p.name in names)):
         row: dict[str, Any] = {"run": run_dir.name}
-        if (run_dir / "params.yaml").is_file():
-            row.update(yaml.safe_load((run_dir / "params.yaml").read_text(encoding="utf-8")) or {})
-        if (run_dir / "status.json").is_file():
-            row["status"] = json.loads((run_dir / "status.json").read_text(encoding="utf-8")).get("status")
-        if (run_dir / "metrics.json").is_file():
-            metrics: dict = {}
-            _flatten("", json.loads((run_dir / "metrics.json").read_text(encoding="utf-8")), metrics)
-            row.update({f"metric.{k}": v for k, v in metrics.items()})
+        try:
+            if (run_dir / "params.yaml").is_file():
+                row.update(yaml.safe_load((run_dir / "params.yaml").read_text(encoding="utf-8")) or {})
+            if (run_dir / "status.json").is_file():
+                row["status"] = _read_json(run_dir / "status.json").get("status")
+            if (run_dir / "metrics.json").is_file():
+                metrics: dict = {}
+                _flatten("", _read_json(run_dir / "metrics.json"), metrics)
+                row.update({f"metric.{k}": v for k, v in metrics.items()})
+        except (OSError, ValueError, yaml.YAMLError) as exc:
+            print(f"summary: {exc}; run {run_dir.name} is marked unreadable", file=sys.stderr)
+            row["status"] = "unreadable"
         rows.append(row)
     frame = pd.DataFrame(rows)
     atomic_write_text(root / "summary.csv", frame.to_csv(index=False))
@@ -202,22 +322,78 @@ def resolve_kernel(spec: SweepSpec) -> str:
     return "python3"
 
 
-def run_sweep(spec: SweepSpec, workers: int = 1, runs_root: Path = RUNS_ROOT) -> pd.DataFrame:
+def check_stale(spec: SweepSpec, root: Path, rerun_stale: bool = False) -> list[str]:
+    """The spec's runs whose folders hold other settings (``run_state``). Raises StaleRunsError naming
+    each, unless ``rerun_stale``: then their folders are deleted so they run afresh."""
+    digest = notebook_digest(spec.notebook)
+    stale = {name: why for name, params in spec.runs()
+             for state, why in [run_state(root / name, params, digest)] if state == "stale"}
+    if stale and not rerun_stale:
+        listed = "\n".join(f"  {name}: {why}" for name, why in stale.items())
+        raise StaleRunsError(
+            f"sweep {spec.name}: {len(stale)} run folder(s) in {root} hold results of other settings than the "
+            f"spec's, and resuming would report them as this spec's results:\n{listed}\n"
+            "Rerun them with 'so8t sweep --rerun-stale' (deletes those folders first), move them away, "
+            "or give the sweep a new name to keep both.")
+    for name in stale:
+        print(f"sweep {spec.name}: rerunning stale {name} ({stale[name]})", file=sys.stderr)
+        shutil.rmtree(root / name)
+    return list(stale)
+
+
+def _stop_runs(pool: concurrent.futures.ThreadPoolExecutor, futures: list, stop: _Stop) -> None:
+    """After Ctrl-C: cancel the queued runs, interrupt the running notebooks (SIGINT: the cell raises
+    KeyboardInterrupt), and kill the kernels that have not stopped after INTERRUPT_GRACE_S or a second Ctrl-C."""
+    stop.requested.set()
+    pool.shutdown(wait=False, cancel_futures=True)
+    running = [f for f in futures if not f.done()]
+    print(f"\ninterrupted: cancelled the queued runs; stopping {len(running)} running notebook(s) "
+          "(Ctrl-C again to kill them)", file=sys.stderr)
+    deadline = time.monotonic() + INTERRUPT_GRACE_S
+    try:
+        while not all(f.done() for f in running) and time.monotonic() < deadline:
+            stop.signal_kernels(signal.SIGINT)  # repeated: a kernel may have been starting the first time
+            concurrent.futures.wait(running, timeout=1.0)
+    except KeyboardInterrupt:  # a second Ctrl-C: kill now
+        pass
+    if not all(f.done() for f in running):
+        stop.signal_kernels(signal.SIGKILL)
+        concurrent.futures.wait(running, timeout=10.0)
+
+
+def run_sweep(spec: SweepSpec, workers: int = 1, runs_root: Path = RUNS_ROOT,
+              rerun_stale: bool = False) -> pd.DataFrame:
+    """Run the spec's runs that are not done and return summary.csv's frame. Stale run folders make it
+    refuse before anything runs (``check_stale``). On Ctrl-C it writes summary.csv for what finished
+    and re-raises KeyboardInterrupt; interrupted runs are rerun by the next invocation."""
     root = Path(runs_root) / spec.name
+    runs = spec.runs()
+    names = [name for name, _ in runs]
     spec = dataclasses.replace(spec, kernel=resolve_kernel(spec))
     root.mkdir(parents=True, exist_ok=True)
-    runs = spec.runs()
+    check_stale(spec, root, rerun_stale)
+    stop = _Stop()
     outcomes = []
-    with share_cores(workers), concurrent.futures.ThreadPoolExecutor(max_workers=max(1, workers)) as pool, \
-            tqdm(total=len(runs), desc=f"sweep {spec.name}", unit="run") as bar:
-        futures = [pool.submit(run_one, spec, name, params, root) for name, params in runs]
-        for future in concurrent.futures.as_completed(futures):
-            outcome = future.result()
-            outcomes.append(outcome)
-            bar.set_postfix(failed=sum(o["status"] == "failed" for o in outcomes))
-            bar.update(1)
+    with share_cores(workers), tqdm(total=len(runs), desc=f"sweep {spec.name}", unit="run") as bar:
+        pool = concurrent.futures.ThreadPoolExecutor(max_workers=max(1, workers))
+        futures = [pool.submit(run_one, spec, name, params, root, stop) for name, params in runs]
+        try:
+            for future in concurrent.futures.as_completed(futures):
+                outcome = future.result()
+                outcomes.append(outcome)
+                bar.set_postfix(failed=sum(o["status"] != "ok" and o["status"] != "skipped" for o in outcomes))
+                bar.update(1)
+        except KeyboardInterrupt:
+            _stop_runs(pool, futures, stop)
+            summarize(root, names)
+            raise
+        finally:
+            pool.shutdown(wait=not stop.requested.is_set(), cancel_futures=True)
     for outcome in outcomes:
-        if outcome["status"] == "failed":
-            print(f"failed: {outcome['run']}: {outcome['error'].splitlines()[-1] if outcome['error'] else ''}",
-                  file=sys.stderr)
-    return summarize(root)
+        if outcome["status"] not in ("ok", "skipped"):
+            error = outcome.get("error") or ""
+            print(f"{outcome['status']}: {outcome['run']}: {error.splitlines()[-1] if error else ''}", file=sys.stderr)
+    if leftovers := sorted(p.name for p in root.iterdir() if p.is_dir() and p.name not in names):
+        print(f"sweep {spec.name}: summary.csv leaves out {len(leftovers)} folder(s) in {root} that are not "
+              f"runs of this spec (e.g. {leftovers[0]})", file=sys.stderr)
+    return summarize(root, names)
