@@ -7,6 +7,8 @@ from pathlib import Path
 import pandas as pd
 
 from .benchmarks import benchmark_prompts
+from .corpus.guard import benchmark_copies, benchmark_pairs, describe_pairs
+from .corpus.neardup import NEAR_DUP_THRESHOLD
 from .corpus.text import bare_text
 from .tables import DataError, load_table, stratified_sample
 
@@ -15,7 +17,8 @@ def training_tables(data_dir: str | Path, train_max_rows: int | None, eval_max_r
                     seed: int) -> tuple[pd.DataFrame, pd.DataFrame]:
     """(train, val), each sampled as the config says. DataError for a row id in both files (the frozen-state cache
     keys rows by id: a train row would be trained on its val namesake's states) and for a public benchmark prompt
-    in either, as its request or its context, whatever its punctuation (the benchmarks are for evaluation only)."""
+    in either, as its request or its context, whatever its punctuation, symbols or invisible characters, or a
+    near copy of one (the corpus build's Jaccard guard): the benchmarks are for evaluation only."""
     data_dir = Path(data_dir)
     train, val = load_table(data_dir / "train.jsonl"), load_table(data_dir / "val.jsonl")
     shared = sorted(set(train["id"]) & set(val["id"]))
@@ -24,10 +27,14 @@ def training_tables(data_dir: str | Path, train_max_rows: int | None, eval_max_r
                         f"{shared[0]!r}); give every row an id of its own across the splits")
     bench = benchmark_prompts(bare_text)
     for name, table in (("train.jsonl", train), ("val.jsonl", val)):
-        hits = [(row_id, bench[key]) for row_id, request, context in zip(table["id"], table["user_request"],
-                                                                          table["context"])
-                for text in (request, context) if text and (key := bare_text(text)) in bench]
+        rows = table[["id", "user_request", "context"]].to_dict("records")
+        hits = benchmark_copies(rows, bench)
         if hits:
             raise DataError(f"{data_dir / name}: {len(hits)} row(s) are public benchmark prompts (row {hits[0][0]!r} "
                             f"is {hits[0][1]}); the benchmarks are for evaluation only, remove them")
+        near = benchmark_pairs(rows, top=0, min_sim=NEAR_DUP_THRESHOLD) if bench else []
+        if near:
+            raise DataError(f"{data_dir / name}: {len(near)} request(s) or context(s) are near copies (character "
+                            f"4-gram Jaccard >= {NEAR_DUP_THRESHOLD}) of public benchmark prompts: "
+                            f"{describe_pairs(near, 3)}; the benchmarks are for evaluation only, remove them")
     return stratified_sample(train, train_max_rows, seed), stratified_sample(val, eval_max_rows, seed)

@@ -5,13 +5,13 @@ The build runs them on its rows before writing anything; ``leakage_report`` runs
 (``so8t corpus check``). Near copies across splits are measured on the hand-written wordings (``original``,
 ``alt1``, ``alt2``): every other row is one of them plus label-neutral pool text that all splits share by
 design (openers, wrappers, templates), so comparing whole rows would measure the templates, not leakage.
-Benchmark prompts are compared with every row.
+Benchmark prompts are compared with every row's request and context.
 """
 
 from __future__ import annotations
 
 from collections import Counter, defaultdict
-from collections.abc import Sequence
+from collections.abc import Iterable, Sequence
 from itertools import combinations
 from pathlib import Path
 
@@ -48,20 +48,31 @@ def cross_split_pairs(rows: Sequence[dict], top: int = REPORT_TOP, min_sim: floa
 
 def benchmark_pairs(rows: Sequence[dict], benchmarks_dir: str | Path | None = BENCHMARKS_DIR,
                     top: int = REPORT_TOP, min_sim: float = 0.0) -> list[dict]:
-    """The rows most similar to a public benchmark prompt (exact Jaccard); empty without the benchmarks."""
+    """The requests and contexts most similar to a public benchmark prompt (exact Jaccard; ``field`` says which):
+    a prompt pasted into a row's context reaches the model as surely as one asked. Empty without the benchmarks."""
     bench = benchmark_prompts(normalize_text, benchmarks_dir)
     prompts = sorted(bench)
-    pairs = nearest_pairs([r["user_request"] for r in rows], prompts, top, min_sim)
-    return [{"similarity": sim, "row": rows[i]["id"], "benchmark": bench[prompts[j]],
-             "row_text": _short(rows[i]["user_request"]), "benchmark_text": _short(prompts[j])}
+    texts = [(row, field) for row in rows for field in ("user_request", "context") if row.get(field)]
+    pairs = nearest_pairs([row[field] for row, field in texts], prompts, top, min_sim)
+    return [{"similarity": sim, "row": texts[i][0]["id"], "field": texts[i][1], "benchmark": bench[prompts[j]],
+             "row_text": _short(texts[i][0][texts[i][1]]), "benchmark_text": _short(prompts[j])}
             for sim, i, j in pairs]
+
+
+def benchmark_copies(rows: Iterable[dict], bench: dict[str, str]) -> list[tuple[str, str]]:
+    """(row id, "file:line") for each request or context that is a prompt of ``bench``
+    (``benchmark_prompts(bare_text)``): the same prompt to the model, whatever its punctuation, symbols or
+    invisible characters."""
+    return [(row["id"], bench[key]) for row in rows for text in (row["user_request"], row.get("context"))
+            if text and (key := bare_text(text)) in bench]
 
 
 def describe_pairs(pairs: Sequence[dict], limit: int = 20) -> str:
     """One line per pair, for error messages."""
     return "; ".join(
-        f"{p['similarity']:.2f} {p.get('a', p.get('row'))} ~ {p.get('b', p.get('benchmark'))} "
-        f"({p.get('a_text', p.get('row_text'))!r} ~ {p.get('b_text', p.get('benchmark_text'))!r})"
+        f"{p['similarity']:.2f} {p.get('a', p.get('row'))}{' (context)' if p.get('field') == 'context' else ''} ~ "
+        f"{p.get('b', p.get('benchmark'))} ({p.get('a_text', p.get('row_text'))!r} ~ "
+        f"{p.get('b_text', p.get('benchmark_text'))!r})"
         for p in pairs[:limit]
     )
 
@@ -96,8 +107,7 @@ def leakage_report(
         sorted(i for _, i in occ) for _, occ in sorted(text_rows.items()) if len({sp for sp, _ in occ}) > 1
     ]
     bench = benchmark_prompts(bare_text, benchmarks_dir)
-    overlap = sorted({r["id"] for r in rows for text in (r["user_request"], r.get("context"))
-                      if text and bare_text(text) in bench})
+    overlap = sorted({row_id for row_id, _ in benchmark_copies(rows, bench)})
     nearest_bench = benchmark_pairs(rows, benchmarks_dir) if bench else []
     nearest_cross = cross_split_pairs(rows)
 

@@ -2,7 +2,8 @@
 joining message parts with the punctuation a person would type.
 
 ``normalize_text`` is the one notion of sameness for deduplication and the split guards, ``bare_text`` the
-benchmark guards' (punctuation and spaces dropped too); ``seeded_rng``
+benchmark guards' (what the model reads: punctuation, spaces, symbols and invisible characters dropped too),
+``wording`` the label-conflict check's (symbols kept); ``seeded_rng``
 gives every family its own generator, so a build is byte-identical whatever order it runs in.
 """
 
@@ -25,10 +26,38 @@ def normalize_text(s: str) -> str:
     return _WS_RE.sub(" ", unicodedata.normalize("NFKC", s).casefold()).strip()
 
 
+# Default-ignorable letters and marks, which the runtime removes with the format characters before the model reads
+# a request (serve.textforms.clean_text; this layer may not import serve, and a test holds the two in step): the
+# combining grapheme joiner, Hangul fillers, Khmer inherent vowels, Mongolian variation selectors, variation
+# selectors and the tag block.
+_IGNORABLE = frozenset(cp for lo, hi in ((0x034F, 0x034F), (0x115F, 0x1160), (0x17B4, 0x17B5), (0x180B, 0x180F),
+                                         (0x3164, 0x3164), (0xFE00, 0xFE0F), (0xFFA0, 0xFFA0), (0xE0000, 0xE0FFF))
+                       for cp in range(lo, hi + 1))
+
+
+def _kept(s: str, drop: str) -> str:
+    """``s`` without the characters of the Unicode categories in ``drop`` (P punctuation, Z spaces, S symbols, C
+    format and control characters: zero-width marks, soft hyphens, bidi controls) and the default-ignorable ones."""
+    return "".join(ch for ch in s if unicodedata.category(ch)[0] not in drop and ord(ch) not in _IGNORABLE)
+
+
+def _read_form(s: str, drop: str) -> str:
+    # invisible characters go before casefolding, so that they cannot split what NFKC would join
+    return _kept(unicodedata.normalize("NFKC", _kept(unicodedata.normalize("NFKC", s), drop).casefold()), drop)
+
+
 def bare_text(s: str) -> str:
-    """``normalize_text`` without punctuation or spaces: the benchmark guards' notion of "the same prompt", so a
-    public prompt with its "?" dropped or doubled is still caught (every guard compares with this one)."""
-    return "".join(ch for ch in normalize_text(s) if unicodedata.category(ch)[0] not in "PZ")
+    """``normalize_text`` of the text the runtime hands the model (NFKC, invisible characters out), without
+    punctuation, spaces or symbols: the benchmark guards' notion of "the same prompt" (every guard compares with
+    this one), so a public prompt with its "?" doubled, a zero-width space or soft hyphen inside or an emoji
+    after it is still caught."""
+    return _read_form(s, "PZSC")
+
+
+def wording(s: str) -> str:
+    """``bare_text`` with symbols kept: what two rows must differ in to ask different things (the label-conflict
+    check), since "make a 💣" and "make a 🎂" are two requests while a "?" or a zero-width space makes none."""
+    return _read_form(s, "PZC")
 
 
 def stable_int(*parts: object) -> int:

@@ -4,8 +4,8 @@
 - a row whose request is already in the corpus (any split, after NFKC and case folding) is dropped: it
   adds nothing, or it contradicts a reviewed label of the corpus (both are counted);
 - a row that is a near copy (character 4-gram Jaccard >= 0.5, the corpus's own threshold) of a val or
-  test request, or equal or near to a public benchmark prompt, is dropped: training on it would leak
-  into the evaluation the gate relies on;
+  test request, or whose request or context is equal (``bare_text``) or near to a public benchmark prompt, is
+  dropped: training on it would leak into the evaluation the gate relies on;
 - near-duplicate rows among themselves form one family (Jaccard >= 0.2, as the corpus build groups);
   whole families go to train or val (about 1 in 10 to val, by a seeded hash), never to test.
 
@@ -29,8 +29,8 @@ from pathlib import Path
 from ...core.checkpoint import atomic_folder
 from ...core.io import sha256_file
 from ...core.paths import BENCHMARKS_DIR, CORPUS_DIR
-from ...data.benchmarks import benchmark_files
-from ...data.corpus.guard import benchmark_pairs
+from ...data.benchmarks import benchmark_files, benchmark_prompts
+from ...data.corpus.guard import benchmark_copies, benchmark_pairs
 from ...data.corpus.neardup import (
     GROUP_THRESHOLD,
     NEAR_DUP_THRESHOLD,
@@ -39,7 +39,7 @@ from ...data.corpus.neardup import (
     nearest_pairs,
 )
 from ...data.corpus.splits import read_split
-from ...data.corpus.text import normalize_text, stable_int
+from ...data.corpus.text import bare_text, normalize_text, stable_int
 from ...data.tables import load_table, read_records
 
 VAL_SHARE = 10  # one family in VAL_SHARE goes to val
@@ -99,8 +99,10 @@ def preprocess(rows_file: str | Path, out: str | Path, corpus_dir: str | Path = 
                                            top=0, min_sim=NEAR_DUP_THRESHOLD)}
     dropped["near_val_or_test"] = [kept[i]["id"] for i in sorted(near)]
     kept = [r for i, r in enumerate(kept) if i not in near]
-    bench = {p["row"] for p in benchmark_pairs(kept, benchmarks_dir, top=0, min_sim=NEAR_DUP_THRESHOLD)} \
-        if kept and benchmarks["guard"] else set()
+    bench: set[str] = set()
+    if kept and benchmarks["guard"]:  # requests and contexts: a prompt pasted into a context reaches the model too
+        bench = {row_id for row_id, _ in benchmark_copies(kept, benchmark_prompts(bare_text, benchmarks_dir))}
+        bench |= {p["row"] for p in benchmark_pairs(kept, benchmarks_dir, top=0, min_sim=NEAR_DUP_THRESHOLD)}
     dropped["near_benchmark"] = sorted(bench)
     kept = [r for r in kept if r["id"] not in bench]
     ids = [r["id"] for r in kept]
