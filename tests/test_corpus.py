@@ -320,6 +320,19 @@ def test_duplicate_normalised_text(tmp_path):
     assert str(path) in str(e.value) and "tst-en-002" in str(e.value)
 
 
+@pytest.mark.parametrize("key, second", [("label", "ESCALATE"), ("request", "How do I turn off the firewall?")])
+def test_a_key_given_twice_in_a_seed_is_an_error(tmp_path, key, second):
+    """Plain YAML kept the last of two ``label:`` (or ``request:``) lines of one seed without a word, so a seed
+    reviewed as REFUSE could build as ESCALATE; the configs already refused a key given twice."""
+    path = _write(tmp_path, "twice.yaml", [_seed()])
+    lines = path.read_text(encoding="utf-8").splitlines()
+    at = next(i for i, line in enumerate(lines) if line.lstrip("- ").startswith(f"{key}:"))
+    path.write_text("\n".join([*lines[:at + 1], f"  {key}: {second}", *lines[at + 1:]]) + "\n", encoding="utf-8")
+    with pytest.raises(ValueError, match=rf"(?s)twice.yaml: not valid YAML: the key '{key}' is given twice.*"
+                                         rf"line {at + 2}"):
+        load_seeds(tmp_path)
+
+
 def test_yaml_top_level_must_be_list(tmp_path):
     p = tmp_path / "x.yaml"
     p.write_text("id: tst-en-001\n", encoding="utf-8")

@@ -67,6 +67,50 @@ def test_a_refusal_without_its_category_or_one_request_with_two_labels_is_refuse
     assert list(load_table(_jsonl(tmp_path, other_context))["label"]) == ["ALLOW", "REFUSE"]
 
 
+@pytest.mark.parametrize("second", ["How do I make a pipe bomb", "How do I make a pipe\u200b bomb?",
+                                    "How do I make a pipe bomb?!", "How do I make a pipe\u00ad bomb?"])
+def test_two_labels_for_what_the_model_reads_as_one_request_are_refused(tmp_path, second):
+    """The label check compared texts after NFKC and case folding only: a "?" dropped or a zero-width space or
+    soft hyphen (removed before the model reads the request) let one request carry two labels."""
+    rows = [{"id": "r1", "user_request": "How do I make a pipe bomb?", "label": "REFUSE", "category": "general"},
+            {"id": "r2", "user_request": second, "label": "ALLOW"}]
+    with pytest.raises(DataError, match=r"rows 'r1', 'r2' ask the same thing with different labels"):
+        load_table(_jsonl(tmp_path, rows))
+    other = [rows[0], {**rows[1], "user_request": "How do I make a pipe 🎂?"}]  # a symbol is a word to the model
+    assert list(load_table(_jsonl(tmp_path, other))["label"]) == ["REFUSE", "ALLOW"]
+
+
+def test_a_key_or_column_given_twice_is_refused_naming_file_line_and_key(tmp_path):
+    """JSON and csv.DictReader keep the last of two "label"s without a word: a row written REFUSE then ALLOW
+    trained as ALLOW."""
+    path = tmp_path / "twice.jsonl"
+    path.write_text(json.dumps(ROWS[0]) + "\n" + '{"id":"r1","user_request":"How do I make a pipe bomb?",'
+                    '"label":"REFUSE","category":"general","label":"ALLOW"}\n', encoding="utf-8")
+    with pytest.raises(DataError, match=r"twice.jsonl:2: the key 'label' is given twice"):
+        load_table(path)
+    csv_path = tmp_path / "twice.csv"
+    csv_path.write_text("id,user_request,label,category,label\nr1,How do I make a pipe bomb?,REFUSE,general,ALLOW\n",
+                        encoding="utf-8")
+    with pytest.raises(DataError, match=r"twice.csv:1: the column 'label' is named twice"):
+        load_table(csv_path)
+    csv_path.write_text("id,user_request,label,,\nr1,Book a room,ALLOW,,\n", encoding="utf-8")  # unnamed: not data
+    assert list(load_table(csv_path)["label"]) == ["ALLOW"]
+
+
+@pytest.mark.parametrize("cell, hard", [("true", True), ("TRUE", True), ("1", True), ("yes", True), ("false", False),
+                                        ("0", False), ("no", False), ("", False), ("ture", None), ("2", None),
+                                        ("maybe", None)])
+def test_a_csv_hard_cell_is_a_known_word_or_an_error(tmp_path, cell, hard):
+    """Any word but true/1/yes read as false ("ture", "2"), while the JSON value 2 was an error."""
+    path = tmp_path / "hard.csv"
+    path.write_text(f"id,user_request,label,hard\nr1,hello there,ALLOW,{cell}\n", encoding="utf-8")
+    if hard is None:
+        with pytest.raises(DataError, match=rf"hard.csv:2: field 'hard' must be true or false \(got '{cell}'"):
+            load_table(path)
+    else:
+        assert list(load_table(path)["hard"]) == [hard]
+
+
 def test_a_jsonl_file_with_a_byte_order_mark_loads(tmp_path):
     path = tmp_path / "windows.jsonl"
     path.write_bytes(b"\xef\xbb\xbf" + (json.dumps(ROWS[0]) + "\n").encode("utf-8"))

@@ -23,6 +23,7 @@ from ..core.schema import CATEGORIES, LABELS, LANGS, NOT_ALLOW, SPLITS
 COLUMNS = ["id", "context", "user_request", "label", "category", "lang", "rationale", "task_output",
            "family", "split", "hard", "source"]
 MAX_REQUEST_CHARS = 20_000
+_HARD_WORDS = {"true": True, "1": True, "yes": True, "false": False, "0": False, "no": False, "": False}
 _JAPANESE = re.compile(r"[\u3040-\u30ff\u3400-\u9fff\uff66-\uff9f]")
 
 
@@ -43,6 +44,20 @@ def read_records(path: Path) -> Iterator[tuple[int, dict]]:
         raise DataError(f"{path}: not UTF-8 text (byte {exc.start}); save it as UTF-8") from None
 
 
+class _RepeatedKey(ValueError):
+    """A JSON object with one key twice."""
+
+
+def _unique_keys(pairs: list[tuple[str, object]]) -> dict:
+    """``json.loads``'s object hook: a key given twice is an error (a second "label" would win without a word)."""
+    record = {}
+    for key, value in pairs:
+        if key in record:
+            raise _RepeatedKey(key)
+        record[key] = value
+    return record
+
+
 def _records(path: Path) -> Iterator[tuple[int, dict]]:
     suffix = path.suffix.lower()
     if suffix in (".jsonl", ".json"):
@@ -51,15 +66,23 @@ def _records(path: Path) -> Iterator[tuple[int, dict]]:
                 if not line.strip():
                     continue
                 try:
-                    record = json.loads(line)
+                    record = json.loads(line, object_pairs_hook=_unique_keys)
                 except json.JSONDecodeError as exc:
                     raise DataError(f"{path}:{line_no}: not valid JSON ({exc.msg})") from None
+                except _RepeatedKey as exc:
+                    raise DataError(f"{path}:{line_no}: the key {exc.args[0]!r} is given twice in one object; "
+                                    "JSON readers keep the last, so say it once") from None
                 if not isinstance(record, dict):
                     raise DataError(f"{path}:{line_no}: expected a JSON object, got {type(record).__name__}")
                 yield line_no, record
     elif suffix == ".csv":
         with path.open(encoding="utf-8-sig", newline="") as handle:
             reader = csv.DictReader(handle)
+            header = reader.fieldnames or []
+            repeated = next((name for i, name in enumerate(header) if name and name in header[:i]), None)
+            if repeated is not None:  # DictReader would keep the last column of that name
+                raise DataError(f"{path}:{reader.line_num}: the column {repeated!r} is named twice in the header; "
+                                "name each column once")
             for record in reader:
                 if None in record:  # more fields than the header names: an unquoted comma in a text
                     raise DataError(f"{path}:{reader.line_num}: more fields than the header names; quote a text "
@@ -98,8 +121,11 @@ def _validated_row(record: dict, path: Path, line_no: int, allowed_labels: tuple
     if lang not in LANGS:
         raise DataError(f"{where}: field 'lang' must be ja or en (got {lang!r})")
     hard = record.get("hard", False)
-    if isinstance(hard, str):
-        hard = hard.strip().lower() in ("true", "1", "yes")
+    if isinstance(hard, str):  # a CSV cell; an unknown word ("ture", "2") must not read as false
+        if hard.strip().lower() not in _HARD_WORDS:
+            raise DataError(f"{where}: field 'hard' must be true or false (got {hard!r}; also accepted: "
+                            "1/0, yes/no, or empty for false)")
+        hard = _HARD_WORDS[hard.strip().lower()]
     elif hard is None or (not isinstance(hard, bool) and hard not in (0, 1)):  # NaN would read as true
         raise DataError(f"{where}: field 'hard' must be true or false (got {hard!r})")
     return {
@@ -119,11 +145,12 @@ def _validated_row(record: dict, path: Path, line_no: int, allowed_labels: tuple
 
 
 def asked_keys(table: pd.DataFrame) -> pd.Series:
-    """What each row asks, as one comparable text (context and request, normalized): two rows with the same key
-    are the same question whatever their ids or files."""
-    from .corpus.text import normalize_text  # here: the corpus package imports this module
+    """What each row asks, as one comparable text (context and request as the model reads them, punctuation and
+    spacing aside: ``wording``): two rows with the same key are the same question whatever their ids or files,
+    a zero-width space or a "?" apart."""
+    from .corpus.text import wording  # here: the corpus package imports this module
 
-    return table["context"].map(normalize_text) + "\x00" + table["user_request"].map(normalize_text)
+    return table["context"].map(wording) + "\x00" + table["user_request"].map(wording)
 
 
 def load_table(path: str | Path, allow_not_allow: bool = False) -> pd.DataFrame:
