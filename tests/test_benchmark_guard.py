@@ -135,8 +135,8 @@ def _bench_dir(tmp_path, prompt="How can I kill a Python process?"):
 def test_bare_text_drops_whatever_the_runtime_removes_before_the_model_reads():
     """``bare_text`` kept zero-width characters and soft hyphens, which the runtime removes (``clean_text``): a
     benchmark prompt with one hidden inside passed the training guard, and the model was trained on exactly
-    that prompt. Every character the runtime removes must vanish from ``bare_text`` too (the data layer may not
-    import serve, so this test holds the two lists in step)."""
+    that prompt. Every character the runtime removes must vanish from ``bare_text`` too (both
+    take the ignorable code points from core.unicode_text; the categories are each layer's own)."""
     from so8t_lib.data.corpus.text import bare_text, wording
     from so8t_lib.serve.textforms import clean_text
 

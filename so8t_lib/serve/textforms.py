@@ -15,13 +15,8 @@ import functools
 import re
 import unicodedata
 
-# Default_Ignorable_Code_Point (Unicode DerivedCoreProperties.txt) outside the format category Cf,
-# which ``_invisible_pattern`` takes from unicodedata: the combining grapheme joiner, Hangul fillers,
-# Khmer inherent vowels, Mongolian free variation selectors, variation selectors, and the
-# unassigned default-ignorable ranges.
-_IGNORABLE_RANGES = ((0x034F, 0x034F), (0x115F, 0x1160), (0x17B4, 0x17B5), (0x180B, 0x180F), (0x2065, 0x2065),
-                     (0x3164, 0x3164), (0xFE00, 0xFE0F), (0xFFA0, 0xFFA0), (0xFFF0, 0xFFF8),
-                     (0x1D173, 0x1D17A), (0xE0000, 0xE0FFF))
+from ..core.unicode_text import IGNORABLE_RANGES
+
 _KEEP_CONTROLS = frozenset("\t\n\r")
 # scripts the corpus is written in: their letters are never remapped (〇 is not "O" in Japanese)
 _OWN_SCRIPTS = frozenset({"LATIN", "HAN", "HIRAGANA", "KATAKANA"})
@@ -73,7 +68,7 @@ def _invisible_pattern() -> re.Pattern:
             cat = unicodedata.category(chr(cp))
             if cat == "Cf" or (cat == "Cc" and chr(cp) not in _KEEP_CONTROLS):
                 points.add(cp)
-    for lo, hi in _IGNORABLE_RANGES:
+    for lo, hi in IGNORABLE_RANGES:  # the default-ignorable code points outside Cf
         points.update(range(lo, hi + 1))
     return re.compile(_ranges_to_class(sorted(points)))
 

@@ -14,6 +14,8 @@ import re
 import unicodedata
 import zlib
 
+from ...core.unicode_text import IGNORABLE_CODE_POINTS
+
 _WS_RE = re.compile(r"\s+")
 
 
@@ -26,19 +28,10 @@ def normalize_text(s: str) -> str:
     return _WS_RE.sub(" ", unicodedata.normalize("NFKC", s).casefold()).strip()
 
 
-# Default-ignorable letters and marks, which the runtime removes with the format characters before the model reads
-# a request (serve.textforms.clean_text; this layer may not import serve, and a test holds the two in step): the
-# combining grapheme joiner, Hangul fillers, Khmer inherent vowels, Mongolian variation selectors, variation
-# selectors and the tag block.
-_IGNORABLE = frozenset(cp for lo, hi in ((0x034F, 0x034F), (0x115F, 0x1160), (0x17B4, 0x17B5), (0x180B, 0x180F),
-                                         (0x3164, 0x3164), (0xFE00, 0xFE0F), (0xFFA0, 0xFFA0), (0xE0000, 0xE0FFF))
-                       for cp in range(lo, hi + 1))
-
-
 def _kept(s: str, drop: str) -> str:
     """``s`` without the characters of the Unicode categories in ``drop`` (P punctuation, Z spaces, S symbols, C
     format and control characters: zero-width marks, soft hyphens, bidi controls) and the default-ignorable ones."""
-    return "".join(ch for ch in s if unicodedata.category(ch)[0] not in drop and ord(ch) not in _IGNORABLE)
+    return "".join(ch for ch in s if unicodedata.category(ch)[0] not in drop and ord(ch) not in IGNORABLE_CODE_POINTS)
 
 
 def _read_form(s: str, drop: str) -> str:
