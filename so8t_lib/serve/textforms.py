@@ -21,25 +21,29 @@ _KEEP_CONTROLS = frozenset("\t\n\r")
 # scripts the corpus is written in: their letters are never remapped (〇 is not "O" in Japanese)
 _OWN_SCRIPTS = frozenset({"LATIN", "HAN", "HIRAGANA", "KATAKANA"})
 _KANJI_KANA = r"\u30a1-\u30fa\u30fc\u3005\u4e00-\u9fff"
-# a space (or a run of spaces and tabs, not a line break) between two kanji or katakana: Japanese
-# puts no spaces inside words ("リ ス ト", "単  価")
-_SPACED_JA = re.compile(rf"(?<=[{_KANJI_KANA}])[ \t]+(?=[{_KANJI_KANA}])")
+# a space (or a run of spaces; never a tab or a line break, which is how tables and lists are pasted) between two
+# kanji or katakana: Japanese puts no spaces inside words ("リ ス ト", "単  価")
+_SPACED_JA = re.compile(rf"(?<=[{_KANJI_KANA}]) +(?=[{_KANJI_KANA}])")
 # ... and the sign of a word pulled apart: a kanji or katakana standing alone between spaces ("単 価 表")
 _WORDISH = rf"\u3041-\u309f{_KANJI_KANA}"
-_SPLIT_JA = re.compile(rf"(?<![{_WORDISH}])[{_KANJI_KANA}][ \t]+[{_KANJI_KANA}]|"
-                       rf"[{_KANJI_KANA}][ \t]+[{_KANJI_KANA}](?![{_WORDISH}])")
-# between spaced letters: any run of white space ("p  a", "p\ta", "p\na"), a run of one mark ("p,a",
-# "p..a"), or a run of one mark with white space on both sides ("p . a"); never a mark followed by a space
-# only, which is how lists and initials are written ("a, b, c", "J. R. R.")
+_SPLIT_JA = re.compile(rf"(?<![{_WORDISH}])[{_KANJI_KANA}] +[{_KANJI_KANA}]|"
+                       rf"[{_KANJI_KANA}] +[{_KANJI_KANA}](?![{_WORDISH}])")
+# letters pulled apart: three or more single letters apart by runs of spaces ("p a s s", "p  a  s  s"), or four
+# or more apart by a run of one mark ("p,a,s,s", "p..a..s..s") or a mark between spaces ("p . a . s . s"). Never
+# tabs or line breaks (a pasted table: "A\tB\tC"), nor a mark followed by a space only (lists and initials:
+# "a, b, c", "J. R. R."); three cells of a table ("| y | n | y |", "Y,N,Y", "A - B - C") are not a word.
+_LETTER = r"[^\W\d_]"
 _MARK_RUN = "|".join(f"{re.escape(mark)}+" for mark in ".,-_*·|/")
-_LETTER_GAP = rf"(?:\s+(?:(?:{_MARK_RUN})\s+)?|{_MARK_RUN})"
-_SPACED_LETTERS = re.compile(rf"(?<![^\W\d_])(?:[^\W\d_]{_LETTER_GAP}){{2,}}[^\W\d_](?![^\W\d_])")
+_BY_SPACES = rf"{_LETTER}(?: +{_LETTER}){{2,}}"
+_BY_MARKS = rf"{_LETTER}(?:(?: +(?:{_MARK_RUN}) +|(?:{_MARK_RUN})){_LETTER}){{3,}}"
+_SPACED_LETTERS = re.compile(rf"(?<!{_LETTER})(?:{_BY_MARKS}|{_BY_SPACES})(?!{_LETTER})")
 _SPACES = re.compile(r"\s+")
 # leetspeak: an ASCII word that mixes letters with digits or symbols read as letters ("p4ssw0rd",
-# "p@$$w0rd", "!gnore"); e-mail addresses are left alone, and so is a closing "!" ("thanks!")
-_LEET_CHARS = "0-9a-z@$!|"
+# "p@$$w0rd", "!gnore"); e-mail addresses, mentions ("@alice") and a closing "!" ("thanks!") are left alone, and
+# "|" is a pipe, not an "l" (a table, "admin|root")
+_LEET_CHARS = "0-9a-z@$!"
 _LEET_WORD = re.compile(rf"[\w.%+-]+@[\w-]+(?:\.[\w-]+)+|(?<![{_LEET_CHARS}])[{_LEET_CHARS}]+")
-_LEET = str.maketrans("013457@$!|", "oieastasil")
+_LEET = str.maketrans("013457@$!", "oieastasi")
 
 
 def _ranges_to_class(points: list[int]) -> str:
@@ -137,14 +141,14 @@ def skeleton(text: str) -> str:
 
 
 def join_spaced_letters(text: str) -> str:
-    """'p a s s w o r d', 'p  a\ts\ns', 'p,a,s,s', 'p . a . s' -> 'password' (words of one letter each,
-    three or more in a row, see ``_LETTER_GAP``); 'リ ス ト' -> 'リスト' (no space between two kanji or katakana)."""
+    """'p a s s w o r d', 'p  a  s  s', 'p,a,s,s', 'p . a . s . s' -> 'password' (words of one letter each, see
+    ``_SPACED_LETTERS``); 'リ ス ト' -> 'リスト' (no space between two kanji or katakana)."""
     return _SPACED_JA.sub("", _SPACED_LETTERS.sub(lambda m: re.sub(r"[^\w]|_", "", m.group()), text))
 
 
 def _unleet_word(word: str) -> str:
-    if "@" in word and "." in word:
-        return word  # an e-mail address (the first branch of _LEET_WORD)
+    if ("@" in word and "." in word) or word.startswith("@"):
+        return word  # an e-mail address (the first branch of _LEET_WORD) or a mention ("@alice")
     body = word.rstrip("!")
     if not re.search("[a-z]", body):
         return word  # a price ("$5"), a number, "!!"
@@ -153,7 +157,7 @@ def _unleet_word(word: str) -> str:
 
 def unleet(text: str) -> str:
     """'ign0r3 pr3v10u5' -> 'ignore previous', 'p@$$w0rd' -> 'password', '!gnore' -> 'ignore' (only in
-    words that mix ASCII letters with digits or @ $ ! |; for the pattern checks, never the model's text)."""
+    words that mix ASCII letters with digits or @ $ !; for the pattern checks, never the model's text)."""
     return _LEET_WORD.sub(lambda m: _unleet_word(m.group()), text)
 
 
