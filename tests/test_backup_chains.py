@@ -135,18 +135,25 @@ def test_restore_puts_the_queue_and_spool_back_under_the_configured_names(tmp_pa
     assert EscalationQueue(old / "into" / "logs" / "escalations.sqlite", create=False).count()["cases"] == 3
 
 
-def test_two_configs_of_one_name_are_refused_and_one_file_given_twice_is_kept_once(tmp_path, monkeypatch):
-    """Two configs named production.yaml were both listed in BACKUP.json and only one was kept, exit 0."""
+def test_the_config_in_service_wins_over_a_folders_file_of_its_name_and_two_alike_are_refused(tmp_path, monkeypatch,
+                                                                                            caplog):
+    """Two configs named production.yaml were both listed in BACKUP.json and only one was kept, exit 0. The
+    deployed service runs /etc/so8t/production.yaml beside a checkout whose configs/ holds one of that name: the
+    running one is kept and the other named; two folders (or two files named on their own) alike are refused."""
     monkeypatch.chdir(tmp_path)
     AuditLog("logs/audit.jsonl").append({"event": "decision", "decision": "ALLOW"})
     _config(tmp_path / "configs" / "production.yaml")
     _config(tmp_path / "etc" / "production.yaml", extra=", log_level: WARNING")
     _queue(tmp_path / "logs" / "escalations.sqlite")
+    with caplog.at_level("WARNING", logger="so8t.backup"):
+        so8t(["backup", "--config", "etc/production.yaml", "--configs", "configs", "--out", "b"])
+    assert "log_level: WARNING" in (tmp_path / "b" / "configs" / "production.yaml").read_text()
+    assert "keeping etc/production.yaml (named on its own), leaving out configs/production.yaml" in caplog.text
     with pytest.raises(SystemExit, match=r"two configs named production\.yaml: configs/production\.yaml and "
                                          r"etc/production\.yaml"):
-        so8t(["backup", "--config", "etc/production.yaml", "--configs", "configs", "--out", "b"])
-    assert not (tmp_path / "b").exists()
-    made = backup("b", "logs", configs=["etc/production.yaml", "etc", "etc/production.yaml"])
+        so8t(["backup", "--logs", "logs", "--configs", "configs", "--configs", "etc", "--out", "c"])
+    assert not (tmp_path / "c").exists()
+    made = backup("d", "logs", configs=["etc/production.yaml", "etc", "etc/production.yaml"])
     assert made["configs"] == ["production.yaml"]
 
 

@@ -25,6 +25,7 @@ from __future__ import annotations
 import datetime as dt
 import fcntl
 import json
+import logging
 import os
 import shutil
 import tempfile
@@ -42,6 +43,7 @@ from ...serve.queue_sql import display
 from ...serve.spool import SUFFIX as SPOOL_SUFFIX
 from .queue_copy import SQLITE_FILE, copy_sqlite, export_rows
 
+logger = logging.getLogger("so8t.backup")
 BACKUP_FILE = "BACKUP.json"
 FORMAT = 1
 FLAG_FILE = "EMERGENCY"  # the flag file's name when the config does not say
@@ -191,20 +193,30 @@ def safe_relative(text: str) -> bool:
 
 def _copy_configs(configs: list[str | Path], folder: Path) -> list[str]:
     """Every config file (a folder's *.yaml) into ``folder``, one file given twice copied once. Restore puts them
-    all into one configs/, so two files of one name are refused: one would silently replace the other."""
-    kept: dict[str, Path] = {}
+    all into one configs/, so two files of one name cannot both be kept: a file named on its own (the ``--config``
+    the service runs) wins over a folder's file of that name, which is left out with a warning; two named alike
+    on their own, or in folders, are refused, since one would silently replace the other."""
+    kept: dict[str, tuple[Path, bool]] = {}  # name -> (file, named on its own)
     for source in map(Path, configs):
+        named = not source.is_dir()
         for path in sorted(source.glob("*.yaml")) if source.is_dir() else [source]:
             if not path.is_file():
                 raise BackupError(f"config not found: {path}")
-            other = kept.get(path.name)
-            if other is not None and other.resolve() != path.resolve():
+            other, other_named = kept.get(path.name, (None, False))
+            if other is None or other.resolve() == path.resolve():
+                kept.setdefault(path.name, (path, named))
+            elif named != other_named:
+                chosen, left = (path, other) if named else (other, path)
+                logger.warning("two configs named %s: keeping %s (named on its own), leaving out %s", path.name,
+                               chosen, left)
+                kept[path.name] = (chosen, True)
+            else:
                 raise BackupError(f"two configs named {path.name}: {other} and {path}; the backup keeps its configs "
                                   "in one folder, so one would replace the other (rename one, or leave one out)")
-            if other is None:
-                folder.mkdir(exist_ok=True)
-                shutil.copy2(path, folder / path.name)
-                kept[path.name] = path
+    if kept:
+        folder.mkdir(exist_ok=True)
+    for name, (path, _) in kept.items():
+        shutil.copy2(path, folder / name)
     return list(kept)
 
 
