@@ -139,6 +139,13 @@ def test_a_text_override_keeps_its_text_and_a_dropped_comment_is_refused():
         load_config(CONFIGS / "tiny.yaml", ["training.max_steps=10 # ten"])
     with pytest.raises(ConfigError, match=r"training\.mixed_precision"):
         load_config(CONFIGS / "tiny.yaml", ["training.mixed_precision=true"])
+    for override, says in (("escalation.queue_db=null", "cannot be empty"),
+                            ("escalation.queue_db=[a, b]", "takes text, not a list")):
+        with pytest.raises(ConfigError, match=says):  # a queue file named "null" or "[a, b]" was made
+            load_runtime_config(CONFIGS / "basic.yaml", [override])
+    with pytest.raises(ConfigError, match="cannot be empty"):
+        load_config(CONFIGS / "tiny.yaml", ["training.output_dir=null"])
+    assert load_config(CONFIGS / "tiny.yaml", ["training.output_dir='null'"]).training.output_dir == "null"
 
 
 def test_mixed_precision_no_as_yaml_reads_it_and_true_is_refused(tmp_path):

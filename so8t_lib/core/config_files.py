@@ -23,9 +23,10 @@ def parse_override(text: str, schema: type[BaseModel] | None = None) -> tuple[li
 
     The value is read as YAML (numbers, true/false, null, [lists], {mappings}), except where ``schema`` says the key
     holds text (a path, a name, one of a few words): there the text is taken as written, so ``20240601``, ``~``,
-    ``no`` or ``run #3`` stay that text instead of becoming a number, None, False or ``run``. Quotes still work, and
-    ``null`` or ``~`` still empties a text field that may be empty (nothing after '=' is null anywhere). Elsewhere,
-    text YAML would drop as a ``#`` comment is refused: the value would otherwise be silently cut short."""
+    ``no`` or ``run #3`` stay that text instead of becoming a number, None, False or ``run``. Quotes still work;
+    ``null`` or ``~`` empties a text field that may be empty; for one that may not, ``~`` is that text (a home
+    folder) and ``null`` is refused, as is a list (nothing after '=' is null anywhere). Elsewhere, text YAML would drop as a ``#`` comment is refused: the
+    value would otherwise be silently cut short."""
     key, sep, raw = text.partition("=")
     if not sep or not key.strip():
         raise ConfigError(f"override {text!r} must look like section.key=value")
@@ -40,6 +41,10 @@ def parse_override(text: str, schema: type[BaseModel] | None = None) -> tuple[li
     if text_field:
         if not dropped and (isinstance(value, str) or (value is None and (may_be_none or not raw.strip()))):
             return path, value
+        if not dropped and (raw.strip().lower() == "null" or isinstance(value, (list, dict))):  # not text meant
+            what = "cannot be empty" if value is None else f"takes text, not a {type(value).__name__}"
+            raise ConfigError(f"override {text!r}: {key.strip()} {what}; quote the value ('...') if it is meant "
+                              "as that text")
         return path, raw.strip()
     if dropped:
         raise ConfigError(f"override {text!r}: YAML would drop {dropped!r} as a comment; quote the value "
