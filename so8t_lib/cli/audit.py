@@ -38,6 +38,7 @@ from ..serve.audit_heads import (
 )
 from ..serve.audit_textfile import write_verify_metrics
 from ..serve.audit_verify import READ_LOCK_TIMEOUT_S, accept_anchor, verify_chains
+from ..serve.config import AUDIT_HMAC_KEY_ENV, AUDIT_KEY_ENV
 from .arg_types import number_in
 
 
@@ -55,7 +56,7 @@ def main(argv: list[str] | None = None) -> int:
     p_verify = sub.add_parser("verify", help="check the chain, its anchor and the files of a log folder")
     p_verify.add_argument("folder", nargs="+", help="log folder(s); every replica's chain in each is checked")
     p_verify.add_argument("--name", help="check only this chain (default: audit.jsonl and every audit-<replica>.jsonl)")
-    p_verify.add_argument("--hmac-key-env", default="SO8T_AUDIT_HMAC_KEY",
+    p_verify.add_argument("--hmac-key-env", default=AUDIT_HMAC_KEY_ENV,
                           help="environment variable with the key that signs the anchor (checked when set)")
     checkpoint = p_verify.add_mutually_exclusive_group()
     checkpoint.add_argument("--expect", type=_expect, help="SEQ:HASH kept outside the folder: detects a rollback")
@@ -67,13 +68,13 @@ def main(argv: list[str] | None = None) -> int:
     p_show = sub.add_parser("show", help="print every record (decrypted with $SO8T_AUDIT_KEY when encrypted)")
     p_show.add_argument("folder")
     p_show.add_argument("--name", default="audit.jsonl")
-    p_show.add_argument("--key-env", default="SO8T_AUDIT_KEY")
+    p_show.add_argument("--key-env", default=AUDIT_KEY_ENV)
     _lock_timeout_option(p_show)
     p_accept = sub.add_parser("accept-anchor", help="record that a re-created anchor was reviewed")
     p_accept.add_argument("folder")
     p_accept.add_argument("--name", default="audit.jsonl")
     p_accept.add_argument("--by", required=True)
-    p_accept.add_argument("--hmac-key-env", default="SO8T_AUDIT_HMAC_KEY")
+    p_accept.add_argument("--hmac-key-env", default=AUDIT_HMAC_KEY_ENV)
     args = parser.parse_args(argv)
     if args.command == "show":
         try:

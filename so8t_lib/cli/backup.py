@@ -31,12 +31,17 @@ from pathlib import Path
 from typing import NamedTuple
 
 from ..core.config import ConfigError
-from ..serve.config import QUEUE_URL_ENV, RuntimePaths, load_runtime_config, placed, runtime_paths
+from ..serve.config import (
+    AUDIT_HMAC_KEY_ENV,
+    QUEUE_URL_ENV,
+    RuntimePaths,
+    load_runtime_config,
+    placed,
+    runtime_paths,
+)
 from ..serve.escalation import QueueError
 from ..workbench.backup import BackupError, backup, check_backup, restore
 from ..workbench.backup.restore import recorded_key_env
-
-DEFAULT_HMAC_ENV = "SO8T_AUDIT_HMAC_KEY"
 
 
 class Sources(NamedTuple):
@@ -115,7 +120,7 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--include-models", action="store_true", help="copy the model files, not only manifests")
     where.add_argument("--no-queue", action="store_true", help="back up without an escalation queue (with --config, "
                         "its queue file missing is an error otherwise)")
-    parser.add_argument("--hmac-key-env", default=DEFAULT_HMAC_ENV)
+    parser.add_argument("--hmac-key-env", default=AUDIT_HMAC_KEY_ENV)
     args = parser.parse_args(argv)
     try:
         src = _sources(args)
@@ -156,11 +161,11 @@ def restore_main(argv: list[str] | None = None) -> int:
     target.add_argument("--check", action="store_true", help="make every check, write nothing")
     parser.add_argument("--queue-url", help="put the escalation cases into this empty PostgreSQL queue")
     parser.add_argument("--hmac-key-env", help="variable holding the HMAC key (default: the one the backup records, "
-                        f"else {DEFAULT_HMAC_ENV})")
+                        f"else {AUDIT_HMAC_KEY_ENV})")
     parser.add_argument("--unchecked-signatures", action="store_true", help="accept signed chains without their "
                         "key: the signatures are not checked (refused otherwise)")
     args = parser.parse_args(argv)
-    key_env = args.hmac_key_env or recorded_key_env(args.backup) or DEFAULT_HMAC_ENV
+    key_env = args.hmac_key_env or recorded_key_env(args.backup) or AUDIT_HMAC_KEY_ENV
     key, unchecked = os.environ.get(key_env), args.unchecked_signatures
     try:
         if args.check:

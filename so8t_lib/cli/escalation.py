@@ -33,7 +33,15 @@ from ..core.config import ConfigError
 from ..core.schema import HUMAN_DECISIONS
 from ..serve.audit import AuditLog, AuditWriteError
 from ..serve.audit_files import anchor_path
-from ..serve.config import QUEUE_URL_ENV, REPLICA_ENV, load_runtime_config, replica_log_name, runtime_paths
+from ..serve.config import (
+    AUDIT_HMAC_KEY_ENV,
+    AUDIT_KEY_ENV,
+    QUEUE_URL_ENV,
+    REPLICA_ENV,
+    load_runtime_config,
+    replica_log_name,
+    runtime_paths,
+)
 from ..serve.escalation import REDACTED_FIELDS, EscalationQueue, QueueError
 from ..serve.outcome import utc_timestamp
 from ..serve.queue_sql import is_url
@@ -59,7 +67,7 @@ class NoAuditLog(ValueError):
 
 def _locations(args) -> tuple[str | Path, AuditTarget, str | None, str | None]:
     """(queue file or server URL, audit log, encryption key, HMAC key) for this invocation."""
-    enc_env, mac_env = "SO8T_AUDIT_KEY", "SO8T_AUDIT_HMAC_KEY"
+    enc_env, mac_env = AUDIT_KEY_ENV, AUDIT_HMAC_KEY_ENV
     config_db = config_audit = None
     if args.config:
         config = load_runtime_config(args.config)

@@ -23,7 +23,7 @@ import sys
 from pathlib import Path
 
 from ..core.config import ConfigError
-from ..serve.config import load_runtime_config
+from ..serve.config import AUDIT_HMAC_KEY_ENV, AUDIT_KEY_ENV, load_runtime_config
 from ..workbench.reports import PERIODS, ReportError, build_report, collect, day_range, write_report
 from .arg_types import iso_date, number_in
 
@@ -42,8 +42,8 @@ def main(argv: list[str] | None = None) -> int:
                         "config's logging.audit_log, else audit.jsonl)")
     parser.add_argument("--sla-seconds", type=number_in(0, what="a number of seconds"), help="escalation SLA in seconds (default: the config's "
                         "escalation_timeout, else 300)")
-    parser.add_argument("--key-env", default="SO8T_AUDIT_KEY", help="variable holding the encryption key")
-    parser.add_argument("--hmac-key-env", default="SO8T_AUDIT_HMAC_KEY", help="variable holding the HMAC key")
+    parser.add_argument("--key-env", default=AUDIT_KEY_ENV, help="variable holding the encryption key")
+    parser.add_argument("--hmac-key-env", default=AUDIT_HMAC_KEY_ENV, help="variable holding the HMAC key")
     parser.add_argument("--include-tests", action="store_true", help="count test-mode records too")
     args = parser.parse_args(argv)
     try:

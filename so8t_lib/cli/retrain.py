@@ -41,6 +41,7 @@ from ..core.config import ConfigError
 from ..core.io import atomic_write_text
 from ..core.paths import BENCHMARKS_DIR, CORPUS_DIR
 from ..data.tables import DataError
+from ..serve.config import AUDIT_HMAC_KEY_ENV, AUDIT_KEY_ENV
 from ..serve.escalation import QueueError
 from ..workbench import retrain
 from ..workbench.retrain.preprocess import benchmark_guard
@@ -53,8 +54,8 @@ def _add_logs(p) -> None:
     p.add_argument("--logs", action="append", required=True, help="log folder (repeat for several)")
     p.add_argument("--db", help="the escalation queue (a SQLite file or postgresql:// URL) to read resolved cases from")
     p.add_argument("--reviews", help="JSONL or CSV of spot checks: request_id, label")
-    p.add_argument("--key-env", default="SO8T_AUDIT_KEY", help="variable with the key of an encrypted log")
-    p.add_argument("--hmac-key-env", default="SO8T_AUDIT_HMAC_KEY", help="variable with the chain's HMAC key")
+    p.add_argument("--key-env", default=AUDIT_KEY_ENV, help="variable with the key of an encrypted log")
+    p.add_argument("--hmac-key-env", default=AUDIT_HMAC_KEY_ENV, help="variable with the chain's HMAC key")
 
 
 def _add_gate(p) -> None:

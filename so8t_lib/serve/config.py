@@ -302,6 +302,9 @@ class RuntimePaths(NamedTuple):
 
 
 REPLICA_ENV = "SO8T_REPLICA"
+# the variables the command-line tools read an audit log's keys from when no config names them
+AUDIT_KEY_ENV = "SO8T_AUDIT_KEY"
+AUDIT_HMAC_KEY_ENV = "SO8T_AUDIT_HMAC_KEY"
 QUEUE_URL_ENV = "SO8T_ESCALATION_URL"
 _REPLICA = re.compile(r"[A-Za-z0-9_]{1,40}")
 
