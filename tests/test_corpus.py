@@ -441,3 +441,16 @@ def test_check_reports_thresholds_and_nearest_pairs(capsys):
     out = capsys.readouterr().out
     assert f"group threshold {GROUP_THRESHOLD}" in out and f"benchmark threshold {NEAR_DUP_THRESHOLD}" in out
     assert "nearest hand-written pairs in different splits:" in out and "nearest rows to a benchmark prompt:" in out
+
+
+def test_check_without_the_benchmarks_does_not_say_it_checked_them(capsys, monkeypatch):
+    """Without ../shared/benchmarks the check said "benchmarks not present, skipped" and then "ok: ... nothing
+    equal or near to a benchmark prompt"."""
+    from so8t_lib.cli import corpus as corpus_cli
+
+    real = corpus_cli.leakage_report
+    monkeypatch.setattr(corpus_cli, "leakage_report", lambda data: {**real(data), "benchmarks_checked": False,
+                                                                     "nearest_benchmark": []})
+    assert so8t(["corpus", "check", "--data", str(DATA_DIR)]) == 0
+    out = capsys.readouterr().out
+    assert "NOT checked against the public benchmarks" in out and "nothing equal or near" not in out

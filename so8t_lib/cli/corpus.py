@@ -44,7 +44,9 @@ def _check(data: Path, as_json: bool) -> int:
     _print_pairs("nearest rows to a benchmark prompt:", rep["nearest_benchmark"],
                  ("row", "benchmark", "row_text", "benchmark_text"))
     if rep["ok"]:
-        print("ok: no family, request or near-duplicate in two splits; nothing equal or near to a benchmark prompt")
+        print("ok: no family, request or near-duplicate in two splits; " + (
+            "nothing equal or near to a benchmark prompt" if rep["benchmarks_checked"] else
+            "NOT checked against the public benchmarks (none found: put them in ../shared/benchmarks)"))
         return 0
     for k in VIOLATIONS:
         if rep[k]:
