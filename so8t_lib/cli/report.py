@@ -24,7 +24,7 @@ from pathlib import Path
 
 from ..core.config import ConfigError
 from ..serve.config import AUDIT_HMAC_KEY_ENV, AUDIT_KEY_ENV, load_runtime_config
-from ..workbench.reports import PERIODS, ReportError, build_report, collect, day_range, write_report
+from ..workbench.reports import PERIODS, ReportError, day_range, make_report
 from .arg_types import iso_date, number_in
 
 
@@ -61,10 +61,9 @@ def main(argv: list[str] | None = None) -> int:
         name = args.name or name
         if Path(name).name != name or name in ("", ".", ".."):
             raise ReportError(f"--name {name!r}: give the audit log's file name, not a path (the folder is --logs)")
-        collected = collect(args.logs, os.environ.get(key_env), os.environ.get(mac_env), args.include_tests, name)
-        report = build_report(collected, args.date_from, args.date_to, args.period,
-                              sla if args.sla_seconds is None else args.sla_seconds)
-        folder = write_report(report, args.out)
+        report, folder = make_report(args.logs, args.date_from, args.date_to, args.out, args.period,
+                                     sla if args.sla_seconds is None else args.sla_seconds, os.environ.get(key_env),
+                                     os.environ.get(mac_env), args.include_tests, name=name)
     except (ConfigError, ReportError, OSError) as exc:
         sys.exit(f"error: {exc}")
     s = report.summary

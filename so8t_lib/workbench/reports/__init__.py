@@ -23,11 +23,12 @@ __all__ = ["PERIODS", "Collected", "ComplianceReport", "ReportError", "build_rep
 def make_report(logs: list[str | Path], date_from: dt.date, date_to: dt.date, out: str | Path | None = None,
                 period: str | None = None, sla_s: float = 300.0, key: str | bytes | None = None,
                 hmac_key: str | bytes | None = None, include_tests: bool = False,
-                now: dt.datetime | None = None) -> tuple[ComplianceReport, Path | None]:
-    """Verify, read, compute and (with ``out``) write; returns the report and its folder."""
+                now: dt.datetime | None = None, name: str = "audit.jsonl") -> tuple[ComplianceReport, Path | None]:
+    """Verify, read, compute and (with ``out``) write; returns the report and its folder. ``name``: the audit
+    log's file name (the config's ``logging.audit_log``); each replica's chain is found from it."""
     if period is not None and period not in PERIODS:
         raise ReportError(f"--period must be one of {', '.join(PERIODS)} (got {period!r})")
     day_range(date_from, date_to)  # a range that cannot be reported on is refused before any chain is read
-    collected = collect(logs, key, hmac_key, include_tests)
+    collected = collect(logs, key, hmac_key, include_tests, name)
     report = build_report(collected, date_from, date_to, period, sla_s, now)
     return report, (write_report(report, out) if out is not None else None)
