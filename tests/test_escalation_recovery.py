@@ -207,3 +207,13 @@ def test_a_spooled_decision_recorded_several_rotations_ago_is_not_audited_again(
     assert agent.desk.replay()["finished"] == [result["escalation_id"]]
     assert len(_decisions(tmp_path, result["request_id"])) == 1
     agent.close()
+
+
+def test_the_replay_bounds_its_search_by_the_oldest_spooled_decision():
+    """The files the replay reads start at the oldest unaudited decision's time (the runtime's timestamp format);
+    one record without a readable time makes it read every file."""
+    from so8t_lib.serve.escalation_desk import _oldest_decision
+
+    records = [{"timestamp": "2026-12-01T10:00:00.000000Z"}, {"timestamp": "2026-12-01T09:00:00.500000Z"}]
+    assert _oldest_decision(records) == 1796115600.5
+    assert _oldest_decision(records + [{"timestamp": "yesterday"}]) is None and _oldest_decision([]) is None

@@ -24,6 +24,7 @@ from dataclasses import dataclass
 from .audit import AuditLog
 from .escalation import CaseStore, QueueError
 from .notify import Notifier
+from .outcome import parse_time
 from .spool import CaseSpool, SpoolEntry
 
 logger = logging.getLogger("so8t.escalation")
@@ -216,10 +217,7 @@ class EscalationDesk:
 def _oldest_decision(records: list[dict]) -> float | None:
     """The POSIX time of the oldest of these audit records' ``timestamp``s: no log file last written before it
     can hold any of them. None (read every file) when one has no readable timestamp."""
-    times = []
-    for record in records:
-        try:
-            times.append(dt.datetime.fromisoformat(str(record["timestamp"]).replace("Z", "+00:00")).timestamp())
-        except (KeyError, ValueError):
-            return None
-    return min(times, default=None)
+    times = [parse_time(record.get("timestamp")) for record in records]
+    if None in times:
+        return None
+    return min((t.timestamp() for t in times), default=None)

@@ -47,6 +47,18 @@ def utc_timestamp() -> str:
     return dt.datetime.now(dt.UTC).strftime("%Y-%m-%dT%H:%M:%S.%fZ")
 
 
+def parse_time(stamp: str | None) -> dt.datetime | None:
+    """An audit timestamp (``utc_timestamp``'s ``2026-11-01T09:00:00.123456Z``, or ISO with an offset; without one,
+    UTC) as aware UTC; None when it is missing or unreadable."""
+    if not isinstance(stamp, str) or not stamp:
+        return None
+    try:
+        moment = dt.datetime.fromisoformat(stamp.replace("Z", "+00:00"))
+    except ValueError:
+        return None
+    return moment.replace(tzinfo=dt.UTC) if moment.tzinfo is None else moment.astimezone(dt.UTC)
+
+
 def new_request_id() -> str:
     return f"req_{uuid.uuid4().hex[:16]}"
 

@@ -12,23 +12,13 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 from ...serve.audit_verify import read_chains, verify_chains
+from ...serve.outcome import parse_time
 
 PERIODS = ("daily", "weekly")
 
 
 class ReportError(ValueError):
     """A report that cannot be made as asked (bad range, unreadable or encrypted log without its key)."""
-
-
-def parse_time(stamp: str | None) -> dt.datetime | None:
-    """An audit timestamp (``2026-11-01T09:00:00.123456Z`` or ISO with an offset) as aware UTC."""
-    if not isinstance(stamp, str) or not stamp:
-        return None
-    try:
-        moment = dt.datetime.fromisoformat(stamp.replace("Z", "+00:00"))
-    except ValueError:
-        return None
-    return moment.replace(tzinfo=dt.UTC) if moment.tzinfo is None else moment.astimezone(dt.UTC)
 
 
 def day_range(date_from: dt.date, date_to: dt.date) -> tuple[dt.datetime, dt.datetime]:
