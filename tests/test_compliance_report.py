@@ -238,3 +238,20 @@ def test_the_report_reads_the_chain_the_config_or_name_gives(tmp_path, capsys):
     assert "3 decisions (0 ALLOW, 3 REFUSE" in capsys.readouterr().out
     assert so8t([*common, "--name", "other.jsonl", "--out", str(tmp_path / "c")]) == 1
     assert "no audit log (other.jsonl or a replica's chain)" in capsys.readouterr().out
+
+
+def test_a_withdrawn_resolution_is_not_counted(tmp_path):
+    """A resolution the queue never committed (followed by ``resolution_withdrawn``) was counted: the case read as
+    resolved at the failed attempt, and a retry as superseding it."""
+    log = AuditLog(tmp_path / "logs" / "audit.jsonl")
+    _decision(log, 1, _at(2, 9), "ESCALATE", lean="lean-ALLOW")
+    log.append({"event": "resolution", "timestamp": _at(2, 9, 5), "request_id": "req_1", "case_id": "esc_1",
+                "human_decision": "REFUSE", "resolved_by": "Sato", "test": False, "attempt": "a1"})
+    log.append({"event": "resolution_withdrawn", "timestamp": _at(2, 9, 5), "request_id": "req_1",
+                "case_id": "esc_1", "attempt": "a1", "reason": "the queue did not commit it", "test": False})
+    log.append({"event": "resolution", "timestamp": _at(2, 9, 30), "request_id": "req_1", "case_id": "esc_1",
+                "human_decision": "ALLOW", "resolved_by": "Sato", "test": False, "attempt": "a2"})
+    report, _ = make_report([tmp_path / "logs"], dt.date(2026, 11, 2), dt.date(2026, 11, 2),
+                            now=dt.datetime(2026, 12, 1, tzinfo=UTC))
+    case = report.tables["escalations"].set_index("case_id").loc["esc_1"]
+    assert case["resolutions"] == 1 and case["human_decision"] == "ALLOW" and case["minutes_to_first_resolution"] == 30
