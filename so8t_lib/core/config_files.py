@@ -160,6 +160,12 @@ class _UniqueKeyLoader(yaml.SafeLoader):
         super().flatten_mapping(node)
 
 
+def load_yaml_strict(text: str) -> Any:
+    """``yaml.safe_load`` that refuses a key given twice in one mapping (``yaml.YAMLError`` naming its line):
+    every hand-written YAML the project reads (configs, sweep specs, corpus seeds) goes through it."""
+    return yaml.load(text, Loader=_UniqueKeyLoader)  # noqa: S506 - a SafeLoader
+
+
 def read_yaml_mapping(path: str | Path, what: str = "config file") -> dict[str, Any]:
     """A YAML file whose top level is a mapping (empty file: {}); ConfigError naming the file otherwise.
     Every config-like file (model/training configs, runtime configs, sweep specs) is read here."""
@@ -167,7 +173,7 @@ def read_yaml_mapping(path: str | Path, what: str = "config file") -> dict[str, 
     if not path.is_file():
         raise ConfigError(f"{what} not found: {path} (configs/ holds the shipped ones)")
     try:
-        data = yaml.load(path.read_text(encoding="utf-8"), Loader=_UniqueKeyLoader)  # noqa: S506 - a SafeLoader
+        data = load_yaml_strict(path.read_text(encoding="utf-8"))
     except UnicodeDecodeError as exc:
         raise ConfigError(f"{path}: not UTF-8 text (byte {exc.start}); save it as UTF-8") from None
     except yaml.YAMLError as exc:

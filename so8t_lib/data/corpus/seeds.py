@@ -13,7 +13,7 @@ from typing import Any
 
 import yaml
 
-from ...core.config_files import _UniqueKeyLoader
+from ...core.config_files import load_yaml_strict
 from ...core.schema import CATEGORIES, LABELS, LANGS
 from .text import normalize_text
 
@@ -159,7 +159,7 @@ def load_seeds(seeds_dir: str | Path) -> list[Seed]:
     for path in files:
         try:
             # a key given twice (two labels, two requests) is an error, as in the configs: plain YAML keeps the last
-            items = yaml.load(path.read_text(encoding="utf-8"), Loader=_UniqueKeyLoader)  # noqa: S506 - a SafeLoader
+            items = load_yaml_strict(path.read_text(encoding="utf-8"))
         except yaml.YAMLError as e:
             raise ValueError(f"{path}: not valid YAML: {e}") from e
         if not isinstance(items, list):
