@@ -194,6 +194,16 @@ def test_merge_keys_work_and_duplicates_are_still_refused(tmp_path):
             load_config(_write(tmp_path, text))
 
 
+def test_exponent_without_a_dot_is_a_number_as_in_yaml_1_2():
+    from so8t_lib.core.config_files import load_yaml_strict
+
+    read = load_yaml_strict("lr: 1e-3\ngrid: [3E-4, -2e+2]\nquoted: '1e-3'\nword: 1e\ndate: 20240601\n")
+    assert read == {"lr": 0.001, "grid": [0.0003, -200.0], "quoted": "1e-3", "word": "1e", "date": 20240601}
+    import yaml
+
+    assert yaml.safe_load("lr: 1e-3") == {"lr": "1e-3"}  # SafeLoader itself is left as it was
+
+
 def test_one_route_override_starts_from_the_default_routes():
     from so8t_lib.serve.config import load_runtime_config
 

@@ -6,6 +6,7 @@ file fails the same way: a ConfigError naming the file and the key.
 
 from __future__ import annotations
 
+import re
 from pathlib import Path
 from types import UnionType
 from typing import Any, Literal, Union, get_args, get_origin
@@ -158,6 +159,12 @@ class _UniqueKeyLoader(yaml.SafeLoader):
                                                             key_node.start_mark)
                 seen.add((merge, key))
         super().flatten_mapping(node)
+
+
+# PyYAML follows YAML 1.1, where a float needs a dot: ``lr: 1e-3`` came back as the text "1e-3" (a config
+# coerced it, a sweep spec passed the text on to its notebook). YAML 1.2 reads it as a number, as people expect.
+_EXPONENT_FLOAT = re.compile(r"^[-+]?(?:[0-9][0-9_]*)(?:\.[0-9_]*)?[eE][-+]?[0-9]+$")
+_UniqueKeyLoader.add_implicit_resolver("tag:yaml.org,2002:float", _EXPONENT_FLOAT, list("-+0123456789"))
 
 
 def load_yaml_strict(text: str) -> Any:
