@@ -7,7 +7,7 @@ import pandas as pd
 import pytest
 
 from so8t_lib.core.config import ConfigError
-from so8t_lib.workbench import sweep
+from so8t_lib.workbench import sweep, sweep_runs
 
 pytest.importorskip("papermill")
 
@@ -167,23 +167,23 @@ def test_changed_params_make_finished_runs_stale_and_the_exit_status_says_what_h
 def test_run_state_compares_params_and_notebook_code_and_names_unreadable_files(tmp_path, monkeypatch, capsys):
     monkeypatch.chdir(tmp_path)
     _notebook(tmp_path / "nb.ipynb")
-    digest = sweep.notebook_digest(tmp_path / "nb.ipynb")
+    digest = sweep_runs.notebook_digest(tmp_path / "nb.ipynb")
     run = tmp_path / "runs" / "toy" / "seed=0"
     run.mkdir(parents=True)
     (run / "params.yaml").write_text("seed: 0\nx: 1\n")
     (run / "metrics.json").write_text('{"score": 10}')
     (run / "status.json").write_text('{"status": "ok"}')  # written before the hash was recorded: still done
-    assert sweep.run_state(run, {"x": 1, "seed": 0}, digest) == ("done", "")
-    assert sweep.run_state(run, {"x": 1.0, "seed": 0}, digest)[0] == "stale"  # 1.0 is not the 1 it ran with
+    assert sweep_runs.run_state(run, {"x": 1, "seed": 0}, digest) == ("done", "")
+    assert sweep_runs.run_state(run, {"x": 1.0, "seed": 0}, digest)[0] == "stale"  # 1.0 is not the 1 it ran with
     (run / "status.json").write_text(json.dumps({"status": "ok", "notebook_sha256": "0" * 16}))
-    state, why = sweep.run_state(run, {"x": 1, "seed": 0}, digest)
+    state, why = sweep_runs.run_state(run, {"x": 1, "seed": 0}, digest)
     assert state == "stale" and "notebook's code changed" in why
     spec = sweep.load_spec(_spec_file(tmp_path, "{x: 1}"))
-    with pytest.raises(sweep.StaleRunsError, match="seed=0: the notebook's code changed"):
-        sweep.check_stale(spec, tmp_path / "runs" / "toy")
+    with pytest.raises(sweep_runs.StaleRunsError, match="seed=0: the notebook's code changed"):
+        sweep_runs.check_stale(spec, tmp_path / "runs" / "toy")
 
     (run / "status.json").write_text('{"status": "o')  # a crash mid-write: rerun, and say which file
-    state, why = sweep.run_state(run, {"x": 1, "seed": 0}, digest)
+    state, why = sweep_runs.run_state(run, {"x": 1, "seed": 0}, digest)
     assert state == "todo" and str(run / "status.json") in why
     (run / "status.json").write_text('{"status": "ok"}')
     (run / "metrics.json").write_text("{")

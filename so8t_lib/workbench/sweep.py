@@ -24,11 +24,9 @@ from __future__ import annotations
 import concurrent.futures
 import contextlib
 import dataclasses
-import hashlib
 import itertools
 import json
 import os
-import shutil
 import signal
 import sys
 import threading
@@ -45,13 +43,10 @@ from tqdm.auto import tqdm
 
 from ..core.config import ConfigError, read_yaml_mapping
 from ..core.io import atomic_write_text
+from .sweep_runs import canonical_params, check_stale, notebook_digest, read_run_json, run_state
 
 RUNS_ROOT = Path("experiments/runs")
 INTERRUPT_GRACE_S = 10.0  # after Ctrl-C, how long running notebooks get to stop before their kernels are killed
-
-
-class StaleRunsError(ConfigError):
-    """Run folders hold results of other settings than the spec's; resuming would report them as new."""
 
 
 @dataclass
@@ -117,59 +112,6 @@ def load_spec(path: str | Path) -> SweepSpec:
     return spec
 
 
-def _read_json(path: Path) -> dict:
-    """A run file's JSON object; ValueError naming the file when it cannot be read (a crash mid-write)."""
-    try:
-        data = json.loads(path.read_text(encoding="utf-8"))
-    except (OSError, ValueError) as exc:
-        raise ValueError(f"{path} is unreadable ({type(exc).__name__}: {exc})") from None
-    if not isinstance(data, dict):
-        raise ValueError(f"{path} is unreadable (JSON {type(data).__name__}, not an object)")
-    return data
-
-
-def _canonical(params: dict) -> str:
-    """Parameters as params.yaml stores them: two runs match when these texts are equal."""
-    return yaml.safe_dump(params, sort_keys=True, allow_unicode=True)
-
-
-def notebook_digest(notebook: Path) -> str:
-    """A hash of the notebook's code cells: outputs and markdown do not change results, code does."""
-    cells = json.loads(Path(notebook).read_text(encoding="utf-8")).get("cells", [])
-    code = ["".join(c.get("source", "")) for c in cells if c.get("cell_type") == "code"]
-    return hashlib.sha256(json.dumps(code).encode()).hexdigest()[:16]
-
-
-def run_state(run_dir: Path, params: dict, digest: str) -> tuple[str, str]:
-    """(state, why): ``new`` (no folder), ``done`` (finished with these params and this notebook code),
-    ``stale`` (the folder holds other settings: its results or checkpoints must not be reused) or
-    ``todo`` (unfinished or failed with these params: rerun it, resuming from its checkpoint)."""
-    if not run_dir.is_dir():
-        return "new", ""
-    params_file, status_file, metrics_file = run_dir / "params.yaml", run_dir / "status.json", run_dir / "metrics.json"
-    if params_file.is_file():
-        try:
-            stored = yaml.safe_load(params_file.read_text(encoding="utf-8")) or {}
-        except (OSError, yaml.YAMLError) as exc:
-            return "stale", f"{params_file} is unreadable ({type(exc).__name__})"
-        stored, wanted = stored if isinstance(stored, dict) else {"(not a mapping)": stored}, yaml.safe_load(_canonical(params))
-        if changed := [f"{k} {stored.get(k, '(unset)')!r} -> {wanted.get(k, '(unset)')!r}"
-                       for k in sorted(set(stored) | set(wanted), key=str)
-                       if _canonical({k: stored.get(k, "(unset)")}) != _canonical({k: wanted.get(k, "(unset)")})]:
-            return "stale", "params.yaml differs: " + ", ".join(changed)
-    elif status_file.is_file() or metrics_file.is_file():
-        return "stale", "it has results but no params.yaml to compare"
-    try:
-        status = _read_json(status_file) if status_file.is_file() else {}
-    except ValueError as exc:
-        return "todo", str(exc)
-    if status.get("status") != "ok" or not metrics_file.is_file():
-        return "todo", ""
-    if status.get("notebook_sha256", digest) != digest:  # runs from before the hash was recorded pass
-        return "stale", "the notebook's code changed since it ran"
-    return "done", ""
-
-
 @dataclass
 class _Stop:
     """What Ctrl-C reaches: the flag runs check, and the kernel of each running notebook. Kernels run in
@@ -221,7 +163,7 @@ def run_one(spec: SweepSpec, name: str, params: dict, root: Path, stop: _Stop | 
         run_dir.mkdir(parents=True, exist_ok=True)
         for old in (status_file, run_dir / "metrics.json"):  # a failed rerun must not pass on the last attempt's
             old.unlink(missing_ok=True)
-        atomic_write_text(run_dir / "params.yaml", _canonical(params))
+        atomic_write_text(run_dir / "params.yaml", canonical_params(params))
         papermill.execute_notebook(
             str(spec.notebook), str(run_dir / "output.ipynb"), parameters={**params, "output_dir": str(run_dir)},
             kernel_name=spec.kernel, progress_bar=False, execution_timeout=spec.timeout_s, cwd=os.getcwd(),
@@ -259,10 +201,10 @@ def summarize(root: Path, names: list[str] | None = None) -> pd.DataFrame:
             if (run_dir / "params.yaml").is_file():
                 row.update(yaml.safe_load((run_dir / "params.yaml").read_text(encoding="utf-8")) or {})
             if (run_dir / "status.json").is_file():
-                row["status"] = _read_json(run_dir / "status.json").get("status")
+                row["status"] = read_run_json(run_dir / "status.json").get("status")
             if (run_dir / "metrics.json").is_file():
                 metrics: dict = {}
-                _flatten("", _read_json(run_dir / "metrics.json"), metrics)
+                _flatten("", read_run_json(run_dir / "metrics.json"), metrics)
                 row.update({f"metric.{k}": v for k, v in metrics.items()})
         except (OSError, ValueError, yaml.YAMLError) as exc:
             print(f"summary: {exc}; run {run_dir.name} is marked unreadable", file=sys.stderr)
@@ -320,25 +262,6 @@ def resolve_kernel(spec: SweepSpec) -> str:
     print(f"sweep {spec.name}: kernel '{wanted}' is not installed; using python3 from {sys.prefix} "
           "('make venv' registers the project kernel)", file=sys.stderr)
     return "python3"
-
-
-def check_stale(spec: SweepSpec, root: Path, rerun_stale: bool = False) -> list[str]:
-    """The spec's runs whose folders hold other settings (``run_state``). Raises StaleRunsError naming
-    each, unless ``rerun_stale``: then their folders are deleted so they run afresh."""
-    digest = notebook_digest(spec.notebook)
-    stale = {name: why for name, params in spec.runs()
-             for state, why in [run_state(root / name, params, digest)] if state == "stale"}
-    if stale and not rerun_stale:
-        listed = "\n".join(f"  {name}: {why}" for name, why in stale.items())
-        raise StaleRunsError(
-            f"sweep {spec.name}: {len(stale)} run folder(s) in {root} hold results of other settings than the "
-            f"spec's, and resuming would report them as this spec's results:\n{listed}\n"
-            "Rerun them with 'so8t sweep --rerun-stale' (deletes those folders first), move them away, "
-            "or give the sweep a new name to keep both.")
-    for name in stale:
-        print(f"sweep {spec.name}: rerunning stale {name} ({stale[name]})", file=sys.stderr)
-        shutil.rmtree(root / name)
-    return list(stale)
 
 
 def _stop_runs(pool: concurrent.futures.ThreadPoolExecutor, futures: list, stop: _Stop) -> None:
