@@ -20,7 +20,7 @@ from ...core.schema import SPLITS
 from ..benchmarks import benchmark_prompts
 from .neardup import GROUP_THRESHOLD, NEAR_DUP_THRESHOLD, NGRAM, nearest_pairs
 from .splits import read_split
-from .text import bare_text, normalize_text
+from .text import bare_text, normalize_text, visible_text
 from .transforms import HANDWRITTEN
 
 REPORT_TOP = 10  # nearest pairs shown by `so8t corpus check` and the data card
@@ -50,10 +50,10 @@ def benchmark_pairs(rows: Sequence[dict], benchmarks_dir: str | Path | None = BE
                     top: int = REPORT_TOP, min_sim: float = 0.0) -> list[dict]:
     """The requests and contexts most similar to a public benchmark prompt (exact Jaccard; ``field`` says which):
     a prompt pasted into a row's context reaches the model as surely as one asked. Empty without the benchmarks."""
-    bench = benchmark_prompts(normalize_text, benchmarks_dir)
+    bench = benchmark_prompts(visible_text, benchmarks_dir)
     prompts = sorted(bench)
     texts = [(row, field) for row in rows for field in ("user_request", "context") if row.get(field)]
-    pairs = nearest_pairs([row[field] for row, field in texts], prompts, top, min_sim)
+    pairs = nearest_pairs([visible_text(row[field]) for row, field in texts], prompts, top, min_sim)
     return [{"similarity": sim, "row": texts[i][0]["id"], "field": texts[i][1], "benchmark": bench[prompts[j]],
              "row_text": _short(texts[i][0][texts[i][1]]), "benchmark_text": _short(prompts[j])}
             for sim, i, j in pairs]

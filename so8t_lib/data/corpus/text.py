@@ -3,7 +3,7 @@ joining message parts with the punctuation a person would type.
 
 ``normalize_text`` is the one notion of sameness for deduplication and the split guards, ``bare_text`` the
 benchmark guards' (what the model reads: punctuation, spaces, symbols and invisible characters dropped too),
-``wording`` the label-conflict check's (symbols kept); ``seeded_rng``
+``visible_text`` their near-copy check's, ``wording`` the label-conflict check's (symbols kept); ``seeded_rng``
 gives every family its own generator, so a build is byte-identical whatever order it runs in.
 """
 
@@ -37,6 +37,15 @@ def _kept(s: str, drop: str) -> str:
 def _read_form(s: str, drop: str) -> str:
     # invisible characters go before casefolding, so that they cannot split what NFKC would join
     return _kept(unicodedata.normalize("NFKC", _kept(unicodedata.normalize("NFKC", s), drop).casefold()), drop)
+
+
+def visible_text(s: str) -> str:
+    """``normalize_text`` of what the model reads (format characters and default-ignorable code points out,
+    punctuation and spaces kept): the benchmark guards' near-copy check compares n-grams of this, so a
+    zero-width space between every letter cannot break up a public prompt's n-grams."""
+    kept = "".join(ch for ch in unicodedata.normalize("NFKC", s)
+                   if unicodedata.category(ch) != "Cf" and ord(ch) not in IGNORABLE_CODE_POINTS)
+    return normalize_text(kept)
 
 
 def bare_text(s: str) -> str:
