@@ -117,13 +117,17 @@ def test_preprocess_keeps_the_test_split_untouched_and_drops_leaks(tmp_path):
         {"id": "ops-5", "user_request": "来週の在宅勤務の申請方法を教えてください。フォームはどこにありますか", "label": "ALLOW"},
         {"id": "ops-6", "user_request": "Please wire 2 million yen to this new supplier account today", "label": "ESCALATE",
          "category": "finance"},
+        {"id": "ops-7", "user_request": "\u200b".join(test_rows[7]["user_request"]) + " thanks",  # near test, as read
+         "label": test_rows[7]["label"]},
+        {"id": "ops-8", "user_request": "\u00ad".join(train_rows[3]["user_request"]),  # in the corpus, as read
+         "label": train_rows[3]["label"]},
     ]
     source = tmp_path / "rows.jsonl"
     source.write_text("".join(json.dumps({**base, **r, "request_id": r["id"][4:]}, ensure_ascii=False) + "\n"
                               for r in rows), encoding="utf-8")
     report = retrain.preprocess(source, tmp_path / "data")
-    assert report["dropped"] == {"in_corpus": ["ops-1"], "contradicts_corpus": ["ops-2"], "near_val_or_test": ["ops-3"],
-                                 "near_benchmark": []}
+    assert report["dropped"] == {"in_corpus": ["ops-1", "ops-8"], "contradicts_corpus": ["ops-2"],
+                                 "near_val_or_test": ["ops-3", "ops-7"], "near_benchmark": []}
     assert sha256_file(tmp_path / "data" / "test.jsonl") == sha256_file(CORPUS_DIR / "test.jsonl")
     new = [json.loads(line) for line in (tmp_path / "data" / "new_rows.jsonl").read_text().splitlines()]
     assert {r["id"] for r in new} == {"ops-4", "ops-5", "ops-6"} and {r["split"] for r in new} <= {"train", "val"}

@@ -1,7 +1,8 @@
 """Step 2: validate the extracted rows and make a data folder to train on, the corpus test split untouched.
 
 - every row is validated as any data file is (``data.tables``: label, category, language, lengths);
-- a row whose request is already in the corpus (any split, after NFKC and case folding) is dropped: it
+- a row whose request is already in the corpus (any split, as the model reads it: NFKC, case folded,
+  invisible characters out) is dropped: it
   adds nothing, or it contradicts a reviewed label of the corpus (both are counted);
 - a row that is a near copy (character 4-gram Jaccard >= 0.5, the corpus's own threshold) of a val or
   test request, or whose request or context is equal (``bare_text``) or near to a public benchmark prompt, is
@@ -39,7 +40,7 @@ from ...data.corpus.neardup import (
     nearest_pairs,
 )
 from ...data.corpus.splits import read_split
-from ...data.corpus.text import bare_text, normalize_text, stable_int
+from ...data.corpus.text import bare_text, stable_int, visible_text
 from ...data.tables import load_table, read_records
 
 VAL_SHARE = 10  # one family in VAL_SHARE goes to val
@@ -84,18 +85,19 @@ def preprocess(rows_file: str | Path, out: str | Path, corpus_dir: str | Path = 
     new = [{**row, **{k: extra[row["id"]].get(k) for k in ("request_id", "case_id", "origin", "decided_at")}}
            for row in table.to_dict("records")]
     corpus = {split: read_split(corpus_dir, split) for split in ("train", "val", "test")}
-    seen = {normalize_text(r["user_request"]): (split, r["label"]) for split, part in corpus.items() for r in part}
+    seen = {visible_text(r["user_request"]): (split, r["label"]) for split, part in corpus.items() for r in part}
     dropped: dict[str, list[str]] = {"in_corpus": [], "contradicts_corpus": [], "near_val_or_test": [],
                                      "near_benchmark": []}
     kept = []
     for row in new:
-        found = seen.get(normalize_text(row["user_request"]))
+        found = seen.get(visible_text(row["user_request"]))
         if found is None:
             kept.append(row)
         else:
             dropped["in_corpus" if found[1] == row["label"] else "contradicts_corpus"].append(row["id"])
     held_out = [r for split in ("val", "test") for r in corpus[split]]
-    near = {i for _, i, _ in nearest_pairs([r["user_request"] for r in kept], [r["user_request"] for r in held_out],
+    near = {i for _, i, _ in nearest_pairs([visible_text(r["user_request"]) for r in kept],
+                                           [visible_text(r["user_request"]) for r in held_out],
                                            top=0, min_sim=NEAR_DUP_THRESHOLD)}
     dropped["near_val_or_test"] = [kept[i]["id"] for i in sorted(near)]
     kept = [r for i, r in enumerate(kept) if i not in near]
