@@ -383,6 +383,9 @@ def test_a_case_past_escalation_timeout_is_marked_overdue_and_reminded(tmp_path,
     assert agent.desk.sweep_overdue(now=later) == []  # reminded once
     so8t(["escalation", "--db", str(tmp_path / "cases.sqlite"), "list", "--overdue"])
     assert json.loads(capsys.readouterr().out)["case_id"] == case_id
+    agent.queue.resolve(case_id, "ALLOW", "Sato")
+    so8t(["escalation", "--db", str(tmp_path / "cases.sqlite"), "list", "--overdue"])
+    assert capsys.readouterr().out == ""  # decided: no longer waiting for a person
 
 
 def test_the_queue_offers_the_case_store_interface(tmp_path):

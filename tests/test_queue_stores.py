@@ -101,6 +101,18 @@ def test_overdue_cases_are_marked_once(queue):
     assert {c["case_id"] for c in queue.list(overdue_only=True)} == {"esc_0001", "esc_0002"}
 
 
+def test_a_resolved_case_is_no_longer_overdue_but_keeps_when_it_was_marked(queue):
+    """A case marked overdue stayed ``overdue: true`` and in ``list --overdue`` after a person resolved it."""
+    queue.add(_case(1, created_at="2026-11-01T09:00:00+00:00"))
+    at = dt.datetime(2026, 11, 1, 9, 1, 10, tzinfo=dt.UTC)
+    assert queue.mark_overdue(at) == ["esc_0001"] and queue.get("esc_0001")["overdue"] is True
+    queue.resolve("esc_0001", "REFUSE", "Sato")
+    case = queue.get("esc_0001")
+    assert case["overdue"] is False and case["overdue_at"] == escalation.iso(at)  # the history stays
+    assert queue.list(overdue_only=True) == [] and queue.list()[0]["overdue"] is False
+    assert queue.mark_overdue(at + dt.timedelta(hours=1)) == []
+
+
 def test_redaction_blanks_only_old_resolved_texts_in_one_transaction(queue):
     for n in (1, 2, 3):
         queue.add(_case(n))

@@ -205,8 +205,10 @@ class EscalationQueue:
         case["notifications"] = _notifications(case)
         case["test"] = bool(case.get("test"))
         case["urgent"] = bool(case.get("urgent"))
-        case["overdue"] = case.get("overdue_at") is not None or (
-            case["status"] != "resolved" and case.get("due_at") is not None and case["due_at"] <= iso(utc_now()))
+        # overdue means waiting past its due time *without a resolution*: a resolved case is not, even one the sweep
+        # marked before a person decided it (its ``overdue_at`` stays, the record that it was late)
+        case["overdue"] = case["status"] != "resolved" and (case.get("overdue_at") is not None or (
+            case.get("due_at") is not None and case["due_at"] <= iso(utc_now())))
         return case
 
     def _insert(self):
