@@ -19,6 +19,7 @@ import os
 import time
 from collections.abc import Iterator
 from contextlib import suppress
+from datetime import datetime
 from pathlib import Path
 
 logger = logging.getLogger("so8t.escalation")
@@ -29,6 +30,41 @@ UNREADABLE = ".unreadable"  # appended to an entry set aside for a person
 # unlocked and older than this is a crash's leftover. (Deleting a younger one raced a writer under load: its
 # rename then failed and the case went unqueued.)
 STALE_PART_S = 30.0
+# The case fields the queue stores as text (``EscalationQueue.add``); each is a string or missing/None.
+CASE_TEXT_FIELDS = ("request_id", "user_id", "category", "input", "rationale", "created_at", "error", "client")
+
+
+def check_entry(data: object) -> None:
+    """Raise ValueError (naming the field) unless ``data`` has the shape the replay reads: a case with a case_id and
+    text fields the queue can store, an audit record object, and true/false steps. Checked where an entry is read,
+    so one odd entry (edited by hand, a foreign writer) is set aside instead of failing the replay of all."""
+    if not isinstance(data, dict):
+        raise ValueError("the entry is not an object")
+    case, record = data.get("case"), data.get("record")
+    if not isinstance(case, dict):
+        raise ValueError("its 'case' is not an object")
+    if not isinstance(case.get("case_id"), str) or not case["case_id"]:
+        raise ValueError("its case has no case_id text")
+    for field in CASE_TEXT_FIELDS:
+        if case.get(field) is not None and not isinstance(case[field], str):
+            raise ValueError(f"its case's {field!r} is not text")
+    if case.get("created_at") is not None:
+        try:
+            datetime.fromisoformat(case["created_at"])  # the queue computes the due time from it
+        except ValueError:
+            raise ValueError(f"its case's 'created_at' {case['created_at'][:40]!r} is not an ISO time") from None
+    if case.get("confidence") is not None and (isinstance(case["confidence"], bool)
+                                               or not isinstance(case["confidence"], int | float)):
+        raise ValueError("its case's 'confidence' is not a number")
+    if not isinstance(record, dict):
+        raise ValueError("its 'record' is not an object")
+    if record.get("request_id") is not None and not isinstance(record["request_id"], str):
+        raise ValueError("its record's 'request_id' is not text")
+    if record.get("flags") is not None and not isinstance(record["flags"], list):
+        raise ValueError("its record's 'flags' is not a list")
+    for step in ("queued", "audited"):
+        if not isinstance(data.get(step, False), bool):
+            raise ValueError(f"its {step!r} is not true or false")
 
 
 def _write_all(fd: int, data: bytes, offset: int) -> None:
@@ -159,8 +195,8 @@ class CaseSpool:
                 continue
             try:
                 data = self._load(os.pread(fd, os.fstat(fd).st_size, 0))
-                data["case"]["case_id"]
-            except Exception as exc:  # noqa: BLE001 - unreadable JSON, a wrong key: set it aside for a person
+                check_entry(data)
+            except Exception as exc:  # noqa: BLE001 - unreadable JSON, a wrong shape: set it aside for a person
                 os.close(fd)
                 aside = path.with_name(path.name + UNREADABLE)
                 try:

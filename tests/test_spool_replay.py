@@ -1,0 +1,97 @@
+"""The escalation desk's replay of the spool: an entry of the wrong shape is set aside for a person and the others
+are still replayed; a backlog larger than the process's descriptor budget drains in one pass, in bounded batches,
+each entry giving one queue case and one audit record."""
+
+from __future__ import annotations
+
+import json
+import logging
+
+import pytest
+
+from so8t_lib.serve import audit as audit_module
+from so8t_lib.serve.audit import AuditLog
+from so8t_lib.serve.config import EscalationConfig
+from so8t_lib.serve.escalation import EscalationQueue
+from so8t_lib.serve.escalation_desk import EscalationDesk
+from so8t_lib.serve.notify import Notifier
+from so8t_lib.serve.outcome import utc_timestamp
+from so8t_lib.serve.spool import SUFFIX, UNREADABLE, CaseSpool
+
+
+@pytest.fixture
+def desk(tmp_path):
+    queue_path = tmp_path / "escalations.sqlite"
+    desk = EscalationDesk(lambda: EscalationQueue(queue_path), CaseSpool(tmp_path / "escalations.sqlite.spool"),
+                          AuditLog(tmp_path / "audit.jsonl"), Notifier(EscalationConfig()), notify=False,
+                          background=False)
+    yield desk
+    desk.close()
+
+
+def _case(n: int) -> tuple[dict, dict]:
+    case = {"case_id": f"esc_{n:05d}", "request_id": f"req_{n:05d}", "category": "hr", "input": "x", "rationale": "r"}
+    record = {"event": "decision", "timestamp": utc_timestamp(), "request_id": case["request_id"],
+              "decision": "ESCALATE", "input": "x", "category": "hr"}
+    return case, record
+
+
+def _spool(desk: EscalationDesk, n: int, audited: bool = False) -> None:
+    """An orphan: spooled, not queued (the queue was locked, or the process died); audited or not."""
+    case, record = _case(n)
+    entry = desk.spool.put(case, record)
+    if audited:
+        desk.audit.append(record)
+        entry.update(audited=True)
+    entry.release()
+
+
+def _decisions(tmp_path) -> dict[str, int]:
+    counts: dict[str, int] = {}
+    for record in audit_module.read_records(tmp_path):
+        if record.get("event") == "decision":
+            counts[record["request_id"]] = counts.get(record["request_id"], 0) + 1
+    return counts
+
+
+BAD_ENTRIES = {
+    "record null": {"record": None},
+    "record a list": {"record": ["req_bad"]},
+    "request_id unhashable": {"record": {"request_id": ["req_bad"]}},
+    "case a list": {"case": ["esc_bad"]},
+    "case_id a number": {"case": {"case_id": 7}},
+    "input an object": {"case": {"case_id": "esc_bad", "input": {"text": "x"}}},
+    "created_at not a time": {"case": {"case_id": "esc_bad", "created_at": "yesterday"}},
+    "confidence text": {"case": {"case_id": "esc_bad", "confidence": "high"}},
+    "flags text": {"record": {"request_id": "req_bad", "flags": "recovered"}},
+    "queued text": {"queued": "no"},
+}
+
+
+@pytest.mark.parametrize("change", BAD_ENTRIES.values(), ids=BAD_ENTRIES.keys())
+@pytest.mark.parametrize("as_update_line", [False, True], ids=["whole", "update-line"])
+def test_an_entry_of_the_wrong_shape_is_set_aside_and_the_others_are_replayed(desk, tmp_path, caplog, change,
+                                                                             as_update_line):
+    """``"record": null`` passed the spool's check (it read only case.case_id), then an AttributeError failed every
+    replay pass: the good orphans never reached the queue and the bad one was never set aside."""
+    for n in range(3):
+        _spool(desk, n)
+    entry = {"case": {"case_id": "esc_bad", "request_id": "req_bad"}, "record": {"request_id": "req_bad"},
+             "queued": False, "audited": False}
+    lines = [entry, change] if as_update_line else [{**entry, **change}]  # a later line's changes are merged in
+    bad = desk.spool.folder / f"esc_bad{SUFFIX}"
+    bad.write_text("".join(json.dumps(line) + "\n" for line in lines))
+    with caplog.at_level(logging.ERROR, logger="so8t.escalation"):
+        outcome = desk.replay()
+    assert outcome == {"finished": ["esc_00000", "esc_00001", "esc_00002"], "failed": []}
+    assert f"esc_bad{SUFFIX} could not be read (ValueError: its" in caplog.text
+    assert not bad.exists() and bad.with_name(bad.name + UNREADABLE).is_file()  # kept for a person
+    assert desk.spool.count() == 1  # the spooled gauge stays up until one looks
+    assert [c["case_id"] for c in desk.store.list()] == ["esc_00000", "esc_00001", "esc_00002"]
+    assert _decisions(tmp_path) == {"req_00000": 1, "req_00001": 1, "req_00002": 1}
+    assert desk.replay() == {"finished": [], "failed": []}
+
+
+def test_a_minimal_well_formed_entry_is_still_replayed(desk):
+    desk.spool.put({"case_id": "esc_1"}, {"request_id": "req_1"}).release()
+    assert desk.replay() == {"finished": ["esc_1"], "failed": []}
