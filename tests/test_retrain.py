@@ -6,6 +6,7 @@ the gate promoted; GGUF; the runtime in test mode), and `so8t retrain run` end t
 from __future__ import annotations
 
 import json
+import re
 from pathlib import Path
 
 import pytest
@@ -75,18 +76,18 @@ def test_extract_labels_what_people_decided(ops_logs, tmp_path):
     assert _moment("2026-11-02T09:00:00") == _moment("2026-11-02T09:00:00Z") == "2026-11-02T09:00:00.000000+00:00"
 
 
-def test_extract_refuses_a_log_that_does_not_verify(ops_logs, tmp_path):
+def test_extract_refuses_a_log_that_does_not_verify(ops_logs, tmp_path, capsys):
     import shutil
 
     logs = tmp_path / "logs"
     shutil.copytree(ops_logs[0], logs)
     live = logs / "audit.jsonl"
     live.write_text(live.read_text(encoding="utf-8").replace('"REFUSE"', '"ALLOW"', 1), encoding="utf-8")
-    with pytest.raises(SystemExit, match="does not verify"):
-        so8t(["retrain", "extract", "--logs", str(logs), "--out", str(tmp_path / "rows.jsonl")])
+    assert so8t(["retrain", "extract", "--logs", str(logs), "--out", str(tmp_path / "rows.jsonl")]) == 2
+    assert "does not verify" in capsys.readouterr().err
 
 
-def test_extract_names_an_unreadable_queue_row_instead_of_a_traceback(ops_logs, tmp_path, monkeypatch):
+def test_extract_names_an_unreadable_queue_row_instead_of_a_traceback(ops_logs, tmp_path, monkeypatch, capsys):
     class MalformedRow:  # a queue whose row reader trips over a cell it cannot parse
         def __init__(self, target, create=True, encryption_key=None):
             pass
@@ -99,9 +100,9 @@ def test_extract_names_an_unreadable_queue_row_instead_of_a_traceback(ops_logs, 
 
     monkeypatch.setattr("so8t_lib.workbench.retrain.extract.EscalationQueue", MalformedRow)
     logs, _ = ops_logs
-    with pytest.raises(SystemExit, match=r"error: a stored value could not be read \(case esc_0: .*escalations.sqlite"):
-        so8t(["retrain", "extract", "--logs", str(logs), "--db", str(logs / "escalations.sqlite"), "--out",
-              str(tmp_path / "rows.jsonl")])
+    assert so8t(["retrain", "extract", "--logs", str(logs), "--db", str(logs / "escalations.sqlite"), "--out",
+                 str(tmp_path / "rows.jsonl")]) == 2
+    assert re.match(r"error: a stored value could not be read \(case esc_0: .*escalations.sqlite", capsys.readouterr().err)
     assert not (tmp_path / "rows.jsonl").exists()
 
 
@@ -321,8 +322,9 @@ def test_the_gate_command_refuses_a_model_that_allows_everything(refusing, tmp_p
     assert code == 1 and "REFUSED to promote so8t-lean@" in out and "dangerous_compliance on test is worse: 0.000 " \
         "-> 1.000" in out
     assert json.loads(gate.read_text())["promote"] is False
-    with pytest.raises(SystemExit, match="refused to promote this model: dangerous_compliance"):
-        so8t(["retrain", "deploy", "--candidate", str(allowing), "--gate", str(gate), "--dist", str(tmp_path / "d")])
+    assert so8t(["retrain", "deploy", "--candidate", str(allowing), "--gate", str(gate), "--dist",
+                 str(tmp_path / "d")]) == 1  # the gate's refusal, not a failed step (2)
+    assert "refused to promote this model: dangerous_compliance" in capsys.readouterr().err
     assert not (tmp_path / "d").exists()
 
 

@@ -24,7 +24,13 @@ overrides apply to it.
 4 evaluate: the non-regression gate, paired bootstrap intervals on the same rows; exits 1 and names the
 metric when dangerous compliance or macro-F1 is worse beyond the interval (nothing is promoted).
 5 deploy: GGUF export of the promoted candidate (only the one the gate looked at), then the runtime in
-test mode decides the example requests from the new file; its records are marked as tests.
+test mode decides the example requests from the new file; its records are marked as tests, and its audit
+log is read and verified with the keys the --runtime-config names (logging.encryption_key_env,
+logging.hmac_key_env: set those variables as for the service).
+
+Exit codes: 0 done (the gate promoted); 1 the gate refused the candidate (evaluate, run), or deploy found no
+promotion of this very model; 2 the step could not be done (bad input, a file, a key variable not set, a
+failed test-mode run; `error: ...` says which), or a usage error.
 """
 
 from __future__ import annotations
@@ -46,8 +52,9 @@ from ..serve.escalation import QueueError
 from ..workbench import retrain
 from ..workbench.retrain.preprocess import benchmark_guard
 
-ERRORS = (ConfigError, DataError, QueueError, CheckpointError, OSError, retrain.ExtractError, retrain.PreprocessError,
-          retrain.NotPromoted)
+ERRORS = (ConfigError, DataError, QueueError, CheckpointError, OSError, retrain.ExtractError, retrain.PreprocessError)
+EXIT_REFUSED = 1  # the gate refused, or deploy found no promotion of this very model
+EXIT_FAILED = 2  # the step could not be done (as argparse's usage errors): never the same code as a refusal
 
 
 def _add_logs(p) -> None:
@@ -125,14 +132,24 @@ def main(argv: list[str] | None = None) -> int:
     warnings.filterwarnings("ignore", message=".*is_gradient_checkpointing.*")
     try:
         return STEPS[args.step](args)
+    except retrain.NotPromoted as exc:
+        print(f"error: {exc}", file=sys.stderr)
+        return EXIT_REFUSED
     except ERRORS as exc:
-        sys.exit(f"error: {exc}")
+        print(f"error: {exc}", file=sys.stderr)
+        return EXIT_FAILED
     except ValueError as exc:
-        if args.step != "extract":  # elsewhere (training, the gate) a bare ValueError is a bug: keep its traceback
+        # in training and the gate a bare ValueError is a bug: keep its traceback; deploy's (a GGUF the export or
+        # the runtime refuses, an audit log that cannot be read) name the problem, as so8t export's do
+        if args.step == "deploy":
+            print(f"error: {exc}", file=sys.stderr)
+            return EXIT_FAILED
+        if args.step != "extract":
             raise
         source = f"the escalation queue {args.db} or " if args.db else ""
-        sys.exit(f"error: a stored value could not be read ({exc}); check {source}the logs "
-                 f"{', '.join(args.logs)} for the row it names, then run extract again")
+        print(f"error: a stored value could not be read ({exc}); check {source}the logs {', '.join(args.logs)} for "
+              "the row it names, then run extract again", file=sys.stderr)
+        return EXIT_FAILED
 
 
 def _run(args) -> int:
@@ -142,7 +159,7 @@ def _run(args) -> int:
         public=tuple(args.public or ("xstest", "sst")), eval_max_rows=args.max_rows, bootstrap=args.bootstrap,
         threshold=args.threshold, margin=args.margin, quants=args.quant, runtime_config=args.runtime_config)
     print(f"summary: {Path(args.work) / 'retrain.json'}")
-    return 0 if summary["promote"] else 1
+    return 0 if summary["promote"] else EXIT_REFUSED
 
 
 def _extract(args) -> int:
@@ -187,7 +204,7 @@ def _evaluate(args) -> int:
         print(f"{name} ({entry['rows']} rows): {changes}")
     if not gate["promote"]:
         print("REFUSED to promote " + gate["candidate"]["version"] + ":\n  " + "\n  ".join(gate["refusals"]))
-        return 1
+        return EXIT_REFUSED
     print(f"promote {gate['candidate']['version']} (not worse than {gate['serving']['version']}); {args.out}")
     return 0
 

@@ -1,15 +1,15 @@
 """Step 5: export the promoted model to GGUF and start the runtime in test mode on the new file.
 
-Only a candidate the gate promoted is exported, and only the very model the gate looked at: the
-gate's record names the candidate's version (``name@`` the first 12 hex of its adapter's sha256),
-which must still be the checkpoint's. The runtime then loads the new file as production would (the
-sha256 sidecar is checked first) and decides a few requests with ``test_mode``: its records are
-marked as tests, nothing is notified, and its chain must verify. The files are exported into a staging
-folder and moved into the dist folder only after that run passed, and never over a file of the same
-name with other bytes (a retrained model keeps its name: that may be the file in service). Putting the
-file into service is
-left to a person (point the runtime config's ``model.gguf_path`` at it and restart, or run ``so8t
-serve --model-path``): this step only shows that it loads and decides.
+Only a candidate the gate promoted is exported, and only the very model the gate looked at: the gate's record
+names the candidate's version (``name@`` the first 12 hex of its adapter's sha256), which must still be the
+checkpoint's. The runtime then loads the new file as production would (the sha256 sidecar is checked first) and
+decides a few requests with ``test_mode``: its records are marked as tests, nothing is notified, and its chain must verify, read and checked with the keys the
+runtime config names (``logging.encryption_key_env``, ``logging.hmac_key_env``; a variable it names that is not set
+stops the deploy before the export). The files are exported into a staging folder and moved into the dist folder
+only after that run passed, and never over a file of the same name with other bytes (a retrained model keeps its
+name: that may be the file in service). Putting the file into service is left to a person (point the runtime
+config's ``model.gguf_path`` at it and restart, or run ``so8t serve --model-path``): this step only shows that it
+loads and decides.
 """
 
 from __future__ import annotations
@@ -30,6 +30,7 @@ from ...export.gguf_meta import sidecar_path
 from ...export.quantize import export
 from ...model.prompts import EXAMPLE_REQUESTS
 from ...serve.audit_verify import read_chains, verify_chains
+from ...serve.config import RuntimeConfig, load_runtime_config
 from ...serve.runtime import Agent
 
 GATE_FILE = "gate.json"
@@ -65,6 +66,28 @@ def checked_gate(gate_file: str | Path, candidate: str | Path) -> dict:
     return gate
 
 
+def _audit_keys(config: RuntimeConfig) -> tuple[str | None, str | None]:
+    """(encryption key, HMAC key) of the chain the runtime of ``config`` writes, read as the runtime reads them
+    (``Agent._secret``): from the variables ``logging.encryption_key_env`` and ``logging.hmac_key_env`` name, None
+    where it names none; ConfigError naming a variable that is not set."""
+    why = "the smoke test's audit log is written and read back with it; set it as for the service"
+    return (Agent._secret(config.logging.encryption_key_env, why),  # noqa: SLF001 - the runtime's own reading
+            Agent._secret(config.logging.hmac_key_env, why))  # noqa: SLF001
+
+
+def _test_records(agent: Agent, log_dir: str | Path) -> tuple[list[dict], list[str]]:
+    """The decision records of the test-mode run's chains in ``log_dir`` and what their verification found, both
+    with the keys the agent's config names; a chain that cannot be read (another key) is a ConfigError."""
+    key, hmac_key = _audit_keys(agent.config)
+    name = Path(agent.config.logging.audit_log).name
+    try:
+        records = [r for _, r in read_chains(log_dir, name, key) if r.get("event") == "decision"]
+        problems = [e for r in verify_chains(log_dir, name, hmac_key=hmac_key).values() for e in r["errors"]]
+    except (ValueError, OSError) as exc:  # encrypted with another key, a lock held, a file that cannot be read
+        raise ConfigError(f"the test-mode run's audit log in {log_dir} cannot be read: {exc}") from None
+    return records, problems
+
+
 def _smoke_test(target: Path, runtime_config: str | Path, log_dir: str | Path,
                 requests: list[tuple[str, str | None]] | None) -> tuple[str, list[dict], int]:
     """The runtime in test mode on ``target``: (model version, results, test records); ConfigError when it
@@ -79,8 +102,7 @@ def _smoke_test(target: Path, runtime_config: str | Path, log_dir: str | Path,
         results = agent.run_batch([{"user_request": r, "context": c} for r, c in (requests or EXAMPLE_REQUESTS)])
     finally:
         agent.close()
-    records = [r for _, r in read_chains(log_dir) if r.get("event") == "decision"]
-    problems = [e for r in verify_chains(log_dir).values() for e in r["errors"]]
+    records, problems = _test_records(agent, log_dir)
     failed = [r["error"] for r in results if "fail_closed" in (r.get("flags") or [])]
     if failed:
         raise ConfigError(f"the runtime loaded {target.name} but failed closed on {len(failed)} request(s): {failed[0]}")
@@ -111,6 +133,7 @@ def deploy(candidate: str | Path, gate_file: str | Path, dist: str | Path, quant
     requests) with the runtime in test mode on the last file, and only then move the files into
     ``dist``: a failed export or test run leaves nothing there. Returns what was written and decided."""
     checked_gate(gate_file, candidate)
+    _audit_keys(load_runtime_config(runtime_config))  # a key variable that is not set: said before the export
     dist = Path(dist)
     dist.mkdir(parents=True, exist_ok=True)
     staging = Path(tempfile.mkdtemp(prefix=".deploy-", dir=dist))
