@@ -333,6 +333,19 @@ def test_stored_fields_are_bounded_and_a_user_id_with_an_address_is_pseudonymise
     assert len(written["error"]) < 1100
 
 
+def test_masking_a_bounded_text_keeps_its_truncation_note(tmp_path):
+    """The runtime bounds a request before the log masks it; a note whose digest was all digits came back as
+    "sha256 [CARD]", and retraining no longer saw that the text was cut (the label belongs to the whole text)."""
+    from so8t_lib.serve.fields import bounded, masked_bounded
+
+    cut = bounded("call 090-1234-5678 " + "x" * 5000, 100)
+    note = " …[9000 chars, sha256 0123456789012345]"
+    assert masked_bounded(cut, 100) == cut.replace("090-1234-5678", "[PHONE]")
+    assert masked_bounded("call 090-1234-5678" + note, 100) == "call [PHONE]" + note
+    written = audit.AuditLog(tmp_path / "audit.jsonl").append({**_record(0), "context": "x" * 20 + note})
+    assert written["context"] == "x" * 20 + note
+
+
 def test_with_the_hmac_key_a_record_added_without_it_is_found(tmp_path):
     _fill(tmp_path, 3, hmac_key="s3cret")
     audit.AuditLog(tmp_path / "audit.jsonl").append(_record(3))  # write access to the folder, but not the key

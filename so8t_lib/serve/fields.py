@@ -59,7 +59,9 @@ def masked_bounded(value: object, limit: int) -> str | None:
         return None
     text = storable(as_text(value, limit))
     if len(text) <= limit or (len(text) <= limit + TRUNCATION_NOTE and _NOTE.search(text)):
-        masked = mask_personal_data(text)
+        note = _NOTE.search(text)  # a note of an earlier bound is kept as written: its digest may look like a number
+        head, tail = (text[:note.start()], note.group()) if note else (text, "")
+        masked = mask_personal_data(head) + tail
         return masked if len(masked) <= limit + TRUNCATION_NOTE else bounded(masked, limit)
     digest = hashlib.sha256(text.encode("utf-8")).hexdigest()[:16]
     return f"{mask_personal_data(text[: limit + 256])[:limit]}…[{len(text)} chars, sha256 {digest}]"

@@ -95,13 +95,16 @@ def fail_closed(result: dict, reason: str, lang: str = "en") -> dict:
     return result
 
 
-def audit_record(result: dict, request: str | None, user_id: str | None, test: bool, limit: int) -> dict:
-    """The operations manual's record plus the head's probabilities (which way an escalated request
-    leaned: compliance reports compare it with the reviewer's decision), category, flags, error, test
-    and the escalation fields."""
+def audit_record(result: dict, request: str | None, user_id: str | None, test: bool, limit: int,
+                 context: str | None = None) -> dict:
+    """The operations manual's record plus the context the gate read with the request ("" when none: a
+    reviewer's label belongs to the two together, and retraining needs both), the head's probabilities
+    (which way an escalated request leaned: compliance reports compare it with the reviewer's decision),
+    category, flags, error, test and the escalation fields."""
     return {
         "event": "decision", "timestamp": utc_timestamp(), "request_id": result["request_id"],
-        "user_id": user_id, "input": bounded(request, limit), "decision": result["decision"],
+        "user_id": user_id, "input": bounded(request, limit), "context": bounded(context or "", limit),
+        "decision": result["decision"],
         "rationale": result["rationale"], "human_required": result["human_required"],
         "model_version": result["model_version"], "processing_time_ms": result["processing_time_ms"],
         "confidence_score": result["confidence"], "probabilities": result.get("probabilities"),

@@ -330,8 +330,9 @@ class Agent:
         return self._finish(result, CleanRequest(text, context, user_id, client=item.get("client")), start)
 
     # ----- recording --------------------------------------------------------------------------------
-    def _record(self, result: dict, request: str | None, user_id: str | None) -> dict:
-        return audit_record(result, request, user_id, self.test_mode, self.config.logging.max_field_chars)
+    def _record(self, result: dict, asked: CleanRequest) -> dict:
+        return audit_record(result, asked.user_request, asked.user_id, self.test_mode,
+                            self.config.logging.max_field_chars, asked.context)
 
     @staticmethod
     def _stamp(result: dict, start: float) -> None:
@@ -345,11 +346,11 @@ class Agent:
 
     def _finish(self, result: dict, asked: CleanRequest, start: float) -> dict:
         """Write the one audit record; an ALLOW or REFUSE whose record fails becomes ESCALATE."""
-        request, user_id = asked.user_request, asked.user_id
+        request = asked.user_request
         if result["decision"] != "ESCALATE":
             self._stamp(result, start)
             try:
-                self.audit.append(self._record(result, request, user_id))
+                self.audit.append(self._record(result, asked))
                 return result
             except AuditWriteError as exc:
                 self._audit_failed(result, exc)
@@ -365,14 +366,14 @@ class Agent:
         limit = self.config.logging.max_field_chars
         stored_uid = pseudonym(user_id, self._mac_key) if self.config.logging.mask_personal_data else user_id
         case = escalation_case(result, request, stored_uid, self.test_mode, limit, asked.client)
-        ticket = self.desk.open(case, self.audit.prepare(self._record(result, request, user_id)))
+        ticket = self.desk.open(case, self.audit.prepare(self._record(result, asked)))
         result["escalation_status"] = self.desk.try_queue(ticket)
         if not ticket.queued:
             result["flags"] = [*result["flags"], f"escalation_{result['escalation_status']}"]
             result["error"] = join_errors(result["error"], ticket.error)
         self._stamp(result, start)
         try:  # spooled: from here nothing may raise, or _guarded would open a second case for this request
-            self.audit.append(self._record(result, request, user_id))
+            self.audit.append(self._record(result, asked))
             audited = True
         except Exception as exc:  # noqa: BLE001 - an AuditWriteError, or a bug: the spool's replay writes it
             self._audit_failed(result, exc)

@@ -8,9 +8,11 @@ Two sources, both read from verified audit chains (every replica's):
   ESCALATE) on any decision the gate made.
 
 Every row keeps its ``request_id`` (and ``case_id``), so it can be traced back to its audit record.
-Left out, and counted: test-mode records, requests stored truncated (the label belongs to the whole
-text), requests whose text is not stored, and duplicates (the same request after NFKC and case
-folding: one row is kept, the latest decision; when people labelled the same text differently, none).
+Left out, and counted: test-mode records, requests or contexts stored truncated (the label belongs to
+the whole text), requests whose text is not stored, records written before the gate stored the context
+(a label given to a request with a context would be trained onto the bare request), and duplicates
+(the same request and context after NFKC and case folding: one row is kept, the latest decision; when
+people labelled the same text differently, none).
 Personal data is masked again here (the log is masked already when ``mask_personal_data`` is on).
 """
 
@@ -69,7 +71,8 @@ def _moment(text: str | None) -> str:
 def _row(decision: dict, label: str, origin: str, decided_at: str, case_id: str | None) -> dict:
     text = mask_personal_data(decision["input"])
     category = decision.get("category") or "none"
-    return {"id": f"ops-{decision['request_id']}", "context": "", "user_request": text, "label": label,
+    return {"id": f"ops-{decision['request_id']}", "context": mask_personal_data(decision["context"]),
+            "user_request": text, "label": label,
             "category": category if category in CATEGORIES else "general", "lang": detect_lang(text),
             "rationale": "", "task_output": "", "family": "", "split": "", "hard": False, "source": SOURCE,
             "request_id": decision["request_id"], "case_id": case_id, "origin": origin, "decided_at": decided_at}
@@ -85,8 +88,8 @@ def extract_rows(logs: list[str | Path], queue: str | Path | None = None, review
     if problems and require_verified:
         raise ExtractError("the audit log does not verify, so its records cannot be labels:\n  " + "\n  ".join(problems))
     decisions, labelled, left_out = {}, {}, {"test": 0, "truncated": 0, "no_text": 0, "undecryptable": 0,
-                                             "duplicate": 0, "conflicting": 0, "no_decision_record": 0,
-                                             "not_a_label": 0}
+                                             "context_not_recorded": 0, "duplicate": 0, "conflicting": 0,
+                                             "no_decision_record": 0, "not_a_label": 0}
     try:
         records = [record for folder in logs for _, record in read_chains(folder, key=key)]
     except ValueError as exc:
@@ -112,6 +115,7 @@ def extract_rows(logs: list[str | Path], queue: str | Path | None = None, review
                     labelled[case["request_id"]] = (case["human_decision"], "escalation", _moment(case["resolved_at"]),
                                                     case["case_id"])
                 decisions.setdefault(case["request_id"], {"request_id": case["request_id"], "input": case["input"],
+                                                          "context": case.get("context"),
                                                           "category": case["category"]})
         finally:
             store.close()
@@ -125,9 +129,11 @@ def extract_rows(logs: list[str | Path], queue: str | Path | None = None, review
             left_out["no_decision_record"] += 1
         elif not isinstance(decision.get("input"), str) or not decision["input"].strip():
             left_out["no_text"] += 1
-        elif decision["input"] in UNREADABLE_TEXTS:  # the queue's stand-in for a text under another key, or none
-            left_out["undecryptable"] += 1
-        elif TRUNCATED.search(decision["input"]):
+        elif not isinstance(decision.get("context"), str):  # written before contexts were stored (or no text)
+            left_out["context_not_recorded"] += 1
+        elif {decision["input"], decision["context"]} & set(UNREADABLE_TEXTS):  # the queue's stand-in for a text
+            left_out["undecryptable"] += 1                                      # under another key, or none
+        elif TRUNCATED.search(decision["input"]) or TRUNCATED.search(decision["context"]):
             left_out["truncated"] += 1
         elif label not in LABELS:  # a resolution record whose decision is not one of the three
             left_out["not_a_label"] += 1
@@ -135,7 +141,7 @@ def extract_rows(logs: list[str | Path], queue: str | Path | None = None, review
             rows.append(_row(decision, label, origin, decided_at or _moment(decision.get("timestamp")), case_id))
     by_text: dict[str, list[dict]] = {}
     for row in sorted(rows, key=lambda r: (r["decided_at"], r["request_id"])):
-        by_text.setdefault(normalize_text(row["user_request"]), []).append(row)
+        by_text.setdefault((normalize_text(row["user_request"]), normalize_text(row["context"])), []).append(row)
     kept = []
     for same in by_text.values():
         if len({r["label"] for r in same}) > 1:

@@ -1,8 +1,8 @@
 """Step 2: validate the extracted rows and make a data folder to train on, the corpus test split untouched.
 
 - every row is validated as any data file is (``data.tables``: label, category, language, lengths);
-- a row whose request is already in the corpus (any split, as the model reads it: NFKC, case folded,
-  invisible characters out) is dropped: it
+- a row whose request and context are already in the corpus (any split, as the model reads them: NFKC,
+  case folded, invisible characters out) is dropped: it
   adds nothing, or it contradicts a reviewed label of the corpus (both are counted);
 - a row that is a near copy (character 4-gram Jaccard >= 0.5, the corpus's own threshold) of a val or
   test request, or whose request or context is equal (``bare_text``) or near to a public benchmark prompt, is
@@ -55,6 +55,11 @@ def _lines(rows: list[dict]) -> str:
     return "".join(json.dumps(r, ensure_ascii=False) + "\n" for r in rows)
 
 
+def _asked(row: dict) -> tuple[str, str]:
+    """What the gate was asked, as the model reads it: the label belongs to the request and its context."""
+    return visible_text(row["user_request"]), visible_text(row.get("context") or "")
+
+
 def benchmark_guard(benchmarks_dir: str | Path | None) -> dict:
     """What the benchmark guard will compare with, for preprocess.json: the folder and each benchmark file's
     sha256 (``guard`` False when ``benchmarks_dir`` is None, the explicit opt-out). PreprocessError when the
@@ -85,12 +90,12 @@ def preprocess(rows_file: str | Path, out: str | Path, corpus_dir: str | Path = 
     new = [{**row, **{k: extra[row["id"]].get(k) for k in ("request_id", "case_id", "origin", "decided_at")}}
            for row in table.to_dict("records")]
     corpus = {split: read_split(corpus_dir, split) for split in ("train", "val", "test")}
-    seen = {visible_text(r["user_request"]): (split, r["label"]) for split, part in corpus.items() for r in part}
+    seen = {_asked(r): (split, r["label"]) for split, part in corpus.items() for r in part}
     dropped: dict[str, list[str]] = {"in_corpus": [], "contradicts_corpus": [], "near_val_or_test": [],
                                      "near_benchmark": []}
     kept = []
     for row in new:
-        found = seen.get(visible_text(row["user_request"]))
+        found = seen.get(_asked(row))
         if found is None:
             kept.append(row)
         else:
