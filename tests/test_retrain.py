@@ -453,7 +453,7 @@ def test_extract_leaves_out_a_resolution_the_queue_never_committed(tmp_path):
 
     log = AuditLog(tmp_path / "audit.jsonl")
     log.append({"event": "decision", "timestamp": "2026-12-01T09:00:00.000000Z", "request_id": "req_1",
-                "input": "Can I see the payroll of my team?", "decision": "ESCALATE", "category": "hr"})
+                "input": "Can I see the payroll of my team?", "context": "", "decision": "ESCALATE", "category": "hr"})
     for attempt, decision in (("a1", "ALLOW"), ("a2", "REFUSE")):
         log.append({"event": "resolution", "timestamp": f"2026-12-01T10:0{attempt[-1]}:00.000000Z",
                     "request_id": "req_1", "case_id": "esc_1", "human_decision": decision, "attempt": attempt})
