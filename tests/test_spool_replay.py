@@ -4,12 +4,16 @@ each entry giving one queue case and one audit record."""
 
 from __future__ import annotations
 
+import fcntl
 import json
 import logging
+import os
+import resource
 
 import pytest
 
 from so8t_lib.serve import audit as audit_module
+from so8t_lib.serve import escalation_desk
 from so8t_lib.serve.audit import AuditLog
 from so8t_lib.serve.config import EscalationConfig
 from so8t_lib.serve.escalation import EscalationQueue
@@ -95,3 +99,69 @@ def test_an_entry_of_the_wrong_shape_is_set_aside_and_the_others_are_replayed(de
 def test_a_minimal_well_formed_entry_is_still_replayed(desk):
     desk.spool.put({"case_id": "esc_1"}, {"request_id": "req_1"}).release()
     assert desk.replay() == {"finished": ["esc_1"], "failed": []}
+
+
+def _spool_fds(desk: EscalationDesk) -> int:
+    """Descriptors this process holds open on spool entries (a locked entry holds one)."""
+    folder = str(desk.spool.folder)
+    count = 0
+    for fd in os.listdir("/proc/self/fd"):
+        try:
+            count += os.readlink(f"/proc/self/fd/{fd}").startswith(folder)
+        except OSError:
+            continue
+    return count
+
+
+FREE_FDS = 64  # what the replay below may open: two batches' worth, far fewer than the backlog
+
+
+def _limit_leaving(free: int) -> int:
+    """The open-file limit under which this process can open exactly ``free`` more descriptors (a new one takes the
+    lowest free number, so the gaps below the highest open one count)."""
+    used = {int(fd) for fd in os.listdir("/proc/self/fd")}
+    limit = 0
+    while free:
+        free -= limit not in used
+        limit += 1
+    return limit
+
+
+def test_a_backlog_larger_than_the_open_file_limit_drains_in_one_pass(desk, tmp_path):
+    """replay() locked every orphan at once: with more entries than descriptors it had none left for the queue,
+    failed every entry, let them all go, and the next pass did the same; no case ever reached the queue."""
+    backlog = 3 * escalation_desk.REPLAY_BATCH + 5
+    for n in range(backlog):
+        _spool(desk, n, audited=n % 2 == 0)
+    for n in range(1, backlog, 4):  # audited by a process that died before it could mark the entry
+        desk.audit.append(_case(n)[1])
+    soft, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
+    resource.setrlimit(resource.RLIMIT_NOFILE, (_limit_leaving(FREE_FDS), hard))
+    try:
+        outcome = desk.replay()
+    finally:
+        resource.setrlimit(resource.RLIMIT_NOFILE, (soft, hard))
+    assert outcome["failed"] == [] and sorted(outcome["finished"]) == [f"esc_{n:05d}" for n in range(backlog)]
+    assert desk.spool.count() == 0 and desk.store.count()["cases"] == backlog
+    assert _decisions(tmp_path) == {f"req_{n:05d}": 1 for n in range(backlog)}  # one record each, none twice
+
+
+def test_a_replay_holds_one_batch_at_a_time_and_skips_an_entry_another_replica_holds(desk, tmp_path, monkeypatch):
+    monkeypatch.setattr(escalation_desk, "REPLAY_BATCH", 4)
+    for n in range(10):
+        _spool(desk, n)
+    held = os.open(desk.spool.folder / f"esc_00005{SUFFIX}", os.O_RDWR)  # another replica is replaying it
+    fcntl.flock(held, fcntl.LOCK_EX)
+    seen = []
+    real = desk._finish_orphan
+    monkeypatch.setattr(desk, "_finish_orphan", lambda entry, present: (seen.append(_spool_fds(desk)),
+                                                                           real(entry, present)))
+    try:
+        outcome = desk.replay()
+    finally:
+        os.close(held)
+    assert outcome["failed"] == [] and "esc_00005" not in outcome["finished"] and len(outcome["finished"]) == 9
+    assert max(seen) <= 4 + 1  # this batch's entries, and the other replica's lock
+    assert _spool_fds(desk) == 0  # every entry let go
+    assert desk.replay() == {"finished": ["esc_00005"], "failed": []}
+    assert desk.store.count()["cases"] == 10 and _decisions(tmp_path) == {f"req_{n:05d}": 1 for n in range(10)}

@@ -8,8 +8,8 @@ For each escalation the runtime calls, in this order:
 4. ``finish(ticket, audited)``: a case that is queued and audited leaves the spool and is
    notified; anything else stays in the spool for ``replay``.
 ``replay`` (run by a background thread every ``retry_interval_s``, at start, and on demand) finishes
-the orphans: the audit record if the log lacks it, the queue row if the queue lacks it. The same
-thread marks overdue cases (past ``escalation_timeout``) and sends a reminder.
+the orphans, ``REPLAY_BATCH`` at a time: the audit record if the log lacks it, the queue row if the
+queue lacks it. The same thread marks overdue cases (past ``escalation_timeout``) and sends a reminder.
 """
 
 from __future__ import annotations
@@ -18,8 +18,9 @@ import concurrent.futures
 import datetime as dt
 import logging
 import threading
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass
+from itertools import islice
 
 from .audit import AuditLog
 from .escalation import CaseStore, QueueError
@@ -28,6 +29,10 @@ from .outcome import parse_time
 from .spool import CaseSpool, SpoolEntry
 
 logger = logging.getLogger("so8t.escalation")
+
+# Spool entries a replay holds (one open descriptor each) at once: a backlog of any size drains under a small
+# open-file limit, and each batch's audit-log lookup stays one read.
+REPLAY_BATCH = 32
 
 
 @dataclass
@@ -120,33 +125,49 @@ class EscalationDesk:
     # ----- catching up ------------------------------------------------------------------------------
     def replay(self) -> dict:
         """Finish every orphaned spool entry that can be finished now: {"finished": [...], "failed": [...]}.
-        Every entry it picked is let go again whatever happens, so a failure here never strands one."""
-        finished, failed = [], []
+        Entries are taken ``REPLAY_BATCH`` at a time, each batch locked, finished and let go before the next: a
+        backlog larger than the descriptors the process may open is still drained in one pass. Every entry it
+        picked is let go again whatever happens, so a failure here never strands one."""
+        finished: list[str] = []
+        failed: list[str] = []
         with self._replay_lock:
-            entries: list[SpoolEntry] = []
+            orphans = self.spool.orphans()  # one listing per pass: an entry let go after a failure waits for the next
             try:
-                try:
-                    entries.extend(self.spool.orphans())  # inside: whatever was picked before a failure is let go
-                    unaudited = [e.data["record"] for e in entries if not e.data.get("audited")]
-                    present = self.audit.find_requests({r.get("request_id") for r in unaudited} - {None},
-                                                       since=_oldest_decision(unaudited))
-                except Exception as exc:  # noqa: BLE001 - an unreadable spool or log: nothing written twice, retried later
-                    return {"finished": [], "failed": [f"spool or audit log unreadable: {type(exc).__name__}: {exc}"]}
-                for entry in entries:
-                    case = entry.data["case"]
-                    try:
-                        self._finish_orphan(entry, present)
-                        finished.append(case["case_id"])
-                    except Exception as exc:  # noqa: BLE001 - the entry stays for the next pass
-                        failed.append(f"{case['case_id']}: {type(exc).__name__}: {exc}")
+                while self._replay_batch(orphans, finished, failed):
+                    pass
             finally:
-                for entry in entries:
-                    entry.release()  # a no-op for the finished ones
+                orphans.close()
         if finished:
             logger.warning("replayed %d spooled escalation(s): %s", len(finished), ", ".join(finished))
         if failed:
             logger.error("spooled escalation(s) not finished, retried later: %s", "; ".join(failed))
         return {"finished": finished, "failed": failed}
+
+    def _replay_batch(self, orphans: Iterator[SpoolEntry], finished: list[str], failed: list[str]) -> bool:
+        """Lock up to ``REPLAY_BATCH`` orphans, finish them and let them go; False when the pass is over (the
+        listing is done, or the spool or the audit log could not be read: nothing written twice, retried later)."""
+        entries: list[SpoolEntry] = []
+        try:
+            try:
+                entries.extend(islice(orphans, REPLAY_BATCH))  # inside: whatever was picked before a failure is let go
+                # looked up while the batch is locked: no other replica can audit one of them meanwhile
+                unaudited = [e.data["record"] for e in entries if not e.data.get("audited")]
+                present = self.audit.find_requests({r.get("request_id") for r in unaudited} - {None},
+                                                   since=_oldest_decision(unaudited))
+            except Exception as exc:  # noqa: BLE001
+                failed.append(f"spool or audit log unreadable: {type(exc).__name__}: {exc}")
+                return False
+            for entry in entries:
+                case_id = entry.case_id
+                try:
+                    self._finish_orphan(entry, present)
+                    finished.append(case_id)
+                except Exception as exc:  # noqa: BLE001 - the entry stays for the next pass
+                    failed.append(f"{case_id}: {type(exc).__name__}: {exc}")
+        finally:
+            for entry in entries:
+                entry.release()  # a no-op for the finished ones
+        return len(entries) == REPLAY_BATCH
 
     def _finish_orphan(self, entry: SpoolEntry, present: set) -> None:
         """Queue, audit and notify one orphan, each only if it has not happened yet, then delete it."""
