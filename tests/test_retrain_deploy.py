@@ -1,14 +1,17 @@
 """so8t retrain deploy: the test-mode run's audit log is read and verified with the keys the runtime config names
 (encrypted and signed chains, as production writes them); a key variable that is not set, or a step that fails,
-is an `error: ...` with exit 2, never a traceback and never the gate's refusal code (1)."""
+is an `error: ...` with exit 2, never a traceback and never the gate's refusal code (1). The files placed are
+the model the gate promoted, even when the checkpoint is rewritten after the gate's record was checked."""
 
 from __future__ import annotations
 
 import importlib
 import json
+import shutil
 from pathlib import Path
 
 import pytest
+import torch
 from cryptography.fernet import Fernet
 from ops_fixtures import TextDecider
 
@@ -142,3 +145,44 @@ def test_deploy_under_a_config_that_encrypts_its_audit_log(promoted, tmp_path, m
     assert (dist / "so8t-cand-f16.gguf").is_file()
     records = [r for _, r in read_chains(dist / "smoke-logs", key=FERNET_KEY) if r.get("event") == "decision"]
     assert len(records) == 4 and all(r["test"] for r in records)
+
+
+def test_deploy_refuses_a_checkpoint_rewritten_after_the_gates_record_was_checked(tmp_path, tokenizer, monkeypatch,
+                                                                                 capsys):
+    """The version was checked once, before the export: a best/ that a concurrent `retrain train --resume` saved
+    in between was exported, smoke-tested and placed in dist, though the gate never saw it."""
+    run = tmp_path / "run"
+    best = SO8TModel.from_config(ModelConfig(name="so8t-cand"), tokenizer).save(run / "best")
+    promoted = SO8TModel.load(best).model_version
+    gate = tmp_path / "gate.json"
+    gate.write_text(json.dumps({"promote": True, "refusals": [], "candidate": {"version": promoted}}))
+    other = SO8TModel.from_config(ModelConfig(name="so8t-cand"), tokenizer)  # what the training run saves next
+    with torch.no_grad():
+        [m for m in other.safety_head.modules() if isinstance(m, torch.nn.Linear)][-1].bias.copy_(
+            torch.tensor([8.0, -8.0, 0.0]))
+    unseen = other.save(tmp_path / "unseen")
+    real_check = deploy_module.checked_gate
+
+    def check_then_training_saves(gate_file, candidate):
+        checked = real_check(gate_file, candidate)  # the gate's version matches now...
+        shutil.rmtree(best)
+        shutil.copytree(unseen, best)  # ...then best/ is replaced, as a save would
+        return checked
+
+    monkeypatch.setattr(deploy_module, "checked_gate", check_then_training_saves)
+    dist, smoke = tmp_path / "dist", tmp_path / "smoke"
+    code = so8t(["retrain", "deploy", "--candidate", str(run), "--gate", str(gate), "--dist", str(dist),
+                 "--smoke-logs", str(smoke)])
+    err = capsys.readouterr().err
+    assert code == 1 and f"error: the gate promoted {promoted}, but so8t-cand-f16.gguf is so8t-cand@" in err
+    assert SO8TModel.load(unseen).model_version in err and "nothing was placed" in err
+    assert list(dist.iterdir()) == [] and not smoke.exists()  # nothing placed, staging gone, no test run
+
+
+def test_deploy_refuses_when_the_runtime_reports_another_model_than_the_gate_promoted(promoted, tmp_path,
+                                                                                      monkeypatch):
+    candidate, gate = promoted
+    monkeypatch.setattr(deploy_module, "_smoke_test", lambda *args: ("so8t-cand@000000000000", [], 0))
+    with pytest.raises(retrain.NotPromoted, match="as the runtime loaded it is so8t-cand@000000000000"):
+        retrain.deploy(candidate, gate, tmp_path / "dist", log_dir=tmp_path / "smoke")
+    assert list((tmp_path / "dist").iterdir()) == []

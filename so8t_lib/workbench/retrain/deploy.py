@@ -2,8 +2,10 @@
 
 Only a candidate the gate promoted is exported, and only the very model the gate looked at: the gate's record
 names the candidate's version (``name@`` the first 12 hex of its adapter's sha256), which must still be the
-checkpoint's. The runtime then loads the new file as production would (the sha256 sidecar is checked first) and
-decides a few requests with ``test_mode``: its records are marked as tests, nothing is notified, and its chain must verify, read and checked with the keys the
+checkpoint's before the export and each exported file's after it (its ``so8t.model_version``, and the version the
+runtime reports from it): a checkpoint rewritten in between is refused, nothing placed. The runtime then loads the
+new file as production would (the sha256 sidecar is checked first) and decides a few requests with ``test_mode``:
+its records are marked as tests, nothing is notified, and its chain must verify, read and checked with the keys the
 runtime config names (``logging.encryption_key_env``, ``logging.hmac_key_env``; a variable it names that is not set
 stops the deploy before the export). The files are exported into a staging folder and moved into the dist folder
 only after that run passed, and never over a file of the same name with other bytes (a retrained model keeps its
@@ -26,7 +28,7 @@ from ...core.checkpoint import checkpoint_version, resolve_checkpoint
 from ...core.config import ConfigError
 from ...core.io import sha256_file
 from ...core.schema import MODEL_CONFIG_FILE
-from ...export.gguf_meta import sidecar_path
+from ...export.gguf_meta import read_metadata, sidecar_path
 from ...export.quantize import export
 from ...model.prompts import EXAMPLE_REQUESTS
 from ...serve.audit_verify import read_chains, verify_chains
@@ -112,6 +114,18 @@ def _smoke_test(target: Path, runtime_config: str | Path, log_dir: str | Path,
     return agent.model_version, results, len(records)
 
 
+def _same_model(promoted: str, exported: dict[str, str], candidate: str | Path) -> None:
+    """NotPromoted unless every exported file (what: its version) is the model the gate promoted: the checkpoint
+    may have been rewritten after the gate's record was checked (a ``retrain train --resume`` into the same
+    folder)."""
+    other = {what: version for what, version in exported.items() if version != promoted}
+    if other:
+        said = ", ".join(f"{what} is {version}" for what, version in other.items())
+        raise NotPromoted(f"the gate promoted {promoted}, but {said}: {candidate} changed after the gate's record "
+                          "was checked (is a training run still writing to it?); nothing was placed, run the gate "
+                          "again once it is finished")
+
+
 def _place(files: list[Path], dist: Path) -> list[Path]:
     """Move the staged files (and sidecars) into ``dist``. A file of the same name with other bytes is
     never replaced: it may be the one in service (a retrained model keeps its name)."""
@@ -132,14 +146,16 @@ def deploy(candidate: str | Path, gate_file: str | Path, dist: str | Path, quant
     """Export the promoted candidate into a staging folder, decide ``requests`` (default: the example
     requests) with the runtime in test mode on the last file, and only then move the files into
     ``dist``: a failed export or test run leaves nothing there. Returns what was written and decided."""
-    checked_gate(gate_file, candidate)
+    promoted = checked_gate(gate_file, candidate)["candidate"]["version"]
     _audit_keys(load_runtime_config(runtime_config))  # a key variable that is not set: said before the export
     dist = Path(dist)
     dist.mkdir(parents=True, exist_ok=True)
     staging = Path(tempfile.mkdtemp(prefix=".deploy-", dir=dist))
     try:
         staged = export(candidate, staging, list(quants or []), progress=False)
+        _same_model(promoted, {f.name: read_metadata(f)["so8t.model_version"] for f in staged}, candidate)
         version, results, records = _smoke_test(staged[-1], runtime_config, log_dir, requests)
+        _same_model(promoted, {f"{staged[-1].name} as the runtime loaded it": version}, candidate)
         files = _place(staged, dist)
     finally:
         shutil.rmtree(staging, ignore_errors=True)
