@@ -129,10 +129,12 @@ def extract_rows(logs: list[str | Path], queue: str | Path | None = None, review
             left_out["no_decision_record"] += 1
         elif not isinstance(decision.get("input"), str) or not decision["input"].strip():
             left_out["no_text"] += 1
-        elif not isinstance(decision.get("context"), str):  # written before contexts were stored (or no text)
+        elif decision["input"] in UNREADABLE_TEXTS:  # the queue's stand-in for a text under another key, or none
+            left_out["undecryptable"] += 1
+        elif not isinstance(decision.get("context"), str):  # written before contexts were stored
             left_out["context_not_recorded"] += 1
-        elif {decision["input"], decision["context"]} & set(UNREADABLE_TEXTS):  # the queue's stand-in for a text
-            left_out["undecryptable"] += 1                                      # under another key, or none
+        elif decision["context"] in UNREADABLE_TEXTS:
+            left_out["undecryptable"] += 1
         elif TRUNCATED.search(decision["input"]) or TRUNCATED.search(decision["context"]):
             left_out["truncated"] += 1
         elif label not in LABELS:  # a resolution record whose decision is not one of the three
