@@ -9,7 +9,7 @@ from hypothesis import strategies as st
 from so8t_lib.serve.config import EscalationConfig, RuntimeConfig
 from so8t_lib.serve.notify import Notifier
 from so8t_lib.serve.runtime import Agent
-from so8t_lib.serve.urgency import URGENT_NOTICE, is_urgent, is_urgent_rationale
+from so8t_lib.serve.urgency import URGENT_NOTICE, is_urgent, is_urgent_rationale, urgent_route
 from tests.test_runtime import FakeDecider
 
 
@@ -89,6 +89,48 @@ def test_a_possible_emergency_keeps_a_desk_the_routing_found(tmp_path):
     result = _agent(tmp_path, FakeDecider((0.2, 0.1, 0.7))).run_agent(None, "My manager harassed me and I want to die")
     assert result["category"] == "hr" and "urgent" in result["flags"]   # HR can resolve it; the line comes first
     assert result["rationale"].startswith(URGENT_NOTICE["en"])
+
+
+class _GuessingRouter:
+    """A learned router that sends whatever the keyword table does not settle to one desk (as a fitted router
+    always picks some desk)."""
+
+    def __init__(self, guess):
+        self.guess = guess
+
+    def route(self, request, context=None):
+        from so8t_lib.serve.categories import keyword_scores
+        from so8t_lib.serve.router import combine_routes
+
+        return combine_routes(keyword_scores(request, context), {self.guess: 1.0, "medical": 0.0})
+
+
+@pytest.mark.parametrize("text, category", [
+    ("a colleague is not breathing in the warehouse", "medical"),   # the table found no desk: the guess loses
+    ("上司が心停止", "medical"),
+    ("my coworker has a heart attack at the printer", "medical"),
+    ("My manager harassed me and I want to die", "hr"),               # the table's own desk stays
+    ("the contract says: call an ambulance, he is unconscious", "medical"),   # medical among the table's desks
+    ("Please approve my expense exception", "finance"),               # not urgent: the routing as it was
+    ("my colleague fainted in the meeting room", "hr"),              # not urgent and no keyword: the router's guess
+])
+def test_a_learned_routers_guess_never_takes_an_emergency_from_medical(tmp_path, text, category):
+    agent = _agent(tmp_path, FakeDecider((0.2, 0.1, 0.7)))
+    agent.router = _GuessingRouter("hr")
+    result = agent.run_agent(None, text)
+    assert result["category"] == category
+    failed = _agent(tmp_path, FakeDecider(behaviour="raise"))   # the fail-closed path routes the same way
+    failed.router = _GuessingRouter("hr")
+    assert failed.run_agent(None, text)["category"] == category
+
+
+def test_urgent_route_by_the_keyword_table():
+    assert urgent_route("general") == "medical" and urgent_route("hr") == "hr"   # routed by the table itself
+    assert urgent_route("hr", {"hr": 0, "medical": 0}) == "medical"            # a guess where the table found none
+    assert urgent_route("hr", {"hr": 2, "medical": 1}) == "hr"
+    assert urgent_route("legal", {"legal": 1, "medical": 1}) == "medical"      # a tie with medical: medical
+    assert urgent_route("hr", {"hr": 1, "legal": 2}) == "medical"              # not a desk the table chose
+    assert urgent_route("general", {}) == "medical"
 
 
 def test_an_urgent_decision_whose_audit_record_fails_keeps_the_emergency_line(tmp_path, monkeypatch):

@@ -39,7 +39,7 @@ from .applog import configure_logging
 from .audit import AuditLog, AuditWriteError
 from .audit_verify import make_fernet
 from .backends import load_decider
-from .categories import categorize
+from .categories import categorize, keyword_scores
 from .config import RuntimeConfig, load_runtime_config, runtime_paths
 from .deciding import decide_all
 from .escalation import EscalationQueue
@@ -278,8 +278,7 @@ class Agent:
         """The request's result, finished and recorded; an ALLOW whose answer is to be written later is handed
         to ``defer`` unfinished instead, and None is returned."""
         urgent = is_urgent(clean.user_request, clean.context)
-        category = self._categorize(clean.user_request, clean.context)
-        category = urgent_route(category) if urgent else category
+        category = self._categorize(clean.user_request, clean.context, urgent)
         notify, lang = self.config.escalation.routes[category].notify or category, detect_lang(clean.user_request)
         if probs is None:  # emergency mode
             decision, confidence, prob_map = "ESCALATE", None, None
@@ -303,15 +302,19 @@ class Agent:
             result["task_response"], result["error"] = self._generate(clean.user_request, clean.context)
         return self._finish(result, clean, start)
 
-    def _categorize(self, request: str, context: str | None) -> str:
+    def _categorize(self, request: str, context: str | None, urgent: bool = False) -> str:
         """The route: the learned router where one is configured, the keyword table otherwise or if it fails
-        (a route never changes the decision, only who reviews it)."""
+        (a route never changes the decision, only who reviews it). A possible emergency goes to medical unless
+        the keyword table found another desk (``urgent_route``): never by the learned router's guess alone."""
+        routed = None
         if self.router is not None:
             try:
-                return self.router.route(request, context)
+                routed = self.router.route(request, context)
             except Exception:  # noqa: BLE001
                 logger.exception("the escalation router failed; routing by the keyword table")
-        return categorize(request, context)
+        if routed is None:
+            routed = categorize(request, context)
+        return urgent_route(routed, keyword_scores(request, context)) if urgent else routed
 
     def _fail_closed(self, item, reason: str, start: float, flags: list[str] | None = None) -> dict:
         """ESCALATE for a request that could not be decided, storing only a bounded prefix of it."""
@@ -321,8 +324,7 @@ class Agent:
         context = bounded(item.get("context"), v.max_context_chars)
         user_id = bounded(item.get("user_id"), v.max_user_id_chars)
         urgent = is_urgent(text, context)
-        category = self._categorize(text or "", context)
-        category = urgent_route(category) if urgent else category
+        category = self._categorize(text or "", context, urgent)
         result = fail_closed(make_result("ESCALATE", "", None, None, None, category, self.model_version,
                                          self._flags(flags or [])), reason, detect_lang(text or ""))
         if urgent:

@@ -5,16 +5,18 @@ that a person reads within minutes is too slow for someone who is not breathing,
 request for signs of an emergency (a keyword screen, Japanese and English, on the same matching form as the
 routing table). A match never changes the decision. It puts the emergency line first in the rationale, in the
 request's language (also when the request fails closed); adds the ``urgent`` flag; marks the notification
-URGENT; and routes to ``medical`` a request that the routing would have sent to ``general``, keeping any other
-desk (a false alarm must not take a case from the desk that can resolve it). A false alarm costs a sentence and
-an URGENT mark; a miss leaves the case with the ordinary wording. The phrases are about a person ("not
-breathing", 意識がない), not words that also describe a server ("unresponsive") or a feeling (胸が痛む).
+URGENT; and routes to ``medical`` a request unless the keyword table found another desk for it (a false alarm
+must not take a case from the desk that can resolve it; the learned router's guess where the table found
+nothing is no such desk). A false alarm costs a sentence and an URGENT mark; a miss leaves the case with the
+ordinary wording. The phrases are about a person ("not breathing", 意識がない), not words that also describe a
+server ("unresponsive") or a feeling (胸が痛む).
 """
 
 from __future__ import annotations
 
 import re
 import unicodedata
+from collections.abc import Mapping
 
 from ..core.schema import FALLBACK_CATEGORY
 from ..data.tables import detect_lang
@@ -62,9 +64,17 @@ def is_urgent_case(case: dict) -> bool:
     return bool(case.get("urgent")) or is_urgent_rationale(case.get("rationale"))
 
 
-def urgent_route(routed: str) -> str:
-    """Medical staff for a possible emergency the routing gave to nobody in particular; otherwise its desk."""
-    return URGENT_CATEGORY if routed == FALLBACK_CATEGORY else routed
+def urgent_route(routed: str, keywords: Mapping[str, int] | None = None) -> str:
+    """Medical staff for a possible emergency, unless the keyword table found another desk for it. ``keywords``:
+    the table's hits per category (``categories.keyword_scores``); ``routed`` stays only where it is one of the
+    table's top desks and medical is not among them (a learned router's guess, made where the table found
+    nothing, never takes an emergency from medical). Without ``keywords``, ``routed`` is the table's own choice."""
+    if keywords is None:
+        return URGENT_CATEGORY if routed == FALLBACK_CATEGORY else routed
+    top = max(keywords.values(), default=0)
+    if top <= 0 or keywords.get(routed, 0) < top or keywords.get(URGENT_CATEGORY, 0) == top:
+        return URGENT_CATEGORY
+    return routed
 
 
 def mark_urgent(result: dict, request: str | None) -> dict:
