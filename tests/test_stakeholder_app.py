@@ -100,6 +100,29 @@ def test_the_threshold_changes_the_rule_and_reuses_the_loaded_model(tmp_path):
     assert decider.calls == 2
 
 
+def test_a_new_model_or_threshold_clears_the_old_decision(tmp_path):
+    """The shown decision belongs to the setting it was made under: an ALLOW must not stay on the page
+    after the threshold moves, nor under a newly picked model that cannot load (every request fails closed)."""
+    def factory(model, threshold, log_dir, cached):
+        return make_agent(model, threshold, log_dir, cached or (FixedDecider([0.97, 0.02, 0.01])
+                                                               if model == "good-model" else None))
+
+    app = build_app(["good-model", str(tmp_path / "missing.gguf")], 0.8, tmp_path / "logs", model="good-model",
+                    agent_factory=factory)
+    app.example_buttons[0].click()
+    assert 'data-decision="ALLOW"' in app.result_html.value
+    app.threshold_slider.value = 0.99
+    assert "data-decision" not in app.result_html.value and app.last_result is None
+    assert "press Decide" in app.result_html.value
+
+    app.threshold_slider.value = 0.8
+    app.example_buttons[0].click()
+    assert 'data-decision="ALLOW"' in app.result_html.value
+    app.model_picker.value = str(tmp_path / "missing.gguf")
+    assert "fails closed" in app.status_html.value
+    assert "data-decision" not in app.result_html.value and app.last_result is None
+
+
 def test_failures_are_messages_never_tracebacks(tmp_path):
     app = app_with(tmp_path, FixedDecider([0.3, 0.3, 0.4], broken=True))
     app.request_box.value = "   "

@@ -37,6 +37,8 @@ INTRO = ("<h2 style='margin-bottom:4px'>SO8T safety gate</h2><div style='color:#
          "(a person with the right role decides). Demo mode: records are marked as tests and nobody is notified."
          "</div>")
 IDLE = render_message("info", "Type a request or pick an example, then press Decide.")
+CHANGED = render_message("info", "The model or the threshold changed: press Decide to see what this setting "
+                         "decides.")
 
 
 def make_agent(model_path: str, threshold: float, log_dir: str | Path, decider=None) -> Agent:
@@ -113,6 +115,10 @@ class StakeholderApp:
 
     # ----- the agent ------------------------------------------------------------------------------
     def _reload(self, _=None) -> None:
+        """A new model or threshold: the shown decision was made under the old one (an ALLOW could stay
+        under a model that fails closed), so the result area goes back to a prompt before loading."""
+        self.last_result = None
+        self.result_html.value = CHANGED
         with self.log_output:
             self._load()
 
