@@ -105,8 +105,10 @@ class DashboardData:
         done = total(now) - total(base)
         old_buckets = dict(base["buckets"])
         recent_buckets = [(le, c - old_buckets.get(le, 0.0)) for le, c in now["buckets"]]
-        use = recent_buckets if recent_buckets and recent_buckets[-1][1] > 0 else now["buckets"]
-        latency = {f"p{int(q * 100)}": _ms(histogram_quantile(q, use)) for q in (0.5, 0.95, 0.99)}
+        # only the window's calls: with none in it, "–" rather than an old burst's (all-time) percentiles
+        recent = bool(recent_buckets) and recent_buckets[-1][1] > 0
+        latency = {f"p{int(q * 100)}": _ms(histogram_quantile(q, recent_buckets)) if recent else None
+                   for q in (0.5, 0.95, 0.99)}
         mix = collections.Counter()
         categories = collections.Counter()
         for (decision, category), value in now["decisions"].items():

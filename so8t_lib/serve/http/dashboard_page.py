@@ -26,7 +26,7 @@ table{border-collapse:collapse;width:100%}td,th{text-align:left;padding:3px 6px;
 <polyline id="spark" points=""/></svg></section>
 <section><h2>Latency (decision calls, 5 min)</h2><table>
 <tr><th>p50</th><td id="p50">–</td></tr><tr><th>p95</th><td id="p95">–</td></tr><tr><th>p99</th><td id="p99">–</td></tr>
-</table><div class="unit">milliseconds, from the latency histogram</div></section>
+</table><div class="unit">milliseconds, from the latency histogram; – when no call came in the last 5 min</div></section>
 <section><h2>Errors and escalations (5 min)</h2><table>
 <tr><th>gate error rate</th><td id="error-rate">–</td></tr><tr><th>HTTP 5xx rate</th><td id="http-error-rate">–</td></tr>
 <tr><th>escalation rate</th><td id="escalation-rate">–</td></tr><tr><th>fail-closed (total)</th><td id="fail-closed">–</td></tr>
