@@ -255,3 +255,21 @@ def test_a_withdrawn_resolution_is_not_counted(tmp_path):
                             now=dt.datetime(2026, 12, 1, tzinfo=UTC))
     case = report.tables["escalations"].set_index("case_id").loc["esc_1"]
     assert case["resolutions"] == 1 and case["human_decision"] == "ALLOW" and case["minutes_to_first_resolution"] == 30
+
+
+def test_replicas_are_named_against_the_log_name_and_told_apart_by_folder(tmp_path):
+    """A hyphen in the configured log name is no replica (so8t-audit.jsonl is the main chain), and the
+    main chains of replicas in their own folders (--logs logs/r1 --logs logs/r2) are not all "main"."""
+    day = dt.date(2026, 11, 2)
+    _decision(AuditLog(tmp_path / "a" / "so8t-audit.jsonl"), 1, _at(2, 9), "ESCALATE", "lean-ALLOW", model="m@1")
+    _decision(AuditLog(tmp_path / "a" / "so8t-audit-r2.jsonl"), 2, _at(2, 9), "ALLOW", model="m@2")
+    report, _ = make_report([tmp_path / "a"], day, day, name="so8t-audit.jsonl", now=dt.datetime(2026, 12, 1, tzinfo=UTC))
+    assert report.tables["models"][["model_version", "replicas"]].values.tolist() == [["m@1", "main"], ["m@2", "r2"]]
+    assert report.tables["escalations"]["replica"].tolist() == ["main"]
+
+    _decision(AuditLog(tmp_path / "logs" / "r1" / "audit.jsonl"), 3, _at(2, 9), "ALLOW", model="m@1")
+    _decision(AuditLog(tmp_path / "logs" / "r2" / "audit.jsonl"), 4, _at(2, 9), "ALLOW", model="m@2")
+    report, _ = make_report([tmp_path / "logs" / "r1", tmp_path / "logs" / "r2"], day, day,
+                            now=dt.datetime(2026, 12, 1, tzinfo=UTC))
+    assert report.tables["models"][["model_version", "replicas"]].values.tolist() == [["m@1", "r1/main"],
+                                                                                      ["m@2", "r2/main"]]

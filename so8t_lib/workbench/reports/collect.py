@@ -1,8 +1,9 @@
 """Reading the audit chains a report is made from: every replica's chain of every log folder,
 verified first, decrypted with the key when the log is encrypted, cut to a date range.
 
-Records keep what they were written with plus ``chain`` (``<folder>/<log name>``, which names the
-replica) and ``at`` (the timestamp as an aware UTC datetime). Nothing here prints a record.
+Records keep what they were written with plus ``chain`` (``<folder>/<log name>``), ``replica`` (which
+process wrote it, see ``replica_label``) and ``at`` (the timestamp as an aware UTC datetime). Nothing here
+prints a record.
 """
 
 from __future__ import annotations
@@ -15,6 +16,7 @@ from ...serve.audit_verify import read_chains, verify_chains
 from ...serve.outcome import parse_time
 
 PERIODS = ("daily", "weekly")
+MAIN_REPLICA = "main"  # the chain named by the log name itself (the process without a replica name)
 
 
 class ReportError(ValueError):
@@ -61,6 +63,26 @@ class Collected:
         return [f"{Path(chain).name}: {e}" for chain, r in self.verification.items() for e in r["errors"]]
 
 
+def replica_label(chain: str, name: str = "audit.jsonl", folder: str | None = None) -> str:
+    """``audit-r2.jsonl`` -> ``r2``, the log name itself -> ``main``, read against the configured ``name``
+    (a hyphen in it, ``so8t-audit.jsonl``, is no replica); ``folder`` tells the same chain name in
+    different log folders apart (``r1/main``, ``r2/main``)."""
+    stem, suffix = Path(name).stem, Path(name).suffix
+    replica = MAIN_REPLICA
+    if chain != name and chain.startswith(f"{stem}-") and chain.endswith(suffix):
+        replica = chain[len(stem) + 1:len(chain) - len(suffix)]
+    return f"{folder}/{replica}" if folder else replica
+
+
+def _folder_labels(folders: list[Path]) -> dict[Path, str | None]:
+    """No label for one folder; otherwise each folder's name, or its whole path where two names are alike."""
+    if len(folders) < 2:
+        return {folder: None for folder in folders}
+    names = [folder.name for folder in folders]
+    return {folder: folder.name if folder.name and names.count(folder.name) == 1 else str(folder)
+            for folder in folders}
+
+
 def collect(folders: list[str | Path], key: str | bytes | None = None, hmac_key: str | bytes | None = None,
             include_tests: bool = False, name: str = "audit.jsonl") -> Collected:
     """Verify every chain of ``folders``, then read their records (decrypted with ``key``); test-mode
@@ -74,6 +96,7 @@ def collect(folders: list[str | Path], key: str | bytes | None = None, hmac_key:
         raise ReportError(f"no log folder at {', '.join(missing)}")
     verification = verify_chains(folders, name, hmac_key)
     records, tests, undated, unreadable = [], 0, 0, []
+    labels = _folder_labels(folders)
     try:
         for folder in folders:
             for chain, record in read_chains(folder, name, key, unreadable):
@@ -84,7 +107,8 @@ def collect(folders: list[str | Path], key: str | bytes | None = None, hmac_key:
                 if at is None:
                     undated += 1
                     continue
-                records.append({**record, "chain": str(folder / chain), "at": at})
+                records.append({**record, "chain": str(folder / chain), "at": at,
+                                "replica": replica_label(chain, name, labels[folder])})
     except ValueError as exc:  # encrypted without the key, or with another key
         raise ReportError(str(exc)) from None
     notes = [f"{undated} record(s) without a readable timestamp were left out"] if undated else []

@@ -26,7 +26,7 @@ from ...core.schema import HUMAN_DECISIONS, LABELS
 from ...data.tables import detect_lang
 from ...serve.masking import mask_personal_data
 from ...serve.resolutions import standing_resolutions
-from .collect import Collected, day_range, period_of
+from .collect import Collected, day_range, period_of, replica_label
 
 DECISION_COLUMNS = ["period", "decision", "category", "lang", "count"]
 CASE_COLUMNS = ["case_id", "request_id", "replica", "period", "opened_at", "category", "lang", "fail_closed",
@@ -58,10 +58,10 @@ class ComplianceReport:
         return f"SO8T compliance report {self.date_from.isoformat()} to {self.date_to.isoformat()}"
 
 
-def replica_of(chain: str) -> str:
-    """``logs/audit-r2.jsonl`` -> ``r2``; the folder's own chain is ``main``."""
-    stem = Path(chain).stem
-    return stem.split("-", 1)[1] if "-" in stem else "main"
+def replica_of(record: dict) -> str:
+    """The replica ``collect`` worked out from the configured log name and folder; for a record made
+    elsewhere, its chain read against the default log name."""
+    return record.get("replica") or replica_label(Path(record["chain"]).name)
 
 
 def _leaning(record: dict) -> str | None:
@@ -97,7 +97,7 @@ def _cases(decisions: list[dict], resolutions: dict[str, list[dict]], period, sl
         minutes = (first["at"] - record["at"]).total_seconds() / 60 if first else None
         waited = (first["at"] if first else cutoff) - record["at"]
         rows.append({
-            "case_id": case_id, "request_id": record.get("request_id"), "replica": replica_of(record["chain"]),
+            "case_id": case_id, "request_id": record.get("request_id"), "replica": replica_of(record),
             "period": period(record["at"]), "opened_at": record["at"].isoformat(timespec="seconds"),
             "category": record.get("category"), "lang": _lang(record),
             "fail_closed": "fail_closed" in (record.get("flags") or []), "model_leaning": leaning,
@@ -158,7 +158,7 @@ def build_report(collected: Collected, date_from: dt.date, date_to: dt.date, per
     fail_table = (fail_table.groupby(["period", "reason"]).size().reset_index(name="count") if len(fail_table)
                   else pd.DataFrame(columns=["period", "reason", "count"]))
     models = pd.DataFrame([{"model_version": r.get("model_version") or "unknown", "at": r["at"],
-                            "replica": replica_of(r["chain"])} for r in decisions],
+                            "replica": replica_of(r)} for r in decisions],
                           columns=["model_version", "at", "replica"])
     model_table = pd.DataFrame(
         [{"model_version": version, "first_decision": group["at"].min().isoformat(timespec="seconds"),
@@ -168,7 +168,7 @@ def build_report(collected: Collected, date_from: dt.date, date_to: dt.date, per
     switches = pd.DataFrame(
         [{"at": r["at"].isoformat(timespec="seconds"), "mode": r.get("mode"), "enabled": r.get("enabled"),
           "source": r.get("source"), "by": mask_personal_data(str(r.get("by") or "")),
-          "replica": replica_of(r["chain"])} for r in in_range if r.get("event") == "mode_change"],
+          "replica": replica_of(r)} for r in in_range if r.get("event") == "mode_change"],
         columns=["at", "mode", "enabled", "source", "by", "replica"])
     by_class = {label: sum(1 for r in decisions if r.get("decision") == label) for label in LABELS}
     summary = {
