@@ -36,7 +36,7 @@ from .queue_sql import cases, resolutions
 
 logger = logging.getLogger("so8t.escalation")
 
-ENCRYPTED_FIELDS = ("user_id", "input", "rationale", "note")
+ENCRYPTED_FIELDS = ("user_id", "input", "context", "rationale", "note")
 REDACTED_FIELDS = ENCRYPTED_FIELDS  # what retention blanks: every text that may hold personal data
 ENCRYPTED_MARK = "enc:"
 
@@ -226,7 +226,8 @@ class EscalationQueue:
         due = iso(dt.datetime.fromisoformat(created) + dt.timedelta(seconds=self.escalation_timeout_s))
         row = {"case_id": case["case_id"], "created_at": created, "due_at": due, "request_id": case.get("request_id"),
                "user_id": self._seal(case.get("user_id")), "category": case.get("category"),
-               "input": self._seal(case.get("input")), "rationale": self._seal(case.get("rationale")),
+               "input": self._seal(case.get("input")), "context": self._seal(case.get("context")),
+               "rationale": self._seal(case.get("rationale")),
                "confidence": case.get("confidence"), "status": "open", "notifications": "[]",
                "test": int(bool(case.get("test"))), "error": case.get("error"), "urgent": int(bool(case.get("urgent"))),
                "client": case.get("client")}

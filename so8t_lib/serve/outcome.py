@@ -115,13 +115,15 @@ def audit_record(result: dict, request: str | None, user_id: str | None, test: b
 
 
 def escalation_case(result: dict, request: str | None, user_id: str | None, test: bool, limit: int,
-                    client: str | None = None) -> dict:
-    """The queue's copy: personal data masked in the input (the user id is masked by the caller); ``client``, the
-    API key that asked, is the one that may read the outcome."""
+                    client: str | None = None, context: str | None = None) -> dict:
+    """The queue's copy: personal data masked in the input and its context (the reviewer decides on the two, as
+    the gate did; the user id is masked by the caller); ``client``, the API key that asked, is the one that may
+    read the outcome."""
     return {
         "case_id": result["escalation_id"], "created_at": dt.datetime.now(dt.UTC).isoformat(timespec="seconds"),
         "request_id": result["request_id"], "user_id": user_id, "category": result["category"],
-        "input": masked_bounded(request, limit) if request is not None else None, "rationale": result["rationale"],
+        "input": masked_bounded(request, limit) if request is not None else None,
+        "context": masked_bounded(context or "", limit) if request is not None else None, "rationale": result["rationale"],
         "confidence": result["confidence"], "test": test, "error": result.get("error"),
         "urgent": URGENT_FLAG in result.get("flags", ()), "client": client,
     }

@@ -53,6 +53,7 @@ cases = Table(
     Column("overdue_at", Text), Column("error", Text),
     Column("urgent", Integer, nullable=False, server_default="0"),  # the emergency screen marked the request
     Column("client", Text),  # the API key that asked over HTTP: the one that may read the outcome
+    Column("context", Text),  # what the gate read with the request ("" for none; NULL in cases made before)
 )
 resolutions = Table(
     "resolutions", metadata,

@@ -367,7 +367,7 @@ class Agent:
         result["escalation_id"] = new_case_id()
         limit = self.config.logging.max_field_chars
         stored_uid = pseudonym(user_id, self._mac_key) if self.config.logging.mask_personal_data else user_id
-        case = escalation_case(result, request, stored_uid, self.test_mode, limit, asked.client)
+        case = escalation_case(result, request, stored_uid, self.test_mode, limit, asked.client, asked.context)
         ticket = self.desk.open(case, self.audit.prepare(self._record(result, asked)))
         result["escalation_status"] = self.desk.try_queue(ticket)
         if not ticket.queued:

@@ -31,7 +31,8 @@ UNREADABLE = ".unreadable"  # appended to an entry set aside for a person
 # rename then failed and the case went unqueued.)
 STALE_PART_S = 30.0
 # The case fields the queue stores as text (``EscalationQueue.add``); each is a string or missing/None.
-CASE_TEXT_FIELDS = ("request_id", "user_id", "category", "input", "rationale", "created_at", "error", "client")
+CASE_TEXT_FIELDS = ("request_id", "user_id", "category", "input", "context", "rationale", "created_at", "error",
+                    "client")
 
 
 def check_entry(data: object) -> None:

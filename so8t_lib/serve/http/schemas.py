@@ -106,6 +106,7 @@ class EscalationCase(BaseModel):
     user_id: str | None = None
     category: str | None = None
     input: str | None = None
+    context: str | None = None  # what the gate read with the request ("" for none; None in cases made before)
     rationale: str | None = None
     confidence: float | None = None
     status: str
