@@ -77,3 +77,25 @@ def test_the_limits_name_the_router_the_runtime_configs_use(tmp_path):
     root = Path(__file__).resolve().parents[1]
     shipped = model_card.runtime_routers(tuple(root / c for c in model_card.RUNTIME_CONFIGS))
     assert len(shipped) == 2 and all(shipped.values())
+
+
+def test_the_card_shows_only_its_own_figures_linked_from_where_it_is_written(tmp_path, monkeypatch):
+    """The card listed figures/ of the current folder whatever --figures and --out said: a tiny model's card
+    showed the pretrained default's figures, through links broken next to the card."""
+    from so8t_lib.cli.card import main as card
+
+    root = Path(__file__).resolve().parents[1]
+    monkeypatch.chdir(root)  # where figures/ holds the default's figures
+    args = ["--config", "configs/tiny-training.yaml", "--eval", "experiments/eval/so8t-tiny.json", "--quant",
+            str(tmp_path / "none.json"), "--ablation", str(tmp_path / "none.json"), "--compare", "", "--refit", "",
+            "--operating-points", "", "--seeds", "", "--follow-up", str(tmp_path / "none.json")]
+    out = tmp_path / "cards" / "tiny.md"
+    card([*args, "--out", str(out), "--figures", ""])
+    assert "## Figures" not in out.read_text(encoding="utf-8") and "figures/" not in out.read_text(encoding="utf-8")
+
+    card([*args, "--out", str(out), "--figures", str(tmp_path / "tiny-figures")])
+    text = out.read_text(encoding="utf-8")
+    links = [line.split("(")[1].rstrip(")") for line in text.splitlines() if line.startswith("![")]
+    assert links and all(link.startswith("../tiny-figures/") for link in links), links
+    assert all((out.parent / link).is_file() for link in links)
+    assert [Path(link).name for link in links] == list(model_card.plots.EVALUATION_FIGURES), "no result, no figure"

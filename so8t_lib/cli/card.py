@@ -59,15 +59,16 @@ def main(argv: list[str] | None = None) -> None:
         if run_config is not None:
             print(f"{run_config} is missing; the recipe is read from {args.config}")
         config = read_config_mapping(args.config)
-    if args.figures:
-        for path in write_figures(Path(args.eval), Path(args.quant), Path(args.ablation), Path(args.figures)):
-            print(f"drew {path}")
+    figures = write_figures(Path(args.eval), Path(args.quant), Path(args.ablation), Path(args.figures)) \
+        if args.figures else []
+    for path in figures:
+        print(f"drew {path}")
     follow_ups = tuple(Path(p) for p in (args.follow_up if args.follow_up is not None else FOLLOW_UP_ABLATIONS))
     card = build_card(config, Path(args.eval), Path(args.quant), Path(args.ablation), follow_ups=follow_ups,
                       compare_json=Path(args.compare) if args.compare else None,
                       compare_label=args.compare_label, refit_json=Path(args.refit) if args.refit else None,
                       points_json=Path(args.operating_points) if args.operating_points else None,
                       points_recipe=args.operating_points_recipe,
-                      seeds_json=Path(args.seeds) if args.seeds else None)
+                      seeds_json=Path(args.seeds) if args.seeds else None, figures=figures, card_path=Path(args.out))
     out = atomic_write_text(args.out, card)
     print(f"wrote {out}")

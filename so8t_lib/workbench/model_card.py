@@ -3,7 +3,8 @@ written by a named command, and a missing file is said to be missing, never fill
 
     so8t card [--config configs/training.yaml] [--eval experiments/eval/so8t-demo.json] [--out MODEL_CARD.md]
 
-It also redraws the card's figures from the same files (``--figures ""`` skips them): the evaluation
+It also redraws the card's figures from the same files into ``--figures`` (``""`` skips them, and the card then
+shows none; it never shows a figures/ folder it did not draw): the evaluation
 figures from the test-split report, the quantization ladder from the GGUF benchmark, the ablation
 from its table. A fresh clone can therefore regenerate the card and ``figures/`` without a model.
 
@@ -16,6 +17,8 @@ evaluation of the same recipe on the previous corpus when there is one, and the 
 from __future__ import annotations
 
 import json
+import os
+from collections.abc import Sequence
 from pathlib import Path
 
 from ..data.tables import load_split
@@ -72,6 +75,18 @@ def write_figures(eval_json: Path, quant_json: Path, ablation_json: Path, figure
     for file, fig in drawn.items():
         written += plots.save_figure(fig, Path(figures_dir) / file)
     return written
+
+
+def figure_section(figures: Sequence[Path], card_path: Path) -> list[str]:
+    """Only this card's own figures (another model's in a figures/ folder that happens to be there would be
+    shown as this model's), in the card's order, each linked from where the card is written."""
+    by_name = {Path(f).name: Path(f) for f in figures}
+    shown = [by_name[name] for name in CARD_FIGURES if name in by_name]
+    if not shown:
+        return []
+    base = Path(card_path).absolute().parent
+    links = [Path(os.path.relpath(Path(f).absolute(), base)).as_posix() for f in shown]
+    return ["", "## Figures", ""] + [f"![{f.stem}]({link})" for f, link in zip(shown, links)]
 
 
 FOLLOW_UP_ABLATIONS = ("experiments/ablation/random_init/ablation.json",
@@ -181,13 +196,15 @@ def build_card(config: dict, eval_json: Path, quant_json: Path, ablation_json: P
                follow_ups: tuple[Path, ...] = (), compare_json: Path | None = None,
                compare_label: str = "the previous corpus", refit_json: Path | None = None,
                points_json: Path | None = None, points_recipe: str | None = None,
-               seeds_json: Path | None = None, runtime_configs: tuple[str | Path, ...] = RUNTIME_CONFIGS) -> str:
+               seeds_json: Path | None = None, runtime_configs: tuple[str | Path, ...] = RUNTIME_CONFIGS,
+               figures: Sequence[Path] = (), card_path: Path = Path("MODEL_CARD.md")) -> str:
     """The card's markdown for the run trained with ``config`` (a config mapping); ``follow_ups`` are further
     ablation results quoted by their conclusion and geometry, ``compare_json`` an evaluation of the same
     recipe trained on another corpus (``compare_label``), ``refit_json`` the head-refit benchmark,
     ``points_json`` the operating-point benchmark (its entry ``points_recipe``, default the model's name),
     ``seeds_json`` the seed-ensemble benchmark (the spread between seeds); each only if given and its file exists.
-    ``runtime_configs`` are the serving configs whose escalation routing the limits name."""
+    ``runtime_configs`` are the serving configs whose escalation routing the limits name. ``figures``: the files
+    ``write_figures`` drew for this card (none: no figure section), linked relative to ``card_path``'s folder."""
     model, training = config.get("model", {}), config.get("training", {})
     evaluation, quant, ablation = _load(eval_json), _load(quant_json), _load(ablation_json)
     compare = _load(Path(compare_json)) if compare_json else None
@@ -253,9 +270,7 @@ def build_card(config: dict, eval_json: Path, quant_json: Path, ablation_json: P
                           f"`{more.get('summary_csv', '?')}`, baseline `{more.get('baseline', 'none')}`): "
                           f"{more['conclusion']}",
                       "", more.get("geometry", "").replace("\n", " ")]
-    figures = [f for f in CARD_FIGURES if (Path("figures") / f).is_file()]
-    if figures:
-        lines += ["", "## Figures", ""] + [f"![{f[:-4]}](figures/{f})" for f in figures]
+    lines += figure_section(figures, card_path)
     seeds = _load(Path(seeds_json)) if seeds_json else None
     lines += ["", *card_sections.limits_section(model, seeds, str(seeds_json), runtime_routers(runtime_configs))]
     return "\n".join(lines)
