@@ -3,10 +3,20 @@ numbers (マイナンバー) and names marked by an honorific or a title. Used o
 stored input, user id and note, and on the escalation queue.
 
 The text is NFKC-normalised first, so full-width ``ｔａｎａｋａ＠ｅｘａｍｐｌｅ．ｃｏｍ`` or
-``０９０－１２３４－５６７８`` is masked like its ASCII form. Every pattern runs in linear time: a
-match can only start where a run of its characters starts (look-behind guards), and the repeats
-are possessive or bounded, so a long run of letters or digits is scanned once, not once per
-position. Names without an honorific or a title ("Tanaka Taro") are not recognised.
+``０９０（１２３４）５６７８`` is masked like its ASCII form. Every pattern runs in linear time: a match can only
+start where a run of its characters starts (look-behind guards), and the repeats are possessive or
+bounded, so a long run of letters or digits is scanned once, not once per position.
+
+Names, Japanese: the kanji/katakana run before an honorific or a title (さん, 様, 部長, ...), with a
+hiragana given name (佐藤さくらさん) or a given name after one space (田中 太郎様: any two short words
+apart by a space before an honorific are read as one name). A department or company written before
+the name stays (総務課山田花子さん, 株式会社サクラ営業部佐藤部長, ミナト商事 田中様): only what follows
+its last unit (部, 課, 室, ...) is masked. A name wholly in hiragana is masked after a kanji family
+name or at the start of a phrase (さくらさん), not after a particle (田中さんとさくらさん), since hiragana
+before さん is mostly grammar (今日はみなさん). Not masked: set phrases and roles (お客様, 皆様, 担当者様,
+ご苦労様, 副社長, ベンダーさん), titles used as words (部長会議, 課長 alone), companies (サクラ商事様).
+English: a title (Mr., Dr., ...) or a -san suffix. Names without an honorific or a title ("Tanaka
+Taro", 山田は) are not recognised.
 """
 
 from __future__ import annotations
@@ -16,28 +26,96 @@ import unicodedata
 
 EMAIL = re.compile(r"(?<![A-Za-z0-9._%+-])[A-Za-z0-9._%+-]++@[A-Za-z0-9-]++(?:\.[A-Za-z0-9-]++)+")
 _SEP = r"[ \-‐‑‒–—―−ー]"
-# 13-19 digits in groups (cards) before 12-digit My Number and phones, so the longest match wins.
-CARD = re.compile(rf"(?<!\d)(?:\d{_SEP}?){{12,18}}\d(?!\d)")
+# 13-19 digits in groups (cards) before 12-digit My Number and phones, so the longest match wins; groups of
+# four may also be apart by a dot or two spaces ("4111.1111.1111.1111"), not a lone decimal point ("3.14159...")
+CARD = re.compile(rf"(?<!\d)(?:\d{_SEP}?){{12,18}}\d(?!\d)|"
+                  rf"(?<![\d.])\d{{4}}(?:(?:\.|{_SEP}{{1,2}})\d{{4}}){{2,3}}(?:(?:\.|{_SEP}{{1,2}})\d{{1,3}})?(?!\.?\d)")
 MY_NUMBER = re.compile(rf"(?<!\d)\d{{4}}{_SEP}?\d{{4}}{_SEP}?\d{{4}}(?!\d)")
-PHONE = re.compile(rf"(?<![0-9A-Za-z+])(?:\+\d{{1,3}}{_SEP}?\d{{1,4}}|\(?0\d{{1,4}}\)?){_SEP}?\d{{1,4}}{_SEP}?\d{{3,4}}(?!\d)")
-_HONORIFIC = r"(?:さん|様|さま|サマ|くん|君|ちゃん|氏|殿|先生|部長|課長|係長|主任|社長|専務|常務|室長|所長|支店長|本部長|次長)"
-NAME_JA = re.compile(rf"(?<![\u3005\u4e00-\u9fff\u30a1-\u30fa\u30fc])([\u3005\u4e00-\u9fff]{{1,6}}|[\u30a1-\u30fa\u30fc]{{2,8}})"
-                     rf"(?={_HONORIFIC})")
-# words before an honorific that are roles or set phrases, not names (お客様, 皆さん, ご苦労様, ご担当者様)
+# +81 90 1234 5678, +1 (415) 555-0100, 03-1234-5678, (03) 1234-5678, 03(1234)5678, 03.1234.5678; a number that
+# starts with 0 needs 9 digits or more (Japanese numbers have 10 or 11), so "05.12.2026" is a date
+_PSEP = rf"(?:{_SEP}|\.)"
+PHONE = re.compile(rf"(?<![0-9A-Za-z+.])(?:\+\d{{1,3}}{_SEP}?(?:\(\d{{1,4}}\)|\d{{1,4}})|\(0\d{{1,4}}\)|0\d{{1,4}})"
+                   rf"(?:{_PSEP}|\()?\d{{1,4}}(?:{_PSEP}|\))?\d{{3,4}}(?!\d)")
+_MIN_DOMESTIC_DIGITS = 9
+
+_KATA = r"\u30a1-\u30fa\u30fc"
+_KANJI_KATA = rf"\u3005\u4e00-\u9fff{_KATA}"
+_HIRA = r"\u3041-\u3096"
+# not where the honorific or title starts a compound (様子, 様式, 多様性, 部長会議, 課長級)
+_COMPOUND = r"(?![子式々相態性化]|会議|級|職|クラス|以上|相当|候補)"
+_PERSONAL = rf"(?:さん|(?<![仕同模異])様|さま|サマ|くん|君|ちゃん|氏|殿){_COMPOUND}"  # also after a given name
+_HONORIFIC = rf"(?:{_PERSONAL}|(?:先生|部長|課長|係長|主任|社長|専務|常務|室長|所長|支店長|本部長|次長){_COMPOUND})"
+# a kanji/katakana name (up to 24, so a department may lead it; ジョン・スミス), optionally a given name after
+# one space, and a hiragana given name of 2-4 (before さん, 様, ..., not a title: うちの部長); or a hiragana name
+# alone at the start of a phrase. お/ご before it: a set phrase (お客様, ご苦労様, お母さん)
+NAME_JA = re.compile(rf"(?<![{_KANJI_KATA}おご御])((?:[{_KATA}]{{1,12}}・)?[{_KANJI_KATA}]{{1,24}}"
+                     rf"(?: [{_KANJI_KATA}]{{1,8}})?(?:[{_HIRA}]{{2,4}}(?={_PERSONAL}))?)(?={_HONORIFIC})|"
+                     rf"(?<![{_KANJI_KATA}\u3041-\u309f])([{_HIRA}]{{2,4}})(?={_PERSONAL})")
+# words before an honorific that are roles or set phrases, not names (お客様, 皆さん, ご苦労様, ご担当者様, 副社長)
 _NOT_NAMES = frozenset({"客", "皆", "苦労", "担当者", "担当", "先方", "相手", "上司", "同僚", "部下", "社員", "世話", "奥",
                         "神", "王", "患者", "各位", "利用者", "管理者", "責任者", "関係者", "皆々", "方々", "御社", "貴社",
-                        "営業", "経理", "人事", "総務", "法務", "技術", "開発", "支店", "本部", "部", "課", "係"})
+                        "営業", "経理", "人事", "総務", "法務", "技術", "開発", "支店", "本部", "部", "課", "係",
+                        "新", "元", "前", "現", "副", "両", "各", "諸", "代表", "取締役", "代表取締役", "赤"})
+# hiragana before an honorific that is not a name (みなさん, たくさん, どちらさま, かみさま, あかちゃん), and a
+# particle that may open a hiragana given name after a kanji word (実例をたくさん, 1972年のあさま山荘)
+_NOT_HIRA_NAMES = ("みな", "みんな", "たく", "どちら", "どなた", "こちら", "そちら", "あちら", "かみ", "ほとけ", "だんな", "あか",
+                   "じい", "ばあ", "にい", "ねえ", "とう", "かあ", "ぼっ", "じょう", "て")
+_PARTICLES = "をのはがにへともでや"
+# katakana roles before さん (ベンダーさん, パートさん), not names
+_ROLES = ("ベンダー", "ドライバー", "デザイナー", "エンジニア", "パート", "バイト", "スタッフ", "メーカー", "ユーザー", "ヘルパー",
+          "オーナー", "リーダー", "マネージャー", "メンバー", "ゲスト", "クライアント", "パートナー", "ママ", "パパ")
+# the end of a department before a name: 総務課|山田, 営業部|佐藤 (two characters or more before the unit, so
+# 阿部 and 服部 are names; these longer family names end in 部 too)
+_DEPARTMENT = re.compile(r"(?<=..)(?:部|課|係|室|班|局|グループ|チーム|センター|支店|支社|営業所|事業所|工場)")
+_BE_NAMES = ("長谷部", "日下部", "曽我部", "宗我部", "矢田部", "五十部")
+_TITLE_PREFIXES = tuple("本副新元前")  # 営業本|部長 is 営業|本部長
+_HIRA_TAIL = re.compile(rf"[{_HIRA}]+$")
+_COMPANY = re.compile(r"^(?:株式|有限|合同)会社[^ ]*$|(?:会社|商事|工業|産業|物産|物流|運輸|建設|電機|不動産|銀行|証券|保険|商会|"
+                      r"商店|製作所|工務店|事務所|病院|薬局|ホールディングス)$")
 NAME_EN = re.compile(r"\b((?:Mr|Mrs|Ms|Miss|Mx|Dr|Prof)\.?\s+)[A-Z][a-zA-Z'-]+(?:\s+[A-Z][a-zA-Z'-]+)?")
 NAME_SAN = re.compile(r"\b[A-Z][a-z]+(-(?:san|sama|kun|chan|sensei|bucho|kacho|shacho))\b")
 
 
+def _hiragana_name(hiragana: str) -> bool:
+    """Whether hiragana before an honorific may be a given name (a particle before it aside)."""
+    core = hiragana[1:] if hiragana[0] in _PARTICLES else hiragana
+    return len(core) >= 2 and not core.startswith(("お", "ご")) and not hiragana.endswith(_NOT_HIRA_NAMES)
+
+
+def _name_part(run: str) -> int | None:
+    """Where the name starts in a run before an honorific (after its department or company, if any),
+    or None when the run is no name."""
+    start = 0
+    for unit in _DEPARTMENT.finditer(run):
+        if not run[:unit.end()].endswith(_BE_NAMES):
+            start = unit.end()
+    name = run[start:].lstrip(" ")
+    first, space, given = name.partition(" ")
+    if space and (first in _NOT_NAMES or _COMPANY.search(first)):
+        name = given  # ミナト商事 田中様, 営業 佐藤様
+    kanji = _HIRA_TAIL.sub("", name)
+    if not name or kanji in _NOT_NAMES or kanji[:-1] in _NOT_NAMES and kanji.endswith(_TITLE_PREFIXES) or \
+            kanji.endswith(_ROLES) or _COMPANY.search(kanji) or \
+            (kanji != name and not _hiragana_name(name[len(kanji):])):
+        return None
+    return len(run) - len(name)
+
+
 def _ja_name(match: re.Match) -> str:
-    return match.group() if match.group(1) in _NOT_NAMES else "[NAME]"
+    run = match.group()
+    start = _name_part(run)
+    return run if start is None else run[:start] + "[NAME]"
 
 
 def _card(match: re.Match) -> str:
     digits = re.sub(r"\D", "", match.group())
     return "[MY_NUMBER]" if len(digits) == 12 else "[CARD]"  # any 13-19 digit run: masking beats leaking
+
+
+def _phone(match: re.Match) -> str:
+    number = match.group()
+    domestic = not number.startswith("+")
+    return number if domestic and len(re.sub(r"\D", "", number)) < _MIN_DOMESTIC_DIGITS else "[PHONE]"
 
 
 def mask_personal_data(text: str) -> str:
@@ -47,7 +125,7 @@ def mask_personal_data(text: str) -> str:
     text = EMAIL.sub("[EMAIL]", text)
     text = CARD.sub(_card, text)
     text = MY_NUMBER.sub("[MY_NUMBER]", text)
-    text = PHONE.sub("[PHONE]", text)
+    text = PHONE.sub(_phone, text)
     text = NAME_EN.sub(r"\1[NAME]", text)
     text = NAME_SAN.sub(lambda m: f"[NAME]{m.group(1)}", text)
     return NAME_JA.sub(_ja_name, text)
