@@ -76,3 +76,14 @@ def test_names_after_a_department_and_phones_in_other_shapes_are_masked(text, ex
 ])
 def test_business_words_dates_and_versions_are_not_masked(text):
     assert mask_personal_data(text) == text
+
+
+@pytest.mark.parametrize("text, expected", [
+    ("tanaka\u200b@example.com", "[EMAIL]"),
+    ("tanaka\u00ad@example.com", "[EMAIL]"),
+    ("090\u200b-1234-5678", "[PHONE]"),
+    ("田中\u200bさん", "[NAME]さん"),
+    ("4111\u200b111111111111", "[CARD]"),
+])
+def test_invisible_characters_do_not_hide_personal_data(text, expected):
+    assert mask_personal_data(text) == expected

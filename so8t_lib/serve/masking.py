@@ -2,9 +2,11 @@
 numbers (マイナンバー) and names marked by an honorific or a title. Used on task responses, on every
 stored input, user id and note, and on the escalation queue.
 
-The text is NFKC-normalised first, so full-width ``ｔａｎａｋａ＠ｅｘａｍｐｌｅ．ｃｏｍ`` or
-``０９０（１２３４）５６７８`` is masked like its ASCII form. Every pattern runs in linear time: a match can only
-start where a run of its characters starts (look-behind guards), and the repeats are possessive or
+The text is NFKC-normalised and its invisible characters are removed first, so full-width
+``ｔａｎａｋａ＠ｅｘａｍｐｌｅ．ｃｏｍ``, ``０９０（１２３４）５６７８`` or a zero-width space inside an address,
+a number or before an honorific hides nothing (raw text is masked too: a request that failed
+validation, a model's answer). Every pattern runs in linear time: a match can only start where a
+run of its characters starts (look-behind guards), and the repeats are possessive or
 bounded, so a long run of letters or digits is scanned once, not once per position.
 
 Names, Japanese: the kanji/katakana run before an honorific or a title (さん, 様, 部長, ...), with a
@@ -23,6 +25,8 @@ from __future__ import annotations
 
 import re
 import unicodedata
+
+from .textforms import strip_invisible
 
 EMAIL = re.compile(r"(?<![A-Za-z0-9._%+-])[A-Za-z0-9._%+-]++@[A-Za-z0-9-]++(?:\.[A-Za-z0-9-]++)+")
 _SEP = r"[ \-‐‑‒–—―−ー]"
@@ -119,9 +123,9 @@ def _phone(match: re.Match) -> str:
 
 
 def mask_personal_data(text: str) -> str:
-    """The text (NFKC) with personal identifiers replaced by ``[EMAIL]``, ``[CARD]``,
-    ``[MY_NUMBER]``, ``[PHONE]`` and ``[NAME]``."""
-    text = unicodedata.normalize("NFKC", text)
+    """The text (NFKC, invisible characters removed) with personal identifiers replaced by
+    ``[EMAIL]``, ``[CARD]``, ``[MY_NUMBER]``, ``[PHONE]`` and ``[NAME]``."""
+    text, _ = strip_invisible(unicodedata.normalize("NFKC", text))
     text = EMAIL.sub("[EMAIL]", text)
     text = CARD.sub(_card, text)
     text = MY_NUMBER.sub("[MY_NUMBER]", text)
