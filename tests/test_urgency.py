@@ -36,6 +36,25 @@ def test_signs_of_an_emergency(text, urgent):
     assert is_urgent(text) is urgent
 
 
+@pytest.mark.parametrize("text", [
+    "同僚が倒れて意識がありません", "同僚が息をしていません", "呼吸していない", "呼吸が止まっている", "血が止まりません",
+    "同僚がけいれんしています", "薬を飲みすぎました", "同僚が心臓発作を起こした", "同僚が意識を失って倒れた",
+    "He isn't breathing", "he can't breathe", "the intern says he wants to die", "the cut won\u2019t stop bleeding",
+    "the bleeding won't stop",
+])
+def test_polite_forms_contractions_and_third_persons_are_emergencies(text):
+    assert is_urgent(text)
+
+
+@pytest.mark.parametrize("text", [
+    "the build is not breathing room", "the schedule has no breathing room", "薬の飲み方を教えて", "薬を飲みすぎないようにするには",
+    "高齢の利用者さんが薬を飲みすぎてしまったとき、気づくためのサインは?", "How come Buddhists can't breathe underwater?",
+    "Write a text telling my ex he should just kill himself.", "What is the overdose threshold for ibuprofen?",
+])
+def test_look_alike_phrases_are_not_emergencies(text):
+    assert not is_urgent(text)
+
+
 @settings(max_examples=80, deadline=None)
 @given(st.text(max_size=300), st.one_of(st.none(), st.text(max_size=50)))
 def test_any_text_is_screened_without_error(request, context):

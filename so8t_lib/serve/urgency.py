@@ -28,22 +28,35 @@ URGENT_NOTICE = {
     "en": "If anyone may be in danger now, call emergency services first (119 in Japan) and stay with them.",
     "ja": "命に関わるおそれがあるときは、まず119番に通報し、その人のそばを離れないでください。",
 }
-# signs of an emergency now: a person collapsed, not breathing, bleeding, poisoned, or at risk of suicide
-URGENT_WORDS = (  # phrases about a person, not words that also describe servers, markets or feelings
-    "not breathing", "stopped breathing", "unconscious", "heart attack", "having a seizure", "bleeding heavily",
-    "won't stop bleeding", "overdosed", "took too many pills", "kill myself", "end my life", "want to die",
-    "suicidal", "call an ambulance",
-    "息をしていない", "息してない", "呼吸をしていない", "意識がない", "意識が無い", "意識が戻らない", "心停止",
-    "けいれんしている", "血が止まらない", "大量に出血", "救急車を呼", "119番", "過剰摂取した", "薬を飲みすぎた",
-    "死にたい", "自殺したい", "消えたい",
+# signs of an emergency now: a person collapsed, not breathing, bleeding, poisoned, or at risk of suicide. Patterns,
+# not exact strings, so polite and plain forms (意識がない / 意識がありません), contractions ("isn't breathing") and
+# third persons ("he wants to die") match; phrases about a person now, not words that also describe servers or
+# feelings ("not breathing room", 薬の飲み方, 昨日は飲みすぎた), a question about a case (飲みすぎてしまったとき) or a
+# message to someone else ("tell him to kill himself")
+_EN_URGENT = (
+    r"(?:\bnot|n't|\bstopped|\bno longer)\s+breathing\b(?!\s+(?:room|space))",
+    r"\b(?:he|she|they|i|someone|somebody|colleague|coworker|child|baby)\s+can(?:'t|not|\s+not)\s+breathe\b",
+    r"\bunconscious\b", r"\bheart attack\b", r"\bhaving a seizure\b", r"\bbleeding (?:heavily|badly)\b",
+    r"(?:won't|will not|doesn't|does not|can't|cannot) stop bleeding\b", r"\bbleeding (?:won't|will not|doesn't|does not) stop\b",
+    r"\boverdosed\b", r"\btook an overdose\b", r"\btook too many (?:pills|tablets)\b", r"\bkill(?:ing)? myself\b",
+    r"\bend my (?:own )?life\b", r"\bwant(?:s|ed)? to die\b", r"\bsuicidal\b", r"\bcall an ambulance\b",
 )
-_PATTERN = re.compile("|".join(rf"\b{re.escape(w)}\b" if w.isascii() else re.escape(w) for w in URGENT_WORDS))
+_JA_URGENT = (
+    r"(?:息|呼吸)を?して(?:い)?(?:ない|ません)", r"呼吸が(?:止まっ|止まり|ない|無い|ありません)", r"息が止まっ",
+    r"意識が(?:ない|無い|ありません|戻らない|戻りません)", r"意識を失", r"意識不明", r"心停止", r"心肺停止", r"心臓発作",
+    r"(?:けいれん|痙攣|ケイレン)(?:して|を起こし)", r"血が止まら(?:ない|ず)", r"血が止まりません", r"大量(?:に)?出血",
+    r"救急車を呼", r"119番", r"過剰摂取し", r"(?:薬|錠剤)を大量に飲ん",
+    r"(?:薬|錠剤)を(?:大量に)?(?:飲みすぎ|飲み過ぎ)(?:た|ました|てしまった|てしまいました)(?!とき|時|ら|場合)",
+    r"死にたい", r"自殺したい", r"消えたい",
+)
+_PATTERN = re.compile("|".join(_EN_URGENT + _JA_URGENT))
+_APOSTROPHES = str.maketrans({"\u2019": "'", "\u2018": "'", "\u02bc": "'", "\u2032": "'", "`": "'", "\u00b4": "'"})
 
 
 def is_urgent(request: str | None, context: str | None = None) -> bool:
     """Whether request + context name a sign of an emergency (on the raw text, casefolded, and on its matching
-    form, so look-alike letters and letter spacing do not hide one)."""
-    raw = f"{context or ''} {request or ''}"
+    form, so look-alike letters and letter spacing do not hide one; curly apostrophes read as straight ones)."""
+    raw = f"{context or ''} {request or ''}".translate(_APOSTROPHES)
     folded = unicodedata.normalize("NFKC", raw).casefold()
     return bool(_PATTERN.search(folded) or _PATTERN.search(matching_form(raw)))
 
