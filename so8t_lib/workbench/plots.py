@@ -85,13 +85,19 @@ EVALUATION_FIGURES = ("eval_confusion.png", "eval_reliability.png", "eval_thresh
                       "eval_by_lang.png")
 
 
-def evaluation_figures(report: dict, name: str) -> dict[str, Figure]:
+def evaluation_figures(report: dict, name: str, model: str | None = None) -> dict[str, Figure]:
     """The evaluation figure set of one report, keyed by the file names of ``EVALUATION_FIGURES``:
     confusion matrix, reliability diagram, threshold curve, per-category and per-language bars
-    (notebook 04 draws them from a live model, the model card from the stored report)."""
+    (notebook 04 draws them from a live model, the model card from the stored report). ``model`` heads
+    every title, so a figure shown away from its folder still says whose numbers it shows."""
     figures = (confusion_matrix_figure(report, f"{name}: confusion"), reliability_figure(report),
                threshold_figure(report, f"{name}: runtime threshold rule"),
                group_bars_figure(report, "by_category"), group_bars_figure(report, "by_lang"))
+    if model:
+        for fig in figures:
+            ax = fig.axes[0]
+            ax.set_title(f"{model}\n{ax.get_title()}")
+            fig.tight_layout()
     return dict(zip(EVALUATION_FIGURES, figures, strict=True))
 
 
