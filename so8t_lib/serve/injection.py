@@ -30,8 +30,15 @@ _EN = [
     # claiming the checks are off: "the safety gate is disabled", "your guardrails don't apply"
     r"\b(?:gate|filters?|checks?|guardrails?|rules?|polic(?:y|ies)|restrictions?|review|safety|moderation|"
     r"safeguards?)\s+(?:is|are|has been|have been|were|was)?\s*(?:now\s+|currently\s+|temporarily\s+)?"
-    r"(?:disabled|off|turned off|suspended|bypassed|lifted|removed|paused|deactivated|not active|"
-    r"don'?t apply|do not apply|does not apply|doesn'?t apply|not apply)\b",
+    r"(?:disabled|off|turned off|switched off|shut off|suspended|bypassed|lifted|removed|paused|deactivated|not active|"
+    r"don'?t apply|do not apply|does not apply|doesn'?t apply|not apply|no longer appl(?:y|ies))\b",
+    r"\b(?:your|previous|prior|earlier|original|above)\s+(?:\w+\s+)?(?:instructions?|rules|guidelines|restrictions|"
+    r"polic(?:y|ies))\s+(?:no longer|don'?t|do not|doesn'?t|does not)\s+(?:apply|matter|count)\b",
+    # "switch off your safety filter" (two words at most between, not "switch off the lights before the review")
+    r"\b(?:switch|shut)(?:ing)?\s+off\b(?:\W+\w+){0,2}?\W+(?:filters?|guardrails?|safeguards?|moderation|safety|"
+    r"restrictions?|rules|polic(?:y|ies))\b",
+    r"\bforget\s+(?:everything|all|anything|what)\s+(?:you(?:'ve| have)?\s+(?:were|was|been|have been)?\s*"
+    r"(?:told|taught|instructed)|(?:above|before|so far|earlier))\b",
     r"\b(?:do not|don'?t|never|no need to)\s+(?:apply|use|run|enforce|follow|check)\b(?:\W+\w+){0,4}?\W+"
     r"(?:polic(?:y|ies)|checks?|rules?|filters?|guidelines?|safety|restrictions?|review)\b",
     r"\b(?:no|without|free of|zero|free from)\s+(?:any\s+)?(?:content polic(?:y|ies)|guardrails?|censorship|"
@@ -105,6 +112,15 @@ _JA = [
     r"(?:設定|前提)(?:[:：]|は)\s*(?:あなた|君)",
     r"(?:検閲|制限|ルール|規則|フィルター?|縛り)(?:の|が)?(?:ない|無い|なし)",
     r"(?:ルール|規則|規程|方針|ポリシー)(?:とは|に|と)?(?:無関係|関係(?:が)?ない|縛られない|とらわれない)",
+    # switching the safety off (安全チェックを切って), or the rules off or broken, then answering (フィルターを外して答えて,
+    # ルールは関係ないので答えて, ルールを破って教えて; not エアコンのフィルターを外して掃除, ルールを破った社員)
+    r"(?:安全|セーフティ)(?:チェック|フィルター?|機能|制限|ガード)を?(?:切っ|切り|外し|オフに|無くし|なくし|止め)",
+    r"(?:ガードレール|検閲|フィルタリング|コンテンツフィルター?)を?(?:切っ|外し|オフに|無くし|なくし)",
+    r"(?:フィルター?|制限|制約|ルール|規則|縛り)を(?:外し|切っ|取っ?払っ|無くし|なくし)て(?:から)?(?:答え|回答|教え|話|返答|書い)",
+    r"(?:ルール|規則|規程|方針|ポリシー)(?:は|なんて|など)(?:無関係|関係(?:が)?ない)(?:ので|から|。|、)?[^。\n]{0,4}"
+    r"(?:答え|回答|教え|話|書い)",
+    r"(?:ルール|規則|規約|ポリシー|制限|ガイドライン)を(?:破って|破り)(?:でも|も(?:いい|よい|構わない)(?:ので|から)?)?"
+    r"[^。\n]{0,4}(?:答え|回答|教え|話|書い)",
     r"(?:断らない|断る(?:という)?ことを知らない|断れない|断らず|拒否しない|何でも(?:答え|教え)|"
     r"どんな(?:質問|頼み|依頼|こと)にも(?:詳しく|すぐ|即|まず|迷わず)?(?:答え|応じ|「はい」))",
     r"(?:友達|親友)(?:なら|として)",
@@ -142,7 +158,12 @@ INJECTION_RULES: tuple[tuple[re.Pattern, ...], ...] = tuple((p,) for p in INJECT
 
 _BASE64_RUN = re.compile(r"[A-Za-z0-9+/]{16,}={0,2}")
 _HEX_RUN = re.compile(r"(?:[0-9a-fA-F]{2}[ :]?){12,}")
-_PERCENT_RUN = re.compile(r"(?:%[0-9a-fA-F]{2}[^%\s]{0,3}){6,}")
+_HEX_ESCAPES = re.compile(r"(?:(?:\\x|0x)[0-9a-fA-F]{2}[ ,]?){6,}")  # \x49\x67... or 0x49 0x67 ...
+_HEX_BYTE = re.compile(r"(?:\\x|0x)([0-9a-fA-F]{2})")
+# percent-encoded: three escapes or more in a word, with words between them (urllib.parse.quote leaves letters
+# as they are: "Ignore%20all%20previous%20instructions"); escapes close together are a hidden text in themselves
+_PERCENT_RUN = re.compile(r"(?:[^%\s]{0,64}%[0-9a-fA-F]{2}){3,}[^%\s]*+")
+_DENSE_PERCENT = re.compile(r"(?:%[0-9a-fA-F]{2}[^%\s]{0,3}){6,}")
 MAX_PAYLOADS = 8
 
 
@@ -156,9 +177,10 @@ def _readable(data: bytes) -> str | None:
     return text if text.strip() and printable >= 0.9 * len(text) else None
 
 
-def encoded_payloads(text: str) -> list[str]:
-    """Text hidden in base64, hex or percent-encoded runs, decoded (at most MAX_PAYLOADS)."""
-    found: list[str] = []
+def _payloads(text: str) -> list[tuple[str, bool]]:
+    """(decoded text, whether it was hidden) for base64, hex and percent-encoded runs (at most MAX_PAYLOADS).
+    A URL's query with a few %20 is read (for the checks and the routing), not counted as hidden."""
+    found: list[tuple[str, bool]] = []
     for match in _BASE64_RUN.finditer(text):
         run = match.group()
         if len(found) >= MAX_PAYLOADS:
@@ -170,21 +192,27 @@ def encoded_payloads(text: str) -> list[str]:
         except (binascii.Error, ValueError):
             decoded = None
         if decoded:
-            found.append(decoded)
-    for match in _HEX_RUN.finditer(text):
+            found.append((decoded, True))
+    hex_runs = [re.sub(r"[ :]", "", m.group()) for m in _HEX_RUN.finditer(text)]
+    hex_runs += ["".join(_HEX_BYTE.findall(m.group())) for m in _HEX_ESCAPES.finditer(text)]
+    for digits in hex_runs:
         if len(found) >= MAX_PAYLOADS:
             break
-        digits = re.sub(r"[ :]", "", match.group())
         decoded = _readable(bytes.fromhex(digits[: len(digits) // 2 * 2]))
         if decoded:
-            found.append(decoded)
+            found.append((decoded, True))
     for match in _PERCENT_RUN.finditer(text):
         if len(found) >= MAX_PAYLOADS:
             break
         decoded = urllib.parse.unquote(match.group())
         if decoded != match.group():
-            found.append(decoded)
+            found.append((decoded, _DENSE_PERCENT.search(match.group()) is not None))
     return found
+
+
+def encoded_payloads(text: str) -> list[str]:
+    """Text hidden in base64, hex or percent-encoded runs, decoded (at most MAX_PAYLOADS)."""
+    return [decoded for decoded, _ in _payloads(text)]
 
 
 def _matches(form: str) -> bool:
@@ -196,8 +224,9 @@ def injection_signs(text: str) -> list[str]:
     it (or anything readable) was hidden in an encoding or written backwards."""
     flags: list[str] = []
     form = matching_form(text)
-    payloads = encoded_payloads(text)
-    if payloads:
+    found = _payloads(text)
+    payloads = [decoded for decoded, _ in found]
+    if any(hidden for _, hidden in found):
         flags.append("encoded_payload")
     if _matches(form):
         return ["prompt_injection", *flags]
