@@ -70,6 +70,34 @@ class CheckpointMixin:
             plain.load_state_dict(self._base_state_for_saving(), strict=True)
             plain.save_pretrained(str(folder / BASE_DIR))
 
+    def matches_saved_base(self, folder: Path) -> bool:
+        """True when this model's base weights are exactly those saved in ``folder`` (a checkpoint's ``base/``)."""
+        saved: dict[str, torch.Tensor] = {}
+        for file in sorted(folder.glob("*.safetensors")):
+            saved.update(load_file(str(file)))
+        mine = self._base_state_for_saving()
+        return bool(saved) and all(name in mine and mine[name].dtype == tensor.dtype
+                                   and torch.equal(mine[name].detach().cpu(), tensor) for name, tensor in saved.items())
+
+    @classmethod
+    def for_resume(cls, folder: Path, config: ModelConfig):
+        """The model a resume from ``folder`` continues, before its adapters are loaded. A tiny base takes the
+        checkpoint's own tokenizer (rebuilt from today's corpus, the same text would encode to other ids): the base
+        is rebuilt from its seed with it and kept when it equals ``base/`` (bit-exact, 4-bit included, whose save
+        and load drift), else ``base/`` is loaded (a retraining run's base, or another library's initialisation).
+        A pretrained base is found again and checked by fingerprint (``check_same_base``)."""
+        if config.preset != "tiny" or not (folder / BASE_DIR).is_dir():
+            return cls.from_config(config)
+        try:
+            tokenizer = load_tokenizer(folder / TOKENIZER_DIR)
+        except (OSError, ValueError) as exc:
+            raise CheckpointError(f"{folder / TOKENIZER_DIR}: the run's tokenizer cannot be read ({exc}); the run "
+                                  "cannot be resumed without it") from None
+        model = cls.from_config(config, tokenizer)
+        if model.matches_saved_base(folder / BASE_DIR):
+            return model
+        return cls(load_saved_base(folder / BASE_DIR, config), tokenizer, config)
+
     def save(self, path: str | Path) -> Path:
         """Write the checkpoint atomically: a temporary folder with a manifest, then one rename."""
         with atomic_folder(path) as tmp:

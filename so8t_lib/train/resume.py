@@ -183,7 +183,7 @@ def check_same_base(last: Path, fingerprint: str | None, model_config: ModelConf
         raise CheckpointError(f"{last}: the run was trained on another base (manifest sha256 {trained_on}) than the "
                               f"one at {location} (manifest sha256 {fingerprint}); point model.base_model at the base "
                               "the run started on, or start a new run in another training.output_dir")
-    # a tiny base is rebuilt from its seed (or, retraining, taken from the serving checkpoint): nothing to check
+    # a tiny base and its tokenizer come from last/ itself (SO8TModel.for_resume): nothing to compare here
     if trained_on and not fingerprint and model_config.preset != "tiny":
         warnings.warn(f"{location} has no manifest, so the resume cannot check that it is the base {last} was "
                       f"trained on (manifest sha256 {trained_on})", stacklevel=2)

@@ -96,7 +96,9 @@ class Trainer(RunCheckpoints):
         # where the minutes before the first step go (logged as the run's "setup" record): on a CPU they are
         # a large part of make demo
         self.setup_seconds: dict[str, float] = {}
-        self.model = SO8TModel.from_config(config.model)
+        # a resume continues on the run's own tokenizer and tiny base, whatever the corpus holds today
+        self.model = SO8TModel.for_resume(self.run_dir / LAST_DIR, config.model) if resume \
+            else SO8TModel.from_config(config.model)
         if self.tcfg.gradient_checkpointing:
             self.model.enable_gradient_checkpointing()
         self.model.to(self.accelerator.device)
