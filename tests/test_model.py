@@ -274,3 +274,22 @@ def test_gradient_checkpointing_gives_the_same_gradients(tiny_config, tokenizer)
     assert grads[0].keys() == grads[1].keys()
     for name in grads[0]:
         assert torch.allclose(grads[0][name], grads[1][name], atol=1e-6), name
+
+
+@pytest.mark.parametrize("arch", ["qwen2", "gemma3"])
+def test_a_tiny_base_built_in_bfloat16_is_the_model_its_checkpoint_loads(tmp_path, tokenizer, arch):
+    """Casting the built model cast its rotary frequency tables to bf16 too; from_pretrained keeps them float32,
+    so the model a run trained decided otherwise than its checkpoint."""
+    tiny = {"arch": arch, "num_hidden_layers": 6 if arch == "gemma3" else 2, "hidden_size": 64,
+            "intermediate_size": 128, "num_key_value_heads": 1 if arch == "gemma3" else 2}
+    config = ModelConfig(dtype="bfloat16", tiny=tiny, lora={"dropout": 0.0}, head={"dropout": 0.0})
+    model = SO8TModel.from_config(config, tokenizer).eval()
+    perturb_adapters(model)
+    loaded = SO8TModel.load(model.save(tmp_path / "ckpt"))
+    built, saved = dict(model.causal_lm.named_buffers()), dict(loaded.causal_lm.named_buffers())
+    assert {name: b.dtype for name, b in built.items()} == {name: b.dtype for name, b in saved.items()}
+    assert all(b.dtype == torch.float32 for name, b in built.items() if "inv_freq" in name)
+    batch = sample_batch(tokenizer, [" ".join(TEXTS * 8)])
+    with torch.no_grad():
+        a, b = model(**batch), loaded(**batch)
+    assert torch.equal(a.logits, b.logits) and torch.equal(a.safety_logits, b.safety_logits)

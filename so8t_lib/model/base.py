@@ -23,6 +23,8 @@ from ..core.config import ConfigError, ModelConfig
 from .pretrained import GGUF_BASES, converted_base
 from .tokenizer import load_tokenizer, tiny_tokenizer
 
+ROTARY_BUFFER = "inv_freq"  # in the names of the rotary embeddings' frequency buffers (inv_freq, original_inv_freq)
+
 
 def want_4bit(cfg: ModelConfig) -> bool:
     return cfg.load_in_4bit is True or (cfg.load_in_4bit == "auto" and torch.cuda.is_available())
@@ -56,7 +58,7 @@ def build_tiny_base(cfg: ModelConfig, tokenizer=None):
         hf_config = _tiny_gemma3_config(cfg, tokenizer)
         hf_config._attn_implementation = cfg.attn_implementation
         torch.manual_seed(cfg.seed)
-        return Gemma3ForCausalLM(hf_config).to(torch_dtype(cfg)), tokenizer
+        return _cast(Gemma3ForCausalLM(hf_config), cfg), tokenizer
     hf_config = Qwen2Config(
         vocab_size=len(tokenizer),
         hidden_size=arch.hidden_size,
@@ -74,7 +76,18 @@ def build_tiny_base(cfg: ModelConfig, tokenizer=None):
     )
     hf_config._attn_implementation = cfg.attn_implementation
     torch.manual_seed(cfg.seed)
-    return Qwen2ForCausalLM(hf_config).to(torch_dtype(cfg)), tokenizer
+    return _cast(Qwen2ForCausalLM(hf_config), cfg), tokenizer
+
+
+def _cast(lm: PreTrainedModel, cfg: ModelConfig) -> PreTrainedModel:
+    """``lm`` in the config's dtype as ``from_pretrained(dtype=...)`` loads it: the rotary frequency tables
+    stay float32 (cast to bf16, the trained model's positions would differ from its checkpoint's)."""
+    rotary = {name: buffer for name, buffer in lm.named_buffers() if ROTARY_BUFFER in name}
+    lm.to(torch_dtype(cfg))
+    for name, buffer in rotary.items():
+        owner, _, leaf = name.rpartition(".")
+        setattr(lm.get_submodule(owner), leaf, buffer)
+    return lm
 
 
 def _quantization_kwargs(cfg: ModelConfig) -> dict:
