@@ -118,6 +118,9 @@ class CheckpointMixin:
             config = ModelConfig.model_validate({**meta["model"], **model_overrides})
         except Exception as exc:  # noqa: BLE001 - any parse failure means the same thing to the user
             raise CheckpointError(f"{config_file}: unreadable or invalid ({exc})") from None
+        if meta.get("format") != CHECKPOINT_FORMAT:  # another layout: read as this one, it would load wrong
+            raise CheckpointError(f"{config_file}: checkpoint format {meta.get('format')!r}; this version of so8t "
+                                  f"reads format {CHECKPOINT_FORMAT} only: load it with the version that wrote it")
         tokenizer = load_tokenizer(path / TOKENIZER_DIR)
         fingerprint = None
         if (path / BASE_DIR).is_dir():

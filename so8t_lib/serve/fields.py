@@ -4,13 +4,14 @@ A client controls the request, the context and the user id, and an error message
 so nothing reaches the audit log or the escalation queue verbatim. A text longer than its bound is
 stored as a prefix plus its length and a sha256 (so the original can still be matched against it),
 a lone surrogate becomes U+FFFD instead of an encoding error, and anything that is not text is
-stored as a bounded ``repr``.
+stored as a bounded ``repr`` (or, where that fails, described by its type and size).
 """
 
 from __future__ import annotations
 
 import hashlib
 import hmac
+import math
 import re
 
 from .masking import mask_personal_data
@@ -18,6 +19,7 @@ from .masking import mask_personal_data
 # what is cut off is described in this many characters at most: "…[12345 chars, sha256 0123456789abcdef]"
 TRUNCATION_NOTE = 48
 _NOTE = re.compile(r"…\[\d+ chars, sha256 [0-9a-f]{16}\]\Z")
+UNITS = {str: "chars", bytes: "bytes", bytearray: "bytes"}  # what a described value's size counts (else items)
 
 
 def storable(text: str) -> str:
@@ -29,15 +31,35 @@ def storable(text: str) -> str:
         return "".join("\ufffd" if 0xD800 <= ord(ch) <= 0xDFFF else ch for ch in text)
 
 
+def described(value: object, why: str = "") -> str:
+    """A value by its type and size, for one that cannot be shown (never raises): ``<int of about 5001 digits:
+    ValueError>``, ``<list of 1 items: RecursionError>``."""
+    try:
+        kind = type(value).__name__
+        if type(value) is int:  # digits from the bits: str() is what failed
+            size = f" of about {int(abs(value).bit_length() * math.log10(2)) + 1} digits"
+        elif type(value) in (str, bytes, bytearray, list, tuple, dict, set, frozenset):
+            size = f" of {len(value)} {UNITS.get(type(value), 'items')}"
+        else:
+            size = ""
+        return f"<{kind}{size}{': ' + why if why else ''}>"
+    except Exception:  # noqa: BLE001 - a type whose name or size cannot be read
+        return "<a value that cannot be shown>"
+
+
 def as_text(value: object, limit: int) -> str:
-    """Any value as text; a huge container is described, not printed."""
-    if isinstance(value, str):
-        return value
-    if isinstance(value, (bytes, bytearray)):
-        return bytes(value).decode("utf-8", "replace")
-    if isinstance(value, (list, tuple, dict, set)) and len(value) > limit:
-        return f"<{type(value).__name__} of {len(value)} items>"
-    return repr(value)
+    """Any value as text, never an exception: a huge container is described, not printed, and so is a value
+    whose ``repr`` fails (an int past Python's 4300-digit limit, a structure nested too deep, a broken class)."""
+    try:
+        if isinstance(value, str):
+            return str.__str__(value)  # a plain str, whatever a subclass's __str__ does
+        if isinstance(value, (bytes, bytearray)):
+            return bytes(value).decode("utf-8", "replace")
+        if isinstance(value, (list, tuple, dict, set, frozenset)) and len(value) > limit:
+            return described(value)
+        return str.__str__(repr(value))
+    except Exception as exc:  # noqa: BLE001 - ValueError, RecursionError, a __repr__ or __len__ that raises
+        return described(value, type(exc).__name__)
 
 
 def bounded(value: object, limit: int) -> str | None:

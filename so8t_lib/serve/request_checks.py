@@ -11,8 +11,8 @@ from dataclasses import dataclass, field
 from .injection import INJECTION_PATTERNS, encoded_payloads, injection_signs
 from .textforms import clean_text, is_obfuscated
 
-__all__ = ["INJECTION_PATTERNS", "CleanRequest", "InvalidRequest", "Unparsed", "encoded_payloads",
-           "validate_request"]
+__all__ = ["INJECTION_PATTERNS", "MAX_CLIENT_CHARS", "CleanRequest", "InvalidRequest", "Unparsed", "checked_client",
+           "encoded_payloads", "validate_request"]
 # A user id is an account name, an employee number or an e-mail address: printable, no spaces.
 USER_ID = re.compile(r"[^\s\x00-\x1f\x7f]+")
 
@@ -40,6 +40,21 @@ class CleanRequest:
     user_id: str | None
     flags: list[str] = field(default_factory=list)
     client: str | None = None  # the API key that asked (set by the HTTP service, never read from a request body)
+
+
+MAX_CLIENT_CHARS = 128  # an API key's name is at most 64 (http.auth.KEY_NAME)
+CLIENT_TEXT = re.compile(r"[^\x00-\x1f\x7f]+")  # printable: a NUL cannot be stored in a PostgreSQL text column
+
+
+def checked_client(value: object) -> str | None:
+    """The client a Python caller named for a request item (the HTTP service: its API key's name), or None. Only a
+    plain str of at most MAX_CLIENT_CHARS printable characters that UTF-8 can encode counts; anything else is
+    treated as no client (the case's outcome is then for its desk's reviewers only), never stored: a value the
+    spool or the queue cannot store would cost the decision its audit record or its case."""
+    if type(value) is not str or len(value) > MAX_CLIENT_CHARS or not CLIENT_TEXT.fullmatch(value) \
+            or _has_surrogates(value):
+        return None
+    return value
 
 
 def _has_surrogates(text: str) -> bool:

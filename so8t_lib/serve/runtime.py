@@ -59,7 +59,7 @@ from .outcome import (
     rationale_for,
 )
 from .policy import threshold_decisions
-from .request_checks import CleanRequest, InvalidRequest, Unparsed, validate_request
+from .request_checks import CleanRequest, InvalidRequest, Unparsed, checked_client, validate_request
 from .router import RouterError, load_router
 from .spool import CaseSpool
 from .urgency import URGENT_FLAG, is_urgent, mark_urgent, urgent_route
@@ -268,8 +268,19 @@ class Agent:
         v = self.config.validation
         clean = validate_request(item.get("user_request"), item.get("context"), item.get("user_id"),
                                  v.max_request_chars, v.max_context_chars, v.max_user_id_chars)
-        clean.client = item.get("client")
+        clean.client = self._client(item)
         return clean
+
+    @staticmethod
+    def _client(item: dict) -> str | None:
+        """The item's client (the HTTP service sets its API key's name) when the queue can store it
+        (``checked_client``); any other value counts as none: it must never cost a record or a case."""
+        value = item.get("client")
+        client = checked_client(value)
+        if client is None and value is not None:
+            logger.warning("a request's client is not a key name the queue can store (%s); decided without one",
+                           type(value).__name__)
+        return client
 
     def _flags(self, flags: list[str]) -> list[str]:
         return [*flags, "unverified_model"] if self.unverified else list(flags)
@@ -329,7 +340,7 @@ class Agent:
                                          self._flags(flags or [])), reason, detect_lang(text or ""))
         if urgent:
             mark_urgent(result, text)
-        return self._finish(result, CleanRequest(text, context, user_id, client=item.get("client")), start)
+        return self._finish(result, CleanRequest(text, context, user_id, client=self._client(item)), start)
 
     # ----- recording --------------------------------------------------------------------------------
     def _record(self, result: dict, asked: CleanRequest) -> dict:
