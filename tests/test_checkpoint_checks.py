@@ -6,7 +6,9 @@ from __future__ import annotations
 import pytest
 import yaml
 
+import so8t_lib.model.base as base_module
 from so8t_lib.core.checkpoint import CheckpointError, write_manifest
+from so8t_lib.core.config import ModelConfig
 from so8t_lib.core.schema import CHECKPOINT_FORMAT, MANIFEST_FILE, MODEL_CONFIG_FILE
 from so8t_lib.model import SO8TModel
 
@@ -27,3 +29,48 @@ def test_a_checkpoint_of_another_format_is_refused_naming_the_format_read(checkp
     with pytest.raises(CheckpointError, match=f"format {written}; this version of so8t reads format "
                                               f"{CHECKPOINT_FORMAT} only"):
         SO8TModel.load(checkpoint)
+
+
+def _local_base(checkpoint, tokenizer, manifest: bool):
+    """A pretrained base folder as model.base_model names it: HF weights, tokenizer, and (converted) a manifest."""
+    folder = checkpoint / "base"
+    tokenizer.save_pretrained(str(folder))
+    if manifest:
+        write_manifest(folder)
+    return folder
+
+
+def test_a_base_whose_weights_differ_from_its_manifest_is_refused(tmp_path, checkpoint, tokenizer):
+    """Only the manifest's hash was compared: weights changed under an unchanged manifest loaded as the base."""
+    base = _local_base(checkpoint, tokenizer, manifest=True)
+    config = ModelConfig(preset="hf", base_model=str(base), load_in_4bit=False, lora={"dropout": 0.0},
+                         head={"dropout": 0.0})
+    trained = SO8TModel.from_config(config).save(tmp_path / "on-base")
+    assert SO8TModel.load(trained).base_fingerprint
+    weights = base / "model.safetensors"
+    data = bytearray(weights.read_bytes())
+    data[-4:] = bytes(4 * [0x3F])
+    weights.write_bytes(bytes(data))
+    with pytest.raises(CheckpointError, match="base model .* differs from its manifest: .*model.safetensors"):
+        SO8TModel.load(trained)
+    with pytest.raises(CheckpointError, match="differs from its manifest"):
+        SO8TModel.from_config(config)
+
+
+def test_a_base_without_a_manifest_loads_with_a_warning(checkpoint, tokenizer):
+    base = _local_base(checkpoint, tokenizer, manifest=False)
+    config = ModelConfig(preset="hf", base_model=str(base), load_in_4bit=False)
+    with pytest.warns(UserWarning, match="no manifest.json, so its files cannot be checked"):
+        SO8TModel.from_config(config)
+
+
+def test_the_converted_preset_base_is_verified_once(monkeypatch, checkpoint, tokenizer):
+    """converted_base() verifies the cached conversion: a second pass would add ~1.6 s to every Gemma load."""
+    base = _local_base(checkpoint, tokenizer, manifest=True)
+    calls = []
+    monkeypatch.setattr(base_module, "converted_base", lambda spec: base)
+    monkeypatch.setattr(base_module, "verify_base", calls.append)
+    SO8TModel.from_config(ModelConfig(preset="gemma3-270m", load_in_4bit=False))
+    assert calls == []
+    SO8TModel.from_config(ModelConfig(preset="hf", base_model=str(base), load_in_4bit=False))
+    assert calls == [base]

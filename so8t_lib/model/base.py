@@ -20,7 +20,7 @@ from transformers import (
 
 from ..core.checkpoint import CheckpointError
 from ..core.config import ConfigError, ModelConfig
-from .pretrained import GGUF_BASES, converted_base
+from .pretrained import GGUF_BASES, converted_base, verify_base
 from .tokenizer import load_tokenizer, tiny_tokenizer
 
 ROTARY_BUFFER = "inv_freq"  # in the names of the rotary embeddings' frequency buffers (inv_freq, original_inv_freq)
@@ -127,8 +127,11 @@ def base_location(cfg: ModelConfig) -> str:
 
 
 def load_pretrained_base(path_or_id: str, cfg: ModelConfig):
-    """from_pretrained by hub id or local folder; nf4 4-bit via bitsandbytes when CUDA is present
-    (or on CPU when ``load_in_4bit: true``)."""
+    """from_pretrained by hub id or local folder (checked against its manifest); nf4 4-bit via bitsandbytes when
+    CUDA is present (or on CPU when ``load_in_4bit: true``)."""
+    local = Path(path_or_id)
+    if local.is_dir() and (cfg.base_model or cfg.preset not in GGUF_BASES):  # converted_base() checked the preset's
+        verify_base(local)
     kwargs: dict = {"dtype": torch_dtype(cfg), "attn_implementation": cfg.attn_implementation,
                     **_quantization_kwargs(cfg)}
     try:
@@ -140,7 +143,6 @@ def load_pretrained_base(path_or_id: str, cfg: ModelConfig):
         ) from exc
     if want_4bit(cfg):
         _disable_avx512bf16(lm)
-    local = Path(path_or_id)
     if local.is_dir():
         if not (local / "tokenizer.json").is_file():
             raise CheckpointError(f"{local}: no tokenizer.json beside the weights; copy the model's tokenizer files there")

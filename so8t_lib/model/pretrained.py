@@ -10,6 +10,7 @@ The source GGUF is kept too: the export copies its tokenizer into every SO8T GGU
 from __future__ import annotations
 
 import importlib
+import warnings
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -111,3 +112,18 @@ def base_fingerprint(folder: str | Path) -> str | None:
     """sha256 of a base folder's manifest: recorded in each checkpoint, so loading it on another base is refused."""
     manifest = Path(folder) / MANIFEST_FILE
     return sha256_file(manifest) if manifest.is_file() else None
+
+
+def verify_base(folder: Path) -> None:
+    """CheckpointError when a pretrained base's files differ from its manifest: a checkpoint records only the
+    manifest's hash (``base_fingerprint``), so changed weights under an unchanged manifest would load as its base.
+    A base without a manifest cannot be checked: a warning says so."""
+    if not (folder / MANIFEST_FILE).is_file():
+        warnings.warn(f"{folder} has no {MANIFEST_FILE}, so its files cannot be checked: a checkpoint loaded on it "
+                      "may not be on the base it was trained on", stacklevel=3)
+        return
+    try:
+        verify_manifest(folder)
+    except CheckpointError as exc:
+        raise CheckpointError(f"base model {folder} differs from its manifest: {exc}; restore the base (convert or "
+                              "copy it again) or point model.base_model at an intact copy") from None
