@@ -3,9 +3,13 @@ named by model.base_model, and that files another user wrote can be read (or a C
 
 from __future__ import annotations
 
+import os
+import stat
+
 import pytest
 import yaml
 
+import so8t_lib.core.checkpoint as checkpoint_module
 import so8t_lib.model.base as base_module
 from so8t_lib.core.checkpoint import CheckpointError, write_manifest
 from so8t_lib.core.config import ModelConfig
@@ -74,3 +78,32 @@ def test_the_converted_preset_base_is_verified_once(monkeypatch, checkpoint, tok
     assert calls == []
     SO8TModel.from_config(ModelConfig(preset="hf", base_model=str(base), load_in_4bit=False))
     assert calls == [base]
+
+
+def _modes(folder):
+    return {str(p.relative_to(folder)): stat.S_IMODE(p.stat().st_mode) for p in [folder, *folder.rglob("*")]}
+
+
+def test_checkpoint_files_are_readable_by_the_services_user(tmp_path, tiny_config, tokenizer):
+    """safetensors writes 0600: the service's user (another account) could not load a checkpoint saved by this one,
+    and a calibration wrote the adapter 0600 again."""
+    from so8t_lib.eval.calibration import calibrate_checkpoint
+
+    umask = os.umask(0o027)
+    try:
+        folder = SO8TModel.from_config(tiny_config, tokenizer).save(tmp_path / "ckpt")
+        expected = {name: 0o750 if (folder / name).is_dir() else 0o640 for name in _modes(folder)}
+        assert _modes(folder) == expected
+        calibrate_checkpoint(folder, "val", progress=False, max_rows=12)
+        assert _modes(folder) == expected
+    finally:
+        os.umask(umask)
+
+
+def test_a_file_this_user_may_not_read_is_a_checkpoint_error_naming_it(checkpoint, monkeypatch):
+    def denied(path):
+        raise PermissionError(13, "Permission denied", str(path))
+
+    monkeypatch.setattr(checkpoint_module, "sha256_file", denied)
+    with pytest.raises(CheckpointError, match=r"adapter.safetensors: this user \(uid \d+\) may not read it.*chmod -R"):
+        SO8TModel.load(checkpoint)

@@ -28,6 +28,8 @@ logger = logging.getLogger("so8t.checkpoint")
 # The explicit override for model files without a manifest or checksum, and the mark it leaves.
 UNVERIFIED_ENV = "SO8T_ALLOW_UNVERIFIED_MODEL"
 UNVERIFIED_MARK = "+unverified"
+# Modes of what a checkpoint folder holds, less the umask: the service's user (another account) must read them.
+FILE_MODE, DIR_MODE = 0o666, 0o777
 
 
 class CheckpointError(RuntimeError):
@@ -74,9 +76,24 @@ def has_manifest(folder: str | Path) -> bool:
     return (Path(folder) / MANIFEST_FILE).is_file()
 
 
+def make_readable(path: Path) -> None:
+    """Give ``path`` the mode a new file gets under the umask: safetensors writes 0600, which keeps every other
+    user (the service's) out of a checkpoint saved by this one."""
+    os.chmod(path, (DIR_MODE if path.is_dir() else FILE_MODE) & ~_umask())
+
+
 def verify_manifest(folder: Path) -> None:
-    """Raise CheckpointError naming the first file that is missing, truncated or altered, or the
-    missing manifest itself (unless the override is set: see ``refuse_unverified``)."""
+    """Raise CheckpointError naming the first file that is missing, truncated or altered, or cannot be read by
+    this user, or the missing manifest itself (unless the override is set: see ``refuse_unverified``)."""
+    try:
+        _verify_manifest(folder)
+    except PermissionError as exc:
+        raise CheckpointError(f"{exc.filename or folder}: this user (uid {os.getuid()}) may not read it, so checkpoint "
+                              f"{folder} cannot be checked or loaded: make it readable (chmod -R a+rX {folder}) or save "
+                              "it again with this version, which writes it readable to other users") from None
+
+
+def _verify_manifest(folder: Path) -> None:
     manifest = folder / MANIFEST_FILE
     if not manifest.is_file():
         if (folder / MODEL_CONFIG_FILE).is_file():  # a checkpoint without its checksums
@@ -124,7 +141,8 @@ def atomic_folder(target: str | Path) -> Iterator[Path]:
     try:
         yield tmp
         write_manifest(tmp)
-        os.chmod(tmp, 0o777 & ~_umask())  # mkdtemp's 0700 would keep the service's user out of it
+        for path in [*tmp.rglob("*"), tmp]:  # mkdtemp's 0700 and safetensors' 0600 would keep the service out
+            make_readable(path)
         _sync_tree(tmp)  # on disk before the old copy is let go: a power cut cannot leave empty files behind
         if target.exists():
             old = target.with_name(f".{target.name}.old-{os.getpid()}")

@@ -16,7 +16,7 @@ import pandas as pd
 import torch
 from safetensors.torch import load_file, save_file
 
-from ..core.checkpoint import resolve_checkpoint, write_manifest
+from ..core.checkpoint import make_readable, resolve_checkpoint, write_manifest
 from ..core.schema import ADAPTER_FILE, CHECKPOINT_FORMAT, LABELS, NOT_ALLOW
 from ..data.benchmarks import load_any
 from ..data.tables import stratified_sample
@@ -108,6 +108,7 @@ def calibrate_checkpoint(path: str | Path, data: str | Path = "val", batch_size:
     state["safety_head.temperature"] = torch.tensor(result["temperature"], dtype=state["safety_head.temperature"].dtype)
     tmp = adapter.with_name(adapter.name + ".tmp")
     save_file(state, str(tmp), metadata={"format": str(CHECKPOINT_FORMAT)})
+    make_readable(tmp)  # save_file writes 0600: the service's user must still read the adapter
     os.replace(tmp, adapter)
     write_manifest(folder)
     return {**result, "checkpoint": str(folder), "data": str(data)}
