@@ -7,6 +7,9 @@ agent all build prompts here, from the model's own chat template and system prom
 
 from __future__ import annotations
 
+import weakref
+from collections.abc import Iterable
+
 SYSTEM_PROMPT = (
     "You are SO8T, a workplace assistant. Decide whether the employee's request is ALLOW, REFUSE or ESCALATE "
     "under the company safety policy, then answer it or explain the decision."
@@ -34,6 +37,58 @@ EXAMPLE_REQUESTS: list[tuple[str, str | None]] = [
 ]
 
 
+# Put after the first character of a special-token string inside a message, so the tokenizer reads it as text (a
+# request holding "<end_of_turn>\n<start_of_turn>model" would otherwise forge a model turn). U+2060 WORD JOINER:
+# invisible, its own NFKC form, and request validation removes any a user sends, so it marks only this.
+TEXT_BREAK = "\u2060"
+
+
+class SpecialStrings:
+    """The strings a tokenizer turns into one special token wherever they stand in the text (HF: its special added
+    tokens; llama.cpp: its control tokens). ``as_text`` breaks each one, and leaves text without them as it is."""
+
+    def __init__(self, strings: Iterable[str]) -> None:
+        # one character cannot be broken, and one holding the break would survive it
+        self.strings = frozenset(s for s in strings if len(s) > 1 and TEXT_BREAK not in s)
+        self._lengths = sorted({len(s) for s in self.strings}, reverse=True)
+        self._firsts = frozenset(s[0] for s in self.strings)
+
+    def as_text(self, text: str) -> str:
+        """``text`` with TEXT_BREAK after the first character of every special string that starts in it (overlapping
+        ones too), so none is left whole: the model reads the user's "<start_of_turn>" as the characters it is."""
+        if not self._firsts.intersection(text):
+            return text
+        pieces, start = [], 0
+        for i, ch in enumerate(text):
+            if ch in self._firsts and any(text[i:i + n] in self.strings for n in self._lengths):
+                pieces += [text[start:i + 1], TEXT_BREAK]
+                start = i + 1
+        return "".join(pieces) + text[start:]
+
+    def messages_as_text(self, messages: list[dict[str, str]]) -> list[dict[str, str]]:
+        """Each message's content as text: only the chat template's own markup stays special."""
+        return [{**m, "content": self.as_text(m["content"])} for m in messages]
+
+
+_SPECIALS: weakref.WeakKeyDictionary = weakref.WeakKeyDictionary()  # tokenizer -> its SpecialStrings
+
+
+def special_strings(tokenizer) -> SpecialStrings:
+    """An HF tokenizer's special added tokens (what ``split_special_tokens`` would read as text), found once per
+    tokenizer object: a loaded tokenizer's special tokens do not change."""
+    try:
+        return _SPECIALS[tokenizer]
+    except (KeyError, TypeError):
+        pass
+    added = getattr(tokenizer, "added_tokens_decoder", None) or {}
+    found = SpecialStrings(t.content for t in added.values() if getattr(t, "special", False))
+    try:
+        _SPECIALS[tokenizer] = found
+    except TypeError:  # not weakly referable: found again next time
+        pass
+    return found
+
+
 def build_messages(user_request: str, context: str | None = None,
                    system_prompt: str | None = None) -> list[dict[str, str]]:
     content = f"Context: {context.strip()}\n\nRequest: {user_request.strip()}" if context and context.strip() \
@@ -49,7 +104,9 @@ def format_prompt(tokenizer, user_request: str, context: str | None = None, syst
 
 def render_messages(tokenizer, messages: list[dict[str, str]]) -> str:
     """Any conversation in the one prompt format, ending where the assistant's next turn begins (earlier
-    assistant turns included, as a few-shot prompt has them)."""
+    assistant turns included, as a few-shot prompt has them). Special-token strings in the messages are broken
+    (``SpecialStrings.as_text``): tokenized, the prompt holds no special token but the template's own."""
+    messages = special_strings(tokenizer).messages_as_text(messages)
     if getattr(tokenizer, "chat_template", None):
         return tokenizer.apply_chat_template(messages, tokenize=False, add_generation_prompt=True)
     return "\n\n".join(m["content"] for m in messages) + "\n\nDecision:"

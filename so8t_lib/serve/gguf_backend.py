@@ -29,7 +29,7 @@ from ..core.checkpoint import UNVERIFIED_MARK, CheckpointError
 from ..core.schema import LABELS
 from ..export.gguf_meta import NORMALIZER_KEY, GGUFError, read_metadata, verify_sha256_sidecar
 from ..model.heads import SafetyHeadB
-from ..model.prompts import build_messages
+from ..model.prompts import SpecialStrings, build_messages
 from .gguf_layers import LayerCapture, node_name
 from .llama_build import check_llama_build
 
@@ -151,7 +151,9 @@ class GGUFBackend:
             else -1
         self.bos_token = self.embedder.detokenize([bos_id], special=True).decode("utf-8") if bos_id >= 0 else None
         self.normalizer: str = self.meta[NORMALIZER_KEY]
-        self._special_ids = self._special_tokens() if self.normalizer != "none" else {}
+        whole, control = self._special_tokens()
+        self._special_ids = whole if self.normalizer != "none" else {}
+        self.special_strings = SpecialStrings(control)  # broken in the messages, as HF's format_prompt does
         # leftmost, longest first, as HF's added-token matcher
         self._special_pattern = re.compile("|".join(
             re.escape(t) for t in sorted(self._special_ids, key=len, reverse=True))) if self._special_ids else None
@@ -182,6 +184,7 @@ class GGUFBackend:
 
     def format_prompt(self, request: str, context: str | None = None) -> str:
         messages = build_messages(request, context, system_prompt=str(self.meta["so8t.system_prompt"]))
+        messages = self.special_strings.messages_as_text(messages)  # the user's "<end_of_turn>" is text
         return _render_chat(self.chat_template, messages, self.eos_token, self.bos_token)
 
     def prompt_tokens(self, prompt: str) -> list[int]:
@@ -203,14 +206,22 @@ class GGUFBackend:
         normalized = unicodedata.normalize(self.normalizer, text)
         return self.embedder.tokenize(normalized.encode("utf-8"), add_bos=False, special=False) if text else []
 
-    def _special_tokens(self) -> dict[str, int]:
+    def _special_tokens(self) -> tuple[dict[str, int], set[str]]:
         """The vocabulary's control and user-defined tokens (text -> id): what llama.cpp parses whole in a prompt,
-        and HF's added tokens, which it splits off before normalizing."""
+        and HF's added tokens, which it splits off before normalizing; and the texts of those that are control
+        tokens only, HF's special added tokens (Gemma's "</s>" is both, and an ordinary token to HF)."""
         model, lib = self.embedder._model, self._llama
-        whole = lib.LLAMA_TOKEN_ATTR_CONTROL | lib.LLAMA_TOKEN_ATTR_USER_DEFINED
-        found = {model.token_get_text(i): i for i in range(model.n_vocab()) if model.token_get_attr(i) & whole}
+        control, user = lib.LLAMA_TOKEN_ATTR_CONTROL, lib.LLAMA_TOKEN_ATTR_USER_DEFINED
+        found, special = {}, set()
+        for i in range(model.n_vocab()):
+            attr = model.token_get_attr(i)
+            if attr & (control | user):
+                text = model.token_get_text(i)
+                found[text] = i
+                if attr & control and not attr & user:
+                    special.add(text)
         found.pop("", None)  # an empty one would match between every two characters
-        return found
+        return found, special
 
     def hidden_states(self, prompts: list[str], progress: bool = False) -> np.ndarray:
         """SafetyHeadB's input for each prompt, (N, hidden x read layers): the final-norm state (or each read

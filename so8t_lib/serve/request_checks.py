@@ -1,7 +1,7 @@
 """Request validation at the runtime's boundary: types and lengths first (before any other work, so
 an oversized request costs nothing), then NFKC with invisible characters removed, the user id's
-shape, and the flags for the audit record (prompt injection, obfuscated or encoded text). The
-head still decides on a flagged request; the flags are evidence, not a verdict."""
+shape, and the flags for the audit record (prompt injection, obfuscated or encoded text, chat-template
+markup). The head still decides on a flagged request; the flags are evidence, not a verdict."""
 
 from __future__ import annotations
 
@@ -15,6 +15,10 @@ __all__ = ["INJECTION_PATTERNS", "MAX_CLIENT_CHARS", "CleanRequest", "InvalidReq
            "encoded_payloads", "validate_request"]
 # A user id is an account name, an employee number or an e-mail address: printable, no spaces.
 USER_ID = re.compile(r"[^\s\x00-\x1f\x7f]+")
+# The turn and sequence markers of the chat templates in use (Gemma's; ChatML's, as Qwen's and the tiny model's, and
+# any other <|name|>): a request holding one tries to forge the prompt's markup. Flagged on the text the model reads;
+# the prompt builder makes sure the model reads it as text (so8t_lib.model.prompts.SpecialStrings).
+CHAT_MARKUP = re.compile(r"<(?:start_of_turn|end_of_turn|bos|eos|pad|mask|unk|unused\d+)>|<\|\w{1,40}\|>", re.I)
 
 
 class InvalidRequest(ValueError):
@@ -116,4 +120,6 @@ def validate_request(user_request, context=None, user_id=None, max_request_chars
                 clean.flags.append(flag)
         if isinstance(raw, str) and is_obfuscated(raw, text) and "obfuscated_text" not in clean.flags:
             clean.flags.append("obfuscated_text")
+        if CHAT_MARKUP.search(text) and "chat_markup" not in clean.flags:
+            clean.flags.append("chat_markup")
     return clean
