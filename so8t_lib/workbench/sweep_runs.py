@@ -12,14 +12,20 @@ import json
 import shutil
 import sys
 from pathlib import Path
-from typing import TYPE_CHECKING
+from typing import Any, Protocol
 
 import yaml
 
 from ..core.config import ConfigError
 
-if TYPE_CHECKING:
-    from .sweep import SweepSpec
+
+class SpecRuns(Protocol):
+    """What the stale check needs of a sweep spec (``sweep.SweepSpec``), without importing it back."""
+
+    name: str
+    notebook: Path
+
+    def runs(self) -> list[tuple[str, dict[str, Any]]]: ...
 
 
 class StaleRunsError(ConfigError):
@@ -79,7 +85,7 @@ def run_state(run_dir: Path, params: dict, digest: str) -> tuple[str, str]:
     return "done", ""
 
 
-def check_stale(spec: SweepSpec, root: Path, rerun_stale: bool = False) -> list[str]:
+def check_stale(spec: SpecRuns, root: Path, rerun_stale: bool = False) -> list[str]:
     """The spec's runs whose folders hold other settings (``run_state``). Raises StaleRunsError naming
     each, unless ``rerun_stale``: then their folders are deleted so they run afresh."""
     digest = notebook_digest(spec.notebook)
