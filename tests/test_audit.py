@@ -339,11 +339,15 @@ def test_masking_a_bounded_text_keeps_its_truncation_note(tmp_path):
     from so8t_lib.serve.fields import bounded, masked_bounded
 
     cut = bounded("call 090-1234-5678 " + "x" * 5000, 100)
-    note = " …[9000 chars, sha256 0123456789012345]"
     assert masked_bounded(cut, 100) == cut.replace("090-1234-5678", "[PHONE]")
-    assert masked_bounded("call 090-1234-5678" + note, 100) == "call [PHONE]" + note
-    written = audit.AuditLog(tmp_path / "audit.jsonl").append({**_record(0), "context": "x" * 20 + note})
-    assert written["context"] == "x" * 20 + note
+    note = "…[9000 chars, sha256 0123456789012345]"
+    head = "call 090-1234-5678 " + "x" * 81  # exactly the bound long, as bounded() writes it
+    assert masked_bounded(head + note, 100) == "call [PHONE] " + "x" * 81 + note
+    written = audit.AuditLog(tmp_path / "audit.jsonl", max_field_chars=100).append({**_record(0), "context": head + note})
+    assert written["context"] == "call [PHONE] " + "x" * 81 + note
+    # a note a person typed is no note: its count or digest could carry a card number past the masking
+    for forged in ("hi …[4111111111111111 chars, sha256 0123456789abcdef]", "hi …[41 chars, sha256 4111111111111111]"):
+        assert "4111111111111111" not in masked_bounded(forged, 100)
 
 
 def test_with_the_hmac_key_a_record_added_without_it_is_found(tmp_path):

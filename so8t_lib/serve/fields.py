@@ -18,7 +18,7 @@ from .masking import mask_personal_data
 
 # what is cut off is described in this many characters at most: "…[12345 chars, sha256 0123456789abcdef]"
 TRUNCATION_NOTE = 48
-_NOTE = re.compile(r"…\[\d+ chars, sha256 [0-9a-f]{16}\]\Z")
+_NOTE = re.compile(r"…\[([1-9]\d{0,8}) chars, sha256 [0-9a-f]{16}\]\Z")
 UNITS = {str: "chars", bytes: "bytes", bytearray: "bytes"}  # what a described value's size counts (else items)
 
 
@@ -81,7 +81,9 @@ def masked_bounded(value: object, limit: int) -> str | None:
         return None
     text = storable(as_text(value, limit))
     if len(text) <= limit or (len(text) <= limit + TRUNCATION_NOTE and _NOTE.search(text)):
-        note = _NOTE.search(text)  # a note of an earlier bound is kept as written: its digest may look like a number
+        note = _NOTE.search(text)  # an earlier bound's note is kept as written (its digest may look like a number),
+        if note and not (note.start() == limit < int(note.group(1))):  # but only one that bound wrote: its head is
+            note = None                                               # the limit long, the count above it
         head, tail = (text[:note.start()], note.group()) if note else (text, "")
         masked = mask_personal_data(head) + tail
         return masked if len(masked) <= limit + TRUNCATION_NOTE else bounded(masked, limit)
