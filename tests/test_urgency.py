@@ -148,7 +148,7 @@ def test_urgent_route_by_the_keyword_table():
     assert urgent_route("hr", {"hr": 0, "medical": 0}) == "medical"            # a guess where the table found none
     assert urgent_route("hr", {"hr": 2, "medical": 1}) == "hr"
     assert urgent_route("legal", {"legal": 1, "medical": 1}) == "medical"      # a tie with medical: medical
-    assert urgent_route("hr", {"hr": 1, "legal": 2}) == "medical"              # not a desk the table chose
+    assert urgent_route("hr", {"hr": 1, "legal": 2}) == "legal"                # the table's desk, not the guess
     assert urgent_route("general", {}) == "medical"
 
 

@@ -79,15 +79,17 @@ def is_urgent_case(case: dict) -> bool:
 
 def urgent_route(routed: str, keywords: Mapping[str, int] | None = None) -> str:
     """Medical staff for a possible emergency, unless the keyword table found another desk for it. ``keywords``:
-    the table's hits per category (``categories.keyword_scores``); ``routed`` stays only where it is one of the
-    table's top desks and medical is not among them (a learned router's guess, made where the table found
-    nothing, never takes an emergency from medical). Without ``keywords``, ``routed`` is the table's own choice."""
+    the table's hits per category (``categories.keyword_scores``). Medical where the table found nothing or
+    medical is among its top desks; else ``routed`` where it is one of the top desks, else the table's first top
+    desk (a learned router's guess, made where the table found nothing or disagrees with it, never decides an
+    emergency). Without ``keywords``, ``routed`` is the table's own choice."""
     if keywords is None:
         return URGENT_CATEGORY if routed == FALLBACK_CATEGORY else routed
     top = max(keywords.values(), default=0)
-    if top <= 0 or keywords.get(routed, 0) < top or keywords.get(URGENT_CATEGORY, 0) == top:
+    tops = [category for category, hits in keywords.items() if hits == top and hits > 0]
+    if not tops or URGENT_CATEGORY in tops:
         return URGENT_CATEGORY
-    return routed
+    return routed if routed in tops else tops[0]
 
 
 def mark_urgent(result: dict, request: str | None) -> dict:
