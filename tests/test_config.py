@@ -202,6 +202,9 @@ def test_exponent_without_a_dot_is_a_number_as_in_yaml_1_2():
     import yaml
 
     assert yaml.safe_load("lr: 1e-3") == {"lr": "1e-3"}  # SafeLoader itself is left as it was
+    from so8t_lib.core.config_files import apply_overrides
+
+    assert apply_overrides({}, ["params.lr=1e-3", "params.tag='1e-3'"]) == {"params": {"lr": 0.001, "tag": "1e-3"}}
 
 
 def test_one_route_override_starts_from_the_default_routes():

@@ -61,8 +61,9 @@ def literal_override(key: str, value: str) -> str:
 
 
 def _read_yaml_value(raw: str) -> tuple[Any, str]:
-    """The YAML value of ``raw`` and the text after its last token (a comment YAML drops; '' when none)."""
-    value = yaml.safe_load(raw)
+    """The YAML value of ``raw`` (read as config files are: 1e-3 is a number) and the text after its last token
+    (a comment YAML drops; '' when none)."""
+    value = load_yaml_strict(raw)
     ignored = (yaml.StreamStartToken, yaml.StreamEndToken, yaml.BlockEndToken)
     end = max((t.end_mark.index for t in yaml.scan(raw) if not isinstance(t, ignored)), default=0)
     return value, raw[end:].strip()
