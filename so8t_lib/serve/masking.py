@@ -13,7 +13,9 @@ Names, Japanese: the kanji/katakana run before an honorific or a title (さん, 
 hiragana given name (佐藤さくらさん) or a given name after one space (田中 太郎様: any two short words
 apart by a space before an honorific are read as one name). A department or company written before
 the name stays (総務課山田花子さん, 株式会社サクラ営業部佐藤部長, ミナト商事 田中様): only what follows
-its last unit (部, 課, 室, ...) is masked. A name wholly in hiragana is masked after a kanji family
+its last unit (部, 課, 室, ...) is masked, within the 24 kanji/katakana before the honorific: a longer
+run (a long company and department name written straight before the name) leaves the name unmasked,
+the price of a bounded pattern. A name wholly in hiragana is masked after a kanji family
 name or at the start of a phrase (さくらさん), not after a particle (田中さんとさくらさん), since hiragana
 before さん is mostly grammar (今日はみなさん). Not masked: set phrases and roles (お客様, 皆様, 担当者様,
 ご苦労様, 副社長, ベンダーさん), titles used as words (部長会議, 課長 alone), companies (サクラ商事様).
