@@ -369,6 +369,29 @@ def test_no_notification_channel_warns_and_the_case_says_so(tmp_path, monkeypatc
     assert agent.queue.get(result["escalation_id"])["status"] == "notify_failed"
 
 
+def test_unresolved_lists_every_case_waiting_for_a_person_and_db_may_follow_the_subcommand(tmp_path, monkeypatch,
+                                                                                               capsys):
+    """``--status open`` (in the docs and the emergency alert's text) missed every case whose notification had been
+    tried: ``notified`` or ``notify_failed``. And ``resolve ... --config X``, as docs/operations.md writes it, was
+    refused: --db and --config were accepted only before the subcommand."""
+    for name in ("SLACK_WEBHOOK_URL", "SMTP_SERVER"):
+        monkeypatch.delenv(name, raising=False)
+    agent = _agent(tmp_path)
+    failed = agent.run_agent(None, "上司からのパワハラについて相談したい")["escalation_id"]
+    agent.pending_notifications[-1].result(timeout=10)
+    waiting = agent.run_agent(None, "契約書の条項について法務の判断が必要です")["escalation_id"]
+    agent.pending_notifications[-1].result(timeout=10)
+    db = str(tmp_path / "cases.sqlite")
+    so8t(["escalation", "list", "--status", "open", "--db", db])
+    assert capsys.readouterr().out == ""  # both were tried: neither is "open" any more
+    so8t(["escalation", "list", "--status", "unresolved", "--db", db])
+    assert sorted(json.loads(line)["case_id"] for line in capsys.readouterr().out.splitlines()) == sorted([failed, waiting])
+    so8t(["escalation", "resolve", failed, "--decision", "REFUSE", "--by", "Sato", "--db", db])
+    assert "resolved as REFUSE by Sato" in capsys.readouterr().out
+    so8t(["escalation", "--db", db, "list", "--status", "unresolved"])
+    assert [json.loads(line)["case_id"] for line in capsys.readouterr().out.splitlines()] == [waiting]
+
+
 def test_a_case_past_escalation_timeout_is_marked_overdue_and_reminded(tmp_path, webhook, monkeypatch, capsys):
     url, posts = webhook
     monkeypatch.delenv("SLACK_WEBHOOK_URL", raising=False)

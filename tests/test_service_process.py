@@ -143,7 +143,7 @@ def test_check_reports_what_a_start_would_find_and_serves_nothing(tmp_path, chec
     busy = socket.create_server(("127.0.0.1", 0))  # a port another process holds
     assert so8t([*command, "service.port=0"]) == 0
     out = capsys.readouterr().out
-    assert "model: loaded: " in out and "escalation_queue: reachable: 0 open" in out
+    assert "model: loaded: " in out and "escalation_queue: reachable: 0 unresolved" in out
     assert out.splitlines()[-1] == "so8t serve --check: ready"
 
     (log_dir / "EMERGENCY").write_text("drill\n", encoding="utf-8")

@@ -1,6 +1,6 @@
 """so8t escalation: the queue of cases for people.
 
-    so8t escalation list [--status open] [--overdue] [--urgent] [--no-tests]
+    so8t escalation list [--status unresolved] [--overdue] [--urgent] [--no-tests]
     so8t escalation resolve CASE_ID --decision ALLOW|REFUSE --by NAME [--note TEXT] [--supersede]
     so8t escalation history CASE_ID
     so8t escalation redact --resolved-before 2026-09-01 [--dry-run]
@@ -8,7 +8,9 @@
 The queue is found as the runtime finds it: --db (a file or a postgresql:// URL), else
 $SO8T_ESCALATION_DB, else $SO8T_ESCALATION_URL, else the --config's queue (escalation.queue_url, or
 queue_db moved into $SO8T_LOG_DIR when set), else $SO8T_LOG_DIR/escalations.sqlite, else
-logs/escalations.sqlite. A path that is not an existing queue is an error, never a new empty
+logs/escalations.sqlite (--db and --config go before or after the subcommand). ``--status unresolved`` lists
+every case waiting for a person: a case is ``open`` only until its notification is tried, then
+``notified`` or ``notify_failed``. A path that is not an existing queue is an error, never a new empty
 database. Each resolution is appended to the case's history and written to the audit log: --audit-log,
 else the --config's, else next to a queue file. A queue at a URL has no folder, so there resolve and
 redact need --audit-log, --config or $SO8T_LOG_DIR (the service's audit chain), and refuse with exit 2
@@ -42,7 +44,14 @@ from ..serve.config import (
     replica_log_name,
     runtime_paths,
 )
-from ..serve.escalation import REDACTED_FIELDS, EscalationQueue, QueueError
+from ..serve.escalation import (
+    CASE_STATUSES,
+    REDACTED_FIELDS,
+    UNRESOLVED,
+    UNRESOLVED_STATUSES,
+    EscalationQueue,
+    QueueError,
+)
 from ..serve.outcome import utc_timestamp
 from ..serve.queue_sql import is_url
 from ..serve.resolutions import resolve_audited
@@ -135,24 +144,29 @@ def _redact(queue: EscalationQueue, audit: AuditLog | None, before: dt.datetime,
 
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(prog="so8t escalation", description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("--db", help="the queue: a SQLite file or a postgresql:// URL (default: see above)")
-    parser.add_argument("--config", help="a runtime config: its queue, audit log and key variables")
+    where = argparse.ArgumentParser(add_help=False)  # also after the subcommand, as the docs write them
+    for parent, default in ((parser, None), (where, argparse.SUPPRESS)):
+        parent.add_argument("--db", default=default,
+                            help="the queue: a SQLite file or a postgresql:// URL (default: see above)")
+        parent.add_argument("--config", default=default, help="a runtime config: its queue, audit log and key variables")
     sub = parser.add_subparsers(dest="command", required=True)
-    p_list = sub.add_parser("list", help="show cases (one JSON object each)")
-    p_list.add_argument("--status", choices=["open", "notified", "notify_failed", "resolved"])
+    p_list = sub.add_parser("list", parents=[where], help="show cases (one JSON object each)")
+    p_list.add_argument("--status", choices=[*CASE_STATUSES, UNRESOLVED],
+                        help=f"one status, or {UNRESOLVED} (every case waiting for a person)")
     p_list.add_argument("--overdue", action="store_true", help="only cases past escalation_timeout")
     p_list.add_argument("--urgent", action="store_true", help="only cases the emergency screen marked")
     p_list.add_argument("--no-tests", action="store_true", help="leave out cases made in --test-mode")
-    p_resolve = sub.add_parser("resolve", help="record a person's decision on a case")
+    p_resolve = sub.add_parser("resolve", parents=[where], help="record a person's decision on a case")
     p_resolve.add_argument("case_id")
     p_resolve.add_argument("--decision", required=True, choices=HUMAN_DECISIONS)
     p_resolve.add_argument("--by", required=True)
     p_resolve.add_argument("--note")
     p_resolve.add_argument("--supersede", action="store_true", help="replace an earlier decision (it stays in the history)")
     p_resolve.add_argument("--audit-log", help="the audit log that records the resolution")
-    p_history = sub.add_parser("history", help="every resolution of a case, oldest first")
+    p_history = sub.add_parser("history", parents=[where], help="every resolution of a case, oldest first")
     p_history.add_argument("case_id")
-    p_redact = sub.add_parser("redact", help="blank the texts of cases resolved before a date (retention)")
+    p_redact = sub.add_parser("redact", parents=[where],
+                              help="blank the texts of cases resolved before a date (retention)")
     p_redact.add_argument("--resolved-before", required=True, type=utc_midnight, help="a date (UTC), e.g. 2026-09-01")
     p_redact.add_argument("--dry-run", action="store_true", help="list the cases, change nothing")
     p_redact.add_argument("--audit-log", help="the audit log that records the redaction")
@@ -161,7 +175,10 @@ def main(argv: list[str] | None = None) -> int:
         db, target, enc_key, mac_key = _locations(args)
         queue = EscalationQueue(db, create=False, encryption_key=enc_key)
         if args.command == "list":
-            for case in queue.list(args.status, overdue_only=args.overdue, include_tests=not args.no_tests):
+            statuses = UNRESOLVED_STATUSES if args.status == UNRESOLVED else (args.status,)
+            found = [c for s in statuses for c in queue.list(s, overdue_only=args.overdue,
+                                                             include_tests=not args.no_tests)]
+            for case in sorted(found, key=lambda c: (c["created_at"], c["case_id"])):
                 if args.urgent and not is_urgent_case(case):
                     continue
                 print(json.dumps({k: case.get(k) for k in LISTED}, ensure_ascii=False))

@@ -1,6 +1,6 @@
 """Escalation cases: the queue people work through, behind a small interface.
 
-    so8t escalation list [--status open] [--overdue]
+    so8t escalation list [--status unresolved] [--overdue]
     so8t escalation resolve CASE_ID --decision ALLOW|REFUSE --by NAME [--note TEXT] [--supersede]
     so8t escalation history CASE_ID
     so8t escalation redact --resolved-before DATE [--dry-run]
@@ -39,6 +39,9 @@ logger = logging.getLogger("so8t.escalation")
 ENCRYPTED_FIELDS = ("user_id", "input", "context", "rationale", "note")
 REDACTED_FIELDS = ENCRYPTED_FIELDS  # what retention blanks: every text that may hold personal data
 ENCRYPTED_MARK = "enc:"
+UNRESOLVED_STATUSES = ("open", "notified", "notify_failed")  # waiting for a person, whatever became of its notice
+CASE_STATUSES = (*UNRESOLVED_STATUSES, "resolved")
+UNRESOLVED = "unresolved"  # a list filter: every case of UNRESOLVED_STATUSES
 
 
 class QueueError(RuntimeError):

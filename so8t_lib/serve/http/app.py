@@ -3,7 +3,7 @@
     POST /v1/decide                    one request or a list -> the run_agent result(s)      client
     POST /v1/moderations               OpenAI moderation shape (input: text or list)         client
     GET  /v1/escalations/{id}/outcome  where an escalated request stands, what a person decided  client
-    GET  /v1/escalations?status=open   the escalation queue                                  reviewer
+    GET  /v1/escalations?status=unresolved  the escalation queue                             reviewer
     POST /v1/escalations/{id}/resolve  a person's decision, audited                          reviewer
     GET|POST /v1/admin/emergency       the emergency switch, audited                         reviewer
     GET  /healthz, /readyz, /metrics, /dashboard                                             open
@@ -34,7 +34,15 @@ from starlette.exceptions import HTTPException
 from ...core.config import parse_size
 from ...core.schema import ROUTE_CATEGORIES
 from ..audit import AuditWriteError
-from ..escalation import AlreadyResolved, QueueError, QueueUnavailable, ResolvedButUnread
+from ..escalation import (
+    CASE_STATUSES,
+    UNRESOLVED,
+    UNRESOLVED_STATUSES,
+    AlreadyResolved,
+    QueueError,
+    QueueUnavailable,
+    ResolvedButUnread,
+)
 from ..resolutions import resolve_audited
 from ..urgency import is_urgent_case
 from .auth import CLIENT, REVIEWER, ApiKey, RateLimiter
@@ -43,8 +51,6 @@ from .dashboard_page import PAGE, SCRIPT
 from .emergency import API, SwitchRefused
 from .middleware import BodySizeLimit, HttpMetrics, RequireKey
 from .schemas import (
-    CASE_STATUSES,
-    UNRESOLVED,
     DecisionResult,
     EmergencyRequest,
     EmergencyState,
@@ -59,7 +65,7 @@ from .schemas import (
     errors,
     request_models,
 )
-from .service import UNRESOLVED_STATUSES, Service
+from .service import Service
 
 CASE_ID_PATTERN = r"^[A-Za-z0-9_-]{1,64}$"  # case ids are esc_ and hex; anything else cannot name one
 logger = logging.getLogger("so8t.service")

@@ -16,8 +16,6 @@ from pydantic import BaseModel, ConfigDict, Field, create_model
 from ...core.schema import HUMAN_DECISIONS, LABELS, ROUTE_CATEGORIES
 
 ESCALATION_STATUSES = ("queued", "spooled", "unqueued")
-CASE_STATUSES = ("open", "notified", "notify_failed", "resolved")
-UNRESOLVED = "unresolved"  # a filter of the list endpoint: open, notified or notify_failed
 # a name or reason must hold one visible character: not whitespace and not a control character (Python's strip(),
 # which the queue applies, also removes \x1c-\x1f and \x85, which JSON Schema's \S lets through)
 VISIBLE_TEXT = r"[^\s\x00-\x1f\x7f-\x9f]"

@@ -10,6 +10,7 @@ import os
 from pathlib import Path
 
 from ..config import ServiceConfig, placed
+from ..escalation import UNRESOLVED_STATUSES
 from ..runtime import Agent
 from .auth import ApiKeys, RateLimiter
 from .batching import MicroBatcher
@@ -18,7 +19,6 @@ from .emergency import EMERGENCY, EmergencySwitch
 from .metrics import ServiceMetrics
 
 logger = logging.getLogger("so8t.service")
-UNRESOLVED_STATUSES = ("open", "notified", "notify_failed")
 
 
 class Service:
@@ -155,7 +155,7 @@ class Service:
         self.count_queue()
         counts = self.queue_counts
         checks["escalation_queue"] = (f"not ready: {self.queue_error}" if self.queue_error else
-                                      f"reachable: {counts['open']} open, {counts['overdue']} overdue, "
+                                      f"reachable: {counts['open']} unresolved, {counts['overdue']} overdue, "
                                       f"{counts['spooled']} spooled")
         if self.switch.flag_file.is_file():
             checks["mode"] = f"not ready: the flag file {self.switch.flag_file} holds emergency mode (all escalated)"
