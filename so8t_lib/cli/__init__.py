@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import difflib
 import importlib
+import os
 import sys
 from typing import NamedTuple
 
@@ -68,7 +69,16 @@ def main(argv: list[str] | None = None):
     return getattr(module, command.function)(rest)
 
 
+EXIT_BROKEN_PIPE = 141  # what a shell reports for a program stopped by SIGPIPE
+
+
 def run(argv: list[str] | None = None) -> None:
-    """The console entry point: exit with the command's code (0 unless it returned an int)."""
-    result = main(argv)
+    """The console entry point: exit with the command's code (0 unless it returned an int). Output piped into a
+    reader that stops early (``| head``) ends the command quietly, as other Unix tools do, not with a traceback."""
+    try:
+        result = main(argv)
+        sys.stdout.flush()
+    except BrokenPipeError:
+        os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())  # the interpreter's final flush would fail
+        sys.exit(EXIT_BROKEN_PIPE)
     sys.exit(result if isinstance(result, int) else 0)

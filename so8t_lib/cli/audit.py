@@ -27,7 +27,7 @@ import sys
 from pathlib import Path
 
 from ..serve.audit import read_records, verify
-from ..serve.audit_files import AuditLockTimeout
+from ..serve.audit_files import AuditLockTimeout, chain_names, log_files
 from ..serve.audit_heads import (
     HeadsError,
     chain_key,
@@ -48,6 +48,19 @@ def _expect(text: str) -> tuple[int, str]:
         return int(seq), digest.strip()
     except ValueError:
         raise argparse.ArgumentTypeError(f"--expect takes SEQ:HASH, got {text!r}") from None
+
+
+def _check_show_target(folder: Path, name: str) -> None:
+    """Exit naming the mistake when there is nothing to show: a wrong folder printed nothing and exited 0, which
+    reads as "no records"."""
+    if folder.is_file():
+        sys.exit(f"error: {folder} is a file; pass its folder: so8t audit show {folder.parent} --name {folder.name}")
+    if not folder.is_dir():
+        sys.exit(f"error: no folder {folder}; pass the folder that holds the audit log (logging.audit_log's)")
+    if not log_files(folder, name):
+        others = [n for n in chain_names(folder, name) if n != name]
+        sys.exit(f"error: no audit log {name} in {folder}"
+                 + (f"; it holds {', '.join(others)}: pick one with --name" if others else ""))
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -77,6 +90,7 @@ def main(argv: list[str] | None = None) -> int:
     p_accept.add_argument("--hmac-key-env", default=AUDIT_HMAC_KEY_ENV)
     args = parser.parse_args(argv)
     if args.command == "show":
+        _check_show_target(Path(args.folder), args.name)
         try:
             for record in read_records(args.folder, args.name, os.environ.get(args.key_env),
                                        lock_timeout=args.lock_timeout):

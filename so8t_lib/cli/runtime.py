@@ -127,6 +127,8 @@ def main(argv: list[str] | None = None) -> int:
                 print(f"{result['decision']:<9s} conf {result['confidence']}  [{result['category']}]  "
                       f"human_required={result['human_required']}  {result['request_id']}\n  {result['rationale']}"
                       + (f"\n  answer: {result['task_response']}" if result["task_response"] else "")
+                      + (f"\n  escalation: {result['escalation_id']} ({result.get('escalation_status')})"
+                         if result.get("escalation_id") else "")
                       + (f"\n  error: {result['error']}" if result.get("error") else ""))
             else:
                 print(json.dumps(result, ensure_ascii=False))
