@@ -171,3 +171,17 @@ def test_the_cli_decides_every_line_around_unreadable_ones_and_ignores_a_client(
     assert all(agent.queue.get(r["escalation_id"])["client"] is None for r in results)  # never from stdin
     assert "not readable JSON" in results[3]["error"] and "not readable JSON" in results[4]["error"]
     assert len(_records(tmp_path)) == 6 and agent.audit_failures == 0
+
+
+@pytest.mark.timeout(120)
+def test_a_long_list_from_python_is_decided_in_passes_of_max_batch(tmp_path):
+    """run_batch gave a Python caller's whole list to one pass under one decision_timeout_s: 120 requests at 10 ms
+    each (1.2 s) against a 0.5 s limit came back escalated as timeouts, with a healthy model."""
+    decider = _PerRequestDecider(0.01)
+    agent = _agent(tmp_path, decider, generate_responses=False)
+    agent.config.service.max_batch = 8
+    texts = [f"request {i} {'refuse' if i % 3 == 0 else 'fine'}" for i in range(120)]
+    results = agent.run_batch([{"user_request": t} for t in texts])
+    assert max(decider.passes) <= 8 and sum(decider.passes) == 120
+    assert [r["decision"] for r in results] == ["REFUSE" if "refuse" in t else "ALLOW" for t in texts]
+    assert len(_records(tmp_path)) == 120

@@ -3,7 +3,9 @@
 A batch mixes clients. When its pass fails or times out, its requests are decided again one by one, shortest
 first, within one more ``decision_timeout_s``: one item that breaks or stalls the model (one client's huge
 request) fails closed alone instead of taking the other clients' requests with it. Each pass's limit counts its
-own time on the model's thread, not the wait behind other work (``model_worker``).
+own time on the model's thread, not the wait behind other work (``model_worker``). A list longer than
+``service.max_batch`` is decided that many at a time, each pass under its own limit, as the HTTP service's micro-
+batches are: a Python caller's thousand requests are not one pass under one limit.
 """
 
 from __future__ import annotations
@@ -27,8 +29,14 @@ def probabilities(worker: ModelWorker, decider, requests: list[str], contexts: l
     return probs
 
 
-def decide_all(worker: ModelWorker, decider, requests: list[str], contexts: list[str | None], limit: float) -> list:
-    """One entry per request: a row of probabilities or the reason it could not be decided."""
+def decide_all(worker: ModelWorker, decider, requests: list[str], contexts: list[str | None], limit: float,
+               chunk: int | None = None) -> list:
+    """One entry per request: a row of probabilities or the reason it could not be decided; ``chunk`` requests a
+    pass at most (None: all in one)."""
+    if chunk and len(requests) > chunk:
+        return [entry for start in range(0, len(requests), chunk)
+                for entry in decide_all(worker, decider, requests[start:start + chunk],
+                                        contexts[start:start + chunk], limit)]
     try:
         return list(probabilities(worker, decider, requests, contexts, limit))
     except TimeoutError as exc:

@@ -182,7 +182,7 @@ class Agent:
         if self.load_error:
             return [self.load_error] * len(cleans)
         return decide_all(self._model, self.decider, [c.user_request for c in cleans], [c.context for c in cleans],
-                          self.config.inference.decision_timeout_s)
+                          self.config.inference.decision_timeout_s, self.config.service.max_batch)
 
     def _generate(self, request: str, context: str | None) -> tuple[str, str | None]:
         """(masked task answer, error); an answer that fails leaves the decision standing."""
@@ -203,7 +203,7 @@ class Agent:
     def run_batch(self, requests: list, received_at: list[float] | None = None,
                   on_result: Callable[[int, dict], None] | None = None,
                   on_decided: Callable[[], None] | None = None) -> list[dict]:
-        """Many requests in one decision pass; one result and one audit record each, in order.
+        """Many requests in passes of service.max_batch; one result and one audit record each, in order.
         ``received_at`` (``time.perf_counter()`` values) lets a server count the time a request waited
         before this call in its processing_time_ms. Never raises for a bad item: it fails closed.
 
