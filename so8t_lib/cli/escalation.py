@@ -48,7 +48,6 @@ from ..serve.escalation import (
     CASE_STATUSES,
     REDACTED_FIELDS,
     UNRESOLVED,
-    UNRESOLVED_STATUSES,
     EscalationQueue,
     QueueError,
 )
@@ -175,10 +174,7 @@ def main(argv: list[str] | None = None) -> int:
         db, target, enc_key, mac_key = _locations(args)
         queue = EscalationQueue(db, create=False, encryption_key=enc_key)
         if args.command == "list":
-            statuses = UNRESOLVED_STATUSES if args.status == UNRESOLVED else (args.status,)
-            found = [c for s in statuses for c in queue.list(s, overdue_only=args.overdue,
-                                                             include_tests=not args.no_tests)]
-            for case in sorted(found, key=lambda c: (c["created_at"], c["case_id"])):
+            for case in queue.list(args.status, overdue_only=args.overdue, include_tests=not args.no_tests):
                 if args.urgent and not is_urgent_case(case):
                     continue
                 print(json.dumps({k: case.get(k) for k in LISTED}, ensure_ascii=False))

@@ -78,6 +78,7 @@ class CaseStore(Protocol):
     def get(self, case_id: str) -> dict: ...
 
     def list(self, status: str | None = None, overdue_only: bool = False, include_tests: bool = True) -> list[dict]: ...
+    # status: one of CASE_STATUSES, UNRESOLVED (any of UNRESOLVED_STATUSES) or None (all), oldest first
 
     def record_notifications(self, case_id: str, outcomes: list[dict]) -> None: ...
 
@@ -248,7 +249,9 @@ class EscalationQueue:
     def list(self, status: str | None = None, overdue_only: bool = False, include_tests: bool = True) -> list[dict]:
         self._ensure_schema()
         query = select(cases).order_by(cases.c.created_at, cases.c.case_id)
-        if status:
+        if status == UNRESOLVED:  # every case waiting for a person, whatever became of its notification
+            query = query.where(cases.c.status.in_(UNRESOLVED_STATUSES))
+        elif status:
             query = query.where(cases.c.status == status)
         if not include_tests:
             query = query.where(cases.c.test == 0)

@@ -37,7 +37,6 @@ from ..audit import AuditWriteError
 from ..escalation import (
     CASE_STATUSES,
     UNRESOLVED,
-    UNRESOLVED_STATUSES,
     AlreadyResolved,
     QueueError,
     QueueUnavailable,
@@ -245,14 +244,12 @@ def create_app(service: Service) -> FastAPI:
                           include_tests: bool = True,
                           limit: Annotated[int, Query(ge=1, le=1000)] = 100):
         def listing() -> list[dict]:
-            statuses = UNRESOLVED_STATUSES if status == UNRESOLVED else (status,)
-            return [c for s in statuses for c in service.agent.queue.list(s, overdue, include_tests)
+            return [c for c in service.agent.queue.list(status, overdue, include_tests)
                     if key.reviews(c.get("category")) and (is_urgent_case(c) or not urgent)]
         try:
             cases = await run_in_threadpool(listing)
         except QueueError as exc:
             raise ApiError(503, "queue_unavailable", str(exc), {"Retry-After": "2"}) from None
-        cases.sort(key=lambda c: (c["created_at"], c["case_id"]))
         shown = [EscalationCase.model_validate(c).model_dump() for c in cases[:limit]]
         return SafeJSONResponse({"count": len(cases), "cases": shown})
 

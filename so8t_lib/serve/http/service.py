@@ -10,7 +10,7 @@ import os
 from pathlib import Path
 
 from ..config import ServiceConfig, placed
-from ..escalation import UNRESOLVED_STATUSES
+from ..escalation import UNRESOLVED
 from ..runtime import Agent
 from .auth import ApiKeys, RateLimiter
 from .batching import MicroBatcher
@@ -106,7 +106,7 @@ class Service:
         """Queue depth and overdue cases for the gauges (a locked queue keeps the last numbers)."""
         try:
             store = self.agent.queue
-            cases = [c for status in UNRESOLVED_STATUSES for c in store.list(status)]
+            cases = store.list(UNRESOLVED)
             self.queue_counts.update(open=len(cases), overdue=sum(1 for c in cases if c["overdue"]))
             self.queue_error = None
         except Exception as exc:  # noqa: BLE001
