@@ -208,7 +208,7 @@ def test_the_frozen_state_cache_is_another_for_4bit_and_for_a_replaced_local_bas
 
     plain = SO8TModel.from_config(load_config(TINY).model)
     config = load_config(TINY, ["model.load_in_4bit=true"]).model
-    assert base_key(plain) != base_key(type("Quantized", (), {"config": config, "base_fingerprint": None})())
+    assert base_key(plain) != base_key(type("Quantized", (), {"config": config, "base_fingerprint": None, "base_identity": None})())
     base = tmp_path / "hf_base"
     keys = []
     for seed in (0, 1):
@@ -217,7 +217,7 @@ def test_the_frozen_state_cache_is_another_for_4bit_and_for_a_replaced_local_bas
         lm.save_pretrained(base)
         tokenizer.save_pretrained(base)
         hf = load_config(TINY, ["model.preset=hf", f"model.base_model={base}"]).model
-        keys.append(base_key(type("Local", (), {"config": hf, "base_fingerprint": None})()))
+        keys.append(base_key(type("Local", (), {"config": hf, "base_fingerprint": None, "base_identity": None})()))
     assert keys[0] != keys[1]  # the same path, other weights: another cache
 
 

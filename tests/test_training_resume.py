@@ -81,17 +81,17 @@ def test_an_overflow_inside_a_step_leaves_last_with_the_finished_steps_statistic
 
 
 def _local_base(folder: Path, seed: int) -> str:
-    """A tiny base saved as a plain HF folder with a manifest, as a converted pretrained base is; its fingerprint."""
+    """A tiny base saved as a plain HF folder with a manifest, as a converted pretrained base is; its identity."""
     from so8t_lib.core.checkpoint import write_manifest
     from so8t_lib.model.base import build_tiny_base
-    from so8t_lib.model.pretrained import base_fingerprint
+    from so8t_lib.model.pretrained import base_identity
 
     shutil.rmtree(folder, ignore_errors=True)
     lm, tokenizer = build_tiny_base(load_config(TINY, [f"model.seed={seed}"]).model, None)
     lm.save_pretrained(folder)
     tokenizer.save_pretrained(folder)
     write_manifest(folder)
-    return base_fingerprint(folder)
+    return base_identity(folder)
 
 
 def test_a_resume_on_another_base_is_refused_naming_both_fingerprints(tmp_path):
@@ -104,7 +104,7 @@ def test_a_resume_on_another_base_is_refused_naming_both_fingerprints(tmp_path):
     Trainer(config).run()
     swapped = _local_base(base, seed=1)
     assert swapped != started_on
-    with pytest.raises(CheckpointError, match=f"another base.*{started_on}.*{swapped}.*model.base_model"):
+    with pytest.raises(CheckpointError, match=f"another base.*identity {started_on[:12]} vs {swapped[:12]}.*model.base_model"):
         Trainer(config, resume=True)
     assert _local_base(base, seed=0) == started_on
     assert Trainer(config, resume=True).state.step == 2  # its own base: the resume goes on

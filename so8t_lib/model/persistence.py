@@ -33,7 +33,7 @@ from ..core.schema import (
     is_adapter_key,
 )
 from .base import base_location, dequantized_state_dict, load_pretrained_base, load_saved_base
-from .pretrained import base_fingerprint
+from .pretrained import base_mismatch, base_record
 from .tokenizer import load_tokenizer
 
 
@@ -52,10 +52,18 @@ class CheckpointMixin:
             state[plain] = tensor
         return state
 
+    def base_record(self) -> dict[str, str | None]:
+        """The pretrained base's hashes as a checkpoint records them (None for a base saved in ``base/``)."""
+        return {"base_fingerprint": self.base_fingerprint, "base_identity": self.base_identity}
+
+    def set_base_record(self, record: dict) -> None:
+        self.base_fingerprint = record.get("base_fingerprint")
+        self.base_identity = record.get("base_identity")
+
     def write_files(self, folder: Path) -> None:
         """Write the checkpoint files into an existing folder (``save`` makes it atomic)."""
         meta = {"format": CHECKPOINT_FORMAT, "model": self.config.model_dump(mode="json"),
-                "base_fingerprint": self.base_fingerprint}
+                **self.base_record()}
         (folder / MODEL_CONFIG_FILE).write_text(yaml.safe_dump(meta, sort_keys=False), encoding="utf-8")
         save_file(self.adapter_state_dict(), str(folder / ADAPTER_FILE), metadata={"format": str(CHECKPOINT_FORMAT)})
         self.tokenizer.save_pretrained(str(folder / TOKENIZER_DIR))
@@ -122,19 +130,19 @@ class CheckpointMixin:
             raise CheckpointError(f"{config_file}: checkpoint format {meta.get('format')!r}; this version of so8t "
                                   f"reads format {CHECKPOINT_FORMAT} only: load it with the version that wrote it")
         tokenizer = load_tokenizer(path / TOKENIZER_DIR)
-        fingerprint = None
+        loaded_base = {}
         if (path / BASE_DIR).is_dir():
             lm = load_saved_base(path / BASE_DIR, config)
         else:
             location = base_location(config)
-            fingerprint = base_fingerprint(location)
-            expected = meta.get("base_fingerprint")
-            if expected and fingerprint and expected != fingerprint:
-                raise CheckpointError(f"{path} was trained on another base than {location} (manifest sha256 "
-                                      f"{expected[:12]} vs {fingerprint[:12]}); point model.base_model at its base")
+            loaded_base = base_record(location)
+            mismatch = base_mismatch(meta, loaded_base)
+            if mismatch:
+                raise CheckpointError(f"{path} was trained on another base than {location} ({mismatch}); point "
+                                      "model.base_model at its base")
             lm, _ = load_pretrained_base(location, config)
         model = cls(lm, tokenizer, config)
-        model.base_fingerprint = fingerprint
+        model.set_base_record(loaded_base)
         model.load_adapter(path / ADAPTER_FILE)
         model.model_version = checkpoint_version(path, config.name)
         return model.eval()

@@ -9,7 +9,9 @@ The source GGUF is kept too: the export copies its tokenizer into every SO8T GGU
 
 from __future__ import annotations
 
+import hashlib
 import importlib
+import json
 import warnings
 from dataclasses import dataclass
 from pathlib import Path
@@ -109,9 +111,58 @@ def save_tokenizer(tokenizer, folder: str | Path) -> None:
 
 
 def base_fingerprint(folder: str | Path) -> str | None:
-    """sha256 of a base folder's manifest: recorded in each checkpoint, so loading it on another base is refused."""
+    """sha256 of a base folder's manifest: recorded in each checkpoint, so loading it on another base is refused.
+    Checkpoints written before ``base_identity`` existed are compared by this alone."""
     manifest = Path(folder) / MANIFEST_FILE
     return sha256_file(manifest) if manifest.is_file() else None
+
+
+# what the saving library stamps into a base's JSON files without changing the model: the version that wrote them,
+# the dtype's name (``torch_dtype`` before transformers 5; the weights' dtype is in the weights' hash) and whether
+# the tokenizer was read from a local folder
+VERSION_STAMPS = ("transformers_version", "torch_dtype", "dtype", "is_local")
+STAMPED_FILES = ("config.json", "generation_config.json", "tokenizer_config.json")
+
+
+def base_identity(folder: str | Path) -> str | None:
+    """sha256 over a base's files as its manifest lists them, with ``VERSION_STAMPS`` left out of its JSON configs.
+    The same weights and tokenizer converted under another transformers version keep their identity, while the
+    manifest's own hash (``base_fingerprint``) changes with the version stamped in config.json."""
+    folder = Path(folder)
+    manifest = folder / MANIFEST_FILE
+    if not manifest.is_file():
+        return None
+    try:
+        files = json.loads(manifest.read_text(encoding="utf-8"))["files"]
+        parts = {}
+        for name in sorted(files):
+            if name in STAMPED_FILES:
+                document = json.loads((folder / name).read_text(encoding="utf-8"))
+                for stamp in VERSION_STAMPS:
+                    document.pop(stamp, None)
+                parts[name] = hashlib.sha256(json.dumps(document, sort_keys=True).encode()).hexdigest()
+            else:
+                parts[name] = files[name]["sha256"]
+    except (OSError, ValueError, KeyError, TypeError, AttributeError) as exc:
+        raise CheckpointError(f"{folder}: its manifest or configs are unreadable ({exc}); convert or copy the base "
+                              "again") from None
+    return hashlib.sha256(json.dumps(parts, sort_keys=True).encode()).hexdigest()
+
+
+def base_record(folder: str | Path) -> dict[str, str | None]:
+    """What a checkpoint records of the base it was trained on (both hashes; see ``base_mismatch``)."""
+    return {"base_fingerprint": base_fingerprint(folder), "base_identity": base_identity(folder)}
+
+
+def base_mismatch(trained_on: dict, loaded: dict) -> str | None:
+    """Why the ``loaded`` base is not the one a checkpoint was ``trained_on`` (both as ``base_record`` gives them),
+    or None when it is, or when nothing recorded can tell. The identity decides when both sides have one; a
+    checkpoint from before it existed is compared by its manifest hash."""
+    for key, what in (("base_identity", "identity"), ("base_fingerprint", "manifest sha256")):
+        then, now = trained_on.get(key), loaded.get(key)
+        if then and now:
+            return None if then == now else f"{what} {then[:12]} vs {now[:12]}"
+    return None
 
 
 def verify_base(folder: Path) -> None:

@@ -42,7 +42,7 @@ from .base import (
 from .gates import GatedLinear, GatePair, fold_rotation_into_linear
 from .heads import SafetyHeadB, pool_states, prompt_mask
 from .persistence import CheckpointMixin
-from .pretrained import base_fingerprint
+from .pretrained import base_record
 from .prompts import SYSTEM_PROMPT, format_prompt
 from .split import DecoderSplit
 
@@ -103,6 +103,7 @@ class SO8TModel(CheckpointMixin, nn.Module):
         self.tokenizer = tokenizer
         self.model_version = config.name  # load() adds the adapter's hash (checkpoint_version)
         self.base_fingerprint: str | None = None  # sha256 of a pretrained base's manifest (see pretrained.py)
+        self.base_identity: str | None = None  # the same base's hash without version stamps (base_identity)
         for param in lm.parameters():
             param.requires_grad_(False)
         torch.manual_seed(config.seed)
@@ -161,7 +162,7 @@ class SO8TModel(CheckpointMixin, nn.Module):
         location = base_location(config)
         lm, tokenizer = load_pretrained_base(location, config)
         model = cls(lm, tokenizer, config)
-        model.base_fingerprint = base_fingerprint(location)
+        model.set_base_record(base_record(location))
         return model
 
     def enable_gradient_checkpointing(self) -> None:

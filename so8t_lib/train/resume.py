@@ -21,6 +21,7 @@ from torch import nn
 from ..core.checkpoint import CheckpointError, atomic_folder
 from ..core.config import ModelConfig, SO8TConfig
 from ..core.schema import ADAPTER_FILE, LAST_DIR, MODEL_CONFIG_FILE, TRAINER_STATE_FILE, is_adapter_key
+from ..model.pretrained import base_mismatch
 from .optim import rng_state, set_rng_state
 from .run_folder import check_resumable, load_trainer_state, truncate_metrics
 
@@ -67,7 +68,7 @@ class RunCheckpoints:
     def _load_last(self) -> None:
         last = self.run_dir / LAST_DIR
         saved = load_trainer_state(self.run_dir, self.config)
-        check_same_base(last, self.model.base_fingerprint, self.config.model)
+        check_same_base(last, self.model.base_record(), self.config.model)
         check_same_data(saved.get("data_fingerprint"), self.data_fingerprint, last, self.config.training.data_dir)
         self.state = trainer_state_from(saved, last)
         self.model.load_adapter(last / ADAPTER_FILE)
@@ -169,22 +170,24 @@ def _adapter_buffers(model: nn.Module) -> list[tuple[str, torch.Tensor]]:
     return [(name, buffer) for name, buffer in model.named_buffers() if is_adapter_key(name)]
 
 
-def check_same_base(last: Path, fingerprint: str | None, model_config: ModelConfig) -> None:
+def check_same_base(last: Path, loaded: dict, model_config: ModelConfig) -> None:
     """CheckpointError when ``last/`` was trained on another base than the one ``model_config`` loaded now (its
-    ``fingerprint``): the saved adapters would go on training on weights they were not fitted to."""
+    ``base_record``): the saved adapters would go on training on weights they were not fitted to."""
     meta_file = last / MODEL_CONFIG_FILE
     try:
         meta = yaml.safe_load(meta_file.read_text(encoding="utf-8"))
     except (OSError, yaml.YAMLError) as exc:
         raise CheckpointError(f"{meta_file}: unreadable ({exc}); the run cannot be resumed from {last}") from None
-    trained_on = meta.get("base_fingerprint") if isinstance(meta, dict) else None
+    meta = meta if isinstance(meta, dict) else {}
+    trained_on = meta.get("base_fingerprint")
     location = model_config.base_model or f"the {model_config.preset} preset's base"
-    if trained_on and fingerprint and trained_on != fingerprint:
-        raise CheckpointError(f"{last}: the run was trained on another base (manifest sha256 {trained_on}) than the "
-                              f"one at {location} (manifest sha256 {fingerprint}); point model.base_model at the base "
-                              "the run started on, or start a new run in another training.output_dir")
+    mismatch = base_mismatch(meta, loaded)
+    if mismatch:
+        raise CheckpointError(f"{last}: the run was trained on another base than the one at {location} ({mismatch});"
+                              " point model.base_model at the base the run started on, or start a new run in "
+                              "another training.output_dir")
     # a tiny base and its tokenizer come from last/ itself (SO8TModel.for_resume): nothing to compare here
-    if trained_on and not fingerprint and model_config.preset != "tiny":
+    if trained_on and not loaded.get("base_fingerprint") and model_config.preset != "tiny":
         warnings.warn(f"{location} has no manifest, so the resume cannot check that it is the base {last} was "
                       f"trained on (manifest sha256 {trained_on})", stacklevel=2)
 

@@ -37,8 +37,8 @@ def base_key(model: SO8TModel) -> str:
     cfg = model.config
     # how the weights are computed with, where it differs from the default: nf4 states are another model's
     how = ("|nf4" if want_4bit(cfg) else "") + ("" if cfg.attn_implementation == "sdpa" else f"|{cfg.attn_implementation}")
-    if model.base_fingerprint:
-        return f"{model.base_fingerprint}|{cfg.dtype}{how}"
+    if model.base_identity or model.base_fingerprint:  # the identity: the same weights under another transformers
+        return f"{model.base_identity or model.base_fingerprint}|{cfg.dtype}{how}"
     key = {"preset": cfg.preset, "tiny": cfg.tiny.model_dump(mode="json"), "seed": cfg.seed,
            "base_model": cfg.base_model, "dtype": cfg.dtype}
     if cfg.base_model and Path(cfg.base_model).is_dir():  # a local base without a manifest: its files as they are
