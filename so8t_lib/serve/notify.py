@@ -7,6 +7,12 @@ channel). Sending runs in a background thread with retries and exponential backo
 ``notify_timeout_s``, so it never delays a decision; the outcome is recorded on the case. When no
 channel is configured at all, that is itself a failed outcome (logged, recorded, the case shows
 notify_failed): an escalation that reaches nobody must not look like a sent one.
+
+The request is the asker's text: in a message it is quoted line by line (a line break in it cannot pose as a line
+of ours, such as a forged "Resolve:" link) and, for Slack, escaped (``<!channel>`` or ``<url|label>`` would
+otherwise ping a channel or show a link under a false name). STARTTLS checks the server's certificate against the
+system's CAs, or SMTP_CA_FILE / ``smtp_ca_file`` for an internal CA: the password and the case go only to the server
+that proves to be ``smtp_server``.
 """
 
 from __future__ import annotations
@@ -16,6 +22,7 @@ import json
 import logging
 import os
 import smtplib
+import ssl
 import time
 import urllib.request
 from email.message import EmailMessage
@@ -24,6 +31,16 @@ from .config import EscalationConfig
 from .urgency import is_urgent_case
 
 logger = logging.getLogger("so8t.escalation")
+
+
+def slack_escaped(text: str) -> str:
+    """Slack's three control characters as entities: the text shows as typed, never as a ping or a link."""
+    return str(text).replace("&", "&amp;").replace("<", "&lt;").replace(">", "&gt;")
+
+
+def quoted(text: str) -> str:
+    """Every line of ``text`` after a ``> `` marker, so none of it can pass for a line of the message around it."""
+    return "\n".join("> " + line for line in (str(text).splitlines() or [""]))
 NO_CHANNEL = ("no notification channel is configured (set SLACK_WEBHOOK_URL or escalation.notification_webhook, "
               "or escalation.email_notifications with smtp_server)")
 
@@ -74,12 +91,15 @@ class Notifier:
             found.append("email")
         return found
 
-    def _message(self, case: dict, reminder: bool) -> str:
+    def _message(self, case: dict, reminder: bool, escape=str) -> str:
+        """The text of a notification; ``escape`` makes each value from the case literal for the channel."""
         head = ("URGENT, a possible emergency: " if is_urgent_case(case) else "") + (
             "OVERDUE: no decision yet on " if reminder else "")
-        return (f"[SO8T escalation {case['case_id']}] {head}category {case['category']}, request {case['request_id']}\n"
-                f"{case['rationale']}\nInput (personal data masked): {case['input']}\n"
-                f"Resolve: so8t escalation resolve {case['case_id']} --decision ALLOW|REFUSE --by NAME")
+        case_id, category, request_id = (escape(case[key]) for key in ("case_id", "category", "request_id"))
+        rationale = " ".join(str(case["rationale"]).split())  # one line: it cannot break the message's layout
+        return (f"[SO8T escalation {case_id}] {head}category {category}, request {request_id}\n"
+                f"{escape(rationale)}\nInput (personal data masked):\n{quoted(escape(case['input']))}\n"
+                f"Resolve: so8t escalation resolve {case_id} --decision ALLOW|REFUSE --by NAME")
 
     def _webhook(self, case: dict, timeout: float, reminder: bool) -> None:
         url = self.webhook_for(case["category"])
@@ -87,7 +107,7 @@ class Notifier:
         if not url:
             raise RuntimeError(f"no webhook for route {case['category']}: set "
                                f"{route.webhook_env or 'its webhook_env variable'} or SLACK_WEBHOOK_URL")
-        body = json.dumps({"text": self._message(case, reminder), "channel": route.slack_channel}).encode("utf-8")
+        body = json.dumps({"text": self._message(case, reminder, escape=slack_escaped), "channel": route.slack_channel}).encode("utf-8")
         request = urllib.request.Request(url, data=body, headers={"Content-Type": "application/json"})
         with urllib.request.urlopen(request, timeout=timeout) as response:  # noqa: S310 - URL from config/env
             if response.status >= 300:
@@ -106,7 +126,7 @@ class Notifier:
             smtp.ehlo()  # the server's extensions are known only after EHLO
             encrypted = smtp.has_extn("starttls")
             if encrypted:
-                smtp.starttls()
+                smtp.starttls(context=self._tls_context())
                 smtp.ehlo()
             user, password = os.environ.get("SMTP_USERNAME"), os.environ.get("SMTP_PASSWORD")
             if user and password:
@@ -114,6 +134,14 @@ class Notifier:
                     raise RuntimeError(f"{host}:{port} offers no STARTTLS; refusing to send SMTP_PASSWORD in clear")
                 smtp.login(user, password)
             smtp.send_message(message)
+
+    def _tls_context(self) -> ssl.SSLContext:
+        """Certificate and host name checked (smtplib's own default checks neither)."""
+        ca_file = os.environ.get("SMTP_CA_FILE") or self.config.smtp_ca_file
+        try:
+            return ssl.create_default_context(cafile=ca_file)
+        except (OSError, ssl.SSLError) as exc:
+            raise RuntimeError(f"SMTP_CA_FILE / smtp_ca_file {ca_file}: unreadable as PEM certificates ({exc})") from None
 
     def send(self, case: dict, reminder: bool = False) -> list[dict]:
         """Send now (blocking, bounded by notify_timeout_s); returns one outcome per channel."""
