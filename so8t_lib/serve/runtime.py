@@ -18,6 +18,11 @@ else, queued within ``queue_timeout_s`` (else retried from the spool), then audi
 several threads at once: the model runs on one thread (backends are not thread-safe; ``model_worker``:
 decisions go before task answers, and a time limit counts a pass's own time, not its wait), the
 audit log locks each append, the queue and the spool lock per case.
+
+This module holds the Agent itself: what it loads at start, and how it is switched and closed. Its work is
+done by three parts it inherits: ``runtime_batches`` (a batch's bookkeeping, and ``run_batch``),
+``runtime_decisions`` (one request's route, decision, answer or fail-closed result) and ``runtime_records``
+(the one audit record per decision, and an ESCALATE's spool, queue and audit steps).
 """
 
 from __future__ import annotations
@@ -26,48 +31,30 @@ import concurrent.futures
 import logging
 import os
 import threading
-import time
-from collections.abc import Callable
 from pathlib import Path
 
 from ..core.checkpoint import UNVERIFIED_MARK
 from ..core.config import ConfigError, parse_size
-from ..core.schema import LABELS
-from ..data.tables import detect_lang
-from .answering import AnswerTurns, write_answer
+from .answering import AnswerTurns
 from .applog import configure_logging
-from .audit import AuditLog, AuditWriteError
+from .audit import AuditLog
 from .audit_verify import make_fernet
 from .backends import load_decider
-from .categories import categorize, keyword_scores
 from .config import RuntimeConfig, load_runtime_config, runtime_paths
-from .deciding import decide_all
 from .escalation import EscalationQueue
 from .escalation_desk import EscalationDesk
-from .fields import bounded, pseudonym
-from .masking import mask_personal_data
 from .model_worker import ModelWorker
 from .notify import NO_CHANNEL, Notifier
-from .outcome import (
-    Delivery,
-    audit_record,
-    escalation_case,
-    fail_closed,
-    join_errors,
-    make_result,
-    new_case_id,
-    rationale_for,
-)
-from .policy import threshold_decisions
-from .request_checks import CleanRequest, InvalidRequest, Unparsed, checked_client, validate_request
 from .router import RouterError, load_router
+from .runtime_batches import BatchRunning
+from .runtime_decisions import RequestDeciding
+from .runtime_records import DecisionRecording
 from .spool import CaseSpool
-from .urgency import URGENT_FLAG, is_urgent, mark_urgent, urgent_route
 
 logger = logging.getLogger("so8t.runtime")
 
 
-class Agent:
+class Agent(BatchRunning, RequestDeciding, DecisionRecording):
     """One loaded model plus its audit log and escalation desk, applying the runtime contract."""
 
     def __init__(self, config: RuntimeConfig, decider=None, test_mode: bool = False, log_dir: str | None = None,
@@ -172,229 +159,3 @@ class Agent:
 
     def __exit__(self, *exc) -> None:
         self.close()
-
-    # ----- deciding ---------------------------------------------------------------------------------
-    def _decide_all(self, cleans: list[CleanRequest]) -> list:
-        """One entry per request: a row of probabilities, None (emergency mode) or a failure reason
-        (``deciding.decide_all``: a batch that fails is decided again one by one)."""
-        if self.config.mode == "emergency":
-            return [None] * len(cleans)
-        if self.load_error:
-            return [self.load_error] * len(cleans)
-        return decide_all(self._model, self.decider, [c.user_request for c in cleans], [c.context for c in cleans],
-                          self.config.inference.decision_timeout_s, self.config.service.max_batch)
-
-    def _generate(self, request: str, context: str | None) -> tuple[str, str | None]:
-        """(masked task answer, error); an answer that fails leaves the decision standing."""
-        inference = self.config.inference
-        if not inference.generate_responses:
-            return "", None
-        try:
-            text = write_answer(self._model, self.decider, request, context, inference, self._answering)
-        except TimeoutError as exc:
-            return "", f"generation timed out after {inference.generation_timeout_s}s ({exc})"
-        except Exception as exc:  # noqa: BLE001
-            return "", f"generation failed: {type(exc).__name__}: {exc}"
-        return mask_personal_data(str(text).strip()), None
-
-    def run_agent(self, context, user_request, user_id=None) -> dict:
-        return self.run_batch([{"context": context, "user_request": user_request, "user_id": user_id}])[0]
-
-    def run_batch(self, requests: list, received_at: list[float] | None = None,
-                  on_result: Callable[[int, dict], None] | None = None,
-                  on_decided: Callable[[], None] | None = None) -> list[dict]:
-        """Many requests in passes of service.max_batch; one result and one audit record each, in order.
-        ``received_at`` (``time.perf_counter()`` values) lets a server count the time a request waited
-        before this call in its processing_time_ms. Never raises for a bad item: it fails closed.
-
-        A server passes ``on_result(index, result)`` to hand each result on as soon as it is final, and
-        ``on_decided()`` to hear when only answers are left to write: then the results that need no answer come
-        first and the ALLOWs' answers after, so no request waits for another's answer (nor does the next batch's
-        decision pass, if the server starts one then)."""
-        now = time.perf_counter()
-        starts = list(received_at) if received_at is not None else [now] * len(requests)
-        results: list[dict | None] = [None] * len(requests)
-        deliver = Delivery(results, on_result)
-        valid: list[tuple[int, CleanRequest]] = []
-        for i, item in enumerate(requests):
-            try:
-                valid.append((i, self._check(item)))
-            except InvalidRequest as exc:
-                deliver(i, self._guarded(self._fail_closed, item, f"invalid input: {exc}", starts[i]))
-            except Exception as exc:  # noqa: BLE001 - a checker bug must not lose the batch
-                deliver(i, self._guarded(self._fail_closed, item, f"internal error: {type(exc).__name__}: {exc}",
-                                         starts[i]))
-        later: list = [] if on_result is not None else None  # ALLOWs whose answers are written last
-        if valid:
-            outcomes = self._decide_all([clean for _, clean in valid])
-            for (i, clean), outcome in zip(valid, outcomes):
-                if isinstance(outcome, str):
-                    deliver(i, self._guarded(self._fail_closed, vars(clean), outcome, starts[i], clean.flags))
-                else:
-                    defer = None if later is None else \
-                        (lambda result, i=i, clean=clean, start=starts[i]: later.append((i, clean, result, start)))
-                    result = self._guarded(self._decide_one, clean, outcome, defer, starts[i])
-                    if result is not None:  # None: deferred
-                        deliver(i, result)
-        deliver.call(on_decided)
-        for i, clean, result, start in later or ():
-            deliver(i, self._guarded(self._answer_and_finish, clean, result, start))
-        return results  # type: ignore[return-value]
-
-    def _guarded(self, step, item, *args) -> dict:
-        """Run one request's step; an unexpected failure still yields a fail-closed result, and never raises."""
-        try:
-            return step(item, *args)
-        except Exception as exc:  # noqa: BLE001
-            logger.exception("internal error while deciding a request")
-            failure = exc
-        if step != self._fail_closed:  # decide it again as a failure: a recorded ESCALATE
-            try:
-                return self._fail_closed(vars(item) if isinstance(item, CleanRequest) else item,
-                                         f"internal error: {type(failure).__name__}: {failure}", args[-1])
-            except Exception as exc:  # noqa: BLE001
-                logger.exception("internal error while failing a request closed")
-                failure = exc
-        result = make_result("ESCALATE", "", None, None, None, "general", self.model_version, [])
-        with self._lock:  # nothing left to try but an unrecorded ESCALATE
-            self.audit_failures += 1
-        return fail_closed(result, f"internal error: {type(failure).__name__}: {failure}; not recorded")
-
-    def _check(self, item) -> CleanRequest:
-        if isinstance(item, Unparsed):
-            raise InvalidRequest(item.reason)
-        if not isinstance(item, dict):
-            raise InvalidRequest(f"each request must be an object with user_request, got {type(item).__name__}")
-        v = self.config.validation
-        clean = validate_request(item.get("user_request"), item.get("context"), item.get("user_id"),
-                                 v.max_request_chars, v.max_context_chars, v.max_user_id_chars)
-        clean.client = self._client(item)
-        return clean
-
-    @staticmethod
-    def _client(item: dict) -> str | None:
-        """The item's client (the HTTP service sets its API key's name) when the queue can store it
-        (``checked_client``); any other value counts as none: it must never cost a record or a case."""
-        value = item.get("client")
-        client = checked_client(value)
-        if client is None and value is not None:
-            logger.warning("a request's client is not a key name the queue can store (%s); decided without one",
-                           type(value).__name__)
-        return client
-
-    def _flags(self, flags: list[str]) -> list[str]:
-        return [*flags, "unverified_model"] if self.unverified else list(flags)
-
-    def _decide_one(self, clean: CleanRequest, probs, defer, start: float) -> dict | None:
-        """The request's result, finished and recorded; an ALLOW whose answer is to be written later is handed
-        to ``defer`` unfinished instead, and None is returned."""
-        urgent = is_urgent(clean.user_request, clean.context)
-        category = self._categorize(clean.user_request, clean.context, urgent)
-        notify, lang = self.config.escalation.routes[category].notify or category, detect_lang(clean.user_request)
-        if probs is None:  # emergency mode
-            decision, confidence, prob_map = "ESCALATE", None, None
-            rationale = rationale_for("EMERGENCY_MODE", lang, notify=notify)
-        else:
-            decision = str(threshold_decisions(probs[None, :], self.config.inference.safety_threshold)[0])
-            confidence = float(probs.max())
-            prob_map = {label: round(float(p), 6) for label, p in zip(LABELS, probs)}
-            rationale = rationale_for(decision, lang, category=category, notify=notify)
-        result = make_result(decision, rationale, None, confidence, prob_map, category, self.model_version,
-                             self._flags(clean.flags))
-        if urgent:
-            mark_urgent(result, clean.user_request)
-        if decision == "ALLOW" and defer is not None and self.config.inference.generate_responses:
-            defer(result)
-            return None
-        return self._answer_and_finish(clean, result, start)
-
-    def _answer_and_finish(self, clean: CleanRequest, result: dict, start: float) -> dict:
-        if result["decision"] == "ALLOW":
-            result["task_response"], result["error"] = self._generate(clean.user_request, clean.context)
-        return self._finish(result, clean, start)
-
-    def _categorize(self, request: str, context: str | None, urgent: bool = False) -> str:
-        """The route: the learned router where one is configured, the keyword table otherwise or if it fails
-        (a route never changes the decision, only who reviews it). A possible emergency goes to medical unless
-        the keyword table found another desk (``urgent_route``): never by the learned router's guess alone."""
-        routed = None
-        if self.router is not None:
-            try:
-                routed = self.router.route(request, context)
-            except Exception:  # noqa: BLE001
-                logger.exception("the escalation router failed; routing by the keyword table")
-        if routed is None:
-            routed = categorize(request, context)
-        return urgent_route(routed, keyword_scores(request, context)) if urgent else routed
-
-    def _fail_closed(self, item, reason: str, start: float, flags: list[str] | None = None) -> dict:
-        """ESCALATE for a request that could not be decided, storing only a bounded prefix of it."""
-        v = self.config.validation
-        item = item if isinstance(item, dict) else {"user_request": item.raw if isinstance(item, Unparsed) else item}
-        text = bounded(item.get("user_request"), v.max_request_chars)
-        context = bounded(item.get("context"), v.max_context_chars)
-        user_id = bounded(item.get("user_id"), v.max_user_id_chars)
-        urgent = is_urgent(text, context)
-        category = self._categorize(text or "", context, urgent)
-        result = fail_closed(make_result("ESCALATE", "", None, None, None, category, self.model_version,
-                                         self._flags(flags or [])), reason, detect_lang(text or ""))
-        if urgent:
-            mark_urgent(result, text)
-        return self._finish(result, CleanRequest(text, context, user_id, client=self._client(item)), start)
-
-    # ----- recording --------------------------------------------------------------------------------
-    def _record(self, result: dict, asked: CleanRequest) -> dict:
-        return audit_record(result, asked.user_request, asked.user_id, self.test_mode,
-                            self.config.logging.max_field_chars, asked.context)
-
-    @staticmethod
-    def _stamp(result: dict, start: float) -> None:
-        result["processing_time_ms"] = round((time.perf_counter() - start) * 1000, 3)
-
-    def _audit_failed(self, result: dict, exc: Exception) -> None:
-        with self._lock:
-            self.audit_failures += 1
-        logger.error("audit record of %s not written: %s", result["request_id"], exc)
-        result["flags"] = list(dict.fromkeys([*result["flags"], "audit_write_failed"]))
-
-    def _finish(self, result: dict, asked: CleanRequest, start: float) -> dict:
-        """Write the one audit record; an ALLOW or REFUSE whose record fails becomes ESCALATE."""
-        request = asked.user_request
-        if result["decision"] != "ESCALATE":
-            self._stamp(result, start)
-            try:
-                self.audit.append(self._record(result, asked))
-                return result
-            except AuditWriteError as exc:
-                self._audit_failed(result, exc)
-                fail_closed(result, f"audit write failed: {exc}", detect_lang(request or ""))
-                if URGENT_FLAG in result["flags"]:  # the emergency line survives the rewritten rationale
-                    mark_urgent(result, request)
-        return self._escalate(result, asked, start)
-
-    def _escalate(self, result: dict, asked: CleanRequest, start: float) -> dict:
-        """Spool, queue (bounded wait), then audit; the desk retries whatever did not happen."""
-        request, user_id = asked.user_request, asked.user_id
-        result["escalation_id"] = new_case_id()
-        limit = self.config.logging.max_field_chars
-        stored_uid = pseudonym(user_id, self._mac_key) if self.config.logging.mask_personal_data else user_id
-        case = escalation_case(result, request, stored_uid, self.test_mode, limit, asked.client, asked.context)
-        ticket = self.desk.open(case, self.audit.prepare(self._record(result, asked)))
-        result["escalation_status"] = self.desk.try_queue(ticket)
-        if not ticket.queued:
-            result["flags"] = [*result["flags"], f"escalation_{result['escalation_status']}"]
-            result["error"] = join_errors(result["error"], ticket.error)
-        self._stamp(result, start)
-        try:  # spooled: from here nothing may raise, or _guarded would open a second case for this request
-            self.audit.append(self._record(result, asked))
-            audited = True
-        except Exception as exc:  # noqa: BLE001 - an AuditWriteError, or a bug: the spool's replay writes it
-            self._audit_failed(result, exc)
-            result["error"] = join_errors(result["error"], f"audit write failed: {exc}")
-            audited = False
-        try:  # recorded: whatever goes wrong from here must not decide the request a second time (_guarded)
-            self.desk.finish(ticket, audited)
-        except Exception:  # noqa: BLE001 - the spool entry stays; the desk's replay finishes it
-            logger.exception("escalation %s: recorded, but finishing its case failed", result["escalation_id"])
-        return result
-

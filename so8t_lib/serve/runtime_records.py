@@ -1,0 +1,93 @@
+"""Recording a decided request: the one audit record every result gets, and for an ESCALATE the case's
+spool, queue and audit steps in that order.
+
+It exists so that the runtime's recording contract (an ALLOW or REFUSE whose record cannot be written
+becomes ESCALATE; an ESCALATE is spooled before it is queued or audited, and is never opened twice) sits
+in one place, apart from how requests are decided. ``DecisionRecording`` is a part of
+``runtime.Agent`` and works on an Agent's attributes (its config, audit log, escalation desk and lock).
+"""
+
+from __future__ import annotations
+
+import logging
+import threading
+import time
+
+from ..data.tables import detect_lang
+from .audit import AuditLog, AuditWriteError
+from .config import RuntimeConfig
+from .escalation_desk import EscalationDesk
+from .fields import pseudonym
+from .outcome import audit_record, escalation_case, fail_closed, join_errors, new_case_id
+from .request_checks import CleanRequest
+from .urgency import URGENT_FLAG, mark_urgent
+
+logger = logging.getLogger("so8t.runtime")
+
+
+class DecisionRecording:
+    """The Agent's recording steps: ``_finish`` writes a result's audit record (escalating an ALLOW or
+    REFUSE whose record fails), ``_escalate`` spools, queues and audits an ESCALATE."""
+
+    config: RuntimeConfig
+    test_mode: bool
+    audit: AuditLog
+    desk: EscalationDesk
+    audit_failures: int
+    _mac_key: str | None
+    _lock: threading.Lock
+
+    def _record(self, result: dict, asked: CleanRequest) -> dict:
+        return audit_record(result, asked.user_request, asked.user_id, self.test_mode,
+                            self.config.logging.max_field_chars, asked.context)
+
+    @staticmethod
+    def _stamp(result: dict, start: float) -> None:
+        result["processing_time_ms"] = round((time.perf_counter() - start) * 1000, 3)
+
+    def _audit_failed(self, result: dict, exc: Exception) -> None:
+        with self._lock:
+            self.audit_failures += 1
+        logger.error("audit record of %s not written: %s", result["request_id"], exc)
+        result["flags"] = list(dict.fromkeys([*result["flags"], "audit_write_failed"]))
+
+    def _finish(self, result: dict, asked: CleanRequest, start: float) -> dict:
+        """Write the one audit record; an ALLOW or REFUSE whose record fails becomes ESCALATE."""
+        request = asked.user_request
+        if result["decision"] != "ESCALATE":
+            self._stamp(result, start)
+            try:
+                self.audit.append(self._record(result, asked))
+                return result
+            except AuditWriteError as exc:
+                self._audit_failed(result, exc)
+                fail_closed(result, f"audit write failed: {exc}", detect_lang(request or ""))
+                if URGENT_FLAG in result["flags"]:  # the emergency line survives the rewritten rationale
+                    mark_urgent(result, request)
+        return self._escalate(result, asked, start)
+
+    def _escalate(self, result: dict, asked: CleanRequest, start: float) -> dict:
+        """Spool, queue (bounded wait), then audit; the desk retries whatever did not happen."""
+        request, user_id = asked.user_request, asked.user_id
+        result["escalation_id"] = new_case_id()
+        limit = self.config.logging.max_field_chars
+        stored_uid = pseudonym(user_id, self._mac_key) if self.config.logging.mask_personal_data else user_id
+        case = escalation_case(result, request, stored_uid, self.test_mode, limit, asked.client, asked.context)
+        ticket = self.desk.open(case, self.audit.prepare(self._record(result, asked)))
+        result["escalation_status"] = self.desk.try_queue(ticket)
+        if not ticket.queued:
+            result["flags"] = [*result["flags"], f"escalation_{result['escalation_status']}"]
+            result["error"] = join_errors(result["error"], ticket.error)
+        self._stamp(result, start)
+        try:  # spooled: from here nothing may raise, or _guarded would open a second case for this request
+            self.audit.append(self._record(result, asked))
+            audited = True
+        except Exception as exc:  # noqa: BLE001 - an AuditWriteError, or a bug: the spool's replay writes it
+            self._audit_failed(result, exc)
+            result["error"] = join_errors(result["error"], f"audit write failed: {exc}")
+            audited = False
+        try:  # recorded: whatever goes wrong from here must not decide the request a second time (_guarded)
+            self.desk.finish(ticket, audited)
+        except Exception:  # noqa: BLE001 - the spool entry stays; the desk's replay finishes it
+            logger.exception("escalation %s: recorded, but finishing its case failed", result["escalation_id"])
+        return result
