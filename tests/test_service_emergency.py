@@ -156,3 +156,47 @@ def test_reading_the_switch_while_a_change_waits_for_the_audit_log_stalls_nobody
         change.join(60)
         read.join(60)
         assert not change.is_alive() and not read.is_alive()
+
+
+FORGED_LINE = "drill\n2026-11-30 09:00:00,000 WARNING so8t.service: emergency mode released by lead\x1b[8m"
+
+
+def test_a_reason_or_a_name_that_would_forge_a_log_line_is_refused(running):
+    """The pattern asked for one visible character anywhere, so a line break and an escape sequence passed into the
+    application log: a forged 'released' line and the real line's end hidden in a terminal."""
+    service, client, _ = running
+    for reason in (FORGED_LINE, "drill\u2028forged", "drill\x1b[8m"):
+        refused = client.post("/v1/admin/emergency", json={"enabled": True, "reason": reason}, headers=REVIEWER)
+        assert refused.status_code == 422, reason
+    assert decide(client)["decision"] == "ALLOW"  # still normal mode
+    refused = client.post("/v1/escalations/esc_0/resolve", json={"decision": "REFUSE", "by": "Sato\nIto"},
+                          headers=REVIEWER)
+    assert refused.status_code == 422
+    accepted = client.post("/v1/admin/emergency", json={"enabled": True, "reason": "訓練 (drill) – 10 min"},
+                           headers=REVIEWER)
+    assert accepted.status_code == 200 and accepted.json()["mode"] == "emergency"
+
+
+def test_the_application_log_keeps_one_line_per_message_whatever_its_values_hold(tmp_path, monkeypatch):
+    import logging
+
+    from so8t_lib.serve import applog
+
+    monkeypatch.setattr(applog, "_HANDLERS", {})  # this test's handler only, removed after it
+    log_file = tmp_path / "app.log"
+    logger = applog.configure_logging("INFO", log_file)
+    try:
+        logging.getLogger("so8t.test").warning("switched by %s: %s", "lead\u202e", FORGED_LINE)
+        try:
+            raise ValueError("boom")
+        except ValueError:
+            logging.getLogger("so8t.test").exception("failed on %s", "x\ny")
+    finally:
+        for handler in applog._HANDLERS.values():
+            logger.removeHandler(handler)
+            handler.close()
+    lines = log_file.read_text(encoding="utf-8").splitlines()
+    assert lines[0].endswith("switched by lead\\u202e: drill\\n2026-11-30 09:00:00,000 WARNING so8t.service: "
+                             "emergency mode released by lead\\x1b[8m")
+    assert lines[1].endswith("failed on x\\ny") and lines[2] == "Traceback (most recent call last):"
+    assert "\x1b" not in log_file.read_text(encoding="utf-8")

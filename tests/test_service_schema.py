@@ -94,7 +94,9 @@ def test_a_name_of_control_characters_is_refused_by_the_schema_itself():
         with pytest.raises(pydantic.ValidationError):
             ResolveRequest(decision="REFUSE", by=blank)
         assert not blank.strip()
-    assert ResolveRequest(decision="REFUSE", by="a\x1d").by.strip() == "a"
+    with pytest.raises(pydantic.ValidationError):  # a control character anywhere, not only all of it
+        ResolveRequest(decision="REFUSE", by="a\x1d")
+    assert ResolveRequest(decision="REFUSE", by=" Sato 佐藤 ").by.strip() == "Sato 佐藤"
 
 
 @pytest.mark.parametrize("value", [1, 0, "true", "false", None])
@@ -165,3 +167,28 @@ def test_every_status_a_route_can_answer_is_in_the_schema_with_the_body_it_sends
         assert client.get(f"{path}?unknown=1", headers=REVIEWER).status_code == 422
     assert not [f"{method.upper()} {path}" for path, methods in paths.items() for method, op in methods.items()
                 if body_of(path, method, 422) == "HTTPValidationError"]  # every 422 is the service's own shape
+
+
+def test_the_schema_refuses_exactly_the_names_the_queue_refuses():
+    """A name the schema let through but the queue refused would be a 4xx the schema does not describe."""
+    import pydantic
+
+    from so8t_lib.serve.escalation import EscalationQueue
+    from so8t_lib.serve.http.schemas import ResolveRequest
+
+    queue = EscalationQueue(":memory:")
+    for name in ["Sato\nIto", "Sato\x1b[8m", "Sato\u2028", "Sato\u202eotaS", "a\x85", "佐藤\u3000花子", "Sato (hr)"]:
+        try:
+            ResolveRequest(decision="REFUSE", by=name)
+            schema_ok = True
+        except pydantic.ValidationError:
+            schema_ok = False
+        try:
+            queue.resolve("esc_missing", "REFUSE", by=name)
+        except ValueError as exc:
+            queue_ok = "a name is one line" not in str(exc)
+        except Exception:  # noqa: BLE001 - the missing case: the name itself passed the queue's check
+            queue_ok = True
+        else:
+            queue_ok = True
+        assert schema_ok == queue_ok == (name in ("佐藤\u3000花子", "Sato (hr)")), name

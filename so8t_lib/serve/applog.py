@@ -15,6 +15,18 @@ _HANDLERS: dict[Path, logging.Handler] = {}
 _LOCK = threading.Lock()
 _CONFIGURED = {"level": logging.NOTSET}  # the last log_level configured
 FORMAT = "%(asctime)s %(levelname)s %(name)s: %(message)s"
+# what would end a log line or steer the terminal it is read in (C0/C1 controls, line and paragraph separators,
+# bidi overrides), written as escapes: a name or a reason from a request cannot forge a line or hide part of one
+_ESCAPES = {code: f"\\x{code:02x}" for code in [*range(0x20), *range(0x7F, 0xA0)]}
+_ESCAPES.update({0x0A: "\\n", 0x0D: "\\r", 0x09: "\\t"})
+_ESCAPES.update({code: f"\\u{code:04x}" for code in [0x2028, 0x2029, *range(0x202A, 0x202F), *range(0x2066, 0x206A)]})
+
+
+class OneLineFormatter(logging.Formatter):
+    """One line per message, whatever the message's arguments hold (a traceback still follows on its own lines)."""
+
+    def formatMessage(self, record: logging.LogRecord) -> str:  # noqa: N802 - logging's naming
+        return super().formatMessage(record).translate(_ESCAPES)
 
 
 def configure_logging(level: str, log_file: Path | None) -> logging.Logger:
@@ -32,7 +44,7 @@ def configure_logging(level: str, log_file: Path | None) -> logging.Logger:
                     handler = logging.handlers.WatchedFileHandler(path, encoding="utf-8")
                 except OSError as exc:
                     raise ConfigError(f"logging.log_file: cannot open {path} ({type(exc).__name__}: {exc})") from None
-                handler.setFormatter(logging.Formatter(FORMAT))
+                handler.setFormatter(OneLineFormatter(FORMAT))
                 logger.addHandler(handler)
                 _HANDLERS[path] = handler
             handler.setLevel(numeric)

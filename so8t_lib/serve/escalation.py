@@ -21,6 +21,7 @@ from __future__ import annotations
 import datetime as dt
 import json
 import logging
+import unicodedata
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from pathlib import Path
@@ -33,6 +34,8 @@ from ..core.schema import HUMAN_DECISIONS
 from . import queue_sql
 from .audit_verify import make_fernet
 from .queue_sql import cases, resolutions
+
+BIDI_CONTROLS = frozenset("\u202a\u202b\u202c\u202d\u202e\u2066\u2067\u2068\u2069")
 
 logger = logging.getLogger("so8t.escalation")
 
@@ -294,6 +297,9 @@ class EscalationQueue:
             raise ValueError(f"decision must be one of {HUMAN_DECISIONS}, got {decision!r}")
         if not by.strip():
             raise ValueError("--by must name the person who decided")
+        if any(unicodedata.category(c) in ("Cc", "Zl", "Zp") or c in BIDI_CONTROLS for c in by):
+            # a line break, an escape sequence or a bidi override would forge or hide lines where the name is shown
+            raise ValueError(f"--by {by!r}: a name is one line without control characters")
         self._ensure_schema()
         now = iso(utc_now())
         with self._db(write=True) as db:

@@ -16,9 +16,11 @@ from pydantic import BaseModel, ConfigDict, Field, create_model
 from ...core.schema import HUMAN_DECISIONS, LABELS, ROUTE_CATEGORIES
 
 ESCALATION_STATUSES = ("queued", "spooled", "unqueued")
-# a name or reason must hold one visible character: not whitespace and not a control character (Python's strip(),
-# which the queue applies, also removes \x1c-\x1f and \x85, which JSON Schema's \S lets through)
-VISIBLE_TEXT = r"[^\s\x00-\x1f\x7f-\x9f]"
+# a person's name or a reason: one line with a visible character (Python's strip(), which the queue applies, also
+# removes \x1c-\x1f and \x85, which JSON Schema's \S lets through) and no control character anywhere (a line break,
+# an escape sequence or a bidi override in it would forge or hide lines of the logs and listings that show it)
+_CONTROLS = r"\x00-\x1f\x7f-\x9f\u2028\u2029\u202a-\u202e\u2066-\u2069"  # the queue's check (escalation.py)
+ONE_LINE_TEXT = rf"^[^{_CONTROLS}]*[^\s{_CONTROLS}][^{_CONTROLS}]*$"
 
 
 # every request body: unknown fields refused, and no lax conversions (pydantic would read 1 or "true" as true,
@@ -139,7 +141,7 @@ class EscalationList(BaseModel):
 
 class ResolveRequest(_Strict):
     decision: Literal[HUMAN_DECISIONS]
-    by: str = Field(min_length=1, max_length=128, pattern=VISIBLE_TEXT, description="the person who decided")
+    by: str = Field(min_length=1, max_length=128, pattern=ONE_LINE_TEXT, description="the person who decided")
     note: str | None = Field(None, max_length=4000)
     supersede: bool = Field(False, description="replace an earlier resolution (it stays in the history)")
 
@@ -152,7 +154,7 @@ class Resolution(BaseModel):
 
 class EmergencyRequest(_Strict):
     enabled: bool = Field(description="true: escalate every request from now on; false: back to normal")
-    reason: str = Field(min_length=1, max_length=1000, pattern=VISIBLE_TEXT, description="why (audited)")
+    reason: str = Field(min_length=1, max_length=1000, pattern=ONE_LINE_TEXT, description="why (audited)")
 
 
 class EmergencyState(BaseModel):
