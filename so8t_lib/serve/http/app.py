@@ -96,6 +96,7 @@ KINDS = {400: "invalid_request", 401: "unauthorized", 403: "forbidden", 404: "no
          503: "unavailable"}
 
 
+CHARGED_PATHS = ("/v1/decide", "/v1/moderations")  # the routes whose calls count against a key's rate limit
 MAX_LOCATION_CHARS = 64  # of each part of a problem's location: an unknown field's name is the client's text
 
 
@@ -167,6 +168,10 @@ def create_app(service: Service) -> FastAPI:
 
     @app.exception_handler(RequestValidationError)
     async def invalid(request: Request, exc: RequestValidationError):
+        key = service.keys.of_header(request.headers.get("authorization", "")) if request.url.path in CHARGED_PATHS \
+            else None
+        if key is not None:  # a body that fails the schema costs its key a request too
+            service.limiter.take(key.name, 1)
         return _error(422, "invalid_request", _problems(exc))
 
     @app.exception_handler(Exception)
@@ -185,15 +190,22 @@ def create_app(service: Service) -> FastAPI:
             if not key.may(required):
                 raise ApiError(403, "forbidden", f"the key {key.name!r} has the role {key.role!r}; this needs "
                                f"{required!r}")
+            if required == CLIENT:  # an empty bucket is refused before the body is validated (see RateLimiter.wait)
+                wait = service.limiter.wait(key.name)
+                if wait is not None:
+                    refuse_rate(key, wait)
             return key
         return check
+
+    def refuse_rate(key: ApiKey, wait: float) -> None:
+        service.metrics.rate_limited.labels(key.name).inc()
+        raise ApiError(429, "rate_limited", f"rate limit of {service.config.rate_limit_per_minute:g} requests/min "
+                       f"for {key.name!r}; retry in {wait:.1f}s", {"Retry-After": RateLimiter.retry_after(wait)})
 
     def charge(key: ApiKey, cost: int) -> None:
         wait = service.limiter.take(key.name, cost)
         if wait is not None:
-            service.metrics.rate_limited.labels(key.name).inc()
-            raise ApiError(429, "rate_limited", f"rate limit of {service.config.rate_limit_per_minute:g} requests/min "
-                           f"for {key.name!r}; retry in {wait:.1f}s", {"Retry-After": RateLimiter.retry_after(wait)})
+            refuse_rate(key, wait)
 
     async def decide(items: list[dict], request: Request, endpoint: str, key: ApiKey) -> list[dict]:
         """The decisions of items already charged to ``key``; a 503 gives the charge back (nothing was decided)."""

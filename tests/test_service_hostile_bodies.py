@@ -1,0 +1,51 @@
+"""A key that sends bodies the schema refuses: each cost the event loop (every other caller) pydantic's work on it,
+one error per made-up field, and was never charged to the key, so it could be repeated without end."""
+
+from __future__ import annotations
+
+import pytest
+from fastapi.testclient import TestClient
+from service_support import CLIENT, OTHER_CLIENT, REVIEWER, make_service, records
+
+from so8t_lib.serve.http import create_app
+from so8t_lib.serve.http.schemas import MAX_UNKNOWN_FIELDS
+
+
+@pytest.fixture
+def client(tmp_path):
+    limits = {"rate_limit_per_minute": 1, "rate_limit_burst": 3, "max_items": 2}
+    service = make_service(tmp_path / "logs", service=limits)
+    with TestClient(create_app(service)) as client:
+        yield client
+
+
+def _made_up(count: int) -> dict:
+    return {f"field{i}": i for i in range(count)}
+
+
+def test_a_body_of_many_made_up_fields_gets_one_error_naming_the_real_ones(client):
+    for path, body in (("/v1/decide", {"user_request": "hi", **_made_up(5000)}),
+                       ("/v1/moderations", {"input": "hi", **_made_up(5000)})):
+        refused = client.post(path, json=body, headers=CLIENT)
+        message = refused.json()["error"]["message"]
+        assert refused.status_code == 422 and "5000 unknown fields" in message and "field17" not in message, path
+    listed = client.post("/v1/decide", json=[{"user_request": "hi", **_made_up(500)}] * 2, headers=OTHER_CLIENT)
+    assert listed.status_code == 422 and "500 unknown fields" in listed.json()["error"]["message"]
+
+
+def test_a_few_made_up_fields_are_still_named_one_by_one(client):
+    refused = client.post("/v1/decide", json={"user_request": "hi", **_made_up(MAX_UNKNOWN_FIELDS)}, headers=CLIENT)
+    message = refused.json()["error"]["message"]
+    assert refused.status_code == 422 and "field0: Extra inputs are not permitted" in message
+
+
+def test_refused_bodies_use_up_the_key_and_then_are_refused_before_they_are_read(client, tmp_path):
+    for _ in range(3):  # the burst
+        assert client.post("/v1/decide", json={"user_request": "hi", "x": 1}, headers=CLIENT).status_code == 422
+    hostile = client.post("/v1/decide", json={"user_request": "hi", **_made_up(5000)}, headers=CLIENT)
+    assert hostile.status_code == 429 and int(hostile.headers["Retry-After"]) >= 1  # not validated: refused first
+    assert client.post("/v1/decide", json={"user_request": "hi"}, headers=CLIENT).status_code == 429
+    assert client.post("/v1/decide", json={"user_request": "hi"}, headers=OTHER_CLIENT).status_code == 200
+    assert client.get("/v1/escalations", headers=REVIEWER).status_code == 200  # reviewers are not rate-limited
+    assert len(records(tmp_path / "logs")) == 1  # only the one decided request
+    assert 'so8t_rate_limited_total{key="gateway"} 2.0' in client.get("/metrics").text
