@@ -4,6 +4,10 @@ the two layers agree on what "the same text" is."""
 
 from __future__ import annotations
 
+import functools
+import re
+import unicodedata
+
 # Default_Ignorable_Code_Point (Unicode DerivedCoreProperties.txt) outside the format category Cf, which the
 # runtime takes from unicodedata: the combining grapheme joiner, Hangul fillers, Khmer inherent vowels, Mongolian
 # free variation selectors, variation selectors, and the unassigned default-ignorable ranges.
@@ -11,3 +15,41 @@ IGNORABLE_RANGES: tuple[tuple[int, int], ...] = (
     (0x034F, 0x034F), (0x115F, 0x1160), (0x17B4, 0x17B5), (0x180B, 0x180F), (0x2065, 0x2065), (0x3164, 0x3164),
     (0xFE00, 0xFE0F), (0xFFA0, 0xFFA0), (0xFFF0, 0xFFF8), (0x1D173, 0x1D17A), (0xE0000, 0xE0FFF))
 IGNORABLE_CODE_POINTS: frozenset[int] = frozenset(cp for lo, hi in IGNORABLE_RANGES for cp in range(lo, hi + 1))
+
+_KEEP_CONTROLS = frozenset("\t\n\r")
+
+
+def _ranges_to_class(points: list[int]) -> str:
+    """A regex character class for sorted code points, written as ranges."""
+    parts, start, prev = [], None, None
+    for cp in points:
+        if start is None:
+            start = prev = cp
+        elif cp == prev + 1:
+            prev = cp
+        else:
+            parts.append((start, prev))
+            start = prev = cp
+    if start is not None:
+        parts.append((start, prev))
+    return "[" + "".join(f"\\U{a:08x}" if a == b else f"\\U{a:08x}-\\U{b:08x}" for a, b in parts) + "]"
+
+
+@functools.cache
+def _invisible_pattern() -> re.Pattern:
+    """Format characters (Cf: soft hyphen, bidi isolates and overrides, zero-width marks, tags),
+    controls other than tab and newlines, and the other default-ignorable code points."""
+    points = set()
+    for lo, hi in ((0, 0x2FFFF), (0xE0000, 0xE0FFF)):
+        for cp in range(lo, hi + 1):
+            cat = unicodedata.category(chr(cp))
+            if cat == "Cf" or (cat == "Cc" and chr(cp) not in _KEEP_CONTROLS):
+                points.add(cp)
+    for lo, hi in IGNORABLE_RANGES:  # the default-ignorable code points outside Cf
+        points.update(range(lo, hi + 1))
+    return re.compile(_ranges_to_class(sorted(points)))
+
+
+def strip_invisible(text: str) -> tuple[str, int]:
+    """(text without invisible characters, how many were removed)."""
+    return _invisible_pattern().subn("", text)

@@ -15,9 +15,8 @@ import functools
 import re
 import unicodedata
 
-from ..core.unicode_text import IGNORABLE_RANGES
+from ..core.unicode_text import strip_invisible  # in core: the benchmark guards strip the same characters
 
-_KEEP_CONTROLS = frozenset("\t\n\r")
 # scripts the corpus is written in: their letters are never remapped (〇 is not "O" in Japanese)
 _OWN_SCRIPTS = frozenset({"LATIN", "HAN", "HIRAGANA", "KATAKANA"})
 _KANJI_KANA = r"\u30a1-\u30fa\u30fc\u3005\u4e00-\u9fff"
@@ -44,42 +43,6 @@ _SPACES = re.compile(r"\s+")
 _LEET_CHARS = "0-9a-z@$!"
 _LEET_WORD = re.compile(rf"[\w.%+-]+@[\w-]+(?:\.[\w-]+)+|(?<![{_LEET_CHARS}])[{_LEET_CHARS}]+")
 _LEET = str.maketrans("013457@$!", "oieastasi")
-
-
-def _ranges_to_class(points: list[int]) -> str:
-    """A regex character class for sorted code points, written as ranges."""
-    parts, start, prev = [], None, None
-    for cp in points:
-        if start is None:
-            start = prev = cp
-        elif cp == prev + 1:
-            prev = cp
-        else:
-            parts.append((start, prev))
-            start = prev = cp
-    if start is not None:
-        parts.append((start, prev))
-    return "[" + "".join(f"\\U{a:08x}" if a == b else f"\\U{a:08x}-\\U{b:08x}" for a, b in parts) + "]"
-
-
-@functools.cache
-def _invisible_pattern() -> re.Pattern:
-    """Format characters (Cf: soft hyphen, bidi isolates and overrides, zero-width marks, tags),
-    controls other than tab and newlines, and the other default-ignorable code points."""
-    points = set()
-    for lo, hi in ((0, 0x2FFFF), (0xE0000, 0xE0FFF)):
-        for cp in range(lo, hi + 1):
-            cat = unicodedata.category(chr(cp))
-            if cat == "Cf" or (cat == "Cc" and chr(cp) not in _KEEP_CONTROLS):
-                points.add(cp)
-    for lo, hi in IGNORABLE_RANGES:  # the default-ignorable code points outside Cf
-        points.update(range(lo, hi + 1))
-    return re.compile(_ranges_to_class(sorted(points)))
-
-
-def strip_invisible(text: str) -> tuple[str, int]:
-    """(text without invisible characters, how many were removed)."""
-    return _invisible_pattern().subn("", text)
 
 
 def clean_text(text: str) -> tuple[str, int]:

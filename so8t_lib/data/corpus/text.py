@@ -14,7 +14,7 @@ import re
 import unicodedata
 import zlib
 
-from ...core.unicode_text import IGNORABLE_CODE_POINTS
+from ...core.unicode_text import IGNORABLE_CODE_POINTS, strip_invisible
 
 _WS_RE = re.compile(r"\s+")
 
@@ -40,12 +40,10 @@ def _read_form(s: str, drop: str) -> str:
 
 
 def visible_text(s: str) -> str:
-    """``normalize_text`` of what the model reads (format characters and default-ignorable code points out,
-    punctuation and spaces kept): the benchmark guards' near-copy check compares n-grams of this, so a
+    """``normalize_text`` of what the model reads (invisible characters out as the runtime strips them,
+    ``strip_invisible``; punctuation and spaces kept): the benchmark guards' near-copy check compares n-grams of this, so a
     zero-width space between every letter cannot break up a public prompt's n-grams."""
-    kept = "".join(ch for ch in unicodedata.normalize("NFKC", s)
-                   if unicodedata.category(ch) != "Cf" and ord(ch) not in IGNORABLE_CODE_POINTS)
-    return normalize_text(kept)
+    return normalize_text(strip_invisible(unicodedata.normalize("NFKC", s))[0])
 
 
 def bare_text(s: str) -> str:
