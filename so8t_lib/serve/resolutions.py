@@ -5,17 +5,19 @@ record cannot be written, nothing is resolved. The other way round cannot be und
 a transaction that fails after its record was written (the commit itself, or a server gone between the two)
 leaves a ``resolution`` the queue does not hold, and the reviewer's retry writes a second one. So that failure
 appends a ``resolution_withdrawn`` record naming the attempt, and every reader of resolutions
-(``standing_resolutions``) leaves withdrawn attempts out.
+(``standing_resolutions``) leaves withdrawn attempts out. A process killed between the record and the commit
+(kill -9, the OOM killer) withdraws nothing: the queue, not the log, says whether a case was resolved, so a
+reader that has the queue keeps only the records it holds (``held_by_queue``).
 """
 
 from __future__ import annotations
 
 import logging
 import uuid
-from collections.abc import Iterable
+from collections.abc import Iterable, Mapping
 
 from .escalation import CaseStore, ResolvedButUnread
-from .outcome import utc_timestamp
+from .outcome import parse_time, utc_timestamp
 
 logger = logging.getLogger("so8t.escalation")
 
@@ -35,7 +37,8 @@ def resolve_audited(queue: CaseStore, audit, case_id: str, decision: str, by: st
         entry = {"event": RESOLUTION, "timestamp": utc_timestamp(), "request_id": resolution["request_id"],
                  "case_id": resolution["case_id"], "human_decision": resolution["decision"],
                  "resolved_by": resolution["decided_by"], "note": resolution["note"],
-                 "supersedes": resolution["supersedes"], "test": resolution["test"], "attempt": attempt}
+                 "supersedes": resolution["supersedes"], "test": resolution["test"], "attempt": attempt,
+                 "decided_at": resolution["decided_at"]}  # the queue row's own stamp: readers pair the two on it
         if via is not None:
             entry["via"] = via
         audit.append(entry)
@@ -68,3 +71,36 @@ def standing_resolutions(records: Iterable[dict]) -> list[dict]:
     records = list(records)
     withdrawn = {r.get("attempt") for r in records if r.get("event") == WITHDRAWN and r.get("attempt")}
     return [r for r in records if r.get("event") == RESOLUTION and r.get("attempt") not in withdrawn]
+
+
+def held_by_queue(records: Iterable[dict], history: Mapping[str, list[dict]]) -> tuple[list[dict], list[dict]]:
+    """(held, not_held): the ``resolution`` records among ``records`` split by whether the queue holds them, in
+    their order. ``history`` maps a case id to its ``resolutions`` rows (``CaseStore.history``); each row
+    holds at most one record. A record that carries ``decided_at`` (written since it was added) is its row's
+    when decision, reviewer and ``decided_at`` are the row's; an older one is the first record with the
+    row's decision and reviewer written at or after the row's ``decided_at`` (the record is written after
+    that stamp is taken, so an attempt killed before the row's transaction never pairs with it)."""
+    records = [r for r in records if r.get("event") == RESOLUTION]
+    taken: set[int] = set()
+    by_case: dict[str, list[dict]] = {}
+    for record in records:
+        by_case.setdefault(record.get("case_id"), []).append(record)
+    for case_id, logged in by_case.items():
+        for row in sorted(history.get(case_id) or [], key=lambda row: row["id"]):
+            match = _record_of(row, [r for r in logged if id(r) not in taken])
+            if match is not None:
+                taken.add(id(match))
+    return [r for r in records if id(r) in taken], [r for r in records if id(r) not in taken]
+
+
+def _record_of(row: dict, logged: list[dict]) -> dict | None:
+    """The record of one queue ``resolutions`` row among a case's unpaired records, or None."""
+    same = [r for r in logged if r.get("human_decision") == row["decision"]
+            and r.get("resolved_by", row["decided_by"]) == row["decided_by"]]
+    exact = [r for r in same if r.get("decided_at") == row["decided_at"]]
+    if exact:
+        return exact[-1]  # a killed attempt and its retry within the same second: the retry is the later one
+    since = parse_time(row["decided_at"])
+    older = [(at, r) for r in same if "decided_at" not in r
+             and (at := parse_time(r.get("timestamp"))) is not None and since is not None and at >= since]
+    return min(older, key=lambda pair: pair[0])[1] if older else None

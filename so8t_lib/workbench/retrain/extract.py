@@ -3,7 +3,9 @@
 Two sources, both read from verified audit chains (every replica's):
 - **resolved escalations**: the reviewer's final decision (a superseding one wins) is the label of the
   request the gate escalated; when a queue is given, its resolved cases are read too (the same cases,
-  and any whose decision record has been rotated away);
+  and any whose decision record has been rotated away), and it confirms the log: a ``resolution`` record
+  whose row the queue does not hold (a resolve killed between its audit record and its commit) is no
+  label (counted as ``resolution_not_in_queue``). Without a queue every standing record counts;
 - **reviewed audit records**: a file of spot checks (``request_id``, ``label``: ALLOW, REFUSE or
   ESCALATE) on any decision the gate made.
 
@@ -30,7 +32,7 @@ from ...data.tables import detect_lang, read_records
 from ...serve.audit_verify import read_chains, verify_chains
 from ...serve.escalation import UNREADABLE_TEXTS, EscalationQueue
 from ...serve.masking import mask_personal_data
-from ...serve.resolutions import standing_resolutions
+from ...serve.resolutions import held_by_queue, standing_resolutions
 
 TRUNCATED = re.compile(r"…\[\d+ chars, sha256 [0-9a-f]{16}\]\Z")
 SOURCE = "operations"
@@ -78,6 +80,21 @@ def _row(decision: dict, label: str, origin: str, decided_at: str, case_id: str 
             "request_id": decision["request_id"], "case_id": case_id, "origin": origin, "decided_at": decided_at}
 
 
+def _held(queue: str | Path, key: str | bytes | None,
+          standing: list[dict]) -> tuple[list[dict], list[dict], list[dict]]:
+    """(the queue's resolved cases, the records it holds, those it does not): the queue is what says a case was
+    resolved; a record it never committed (its process killed before the commit) would label a case nobody
+    decided."""
+    store = EscalationQueue(queue, create=False, encryption_key=key)
+    try:
+        resolved = store.list("resolved", include_tests=False)
+        history = {case_id: store.history(case_id) for case_id in {r.get("case_id") for r in standing if not r.get("test")}
+                   if isinstance(case_id, str)}
+    finally:
+        store.close()
+    return (resolved, *held_by_queue(standing, history))
+
+
 def extract_rows(logs: list[str | Path], queue: str | Path | None = None, reviews: str | Path | None = None,
                  key: str | bytes | None = None, hmac_key: str | bytes | None = None,
                  require_verified: bool = True) -> tuple[list[dict], dict]:
@@ -89,12 +106,18 @@ def extract_rows(logs: list[str | Path], queue: str | Path | None = None, review
         raise ExtractError("the audit log does not verify, so its records cannot be labels:\n  " + "\n  ".join(problems))
     decisions, labelled, left_out = {}, {}, {"test": 0, "truncated": 0, "no_text": 0, "undecryptable": 0,
                                              "context_not_recorded": 0, "duplicate": 0, "conflicting": 0,
-                                             "no_decision_record": 0, "not_a_label": 0}
+                                             "no_decision_record": 0, "not_a_label": 0,
+                                             "resolution_not_in_queue": 0}
     try:
         records = [record for folder in logs for _, record in read_chains(folder, key=key)]
     except ValueError as exc:
         raise ExtractError(str(exc)) from None
-    standing = {id(r) for r in standing_resolutions(records)}  # a resolution the queue never committed is no label
+    standing = standing_resolutions(records)  # a withdrawn attempt is no label
+    resolved: list[dict] = []
+    if queue is not None:
+        resolved, standing, not_held = _held(queue, key, standing)
+        left_out["resolution_not_in_queue"] = sum(not r.get("test") for r in not_held)
+    standing = {id(r) for r in standing}
     for record in records:
         if record.get("test"):
             left_out["test"] += record.get("event", "decision") == "decision"
@@ -106,19 +129,13 @@ def extract_rows(logs: list[str | Path], queue: str | Path | None = None, review
             if earlier is None or _moment(record.get("timestamp")) >= earlier[2]:
                 labelled[record["request_id"]] = (record.get("human_decision"), "escalation",
                                                   _moment(record.get("timestamp")), record.get("case_id"))
-    if queue is not None:
-        store = EscalationQueue(queue, create=False, encryption_key=key)
-        try:
-            for case in store.list("resolved", include_tests=False):
-                logged = labelled.get(case["request_id"])  # the queue holds the final decision; the log's record
-                if logged is None or logged[0] != case["human_decision"]:  # of it has the finer timestamp
-                    labelled[case["request_id"]] = (case["human_decision"], "escalation", _moment(case["resolved_at"]),
-                                                    case["case_id"])
-                decisions.setdefault(case["request_id"], {"request_id": case["request_id"], "input": case["input"],
-                                                          "context": case.get("context"),
-                                                          "category": case["category"]})
-        finally:
-            store.close()
+    for case in resolved:
+        logged = labelled.get(case["request_id"])  # the queue holds the final decision; the log's record
+        if logged is None or logged[0] != case["human_decision"]:  # of it has the finer timestamp
+            labelled[case["request_id"]] = (case["human_decision"], "escalation", _moment(case["resolved_at"]),
+                                            case["case_id"])
+        decisions.setdefault(case["request_id"], {"request_id": case["request_id"], "input": case["input"],
+                                                  "context": case.get("context"), "category": case["category"]})
     if reviews is not None:
         for request_id, review in _reviews(Path(reviews)).items():
             labelled[request_id] = (review["label"], "review", None, None)
