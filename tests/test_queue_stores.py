@@ -217,3 +217,27 @@ def test_the_urgent_column_is_stored_and_added_to_a_queue_made_before_it(target)
             ("esc_0001", False), ("esc_0002", True), ("esc_0003", False)]
     finally:
         reopened.close()
+
+
+def test_a_resolution_keeps_its_channel_and_the_column_is_added_to_a_queue_made_before_it(target):
+    """``by`` is the name a reviewer types, and a desk's key may type anyone's: the history kept only that, so
+    which key resolved a case was in the audit log alone."""
+    from sqlalchemy import text
+
+    store = EscalationQueue(target, escalation_timeout_s=60)
+    for n in (1, 2, 3):
+        store.add(_case(n))
+    store.resolve("esc_0001", "REFUSE", by="Sato")
+    with store.engine.connect() as conn, conn.begin():
+        conn.execute(text("ALTER TABLE resolutions DROP COLUMN via"))  # as a queue made by an earlier version
+    store.close()
+    reopened = EscalationQueue(target, escalation_timeout_s=60)
+    try:
+        assert reopened.history("esc_0001")[0]["via"] is None  # not known for a resolution made before
+        resolved = reopened.resolve("esc_0002", "ALLOW", by="Sato", via="api key hr-desk")
+        assert resolved["resolution"]["via"] == "api key hr-desk"
+        assert reopened.history("esc_0002")[0]["via"] == "api key hr-desk"
+        reopened.resolve("esc_0003", "ALLOW", by="Ito")
+        assert reopened.history("esc_0003")[0]["via"] == "command line"
+    finally:
+        reopened.close()

@@ -254,6 +254,7 @@ def test_escalations_listed_and_resolved_by_reviewers_with_an_audit_record(serve
     superseded = client.post(f"/v1/escalations/{case_id}/resolve", headers=REVIEWER,
                              json={"decision": "ALLOW", "by": "Ito", "note": "approved", "supersede": True})
     assert superseded.status_code == 200 and len(superseded.json()["history"]) == 2
+    assert [h["via"] for h in superseded.json()["history"]] == ["api key desk"] * 2  # whose key, whatever the name
     resolutions = records(folder(service), "resolution")
     assert [r["human_decision"] for r in resolutions] == ["REFUSE", "ALLOW"]
     assert all(r["via"] == "api key desk" and r["case_id"] == case_id for r in resolutions)

@@ -35,6 +35,7 @@ from . import queue_sql
 from .audit_verify import make_fernet
 from .queue_sql import cases, resolutions
 
+CLI_CHANNEL = "command line"  # how a resolution arrived when no API key brought it
 BIDI_CONTROLS = frozenset("\u202a\u202b\u202c\u202d\u202e\u2066\u2067\u2068\u2069")
 
 logger = logging.getLogger("so8t.escalation")
@@ -86,7 +87,7 @@ class CaseStore(Protocol):
     def record_notifications(self, case_id: str, outcomes: list[dict]) -> None: ...
 
     def resolve(self, case_id: str, decision: str, by: str, note: str | None = None, supersede: bool = False,
-                before_commit: Callable[[dict], None] | None = None) -> dict: ...
+                before_commit: Callable[[dict], None] | None = None, via: str = CLI_CHANNEL) -> dict: ...
 
     def history(self, case_id: str) -> list[dict]: ...
 
@@ -292,7 +293,9 @@ class EscalationQueue:
                           .order_by(resolutions.c.id.desc()).limit(1)).first()
 
     def resolve(self, case_id: str, decision: str, by: str, note: str | None = None, supersede: bool = False,
-                before_commit: Callable[[dict], None] | None = None) -> dict:
+                before_commit: Callable[[dict], None] | None = None, via: str = CLI_CHANNEL) -> dict:
+        """Record a person's decision. ``by`` is the name they give; ``via`` the channel it came through (the API
+        key that sent it), kept beside it because a desk's key can give any name."""
         if decision not in HUMAN_DECISIONS:
             raise ValueError(f"decision must be one of {HUMAN_DECISIONS}, got {decision!r}")
         if not by.strip():
@@ -321,13 +324,13 @@ class EscalationQueue:
                 last = self._last_resolution(db, case_id)._mapping
             inserted = db.execute(resolutions.insert().values(
                 case_id=case_id, decided_at=now, decision=decision, decided_by=by.strip(), note=self._seal(note),
-                supersedes=last["id"] if last is not None else None))
+                supersedes=last["id"] if last is not None else None, via=via))
             db.execute(update(cases).where(cases.c.case_id == case_id).values(
                 status="resolved", human_decision=decision, resolved_by=by.strip(), resolved_at=now,
                 note=self._seal(note)))
             resolution = {"resolution_id": inserted.inserted_primary_key[0], "case_id": case_id,
                           "request_id": row["request_id"], "decision": decision, "decided_by": by.strip(),
-                          "decided_at": now, "note": note, "test": bool(row["test"]),
+                          "decided_at": now, "note": note, "test": bool(row["test"]), "via": via,
                           "supersedes": None if last is None else {"resolution_id": last["id"],
                                                                    "decision": last["decision"],
                                                                    "decided_by": last["decided_by"],

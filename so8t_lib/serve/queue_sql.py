@@ -60,6 +60,7 @@ resolutions = Table(
     Column("id", Integer, primary_key=True, autoincrement=True), Column("case_id", Text, nullable=False),
     Column("decided_at", Text, nullable=False), Column("decision", Text, nullable=False),
     Column("decided_by", Text, nullable=False), Column("note", Text), Column("supersedes", Integer),
+    Column("via", Text),  # the channel: "api key NAME" or "command line" (NULL in resolutions made before)
     sqlite_autoincrement=True,  # ids are never reused, as in queues made before SQLAlchemy
 )
 RESOLUTIONS_BY_CASE = Index("ix_resolutions_case_id", resolutions.c.case_id)
@@ -159,12 +160,14 @@ def ensure_schema(engine: Engine) -> None:
         if engine.dialect.name == "postgresql":
             conn.execute(text("SELECT pg_advisory_xact_lock(:key)"), {"key": _SCHEMA_LOCK})
         metadata.create_all(conn, checkfirst=True)
-        have = {c["name"] for c in inspect(conn).get_columns("cases")}
-        for column in cases.columns:  # queues made by earlier versions
-            if column.name not in have:
-                kind = column.type.compile(engine.dialect)
-                default = f" NOT NULL DEFAULT {column.server_default.arg}" if column.server_default is not None else ""
-                conn.exec_driver_sql(f"ALTER TABLE cases ADD COLUMN {column.name} {kind}{default}")
+        for table in (cases, resolutions):  # queues made by earlier versions
+            have = {c["name"] for c in inspect(conn).get_columns(table.name)}
+            for column in table.columns:
+                if column.name not in have:
+                    kind = column.type.compile(engine.dialect)
+                    default = (f" NOT NULL DEFAULT {column.server_default.arg}" if column.server_default is not None
+                               else "")
+                    conn.exec_driver_sql(f"ALTER TABLE {table.name} ADD COLUMN {column.name} {kind}{default}")
         RESOLUTIONS_BY_CASE.create(conn, checkfirst=True)
 
 

@@ -45,7 +45,8 @@ def resolve_audited(queue: CaseStore, audit, case_id: str, decision: str, by: st
         written.update(entry)
 
     try:
-        return queue.resolve(case_id, decision, by, note, supersede, record)
+        return queue.resolve(case_id, decision, by, note, supersede, record,
+                             **({"via": via} if via is not None else {}))
     except ResolvedButUnread:  # committed: the record stands
         raise
     except BaseException as failure:
