@@ -131,7 +131,7 @@ def test_gemmas_gguf_vocabulary_breaks_what_hf_breaks_and_tokenizes_alike(gemma_
     """Gemma's "</s>" is a control token to llama.cpp and an ordinary one to HF: it is not broken on either side."""
     pytest.importorskip("llama_cpp")
     from so8t_lib.model.prompts import GEMMA_CHAT_TEMPLATE
-    from so8t_lib.serve.gguf_backend import _render_chat
+    from so8t_lib.serve.gguf_prompts import _render_chat
 
     sources = sorted(cache_root().glob("bases/gemma3-270m-*/source/*.gguf"))
     if not sources:

@@ -251,10 +251,10 @@ def test_a_head_reading_middle_layers_decides_from_the_gguf_file_as_from_hf(arch
     with pytest.raises(GGUFError, match="no nodes"):
         LayerCapture(backend.embedder, {"l_out-99"}).decode(batch)
     batch.reset()
-    import so8t_lib.serve.gguf_backend as gguf_backend  # metadata whose layer list does not fit the head is refused
+    import so8t_lib.serve.gguf_held_file as gguf_held_file  # metadata whose layer list does not fit the head is refused
 
     wrong = dict(read_metadata(paths["so8t-depths-f32.gguf"]), **{"so8t.read_layers": [2, 6]})
-    monkeypatch.setattr(gguf_backend, "read_metadata", lambda path: wrong)
+    monkeypatch.setattr(gguf_held_file, "read_metadata", lambda path: wrong)
     with pytest.raises(GGUFError, match="SafetyHeadB reads 192 features"):
         GGUFBackend(paths["so8t-depths-f32.gguf"])
     with pytest.raises(ValueError, match="outside 1..6"):
@@ -422,7 +422,7 @@ def test_chat_rendering_matches_transformers_for_a_template_using_tools(tokenize
     import copy
 
     from so8t_lib.model.prompts import build_messages
-    from so8t_lib.serve.gguf_backend import _render_chat
+    from so8t_lib.serve.gguf_prompts import _render_chat
 
     template = (
         "{%- if tools %}{{ '<|im_start|>system\\nTools available.<|im_end|>\\n' }}{%- endif %}"

@@ -10,39 +10,36 @@ Prompts are rendered from the file's own chat template and system prompt, exactl
 ``so8t_lib.model.prompts.format_prompt`` renders them for the HF model (tested). The file must
 match its sha256 sidecar (written by the export) before llama.cpp sees it; without a sidecar it
 is refused unless SO8T_ALLOW_UNVERIFIED_MODEL=1, and then its model_version ends in ``+unverified``.
+
+This module holds the backend itself: it loads the file and llama.cpp's decision context in a fixed order
+(the file held and verified first, ``gguf_held_file``), and inherits its work from ``gguf_prompts`` (rendering
+and tokenizing prompts as HF does), ``gguf_decisions`` (the llama.cpp prefill pass and the safety head) and
+``gguf_answers`` (the answer context). Names that lived here before the split are imported back, so
+``from .gguf_backend import ...`` keeps working.
 """
 
 from __future__ import annotations
 
 import os
-import re
-import unicodedata
 import weakref
-from collections.abc import Callable
 from pathlib import Path
-from typing import NamedTuple
 
-import numpy as np
-import torch
-
-from ..core.checkpoint import UNVERIFIED_MARK, CheckpointError
-from ..core.schema import LABELS
-from ..export.gguf_meta import NORMALIZER_KEY, GGUFError, read_metadata, verify_sha256_sidecar
-from ..model.heads import SafetyHeadB
-from ..model.prompts import SpecialStrings, build_messages
-from .gguf_layers import LayerCapture, node_name
+from ..core.checkpoint import UNVERIFIED_MARK
+from ..export.gguf_meta import GGUFError
+from .gguf_answers import Completion, GGUFAnswers, LlamaAnswer
+from .gguf_decisions import GGUFDecisions
+from .gguf_held_file import (
+    CHANGED,
+    HeldFile,
+    file_identity,
+    hold_file,
+    safety_head_from,
+    verified_metadata,
+)
+from .gguf_prompts import GGUFPrompts, _render_chat
 from .llama_build import check_llama_build
 
-
-def _render_chat(template: str, messages: list[dict], eos_token: str | None, bos_token: str | None = None) -> str:
-    """Render a chat template with transformers' own renderer (the same sandbox, extensions and
-    variables as ``apply_chat_template``, e.g. ``tools`` for Qwen2.5's template)."""
-    from transformers.utils.chat_template_utils import render_jinja_template
-
-    rendered, _ = render_jinja_template([messages], chat_template=template, add_generation_prompt=True,
-                                        eos_token=eos_token, bos_token=bos_token or "")
-    return rendered[0]
-
+__all__ = ["CHANGED", "POOLING", "Completion", "GGUFBackend", "LlamaAnswer", "_render_chat", "file_identity"]
 
 # the file's so8t.pooling -> llama.cpp's pooling type (read lazily: llama_cpp is an optional import)
 # (a max head pools its own hidden layer over token states the capture copies out; llama.cpp's MEAN keeps every
@@ -51,38 +48,12 @@ POOLING = {"last": lambda lib: lib.LLAMA_POOLING_TYPE_LAST, "mean": lambda lib: 
            "max": lambda lib: lib.LLAMA_POOLING_TYPE_MEAN}
 
 
-class Completion(NamedTuple):
-    """One generated answer and what it cost in tokens."""
-
-    text: str
-    prompt_tokens: int
-    answer_tokens: int
-
-
 def _usable_cores() -> int:
     """Cores this process may run on (the affinity mask on Linux, else the machine's count)."""
     return len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else (os.cpu_count() or 1)
 
 
-def file_identity(path: Path) -> tuple[int, int, int, int]:
-    """(device, inode, size, mtime): which file a path names and whether its bytes may have moved. A replacement
-    by rename (an export) brings another inode; a copy over it in place (``cp new.gguf served.gguf``) keeps the
-    inode llama.cpp has mapped, so its decisions would silently follow the new weights, but it moves mtime (and
-    usually the size). Not ctime: a hard link or a chmod by a backup tool moves it without touching a byte."""
-    st = os.stat(path)
-    return st.st_dev, st.st_ino, st.st_size, st.st_mtime_ns
-
-
-# said when the loaded file's bytes change under a backend (written over in place: the same inode): the head and
-# model_version are the old file's, the mapped weights may already be the new one's. A file replaced by rename is
-# another inode: the mapped one still holds the old bytes, so decisions go on from it (answers are refused when the
-# answer context would have to open the path anew)
-CHANGED = ("was written over in place since the gate loaded it, so its decisions and answers may no longer come from "
-           "the weights the head and model_version belong to; replace served files by rename (as so8t export does), "
-           "never by copying over them")
-
-
-class GGUFBackend:
+class GGUFBackend(HeldFile, GGUFPrompts, GGUFDecisions, GGUFAnswers):
     """``decide(requests, contexts)`` -> probabilities (N, 3); ``generate(request, context)`` -> text."""
 
     def __init__(self, path: str | Path, n_ctx: int = 2048, n_threads: int | None = None, n_gpu_layers: int = 0,
@@ -100,30 +71,12 @@ class GGUFBackend:
         # whole batch's KV cells (masked), so huge batches cost more than they save (256 and 512 tied
         # in benchmarks/results/gguf_decisions_cpu.json; larger was slower)
         self.batch_tokens = batch_tokens
-        try:
-            self._identity = file_identity(self.path)
-            self._held = os.open(self.path, os.O_RDONLY)  # the loaded inode, whatever its path names later
-            weakref.finalize(self, os.close, self._held)
-        except FileNotFoundError:
-            raise GGUFError(f"{self.path}: no such file") from None
-        except OSError as exc:
-            raise GGUFError(f"{self.path}: cannot be opened ({exc.strerror or exc})") from None
+        self._identity, self._held = hold_file(self.path)  # the loaded inode, whatever its path names later
+        weakref.finalize(self, os.close, self._held)
         # checked before anything is read from the file: the head, then llama.cpp's tensors, come from the file
         # whose bytes match the sidecar, and the file must still be that one once everything is loaded
-        try:
-            self.verified = verify_sha256_sidecar(self.path)
-        except (GGUFError, CheckpointError):
-            read_metadata(self.path)  # a file so8t did not export says that first, whatever its sidecar
-            raise
-        self.meta = read_metadata(self.path)
-        if tuple(self.meta["so8t.labels"]) != tuple(LABELS):
-            raise GGUFError(f"{self.path}: label order {self.meta['so8t.labels']} differs from {list(LABELS)}")
-        state = {k: torch.from_numpy(v.copy()) for k, v in self.meta["head"].items()}
-        state["temperature"] = torch.tensor(float(self.meta["so8t.temperature"]))
-        try:  # the same name as on SO8TModel
-            self.safety_head = SafetyHeadB.from_state_dict(state, pooling=self.meta["so8t.pooling"])
-        except (RuntimeError, ValueError, KeyError) as exc:  # shapes that do not chain into a head
-            raise GGUFError(f"{self.path}: the so8t.head.* tensors do not make a safety head ({exc})") from None
+        self.verified, self.meta = verified_metadata(self.path)
+        self.safety_head = safety_head_from(self.path, self.meta)  # the same name as on SO8TModel
         self._llama = llama_cpp
         self._kwargs = dict(model_path=str(self.path), n_ctx=n_ctx, n_batch=n_ctx, n_ubatch=n_ctx,
                             n_threads=n_threads or _usable_cores(), n_gpu_layers=n_gpu_layers,
@@ -140,259 +93,12 @@ class GGUFBackend:
         self.read_layers: list[int] = read or ([n_layers] if n_layers else [])  # HF numbering; [n]: the final norm
         self._capture = self._layer_capture(stop_early)
         self._generator = None
-        template = self.embedder.metadata.get("tokenizer.chat_template")
-        if not template:
-            raise GGUFError(f"{self.path}: no tokenizer.chat_template; export the checkpoint again")
-        self.chat_template = template
-        eos_id = self.embedder.token_eos()
-        self.eos_token = self.embedder.detokenize([eos_id], special=True).decode("utf-8") if eos_id >= 0 else None
-        # Gemma's template opens with the BOS token; the project's BPE has none (llama.cpp answers -1)
-        bos_id = self.embedder.token_bos() if self.embedder.metadata.get("tokenizer.ggml.add_bos_token") == "true" \
-            else -1
-        self.bos_token = self.embedder.detokenize([bos_id], special=True).decode("utf-8") if bos_id >= 0 else None
-        self.normalizer: str = self.meta[NORMALIZER_KEY]
-        whole, control = self._special_tokens()
-        self._special_ids = whole if self.normalizer != "none" else {}
-        self.special_strings = SpecialStrings(control)  # broken in the messages, as HF's format_prompt does
-        # leftmost, longest first, as HF's added-token matcher
-        self._special_pattern = re.compile("|".join(
-            re.escape(t) for t in sorted(self._special_ids, key=len, reverse=True))) if self._special_ids else None
+        self._read_tokenizer()
 
     @property
     def model_version(self) -> str:
         return str(self.meta["so8t.model_version"]) + ("" if self.verified else UNVERIFIED_MARK)
 
-    def _layer_capture(self, stop_early: bool = True) -> LayerCapture | None:
-        """A capturing context when the head reads more than the final-norm state (``so8t.read_layers``) or
-        pools the tokens itself (``so8t.pooling`` max)."""
-        self._same_file("was replaced while it was being loaded (an export finishing?)")
-        n_layers, read = self.meta["block_count"], self.meta["so8t.read_layers"]
-        width = self.embedder.n_embd() * max(1, len(self.read_layers))
-        if self.safety_head.input_width != width:
-            raise GGUFError(f"{self.path}: SafetyHeadB reads {self.safety_head.input_width} features but "
-                            f"so8t.read_layers {read or '(final)'} gives {width}; export the checkpoint again")
-        if (not read or read == [n_layers]) and not self.safety_head.pools_tokens:
-            return None
-        read = read or [n_layers]
-        if n_layers is None or max(read) > n_layers:
-            raise GGUFError(f"{self.path}: so8t.read_layers {read} does not fit the file's {n_layers} layers")
-        return LayerCapture(self.embedder, {node_name(i, n_layers) for i in read}, stop_early=stop_early)
-
     @property
     def threshold(self) -> float:
         return float(self.meta["so8t.threshold"])
-
-    def format_prompt(self, request: str, context: str | None = None) -> str:
-        messages = build_messages(request, context, system_prompt=str(self.meta["so8t.system_prompt"]))
-        messages = self.special_strings.messages_as_text(messages)  # the user's "<end_of_turn>" is text
-        return _render_chat(self.chat_template, messages, self.eos_token, self.bos_token)
-
-    def prompt_tokens(self, prompt: str) -> list[int]:
-        """The rendered prompt's tokens as the HF tokenizer gives them: special tokens parsed, and no BOS added
-        (the chat template already starts with it; llama.cpp would add a second one). Where the file names the
-        tokenizer's Unicode normalizer (``so8t.normalizer``), the text between special tokens is normalized first,
-        as HF does (llama.cpp does not: NFD text got other ids, and decisions flipped)."""
-        if self.normalizer == "none":
-            return self.embedder.tokenize(prompt.encode("utf-8"), add_bos=False, special=True)
-        tokens, start = [], 0
-        for match in self._special_pattern.finditer(prompt) if self._special_pattern else ():
-            tokens += self._text_tokens(prompt[start:match.start()])
-            tokens.append(self._special_ids[match.group()])
-            start = match.end()
-        return tokens + self._text_tokens(prompt[start:])
-
-    def _text_tokens(self, text: str) -> list[int]:
-        """Text with no special token in it, normalized and tokenized on its own (as HF tokenizes each piece)."""
-        normalized = unicodedata.normalize(self.normalizer, text)
-        return self.embedder.tokenize(normalized.encode("utf-8"), add_bos=False, special=False) if text else []
-
-    def _special_tokens(self) -> tuple[dict[str, int], set[str]]:
-        """The vocabulary's control and user-defined tokens (text -> id): what llama.cpp parses whole in a prompt,
-        and HF's added tokens, which it splits off before normalizing; and the texts of those that are control
-        tokens only, HF's special added tokens (Gemma's "</s>" is both, and an ordinary token to HF)."""
-        model, lib = self.embedder._model, self._llama
-        control, user = lib.LLAMA_TOKEN_ATTR_CONTROL, lib.LLAMA_TOKEN_ATTR_USER_DEFINED
-        found, special = {}, set()
-        for i in range(model.n_vocab()):
-            attr = model.token_get_attr(i)
-            if attr & (control | user):
-                text = model.token_get_text(i)
-                found[text] = i
-                if attr & control and not attr & user:
-                    special.add(text)
-        found.pop("", None)  # an empty one would match between every two characters
-        return found, special
-
-    def hidden_states(self, prompts: list[str], progress: bool = False) -> np.ndarray:
-        """SafetyHeadB's input for each prompt, (N, hidden x read layers): the final-norm state (or each read
-        layer's) pooled as the file's ``so8t.pooling`` says, several prompts per llama.cpp batch, one sequence id
-        each. ``Llama.embed`` cannot be used: it tokenizes without parsing special tokens, so ``<|im_start|>``
-        would become plain text. ``progress`` shows a bar that advances as each batch is decoded."""
-        from tqdm.auto import tqdm
-
-        self._same_bytes()  # before and after the pass: llama.cpp reads the mapped file as it is now
-        bar = tqdm(total=len(prompts), desc="deciding (gguf)", unit="request", leave=False, disable=not progress)
-        emb, n_embd = self.embedder, self.embedder.n_embd()
-        n_batch, n_seq_max = emb.n_batch, emb.context_params.n_seq_max
-        fill = min(n_batch, self.batch_tokens)
-        states: list[np.ndarray] = []
-        pending = 0
-
-        spans: list[tuple[int, int]] = []  # each pending prompt's tokens in the batch
-
-        def flush() -> None:
-            if self._capture is not None:
-                states.extend(self._pool_captured(self._capture.decode(emb._batch), spans))
-            else:
-                emb._ctx.kv_cache_clear()
-                emb._ctx.decode(emb._batch)
-                for seq in range(pending):
-                    ptr = self._llama.llama_get_embeddings_seq(emb._ctx.ctx, seq)
-                    states.append(np.ctypeslib.as_array(ptr, shape=(n_embd,)).astype(np.float32).copy())
-            emb._batch.reset()
-            bar.update(len(spans))
-            spans.clear()
-
-        emb._batch.reset()
-        used = 0
-        for prompt in prompts:
-            tokens = self.prompt_tokens(prompt)
-            if len(tokens) > n_batch:  # never decide on a cut prompt: the HF backend does not cut either
-                raise GGUFError(f"a prompt has {len(tokens)} tokens, more than n_ctx={n_batch}; "
-                                "load the backend with a larger n_ctx")
-            if pending and (used + len(tokens) > fill or pending >= n_seq_max):
-                flush()
-                pending, used = 0, 0
-            emb._batch.add_sequence(tokens, pending, True)
-            spans.append((used, len(tokens)))
-            pending, used = pending + 1, used + len(tokens)
-        if pending:
-            flush()
-        emb._ctx.kv_cache_clear()
-        emb.reset()
-        bar.close()
-        self._same_bytes()
-        return np.stack(states) if states else np.zeros((0, self.safety_head.state_width), dtype=np.float32)
-
-    def _pool_captured(self, nodes: dict[str, np.ndarray], spans: list[tuple[int, int]]) -> list[np.ndarray]:
-        """Each prompt's read layers pooled (mean over its tokens, or its last token) and concatenated; for a max
-        head, its hidden layer's maximum over the prompt's tokens of the concatenated layers."""
-        names = [node_name(i, self.meta["block_count"]) for i in self.read_layers]
-        total = sum(length for _, length in spans)
-        if any(nodes[name].shape[0] != total for name in names):
-            raise GGUFError(f"{self.path}: llama.cpp returned {[nodes[n].shape[0] for n in names]} token states "
-                            f"for a batch of {total} tokens")
-        if self.safety_head.pools_tokens:
-            with torch.no_grad():
-                return [self.safety_head.token_features(
-                    torch.from_numpy(np.concatenate([nodes[name][start:start + length] for name in names], 1))[None],
-                    torch.ones(1, length, dtype=torch.bool))[0].numpy() for start, length in spans]
-        mean = self.meta["so8t.pooling"] == "mean"
-        return [np.concatenate([nodes[name][start:start + length].mean(0) if mean else nodes[name][start + length - 1]
-                                for name in names]) for start, length in spans]
-
-    def decision_states(self, requests: list[str], contexts: list[str | None] | None = None,
-                        progress: bool = False) -> torch.Tensor:
-        """SafetyHeadB's input (N, hidden) for raw requests, packed into llama.cpp batches as ``decide`` packs
-        them: what a readout fitted outside the file (a quantization study) must see. The counterpart of
-        ``SO8TModel.decision_states``."""
-        contexts = contexts or [None] * len(requests)
-        if len(contexts) != len(requests):
-            raise ValueError(f"{len(requests)} requests but {len(contexts)} contexts")
-        prompts = [self.format_prompt(r, c) for r, c in zip(requests, contexts)]
-        return torch.from_numpy(self.hidden_states(prompts, progress))
-
-    @torch.no_grad()
-    def decide(self, requests: list[str], contexts: list[str | None] | None = None, batch_size: int = 32,
-               progress: bool = False) -> torch.Tensor:
-        """Probabilities (N, 3) over ALLOW, REFUSE, ESCALATE, temperature-scaled (``batch_size``
-        is accepted for interface parity with SO8TModel.decide)."""
-        states = self.decision_states(requests, contexts, progress)
-        return self.safety_head.probabilities(self.safety_head(states)) if len(states) else torch.empty(0, len(LABELS))
-
-    def _same_bytes(self) -> None:
-        """GGUFError unless the loaded inode still has the size and mtime it had at load: llama.cpp reads the
-        mapped file as it is now, so bytes written over it in place would be the weights decided with."""
-        held = os.fstat(self._held)
-        if (held.st_size, held.st_mtime_ns) != (self._identity[2], self._identity[3]):
-            raise GGUFError(f"{self.path} {CHANGED}; restart the gate to load the new file (its sidecar is checked "
-                            "then)")
-
-    def _same_file(self, problem: str) -> None:
-        """GGUFError naming ``problem`` unless the path still names the very file (inode, size, times) loaded."""
-        try:
-            now = file_identity(self.path)
-        except OSError:
-            now = None
-        if now != self._identity:
-            raise GGUFError(f"{self.path} {problem}; restart the gate to load the new file (its sidecar is checked "
-                            "then)")
-
-    def _answer_model(self):
-        """The answer context, opened on the first answer: it must be the very file checked at start, and still
-        hold the same bytes at every answer (the context maps the file, as the decision context does)."""
-        if self._generator is not None:
-            self._same_bytes()
-        else:
-            self._same_file("was replaced since the gate loaded it, so answers would come from another file than "
-                            "decisions")
-            generator = self._llama.Llama(**self._kwargs, embedding=False)
-            self._same_file("was replaced while the answer model was being loaded")
-            self._generator = generator
-        return self._generator
-
-    def start_answer(self, request: str, context: str | None = None, max_tokens: int = 128,
-                     temperature: float = 0.0) -> LlamaAnswer:
-        """An answer written in chunks (``LlamaAnswer.advance``), so that decisions run between them. The answer
-        context holds one answer at a time: the runtime finishes (or drops) one before starting the next."""
-        stream = self._answer_model().create_completion(
-            self.prompt_tokens(self.format_prompt(request, context)), max_tokens=max_tokens, temperature=temperature,
-            stop=[self.eos_token] if self.eos_token else None, stream=True)
-        return LlamaAnswer(stream, self._same_bytes)
-
-    def generate(self, request: str, context: str | None = None, max_tokens: int = 128,
-                 temperature: float = 0.0) -> str:
-        """The task answer (ALLOW) or rationale (otherwise) that TaskHeadA writes after the prompt."""
-        return self.complete(request, context, max_tokens, temperature).text
-
-    def complete(self, request: str, context: str | None = None, max_tokens: int = 128, temperature: float = 0.0,
-                 stop_at_eos: bool = True) -> Completion:
-        """``generate`` with llama.cpp's token counts. ``stop_at_eos=False`` drops the stop string of the chat
-        template's end token (for timing longer answers, benchmarks/gguf_cuda.py); llama.cpp still stops at the
-        model's own end-of-generation token, so read ``answer_tokens`` for how many were written."""
-        # tokens, not text: from text llama.cpp prepends a BOS to a prompt that already starts with one
-        out = self._answer_model().create_completion(
-            self.prompt_tokens(self.format_prompt(request, context)), max_tokens=max_tokens, temperature=temperature,
-            stop=[self.eos_token] if self.eos_token and stop_at_eos else None)
-        self._same_bytes()
-        usage = out["usage"]
-        return Completion(out["choices"][0]["text"], usage["prompt_tokens"], usage["completion_tokens"])
-
-
-class LlamaAnswer:
-    """One llama.cpp answer in progress, over its streamed completion: ``advance(n)`` takes up to ``n`` more
-    tokens and says whether it is finished; ``text`` is what has been written so far. ``check`` runs before and
-    after each chunk (the backend's test that its file is unchanged: no chunk may come from other weights)."""
-
-    def __init__(self, stream, check: Callable[[], None] | None = None) -> None:
-        self._stream, self._pieces, self.finished = stream, [], False
-        self._check = check
-
-    def advance(self, tokens: int) -> bool:
-        if self.finished:
-            return True
-        if self._check is not None:
-            self._check()
-        for _ in range(tokens):
-            try:
-                self._pieces.append(next(self._stream)["choices"][0]["text"])
-            except StopIteration:
-                self.finished, self._stream = True, None
-                break
-        if self._check is not None:
-            self._check()
-        return self.finished
-
-    @property
-    def text(self) -> str:
-        return "".join(self._pieces)
