@@ -2,6 +2,7 @@
 
     so8t report --logs logs/ --from 2026-11-01 --to 2026-11-30 [--period daily|weekly] --out reports/
     so8t report --logs logs/r1 --logs logs/r2 --config configs/production.yaml --from ... --to ...
+    so8t report --logs logs/ --db logs/escalations.sqlite --from ... --to ...   (or --db postgresql://...)
 
 Every chain of every --logs folder (the log --name or the config's logging.audit_log names, audit.jsonl
 by default, and each replica's <stem>-<replica>.jsonl too) is verified before anything is counted; a
@@ -10,9 +11,13 @@ chain does not verify (the report is still written, marked as such). A range tha
 date there is (9999-12-31), exits 2 before any log is read. Decisions by class, category and language;
 escalations opened, resolved and overdue against escalation_timeout, and how reviewers decided
 compared with the model; fail-closed events by reason; model versions in service; the emergency
-switch. Encrypted logs are read with the key in $SO8T_AUDIT_KEY (or the config's
-logging.encryption_key_env). The report holds no request text, user id or note. Writes
-<out>/compliance_<from>_<to>[_<period>]/ (report.html, one CSV per table, summary.json).
+switch. With --db (the escalation queue: a SQLite file or postgresql:// URL) only the resolutions the queue
+holds count: a resolve killed before its commit leaves a resolution record in the log while the case stays
+open; the report says how many such records it left out. Without --db it reads the log alone. A queue that
+cannot be opened is an error naming it, and nothing is written. Encrypted logs (and an encrypted queue) are
+read with the key in $SO8T_AUDIT_KEY (or the config's logging.encryption_key_env). The report holds no
+request text, user id or note. Writes <out>/compliance_<from>_<to>[_<period>]/ (report.html, one CSV per
+table, summary.json).
 """
 
 from __future__ import annotations
@@ -45,6 +50,8 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--key-env", default=AUDIT_KEY_ENV, help="variable holding the encryption key")
     parser.add_argument("--hmac-key-env", default=AUDIT_HMAC_KEY_ENV, help="variable holding the HMAC key")
     parser.add_argument("--include-tests", action="store_true", help="count test-mode records too")
+    parser.add_argument("--db", help="the escalation queue (a SQLite file or postgresql:// URL) that confirms the "
+                        "log's resolutions: only those it holds count")
     args = parser.parse_args(argv)
     try:
         day_range(args.date_from, args.date_to)
@@ -63,7 +70,7 @@ def main(argv: list[str] | None = None) -> int:
             raise ReportError(f"--name {name!r}: give the audit log's file name, not a path (the folder is --logs)")
         report, folder = make_report(args.logs, args.date_from, args.date_to, args.out, args.period,
                                      sla if args.sla_seconds is None else args.sla_seconds, os.environ.get(key_env),
-                                     os.environ.get(mac_env), args.include_tests, name=name)
+                                     os.environ.get(mac_env), args.include_tests, name=name, queue=args.db)
     except (ConfigError, ReportError, OSError) as exc:
         sys.exit(f"error: {exc}")
     s = report.summary
@@ -76,5 +83,8 @@ def main(argv: list[str] | None = None) -> int:
           f"escalations, {s['escalations_resolved']} resolved, {s['escalations_overdue']} overdue (SLA "
           f"{report.sla_s:g} s); {s['model_versions']} model version(s); {s['test_records_left_out']} test "
           f"record(s) left out")
+    if "resolutions_not_in_queue" in s:
+        print(f"resolutions checked against the escalation queue: {s['resolutions_not_in_queue']} record(s) it does "
+              "not hold (a resolve stopped before its commit) left out")
     print(f"report: {folder / 'report.html'}")
     return 0 if report.verified else 1

@@ -13,14 +13,18 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 from ...serve.audit_verify import read_chains, verify_chains
+from ...serve.escalation import EscalationQueue, QueueError
 from ...serve.outcome import parse_time
+from ...serve.queue_sql import display, sqlite_path
+from ...serve.resolutions import RESOLUTION
 
 PERIODS = ("daily", "weekly")
 MAIN_REPLICA = "main"  # the chain named by the log name itself (the process without a replica name)
 
 
 class ReportError(ValueError):
-    """A report that cannot be made as asked (bad range, unreadable or encrypted log without its key)."""
+    """A report that cannot be made as asked (bad range, unreadable or encrypted log without its key, a queue
+    that cannot be opened)."""
 
 
 def day_range(date_from: dt.date, date_to: dt.date) -> tuple[dt.datetime, dt.datetime]:
@@ -114,3 +118,24 @@ def collect(folders: list[str | Path], key: str | bytes | None = None, hmac_key:
     notes = [f"{undated} record(s) without a readable timestamp were left out"] if undated else []
     notes += [f"{problem}: this report does not count them" for problem in unreadable]
     return Collected(verification, records, tests, undated, notes)
+
+
+def open_queue(target: str | Path, key: str | bytes | None = None) -> EscalationQueue:
+    """The escalation queue that confirms the log's resolutions, opened as it stands: a mistyped ``--db`` must
+    neither create an empty queue nor make every resolution look uncommitted."""
+    try:
+        path = sqlite_path(target)
+        if path is not None and not path.is_file():
+            raise QueueError(f"no escalation queue at {path}")
+        return EscalationQueue(target, create=False, encryption_key=key)
+    except (QueueError, ValueError) as exc:
+        raise ReportError(f"--db {display(target)}: the escalation queue cannot be read: {exc}") from None
+
+
+def queue_history(queue: EscalationQueue, records: list[dict]) -> dict[str, list[dict]]:
+    """case id -> the queue's resolution rows, for every case the records hold a ``resolution`` of."""
+    cases = {r.get("case_id") for r in records if r.get("event") == RESOLUTION}
+    try:
+        return {case_id: queue.history(case_id) for case_id in sorted(c for c in cases if isinstance(c, str))}
+    except QueueError as exc:
+        raise ReportError(f"the escalation queue {queue.where} cannot be read: {exc}") from None

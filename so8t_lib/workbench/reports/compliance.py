@@ -11,12 +11,18 @@
 - **escalation_summary** per period; **fail_closed** events by reason; **models** in service
   (first and last decision, how many, on which replicas); **mode_changes** (the emergency switch).
 
+A resolution is a ``resolution`` record that was not withdrawn. Given the escalation queue's history, only the
+records the queue holds count: a resolve killed between its record and the queue's commit leaves a record of a
+decision nobody committed (the case is still open), and a retry would make it look superseded. The records of the
+report's cases so left out are counted (``resolutions_not_in_queue``); without the queue the log cannot tell.
+
 No table holds a request text, a user id or a note: only ids, counts, categories and times.
 """
 
 from __future__ import annotations
 
 import datetime as dt
+from collections.abc import Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -25,7 +31,7 @@ import pandas as pd
 from ...core.schema import HUMAN_DECISIONS, LABELS
 from ...data.tables import detect_lang
 from ...serve.masking import mask_personal_data
-from ...serve.resolutions import standing_resolutions
+from ...serve.resolutions import held_by_queue, standing_resolutions
 from .collect import Collected, day_range, period_of, replica_label
 
 DECISION_COLUMNS = ["period", "decision", "category", "lang", "count"]
@@ -131,8 +137,11 @@ def _case_summary(cases: pd.DataFrame, periods: list[str]) -> pd.DataFrame:
 
 
 def build_report(collected: Collected, date_from: dt.date, date_to: dt.date, period: str | None = None,
-                 sla_s: float = 300.0, now: dt.datetime | None = None) -> ComplianceReport:
-    """The report's tables for decisions made from ``date_from`` to ``date_to`` (both included, UTC)."""
+                 sla_s: float = 300.0, now: dt.datetime | None = None,
+                 queue_history: Mapping[str, list[dict]] | None = None) -> ComplianceReport:
+    """The report's tables for decisions made from ``date_from`` to ``date_to`` (both included, UTC).
+    ``queue_history``: case id -> the queue's resolution rows (``CaseStore.history``); with it the queue, not
+    the log, says which resolutions happened."""
     start, end = day_range(date_from, date_to)
     cutoff = min(end, now or dt.datetime.now(dt.UTC))
 
@@ -141,8 +150,11 @@ def build_report(collected: Collected, date_from: dt.date, date_to: dt.date, per
 
     in_range = [r for r in collected.records if start <= r["at"] < end]
     decisions = [r for r in in_range if r.get("event", "decision") == "decision"]
+    standing, not_held = standing_resolutions(collected.records), []  # not the withdrawn ones
+    if queue_history is not None:
+        standing, not_held = held_by_queue(standing, queue_history)
     resolutions: dict[str, list[dict]] = {}
-    for record in sorted(standing_resolutions(collected.records), key=lambda r: r["at"]):  # not the withdrawn ones
+    for record in sorted(standing, key=lambda r: r["at"]):
         resolutions.setdefault(record.get("case_id"), []).append(record)
 
     counted = pd.DataFrame([{"period": period_key(r["at"]), "decision": r.get("decision"),
@@ -176,6 +188,7 @@ def build_report(collected: Collected, date_from: dt.date, date_to: dt.date, per
         "escalation_rate": round(by_class["ESCALATE"] / len(decisions), 4) if decisions else None,
         "fail_closed": len(failed), "escalations_opened": len(cases),
         "escalations_resolved": int((cases["status_at_cutoff"] == "resolved").sum()),
+        **({} if queue_history is None else {"resolutions_not_in_queue": _left_out(not_held, cases, cutoff)}),
         "escalations_overdue": int(cases["overdue"].sum()), "human_agreed": int((cases["agreement"] == True).sum()),  # noqa: E712
         "human_overrode": int((cases["agreement"] == False).sum()),  # noqa: E712
         "model_versions": len(model_table), "chains": len(collected.verification),
@@ -186,6 +199,13 @@ def build_report(collected: Collected, date_from: dt.date, date_to: dt.date, per
               "fail_closed": fail_table, "models": model_table, "mode_changes": switches}
     return ComplianceReport(date_from, date_to, period, sla_s, cutoff, collected.verification, tables, summary,
                             [*collected.notes, *_rotated_away(collected, start)])
+
+
+def _left_out(not_held: list[dict], cases: pd.DataFrame, cutoff: dt.datetime) -> int:
+    """How many of the records the queue does not hold would have counted: those of the report's cases, made
+    before its cutoff."""
+    reported = set(cases["case_id"])
+    return sum(1 for r in not_held if r.get("case_id") in reported and r["at"] < cutoff)
 
 
 def _rotated_away(collected: Collected, start: dt.datetime) -> list[str]:

@@ -51,6 +51,9 @@ below come from records that may have been altered or lost.
 <p>Decisions from {{ date_from }} to {{ date_to }} (UTC, both days included){% if period %}, by {{ period }} period{% endif %}.
 Escalation SLA (<code>escalation_timeout</code>): {{ sla }} s. Cutoff for resolutions: {{ summary.cutoff }}.
 {{ summary.test_records_left_out }} test-mode record(s) left out. No request text, user id or note appears in this report.</p>
+{% if summary.resolutions_not_in_queue is defined %}<p id="queue-check">Resolutions were checked against the escalation
+queue: {{ summary.resolutions_not_in_queue }} resolution record(s) of these cases that the queue does not hold (a resolve
+stopped before its commit) are left out, so those cases count as the queue has them.</p>{% endif %}
 {% for note in notes %}<p class="note">{{ note }}</p>{% endfor %}
 <h2>Summary</h2>{{ summary_table|safe }}
 <h2>Decisions by class, category and language</h2><div class="figs">{% for f in figures.decisions %}<img alt="{{ f.alt }}" src="data:image/png;base64,{{ f.data }}">{% endfor %}</div>
