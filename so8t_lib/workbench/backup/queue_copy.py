@@ -4,7 +4,9 @@ A SQLite queue is copied with SQLite's online backup API (``sqlite3.Connection.b
 consistent snapshot while servers keep writing, page by page, never a half-written file. A PostgreSQL
 queue is exported as JSON lines (cases, resolutions) from one REPEATABLE READ transaction, a
 consistent snapshot too, and loaded back into an empty queue (a new SQLite file or an empty
-PostgreSQL database). ``check_sqlite`` is what restore asks of a copy before using it.
+PostgreSQL database). ``QueueSnapshot`` fixes the snapshot's moment apart from the copying, so that
+backup can take it while it holds the audit chains' locks. ``check_sqlite`` is what restore asks of a
+copy before using it.
 """
 
 from __future__ import annotations
@@ -13,7 +15,8 @@ import json
 import sqlite3
 from pathlib import Path
 
-from sqlalchemy import select, text
+from sqlalchemy import exc, select, text
+from sqlalchemy.engine import Connection
 
 from ...serve.escalation import EscalationQueue, QueueError
 from ...serve.queue_sql import cases, resolutions
@@ -22,19 +25,64 @@ SQLITE_FILE = "escalations.sqlite"
 CASES_FILE, RESOLUTIONS_FILE = "cases.jsonl", "resolutions.jsonl"
 
 
-def copy_sqlite(queue: EscalationQueue, target: Path) -> dict:
-    """Online backup of a SQLite queue into ``target`` (a new file); its counts."""
-    source = queue.raw_sqlite()
+class QueueSnapshot:
+    """A queue's rows as of the moment ``take`` is called, copied out afterwards from the open transaction
+    (``copy_sqlite(queue, target, snapshot.sqlite)``, ``export_rows(queue, folder, snapshot.connection)``):
+    backup takes the moment while it holds the audit chains' locks (so the chains' copies and the queue's are of
+    one moment) and copies after letting go (a large queue's copy must not stall the gate's appends). The
+    connection is opened here, so ``take`` only begins a transaction and reads: no connecting, no waiting."""
+
+    def __init__(self, queue: EscalationQueue) -> None:
+        self.queue = queue
+        self.sqlite: sqlite3.Connection | None = None
+        self.connection: Connection | None = None
+        if queue.path is not None:
+            try:
+                self.sqlite = queue.raw_sqlite()
+            except sqlite3.Error as error:
+                raise QueueError(f"{queue.where}: cannot be read ({error})") from None
+        else:
+            conn = queue.engine.connect()
+            self.connection = conn.execution_options(isolation_level="REPEATABLE READ") \
+                if queue.dialect == "postgresql" else conn
+
+    def take(self) -> None:
+        """Fix the snapshot now: a read transaction that has read (a WAL reader's snapshot and a REPEATABLE READ
+        one are fixed by the first read, not by BEGIN). Readers wait for no writer in either."""
+        try:
+            if self.sqlite is not None:
+                self.sqlite.execute("BEGIN")
+                self.sqlite.execute("SELECT count(*) FROM sqlite_master").fetchone()
+            elif self.connection is not None:
+                self.connection.begin()
+                self.connection.execute(text("SELECT 1"))
+        except (sqlite3.Error, exc.DBAPIError) as error:
+            raise QueueError(f"{self.queue.where}: cannot be read ({error})") from None
+
+    def close(self) -> None:
+        if self.sqlite is not None:
+            self.sqlite.close()
+        if self.connection is not None:
+            self.connection.close()
+
+
+def copy_sqlite(queue: EscalationQueue, target: Path, source: sqlite3.Connection | None = None) -> dict:
+    """Online backup of a SQLite queue into ``target`` (a new file), of the snapshot ``source`` reads in (a
+    connection inside a read transaction, left open) or else of now; its counts."""
+    own = source is None
     try:
+        if source is None:
+            source = queue.raw_sqlite()
         copy = sqlite3.connect(target)
         try:
             source.backup(copy)
         finally:
             copy.close()
-    except sqlite3.Error as exc:
-        raise QueueError(f"{queue.where}: the online backup failed ({exc})") from None
+    except sqlite3.Error as error:
+        raise QueueError(f"{queue.where}: the online backup failed ({error})") from None
     finally:
-        source.close()
+        if own and source is not None:
+            source.close()
     return check_sqlite(target)
 
 
@@ -54,15 +102,23 @@ def check_sqlite(path: Path) -> dict:
         raise QueueError(f"{path}: not a readable escalation queue ({exc})") from None
 
 
-def export_rows(queue: EscalationQueue, folder: Path) -> dict:
-    """Every case and resolution of a server queue, from one snapshot, as JSON lines; their counts."""
+def export_rows(queue: EscalationQueue, folder: Path, snapshot: Connection | None = None) -> dict:
+    """Every case and resolution of a server queue, from one snapshot (``snapshot``: a connection inside the
+    transaction that holds it; else one taken now), as JSON lines; their counts."""
     folder.mkdir(parents=True, exist_ok=True)
-    with queue.engine.connect() as conn:
-        if queue.dialect == "postgresql":  # one snapshot for both tables (SQLite's transaction is one already)
-            conn = conn.execution_options(isolation_level="REPEATABLE READ")
-        with conn.begin():
-            case_rows = [dict(r._mapping) for r in conn.execute(select(cases).order_by(cases.c.case_id))]
-            resolution_rows = [dict(r._mapping) for r in conn.execute(select(resolutions).order_by(resolutions.c.id))]
+
+    def read(conn: Connection) -> tuple[list[dict], list[dict]]:
+        return ([dict(r._mapping) for r in conn.execute(select(cases).order_by(cases.c.case_id))],
+                [dict(r._mapping) for r in conn.execute(select(resolutions).order_by(resolutions.c.id))])
+
+    if snapshot is not None:
+        case_rows, resolution_rows = read(snapshot)
+    else:
+        with queue.engine.connect() as conn:
+            if queue.dialect == "postgresql":  # one snapshot for both tables (SQLite's transaction is one already)
+                conn = conn.execution_options(isolation_level="REPEATABLE READ")
+            with conn.begin():
+                case_rows, resolution_rows = read(conn)
     for name, rows in ((CASES_FILE, case_rows), (RESOLUTIONS_FILE, resolution_rows)):
         (folder / name).write_text("".join(json.dumps(r, ensure_ascii=False) + "\n" for r in rows), encoding="utf-8")
     return {"cases": len(case_rows), "resolutions": len(resolution_rows)}

@@ -10,14 +10,20 @@
       models/<name>/               each model's manifest (sha256 of its files); its files too with
                                    include_models
 
-Order matters while servers keep running: the spool first, then the queue (SQLite's online backup
-API, or a snapshot of the PostgreSQL tables), then each audit chain as of one moment under its lock
-(the files opened and the live file's length taken; the copying runs after it). A case moves
-spool -> queue -> audit record, so whatever the copy of a later step holds was already in the copy
-of an earlier one, or is in flight and in the spool copy. A chain is opened as every reader opens it
-(``serve.audit_verify``: ``consistent_view``, ``open_files``), so a lock held past ``lock_timeout`` by a
-writer that hung fails the backup instead of hanging it. The folder is written beside its final
-name and renamed into place when complete: a backup is whole or absent.
+Order matters while servers keep running. The spool is copied first, every entry, in flight or not (``put``
+names an entry only once its content is written and fsynced). Then, while every chain's lock is held (a
+few milliseconds: no audit record can be appended meanwhile), the spool entries named since are copied,
+the queue's snapshot is taken (``QueueSnapshot``: SQLite's online backup API reads inside a read
+transaction begun then, PostgreSQL's tables inside a REPEATABLE READ one) and each chain's files are
+opened and the live file's length taken; the copying of the queue and the chains runs after the locks
+are let go. A case's spool entry is named before its audit record is written and leaves the spool only
+once the case is queued, and a resolution's record is written before the queue commits it; so every
+ESCALATE record in the chains' copy has its case in the queue's copy or in the spool's, and every
+resolution in the queue's copy has its record in the chains'. A spool entry whose case the queue's copy
+holds too does no harm: replay adds a case to the queue, and its record to the log, only where missing.
+A chain is opened as every reader opens it (``serve.audit_verify``: ``consistent_view``, ``open_files``),
+so a lock held past ``lock_timeout`` by a writer that hung fails the backup instead of hanging it. The
+folder is written beside its final name and renamed into place when complete: a backup is whole or absent.
 """
 
 from __future__ import annotations
@@ -29,7 +35,7 @@ import logging
 import os
 import shutil
 import tempfile
-from contextlib import ExitStack
+from contextlib import ExitStack, closing
 from pathlib import Path, PurePosixPath
 
 from ...core.checkpoint import resolve_checkpoint
@@ -41,7 +47,8 @@ from ...serve.audit_verify import READ_LOCK_TIMEOUT_S, consistent_view, open_fil
 from ...serve.escalation import EscalationQueue
 from ...serve.queue_sql import display
 from ...serve.spool import SUFFIX as SPOOL_SUFFIX
-from .queue_copy import SQLITE_FILE, copy_sqlite, export_rows
+from ...serve.spool import UNREADABLE
+from .queue_copy import SQLITE_FILE, QueueSnapshot, copy_sqlite, export_rows
 
 logger = logging.getLogger("so8t.backup")
 BACKUP_FILE = "BACKUP.json"
@@ -60,31 +67,56 @@ def file_entries(root: Path) -> dict[str, dict]:
             for p in sorted(root.rglob("*")) if p.is_file() and p.name != BACKUP_FILE}
 
 
-def _copy_chains(log_dir: Path, target: Path, hmac_key: str | bytes | None,
-                 lock_timeout: float | None = READ_LOCK_TIMEOUT_S, chain: str = "audit.jsonl") -> dict[str, dict]:
-    """Each chain's files as they were at one moment; the verification of the copy, its head and whether it is
-    signed (restore refuses to pass a signed chain unchecked). The shared lock covers only opening the files and
-    taking the live file's length (a rotation afterwards cannot pull a file away, and appends afterwards are not
-    copied), so the gate's appends never wait for gigabytes to be copied. ``chain``: the configured log's name;
-    its replicas' chains come with it."""
-    chains = {}
-    for name in chain_names(log_dir, chain):
-        with ExitStack() as handles:
-            with consistent_view(log_dir / name, lock_timeout):
-                found = open_files(log_dir, name, handles, sidecars=True)
-            for path, handle, length, error in found:
+def _copy_logs(log_dir: Path, tmp: Path, queue: str | Path | None, spool: Path, hmac_key: str | bytes | None,
+               lock_timeout: float | None, chain: str) -> tuple[dict, dict, dict]:
+    """The spool, the queue and every chain as of one moment (the module docstring says why in this order):
+    (spool, queue, chains) as BACKUP.json records them. The chains' shared locks cover only the late spool
+    entries, the queue snapshot's first read and opening the chains' files (a rotation afterwards cannot pull a
+    file away, and appends afterwards are not copied), so the gate's appends never wait for gigabytes to be
+    copied. ``chain``: the configured log's name; its replicas' chains come with it."""
+    logs, copied = tmp / "logs", set()
+    in_flight = _copy_spool(spool, logs / spool.name, copied)  # the backlog, before any lock is held
+    names = chain_names(log_dir, chain)
+    queue_info: dict = {"kind": "none"}
+    with ExitStack() as held:
+        store = snapshot = None
+        if queue is not None:  # opened first: it may wait for the queue's writer (the schema check writes)
+            store = EscalationQueue(queue, create=False)
+            held.callback(store.close)
+            snapshot = held.enter_context(closing(QueueSnapshot(store)))
+        with ExitStack() as locks:
+            for name in names:
+                locks.enter_context(consistent_view(log_dir / name, lock_timeout))
+            in_flight += _copy_spool(spool, logs / spool.name, copied)  # named since; none can be audited now
+            if snapshot is not None:
+                snapshot.take()
+            found = [open_files(log_dir, name, held, sidecars=True) for name in names]
+        if store is not None and snapshot is not None:
+            if store.path is not None:
+                local = Path(store.path).name
+                queue_info = {"kind": "sqlite", "source": store.where, "file": local,
+                              **copy_sqlite(store, logs / local, snapshot.sqlite)}
+            else:  # restored into a SQLite file by default: the one queue_db names, where the spool lies beside
+                local = spool.name.removesuffix(SPOOL_DIR_SUFFIX) if spool.name.endswith(SPOOL_DIR_SUFFIX) \
+                    and spool.name != SPOOL_DIR_SUFFIX else SQLITE_FILE
+                queue_info = {"kind": "postgresql", "source": display(store.where), "file": local,
+                              **export_rows(store, tmp / "queue", snapshot.connection)}
+        for files in found:
+            for path, handle, length, error in files:
                 if error is not None:
                     raise error
-                if (target / path.name).exists():  # the queue or its spool, copied first, named like a chain file
+                if (logs / path.name).exists():  # the queue or its spool, copied first, named like a chain file
                     raise BackupError(f"{path}: the escalation queue or its spool has the name of this audit log "
                                       "file; rename one")
-                _copy_prefix(handle, length, target / path.name)
-        report = verify(target, name, hmac_key)
+                _copy_prefix(handle, length, logs / path.name)
+    chains = {}
+    for name in names:
+        report = verify(logs, name, hmac_key)
         anchor = report["anchor"] or {}
         chains[name] = {"records": report["records"], "first_seq": report["first_seq"], "last_seq": report["last_seq"],
                         "head": f"{anchor.get('last_seq')}:{anchor.get('last_hash')}" if anchor else None,
                         "signed": "mac" in anchor, "errors": report["errors"]}
-    return chains
+    return {"name": spool.name, "entries": len(copied), "in_flight": in_flight}, queue_info, chains
 
 
 def _copy_prefix(source, length: int, target: Path, chunk: int = 1 << 20) -> None:
@@ -101,30 +133,38 @@ def _copy_prefix(source, length: int, target: Path, chunk: int = 1 << 20) -> Non
     os.utime(target, ns=(stat.st_atime_ns, stat.st_mtime_ns))
 
 
-def _copy_spool(spool: Path, target: Path) -> dict:
-    """Spool entries nobody holds (in-flight ones are skipped: their request has no answer yet)."""
-    copied, in_flight = 0, 0
+def _copy_spool(spool: Path, target: Path, copied: set[str]) -> int:
+    """Every spool entry not in ``copied`` (its name is added), and those set aside for a person; how many of them
+    were in flight (held). An entry in flight is copied too: its case may reach the queue after the queue's copy
+    and its record the chains' copy, and only the spool's copy then holds the case. ``put`` names an entry only
+    once its first line is written and fsynced; a line appended meanwhile is left out unless complete (replay
+    redoes its step, and checks the queue and the log first)."""
+    in_flight = 0
     if not spool.is_dir():
-        return {"entries": 0, "in_flight_skipped": 0}
-    for entry in sorted(spool.glob(f"*{SPOOL_SUFFIX}")):
+        return 0
+    for entry in sorted([*spool.glob(f"*{SPOOL_SUFFIX}"), *spool.glob(f"*{SPOOL_SUFFIX}{UNREADABLE}")]):
+        if entry.name in copied:
+            continue
         try:
             fd = os.open(entry, os.O_RDONLY)
         except FileNotFoundError:
-            continue
+            continue  # finished meanwhile: its case was queued first, so the queue's copy, taken later, holds it
         try:
-            fcntl.flock(fd, fcntl.LOCK_SH | fcntl.LOCK_NB)
-        except BlockingIOError:
-            in_flight += 1
-            os.close(fd)
-            continue
-        try:
+            try:
+                fcntl.flock(fd, fcntl.LOCK_SH | fcntl.LOCK_NB)
+                held = False
+            except BlockingIOError:
+                held = True
             data = os.pread(fd, os.fstat(fd).st_size, 0)
         finally:
             os.close(fd)
+        if held:
+            in_flight += 1
+            data = data[:data.rfind(b"\n") + 1] if b"\n" in data else data
         target.mkdir(parents=True, exist_ok=True)
         (target / entry.name).write_bytes(data)
-        copied += 1
-    return {"entries": copied, "in_flight_skipped": in_flight}
+        copied.add(entry.name)
+    return in_flight
 
 
 def _model_entry(path: Path, models_dir: Path, include: bool, index: int) -> dict:
@@ -247,23 +287,7 @@ def backup(out: str | Path, log_dir: str | Path, queue: str | Path | None = None
         queue = queue or (log_dir / SQLITE_FILE if (log_dir / SQLITE_FILE).is_file() else None)
         spool = Path(spool) if spool else Path(f"{queue}.spool") if queue is not None and "://" not in str(queue) \
             else log_dir / (SQLITE_FILE + ".spool")
-        spool_info = {"name": spool.name, **_copy_spool(spool, logs / spool.name)}
-        queue_info: dict = {"kind": "none"}
-        if queue is not None:
-            store = EscalationQueue(queue, create=False)
-            try:
-                if store.path is not None:
-                    local = Path(store.path).name
-                    queue_info = {"kind": "sqlite", "source": store.where, "file": local,
-                                  **copy_sqlite(store, logs / local)}
-                else:  # restored into a SQLite file by default: the one queue_db names, where the spool lies beside
-                    local = spool.name.removesuffix(SPOOL_DIR_SUFFIX) if spool.name.endswith(SPOOL_DIR_SUFFIX) \
-                        and spool.name != SPOOL_DIR_SUFFIX else SQLITE_FILE
-                    queue_info = {"kind": "postgresql", "source": display(store.where), "file": local,
-                                  **export_rows(store, tmp / "queue")}
-            finally:
-                store.close()
-        chains = _copy_chains(log_dir, logs, hmac_key, lock_timeout, chain)
+        spool_info, queue_info, chains = _copy_logs(log_dir, tmp, queue, spool, hmac_key, lock_timeout, chain)
         if not chains:
             others = [n for n in chain_names(log_dir) if n != chain] if chain != "audit.jsonl" else []
             raise BackupError(f"no audit log {chain} in {log_dir} (nor a replica's chain of it)" +
