@@ -7,6 +7,14 @@ consistent snapshot too, and loaded back into an empty queue (a new SQLite file 
 PostgreSQL database). ``QueueSnapshot`` fixes the snapshot's moment apart from the copying, so that
 backup can take it while it holds the audit chains' locks. ``check_sqlite`` is what restore asks of a
 copy before using it.
+
+A SQLite copy is one file that holds all of it. The backup API writes every page into the copy's file
+(the copy's connection writes through a rollback journal, whatever the source's mode), so nothing of
+it is ever in a ``-wal``; the header it copies from a WAL queue says WAL, and is left so: every so8t
+tool opens a queue in WAL mode (``EscalationQueue``), and switching a copy's mode rewrites its header
+(its sha256 would no longer match the backup's record). The side files SQLite makes beside the copy
+when it is opened (``-shm``, an empty ``-wal``; a ``-journal`` while it is written) are therefore not
+part of a backup: never listed, and only one that holds data (a write to the copy) is a problem.
 """
 
 from __future__ import annotations
@@ -23,6 +31,26 @@ from ...serve.queue_sql import cases, resolutions
 
 SQLITE_FILE = "escalations.sqlite"
 CASES_FILE, RESOLUTIONS_FILE = "cases.jsonl", "resolutions.jsonl"
+SIDE_SUFFIXES = ("-wal", "-shm", "-journal")  # SQLite's files beside a database it has open (or had)
+SQLITE_MAGIC = b"SQLite format 3\x00"
+
+
+def database_of(path: Path) -> Path | None:
+    """The SQLite database ``path`` is a side file of (``<db>-wal``, ``-shm`` or ``-journal`` beside a file that
+    is a SQLite database), else None."""
+    for suffix in SIDE_SUFFIXES:
+        if path.name.endswith(suffix) and path.name != suffix:
+            database = path.with_name(path.name[:-len(suffix)])
+            try:
+                with open(database, "rb") as head:
+                    return database if head.read(len(SQLITE_MAGIC)) == SQLITE_MAGIC else None
+            except OSError:
+                return None
+    return None
+
+
+def side_files(database: Path) -> list[Path]:
+    return [p for p in (database.with_name(database.name + s) for s in SIDE_SUFFIXES) if p.is_file()]
 
 
 class QueueSnapshot:
@@ -68,7 +96,8 @@ class QueueSnapshot:
 
 def copy_sqlite(queue: EscalationQueue, target: Path, source: sqlite3.Connection | None = None) -> dict:
     """Online backup of a SQLite queue into ``target`` (a new file), of the snapshot ``source`` reads in (a
-    connection inside a read transaction, left open) or else of now; its counts."""
+    connection inside a read transaction, left open) or else of now; its counts. The copy is one file: no side
+    file of SQLite's is left beside it (see the module docstring)."""
     own = source is None
     try:
         if source is None:
@@ -83,13 +112,21 @@ def copy_sqlite(queue: EscalationQueue, target: Path, source: sqlite3.Connection
     finally:
         if own and source is not None:
             source.close()
-    return check_sqlite(target)
+    counts = check_sqlite(target)
+    for side in side_files(target):  # none is made (the copy's connection closed last, the check reads immutable)
+        if side.stat().st_size and not side.name.endswith("-shm"):
+            raise QueueError(f"{side}: SQLite left {side.stat().st_size} bytes beside the queue's copy; the copy "
+                             "would not be one file")
+        side.unlink()
+    return counts
 
 
 def check_sqlite(path: Path) -> dict:
-    """{"cases", "resolutions"} of a queue file that passes SQLite's integrity check; QueueError if not."""
+    """{"cases", "resolutions"} of a queue file that passes SQLite's integrity check; QueueError if not. The file
+    is read as it is (``immutable``: no side file is made or read, so a backup on read-only storage is checked
+    too, and the check reads exactly the bytes whose sha256 was compared)."""
     try:
-        db = sqlite3.connect(f"file:{path}?mode=ro", uri=True)
+        db = sqlite3.connect(f"file:{path}?mode=ro&immutable=1", uri=True)
         try:
             result = db.execute("PRAGMA integrity_check").fetchone()[0]
             if result != "ok":

@@ -1,7 +1,8 @@
 """``so8t restore``: check a backup completely, and only then put it back.
 
 The checks, all before anything is written: BACKUP.json is readable and shaped as backup writes it; every file it lists is there with
-its size and sha256, and no file is there that it does not list; every audit chain verifies (hash
+its size and sha256, and no file is there that it does not list (but SQLite's side files, which whoever opens
+the queue's copy makes: one that holds data is refused, ``_side_file_problem``); every audit chain verifies (hash
 chain, anchor, signatures with the HMAC key) and ends at the head recorded when it was backed up (a
 chain rolled back or re-hashed together with its anchor is refused); a signed chain without its key is
 refused unless unchecked signatures are accepted explicitly (only the key tells a re-hashed chain); the queue passes SQLite's
@@ -27,7 +28,7 @@ from ...core.io import sha256_file
 from ...serve.audit_verify import verify
 from ...serve.escalation import EscalationQueue, QueueError
 from ...serve.router import load_router
-from .queue_copy import SQLITE_FILE, check_sqlite, export_rows, load_rows, read_rows
+from .queue_copy import SQLITE_FILE, check_sqlite, database_of, export_rows, load_rows, read_rows
 from .snapshot import BACKUP_FILE, FORMAT, BackupError, file_entries, overlapping_targets, safe_relative
 
 # a plain file name, never a path: a chain (logging.audit_log may have any name: gate.jsonl, audit.log), the queue
@@ -114,14 +115,21 @@ def check_backup(folder: str | Path, hmac_key: str | bytes | None = None, *, key
     key_env = key_env or manifest.get("hmac_key_env")
     problems, checked, notes = [], [], []
     listed, present = manifest["files"], file_entries(folder)
+    sides = {name for name in listed if database_of(folder / name) is not None} | {
+        str(p.relative_to(folder)) for p in folder.rglob("*") if p.is_file() and database_of(p) is not None}
     for name, entry in listed.items():
+        if name in sides:  # checked below: SQLite's side files are not data, unless one recorded some
+            continue
         found = present.get(name)
         if found is None:
             problems.append(f"{name}: missing from the backup")
         elif found["bytes"] != entry["bytes"] or found["sha256"] != entry["sha256"]:
             problems.append(f"{name}: changed since the backup was made (sha256 does not match)")
     problems += [f"{name}: not part of the backup (added later)" for name in sorted(set(present) - set(listed))]
-    checked.append(f"{len(listed)} files match their sha256")
+    problems += filter(None, (_side_file_problem(name, folder / name, listed.get(name)) for name in sorted(sides)))
+    checked.append(f"{len(set(listed) - sides)} files match their sha256")
+    notes += [f"{name}: SQLite's side file of a copied database, listed by an older backup: not data, not checked"
+              for name in sorted(sides & set(listed)) if not listed[name]["bytes"]]
     for name, chain in manifest["chains"].items():
         if chain.get("errors"):
             problems.append(f"{name}: did not verify when it was backed up: {'; '.join(chain['errors'])}")
@@ -187,6 +195,41 @@ def check_backup(folder: str | Path, hmac_key: str | bytes | None = None, *, key
     return {"manifest": manifest, "problems": problems, "checked": checked, "notes": notes}
 
 
+def _side_file_problem(name: str, path: Path, recorded: dict | None) -> str | None:
+    """What is wrong with a SQLite side file beside a database of the backup, None if nothing. A ``-shm`` is an
+    index SQLite rebuilds, and an empty ``-wal`` or ``-journal`` holds nothing: whoever opens the copy makes and
+    deletes them, so they are not part of a backup. Backups made before this was so listed the empty ones that
+    the backup's own check left (the copy was written whole: ``queue_copy``); one recorded with data must be
+    there unchanged, and one holding data the backup did not record means the copy was written to."""
+    if name.endswith("-shm"):
+        return None
+    size = path.stat().st_size if path.is_file() else 0
+    if recorded is not None and recorded["bytes"] > 0:
+        if not path.is_file():
+            database = name[:name.rfind("-")]
+            return (f"{name}: missing from the backup; it held {recorded['bytes']} bytes of changes not yet in "
+                    f"{database} when the backup was made, so that database cannot be restored without it")
+        if size != recorded["bytes"] or sha256_file(path) != recorded["sha256"]:
+            return f"{name}: changed since the backup was made (sha256 does not match)"
+        return None
+    if size:
+        return (f"{name}: {size} bytes written to the backup's copy after the backup was made (by a program that "
+                "has it open, or one that stopped while writing): the copy is not what was backed up")
+    return None
+
+
+def _no_side_files(folder: Path, manifest: dict):
+    """copytree's ``ignore``: SQLite's side files beside a copied database stay behind (none holds data: the
+    checks passed), unless the backup recorded one with data (an older backup's)."""
+    keep = {name for name, entry in manifest["files"].items() if entry["bytes"] > 0}
+
+    def ignore(directory: str, names: list[str]) -> set[str]:
+        here = Path(directory)
+        return {n for n in names if database_of(here / n) is not None and str((here / n).relative_to(folder)) not in keep}
+
+    return ignore
+
+
 def _parts(manifest: dict, folder: Path, into: Path) -> dict[Path, Path]:
     """staging-relative source -> final target of each part restore renames into place."""
     parts = {Path("logs"): into / "logs"}
@@ -232,7 +275,7 @@ def _restore_parts(folder: Path, into: Path, parts: dict[Path, Path], manifest: 
     """Copy into a staging folder beside the targets, load the queue, then move every part into place."""
     staging = Path(tempfile.mkdtemp(prefix=".so8t-restore-", dir=into))
     try:
-        shutil.copytree(folder / "logs", staging / "logs")
+        shutil.copytree(folder / "logs", staging / "logs", ignore=_no_side_files(folder, manifest))
         if (folder / "configs").is_dir():
             shutil.copytree(folder / "configs", staging / "configs")
         if (folder / "models").is_dir():

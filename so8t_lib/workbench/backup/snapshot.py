@@ -48,7 +48,7 @@ from ...serve.escalation import EscalationQueue
 from ...serve.queue_sql import display
 from ...serve.spool import SUFFIX as SPOOL_SUFFIX
 from ...serve.spool import UNREADABLE
-from .queue_copy import SQLITE_FILE, QueueSnapshot, copy_sqlite, export_rows
+from .queue_copy import SQLITE_FILE, QueueSnapshot, copy_sqlite, database_of, export_rows
 
 logger = logging.getLogger("so8t.backup")
 BACKUP_FILE = "BACKUP.json"
@@ -62,9 +62,11 @@ class BackupError(RuntimeError):
 
 
 def file_entries(root: Path) -> dict[str, dict]:
-    """relative path -> {sha256, bytes} of every file under ``root`` but BACKUP.json."""
+    """relative path -> {sha256, bytes} of every file under ``root`` but BACKUP.json and SQLite's side files of a
+    database there (``-wal``, ``-shm``, ``-journal``: made and deleted by whoever opens the copy; it holds all its
+    data itself, ``queue_copy``)."""
     return {str(p.relative_to(root)): {"sha256": sha256_file(p), "bytes": p.stat().st_size}
-            for p in sorted(root.rglob("*")) if p.is_file() and p.name != BACKUP_FILE}
+            for p in sorted(root.rglob("*")) if p.is_file() and p.name != BACKUP_FILE and database_of(p) is None}
 
 
 def _copy_logs(log_dir: Path, tmp: Path, queue: str | Path | None, spool: Path, hmac_key: str | bytes | None,
