@@ -145,7 +145,7 @@ def test_start_up_names_route_webhook_variables_that_are_not_set(tmp_path, monke
 
     def start_up_warnings(folder, **escalation_cfg) -> list[str]:
         caplog.clear()
-        with caplog.at_level(logging.WARNING, logger="so8t_lib.serve.runtime"):
+        with caplog.at_level(logging.WARNING, logger="so8t.runtime"):
             _agent(tmp_path / folder, routes=routes, **escalation_cfg)
         return [r.getMessage() for r in caplog.records if "webhook" in r.getMessage()]
 

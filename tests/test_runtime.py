@@ -112,6 +112,18 @@ def test_batch_keeps_order_and_audits_every_request(tmp_path):
     assert len(_records(tmp_path)) == 4
 
 
+def test_a_caller_whose_lists_do_not_match_is_told_before_anything_is_decided(tmp_path, tiny_config, tokenizer):
+    """A short received_at raised IndexError halfway through a batch; contexts=[] was read as 'no contexts'."""
+    from so8t_lib.model.so8t import SO8TModel
+
+    agent = _agent(tmp_path, FakeDecider((0.95, 0.03, 0.02)))
+    with pytest.raises(ValueError, match="2 requests but 1 received_at"):
+        agent.run_batch([{"user_request": "a"}, {"user_request": "b"}], received_at=[time.perf_counter()])
+    assert not (tmp_path / "logs" / "audit.jsonl").exists() or _records(tmp_path) == []  # nothing was decided
+    with pytest.raises(ValueError, match="1 requests but 0 contexts"):
+        SO8TModel.from_config(tiny_config, tokenizer).decide(["a"], contexts=[])
+
+
 @settings(max_examples=150, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture])
 @given(request=st.one_of(st.text(max_size=5000), st.binary(max_size=300), st.none(), st.integers(),
                          st.lists(st.text(max_size=5))),

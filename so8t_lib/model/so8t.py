@@ -327,7 +327,7 @@ class SO8TModel(CheckpointMixin, nn.Module):
         """One forward pass (no LM logits) per batch of formatted prompts, in eval mode, with the indices of the
         requests it holds. Prompts of similar token length share a batch: unsorted, a batch of 32 pads every row
         to its longest, close to twice the tokens on the corpus."""
-        contexts = contexts or [None] * len(requests)
+        contexts = [None] * len(requests) if contexts is None else contexts  # [] is a mismatch
         if len(contexts) != len(requests):
             raise ValueError(f"{len(requests)} requests but {len(contexts)} contexts")
         device = next(self.parameters()).device

@@ -82,22 +82,25 @@ class GGUFDecisions:
 
         emb._batch.reset()
         used = 0
-        for prompt in prompts:
-            tokens = self.prompt_tokens(prompt)
-            if len(tokens) > n_batch:  # never decide on a cut prompt: the HF backend does not cut either
-                raise GGUFError(f"a prompt has {len(tokens)} tokens, more than n_ctx={n_batch}; "
-                                "load the backend with a larger n_ctx")
-            if pending and (used + len(tokens) > fill or pending >= n_seq_max):
+        try:
+            for prompt in prompts:
+                tokens = self.prompt_tokens(prompt)
+                if len(tokens) > n_batch:  # never decide on a cut prompt: the HF backend does not cut either
+                    raise GGUFError(f"a prompt has {len(tokens)} tokens, more than n_ctx={n_batch}; "
+                                    "load the backend with a larger n_ctx")
+                if pending and (used + len(tokens) > fill or pending >= n_seq_max):
+                    flush()
+                    pending, used = 0, 0
+                emb._batch.add_sequence(tokens, pending, True)
+                spans.append((used, len(tokens)))
+                pending, used = pending + 1, used + len(tokens)
+            if pending:
                 flush()
-                pending, used = 0, 0
-            emb._batch.add_sequence(tokens, pending, True)
-            spans.append((used, len(tokens)))
-            pending, used = pending + 1, used + len(tokens)
-        if pending:
-            flush()
-        emb._ctx.kv_cache_clear()
-        emb.reset()
-        bar.close()
+        finally:  # a failed pass leaves no sequences in the cache nor a bar on the screen
+            emb._ctx.kv_cache_clear()
+            emb._batch.reset()
+            emb.reset()
+            bar.close()
         self._same_bytes()
         return np.stack(states) if states else np.zeros((0, self.safety_head.state_width), dtype=np.float32)
 
@@ -123,7 +126,7 @@ class GGUFDecisions:
         """SafetyHeadB's input (N, hidden) for raw requests, packed into llama.cpp batches as ``decide`` packs
         them: what a readout fitted outside the file (a quantization study) must see. The counterpart of
         ``SO8TModel.decision_states``."""
-        contexts = contexts or [None] * len(requests)
+        contexts = [None] * len(requests) if contexts is None else contexts  # [] is a mismatch
         if len(contexts) != len(requests):
             raise ValueError(f"{len(requests)} requests but {len(contexts)} contexts")
         prompts = [self.format_prompt(r, c) for r, c in zip(requests, contexts)]

@@ -62,6 +62,8 @@ class BatchRunning:
         decision pass, if the server starts one then)."""
         now = time.perf_counter()
         starts = list(received_at) if received_at is not None else [now] * len(requests)
+        if len(starts) != len(requests):  # a caller's mistake, not a bad item: said before anything is decided
+            raise ValueError(f"{len(requests)} requests but {len(starts)} received_at values")
         results: list[dict | None] = [None] * len(requests)
         deliver = Delivery(results, on_result)
         valid: list[tuple[int, CleanRequest]] = []
