@@ -1,7 +1,8 @@
 """so8t export / so8t inspect: one GGUF file that carries both heads, and the ladder of its quantizations.
 
     so8t export checkpoints/so8t-tiny --out dist/ [--quant Q8_0,Q4_K_M,Q4_K_M_T8,Q4_K_S,IQ4_XS] [--f32]
-    so8t export checkpoints/so8t-demo --quant Q8_0,Q4_K_M,Q4_K_M_T8 --refit-head Q4_K_M_T8   # head refitted at 4 bits
+    so8t export checkpoints/so8t-mean --quant Q8_0,Q4_K_M,Q4_K_M_T8 --refit-head Q4_K_M_T8   # head refitted at 4 bits
+        (a mean- or last-pooled head only: a max head, the default's, is refused)
     so8t inspect dist/so8t-tiny-q4_k_m.gguf          # the so8t.* metadata
 
 Export merges LoRA, folds the SO(8) gates into ``o_proj``, writes ``dist/<name>-f16.gguf`` (and
