@@ -117,6 +117,23 @@ def test_a_jsonl_file_with_a_byte_order_mark_loads(tmp_path):
     assert list(load_table(path)["user_request"]) == [ROWS[0]["user_request"]]
 
 
+def test_ids_are_text_or_whole_numbers_and_0_is_an_id(tmp_path):
+    """An id of 0 was replaced by file:line (a falsy value), 1 and 1.0 were two ids, and true was the id 'True'."""
+    path = tmp_path / "ids.jsonl"
+    rows = [{**ROWS[0], "id": 0}, {**ROWS[1], "id": 7.0, "family": 0}]
+    path.write_text("".join(json.dumps(r) + "\n" for r in rows), encoding="utf-8")
+    table = load_table(path)
+    assert list(table["id"]) == ["0", "7"] and list(table["family"]) == ["0", "0"]
+    path.write_text("".join(json.dumps(r) + "\n" for r in [{**ROWS[0], "id": 1}, {**ROWS[1], "id": 1.0}]),
+                    encoding="utf-8")
+    with pytest.raises(DataError, match="duplicate id '1'"):
+        load_table(path)
+    for bad in (True, 1.5, {"a": 1}, [1]):
+        path.write_text(json.dumps({**ROWS[0], "id": bad}) + "\n", encoding="utf-8")
+        with pytest.raises(DataError, match="ids.jsonl:1: field 'id' must be text or a whole number"):
+            load_table(path)
+
+
 def test_broken_json_missing_file_and_wrong_type(tmp_path):
     path = tmp_path / "broken.jsonl"
     path.write_text(json.dumps(ROWS[0]) + "\n{not json\n", encoding="utf-8")

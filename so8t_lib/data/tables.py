@@ -10,6 +10,7 @@ from __future__ import annotations
 import csv
 import hashlib
 import json
+import math
 import re
 from collections.abc import Iterator
 from pathlib import Path
@@ -105,6 +106,22 @@ def _text(record: dict, field: str, where: str, required: bool = False) -> str:
     return value
 
 
+def _identifier(record: dict, field: str, where: str) -> str | None:
+    """An id or family as text: a string, or a whole number written either way (1 and 1.0 are one id, as a CSV
+    column with an empty cell reads them); None when absent. A bool, a fraction or a structure is refused: read
+    as text it would merge or split rows silently."""
+    value = record.get(field)
+    if value is None or (isinstance(value, float) and math.isnan(value)):  # NaN: a CSV's empty cell
+        return None
+    if isinstance(value, str):
+        return value.strip() or None
+    if isinstance(value, int) and not isinstance(value, bool):
+        return str(value)
+    if isinstance(value, float) and value.is_integer():
+        return str(int(value))
+    raise DataError(f"{where}: field {field!r} must be text or a whole number, got {value!r}")
+
+
 def _validated_row(record: dict, path: Path, line_no: int, allowed_labels: tuple[str, ...]) -> dict:
     where = f"{path}:{line_no}"
     request = _text(record, "user_request", where, required=True)
@@ -128,8 +145,9 @@ def _validated_row(record: dict, path: Path, line_no: int, allowed_labels: tuple
         hard = _HARD_WORDS[hard.strip().lower()]
     elif hard is None or (not isinstance(hard, bool) and hard not in (0, 1)):  # NaN would read as true
         raise DataError(f"{where}: field 'hard' must be true or false (got {hard!r})")
+    row_id = _identifier(record, "id", where)
     return {
-        "id": str(record.get("id") or f"{path.stem}:{line_no}"),
+        "id": row_id if row_id is not None else f"{path.stem}:{line_no}",
         "context": _text(record, "context", where),
         "user_request": request,
         "label": label,
@@ -137,7 +155,8 @@ def _validated_row(record: dict, path: Path, line_no: int, allowed_labels: tuple
         "lang": lang,
         "rationale": _text(record, "rationale", where),
         "task_output": _text(record, "task_output", where),
-        "family": str(record.get("family") or record.get("id") or f"{path.stem}:{line_no}"),
+        "family": next((v for v in (_identifier(record, "family", where), row_id) if v is not None),
+                       f"{path.stem}:{line_no}"),
         "split": str(record.get("split") or ""),
         "hard": bool(hard),
         "source": str(record.get("source") or path.name),
