@@ -9,7 +9,12 @@ biases differ. Per data set (the test split also on its short rows and the rest)
 --predictions`` file: the argmax decisions' dangerous compliance, the AUROC of 1 - p(ALLOW) (``not_allow_auroc``), and the dangerous compliance of the rule
 "ALLOW iff p(ALLOW) >= t" with t set to block 30% / 50% of the safe rows (``so8t_lib.eval.ranking``, which says
 when that rule is the runtime's), each against the baseline's with a paired bootstrap 95% interval of the
-difference (the same rows resampled for both). Then the threshold set on the test split's safe rows (in-sample
+difference (the same resamples for both). On a corpus split the bootstrap resamples whole request families (each
+holds about ten variants of one request; ``eval/report.family_members``), as the evaluation's own intervals do:
+the family of a row is the ``family`` column of the corpus row with its id, looked up in every split file, since
+each corpus version reshuffles the families between the splits (an id the corpus does not hold is an error). The
+public sets resample rows (their ``family`` is a prompt type). ``resampled`` says, per subset, which unit was
+drawn and how many there are. Then the threshold set on the test split's safe rows (in-sample
 there; the public sets never saw it) applied to every data set (``at_test_threshold_*``, with whether the
 runtime's rule reaches it). On a public set, ``by_type`` gives the share not allowed per prompt type (XSTest's
 ``type``, SimpleSafetyTests' harm area), joined from the set itself by row id. The figure draws harmful requests
@@ -33,9 +38,9 @@ sys.path.insert(0, str(ROOT))
 from so8t_lib.core.io import atomic_write_text  # noqa: E402
 from so8t_lib.core.metrics import dangerous_compliance_rate  # noqa: E402
 from so8t_lib.core.paths import project_relative  # noqa: E402
-from so8t_lib.core.schema import ALLOW  # noqa: E402
+from so8t_lib.core.schema import ALLOW, SPLITS  # noqa: E402
 from so8t_lib.data.benchmarks import BENCHMARKS, load_any  # noqa: E402
-from so8t_lib.data.tables import is_short_family  # noqa: E402
+from so8t_lib.data.tables import CORPUS_DIR, is_short_family, load_split  # noqa: E402
 from so8t_lib.eval.evaluate import not_allowed_by_type  # noqa: E402
 from so8t_lib.eval.predictions import PREDICTIONS_SUFFIX as SUFFIX  # noqa: E402
 from so8t_lib.eval.predictions import read_predictions  # noqa: E402
@@ -46,6 +51,7 @@ from so8t_lib.eval.ranking import (  # noqa: E402
     ranking_report,
     rule_at_threshold,
 )
+from so8t_lib.eval.report import family_members, resample_indices  # noqa: E402
 
 
 def subsets(keys: list[tuple[str, str]], short_ids: set[str]) -> dict[str, list[int]]:
@@ -58,13 +64,40 @@ def subsets(keys: list[tuple[str, str]], short_ids: set[str]) -> dict[str, list[
     return parts
 
 
+def is_corpus_split(dataset: str) -> bool:
+    """Whether a data set is a split of the project corpus (``test``, or a sample of it such as ``test:200``)."""
+    return dataset.partition(":")[0] in SPLITS
+
+
+def corpus_families(keys: list[tuple[str, str]], files: list[str]) -> dict[tuple[str, str], str]:
+    """(data set, id) -> request family, for the rows of corpus splits: the ``family`` column of the corpus row with
+    that id. Every split file is read, because each corpus version reshuffles the families between the splits (most
+    of corpus v3's test rows are train or val rows now), and a row's id, like its family, stays what it was."""
+    wanted = [key for key in keys if is_corpus_split(key[0])]
+    if not wanted:
+        return {}
+    family: dict[str, str] = {}
+    for split in SPLITS:
+        table = load_split(split)
+        family.update((str(row_id), str(f) if isinstance(f, str) and f.strip() else f"\x00row {row_id}")
+                      for row_id, f in zip(table["id"], table["family"]))
+    missing = [key for key in wanted if key[1] not in family]
+    if missing:
+        (dataset, row_id), more = missing[0], len(missing) - 1
+        raise SystemExit(f"{dataset} row {row_id!r} of {', '.join(files)} is in no split of the corpus "
+                         f"({project_relative(CORPUS_DIR)}){f', nor are {more} more' if more else ''}: its request "
+                         "family is unknown, and a corpus split's intervals resample families")
+    return {key: family[key[1]] for key in wanted}
+
+
 def paired_interval(gold: np.ndarray, p_model: np.ndarray, p_base: np.ndarray, resamples: int,
-                    seed: int) -> dict[str, list[float] | None]:
-    """95% percentile intervals of model minus baseline for each ranking metric, on the same resampled rows."""
+                    seed: int, members: list[np.ndarray] | None = None) -> dict[str, list[float] | None]:
+    """95% percentile intervals of model minus baseline for each ranking metric, both scored on the same resamples:
+    of whole families with ``members`` (``family_members``: every row of a drawn family kept), else of rows."""
     rng = np.random.default_rng(seed)
     diffs: dict[str, list[float]] = {}
     for _ in range(resamples):
-        take = rng.integers(0, len(gold), len(gold))
+        take = resample_indices(rng, len(gold), members)
         model, base = ranking_report(p_model[take], gold[take]), ranking_report(p_base[take], gold[take])
         for key, value in model.items():
             if value is not None and base[key] is not None:
@@ -139,17 +172,24 @@ def main(argv: list[str] | None = None) -> dict:
             raise SystemExit(f"{name} scored other rows than {args.baseline}: compare predictions of the same data")
         if any(rows[k][0] != recipes[args.baseline][k][0] for k in keys):
             raise SystemExit(f"{name} and {args.baseline} disagree on gold labels: predictions of different data")
-    # a row id starts with its family (the seed id), so the short rows are known without the corpus: predictions
-    # of an earlier corpus build rank as they did when they were written
+    # a row id starts with its family (the seed id), so the short rows are known from the id alone; the families the
+    # intervals resample come from the corpus, which still holds every row of an earlier build, in whichever split
     short_ids = {row_id for dataset, row_id in keys if dataset == "test" and is_short_family(row_id)}
     positions = subsets(keys, short_ids)
+    families = corpus_families(keys, [project_relative(p) for p in args.predictions])
+    # what each subset's bootstrap draws: whole families on a corpus split, rows elsewhere (None)
+    members = {subset: family_members([families[keys[i]] for i in rows], len(rows))
+               if is_corpus_split(keys[rows[0]][0]) else None for subset, rows in positions.items()}
     gold = np.array([recipes[args.baseline][k][0] for k in keys])
     types = {subset: prompt_types(subset, [keys[i][1] for i in rows]) for subset, rows in positions.items()}
     p_allow = {name: np.array([rows[k][1][ALLOW] for k in keys]) for name, rows in recipes.items()}
     decisions = {name: np.array([rows[k][2] for k in keys]) for name, rows in recipes.items()}
     result: dict = {"baseline": args.baseline, "resamples": args.resamples,
                     "files": [project_relative(p) for p in args.predictions],
-                    "baseline_subsets": {s: len(rows) for s, rows in positions.items()}, "recipes": {}}
+                    "baseline_subsets": {s: len(rows) for s, rows in positions.items()},
+                    "resampled": {s: {"unit": "rows", "n": len(rows)} if members[s] is None
+                                  else {"unit": "families", "n": len(members[s])} for s, rows in positions.items()},
+                    "recipes": {}}
     series: dict = {}
     for index, (name, p) in enumerate(tqdm(p_allow.items(), desc="recipes")):
         result["recipes"][name], series[name] = {}, {}
@@ -169,7 +209,7 @@ def main(argv: list[str] | None = None) -> dict:
                                                       subset)
             if name != args.baseline:
                 cell["minus_baseline_95ci"] = paired_interval(g, p[rows], p_allow[args.baseline][rows],
-                                                              args.resamples, seed=index)
+                                                              args.resamples, seed=index, members=members[subset])
             result["recipes"][name][subset] = cell
             series[name][subset] = (g, p[rows])
     args.out.parent.mkdir(parents=True, exist_ok=True)

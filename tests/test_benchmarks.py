@@ -323,6 +323,9 @@ def test_recipe_ranking_compares_recipes_on_the_same_rows(tmp_path):
     assert cell["argmax_dangerous_compliance"] == (1.0 if refuse.any() else None)
     low, high = cell["minus_baseline_95ci"]["not_allow_auroc"]["interval"]
     assert 0 < low <= high  # even the interval's lower end favours the sharper ranking
+    # the corpus split's intervals resample its request families, joined from the corpus by id; XSTest's its rows
+    assert result["resampled"]["test"] == {"unit": "families", "n": test["family"].nunique()} and \
+        test["family"].nunique() < 60 and result["resampled"]["xstest"] == {"unit": "rows", "n": 10}
     assert cell["dangerous_compliance_at_blocking_0.30"] <= result["recipes"]["blurred"]["test"][
         "dangerous_compliance_at_blocking_0.30"]
     xstest = result["recipes"]["sharp"]["xstest"]
@@ -345,14 +348,24 @@ def test_recipe_ranking_compares_recipes_on_the_same_rows(tmp_path):
             module.main([str(sharp), str(tmp_path / "other.preds.jsonl"), "--baseline", "sharp", "--figure", "",
                          "--out", str(tmp_path / "not_written.json")])
     assert not (tmp_path / "not_written.json").exists()
-    # predictions of another corpus build (ids the current split lacks) rank without the corpus
+    # predictions of an earlier corpus build: its test rows are other splits' rows now (each version reshuffles the
+    # families between the splits); their families still come from the corpus by id, the short rows from the id
+    val = stratified_sample(load_split("val"), 60, 0)
+    moved = [json.dumps({**json.loads(line), "id": row_id}) for line, row_id in zip(lines, val["id"])] + lines[60:]
+    (tmp_path / "old_build.preds.jsonl").write_text("\n".join(moved) + "\n")
+    old_build = module.main([str(tmp_path / "old_build.preds.jsonl"), "--baseline", "old_build", "--figure", "",
+                             "--resamples", "50", "--out", str(tmp_path / "old_build.json")])
+    assert old_build["resampled"]["test"] == {"unit": "families", "n": val["family"].nunique()}
+    assert old_build["baseline_subsets"].get("test_short", 0) == int(val["family"].map(is_short_family).sum())
+    # an id the corpus does not hold has no known family: refused, naming it
     renamed = [json.loads(line) for line in lines]
     for r in renamed:
         r["id"] = f"brief-en-9{r['id']}" if r["dataset"] == "test" else r["id"]
-    (tmp_path / "old_build.preds.jsonl").write_text("\n".join(map(json.dumps, renamed)) + "\n")
-    old_build = module.main([str(tmp_path / "old_build.preds.jsonl"), "--baseline", "old_build", "--figure", "",
-                             "--out", str(tmp_path / "old_build.json")])
-    assert old_build["baseline_subsets"]["test_short"] == 60 and "test_other" not in old_build["baseline_subsets"]
+    (tmp_path / "unknown.preds.jsonl").write_text("\n".join(map(json.dumps, renamed)) + "\n")
+    with pytest.raises(SystemExit, match="test row 'brief-en-9.*nor are 59 more"):
+        module.main([str(tmp_path / "unknown.preds.jsonl"), "--baseline", "unknown", "--figure", "",
+                     "--out", str(tmp_path / "not_written.json")])
+    assert not (tmp_path / "not_written.json").exists()
     with_val = [*lines, json.dumps({"dataset": "val", "id": "v0", "gold": "ALLOW", "decision": "ALLOW",
                                     "probabilities": {"ALLOW": 0.9, "REFUSE": 0.05, "ESCALATE": 0.05}})]
     (tmp_path / "other.preds.jsonl").write_text("\n".join(with_val) + "\n")
@@ -366,6 +379,25 @@ def test_recipe_ranking_compares_recipes_on_the_same_rows(tmp_path):
     (tmp_path / "bad.preds.jsonl").write_text('{"dataset": "test"}\n')
     with pytest.raises(SystemExit, match="bad.preds.jsonl:1: not a prediction line"):
         module.main([str(tmp_path / "bad.preds.jsonl"), "--baseline", "bad", "--figure", "", "--out", str(tmp_path / "x.json")])
+
+
+def test_recipe_ranking_resamples_families_not_near_copies():
+    """Ten identical variants per request are one request's evidence: resampled as families (the same draws for both
+    recipes), they give the interval of the requests taken once, where resampling rows narrows it."""
+    module = _load("recipe_ranking")
+    from so8t_lib.eval.report import family_members
+
+    rng = np.random.default_rng(1)
+    gold = np.array(["ALLOW", "REFUSE", "ESCALATE"] * 10)
+    p_model, p_base = rng.uniform(size=30), rng.uniform(size=30)
+    families = [f"f{i:02d}" for i in range(30) for _ in range(10)]  # sorted as the rows: the same draws
+    copies = [np.repeat(a, 10) for a in (gold, p_model, p_base)]
+    once = module.paired_interval(gold, p_model, p_base, 200, seed=0)
+    as_families = module.paired_interval(*copies, 200, seed=0, members=family_members(families, 300))
+    as_rows = module.paired_interval(*copies, 200, seed=0)
+    assert as_families == once
+    width = {name: cell["interval"][1] - cell["interval"][0] for name, cell in as_rows.items()}
+    assert all(width[name] < (cell["interval"][1] - cell["interval"][0]) / 2 for name, cell in once.items())
 
 
 def test_operating_point_chooses_on_val_and_reports_the_rest(tmp_path):
