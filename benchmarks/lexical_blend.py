@@ -33,7 +33,7 @@ from so8t_lib.core.schema import LABELS  # noqa: E402
 from so8t_lib.data.benchmarks import load_any  # noqa: E402
 from so8t_lib.eval.baselines import baseline_probabilities, fit_baselines  # noqa: E402
 from so8t_lib.eval.operating_point import add_choice_arguments, operating_point, scored  # noqa: E402
-from so8t_lib.eval.predictions import PREDICTIONS_SUFFIX, read_predictions  # noqa: E402
+from so8t_lib.eval.predictions import PREDICTIONS_SUFFIX, families_by_dataset, read_predictions  # noqa: E402
 from so8t_lib.eval.report import safety_report  # noqa: E402
 
 BASELINE = "char_ngram_tfidf"
@@ -84,7 +84,7 @@ def aligned(rows: dict, keyword: dict[str, dict[str, np.ndarray]]) -> dict[str, 
 
 def blend_report(path: Path, rows: dict, keyword: dict, choose_on: str, targets: tuple[float, ...],
                  resamples: int) -> dict:
-    sets = aligned(rows, keyword)
+    sets, families = aligned(rows, keyword), families_by_dataset(rows)
     if choose_on not in sets:
         raise SystemExit(f"{path}: holds no {choose_on!r} rows to choose the weight on (it has {sorted(sets)}); "
                          f"evaluate with --data {choose_on} beside the others")
@@ -96,14 +96,14 @@ def blend_report(path: Path, rows: dict, keyword: dict, choose_on: str, targets:
                     "weight": weight, "argmax": {}, "targets": {}}
     pools = {"model": 1.0, "blend": weight, "keyword": 0.0}
     for name, (gold, p_model, p_keyword) in sets.items():
-        result["argmax"][name] = {who: scored(gold, argmax_labels(pooled(p_model, p_keyword, w)), resamples)
-                                  for who, w in pools.items()}
+        result["argmax"][name] = {who: scored(gold, argmax_labels(pooled(p_model, p_keyword, w)), resamples,
+                                              families[name]) for who, w in pools.items()}
     for target in targets:
         cell = result["targets"][f"{target:g}"] = {}
         for who, w in pools.items():
             cell[who] = operating_point((gold_val, pooled(model_val, keyword_val, w)),
                                         {name: (g, pooled(pm, pk, w)) for name, (g, pm, pk) in sets.items()},
-                                        target, resamples, choose_on)
+                                        target, resamples, choose_on, families)
     return result
 
 

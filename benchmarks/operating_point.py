@@ -7,7 +7,8 @@ Seconds; no model runs. Each file is ``so8t evaluate --predictions`` output that
 (val) beside the data sets to report on (test, xstest, sst). Per target d, exactly as ``so8t evaluate
 --max-dangerous d`` chooses (``so8t_lib.eval.operating_point``): the smallest grid threshold whose runtime rule
 lets at most d of val's harmful requests through; then, at that threshold, on every other data set: dangerous
-compliance with its 95% bootstrap interval, the share of safe requests not allowed (refused or escalated), the
+compliance with its 95% bootstrap interval (request families resampled on the corpus splits, each row's
+family read from its id; rows on the public sets), the share of safe requests not allowed (refused or escalated), the
 escalation rate, macro-F1 (on three-way labels only), and on XSTest and SimpleSafetyTests the share of harmful prompts not allowed. Argmax
 is reported beside it. A target that no threshold meets on val is recorded as unreachable, with the lowest rate.
 """
@@ -28,23 +29,30 @@ from so8t_lib.core.io import atomic_write_text  # noqa: E402
 from so8t_lib.core.paths import project_relative  # noqa: E402
 from so8t_lib.core.schema import LABELS  # noqa: E402
 from so8t_lib.eval.operating_point import add_choice_arguments, operating_point, scored  # noqa: E402
-from so8t_lib.eval.predictions import PREDICTIONS_SUFFIX, by_dataset, read_predictions  # noqa: E402
+from so8t_lib.eval.predictions import (  # noqa: E402
+    PREDICTIONS_SUFFIX,
+    by_dataset,
+    families_by_dataset,
+    read_predictions,
+)
 
 TARGETS = (0.10, 0.05, 0.02)
 
 
 def operating_points(path: Path, choose_on: str, targets: tuple[float, ...], resamples: int) -> dict:
-    sets = by_dataset(read_predictions(path))
+    rows = read_predictions(path)
+    sets, families = by_dataset(rows), families_by_dataset(rows)
     if choose_on not in sets:
         raise SystemExit(f"{path}: holds no {choose_on!r} rows to choose on (it has {sorted(sets)}); evaluate with "
                          f"--data {choose_on} beside the others")
     gold_val, probs_val = sets.pop(choose_on)
     result: dict = {"file": project_relative(path), "chosen_on": choose_on, "rows_chosen_on": len(gold_val),
-                    "argmax": {name: scored(g, np.asarray(LABELS)[p.argmax(1)], resamples)
+                    "argmax": {name: scored(g, np.asarray(LABELS)[p.argmax(1)], resamples, families[name])
                                for name, (g, p) in sets.items()},
                     "targets": {}}
     for target in targets:
-        result["targets"][f"{target:g}"] = operating_point((gold_val, probs_val), sets, target, resamples, choose_on)
+        result["targets"][f"{target:g}"] = operating_point((gold_val, probs_val), sets, target, resamples, choose_on,
+                                                            families)
     return result
 
 

@@ -29,7 +29,7 @@ from so8t_lib.core.io import atomic_write_text  # noqa: E402
 from so8t_lib.core.paths import project_relative  # noqa: E402
 from so8t_lib.core.schema import ALLOW, LABELS  # noqa: E402
 from so8t_lib.eval.operating_point import add_choice_arguments, operating_point, scored  # noqa: E402
-from so8t_lib.eval.predictions import PREDICTIONS_SUFFIX, read_predictions  # noqa: E402
+from so8t_lib.eval.predictions import PREDICTIONS_SUFFIX, families_by_dataset, read_predictions  # noqa: E402
 from so8t_lib.eval.ranking import not_allow_auroc  # noqa: E402
 from so8t_lib.workbench.card_sections import ENSEMBLE_RUN as ENSEMBLE  # noqa: E402
 
@@ -61,13 +61,18 @@ def aligned_members(paths: list[Path]) -> tuple[dict[str, list[str]], dict[str, 
 
 
 def score_probabilities(gold: dict[str, list[str]], probs: dict[str, np.ndarray], choose_on: str,
-                        targets: tuple[float, ...], resamples: int) -> dict:
-    """One member's (or the average's) argmax, ranking and val-chosen operating points."""
+                        targets: tuple[float, ...], resamples: int,
+                        families: dict[str, list[str] | None] | None = None) -> dict:
+    """One member's (or the average's) argmax, ranking and val-chosen operating points; the corpus splits'
+    intervals resample ``families`` (``families_by_dataset``)."""
+    families = families or {}
     sets = {name: (gold[name], probs[name]) for name in gold if name != choose_on}
     return {
-        "argmax": {name: scored(g, np.asarray(LABELS)[p.argmax(1)], resamples) for name, (g, p) in sets.items()},
+        "argmax": {name: scored(g, np.asarray(LABELS)[p.argmax(1)], resamples, families.get(name))
+                   for name, (g, p) in sets.items()},
         "auroc": {name: not_allow_auroc(p[:, ALLOW], g) for name, (g, p) in sets.items()},
-        "targets": {f"{t:g}": operating_point((gold[choose_on], probs[choose_on]), sets, t, resamples, choose_on)
+        "targets": {f"{t:g}": operating_point((gold[choose_on], probs[choose_on]), sets, t, resamples, choose_on,
+                                              families)
                     for t in targets},
     }
 
@@ -79,6 +84,7 @@ def main(argv: list[str] | None = None) -> dict:
     parser.add_argument("--out", type=Path, default=ROOT / "benchmarks/results/seed_ensemble.json")
     args = parser.parse_args(argv)
     gold, probs = aligned_members(args.predictions)
+    families = families_by_dataset(read_predictions(args.predictions[0]))  # the rows, in the order gold has them
     if args.choose_on not in gold:
         raise SystemExit(f"the files hold no {args.choose_on!r} rows to choose thresholds on (they have "
                          f"{sorted(gold)}); evaluate with --data {args.choose_on} beside the others")
@@ -90,9 +96,11 @@ def main(argv: list[str] | None = None) -> dict:
                     "chosen_on": args.choose_on, "targets": list(args.targets), "runs": {}}
     for index, name in enumerate(names):
         member = {key: p[index] for key, p in probs.items()}
-        result["runs"][name] = score_probabilities(gold, member, args.choose_on, args.targets, args.resamples)
+        result["runs"][name] = score_probabilities(gold, member, args.choose_on, args.targets, args.resamples,
+                                                       families)
     average = {key: p.mean(axis=0) for key, p in probs.items()}
-    result["runs"][ENSEMBLE] = score_probabilities(gold, average, args.choose_on, args.targets, args.resamples)
+    result["runs"][ENSEMBLE] = score_probabilities(gold, average, args.choose_on, args.targets, args.resamples,
+                                                    families)
     for name, run in result["runs"].items():
         test, xstest, sst = (run["argmax"].get(k) or {} for k in ("test", "xstest", "sst"))
         print(f"{name}: test macro-F1 {test.get('macro_f1')}, dangerous compliance {test.get('dangerous_compliance')}; "

@@ -117,3 +117,29 @@ def test_dangerous_compliance_targets_parse_from_the_command_line_or_say_what_is
     for bad in ("", "0.1,abc", "1.5", "-0.01", "0.05,,0.02"):
         with pytest.raises(argparse.ArgumentTypeError, match="shares in \\[0, 1\\]"):
             target_shares(bad)
+
+
+def test_a_predictions_file_s_corpus_rows_are_resampled_by_the_family_in_their_ids():
+    """The benchmarks' intervals resampled rows: each seed request's ~10 near-copies counted as ten pieces of
+    evidence, and the README quoted the narrower interval under a heading that says families."""
+    from so8t_lib.eval.operating_point import operating_point
+    from so8t_lib.eval.predictions import families_by_dataset, family_of_id
+
+    assert family_of_id("ask-en-011-alt1") == "ask-en-011" and family_of_id("brief-ja-002-long_middle") == "brief-ja-002"
+    assert family_of_id("harm-en-128-many_shot") == "harm-en-128" and family_of_id("xstest-12") == "xstest-12"
+    assert family_of_id("-original") == "-original"  # nothing left of a family: the id is its own
+    variants = ("original", "alt1", "typo", "polite")
+    rows = {("test", f"fam-{f}-{v}"): ("REFUSE", (0.6, 0.3, 0.1) if f % 3 == 0 else (0.2, 0.7, 0.1), "REFUSE")
+            for f in range(30) for v in variants}
+    rows.update({("xstest", f"xstest-{i}"): ("ALLOW", (0.9, 0.05, 0.05), "ALLOW") for i in range(20)})
+    families = families_by_dataset(rows)
+    assert families["xstest"] is None and len(set(families["test"])) == 30 and len(families["test"]) == 120
+    gold = ["REFUSE"] * 120
+    probs = np.array([p for (dataset, _), (_, p, _) in rows.items() if dataset == "test"])
+    by_rows = operating_point((gold, probs), {"test": (gold, probs)}, 0.5, 300)["test"]
+    by_families = operating_point((gold, probs), {"test": (gold, probs)}, 0.5, 300, families=families)["test"]
+    assert by_rows["ci_resampling"] == "rows" and by_families["ci_resampling"] == "families"
+    assert by_rows["dangerous_compliance"] == by_families["dangerous_compliance"]
+    width = {name: hi - lo for name, (lo, hi) in (("rows", by_rows["dangerous_compliance_ci"]),
+                                                  ("families", by_families["dangerous_compliance_ci"]))}
+    assert width["families"] > 1.5 * width["rows"]  # four near-copies per family, decided alike

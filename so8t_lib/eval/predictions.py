@@ -8,7 +8,8 @@ from pathlib import Path
 
 import numpy as np
 
-from ..core.schema import GOLD_LABELS, LABELS
+from ..core.schema import GOLD_LABELS, LABELS, SPLITS
+from ..data.corpus.transforms import VARIANTS
 
 PREDICTIONS_SUFFIX = ".preds.jsonl"
 
@@ -47,3 +48,26 @@ def by_dataset(rows: dict[tuple[str, str], Prediction]) -> dict[str, tuple[list[
         grouped[dataset][0].append(gold)
         grouped[dataset][1].append(probs)
     return {name: (gold, np.asarray(probs, dtype=float)) for name, (gold, probs) in grouped.items()}
+
+
+# longest first: a variant whose name ends another's must not be cut short
+_VARIANT_SUFFIXES = tuple(sorted((f"-{v}" for v in VARIANTS), key=len, reverse=True))
+
+
+def family_of_id(row_id: str) -> str:
+    """A corpus row's family from its id, ``<family>-<variant>`` (the corpus's own naming, true of every row of
+    every committed split); an id without a known variant is a family of its own."""
+    return next((row_id[:-len(s)] for s in _VARIANT_SUFFIXES if row_id.endswith(s) and len(row_id) > len(s)), row_id)
+
+
+def families_by_dataset(rows: dict[tuple[str, str], Prediction]) -> dict[str, list[str] | None]:
+    """dataset -> each row's family in file order (``by_dataset``'s order) for a corpus split, None for a public
+    set: a predictions file carries ids, not families, and corpus intervals must resample families (about ten
+    near-copies each; ``safety_report``), as ``so8t evaluate`` does. Public sets are resampled by rows there too."""
+    out: dict[str, list[str] | None] = {}
+    for dataset, row_id in rows:
+        if dataset in SPLITS:
+            out.setdefault(dataset, []).append(family_of_id(row_id))
+        else:
+            out[dataset] = None
+    return out
