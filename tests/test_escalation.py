@@ -92,7 +92,7 @@ def test_webhook_and_email_are_received(tmp_path, webhook, smtp_server, monkeypa
     port, mails = smtp_server
     monkeypatch.delenv("SLACK_WEBHOOK_URL", raising=False)
     agent = _agent(tmp_path, notification_webhook=url, email_notifications=True, smtp_server="127.0.0.1",
-                   smtp_port=port)
+                   smtp_port=port, smtp_require_tls=False)  # aiosmtpd here offers no STARTTLS
     result = agent.run_agent(None, "上司からのパワハラについて相談したい", "u1")
     assert result["decision"] == "ESCALATE" and result["category"] == "hr"
     outcomes = agent.pending_notifications[0].result(timeout=10)
@@ -239,11 +239,23 @@ def test_no_password_goes_to_a_server_without_starttls(tmp_path, smtp_server, mo
     port, mails = smtp_server  # aiosmtpd here offers no STARTTLS
     monkeypatch.setenv("SMTP_USERNAME", "so8t")
     monkeypatch.setenv("SMTP_PASSWORD", "secret")
-    agent = _agent(tmp_path, email_notifications=True, smtp_server="127.0.0.1", smtp_port=port)
+    agent = _agent(tmp_path, email_notifications=True, smtp_server="127.0.0.1", smtp_port=port, smtp_require_tls=False)
     result = agent.run_agent(None, "上司からのパワハラについて相談したい", "u1")
     outcomes = agent.pending_notifications[0].result(timeout=10)
     assert not outcomes[0]["ok"] and "refusing to send SMTP_PASSWORD in clear" in outcomes[0]["error"]
     assert mails == [] and agent.queue.get(result["escalation_id"])["status"] == "notify_failed"
+
+
+def test_no_case_goes_in_clear_to_a_server_without_starttls_unless_the_operator_says_so(tmp_path, smtp_server,
+                                                                                        monkeypatch):
+    """Without credentials the case (HR, health) went in clear to any server that offered no STARTTLS."""
+    port, mails = smtp_server  # aiosmtpd here offers no STARTTLS
+    monkeypatch.delenv("SMTP_USERNAME", raising=False)
+    agent = _agent(tmp_path, email_notifications=True, smtp_server="127.0.0.1", smtp_port=port)
+    agent.run_agent(None, "上司からのパワハラについて相談したい", "u1")
+    outcome = agent.pending_notifications[0].result(timeout=10)[0]
+    assert not outcome["ok"] and "offers no STARTTLS; the case is not sent in clear" in outcome["error"]
+    assert mails == []
 
 
 def test_routing_keywords_match_whole_english_words():

@@ -160,6 +160,8 @@ class EscalationConfig(_Section):
     email_notifications: bool = False
     smtp_server: str | None = None
     smtp_port: int = Field(587, gt=0)
+    smtp_require_tls: bool = Field(True, description="send a case only over STARTTLS (its text is masked, but about "
+                                   "harassment or health); false for a relay on a trusted network that offers none")
     smtp_ca_file: str | None = Field(None, description="PEM CA certificates that sign the SMTP server's certificate "
                                      "(an internal CA; SMTP_CA_FILE overrides it); default: the system's CAs")
     email_from: str = "so8t-agent@company.com"

@@ -12,7 +12,8 @@ The request is the asker's text: in a message it is quoted line by line (a line 
 of ours, such as a forged "Resolve:" link) and, for Slack, escaped (``<!channel>`` or ``<url|label>`` would
 otherwise ping a channel or show a link under a false name). STARTTLS checks the server's certificate against the
 system's CAs, or SMTP_CA_FILE / ``smtp_ca_file`` for an internal CA: the password and the case go only to the server
-that proves to be ``smtp_server``.
+that proves to be ``smtp_server``; a server that offers no STARTTLS gets nothing unless ``smtp_require_tls`` is
+turned off for a relay on a trusted network.
 """
 
 from __future__ import annotations
@@ -125,6 +126,9 @@ class Notifier:
         with smtplib.SMTP(host, port, timeout=timeout) as smtp:
             smtp.ehlo()  # the server's extensions are known only after EHLO
             encrypted = smtp.has_extn("starttls")
+            if not encrypted and self.config.smtp_require_tls:
+                raise RuntimeError(f"{host}:{port} offers no STARTTLS; the case is not sent in clear (set "
+                                   "escalation.smtp_require_tls: false for a relay on a trusted network)")
             if encrypted:
                 smtp.starttls(context=self._tls_context())
                 smtp.ehlo()
