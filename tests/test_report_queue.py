@@ -16,7 +16,7 @@ import sqlite3
 import pandas as pd
 import pytest
 from ops_fixtures import TextDecider, runtime_config
-from test_resolution_kill import DECIDED, PHANTOM, _escalate, _killed_after_the_record
+from test_resolution_kill import one_decided_one_killed
 
 from so8t_lib.cli import main as so8t
 from so8t_lib.serve.resolutions import resolve_audited
@@ -33,12 +33,7 @@ def killed(tmp_path, monkeypatch):
     """(log folder, queue, phantom case, decided case): bob resolved one case; alice's ALLOW of the other was
     written to the log and never committed by the queue."""
     logs = tmp_path / "logs"
-    agent = Agent(runtime_config(logs), decider=TextDecider())
-    phantom, decided = _escalate(agent, PHANTOM), _escalate(agent, DECIDED)
-    resolve_audited(agent.queue, agent.audit, decided, "REFUSE", "bob")
-    with _killed_after_the_record(agent, monkeypatch):
-        resolve_audited(agent.queue, agent.audit, phantom, "ALLOW", "alice")
-    agent.close()
+    phantom, decided = one_decided_one_killed(logs, monkeypatch)
     queue = logs / "escalations.sqlite"
     with sqlite3.connect(queue) as db:
         assert db.execute("SELECT status FROM cases WHERE case_id = ?", (phantom,)).fetchone() == ("open",)

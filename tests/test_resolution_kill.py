@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import contextlib
 import sqlite3
+from pathlib import Path
 
 import pytest
 from ops_fixtures import TextDecider, runtime_config
@@ -58,15 +59,22 @@ def _cases(queue) -> dict[str, tuple]:
         return {row[0]: row[1:] for row in db.execute("SELECT case_id, status, human_decision FROM cases")}
 
 
-def test_extract_leaves_out_a_resolution_the_queue_never_committed_and_counts_it(tmp_path, monkeypatch, capsys):
-    logs = tmp_path / "logs"
-    queue = logs / "escalations.sqlite"
+def one_decided_one_killed(logs: Path, monkeypatch: pytest.MonkeyPatch) -> tuple[str, str]:
+    """(phantom, decided) case ids under ``logs``: bob resolved one case; alice's ALLOW of the other was written to
+    the log and never committed by the queue."""
     agent = Agent(runtime_config(logs), decider=TextDecider())
     phantom, decided = _escalate(agent, PHANTOM), _escalate(agent, DECIDED)
     resolve_audited(agent.queue, agent.audit, decided, "REFUSE", "bob")
     with _killed_after_the_record(agent, monkeypatch):
         resolve_audited(agent.queue, agent.audit, phantom, "ALLOW", "alice")
     agent.close()
+    return phantom, decided
+
+
+def test_extract_leaves_out_a_resolution_the_queue_never_committed_and_counts_it(tmp_path, monkeypatch, capsys):
+    logs = tmp_path / "logs"
+    queue = logs / "escalations.sqlite"
+    phantom, decided = one_decided_one_killed(logs, monkeypatch)
     assert _cases(queue)[phantom] == ("open", None)  # nobody decided, as far as the queue knows
 
     rows, report = retrain.extract_rows([logs], queue=queue)
