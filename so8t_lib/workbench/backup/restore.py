@@ -1,8 +1,10 @@
 """``so8t restore``: check a backup completely, and only then put it back.
 
-The checks, all before anything is written: BACKUP.json is readable and shaped as backup writes it; every file it lists is there with
-its size and sha256, and no file is there that it does not list (but SQLite's side files, which whoever opens
-the queue's copy makes: one that holds data is refused, ``_side_file_problem``); every audit chain verifies (hash
+The checks, all before anything is written: BACKUP.json is readable and shaped as backup writes it; every
+file it lists is there with its size and sha256 (a SQLite queue copy whose bytes differ passes if its rows
+are those the recorded digest says, ``queue_digest``: a newer so8t that opened it added columns), and no file
+is there that it does not list (but SQLite's side files, which whoever opens the queue's copy makes: one that
+holds data is refused, ``_side_file_problem``); every audit chain verifies (hash
 chain, anchor, signatures with the HMAC key) and ends at the head recorded when it was backed up (a
 chain rolled back or re-hashed together with its anchor is refused); a signed chain without its key is
 refused unless unchecked signatures are accepted explicitly (only the key tells a re-hashed chain); the queue passes SQLite's
@@ -29,6 +31,7 @@ from ...serve.audit_verify import verify
 from ...serve.escalation import EscalationQueue, QueueError
 from ...serve.router import load_router
 from .queue_copy import SQLITE_FILE, check_sqlite, database_of, export_rows, load_rows, read_rows
+from .queue_digest import digest_shape_problem, rows_changed
 from .snapshot import BACKUP_FILE, FORMAT, BackupError, file_entries, overlapping_targets, safe_relative
 
 # a plain file name, never a path: a chain (logging.audit_log may have any name: gate.jsonl, audit.log), the queue
@@ -83,6 +86,9 @@ def _shape_problem(manifest: dict) -> str | None:
         return "'queue' does not record how many cases and resolutions the copy holds"
     if not FILE_NAME.fullmatch(str(queue.get("file", SQLITE_FILE))):
         return f"the queue's file name {queue.get('file')!r} is not a plain file name"
+    digest = manifest.get("queue_digest")
+    if digest is not None and (queue.get("kind") != "sqlite" or digest_shape_problem(digest)):
+        return digest_shape_problem(digest) or "'queue_digest' records the rows of a queue that is no SQLite file"
     if not isinstance(manifest.get("hmac_key_env"), (str, type(None))):
         return "'hmac_key_env' is not the name of a variable"
     return None
@@ -115,6 +121,10 @@ def check_backup(folder: str | Path, hmac_key: str | bytes | None = None, *, key
     key_env = key_env or manifest.get("hmac_key_env")
     problems, checked, notes = [], [], []
     listed, present = manifest["files"], file_entries(folder)
+    queue = manifest.get("queue", {})
+    digest = manifest.get("queue_digest")  # None: a backup made before it was recorded, judged by sha256 alone
+    queue_file = f"logs/{queue.get('file', SQLITE_FILE)}" if digest is not None else None  # judged by its rows too
+    by_rows: set[str] = set()
     sides = {name for name in listed if database_of(folder / name) is not None} | {
         str(p.relative_to(folder)) for p in folder.rglob("*") if p.is_file() and database_of(p) is not None}
     for name, entry in listed.items():
@@ -124,10 +134,18 @@ def check_backup(folder: str | Path, hmac_key: str | bytes | None = None, *, key
         if found is None:
             problems.append(f"{name}: missing from the backup")
         elif found["bytes"] != entry["bytes"] or found["sha256"] != entry["sha256"]:
-            problems.append(f"{name}: changed since the backup was made (sha256 does not match)")
+            changed = rows_changed(folder / name, digest) if name == queue_file else ""
+            if changed is None:  # never written to the backup: read immutable, and restored as it is
+                by_rows.add(name)
+                notes.append(f"{name}: its bytes changed since the backup was made (sha256 does not match), but its "
+                             "rows are those backed up (opened by a newer so8t, which added columns, or rewritten "
+                             "by SQLite): restored as it is")
+            else:
+                problems.append(f"{name}: changed since the backup was made (sha256 does not match" +
+                                (f"; {changed})" if changed else ")"))
     problems += [f"{name}: not part of the backup (added later)" for name in sorted(set(present) - set(listed))]
     problems += filter(None, (_side_file_problem(name, folder / name, listed.get(name)) for name in sorted(sides)))
-    checked.append(f"{len(set(listed) - sides)} files match their sha256")
+    checked.append(f"{len(set(listed) - sides - by_rows)} files match their sha256")
     notes += [f"{name}: SQLite's side file of a copied database, listed by an older backup: not data, not checked"
               for name in sorted(sides & set(listed)) if not listed[name]["bytes"]]
     for name, chain in manifest["chains"].items():
@@ -151,7 +169,6 @@ def check_backup(folder: str | Path, hmac_key: str | bytes | None = None, *, key
         if not report["errors"] and not (unchecked and not unchecked_signatures):
             checked.append(f"{name}: {report['records']} records verify, head {head}" +
                            (", signatures checked" if signed and hmac_key else ""))
-    queue = manifest.get("queue", {})
     try:
         if queue.get("kind") == "sqlite":
             counts = check_sqlite(folder / "logs" / queue.get("file", SQLITE_FILE))

@@ -3,6 +3,7 @@
     backup/<UTC time>/
       BACKUP.json                  what was copied, from where, each file's sha256 and size, each chain's head
                                    and whether it is signed, the HMAC key's variable, the queue's file name
+                                   and (a SQLite copy) its rows' digest (``queue_digest``)
       logs/                        every replica's audit chain (live file, rotated files, anchor, set-aside
                                    tails), the emergency flag file, the escalation queue and its spool (under
                                    the names the config gave them)
@@ -49,6 +50,7 @@ from ...serve.queue_sql import display
 from ...serve.spool import SUFFIX as SPOOL_SUFFIX
 from ...serve.spool import UNREADABLE
 from .queue_copy import SQLITE_FILE, QueueSnapshot, copy_sqlite, database_of, export_rows
+from .queue_digest import queue_digest
 
 logger = logging.getLogger("so8t.backup")
 BACKUP_FILE = "BACKUP.json"
@@ -308,7 +310,8 @@ def backup(out: str | Path, log_dir: str | Path, queue: str | Path | None = None
         manifest = {
             "format": FORMAT, "created_at": dt.datetime.now(dt.UTC).isoformat(timespec="seconds"),
             "source": {"logs": str(log_dir), "cwd": os.getcwd()}, "chains": chains, "hmac_key_env": hmac_key_env,
-            "queue": queue_info,
+            "queue": queue_info,  # and a SQLite copy's rows, should its bytes change (a newer so8t adds columns):
+            "queue_digest": queue_digest(logs / queue_info["file"]) if queue_info["kind"] == "sqlite" else None,
             "spool": spool_info, "emergency_flag": flag_info, "configs": config_files, "models": model_info, "files": file_entries(tmp)}
         (tmp / BACKUP_FILE).write_text(json.dumps(manifest, indent=1, ensure_ascii=False), encoding="utf-8")
         os.replace(tmp, out)
