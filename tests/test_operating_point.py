@@ -134,6 +134,8 @@ def test_a_predictions_file_s_corpus_rows_are_resampled_by_the_family_in_their_i
     rows.update({("xstest", f"xstest-{i}"): ("ALLOW", (0.9, 0.05, 0.05), "ALLOW") for i in range(20)})
     families = families_by_dataset(rows)
     assert families["xstest"] is None and len(set(families["test"])) == 30 and len(families["test"]) == 120
+    sample = families_by_dataset({("test:200", "fam-1-original"): rows[("test", "fam-1-original")]})
+    assert sample == {"test:200": ["fam-1"]}  # a sample of a split (--data test:200) is the split's rows
     gold = ["REFUSE"] * 120
     probs = np.array([p for (dataset, _), (_, p, _) in rows.items() if dataset == "test"])
     by_rows = operating_point((gold, probs), {"test": (gold, probs)}, 0.5, 300)["test"]

@@ -49,3 +49,14 @@ def test_refused_bodies_use_up_the_key_and_then_are_refused_before_they_are_read
     assert client.get("/v1/escalations", headers=REVIEWER).status_code == 200  # reviewers are not rate-limited
     assert len(records(tmp_path / "logs")) == 1  # only the one decided request
     assert 'so8t_rate_limited_total{key="gateway"} 2.0' in client.get("/metrics").text
+
+
+def test_a_key_with_an_empty_bucket_gets_429_for_a_body_that_is_not_json_too(client):
+    """Such a body fails before the route's key check: the handler charged the key but answered 422 for ever."""
+    broken = {**CLIENT, "content-type": "application/json"}
+    codes = [client.post("/v1/decide", content=b'{"user_request": "hi",', headers=broken).status_code
+             for _ in range(5)]
+    assert codes == [422, 422, 422, 429, 429]  # the burst of 3, then the limit
+    limited = client.post("/v1/moderations", content=b"{", headers=broken)
+    assert limited.status_code == 429 and int(limited.headers["Retry-After"]) >= 1
+    assert client.post("/v1/decide", json={"user_request": "hi"}, headers=CLIENT).status_code == 429

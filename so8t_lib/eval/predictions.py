@@ -66,7 +66,7 @@ def families_by_dataset(rows: dict[tuple[str, str], Prediction]) -> dict[str, li
     near-copies each; ``safety_report``), as ``so8t evaluate`` does. Public sets are resampled by rows there too."""
     out: dict[str, list[str] | None] = {}
     for dataset, row_id in rows:
-        if dataset in SPLITS:
+        if dataset.partition(":")[0] in SPLITS:  # a split or a sample of one (test:200)
             out.setdefault(dataset, []).append(family_of_id(row_id))
         else:
             out[dataset] = None

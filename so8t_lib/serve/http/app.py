@@ -170,8 +170,9 @@ def create_app(service: Service) -> FastAPI:
     async def invalid(request: Request, exc: RequestValidationError):
         key = service.keys.of_header(request.headers.get("authorization", "")) if request.url.path in CHARGED_PATHS \
             else None
-        if key is not None:  # a body that fails the schema costs its key a request too
-            service.limiter.take(key.name, 1)
+        wait = service.limiter.take(key.name, 1) if key is not None else None  # a refused body costs a request too
+        if wait is not None:  # a body that is not JSON fails before the route's key check: its 429 comes here
+            return await http_error(request, rate_limited(key, wait))
         return _error(422, "invalid_request", _problems(exc))
 
     @app.exception_handler(Exception)
@@ -193,19 +194,19 @@ def create_app(service: Service) -> FastAPI:
             if required == CLIENT:  # an empty bucket is refused before the body is validated (see RateLimiter.wait)
                 wait = service.limiter.wait(key.name)
                 if wait is not None:
-                    refuse_rate(key, wait)
+                    raise rate_limited(key, wait)
             return key
         return check
 
-    def refuse_rate(key: ApiKey, wait: float) -> None:
+    def rate_limited(key: ApiKey, wait: float) -> ApiError:
         service.metrics.rate_limited.labels(key.name).inc()
-        raise ApiError(429, "rate_limited", f"rate limit of {service.config.rate_limit_per_minute:g} requests/min "
+        return ApiError(429, "rate_limited", f"rate limit of {service.config.rate_limit_per_minute:g} requests/min "
                        f"for {key.name!r}; retry in {wait:.1f}s", {"Retry-After": RateLimiter.retry_after(wait)})
 
     def charge(key: ApiKey, cost: int) -> None:
         wait = service.limiter.take(key.name, cost)
         if wait is not None:
-            refuse_rate(key, wait)
+            raise rate_limited(key, wait)
 
     async def decide(items: list[dict], request: Request, endpoint: str, key: ApiKey) -> list[dict]:
         """The decisions of items already charged to ``key``; a 503 gives the charge back (nothing was decided)."""
