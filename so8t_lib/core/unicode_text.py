@@ -17,6 +17,17 @@ IGNORABLE_RANGES: tuple[tuple[int, int], ...] = (
 IGNORABLE_CODE_POINTS: frozenset[int] = frozenset(cp for lo, hi in IGNORABLE_RANGES for cp in range(lo, hi + 1))
 
 _KEEP_CONTROLS = frozenset("\t\n\r")
+# what ends a line or steers the terminal a text is shown in: C0 and C1 controls, the line and paragraph separators,
+# bidi embeddings, overrides and isolates. A name or a reason holding one could forge or hide lines of a log or a
+# listing: the review schema and the queue refuse them, the application log writes them as escapes.
+LINE_STEERING_RANGES: tuple[tuple[int, int], ...] = (
+    (0x00, 0x1F), (0x7F, 0x9F), (0x2028, 0x2029), (0x202A, 0x202E), (0x2066, 0x2069))
+LINE_STEERING: frozenset[str] = frozenset(chr(cp) for lo, hi in LINE_STEERING_RANGES for cp in range(lo, hi + 1))
+
+
+def steers_lines(text: str) -> bool:
+    """Whether ``text`` holds a character of ``LINE_STEERING``."""
+    return not LINE_STEERING.isdisjoint(text)
 
 
 def _ranges_to_class(points: list[int]) -> str:

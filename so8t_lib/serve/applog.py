@@ -10,16 +10,15 @@ import threading
 from pathlib import Path
 
 from ..core.config import ConfigError
+from ..core.unicode_text import LINE_STEERING
 
 _HANDLERS: dict[Path, logging.Handler] = {}
 _LOCK = threading.Lock()
 _CONFIGURED = {"level": logging.NOTSET}  # the last log_level configured
 FORMAT = "%(asctime)s %(levelname)s %(name)s: %(message)s"
-# what would end a log line or steer the terminal it is read in (C0/C1 controls, line and paragraph separators,
-# bidi overrides), written as escapes: a name or a reason from a request cannot forge a line or hide part of one
-_ESCAPES = {code: f"\\x{code:02x}" for code in [*range(0x20), *range(0x7F, 0xA0)]}
+# LINE_STEERING written as escapes: a name or a reason from a request cannot forge a log line or hide part of one
+_ESCAPES = {ord(c): f"\\x{ord(c):02x}" if ord(c) < 0x100 else f"\\u{ord(c):04x}" for c in LINE_STEERING}
 _ESCAPES.update({0x0A: "\\n", 0x0D: "\\r", 0x09: "\\t"})
-_ESCAPES.update({code: f"\\u{code:04x}" for code in [0x2028, 0x2029, *range(0x202A, 0x202F), *range(0x2066, 0x206A)]})
 
 
 class OneLineFormatter(logging.Formatter):

@@ -21,7 +21,6 @@ from __future__ import annotations
 import datetime as dt
 import json
 import logging
-import unicodedata
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from pathlib import Path
@@ -31,12 +30,12 @@ from sqlalchemy import exc, func, or_, select, update
 from sqlalchemy.engine import Connection
 
 from ..core.schema import HUMAN_DECISIONS
+from ..core.unicode_text import steers_lines
 from . import queue_sql
 from .audit_verify import make_fernet
 from .queue_sql import cases, resolutions
 
 CLI_CHANNEL = "command line"  # how a resolution arrived when no API key brought it
-BIDI_CONTROLS = frozenset("\u202a\u202b\u202c\u202d\u202e\u2066\u2067\u2068\u2069")
 
 logger = logging.getLogger("so8t.escalation")
 
@@ -300,7 +299,7 @@ class EscalationQueue:
             raise ValueError(f"decision must be one of {HUMAN_DECISIONS}, got {decision!r}")
         if not by.strip():
             raise ValueError("--by must name the person who decided")
-        if any(unicodedata.category(c) in ("Cc", "Zl", "Zp") or c in BIDI_CONTROLS for c in by):
+        if steers_lines(by):
             # a line break, an escape sequence or a bidi override would forge or hide lines where the name is shown
             raise ValueError(f"--by {by!r}: a name is one line without control characters")
         self._ensure_schema()

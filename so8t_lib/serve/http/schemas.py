@@ -14,12 +14,13 @@ from typing import Annotated, Any, Literal
 from pydantic import BaseModel, ConfigDict, Field, create_model, model_validator
 
 from ...core.schema import HUMAN_DECISIONS, LABELS, ROUTE_CATEGORIES
+from ...core.unicode_text import LINE_STEERING_RANGES
 
 ESCALATION_STATUSES = ("queued", "spooled", "unqueued")
 # a person's name or a reason: one line with a visible character (Python's strip(), which the queue applies, also
 # removes \x1c-\x1f and \x85, which JSON Schema's \S lets through) and no control character anywhere (a line break,
 # an escape sequence or a bidi override in it would forge or hide lines of the logs and listings that show it)
-_CONTROLS = r"\x00-\x1f\x7f-\x9f\u2028\u2029\u202a-\u202e\u2066-\u2069"  # the queue's check (escalation.py)
+_CONTROLS = "".join(rf"\u{lo:04x}-\u{hi:04x}" for lo, hi in LINE_STEERING_RANGES)  # the queue refuses the same
 ONE_LINE_TEXT = rf"^[^{_CONTROLS}]*[^\s{_CONTROLS}][^{_CONTROLS}]*$"
 
 
