@@ -43,7 +43,7 @@ from so8t_lib.data.benchmarks import BENCHMARKS, load_any  # noqa: E402
 from so8t_lib.data.tables import CORPUS_DIR, is_short_family, load_split  # noqa: E402
 from so8t_lib.eval.evaluate import not_allowed_by_type  # noqa: E402
 from so8t_lib.eval.predictions import PREDICTIONS_SUFFIX as SUFFIX  # noqa: E402
-from so8t_lib.eval.predictions import read_predictions  # noqa: E402
+from so8t_lib.eval.predictions import is_corpus_dataset, read_predictions  # noqa: E402
 from so8t_lib.eval.ranking import (  # noqa: E402
     BLOCKING_BUDGETS,
     RUNTIME_RULE_MIN_THRESHOLD,
@@ -64,16 +64,11 @@ def subsets(keys: list[tuple[str, str]], short_ids: set[str]) -> dict[str, list[
     return parts
 
 
-def is_corpus_split(dataset: str) -> bool:
-    """Whether a data set is a split of the project corpus (``test``, or a sample of it such as ``test:200``)."""
-    return dataset.partition(":")[0] in SPLITS
-
-
 def corpus_families(keys: list[tuple[str, str]], files: list[str]) -> dict[tuple[str, str], str]:
     """(data set, id) -> request family, for the rows of corpus splits: the ``family`` column of the corpus row with
     that id. Every split file is read, because each corpus version reshuffles the families between the splits (most
     of corpus v3's test rows are train or val rows now), and a row's id, like its family, stays what it was."""
-    wanted = [key for key in keys if is_corpus_split(key[0])]
+    wanted = [key for key in keys if is_corpus_dataset(key[0])]
     if not wanted:
         return {}
     family: dict[str, str] = {}
@@ -179,7 +174,7 @@ def main(argv: list[str] | None = None) -> dict:
     families = corpus_families(keys, [project_relative(p) for p in args.predictions])
     # what each subset's bootstrap draws: whole families on a corpus split, rows elsewhere (None)
     members = {subset: family_members([families[keys[i]] for i in rows], len(rows))
-               if is_corpus_split(keys[rows[0]][0]) else None for subset, rows in positions.items()}
+               if is_corpus_dataset(keys[rows[0]][0]) else None for subset, rows in positions.items()}
     gold = np.array([recipes[args.baseline][k][0] for k in keys])
     types = {subset: prompt_types(subset, [keys[i][1] for i in rows]) for subset, rows in positions.items()}
     p_allow = {name: np.array([rows[k][1][ALLOW] for k in keys]) for name, rows in recipes.items()}

@@ -60,13 +60,19 @@ def family_of_id(row_id: str) -> str:
     return next((row_id[:-len(s)] for s in _VARIANT_SUFFIXES if row_id.endswith(s) and len(row_id) > len(s)), row_id)
 
 
+def is_corpus_dataset(dataset: str) -> bool:
+    """Whether a predictions file's data set is a split of the project corpus (``test``, or a sample such as
+    ``test:200``): its intervals resample families, a public set's rows."""
+    return dataset.partition(":")[0] in SPLITS
+
+
 def families_by_dataset(rows: dict[tuple[str, str], Prediction]) -> dict[str, list[str] | None]:
     """dataset -> each row's family in file order (``by_dataset``'s order) for a corpus split, None for a public
     set: a predictions file carries ids, not families, and corpus intervals must resample families (about ten
     near-copies each; ``safety_report``), as ``so8t evaluate`` does. Public sets are resampled by rows there too."""
     out: dict[str, list[str] | None] = {}
     for dataset, row_id in rows:
-        if dataset.partition(":")[0] in SPLITS:  # a split or a sample of one (test:200)
+        if is_corpus_dataset(dataset):
             out.setdefault(dataset, []).append(family_of_id(row_id))
         else:
             out[dataset] = None
