@@ -16,7 +16,7 @@ import logging
 import uuid
 from collections.abc import Iterable, Mapping
 
-from .escalation import CaseStore, ResolvedButUnread
+from .escalation import CLI_CHANNEL, CaseStore, ResolvedButUnread
 from .outcome import parse_time, utc_timestamp
 
 logger = logging.getLogger("so8t.escalation")
@@ -45,8 +45,7 @@ def resolve_audited(queue: CaseStore, audit, case_id: str, decision: str, by: st
         written.update(entry)
 
     try:
-        return queue.resolve(case_id, decision, by, note, supersede, record,
-                             **({"via": via} if via is not None else {}))
+        return queue.resolve(case_id, decision, by, note, supersede, record, via=via or CLI_CHANNEL)
     except ResolvedButUnread:  # committed: the record stands
         raise
     except BaseException as failure:
