@@ -101,6 +101,8 @@ def test_starttls_to_a_server_whose_certificate_nobody_signed_sends_nothing(star
     assert mails == []
     monkeypatch.setenv("SMTP_CA_FILE", str(cert_file))  # the operator's internal CA: now it is trusted
     assert Notifier(config).send(CASE)[0]["ok"] and len(mails) == 1
+    monkeypatch.delenv("SMTP_CA_FILE")  # the same CA named in the config instead
+    assert Notifier(config.model_copy(update={"smtp_ca_file": str(cert_file)})).send(CASE)[0]["ok"] and len(mails) == 2
     monkeypatch.setenv("SMTP_CA_FILE", str(cert_file.parent / "missing.pem"))
     outcome = Notifier(config).send(CASE)[0]
-    assert not outcome["ok"] and "SMTP_CA_FILE / smtp_ca_file" in outcome["error"] and len(mails) == 1
+    assert not outcome["ok"] and "SMTP_CA_FILE / smtp_ca_file" in outcome["error"] and len(mails) == 2
