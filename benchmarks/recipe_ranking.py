@@ -11,8 +11,8 @@ biases differ. Per data set (the test split also on its short rows and the rest)
 when that rule is the runtime's), each against the baseline's with a paired bootstrap 95% interval of the
 difference (the same resamples for both). On a corpus split the bootstrap resamples whole request families (each
 holds about ten variants of one request; ``eval/report.family_members``), as the evaluation's own intervals do:
-the family of a row is the ``family`` column of the corpus row with its id, looked up in every split file, since
-each corpus version reshuffles the families between the splits (an id the corpus does not hold is an error). The
+the family of a row comes from its id (``eval.predictions.family_of_id``, as every benchmark that reads predictions
+files finds it), so predictions of an earlier corpus build, whose rows other splits hold now, need no lookup. The
 public sets resample rows (their ``family`` is a prompt type). ``resampled`` says, per subset, which unit was
 drawn and how many there are. Then the threshold set on the test split's safe rows (in-sample
 there; the public sets never saw it) applied to every data set (``at_test_threshold_*``, with whether the
@@ -38,12 +38,12 @@ sys.path.insert(0, str(ROOT))
 from so8t_lib.core.io import atomic_write_text  # noqa: E402
 from so8t_lib.core.metrics import dangerous_compliance_rate  # noqa: E402
 from so8t_lib.core.paths import project_relative  # noqa: E402
-from so8t_lib.core.schema import ALLOW, SPLITS  # noqa: E402
+from so8t_lib.core.schema import ALLOW  # noqa: E402
 from so8t_lib.data.benchmarks import BENCHMARKS, load_any  # noqa: E402
-from so8t_lib.data.tables import CORPUS_DIR, is_short_family, load_split  # noqa: E402
+from so8t_lib.data.tables import is_short_family  # noqa: E402
 from so8t_lib.eval.evaluate import not_allowed_by_type  # noqa: E402
 from so8t_lib.eval.predictions import PREDICTIONS_SUFFIX as SUFFIX  # noqa: E402
-from so8t_lib.eval.predictions import is_corpus_dataset, read_predictions  # noqa: E402
+from so8t_lib.eval.predictions import family_of_id, is_corpus_dataset, read_predictions  # noqa: E402
 from so8t_lib.eval.ranking import (  # noqa: E402
     BLOCKING_BUDGETS,
     RUNTIME_RULE_MIN_THRESHOLD,
@@ -62,27 +62,6 @@ def subsets(keys: list[tuple[str, str]], short_ids: set[str]) -> dict[str, list[
         if dataset == "test":
             parts.setdefault("test_short" if row_id in short_ids else "test_other", []).append(position)
     return parts
-
-
-def corpus_families(keys: list[tuple[str, str]], files: list[str]) -> dict[tuple[str, str], str]:
-    """(data set, id) -> request family, for the rows of corpus splits: the ``family`` column of the corpus row with
-    that id. Every split file is read, because each corpus version reshuffles the families between the splits (most
-    of corpus v3's test rows are train or val rows now), and a row's id, like its family, stays what it was."""
-    wanted = [key for key in keys if is_corpus_dataset(key[0])]
-    if not wanted:
-        return {}
-    family: dict[str, str] = {}
-    for split in SPLITS:
-        table = load_split(split)
-        family.update((str(row_id), str(f) if isinstance(f, str) and f.strip() else f"\x00row {row_id}")
-                      for row_id, f in zip(table["id"], table["family"]))
-    missing = [key for key in wanted if key[1] not in family]
-    if missing:
-        (dataset, row_id), more = missing[0], len(missing) - 1
-        raise SystemExit(f"{dataset} row {row_id!r} of {', '.join(files)} is in no split of the corpus "
-                         f"({project_relative(CORPUS_DIR)}){f', nor are {more} more' if more else ''}: its request "
-                         "family is unknown, and a corpus split's intervals resample families")
-    return {key: family[key[1]] for key in wanted}
 
 
 def paired_interval(gold: np.ndarray, p_model: np.ndarray, p_base: np.ndarray, resamples: int,
@@ -167,13 +146,12 @@ def main(argv: list[str] | None = None) -> dict:
             raise SystemExit(f"{name} scored other rows than {args.baseline}: compare predictions of the same data")
         if any(rows[k][0] != recipes[args.baseline][k][0] for k in keys):
             raise SystemExit(f"{name} and {args.baseline} disagree on gold labels: predictions of different data")
-    # a row id starts with its family (the seed id), so the short rows are known from the id alone; the families the
-    # intervals resample come from the corpus, which still holds every row of an earlier build, in whichever split
+    # a row id starts with its family (the seed id), so the short rows and the families the intervals resample are
+    # known from the id alone, whichever corpus build wrote the predictions
     short_ids = {row_id for dataset, row_id in keys if dataset == "test" and is_short_family(row_id)}
     positions = subsets(keys, short_ids)
-    families = corpus_families(keys, [project_relative(p) for p in args.predictions])
     # what each subset's bootstrap draws: whole families on a corpus split, rows elsewhere (None)
-    members = {subset: family_members([families[keys[i]] for i in rows], len(rows))
+    members = {subset: family_members([family_of_id(keys[i][1]) for i in rows], len(rows))
                if is_corpus_dataset(keys[rows[0]][0]) else None for subset, rows in positions.items()}
     gold = np.array([recipes[args.baseline][k][0] for k in keys])
     types = {subset: prompt_types(subset, [keys[i][1] for i in rows]) for subset, rows in positions.items()}
