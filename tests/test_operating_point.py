@@ -119,6 +119,18 @@ def test_dangerous_compliance_targets_parse_from_the_command_line_or_say_what_is
             target_shares(bad)
 
 
+@pytest.mark.parametrize("split", ["train", "val", "test"])
+def test_every_corpus_row_s_id_names_its_family(split):
+    """The benchmarks take a predictions row's family from its id (predictions carry no family): that is only
+    sound while every row the corpus builds is named ``<family>-<variant>``."""
+    from so8t_lib.data.tables import load_split
+    from so8t_lib.eval.predictions import family_of_id
+
+    table = load_split(split)
+    wrong = [(row_id, family) for row_id, family in zip(table["id"], table["family"]) if family_of_id(row_id) != family]
+    assert len(table) > 1000 and wrong == []
+
+
 def test_a_predictions_file_s_corpus_rows_are_resampled_by_the_family_in_their_ids():
     """The benchmarks' intervals resampled rows: each seed request's ~10 near-copies counted as ten pieces of
     evidence, and the README quoted the narrower interval under a heading that says families."""
