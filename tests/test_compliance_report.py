@@ -6,6 +6,7 @@ in what it writes."""
 from __future__ import annotations
 
 import datetime as dt
+import importlib
 import json
 
 import pandas as pd
@@ -273,3 +274,40 @@ def test_replicas_are_named_against_the_log_name_and_told_apart_by_folder(tmp_pa
                             now=dt.datetime(2026, 12, 1, tzinfo=UTC))
     assert report.tables["models"][["model_version", "replicas"]].values.tolist() == [["m@1", "r1/main"],
                                                                                       ["m@2", "r2/main"]]
+
+
+def test_a_record_written_after_the_verification_is_not_counted(november, monkeypatch):
+    """The gate keeps appending while a report is made: verify and read are two passes, and a record written
+    between them (or a line added by hand there) was never checked, so the report leaves it out and says so."""
+    collect_module = importlib.import_module("so8t_lib.workbench.reports.collect")  # the package's collect is a function
+    verify = collect_module.verify_chains
+
+    def verify_then_append(*args, **kwargs):
+        reports = verify(*args, **kwargs)
+        _decision(AuditLog(november / "audit.jsonl"), 9, _at(2, 15), "ALLOW")  # a real, well-chained record
+        with open(november / "audit.jsonl", "a", encoding="utf-8") as log:  # and a forged one
+            log.write(json.dumps({"event": "decision", "timestamp": _at(2, 16), "decision": "ALLOW", "seq": 999,
+                                  "prev_hash": "0" * 64, "hash": "f" * 64, "test": False}) + "\n")
+        return reports
+
+    monkeypatch.setattr(collect_module, "verify_chains", verify_then_append)
+    report, _ = make_report([november], dt.date(2026, 11, 2), dt.date(2026, 11, 9),
+                            now=dt.datetime(2026, 12, 1, tzinfo=UTC))
+    assert report.verified and report.summary["decisions"] == 6 and report.summary["decisions_allow"] == 1
+    assert report.summary["records_verified"] == 12
+    assert any(note.startswith("2 record(s) written after the chains were verified were left out")
+               for note in report.notes)
+
+
+def test_test_records_left_out_are_those_of_the_report_s_range(november):
+    inside, _ = make_report([november], dt.date(2026, 11, 3), dt.date(2026, 11, 3))
+    outside, _ = make_report([november], dt.date(2026, 10, 1), dt.date(2026, 10, 31))
+    assert inside.summary["test_records_left_out"] == 1 and outside.summary["test_records_left_out"] == 0
+
+
+@pytest.mark.parametrize("sla", [float("nan"), float("inf"), -1, True, "300"])
+def test_an_sla_the_command_would_refuse_is_refused_by_the_library_too(november, tmp_path, sla):
+    """Notebook 07 calls make_report directly: with a NaN SLA every case was within it and summary.json held NaN."""
+    with pytest.raises(ReportError, match="the SLA must be a finite number of seconds"):
+        make_report([november], dt.date(2026, 11, 2), dt.date(2026, 11, 9), tmp_path / "out", sla_s=sla)
+    assert not (tmp_path / "out").exists()

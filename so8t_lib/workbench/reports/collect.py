@@ -54,10 +54,14 @@ class Collected:
     """What a report reads: verification of every chain, and the records."""
 
     verification: dict[str, dict]
-    records: list[dict]  # every record of every chain, any date (resolutions may come after the range)
-    tests_left_out: int = 0
+    records: list[dict]  # every verified record of every chain, any date (resolutions may come after the range)
+    test_times: list[dt.datetime | None] = field(default_factory=list)  # of the test-mode records left out
     undated: int = 0
     notes: list[str] = field(default_factory=list)
+
+    def tests_left_out(self, start: dt.datetime, end: dt.datetime) -> int:
+        """How many test-mode records made in [start, end) were left out (the report's range, not the log's)."""
+        return sum(1 for at in self.test_times if at is not None and start <= at < end)
 
     @property
     def verified(self) -> bool:
@@ -99,13 +103,18 @@ def collect(folders: list[str | Path], key: str | bytes | None = None, hmac_key:
     if missing:
         raise ReportError(f"no log folder at {', '.join(missing)}")
     verification = verify_chains(folders, name, hmac_key)
-    records, tests, undated, unreadable = [], 0, 0, []
+    records, tests, undated, unreadable = [], [], 0, []
+    unverified = {"appended": 0, "outside": 0}
     labels = _folder_labels(folders)
     try:
         for folder in folders:
             for chain, record in read_chains(folder, name, key, unreadable):
+                where = _outside_verified(record, verification.get(str(folder / chain)))
+                if where is not None:  # never checked: written since (a live gate), or in no verified stretch
+                    unverified[where] += 1
+                    continue
                 if record.get("test") and not include_tests:
-                    tests += 1
+                    tests.append(parse_time(record.get("timestamp")))
                     continue
                 at = parse_time(record.get("timestamp"))
                 if at is None:
@@ -117,7 +126,22 @@ def collect(folders: list[str | Path], key: str | bytes | None = None, hmac_key:
         raise ReportError(str(exc)) from None
     notes = [f"{undated} record(s) without a readable timestamp were left out"] if undated else []
     notes += [f"{problem}: this report does not count them" for problem in unreadable]
+    if unverified["appended"]:
+        notes.append(f"{unverified['appended']} record(s) written after the chains were verified were left out (a "
+                     "report counts only verified records; the next one counts them)")
+    if unverified["outside"]:
+        notes.append(f"{unverified['outside']} record(s) outside the verified stretch of their chain were left out")
     return Collected(verification, records, tests, undated, notes)
+
+
+def _outside_verified(record: dict, verification: dict | None) -> str | None:
+    """None for a record in the stretch of its chain that ``verify`` walked, else why not: ``appended`` past its
+    end (the gate keeps writing between verifying and reading, and a line added by hand lands there too) or
+    ``outside`` it (a chain that could not be walked, a record without a sequence number)."""
+    first, last, seq = (verification or {}).get("first_seq"), (verification or {}).get("last_seq"), record.get("seq")
+    if first is None or last is None or not isinstance(seq, int) or isinstance(seq, bool) or seq < first:
+        return "outside"
+    return "appended" if seq > last else None
 
 
 def open_queue(target: str | Path, key: str | bytes | None = None) -> EscalationQueue:

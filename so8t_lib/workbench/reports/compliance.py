@@ -22,6 +22,7 @@ No table holds a request text, a user id or a note: only ids, counts, categories
 from __future__ import annotations
 
 import datetime as dt
+import math
 from collections.abc import Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -32,7 +33,7 @@ from ...core.schema import HUMAN_DECISIONS, LABELS
 from ...data.tables import detect_lang
 from ...serve.masking import mask_personal_data
 from ...serve.resolutions import held_by_queue, standing_resolutions
-from .collect import Collected, day_range, period_of, replica_label
+from .collect import Collected, ReportError, day_range, period_of, replica_label
 
 DECISION_COLUMNS = ["period", "decision", "category", "lang", "count"]
 CASE_COLUMNS = ["case_id", "request_id", "replica", "period", "opened_at", "category", "lang", "fail_closed",
@@ -142,6 +143,9 @@ def build_report(collected: Collected, date_from: dt.date, date_to: dt.date, per
     """The report's tables for decisions made from ``date_from`` to ``date_to`` (both included, UTC).
     ``queue_history``: case id -> the queue's resolution rows (``CaseStore.history``); with it the queue, not
     the log, says which resolutions happened."""
+    if not (isinstance(sla_s, (int, float)) and not isinstance(sla_s, bool) and math.isfinite(sla_s) and sla_s >= 0):
+        raise ReportError(f"the SLA must be a finite number of seconds, 0 or more (got {sla_s!r}), as --sla-seconds "
+                          "takes it: with NaN or infinity no case would ever be overdue")
     start, end = day_range(date_from, date_to)
     cutoff = min(end, now or dt.datetime.now(dt.UTC))
 
@@ -193,7 +197,7 @@ def build_report(collected: Collected, date_from: dt.date, date_to: dt.date, per
         "human_overrode": int((cases["agreement"] == False).sum()),  # noqa: E712
         "model_versions": len(model_table), "chains": len(collected.verification),
         "records_verified": sum(r["records"] for r in collected.verification.values()),
-        "test_records_left_out": collected.tests_left_out, "sla_seconds": sla_s,
+        "test_records_left_out": collected.tests_left_out(start, end), "sla_seconds": sla_s,
         "cutoff": cutoff.isoformat(timespec="seconds"), "verified": collected.verified}
     tables = {"decisions": decision_table, "escalations": cases, "escalation_summary": _case_summary(cases, periods),
               "fail_closed": fail_table, "models": model_table, "mode_changes": switches}

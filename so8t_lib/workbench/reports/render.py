@@ -171,5 +171,5 @@ def write_report(report: ComplianceReport, out: str | Path) -> Path:
              "period": report.period, "summary": report.summary, "verification_problems": problems,
              "chains": {chain: {k: r[k] for k in ("records", "first_seq", "last_seq")}
                         for chain, r in report.verification.items()}, "notes": report.notes},
-            indent=1, ensure_ascii=False), encoding="utf-8")
+            indent=1, ensure_ascii=False, allow_nan=False), encoding="utf-8")
     return target
