@@ -99,3 +99,31 @@ def test_the_card_shows_only_its_own_figures_linked_from_where_it_is_written(tmp
     assert links and all(link.startswith("../tiny-figures/") for link in links), links
     assert all((out.parent / link).is_file() for link in links)
     assert [Path(link).name for link in links] == list(model_card.plots.EVALUATION_FIGURES), "no result, no figure"
+
+
+def test_a_card_says_what_it_could_not_read_and_sizes_the_ablation_from_its_files(tmp_path):
+    """A mistyped --compare or --follow-up vanished from the card without a word, while the Limits still quoted
+    a gate ablation on this base of "2 seeds, 40 steps" written into the code, whatever files were read."""
+    from so8t_lib.data.tables import load_split
+
+    test = load_split("test")
+    sweep = {"runs": 6, "runs_ok": 6, "steps": [60], "conclusion": "no difference", "finding": "table",
+             "table": [{"gate_order": "none", "n": 3}, {"gate_order": "safe_first", "n": 3}]}
+    (tmp_path / "sweep.json").write_text(json.dumps(sweep))
+    evaluation = {"decision_rule": "argmax", "datasets": {"test": _report(572, 0), "xstest": _report(450, 0)}}
+    (tmp_path / "eval.json").write_text(json.dumps(evaluation))
+    card = model_card.build_card({"model": {"name": "m", "preset": "tiny"}}, tmp_path / "eval.json",
+                                 tmp_path / "no-quant.json", tmp_path / "sweep.json",
+                                 follow_ups=(tmp_path / "typo.json",), compare_json=tmp_path / "typo2.json")
+    assert f"Follow-up not measured: `{tmp_path / 'typo.json'}` is missing." in card
+    assert f"Not compared with the previous corpus: `{tmp_path / 'typo2.json'}` is missing." in card
+    assert f"3 seeds of 60 steps per configuration (`{tmp_path / 'sweep.json'}`)" in card
+    assert "2 seeds, 40 steps" not in card
+    # the test split was scored on 572 rows, the Data section counts today's split: the card says they differ
+    assert f"test (572 rows scored, {len(test)} in the split now)" in card and "xstest (" not in card
+    evaluation["datasets"]["test"] = {**_report(len(test), 0), "rows_sha256": "0" * 64}  # as many rows, others
+    (tmp_path / "eval.json").write_text(json.dumps(evaluation))
+    card = model_card.build_card({"model": {"name": "m", "preset": "tiny"}}, tmp_path / "eval.json",
+                                 tmp_path / "no-quant.json", tmp_path / "no-sweep.json")
+    assert f"test ({len(test)} rows scored, {len(test)} in the split now)" in card
+    assert "The gate ablation was not measured: no sweep result was found" in card

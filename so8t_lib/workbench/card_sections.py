@@ -118,9 +118,10 @@ def routing_sentence(routers: dict[str, str | None] | None) -> str:
 
 
 def limits_section(model: dict, seeds: dict | None = None, seeds_source: str = "",
-                   routers: dict[str, str | None] | None = None) -> list[str]:
+                   routers: dict[str, str | None] | None = None, sweeps: dict[str, dict] | None = None) -> list[str]:
     """What the numbers above do not show; ``seeds`` is the seed-ensemble benchmark's result, when there is one,
-    ``routers`` each runtime config's ``escalation.router`` (``routing_sentence``)."""
+    ``routers`` each runtime config's ``escalation.router`` (``routing_sentence``), ``sweeps`` the gate ablation
+    results the card quotes (path -> ablation.json), whose seeds and steps say how small an effect they could see."""
     lines = ["## Limits"]
     if model.get("preset") == "tiny":
         lines.append("- Measured on a tiny random-init model on CPU; nothing here transfers to a pretrained model "
@@ -133,11 +134,23 @@ def limits_section(model: dict, seeds: dict | None = None, seeds_source: str = "
     lines += ["- The corpus is generated from hand-written seeds; real traffic will differ.",
               "- The threshold rule trades dangerous compliance for escalations; choose the threshold on val data "
               "from your own traffic.",
-              "- The gate ablation was measured on the tiny preset (5 seeds)" + (
-                  "." if model.get("preset") == "tiny" else
-                  " and, small, on this base (2 seeds, 40 steps: it can only rule out large effects)."),
-              routing_sentence(routers), ""]
+              ablation_sentence(sweeps or {}), routing_sentence(routers), ""]
     return lines
+
+
+def ablation_sentence(sweeps: dict[str, dict]) -> str:
+    """How much the quoted gate ablations measured, from their own files: each configuration's seeds (the largest
+    ``n`` of its table) and training steps."""
+    if not sweeps:
+        return "- The gate ablation was not measured: no sweep result was found, so nothing here says whether gating helps."
+    sizes: dict[tuple, list[str]] = {}
+    for path, result in sweeps.items():
+        seeds = max((row.get("n") or 0 for row in result.get("table") or []), default=0) or "?"
+        steps = ", ".join(map(str, result.get("steps") or [])) or "?"
+        sizes.setdefault((seeds, steps), []).append(f"`{path}`")
+    parts = [f"{seeds} seeds of {steps} steps per configuration ({', '.join(paths)})"
+             for (seeds, steps), paths in sizes.items()]
+    return "- The gate ablation's sweeps are small, so they can only rule out large effects: " + "; ".join(parts) + "."
 
 
 def refit_section(refit: dict | None, refit_json: str, fp32_macro_f1: float | None) -> list[str]:

@@ -21,7 +21,9 @@ import os
 from collections.abc import Sequence
 from pathlib import Path
 
-from ..data.tables import load_split
+import pandas as pd
+
+from ..data.tables import load_split, rows_digest
 from . import card_sections, plots
 
 
@@ -130,14 +132,24 @@ def _headline_keys(report: dict) -> list[str]:
     return CORPUS_KEYS if "safety_score" in keys or not keys else list(keys)  # the corpus: the safety headline
 
 
-def _metrics_section(evaluation: dict | None, eval_json: Path) -> list[str]:
+def _metrics_section(evaluation: dict | None, eval_json: Path,
+                     splits: dict[str, pd.DataFrame] | None = None) -> list[str]:
+    """The evaluation's headline numbers per data set; a corpus split scored on other rows than the split the Data
+    section counts (an evaluation of an earlier corpus build) is said to be, beside the table."""
     lines = ["## Metrics"]
     if not evaluation:
         return lines + [f"Not measured: `{eval_json}` is missing (run `so8t evaluate ... --out {eval_json}`)."]
     lines += [f"From `{eval_json}` ({_metrics_caption(evaluation)}):", "", "| data | rows | numbers |", "|---|---|---|"]
+    other_rows = []
     for name, rep in evaluation.get("datasets", {}).items():
         shown = ", ".join(f"{k} {_fmt(rep, k)}" for k in _headline_keys(rep) if rep.get(k) is not None)
         lines.append(f"| {name} | {rep['n']} | {shown} |")
+        if name in (splits or {}) and not same_rows(rep, {"n": len(splits[name]), "rows_sha256": rows_digest(splits[name])}):
+            other_rows.append(f"{name} ({rep['n']} rows scored, {len(splits[name])} in the split now)")
+    if other_rows:
+        lines += ["", f"Scored on other rows than today's corpus splits hold: {', '.join(other_rows)}; `{eval_json}` "
+                      "evaluated an earlier corpus build, so these numbers are of its rows (run `so8t evaluate` again "
+                      "for today's)."]
     with_baselines = {n: r for n, r in evaluation.get("datasets", {}).items() if r.get("baselines")}
     if with_baselines:
         names = list(next(iter(with_baselines.values()))["baselines"])
@@ -166,6 +178,8 @@ def _comparison_section(evaluation: dict | None, compare: dict | None, compare_j
                         compare_label: str) -> list[str]:
     """An earlier run of the recipe (another corpus, or other settings): compared row for row only where both scored the same rows
     (a new corpus reshuffles its splits, so its test split is other rows; the public sets are not)."""
+    if compare_json is not None and not compare:
+        return ["", f"Not compared with {compare_label}: `{compare_json}` is missing."]
     if not (evaluation and compare):
         return []
     old_model, new_model = compare.get("model", "?"), evaluation.get("model", "?")
@@ -223,7 +237,7 @@ def build_card(config: dict, eval_json: Path, quant_json: Path, ablation_json: P
         f"test {len(splits['test'])} rows, Japanese and English, split by request family. XSTest and "
         "SimpleSafetyTests are used for evaluation only.", "",
         *card_sections.recipe_section(model, training, config.get("loss", {})), "",
-        *_metrics_section(evaluation, eval_json),
+        *_metrics_section(evaluation, eval_json, splits),
         *_comparison_section(evaluation, compare, compare_json, compare_label),
     ]
     lines += ["", "## Quantization"]
@@ -264,7 +278,9 @@ def build_card(config: dict, eval_json: Path, quant_json: Path, ablation_json: P
                      "then notebook 02). Until then there is no evidence either way that non-commutative gating helps.")
     for path in follow_ups:
         more = _load(Path(path))
-        if more and more.get("conclusion"):
+        if not more:
+            lines += ["", f"Follow-up not measured: `{path}` is missing."]
+        elif more.get("conclusion"):
             steps = ", ".join(map(str, more.get("steps") or [])) or "?"
             lines += ["", f"Follow-up, `{path}` ({more.get('runs_ok', '?')} runs of {steps} steps, sweep summary "
                           f"`{more.get('summary_csv', '?')}`, baseline `{more.get('baseline', 'none')}`): "
@@ -272,5 +288,8 @@ def build_card(config: dict, eval_json: Path, quant_json: Path, ablation_json: P
                       "", more.get("geometry", "").replace("\n", " ")]
     lines += figure_section(figures, card_path)
     seeds = _load(Path(seeds_json)) if seeds_json else None
-    lines += ["", *card_sections.limits_section(model, seeds, str(seeds_json), runtime_routers(runtime_configs))]
+    sweeps = {str(path): result for path, result in ((ablation_json, ablation), *((p, _load(Path(p))) for p in follow_ups))
+              if result and result.get("runs")}
+    lines += ["", *card_sections.limits_section(model, seeds, str(seeds_json), runtime_routers(runtime_configs),
+                                                sweeps)]
     return "\n".join(lines)
