@@ -44,6 +44,19 @@ def test_every_alert_of_the_manual_is_there():
     assert "> 0.9" in alerts["SO8THighCPU"]["expr"] and "> 0.9" in alerts["SO8THighMemory"]["expr"]
 
 
+def test_the_config_scrapes_every_exporter_the_alerts_read():
+    """The audit verification's gauges reach Prometheus only through node_exporter's textfile collector: with the
+    service alone scraped, SO8TAuditVerifyMissing fired for ever and a failed verification raised nothing."""
+    config = yaml.safe_load((DEPLOY / "prometheus.yml").read_text())
+    targets = {job["job_name"]: [t for c in job["static_configs"] for t in c["targets"]]
+               for job in config["scrape_configs"]}
+    assert targets["so8t"] == ["127.0.0.1:8080"] and targets["node"] == ["127.0.0.1:9100"]
+    unit = (DEPLOY.parent / "systemd" / "so8t-audit-verify.service").read_text()
+    assert "--metrics-file /var/lib/prometheus/node-exporter/" in unit  # the Debian package's textfile folder
+    rules = (DEPLOY / "alerts.yml").read_text()
+    assert "so8t_audit_verify_ok" in rules and 'up{job="so8t"}' in rules
+
+
 def fast_rules(target: Path) -> None:
     """The committed rules, evaluated every second and with every ``for:`` at 3 seconds."""
     rules = yaml.safe_load((DEPLOY / "alerts.yml").read_text())
