@@ -10,6 +10,9 @@ holds one, and two answers sharing the thread would each finish later, not soone
 decisions take between two chunks nor the wait for an earlier answer to finish is counted against it. Answers
 take their turns in the order they asked (``AnswerTurns``; a plain lock is not fair, and one batch writing its
 ALLOWs back to back kept taking it back); the queue of waiting requests is bounded by ``service.max_pending``.
+
+A server's shutdown deadline stops the answers (``AnswerTurns.stop``): none starts after it, one being written
+ends at its next chunk, and each raises ``AnswerStopped``, which the runtime records as it records a failed answer.
 """
 
 from __future__ import annotations
@@ -24,13 +27,31 @@ from .config import InferenceConfig
 from .model_worker import ANSWER, OVERRAN, ModelWorker
 
 
+class AnswerStopped(RuntimeError):
+    """The service's shutdown deadline passed: this answer is not written (or not finished)."""
+
+
+STOPPED = "not written: the service is shutting down (service.shutdown_timeout_s passed)"
+
+
 class AnswerTurns:
-    """One answer at a time, first come first served."""
+    """One answer at a time, first come first served; none at all once stopped."""
 
     def __init__(self) -> None:
         self._changed = threading.Condition()
         self._waiting: collections.deque = collections.deque()
         self._busy = False
+        self.stopped = False
+
+    def stop(self) -> None:
+        """No answer starts from now on; those waiting for their turn raise AnswerStopped."""
+        with self._changed:
+            self.stopped = True
+            self._changed.notify_all()
+
+    def check(self) -> None:
+        if self.stopped:
+            raise AnswerStopped(STOPPED)
 
     @contextlib.contextmanager
     def turn(self) -> Iterator[None]:
@@ -39,7 +60,9 @@ class AnswerTurns:
             self._waiting.append(ticket)
             try:
                 while self._busy or self._waiting[0] is not ticket:
+                    self.check()
                     self._changed.wait()
+                self.check()
             except BaseException:  # interrupted while waiting: leave the queue, let the next one look
                 self._waiting.remove(ticket)
                 self._changed.notify_all()
@@ -61,10 +84,12 @@ def write_answer(worker: ModelWorker, decider, request: str, context: str | None
     budget = inference.generation_timeout_s
     start = getattr(decider, "start_answer", None)
     if start is None:  # a decider that writes answers only in one pass (a custom backend, a test double)
-        return worker.call(lambda: decider.generate(request, context, max_tokens=inference.max_tokens,
-                                                    temperature=inference.temperature), ANSWER, budget)
+        return worker.call(lambda: (turns.check(), decider.generate(request, context, max_tokens=inference.max_tokens,
+                                                                    temperature=inference.temperature))[1],
+                           ANSWER, budget)
     with turns.turn():
-        def timed(step):
+        def timed(step):  # looked at again on the model's thread: a call queued before a stop does not run
+            turns.check()
             began = time.perf_counter()
             return step(), time.perf_counter() - began
 
@@ -86,4 +111,4 @@ def write_answer(worker: ModelWorker, decider, request: str, context: str | None
         return answer.text
 
 
-__all__ = ["AnswerTurns", "write_answer"]
+__all__ = ["AnswerStopped", "AnswerTurns", "write_answer"]

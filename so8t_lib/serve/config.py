@@ -212,6 +212,15 @@ class EscalationConfig(_Section):
         return self
 
 
+# SIGTERM to exit is bounded by service.shutdown_timeout_s + SHUTDOWN_MARGIN_S (ServiceConfig.stop_budget_s): at
+# the grace's end every request still in flight is answered 503 shutting_down and no answer is written any more;
+# the margin is for those 503s (uvicorn cancels what is left RESPONSE_MARGIN_S after the cut-off), the running
+# batches to record their requests, the spool's last replay and closing the agent, and EXIT_MARGIN_S for the exit.
+SHUTDOWN_MARGIN_S = 10.0
+RESPONSE_MARGIN_S = 2.0
+EXIT_MARGIN_S = 1.0
+
+
 class ServiceConfig(_Section):
     """``so8t serve``: the HTTP front of the same Agent (docs/serving.md). API keys never live here, only
     the names of the environment variables that hold them."""
@@ -235,13 +244,20 @@ class ServiceConfig(_Section):
                                      "escalated (SO8T_LOG_DIR moves it with the logs)")
     flag_poll_s: float = Field(1.0, gt=0, description="how often the flag file is looked for")
     queue_poll_s: float = Field(5.0, gt=0, description="how often queue depth and overdue cases are counted")
-    shutdown_timeout_s: float = Field(30.0, gt=0, description="SIGTERM: longest wait for requests in flight")
+    shutdown_timeout_s: float = Field(30.0, gt=0, description="SIGTERM: longest wait for requests in flight; then "
+                                      "they are answered 503 shutting_down and the process exits within "
+                                      f"{SHUTDOWN_MARGIN_S:g} s more (stop_budget_s)")
 
     @field_validator("max_body_bytes")
     @classmethod
     def _size_readable(cls, value: str | int) -> str | int:
         parse_size(value)
         return value
+
+    @property
+    def stop_budget_s(self) -> float:
+        """The longest time from SIGTERM to exit (a supervisor's stop timeout must be longer)."""
+        return self.shutdown_timeout_s + SHUTDOWN_MARGIN_S
 
     @model_validator(mode="after")
     def _consistent(self) -> ServiceConfig:

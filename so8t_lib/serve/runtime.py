@@ -94,6 +94,7 @@ class Agent(BatchRunning, RequestDeciding, DecisionRecording):
         self._model = ModelWorker()
         self._answering = AnswerTurns()  # one answer written at a time, in the order asked (answering.py)
         self._lock = threading.Lock()
+        self._delivery = threading.local()  # the claim of the request a batch thread is recording (run_batch)
         self.audit_failures = 0
         if esc.enable_notifications and not test_mode and not self.notifier.channels():
             logger.warning("escalations will reach nobody: %s", NO_CHANNEL)
@@ -148,6 +149,12 @@ class Agent(BatchRunning, RequestDeciding, DecisionRecording):
             previous = self.config.mode
             self.config = RuntimeConfig.model_validate({**self.config.model_dump(), "mode": mode})
         return previous
+
+    def stop_answering(self) -> None:
+        """A server's shutdown deadline passed: no task answer is started or continued from now on (an ALLOW
+        still waiting for one is recorded without it, as after a generation timeout); a model call already
+        running finishes."""
+        self._answering.stop()
 
     def close(self) -> None:
         self.desk.close()

@@ -35,6 +35,7 @@ class BatchRunning:
     audit_failures: int
     _model: ModelWorker
     _lock: threading.Lock
+    _delivery: threading.local  # .claim: the request being recorded on this thread (``runtime_records``)
 
     def _decide_all(self, cleans: list[CleanRequest]) -> list:
         """One entry per request: a row of probabilities, None (emergency mode) or a failure reason
@@ -51,7 +52,8 @@ class BatchRunning:
 
     def run_batch(self, requests: list, received_at: list[float] | None = None,
                   on_result: Callable[[int, dict], None] | None = None,
-                  on_decided: Callable[[], None] | None = None) -> list[dict]:
+                  on_decided: Callable[[], None] | None = None,
+                  claim: Callable[[int], bool] | None = None) -> list[dict]:
         """Many requests in passes of service.max_batch; one result and one audit record each, in order.
         ``received_at`` (``time.perf_counter()`` values) lets a server count the time a request waited
         before this call in its processing_time_ms. Never raises for a bad item: it fails closed.
@@ -59,7 +61,10 @@ class BatchRunning:
         A server passes ``on_result(index, result)`` to hand each result on as soon as it is final, and
         ``on_decided()`` to hear when only answers are left to write: then the results that need no answer come
         first and the ALLOWs' answers after, so no request waits for another's answer (nor does the next batch's
-        decision pass, if the server starts one then)."""
+        decision pass, if the server starts one then).
+
+        ``claim(index)`` is asked just before a request's audit record is written: False means a shutdown cut the
+        request off and its client was answered 503, so the record says it was not delivered (``runtime_records``)."""
         now = time.perf_counter()
         starts = list(received_at) if received_at is not None else [now] * len(requests)
         if len(starts) != len(requests):  # a caller's mistake, not a bad item: said before anything is decided
@@ -71,26 +76,34 @@ class BatchRunning:
             try:
                 valid.append((i, self._check(item)))
             except InvalidRequest as exc:
-                deliver(i, self._guarded(self._fail_closed, item, f"invalid input: {exc}", starts[i]))
+                deliver(i, self._step(claim, i, self._fail_closed, item, f"invalid input: {exc}", starts[i]))
             except Exception as exc:  # noqa: BLE001 - a checker bug must not lose the batch
-                deliver(i, self._guarded(self._fail_closed, item, f"internal error: {type(exc).__name__}: {exc}",
-                                         starts[i]))
+                deliver(i, self._step(claim, i, self._fail_closed, item,
+                                      f"internal error: {type(exc).__name__}: {exc}", starts[i]))
         later: list = [] if on_result is not None else None  # ALLOWs whose answers are written last
         if valid:
             outcomes = self._decide_all([clean for _, clean in valid])
             for (i, clean), outcome in zip(valid, outcomes):
                 if isinstance(outcome, str):
-                    deliver(i, self._guarded(self._fail_closed, vars(clean), outcome, starts[i], clean.flags))
+                    deliver(i, self._step(claim, i, self._fail_closed, vars(clean), outcome, starts[i], clean.flags))
                 else:
                     defer = None if later is None else \
                         (lambda result, i=i, clean=clean, start=starts[i]: later.append((i, clean, result, start)))
-                    result = self._guarded(self._decide_one, clean, outcome, defer, starts[i])
+                    result = self._step(claim, i, self._decide_one, clean, outcome, defer, starts[i])
                     if result is not None:  # None: deferred
                         deliver(i, result)
         deliver.call(on_decided)
         for i, clean, result, start in later or ():
-            deliver(i, self._guarded(self._answer_and_finish, clean, result, start))
+            deliver(i, self._step(claim, i, self._answer_and_finish, clean, result, start))
         return results  # type: ignore[return-value]
+
+    def _step(self, claim: Callable[[int], bool] | None, index: int, step, item, *args) -> dict:
+        """``_guarded``, with the request's claim where ``runtime_records`` finds it (this thread's ``_delivery``)."""
+        self._delivery.claim = None if claim is None else (lambda: claim(index))
+        try:
+            return self._guarded(step, item, *args)
+        finally:
+            self._delivery.claim = None
 
     def _guarded(self, step, item, *args) -> dict:
         """Run one request's step; an unexpected failure still yields a fail-closed result, and never raises."""

@@ -24,6 +24,10 @@ from .urgency import URGENT_FLAG, mark_urgent
 
 logger = logging.getLogger("so8t.runtime")
 
+SHUTDOWN_FLAG = "shutdown_cut_off"  # a record of a request whose client was answered 503 shutting_down instead
+NOT_DELIVERED = ("not delivered: the service's shutdown deadline (service.shutdown_timeout_s) passed first and its "
+                 "client was answered 503 shutting_down")
+
 
 class DecisionRecording:
     """The Agent's recording steps: ``_finish`` writes a result's audit record (escalating an ALLOW or
@@ -36,6 +40,7 @@ class DecisionRecording:
     audit_failures: int
     _mac_key: str | None
     _lock: threading.Lock
+    _delivery: threading.local
 
     def _record(self, result: dict, asked: CleanRequest) -> dict:
         return audit_record(result, asked.user_request, asked.user_id, self.test_mode,
@@ -51,9 +56,22 @@ class DecisionRecording:
         logger.error("audit record of %s not written: %s", result["request_id"], exc)
         result["flags"] = list(dict.fromkeys([*result["flags"], "audit_write_failed"]))
 
+    def _claimed(self, result: dict) -> None:
+        """Before a record is written: a request a server's shutdown cut off keeps its decision, but its record
+        says it was not delivered (flag and error, the answer dropped as after a failed answer), so no record
+        claims an answer that no client received."""
+        claim = getattr(self._delivery, "claim", None)
+        if claim is None or claim():
+            return
+        result["flags"] = list(dict.fromkeys([*result["flags"], SHUTDOWN_FLAG]))
+        result["error"] = join_errors(NOT_DELIVERED, result["error"])
+        if result["decision"] == "ALLOW":
+            result["task_response"] = ""
+
     def _finish(self, result: dict, asked: CleanRequest, start: float) -> dict:
         """Write the one audit record; an ALLOW or REFUSE whose record fails becomes ESCALATE."""
         request = asked.user_request
+        self._claimed(result)
         if result["decision"] != "ESCALATE":
             self._stamp(result, start)
             try:

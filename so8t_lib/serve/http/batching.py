@@ -9,6 +9,11 @@ themselves and at low load a request waits at most ``max_wait_s``.
 
 ``run_batch`` never raises by contract; if it did, every request of that batch gets a fail-closed
 ESCALATE that says it was not recorded, never an error a client could read as "not flagged".
+
+A shutdown has a deadline (``cut_off``): a request still waiting then is answered ``Closing`` (503
+shutting_down) at once. Each request (one ``submit``, all its items) is either *claimed* by the runtime before
+its first audit record is written (its client gets the results) or *cut off*, never both, so a record can say
+whether its client was answered (``run_batch``'s ``claim``). Requests not yet in a batch are never decided.
 """
 
 from __future__ import annotations
@@ -16,7 +21,10 @@ from __future__ import annotations
 import asyncio
 import collections
 import concurrent.futures
+import functools
 import logging
+import queue
+import threading
 import time
 from collections.abc import Callable
 from dataclasses import dataclass
@@ -34,11 +42,57 @@ class Closing(RuntimeError):
     """The service is shutting down and takes no new requests."""
 
 
+CUT_OFF = ("the service is shutting down: service.shutdown_timeout_s passed before this request was answered; "
+           "retry it on another replica or after the restart")
+CLAIMED_WAIT_S = 1.0  # how long a request claimed just before the cut-off may still take to arrive
+
+
+@dataclass
+class _Ask:
+    """One submit: its items are delivered together, or cut off together (guarded by the batcher's lock)."""
+    claimed: bool = False
+    cut: bool = False
+
+
 @dataclass
 class _Pending:
     item: dict
     received_at: float
     future: asyncio.Future
+    ask: _Ask
+
+
+class _DaemonThreads(concurrent.futures.Executor):
+    """The batches' worker threads. Daemons, unlike ThreadPoolExecutor's (which the interpreter joins at exit): a
+    model pass that cannot be interrupted must not hold the process past its stop budget."""
+
+    def __init__(self, count: int, name: str) -> None:
+        self._work: queue.SimpleQueue = queue.SimpleQueue()
+        self._threads = [threading.Thread(target=self._serve, name=f"{name}_{n}", daemon=True) for n in range(count)]
+        for thread in self._threads:
+            thread.start()
+
+    def submit(self, fn, /, *args, **kwargs) -> concurrent.futures.Future:
+        future: concurrent.futures.Future = concurrent.futures.Future()
+        self._work.put((future, fn, args, kwargs))
+        return future
+
+    def _serve(self) -> None:
+        while (job := self._work.get()) is not None:
+            future, fn, args, kwargs = job
+            if not future.set_running_or_notify_cancel():
+                continue
+            try:
+                future.set_result(fn(*args, **kwargs))
+            except BaseException as exc:  # noqa: BLE001 - handed to the caller
+                future.set_exception(exc)
+
+    def shutdown(self, wait: bool = True, *, cancel_futures: bool = False) -> None:
+        for _ in self._threads:
+            self._work.put(None)
+        if wait:
+            for thread in self._threads:
+                thread.join()
 
 
 def _settle(future: asyncio.Future, result: dict) -> None:
@@ -64,6 +118,9 @@ class MicroBatcher:
         self._pool: concurrent.futures.ThreadPoolExecutor | None = None
         self._held = 0  # requests taken into the batch being formed, or waiting for a free worker with it
         self.closing = False
+        self._claims = threading.Lock()  # claim (worker threads) against cut_off (the loop)
+        self._in_flight: dict[int, _Ask] = {}
+        self._cut: asyncio.Event | None = None
 
     @property
     def pending(self) -> int:
@@ -77,8 +134,9 @@ class MicroBatcher:
     async def start(self) -> None:
         self._queue = asyncio.Queue()
         self._slots = asyncio.Semaphore(self.concurrency)
+        self._cut = asyncio.Event()
         threads = self.concurrency * (2 if self.streamed else 1)  # deciding, and as many writing answers
-        self._pool = concurrent.futures.ThreadPoolExecutor(threads, thread_name_prefix="so8t-batch")
+        self._pool = _DaemonThreads(threads, "so8t-batch")
         self._collector = asyncio.create_task(self._collect(), name="so8t-batcher")
 
     async def submit(self, items: list[dict], received_at: float | None = None) -> list[dict]:
@@ -89,10 +147,53 @@ class MicroBatcher:
             raise Overloaded(f"{self.pending} requests are waiting (max_pending {self.max_pending})")
         loop = asyncio.get_running_loop()
         start = time.perf_counter() if received_at is None else received_at
-        pending = [_Pending(item, start, loop.create_future()) for item in items]
+        ask = _Ask()
+        pending = [_Pending(item, start, loop.create_future(), ask) for item in items]
         for entry in pending:
             self._queue.put_nowait(entry)
-        return list(await asyncio.gather(*(entry.future for entry in pending)))
+        self._in_flight[id(ask)] = ask
+        try:
+            return await self._results(ask, pending)
+        finally:
+            del self._in_flight[id(ask)]
+
+    async def _results(self, ask: _Ask, pending: list[_Pending]) -> list[dict]:
+        """Every result, or Closing once the shutdown cuts this request off (a claimed one is waited for a little:
+        its records say it was answered)."""
+        results = asyncio.gather(*(entry.future for entry in pending))
+        cut = asyncio.ensure_future(self._cut.wait())
+        try:
+            await asyncio.wait({results, cut}, return_when=asyncio.FIRST_COMPLETED)
+        finally:
+            cut.cancel()
+        if not results.done() and ask.claimed:
+            await asyncio.wait({results}, timeout=CLAIMED_WAIT_S)
+        if results.done():
+            return list(results.result())
+        if ask.claimed:
+            logger.error("shutdown: a request whose results are recorded as answered was still being recorded "
+                         "%gs after the cut-off; it is answered 503 shutting_down", CLAIMED_WAIT_S)
+        raise Closing(CUT_OFF)
+
+    def claim(self, entry: _Pending) -> bool:
+        """On a worker thread, before a result's audit record is written: True if its client will get it, False if
+        the shutdown cut the request off (its records must say so)."""
+        with self._claims:
+            if not entry.ask.cut:
+                entry.ask.claimed = True
+            return entry.ask.claimed
+
+    def cut_off(self) -> int:
+        """The shutdown's deadline: every request not yet claimed is answered Closing now (503 shutting_down) and
+        whatever is still queued is never decided. Returns how many requests were cut off."""
+        self.closing = True
+        with self._claims:
+            cut = [ask for ask in self._in_flight.values() if not ask.claimed and not ask.cut]
+            for ask in cut:
+                ask.cut = True
+        if self._cut is not None:
+            self._cut.set()
+        return len(cut)
 
     async def _collect(self) -> None:
         assert self._queue is not None and self._slots is not None
@@ -133,6 +234,10 @@ class MicroBatcher:
                 batch.append(entry)
                 self._held = len(batch)
             self._held = 0
+            batch = [entry for entry in batch if not entry.ask.cut]  # cut off while waiting: never decided
+            if not batch:
+                self._slots.release()
+                continue
             task = asyncio.create_task(self._decide(batch))
             self._running.add(task)
             task.add_done_callback(self._running.discard)
@@ -153,9 +258,13 @@ class MicroBatcher:
         def decided() -> None:  # on the worker thread
             loop.call_soon_threadsafe(self._leave_slot, slot)
 
+        def claim(index: int) -> bool:  # on the worker thread
+            return self.claim(batch[index])
+
         args = [[e.item for e in batch], [e.received_at for e in batch]]
+        run = functools.partial(self._run_batch, claim=claim) if self.streamed else self._run_batch
         try:
-            results = await loop.run_in_executor(self._pool, self._run_batch, *args,
+            results = await loop.run_in_executor(self._pool, run, *args,
                                                   *((answered, decided) if self.streamed else ()))
             if len(results) != len(batch):
                 raise RuntimeError(f"run_batch returned {len(results)} results for {len(batch)} requests")
@@ -196,15 +305,35 @@ class MicroBatcher:
         result = make_result("ESCALATE", "", None, None, None, "general", self._model_version(), [])
         return fail_closed(result, f"internal error: {type(exc).__name__}: {exc}; not recorded")
 
-    async def close(self) -> None:
-        """Take no new requests, decide every one already waiting, then stop the workers."""
+    def stop_taking(self) -> None:
+        """Take no new requests; every one already waiting is still decided (unless ``cut_off`` comes first)."""
+        if not self.closing and self._queue is not None and self.started:
+            self._queue.put_nowait(None)  # after everything already queued
         self.closing = True
+
+    async def drained(self, timeout: float | None) -> bool:
+        """Wait until every request taken has its results (or ``timeout`` seconds pass); True when none is left."""
+        loop = asyncio.get_running_loop()
+        until = None if timeout is None else loop.time() + timeout
+        while self._running or self.started:
+            left = None if until is None else until - loop.time()
+            if left is not None and left <= 0:
+                return False
+            waiting = {*self._running, *((self._collector,) if self.started else ())}
+            await asyncio.wait(waiting, timeout=left)
+        return True
+
+    async def close(self, timeout: float | None = None) -> bool:
+        """Take no new requests, decide every one already waiting, then stop the workers. With a ``timeout`` the
+        wait ends then whatever still runs (call ``cut_off`` first): the workers are daemons, and a model pass
+        that cannot be interrupted is left to the process's exit. True when everything finished."""
+        self.stop_taking()
         if self._queue is None:
-            return
-        if self._collector is not None and not self._collector.done():
-            await self._queue.put(None)  # after everything already queued
-            await self._collector
-        while self._running:
-            await asyncio.gather(*list(self._running), return_exceptions=True)
+            return True
+        finished = await self.drained(timeout)
         if self._pool is not None:
-            self._pool.shutdown(wait=True)
+            self._pool.shutdown(wait=finished)
+        if not finished:
+            logger.error("shutdown: %d batch(es) still running after the stop budget; left to the process's exit "
+                         "(their requests were answered 503 shutting_down)", len(self._running))
+        return finished

@@ -7,6 +7,7 @@ import socket
 
 import uvicorn
 
+from ..config import RESPONSE_MARGIN_S
 from .app import create_app
 from .service import Service
 
@@ -28,9 +29,24 @@ def listening_socket(host: str, port: int, backlog: int = 2048) -> socket.socket
     return sock
 
 
+class GateServer(uvicorn.Server):
+    """uvicorn whose shutdown (SIGTERM) starts the service's own deadline at once: at ``shutdown_timeout_s`` the
+    service answers what is still in flight with its JSON 503 shutting_down. uvicorn's own grace ends
+    ``RESPONSE_MARGIN_S`` later, only as a backstop: what it cancels gets a bare plain-text 500."""
+
+    def __init__(self, config: uvicorn.Config, service: Service) -> None:
+        super().__init__(config)
+        self.service = service
+
+    async def shutdown(self, sockets: list[socket.socket] | None = None) -> None:
+        self.service.begin_shutdown()
+        await super().shutdown(sockets)
+
+
 def uvicorn_server(service: Service) -> uvicorn.Server:
-    """uvicorn for this service: SIGTERM waits up to ``service.shutdown_timeout_s`` for requests in flight,
-    then the app's shutdown decides what is still queued and closes the agent."""
+    """uvicorn for this service: SIGTERM stops taking connections, waits up to ``service.shutdown_timeout_s`` for
+    requests in flight, answers the rest 503 shutting_down, and the app's shutdown closes the agent; all within
+    ``service.stop_budget_s`` (docs/serving.md)."""
     config = uvicorn.Config(create_app(service), log_level="warning", access_log=False, lifespan="on",
-                            timeout_graceful_shutdown=service.config.shutdown_timeout_s)
-    return uvicorn.Server(config)
+                            timeout_graceful_shutdown=service.config.shutdown_timeout_s + RESPONSE_MARGIN_S)
+    return GateServer(config, service)

@@ -7,9 +7,11 @@ from __future__ import annotations
 import asyncio
 import logging
 import os
+import threading
+from collections.abc import Callable
 from pathlib import Path
 
-from ..config import ServiceConfig, placed
+from ..config import EXIT_MARGIN_S, SHUTDOWN_MARGIN_S, ServiceConfig, placed
 from ..escalation import UNRESOLVED
 from ..runtime import Agent
 from .auth import ApiKeys, RateLimiter
@@ -39,6 +41,8 @@ class Service:
         self.queue_error: str | None = None
         self._tasks: list[asyncio.Task] = []
         self.draining = False
+        self._cut_off_at: float | None = None  # loop time of the shutdown's deadline, once it began
+        self._cut_timer: asyncio.TimerHandle | None = None
         self._mode_changed(self.switch.mode)
 
     # ----- life cycle -------------------------------------------------------------------------------
@@ -52,20 +56,56 @@ class Service:
                        asyncio.create_task(self._every(2.0, self.dashboard.sample, False))]
         await asyncio.to_thread(self.count_queue)
 
-    async def stop(self) -> None:
-        """Stop taking requests, decide every one already waiting, then close the agent: every answered
-        request's record is on disk (each append is fsynced) and spooled cases get a last replay."""
+    def begin_shutdown(self) -> None:
+        """SIGTERM: take no new requests; those in flight have ``shutdown_timeout_s`` to be answered, then
+        ``cut_off``. Called by the server as its shutdown begins (and by ``stop`` if it was not)."""
+        if self._cut_off_at is not None:
+            return
         self.draining = True
+        self.batcher.stop_taking()
+        loop = asyncio.get_running_loop()
+        self._cut_off_at = loop.time() + self.config.shutdown_timeout_s
+        self._cut_timer = loop.call_at(self._cut_off_at, self.cut_off)
+
+    def cut_off(self) -> None:
+        """The grace is over: every request still in flight is answered 503 shutting_down now, and no task answer
+        is written any more (their records say they were not delivered: ``runtime_records.SHUTDOWN_FLAG``)."""
+        if self._cut_timer is not None:
+            self._cut_timer.cancel()
+        cut = self.batcher.cut_off()
+        if self.own_agent:
+            self.agent.stop_answering()
+        if cut:
+            logger.warning("shutdown: %d request(s) still in flight after shutdown_timeout_s (%gs) answered 503 "
+                           "shutting_down", cut, self.config.shutdown_timeout_s)
+
+    async def stop(self) -> None:
+        """Stop taking requests, answer those in flight within ``shutdown_timeout_s`` (503 shutting_down for what
+        is left then), then close the agent: every decided request's record is on disk (each append is fsynced),
+        and spooled cases get a last replay, all within ``config.stop_budget_s`` of the shutdown's start."""
+        self.begin_shutdown()
         for task in self._tasks:
             task.cancel()
         await asyncio.gather(*self._tasks, return_exceptions=True)
-        await self.batcher.close()
+        loop = asyncio.get_running_loop()
+        cut_at = self._cut_off_at
+        if not await self.batcher.drained(max(0.0, cut_at - loop.time())):
+            self.cut_off()
+        await self.batcher.close(max(0.0, cut_at + SHUTDOWN_MARGIN_S / 2 - loop.time()))
+        if self._cut_timer is not None:
+            self._cut_timer.cancel()  # everything ended before the deadline
+        left = cut_at + SHUTDOWN_MARGIN_S - EXIT_MARGIN_S - loop.time()
+        if not await _in_daemon(self._last_chores, max(0.0, left)):
+            logger.error("shutdown: the spool's replay or closing the agent ran past the stop budget (%gs); spooled "
+                         "cases are replayed at the next start", self.config.stop_budget_s)
+        logger.warning("shutdown complete: the audit log %s is closed", self.agent.audit.path)
+
+    def _last_chores(self) -> None:
         if self.agent.desk.spool.count():
-            outcome = await asyncio.to_thread(self.agent.desk.replay)
+            outcome = self.agent.desk.replay()
             logger.warning("shutdown: spooled escalations replayed: %s", outcome)
         if self.own_agent:
             self.agent.close()
-        logger.warning("shutdown complete: the audit log %s is closed", self.agent.audit.path)
 
     async def _every(self, seconds: float, chore, in_thread: bool) -> None:
         while True:
@@ -89,7 +129,7 @@ class Service:
     def _count(self, deciding: asyncio.Future, endpoint: str) -> None:
         self.metrics.pending.set(self.batcher.pending)
         if deciding.cancelled() or deciding.exception() is not None:
-            return  # nothing was decided (overloaded, shutting down)
+            return  # nothing was decided (overloaded, shutting down), or not delivered (cut off: audited so)
         for result, reason in self.metrics.record(deciding.result(), endpoint):
             self.dashboard.note_fail_closed(result, reason, endpoint)
 
@@ -167,3 +207,32 @@ class Service:
             "model_version": self.agent.model_version, "mode": self.switch.mode,
             "ready": not any(v.startswith("not ready") for v in checks.values()),
             "escalations": dict(self.queue_counts), "pending": self.batcher.pending})
+
+
+async def _in_daemon(chore: Callable[[], None], timeout: float) -> bool:
+    """Run ``chore`` on a daemon thread and wait for it up to ``timeout``: a replay stuck on a locked queue must not
+    hold the process past its stop budget (the default executor's threads are waited for at exit)."""
+    loop = asyncio.get_running_loop()
+    done = loop.create_future()
+
+    def finished() -> None:
+        if not done.done():
+            done.set_result(None)
+
+    def run() -> None:
+        try:
+            chore()
+        except Exception:  # noqa: BLE001 - logged; the shutdown goes on
+            logger.exception("shutdown: %s failed", getattr(chore, "__name__", chore))
+        finally:
+            try:
+                loop.call_soon_threadsafe(finished)
+            except RuntimeError:  # the loop is closed: nobody waits any more
+                pass
+
+    threading.Thread(target=run, name="so8t-shutdown", daemon=True).start()
+    try:
+        await asyncio.wait_for(asyncio.shield(done), timeout)
+    except TimeoutError:
+        return False
+    return True
