@@ -101,7 +101,22 @@ def test_the_environment_example_names_every_secret_the_production_config_reads(
     assert wanted <= set(example), wanted - set(example)
     unit = read_unit(UNIT.read_text(encoding="utf-8"))["Service"]
     stop_grace = float(unit["TimeoutStopSec"][0])
-    assert stop_grace > parsed.service.shutdown_timeout_s, "systemd would SIGKILL before the service's own grace ends"
+    budget = parsed.service.stop_budget_s  # SIGTERM to exit: the grace, then the 503s, the spool and the log
+    assert budget > parsed.service.shutdown_timeout_s
+    assert stop_grace > budget, f"systemd would SIGKILL ({stop_grace:g}s) before the stop budget ({budget:g}s) ends"
+
+
+def test_the_documented_check_command_passes_every_environment_of_the_unit():
+    """--check must see what a start sees: a variable the unit sets (HF_HUB_OFFLINE, the caches) but the
+    documented command leaves out would make --check load differently from the service."""
+    docs = (ROOT / "docs" / "serving.md").read_text(encoding="utf-8")
+    command = next(block for block in docs.split("```bash")[1:] if "--check" in block.split("```")[0])
+    command = command.split("```")[0]
+    unit = read_unit(UNIT.read_text(encoding="utf-8"))["Service"]
+    missing = [setting for setting in unit["Environment"] if setting not in command]
+    assert not missing, f"docs/serving.md's --check command leaves out {missing}"
+    for key in ("User", "WorkingDirectory", "EnvironmentFile"):
+        assert f"{key}={unit[key][0]}" in command
 
 
 def filled_secrets(example: dict[str, str]) -> dict[str, str]:

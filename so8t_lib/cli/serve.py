@@ -9,8 +9,9 @@
 
 API keys come from the environment only (the config's service.client_keys_env and
 service.reviewer_keys_env name the variables). --port 0 takes any free port; the first line on stdout
-says which. SIGTERM stops taking connections, finishes the requests in flight and closes the audit
-log; a model that cannot be loaded still serves, failing closed (every request escalated, /readyz 503).
+says which. SIGTERM stops taking connections, answers the requests in flight for up to
+service.shutdown_timeout_s (503 shutting_down for what is left then) and closes the audit log, all within
+service.shutdown_timeout_s + 10 s; a model that cannot be loaded still serves, failing closed (every request escalated, /readyz 503).
 Endpoints, metrics and alerts: docs/serving.md.
 """
 
@@ -131,6 +132,9 @@ def main(argv: list[str] | None = None) -> int:
         print(f"so8t serve: {agent.load_error}; every request is escalated and /readyz answers 503", file=sys.stderr)
     if agent.router_error:
         print(f"so8t serve: {agent.router_error}", file=sys.stderr)
+    if agent.audit.open_error:
+        print(f"so8t serve: {agent.audit.open_error}; every decision fails closed and /readyz answers 503",
+              file=sys.stderr)
     service = Service(agent, keys, log_dir=args.log_dir)
     if args.check:
         if listener is not None:
