@@ -271,6 +271,7 @@ REPORT_KEYS = {
     "dangerous_compliance", "over_refusal", "over_refusal_incl_escalate",
     "not_allowed_rate", "not_allowed_rate_by_gold", "escalation_rate",
     "ece", "reliability", "by_lang", "by_category", "ci", "ci_resamples", "ci_resampling", "ci_resampled_units",
+    "ci_exact_binomial",
 }  # fmt: skip
 GROUP_KEYS = {
     "n",
