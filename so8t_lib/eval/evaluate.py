@@ -20,7 +20,7 @@ from __future__ import annotations
 
 import json
 from collections.abc import Mapping
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 
 import numpy as np
@@ -33,7 +33,7 @@ from ..serve.backends import load_decider
 from ..serve.policy import THRESHOLD_GRID
 from .ranking import ranking_report
 from .report import safety_report, threshold_sweep
-from .served import finite_rows, model_inputs, served_decisions
+from .served import decide_failing_rows, finite_rows, model_inputs, served_decisions
 
 HEADLINE = ["safety_score", "macro_f1", "accuracy", "refuse_recall", "escalate_precision", "allow_precision",
             "dangerous_compliance", "over_refusal", "over_refusal_incl_escalate", "unsafe_f1_strict",
@@ -48,22 +48,31 @@ def table_contexts(table: pd.DataFrame) -> list[str | None]:
 
 @dataclass(frozen=True)
 class Predicted:
-    """A table's probabilities (N, 3), decisions, and the rows the runtime refuses as invalid input."""
+    """A table's probabilities (N, 3), decisions, the rows the runtime refuses as invalid input, and the rows the
+    model failed on (``failed``: position -> the error; decided ESCALATE, as the runtime fails closed)."""
 
     probs: np.ndarray
     decisions: list[str]
     invalid: dict[int, str]
+    failed: dict[int, str] = field(default_factory=dict)
+
+    def non_finite(self) -> int:
+        """Rows the model answered with NaN or inf: neither refused as input nor failed."""
+        return sum(1 for i in np.flatnonzero(~finite_rows(self.probs))
+                   if int(i) not in self.invalid and int(i) not in self.failed)
 
 
 def predict_rows(model, table: pd.DataFrame, batch_size: int = 32, progress: bool = True,
                  threshold: float | None = None) -> Predicted:
-    """``predict`` with the invalid-input rows named (their position -> the runtime's reason)."""
+    """``predict`` with the invalid-input rows named (their position -> the runtime's reason) and the rows the
+    model could not decide (``decide_failing_rows``)."""
     inputs = model_inputs(table)
     probs = np.full((len(table), len(LABELS)), np.nan)
+    decided, errors = decide_failing_rows(model, inputs.requests, inputs.contexts, batch_size, progress)
     if inputs.positions:
-        decided = model.decide(inputs.requests, inputs.contexts, batch_size=batch_size, progress=progress)
-        probs[inputs.positions] = np.asarray(decided.numpy(), dtype=float)
-    return Predicted(probs, served_decisions(probs, threshold), inputs.invalid)
+        probs[inputs.positions] = decided
+    failed = {inputs.positions[i]: reason for i, reason in errors.items()}
+    return Predicted(probs, served_decisions(probs, threshold), inputs.invalid, failed)
 
 
 def predict(model, table: pd.DataFrame, batch_size: int = 32, progress: bool = True,
@@ -82,24 +91,29 @@ def evaluate_table(model, table: pd.DataFrame, batch_size: int = 32, bootstrap: 
                    progress: bool = True, threshold: float | None = None) -> dict:
     """The full safety report of ``model`` on ``table`` (per-language and per-category included)."""
     predicted = predict_rows(model, table, batch_size, progress, threshold)
-    return report_from_predictions(table, predicted.probs, predicted.decisions, bootstrap, predicted.invalid)
+    return report_from_predictions(table, predicted.probs, predicted.decisions, bootstrap, predicted.invalid,
+                                   predicted.failed)
 
 
 def report_from_predictions(table: pd.DataFrame, probs: np.ndarray, pred: list[str], bootstrap: int = 0,
-                            invalid: Mapping[int, str] | None = None) -> dict:
+                            invalid: Mapping[int, str] | None = None, failed: Mapping[int, str] | None = None) -> dict:
     """``safety_report`` of the decisions plus what needs the table: the headline for its source, prompt types of a
     public set, the ranking by p(ALLOW) and the threshold sweep. Rows without finite probabilities are counted:
     ``invalid_input_rows`` (``invalid``: positions the runtime refuses, never shown to the model) and
     ``non_finite_rows`` (the model's NaN or inf); the ranking and calibration leave them out, the sweep decides
-    them ESCALATE."""
+    them ESCALATE. ``failed`` (positions the model raised on, alone too) are ``model_error_rows``, named by id under
+    ``model_errors``."""
     probs = np.asarray(probs, dtype=float)
     finite = finite_rows(probs)
     report = safety_report(list(table["label"]), pred, probs=probs, langs=list(table["lang"]),
                            categories=list(table["category"]), bootstrap=bootstrap,
                            families=resampling_families(table))
-    invalid = invalid or {}
+    invalid, failed = invalid or {}, failed or {}
     report["invalid_input_rows"] = len(invalid)
-    report["non_finite_rows"] = int(sum(1 for i in np.flatnonzero(~finite) if int(i) not in invalid))
+    report["model_error_rows"] = len(failed)
+    report["model_errors"] = {_row_id(table, i): reason for i, reason in sorted(failed.items())}
+    unfinished = set(invalid) | set(failed)  # rows the model gave no numbers for: counted apart
+    report["non_finite_rows"] = int(sum(1 for i in np.flatnonzero(~finite) if int(i) not in unfinished))
     report["not_allowed_rate_unsafe"] = (report.get("not_allowed_rate_by_gold") or {}).get(NOT_ALLOW)
     sources = set(table["source"]) if "source" in table else set()
     source = sources.pop() if len(sources) == 1 else None
@@ -149,6 +163,10 @@ def format_report(report: dict, title: str = "") -> str:
     if report.get("invalid_input_rows"):
         lines.append(f"  {report['invalid_input_rows']} row(s) the runtime refuses as invalid input (too long, empty "
                      "after cleaning): decided ESCALATE without the model, as the runtime answers them")
+    if report.get("model_error_rows"):
+        lines.append(f"  {report['model_error_rows']} row(s) the model failed on, alone too (e.g. longer than the "
+                     "GGUF context): decided ESCALATE, as the runtime fails closed: "
+                     + ", ".join(list(report.get("model_errors") or {})[:5]))
     if report.get("non_finite_rows"):
         lines.append(f"  {report['non_finite_rows']} row(s) with probabilities that are not finite (NaN or inf): "
                      "decided ESCALATE, as the runtime fails closed; the model is broken on them")
@@ -161,6 +179,8 @@ def format_report(report: dict, title: str = "") -> str:
             continue  # undefined on this data
         interval = ci.get(name)
         extra = f"   95% CI [{interval[0]:.3f}, {interval[1]:.3f}]" if interval and None not in interval else ""
+        if extra and name in (report.get("ci_exact_binomial") or []):  # the bootstrap collapses at 0 or 1
+            extra += " exact binomial"
         lines.append(f"  {name:<28s}{_num(report.get(name))}{extra}")
     if report.get("ece") is not None:
         lines.append(f"  {'ece':<28s}{_num(report['ece'])}")
@@ -191,18 +211,26 @@ def dataset_key(name: str | Path) -> str:
     return Path(str(name)).stem
 
 
+def _row_id(table: pd.DataFrame, row_no: int) -> str | int:
+    """A row's id as results name it: its ``id``, or its position when it has none."""
+    row_id = table["id"].iloc[row_no]
+    return str(row_id) if row_id is not None and str(row_id) not in ("", "nan") else row_no
+
+
 def _prediction_lines(name: str, table: pd.DataFrame, predicted: Predicted) -> list[str]:
     lines = []
-    rows = zip(table["id"], table["label"], predicted.decisions, predicted.probs)
-    for row_no, (row_id, gold, decision, p) in enumerate(rows):
+    rows = zip(table["label"], predicted.decisions, predicted.probs)
+    for row_no, (gold, decision, p) in enumerate(rows):
         line = {  # no probabilities for a row without finite ones: NaN is not JSON
-            "dataset": name, "id": str(row_id) if row_id is not None and str(row_id) not in ("", "nan") else row_no,
+            "dataset": name, "id": _row_id(table, row_no),
             "gold": gold, "decision": decision,
             "probabilities": {label: round(float(v), 6) for label, v in zip(LABELS, p)} if np.isfinite(p).all()
             else None,
         }
         if row_no in predicted.invalid:
             line["invalid_input"] = predicted.invalid[row_no]
+        if row_no in predicted.failed:
+            line["model_error"] = predicted.failed[row_no]
         lines.append(json.dumps(line, ensure_ascii=False))
     return lines
 
@@ -257,7 +285,8 @@ def evaluate_datasets(model, names: list[str], batch_size: int = 32, bootstrap: 
     for name in names:
         table = tables[str(name)]
         predicted = predict_rows(model, table, batch_size, progress, threshold)
-        report = report_from_predictions(table, predicted.probs, predicted.decisions, bootstrap, predicted.invalid)
+        report = report_from_predictions(table, predicted.probs, predicted.decisions, bootstrap, predicted.invalid,
+                                         predicted.failed)
         report["source"] = str(name)
         report["rows_sha256"] = rows_digest(table)
         if baselines:

@@ -53,6 +53,43 @@ def model_inputs(table: pd.DataFrame, limits: ValidationConfig | None = None) ->
         out.positions.append(position)
     return out
 
+def decide_failing_rows(model, requests: list[str], contexts: list[str | None], batch_size: int = 32,
+                        progress: bool = True) -> tuple[np.ndarray, dict[int, str]]:
+    """Probabilities (N, 3) of ``model.decide`` and the rows it failed on (index -> reason, their rows NaN), as the
+    runtime decides (``serve.deciding.decide_all``): the whole list; if that fails, ``batch_size`` rows at a time;
+    a batch that fails, its rows one by one; a row that fails alone is the runtime's fail-closed ESCALATE. One row
+    the GGUF backend cannot take (longer than its n_ctx) used to end the whole evaluation. ``decide_all`` itself is
+    not called: it runs on the runtime's model thread under a time limit, and counts NaN output as a failure where
+    evaluation keeps it to count as ``non_finite_rows``. When every row fails the model is broken, not the rows:
+    the whole pass's error is raised."""
+    probs = np.full((len(requests), len(LABELS)), np.nan)
+    failed: dict[int, str] = {}
+    if not requests:
+        return probs, failed
+    errors: list[Exception] = []
+
+    def attempt(rows: slice, show: bool) -> bool:
+        try:
+            decided = model.decide(requests[rows], contexts[rows], batch_size=batch_size, progress=show)
+        except Exception as exc:  # noqa: BLE001 - the runtime fails closed on anything
+            errors.append(exc)
+            return False
+        probs[rows] = np.asarray(decided.numpy() if hasattr(decided, "numpy") else decided, dtype=float)
+        return True
+
+    if attempt(slice(0, len(requests)), progress):
+        return probs, failed
+    for start in range(0, len(requests), batch_size):
+        if attempt(slice(start, start + batch_size), False):
+            continue
+        for row in range(start, min(start + batch_size, len(requests))):
+            if not attempt(slice(row, row + 1), False):
+                failed[row] = f"model error: {type(errors[-1]).__name__}: {errors[-1]}"
+    if len(failed) == len(requests):
+        raise errors[0]
+    return probs, failed
+
+
 # the order exact ties are broken in: a gate that cannot tell two classes apart must not pick the one that lets
 # the request through (ESCALATE, then REFUSE, then ALLOW)
 SAFER_FIRST: tuple[int, ...] = (ESCALATE, REFUSE, ALLOW)
@@ -94,5 +131,5 @@ def served_decisions(probs: np.ndarray, threshold: float | None = None) -> list[
     return [str(d) for d in decisions]
 
 
-__all__ = ["SAFER_FIRST", "ModelInputs", "argmax_decisions", "finite_rows", "model_inputs", "safe_argmax",
-           "served_decisions"]
+__all__ = ["SAFER_FIRST", "ModelInputs", "argmax_decisions", "decide_failing_rows", "finite_rows", "model_inputs",
+           "safe_argmax", "served_decisions"]
