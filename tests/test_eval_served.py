@@ -179,8 +179,8 @@ def test_a_temperature_that_is_not_finite_is_never_stored(monkeypatch, tmp_path)
     monkeypatch.setattr(calibration, "resolve_checkpoint", lambda path: Path(path))
     monkeypatch.setattr(calibration.SO8TModel, "load", staticmethod(lambda *a, **k: Logits(
         np.array([[np.inf, 0.0, 0.0], [1.0, 2.0, 0.5], [0.0, 1.0, 3.0]]))))
-    path = tmp_path / "rows.jsonl"
-    _rows(6).to_json(path, orient="records", lines=True, force_ascii=False)
+    path = tmp_path / "rows.jsonl"  # two rows of each class: calibration refuses fewer classes before deciding
+    load_split("test").groupby("label").head(2).to_json(path, orient="records", lines=True, force_ascii=False)
     with pytest.raises(ValueError, match="not finite"):
         calibration.calibrate_checkpoint(folder, path, progress=False)
     monkeypatch.setattr(calibration, "fit_temperature", lambda logits, gold: float("nan"))
@@ -300,24 +300,26 @@ def _bad_table(tmp_path: Path) -> Path:
     return path
 
 
-def test_a_bad_data_entry_is_refused_before_anything_is_decided(scripted_cli, tmp_path, monkeypatch):
+def test_a_bad_data_entry_is_refused_before_anything_is_decided(scripted_cli, tmp_path, monkeypatch, capsys):
     """A bad last --data entry was read only after every earlier data set had been decided, and --out (written at
-    the end) got nothing; with --calibrate the checkpoint had already been changed."""
-    from so8t_lib.data.tables import DataError
+    the end) got nothing; with --calibrate the checkpoint had already been changed. The data layer's message ends
+    the command with exit 2, not a traceback."""
+    def refused(argv: list[str], message: str) -> None:
+        with pytest.raises(SystemExit) as exited:
+            evaluate_cli.main(argv)
+        assert exited.value.code == 2 and message in capsys.readouterr().err
 
     decider = scripted_cli(np.array([[0.1, 0.8, 0.1]]))
     good, bad, out = _refuse_rows(tmp_path, 4), _bad_table(tmp_path), tmp_path / "out.json"
-    with pytest.raises(DataError, match="bad.jsonl:1: field 'label'"):
-        evaluate_cli.main(["--model", "fake", "--data", str(good), "--data", str(bad), "--out", str(out)])
+    refused(["--model", "fake", "--data", str(good), "--data", str(bad), "--out", str(out)],
+            "bad.jsonl:1: field 'label'")
     assert decider.requests == [] and not out.exists()
 
     calibrated: list = []
     monkeypatch.setattr(evaluate_cli, "calibrate_checkpoint", lambda *a, **k: calibrated.append(a))
-    with pytest.raises(DataError, match="bad.jsonl"):
-        evaluate_cli.main(["--model", "fake", "--calibrate", "--calibration-data", str(good), "--data", str(bad)])
-    with pytest.raises(DataError, match="bad.jsonl"):
-        evaluate_cli.main(["--model", "fake", "--max-dangerous", "0.1", "--threshold-data", str(bad),
-                           "--data", str(good)])
+    refused(["--model", "fake", "--calibrate", "--calibration-data", str(good), "--data", str(bad)], "bad.jsonl")
+    refused(["--model", "fake", "--max-dangerous", "0.1", "--threshold-data", str(bad), "--data", str(good)],
+            "bad.jsonl")
     assert calibrated == [] and decider.requests == []
 
 

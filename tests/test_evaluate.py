@@ -9,7 +9,7 @@ import torch
 
 from so8t_lib.cli import main as so8t
 from so8t_lib.data.benchmarks import BENCHMARKS
-from so8t_lib.data.tables import DataError, load_split
+from so8t_lib.data.tables import load_split
 from so8t_lib.eval.calibration import TEMPERATURE_RANGE, fit_temperature
 from so8t_lib.eval.report import expected_calibration_error, safety_report
 from so8t_lib.model import SO8TModel
@@ -153,8 +153,9 @@ def test_bad_inputs_give_clear_errors(checkpoint, tmp_path, capsys):
     with pytest.raises(SystemExit):
         so8t(["evaluate", "--model", str(tmp_path / "m.gguf"), "--calibrate"])
     assert "GGUF" in capsys.readouterr().err
-    with pytest.raises(DataError, match="missing.jsonl"):
+    with pytest.raises(SystemExit) as exited:  # the data layer's message, exit 2, no traceback
         so8t(["evaluate", "--model", str(checkpoint), "--data", str(tmp_path / "missing.jsonl")])
+    assert exited.value.code == 2 and "missing.jsonl" in capsys.readouterr().err
     with pytest.raises(SystemExit):
         so8t(["evaluate", "--model", str(checkpoint), "--threshold", "1.5"])
     assert not (tmp_path / "out.json").exists()

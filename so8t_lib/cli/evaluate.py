@@ -19,6 +19,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import os
 import sys
 import warnings
 from pathlib import Path
@@ -26,16 +27,47 @@ from pathlib import Path
 import pandas as pd
 
 from ..core.checkpoint import CheckpointError, resolve_checkpoint
-from ..core.io import atomic_write_text
-from ..data.tables import asked_keys
+from ..core.io import atomic_write_text, sha256_file
+from ..data.tables import DataError, asked_keys
 from ..eval.baselines import fit_baselines
-from ..eval.calibration import calibrate_checkpoint
-from ..eval.evaluate import dataset_key, evaluate_datasets, format_report, load_tables, predict
+from ..eval.calibration import CalibrationDataError, calibrate_checkpoint, check_calibration_rows
+from ..eval.evaluate import dataset_key, evaluate_datasets, format_report, load_tables, predict_rows
 from ..eval.latency import measure_latency
 from ..eval.operating_point import choose_threshold
-from ..eval.served import finite_rows, model_inputs
+from ..eval.served import model_inputs
 from ..export.gguf_meta import GGUFError
 from ..serve.backends import is_gguf_path, load_decider
+from ..serve.policy import THRESHOLD_RANGE
+
+
+def _positive_int(text: str) -> int:
+    """An argparse type: a whole number above 0 (``--batch-size 0`` failed only after the model had loaded)."""
+    try:
+        value = int(text)
+    except ValueError:
+        value = 0
+    if value < 1:
+        raise argparse.ArgumentTypeError(f"must be a whole number above 0, got {text!r}")
+    return value
+
+
+def _unwritable(option: str, value: str | None) -> str | None:
+    """Why the file ``value`` of ``option`` could not be written, or None; checked before any model loads, so a
+    folder or a read-only place does not cost the run (or, with --calibrate, leave the checkpoint changed and the
+    metrics lost)."""
+    if value is None:
+        return None
+    path = Path(value)
+    if path.is_dir():
+        return f"{option} {value} is a folder; give a file name in it (e.g. {path / 'metrics.json'})"
+    folder = path.parent
+    while not folder.exists() and folder != folder.parent:  # the write creates missing folders
+        folder = folder.parent
+    if not folder.is_dir():
+        return f"{option} {value}: {folder} is a file, so no folder can be made there; choose another path"
+    if not os.access(folder, os.W_OK | os.X_OK):
+        return f"{option} {value}: this user cannot write in {folder}; choose a writable path"
+    return None
 
 
 def _load_tables(args: argparse.Namespace) -> dict[str, pd.DataFrame]:
@@ -54,6 +86,7 @@ def _load_tables(args: argparse.Namespace) -> dict[str, pd.DataFrame]:
                      "requests (val)")
     if args.calibrate:
         tables["calibration"] = load_tables([args.calibration_data])[str(args.calibration_data)]
+        check_calibration_rows(tables["calibration"], f"--calibration-data {args.calibration_data}")
     return tables
 
 
@@ -80,16 +113,20 @@ def _fitted_on_reported_rows(tables: dict[str, pd.DataFrame], args: argparse.Nam
 
 def _choose_threshold(model, args: argparse.Namespace, results: dict, table: pd.DataFrame) -> float:
     """--max-dangerous: the operating point chosen on --threshold-data (``table``), recorded in the results."""
-    probs, _ = predict(model, table, args.batch_size)
+    predicted = predict_rows(model, table, args.batch_size)
     try:
-        choice = choose_threshold(probs, list(table["label"]), args.max_dangerous)
+        choice = choose_threshold(predicted.probs, list(table["label"]), args.max_dangerous)
     except ValueError as err:  # TargetUnreachable included: nothing is written
         sys.exit(f"so8t evaluate: {args.threshold_data}: {err}")
-    broken = int((~finite_rows(probs)).sum())
-    if broken:
-        print(f"{args.threshold_data}: {broken} row(s) with probabilities that are not finite, decided ESCALATE at "
-              "every threshold (the runtime fails closed on them); the model is broken on them", file=sys.stderr)
-    results["threshold_choice"] = {"data": str(args.threshold_data), "non_finite_rows": broken, **choice}
+    counts = {"invalid_input_rows": len(predicted.invalid), "model_error_rows": len(predicted.failed),
+              "non_finite_rows": predicted.non_finite()}
+    for key, why in (("invalid_input_rows", "the runtime refuses as invalid input (too long, empty once cleaned)"),
+                     ("model_error_rows", "the model failed on, alone too"),
+                     ("non_finite_rows", "with probabilities that are not finite: the model is broken on them")):
+        if counts[key]:
+            print(f"{args.threshold_data}: {counts[key]} row(s) {why}; decided ESCALATE at every threshold, as the "
+                  "runtime fails closed on them", file=sys.stderr)
+    results["threshold_choice"] = {"data": str(args.threshold_data), **counts, **choice}
     at = {k: "n/a" if v is None else f"{v:.3f}" for k, v in choice["at_threshold"].items()}  # None: no such rows
     print(f"threshold {choice['threshold']:.2f} chosen on {args.threshold_data} ({choice['rows']} rows): dangerous "
           f"compliance {at['dangerous_compliance']} (target {args.max_dangerous:.3f}), escalation rate "
@@ -109,7 +146,7 @@ def main(argv: list[str] | None = None) -> dict:
                              "at or under this share there")
     parser.add_argument("--threshold-data", default="val", help="the rows --max-dangerous chooses on (default val)")
     parser.add_argument("--bootstrap", type=int, default=1000, help="resamples for the 95%% intervals (0: off)")
-    parser.add_argument("--batch-size", type=int, default=32)
+    parser.add_argument("--batch-size", type=_positive_int, default=32)
     parser.add_argument("--calibrate", action="store_true",
                         help="fit the temperature on --calibration-data and store it in the checkpoint first")
     parser.add_argument("--calibration-data", default="val")
@@ -120,8 +157,10 @@ def main(argv: list[str] | None = None) -> dict:
     parser.add_argument("--latency-batch-sizes", default="1,8,32")
     args = parser.parse_args(argv)
     warnings.filterwarnings("ignore", message=".*is_gradient_checkpointing.*")
-    if args.threshold is not None and not 0.0 <= args.threshold <= 1.0:
-        parser.error(f"--threshold must be in [0, 1], got {args.threshold}")
+    low, high = THRESHOLD_RANGE  # the runtime refuses a safety_threshold outside it: no number for a rule never served
+    if args.threshold is not None and not low <= args.threshold <= high:
+        parser.error(f"--threshold must be in [{low}, {high}] (the runtime's safety_threshold range), "
+                     f"got {args.threshold}")
     if args.latency and (args.predictions or args.threshold is not None or args.max_dangerous is not None):
         parser.error("--latency measures speed only; --predictions, --threshold and --max-dangerous belong to a "
                      "metrics run")
@@ -141,12 +180,21 @@ def main(argv: list[str] | None = None) -> dict:
         assert sizes and all(s > 0 for s in sizes)
     except (ValueError, AssertionError):
         parser.error(f"--latency-batch-sizes must be positive integers separated by commas, got {args.latency_batch_sizes!r}")
+    for option, value in (("--out", args.out), ("--predictions", args.predictions)):
+        if why := _unwritable(option, value):
+            parser.error(why)
+    if args.out and args.predictions and Path(args.out).resolve() == Path(args.predictions).resolve():
+        parser.error("--out and --predictions name the same file; give each its own")
     is_gguf = is_gguf_path(args.model)
     if is_gguf and args.calibrate:
         parser.error("--calibrate works on checkpoint folders; the GGUF carries the temperature of its checkpoint "
                      "(calibrate the checkpoint, then export again)")
 
-    tables = _load_tables(args)  # before the checkpoint is calibrated or anything decided
+    try:  # before the checkpoint is calibrated or anything decided
+        tables = _load_tables(args)
+    except (DataError, CalibrationDataError) as exc:  # the caller's data: a message, not a traceback
+        print(f"so8t evaluate: error: {exc}", file=sys.stderr)
+        sys.exit(2)
     overlap = None if args.latency else _fitted_on_reported_rows(tables, args)
     if overlap:
         parser.error(overlap)
@@ -156,9 +204,13 @@ def main(argv: list[str] | None = None) -> dict:
             results["calibration"] = calibrate_checkpoint(args.model, args.calibration_data, args.batch_size,
                                                           table=tables["calibration"])
             c = results["calibration"]
-            print(f"temperature {c['temperature']:.3f} fitted on {c['data']} ({c['rows']} rows): "
-                  f"ECE {c['ece_before']:.3f} -> {c['ece_after']:.3f}; stored in {c['checkpoint']}")
+            print(f"temperature {c['temperature']:.3f} fitted on {c['data']} ({c['rows']} rows), stored in "
+                  f"{c['checkpoint']}; ECE on those fit rows (not held out) {c['ece_before']:.3f} -> "
+                  f"{c['ece_after']:.3f}")
         model = load_decider(args.model)
+        results["model_version"] = getattr(model, "model_version", None)
+        if is_gguf:  # the bytes measured: a version names the checkpoint, not the quantization of this file
+            results["model_sha256"] = sha256_file(args.model)
     except (CheckpointError, GGUFError, OSError) as exc:
         print(f"so8t evaluate: error: {exc}", file=sys.stderr)
         sys.exit(2)

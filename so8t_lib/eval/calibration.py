@@ -25,6 +25,30 @@ from .report import expected_calibration_error
 from .served import model_inputs
 
 TEMPERATURE_RANGE = (0.25, 10.0)
+# rows of each gold class a temperature is fitted on at least: on one class alone (SimpleSafetyTests is all
+# REFUSE, XSTest all ALLOW once NOT_ALLOW is dropped) the NLL falls as T sharpens toward that class, so T runs to
+# its bound and the checkpoint is ruined for every other class (test ECE 0.044 -> 0.437)
+MIN_ROWS_PER_CLASS = 2
+
+
+class CalibrationDataError(ValueError):
+    """Rows that cannot calibrate a three-way head: a gold class is missing or too rare. Raised before any model
+    loads or file changes."""
+
+
+def check_calibration_rows(table: pd.DataFrame, name: str | Path = "the calibration data") -> dict[str, int]:
+    """The rows per gold class a fit on ``table`` would use (NOT_ALLOW and invalid input left out, as in
+    ``calibrate``); CalibrationDataError unless each class has ``MIN_ROWS_PER_CLASS``."""
+    kept = table[table["label"] != NOT_ALLOW]
+    shown = kept["label"].iloc[model_inputs(kept).positions]
+    counts = {label: int((shown == label).sum()) for label in LABELS}
+    if min(counts.values()) < MIN_ROWS_PER_CLASS:
+        raise CalibrationDataError(
+            f"{name}: a temperature needs at least {MIN_ROWS_PER_CLASS} rows of each gold class the model is shown, "
+            f"and these have {', '.join(f'{k} {v}' for k, v in counts.items())} (NOT_ALLOW rows and invalid input "
+            "left out): fitted on fewer classes it only sharpens the head toward them; nothing was fitted or "
+            "stored. Calibrate on the val split (--calibration-data val) or a file with all three classes")
+    return counts
 
 
 def fit_temperature(logits: np.ndarray, gold_idx: np.ndarray, max_iter: int = 200) -> float:
@@ -98,11 +122,15 @@ def calibrate_checkpoint(path: str | Path, data: str | Path = "val", batch_size:
     """Fit the temperature on ``data`` (a stratified sample of ``max_rows`` of it, drawn with ``seed``) and store
     it in the checkpoint: only the temperature entry of ``adapter.safetensors`` changes (temporary file, then
     rename), and the manifest is renewed; every other file (a training run's trainer_state.pt too) stays.
-    ``table`` is ``data`` already loaded (the CLI loads every table before it changes anything)."""
+    ``table`` is ``data`` already loaded (the CLI loads every table before it changes anything). The rows must hold
+    every gold class (``check_calibration_rows``). ``ece_before``/``ece_after`` are measured on the rows fitted on:
+    they show the fit, not a held-out gain."""
     folder = resolve_checkpoint(path)
     table = load_any(data) if table is None else table
+    table = stratified_sample(table, max_rows, seed)
+    check_calibration_rows(table, data)  # before the model loads or the adapter changes
     model = SO8TModel.load(folder)
-    result = calibrate(model, stratified_sample(table, max_rows, seed), batch_size, progress)
+    result = calibrate(model, table, batch_size, progress)
     adapter = folder / ADAPTER_FILE
     state = load_file(str(adapter))
     state["safety_head.temperature"] = torch.tensor(result["temperature"], dtype=state["safety_head.temperature"].dtype)
