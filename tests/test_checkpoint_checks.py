@@ -107,3 +107,34 @@ def test_a_file_this_user_may_not_read_is_a_checkpoint_error_naming_it(checkpoin
     monkeypatch.setattr(checkpoint_module, "sha256_file", denied)
     with pytest.raises(CheckpointError, match=r"adapter.safetensors: this user \(uid \d+\) may not read it.*chmod -R"):
         SO8TModel.load(checkpoint)
+
+
+def test_a_calibration_killed_while_it_writes_leaves_the_old_checkpoint_whole(tmp_path, tiny_config, tokenizer,
+                                                                              monkeypatch):
+    """The new adapter was renamed into the live folder before the manifest was rewritten: a kill between the two
+    left best/ 'damaged (checksum does not match the manifest)', and --resume, which calibrates it again, failed
+    the same way for good."""
+    import so8t_lib.eval.calibration as calibration
+
+    folder = SO8TModel.from_config(tiny_config, tokenizer).save(tmp_path / "ckpt")
+    (folder / "trainer_state.pt").write_bytes(b"a run's state, kept as it is")
+    write_manifest(folder)
+    before = {p.name: p.read_bytes() for p in folder.iterdir() if p.is_file()}
+    real_save = calibration.save_file
+
+    def killed(state, path, metadata=None):
+        real_save(state, path, metadata=metadata)
+        raise KeyboardInterrupt  # the process dies after the new adapter is on disk, before anything else
+
+    monkeypatch.setattr(calibration, "save_file", killed)
+    with pytest.raises(KeyboardInterrupt):
+        calibration.calibrate_checkpoint(folder, "val", progress=False, max_rows=12)
+    assert {p.name: p.read_bytes() for p in folder.iterdir() if p.is_file()} == before
+    assert [p.name for p in tmp_path.iterdir()] == ["ckpt"]  # no staging folder left behind
+    SO8TModel.load(folder)  # the manifest still describes every file
+
+    monkeypatch.setattr(calibration, "save_file", real_save)
+    result = calibration.calibrate_checkpoint(folder, "val", progress=False, max_rows=12)
+    model = SO8TModel.load(folder)  # the new adapter and a manifest that describes it
+    assert float(model.safety_head.temperature) == pytest.approx(result["temperature"])
+    assert (folder / "trainer_state.pt").read_bytes() == before["trainer_state.pt"]

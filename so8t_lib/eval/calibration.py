@@ -8,7 +8,7 @@ unsure instead of when it happens to be sharp. The pipeline calls this after tra
 from __future__ import annotations
 
 import math
-import os
+import shutil
 from pathlib import Path
 
 import numpy as np
@@ -16,8 +16,8 @@ import pandas as pd
 import torch
 from safetensors.torch import load_file, save_file
 
-from ..core.checkpoint import make_readable, resolve_checkpoint, write_manifest
-from ..core.schema import ADAPTER_FILE, CHECKPOINT_FORMAT, LABELS, NOT_ALLOW
+from ..core.checkpoint import atomic_folder, resolve_checkpoint
+from ..core.schema import ADAPTER_FILE, CHECKPOINT_FORMAT, LABELS, MANIFEST_FILE, NOT_ALLOW
 from ..data.benchmarks import load_any
 from ..data.tables import stratified_sample
 from ..model.so8t import SO8TModel
@@ -120,8 +120,8 @@ def calibrate_checkpoint(path: str | Path, data: str | Path = "val", batch_size:
                          progress: bool = True, max_rows: int | None = None, seed: int = 0,
                          table: pd.DataFrame | None = None) -> dict:
     """Fit the temperature on ``data`` (a stratified sample of ``max_rows`` of it, drawn with ``seed``) and store
-    it in the checkpoint: only the temperature entry of ``adapter.safetensors`` changes (temporary file, then
-    rename), and the manifest is renewed; every other file (a training run's trainer_state.pt too) stays.
+    it in the checkpoint: only the temperature entry of ``adapter.safetensors`` changes, in a copy of the folder
+    with its own manifest that is swapped in whole; every other file (a training run's trainer_state.pt too) stays.
     ``table`` is ``data`` already loaded (the CLI loads every table before it changes anything). The rows must hold
     every gold class (``check_calibration_rows``). ``ece_before``/``ece_after`` are measured on the rows fitted on:
     they show the fit, not a held-out gain."""
@@ -131,12 +131,13 @@ def calibrate_checkpoint(path: str | Path, data: str | Path = "val", batch_size:
     check_calibration_rows(table, data)  # before the model loads or the adapter changes
     model = SO8TModel.load(folder)
     result = calibrate(model, table, batch_size, progress)
-    adapter = folder / ADAPTER_FILE
-    state = load_file(str(adapter))
+    state = load_file(str(folder / ADAPTER_FILE))
     state["safety_head.temperature"] = torch.tensor(result["temperature"], dtype=state["safety_head.temperature"].dtype)
-    tmp = adapter.with_name(adapter.name + ".tmp")
-    save_file(state, str(tmp), metadata={"format": str(CHECKPOINT_FORMAT)})
-    make_readable(tmp)  # save_file writes 0600: the service's user must still read the adapter
-    os.replace(tmp, adapter)
-    write_manifest(folder)
+    # a copy of the checkpoint with the new adapter and its own manifest, swapped in whole: a kill at any moment
+    # leaves the old checkpoint or the new one, never an adapter its manifest does not describe
+    with atomic_folder(folder) as staged:
+        # (an adapter.safetensors.tmp left by a kill under an earlier version is not carried over)
+        shutil.copytree(folder, staged, dirs_exist_ok=True,
+                        ignore=shutil.ignore_patterns(MANIFEST_FILE, f"{ADAPTER_FILE}.tmp"))
+        save_file(state, str(staged / ADAPTER_FILE), metadata={"format": str(CHECKPOINT_FORMAT)})
     return {**result, "checkpoint": str(folder), "data": str(data)}
