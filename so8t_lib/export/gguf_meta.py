@@ -52,27 +52,42 @@ def read_metadata(path: str | Path) -> dict:
         return fields[key].contents()
 
     meta = {key: value(key) for key in REQUIRED_KEYS}
+    if not _whole(meta["so8t.format"]) or meta["so8t.format"] < 1:
+        raise GGUFError(f"{path}: so8t.format {meta['so8t.format']!r} is not a format number (an integer >= 1); "
+                        "this file was not written by so8t export, export the checkpoint again")
+    if int(meta["so8t.format"]) > SO8T_FORMAT:
+        raise GGUFError(f"{path}: so8t.format {meta['so8t.format']} is newer than this library ({SO8T_FORMAT})")
+    for key in ("so8t.labels", "so8t.head.keys"):
+        if not isinstance(meta[key], list) or not meta[key] or not all(isinstance(v, str) for v in meta[key]):
+            raise GGUFError(f"{path}: {key} {meta[key]!r} is not a list of names; export the checkpoint again")
     # files written before mean pooling existed decide from the last token
     meta["so8t.pooling"] = fields["so8t.pooling"].contents() if "so8t.pooling" in fields else "last"
     if meta["so8t.pooling"] not in POOLINGS:
         raise GGUFError(f"{path}: so8t.pooling {meta['so8t.pooling']!r} is none of {POOLINGS}; a newer so8t wrote it, "
                         "upgrade so8t_lib to read it")
+    arch = fields["general.architecture"].contents() if "general.architecture" in fields else None
+    meta["block_count"] = fields[f"{arch}.block_count"].contents() if f"{arch}.block_count" in fields else None
+    if meta["block_count"] is not None and (not _whole(meta["block_count"]) or meta["block_count"] < 1):
+        raise GGUFError(f"{path}: {arch}.block_count {meta['block_count']!r} is not a layer count (an integer >= 1)")
+    meta["block_count"] = None if meta["block_count"] is None else int(meta["block_count"])
     # hidden-state indices the head reads (HF numbering); files written before it read the final norm only
-    meta["so8t.read_layers"] = [int(i) for i in fields["so8t.read_layers"].contents()] \
+    meta["so8t.read_layers"] = _read_layers(path, fields["so8t.read_layers"].contents(), meta["block_count"]) \
         if "so8t.read_layers" in fields else []
     meta[NORMALIZER_KEY] = fields[NORMALIZER_KEY].contents() if NORMALIZER_KEY in fields else "none"
     if meta[NORMALIZER_KEY] not in NORMALIZERS:
         raise GGUFError(f"{path}: {NORMALIZER_KEY} {meta[NORMALIZER_KEY]!r} is none of {NORMALIZERS}; a newer so8t "
                         "wrote it, upgrade so8t_lib to read it")
-    arch = fields["general.architecture"].contents() if "general.architecture" in fields else None
-    meta["block_count"] = int(fields[f"{arch}.block_count"].contents()) if f"{arch}.block_count" in fields else None
-    if int(meta["so8t.format"]) > SO8T_FORMAT:
-        raise GGUFError(f"{path}: so8t.format {meta['so8t.format']} is newer than this library ({SO8T_FORMAT})")
     head = {}
     for key in meta["so8t.head.keys"]:
         try:
-            shape = [int(s) for s in value(f"so8t.head.{key}.shape")]
-            flat = np.asarray(value(f"so8t.head.{key}"), dtype=np.float32)
+            shape = value(f"so8t.head.{key}.shape")
+            if not isinstance(shape, list) or not all(_whole(s) for s in shape):  # [2.7] read as 2
+                raise TypeError("a shape holds integers")
+            shape = [int(s) for s in shape]
+            flat = np.asarray(value(f"so8t.head.{key}"))
+            if flat.dtype.kind not in "fiu":  # strings, bools
+                raise TypeError("the values are numbers")
+            flat = flat.astype(np.float32)
         except (TypeError, ValueError):
             raise GGUFError(f"{path}: so8t.head.{key} or its shape is not a list of numbers") from None
         if not shape or min(shape) < 1 or flat.size != int(np.prod(shape)):
@@ -81,13 +96,14 @@ def read_metadata(path: str | Path) -> dict:
             raise GGUFError(f"{path}: so8t.head.{key} holds values that are not finite; export the checkpoint again")
         head[key] = flat.reshape(shape)
     meta["head"] = head
-    try:
-        temperature = float(meta["so8t.temperature"])
-    except (TypeError, ValueError):
-        temperature = float("nan")
+    temperature = float(meta["so8t.temperature"]) if _real(meta["so8t.temperature"]) else float("nan")
     if not (np.isfinite(temperature) and temperature > 0):  # a negative one turns the head's ranking upside down
         raise GGUFError(f"{path}: so8t.temperature {meta['so8t.temperature']!r} is not a positive number; export the "
                         "checkpoint again")
+    threshold = float(meta["so8t.threshold"]) if _real(meta["so8t.threshold"]) else float("nan")
+    if not 0 <= threshold <= 1:  # NaN included
+        raise GGUFError(f"{path}: so8t.threshold {meta['so8t.threshold']!r} is not a probability (a number from 0 "
+                        "to 1); export the checkpoint again")
     meta["general.file_type"] = int(fields["general.file_type"].contents()) if "general.file_type" in fields else None
     meta["tensor_count"] = len(reader.tensors)
     if REFIT_KEY in fields:  # a head refitted to this file's own states (export.head_refit) says how
@@ -99,6 +115,31 @@ def read_metadata(path: str | Path) -> dict:
         if key in fields:
             meta[key] = fields[key].contents()
     return meta
+
+
+def _whole(value) -> bool:
+    """An integer stored as one: not a bool (GGUF has its own type for those), not a float (2.7 read as layer 2)."""
+    return isinstance(value, int | np.integer) and not isinstance(value, bool | np.bool_)
+
+
+def _real(value) -> bool:
+    """A number stored as one: a string "0.5" or a bool is not a temperature or a threshold."""
+    return isinstance(value, int | float | np.integer | np.floating) and not isinstance(value, bool | np.bool_)
+
+
+def _read_layers(path: Path, layers, block_count: int | None) -> list[int]:
+    """``so8t.read_layers`` checked: distinct integers, each a hidden state the file's ``block_count`` layers have
+    (1 .. block_count, HF numbering). A float, a string or -1 raised a bare ValueError or read another layer."""
+    if not isinstance(layers, list) or not all(_whole(i) for i in layers):
+        raise GGUFError(f"{path}: so8t.read_layers {layers!r} is not a list of integers (hidden-state indices); "
+                        "export the checkpoint again")
+    if layers and block_count is None:
+        raise GGUFError(f"{path}: so8t.read_layers {layers} names layers, but the file has no block_count to check "
+                        "them against; export the checkpoint again")
+    if any(not 1 <= i <= block_count for i in layers) or len(set(layers)) != len(layers):
+        raise GGUFError(f"{path}: so8t.read_layers {layers} are not distinct hidden states 1..{block_count} of the "
+                        f"file's {block_count} layers; export the checkpoint again")
+    return [int(i) for i in layers]
 
 
 # ----- integrity: a sha256 sidecar beside every exported file -----------------------------------------

@@ -69,9 +69,14 @@ def safety_head_from(path: Path, meta: dict) -> SafetyHeadB:
     state = {k: torch.from_numpy(v.copy()) for k, v in meta["head"].items()}
     state["temperature"] = torch.tensor(float(meta["so8t.temperature"]))
     try:
-        return SafetyHeadB.from_state_dict(state, pooling=meta["so8t.pooling"])
-    except (RuntimeError, ValueError, KeyError) as exc:  # shapes that do not chain into a head
+        head = SafetyHeadB.from_state_dict(state, pooling=meta["so8t.pooling"])
+    except (RuntimeError, ValueError, KeyError, IndexError) as exc:  # shapes that do not chain into a head
         raise GGUFError(f"{path}: the so8t.head.* tensors do not make a safety head ({exc})") from None
+    outputs = head.net[-1].out_features
+    if outputs != len(meta["so8t.labels"]):  # 2 or 4 columns: decisions read by position would name wrong labels
+        raise GGUFError(f"{path}: the so8t.head.* output layer gives {outputs} probabilities, so8t.labels names "
+                        f"{len(meta['so8t.labels'])} ({', '.join(meta['so8t.labels'])}); export the checkpoint again")
+    return head
 
 
 class HeldFile:
