@@ -23,6 +23,7 @@ from ..core.paths import project_relative
 from ..core.schema import ADAPTER_FILE, BASE_DIR
 from ..data.benchmarks import load_any
 from ..data.tables import stratified_sample
+from ..export.gguf_meta import GGUFError, read_metadata
 from ..model.so8t import SO8TModel
 from .latency import measure_latency
 from .report import safety_report
@@ -70,10 +71,24 @@ def _size_mib(name: str, path: Path) -> float | None:
     return (_dir_size(path / BASE_DIR) + (path / ADAPTER_FILE).stat().st_size) / 2**20
 
 
+def same_model_version(version: str, checkpoint: Path, gguf_files: list[Path]) -> None:
+    """GGUFError unless every file's ``so8t.model_version`` is the checkpoint's ``version``: a file another
+    export left in dist (another model) was scored as a rung of this checkpoint, its disagreement read as
+    quantization error."""
+    other = {path: read_metadata(path)["so8t.model_version"] for path in gguf_files}
+    other = {path: found for path, found in other.items() if found != version}
+    if other:
+        said = "; ".join(f"{path} is {found}" for path, found in other.items())
+        raise GGUFError(f"not exported from {checkpoint} ({version}): {said}. Compare files with the checkpoint they "
+                        f"were exported from, or export this one again (so8t export {checkpoint} --quant ...)")
+
+
 def compare(checkpoint: str | Path, gguf_files: list[str | Path], data: str = "test", latency_requests: int = 32,
             throughput_requests: int = 128, generate_tokens: int = 32, max_rows: int | None = None) -> pd.DataFrame:
     """One row per backend (``hf-fp32`` first, then each GGUF file), columns as the module says; ``max_rows``
-    scores a stratified sample of the data (a 270M base on a CPU: every backend on every row takes long)."""
+    scores a stratified sample of the data (a 270M base on a CPU: every backend on every row takes long).
+    Every file must have been exported from ``checkpoint`` (its ``so8t.model_version``); GGUFError otherwise,
+    once the checkpoint is loaded and before any GGUF file is."""
     from ..serve.gguf_backend import GGUFBackend
 
     table = load_any(data)
@@ -91,6 +106,8 @@ def compare(checkpoint: str | Path, gguf_files: list[str | Path], data: str = "t
         start = time.perf_counter()
         decider = SO8TModel.load(path, load_in_4bit=False, dtype="float32") if name == "hf-fp32" else GGUFBackend(path)
         load_s = time.perf_counter() - start
+        if name == "hf-fp32" and len(backends) > 1:
+            same_model_version(decider.model_version, path, [file for _, file in backends[1:]])
         probs = np.full((len(table), 3), np.nan)
         if requests:
             probs[inputs.positions] = np.asarray(decider.decide(requests, contexts, batch_size=32).numpy(), dtype=float)

@@ -3,13 +3,25 @@
 Quantized files come from ``llama_cpp.llama_model_quantize``, which copies all metadata, so every
 rung of the ladder still carries SafetyHeadB. Every file written gets a sha256 sidecar
 (``gguf_meta.write_sha256_sidecar``), which the runtime's GGUF backend checks before loading.
+
+After an export, ``out_dir`` holds only its rungs of the model's name: ``<name>-<rung>.gguf`` files (and sidecars)
+an earlier export left there are removed, each named on stderr, since beside the new files they passed every
+check while being another model version. Files are staged in a locked ``.export-*`` folder in ``out_dir``,
+removed however the export ends (SIGTERM and SIGHUP included); one a killed export left is removed by the next.
 """
 
 from __future__ import annotations
 
+import fcntl
 import os
+import shutil
+import signal
+import sys
 import tempfile
-from collections.abc import Callable
+import threading
+import time
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
 from pathlib import Path
 
 from ..core.checkpoint import resolve_checkpoint
@@ -22,6 +34,16 @@ from .source_tensors import take_source_tensors
 
 # the ladder make demo writes; Q4_K_M_T8 is Q4_K_M with the trained layers at Q8_0 (export.mixed)
 QUANT_TYPES = ("Q8_0", "Q4_K_M", "Q4_K_M_T8", "Q4_K_S", "IQ4_XS")
+# every rung an export writes (file <name>-<rung>.gguf): the files of a model name an export replaces as a whole
+RUNG_LABELS = ("f16", "f32") + tuple(q.lower() for q in QUANT_TYPES)
+# staging folders in out_dir: .export- (this version, locked while in use), .mix- (helpers, earlier versions)
+STAGING_PREFIXES = (".export-", ".mix-")
+# written into a staging folder once its export holds the folder's lock: a lockable folder with it is a dead export's
+OWNER_FILE = ".so8t-export-owner"
+# a staging folder without OWNER_FILE (an earlier version's, or one in the instant before its lock) is left alone
+# until nothing in it has changed for this long
+UNLOCKED_STALE_S = 3600.0
+STOP_SIGNALS = (signal.SIGTERM, signal.SIGHUP)
 
 
 def quantize(source: str | Path, target: str | Path, quant: str) -> Path:
@@ -113,11 +135,12 @@ def export(checkpoint: str | Path, out_dir: str | Path = "dist", quants: list[st
     source = base_source_file(model.config) if source_tensors else None
     # every file is made in a staging folder and moved in only once all of them are: a failed export leaves
     # out_dir as it was, never this export's f16 beside the last one's quantized files
-    with tempfile.TemporaryDirectory(dir=out_dir, prefix=".export-") as staging, \
-            tempfile.TemporaryDirectory(dir=out_dir, prefix=".mix-") as aside:
-        f16_path = Path(staging) / f"{name}-f16.gguf"
+    with _StopSignals() as stop, _staging(out_dir) as staging:
+        aside = staging / "mix"
+        aside.mkdir()
+        f16_path = staging / f"{name}-f16.gguf"
         for label, quant in tqdm(jobs, desc="gguf", unit="file", disable=not progress):
-            target = Path(aside if quant in helpers else staging) / f"{name}-{label.lower()}.gguf"
+            target = (aside if quant in helpers else staging) / f"{name}-{label.lower()}.gguf"
             if quant is None:
                 written.append(write_gguf(model, target, label, folder, threshold))
                 write_sha256_sidecar(written[-1])
@@ -140,7 +163,12 @@ def export(checkpoint: str | Path, out_dir: str | Path = "dist", quants: list[st
         if len({path.name for path in written}) != len(written):  # never begin a move that cannot finish
             raise GGUFError(f"the export staged two files of one name ({', '.join(p.name for p in written)}); "
                             f"nothing was moved into {out_dir}")
-        return [_move_in(path, out_dir) for path in written]
+        with stop.held():  # a SIGTERM now waits until out_dir holds this export's files and no others
+            placed = [_move_in(path, out_dir) for path in written]
+            for path in _remove_other_rungs(out_dir, name, placed):
+                print(f"removed {path}: an earlier export's file of {name}, which this export did not write (left "
+                      "beside the new files it would pass for the current model)", file=sys.stderr)
+        return placed
 
 
 def _move_in(path: Path, out_dir: Path) -> Path:
@@ -150,3 +178,113 @@ def _move_in(path: Path, out_dir: Path) -> Path:
     os.replace(sidecar_path(path), sidecar_path(target))
     return target
 
+
+def _remove_other_rungs(out_dir: Path, name: str, placed: list[Path]) -> list[Path]:
+    """Remove the ``<name>-<rung>.gguf`` files (and sidecars, orphaned ones too) in ``out_dir`` that are not
+    ``placed``: an earlier export's q4_k_m beside this one's f16 and q8_0 verified against its own sidecar and
+    was served, compared and listed as if it were the current model. Returns what was removed."""
+    keep = {path.name for path in placed}
+    removed = []
+    for label in RUNG_LABELS:
+        path = out_dir / f"{name}-{label}.gguf"
+        if path.name in keep:
+            continue
+        for stale in (path, sidecar_path(path)):
+            if stale.is_file() or stale.is_symlink():
+                stale.unlink()
+                removed.append(stale)
+    return removed
+
+
+class _StopSignals:
+    """SIGTERM and SIGHUP raise SystemExit (status 128 + signal) while an export runs, so its staging folder is
+    removed: by default they ended the process on the spot, leaving gigabytes of staged GGUFs in out_dir. Only
+    where the signal has its default action and in the main thread (the only one Python lets set handlers);
+    ``held()`` defers the exit to the end of a block that must not stop half-way."""
+
+    def __init__(self) -> None:
+        self._previous: dict[int, object] = {}
+        self._holding = False
+        self._pending: int | None = None
+
+    def __enter__(self) -> _StopSignals:
+        if threading.current_thread() is threading.main_thread():
+            for number in STOP_SIGNALS:
+                if signal.getsignal(number) == signal.SIG_DFL:
+                    self._previous[number] = signal.signal(number, self._stop)
+        return self
+
+    def __exit__(self, *exc) -> None:
+        for number, handler in self._previous.items():
+            signal.signal(number, handler)
+
+    def _stop(self, number: int, frame) -> None:
+        if self._holding:
+            self._pending = number
+            return
+        raise SystemExit(128 + number)
+
+    @contextmanager
+    def held(self) -> Iterator[None]:
+        self._holding = True
+        try:
+            yield
+        finally:
+            self._holding = False
+            if self._pending is not None:  # the signal wins over an error in the block: the process was told to end
+                raise SystemExit(128 + self._pending)  # noqa: B012
+
+
+@contextmanager
+def _staging(out_dir: Path) -> Iterator[Path]:
+    """A staging folder in ``out_dir``, locked (``flock``) while this export runs so that another export's
+    ``_remove_stale_staging`` leaves it alone, and removed however the export ends. Stale ones go first."""
+    for folder in _remove_stale_staging(out_dir):
+        print(f"removed {folder}: the staging folder of an export that did not finish (killed or crashed)",
+              file=sys.stderr)
+    folder = Path(tempfile.mkdtemp(dir=out_dir, prefix=STAGING_PREFIXES[0]))
+    handle = None
+    try:
+        handle = os.open(folder, os.O_RDONLY | os.O_DIRECTORY)
+        fcntl.flock(handle, fcntl.LOCK_EX)
+        (folder / OWNER_FILE).write_text(f"{os.getpid()}\n", encoding="ascii")
+        yield folder
+    finally:
+        shutil.rmtree(folder, ignore_errors=True)
+        if handle is not None:
+            os.close(handle)  # the lock goes with it
+
+
+def _remove_stale_staging(out_dir: Path) -> list[Path]:
+    """Remove the staging folders in ``out_dir`` no running export holds: a locked one is in use; one this version
+    wrote (OWNER_FILE) whose lock is free belongs to a dead export; one without it only once idle for
+    UNLOCKED_STALE_S (an earlier version's, or a new one in the instant before its lock). Returns what went."""
+    removed = []
+    for folder in sorted(out_dir.iterdir()):
+        if not folder.name.startswith(STAGING_PREFIXES) or folder.is_symlink() or not folder.is_dir():
+            continue
+        try:
+            handle = os.open(folder, os.O_RDONLY | os.O_DIRECTORY)
+        except OSError:
+            continue
+        try:
+            fcntl.flock(handle, fcntl.LOCK_EX | fcntl.LOCK_NB)
+            if (folder / OWNER_FILE).is_file() or time.time() - _last_change(folder) > UNLOCKED_STALE_S:
+                shutil.rmtree(folder, ignore_errors=True)
+                removed.append(folder)
+        except BlockingIOError:  # a running export's
+            pass
+        finally:
+            os.close(handle)
+    return removed
+
+
+def _last_change(folder: Path) -> float:
+    """The newest mtime of a folder and everything in it (a quantize in progress grows its file)."""
+    times = [folder.stat().st_mtime]
+    for path in folder.rglob("*"):
+        try:
+            times.append(path.lstat().st_mtime)
+        except OSError:
+            continue
+    return max(times)
