@@ -74,6 +74,10 @@ def test_an_export_removes_the_rungs_an_earlier_export_left_and_says_so(ladder, 
     for path in out.glob(f"{NAME}-*.gguf"):
         if path.name.count("-") == 2:
             assert verify_sha256_sidecar(path) and read_metadata(path)["so8t.model_version"] == version
+    # a rung of this very model version, exported one type at a time, stays beside the next one
+    assert so8t(["export", str(second), "--out", str(out), "--quant", "Q4_K_M"]) == 0
+    assert "removed" not in capsys.readouterr().err
+    assert {f"{NAME}-q8_0.gguf", f"{NAME}-q4_k_m.gguf"} <= {p.name for p in out.iterdir()}
 
 
 def test_a_failed_export_removes_nothing(ladder, tmp_path, monkeypatch):

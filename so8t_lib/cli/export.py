@@ -8,9 +8,9 @@
 Export merges LoRA, folds the SO(8) gates into ``o_proj``, writes ``dist/<name>-f16.gguf`` (and
 f32), then quantizes it with llama.cpp; files are named ``<out>/<name>-<type>.gguf``.
 
-Afterwards --out holds this export's files of <name> only: every other <name>-<type>.gguf (and .sha256) there, an
-earlier export's rung, is removed, each named on stderr (beside the new files it passed every check while being
-another model version); keep a ladder by exporting it to another --out. Files are staged in a hidden
+Afterwards --out holds no <name>-<type>.gguf (and .sha256) of another model version: an earlier export's rung of
+another checkpoint is removed, each named on stderr (beside the new files it passed every check); rungs of the same
+model version stay. Keep an older model's ladder by exporting the new one to another --out. Files are staged in a hidden
 --out/.export-* folder, removed however the export ends (Ctrl-C, SIGTERM, an error); one a killed export left
 is removed by the next export into that --out.
 """

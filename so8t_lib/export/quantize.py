@@ -4,9 +4,9 @@ Quantized files come from ``llama_cpp.llama_model_quantize``, which copies all m
 rung of the ladder still carries SafetyHeadB. Every file written gets a sha256 sidecar
 (``gguf_meta.write_sha256_sidecar``), which the runtime's GGUF backend checks before loading.
 
-After an export, ``out_dir`` holds only its rungs of the model's name: ``<name>-<rung>.gguf`` files (and sidecars)
-an earlier export left there are removed, each named on stderr, since beside the new files they passed every
-check while being another model version. Files are staged in a locked ``.export-*`` folder in ``out_dir``,
+After an export, ``out_dir`` holds no rung of the model's name from another model version: such
+``<name>-<rung>.gguf`` files (and sidecars) an earlier export left there are removed, each named on stderr, since
+beside the new files they passed every check; rungs of the same version stay. Files are staged in a locked ``.export-*`` folder in ``out_dir``,
 removed however the export ends (SIGTERM and SIGHUP included); one a killed export left is removed by the next.
 """
 
@@ -26,7 +26,7 @@ from pathlib import Path
 
 from ..core.checkpoint import resolve_checkpoint
 from ..model.so8t import SO8TModel
-from .gguf_meta import DEFAULT_THRESHOLD, GGUFError, sidecar_path, write_sha256_sidecar
+from .gguf_meta import DEFAULT_THRESHOLD, GGUFError, read_metadata, sidecar_path, write_sha256_sidecar
 from .gguf_writer import write_gguf
 from .head_refit import check_refittable
 from .mixed import MIXED_TYPES, describe, splice, trained_tensor_prefixes
@@ -181,19 +181,30 @@ def _move_in(path: Path, out_dir: Path) -> Path:
 
 def _remove_other_rungs(out_dir: Path, name: str, placed: list[Path]) -> list[Path]:
     """Remove the ``<name>-<rung>.gguf`` files (and sidecars, orphaned ones too) in ``out_dir`` that are not
-    ``placed``: an earlier export's q4_k_m beside this one's f16 and q8_0 verified against its own sidecar and
-    was served, compared and listed as if it were the current model. Returns what was removed."""
+    ``placed`` and hold another model version than they do, or none that can be read: an earlier export's q4_k_m
+    beside this one's f16 and q8_0 verified against its own sidecar and was served, compared and listed as if it
+    were the current model. A rung of this very model version (exported before, one type at a time) stays.
+    Returns what was removed."""
     keep = {path.name for path in placed}
+    version = read_metadata(placed[0])["so8t.model_version"] if placed else None
     removed = []
     for label in RUNG_LABELS:
         path = out_dir / f"{name}-{label}.gguf"
-        if path.name in keep:
+        if path.name in keep or (path.is_file() and _version_of(path) == version):
             continue
         for stale in (path, sidecar_path(path)):
             if stale.is_file() or stale.is_symlink():
                 stale.unlink()
                 removed.append(stale)
     return removed
+
+
+def _version_of(path: Path) -> str | None:
+    """A GGUF's so8t.model_version, None for a file that is not a readable SO8T export."""
+    try:
+        return read_metadata(path)["so8t.model_version"]
+    except (GGUFError, OSError, ValueError):
+        return None
 
 
 class _StopSignals:
