@@ -1,9 +1,9 @@
 """Step 2: validate the extracted rows and make a data folder to train on, the corpus test split untouched.
 
 - every row is validated as any data file is (``data.tables``: label, category, language, lengths);
-- a row whose request and context are already in the corpus (any split, as the model reads them: NFKC,
-  case folded, invisible characters out) is dropped: it
-  adds nothing, or it contradicts a reviewed label of the corpus (both are counted);
+- a row whose request and context are already in the corpus (any split, compared as ``load_table`` compares rows:
+  NFKC, case folded, invisible characters, punctuation and spacing out) is dropped: it adds nothing, or it
+  contradicts a reviewed label of the corpus, which training would refuse (both are counted);
 - a row that is a near copy (character 4-gram Jaccard >= 0.5, the corpus's own threshold) of a val or
   test request, or whose request or context is equal (``bare_text``) or near to a public benchmark prompt, is
   dropped: training on it would leak into the evaluation the gate relies on;
@@ -27,6 +27,8 @@ import json
 import shutil
 from pathlib import Path
 
+import pandas as pd
+
 from ...core.checkpoint import atomic_folder
 from ...core.io import sha256_file
 from ...core.paths import BENCHMARKS_DIR, CORPUS_DIR
@@ -41,7 +43,7 @@ from ...data.corpus.neardup import (
 )
 from ...data.corpus.splits import read_split
 from ...data.corpus.text import bare_text, stable_int, visible_text
-from ...data.tables import load_table, read_records
+from ...data.tables import asked_keys, load_table, read_records
 
 VAL_SHARE = 10  # one family in VAL_SHARE goes to val
 REPORT_FILE = "preprocess.json"
@@ -55,9 +57,13 @@ def _lines(rows: list[dict]) -> str:
     return "".join(json.dumps(r, ensure_ascii=False) + "\n" for r in rows)
 
 
-def _asked(row: dict) -> tuple[str, str]:
-    """What the gate was asked, as the model reads it: the label belongs to the request and its context."""
-    return visible_text(row["user_request"]), visible_text(row.get("context") or "")
+def _asked(rows: list[dict]) -> list[str]:
+    """What each row asks, keyed as ``load_table`` keys its label-conflict check (``asked_keys``: a "?" or a
+    zero-width space makes no other request): a row that load_table would find contradicting a corpus row is
+    dropped here, not kept for training to refuse."""
+    table = pd.DataFrame({"context": [r.get("context") or "" for r in rows],
+                          "user_request": [r.get("user_request") or "" for r in rows]})
+    return asked_keys(table).tolist() if rows else []
 
 
 def benchmark_guard(benchmarks_dir: str | Path | None) -> dict:
@@ -90,12 +96,13 @@ def preprocess(rows_file: str | Path, out: str | Path, corpus_dir: str | Path = 
     new = [{**row, **{k: extra[row["id"]].get(k) for k in ("request_id", "case_id", "origin", "decided_at")}}
            for row in table.to_dict("records")]
     corpus = {split: read_split(corpus_dir, split) for split in ("train", "val", "test")}
-    seen = {_asked(r): (split, r["label"]) for split, part in corpus.items() for r in part}
+    every = [(split, r) for split, part in corpus.items() for r in part]
+    seen = dict(zip(_asked([r for _, r in every]), [(split, r["label"]) for split, r in every]))
     dropped: dict[str, list[str]] = {"in_corpus": [], "contradicts_corpus": [], "near_val_or_test": [],
                                      "near_benchmark": []}
     kept = []
-    for row in new:
-        found = seen.get(_asked(row))
+    for row, asked in zip(new, _asked(new)):
+        found = seen.get(asked)
         if found is None:
             kept.append(row)
         else:
