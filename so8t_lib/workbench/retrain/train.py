@@ -33,6 +33,7 @@ from ...core.schema import (
 )
 from ...model.so8t import SO8TModel
 from ...train.collate import SafetyCollator
+from ...train.optim import rng_state, set_rng_state
 from ...train.state_cache import FrozenStates
 from ...train.trainer import Trainer
 from ..pipeline import calibrate_run
@@ -88,6 +89,16 @@ class ContinuedTrainer(Trainer):
         folder = resolve_checkpoint(serving)
         verify_manifest(folder)
         self.serving = folder
+        # loading draws from the RNGs, which a resume has just restored from last/: the steps would draw other
+        # dropout masks and sampled positions than the uninterrupted run's, so they are put back as they were
+        rng = rng_state()
+        try:
+            self._start_from(folder, resume)
+        finally:
+            set_rng_state(rng)
+
+    def _start_from(self, folder: Path, resume: bool) -> None:
+        """The serving checkpoint's base (when it travels with it) and, unless resuming, its adapters."""
         with torch.no_grad():
             if (folder / BASE_DIR).is_dir():  # a random base travels with its checkpoint: take it from there
                 loaded = SO8TModel.load(folder)
@@ -103,7 +114,6 @@ class ContinuedTrainer(Trainer):
         if self.frozen is not None:  # the cached lower-layer states must come from the loaded weights
             self.frozen = FrozenStates.build(self.model, self.split, self.train_rows + self.val_rows, self.collate,
                                              self.tcfg.eval_batch_size, progress=self.main)
-
 
     def _adopt_tokenizer(self, folder: Path, tokenizer) -> None:
         """The tiny preset's tokenizer is built from the corpus train split, so a serving checkpoint made
