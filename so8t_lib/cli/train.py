@@ -13,9 +13,16 @@ import sys
 import warnings
 from pathlib import Path
 
-from ..core.config import config_differences, load_config
+from ..core.checkpoint import CheckpointError
+from ..core.config import ConfigError, config_differences, load_config
 from ..core.schema import BEST_DIR, RUN_CONFIG_FILE
+from ..data.tables import DataError
+from ..train.val_checks import TrainingDiverged
 from ..workbench.pipeline import config_of_run, train_and_calibrate
+
+# a user's mistake (a config, the data, the run folder, a checkpoint, learning rates that diverge): named in one
+# line, no traceback
+ERRORS = (ConfigError, DataError, CheckpointError, FileExistsError, OSError, TrainingDiverged)
 
 
 def main(argv: list[str] | None = None) -> None:
@@ -26,6 +33,13 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("overrides", nargs="*", help="key=value, e.g. training.max_steps=50")
     args = parser.parse_args(argv)
     warnings.filterwarnings("ignore", message=".*is_gradient_checkpointing.*")
+    try:
+        _train(args)
+    except ERRORS as exc:
+        sys.exit(f"error: {exc}")
+
+
+def _train(args: argparse.Namespace) -> None:
     config = load_config(args.config, args.overrides)
     run_dir = Path(config.training.output_dir)
     if args.resume and (run_dir / RUN_CONFIG_FILE).is_file():

@@ -70,6 +70,7 @@ class RunCheckpoints:
         saved = load_trainer_state(self.run_dir, self.config)
         check_same_base(last, self.model.base_record(), self.config.model)
         check_same_data(saved.get("data_fingerprint"), self.data_fingerprint, last, self.config.training.data_dir)
+        check_same_world(saved.get("world_size"), self.accelerator.num_processes, last)
         self.state = trainer_state_from(saved, last)
         self.model.load_adapter(last / ADAPTER_FILE)
         self.opt_task.load_state_dict(saved["opt_task"])
@@ -93,6 +94,7 @@ class RunCheckpoints:
                     "sched_task": self.sched_task.state_dict(), "sched_safety": self.sched_safety.state_dict(),
                     "state": asdict(state or self.state), "rng": rng,
                     "config_fingerprint": self.config.fingerprint(), "data_fingerprint": self.data_fingerprint,
+                    "world_size": self.accelerator.num_processes,
                 }, tmp / TRAINER_STATE_FILE)
         self._last_save = time.monotonic()
         self.accelerator.wait_for_everyone()
@@ -204,6 +206,24 @@ def _rows_digest(rows: list[dict]) -> dict:
         ids.update(f"{row.get('id')}\n".encode())
         contents.update(json.dumps(row, sort_keys=True, ensure_ascii=False, default=str).encode() + b"\n")
     return {"rows": len(rows), "ids": ids.hexdigest(), "contents": contents.hexdigest()}
+
+
+def check_same_world(saved: int | None, now: int, last: Path) -> None:
+    """CheckpointError when ``last/`` was saved by a run on another number of processes: its data position counts
+    batches of (processes x batch_size) rows, so under another count the resumed steps would train rows of the epoch
+    again (or skip some). A state saved before the count was recorded is resumed with a warning (nothing to compare;
+    most such runs were single-process)."""
+    if saved is None:
+        warnings.warn(f"{last / TRAINER_STATE_FILE} records no process count (an older version wrote it): the resume "
+                      f"cannot check that the run was started on {now} process(es) as it goes on now", stacklevel=2)
+        return
+    if int(saved) != now:
+        launch = "so8t train ... --resume" if saved == 1 else \
+            f"torchrun --nproc_per_node {saved} -m so8t_lib.train ... --resume"
+        raise CheckpointError(f"{last}: the run was trained on {saved} process(es) and this resume runs on {now}; its "
+                              f"data position counts batches of {saved} x training.batch_size rows, so the resumed "
+                              f"steps would train other rows than the run's. Resume on {saved} process(es) "
+                              f"({launch}), or start a new run in another training.output_dir")
 
 
 def check_same_data(saved: dict | None, current: dict[str, dict], last: Path, data_dir: str) -> None:

@@ -21,7 +21,6 @@ import gc
 import json
 import math
 import random
-import signal
 import sys
 import time
 import warnings
@@ -35,10 +34,10 @@ from accelerate import Accelerator
 from tqdm.auto import tqdm
 
 from ..core.config import SO8TConfig, load_config
-from ..core.metrics import headline_metrics, select_metric
+from ..core.io import atomic_write_text
+from ..core.metrics import select_metric
 from ..core.schema import (
     BEST_DIR,
-    LABELS,
     LAST_DIR,
     RUN_CONFIG_FILE,
     RUN_METRICS_FILE,
@@ -46,6 +45,7 @@ from ..core.schema import (
 from ..data.tables import requests_and_contexts
 from ..data.training_split import training_tables
 from ..model.so8t import SO8TModel
+from .boundary_sync import SignalFlag, StopRequested, agreed_max
 from .collate import SafetyCollator, table_rows
 from .head_init import warm_start_head
 from .losses import composite_loss
@@ -53,19 +53,15 @@ from .optim import build_optimizers, epoch_order, length_grouped_order
 from .resume import RunCheckpoints, StepBoundary, TrainerState, data_fingerprint
 from .run_folder import check_fresh
 from .state_cache import FrozenStates, check_frozen_below, decide_from_states
+from .val_checks import TrainingDiverged, check_metric_measurable, scored
 
-
-class StopRequested(Exception):
-    """SIGINT/SIGTERM arrived; the loop saves and leaves at the next step boundary."""
-
+__all__ = ["StopRequested", "Trainer", "TrainingDiverged", "run_config", "train"]
 
 # ----- building blocks ----------------------------------------------------------------------------
 @torch.no_grad()
 def val_metrics(model: SO8TModel, rows: list[dict], batch_size: int) -> dict:
     """Decide on the validation rows (argmax) and score them (definitions in so8t_lib.core.metrics)."""
-    probs = model.decide(*requests_and_contexts(rows), batch_size=batch_size)
-    pred = [LABELS[i] for i in probs.argmax(-1).tolist()]
-    return headline_metrics([r["label"] for r in rows], pred)
+    return scored(rows, model.decide(*requests_and_contexts(rows), batch_size=batch_size))
 
 
 # ----- the loop -----------------------------------------------------------------------------------
@@ -81,7 +77,7 @@ class Trainer(RunCheckpoints):
                                        cpu=not torch.cuda.is_available())
         self.main = self.accelerator.is_main_process
         self.state = TrainerState()
-        self._stop_signal: int | None = None
+        self._stop = SignalFlag()
         self._last_save = time.monotonic()
         self.boundary = StepBoundary()  # what an error inside a step saves
 
@@ -106,6 +102,7 @@ class Trainer(RunCheckpoints):
         train, val = training_tables(self.tcfg.data_dir, self.tcfg.train_max_rows, self.tcfg.eval_max_rows,
                                      self.tcfg.data_seed)
         self.train_rows, self.val_rows = table_rows(train), table_rows(val)
+        check_metric_measurable(self.tcfg.early_stopping.metric, self.val_rows, self.tcfg.data_dir)
         self.data_fingerprint = data_fingerprint(self.train_rows, self.val_rows)  # a resume must find the same rows
         self.collate = SafetyCollator(self.model.tokenizer, self.tcfg.max_length, self.model.system_prompt,
                                       self.tcfg.max_target_tokens)
@@ -218,6 +215,9 @@ class Trainer(RunCheckpoints):
             self.sched_safety.step()
         self.opt_task.zero_grad(set_to_none=True)
         self.opt_safety.zero_grad(set_to_none=True)
+        if not bool(torch.stack([torch.isfinite(p).all() for p in params]).all()):  # an overflowing update
+            raise TrainingDiverged(f"step {self.state.step + 1}: the update made weights that are not finite numbers: "
+                                   "the run diverged; lower the learning rates", weights_usable=False)
         self.state.step += 1
         totals.update(grad_norm=float(grad_norm), tokens=n_tokens * self.accelerator.num_processes,
                       world_size=self.accelerator.num_processes,
@@ -231,9 +231,8 @@ class Trainer(RunCheckpoints):
         if self.frozen is None:
             report = val_metrics(self.model, self.val_rows, self.tcfg.eval_batch_size)
         else:  # the same decisions from the cached lower layers (only the layers above run)
-            probs = decide_from_states(self.model, self.split, self.frozen, self.val_rows, self.collate,
-                                       self.tcfg.eval_batch_size)
-            report = headline_metrics([r["label"] for r in self.val_rows], [LABELS[i] for i in probs.argmax(-1)])
+            report = scored(self.val_rows, decide_from_states(self.model, self.split, self.frozen, self.val_rows,
+                                                              self.collate, self.tcfg.eval_batch_size))
         metric_name = self.tcfg.early_stopping.metric
         value = select_metric(report, metric_name)
         if select and value is None:  # it would never improve: no best/, and early stopping after `patience` evals
@@ -259,14 +258,11 @@ class Trainer(RunCheckpoints):
         return {"value": value, "improved": improved}
 
     # --- the loop --------------------------------------------------------------------------------
-    def _on_signal(self, signum, frame) -> None:  # noqa: ARG002 - signal handler signature
-        self._stop_signal = signum
-
     def run(self) -> Path:
         if self.main:
             self.run_dir.mkdir(parents=True, exist_ok=True)
-            (self.run_dir / RUN_CONFIG_FILE).write_text(self.config.to_yaml(), encoding="utf-8")
-        previous = {s: signal.signal(s, self._on_signal) for s in (signal.SIGINT, signal.SIGTERM)}
+            atomic_write_text(self.run_dir / RUN_CONFIG_FILE, self.config.to_yaml())  # a kill never leaves it empty
+        previous = self._stop.install()
         bar = tqdm(total=self.tcfg.max_steps, initial=self.state.step, desc="training", unit="step",
                    disable=not self.main, dynamic_ncols=True)
         tokens, clock = 0, time.perf_counter()
@@ -296,35 +292,42 @@ class Trainer(RunCheckpoints):
                 bar.set_postfix(loss=f"{parts['loss']:.3f}", safety=f"{parts['safety']:.3f}",
                                 pet=f"{parts['pet']:.3f}", **{f"val_{self.tcfg.early_stopping.metric}": val_text})
                 bar.update(1)
-                due = (self.tcfg.save_every_steps and self.state.step % self.tcfg.save_every_steps == 0) or (
-                    time.monotonic() - self._last_save >= self.tcfg.autosave_minutes * 60)
+                # agreed by every process (one all-reduce), or one saves at a barrier while another trains on
+                signum, timed = agreed_max(self.accelerator, self._stop.signum or 0,
+                                           time.monotonic() - self._last_save >= self.tcfg.autosave_minutes * 60)
+                due = (self.tcfg.save_every_steps and self.state.step % self.tcfg.save_every_steps == 0) or timed
                 if due or self.state.step == self.tcfg.max_steps or self.state.stopped_early:
                     self.save(LAST_DIR)
-                if self._stop_signal is not None:
+                if signum:
+                    self._stop.signum = signum  # a process the signal has not reached yet exits the same way
                     raise StopRequested()
         except StopRequested:
             bar.close()
             self.save(LAST_DIR)
-            print(f"\nstopped by signal {self._stop_signal} at step {self.state.step}; saved {self.run_dir / 'last'}. "
+            print(f"\nstopped by signal {self._stop.signum} at step {self.state.step}; saved {self.run_dir / 'last'}. "
                   f"Continue with --resume.", file=sys.stderr)
-            raise SystemExit(128 + int(self._stop_signal)) from None
+            raise SystemExit(128 + int(self._stop.signum)) from None
+        except TrainingDiverged as exc:
+            bar.close()
+            if exc.weights_usable:
+                self._emergency_save()
+            elif self.main:  # the weights are what diverged: last/ keeps the last step saved before
+                print(f"\nthe run diverged at step {self.state.step + 1 if self.boundary.inside else self.state.step}; "
+                      f"its weights are not saved ({self.run_dir / LAST_DIR} keeps the last step saved before, if any)",
+                      file=sys.stderr)
+            raise
         except Exception:
             bar.close()
             self._emergency_save()
             raise
         finally:
-            for sig, handler in previous.items():
-                signal.signal(sig, handler)
+            self._stop.restore(previous)
         bar.close()
         return self.run_dir
 
 
 def _shown(value: float | None) -> str:
     return "n/a" if value is None else f"{value:.3f}"
-
-
-class TrainingDiverged(RuntimeError):
-    """The loss or the gradient norm stopped being a number: the weights are not updated with it."""
 
 
 def run_config(config: str | Path, gate_order: str, pet: bool, max_steps: int, seed: int, output_dir: str | Path,

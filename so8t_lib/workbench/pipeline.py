@@ -17,7 +17,7 @@ from pathlib import Path
 
 import yaml
 
-from ..core.checkpoint import recover_interrupted_swap
+from ..core.checkpoint import CheckpointError, recover_interrupted_swap
 from ..core.config import ConfigError, SO8TConfig, config_from_dict, load_config
 from ..core.io import atomic_write_text
 from ..core.paths import CONFIGS_DIR
@@ -75,7 +75,18 @@ def train_and_calibrate(config: SO8TConfig, resume: bool = False,
 def config_of_run(run_dir: Path) -> SO8TConfig:
     """The config a run was started with (a resumed run continues under it, whatever the command line says)."""
     saved = run_dir / RUN_CONFIG_FILE
-    return config_from_dict(yaml.safe_load(saved.read_text(encoding="utf-8")), source=str(saved))
+    try:
+        data = yaml.safe_load(saved.read_text(encoding="utf-8"))
+    except (OSError, UnicodeDecodeError, yaml.YAMLError) as exc:
+        data = exc
+    if not isinstance(data, dict) or not data:  # empty would read as "all defaults": another run than this one
+        what = "empty" if data is None or data == {} else \
+            f"unreadable ({' '.join(str(data).split())})" if isinstance(data, Exception) else f"not a mapping of settings ({type(data).__name__})"
+        raise CheckpointError(f"{saved} is {what}, so the config the run started with is unknown. Delete it and resume "
+                              "with the command line the run was started with (so8t train --config <its config> "
+                              "[its overrides] --resume): last/ holds that config's fingerprint, refuses any other, and "
+                              "the resume writes config.yaml again")
+    return config_from_dict(data, source=str(saved))
 
 
 def fit_width(text: str, width: int) -> str:

@@ -1,0 +1,225 @@
+"""Training runs that must end in a state a person can act on: a signal to one process of two (both stop after the
+same step, last/ saved), a resume under another process count (refused), a resumed retraining run (bit for bit the
+uninterrupted one), a diverged model (never scored nor saved as best/), an early-stopping metric the val rows cannot
+measure (refused before the first step), a damaged frozen-state cache (rebuilt), a retraining row that contradicts
+the corpus but for a "?" (dropped by preprocess), an empty config.yaml (refused), and so8t train's errors (one line,
+no traceback)."""
+
+from __future__ import annotations
+
+import contextlib
+import json
+import os
+import re
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+from safetensors.torch import load_file
+from test_train import ROOT, _config_file, _saved_step
+
+from so8t_lib.cli import main as so8t
+from so8t_lib.core.checkpoint import CheckpointError
+from so8t_lib.core.config import ConfigError, load_config
+from so8t_lib.core.paths import CORPUS_DIR
+from so8t_lib.train.resume import check_same_world
+from so8t_lib.train.state_cache import INDEX_FILE, STATES_FILE, STATES_SHA256, FrozenStates
+from so8t_lib.train.trainer import Trainer, TrainingDiverged
+from so8t_lib.workbench import retrain
+from so8t_lib.workbench.pipeline import config_of_run
+
+SMALL = ["model.tiny.num_hidden_layers=2", "model.tiny.hidden_size=64", "model.tiny.intermediate_size=128",
+         "model.tiny.num_attention_heads=2", "model.tiny.num_key_value_heads=1", "training.train_max_rows=64",
+         "training.max_length=64", "training.calibrate_temperature=false"]
+
+
+def _small(tmp_path: Path, run_dir: Path, *overrides: str) -> Path:
+    return _config_file(tmp_path, run_dir, *SMALL, *overrides)
+
+
+def _val_without_refuse(tmp_path: Path) -> Path:
+    folder = tmp_path / "data"
+    folder.mkdir()
+    for split in ("train", "test"):
+        (folder / f"{split}.jsonl").write_text((CORPUS_DIR / f"{split}.jsonl").read_text(encoding="utf-8"))
+    val = [line for line in (CORPUS_DIR / "val.jsonl").read_text(encoding="utf-8").splitlines()
+           if json.loads(line)["label"] != "REFUSE"]
+    (folder / "val.jsonl").write_text("\n".join(val[:40]) + "\n")
+    return folder
+
+
+def test_a_signal_to_one_of_two_processes_stops_both_after_the_same_step_and_saves_last(tmp_path):
+    """torchrun delivers SIGTERM to each worker at its own moment: a worker that stopped alone waited at the save's
+    barrier while the other trained on, until torchrun SIGKILLed both with no last/ written. The signal here reaches
+    one worker only, the hardest case; then that last/ refuses a resume on one process (its data position counts
+    batches of two processes' rows)."""
+    run_dir = tmp_path / "ddp"
+    config = _small(tmp_path, run_dir, "training.max_steps=400")
+    env = dict(os.environ, PYTHONUNBUFFERED="1", HF_HUB_OFFLINE="1")
+    proc = subprocess.Popen([sys.executable, "-m", "torch.distributed.run", "--nproc_per_node", "2", "--master_port",
+                             "29561", "-m", "so8t_lib.train", "--config", str(config)], cwd=ROOT, env=env,
+                            stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True, start_new_session=True)
+    workers: list[str] = []
+    try:
+        deadline = time.monotonic() + 240
+        while '"step": 2,' not in ((run_dir / "metrics.jsonl").read_text() if (run_dir / "metrics.jsonl").exists()
+                                   else ""):
+            assert proc.poll() is None and time.monotonic() < deadline, proc.communicate()[0]
+            time.sleep(0.05)
+        workers = subprocess.run(["pgrep", "-P", str(proc.pid)], capture_output=True, text=True).stdout.split()
+        assert len(workers) == 2, workers
+        os.kill(int(workers[-1]), signal.SIGTERM)
+        out, _ = proc.communicate(timeout=90)  # a deadlock waits here for gloo's 30-minute timeout
+    finally:
+        if proc.poll() is None:  # torchrun starts its workers in sessions of their own: each is killed by its id
+            for pid in workers:
+                with contextlib.suppress(ProcessLookupError):
+                    os.kill(int(pid), signal.SIGKILL)
+            os.killpg(proc.pid, signal.SIGKILL)
+            proc.wait()
+    assert out.count(f"stopped by signal {int(signal.SIGTERM)} at step") == 2, out  # both ranks, at the same step
+    steps = set(re.findall(r"stopped by signal \d+ at step (\d+)", out))
+    assert len(steps) == 1 and _saved_step(run_dir) == int(steps.pop()) >= 2, out
+    with pytest.raises(CheckpointError, match="trained on 2 process.*this resume runs on 1.*Resume on 2 process"):
+        Trainer(load_config(config), resume=True)
+
+
+def test_a_state_saved_before_the_process_count_was_recorded_is_resumed_with_a_note(tmp_path):
+    with pytest.warns(UserWarning, match="records no process count"):
+        check_same_world(None, 1, tmp_path / "last")
+    check_same_world(1, 1, tmp_path / "last")
+
+
+def test_a_resumed_retraining_run_equals_an_uninterrupted_one_bit_for_bit(tmp_path, monkeypatch):
+    """ContinuedTrainer loaded the serving checkpoint after the resume had restored the RNG states, and loading
+    draws from them: the resumed steps drew other dropout masks (loss 1.0621 instead of 1.0107 at step 4)."""
+    serving = Trainer(load_config(_small(tmp_path, tmp_path / "serving", "training.max_steps=2"))).run()
+
+    def config(name: str):
+        return retrain.retrain_config(ROOT / "configs" / "tiny-training.yaml", serving, CORPUS_DIR, tmp_path / name,
+                                      [*SMALL, "training.batch_size=4", "training.eval_every=1000",
+                                       "training.eval_max_rows=16", "training.log_every=1", "training.max_steps=6",
+                                       "training.save_every_steps=3"])
+
+    straight = retrain.train_from_serving(config("straight"), serving)
+    broken = retrain.ContinuedTrainer(config("broken"), serving)
+    real = broken.train_step
+
+    def killed():
+        if broken.state.step == 3:  # after the autosave at step 3, as a SIGKILL would leave it
+            raise RuntimeError("killed")
+        return real()
+
+    monkeypatch.setattr(broken, "train_step", killed)
+    monkeypatch.setattr("so8t_lib.workbench.retrain.train.ContinuedTrainer", lambda *a, **k: broken)
+    with pytest.raises(RuntimeError, match="killed"):
+        retrain.train_from_serving(config("broken"), serving)
+    monkeypatch.undo()
+    assert _saved_step(tmp_path / "broken") == 3
+    resumed = retrain.train_from_serving(config("broken"), serving, resume=True)
+    a, b = load_file(straight / "last" / "adapter.safetensors"), load_file(resumed / "last" / "adapter.safetensors")
+    assert a.keys() == b.keys() and all(torch.equal(a[k], b[k]) for k in a)
+
+    def losses(run):
+        return [(r["step"], r["loss"]) for r in map(json.loads, (run / "metrics.jsonl").read_text().splitlines())
+                if r["kind"] == "train"]
+
+    assert losses(straight) == losses(resumed)
+
+
+def test_a_diverged_model_is_neither_scored_nor_saved_as_best(tmp_path):
+    """At lr 1e30 the first update leaves the decisions NaN; their argmax read as ALLOW, scored, and became best/."""
+    run_dir = tmp_path / "run"
+    config = load_config(_small(tmp_path, run_dir, "training.max_steps=3", "training.eval_every=1",
+                                "training.task_optimizer.lr=1e30", "training.safety_optimizer.lr=1e30"))
+    with pytest.raises(TrainingDiverged, match="not finite numbers: the run diverged"):
+        Trainer(config).run()
+    assert not (run_dir / "best").exists() and not (run_dir / "last").exists()
+    assert '"eval"' not in (run_dir / "metrics.jsonl").read_text()
+
+
+@pytest.mark.parametrize("metric", ["refuse_recall", "safety_score"])
+def test_an_early_stopping_metric_the_val_rows_cannot_measure_is_refused_before_the_first_step(tmp_path, metric):
+    folder = _val_without_refuse(tmp_path)
+    run_dir = tmp_path / "run"
+    config = load_config(_small(tmp_path, run_dir, "training.max_steps=4", "training.eval_every=2",
+                                f"training.data_dir={folder}", f"training.early_stopping.metric={metric}"))
+    with pytest.raises(ConfigError, match=f"{metric} cannot be measured on the 16 val rows.*needs gold REFUSE rows"):
+        Trainer(config)
+    assert not run_dir.exists()  # nothing to resume, nothing in the way of a corrected run
+    Trainer(load_config(_small(tmp_path, run_dir, f"training.data_dir={folder}",
+                               "training.early_stopping.metric=macro_f1")))
+
+
+def test_a_frozen_state_cache_damaged_at_its_size_is_rebuilt_and_an_older_one_kept(tmp_path, monkeypatch, capsys):
+    monkeypatch.setenv("SO8T_CACHE", str(tmp_path / "cache"))
+    frozen = ["model.lora.layers=[1]", "model.gates.layers=[1]", "model.lora.modules_to_save=[]",
+              "training.freeze_below=1", "training.cache_frozen_states=true"]
+    trainer = Trainer(load_config(_small(tmp_path, tmp_path / "run", *frozen)))
+    folder, reference = trainer.frozen.folder, np.array(trainer.frozen.states)
+    assert json.loads((folder / INDEX_FILE).read_text())[STATES_SHA256]
+
+    def build():
+        return FrozenStates.build(trainer.model, trainer.split, trainer.train_rows + trainer.val_rows, trainer.collate,
+                                  16, progress=False)
+
+    data = bytearray((folder / STATES_FILE).read_bytes())
+    data[len(data) // 2:] = b"\0" * (len(data) - len(data) // 2)  # same size: the row count still matches
+    (folder / STATES_FILE).write_bytes(bytes(data))
+    assert np.array_equal(np.array(build().states), reference)
+    assert "does not match the sha256 its index recorded" in capsys.readouterr().out
+    index = json.loads((folder / INDEX_FILE).read_text())
+    del index[STATES_SHA256]  # written before the hash was recorded: kept, not rebuilt, its hash recorded
+    (folder / INDEX_FILE).write_text(json.dumps(index))
+    inode = (folder / STATES_FILE).stat().st_ino
+    os.utime(folder / STATES_FILE)  # as another process would find it: not yet hashed
+    assert np.array_equal(np.array(build().states), reference)
+    assert (folder / STATES_FILE).stat().st_ino == inode and "building it again" not in capsys.readouterr().out
+    assert STATES_SHA256 in json.loads((folder / INDEX_FILE).read_text())
+
+
+def test_preprocess_drops_a_row_that_contradicts_the_corpus_but_for_a_question_mark(tmp_path):
+    row = json.loads((CORPUS_DIR / "train.jsonl").read_text(encoding="utf-8").splitlines()[0])
+    assert row["label"] != "ALLOW" and row["user_request"].endswith("?")
+    new = {"id": "ops-req-1", "request_id": "req-1", "context": row["context"], "label": "ALLOW",
+           "user_request": row["user_request"].rstrip("?"), "category": row["category"], "lang": row["lang"],
+           "origin": "review"}
+    (tmp_path / "extra.jsonl").write_text(json.dumps(new) + "\n")
+    report = retrain.preprocess(tmp_path / "extra.jsonl", tmp_path / "data", benchmarks_dir=None)
+    assert report["dropped"]["contradicts_corpus"] == ["ops-req-1"] and report["kept"] == 0
+
+
+def test_an_empty_or_listed_config_yaml_of_a_run_is_refused(tmp_path, capsys):
+    run_dir = tmp_path / "run"
+    run_dir.mkdir()
+    for text, says in (("", "empty"), ("- 1\n", "not a mapping of settings \\(list\\)"),
+                       ("a: [\n", "unreadable")):
+        (run_dir / "config.yaml").write_text(text)
+        with pytest.raises(CheckpointError, match=f"config.yaml is {says}.*Delete it and resume"):
+            config_of_run(run_dir)
+    with pytest.raises(SystemExit, match="^error: .*config.yaml is unreadable"):
+        so8t(["train", "--config", str(_small(tmp_path, run_dir)), "--resume"])
+
+
+def test_so8t_train_names_a_users_mistake_in_one_line(tmp_path, capsys):
+    listed = tmp_path / "listed.yaml"
+    listed.write_text("- training\n")
+    run_dir = tmp_path / "run"
+    config = str(_small(tmp_path, run_dir))
+    cases = [(["--config", str(listed)], "listed.yaml"), (["--config", config, "training.nope=1"], "unknown key"),
+             (["--config", config, "training.task_optimizer.lr=.nan"], "finite number"),
+             (["--config", config, "--resume"], "nothing to resume"),
+             (["--config", config, f"training.data_dir={tmp_path / 'none'}"], "none")]
+    for argv, says in cases:
+        with pytest.raises(SystemExit, match=f"(?s)^error: .*{says}"):
+            so8t(["train", *argv])
+    run_dir.mkdir()
+    (run_dir / "metrics.jsonl").write_text("")
+    with pytest.raises(SystemExit, match="^error: .*saved no last/ checkpoint"):
+        so8t(["train", "--config", config])
+    assert "Traceback" not in capsys.readouterr().err
