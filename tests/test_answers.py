@@ -257,7 +257,7 @@ def test_a_batch_that_could_not_leave_its_slot_leaves_it_once_an_answering_place
     log, turns = [], threading.Lock()
     answered = {name: threading.Event() for name in "ABC"}
 
-    def run_batch(items, received, on_result, on_decided):
+    def run_batch(items, received, on_result, on_decided, claim):  # Agent.run_batch's streamed signature
         name = items[0]["user_request"]
         log.append(f"decide {name}")
         on_decided()

@@ -22,7 +22,6 @@ import asyncio
 import collections
 import concurrent.futures
 import functools
-import inspect
 import logging
 import queue
 import threading
@@ -101,23 +100,13 @@ def _settle(future: asyncio.Future, result: dict) -> None:
         future.set_result(result)
 
 
-def _takes_claim(run_batch: Callable) -> bool:
-    """Whether ``run_batch`` takes ``claim`` (Agent.run_batch, or a wrapper passing ``**kwargs`` on to it)."""
-    try:
-        parameters = inspect.signature(run_batch).parameters.values()
-    except (TypeError, ValueError):
-        return False
-    return any(p.name == "claim" or p.kind is inspect.Parameter.VAR_KEYWORD for p in parameters)
-
-
 class MicroBatcher:
     def __init__(self, run_batch: Callable[[list, list[float]], list[dict]], *, max_batch: int = 32,
                  max_wait_s: float = 0.005, concurrency: int = 2, max_pending: int = 2048,
                  model_version: Callable[[], str] = lambda: "unknown",
                  on_batch: Callable[[int, float], None] | None = None, streamed: bool = False) -> None:
         self._run_batch, self.max_batch, self.max_wait_s = run_batch, max_batch, max_wait_s
-        self.streamed = streamed  # run_batch takes on_result and on_decided (Agent.run_batch)
-        self._claimed_by_run = _takes_claim(run_batch)  # and claim (Agent.run_batch)
+        self.streamed = streamed  # run_batch takes on_result, on_decided and claim (Agent.run_batch)
         self._answering = 0  # batches that left their decision slot to write answers
         self._to_leave: collections.deque[dict] = collections.deque()  # decided, waiting for a place to answer
         self.concurrency, self.max_pending = concurrency, max_pending
@@ -273,7 +262,7 @@ class MicroBatcher:
             return self.claim(batch[index])
 
         args = [[e.item for e in batch], [e.received_at for e in batch]]
-        run = functools.partial(self._run_batch, claim=claim) if self._claimed_by_run else self._run_batch
+        run = functools.partial(self._run_batch, claim=claim) if self.streamed else self._run_batch
         try:
             results = await loop.run_in_executor(self._pool, run, *args,
                                                   *((answered, decided) if self.streamed else ()))
