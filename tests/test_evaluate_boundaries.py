@@ -171,7 +171,7 @@ def test_results_name_the_model_version(cli, tmp_path):
 
 # ----- 7. a threshold the runtime refuses ------------------------------------------------------------------------
 def test_a_threshold_below_the_runtime_range_is_refused(cli, capsys):
-    assert "[0.5, 1.0]" in _refused(["--model", "ckpt", "--threshold", "0.3"], capsys)
+    assert "expected a number from 0.5 to 1.0" in _refused(["--model", "ckpt", "--threshold", "0.3"], capsys)
     assert cli.calls == []
 
 

@@ -127,3 +127,13 @@ def test_a_card_says_what_it_could_not_read_and_sizes_the_ablation_from_its_file
                                  tmp_path / "no-quant.json", tmp_path / "no-sweep.json")
     assert f"test ({len(test)} rows scored, {len(test)} in the split now)" in card
     assert "The gate ablation was not measured: no sweep result was found" in card
+
+
+def test_the_quantization_table_shows_a_macro_f1_a_two_class_set_has_none_of(tmp_path):
+    """Since macro-F1 is None unless all three classes are scored, a ladder compared on XSTest crashed the card."""
+    quant = {"data": "xstest", "results": [{"backend": "hf-fp32", "size_mib": None, "agreement_with_fp32": 1.0,
+                                            "macro_f1": None, "decide_p50_ms": 20.0}]}
+    (tmp_path / "quant.json").write_text(json.dumps(quant))
+    card = model_card.build_card({"model": {"name": "m", "preset": "tiny"}}, tmp_path / "no-eval.json",
+                                 tmp_path / "quant.json", tmp_path / "no-sweep.json")
+    assert "| hf-fp32 | n/a | 1.000 | n/a | 20.0 |" in card

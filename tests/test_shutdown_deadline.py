@@ -105,3 +105,99 @@ def test_a_shutdown_answers_what_is_in_flight_503_and_ends_within_its_budget(tmp
         assert record["decision"] == "ALLOW" and SHUTDOWN_FLAG in record["flags"], record
         assert "not delivered" in record["error"] and record["processing_time_ms"] < budget * 1000
     assert verify(tmp_path / "logs")["errors"] == []
+
+
+def _batcher_run(scenario) -> None:
+    import asyncio
+
+    asyncio.run(scenario())
+
+
+def test_a_request_cut_off_is_answered_503_even_when_its_result_settles_in_time():
+    """A worker that reached claim() after the cut-off recorded "not delivered", then settled the result before the
+    waiting request woke: the client got 200 for a decision its record said was answered 503."""
+    import asyncio
+
+    from so8t_lib.serve.http.batching import Closing, MicroBatcher
+
+    go, claims, outcome = threading.Event(), [], {}
+
+    def run_batch(items, received, on_result, on_decided, claim):
+        go.wait(10)  # the model pass runs through the cut-off
+        claims.append(claim(0))  # before the audit record
+        result = {"decision": "ALLOW"}
+        on_result(0, result)
+        return [result]
+
+    async def scenario():
+        batcher = MicroBatcher(run_batch, max_batch=1, max_wait_s=0.0, concurrency=1, streamed=True)
+        await batcher.start()
+        task = asyncio.create_task(batcher.submit([{"user_request": "x"}]))
+        await asyncio.sleep(0.05)
+        batcher.stop_taking()
+        batcher.cut_off()
+        go.set()
+        time.sleep(0.2)  # the loop busy elsewhere: the result settles before the request wakes
+        try:
+            outcome["answer"] = await task
+        except Closing:
+            outcome["answer"] = 503
+        await batcher.close(1)
+
+    _batcher_run(scenario)
+    assert claims == [False] and outcome["answer"] == 503
+
+
+def test_a_claimed_request_given_up_on_records_its_later_items_as_not_delivered():
+    """Two items in two batches, the first recorded as delivered before the cut-off, the second still being decided
+    after the wait for claimed requests: the client gets 503, so the second record must not say delivered."""
+    import asyncio
+
+    from so8t_lib.serve.http.batching import CLAIMED_WAIT_S, Closing, MicroBatcher
+
+    first_done, cut_done, log, outcome = threading.Event(), threading.Event(), [], {}
+
+    def run_batch(items, received, on_result, on_decided, claim):
+        text = items[0]["user_request"]
+        if text == "slow":
+            cut_done.wait(10)
+            time.sleep(CLAIMED_WAIT_S + 0.5)  # still deciding after the batcher stopped waiting for it
+        log.append((text, claim(0)))
+        on_result(0, {"decision": "REFUSE"})
+        first_done.set()
+        return [{"decision": "REFUSE"}]
+
+    async def scenario():
+        batcher = MicroBatcher(run_batch, max_batch=1, max_wait_s=0.0, concurrency=2, streamed=True)
+        await batcher.start()
+        task = asyncio.create_task(batcher.submit([{"user_request": "fast"}, {"user_request": "slow"}]))
+        while not first_done.is_set():
+            await asyncio.sleep(0.01)
+        batcher.stop_taking()
+        batcher.cut_off()
+        cut_done.set()
+        try:
+            outcome["answer"] = await task
+        except Closing:
+            outcome["answer"] = 503
+        await batcher.close(5)
+
+    _batcher_run(scenario)
+    assert outcome["answer"] == 503 and sorted(log) == [("fast", True), ("slow", False)]
+
+
+def test_a_cut_off_record_keeps_its_fail_closed_reason_first(tmp_path):
+    """Metrics and compliance reports read a fail-closed record's reason from the start of its error: "not
+    delivered" put first turned every cut-off model error (and the client's invalid input) into "other"."""
+    from so8t_lib.serve.http.metrics import fail_reason
+    from so8t_lib.serve.runtime_records import NOT_DELIVERED
+
+    service = make_service(tmp_path / "logs", FixedDecider(fail=True))
+    agent = service.agent
+    try:
+        results = agent.run_batch([{"user_request": "status of my order"}], claim=lambda index: False)
+    finally:
+        agent.close()
+    assert results[0]["decision"] == "ESCALATE" and SHUTDOWN_FLAG in results[0]["flags"]
+    assert fail_reason(results[0]) == "model_error" and NOT_DELIVERED[:12] in results[0]["error"]
+    assert records(tmp_path / "logs")[0]["error"] == results[0]["error"]

@@ -38,6 +38,7 @@ from ..eval.served import model_inputs
 from ..export.gguf_meta import GGUFError
 from ..serve.backends import is_gguf_path, load_decider
 from ..serve.policy import THRESHOLD_RANGE
+from .arg_types import number_in
 
 
 def _positive_int(text: str) -> int:
@@ -140,7 +141,8 @@ def main(argv: list[str] | None = None) -> dict:
     parser.add_argument("--data", action="append", help="split name, xstest, sst, or a file (repeatable; default test)")
     parser.add_argument("--out", help="write the results as JSON here")
     parser.add_argument("--predictions", help="write one JSON line per row: dataset, id, gold, decision, probabilities")
-    parser.add_argument("--threshold", type=float, help="decide by the runtime rule at this safety_threshold")
+    parser.add_argument("--threshold", type=number_in(*THRESHOLD_RANGE),  # the runtime refuses a threshold outside it
+                        help="decide by the runtime rule at this safety_threshold")
     parser.add_argument("--max-dangerous", type=float,
                         help="choose --threshold on --threshold-data: the smallest that keeps dangerous compliance "
                              "at or under this share there")
@@ -157,10 +159,6 @@ def main(argv: list[str] | None = None) -> dict:
     parser.add_argument("--latency-batch-sizes", default="1,8,32")
     args = parser.parse_args(argv)
     warnings.filterwarnings("ignore", message=".*is_gradient_checkpointing.*")
-    low, high = THRESHOLD_RANGE  # the runtime refuses a safety_threshold outside it: no number for a rule never served
-    if args.threshold is not None and not low <= args.threshold <= high:
-        parser.error(f"--threshold must be in [{low}, {high}] (the runtime's safety_threshold range), "
-                     f"got {args.threshold}")
     if args.latency and (args.predictions or args.threshold is not None or args.max_dangerous is not None):
         parser.error("--latency measures speed only; --predictions, --threshold and --max-dangerous belong to a "
                      "metrics run")

@@ -64,7 +64,7 @@ class DecisionRecording:
         if claim is None or claim():
             return
         result["flags"] = list(dict.fromkeys([*result["flags"], SHUTDOWN_FLAG]))
-        result["error"] = join_errors(NOT_DELIVERED, result["error"])
+        result["error"] = join_errors(result["error"], NOT_DELIVERED)  # the fail-closed reason stays first
         if result["decision"] == "ALLOW":
             result["task_response"] = ""
 

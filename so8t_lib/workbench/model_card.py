@@ -248,8 +248,9 @@ def build_card(config: dict, eval_json: Path, quant_json: Path, ablation_json: P
                   "| backend | MiB | agreement with fp32 | macro-F1 | decide p50 ms |", "|---|---|---|---|---|"]
         for r in quant["results"]:
             size = "n/a" if r.get("size_mib") is None else f"{r['size_mib']:.1f}"  # None: the base lives in the cache
-            lines.append(f"| {r['backend']} | {size} | {r['agreement_with_fp32']:.3f} | "
-                         f"{r['macro_f1']:.3f} | {r['decide_p50_ms']:.1f} |")
+            f1 = "n/a" if r.get("macro_f1") is None else f"{r['macro_f1']:.3f}"  # None: not all three classes scored
+            lines.append(f"| {r['backend']} | {size} | {r['agreement_with_fp32']:.3f} | {f1} | "
+                         f"{r['decide_p50_ms']:.1f} |")
         if model.get("head", {}).get("pooling") == "max":
             lines += ["", "Head refit does not apply: this SafetyHeadB max-pools its hidden layer over token "
                           "states, and `so8t export --refit-head` refits a head on pooled states."]

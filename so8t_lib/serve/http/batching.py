@@ -12,8 +12,11 @@ ESCALATE that says it was not recorded, never an error a client could read as "n
 
 A shutdown has a deadline (``cut_off``): a request still waiting then is answered ``Closing`` (503
 shutting_down) at once. Each request (one ``submit``, all its items) is either *claimed* by the runtime before
-its first audit record is written (its client gets the results) or *cut off*, never both, so a record can say
-whether its client was answered (``run_batch``'s ``claim``). Requests not yet in a batch are never decided.
+its first audit record is written (its client gets the results) or *cut off*, so a record can say whether its
+client was answered (``run_batch``'s ``claim``); a cut request is answered 503 whatever its results. One case
+ends both ways: a request of several items, claimed, whose last items are still being decided ``CLAIMED_WAIT_S``
+after the cut-off is then cut, and its records written before that say delivered. Requests not yet in a batch
+are never decided.
 """
 
 from __future__ import annotations
@@ -166,14 +169,16 @@ class MicroBatcher:
             await asyncio.wait({results, cut}, return_when=asyncio.FIRST_COMPLETED)
         finally:
             cut.cancel()
-        if not results.done() and ask.claimed:
+        if not results.done() and ask.claimed and not ask.cut:
             await asyncio.wait({results}, timeout=CLAIMED_WAIT_S)
-        if results.done():
+            if not results.done():
+                with self._claims:  # its items recorded from now on say they were not delivered
+                    ask.cut = True
+                logger.error("shutdown: a request whose first results were recorded as answered was still being "
+                             "decided %gs after the cut-off; it is answered 503 shutting_down", CLAIMED_WAIT_S)
+        if results.done() and not ask.cut:
             return list(results.result())
-        if ask.claimed:
-            logger.error("shutdown: a request whose results are recorded as answered was still being recorded "
-                         "%gs after the cut-off; it is answered 503 shutting_down", CLAIMED_WAIT_S)
-        raise Closing(CUT_OFF)
+        raise Closing(CUT_OFF)  # a cut request's records say "not delivered", even those settled in time
 
     def claim(self, entry: _Pending) -> bool:
         """On a worker thread, before a result's audit record is written: True if its client will get it, False if
@@ -181,7 +186,7 @@ class MicroBatcher:
         with self._claims:
             if not entry.ask.cut:
                 entry.ask.claimed = True
-            return entry.ask.claimed
+            return not entry.ask.cut
 
     def cut_off(self) -> int:
         """The shutdown's deadline: every request not yet claimed is answered Closing now (503 shutting_down) and
