@@ -151,7 +151,7 @@ def test_an_early_stopping_metric_the_val_rows_cannot_measure_is_refused_before_
                                 f"training.data_dir={folder}", f"training.early_stopping.metric={metric}"))
     with pytest.raises(ConfigError, match=f"{metric} cannot be measured on the 16 val rows.*needs gold REFUSE rows"):
         Trainer(config)
-    assert not run_dir.exists()  # nothing to resume, nothing in the way of a corrected run
+    assert not run_dir.exists()  # nothing to resume, nothing in the way of a corrected run (the lock's folder gone)
     Trainer(load_config(_small(tmp_path, run_dir, f"training.data_dir={folder}",
                                "training.early_stopping.metric=macro_f1")))
 
@@ -204,6 +204,10 @@ def test_an_empty_or_listed_config_yaml_of_a_run_is_refused(tmp_path, capsys):
             config_of_run(run_dir)
     with pytest.raises(SystemExit, match="^error: .*config.yaml is unreadable"):
         so8t(["train", "--config", str(_small(tmp_path, run_dir)), "--resume"])
+    (run_dir / "last").mkdir()
+    (run_dir / "config.yaml").write_text("")  # named itself: it would load as all defaults, another run folder
+    with pytest.raises(SystemExit, match="^error: .*config.yaml is empty"):
+        so8t(["train", "--config", str(run_dir / "config.yaml"), "--resume"])
 
 
 def test_so8t_train_names_a_users_mistake_in_one_line(tmp_path, capsys):
@@ -223,3 +227,24 @@ def test_so8t_train_names_a_users_mistake_in_one_line(tmp_path, capsys):
     with pytest.raises(SystemExit, match="^error: .*saved no last/ checkpoint"):
         so8t(["train", "--config", config])
     assert "Traceback" not in capsys.readouterr().err
+
+
+def test_a_second_trainer_is_kept_out_of_a_run_folder_one_is_writing(tmp_path):
+    """Two trainers on one folder interleaved metrics.jsonl and each overwrote the other's last/. Trainers of one
+    process share the lock (a notebook builds a new one before the old is collected)."""
+    run_dir = tmp_path / "run"
+    config = load_config(_small(tmp_path, run_dir, "training.max_steps=1"))
+    holder = subprocess.Popen([sys.executable, "-c", "import sys, time; from so8t_lib.train.run_folder import RunLock; "
+                               f"RunLock({str(run_dir)!r}); print('held', flush=True); time.sleep(120)"],
+                              cwd=ROOT, stdout=subprocess.PIPE, text=True)
+    try:
+        assert holder.stdout.readline().strip() == "held"
+        with pytest.raises(FileExistsError, match=f"being written by another trainer \\(process {holder.pid}"):
+            Trainer(config)
+    finally:
+        holder.kill()
+        holder.wait()
+    first = Trainer(config)  # the kernel let go of the killed holder's lock; its file stays behind
+    Trainer(config).release_lock()  # this process's own: shared
+    first.run()
+    assert not (run_dir / ".training.lock").exists()  # released with the run

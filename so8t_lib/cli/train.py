@@ -15,7 +15,7 @@ from pathlib import Path
 
 from ..core.checkpoint import CheckpointError
 from ..core.config import ConfigError, config_differences, load_config
-from ..core.schema import BEST_DIR, RUN_CONFIG_FILE
+from ..core.schema import BEST_DIR, LAST_DIR, RUN_CONFIG_FILE
 from ..data.tables import DataError
 from ..train.val_checks import TrainingDiverged
 from ..workbench.pipeline import config_of_run, train_and_calibrate
@@ -40,6 +40,9 @@ def main(argv: list[str] | None = None) -> None:
 
 
 def _train(args: argparse.Namespace) -> None:
+    named = Path(args.config)
+    if args.resume and named.name == RUN_CONFIG_FILE and (named.parent / LAST_DIR).is_dir():
+        config_of_run(named.parent)  # a run's own config.yaml left empty would load as all defaults: refused by name
     config = load_config(args.config, args.overrides)
     run_dir = Path(config.training.output_dir)
     if args.resume and (run_dir / RUN_CONFIG_FILE).is_file():

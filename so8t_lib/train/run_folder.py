@@ -1,9 +1,14 @@
 """A run folder's files as a resume reads them: ``last/`` (complete, verified), the trainer state saved in it (not
-damaged, made under this config), and ``metrics.jsonl`` cut back to the step it continues from."""
+damaged, made under this config), and ``metrics.jsonl`` cut back to the step it continues from; and the lock that
+keeps a second trainer out of a folder one is writing (their metrics.jsonl lines would interleave and each would
+overwrite the other's last/)."""
 
 from __future__ import annotations
 
+import contextlib
+import fcntl
 import json
+import os
 from pathlib import Path
 
 import torch
@@ -13,6 +18,60 @@ from ..core.checkpoint import CheckpointError, recover_interrupted_swap, verify_
 from ..core.config import ConfigError, SO8TConfig, config_differences, config_from_dict
 from ..core.io import atomic_write_text
 from ..core.schema import BEST_DIR, LAST_DIR, RUN_CONFIG_FILE, RUN_METRICS_FILE, TRAINER_STATE_FILE
+
+LOCK_FILE = ".training.lock"  # held (flock) by the trainer writing the folder; the kernel lets go when it dies
+_HELD: dict[str, list[int]] = {}  # lock file -> [its descriptor, how many of this process's trainers hold it]
+
+
+class RunLock:
+    """An exclusive lock on a run folder against trainers in other processes, for a trainer's life. Trainers of one
+    process share it (a notebook or a test builds a second before the first is collected); the last ``release``
+    removes the file, so a finished run leaves none, and one a crash leaves behind is no longer locked."""
+
+    def __init__(self, run_dir: Path) -> None:
+        self.path = Path(run_dir) / LOCK_FILE
+        self.created = not self.path.parent.exists()  # removed again if the trainer wrote nothing into it
+        self.path.parent.mkdir(parents=True, exist_ok=True)
+        self.key = str(self.path.resolve())
+        self.held = True
+        if self.key in _HELD:
+            _HELD[self.key][1] += 1
+            return
+        while self.key not in _HELD:
+            fd = os.open(self.path, os.O_RDWR | os.O_CREAT, 0o644)
+            try:
+                fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+            except BlockingIOError:
+                holder = os.pread(fd, 64, 0).decode(errors="replace").strip() or "unknown"
+                os.close(fd)
+                raise FileExistsError(f"{run_dir} is being written by another trainer (process {holder}, which holds "
+                                      f"{self.path}): wait for it to end or stop it (a stop saves last/, and --resume "
+                                      "continues), or choose another training.output_dir") from None
+            with contextlib.suppress(FileNotFoundError):
+                if os.stat(self.path).st_ino == os.fstat(fd).st_ino:  # not a file a releasing trainer just removed
+                    os.ftruncate(fd, 0)
+                    os.pwrite(fd, f"{os.getpid()}\n".encode(), 0)
+                    _HELD[self.key] = [fd, 1]
+                    continue
+            os.close(fd)
+
+    def release(self) -> None:
+        """Once per lock; the process's last one removes the file while still holding it (a trainer that opens it
+        meanwhile finds it removed and tries again), then lets go."""
+        if not self.held:
+            return
+        self.held = False
+        entry = _HELD[self.key]
+        entry[1] -= 1
+        if entry[1]:
+            return
+        del _HELD[self.key]
+        with contextlib.suppress(FileNotFoundError):
+            os.unlink(self.path)
+        os.close(entry[0])
+        if self.created:
+            with contextlib.suppress(OSError):  # not empty: the run's files stay
+                self.path.parent.rmdir()
 
 
 def check_fresh(run_dir: Path) -> None:

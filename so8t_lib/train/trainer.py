@@ -24,6 +24,7 @@ import random
 import sys
 import time
 import warnings
+import weakref
 from collections.abc import Callable
 from dataclasses import replace
 from pathlib import Path
@@ -51,7 +52,7 @@ from .head_init import warm_start_head
 from .losses import composite_loss
 from .optim import build_optimizers, epoch_order, length_grouped_order
 from .resume import RunCheckpoints, StepBoundary, TrainerState, data_fingerprint
-from .run_folder import check_fresh
+from .run_folder import RunLock, check_fresh
 from .state_cache import FrozenStates, check_frozen_below, decide_from_states
 from .val_checks import TrainingDiverged, check_metric_measurable, scored
 
@@ -80,7 +81,19 @@ class Trainer(RunCheckpoints):
         self._stop = SignalFlag()
         self._last_save = time.monotonic()
         self.boundary = StepBoundary()  # what an error inside a step saves
+        self._lock = RunLock(self.run_dir) if self.main else None  # before anything reads or writes the folder
+        if self._lock is not None:  # a trainer dropped without run() lets go when it is collected
+            weakref.finalize(self, self._lock.release)
+        try:
+            self._setup(resume)
+        except BaseException:
+            self.release_lock()
+            raise
 
+    def _setup(self, resume: bool) -> None:
+        """The model, the data, both optimizers, the frozen-state cache and the head's warm start; on resume, the state
+        saved in last/."""
+        config = self.config
         if resume:
             self._check_resumable()
         elif self.main:
@@ -134,6 +147,11 @@ class Trainer(RunCheckpoints):
         )
         if resume:
             self._load_last()
+
+    def release_lock(self) -> None:
+        """Let another trainer into the run folder (the kernel does it too when this process dies)."""
+        if self._lock is not None:
+            self._lock.release()
 
     def log(self, record: dict) -> None:
         if self.main:
@@ -322,6 +340,7 @@ class Trainer(RunCheckpoints):
             raise
         finally:
             self._stop.restore(previous)
+            self.release_lock()
         bar.close()
         return self.run_dir
 

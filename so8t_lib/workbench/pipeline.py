@@ -39,6 +39,7 @@ from ..export.gguf_meta import GGUFError
 from ..model.prompts import EXAMPLE_REQUESTS
 from ..serve.backends import load_decider
 from ..serve.router import fit_router
+from ..train.run_folder import LOCK_FILE
 from ..train.trainer import train
 
 DEFAULT_CONFIG = CONFIGS_DIR / "training.yaml"
@@ -120,7 +121,8 @@ def run_demo(config_path: str | Path = DEFAULT_CONFIG, overrides: list[str] | tu
         shutil.rmtree(run_dir)
     recover_interrupted_swap(run_dir / LAST_DIR)  # a kill between the two renames of a save leaves .last.old-*
     resume = (run_dir / LAST_DIR).is_dir()
-    leftovers = sorted(p.name for p in run_dir.iterdir()) if run_dir.is_dir() and not resume else []
+    leftovers = sorted(p.name for p in run_dir.iterdir() if p.name != LOCK_FILE) if run_dir.is_dir() and not resume \
+        else []  # a lock file a killed trainer left is no longer held
     if leftovers and set(leftovers) <= {RUN_CONFIG_FILE, RUN_METRICS_FILE}:  # killed before it saved anything
         print(f"{run_dir} holds a run that saved no checkpoint: starting it over")
         shutil.rmtree(run_dir)

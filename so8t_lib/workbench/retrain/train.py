@@ -86,16 +86,20 @@ class ContinuedTrainer(Trainer):
 
     def __init__(self, config: SO8TConfig, serving: str | Path, resume: bool = False, on_log=None) -> None:
         super().__init__(config, resume=resume, on_log=on_log)
-        folder = resolve_checkpoint(serving)
-        verify_manifest(folder)
-        self.serving = folder
-        # loading draws from the RNGs, which a resume has just restored from last/: the steps would draw other
-        # dropout masks and sampled positions than the uninterrupted run's, so they are put back as they were
-        rng = rng_state()
         try:
-            self._start_from(folder, resume)
-        finally:
-            set_rng_state(rng)
+            folder = resolve_checkpoint(serving)
+            verify_manifest(folder)
+            self.serving = folder
+            # loading draws from the RNGs, which a resume has just restored from last/: the steps would draw other
+            # dropout masks and sampled positions than the uninterrupted run's, so they are put back as they were
+            rng = rng_state()
+            try:
+                self._start_from(folder, resume)
+            finally:
+                set_rng_state(rng)
+        except BaseException:
+            self.release_lock()  # the run folder's lock, taken by the trainer
+            raise
 
     def _start_from(self, folder: Path, resume: bool) -> None:
         """The serving checkpoint's base (when it travels with it) and, unless resuming, its adapters."""
