@@ -248,3 +248,100 @@ def test_a_second_trainer_is_kept_out_of_a_run_folder_one_is_writing(tmp_path):
     Trainer(config).release_lock()  # this process's own: shared
     first.run()
     assert not (run_dir / ".training.lock").exists()  # released with the run
+
+
+def _hold_lock(run_dir: Path) -> subprocess.Popen:
+    """Another process holding a run folder's lock, as a live trainer does (killed by the caller)."""
+    holder = subprocess.Popen([sys.executable, "-c", "import sys, time; from so8t_lib.train.run_folder import RunLock; "
+                               f"RunLock({str(run_dir)!r}); print('held', flush=True); time.sleep(120)"],
+                              cwd=ROOT, stdout=subprocess.PIPE, text=True)
+    assert holder.stdout.readline().strip() == "held"
+    return holder
+
+
+@pytest.mark.parametrize("retrain", [False, True])
+def test_the_demo_never_empties_a_folder_another_process_is_training(tmp_path, retrain):
+    """A live run before its first save holds config.yaml and metrics.jsonl: the demo read it as a run killed
+    before it saved anything (or, with --retrain, any run) and deleted it under the running trainer."""
+    from so8t_lib.workbench.pipeline import run_demo
+
+    run_dir = tmp_path / "run"
+    config = _small(tmp_path, run_dir, "training.max_steps=1")
+    holder = _hold_lock(run_dir)
+    try:
+        (run_dir / "config.yaml").write_text(Path(config).read_text())
+        (run_dir / "metrics.jsonl").write_text("")
+        with pytest.raises(FileExistsError, match=f"being written by another trainer \\(process {holder.pid}"):
+            run_demo(config, retrain=retrain, gguf=False)
+        assert sorted(p.name for p in run_dir.iterdir()) == [".training.lock", "config.yaml", "metrics.jsonl"]
+    finally:
+        holder.kill()
+        holder.wait()
+
+
+def test_demo_retrain_starts_over_a_folder_a_trainer_killed_in_its_setup_left(tmp_path, monkeypatch):
+    """The lock's file is made when a trainer is set up: killed then (the cache build takes minutes), it left a folder
+    holding only .training.lock, which --retrain refused as 'not a run'."""
+    from so8t_lib.workbench import pipeline
+
+    run_dir = tmp_path / "run"
+    holder = _hold_lock(run_dir)
+    holder.kill()
+    holder.wait()
+    assert [p.name for p in run_dir.iterdir()] == [".training.lock"]
+    trained = []
+    monkeypatch.setattr(pipeline, "train_and_calibrate", lambda config, resume: trained.append(resume))
+    monkeypatch.setattr(pipeline, "load_decider", lambda run: (_ for _ in ()).throw(RuntimeError("stop here")))
+    with pytest.raises(RuntimeError, match="stop here"):
+        pipeline.run_demo(_small(tmp_path, run_dir, "training.max_steps=1"), retrain=True, gguf=False)
+    assert trained == [False] and not (run_dir / ".training.lock").exists()
+
+
+def test_a_run_that_fails_before_its_loop_lets_go_of_the_folder_and_the_signal_handlers(tmp_path, monkeypatch):
+    """An error in the warm start's reference evaluation, before the loop's try, kept the lock (a notebook keeps the
+    failed trainer alive) and left the trainer's SIGINT handler installed."""
+    run_dir = tmp_path / "run"
+    trainer = Trainer(load_config(_small(tmp_path, run_dir, "training.max_steps=1", "training.head_warm_start=true")))
+    handler = signal.getsignal(signal.SIGINT)
+    monkeypatch.setattr(trainer, "evaluate", lambda select=True: (_ for _ in ()).throw(RuntimeError("val broke")))
+    with pytest.raises(RuntimeError, match="val broke"):
+        trainer.run()
+    assert signal.getsignal(signal.SIGINT) == handler and not (run_dir / ".training.lock").exists()
+
+
+def test_a_finished_run_of_another_process_count_can_still_be_scored(tmp_path):
+    """The process count only matters to steps still to train: the demo and notebook 01 reopen a finished run to
+    score and export it, which a torchrun-trained run refused on one process."""
+    run_dir = tmp_path / "run"
+    config = load_config(_small(tmp_path, run_dir, "training.max_steps=1"))
+    Trainer(config).run()
+    state_file = run_dir / "last" / "trainer_state.pt"
+    state = torch.load(state_file, weights_only=False)
+    state["world_size"] = 2
+    torch.save(state, state_file)
+    from so8t_lib.core.checkpoint import write_manifest
+
+    write_manifest(run_dir / "last")
+    Trainer(config, resume=True).release_lock()  # finished: nothing to train, nothing to refuse
+    state["state"]["step"] = 0  # the same run with its step still to train
+    torch.save(state, state_file)
+    write_manifest(run_dir / "last")
+    with pytest.raises(CheckpointError, match="trained on 2 process"):
+        Trainer(config, resume=True)
+
+
+def test_an_update_that_makes_a_weight_not_finite_ends_the_run_without_saving_it(tmp_path, monkeypatch):
+    run_dir = tmp_path / "run"
+    trainer = Trainer(load_config(_small(tmp_path, run_dir, "training.max_steps=2", "training.eval_every=5")))
+    step = trainer.opt_task.step
+
+    def overflowing(*args, **kwargs):
+        result = step(*args, **kwargs)
+        with torch.no_grad():
+            next(p for p in trainer.model.parameters() if p.requires_grad).view(-1)[0] = float("inf")
+        return result
+
+    monkeypatch.setattr(trainer.opt_task, "step", overflowing)
+    with pytest.raises(TrainingDiverged, match="the update made weights that are not finite numbers"):
+        trainer.run()
+    assert not (run_dir / "best").exists() and not (run_dir / "last").exists()

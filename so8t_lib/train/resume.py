@@ -70,8 +70,9 @@ class RunCheckpoints:
         saved = load_trainer_state(self.run_dir, self.config)
         check_same_base(last, self.model.base_record(), self.config.model)
         check_same_data(saved.get("data_fingerprint"), self.data_fingerprint, last, self.config.training.data_dir)
-        check_same_world(saved.get("world_size"), self.accelerator.num_processes, last)
         self.state = trainer_state_from(saved, last)
+        if self.state.step < self.config.training.max_steps and not self.state.stopped_early:  # steps left to train
+            check_same_world(saved.get("world_size"), self.accelerator.num_processes, last)
         self.model.load_adapter(last / ADAPTER_FILE)
         self.opt_task.load_state_dict(saved["opt_task"])
         self.opt_safety.load_state_dict(saved["opt_safety"])

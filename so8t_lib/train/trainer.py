@@ -277,19 +277,29 @@ class Trainer(RunCheckpoints):
 
     # --- the loop --------------------------------------------------------------------------------
     def run(self) -> Path:
+        try:
+            return self._run()
+        finally:  # however the run ends, before its loop too: a notebook keeps a failed trainer alive
+            self.release_lock()
+
+    def _run(self) -> Path:
         if self.main:
             self.run_dir.mkdir(parents=True, exist_ok=True)
             atomic_write_text(self.run_dir / RUN_CONFIG_FILE, self.config.to_yaml())  # a kill never leaves it empty
         previous = self._stop.install()
-        bar = tqdm(total=self.tcfg.max_steps, initial=self.state.step, desc="training", unit="step",
-                   disable=not self.main, dynamic_ncols=True)
-        tokens, clock = 0, time.perf_counter()
-        val_text = "-"
-        if self.state.step == 0:
-            self.log({"step": 0, "kind": "setup", **{k: round(v, 1) for k, v in self.setup_seconds.items()}})
-        if self.state.step == 0 and self.tcfg.head_warm_start:
-            # the warm-started head is already a fitted probe: log its score as the reference the steps must beat
-            val_text = f"{self.evaluate(select=False)['value'] or 0:.3f}"
+        try:
+            bar = tqdm(total=self.tcfg.max_steps, initial=self.state.step, desc="training", unit="step",
+                       disable=not self.main, dynamic_ncols=True)
+            tokens, clock = 0, time.perf_counter()
+            val_text = "-"
+            if self.state.step == 0:
+                self.log({"step": 0, "kind": "setup", **{k: round(v, 1) for k, v in self.setup_seconds.items()}})
+            if self.state.step == 0 and self.tcfg.head_warm_start:
+                # the warm-started head is already a fitted probe: log its score as the reference the steps must beat
+                val_text = f"{self.evaluate(select=False)['value'] or 0:.3f}"
+        except BaseException:  # the loop's own handlers below are not reached: put the signal handlers back here
+            self._stop.restore(previous)
+            raise
         try:
             if self.state.eval_pending:  # the evaluation of the saved step failed before the resume: it comes first
                 val_text = _shown(self.evaluate()["value"])
@@ -340,7 +350,6 @@ class Trainer(RunCheckpoints):
             raise
         finally:
             self._stop.restore(previous)
-            self.release_lock()
         bar.close()
         return self.run_dir
 

@@ -39,7 +39,7 @@ from ..export.gguf_meta import GGUFError
 from ..model.prompts import EXAMPLE_REQUESTS
 from ..serve.backends import load_decider
 from ..serve.router import fit_router
-from ..train.run_folder import LOCK_FILE
+from ..train.run_folder import LOCK_FILE, RunLock
 from ..train.trainer import train
 
 DEFAULT_CONFIG = CONFIGS_DIR / "training.yaml"
@@ -114,27 +114,14 @@ def run_demo(config_path: str | Path = DEFAULT_CONFIG, overrides: list[str] | tu
                         "token states (model.head.pooling: max; its 4-bit file keeps the decisions without it, "
                         "docs/benchmarks.md): drop --refit-head")
     run_dir = Path(config.training.output_dir)
-    if retrain and run_dir.exists():
-        if not (run_dir / RUN_CONFIG_FILE).is_file():  # only a folder a run wrote is deleted
-            raise ConfigError(f"--retrain would delete {run_dir}, which does not hold a run (no {RUN_CONFIG_FILE}); "
-                              "remove it yourself or choose another training.output_dir")
-        shutil.rmtree(run_dir)
-    recover_interrupted_swap(run_dir / LAST_DIR)  # a kill between the two renames of a save leaves .last.old-*
-    resume = (run_dir / LAST_DIR).is_dir()
-    leftovers = sorted(p.name for p in run_dir.iterdir() if p.name != LOCK_FILE) if run_dir.is_dir() and not resume \
-        else []  # a lock file a killed trainer left is no longer held
-    if leftovers and set(leftovers) <= {RUN_CONFIG_FILE, RUN_METRICS_FILE}:  # killed before it saved anything
-        print(f"{run_dir} holds a run that saved no checkpoint: starting it over")
-        shutil.rmtree(run_dir)
-    elif leftovers:
-        raise ConfigError(f"{run_dir} holds a run without a last/ checkpoint ({', '.join(leftovers)}), so it cannot be "
-                          "continued: so8t demo --retrain starts it over, or move the folder away")
-    if resume:
-        config = config_of_run(run_dir)
-        print(f"{run_dir} holds a run: continuing it if unfinished (--retrain starts over)")
-    start = time.perf_counter()
-    train_and_calibrate(config, resume=resume)
-    trained = time.perf_counter() - start
+    lock = RunLock(run_dir)  # a run another process is training is refused here, never emptied below
+    try:
+        config, resume = _prepare_run_folder(run_dir, config, retrain)
+        start = time.perf_counter()
+        train_and_calibrate(config, resume=resume)
+        trained = time.perf_counter() - start
+    finally:
+        lock.release()
 
     clock = time.perf_counter()
     model = load_decider(run_dir)  # the best checkpoint
@@ -168,6 +155,45 @@ def run_demo(config_path: str | Path = DEFAULT_CONFIG, overrides: list[str] | tu
             decide_from_gguf(q4, requests[1], contexts[1])
     write_timings(run_dir, timings, time.perf_counter() - start)
     return report
+
+
+def _prepare_run_folder(run_dir: Path, config: SO8TConfig, retrain: bool) -> tuple[SO8TConfig, bool]:
+    """The config to train with and whether to resume: ``--retrain`` empties a folder a run wrote, a run killed
+    before it saved anything is started over, a run without ``last/`` but with more is refused. Called with the
+    folder's lock held, whose file stays (removing it would let another trainer take a new one meanwhile)."""
+
+    def entries() -> list[str]:
+        return sorted(p.name for p in run_dir.iterdir() if p.name != LOCK_FILE) if run_dir.is_dir() else []
+
+    if retrain and entries():
+        if RUN_CONFIG_FILE not in entries():  # only a folder a run wrote is emptied
+            raise ConfigError(f"--retrain would delete {run_dir}, which does not hold a run (no {RUN_CONFIG_FILE}); "
+                              "remove it yourself or choose another training.output_dir")
+        _empty_run_folder(run_dir)
+    recover_interrupted_swap(run_dir / LAST_DIR)  # a kill between the two renames of a save leaves .last.old-*
+    resume = (run_dir / LAST_DIR).is_dir()
+    leftovers = [] if resume else entries()
+    if leftovers and set(leftovers) <= {RUN_CONFIG_FILE, RUN_METRICS_FILE}:  # killed before it saved anything
+        print(f"{run_dir} holds a run that saved no checkpoint: starting it over")
+        _empty_run_folder(run_dir)
+    elif leftovers:
+        raise ConfigError(f"{run_dir} holds a run without a last/ checkpoint ({', '.join(leftovers)}), so it cannot be "
+                          "continued: so8t demo --retrain starts it over, or move the folder away")
+    if resume:
+        config = config_of_run(run_dir)
+        print(f"{run_dir} holds a run: continuing it if unfinished (--retrain starts over)")
+    return config, resume
+
+
+def _empty_run_folder(run_dir: Path) -> None:
+    """Everything in ``run_dir`` but its lock file, which this process holds."""
+    for entry in run_dir.iterdir():
+        if entry.name == LOCK_FILE:
+            continue
+        if entry.is_dir() and not entry.is_symlink():
+            shutil.rmtree(entry)
+        else:
+            entry.unlink()
 
 
 def fit_run_router(run_dir: Path, data_dir: Path) -> Path:
