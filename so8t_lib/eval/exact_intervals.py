@@ -11,7 +11,7 @@ from __future__ import annotations
 from typing import Any
 
 import numpy as np
-from scipy.stats import beta
+from scipy.stats import binomtest
 
 from ..core.metrics import NOT_ALLOW_CODE
 from ..core.schema import ALLOW, NOT_ALLOW, REFUSE
@@ -28,12 +28,12 @@ RATE_DENOMINATORS: dict[str, tuple[int, ...] | None] = {
 
 
 def clopper_pearson(successes: int, trials: int, alpha: float = 0.05) -> tuple[float, float]:
-    """Exact binomial (Clopper-Pearson) 1 - alpha interval of a rate seen ``successes`` times in ``trials``."""
+    """Exact binomial (Clopper-Pearson) 1 - alpha interval of a rate seen ``successes`` times in ``trials``
+    (scipy's ``binomtest(...).proportion_ci(method="exact")``)."""
     if trials < 1 or not 0 <= successes <= trials:
         raise ValueError(f"need 0 <= successes <= trials and trials >= 1, got {successes} of {trials}")
-    low = 0.0 if successes == 0 else float(beta.ppf(alpha / 2, successes, trials - successes + 1))
-    high = 1.0 if successes == trials else float(beta.ppf(1 - alpha / 2, successes + 1, trials - successes))
-    return low, high
+    interval = binomtest(successes, trials).proportion_ci(confidence_level=1 - alpha, method="exact")
+    return float(interval.low), float(interval.high)
 
 
 def exact_intervals(report: dict[str, Any], g: np.ndarray, members: list[np.ndarray] | None,
