@@ -9,29 +9,23 @@ import sys
 import time
 
 import pytest
-import torch
 
 pytest.importorskip("gguf")
 pytest.importorskip("llama_cpp")
 
-from so8t_lib.core.config import ModelConfig  # noqa: E402
+from test_gguf_guards import _checkpoint as guards_checkpoint  # noqa: E402
+
 from so8t_lib.data.tables import load_split  # noqa: E402
 from so8t_lib.export.gguf_meta import GGUFError, read_metadata, verify_sha256_sidecar  # noqa: E402
 from so8t_lib.export.quantize import OWNER_FILE, UNLOCKED_STALE_S, export  # noqa: E402
 from so8t_lib.model import SO8TModel  # noqa: E402
-from so8t_lib.model.perturb import perturb_adapters  # noqa: E402
 
 NAME = "so8t-bound"
 
 
 def _checkpoint(root, tokenizer, seed: int):
-    """A tiny model with trained-looking adapters and head statistics; every seed has the same name."""
-    torch.manual_seed(seed)
-    model = SO8TModel.from_config(ModelConfig(name=NAME), tokenizer)
-    perturb_adapters(model, scale=0.3, seed=seed)
-    model.train()
-    model.safety_head(torch.randn(64, model.causal_lm.config.hidden_size) * 2 + 1)
-    return model.save(root / f"ckpt-{seed}")
+    """test_gguf_guards' tiny checkpoint; every seed has the same name (two model versions of one model)."""
+    return guards_checkpoint(root, tokenizer, seed, name=NAME)
 
 
 @pytest.fixture(scope="module")

@@ -19,10 +19,10 @@ from so8t_lib.serve.gguf_backend import GGUFBackend  # noqa: E402
 REQUESTS = ["経費精算の締め日はいつですか", "How do I reset my password?"]
 
 
-def _checkpoint(root, tokenizer, seed: int, **config):
+def _checkpoint(root, tokenizer, seed: int, name: str = "so8t-guard", **config):
     """A tiny model with trained-looking adapters and head statistics, saved as a checkpoint."""
     torch.manual_seed(seed)
-    model = SO8TModel.from_config(ModelConfig(name="so8t-guard", **config), tokenizer)
+    model = SO8TModel.from_config(ModelConfig(name=name, **config), tokenizer)
     perturb_adapters(model, scale=0.3, seed=seed)
     if not model.safety_head.pools_tokens:  # standardiser statistics (a max head reads token states)
         model.train()
