@@ -177,3 +177,21 @@ def test_check_sees_the_warnings_of_a_start_under_any_log_level(tmp_path, checkp
     out = capsys.readouterr().out
     assert any(line.startswith("problem: escalations will reach nobody") for line in out.splitlines()), out
     assert "reach nobody" not in (log_dir / "agent.log").read_text(encoding="utf-8")
+
+
+def test_a_start_whose_audit_log_cannot_be_opened_says_so_on_stderr(tmp_path, checkpoint, monkeypatch, capsys):
+    """A full disk or a bad path at start left only logging's own tracebacks on stderr (the application log could
+    not be written either): the open error is printed as the model's load error is."""
+    from so8t_lib.cli import main as so8t
+
+    for name, value in KEY_ENV.items():
+        monkeypatch.setenv(name, value)
+    log_dir = tmp_path / "logs"
+    (log_dir / "audit.jsonl").mkdir(parents=True)  # a folder where the log file must be: it cannot be opened
+    command = ["serve", "--config", str(write_config(tmp_path, checkpoint)), "--log-dir", str(log_dir), "--check",
+               "service.port=0"]
+    assert so8t(command) == 3  # and --check, which said "audit_log: writable", names the problem
+    captured = capsys.readouterr()
+    assert "exists and is not a regular file); every decision fails closed and /readyz answers 503" in captured.err
+    assert any(line.startswith("problem: ") and "is not a regular file" in line for line in captured.out.splitlines())
+    assert [p.name for p in log_dir.iterdir() if p.name.startswith("audit.jsonl.anchor")] == []

@@ -100,6 +100,8 @@ class AuditLog:
         self._rotated = False  # set under the lock by a rotation; the gzip starts once the lock is released
         try:  # a broken folder must not stop the gate from answering: each append fails closed instead
             self.path.parent.mkdir(parents=True, exist_ok=True)
+            if self.path.exists() and not self.path.is_file():  # a folder there: every append would fail
+                raise OSError(f"{self.path} exists and is not a regular file")
             with file_lock(self.path, timeout=self.lock_timeout_s):
                 self._repair()
         except OSError as exc:
