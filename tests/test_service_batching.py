@@ -51,8 +51,9 @@ def test_waiting_requests_join_one_batch_and_keep_their_order():
         while not recorder.entered.is_set():  # the first request is being decided (and held)
             await asyncio.sleep(0.001)
         rest = [asyncio.create_task(batcher.submit([{"n": n}], received_at=float(n))) for n in range(1, 11)]
-        while batcher.pending != 2:  # eight taken into the next batch, which waits for the worker
+        while batcher.pending != 10:  # all ten wait: the next batch is held until the worker is free
             await asyncio.sleep(0.001)
+        assert not recorder.batches  # still held (the hold's own 30 s limit, which this used to wait out, is far)
         hold.set()
         results = [await first] + [await task for task in rest]
         await batcher.close()
