@@ -11,6 +11,7 @@ from __future__ import annotations
 import torch
 from torch import nn
 
+from .prompts import PromptTooLong, check_prompt_lengths
 from .split import cache_argument
 
 
@@ -22,10 +23,16 @@ class HFAnswer:
         """``model``: an SO8TModel (its ``causal_lm`` and ``tokenizer`` write the answer)."""
         if max_tokens <= 0:
             raise ValueError(f"max_tokens must be positive, got {max_tokens}")
-        self._model, self._max_tokens, self._temperature = model, max_tokens, temperature
         device = next(model.parameters()).device
         self._ids = model.tokenizer(prompt, return_tensors="pt", add_special_tokens=False)["input_ids"].to(device)
         self._prompt_length = self._ids.shape[1]
+        limit = model.context_length
+        check_prompt_lengths([self._prompt_length], limit)
+        if limit is not None and self._prompt_length == limit:
+            raise PromptTooLong(f"a prompt has {limit} tokens, this model's whole context: no room for an answer")
+        if limit is not None:  # the answer stops where the base's positions end, as llama.cpp's does at n_ctx
+            max_tokens = min(max_tokens, limit - self._prompt_length)
+        self._model, self._max_tokens, self._temperature = model, max_tokens, temperature
         self._cache, self._cache_key = None, cache_argument(model.causal_lm)
         self.finished = False
 

@@ -102,6 +102,19 @@ def format_prompt(tokenizer, user_request: str, context: str | None = None, syst
     return render_messages(tokenizer, build_messages(user_request, context, system_prompt))
 
 
+class PromptTooLong(ValueError):
+    """A prompt longer than the base's position limit: refused (the runtime's fail-closed ESCALATE), never decided
+    or answered on positions the model was not built for."""
+
+
+def check_prompt_lengths(lengths: Iterable[int], limit: int | None) -> None:
+    """Raise ``PromptTooLong`` naming the longest prompt when any of ``lengths`` (tokens) exceeds ``limit``."""
+    longest = max(lengths, default=0)
+    if limit is not None and longest > limit:
+        raise PromptTooLong(f"a prompt has {longest} tokens, more than this model's context of {limit} "
+                            "(max_position_embeddings); shorten the request or its context (validation.max_*_chars)")
+
+
 def render_messages(tokenizer, messages: list[dict[str, str]]) -> str:
     """Any conversation in the one prompt format, ending where the assistant's next turn begins (earlier
     assistant turns included, as a few-shot prompt has them). Special-token strings in the messages are broken

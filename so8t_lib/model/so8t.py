@@ -43,7 +43,7 @@ from .gates import GatedLinear, GatePair, fold_rotation_into_linear
 from .heads import SafetyHeadB, pool_states, prompt_mask
 from .persistence import CheckpointMixin
 from .pretrained import base_record
-from .prompts import SYSTEM_PROMPT, format_prompt
+from .prompts import SYSTEM_PROMPT, check_prompt_lengths, format_prompt
 from .split import DecoderSplit
 
 # peft asks transformers whether gradient checkpointing is on through a name transformers now
@@ -182,6 +182,13 @@ class SO8TModel(CheckpointMixin, nn.Module):
     @property
     def decoder_layers(self) -> nn.ModuleList:
         return self.causal_lm.get_decoder().layers
+
+    @property
+    def context_length(self) -> int | None:
+        """The base's position limit (``max_position_embeddings``): a longer prompt is refused, not decided on
+        positions the model never learned (None when the config names none)."""
+        limit = getattr(self.causal_lm.config, "max_position_embeddings", None)
+        return int(limit) if limit else None
 
     @property
     def system_prompt(self) -> str:
@@ -335,6 +342,7 @@ class SO8TModel(CheckpointMixin, nn.Module):
         self.eval()
         prompts = [self.format_prompt(r, c) for r, c in zip(requests, contexts)]
         lengths = [len(ids) for ids in self.tokenizer(prompts, add_special_tokens=False)["input_ids"]] if prompts else []
+        check_prompt_lengths(lengths, self.context_length)
         batches = batches_by_length(lengths, batch_size)
         if progress:
             from tqdm.auto import tqdm

@@ -1,0 +1,59 @@
+"""A prompt longer than the base's position limit is refused, not decided: the runtime's ESCALATE with the reason
+named, as the GGUF backend refuses one longer than its n_ctx. Answers stop where the positions end."""
+
+import pytest
+import torch
+from test_runtime import _agent, _records
+
+from so8t_lib.core.config import ModelConfig
+from so8t_lib.eval.served import decide_failing_rows
+from so8t_lib.model import SO8TModel
+from so8t_lib.model.prompts import PromptTooLong
+
+LIMIT = 96
+SHORT = "Where is the printer?"
+LONG = "経費精算の締め日と申請の手順を教えてください。" * 20
+
+
+@pytest.fixture(scope="module")
+def short_context_model(tokenizer):
+    torch.manual_seed(0)
+    config = ModelConfig(tiny={"hidden_size": 64, "num_hidden_layers": 2, "intermediate_size": 128,
+                               "max_position_embeddings": LIMIT}, lora={"dropout": 0.0}, head={"dropout": 0.0})
+    return SO8TModel.from_config(config, tokenizer).eval()
+
+
+def _tokens(model, request):
+    return len(model.tokenizer(model.format_prompt(request), add_special_tokens=False)["input_ids"])
+
+
+def test_a_prompt_past_the_position_limit_is_refused_by_decide(short_context_model):
+    model = short_context_model
+    assert model.context_length == LIMIT and _tokens(model, SHORT) < LIMIT < _tokens(model, LONG)
+    assert model.decide([SHORT]).shape == (1, 3)
+    with pytest.raises(PromptTooLong, match=rf"{_tokens(model, LONG)} tokens, more than this model's context of {LIMIT}"):
+        model.decide([SHORT, LONG])
+
+
+def test_evaluation_loses_only_the_long_row(short_context_model):
+    probs, failed = decide_failing_rows(short_context_model, [SHORT, LONG, SHORT], [None] * 3, batch_size=2,
+                                        progress=False)
+    assert list(failed) == [1] and "PromptTooLong" in failed[1]
+    assert torch.isfinite(torch.as_tensor(probs[[0, 2]])).all()
+
+
+def test_an_answer_stops_at_the_position_limit(short_context_model):
+    model = short_context_model
+    answer = model.start_answer(SHORT, max_tokens=500)
+    room = LIMIT - _tokens(model, SHORT)
+    assert answer.advance(500) and answer.written <= room  # random weights may end sooner, never later
+    with pytest.raises(PromptTooLong):
+        model.start_answer(LONG, max_tokens=5)
+
+
+def test_the_runtime_escalates_a_request_past_the_limit_and_records_why(tmp_path, short_context_model):
+    agent = _agent(tmp_path, short_context_model, decision_timeout_s=30)
+    result = agent.run_agent("経理部", LONG, "u1")
+    assert result["decision"] == "ESCALATE" and result["human_required"] and result["task_response"] is None
+    (record,) = _records(tmp_path)
+    assert record["decision"] == "ESCALATE" and "PromptTooLong" in record["error"]
