@@ -174,6 +174,28 @@ def test_training_refuses_a_benchmark_prompt_with_an_invisible_or_extra_characte
         training_tables(tmp_path, None, None, 0)
 
 
+@pytest.mark.skipif(not BENCHMARKS_DIR.is_dir(), reason="needs shared/benchmarks beside the clone")
+def test_a_process_checks_the_same_files_once_and_each_caller_gets_its_own_tables(tmp_path, monkeypatch):
+    """Every Trainer used to read and check the whole corpus again (seven seconds): a sweep paid it per run."""
+    import so8t_lib.data.training_split as training_split
+
+    for name, n in (("train", 6), ("val", 3)):
+        rows = [{"id": f"{name}{i}", "user_request": f"Where is meeting room {name} {i}?", "label": "ALLOW"}
+                for i in range(n)]
+        (tmp_path / f"{name}.jsonl").write_text("".join(json.dumps(r) + "\n" for r in rows), encoding="utf-8")
+    reads = []
+    real = training_split.load_table
+    monkeypatch.setattr(training_split, "load_table", lambda path: reads.append(path.name) or real(path))
+    train, val = training_split.training_tables(tmp_path, None, None, 0)
+    train.loc[:, "label"] = "REFUSE"  # the caller's own copy
+    again, _ = training_split.training_tables(tmp_path, None, None, 0)
+    assert reads == ["train.jsonl", "val.jsonl"] and set(again["label"]) == {"ALLOW"} and len(val) == 3
+    (tmp_path / "val.jsonl").write_text(json.dumps({"id": "v", "user_request": "Lunch menu?", "label": "ALLOW"})
+                                        + "\n", encoding="utf-8")
+    _, changed = training_split.training_tables(tmp_path, None, None, 0)
+    assert list(changed["id"]) == ["v"] and reads[2:] == ["train.jsonl", "val.jsonl"]  # a changed file: read again
+
+
 def test_the_near_copy_guards_read_the_context_too(tmp_path):
     """The build's Jaccard guard compared requests only: a benchmark prompt with a few words added, pasted into a
     row's context under an innocent request, passed the build (and retrain preprocess)."""

@@ -1,4 +1,9 @@
-"""The train and val tables a run reads, refused when they cannot be trusted."""
+"""The train and val tables a run reads, refused when they cannot be trusted.
+
+The checks read the whole corpus and compare it with every public benchmark prompt (seven seconds on the project
+corpus); a process that starts many runs on the same files (a sweep, a notebook, the test suite) pays once: a result
+is kept per content digest of every file the checks read, and a changed byte in any of them checks again.
+"""
 
 from __future__ import annotations
 
@@ -6,11 +11,26 @@ from pathlib import Path
 
 import pandas as pd
 
-from .benchmarks import benchmark_prompts
+from ..core.io import sha256_file
+from ..core.paths import BENCHMARKS_DIR
+from .benchmarks import BENCHMARKS, benchmark_prompts
 from .corpus.guard import benchmark_copies, benchmark_pairs, describe_pairs
 from .corpus.neardup import NEAR_DUP_THRESHOLD
 from .corpus.text import bare_text
 from .tables import DataError, load_table, stratified_sample
+
+_KEPT_RESULTS = 4  # distinct corpora checked in one process whose tables stay in memory
+_checked: dict[tuple[str, ...], tuple[pd.DataFrame, pd.DataFrame]] = {}
+
+
+def _inputs_digest(data_dir: Path) -> tuple[str, ...] | None:
+    """The content of every file the checks read, or None when a benchmark file is absent (the guard then warns,
+    and must warn every time: such a result is not kept)."""
+    files = [data_dir / "train.jsonl", data_dir / "val.jsonl",
+             *(BENCHMARKS_DIR / bench.relative_path for bench in BENCHMARKS.values())]
+    if not all(path.is_file() for path in files):
+        return None
+    return tuple(sha256_file(path) for path in files)
 
 
 def training_tables(data_dir: str | Path, train_max_rows: int | None, eval_max_rows: int | None,
@@ -20,6 +40,20 @@ def training_tables(data_dir: str | Path, train_max_rows: int | None, eval_max_r
     in either, as its request or its context, whatever its punctuation, symbols or invisible characters, or a
     near copy of one (the corpus build's Jaccard guard): the benchmarks are for evaluation only."""
     data_dir = Path(data_dir)
+    key = _inputs_digest(data_dir)
+    if key not in _checked:
+        train, val = _checked_tables(data_dir)
+        if key is None:
+            return stratified_sample(train, train_max_rows, seed), stratified_sample(val, eval_max_rows, seed)
+        while len(_checked) >= _KEPT_RESULTS:
+            _checked.pop(next(iter(_checked)))
+        _checked[key] = train, val
+    train, val = (table.copy() for table in _checked[key])  # a caller that edits its table edits its own copy
+    return stratified_sample(train, train_max_rows, seed), stratified_sample(val, eval_max_rows, seed)
+
+
+def _checked_tables(data_dir: Path) -> tuple[pd.DataFrame, pd.DataFrame]:
+    """Both whole tables, or DataError naming what cannot be trusted (see ``training_tables``)."""
     train, val = load_table(data_dir / "train.jsonl"), load_table(data_dir / "val.jsonl")
     shared = sorted(set(train["id"]) & set(val["id"]))
     if shared:
@@ -37,4 +71,4 @@ def training_tables(data_dir: str | Path, train_max_rows: int | None, eval_max_r
             raise DataError(f"{data_dir / name}: {len(near)} request(s) or context(s) are near copies (character "
                             f"4-gram Jaccard >= {NEAR_DUP_THRESHOLD}) of public benchmark prompts: "
                             f"{describe_pairs(near, 3)}; the benchmarks are for evaluation only, remove them")
-    return stratified_sample(train, train_max_rows, seed), stratified_sample(val, eval_max_rows, seed)
+    return train, val
