@@ -171,19 +171,20 @@ def test_two_cpu_processes_under_torchrun(tmp_path):
 
 @pytest.mark.slow
 def test_tiny_preset_learns_the_safety_corpus(tmp_path):
-    """150 steps of configs/tiny-training.yaml on 2 CPU cores (about 2 minutes): validation macro-F1 on a
-    stratified 600-row sample of val must rise well above chance (a uniform random guess scores about 0.33).
-    Without LoRA dropout: its bernoulli masks took a fifth of each tiny step (torch profiler), and the run learns
-    as much without them (macro-F1 0.548 against 0.551 at step 150, 132 s against 176 s on 2 AMD cores)."""
+    """120 steps of configs/tiny-training.yaml on 2 CPU cores (about 100 s): validation macro-F1 on a
+    stratified 600-row sample of val rises between the two evaluations and ends well above chance (a uniform random
+    guess scores about 0.33; measured 0.426 at step 60, 0.535 at 120). Without LoRA dropout: its bernoulli masks took a
+    fifth of each tiny step (torch profiler), and the run learns as much without them (macro-F1 0.548 against 0.551 at
+    step 150, 132 s against 176 s on 2 AMD cores)."""
     cfg = load_config(ROOT / "configs" / "tiny-training.yaml", [
-        f"training.output_dir={tmp_path / 'learn'}", "training.max_steps=150", "training.eval_every=75",
-        "training.eval_max_rows=600", "training.log_every=25", "model.lora.dropout=0.0",
+        f"training.output_dir={tmp_path / 'learn'}", "training.max_steps=120", "training.eval_every=60",
+        "training.eval_max_rows=600", "training.log_every=30", "model.lora.dropout=0.0",
     ])
     run_dir = Trainer(cfg).run()
     evals = [json.loads(line) for line in (run_dir / "metrics.jsonl").read_text().splitlines()]
     evals = [e for e in evals if e["kind"] == "eval"]
-    assert [e["step"] for e in evals] == [75, 150]
-    assert evals[-1]["macro_f1"] >= 0.5, evals
+    assert [e["step"] for e in evals] == [60, 120]
+    assert evals[-1]["macro_f1"] >= 0.5 and evals[-1]["macro_f1"] > evals[0]["macro_f1"], evals
     assert evals[-1]["accuracy"] >= 0.5, evals
 
 
