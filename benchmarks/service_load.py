@@ -226,13 +226,21 @@ class FaultInjector:
 def faults(work: Path, checkpoint: Path, args) -> dict:
     import torch
 
+    threads_before = torch.get_num_threads()
+    torch.set_num_threads(args.torch_threads)  # put back at the end: main() may run inside a test process
+    try:
+        return _faults(work, checkpoint, args)
+    finally:
+        torch.set_num_threads(threads_before)
+
+
+def _faults(work: Path, checkpoint: Path, args) -> dict:
     from so8t_lib.serve.backends import load_decider
     from so8t_lib.serve.config import RuntimeConfig
     from so8t_lib.serve.http import ApiKeys, Service
     from so8t_lib.serve.http.server import listening_socket, uvicorn_server
     from so8t_lib.serve.runtime import Agent
 
-    torch.set_num_threads(args.torch_threads)
     folder = work / "faults" / "logs"
     config = RuntimeConfig.model_validate({
         "model": {"checkpoint_path": str(checkpoint)}, "inference": {"generate_responses": False, "decision_timeout_s": 2},

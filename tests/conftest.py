@@ -1,6 +1,7 @@
 """Shared fixtures: the tiny preset's tokenizer (built once) and small model configs."""
 
 import os
+import sys
 
 os.environ.setdefault("HF_HUB_OFFLINE", "1")  # no hub here: fail fast instead of retrying
 os.environ.setdefault("TRANSFORMERS_VERBOSITY", "error")
@@ -19,6 +20,18 @@ def _so8t_settings_left_as_found():
     yield
     after = {key: value for key, value in os.environ.items() if key.startswith("SO8T_")}
     assert after == before, f"the test left SO8T_* settings changed: {before} -> {after}"
+
+
+@pytest.fixture(autouse=True)
+def _torch_threads_left_as_found():
+    """A test (or a benchmark's main() run in process) that sets torch's thread count must put it back: one left at 1
+    made every later torch test in the suite run on one core (the learning test 135 s instead of 65 s)."""
+    torch = sys.modules.get("torch")
+    before = torch.get_num_threads() if torch is not None else None
+    yield
+    torch = sys.modules.get("torch")
+    if before is not None and torch is not None:
+        assert torch.get_num_threads() == before, f"the test left torch's threads at {torch.get_num_threads()}, not {before}"
 
 
 @pytest.fixture(scope="session")
