@@ -183,6 +183,7 @@ def test_a_process_checks_the_same_files_once_and_each_caller_gets_its_own_table
         rows = [{"id": f"{name}{i}", "user_request": f"Where is meeting room {name} {i}?", "label": "ALLOW"}
                 for i in range(n)]
         (tmp_path / f"{name}.jsonl").write_text("".join(json.dumps(r) + "\n" for r in rows), encoding="utf-8")
+    monkeypatch.setattr(training_split, "_checked", {})  # what earlier tests left kept does not count
     reads = []
     real = training_split.load_table
     monkeypatch.setattr(training_split, "load_table", lambda path: reads.append(path.name) or real(path))

@@ -1,6 +1,8 @@
 """A prompt longer than the base's position limit is refused, not decided: the runtime's ESCALATE with the reason
 named, as the GGUF backend refuses one longer than its n_ctx. Answers stop where the positions end."""
 
+import json
+
 import pytest
 import torch
 from test_runtime import _agent, _records
@@ -57,3 +59,47 @@ def test_the_runtime_escalates_a_request_past_the_limit_and_records_why(tmp_path
     assert result["decision"] == "ESCALATE" and result["human_required"] and result["task_response"] is None
     (record,) = _records(tmp_path)
     assert record["decision"] == "ESCALATE" and "PromptTooLong" in record["error"]
+
+
+def test_a_refused_prompt_leaves_the_models_mode_as_it_was(short_context_model):
+    model = short_context_model.train()
+    try:
+        with pytest.raises(PromptTooLong):
+            model.decide([LONG])
+        with pytest.raises(PromptTooLong):
+            model.decision_states([LONG])
+        assert model.training
+    finally:
+        model.eval()
+
+
+def _data(folder, val_request):
+    rows = {"train": [(f"t{i}", f"Where is meeting room {i}?", label) for i, label in
+                      enumerate(["ALLOW", "REFUSE", "ESCALATE"] * 2)],
+            "val": [("v0", "Where is the canteen?", "ALLOW"), ("v1", val_request, "REFUSE")]}
+    folder.mkdir()
+    for split, items in rows.items():
+        (folder / f"{split}.jsonl").write_text("".join(json.dumps({"id": i, "user_request": text, "label": label, "category": "general"},
+                                                                  ensure_ascii=False) + "\n"
+                                                       for i, text, label in items), encoding="utf-8")
+    return folder
+
+
+@pytest.mark.parametrize("val_request, max_length, message", [
+    (LONG, 64, rf"1 val row\(s\) are longer than this base's context of {LIMIT} tokens \(e.g. 'v1'"),
+    ("How do I read a colleague's mail?", LIMIT + 1, rf"training.max_length {LIMIT + 1} is longer than .* {LIMIT}"),
+])
+def test_training_refuses_what_its_evaluation_could_not_decide_before_the_first_step(tmp_path, val_request,
+                                                                                     max_length, message):
+    """A val row past the position limit stopped the run at its first evaluation, after the steps before it."""
+    from test_train import ROOT
+
+    from so8t_lib.core.config import ConfigError, load_config
+    from so8t_lib.train import Trainer
+
+    config = load_config(ROOT / "configs" / "tiny-training.yaml", [
+        f"training.data_dir={_data(tmp_path / 'data', val_request)}", f"training.output_dir={tmp_path / 'run'}",
+        f"model.tiny.max_position_embeddings={LIMIT}", f"training.max_length={max_length}", "training.max_steps=1"])
+    with pytest.raises(ConfigError, match=message):
+        Trainer(config)
+    assert not (tmp_path / "run" / "last").exists()

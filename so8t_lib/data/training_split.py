@@ -7,6 +7,7 @@ is kept per content digest of every file the checks read, and a changed byte in 
 
 from __future__ import annotations
 
+import threading
 from pathlib import Path
 
 import pandas as pd
@@ -21,6 +22,7 @@ from .tables import DataError, load_table, stratified_sample
 
 _KEPT_RESULTS = 4  # distinct corpora checked in one process whose tables stay in memory
 _checked: dict[tuple[str, ...], tuple[pd.DataFrame, pd.DataFrame]] = {}
+_checked_lock = threading.Lock()  # runs started from threads (a notebook, the stakeholder app) share it
 
 
 def _inputs_digest(data_dir: Path) -> tuple[str, ...] | None:
@@ -41,14 +43,16 @@ def training_tables(data_dir: str | Path, train_max_rows: int | None, eval_max_r
     near copy of one (the corpus build's Jaccard guard): the benchmarks are for evaluation only."""
     data_dir = Path(data_dir)
     key = _inputs_digest(data_dir)
-    if key not in _checked:
-        train, val = _checked_tables(data_dir)
-        if key is None:
-            return stratified_sample(train, train_max_rows, seed), stratified_sample(val, eval_max_rows, seed)
-        while len(_checked) >= _KEPT_RESULTS:
-            _checked.pop(next(iter(_checked)))
-        _checked[key] = train, val
-    train, val = (table.copy() for table in _checked[key])  # a caller that edits its table edits its own copy
+    with _checked_lock:
+        kept = _checked.get(key) if key is not None else None
+    if kept is None:
+        kept = _checked_tables(data_dir)
+        if key is not None:
+            with _checked_lock:
+                while len(_checked) >= _KEPT_RESULTS:
+                    _checked.pop(next(iter(_checked)))
+                _checked[key] = kept
+    train, val = (table.copy() for table in kept)  # a caller that edits its table edits its own copy
     return stratified_sample(train, train_max_rows, seed), stratified_sample(val, eval_max_rows, seed)
 
 

@@ -187,7 +187,9 @@ class SO8TModel(CheckpointMixin, nn.Module):
     def context_length(self) -> int | None:
         """The base's position limit (``max_position_embeddings``): a longer prompt is refused, not decided on
         positions the model never learned (None when the config names none)."""
-        limit = getattr(self.causal_lm.config, "max_position_embeddings", None)
+        config = self.causal_lm.config  # a multimodal base keeps the limit in its text config
+        limit = getattr(config.get_text_config() if hasattr(config, "get_text_config") else config,
+                        "max_position_embeddings", None)
         return int(limit) if limit else None
 
     @property
@@ -338,11 +340,11 @@ class SO8TModel(CheckpointMixin, nn.Module):
         if len(contexts) != len(requests):
             raise ValueError(f"{len(requests)} requests but {len(contexts)} contexts")
         device = next(self.parameters()).device
-        was_training = self.training
-        self.eval()
         prompts = [self.format_prompt(r, c) for r, c in zip(requests, contexts)]
         lengths = [len(ids) for ids in self.tokenizer(prompts, add_special_tokens=False)["input_ids"]] if prompts else []
-        check_prompt_lengths(lengths, self.context_length)
+        check_prompt_lengths(lengths, self.context_length)  # before eval(): a refusal leaves the mode as it was
+        was_training = self.training
+        self.eval()
         batches = batches_by_length(lengths, batch_size)
         if progress:
             from tqdm.auto import tqdm

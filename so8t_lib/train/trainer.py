@@ -54,7 +54,7 @@ from .optim import build_optimizers, epoch_order, length_grouped_order
 from .resume import RunCheckpoints, StepBoundary, TrainerState, data_fingerprint
 from .run_folder import RunLock, check_fresh
 from .state_cache import FrozenStates, check_frozen_below, decide_from_states
-from .val_checks import TrainingDiverged, check_metric_measurable, scored
+from .val_checks import TrainingDiverged, check_metric_measurable, check_prompts_fit, scored
 
 __all__ = ["StopRequested", "Trainer", "TrainingDiverged", "run_config", "train"]
 
@@ -116,6 +116,7 @@ class Trainer(RunCheckpoints):
                                      self.tcfg.data_seed)
         self.train_rows, self.val_rows = table_rows(train), table_rows(val)
         check_metric_measurable(self.tcfg.early_stopping.metric, self.val_rows, self.tcfg.data_dir)
+        check_prompts_fit(self.model, self.val_rows, self.tcfg.max_length, self.tcfg.data_dir)
         self.data_fingerprint = data_fingerprint(self.train_rows, self.val_rows)  # a resume must find the same rows
         self.collate = SafetyCollator(self.model.tokenizer, self.tcfg.max_length, self.model.system_prompt,
                                       self.tcfg.max_target_tokens)

@@ -36,6 +36,25 @@ def scored(rows: list[dict], probs: np.ndarray | torch.Tensor) -> dict:
     return headline_metrics([r["label"] for r in rows], [LABELS[i] for i in probs.argmax(-1).tolist()])
 
 
+def check_prompts_fit(model, val_rows: list[dict], max_length: int, data_dir: str) -> None:
+    """ConfigError, before the first step, when a training sequence (``training.max_length``) or a whole val prompt
+    is longer than the base's positions: an evaluation decides each val prompt whole, and the model refuses one past
+    its context (``PromptTooLong``), which would stop the run at its first evaluation, after the steps before it."""
+    limit = model.context_length
+    if limit is None:
+        return
+    if max_length > limit:
+        raise ConfigError(f"training.max_length {max_length} is longer than this base's context of {limit} "
+                          f"(max_position_embeddings): set training.max_length <= {limit}")
+    prompts = [model.format_prompt(row["user_request"], row.get("context")) for row in val_rows]
+    lengths = [len(ids) for ids in model.tokenizer(prompts, add_special_tokens=False)["input_ids"]] if prompts else []
+    too_long = [(row["id"], n) for row, n in zip(val_rows, lengths) if n > limit]
+    if too_long:
+        raise ConfigError(f"{data_dir}: {len(too_long)} val row(s) are longer than this base's context of {limit} "
+                          f"tokens (e.g. {too_long[0][0]!r}: {too_long[0][1]} tokens); the model cannot decide them "
+                          "(the runtime escalates such a request): shorten or remove them from val.jsonl")
+
+
 def check_metric_measurable(metric: str, val_rows: list[dict], data_dir: str) -> None:
     """ConfigError when the val rows lack the gold labels ``metric`` needs: found only at the first evaluation (after
     eval_every steps), such a run could neither finish nor be resumed under another metric."""
