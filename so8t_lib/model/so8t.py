@@ -185,11 +185,8 @@ class SO8TModel(CheckpointMixin, nn.Module):
 
     @property
     def context_length(self) -> int | None:
-        """The base's position limit (``max_position_embeddings``): a longer prompt is refused, not decided on
-        positions the model never learned (None when the config names none)."""
-        config = self.causal_lm.config  # a multimodal base keeps the limit in its text config
-        limit = getattr(config.get_text_config() if hasattr(config, "get_text_config") else config,
-                        "max_position_embeddings", None)
+        """The base's position limit: a longer prompt is refused, never decided on positions the model never had."""
+        limit = getattr(self.causal_lm.config.get_text_config(), "max_position_embeddings", None)  # multimodal: text
         return int(limit) if limit else None
 
     @property
