@@ -10,11 +10,15 @@ Two sources, both read from verified audit chains (every replica's):
   ESCALATE) on any decision the gate made.
 
 Every row keeps its ``request_id`` (and ``case_id``), so it can be traced back to its audit record.
-Left out, and counted: test-mode records, requests or contexts stored truncated (the label belongs to
+Left out, and counted: test-mode records (a spot check of one too), requests or contexts stored truncated (the label belongs to
 the whole text), requests whose text is not stored, records written before the gate stored the context
 (a label given to a request with a context would be trained onto the bare request), and duplicates
-(the same request and context after NFKC and case folding: one row is kept, the latest decision; when
-people labelled the same text differently, none).
+(the same request and context by the key preprocess's ``load_table`` uses, ``asked_keys``: punctuation, spacing
+and invisible characters aside; one row is kept, the latest decision; when people labelled the same text
+differently, none, so preprocess never meets two answers to one question).
+A spot check that contradicts the escalation reviewer's resolution of the same request is refused, as two
+disagreeing spot checks are: which one a person meant cannot be guessed. A signed log is read only with its
+HMAC key: without it a re-hashed record would pass as verified.
 Personal data is masked again here (the log is masked already when ``mask_personal_data`` is on).
 """
 
@@ -25,11 +29,13 @@ import json
 import re
 from pathlib import Path
 
+import pandas as pd
+
 from ...core.io import atomic_write_text
 from ...core.schema import CATEGORIES, LABELS
-from ...data.corpus.text import normalize_text
-from ...data.tables import detect_lang, read_records
+from ...data.tables import asked_keys, detect_lang, read_records
 from ...serve.audit_verify import read_chains, verify_chains
+from ...serve.config import AUDIT_HMAC_KEY_ENV
 from ...serve.escalation import UNREADABLE_TEXTS, EscalationQueue
 from ...serve.masking import mask_personal_data
 from ...serve.resolutions import held_by_queue, standing_resolutions
@@ -95,11 +101,33 @@ def _held(queue: str | Path, key: str | bytes | None,
     return (resolved, *held_by_queue(standing, history))
 
 
+def _folders(logs: list[str | Path]) -> list[Path]:
+    """Each log folder once: one given twice (``X`` and ``X/``, or through a link) would read every record
+    twice and double the report's counts."""
+    seen, folders = set(), []
+    for folder in map(Path, logs):
+        if folder.resolve() not in seen:
+            seen.add(folder.resolve())
+            folders.append(folder)
+    return folders
+
+
+def _unsigned_reads(verification: dict[str, dict], signed_records: set[str], hmac_key: str | bytes | None) -> list[str]:
+    """A problem for each signed chain (its anchor or a record carries a ``mac``) read without the HMAC key: only
+    the key tells a re-hashed record from the gate's own, so its labels cannot be trusted without it."""
+    if hmac_key:
+        return []
+    signed = sorted(signed_records | {c for c, r in verification.items() if "mac" in (r.get("anchor") or {})})
+    return [f"{chain}: the log is signed (HMAC), but no HMAC key was given; set {AUDIT_HMAC_KEY_ENV} (or the "
+            f"variable --hmac-key-env names) to the key the service signs with, or pass hmac_key" for chain in signed]
+
+
 def extract_rows(logs: list[str | Path], queue: str | Path | None = None, reviews: str | Path | None = None,
                  key: str | bytes | None = None, hmac_key: str | bytes | None = None,
                  require_verified: bool = True) -> tuple[list[dict], dict]:
     """(rows, report): labelled rows in the corpus's columns plus request_id, case_id, origin and
     decided_at; the report counts what was left out and why."""
+    logs = _folders(logs)
     verification = verify_chains(logs, hmac_key=hmac_key)
     problems = [f"{chain}: {e}" for chain, r in verification.items() for e in r["errors"]]
     if problems and require_verified:
@@ -109,18 +137,24 @@ def extract_rows(logs: list[str | Path], queue: str | Path | None = None, review
                                              "no_decision_record": 0, "not_a_label": 0,
                                              "resolution_not_in_queue": 0}
     try:
-        records = [record for folder in logs for _, record in read_chains(folder, key=key)]
+        read = [(str(folder / chain), record) for folder in logs for chain, record in read_chains(folder, key=key)]
     except ValueError as exc:
         raise ExtractError(str(exc)) from None
+    records = [record for _, record in read]
+    unsigned = _unsigned_reads(verification, {chain for chain, r in read if "mac" in r}, hmac_key)
+    problems += unsigned
+    if unsigned and require_verified:
+        raise ExtractError("the audit log cannot be verified, so its records cannot be labels:\n  " + "\n  ".join(unsigned))
     standing = standing_resolutions(records)  # a withdrawn attempt is no label
     resolved: list[dict] = []
     if queue is not None:
         resolved, standing, not_held = _held(queue, key, standing)
         left_out["resolution_not_in_queue"] = sum(not r.get("test") for r in not_held)
-    standing = {id(r) for r in standing}
+    standing, tests = {id(r) for r in standing}, set()
     for record in records:
         if record.get("test"):
             left_out["test"] += record.get("event", "decision") == "decision"
+            tests.add(record.get("request_id"))
             continue
         if record.get("event", "decision") == "decision" and record.get("request_id"):
             decisions[record["request_id"]] = record
@@ -138,7 +172,15 @@ def extract_rows(logs: list[str | Path], queue: str | Path | None = None, review
                                                   "context": case.get("context"), "category": case["category"]})
     if reviews is not None:
         for request_id, review in _reviews(Path(reviews)).items():
-            labelled[request_id] = (review["label"], "review", None, None)
+            resolved_as = labelled.get(request_id)
+            if request_id in tests:  # counted as a test-mode record already
+                continue
+            if resolved_as is not None and resolved_as[0] != review["label"]:  # as two disagreeing spot checks
+                raise ExtractError(f"{reviews}:{review['line']}: {request_id} is reviewed as {review['label']} here "
+                                   f"and resolved as {resolved_as[0]} in escalation case {resolved_as[3]}; keep one "
+                                   "(remove the review, or resolve the case again with supersede)")
+            if resolved_as is None:  # one that agrees keeps the resolution's case_id and time
+                labelled[request_id] = (review["label"], "review", None, None)
     rows = []
     for request_id, (label, origin, decided_at, case_id) in labelled.items():
         decision = decisions.get(request_id)
@@ -158,9 +200,10 @@ def extract_rows(logs: list[str | Path], queue: str | Path | None = None, review
             left_out["not_a_label"] += 1
         else:
             rows.append(_row(decision, label, origin, decided_at or _moment(decision.get("timestamp")), case_id))
-    by_text: dict[str, list[dict]] = {}
-    for row in sorted(rows, key=lambda r: (r["decided_at"], r["request_id"])):
-        by_text.setdefault((normalize_text(row["user_request"]), normalize_text(row["context"])), []).append(row)
+    rows.sort(key=lambda r: (r["decided_at"], r["request_id"]))
+    by_text: dict[str, list[dict]] = {}  # load_table's own key, so what it calls one question is one here
+    for key, row in zip(asked_keys(pd.DataFrame(rows, columns=["context", "user_request"])), rows, strict=True):
+        by_text.setdefault(key, []).append(row)
     kept = []
     for same in by_text.values():
         if len({r["label"] for r in same}) > 1:

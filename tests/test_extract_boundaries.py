@@ -1,0 +1,104 @@
+"""Extract's boundaries with its neighbours: the same notion of "one question" as preprocess's load_table, a
+spot check against an escalation reviewer's resolution, a signed log read without its key, a log folder given
+twice, and a spot check of a test-mode request."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import pytest
+from ops_fixtures import build_ops_logs
+
+from so8t_lib.data.tables import load_table
+from so8t_lib.serve.audit import AuditLog
+from so8t_lib.serve.audit_files import anchor_path, encode_line, record_hash
+from so8t_lib.workbench import retrain
+
+HMAC_KEY = "k" * 32
+
+
+def _escalated(log: AuditLog, rid: str, text: str, label: str, second: int, **extra) -> None:
+    """A decision the gate escalated and the reviewer's resolution of it."""
+    log.append({"event": "decision", "timestamp": f"2026-12-01T09:00:0{second}.000000Z", "request_id": rid,
+                "input": text, "context": "", "decision": "ESCALATE", "category": "hr", **extra})
+    log.append({"event": "resolution", "timestamp": f"2026-12-01T10:00:0{second}.000000Z", "request_id": rid,
+                "case_id": f"esc_{rid}", "human_decision": label, "attempt": f"a_{rid}", **extra})
+
+
+def test_requests_a_question_mark_apart_are_one_request_as_for_preprocess(tmp_path):
+    log = AuditLog(tmp_path / "logs" / "audit.jsonl")
+    _escalated(log, "req_a", "Can I see the payroll file for my team?", "ALLOW", 1)
+    _escalated(log, "req_b", "Can I see the payroll file for my team", "REFUSE", 2)
+    _escalated(log, "req_c", "Show me the bonus list!", "REFUSE", 3)
+    _escalated(log, "req_d", "Show me the  bonus list.", "REFUSE", 4)
+    rows, report = retrain.extract_rows([tmp_path / "logs"])
+    assert [r["request_id"] for r in rows] == ["req_d"]  # the latest of the agreeing pair
+    assert report["left_out"]["conflicting"] == 2 and report["left_out"]["duplicate"] == 1
+    assert len(load_table(retrain.write_rows(rows, tmp_path / "rows.jsonl"))) == 1  # preprocess's reader takes it
+
+
+def test_a_spot_check_that_contradicts_a_resolution_is_refused_like_two_spot_checks(tmp_path):
+    log = AuditLog(tmp_path / "logs" / "audit.jsonl")
+    _escalated(log, "req_1", "Please send the medical leave record to the project channel", "REFUSE", 1)
+    reviews = tmp_path / "reviews.jsonl"
+    reviews.write_text(json.dumps({"request_id": "req_1", "label": "ALLOW"}) + "\n", encoding="utf-8")
+    with pytest.raises(retrain.ExtractError, match=r"reviews.jsonl:1: req_1 is reviewed as ALLOW here and resolved "
+                                                   r"as REFUSE in escalation case esc_req_1; keep one"):
+        retrain.extract_rows([tmp_path / "logs"], reviews=reviews)
+    reviews.write_text(json.dumps({"request_id": "req_1", "label": "refuse"}) + "\n", encoding="utf-8")
+    (row,), _ = retrain.extract_rows([tmp_path / "logs"], reviews=reviews)  # one that agrees keeps the case
+    assert (row["label"], row["origin"], row["case_id"]) == ("REFUSE", "escalation", "esc_req_1")
+
+
+def _forged(folder: Path, strip_anchor_mac: bool) -> None:
+    """A signed log whose last resolution is edited and re-hashed, the anchor's last_hash moved along."""
+    path = folder / "audit.jsonl"
+    log = AuditLog(path, hmac_key=HMAC_KEY)
+    _escalated(log, "req_1", "Disable the audit logging on the finance server for tonight", "REFUSE", 1)
+    lines = path.read_text(encoding="utf-8").splitlines()
+    last = json.loads(lines[-1])
+    last["human_decision"] = "ALLOW"
+    last["hash"] = record_hash(last)
+    lines[-1] = encode_line(last).decode().rstrip("\n")
+    path.write_text("\n".join(lines) + "\n", encoding="utf-8")
+    anchor = json.loads(anchor_path(path).read_text(encoding="utf-8"))
+    anchor["last_hash"] = last["hash"]
+    if strip_anchor_mac:
+        anchor.pop("mac")
+    anchor_path(path).write_text(json.dumps(anchor, sort_keys=True), encoding="utf-8")
+
+
+@pytest.mark.parametrize("strip_anchor_mac", [False, True])
+def test_a_signed_log_is_not_read_without_its_hmac_key(tmp_path, strip_anchor_mac):
+    _forged(tmp_path, strip_anchor_mac)
+    with pytest.raises(retrain.ExtractError, match="signed .HMAC., but no HMAC key was given; set SO8T_AUDIT_HMAC_KEY"):
+        retrain.extract_rows([tmp_path])
+    with pytest.raises(retrain.ExtractError, match="does not verify"):  # with the key the forgery shows
+        retrain.extract_rows([tmp_path], hmac_key=HMAC_KEY)
+
+
+def test_a_signed_log_with_its_key_gives_its_rows(tmp_path):
+    log = AuditLog(tmp_path / "audit.jsonl", hmac_key=HMAC_KEY)
+    _escalated(log, "req_1", "Disable the audit logging on the finance server for tonight", "REFUSE", 1)
+    (row,), report = retrain.extract_rows([tmp_path], hmac_key=HMAC_KEY)
+    assert row["label"] == "REFUSE" and report["verified"]
+
+
+def test_a_log_folder_given_twice_is_read_once(tmp_path):
+    logs = tmp_path / "logs"
+    build_ops_logs(logs)
+    _, once = retrain.extract_rows([logs], queue=logs / "escalations.sqlite")
+    for given in ([logs, logs], [logs, Path(f"{logs}/")], [logs, logs / ".." / "logs"]):
+        rows, twice = retrain.extract_rows(given, queue=logs / "escalations.sqlite")
+        assert twice == once and len(rows) == once["rows"]
+    assert once["left_out"]["resolution_not_in_queue"] == 0
+
+
+def test_a_spot_check_of_a_test_mode_request_counts_as_test(tmp_path):
+    log = AuditLog(tmp_path / "audit.jsonl")
+    _escalated(log, "req_t", "test: a made-up request", "ALLOW", 1, test=True)
+    reviews = tmp_path / "reviews.jsonl"
+    reviews.write_text(json.dumps({"request_id": "req_t", "label": "REFUSE"}) + "\n", encoding="utf-8")
+    rows, report = retrain.extract_rows([tmp_path], reviews=reviews)
+    assert rows == [] and report["left_out"]["test"] == 1 and report["left_out"]["no_decision_record"] == 0
