@@ -92,9 +92,13 @@ def preprocess(rows_file: str | Path, out: str | Path, corpus_dir: str | Path = 
     benchmarks = benchmark_guard(benchmarks_dir)  # before anything is read
     rows_file, corpus_dir = Path(rows_file), Path(corpus_dir)
     table = load_table(rows_file)  # DataError names the file, line and field
-    extra = {str(r.get("id")): r for _, r in read_records(rows_file)}  # request_id, case_id, origin
-    new = [{**row, **{k: extra[row["id"]].get(k) for k in ("request_id", "case_id", "origin", "decided_at")}}
-           for row in table.to_dict("records")]
+    # request_id, case_id, origin: paired by line (load_table makes one row per record, in order), since its ids
+    # are normalised (stripped, 7.0 -> 7, ``stem:line`` for none) and the raw record's are not
+    extra = [r for _, r in read_records(rows_file)]
+    if len(extra) != len(table):
+        raise PreprocessError(f"{rows_file} changed while it was read; run preprocess again")
+    new = [{**row, **{k: record.get(k) for k in ("request_id", "case_id", "origin", "decided_at")}}
+           for row, record in zip(table.to_dict("records"), extra)]
     corpus = {split: read_split(corpus_dir, split) for split in ("train", "val", "test")}
     every = [(split, r) for split, part in corpus.items() for r in part]
     seen = dict(zip(_asked([r for _, r in every]), [(split, r["label"]) for split, r in every]))
