@@ -18,6 +18,8 @@ group near-duplicates into families, split them into train/val; the corpus test 
 byte. The benchmarks are read from --benchmarks (default shared/benchmarks beside the clone); a folder
 that is missing, or holds none of the benchmark files, stops it with exit 2 unless --no-benchmark-guard
 says to go on without that check. preprocess.json records the folder and the files compared with.
+--out is replaced whole: it must be new, empty or an earlier preprocess output, and hold neither the
+input file nor the corpus (exit 2 otherwise, nothing touched).
 3 train: from the serving checkpoint (its model config, base and adapters) on corpus train + the new rows,
 with the serving run's training config (its config.yaml) unless --config says otherwise; key=value
 overrides apply to it.

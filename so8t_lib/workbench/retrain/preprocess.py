@@ -18,7 +18,9 @@ prompt would be kept as a training row with no word said.
 The folder holds ``train.jsonl`` (corpus train + new train rows), ``val.jsonl`` (corpus val + new val
 rows), ``test.jsonl`` (the corpus test file, byte for byte: its sha256 is checked), ``new_rows.jsonl``
 and ``preprocess.json`` (what was kept, dropped and why, and which benchmark files the guard compared
-with, each with its sha256); it appears whole or not at all.
+with, each with its sha256); it appears whole or not at all. It replaces an earlier preprocess output (a re-run)
+or fills an empty or new folder, nothing else: any other folder, or one that holds the input file or the
+corpus, would lose files preprocess never wrote.
 """
 
 from __future__ import annotations
@@ -32,6 +34,7 @@ import pandas as pd
 from ...core.checkpoint import atomic_folder
 from ...core.io import sha256_file
 from ...core.paths import BENCHMARKS_DIR, CORPUS_DIR
+from ...core.schema import MANIFEST_FILE
 from ...data.benchmarks import benchmark_files, benchmark_prompts
 from ...data.corpus.guard import benchmark_copies, benchmark_pairs
 from ...data.corpus.neardup import (
@@ -47,6 +50,7 @@ from ...data.tables import asked_keys, load_table, read_records
 
 VAL_SHARE = 10  # one family in VAL_SHARE goes to val
 REPORT_FILE = "preprocess.json"
+OUTPUT_FILES = frozenset({"train.jsonl", "val.jsonl", "test.jsonl", "new_rows.jsonl", REPORT_FILE, MANIFEST_FILE})
 
 
 class PreprocessError(ValueError):
@@ -85,11 +89,33 @@ def benchmark_guard(benchmarks_dir: str | Path | None) -> dict:
             "missing": [str(p.relative_to(folder)) for p in missing]}
 
 
+def check_out(out: str | Path, rows_file: str | Path, corpus_dir: str | Path) -> None:
+    """PreprocessError unless ``out`` may be replaced whole (``atomic_folder`` swaps the folder): it is new, empty
+    or an earlier preprocess output (``preprocess.json`` and only the files preprocess writes), and it neither
+    holds the input file nor is, holds or lies in the corpus folder. Anything else would be deleted."""
+    out, rows, corpus = (Path(p).resolve() for p in (out, rows_file, corpus_dir))
+    if out == rows or out in rows.parents:
+        raise PreprocessError(f"--out {out} holds the input file {rows}, which writing the data folder there would "
+                              "delete; name a new folder for the output, e.g. data/retrain")
+    if out == corpus or out in corpus.parents or corpus in out.parents:
+        raise PreprocessError(f"--out {out} is, holds or lies inside the corpus folder {corpus}, which writing the "
+                              "data folder there would change or delete; name a folder outside it, e.g. data/retrain")
+    if out.exists() and not out.is_dir():
+        raise PreprocessError(f"--out {out} is a file, not a folder; name a new folder for the output")
+    entries = {p.name for p in out.iterdir()} if out.is_dir() else set()
+    if entries and (REPORT_FILE not in entries or not entries <= OUTPUT_FILES):
+        others = sorted(entries - OUTPUT_FILES) or [f"no {REPORT_FILE}"]
+        raise PreprocessError(f"--out {out} is a folder preprocess did not write ({', '.join(others[:5])}), and "
+                              "preprocess replaces its output folder whole, which would delete those files; name a "
+                              "new or empty folder, or move the files away first")
+
+
 def preprocess(rows_file: str | Path, out: str | Path, corpus_dir: str | Path = CORPUS_DIR,
                benchmarks_dir: str | Path | None = BENCHMARKS_DIR, seed: int = 0) -> dict:
     """Write the data folder ``out`` from ``rows_file`` (so8t retrain extract's output); its report.
     ``benchmarks_dir`` None skips the benchmark guard (recorded in the report); a missing folder is an error."""
     benchmarks = benchmark_guard(benchmarks_dir)  # before anything is read
+    check_out(out, rows_file, corpus_dir)  # before anything is read or written
     rows_file, corpus_dir = Path(rows_file), Path(corpus_dir)
     table = load_table(rows_file)  # DataError names the file, line and field
     # request_id, case_id, origin: paired by line (load_table makes one row per record, in order), since its ids
@@ -148,4 +174,5 @@ def preprocess(rows_file: str | Path, out: str | Path, corpus_dir: str | Path = 
             raise PreprocessError(f"{test_file} changed while it was copied; run preprocess again")
         (tmp / "new_rows.jsonl").write_text(_lines(kept), encoding="utf-8")
         (tmp / REPORT_FILE).write_text(json.dumps(report, indent=1, ensure_ascii=False), encoding="utf-8")
+        check_out(out, rows_file, corpus_dir)  # again just before the swap: a file put there meanwhile is kept
     return report
