@@ -552,18 +552,23 @@ def test_progress_advances_as_batches_are_decoded(exported, monkeypatch):
 @pytest.mark.parametrize("key, value, says", [
     ("so8t.temperature", -0.05, "so8t.temperature -0.05.* is not a positive number"),
     ("so8t.temperature", 0.0, "not a positive number"),
-    ("so8t.temperature", float("nan"), "not a positive number")])
+    ("so8t.temperature", float("nan"), "not a positive number"),
+    ("so8t.temperature", 1e-39, "not a positive number"),  # a float32 denormal: NaN on some rows
+    ("so8t.temperature", ("float64", 1e-300), "not a positive number"),  # 0 in the head's float32: NaN everywhere
+    ("so8t.temperature", ("float64", 1e300), "not a positive number")])  # inf in float32: 1/3 each, whatever the row
 def test_a_head_that_would_turn_decisions_around_is_refused_even_with_a_fresh_sidecar(exported, tmp_path, key, value,
                                                                                       says):
     """A negative temperature keeps the probabilities finite and summing to 1 but reverses their order: REFUSE-leaning
-    requests came out ALLOW at p 0.999 from a file that verified (its sidecar renewed)."""
+    requests came out ALLOW at p 0.999 from a file that verified (its sidecar renewed). One positive in float64 but
+    0, denormal or inf in float32 (the head divides in float32) verified too, and failed each request unexplained."""
     from so8t_lib.export.gguf_file import open_gguf
     from so8t_lib.export.gguf_rewrite import rewrite_gguf
 
     _, paths = exported
+    kind, number = value if isinstance(value, tuple) else ("float32", value)
     bad = tmp_path / "bad.gguf"
     rewrite_gguf(open_gguf(paths["so8t-test-f16.gguf"]), bad, drop_key=lambda k: k == key,
-                 add_keys=lambda writer: writer.add_float32(key, value))
+                 add_keys=lambda writer: getattr(writer, f"add_{kind}")(key, number))
     with pytest.raises(GGUFError, match=says):
         read_metadata(bad)
     with pytest.raises(GGUFError, match=says):

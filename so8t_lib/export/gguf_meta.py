@@ -42,7 +42,8 @@ def read_metadata(path: str | Path) -> dict:
         if handle.read(4) != b"GGUF":
             raise GGUFError(f"{path}: not a GGUF file (the first bytes are not 'GGUF')")
     # the so8t.* keys and the two the architecture needs; the 262k-token vocabulary is stepped over, not decoded
-    reader = open_gguf(path, want=lambda key: key.startswith(("so8t.", "general.")) or key.endswith(".block_count"))
+    reader = open_gguf(path, want=lambda key: key.startswith(("so8t.", "general."))
+                       or key.endswith((".block_count", ".context_length")))
     fields = reader.fields
 
     def value(key: str):
@@ -70,6 +71,11 @@ def read_metadata(path: str | Path) -> dict:
     if meta["block_count"] is not None and (not _whole(meta["block_count"]) or meta["block_count"] < 1):
         raise GGUFError(f"{path}: {arch}.block_count {meta['block_count']!r} is not a layer count (an integer >= 1)")
     meta["block_count"] = None if meta["block_count"] is None else int(meta["block_count"])
+    # the positions the model was built for: a longer prompt is refused, as the checkpoint refuses it
+    trained = fields[f"{arch}.context_length"].contents() if f"{arch}.context_length" in fields else None
+    if trained is not None and (not _whole(trained) or trained < 1):
+        raise GGUFError(f"{path}: {arch}.context_length {trained!r} is not a token count (an integer >= 1)")
+    meta["context_length"] = None if trained is None else int(trained)
     # hidden-state indices the head reads (HF numbering); files written before it read the final norm only
     meta["so8t.read_layers"] = _read_layers(path, fields["so8t.read_layers"].contents(), meta["block_count"]) \
         if "so8t.read_layers" in fields else []
@@ -97,7 +103,8 @@ def read_metadata(path: str | Path) -> dict:
         head[key] = flat.reshape(shape)
     meta["head"] = head
     temperature = float(meta["so8t.temperature"]) if _real(meta["so8t.temperature"]) else float("nan")
-    if not (np.isfinite(temperature) and temperature > 0):  # a negative one turns the head's ranking upside down
+    # a negative one turns the head's ranking upside down; the head divides in float32, where 1e-300 is 0 and 1e300 inf
+    if not np.finfo(np.float32).tiny <= temperature <= np.finfo(np.float32).max:  # NaN included
         raise GGUFError(f"{path}: so8t.temperature {meta['so8t.temperature']!r} is not a positive number; export the "
                         "checkpoint again")
     threshold = float(meta["so8t.threshold"]) if _real(meta["so8t.threshold"]) else float("nan")

@@ -11,6 +11,8 @@ from __future__ import annotations
 from collections.abc import Callable
 from typing import Any, NamedTuple
 
+from ..export.gguf_meta import GGUFError
+
 
 class Completion(NamedTuple):
     """One generated answer and what it cost in tokens."""
@@ -24,6 +26,7 @@ class GGUFAnswers:
     """``generate`` (text), ``complete`` (text and token counts) and ``start_answer`` (a ``LlamaAnswer``)."""
 
     eos_token: str | None
+    context_limit: int  # tokens a prompt and its answer may take together (GGUFBackend: n_ctx, within the trained)
     _kwargs: dict
     _generator: Any  # llama_cpp.Llama, opened on the first answer
     _llama: Any  # the llama_cpp module
@@ -41,12 +44,23 @@ class GGUFAnswers:
             self._generator = generator
         return self._generator
 
+    def _answer_room(self, request: str, context: str | None, max_tokens: int) -> tuple[list[int], int]:
+        """The prompt's tokens and how many answer tokens fit after them: llama.cpp checks a prompt against its own
+        padded context (a multiple of 256), not the n_ctx its buffers were sized for, and an answer past that
+        overran them. The answer stops where the context ends, as the HF answer stops at the base's positions."""
+        tokens = self.prompt_tokens(self.format_prompt(request, context))
+        if len(tokens) >= self.context_limit:
+            raise GGUFError(f"a prompt has {len(tokens)} tokens, this model's context is {self.context_limit}: "
+                            "no room for an answer")
+        return tokens, min(max_tokens, self.context_limit - len(tokens))
+
     def start_answer(self, request: str, context: str | None = None, max_tokens: int = 128,
                      temperature: float = 0.0) -> LlamaAnswer:
         """An answer written in chunks (``LlamaAnswer.advance``), so that decisions run between them. The answer
         context holds one answer at a time: the runtime finishes (or drops) one before starting the next."""
+        tokens, max_tokens = self._answer_room(request, context, max_tokens)
         stream = self._answer_model().create_completion(
-            self.prompt_tokens(self.format_prompt(request, context)), max_tokens=max_tokens, temperature=temperature,
+            tokens, max_tokens=max_tokens, temperature=temperature,
             stop=[self.eos_token] if self.eos_token else None, stream=True)
         return LlamaAnswer(stream, self._same_bytes)
 
@@ -61,8 +75,9 @@ class GGUFAnswers:
         template's end token (for timing longer answers, benchmarks/gguf_cuda.py); llama.cpp still stops at the
         model's own end-of-generation token, so read ``answer_tokens`` for how many were written."""
         # tokens, not text: from text llama.cpp prepends a BOS to a prompt that already starts with one
+        tokens, max_tokens = self._answer_room(request, context, max_tokens)
         out = self._answer_model().create_completion(
-            self.prompt_tokens(self.format_prompt(request, context)), max_tokens=max_tokens, temperature=temperature,
+            tokens, max_tokens=max_tokens, temperature=temperature,
             stop=[self.eos_token] if self.eos_token and stop_at_eos else None)
         self._same_bytes()
         usage = out["usage"]

@@ -78,6 +78,9 @@ class GGUFBackend(HeldFile, GGUFPrompts, GGUFDecisions, GGUFAnswers):
         self.verified, self.meta = verified_metadata(self.path)
         self.safety_head = safety_head_from(self.path, self.meta)  # the same name as on SO8TModel
         self._llama = llama_cpp
+        # never past the positions the model was built for (its checkpoint refuses such a prompt: PromptTooLong)
+        self.context_limit = min(n_ctx, self.meta["context_length"] or n_ctx)
+        n_ctx = self.context_limit
         self._kwargs = dict(model_path=str(self.path), n_ctx=n_ctx, n_batch=n_ctx, n_ubatch=n_ctx,
                             n_threads=n_threads or _usable_cores(), n_gpu_layers=n_gpu_layers,
                             verbose=verbose)

@@ -85,9 +85,9 @@ class GGUFDecisions:
         try:
             for prompt in prompts:
                 tokens = self.prompt_tokens(prompt)
-                if len(tokens) > n_batch:  # never decide on a cut prompt: the HF backend does not cut either
-                    raise GGUFError(f"a prompt has {len(tokens)} tokens, more than n_ctx={n_batch}; "
-                                    "load the backend with a larger n_ctx")
+                if len(tokens) > self.context_limit:  # never decide on a cut prompt: the HF backend does not cut either
+                    raise GGUFError(f"a prompt has {len(tokens)} tokens, more than this model's context of "
+                                    f"{self.context_limit} (n_ctx, at most the trained context_length)")
                 if pending and (used + len(tokens) > fill or pending >= n_seq_max):
                     flush()
                     pending, used = 0, 0
