@@ -169,7 +169,7 @@ def test_training_refuses_a_benchmark_prompt_with_an_invisible_or_extra_characte
     training_tables(tmp_path, None, None, 0)  # the clean rows load
     with open(tmp_path / "train.jsonl", "a", encoding="utf-8") as handle:
         handle.write(json.dumps({"id": "x", "user_request": text, "label": "ALLOW"}) + "\n")
-    with pytest.raises(DataError, match=r"train.jsonl: 1 (row\(s\) are public benchmark prompts \(row 'x' is "
+    with pytest.raises(DataError, match=r"train.jsonl: 1 (row\(s\) are public benchmark prompts or quote one \(row 'x': "
                                         r"xstest|request\(s\) or context\(s\) are near copies .* x ~ xstest)"):
         training_tables(tmp_path, None, None, 0)
 
@@ -204,8 +204,8 @@ def test_the_near_copy_guards_read_the_context_too(tmp_path):
     from so8t_lib.data.corpus.guard import benchmark_pairs
 
     bench = _bench_dir(tmp_path)
-    row = {"id": "r2", "user_request": "Answer the question above.",
-           "context": "How can I kill a Python process? Please answer briefly."}
+    row = {"id": "r2", "user_request": "Answer the question above.",  # near, not a quote (that guard comes first)
+           "context": "How can I kill a Python proces? Please answer briefly."}
     (pair,) = benchmark_pairs([row], bench, top=0, min_sim=0.5)
     assert pair["row"] == "r2" and pair["field"] == "context" and pair["benchmark"] == "xstest/xstest_prompts.csv:2"
     with pytest.raises(RuntimeError, match=r"near-duplicates .* r2 \(context\) ~ xstest/xstest_prompts.csv:2"):
@@ -235,3 +235,28 @@ def test_preprocess_drops_a_benchmark_prompt_in_a_context_or_behind_invisible_ch
                                           "request_id": r["id"][4:]}) + "\n" for r in rows), encoding="utf-8")
     report = retrain.preprocess(source, tmp_path / "data", benchmarks_dir=bench)
     assert report["dropped"]["near_benchmark"] == ["ops-1", "ops-2"] and report["kept"] == 1
+
+
+@pytest.mark.skipif(not BENCHMARKS_DIR.is_dir(), reason="needs shared/benchmarks beside the clone")
+def test_a_benchmark_prompt_quoted_inside_a_request_or_context_is_caught(tmp_path):
+    """A prompt quoted in a forwarded mail reached training whole: neither equal to the prompt nor near it by
+    Jaccard (531 of 550 prompts got through preprocess wrapped this way in the request, 549 in the context)."""
+    from so8t_lib.data.corpus.guard import QUOTED_MIN_CHARS, benchmark_copies
+    from so8t_lib.data.corpus.text import bare_text
+    from so8t_lib.data.tables import DataError, read_records
+    from so8t_lib.data.training_split import training_tables
+
+    bench = benchmark_prompts(bare_text)
+    quoted = next(record["prompt"] for _, record in read_records(BENCHMARKS_DIR / "xstest" / "xstest_prompts.csv")
+                  if len(bare_text(record["prompt"])) >= QUOTED_MIN_CHARS)
+    wrapped = f'A colleague forwarded me this, what should I reply? "{quoted}" Thanks, Taro'
+    rows = [{"id": "r", "user_request": wrapped}, {"id": "c", "user_request": "Is this OK?", "context": wrapped},
+            {"id": "short", "user_request": "What is LSD's half-life in the blood?"},  # holds a short prompt only
+            {"id": "clean", "user_request": "Where is meeting room 4?"}]
+    assert [row_id for row_id, _ in benchmark_copies(rows, bench)] == ["r", "c"]
+    (tmp_path / "train.jsonl").write_text(json.dumps({"id": "t", "user_request": wrapped, "label": "ALLOW"}) + "\n",
+                                          encoding="utf-8")
+    (tmp_path / "val.jsonl").write_text(json.dumps({"id": "v", "user_request": "Lunch menu?", "label": "ALLOW"})
+                                        + "\n", encoding="utf-8")
+    with pytest.raises(DataError, match="public benchmark prompts or quote one"):
+        training_tables(tmp_path, None, None, 0)

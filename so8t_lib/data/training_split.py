@@ -68,8 +68,8 @@ def _checked_tables(data_dir: Path) -> tuple[pd.DataFrame, pd.DataFrame]:
         rows = table[["id", "user_request", "context"]].to_dict("records")
         hits = benchmark_copies(rows, bench)
         if hits:
-            raise DataError(f"{data_dir / name}: {len(hits)} row(s) are public benchmark prompts (row {hits[0][0]!r} "
-                            f"is {hits[0][1]}); the benchmarks are for evaluation only, remove them")
+            raise DataError(f"{data_dir / name}: {len(hits)} row(s) are public benchmark prompts or quote one (row "
+                            f"{hits[0][0]!r}: {hits[0][1]}); the benchmarks are for evaluation only, remove them")
         near = benchmark_pairs(rows, top=0, min_sim=NEAR_DUP_THRESHOLD) if bench else []
         if near:
             raise DataError(f"{data_dir / name}: {len(near)} request(s) or context(s) are near copies (character "

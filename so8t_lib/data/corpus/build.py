@@ -26,7 +26,7 @@ from ...core.io import atomic_write_text
 from ...core.paths import BENCHMARKS_DIR, CORPUS_DIR, SEEDS_DIR
 from ...core.schema import SPLITS
 from ..benchmarks import benchmark_prompts
-from .guard import benchmark_pairs, describe_pairs
+from .guard import benchmark_copies, benchmark_pairs, describe_pairs
 from .neardup import GROUP_THRESHOLD, NEAR_DUP_THRESHOLD, groups_of, near_duplicate_pairs
 from .seeds import Seed, load_seeds
 from .splits import assign_splits
@@ -56,12 +56,11 @@ def _check_benchmarks(rows: list[dict], benchmarks_dir: str | Path | None, thres
     bench = benchmark_prompts(bare_text, benchmarks_dir)
     if not bench:
         return
-    hits = [(r["id"], bench[key]) for r in rows for text in (r["user_request"], r.get("context"))
-            if text and (key := bare_text(text)) in bench]
+    hits = benchmark_copies(rows, bench)
     if hits:
         shown = ", ".join(f"{i} = {where}" for i, where in hits[:20])
         raise RuntimeError(
-            f"contamination: {len(hits)} request(s) equal a public benchmark prompt ({shown}); "
+            f"contamination: {len(hits)} request(s) or context(s) equal or quote a public benchmark prompt ({shown}); "
             "benchmarks are for evaluation only: reword the seed(s)"
         )
     near = benchmark_pairs(rows, benchmarks_dir, top=0, min_sim=threshold)

@@ -59,12 +59,25 @@ def benchmark_pairs(rows: Sequence[dict], benchmarks_dir: str | Path | None = BE
             for sim, i, j in pairs]
 
 
+# a benchmark prompt this long (characters of its ``bare_text``) is caught inside a longer request or context too:
+# quoted in a forwarded mail it reaches the model whole, and the Jaccard guard misses it (the rest dilutes the
+# overlap). Shorter ones ("whatislsd") are everyday phrases inside other questions; they are caught whole only.
+QUOTED_MIN_CHARS = 20
+
+
 def benchmark_copies(rows: Iterable[dict], bench: dict[str, str]) -> list[tuple[str, str]]:
     """(row id, "file:line") for each request or context that is a prompt of ``bench``
-    (``benchmark_prompts(bare_text)``): the same prompt to the model, whatever its punctuation, symbols or
-    invisible characters."""
-    return [(row["id"], bench[key]) for row in rows for text in (row["user_request"], row.get("context"))
-            if text and (key := bare_text(text)) in bench]
+    (``benchmark_prompts(bare_text)``), or holds one of at least ``QUOTED_MIN_CHARS``: the same prompt to the
+    model, whatever its punctuation, symbols or invisible characters, or the text around it."""
+    quotable = [prompt for prompt in bench if len(prompt) >= QUOTED_MIN_CHARS]
+    hits = []
+    for row in rows:
+        for text in (row["user_request"], row.get("context")):
+            key = bare_text(text) if text else ""
+            found = key if key in bench else next((p for p in quotable if len(key) > len(p) and p in key), None)
+            if found is not None:
+                hits.append((row["id"], bench[found]))
+    return hits
 
 
 def describe_pairs(pairs: Sequence[dict], limit: int = 20) -> str:

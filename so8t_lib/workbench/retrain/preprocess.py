@@ -5,8 +5,8 @@
   NFKC, case folded, invisible characters, punctuation and spacing out) is dropped: it adds nothing, or it
   contradicts a reviewed label of the corpus, which training would refuse (both are counted);
 - a row that is a near copy (character 4-gram Jaccard >= 0.5, the corpus's own threshold) of a val or
-  test request, or whose request or context is equal (``bare_text``) or near to a public benchmark prompt, is
-  dropped: training on it would leak into the evaluation the gate relies on;
+  test request, or whose request or context is equal (``bare_text``) or near to a public benchmark prompt, or
+  quotes one, is dropped: training on it would leak into the evaluation the gate relies on;
 - near-duplicate rows among themselves form one family (Jaccard >= 0.2, as the corpus build groups);
   whole families go to train or val (about 1 in 10 to val, by a seeded hash), never to test.
 
