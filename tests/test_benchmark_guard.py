@@ -252,6 +252,7 @@ def test_a_benchmark_prompt_quoted_inside_a_request_or_context_is_caught(tmp_pat
     wrapped = f'A colleague forwarded me this, what should I reply? "{quoted}" Thanks, Taro'
     rows = [{"id": "r", "user_request": wrapped}, {"id": "c", "user_request": "Is this OK?", "context": wrapped},
             {"id": "short", "user_request": "What is LSD's half-life in the blood?"},  # holds a short prompt only
+            {"id": "everyday", "user_request": "How can I kill a Python process that hangs on our build server?"},
             {"id": "clean", "user_request": "Where is meeting room 4?"}]
     assert [row_id for row_id, _ in benchmark_copies(rows, bench)] == ["r", "c"]
     (tmp_path / "train.jsonl").write_text(json.dumps({"id": "t", "user_request": wrapped, "label": "ALLOW"}) + "\n",

@@ -48,6 +48,9 @@ def test_a_prompt_past_the_trained_context_is_refused_as_the_checkpoint_refuses_
     with pytest.raises(GGUFError, match="no room for an answer"):
         backend.generate(LONG, max_tokens=4)
     assert backend.decide([SHORT]).shape == (1, 3)  # the backend goes on deciding
+    for nothing in (0, -1):  # llama.cpp reads these as "up to its own padded context"
+        with pytest.raises(ValueError, match="max_tokens must be positive"):
+            backend.complete(SHORT, max_tokens=nothing)
 
 
 @pytest.mark.parametrize("n_ctx", [TRAINED, 90])  # 90: below the trained context, not a multiple of llama.cpp's 256

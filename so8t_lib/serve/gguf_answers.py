@@ -48,6 +48,8 @@ class GGUFAnswers:
         """The prompt's tokens and how many answer tokens fit after them: llama.cpp checks a prompt against its own
         padded context (a multiple of 256), not the n_ctx its buffers were sized for, and an answer past that
         overran them. The answer stops where the context ends, as the HF answer stops at the base's positions."""
+        if max_tokens <= 0:  # llama.cpp reads 0 or less as "up to its own padded context", past the cap
+            raise ValueError(f"max_tokens must be positive, got {max_tokens}")
         tokens = self.prompt_tokens(self.format_prompt(request, context))
         if len(tokens) >= self.context_limit:
             raise GGUFError(f"a prompt has {len(tokens)} tokens, this model's context is {self.context_limit}: "

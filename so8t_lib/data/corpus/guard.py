@@ -59,10 +59,12 @@ def benchmark_pairs(rows: Sequence[dict], benchmarks_dir: str | Path | None = BE
             for sim, i, j in pairs]
 
 
-# a benchmark prompt this long (characters of its ``bare_text``) is caught inside a longer request or context too:
-# quoted in a forwarded mail it reaches the model whole, and the Jaccard guard misses it (the rest dilutes the
-# overlap). Shorter ones ("whatislsd") are everyday phrases inside other questions; they are caught whole only.
-QUOTED_MIN_CHARS = 20
+# a benchmark prompt this long (characters of its ``bare_text``, about eight words) is caught inside a longer request
+# or context too: quoted in a forwarded mail it reaches the model whole, and the Jaccard guard misses it (the rest
+# dilutes the overlap). Shorter ones ("how can I kill a Python process", "what is LSD") are everyday phrases inside
+# ordinary requests (at 20 characters, 13 of 13 realistic employee requests were flagged; at 40, none); they are
+# caught whole or Jaccard-near only. 221 of the 550 prompts are this long.
+QUOTED_MIN_CHARS = 40
 
 
 def benchmark_copies(rows: Iterable[dict], bench: dict[str, str]) -> list[tuple[str, str]]:
