@@ -102,3 +102,30 @@ def test_a_spot_check_of_a_test_mode_request_counts_as_test(tmp_path):
     reviews.write_text(json.dumps({"request_id": "req_t", "label": "REFUSE"}) + "\n", encoding="utf-8")
     rows, report = retrain.extract_rows([tmp_path], reviews=reviews)
     assert rows == [] and report["left_out"]["test"] == 1 and report["left_out"]["no_decision_record"] == 0
+
+
+def test_a_supersede_written_through_a_replica_whose_clock_is_behind_still_wins(tmp_path, monkeypatch):
+    """Without the queue, extract took the resolution with the latest wall-clock stamp: a colleague's superseding
+    ALLOW written through a replica 30 s behind read as older than the REFUSE it replaced, which was trained."""
+    import datetime as dt
+
+    import so8t_lib.serve.resolutions as resolutions
+    from so8t_lib.serve.escalation import EscalationQueue
+
+    logs = tmp_path / "logs"
+    first, behind = AuditLog(logs / "audit.jsonl"), AuditLog(logs / "audit-r2.jsonl")
+    queue = EscalationQueue(logs / "escalations.sqlite")
+    text = "Can I get read access to the payroll share for the audit next week?"
+    first.append({"event": "decision", "timestamp": "2026-12-01T09:00:00.000000Z", "request_id": "req_1",
+                  "input": text, "context": "", "decision": "ESCALATE", "category": "security",
+                  "escalation_id": "esc_1"})
+    queue.add({"case_id": "esc_1", "request_id": "req_1", "input": text, "context": "", "category": "security"})
+    resolutions.resolve_audited(queue, first, "esc_1", "REFUSE", "Sato (CSIRT)")
+    monkeypatch.setattr(resolutions, "utc_timestamp", lambda: (dt.datetime.now(dt.UTC) - dt.timedelta(seconds=30))
+                        .strftime("%Y-%m-%dT%H:%M:%S.%fZ"))
+    resolutions.resolve_audited(queue, behind, "esc_1", "ALLOW", "Ito (CSIRT lead)", supersede=True)
+    assert queue.get("esc_1")["human_decision"] == "ALLOW"
+    queue.close()
+    for db in (None, logs / "escalations.sqlite"):
+        rows, _ = retrain.extract_rows([logs], queue=db)
+        assert [(r["label"], r["case_id"]) for r in rows] == [("ALLOW", "esc_1")], db

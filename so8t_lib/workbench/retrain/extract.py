@@ -101,6 +101,18 @@ def _held(queue: str | Path, key: str | bytes | None,
     return (resolved, *held_by_queue(standing, history))
 
 
+def _resolution_key(record: dict) -> tuple:
+    """A resolution as a later one names it in ``supersedes``: its case, decision, reviewer and the queue's stamp."""
+    return record.get("case_id"), record.get("human_decision"), record.get("resolved_by"), record.get("decided_at")
+
+
+def _replaced(resolutions: list[dict]) -> set[tuple]:
+    """``_resolution_key`` of each resolution a standing one says it superseded (records written before
+    ``decided_at`` was stored name nothing this can match, and fall back to the timestamps)."""
+    return {(r.get("case_id"), s.get("decision"), s.get("decided_by"), s.get("decided_at"))
+            for r in resolutions if isinstance(s := r.get("supersedes"), dict) and s.get("decided_at")}
+
+
 def _folders(logs: list[str | Path]) -> list[Path]:
     """Each log folder once: one given twice (``X`` and ``X/``, or through a link) would read every record
     twice and double the report's counts."""
@@ -150,6 +162,7 @@ def extract_rows(logs: list[str | Path], queue: str | Path | None = None, review
     if queue is not None:
         resolved, standing, not_held = _held(queue, key, standing)
         left_out["resolution_not_in_queue"] = sum(not r.get("test") for r in not_held)
+    replaced = _replaced(standing)
     standing, tests = {id(r) for r in standing}, set()
     for record in records:
         if record.get("test"):
@@ -159,15 +172,18 @@ def extract_rows(logs: list[str | Path], queue: str | Path | None = None, review
         if record.get("event", "decision") == "decision" and record.get("request_id"):
             decisions[record["request_id"]] = record
         elif id(record) in standing and record.get("request_id"):
-            earlier = labelled.get(record["request_id"])  # the latest resolution wins, whichever chain holds it
-            if earlier is None or _moment(record.get("timestamp")) >= earlier[2]:
+            # the resolution no other one replaced wins; among several (older records name none), the latest,
+            # whichever chain holds it: replicas' clocks differ, and a supersede written through one running
+            # behind read as older than the decision it replaced
+            earlier, final = labelled.get(record["request_id"]), _resolution_key(record) not in replaced
+            if earlier is None or (final, _moment(record.get("timestamp"))) >= (earlier[4], earlier[2]):
                 labelled[record["request_id"]] = (record.get("human_decision"), "escalation",
-                                                  _moment(record.get("timestamp")), record.get("case_id"))
+                                                  _moment(record.get("timestamp")), record.get("case_id"), final)
     for case in resolved:
         logged = labelled.get(case["request_id"])  # the queue holds the final decision; the log's record
         if logged is None or logged[0] != case["human_decision"]:  # of it has the finer timestamp
             labelled[case["request_id"]] = (case["human_decision"], "escalation", _moment(case["resolved_at"]),
-                                            case["case_id"])
+                                            case["case_id"], True)
         decisions.setdefault(case["request_id"], {"request_id": case["request_id"], "input": case["input"],
                                                   "context": case.get("context"), "category": case["category"]})
     if reviews is not None:
@@ -180,9 +196,9 @@ def extract_rows(logs: list[str | Path], queue: str | Path | None = None, review
                                    f"and resolved as {resolved_as[0]} in escalation case {resolved_as[3]}; keep one "
                                    "(remove the review, or resolve the case again with supersede)")
             if resolved_as is None:  # one that agrees keeps the resolution's case_id and time
-                labelled[request_id] = (review["label"], "review", None, None)
+                labelled[request_id] = (review["label"], "review", None, None, True)
     rows = []
-    for request_id, (label, origin, decided_at, case_id) in labelled.items():
+    for request_id, (label, origin, decided_at, case_id, _) in labelled.items():
         decision = decisions.get(request_id)
         if decision is None:
             left_out["no_decision_record"] += 1
