@@ -103,3 +103,21 @@ def test_training_refuses_what_its_evaluation_could_not_decide_before_the_first_
     with pytest.raises(ConfigError, match=message):
         Trainer(config)
     assert not (tmp_path / "run" / "last").exists()
+
+
+def test_calibration_leaves_a_row_past_the_context_out_of_the_fit(short_context_model):
+    """One such row stopped the whole fit (``so8t evaluate --calibrate`` on a table of the user's)."""
+    import pandas as pd
+
+    from so8t_lib.eval.calibration import calibrate
+
+    rows = [(f"Where is meeting room {i}?", label) for i, label in enumerate(["ALLOW", "REFUSE", "ESCALATE"] * 2)]
+    table = pd.DataFrame([{"user_request": text, "context": "", "label": label} for text, label in rows]
+                         + [{"user_request": LONG, "context": "", "label": "REFUSE"}])
+    before = short_context_model.safety_head.temperature.clone()
+    try:
+        report = calibrate(short_context_model, table, progress=False)
+    finally:
+        with torch.no_grad():
+            short_context_model.safety_head.temperature.copy_(before)
+    assert report["rows"] == 6 and report["invalid_input_rows"] == 1 and report["temperature"] > 0

@@ -22,7 +22,7 @@ from ..data.benchmarks import load_any
 from ..data.tables import stratified_sample
 from ..model.so8t import SO8TModel
 from .report import expected_calibration_error
-from .served import model_inputs
+from .served import ModelInputs, model_inputs
 
 TEMPERATURE_RANGE = (0.25, 10.0)
 # rows of each gold class a temperature is fitted on at least: on one class alone (SimpleSafetyTests is all
@@ -92,12 +92,30 @@ def checked_temperature(temperature: float) -> float:
     return temperature
 
 
+def _within_context(model: SO8TModel, inputs: ModelInputs) -> ModelInputs:
+    """``inputs`` without the rows longer than the model's context: the model refuses them (``PromptTooLong``) and
+    the runtime escalates them whatever the temperature, so they are left out of the fit as invalid input is."""
+    limit = getattr(model, "context_length", None)  # a stand-in model in a test may have none
+    if limit is None or not inputs.requests:
+        return inputs
+    prompts = [model.format_prompt(r, c) for r, c in zip(inputs.requests, inputs.contexts)]
+    lengths = [len(ids) for ids in model.tokenizer(prompts, add_special_tokens=False)["input_ids"]]
+    if max(lengths) <= limit:
+        return inputs
+    kept = [i for i, n in enumerate(lengths) if n <= limit]
+    too_long = {inputs.positions[i]: f"longer than the model's context of {limit} tokens ({n})"
+                for i, n in enumerate(lengths) if n > limit}
+    return ModelInputs([inputs.requests[i] for i in kept], [inputs.contexts[i] for i in kept],
+                       [inputs.positions[i] for i in kept], {**inputs.invalid, **too_long})
+
+
 def calibrate(model: SO8TModel, table: pd.DataFrame, batch_size: int = 32, progress: bool = True) -> dict:
     """Fit SafetyHeadB's temperature on ``table`` (the val split) and set it on the model. The model reads the
-    runtime's text (``served.model_inputs``); a row the runtime refuses as invalid input is left out of the fit,
-    since the runtime never shows it to the model (its answer, ESCALATE, does not depend on the temperature)."""
+    runtime's text (``served.model_inputs``); a row the runtime refuses as invalid input (or longer than the
+    model's context) is left out of the fit, since the runtime never shows it to the model (its answer, ESCALATE,
+    does not depend on the temperature)."""
     table = table[table["label"] != NOT_ALLOW]
-    inputs = model_inputs(table)
+    inputs = _within_context(model, model_inputs(table))
     gold = np.array([LABELS.index(label) for label in table["label"].iloc[inputs.positions]], dtype=np.int64)
     if not inputs.positions:
         raise ValueError(f"none of the {len(table)} labelled rows can be shown to the model: the runtime refuses "
