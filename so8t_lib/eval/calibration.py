@@ -20,6 +20,7 @@ from ..core.checkpoint import atomic_folder, resolve_checkpoint
 from ..core.schema import ADAPTER_FILE, CHECKPOINT_FORMAT, LABELS, MANIFEST_FILE, NOT_ALLOW
 from ..data.benchmarks import load_any
 from ..data.tables import stratified_sample
+from ..model.prompts import prompt_lengths
 from ..model.so8t import SO8TModel
 from .report import expected_calibration_error
 from .served import ModelInputs, model_inputs
@@ -98,8 +99,7 @@ def _within_context(model: SO8TModel, inputs: ModelInputs) -> ModelInputs:
     limit = getattr(model, "context_length", None)  # a stand-in model in a test may have none
     if limit is None or not inputs.requests:
         return inputs
-    prompts = [model.format_prompt(r, c) for r, c in zip(inputs.requests, inputs.contexts)]
-    lengths = [len(ids) for ids in model.tokenizer(prompts, add_special_tokens=False)["input_ids"]]
+    lengths = prompt_lengths(model.tokenizer, [model.format_prompt(r, c) for r, c in zip(inputs.requests, inputs.contexts)])
     if max(lengths) <= limit:
         return inputs
     kept = [i for i, n in enumerate(lengths) if n <= limit]

@@ -107,6 +107,11 @@ class PromptTooLong(ValueError):
     or answered on positions the model was not built for."""
 
 
+def prompt_lengths(tokenizer, prompts: list[str]) -> list[int]:
+    """Tokens of each complete prompt (``format_prompt``'s text, nothing added): what the context limit counts."""
+    return [len(ids) for ids in tokenizer(prompts, add_special_tokens=False)["input_ids"]] if prompts else []
+
+
 def check_prompt_lengths(lengths: Iterable[int], limit: int | None) -> None:
     """Raise ``PromptTooLong`` naming the longest prompt when any of ``lengths`` (tokens) exceeds ``limit``."""
     longest = max(lengths, default=0)

@@ -43,7 +43,7 @@ from .gates import GatedLinear, GatePair, fold_rotation_into_linear
 from .heads import SafetyHeadB, pool_states, prompt_mask
 from .persistence import CheckpointMixin
 from .pretrained import base_record
-from .prompts import SYSTEM_PROMPT, check_prompt_lengths, format_prompt
+from .prompts import SYSTEM_PROMPT, check_prompt_lengths, format_prompt, prompt_lengths
 from .split import DecoderSplit
 
 # peft asks transformers whether gradient checkpointing is on through a name transformers now
@@ -338,7 +338,7 @@ class SO8TModel(CheckpointMixin, nn.Module):
             raise ValueError(f"{len(requests)} requests but {len(contexts)} contexts")
         device = next(self.parameters()).device
         prompts = [self.format_prompt(r, c) for r, c in zip(requests, contexts)]
-        lengths = [len(ids) for ids in self.tokenizer(prompts, add_special_tokens=False)["input_ids"]] if prompts else []
+        lengths = prompt_lengths(self.tokenizer, prompts)
         check_prompt_lengths(lengths, self.context_length)  # before eval(): a refusal leaves the mode as it was
         was_training = self.training
         self.eval()

@@ -9,6 +9,7 @@ import torch
 from ..core.config import ConfigError
 from ..core.metrics import headline_metrics
 from ..core.schema import LABELS, REFUSE
+from ..model.prompts import prompt_lengths
 
 # the gold label an early-stopping metric cannot be measured without (macro_f1: any gold row). safety_score without
 # gold REFUSE rows would select on the two precisions alone and never see the dangerous compliance it is there for
@@ -46,8 +47,8 @@ def check_prompts_fit(model, val_rows: list[dict], max_length: int, data_dir: st
     if max_length > limit:
         raise ConfigError(f"training.max_length {max_length} is longer than this base's context of {limit} "
                           f"(max_position_embeddings): set training.max_length <= {limit}")
-    prompts = [model.format_prompt(row["user_request"], row.get("context")) for row in val_rows]
-    lengths = [len(ids) for ids in model.tokenizer(prompts, add_special_tokens=False)["input_ids"]] if prompts else []
+    lengths = prompt_lengths(model.tokenizer, [model.format_prompt(row["user_request"], row.get("context"))
+                                               for row in val_rows])
     too_long = [(row["id"], n) for row, n in zip(val_rows, lengths) if n > limit]
     if too_long:
         raise ConfigError(f"{data_dir}: {len(too_long)} val row(s) are longer than this base's context of {limit} "
