@@ -242,6 +242,7 @@ def test_a_checkpoint_is_on_disk_before_the_old_one_is_let_go(tmp_path, monkeypa
 
     (tmp_path / "ckpt").mkdir()
     (tmp_path / "ckpt" / "old.txt").write_text("the previous checkpoint")
+    checkpoint.write_manifest(tmp_path / "ckpt")  # an earlier output, which the swap may replace
     monkeypatch.setattr(checkpoint.os, "fsync", recording)
     with checkpoint.atomic_folder(tmp_path / "ckpt") as tmp:
         (tmp / "sub").mkdir()

@@ -131,15 +131,45 @@ def recover_interrupted_swap(target: str | Path) -> None:
         os.replace(olds[-1], target)
 
 
+def check_replaceable(target: Path) -> None:
+    """CheckpointError unless ``target`` may be replaced whole: absent, an empty folder, or a folder this module
+    wrote (every file in it listed in its manifest). ``model.save("checkpoints")`` or a report written into the
+    repository must not delete what the workbench never wrote."""
+    if not target.exists():
+        return
+    if not target.is_dir():
+        raise CheckpointError(f"{target} is a file, not a folder; name a new folder to write into")
+    present = sorted(str(p.relative_to(target)) for p in target.rglob("*") if p.is_file() and p.name != MANIFEST_FILE)
+    if not present:
+        return  # empty, or empty folders (and a manifest) only
+    listed: set[str] = set()
+    try:
+        listed = set(json.loads((target / MANIFEST_FILE).read_text(encoding="utf-8"))["files"])
+    except (OSError, ValueError, KeyError, TypeError):
+        pass  # no manifest (or an unreadable one): nothing in it counts as written here
+    foreign = [name for name in present if name not in listed]
+    if foreign or not (target / MANIFEST_FILE).is_file():
+        named = ", ".join(foreign[:3]) + (f" and {len(foreign) - 3} more" if len(foreign) > 3 else "")
+        raise CheckpointError(
+            f"{target} holds files the workbench did not write ({named or f'no {MANIFEST_FILE}'}), and writing there "
+            "replaces the folder whole, which would delete them; name a new folder, or move those files away first")
+
+
 @contextmanager
-def atomic_folder(target: str | Path) -> Iterator[Path]:
-    """Yield a temporary folder; on success add a manifest and swap it in for ``target``."""
-    target = Path(target)
+def atomic_folder(target: str | Path, owned: bool = False) -> Iterator[Path]:
+    """Yield a temporary folder; on success add a manifest and swap it in for ``target``. ``target`` must be
+    new, empty or an earlier output (``check_replaceable``) unless ``owned``: the caller's own folder, replaced
+    whatever it holds (a run's ``last/``, the conversion cache, a checkpoint whose files are carried over)."""
+    target = Path(os.path.abspath(target))  # "." or "x/.." have no name to stage beside
     target.parent.mkdir(parents=True, exist_ok=True)
     recover_interrupted_swap(target)
+    if not owned:
+        check_replaceable(target)  # before the caller's work, not after it
     tmp = Path(tempfile.mkdtemp(prefix=f".{target.name}.tmp-", dir=target.parent))
     try:
         yield tmp
+        if not owned:
+            check_replaceable(target)  # a file dropped in while the caller wrote
         write_manifest(tmp)
         for path in [*tmp.rglob("*"), tmp]:  # mkdtemp's 0700 and safetensors' 0600 would keep the service out
             make_readable(path)

@@ -153,7 +153,7 @@ def calibrate_checkpoint(path: str | Path, data: str | Path = "val", batch_size:
     state["safety_head.temperature"] = torch.tensor(result["temperature"], dtype=state["safety_head.temperature"].dtype)
     # a copy of the checkpoint with the new adapter and its own manifest, swapped in whole: a kill at any moment
     # leaves the old checkpoint or the new one, never an adapter its manifest does not describe
-    with atomic_folder(folder) as staged:
+    with atomic_folder(folder, owned=True) as staged:
         # (an adapter.safetensors.tmp left by a kill under an earlier version is not carried over)
         shutil.copytree(folder, staged, dirs_exist_ok=True,
                         ignore=shutil.ignore_patterns(MANIFEST_FILE, f"{ADAPTER_FILE}.tmp"))

@@ -89,7 +89,7 @@ def converted_base(base: GGUFBase, progress: bool = True) -> Path:
     model.hf_quantizer = None  # dequantized to fp32: save it as a plain model
     if hasattr(model.config, "quantization_config"):
         del model.config.quantization_config
-    with atomic_folder(folder) as tmp:
+    with atomic_folder(folder, owned=True) as tmp:
         model.save_pretrained(str(tmp))
         save_tokenizer(tokenizer, tmp)
         (tmp / "SOURCE.txt").write_text(

@@ -88,7 +88,7 @@ class RunCheckpoints:
         self.accelerator.wait_for_everyone()
         rng = rng or rng_state()
         if self.main:
-            with atomic_folder(self.run_dir / name) as tmp:
+            with atomic_folder(self.run_dir / name, owned=True) as tmp:
                 self.model.write_files(tmp)
                 torch.save({
                     "opt_task": self.opt_task.state_dict(), "opt_safety": self.opt_safety.state_dict(),
