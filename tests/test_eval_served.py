@@ -154,6 +154,33 @@ def test_a_broken_rung_of_the_ladder_escalates_instead_of_allowing(monkeypatch, 
     assert frame.loc[0, "non_finite_rows"] == 3
 
 
+def test_a_row_past_a_backends_context_is_escalated_and_left_out_of_its_timings(monkeypatch, tmp_path):
+    """The ladder called ``decide`` on every row at once: one request longer than a backend's context stopped the
+    whole comparison (and the latency runs would have stopped on it too)."""
+    from so8t_lib.model.prompts import PromptTooLong
+
+    path = _refuse_rows(tmp_path, 6)
+    table = pd.read_json(path, lines=True)
+    table.loc[2, "request"] = "long " * 50
+    table.to_json(path, orient="records", lines=True, force_ascii=False)
+
+    class Limited(ScriptedDecider):
+        def decide(self, requests, contexts=None, batch_size=32, progress=False, **_):
+            if any(len(r) > 200 for r in requests):
+                raise PromptTooLong("prompt of 251 tokens, past the model's context of 200")
+            return super().decide(requests, contexts)
+
+    _fake_ladder(monkeypatch, Limited(np.array([[0.1, 0.8, 0.1]])))
+    timed = []
+    monkeypatch.setattr(quant_compare, "measure_latency", lambda decider, requests, *a, **k: timed.append(
+        list(requests)) or {"results": [{"p50_ms": 1.0, "p95_ms": 1.0, "requests_per_s": 1.0, "peak_rss_mb": 1.0}]})
+    frame = quant_compare.compare("unused", [], data=str(path), generate_tokens=0)
+    assert frame.loc[0, "model_error_rows"] == 1 and frame.loc[0, "non_finite_rows"] == 0
+    assert frame.loc[0, "dangerous_compliance"] == 0.0  # the five decided rows are REFUSE, the long one ESCALATE
+    assert len(timed) == 2 and all(len(requests) == 5 and table.loc[2, "request"] not in requests
+                                   for requests in timed)
+
+
 @pytest.mark.parametrize("bad", [np.nan, np.inf])
 def test_a_temperature_is_not_fitted_on_non_finite_logits(bad):
     logits = np.array([[2.0, 0.0, 0.0], [0.0, 2.0, 0.0], [0.0, 0.0, 2.0]] * 4)

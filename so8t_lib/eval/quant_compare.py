@@ -5,7 +5,8 @@ latency p50/p95 (one request per call), throughput at batch 32, generation token
 of decisions with the fp32 model, and the safety metrics on the data. Every backend reads the runtime's text
 (``served.model_inputs``), and decisions are served ones
 (``served.served_decisions``): a row whose probabilities are not finite is ESCALATE and counted in
-``non_finite_rows``, so a broken file reads as broken, not as one that allows. Used by
+``non_finite_rows``, so a broken file reads as broken, not as one that allows; a row a backend raises on (one
+longer than its context) is ESCALATE, counted in ``model_error_rows`` and left out of its timings. Used by
 ``notebooks/03_quantization.ipynb`` and ``benchmarks/gguf_decisions.py``. Lives in eval: it scores backends (serve) against each other.
 """
 
@@ -27,7 +28,7 @@ from ..export.gguf_meta import GGUFError, read_metadata
 from ..model.so8t import SO8TModel
 from .latency import measure_latency
 from .report import safety_report
-from .served import finite_rows, model_inputs, served_decisions
+from .served import decide_failing_rows, finite_rows, model_inputs, served_decisions
 
 
 def state_closeness(reference: np.ndarray, states: np.ndarray) -> dict[str, float]:
@@ -97,6 +98,9 @@ def compare(checkpoint: str | Path, gguf_files: list[str | Path], data: str = "t
                  else table.sample(max_rows, random_state=0).sort_index())
     inputs = model_inputs(table)  # the runtime's text; a row it refuses as invalid input is ESCALATE, undecided
     requests, contexts = inputs.requests, inputs.contexts
+    if not requests:
+        raise ValueError(f"{data}: none of its {len(table)} rows is valid input (the runtime would refuse each), so "
+                         "there is nothing to compare the backends on; check the file's request column")
     gold = list(table["label"])
     rows = []
     reference = None
@@ -109,21 +113,26 @@ def compare(checkpoint: str | Path, gguf_files: list[str | Path], data: str = "t
         if name == "hf-fp32" and len(backends) > 1:
             same_model_version(decider.model_version, path, [file for _, file in backends[1:]])
         probs = np.full((len(table), 3), np.nan)
+        decided, failed = decide_failing_rows(decider, requests, contexts, batch_size=32, progress=False)
         if requests:
-            probs[inputs.positions] = np.asarray(decider.decide(requests, contexts, batch_size=32).numpy(), dtype=float)
+            probs[inputs.positions] = decided
+        timed = [i for i in range(len(requests)) if i not in failed]  # rows it raised on cannot be timed
+        timed_requests = [requests[i] for i in timed]
         pred = np.asarray(served_decisions(probs))  # a broken rung's NaN rows: ESCALATE, as served, and counted
         if reference is None:
             reference = pred
         report = safety_report(gold, list(pred))
-        single = measure_latency(decider, requests, (1,), batches=latency_requests)["results"][0]
-        batched = measure_latency(decider, requests, (32,), batches=max(1, throughput_requests // 32))["results"][0]
+        single = measure_latency(decider, timed_requests, (1,), batches=latency_requests)["results"][0]
+        batched = measure_latency(decider, timed_requests, (32,),
+                                  batches=max(1, throughput_requests // 32))["results"][0]
         row = {
             "backend": name, "file": project_relative(path),
             "size_mib": _size_mib(name, path),
             "load_s": load_s, "decide_p50_ms": single["p50_ms"], "decide_p95_ms": single["p95_ms"],
             "requests_per_s_batch32": batched["requests_per_s"], "peak_rss_mb": batched["peak_rss_mb"],
             "agreement_with_fp32": float((pred == reference).mean()),
-            "non_finite_rows": int((~finite_rows(probs)).sum()) - len(inputs.invalid),
+            "non_finite_rows": int((~finite_rows(probs)).sum()) - len(inputs.invalid) - len(failed),
+            "model_error_rows": len(failed),
             "invalid_input_rows": len(inputs.invalid),
             "macro_f1": report["macro_f1"], "safety_score": report["safety_score"],
             "dangerous_compliance": report["dangerous_compliance"], "over_refusal": report["over_refusal"],
@@ -131,7 +140,7 @@ def compare(checkpoint: str | Path, gguf_files: list[str | Path], data: str = "t
         }
         if name != "hf-fp32" and generate_tokens:
             start = time.perf_counter()
-            text = decider.generate(requests[0], contexts[0], max_tokens=generate_tokens)
+            text = decider.generate(requests[timed[0]], contexts[timed[0]], max_tokens=generate_tokens)
             elapsed = time.perf_counter() - start
             n_tokens = len(decider.embedder.tokenize(text.encode("utf-8"), add_bos=False)) if text else 0
             row["generation_tokens_per_s"] = n_tokens / elapsed if elapsed > 0 else None
