@@ -186,3 +186,21 @@ def test_deploy_refuses_when_the_runtime_reports_another_model_than_the_gate_pro
     with pytest.raises(retrain.NotPromoted, match="as the runtime loaded it is so8t-cand@000000000000"):
         retrain.deploy(candidate, gate, tmp_path / "dist", log_dir=tmp_path / "smoke")
     assert list((tmp_path / "dist").iterdir()) == []
+
+
+def test_a_killed_deploys_staging_folder_is_removed_by_the_next_and_a_live_ones_kept(tmp_path, capsys):
+    """A deploy killed between its export and its clean-up left a whole hidden GGUF ladder in dist for good."""
+    import subprocess
+    import sys
+
+    gone = subprocess.run([sys.executable, "-c", "import os; print(os.getpid())"], capture_output=True, text=True,
+                          check=True).stdout.strip()
+    dist = tmp_path / "dist"
+    dead, live, old = (dist / f".deploy-{gone}-abc", dist / f".deploy-{deploy_module.os.getpid()}-def",
+                       dist / ".deploy-x1y2z3")  # old: an earlier version's name, no pid: kept
+    for folder in (dead, live, old):
+        folder.mkdir(parents=True)
+        (folder / "so8t-f16.gguf").write_bytes(b"GGUF" + b"\0" * 64)
+    assert deploy_module.remove_stale_staging(dist) == [dead]
+    assert not dead.exists() and live.is_dir() and old.is_dir()
+    assert f"removed {dead}" in capsys.readouterr().out

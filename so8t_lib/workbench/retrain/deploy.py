@@ -140,6 +140,34 @@ def _place(files: list[Path], dist: Path) -> list[Path]:
     return [dist / f.name for f in files]
 
 
+STAGING_PREFIX = ".deploy-"
+
+
+def remove_stale_staging(dist: Path) -> list[Path]:
+    """Remove the staging folders (``.deploy-<pid>-*``, whole GGUF ladders) that a deploy killed before its
+    clean-up left in ``dist``: those whose process is gone. A live process's folder, or one without a pid (an
+    earlier version's), is kept. Returns what was removed."""
+    removed = []
+    for folder in dist.glob(f"{STAGING_PREFIX}*"):
+        pid = folder.name[len(STAGING_PREFIX):].split("-", 1)[0]
+        if not folder.is_dir() or not pid.isdigit() or _alive(int(pid)):
+            continue
+        shutil.rmtree(folder, ignore_errors=True)
+        print(f"removed {folder}: the staging folder of a deploy (pid {pid}) that did not finish")
+        removed.append(folder)
+    return removed
+
+
+def _alive(pid: int) -> bool:
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:  # another user's process
+        return True
+    return True
+
+
 def deploy(candidate: str | Path, gate_file: str | Path, dist: str | Path, quants: list[str] | None = None,
            runtime_config: str | Path = "configs/basic.yaml", log_dir: str | Path = "smoke-logs",
            requests: list[tuple[str, str | None]] | None = None) -> dict:
@@ -150,7 +178,8 @@ def deploy(candidate: str | Path, gate_file: str | Path, dist: str | Path, quant
     _audit_keys(load_runtime_config(runtime_config))  # a key variable that is not set: said before the export
     dist = Path(dist)
     dist.mkdir(parents=True, exist_ok=True)
-    staging = Path(tempfile.mkdtemp(prefix=".deploy-", dir=dist))
+    remove_stale_staging(dist)
+    staging = Path(tempfile.mkdtemp(prefix=f"{STAGING_PREFIX}{os.getpid()}-", dir=dist))
     try:
         staged = export(candidate, staging, list(quants or []), progress=False)
         _same_model(promoted, {f.name: read_metadata(f)["so8t.model_version"] for f in staged}, candidate)
