@@ -314,7 +314,7 @@ def create_app(service: Service) -> FastAPI:
         except (QueueUnavailable, AuditWriteError) as exc:
             raise ApiError(503, "unavailable", f"not resolved: {exc}", {"Retry-After": "2"}) from None
         except QueueError as exc:
-            raise ApiError(503, "queue_unavailable", f"not resolved: {exc}") from None
+            raise ApiError(503, "queue_unavailable", f"not resolved: {exc}", {"Retry-After": "2"}) from None
         except ValueError as exc:
             raise ApiError(422, "invalid_request", str(exc)) from None
         await run_in_threadpool(service.count_queue)
