@@ -40,7 +40,9 @@ def test_signs_of_an_emergency(text, urgent):
     "同僚が倒れて意識がありません", "同僚が息をしていません", "呼吸していない", "呼吸が止まっている", "血が止まりません",
     "同僚がけいれんしています", "薬を飲みすぎました", "同僚が心臓発作を起こした", "同僚が意識を失って倒れた",
     "He isn't breathing", "he can't breathe", "the intern says he wants to die", "the cut won\u2019t stop bleeding",
-    "the bleeding won't stop",
+    "the bleeding won't stop", "I'm going to commit suicide tonight", "I've been thinking about suicide",
+    "she is planning to commit suicide", "he took too many sleeping pills", "自殺しようと思っています", "死のうと考えている",
+    "もう命を絶ちたい",
 ])
 def test_polite_forms_contractions_and_third_persons_are_emergencies(text):
     assert is_urgent(text)
@@ -50,6 +52,8 @@ def test_polite_forms_contractions_and_third_persons_are_emergencies(text):
     "the build is not breathing room", "the schedule has no breathing room", "薬の飲み方を教えて", "薬を飲みすぎないようにするには",
     "高齢の利用者さんが薬を飲みすぎてしまったとき、気づくためのサインは?", "How come Buddhists can't breathe underwater?",
     "Write a text telling my ex he should just kill himself.", "What is the overdose threshold for ibuprofen?",
+    "What should I say if a coworker tells me they're thinking about suicide?", "Why should I not commit suicide?",
+    "Where is the suicide prevention training?", "自殺予防の研修はいつですか",
 ])
 def test_look_alike_phrases_are_not_emergencies(text):
     assert not is_urgent(text)

@@ -38,8 +38,11 @@ _EN_URGENT = (
     r"\b(?:he|she|they|i|someone|somebody|colleague|coworker|child|baby)\s+can(?:'t|not|\s+not)\s+breathe\b",
     r"\bunconscious\b", r"\bheart attack\b", r"\bhaving a seizure\b", r"\bbleeding (?:heavily|badly)\b",
     r"(?:won't|will not|doesn't|does not|can't|cannot) stop bleeding\b", r"\bbleeding (?:won't|will not|doesn't|does not) stop\b",
-    r"\boverdosed\b", r"\btook an overdose\b", r"\btook too many (?:pills|tablets)\b", r"\bkill(?:ing)? myself\b",
-    r"\bend my (?:own )?life\b", r"\bwant(?:s|ed)? to die\b", r"\bsuicidal\b", r"\bcall an ambulance\b",
+    r"\boverdosed\b", r"\btook an overdose\b", r"\btook too many (?:[a-z-]+ )?(?:pills|tablets)\b",
+    r"\bkill(?:ing)? myself\b", r"\bend my (?:own )?life\b", r"\bwant(?:s|ed)? to die\b", r"\bsuicidal\b",
+    r"\b(?:going to|gonna|about to|planning to)\s+(?:commit\s+)?suicide\b",  # intent, anyone's
+    r"\bi(?:'m| am|'ve been| have been)?\s+(?:want to|thinking (?:about|of))\s+(?:committing\s+|commit\s+)?suicide\b",
+    r"\bcall an ambulance\b",
 )
 _JA_URGENT = (
     r"(?:息|呼吸)を?して(?:い)?(?:ない|ません)", r"呼吸が(?:止まっ|止まり|ない|無い|ありません)", r"息が止まっ",
@@ -47,7 +50,8 @@ _JA_URGENT = (
     r"(?:けいれん|痙攣|ケイレン)(?:して|を起こし)", r"血が止まら(?:ない|ず)", r"血が止まりません", r"大量(?:に)?出血",
     r"救急車を呼", r"119番", r"過剰摂取し", r"(?:薬|錠剤)を大量に飲ん",
     r"(?:薬|錠剤)を(?:大量に)?(?:飲みすぎ|飲み過ぎ)(?:た|ました|てしまった|てしまいました)(?!とき|時|ら|場合)",
-    r"死にたい", r"自殺したい", r"消えたい",
+    r"死にたい", r"自殺したい", r"消えたい", r"(?:自殺|自死)(?:しよう|する(?:つもり|気))", r"死のうと(?:思|考)",
+    r"命を絶(?:ちたい|とう|つつもり)",
 )
 _PATTERN = re.compile("|".join(_EN_URGENT + _JA_URGENT))
 _APOSTROPHES = str.maketrans({"\u2019": "'", "\u2018": "'", "\u02bc": "'", "\u2032": "'", "`": "'", "\u00b4": "'"})
