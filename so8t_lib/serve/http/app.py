@@ -18,6 +18,7 @@ never an ALLOW.
 # built inside create_app from the config.
 import json
 import logging
+import re
 import uuid
 from contextlib import asynccontextmanager
 from typing import Annotated, Any, Literal
@@ -96,7 +97,7 @@ KINDS = {400: "invalid_request", 401: "unauthorized", 403: "forbidden", 404: "no
          503: "unavailable"}
 
 
-CHARGED_PATHS = ("/v1/decide", "/v1/moderations")  # the routes whose calls count against a key's rate limit
+CHARGED = re.compile(r"/v1/(decide|moderations|escalations/[^/]+/outcome)")  # calls counted against a key's rate
 MAX_LOCATION_CHARS = 64  # of each part of a problem's location: an unknown field's name is the client's text
 
 
@@ -155,7 +156,8 @@ def create_app(service: Service) -> FastAPI:
                               "Fail-closed: a failure inside the gate is never ALLOW.")
     app.state.service = service
     app.add_middleware(BodySizeLimit, max_bytes=parse_size(service.config.max_body_bytes))
-    app.add_middleware(RequireKey, keys_of=lambda: service.keys)  # outside the size limit: no key, no 413 either
+    app.add_middleware(RequireKey, keys_of=lambda: service.keys,  # outside the size limit: no key, no 413 either
+                       charge=lambda key, path: admit(key, path))  # and an empty bucket's 429 before a 413
     app.add_middleware(HttpMetrics, metrics=service.metrics, router=app.router)
 
     @app.exception_handler(HTTPException)
@@ -167,12 +169,7 @@ def create_app(service: Service) -> FastAPI:
         return _error(exc.status_code, kind, message, getattr(exc, "headers", None))
 
     @app.exception_handler(RequestValidationError)
-    async def invalid(request: Request, exc: RequestValidationError):
-        key = service.keys.of_header(request.headers.get("authorization", "")) if request.url.path in CHARGED_PATHS \
-            else None
-        wait = service.limiter.take(key.name, 1) if key is not None else None  # a refused body costs a request too
-        if wait is not None:  # a body that is not JSON fails before the route's key check: its 429 comes here
-            return await http_error(request, rate_limited(key, wait))
+    async def invalid(request: Request, exc: RequestValidationError):  # on a charged path, already paid (admit)
         return _error(422, "invalid_request", _problems(exc))
 
     @app.exception_handler(Exception)
@@ -191,10 +188,6 @@ def create_app(service: Service) -> FastAPI:
             if not key.may(required):
                 raise ApiError(403, "forbidden", f"the key {key.name!r} has the role {key.role!r}; this needs "
                                f"{required!r}")
-            if required == CLIENT:  # an empty bucket is refused before the body is validated (see RateLimiter.wait)
-                wait = service.limiter.wait(key.name)
-                if wait is not None:
-                    raise rate_limited(key, wait)
             return key
         return check
 
@@ -203,21 +196,35 @@ def create_app(service: Service) -> FastAPI:
         return ApiError(429, "rate_limited", f"rate limit of {service.config.rate_limit_per_minute:g} requests/min "
                        f"for {key.name!r}; retry in {wait:.1f}s", {"Retry-After": RateLimiter.retry_after(wait)})
 
-    def charge(key: ApiKey, cost: int) -> None:
-        wait = service.limiter.take(key.name, cost)
+    def admit(key: ApiKey, path: str) -> int | ApiError:
+        """A call's first token, taken by RequireKey before the body is read: whatever refuses the call later has
+        been paid for, and an empty bucket is 429 before any parsing."""
+        if not CHARGED.fullmatch(path):
+            return 0
+        wait = service.limiter.take(key.name, 1)
+        return 1 if wait is None else rate_limited(key, wait)
+
+    def charge(key: ApiKey, cost: int, request: Request) -> int:
+        """The rest of a valid call's cost (``admit`` took the first token); the tokens taken in all. A call that
+        does not fit the bucket is 429 and gets its first token back: a 429 costs nothing."""
+        paid = getattr(request.state, "charged", 0)
+        wait = service.limiter.take(key.name, cost - paid) if cost > paid else None
         if wait is not None:
+            service.limiter.refund(key.name, paid)
             raise rate_limited(key, wait)
+        return max(cost, paid)
 
     async def decide(items: list[dict], request: Request, endpoint: str, key: ApiKey) -> list[dict]:
-        """The decisions of items already charged to ``key``; a 503 gives the charge back (nothing was decided)."""
+        """The decisions of the items, charged to ``key`` here; a 503 gives the charge back (nothing was decided)."""
+        charged = charge(key, len(items), request)
         received = getattr(request.state, "received_at", None)
         try:
             return await service.decide(items, received, endpoint)
         except Overloaded as exc:
-            service.limiter.refund(key.name, len(items))
+            service.limiter.refund(key.name, charged)
             raise ApiError(503, "overloaded", f"{exc}; retry shortly", {"Retry-After": "1"}) from None
         except Closing as exc:
-            service.limiter.refund(key.name, len(items))
+            service.limiter.refund(key.name, charged)
             raise ApiError(503, "shutting_down", str(exc), {"Retry-After": "5"}) from None
 
     client, reviewer = Depends(role(CLIENT)), Depends(role(REVIEWER))
@@ -229,7 +236,6 @@ def create_app(service: Service) -> FastAPI:
     async def decide_route(body: Annotated[DecideBody, Body()], request: Request,  # type: ignore[valid-type]
                            key: ApiKey = client):
         items = [{**i.model_dump(), "client": key.name} for i in (body if isinstance(body, list) else [body])]
-        charge(key, len(items))
         results = await decide(items, request, "decide", key)
         return SafeJSONResponse(results if isinstance(body, list) else results[0])
 
@@ -239,7 +245,6 @@ def create_app(service: Service) -> FastAPI:
     async def moderations(body: Annotated[ModerationBody, Body()], request: Request,  # type: ignore[valid-type]
                           key: ApiKey = client):
         texts = body.input if isinstance(body.input, list) else [body.input]
-        charge(key, len(texts))
         results = await decide([{"user_request": t, "context": None, "user_id": body.user, "client": key.name}
                                 for t in texts],
                                request, "moderations", key)
@@ -271,8 +276,8 @@ def create_app(service: Service) -> FastAPI:
              summary="Where an escalated request stands and what a person decided (the client key that asked, "
                      "or a reviewer of its desk, may read it)")
     async def outcome(case_id: Annotated[str, FastPath(pattern=CASE_ID_PATTERN, description="the escalation_id "
-                                                       "of the decision")], key: ApiKey = client):
-        charge(key, 1)  # polling counts against the key's rate, so ids cannot be guessed at speed
+                                                       "of the decision")], request: Request, key: ApiKey = client):
+        charge(key, 1, request)  # polling counts against the key's rate, so ids cannot be guessed at speed
         try:
             case = await run_in_threadpool(service.agent.queue.get, case_id)
         except KeyError:

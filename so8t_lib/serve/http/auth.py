@@ -122,11 +122,6 @@ class ApiKeys:
                 found = key
         return found
 
-    def of_header(self, authorization: str) -> ApiKey | None:
-        """The key an ``Authorization: Bearer <secret>`` header names, if any."""
-        scheme, _, token = authorization.partition(" ")
-        return self.identify(token.strip()) if scheme.lower() == "bearer" and token.strip() else None
-
 
 class RateLimiter:
     """A token bucket per key: ``burst`` at once, refilled at ``per_minute``. Hand-written because it is
@@ -149,17 +144,9 @@ class RateLimiter:
             self._buckets[key] = (tokens, now)
             return max(0.001, (cost - tokens) / self.rate)
 
-    def wait(self, key: str, cost: int = 1) -> float | None:
-        """What ``take`` would answer, taking nothing: a key with an empty bucket is refused before its body is
-        read and validated, which for a hostile body is the expensive part."""
-        now = time.monotonic()
-        with self._lock:
-            tokens, stamp = self._buckets.get(key, (float(self.burst), now))
-        tokens = min(float(self.burst), tokens + (now - stamp) * self.rate)
-        return None if tokens >= cost else max(0.001, (cost - tokens) / self.rate)
-
     def refund(self, key: str, cost: int) -> None:
-        """Give back tokens taken for requests that were never decided (503: overloaded or shutting down)."""
+        """Give back tokens taken for requests that were never decided (503: overloaded or shutting down), or the
+        first token of a call that is then refused 429 (a 429 costs nothing)."""
         with self._lock:
             if key in self._buckets:
                 tokens, stamp = self._buckets[key]

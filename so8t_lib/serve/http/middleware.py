@@ -73,10 +73,16 @@ class BodySizeLimit:
 class RequireKey:
     """401 for a ``/v1/`` request without a known API key, before its body, its size or its query is looked
     at: a caller with no key learns nothing of a route's parameters and costs no JSON parsing. The route's own
-    check then decides what the key's role may do (403)."""
+    check then decides what the key's role may do (403).
 
-    def __init__(self, app: ASGIApp, keys_of, prefix: str = "/v1/") -> None:
+    ``charge(key, path)`` then takes what a call on that path costs up front (the tokens taken, 0 for a path
+    that is not rate-limited) or refuses it (an HTTPException with a ``kind``: 429): so every call on a charged
+    path pays before its body is read, whatever refuses it later (400, 413, 422), and an empty bucket is
+    answered before anything is parsed. What was taken is ``scope["state"]["charged"]``, for the route."""
+
+    def __init__(self, app: ASGIApp, keys_of, charge=None, prefix: str = "/v1/") -> None:
         self.app, self.keys_of, self.prefix = app, keys_of, prefix  # keys_of(): the service's current ApiKeys
+        self.charge = charge
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
         if scope["type"] != "http" or not scope["path"].startswith(self.prefix):
@@ -88,9 +94,15 @@ class RequireKey:
             message = "send one Authorization header, not several"
         elif scheme.lower() != "bearer" or not token:
             message = "send an API key: Authorization: Bearer <secret>"
-        elif self.keys_of().identify(token) is None:
+        elif (key := self.keys_of().identify(token)) is None:
             message = "unknown API key"
         else:
+            paid = self.charge(key, scope["path"]) if self.charge is not None else 0
+            if isinstance(paid, HTTPException):
+                headers = [(k.lower().encode("latin-1"), v.encode("latin-1")) for k, v in (paid.headers or {}).items()]
+                await _answer(send, paid.status_code, getattr(paid, "kind", "error"), paid.detail, headers)
+                return
+            scope.setdefault("state", {})["charged"] = paid
             await self.app(scope, receive, send)
             return
         await _answer(send, 401, "unauthorized", message, [(b"www-authenticate", b"Bearer")])
