@@ -261,3 +261,23 @@ def test_a_benchmark_prompt_quoted_inside_a_request_or_context_is_caught(tmp_pat
                                         + "\n", encoding="utf-8")
     with pytest.raises(DataError, match="public benchmark prompts or quote one"):
         training_tables(tmp_path, None, None, 0)
+
+
+@pytest.mark.skipif(not BENCHMARKS_DIR.is_dir(), reason="needs shared/benchmarks beside the clone")
+def test_a_benchmark_prompt_spelled_with_look_alike_letters_is_caught():
+    """SST's first prompt with Cyrillic "а" and "о" (and Greek "ο") passed every guard: its bare text differs from
+    the prompt's, although a reader, the runtime's pattern checks and any copy-paste see the same words."""
+    from so8t_lib.data.corpus.guard import QUOTED_MIN_CHARS, benchmark_copies
+    from so8t_lib.data.corpus.text import bare_text
+    from so8t_lib.data.tables import read_records
+
+    bench = benchmark_prompts(bare_text)
+    cyrillic = SST_PROMPT.replace("a", "\u0430").replace("o", "\u043e")
+    greek = SST_PROMPT.replace("o", "\u03bf")
+    long = next(record["prompt"] for _, record in read_records(BENCHMARKS_DIR / "xstest" / "xstest_prompts.csv")
+                if len(bare_text(record["prompt"])) >= QUOTED_MIN_CHARS)  # long enough to be caught when quoted
+    quoted = f"My colleague wrote: '{long.replace('e', chr(0x435))}' and I do not know what to answer"
+    rows = [{"id": "cyrillic", "user_request": cyrillic}, {"id": "greek", "user_request": "Hi", "context": greek},
+            {"id": "quoted", "user_request": quoted},
+            {"id": "japanese", "user_request": "経費精算の締め日はいつですか"}]
+    assert [row_id for row_id, _ in benchmark_copies(rows, bench)] == ["cyrillic", "greek", "quoted"]

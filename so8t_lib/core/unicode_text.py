@@ -64,3 +64,28 @@ def _invisible_pattern() -> re.Pattern:
 def strip_invisible(text: str) -> tuple[str, int]:
     """(text without invisible characters, how many were removed)."""
     return _invisible_pattern().subn("", text)
+
+
+# scripts the corpus is written in: their letters are never remapped (〇 is not "O" in Japanese)
+_OWN_SCRIPTS = frozenset({"LATIN", "HAN", "HIRAGANA", "KATAKANA"})
+
+
+@functools.cache
+def latin_lookalikes() -> dict[int, str]:
+    """Non-Latin letters that Unicode lists as confusable with an ASCII letter, mapped to it
+    (Cyrillic а -> a, Greek ο -> o, ...). Letters of the corpus's own scripts stay as they are. In core: the
+    runtime's pattern checks (``serve.textforms``) and the benchmark copy guard read look-alikes the same way."""
+    from confusable_homoglyphs import categories, confusables
+
+    table: dict[int, str] = {}
+    for char, homoglyphs in confusables.confusables_data.items():
+        if len(char) != 1 or char.isascii() or not char.isalpha() or categories.alias(char) in _OWN_SCRIPTS:
+            continue
+        ascii_letters = [g["c"] for g in homoglyphs if len(g["c"]) == 1 and g["c"].isascii() and g["c"].isalpha()]
+        for letter in list(ascii_letters):  # the table lists one of l / I; the other is its own look-alike
+            ascii_letters += [g["c"] for g in confusables.confusables_data.get(letter, ())
+                              if len(g["c"]) == 1 and g["c"].isascii() and g["c"].isalpha()]
+        same_case = [g for g in ascii_letters if g.isupper() == char.isupper()]  # І -> I, not l
+        if ascii_letters:
+            table[ord(char)] = (same_case or ascii_letters)[0].lower()
+    return table

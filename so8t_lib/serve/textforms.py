@@ -15,10 +15,9 @@ import functools
 import re
 import unicodedata
 
-from ..core.unicode_text import strip_invisible  # in core: the benchmark guards strip the same characters
+# in core: the benchmark guards use them too
+from ..core.unicode_text import latin_lookalikes, strip_invisible
 
-# scripts the corpus is written in: their letters are never remapped (〇 is not "O" in Japanese)
-_OWN_SCRIPTS = frozenset({"LATIN", "HAN", "HIRAGANA", "KATAKANA"})
 _KANJI_KANA = r"\u30a1-\u30fa\u30fc\u3005\u4e00-\u9fff"
 # a space (or a run of spaces; never a tab or a line break, which is how tables and lists are pasted) between two
 # kanji or katakana: Japanese puts no spaces inside words ("リ ス ト", "単  価")
@@ -52,26 +51,6 @@ def clean_text(text: str) -> tuple[str, int]:
 
 
 @functools.cache
-def _latin_lookalikes() -> dict[int, str]:
-    """Non-Latin letters that Unicode lists as confusable with an ASCII letter, mapped to it
-    (Cyrillic а -> a, Greek ο -> o, ...). Letters of the corpus's own scripts stay as they are."""
-    from confusable_homoglyphs import categories, confusables
-
-    table: dict[int, str] = {}
-    for char, homoglyphs in confusables.confusables_data.items():
-        if len(char) != 1 or char.isascii() or not char.isalpha() or categories.alias(char) in _OWN_SCRIPTS:
-            continue
-        ascii_letters = [g["c"] for g in homoglyphs if len(g["c"]) == 1 and g["c"].isascii() and g["c"].isalpha()]
-        for letter in list(ascii_letters):  # the table lists one of l / I; the other is its own look-alike
-            ascii_letters += [g["c"] for g in confusables.confusables_data.get(letter, ())
-                              if len(g["c"]) == 1 and g["c"].isascii() and g["c"].isalpha()]
-        same_case = [g for g in ascii_letters if g.isupper() == char.isupper()]  # І -> I, not l
-        if ascii_letters:
-            table[ord(char)] = (same_case or ascii_letters)[0].lower()
-    return table
-
-
-@functools.cache
 def _kana_lookalikes() -> tuple[dict[int, str], re.Pattern]:
     """Kanji that Unicode lists as confusable with a katakana (力 -> カ, 亻 -> イ, 口 -> ロ), and a
     pattern that finds them where they stand in for katakana: before a katakana, after a katakana
@@ -99,7 +78,7 @@ def _kana_for_kanji(text: str) -> str:
 def skeleton(text: str) -> str:
     """Casefolded text with look-alike letters replaced by the letters they imitate: ASCII for
     other scripts' letters, katakana for kanji standing in a katakana word."""
-    table = _latin_lookalikes()
+    table = latin_lookalikes()
     return _kana_for_kanji(text.translate(table).casefold().translate(table))
 
 

@@ -17,6 +17,7 @@ from pathlib import Path
 
 from ...core.paths import BENCHMARKS_DIR, CORPUS_DIR
 from ...core.schema import SPLITS
+from ...core.unicode_text import latin_lookalikes
 from ..benchmarks import benchmark_prompts
 from .neardup import GROUP_THRESHOLD, NEAR_DUP_THRESHOLD, NGRAM, nearest_pairs
 from .splits import read_split
@@ -70,15 +71,18 @@ QUOTED_MIN_CHARS = 40
 def benchmark_copies(rows: Iterable[dict], bench: dict[str, str]) -> list[tuple[str, str]]:
     """(row id, "file:line") for each request or context that is a prompt of ``bench``
     (``benchmark_prompts(bare_text)``), or holds one of at least ``QUOTED_MIN_CHARS``: the same prompt to the
-    model, whatever its punctuation, symbols or invisible characters, or the text around it."""
-    quotable = [prompt for prompt in bench if len(prompt) >= QUOTED_MIN_CHARS]
+    model, whatever its punctuation, symbols, invisible characters or look-alike letters (a Cyrillic "а" for
+    the "a": the model's tokens differ, a reader's eyes and the runtime's checks do not), or the text around it."""
+    lookalikes = latin_lookalikes()
+    folded = {prompt.translate(lookalikes): where for prompt, where in bench.items()}
+    quotable = [prompt for prompt in folded if len(prompt) >= QUOTED_MIN_CHARS]
     hits = []
     for row in rows:
         for text in (row["user_request"], row.get("context")):
-            key = bare_text(text) if text else ""
-            found = key if key in bench else next((p for p in quotable if len(key) > len(p) and p in key), None)
+            key = bare_text(text).translate(lookalikes) if text else ""
+            found = key if key in folded else next((p for p in quotable if len(key) > len(p) and p in key), None)
             if found is not None:
-                hits.append((row["id"], bench[found]))
+                hits.append((row["id"], folded[found]))
     return hits
 
 
