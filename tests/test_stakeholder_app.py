@@ -151,6 +151,48 @@ def test_a_gate_that_cannot_be_set_up_is_a_message(tmp_path):
     assert 'data-kind="error"' in app.result_html.value and "not set up" in app.result_html.value
 
 
+
+def test_going_back_to_a_working_model_clears_the_set_up_error(tmp_path):
+    """The status line said "could not be set up" for the model picked before, while the working model decided."""
+    def factory(model, threshold, log_dir, cached):
+        if model == "bad-model":
+            raise PermissionError("bad-model: weights unreadable")
+        return make_agent(model, threshold, log_dir, cached or FixedDecider([0.97, 0.02, 0.01]))
+
+    app = build_app(["good-model", "bad-model"], 0.8, tmp_path / "logs", model="good-model", agent_factory=factory)
+    app.model_picker.value = "bad-model"
+    assert "could not be set up" in app.status_html.value
+    app.model_picker.value = "good-model"
+    assert "could not be set up" not in app.status_html.value and "Deciding with" in app.status_html.value
+    app.example_buttons[0].click()
+    assert 'data-decision="ALLOW"' in app.result_html.value and "could not be set up" not in app.status_html.value
+
+
+def test_a_decision_that_is_no_longer_shown_is_not_the_last_result(tmp_path):
+    """After an empty box, or a gate that cannot be set up, the page shows no decision: ``last_result`` must not
+    still hold the one shown before."""
+    state = {"broken": False}
+
+    def factory(model, threshold, log_dir, cached):
+        if state["broken"]:
+            raise PermissionError("logs/ is read-only")
+        return make_agent(model, threshold, log_dir, cached or FixedDecider([0.97, 0.02, 0.01]))
+
+    app = build_app(["fixed-model"], 0.8, tmp_path / "logs", agent_factory=factory)
+    app.example_buttons[0].click()
+    assert app.last_result["decision"] == "ALLOW"
+    app.request_box.value = "  "
+    app.decide_button.click()
+    assert "Type a request first" in app.result_html.value and app.last_result is None
+
+    app.example_buttons[0].click()
+    assert app.last_result["decision"] == "ALLOW"
+    state["broken"] = True
+    app.agent.close()
+    app.agent = None  # the next decide sets the gate up again, and that fails
+    app.example_buttons[0].click()
+    assert "not set up" in app.result_html.value and app.last_result is None
+
 def test_a_model_file_that_cannot_load_is_named_and_every_request_fails_closed(tmp_path):
     broken = tmp_path / "broken.gguf"
     broken.write_bytes(b"not a gguf file")

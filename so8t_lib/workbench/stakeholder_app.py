@@ -127,6 +127,8 @@ class StakeholderApp:
         says which model decides, or why it cannot."""
         model, threshold = self.model_picker.value, round(float(self.threshold_slider.value), 2)
         if self._agent_key == (model, threshold) and self.agent is not None:
+            # back to the loaded setting after one that failed: the line must stop saying the gate is not set up
+            self.status_html.value = self._status(self.agent, model, threshold)
             return self.agent
         self.status_html.value = render_message("info", f"Loading {model_label(model)} …")
         try:
@@ -157,6 +159,7 @@ class StakeholderApp:
     def decide(self, _=None) -> None:
         """Decide what the request box holds and show the runtime's result (or a message)."""
         request, context = self.request_box.value, self.context_box.value.strip() or None
+        self.last_result = None  # from here on the page no longer shows it, whatever happens to this request
         if not request.strip():
             self.result_html.value = render_message("info", "Type a request first (Japanese or English), or pick "
                                                     "an example.")
