@@ -7,16 +7,24 @@ looked for every ``flag_poll_s``; its first line is the reason). The agent is in
 any source holds it. Every change of a source is an audit record (``event: mode_change``). Turning
 emergency *on* happens even when that record cannot be written (the safe direction; the answer says
 so); turning it *off* needs the record first, else the service stays in emergency mode.
+
+The admin endpoint's hold is also kept in a state file beside the flag file (``api_state_file``), so a
+restart (a crash, ``Restart=``, a deploy) comes back in emergency mode, as the audit log's last record
+says, instead of answering ALLOW. A state file that cannot be read holds emergency mode too.
 """
 
 from __future__ import annotations
 
 import datetime as dt
+import json
 import logging
+import os
 import threading
 from pathlib import Path
 
+from ...core.io import atomic_write_text
 from ..audit import AuditWriteError
+from ..config import replica_log_name
 from ..outcome import utc_timestamp
 from ..runtime import Agent
 
@@ -29,13 +37,47 @@ class SwitchRefused(RuntimeError):
     """The switch cannot be moved (the config holds emergency mode, or the record could not be written)."""
 
 
+def api_state_file(flag_file: str | Path, replica: str | None = None) -> Path:
+    """Where the admin endpoint's hold outlives the process: ``EMERGENCY.api.json`` beside the flag file, one per
+    replica (``EMERGENCY.api-r2.json``): each process holds its own, so one replica's release cannot drop
+    another's."""
+    flag_file = Path(flag_file)
+    return replica_log_name(flag_file.with_name(f"{flag_file.name}.api.json"), replica)
+
+
 class EmergencySwitch:
-    def __init__(self, agent: Agent, flag_file: Path, on_change=None) -> None:
+    def __init__(self, agent: Agent, flag_file: Path, on_change=None, state_file: Path | None = None) -> None:
         self.agent, self.flag_file, self._on_change = agent, Path(flag_file), on_change
+        self.state_file = Path(state_file) if state_file is not None else api_state_file(self.flag_file)
         self.sources: dict[str, dict] = {}
         if agent.config.mode == EMERGENCY:
             self.sources[CONFIG] = {"by": "config", "reason": "mode: emergency in the config", "since": _now()}
         self._lock = threading.Lock()
+        self._restore()
+
+    def _restore(self) -> None:
+        """Take back the admin endpoint's hold from the state file a previous process left (no audit record: the
+        log's last mode_change already says it is on); one that cannot be read holds emergency mode too."""
+        try:
+            saved = json.loads(self.state_file.read_text(encoding="utf-8"))
+            entry = {k: saved[k] for k in ("by", "reason", "since") if isinstance(saved[k], str)}
+            if len(entry) != 3:
+                raise ValueError("by, reason and since must be text")
+        except FileNotFoundError:
+            return
+        except (OSError, ValueError, TypeError, KeyError) as exc:  # json's errors are ValueErrors
+            problem = f"{type(exc).__name__}: {exc}"
+            logger.error("the emergency state file %s cannot be read (%s): emergency mode held (fail-closed); "
+                         "release it with POST /v1/admin/emergency enabled: false, or remove the file and restart",
+                         self.state_file, problem)
+            entry = {"by": f"state file {self.state_file}", "reason": f"unreadable state file ({problem})",
+                     "since": _now()}
+        else:
+            logger.warning("emergency mode restored from %s: held through the API by %s since %s (%s); every request "
+                           "is escalated until POST /v1/admin/emergency enabled: false", self.state_file,
+                           entry["by"], entry["since"], entry["reason"])
+        self.sources[API] = {**entry, "restored_from": str(self.state_file)}
+        self.agent.set_mode(EMERGENCY)
 
     @property
     def mode(self) -> str:
@@ -62,16 +104,22 @@ class EmergencySwitch:
                 self.sources[source] = {"by": by, "reason": reason, "since": _now()}
                 self.agent.set_mode(after)
                 error = self._audit(record)
+                unsaved = self._save(self.sources[source]) if source == API else None
             else:
+                if source == API:
+                    self._forget()
                 error = self._audit(record)
                 if error is not None:
+                    if source == API:
+                        self._save(self.sources[source])  # still held: a restart must hold it too
                     raise SwitchRefused(f"emergency mode stays on: the switch could not be recorded ({error})")
                 del self.sources[source]
                 self.agent.set_mode(after)
+                unsaved = None
             logger.warning("emergency mode %s by %s (%s): %s; the gate is now in %s mode",
                            "held" if enabled else "released", by, source, reason, after)
             state = {"mode": after, "sources": {k: dict(v) for k, v in self.sources.items()}, "changed": True,
-                     "audited": error is None, "error": error}
+                     "audited": error is None, "error": "; ".join(filter(None, (error, unsaved))) or None}
             if self._on_change is not None:  # under the lock: two changes in a row reach it in their order
                 self._on_change(after)
         return state
@@ -83,6 +131,27 @@ class EmergencySwitch:
         except AuditWriteError as exc:
             logger.error("the emergency switch could not be recorded: %s", exc)
             return f"audit write failed: {exc}"
+
+    def _save(self, entry: dict) -> str | None:
+        """Keep the API's hold for the next process; None, or why it could not (held now, lost at a restart)."""
+        try:
+            atomic_write_text(self.state_file, json.dumps({"source": API, **entry}, ensure_ascii=False) + "\n")
+            return None
+        except OSError as exc:
+            logger.error("the emergency state file %s could not be written (%s): a restart would not hold emergency "
+                         "mode; create the flag file %s as well", self.state_file, exc, self.flag_file)
+            return f"not kept across a restart: {self.state_file} could not be written ({exc}); create the flag file"
+
+    def _forget(self) -> None:
+        """Remove the API's state file before the release is recorded; a file that stays would bring emergency mode
+        back at the next start, so the release is refused instead."""
+        try:
+            os.unlink(self.state_file)
+        except FileNotFoundError:
+            pass
+        except OSError as exc:
+            raise SwitchRefused(f"emergency mode stays on: its state file {self.state_file} could not be removed "
+                                f"({exc})") from None
 
     def poll_file(self) -> dict | None:
         """Follow the flag file: its appearance holds emergency mode, its removal releases it."""

@@ -11,13 +11,13 @@ import threading
 from collections.abc import Callable
 from pathlib import Path
 
-from ..config import EXIT_MARGIN_S, SHUTDOWN_MARGIN_S, ServiceConfig, placed
+from ..config import EXIT_MARGIN_S, REPLICA_ENV, SHUTDOWN_MARGIN_S, ServiceConfig, placed
 from ..escalation import UNRESOLVED
 from ..runtime import Agent
 from .auth import ApiKeys, RateLimiter
 from .batching import MicroBatcher
 from .dashboard import DashboardData
-from .emergency import EMERGENCY, EmergencySwitch
+from .emergency import API, EMERGENCY, EmergencySwitch, api_state_file
 from .metrics import ServiceMetrics
 
 logger = logging.getLogger("so8t.service")
@@ -31,7 +31,9 @@ class Service:
         self.metrics = ServiceMetrics()
         self.dashboard = DashboardData(self.metrics)
         self.limiter = RateLimiter(self.config.rate_limit_per_minute, self.config.rate_limit_burst)
-        self.switch = EmergencySwitch(agent, placed(self.config.emergency_flag_file, log_dir), self._mode_changed)
+        flag_file = placed(self.config.emergency_flag_file, log_dir)
+        self.switch = EmergencySwitch(agent, flag_file, self._mode_changed,
+                                      api_state_file(flag_file, os.environ.get(REPLICA_ENV) or None))
         self.batcher = MicroBatcher(agent.run_batch, max_batch=self.config.max_batch,
                                     max_wait_s=self.config.max_wait_ms / 1000.0,
                                     concurrency=self.config.concurrent_batches, max_pending=self.config.max_pending,
@@ -190,7 +192,7 @@ class Service:
     def preflight(self) -> dict[str, str]:
         """What a start would find, without serving (``so8t serve --check``): the readiness checks but the
         batcher's, the escalation queue reached once, and whether a flag file would hold emergency mode (read,
-        not acted on: acting on it writes an audit record)."""
+        not acted on: acting on it writes an audit record) or the API's state file holds it."""
         checks = {name: finding for name, finding in self.readiness().items() if name != "batcher"}
         self.count_queue()
         counts = self.queue_counts
@@ -199,6 +201,9 @@ class Service:
                                       f"{counts['spooled']} spooled")
         if self.switch.flag_file.is_file():
             checks["mode"] = f"not ready: the flag file {self.switch.flag_file} holds emergency mode (all escalated)"
+        elif API in self.switch.sources:
+            checks["mode"] = (f"not ready: {self.switch.state_file} holds emergency mode, switched on through the API "
+                              "(all escalated; POST /v1/admin/emergency enabled: false releases it)")
         return checks
 
     def dashboard_summary(self) -> dict:
