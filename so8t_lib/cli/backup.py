@@ -16,8 +16,9 @@ kept as evidence, but restore will refuse it).
 
 ``restore`` checks every file's sha256, that nothing was added, that every chain verifies and ends at
 its recorded head, the queue's integrity and counts, and the included models, and writes nothing when
-any check fails. A signed chain is checked with the key in the variable the backup recorded (or
---hmac-key-env); without the key it is refused unless --unchecked-signatures. Then logs/ (the queue and
+any check fails. The chains are checked with the key of the first variable set of --hmac-key-env, the one the
+backup recorded and $SO8T_AUDIT_HMAC_KEY; a backup of signed chains, or one that records a key variable, is refused
+without a key unless --unchecked-signatures. Then logs/ (the queue and
 spool under their own names), configs/ and the models' paths appear in --into, which must not hold them.
 """
 
@@ -152,6 +153,24 @@ def main(argv: list[str] | None = None) -> int:
     return 0
 
 
+def _hmac_key(explicit: str | None, folder: str) -> tuple[str | None, str]:
+    """The chains' HMAC key and the variable it was read from. BACKUP.json is not signed, so the variable it records
+    only adds a place to look: the first set of --hmac-key-env, the recorded one and $SO8T_AUDIT_HMAC_KEY is read
+    (a forger who re-hashed a chain and pointed the record at an unset variable switched the check off), and a
+    recorded variable that holds another key than $SO8T_AUDIT_HMAC_KEY needs --hmac-key-env to say which."""
+    recorded = recorded_key_env(folder)
+    names = list(dict.fromkeys(n for n in (explicit, recorded, AUDIT_HMAC_KEY_ENV) if n))
+    found = [n for n in names if os.environ.get(n)]
+    if not found:
+        return None, names[0]
+    default = os.environ.get(AUDIT_HMAC_KEY_ENV)
+    if not explicit and found[0] == recorded and default and default != os.environ[recorded]:
+        raise BackupError(f"the backup records ${recorded} as the HMAC key's variable, but ${AUDIT_HMAC_KEY_ENV} "
+                          "holds another key (BACKUP.json is not signed, so it cannot choose between them): pass "
+                          "--hmac-key-env with the variable that holds the key the service signed with")
+    return os.environ[found[0]], found[0]
+
+
 def restore_main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(prog="so8t restore", description=__doc__,
                                      formatter_class=argparse.RawDescriptionHelpFormatter)
@@ -160,14 +179,14 @@ def restore_main(argv: list[str] | None = None) -> int:
     target.add_argument("--into", help="where logs/, configs/ and the models go (must not hold them)")
     target.add_argument("--check", action="store_true", help="make every check, write nothing")
     parser.add_argument("--queue-url", help="put the escalation cases into this empty PostgreSQL queue")
-    parser.add_argument("--hmac-key-env", help="variable holding the HMAC key (default: the one the backup records, "
-                        f"else {AUDIT_HMAC_KEY_ENV})")
+    parser.add_argument("--hmac-key-env", help="variable holding the HMAC key (default: the one the backup records; "
+                        f"when that is not set, {AUDIT_HMAC_KEY_ENV})")
     parser.add_argument("--unchecked-signatures", action="store_true", help="accept signed chains without their "
                         "key: the signatures are not checked (refused otherwise)")
     args = parser.parse_args(argv)
-    key_env = args.hmac_key_env or recorded_key_env(args.backup) or AUDIT_HMAC_KEY_ENV
-    key, unchecked = os.environ.get(key_env), args.unchecked_signatures
+    unchecked = args.unchecked_signatures
     try:
+        key, key_env = _hmac_key(args.hmac_key_env, args.backup)
         if args.check:
             checks = check_backup(args.backup, key, key_env=key_env, unchecked_signatures=unchecked)
             for line in checks["checked"]:

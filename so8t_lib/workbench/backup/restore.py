@@ -103,9 +103,10 @@ def recorded_key_env(folder: str | Path) -> str | None:
         return None
 
 
-def _unchecked_signatures(name: str, key_env: str | None) -> str:
+def _unchecked_signatures(name: str, key_env: str | None, signed: bool) -> str:
     where = f"${key_env}" if key_env else "the service's HMAC key variable"
-    return (f"{name}: the chain is signed and no HMAC key was given ({where} is not set): its signatures cannot be "
+    said = "the chain is signed" if signed else f"the backup says the chain's HMAC key is in ${key_env}"
+    return (f"{name}: {said} and no HMAC key was given ({where} is not set): its signatures cannot be "
             f"checked, so a chain re-hashed without the key would pass; set {key_env or 'the variable'}, or accept "
             "unchecked signatures explicitly (so8t restore --unchecked-signatures)")
 
@@ -113,9 +114,9 @@ def _unchecked_signatures(name: str, key_env: str | None) -> str:
 def check_backup(folder: str | Path, hmac_key: str | bytes | None = None, *, key_env: str | None = None,
                  unchecked_signatures: bool = False) -> dict:
     """Every check restore makes; writes nothing. {"manifest", "problems": [...], "checked": [...], "notes": [...]}.
-    A signed chain (as recorded, or by its anchor) without ``hmac_key`` is a problem naming ``key_env`` (default:
-    the variable the backup recorded) unless ``unchecked_signatures``: a forger who re-hashes a chain cannot sign
-    it, and only the key tells."""
+    A signed chain (as recorded, or by its anchor), or any chain of a backup that records a key variable, without
+    ``hmac_key`` is a problem naming ``key_env`` (default: the variable the backup recorded) unless
+    ``unchecked_signatures``: a forger who re-hashes a chain cannot sign it, and only the key tells."""
     folder = Path(folder)
     manifest = _load_manifest(folder)
     key_env = key_env or manifest.get("hmac_key_env")
@@ -161,11 +162,12 @@ def check_backup(folder: str | Path, hmac_key: str | bytes | None = None, *, key
         problems += [f"{name}: {e}" for e in report["errors"]]
         notes += [f"{name}: {n}" for n in report["notes"]]
         signed = bool(chain.get("signed")) or "mac" in (report["anchor"] or {})
-        unchecked = signed and not hmac_key
+        unchecked = (signed or bool(manifest.get("hmac_key_env"))) and not hmac_key
         if unchecked and unchecked_signatures:
-            notes.append(f"{name}: signed, but its signatures were NOT checked (no HMAC key)")
+            notes.append(f"{name}: {'signed' if signed else 'kept with an HMAC key'}, but its signatures were NOT "
+                         "checked (no HMAC key)")
         elif unchecked:
-            problems.append(_unchecked_signatures(name, key_env))
+            problems.append(_unchecked_signatures(name, key_env, signed))
         if not report["errors"] and not (unchecked and not unchecked_signatures):
             checked.append(f"{name}: {report['records']} records verify, head {head}" +
                            (", signatures checked" if signed and hmac_key else ""))

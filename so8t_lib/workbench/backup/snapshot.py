@@ -276,7 +276,8 @@ def backup(out: str | Path, log_dir: str | Path, queue: str | Path | None = None
     queue is on PostgreSQL), else beside the queue file or ``<log_dir>/escalations.sqlite``. The queue and spool
     keep their file names (recorded, so restore puts them where the config has the service look). ``chain`` is the
     configured audit log's name (``logging.audit_log``'s, without a replica's suffix); ``hmac_key_env``, the
-    variable that holds its key, is recorded for restore. A chain whose lock stays held past ``lock_timeout``
+    variable that holds its key, is recorded for restore when there is a key or a signed chain (restore then
+    refuses to go on without a key). A chain whose lock stays held past ``lock_timeout``
     seconds (None: no limit) is an ``AuditLockTimeout``, and nothing is written."""
     out, log_dir = Path(out), Path(log_dir)
     if out.exists():
@@ -309,7 +310,8 @@ def backup(out: str | Path, log_dir: str | Path, queue: str | Path | None = None
             raise BackupError("; ".join(clashes) + " (name the models from the folders they live in)")
         manifest = {
             "format": FORMAT, "created_at": dt.datetime.now(dt.UTC).isoformat(timespec="seconds"),
-            "source": {"logs": str(log_dir), "cwd": os.getcwd()}, "chains": chains, "hmac_key_env": hmac_key_env,
+            "source": {"logs": str(log_dir), "cwd": os.getcwd()}, "chains": chains,
+            "hmac_key_env": hmac_key_env if hmac_key or any(c["signed"] for c in chains.values()) else None,
             "queue": queue_info,  # and a SQLite copy's rows, should its bytes change (a newer so8t adds columns):
             "queue_digest": queue_digest(logs / queue_info["file"]) if queue_info["kind"] == "sqlite" else None,
             "spool": spool_info, "emergency_flag": flag_info, "configs": config_files, "models": model_info, "files": file_entries(tmp)}
