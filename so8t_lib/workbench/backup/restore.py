@@ -32,7 +32,16 @@ from ...serve.escalation import EscalationQueue, QueueError
 from ...serve.router import load_router
 from .queue_copy import SQLITE_FILE, check_sqlite, database_of, export_rows, load_rows, read_rows
 from .queue_digest import digest_shape_problem, rows_changed
-from .snapshot import BACKUP_FILE, FORMAT, BackupError, file_entries, overlapping_targets, safe_relative
+from .snapshot import (
+    BACKUP_FILE,
+    FORMAT,
+    BackupError,
+    file_entries,
+    odd_entries,
+    overlapping_targets,
+    regular_files,
+    safe_relative,
+)
 
 # a plain file name, never a path: a chain (logging.audit_log may have any name: gate.jsonl, audit.log), the queue
 FILE_NAME = re.compile(r"[A-Za-z0-9_][A-Za-z0-9_.-]{0,120}")
@@ -127,7 +136,7 @@ def check_backup(folder: str | Path, hmac_key: str | bytes | None = None, *, key
     queue_file = f"logs/{queue.get('file', SQLITE_FILE)}" if digest is not None else None  # judged by its rows too
     by_rows: set[str] = set()
     sides = {name for name in listed if database_of(folder / name) is not None} | {
-        str(p.relative_to(folder)) for p in folder.rglob("*") if p.is_file() and database_of(p) is not None}
+        str(p.relative_to(folder)) for p in regular_files(folder) if database_of(p) is not None}
     for name, entry in listed.items():
         if name in sides:  # checked below: SQLite's side files are not data, unless one recorded some
             continue
@@ -145,6 +154,7 @@ def check_backup(folder: str | Path, hmac_key: str | bytes | None = None, *, key
                 problems.append(f"{name}: changed since the backup was made (sha256 does not match" +
                                 (f"; {changed})" if changed else ")"))
     problems += [f"{name}: not part of the backup (added later)" for name in sorted(set(present) - set(listed))]
+    problems += odd_entries(folder)  # a link is never read or copied through
     problems += filter(None, (_side_file_problem(name, folder / name, listed.get(name)) for name in sorted(sides)))
     checked.append(f"{len(set(listed) - sides - by_rows)} files match their sha256")
     notes += [f"{name}: SQLite's side file of a copied database, listed by an older backup: not data, not checked"
@@ -294,11 +304,11 @@ def _restore_parts(folder: Path, into: Path, parts: dict[Path, Path], manifest: 
     """Copy into a staging folder beside the targets, load the queue, then move every part into place."""
     staging = Path(tempfile.mkdtemp(prefix=".so8t-restore-", dir=into))
     try:
-        shutil.copytree(folder / "logs", staging / "logs", ignore=_no_side_files(folder, manifest))
-        if (folder / "configs").is_dir():
-            shutil.copytree(folder / "configs", staging / "configs")
-        if (folder / "models").is_dir():
-            shutil.copytree(folder / "models", staging / "models")
+        # symlinks=True: a link is copied as a link, never what it points to (the checks refused any anyway)
+        shutil.copytree(folder / "logs", staging / "logs", symlinks=True, ignore=_no_side_files(folder, manifest))
+        for part in ("configs", "models"):
+            if (folder / part).is_dir():
+                shutil.copytree(folder / part, staging / part, symlinks=True)
         queue = manifest.get("queue", {})
         local = staging / "logs" / queue.get("file", SQLITE_FILE)  # the name queue_db gave it (older backups: fixed)
         if queue_url is not None:

@@ -35,6 +35,7 @@ import json
 import logging
 import os
 import shutil
+import stat
 import tempfile
 from contextlib import ExitStack, closing
 from pathlib import Path, PurePosixPath
@@ -63,12 +64,38 @@ class BackupError(RuntimeError):
     """A backup that cannot be made or used; the message names the file and what is wrong."""
 
 
+def _entries(root: Path):
+    """Every path under ``root``, links not followed (a link to a folder is listed, never entered)."""
+    for here, folders, files in os.walk(root):
+        yield from (Path(here) / name for name in folders + files)
+
+
+def regular_files(root: Path) -> list[Path]:
+    """Every regular file under ``root``, sorted; a symbolic link is none, whatever it points to."""
+    return sorted(p for p in _entries(root) if stat.S_ISREG(p.lstat().st_mode))
+
+
+def odd_entries(root: Path) -> list[str]:
+    """A problem for each symbolic link, device, pipe or socket under ``root``: backup writes only folders and
+    regular files, so one of them was added later, and reading or copying through it would take in whatever it
+    points to (a folder outside the backup, with files no sha256 covers)."""
+    problems = []
+    for path in sorted(_entries(root)):
+        mode, name = path.lstat().st_mode, path.relative_to(root)
+        if stat.S_ISLNK(mode):
+            problems.append(f"{name}: a symbolic link (to {os.readlink(path)}), which no backup holds: added later; "
+                            "remove it")
+        elif not (stat.S_ISREG(mode) or stat.S_ISDIR(mode)):
+            problems.append(f"{name}: not a regular file or folder, which no backup holds: added later; remove it")
+    return problems
+
+
 def file_entries(root: Path) -> dict[str, dict]:
-    """relative path -> {sha256, bytes} of every file under ``root`` but BACKUP.json and SQLite's side files of a
-    database there (``-wal``, ``-shm``, ``-journal``: made and deleted by whoever opens the copy; it holds all its
-    data itself, ``queue_copy``)."""
+    """relative path -> {sha256, bytes} of every regular file under ``root`` but BACKUP.json and SQLite's side files
+    of a database there (``-wal``, ``-shm``, ``-journal``: made and deleted by whoever opens the copy; it holds all
+    its data itself, ``queue_copy``)."""
     return {str(p.relative_to(root)): {"sha256": sha256_file(p), "bytes": p.stat().st_size}
-            for p in sorted(root.rglob("*")) if p.is_file() and p.name != BACKUP_FILE and database_of(p) is None}
+            for p in regular_files(root) if p.name != BACKUP_FILE and database_of(p) is None}
 
 
 def _copy_logs(log_dir: Path, tmp: Path, queue: str | Path | None, spool: Path, hmac_key: str | bytes | None,
