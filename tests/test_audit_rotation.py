@@ -10,7 +10,14 @@ from types import SimpleNamespace
 import pytest
 
 from so8t_lib.serve import audit, audit_rotation
-from so8t_lib.serve.audit_files import chain_names, log_files, plain_rotated_path, rotated_path
+from so8t_lib.serve.audit_files import (
+    chain_names,
+    first_record,
+    log_files,
+    plain_rotated_path,
+    read_anchor,
+    rotated_path,
+)
 
 
 def _record(i):
@@ -376,3 +383,23 @@ def test_a_decision_several_rotations_back_is_still_found_and_old_files_are_skip
     os.utime(files[0], (hour_ago, hour_ago))  # the oldest file, last written an hour before the others
     assert log.find_requests({"req_0"}, since=hour_ago) == {"req_0"}
     assert log.find_requests({"req_0"}, since=hour_ago + 2 * audit.FIND_SLACK_S) == set()  # not opened at all
+
+
+def test_lowering_backup_count_drops_every_file_beyond_it_and_the_chain_still_verifies(tmp_path):
+    """Only ``.<backup_count>`` was deleted: with .1 .. .7 and backup_count lowered to 2, .2 went, .3 .. .7 stayed
+    and shifted, and the chain had a gap in the middle that verify failed on for good."""
+    log = audit.AuditLog(tmp_path / "audit.jsonl", backup_count=10)
+    for i in range(7):  # .1.gz .. .7.gz and a live file
+        log.append(_record(i))
+        log.rotate()
+    log.append(_record(7))
+    assert len(log_files(tmp_path)) == 8
+    log = audit.AuditLog(tmp_path / "audit.jsonl", backup_count=2)  # the operator keeps fewer files from now on
+    log.rotate()
+    log.append(_record(8))
+    assert [p.name for p in log_files(tmp_path)] == ["audit.jsonl.2.gz", "audit.jsonl.1.gz", "audit.jsonl"]
+    report = audit.verify(tmp_path)
+    assert report["errors"] == [] and (report["first_seq"], report["last_seq"]) == (6, 8)
+    anchor, oldest = read_anchor(log.path), first_record(tmp_path / "audit.jsonl.2.gz")
+    assert (anchor["first_seq"], anchor["first_prev_hash"]) == (oldest["seq"], oldest["prev_hash"])
+    assert any("rotated away" in note for note in report["notes"])

@@ -41,16 +41,19 @@ _TEMP_NUMBERS = itertools.count()  # each gzip its own temp file, even two in on
 
 
 def shift_and_rename(log: Path, backup_count: int, anchor: dict | None, mac_key: bytes | None) -> dict | None:
-    """The locked step: the live file becomes ``.1`` (renames only). The anchor's start moves before the oldest
-    file is deleted, so a crash never looks like a deletion. Returns the anchor as it now is."""
-    oldest = [p for p in (rotated_path(log, backup_count), plain_rotated_path(log, backup_count)) if p.exists()]
-    if oldest:
-        keep = [p for p in log_files(log.parent, log.name) if p not in oldest]
+    """The locked step: the live file becomes ``.1`` (renames only). Every rotated file numbered ``backup_count`` or
+    more goes, not only ``.<backup_count>``: after ``backup_count`` was lowered, older files are beyond it too, and
+    deleting the one at the limit alone cut the chain in the middle. The anchor's start moves to the first file
+    kept before any is deleted (oldest first), so a crash never looks like a deletion. Returns the anchor as it
+    now is."""
+    doomed = _rotated_from(log, backup_count)
+    if doomed:
+        keep = [p for p in log_files(log.parent, log.name) if p not in doomed]
         first = first_record(keep[0]) if keep else None
         if anchor is not None and first is not None:
             anchor.update(first_seq=first["seq"], first_prev_hash=first["prev_hash"])
             write_anchor(log, anchor, mac_key)
-        for path in oldest:
+        for path in doomed:
             path.unlink()
     for n in range(backup_count - 1, 0, -1):
         for older, newer in ((rotated_path(log, n), rotated_path(log, n + 1)),
@@ -59,6 +62,13 @@ def shift_and_rename(log: Path, backup_count: int, anchor: dict | None, mac_key:
                 os.replace(older, newer)
     os.replace(log, plain_rotated_path(log, 1))
     return anchor
+
+
+def _rotated_from(log: Path, lowest: int) -> list[Path]:
+    """Every rotated file (``.N`` and ``.N.gz``) numbered ``lowest`` or more, oldest (highest N) first."""
+    pattern = re.compile(rf"^{re.escape(log.name)}\.(\d+)(\.gz)?$")
+    found = [(int(m.group(1)), p) for p in log.parent.glob(f"{log.name}.*") if (m := pattern.match(p.name))]
+    return [p for n, p in sorted(found, key=lambda item: (-item[0], item[1].name)) if n >= lowest]
 
 
 def _plain_files(log: Path) -> list[Path]:
