@@ -15,6 +15,7 @@ from ops_fixtures import PLANTED_PERSONAL_DATA, build_ops_logs
 
 from so8t_lib.cli import main as so8t
 from so8t_lib.serve.audit import AuditLog
+from so8t_lib.serve.outcome import parse_time
 from so8t_lib.workbench.reports import ReportError, collect, make_report
 
 UTC = dt.UTC
@@ -311,3 +312,28 @@ def test_an_sla_the_command_would_refuse_is_refused_by_the_library_too(november,
     with pytest.raises(ReportError, match="the SLA must be a finite number of seconds"):
         make_report([november], dt.date(2026, 11, 2), dt.date(2026, 11, 9), tmp_path / "out", sla_s=sla)
     assert not (tmp_path / "out").exists()
+
+
+def test_a_report_folder_holding_foreign_files_is_an_error_after_the_verification_header(november, tmp_path, capsys):
+    """atomic_folder's CheckpointError was a traceback; now the outcome is printed, then the error, exit 1."""
+    target = tmp_path / "out" / "compliance_2026-11-02_2026-11-09"
+    target.mkdir(parents=True)
+    (target / "mine.txt").write_text("x")
+    with pytest.raises(SystemExit) as exc:
+        so8t(["report", "--logs", str(november), "--from", "2026-11-02", "--to", "2026-11-09", "--out",
+              str(tmp_path / "out")])
+    assert "error: the report was not written" in str(exc.value.code) and "mine.txt" in str(exc.value.code)
+    out = capsys.readouterr().out
+    assert out.startswith("audit chains verified: 1 chain(s)") and "decisions" in out and "report:" not in out
+    assert [p.name for p in target.iterdir()] == ["mine.txt"]
+
+
+def test_a_timestamp_past_the_last_utc_moment_is_unreadable_and_the_report_is_written(tmp_path):
+    """``9999-12-31T23:30:00-01:00`` is valid ISO, but its UTC time is past datetime.max: an OverflowError."""
+    assert parse_time("9999-12-31T23:30:00-01:00") is None
+    log = AuditLog(tmp_path / "logs" / "audit.jsonl")
+    _decision(log, 1, _at(2, 9), "ALLOW")
+    _decision(log, 2, "9999-12-31T23:30:00-01:00", "ALLOW")
+    report, folder = make_report([tmp_path / "logs"], dt.date(2026, 11, 1), dt.date(2026, 11, 30), tmp_path / "out")
+    assert report.verified and report.summary["decisions"] == 1 and (folder / "report.html").is_file()
+    assert "1 record(s) without a readable timestamp were left out" in report.notes

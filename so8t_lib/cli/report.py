@@ -27,9 +27,10 @@ import os
 import sys
 from pathlib import Path
 
+from ..core.checkpoint import CheckpointError
 from ..core.config import ConfigError
 from ..serve.config import AUDIT_HMAC_KEY_ENV, AUDIT_KEY_ENV, load_runtime_config
-from ..workbench.reports import PERIODS, ReportError, day_range, make_report
+from ..workbench.reports import PERIODS, ComplianceReport, ReportError, day_range, make_report, write_report
 from .arg_types import iso_date, number_in
 
 
@@ -68,11 +69,22 @@ def main(argv: list[str] | None = None) -> int:
         name = args.name or name
         if Path(name).name != name or name in ("", ".", ".."):
             raise ReportError(f"--name {name!r}: give the audit log's file name, not a path (the folder is --logs)")
-        report, folder = make_report(args.logs, args.date_from, args.date_to, args.out, args.period,
-                                     sla if args.sla_seconds is None else args.sla_seconds, os.environ.get(key_env),
-                                     os.environ.get(mac_env), args.include_tests, name=name, queue=args.db)
+        report, _ = make_report(args.logs, args.date_from, args.date_to, None, args.period,
+                                sla if args.sla_seconds is None else args.sla_seconds, os.environ.get(key_env),
+                                os.environ.get(mac_env), args.include_tests, name=name, queue=args.db)
     except (ConfigError, ReportError, OSError) as exc:
         sys.exit(f"error: {exc}")
+    _print_outcome(report)
+    try:  # written after the outcome is printed: a folder that cannot be written still shows what was verified
+        folder = write_report(report, args.out)
+    except (CheckpointError, OSError) as exc:  # CheckpointError: the folder holds files the workbench did not write
+        sys.exit(f"error: the report was not written: {exc}")
+    print(f"report: {folder / 'report.html'}")
+    return 0 if report.verified else 1
+
+
+def _print_outcome(report: ComplianceReport) -> None:
+    """The verification header and the counts, as the command prints them."""
     s = report.summary
     head = (f"audit chains verified: {s['chains']} chain(s), {s['records_verified']} records" if report.verified
             else "AUDIT CHAIN VERIFICATION FAILED:\n  " + "\n  ".join(
@@ -86,5 +98,3 @@ def main(argv: list[str] | None = None) -> int:
     if "resolutions_not_in_queue" in s:
         print(f"resolutions checked against the escalation queue: {s['resolutions_not_in_queue']} record(s) it does "
               "not hold (a resolve stopped before its commit) left out")
-    print(f"report: {folder / 'report.html'}")
-    return 0 if report.verified else 1

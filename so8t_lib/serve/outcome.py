@@ -49,14 +49,15 @@ def utc_timestamp() -> str:
 
 def parse_time(stamp: str | None) -> dt.datetime | None:
     """An audit timestamp (``utc_timestamp``'s ``2026-11-01T09:00:00.123456Z``, or ISO with an offset; without one,
-    UTC) as aware UTC; None when it is missing or unreadable."""
+    UTC) as aware UTC; None when it is missing or unreadable, or has no UTC time (``9999-12-31T23:30:00-01:00`` is
+    past the last moment Python can hold: OverflowError)."""
     if not isinstance(stamp, str) or not stamp:
         return None
     try:
         moment = dt.datetime.fromisoformat(stamp.replace("Z", "+00:00"))
-    except ValueError:
+        return moment.replace(tzinfo=dt.UTC) if moment.tzinfo is None else moment.astimezone(dt.UTC)
+    except (ValueError, OverflowError):
         return None
-    return moment.replace(tzinfo=dt.UTC) if moment.tzinfo is None else moment.astimezone(dt.UTC)
 
 
 def new_request_id() -> str:
