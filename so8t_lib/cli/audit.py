@@ -8,7 +8,7 @@
 ``verify`` exits 1 and names every problem it finds (docs/runtime.md lists exactly what it can and
 cannot detect), prints notes (set-aside torn writes, rotated-away records), and ends with the
 anchor's (seq, hash): store that line outside the log folder and pass it back with --expect to
-detect a rollback. ``--heads FILE`` does that for every chain: it checks each against the head an earlier
+detect a rollback (a checkpoint whose record was rotated away cannot be compared: that fails, saying so). ``--heads FILE`` does that for every chain: it checks each against the head an earlier
 run recorded there (and that no recorded chain is gone), and records the new heads when all pass. A folder shared by several server processes holds one chain per replica
 (``audit-<replica>.jsonl``, from $SO8T_REPLICA): ``verify`` checks each of them, and of several
 folders, unless --name picks one. ``accept-anchor`` records that a person reviewed a log whose anchor the writer
@@ -43,11 +43,17 @@ from .arg_types import number_in
 
 
 def _expect(text: str) -> tuple[int, str]:
+    """SEQ:HASH, SEQ a record's sequence number (0 or more: a negative one names no record, so the check it asks
+    for could never be made)."""
     try:
         seq, digest = text.split(":", 1)
-        return int(seq), digest.strip()
+        seq = int(seq)
     except ValueError:
         raise argparse.ArgumentTypeError(f"--expect takes SEQ:HASH, got {text!r}") from None
+    if seq < 0:
+        raise argparse.ArgumentTypeError(f"--expect {text!r}: SEQ is a record's sequence number, 0 or more; copy "
+                                         "the anchor line of a passing run")
+    return seq, digest.strip()
 
 
 def _check_show_target(folder: Path, name: str) -> None:

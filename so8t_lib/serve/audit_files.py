@@ -45,15 +45,27 @@ def encode_line(stored: dict) -> bytes:
     return (json.dumps(stored, ensure_ascii=False, separators=(",", ":")) + "\n").encode("utf-8")
 
 
+# a JSON escape of a lone UTF-16 surrogate (\ud800..\udfff): valid JSON, but no UTF-8 text, so no hash of it exists
+_SURROGATE_ESCAPE = re.compile(rb"\\u[dD][89a-fA-F]")
+
+
 def parse_record(line: bytes | str) -> dict | None:
-    """The record on one line, or None when the line is not a complete record."""
+    """The record on one line, or None when the line is not a complete record: anything the writer cannot have
+    written is none, whatever makes it so (bad JSON or UTF-8, nesting too deep to parse, a lone surrogate that no
+    hash can be taken of), so a hand-made line is named by verify and set aside as a torn tail, never a traceback."""
     try:
         record = json.loads(line)
-    except (ValueError, UnicodeDecodeError):
+    except (ValueError, UnicodeDecodeError, RecursionError):
         return None
-    if not isinstance(record, dict) or not isinstance(record.get("seq"), int) or \
-            not isinstance(record.get("hash"), str) or not isinstance(record.get("prev_hash"), str):
+    if not isinstance(record, dict) or not isinstance(record.get("seq"), int) or isinstance(record["seq"], bool) \
+            or not isinstance(record.get("hash"), str) or not isinstance(record.get("prev_hash"), str):
         return None
+    raw = line if isinstance(line, bytes) else line.encode("utf-8", "surrogatepass")
+    if _SURROGATE_ESCAPE.search(raw):  # rare (the writer never escapes text): only then the full check
+        try:
+            json.dumps(record, ensure_ascii=False).encode("utf-8")
+        except UnicodeEncodeError:
+            return None
     return record
 
 
@@ -206,10 +218,38 @@ def read_anchor(log: Path) -> dict | None:
         return None
     try:
         anchor = json.loads(path.read_text(encoding="utf-8"))
-        int(anchor["first_seq"]), str(anchor["first_prev_hash"]), anchor["last_seq"], str(anchor["last_hash"])
-    except (ValueError, KeyError, TypeError) as exc:
-        raise ValueError(f"{path}: unreadable anchor ({exc})") from None
+        _check_anchor_types(anchor)
+    except (ValueError, KeyError, TypeError, RecursionError) as exc:
+        raise ValueError(f"{path}: unreadable anchor ({exc}); the writer replaces it on its next append as a "
+                         "re-created anchor, which verify reports until it is reviewed") from None
     return anchor
+
+
+def _check_anchor_types(anchor: object) -> None:
+    """TypeError naming the first field the writer cannot have written: a hand-edited ``"last_seq": "4"`` must be
+    an unreadable anchor, not a comparison that fails deep inside verify."""
+    if not isinstance(anchor, dict):
+        raise TypeError(f"a JSON object was expected, not {type(anchor).__name__}")
+    wanted = {"first_seq": (int,), "first_prev_hash": (str,), "last_seq": (int, type(None)), "last_hash": (str,)}
+    for name, types in wanted.items():
+        value = anchor[name]
+        if not isinstance(value, types) or isinstance(value, bool):
+            raise TypeError(f"{name} is {value!r}, not {' or '.join(t.__name__ for t in types)}")
+    if "mac" in anchor and not isinstance(anchor["mac"], str):
+        raise TypeError(f"mac is {anchor['mac']!r}, not str")
+
+
+def same_digest(given: object, expected: str) -> bool:
+    """``hmac.compare_digest`` for a value read from a file: anything but an ASCII string (a hand-edited field) is no
+    match, where compare_digest would raise TypeError."""
+    return isinstance(given, str) and given.isascii() and hmac.compare_digest(given, expected)
+
+
+def signature_matches(record: dict, key: bytes) -> bool:
+    """Whether a record's ``mac`` signs its ``hash`` under ``key``; a hash that is no ASCII text has no signature
+    (``record_mac`` of it would raise)."""
+    digest = record["hash"]
+    return digest.isascii() and same_digest(record.get("mac"), record_mac(digest, key))
 
 
 def write_anchor(log: Path, anchor: dict, key: bytes | None = None) -> None:

@@ -21,20 +21,18 @@ who holds the HMAC key, and records that were never written (a process killed be
 from __future__ import annotations
 
 import datetime as dt
-import hmac
 import json
 import os
 from collections.abc import Callable, Iterator
 from contextlib import ExitStack, contextmanager
-from dataclasses import dataclass, field
 from pathlib import Path
 from typing import BinaryIO
 
+from .audit_checks import ChainSummary, check_anchor, check_expect
 from .audit_files import (
     GENESIS,
     READ_ERRORS,
     AuditLockTimeout,
-    anchor_mac,
     anchor_path,
     chain_names,
     file_lock,
@@ -45,8 +43,8 @@ from .audit_files import (
     read_anchor,
     read_lines,
     record_hash,
-    record_mac,
     set_aside_files,
+    signature_matches,
     write_anchor,
 )
 
@@ -146,20 +144,6 @@ def _file_records(path: Path, fernet, handle: BinaryIO, length: int) -> Iterator
             yield stored
 
 
-@dataclass
-class ChainSummary:
-    """What a check needs of a walked chain, in constant memory however long the log: its first and last
-    record, how many there were, and the records of the few seqs asked for beforehand (the anchor's, --expect's)."""
-
-    count: int = 0
-    first: dict | None = None
-    last: dict | None = None
-    at: dict[int, dict] = field(default_factory=dict)
-
-    def __bool__(self) -> bool:
-        return self.count > 0
-
-
 def _with_last(items: Iterator) -> Iterator[tuple[object, bool]]:
     """(item, whether it is the last one), reading one item ahead."""
     iterator = iter(items)
@@ -199,7 +183,7 @@ class _ChainWalker:
         seq, key, prev = record["seq"], self.key, self.prev
         if record_hash(record) != record["hash"]:
             self.errors.append(f"{where}: record seq {seq} was edited (its hash does not match its content)")
-        if key and not hmac.compare_digest(str(record.get("mac", "")), record_mac(record["hash"], key)):
+        if key and not signature_matches(record, key):
             if "mac" in record or self.seen_signed:
                 self.errors.append(f"{where}: record seq {seq} has no valid signature (added or re-hashed without "
                                    "the key)")
@@ -237,52 +221,11 @@ def _walk(files: list[Path], key: bytes | None = None, opened: list | None = Non
     return walker.chain, walker.errors, walker.notes
 
 
-def _check_anchor(anchor: dict | None, chain: ChainSummary, key: bytes | None, log: Path) -> tuple[list[str], list[str]]:
-    errors, notes = [], []
-    if anchor is None:
-        if chain:
-            errors.append(f"{log.name}.anchor is missing: deletions at either end and a re-hashed chain cannot be "
-                          "ruled out")
-        return errors, notes
-    if key:
-        if "mac" not in anchor:
-            errors.append(f"{log.name}.anchor is not signed, but an HMAC key was given")
-        elif not hmac.compare_digest(anchor["mac"], anchor_mac(anchor, key)):
-            errors.append(f"{log.name}.anchor: the signature does not match (the anchor was forged or the key is wrong)")
-    elif "mac" in anchor:
-        notes.append(f"{log.name}.anchor is signed; pass the HMAC key to check its signature")
-    if anchor.get("adopted_at") and not anchor.get("accepted_by"):
-        errors.append(f"{log.name}.anchor was re-created by the writer at {anchor['adopted_at']} for a log that had "
-                      f"none: deletions before then cannot be ruled out (so8t audit accept-anchor after a review)")
-    elif anchor.get("accepted_by"):
-        notes.append(f"{log.name}.anchor re-created and accepted by {anchor['accepted_by']} at {anchor['accepted_at']}")
-    last_seq = anchor.get("last_seq")
-    if last_seq is None:
-        return errors, notes
-    if not chain:
-        errors.append(f"every record is missing: the anchor says the log holds seq {anchor['first_seq']}..{last_seq}")
-        return errors, notes
-    first = chain.first
-    if first["seq"] > anchor["first_seq"]:
-        errors.append(f"records before seq {first['seq']} are missing: the anchor says the log starts at seq "
-                      f"{anchor['first_seq']} (deleted lines or a deleted oldest file)")
-    elif first["seq"] == anchor["first_seq"] and first["prev_hash"] != anchor["first_prev_hash"]:
-        errors.append(f"seq {first['seq']} does not link to the hash the anchor names for the start (the start of "
-                      "the chain was replaced)")
-    if chain.last["seq"] < last_seq:
-        errors.append(f"records after seq {chain.last['seq']} are missing: the anchor says the log reaches seq "
-                      f"{last_seq} (deleted lines or a deleted live file)")
-    else:
-        at = chain.at.get(last_seq)
-        if at is not None and at["hash"] != anchor["last_hash"]:
-            errors.append(f"seq {last_seq} has another hash than the anchor records: the chain was rewritten and "
-                          "re-hashed")
-    return errors, notes
-
-
 def verify(folder: str | Path, name: str = "audit.jsonl", hmac_key: str | bytes | None = None,
-           expect: tuple[int, str] | None = None, *, lock_timeout: float | None = READ_LOCK_TIMEOUT_S) -> dict:
-    """Check the chain, its anchor and (optionally) an outside checkpoint ``expect=(seq, hash)``.
+           expect: tuple[int, str] | None = None, *, lock_timeout: float | None = READ_LOCK_TIMEOUT_S,
+           rotated_expect_is_note: bool = False) -> dict:
+    """Check the chain, its anchor and (optionally) an outside checkpoint ``expect=(seq, hash)`` (one rotated away is
+    an error, or a note with ``rotated_expect_is_note``: ``audit_checks.check_expect``).
     Returns {files, records, first_seq, last_seq, errors, notes, set_aside, anchor}; ``AuditLockTimeout`` when
     the log's lock stays held past ``lock_timeout`` seconds (None: no limit)."""
     folder = Path(folder)
@@ -306,7 +249,9 @@ def verify(folder: str | Path, name: str = "audit.jsonl", hmac_key: str | bytes 
         wanted = {seq for seq in ((anchor or {}).get("last_seq"), expect[0] if expect else None) if seq is not None}
         chain, errors, notes = _walk(files, key_bytes(hmac_key), opened, limits, wanted)
     errors += unreadable + anchor_errors
-    more_errors, more_notes = _check_anchor(anchor, chain, key_bytes(hmac_key), log)
+    # an unreadable anchor is named once (anchor_errors), not a second time as a missing one
+    more_errors, more_notes = check_anchor(anchor, chain, key_bytes(hmac_key), log) if not anchor_errors \
+        else ([], [])
     errors += more_errors
     notes += more_notes
     notes += [f"{p.name}: {p.stat().st_size} bytes of an unfinished write, set aside by the writer"
@@ -314,13 +259,9 @@ def verify(folder: str | Path, name: str = "audit.jsonl", hmac_key: str | bytes 
     if chain and chain.first["seq"] > 0 and chain.first["prev_hash"] != GENESIS and not errors:
         notes.append(f"seq 0..{chain.first['seq'] - 1} were rotated away (backup_count)")
     if expect is not None:
-        seq, digest = expect
-        at = chain.at.get(seq)
-        if at is None and (not chain or seq > chain.last["seq"]):
-            errors.append(f"the outside checkpoint names seq {seq}, but the log ends at seq "
-                          f"{chain.last['seq'] if chain else None} (rolled back)")
-        elif at is not None and at["hash"] != digest:
-            errors.append(f"seq {seq} has another hash than the outside checkpoint (the chain was rewritten)")
+        more_errors, more_notes = check_expect(expect, chain, rotated_expect_is_note)
+        errors += more_errors
+        notes += more_notes
     return {"files": [str(p) for p in files], "records": chain.count,
             "first_seq": chain.first["seq"] if chain else None, "last_seq": chain.last["seq"] if chain else None,
             "errors": errors, "notes": notes, "set_aside": [str(p) for p in aside], "anchor": anchor}
@@ -349,7 +290,7 @@ def verify_chains(folders: str | Path | list[str | Path], name: str = "audit.jso
         for chain in names:
             reports[str(folder / chain)] = verify(folder, chain, hmac_key,
                                                   expect_for(folder / chain) if expect_for else None,
-                                                  lock_timeout=lock_timeout)
+                                                  lock_timeout=lock_timeout, rotated_expect_is_note=True)
     return reports
 
 
