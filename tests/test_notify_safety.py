@@ -106,3 +106,57 @@ def test_starttls_to_a_server_whose_certificate_nobody_signed_sends_nothing(star
     monkeypatch.setenv("SMTP_CA_FILE", str(cert_file.parent / "missing.pem"))
     outcome = Notifier(config).send(CASE)[0]
     assert not outcome["ok"] and "SMTP_CA_FILE / smtp_ca_file" in outcome["error"] and len(mails) == 2
+
+
+def test_a_failed_reminder_is_added_beside_the_notice_and_never_undoes_it(tmp_path, monkeypatch):
+    """A failed OVERDUE reminder replaced the record of the notice a person had got and set notify_failed."""
+    import http.server
+    import threading
+
+    from so8t_lib.serve.escalation import EscalationQueue
+
+    answers = [200, 500, 500, 200]
+
+    class Handler(http.server.BaseHTTPRequestHandler):
+        def do_POST(self):  # noqa: N802 - http.server's naming
+            self.rfile.read(int(self.headers["Content-Length"]))
+            self.send_response(answers.pop(0))
+            self.end_headers()
+
+        def log_message(self, *args):
+            pass
+
+    server = http.server.HTTPServer(("127.0.0.1", 0), Handler)
+    threading.Thread(target=server.serve_forever, daemon=True).start()
+    monkeypatch.delenv("SLACK_WEBHOOK_URL", raising=False)
+    queue = EscalationQueue(tmp_path / "q.sqlite")
+    queue.add({"case_id": "esc_1", "request_id": "req_1", "category": "legal", "input": "x", "rationale": "r",
+               "confidence": 0.4})
+    notifier = Notifier(EscalationConfig(notification_webhook=f"http://127.0.0.1:{server.server_port}/hook",
+                                         retries=1, notify_timeout_s=5), queue)
+    try:
+        notifier.send(queue.get("esc_1"))
+        failed = notifier.send(queue.get("esc_1"), reminder=True)
+        case = queue.get("esc_1")
+        assert [o["ok"] for o in case["notifications"]] == [True, False] and not failed[0]["ok"]
+        assert "reminder" not in case["notifications"][0] and case["notifications"][1]["reminder"] is True
+        assert case["status"] == "notified"
+        notifier.send(queue.get("esc_1"), reminder=True)  # a later reminder that gets through is kept too
+        assert [o["ok"] for o in queue.get("esc_1")["notifications"]] == [True, False, True]
+    finally:
+        server.shutdown()
+
+
+def test_a_reminder_that_reaches_someone_marks_a_case_whose_notice_failed_notified(tmp_path):
+    from so8t_lib.serve.escalation import EscalationQueue
+
+    queue = EscalationQueue(tmp_path / "q.sqlite")
+    for n in (1, 2):
+        queue.add({"case_id": f"esc_{n}", "request_id": f"req_{n}", "category": "legal", "input": "x",
+                   "rationale": "r", "confidence": 0.4})
+    queue.record_notifications("esc_1", [{"channel": "webhook", "ok": False}])
+    queue.record_notifications("esc_1", [{"channel": "webhook", "ok": True, "reminder": True}])
+    assert queue.get("esc_1")["status"] == "notified" and len(queue.get("esc_1")["notifications"]) == 2
+    queue.record_notifications("esc_2", [{"channel": "webhook", "ok": False, "reminder": True}])
+    assert queue.get("esc_2")["status"] == "notify_failed"  # nobody was ever reached
+    queue.record_notifications("esc_missing", [{"channel": "webhook", "ok": True}])  # nothing to record on

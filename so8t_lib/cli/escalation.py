@@ -16,7 +16,8 @@ else the --config's, else next to a queue file. A queue at a URL has no folder, 
 redact need --audit-log, --config or $SO8T_LOG_DIR (the service's audit chain), and refuse with exit 2
 without one: a record in a chain the service does not write is missed by so8t report and retrain extract.
 A derived audit log whose folder is missing is refused too, and a record that starts a new chain says so.
-A second resolution needs --supersede.
+A second resolution needs --supersede. An empty --db, --config or --audit-log (an unset variable in a script) is
+an error, never the default queue or log; a --by, --note or CASE_ID that is not valid UTF-8 is one too.
 ``redact`` blanks the stored texts (user id, input, rationale, notes) of cases resolved before a date,
 keeping decisions, names and times (retention of personal data), and writes one audit record for it.
 """
@@ -73,16 +74,38 @@ class NoAuditLog(ValueError):
     """The command would write an audit record but cannot tell where the service's chain is."""
 
 
-def _locations(args) -> tuple[str | Path, AuditTarget, str | None, str | None]:
-    """(queue file or server URL, audit log, encryption key, HMAC key) for this invocation."""
+def given_path(text: str) -> str:
+    """An argparse type: a path or URL that names something (``--db ""`` from an unset variable must not fall
+    back to the default queue, another queue than the one meant)."""
+    if not text.strip():
+        raise argparse.ArgumentTypeError("empty; give a path, or leave the option out to use the default")
+    return text
+
+
+def unicode_text(text: str) -> str:
+    """An argparse type: text that can be stored (invalid UTF-8 arrives as lone surrogates, which no store takes)."""
+    try:
+        text.encode("utf-8")
+    except UnicodeEncodeError:
+        raise argparse.ArgumentTypeError("not valid Unicode text (its bytes are not UTF-8: check the encoding of "
+                                         "the terminal or script that passed it)") from None
+    return text
+
+
+def _locations(args) -> tuple[str | Path, AuditTarget, str | None, str | None, dict]:
+    """(queue file or server URL, audit log, encryption key, HMAC key, the log's masking settings) for this
+    invocation; the settings are the --config's ``logging`` (else the defaults), for the log and the queue alike."""
     enc_env, mac_env = AUDIT_KEY_ENV, AUDIT_HMAC_KEY_ENV
     config_db = config_audit = None
+    masking = {"mask_personal_data": True, "max_field_chars": 8192}
     if args.config:
         config = load_runtime_config(args.config)
         paths = runtime_paths(config)
         config_db, config_audit = paths.queue_target, paths.audit
         enc_env = config.logging.encryption_key_env or enc_env
         mac_env = config.logging.hmac_key_env or mac_env
+        masking = {"mask_personal_data": config.logging.mask_personal_data,
+                   "max_field_chars": config.logging.max_field_chars}
     env_log_dir = os.environ.get("SO8T_LOG_DIR")
     log_dir = Path(env_log_dir or "logs")
     db = (args.db or os.environ.get("SO8T_ESCALATION_DB") or os.environ.get(QUEUE_URL_ENV) or config_db
@@ -99,10 +122,11 @@ def _locations(args) -> tuple[str | Path, AuditTarget, str | None, str | None]:
         audit = AuditTarget(replica_log_name(log_dir / "audit.jsonl", replica), "SO8T_LOG_DIR")
     else:
         audit = AuditTarget(None, "nothing")
-    return db, audit, os.environ.get(enc_env), os.environ.get(mac_env)
+    return db, audit, os.environ.get(enc_env), os.environ.get(mac_env), masking
 
 
-def open_audit_log(target: AuditTarget, enc_key: str | None, mac_key: str | None) -> tuple[AuditLog, bool]:
+def open_audit_log(target: AuditTarget, enc_key: str | None, mac_key: str | None,
+                   masking: dict | None = None) -> tuple[AuditLog, bool]:
     """The audit log to record in, and whether it already held a chain. Refuses (NoAuditLog) when no
     log is named, or when a log not given by --audit-log lies in a missing folder: AuditLog would make
     the folder and a fresh chain there, one that neither the service nor so8t report reads."""
@@ -119,7 +143,10 @@ def open_audit_log(target: AuditTarget, enc_key: str | None, mac_key: str | None
             "to start a new chain there. Pass --audit-log PATH (the service's audit.jsonl) or correct "
             f"{target.source}")
     existed = target.path.is_file() or anchor_path(target.path).is_file()
-    return AuditLog(target.path, encryption_key=enc_key, hmac_key=mac_key), existed
+    masking = masking or {}
+    return AuditLog(target.path, encryption_key=enc_key, hmac_key=mac_key,
+                    mask_input=masking.get("mask_personal_data", True),
+                    max_field_chars=masking.get("max_field_chars", 8192)), existed
 
 
 def _new_chain_note(path: Path) -> None:
@@ -145,9 +172,10 @@ def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(prog="so8t escalation", description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     where = argparse.ArgumentParser(add_help=False)  # also after the subcommand, as the docs write them
     for parent, default in ((parser, None), (where, argparse.SUPPRESS)):
-        parent.add_argument("--db", default=default,
+        parent.add_argument("--db", default=default, type=given_path,
                             help="the queue: a SQLite file or a postgresql:// URL (default: see above)")
-        parent.add_argument("--config", default=default, help="a runtime config: its queue, audit log and key variables")
+        parent.add_argument("--config", default=default, type=given_path,
+                            help="a runtime config: its queue, audit log, key variables and masking")
     sub = parser.add_subparsers(dest="command", required=True)
     p_list = sub.add_parser("list", parents=[where], help="show cases (one JSON object each)")
     p_list.add_argument("--status", choices=[*CASE_STATUSES, UNRESOLVED],
@@ -156,23 +184,24 @@ def main(argv: list[str] | None = None) -> int:
     p_list.add_argument("--urgent", action="store_true", help="only cases the emergency screen marked")
     p_list.add_argument("--no-tests", action="store_true", help="leave out cases made in --test-mode")
     p_resolve = sub.add_parser("resolve", parents=[where], help="record a person's decision on a case")
-    p_resolve.add_argument("case_id")
+    p_resolve.add_argument("case_id", type=unicode_text)
     p_resolve.add_argument("--decision", required=True, choices=HUMAN_DECISIONS)
-    p_resolve.add_argument("--by", required=True)
-    p_resolve.add_argument("--note")
+    p_resolve.add_argument("--by", required=True, type=unicode_text, help="who decided (a visible name, at most "
+                           "128 characters)")
+    p_resolve.add_argument("--note", type=unicode_text, help="why (stored masked and bounded, as the audit log does)")
     p_resolve.add_argument("--supersede", action="store_true", help="replace an earlier decision (it stays in the history)")
-    p_resolve.add_argument("--audit-log", help="the audit log that records the resolution")
+    p_resolve.add_argument("--audit-log", type=given_path, help="the audit log that records the resolution")
     p_history = sub.add_parser("history", parents=[where], help="every resolution of a case, oldest first")
-    p_history.add_argument("case_id")
+    p_history.add_argument("case_id", type=unicode_text)
     p_redact = sub.add_parser("redact", parents=[where],
                               help="blank the texts of cases resolved before a date (retention)")
     p_redact.add_argument("--resolved-before", required=True, type=utc_midnight, help="a date (UTC), e.g. 2026-09-01")
     p_redact.add_argument("--dry-run", action="store_true", help="list the cases, change nothing")
-    p_redact.add_argument("--audit-log", help="the audit log that records the redaction")
+    p_redact.add_argument("--audit-log", type=given_path, help="the audit log that records the redaction")
     args = parser.parse_args(argv)
     try:
-        db, target, enc_key, mac_key = _locations(args)
-        queue = EscalationQueue(db, create=False, encryption_key=enc_key)
+        db, target, enc_key, mac_key, masking = _locations(args)
+        queue = EscalationQueue(db, create=False, encryption_key=enc_key, **masking)
         if args.command == "list":
             for case in queue.list(args.status, overdue_only=args.overdue, include_tests=not args.no_tests):
                 if args.urgent and not is_urgent_case(case):
@@ -186,7 +215,7 @@ def main(argv: list[str] | None = None) -> int:
             return 0
         if args.command == "redact" and args.dry_run:  # writes nothing, so needs no audit log
             return _redact(queue, None, args.resolved_before, dry_run=True)
-        audit, existed = open_audit_log(target, enc_key, mac_key)
+        audit, existed = open_audit_log(target, enc_key, mac_key, masking)
         if args.command == "redact":
             code = _redact(queue, audit, args.resolved_before, dry_run=False)
         else:

@@ -21,8 +21,9 @@ from __future__ import annotations
 import datetime as dt
 import json
 import logging
+import unicodedata
 from collections.abc import Callable, Iterator
-from contextlib import contextmanager
+from contextlib import closing, contextmanager
 from pathlib import Path
 from typing import Protocol, runtime_checkable
 
@@ -30,9 +31,10 @@ from sqlalchemy import exc, func, or_, select, update
 from sqlalchemy.engine import Connection
 
 from ..core.schema import HUMAN_DECISIONS
-from ..core.unicode_text import steers_lines
+from ..core.unicode_text import IGNORABLE_CODE_POINTS, steers_lines
 from . import queue_sql
 from .audit_verify import make_fernet
+from .fields import bounded, masked_bounded
 from .queue_sql import cases, resolutions
 
 CLI_CHANNEL = "command line"  # how a resolution arrived when no API key brought it
@@ -45,6 +47,7 @@ ENCRYPTED_MARK = "enc:"
 UNRESOLVED_STATUSES = ("open", "notified", "notify_failed")  # waiting for a person, whatever became of its notice
 CASE_STATUSES = (*UNRESOLVED_STATUSES, "resolved")
 UNRESOLVED = "unresolved"  # a list filter: every case of UNRESOLVED_STATUSES
+MAX_NAME_CHARS = 128  # a reviewer's name, as the HTTP schema bounds it
 
 
 class QueueError(RuntimeError):
@@ -62,6 +65,25 @@ class ResolvedButUnread(QueueError):
 
 class AlreadyResolved(ValueError):
     """A second resolution without ``supersede``: the first must not be overwritten silently."""
+
+
+def unseen(char: str) -> bool:
+    """Whether a character shows nothing where a name is printed: whitespace, a control or format character (Cf:
+    zero-width space, soft hyphen, BOM) or another default-ignorable code point. The HTTP schema builds from it."""
+    return char.isspace() or unicodedata.category(char) in ("Cc", "Cf") or ord(char) in IGNORABLE_CODE_POINTS
+
+
+def checked_name(by: str) -> str:
+    """The reviewer's name as stored (stripped), or ValueError. An invisible name says nobody decided; a line
+    break, an escape sequence or a bidi override in it would forge or hide lines where the name is shown."""
+    if all(unseen(ch) for ch in by):
+        raise ValueError(f"--by {by!r}: name the person who decided, with at least one visible character "
+                         "(spaces, zero-width and other invisible characters do not count)")
+    if steers_lines(by):
+        raise ValueError(f"--by {by!r}: a name is one line without control characters")
+    if len(name := by.strip()) > MAX_NAME_CHARS:
+        raise ValueError(f"--by: a name is at most {MAX_NAME_CHARS} characters, got {len(name)}; shorten it")
+    return name
 
 
 def utc_now() -> dt.datetime:
@@ -115,11 +137,14 @@ def _notifications(case: dict) -> list:
 class EscalationQueue:
     """The CaseStore on SQLAlchemy. ``target`` is a SQLite file (or ``sqlite:///`` URL) or a
     ``postgresql://`` URL. ``create=False`` refuses a target that is not already a queue (a mistyped
-    ``--db`` must not create an empty database); ``timeout_s`` bounds every wait for a lock or a server."""
+    ``--db`` must not create an empty database); ``timeout_s`` bounds every wait for a lock or a server. A
+    reviewer's note is stored as the audit log stores it (``logging.mask_personal_data``, ``max_field_chars``)."""
 
     def __init__(self, target: str | Path, timeout_s: float = 2.0, create: bool = True,
-                 encryption_key: str | bytes | None = None, escalation_timeout_s: float = 300.0) -> None:
+                 encryption_key: str | bytes | None = None, escalation_timeout_s: float = 300.0, *,
+                 mask_personal_data: bool = True, max_field_chars: int = 8192) -> None:
         self.timeout_s = timeout_s
+        self.mask_personal_data, self.max_field_chars = mask_personal_data, max_field_chars
         self.escalation_timeout_s = escalation_timeout_s
         self._fernet = make_fernet(encryption_key) if encryption_key else None
         try:
@@ -179,11 +204,8 @@ class EscalationQueue:
             raise (QueueUnavailable if found.unavailable else QueueError)(str(found)) from None
         if self._raw_connect is not None:
             try:
-                raw = self._raw_connect()
-                try:
+                with closing(self._raw_connect()) as raw:
                     raw.execute("PRAGMA journal_mode=WAL")
-                finally:
-                    raw.close()
             except Exception:  # noqa: BLE001 - WAL is an optimisation; the queue works without it
                 pass
         self._ready = True
@@ -271,13 +293,17 @@ class EscalationQueue:
                     "resolutions": db.execute(select(func.count()).select_from(resolutions)).scalar_one()}
 
     def record_notifications(self, case_id: str, outcomes: list[dict]) -> None:
+        """Append one sending's outcomes (a reminder's carry ``reminder: true``) to the case's record. A failure
+        never takes back ``notified``: a failed OVERDUE reminder does not undo the notice a person already got."""
         ok = bool(outcomes) and all(o["ok"] for o in outcomes)
         self._ensure_schema()
         with self._db(write=True) as db:
-            db.execute(update(cases).where(cases.c.case_id == case_id).where(cases.c.status != "resolved")
-                       .values(status="notified" if ok else "notify_failed"))
-            db.execute(update(cases).where(cases.c.case_id == case_id)
-                       .values(notifications=json.dumps(outcomes, ensure_ascii=False)))
+            found = db.execute(select(cases).where(cases.c.case_id == case_id).with_for_update()).first()
+            if found is not None:
+                kept = found.status == "resolved" or (found.status == "notified" and not ok)
+                db.execute(update(cases).where(cases.c.case_id == case_id).values(
+                    status=found.status if kept else "notified" if ok else "notify_failed",
+                    notifications=json.dumps([*_notifications(found._mapping), *outcomes], ensure_ascii=False)))
 
     def history(self, case_id: str) -> list[dict]:
         self._ensure_schema()
@@ -297,11 +323,9 @@ class EscalationQueue:
         key that sent it), kept beside it because a desk's key can give any name."""
         if decision not in HUMAN_DECISIONS:
             raise ValueError(f"decision must be one of {HUMAN_DECISIONS}, got {decision!r}")
-        if not by.strip():
-            raise ValueError("--by must name the person who decided")
-        if steers_lines(by):
-            # a line break, an escape sequence or a bidi override would forge or hide lines where the name is shown
-            raise ValueError(f"--by {by!r}: a name is one line without control characters")
+        by = checked_name(by)
+        if note is not None:  # what the audit record stores (AuditLog.MASKED_FIELDS), so the record and the row agree
+            note = (masked_bounded if self.mask_personal_data else bounded)(note, self.max_field_chars)
         self._ensure_schema()
         now = iso(utc_now())
         with self._db(write=True) as db:
@@ -322,24 +346,22 @@ class EscalationQueue:
                     decided_by=row["resolved_by"] or "?", note=row["note"]))
                 last = self._last_resolution(db, case_id)._mapping
             inserted = db.execute(resolutions.insert().values(
-                case_id=case_id, decided_at=now, decision=decision, decided_by=by.strip(), note=self._seal(note),
+                case_id=case_id, decided_at=now, decision=decision, decided_by=by, note=self._seal(note),
                 supersedes=last["id"] if last is not None else None, via=via))
             db.execute(update(cases).where(cases.c.case_id == case_id).values(
-                status="resolved", human_decision=decision, resolved_by=by.strip(), resolved_at=now,
+                status="resolved", human_decision=decision, resolved_by=by, resolved_at=now,
                 note=self._seal(note)))
             resolution = {"resolution_id": inserted.inserted_primary_key[0], "case_id": case_id,
-                          "request_id": row["request_id"], "decision": decision, "decided_by": by.strip(),
+                          "request_id": row["request_id"], "decision": decision, "decided_by": by,
                           "decided_at": now, "note": note, "test": bool(row["test"]), "via": via,
-                          "supersedes": None if last is None else {"resolution_id": last["id"],
-                                                                   "decision": last["decision"],
-                                                                   "decided_by": last["decided_by"],
-                                                                   "decided_at": last["decided_at"]}}
+                          "supersedes": None if last is None else {
+                              "resolution_id": last["id"], **{k: last[k] for k in ("decision", "decided_by", "decided_at")}}}
             if before_commit is not None:
                 before_commit(resolution)  # e.g. the audit record: if it fails, nothing is resolved
         try:
             return {**self.get(case_id), "resolution": resolution, "history": self.history(case_id)}
         except QueueError as exc:
-            raise ResolvedButUnread(f"case {case_id} was resolved as {decision} by {by.strip()} (recorded and "
+            raise ResolvedButUnread(f"case {case_id} was resolved as {decision} by {by} (recorded and "
                                     f"audited), but could not be read back: {exc}") from None
 
     def mark_overdue(self, now: dt.datetime | None = None) -> list[str]:

@@ -148,7 +148,8 @@ class Notifier:
             raise RuntimeError(f"SMTP_CA_FILE / smtp_ca_file {ca_file}: unreadable as PEM certificates ({exc})") from None
 
     def send(self, case: dict, reminder: bool = False) -> list[dict]:
-        """Send now (blocking, bounded by notify_timeout_s); returns one outcome per channel."""
+        """Send now (blocking, bounded by notify_timeout_s); returns one outcome per channel, each appended to the
+        case's record (a reminder's marked ``reminder: true``)."""
         deadline = time.monotonic() + self.config.notify_timeout_s
         outcomes = []
         route = self.config.routes[case["category"]]
@@ -163,6 +164,8 @@ class Notifier:
         if not outcomes:
             outcomes.append({"channel": "none", "target": None, "ok": False, "attempts": 0, "error": NO_CHANNEL})
         for outcome in outcomes:
+            if reminder:  # the queue appends these beside the first notice's, which a failed reminder must not undo
+                outcome["reminder"] = True
             if not outcome["ok"]:
                 logger.error("escalation %s: %s notification failed after %d attempts: %s", case["case_id"],
                              outcome["channel"], outcome["attempts"], outcome.get("error"))

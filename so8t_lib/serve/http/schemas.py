@@ -15,6 +15,7 @@ from pydantic import BaseModel, ConfigDict, Field, create_model, model_validator
 
 from ...core.schema import HUMAN_DECISIONS, LABELS, ROUTE_CATEGORIES
 from ...core.unicode_text import LINE_STEERING_RANGES
+from ..escalation import MAX_NAME_CHARS, unseen
 
 ESCALATION_STATUSES = ("queued", "spooled", "unqueued")
 # a person's name or a reason: one line with a visible character (Python's strip(), which the queue applies, also
@@ -22,6 +23,29 @@ ESCALATION_STATUSES = ("queued", "spooled", "unqueued")
 # an escape sequence or a bidi override in it would forge or hide lines of the logs and listings that show it)
 _CONTROLS = "".join(rf"\u{lo:04x}-\u{hi:04x}" for lo, hi in LINE_STEERING_RANGES)  # the queue refuses the same
 ONE_LINE_TEXT = rf"^[^{_CONTROLS}]*[^\s{_CONTROLS}][^{_CONTROLS}]*$"
+
+
+def _escaped(cp: int) -> str:
+    return f"\\u{cp:04x}" if cp <= 0xFFFF else f"\\U{cp:08x}"
+
+
+def _unseen_class() -> str:
+    """The characters the queue does not count as visible in a name (``escalation.unseen``: whitespace, controls,
+    format characters such as U+200B, default-ignorables) as regex ranges; none lies outside the planes scanned."""
+    spans: list[list[int]] = []
+    for cp in (cp for lo, hi in ((0, 0x2FFFF), (0xE0000, 0xE0FFF)) for cp in range(lo, hi + 1)):
+        if not unseen(chr(cp)):
+            continue
+        if spans and spans[-1][1] == cp - 1:
+            spans[-1][1] = cp
+        else:
+            spans.append([cp, cp])
+    return "".join(_escaped(lo) if lo == hi else f"{_escaped(lo)}-{_escaped(hi)}" for lo, hi in spans)
+
+
+# a reviewer's name: ONE_LINE_TEXT whose visible character is one a reader sees (a name of zero-width spaces, soft
+# hyphens or BOMs would sign a decision with nobody's name); the queue refuses the same (escalation.checked_name)
+NAME_TEXT = rf"^[^{_CONTROLS}]*[^{_CONTROLS}{_unseen_class()}][^{_CONTROLS}]*$"
 
 
 # every request body: unknown fields refused, and no lax conversions (pydantic would read 1 or "true" as true,
@@ -156,7 +180,7 @@ class EscalationList(BaseModel):
 
 class ResolveRequest(_Strict):
     decision: Literal[HUMAN_DECISIONS]
-    by: str = Field(min_length=1, max_length=128, pattern=ONE_LINE_TEXT, description="the person who decided")
+    by: str = Field(min_length=1, max_length=MAX_NAME_CHARS, pattern=NAME_TEXT, description="the person who decided")
     note: str | None = Field(None, max_length=4000)
     supersede: bool = Field(False, description="replace an earlier resolution (it stays in the history)")
 
