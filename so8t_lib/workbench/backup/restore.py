@@ -355,17 +355,26 @@ def _remove_if_empty(folders: list[Path]) -> None:
 
 
 def _move_into_place(parts: dict[Path, Path], staging: Path) -> None:
-    """Rename each part into place; if one fails, the ones already moved go back, so a restore is whole or
-    absent."""
+    """Rename each part into place; if one fails, the ones already moved go back and the empty folders the
+    operator had prepared for them (a mount point's folder, one with its own owner) are made again, so a restore
+    is whole or absent."""
     moved: list[tuple[Path, Path]] = []
+    emptied: list[tuple[Path, int]] = []  # (folder, its mode)
+    failed = None
     try:
         for source, target in parts.items():
+            failed = target
             if target.is_dir():
+                mode = target.stat().st_mode & 0o7777
                 target.rmdir()  # an empty folder: nothing is overwritten
+                emptied.append((target, mode))
             os.replace(staging / source, target)
             moved.append((source, target))
     except OSError as exc:
-        for source, target in reversed(moved):
-            os.replace(target, staging / source)
-        raise BackupError(f"restore stopped at {target} ({exc}); the parts already moved were taken back, nothing "
+        for source, placed in reversed(moved):
+            os.replace(placed, staging / source)
+        for folder, mode in emptied:
+            folder.mkdir(exist_ok=True)
+            folder.chmod(mode)
+        raise BackupError(f"restore stopped at {failed} ({exc}); the parts already moved were taken back, nothing "
                           "was restored") from None
