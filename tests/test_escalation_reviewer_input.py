@@ -163,3 +163,29 @@ def test_text_that_is_not_utf8_is_named_by_its_argument(tmp_path, capsys, argume
     assert stop.value.code == 2
     assert f"argument {argument}: not valid Unicode text" in capsys.readouterr().err
     assert queue.history("esc_1") == [] and not (tmp_path / "audit.jsonl").exists()
+
+
+@pytest.mark.parametrize("mask", [True, False])
+def test_the_services_queue_keeps_a_note_as_the_services_config_says(tmp_path, mask):
+    """The runtime built its queue with the defaults: a config that turned masking off (or bounded notes tighter)
+    had notes over HTTP stored masked at 8192 characters, unlike the same resolution's audit record."""
+    from so8t_lib.serve.config import RuntimeConfig
+    from so8t_lib.serve.runtime import Agent
+    from tests.test_runtime import FakeDecider
+
+    cfg = RuntimeConfig.model_validate({
+        "model": {"checkpoint_path": "unused"},
+        "logging": {"audit_log": str(tmp_path / "logs" / "audit.jsonl"), "mask_personal_data": mask,
+                    "max_field_chars": 300},
+        "escalation": {"queue_db": str(tmp_path / "logs" / "escalations.sqlite"), "enable_notifications": False}})
+    agent = Agent(cfg, decider=FakeDecider())
+    try:
+        queue = agent.desk.store
+        queue.add({"case_id": "esc_1", "request_id": "req_1", "category": "legal", "input": "x", "rationale": "r",
+                   "confidence": 0.4})
+        case = resolve_audited(queue, agent.audit, "esc_1", "REFUSE", "Sato", NOTE)
+    finally:
+        agent.close()
+    record = [r for r in _audit_records(tmp_path / "logs" / "audit.jsonl") if r.get("event") == "resolution"][-1]
+    assert case["note"] == record["note"] and len(case["note"]) <= 300 + 48
+    assert ("tanaka@example.com" in case["note"]) is (not mask)

@@ -59,7 +59,7 @@ def test_notifications_move_the_status_but_never_undo_a_resolution(queue):
     queue.resolve("esc_0001", "ALLOW", "Sato")
     queue.record_notifications("esc_0001", [{"channel": "webhook", "ok": False, "reminder": True}])
     case = queue.get("esc_0001")
-    assert case["status"] == "resolved" and case["notifications"][0]["reminder"] is True
+    assert case["status"] == "resolved" and case["notifications"][-1]["reminder"] is True  # appended, not replaced
     assert [c["case_id"] for c in queue.list("notify_failed")] == ["esc_0002"]
 
 
@@ -126,7 +126,7 @@ def test_redaction_blanks_only_old_resolved_texts_in_one_transaction(queue):
 
     with pytest.raises(OSError, match="disk full"):
         queue.redact_resolved(later, before_commit=audit_fails)
-    assert queue.get("esc_0001")["input"] == "request 1" and queue.history("esc_0001")[0]["note"] == "about Tanaka-san"
+    assert queue.get("esc_0001")["input"] == "request 1" and queue.history("esc_0001")[0]["note"] == "about [NAME]-san"
     seen = []
     assert queue.redact_resolved(later, before_commit=seen.append) == ["esc_0001", "esc_0002"] and seen == [
         ["esc_0001", "esc_0002"]]

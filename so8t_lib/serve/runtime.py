@@ -88,7 +88,9 @@ class Agent(BatchRunning, RequestDeciding, DecisionRecording):
         esc = config.escalation
         self.notifier = Notifier(esc)
         self.desk = EscalationDesk(
-            lambda: EscalationQueue(self.paths.queue_target, config.queue_wait_s(), True, enc_key, esc.escalation_timeout),
+            lambda: EscalationQueue(self.paths.queue_target, config.queue_wait_s(), True, enc_key, esc.escalation_timeout,
+                                    mask_personal_data=logs.mask_personal_data,  # a reviewer's note as its record
+                                    max_field_chars=logs.max_field_chars),
             CaseSpool(self.paths.spool, make_fernet(enc_key) if enc_key else None), self.audit, self.notifier,
             notify=esc.enable_notifications and not test_mode, retry_interval_s=esc.retry_interval_s)
         self._model = ModelWorker()
