@@ -86,6 +86,15 @@ def test_escapes_the_writer_can_hold_still_parse_and_hashes_are_unchanged(tmp_pa
     assert record_hash(body) == hashlib.sha256(("0" * 64 + canonical).encode("utf-8")).hexdigest()
 
 
+
+def test_a_lone_surrogate_in_a_key_is_stored_as_utf8_and_the_chain_verifies(tmp_path):
+    """The writer cleaned values of lone surrogates but cut keys only to 64 characters: a caller's detail dict with
+    such a key made record_hash raise, so the decision could not be recorded (and failed closed)."""
+    log = _log(tmp_path, 1)
+    stored = log.append(_record(1, detail={"bad\udc80key": 1}))
+    assert list(stored["detail"]) == ["bad\ufffdkey"]
+    assert verify(tmp_path)["errors"] == [] and verify(tmp_path)["records"] == 2
+
 # ----- 4. badly typed anchor and record fields ------------------------------------------------------------------------
 @pytest.mark.parametrize("patch", [{"last_seq": "4"}, {"first_seq": "0"}, {"first_seq": True}, {"last_hash": 5},
                                    {"mac": 5}, None])

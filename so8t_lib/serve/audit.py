@@ -54,7 +54,7 @@ from .audit_files import (
     write_anchor,
 )
 from .audit_verify import READ_LOCK_TIMEOUT_S, consistent_view, make_fernet, open_files, read_records, verify
-from .fields import bounded, masked_bounded, pseudonym
+from .fields import bounded, masked_bounded, pseudonym, storable
 
 __all__ = ["GENESIS", "AuditLog", "AuditWriteError", "log_files", "make_fernet", "read_records", "record_hash",
            "verify"]
@@ -196,7 +196,7 @@ class AuditLog:
     # ----- storing ----------------------------------------------------------------------------------
     def _sanitize(self, value, key: str | None = None):
         if isinstance(value, dict):
-            return {str(k)[:64]: self._sanitize(v, str(k)) for k, v in value.items()}
+            return {storable(str(k))[:64]: self._sanitize(v, str(k)) for k, v in value.items()}  # keys too: UTF-8
         if isinstance(value, (list, tuple)):
             return [self._sanitize(v) for v in value[:256]]
         if value is None or isinstance(value, (bool, int)):
