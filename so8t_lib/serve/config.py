@@ -26,6 +26,7 @@ from ..core.config import (
     validation_problems,
 )
 from ..core.schema import ROUTE_CATEGORIES
+from .config_fields import EnvName, FilePath
 from .policy import THRESHOLD_RANGE
 
 Device = Literal["cpu", "cuda", "auto"]
@@ -95,16 +96,16 @@ MIN_AUDIT_LOG_BYTES = 4 * 2**10
 class LoggingConfig(_Section):
     log_level: Literal["DEBUG", "INFO", "WARNING", "ERROR"] = Field("INFO", description="of the so8t.* loggers")
     log_file: str | None = Field(None, description="the application log (SO8T_LOG_DIR overrides the folder)")
-    audit_log: str = "logs/audit.jsonl"
+    audit_log: FilePath = "logs/audit.jsonl"
     max_log_size: str | StrictInt = Field("100MB", description="an audit log file past this size is rotated (e.g. 100MB, "
                                     "1GB or a number of bytes; at least 4KB)")
     backup_count: int = Field(5, ge=1)
     mask_personal_data: bool = True
     max_field_chars: int = Field(8192, ge=256, description="any stored text longer than this keeps a prefix, "
                                  "its length and its sha256")
-    encryption_key_env: str | None = Field(
+    encryption_key_env: EnvName | None = Field(
         None, description="name of the environment variable holding a Fernet key; records are then encrypted")
-    hmac_key_env: str | None = Field(
+    hmac_key_env: EnvName | None = Field(
         None, description="name of the environment variable holding a secret that signs the audit anchor")
     audit_lock_timeout_s: float = Field(5.0, gt=0, le=600, description="longest wait for the audit log's lock (held "
                                         "for milliseconds per append); then the decision fails closed (ESCALATE, "
@@ -123,24 +124,13 @@ class LoggingConfig(_Section):
         return value
 
 
-_ENV_NAME = re.compile(r"[A-Za-z_][A-Za-z0-9_]{0,127}")
-
-
 class RouteConfig(_Section):
     email: str | None = None
     slack_channel: str | None = Field(None, description="sent as the message's channel; Slack's incoming webhooks "
                                       "ignore it (each posts where it was made): give the route its own webhook")
-    webhook_env: str | None = Field(None, description="name of the environment variable with this route's own "
+    webhook_env: EnvName | None = Field(None, description="name of the environment variable with this route's own "
                                     "webhook URL; unset: the shared one (SLACK_WEBHOOK_URL, notification_webhook)")
     notify: str = Field("", description="who is notified, in words")
-
-    @field_validator("webhook_env")
-    @classmethod
-    def _an_environment_variable_name(cls, value: str | None) -> str | None:
-        if value is not None and not _ENV_NAME.fullmatch(value):
-            raise ValueError(f"{value!r} is not an environment variable name: the URL itself never lives in a "
-                             "config; put it in a variable and name the variable here")
-        return value
 
 
 def _default_routes() -> dict[str, RouteConfig]:
@@ -169,7 +159,7 @@ class EscalationConfig(_Section):
                                       "marked overdue and the route reminded")
     notify_timeout_s: float = Field(5.0, gt=0, description="a notification never delays a decision past this")
     retries: int = Field(3, ge=0)
-    queue_db: str = Field("logs/escalations.sqlite", description="the SQLite queue (SO8T_LOG_DIR moves it); "
+    queue_db: FilePath = Field("logs/escalations.sqlite", description="the SQLite queue (SO8T_LOG_DIR moves it); "
                           "its folder also holds the spool")
     queue_url: str | None = Field(None, description="a PostgreSQL queue shared by several server processes, "
                                   "postgresql://user@host:port/db (SO8T_ESCALATION_URL overrides it); no password "
@@ -238,9 +228,9 @@ class ServiceConfig(_Section):
     rate_limit_per_minute: float = Field(600, gt=0, description="requests per API key and minute (each item of a "
                                          "list counts)")
     rate_limit_burst: int = Field(120, ge=1, description="requests a key may send at once before the rate applies")
-    client_keys_env: str = Field("SO8T_CLIENT_KEYS", description="variable with the client keys: name:secret,...")
-    reviewer_keys_env: str = Field("SO8T_REVIEWER_KEYS", description="variable with the reviewer keys")
-    emergency_flag_file: str = Field("logs/EMERGENCY", description="while this file exists every request is "
+    client_keys_env: EnvName = Field("SO8T_CLIENT_KEYS", description="variable with the client keys: name:secret,...")
+    reviewer_keys_env: EnvName = Field("SO8T_REVIEWER_KEYS", description="variable with the reviewer keys")
+    emergency_flag_file: FilePath = Field("logs/EMERGENCY", description="while this file exists every request is "
                                      "escalated (SO8T_LOG_DIR moves it with the logs)")
     flag_poll_s: float = Field(1.0, gt=0, description="how often the flag file is looked for")
     queue_poll_s: float = Field(5.0, gt=0, description="how often queue depth and overdue cases are counted")

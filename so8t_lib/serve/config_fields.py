@@ -1,0 +1,35 @@
+"""Field types the runtime config shares: a file's path and an environment variable's name. Each refuses a value
+the runtime would quietly not honour: an empty ``service.emergency_flag_file`` (or one naming a folder) switched the
+flag file off, an empty ``logging.encryption_key_env`` wrote the audit log unencrypted."""
+
+from __future__ import annotations
+
+import re
+from pathlib import Path
+from typing import Annotated
+
+from pydantic import AfterValidator
+
+ENV_NAME = re.compile(r"[A-Za-z_][A-Za-z0-9_]{0,127}")
+
+
+def _env_name(value: str) -> str:
+    if not ENV_NAME.fullmatch(value):
+        raise ValueError(f"{value!r} is not an environment variable name (letters, digits and _, not starting with a "
+                         "digit): a secret never lives in a config; put it in a variable and name the variable here, "
+                         "or leave the key out")
+    return value
+
+
+def _file_path(value: str) -> str:
+    if not value.strip():
+        raise ValueError("empty: name the file (a path ending in a file name); an empty path would make the runtime "
+                         "read or write no file, and silently")
+    if value.endswith(("/", "\\")) or Path(value).name in ("", ".", "..") or Path(value).is_dir():
+        raise ValueError(f"{value!r} names a folder, not a file: name a file inside it (e.g. "
+                         f"{value.rstrip('/')}/<file name>)")
+    return value
+
+
+EnvName = Annotated[str, AfterValidator(_env_name)]
+FilePath = Annotated[str, AfterValidator(_file_path)]
