@@ -51,3 +51,13 @@ def test_files_and_variables_as_the_manual_writes_them_still_load(tmp_path):
         text = shipped.read_text(encoding="utf-8")
         if "inference" in text and "escalation" in text:
             load_runtime_config(shipped)
+
+
+@pytest.mark.parametrize("value", [1e300, 1000, 60.5, float("inf"), float("nan")])
+def test_a_flag_poll_too_long_to_notice_an_emergency_is_refused(tmp_path, value):
+    """service.flag_poll_s had no upper bound: 1e300 was accepted and the flag file never looked for again."""
+    with pytest.raises(ConfigError, match=r"service\.flag_poll_s: "):
+        _load(tmp_path, "service", "flag_poll_s", value)
+    assert _load(tmp_path, "service", "flag_poll_s", 60).service.flag_poll_s == 60
+    assert "noticed within 60 s" in str(pytest.raises(ConfigError, _load, tmp_path, "service", "flag_poll_s",
+                                                      1000).value)

@@ -211,6 +211,9 @@ RESPONSE_MARGIN_S = 2.0
 EXIT_MARGIN_S = 1.0
 
 
+MAX_FLAG_POLL_S = 60.0
+
+
 class ServiceConfig(_Section):
     """``so8t serve``: the HTTP front of the same Agent (docs/serving.md). API keys never live here, only
     the names of the environment variables that hold them."""
@@ -232,11 +235,21 @@ class ServiceConfig(_Section):
     reviewer_keys_env: EnvName = Field("SO8T_REVIEWER_KEYS", description="variable with the reviewer keys")
     emergency_flag_file: FilePath = Field("logs/EMERGENCY", description="while this file exists every request is "
                                      "escalated (SO8T_LOG_DIR moves it with the logs)")
-    flag_poll_s: float = Field(1.0, gt=0, description="how often the flag file is looked for")
+    flag_poll_s: float = Field(1.0, gt=0, description="how often the flag file is looked for (at most "
+                               f"{MAX_FLAG_POLL_S:g} s: the file is the emergency switch)")
     queue_poll_s: float = Field(5.0, gt=0, description="how often queue depth and overdue cases are counted")
     shutdown_timeout_s: float = Field(30.0, gt=0, description="SIGTERM: longest wait for requests in flight; then "
                                       "they are answered 503 shutting_down and the process exits within "
                                       f"{SHUTDOWN_MARGIN_S:g} s more (stop_budget_s)")
+
+    @field_validator("flag_poll_s")
+    @classmethod
+    def _flag_noticed_soon(cls, value: float) -> float:
+        """Without a bound, 1e300 (or an hour) meant a flag file set in an emergency was never noticed."""
+        if not value <= MAX_FLAG_POLL_S:  # NaN too
+            raise ValueError(f"{value!r} s is too long: the emergency flag file must be noticed within "
+                             f"{MAX_FLAG_POLL_S:g} s of being made; write e.g. 1")
+        return value
 
     @field_validator("max_body_bytes")
     @classmethod
