@@ -273,6 +273,20 @@ def test_the_configured_emergency_flag_file_and_spool_are_backed_up(project, tmp
     assert (tmp_path / "b" / "logs" / "STOP").read_text() == "incident 42\n"
 
 
+def test_the_admin_endpoints_emergency_holds_are_backed_up_and_restored(project, tmp_path, capsys):
+    """A hold switched on through the endpoint outlives a restart (EMERGENCY.api.json), but the backup left it out:
+    a gate restored from it answered ALLOW where the original was holding every request."""
+    holds = {"EMERGENCY.api.json": '{"enabled": true}', "EMERGENCY.api-r2.json": '{"enabled": true, "r": 2}'}
+    for name, text in holds.items():
+        (project / "logs" / name).write_text(text, encoding="utf-8")
+    assert so8t(["backup", "--config", "configs/serve.yaml", "--out", str(tmp_path / "b")]) == 0
+    assert "emergency hold of the admin endpoint: logs/EMERGENCY.api.json" in capsys.readouterr().out
+    made = json.loads((tmp_path / "b" / "BACKUP.json").read_text())
+    assert [h["stored"] for h in made["emergency_holds"]] == ["logs/EMERGENCY.api-r2.json", "logs/EMERGENCY.api.json"]
+    restore(tmp_path / "b", tmp_path / "site")
+    assert {name: (tmp_path / "site" / "logs" / name).read_text(encoding="utf-8") for name in holds} == holds
+
+
 @pytest.mark.parametrize("edit, problem", [
     (lambda m: m["chains"].__setitem__("../../elsewhere/planted.jsonl", {"head": None, "errors": []}),
      "is not an audit log's file name"),

@@ -143,6 +143,9 @@ def main(argv: list[str] | None = None) -> int:
     if manifest.get("emergency_flag"):
         print(f"emergency flag file: {manifest['emergency_flag']['source']} (the gate was in emergency mode; restored "
               f"as {manifest['emergency_flag']['stored']})")
+    for hold in manifest.get("emergency_holds") or []:
+        print(f"emergency hold of the admin endpoint: {hold['source']} (the gate was in emergency mode; restored as "
+              f"{hold['stored']})")
     print(f"configs: {len(manifest['configs'])}; models: " + (", ".join(
         f"{m['path']} ({'files' if m['included'] else 'manifest'})" for m in manifest["models"]) or "none"))
     print(f"backup: {args.out} ({len(manifest['files'])} files)")

@@ -330,6 +330,12 @@ def backup(out: str | Path, log_dir: str | Path, queue: str | Path | None = None
                 raise BackupError(f"the emergency flag file {flag} has the name of an audit log file; rename it")
             shutil.copy2(flag, logs / flag.name)
             flag_info = {"source": str(flag), "stored": f"logs/{flag.name}"}
+        holds = []  # the admin endpoint's holds (EMERGENCY.api.json, one per replica), which outlive a restart too
+        for hold in sorted(flag.parent.glob(f"{flag.name}.api*.json")):
+            if (logs / hold.name).exists():
+                raise BackupError(f"the emergency hold {hold} has the name of an audit log file; rename it")
+            shutil.copy2(hold, logs / hold.name)
+            holds.append({"source": str(hold), "stored": f"logs/{hold.name}"})
         config_files = _copy_configs(configs, tmp / "configs")
         model_info = [_model_entry(Path(m), tmp / "models", include_models, i) for i, m in enumerate(models)]
         clashes = overlapping_targets(model_info)
@@ -341,7 +347,7 @@ def backup(out: str | Path, log_dir: str | Path, queue: str | Path | None = None
             "hmac_key_env": hmac_key_env if hmac_key or any(c["signed"] for c in chains.values()) else None,
             "queue": queue_info,  # and a SQLite copy's rows, should its bytes change (a newer so8t adds columns):
             "queue_digest": queue_digest(logs / queue_info["file"]) if queue_info["kind"] == "sqlite" else None,
-            "spool": spool_info, "emergency_flag": flag_info, "configs": config_files, "models": model_info, "files": file_entries(tmp)}
+            "spool": spool_info, "emergency_flag": flag_info, "emergency_holds": holds, "configs": config_files, "models": model_info, "files": file_entries(tmp)}
         (tmp / BACKUP_FILE).write_text(json.dumps(manifest, indent=1, ensure_ascii=False), encoding="utf-8")
         os.replace(tmp, out)
     finally:
