@@ -160,3 +160,31 @@ def test_conclusion_gives_the_range_of_paired_seeds_when_failed_runs_leave_fewer
     assert f"{int(best['pairs'])} paired seeds)." in text  # the comparison it quotes says its own count
     equal = ablation.conclusion(ablation.analyze(summary.assign(status="ok"), ["macro_f1"]))
     assert "(5 paired seeds each)" in equal and "paired seeds)." not in equal  # the committed wording
+
+
+def test_the_report_draws_only_on_runs_that_finished(tmp_path):
+    """analyze() kept status "ok" runs only, but the gate geometry (the card's "Why") read a failed run's
+    checkpoint and the steps counted its steps: a crashed run's half-trained gates explained the finding."""
+    torch = pytest.importorskip("torch")
+    from safetensors.torch import save_file
+
+    for run, seed in (("ok_run", 0), ("failed_run", 1), ("unknown_run", 2)):
+        (tmp_path / run / "run").mkdir(parents=True)
+        g = torch.Generator().manual_seed(seed)
+        save_file({f"layers.0.r_{k}.theta": torch.randn(2, 28, generator=g) for k in ("safe", "cmd")},
+                  str(tmp_path / run / "run" / "adapter.safetensors"))
+    summary = pd.DataFrame([
+        {"run": "ok_run", "gate_order": "safe_first", "pet": True, "seed": 0, "status": "ok", "metric.macro_f1": 0.6,
+         "metric.steps": 100},
+        {"run": "failed_run", "gate_order": "safe_first", "pet": True, "seed": 1, "status": "failed",
+         "metric.macro_f1": None, "metric.steps": 7},
+        {"run": "unknown_run", "gate_order": "safe_first", "pet": True, "seed": 2, "status": None,
+         "metric.macro_f1": None, "metric.steps": 3}])
+    geometry = ablation.gate_geometry_of_runs(tmp_path, summary)
+    assert list(geometry["run"]) == ["ok_run"]
+    assert "(1 runs)" in ablation.geometry_summary(geometry)
+    every_run = pd.concat([geometry, geometry.assign(run="failed_run")])  # geometry read without the filter
+    result = ablation.write_report(summary, ablation.analyze(summary, ["macro_f1"]), every_run, tmp_path / "out",
+                                   ["macro_f1"])
+    assert result["steps"] == [100] and "(1 runs)" in result["geometry"]
+    assert (result["runs_ok"], result["runs"]) == (1, 3)

@@ -77,15 +77,21 @@ def sign_flip_p_value(differences) -> float:
     return float((means >= observed - 1e-12).mean())
 
 
+def finished_runs(summary: pd.DataFrame) -> pd.DataFrame:
+    """The runs whose sweep status is "ok" (all of them when the summary has no status): a failed or unfinished
+    run's metrics, steps and half-trained gates would speak for a configuration it never finished training."""
+    return summary[summary["status"] == "ok"] if "status" in summary else summary
+
+
 def gate_geometry_of_runs(root: str | Path, summary: pd.DataFrame) -> pd.DataFrame:
     """Per run of a sweep: how non-commutative its trained gate pair is (``gates.generator_geometry``,
     averaged over the gated layers), read from the run's best checkpoint (``<root>/<run>/run/``).
 
-    Runs without gates or without a checkpoint are left out. This is the mechanism check beside the
+    Runs that did not finish (``finished_runs``), without gates or without a checkpoint are left out. This is the mechanism check beside the
     metrics: if the trained R_safe and R_cmd commute, their order cannot matter.
     """
     rows = []
-    for _, run in summary.iterrows():
+    for _, run in finished_runs(summary).iterrows():
         if run.get("gate_order") in (None, "none"):
             continue
         adapter = resolve_checkpoint(Path(root) / str(run["run"]) / "run") / ADAPTER_FILE
@@ -133,7 +139,7 @@ def analyze(summary: pd.DataFrame, metrics: list[str], group: str = "gate_order"
             pair_by: tuple[str, ...] = ("pet", "seed")) -> pd.DataFrame:
     """One row per (configuration, metric): n, mean, 95% interval; and against the baseline on the same
     ``pair_by`` values: mean difference, its interval, and the sign-flip p-value."""
-    ok = summary[summary.get("status", "ok") == "ok"] if "status" in summary else summary
+    ok = finished_runs(summary)
     config_cols = [group] + [c for c in pair_by if c != "seed"]
     rows = []
     for keys, part in ok.groupby(config_cols, dropna=False):
@@ -218,10 +224,12 @@ def write_report(summary: pd.DataFrame, table: pd.DataFrame, geometry: pd.DataFr
     each written to a temporary file and renamed. Returns the ``ablation.json`` content."""
     out = Path(out)
     out.mkdir(parents=True, exist_ok=True)
-    steps = sorted({int(s) for s in summary["metric.steps"].dropna()}) if "metric.steps" in summary else []
-    ok = int((summary["status"] == "ok").sum()) if "status" in summary else len(summary)
-    result = {"summary_csv": summary_csv, "baseline": baseline, "runs_ok": ok, "runs": len(summary), "steps": steps,
-              "conclusion": conclusion(table, alpha=alpha, baseline=baseline),
+    finished = finished_runs(summary)  # steps and geometry of the runs analyze() counts, not of failed ones
+    steps = sorted({int(s) for s in finished["metric.steps"].dropna()}) if "metric.steps" in finished else []
+    if "run" in geometry and "run" in finished:
+        geometry = geometry[geometry["run"].isin(finished["run"])]
+    result = {"summary_csv": summary_csv, "baseline": baseline, "runs_ok": len(finished), "runs": len(summary),
+              "steps": steps, "conclusion": conclusion(table, alpha=alpha, baseline=baseline),
               "geometry": geometry_summary(geometry),
               "finding": "\n\n".join(finding(table, m, alpha=alpha) for m in metrics),
               "table": json.loads(table.to_json(orient="records"))}
