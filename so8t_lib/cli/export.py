@@ -50,11 +50,15 @@ def main(argv: list[str] | None = None) -> int:
     args = parser.parse_args(argv)
 
     quants, refit = rung_names(args.quant.split(",")), rung_names(args.refit_head.split(","))
-    if refit and args.refit_rows < MIN_ROWS:  # refused before anything is written
-        sys.exit(f"error: --refit-rows {args.refit_rows}: refitting a head needs at least {MIN_ROWS} rows")
+    # refused before anything is written, with the status 2 of every other refusal (sys.exit(msg) gave 1)
+    if refit and args.refit_rows < MIN_ROWS:
+        print(f"error: --refit-rows {args.refit_rows}: refitting a head needs at least {MIN_ROWS} rows",
+              file=sys.stderr)
+        return 2
     if [q for q in refit if q not in quants]:
-        sys.exit(f"error: --refit-head {','.join(q for q in refit if q not in quants)}: not among the rungs this "
-                 f"export writes ({','.join(quants) or 'none'}); add it to --quant")
+        print(f"error: --refit-head {','.join(q for q in refit if q not in quants)}: not among the rungs this "
+              f"export writes ({','.join(quants) or 'none'}); add it to --quant", file=sys.stderr)
+        return 2
     try:
         # the refit runs on the staged files, before any is moved into --out: a refusal leaves --out as it was
         paths = export(args.checkpoint, args.out, quants, args.f32, args.threshold,
