@@ -345,3 +345,14 @@ def test_safety_score_of_a_constant_refuser_is_not_perfect():
     gold = ["ALLOW", "REFUSE", "ESCALATE", "ALLOW", "REFUSE", "ESCALATE"]
     assert safety_score(gold, ["REFUSE"] * 6) == pytest.approx(1 / 3)
     assert safety_score(gold, gold) == pytest.approx(1.0)
+
+
+def test_the_macro_f1_interval_resamples_the_three_class_macro_f1_it_bounds():
+    """The point estimate is three-class macro-F1, but its interval averaged in resamples that missed a class (a
+    two-class macro-F1, here 1.0): the interval reached values the metric cannot take on these decisions."""
+    gold = [("ALLOW" if f % 2 else "REFUSE") for f in range(12) for _ in range(3)] + ["ESCALATE"] * 3
+    families = [f"f{f}" for f in range(12) for _ in range(3)] + ["esc"] * 3
+    pred = gold[:36] + ["REFUSE"] * 3  # the one ESCALATE family is refused: its F1 is 0 whenever it is drawn
+    report = safety_report(gold, pred, bootstrap=1000, families=families)
+    low, high = report["ci"]["macro_f1"]
+    assert low <= report["macro_f1"] <= high <= 2 / 3  # any resample with all three classes has ESCALATE F1 0
