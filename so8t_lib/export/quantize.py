@@ -24,7 +24,8 @@ from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from pathlib import Path
 
-from ..core.checkpoint import resolve_checkpoint
+from ..core.checkpoint import UNVERIFIED_ENV, CheckpointError, has_manifest, resolve_checkpoint
+from ..core.schema import MANIFEST_FILE, MODEL_CONFIG_FILE
 from ..model.so8t import SO8TModel
 from .gguf_meta import DEFAULT_THRESHOLD, GGUFError, read_metadata, sidecar_path, write_sha256_sidecar
 from .gguf_writer import write_gguf
@@ -103,7 +104,8 @@ def export(checkpoint: str | Path, out_dir: str | Path = "dist", quants: list[st
     ``refit_heads`` names rungs whose SafetyHeadB ``refit`` refits (called with rung -> staged file; the CLI passes
     ``eval.quant_refit.refit_rungs``, which this layer may not import). It runs on the staged files before any is
     moved in, and a head it cannot refit is refused before anything is written, so a refit that fails leaves
-    out_dir as it was rather than holding the new files without the refit asked for."""
+    out_dir as it was rather than holding the new files without the refit asked for. A checkpoint without its
+    manifest is refused, override or not (``_require_manifest``)."""
     from tqdm.auto import tqdm
 
     out_dir = Path(out_dir)
@@ -111,6 +113,7 @@ def export(checkpoint: str | Path, out_dir: str | Path = "dist", quants: list[st
         raise GGUFError(f"{out_dir} is a file, not a folder: name a folder for the exported files (one that does not "
                         "exist is made)")
     folder = resolve_checkpoint(checkpoint)
+    _require_manifest(folder)
     quants, refit_heads = rung_names(quants or []), rung_names(refit_heads or [])
     unknown = [q for q in quants if q not in QUANT_TYPES]
     if unknown:
@@ -169,6 +172,17 @@ def export(checkpoint: str | Path, out_dir: str | Path = "dist", quants: list[st
                 print(f"removed {path}: an earlier export's file of {name}, which this export did not write (left "
                       "beside the new files it would pass for the current model)", file=sys.stderr)
         return placed
+
+
+def _require_manifest(folder: Path) -> None:
+    """Refuse a checkpoint without its manifest, even with SO8T_ALLOW_UNVERIFIED_MODEL set: the export would give
+    its unchecked files fresh sidecars that verify, and a model_version without the adapter's hash (one for every
+    such checkpoint of a name), so the served file lost the override's mark and an older model's rungs stayed."""
+    if (folder / MODEL_CONFIG_FILE).is_file() and not has_manifest(folder):
+        raise CheckpointError(f"{folder}: no {MANIFEST_FILE}, so its files cannot be checked and an export would vouch "
+                              f"for them; refused even with {UNVERIFIED_ENV}=1. Save the checkpoint again, which "
+                              f"writes the manifest (with {UNVERIFIED_ENV}=1: SO8TModel.load(old).save(new)), and "
+                              "export the new folder")
 
 
 def _move_in(path: Path, out_dir: Path) -> Path:
