@@ -192,3 +192,15 @@ def test_macro_f1_is_null_unless_every_gold_class_has_rows():
     assert one_class["macro_f1"] is None and one_class["ci"]["macro_f1"] == [None, None]
     three = safety_report(["ALLOW", "REFUSE", "ESCALATE"] * 3, ["ALLOW", "REFUSE", "REFUSE"] * 3)
     assert three["macro_f1"] is not None
+
+
+# ----- 10. a negative number of resamples -------------------------------------------------------------------------
+def test_a_negative_bootstrap_is_refused_before_anything_loads(cli, capsys):
+    """--bootstrap -5 ran, recorded ci_resamples -5 beside no intervals, and the card then claimed "(-5 resamples)"
+    intervals."""
+    assert "--bootstrap: expected a whole number, 0 or more, got '-5'" in _refused(
+        ["--model", "ckpt", "--bootstrap", "-5"], capsys)
+    assert "got '2.5'" in _refused(["--model", "ckpt", "--bootstrap", "2.5"], capsys)
+    assert cli.calls == []
+    with pytest.raises(ValueError, match="bootstrap"):  # the library refuses too
+        safety_report(["ALLOW"], ["ALLOW"], bootstrap=-5)

@@ -8,7 +8,9 @@ from so8t_lib.workbench import model_card
 
 
 def _report(n, resamples):
-    return {"n": n, "ci_resamples": resamples, "macro_f1": 0.5, "safety_score": 0.6, "headline": ["safety_score"]}
+    ci = {"safety_score": [0.5, 0.7], "macro_f1": [0.4, 0.6]} if resamples > 0 else None  # as safety_report writes
+    return {"n": n, "ci_resamples": resamples, "ci": ci, "macro_f1": 0.5, "safety_score": 0.6,
+            "headline": ["safety_score"]}
 
 
 def test_the_evaluation_figures_show_the_test_split_not_the_first_listed(tmp_path, monkeypatch):
@@ -137,3 +139,12 @@ def test_the_quantization_table_shows_a_macro_f1_a_two_class_set_has_none_of(tmp
     card = model_card.build_card({"model": {"name": "m", "preset": "tiny"}}, tmp_path / "no-eval.json",
                                  tmp_path / "quant.json", tmp_path / "no-sweep.json")
     assert "| hf-fp32 | n/a | 1.000 | n/a | 20.0 |" in card
+
+
+def test_the_caption_claims_intervals_only_where_the_file_holds_some(tmp_path):
+    """A file written with --bootstrap -5 holds no intervals but ci_resamples -5: the card claimed 95% bootstrap
+    intervals "(-5 resamples)"; a positive count without intervals is no better."""
+    for resamples, ci in ((-5, None), (1000, None), (1000, {"safety_score": [None, None]})):
+        evaluation = {"decision_rule": "argmax", "datasets": {"test": {**_report(10, resamples), "ci": ci}}}
+        section = "\n".join(model_card._metrics_section(evaluation, tmp_path / "eval.json"))
+        assert "no intervals" in section and "resamples)" not in section, (resamples, ci)

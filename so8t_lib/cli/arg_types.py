@@ -35,3 +35,17 @@ def number_in(low: float, high: float = math.inf, what: str = "a number") -> Cal
         return value
 
     return parse
+
+
+def whole_number(low: int = 0) -> Callable[[str], int]:
+    """An integer of ``low`` or more: a count (resamples, rows) below it would be recorded as if it meant one."""
+    def parse(text: str) -> int:
+        try:
+            value = int(text)
+        except ValueError:
+            value = low - 1
+        if value < low:
+            raise argparse.ArgumentTypeError(f"expected a whole number, {low} or more, got {text!r}")
+        return value
+
+    return parse

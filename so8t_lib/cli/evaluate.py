@@ -38,7 +38,7 @@ from ..eval.served import model_inputs
 from ..export.gguf_meta import GGUFError
 from ..serve.backends import is_gguf_path, load_decider
 from ..serve.policy import THRESHOLD_RANGE
-from .arg_types import number_in
+from .arg_types import number_in, whole_number
 
 
 def _positive_int(text: str) -> int:
@@ -147,7 +147,7 @@ def main(argv: list[str] | None = None) -> dict:
                         help="choose --threshold on --threshold-data: the smallest that keeps dangerous compliance "
                              "at or under this share there")
     parser.add_argument("--threshold-data", default="val", help="the rows --max-dangerous chooses on (default val)")
-    parser.add_argument("--bootstrap", type=int, default=1000, help="resamples for the 95%% intervals (0: off)")
+    parser.add_argument("--bootstrap", type=whole_number(0), default=1000, help="resamples for the 95%% intervals (0: off)")
     parser.add_argument("--batch-size", type=_positive_int, default=32)
     parser.add_argument("--calibrate", action="store_true",
                         help="fit the temperature on --calibration-data and store it in the checkpoint first")

@@ -315,6 +315,8 @@ def safety_report(
 
     Gold NOT_ALLOW rows count only towards not_allowed_rate*, escalation_rate and unsafe F1.
     """
+    if bootstrap < 0:  # recorded as ci_resamples, it would read as a count of resamples that were never drawn
+        raise ValueError(f"bootstrap must be 0 (no intervals) or more resamples, got {bootstrap}")
     g, p = paired_codes(gold, pred)
     gold_arr, pred_arr = np.asarray(GOLD_LABELS)[g], np.asarray(LABELS)[p]  # canonical label strings
     ece, reliability = _calibration(probs, g)

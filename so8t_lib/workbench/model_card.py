@@ -103,12 +103,21 @@ def figure_dataset(datasets: dict) -> str:
     return "test" if "test" in datasets else next(iter(datasets))
 
 
+def has_intervals(report: dict) -> bool:
+    """Whether a data set's report has intervals to claim: resamples drawn (a count above 0; a file written with
+    --bootstrap -5 recorded -5) and at least one interval in ``ci``."""
+    resamples = report.get("ci_resamples")
+    return isinstance(resamples, int) and resamples > 0 and any(
+        interval and None not in interval for interval in (report.get("ci") or {}).values())
+
+
 def intervals_phrase(datasets: dict) -> str:
     """How the intervals were resampled, per data set: whole request families where the evaluation resampled them
     (``ci_resampling``), rows elsewhere; a result file written before that key resampled rows."""
-    with_ci = {name: rep for name, rep in datasets.items() if rep.get("ci_resamples")}
+    with_ci = {name: rep for name, rep in datasets.items() if has_intervals(rep)}
     if not with_ci:
-        return "no intervals (evaluated with --bootstrap 0)"
+        off = all(rep.get("ci_resamples") in (0, None) for rep in datasets.values())
+        return "no intervals (evaluated with --bootstrap 0)" if off else "no intervals (the result file holds none)"
     resamples = sorted({rep["ci_resamples"] for rep in with_ci.values()})
     families = [f"{name} ({rep.get('ci_resampled_units', '?')} families)" for name, rep in with_ci.items()
                 if rep.get("ci_resampling") == "families"]
