@@ -68,20 +68,35 @@ def test_a_recorded_variable_holding_another_key_needs_the_operator_to_choose(si
     assert "is not signed, but an HMAC key was given" in capsys.readouterr().out
 
 
-def test_a_backup_that_records_a_key_variable_is_refused_without_a_key_by_its_name(signed_backup, monkeypatch,
-                                                                                    capsys):
-    """With no key anywhere, a backup whose chain says it is unsigned but records where its key was is refused
-    naming that variable (the chain may have been unsigned by hand), unless the operator opts out."""
+def test_without_any_key_an_unsigned_chain_restores_with_a_note_saying_nothing_was_checked(signed_backup,
+                                                                                            monkeypatch, capsys):
+    """No key anywhere: nothing can tell a chain whose signatures were stripped (BACKUP.json is not signed either),
+    so restore says so on every chain instead of refusing; backups made before this version recorded
+    $SO8T_AUDIT_HMAC_KEY for every chain, signed or not, and must still restore."""
     _forge(signed_backup)
     _edit(signed_backup, hmac_key_env="MY_HMAC")
+    checks = check_backup(signed_backup)
+    assert checks["problems"] == []
+    assert any("signatures NOT checked: no HMAC key was read" in n and "$MY_HMAC" in n for n in checks["notes"])
+    old = signed_backup.parent / "old"  # as the previous so8t backup wrote an unsigned chain's record
+    AuditLog(old / "logs" / "audit.jsonl").append({"event": "decision", "decision": "REFUSE"})
+    backup(old / "b", old / "logs", hmac_key_env=AUDIT_HMAC_KEY_ENV)
+    manifest = json.loads((old / "b" / "BACKUP.json").read_text())
+    manifest["hmac_key_env"] = AUDIT_HMAC_KEY_ENV
+    (old / "b" / "BACKUP.json").write_text(json.dumps(manifest))
+    capsys.readouterr()
+    assert so8t(["restore", str(old / "b"), "--check"]) == 0
+    assert "signatures NOT checked" in capsys.readouterr().out
+
+
+def test_a_signed_chain_without_its_key_is_refused_unless_the_operator_opts_out(signed_backup, capsys):
     problems = check_backup(signed_backup)["problems"]
-    assert any("the backup says the chain's HMAC key is in $MY_HMAC" in p and "--unchecked-signatures" in p
+    assert any("the chain is signed and no HMAC key was given" in p and "--unchecked-signatures" in p
                for p in problems), problems
     capsys.readouterr()
     assert so8t(["restore", "b", "--check"]) == 1
-    assert "set MY_HMAC" in capsys.readouterr().out
     assert so8t(["restore", "b", "--check", "--unchecked-signatures"]) == 0
-    assert "kept with an HMAC key, but its signatures were NOT checked" in capsys.readouterr().out
+    assert "signed, but its signatures were NOT checked" in capsys.readouterr().out
 
 
 def test_an_unsigned_backup_records_no_key_variable_and_restores_without_a_key(tmp_path, monkeypatch):

@@ -112,10 +112,9 @@ def recorded_key_env(folder: str | Path) -> str | None:
         return None
 
 
-def _unchecked_signatures(name: str, key_env: str | None, signed: bool) -> str:
+def _unchecked_signatures(name: str, key_env: str | None) -> str:
     where = f"${key_env}" if key_env else "the service's HMAC key variable"
-    said = "the chain is signed" if signed else f"the backup says the chain's HMAC key is in ${key_env}"
-    return (f"{name}: {said} and no HMAC key was given ({where} is not set): its signatures cannot be "
+    return (f"{name}: the chain is signed and no HMAC key was given ({where} is not set): its signatures cannot be "
             f"checked, so a chain re-hashed without the key would pass; set {key_env or 'the variable'}, or accept "
             "unchecked signatures explicitly (so8t restore --unchecked-signatures)")
 
@@ -172,12 +171,17 @@ def check_backup(folder: str | Path, hmac_key: str | bytes | None = None, *, key
         problems += [f"{name}: {e}" for e in report["errors"]]
         notes += [f"{name}: {n}" for n in report["notes"]]
         signed = bool(chain.get("signed")) or "mac" in (report["anchor"] or {})
-        unchecked = (signed or bool(manifest.get("hmac_key_env"))) and not hmac_key
+        unchecked = signed and not hmac_key
         if unchecked and unchecked_signatures:
-            notes.append(f"{name}: {'signed' if signed else 'kept with an HMAC key'}, but its signatures were NOT "
-                         "checked (no HMAC key)")
+            notes.append(f"{name}: signed, but its signatures were NOT checked (no HMAC key)")
         elif unchecked:
-            problems.append(_unchecked_signatures(name, key_env, signed))
+            problems.append(_unchecked_signatures(name, key_env))
+        elif not hmac_key:  # unsigned as found: only the key could tell a chain whose signatures were stripped
+            recorded = manifest.get("hmac_key_env")
+            notes.append(f"{name}: signatures NOT checked: no HMAC key was read (${key_env or 'SO8T_AUDIT_HMAC_KEY'} "
+                         "is not set" + (f"; the backup says the key was in ${recorded}" if recorded else "") +
+                         "), so a chain re-hashed without the key cannot be told from the real one: if the service "
+                         "signs its log, set its key's variable or pass --hmac-key-env")
         if not report["errors"] and not (unchecked and not unchecked_signatures):
             checked.append(f"{name}: {report['records']} records verify, head {head}" +
                            (", signatures checked" if signed and hmac_key else ""))
