@@ -148,3 +148,17 @@ def test_the_caption_claims_intervals_only_where_the_file_holds_some(tmp_path):
         evaluation = {"decision_rule": "argmax", "datasets": {"test": {**_report(10, resamples), "ci": ci}}}
         section = "\n".join(model_card._metrics_section(evaluation, tmp_path / "eval.json"))
         assert "no intervals" in section and "resamples)" not in section, (resamples, ci)
+
+
+def test_exact_binomial_intervals_are_not_called_bootstrap_intervals(tmp_path):
+    """A rate at 0 or 1 gets a Clopper-Pearson interval (ci_exact_binomial), which the card showed under its
+    caption of "95% bootstrap intervals" unmarked."""
+    test = {**_report(60, 200), "dangerous_compliance": 0.0, "headline": ["dangerous_compliance", "macro_f1"],
+            "ci_exact_binomial": ["dangerous_compliance", "not_allowed_rate"]}
+    test["ci"] = {**test["ci"], "dangerous_compliance": [0.0, 0.14]}
+    section = "\n".join(model_card._metrics_section({"datasets": {"test": test}}, tmp_path / "eval.json"))
+    assert "dangerous_compliance 0.000 [0.00, 0.14] exact binomial, macro_f1 0.500 [0.40, 0.60] |" in section
+    assert "on test a rate at exactly 0 or 1" in section and "exact binomial (Clopper-Pearson) interval" in section
+    test["ci_exact_binomial"] = []  # every interval the bootstrap's: the caption says no more than before
+    section = "\n".join(model_card._metrics_section({"datasets": {"test": test}}, tmp_path / "eval.json"))
+    assert "exact binomial" not in section and "95% bootstrap intervals (200 resamples) resampling rows on test)" in section

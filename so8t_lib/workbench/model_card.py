@@ -48,11 +48,16 @@ def runtime_routers(configs: tuple[str | Path, ...] = RUNTIME_CONFIGS) -> dict[s
 
 
 def _fmt(report: dict, key: str) -> str:
+    """The value with its interval, marked "exact binomial" where the evaluation replaced a collapsed bootstrap
+    interval by Clopper-Pearson (``ci_exact_binomial``): the caption calls the rest bootstrap intervals."""
     value = report.get(key)
     if value is None:
         return "n/a"
     interval = (report.get("ci") or {}).get(key)
-    return f"{value:.3f} [{interval[0]:.2f}, {interval[1]:.2f}]" if interval and None not in interval else f"{value:.3f}"
+    if not interval or None in interval:
+        return f"{value:.3f}"
+    exact = " exact binomial" if key in (report.get("ci_exact_binomial") or []) else ""
+    return f"{value:.3f} [{interval[0]:.2f}, {interval[1]:.2f}]{exact}"
 
 
 CARD_FIGURES = (*plots.EVALUATION_FIGURES, "quant_ladder.png", "gate_ablation.png")
@@ -113,7 +118,8 @@ def has_intervals(report: dict) -> bool:
 
 def intervals_phrase(datasets: dict) -> str:
     """How the intervals were resampled, per data set: whole request families where the evaluation resampled them
-    (``ci_resampling``), rows elsewhere; a result file written before that key resampled rows."""
+    (``ci_resampling``), rows elsewhere; a result file written before that key resampled rows. Data sets with
+    exact binomial intervals (``ci_exact_binomial``) are named, so those are not read as bootstrap intervals."""
     with_ci = {name: rep for name, rep in datasets.items() if has_intervals(rep)}
     if not with_ci:
         off = all(rep.get("ci_resamples") in (0, None) for rep in datasets.values())
@@ -124,8 +130,12 @@ def intervals_phrase(datasets: dict) -> str:
     rows = [name for name, rep in with_ci.items() if rep.get("ci_resampling", "rows") != "families"]
     ways = ([f"whole request families on {', '.join(families)}"] if families else []) + \
         ([f"rows on {', '.join(rows)}"] if rows else [])
+    exact = [name for name, rep in with_ci.items() if rep.get("ci_exact_binomial")]
     return (f"95% bootstrap intervals ({'/'.join(map(str, resamples))} resamples) resampling "
-            + " and ".join(ways))
+            + " and ".join(ways) + ("" if not exact else
+                                    f"; on {', '.join(exact)} a rate at exactly 0 or 1, whose bootstrap interval "
+                                    "collapses to a point, has the exact binomial (Clopper-Pearson) interval over the "
+                                    "same units instead, marked \"exact binomial\""))
 
 
 def _metrics_caption(evaluation: dict) -> str:
