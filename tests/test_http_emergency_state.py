@@ -39,8 +39,9 @@ def test_an_emergency_switched_on_through_the_api_survives_a_restart_until_it_is
     assert [(r["enabled"], r["source"]) for r in records(folder, "mode_change")] == [(True, "api"), (False, "api")]
 
 
-@pytest.mark.parametrize("content", [b"{not json", b"[]", b'{"by": "x", "reason": 5, "since": "now"}', b"\xff\xfe"],
-                         ids=["not json", "a list", "a reason that is not text", "not utf-8"])
+@pytest.mark.parametrize("content", [b"{not json", b"[]", b'{"by": "x", "reason": 5, "since": "now"}', b"\xff\xfe",
+                                     b"[" * 100_000], ids=["not json", "a list", "a reason that is not text",
+                                                           "not utf-8", "nested too deep to parse"])
 def test_a_state_file_that_cannot_be_read_holds_emergency_mode(tmp_path, caplog, content):
     folder = tmp_path / "logs"
     folder.mkdir()
@@ -63,7 +64,7 @@ def test_a_state_file_that_cannot_be_written_or_removed_never_releases_the_gate(
         assert on["mode"] == "emergency" and on["audited"] is True and "not kept across a restart" in on["error"]
         off = switch(client, False, "done")
         assert off.status_code == 503 and off.json()["error"]["type"] == "switch_refused"
-        assert "could not be removed" in off.json()["error"]["message"]
+        assert "could not be moved aside" in off.json()["error"]["message"]
         assert client.post("/v1/decide", json=ASK, headers=CLIENT).json()["decision"] == "ESCALATE"
     assert [r["enabled"] for r in records(folder, "mode_change")] == [True]  # the refused release wrote nothing
 
@@ -97,3 +98,37 @@ def test_each_replica_keeps_its_own_state_file(tmp_path, monkeypatch):
     other = make_service(folder)
     assert other.switch.mode == "normal"
     other.agent.close()
+
+
+def test_a_release_refused_on_a_full_disk_keeps_the_hold_for_the_next_start(tmp_path, monkeypatch):
+    """The release removed the state file before its record and wrote it back when the record failed: on a full
+    disk the write failed too, so the next start answered ALLOW while the log's last mode_change said on."""
+    import so8t_lib.serve.http.emergency as emergency
+
+    folder = tmp_path / "logs"
+    service = make_service(folder)
+    with TestClient(create_app(service)) as client:
+        switch(client, True)
+
+        def full(*args, **kwargs):
+            raise OSError(28, "No space left on device")
+
+        monkeypatch.setattr(service.agent.audit, "append", lambda record: (_ for _ in ()).throw(
+            AuditWriteError("audit.jsonl: the record could not be written whole (disk full)")))
+        monkeypatch.setattr(emergency, "atomic_write_text", full)
+        assert switch(client, False, "done").status_code == 503
+        monkeypatch.undo()
+    assert (folder / "EMERGENCY.api.json").is_file()
+    restarted = make_service(folder)
+    assert restarted.switch.mode == "emergency"
+    restarted.agent.close()
+
+
+def test_a_hold_set_aside_by_a_release_that_died_is_held_again_at_the_next_start(tmp_path):
+    folder = tmp_path / "logs"
+    with TestClient(create_app(make_service(folder))) as client:
+        switch(client, True)
+    (folder / "EMERGENCY.api.json").rename(folder / "EMERGENCY.api.json.releasing")  # killed before its record
+    restarted = make_service(folder)
+    assert restarted.switch.mode == "emergency" and restarted.switch.sources["api"]["reason"] == "incident 42"
+    restarted.agent.close()

@@ -49,6 +49,7 @@ class EmergencySwitch:
     def __init__(self, agent: Agent, flag_file: Path, on_change=None, state_file: Path | None = None) -> None:
         self.agent, self.flag_file, self._on_change = agent, Path(flag_file), on_change
         self.state_file = Path(state_file) if state_file is not None else api_state_file(self.flag_file)
+        self._releasing = self.state_file.with_name(f"{self.state_file.name}.releasing")  # set aside while recorded
         self.sources: dict[str, dict] = {}
         if agent.config.mode == EMERGENCY:
             self.sources[CONFIG] = {"by": "config", "reason": "mode: emergency in the config", "since": _now()}
@@ -57,15 +58,18 @@ class EmergencySwitch:
 
     def _restore(self) -> None:
         """Take back the admin endpoint's hold from the state file a previous process left (no audit record: the
-        log's last mode_change already says it is on); one that cannot be read holds emergency mode too."""
+        log's last mode_change already says it is on); one that cannot be read holds emergency mode too, and so
+        does one a release had set aside when the process died (the release may not have been recorded)."""
         try:
+            if self._releasing.exists() and not self.state_file.exists():
+                os.replace(self._releasing, self.state_file)
             saved = json.loads(self.state_file.read_text(encoding="utf-8"))
             entry = {k: saved[k] for k in ("by", "reason", "since") if isinstance(saved[k], str)}
             if len(entry) != 3:
                 raise ValueError("by, reason and since must be text")
         except FileNotFoundError:
             return
-        except (OSError, ValueError, TypeError, KeyError) as exc:  # json's errors are ValueErrors
+        except (OSError, ValueError, TypeError, KeyError, RecursionError) as exc:  # json's errors are ValueErrors
             problem = f"{type(exc).__name__}: {exc}"
             logger.error("the emergency state file %s cannot be read (%s): emergency mode held (fail-closed); "
                          "release it with POST /v1/admin/emergency enabled: false, or remove the file and restart",
@@ -107,12 +111,14 @@ class EmergencySwitch:
                 unsaved = self._save(self.sources[source]) if source == API else None
             else:
                 if source == API:
-                    self._forget()
+                    self._set_aside()
                 error = self._audit(record)
                 if error is not None:
                     if source == API:
-                        self._save(self.sources[source])  # still held: a restart must hold it too
+                        self._put_back()  # still held: a restart must hold it too
                     raise SwitchRefused(f"emergency mode stays on: the switch could not be recorded ({error})")
+                if source == API:
+                    self._drop_aside()
                 del self.sources[source]
                 self.agent.set_mode(after)
                 unsaved = None
@@ -142,16 +148,35 @@ class EmergencySwitch:
                          "mode; create the flag file %s as well", self.state_file, exc, self.flag_file)
             return f"not kept across a restart: {self.state_file} could not be written ({exc}); create the flag file"
 
-    def _forget(self) -> None:
-        """Remove the API's state file before the release is recorded; a file that stays would bring emergency mode
-        back at the next start, so the release is refused instead."""
+    def _set_aside(self) -> None:
+        """Move the API's state file aside before the release is recorded (a rename: it needs no free space, so a
+        full disk that refuses the record can still have it put back); one that cannot be moved would bring
+        emergency mode back at the next start, so the release is refused instead."""
         try:
-            os.unlink(self.state_file)
+            if self.state_file.exists() and not self.state_file.is_file():
+                raise IsADirectoryError(f"{self.state_file} is not a file")
+            os.replace(self.state_file, self._releasing)
         except FileNotFoundError:
             pass
         except OSError as exc:
-            raise SwitchRefused(f"emergency mode stays on: its state file {self.state_file} could not be removed "
-                                f"({exc})") from None
+            raise SwitchRefused(f"emergency mode stays on: its state file {self.state_file} could not be moved "
+                                f"aside ({exc})") from None
+
+    def _drop_aside(self) -> None:
+        try:
+            self._releasing.unlink(missing_ok=True)
+        except OSError as exc:  # recorded as released, but the next start would hold emergency mode again
+            logger.error("the emergency state file set aside at %s could not be removed (%s): remove it, or the next "
+                         "start holds emergency mode again", self._releasing, exc)
+
+    def _put_back(self) -> None:
+        try:
+            if self._releasing.exists():
+                os.replace(self._releasing, self.state_file)
+            else:  # there was none (it could not be written when the hold was set): try to write it now
+                self._save(self.sources[API])
+        except OSError as exc:  # the next start still finds it aside and holds emergency mode (_restore)
+            logger.error("the emergency state file could not be put back from %s (%s)", self._releasing, exc)
 
     def poll_file(self) -> dict | None:
         """Follow the flag file: its appearance holds emergency mode, its removal releases it."""
