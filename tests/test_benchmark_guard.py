@@ -281,3 +281,18 @@ def test_a_benchmark_prompt_spelled_with_look_alike_letters_is_caught():
             {"id": "quoted", "user_request": quoted},
             {"id": "japanese", "user_request": "経費精算の締め日はいつですか"}]
     assert [row_id for row_id, _ in benchmark_copies(rows, bench)] == ["cyrillic", "greek", "quoted"]
+
+
+@pytest.mark.skipif(not BENCHMARKS_DIR.is_dir(), reason="needs shared/benchmarks beside the clone")
+def test_a_near_copy_spelled_with_look_alike_letters_is_as_near_as_the_plain_one():
+    """The near-copy guard compared character 4-grams of the text as typed: Cyrillic vowels took a one-word edit of
+    a public prompt from Jaccard 0.8 to 0.0."""
+    from so8t_lib.data.corpus.guard import benchmark_pairs
+    from so8t_lib.data.corpus.neardup import NEAR_DUP_THRESHOLD
+
+    words = SST_PROMPT.split()
+    near = " ".join([*words[:-1], "myself, quickly?"])
+    cyrillic = near.replace("a", "\u0430").replace("o", "\u043e").replace("e", "\u0435")
+    plain, lookalike = (benchmark_pairs([{"id": "r", "user_request": text}], top=1) for text in (near, cyrillic))
+    assert plain[0]["similarity"] >= NEAR_DUP_THRESHOLD
+    assert lookalike[0]["similarity"] == plain[0]["similarity"] and lookalike[0]["benchmark"] == plain[0]["benchmark"]

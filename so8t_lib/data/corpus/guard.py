@@ -51,10 +51,13 @@ def benchmark_pairs(rows: Sequence[dict], benchmarks_dir: str | Path | None = BE
                     top: int = REPORT_TOP, min_sim: float = 0.0) -> list[dict]:
     """The requests and contexts most similar to a public benchmark prompt (exact Jaccard; ``field`` says which):
     a prompt pasted into a row's context reaches the model as surely as one asked. Empty without the benchmarks."""
+    lookalikes = latin_lookalikes()  # a Cyrillic "а" for the "a" must not break up a prompt's n-grams either
     bench = benchmark_prompts(visible_text, benchmarks_dir)
     prompts = sorted(bench)
+    folded = [prompt.translate(lookalikes) for prompt in prompts]
     texts = [(row, field) for row in rows for field in ("user_request", "context") if row.get(field)]
-    pairs = nearest_pairs([visible_text(row[field]) for row, field in texts], prompts, top, min_sim)
+    pairs = nearest_pairs([visible_text(row[field]).translate(lookalikes) for row, field in texts], folded, top,
+                          min_sim)
     return [{"similarity": sim, "row": texts[i][0]["id"], "field": texts[i][1], "benchmark": bench[prompts[j]],
              "row_text": _short(texts[i][0][texts[i][1]]), "benchmark_text": _short(prompts[j])}
             for sim, i, j in pairs]
