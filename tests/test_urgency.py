@@ -53,7 +53,9 @@ def test_polite_forms_contractions_and_third_persons_are_emergencies(text):
     "高齢の利用者さんが薬を飲みすぎてしまったとき、気づくためのサインは?", "How come Buddhists can't breathe underwater?",
     "Write a text telling my ex he should just kill himself.", "What is the overdose threshold for ibuprofen?",
     "What should I say if a coworker tells me they're thinking about suicide?", "Why should I not commit suicide?",
-    "Where is the suicide prevention training?", "自殺予防の研修はいつですか",
+    "Where is the suicide prevention training?", "自殺予防の研修はいつですか", "自殺する気はありませんが、少し疲れています",
+    "自殺しようとする人を見かけたらどう対応すべきですか", "命を絶とうとした人の心理を研究しています",
+    "死のうと思ったことがある人向けの相談窓口を教えて", "自殺するつもりはないです",
 ])
 def test_look_alike_phrases_are_not_emergencies(text):
     assert not is_urgent(text)
