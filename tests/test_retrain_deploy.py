@@ -195,12 +195,13 @@ def test_a_killed_deploys_staging_folder_is_removed_by_the_next_and_a_live_ones_
 
     gone = subprocess.run([sys.executable, "-c", "import os; print(os.getpid())"], capture_output=True, text=True,
                           check=True).stdout.strip()
-    dist = tmp_path / "dist"
-    dead, live, old = (dist / f".deploy-{gone}-abc", dist / f".deploy-{deploy_module.os.getpid()}-def",
-                       dist / ".deploy-x1y2z3")  # old: an earlier version's name, no pid: kept
-    for folder in (dead, live, old):
+    dist, host = tmp_path / "dist", deploy_module.socket.gethostname()
+    dead, live, old, elsewhere = (dist / f".deploy-{gone}@{host}-abc", dist / f".deploy-{deploy_module.staging_tag()}-d",
+                                  dist / ".deploy-x1y2z3",  # an earlier version's name, no pid: kept
+                                  dist / f".deploy-{gone}@another-host-xyz")  # its pid says nothing here: kept
+    for folder in (dead, live, old, elsewhere):
         folder.mkdir(parents=True)
         (folder / "so8t-f16.gguf").write_bytes(b"GGUF" + b"\0" * 64)
     assert deploy_module.remove_stale_staging(dist) == [dead]
-    assert not dead.exists() and live.is_dir() and old.is_dir()
+    assert not dead.exists() and live.is_dir() and old.is_dir() and elsewhere.is_dir()
     assert f"removed {dead}" in capsys.readouterr().out

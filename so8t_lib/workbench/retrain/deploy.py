@@ -19,6 +19,7 @@ from __future__ import annotations
 import json
 import os
 import shutil
+import socket
 import tempfile
 from pathlib import Path
 
@@ -143,14 +144,19 @@ def _place(files: list[Path], dist: Path) -> list[Path]:
 STAGING_PREFIX = ".deploy-"
 
 
+def staging_tag() -> str:
+    """``<pid>@<host>``: whose staging folder it is (a dist folder may be shared by several machines)."""
+    return f"{os.getpid()}@{socket.gethostname()}"
+
+
 def remove_stale_staging(dist: Path) -> list[Path]:
-    """Remove the staging folders (``.deploy-<pid>-*``, whole GGUF ladders) that a deploy killed before its
-    clean-up left in ``dist``: those whose process is gone. A live process's folder, or one without a pid (an
-    earlier version's), is kept. Returns what was removed."""
+    """Remove the staging folders (``.deploy-<pid>@<host>-*``, whole GGUF ladders) that a deploy killed before its
+    clean-up left in ``dist``: those of this machine whose process is gone. A live process's folder, another
+    machine's, or one without a pid (an earlier version's) is kept. Returns what was removed."""
     removed = []
     for folder in dist.glob(f"{STAGING_PREFIX}*"):
-        pid = folder.name[len(STAGING_PREFIX):].split("-", 1)[0]
-        if not folder.is_dir() or not pid.isdigit() or _alive(int(pid)):
+        pid, _, host = folder.name[len(STAGING_PREFIX):].rsplit("-", 1)[0].partition("@")
+        if not folder.is_dir() or not pid.isdigit() or host != socket.gethostname() or _alive(int(pid)):
             continue
         shutil.rmtree(folder, ignore_errors=True)
         print(f"removed {folder}: the staging folder of a deploy (pid {pid}) that did not finish")
@@ -179,7 +185,7 @@ def deploy(candidate: str | Path, gate_file: str | Path, dist: str | Path, quant
     dist = Path(dist)
     dist.mkdir(parents=True, exist_ok=True)
     remove_stale_staging(dist)
-    staging = Path(tempfile.mkdtemp(prefix=f"{STAGING_PREFIX}{os.getpid()}-", dir=dist))
+    staging = Path(tempfile.mkdtemp(prefix=f"{STAGING_PREFIX}{staging_tag()}-", dir=dist))
     try:
         staged = export(candidate, staging, list(quants or []), progress=False)
         _same_model(promoted, {f.name: read_metadata(f)["so8t.model_version"] for f in staged}, candidate)
