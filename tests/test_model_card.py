@@ -16,7 +16,9 @@ def _report(n, resamples):
 def test_the_evaluation_figures_show_the_test_split_not_the_first_listed(tmp_path, monkeypatch):
     """Evaluations list val first; val holds the rows the temperature was fitted on, so its reliability diagram
     flatters the model. The card's figures, captioned "on the test split", were drawn from val."""
-    evaluation = {"datasets": {"val": _report(2519, 1000), "test": _report(2670, 1000), "xstest": _report(450, 1000)}}
+    drawable = {"confusion_matrix": [[1]], "labels": ["ALLOW"]}  # what the figures read
+    evaluation = {"datasets": {name: {**_report(n, 1000), **drawable} for name, n in
+                               (("val", 2519), ("test", 2670), ("xstest", 450))}}
     (tmp_path / "eval.json").write_text(json.dumps(evaluation))
     drawn = []
     monkeypatch.setattr(model_card.plots, "evaluation_figures", lambda report, name: drawn.append((name, report["n"])) or {})

@@ -17,7 +17,13 @@ import yaml
 
 from ..core.config import read_config_mapping
 from ..core.io import atomic_write_text
-from ..workbench.model_card import FOLLOW_UP_ABLATIONS, build_card, write_figures
+from ..workbench.model_card import (
+    FOLLOW_UP_ABLATIONS,
+    CardInputError,
+    build_card,
+    figure_files,
+    write_figures,
+)
 
 DEFAULT_EVAL = "experiments/eval/so8t-demo.json"
 DEFAULT_QUANT = "benchmarks/results/gguf_decisions_so8t-demo.json"
@@ -59,16 +65,21 @@ def main(argv: list[str] | None = None) -> None:
         if run_config is not None:
             print(f"{run_config} is missing; the recipe is read from {args.config}")
         config = read_config_mapping(args.config)
+    follow_ups = tuple(Path(p) for p in (args.follow_up if args.follow_up is not None else FOLLOW_UP_ABLATIONS))
+    try:  # every result file read and checked, and the card built, before a figure or the card is written
+        planned = figure_files(Path(args.eval), Path(args.quant), Path(args.ablation), Path(args.figures)) \
+            if args.figures else []
+        card = build_card(config, Path(args.eval), Path(args.quant), Path(args.ablation), follow_ups=follow_ups,
+                          compare_json=Path(args.compare) if args.compare else None,
+                          compare_label=args.compare_label, refit_json=Path(args.refit) if args.refit else None,
+                          points_json=Path(args.operating_points) if args.operating_points else None,
+                          points_recipe=args.operating_points_recipe,
+                          seeds_json=Path(args.seeds) if args.seeds else None, figures=planned, card_path=Path(args.out))
+    except CardInputError as exc:
+        parser.error(str(exc))  # exit 2, nothing written
     figures = write_figures(Path(args.eval), Path(args.quant), Path(args.ablation), Path(args.figures)) \
         if args.figures else []
     for path in figures:
         print(f"drew {path}")
-    follow_ups = tuple(Path(p) for p in (args.follow_up if args.follow_up is not None else FOLLOW_UP_ABLATIONS))
-    card = build_card(config, Path(args.eval), Path(args.quant), Path(args.ablation), follow_ups=follow_ups,
-                      compare_json=Path(args.compare) if args.compare else None,
-                      compare_label=args.compare_label, refit_json=Path(args.refit) if args.refit else None,
-                      points_json=Path(args.operating_points) if args.operating_points else None,
-                      points_recipe=args.operating_points_recipe,
-                      seeds_json=Path(args.seeds) if args.seeds else None, figures=figures, card_path=Path(args.out))
     out = atomic_write_text(args.out, card)
     print(f"wrote {out}")

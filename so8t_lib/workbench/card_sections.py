@@ -1,5 +1,5 @@
-"""The model card's prose that depends on what was trained: the base model and its licence, the recipe,
-and the limits. Each sentence is built from the config the run used, so a card for the tiny preset and a
+"""The model card's prose that depends on what was trained and measured: the base model and its licence, the
+recipe, the intervals the evaluation drew, and the limits. Each sentence is built from the config the run used, so a card for the tiny preset and a
 card for the Gemma default never borrow each other's claims.
 """
 
@@ -99,6 +99,36 @@ def seed_spread(seeds: dict | None, source: str) -> str:
         if values:
             parts.append(f"{what} {min(values):.2f}-{max(values):.2f}")
     return f"one seed here; over {len(runs)} seeds (`{source}`), " + ", ".join(parts)
+
+
+def has_intervals(report: dict) -> bool:
+    """Whether a data set's report has intervals to claim: resamples drawn (a count above 0; a file written with
+    --bootstrap -5 recorded -5) and at least one interval in ``ci``."""
+    resamples = report.get("ci_resamples")
+    return isinstance(resamples, int) and resamples > 0 and any(
+        interval and None not in interval for interval in (report.get("ci") or {}).values())
+
+
+def intervals_phrase(datasets: dict) -> str:
+    """How the intervals were resampled, per data set: whole request families where the evaluation resampled them
+    (``ci_resampling``), rows elsewhere; a result file written before that key resampled rows. Data sets with
+    exact binomial intervals (``ci_exact_binomial``) are named, so those are not read as bootstrap intervals."""
+    with_ci = {name: rep for name, rep in datasets.items() if has_intervals(rep)}
+    if not with_ci:
+        off = all(rep.get("ci_resamples") in (0, None) for rep in datasets.values())
+        return "no intervals (evaluated with --bootstrap 0)" if off else "no intervals (the result file holds none)"
+    resamples = sorted({rep["ci_resamples"] for rep in with_ci.values()})
+    families = [f"{name} ({rep.get('ci_resampled_units', '?')} families)" for name, rep in with_ci.items()
+                if rep.get("ci_resampling") == "families"]
+    rows = [name for name, rep in with_ci.items() if rep.get("ci_resampling", "rows") != "families"]
+    ways = ([f"whole request families on {', '.join(families)}"] if families else []) + \
+        ([f"rows on {', '.join(rows)}"] if rows else [])
+    exact = [name for name, rep in with_ci.items() if rep.get("ci_exact_binomial")]
+    return (f"95% bootstrap intervals ({'/'.join(map(str, resamples))} resamples) resampling "
+            + " and ".join(ways) + ("" if not exact else
+                                    f"; on {', '.join(exact)} a rate at exactly 0 or 1, whose bootstrap interval "
+                                    "collapses to a point, has the exact binomial (Clopper-Pearson) interval over the "
+                                    "same units instead, marked \"exact binomial\""))
 
 
 def routing_sentence(routers: dict[str, str | None] | None) -> str:

@@ -27,8 +27,92 @@ from ..data.tables import load_split, rows_digest
 from . import card_sections, plots
 
 
-def _load(path: Path) -> dict | None:
-    return json.loads(path.read_text(encoding="utf-8")) if path.is_file() else None
+class CardInputError(ValueError):
+    """A result file the card cannot be built from, named with its key: the card is not written around a hole."""
+
+
+WRITTEN_BY = {"evaluation": "so8t evaluate ... --out", "quantization": "python benchmarks/gguf_decisions.py",
+              "ablation": "notebook 02, ablation.write_report", "follow-up ablation": "notebook 02, ablation.write_report",
+              "head refit": "python benchmarks/head_refit.py",
+              "operating points": "python benchmarks/operating_point.py",
+              "seed ensemble": "python benchmarks/seed_ensemble.py"}
+
+
+def _need(node, keys: str, path: Path, kind: str, where: str = "") -> None:
+    """``node`` (at ``where`` in the file) is an object holding each of ``keys`` (space-separated), else
+    CardInputError naming the file and the key."""
+    if not isinstance(node, dict):
+        problem = f"'{where.rstrip('.')}' is not an object" if where else "holds no JSON object"
+    elif missing := [key for key in keys.split() if key not in node]:
+        problem = f"has no key '{where}{missing[0]}'"
+    else:
+        return
+    raise CardInputError(f"{path}: {problem}; write it again ({WRITTEN_BY.get(kind, kind)}) or name another file")
+
+
+def _items(node, path: Path, kind: str, where: str) -> list[tuple[str, object]]:
+    """The (dotted name, value) of each member of an object or list at ``where``, else CardInputError."""
+    if isinstance(node, (dict, list)):
+        return [(f"{where}.{k}.", v) for k, v in (node.items() if isinstance(node, dict) else enumerate(node))]
+    raise CardInputError(f"{path}: '{where}' is neither an object nor a list; write it again "
+                         f"({WRITTEN_BY.get(kind, kind)}) or name another file")
+
+
+def _check(data: dict, path: Path, kind: str, figures: bool) -> None:
+    """The keys the card reads from a result file of ``kind``, or with ``figures`` the keys its figures read."""
+    if kind == "evaluation":
+        _need(data, "datasets", path, kind)
+        _need(data["datasets"], "", path, kind, "datasets.")
+        reports = _items(data["datasets"], path, kind, "datasets")
+        if figures and reports:
+            name = figure_dataset(data["datasets"])
+            _need(data["datasets"][name], "confusion_matrix labels", path, kind, f"datasets.{name}.")
+        names = ""  # the baseline columns: the first data set's baselines, which every other one must have
+        for where, rep in [] if figures else reports:
+            _need(rep, "n", path, kind, where)
+            if rep.get("baselines"):
+                names = names or " ".join(map(str, rep["baselines"]))
+                _need(rep["baselines"], names, path, kind, f"{where}baselines.")
+    elif kind == "quantization":
+        _need(data, "results", path, kind)
+        for where, row in _items(data["results"], path, kind, "results"):
+            _need(row, "backend agreement_with_fp32 decide_p50_ms" + (" size_mib macro_f1" if figures else ""), path,
+                  kind, where)
+    elif kind == "ablation" and figures:
+        for where, row in _items(data.get("table") or [], path, kind, "table"):
+            _need(row, "gate_order metric mean ci_low ci_high", path, kind, where)
+    elif kind == "ablation":
+        _need(data, "finding", path, kind)
+    elif kind == "head refit":
+        for where, rung in _items(data.get("rungs") or {}, path, kind, "rungs"):
+            for head in ("exported_head", "refitted_head") if "refitted_head" in rung else ():
+                _need(rung, head, path, kind, where)
+                _need(rung[head], "agreement_with_fp32", path, kind, f"{where}{head}.")
+    elif kind == "operating points":
+        for where, recipe in _items(data.get("recipes") or {}, path, kind, "recipes"):
+            for at, point in _items(recipe.get("targets") or {}, path, kind, f"{where}targets"):
+                if point.get("reachable") and point.get("test"):
+                    _need(point, "threshold", path, kind, at)
+                    _need(point["test"], "dangerous_compliance over_refusal_incl_escalate escalation_rate", path,
+                          kind, f"{at}test.")
+    elif kind == "seed ensemble":
+        for where, run in _items(data.get("runs") or {}, path, kind, "runs"):
+            _need(run, "" if where == f"runs.{card_sections.ENSEMBLE_RUN}." else "argmax", path, kind, where)
+
+
+def _load(path: Path, kind: str = "", figures: bool = False) -> dict | None:
+    """A result file's object (None when there is none), checked for valid JSON and for the keys the card reads:
+    a broken file stops the card with its name and key, before any figure or card is written."""
+    if not path.is_file():
+        return None
+    try:
+        data = json.loads(path.read_text(encoding="utf-8"))
+    except (OSError, UnicodeDecodeError, json.JSONDecodeError) as exc:
+        raise CardInputError(f"{path}: not readable JSON ({exc}); write it again ({WRITTEN_BY.get(kind, kind)}) "
+                             "or name another file") from None
+    _need(data, "", path, kind)
+    _check(data, path, kind, figures)
+    return data
 
 
 RUNTIME_CONFIGS = ("configs/basic.yaml", "configs/production.yaml")  # the configs the card's routing sentence names
@@ -63,20 +147,37 @@ def _fmt(report: dict, key: str) -> str:
 CARD_FIGURES = (*plots.EVALUATION_FIGURES, "quant_ladder.png", "gate_ablation.png")
 
 
-def write_figures(eval_json: Path, quant_json: Path, ablation_json: Path, figures_dir: Path) -> list[Path]:
-    """Redraw every figure whose result file exists; returns the files written."""
-    import pandas as pd
+FIGURE_GROUPS = {"datasets": plots.EVALUATION_FIGURES, "results": ("quant_ladder.png",), "table": ("gate_ablation.png",)}
 
-    evaluation, quant, ablation = _load(eval_json), _load(quant_json), _load(ablation_json)
+
+def _figure_sources(eval_json: Path, quant_json: Path, ablation_json: Path) -> dict[str, dict]:
+    """The checked result file behind each group of figures (keyed as ``FIGURE_GROUPS``) that has data to draw."""
+    files = {"datasets": _load(Path(eval_json), "evaluation", figures=True),
+             "results": _load(Path(quant_json), "quantization", figures=True),
+             "table": _load(Path(ablation_json), "ablation", figures=True)}
+    return {key: data for key, data in files.items() if data and data.get(key)}
+
+
+def figure_files(eval_json: Path, quant_json: Path, ablation_json: Path, figures_dir: Path) -> list[Path]:
+    """The files ``write_figures`` draws, named without drawing: the card is built (and its files checked)
+    before any figure is written."""
+    return [Path(figures_dir) / name for key in _figure_sources(eval_json, quant_json, ablation_json)
+            for name in FIGURE_GROUPS[key]]
+
+
+def write_figures(eval_json: Path, quant_json: Path, ablation_json: Path, figures_dir: Path) -> list[Path]:
+    """Redraw every figure whose result file exists, all drawn before the first is saved; returns the files written."""
+    sources = _figure_sources(eval_json, quant_json, ablation_json)
     drawn: dict[str, object] = {}
-    if evaluation and evaluation.get("datasets"):
-        name = figure_dataset(evaluation["datasets"])
-        drawn.update(plots.evaluation_figures(evaluation["datasets"][name], name))
-    if quant and quant.get("results"):
+    if "datasets" in sources:
+        name = figure_dataset(sources["datasets"]["datasets"])
+        drawn.update(plots.evaluation_figures(sources["datasets"]["datasets"][name], name))
+    if "results" in sources:
+        quant = sources["results"]
         drawn["quant_ladder.png"] = plots.quant_ladder_figure(
             pd.DataFrame(quant["results"]), f"quantization ladder on {quant.get('data', '?')} ({quant.get('device', 'cpu')})")
-    if ablation and ablation.get("table"):
-        table = pd.DataFrame(ablation["table"])
+    if "table" in sources:
+        table = pd.DataFrame(sources["table"]["table"])
         drawn["gate_ablation.png"] = plots.ablation_figure(table, list(dict.fromkeys(table["metric"])))
     written = []
     for file, fig in drawn.items():
@@ -108,41 +209,11 @@ def figure_dataset(datasets: dict) -> str:
     return "test" if "test" in datasets else next(iter(datasets))
 
 
-def has_intervals(report: dict) -> bool:
-    """Whether a data set's report has intervals to claim: resamples drawn (a count above 0; a file written with
-    --bootstrap -5 recorded -5) and at least one interval in ``ci``."""
-    resamples = report.get("ci_resamples")
-    return isinstance(resamples, int) and resamples > 0 and any(
-        interval and None not in interval for interval in (report.get("ci") or {}).values())
-
-
-def intervals_phrase(datasets: dict) -> str:
-    """How the intervals were resampled, per data set: whole request families where the evaluation resampled them
-    (``ci_resampling``), rows elsewhere; a result file written before that key resampled rows. Data sets with
-    exact binomial intervals (``ci_exact_binomial``) are named, so those are not read as bootstrap intervals."""
-    with_ci = {name: rep for name, rep in datasets.items() if has_intervals(rep)}
-    if not with_ci:
-        off = all(rep.get("ci_resamples") in (0, None) for rep in datasets.values())
-        return "no intervals (evaluated with --bootstrap 0)" if off else "no intervals (the result file holds none)"
-    resamples = sorted({rep["ci_resamples"] for rep in with_ci.values()})
-    families = [f"{name} ({rep.get('ci_resampled_units', '?')} families)" for name, rep in with_ci.items()
-                if rep.get("ci_resampling") == "families"]
-    rows = [name for name, rep in with_ci.items() if rep.get("ci_resampling", "rows") != "families"]
-    ways = ([f"whole request families on {', '.join(families)}"] if families else []) + \
-        ([f"rows on {', '.join(rows)}"] if rows else [])
-    exact = [name for name, rep in with_ci.items() if rep.get("ci_exact_binomial")]
-    return (f"95% bootstrap intervals ({'/'.join(map(str, resamples))} resamples) resampling "
-            + " and ".join(ways) + ("" if not exact else
-                                    f"; on {', '.join(exact)} a rate at exactly 0 or 1, whose bootstrap interval "
-                                    "collapses to a point, has the exact binomial (Clopper-Pearson) interval over the "
-                                    "same units instead, marked \"exact binomial\""))
-
-
 def _metrics_caption(evaluation: dict) -> str:
     """What the numbers are: the decision rule and the intervals the evaluation actually used."""
     rule = evaluation.get("decision_rule", "argmax")
     rule = "argmax decisions" if rule == "argmax" else f"decisions by the serving rule, {rule}"
-    intervals = intervals_phrase(evaluation.get("datasets", {}))
+    intervals = card_sections.intervals_phrase(evaluation.get("datasets", {}))
     return f"{rule}, temperature {evaluation.get('temperature', 1):.2f}; {intervals}"
 
 
@@ -239,8 +310,10 @@ def build_card(config: dict, eval_json: Path, quant_json: Path, ablation_json: P
     ``runtime_configs`` are the serving configs whose escalation routing the limits name. ``figures``: the files
     ``write_figures`` drew for this card (none: no figure section), linked relative to ``card_path``'s folder."""
     model, training = config.get("model", {}), config.get("training", {})
-    evaluation, quant, ablation = _load(eval_json), _load(quant_json), _load(ablation_json)
-    compare = _load(Path(compare_json)) if compare_json else None
+    evaluation, quant = _load(Path(eval_json), "evaluation"), _load(Path(quant_json), "quantization")
+    ablation, compare = _load(Path(ablation_json), "ablation"), _load(Path(compare_json), "evaluation") if compare_json else None
+    more_sweeps = {str(path): _load(Path(path), "follow-up ablation") for path in follow_ups}
+    seeds = _load(Path(seeds_json), "seed ensemble") if seeds_json else None
     splits = {s: load_split(s) for s in ("train", "val", "test")}
     lines = [
         f"# Model card: {model.get('name', '?')}", "",
@@ -275,11 +348,11 @@ def build_card(config: dict, eval_json: Path, quant_json: Path, ablation_json: P
                           "states, and `so8t export --refit-head` refits a head on pooled states."]
         elif refit_json is not None:
             fp32 = next((r["macro_f1"] for r in quant["results"] if r["backend"] == "hf-fp32"), None)
-            lines += card_sections.refit_section(_load(Path(refit_json)), str(refit_json), fp32)
+            lines += card_sections.refit_section(_load(Path(refit_json), "head refit"), str(refit_json), fp32)
     else:
         lines.append(f"Not measured: `{quant_json}` is missing (`python benchmarks/gguf_decisions.py`).")
     if points_json is not None:
-        lines += ["", *card_sections.operating_point_section(_load(Path(points_json)), str(points_json),
+        lines += ["", *card_sections.operating_point_section(_load(Path(points_json), "operating points"), str(points_json),
                                                               points_recipe or model.get("name", "?"))]
     lines += ["", "## Gate ablation"]
     if ablation:
@@ -296,8 +369,7 @@ def build_card(config: dict, eval_json: Path, quant_json: Path, ablation_json: P
     else:
         lines.append(f"Not run yet: `{ablation_json}` is missing (`so8t sweep experiments/gate_ablation.yaml`, "
                      "then notebook 02). Until then there is no evidence either way that non-commutative gating helps.")
-    for path in follow_ups:
-        more = _load(Path(path))
+    for path, more in more_sweeps.items():
         if not more:
             lines += ["", f"Follow-up not measured: `{path}` is missing."]
         elif more.get("conclusion"):
@@ -307,8 +379,7 @@ def build_card(config: dict, eval_json: Path, quant_json: Path, ablation_json: P
                           f"{more['conclusion']}",
                       "", more.get("geometry", "").replace("\n", " ")]
     lines += figure_section(figures, card_path)
-    seeds = _load(Path(seeds_json)) if seeds_json else None
-    sweeps = {str(path): result for path, result in ((ablation_json, ablation), *((p, _load(Path(p))) for p in follow_ups))
+    sweeps = {str(path): result for path, result in ((ablation_json, ablation), *more_sweeps.items())
               if result and result.get("runs")}
     lines += ["", *card_sections.limits_section(model, seeds, str(seeds_json), runtime_routers(runtime_configs),
                                                 sweeps)]
