@@ -38,6 +38,7 @@ from ..core.config import ConfigError, parse_size
 from .answering import AnswerTurns
 from .applog import configure_logging
 from .audit import AuditLog
+from .audit_files import key_bytes
 from .audit_verify import make_fernet
 from .backends import load_decider
 from .config import RuntimeConfig, load_runtime_config, runtime_paths
@@ -64,7 +65,8 @@ class Agent(BatchRunning, RequestDeciding, DecisionRecording):
         self.paths = runtime_paths(config, log_dir, shared_queue)
         configure_logging(config.logging.log_level, self.paths.log_file)
         enc_key = self._secret(config.logging.encryption_key_env, "the audit log cannot be encrypted")
-        self._mac_key = self._secret(config.logging.hmac_key_env, "the audit anchor cannot be signed")
+        # bytes once, here: the audit log and the case's user-id digest (runtime_records) key hmac with it
+        self._mac_key = key_bytes(self._secret(config.logging.hmac_key_env, "the audit anchor cannot be signed"))
         self.decider, self.load_error = decider, None
         if decider is None and config.mode != "emergency":  # emergency mode never consults a model
             try:

@@ -38,7 +38,7 @@ class DecisionRecording:
     audit: AuditLog
     desk: EscalationDesk
     audit_failures: int
-    _mac_key: str | None
+    _mac_key: bytes | None  # as hmac takes it (runtime.Agent converts the configured key once)
     _lock: threading.Lock
     _delivery: threading.local
 
