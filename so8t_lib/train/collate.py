@@ -43,11 +43,15 @@ class SafetyCollator:
         """What decides the token ids of a row: part of the frozen-state cache key."""
         return f"{self.max_length}|{self.max_target_tokens}|{self.system_prompt}|{len(self.tokenizer)}"
 
+    def prompt_ids(self, row: dict) -> list[int]:
+        """The whole prompt's token ids, as ``model.decide`` reads them (``encode`` keeps the last ``max_length``)."""
+        prompt = format_prompt(self.tokenizer, row["user_request"], row.get("context") or None, self.system_prompt)
+        return self.tokenizer(prompt, add_special_tokens=False)["input_ids"]
+
     def encode(self, row: dict) -> tuple[list[int], list[int], int]:
         if row["label"] not in LABELS:
             raise DataError(f"row {row.get('id')}: label {row['label']!r} cannot be trained on (evaluation only)")
-        prompt = format_prompt(self.tokenizer, row["user_request"], row.get("context") or None, self.system_prompt)
-        prompt_ids = self.tokenizer(prompt, add_special_tokens=False)["input_ids"][-self.max_length:]
+        prompt_ids = self.prompt_ids(row)[-self.max_length:]
         target = target_text(row)
         target_ids = self.tokenizer(target, add_special_tokens=False)["input_ids"] if target else []
         if target_ids and self.tokenizer.eos_token_id is not None:

@@ -26,6 +26,7 @@ import torch
 from ..core.batching import batches_by_length
 from ..core.io import atomic_write_text, sha256_file
 from ..core.paths import cache_root
+from ..data.tables import requests_and_contexts
 from ..model.base import want_4bit
 from ..model.so8t import SO8TModel, position_ids_from_mask
 from ..model.split import DecoderSplit
@@ -272,15 +273,23 @@ def check_frozen_below(model: SO8TModel, k: int, pet_layers: list[int]) -> None:
 @torch.no_grad()
 def decide_from_states(model: SO8TModel, split: DecoderSplit, frozen: FrozenStates, rows: list[dict],
                        collate: SafetyCollator, batch_size: int = 32) -> np.ndarray:
-    """Temperature-scaled probabilities (N, 3) for cached rows, running only the layers from k up. The state at
-    the end of the prompt does not see the target tokens that follow (causal attention), so this equals
-    ``model.decide`` on the same prompts."""
+    """Temperature-scaled probabilities (N, 3) for cached rows, running only the layers from k up: what
+    ``model.decide`` gives for them. The state at the end of the prompt does not see the target tokens that follow
+    (causal attention); a row whose prompt the collator cut to its last ``max_length`` tokens (the cache holds only
+    those) is decided whole by ``model.decide``, as the runtime decides it."""
+    cut = [len(collate.prompt_ids(row)) > collate.max_length for row in rows]
+    whole = [i for i, is_cut in enumerate(cut) if is_cut]
+    cached = [i for i, is_cut in enumerate(cut) if not is_cut]
+    probs = np.zeros((len(rows), 3), dtype=np.float32)
+    if whole:
+        probs[whole] = model.decide(*requests_and_contexts([rows[i] for i in whole]), batch_size=batch_size).numpy()
     was_training = model.training
     model.eval()
     chunks, done = [], []
     try:
         device = next(model.parameters()).device
-        for indices in batches_by_length([frozen.lengths[row["id"]] for row in rows], batch_size):
+        for part_of_cached in batches_by_length([frozen.lengths[rows[i]["id"]] for i in cached], batch_size):
+            indices = [cached[j] for j in part_of_cached]
             done += indices
             part = [rows[i] for i in indices]
             batch = collate(part)
@@ -291,7 +300,6 @@ def decide_from_states(model: SO8TModel, split: DecoderSplit, frozen: FrozenStat
             chunks.append(model.safety_head.probabilities(out.safety_logits).float().cpu().numpy())
     finally:
         model.train(was_training)
-    probs = np.zeros((len(rows), 3), dtype=np.float32)
     if chunks:
         probs[done] = np.concatenate(chunks)
     return probs
