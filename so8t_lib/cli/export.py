@@ -12,7 +12,8 @@ Afterwards --out holds no <name>-<type>.gguf (and .sha256) of another model vers
 another checkpoint is removed, each named on stderr (beside the new files it passed every check); rungs of the same
 model version stay. Keep an older model's ladder by exporting the new one to another --out. Files are staged in a hidden
 --out/.export-* folder, removed however the export ends (Ctrl-C, SIGTERM, an error); one a killed export left
-is removed by the next export into that --out.
+is removed by the next export into that --out. They are moved in all or none: a failed move puts the earlier
+files back, and Ctrl-C or SIGTERM waits until the moves end.
 """
 
 from __future__ import annotations

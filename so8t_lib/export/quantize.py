@@ -8,6 +8,7 @@ After an export, ``out_dir`` holds no rung of the model's name from another mode
 ``<name>-<rung>.gguf`` files (and sidecars) an earlier export left there are removed, each named on stderr, since
 beside the new files they passed every check; rungs of the same version stay. Files are staged in a locked ``.export-*`` folder in ``out_dir``,
 removed however the export ends (SIGTERM and SIGHUP included); one a killed export left is removed by the next.
+They are moved in all or none (``export.placement``), Ctrl-C, SIGTERM and SIGHUP waiting until the moves end.
 """
 
 from __future__ import annotations
@@ -31,6 +32,7 @@ from .gguf_meta import DEFAULT_THRESHOLD, GGUFError, read_metadata, sidecar_path
 from .gguf_writer import write_gguf
 from .head_refit import check_refittable
 from .mixed import MIXED_TYPES, describe, splice, trained_tensor_prefixes
+from .placement import check_targets, place, with_sidecars
 from .source_tensors import take_source_tensors
 
 # the ladder make demo writes; Q4_K_M_T8 is Q4_K_M with the trained layers at Q8_0 (export.mixed)
@@ -45,6 +47,8 @@ OWNER_FILE = ".so8t-export-owner"
 # until nothing in it has changed for this long
 UNLOCKED_STALE_S = 3600.0
 STOP_SIGNALS = (signal.SIGTERM, signal.SIGHUP)
+# Ctrl-C: Python's own handler (KeyboardInterrupt) already removes the staging folder; only held() defers it
+INTERRUPT = signal.SIGINT
 
 
 def quantize(source: str | Path, target: str | Path, quant: str) -> Path:
@@ -134,6 +138,8 @@ def export(checkpoint: str | Path, out_dir: str | Path = "dist", quants: list[st
     # a mix needs both of its llama.cpp types; those not asked for are built aside and removed
     helpers = list(dict.fromkeys(t for q in mixes for t in MIXED_TYPES[q] if t not in plain))
     jobs = [("f16", None)] + ([("f32", None)] if f32 else []) + [(q, q) for q in plain + helpers + mixes]
+    check_targets(out_dir, with_sidecars([out_dir / f"{name}-{label.lower()}.gguf" for label, q in jobs
+                                          if q not in helpers]))  # before minutes of quantizing, not after
     written, made = [], {}
     source = base_source_file(model.config) if source_tensors else None
     # every file is made in a staging folder and moved in only once all of them are: a failed export leaves
@@ -166,9 +172,12 @@ def export(checkpoint: str | Path, out_dir: str | Path = "dist", quants: list[st
         if len({path.name for path in written}) != len(written):  # never begin a move that cannot finish
             raise GGUFError(f"the export staged two files of one name ({', '.join(p.name for p in written)}); "
                             f"nothing was moved into {out_dir}")
-        with stop.held():  # a SIGTERM now waits until out_dir holds this export's files and no others
-            placed = [_move_in(path, out_dir) for path in written]
-            for path in _remove_other_rungs(out_dir, name, placed):
+        stale = _other_rungs(out_dir, name, written)
+        # Ctrl-C, SIGTERM and SIGHUP now wait until out_dir holds this export's files and no others; a rename that
+        # fails puts the earlier files back (export.placement)
+        with stop.held():
+            placed = place(written, out_dir, stale, staging / "previous")
+            for path in stale:  # said before a deferred Ctrl-C ends the export
                 print(f"removed {path}: an earlier export's file of {name}, which this export did not write (left "
                       "beside the new files it would pass for the current model)", file=sys.stderr)
         return placed
@@ -185,32 +194,20 @@ def _require_manifest(folder: Path) -> None:
                               "export the new folder")
 
 
-def _move_in(path: Path, out_dir: Path) -> Path:
-    """A finished file and its sidecar into ``out_dir`` (renames within one folder's file system)."""
-    target = out_dir / path.name
-    os.replace(path, target)
-    os.replace(sidecar_path(path), sidecar_path(target))
-    return target
-
-
-def _remove_other_rungs(out_dir: Path, name: str, placed: list[Path]) -> list[Path]:
-    """Remove the ``<name>-<rung>.gguf`` files (and sidecars, orphaned ones too) in ``out_dir`` that are not
-    ``placed`` and hold another model version than they do, or none that can be read: an earlier export's q4_k_m
-    beside this one's f16 and q8_0 verified against its own sidecar and was served, compared and listed as if it
-    were the current model. A rung of this very model version (exported before, one type at a time) stays.
-    Returns what was removed."""
-    keep = {path.name for path in placed}
-    version = read_metadata(placed[0])["so8t.model_version"] if placed else None
-    removed = []
+def _other_rungs(out_dir: Path, name: str, staged: list[Path]) -> list[Path]:
+    """The ``<name>-<rung>.gguf`` files (and sidecars, orphaned ones too) in ``out_dir`` the ``staged`` files do
+    not replace that hold another model version than they do, or none that can be read: an earlier export's
+    q4_k_m beside this one's f16 and q8_0 verified against its own sidecar and was served, compared and listed as
+    if it were the current model. A rung of this very model version (exported before, one type at a time) stays."""
+    keep = {path.name for path in staged}
+    version = read_metadata(staged[0])["so8t.model_version"] if staged else None
+    stale = []
     for label in RUNG_LABELS:
         path = out_dir / f"{name}-{label}.gguf"
         if path.name in keep or (path.is_file() and _version_of(path) == version):
             continue
-        for stale in (path, sidecar_path(path)):
-            if stale.is_file() or stale.is_symlink():
-                stale.unlink()
-                removed.append(stale)
-    return removed
+        stale += [part for part in (path, sidecar_path(path)) if part.is_file() or part.is_symlink()]
+    return stale
 
 
 def _version_of(path: Path) -> str | None:
@@ -224,8 +221,9 @@ def _version_of(path: Path) -> str | None:
 class _StopSignals:
     """SIGTERM and SIGHUP raise SystemExit (status 128 + signal) while an export runs, so its staging folder is
     removed: by default they ended the process on the spot, leaving gigabytes of staged GGUFs in out_dir. Only
-    where the signal has its default action and in the main thread (the only one Python lets set handlers);
-    ``held()`` defers the exit to the end of a block that must not stop half-way."""
+    where the signal has its default action (SIGINT: Python's KeyboardInterrupt) and in the main thread (the only
+    one Python lets set handlers); ``held()`` defers the exit to the end of a block that must not stop half-way,
+    Ctrl-C's too: raised between two renames it left two model versions mixed in out_dir."""
 
     def __init__(self) -> None:
         self._previous: dict[int, object] = {}
@@ -234,8 +232,9 @@ class _StopSignals:
 
     def __enter__(self) -> _StopSignals:
         if threading.current_thread() is threading.main_thread():
-            for number in STOP_SIGNALS:
-                if signal.getsignal(number) == signal.SIG_DFL:
+            defaults = {**dict.fromkeys(STOP_SIGNALS, signal.SIG_DFL), INTERRUPT: signal.default_int_handler}
+            for number, default in defaults.items():
+                if signal.getsignal(number) == default:
                     self._previous[number] = signal.signal(number, self._stop)
         return self
 
@@ -247,7 +246,7 @@ class _StopSignals:
         if self._holding:
             self._pending = number
             return
-        raise SystemExit(128 + number)
+        raise _ending(number)
 
     @contextmanager
     def held(self) -> Iterator[None]:
@@ -257,7 +256,12 @@ class _StopSignals:
         finally:
             self._holding = False
             if self._pending is not None:  # the signal wins over an error in the block: the process was told to end
-                raise SystemExit(128 + self._pending)  # noqa: B012
+                raise _ending(self._pending)  # noqa: B012
+
+
+def _ending(number: int) -> BaseException:
+    """What a stop signal raises: KeyboardInterrupt for Ctrl-C, as Python's own handler does; else SystemExit."""
+    return KeyboardInterrupt() if number == INTERRUPT else SystemExit(128 + number)
 
 
 @contextmanager
