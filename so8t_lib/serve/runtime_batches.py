@@ -10,6 +10,8 @@ exception) sits apart from how one request is decided (``runtime_decisions``) an
 from __future__ import annotations
 
 import logging
+import math
+import numbers
 import threading
 import time
 from collections.abc import Callable
@@ -17,11 +19,24 @@ from collections.abc import Callable
 from .backends import Decider
 from .config import RuntimeConfig
 from .deciding import decide_all
+from .fields import bounded
 from .model_worker import ModelWorker
 from .outcome import Delivery, fail_closed, make_result
 from .request_checks import CleanRequest, InvalidRequest, Unparsed, checked_client, validate_request
 
 logger = logging.getLogger("so8t.runtime")
+
+
+def _check_start(index: int, start: object) -> None:
+    """A caller's ``received_at`` value must be a finite ``time.perf_counter()`` reading: a datetime or a NaN would
+    only fail once a request is decided (its processing time), after its case is opened. Said before anything is."""
+    try:
+        ok = isinstance(start, numbers.Real) and not isinstance(start, bool) and math.isfinite(float(start))
+    except (TypeError, ValueError, OverflowError):
+        ok = False
+    if not ok:
+        raise ValueError(f"received_at[{index}] must be a finite number (a time.perf_counter() reading), "
+                         f"got {type(start).__name__} {bounded(repr(start) if isinstance(start, str) else start, 60)}")
 
 
 class BatchRunning:
@@ -69,6 +84,8 @@ class BatchRunning:
         starts = list(received_at) if received_at is not None else [now] * len(requests)
         if len(starts) != len(requests):  # a caller's mistake, not a bad item: said before anything is decided
             raise ValueError(f"{len(requests)} requests but {len(starts)} received_at values")
+        for i, start in enumerate(starts):
+            _check_start(i, start)
         results: list[dict | None] = [None] * len(requests)
         deliver = Delivery(results, on_result)
         valid: list[tuple[int, CleanRequest]] = []

@@ -89,6 +89,7 @@ class DecisionRecording:
         request, user_id = asked.user_request, asked.user_id
         result["escalation_id"] = new_case_id()
         limit = self.config.logging.max_field_chars
+        self._stamp(result, start)  # before the case exists: a failure here is decided again, never a second case
         stored_uid = pseudonym(user_id, self._mac_key) if self.config.logging.mask_personal_data else user_id
         case = escalation_case(result, request, stored_uid, self.test_mode, limit, asked.client, asked.context)
         ticket = self.desk.open(case, self.audit.prepare(self._record(result, asked)))
@@ -96,8 +97,8 @@ class DecisionRecording:
         if not ticket.queued:
             result["flags"] = [*result["flags"], f"escalation_{result['escalation_status']}"]
             result["error"] = join_errors(result["error"], ticket.error)
-        self._stamp(result, start)
         try:  # spooled: from here nothing may raise, or _guarded would open a second case for this request
+            self._stamp(result, start)  # again, now counting the queue's wait
             self.audit.append(self._record(result, asked))
             audited = True
         except Exception as exc:  # noqa: BLE001 - an AuditWriteError, or a bug: the spool's replay writes it
