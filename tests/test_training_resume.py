@@ -165,16 +165,22 @@ def test_a_resume_on_changed_training_data_is_refused_and_an_older_state_file_is
         Trainer(config, resume=True)
 
 
+def _losses(run_dir: Path) -> dict[int, float]:
+    records = [json.loads(line) for line in (run_dir / "metrics.jsonl").read_text().splitlines()]
+    return {r["step"]: r["loss"] for r in records if r["kind"] == "train"}
+
+
 def _evals(run_dir: Path) -> list[tuple[int, float]]:
     records = [json.loads(line) for line in (run_dir / "metrics.jsonl").read_text().splitlines()]
     return [(r["step"], r["value"]) for r in records if r["kind"] == "eval"]
 
 
-@pytest.mark.parametrize("max_steps, failing", [(4, "evaluation"), (2, "evaluation"), (4, "best save")])
+@pytest.mark.parametrize("max_steps, failing", [(4, "evaluation"), (2, "evaluation"), (4, "best save"), (4, "log")])
 def test_an_evaluation_that_failed_is_done_first_on_resume(tmp_path, monkeypatch, max_steps, failing):
     """An evaluation that failed after step k left last/ at k, and the resume went on at k + 1 without it: at
     k = max_steps the resumed run did nothing and ended without best/. And the state claimed a best step whose
-    best/ had failed to save."""
+    best/ had failed to save. An error between the step and its evaluation (step k's metrics.jsonl line) saved the
+    evaluation as not pending, so the resume skipped it and chose another best/."""
     import so8t_lib.train.trainer as trainer_module
 
     overrides = (f"training.max_steps={max_steps}", "training.eval_every=2")
@@ -194,8 +200,16 @@ def test_an_evaluation_that_failed_is_done_first_on_resume(tmp_path, monkeypatch
             raise OSError("no space left on the device while writing best/")
         return real_save(name, *args, **kwargs)
 
+    def log(record):
+        if record["kind"] == "train" and record["step"] == 2:
+            raise OSError("no space left on the device while writing metrics.jsonl")
+        return real_log(record)
+
+    real_log = trainer.log
     if failing == "evaluation":
         monkeypatch.setattr(trainer_module, "val_metrics", metrics)
+    elif failing == "log":
+        monkeypatch.setattr(trainer, "log", log)
     else:
         monkeypatch.setattr(trainer, "save", save)
     with pytest.raises((RuntimeError, OSError), match="while"):
@@ -206,6 +220,8 @@ def test_an_evaluation_that_failed_is_done_first_on_resume(tmp_path, monkeypatch
     monkeypatch.undo()
     Trainer(config, resume=True).run()
     assert _evals(run_dir) == _evals(straight)  # step 2 evaluated once, before the resumed steps
+    losses = {step: loss for step, loss in _losses(straight).items() if (failing, step) != ("log", 2)}
+    assert _losses(run_dir) == losses  # the line that failed to be written is the one missing
     for folder in ("best", "last"):
         _assert_same_adapter(_adapter(straight, folder), _adapter(run_dir, folder))
     saved = torch.load(run_dir / "last" / "trainer_state.pt", weights_only=False)["state"]

@@ -308,6 +308,9 @@ class Trainer(RunCheckpoints):
             while self.state.step < self.tcfg.max_steps and not self.state.stopped_early:
                 self.boundary.enter(self.state, self.model)
                 parts = self.train_step()
+                evaluating = self.state.step % self.tcfg.eval_every == 0 or self.state.step == self.tcfg.max_steps
+                # part of the step: an error before its evaluation has finished saves it pending, done first on resume
+                self.state.eval_pending = evaluating
                 self.boundary.leave()
                 tokens += parts["tokens"]
                 if self.state.step % self.tcfg.log_every == 0 or self.state.step == self.tcfg.max_steps:
@@ -315,8 +318,7 @@ class Trainer(RunCheckpoints):
                     self.log({"step": self.state.step, "kind": "train", **parts,
                               "tokens_per_s": tokens / elapsed if elapsed > 0 else None})
                     tokens, clock = 0, time.perf_counter()
-                if self.state.step % self.tcfg.eval_every == 0 or self.state.step == self.tcfg.max_steps:
-                    self.state.eval_pending = True  # until it has finished: after an error the resume does it first
+                if evaluating:
                     val_text = _shown(self.evaluate()["value"])
                 bar.set_postfix(loss=f"{parts['loss']:.3f}", safety=f"{parts['safety']:.3f}",
                                 pet=f"{parts['pet']:.3f}", **{f"val_{self.tcfg.early_stopping.metric}": val_text})
