@@ -19,7 +19,7 @@ the price of a bounded pattern. A name wholly in hiragana is masked after a kanj
 name or at the start of a phrase (さくらさん), not after a particle (田中さんとさくらさん), since hiragana
 before さん is mostly grammar (今日はみなさん). Not masked: set phrases and roles (お客様, 皆様, 担当者様,
 ご苦労様, 副社長, ベンダーさん), titles used as words (部長会議, 課長 alone), companies (サクラ商事様).
-English: a title (Mr., Dr., ...) or a -san suffix. Names without an honorific or a title ("Tanaka
+English: a title (Mr., Dr., ...; the name in any script's letters, capitalised) or a -san suffix. Names without an honorific or a title ("Tanaka
 Taro", 山田は) are not recognised.
 """
 
@@ -40,7 +40,10 @@ MY_NUMBER = re.compile(rf"(?<!\d)\d{{4}}{_SEP}?\d{{4}}{_SEP}?\d{{4}}(?!\d)")
 # +81 90 1234 5678, +1 (415) 555-0100, 03-1234-5678, (03) 1234-5678, 03(1234)5678, 03.1234.5678; a number that
 # starts with 0 needs 9 digits or more (Japanese numbers have 10 or 11), so "05.12.2026" is a date
 _PSEP = rf"(?:{_SEP}|\.)"
-PHONE = re.compile(rf"(?<![0-9A-Za-z+.])(?:\+\d{{1,3}}{_SEP}?(?:\(\d{{1,4}}\)|\d{{1,4}})|\(0\d{{1,4}}\)|0\d{{1,4}})"
+# after a digit, a letter, "+" or "." a number is part of something else (an ID, a version), except right after a
+# label glued to it: TEL090-1234-5678, FAX03-1234-5678, Phone.03-1234-5678 (an ID such as INV0012-3456-789 stays)
+_PHONE_LABELS = "".join(rf"|(?<=(?i:{label}))|(?<=(?i:{label})\.)" for label in ("tel", "fax", "phone", "mobile", "cell"))
+PHONE = re.compile(rf"(?:(?<![0-9A-Za-z+.]){_PHONE_LABELS})(?:\+\d{{1,3}}{_SEP}?(?:\(\d{{1,4}}\)|\d{{1,4}})|\(0\d{{1,4}}\)|0\d{{1,4}})"
                    rf"(?:{_PSEP}|\()?\d{{1,4}}(?:{_PSEP}|\))?\d{{3,4}}(?!\d)")
 _MIN_DOMESTIC_DIGITS = 9
 
@@ -78,7 +81,11 @@ _TITLE_PREFIXES = tuple("本副新元前")  # 営業本|部長 is 営業|本部�
 _HIRA_TAIL = re.compile(rf"[{_HIRA}]+$")
 _COMPANY = re.compile(r"^(?:株式|有限|合同)会社[^ ]*$|(?:会社|商事|工業|産業|物産|物流|運輸|建設|電機|不動産|銀行|証券|保険|商会|"
                       r"商店|製作所|工務店|事務所|病院|薬局|ホールディングス)$")
-NAME_EN = re.compile(r"\b((?:Mr|Mrs|Ms|Miss|Mx|Dr|Prof)\.?\s+)[A-Z][a-zA-Z'-]+(?:\s+[A-Z][a-zA-Z'-]+)?")
+# a name after an English title: words of any script's letters whose first is a capital (Dr. José García,
+# Mr. Schröder, Mr.Smith); the capitals are read from Unicode's data (re has no \p{Lu}), all possessive (linear)
+_UPPER = "".join(re.escape(chr(c)) for c in range(0x10000) if chr(c).isupper() or chr(c).istitle())
+_WORD_EN = rf"[{_UPPER}](?:[^\W\d_]|['-])++"
+NAME_EN = re.compile(rf"\b((?:Mr|Mrs|Ms|Miss|Mx|Dr|Prof)(?:\.\s*+|\s++)){_WORD_EN}(?:\s++{_WORD_EN})?")
 NAME_SAN = re.compile(r"\b[A-Z][a-z]+(-(?:san|sama|kun|chan|sensei|bucho|kacho|shacho))\b")
 
 
