@@ -50,23 +50,30 @@ def clean_text(text: str) -> tuple[str, int]:
     return strip_invisible(unicodedata.normalize("NFKC", text))
 
 
+_KATAKANA_LETTERS = range(0x30A1, 0x30FD)  # ァ..ヺ, ・, ー: ー's script is Common, so an alias check missed 一 -> ー
+
+
 @functools.cache
 def _kana_lookalikes() -> tuple[dict[int, str], re.Pattern]:
-    """Kanji that Unicode lists as confusable with a katakana (力 -> カ, 亻 -> イ, 口 -> ロ), and a
+    """Kanji that Unicode lists as confusable with a katakana (力 -> カ, 亻 -> イ, 口 -> ロ, 一 -> ー), and a
     pattern that finds them where they stand in for katakana: before a katakana, after a katakana
-    not before a kanji, or at a word start before a katakana (so 協力, 人口 and サクラ工業 stay)."""
+    not before a kanji, or at a word start before a katakana (so 協力, 人口 and サクラ工業 stay). A stand-in
+    for the long mark ー only counts after a katakana (ー never starts a word: 一ヶ月, 一人, 統一 stay), and not
+    before つ, ヶ or ヵ (データ一つ)."""
     from confusable_homoglyphs import categories, confusables
 
     table: dict[int, str] = {}
     for char, homoglyphs in confusables.confusables_data.items():
         if len(char) == 1 and categories.alias(char) == "HAN":
             for glyph in homoglyphs:
-                if len(glyph["c"]) == 1 and categories.alias(glyph["c"]) == "KATAKANA":
+                if len(glyph["c"]) == 1 and ord(glyph["c"]) in _KATAKANA_LETTERS:
                     table[ord(char)] = glyph["c"]
                     break
-    chars = "".join(map(chr, table))
+    chars = "".join(chr(c) for c, kana in table.items() if kana != "ー")
+    longs = "".join(chr(c) for c, kana in table.items() if kana == "ー")
     pattern = re.compile(rf"(?<![\u3040-\u309f\u3005\u4e00-\u9fff])[{chars}](?=[\u30a1-\u30fa\u30fc])|"
-                         rf"(?<=[\u30a1-\u30fa\u30fc])[{chars}](?![\u3005\u4e00-\u9fff])")
+                         rf"(?<=[\u30a1-\u30fa\u30fc])[{chars}](?![\u3005\u4e00-\u9fff])|"
+                         rf"(?<=[\u30a1-\u30fa\u30fc])[{longs}](?![\u3005\u4e00-\u9fffつヶヵ])")
     return table, pattern
 
 
