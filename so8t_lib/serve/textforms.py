@@ -89,10 +89,24 @@ def skeleton(text: str) -> str:
     return _kana_for_kanji(text.translate(table).casefold().translate(table))
 
 
+_GAPS = re.compile(r" +")
+
+
+def _joined(spaced: re.Match) -> str:
+    """One run of spaced letters joined; a gap of spaces wider than the narrowest stays as one space, since it
+    parts words ('i g n o r e   y o u r' -> 'ignore your': one word would hide from the word-anchored checks)."""
+    text = spaced.group()
+    if not re.fullmatch(rf"(?:{_LETTER}| )+", text):  # apart by marks: p,a,s,s and p . a . s
+        return re.sub(r"[^\w]|_", "", text)
+    narrowest = min(len(gap) for gap in _GAPS.findall(text))
+    return _GAPS.sub(lambda gap: " " if len(gap.group()) > narrowest else "", text)
+
+
 def join_spaced_letters(text: str) -> str:
     """'p a s s w o r d', 'p  a  s  s', 'p,a,s,s', 'p . a . s . s' -> 'password' (words of one letter each, see
-    ``_SPACED_LETTERS``); 'リ ス ト' -> 'リスト' (no space between two kanji or katakana)."""
-    return _SPACED_JA.sub("", _SPACED_LETTERS.sub(lambda m: re.sub(r"[^\w]|_", "", m.group()), text))
+    ``_SPACED_LETTERS``), 'r e s e t   m y' -> 'reset my' (wider gaps part words); 'リ ス ト' -> 'リスト' (no space
+    between two kanji or katakana)."""
+    return _SPACED_JA.sub("", _SPACED_LETTERS.sub(_joined, text))
 
 
 def _unleet_word(word: str) -> str:
