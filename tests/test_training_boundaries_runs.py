@@ -229,6 +229,19 @@ def test_so8t_train_names_a_users_mistake_in_one_line(tmp_path, capsys):
     assert "Traceback" not in capsys.readouterr().err
 
 
+@pytest.mark.parametrize("overrides, says", [
+    (["training.train_max_rows=3", "training.batch_size=4"], "3 training row.* cannot fill one batch of 4 .*train_max_rows"),
+])
+def test_a_setup_the_config_cannot_run_is_named_in_one_line_and_leaves_no_folder(tmp_path, capsys, overrides, says):
+    """Found at the first step (too few rows for a batch), it came as a traceback after config.yaml and the log were
+    written: a folder that could neither start over nor resume."""
+    run_dir = tmp_path / "run"
+    with pytest.raises(SystemExit, match=f"(?s)^error: .*{says}"):
+        so8t(["train", "--config", str(_small(tmp_path, run_dir)), *overrides])
+    assert not run_dir.exists()
+    assert "Traceback" not in capsys.readouterr().err
+
+
 def test_a_second_trainer_is_kept_out_of_a_run_folder_one_is_writing(tmp_path):
     """Two trainers on one folder interleaved metrics.jsonl and each overwrote the other's last/. Trainers of one
     process share the lock (a notebook builds a new one before the old is collected)."""

@@ -9,7 +9,7 @@ import random
 import numpy as np
 import torch
 
-from ..core.config import OptimizerConfig, SO8TConfig
+from ..core.config import ConfigError, OptimizerConfig, SO8TConfig
 from ..model.so8t import SO8TModel
 
 
@@ -41,6 +41,16 @@ def build_optimizers(model: SO8TModel, config: SO8TConfig):
         scheduler = torch.optim.lr_scheduler.LambdaLR(optimizer, lr_multiplier(opt_cfg, config.training.max_steps))
         result.append((optimizer, scheduler))
     return result
+
+
+def check_one_batch(n_rows: int, batch_size: int, world: int, data_dir: str) -> None:
+    """ConfigError, before anything is written, when the training rows cannot fill one batch: found at the first
+    step, the run had written its config.yaml and log, and left a folder it could neither start over nor resume."""
+    if n_rows < batch_size * world:
+        processes = f" x {world} processes" if world > 1 else ""
+        raise ConfigError(f"{data_dir}: {n_rows} training row(s) cannot fill one batch of {batch_size * world} "
+                          f"(training.batch_size {batch_size}{processes}): raise training.train_max_rows, lower "
+                          "training.batch_size, or add rows to train.jsonl")
 
 
 def epoch_order(n_rows: int, seed: int, epoch: int) -> list[int]:

@@ -50,7 +50,7 @@ from .boundary_sync import SignalFlag, StopRequested, agreed_max
 from .collate import SafetyCollator, table_rows
 from .head_init import warm_start_head
 from .losses import composite_loss
-from .optim import build_optimizers, epoch_order, length_grouped_order
+from .optim import build_optimizers, check_one_batch, epoch_order, length_grouped_order
 from .resume import RunCheckpoints, StepBoundary, TrainerState, data_fingerprint
 from .run_folder import RunLock, check_fresh
 from .state_cache import FrozenStates, check_frozen_below, decide_from_states
@@ -115,6 +115,7 @@ class Trainer(RunCheckpoints):
         train, val = training_tables(self.tcfg.data_dir, self.tcfg.train_max_rows, self.tcfg.eval_max_rows,
                                      self.tcfg.data_seed)
         self.train_rows, self.val_rows = table_rows(train), table_rows(val)
+        check_one_batch(len(self.train_rows), self.tcfg.batch_size, self.accelerator.num_processes, self.tcfg.data_dir)
         check_metric_measurable(self.tcfg.early_stopping.metric, self.val_rows, self.tcfg.data_dir)
         check_prompts_fit(self.model, self.val_rows, self.tcfg.max_length, self.tcfg.data_dir)
         self.data_fingerprint = data_fingerprint(self.train_rows, self.val_rows)  # a resume must find the same rows
@@ -176,11 +177,7 @@ class Trainer(RunCheckpoints):
         return rows
 
     def _batches_per_epoch(self) -> int:
-        global_batch = self.tcfg.batch_size * self.accelerator.num_processes
-        n_batches = len(self.train_rows) // global_batch
-        if n_batches == 0:
-            raise ValueError(f"{len(self.train_rows)} training rows cannot fill one batch of {global_batch}")
-        return n_batches
+        return len(self.train_rows) // (self.tcfg.batch_size * self.accelerator.num_processes)  # >= 1: setup checked
 
     def batch_rows(self, epoch: int, batch_in_epoch: int) -> list[dict]:
         """This process's rows of one micro-batch of the run's data order: a pure function of (seed, epoch,
