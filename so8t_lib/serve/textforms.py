@@ -40,7 +40,9 @@ _SPACES = re.compile(r"\s+")
 # "p@$$w0rd", "!gnore"); e-mail addresses, mentions ("@alice") and a closing "!" ("thanks!") are left alone, and
 # "|" is a pipe, not an "l" (a table, "admin|root")
 _LEET_CHARS = "0-9a-z@$!"
-_LEET_WORD = re.compile(rf"[\w.%+-]+@[\w-]+(?:\.[\w-]+)+|(?<![{_LEET_CHARS}])[{_LEET_CHARS}]+")
+# (both branches start only where a run of their characters starts and are possessive, as masking.EMAIL: on a long
+# run of kanji or kana, which are \w, the address branch rescanned the run from every position, quadratic time)
+_LEET_WORD = re.compile(rf"(?<![\w.%+-])[\w.%+-]++@[\w-]++(?:\.[\w-]++)+|(?<![{_LEET_CHARS}])[{_LEET_CHARS}]++")
 _LEET = str.maketrans("013457@$!", "oieastasi")
 
 
