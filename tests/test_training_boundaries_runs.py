@@ -231,10 +231,15 @@ def test_so8t_train_names_a_users_mistake_in_one_line(tmp_path, capsys):
 
 @pytest.mark.parametrize("overrides, says", [
     (["training.train_max_rows=3", "training.batch_size=4"], "3 training row.* cannot fill one batch of 4 .*train_max_rows"),
+    (["training.freeze_below=7"], r"training.freeze_below must lie in 1\.\.1 for this 2-layer model, got 7"),
+    (["training.freeze_below=1", "model.lora.modules_to_save=[]"], "would train below layer 1: set model.lora.layers"),
+    (["model.lora.r=0", "model.gates.order=none", "model.lora.modules_to_save=[]"],
+     "task side has no trainable parameters .*model.lora.layers"),
 ])
 def test_a_setup_the_config_cannot_run_is_named_in_one_line_and_leaves_no_folder(tmp_path, capsys, overrides, says):
     """Found at the first step (too few rows for a batch), it came as a traceback after config.yaml and the log were
-    written: a folder that could neither start over nor resume."""
+    written: a folder that could neither start over nor resume. A freeze_below outside the model or below a trained
+    layer, and a side with nothing to train, came as tracebacks too."""
     run_dir = tmp_path / "run"
     with pytest.raises(SystemExit, match=f"(?s)^error: .*{says}"):
         so8t(["train", "--config", str(_small(tmp_path, run_dir)), *overrides])

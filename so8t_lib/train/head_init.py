@@ -15,6 +15,7 @@ import numpy as np
 import torch
 
 from ..core.batching import batches_by_length
+from ..core.config import ConfigError
 from ..core.schema import LABELS
 from ..model.heads import STANDARDIZER_EPS
 from ..model.so8t import SO8TModel
@@ -241,8 +242,8 @@ def warm_start_head(model: SO8TModel, rows: list[dict], collate: SafetyCollator,
         return fit_token_head(head, tokens, labels, class_weights, epochs, seed=seed)
     linears = [m for m in head.net if isinstance(m, torch.nn.Linear)]
     if len(linears) != 1:
-        raise ValueError("a warm start needs a linear SafetyHeadB (model.head.hidden_units: 0) or a max-pooling one "
-                         "(model.head.pooling: max)")
+        raise ConfigError("training.head_warm_start needs a linear SafetyHeadB (model.head.hidden_units: 0) or a "
+                          "max-pooling one (model.head.pooling: max); or set training.head_warm_start: false")
     states = decision_states(model, rows, collate, batch_size, frozen, split)
     labels = np.array([LABELS.index(r["label"]) for r in rows])
     probe = fit_probe(states, labels, class_weights, regularization, max_iter=2000)

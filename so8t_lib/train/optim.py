@@ -36,7 +36,9 @@ def build_optimizers(model: SO8TModel, config: SO8TConfig):
     for side, opt_cfg in (("task", config.training.task_optimizer), ("safety", config.training.safety_optimizer)):
         params = [p for _, p in groups[side] if p.requires_grad]
         if not params:
-            raise ValueError(f"the {side} side has no trainable parameters (check model.lora / model.gates)")
+            raise ConfigError(f"the {side} side has no trainable parameters (the task side trains LoRA and the gates' "
+                              "R_cmd, the safety side R_safe and SafetyHeadB): give model.lora.layers or "
+                              "model.gates.layers some layers")
         optimizer = torch.optim.AdamW(params, lr=opt_cfg.lr, betas=opt_cfg.betas, weight_decay=opt_cfg.weight_decay)
         scheduler = torch.optim.lr_scheduler.LambdaLR(optimizer, lr_multiplier(opt_cfg, config.training.max_steps))
         result.append((optimizer, scheduler))

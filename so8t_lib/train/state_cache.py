@@ -24,6 +24,7 @@ import numpy as np
 import torch
 
 from ..core.batching import batches_by_length
+from ..core.config import ConfigError
 from ..core.io import atomic_write_text, sha256_file
 from ..core.paths import cache_root
 from ..data.tables import requests_and_contexts
@@ -247,26 +248,27 @@ def _padded(sequences: list[list[int]], pad_id: int) -> tuple[torch.Tensor, torc
 
 
 def check_frozen_below(model: SO8TModel, k: int, pet_layers: list[int]) -> None:
-    """Refuse a config in which something below layer k would train: its cached output would then be stale."""
+    """ConfigError (a config the user fixes: one line, before anything is written) when k lies outside the model or
+    something below layer k would train: its cached output would then be stale."""
     n = len(model.decoder_layers)
     if not 0 < k < n:
-        raise ValueError(f"training.freeze_below must lie in 1..{n - 1} for this {n}-layer model, got {k}")
+        raise ConfigError(f"training.freeze_below must lie in 1..{n - 1} for this {n}-layer model, got {k}")
     prefix = ".layers."
     trained_below = sorted({name for name, param in model.named_parameters() if param.requires_grad
                             and prefix in name and int(name.split(prefix, 1)[1].split(".", 1)[0]) < k})
     if trained_below or model.config.lora.modules_to_save:
         what = trained_below[:3] or list(model.config.lora.modules_to_save)
-        raise ValueError(f"training.freeze_below={k}, but {what} would train below layer {k}: set model.lora.layers "
+        raise ConfigError(f"training.freeze_below={k}, but {what} would train below layer {k}: set model.lora.layers "
                          f"and model.gates.layers to layers >= {k} and model.lora.modules_to_save to []")
     n_states = n + 1  # the embeddings, then each layer's output (the last after the final norm)
     # counted from either end, as the loss indexes them; an index outside the model is the loss's to name
     low = [i for i in pet_layers if -n_states <= i < n_states and i % n_states <= k]
     if low:
-        raise ValueError(f"loss.pet.layers {low} (hidden states {[i % n_states for i in low]} of 0..{n}) lie in the "
+        raise ConfigError(f"loss.pet.layers {low} (hidden states {[i % n_states for i in low]} of 0..{n}) lie in the "
                          f"frozen part (<= {k}); PET there has no gradient: choose states above {k}, e.g. -1")
     unread = [i for i in model.read_layers if i < k]
     if unread:
-        raise ValueError(f"model.head.read_layers {unread} lie below layer {k}, whose input is all the cache keeps: "
+        raise ConfigError(f"model.head.read_layers {unread} lie below layer {k}, whose input is all the cache keeps: "
                          f"set training.freeze_below <= {min(model.read_layers)} (the layers between stay frozen)")
 
 
