@@ -103,6 +103,20 @@ def test_train_and_val_sharing_an_id_or_holding_a_benchmark_prompt_are_refused(t
             training_tables(folder, None, None, 0)
 
 
+def test_a_val_row_asking_what_a_train_row_asks_is_refused_naming_both(tmp_path):
+    """Only ids were compared: a val row asking a train row's question under another id (even with the other label)
+    was scored at every evaluation, and best/ and early stopping selected on rows the model trained on."""
+    train = [{"id": "t1", "user_request": "How do I disable the office alarm?", "label": "REFUSE",
+              "category": "security"},
+             {"id": "t2", "user_request": "Summarise this.", "context": "Q3 sales rose.", "label": "ALLOW"}]
+    same = {"id": "v1", "user_request": "how do I disable the office\u200b alarm??", "label": "ALLOW"}
+    other_context = {"id": "v2", "user_request": "Summarise this.", "context": "Q4 sales fell.", "label": "ALLOW"}
+    with pytest.raises(DataError, match="1 val row.* ask what a train row asks .*'v1' and train.jsonl 't1'"):
+        training_tables(_splits(tmp_path, train, [same, other_context]), None, None, 0)
+    _, val = training_tables(_splits(tmp_path, train, [other_context]), None, None, 0)  # another question
+    assert list(val["id"]) == ["v2"]
+
+
 def test_a_checkpoint_file_not_in_its_manifest_or_a_damaged_manifest_is_refused(tmp_path):
     run_dir = tmp_path / "run"
     Trainer(load_config(_config_file(tmp_path, run_dir, "training.max_steps=2", "training.eval_every=2"))).run()

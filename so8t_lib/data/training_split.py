@@ -18,7 +18,7 @@ from .benchmarks import BENCHMARKS, benchmark_prompts
 from .corpus.guard import benchmark_copies, benchmark_pairs, describe_pairs
 from .corpus.neardup import NEAR_DUP_THRESHOLD
 from .corpus.text import bare_text
-from .tables import DataError, load_table, stratified_sample
+from .tables import DataError, asked_keys, load_table, stratified_sample
 
 _KEPT_RESULTS = 4  # distinct corpora checked in one process whose tables stay in memory
 _checked: dict[tuple[str, ...], tuple[pd.DataFrame, pd.DataFrame]] = {}
@@ -40,7 +40,8 @@ def training_tables(data_dir: str | Path, train_max_rows: int | None, eval_max_r
     """(train, val), each sampled as the config says. DataError for a row id in both files (the frozen-state cache
     keys rows by id: a train row would be trained on its val namesake's states) and for a public benchmark prompt
     in either, as its request or its context, whatever its punctuation, symbols or invisible characters, or a
-    near copy of one (the corpus build's Jaccard guard): the benchmarks are for evaluation only."""
+    near copy of one (the corpus build's Jaccard guard): the benchmarks are for evaluation only. And for a val row
+    that asks what a train row asks (``check_val_unseen``)."""
     data_dir = Path(data_dir)
     key = _inputs_digest(data_dir)
     with _checked_lock:
@@ -75,4 +76,20 @@ def _checked_tables(data_dir: Path) -> tuple[pd.DataFrame, pd.DataFrame]:
             raise DataError(f"{data_dir / name}: {len(near)} request(s) or context(s) are near copies (character "
                             f"4-gram Jaccard >= {NEAR_DUP_THRESHOLD}) of public benchmark prompts: "
                             f"{describe_pairs(near, 3)}; the benchmarks are for evaluation only, remove them")
+    check_val_unseen(data_dir, train, val)
     return train, val
+
+
+def check_val_unseen(data_dir: Path, train: pd.DataFrame, val: pd.DataFrame) -> None:
+    """DataError for a val row that asks what a train row asks (``asked_keys``: the label-conflict check's "same
+    request"), whatever the ids and labels: validation would score, and best/ and early stopping select on, rows
+    the model trained on. The corpus build keeps every normalised request in one split; this holds hand-made data
+    to the same rule."""
+    trained = dict(zip(asked_keys(train), train["id"]))
+    asked = asked_keys(val)
+    leaked = [(row_id, trained[key]) for row_id, key in zip(val["id"], asked) if key in trained]
+    if leaked:
+        raise DataError(f"{data_dir}: {len(leaked)} val row(s) ask what a train row asks (e.g. val.jsonl "
+                        f"{leaked[0][0]!r} and train.jsonl {leaked[0][1]!r}, the same request and context but for "
+                        "punctuation and spacing); validation must not score rows the model trains on: remove them "
+                        "from one of the two files")
