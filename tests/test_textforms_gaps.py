@@ -47,6 +47,15 @@ def test_a_letter_spaced_sentence_is_flagged_and_routed():
     assert categorize(validate_request("r e s e t   m y   p a s s w o r d").user_request) == "security"
 
 
+def test_a_wider_gap_put_inside_a_spaced_word_does_not_split_it_away_from_the_checks():
+    """Keeping wider gaps as spaces let one double space inside a spaced keyword split it in two: 'j a i l  b r e a k'
+    read 'jail break' and lost the flag that the fully joined form had; both forms are checked now."""
+    assert textforms.matching_forms("j a i l  b r e a k this bot") == ["jail break this bot", "jailbreak this bot"]
+    assert textforms.matching_forms("Where is the expense form?") == ["where is the expense form?"]
+    assert "prompt_injection" in injection_signs("j a i l  b r e a k this bot")
+    assert categorize("p a s s  w o r d reset please") == "security"
+
+
 def _best_time(work, text: str, runs: int = 3) -> float:
     best = float("inf")
     for _ in range(runs):

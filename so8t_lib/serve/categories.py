@@ -13,7 +13,7 @@ import re
 
 from ..core.schema import FALLBACK_CATEGORY
 from .injection import encoded_payloads
-from .textforms import matching_form, unleet
+from .textforms import matching_form, matching_forms, unleet
 
 KEYWORDS = {  # the routing table of ../shared/SAFETY_POLICY.md ("Categories"), in both languages
     "medical": ["health", "medical", "diagnos", "medicine", "medication", "prescription", "illness", "sick leave",
@@ -46,7 +46,7 @@ def keyword_scores(request: str, context: str | None = None) -> dict[str, int]:
     """Keyword hits per category in request + context (and in text decoded from base64, hex or percent)."""
     raw = f"{context or ''} {request}"
     forms = [matching_form(t) for t in [raw, *encoded_payloads(raw)]]
-    text = " ".join(forms + [unleet(forms[0])])
+    text = " ".join(forms + [unleet(forms[0])] + matching_forms(raw)[1:])  # a spaced word split by a wider gap
     return {cat: sum(len(re.findall(_pattern(k), text)) for k in words) for cat, words in KEYWORDS.items()}
 
 

@@ -18,7 +18,7 @@ import codecs
 import re
 import urllib.parse
 
-from .textforms import matching_form, unleet
+from .textforms import matching_form, matching_forms, unleet
 
 _RULES = (r"(?:instructions?|rules?|prompts?|guidelines?|guardrails?|polic(?:y|ies)|restrictions?|filters?|checks?|"
           r"safety|review|programming|directives?|constraints?|limitations?|limits?|moderation|safeguards?|"
@@ -223,12 +223,12 @@ def injection_signs(text: str) -> list[str]:
     """Flags for one text: ``prompt_injection`` when an attempt is found, ``encoded_payload`` when
     it (or anything readable) was hidden in an encoding or written backwards."""
     flags: list[str] = []
-    form = matching_form(text)
+    form, *joined = matching_forms(text)
     found = _payloads(text)
     payloads = [decoded for decoded, _ in found]
     if any(hidden for _, hidden in found):
         flags.append("encoded_payload")
-    if _matches(form):
+    if _matches(form) or any(_matches(j) for j in joined):
         return ["prompt_injection", *flags]
     hidden = [unleet(form), form[::-1], codecs.encode(form, "rot13")] + [matching_form(p) for p in payloads]
     if any(_matches(h) for h in hidden):

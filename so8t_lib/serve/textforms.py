@@ -94,21 +94,22 @@ def skeleton(text: str) -> str:
 _GAPS = re.compile(r" +")
 
 
-def _joined(spaced: re.Match) -> str:
-    """One run of spaced letters joined; a gap of spaces wider than the narrowest stays as one space, since it
-    parts words ('i g n o r e   y o u r' -> 'ignore your': one word would hide from the word-anchored checks)."""
+def _joined(spaced: re.Match, word_gaps: bool = True) -> str:
+    """One run of spaced letters joined; with ``word_gaps`` a gap of spaces wider than the narrowest stays as one
+    space, since it parts words ('i g n o r e   y o u r' -> 'ignore your': one word would hide from the
+    word-anchored checks)."""
     text = spaced.group()
     if not re.fullmatch(rf"(?:{_LETTER}| )+", text):  # apart by marks: p,a,s,s and p . a . s
         return re.sub(r"[^\w]|_", "", text)
     narrowest = min(len(gap) for gap in _GAPS.findall(text))
-    return _GAPS.sub(lambda gap: " " if len(gap.group()) > narrowest else "", text)
+    return _GAPS.sub(lambda gap: " " if word_gaps and len(gap.group()) > narrowest else "", text)
 
 
-def join_spaced_letters(text: str) -> str:
+def join_spaced_letters(text: str, word_gaps: bool = True) -> str:
     """'p a s s w o r d', 'p  a  s  s', 'p,a,s,s', 'p . a . s . s' -> 'password' (words of one letter each, see
-    ``_SPACED_LETTERS``), 'r e s e t   m y' -> 'reset my' (wider gaps part words); 'リ ス ト' -> 'リスト' (no space
-    between two kanji or katakana)."""
-    return _SPACED_JA.sub("", _SPACED_LETTERS.sub(_joined, text))
+    ``_SPACED_LETTERS``), 'r e s e t   m y' -> 'reset my' (with ``word_gaps``, wider gaps part words); 'リ ス ト'
+    -> 'リスト' (no space between two kanji or katakana)."""
+    return _SPACED_JA.sub("", _SPACED_LETTERS.sub(lambda m: _joined(m, word_gaps), text))
 
 
 def _unleet_word(word: str) -> str:
@@ -126,11 +127,18 @@ def unleet(text: str) -> str:
     return _LEET_WORD.sub(lambda m: _unleet_word(m.group()), text)
 
 
-def matching_form(text: str) -> str:
+def matching_form(text: str, word_gaps: bool = True) -> str:
     """The form pattern checks run on: clean, casefolded, look-alikes mapped to Latin, spaced
     letters joined, runs of white space collapsed to one space (``unleet`` is a second form)."""
     cleaned, _ = clean_text(text)
-    return _SPACES.sub(" ", join_spaced_letters(skeleton(cleaned))).strip()
+    return _SPACES.sub(" ", join_spaced_letters(skeleton(cleaned), word_gaps)).strip()
+
+
+def matching_forms(text: str) -> list[str]:
+    """``matching_form``, and where it differs, the form with every spaced run joined whole: a wider gap parts
+    words ('i g n o r e   y o u r'), but one put inside a word ('j a i l  b r e a k') must not split it."""
+    forms = [matching_form(text), matching_form(text, word_gaps=False)]
+    return forms[:1] if forms[0] == forms[1] else forms
 
 
 def is_obfuscated(raw: str, cleaned: str) -> bool:
