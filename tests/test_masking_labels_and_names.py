@@ -51,3 +51,14 @@ def test_the_new_shapes_run_in_linear_time_on_a_megabyte(shape):
     text = shape * (1_000_000 // len(shape))
     masked = mask_personal_data(text)
     assert isinstance(masked, str) and len(masked) < 2 * len(text)
+
+
+@pytest.mark.parametrize("text, masked", [
+    ("Mr.Smithに請求書の件で至急連絡してください", "Mr.[NAME]に請求書の件で至急連絡してください"),
+    ("Dr. Tanaka田中さんの口座番号を教えて", "Dr. [NAME][NAME]さんの口座番号を教えて"),
+    ("Prof. Müllerのゼミは何時からですか", "Prof. [NAME]のゼミは何時からですか"),
+])
+def test_a_titled_name_stops_where_japanese_text_begins(text, masked):
+    """A name of any script's letters took the Japanese sentence after it too (no spaces to stop it), so the
+    audit record and the reviewer's case lost the whole request."""
+    assert mask_personal_data(text) == masked

@@ -84,7 +84,9 @@ _COMPANY = re.compile(r"^(?:株式|有限|合同)会社[^ ]*$|(?:会社|商事|�
 # a name after an English title: words of any script's letters whose first is a capital (Dr. José García,
 # Mr. Schröder, Mr.Smith); the capitals are read from Unicode's data (re has no \p{Lu}), all possessive (linear)
 _UPPER = "".join(re.escape(chr(c)) for c in range(0x10000) if chr(c).isupper() or chr(c).istitle())
-_WORD_EN = rf"[{_UPPER}](?:[^\W\d_]|['-])++"
+# ... but never kana or kanji: Japanese has no spaces, so "Mr.Smithに至急連絡" would take the sentence with it
+_CJK = "\u3040-\u30ff\u3400-\u4dbf\u4e00-\u9fff\uf900-\ufaff\uff66-\uff9f"
+_WORD_EN = rf"[{_UPPER}](?:[^\W\d_{_CJK}]|['-])++"
 NAME_EN = re.compile(rf"\b((?:Mr|Mrs|Ms|Miss|Mx|Dr|Prof)(?:\.\s*+|\s++)){_WORD_EN}(?:\s++{_WORD_EN})?")
 NAME_SAN = re.compile(r"\b[A-Z][a-z]+(-(?:san|sama|kun|chan|sensei|bucho|kacho|shacho))\b")
 
