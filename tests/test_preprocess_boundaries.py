@@ -100,3 +100,24 @@ def test_rows_whose_ids_load_table_normalises_keep_their_request_ids(tmp_path):
     assert report["rows"] == 3 and report["kept"] == 3
     new = [json.loads(line) for line in (tmp_path / "out" / "new_rows.jsonl").read_text(encoding="utf-8").splitlines()]
     assert {str(r["id"]): r["request_id"] for r in new} == {"rows:1": "req_0", "ops-1": "req_1", "7": "req_2"}
+
+
+def test_rows_asking_the_same_thing_in_other_spellings_share_a_family(tmp_path):
+    """Families were made by raw character 4-gram overlap only: a request and its copy with zero-width spaces
+    between the letters could land one in train and one in val, and training then refused the folder preprocess
+    had written (a val row asking what a train row asks)."""
+    from so8t_lib.data.training_split import training_tables
+
+    requests = ["Where is the form for next week's remote work application?",
+                "How do I book the large meeting room on the third floor for Friday?",
+                "Which cost centre code goes on a taxi receipt from a client visit?"]
+    spelled = [*requests, *("\u200b".join(q) for q in requests)]
+    rows = tmp_path / "rows.jsonl"
+    rows.write_text("".join(json.dumps({**ROW, "id": f"ops-{n}", "user_request": q, "request_id": f"req_{n}"}) + "\n"
+                            for n, q in enumerate(spelled)), encoding="utf-8")
+    retrain.preprocess(rows, tmp_path / "out", benchmarks_dir=None)
+    new = {r["id"]: r for r in map(json.loads, (tmp_path / "out" / "new_rows.jsonl").read_text().splitlines())}
+    for n in range(3):
+        assert new[f"ops-{n}"]["family"] == new[f"ops-{n + 3}"]["family"]
+        assert new[f"ops-{n}"]["split"] == new[f"ops-{n + 3}"]["split"]
+    training_tables(tmp_path / "out", None, None, 0)  # the folder preprocess wrote trains

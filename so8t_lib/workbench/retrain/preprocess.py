@@ -150,7 +150,10 @@ def preprocess(rows_file: str | Path, out: str | Path, corpus_dir: str | Path = 
     dropped["near_benchmark"] = sorted(bench)
     kept = [r for r in kept if r["id"] not in bench]
     ids = [r["id"] for r in kept]
-    families = groups_of(ids, near_duplicate_pairs([r["user_request"] for r in kept], GROUP_THRESHOLD))
+    first_asking: dict[str, int] = {}  # rows asking the same thing are one family whatever their spelling
+    same = [(1.0, first_asking.setdefault(asked, i), i) for i, asked in enumerate(_asked(kept))]
+    families = groups_of(ids, near_duplicate_pairs([r["user_request"] for r in kept], GROUP_THRESHOLD) +
+                         [pair for pair in same if pair[1] != pair[2]])  # else one in train, one in val: refused
     for row in kept:
         row["family"] = families[row["id"]]
         row["split"] = "val" if stable_int(seed, "retrain", row["family"]) % VAL_SHARE == 0 else "train"
