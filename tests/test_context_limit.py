@@ -99,7 +99,8 @@ def test_training_refuses_what_its_evaluation_could_not_decide_before_the_first_
 
     config = load_config(ROOT / "configs" / "tiny-training.yaml", [
         f"training.data_dir={_data(tmp_path / 'data', val_request)}", f"training.output_dir={tmp_path / 'run'}",
-        f"model.tiny.max_position_embeddings={LIMIT}", f"training.max_length={max_length}", "training.max_steps=1"])
+        f"model.tiny.max_position_embeddings={LIMIT}", f"training.max_length={max_length}", "training.max_steps=1",
+        "training.batch_size=2"])  # the six rows fill a batch: the context is what must stop it
     with pytest.raises(ConfigError, match=message):
         Trainer(config)
     assert not (tmp_path / "run" / "last").exists()
