@@ -149,9 +149,10 @@ def qlora_7b(work: Path, smoke: bool, steps: int, extra: list[str], corpus_too: 
     data = work / "data-512"
     data.mkdir()
     corpus = table_rows(load_table(CORPUS / "train.jsonl"))
-    for split in ("train", "val"):  # the same long rows, ids of their own per split (a run refuses shared ids)
+    # long rows of their own per split, ids too: a run refuses a val row that asks what a train row asks
+    for split, source in (("train", corpus), ("val", corpus[::-1])):
         lines = [json.dumps({**r, "id": f"{split}-{r['id']}"}, ensure_ascii=False)
-                 for r in long_rows(corpus, tokenizer, SEQ)]
+                 for r in long_rows(source, tokenizer, SEQ)]
         (data / f"{split}.jsonl").write_text("\n".join(lines) + "\n", encoding="utf-8")
     memory(reset=True)
     clock = time.perf_counter()
