@@ -459,6 +459,25 @@ def test_a_request_answered_503_costs_no_rate(serve, monkeypatch):
     assert client.post("/v1/decide", json=two, headers=CLIENT).status_code == 429  # the decided ones did count
 
 
+def test_a_resolve_that_meets_a_broken_queue_answers_503_with_retry_after(serve, monkeypatch):
+    """The listing and the outcome said when to retry; the resolution's queue_unavailable did not."""
+    from so8t_lib.serve.escalation import EscalationQueue, QueueError
+
+    service, client = serve(FixedDecider(PROBS["ESCALATE"]))
+    case_id = client.post("/v1/decide", headers=CLIENT, json={"user_request": "my medical leave"}
+                          ).json()["escalation_id"]
+
+    def broken(self, case_id):
+        raise QueueError("no such table: cases")
+
+    monkeypatch.setattr(EscalationQueue, "get", broken)
+    answer = client.post(f"/v1/escalations/{case_id}/resolve", headers=REVIEWER,
+                         json={"decision": "ALLOW", "by": "Sato"})
+    assert answer.status_code == 503 and answer.json()["error"]["type"] == "queue_unavailable"
+    assert answer.headers["Retry-After"] == "2" and "not resolved" in answer.json()["error"]["message"]
+    assert records(folder(service), event="resolution") == []
+
+
 def test_a_resolution_committed_but_not_read_back_is_not_reported_as_not_resolved(serve, monkeypatch):
     from so8t_lib.serve.escalation import EscalationQueue, QueueUnavailable
 
