@@ -188,20 +188,27 @@ def test_deploy_refuses_when_the_runtime_reports_another_model_than_the_gate_pro
     assert list((tmp_path / "dist").iterdir()) == []
 
 
-def test_a_killed_deploys_staging_folder_is_removed_by_the_next_and_a_live_ones_kept(tmp_path, capsys):
-    """A deploy killed between its export and its clean-up left a whole hidden GGUF ladder in dist for good."""
-    import subprocess
-    import sys
+def test_a_killed_deploys_staging_folder_is_removed_by_the_next_and_a_running_ones_kept(tmp_path, capsys):
+    """A deploy killed between its export and its clean-up left a whole hidden GGUF ladder in dist for good. It
+    stages with the export's locked folders now: an unlocked one with its owner file (a dead process's) goes, a
+    locked one (running) stays."""
+    import fcntl
+    import os
 
-    gone = subprocess.run([sys.executable, "-c", "import os; print(os.getpid())"], capture_output=True, text=True,
-                          check=True).stdout.strip()
-    dist, host = tmp_path / "dist", deploy_module.socket.gethostname()
-    dead, live, old, elsewhere = (dist / f".deploy-{gone}@{host}-abc", dist / f".deploy-{deploy_module.staging_tag()}-d",
-                                  dist / ".deploy-x1y2z3",  # an earlier version's name, no pid: kept
-                                  dist / f".deploy-{gone}@another-host-xyz")  # its pid says nothing here: kept
-    for folder in (dead, live, old, elsewhere):
+    from so8t_lib.export.quantize import OWNER_FILE, staging_folder
+
+    dist = tmp_path / "dist"
+    dead, running = dist / ".deploy-dead", dist / ".deploy-running"
+    for folder in (dead, running):
         folder.mkdir(parents=True)
         (folder / "so8t-f16.gguf").write_bytes(b"GGUF" + b"\0" * 64)
-    assert deploy_module.remove_stale_staging(dist) == [dead]
-    assert not dead.exists() and live.is_dir() and old.is_dir() and elsewhere.is_dir()
-    assert f"removed {dead}" in capsys.readouterr().out
+        (folder / OWNER_FILE).write_text("1\n")
+    handle = os.open(running, os.O_RDONLY | os.O_DIRECTORY)
+    fcntl.flock(handle, fcntl.LOCK_EX)
+    try:
+        with staging_folder(dist, ".deploy-") as staging:
+            assert staging.name.startswith(".deploy-") and staging.is_dir()
+    finally:
+        os.close(handle)
+    assert not dead.exists() and running.is_dir() and not staging.exists()
+    assert f"removed {dead}" in capsys.readouterr().err

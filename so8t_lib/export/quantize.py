@@ -40,7 +40,7 @@ QUANT_TYPES = ("Q8_0", "Q4_K_M", "Q4_K_M_T8", "Q4_K_S", "IQ4_XS")
 # every rung an export writes (file <name>-<rung>.gguf): the files of a model name an export replaces as a whole
 RUNG_LABELS = ("f16", "f32") + tuple(q.lower() for q in QUANT_TYPES)
 # staging folders in out_dir: .export- (this version, locked while in use), .mix- (helpers, earlier versions)
-STAGING_PREFIXES = (".export-", ".mix-")
+STAGING_PREFIXES = (".export-", ".mix-", ".deploy-")  # retrain deploy stages here too
 # written into a staging folder once its export holds the folder's lock: a lockable folder with it is a dead export's
 OWNER_FILE = ".so8t-export-owner"
 # a staging folder without OWNER_FILE (an earlier version's, or one in the instant before its lock) is left alone
@@ -144,7 +144,7 @@ def export(checkpoint: str | Path, out_dir: str | Path = "dist", quants: list[st
     source = base_source_file(model.config) if source_tensors else None
     # every file is made in a staging folder and moved in only once all of them are: a failed export leaves
     # out_dir as it was, never this export's f16 beside the last one's quantized files
-    with _StopSignals() as stop, _staging(out_dir) as staging:
+    with _StopSignals() as stop, staging_folder(out_dir) as staging:
         aside = staging / "mix"
         aside.mkdir()
         f16_path = staging / f"{name}-f16.gguf"
@@ -265,13 +265,13 @@ def _ending(number: int) -> BaseException:
 
 
 @contextmanager
-def _staging(out_dir: Path) -> Iterator[Path]:
-    """A staging folder in ``out_dir``, locked (``flock``) while this export runs so that another export's
-    ``_remove_stale_staging`` leaves it alone, and removed however the export ends. Stale ones go first."""
+def staging_folder(out_dir: Path, prefix: str = STAGING_PREFIXES[0]) -> Iterator[Path]:
+    """A staging folder in ``out_dir``, locked (``flock``) while this process runs so that another export's or
+    deploy's ``_remove_stale_staging`` leaves it alone, and removed however it ends. Stale ones go first."""
     for folder in _remove_stale_staging(out_dir):
-        print(f"removed {folder}: the staging folder of an export that did not finish (killed or crashed)",
+        print(f"removed {folder}: the staging folder of an export or deploy that did not finish (killed or crashed)",
               file=sys.stderr)
-    folder = Path(tempfile.mkdtemp(dir=out_dir, prefix=STAGING_PREFIXES[0]))
+    folder = Path(tempfile.mkdtemp(dir=out_dir, prefix=prefix))
     handle = None
     try:
         handle = os.open(folder, os.O_RDONLY | os.O_DIRECTORY)

@@ -18,9 +18,6 @@ from __future__ import annotations
 
 import json
 import os
-import shutil
-import socket
-import tempfile
 from pathlib import Path
 
 import yaml
@@ -30,7 +27,7 @@ from ...core.config import ConfigError
 from ...core.io import sha256_file
 from ...core.schema import MODEL_CONFIG_FILE
 from ...export.gguf_meta import read_metadata, sidecar_path
-from ...export.quantize import export
+from ...export.quantize import export, staging_folder
 from ...model.prompts import EXAMPLE_REQUESTS
 from ...serve.audit_verify import read_chains, verify_chains
 from ...serve.config import RuntimeConfig, load_runtime_config
@@ -141,39 +138,6 @@ def _place(files: list[Path], dist: Path) -> list[Path]:
     return [dist / f.name for f in files]
 
 
-STAGING_PREFIX = ".deploy-"
-
-
-def staging_tag() -> str:
-    """``<pid>@<host>``: whose staging folder it is (a dist folder may be shared by several machines)."""
-    return f"{os.getpid()}@{socket.gethostname()}"
-
-
-def remove_stale_staging(dist: Path) -> list[Path]:
-    """Remove the staging folders (``.deploy-<pid>@<host>-*``, whole GGUF ladders) that a deploy killed before its
-    clean-up left in ``dist``: those of this machine whose process is gone. A live process's folder, another
-    machine's, or one without a pid (an earlier version's) is kept. Returns what was removed."""
-    removed = []
-    for folder in dist.glob(f"{STAGING_PREFIX}*"):
-        pid, _, host = folder.name[len(STAGING_PREFIX):].rsplit("-", 1)[0].partition("@")
-        if not folder.is_dir() or not pid.isdigit() or host != socket.gethostname() or _alive(int(pid)):
-            continue
-        shutil.rmtree(folder, ignore_errors=True)
-        print(f"removed {folder}: the staging folder of a deploy (pid {pid}) that did not finish")
-        removed.append(folder)
-    return removed
-
-
-def _alive(pid: int) -> bool:
-    try:
-        os.kill(pid, 0)
-    except ProcessLookupError:
-        return False
-    except PermissionError:  # another user's process
-        return True
-    return True
-
-
 def deploy(candidate: str | Path, gate_file: str | Path, dist: str | Path, quants: list[str] | None = None,
            runtime_config: str | Path = "configs/basic.yaml", log_dir: str | Path = "smoke-logs",
            requests: list[tuple[str, str | None]] | None = None) -> dict:
@@ -184,16 +148,14 @@ def deploy(candidate: str | Path, gate_file: str | Path, dist: str | Path, quant
     _audit_keys(load_runtime_config(runtime_config))  # a key variable that is not set: said before the export
     dist = Path(dist)
     dist.mkdir(parents=True, exist_ok=True)
-    remove_stale_staging(dist)
-    staging = Path(tempfile.mkdtemp(prefix=f"{STAGING_PREFIX}{staging_tag()}-", dir=dist))
-    try:
+    # the export's own locked staging: a killed deploy's folder (a whole GGUF ladder) goes at the next export or
+    # deploy into dist, a running one's never
+    with staging_folder(dist, ".deploy-") as staging:
         staged = export(candidate, staging, list(quants or []), progress=False)
         _same_model(promoted, {f.name: read_metadata(f)["so8t.model_version"] for f in staged}, candidate)
         version, results, records = _smoke_test(staged[-1], runtime_config, log_dir, requests)
         _same_model(promoted, {f"{staged[-1].name} as the runtime loaded it": version}, candidate)
         files = _place(staged, dist)
-    finally:
-        shutil.rmtree(staging, ignore_errors=True)
     return {"files": [str(f) for f in files], "runtime_file": str(files[-1]), "model_version": version,
             "decisions": [{"decision": r["decision"], "category": r["category"], "error": r["error"]} for r in results],
             "test_records": records, "log_dir": str(log_dir)}
