@@ -6,6 +6,7 @@ took 149 s, past the unit's TimeoutStopSec=90) and the audit log recorded answer
 
 from __future__ import annotations
 
+import collections
 import threading
 import time
 
@@ -105,6 +106,12 @@ def test_a_shutdown_answers_what_is_in_flight_503_and_ends_within_its_budget(tmp
         assert record["decision"] == "ALLOW" and SHUTDOWN_FLAG in record["flags"], record
         assert "not delivered" in record["error"] and record["processing_time_ms"] < budget * 1000
     assert verify(tmp_path / "logs")["errors"] == []
+    counted = collections.Counter()
+    for sample in service.metrics.registry.collect():
+        for s in sample.samples:
+            if s.name == "so8t_decisions_total":
+                counted[s.labels["decision"]] += s.value
+    assert +counted == {"ALLOW": 3.0, "REFUSE": 1.0}, counted  # the cut-off decisions are counted, as recorded
 
 
 def _batcher_run(scenario) -> None:
@@ -120,7 +127,7 @@ def test_a_request_cut_off_is_answered_503_even_when_its_result_settles_in_time(
 
     from so8t_lib.serve.http.batching import Closing, MicroBatcher
 
-    go, claims, outcome = threading.Event(), [], {}
+    go, claims, outcome, settled = threading.Event(), [], {}, []
 
     def run_batch(items, received, on_result, on_decided, claim):
         go.wait(10)  # the model pass runs through the cut-off
@@ -132,7 +139,7 @@ def test_a_request_cut_off_is_answered_503_even_when_its_result_settles_in_time(
     async def scenario():
         batcher = MicroBatcher(run_batch, max_batch=1, max_wait_s=0.0, concurrency=1, streamed=True)
         await batcher.start()
-        task = asyncio.create_task(batcher.submit([{"user_request": "x"}]))
+        task = asyncio.create_task(batcher.submit([{"user_request": "x"}], on_settled=settled.append))
         await asyncio.sleep(0.05)
         batcher.stop_taking()
         batcher.cut_off()
@@ -146,6 +153,7 @@ def test_a_request_cut_off_is_answered_503_even_when_its_result_settles_in_time(
 
     _batcher_run(scenario)
     assert claims == [False] and outcome["answer"] == 503
+    assert settled == [{"decision": "ALLOW"}]  # decided and recorded: the metrics count it
 
 
 def test_a_claimed_request_given_up_on_records_its_later_items_as_not_delivered():

@@ -63,6 +63,8 @@ class _Pending:
     received_at: float
     future: asyncio.Future
     ask: _Ask
+    on_settled: Callable[[dict], None] | None = None
+    reported: bool = False  # on_settled has seen its result (guarded by the batcher's claims lock)
 
 
 class _DaemonThreads(concurrent.futures.Executor):
@@ -142,8 +144,10 @@ class MicroBatcher:
         self._pool = _DaemonThreads(threads, "so8t-batch")
         self._collector = asyncio.create_task(self._collect(), name="so8t-batcher")
 
-    async def submit(self, items: list[dict], received_at: float | None = None) -> list[dict]:
-        """The results of these requests, in order; each one joins whatever batch is forming."""
+    async def submit(self, items: list[dict], received_at: float | None = None,
+                     on_settled: Callable[[dict], None] | None = None) -> list[dict]:
+        """The results of these requests, in order; each one joins whatever batch is forming. ``on_settled`` sees
+        each result as it is made, a cut-off request's too (it is decided and recorded, only not delivered)."""
         if self.closing or self._queue is None:
             raise Closing("the service is shutting down")
         if self.pending + len(items) > self.max_pending:
@@ -151,7 +155,7 @@ class MicroBatcher:
         loop = asyncio.get_running_loop()
         start = time.perf_counter() if received_at is None else received_at
         ask = _Ask()
-        pending = [_Pending(item, start, loop.create_future(), ask) for item in items]
+        pending = [_Pending(item, start, loop.create_future(), ask, on_settled) for item in items]
         for entry in pending:
             self._queue.put_nowait(entry)
         self._in_flight[id(ask)] = ask
@@ -258,6 +262,7 @@ class MicroBatcher:
         slot = {"held": True, "answering": False}
 
         def answered(index: int, result: dict) -> None:  # on the worker thread
+            self._report(batch[index], result)  # here: a loop that stopped at the cut-off runs nothing more
             loop.call_soon_threadsafe(_settle, batch[index].future, result)
 
         def decided() -> None:  # on the worker thread
@@ -287,7 +292,19 @@ class MicroBatcher:
         if self._on_batch is not None:
             self._on_batch(len(batch), time.perf_counter() - started)
         for entry, result in zip(batch, results):
+            self._report(entry, result)
             _settle(entry.future, result)  # a client that went away: its decision is still recorded
+
+    def _report(self, entry: _Pending, result: dict) -> None:
+        """Hand a result to its request's ``on_settled`` once, on whichever thread has it first."""
+        with self._claims:
+            if entry.reported or entry.on_settled is None:
+                return
+            entry.reported = True
+        try:
+            entry.on_settled(result)
+        except Exception:  # noqa: BLE001 - counting must not lose a decision
+            logger.exception("a settled result's callback failed")
 
     def _leave_slot(self, slot: dict) -> None:
         """A batch has only answers left: its decision slot goes to the next batch, if a thread is free for it;

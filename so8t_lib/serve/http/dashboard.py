@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import collections
 import datetime as dt
+import threading
 import time
 
 from .metrics import CLIENT_FAULT, DECISION_ENDPOINTS, ServiceMetrics
@@ -47,6 +48,7 @@ class DashboardData:
         self.started = time.time()
         self.history: collections.deque[dict] = collections.deque(maxlen=400)
         self.events: collections.deque[dict] = collections.deque(maxlen=recent)
+        self._events_lock = threading.Lock()
 
     def snapshot(self) -> dict:
         m = self.metrics
@@ -77,9 +79,10 @@ class DashboardData:
         return None
 
     def note_fail_closed(self, result: dict, reason: str, endpoint: str) -> None:
-        self.events.appendleft({"time": dt.datetime.now(dt.UTC).isoformat(timespec="seconds"),
-                                "request_id": result.get("request_id"), "reason": reason,
-                                "category": result.get("category"), "endpoint": endpoint})
+        with self._events_lock:  # a batch's worker thread notes, the loop reads
+            self.events.appendleft({"time": dt.datetime.now(dt.UTC).isoformat(timespec="seconds"),
+                                    "request_id": result.get("request_id"), "reason": reason,
+                                    "category": result.get("category"), "endpoint": endpoint})
 
     def summary(self, extra: dict) -> dict:
         now = self.snapshot()
@@ -122,6 +125,8 @@ class DashboardData:
                 series.append({"t": round(snap["t"], 1),
                                "rpm": round((total(snap) - total(previous)) * 60.0 / (snap["t"] - previous["t"]), 1)})
             previous = snap
+        with self._events_lock:
+            recent = list(self.events)
         return {
             **extra,
             "uptime_s": round(now["t"] - self.started, 1),
@@ -134,7 +139,7 @@ class DashboardData:
             "decisions_total": {k: int(v) for k, v in sorted(mix.items())},
             "flagged_by_category": {k: int(v) for k, v in sorted(categories.items()) if v},
             "fail_closed_total": int(sum(now["failed"].values())),
-            "recent_fail_closed": list(self.events),
+            "recent_fail_closed": recent,
             "series": series,
         }
 

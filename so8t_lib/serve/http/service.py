@@ -122,18 +122,16 @@ class Service:
 
     # ----- deciding -------------------------------------------------------------------------------
     async def decide(self, items: list[dict], received_at: float | None, endpoint: str) -> list[dict]:
-        """The items' decisions. They are counted when they are made, even if the request that asked was
-        cancelled meanwhile (a shutdown's grace period ran out): each is in the audit log, so in the metrics."""
-        deciding = asyncio.ensure_future(self.batcher.submit(items, received_at))
-        deciding.add_done_callback(lambda task: self._count(task, endpoint))
+        """The items' decisions. Each is counted when it is made, even if the request that asked was cancelled or
+        cut off meanwhile (a shutdown's grace period ran out): each is in the audit log, so in the metrics."""
+        deciding = asyncio.ensure_future(self.batcher.submit(items, received_at,
+                                                             lambda result: self._count(result, endpoint)))
+        deciding.add_done_callback(lambda _: self.metrics.pending.set(self.batcher.pending))
         return await asyncio.shield(deciding)
 
-    def _count(self, deciding: asyncio.Future, endpoint: str) -> None:
-        self.metrics.pending.set(self.batcher.pending)
-        if deciding.cancelled() or deciding.exception() is not None:
-            return  # nothing was decided (overloaded, shutting down), or not delivered (cut off: audited so)
-        for result, reason in self.metrics.record(deciding.result(), endpoint):
-            self.dashboard.note_fail_closed(result, reason, endpoint)
+    def _count(self, result: dict, endpoint: str) -> None:
+        for failed, reason in self.metrics.record([result], endpoint):
+            self.dashboard.note_fail_closed(failed, reason, endpoint)
 
     def _batch_done(self, size: int, seconds: float) -> None:
         self.metrics.batch_size.observe(size)
