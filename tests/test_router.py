@@ -239,3 +239,52 @@ def test_cli_reads_data_as_every_command_does(tmp_path, capsys):
     assert so8t(["router", "fit", "--data", "val:0", "--out", str(tmp_path / "never.json")]) == 2
     assert "positive number of rows" in capsys.readouterr().err
     assert not (tmp_path / "never.json").exists()
+
+
+def test_cli_refuses_an_out_it_cannot_write_or_that_names_an_input(router, tmp_path, capsys):
+    """Before: a folder or a path under a file ended fit/score in a traceback (exit 1) after all the work, and an
+    --out naming --data or --router replaced the labelled rows or the router (exit 0)."""
+    data = tmp_path / "rows.jsonl"
+    data.write_text("".join(json.dumps({**r, "lang": "en", "split": "test"}) + "\n" for r in _rows()),
+                    encoding="utf-8")
+    router_file = tmp_path / "r.json"
+    router.save(router_file)
+    kept = {path: path.read_bytes() for path in (data, router_file)}
+    for argv, message in (
+            (["fit", "--data", str(data), "--out", str(tmp_path)], "is a folder"),
+            (["fit", "--data", str(data), "--out", str(data / "r.json")], "is a file, so no folder"),
+            (["fit", "--data", str(data), "--out", str(data)], "is the file --data"),
+            (["score", "--router", str(router_file), "--data", str(data), "--out", str(router_file)],
+             "is the file --router"),
+            (["score", "--router", str(router_file), "--data", str(data), "--out", str(data)], "is the file --data"),
+            (["score", "--router", str(router_file), "--bootstrap", "0"], "1 or more")):
+        with pytest.raises(SystemExit) as stop:
+            so8t(["router", *argv])
+        assert stop.value.code == 2 and message in capsys.readouterr().err, argv
+    assert {path: path.read_bytes() for path in kept} == kept
+
+
+def test_benchmark_rows_have_no_gold_route_to_score(router):
+    """A public benchmark's category is a placeholder ("general" for SimpleSafetyTests): scoring it measured the
+    share of prompts sent to the general desk, stored as if it were an accuracy."""
+    rows = [{**r, "split": "benchmark", "label": "REFUSE", "category": "general"} for r in _rows()]
+    result = score_routing(router, pd.DataFrame(rows), resamples=5)
+    assert result == {"rows": 0}
+
+
+def test_the_score_routes_an_emergency_as_the_runtime_does(router):
+    """The runtime sends a possible emergency to medical unless the keyword table names another desk; the score's
+    combined method claimed to be the runtime's rule without it."""
+    from so8t_lib.serve.urgency import is_urgent
+
+    text = "the server is down and someone is not breathing next to it"  # the router alone says legal
+    assert is_urgent(text, None)
+    row = {"id": "u", "family": "u", "label": "ESCALATE", "category": "medical", "user_request": text, "context": "",
+           "split": "test"}
+    result = score_routing(router, pd.DataFrame([row]), resamples=5)
+    assert result["ESCALATE"]["keywords_then_learned"]["accuracy"] == 1.0
+
+
+def test_an_empty_router_path_in_the_config_is_refused():
+    with pytest.raises(ValueError, match="empty"):
+        RuntimeConfig.model_validate({"escalation": {"router": ""}})

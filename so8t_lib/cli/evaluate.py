@@ -19,7 +19,6 @@ from __future__ import annotations
 
 import argparse
 import json
-import os
 import sys
 import warnings
 from pathlib import Path
@@ -38,7 +37,7 @@ from ..eval.served import model_inputs
 from ..export.gguf_meta import GGUFError
 from ..serve.backends import is_gguf_path, load_decider
 from ..serve.policy import THRESHOLD_RANGE
-from .arg_types import number_in, whole_number
+from .arg_types import number_in, unwritable_file, whole_number
 
 
 def _positive_int(text: str) -> int:
@@ -50,25 +49,6 @@ def _positive_int(text: str) -> int:
     if value < 1:
         raise argparse.ArgumentTypeError(f"must be a whole number above 0, got {text!r}")
     return value
-
-
-def _unwritable(option: str, value: str | None) -> str | None:
-    """Why the file ``value`` of ``option`` could not be written, or None; checked before any model loads, so a
-    folder or a read-only place does not cost the run (or, with --calibrate, leave the checkpoint changed and the
-    metrics lost)."""
-    if value is None:
-        return None
-    path = Path(value)
-    if path.is_dir():
-        return f"{option} {value} is a folder; give a file name in it (e.g. {path / 'metrics.json'})"
-    folder = path.parent
-    while not folder.exists() and folder != folder.parent:  # the write creates missing folders
-        folder = folder.parent
-    if not folder.is_dir():
-        return f"{option} {value}: {folder} is a file, so no folder can be made there; choose another path"
-    if not os.access(folder, os.W_OK | os.X_OK):
-        return f"{option} {value}: this user cannot write in {folder}; choose a writable path"
-    return None
 
 
 def _load_tables(args: argparse.Namespace) -> dict[str, pd.DataFrame]:
@@ -179,7 +159,7 @@ def main(argv: list[str] | None = None) -> dict:
     except (ValueError, AssertionError):
         parser.error(f"--latency-batch-sizes must be positive integers separated by commas, got {args.latency_batch_sizes!r}")
     for option, value in (("--out", args.out), ("--predictions", args.predictions)):
-        if why := _unwritable(option, value):
+        if why := unwritable_file(option, value):
             parser.error(why)
     if args.out and args.predictions and Path(args.out).resolve() == Path(args.predictions).resolve():
         parser.error("--out and --predictions name the same file; give each its own")

@@ -14,6 +14,7 @@ from __future__ import annotations
 import argparse
 import json
 import sys
+from pathlib import Path
 
 from ..core.config import ConfigError
 from ..core.io import atomic_write_text, sha256_file
@@ -21,6 +22,7 @@ from ..data.benchmarks import load_any
 from ..data.tables import DataError
 from ..eval.routing import format_routing, score_routing, urgency_counts
 from ..serve.router import fit_router, load_router
+from .arg_types import same_file, unwritable_file, whole_number
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -33,20 +35,20 @@ def main(argv: list[str] | None = None) -> int:
     p_score = sub.add_parser("score", help="routing accuracy on data sets")
     p_score.add_argument("--router", required=True)
     p_score.add_argument("--data", action="append", help="val, test, split:N or a file (repeatable; default val and test)")
-    p_score.add_argument("--bootstrap", type=int, default=1000, help="family resamples for the intervals (>= 1)")
+    p_score.add_argument("--bootstrap", type=whole_number(1), default=1000,
+                         help="family resamples for the intervals (>= 1)")
     p_score.add_argument("--out", help="write the results as JSON")
     args = parser.parse_args(argv)
+    _check_out(parser, args)
     try:
         if args.command == "fit":
             table = load_any(args.data)  # as every command reads data: a split, split:N or a file
             router = fit_router(table.to_dict("records"), source=str(args.data))
-            router.save(args.out)
+            _write(args.out, router.save)
             counts = router.fitted_on["by_category"]
             print(f"router fitted on {router.fitted_on['rows']} rows of {args.data} ({counts}), "
                   f"{len(router.vectorizer.vocabulary_)} features -> {args.out}")
             return 0
-        if args.bootstrap < 1:
-            parser.error("--bootstrap must be at least 1")
         router = load_router(args.router)
         results = {"router": str(args.router), "router_sha256": sha256_file(args.router),
                    "fitted_on": router.fitted_on, "data": {}}
@@ -56,8 +58,29 @@ def main(argv: list[str] | None = None) -> int:
             results["data"][name] = result
             print(format_routing(name, result))
         if args.out:
-            atomic_write_text(args.out, json.dumps(results, indent=1, ensure_ascii=False))
+            _write(args.out, lambda out: atomic_write_text(out, json.dumps(results, indent=1, ensure_ascii=False)))
         return 0
-    except (ConfigError, DataError) as exc:
+    except (ConfigError, DataError, OSError) as exc:
         print(f"so8t router: {exc}", file=sys.stderr)
         return 2
+
+
+def _check_out(parser: argparse.ArgumentParser, args: argparse.Namespace) -> None:
+    """Before any work: ``--out`` must be a file that can be written and none of the inputs (the labelled rows, the
+    router being scored), which the write would replace."""
+    if why := unwritable_file("--out", args.out):
+        parser.error(why)
+    inputs = {f"--data {name}": name for name in (args.data if isinstance(args.data, list) else [args.data])
+              if name and Path(name).is_file()}
+    if args.command == "score":
+        inputs["--router"] = args.router
+    if option := same_file(args.out, inputs):
+        parser.error(f"--out {args.out} is the file {option} names; writing it would replace that input. "
+                     "Give --out a path of its own")
+
+
+def _write(out: str, write) -> None:
+    try:
+        write(out)
+    except OSError as exc:
+        raise OSError(f"cannot write --out {out}: {exc.strerror or exc}; nothing was written there") from exc

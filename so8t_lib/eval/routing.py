@@ -15,7 +15,7 @@ import pandas as pd
 from ..core.schema import ROUTE_CATEGORIES
 from ..serve.categories import categorize, keyword_scores
 from ..serve.router import LearnedRouter, combine_routes, router_text
-from ..serve.urgency import is_urgent
+from ..serve.urgency import is_urgent, urgent_route
 
 ROUTED_LABELS = ("ESCALATE", "REFUSE")
 METHODS = ("keywords", "learned", "keywords_then_learned")
@@ -29,6 +29,8 @@ def _predictions(router: LearnedRouter, table: pd.DataFrame) -> dict[str, list[s
     scores = router.scores([router_text(r, c) for r, c in zip(requests, contexts)])
     learned = [router.classes[i] for i in scores.argmax(axis=1)]
     combined = [combine_routes(h, dict(zip(router.classes, row))) for h, row in zip(hits, scores)]
+    combined = [urgent_route(route, h) if is_urgent(r, c) else route  # as the runtime routes an emergency
+                for route, h, r, c in zip(combined, hits, requests, contexts)]
     ties = [max(h.values()) > 0 and sum(v == max(h.values()) for v in h.values()) > 1 for h in hits]
     return {**dict(zip(METHODS, (keywords, learned, combined))), "keyword_ties": ties}
 
@@ -51,8 +53,10 @@ def family_bootstrap(correct: np.ndarray, families: Sequence[str], resamples: in
 def score_routing(router: LearnedRouter, table: pd.DataFrame, resamples: int = 1000,
                   progress: Callable[[str], None] | None = None) -> dict:
     """Accuracy of each method per gold label (with family intervals), per gold category, and the combined
-    method's confusion matrix for ESCALATE rows (rows: the gold route, columns: where it went)."""
-    table = table[table["label"].isin(ROUTED_LABELS) & table["category"].isin(ROUTE_CATEGORIES)]
+    method's confusion matrix for ESCALATE rows (rows: the gold route, columns: where it went). A public
+    benchmark's rows carry a placeholder category, not a route anyone chose: they are not scored here."""
+    gold_routes = table["split"] != "benchmark" if "split" in table else True
+    table = table[table["label"].isin(ROUTED_LABELS) & table["category"].isin(ROUTE_CATEGORIES) & gold_routes]
     out: dict = {"rows": int(len(table))}
     for label in ROUTED_LABELS:
         part = table[table["label"] == label].reset_index(drop=True)
@@ -92,7 +96,8 @@ def urgency_counts(table: pd.DataFrame) -> dict:
 
 def format_routing(name: str, result: dict) -> str:
     """A few readable lines per data set."""
-    lines = [f"{name}: {result['rows']} REFUSE/ESCALATE rows with a route"]
+    lines = [f"{name}: {result['rows']} REFUSE/ESCALATE rows with a gold route"
+             + ("" if result["rows"] else " (a public benchmark has none: only the emergency screen is counted)")]
     if "urgency" in result:
         lines.append("  emergency screen marked " + ", ".join(f"{v['marked']} of {v['rows']} {label}"
                                                               for label, v in result["urgency"].items()))

@@ -168,7 +168,7 @@ class EscalationConfig(_Section):
                                           "is spooled and retried; default: 2 s or decision_timeout_s if shorter")
     retry_interval_s: float = Field(5.0, gt=0, description="how often spooled cases are retried")
     routes: dict[str, RouteConfig] = Field(default_factory=_default_routes)
-    router: str | None = Field(None, description="a router file (so8t router fit) that picks the route where the "
+    router: FilePath | None = Field(None, description="a router file (so8t router fit) that picks the route where the "
                                "keyword table finds none; null: the keyword table alone, the rest to general")
 
     @field_validator("queue_url")
