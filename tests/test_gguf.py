@@ -356,11 +356,14 @@ def test_a_llama_build_with_the_amx_kernels_is_refused_before_it_can_crash(expor
         GGUFBackend(paths["so8t-test-q8_0.gguf"])
 
 
-def test_cli_inspect(exported, capsys):
+def test_cli_inspect(exported, capsys, tmp_path):
     _, paths = exported
-    so8t(["inspect", str(paths["so8t-test-q4_k_m.gguf"])])
+    assert so8t(["inspect", str(paths["so8t-test-q4_k_m.gguf"])]) == 0
     out = capsys.readouterr().out
     assert '"so8t.gate_order": "safe_first"' in out and '"net.1.weight": [\n   3,\n   256\n  ]' in out
+    for path, says in ((tmp_path, "is a folder, not a GGUF file"), (tmp_path / "absent.gguf", "no such file")):
+        assert so8t(["inspect", str(path)]) == 2
+        assert says in capsys.readouterr().err
 
 
 def test_evaluate_cli_on_a_gguf_file(exported, tmp_path):

@@ -75,14 +75,16 @@ def main(argv: list[str] | None = None) -> int:
     return 0
 
 
-def inspect_main(argv: list[str] | None = None) -> None:
+def inspect_main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(prog="so8t inspect", description="Print an SO8T GGUF file's so8t.* metadata.")
     parser.add_argument("file")
     args = parser.parse_args(argv)
     try:
         meta = read_metadata(args.file)
-    except GGUFError as exc:
-        sys.exit(f"error: {exc}")
+    except (GGUFError, OSError) as exc:  # a refusal, as every command's: exit 2 (1 is a crash)
+        print(f"so8t inspect: {exc}", file=sys.stderr)
+        return 2
     head = meta.pop("head")
     meta["head_shapes"] = {k: list(v.shape) for k, v in head.items()}
     print(json.dumps(meta, indent=1, ensure_ascii=False, default=str))
+    return 0

@@ -36,6 +36,8 @@ NOTE_KEYS = ("so8t.quant_mix", "so8t.source_tensors")
 def read_metadata(path: str | Path) -> dict:
     """The ``so8t.*`` metadata and the SafetyHeadB weights of an SO8T GGUF; GGUFError otherwise."""
     path = Path(path)
+    if path.is_dir():
+        raise GGUFError(f"{path} is a folder, not a GGUF file; name the .gguf file in it")
     if not path.is_file():
         raise GGUFError(f"{path}: no such file")
     with path.open("rb") as handle:
