@@ -233,3 +233,51 @@ def test_ctrl_c_cancels_queued_runs_interrupts_the_running_notebook_and_writes_t
     assert status["status"] == "interrupted" and "KeyboardInterrupt" in status["error"]
     assert not (tmp_path / "runs" / "slow" / "seed=1").exists()  # queued: cancelled, never started
     assert list(pd.read_csv(tmp_path / "runs" / "slow" / "summary.csv")["status"]) == ["interrupted"]
+
+
+def test_an_edited_config_file_makes_its_runs_stale_finished_or_not(tmp_path, monkeypatch, capsys):
+    """params.yaml holds only the config's path: an edited config used to leave the old results current, and
+    an interrupted run then failed on every resume ("trained under another config"), never counted stale."""
+    from so8t_lib.cli import sweep as cli
+
+    monkeypatch.chdir(tmp_path)
+    _notebook(tmp_path / "nb.ipynb")
+    (tmp_path / "base.yaml").write_text("training: {lr: 0.001}\n")
+    (tmp_path / "cfg.yaml").write_text("extends: base.yaml\nmodel: {seed: 0}\n")
+    runs = ["--runs-root", str(tmp_path / "runs")]
+    assert cli.main([_spec_file(tmp_path, "{x: 1, config: cfg.yaml}"), *runs]) == 0
+    run = tmp_path / "runs" / "toy" / "seed=0"
+    digest = sweep_runs.notebook_digest(tmp_path / "nb.ipynb")
+    params = {"x": 1, "config": "cfg.yaml", "seed": 0}
+    (tmp_path / "cfg.yaml").write_text("# a comment changes no setting\nextends: base.yaml\nmodel: {seed: 0}\n")
+    assert sweep_runs.run_state(run, params, digest) == ("done", "")
+
+    (tmp_path / "base.yaml").write_text("training: {lr: 0.1}\n")  # the file it extends
+    state, why = sweep_runs.run_state(run, params, digest)
+    assert state == "stale" and "config cfg.yaml" in why
+    assert cli.main([_spec_file(tmp_path, "{x: 1, config: cfg.yaml}"), *runs]) == 2
+    assert "seed=0: the file(s) its parameters name changed" in capsys.readouterr().err
+    assert cli.main([_spec_file(tmp_path, "{x: 1, config: cfg.yaml}"), *runs, "--rerun-stale"]) == 0
+    assert sweep_runs.run_state(run, params, digest) == ("done", "")
+
+    (run / "status.json").write_text('{"status": "interrupted"}')  # unfinished: its checkpoint would resume
+    assert sweep_runs.run_state(run, params, digest)[0] == "todo"
+    (tmp_path / "cfg.yaml").write_text("extends: base.yaml\nmodel: {seed: 1}\n")
+    assert sweep_runs.run_state(run, params, digest)[0] == "stale"  # so --rerun-stale clears it
+
+
+def test_a_torn_metrics_json_is_rerun_not_done(tmp_path, monkeypatch, capsys):
+    """status ok with a torn metrics.json used to count as done forever (only its existence was checked)."""
+    from so8t_lib.cli import sweep as cli
+
+    monkeypatch.chdir(tmp_path)
+    _notebook(tmp_path / "nb.ipynb")
+    args = [_spec_file(tmp_path, "{x: 1}"), "--runs-root", str(tmp_path / "runs")]
+    assert cli.main(args) == 0
+    metrics = tmp_path / "runs" / "toy" / "seed=0" / "metrics.json"
+    metrics.write_text(metrics.read_text()[:7])
+    state, why = sweep_runs.run_state(metrics.parent, {"x": 1, "seed": 0}, sweep_runs.notebook_digest(tmp_path / "nb.ipynb"))
+    assert state == "todo" and str(metrics) in why
+    capsys.readouterr()
+    assert cli.main(args) == 0
+    assert json.loads(metrics.read_text())["score"] == 10 and f"rerunning seed=0 ({metrics}" in capsys.readouterr().err

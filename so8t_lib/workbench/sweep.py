@@ -12,8 +12,9 @@ A spec (YAML)::
 
 Each run executes the notebook with papermill into ``<run>/output.ipynb`` with the run's parameters
 plus ``output_dir=<run>``; the notebook writes ``<run>/metrics.json``. ``params.yaml`` records the
-parameters and ``status.json`` the outcome. A run that finished ``ok`` is skipped on the next invocation
-(resume) while its params.yaml and the notebook's code are the spec's; otherwise it is *stale* and the
+parameters, ``inputs.json`` a hash of each file they name (a config) and ``status.json`` the outcome. A run
+that finished ``ok`` is skipped on the next invocation (resume) while its params.yaml, those files and the
+notebook's code are the spec's (``sweep_runs.run_state``); otherwise it is *stale* and the
 sweep refuses to start (``rerun_stale`` deletes and reruns it). A failing run is recorded with its error
 and the sweep goes on. ``--workers`` runs several at once (each in its own kernel). Ctrl-C cancels the
 queued runs and interrupts the running ones. ``summary.csv`` rolls up params × scalar metrics.
@@ -43,7 +44,16 @@ from tqdm.auto import tqdm
 
 from ..core.config import ConfigError, read_yaml_mapping
 from ..core.io import atomic_write_text
-from .sweep_runs import canonical_params, check_stale, notebook_digest, read_run_json, run_state
+from ..core.paths import PROJECT_ROOT
+from .sweep_runs import (
+    INPUTS_FILE,
+    canonical_params,
+    check_stale,
+    input_digests,
+    notebook_digest,
+    read_run_json,
+    run_state,
+)
 
 RUNS_ROOT = Path("experiments/runs")
 INTERRUPT_GRACE_S = 10.0  # after Ctrl-C, how long running notebooks get to stop before their kernels are killed
@@ -156,6 +166,8 @@ def run_one(spec: SweepSpec, name: str, params: dict, root: Path, stop: _Stop | 
         return {"run": name, "status": "skipped"}
     if state == "stale":
         return {"run": name, "status": "stale", "error": why}
+    if why:
+        print(f"sweep {spec.name}: rerunning {name} ({why})", file=sys.stderr)
     if stop.requested.is_set():
         return {"run": name, "status": "cancelled"}
     start = time.perf_counter()
@@ -164,8 +176,9 @@ def run_one(spec: SweepSpec, name: str, params: dict, root: Path, stop: _Stop | 
         for old in (status_file, run_dir / "metrics.json"):  # a failed rerun must not pass on the last attempt's
             old.unlink(missing_ok=True)
         atomic_write_text(run_dir / "params.yaml", canonical_params(params))
+        atomic_write_text(run_dir / INPUTS_FILE, json.dumps({"files": input_digests(params)}, indent=1))
         papermill.execute_notebook(
-            str(spec.notebook), str(run_dir / "output.ipynb"), parameters={**params, "output_dir": str(run_dir)},
+            str(spec.notebook), str(run_dir / "output.ipynb"), parameters={**params, "output_dir": _output_dir(run_dir)},
             kernel_name=spec.kernel, progress_bar=False, execution_timeout=spec.timeout_s, cwd=os.getcwd(),
             kernel_manager_class=stop.manager_class(name),
         )
@@ -180,6 +193,15 @@ def run_one(spec: SweepSpec, name: str, params: dict, root: Path, stop: _Stop | 
         stop.kernels.pop(name, None)
     atomic_write_text(status_file, json.dumps(outcome, indent=1, ensure_ascii=False, default=str))
     return outcome
+
+
+def _output_dir(run_dir: Path) -> str:
+    """The run folder as the notebook gets it: as given when the sweep runs from the project root (where
+    notebook 01 moves before it writes, and what earlier runs' checkpoints recorded), else absolute, so a
+    sweep started elsewhere does not write its results under the project root."""
+    if run_dir.is_absolute() or Path.cwd().resolve() == PROJECT_ROOT:
+        return str(run_dir)
+    return str(run_dir.resolve())
 
 
 def _flatten(prefix: str, value: Any, out: dict) -> None:
