@@ -10,6 +10,7 @@ A spec (YAML)::
     grid: {gate_order: [safe_first, none], pet: [true, false]}
     seeds: [0, 1, 2, 3, 4]              # each grid point runs once per seed (parameter ``seed``)
 
+``sweep_spec.load_spec`` reads and checks it (the name is one folder name; values are JSON's).
 Each run executes the notebook with papermill into ``<run>/output.ipynb`` with the run's parameters
 plus ``output_dir=<run>``; the notebook writes ``<run>/metrics.json``. ``params.yaml`` records the
 parameters, ``inputs.json`` a hash of each file they name (a config) and ``status.json`` the outcome. A run
@@ -25,7 +26,6 @@ from __future__ import annotations
 import concurrent.futures
 import contextlib
 import dataclasses
-import itertools
 import json
 import os
 import signal
@@ -42,7 +42,7 @@ import pandas as pd
 import yaml
 from tqdm.auto import tqdm
 
-from ..core.config import ConfigError, read_yaml_mapping
+from ..core.config import ConfigError
 from ..core.io import atomic_write_text
 from ..core.paths import PROJECT_ROOT
 from .sweep_runs import (
@@ -54,72 +54,12 @@ from .sweep_runs import (
     read_run_json,
     run_state,
 )
+from .sweep_spec import SweepSpec, check_name, load_spec
+
+__all__ = ["RUNS_ROOT", "SweepSpec", "load_spec", "run_one", "run_sweep", "summarize"]
 
 RUNS_ROOT = Path("experiments/runs")
 INTERRUPT_GRACE_S = 10.0  # after Ctrl-C, how long running notebooks get to stop before their kernels are killed
-
-
-@dataclass
-class SweepSpec:
-    name: str
-    notebook: Path
-    params: dict[str, Any] = field(default_factory=dict)
-    grid: dict[str, list[Any]] = field(default_factory=dict)
-    seeds: list[int] = field(default_factory=lambda: [0])
-    kernel: str | None = None
-    timeout_s: float | None = None
-
-    def runs(self) -> list[tuple[str, dict[str, Any]]]:
-        """(run name, parameters) for every grid point × seed, in a stable order. ConfigError when two
-        parameter sets get one name (``_slug`` maps "a b" and "a-b" alike): they would share one folder."""
-        keys = list(self.grid)
-        out: list[tuple[str, dict[str, Any]]] = []
-        seen: dict[str, dict[str, Any]] = {}
-        for values in itertools.product(*(self.grid[k] for k in keys)):
-            point = dict(zip(keys, values))
-            for seed in self.seeds:
-                name = "__".join([f"{k}={_slug(v)}" for k, v in point.items()] + [f"seed={seed}"])
-                params = {**self.params, **point, "seed": seed}
-                other = seen.setdefault(name.casefold(), params)  # casefold: macOS folders ignore case
-                if other is not params:
-                    raise ConfigError(
-                        f"sweep {self.name}: two runs would share the folder {name}: {json.dumps(other, default=str)} "
-                        f"and {json.dumps(params, default=str)}; make the grid values differ in letters, digits or "
-                        "'-._' (run names keep only those)")
-                out.append((name, params))
-        return out
-
-
-def _slug(value: Any) -> str:
-    text = json.dumps(value) if not isinstance(value, str) else value
-    return "".join(ch if ch.isalnum() or ch in "-._" else "-" for ch in text)
-
-
-def load_spec(path: str | Path) -> SweepSpec:
-    path = Path(path)
-    data = read_yaml_mapping(path, "sweep spec")
-    allowed = {"name", "notebook", "params", "grid", "seeds", "kernel", "timeout_s"}
-    unknown = sorted(set(data) - allowed)
-    if unknown:
-        raise ConfigError(f"{path}: unknown key(s) {unknown}; allowed: {sorted(allowed)}")
-    for key in ("name", "notebook"):
-        if not data.get(key):
-            raise ConfigError(f"{path}: '{key}' is required")
-    grid = data.get("grid") or {}
-    if not isinstance(grid, dict) or not all(isinstance(v, list) and v for v in grid.values()):
-        raise ConfigError(f"{path}: grid must map each parameter to a non-empty list of values")
-    seeds = data.get("seeds") or [0]
-    if not isinstance(seeds, list) or not all(isinstance(s, int) for s in seeds):
-        raise ConfigError(f"{path}: seeds must be a list of integers")
-    if "seed" in grid or "output_dir" in grid:
-        raise ConfigError(f"{path}: 'seed' and 'output_dir' are set by the sweep, not the grid")
-    notebook = Path(data["notebook"])
-    if not notebook.is_file():
-        raise ConfigError(f"{path}: notebook {notebook} not found (paths are relative to the working directory)")
-    spec = SweepSpec(str(data["name"]), notebook, dict(data.get("params") or {}), grid, seeds,
-                     data.get("kernel"), data.get("timeout_s"))
-    spec.runs()  # refuses two parameter sets sharing a run name before anything runs
-    return spec
 
 
 @dataclass
@@ -311,7 +251,7 @@ def run_sweep(spec: SweepSpec, workers: int = 1, runs_root: Path = RUNS_ROOT,
     """Run the spec's runs that are not done and return summary.csv's frame. Stale run folders make it
     refuse before anything runs (``check_stale``). On Ctrl-C it writes summary.csv for what finished
     and re-raises KeyboardInterrupt; interrupted runs are rerun by the next invocation."""
-    root = Path(runs_root) / spec.name
+    root = Path(runs_root) / check_name(spec.name, f"sweep {spec.name!r}")
     runs = spec.runs()
     names = [name for name, _ in runs]
     spec = dataclasses.replace(spec, kernel=resolve_kernel(spec))

@@ -1,0 +1,175 @@
+"""A sweep spec (``so8t sweep``'s YAML) read and checked before anything runs.
+
+Every value becomes a papermill parameter, a run folder's name or a summary.csv column, so a value that
+would fail later (a run that cannot start, forty runs failing on one typo) or write outside the runs
+root is refused here with the file and the key.
+"""
+
+from __future__ import annotations
+
+import itertools
+import json
+import keyword
+import math
+import re
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+from ..core.config import ConfigError, read_yaml_mapping
+
+SET_BY_SWEEP = ("seed", "output_dir")  # each run's own: a spec setting them would be overridden
+SUMMARY_COLUMNS = ("run", "status")  # summary.csv's own columns: a parameter of that name would overwrite them
+NAME_PATTERN = re.compile(r"[A-Za-z0-9._-]+")
+MAX_SEED = 2**32 - 1  # numpy's and torch's seed range
+
+
+@dataclass
+class SweepSpec:
+    name: str
+    notebook: Path
+    params: dict[str, Any] = field(default_factory=dict)
+    grid: dict[str, list[Any]] = field(default_factory=dict)
+    seeds: list[int] = field(default_factory=lambda: [0])
+    kernel: str | None = None
+    timeout_s: float | None = None
+
+    def runs(self) -> list[tuple[str, dict[str, Any]]]:
+        """(run name, parameters) for every grid point × seed, in a stable order. ConfigError when two
+        parameter sets get one name (``_slug`` maps "a b" and "a-b" alike): they would share one folder."""
+        keys = list(self.grid)
+        out: list[tuple[str, dict[str, Any]]] = []
+        seen: dict[str, dict[str, Any]] = {}
+        for values in itertools.product(*(self.grid[k] for k in keys)):
+            point = dict(zip(keys, values))
+            for seed in self.seeds:
+                name = "__".join([f"{k}={_slug(v)}" for k, v in point.items()] + [f"seed={seed}"])
+                params = {**self.params, **point, "seed": seed}
+                other = seen.setdefault(name.casefold(), params)  # casefold: macOS folders ignore case
+                if other is not params:
+                    raise ConfigError(
+                        f"sweep {self.name}: two runs would share the folder {name}: {json.dumps(other, default=str)} "
+                        f"and {json.dumps(params, default=str)}; make the grid values differ in letters, digits or "
+                        "'-._' (run names keep only those)")
+                out.append((name, params))
+        return out
+
+
+def _slug(value: Any) -> str:
+    text = json.dumps(value) if not isinstance(value, str) else value
+    return "".join(ch if ch.isalnum() or ch in "-._" else "-" for ch in text)
+
+
+def check_name(name: Any, where: str = "sweep spec") -> str:
+    """The sweep's name as the one folder under the runs root it names; ConfigError for anything else
+    ('../ablation' wrote over experiments/ablation/, '.' is the runs root that --rerun-stale deletes in)."""
+    if not isinstance(name, str) or not NAME_PATTERN.fullmatch(name) or name in (".", ".."):
+        raise ConfigError(f"{where}: name {name!r} must be one folder name of letters, digits and '._-' "
+                          "(not '.' or '..'): the runs go to <runs root>/<name>/")
+    return name
+
+
+def _json_scalar(value: Any) -> bool:
+    return value is None or isinstance(value, (str, bool, int)) or (isinstance(value, float) and math.isfinite(value))
+
+
+def _json_value(value: Any) -> bool:
+    """Whether papermill passes ``value`` on as it is (a YAML date or set would arrive as something else)."""
+    if isinstance(value, list):
+        return all(_json_value(v) for v in value)
+    if isinstance(value, dict):
+        return all(isinstance(k, str) and _json_value(v) for k, v in value.items())
+    return _json_scalar(value)
+
+
+def _check_parameter_names(path: Path, what: str, keys: list[Any]) -> None:
+    for key in keys:
+        if not isinstance(key, str) or not key.isidentifier() or keyword.iskeyword(key):
+            raise ConfigError(f"{path}: {what} key {key!r} is not a parameter name (a Python variable of the notebook)")
+        if key in SET_BY_SWEEP:
+            raise ConfigError(f"{path}: '{key}' is set by the sweep for each run, not in {what} "
+                              "(list the seeds under 'seeds')")
+        if key in SUMMARY_COLUMNS:
+            raise ConfigError(f"{path}: {what} key '{key}' would overwrite summary.csv's own '{key}' column; rename it")
+
+
+def _mapping(path: Path, data: dict, key: str) -> dict:
+    value = data.get(key)
+    if value is None:
+        return {}
+    if not isinstance(value, dict):
+        raise ConfigError(f"{path}: {key} must be a mapping of parameter names to values, got {type(value).__name__}")
+    return value
+
+
+def _check_grid(path: Path, grid: dict, params: dict) -> None:
+    _check_parameter_names(path, "grid", list(grid))
+    for key, values in grid.items():
+        if not isinstance(values, list) or not values:
+            raise ConfigError(f"{path}: grid must map each parameter to a non-empty list of values; {key} does not")
+        if bad := [v for v in values if not _json_scalar(v)]:
+            raise ConfigError(f"{path}: grid {key}: {bad[0]!r} is not a string, number, true/false or null "
+                              "(quote a date or a list to pass it as text)")
+        texts = [json.dumps(v) for v in values]
+        if dups := [v for v, t in zip(values, texts) if texts.count(t) > 1]:  # a list: the value may be 0 or null
+            raise ConfigError(f"{path}: grid {key} lists {dups[0]!r} twice")
+        if key in params:
+            raise ConfigError(f"{path}: {key} is in both params and grid; the grid's values would replace the "
+                              "param's, so keep it in one")
+
+
+def _check_seeds(path: Path, seeds: Any) -> list[int]:
+    if seeds is None:
+        return [0]
+    if (not isinstance(seeds, list) or not seeds
+            or not all(isinstance(s, int) and not isinstance(s, bool) and 0 <= s <= MAX_SEED for s in seeds)):
+        raise ConfigError(f"{path}: seeds must be a non-empty list of whole numbers from 0 to {MAX_SEED}, "
+                          f"got {seeds!r} (leave it out for [0])")
+    if dups := [s for s in seeds if seeds.count(s) > 1]:  # a list: seed 0 is falsy
+        raise ConfigError(f"{path}: seeds lists {dups[0]} twice")
+    return seeds
+
+
+def _check_notebook(path: Path, value: Any) -> Path:
+    if not isinstance(value, str):
+        raise ConfigError(f"{path}: notebook must be one path, got {value!r}")
+    notebook = Path(value)
+    if not notebook.is_file():
+        raise ConfigError(f"{path}: notebook {notebook} not found (paths are relative to the working directory)")
+    try:
+        cells = json.loads(notebook.read_text(encoding="utf-8")).get("cells")
+    except (OSError, ValueError, AttributeError) as exc:
+        raise ConfigError(f"{path}: notebook {notebook} is not a Jupyter notebook ({type(exc).__name__})") from None
+    if not isinstance(cells, list):
+        raise ConfigError(f"{path}: notebook {notebook} is not a Jupyter notebook (no list of cells)")
+    return notebook
+
+
+def load_spec(path: str | Path) -> SweepSpec:
+    """Read and check a sweep spec; ConfigError naming the file and the key for anything it refuses."""
+    path = Path(path)
+    data = read_yaml_mapping(path, "sweep spec")
+    allowed = {"name", "notebook", "params", "grid", "seeds", "kernel", "timeout_s"}
+    unknown = sorted(set(data) - allowed, key=str)
+    if unknown:
+        raise ConfigError(f"{path}: unknown key(s) {unknown}; allowed: {sorted(allowed)}")
+    for key in ("name", "notebook"):
+        if data.get(key) in (None, ""):
+            raise ConfigError(f"{path}: '{key}' is required")
+    name = check_name(data["name"], str(path))
+    params, grid = _mapping(path, data, "params"), _mapping(path, data, "grid")
+    _check_parameter_names(path, "params", list(params))
+    if bad := next((k for k, v in params.items() if not _json_value(v)), None):
+        raise ConfigError(f"{path}: params {bad}: {params[bad]!r} is not a string, number, true/false, null, or a "
+                          "list or mapping of those (quote a date to pass it as text)")
+    _check_grid(path, grid, params)
+    seeds = _check_seeds(path, data.get("seeds"))
+    kernel, timeout = data.get("kernel"), data.get("timeout_s")
+    if kernel is not None and not isinstance(kernel, str):
+        raise ConfigError(f"{path}: kernel must be one kernel name (e.g. so8t), got {kernel!r}")
+    if timeout is not None and (isinstance(timeout, bool) or not isinstance(timeout, (int, float))
+                                or not 0 < timeout < math.inf):
+        raise ConfigError(f"{path}: timeout_s must be a number of seconds above 0 per cell, got {timeout!r}")
+    spec = SweepSpec(name, _check_notebook(path, data["notebook"]), dict(params), grid, seeds, kernel, timeout)
+    spec.runs()  # refuses two parameter sets sharing a run name before anything runs
+    return spec

@@ -1,0 +1,71 @@
+"""Sweep specs: a value that would fail a run later, write outside the runs root or overwrite a summary
+column is refused when the spec loads, naming the file and the key (``so8t sweep``: exit 2)."""
+
+import nbformat
+import pytest
+
+from so8t_lib.cli import sweep as cli
+from so8t_lib.core.config import ConfigError
+from so8t_lib.workbench import sweep
+
+
+@pytest.fixture
+def folder(tmp_path, monkeypatch):
+    monkeypatch.chdir(tmp_path)
+    nb = nbformat.v4.new_notebook()
+    nb.cells = [nbformat.v4.new_code_cell("x = 1\nseed = 0\noutput_dir = '.'", metadata={"tags": ["parameters"]})]
+    nbformat.write(nb, tmp_path / "nb.ipynb")
+    (tmp_path / "notjson.ipynb").write_text("not json")
+    return tmp_path
+
+
+@pytest.mark.parametrize("text, message", [
+    ("name: ../ablation\nnotebook: nb.ipynb\n", "name '../ablation' must be one folder name"),
+    ("name: /tmp/elsewhere\nnotebook: nb.ipynb\n", "must be one folder name"),
+    ("name: .\nnotebook: nb.ipynb\n", r"not '\.' or '\.\.'"),
+    ("name: {a: 1}\nnotebook: nb.ipynb\n", "must be one folder name"),
+    ("name: a\nnotebook: [nb.ipynb]\n", "notebook must be one path"),
+    ("name: a\nnotebook: notjson.ipynb\n", "notjson.ipynb is not a Jupyter notebook"),
+    ("name: a\nnotebook: nb.ipynb\nparams: [1, 2]\n", "params must be a mapping"),
+    ("name: a\nnotebook: nb.ipynb\nparams: {seed: 7}\n", "'seed' is set by the sweep"),
+    ("name: a\nnotebook: nb.ipynb\nparams: {output_dir: /etc}\n", "'output_dir' is set by the sweep"),
+    ("name: a\nnotebook: nb.ipynb\nparams: {day: 2024-01-01}\n", "params day: datetime.date"),
+    ("name: a\nnotebook: nb.ipynb\nparams: {x: 5}\ngrid: {x: [1]}\n", "x is in both params and grid"),
+    ("name: a\nnotebook: nb.ipynb\ngrid: [x]\n", "grid must be a mapping"),
+    ("name: a\nnotebook: nb.ipynb\ngrid: {day: [2024-01-01]}\n", "grid day: datetime.date"),
+    ("name: a\nnotebook: nb.ipynb\ngrid: {x: [0, 0]}\n", "grid x lists 0 twice"),
+    ("name: a\nnotebook: nb.ipynb\ngrid: {status: [ok]}\n", "overwrite summary.csv's own 'status'"),
+    ("name: a\nnotebook: nb.ipynb\ngrid: {run: [r1]}\n", "overwrite summary.csv's own 'run'"),
+    ("name: a\nnotebook: nb.ipynb\ngrid: {1: [a]}\n", "grid key 1 is not a parameter name"),
+    ("name: a\nnotebook: nb.ipynb\nseeds: []\n", "seeds must be a non-empty list"),
+    ("name: a\nnotebook: nb.ipynb\nseeds: [true, false]\n", "seeds must be"),
+    ("name: a\nnotebook: nb.ipynb\nseeds: [99999999999999999999999]\n", "seeds must be"),
+    ("name: a\nnotebook: nb.ipynb\nseeds: [0, 0]\n", "seeds lists 0 twice"),
+    ("name: a\nnotebook: nb.ipynb\nkernel: [python3]\n", "kernel must be one kernel name"),
+    ("name: a\nnotebook: nb.ipynb\ntimeout_s: soon\n", "timeout_s must be a number"),
+    ("name: a\nnotebook: nb.ipynb\ntimeout_s: -5\n", "timeout_s must be a number"),
+])
+def test_a_malformed_spec_is_refused_with_its_file_and_key(folder, capsys, text, message):
+    """Each of these used to give a traceback, run anyway (seeds [] became [0], params seed was replaced) or
+    write elsewhere (name '../ablation' replaced experiments/ablation/summary.csv)."""
+    (folder / "spec.yaml").write_text(text)
+    with pytest.raises(ConfigError, match=message):
+        sweep.load_spec(folder / "spec.yaml")
+    assert cli.main([str(folder / "spec.yaml"), "--runs-root", str(folder / "runs")]) == 2
+    assert capsys.readouterr().err.startswith(f"so8t sweep: {folder / 'spec.yaml'}: ")
+    assert sorted(p.name for p in folder.iterdir()) == ["nb.ipynb", "notjson.ipynb", "spec.yaml"]  # nothing written
+
+
+def test_a_spec_built_in_python_cannot_name_a_folder_outside_the_runs_root(folder):
+    spec = sweep.SweepSpec(name="../escaped", notebook=folder / "nb.ipynb")
+    with pytest.raises(ConfigError, match="must be one folder name"):
+        sweep.run_sweep(spec, runs_root=folder / "runs")
+    assert not (folder / "escaped").exists() and not (folder / "runs").exists()
+
+
+def test_well_formed_values_load(folder):
+    (folder / "spec.yaml").write_text("name: a-b.c_1\nnotebook: nb.ipynb\nparams: {overrides: ['k=v'], m: {a: [1]}}\n"
+                                      "grid: {lr: [1, 1.0], tag: [null, '2024-01-01']}\nseeds: [0, 4294967295]\n"
+                                      "timeout_s: 30\n")
+    spec = sweep.load_spec(folder / "spec.yaml")
+    assert spec.name == "a-b.c_1" and len(spec.runs()) == 8 and spec.timeout_s == 30
