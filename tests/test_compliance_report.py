@@ -337,3 +337,18 @@ def test_a_timestamp_past_the_last_utc_moment_is_unreadable_and_the_report_is_wr
     report, folder = make_report([tmp_path / "logs"], dt.date(2026, 11, 1), dt.date(2026, 11, 30), tmp_path / "out")
     assert report.verified and report.summary["decisions"] == 1 and (folder / "report.html").is_file()
     assert "1 record(s) without a readable timestamp were left out" in report.notes
+
+
+@pytest.mark.parametrize("flag", ["false", "False", 0, None])
+def test_include_tests_that_is_not_a_bool_is_refused_not_read_as_on(november, tmp_path, flag):
+    """papermill -p include_tests false hands notebook 07 the string "false": it was truthy, so test records counted."""
+    with pytest.raises(ReportError, match="include_tests must be True or False"):
+        make_report([november], dt.date(2026, 11, 2), dt.date(2026, 11, 9), tmp_path / "out", include_tests=flag)
+    assert not (tmp_path / "out").exists()
+
+
+def test_one_log_folder_given_bare_is_one_folder_not_its_characters(november):
+    listed, _ = make_report([november], dt.date(2026, 11, 2), dt.date(2026, 11, 9))
+    for bare in (str(november), november):  # papermill -p logs logs gives notebook 07 one string
+        report, _ = make_report(bare, dt.date(2026, 11, 2), dt.date(2026, 11, 9))
+        assert report.summary == listed.summary and list(report.verification) == list(listed.verification)

@@ -363,9 +363,12 @@ def run_config(config: str | Path, gate_order: str, pet: bool, max_steps: int, s
     """The config of one sweep run (notebook 01): the run's parameters become overrides of ``config``.
 
     The seed drives both the data order and the model init (gates, head), so paired runs of different
-    gate orders share everything else; ``overrides`` come last and win."""
+    gate orders share everything else; ``overrides`` come last and win (one string is one override)."""
+    if not isinstance(pet, bool):  # bool("false") is True: a string would silently turn PET on
+        raise TypeError(f"run_config: pet must be True or False, got {pet!r}")
+    overrides = [overrides] if isinstance(overrides, str) else overrides
     return load_config(config, [
-        f"model.gates.order={gate_order}", f"loss.pet.enabled={str(bool(pet)).lower()}",
+        f"model.gates.order={gate_order}", f"loss.pet.enabled={str(pet).lower()}",
         f"training.max_steps={max_steps}", f"training.seed={seed}", f"model.seed={seed}",
         f"training.output_dir={Path(output_dir) / 'run'}", *overrides])
 

@@ -91,12 +91,14 @@ def _folder_labels(folders: list[Path]) -> dict[Path, str | None]:
             for folder in folders}
 
 
-def collect(folders: list[str | Path], key: str | bytes | None = None, hmac_key: str | bytes | None = None,
-            include_tests: bool = False, name: str = "audit.jsonl") -> Collected:
+def collect(folders: list[str | Path] | str | Path, key: str | bytes | None = None,
+            hmac_key: str | bytes | None = None, include_tests: bool = False, name: str = "audit.jsonl") -> Collected:
     """Verify every chain of ``folders``, then read their records (decrypted with ``key``); test-mode
-    records are left out (and counted) unless ``include_tests``."""
+    records are left out (and counted) unless ``include_tests``; one folder may be given bare."""
+    if not isinstance(include_tests, bool):  # the string "false" is truthy: test records would count unasked
+        raise ReportError(f"include_tests must be True or False, got {include_tests!r}")
     unique: dict[Path, Path] = {}
-    for folder in map(Path, folders):
+    for folder in map(Path, [folders] if isinstance(folders, str | Path) else folders):
         unique.setdefault(folder.resolve(), folder)  # a folder given twice (logs, logs/) is read once
     folders = list(unique.values())
     missing = [str(f) for f in folders if not f.is_dir()]
