@@ -77,7 +77,7 @@ def test_audit_cli_writes_the_report(corpus_dir, tmp_path, capsys):
     out = tmp_path / "audit.json"
     assert so8t(["corpus", "audit", "--data", str(corpus_dir), "--seeds-dir", str(tmp_path / "none"),
                  "--out", str(out), "--review", str(tmp_path / "absent.yaml")]) == 2  # no seeds: clear error
-    assert "error:" in capsys.readouterr().err
+    assert "so8t corpus: " in capsys.readouterr().err
     rep = audit_labels(corpus_dir, seeds_dir=None, review_path=tmp_path / "absent.yaml", group_threshold=0.9)
     write_audit(rep, out)
     first = out.read_bytes()

@@ -3,8 +3,11 @@
     so8t corpus build [--seed 0] [--seeds-dir data/seeds] [--out data/so8t_safety]
     so8t corpus stats [--data data/so8t_safety] [--markdown]
     so8t corpus check [--data data/so8t_safety] [--json]
-    so8t corpus audit [--data data/so8t_safety] [--seeds-dir data/seeds] [--out data/label_audit.json]
+    so8t corpus audit [--data data/so8t_safety] [--seeds-dir data/seeds] [--out DATA/../label_audit.json]
                       [--review data/label_audit_review.yaml] [--show 30]
+
+The audit goes beside the corpus folder by default (label_audit.json in --data's parent: data/label_audit.json
+for the project's corpus), where ``stats --markdown`` of the same --data reads it.
 """
 
 from __future__ import annotations
@@ -14,10 +17,13 @@ import json
 import sys
 from pathlib import Path
 
+import yaml
+
 from ..core.paths import CORPUS_DIR, SEEDS_DIR
 from ..data.corpus import build_corpus, leakage_report, stats_text
-from ..data.corpus.audit import AUDIT_FILE, REVIEW_FILE, audit_labels, write_audit
+from ..data.corpus.audit import REVIEW_FILE, audit_labels, audit_path, write_audit
 from ..data.corpus.guard import VIOLATIONS
+from .arg_types import unwritable_file
 
 
 def _print_pairs(title: str, pairs: list[dict], keys: tuple[str, str, str, str]) -> None:
@@ -55,8 +61,11 @@ def _check(data: Path, as_json: bool) -> int:
 
 
 def _audit(args: argparse.Namespace) -> int:
+    out = args.out if args.out is not None else audit_path(args.data)
+    if why := unwritable_file("--out", str(out)):  # before the cross-validation, not after it
+        raise ValueError(why)
     rep = audit_labels(args.data, args.seeds_dir, args.review)
-    path = write_audit(rep, args.out)
+    path = write_audit(rep, out)
     s = rep["summary"]
     print(f"wrote {path}: {s['families']} families, cross-validated accuracy {s['cv_accuracy']:.3f} (families), "
           f"{s['cv_accuracy_rows']:.3f} (rows); cleanlab flagged {s['flagged']} {s['flagged_by_label']}; "
@@ -85,7 +94,8 @@ def main(argv: list[str] | None = None) -> int:
     a = sub.add_parser("audit", help="label audit: cleanlab on a grouped cross-validated baseline")
     a.add_argument("--data", type=Path, default=CORPUS_DIR)
     a.add_argument("--seeds-dir", type=Path, default=SEEDS_DIR)
-    a.add_argument("--out", type=Path, default=AUDIT_FILE)
+    a.add_argument("--out", type=Path, default=None,
+                   help="the report (default: label_audit.json in --data's parent, where stats --markdown reads it)")
     a.add_argument("--review", type=Path, default=REVIEW_FILE, help="the reviewer's verdicts per family")
     a.add_argument("--show", type=int, default=30, help="flagged families to print")
     args = p.parse_args(argv)
@@ -99,11 +109,20 @@ def main(argv: list[str] | None = None) -> int:
             return _check(args.data, args.json)
         else:
             return _audit(args)
-    except (ValueError, FileNotFoundError, RuntimeError) as e:
-        print(f"error: {e}", file=sys.stderr)
+    except (ValueError, OSError, RuntimeError, yaml.YAMLError) as e:
+        print(f"so8t corpus: {_why(e)}", file=sys.stderr)
         return 2
     except KeyError as e:  # a data error (exit 2), not a leak found (exit 1)
-        print(f"error: a row of {args.data} has no field {e}; these files are written by 'so8t corpus build'",
+        if args.cmd == "build":
+            raise  # the build's own rows: a bug, not the user's input
+        print(f"so8t corpus: a row of {args.data} has no field {e}; these files are written by 'so8t corpus build'",
               file=sys.stderr)
         return 2
     return 0
+
+
+def _why(e: Exception) -> str:
+    """An error as one line naming the path: an OSError's own text is '[Errno 21] Is a directory: ...'."""
+    if isinstance(e, OSError) and e.filename is not None:
+        return f"{e.filename}: {e.strerror or e}"
+    return str(e)

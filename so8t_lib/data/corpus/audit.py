@@ -32,12 +32,38 @@ VERDICTS: tuple[str, ...] = ("fixed", "kept", "reported")  # reported: a file so
 BASELINE = {"analyzer": "char_wb", "ngram_range": (2, 4), "min_df": 2, "sublinear_tf": True, "C": 4.0}
 
 
+def audit_path(data_dir: str | Path = CORPUS_DIR) -> Path:
+    """Where the audit of the corpus in ``data_dir`` lives: beside that folder (``data/label_audit.json`` for the
+    project's), so `corpus audit` writes and `corpus stats --markdown` reads the same file for the same --data."""
+    return Path(data_dir).parent / AUDIT_FILE.name
+
+
+def read_audit(path: str | Path) -> dict | None:
+    """The report ``write_audit`` wrote (None when there is none); a file that is not one is an error naming it."""
+    path = Path(path)
+    if not path.is_file():
+        return None
+    try:
+        rep = json.loads(path.read_text(encoding="utf-8"))
+    except (UnicodeDecodeError, json.JSONDecodeError) as e:
+        raise ValueError(f"{path}: not a label audit (not valid JSON: {e}); rerun so8t corpus audit") from e
+    summary = rep.get("summary") if isinstance(rep, dict) else None
+    missing = [k for k in ("families", "flagged", "reviewed", *VERDICTS, "cv_accuracy")
+               if not isinstance(summary, dict) or not isinstance(summary.get(k), int | float)]
+    if missing:
+        raise ValueError(f"{path}: not a label audit (no 'summary' with numbers {missing}); rerun so8t corpus audit")
+    return rep
+
+
 def load_review(path: str | Path = REVIEW_FILE) -> dict[str, dict]:
-    """Family -> {verdict, note, ...}; an unknown verdict is an error naming the file and family."""
+    """Family -> {verdict, note, ...}; invalid YAML or an unknown verdict is an error naming the file (and family)."""
     path = Path(path)
     if not path.is_file():
         return {}
-    data = yaml.safe_load(path.read_text(encoding="utf-8")) or {}
+    try:
+        data = yaml.safe_load(path.read_text(encoding="utf-8")) or {}
+    except (UnicodeDecodeError, yaml.YAMLError) as e:
+        raise ValueError(f"{path}: not valid YAML: {e}") from e
     if not isinstance(data, dict):
         raise ValueError(f"{path}: the top level must map family ids to verdicts")
     for fam, entry in data.items():
@@ -84,6 +110,8 @@ def audit_labels(data_dir: str | Path = CORPUS_DIR, seeds_dir: str | Path | None
     from cleanlab.filter import find_label_issues
     from cleanlab.rank import get_label_quality_scores
 
+    seeds = {s.id: s for s in load_seeds(seeds_dir)} if seeds_dir is not None else {}  # errors before the work
+    review = load_review(review_path)
     rows = [r for r in read_corpus(data_dir) if r.get("framing") is None]  # encodings would only add noise
     hand = [r for r in rows if r["variant"] in HANDWRITTEN]
     group_of = groups_of([r["family"] for r in hand],
@@ -101,8 +129,6 @@ def audit_labels(data_dir: str | Path = CORPUS_DIR, seeds_dir: str | Path | None
     labels = np.array([LABELS.index(first[f]["label"]) for f in families])
     ranked = find_label_issues(labels, fam_probs, return_indices_ranked_by="self_confidence", n_jobs=1)
     quality = get_label_quality_scores(labels, fam_probs, method="self_confidence")
-    seeds = {s.id: s for s in load_seeds(seeds_dir)} if seeds_dir is not None else {}
-    review = load_review(review_path)
     flagged = []
     for rank, i in enumerate(ranked, 1):
         fam, row = families[i], first[families[i]]

@@ -19,19 +19,47 @@ request equals or nearly equals an XSTest or SimpleSafetyTests prompt (those pub
 from __future__ import annotations
 
 import json
+import os
+import shutil
 from collections import Counter
 from pathlib import Path
 
-from ...core.io import atomic_write_text
+from ...core.checkpoint import atomic_folder
 from ...core.paths import BENCHMARKS_DIR, CORPUS_DIR, SEEDS_DIR
-from ...core.schema import SPLITS
+from ...core.schema import MANIFEST_FILE, SPLITS
 from ..benchmarks import benchmark_prompts
 from .guard import benchmark_copies, benchmark_pairs, describe_pairs
 from .neardup import GROUP_THRESHOLD, NEAR_DUP_THRESHOLD, groups_of, near_duplicate_pairs
 from .seeds import Seed, load_seeds
 from .splits import assign_splits
-from .text import bare_text, normalize_text, seeded_rng
+from .text import bare_text, seeded_rng, wording
 from .transforms import HANDWRITTEN, ROW_KEYS, expand_seed
+
+# what a build leaves in its folder, and the split files' checksums kept beside them (the Makefile's
+# train.jsonl.sha256), which the build carries into the new folder: anything else there would be deleted by the swap
+BUILD_FILES = frozenset({*(f"{sp}.jsonl" for sp in SPLITS), MANIFEST_FILE})
+CHECKSUM_FILES = frozenset(f"{sp}.jsonl.sha256" for sp in SPLITS)
+
+
+def check_out(out_dir: str | Path) -> None:
+    """ValueError unless ``out_dir`` can take a build: new, or a folder holding only ``BUILD_FILES`` and
+    ``CHECKSUM_FILES`` (the build replaces the folder whole), with a writable place beside it to stage in."""
+    out = Path(os.path.abspath(out_dir))
+    if out.exists() and not out.is_dir():
+        raise ValueError(f"--out {out_dir} is a file, not a folder; name a folder for the corpus")
+    folder = out.parent  # the new folder is written beside the old one, then swapped in
+    while not folder.exists() and folder != folder.parent:
+        folder = folder.parent
+    if not folder.is_dir():
+        raise ValueError(f"--out {out_dir}: {folder} is a file, so no folder can be made there; choose another path")
+    if not os.access(folder, os.W_OK | os.X_OK):
+        raise ValueError(f"--out {out_dir}: this user cannot write in {folder}; choose a writable path")
+    foreign = sorted(p.name for p in out.iterdir()
+                     if p.name not in BUILD_FILES | CHECKSUM_FILES or not p.is_file()) if out.is_dir() else []
+    if foreign:
+        named = ", ".join(foreign[:5]) + (f" and {len(foreign) - 5} more" if len(foreign) > 5 else "")
+        raise ValueError(f"--out {out_dir} holds files a corpus build does not write ({named}), and the build replaces "
+                         "the folder whole, which would delete them; name a new or empty folder, or move them away first")
 
 
 def family_groups(seeds: list[Seed], threshold: float = GROUP_THRESHOLD) -> dict[str, str]:
@@ -85,13 +113,14 @@ def generate_rows(
     """
     groups = family_groups(seeds)
     splits = assign_splits(seeds, seed, groups)
-    seen = {normalize_text(t) for s in seeds for t in s.texts}  # hand-written wordings always win
+    # training's notion of the same request (``wording``, as in ``tables.asked_keys``; the context aside)
+    seen = {wording(t) for s in seeds for t in s.texts}  # hand-written wordings always win
     rows: list[dict] = []
     dropped = 0
     for s in sorted(seeds, key=lambda x: x.id):
         for row in expand_seed(s, seeded_rng(seed, "expand", s.id)):
             if row["variant"] not in HANDWRITTEN:
-                n = normalize_text(row["user_request"])
+                n = wording(row["user_request"])
                 if n in seen:
                     dropped += 1
                     continue
@@ -116,18 +145,25 @@ def build_corpus(
     """Seeds -> ``{train,val,test}.jsonl``; byte-identical for the same seeds and ``seed``.
 
     Nothing is written unless every check passes (validation, dedup, no near-duplicate across
-    splits, every cell in every split, nothing equal or near to a benchmark prompt). Returns rows
-    per split, plus ``total``, ``dropped_duplicates`` and the near-duplicate grouping counts.
+    splits, every cell in every split, nothing equal or near to a benchmark prompt), and the three
+    splits are swapped in together (``atomic_folder``): a failure leaves the old corpus whole, never a
+    new train beside an old test. ``out_dir`` must pass ``check_out``. Returns rows per split, plus
+    ``total``, ``dropped_duplicates`` and the near-duplicate grouping counts.
     """
+    check_out(out_dir)  # before the work, not after it
     seeds = load_seeds(seeds_dir)
     rows, info = generate_rows(seeds, seed, benchmarks_dir)
     out = Path(out_dir)
-    out.mkdir(parents=True, exist_ok=True)
     counts: dict[str, int] = {}
-    for sp in SPLITS:
-        part = [r for r in rows if r["split"] == sp]
-        atomic_write_text(out / f"{sp}.jsonl", "".join(_row_line(r) for r in part))
-        counts[sp] = len(part)
+    with atomic_folder(out, owned=True) as tmp:  # owned: check_out decided what may be replaced
+        for sp in SPLITS:
+            part = [r for r in rows if r["split"] == sp]
+            (tmp / f"{sp}.jsonl").write_bytes("".join(_row_line(r) for r in part).encode("utf-8"))
+            counts[sp] = len(part)
+        for name in sorted(CHECKSUM_FILES):
+            if (out / name).is_file():
+                shutil.copyfile(out / name, tmp / name)
+        check_out(out_dir)  # again just before the swap: a file put there meanwhile is kept
     counts["total"] = len(rows)
     counts.update(info)
     return counts

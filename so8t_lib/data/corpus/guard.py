@@ -21,7 +21,7 @@ from ...core.unicode_text import latin_lookalikes
 from ..benchmarks import benchmark_prompts
 from .neardup import GROUP_THRESHOLD, NEAR_DUP_THRESHOLD, NGRAM, nearest_pairs
 from .splits import read_split
-from .text import bare_text, normalize_text, visible_text
+from .text import bare_text, visible_text, wording
 from .transforms import HANDWRITTEN
 
 REPORT_TOP = 10  # nearest pairs shown by `so8t corpus check` and the data card
@@ -105,7 +105,8 @@ def leakage_report(
 ) -> dict:
     """What would make evaluation on val/test dishonest, checked on the written files.
 
-    A family or a normalised request in two splits; a hand-written request in one split that reaches
+    A family or a request in two splits (the same request as training reads it: ``wording``, punctuation and
+    spacing aside); a hand-written request in one split that reaches
     ``group_threshold`` with one in another (the build keeps such families in one split); rows in the
     wrong file; duplicate ids; any row equal to a benchmark prompt or reaching ``benchmark_threshold``
     with one. Also the nearest pairs, to show how far the corpus is from each threshold. ``ok`` is
@@ -122,7 +123,7 @@ def leakage_report(
             if r.get("split") != sp:
                 wrong_file.append(r.get("id"))
             fam_splits[r["family"]].add(sp)
-            text_rows[normalize_text(r["user_request"])].append((sp, r["id"]))
+            text_rows[wording(r["user_request"])].append((sp, r["id"]))  # training's key, the context aside
             ids[r["id"]] += 1
     families = {f: sorted(s, key=SPLITS.index) for f, s in sorted(fam_splits.items()) if len(s) > 1}
     requests = [

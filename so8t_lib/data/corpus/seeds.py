@@ -15,7 +15,7 @@ import yaml
 
 from ...core.config_files import load_yaml_strict
 from ...core.schema import CATEGORIES, LABELS, LANGS
-from .text import normalize_text
+from .text import wording
 
 HARD_KINDS: tuple[str, ...] = (
     "benign_violent_words", "policy_question", "own_vs_others_data", "injection", "ambiguous_intent",
@@ -143,8 +143,9 @@ def load_seeds(seeds_dir: str | Path) -> list[Seed]:
     """Load and validate every ``*.yaml`` seed file, so a bad seed stops the build with its file and id.
 
     Beyond the per-item rules, ids must be unique across all files and no two
-    wordings (requests or alternatives) may normalise to the same text: a
-    duplicate wording would put one request into two families, hence possibly two splits.
+    wordings (requests or alternatives) may be the same request by training's key (``text.wording``, of which
+    ``tables.asked_keys`` is made; the context aside, so stricter): a duplicate wording would put one
+    request into two families, hence possibly two splits, or under two labels.
     Seeds come back sorted by id (file order does not matter).
     """
     seeds_dir = Path(seeds_dir)
@@ -162,6 +163,10 @@ def load_seeds(seeds_dir: str | Path) -> list[Seed]:
             items = load_yaml_strict(path.read_text(encoding="utf-8"))
         except yaml.YAMLError as e:
             raise ValueError(f"{path}: not valid YAML: {e}") from e
+        except UnicodeDecodeError as e:
+            raise ValueError(f"{path}: not UTF-8 text ({e}); save the seed file as UTF-8") from e
+        except OSError as e:  # a folder named x.yaml, an unreadable file
+            raise ValueError(f"{path}: cannot be read as a seed file ({e.strerror or e})") from e
         if not isinstance(items, list):
             raise ValueError(f"{path}: the top level must be a YAML list of seeds")  # noqa: TRY004
         for i, item in enumerate(items):
@@ -172,10 +177,11 @@ def load_seeds(seeds_dir: str | Path) -> list[Seed]:
                 raise ValueError(f"{where}: field 'id': duplicate id {s.id!r} (first at {id_where[s.id]})")
             id_where[s.id] = where
             for field, t in zip(("request", "alt", "alt"), s.texts):
-                n = normalize_text(t)
+                n = wording(t)
                 if n in text_where:
                     raise ValueError(
-                        f"{where}: field '{field}': duplicate normalised text {t!r} (first at {text_where[n]})"
+                        f"{where}: field '{field}': duplicate normalised text {t!r} (first at {text_where[n]}; "
+                        "training reads the two as one request: punctuation, spacing and case aside)"
                     )
                 text_where[n] = where
             seeds.append(replace(s, file=str(path), index=i))

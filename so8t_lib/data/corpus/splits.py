@@ -70,8 +70,13 @@ def assign_splits(seeds: Iterable[Seed], seed: int = 0, groups: Mapping[str, str
     return out
 
 
+# what the guards and the statistics group and compare by: a row without one of them cannot be checked
+ROW_STRINGS: tuple[str, ...] = ("id", "user_request", "family", "split", "label")
+
+
 def read_split(data_dir: str | Path, split: str) -> list[dict]:
-    """Rows of one split file; a missing file or a bad line is an error naming it."""
+    """Rows of one split file; a missing file, or a line that is not a JSON object with the ``ROW_STRINGS``
+    as strings, is an error naming it (file:line)."""
     path = Path(data_dir) / f"{split}.jsonl"
     if not path.is_file():
         raise FileNotFoundError(f"{path} not found (run: so8t corpus build)")
@@ -81,9 +86,18 @@ def read_split(data_dir: str | Path, split: str) -> list[dict]:
             if not line.strip():
                 continue
             try:
-                rows.append(json.loads(line))
+                row = json.loads(line)
             except json.JSONDecodeError as e:
                 raise ValueError(f"{path}:{i}: not valid JSON: {e}") from e
+            if not isinstance(row, dict):
+                raise ValueError(f"{path}:{i}: a row must be a JSON object, got {type(row).__name__}; "  # noqa: TRY004
+                                 "these files are written by 'so8t corpus build'")
+            bad = next((k for k in ROW_STRINGS if not isinstance(row.get(k), str)), None)
+            if bad is not None:
+                got = "no field" if bad not in row else "null" if row[bad] is None else type(row[bad]).__name__
+                raise ValueError(f"{path}:{i}: field {bad!r} must be a string, the row has {got}; these files are "
+                                 "written by 'so8t corpus build'")
+            rows.append(row)
     return rows
 
 

@@ -6,12 +6,13 @@ taxonomy and look-alike contrasts it covers; how close it comes to leaking; what
 
 from __future__ import annotations
 
-import json
 from pathlib import Path
 from typing import TYPE_CHECKING
 
 from ...core.paths import BENCHMARKS_DIR, CORPUS_DIR
 from ...core.schema import CATEGORIES, LABELS, LANGS, SPLITS
+from .audit import audit_path as default_audit
+from .audit import read_audit
 from .framings import FRAMING_GROUP_OF, FRAMINGS
 from .seeds import CONTRASTS, HARD_KINDS, HAZARDS
 from .splits import read_corpus
@@ -20,9 +21,6 @@ from .transforms import VARIANTS
 
 if TYPE_CHECKING:
     import pandas
-
-AUDIT_FILE = "label_audit.json"  # written by `so8t corpus audit` beside the seeds folder (data/)
-
 
 def _frame(data_dir: str | Path) -> pandas.DataFrame:
     import pandas as pd
@@ -164,10 +162,9 @@ def leakage_table(data_dir: str | Path, benchmarks_dir: str | Path | None = BENC
 
 def audit_table(audit_path: str | Path) -> str | None:
     """The label audit's counts from ``label_audit.json`` (None when no audit was run)."""
-    path = Path(audit_path)
-    if not path.is_file():
+    rep = read_audit(audit_path)
+    if rep is None:
         return None
-    rep = json.loads(path.read_text(encoding="utf-8"))
     s = rep["summary"]
     rows = [("families audited", s["families"]), ("flagged by cleanlab", s["flagged"]),
             ("reviewed", s["reviewed"]), ("fixed in the seeds", s["fixed"]), ("kept (label right)", s["kept"]),
@@ -211,7 +208,7 @@ def stats_text(data_dir: str | Path = CORPUS_DIR, markdown: bool = False,
         return "\n\n".join(f"{title}\n{tab.to_string()}" for title, tab in tables)
     parts = [f"**{title}**\n\n{_markdown_table(tab)}" for title, tab in tables]
     parts.append("**Leakage guard: nearest pairs**\n\n" + leakage_table(data_dir, benchmarks_dir))
-    audit = audit_table(audit_path if audit_path is not None else Path(data_dir).parent / AUDIT_FILE)
+    audit = audit_table(audit_path if audit_path is not None else default_audit(data_dir))
     if audit:
         parts.append("**Label audit**\n\n" + audit)
     return "\n\n".join(parts)

@@ -1,9 +1,10 @@
 """What "the same text" means for the corpus, seeded randomness that does not depend on the process, and
 joining message parts with the punctuation a person would type.
 
-``normalize_text`` is the one notion of sameness for deduplication and the split guards, ``bare_text`` the
-benchmark guards' (what the model reads: punctuation, spaces, symbols and invisible characters dropped too),
-``visible_text`` their near-copy check's, ``wording`` the label-conflict check's (symbols kept); ``seeded_rng``
+``normalize_text`` is the near-duplicate n-grams' notion of sameness, ``bare_text`` the benchmark guards' (what
+the model reads: punctuation, spaces, symbols and invisible characters dropped too), ``visible_text`` their
+near-copy check's, ``wording`` training's label-conflict check's (symbols kept), and so the seeds' duplicate check,
+the build's dedup and the split guard's; ``seeded_rng``
 gives every family its own generator, so a build is byte-identical whatever order it runs in.
 """
 
@@ -20,10 +21,10 @@ _WS_RE = re.compile(r"\s+")
 
 
 def normalize_text(s: str) -> str:
-    """NFKC + casefold + collapsed whitespace: the one notion of "same text" for dedup and leakage.
+    """NFKC + casefold + collapsed whitespace: the text whose character n-grams the near-duplicate guards compare.
 
     NFKC folds full-width ASCII and half-width katakana back, so a width-only variant
-    counts as a duplicate of its source.
+    counts as a near-duplicate of its source.
     """
     return _WS_RE.sub(" ", unicodedata.normalize("NFKC", s).casefold()).strip()
 
