@@ -280,3 +280,43 @@ def test_voila_runs_the_notebook_on_the_so8t_kernel_or_one_written_for_this_pyth
     assert env["JUPYTER_PATH"].split(":") == [str(tmp_path), "/elsewhere"]
     spec = json.loads((tmp_path / "kernels" / "so8t" / "kernel.json").read_text())
     assert spec["argv"][0] == sys.executable
+
+
+def test_one_model_given_as_a_string_is_one_model_and_a_threshold_that_is_no_number_is_a_note():
+    """papermill -p models x gives notebook 05 a string: it was offered as one model per character."""
+    s = view.demo_settings("dist/so8t-demo-q4_k_m.gguf", environ={})
+    assert (s.models, s.selected) == (["dist/so8t-demo-q4_k_m.gguf"], "dist/so8t-demo-q4_k_m.gguf")
+    assert view.demo_settings(["a"], threshold="0.9", environ={}).threshold == 0.9  # -p threshold 0.9 as text
+    for bad, note in (("high", "not a number"), (True, "not a number"), (float("nan"), "outside")):
+        s = view.demo_settings(["a"], threshold=bad, environ={})  # a TypeError before; True was taken as 1.0
+        assert s.threshold == 0.8 and s.notes[0].startswith("threshold") and note in s.notes[0], s.notes
+
+
+@pytest.mark.parametrize("where", ["a file", "under a file"])
+def test_a_log_folder_that_cannot_be_made_is_the_page_s_message_not_a_cell_error(tmp_path, where):
+    (tmp_path / "afile").write_text("x")
+    log_dir = tmp_path / "afile" if where == "a file" else tmp_path / "afile" / "logs"
+    made = []
+    app = build_app(["fixed-model"], 0.8, log_dir, agent_factory=lambda *a: made.append(a))
+    assert 'data-kind="error"' in app.status_html.value and str(log_dir) in app.status_html.value
+    assert "cannot be made or written" in app.status_html.value and not made  # no agent writing into it
+    assert app.decide_button.disabled and app.request_box.disabled and all(b.disabled for b in app.example_buttons)
+
+
+def test_so8t_present_refuses_a_log_folder_a_port_and_a_timeout_it_cannot_use_before_starting_voila(
+        tmp_path, capsys, monkeypatch):
+    pytest.importorskip("voila")
+    monkeypatch.chdir(tmp_path)
+    from so8t_lib.cli import main as so8t
+    from so8t_lib.workbench import stakeholder_server as server
+
+    monkeypatch.setattr(server.LocalServer, "start", lambda self: pytest.fail("Voilà was started"))
+    (tmp_path / "afile").write_text("x")
+    assert so8t(["present", "--no-browser", "--log-dir", str(tmp_path / "afile")]) == 2
+    err = capsys.readouterr().err
+    assert f"so8t present: the log folder {tmp_path / 'afile'} cannot be made or written" in err
+    for option, value in (("--port", "70000"), ("--port", "-1"), ("--timeout", "nan"), ("--timeout", "0")):
+        with pytest.raises(SystemExit) as stopped:
+            so8t(["present", "--no-browser", option, value, "--log-dir", str(tmp_path / "logs")])
+        assert stopped.value.code == 2 and f"argument {option}: expected" in capsys.readouterr().err
+    assert not server.port_is_free(70000)  # no port at all: not free, and no OverflowError

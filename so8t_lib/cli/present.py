@@ -31,7 +31,18 @@ from ..workbench.stakeholder_server import (
     present_environment,
     voila_command,
 )
-from ..workbench.stakeholder_view import demo_settings, model_label
+from ..workbench.stakeholder_view import demo_settings, log_folder_problem, model_label
+from .arg_types import number_in, whole_number
+
+MAX_PORT = 65535
+
+
+def _port(text: str) -> int:
+    """0 to 65535 (0: a free one); anything else would end in an OverflowError traceback from the socket."""
+    port = whole_number(0)(text)
+    if port > MAX_PORT:
+        raise argparse.ArgumentTypeError(f"expected a port from 0 to {MAX_PORT}, got {text!r}")
+    return port
 
 
 def _stop_on_sigterm(signum, frame) -> None:
@@ -43,10 +54,11 @@ def main(argv: list[str] | None = None) -> int:
                                      formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--model", help="checkpoint, run folder or .gguf file the page opens on")
     parser.add_argument("--threshold", type=float, help="the runtime rule's threshold it opens on (default 0.8)")
-    parser.add_argument("--port", type=int, default=8866, help="port on 127.0.0.1; 0 picks a free one")
+    parser.add_argument("--port", type=_port, default=8866, help="port on 127.0.0.1; 0 picks a free one")
     parser.add_argument("--log-dir", help="the demo's audit log and escalation queue (default: logs/present)")
     parser.add_argument("--no-browser", action="store_true", help="do not open a browser")
-    parser.add_argument("--timeout", type=float, default=120, help="seconds to wait for Voilà to answer")
+    parser.add_argument("--timeout", type=number_in(1, what="seconds"), default=120,  # NaN would never time out
+                        help="seconds to wait for Voilà to answer")
     args = parser.parse_args(argv)
 
     if importlib.util.find_spec("voila") is None:
@@ -59,6 +71,10 @@ def main(argv: list[str] | None = None) -> int:
         return 2
     root = enter_project_root()
     log_dir = log_dir or root / "logs" / "present"
+    problem = log_folder_problem(log_dir)  # before Voilà: otherwise "ready", and the page a generic cell error
+    if problem:
+        print(f"so8t present: {problem}", file=sys.stderr)
+        return 2
     settings = demo_settings(model=model, threshold=args.threshold)
     for note in settings.notes:
         print(f"so8t present: {note}", file=sys.stderr)

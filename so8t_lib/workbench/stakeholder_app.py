@@ -25,6 +25,7 @@ from .stakeholder_view import (
     THRESHOLD_RANGE,
     DemoSettings,
     demo_settings,
+    log_folder_problem,
     model_label,
     render_message,
     render_result,
@@ -60,7 +61,9 @@ class StakeholderApp:
     """The page's widgets and state. Displayed as its ``widget``; the buttons work headless
     (``app.decide_button.click()``), which is how the tests drive it without a browser."""
 
-    def __init__(self, settings: DemoSettings, log_dir: Path, agent_factory: AgentFactory = make_agent) -> None:
+    def __init__(self, settings: DemoSettings, log_dir: Path, agent_factory: AgentFactory = make_agent,
+                 problem: str | None = None) -> None:
+        """``problem``: why the page cannot decide at all (a log folder it cannot write), shown instead of it."""
         import ipywidgets as w
 
         self.settings, self.log_dir, self.agent_factory = settings, log_dir, agent_factory
@@ -100,8 +103,9 @@ class StakeholderApp:
         for widget, name in ((self.widget, "so8t-app"), (self.request_box, "so8t-request-box"),
                              (self.context_box, "so8t-context-box"), (self.decide_button, "so8t-decide")):
             widget.add_class(name)  # what the browser tests and the screenshot find the page's parts by
-        if settings.selected is None:
-            self.status_html.value = render_message("warning", NO_MODEL, escape=False)
+        if problem or settings.selected is None:
+            self.status_html.value = (render_message("error", f"The demo cannot start: {problem}") if problem
+                                      else render_message("warning", NO_MODEL, escape=False))
             self.result_html.value = ""
             for control in (self.request_box, self.context_box, self.model_picker, self.threshold_slider,
                             self.decide_button, *self.example_buttons):
@@ -206,5 +210,4 @@ def build_app(models: list[str] | None = None, threshold: float | None = None, l
     and dist/, the pretrained default's Q4_K_M file first, threshold 0.8, a temporary log folder."""
     settings = demo_settings(models, model, threshold, str(log_dir) if log_dir else None)
     folder = Path(settings.log_dir) if settings.log_dir else Path(tempfile.mkdtemp(prefix="so8t-demo-"))
-    folder.mkdir(parents=True, exist_ok=True)
-    return StakeholderApp(settings, folder, agent_factory)
+    return StakeholderApp(settings, folder, agent_factory, problem=log_folder_problem(folder))

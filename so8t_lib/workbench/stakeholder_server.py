@@ -42,7 +42,7 @@ def port_is_free(port: int, host: str = HOST) -> bool:
     with socket.socket() as sock:
         try:
             sock.bind((host, port))
-        except OSError:
+        except (OSError, OverflowError):  # taken, or no port at all (over 65535: OverflowError)
             return False
         return True
 

@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import html
 import os
+import tempfile
 from collections.abc import Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -89,9 +90,11 @@ def demo_settings(models: list[str] | None = None, model: str | None = None, thr
                   log_dir: str | None = None, environ: Mapping[str, str] | None = None,
                   root: str | Path = ".") -> DemoSettings:
     """The page's settings: the notebook's parameters where given, else ``$SO8T_DEMO_*`` (how ``so8t present``
-    passes them through Voilà), else the defaults. A bad value is named in ``notes``, never raised."""
+    passes them through Voilà), else the defaults. A bad value is named in ``notes``, never raised; one model
+    given as a bare string is one model, not a list of its characters."""
     env = os.environ if environ is None else environ
     notes: list[str] = []
+    models = [models] if isinstance(models, str) else models
     found = list(models) if models else find_models(root)
     chosen = model or env.get(ENV_MODEL) or None
     if chosen:
@@ -101,18 +104,45 @@ def demo_settings(models: list[str] | None = None, model: str | None = None, thr
         else:
             found.insert(0, chosen)
     selected = chosen or default_model(found)
-    if threshold is None and env.get(ENV_THRESHOLD):
+    named, value = ("threshold", threshold) if threshold is not None else (ENV_THRESHOLD, env.get(ENV_THRESHOLD))
+    threshold = _threshold(named, value, notes) if value not in (None, "") else DEFAULT_THRESHOLD
+    return DemoSettings(found, selected, threshold, log_dir or env.get(ENV_LOG_DIR) or None, notes)
+
+
+def _threshold(named: str, value: object, notes: list[str]) -> float:
+    """``value`` as a threshold in THRESHOLD_RANGE, else the default with a note: a string that is no number
+    (papermill's ``-p threshold high``), True (not 1.0), NaN or a value out of range."""
+    number = None
+    if isinstance(value, str):
         try:
-            threshold = float(env[ENV_THRESHOLD])
+            number = float(value)
         except ValueError:
-            notes.append(f"{ENV_THRESHOLD}={env[ENV_THRESHOLD]!r} is not a number; using {DEFAULT_THRESHOLD}.")
-    if threshold is None:
-        threshold = DEFAULT_THRESHOLD
+            pass
+    elif isinstance(value, int | float) and not isinstance(value, bool):
+        number = float(value)
     low, high = THRESHOLD_RANGE
-    if not low <= threshold <= high:
-        notes.append(f"threshold {threshold} is outside [{low}, {high}]; using {DEFAULT_THRESHOLD}.")
-        threshold = DEFAULT_THRESHOLD
-    return DemoSettings(found, selected, float(threshold), log_dir or env.get(ENV_LOG_DIR) or None, notes)
+    if number is None:
+        notes.append(f"{named}={value!r} is not a number; using {DEFAULT_THRESHOLD}.")
+    elif not low <= number <= high:
+        notes.append(f"{named} {number} is outside [{low}, {high}]; using {DEFAULT_THRESHOLD}.")
+    else:
+        return number
+    return DEFAULT_THRESHOLD
+
+
+def log_folder_problem(folder: str | Path) -> str | None:
+    """Make ``folder`` (the demo's audit log and queue) and check a file can be written in it; None when it
+    can, else what is wrong, for ``so8t present`` to refuse and the page to show instead of a cell error."""
+    folder = Path(folder)
+    try:
+        folder.mkdir(parents=True, exist_ok=True)
+        with tempfile.NamedTemporaryFile(dir=folder, prefix=".so8t-write-check-"):
+            pass
+    except OSError as exc:
+        why = "a file is in the way" if isinstance(exc, FileExistsError | NotADirectoryError) else exc.strerror
+        return (f"the log folder {folder} cannot be made or written ({why or exc}); choose another (so8t present "
+                "--log-dir, or the notebook's log_dir)")
+    return None
 
 
 # ----- HTML ---------------------------------------------------------------------------------------
