@@ -3,10 +3,14 @@
 Addresses and channels come from the config; secrets only from the environment (SLACK_WEBHOOK_URL,
 SMTP_USERNAME, SMTP_PASSWORD, and each route's own webhook variable, ``routes.<category>.webhook_env``:
 Slack's incoming webhooks post to the channel they were made for, so one shared webhook reaches one
-channel). Sending runs in a background thread with retries and exponential backoff, bounded by
-``notify_timeout_s``, so it never delays a decision; the outcome is recorded on the case. When no
-channel is configured at all, that is itself a failed outcome (logged, recorded, the case shows
-notify_failed): an escalation that reaches nobody must not look like a sent one.
+channel). Sending runs in a background thread with retries and exponential backoff, so it never delays a
+decision; the outcome is recorded on the case. Each channel runs in its own thread with the whole
+``notify_timeout_s`` and is given up at that deadline, whatever a slow or trickling server does: one sending
+ends within ``notify_timeout_s`` (plus a fraction of a second), and a hung webhook leaves e-mail its full time.
+When no channel is configured at all, that is itself a failed outcome (logged, recorded, the case shows
+notify_failed): an escalation that reaches nobody must not look like a sent one. For the same reason a webhook
+that redirects is a failure (urllib would re-send the POST as a GET without its body, and the target's 200
+looked like a delivered notice), and a case whose category has no route goes to the fallback desk (general).
 
 The request is the asker's text: in a message it is quoted line by line (a line break in it cannot pose as a line
 of ours, such as a forged "Resolve:" link) and, for Slack, escaped (``<!channel>`` or ``<url|label>`` would
@@ -24,11 +28,16 @@ import logging
 import os
 import smtplib
 import ssl
+import threading
 import time
+import urllib.error
+import urllib.parse
 import urllib.request
+from collections.abc import Callable
 from email.message import EmailMessage
 
-from .config import EscalationConfig
+from ..core.schema import FALLBACK_CATEGORY
+from .config import EscalationConfig, RouteConfig
 from .urgency import is_urgent_case
 
 logger = logging.getLogger("so8t.escalation")
@@ -46,19 +55,67 @@ NO_CHANNEL = ("no notification channel is configured (set SLACK_WEBHOOK_URL or e
               "or escalation.email_notifications with smtp_server)")
 
 
-def _with_retries(send, retries: int, deadline: float) -> dict:
-    attempt, delay, error = 0, 0.2, None
+GRACE_S = 0.2  # past the deadline, for an attempt that is just answering
+
+
+class WebhookRedirected(RuntimeError):
+    """The webhook answered 3xx: a configuration to fix, which no retry mends."""
+
+
+class _NoRedirects(urllib.request.HTTPRedirectHandler):
+    """urllib follows 301/302/303 for a POST as a GET without the body; refused, the 3xx comes back as an error."""
+
+    def redirect_request(self, req, fp, code, msg, headers, newurl):
+        return None
+
+
+def _redirect_target(url: str, location: str | None) -> str:
+    """Where a redirect points, as scheme://host only: a webhook's path and query are its secret."""
+    target = urllib.parse.urlsplit(urllib.parse.urljoin(url, location or ""))
+    return f"{target.scheme}://{target.netloc}/..." if location else "no Location"
+
+
+def _with_retries(send: Callable[[float], None], retries: int, deadline: float, outcome: dict) -> None:
+    """Fill ``outcome`` as it goes (``attempts``, ``error``; ``ok`` at the end): a caller that gives up at the
+    deadline still reads how far it got."""
+    attempt, delay = 0, 0.2
     while True:
         attempt += 1
+        outcome["attempts"] = attempt
         try:
             send(max(0.1, deadline - time.monotonic()))
-            return {"ok": True, "attempts": attempt}
+            outcome.pop("error", None)
+            outcome["ok"] = True
+            return
         except Exception as exc:  # noqa: BLE001 - any transport failure is retried, then recorded
-            error = f"{type(exc).__name__}: {exc}"
-        if attempt > retries or time.monotonic() + delay >= deadline:
-            return {"ok": False, "attempts": attempt, "error": error}
+            outcome["error"] = f"{type(exc).__name__}: {exc}"
+            final = isinstance(exc, WebhookRedirected)
+        if final or attempt > retries or time.monotonic() + delay >= deadline:
+            outcome["ok"] = False
+            return
         time.sleep(delay)
         delay *= 2
+
+
+def _send_each(jobs: dict[str, Callable[[float], None]], retries: int, budget: float) -> dict[str, dict]:
+    """Every channel at once, each in its own daemon thread with the whole ``budget``; one still sending at the
+    deadline is given up and recorded as failed (it may yet arrive: at least once, never "sent" when it was not)."""
+    deadline = time.monotonic() + budget
+    outcomes: dict[str, dict] = {name: {"attempts": 0} for name in jobs}
+    threads = [threading.Thread(target=_with_retries, args=(send, retries, deadline, outcomes[name]), daemon=True,
+                                name=f"so8t-notify-{name}") for name, send in jobs.items()]
+    for thread in threads:
+        thread.start()
+    for thread in threads:
+        thread.join(max(0.0, deadline - time.monotonic()) + GRACE_S)
+    results = {}
+    for name, outcome in outcomes.items():
+        result = dict(outcome)  # a snapshot: a thread given up may still write to its own dict
+        if "ok" not in result:
+            last = f" (last error: {result['error']})" if result.get("error") else ""
+            result.update(ok=False, error=f"no answer within notify_timeout_s ({budget:g} s); given up{last}")
+        results[name] = result
+    return results
 
 
 class Notifier:
@@ -72,9 +129,19 @@ class Notifier:
         """SLACK_WEBHOOK_URL, else escalation.notification_webhook."""
         return os.environ.get("SLACK_WEBHOOK_URL") or self.config.notification_webhook
 
-    def webhook_for(self, category: str) -> str | None:
+    def route_for(self, case: dict) -> RouteConfig:
+        """The case's route; a category no route has (none, or one dropped from the config since the case was
+        spooled) goes to the fallback desk rather than to nobody."""
+        route = self.config.routes.get(case.get("category"))
+        if route is None:
+            logger.warning("escalation %s: no route for category %r; notifying the %s desk", case.get("case_id"),
+                           case.get("category"), FALLBACK_CATEGORY)
+            route = self.config.routes[FALLBACK_CATEGORY]
+        return route
+
+    def webhook_for(self, route: RouteConfig) -> str | None:
         """The route's own webhook (``routes.<category>.webhook_env``) when its variable is set, else the shared one."""
-        env = self.config.routes[category].webhook_env
+        env = route.webhook_env
         return (os.environ.get(env) if env else None) or self.shared_webhook()
 
     def unset_route_webhooks(self) -> list[str]:
@@ -102,20 +169,26 @@ class Notifier:
                 f"{escape(rationale)}\nInput (personal data masked):\n{quoted(escape(case['input']))}\n"
                 f"Resolve: so8t escalation resolve {case_id} --decision ALLOW|REFUSE --by NAME")
 
-    def _webhook(self, case: dict, timeout: float, reminder: bool) -> None:
-        url = self.webhook_for(case["category"])
-        route = self.config.routes[case["category"]]
+    def _webhook(self, case: dict, route: RouteConfig, timeout: float, reminder: bool) -> None:
+        url = self.webhook_for(route)
         if not url:
             raise RuntimeError(f"no webhook for route {case['category']}: set "
                                f"{route.webhook_env or 'its webhook_env variable'} or SLACK_WEBHOOK_URL")
         body = json.dumps({"text": self._message(case, reminder, escape=slack_escaped), "channel": route.slack_channel}).encode("utf-8")
         request = urllib.request.Request(url, data=body, headers={"Content-Type": "application/json"})
-        with urllib.request.urlopen(request, timeout=timeout) as response:  # noqa: S310 - URL from config/env
-            if response.status >= 300:
-                raise RuntimeError(f"webhook answered HTTP {response.status}")
+        try:
+            with urllib.request.build_opener(_NoRedirects).open(request, timeout=timeout) as response:
+                if response.status >= 300:
+                    raise RuntimeError(f"webhook answered HTTP {response.status}")
+        except urllib.error.HTTPError as exc:
+            exc.close()
+            if 300 <= exc.code < 400:
+                raise WebhookRedirected(f"the webhook answered {exc.code} to "
+                                        f"{_redirect_target(url, exc.headers.get('Location'))}: nothing was posted; "
+                                        "point the config at the final URL") from None
+            raise
 
-    def _email(self, case: dict, timeout: float, reminder: bool) -> None:
-        route = self.config.routes[case["category"]]
+    def _email(self, case: dict, route: RouteConfig, timeout: float, reminder: bool) -> None:
         message = EmailMessage()
         message["From"], message["To"] = self.config.email_from, route.email
         message["Subject"] = f"[SO8T] {'URGENT ' if is_urgent_case(case) else ''}" \
@@ -150,17 +223,17 @@ class Notifier:
     def send(self, case: dict, reminder: bool = False) -> list[dict]:
         """Send now (blocking, bounded by notify_timeout_s); returns one outcome per channel, each appended to the
         case's record (a reminder's marked ``reminder: true``)."""
-        deadline = time.monotonic() + self.config.notify_timeout_s
-        outcomes = []
-        route = self.config.routes[case["category"]]
-        channels = self.channels()
+        route = self.route_for(case)
+        channels, jobs, targets = self.channels(), {}, {}
         if "webhook" in channels:
             own = bool(route.webhook_env and os.environ.get(route.webhook_env))
-            outcomes.append({"channel": "webhook", "target": route.webhook_env if own else route.slack_channel,
-                             **_with_retries(lambda t: self._webhook(case, t, reminder), self.config.retries, deadline)})
+            targets["webhook"] = route.webhook_env if own else route.slack_channel
+            jobs["webhook"] = lambda t: self._webhook(case, route, t, reminder)
         if "email" in channels and route.email:
-            outcomes.append({"channel": "email", "target": route.email,
-                             **_with_retries(lambda t: self._email(case, t, reminder), self.config.retries, deadline)})
+            targets["email"] = route.email
+            jobs["email"] = lambda t: self._email(case, route, t, reminder)
+        results = _send_each(jobs, self.config.retries, self.config.notify_timeout_s) if jobs else {}
+        outcomes = [{"channel": name, "target": targets[name], **results[name]} for name in jobs]
         if not outcomes:
             outcomes.append({"channel": "none", "target": None, "ok": False, "attempts": 0, "error": NO_CHANNEL})
         for outcome in outcomes:
@@ -177,7 +250,17 @@ class Notifier:
         return outcomes
 
     def notify_async(self, case: dict, reminder: bool = False) -> concurrent.futures.Future:
-        return self._pool.submit(self.send, case, reminder)
+        """``send`` on the pool; whatever it raises is logged, not left in a future nobody reads."""
+        future = self._pool.submit(self.send, case, reminder)
+        future.add_done_callback(lambda done: _log_crash(case, done))
+        return future
 
     def close(self) -> None:
         self._pool.shutdown(wait=False, cancel_futures=False)
+
+
+def _log_crash(case: dict, future: concurrent.futures.Future) -> None:
+    exc = None if future.cancelled() else future.exception()
+    if exc is not None:
+        logger.error("escalation %s: notification crashed, nobody may have been notified: %s: %s",
+                     case.get("case_id"), type(exc).__name__, exc, exc_info=exc)
