@@ -215,3 +215,14 @@ def test_one_route_override_starts_from_the_default_routes():
     assert routes["legal"].email == "legal@company.com"
     with pytest.raises(ConfigError, match=r"unknown categories \['medial'\]"):
         load_runtime_config(CONFIGS / "basic.yaml", ["escalation.routes.medial={email: a@b}"])
+
+
+def test_an_optimizer_given_in_part_keeps_its_sides_own_lr_as_an_override_does(tmp_path):
+    empty = _write(tmp_path, "")
+    for side, lr in (("task_optimizer", 3e-4), ("safety_optimizer", 2e-3)):
+        in_file = load_config(_write(tmp_path, f"training:\n  {side}:\n    warmup_steps: 5\n")).training
+        as_override = load_config(empty, [f"training.{side}.warmup_steps=5"]).training
+        assert getattr(in_file, side).lr == getattr(as_override, side).lr == pytest.approx(lr)
+        assert getattr(in_file, side).warmup_steps == 5 and in_file == as_override
+    explicit = load_config(_write(tmp_path, "training:\n  safety_optimizer: {lr: 0.0001, warmup_steps: 5}\n"))
+    assert explicit.training.safety_optimizer.lr == 0.0001 and explicit.training.task_optimizer.lr == 3e-4

@@ -18,10 +18,12 @@ from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_valida
 from .config_files import (  # noqa: F401 - re-exported: callers import them from core.config
     ConfigError,
     apply_overrides,
+    deep_merge,
     parse_override,
     parse_size,
     read_config_mapping,
     read_yaml_mapping,
+    section_default,
 )
 from .schema import LABELS, POOLINGS
 
@@ -31,6 +33,19 @@ PRESET_HUB_IDS = {"qwen2.5-0.5b": "Qwen/Qwen2.5-0.5B-Instruct", "qwen2.5-7b": "Q
 
 class _Section(BaseModel):
     model_config = ConfigDict(extra="forbid", validate_assignment=True, allow_inf_nan=False)  # .inf lr, NaN weights
+
+    @model_validator(mode="before")
+    @classmethod
+    def _sections_over_their_defaults(cls, data: Any) -> Any:
+        """A section given in part starts from its field's default, as an override does: a file's
+        ``safety_optimizer: {warmup_steps: 5}`` keeps that side's own lr (2e-3), not OptimizerConfig's 2e-4."""
+        if not isinstance(data, dict):
+            return data
+        merged = dict(data)
+        for name in cls.model_fields:
+            if isinstance(data.get(name), dict) and (default := section_default(cls, name)):
+                merged[name] = deep_merge(default, data[name])
+        return merged
 
 
 class TinyArchConfig(_Section):

@@ -108,13 +108,21 @@ def _default_section(schema: Any, path: list[str]) -> dict[str, Any]:
     if not (isinstance(parent, type) and issubclass(parent, BaseModel)) or path[-1] not in parent.model_fields:
         return {}
     default = parent.model_fields[path[-1]].get_default(call_default_factory=True)
-
-    def plain(value: Any) -> Any:
-        return value.model_dump(mode="json", exclude_defaults=True) if isinstance(value, BaseModel) else value
-
     if isinstance(default, dict):
-        return {key: plain(value) for key, value in default.items()}
-    return plain(default) if isinstance(default, BaseModel) else {}
+        return {key: _plain(value) for key, value in default.items()}
+    return section_default(parent, path[-1]) or {}
+
+
+def _plain(value: Any) -> Any:
+    return value.model_dump(mode="json", exclude_defaults=True) if isinstance(value, BaseModel) else value
+
+
+def section_default(model: type[BaseModel], name: str) -> dict[str, Any] | None:
+    """The keys where field ``name``'s default section differs from its class's defaults (``task_optimizer``:
+    ``{'lr': 0.0003}``), as plain data; None where the field holds no section."""
+    field = model.model_fields[name]
+    default = field.get_default(call_default_factory=True) if field.default_factory is not None else field.default
+    return _plain(default) if isinstance(default, BaseModel) else None
 
 
 def apply_overrides(data: dict[str, Any], overrides: list[str] | tuple[str, ...],
@@ -192,10 +200,11 @@ def read_yaml_mapping(path: str | Path, what: str = "config file") -> dict[str, 
     return data
 
 
-def _deep_merge(base: dict[str, Any], top: dict[str, Any]) -> dict[str, Any]:
+def deep_merge(base: dict[str, Any], top: dict[str, Any]) -> dict[str, Any]:
+    """``base`` with ``top``'s keys over it, section by section (neither changes)."""
     merged = dict(base)
     for key, value in top.items():
-        merged[key] = _deep_merge(merged[key], value) if isinstance(value, dict) and isinstance(merged.get(key), dict) \
+        merged[key] = deep_merge(merged[key], value) if isinstance(value, dict) and isinstance(merged.get(key), dict) \
             else value
     return merged
 
@@ -213,7 +222,7 @@ def read_config_mapping(path: str | Path, _seen: tuple[Path, ...] = ()) -> dict[
     target = (path.parent / parent).resolve()
     if target in _seen or target == path.resolve():
         raise ConfigError(f"{path}: extends {parent} forms a loop")
-    return _deep_merge(read_config_mapping(target, (*_seen, path.resolve())), data)
+    return deep_merge(read_config_mapping(target, (*_seen, path.resolve())), data)
 
 
 def parse_size(text: str | int) -> int:
