@@ -188,3 +188,64 @@ def test_the_report_draws_only_on_runs_that_finished(tmp_path):
                                    ["macro_f1"])
     assert result["steps"] == [100] and "(1 runs)" in result["geometry"]
     assert (result["runs_ok"], result["runs"]) == (1, 3)
+
+
+def _runs(orders=("safe_first", "none"), lrs=(0, 1), seeds=(0, 1, 2), status="ok"):
+    return pd.DataFrame([{"run": f"{o}-{lr}-{s}", "gate_order": o, "pet": True, "lr": lr, "seed": s, "status": status,
+                          "metric.macro_f1": 0.5 + 0.3 * lr + 0.01 * s + (0.02 if o == "safe_first" else 0)}
+                         for o in orders for lr in lrs for s in seeds])
+
+
+def test_another_varying_parameter_keeps_its_runs_apart():
+    """A second grid dimension (lr) used to be pooled: each seed paired with both lrs' baselines, 12 false
+    pairs of differences +0.02 and +/-0.28 instead of 3 pairs of +0.02 per lr."""
+    table = ablation.analyze(_runs(), ["macro_f1"])
+    compared = table[table["gate_order"] == "safe_first"]
+    assert sorted(compared["lr"]) == [0, 1] and list(compared["pairs"]) == [3, 3]
+    assert compared["diff_vs_baseline"].tolist() == pytest.approx([0.02, 0.02])
+    assert (table["n"] == 3).all() and "lr=1" in ablation.finding(table, "macro_f1")
+    twice = pd.concat([_runs(lrs=(0,)), _runs(lrs=(0,)).assign(run=lambda f: f["run"] + "-again")])
+    with pytest.raises(ValueError, match="share a configuration and seed"):  # two sweeps joined: one seed twice
+        ablation.analyze(twice, ["macro_f1"])
+
+
+def test_a_summary_without_a_pet_column_is_compared_by_gate_order():
+    table = ablation.analyze(_runs(lrs=(0,)).drop(columns=["pet", "lr"]), ["macro_f1"])
+    assert list(table["gate_order"]) == ["none", "safe_first"] and table["pairs"].iloc[1] == 3
+    with pytest.raises(ValueError, match="no 'seed' column"):
+        ablation.analyze(_runs().drop(columns="seed"), ["macro_f1"])
+    with pytest.raises(ValueError, match=r"no metric \['safety_score'\]"):
+        ablation.analyze(_runs(), ["safety_score"])
+
+
+def test_when_every_run_failed_nothing_is_written(tmp_path):
+    """It used to write an ablation.json saying "no paired comparisons", then the figure crashed (KeyError
+    'gate_order') after the committed files had been replaced."""
+    (tmp_path / "ablation.json").write_text("committed")
+    failed = _runs(status="failed")
+    with pytest.raises(ValueError, match="none of the 12 runs in the sweep's summary.csv finished"):
+        ablation.analyze(failed, ["macro_f1"])
+    with pytest.raises(ValueError, match="no finished run to report"):
+        ablation.write_report(failed, pd.DataFrame(), pd.DataFrame(), tmp_path, ["macro_f1"], "runs/x/summary.csv")
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["ablation.json"]
+    assert (tmp_path / "ablation.json").read_text() == "committed"
+
+
+def test_the_figure_shows_every_bar_and_marks_a_configuration_without_an_interval():
+    """The y-range came from the intervals only, so a one-seed configuration's bar (no interval) was cut off,
+    and its missing interval was drawn as a zero-length error bar, as if certain."""
+    from so8t_lib.workbench import plots
+
+    summary = _runs(orders=("none", "cmd_first"), lrs=(0,))
+    summary = pd.concat([summary, pd.DataFrame([{"run": "s0", "gate_order": "safe_first", "pet": True, "lr": 0, "seed": 0,
+                                                 "status": "ok", "metric.macro_f1": 0.9}])])
+    fig = plots.ablation_figure(ablation.analyze(summary, ["macro_f1"]), ["macro_f1"])
+    top = fig.axes[0]
+    heights = {label.get_text(): bar.get_height() for bar, label in zip(top.patches, top.get_xticklabels())}
+    assert heights["safe_first"] == pytest.approx(0.9) and top.get_ylim()[1] > 0.9
+    texts = [t.get_text() for t in top.texts]
+    assert texts.count("n=3") == 2 and "n=1\nno interval" in texts
+    assert len(top.collections[0].get_segments()) == 2  # error bars for the two configurations with an interval
+    plots.plt.close(fig)
+    with pytest.raises(ValueError, match="no configurations"):
+        plots.ablation_figure(pd.DataFrame(), ["macro_f1"])

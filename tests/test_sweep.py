@@ -232,7 +232,8 @@ def test_ctrl_c_cancels_queued_runs_interrupts_the_running_notebook_and_writes_t
     status = json.loads((tmp_path / "runs" / "slow" / "seed=0" / "status.json").read_text())
     assert status["status"] == "interrupted" and "KeyboardInterrupt" in status["error"]
     assert not (tmp_path / "runs" / "slow" / "seed=1").exists()  # queued: cancelled, never started
-    assert list(pd.read_csv(tmp_path / "runs" / "slow" / "summary.csv")["status"]) == ["interrupted"]
+    summary = pd.read_csv(tmp_path / "runs" / "slow" / "summary.csv")  # every run of the spec: "1 of 3", not "1 of 1"
+    assert list(summary["status"]) == ["interrupted", "not run", "not run"] and list(summary["seed"]) == [0, 1, 2]
 
 
 def test_an_edited_config_file_makes_its_runs_stale_finished_or_not(tmp_path, monkeypatch, capsys):

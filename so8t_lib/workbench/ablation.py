@@ -135,19 +135,63 @@ def holm_adjust(p_values) -> np.ndarray:
     return adjusted
 
 
+TABLE_STATISTICS = ("metric", "n", "mean", "ci_low", "ci_high", "diff_vs_baseline", "diff_ci_low", "diff_ci_high",
+                    "p_value", "p_sign_flip", "pairs", "p_holm")  # analyze()'s columns besides the configuration's
+
+
+def configuration_columns(ok: pd.DataFrame, group: str = "gate_order", pair_by: tuple[str, ...] = ("pet", "seed")) -> list[str]:
+    """The columns that tell configurations apart: ``group``, the ``pair_by`` columns the summary has (but the
+    seed), and every other parameter that varies among the finished runs (a second grid dimension such as a
+    learning rate), so a run is only ever paired with the baseline under the same other settings."""
+    fixed = [group] + [c for c in pair_by if c != "seed" and c in ok]
+    varying = [c for c in ok.columns if c not in (*fixed, "run", "status", "seed") and not str(c).startswith("metric.")
+               and ok[c].astype(str).nunique() > 1]
+    return fixed + varying
+
+
+def _finished_or_refuse(summary: pd.DataFrame, metrics: list[str], group: str) -> pd.DataFrame:
+    """The finished runs, or ValueError saying why there is nothing to compare (before any report is written)."""
+    for column in (group, "seed"):
+        if column not in summary:
+            raise ValueError(f"the sweep's summary.csv has no '{column}' column: the ablation compares "
+                             f"configurations by '{group}', paired on 'seed'")
+    ok = finished_runs(summary)
+    if ok.empty:
+        statuses = summary["status"].fillna("(none)").value_counts().to_dict() if "status" in summary else {}
+        raise ValueError(f"none of the {len(summary)} runs in the sweep's summary.csv finished (statuses: {statuses}): "
+                         "nothing to analyze; rerun the sweep (so8t sweep resumes it) and read its errors first")
+    if missing := [m for m in metrics if m not in ok and f"metric.{m}" not in ok]:
+        raise ValueError(f"the sweep's summary.csv has no metric {missing}; it has "
+                         f"{sorted(str(c)[len('metric.'):] for c in ok if str(c).startswith('metric.'))}")
+    return ok
+
+
+def _same(frame: pd.DataFrame, column: str, value) -> pd.Series:
+    return frame[column].isna() if pd.isna(value) else frame[column] == value
+
+
 def analyze(summary: pd.DataFrame, metrics: list[str], group: str = "gate_order", baseline: str = "none",
             pair_by: tuple[str, ...] = ("pet", "seed")) -> pd.DataFrame:
-    """One row per (configuration, metric): n, mean, 95% interval; and against the baseline on the same
-    ``pair_by`` values: mean difference, its interval, and the sign-flip p-value."""
-    ok = finished_runs(summary)
-    config_cols = [group] + [c for c in pair_by if c != "seed"]
+    """One row per (configuration, metric): n, mean, 95% interval; and against the baseline on the same seed
+    and other settings (``configuration_columns``): mean difference, its interval, and the p-values.
+
+    ValueError, before anything is written, when no run finished, a column it needs is missing, or two
+    finished runs share one configuration and seed (pairing them would count one seed twice)."""
+    ok = _finished_or_refuse(summary, metrics, group)
+    config_cols = configuration_columns(ok, group, pair_by)
+    if (twice := ok[ok.duplicated(config_cols + ["seed"], keep=False)]).shape[0]:
+        first = twice.iloc[0]
+        raise ValueError(f"{len(twice)} finished runs share a configuration and seed (e.g. "
+                         f"{', '.join(f'{c}={first[c]}' for c in config_cols + ['seed'])}"
+                         f"{', runs ' + ', '.join(map(str, twice['run'])) if 'run' in twice else ''}): the summary "
+                         "joins two sweeps or lacks the parameter that tells them apart")
     rows = []
     for keys, part in ok.groupby(config_cols, dropna=False):
         keys = keys if isinstance(keys, tuple) else (keys,)
         config = dict(zip(config_cols, keys))
-        base = ok[(ok[group] == baseline)]
+        base = ok[ok[group] == baseline]
         for col in config_cols[1:]:
-            base = base[base[col] == config[col]]
+            base = base[_same(base, col, config[col])]
         for metric in metrics:
             column = metric if metric in part else f"metric.{metric}"
             mean, low, high = t_interval(part[column])
@@ -170,9 +214,7 @@ def finding(table: pd.DataFrame, metric: str, group: str = "gate_order", alpha: 
     """A plain-language sentence per configuration: did it differ measurably from the baseline?"""
     lines = []
     for _, row in table[(table["metric"] == metric) & table.get("p_value", pd.Series(dtype=float)).notna()].iterrows():
-        label = ", ".join(f"{k}={row[k]}" for k in row.index if k not in (
-            "metric", "n", "mean", "ci_low", "ci_high", "diff_vs_baseline", "diff_ci_low", "diff_ci_high",
-            "p_value", "p_sign_flip", "pairs", "p_holm"))
+        label = ", ".join(f"{k}={row[k]}" for k in row.index if k not in TABLE_STATISTICS)
         p_holm = row.get("p_holm", row["p_value"])
         verdict = "a measurable difference" if p_holm < alpha else "no measurable difference"
         lines.append(f"{label}: {metric} {row['mean']:.3f} vs baseline, difference {row['diff_vs_baseline']:+.3f} "
@@ -222,9 +264,11 @@ def write_report(summary: pd.DataFrame, table: pd.DataFrame, geometry: pd.DataFr
     """Save an ablation where the model card and the README read it: ``summary.csv``, ``geometry.csv`` and
     ``ablation.json`` (the table, the per-configuration verdicts, the conclusion and the gate geometry),
     each written to a temporary file and renamed. Returns the ``ablation.json`` content."""
+    finished = finished_runs(summary)  # steps and geometry of the runs analyze() counts, not of failed ones
+    if finished.empty or table.empty:  # the committed files stay as they are
+        raise ValueError(f"no finished run to report in {summary_csv or 'the summary'}: nothing was written to {out}")
     out = Path(out)
     out.mkdir(parents=True, exist_ok=True)
-    finished = finished_runs(summary)  # steps and geometry of the runs analyze() counts, not of failed ones
     steps = sorted({int(s) for s in finished["metric.steps"].dropna()}) if "metric.steps" in finished else []
     if "run" in geometry and "run" in finished:
         geometry = geometry[geometry["run"].isin(finished["run"])]

@@ -195,41 +195,65 @@ class LiveCurves:
         return True
 
 
-def ablation_figure(table, metrics: list[str], group: str = "gate_order", hue: str = "pet", title: str = "") -> Figure:
+def _bars_with_intervals(ax, x, sub, value: str, low: str, high: str, count: str, width: float, label) -> None:
+    """Bars with their 95% intervals and each bar's count above it: a configuration with one seed (or pair)
+    has no interval, and is marked so rather than drawn with a zero-length one that looks certain."""
+    values, lo, hi = (sub[c].to_numpy(dtype=float) for c in (value, low, high))
+    counts = sub[count].to_numpy(dtype=float) if count in sub else np.full(len(values), np.nan)
+    ax.bar(x, values, width, label=label)
+    finite = np.isfinite(lo) & np.isfinite(hi) & np.isfinite(values)
+    if finite.any():
+        ax.errorbar(x[finite], values[finite], yerr=[values[finite] - lo[finite], hi[finite] - values[finite]],
+                    fmt="none", ecolor="black", elinewidth=1, capsize=3)
+    for xi, v, top, n, ok in zip(x, values, hi, counts, finite):
+        if np.isfinite(v):
+            text = (f"n={int(n)}" if np.isfinite(n) else "") + ("" if ok else "\nno interval")
+            ax.annotate(text, (xi, max(v, top) if ok else v), xytext=(0, 2), textcoords="offset points",
+                        ha="center", va="bottom", fontsize=6, color="black" if ok else "firebrick")
+
+
+def ablation_figure(table, metrics: list[str], group: str = "gate_order", hue: list[str] | None = None,
+                    title: str = "") -> Figure:
     """Top row: mean and 95% interval per configuration for each metric. Bottom row (when the table has
     paired comparisons): the paired difference against the baseline with its 95% interval, which is
-    what the test judges; seed-to-seed spread makes the top row's intervals much wider."""
+    what the test judges; seed-to-seed spread makes the top row's intervals much wider. Bars are coloured
+    by ``hue`` (default: every configuration column besides ``group``, e.g. PET), each labelled with its n."""
+    from .ablation import TABLE_STATISTICS
+
+    if len(table) == 0 or group not in table:
+        raise ValueError(f"the ablation table has no configurations ('{group}' column) to draw: no run finished")
+    hue = [c for c in table.columns if c not in TABLE_STATISTICS and c != group] if hue is None else list(hue)
     paired = "diff_vs_baseline" in table and table["diff_vs_baseline"].notna().any()
     rows = 2 if paired else 1
     fig, axes = plt.subplots(rows, len(metrics), figsize=(4.2 * len(metrics), 3.4 * rows), squeeze=False)
     orders = list(dict.fromkeys(table[group]))
-    hues = list(dict.fromkeys(table[hue])) if hue in table else [None]
+    keys = table[hue].astype(str)
+    hues = list(dict.fromkeys(map(tuple, keys.to_numpy()))) if hue else [()]
     width = 0.8 / len(hues)
     for col, metric in enumerate(metrics):
         part = table[table["metric"] == metric]
-        panels = [(axes[0][col], "mean", "ci_low", "ci_high", orders)]
+        panels = [(axes[0][col], "mean", "ci_low", "ci_high", "n", orders)]
         if paired:
             compared = [o for o in orders if part[part[group] == o]["diff_vs_baseline"].notna().any()]
-            panels.append((axes[1][col], "diff_vs_baseline", "diff_ci_low", "diff_ci_high", compared))
-        for ax, value, low, high, names in panels:
+            panels.append((axes[1][col], "diff_vs_baseline", "diff_ci_low", "diff_ci_high", "pairs", compared))
+        for ax, value, low, high, count, names in panels:
             for k, h in enumerate(hues):
-                sub = part if h is None else part[part[hue] == h]
+                sub = part[(keys.loc[part.index] == list(h)).all(axis=1)] if hue else part
                 sub = sub.set_index(group).reindex(names)
-                x = np.arange(len(names)) + k * width
-                err = np.vstack([sub[value] - sub[low], sub[high] - sub[value]])
-                ax.bar(x, sub[value], width, yerr=np.nan_to_num(err), capsize=3,
-                       label=f"{hue}={h}" if h is not None else None)
+                label = ", ".join(f"{c}={v}" for c, v in zip(hue, h)) or None
+                _bars_with_intervals(ax, np.arange(len(names)) + k * width, sub, value, low, high, count, width, label)
             ax.set(xticks=np.arange(len(names)) + width * (len(hues) - 1) / 2)
             ax.set_xticklabels(names, rotation=20)
-            if hues != [None]:
+            if hue:
                 ax.legend(fontsize=7)
         axes[0][col].set_title(metric)
-        finite = part[["ci_low", "mean"]].to_numpy(dtype=float)
-        if np.isfinite(finite).any():
-            axes[0][col].set_ylim(max(0.0, float(np.nanmin(finite)) - 0.05),
-                                  min(1.0, float(np.nanmax(part["ci_high"])) + 0.05))
+        shown = part[["ci_low", "ci_high", "mean"]].to_numpy(dtype=float)
+        if np.isfinite(shown).any():  # the means too: a one-seed configuration has no interval to reach its bar
+            bottom, top = float(np.nanmin(shown)), float(np.nanmax(shown))
+            axes[0][col].set_ylim(max(0.0, bottom - 0.05), max(min(1.0, top + 0.08), top + 0.03))
         if paired:
             axes[1][col].axhline(0, color="black", linewidth=0.8)
+            axes[1][col].margins(y=0.15)  # room for the counts above the bars
             axes[1][col].set_title(f"{metric}: paired difference vs baseline", fontsize=9)
     fig.suptitle(title or "gate ablation: mean and 95% interval over seeds; paired differences below")
     fig.tight_layout()

@@ -152,13 +152,16 @@ def _flatten(prefix: str, value: Any, out: dict) -> None:
         out[prefix] = value
 
 
-def summarize(root: Path, names: list[str] | None = None) -> pd.DataFrame:
-    """One row per run folder (only ``names`` when given: the spec's runs, not leftovers of an earlier
-    grid): params, status, and every scalar in metrics.json (nested keys dotted). An unreadable file
-    is named on stderr and its run's status becomes ``unreadable``, so analyses leave it out."""
+def summarize(root: Path, runs: list[tuple[str, dict]] | None = None) -> pd.DataFrame:
+    """One row per run folder (only the spec's ``runs`` when given, not leftovers of an earlier grid): params,
+    status, and every scalar in metrics.json (nested keys dotted). An unreadable file is named on stderr and
+    its run's status becomes ``unreadable``, so analyses leave it out. A spec run without a folder (cancelled
+    by Ctrl-C) gets a row of its params with status ``not run``, and a folder without status.json
+    ``unfinished``, so "5 of 8 runs finished" counts the spec's runs, not the folders."""
+    expected = dict(runs) if runs is not None else None
     rows = []
-    for run_dir in sorted(p for p in root.iterdir() if p.is_dir() and (names is None or p.name in names)):
-        row: dict[str, Any] = {"run": run_dir.name}
+    for run_dir in sorted(p for p in root.iterdir() if p.is_dir() and (expected is None or p.name in expected)):
+        row: dict[str, Any] = {"run": run_dir.name, "status": "unfinished"}
         try:
             if (run_dir / "params.yaml").is_file():
                 row.update(yaml.safe_load((run_dir / "params.yaml").read_text(encoding="utf-8")) or {})
@@ -172,7 +175,9 @@ def summarize(root: Path, names: list[str] | None = None) -> pd.DataFrame:
             print(f"summary: {exc}; run {run_dir.name} is marked unreadable", file=sys.stderr)
             row["status"] = "unreadable"
         rows.append(row)
-    frame = pd.DataFrame(rows)
+    folders = {row["run"] for row in rows}
+    rows += [{"run": name, **params, "status": "not run"} for name, params in (expected or {}).items() if name not in folders]
+    frame = pd.DataFrame(sorted(rows, key=lambda row: row["run"]))
     atomic_write_text(root / "summary.csv", frame.to_csv(index=False))
     return frame
 
@@ -270,7 +275,7 @@ def run_sweep(spec: SweepSpec, workers: int = 1, runs_root: Path = RUNS_ROOT,
                 bar.update(1)
         except KeyboardInterrupt:
             _stop_runs(pool, futures, stop)
-            summarize(root, names)
+            summarize(root, runs)
             raise
         finally:
             pool.shutdown(wait=not stop.requested.is_set(), cancel_futures=True)
@@ -281,4 +286,4 @@ def run_sweep(spec: SweepSpec, workers: int = 1, runs_root: Path = RUNS_ROOT,
     if leftovers := sorted(p.name for p in root.iterdir() if p.is_dir() and p.name not in names):
         print(f"sweep {spec.name}: summary.csv leaves out {len(leftovers)} folder(s) in {root} that are not "
               f"runs of this spec (e.g. {leftovers[0]})", file=sys.stderr)
-    return summarize(root, names)
+    return summarize(root, runs)
