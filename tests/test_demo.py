@@ -92,3 +92,20 @@ def test_demo_decides_from_the_recommended_4bit_rung_then_plain_q4_k_m():
     assert demo_gguf([p for p in ladder if "t8" not in p.name]).name == "m-q4_k_m.gguf"  # an older export
     with pytest.raises(FileNotFoundError, match="q4_k_m.*so8t export"):
         demo_gguf(ladder[:2])
+
+
+def test_a_negative_bootstrap_is_refused_before_any_training(tmp_path, monkeypatch, capsys):
+    """--bootstrap -5 trained and scored the whole test split first, then ended in a ValueError traceback."""
+    from so8t_lib.workbench import pipeline
+
+    monkeypatch.setattr(pipeline, "train_and_calibrate", lambda *a, **k: pytest.fail("training started"))
+    monkeypatch.setattr(pipeline, "load_config", lambda *a, **k: pytest.fail("the config was read first"))
+    with pytest.raises(SystemExit) as stopped:
+        so8t(["demo", "--config", "configs/tiny-training.yaml", "--bootstrap", "-5", "--no-gguf",
+              f"training.output_dir={tmp_path / 'run'}"])
+    err = capsys.readouterr().err
+    assert stopped.value.code == 2 and "argument --bootstrap: expected a whole number, 0 or more" in err
+    for bad in (-5, 2.5, True):  # a library caller (or a notebook) is refused too, before the run folder is touched
+        with pytest.raises(ValueError, match="bootstrap is a number of resamples, 0 or more"):
+            pipeline.run_demo("configs/tiny-training.yaml", [f"training.output_dir={tmp_path / 'run'}"], bootstrap=bad)
+    assert not (tmp_path / "run").exists()

@@ -20,6 +20,7 @@ from ..eval.quant_refit import REFIT_ROWS
 from ..export.gguf_meta import GGUFError
 from ..export.head_refit import MIN_ROWS
 from ..workbench.pipeline import DEFAULT_CONFIG, run_demo
+from .arg_types import whole_number
 
 
 def main(argv: list[str] | None = None) -> None:
@@ -27,7 +28,7 @@ def main(argv: list[str] | None = None) -> None:
                                      formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--config", default=str(DEFAULT_CONFIG))
     parser.add_argument("--retrain", action="store_true", help="delete the run folder and train from scratch")
-    parser.add_argument("--bootstrap", type=int, default=500, help="resamples for the 95%% intervals")
+    parser.add_argument("--bootstrap", type=whole_number(0), default=500, help="resamples for the 95%% intervals")
     parser.add_argument("--dist", default="dist", help="folder for the GGUF files")
     parser.add_argument("--no-gguf", action="store_true", help="skip the GGUF export")
     parser.add_argument("--refit-head", action="store_true",

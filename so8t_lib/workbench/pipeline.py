@@ -108,6 +108,8 @@ def run_demo(config_path: str | Path = DEFAULT_CONFIG, overrides: list[str] | tu
     (written to ``<run>/test_metrics.json``), show three example decisions, then export and decide from GGUF.
     With ``refit_rows`` the 4-bit file's SafetyHeadB is first refitted to the scored model's decisions on that
     many training rows (``eval.quant_refit``), so the file follows the model the test numbers describe."""
+    if isinstance(bootstrap, bool) or not isinstance(bootstrap, int) or bootstrap < 0:  # not after the training
+        raise ValueError(f"bootstrap is a number of resamples, 0 or more; got {bootstrap!r}")
     config = load_config(config_path, overrides)
     if refit_rows and config.model.head.pooling == "max":  # refused now, not after training and the export
         raise GGUFError("--refit-head refits a head on pooled states, and this config's SafetyHeadB max-pools "
