@@ -226,3 +226,26 @@ def test_an_optimizer_given_in_part_keeps_its_sides_own_lr_as_an_override_does(t
         assert getattr(in_file, side).warmup_steps == 5 and in_file == as_override
     explicit = load_config(_write(tmp_path, "training:\n  safety_optimizer: {lr: 0.0001, warmup_steps: 5}\n"))
     assert explicit.training.safety_optimizer.lr == 0.0001 and explicit.training.task_optimizer.lr == 3e-4
+
+
+def test_numbers_are_yaml_1_2s_so_none_changes_silently(tmp_path):
+    from so8t_lib.core.config_files import load_yaml_strict
+
+    read = load_yaml_strict("a: [0, -0, 10, 1_000, 0o17, 0x1F, -0x1f, 0b11, 1:30, 1:30.5, 0.5, 1.5e-3, .inf]\n")
+    assert read == {"a": [0, 0, 10, 1000, 15, 31, -31, "0b11", "1:30", "1:30.5", 0.5, 0.0015, float("inf")]}
+    for text, message in (("training:\n  max_steps: 1:30\n", r"max_steps: .*got '1:30'"),
+                          ("training:\n  eval_every: 0b11\n", r"eval_every: .*got '0b11'"),
+                          ("training:\n  seed: 010\n", r"010 has a leading zero.*write 10 .*0o10 \(octal\)"),
+                          ("training:\n  seed: -007\n", r"write -7 \(decimal\)")):
+        with pytest.raises(ConfigError, match=message):
+            load_config(_write(tmp_path, text))
+    with pytest.raises(ConfigError, match=r"override 'training.seed=010'.*leading zero"):
+        load_config(_write(tmp_path, ""), ["training.seed=010"])
+    cfg = load_config(_write(tmp_path, "training:\n  seed: 0o10\n  max_steps: 0x10\n"), ["model.name=007"])
+    assert (cfg.training.seed, cfg.training.max_steps, cfg.model.name) == (8, 16, "007")
+
+
+def test_a_config_nested_too_deep_is_a_config_error_naming_the_file(tmp_path):
+    path = _write(tmp_path, "model:\n  tiny: " + "[" * 3000 + "]" * 3000 + "\n")
+    with pytest.raises(ConfigError, match=rf"{path.name}: not valid YAML: nested too deep"):
+        load_config(path)

@@ -175,11 +175,52 @@ class _UniqueKeyLoader(yaml.SafeLoader):
 _EXPONENT_FLOAT = re.compile(r"^[-+]?(?:[0-9][0-9_]*)(?:\.[0-9_]*)?[eE][-+]?[0-9]+$")
 _UniqueKeyLoader.add_implicit_resolver("tag:yaml.org,2002:float", _EXPONENT_FLOAT, list("-+0123456789"))
 
+# YAML 1.1's other number forms changed numbers silently: ``seed: 010`` was octal 8, ``max_steps: 1:30`` base-60
+# 90, ``eval_every: 0b11`` 3. Numbers are YAML 1.2's here: decimal, 0o octal, 0x hex; 1:30 and 0b11 stay text
+# (which a number's field refuses), and a decimal with a leading zero is refused, since 010 may mean 10 or 8.
+_INT_TAG, _LEADING_ZERO_TAG = "tag:yaml.org,2002:int", "tag:so8t,2024:leading-zero"
+_INT = re.compile(r"^(?:[-+]?(?:0|[1-9][0-9_]*)|[-+]?0o[0-7][0-7_]*|[-+]?0x[0-9a-fA-F][0-9a-fA-F_]*)$")
+_LEADING_ZERO = re.compile(r"^[-+]?0[0-9_]+$")
+_FLOAT_NOT_BASE_60 = re.compile(r"^(?:[-+]?(?:[0-9][0-9_]*)\.[0-9_]*(?:[eE][-+][0-9]+)?|\.[0-9][0-9_]*(?:[eE][-+][0-9]+)?"
+                                r"|[-+]?\.(?:inf|Inf|INF)|\.(?:nan|NaN|NAN))$")  # YAML 1.1's, less 1:30.5
+_UniqueKeyLoader.yaml_implicit_resolvers = {  # the class's own copy (add_implicit_resolver made it): SafeLoader's stay
+    first: [(tag, regexp) for tag, regexp in resolvers if tag not in (_INT_TAG, "tag:yaml.org,2002:float")]
+    for first, resolvers in _UniqueKeyLoader.yaml_implicit_resolvers.items()}
+for _tag, _regexp, _first in ((_INT_TAG, _INT, "-+0123456789"), (_LEADING_ZERO_TAG, _LEADING_ZERO, "-+0"),
+                              ("tag:yaml.org,2002:float", _FLOAT_NOT_BASE_60, "-+.0123456789"),
+                              ("tag:yaml.org,2002:float", _EXPONENT_FLOAT, "-+0123456789")):
+    _UniqueKeyLoader.add_implicit_resolver(_tag, _regexp, list(_first))
+
+
+def _construct_int(loader: yaml.SafeLoader, node: yaml.ScalarNode) -> int:
+    text = loader.construct_scalar(node)
+    try:
+        return int(text.replace("_", ""), 0)  # Python's literals are YAML 1.2's: 0o17, 0x1F, no 010
+    except ValueError:
+        raise yaml.constructor.ConstructorError(None, None, f"{text!r} is not an integer", node.start_mark) from None
+
+
+def _refuse_leading_zero(loader: yaml.SafeLoader, node: yaml.ScalarNode) -> Any:
+    text = loader.construct_scalar(node)
+    sign, digits = "-" if text.startswith("-") else "", text.lstrip("+-").replace("_", "").lstrip("0") or "0"
+    raise yaml.constructor.ConstructorError(
+        None, None, f"{text} has a leading zero, which YAML 1.1 reads as octal: write {sign}{digits} (decimal), "
+        f"{sign}0o{digits} (octal) or quote it ('{text}') if it is text", node.start_mark)
+
+
+_UniqueKeyLoader.add_constructor(_INT_TAG, _construct_int)
+_UniqueKeyLoader.add_constructor(_LEADING_ZERO_TAG, _refuse_leading_zero)
+
 
 def load_yaml_strict(text: str) -> Any:
-    """``yaml.safe_load`` that refuses a key given twice in one mapping (``yaml.YAMLError`` naming its line):
-    every hand-written YAML the project reads (configs, sweep specs, corpus seeds) goes through it."""
-    return yaml.load(text, Loader=_UniqueKeyLoader)  # noqa: S506 - a SafeLoader
+    """``yaml.safe_load`` that refuses a key given twice in one mapping (``yaml.YAMLError`` naming its line) and
+    reads numbers as YAML 1.2 does: every hand-written YAML the project reads (configs, sweep specs, corpus seeds)
+    goes through it. Nesting deeper than PyYAML's recursion allows is a ``yaml.YAMLError`` too, not a crash."""
+    try:
+        return yaml.load(text, Loader=_UniqueKeyLoader)  # noqa: S506 - a SafeLoader
+    except RecursionError:
+        raise yaml.YAMLError("nested too deep (lists or mappings inside one another, hundreds of levels): "
+                             "flatten it") from None
 
 
 def read_yaml_mapping(path: str | Path, what: str = "config file") -> dict[str, Any]:
