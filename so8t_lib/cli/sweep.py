@@ -38,8 +38,8 @@ def main(argv: list[str] | None = None) -> int:
         print(f"so8t sweep: {exc}", file=sys.stderr)
         return 2
     except KeyboardInterrupt:
-        print("so8t sweep: interrupted; the sweep's summary.csv covers the runs that finished, and the same "
-              "command resumes", file=sys.stderr)
+        print("so8t sweep: interrupted; the sweep's summary.csv lists every run of the spec (those not "
+              "finished marked 'not run' or 'unfinished'), and the same command resumes", file=sys.stderr)
         return 130
     ok = int((frame["status"] == "ok").sum()) if "status" in frame else 0
     print(f"{ok}/{len(spec.runs())} runs ok; summary: {Path(args.runs_root) / spec.name / 'summary.csv'}")
