@@ -8,6 +8,7 @@ from __future__ import annotations
 from pathlib import Path
 
 import torch
+from safetensors import SafetensorError
 from torch import nn
 from transformers import (
     AutoModelForCausalLM,
@@ -20,6 +21,7 @@ from transformers import (
 
 from ..core.checkpoint import CheckpointError
 from ..core.config import ConfigError, ModelConfig
+from .checks import check_loading_info
 from .pretrained import GGUF_BASES, converted_base, verify_base
 from .tokenizer import load_tokenizer, tiny_tokenizer
 
@@ -134,13 +136,17 @@ def load_pretrained_base(path_or_id: str, cfg: ModelConfig):
         verify_base(local)
     kwargs: dict = {"dtype": torch_dtype(cfg), "attn_implementation": cfg.attn_implementation,
                     **_quantization_kwargs(cfg)}
-    try:
-        lm = AutoModelForCausalLM.from_pretrained(path_or_id, **kwargs)
-    except OSError as exc:
-        raise CheckpointError(
-            f"cannot load base model {path_or_id!r}: {exc}. There is no model hub on this machine: "
-            "point model.base_model at a local folder, or use the 'tiny' preset."
-        ) from exc
+    if not local.is_dir():
+        try:
+            lm, info = AutoModelForCausalLM.from_pretrained(path_or_id, output_loading_info=True, **kwargs)
+        except OSError as exc:
+            raise CheckpointError(
+                f"cannot load base model {path_or_id!r}: {exc}. There is no model hub on this machine: "
+                "point model.base_model at a local folder, or use the 'tiny' preset."
+            ) from exc
+        check_loading_info(info, path_or_id)
+    else:
+        lm = _load_folder(local, kwargs)
     if want_4bit(cfg):
         _disable_avx512bf16(lm)
     if local.is_dir():
@@ -153,15 +159,26 @@ def load_pretrained_base(path_or_id: str, cfg: ModelConfig):
 def load_saved_base(folder: Path, cfg: ModelConfig) -> PreTrainedModel:
     """The tiny preset's base weights as saved in a checkpoint (full precision on disk;
     quantized to nf4 on loading when the config asks for 4-bit)."""
-    try:
-        lm = AutoModelForCausalLM.from_pretrained(
-            str(folder), dtype=torch_dtype(cfg), attn_implementation=cfg.attn_implementation,
-            **_quantization_kwargs(cfg),
-        )
-    except (OSError, ValueError) as exc:
-        raise CheckpointError(f"{folder}: base model weights are missing or damaged ({exc})") from None
+    lm = _load_folder(folder, {"dtype": torch_dtype(cfg), "attn_implementation": cfg.attn_implementation,
+                               **_quantization_kwargs(cfg)})
     if want_4bit(cfg):
         _disable_avx512bf16(lm)
+    return lm
+
+
+def _load_folder(folder: Path, kwargs: dict) -> PreTrainedModel:
+    """A local base folder's model, or CheckpointError naming the folder when its files are missing, truncated or
+    describe another model (transformers raises OSError, ValueError, RuntimeError or safetensors' own error), or
+    when weights would be filled at random, dropped or skipped (``check_loading_info``)."""
+    if not (folder / "config.json").is_file():
+        raise CheckpointError(f"{folder}: no config.json, so the base model is missing; restore the folder (copy or "
+                              "convert the base again)")
+    try:
+        lm, info = AutoModelForCausalLM.from_pretrained(str(folder), output_loading_info=True, **kwargs)
+    except (OSError, ValueError, RuntimeError, SafetensorError) as exc:
+        raise CheckpointError(f"{folder}: base model weights are missing or damaged ({type(exc).__name__}: "
+                              f"{str(exc)[:300]})") from None
+    check_loading_info(info, folder)
     return lm
 
 

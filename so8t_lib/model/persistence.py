@@ -17,6 +17,7 @@ from safetensors import SafetensorError
 from safetensors.torch import load_file, save_file
 
 from ..core.checkpoint import (
+    UNVERIFIED_MARK,
     CheckpointError,
     atomic_folder,
     checkpoint_version,
@@ -29,12 +30,17 @@ from ..core.schema import (
     BASE_DIR,
     CHECKPOINT_FORMAT,
     MODEL_CONFIG_FILE,
+    SAFETY_HEAD_PREFIX,
     TOKENIZER_DIR,
     is_adapter_key,
 )
 from .base import base_location, dequantized_state_dict, load_pretrained_base, load_saved_base
+from .checks import check_adapter_keys, check_temperature, unverifiable_base
 from .pretrained import base_mismatch, base_record
 from .tokenizer import load_tokenizer
+
+TEMPERATURE_KEY = f"{SAFETY_HEAD_PREFIX}temperature"
+UNSAVED = "nothing was written; calibrate the head (a positive temperature) before saving it"
 
 
 class CheckpointMixin:
@@ -61,7 +67,9 @@ class CheckpointMixin:
         self.base_identity = record.get("base_identity")
 
     def write_files(self, folder: Path) -> None:
-        """Write the checkpoint files into an existing folder (``save`` makes it atomic)."""
+        """Write the checkpoint files into an existing folder (``save`` makes it atomic); a head whose temperature
+        would rank its labels wrongly is refused before anything is written."""
+        check_temperature(float(self.safety_head.temperature), folder, UNSAVED)
         meta = {"format": CHECKPOINT_FORMAT, "model": self.config.model_dump(mode="json"),
                 **self.base_record()}
         (folder / MODEL_CONFIG_FILE).write_text(yaml.safe_dump(meta, sort_keys=False), encoding="utf-8")
@@ -108,6 +116,7 @@ class CheckpointMixin:
 
     def save(self, path: str | Path) -> Path:
         """Write the checkpoint atomically: a temporary folder with a manifest, then one rename."""
+        check_temperature(float(self.safety_head.temperature), path, UNSAVED)  # before anything is staged
         with atomic_folder(path) as tmp:
             self.write_files(tmp)
         return Path(path)
@@ -123,16 +132,23 @@ class CheckpointMixin:
             raise CheckpointError(f"{config_file}: missing; {path} is not an SO8T checkpoint folder")
         try:
             meta = yaml.safe_load(config_file.read_text(encoding="utf-8"))
+            written = meta.get("format")
+        except Exception as exc:  # noqa: BLE001 - any parse failure means the same thing to the user
+            raise CheckpointError(f"{config_file}: unreadable or invalid ({exc})") from None
+        if written != CHECKPOINT_FORMAT:  # another layout: read as this one, it would load wrong (or not validate)
+            raise CheckpointError(f"{config_file}: checkpoint format {written!r}; this version of so8t "
+                                  f"reads format {CHECKPOINT_FORMAT} only: load it with the version that wrote it")
+        try:
             config = ModelConfig.model_validate({**meta["model"], **model_overrides})
         except Exception as exc:  # noqa: BLE001 - any parse failure means the same thing to the user
             raise CheckpointError(f"{config_file}: unreadable or invalid ({exc})") from None
-        if meta.get("format") != CHECKPOINT_FORMAT:  # another layout: read as this one, it would load wrong
-            raise CheckpointError(f"{config_file}: checkpoint format {meta.get('format')!r}; this version of so8t "
-                                  f"reads format {CHECKPOINT_FORMAT} only: load it with the version that wrote it")
-        tokenizer = load_tokenizer(path / TOKENIZER_DIR)
-        loaded_base = {}
+        tokenizer = _checkpoint_tokenizer(path / TOKENIZER_DIR)
+        loaded_base, unverified_base = {}, False
         if (path / BASE_DIR).is_dir():
             lm = load_saved_base(path / BASE_DIR, config)
+        elif config.preset == "tiny":  # its random base exists nowhere else
+            raise CheckpointError(f"{path / BASE_DIR}: missing; a tiny-preset checkpoint keeps its base weights "
+                                  "there, so it cannot load without them (restore the folder from a copy)")
         else:
             location = base_location(config)
             loaded_base = base_record(location)
@@ -140,11 +156,12 @@ class CheckpointMixin:
             if mismatch:
                 raise CheckpointError(f"{path} was trained on another base than {location} ({mismatch}); point "
                                       "model.base_model at its base")
+            unverified_base = unverifiable_base(meta, loaded_base, location)
             lm, _ = load_pretrained_base(location, config)
         model = cls(lm, tokenizer, config)
         model.set_base_record(loaded_base)
         model.load_adapter(path / ADAPTER_FILE)
-        model.model_version = checkpoint_version(path, config.name)
+        model.model_version = checkpoint_version(path, config.name) + (UNVERIFIED_MARK if unverified_base else "")
         return model.eval()
 
     def load_adapter(self, file: str | Path) -> None:
@@ -154,13 +171,18 @@ class CheckpointMixin:
         except (SafetensorError, OSError, ValueError) as exc:
             raise CheckpointError(f"{file}: damaged or truncated checkpoint file ({exc})") from None
         expected = self.adapter_state_dict()
-        missing, extra = sorted(set(expected) - set(state)), sorted(set(state) - set(expected))
-        if missing or extra:
-            raise CheckpointError(
-                f"{file}: does not match this model config (missing {missing[:3]}{'...' if len(missing) > 3 else ''}, "
-                f"unexpected {extra[:3]}{'...' if len(extra) > 3 else ''})"
-            )
+        check_adapter_keys(sorted(set(expected) - set(state)), sorted(set(state) - set(expected)), file)
         for name, tensor in state.items():
             if tensor.shape != expected[name].shape:
                 raise CheckpointError(f"{file}: {name} has shape {tuple(tensor.shape)}, expected {tuple(expected[name].shape)}")
+        check_temperature(float(state[TEMPERATURE_KEY]), file)  # before it reaches the model
         self.load_state_dict(state, strict=False)
+
+
+def _checkpoint_tokenizer(folder: Path):
+    """The checkpoint's tokenizer, or CheckpointError naming its folder when it is missing or damaged."""
+    try:
+        return load_tokenizer(folder)
+    except Exception as exc:  # noqa: BLE001 - tokenizers raises its own exception types for a damaged file
+        raise CheckpointError(f"{folder}: the checkpoint's tokenizer is missing or damaged ({type(exc).__name__}: "
+                              f"{str(exc)[:200]}); restore the folder from a copy") from None

@@ -39,6 +39,7 @@ from .base import (
     quantize_tiny_base,
     want_4bit,
 )
+from .checks import check_read_layers, gate_slot
 from .gates import GatedLinear, GatePair, fold_rotation_into_linear
 from .heads import SafetyHeadB, pool_states, prompt_mask
 from .persistence import CheckpointMixin
@@ -111,22 +112,19 @@ class SO8TModel(CheckpointMixin, nn.Module):
         if config.lora.r > 0:
             from peft import LoraConfig as PeftLoraConfig
             from peft import get_peft_model
+            from peft.utils.error import NoMatchingPeftModuleError
 
             lora_layers = None if config.lora.layers == "all" else resolve_layers(config.lora.layers, n_layers,
                                                                                      "model.lora.layers")
-            lm = get_peft_model(
-                lm,
-                PeftLoraConfig(
-                    r=config.lora.r,
-                    lora_alpha=config.lora.alpha,
-                    lora_dropout=config.lora.dropout,
+            try:
+                lm = get_peft_model(lm, PeftLoraConfig(
+                    r=config.lora.r, lora_alpha=config.lora.alpha, lora_dropout=config.lora.dropout,
                     target_modules=list(config.lora.target_modules),
                     modules_to_save=list(config.lora.modules_to_save) or None,
-                    layers_to_transform=lora_layers,
-                    bias="none",
-                    task_type="CAUSAL_LM",
-                ),
-            )
+                    layers_to_transform=lora_layers, bias="none", task_type="CAUSAL_LM"))
+            except NoMatchingPeftModuleError:
+                raise ConfigError(f"model.lora.target_modules {list(config.lora.target_modules)}: no module of this "
+                                  "base has such a name (e.g. q_proj, v_proj, o_proj)") from None
         self.lm = lm
         hidden = self.causal_lm.config.hidden_size
         self.gated_layers: list[int] = []
@@ -134,14 +132,12 @@ class SO8TModel(CheckpointMixin, nn.Module):
             layers = self.decoder_layers
             self.gated_layers = resolve_layers(config.gates.layers, len(layers))
             for index in self.gated_layers:
-                parent, leaf = _split_attr(layers[index], config.gates.target)
+                parent, leaf = gate_slot(layers[index], config.gates.target, hidden)
                 gate = GatePair(hidden, config.gates.order, config.gates.init_std)
                 setattr(parent, leaf, GatedLinear(getattr(parent, leaf), gate))
         n_outputs = len(self.decoder_layers)  # hidden-state indices 0..n: embeddings, then each layer's output
         self.read_layers: list[int] = list(config.head.read_layers) or [n_outputs]
-        if max(self.read_layers) > n_outputs:
-            raise ValueError(f"head.read_layers {config.head.read_layers}: this base has hidden-state indices "
-                             f"1..{n_outputs} ({n_outputs} is the final-norm state)")
+        check_read_layers(self.read_layers, n_outputs)
         self.safety_head = SafetyHeadB(hidden * len(self.read_layers), config.head.hidden_units, config.head.dropout,
                                        standardize=config.head.standardize, pooling=config.head.pooling)
         device = next(self.causal_lm.parameters()).device
