@@ -18,6 +18,7 @@ from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_valida
 from .config_files import (  # noqa: F401 - re-exported: callers import them from core.config
     ConfigError,
     apply_overrides,
+    config_differences,
     deep_merge,
     parse_override,
     parse_size,
@@ -356,19 +357,6 @@ class SO8TConfig(_Section):
         """sha256 of the canonical JSON form; recorded in checkpoints and GGUF metadata."""
         canonical = json.dumps(self.to_dict(), sort_keys=True, separators=(",", ":"))
         return hashlib.sha256(canonical.encode()).hexdigest()
-
-
-def config_differences(before: dict[str, Any], after: dict[str, Any], prefix: str = "") -> list[str]:
-    """The dotted keys whose values differ between two config dicts (``to_dict``)."""
-    keys = sorted(set(before) | set(after))
-    out = []
-    for key in keys:
-        a, b, name = before.get(key), after.get(key), f"{prefix}{key}"
-        if isinstance(a, dict) and isinstance(b, dict):
-            out += config_differences(a, b, f"{name}.")
-        elif a != b:
-            out.append(name)
-    return out
 
 
 def _describe(error: dict[str, Any]) -> str:

@@ -286,3 +286,16 @@ def _size_from_text(text: str) -> int:
     if upper.isdigit():
         return int(upper)
     raise ValueError(f"cannot read size {text!r}: write e.g. 100MB, 1GB or a number of bytes")
+
+
+def config_differences(before: dict[str, Any], after: dict[str, Any], prefix: str = "") -> list[str]:
+    """The dotted keys whose values differ between two config dicts (``to_dict``)."""
+    keys = sorted(set(before) | set(after))
+    out = []
+    for key in keys:
+        a, b, name = before.get(key), after.get(key), f"{prefix}{key}"
+        if isinstance(a, dict) and isinstance(b, dict):
+            out += config_differences(a, b, f"{name}.")
+        elif a != b:
+            out.append(name)
+    return out
