@@ -41,7 +41,7 @@ def _copy(saved, tmp_path, manifest: bool = True):
     return folder
 
 
-@pytest.mark.parametrize("temperature", [-1.0, 0.0, math.nan, math.inf])
+@pytest.mark.parametrize("temperature", [-1.0, 0.0, math.nan, math.inf, 1e-40])  # 1e-40: 0 in float32
 def test_a_head_temperature_that_reverses_the_decision_is_refused(saved, tmp_path, tokenizer, temperature):
     """load_adapter checked keys and shapes only: at T = -1 the head's ranking turned over and harmful requests got
     ALLOW; save() wrote a manifest for such a model too."""

@@ -18,6 +18,7 @@ from safetensors.torch import load_file, save_file
 
 from ..core.checkpoint import atomic_folder, resolve_checkpoint
 from ..core.schema import ADAPTER_FILE, CHECKPOINT_FORMAT, LABELS, MANIFEST_FILE, NOT_ALLOW
+from ..core.temperature import usable_temperature
 from ..data.benchmarks import load_any
 from ..data.tables import stratified_sample
 from ..model.prompts import prompt_lengths
@@ -86,8 +87,9 @@ def fit_temperature(logits: np.ndarray, gold_idx: np.ndarray, max_iter: int = 20
 def checked_temperature(temperature: float) -> float:
     """``temperature`` when it is a finite number > 0; else ValueError. A NaN temperature stored in a checkpoint
     makes every probability NaN, and the runtime would then escalate every request."""
-    if not (math.isfinite(temperature) and temperature > 0):
-        raise ValueError(f"the fitted temperature is {temperature}, not a finite number > 0; nothing was stored. The "
+    if not usable_temperature(temperature):
+        raise ValueError(f"the fitted temperature is {temperature}, not a finite number > 0 in float32's range; "
+                         "nothing was stored. The "
                          "logits it was fitted on overflow or the optimiser diverged: check the checkpoint's "
                          "decisions on the calibration rows (so8t evaluate --data ...)")
     return temperature

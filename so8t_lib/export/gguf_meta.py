@@ -12,6 +12,7 @@ from pathlib import Path
 import numpy as np
 
 from ..core.schema import POOLINGS
+from ..core.temperature import usable_temperature
 from .gguf_file import GGUFError, open_gguf  # GGUFError lives with the reader; imported from here too
 
 SO8T_FORMAT = 1
@@ -105,8 +106,7 @@ def read_metadata(path: str | Path) -> dict:
         head[key] = flat.reshape(shape)
     meta["head"] = head
     temperature = float(meta["so8t.temperature"]) if _real(meta["so8t.temperature"]) else float("nan")
-    # a negative one turns the head's ranking upside down; the head divides in float32, where 1e-300 is 0 and 1e300 inf
-    if not float(np.finfo(np.float32).tiny) <= temperature <= float(np.finfo(np.float32).max):  # NaN included
+    if not usable_temperature(temperature):  # a negative one turns the head's ranking upside down
         raise GGUFError(f"{path}: so8t.temperature {meta['so8t.temperature']!r} is not a positive number; export the "
                         "checkpoint again")
     threshold = float(meta["so8t.threshold"]) if _real(meta["so8t.threshold"]) else float("nan")

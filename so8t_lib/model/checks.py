@@ -12,6 +12,7 @@ from torch import nn
 
 from ..core.checkpoint import UNVERIFIED_ENV, UNVERIFIED_MARK, CheckpointError, unverified_allowed
 from ..core.config import ConfigError
+from ..core.temperature import usable_temperature
 
 SHOWN_KEYS = 3  # how many of a list of weight names a message shows
 GATE_MARKERS = (".r_safe.", ".r_cmd.")  # in the names of the SO(8) gates' parameters
@@ -19,16 +20,13 @@ GATE_MARKERS = (".r_safe.", ".r_cmd.")  # in the names of the SO(8) gates' param
 
 def check_temperature(temperature: float, where: str | Path,
                       remedy: str = "restore the checkpoint from a copy or train it again") -> None:
-    """CheckpointError unless the head's temperature is a finite number > 0 (calibration's own rule): logits divided
-    by a negative one rank the labels upside down, so a harmful request would get ALLOW."""
-    from ..eval.calibration import checked_temperature  # calibration imports the model: import it when called
-
-    try:
-        checked_temperature(temperature)
-    except ValueError:
-        raise CheckpointError(f"{where}: safety_head.temperature is {temperature}, not a finite number > 0, so the "
-                              "safety head would rank its labels wrongly (a negative one turns REFUSE into ALLOW); "
-                              f"refusing it: {remedy}") from None
+    """CheckpointError unless the head's temperature is usable (``core.temperature``, the rule calibration and the
+    GGUF reader apply): logits divided by a negative one rank the labels upside down, so a harmful request would get
+    ALLOW."""
+    if not usable_temperature(temperature):
+        raise CheckpointError(f"{where}: safety_head.temperature is {temperature}, not a finite number > 0 in "
+                              "float32's range, so the safety head would rank its labels wrongly (a negative one "
+                              f"turns REFUSE into ALLOW); refusing it: {remedy}")
 
 
 def _names(keys) -> str:
