@@ -204,3 +204,12 @@ def test_a_negative_bootstrap_is_refused_before_anything_loads(cli, capsys):
     assert cli.calls == []
     with pytest.raises(ValueError, match="bootstrap"):  # the library refuses too
         safety_report(["ALLOW"], ["ALLOW"], bootstrap=-5)
+
+
+def test_one_data_set_or_rung_given_bare_is_one_not_its_letters():
+    """A notebook parameter given with papermill's -p arrives as one string: load_tables("val") read the files
+    'v', 'a' and 'l', and rung_names("Q8_0") made four rungs."""
+    from so8t_lib.export.quantize import rung_names
+
+    assert list(evaluate.load_tables("val")) == ["val"]
+    assert rung_names("Q8_0") == ["Q8_0"] and rung_names("q8_0, F16") == ["Q8_0", "F16"]

@@ -256,11 +256,11 @@ BASELINE_KEYS = ("headline", "n", "macro_f1", "safety_score", "accuracy", "refus
                  "escalation_rate", "unsafe_f1_strict", "unsafe_f1_loose", "ci", "ci_resampling", "by_type")
 
 
-def load_tables(names: list[str]) -> dict[str, pd.DataFrame]:
+def load_tables(names: list[str] | str) -> dict[str, pd.DataFrame]:
     """Every data set loaded and checked before any is decided: a bad last ``--data`` entry used to surface only
     after the model had decided every earlier one (and nothing was written). DataError names the entry."""
     tables: dict[str, pd.DataFrame] = {}
-    for name in names:
+    for name in [names] if isinstance(names, str) else names:  # one name given bare is one data set, not letters
         table = load_any(name)
         if table.empty:
             raise DataError(f"{name}: no rows to evaluate; check the file, or leave it out of --data")
@@ -279,6 +279,7 @@ def evaluate_datasets(model, names: list[str], batch_size: int = 32, bootstrap: 
     decided. The CLI and notebook 04 use this."""
     from .baselines import baseline_probabilities
 
+    names = [names] if isinstance(names, str) else names  # "test" is one data set, not four one-letter files
     tables = {**load_tables([n for n in names if str(n) not in (tables or {})]), **(tables or {})}
     results: dict = {"decision_rule": "argmax" if threshold is None else f"threshold {threshold}", "datasets": {}}
     lines: list[str] = []

@@ -82,9 +82,10 @@ def quantize(source: str | Path, target: str | Path, quant: str) -> Path:
     return target
 
 
-def rung_names(names: list[str]) -> list[str]:
+def rung_names(names: list[str] | str) -> list[str]:
     """Rung names upper-cased, each once, in the order first given: a rung named twice (``Q4_K_M,q4_k_m``) was
     made twice into one staged file, and the move into out_dir failed half-way, leaving two exports' files mixed."""
+    names = names.split(",") if isinstance(names, str) else names  # "Q8_0" is one rung, "Q8_0,F16" two
     return list(dict.fromkeys(name.strip().upper() for name in names if name.strip()))
 
 
