@@ -70,6 +70,30 @@ def test_a_build_with_a_library_carrying_the_runtime_is_refused_by_name(tmp_path
     check_llama_build(fake)  # the plain library alone passes
 
 
+@needs_gxx
+def test_libraries_loaded_from_llama_cpp_lib_path_are_the_ones_checked(tmp_path, monkeypatch):
+    """llama-cpp-python loads libllama from $LLAMA_CPP_LIB_PATH when set: a carrying build there is refused,
+    naming that folder, though the package's own lib is clean."""
+    package, override = tmp_path / "llama_cpp", tmp_path / "override"
+    (package / "lib").mkdir(parents=True)
+    override.mkdir()
+    (package / "__init__.py").write_text("")
+    build_library(package / "lib", "libllama.so", static_runtime=False)
+    build_library(override, "libggml-cuda.so", static_runtime=True)
+    fake = types.SimpleNamespace(__file__=str(package / "__init__.py"), llama_print_system_info=lambda: b"CUDA : ARCHS = 900")
+    monkeypatch.delenv("LLAMA_CPP_LIB_PATH", raising=False)
+    check_llama_build(fake)  # the package's lib alone: clean
+    monkeypatch.setenv("LLAMA_CPP_LIB_PATH", str(override))
+    with pytest.raises(GGUFError, match=rf"from {override} \(\$LLAMA_CPP_LIB_PATH.*libggml-cuda\.so carries.*"
+                                        rf"unset LLAMA_CPP_LIB_PATH"):
+        check_llama_build(fake)
+    # the folder the loaded module recorded at import wins over the environment read later
+    monkeypatch.delenv("LLAMA_CPP_LIB_PATH")
+    fake.llama_cpp = types.SimpleNamespace(_base_path=override)
+    with pytest.raises(GGUFError, match=r"libggml-cuda\.so carries"):
+        check_llama_build(fake)
+
+
 @pytest.fixture(scope="module")
 def carrying_bytes(tmp_path_factory) -> bytes:
     if not _static_runtime_available():

@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import functools
 import mmap
+import os
 import struct
 from pathlib import Path
 
@@ -25,6 +26,7 @@ REBUILD_LLAMA = ('CMAKE_ARGS="-DGGML_NATIVE=OFF" python -m pip install --force-r
 # extern), so a library defining it carries a copy of the runtime; it is what the crashing call was bound to
 OWN_CXX_RUNTIME_SYMBOL = b"_ZNSo9_M_insertIlEERSoT_"
 _ELF_MAGIC, _SHT_DYNSYM, _SHN_UNDEF = b"\x7fELF", 11, 0
+LIB_PATH_ENV = "LLAMA_CPP_LIB_PATH"  # llama_cpp/llama_cpp.py loads libllama from this folder when it is set
 
 
 @functools.lru_cache(maxsize=64)
@@ -64,9 +66,24 @@ def carries_own_cxx_runtime(library: str | Path) -> bool:
     return _defines_symbol(str(library), stat.st_size, stat.st_mtime_ns, OWN_CXX_RUNTIME_SYMBOL)
 
 
+def _package_lib(llama_cpp) -> Path:
+    return Path(llama_cpp.__file__).resolve().parent / "lib"
+
+
+def library_folder(llama_cpp) -> Path:
+    """The folder llama-cpp-python loads its libraries from: the one its ``llama_cpp`` module recorded at import,
+    else its own rule ($LLAMA_CPP_LIB_PATH when set, else the package's ``lib``). Checking the package's ``lib``
+    while the libraries come from elsewhere would pass a build that then crashes the process."""
+    loaded = getattr(getattr(llama_cpp, "llama_cpp", None), "_base_path", None)
+    if isinstance(loaded, (str, os.PathLike)):
+        return Path(loaded).resolve()
+    override = os.environ.get(LIB_PATH_ENV)
+    return _package_lib(llama_cpp) if override is None else Path(override).resolve()
+
+
 def native_libraries(llama_cpp) -> list[Path]:
-    """The shared libraries a llama-cpp-python package loads (its ``lib`` folder; links resolved, each once)."""
-    folder = Path(llama_cpp.__file__).resolve().parent / "lib"
+    """The shared libraries a llama-cpp-python package loads (``library_folder``; links resolved, each once)."""
+    folder = library_folder(llama_cpp)
     found = {p.resolve() for p in folder.glob("*.so*") if p.is_file()} if folder.is_dir() else set()
     return sorted(found)
 
@@ -79,11 +96,15 @@ def check_llama_build(llama_cpp) -> None:
         raise GGUFError("this llama-cpp-python was built with ggml's AMX kernels (a native build on an AMX CPU), "
                         f"which crash on quantized files; rebuild it without them (make venv does, or run in the venv): "
                         f"{REBUILD_LLAMA}")
+    folder = library_folder(llama_cpp)
     carrying = [p.name for p in native_libraries(llama_cpp) if carries_own_cxx_runtime(p)]
     if carrying:
+        elsewhere = folder != _package_lib(llama_cpp)
         raise GGUFError(
-            f"this llama-cpp-python's {', '.join(carrying)} carries its own copy of the C++ runtime "
-            "(linked with -static-libstdc++); such a CUDA build crashed at every model load in a process that had "
-            "imported torch, as this backend does. Rebuild llama-cpp-python so that its libraries use the system's "
-            f"libstdc++ (afterwards `nm -D --defined-only FILE | grep {OWN_CXX_RUNTIME_SYMBOL.decode()}` prints "
-            "nothing for each file in llama_cpp/lib), or use the CPU build that make venv installs")
+            f"this llama-cpp-python loads its libraries from {folder}"
+            f"{f' (${LIB_PATH_ENV}, not the package lib)' if elsewhere else ''}, where {', '.join(carrying)} carries "
+            "its own copy of the C++ runtime (linked with -static-libstdc++); such a CUDA build crashed at every model "
+            "load in a process that had imported torch, as this backend does. Rebuild llama-cpp-python so that its "
+            "libraries use the system's libstdc++ (afterwards `nm -D --defined-only FILE | grep "
+            f"{OWN_CXX_RUNTIME_SYMBOL.decode()}` prints nothing for each file in {folder}), or use the CPU build "
+            f"that make venv installs{f' and unset {LIB_PATH_ENV}' if elsewhere else ''}")
