@@ -11,7 +11,7 @@ from so8t_lib.serve.http.metrics import ServiceMetrics
 
 def test_latency_is_empty_when_no_decision_call_fell_in_the_window():
     clock = [1_000_000.0]
-    with mock.patch("time.time", lambda: clock[0]):
+    with mock.patch("time.monotonic", lambda: clock[0]):
         metrics = ServiceMetrics()
         data = DashboardData(metrics)
         data.sample()

@@ -5,6 +5,11 @@ A sampler keeps a snapshot of the counters and histograms every few seconds (10 
 ``histogram_quantile`` would: requests per minute over the last minute, latency percentiles, error and
 escalation rates over the last five minutes, plus totals since start, queue gauges and the recent
 fail-closed events (time, request id, reason, category: never the request text).
+
+The HTTP numbers count the API's routes only, as alerts.yml's so8t:http_error_ratio does: load balancer
+probes, scrapes and the dashboard's own polls would otherwise show a replica with no API traffic and the
+model not loaded as a 100% 5xx rate, and each open tab's polls would dilute a real one. The windows are
+keyed on the monotonic clock, so a step of the wall clock (NTP, a VM resumed) does not bend the rates.
 """
 
 from __future__ import annotations
@@ -18,6 +23,7 @@ from .metrics import CLIENT_FAULT, DECISION_ENDPOINTS, ServiceMetrics
 
 WINDOW_S, RATE_S = 300.0, 60.0
 DECISION_ROUTES = tuple(f"/v1/{e}" for e in DECISION_ENDPOINTS)
+API_ROUTES = "/v1/"  # what alerts.yml's route=~"/v1/.*" matches (a Prometheus regex is anchored: a prefix)
 
 
 def _samples(metric) -> list:
@@ -45,7 +51,7 @@ def histogram_quantile(q: float, buckets: list[tuple[float, float]]) -> float | 
 class DashboardData:
     def __init__(self, metrics: ServiceMetrics, recent: int = 20) -> None:
         self.metrics = metrics
-        self.started = time.time()
+        self.started = time.monotonic()
         self.history: collections.deque[dict] = collections.deque(maxlen=400)
         self.events: collections.deque[dict] = collections.deque(maxlen=recent)
         self._events_lock = threading.Lock()
@@ -60,12 +66,12 @@ class DashboardData:
         http = collections.Counter()
         buckets: dict[float, float] = collections.Counter()
         for s in _samples(m.http_requests):
-            if s.name.endswith("_total"):
+            if s.name.endswith("_total") and s.labels["route"].startswith(API_ROUTES):
                 http["5xx" if s.labels["code"].startswith("5") else "all"] += s.value
         for s in _samples(m.http_latency):
             if s.name.endswith("_bucket") and s.labels["route"] in DECISION_ROUTES:
                 buckets[float(s.labels["le"])] += s.value
-        return {"t": time.time(), "decisions": dict(decisions), "failed": failed,
+        return {"t": time.monotonic(), "wall": time.time(), "decisions": dict(decisions), "failed": failed,
                 "http_all": http["all"] + http["5xx"], "http_5xx": http["5xx"], "buckets": sorted(buckets.items())}
 
     def sample(self) -> None:
@@ -122,7 +128,7 @@ class DashboardData:
         previous = None
         for snap in list(self.history)[-150:]:
             if previous is not None and snap["t"] > previous["t"]:
-                series.append({"t": round(snap["t"], 1),
+                series.append({"t": round(snap["wall"], 1),
                                "rpm": round((total(snap) - total(previous)) * 60.0 / (snap["t"] - previous["t"]), 1)})
             previous = snap
         with self._events_lock:
