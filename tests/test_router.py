@@ -288,3 +288,15 @@ def test_the_score_routes_an_emergency_as_the_runtime_does(router):
 def test_an_empty_router_path_in_the_config_is_refused():
     with pytest.raises(ValueError, match="empty"):
         RuntimeConfig.model_validate({"escalation": {"router": ""}})
+
+
+def test_cli_refuses_an_out_that_is_the_split_or_benchmark_data_names(capsys):
+    """--data val reads data/so8t_safety/val.jsonl: an --out naming that file replaced a committed split."""
+    from so8t_lib.core.paths import CORPUS_DIR
+
+    for argv in (["fit", "--data", "val", "--out", str(CORPUS_DIR / "val.jsonl")],
+                 ["fit", "--data", "test:50", "--out", str(CORPUS_DIR / "test.jsonl")],
+                 ["score", "--router", "r.json", "--out", str(CORPUS_DIR / "test.jsonl")]):  # default: val and test
+        with pytest.raises(SystemExit) as stop:
+            so8t(["router", *argv])
+        assert stop.value.code == 2 and "is the file --data" in capsys.readouterr().err, argv

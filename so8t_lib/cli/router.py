@@ -14,15 +14,16 @@ from __future__ import annotations
 import argparse
 import json
 import sys
-from pathlib import Path
 
 from ..core.config import ConfigError
 from ..core.io import atomic_write_text, sha256_file
-from ..data.benchmarks import load_any
+from ..data.benchmarks import load_any, source_file
 from ..data.tables import DataError
 from ..eval.routing import format_routing, score_routing, urgency_counts
 from ..serve.router import fit_router, load_router
 from .arg_types import same_file, unwritable_file, whole_number
+
+SCORED_BY_DEFAULT = ("val", "test")  # what score reads without --data
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -52,7 +53,7 @@ def main(argv: list[str] | None = None) -> int:
         router = load_router(args.router)
         results = {"router": str(args.router), "router_sha256": sha256_file(args.router),
                    "fitted_on": router.fitted_on, "data": {}}
-        for name in args.data or ["val", "test"]:
+        for name in args.data or SCORED_BY_DEFAULT:
             table = load_any(name)
             result = {**score_routing(router, table, resamples=args.bootstrap), "urgency": urgency_counts(table)}
             results["data"][name] = result
@@ -70,8 +71,8 @@ def _check_out(parser: argparse.ArgumentParser, args: argparse.Namespace) -> Non
     router being scored), which the write would replace."""
     if why := unwritable_file("--out", args.out):
         parser.error(why)
-    inputs = {f"--data {name}": name for name in (args.data if isinstance(args.data, list) else [args.data])
-              if name and Path(name).is_file()}
+    names = [args.data] if isinstance(args.data, str) else (args.data or SCORED_BY_DEFAULT)
+    inputs = {f"--data {name}": str(source_file(name)) for name in names}
     if args.command == "score":
         inputs["--router"] = args.router
     if option := same_file(args.out, inputs):

@@ -16,7 +16,7 @@ from pathlib import Path
 
 import pandas as pd
 
-from ..core.paths import BENCHMARKS_DIR
+from ..core.paths import BENCHMARKS_DIR, CORPUS_DIR
 from ..core.schema import NOT_ALLOW, SPLITS
 from .tables import COLUMNS, DataError, load_split, load_table, read_records, stratified_sample
 
@@ -126,6 +126,18 @@ def load_any(name_or_path: str | Path) -> pd.DataFrame:
     path = Path(text)
     benchmark = recognise(path)
     return benchmark.load(path) if benchmark else load_table(path)
+
+
+def source_file(name_or_path: str | Path) -> Path:
+    """The file ``load_any`` reads for this name (a split, ``split:N``, a benchmark or a path): what a command's
+    output must not be written over."""
+    text = str(name_or_path)
+    if text in BENCHMARKS:
+        return BENCHMARKS[text].default_path()
+    split, _, size = text.partition(":")
+    if split in SPLITS and (size or text == split):
+        return CORPUS_DIR / f"{split}.jsonl"
+    return Path(text)
 
 
 def benchmark_files(benchmarks_dir: str | Path) -> tuple[list[Path], list[Path]]:

@@ -24,13 +24,16 @@ METHODS = ("keywords", "learned", "keywords_then_learned")
 def _predictions(router: LearnedRouter, table: pd.DataFrame) -> dict[str, list[str]]:
     contexts = [c if isinstance(c, str) else None for c in table["context"]]
     requests = list(table["user_request"])
-    keywords = [categorize(r, c) for r, c in zip(requests, contexts)]
     hits = [keyword_scores(r, c) for r, c in zip(requests, contexts)]
+    urgent = [is_urgent(r, c) for r, c in zip(requests, contexts)]
+    keywords = [categorize(r, c) for r, c in zip(requests, contexts)]
+    keywords = [urgent_route(route, h) if u else route  # as the runtime routes without a router
+                for route, h, u in zip(keywords, hits, urgent)]
     scores = router.scores([router_text(r, c) for r, c in zip(requests, contexts)])
     learned = [router.classes[i] for i in scores.argmax(axis=1)]
     combined = [combine_routes(h, dict(zip(router.classes, row))) for h, row in zip(hits, scores)]
-    combined = [urgent_route(route, h) if is_urgent(r, c) else route  # as the runtime routes an emergency
-                for route, h, r, c in zip(combined, hits, requests, contexts)]
+    combined = [urgent_route(route, h) if u else route  # as the runtime routes an emergency
+                for route, h, u in zip(combined, hits, urgent)]
     ties = [max(h.values()) > 0 and sum(v == max(h.values()) for v in h.values()) > 1 for h in hits]
     return {**dict(zip(METHODS, (keywords, learned, combined))), "keyword_ties": ties}
 
