@@ -75,6 +75,18 @@ def test_a_rebuild_keeps_the_split_checksums_beside_it(built):
     assert {sp: (out / f"{sp}.jsonl").read_bytes() for sp in SPLITS} == before
 
 
+def test_a_linked_corpus_folder_is_built_where_it_lives(built, tmp_path):
+    """The swap replaced a symlinked --out (a corpus moved to another disk) with a real folder and left the link
+    behind as data/.so8t_safety.old-<pid>; the linked copy went stale."""
+    seeds, out, before = built
+    link = tmp_path / "linked"
+    link.symlink_to(out)
+    build_corpus(seeds, link, seed=1, benchmarks_dir=None)
+    assert link.is_symlink() and link.resolve() == out.resolve()
+    assert {sp: (out / f"{sp}.jsonl").read_bytes() for sp in SPLITS} != before  # seed 1: rebuilt in place
+    assert not [p.name for p in tmp_path.iterdir() if p.name.startswith(".")]
+
+
 # --- bad input: named, exit 2, before the work ----------------------------------------------------------------------
 
 
@@ -118,6 +130,12 @@ def test_audit_input_errors_are_named_before_the_work(tmp_path, capsys, monkeypa
     err = capsys.readouterr().err
     assert f"so8t corpus: {review}: not valid YAML" in err and "Traceback" not in err
     assert not (tmp_path / "a.json").exists()
+    (data / "val.jsonl").write_text("kept\n")
+    review.write_text("kept: true\n")
+    for out in (data / "val.jsonl", review):  # the audit would replace a split or the review it reads
+        assert so8t([*args, "--out", str(out), "--review", str(review)]) == 2
+        assert "writing the audit there would replace it" in capsys.readouterr().err
+    assert (data / "val.jsonl").read_text() == "kept\n" and review.read_text() == "kept: true\n"
 
 
 def test_a_bug_in_build_is_not_reported_as_a_row_without_a_field(monkeypatch):

@@ -20,10 +20,11 @@ from pathlib import Path
 import yaml
 
 from ..core.paths import CORPUS_DIR, SEEDS_DIR
+from ..core.schema import SPLITS
 from ..data.corpus import build_corpus, leakage_report, stats_text
 from ..data.corpus.audit import REVIEW_FILE, audit_labels, audit_path, write_audit
 from ..data.corpus.guard import VIOLATIONS
-from .arg_types import unwritable_file
+from .arg_types import same_file, unwritable_file
 
 
 def _print_pairs(title: str, pairs: list[dict], keys: tuple[str, str, str, str]) -> None:
@@ -64,6 +65,10 @@ def _audit(args: argparse.Namespace) -> int:
     out = args.out if args.out is not None else audit_path(args.data)
     if why := unwritable_file("--out", str(out)):  # before the cross-validation, not after it
         raise ValueError(why)
+    inputs = {f"--data ({split}.jsonl)": str(Path(args.data) / f"{split}.jsonl") for split in SPLITS}
+    if option := same_file(str(out), {**inputs, "--review": args.review and str(args.review)}):
+        raise ValueError(f"--out {out} is the file {option} names; writing the audit there would replace it. Give "
+                         "--out a path of its own")
     rep = audit_labels(args.data, args.seeds_dir, args.review)
     path = write_audit(rep, out)
     s = rep["summary"]

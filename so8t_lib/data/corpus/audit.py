@@ -35,7 +35,7 @@ BASELINE = {"analyzer": "char_wb", "ngram_range": (2, 4), "min_df": 2, "sublinea
 def audit_path(data_dir: str | Path = CORPUS_DIR) -> Path:
     """Where the audit of the corpus in ``data_dir`` lives: beside that folder (``data/label_audit.json`` for the
     project's), so `corpus audit` writes and `corpus stats --markdown` reads the same file for the same --data."""
-    return Path(data_dir).parent / AUDIT_FILE.name
+    return Path(data_dir).resolve().parent / AUDIT_FILE.name  # resolved: the parent of '.' is not '.
 
 
 def read_audit(path: str | Path) -> dict | None:

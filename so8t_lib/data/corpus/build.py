@@ -150,10 +150,11 @@ def build_corpus(
     new train beside an old test. ``out_dir`` must pass ``check_out``. Returns rows per split, plus
     ``total``, ``dropped_duplicates`` and the near-duplicate grouping counts.
     """
+    out_dir = Path(out_dir).resolve()  # a linked corpus folder (moved to another disk) is built where it lives
     check_out(out_dir)  # before the work, not after it
     seeds = load_seeds(seeds_dir)
     rows, info = generate_rows(seeds, seed, benchmarks_dir)
-    out = Path(out_dir)
+    out = out_dir
     counts: dict[str, int] = {}
     with atomic_folder(out, owned=True) as tmp:  # owned: check_out decided what may be replaced
         for sp in SPLITS:
