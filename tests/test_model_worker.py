@@ -8,7 +8,7 @@ import time
 
 import pytest
 
-from so8t_lib.serve.model_worker import ANSWER, DECIDE, ModelWorker
+from so8t_lib.serve.model_worker import ANSWER, DECIDE, STUCK_FACTOR, ModelWorker
 
 
 @pytest.fixture
@@ -86,3 +86,21 @@ def test_a_call_after_close_fails_at_once_instead_of_waiting_forever():
     worker.close()
     with pytest.raises(RuntimeError, match="thread is closed"):
         worker.call(lambda: 2, DECIDE, 5)
+
+
+def test_a_call_that_runs_twice_its_limit_marks_the_thread_stuck_until_it_returns(worker):
+    """A slow call is not stuck; one past STUCK_FACTOR times its limit is, with when it started and how far
+    past its limit it has run; once it returns the thread is healthy again."""
+    release = threading.Event()
+    before = time.time()
+    hung, _ = _in_thread(lambda: worker.call(lambda: release.wait(10), DECIDE, 0.2))
+    time.sleep(0.3)  # past its limit, not yet past STUCK_FACTOR times it
+    assert worker.stuck() is None
+    time.sleep(STUCK_FACTOR * 0.2)
+    stuck = worker.stuck()
+    assert stuck is not None and stuck.limit == 0.2
+    assert before <= stuck.since <= time.time() - 0.5 and stuck.over_s >= 0.3
+    release.set()
+    hung.join(10)
+    assert worker.call(lambda: "after", DECIDE, 5) == "after"
+    assert worker.stuck() is None

@@ -11,6 +11,11 @@ Two rules keep the gate answering under load:
   for the call running: answers are written a chunk per call (``answering.py``), so that is one chunk. A call
   that gives up before it started is taken off the queue, so a timed-out request never runs later, holding up
   the ones behind it.
+
+A call that never returns (a wedged GPU kernel) holds the thread for good: no thread can be started in its
+place, as the backend is not thread-safe. Each call waiting behind it fails closed at its limit, and ``stuck``
+says so once the call has run ``STUCK_FACTOR`` times its limit, so readiness can take the replica out of the
+load balancer until it is restarted.
 """
 
 from __future__ import annotations
@@ -22,12 +27,21 @@ import threading
 import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
-from typing import Any
+from typing import Any, NamedTuple
 
 DECIDE, ANSWER = 0, 1  # priorities: lower runs first
 _CLOSE = 9  # after everything queued before it
 _POLL_S = 0.5  # how often a waiting call looks at the thread's progress again
 OVERRAN = "the model ran longer than"  # how the TimeoutError of a call that overran its own limit begins
+STUCK_FACTOR = 2.0  # a call that has run this many times its limit is taken to hold the thread for good
+
+
+class Stuck(NamedTuple):
+    """The call holding the model's thread past ``STUCK_FACTOR`` times its limit."""
+
+    since: float  # wall-clock time the call started (for display)
+    limit: float
+    over_s: float  # how long it has run past its limit
 
 
 @dataclass
@@ -35,7 +49,8 @@ class _Call:
     fn: Callable[[], Any]
     limit: float
     future: concurrent.futures.Future = field(default_factory=concurrent.futures.Future)
-    started_at: float | None = None
+    started_at: float | None = None  # monotonic
+    started_wall: float | None = None
 
 
 class ModelWorker:
@@ -58,7 +73,7 @@ class ModelWorker:
             if not call.future.set_running_or_notify_cancel():
                 continue  # its caller gave up before it started
             with self._lock:
-                call.started_at, self._running = time.monotonic(), call
+                call.started_at, call.started_wall, self._running = time.monotonic(), time.time(), call
             try:
                 call.future.set_result(call.fn())
             except BaseException as exc:  # noqa: BLE001 - handed to the caller
@@ -96,6 +111,17 @@ class ModelWorker:
                 raise TimeoutError(f"{OVERRAN} {limit:g}s")
             if call.future.cancel():
                 raise TimeoutError(f"the model was stuck on an earlier request for {limit:g}s past its limit")
+
+    def stuck(self) -> Stuck | None:
+        """The running call, when it has run more than ``STUCK_FACTOR`` times its limit; else None."""
+        with self._lock:
+            running = self._running
+            if running is None or running.started_at is None or running.started_wall is None:
+                return None
+            ran = time.monotonic() - running.started_at
+            if not ran > STUCK_FACTOR * running.limit:  # a NaN or infinite limit never makes a call stuck
+                return None
+            return Stuck(running.started_wall, running.limit, ran - running.limit)
 
     def close(self) -> None:
         """Stop the thread once the calls queued so far have run (it does not wait for them); later calls fail."""

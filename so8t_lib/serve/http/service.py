@@ -5,6 +5,7 @@ routes so the app module reads as the API."""
 from __future__ import annotations
 
 import asyncio
+import datetime as dt
 import logging
 import os
 import threading
@@ -13,6 +14,7 @@ from pathlib import Path
 
 from ..config import EXIT_MARGIN_S, REPLICA_ENV, SHUTDOWN_MARGIN_S, ServiceConfig, placed
 from ..escalation import UNRESOLVED
+from ..model_worker import ModelWorker, Stuck
 from ..runtime import Agent
 from .auth import ApiKeys, RateLimiter
 from .batching import MicroBatcher
@@ -162,7 +164,13 @@ class Service:
         """Each check's finding; the service is ready when none starts with 'not ready'."""
         agent = self.agent
         checks = {}
-        if agent.decider is not None:
+        stuck = _model_stuck(agent)
+        if agent.decider is not None and stuck is not None:
+            since = dt.datetime.fromtimestamp(stuck.since, dt.UTC).isoformat(timespec="seconds")
+            checks["model"] = (f"not ready: the model's thread is stuck since {since} (a call has run "
+                               f"{stuck.over_s:.0f}s past its limit of {stuck.limit:g}s; every decision fails closed "
+                               "behind it); restart the service")
+        elif agent.decider is not None:
             checks["model"] = f"loaded: {agent.model_version}"
         elif agent.config.mode == EMERGENCY and not agent.load_error:
             checks["model"] = "none needed: emergency mode"
@@ -210,6 +218,12 @@ class Service:
             "model_version": self.agent.model_version, "mode": self.switch.mode,
             "ready": not any(v.startswith("not ready") for v in checks.values()),
             "escalations": dict(self.queue_counts), "pending": self.batcher.pending})
+
+
+def _model_stuck(agent: Agent) -> Stuck | None:
+    """Whether the call holding the model's thread has overrun its limit for good (``ModelWorker.stuck``)."""
+    worker = getattr(agent, "_model", None)  # the Agent's one model thread
+    return worker.stuck() if isinstance(worker, ModelWorker) else None
 
 
 async def _in_daemon(chore: Callable[[], None], timeout: float) -> bool:
