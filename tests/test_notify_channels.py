@@ -1,9 +1,10 @@
 """Whether a notification reached a desk is recorded truthfully: a redirected webhook is not a sent one, one channel
-that hangs or trickles neither starves the other nor outlasts notify_timeout_s, and a case whose category has no
-route still reaches a desk."""
+that hangs or trickles neither starves the other nor outlasts notify_timeout_s (nor leaves a thread behind), and a
+case whose category has no route still reaches a desk."""
 
 from __future__ import annotations
 
+import contextlib
 import http.server
 import logging
 import socket
@@ -15,7 +16,7 @@ import pytest
 from test_escalation import _webhook_server
 
 from so8t_lib.serve.config import EscalationConfig
-from so8t_lib.serve.notify import Notifier
+from so8t_lib.serve.notify import MAX_STUCK_SENDERS, Notifier
 
 CASE = {"case_id": "esc_1", "category": "hr", "request_id": "req_1", "input": "hello", "rationale": "r"}
 
@@ -136,6 +137,95 @@ def test_a_trickling_webhook_is_given_up_at_notify_timeout_s():
         listener.close()
     assert time.monotonic() - started < 2
     assert not outcome["ok"] and "no answer within notify_timeout_s (1 s)" in outcome["error"]
+
+
+def _trickling_server(greeting: bytes, line: bytes) -> tuple[socket.socket, threading.Event, list]:
+    """A server that sends ``greeting``, then ``line`` over and over, a byte every 0.1 s, for as long as the
+    client listens; each connection's end is appended to the list it returns."""
+    listener = socket.socket()
+    listener.bind(("127.0.0.1", 0))
+    listener.listen(16)
+    stop, ended = threading.Event(), []
+
+    def trickle(connection):
+        with connection:
+            try:
+                if greeting.startswith(b"HTTP"):
+                    connection.recv(65536)
+                connection.sendall(greeting)
+                while not stop.wait(0.1):
+                    for byte in line:
+                        connection.sendall(bytes([byte]))
+                        if stop.wait(0.1):
+                            return
+            except OSError:
+                ended.append(1)
+
+    def accept():
+        with contextlib.suppress(OSError):
+            while True:
+                threading.Thread(target=trickle, args=(listener.accept()[0],), daemon=True).start()
+
+    threading.Thread(target=accept, daemon=True).start()
+    return listener, stop, ended
+
+
+def _senders(channel: str) -> list[threading.Thread]:
+    return [thread for thread in threading.enumerate() if thread.name == f"so8t-notify-{channel}"]
+
+
+@pytest.mark.parametrize("channel", ["webhook", "email"])
+def test_a_sender_given_up_is_cut_off_and_its_thread_ends(channel):
+    """urllib's and smtplib's timeouts are per read: each given-up send left its thread and socket behind for
+    as long as the server trickled, one more for every notice and reminder."""
+    webhook = channel == "webhook"
+    listener, stop, ended = _trickling_server(*((b"HTTP/1.1 200 OK\r\n", b"X-Slow: a\r\n") if webhook else
+                                                (b"220-", b"slow\r\n220-")))
+    port = listener.getsockname()[1]
+    config = EscalationConfig(notify_timeout_s=0.5, retries=0, **(
+        {"notification_webhook": f"http://127.0.0.1:{port}/hook"} if webhook else
+        {"email_notifications": True, "smtp_server": "127.0.0.1", "smtp_port": port, "smtp_require_tls": False}))
+    try:
+        for n in range(3):
+            (outcome,) = Notifier(config).send({**CASE, "case_id": f"esc_{n}"})
+            assert outcome["channel"] == channel and not outcome["ok"] and "given up" in outcome["error"]
+        for _ in range(50):  # within a second of the last deadline
+            if not _senders(channel) and len(ended) == 3:
+                break
+            time.sleep(0.02)
+        assert _senders(channel) == [] and len(ended) == 3  # no thread left, each connection closed
+    finally:
+        stop.set()
+        listener.close()
+
+
+def test_a_channel_whose_given_up_senders_stay_stuck_fails_at_once_starting_no_thread(monkeypatch):
+    """Where no cut-off reaches (a DNS look-up that hangs, say), each notice and reminder added one more thread."""
+    release, calls = threading.Event(), []
+
+    def hang(case, *args):
+        calls.append(case["case_id"])
+        release.wait(30)
+
+    notifier = Notifier(EscalationConfig(notification_webhook="http://127.0.0.1:9/hook", notify_timeout_s=0.2,
+                                         retries=0))
+    monkeypatch.setattr(notifier, "_webhook", hang)
+    try:
+        for n in range(MAX_STUCK_SENDERS):
+            assert "given up" in notifier.send({**CASE, "case_id": f"esc_{n}"})[0]["error"]
+        started = time.monotonic()
+        (outcome,) = notifier.send({**CASE, "case_id": "esc_next"})
+        assert len(calls) == MAX_STUCK_SENDERS and len(_senders("webhook")) == MAX_STUCK_SENDERS
+        assert time.monotonic() - started < 0.1 and not outcome["ok"] and outcome["attempts"] == 0
+        assert f"the webhook channel is stuck: {MAX_STUCK_SENDERS} earlier sends" in outcome["error"]
+        assert notifier.stuck_senders("webhook") == MAX_STUCK_SENDERS
+    finally:
+        release.set()
+    for _ in range(100):
+        if not notifier.stuck_senders("webhook"):
+            break
+        time.sleep(0.02)
+    assert notifier.send({**CASE, "case_id": "esc_after"})[0]["ok"]  # unstuck, the channel is tried again
 
 
 @pytest.mark.parametrize("category", [None, "payroll"])

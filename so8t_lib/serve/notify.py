@@ -7,6 +7,9 @@ channel). Sending runs in a background thread with retries and exponential backo
 decision; the outcome is recorded on the case. Each channel runs in its own thread with the whole
 ``notify_timeout_s`` and is given up at that deadline, whatever a slow or trickling server does: one sending
 ends within ``notify_timeout_s`` (plus a fraction of a second), and a hung webhook leaves e-mail its full time.
+A sender given up is cut off then (its sockets shut down), so its thread ends rather than wait on a server
+that trickles for ever; should one outlive even that (a DNS look-up no socket reaches), at MAX_STUCK_SENDERS
+such a channel counts as stuck and its new sends fail at once instead of each adding a thread.
 When no channel is configured at all, that is itself a failed outcome (logged, recorded, the case shows
 notify_failed): an escalation that reaches nobody must not look like a sent one. For the same reason a webhook
 that redirects is a failure (urllib would re-send the POST as a GET without its body, and the target's 200
@@ -23,10 +26,12 @@ turned off for a relay on a trusted network.
 from __future__ import annotations
 
 import concurrent.futures
+import contextlib
 import json
 import logging
 import os
 import smtplib
+import socket
 import ssl
 import threading
 import time
@@ -55,7 +60,8 @@ NO_CHANNEL = ("no notification channel is configured (set SLACK_WEBHOOK_URL or e
               "or escalation.email_notifications with smtp_server)")
 
 
-GRACE_S = 0.2  # past the deadline, for an attempt that is just answering
+GRACE_S = 0.2  # past the deadline, for an attempt that is just answering; again for one cut off to end
+MAX_STUCK_SENDERS = 3  # per channel: given-up senders alive after their cut-off, before it counts as stuck
 
 
 class WebhookRedirected(RuntimeError):
@@ -75,46 +81,154 @@ def _redirect_target(url: str, location: str | None) -> str:
     return f"{target.scheme}://{target.netloc}/..." if location else "no Location"
 
 
-def _with_retries(send: Callable[[float], None], retries: int, deadline: float, outcome: dict) -> None:
+class _Connections:
+    """The sockets one channel's sender has open, reachable from the side that waits for it: urllib's and
+    smtplib's timeouts are per read, so a server sending a byte now and then held the thread and its socket
+    for as long as it trickled. ``cut`` shuts them down at the deadline (a blocked read returns at once) and
+    no socket opens after."""
+
+    def __init__(self) -> None:
+        self.cut_off = threading.Event()
+        self._lock = threading.Lock()
+        self._held: list[socket.socket] = []
+
+    def connect(self, address: tuple, timeout: float | None = None, source_address: tuple | None = None
+                ) -> socket.socket:
+        """``socket.create_connection``, holding a duplicate of the socket: TLS detaches the original when it
+        wraps it, and shutting down any handle of a connection ends it for all."""
+        sock = socket.create_connection(address, timeout, source_address)
+        with self._lock:
+            if not self.cut_off.is_set():
+                self._held.append(sock.dup())
+                return sock
+        sock.close()
+        raise TimeoutError("given up at notify_timeout_s")
+
+    def release(self) -> None:
+        """Drop the held handles once an attempt is over (each would keep its connection open)."""
+        self._drop(shutdown=False)
+
+    def cut(self) -> None:
+        self.cut_off.set()
+        self._drop(shutdown=True)
+
+    def _drop(self, shutdown: bool) -> None:
+        with self._lock:
+            held, self._held = self._held, []
+        for sock in held:
+            if shutdown:
+                with contextlib.suppress(OSError):
+                    sock.shutdown(socket.SHUT_RDWR)
+            sock.close()
+
+
+class _HeldOpen(urllib.request.HTTPHandler, urllib.request.HTTPSHandler):
+    """urllib's HTTP and HTTPS handlers (proxies, TLS as usual), connecting through ``connections``."""
+
+    def __init__(self, connections: _Connections) -> None:
+        super().__init__()
+        self.connections = connections
+
+    def do_open(self, http_class, req, **http_conn_args):
+        def held(*args, **kwargs):
+            connection = http_class(*args, **kwargs)
+            connection._create_connection = self.connections.connect  # http.client's hook for the TCP connect
+            return connection
+        return super().do_open(held, req, **http_conn_args)
+
+
+class _HeldSMTP(smtplib.SMTP):
+    """smtplib.SMTP, connecting through ``connections`` (STARTTLS wraps the socket; the held copy cuts it)."""
+
+    def __init__(self, connections: _Connections, *args, **kwargs) -> None:
+        self.connections = connections
+        super().__init__(*args, **kwargs)
+
+    def _get_socket(self, host, port, timeout):
+        return self.connections.connect((host, port), timeout, self.source_address)
+
+
+class _Stragglers:
+    """Per channel, the senders that outlived their cut-off too (blocked where no socket reaches): counted, so
+    a stuck channel stops costing one more thread for every notice and reminder."""
+
+    def __init__(self) -> None:
+        self._lock = threading.Lock()
+        self._threads: dict[str, list[threading.Thread]] = {}
+
+    def alive(self, channel: str) -> int:
+        with self._lock:
+            threads = self._threads[channel] = [t for t in self._threads.get(channel, []) if t.is_alive()]
+            return len(threads)
+
+    def add(self, channel: str, thread: threading.Thread) -> None:
+        with self._lock:
+            self._threads.setdefault(channel, []).append(thread)
+
+
+Job = Callable[[float, _Connections], None]
+
+
+def _with_retries(send: Job, retries: int, deadline: float, outcome: dict, connections: _Connections) -> None:
     """Fill ``outcome`` as it goes (``attempts``, ``error``; ``ok`` at the end): a caller that gives up at the
-    deadline still reads how far it got."""
+    deadline still reads how far it got. Once cut off, nothing more is tried."""
     attempt, delay = 0, 0.2
     while True:
         attempt += 1
         outcome["attempts"] = attempt
         try:
-            send(max(0.1, deadline - time.monotonic()))
+            send(max(0.1, deadline - time.monotonic()), connections)
             outcome.pop("error", None)
             outcome["ok"] = True
             return
         except Exception as exc:  # noqa: BLE001 - any transport failure is retried, then recorded
             outcome["error"] = f"{type(exc).__name__}: {exc}"
             final = isinstance(exc, WebhookRedirected)
-        if final or attempt > retries or time.monotonic() + delay >= deadline:
+        finally:
+            connections.release()
+        late = time.monotonic() + delay >= deadline
+        if final or attempt > retries or late or connections.cut_off.wait(delay):  # the wait is the back-off
             outcome["ok"] = False
             return
-        time.sleep(delay)
         delay *= 2
 
 
-def _send_each(jobs: dict[str, Callable[[float], None]], retries: int, budget: float) -> dict[str, dict]:
+def _send_each(jobs: dict[str, Job], retries: int, budget: float, stragglers: _Stragglers) -> dict[str, dict]:
     """Every channel at once, each in its own daemon thread with the whole ``budget``; one still sending at the
-    deadline is given up and recorded as failed (it may yet arrive: at least once, never "sent" when it was not)."""
+    deadline is given up, recorded as failed and cut off (what it had sent may yet arrive: at least once,
+    never "sent" when it was not). A channel with MAX_STUCK_SENDERS stragglers fails at once, starting no
+    thread."""
     deadline = time.monotonic() + budget
-    outcomes: dict[str, dict] = {name: {"attempts": 0} for name in jobs}
-    threads = [threading.Thread(target=_with_retries, args=(send, retries, deadline, outcomes[name]), daemon=True,
-                                name=f"so8t-notify-{name}") for name, send in jobs.items()]
-    for thread in threads:
+    results: dict[str, dict] = {}
+    running: dict[str, tuple[threading.Thread, dict, _Connections]] = {}
+    for name, send in jobs.items():
+        stuck = stragglers.alive(name)
+        if stuck >= MAX_STUCK_SENDERS:
+            results[name] = {"attempts": 0, "ok": False, "error": (
+                f"the {name} channel is stuck: {stuck} earlier sends given up at notify_timeout_s are still "
+                "running (blocked where no timeout reaches, a DNS look-up say); not tried")}
+            continue
+        outcome, connections = {"attempts": 0}, _Connections()
+        thread = threading.Thread(target=_with_retries, args=(send, retries, deadline, outcome, connections),
+                                  daemon=True, name=f"so8t-notify-{name}")
         thread.start()
-    for thread in threads:
+        running[name] = thread, outcome, connections
+    for thread, _, _ in running.values():
         thread.join(max(0.0, deadline - time.monotonic()) + GRACE_S)
-    results = {}
-    for name, outcome in outcomes.items():
-        result = dict(outcome)  # a snapshot: a thread given up may still write to its own dict
+    given_up = []
+    for name, (thread, outcome, connections) in running.items():
+        result = dict(outcome)  # before the cut: the error it causes is not the server's
         if "ok" not in result:
             last = f" (last error: {result['error']})" if result.get("error") else ""
             result.update(ok=False, error=f"no answer within notify_timeout_s ({budget:g} s); given up{last}")
+            connections.cut()
+            given_up.append((name, thread))
         results[name] = result
+    ended_by = time.monotonic() + GRACE_S
+    for name, thread in given_up:
+        thread.join(max(0.0, ended_by - time.monotonic()))
+        if thread.is_alive():
+            stragglers.add(name, thread)
     return results
 
 
@@ -124,6 +238,11 @@ class Notifier:
     def __init__(self, config: EscalationConfig, queue=None) -> None:
         self.config, self.queue = config, queue
         self._pool = concurrent.futures.ThreadPoolExecutor(max_workers=2, thread_name_prefix="so8t-notify")
+        self._stragglers = _Stragglers()
+
+    def stuck_senders(self, channel: str) -> int:
+        """Senders on ``channel`` given up and cut off yet still alive (MAX_STUCK_SENDERS marks it stuck)."""
+        return self._stragglers.alive(channel)
 
     def shared_webhook(self) -> str | None:
         """SLACK_WEBHOOK_URL, else escalation.notification_webhook."""
@@ -169,7 +288,8 @@ class Notifier:
                 f"{escape(rationale)}\nInput (personal data masked):\n{quoted(escape(case['input']))}\n"
                 f"Resolve: so8t escalation resolve {case_id} --decision ALLOW|REFUSE --by NAME")
 
-    def _webhook(self, case: dict, route: RouteConfig, timeout: float, reminder: bool) -> None:
+    def _webhook(self, case: dict, route: RouteConfig, timeout: float, reminder: bool,
+                 connections: _Connections) -> None:
         url = self.webhook_for(route)
         if not url:
             raise RuntimeError(f"no webhook for route {case['category']}: set "
@@ -177,7 +297,8 @@ class Notifier:
         body = json.dumps({"text": self._message(case, reminder, escape=slack_escaped), "channel": route.slack_channel}).encode("utf-8")
         request = urllib.request.Request(url, data=body, headers={"Content-Type": "application/json"})
         try:
-            with urllib.request.build_opener(_NoRedirects).open(request, timeout=timeout) as response:
+            opener = urllib.request.build_opener(_NoRedirects, _HeldOpen(connections))
+            with opener.open(request, timeout=timeout) as response:
                 if response.status >= 300:
                     raise RuntimeError(f"webhook answered HTTP {response.status}")
         except urllib.error.HTTPError as exc:
@@ -188,7 +309,8 @@ class Notifier:
                                         "point the config at the final URL") from None
             raise
 
-    def _email(self, case: dict, route: RouteConfig, timeout: float, reminder: bool) -> None:
+    def _email(self, case: dict, route: RouteConfig, timeout: float, reminder: bool,
+               connections: _Connections) -> None:
         message = EmailMessage()
         message["From"], message["To"] = self.config.email_from, route.email
         message["Subject"] = f"[SO8T] {'URGENT ' if is_urgent_case(case) else ''}" \
@@ -196,7 +318,7 @@ class Notifier:
         message.set_content(self._message(case, reminder))
         host = os.environ.get("SMTP_SERVER") or self.config.smtp_server
         port = int(os.environ.get("SMTP_PORT") or self.config.smtp_port)
-        with smtplib.SMTP(host, port, timeout=timeout) as smtp:
+        with _HeldSMTP(connections, host, port, timeout=timeout) as smtp:
             smtp.ehlo()  # the server's extensions are known only after EHLO
             encrypted = smtp.has_extn("starttls")
             if not encrypted and self.config.smtp_require_tls:
@@ -228,11 +350,12 @@ class Notifier:
         if "webhook" in channels:
             own = bool(route.webhook_env and os.environ.get(route.webhook_env))
             targets["webhook"] = route.webhook_env if own else route.slack_channel
-            jobs["webhook"] = lambda t: self._webhook(case, route, t, reminder)
+            jobs["webhook"] = lambda t, held: self._webhook(case, route, t, reminder, held)
         if "email" in channels and route.email:
             targets["email"] = route.email
-            jobs["email"] = lambda t: self._email(case, route, t, reminder)
-        results = _send_each(jobs, self.config.retries, self.config.notify_timeout_s) if jobs else {}
+            jobs["email"] = lambda t, held: self._email(case, route, t, reminder, held)
+        results = _send_each(jobs, self.config.retries, self.config.notify_timeout_s, self._stragglers) \
+            if jobs else {}
         outcomes = [{"channel": name, "target": targets[name], **results[name]} for name in jobs]
         if not outcomes:
             outcomes.append({"channel": "none", "target": None, "ok": False, "attempts": 0, "error": NO_CHANNEL})
