@@ -223,3 +223,25 @@ def test_node_exporter_serves_the_gauges_from_its_textfile_folder(tmp_path):
     gauges = _gauges(scraped)
     assert gauges[("so8t_audit_verify_ok", ())] == 1 and gauges[("so8t_audit_verify_records", ())] == 3
     assert gauges[("node_textfile_scrape_error", ())] == 0
+
+
+def test_the_metrics_file_is_readable_the_moment_it_appears(tmp_path, monkeypatch):
+    """It was renamed into place with the temporary file's mode (0600 under the unit's umask) and made readable only
+    after: a node_exporter scrape in between could not read it."""
+    import os
+
+    from so8t_lib.serve.audit_textfile import write_verify_metrics
+
+    modes, rename = [], os.replace
+
+    def replace(src, dst):
+        modes.append(os.stat(src).st_mode & 0o777)
+        rename(src, dst)
+
+    monkeypatch.setattr(os, "replace", replace)
+    old_mask = os.umask(0o077)
+    try:
+        write_verify_metrics(tmp_path / "so8t_audit.prom", {"audit.jsonl": {"errors": [], "records": 3}})
+    finally:
+        os.umask(old_mask)
+    assert modes == [0o644] and [p.name for p in tmp_path.iterdir()] == ["so8t_audit.prom"]

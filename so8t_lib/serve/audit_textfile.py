@@ -10,12 +10,14 @@ from __future__ import annotations
 import time
 from pathlib import Path
 
+from ..core.io import atomic_write_bytes
+
 
 def write_verify_metrics(path: str | Path, reports: dict[str, dict] | None) -> Path:
     """Write the gauges of one run at once; ``reports`` None: the run could not verify at all (a bad heads file,
     a missing chain), which counts as a failed run."""
     try:
-        from prometheus_client import CollectorRegistry, Gauge, write_to_textfile
+        from prometheus_client import CollectorRegistry, Gauge, generate_latest
     except ImportError:
         raise RuntimeError("--metrics-file needs prometheus-client: pip install -e '.[service]'") from None
     registry = CollectorRegistry()
@@ -31,8 +33,6 @@ def write_verify_metrics(path: str | Path, reports: dict[str, dict] | None) -> P
     chains.labels(result="failed").set(failed)
     Gauge("so8t_audit_verify_records", "records the last run read in all chains",
           registry=registry).set(sum(report["records"] for report in reports.values()))
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    write_to_textfile(str(path), registry)  # a temporary file renamed into place: a reader never sees half of it
-    path.chmod(0o644)  # node_exporter runs as another user; the gauges hold no secret
-    return path
+    # a temporary file (named .tmp, which the textfile collector skips) renamed into place, already readable by
+    # node_exporter's user (the gauges hold no secret): a scrape never sees half a file, nor one it may not read
+    return atomic_write_bytes(path, generate_latest(registry), mode=0o644)

@@ -44,7 +44,7 @@ from .backends import load_decider
 from .config import RuntimeConfig, load_runtime_config, runtime_paths
 from .escalation import EscalationQueue
 from .escalation_desk import EscalationDesk
-from .model_worker import ModelWorker
+from .model_worker import ModelWorker, Stuck
 from .notify import NO_CHANNEL, Notifier
 from .router import RouterError, load_router
 from .runtime_batches import BatchRunning
@@ -159,6 +159,11 @@ class Agent(BatchRunning, RequestDeciding, DecisionRecording):
         still waiting for one is recorded without it, as after a generation timeout); a model call already
         running finishes."""
         self._answering.stop()
+
+    def model_stuck(self) -> Stuck | None:
+        """``ModelWorker.stuck()``: whether a call holds the model's thread well past its limit (None when not); a
+        server's readiness reports it, since that thread cannot be replaced while the call runs."""
+        return self._model.stuck()
 
     def close(self) -> None:
         self.desk.close()

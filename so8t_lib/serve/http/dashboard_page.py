@@ -22,13 +22,13 @@ table{border-collapse:collapse;width:100%}td,th{text-align:left;padding:3px 6px;
 <span>mode <b id="mode">–</b></span><span>ready <b id="ready">–</b></span><span id="stamp"></span></header>
 <main>
 <section><h2>Requests</h2><div><span class="big" id="rpm">–</span> <span class="unit">decisions / min</span></div>
-<div class="unit"><span id="http-rpm">–</span> HTTP calls / min</div><svg viewBox="0 0 300 70" preserveAspectRatio="none">
+<div class="unit"><span id="http-rpm">–</span> API calls / min</div><svg viewBox="0 0 300 70" preserveAspectRatio="none">
 <polyline id="spark" points=""/></svg></section>
 <section><h2>Latency (decision calls, 5 min)</h2><table>
 <tr><th>p50</th><td id="p50">–</td></tr><tr><th>p95</th><td id="p95">–</td></tr><tr><th>p99</th><td id="p99">–</td></tr>
 </table><div class="unit">milliseconds, from the latency histogram; – when no call came in the last 5 min</div></section>
 <section><h2>Errors and escalations (5 min)</h2><table>
-<tr><th>gate error rate</th><td id="error-rate">–</td></tr><tr><th>HTTP 5xx rate</th><td id="http-error-rate">–</td></tr>
+<tr><th>gate error rate</th><td id="error-rate">–</td></tr><tr><th>API 5xx rate</th><td id="http-error-rate">–</td></tr>
 <tr><th>escalation rate</th><td id="escalation-rate">–</td></tr><tr><th>fail-closed (total)</th><td id="fail-closed">–</td></tr>
 </table></section>
 <section><h2>Decision mix (since start)</h2><table id="mix"></table><h2 style="margin-top:10px">Not allowed, by category</h2>

@@ -14,7 +14,7 @@ from pathlib import Path
 
 from ..config import EXIT_MARGIN_S, REPLICA_ENV, SHUTDOWN_MARGIN_S, ServiceConfig, placed
 from ..escalation import UNRESOLVED
-from ..model_worker import ModelWorker, Stuck
+from ..model_worker import Stuck
 from ..runtime import Agent
 from .auth import ApiKeys, RateLimiter
 from .batching import MicroBatcher
@@ -221,9 +221,10 @@ class Service:
 
 
 def _model_stuck(agent: Agent) -> Stuck | None:
-    """Whether the call holding the model's thread has overrun its limit for good (``ModelWorker.stuck``)."""
-    worker = getattr(agent, "_model", None)  # the Agent's one model thread
-    return worker.stuck() if isinstance(worker, ModelWorker) else None
+    """Whether the call holding the model's thread has overrun its limit for good (``Agent.model_stuck``); a
+    stand-in agent in a test may have no model thread."""
+    stuck = getattr(agent, "model_stuck", None)
+    return stuck() if callable(stuck) else None
 
 
 async def _in_daemon(chore: Callable[[], None], timeout: float) -> bool:
