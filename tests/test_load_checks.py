@@ -82,6 +82,19 @@ def test_base_weights_transformers_would_fill_at_random_or_drop_are_refused(save
         SO8TModel.load(folder)
 
 
+def test_a_device_out_of_memory_is_not_called_a_damaged_base(saved, monkeypatch):
+    """An out-of-memory RuntimeError became "base model weights are missing or damaged": a GPU user was sent to
+    restore a healthy base."""
+    from so8t_lib.model import base
+
+    def full(*args, **kwargs):
+        raise torch.OutOfMemoryError("CUDA out of memory. Tried to allocate 2.00 GiB")
+
+    monkeypatch.setattr(base.AutoModelForCausalLM, "from_pretrained", full)
+    with pytest.raises(torch.OutOfMemoryError):
+        SO8TModel.load(saved)
+
+
 def _hf_base(folder, seed: int, tokenizer, manifest: bool):
     lm, _ = build_tiny_base(ModelConfig(preset="tiny", seed=seed, tiny=TINY), tokenizer)
     lm.save_pretrained(folder)
@@ -150,6 +163,17 @@ def test_model_keys_that_would_fail_at_the_first_step_are_config_errors_at_build
     config.yaml and metrics.jsonl were written: a folder that could neither restart nor resume."""
     with pytest.raises(ConfigError, match=named):
         SO8TModel.from_config(_config(**change), tokenizer)
+
+
+def test_lora_targets_that_match_nothing_are_named_on_a_peft_without_its_own_error(tokenizer, monkeypatch):
+    """pyproject allows peft >= 0.17; NoMatchingPeftModuleError (peft.utils.error) came in 0.21, and importing it
+    unconditionally broke every build on an older peft."""
+    import sys
+
+    monkeypatch.setitem(sys.modules, "peft.utils.error", None)  # as if it did not exist: ImportError
+    with pytest.raises(ConfigError, match=r"model.lora.target_modules \['bogus_proj'\]: no module"):
+        SO8TModel.from_config(_config(lora={"target_modules": ["bogus_proj"]}), tokenizer)
+    SO8TModel.from_config(_config(), tokenizer)  # and a good config still builds
 
 
 def test_gates_the_config_does_not_build_are_named(saved):

@@ -175,6 +175,8 @@ def _load_folder(folder: Path, kwargs: dict) -> PreTrainedModel:
                               "convert the base again)")
     try:
         lm, info = AutoModelForCausalLM.from_pretrained(str(folder), output_loading_info=True, **kwargs)
+    except torch.OutOfMemoryError:
+        raise  # the device is full, the files are fine: not a reason to restore the base
     except (OSError, ValueError, RuntimeError, SafetensorError) as exc:
         raise CheckpointError(f"{folder}: base model weights are missing or damaged ({type(exc).__name__}: "
                               f"{str(exc)[:300]})") from None

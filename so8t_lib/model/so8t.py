@@ -112,7 +112,10 @@ class SO8TModel(CheckpointMixin, nn.Module):
         if config.lora.r > 0:
             from peft import LoraConfig as PeftLoraConfig
             from peft import get_peft_model
-            from peft.utils.error import NoMatchingPeftModuleError
+            try:
+                from peft.utils.error import NoMatchingPeftModuleError as no_match
+            except ImportError:  # peft < 0.21 says so with a plain ValueError
+                no_match = ValueError
 
             lora_layers = None if config.lora.layers == "all" else resolve_layers(config.lora.layers, n_layers,
                                                                                      "model.lora.layers")
@@ -122,7 +125,7 @@ class SO8TModel(CheckpointMixin, nn.Module):
                     target_modules=list(config.lora.target_modules),
                     modules_to_save=list(config.lora.modules_to_save) or None,
                     layers_to_transform=lora_layers, bias="none", task_type="CAUSAL_LM"))
-            except NoMatchingPeftModuleError:
+            except no_match:
                 raise ConfigError(f"model.lora.target_modules {list(config.lora.target_modules)}: no module of this "
                                   "base has such a name (e.g. q_proj, v_proj, o_proj)") from None
         self.lm = lm
