@@ -32,7 +32,9 @@ def as_flag(name: str, value: object) -> bool:
 
 def as_list(name: str, value: object) -> list:
     """A list; one bare string (``-p models dist/x.gguf``) is a list of that one item, not of its characters.
-    For several items give a list: ``-y '{name: [a, b]}'`` or a YAML file with ``-f``."""
+    For several items give a list: ``-y '{name: [a, b]}'`` or a YAML file with ``-f``; ``None`` is none."""
+    if value is None:  # -p quants None: what the functions behind the notebooks take as "none"
+        return []
     if isinstance(value, str):
         return [value]
     if isinstance(value, list | tuple):
