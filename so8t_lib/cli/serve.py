@@ -90,7 +90,8 @@ def main(argv: list[str] | None = None) -> int:
     add_gate_options(parser)
     parser.add_argument("--test-mode", action="store_true", help="records and cases marked as tests; no notifications")
     parser.add_argument("--check", action="store_true",
-                        help="load everything as a start would, print what is wrong and exit without serving: "
+                        help="load everything as a start would (so it creates the log folder's files a start "
+                             "creates: queue, audit log anchor and lock), print what is wrong and exit without serving: "
                              f"0 ready, {EXIT_DEGRADED} it would serve degraded (or its port is taken), 1 it would not start")
     parser.add_argument("overrides", nargs="*", help="key=value, e.g. service.max_batch=16")
     args = parser.parse_args(argv)
