@@ -104,3 +104,20 @@ def test_a_call_that_runs_twice_its_limit_marks_the_thread_stuck_until_it_return
     hung.join(10)
     assert worker.call(lambda: "after", DECIDE, 5) == "after"
     assert worker.stuck() is None
+
+
+def test_a_call_with_a_tiny_limit_is_not_stuck_before_the_floor():
+    """An answer's last chunk may get milliseconds (what is left of generation_timeout_s): overrunning that is a
+    generation timeout, and readiness dropped to 503 while an ordinary chunk finished."""
+    worker = ModelWorker(stuck_floor_s=0.6)
+    try:
+        release = threading.Event()
+        hung, _ = _in_thread(lambda: worker.call(lambda: release.wait(10), ANSWER, 0.01))
+        time.sleep(0.3)  # thirty times its limit, under the floor
+        assert worker.stuck() is None
+        time.sleep(0.5)
+        assert worker.stuck() is not None
+        release.set()
+        hung.join(10)
+    finally:
+        worker.close()

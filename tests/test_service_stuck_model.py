@@ -12,7 +12,7 @@ import httpx
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 
-from service_support import CLIENT, FixedDecider, LiveServer, make_service  # noqa: E402
+from service_support import CLIENT, REVIEWER, FixedDecider, LiveServer, make_service  # noqa: E402
 
 
 class HangingDecider(FixedDecider):
@@ -64,3 +64,27 @@ def test_a_hung_model_call_makes_the_replica_not_ready_until_it_returns(tmp_path
             decider.release.set()
         assert _readyz_until(http, 200).json()["checks"]["model"].startswith("loaded: ")  # the call returned
         assert _ready_gauge(http) == "so8t_ready 1.0"
+
+
+def test_in_emergency_mode_a_stuck_model_thread_keeps_the_replica_ready(tmp_path):
+    """Emergency mode asks no model: the replica escalates every request at once, as its operator asked. A stuck
+    thread took it out of the load balancer anyway, so switching emergency on over wedged replicas was an outage."""
+    decider = HangingDecider()
+    service = make_service(tmp_path / "logs", decider=decider,
+                           inference={"decision_timeout_s": 0.5, "generate_responses": False},
+                           escalation={"queue_timeout_s": 0.25})
+    with LiveServer(service) as server, httpx.Client(base_url=server.url, timeout=30) as http:
+        try:
+            http.post("/v1/decide", json={"user_request": "How do I file expenses?"}, headers=CLIENT)
+            assert _readyz_until(http, 503).status_code == 503
+            switched = http.post("/v1/admin/emergency", json={"enabled": True, "reason": "wedged model"},
+                                 headers=REVIEWER)
+            assert switched.status_code == 200, switched.text
+            ready = _readyz_until(http, 200)
+            assert ready.status_code == 200
+            assert ready.json()["checks"]["model"].startswith("not consulted in emergency mode; its thread is stuck")
+            answer = http.post("/v1/decide", json={"user_request": "How do I file expenses?"}, headers=CLIENT).json()
+            assert answer["decision"] == "ESCALATE"
+        finally:
+            decider.release.set()
+

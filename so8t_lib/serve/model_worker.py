@@ -56,7 +56,10 @@ class _Call:
 class ModelWorker:
     """``worker.call(fn, DECIDE, limit)`` runs ``fn`` on the model's thread and returns its result."""
 
-    def __init__(self, name: str = "so8t-model") -> None:
+    def __init__(self, name: str = "so8t-model", stuck_floor_s: float = 0.0) -> None:
+        # a call is stuck past STUCK_FACTOR times its limit, and never sooner than this: an answer's last chunk
+        # may get a limit of milliseconds (what is left of generation_timeout_s), and overrunning it is a timeout
+        self.stuck_floor_s = stuck_floor_s
         self._calls: queue.PriorityQueue = queue.PriorityQueue()
         self._order = itertools.count()
         self._lock = threading.Lock()
@@ -113,13 +116,14 @@ class ModelWorker:
                 raise TimeoutError(f"the model was stuck on an earlier request for {limit:g}s past its limit")
 
     def stuck(self) -> Stuck | None:
-        """The running call, when it has run more than ``STUCK_FACTOR`` times its limit; else None."""
+        """The running call, when it has run more than ``STUCK_FACTOR`` times its limit (and ``stuck_floor_s``);
+        else None."""
         with self._lock:
             running = self._running
             if running is None or running.started_at is None or running.started_wall is None:
                 return None
             ran = time.monotonic() - running.started_at
-            if not ran > STUCK_FACTOR * running.limit:  # a NaN or infinite limit never makes a call stuck
+            if not ran > max(STUCK_FACTOR * running.limit, self.stuck_floor_s):  # NaN or inf: never stuck
                 return None
             return Stuck(running.started_wall, running.limit, ran - running.limit)
 

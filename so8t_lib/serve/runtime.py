@@ -44,7 +44,7 @@ from .backends import load_decider
 from .config import RuntimeConfig, load_runtime_config, runtime_paths
 from .escalation import EscalationQueue
 from .escalation_desk import EscalationDesk
-from .model_worker import ModelWorker, Stuck
+from .model_worker import STUCK_FACTOR, ModelWorker, Stuck
 from .notify import NO_CHANNEL, Notifier
 from .router import RouterError, load_router
 from .runtime_batches import BatchRunning
@@ -95,7 +95,7 @@ class Agent(BatchRunning, RequestDeciding, DecisionRecording):
                                     max_field_chars=logs.max_field_chars),
             CaseSpool(self.paths.spool, make_fernet(enc_key) if enc_key else None), self.audit, self.notifier,
             notify=esc.enable_notifications and not test_mode, retry_interval_s=esc.retry_interval_s)
-        self._model = ModelWorker()
+        self._model = ModelWorker(stuck_floor_s=STUCK_FACTOR * config.inference.decision_timeout_s)
         self._answering = AnswerTurns()  # one answer written at a time, in the order asked (answering.py)
         self._lock = threading.Lock()
         self._delivery = threading.local()  # the claim of the request a batch thread is recording (run_batch)

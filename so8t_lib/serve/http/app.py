@@ -350,7 +350,7 @@ def create_app(service: Service) -> FastAPI:
         return {"status": "ok"}
 
     @app.get("/readyz", response_model=Readiness, tags=["ops"], responses={**errors(422), 503: {"model": Readiness}},
-             summary="Model loaded, audit log writable, batcher running (503 names what is not)")
+             summary="Model loaded, its thread not stuck, audit log writable, batcher running (503 says what is not)")
     async def readyz():
         checks = service.readiness()
         ready = not any(v.startswith("not ready") for v in checks.values())

@@ -167,9 +167,13 @@ class Service:
         stuck = _model_stuck(agent)
         if agent.decider is not None and stuck is not None:
             since = dt.datetime.fromtimestamp(stuck.since, dt.UTC).isoformat(timespec="seconds")
-            checks["model"] = (f"not ready: the model's thread is stuck since {since} (a call has run "
-                               f"{stuck.over_s:.0f}s past its limit of {stuck.limit:g}s; every decision fails closed "
-                               "behind it); restart the service")
+            ran = f"a call has run {stuck.over_s:.0f}s past its limit of {stuck.limit:g}s"
+            if self.switch.mode == EMERGENCY:  # nothing asks the model: the replica escalates at once, as asked
+                checks["model"] = (f"not consulted in emergency mode; its thread is stuck since {since} ({ran}): "
+                                   "restart the service before leaving emergency mode")
+            else:
+                checks["model"] = (f"not ready: the model's thread is stuck since {since} ({ran}; every decision "
+                                   "fails closed behind it); restart the service")
         elif agent.decider is not None:
             checks["model"] = f"loaded: {agent.model_version}"
         elif agent.config.mode == EMERGENCY and not agent.load_error:
