@@ -132,10 +132,24 @@ def test_audit_input_errors_are_named_before_the_work(tmp_path, capsys, monkeypa
     assert not (tmp_path / "a.json").exists()
     (data / "val.jsonl").write_text("kept\n")
     review.write_text("kept: true\n")
-    for out in (data / "val.jsonl", review):  # the audit would replace a split or the review it reads
+    seed_file = sorted((tmp_path / "seeds").glob("*.yaml"))[0]
+    for out in (data / "val.jsonl", review, seed_file):  # a split, the review or a seed file it reads
         assert so8t([*args, "--out", str(out), "--review", str(review)]) == 2
         assert "writing the audit there would replace it" in capsys.readouterr().err
     assert (data / "val.jsonl").read_text() == "kept\n" and review.read_text() == "kept: true\n"
+
+
+def test_the_audit_goes_beside_the_corpus_folder_as_named(tmp_path, monkeypatch):
+    """'.' (inside the corpus folder) put it inside the folder, where the next build refused it as foreign; a
+    linked corpus folder put it beside the link's target, away from the tracked data/label_audit.json."""
+    from so8t_lib.data.corpus.audit import audit_path
+
+    (tmp_path / "disk" / "corpus").mkdir(parents=True)
+    (tmp_path / "data").mkdir()
+    (tmp_path / "data" / "so8t_safety").symlink_to(tmp_path / "disk" / "corpus")
+    assert audit_path(tmp_path / "data" / "so8t_safety") == tmp_path / "data" / "label_audit.json"
+    monkeypatch.chdir(tmp_path / "disk" / "corpus")
+    assert audit_path(".") == tmp_path / "disk" / "label_audit.json"
 
 
 def test_a_bug_in_build_is_not_reported_as_a_row_without_a_field(monkeypatch):

@@ -34,8 +34,8 @@ def test_a_flag_that_is_neither_on_nor_off_is_refused_by_name(value):
 def test_one_string_is_a_list_of_one_item_and_other_types_are_refused_by_name():
     assert as_list("models", _resolve_type("dist/so8t-demo-q4_k_m.gguf")) == ["dist/so8t-demo-q4_k_m.gguf"]
     assert as_list("datasets", ["test", "sst"]) == ["test", "sst"] and as_list("quants", ()) == []
-    assert as_list("quants", _resolve_type("None")) == []  # -p quants None: none (run_flow, build_app took it so)
-    for value in (3, {"a": 1}):
+    assert as_list("quants", _resolve_type("None"), none_is_empty=True) == []  # 08's quants, 05's models
+    for value in (3, None, {"a": 1}):
         with pytest.raises(ParameterError, match="parameter logs is a list"):
             as_list("logs", value)
 

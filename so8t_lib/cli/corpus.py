@@ -66,6 +66,7 @@ def _audit(args: argparse.Namespace) -> int:
     if why := unwritable_file("--out", str(out)):  # before the cross-validation, not after it
         raise ValueError(why)
     inputs = {f"--data ({split}.jsonl)": str(Path(args.data) / f"{split}.jsonl") for split in SPLITS}
+    inputs |= {f"--seeds-dir ({seeds.name})": str(seeds) for seeds in sorted(Path(args.seeds_dir).glob("*.yaml"))}
     if option := same_file(str(out), {**inputs, "--review": args.review and str(args.review)}):
         raise ValueError(f"--out {out} is the file {option} names; writing the audit there would replace it. Give "
                          "--out a path of its own")

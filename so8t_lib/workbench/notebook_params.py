@@ -30,10 +30,12 @@ def as_flag(name: str, value: object) -> bool:
                          f"got {value!r}")
 
 
-def as_list(name: str, value: object) -> list:
+def as_list(name: str, value: object, none_is_empty: bool = False) -> list:
     """A list; one bare string (``-p models dist/x.gguf``) is a list of that one item, not of its characters.
-    For several items give a list: ``-y '{name: [a, b]}'`` or a YAML file with ``-f``; ``None`` is none."""
-    if value is None:  # -p quants None: what the functions behind the notebooks take as "none"
+    For several items give a list: ``-y '{name: [a, b]}'`` or a YAML file with ``-f``. ``None`` is refused
+    unless ``none_is_empty`` (a parameter whose notebook reads None as "none", e.g. 08's quants): a report over
+    ``logs None`` would say zero chains verified."""
+    if value is None and none_is_empty:
         return []
     if isinstance(value, str):
         return [value]

@@ -11,6 +11,7 @@ person to review against SAFETY_POLICY.md; the verdicts live in ``data/label_aud
 from __future__ import annotations
 
 import json
+import os
 from collections import Counter
 from pathlib import Path
 
@@ -35,7 +36,7 @@ BASELINE = {"analyzer": "char_wb", "ngram_range": (2, 4), "min_df": 2, "sublinea
 def audit_path(data_dir: str | Path = CORPUS_DIR) -> Path:
     """Where the audit of the corpus in ``data_dir`` lives: beside that folder (``data/label_audit.json`` for the
     project's), so `corpus audit` writes and `corpus stats --markdown` reads the same file for the same --data."""
-    return Path(data_dir).resolve().parent / AUDIT_FILE.name  # resolved: the parent of '.' is not '.
+    return Path(os.path.abspath(data_dir)).parent / AUDIT_FILE.name  # absolute ('.' has no parent), links kept
 
 
 def read_audit(path: str | Path) -> dict | None:
