@@ -130,8 +130,11 @@ def test_damaged_checkpoints_fail_clearly(tmp_path, tiny_config, tokenizer):
     adapter.write_bytes(adapter.read_bytes()[:100])
     with pytest.raises(CheckpointError, match="adapter.safetensors"):
         SO8TModel.load(path)
+    with pytest.raises(CheckpointError, match="nowhere: no such folder; name a checkpoint"):
+        SO8TModel.load(tmp_path / "nowhere")  # said 'nowhere/so8t_model.yaml: missing', as if the folder were there
+    (tmp_path / "empty").mkdir()
     with pytest.raises(CheckpointError, match="not an SO8T checkpoint"):
-        SO8TModel.load(tmp_path / "nowhere")
+        SO8TModel.load(tmp_path / "empty")
 
 
 def test_adapter_from_another_config_is_rejected(tmp_path, tiny_config, tokenizer):

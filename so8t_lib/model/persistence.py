@@ -126,6 +126,9 @@ class CheckpointMixin:
         """Load a checkpoint written by ``save``; ``model_overrides`` change ModelConfig fields
         (e.g. ``load_in_4bit=False`` to export a QLoRA run)."""
         path = resolve_checkpoint(path)
+        if not path.is_dir():
+            raise CheckpointError(f"{path}: no such folder; name a checkpoint (a folder so8t train or save wrote) "
+                                  "or a training run's folder (its best/ is loaded)")
         verify_manifest(path)
         config_file = path / MODEL_CONFIG_FILE
         if not config_file.is_file():
