@@ -282,3 +282,34 @@ def test_a_torn_metrics_json_is_rerun_not_done(tmp_path, monkeypatch, capsys):
     capsys.readouterr()
     assert cli.main(args) == 0
     assert json.loads(metrics.read_text())["score"] == 10 and f"rerunning seed=0 ({metrics}" in capsys.readouterr().err
+
+
+def test_a_run_whose_checkpoint_cannot_resume_is_stale_not_failed_forever(tmp_path, monkeypatch, capsys):
+    """A rebuilt corpus (or another base, or new code defaults) left an interrupted run's checkpoint unresumable:
+    every invocation failed it again ('trained on other data'), and --rerun-stale could not clear it (it was todo)."""
+    from so8t_lib.cli import sweep as cli
+
+    monkeypatch.chdir(tmp_path)
+    nb = nbformat.v4.new_notebook()
+    nb.cells = [
+        nbformat.v4.new_code_cell("x = 1\nseed = 0\noutput_dir = '.'", metadata={"tags": ["parameters"]}),
+        nbformat.v4.new_code_cell(
+            "import json, pathlib\nfrom so8t_lib.core.checkpoint import ResumeMismatch\n"
+            "out = pathlib.Path(output_dir)\n"
+            "if (out / 'last').is_dir():\n    raise ResumeMismatch(f'{out}/last: the training rows changed')\n"
+            "(out / 'metrics.json').write_text(json.dumps({'score': x}))"),
+    ]
+    nb.metadata["kernelspec"] = {"name": "python3", "display_name": "Python 3", "language": "python"}
+    nbformat.write(nb, tmp_path / "nb.ipynb")
+    args = [_spec_file(tmp_path, "{x: 1}"), "--runs-root", str(tmp_path / "runs")]
+    run = tmp_path / "runs" / "toy" / "seed=0"
+    run.mkdir(parents=True)
+    (run / "last").mkdir()  # an interrupted run's checkpoint, made before the data changed
+    assert cli.main(args) == 1
+    status = json.loads((run / "status.json").read_text())
+    assert status["status"] == "failed" and status["error_type"] == "ResumeMismatch"
+    state, why = sweep_runs.run_state(run, {"x": 1, "seed": 0}, sweep_runs.notebook_digest(tmp_path / "nb.ipynb"))
+    assert state == "stale" and "the training rows changed" in why
+    capsys.readouterr()
+    assert cli.main([*args, "--rerun-stale"]) == 0  # the folder goes, the run starts afresh
+    assert json.loads((run / "metrics.json").read_text()) == {"score": 1} and not (run / "last").exists()

@@ -36,6 +36,11 @@ class CheckpointError(RuntimeError):
     """A checkpoint folder that is missing, incomplete or damaged; the message names the file."""
 
 
+class ResumeMismatch(CheckpointError):
+    """A run's ``last/`` was made under other settings (config, data, base, process count, version) than the resume
+    has: it cannot go on as that run. A sweep marks such a run folder stale, so ``--rerun-stale`` starts it afresh."""
+
+
 def unverified_allowed() -> bool:
     """True when the operator set the override (SO8T_ALLOW_UNVERIFIED_MODEL=1)."""
     return os.environ.get(UNVERIFIED_ENV, "").strip().lower() in ("1", "true", "yes")

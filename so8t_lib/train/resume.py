@@ -18,7 +18,7 @@ import torch
 import yaml
 from torch import nn
 
-from ..core.checkpoint import CheckpointError, atomic_folder
+from ..core.checkpoint import CheckpointError, ResumeMismatch, atomic_folder
 from ..core.config import ModelConfig, SO8TConfig
 from ..core.schema import ADAPTER_FILE, LAST_DIR, MODEL_CONFIG_FILE, TRAINER_STATE_FILE, is_adapter_key
 from ..model.pretrained import base_mismatch
@@ -118,7 +118,7 @@ def trainer_state_from(saved: dict, last: Path) -> TrainerState:
     except TypeError:
         known = {field.name for field in fields(TrainerState)}
         unknown = sorted(set(state) - known) if isinstance(state, dict) else []
-        raise CheckpointError(f"{last / TRAINER_STATE_FILE}: its loop state was written by another version of so8t "
+        raise ResumeMismatch(f"{last / TRAINER_STATE_FILE}: its loop state was written by another version of so8t "
                               f"({'unknown fields: ' + ', '.join(unknown) if unknown else f'not a mapping: {state!r}'})"
                               "; resume it with the version that wrote it, or start a new run in another "
                               "training.output_dir") from None
@@ -186,7 +186,7 @@ def check_same_base(last: Path, loaded: dict, model_config: ModelConfig) -> None
     location = model_config.base_model or f"the {model_config.preset} preset's base"
     mismatch = base_mismatch(meta, loaded)
     if mismatch:
-        raise CheckpointError(f"{last}: the run was trained on another base than the one at {location} ({mismatch});"
+        raise ResumeMismatch(f"{last}: the run was trained on another base than the one at {location} ({mismatch});"
                               " point model.base_model at the base the run started on, or start a new run in "
                               "another training.output_dir")
     # a tiny base and its tokenizer come from last/ itself (SO8TModel.for_resume): nothing to compare here
@@ -221,7 +221,7 @@ def check_same_world(saved: int | None, now: int, last: Path) -> None:
     if int(saved) != now:
         launch = "so8t train ... --resume" if saved == 1 else \
             f"torchrun --nproc_per_node {saved} -m so8t_lib.train ... --resume"
-        raise CheckpointError(f"{last}: the run was trained on {saved} process(es) and this resume runs on {now}; its "
+        raise ResumeMismatch(f"{last}: the run was trained on {saved} process(es) and this resume runs on {now}; its "
                               f"data position counts batches of {saved} x training.batch_size rows, so the resumed "
                               f"steps would train other rows than the run's. Resume on {saved} process(es) "
                               f"({launch}), or start a new run in another training.output_dir")
@@ -250,6 +250,6 @@ def check_same_data(saved: dict | None, current: dict[str, dict], last: Path, da
             how = f"the same {now['rows']} row ids, other contents"
         changed.append(f"the {names[split]} rows changed since the run started ({how})")
     if changed:
-        raise CheckpointError(f"{last}: {'; '.join(changed)}. Under the same config (training.data_dir {data_dir}) "
+        raise ResumeMismatch(f"{last}: {'; '.join(changed)}. Under the same config (training.data_dir {data_dir}) "
                               "the resumed steps would train and select on other rows than the run's: restore the "
                               "data the run started with, or start a new run in another training.output_dir")

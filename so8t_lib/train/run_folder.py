@@ -14,7 +14,7 @@ from pathlib import Path
 import torch
 import yaml
 
-from ..core.checkpoint import CheckpointError, recover_interrupted_swap, verify_manifest
+from ..core.checkpoint import CheckpointError, ResumeMismatch, recover_interrupted_swap, verify_manifest
 from ..core.config import ConfigError, SO8TConfig, config_differences, config_from_dict
 from ..core.io import atomic_write_text
 from ..core.schema import BEST_DIR, LAST_DIR, RUN_CONFIG_FILE, RUN_METRICS_FILE, TRAINER_STATE_FILE
@@ -107,7 +107,7 @@ def load_trainer_state(run_dir: Path, config: SO8TConfig) -> dict:
     if saved.get("config_fingerprint") not in (None, config.fingerprint()):
         changed = changed_keys(run_dir, config)
         if changed != []:  # [] : the same settings, fingerprinted by an older version with fewer keys
-            raise CheckpointError(f"{last}: the run was trained under another config ("
+            raise ResumeMismatch(f"{last}: the run was trained under another config ("
                                   f"{'changed: ' + ', '.join(changed) if changed else 'its config.yaml is unreadable'}"
                                   "); a resume continues a run under the config it started with (its config.yaml), "
                                   "or choose another training.output_dir")

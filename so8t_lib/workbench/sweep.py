@@ -128,7 +128,8 @@ def run_one(spec: SweepSpec, name: str, params: dict, root: Path, stop: _Stop | 
     except Exception as exc:  # noqa: BLE001 - a failing run is recorded; the sweep goes on
         outcome = {"run": name, "status": "interrupted" if stop.requested.is_set() else "failed",
                    "seconds": time.perf_counter() - start,
-                   "error": f"{type(exc).__name__}: {str(exc)[-2000:]}", "traceback": traceback.format_exc()[-4000:]}
+                   "error": f"{type(exc).__name__}: {str(exc)[-2000:]}", "traceback": traceback.format_exc()[-4000:],
+                   "error_type": getattr(exc, "ename", None) or type(exc).__name__}  # the notebook's, if it raised
     finally:
         stop.kernels.pop(name, None)
     atomic_write_text(status_file, json.dumps(outcome, indent=1, ensure_ascii=False, default=str))

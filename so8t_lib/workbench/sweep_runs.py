@@ -19,6 +19,7 @@ from typing import Any, Protocol
 
 import yaml
 
+from ..core.checkpoint import ResumeMismatch
 from ..core.config import ConfigError
 from ..core.config_files import read_config_mapping
 from ..core.paths import PROJECT_ROOT
@@ -154,6 +155,9 @@ def run_state(run_dir: Path, params: dict, digest: str) -> tuple[str, str]:
         status = read_run_json(status_file) if status_file.is_file() else {}
     except ValueError as exc:
         return "todo", str(exc)
+    if status.get("status") == "failed" and status.get("error_type") == ResumeMismatch.__name__:
+        return "stale", (f"its checkpoint cannot go on under these settings (the data, the base or the code "
+                         f"changed): {str(status.get('error', '')).strip().splitlines()[-1][-300:]}")
     if status.get("status") != "ok" or not metrics_file.is_file():
         return "todo", ""
     try:
