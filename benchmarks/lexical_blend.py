@@ -29,12 +29,12 @@ sys.path.insert(0, str(ROOT))
 
 from so8t_lib.core.io import atomic_write_text  # noqa: E402
 from so8t_lib.core.paths import project_relative  # noqa: E402
-from so8t_lib.core.schema import LABELS  # noqa: E402
 from so8t_lib.data.benchmarks import load_any  # noqa: E402
 from so8t_lib.eval.baselines import baseline_probabilities, fit_baselines  # noqa: E402
 from so8t_lib.eval.operating_point import add_choice_arguments, operating_point, scored  # noqa: E402
 from so8t_lib.eval.predictions import PREDICTIONS_SUFFIX, families_by_dataset, read_predictions  # noqa: E402
 from so8t_lib.eval.report import safety_report  # noqa: E402
+from so8t_lib.eval.served import argmax_decisions  # noqa: E402
 
 BASELINE = "char_ngram_tfidf"
 WEIGHTS = tuple(round(w, 1) for w in np.linspace(0.0, 1.0, 11))
@@ -51,7 +51,7 @@ def pooled(p_model: np.ndarray, p_keyword: np.ndarray, weight: float) -> np.ndar
 
 
 def argmax_labels(probs: np.ndarray) -> list[str]:
-    return [LABELS[j] for j in probs.argmax(axis=1)]
+    return argmax_decisions(probs)  # an exact tie goes to the safer class, as so8t evaluate decides
 
 
 def keyword_probabilities(datasets: set[str], keyword_model) -> dict[str, dict[str, np.ndarray]]:

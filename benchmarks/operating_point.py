@@ -27,7 +27,6 @@ sys.path.insert(0, str(ROOT))
 
 from so8t_lib.core.io import atomic_write_text  # noqa: E402
 from so8t_lib.core.paths import project_relative  # noqa: E402
-from so8t_lib.core.schema import LABELS  # noqa: E402
 from so8t_lib.eval.operating_point import add_choice_arguments, operating_point, scored  # noqa: E402
 from so8t_lib.eval.predictions import (  # noqa: E402
     PREDICTIONS_SUFFIX,
@@ -35,6 +34,7 @@ from so8t_lib.eval.predictions import (  # noqa: E402
     families_by_dataset,
     read_predictions,
 )
+from so8t_lib.eval.served import argmax_decisions  # noqa: E402
 
 TARGETS = (0.10, 0.05, 0.02)
 
@@ -47,7 +47,7 @@ def operating_points(path: Path, choose_on: str, targets: tuple[float, ...], res
                          f"--data {choose_on} beside the others")
     gold_val, probs_val = sets.pop(choose_on)
     result: dict = {"file": project_relative(path), "chosen_on": choose_on, "rows_chosen_on": len(gold_val),
-                    "argmax": {name: scored(g, np.asarray(LABELS)[p.argmax(1)], resamples, families[name])
+                    "argmax": {name: scored(g, np.asarray(argmax_decisions(p)), resamples, families[name])
                                for name, (g, p) in sets.items()},
                     "targets": {}}
     for target in targets:

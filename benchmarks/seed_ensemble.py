@@ -27,10 +27,11 @@ sys.path.insert(0, str(ROOT))
 
 from so8t_lib.core.io import atomic_write_text  # noqa: E402
 from so8t_lib.core.paths import project_relative  # noqa: E402
-from so8t_lib.core.schema import ALLOW, LABELS  # noqa: E402
+from so8t_lib.core.schema import ALLOW  # noqa: E402
 from so8t_lib.eval.operating_point import add_choice_arguments, operating_point, scored  # noqa: E402
 from so8t_lib.eval.predictions import PREDICTIONS_SUFFIX, families_by_dataset, read_predictions  # noqa: E402
 from so8t_lib.eval.ranking import not_allow_auroc  # noqa: E402
+from so8t_lib.eval.served import argmax_decisions  # noqa: E402
 from so8t_lib.workbench.card_sections import ENSEMBLE_RUN as ENSEMBLE  # noqa: E402
 
 TARGETS = (0.05, 0.02)
@@ -68,7 +69,7 @@ def score_probabilities(gold: dict[str, list[str]], probs: dict[str, np.ndarray]
     families = families or {}
     sets = {name: (gold[name], probs[name]) for name in gold if name != choose_on}
     return {
-        "argmax": {name: scored(g, np.asarray(LABELS)[p.argmax(1)], resamples, families.get(name))
+        "argmax": {name: scored(g, np.asarray(argmax_decisions(p)), resamples, families.get(name))
                    for name, (g, p) in sets.items()},
         "auroc": {name: not_allow_auroc(p[:, ALLOW], g) for name, (g, p) in sets.items()},
         "targets": {f"{t:g}": operating_point((gold[choose_on], probs[choose_on]), sets, t, resamples, choose_on,

@@ -244,6 +244,17 @@ def test_threshold_sweep_columns_and_monotonic_escalation():
     assert row["escalation_rate"] == pytest.approx(escalation_rate(gold, threshold_decisions(probs, 0.8)))
 
 
+def test_threshold_sweep_macro_f1_is_the_reports_three_class_one():
+    """On a REFUSE-only set (SimpleSafetyTests) the sweep averaged two classes without gold rows (F1 0 each) into
+    0.33, beside the same report's macro_f1 of None."""
+    rng = np.random.default_rng(2)
+    probs = rng.dirichlet([1.0, 2.0, 1.0], size=60)
+    assert threshold_sweep(probs, np.array(["REFUSE"] * 60))["macro_f1"].isna().all()
+    gold = np.array(LABELS)[rng.integers(0, 3, 60)]
+    assert threshold_sweep(probs, gold)["macro_f1"].iloc[0] == pytest.approx(
+        macro_f1(gold, threshold_decisions(probs, 0.5)))
+
+
 # ---------------------------------------------------------------------------
 # bootstrap, report, selection
 

@@ -130,7 +130,7 @@ def threshold_sweep(
                 "over_refusal": over_refusal_rate(gold, pred),
                 "over_refusal_incl_escalate": over_refusal_rate(gold, pred, include_escalate=True),
                 "refuse_recall": refuse_recall(gold, pred),
-                "macro_f1": macro_f1(gold, pred),
+                "macro_f1": three_class_macro_f1(gold, pred),  # as the report's headline: None without all 3
             }
         )
     return pd.DataFrame(rows, dtype=float)
