@@ -12,15 +12,16 @@ from so8t_lib.workbench import sweep, sweep_runs
 pytest.importorskip("papermill")
 
 
-def _notebook(path):
+TOY_CODE = ("import json, pathlib\n"
+            "if x == 3:\n    raise ValueError('x=3 is broken on purpose')\n"
+            "pathlib.Path(output_dir, 'metrics.json').write_text(json.dumps({'score': x * 10 + seed, 'nested': {'a': x}}))")
+
+
+def _notebook(path, code: str = TOY_CODE):
     nb = nbformat.v4.new_notebook()
     nb.cells = [
         nbformat.v4.new_code_cell("x = 1\nseed = 0\noutput_dir = '.'", metadata={"tags": ["parameters"]}),
-        nbformat.v4.new_code_cell(
-            "import json, pathlib\n"
-            "if x == 3:\n    raise ValueError('x=3 is broken on purpose')\n"
-            "pathlib.Path(output_dir, 'metrics.json').write_text(json.dumps({'score': x * 10 + seed, 'nested': {'a': x}}))"
-        ),
+        nbformat.v4.new_code_cell(code),
     ]
     nb.metadata["kernelspec"] = {"name": "python3", "display_name": "Python 3", "language": "python"}
     nbformat.write(nb, path)
@@ -290,17 +291,10 @@ def test_a_run_whose_checkpoint_cannot_resume_is_stale_not_failed_forever(tmp_pa
     from so8t_lib.cli import sweep as cli
 
     monkeypatch.chdir(tmp_path)
-    nb = nbformat.v4.new_notebook()
-    nb.cells = [
-        nbformat.v4.new_code_cell("x = 1\nseed = 0\noutput_dir = '.'", metadata={"tags": ["parameters"]}),
-        nbformat.v4.new_code_cell(
-            "import json, pathlib\nfrom so8t_lib.core.checkpoint import ResumeMismatch\n"
-            "out = pathlib.Path(output_dir)\n"
-            "if (out / 'last').is_dir():\n    raise ResumeMismatch(f'{out}/last: the training rows changed')\n"
-            "(out / 'metrics.json').write_text(json.dumps({'score': x}))"),
-    ]
-    nb.metadata["kernelspec"] = {"name": "python3", "display_name": "Python 3", "language": "python"}
-    nbformat.write(nb, tmp_path / "nb.ipynb")
+    _notebook(tmp_path / "nb.ipynb", "import json, pathlib\nfrom so8t_lib.core.checkpoint import ResumeMismatch\n"
+              "out = pathlib.Path(output_dir)\n"
+              "if (out / 'last').is_dir():\n    raise ResumeMismatch(f'{out}/last: the training rows changed')\n"
+              "(out / 'metrics.json').write_text(json.dumps({'score': x}))")
     args = [_spec_file(tmp_path, "{x: 1}"), "--runs-root", str(tmp_path / "runs")]
     run = tmp_path / "runs" / "toy" / "seed=0"
     run.mkdir(parents=True)
