@@ -300,3 +300,25 @@ def test_cli_refuses_an_out_that_is_the_split_or_benchmark_data_names(capsys):
         with pytest.raises(SystemExit) as stop:
             so8t(["router", *argv])
         assert stop.value.code == 2 and "is the file --data" in capsys.readouterr().err, argv
+
+
+def test_the_demo_keeps_its_router_only_when_it_was_fitted_on_the_run_s_split(router, tmp_path, capsys):
+    """fit_run_router kept any router.json newer than train.jsonl: one fitted on another data folder (or damaged)
+    stayed the runtime's router."""
+    import os
+
+    from so8t_lib.workbench.pipeline import fit_run_router
+
+    data, run = tmp_path / "data", tmp_path / "run"
+    data.mkdir()
+    run.mkdir()
+    (data / "train.jsonl").write_text("".join(json.dumps({**r, "lang": "en", "split": "train"}) + "\n"
+                                              for r in _rows()), encoding="utf-8")
+    router.save(run / "router.json")  # fitted on source "tests", written after the split
+    os.utime(data / "train.jsonl", (1, 1))
+    assert load_router(fit_run_router(run, data)).fitted_on["source"] == str(data / "train.jsonl")
+    kept = (run / "router.json").read_bytes()
+    assert fit_run_router(run, data) and (run / "router.json").read_bytes() == kept  # the right one is kept
+    (run / "router.json").write_text("{}", encoding="utf-8")
+    assert load_router(fit_run_router(run, data)).fitted_on["source"] == str(data / "train.jsonl")
+    assert "fitting it again" in capsys.readouterr().out

@@ -38,7 +38,7 @@ from ..eval.quant_refit import refit_rungs
 from ..export.gguf_meta import GGUFError
 from ..model.prompts import EXAMPLE_REQUESTS
 from ..serve.backends import load_decider
-from ..serve.router import fit_router
+from ..serve.router import RouterError, fit_router, load_router
 from ..train.run_folder import LOCK_FILE, RunLock
 from ..train.trainer import train
 
@@ -200,10 +200,15 @@ def _empty_run_folder(run_dir: Path) -> None:
 
 def fit_run_router(run_dir: Path, data_dir: Path) -> Path:
     """``<run>/router.json``: the escalation router fitted on the run's training split (the runtime configs point
-    ``escalation.router`` here); kept when it is already there and newer than the split."""
+    ``escalation.router`` here); kept when it is already there, newer than the split, loads, and was fitted on
+    this split (a router fitted on another data folder, or a damaged one, is fitted again)."""
     path, train_file = run_dir / ROUTER_FILE, data_dir / "train.jsonl"
     if path.is_file() and path.stat().st_mtime >= train_file.stat().st_mtime:
-        return path
+        try:
+            if load_router(path).fitted_on.get("source") == str(train_file):
+                return path
+        except RouterError as exc:
+            print(f"escalation router: {exc}; fitting it again")
     router = fit_router(load_table(train_file).to_dict("records"), source=str(train_file))
     router.save(path)
     print(f"escalation router: {router.fitted_on['rows']} rows of {train_file} -> {path}")
