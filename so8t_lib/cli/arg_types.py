@@ -6,9 +6,10 @@ from __future__ import annotations
 import argparse
 import datetime as dt
 import math
-import os
 from collections.abc import Callable
 from pathlib import Path
+
+from ..core.io import unwritable_place
 
 
 def iso_date(text: str) -> dt.date:
@@ -54,22 +55,10 @@ def whole_number(low: int = 0) -> Callable[[str], int]:
 
 
 def unwritable_file(option: str, value: str | None) -> str | None:
-    """Why the file ``value`` of ``option`` could not be written, or None; checked before any work, so a folder
-    or a read-only place does not cost the run (or, with ``evaluate --calibrate``, leave the checkpoint changed
-    and the metrics lost)."""
-    if value is None:
-        return None
-    path = Path(value)
-    if path.is_dir():
-        return f"{option} {value} is a folder; give a file name in it (e.g. {path / 'metrics.json'})"
-    folder = path.parent
-    while not folder.exists() and folder != folder.parent:  # the write creates missing folders
-        folder = folder.parent
-    if not folder.is_dir():
-        return f"{option} {value}: {folder} is a file, so no folder can be made there; choose another path"
-    if not os.access(folder, os.W_OK | os.X_OK):
-        return f"{option} {value}: this user cannot write in {folder}; choose a writable path"
-    return None
+    """Why the file ``value`` of ``option`` could not be written, or None (``core.io.unwritable_place``); checked
+    before any work, so a folder or a read-only place does not cost the run (or, with ``evaluate --calibrate``,
+    leave the checkpoint changed and the metrics lost)."""
+    return None if value is None else unwritable_place(value, option)
 
 
 def same_file(out: str | None, inputs: dict[str, str | None]) -> str | None:

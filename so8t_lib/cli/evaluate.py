@@ -37,7 +37,7 @@ from ..eval.served import model_inputs
 from ..export.gguf_meta import GGUFError
 from ..serve.backends import is_gguf_path, load_decider
 from ..serve.policy import THRESHOLD_RANGE
-from .arg_types import number_in, unwritable_file, whole_number
+from .arg_types import number_in, same_file, unwritable_file, whole_number
 
 
 def _positive_int(text: str) -> int:
@@ -161,7 +161,7 @@ def main(argv: list[str] | None = None) -> dict:
     for option, value in (("--out", args.out), ("--predictions", args.predictions)):
         if why := unwritable_file(option, value):
             parser.error(why)
-    if args.out and args.predictions and Path(args.out).resolve() == Path(args.predictions).resolve():
+    if same_file(args.out, {"--predictions": args.predictions}):
         parser.error("--out and --predictions name the same file; give each its own")
     is_gguf = is_gguf_path(args.model)
     if is_gguf and args.calibrate:

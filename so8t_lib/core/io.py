@@ -40,3 +40,23 @@ def sha256_file(path: str | Path) -> str:
         for chunk in iter(lambda: handle.read(1 << 20), b""):
             digest.update(chunk)
     return digest.hexdigest()
+
+
+def unwritable_place(path: str | Path, option: str, folder: bool = False) -> str | None:
+    """Why ``path`` (a file to write, or with ``folder`` one to create or replace) cannot be written, or None:
+    it is the other kind, it would lie under a file, or this user cannot write where it goes. Commands ask before
+    their work, so a bad ``--out`` does not cost the run."""
+    target = Path(path)
+    if folder and target.exists() and not target.is_dir():
+        return f"{option} {path} is a file, not a folder; name a folder"
+    if not folder and target.is_dir():
+        return f"{option} {path} is a folder; give a file name in it (e.g. {target / 'out.json'})"
+    parent = Path(os.path.abspath(target)).parent  # what is created or swapped in goes here
+    while not parent.exists() and parent != parent.parent:  # the write creates missing folders
+        parent = parent.parent
+    if not parent.is_dir():
+        return f"{option} {path}: {parent} is a file, so no folder can be made there; choose another path"
+    if not os.access(parent, os.W_OK | os.X_OK):
+        return f"{option} {path}: this user cannot write in {parent}; choose a writable path"
+    return None
+

@@ -25,6 +25,7 @@ from collections import Counter
 from pathlib import Path
 
 from ...core.checkpoint import atomic_folder
+from ...core.io import unwritable_place
 from ...core.paths import BENCHMARKS_DIR, CORPUS_DIR, SEEDS_DIR
 from ...core.schema import MANIFEST_FILE, SPLITS
 from ..benchmarks import benchmark_prompts
@@ -44,16 +45,9 @@ CHECKSUM_FILES = frozenset(f"{sp}.jsonl.sha256" for sp in SPLITS)
 def check_out(out_dir: str | Path) -> None:
     """ValueError unless ``out_dir`` can take a build: new, or a folder holding only ``BUILD_FILES`` and
     ``CHECKSUM_FILES`` (the build replaces the folder whole), with a writable place beside it to stage in."""
+    if why := unwritable_place(out_dir, "--out", folder=True):  # staged beside it, then swapped in
+        raise ValueError(why)
     out = Path(os.path.abspath(out_dir))
-    if out.exists() and not out.is_dir():
-        raise ValueError(f"--out {out_dir} is a file, not a folder; name a folder for the corpus")
-    folder = out.parent  # the new folder is written beside the old one, then swapped in
-    while not folder.exists() and folder != folder.parent:
-        folder = folder.parent
-    if not folder.is_dir():
-        raise ValueError(f"--out {out_dir}: {folder} is a file, so no folder can be made there; choose another path")
-    if not os.access(folder, os.W_OK | os.X_OK):
-        raise ValueError(f"--out {out_dir}: this user cannot write in {folder}; choose a writable path")
     foreign = sorted(p.name for p in out.iterdir()
                      if p.name not in BUILD_FILES | CHECKSUM_FILES or not p.is_file()) if out.is_dir() else []
     if foreign:
