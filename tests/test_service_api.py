@@ -459,38 +459,38 @@ def test_a_request_answered_503_costs_no_rate(serve, monkeypatch):
     assert client.post("/v1/decide", json=two, headers=CLIENT).status_code == 429  # the decided ones did count
 
 
-def test_a_resolve_that_meets_a_broken_queue_answers_503_with_retry_after(serve, monkeypatch):
-    """The listing and the outcome said when to retry; the resolution's queue_unavailable did not."""
-    from so8t_lib.serve.escalation import EscalationQueue, QueueError
+def _resolve_with_a_queue_fault(serve, monkeypatch, method: str, fault: Exception, decision: str, by: str):
+    """(service, case id, the resolve's answer) for an escalated case, with the queue's ``method`` raising ``fault``."""
+    from so8t_lib.serve.escalation import EscalationQueue
 
     service, client = serve(FixedDecider(PROBS["ESCALATE"]))
-    case_id = client.post("/v1/decide", headers=CLIENT, json={"user_request": "my medical leave"}
+    case_id = client.post("/v1/decide", headers=CLIENT, json={"user_request": "Can I see Tanaka-san's salary?"}
                           ).json()["escalation_id"]
 
-    def broken(self, case_id):
-        raise QueueError("no such table: cases")
+    def faulty(self, case_id):
+        raise fault
 
-    monkeypatch.setattr(EscalationQueue, "get", broken)
-    answer = client.post(f"/v1/escalations/{case_id}/resolve", headers=REVIEWER,
-                         json={"decision": "ALLOW", "by": "Sato"})
+    monkeypatch.setattr(EscalationQueue, method, faulty)
+    answer = client.post(f"/v1/escalations/{case_id}/resolve", headers=REVIEWER, json={"decision": decision, "by": by})
+    return service, case_id, answer
+
+
+def test_a_resolve_that_meets_a_broken_queue_answers_503_with_retry_after(serve, monkeypatch):
+    """The listing and the outcome said when to retry; the resolution's queue_unavailable did not."""
+    from so8t_lib.serve.escalation import QueueError
+
+    service, _, answer = _resolve_with_a_queue_fault(serve, monkeypatch, "get", QueueError("no such table: cases"),
+                                                     "ALLOW", "Sato")
     assert answer.status_code == 503 and answer.json()["error"]["type"] == "queue_unavailable"
     assert answer.headers["Retry-After"] == "2" and "not resolved" in answer.json()["error"]["message"]
     assert records(folder(service), event="resolution") == []
 
 
 def test_a_resolution_committed_but_not_read_back_is_not_reported_as_not_resolved(serve, monkeypatch):
-    from so8t_lib.serve.escalation import EscalationQueue, QueueUnavailable
+    from so8t_lib.serve.escalation import QueueUnavailable
 
-    service, client = serve(FixedDecider(PROBS["ESCALATE"]))
-    case_id = client.post("/v1/decide", headers=CLIENT, json={"user_request": "Can I see Tanaka-san's salary?"}
-                          ).json()["escalation_id"]
-
-    def locked(self, case_id):
-        raise QueueUnavailable("the queue is locked by another process")
-
-    monkeypatch.setattr(EscalationQueue, "history", locked)
-    answer = client.post(f"/v1/escalations/{case_id}/resolve", headers=REVIEWER,
-                         json={"decision": "REFUSE", "by": "Sato (hr)"})
+    service, case_id, answer = _resolve_with_a_queue_fault(
+        serve, monkeypatch, "history", QueueUnavailable("the queue is locked by another process"), "REFUSE", "Sato (hr)")
     error = answer.json()["error"]
     assert answer.status_code == 503 and error["type"] == "resolved_not_shown"
     assert "was resolved as REFUSE by Sato (hr) (recorded and audited)" in error["message"]
