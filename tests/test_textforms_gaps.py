@@ -1,8 +1,6 @@
 """Obfuscations the matching form missed: 一 (kanji "one") standing in for the long mark ー, letter-spaced
 sentences read as one word, and a pattern that rescanned long kanji and kana runs from every position."""
 
-import time
-
 import pytest
 
 from so8t_lib.serve import textforms
@@ -56,25 +54,15 @@ def test_a_wider_gap_put_inside_a_spaced_word_does_not_split_it_away_from_the_ch
     assert categorize("p a s s  w o r d reset please") == "security"
 
 
-def _best_time(work, text: str, runs: int = 3) -> float:
-    best = float("inf")
-    for _ in range(runs):
-        start = time.perf_counter()
-        work(text)
-        best = min(best, time.perf_counter() - start)
-    return best
-
-
-@pytest.mark.timeout(120)  # a hang guard: the old pattern took minutes on a few hundred thousand kanji
+@pytest.mark.timeout(60)  # a hang guard, not a timing: the quadratic pattern needed minutes here
 @pytest.mark.parametrize("shape", ["田", "ー", "田a", "x.", "a@"])
-def test_unleet_work_grows_linearly_with_a_run_of_word_characters(shape):
+def test_unleet_finishes_on_a_long_run_of_word_characters(shape):
     """The e-mail branch of the leetspeak pattern had no start guard: on a run of kanji or kana (word characters
-    that are not ASCII) it rescanned the run from every position, so four times the text took sixteen times as
-    long (unleet('田' * 32000) took 2.8 s). Measured in this process against itself: a bound of eight leaves room
-    for noise and still fails the quadratic pattern."""
-    small, large = shape * (16_000 // len(shape)), shape * (64_000 // len(shape))
-    textforms.unleet(small)  # warm
-    assert _best_time(textforms.unleet, large) < 8 * max(_best_time(textforms.unleet, small), 1e-4)
+    that are not ASCII) it rescanned the run from every position (unleet('田' * 32000) took 2.8 s, and eight times
+    that text sixty-four times as long, about three minutes). The linear pattern reads 256 000 characters in
+    milliseconds; the timeout fails the old one without timing anything against a bound."""
+    text = shape * (256_000 // len(shape))
+    assert len(textforms.unleet(text)) == len(text)
 
 
 @pytest.mark.timeout(60)  # injection_signs on 100 000 'ー' took 39 s
