@@ -5,8 +5,9 @@ import json
 import pytest
 import torch
 
+from so8t_lib.core.paths import CORPUS_DIR
 from so8t_lib.core.schema import NOT_ALLOW
-from so8t_lib.data.benchmarks import BENCHMARKS, load_any, load_sst, load_xstest
+from so8t_lib.data.benchmarks import BENCHMARKS, load_any, load_sst, load_xstest, source_file
 from so8t_lib.data.tables import DataError, detect_lang, load_split, load_table
 from so8t_lib.model.prompts import format_prompt
 from so8t_lib.train.collate import IGNORE_INDEX, SafetyCollator
@@ -170,9 +171,12 @@ def test_split_sample_is_stratified_and_repeatable():
     assert len(sample) == 90 and sample["id"].isin(full["id"]).all()
     assert sample["id"].tolist() == load_any("test:90")["id"].tolist()
     assert set(sample["label"]) == set(full["label"])
-    for bad in ("test:0", "test:x", "test:-3"):
+    for bad in ("test:0", "test:x", "test:-3", "test:"):
         with pytest.raises(DataError, match="split:N"):
             load_any(bad)
+        with pytest.raises(DataError, match="split:N"):  # the same names are refused where outputs are checked
+            source_file(bad)
+    assert source_file("test:90") == source_file("test") == CORPUS_DIR / "test.jsonl"
 
 
 def test_an_excel_saved_benchmark_csv_with_a_byte_order_mark_is_recognised(tmp_path):

@@ -236,8 +236,9 @@ def test_cli_reads_data_as_every_command_does(tmp_path, capsys):
     bare.write_text(json.dumps({"user_request": "hello", "label": "ALLOW"}) + "\n", encoding="utf-8")
     assert so8t(["router", "fit", "--data", str(bare), "--out", str(tmp_path / "never.json")]) == 2
     assert "at least two route categories" in capsys.readouterr().err
-    assert so8t(["router", "fit", "--data", "val:0", "--out", str(tmp_path / "never.json")]) == 2
-    assert "positive number of rows" in capsys.readouterr().err
+    with pytest.raises(SystemExit) as stop:  # a sample written wrong is an argument error, named before any work
+        so8t(["router", "fit", "--data", "val:0", "--out", str(tmp_path / "never.json")])
+    assert stop.value.code == 2 and "positive number of rows" in capsys.readouterr().err
     assert not (tmp_path / "never.json").exists()
 
 

@@ -72,7 +72,10 @@ def _check_out(parser: argparse.ArgumentParser, args: argparse.Namespace) -> Non
     if why := unwritable_file("--out", args.out):
         parser.error(why)
     names = [args.data] if isinstance(args.data, str) else (args.data or SCORED_BY_DEFAULT)
-    inputs = {f"--data {name}": str(source_file(name)) for name in names}
+    try:
+        inputs = {f"--data {name}": str(source_file(name)) for name in names}
+    except DataError as exc:  # a split sample written wrong (train:x): named before any work
+        parser.error(str(exc))
     if args.command == "score":
         inputs["--router"] = args.router
     if option := same_file(args.out, inputs):

@@ -110,19 +110,27 @@ def recognise(path: Path) -> Benchmark | None:
     return next((b for b in BENCHMARKS.values() if b.signature <= header), None)
 
 
+def _split_and_size(text: str) -> tuple[str, int | None] | None:
+    """(split, sample size or None) when ``text`` names a corpus split or ``split:N``; None for anything else."""
+    split, colon, size = text.partition(":")
+    if split not in SPLITS:
+        return None
+    if not colon:
+        return split, None
+    if not size.isdigit() or int(size) < 1:
+        raise DataError(f"{text!r}: a split sample is written split:N with N a positive number of rows")
+    return split, int(size)
+
+
 def load_any(name_or_path: str | Path) -> pd.DataFrame:
     """A corpus split name, a registered benchmark name, or a JSONL/CSV file. ``split:N`` is a stratified
     sample of N rows of a split (seed 0, the same rows every time): quick comparisons on a CPU."""
     text = str(name_or_path)
     if text in BENCHMARKS:
         return BENCHMARKS[text].load()
-    if text in SPLITS:
-        return load_split(text)
-    split, _, size = text.partition(":")
-    if split in SPLITS and size:
-        if not size.isdigit() or int(size) < 1:
-            raise DataError(f"{text!r}: a split sample is written split:N with N a positive number of rows")
-        return stratified_sample(load_split(split), int(size), seed=0)
+    if named := _split_and_size(text):
+        split, size = named
+        return load_split(split) if size is None else stratified_sample(load_split(split), size, seed=0)
     path = Path(text)
     benchmark = recognise(path)
     return benchmark.load(path) if benchmark else load_table(path)
@@ -134,9 +142,8 @@ def source_file(name_or_path: str | Path) -> Path:
     text = str(name_or_path)
     if text in BENCHMARKS:
         return BENCHMARKS[text].default_path()
-    split, _, size = text.partition(":")
-    if split in SPLITS and (size or text == split):
-        return CORPUS_DIR / f"{split}.jsonl"
+    if named := _split_and_size(text):
+        return CORPUS_DIR / f"{named[0]}.jsonl"
     return Path(text)
 
 
