@@ -165,14 +165,22 @@ def test_model_keys_that_would_fail_at_the_first_step_are_config_errors_at_build
         SO8TModel.from_config(_config(**change), tokenizer)
 
 
-def test_lora_targets_that_match_nothing_are_named_on_a_peft_without_its_own_error(tokenizer, monkeypatch):
-    """pyproject allows peft >= 0.17; NoMatchingPeftModuleError (peft.utils.error) came in 0.21, and importing it
-    unconditionally broke every build on an older peft."""
-    import sys
+def test_lora_targets_are_checked_before_peft_whose_other_errors_are_not_renamed(tokenizer, monkeypatch):
+    """pyproject allows peft >= 0.17; before 0.21 peft reports an unmatched target with a plain ValueError, and
+    catching every ValueError there reported any peft failure as a target_modules mistake. The targets are matched
+    before peft runs; what peft raises for another reason reaches the user as peft worded it."""
+    import peft
 
-    monkeypatch.setitem(sys.modules, "peft.utils.error", None)  # as if it did not exist: ImportError
     with pytest.raises(ConfigError, match=r"model.lora.target_modules \['bogus_proj'\]: no module"):
         SO8TModel.from_config(_config(lora={"target_modules": ["bogus_proj"]}), tokenizer)
+
+    def fails(*args, **kwargs):
+        raise ValueError("a peft failure of another kind")
+
+    monkeypatch.setattr(peft, "get_peft_model", fails)
+    with pytest.raises(ValueError, match="a peft failure of another kind"):
+        SO8TModel.from_config(_config(), tokenizer)
+    monkeypatch.undo()
     SO8TModel.from_config(_config(), tokenizer)  # and a good config still builds
 
 

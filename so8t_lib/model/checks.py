@@ -106,3 +106,13 @@ def unverifiable_base(trained_on: dict, loaded: dict, location: str) -> bool:
                               f"model.base_model at its converted base, or set {UNVERIFIED_ENV}=1 to load it anyway "
                               f"(every decision is then marked {UNVERIFIED_MARK})")
     return True
+
+
+def check_lora_targets(model: nn.Module, targets: list[str]) -> None:
+    """Before peft wraps anything: a target name that matches no module is a config error. peft says so with its own
+    error class only from 0.21 (a plain ValueError before), so the match is checked here, as peft matches a list of
+    names: a module whose dotted name is the target or ends with ``.<target>``."""
+    names = [name for name, _ in model.named_modules()]
+    if not any(name == target or name.endswith(f".{target}") for name in names for target in targets):
+        raise ConfigError(f"model.lora.target_modules {targets}: no module of this base has such a name "
+                          "(e.g. q_proj, v_proj, o_proj)")

@@ -39,7 +39,7 @@ from .base import (
     quantize_tiny_base,
     want_4bit,
 )
-from .checks import check_read_layers, gate_slot
+from .checks import check_lora_targets, check_read_layers, gate_slot
 from .gates import GatedLinear, GatePair, fold_rotation_into_linear
 from .heads import SafetyHeadB, pool_states, prompt_mask
 from .persistence import CheckpointMixin
@@ -112,22 +112,15 @@ class SO8TModel(CheckpointMixin, nn.Module):
         if config.lora.r > 0:
             from peft import LoraConfig as PeftLoraConfig
             from peft import get_peft_model
-            try:
-                from peft.utils.error import NoMatchingPeftModuleError as no_match
-            except ImportError:  # peft < 0.21 says so with a plain ValueError
-                no_match = ValueError
 
             lora_layers = None if config.lora.layers == "all" else resolve_layers(config.lora.layers, n_layers,
                                                                                      "model.lora.layers")
-            try:
-                lm = get_peft_model(lm, PeftLoraConfig(
-                    r=config.lora.r, lora_alpha=config.lora.alpha, lora_dropout=config.lora.dropout,
-                    target_modules=list(config.lora.target_modules),
-                    modules_to_save=list(config.lora.modules_to_save) or None,
-                    layers_to_transform=lora_layers, bias="none", task_type="CAUSAL_LM"))
-            except no_match:
-                raise ConfigError(f"model.lora.target_modules {list(config.lora.target_modules)}: no module of this "
-                                  "base has such a name (e.g. q_proj, v_proj, o_proj)") from None
+            check_lora_targets(lm, list(config.lora.target_modules))
+            lm = get_peft_model(lm, PeftLoraConfig(
+                r=config.lora.r, lora_alpha=config.lora.alpha, lora_dropout=config.lora.dropout,
+                target_modules=list(config.lora.target_modules),
+                modules_to_save=list(config.lora.modules_to_save) or None,
+                layers_to_transform=lora_layers, bias="none", task_type="CAUSAL_LM"))
         self.lm = lm
         hidden = self.causal_lm.config.hidden_size
         self.gated_layers: list[int] = []
