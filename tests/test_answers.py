@@ -285,3 +285,24 @@ def test_a_batch_that_could_not_leave_its_slot_leaves_it_once_an_answering_place
 
     asyncio.run(scenario())
     assert log.index("decide C") < log.index("answered B")
+
+
+def test_an_answers_last_chunk_with_little_time_left_does_not_mark_the_model_stuck(tmp_path):
+    """The last chunk of an answer runs with what is left of generation_timeout_s as its limit (here 0.05 s); a
+    chunk of 0.3 s then ran six times its limit and, without the floor the runtime gives its model thread (twice
+    decision_timeout_s), /readyz would have called a healthy model stuck and taken the replica out of the load
+    balancer."""
+    decider = ChunkedFake(token_s=0.075)  # 4 tokens a chunk: 0.3 s
+    agent = _agent(tmp_path, decider, decision_timeout_s=0.5, generation_timeout_s=0.35, max_tokens=8,
+                   answer_chunk_tokens=4)
+    seen, result = [], {}
+    runner = threading.Thread(target=lambda: result.update(agent.run_agent(None, "write me an answer", "u1")))
+    runner.start()
+    runner.join(10)
+    ends = time.monotonic() + 0.4  # the cut-off chunk runs on past its caller: watch it to its end
+    while time.monotonic() < ends:
+        seen.append(agent.model_stuck())
+        time.sleep(0.01)
+    agent.close()
+    assert [e[0] for e in decider.events] == ["decide", "chunk", "chunk"]  # the second chunk had 0.05 s
+    assert result["decision"] == "ALLOW" and seen and not any(seen)
