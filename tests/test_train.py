@@ -156,6 +156,26 @@ def test_learning_rate_schedules():
     assert g(5) == pytest.approx(0.5)
 
 
+def test_the_logged_learning_rates_are_the_ones_each_step_used(tmp_path):
+    """metrics.jsonl logged the schedulers' get_last_lr() after they stepped: the rate of the step after. The first
+    warm-up step (half the peak with two warm-up steps) was logged at the full peak."""
+    from so8t_lib.train import train
+
+    cfg = load_config(_config_file(tmp_path, tmp_path / "lr", "training.max_steps=4", "training.log_every=1",
+                                   "training.eval_every=4", "training.calibrate_temperature=false",
+                                   "training.task_optimizer.warmup_steps=2", "training.task_optimizer.schedule=cosine",
+                                   "training.safety_optimizer.warmup_steps=2"))
+    run_dir = train(cfg)
+    logged = [json.loads(line) for line in (run_dir / "metrics.jsonl").read_text().splitlines()]
+    steps = [r for r in logged if r["kind"] == "train"]
+    for side in ("task", "safety"):
+        opt_cfg = getattr(cfg.training, f"{side}_optimizer")
+        factor = lr_multiplier(opt_cfg, cfg.training.max_steps)
+        expected = [opt_cfg.lr * factor(r["step"] - 1) for r in steps]
+        assert [r[f"lr_{side}"] for r in steps] == pytest.approx(expected), side
+    assert steps[0]["step"] == 1 and steps[0]["lr_task"] == pytest.approx(cfg.training.task_optimizer.lr / 2)
+
+
 def test_two_cpu_processes_under_torchrun(tmp_path):
     run_dir = tmp_path / "ddp"
     config = _config_file(tmp_path, run_dir, "training.max_steps=3")

@@ -234,7 +234,8 @@ class OptimizerConfig(_Section):
         return betas
     warmup_steps: int = Field(0, ge=0)
     schedule: Literal["constant", "linear", "cosine"] = "cosine"
-    min_lr_ratio: float = Field(0.1, ge=0, le=1, description="final lr / peak lr for linear and cosine")
+    min_lr_ratio: float = Field(0.1, ge=0, le=1, description="lr / peak lr that linear and cosine decay reach at "
+                                "max_steps (the last step, max_steps - 1 from 0, runs one decay step above it)")
 
 
 class EarlyStoppingConfig(_Section):

@@ -14,7 +14,9 @@ from ..model.so8t import SO8TModel
 
 
 def lr_multiplier(cfg: OptimizerConfig, total_steps: int):
-    """Linear warm-up, then constant, linear or cosine decay down to ``min_lr_ratio``."""
+    """Linear warm-up, then constant, linear or cosine decay towards ``min_lr_ratio``, reached at step
+    ``total_steps``; steps run from 0 to total_steps - 1, so the last one is one decay step above it. Kept so (not
+    shifted to land on it) because every committed run and result was trained on this schedule."""
 
     def factor(step: int) -> float:
         if step < cfg.warmup_steps:

@@ -224,6 +224,8 @@ class Trainer(RunCheckpoints):
         if not (math.isfinite(totals["loss"]) and math.isfinite(float(grad_norm))):  # before NaN reaches a weight
             raise TrainingDiverged(f"step {self.state.step + 1}: loss {totals['loss']}, gradient norm {float(grad_norm)}: "
                                    "the run diverged; lower the learning rates or check the loss weights and the data")
+        rates = {"lr_task": self.opt_task.param_groups[0]["lr"],  # the rates this step uses: the schedulers'
+                 "lr_safety": self.opt_safety.param_groups[0]["lr"]}  # get_last_lr() after step() is the next one's
         self.opt_task.step()
         self.sched_task.step()
         if not safety_frozen:
@@ -237,8 +239,7 @@ class Trainer(RunCheckpoints):
         self.state.step += 1
         totals.update(grad_norm=float(grad_norm), tokens=n_tokens * self.accelerator.num_processes,
                       world_size=self.accelerator.num_processes,
-                      lr_task=self.sched_task.get_last_lr()[0], lr_safety=self.sched_safety.get_last_lr()[0],
-                      safety_frozen=safety_frozen)
+                      **rates, safety_frozen=safety_frozen)
         return totals
 
     def evaluate(self, select: bool = True) -> dict:
