@@ -101,10 +101,14 @@ def audit_record(result: dict, request: str | None, user_id: str | None, test: b
     """The operations manual's record plus the context the gate read with the request ("" when none: a
     reviewer's label belongs to the two together, and retraining needs both), the head's probabilities
     (which way an escalated request leaned: compliance reports compare it with the reviewer's decision),
-    category, flags, error, test and the escalation fields."""
+    category, flags, error, test and the escalation fields.
+
+    The input and context go in whole: ``AuditLog`` masks (when ``logging.mask_personal_data`` is on) and bounds
+    them in one step. Cut here first, an address or number straddling ``limit`` was stored half ('tanaka.taro@exa',
+    '090-1'), since masking no longer saw the rest of it. ``limit`` stays for callers that keep the signature."""
     return {
         "event": "decision", "timestamp": utc_timestamp(), "request_id": result["request_id"],
-        "user_id": user_id, "input": bounded(request, limit), "context": bounded(context or "", limit),
+        "user_id": user_id, "input": request, "context": context or "",
         "decision": result["decision"],
         "rationale": result["rationale"], "human_required": result["human_required"],
         "model_version": result["model_version"], "processing_time_ms": result["processing_time_ms"],

@@ -1,0 +1,46 @@
+"""Forms of personal data that leaked past masking: an address or number cut at logging.max_field_chars before
+it was masked (the audit log kept 'tanaka.taro@exa'), addresses with letters outside ASCII, numbers with
+space-padded hyphens or a trunk prefix '(0)', international numbers read as cards, and a space before an
+honorific. Ordinary numbers and the Japanese text around an address must stay as written."""
+
+import json
+
+import pytest
+
+from so8t_lib.serve.config import RuntimeConfig
+from so8t_lib.serve.runtime import Agent
+from tests.test_runtime import FakeDecider
+
+REQUEST = "x" * 240 + " tanaka.taro@example.co.jp and 090-1234-5678 please"  # the address crosses char 256
+CONTEXT = "y" * 245 + " call 090-1234-5678"
+
+
+def _decide(tmp_path, probs, mask):
+    cfg = RuntimeConfig.model_validate({
+        "model": {"checkpoint_path": "unused"},
+        "inference": {"safety_threshold": 0.8, "decision_timeout_s": 5, "generate_responses": False},
+        "logging": {"audit_log": str(tmp_path / "audit.jsonl"), "max_field_chars": 256, "mask_personal_data": mask},
+        "escalation": {"queue_db": str(tmp_path / "q.sqlite"), "enable_notifications": False}})
+    agent = Agent(cfg, decider=FakeDecider(probs))
+    try:
+        result = agent.run_batch([{"user_request": REQUEST, "context": CONTEXT, "user_id": "u1"}])[0]
+    finally:
+        agent.close()
+    lines = (tmp_path / "audit.jsonl").read_text(encoding="utf-8").splitlines()
+    return result, json.loads(lines[-1])
+
+
+@pytest.mark.parametrize("probs, decision", [((0.95, 0.03, 0.02), "ALLOW"), ((0.4, 0.3, 0.3), "ESCALATE")])
+def test_an_address_cut_at_the_field_limit_is_masked_in_the_audit_log(tmp_path, probs, decision):
+    result, record = _decide(tmp_path, probs, mask=True)
+    assert result["decision"] == decision
+    for stored in (record["input"], record["context"]):
+        assert "tanaka" not in stored and "@" not in stored and "090" not in stored, stored
+    assert record["input"].startswith("x" * 240 + " [EMAIL] and ") and "[291 chars, sha256 " in record["input"]
+    assert record["context"].startswith("y" * 245 + " call [PH") and "[264 chars, sha256 " in record["context"]
+
+
+def test_with_masking_off_the_audit_log_keeps_the_bounded_raw_text(tmp_path):
+    _, record = _decide(tmp_path, (0.95, 0.03, 0.02), mask=False)
+    assert record["input"].startswith(REQUEST[:256] + "…[291 chars, sha256 ")
+    assert record["context"].startswith(CONTEXT[:256] + "…[264 chars, sha256 ")
