@@ -170,13 +170,15 @@ class EscalationDesk:
         return len(entries) == REPLAY_BATCH
 
     def _finish_orphan(self, entry: SpoolEntry, present: set) -> None:
-        """Queue, audit and notify one orphan, each only if it has not happened yet, then delete it."""
+        """Queue, audit and notify one orphan, each only if it has not happened yet, then delete it. Whether the
+        case is owed a notification is kept in the entry with ``queued``: the pass that queues it may fail at the
+        audit record, and the pass that finishes the entry sends it."""
         case = entry.data["case"]
-        notify = False
+        notify = entry.data.get("notify") is True
         if not entry.data.get("queued"):
             # a case already in the queue may have been added by a process that died before it notified
             notify = self.store.add(case) or self._never_notified(case["case_id"])
-            entry.update(queued=True)
+            entry.update(queued=True, notify=notify)
         if not entry.data.get("audited") and entry.data["record"].get("request_id") not in present:
             record = dict(entry.data["record"])
             record["flags"] = list(record.get("flags") or []) + ["recovered_from_spool"]
