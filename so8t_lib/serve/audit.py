@@ -326,12 +326,13 @@ class AuditLog:
 
     # ----- lookups --------------------------------------------------------------------------------------
     def find_requests(self, request_ids: set[str], since: float | None = None) -> set[str]:
-        """Which of these request ids have a record in this chain or another replica's chain in the folder (used
-        after a crash, to tell a decision that was recorded from one that was not: a replica may finish the spool
-        entry another one left). ``since`` (a POSIX time no later than the oldest decision asked about) skips the
-        files last written more than ``FIND_SLACK_S`` before it, which cannot hold those records; None reads every
-        file. A lock held past ``lock_timeout_s`` (or the readers' limit when that is None) is an
-        ``AuditLockTimeout``."""
+        """Which of these request ids have a ``decision`` record in this chain or another replica's chain in the
+        folder (used after a crash, to tell a decision that was recorded from one that was not: a replica may finish
+        the spool entry another one left). Only decision records count: a reviewer may resolve a queued case whose
+        decision record was never written, and that resolution must not pass for it. ``since`` (a POSIX time no
+        later than the oldest decision asked about) skips the files last written more than ``FIND_SLACK_S`` before
+        it, which cannot hold those records; None reads every file. A lock held past ``lock_timeout_s`` (or the
+        readers' limit when that is None) is an ``AuditLockTimeout``."""
         if not request_ids:
             return set()
         timeout = READ_LOCK_TIMEOUT_S if self.lock_timeout_s is None else self.lock_timeout_s
@@ -356,7 +357,7 @@ class AuditLog:
                     record = stored
                     if "enc" in stored and self._fernet is not None:
                         record = json.loads(self._fernet.decrypt(stored["enc"].encode("ascii")))
-                    if record.get("request_id") in request_ids:
+                    if record.get("event", "decision") == "decision" and record.get("request_id") in request_ids:
                         found.add(record["request_id"])
         return found
 
