@@ -313,7 +313,8 @@ def safety_report(
       one seed request, decided right or wrong together far more often than not: resampling their rows would
       treat ten near-copies as ten pieces of evidence and give intervals narrower than the data supports.
 
-    Gold NOT_ALLOW rows count only towards not_allowed_rate*, escalation_rate and unsafe F1.
+    Gold NOT_ALLOW rows count only towards not_allowed_rate*, escalation_rate, unsafe F1 and allow_precision (so
+    safety_score), where one decided ALLOW is a false ALLOW.
     """
     if bootstrap < 0:  # recorded as ci_resamples, it would read as a count of resamples that were never drawn
         raise ValueError(f"bootstrap must be 0 (no intervals) or more resamples, got {bootstrap}")
