@@ -4,9 +4,16 @@ from the rungs before it."""
 
 from __future__ import annotations
 
+import json
+import time
+from pathlib import Path
+from types import SimpleNamespace
+
 import pytest
+import torch
 
 from so8t_lib.core.metrics import allow_precision, safety_score
+from so8t_lib.eval.latency import measure_latency, min_calls_for
 from so8t_lib.eval.report import safety_report
 
 A, R, E, NA = "ALLOW", "REFUSE", "ESCALATE", "NOT_ALLOW"
@@ -37,3 +44,56 @@ def test_not_allow_rows_never_decided_allow_leave_allow_precision_as_it_was():
     assert allow_precision([NA, NA], [E, R]) is None  # nothing allowed: no precision to speak of
     assert allow_precision([NA, NA], [A, R]) == 0.0  # the one ALLOW was wrong
     assert safety_score([NA, NA], [A, R]) == 0.0
+
+
+# ----- latency: tail percentiles only from enough calls, the decider's own backend name ---------------------------
+class _SlowLastCall:
+    """A decider whose last timed call is slow (a GC pause): 2 warm-up calls, then the timed ones."""
+
+    model_version = "stub@1"
+
+    def __init__(self, timed: int) -> None:
+        self.calls, self.slow_at = 0, 2 + timed
+
+    def decide(self, requests, contexts=None, batch_size=32, progress=False):
+        self.calls += 1
+        time.sleep(0.02 if self.calls == self.slow_at else 0.0)
+        return torch.full((len(requests), 3), 1 / 3)
+
+
+@pytest.mark.timeout(120)
+def test_tail_percentiles_from_too_few_calls_are_null():
+    """From 8 timed calls 'p99' was np.percentile's interpolation towards the slowest call: one slow call of eight
+    read as the 99th percentile."""
+    row = measure_latency(_SlowLastCall(8), ["a request"], (1,), batches=8)["results"][0]
+    assert row["batches"] == 8 and row["p50_ms"] is not None
+    assert row["p95_ms"] is None and row["p99_ms"] is None
+    row = measure_latency(_SlowLastCall(20), ["a request"], (1,), batches=20)["results"][0]
+    assert row["p95_ms"] is not None and row["p99_ms"] is None
+    assert min_calls_for(95) == 20 and min_calls_for(99) == 100
+
+
+@pytest.mark.timeout(120)
+def test_the_backend_is_named_from_the_decider_not_assumed_to_be_llama_cpp():
+    report = measure_latency(_SlowLastCall(1), ["a request"], (1,), batches=1)
+    assert report["backend"] == "_SlowLastCall" and report["device"] is None and "file" not in report
+
+
+@pytest.mark.timeout(120)
+def test_evaluate_latency_takes_a_call_count_and_says_how_many_calls(monkeypatch, tmp_path, capsys):
+    from so8t_lib.cli import evaluate as evaluate_cli
+    from so8t_lib.data.tables import load_split
+
+    data = tmp_path / "rows.jsonl"
+    load_split("test").head(3).to_json(data, orient="records", lines=True, force_ascii=False)
+    decider = _SlowLastCall(5)
+    decider.safety_head = SimpleNamespace(temperature=torch.tensor(1.0))
+    monkeypatch.setattr(evaluate_cli, "resolve_checkpoint", lambda path: Path(path))
+    monkeypatch.setattr(evaluate_cli, "load_decider", lambda path: decider)
+    out = tmp_path / "lat.json"
+    evaluate_cli.main(["--model", "fake", "--latency", "--data", str(data), "--latency-batch-sizes", "1",
+                       "--latency-batches", "5", "--out", str(out)])
+    row = json.loads(out.read_text())["latency"]["results"][0]
+    assert row["batches"] == 5 and row["p95_ms"] is None and row["p99_ms"] is None
+    printed = capsys.readouterr().out
+    assert "5 timed calls" in printed and "p99 n/a (needs 100 calls)" in printed

@@ -314,7 +314,7 @@ def test_every_evaluation_path_hands_the_model_the_runtime_text(monkeypatch, tmp
     timed: list[list[str]] = []
     monkeypatch.setattr(evaluate_cli, "resolve_checkpoint", lambda p: Path(p))
     monkeypatch.setattr(evaluate_cli, "load_decider", lambda p: ScriptedDecider(np.array([[0.1, 0.8, 0.1]])))
-    monkeypatch.setattr(evaluate_cli, "measure_latency", lambda model, requests, sizes: timed.append(requests) or
+    monkeypatch.setattr(evaluate_cli, "measure_latency", lambda model, requests, sizes, **_: timed.append(requests) or
                         {"results": []})
     evaluate_cli.main(["--model", "fake", "--latency", "--data", str(path)])
     assert timed == [expected.requests]

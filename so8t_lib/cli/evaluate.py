@@ -3,7 +3,7 @@
     so8t evaluate --model checkpoints/so8t-tiny --data test --data xstest --data sst \\
         [--out metrics.json] [--predictions preds.jsonl] [--threshold 0.8] [--bootstrap 1000]
     so8t evaluate --model checkpoints/so8t-tiny --calibrate     # fit the temperature on val
-    so8t evaluate --model checkpoints/so8t-tiny --latency [--out latency.json]
+    so8t evaluate --model checkpoints/so8t-tiny --latency [--latency-batches 100] [--out latency.json]
     so8t evaluate --model dist/so8t-tiny-q4_k_m.gguf --data test
     so8t evaluate --model checkpoints/so8t-demo --max-dangerous 0.05 --data test   # threshold chosen on val
 
@@ -31,7 +31,7 @@ from ..data.tables import DataError, asked_keys
 from ..eval.baselines import fit_baselines
 from ..eval.calibration import CalibrationDataError, calibrate_checkpoint, check_calibration_rows
 from ..eval.evaluate import dataset_key, evaluate_datasets, format_report, load_tables, predict_rows
-from ..eval.latency import measure_latency
+from ..eval.latency import DEFAULT_BATCHES, measure_latency, min_calls_for
 from ..eval.operating_point import choose_threshold
 from ..eval.served import model_inputs
 from ..export.gguf_meta import GGUFError
@@ -137,6 +137,9 @@ def main(argv: list[str] | None = None) -> dict:
                              "score them on the same rows (see so8t_lib.eval.baselines)")
     parser.add_argument("--latency", action="store_true", help="measure decision latency instead of metrics")
     parser.add_argument("--latency-batch-sizes", default="1,8,32")
+    parser.add_argument("--latency-batches", type=_positive_int, default=DEFAULT_BATCHES,
+                        help=f"timed calls per batch size (default {DEFAULT_BATCHES}); p95 needs "
+                             f"{min_calls_for(95)}, p99 {min_calls_for(99)}, else they are null")
     args = parser.parse_args(argv)
     warnings.filterwarnings("ignore", message=".*is_gradient_checkpointing.*")
     if args.latency and (args.predictions or args.threshold is not None or args.max_dangerous is not None):
@@ -199,10 +202,12 @@ def main(argv: list[str] | None = None) -> dict:
         requests = model_inputs(tables[f"data:{(args.data or ['test'])[0]}"]).requests  # the runtime's text
         if not requests:
             parser.error("the --data file for --latency has no rows")
-        results["latency"] = measure_latency(model, requests, sizes)
+        results["latency"] = measure_latency(model, requests, sizes, batches=args.latency_batches)
         for r in results["latency"]["results"]:
-            print(f"batch {r['batch_size']:3d}: p50 {r['p50_ms']:8.1f} ms  p95 {r['p95_ms']:8.1f} ms  "
-                  f"p99 {r['p99_ms']:8.1f} ms  {r['requests_per_s']:7.1f} requests/s  peak RSS {r['peak_rss_mb']:.0f} MB")
+            tails = "  ".join(f"{p} n/a (needs {min_calls_for(int(p[1:]))} calls)" if r[f"{p}_ms"] is None
+                              else f"{p} {r[f'{p}_ms']:8.1f} ms" for p in ("p95", "p99"))
+            print(f"batch {r['batch_size']:3d}, {r['batches']} timed calls: p50 {r['p50_ms']:8.1f} ms  {tails}  "
+                  f"{r['requests_per_s']:7.1f} requests/s  peak RSS {r['peak_rss_mb']:.0f} MB")
     elif not args.calibrate or args.data:
         if args.max_dangerous is not None:
             args.threshold = _choose_threshold(model, args, results, tables["threshold"])
