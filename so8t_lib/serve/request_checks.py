@@ -112,13 +112,13 @@ def validate_request(user_request, context=None, user_id=None, max_request_chars
         raise InvalidRequest("user_id must be printable text without spaces or invisible characters (an account "
                              "name, employee number or e-mail address)")
     clean = CleanRequest(request, ctx, uid)
-    for raw, text in ((user_request, request), (context, ctx)):
+    for raw, text in ((raw_request, request), (raw_context, ctx)):  # as decoded: bytes are read like text
         if not text:
             continue
         for flag in injection_signs(text):
             if flag not in clean.flags:
                 clean.flags.append(flag)
-        if isinstance(raw, str) and is_obfuscated(raw, text) and "obfuscated_text" not in clean.flags:
+        if is_obfuscated(raw, text) and "obfuscated_text" not in clean.flags:
             clean.flags.append("obfuscated_text")
         if CHAT_MARKUP.search(text) and "chat_markup" not in clean.flags:
             clean.flags.append("chat_markup")
