@@ -61,31 +61,94 @@ def _invisible_pattern() -> re.Pattern:
     return re.compile(_ranges_to_class(sorted(points)))
 
 
+# the kana voicing marks: NFD splits が into か + U+3099, and dropping it would read another word
+_KANA_MARKS = frozenset({0x3099, 0x309A})
+
+
+@functools.cache
+def combining_marks() -> re.Pattern:
+    """Runs of combining marks (Mn, Me: accents, overlays, zalgo) other than the kana voicing marks."""
+    points = [cp for cp in range(0x300, 0x20000) if cp not in _KANA_MARKS
+              and unicodedata.category(chr(cp)) in ("Mn", "Me")]
+    return re.compile(_ranges_to_class(points) + "+")
+
+
 def strip_invisible(text: str) -> tuple[str, int]:
     """(text without invisible characters, how many were removed)."""
     return _invisible_pattern().subn("", text)
 
 
-# scripts the corpus is written in: their letters are never remapped (〇 is not "O" in Japanese)
+# scripts the corpus is written in: their letters are never remapped (〇 is not "O" in Japanese); Latin letters that
+# no word of the corpus's languages is spelled with are (``_latin_stand_ins``)
 _OWN_SCRIPTS = frozenset({"LATIN", "HAN", "HIRAGANA", "KATAKANA"})
+# Latin letters named after an ASCII letter: small capitals (ᴀ ʀ ɢ ɴ, and ᶦ after NFKC), dotless ı and ȷ; with
+# "WITH ..." the letter carries a stroke, hook or bar that no decomposition removes (ø ł đ ɓ)
+_LATIN_NAME = re.compile(r"LATIN (?:SMALL |CAPITAL )?LETTER (SMALL CAPITAL |DOTLESS )?([A-Z])( WITH .+)?")
+_LATIN_BLOCKS = range(0x80, 0x1E000)  # Latin letters outside these are fullwidth (NFKC makes them ASCII)
+
+
+def _ascii_look_alikes(char: str) -> list[str]:
+    """The single ASCII letters Unicode's confusables data lists for ``char`` (and the l / I partner of each)."""
+    from confusable_homoglyphs import confusables
+
+    def letters(glyphs):
+        return [g["c"] for g in glyphs if len(g["c"]) == 1 and g["c"].isascii() and g["c"].isalpha()]
+
+    found = letters(confusables.confusables_data.get(char, ()))
+    for letter in list(found):  # the table lists one of l / I; the other is its own look-alike
+        found += letters(confusables.confusables_data.get(letter, ()))
+    return found
+
+
+def _latin_letters(marked: bool) -> dict[int, str]:
+    """Latin letters without a decomposition that are an ASCII letter by name: plain stand-ins (small capitals,
+    dotless) when ``marked`` is False, letters with a stroke, hook or bar when True."""
+    table: dict[int, str] = {}
+    for cp in _LATIN_BLOCKS:
+        char = chr(cp)
+        found = _LATIN_NAME.fullmatch(unicodedata.name(char, ""))
+        if found and char.isalpha() and not unicodedata.decomposition(char) and bool(found.group(3)) == marked:
+            table[cp] = found.group(2).lower()
+    return table
+
+
+def _latin_stand_ins() -> dict[int, str]:
+    """Latin letters that only stand in for an ASCII letter: small capitals and dotless letters by name, and the
+    Latin letters Unicode's confusables data lists as an ASCII letter (ɑ, ɡ, ɩ). Turkish ı is among them: in
+    the corpus's languages it only hides an i."""
+    from confusable_homoglyphs import categories, confusables
+
+    table = _latin_letters(marked=False)
+    for char in confusables.confusables_data:
+        if len(char) == 1 and not char.isascii() and char.isalpha() and categories.alias(char) == "LATIN":
+            letters = _ascii_look_alikes(char)
+            if letters and ord(char) not in table and not unicodedata.decomposition(char):
+                table[ord(char)] = letters[0].lower()
+    return table
 
 
 @functools.cache
 def latin_lookalikes() -> dict[int, str]:
-    """Non-Latin letters that Unicode lists as confusable with an ASCII letter, mapped to it
-    (Cyrillic а -> a, Greek ο -> o, ...). Letters of the corpus's own scripts stay as they are. In core: the
-    runtime's pattern checks (``serve.textforms``) and the benchmark copy guard read look-alikes the same way."""
+    """Letters that imitate an ASCII letter, mapped to it: other scripts' letters that Unicode lists as confusable
+    (Cyrillic а -> a, Greek ο -> o, ...) and Latin stand-ins (small capital ᴀ -> a, dotless ı -> i). Kanji, kana
+    and ordinary Latin letters stay as they are. In core: the runtime's pattern checks (``serve.textforms``) and
+    the benchmark copy guard read look-alikes the same way."""
     from confusable_homoglyphs import categories, confusables
 
     table: dict[int, str] = {}
-    for char, homoglyphs in confusables.confusables_data.items():
+    for char in confusables.confusables_data:
         if len(char) != 1 or char.isascii() or not char.isalpha() or categories.alias(char) in _OWN_SCRIPTS:
             continue
-        ascii_letters = [g["c"] for g in homoglyphs if len(g["c"]) == 1 and g["c"].isascii() and g["c"].isalpha()]
-        for letter in list(ascii_letters):  # the table lists one of l / I; the other is its own look-alike
-            ascii_letters += [g["c"] for g in confusables.confusables_data.get(letter, ())
-                              if len(g["c"]) == 1 and g["c"].isascii() and g["c"].isalpha()]
+        ascii_letters = _ascii_look_alikes(char)
         same_case = [g for g in ascii_letters if g.isupper() == char.isupper()]  # І -> I, not l
         if ascii_letters:
             table[ord(char)] = (same_case or ascii_letters)[0].lower()
-    return table
+    return table | _latin_stand_ins()
+
+
+@functools.cache
+def marked_latin() -> dict[int, str]:
+    """Latin letters that are an ASCII letter with a stroke, hook or bar (ø -> o, ł -> l, đ -> d): for the
+    pattern checks only, as accents are dropped there. Names are spelled with them (Søren, Łódź), so unlike
+    ``latin_lookalikes`` they are no sign that a text hides its letters."""
+    return _latin_letters(marked=True)

@@ -1,9 +1,9 @@
-"""Text as the gate compares it: invisible characters out, look-alike letters mapped to Latin,
-letter-spaced words joined.
+"""Text as the gate compares it: invisible characters out, look-alike letters mapped to Latin, accents
+dropped, letter-spaced words joined.
 
-An attacker who writes "раsswоrd" with Cyrillic letters, "p a s s w o r d" with spaces, or hides a
-soft hyphen inside "ign\u00adore" must meet the same flags and the same routing as the plain
-spelling. ``clean_text`` is what the model sees (NFKC, no invisible characters); ``matching_form``
+An attacker who writes "раsswоrd" with Cyrillic letters, "ɪɢɴᴏʀᴇ" with small capitals, "pássword" or
+"i̴g̴n̴o̴r̴e̴" with combining marks, "p a s s w o r d" with spaces, or hides a soft hyphen inside "ign\u00adore"
+must meet the same flags and the same routing as the plain spelling. ``clean_text`` is what the model sees (NFKC, no invisible characters); ``matching_form``
 is only for the pattern checks (injection flags, routing keywords), because mapping letters to
 Latin would damage genuine text. The look-alike table is Unicode's confusables data as shipped by
 the ``confusable-homoglyphs`` package, not a hand list.
@@ -16,7 +16,7 @@ import re
 import unicodedata
 
 # in core: the benchmark guards use them too
-from ..core.unicode_text import latin_lookalikes, strip_invisible
+from ..core.unicode_text import combining_marks, latin_lookalikes, marked_latin, strip_invisible
 
 _KANJI_KANA = r"\u30a1-\u30fa\u30fc\u3005\u4e00-\u9fff"
 # a space (or a run of spaces; never a tab or a line break, which is how tables and lists are pasted) between two
@@ -91,6 +91,26 @@ def skeleton(text: str) -> str:
     return _kana_for_kanji(text.translate(table).casefold().translate(table))
 
 
+def drop_marks(text: str) -> str:
+    """Accents, zalgo and other combining marks dropped ('pássword', 'i̴g̴n̴o̴r̴e̴' -> 'password', 'ignore'), and
+    Latin letters with a stroke or hook read as their letter (ø -> o); the kana voicing marks stay (が is not
+    か). For the pattern checks only: the model reads the accents."""
+    if text.isascii():
+        return text
+    decomposed = unicodedata.normalize("NFD", text).translate(marked_latin()).translate(latin_lookalikes())
+    return unicodedata.normalize("NFC", combining_marks().sub("", decomposed))
+
+
+def stacked_marks(cleaned: str) -> bool:
+    """A combining mark that NFC could not join to an ASCII or Latin letter (c̣, i̴), or three marks on one
+    character (zalgo): accented words of real text compose into one letter each (é, ệ) and are not counted."""
+    for run in combining_marks().finditer(cleaned):
+        base = cleaned[run.start() - 1] if run.start() else " "
+        if base.isascii() or "LATIN" in unicodedata.name(base, "") or run.end() - run.start() >= 3:
+            return True
+    return False
+
+
 _GAPS = re.compile(r" +")
 
 
@@ -128,10 +148,10 @@ def unleet(text: str) -> str:
 
 
 def matching_form(text: str, word_gaps: bool = True) -> str:
-    """The form pattern checks run on: clean, casefolded, look-alikes mapped to Latin, spaced
-    letters joined, runs of white space collapsed to one space (``unleet`` is a second form)."""
+    """The form pattern checks run on: clean, casefolded, look-alikes mapped to Latin, combining marks
+    dropped, spaced letters joined, runs of white space collapsed to one space (``unleet`` is a second form)."""
     cleaned, _ = clean_text(text)
-    return _SPACES.sub(" ", join_spaced_letters(skeleton(cleaned), word_gaps)).strip()
+    return _SPACES.sub(" ", join_spaced_letters(drop_marks(skeleton(cleaned)), word_gaps)).strip()
 
 
 def matching_forms(text: str) -> list[str]:
@@ -142,9 +162,9 @@ def matching_forms(text: str) -> list[str]:
 
 
 def is_obfuscated(raw: str, cleaned: str) -> bool:
-    """True when the text hides its letters: invisible characters, look-alike letters from another
-    script, or letter-spaced words."""
-    if strip_invisible(raw)[1]:
+    """True when the text hides its letters: invisible characters, look-alike letters (another script's, small
+    capitals, dotless i), combining marks stacked on Latin letters, or letter-spaced words."""
+    if strip_invisible(raw)[1] or stacked_marks(cleaned):
         return True
     folded = cleaned.casefold()
     return skeleton(cleaned) != folded or _SPACED_LETTERS.search(folded) is not None or \
