@@ -23,10 +23,29 @@ from .textforms import matching_form, matching_forms, unleet
 _RULES = (r"(?:instructions?|rules?|prompts?|guidelines?|guardrails?|polic(?:y|ies)|restrictions?|filters?|checks?|"
           r"safety|review|programming|directives?|constraints?|limitations?|limits?|moderation|safeguards?|"
           r"content policy|system message)")
+# what was said before the request, and the verbs that set it aside
+_EARLIER = r"(?:previous|prior|earlier|above|preceding|foregoing|original|initial|system)"
+_SET_ASIDE = (r"(?:ignore|disregard|forget|override|set aside|pay no (?:attention|heed|mind) to|"
+              r"(?:stop|quit) (?:following|obeying)|(?:do not|don'?t|never|no longer) (?:follow|obey))")
 _EN = [
     # overriding the rules: "ignore your rules", "forget all previous instructions", "skip the review step"
     rf"\b(?:ignore|disregard|forget|bypass|override|skip|drop|abandon|set aside|turn off|disable|deactivate|"
-    rf"circumvent|get around)\b(?:\W+\w+){{0,5}}?\W+{_RULES}\b",
+    rf"circumvent|get around|pay no (?:attention|heed|mind) to|(?:stop|quit) (?:following|obeying))\b"
+    rf"(?:\W+\w+){{0,5}}?\W+{_RULES}\b",
+    # the same by other names, said to be the earlier or the model's own: "ignore the above directions", "disregard
+    # prior orders", "don't follow your instructions" (not "drop the purchase orders", "ignore my previous order",
+    # "ignore the previous directions to the office")
+    rf"\b{_SET_ASIDE}\s+(?:(?:all|any|of|the|these|those)\s+)*(?:(?:your\s+)?(?:{_EARLIER}\s+)+"
+    rf"(?:directions?(?!\s+(?:to|from)\b)|orders|commands|directives?|instructions?|guidance|prompts?)|"
+    rf"your\s+(?:directions|directives?|instructions?|guidance|programming|system prompt|prompt))\b",
+    # setting aside everything before the request, when something follows: "ignore the above and ...", "disregard
+    # everything above. ..." (not "ignore the above typo", "ignore everything above the signature")
+    rf"\b{_SET_ASIDE}\s+(?:(?:all|everything|anything)\s+(?:of\s+)?)?(?:(?:that\s+)?(?:was|is)\s+(?:written|said|"
+    rf"stated)\s+)?(?:the\s+)?(?:above|foregoing|preceding|so far|before this|before now)"
+    rf"(?=\s*(?:[.,;:!]+\s*|\s(?:and|then)\s+)\S)",
+    # "ignore what you were told before", "disregard everything you have been instructed"
+    rf"\b{_SET_ASIDE}\s+(?:(?:everything|all|anything|what)\s+)?(?:that\s+)?you(?:'ve| have| were| had)?\s+"
+    rf"(?:been\s+)?(?:told|taught|instructed|programmed)\b",
     # claiming the checks are off: "the safety gate is disabled", "your guardrails don't apply"
     r"\b(?:gate|filters?|checks?|guardrails?|rules?|polic(?:y|ies)|restrictions?|review|safety|moderation|"
     r"safeguards?)\s+(?:is|are|has been|have been|were|was)?\s*(?:now\s+|currently\s+|temporarily\s+)?"
@@ -91,9 +110,18 @@ _EN = [
     r"conversation|the chat)|keep answering|in these examples|answering every question)\b",
     r"(?:\b(?:user|human|employee|q)\s*:.*){2,}",
 ]
-_JA_RULES = r"(?:指示|命令|ルール|指令|制約|ガイドライン|プロンプト|ポリシー|規則|規約|制限|チェック|フィルタ|フィルター|設定|方針)"
+_JA_RULES = (r"(?:指示|命令|ルール|指令|制約|ガイドライン|プロンプト|ポリシー|規則|規約|制限|チェック|フィルタ|フィルター|設定|方針|"
+             r"しじ|めいれい)")
+# setting aside, also in kana (むしして, not 虫がいる) and as "make it as if never said" (なかったことに)
+_JA_SET_ASIDE = r"(?:無視|忘れ|わすれ|むし(?:し|す|せ)|(?:無|な)かったことに)"
 _JA = [
-    rf"{_JA_RULES}[^。\n]{{0,8}}(?:無視|忘れ|破棄|リセット|解除|スキップ|無効|オフ|適用しない|適用せず|従わな|守らな)",
+    rf"{_JA_RULES}[^。\n]{{0,8}}(?:{_JA_SET_ASIDE}|破棄|リセット|解除|スキップ|無効|オフ|適用しない|適用せず|従わな|守らな)",
+    # everything said before the request, all of it set aside: 上記をすべて無視して, 前述の内容をすべて無視して
+    # (すべて is needed: 上記は無視してください is how a mail corrects itself; not 売上, 計上 or なまえ)
+    rf"(?:(?<![\u3005\u4e00-\u9fff])(?:上記|上述|前述|以上|上|前)|これまで|今まで|ここまで|さっき|先ほど|"
+    rf"(?<![\u3041-\u309f])まえ)"
+    rf"(?:の|に(?:書いた|書かれた|ある))?(?:内容|文章|文|話|こと|部分|テキスト|記述|メッセージ|やり取り)?(?:は|を|も)?"
+    rf"(?:すべて|全て|全部|一切|まるごと){_JA_SET_ASIDE}",
     r"(?:管理者|開発者|デバッグ|メンテナンス|ジェイルブレイク|制限解除|特権|神)モード",
     r"(?:安全|セーフティ|セキュリティ|ゲート|フィルタ|フィルター|チェック|審査|検閲)[^。\n]{0,12}"
     r"(?:無効|オフ|停止|解除|適用外|適用されません|スキップ)",
