@@ -8,7 +8,10 @@
   test request, or whose request or context is equal (``bare_text``) or near to a public benchmark prompt, or
   quotes one, is dropped: training on it would leak into the evaluation the gate relies on;
 - near-duplicate rows among themselves form one family (Jaccard >= 0.2, as the corpus build groups);
-  whole families go to train or val (about 1 in 10 to val, by a seeded hash), never to test.
+  whole families go to train or val (about 1 in 10 to val, by a seeded hash), never to test; a family with a
+  near copy (>= 0.5) of a corpus train row goes to train: in val it would score a row the model trained on;
+- a kept row whose id is a corpus row's id stops the step (PreprocessError naming the ids): the folder would
+  hold two rows under one id, which training refuses.
 
 The benchmark guard needs the benchmarks folder (``shared/benchmarks`` beside a clone; an installed
 package has none): a missing folder, or one holding none of the benchmark files, is an error unless the
@@ -110,6 +113,19 @@ def check_out(out: str | Path, rows_file: str | Path, corpus_dir: str | Path) ->
                               "new or empty folder, or move the files away first")
 
 
+def check_ids(kept: list[dict], corpus: dict[str, list[dict]], rows_file: Path) -> None:
+    """PreprocessError when a kept row carries a corpus row's id: the folder would hold two rows under one id,
+    which training refuses (and the frozen-state cache would give one the other's states)."""
+    taken = {str(r["id"]).strip(): split for split, part in corpus.items() for r in part}
+    clash = [(r["id"], taken[r["id"]]) for r in kept if r["id"] in taken]
+    if clash:
+        named = ", ".join(f"{row_id!r} (corpus {split})" for row_id, split in clash[:5])
+        raise PreprocessError(f"{rows_file}: {len(clash)} row id(s) are also corpus row ids: {named}"
+                              f"{' and more' if len(clash) > 5 else ''}; training refuses a folder that holds two "
+                              "rows under one id. Give these rows ids of their own (so8t retrain extract names its "
+                              "rows ops-<request_id>) and run preprocess again; nothing was written")
+
+
 def preprocess(rows_file: str | Path, out: str | Path, corpus_dir: str | Path = CORPUS_DIR,
                benchmarks_dir: str | Path | None = BENCHMARKS_DIR, seed: int = 0) -> dict:
     """Write the data folder ``out`` from ``rows_file`` (so8t retrain extract's output); its report.
@@ -138,9 +154,11 @@ def preprocess(rows_file: str | Path, out: str | Path, corpus_dir: str | Path = 
         else:
             dropped["in_corpus" if found[1] == row["label"] else "contradicts_corpus"].append(row["id"])
     held_out = [r for split in ("val", "test") for r in corpus[split]]
-    near = {i for _, i, _ in nearest_pairs([visible_text(r["user_request"]) for r in kept],
-                                           [visible_text(r["user_request"]) for r in held_out],
-                                           top=0, min_sim=NEAR_DUP_THRESHOLD)}
+    pairs = nearest_pairs([visible_text(r["user_request"]) for r in kept],  # one pass: held-out rows, then train
+                          [visible_text(r["user_request"]) for r in [*held_out, *corpus["train"]]],
+                          top=0, min_sim=NEAR_DUP_THRESHOLD)
+    near = {i for _, i, j in pairs if j < len(held_out)}
+    near_train = {kept[i]["id"] for _, i, j in pairs if j >= len(held_out) and i not in near}
     dropped["near_val_or_test"] = [kept[i]["id"] for i in sorted(near)]
     kept = [r for i, r in enumerate(kept) if i not in near]
     bench: set[str] = set()
@@ -154,13 +172,17 @@ def preprocess(rows_file: str | Path, out: str | Path, corpus_dir: str | Path = 
     same = [(1.0, first_asking.setdefault(asked, i), i) for i, asked in enumerate(_asked(kept))]
     families = groups_of(ids, near_duplicate_pairs([r["user_request"] for r in kept], GROUP_THRESHOLD) +
                          [pair for pair in same if pair[1] != pair[2]])  # else one in train, one in val: refused
+    to_train = {families[row_id] for row_id in near_train if row_id in families}  # val would score trained rows
     for row in kept:
         row["family"] = families[row["id"]]
-        row["split"] = "val" if stable_int(seed, "retrain", row["family"]) % VAL_SHARE == 0 else "train"
+        row["split"] = "val" if row["family"] not in to_train and \
+            stable_int(seed, "retrain", row["family"]) % VAL_SHARE == 0 else "train"
+    check_ids(kept, corpus, rows_file)
     test_file = corpus_dir / "test.jsonl"
     test_sha = sha256_file(test_file)
     report = {"input": str(rows_file), "rows": len(new), "kept": len(kept),
               "splits": {s: sum(r["split"] == s for r in kept) for s in ("train", "val")},
+              "near_corpus_train": sorted(r["id"] for r in kept if r["id"] in near_train),  # kept, in train
               "families": len(set(families.values())), "dropped": dropped,
               "corpus": str(corpus_dir), "corpus_rows": {s: len(p) for s, p in corpus.items()},
               "test_sha256": test_sha, "thresholds": {"near_copy": NEAR_DUP_THRESHOLD, "family": GROUP_THRESHOLD},

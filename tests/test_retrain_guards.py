@@ -1,0 +1,97 @@
+"""Retraining's guards around the reviewers' rows: every new train row is trained on whatever train_max_rows says
+(the corpus alone is sampled as before), `retrain run` replaces nothing in a --work folder whose run it then
+refuses to continue, a new row nearly copying a corpus train row never lands in val, and a new row reusing a
+corpus row's id is named by preprocess, not by training."""
+
+from __future__ import annotations
+
+import json
+import re
+from pathlib import Path
+
+import pytest
+
+from so8t_lib.cli import main as so8t
+from so8t_lib.core.paths import CORPUS_DIR
+from so8t_lib.data.corpus.neardup import NEAR_DUP_THRESHOLD, nearest_pairs
+from so8t_lib.data.corpus.splits import read_split
+from so8t_lib.data.corpus.text import stable_int, visible_text
+from so8t_lib.workbench import retrain
+from so8t_lib.workbench.retrain.preprocess import VAL_SHARE
+
+ROOT = Path(__file__).resolve().parents[1]
+TOPICS = ["the quarterly travel budget for the Nagoya sales team", "a replacement badge for the third floor lab",
+          "the onboarding checklist for new warehouse staff", "the cafeteria menu for next Thursday's event",
+          "a parking permit for the visitor from the Kobe office", "the printer driver on the shared laptop",
+          "the schedule of the fire drill in the east building", "a template for the monthly safety report",
+          "the list of holidays the Sapporo branch observes", "the VPN setup guide for contractors"]
+VERBS = ["Could you explain", "Please summarise", "Where can I find", "Who is responsible for",
+         "How do I request", "Send me"]
+
+
+def _rows(prefix: str, count: int, offset: int = 0) -> list[dict]:
+    """Distinct, valid rows, English and Japanese, ALLOW and ESCALATE."""
+    rows = []
+    for n in range(offset, offset + count):
+        escalate = n % 3 == 0
+        rows.append({"id": f"{prefix}-{n}", "user_request": f"{VERBS[n % len(VERBS)]} {TOPICS[n % len(TOPICS)]} "
+                                                             f"(request number {n})?",
+                     "label": "ESCALATE" if escalate else "ALLOW", "category": "finance" if escalate else "general",
+                     "lang": "ja" if n % 4 == 0 else "en", "context": ""})
+    return rows
+
+
+def _write(path: Path, rows: list[dict]) -> Path:
+    path.parent.mkdir(parents=True, exist_ok=True)
+    path.write_text("".join(json.dumps(r, ensure_ascii=False) + "\n" for r in rows), encoding="utf-8")
+    return path
+
+
+def _small_corpus(folder: Path) -> dict[str, list[dict]]:
+    """Every 97th row of the project corpus's splits: the corpus build's own rows, fast to compare with."""
+    corpus = {split: read_split(CORPUS_DIR, split)[::97][:n] for split, n in (("train", 30), ("val", 8), ("test", 8))}
+    for split, rows in corpus.items():
+        _write(folder / f"{split}.jsonl", rows)
+    return corpus
+
+
+def _ids(table) -> list[str]:
+    return list(table["id"])
+
+
+def _val_family(prefix: str) -> str:
+    """An id whose family the seeded hash sends to val."""
+    return next(f"{prefix}{k}" for k in range(1000) if stable_int(0, "retrain", f"{prefix}{k}") % VAL_SHARE == 0)
+
+
+def test_a_new_row_nearly_copying_a_corpus_train_row_goes_to_train_with_its_family(tmp_path):
+    """12 of 12 such rows went to val in the review's run, where validation scored rows the model trained on."""
+    corpus = _small_corpus(tmp_path / "corpus")
+    copied = next(r["user_request"] for r in corpus["train"] if r["label"] == "ALLOW" and r["lang"] == "en"
+                  and 60 <= len(r["user_request"]) <= 160)
+    near, partner, alone = _val_family("ops-a"), _val_family("ops-b"), _val_family("ops-z")
+    rows = [{"id": near, "user_request": copied + " thanks", "label": "ALLOW"},
+            {"id": partner, "user_request": copied[: len(copied) // 2] + " and who should I copy on the reply to the "
+                                            "whole team?", "label": "ALLOW"},
+            {"id": alone, "user_request": "来月の部署懇親会の会場候補を三つ挙げてください", "label": "ALLOW"}]
+    texts = [visible_text(r["user_request"]) for r in rows]  # only the first is a near copy of a corpus row
+    corpus_texts = [visible_text(r["user_request"]) for split in corpus.values() for r in split]
+    assert [i for _, i, _ in nearest_pairs(texts, corpus_texts, top=0, min_sim=NEAR_DUP_THRESHOLD)] == [0]
+    report = retrain.preprocess(_write(tmp_path / "rows.jsonl", rows), tmp_path / "out", tmp_path / "corpus", None)
+    new = {r["id"]: r for r in map(json.loads, (tmp_path / "out" / "new_rows.jsonl").read_text().splitlines())}
+    assert new[near]["family"] == new[partner]["family"] == near  # one family: it goes where its near copy goes
+    assert (new[near]["split"], new[partner]["split"], new[alone]["split"]) == ("train", "train", "val")
+    assert report["near_corpus_train"] == [near] and report["splits"] == {"train": 2, "val": 1}
+
+
+def test_preprocess_names_a_new_row_that_reuses_a_corpus_id(tmp_path, capsys):
+    taken = _small_corpus(tmp_path / "corpus")["val"][1]["id"]
+    rows = _write(tmp_path / "rows.jsonl", [{"id": taken, "user_request": "来月の部署懇親会の会場候補を三つ挙げて",
+                                             "label": "ALLOW"}])
+    with pytest.raises(retrain.PreprocessError, match=rf"1 row id\(s\) are also corpus row ids: '{re.escape(taken)}' "
+                                                      r"\(corpus val\).*ids of their own"):
+        retrain.preprocess(rows, tmp_path / "out", tmp_path / "corpus", None)
+    assert not (tmp_path / "out").exists()
+    assert so8t(["retrain", "preprocess", "--input", str(rows), "--out", str(tmp_path / "out"), "--corpus",
+                 str(tmp_path / "corpus"), "--no-benchmark-guard"]) == 2
+    assert f"{taken!r} (corpus val)" in capsys.readouterr().err and not (tmp_path / "out").exists()
