@@ -8,6 +8,7 @@ from __future__ import annotations
 import json
 import re
 from pathlib import Path
+from types import SimpleNamespace
 
 import pytest
 
@@ -16,8 +17,11 @@ from so8t_lib.core.paths import CORPUS_DIR
 from so8t_lib.data.corpus.neardup import NEAR_DUP_THRESHOLD, nearest_pairs
 from so8t_lib.data.corpus.splits import read_split
 from so8t_lib.data.corpus.text import stable_int, visible_text
+from so8t_lib.data.tables import load_table, stratified_sample
+from so8t_lib.data.training_split import training_tables
 from so8t_lib.workbench import retrain
 from so8t_lib.workbench.retrain.preprocess import VAL_SHARE
+from so8t_lib.workbench.retrain.train import train_rows
 
 ROOT = Path(__file__).resolve().parents[1]
 TOPICS = ["the quarterly travel budget for the Nagoya sales team", "a replacement badge for the third floor lab",
@@ -57,6 +61,35 @@ def _small_corpus(folder: Path) -> dict[str, list[dict]]:
 
 def _ids(table) -> list[str]:
     return list(table["id"])
+
+
+def test_every_new_train_row_is_kept_and_only_the_corpus_rows_are_sampled(tmp_path):
+    """Under train_max_rows 3000 (configs/gemma3-270m.yaml) 28 of 165 reviewer rows were trained on."""
+    corpus, new = _rows("corpus", 60), [{**r, "split": "train"} for r in _rows("ops", 12, 500)]
+    data = tmp_path / "data"
+    _write(data / "train.jsonl", corpus + new)
+    _write(data / "val.jsonl", _rows("val", 10, 900))
+    _write(data / "new_rows.jsonl", new)
+    new_ids = {r["id"] for r in new}
+    train, _ = training_tables(data, 30, None, 5)
+    assert new_ids <= set(train["id"]) and len(train) == 30  # 12 new rows, the corpus sampled to the other 18
+    corpus_part = stratified_sample(load_table(data / "train.jsonl").iloc[:60], 18, 5)
+    assert _ids(train) == _ids(corpus_part) + sorted(new_ids, key=lambda i: int(i.split("-")[1]))  # file order
+    train, _ = training_tables(data, 10, None, 5)  # the new rows alone exceed the budget: all of them, no corpus
+    assert set(train["id"]) == new_ids
+    trainer = SimpleNamespace(train_rows=train.to_dict("records"))
+    config = SimpleNamespace(training=SimpleNamespace(data_dir=str(data), train_max_rows=10))
+    assert train_rows(trainer, config) == {"new": 12, "corpus": 0, "train_max_rows": 10}  # recorded with the run
+    (data / "new_rows.jsonl").unlink()  # any other folder: the plain stratified sample, row for row
+    assert _ids(training_tables(data, 30, None, 5)[0]) == _ids(stratified_sample(load_table(data / "train.jsonl"),
+                                                                                 30, 5))
+
+
+def test_the_corpus_alone_is_sampled_exactly_as_before():
+    """make demo and ordinary training: the same rows in the same order for a fixed seed."""
+    train, val = training_tables(CORPUS_DIR, 500, 50, 3)
+    assert _ids(train) == _ids(stratified_sample(load_table(CORPUS_DIR / "train.jsonl"), 500, 3))
+    assert _ids(val) == _ids(stratified_sample(load_table(CORPUS_DIR / "val.jsonl"), 50, 3))
 
 
 def _val_family(prefix: str) -> str:

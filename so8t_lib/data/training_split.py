@@ -3,6 +3,11 @@
 The checks read the whole corpus and compare it with every public benchmark prompt (seven seconds on the project
 corpus); a process that starts many runs on the same files (a sweep, a notebook, the test suite) pays once: a result
 is kept per content digest of every file the checks read, and a changed byte in any of them checks again.
+
+A data folder that ``so8t retrain preprocess`` wrote lists the rows it added in ``new_rows.jsonl``: under
+``train_max_rows`` every one of its train rows is kept and only the corpus rows beside them are sampled (to
+``train_max_rows`` less the new rows, none when the new rows alone reach it), since the point of retraining is to
+learn what reviewers decided. A folder without that file is sampled exactly as before.
 """
 
 from __future__ import annotations
@@ -20,6 +25,7 @@ from .corpus.neardup import NEAR_DUP_THRESHOLD
 from .corpus.text import bare_text
 from .tables import DataError, asked_keys, load_table, stratified_sample
 
+NEW_ROWS_FILE = "new_rows.jsonl"  # retrain preprocess's list of the rows it added to the corpus splits
 _KEPT_RESULTS = 4  # distinct corpora checked in one process whose tables stay in memory
 _checked: dict[tuple[str, ...], tuple[pd.DataFrame, pd.DataFrame]] = {}
 _checked_lock = threading.Lock()  # runs started from threads (a notebook, the stakeholder app) share it
@@ -54,7 +60,29 @@ def training_tables(data_dir: str | Path, train_max_rows: int | None, eval_max_r
                     _checked.pop(next(iter(_checked)))
                 _checked[key] = kept
     train, val = (table.copy() for table in kept)  # a caller that edits its table edits its own copy
-    return stratified_sample(train, train_max_rows, seed), stratified_sample(val, eval_max_rows, seed)
+    return sampled_train(train, new_train_ids(data_dir), train_max_rows, seed), \
+        stratified_sample(val, eval_max_rows, seed)
+
+
+def new_train_ids(data_dir: str | Path) -> frozenset[str]:
+    """The ids of the train rows retrain preprocess added (its ``new_rows.jsonl``, split train); none for a folder
+    preprocess did not write."""
+    path = Path(data_dir) / NEW_ROWS_FILE
+    if not path.is_file():
+        return frozenset()
+    table = load_table(path)
+    return frozenset(table["id"][table["split"] == "train"])
+
+
+def sampled_train(train: pd.DataFrame, new_ids: frozenset[str], train_max_rows: int | None,
+                  seed: int) -> pd.DataFrame:
+    """``train`` sampled to ``train_max_rows``, keeping every row in ``new_ids`` and sampling the others to the
+    rest of the budget (in the table's order). Without new rows it is the plain stratified sample, row for row."""
+    is_new = train["id"].isin(new_ids)
+    if train_max_rows is None or not is_new.any():
+        return stratified_sample(train, train_max_rows, seed)
+    corpus = stratified_sample(train[~is_new], max(train_max_rows - int(is_new.sum()), 0), seed)
+    return train[is_new | train.index.isin(corpus.index)]
 
 
 def _checked_tables(data_dir: Path) -> tuple[pd.DataFrame, pd.DataFrame]:

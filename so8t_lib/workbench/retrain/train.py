@@ -31,6 +31,7 @@ from ...core.schema import (
     RUN_CONFIG_FILE,
     is_adapter_key,
 )
+from ...data.training_split import new_train_ids
 from ...model.so8t import SO8TModel
 from ...train.collate import SafetyCollator
 from ...train.optim import rng_state, set_rng_state
@@ -143,6 +144,14 @@ def run_origin(config: SO8TConfig, serving: str | Path) -> dict:
             "data_dir": str(data), "data_sha256": {p.name: sha256_file(p) for p in sorted(data.glob("*.jsonl"))}}
 
 
+def train_rows(trainer: Trainer, config: SO8TConfig) -> dict:
+    """What the run trains on: the new rows (every one kept, ``training_tables``) and the corpus rows sampled
+    beside them, under ``train_max_rows``."""
+    new = new_train_ids(config.training.data_dir)
+    kept = sum(row["id"] in new for row in trainer.train_rows)
+    return {"new": kept, "corpus": len(trainer.train_rows) - kept, "train_max_rows": config.training.train_max_rows}
+
+
 def check_same_origin(run_dir: Path, origin: dict) -> None:
     """A run is continued only from the serving model and data it started from: a folder left by last month's
     run would otherwise be "resumed" with nothing to do and handed on as this month's model."""
@@ -163,13 +172,15 @@ def check_same_origin(run_dir: Path, origin: dict) -> None:
 
 def train_from_serving(config: SO8TConfig, serving: str | Path, resume: bool = False, on_log=None) -> Path:
     """Train ``config`` from ``serving``, then fit the temperature on val; returns the run folder (which
-    also records where it started from, written before the first step and checked by a resume)."""
+    also records where it started from, written before the first step and checked by a resume, and how many new
+    and corpus rows it trains on)."""
     origin, run_dir = run_origin(config, serving), Path(config.training.output_dir)
     if resume:
         check_same_origin(run_dir, origin)
     trainer = ContinuedTrainer(config, serving, resume=resume, on_log=on_log)
     if trainer.main and not resume:
         run_dir.mkdir(parents=True, exist_ok=True)
+        origin["train_rows"] = train_rows(trainer, config)
         atomic_write_text(run_dir / ORIGIN_FILE, json.dumps(origin, indent=1))
     run_dir, is_main = trainer.run(), trainer.main
     del trainer
