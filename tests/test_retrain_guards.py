@@ -5,6 +5,8 @@ corpus row's id is named by preprocess, not by training."""
 
 from __future__ import annotations
 
+import functools
+import hashlib
 import json
 import re
 from pathlib import Path
@@ -13,15 +15,18 @@ from types import SimpleNamespace
 import pytest
 
 from so8t_lib.cli import main as so8t
+from so8t_lib.core.checkpoint import CheckpointError
+from so8t_lib.core.config import ModelConfig
 from so8t_lib.core.paths import CORPUS_DIR
 from so8t_lib.data.corpus.neardup import NEAR_DUP_THRESHOLD, nearest_pairs
 from so8t_lib.data.corpus.splits import read_split
 from so8t_lib.data.corpus.text import stable_int, visible_text
 from so8t_lib.data.tables import load_table, stratified_sample
 from so8t_lib.data.training_split import training_tables
+from so8t_lib.model import SO8TModel
 from so8t_lib.workbench import retrain
 from so8t_lib.workbench.retrain.preprocess import VAL_SHARE
-from so8t_lib.workbench.retrain.train import train_rows
+from so8t_lib.workbench.retrain.train import ORIGIN_FILE, run_origin, train_rows
 
 ROOT = Path(__file__).resolve().parents[1]
 TOPICS = ["the quarterly travel budget for the Nagoya sales team", "a replacement badge for the third floor lab",
@@ -128,3 +133,62 @@ def test_preprocess_names_a_new_row_that_reuses_a_corpus_id(tmp_path, capsys):
     assert so8t(["retrain", "preprocess", "--input", str(rows), "--out", str(tmp_path / "out"), "--corpus",
                  str(tmp_path / "corpus"), "--no-benchmark-guard"]) == 2
     assert f"{taken!r} (corpus val)" in capsys.readouterr().err and not (tmp_path / "out").exists()
+
+
+def _snapshot(folder: Path) -> dict[str, str]:
+    return {str(p.relative_to(folder)): hashlib.sha256(p.read_bytes()).hexdigest() if p.is_file() else "dir"
+            for p in sorted(folder.rglob("*"))}
+
+
+@pytest.fixture
+def last_month(tmp_path, tokenizer, monkeypatch):
+    """A --work folder holding last month's run (rows, data folder, run with its origin), a small corpus, and
+    extract answering with this month's rows."""
+    _small_corpus(tmp_path / "corpus")
+    monkeypatch.setattr(retrain, "preprocess", functools.partial(retrain.preprocess, corpus_dir=tmp_path / "corpus",
+                                                                 benchmarks_dir=None))
+    serving = SO8TModel.from_config(ModelConfig(name="so8t-serving"), tokenizer).save(tmp_path / "serving")
+    work = tmp_path / "work"
+    work.mkdir()
+    retrain.write_rows(_rows("ops", 4, 500), work / "additional_training.jsonl")
+    retrain.preprocess(work / "additional_training.jsonl", work / "data")
+    config = retrain.retrain_config(ROOT / "configs" / "tiny-training.yaml", serving, work / "data", work / "run")
+    (work / "run" / "last").mkdir(parents=True)
+    (work / "run" / ORIGIN_FILE).write_text(json.dumps(run_origin(config, serving)), encoding="utf-8")
+    this_month = _rows("ops", 5, 500)
+    monkeypatch.setattr(retrain, "extract_rows", lambda *a, **k: (this_month, {"labels": {}, "left_out": {}}))
+    return SimpleNamespace(work=work, serving=serving)
+
+
+def test_retrain_run_replaces_nothing_in_a_work_folder_whose_run_it_will_not_continue(last_month):
+    work, before = last_month.work, _snapshot(last_month.work)
+    with pytest.raises(CheckpointError, match="on other data.*data_sha256 differ.*new folder.*--resume"):
+        retrain.run_flow([work], last_month.serving, work, ROOT / "configs" / "tiny-training.yaml")
+    assert _snapshot(work) == before  # last month's rows, data and run as they were, no staging folder left
+
+
+def test_retrain_run_refuses_another_serving_model_before_extracting(last_month, tokenizer, tmp_path, monkeypatch):
+    other = SO8TModel.from_config(ModelConfig(name="so8t-other"), tokenizer).save(tmp_path / "other")
+    monkeypatch.setattr(retrain, "extract_rows", lambda *a, **k: pytest.fail("extract ran before the check"))
+    work, before = last_month.work, _snapshot(last_month.work)
+    with pytest.raises(CheckpointError, match="serving_version differ"):
+        retrain.run_flow([work], other, work, ROOT / "configs" / "tiny-training.yaml")
+    assert _snapshot(work) == before
+
+
+def test_retrain_run_places_the_staged_rows_and_data_once_the_run_may_go_on(last_month, monkeypatch):
+    work = last_month.work
+    (work / "run" / ORIGIN_FILE).unlink()
+    (work / "run" / "last").rmdir()
+
+    def stop(config, serving, resume=False):
+        raise RuntimeError(f"training called, resume={resume}")
+
+    monkeypatch.setattr(retrain, "train_from_serving", stop)
+    with pytest.raises(RuntimeError, match="training called, resume=False"):
+        retrain.run_flow([work], last_month.serving, work, ROOT / "configs" / "tiny-training.yaml")
+    assert len(load_table(work / "additional_training.jsonl")) == 5
+    assert len(load_table(work / "data" / "new_rows.jsonl")) == 5
+    report = json.loads((work / "data" / "preprocess.json").read_text(encoding="utf-8"))
+    assert report["input"] == str(work / "additional_training.jsonl")  # where the rows lie, not the staging copy
+    assert not list(work.glob(".*"))  # no staging or swap folder left behind

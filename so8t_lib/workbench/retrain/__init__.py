@@ -15,14 +15,31 @@
 from __future__ import annotations
 
 import json
+import os
+import shutil
+import tempfile
 from pathlib import Path
 
+from ...core.checkpoint import atomic_folder
+from ...core.config import SO8TConfig
 from ...core.io import atomic_write_text
+from ...core.paths import CORPUS_DIR
+from ...core.schema import LAST_DIR, MANIFEST_FILE
+from ...train.run_folder import check_fresh
 from .deploy import GATE_FILE, NotPromoted, checked_gate, deploy
 from .extract import ExtractError, extract_rows, write_rows
 from .gate import check_gate_settings, compare, run_gate
-from .preprocess import PreprocessError, preprocess
-from .train import ContinuedTrainer, retrain_config, serving_training_config, train_from_serving
+from .preprocess import PreprocessError, check_out, preprocess
+from .train import (
+    ORIGIN_FILE,
+    ContinuedTrainer,
+    check_same_origin,
+    retrain_config,
+    run_origin,
+    serving_origin,
+    serving_training_config,
+    train_from_serving,
+)
 
 __all__ = ["GATE_FILE", "ContinuedTrainer", "ExtractError", "NotPromoted", "PreprocessError", "checked_gate",
            "compare", "deploy", "extract_rows", "preprocess", "retrain_config", "run_flow", "run_gate",
@@ -39,24 +56,40 @@ def run_flow(logs: list[str | Path], serving: str | Path, work: str | Path,
              margin: float = 0.0, quants: list[str] | None = None, runtime_config: str | Path = "configs/basic.yaml",
              log=print) -> dict:
     """All five steps into ``work/``; stops after the gate when it refuses (``promote`` false, nothing
-    exported). ``base_config`` None trains with the serving run's own config. Returns, and writes to ``work/retrain.json``, what each step did."""
+    exported). ``base_config`` None trains with the serving run's own config. Returns, and writes to
+    ``work/retrain.json``, what each step did. A ``work/run`` that holds a run is continued only from the serving
+    model and data it started from; otherwise the flow stops before it replaces anything in ``work/``."""
     check_gate_settings(bootstrap, threshold, margin, eval_max_rows)  # before anything is trained
     work = Path(work)
-    work.mkdir(parents=True, exist_ok=True)
     summary: dict = {"serving": str(serving), "work": str(work)}
-
+    config = retrain_config(base_config, serving, work / DATA_DIR, work / RUN_DIR, overrides)
+    resume = check_work(work, config, serving)  # before extract: a refusal leaves the folder as it was
     rows, summary["extract"] = extract_rows(logs, queue, reviews, key, hmac_key)
-    write_rows(rows, work / ROWS_FILE)
     log(f"1 extract: {len(rows)} rows {summary['extract']['labels']}, left out {summary['extract']['left_out']}")
     if not rows:
         raise ExtractError("no labelled rows: no resolved escalation or review in the logs; nothing to retrain on")
-    summary["preprocess"] = preprocess(work / ROWS_FILE, work / DATA_DIR)
+    work.mkdir(parents=True, exist_ok=True)
+    stage = Path(tempfile.mkdtemp(prefix=".retrain-staging-", dir=work))
+    try:  # extract and preprocess are staged, and replace work's only once the run may go on with them
+        write_rows(rows, stage / ROWS_FILE)
+        summary["preprocess"] = preprocess(stage / ROWS_FILE, stage / DATA_DIR, input_as=work / ROWS_FILE)
+        if resume:
+            check_same_origin(work / RUN_DIR, run_origin(config, serving, stage / DATA_DIR))
+        check_out(work / DATA_DIR, work / ROWS_FILE, CORPUS_DIR)
+        with atomic_folder(work / DATA_DIR) as tmp:
+            for path in (stage / DATA_DIR).iterdir():
+                if path.name != MANIFEST_FILE:  # atomic_folder writes its own
+                    os.replace(path, tmp / path.name)
+        os.replace(stage / ROWS_FILE, work / ROWS_FILE)
+    finally:
+        shutil.rmtree(stage, ignore_errors=True)
     log(f"2 preprocess: kept {summary['preprocess']['kept']} of {summary['preprocess']['rows']} "
         f"{summary['preprocess']['splits']}; test split untouched (sha256 {summary['preprocess']['test_sha256'][:12]})")
-    config = retrain_config(base_config, serving, work / DATA_DIR, work / RUN_DIR, overrides)
-    run_dir = train_from_serving(config, serving, resume=(work / RUN_DIR / "last").is_dir())
-    summary["train"] = {"run": str(run_dir), "max_steps": config.training.max_steps}
-    log(f"3 train: {run_dir} (from {serving}, {config.training.max_steps} steps)")
+    run_dir = train_from_serving(config, serving, resume=resume)
+    rows_used = json.loads((run_dir / ORIGIN_FILE).read_text(encoding="utf-8")).get("train_rows", {})
+    summary["train"] = {"run": str(run_dir), "max_steps": config.training.max_steps, "train_rows": rows_used}
+    log(f"3 train: {run_dir} (from {serving}, {config.training.max_steps} steps, on {rows_used.get('new', '?')} new "
+        f"rows, all kept, and {rows_used.get('corpus', '?')} corpus rows)")
     gate = run_gate(str(serving), str(run_dir), [str(work / DATA_DIR / "test.jsonl"), *public], eval_max_rows,
                     bootstrap, threshold, margin)
     atomic_write_text(work / GATE_FILE, json.dumps(gate, indent=1, ensure_ascii=False))
@@ -71,3 +104,17 @@ def run_flow(logs: list[str | Path], serving: str | Path, work: str | Path,
     summary["promote"] = gate["promote"]
     atomic_write_text(work / SUMMARY_FILE, json.dumps(summary, indent=1, ensure_ascii=False))
     return summary
+
+
+def check_work(work: Path, config: SO8TConfig, serving: str | Path) -> bool:
+    """Whether ``work/run`` holds a run to continue; refused (nothing written) when it holds one from another
+    serving model, a run that saved nothing to continue, or a data folder preprocess may not replace. Whether the
+    new data matches the run's is checked once preprocess has staged it."""
+    run_dir = work / RUN_DIR
+    resume = (run_dir / LAST_DIR).is_dir()
+    if resume:
+        check_same_origin(run_dir, serving_origin(config, serving))
+    else:
+        check_fresh(run_dir)
+    check_out(work / DATA_DIR, work / ROWS_FILE, CORPUS_DIR)
+    return resume

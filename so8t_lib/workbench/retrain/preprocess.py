@@ -127,9 +127,12 @@ def check_ids(kept: list[dict], corpus: dict[str, list[dict]], rows_file: Path) 
 
 
 def preprocess(rows_file: str | Path, out: str | Path, corpus_dir: str | Path = CORPUS_DIR,
-               benchmarks_dir: str | Path | None = BENCHMARKS_DIR, seed: int = 0) -> dict:
+               benchmarks_dir: str | Path | None = BENCHMARKS_DIR, seed: int = 0,
+               input_as: str | Path | None = None) -> dict:
     """Write the data folder ``out`` from ``rows_file`` (so8t retrain extract's output); its report.
-    ``benchmarks_dir`` None skips the benchmark guard (recorded in the report); a missing folder is an error."""
+    ``benchmarks_dir`` None skips the benchmark guard (recorded in the report); a missing folder is an error.
+    ``input_as``: the input's path as the report names it (``run_flow`` preprocesses a staged copy of the rows
+    file, moved to that path once the run may go on)."""
     benchmarks = benchmark_guard(benchmarks_dir)  # before anything is read
     check_out(out, rows_file, corpus_dir)  # before anything is read or written
     rows_file, corpus_dir = Path(rows_file), Path(corpus_dir)
@@ -180,7 +183,7 @@ def preprocess(rows_file: str | Path, out: str | Path, corpus_dir: str | Path = 
     check_ids(kept, corpus, rows_file)
     test_file = corpus_dir / "test.jsonl"
     test_sha = sha256_file(test_file)
-    report = {"input": str(rows_file), "rows": len(new), "kept": len(kept),
+    report = {"input": str(input_as or rows_file), "rows": len(new), "kept": len(kept),
               "splits": {s: sum(r["split"] == s for r in kept) for s in ("train", "val")},
               "near_corpus_train": sorted(r["id"] for r in kept if r["id"] in near_train),  # kept, in train
               "families": len(set(families.values())), "dropped": dropped,

@@ -137,11 +137,18 @@ class ContinuedTrainer(Trainer):
                                       self.tcfg.max_target_tokens)
 
 
-def run_origin(config: SO8TConfig, serving: str | Path) -> dict:
-    """What a retraining run starts from: the serving model's version and the data files' sha256."""
-    folder, data = resolve_checkpoint(serving), Path(config.training.data_dir)
-    return {"serving": str(folder), "serving_version": checkpoint_version(folder, config.model.name),
-            "data_dir": str(data), "data_sha256": {p.name: sha256_file(p) for p in sorted(data.glob("*.jsonl"))}}
+def serving_origin(config: SO8TConfig, serving: str | Path) -> dict:
+    """The serving half of ``run_origin``, which needs no data: ``run_flow`` checks it before extracting."""
+    folder = resolve_checkpoint(serving)
+    return {"serving": str(folder), "serving_version": checkpoint_version(folder, config.model.name)}
+
+
+def run_origin(config: SO8TConfig, serving: str | Path, data_dir: str | Path | None = None) -> dict:
+    """What a retraining run starts from: the serving model's version and the data files' sha256 (those in
+    ``data_dir`` when given, e.g. a staged folder about to replace the config's)."""
+    data = Path(data_dir or config.training.data_dir)
+    return {**serving_origin(config, serving), "data_dir": str(config.training.data_dir),
+            "data_sha256": {p.name: sha256_file(p) for p in sorted(data.glob("*.jsonl"))}}
 
 
 def train_rows(trainer: Trainer, config: SO8TConfig) -> dict:
@@ -161,13 +168,14 @@ def check_same_origin(run_dir: Path, origin: dict) -> None:
     except (OSError, ValueError) as exc:
         raise CheckpointError(f"{run_dir} holds a run, but {ORIGIN_FILE} cannot be read ({type(exc).__name__}), so "
                               "what it was trained from is unknown: retrain into a new folder") from None
-    changed = [key for key in ("serving_version", "data_sha256") if not isinstance(saved, dict)
-               or saved.get(key) != origin[key]]
+    changed = [key for key in ("serving_version", "data_sha256") if key in origin and
+               (not isinstance(saved, dict) or saved.get(key) != origin[key])]
     if changed:
         was = saved.get("serving_version") if isinstance(saved, dict) else None
         raise CheckpointError(f"{run_dir} holds a run trained from {was} on other data or from another model "
                               f"({', '.join(changed)} differ from this run's): retrain into a new folder (another "
-                              "--work or --out), or delete that run to start it again")
+                              "--work or --out); to continue that run, give it the model and data it started from "
+                              "(--resume, or retrain run again on the same logs); or delete it to start it again")
 
 
 def train_from_serving(config: SO8TConfig, serving: str | Path, resume: bool = False, on_log=None) -> Path:
