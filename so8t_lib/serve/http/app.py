@@ -292,8 +292,9 @@ def create_app(service: Service) -> FastAPI:
     @app.post("/v1/escalations/{case_id}/resolve", response_model=Resolution, tags=["review"],
               responses=errors(400, 401, 403, 404, 409, 413, 422, 503),
               summary="Record a person's decision on a case (append-only, audited in the same transaction)")
-    async def resolve(case_id: str, body: ResolveRequest, key: ApiKey = reviewer):
-        for name, text in (("case_id", case_id), ("by", body.by), ("note", body.note or "")):
+    async def resolve(case_id: Annotated[str, FastPath(pattern=CASE_ID_PATTERN)], body: ResolveRequest,
+                      key: ApiKey = reviewer):  # an id no case can have (a NUL in it) is 422, never a queue fault
+        for name, text in (("by", body.by), ("note", body.note or "")):
             try:
                 text.encode("utf-8")
             except UnicodeEncodeError:
