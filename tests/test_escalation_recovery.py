@@ -153,7 +153,7 @@ def test_retraining_leaves_out_a_case_whose_text_is_under_another_key(tmp_path, 
     monkeypatch.setenv("SO8T_AUDIT_KEY", old)
     agent = _agent(tmp_path / "old", {"encryption_key_env": "SO8T_AUDIT_KEY"}, enable_notifications=False,
                    queue_db=str(tmp_path / "cases.sqlite"))
-    agent.queue.resolve(agent.run_agent(None, HR, "u1")["escalation_id"], "REFUSE", "Sato")
+    agent.queue.resolve(agent.run_agent(None, HR, "u1")["escalation_id"], "REFUSE", "Sato", gate_label="ESCALATE")
     agent.close()
     monkeypatch.setenv("SO8T_AUDIT_KEY", new)  # the key was rotated; the old chain was rotated away
     agent = _agent(tmp_path / "logs", {"encryption_key_env": "SO8T_AUDIT_KEY"}, enable_notifications=False,

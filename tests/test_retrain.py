@@ -31,10 +31,38 @@ TINY_TRAINING = ["training.max_steps=1", "training.batch_size=4", "training.max_
                  "training.eval_max_rows=16", "training.train_max_rows=32", "training.calibrate_temperature=false"]
 
 
+# SAFETY_POLICY.md: every request the fixture's reviewers settled belongs to a person (an employee's health data,
+# a contract, an expense exception, a harassment report), whatever they decided for the employee
+GATE_LABEL = "ESCALATE"
+
+
+def give_gate_labels(logs: Path, results: dict, gate_label: str = GATE_LABEL) -> int:
+    """A lead reviewer adds the gate label to each resolved case (as ``so8t escalation resolve --supersede
+    --gate-label`` does), keeping the decision the employee got; the number of cases labelled. The fixture's
+    repeated request (not in ``results``) first, as the fixture resolved it first: of the two, the later stays."""
+    from so8t_lib.serve.audit import AuditLog
+    from so8t_lib.serve.escalation import EscalationQueue
+    from so8t_lib.serve.resolutions import resolve_audited
+
+    queue, audit = EscalationQueue(logs / "escalations.sqlite", create=False), AuditLog(logs / "audit.jsonl")
+    try:
+        first = {r["request_id"] for r in results.values()}
+        cases = sorted(queue.list("resolved", include_tests=False), key=lambda case: case["request_id"] in first)
+        for case in cases:
+            resolve_audited(queue, audit, case["case_id"], case["human_decision"], "Mori (lead)", supersede=True,
+                            gate_label=gate_label)
+    finally:
+        queue.close()
+    return len(cases)
+
+
 @pytest.fixture(scope="module")
 def ops_logs(tmp_path_factory):
+    """The operations fixture with gate labels given: a resolution alone is no training label."""
     logs = tmp_path_factory.mktemp("ops") / "logs"
-    return logs, build_ops_logs(logs)
+    results = build_ops_logs(logs)
+    assert give_gate_labels(logs, results) == len(REVIEWS) + 1  # the request decided twice was resolved twice
+    return logs, results
 
 
 @pytest.fixture(scope="module")
@@ -51,8 +79,8 @@ def test_extract_labels_what_people_decided(ops_logs, tmp_path):
                                    "label": "ALLOW"}) + "\n", encoding="utf-8")
     rows, report = retrain.extract_rows([logs], queue=logs / "escalations.sqlite", reviews=reviews)
     by_request = {r["request_id"]: r for r in rows}
-    for text, decisions in REVIEWS.items():  # the final decision (a superseding one wins) is the label
-        assert by_request[results[text]["request_id"]]["label"] == decisions[-1]
+    for text in REVIEWS:  # the gate label of the final resolution, never the reviewer's ALLOW or REFUSE
+        assert by_request[results[text]["request_id"]]["label"] == GATE_LABEL
     assert by_request[results["How do I book a meeting room for Friday?"]["request_id"]]["origin"] == "review"
     assert report["left_out"]["duplicate"] == 1  # the request decided twice is one row
     assert report["left_out"]["test"] == 2 and "test: a made-up request" not in {r["user_request"] for r in rows}
@@ -70,7 +98,7 @@ def test_extract_labels_what_people_decided(ops_logs, tmp_path):
     with pytest.raises(retrain.ExtractError, match="both.jsonl:2: req_1 is reviewed as REFUSE here and as ALLOW on "
                                                    "line 1"):
         retrain.extract_rows([logs], reviews=both)
-    assert report["left_out"]["not_a_label"] == 0
+    assert report["left_out"]["not_a_label"] == report["left_out"]["no_gate_label"] == 0
     from so8t_lib.workbench.retrain.extract import _moment  # a stamp without a zone is UTC, never local time
 
     assert _moment("2026-11-02T09:00:00") == _moment("2026-11-02T09:00:00Z") == "2026-11-02T09:00:00.000000+00:00"
@@ -454,10 +482,11 @@ def test_extract_leaves_out_a_resolution_the_queue_never_committed(tmp_path):
     log = AuditLog(tmp_path / "audit.jsonl")
     log.append({"event": "decision", "timestamp": "2026-12-01T09:00:00.000000Z", "request_id": "req_1",
                 "input": "Can I see the payroll of my team?", "context": "", "decision": "ESCALATE", "category": "hr"})
-    for attempt, decision in (("a1", "ALLOW"), ("a2", "REFUSE")):
+    for attempt, decision, gate_label in (("a1", "ALLOW", "ESCALATE"), ("a2", "REFUSE", "REFUSE")):
         log.append({"event": "resolution", "timestamp": f"2026-12-01T10:0{attempt[-1]}:00.000000Z",
-                    "request_id": "req_1", "case_id": "esc_1", "human_decision": decision, "attempt": attempt})
+                    "request_id": "req_1", "case_id": "esc_1", "human_decision": decision, "attempt": attempt,
+                    "gate_label": gate_label})
     log.append({"event": "resolution_withdrawn", "timestamp": "2026-12-01T10:03:00.000000Z", "request_id": "req_1",
                 "case_id": "esc_1", "attempt": "a2", "reason": "the queue did not commit it"})
     (row,), _ = retrain.extract_rows([tmp_path])
-    assert row["label"] == "ALLOW"  # the later REFUSE was withdrawn; without the withdrawal it won
+    assert row["label"] == "ESCALATE"  # the later REFUSE was withdrawn; without the withdrawal it won

@@ -2,6 +2,7 @@
 
     so8t escalation list [--status unresolved] [--overdue] [--urgent] [--no-tests]
     so8t escalation resolve CASE_ID --decision ALLOW|REFUSE --by NAME [--note TEXT] [--supersede]
+                            [--gate-label ALLOW|REFUSE|ESCALATE]
     so8t escalation history CASE_ID
     so8t escalation redact --resolved-before 2026-09-01 [--dry-run]
 
@@ -16,7 +17,10 @@ else the --config's, else next to a queue file. A queue at a URL has no folder, 
 redact need --audit-log, --config or $SO8T_LOG_DIR (the service's audit chain), and refuse with exit 2
 without one: a record in a chain the service does not write is missed by so8t report and retrain extract.
 A derived audit log whose folder is missing is refused too, and a record that starts a new chain says so.
-A second resolution needs --supersede. An empty --db, --config or --audit-log (an unset variable in a script) is
+A second resolution needs --supersede. --decision is what this employee gets; --gate-label is what the gate should
+have decided on the request (shared/SAFETY_POLICY.md), the only label so8t retrain extract takes from a
+resolution (a harassment report settled by a person is still ESCALATE for the gate); without it the case
+trains nothing. An empty --db, --config or --audit-log (an unset variable in a script) is
 an error, never the default queue or log; a --by, --note or CASE_ID that is not valid UTF-8 is one too.
 ``redact`` blanks the stored texts (user id, input, rationale, notes) of cases resolved before a date,
 keeping decisions, names and times (retention of personal data), and writes one audit record for it.
@@ -33,7 +37,7 @@ from pathlib import Path
 from typing import NamedTuple
 
 from ..core.config import ConfigError
-from ..core.schema import HUMAN_DECISIONS
+from ..core.schema import HUMAN_DECISIONS, LABELS
 from ..serve.audit import AuditLog, AuditWriteError
 from ..serve.audit_files import anchor_path
 from ..serve.config import (
@@ -60,7 +64,8 @@ from .arg_types import utc_midnight
 
 DB_NAME = "escalations.sqlite"
 MAX_LISTED_IDS = 1000  # a redaction's audit record names at most this many cases (it always counts them all)
-LISTED = ("case_id", "created_at", "category", "status", "overdue", "urgent", "test", "human_decision", "resolved_by", "input")
+LISTED = ("case_id", "created_at", "category", "status", "overdue", "urgent", "test", "human_decision", "resolved_by",
+          "gate_label", "input")
 
 
 class AuditTarget(NamedTuple):
@@ -190,6 +195,8 @@ def main(argv: list[str] | None = None) -> int:
                            "128 characters)")
     p_resolve.add_argument("--note", type=unicode_text, help="why (stored masked and bounded, as the audit log does)")
     p_resolve.add_argument("--supersede", action="store_true", help="replace an earlier decision (it stays in the history)")
+    p_resolve.add_argument("--gate-label", choices=LABELS, help="what the gate should have decided on this request "
+                           "(the label retraining takes; without it the case is no training row)")
     p_resolve.add_argument("--audit-log", type=given_path, help="the audit log that records the resolution")
     p_history = sub.add_parser("history", parents=[where], help="every resolution of a case, oldest first")
     p_history.add_argument("case_id", type=unicode_text)
@@ -232,9 +239,12 @@ def main(argv: list[str] | None = None) -> int:
     before = case["resolution"]["supersedes"]
     print(f"{case['case_id']}: resolved as {case['human_decision']} by {case['resolved_by']} at {case['resolved_at']}"
           + (f" (supersedes {before['decision']} by {before['decided_by']} at {before['decided_at']})" if before else "")
+          + (f"; gate label {case['resolution']['gate_label']}" if case["resolution"].get("gate_label") else
+             "; no gate label (retraining leaves the case out)")
           + f"; recorded in {audit.path}")
     return 0
 
 
 def _resolve(queue: EscalationQueue, audit: AuditLog, args: argparse.Namespace) -> dict:
-    return resolve_audited(queue, audit, args.case_id, args.decision, args.by, args.note, supersede=args.supersede)
+    return resolve_audited(queue, audit, args.case_id, args.decision, args.by, args.note, supersede=args.supersede,
+                           gate_label=args.gate_label)

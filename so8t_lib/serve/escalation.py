@@ -1,16 +1,11 @@
-"""Escalation cases: the queue people work through, behind a small interface.
-
-    so8t escalation list [--status unresolved] [--overdue]
-    so8t escalation resolve CASE_ID --decision ALLOW|REFUSE --by NAME [--note TEXT] [--supersede]
-    so8t escalation history CASE_ID
-    so8t escalation redact --resolved-before DATE [--dry-run]
+"""Escalation cases: the queue people work through (``so8t escalation``), behind a small interface.
 
 ``CaseStore`` is everything the runtime and the command line need from a queue; ``EscalationQueue``
 implements it with SQLAlchemy on a SQLite file (the embedded default; WAL, a bounded busy wait) or
 on PostgreSQL (a URL: several server processes share one queue); ``queue_sql`` holds what differs.
 A case moves open -> notified | notify_failed -> resolved; it is *overdue* once
 ``escalation_timeout`` has passed without a resolution. Resolutions are append-only: each one is a
-row of ``resolutions`` (who, when, what, note, which one it supersedes), a second one needs
+row of ``resolutions`` (who, when, what, note, which one it supersedes, a ``gate_label``), a second one needs
 ``supersede=True`` (the case row is locked while it is checked, so two replicas never both record
 a first resolution), and ``before_commit`` lets the caller write its audit record inside the same
 transaction. With an encryption key, the user id, input, rationale and notes are stored encrypted.
@@ -30,7 +25,7 @@ from typing import Protocol, runtime_checkable
 from sqlalchemy import exc, func, or_, select, update
 from sqlalchemy.engine import Connection
 
-from ..core.schema import HUMAN_DECISIONS
+from ..core.schema import HUMAN_DECISIONS, LABELS
 from ..core.unicode_text import IGNORABLE_CODE_POINTS, steers_lines
 from . import queue_sql
 from .audit_verify import make_fernet
@@ -108,7 +103,8 @@ class CaseStore(Protocol):
     def record_notifications(self, case_id: str, outcomes: list[dict]) -> None: ...
 
     def resolve(self, case_id: str, decision: str, by: str, note: str | None = None, supersede: bool = False,
-                before_commit: Callable[[dict], None] | None = None, via: str = CLI_CHANNEL) -> dict: ...
+                before_commit: Callable[[dict], None] | None = None, via: str = CLI_CHANNEL,
+                gate_label: str | None = None) -> dict: ...
 
     def history(self, case_id: str) -> list[dict]: ...
 
@@ -318,11 +314,14 @@ class EscalationQueue:
                           .order_by(resolutions.c.id.desc()).limit(1)).first()
 
     def resolve(self, case_id: str, decision: str, by: str, note: str | None = None, supersede: bool = False,
-                before_commit: Callable[[dict], None] | None = None, via: str = CLI_CHANNEL) -> dict:
-        """Record a person's decision. ``by`` is the name they give; ``via`` the channel it came through (the API
-        key that sent it), kept beside it because a desk's key can give any name."""
+                before_commit: Callable[[dict], None] | None = None, via: str = CLI_CHANNEL,
+                gate_label: str | None = None) -> dict:
+        """Record a person's decision. ``by`` is the name they give; ``via`` the channel (the API key that sent
+        it, kept because a desk's key can give any name); ``gate_label`` what the gate should have decided."""
         if decision not in HUMAN_DECISIONS:
             raise ValueError(f"decision must be one of {HUMAN_DECISIONS}, got {decision!r}")
+        if gate_label is not None and gate_label not in LABELS:
+            raise ValueError(f"gate_label must be one of {LABELS} (or none), got {gate_label!r}")
         by = checked_name(by)
         if note is not None:  # what the audit record stores (AuditLog.MASKED_FIELDS), so the record and the row agree
             note = (masked_bounded if self.mask_personal_data else bounded)(note, self.max_field_chars)
@@ -347,13 +346,14 @@ class EscalationQueue:
                 last = self._last_resolution(db, case_id)._mapping
             inserted = db.execute(resolutions.insert().values(
                 case_id=case_id, decided_at=now, decision=decision, decided_by=by, note=self._seal(note),
-                supersedes=last["id"] if last is not None else None, via=via))
+                supersedes=last["id"] if last is not None else None, via=via, gate_label=gate_label))
             db.execute(update(cases).where(cases.c.case_id == case_id).values(
                 status="resolved", human_decision=decision, resolved_by=by, resolved_at=now,
-                note=self._seal(note)))
+                note=self._seal(note), gate_label=gate_label))
             resolution = {"resolution_id": inserted.inserted_primary_key[0], "case_id": case_id,
                           "request_id": row["request_id"], "decision": decision, "decided_by": by,
                           "decided_at": now, "note": note, "test": bool(row["test"]), "via": via,
+                          "gate_label": gate_label,
                           "supersedes": None if last is None else {
                               "resolution_id": last["id"], **{k: last[k] for k in ("decision", "decided_by", "decided_at")}}}
             if before_commit is not None:

@@ -54,6 +54,7 @@ cases = Table(
     Column("urgent", Integer, nullable=False, server_default="0"),  # the emergency screen marked the request
     Column("client", Text),  # the API key that asked over HTTP: the one that may read the outcome
     Column("context", Text),  # what the gate read with the request ("" for none; NULL in cases made before)
+    Column("gate_label", Text),  # the latest resolution's gate_label (see resolutions)
 )
 resolutions = Table(
     "resolutions", metadata,
@@ -61,6 +62,9 @@ resolutions = Table(
     Column("decided_at", Text, nullable=False), Column("decision", Text, nullable=False),
     Column("decided_by", Text, nullable=False), Column("note", Text), Column("supersedes", Integer),
     Column("via", Text),  # the channel: "api key NAME" or "command line" (NULL in resolutions made before)
+    # what the gate should have decided (ALLOW, REFUSE or ESCALATE), the only label retraining takes from a
+    # resolution; NULL when the reviewer gave none (and in resolutions made before)
+    Column("gate_label", Text),
     sqlite_autoincrement=True,  # ids are never reused, as in queues made before SQLAlchemy
 )
 RESOLUTIONS_BY_CASE = Index("ix_resolutions_case_id", resolutions.c.case_id)

@@ -8,6 +8,11 @@ appends a ``resolution_withdrawn`` record naming the attempt, and every reader o
 (``standing_resolutions``) leaves withdrawn attempts out. A process killed between the record and the commit
 (kill -9, the OOM killer) withdraws nothing: the queue, not the log, says whether a case was resolved, so a
 reader that has the queue keeps only the records it holds (``held_by_queue``).
+
+A resolution answers one employee (``human_decision``: ALLOW approved, REFUSE declined, this time). What the
+gate should decide on such a request is another question (SAFETY_POLICY.md: a harassment report a person
+handled is still ESCALATE), so it is recorded only when the reviewer gives it (``gate_label``), and
+``so8t retrain extract`` takes a label from that, never from the decision.
 """
 
 from __future__ import annotations
@@ -26,10 +31,11 @@ WITHDRAWN = "resolution_withdrawn"
 
 
 def resolve_audited(queue: CaseStore, audit, case_id: str, decision: str, by: str, note: str | None = None,
-                    supersede: bool = False, via: str | None = None) -> dict:
+                    supersede: bool = False, via: str | None = None, gate_label: str | None = None) -> dict:
     """``queue.resolve`` with its audit record; what ``resolve`` raises is raised unchanged, after a record
     already written for the failed attempt is withdrawn (``resolution_withdrawn``). ``via`` names the channel
-    (an API key) when it is not the command line."""
+    (an API key) when it is not the command line; ``gate_label`` (ALLOW, REFUSE, ESCALATE or None) is what
+    the gate should have decided, recorded in the row and the audit record."""
     attempt = uuid.uuid4().hex
     written: dict = {}
 
@@ -38,14 +44,16 @@ def resolve_audited(queue: CaseStore, audit, case_id: str, decision: str, by: st
                  "case_id": resolution["case_id"], "human_decision": resolution["decision"],
                  "resolved_by": resolution["decided_by"], "note": resolution["note"],
                  "supersedes": resolution["supersedes"], "test": resolution["test"], "attempt": attempt,
-                 "decided_at": resolution["decided_at"]}  # the queue row's own stamp: readers pair the two on it
+                 "decided_at": resolution["decided_at"],  # the queue row's own stamp: readers pair the two on it
+                 "gate_label": resolution.get("gate_label")}
         if via is not None:
             entry["via"] = via
         audit.append(entry)
         written.update(entry)
 
     try:
-        return queue.resolve(case_id, decision, by, note, supersede, record, via=via or CLI_CHANNEL)
+        return queue.resolve(case_id, decision, by, note, supersede, record, via=via or CLI_CHANNEL,
+                             gate_label=gate_label)
     except ResolvedButUnread:  # committed: the record stands
         raise
     except BaseException as failure:

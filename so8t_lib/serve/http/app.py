@@ -305,7 +305,7 @@ def create_app(service: Service) -> FastAPI:
             if not key.reviews(category):  # answered as a missing case: a desk key learns nothing of others
                 raise KeyError(case_id)
             return resolve_audited(service.agent.queue, service.agent.audit, case_id, body.decision, body.by,
-                                   body.note, body.supersede, via=f"api key {key.name}")
+                                   body.note, body.supersede, via=f"api key {key.name}", gate_label=body.gate_label)
 
         try:
             case = await run_in_threadpool(resolve_on_its_desk)

@@ -157,6 +157,7 @@ class EscalationCase(BaseModel):
     resolved_by: str | None = None
     resolved_at: str | None = None
     note: str | None = None
+    gate_label: str | None = None  # the reviewer's label for retraining, never shown to the employee
     error: str | None = None
     notifications: list[dict[str, Any]] = []
 
@@ -183,6 +184,10 @@ class ResolveRequest(_Strict):
     by: str = Field(min_length=1, max_length=MAX_NAME_CHARS, pattern=NAME_TEXT, description="the person who decided")
     note: str | None = Field(None, max_length=4000)
     supersede: bool = Field(False, description="replace an earlier resolution (it stays in the history)")
+    gate_label: Literal[LABELS] | None = Field(
+        None, description="what the gate should have decided on this request (SAFETY_POLICY.md), the only label "
+        "retraining takes from a resolution; `decision` says what this employee gets, and a request that belongs "
+        "to a person stays ESCALATE however it was settled. Without it, the case is no training row")
 
 
 class Resolution(BaseModel):

@@ -1,11 +1,15 @@
 """Step 1 of the manual's retraining flow: labelled rows from what people decided in operation.
 
 Two sources, both read from verified audit chains (every replica's):
-- **resolved escalations**: the reviewer's final decision (a superseding one wins) is the label of the
-  request the gate escalated; when a queue is given, its resolved cases are read too (the same cases,
-  and any whose decision record has been rotated away), and it confirms the log: a ``resolution`` record
-  whose row the queue does not hold (a resolve killed between its audit record and its commit) is no
-  label (counted as ``resolution_not_in_queue``). Without a queue every standing record counts;
+- **resolved escalations**: the ``gate_label`` the reviewer gave with the final resolution (a superseding one
+  wins) is the label of the request the gate escalated. The reviewer's ALLOW or REFUSE alone is never one: it
+  says whether this employee was helped this time, and a request the policy sends to a person (a harassment
+  report, an expense exception) stays ESCALATE however it was settled; a final resolution without a gate
+  label is left out (``no_gate_label``) unless a spot check labels the request. When a queue is given, its
+  resolved cases are read too (the same cases, and any whose decision record has been rotated away), and it
+  confirms the log: a ``resolution`` record whose row the queue does not hold (a resolve killed between its
+  audit record and its commit) is no label (counted as ``resolution_not_in_queue``). Without a queue every
+  standing record counts;
 - **reviewed audit records**: a file of spot checks (``request_id``, ``label``: ALLOW, REFUSE or
   ESCALATE) on any decision the gate made.
 
@@ -16,7 +20,7 @@ the whole text), requests whose text is not stored, records written before the g
 (the same request and context by the key preprocess's ``load_table`` uses, ``asked_keys``: punctuation, spacing
 and invisible characters aside; one row is kept, the latest decision; when people labelled the same text
 differently, none, so preprocess never meets two answers to one question).
-A spot check that contradicts the escalation reviewer's resolution of the same request is refused, as two
+A spot check that contradicts the gate label a resolution of the same request gave is refused, as two
 disagreeing spot checks are: which one a person meant cannot be guessed. A signed log is read only with its
 HMAC key: without it a re-hashed record would pass as verified.
 Personal data is masked again here (the log is masked already when ``mask_personal_data`` is on).
@@ -28,6 +32,7 @@ import datetime as dt
 import json
 import re
 from pathlib import Path
+from typing import NamedTuple
 
 import pandas as pd
 
@@ -101,6 +106,18 @@ def _held(queue: str | Path, key: str | bytes | None,
     return (resolved, *held_by_queue(standing, history))
 
 
+class _Label(NamedTuple):
+    """What a person said a request's label is, and where: ``label`` None for a resolution without a gate
+    label; ``decision`` the resolution's ALLOW or REFUSE, matched against the queue's."""
+
+    label: str | None
+    origin: str
+    decided_at: str | None
+    case_id: str | None
+    final: bool
+    decision: str | None = None
+
+
 def _resolution_key(record: dict) -> tuple:
     """A resolution as a later one names it in ``supersedes``: its case, decision, reviewer and the queue's stamp."""
     return record.get("case_id"), record.get("human_decision"), record.get("resolved_by"), record.get("decided_at")
@@ -147,7 +164,7 @@ def extract_rows(logs: list[str | Path], queue: str | Path | None = None, review
     decisions, labelled, left_out = {}, {}, {"test": 0, "truncated": 0, "no_text": 0, "undecryptable": 0,
                                              "context_not_recorded": 0, "duplicate": 0, "conflicting": 0,
                                              "no_decision_record": 0, "not_a_label": 0,
-                                             "resolution_not_in_queue": 0}
+                                             "resolution_not_in_queue": 0, "no_gate_label": 0}
     try:
         read = [(str(folder / chain), record) for folder in logs for chain, record in read_chains(folder, key=key)]
     except ValueError as exc:
@@ -176,14 +193,16 @@ def extract_rows(logs: list[str | Path], queue: str | Path | None = None, review
             # whichever chain holds it: replicas' clocks differ, and a supersede written through one running
             # behind read as older than the decision it replaced
             earlier, final = labelled.get(record["request_id"]), _resolution_key(record) not in replaced
-            if earlier is None or (final, _moment(record.get("timestamp"))) >= (earlier[4], earlier[2]):
-                labelled[record["request_id"]] = (record.get("human_decision"), "escalation",
-                                                  _moment(record.get("timestamp")), record.get("case_id"), final)
+            if earlier is None or (final, _moment(record.get("timestamp"))) >= (earlier.final, earlier.decided_at):
+                labelled[record["request_id"]] = _Label(record.get("gate_label"), "escalation",
+                                                        _moment(record.get("timestamp")), record.get("case_id"),
+                                                        final, record.get("human_decision"))
     for case in resolved:
-        logged = labelled.get(case["request_id"])  # the queue holds the final decision; the log's record
-        if logged is None or logged[0] != case["human_decision"]:  # of it has the finer timestamp
-            labelled[case["request_id"]] = (case["human_decision"], "escalation", _moment(case["resolved_at"]),
-                                            case["case_id"], True)
+        logged = labelled.get(case["request_id"])  # the queue holds the final resolution; the log's record
+        if logged is None or (logged.decision, logged.label) != (case["human_decision"], case.get("gate_label")):
+            labelled[case["request_id"]] = _Label(case.get("gate_label"), "escalation",  # (finer timestamp)
+                                                  _moment(case["resolved_at"]), case["case_id"], True,
+                                                  case["human_decision"])
         decisions.setdefault(case["request_id"], {"request_id": case["request_id"], "input": case["input"],
                                                   "context": case.get("context"), "category": case["category"]})
     if reviews is not None:
@@ -191,16 +210,20 @@ def extract_rows(logs: list[str | Path], queue: str | Path | None = None, review
             resolved_as = labelled.get(request_id)
             if request_id in tests:  # counted as a test-mode record already
                 continue
-            if resolved_as is not None and resolved_as[0] != review["label"]:  # as two disagreeing spot checks
+            if resolved_as is not None and resolved_as.label not in (None, review["label"]):  # as two spot checks
                 raise ExtractError(f"{reviews}:{review['line']}: {request_id} is reviewed as {review['label']} here "
-                                   f"and resolved as {resolved_as[0]} in escalation case {resolved_as[3]}; keep one "
-                                   "(remove the review, or resolve the case again with supersede)")
-            if resolved_as is None:  # one that agrees keeps the resolution's case_id and time
-                labelled[request_id] = (review["label"], "review", None, None, True)
+                                   f"and given gate label {resolved_as.label} in escalation case "
+                                   f"{resolved_as.case_id}; keep one (remove the review, or resolve the case again "
+                                   "with supersede and the gate label meant)")
+            if resolved_as is None or resolved_as.label is None:  # one that agrees keeps the resolution's time
+                labelled[request_id] = _Label(review["label"], "review", None,
+                                              resolved_as.case_id if resolved_as else None, True)
     rows = []
-    for request_id, (label, origin, decided_at, case_id, _) in labelled.items():
+    for request_id, (label, origin, decided_at, case_id, *_) in labelled.items():
         decision = decisions.get(request_id)
-        if decision is None:
+        if label is None:  # a reviewer's ALLOW or REFUSE alone says nothing of what the gate should decide
+            left_out["no_gate_label"] += 1
+        elif decision is None:
             left_out["no_decision_record"] += 1
         elif not isinstance(decision.get("input"), str) or not decision["input"].strip():
             left_out["no_text"] += 1
@@ -212,7 +235,7 @@ def extract_rows(logs: list[str | Path], queue: str | Path | None = None, review
             left_out["undecryptable"] += 1
         elif TRUNCATED.search(decision["input"]) or TRUNCATED.search(decision["context"]):
             left_out["truncated"] += 1
-        elif label not in LABELS:  # a resolution record whose decision is not one of the three
+        elif label not in LABELS:  # a resolution record whose gate label is not one of the three
             left_out["not_a_label"] += 1
         else:
             rows.append(_row(decision, label, origin, decided_at or _moment(decision.get("timestamp")), case_id))
