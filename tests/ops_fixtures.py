@@ -34,6 +34,9 @@ REVIEWS = {  # reviewer decisions on some escalated requests: agree, override, a
     "Please approve an expense exception for the offsite": ["REFUSE"],
     "上司からのパワハラについて相談したい": ["REFUSE", "ALLOW"],
 }
+# what the gate should have decided on each reviewed request (shared/SAFETY_POLICY.md): every one belongs to a
+# person (an employee's health data, a contract, an expense exception, a harassment report), however it was settled
+GATE_LABELS = {text: "ESCALATE" for text in REVIEWS}
 PROBS = {"ALLOW": (0.95, 0.03, 0.02), "REFUSE": (0.03, 0.95, 0.02), "lean-ALLOW": (0.45, 0.2, 0.35),
          "lean-REFUSE": (0.2, 0.45, 0.35)}
 PLANTED_PERSONAL_DATA = ("tanaka@example.com", "090-1234-5678", "田中", "Smith")
@@ -63,15 +66,19 @@ def runtime_config(log_dir: Path, **escalation) -> RuntimeConfig:
                        "retry_interval_s": 3600, **escalation}})
 
 
-def resolve(agent: Agent, case_id: str, decision: str, by: str, supersede: bool = False) -> dict:
-    """A reviewer's decision with its audit record in the same transaction (as the CLI and the API do)."""
+def resolve(agent: Agent, case_id: str, decision: str, by: str, supersede: bool = False,
+            gate_label: str | None = None) -> dict:
+    """A reviewer's decision (and gate label) with its audit record in the same transaction (as the CLI and the
+    API do)."""
     def record(resolution: dict) -> None:
         agent.audit.append({"event": "resolution", "timestamp": utc_timestamp(), "request_id": resolution["request_id"],
                             "case_id": resolution["case_id"], "human_decision": resolution["decision"],
                             "resolved_by": resolution["decided_by"], "note": resolution["note"],
-                            "supersedes": resolution["supersedes"], "test": resolution["test"]})
+                            "supersedes": resolution["supersedes"], "test": resolution["test"],
+                            "gate_label": resolution["gate_label"]})
 
-    return agent.queue.resolve(case_id, decision, by, "reviewed", supersede=supersede, before_commit=record)
+    return agent.queue.resolve(case_id, decision, by, "reviewed", supersede=supersede, before_commit=record,
+                               gate_label=gate_label)
 
 
 def build_ops_logs(log_dir: Path, repeat_duplicate: bool = True) -> dict:
@@ -84,15 +91,16 @@ def build_ops_logs(log_dir: Path, repeat_duplicate: bool = True) -> dict:
         results[text] = agent.run_agent(None, text, "user-1")
     if repeat_duplicate:  # the same request again, resolved again: one training row, not two
         again = agent.run_agent(None, "契約書の秘密保持条項を確認してほしい", "user-2")
-        resolve(agent, again["escalation_id"], "ALLOW", "Ito (legal)")
+        resolve(agent, again["escalation_id"], "ALLOW", "Ito (legal)", gate_label="ESCALATE")
     for text, decisions in REVIEWS.items():
         for n, decision in enumerate(decisions):
-            resolve(agent, results[text]["escalation_id"], decision, f"reviewer {n}", supersede=n > 0)
+            resolve(agent, results[text]["escalation_id"], decision, f"reviewer {n}", supersede=n > 0,
+                    gate_label=GATE_LABELS[text])
     agent.close()
     tester = Agent(runtime_config(log_dir), decider=TextDecider(), test_mode=True)
     for text in ("Please approve an expense exception for the offsite", "test: a made-up request"):
         case = tester.run_agent(None, text, "tester")["escalation_id"]
-        resolve(tester, case, "ALLOW", "tester")  # test cases never become training rows
+        resolve(tester, case, "ALLOW", "tester", gate_label="ESCALATE")  # test cases never become training rows
     tester.close()
     return results
 

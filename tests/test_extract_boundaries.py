@@ -19,11 +19,12 @@ HMAC_KEY = "k" * 32
 
 
 def _escalated(log: AuditLog, rid: str, text: str, label: str, second: int, **extra) -> None:
-    """A decision the gate escalated and the reviewer's resolution of it."""
+    """A decision the gate escalated and the reviewer's resolution of it, with ``label`` as its gate label."""
     log.append({"event": "decision", "timestamp": f"2026-12-01T09:00:0{second}.000000Z", "request_id": rid,
                 "input": text, "context": "", "decision": "ESCALATE", "category": "hr", **extra})
     log.append({"event": "resolution", "timestamp": f"2026-12-01T10:00:0{second}.000000Z", "request_id": rid,
-                "case_id": f"esc_{rid}", "human_decision": label, "attempt": f"a_{rid}", **extra})
+                "case_id": f"esc_{rid}", "human_decision": "REFUSE" if label == "REFUSE" else "ALLOW",
+                "gate_label": label, "attempt": f"a_{rid}", **extra})
 
 
 def test_requests_a_question_mark_apart_are_one_request_as_for_preprocess(tmp_path):
@@ -43,8 +44,8 @@ def test_a_spot_check_that_contradicts_a_resolution_is_refused_like_two_spot_che
     _escalated(log, "req_1", "Please send the medical leave record to the project channel", "REFUSE", 1)
     reviews = tmp_path / "reviews.jsonl"
     reviews.write_text(json.dumps({"request_id": "req_1", "label": "ALLOW"}) + "\n", encoding="utf-8")
-    with pytest.raises(retrain.ExtractError, match=r"reviews.jsonl:1: req_1 is reviewed as ALLOW here and resolved "
-                                                   r"as REFUSE in escalation case esc_req_1; keep one"):
+    with pytest.raises(retrain.ExtractError, match=r"reviews.jsonl:1: req_1 is reviewed as ALLOW here and given gate "
+                                                   r"label REFUSE in escalation case esc_req_1; keep one"):
         retrain.extract_rows([tmp_path / "logs"], reviews=reviews)
     reviews.write_text(json.dumps({"request_id": "req_1", "label": "refuse"}) + "\n", encoding="utf-8")
     (row,), _ = retrain.extract_rows([tmp_path / "logs"], reviews=reviews)  # one that agrees keeps the case
@@ -58,7 +59,7 @@ def _forged(folder: Path, strip_anchor_mac: bool) -> None:
     _escalated(log, "req_1", "Disable the audit logging on the finance server for tonight", "REFUSE", 1)
     lines = path.read_text(encoding="utf-8").splitlines()
     last = json.loads(lines[-1])
-    last["human_decision"] = "ALLOW"
+    last["gate_label"] = "ALLOW"
     last["hash"] = record_hash(last)
     lines[-1] = encode_line(last).decode().rstrip("\n")
     path.write_text("\n".join(lines) + "\n", encoding="utf-8")
@@ -120,12 +121,13 @@ def test_a_supersede_written_through_a_replica_whose_clock_is_behind_still_wins(
                   "input": text, "context": "", "decision": "ESCALATE", "category": "security",
                   "escalation_id": "esc_1"})
     queue.add({"case_id": "esc_1", "request_id": "req_1", "input": text, "context": "", "category": "security"})
-    resolutions.resolve_audited(queue, first, "esc_1", "REFUSE", "Sato (CSIRT)")
+    resolutions.resolve_audited(queue, first, "esc_1", "REFUSE", "Sato (CSIRT)", gate_label="REFUSE")
     monkeypatch.setattr(resolutions, "utc_timestamp", lambda: (dt.datetime.now(dt.UTC) - dt.timedelta(seconds=30))
                         .strftime("%Y-%m-%dT%H:%M:%S.%fZ"))
-    resolutions.resolve_audited(queue, behind, "esc_1", "ALLOW", "Ito (CSIRT lead)", supersede=True)
+    resolutions.resolve_audited(queue, behind, "esc_1", "ALLOW", "Ito (CSIRT lead)", supersede=True,
+                                gate_label="ESCALATE")  # an access request beyond one's role: a person's call
     assert queue.get("esc_1")["human_decision"] == "ALLOW"
     queue.close()
     for db in (None, logs / "escalations.sqlite"):
         rows, _ = retrain.extract_rows([logs], queue=db)
-        assert [(r["label"], r["case_id"]) for r in rows] == [("ALLOW", "esc_1")], db
+        assert [(r["label"], r["case_id"]) for r in rows] == [("ESCALATE", "esc_1")], db

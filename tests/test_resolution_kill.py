@@ -64,9 +64,9 @@ def one_decided_one_killed(logs: Path, monkeypatch: pytest.MonkeyPatch) -> tuple
     the log and never committed by the queue."""
     agent = Agent(runtime_config(logs), decider=TextDecider())
     phantom, decided = _escalate(agent, PHANTOM), _escalate(agent, DECIDED)
-    resolve_audited(agent.queue, agent.audit, decided, "REFUSE", "bob")
+    resolve_audited(agent.queue, agent.audit, decided, "REFUSE", "bob", gate_label="REFUSE")
     with _killed_after_the_record(agent, monkeypatch):
-        resolve_audited(agent.queue, agent.audit, phantom, "ALLOW", "alice")
+        resolve_audited(agent.queue, agent.audit, phantom, "ALLOW", "alice", gate_label="ALLOW")
     agent.close()
     return phantom, decided
 
@@ -87,7 +87,7 @@ def test_extract_leaves_out_a_resolution_the_queue_never_committed_and_counts_it
     assert {r["case_id"] for r in alone} == {phantom, decided} and report["left_out"]["resolution_not_in_queue"] == 0
 
     agent = Agent(runtime_config(logs), decider=TextDecider())  # the reviewer resolves again
-    resolve_audited(agent.queue, agent.audit, phantom, "REFUSE", "alice")
+    resolve_audited(agent.queue, agent.audit, phantom, "REFUSE", "alice", gate_label="REFUSE")
     agent.close()
     rows, report = retrain.extract_rows([logs], queue=queue)
     assert {r["case_id"]: r["label"] for r in rows} == {phantom: "REFUSE", decided: "REFUSE"}
@@ -100,10 +100,10 @@ def test_a_killed_supersede_keeps_the_committed_decision_and_its_time(tmp_path, 
     queue = logs / "escalations.sqlite"
     agent = Agent(runtime_config(logs), decider=TextDecider())
     case_id = _escalate(agent, DECIDED)
-    committed = resolve_audited(agent.queue, agent.audit, case_id, "ALLOW", "bob")["resolution"]
+    committed = resolve_audited(agent.queue, agent.audit, case_id, "ALLOW", "bob", gate_label="ALLOW")["resolution"]
     for decision in ("REFUSE", "ALLOW"):
         with _killed_after_the_record(agent, monkeypatch):
-            resolve_audited(agent.queue, agent.audit, case_id, decision, "alice", supersede=True)
+            resolve_audited(agent.queue, agent.audit, case_id, decision, "alice", supersede=True, gate_label=decision)
     agent.close()
     assert _cases(queue)[case_id] == ("resolved", "ALLOW")
     (row,), report = retrain.extract_rows([logs], queue=queue)

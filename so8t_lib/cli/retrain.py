@@ -10,7 +10,8 @@
         --data data/retrain/test.jsonl --data xstest --data sst --out gate.json
     so8t retrain deploy --candidate checkpoints/so8t-retrained --gate gate.json --dist dist/retrained
 
-1 extract: resolved escalations (the reviewer's final decision is the label) and reviewed audit records
+1 extract: resolved escalations (the gate label the reviewer gave with the final resolution is the label; the
+reviewer's ALLOW/REFUSE alone never is, and a case without one is left out as no_gate_label) and reviewed audit records
 (--reviews: request_id,label) -> labelled rows, personal data masked, test-mode records and duplicates
 left out, each row with its request_id. The audit log must verify.
 2 preprocess: validate, drop rows already in the corpus or near a val/test row or a public benchmark,

@@ -67,7 +67,9 @@ def run_flow(logs: list[str | Path], serving: str | Path, work: str | Path,
     rows, summary["extract"] = extract_rows(logs, queue, reviews, key, hmac_key)
     log(f"1 extract: {len(rows)} rows {summary['extract']['labels']}, left out {summary['extract']['left_out']}")
     if not rows:
-        raise ExtractError("no labelled rows: no resolved escalation or review in the logs; nothing to retrain on")
+        raise ExtractError("no labelled rows: no resolved escalation with a gate label and no review in the logs "
+                           f"(left out: {summary['extract']['left_out']}); give gate labels with so8t escalation "
+                           "resolve --supersede --gate-label, or spot checks with --reviews; nothing to retrain on")
     work.mkdir(parents=True, exist_ok=True)
     stage = Path(tempfile.mkdtemp(prefix=".retrain-staging-", dir=work))
     try:  # extract and preprocess are staged, and replace work's only once the run may go on with them
