@@ -5,9 +5,10 @@
     python benchmarks/gguf_decisions.py --checkpoint checkpoints/so8t-demo --name so8t-demo --rows 400 \
         --out benchmarks/results/gguf_decisions_so8t-demo.json          # the Gemma default
 
-Needs a trained checkpoint and its GGUF files (``make demo`` writes both). All backends run in
-this one process on the same requests of the test split (``so8t_lib.eval.quant_compare.compare``);
-ratios are to the fp32 HF model. Then the Q4_K_M file's throughput on 128 requests for each
+Needs a trained checkpoint and its GGUF files (``make demo`` writes both). Every backend runs on the same requests
+of the test split, each in a fresh process of its own (``so8t_lib.eval.quant_compare.compare``), so its
+``peak_rss_mb`` compares across rows (files written before ``"process_per_backend": true`` measured all in one
+process: every GGUF rung's peak held the fp32 model's freed pages too); ratios are to the fp32 HF model. Then the Q4_K_M file's throughput on 128 requests for each
 ``GGUFBackend(batch_tokens=...)`` setting (tokens packed into one llama.cpp decode). Numbers depend on the machine: compare ratios, not absolutes.
 """
 
@@ -68,6 +69,7 @@ def main(argv: list[str] | None = None) -> dict:
     packing = batch_tokens_sweep(files[ORDER.index("q4_k_m")], args.data, [int(x) for x in args.batch_tokens.split(",")])
     payload = {"benchmark": "gguf_decisions", "device": "cpu", "threads": torch.get_num_threads(),
                "cpu_count": os.cpu_count(), "machine": platform.machine(), "data": args.data, "rows": args.rows,
+               "process_per_backend": True,
                "results": json.loads(frame.to_json(orient="records")), "batch_tokens_q4_k_m": packing}
     out = atomic_write_text(args.out, json.dumps(payload, indent=1))
     cols = ["backend", "size_mib", "load_s", "decide_p50_ms", "decide_p95_ms", "requests_per_s_batch32",

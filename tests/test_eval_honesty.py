@@ -9,6 +9,7 @@ import time
 from pathlib import Path
 from types import SimpleNamespace
 
+import numpy as np
 import pytest
 import torch
 
@@ -97,3 +98,46 @@ def test_evaluate_latency_takes_a_call_count_and_says_how_many_calls(monkeypatch
     assert row["batches"] == 5 and row["p95_ms"] is None and row["p99_ms"] is None
     printed = capsys.readouterr().out
     assert "5 timed calls" in printed and "p99 n/a (needs 100 calls)" in printed
+
+
+# ----- the quantization ladder: each backend's memory in a process of its own ------------------------------------
+def _rss_mb() -> float:
+    import psutil
+
+    return psutil.Process().memory_info().rss / 2**20
+
+
+@pytest.mark.timeout(300)
+def test_an_isolated_measurement_does_not_see_the_callers_memory():
+    """An RSS read in the process that had held the fp32 model carried its pages into every GGUF rung's peak."""
+    from so8t_lib.eval.profiling import run_isolated
+
+    held = np.ones(400 * 2**20 // 8)  # 400 MB the caller holds, as a model loaded before
+    assert _rss_mb() > 400
+    assert run_isolated(_rss_mb) < _rss_mb() - 300
+    del held
+    with pytest.raises(ValueError, match="invalid literal"):  # the child's error is raised here, as itself
+        run_isolated(int, "not a number")
+
+
+def test_the_ladder_measures_every_backend_in_a_process_of_its_own(monkeypatch, tmp_path):
+    from so8t_lib.data.tables import load_split
+    from so8t_lib.eval import quant_compare
+
+    data = tmp_path / "rows.jsonl"
+    load_split("test").head(4).to_json(data, orient="records", lines=True, force_ascii=False)
+    isolated = []
+
+    def fake_measure(name, path, requests, *rest):
+        return {"load_s": 0.1, "decided": np.tile([0.1, 0.8, 0.1], (len(requests), 1)), "failed": {},
+                "single": {"p50_ms": 1.0, "p95_ms": None}, "batched": {"requests_per_s": 5.0, "peak_rss_mb": 900.0},
+                "rss_before_load_mb": 400.0, "generation_tokens_per_s": None}
+
+    monkeypatch.setattr(quant_compare, "measure_backend", fake_measure)
+    monkeypatch.setattr(quant_compare, "run_isolated", lambda fn, *args: isolated.append((fn, args[0])) or fn(*args))
+    monkeypatch.setattr(quant_compare, "resolve_checkpoint", lambda path: Path(path))
+    monkeypatch.setattr(quant_compare, "_size_mib", lambda name, path: None)
+    frame = quant_compare.compare("ckpt", [tmp_path / "m-q8_0.gguf", tmp_path / "m-q4_k_m.gguf"], data=str(data))
+    assert [name for _, name in isolated] == ["hf-fp32", "Q8_0", "Q4_K_M"]
+    assert all(fn is fake_measure for fn, _ in isolated)
+    assert list(frame["rss_before_load_mb"]) == [400.0] * 3 and list(frame["peak_rss_mb"]) == [900.0] * 3

@@ -101,7 +101,9 @@ def test_the_quantization_ladder_breaks_ties_toward_the_safer_class(monkeypatch,
 
 
 def _fake_ladder(monkeypatch, decider) -> None:
-    """quant_compare.compare with ``decider`` as the fp32 model and no timing."""
+    """quant_compare.compare with ``decider`` as the fp32 model and no timing, measured in this process (a fresh
+    one would not see the stand-ins)."""
+    monkeypatch.setattr(quant_compare, "run_isolated", lambda fn, *args: fn(*args))
     monkeypatch.setattr(quant_compare, "resolve_checkpoint", lambda path: Path(path))
     monkeypatch.setattr(quant_compare.SO8TModel, "load", staticmethod(lambda *a, **k: decider))
     monkeypatch.setattr(quant_compare, "_size_mib", lambda name, path: None)

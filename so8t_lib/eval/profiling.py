@@ -1,9 +1,13 @@
-"""Peak memory while something runs: RSS sampled in a thread on CPU, the allocator's peak on CUDA."""
+"""Peak memory while something runs: RSS sampled in a thread on CPU, the allocator's peak on CUDA; and
+``run_isolated``, which runs a measurement in a fresh process so its RSS holds nothing an earlier one left."""
 
 from __future__ import annotations
 
+import multiprocessing
 import threading
 import time
+from concurrent.futures import ProcessPoolExecutor
+from concurrent.futures.process import BrokenProcessPool
 
 import psutil
 import torch
@@ -52,3 +56,18 @@ class PeakMemory:
     @property
     def peak_cuda_mb(self) -> float | None:
         return None if self.peak_cuda is None else self.peak_cuda / 2**20
+
+
+def run_isolated(fn, *args):
+    """``fn(*args)`` in a fresh Python process (spawned, not forked), its return value sent back and its exception
+    raised here. A process's RSS keeps pages its allocator freed but did not hand back, so a model measured after
+    another one in the same process read as holding the first one's memory as well. ``fn`` must be importable
+    (a module-level function) and its arguments and result picklable. A child that dies without an answer (killed,
+    a crash inside a native library) is a RuntimeError, not a hang."""
+    with ProcessPoolExecutor(max_workers=1, mp_context=multiprocessing.get_context("spawn")) as pool:
+        try:
+            return pool.submit(fn, *args).result()
+        except BrokenProcessPool:
+            raise RuntimeError(f"the process running {getattr(fn, '__qualname__', fn)} died before it answered "
+                               "(killed for memory, or a crash in a native library); run it again, or on its own to "
+                               "see its error") from None
