@@ -108,6 +108,8 @@ def test_decision_depth_times_the_early_exit_against_the_whole_pass(tmp_path, to
     result = _load("decision_depth").main(["--checkpoint", str(checkpoint), "--rows", "6", "--batches", "2",
                                            "--rounds", "1", "--batch-sizes", "1", "--out", str(out)])
     assert json.loads(out.read_text()) == result
+    assert result["settings"]["batches"] == 2 and result["settings"]["rounds"] == 1  # how it was timed, recorded
+    assert "--batches 2" in result["command"] and "out" not in result["settings"]
     assert result["layers_run_by_early_exit"] == 1 < result["n_layers"]
     assert result["decision_agreement"] == 1.0 and result["max_abs_probability_difference"] < 1e-5
     assert set(result["speedup"]) == {"1"} and all(v > 0 for v in result["speedup"].values())
@@ -425,6 +427,7 @@ def test_operating_point_chooses_on_val_and_reports_the_rest(tmp_path):
     out = tmp_path / "op.json"
     result = module.main([str(preds), "--targets", "0.2,0.05,0", "--resamples", "100", "--out", str(out)])
     assert json.loads(out.read_text()) == result
+    assert result["settings"]["resamples"] == 100 and "--resamples 100" in result["command"]
     recipe = result["recipes"]["recipe"]
     assert recipe["rows_chosen_on"] == 90 and set(recipe["argmax"]) == {"test", "xstest"}
     for target, point in recipe["targets"].items():
@@ -466,6 +469,7 @@ def test_lexical_blend_chooses_the_weight_on_val_and_scores_model_blend_and_keyw
     out = tmp_path / "blend.json"
     result = module.main([str(preds), "--targets", "0.2", "--resamples", "50", "--out", str(out)])
     assert json.loads(out.read_text()) == result
+    assert result["settings"]["resamples"] == 50 and result["settings"]["targets"] == [0.2]
     recipe = result["recipes"]["noise"]
     by_weight = recipe["val_macro_f1_by_weight"]
     assert recipe["weight"] in module.WEIGHTS and by_weight[f"{recipe['weight']:g}"] == max(by_weight.values())
@@ -518,6 +522,7 @@ def test_seed_ensemble_averages_the_members_and_refuses_mismatched_files(tmp_pat
     out = tmp_path / "ensemble.json"
     result = module.main(paths + ["--targets", "0.2", "--resamples", "50", "--out", str(out)])
     assert json.loads(out.read_text()) == result and len(result["runs"]) == 4
+    assert result["settings"]["resamples"] == 50 and "--resamples 50" in result["command"]
     average = np.mean([m["test"] for m in members], axis=0)
     ensemble = result["runs"][module.ENSEMBLE]
     decided = np.asarray(["ALLOW", "REFUSE", "ESCALATE"])[average.argmax(1)]
