@@ -169,6 +169,8 @@ def test_lora_targets_are_checked_before_peft_whose_other_errors_are_not_renamed
     """pyproject allows peft >= 0.17; before 0.21 peft reports an unmatched target with a plain ValueError, and
     catching every ValueError there reported any peft failure as a target_modules mistake. The targets are matched
     before peft runs; what peft raises for another reason reaches the user as peft worded it."""
+    import sys
+
     import peft
 
     with pytest.raises(ConfigError, match=r"model.lora.target_modules \['bogus_proj'\]: no module"):
@@ -178,10 +180,18 @@ def test_lora_targets_are_checked_before_peft_whose_other_errors_are_not_renamed
         raise ValueError("a peft failure of another kind")
 
     monkeypatch.setattr(peft, "get_peft_model", fails)
+    monkeypatch.setitem(sys.modules, "peft.utils.error", None)  # as on peft < 0.21: no error class to import
     with pytest.raises(ValueError, match="a peft failure of another kind"):
         SO8TModel.from_config(_config(), tokenizer)
     monkeypatch.undo()
     SO8TModel.from_config(_config(), tokenizer)  # and a good config still builds
+
+
+def test_lora_targets_peft_matches_only_outside_the_lora_layers_are_a_config_error(tokenizer):
+    """A name can exist in the base and still match nothing peft may wrap (only in layers lora.layers leaves out):
+    peft's own error is a config error naming model.lora, not a traceback."""
+    with pytest.raises(ConfigError, match="model.lora: "):
+        SO8TModel.from_config(_config(lora={"target_modules": ["embed_tokens"], "layers": [1]}), tokenizer)
 
 
 def test_gates_the_config_does_not_build_are_named(saved):

@@ -116,3 +116,13 @@ def check_lora_targets(model: nn.Module, targets: list[str]) -> None:
     if not any(name == target or name.endswith(f".{target}") for name in names for target in targets):
         raise ConfigError(f"model.lora.target_modules {targets}: no module of this base has such a name "
                           "(e.g. q_proj, v_proj, o_proj)")
+
+
+def no_peft_match() -> tuple[type[Exception], ...]:
+    """peft's own error for targets that match nothing (from peft 0.21; none before, where check_lora_targets is the
+    only check): it also covers names that match only outside ``lora.layers`` or only in ``modules_to_save``."""
+    try:
+        from peft.utils.error import NoMatchingPeftModuleError
+    except ImportError:
+        return ()
+    return (NoMatchingPeftModuleError,)

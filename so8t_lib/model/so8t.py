@@ -39,7 +39,7 @@ from .base import (
     quantize_tiny_base,
     want_4bit,
 )
-from .checks import check_lora_targets, check_read_layers, gate_slot
+from .checks import check_lora_targets, check_read_layers, gate_slot, no_peft_match
 from .gates import GatedLinear, GatePair, fold_rotation_into_linear
 from .heads import SafetyHeadB, pool_states, prompt_mask
 from .persistence import CheckpointMixin
@@ -115,12 +115,15 @@ class SO8TModel(CheckpointMixin, nn.Module):
 
             lora_layers = None if config.lora.layers == "all" else resolve_layers(config.lora.layers, n_layers,
                                                                                      "model.lora.layers")
-            check_lora_targets(lm, list(config.lora.target_modules))
-            lm = get_peft_model(lm, PeftLoraConfig(
-                r=config.lora.r, lora_alpha=config.lora.alpha, lora_dropout=config.lora.dropout,
-                target_modules=list(config.lora.target_modules),
-                modules_to_save=list(config.lora.modules_to_save) or None,
-                layers_to_transform=lora_layers, bias="none", task_type="CAUSAL_LM"))
+            check_lora_targets(lm, list(config.lora.target_modules))  # peft < 0.21 has no error class of its own
+            try:
+                lm = get_peft_model(lm, PeftLoraConfig(
+                    r=config.lora.r, lora_alpha=config.lora.alpha, lora_dropout=config.lora.dropout,
+                    target_modules=list(config.lora.target_modules),
+                    modules_to_save=list(config.lora.modules_to_save) or None,
+                    layers_to_transform=lora_layers, bias="none", task_type="CAUSAL_LM"))
+            except no_peft_match() as exc:  # names that match only outside lora.layers or in modules_to_save
+                raise ConfigError(f"model.lora: {exc}") from None
         self.lm = lm
         hidden = self.causal_lm.config.hidden_size
         self.gated_layers: list[int] = []
