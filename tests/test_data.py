@@ -171,7 +171,7 @@ def test_split_sample_is_stratified_and_repeatable():
     assert len(sample) == 90 and sample["id"].isin(full["id"]).all()
     assert sample["id"].tolist() == load_any("test:90")["id"].tolist()
     assert set(sample["label"]) == set(full["label"])
-    for bad in ("test:0", "test:x", "test:-3", "test:"):
+    for bad in ("test:0", "test:x", "test:-3", "test:", "test:²"):
         with pytest.raises(DataError, match="split:N"):
             load_any(bad)
         with pytest.raises(DataError, match="split:N"):  # the same names are refused where outputs are checked

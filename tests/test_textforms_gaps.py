@@ -54,14 +54,14 @@ def test_a_wider_gap_put_inside_a_spaced_word_does_not_split_it_away_from_the_ch
     assert categorize("p a s s  w o r d reset please") == "security"
 
 
-@pytest.mark.timeout(60)  # a hang guard, not a timing: the quadratic pattern needed minutes here
-@pytest.mark.parametrize("shape", ["田", "ー", "田a", "x.", "a@"])
+@pytest.mark.timeout(60)  # a hang guard, not a timing: the quadratic pattern needed many minutes here
+@pytest.mark.parametrize("shape", ["田", "ー", "田a", "x."])
 def test_unleet_finishes_on_a_long_run_of_word_characters(shape):
     """The e-mail branch of the leetspeak pattern had no start guard: on a run of kanji or kana (word characters
-    that are not ASCII) it rescanned the run from every position (unleet('田' * 32000) took 2.8 s, and eight times
-    that text sixty-four times as long, about three minutes). The linear pattern reads 256 000 characters in
-    milliseconds; the timeout fails the old one without timing anything against a bound."""
-    text = shape * (256_000 // len(shape))
+    that are not ASCII) it rescanned the run from every position (unleet('田' * 32000) took 2.8 s; 'x.' * 8000
+    0.36 s). On about a million characters that is over twenty minutes; the linear pattern takes under a second, so
+    the timeout fails the old pattern on any machine without timing anything against a bound."""
+    text = shape * (1_024_000 // len(shape))
     assert len(textforms.unleet(text)) == len(text)
 
 

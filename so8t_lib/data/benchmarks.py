@@ -117,7 +117,7 @@ def _split_and_size(text: str) -> tuple[str, int | None] | None:
         return None
     if not colon:
         return split, None
-    if not size.isdigit() or int(size) < 1:
+    if not (size.isascii() and size.isdigit()) or int(size) < 1:  # isdigit alone takes "²"
         raise DataError(f"{text!r}: a split sample is written split:N with N a positive number of rows")
     return split, int(size)
 
