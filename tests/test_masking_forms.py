@@ -8,6 +8,7 @@ import json
 import pytest
 
 from so8t_lib.serve.config import RuntimeConfig
+from so8t_lib.serve.masking import mask_personal_data
 from so8t_lib.serve.runtime import Agent
 from tests.test_runtime import FakeDecider
 
@@ -44,3 +45,42 @@ def test_with_masking_off_the_audit_log_keeps_the_bounded_raw_text(tmp_path):
     _, record = _decide(tmp_path, (0.95, 0.03, 0.02), mask=False)
     assert record["input"].startswith(REQUEST[:256] + "…[291 chars, sha256 ")
     assert record["context"].startswith(CONTEXT[:256] + "…[264 chars, sha256 ")
+
+
+@pytest.mark.parametrize("text, expected", [
+    ("mail 田中@example.co.jp please", "mail [EMAIL] please"),
+    ("mail taro@例え.jp please", "mail [EMAIL] please"),
+    ("mail tanaka.taro@exämple.com please", "mail [EMAIL] please"),
+    ("mail józef.müller@example.pl", "mail [EMAIL]"),
+    ("почта иван@пример.рф сегодня", "почта [EMAIL] сегодня"),
+    ("mail 田中.taro@example.jp", "mail [EMAIL]"),
+    ("mail taro@例え.日本 please", "mail [EMAIL] please"),
+    ("...taro@example.com", "[EMAIL]"),
+    # Japanese written straight before or after the address is not part of it
+    ("連絡先は田中@example.co.jpです", "連絡先は[EMAIL]です"),
+    ("連絡先は山田太郎@example.co.jpまでお願いします", "連絡先は[EMAIL]までお願いします"),
+    ("担当はタナカ@example.jpです", "担当は[EMAIL]です"),
+    ("連絡先はたなか@example.jpです", "連絡先[EMAIL]です"),  # one script: the particle goes with it, never the name
+    ("宛先tanaka@example.comに送付", "宛先[EMAIL]に送付"),
+    ("taro@例え.jpにメール", "[EMAIL]にメール"),
+    ("taro@例え.日本です", "[EMAIL]です"),
+    ("taro@example.jpです.次に", "[EMAIL]です.次に"),
+    ("連絡先はtanaka@example.comです", "連絡先は[EMAIL]です"),
+])
+def test_addresses_with_letters_outside_ascii_are_masked_alone(text, expected):
+    assert mask_personal_data(text) == expected
+
+
+@pytest.mark.parametrize("text", [
+    "田中@営業部", "単価@100円.税別", "@example.com", "会議室@3F", "price: 3 items @ 100.5 yen",
+])
+def test_at_signs_that_are_no_address_stay(text):
+    assert mask_personal_data(text) == text
+
+
+@pytest.mark.timeout(60)  # a hang guard, as test_sanitize's megabyte shapes
+@pytest.mark.parametrize("shape", ["田@", "田.", "は田", "a田", "田a.", "é", "é@é.", "@例.", "a.田.", "a@例.", "@a.例", "x" * 63 + "@例え"])
+def test_the_new_forms_run_in_linear_time_on_a_megabyte(shape):
+    text = shape * (1_000_000 // len(shape))
+    masked = mask_personal_data(text)
+    assert isinstance(masked, str) and len(masked) < 2 * len(text)

@@ -30,7 +30,24 @@ import unicodedata
 
 from .textforms import strip_invisible
 
-EMAIL = re.compile(r"(?<![A-Za-z0-9._%+-])[A-Za-z0-9._%+-]++@[A-Za-z0-9-]++(?:\.[A-Za-z0-9-]++)+")
+# e-mail: letters of any script (RFC 6531/IDN: 田中@example.co.jp, taro@例え.jp). Japanese has no spaces, so a
+# local part is one script's run (kanji/katakana, hiragana, or letters of scripts written with spaces), several
+# only when joined by . + - %: in 連絡先は田中@..., 宛先tanaka@... the address starts where the script changes
+# (so 山田たろう@... keeps 山田, and 連絡先はたなか@... loses は: the sentence before is never taken). A match
+# starts only there (look-behinds) and each run is possessive: linear. The last label is one of letters of
+# scripts written with spaces (.jp stops before です; the labels give back whole labels only, so
+# "jpです.次に" ends at jp) or a known Japanese/Chinese TLD.
+_K = r"\u3005\u3400-\u4dbf\u4e00-\u9fff\uf900-\ufaff\u30a1-\u30fa\u30fc"
+_H = r"\u3041-\u3096"
+_CJK = "\u3040-\u30ff\u3400-\u4dbf\u4e00-\u9fff\uf900-\ufaff\uff66-\uff9f"
+_W = rf"[^\W{_CJK}]"  # a letter, digit or _ of a script written with spaces
+_ESEP = r"[.%+\-]"
+_SEGMENT = rf"(?:[{_K}]++|[{_H}]++|{_W}++)"
+_LOCAL = (rf"(?:(?<![.%+\-{_K}{_H}])(?<!{_W}){_ESEP}++|"  # ".taro@...": a separator first, after no run
+          rf"(?<!{_ESEP})(?:(?<![{_K}])(?=[{_K}])|(?<![{_H}])(?=[{_H}])|(?<!{_W})(?={_W})))"
+          rf"{_SEGMENT}(?:{_ESEP}++{_SEGMENT})*+{_ESEP}*+")
+_CJK_TLDS = "日本|みんな|コム|中国|中國|香港|台湾|台灣|公司|网络|網絡|在线|商城|信息"
+EMAIL = re.compile(rf"{_LOCAL}@(?:(?:[^\W_]|-)++\.)+(?:(?:[^\W_{_CJK}]|-)++|{_CJK_TLDS})")
 _SEP = r"[ \-‐‑‒–—―−ー]"
 # 13-19 digits in groups (cards) before 12-digit My Number and phones, so the longest match wins; groups of
 # four may also be apart by a dot or two spaces ("4111.1111.1111.1111"), not a lone decimal point ("3.14159...")
@@ -84,8 +101,7 @@ _COMPANY = re.compile(r"^(?:株式|有限|合同)会社[^ ]*$|(?:会社|商事|�
 # a name after an English title: words of any script's letters whose first is a capital (Dr. José García,
 # Mr. Schröder, Mr.Smith); the capitals are read from Unicode's data (re has no \p{Lu}), all possessive (linear)
 _UPPER = "".join(re.escape(chr(c)) for c in range(0x10000) if chr(c).isupper() or chr(c).istitle())
-# ... but never kana or kanji: Japanese has no spaces, so "Mr.Smithに至急連絡" would take the sentence with it
-_CJK = "\u3040-\u30ff\u3400-\u4dbf\u4e00-\u9fff\uf900-\ufaff\uff66-\uff9f"
+# ... but never kana or kanji (_CJK): Japanese has no spaces, so "Mr.Smithに至急連絡" would take the sentence with it
 _WORD_EN = rf"[{_UPPER}](?:[^\W\d_{_CJK}]|['-])++"
 NAME_EN = re.compile(rf"\b((?:Mr|Mrs|Ms|Miss|Mx|Dr|Prof)(?:\.\s*+|\s++)){_WORD_EN}(?:\s++{_WORD_EN})?")
 NAME_SAN = re.compile(r"\b[A-Z][a-z]+(-(?:san|sama|kun|chan|sensei|bucho|kacho|shacho))\b")
