@@ -48,20 +48,31 @@ _LOCAL = (rf"(?:(?<![.%+\-{_K}{_H}])(?<!{_W}){_ESEP}++|"  # ".taro@...": a separ
           rf"{_SEGMENT}(?:{_ESEP}++{_SEGMENT})*+{_ESEP}*+")
 _CJK_TLDS = "日本|みんな|コム|中国|中國|香港|台湾|台灣|公司|网络|網絡|在线|商城|信息"
 EMAIL = re.compile(rf"{_LOCAL}@(?:(?:[^\W_]|-)++\.)+(?:(?:[^\W_{_CJK}]|-)++|{_CJK_TLDS})")
-_SEP = r"[ \-‐‑‒–—―−ー]"
+_DASH = r"[\-‐‑‒–—―−ー]"
+_SEP1 = rf"[ {_DASH[1:-1]}]"  # one character between digit groups
+_SEP = rf"(?: ?{_DASH} ?| )"  # ... or a hyphen with a space either side ("03 - 1234 - 5678")
 # 13-19 digits in groups (cards) before 12-digit My Number and phones, so the longest match wins; groups of
-# four may also be apart by a dot or two spaces ("4111.1111.1111.1111"), not a lone decimal point ("3.14159...")
-CARD = re.compile(rf"(?<!\d)(?:\d{_SEP}?){{12,18}}\d(?!\d)|"
-                  rf"(?<![\d.])\d{{4}}(?:(?:\.|{_SEP}{{1,2}})\d{{4}}){{2,3}}(?:(?:\.|{_SEP}{{1,2}})\d{{1,3}})?(?!\.?\d)")
+# four may also be apart by a dot or two spaces ("4111.1111.1111.1111"), not a lone decimal point ("3.14159..."),
+# and only groups of 4 (4-6-5 for Amex) by a spaced hyphen, so "2026-12-01 - 2027-01-31" stays a date range
+CARD = re.compile(rf"(?<!\d)(?:\d{_SEP1}?){{12,18}}\d(?!\d)|"
+                  rf"(?<![\d.])\d{{4}}(?:(?:\.|{_SEP}{{1,2}})\d{{4}}){{2,3}}(?:(?:\.|{_SEP}{{1,2}})\d{{1,3}})?(?!\.?\d)|"
+                  rf"(?<!\d)\d{{4}}{_SEP}\d{{6}}{_SEP}\d{{5}}(?!\d)")
 MY_NUMBER = re.compile(rf"(?<!\d)\d{{4}}{_SEP}?\d{{4}}{_SEP}?\d{{4}}(?!\d)")
-# +81 90 1234 5678, +1 (415) 555-0100, 03-1234-5678, (03) 1234-5678, 03(1234)5678, 03.1234.5678; a number that
-# starts with 0 needs 9 digits or more (Japanese numbers have 10 or 11), so "05.12.2026" is a date
+# 03-1234-5678, (03) 1234-5678, 03(1234)5678, 03.1234.5678; a number that starts with 0 needs 9 digits or more
+# (Japanese numbers have 10 or 11), so "05.12.2026" is a date
 _PSEP = rf"(?:{_SEP}|\.)"
 # after a digit, a letter, "+" or "." a number is part of something else (an ID, a version), except right after a
 # label glued to it: TEL090-1234-5678, FAX03-1234-5678, Phone.03-1234-5678 (an ID such as INV0012-3456-789 stays)
 _PHONE_LABELS = "".join(rf"|(?<=(?i:{label}))|(?<=(?i:{label})\.)" for label in ("tel", "fax", "phone", "mobile", "cell"))
-PHONE = re.compile(rf"(?:(?<![0-9A-Za-z+.]){_PHONE_LABELS})(?:\+\d{{1,3}}{_SEP}?(?:\(\d{{1,4}}\)|\d{{1,4}})|\(0\d{{1,4}}\)|0\d{{1,4}})"
+_PHONE_START = rf"(?:(?<![0-9A-Za-z+.]){_PHONE_LABELS})"
+PHONE = re.compile(rf"{_PHONE_START}(?:\(0\d{{1,4}}\)|0\d{{1,4}})"
                    rf"(?:{_PSEP}|\()?\d{{1,4}}(?:{_PSEP}|\))?\d{{3,4}}(?!\d)")
+# +81 90 1234 5678, +1 (415) 555-0100, +81 (0)3-1234-5678, +86 138 0013 8000, +33 1 23 45 67 89: a country code
+# and up to 7 groups, masked before cards (13 digits after a "+" are a phone); _intl_phone keeps E.164's 15 digits
+INTL_PHONE = re.compile(rf"{_PHONE_START}\+\d{{1,3}}(?:{_PSEP}?(?:\(\d{{1,4}}\)|\d++)){{1,7}}")
+_INTL_GROUP = re.compile(r"(\D*)(\d+)\)?")
+_INTL_DIGITS = (7, 15)
+_INTL_COMPLETE = 11  # digits after which a group set off by a plain space is the next number ("... 5678 2 times")
 _MIN_DOMESTIC_DIGITS = 9
 
 _KATA = r"\u30a1-\u30fa\u30fc"
@@ -143,10 +154,21 @@ def _card(match: re.Match) -> str:
     return "[MY_NUMBER]" if len(digits) == 12 else "[CARD]"  # any 13-19 digit run: masking beats leaking
 
 
+def _intl_phone(match: re.Match) -> str:
+    """[PHONE] for the groups that make one number (up to 15 digits; after 11, none set off by a plain space,
+    which is the next number in "+81 3 1234 5678 2 times"); a run of fewer than 7 digits is no phone."""
+    number, kept, digits = match.group(), 0, 0
+    for group in _INTL_GROUP.finditer(number):
+        separator, run = group.group(1), group.group(2)
+        if digits + len(run) > _INTL_DIGITS[1] or (digits >= _INTL_COMPLETE and separator == " "):
+            break
+        kept, digits = group.end(), digits + len(run)
+    return number if digits < _INTL_DIGITS[0] else "[PHONE]" + number[kept:]
+
+
 def _phone(match: re.Match) -> str:
     number = match.group()
-    domestic = not number.startswith("+")
-    return number if domestic and len(re.sub(r"\D", "", number)) < _MIN_DOMESTIC_DIGITS else "[PHONE]"
+    return number if len(re.sub(r"\D", "", number)) < _MIN_DOMESTIC_DIGITS else "[PHONE]"
 
 
 def mask_personal_data(text: str) -> str:
@@ -154,6 +176,7 @@ def mask_personal_data(text: str) -> str:
     ``[EMAIL]``, ``[CARD]``, ``[MY_NUMBER]``, ``[PHONE]`` and ``[NAME]``."""
     text, _ = strip_invisible(unicodedata.normalize("NFKC", text))
     text = EMAIL.sub("[EMAIL]", text)
+    text = INTL_PHONE.sub(_intl_phone, text)
     text = CARD.sub(_card, text)
     text = MY_NUMBER.sub("[MY_NUMBER]", text)
     text = PHONE.sub(_phone, text)
