@@ -46,6 +46,7 @@ __all__ = ["GATE_FILE", "ContinuedTrainer", "ExtractError", "NotPromoted", "Prep
            "serving_training_config", "train_from_serving", "write_rows"]
 ROWS_FILE, DATA_DIR, RUN_DIR, DIST_DIR, SMOKE_DIR, SUMMARY_FILE = (
     "additional_training.jsonl", "data", "run", "dist", "smoke-logs", "retrain.json")
+STAGE_PREFIX = ".retrain-staging-"
 
 
 def run_flow(logs: list[str | Path], serving: str | Path, work: str | Path,
@@ -58,7 +59,13 @@ def run_flow(logs: list[str | Path], serving: str | Path, work: str | Path,
     """All five steps into ``work/``; stops after the gate when it refuses (``promote`` false, nothing
     exported). ``base_config`` None trains with the serving run's own config. Returns, and writes to
     ``work/retrain.json``, what each step did. A ``work/run`` that holds a run is continued only from the serving
-    model and data it started from; otherwise the flow stops before it replaces anything in ``work/``."""
+    model and data it started from; otherwise the flow stops before it replaces anything in ``work/``.
+
+    Extract and preprocess are staged in ``work/.retrain-staging-*`` and moved into place after that check. When
+    preprocess rejects the rows, they stay where the operator can read them and the error names that file:
+    ``work/additional_training.jsonl`` when no earlier run left rows or data in ``work/`` (as the step-by-step
+    commands leave it), else the staging folder, so an earlier run's files are never replaced. Staging folders
+    left by a failed or killed run are removed (and logged) by the next run on the same ``work/``."""
     check_gate_settings(bootstrap, threshold, margin, eval_max_rows)  # before anything is trained
     work = Path(work)
     summary: dict = {"serving": str(serving), "work": str(work)}
@@ -71,10 +78,15 @@ def run_flow(logs: list[str | Path], serving: str | Path, work: str | Path,
                            f"(left out: {summary['extract']['left_out']}); give gate labels with so8t escalation "
                            "resolve --supersede --gate-label, or spot checks with --reviews; nothing to retrain on")
     work.mkdir(parents=True, exist_ok=True)
-    stage = Path(tempfile.mkdtemp(prefix=".retrain-staging-", dir=work))
+    clear_stale_stages(work, log)
+    stage, keep_stage = Path(tempfile.mkdtemp(prefix=STAGE_PREFIX, dir=work)), False
     try:  # extract and preprocess are staged, and replace work's only once the run may go on with them
         write_rows(rows, stage / ROWS_FILE)
-        summary["preprocess"] = preprocess(stage / ROWS_FILE, stage / DATA_DIR, input_as=work / ROWS_FILE)
+        try:
+            summary["preprocess"] = preprocess(stage / ROWS_FILE, stage / DATA_DIR, input_as=work / ROWS_FILE)
+        except Exception as exc:
+            keep_stage = keep_rejected_rows(exc, stage, work, resume)
+            raise
         if resume:
             check_same_origin(work / RUN_DIR, run_origin(config, serving, stage / DATA_DIR))
         check_out(work / DATA_DIR, work / ROWS_FILE, CORPUS_DIR)
@@ -84,7 +96,8 @@ def run_flow(logs: list[str | Path], serving: str | Path, work: str | Path,
                     os.replace(path, tmp / path.name)
         os.replace(stage / ROWS_FILE, work / ROWS_FILE)
     finally:
-        shutil.rmtree(stage, ignore_errors=True)
+        if not keep_stage:
+            shutil.rmtree(stage, ignore_errors=True)
     log(f"2 preprocess: kept {summary['preprocess']['kept']} of {summary['preprocess']['rows']} "
         f"{summary['preprocess']['splits']}; test split untouched (sha256 {summary['preprocess']['test_sha256'][:12]})")
     run_dir = train_from_serving(config, serving, resume=resume)
@@ -120,3 +133,49 @@ def check_work(work: Path, config: SO8TConfig, serving: str | Path) -> bool:
         check_fresh(run_dir)
     check_out(work / DATA_DIR, work / ROWS_FILE, CORPUS_DIR)
     return resume
+
+
+def clear_stale_stages(work: Path, log=print) -> None:
+    """Removes the staging folders (``work/.retrain-staging-*``, nothing else) that a run killed mid-step or
+    stopped by preprocess left behind: each holds a copy of the masked rows that nothing else would clear."""
+    for old in sorted(work.glob(STAGE_PREFIX + "*")):
+        if not old.is_dir() or old.is_symlink():
+            continue
+        try:
+            shutil.rmtree(old)
+        except OSError as exc:
+            log(f"could not remove {old}, left by an earlier retrain run ({exc}); remove it by hand")
+        else:
+            log(f"removed {old}: a staging folder an earlier retrain run left behind (killed or stopped by preprocess)")
+
+
+def keep_rejected_rows(exc: Exception, stage: Path, work: Path, resume: bool) -> bool:
+    """Keeps the rows preprocess rejected where the operator can read them and makes ``exc`` name that file, not
+    the staging copy. They go to ``work/additional_training.jsonl`` only when no earlier run left rows, data or a
+    run to continue there (a hard link, which never replaces a file); else they stay in the staging folder.
+    Returns whether the staging folder must be kept."""
+    staged, placed = stage / ROWS_FILE, work / ROWS_FILE
+    why = f"{work} holds an earlier run's rows, data or run, left as they were"
+    if not (resume or os.path.lexists(placed) or os.path.lexists(work / DATA_DIR)):
+        try:
+            os.link(staged, placed)
+        except OSError as link_error:
+            why = f"they could not be linked to {placed} ({link_error})"
+        else:
+            note = (f" (the extracted rows are kept in {placed}: correct them there and go on step by step with so8t "
+                    f"retrain preprocess --input {placed} --out {work / DATA_DIR}, or correct the logs and run so8t "
+                    "retrain run again)")
+            _rename_in_message(exc, staged, placed, note)
+            return False
+    shutil.rmtree(stage / DATA_DIR, ignore_errors=True)
+    note = (f" (the extracted rows are kept in {staged}, since {why}; copy the file out to inspect it: the next "
+            "so8t retrain run on this --work removes that folder)")
+    _rename_in_message(exc, staged, staged, note)
+    return True
+
+
+def _rename_in_message(exc: Exception, staged: Path, kept: Path, note: str) -> None:
+    if exc.args and isinstance(exc.args[0], str) and type(exc).__str__ is BaseException.__str__:
+        exc.args = (exc.args[0].replace(str(staged), str(kept)) + note, *exc.args[1:])
+    else:
+        exc.add_note(note.strip())
