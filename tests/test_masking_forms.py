@@ -112,9 +112,27 @@ def test_dates_amounts_versions_and_ticket_ids_stay(text):
     assert mask_personal_data(text) == text
 
 
+@pytest.mark.parametrize("text, expected", [
+    ("山田 太郎 様へ送付", "[NAME] 様へ送付"),
+    ("山田太郎 様", "[NAME] 様"),
+    ("山田\u3000太郎\u3000様", "[NAME] 様"),
+    ("鈴木 一郎 氏", "[NAME] 氏"),
+    ("田中 部長の承認", "[NAME] 部長の承認"),
+    ("佐藤さくら さんへ", "[NAME] さんへ"),
+    ("ミナト商事 田中 様", "ミナト商事 [NAME] 様"),
+])
+def test_a_space_before_the_honorific_hides_no_name(text, expected):
+    assert mask_personal_data(text) == expected
+
+
+@pytest.mark.parametrize("text", ["お客 様", "皆 様", "営業 部長に確認", "ご担当者 様", "サクラ商事 様", "その 様子"])
+def test_roles_and_set_phrases_before_a_spaced_honorific_stay(text):
+    assert mask_personal_data(text) == text
+
+
 @pytest.mark.timeout(60)  # a hang guard, as test_sanitize's megabyte shapes
 @pytest.mark.parametrize("shape", ["田@", "田.", "は田", "a田", "田a.", "é", "é@é.", "@例.", "+1 ", "+1 (0)", "1 - ",
-                                   "0 - ", "a.田.", "a@例.", "@a.例", "x" * 63 + "@例え"])
+                                   "0 - ", "田 ", "田 様 ", "a.田.", "a@例.", "@a.例", "x" * 63 + "@例え"])
 def test_the_new_forms_run_in_linear_time_on_a_megabyte(shape):
     text = shape * (1_000_000 // len(shape))
     masked = mask_personal_data(text)

@@ -11,7 +11,8 @@ bounded, so a long run of letters or digits is scanned once, not once per positi
 
 Names, Japanese: the kanji/katakana run before an honorific or a title (さん, 様, 部長, ...), with a
 hiragana given name (佐藤さくらさん) or a given name after one space (田中 太郎様: any two short words
-apart by a space before an honorific are read as one name). A department or company written before
+apart by a space before an honorific are read as one name), and one space may stand before the honorific
+(山田 太郎 様, 鈴木 一郎 氏). A department or company written before
 the name stays (総務課山田花子さん, 株式会社サクラ営業部佐藤部長, ミナト商事 田中様): only what follows
 its last unit (部, 課, 室, ...) is masked, within the 24 kanji/katakana before the honorific: a longer
 run (a long company and department name written straight before the name) leaves the name unmasked,
@@ -86,7 +87,7 @@ _HONORIFIC = rf"(?:{_PERSONAL}|(?:先生|部長|課長|係長|主任|社長|専�
 # one space, and a hiragana given name of 2-4 (before さん, 様, ..., not a title: うちの部長); or a hiragana name
 # alone at the start of a phrase. お/ご before it: a set phrase (お客様, ご苦労様, お母さん)
 NAME_JA = re.compile(rf"(?<![{_KANJI_KATA}おご御])((?:[{_KATA}]{{1,12}}・)?[{_KANJI_KATA}]{{1,24}}"
-                     rf"(?: [{_KANJI_KATA}]{{1,8}})?(?:[{_HIRA}]{{2,4}}(?={_PERSONAL}))?)(?={_HONORIFIC})|"
+                     rf"(?: [{_KANJI_KATA}]{{1,8}})?(?:[{_HIRA}]{{2,4}}(?= ?{_PERSONAL}))?)(?= ?{_HONORIFIC})|"
                      rf"(?<![{_KANJI_KATA}\u3041-\u309f])([{_HIRA}]{{2,4}})(?={_PERSONAL})")
 # words before an honorific that are roles or set phrases, not names (お客様, 皆さん, ご苦労様, ご担当者様, 副社長)
 _NOT_NAMES = frozenset({"客", "皆", "苦労", "担当者", "担当", "先方", "相手", "上司", "同僚", "部下", "社員", "世話", "奥",
