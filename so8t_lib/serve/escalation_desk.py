@@ -172,21 +172,31 @@ class EscalationDesk:
     def _finish_orphan(self, entry: SpoolEntry, present: set) -> None:
         """Queue, audit and notify one orphan, each only if it has not happened yet, then delete it. Whether the
         case is owed a notification is kept in the entry with ``queued``: the pass that queues it may fail at the
-        audit record, and the pass that finishes the entry sends it."""
+        audit record, and the pass that finishes the entry sends it, unless a reviewer resolved the case meanwhile
+        (a "new escalation" notice, with its text, for a case already settled)."""
         case = entry.data["case"]
-        notify = entry.data.get("notify") is True
+        notify = owed = entry.data.get("notify") is True
         if not entry.data.get("queued"):
             # a case already in the queue may have been added by a process that died before it notified
             notify = self.store.add(case) or self._never_notified(case["case_id"])
             entry.update(queued=True, notify=notify)
+            owed = False  # read just now
         if not entry.data.get("audited") and entry.data["record"].get("request_id") not in present:
             record = dict(entry.data["record"])
             record["flags"] = list(record.get("flags") or []) + ["recovered_from_spool"]
             self.audit.append(record)
             entry.update(audited=True)
+        if owed:  # read before the entry goes: a queue that does not answer keeps it for the next pass
+            notify = self._unresolved(case["case_id"])
         entry.done()
         if notify:
             self._notify(case)
+
+    def _unresolved(self, case_id: str) -> bool:
+        try:
+            return self.store.get(case_id)["status"] != "resolved"
+        except KeyError:  # gone from the queue (restored from an older copy): the notice stands, as before
+            return True
 
     def _never_notified(self, case_id: str) -> bool:
         stored = self.store.get(case_id)
