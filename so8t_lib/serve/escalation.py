@@ -16,7 +16,6 @@ from __future__ import annotations
 import datetime as dt
 import json
 import logging
-import unicodedata
 from collections.abc import Callable, Iterator
 from contextlib import closing, contextmanager
 from pathlib import Path
@@ -26,11 +25,11 @@ from sqlalchemy import exc, func, or_, select, update
 from sqlalchemy.engine import Connection
 
 from ..core.schema import HUMAN_DECISIONS, LABELS
-from ..core.unicode_text import IGNORABLE_CODE_POINTS, steers_lines
 from . import queue_sql
 from .audit_verify import make_fernet
 from .fields import bounded, masked_bounded
 from .queue_sql import cases, resolutions
+from .reviewer_names import MAX_NAME_CHARS, checked_name, unseen  # noqa: F401 - re-exported
 
 CLI_CHANNEL = "command line"  # how a resolution arrived when no API key brought it
 
@@ -42,7 +41,6 @@ ENCRYPTED_MARK = "enc:"
 UNRESOLVED_STATUSES = ("open", "notified", "notify_failed")  # waiting for a person, whatever became of its notice
 CASE_STATUSES = (*UNRESOLVED_STATUSES, "resolved")
 UNRESOLVED = "unresolved"  # a list filter: every case of UNRESOLVED_STATUSES
-MAX_NAME_CHARS = 128  # a reviewer's name, as the HTTP schema bounds it
 
 
 class QueueError(RuntimeError):
@@ -60,25 +58,6 @@ class ResolvedButUnread(QueueError):
 
 class AlreadyResolved(ValueError):
     """A second resolution without ``supersede``: the first must not be overwritten silently."""
-
-
-def unseen(char: str) -> bool:
-    """Whether a character shows nothing where a name is printed: whitespace, a control or format character (Cf:
-    zero-width space, soft hyphen, BOM) or another default-ignorable code point. The HTTP schema builds from it."""
-    return char.isspace() or unicodedata.category(char) in ("Cc", "Cf") or ord(char) in IGNORABLE_CODE_POINTS
-
-
-def checked_name(by: str) -> str:
-    """The reviewer's name as stored (stripped), or ValueError. An invisible name says nobody decided; a line
-    break, an escape sequence or a bidi override in it would forge or hide lines where the name is shown."""
-    if all(unseen(ch) for ch in by):
-        raise ValueError(f"--by {by!r}: name the person who decided, with at least one visible character "
-                         "(spaces, zero-width and other invisible characters do not count)")
-    if steers_lines(by):
-        raise ValueError(f"--by {by!r}: a name is one line without control characters")
-    if len(name := by.strip()) > MAX_NAME_CHARS:
-        raise ValueError(f"--by: a name is at most {MAX_NAME_CHARS} characters, got {len(name)}; shorten it")
-    return name
 
 
 def utc_now() -> dt.datetime:
@@ -164,7 +143,7 @@ class EscalationQueue:
             self.where = queue_sql.display(url)
             self.engine = queue_sql.postgres_engine(url, timeout_s)
         self.dialect = self.engine.dialect.name
-        self._ready = False
+        self._ready, self._absent = False, {}
         try:
             self._ensure_schema(create)
         except QueueUnavailable:
@@ -186,15 +165,22 @@ class EscalationQueue:
             found = queue_sql.translate(error, self.where, self.timeout_s)
             raise (QueueUnavailable if found.unavailable else QueueError)(str(found)) from None
 
-    def _ensure_schema(self, create: bool = True) -> None:
-        if self._ready:
+    def _ensure_schema(self, create: bool = True, writing: bool = False) -> None:
+        """Create or migrate the tables, once. Opened without ``create`` where writes are refused (a read-only file
+        or role), a queue an earlier version made is read with the columns it has (``_absent``); the first write
+        migrates it first, or fails saying the queue cannot be written."""
+        if self._ready and not (writing and self._absent):
             return
         try:
             present = queue_sql.has_queue_tables(self.engine)
             if not present and not create:
                 kind = "an SQLite database" if self.path is not None else "a database"
                 raise QueueError(f"{self.where} is {kind} but not an escalation queue (no cases table)")
-            queue_sql.ensure_schema(self.engine)
+            self._absent = queue_sql.migrate(self.engine, read_only_ok=not (create or writing))
+            if self._absent:
+                logger.warning("%s cannot be written here and lacks columns added since it was made (%s): they "
+                               "read as empty until a process that may write the queue opens it", self.where,
+                               ", ".join(f"{t}.{c}" for t, cols in self._absent.items() for c in sorted(cols)))
         except (exc.DBAPIError, exc.TimeoutError) as error:
             found = queue_sql.translate(error, self.where, self.timeout_s)
             raise (QueueUnavailable if found.unavailable else QueueError)(str(found)) from None
@@ -246,7 +232,7 @@ class EscalationQueue:
 
     # ----- the CaseStore protocol -------------------------------------------------------------------
     def add(self, case: dict) -> bool:
-        self._ensure_schema()
+        self._ensure_schema(writing=True)
         created = case.get("created_at") or iso(utc_now())
         due = iso(dt.datetime.fromisoformat(created) + dt.timedelta(seconds=self.escalation_timeout_s))
         row = {"case_id": case["case_id"], "created_at": created, "due_at": due, "request_id": case.get("request_id"),
@@ -262,20 +248,20 @@ class EscalationQueue:
     def get(self, case_id: str) -> dict:
         self._ensure_schema()
         with self._db() as db:
-            row = db.execute(select(cases).where(cases.c.case_id == case_id)).first()
+            row = db.execute(queue_sql.case_query(self._absent).where(cases.c.case_id == case_id)).first()
         if row is None:
             raise KeyError(f"no escalation case {case_id!r} in {self.where}")
         return self._row(row)
 
     def list(self, status: str | None = None, overdue_only: bool = False, include_tests: bool = True) -> list[dict]:
         self._ensure_schema()
-        query = select(cases).order_by(cases.c.created_at, cases.c.case_id)
+        query = queue_sql.case_query(self._absent).order_by(cases.c.created_at, cases.c.case_id)
         if status == UNRESOLVED:  # every case waiting for a person, whatever became of its notification
             query = query.where(cases.c.status.in_(UNRESOLVED_STATUSES))
         elif status:
             query = query.where(cases.c.status == status)
         if not include_tests:
-            query = query.where(cases.c.test == 0)
+            query = query.where(queue_sql.readable(cases, "test", self._absent) == 0)
         with self._db() as db:
             rows = db.execute(query).fetchall()
         found = [self._row(r) for r in rows]
@@ -292,7 +278,7 @@ class EscalationQueue:
         """Append one sending's outcomes (a reminder's carry ``reminder: true``) to the case's record. A failure
         never takes back ``notified``: a failed OVERDUE reminder does not undo the notice a person already got."""
         ok = bool(outcomes) and all(o["ok"] for o in outcomes)
-        self._ensure_schema()
+        self._ensure_schema(writing=True)
         with self._db(write=True) as db:
             found = db.execute(select(cases).where(cases.c.case_id == case_id).with_for_update()).first()
             if found is not None:
@@ -304,7 +290,7 @@ class EscalationQueue:
     def history(self, case_id: str) -> list[dict]:
         self._ensure_schema()
         with self._db() as db:
-            rows = db.execute(select(resolutions).where(resolutions.c.case_id == case_id)
+            rows = db.execute(queue_sql.resolution_query(self._absent).where(resolutions.c.case_id == case_id)
                               .order_by(resolutions.c.id)).fetchall()
         return [{**dict(r._mapping), "note": self._open(r._mapping["note"])} for r in rows]
 
@@ -325,7 +311,7 @@ class EscalationQueue:
         by = checked_name(by)
         if note is not None:  # what the audit record stores (AuditLog.MASKED_FIELDS), so the record and the row agree
             note = (masked_bounded if self.mask_personal_data else bounded)(note, self.max_field_chars)
-        self._ensure_schema()
+        self._ensure_schema(writing=True)
         now = iso(utc_now())
         with self._db(write=True) as db:
             found = db.execute(select(cases).where(cases.c.case_id == case_id).with_for_update()).first()
@@ -365,7 +351,7 @@ class EscalationQueue:
                                     f"audited), but could not be read back: {exc}") from None
 
     def mark_overdue(self, now: dt.datetime | None = None) -> list[str]:
-        self._ensure_schema()
+        self._ensure_schema(writing=True)
         stamp = iso(now or utc_now())
         with self._db(write=True) as db:
             rows = db.execute(update(cases).where(cases.c.status != "resolved").where(cases.c.overdue_at.is_(None))
@@ -379,9 +365,9 @@ class EscalationQueue:
         them and when, the category and the history rows stay. One statement per table, whatever the number of
         cases; ``before_commit`` (the audit record of the redaction) runs inside the transaction: if it fails,
         nothing is redacted."""
-        self._ensure_schema()
+        self._ensure_schema(writing=not dry_run)
         old = (cases.c.status == "resolved") & (cases.c.resolved_at < iso(before))
-        due = old & or_(*(cases.c[f].is_not(None) for f in REDACTED_FIELDS if f in cases.c))
+        due = old & or_(*(queue_sql.readable(cases, f, self._absent).is_not(None) for f in REDACTED_FIELDS))
         with self._db(write=not dry_run) as db:
             if dry_run:
                 return sorted(r[0] for r in db.execute(select(cases.c.case_id).where(due)).fetchall())

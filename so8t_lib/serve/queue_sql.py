@@ -13,6 +13,12 @@ one queue). What differs is kept here:
   relies on its one writer. The schema is created under an advisory lock, so two replicas that
   start together do not both create it.
 
+A queue made by an earlier version gains the columns added since when it is opened (``migrate``). Opened
+only to read where writing is refused (a read-only file, a role that may only read), it is read with the
+columns it has: ``readable`` and ``case_query`` give a missing one as NULL (or its default), and a writer
+migrates it later. A case's ``gate_label`` is read from its last ``resolutions`` row, never from the copy
+in its ``cases`` row: a replica of an earlier version supersedes without touching that copy.
+
 ``translate`` turns driver errors into the queue's own: a lock or a server that does not answer
 within the bounded wait is ``QueueUnavailable`` (the runtime spools the case and retries), anything
 else ``QueueError``; the message names the queue, never its password.
@@ -27,6 +33,7 @@ from pathlib import Path
 
 from sqlalchemy import (
     Column,
+    ColumnElement,
     Float,
     Index,
     Integer,
@@ -37,10 +44,13 @@ from sqlalchemy import (
     event,
     exc,
     inspect,
+    literal,
+    select,
     text,
 )
 from sqlalchemy.engine import URL, Engine, make_url
 from sqlalchemy.pool import NullPool
+from sqlalchemy.sql import Select
 
 metadata = MetaData()
 cases = Table(
@@ -54,7 +64,9 @@ cases = Table(
     Column("urgent", Integer, nullable=False, server_default="0"),  # the emergency screen marked the request
     Column("client", Text),  # the API key that asked over HTTP: the one that may read the outcome
     Column("context", Text),  # what the gate read with the request ("" for none; NULL in cases made before)
-    Column("gate_label", Text),  # the latest resolution's gate_label (see resolutions)
+    # a copy of the gate_label this version last wrote, for replicas that read it here; readers take the label
+    # from the last resolutions row (case_query): an earlier version's supersede leaves this copy stale
+    Column("gate_label", Text),
 )
 resolutions = Table(
     "resolutions", metadata,
@@ -70,6 +82,9 @@ resolutions = Table(
 RESOLUTIONS_BY_CASE = Index("ix_resolutions_case_id", resolutions.c.case_id)
 URL_ENV = "SO8T_ESCALATION_URL"
 _SCHEMA_LOCK = 0x50387451  # any fixed number: the advisory lock two starting replicas share
+# PostgreSQL's read_only_sql_transaction and insufficient_privilege (a role that may not ALTER the tables)
+_WRITE_REFUSED_STATES = ("25006", "42501")
+Absent = dict[str, frozenset[str]]  # table -> the columns a queue made by an earlier version still lacks
 
 
 class StoreError(RuntimeError):
@@ -175,6 +190,58 @@ def ensure_schema(engine: Engine) -> None:
         RESOLUTIONS_BY_CASE.create(conn, checkfirst=True)
 
 
+def refused_write(error: exc.DBAPIError) -> bool:
+    """Whether the database refused a write because this connection may only read (not a lock, not a fault)."""
+    orig = getattr(error, "orig", None)
+    if isinstance(orig, sqlite3.Error):
+        return getattr(orig, "sqlite_errorname", "").startswith("SQLITE_READONLY") or "readonly" in str(orig)
+    return getattr(orig, "sqlstate", None) in _WRITE_REFUSED_STATES
+
+
+def missing_columns(engine: Engine) -> Absent:
+    found = inspect(engine)
+    absent = {t.name: frozenset(c.name for c in t.columns) - {c["name"] for c in found.get_columns(t.name)}
+              for t in (cases, resolutions)}
+    return {name: columns for name, columns in absent.items() if columns}
+
+
+def migrate(engine: Engine, read_only_ok: bool = False) -> Absent:
+    """``ensure_schema``; with ``read_only_ok``, a database that refuses the write (opened read-only, or by a role
+    that may not alter the tables) is left as it is, and the columns it lacks are returned for reads to do
+    without: reading a queue must not need the right to write it. Errors are SQLAlchemy's."""
+    try:
+        ensure_schema(engine)
+    except exc.DBAPIError as error:
+        if not (read_only_ok and refused_write(error)):
+            raise
+        return missing_columns(engine)
+    return {}
+
+
+def readable(table: Table, name: str, absent: Absent) -> ColumnElement:
+    """``table``'s column ``name`` as a query reads it: one the queue lacks as its default (NULL or 0)."""
+    column = table.c[name]
+    if name not in absent.get(table.name, ()):
+        return column
+    value = int(column.server_default.arg) if column.server_default is not None else None
+    return literal(value, column.type).label(name)
+
+
+def case_query(absent: Absent) -> Select:
+    """SELECT of ``cases`` whose ``gate_label`` is the case's last resolution's (NULL with none, or none stored)."""
+    if "gate_label" in absent.get(resolutions.name, ()):
+        label = literal(None, Text)
+    else:
+        label = (select(resolutions.c.gate_label).where(resolutions.c.case_id == cases.c.case_id)
+                 .order_by(resolutions.c.id.desc()).limit(1).scalar_subquery())
+    return select(*(readable(cases, c.name, absent) for c in cases.columns if c.name != "gate_label"),
+                  label.label("gate_label"))
+
+
+def resolution_query(absent: Absent) -> Select:
+    return select(*(readable(resolutions, c.name, absent) for c in resolutions.columns))
+
+
 def translate(error: exc.DBAPIError | exc.SQLAlchemyError, where: str, timeout_s: float) -> StoreError:
     """A driver error as the queue reports it (see the module docstring)."""
     orig = getattr(error, "orig", None)
@@ -187,12 +254,18 @@ def translate(error: exc.DBAPIError | exc.SQLAlchemyError, where: str, timeout_s
         if isinstance(orig, sqlite3.OperationalError) and ("locked" in message or "busy" in message):
             return StoreError(f"{where}: the escalation queue is locked by another process (waited {timeout_s:g}s)",
                               True)
+        if isinstance(orig, sqlite3.OperationalError) and refused_write(error):
+            return StoreError(f"{where}: this process may only read the escalation queue ({message}); write it as "
+                              "a user who may (check the file's and its folder's permissions)", False)
         if isinstance(orig, sqlite3.OperationalError):
             return StoreError(f"{where}: {message}", False)
         return StoreError(f"{where} is not an escalation queue ({message})", False)
     sqlstate = getattr(orig, "sqlstate", None)
     if sqlstate in ("55P03", "57014") or (isinstance(error, exc.OperationalError) and sqlstate is None):
         return StoreError(f"{where}: the escalation queue does not answer within {timeout_s:g}s ({message})", True)
+    if sqlstate in _WRITE_REFUSED_STATES:
+        return StoreError(f"{where}: the escalation queue refused this role ({message}); writing it needs a role "
+                          "that owns its tables, reading it one granted SELECT on them", False)
     if sqlstate in ("57P01", "57P02", "57P03", "08000", "08003", "08006"):  # server shutting down, connection lost
         return StoreError(f"{where}: the escalation queue's server is not available ({message})", True)
     return StoreError(f"{where}: {message}", False)

@@ -197,7 +197,8 @@ def extract_rows(logs: list[str | Path], queue: str | Path | None = None, review
                 labelled[record["request_id"]] = _Label(record.get("gate_label"), "escalation",
                                                         _moment(record.get("timestamp")), record.get("case_id"),
                                                         final, record.get("human_decision"))
-    for case in resolved:
+    for case in resolved:  # a case's gate_label is its last resolutions row's (never the case row's copy, which
+        # a replica of an earlier version leaves stale when it supersedes)
         logged = labelled.get(case["request_id"])  # the queue holds the final resolution; the log's record
         if logged is None or (logged.decision, logged.label) != (case["human_decision"], case.get("gate_label")):
             labelled[case["request_id"]] = _Label(case.get("gate_label"), "escalation",  # (finer timestamp)
