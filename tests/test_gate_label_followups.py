@@ -6,7 +6,8 @@
   supersedes without touching that copy, so ``retrain extract --db`` trained the stale label while the log alone
   (rightly) gave none. The label is now read from the case's last resolution.
 - Opening a queue made before gate labels ran ALTER TABLE even to read it: a read-only file or role could no longer
-  be read at all ("attempt to write a readonly database"). It is now read with the columns it has."""
+  be read at all ("attempt to write a readonly database"). It is now read with the columns it has.
+- The notification's and the docs' resolve examples gave no ``--gate-label``."""
 
 from __future__ import annotations
 
@@ -203,3 +204,14 @@ def test_a_postgresql_role_that_may_only_read_reads_a_queue_made_before_gate_lab
     queue = EscalationQueue(url, create=False)  # the owner migrates it
     assert queue.history("esc_1")[0]["gate_label"] is None
     queue.close()
+
+
+# ----- what a reviewer is shown ----------------------------------------------------------------------------------
+def test_the_resolve_examples_give_a_gate_label():
+    text = Notifier(EscalationConfig())._message({"case_id": "esc_1", "category": "hr", "request_id": "req_1",
+                                                  "input": "x", "rationale": "r"}, reminder=False)
+    (line,) = [line for line in text.splitlines() if line.startswith("Resolve:")]
+    assert "--gate-label ALLOW|REFUSE|ESCALATE" in line
+    resolves = [line for line in (ROOT / "docs" / "runtime.md").read_text(encoding="utf-8").splitlines()
+                if line.startswith("so8t escalation resolve")]
+    assert resolves and all("--gate-label" in line for line in resolves)

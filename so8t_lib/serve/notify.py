@@ -286,7 +286,10 @@ class Notifier:
         rationale = " ".join(str(case["rationale"]).split())  # one line: it cannot break the message's layout
         return (f"[SO8T escalation {case_id}] {head}category {category}, request {request_id}\n"
                 f"{escape(rationale)}\nInput (personal data masked):\n{quoted(escape(case['input']))}\n"
-                f"Resolve: so8t escalation resolve {case_id} --decision ALLOW|REFUSE --by NAME")
+                f"Resolve: so8t escalation resolve {case_id} --decision ALLOW|REFUSE "
+                "[--gate-label ALLOW|REFUSE|ESCALATE] --by NAME\n"
+                "--gate-label: what the gate should have decided (ESCALATE where the policy sends such a request "
+                "to a person); retraining leaves out a case resolved without one")
 
     def _webhook(self, case: dict, route: RouteConfig, timeout: float, reminder: bool,
                  connections: _Connections) -> None:
