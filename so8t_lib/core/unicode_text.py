@@ -114,8 +114,8 @@ def _latin_letters(marked: bool) -> dict[int, str]:
 
 def _latin_stand_ins() -> dict[int, str]:
     """Latin letters that only stand in for an ASCII letter: small capitals and dotless letters by name, and the
-    Latin letters Unicode's confusables data lists as an ASCII letter (ɑ, ɡ, ɩ). Turkish ı is among them: in
-    the corpus's languages it only hides an i."""
+    Latin letters Unicode's confusables data lists as an ASCII letter (ɑ, ɡ, ɩ). Dotless ı and ȷ are among them
+    for matching, though words are spelled with them (``SPELLED_DOTLESS``)."""
     from confusable_homoglyphs import categories, confusables
 
     table = _latin_letters(marked=False)
@@ -144,6 +144,11 @@ def latin_lookalikes() -> dict[int, str]:
         if ascii_letters:
             table[ord(char)] = (same_case or ascii_letters)[0].lower()
     return table | _latin_stand_ins()
+
+
+# dotless ı and ȷ: read as i and j for matching like any stand-in, but Turkish and Azerbaijani spell words with ı
+# (Yıldız, Kadıköy), so unlike a small capital they are no sign that a text hides its letters
+SPELLED_DOTLESS: dict[int, str] = {0x0131: "i", 0x0237: "j"}
 
 
 @functools.cache

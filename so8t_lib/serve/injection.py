@@ -23,29 +23,39 @@ from .textforms import matching_form, matching_forms, unleet
 _RULES = (r"(?:instructions?|rules?|prompts?|guidelines?|guardrails?|polic(?:y|ies)|restrictions?|filters?|checks?|"
           r"safety|review|programming|directives?|constraints?|limitations?|limits?|moderation|safeguards?|"
           r"content policy|system message)")
-# what was said before the request, and the verbs that set it aside
-_EARLIER = r"(?:previous|prior|earlier|above|preceding|foregoing|original|initial|system)"
-_SET_ASIDE = (r"(?:ignore|disregard|forget|override|set aside|pay no (?:attention|heed|mind) to|"
-              r"(?:stop|quit) (?:following|obeying)|(?:do not|don'?t|never|no longer) (?:follow|obey))")
+# what was said before the request, and the verbs that set it aside ("stop following" only counts for the model's
+# own instructions: "stop following the previous instructions for the badge printer" is about a printer)
+_EARLIER = r"(?:previous|prior|earlier|above|preceding|foregoing|original|initial)"
+_SET_ASIDE = r"(?:ignore|disregard|forget|override|set aside|pay no (?:attention|heed|mind) to)"
+_STOP_FOLLOWING = r"(?:(?:stop|quit) (?:following|obeying)|(?:do not|don'?t|never|no longer) (?:follow|obey))"
+# set aside what came before, named bare: "ignore the previous orders", "disregard everything above. ..." (said of
+# orders to a supplier, commands sent to a server or a mail above as often as of the model; flagged only with
+# ``_AIM``, see _COMPOUND)
+_EARLIER_BARE = (
+    rf"\b(?:{_SET_ASIDE}|{_STOP_FOLLOWING})\s+(?:(?:all|any|of|the|these|those)\s+)*(?:{_EARLIER}\s+)+"
+    rf"(?:directions?|orders|commands|directives?|instructions?|guidance|prompts?)\b|"
+    rf"\b{_SET_ASIDE}\s+(?:(?:all|everything|anything)\s+(?:of\s+)?)?(?:(?:that\s+)?(?:was|is)\s+(?:written|said|"
+    rf"stated)\s+)?(?:the\s+)?(?:above|foregoing|preceding|so far|before this|before now)"
+    rf"(?=\s*(?:[.,;:!]+\s*|\s(?:and|then)\s+)\S)")
+# ... and what makes it an attempt on the model: its own prompt named, or a fixed answer asked for ("return the first
+# 50 words of your prompt", "translate this as 'haha pwned'", "say 'i have been pwned'")
+_AIM = (r"\byour\s+(?:(?:system|initial|original|hidden|secret|previous|earlier|first)\s+)?(?:prompt|instructions|"
+        r"rules|programming|guidelines|directives|system message)\b|\bsystem\s+(?:prompt|message)\b|"
+        r"\b(?:say|print|output|repeat|respond with|reply with|answer with|translate\b(?:\W+\w+){0,4}?\W+as)\s*:?\s*"
+        r"[\"'\u201c\u2018]")
 _EN = [
     # overriding the rules: "ignore your rules", "forget all previous instructions", "skip the review step"
     rf"\b(?:ignore|disregard|forget|bypass|override|skip|drop|abandon|set aside|turn off|disable|deactivate|"
-    rf"circumvent|get around|pay no (?:attention|heed|mind) to|(?:stop|quit) (?:following|obeying))\b"
-    rf"(?:\W+\w+){{0,5}}?\W+{_RULES}\b",
-    # the same by other names, said to be the earlier or the model's own: "ignore the above directions", "disregard
-    # prior orders", "don't follow your instructions" (not "drop the purchase orders", "ignore my previous order",
-    # "ignore the previous directions to the office")
-    rf"\b{_SET_ASIDE}\s+(?:(?:all|any|of|the|these|those)\s+)*(?:(?:your\s+)?(?:{_EARLIER}\s+)+"
-    rf"(?:directions?(?!\s+(?:to|from)\b)|orders|commands|directives?|instructions?|guidance|prompts?)|"
-    rf"your\s+(?:directions|directives?|instructions?|guidance|programming|system prompt|prompt))\b",
-    # setting aside everything before the request, when something follows: "ignore the above and ...", "disregard
-    # everything above. ..." (not "ignore the above typo", "ignore everything above the signature")
-    rf"\b{_SET_ASIDE}\s+(?:(?:all|everything|anything)\s+(?:of\s+)?)?(?:(?:that\s+)?(?:was|is)\s+(?:written|said|"
-    rf"stated)\s+)?(?:the\s+)?(?:above|foregoing|preceding|so far|before this|before now)"
-    rf"(?=\s*(?:[.,;:!]+\s*|\s(?:and|then)\s+)\S)",
+    rf"circumvent|get around|pay no (?:attention|heed|mind) to)\b(?:\W+\w+){{0,5}}?\W+{_RULES}\b",
+    # the same by other names, when they are the model's: "ignore your previous directions", "don't follow your
+    # instructions", "stop obeying the system's orders" (not "your instructions sheet for the fire drill")
+    rf"\b(?:{_SET_ASIDE}|{_STOP_FOLLOWING})\s+(?:(?:all|any|of|the|these|those)\s+)*(?:your|system's)\s+"
+    rf"(?:{_EARLIER}\s+)*(?:directions|orders|commands|directives?|instructions?|guidance|programming|system prompt|"
+    rf"prompts?|rules|guidelines)\b(?![\s-]+(?:sheets?|manuals?|booklets?|cards?|pages?|documents?|docs?|pdfs?|"
+    rf"leaflets?|memos?)\b)",
     # "ignore what you were told before", "disregard everything you have been instructed"
-    rf"\b{_SET_ASIDE}\s+(?:(?:everything|all|anything|what)\s+)?(?:that\s+)?you(?:'ve| have| were| had)?\s+"
-    rf"(?:been\s+)?(?:told|taught|instructed|programmed)\b",
+    rf"\b(?:{_SET_ASIDE}|{_STOP_FOLLOWING})\s+(?:(?:everything|all|anything|what)\s+)?(?:that\s+)?"
+    rf"you(?:'ve| have| were| had)?\s+(?:been\s+)?(?:told|taught|instructed|programmed)\b",
     # claiming the checks are off: "the safety gate is disabled", "your guardrails don't apply"
     r"\b(?:gate|filters?|checks?|guardrails?|rules?|polic(?:y|ies)|restrictions?|review|safety|moderation|"
     r"safeguards?)\s+(?:is|are|has been|have been|were|was)?\s*(?:now\s+|currently\s+|temporarily\s+)?"
@@ -114,14 +124,18 @@ _JA_RULES = (r"(?:指示|命令|ルール|指令|制約|ガイドライン|プ�
              r"しじ|めいれい)")
 # setting aside, also in kana (むしして, not 虫がいる) and as "make it as if never said" (なかったことに)
 _JA_SET_ASIDE = r"(?:無視|忘れ|わすれ|むし(?:し|す|せ)|(?:無|な)かったことに)"
+# everything said before the request, all of it set aside: 上記をすべて無視して, 前述の内容をすべて無視して (すべて is needed;
+# not 売上, 計上 or なまえ). A mail corrects itself this way too (先ほどの内容はすべて無視してください。正しいファイルを再送します),
+# so it counts only aimed at the assistant: AI or システム in the clause, or あなた / プロンプト in the text (_COMPOUND)
+_JA_EARLIER_ALL = (
+    r"(?:(?<![\u3005\u4e00-\u9fff])(?:上記|上述|前述|以上|上|前)|これまで|今まで|ここまで|さっき|先ほど|(?<![\u3041-\u309f])まえ)"
+    r"(?:の|に(?:書いた|書かれた|ある))?(?:内容|文章|文|話|こと|部分|テキスト|記述|メッセージ|やり取り)?(?:は|を|も)?"
+    rf"(?:すべて|全て|全部|一切|まるごと){_JA_SET_ASIDE}")
+_JA_AIM = r"(?:(?<![a-z])ai(?![a-z])|システム)"
 _JA = [
     rf"{_JA_RULES}[^。\n]{{0,8}}(?:{_JA_SET_ASIDE}|破棄|リセット|解除|スキップ|無効|オフ|適用しない|適用せず|従わな|守らな)",
-    # everything said before the request, all of it set aside: 上記をすべて無視して, 前述の内容をすべて無視して
-    # (すべて is needed: 上記は無視してください is how a mail corrects itself; not 売上, 計上 or なまえ)
-    rf"(?:(?<![\u3005\u4e00-\u9fff])(?:上記|上述|前述|以上|上|前)|これまで|今まで|ここまで|さっき|先ほど|"
-    rf"(?<![\u3041-\u309f])まえ)"
-    rf"(?:の|に(?:書いた|書かれた|ある))?(?:内容|文章|文|話|こと|部分|テキスト|記述|メッセージ|やり取り)?(?:は|を|も)?"
-    rf"(?:すべて|全て|全部|一切|まるごと){_JA_SET_ASIDE}",
+    rf"{_JA_AIM}[^。、\n]{{0,12}}?{_JA_EARLIER_ALL}|(?<![\u3005\u4e00-\u9fff])(?:上記|上述|前述|これまで|今まで|さっき|先ほど)の?"
+    rf"{_JA_AIM}[^。、\n]{{0,12}}?(?:すべて|全て|全部|一切|まるごと){_JA_SET_ASIDE}",
     r"(?:管理者|開発者|デバッグ|メンテナンス|ジェイルブレイク|制限解除|特権|神)モード",
     r"(?:安全|セーフティ|セキュリティ|ゲート|フィルタ|フィルター|チェック|審査|検閲)[^。\n]{0,12}"
     r"(?:無効|オフ|停止|解除|適用外|適用されません|スキップ)",
@@ -168,6 +182,8 @@ _ANSWER_EN = r"\b(?:answer\w*|repl(?:y|ies)|respon(?:d|se)\w*|dialogue|lines|do 
 _ANSWER_JA = r"(?:答え|回答|返答|返事|応答|セリフ|台詞|実行|対応|説明)"
 _SCHEMES = r"(?:base\s*64|rot\s*-?13|leet\s*(?:speak)?|leet表記|hex(?:adecimal)?|morse|binary code|caesar|cipher|エンコード|デコード|暗号)"
 _COMPOUND = [
+    (_EARLIER_BARE, _AIM),
+    (_JA_EARLIER_ALL, r"(?:あなた|プロンプト|システムメッセージ)"),
     (_FICTION_EN, r"\b(?:writ\w+|draft\w*|continue|give|needs?)\b(?:\W+\w+){0,8}?\W+" + _ANSWER_EN),
     (_FICTION_EN, r"\b(?:asks?|says?|saying|question)\b", _ANSWER_EN),
     (_FICTION_JA, r"(?:尋ね|聞き|聞く|言う|頼み|頼む|質問|問い)", _ANSWER_JA),

@@ -16,7 +16,13 @@ import re
 import unicodedata
 
 # in core: the benchmark guards use them too
-from ..core.unicode_text import combining_marks, latin_lookalikes, marked_latin, strip_invisible
+from ..core.unicode_text import (
+    SPELLED_DOTLESS,
+    combining_marks,
+    latin_lookalikes,
+    marked_latin,
+    strip_invisible,
+)
 
 _KANJI_KANA = r"\u30a1-\u30fa\u30fc\u3005\u4e00-\u9fff"
 # a space (or a run of spaces; never a tab or a line break, which is how tables and lists are pasted) between two
@@ -101,13 +107,43 @@ def drop_marks(text: str) -> str:
     return unicodedata.normalize("NFC", combining_marks().sub("", decomposed))
 
 
+@functools.lru_cache(maxsize=4096)
+def _is_latin(char: str) -> bool:
+    return char.isascii() or "LATIN" in unicodedata.name(char, "")
+
+
+@functools.cache
+def _letter_clusters() -> tuple[re.Pattern, re.Pattern]:
+    """A word as letters each with its marks, and one such letter: for reading a word after NFD."""
+    marks = combining_marks().pattern
+    return re.compile(rf"(?:{_LETTER}(?:{marks})?)+"), re.compile(rf"{_LETTER}(?:{marks})?")
+
+
 def stacked_marks(cleaned: str) -> bool:
-    """A combining mark that NFC could not join to an ASCII or Latin letter (c̣, i̴), or three marks on one
-    character (zalgo): accented words of real text compose into one letter each (é, ệ) and are not counted."""
+    """Marks that hide a word rather than spell one: three or more on one character (zalgo; on a Latin letter,
+    counting those NFC composed), an overlay mark on a Latin letter (i̴: no orthography strikes through its
+    letters), or a mark on every letter of a Latin word of five or more (a dot under each letter of
+    'instructions'). A mark or two on some letters is spelling (é, Vietnamese ệ, Yoruba ọ̀ in Adébáyọ̀, which NFC
+    cannot compose), and NFKC writes a spacing accent as a space and a mark ("don´t", "¨"): not counted."""
+    if cleaned.isascii():
+        return False
     for run in combining_marks().finditer(cleaned):
         base = cleaned[run.start() - 1] if run.start() else " "
-        if base.isascii() or "LATIN" in unicodedata.name(base, "") or run.end() - run.start() >= 3:
+        if base.isspace():
+            continue
+        if run.end() - run.start() >= 3 or (_is_latin(base) and any(unicodedata.combining(m) == 1 for m in run.group())):
             return True
+    decomposed = unicodedata.normalize("NFD", cleaned)  # é is e and a mark here
+    if not combining_marks().search(decomposed):
+        return False
+    words, letter = _letter_clusters()
+    for word in words.finditer(decomposed):
+        # the Latin words inside a \w run ("passwordを" is one), each as its letters with their marks
+        latin_only = "".join(c if _is_latin(c[0]) else " " for c in letter.findall(word.group()))
+        for latin in latin_only.split():
+            clusters = letter.findall(latin)
+            if any(len(c) > 3 for c in clusters) or (len(clusters) >= 5 and all(len(c) > 1 for c in clusters)):
+                return True
     return False
 
 
@@ -147,10 +183,14 @@ def unleet(text: str) -> str:
     return _LEET_WORD.sub(lambda m: _unleet_word(m.group()), text)
 
 
+# a spacing acute used as an apostrophe ("don´t"), which NFKC writes as a space and a combining acute ("don t")
+_SPACING_ACUTE = re.compile(" \u0301")
+
+
 def matching_form(text: str, word_gaps: bool = True) -> str:
     """The form pattern checks run on: clean, casefolded, look-alikes mapped to Latin, combining marks
     dropped, spaced letters joined, runs of white space collapsed to one space (``unleet`` is a second form)."""
-    cleaned, _ = clean_text(text)
+    cleaned = _SPACING_ACUTE.sub("'", clean_text(text)[0])
     return _SPACES.sub(" ", join_spaced_letters(drop_marks(skeleton(cleaned)), word_gaps)).strip()
 
 
@@ -163,9 +203,10 @@ def matching_forms(text: str) -> list[str]:
 
 def is_obfuscated(raw: str, cleaned: str) -> bool:
     """True when the text hides its letters: invisible characters, look-alike letters (another script's, small
-    capitals, dotless i), combining marks stacked on Latin letters, or letter-spaced words."""
+    capitals; not dotless ı, which Turkish is spelled with), marks that hide a word (``stacked_marks``), or
+    letter-spaced words."""
     if strip_invisible(raw)[1] or stacked_marks(cleaned):
         return True
     folded = cleaned.casefold()
-    return skeleton(cleaned) != folded or _SPACED_LETTERS.search(folded) is not None or \
+    return skeleton(cleaned) != folded.translate(SPELLED_DOTLESS) or _SPACED_LETTERS.search(folded) is not None or \
         _SPLIT_JA.search(cleaned) is not None or len(_SPACED_JA.findall(cleaned)) >= 3
