@@ -29,6 +29,7 @@ sys.path.insert(0, str(ROOT))
 from so8t_lib.core.io import atomic_write_text  # noqa: E402
 from so8t_lib.data.tables import load_split, stratified_sample  # noqa: E402
 from so8t_lib.eval.latency import measure_latency  # noqa: E402
+from so8t_lib.eval.provenance import run_record  # noqa: E402
 from so8t_lib.serve.backends import load_decider  # noqa: E402
 
 
@@ -62,17 +63,6 @@ def gguf_contenders(path: Path) -> list[tuple[str, object]]:
     return [("gguf_whole_pass", GGUFBackend(path, stop_early=False)), ("gguf_early_exit", stopped)]
 
 
-def run_settings(args) -> dict:
-    """The arguments this run was given (vars(args), paths as text, --out left out), so a result file says how it
-    was made (--batches, --rounds ...)."""
-    return {k: v for k, v in json.loads(json.dumps(vars(args), default=str)).items() if k != "out"}
-
-
-def run_command(argv: list[str] | None) -> str:
-    """The command line that wrote the result file."""
-    return " ".join(["python", "benchmarks/decision_depth.py", *(sys.argv[1:] if argv is None else argv)])
-
-
 def main(argv: list[str] | None = None) -> dict:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--checkpoint", default="checkpoints/so8t-demo")
@@ -98,8 +88,7 @@ def main(argv: list[str] | None = None) -> dict:
                 timings[name].setdefault(row["batch_size"], []).append(row["p50_ms"])
     result = {
         "benchmark": "decision_depth",
-        "command": run_command(argv),
-        "settings": run_settings(args),
+        **run_record("benchmarks/decision_depth.py", args, argv),
         "checkpoint": args.checkpoint, "rows": len(requests), "n_layers": n_layers, "head_reads_hidden_state": depth,
         "layers_run_by_early_exit": depth if depth < n_layers else n_layers,
         "max_abs_probability_difference": float(np.abs(early - whole).max()),

@@ -33,6 +33,7 @@ from so8t_lib.data.benchmarks import load_any  # noqa: E402
 from so8t_lib.eval.baselines import baseline_probabilities, fit_baselines  # noqa: E402
 from so8t_lib.eval.operating_point import add_choice_arguments, operating_point, scored  # noqa: E402
 from so8t_lib.eval.predictions import PREDICTIONS_SUFFIX, families_by_dataset, read_predictions  # noqa: E402
+from so8t_lib.eval.provenance import run_record  # noqa: E402
 from so8t_lib.eval.report import safety_report  # noqa: E402
 from so8t_lib.eval.served import argmax_decisions  # noqa: E402
 
@@ -107,17 +108,6 @@ def blend_report(path: Path, rows: dict, keyword: dict, choose_on: str, targets:
     return result
 
 
-def run_settings(args) -> dict:
-    """The arguments this run was given (vars(args), paths as text, --out left out), so a result file says how it
-    was made (--resamples, --targets ...)."""
-    return {k: v for k, v in json.loads(json.dumps(vars(args), default=str)).items() if k != "out"}
-
-
-def run_command(argv: list[str] | None) -> str:
-    """The command line that wrote the result file."""
-    return " ".join(["python", "benchmarks/lexical_blend.py", *(sys.argv[1:] if argv is None else argv)])
-
-
 def main(argv: list[str] | None = None) -> dict:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("predictions", nargs="+", type=Path, help="so8t evaluate --predictions files holding val")
@@ -128,8 +118,7 @@ def main(argv: list[str] | None = None) -> dict:
     files = {path: read_predictions(path) for path in args.predictions}  # bad files fail before the fit
     keyword_model = fit_baselines(names=(BASELINE,))[BASELINE]
     keyword = keyword_probabilities({dataset for rows in files.values() for dataset, _ in rows}, keyword_model)
-    result = {"benchmark": "lexical_blend", "command": run_command(argv),
-              "settings": run_settings(args), "baseline": BASELINE, "pool": "p_model^w * p_keyword^(1-w)",
+    result = {"benchmark": "lexical_blend", **run_record("benchmarks/lexical_blend.py", args, argv), "baseline": BASELINE, "pool": "p_model^w * p_keyword^(1-w)",
               "weights": list(WEIGHTS), "targets": list(targets), "recipes": {}}
     for path in tqdm(args.predictions, desc="recipes"):
         name = path.name.removesuffix(PREDICTIONS_SUFFIX)

@@ -34,6 +34,7 @@ from so8t_lib.eval.predictions import (  # noqa: E402
     families_by_dataset,
     read_predictions,
 )
+from so8t_lib.eval.provenance import run_record  # noqa: E402
 from so8t_lib.eval.served import argmax_decisions  # noqa: E402
 
 TARGETS = (0.10, 0.05, 0.02)
@@ -56,17 +57,6 @@ def operating_points(path: Path, choose_on: str, targets: tuple[float, ...], res
     return result
 
 
-def run_settings(args) -> dict:
-    """The arguments this run was given (vars(args), paths as text, --out left out), so a result file says how it
-    was made (--resamples, --targets ...)."""
-    return {k: v for k, v in json.loads(json.dumps(vars(args), default=str)).items() if k != "out"}
-
-
-def run_command(argv: list[str] | None) -> str:
-    """The command line that wrote the result file."""
-    return " ".join(["python", "benchmarks/operating_point.py", *(sys.argv[1:] if argv is None else argv)])
-
-
 def main(argv: list[str] | None = None) -> dict:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("predictions", nargs="+", type=Path, help="so8t evaluate --predictions files holding val")
@@ -74,8 +64,7 @@ def main(argv: list[str] | None = None) -> dict:
     parser.add_argument("--out", type=Path, default=ROOT / "benchmarks/results/operating_point.json")
     args = parser.parse_args(argv)
     targets = args.targets
-    result = {"benchmark": "operating_point", "command": run_command(argv),
-              "settings": run_settings(args), "targets": list(targets), "recipes": {}}
+    result = {"benchmark": "operating_point", **run_record("benchmarks/operating_point.py", args, argv), "targets": list(targets), "recipes": {}}
     for path in args.predictions:
         name = path.name.removesuffix(PREDICTIONS_SUFFIX)
         result["recipes"][name] = operating_points(path, args.choose_on, targets, args.resamples)

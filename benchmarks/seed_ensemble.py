@@ -30,6 +30,7 @@ from so8t_lib.core.paths import project_relative  # noqa: E402
 from so8t_lib.core.schema import ALLOW  # noqa: E402
 from so8t_lib.eval.operating_point import add_choice_arguments, operating_point, scored  # noqa: E402
 from so8t_lib.eval.predictions import PREDICTIONS_SUFFIX, families_by_dataset, read_predictions  # noqa: E402
+from so8t_lib.eval.provenance import run_record  # noqa: E402
 from so8t_lib.eval.ranking import not_allow_auroc  # noqa: E402
 from so8t_lib.eval.served import argmax_decisions  # noqa: E402
 from so8t_lib.workbench.card_sections import ENSEMBLE_RUN as ENSEMBLE  # noqa: E402
@@ -78,17 +79,6 @@ def score_probabilities(gold: dict[str, list[str]], probs: dict[str, np.ndarray]
     }
 
 
-def run_settings(args) -> dict:
-    """The arguments this run was given (vars(args), paths as text, --out left out), so a result file says how it
-    was made (--resamples, --targets ...)."""
-    return {k: v for k, v in json.loads(json.dumps(vars(args), default=str)).items() if k != "out"}
-
-
-def run_command(argv: list[str] | None) -> str:
-    """The command line that wrote the result file."""
-    return " ".join(["python", "benchmarks/seed_ensemble.py", *(sys.argv[1:] if argv is None else argv)])
-
-
 def main(argv: list[str] | None = None) -> dict:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("predictions", nargs="+", type=Path, help="so8t evaluate --predictions files, one per seed")
@@ -104,8 +94,7 @@ def main(argv: list[str] | None = None) -> dict:
     if len(set(names)) < len(names):
         raise SystemExit(f"two members share a file name ({sorted(n for n in names if names.count(n) > 1)[0]}); "
                          "the results are keyed by it: rename one")
-    result: dict = {"benchmark": "seed_ensemble", "command": run_command(argv),
-                    "settings": run_settings(args), "members": [project_relative(p) for p in args.predictions],
+    result: dict = {"benchmark": "seed_ensemble", **run_record("benchmarks/seed_ensemble.py", args, argv), "members": [project_relative(p) for p in args.predictions],
                     "chosen_on": args.choose_on, "targets": list(args.targets), "runs": {}}
     for index, name in enumerate(names):
         member = {key: p[index] for key, p in probs.items()}

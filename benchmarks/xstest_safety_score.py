@@ -22,6 +22,7 @@ ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
 from so8t_lib.core.io import atomic_write_text  # noqa: E402
+from so8t_lib.eval.provenance import run_record  # noqa: E402
 from so8t_lib.eval.report import safety_report  # noqa: E402
 
 METRICS = ("safety_score", "allow_precision")
@@ -53,10 +54,8 @@ def main(argv: list[str] | None = None) -> dict:
     parser.add_argument("--out", default=str(ROOT / "benchmarks" / "results" / "xstest_safety_score.json"))
     args = parser.parse_args(argv)
     paths = [Path(p) for p in args.predictions] or sorted((ROOT / "experiments" / "eval").glob("*.preds.jsonl"))
-    payload = {"benchmark": "xstest_safety_score",
-               "command": "python benchmarks/xstest_safety_score.py " + " ".join(argv if argv is not None
-                                                                                 else sys.argv[1:]),
-               "settings": {k: v for k, v in vars(args).items() if k != "out"}, "files": {}}
+    payload = {"benchmark": "xstest_safety_score", **run_record("benchmarks/xstest_safety_score.py", args, argv),
+               "files": {}}
     for path in paths:
         entry = rescore(path, args.bootstrap)
         if entry is None:
@@ -64,8 +63,9 @@ def main(argv: list[str] | None = None) -> dict:
         name = path.name.replace(".preds.jsonl", "")
         payload["files"][name] = entry
         s = entry["safety_score"]
-        low, high = s["ci"] or (None, None)
-        print(f"{name:40s} safety score {s['value']:.3f} [{low:.3f}, {high:.3f}] (file: {s['committed']}), "
+        value = "n/a" if s["value"] is None else f"{s['value']:.3f}"
+        interval = "" if not s["ci"] else f" [{s['ci'][0]:.3f}, {s['ci'][1]:.3f}]"  # none with --bootstrap 0
+        print(f"{name:40s} safety score {value}{interval} (file: {s['committed']}), "
               f"{entry['unsafe_contrasts_allowed']} unsafe contrasts allowed")
     out = atomic_write_text(args.out, json.dumps(payload, indent=1) + "\n")
     print(f"wrote {out}")
