@@ -142,11 +142,12 @@ def test_calibration_is_stored_in_the_checkpoint(checkpoint, ten_rows, tmp_path)
 def test_latency_report(checkpoint, ten_rows, tmp_path):
     out = tmp_path / "lat.json"
     so8t(["evaluate", "--model", str(checkpoint), "--latency", "--data", str(ten_rows),
-                   "--latency-batch-sizes", "1,4", "--out", str(out)])
+                   "--latency-batch-sizes", "1,4", "--latency-batches", "20", "--out", str(out)])
     latency = json.loads(out.read_text())["latency"]
     assert [r["batch_size"] for r in latency["results"]] == [1, 4]
-    for r in latency["results"]:
-        assert 0 < r["p50_ms"] <= r["p95_ms"] <= r["p99_ms"] and r["requests_per_s"] > 0 and r["peak_rss_mb"] > 0
+    for r in latency["results"]:  # 20 timed calls: enough for a p95, too few for a p99 (written as null)
+        assert 0 < r["p50_ms"] <= r["p95_ms"] and r["p99_ms"] is None
+        assert r["requests_per_s"] > 0 and r["peak_rss_mb"] > 0
 
 
 def test_bad_inputs_give_clear_errors(checkpoint, tmp_path, capsys):

@@ -35,14 +35,14 @@ def test_a_slack_message_shows_the_request_as_typed_and_quoted(monkeypatch):
     assert "&lt;!channel&gt; urgent" in text and "&lt;https://evil.example/sso?approve|" in text and "&amp; done" in text
     assert "> Resolve: &lt;https://evil" in text  # the asker's line, marked as quoted
     resolve_lines = [line for line in _lines_of_ours(text) if line.startswith("Resolve:")]
-    assert resolve_lines == ["Resolve: so8t escalation resolve esc_1 --decision ALLOW|REFUSE --by NAME"]
+    assert resolve_lines == ["Resolve: so8t escalation resolve esc_1 --decision ALLOW|REFUSE [--gate-label ALLOW|REFUSE|ESCALATE] --by NAME"]
 
 
 def test_an_e_mail_quotes_the_request_line_by_line():
     text = Notifier(EscalationConfig())._message(CASE, reminder=False)
     assert "> <!channel> urgent, everyone look\n> Resolve: <https://evil.example" in text  # plain text: as typed
     assert [line for line in _lines_of_ours(text) if line.startswith("Resolve:")] == [
-        "Resolve: so8t escalation resolve esc_1 --decision ALLOW|REFUSE --by NAME"]
+        "Resolve: so8t escalation resolve esc_1 --decision ALLOW|REFUSE [--gate-label ALLOW|REFUSE|ESCALATE] --by NAME"]
 
 
 def _self_signed(tmp_path):

@@ -37,7 +37,8 @@ def backend_of(model) -> dict:
     if isinstance(model, GGUFBackend):
         kwargs = getattr(model, "_kwargs", {})
         layers = kwargs.get("n_gpu_layers", 0)
-        return {"backend": "gguf", "device": "llama.cpp cpu" if not layers else f"llama.cpp gpu ({layers} layers)",
+        offload = "all layers" if layers < 0 else f"{layers} layers"  # load_decider asks for -1: every layer
+        return {"backend": "gguf", "device": "llama.cpp cpu" if not layers else f"llama.cpp gpu ({offload})",
                 "threads": kwargs.get("n_threads"), "file": str(model.path)}
     return {"backend": type(model).__name__, "device": None, "threads": None}
 

@@ -335,8 +335,9 @@ def build_card(config: dict, eval_json: Path, quant_json: Path, ablation_json: P
     lines += ["", "## Quantization"]
     if quant:
         sample = f"a stratified sample of {quant['rows']} rows of " if quant.get("rows") else ""
-        lines += [f"From `benchmarks/gguf_decisions.py` ({sample}`{quant.get('data', 'test')}`, same requests, one "
-                  "process; timings depend on the machine's load, agreement and macro-F1 do not):", "",
+        processes = "each backend in a fresh process" if quant.get("process_per_backend") else "one process"
+        lines += [f"From `benchmarks/gguf_decisions.py` ({sample}`{quant.get('data', 'test')}`, same requests, "
+                  f"{processes}; timings depend on the machine's load, agreement and macro-F1 do not):", "",
                   "| backend | MiB | agreement with fp32 | macro-F1 | decide p50 ms |", "|---|---|---|---|---|"]
         for r in quant["results"]:
             size = "n/a" if r.get("size_mib") is None else f"{r['size_mib']:.1f}"  # None: the base lives in the cache
