@@ -20,9 +20,11 @@ import urllib.parse
 
 from .textforms import matching_form, matching_forms, unleet
 
-_RULES = (r"(?:instructions?|rules?|prompts?|guidelines?|guardrails?|polic(?:y|ies)|restrictions?|filters?|checks?|"
-          r"safety|review|programming|directives?|constraints?|limitations?|limits?|moderation|safeguards?|"
-          r"content policy|system message)")
+# the rules a request may try to set aside; instructions, prompts and directives are also a printer's or a supplier's,
+# so stopping to follow them counts only when they are the model's (see _EN)
+_RULE_WORDS = (r"(?:rules?|guidelines?|guardrails?|polic(?:y|ies)|restrictions?|filters?|checks?|safety|review|"
+               r"programming|constraints?|limitations?|limits?|moderation|safeguards?|content policy|system message)")
+_RULES = rf"(?:instructions?|prompts?|directives?|{_RULE_WORDS})"
 # what was said before the request, and the verbs that set it aside ("stop following" only counts for the model's
 # own instructions: "stop following the previous instructions for the badge printer" is about a printer)
 _EARLIER = r"(?:previous|prior|earlier|above|preceding|foregoing|original|initial)"
@@ -47,6 +49,11 @@ _EN = [
     # overriding the rules: "ignore your rules", "forget all previous instructions", "skip the review step"
     rf"\b(?:ignore|disregard|forget|bypass|override|skip|drop|abandon|set aside|turn off|disable|deactivate|"
     rf"circumvent|get around|pay no (?:attention|heed|mind) to)\b(?:\W+\w+){{0,5}}?\W+{_RULES}\b",
+    # no longer obeying the rules: "stop following your safety guidelines", "quit following the content policy"; the
+    # rule word in the same clause, not past a bare "instructions" (not "stop following the old instructions in the
+    # safety binder, they are outdated")
+    rf"\b(?:stop|quit) (?:following|obeying)(?:[^\w.,;:!?]+(?!(?:instructions?|prompts?|directives?|and|then|but|or|"
+    rf"so)\b)\w+){{0,4}}?[^\w.,;:!?]+{_RULE_WORDS}\b",
     # the same by other names, when they are the model's: "ignore your previous directions", "don't follow your
     # instructions", "stop obeying the system's orders" (not "your instructions sheet for the fire drill")
     rf"\b(?:{_SET_ASIDE}|{_STOP_FOLLOWING})\s+(?:(?:all|any|of|the|these|those)\s+)*(?:your|system's)\s+"
