@@ -132,8 +132,28 @@ def test_roles_and_set_phrases_before_a_spaced_honorific_stay(text):
 
 @pytest.mark.timeout(60)  # a hang guard, as test_sanitize's megabyte shapes
 @pytest.mark.parametrize("shape", ["田@", "田.", "は田", "a田", "田a.", "é", "é@é.", "@例.", "+1 ", "+1 (0)", "1 - ",
-                                   "0 - ", "田 ", "田 様 ", "a.田.", "a@例.", "@a.例", "x" * 63 + "@例え"])
+                                   "0 - ", "田 ", "田 様 ", "a.田.", "a@例.", "@a.例", "x" * 63 + "@例え",
+                                   "a@1.", "@1.1.", "a@1.1.1.1.", "単@1.5"])
 def test_the_new_forms_run_in_linear_time_on_a_megabyte(shape):
     text = shape * (1_000_000 // len(shape))
     masked = mask_personal_data(text)
     assert isinstance(masked, str) and len(masked) < 2 * len(text)
+
+
+@pytest.mark.parametrize("text", [
+    "単価@12.50ドルで10個", "10個@1.5万円", "ボルト@0.35円×1000個", "会議@本社.10F", "懇親会@新宿.19時から",
+    "3 items @1.50 each",
+])
+def test_an_at_sign_for_a_unit_price_or_a_place_stays(text):
+    assert mask_personal_data(text) == text
+
+
+@pytest.mark.parametrize("text, expected", [
+    ("mail taro@example.co.jp please", "mail [EMAIL] please"),
+    ("mail taro@mail2.example.com", "mail [EMAIL]"),
+    ("mail taro@example.com.10F", "mail [EMAIL].10F"),
+    ("mail taro@10.0.0.1 please", "mail [EMAIL] please"),
+    ("mail 田中@例え.日本", "mail [EMAIL]"),
+])
+def test_addresses_whose_domain_holds_digits_are_still_masked(text, expected):
+    assert mask_personal_data(text) == expected

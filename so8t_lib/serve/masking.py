@@ -36,8 +36,9 @@ from .textforms import strip_invisible
 # only when joined by . + - %: in 連絡先は田中@..., 宛先tanaka@... the address starts where the script changes
 # (so 山田たろう@... keeps 山田, and 連絡先はたなか@... loses は: the sentence before is never taken). A match
 # starts only there (look-behinds) and each run is possessive: linear. The last label is one of letters of
-# scripts written with spaces (.jp stops before です; the labels give back whole labels only, so
-# "jpです.次に" ends at jp) or a known Japanese/Chinese TLD.
+# scripts written with spaces that starts with a letter (.jp stops before です; the labels give back whole labels
+# only, so "jpです.次に" ends at jp; "単価@12.50ドル", "会議@本社.10F" are a price and a place) or a known
+# Japanese/Chinese TLD; a domain of four numbers is an IPv4 address (taro@10.0.0.1).
 _K = r"\u3005\u3400-\u4dbf\u4e00-\u9fff\uf900-\ufaff\u30a1-\u30fa\u30fc"
 _H = r"\u3041-\u3096"
 _CJK = "\u3040-\u30ff\u3400-\u4dbf\u4e00-\u9fff\uf900-\ufaff\uff66-\uff9f"
@@ -48,7 +49,8 @@ _LOCAL = (rf"(?:(?<![.%+\-{_K}{_H}])(?<!{_W}){_ESEP}++|"  # ".taro@...": a separ
           rf"(?<!{_ESEP})(?:(?<![{_K}])(?=[{_K}])|(?<![{_H}])(?=[{_H}])|(?<!{_W})(?={_W})))"
           rf"{_SEGMENT}(?:{_ESEP}++{_SEGMENT})*+{_ESEP}*+")
 _CJK_TLDS = "日本|みんな|コム|中国|中國|香港|台湾|台灣|公司|网络|網絡|在线|商城|信息"
-EMAIL = re.compile(rf"{_LOCAL}@(?:(?:[^\W_]|-)++\.)+(?:(?:[^\W_{_CJK}]|-)++|{_CJK_TLDS})")
+EMAIL = re.compile(rf"{_LOCAL}@(?:(?:(?:[^\W_]|-)++\.)+(?:[^\W\d_{_CJK}](?:[^\W_{_CJK}]|-)*+|{_CJK_TLDS})|"
+                   r"\d{1,3}(?:\.\d{1,3}){3}(?!\.?\d))")
 _DASH = r"[\-‐‑‒–—―−ー]"
 _SEP1 = rf"[ {_DASH[1:-1]}]"  # one character between digit groups
 _SEP = rf"(?: ?{_DASH} ?| )"  # ... or a hyphen with a space either side ("03 - 1234 - 5678")
