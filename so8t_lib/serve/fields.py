@@ -20,6 +20,10 @@ from .masking import mask_personal_data
 TRUNCATION_NOTE = 48
 _NOTE = re.compile(r"…\[([1-9]\d{0,8}) chars, sha256 [0-9a-f]{16}\]\Z")
 UNITS = {str: "chars", bytes: "bytes", bytearray: "bytes"}  # what a described value's size counts (else items)
+# the end of a masked cut window that may hold the part of an address or number the cut left unrecognised: longer
+# than the longest address (254) and a number or name beside it, so a prefix that ends this far before is final
+CUT_MARGIN = 512
+MAX_WINDOW = 1 << 16  # characters masked at most for one field (16 times the bound plus margin if that is more)
 
 
 def storable(text: str) -> str:
@@ -68,19 +72,43 @@ def bounded(value: object, limit: int) -> str | None:
     if value is None:
         return None
     text = storable(as_text(value, limit))
-    if len(text) <= limit or (len(text) <= limit + TRUNCATION_NOTE and _NOTE.search(text)):
+    if _fits(text, limit):
         return text  # short, or bounded already
     digest = hashlib.sha256(text.encode("utf-8")).hexdigest()[:16]
     return f"{text[:limit]}…[{len(text)} chars, sha256 {digest}]"
 
 
+def _fits(text: str, limit: int) -> bool:
+    """Whether ``text`` is stored whole: it is within the bound, or bounded already (a note after the prefix)."""
+    return len(text) <= limit or (len(text) <= limit + TRUNCATION_NOTE and _NOTE.search(text) is not None)
+
+
+def _masked_prefix(text: str, limit: int) -> str:
+    """The first ``limit`` characters of ``text`` masked, masking a window of it rather than all of it.
+
+    Masking a window can leave the address or number its cut splits unrecognised ('tanaka.taro@exa') at the
+    masked window's end, and masking shrinks a window (an address becomes [EMAIL]); so the window grows until
+    its masked text passes the bound by ``CUT_MARGIN`` or it holds the whole text. Its size is bounded: past
+    that, the margin at its end is dropped, and less than ``limit`` is kept rather than a piece of an address."""
+    window = limit + CUT_MARGIN
+    largest = max(16 * window, MAX_WINDOW)
+    while True:
+        masked = mask_personal_data(text[:window])
+        if window >= len(text) or len(masked) >= limit + CUT_MARGIN:
+            return masked[:limit]
+        if window >= largest:
+            return masked[:max(0, len(masked) - CUT_MARGIN)][:limit]
+        window = min(4 * window, largest)
+
+
 def masked_bounded(value: object, limit: int) -> str | None:
-    """Bounded and masked: masking never sees more than the bound (plus a margin, so an address
-    cut at the bound is still recognised); the note keeps the original's length and sha256."""
+    """Bounded and masked, in that order of effect: the prefix kept is the whole text's masked prefix (the
+    text is masked before it is cut, so no address is kept half); the note keeps the original's length and
+    sha256. The work is bounded (``_masked_prefix``), whatever the text's size."""
     if value is None:
         return None
     text = storable(as_text(value, limit))
-    if len(text) <= limit or (len(text) <= limit + TRUNCATION_NOTE and _NOTE.search(text)):
+    if _fits(text, limit):
         note = _NOTE.search(text)  # an earlier bound's note is kept as written (its digest may look like a number),
         if note and not (note.start() == limit < int(note.group(1))):  # but only one that bound wrote: its head is
             note = None                                               # the limit long, the count above it
@@ -88,7 +116,17 @@ def masked_bounded(value: object, limit: int) -> str | None:
         masked = mask_personal_data(head) + tail
         return masked if len(masked) <= limit + TRUNCATION_NOTE else bounded(masked, limit)
     digest = hashlib.sha256(text.encode("utf-8")).hexdigest()[:16]
-    return f"{mask_personal_data(text[: limit + 256])[:limit]}…[{len(text)} chars, sha256 {digest}]"
+    return f"{_masked_prefix(text, limit)}…[{len(text)} chars, sha256 {digest}]"
+
+
+def masked_if_cut(value: object, limit: int) -> str | None:
+    """``bounded``, except that a text it would cut is masked first (``masked_bounded``): for a text that
+    nothing else may see whole (a request that failed validation), a raw cut would keep half an address that
+    no later masking can recognise. A text within the bound comes back as it is."""
+    if value is None:
+        return None
+    text = storable(as_text(value, limit))
+    return text if _fits(text, limit) else masked_bounded(text, limit)
 
 
 def pseudonym(user_id: str | None, key: bytes | None = None, limit: int = 128) -> str | None:
@@ -97,7 +135,7 @@ def pseudonym(user_id: str | None, key: bytes | None = None, limit: int = 128) -
     if user_id is None:
         return None
     text = bounded(user_id, limit) or ""
-    masked = mask_personal_data(text)
+    masked = masked_bounded(user_id, limit) or ""  # masked before it is cut: a cut address is not recognised
     if masked == text:
         return text
     raw = text.encode("utf-8")

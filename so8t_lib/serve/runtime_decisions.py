@@ -17,7 +17,7 @@ from .answering import AnswerTurns, write_answer
 from .backends import Decider
 from .categories import categorize, keyword_scores
 from .config import RuntimeConfig
-from .fields import bounded
+from .fields import bounded, masked_if_cut
 from .masking import mask_personal_data
 from .model_worker import ModelWorker
 from .outcome import fail_closed, make_result, rationale_for
@@ -102,16 +102,21 @@ class RequestDeciding:
         return urgent_route(routed, keyword_scores(request, context)) if urgent else routed
 
     def _fail_closed(self, item, reason: str, start: float, flags: list[str] | None = None) -> dict:
-        """ESCALATE for a request that could not be decided, storing only a bounded prefix of it."""
+        """ESCALATE for a request that could not be decided, storing only a bounded prefix of it.
+
+        The route reads the raw prefix; what is recorded is masked before it is cut (``masked_if_cut``), even
+        with ``logging.mask_personal_data`` off: cut raw, an address at the cut ('tanaka.taro@ex') was stored
+        half, and the queue's masking could no longer recognise it. A field within its bound is kept as it is."""
         v = self.config.validation
         item = item if isinstance(item, dict) else {"user_request": item.raw if isinstance(item, Unparsed) else item}
-        text = bounded(item.get("user_request"), v.max_request_chars)
-        context = bounded(item.get("context"), v.max_context_chars)
-        user_id = bounded(item.get("user_id"), v.max_user_id_chars)
+        request, context, user_id = item.get("user_request"), item.get("context"), item.get("user_id")
+        recorded = CleanRequest(masked_if_cut(request, v.max_request_chars), masked_if_cut(context, v.max_context_chars),
+                                masked_if_cut(user_id, v.max_user_id_chars), client=self._client(item))
+        text, context = bounded(request, v.max_request_chars), bounded(context, v.max_context_chars)
         urgent = is_urgent(text, context)
         category = self._categorize(text or "", context, urgent)
         result = fail_closed(make_result("ESCALATE", "", None, None, None, category, self.model_version,
                                          self._flags(flags or [])), reason, detect_lang(text or ""))
         if urgent:
             mark_urgent(result, text)
-        return self._finish(result, CleanRequest(text, context, user_id, client=self._client(item)), start)
+        return self._finish(result, recorded, start)
