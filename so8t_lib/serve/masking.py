@@ -11,8 +11,9 @@ bounded, so a long run of letters or digits is scanned once, not once per positi
 
 Names, Japanese: the kanji/katakana run before an honorific or a title (さん, 様, 部長, ...), with a
 hiragana given name (佐藤さくらさん) or a given name after one space (田中 太郎様: any two short words
-apart by a space before an honorific are read as one name), and one space may stand before the honorific
-(山田 太郎 様, 鈴木 一郎 氏). A department or company written before
+apart by a space before an honorific are read as one name), and one space may stand before a personal
+honorific (山田 太郎 様, 鈴木 一郎 氏), not a title (承認者 部長, 大学 先生; so 田中 部長 stays). A title written
+before the honorific is kept (山田課長 殿 -> [NAME]課長 殿). A department or company written before
 the name stays (総務課山田花子さん, 株式会社サクラ営業部佐藤部長, ミナト商事 田中様): only what follows
 its last unit (部, 課, 室, ...) is masked, within the 24 kanji/katakana before the honorific: a longer
 run (a long company and department name written straight before the name) leaves the name unmasked,
@@ -84,12 +85,16 @@ _HIRA = r"\u3041-\u3096"
 # not where the honorific or title starts a compound (様子, 様式, 多様性, 部長会議, 課長級)
 _COMPOUND = r"(?![子式々相態性化]|会議|級|職|クラス|以上|相当|候補)"
 _PERSONAL = rf"(?:さん|(?<![仕同模異])様|さま|サマ|くん|君|ちゃん|氏|殿){_COMPOUND}"  # also after a given name
-_HONORIFIC = rf"(?:{_PERSONAL}|(?:先生|部長|課長|係長|主任|社長|専務|常務|室長|所長|支店長|本部長|次長){_COMPOUND})"
+# titles, longest first: a run that ends in one keeps it (田中本部長 様 -> [NAME]本部長 様)
+_TITLES = ("支店長", "本部長", "先生", "部長", "課長", "係長", "主任", "社長", "専務", "常務", "室長", "所長", "次長")
+_HONORIFIC = rf"(?:{_PERSONAL}|(?:{'|'.join(_TITLES)}){_COMPOUND})"
 # a kanji/katakana name (up to 24, so a department may lead it; ジョン・スミス), optionally a given name after
 # one space, and a hiragana given name of 2-4 (before さん, 様, ..., not a title: うちの部長); or a hiragana name
-# alone at the start of a phrase. お/ご before it: a set phrase (お客様, ご苦労様, お母さん)
+# alone at the start of a phrase. お/ご before it: a set phrase (お客様, ご苦労様, お母さん). One space may stand
+# before a personal honorific (山田 太郎 様), not before a title: a word set off before a title is mostly no name
+# ("承認者 部長", "本日の会議 部長も", "大学 先生"), so "田中 部長" stays too
 NAME_JA = re.compile(rf"(?<![{_KANJI_KATA}おご御])((?:[{_KATA}]{{1,12}}・)?[{_KANJI_KATA}]{{1,24}}"
-                     rf"(?: [{_KANJI_KATA}]{{1,8}})?(?:[{_HIRA}]{{2,4}}(?= ?{_PERSONAL}))?)(?= ?{_HONORIFIC})|"
+                     rf"(?: [{_KANJI_KATA}]{{1,8}})?(?:[{_HIRA}]{{2,4}}(?= ?{_PERSONAL}))?)(?={_HONORIFIC}| {_PERSONAL})|"
                      rf"(?<![{_KANJI_KATA}\u3041-\u309f])([{_HIRA}]{{2,4}})(?={_PERSONAL})")
 # words before an honorific that are roles or set phrases, not names (お客様, 皆さん, ご苦労様, ご担当者様, 副社長)
 _NOT_NAMES = frozenset({"客", "皆", "苦労", "担当者", "担当", "先方", "相手", "上司", "同僚", "部下", "社員", "世話", "奥",
@@ -147,9 +152,13 @@ def _name_part(run: str) -> int | None:
 
 
 def _ja_name(match: re.Match) -> str:
+    """The run with its name masked; a title that ends the run (山田課長 殿) is kept after the name, since
+    before a department's unit (課) the name would otherwise be read as the department and stay."""
     run = match.group()
-    start = _name_part(run)
-    return run if start is None else run[:start] + "[NAME]"
+    title = next((title for title in _TITLES if run.endswith(title)), "")
+    body = run[:len(run) - len(title)].rstrip(" ")
+    start = _name_part(body)
+    return run if start is None else body[:start] + "[NAME]" + run[len(body):]
 
 
 def _card(match: re.Match) -> str:
