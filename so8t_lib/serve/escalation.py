@@ -184,6 +184,10 @@ class EscalationQueue:
         except (exc.DBAPIError, exc.TimeoutError) as error:
             found = queue_sql.translate(error, self.where, self.timeout_s)
             raise (QueueUnavailable if found.unavailable else QueueError)(str(found)) from None
+        except exc.NoSuchTableError as error:  # so old it lacks a table, and it may not be created here
+            raise QueueError(f"{self.where} has no {error} table (made by an early version) and cannot be written "
+                             "here to add it: let a process that may write the queue migrate it first (the service, "
+                             "or `so8t escalation list` run with write access), then read it") from None
         if self._raw_connect is not None:
             try:
                 with closing(self._raw_connect()) as raw:

@@ -48,7 +48,7 @@ from sqlalchemy import (
     select,
     text,
 )
-from sqlalchemy.engine import URL, Engine, make_url
+from sqlalchemy.engine import URL, Connection, Engine, make_url
 from sqlalchemy.pool import NullPool
 from sqlalchemy.sql import Select
 
@@ -198,8 +198,9 @@ def refused_write(error: exc.DBAPIError) -> bool:
     return getattr(orig, "sqlstate", None) in _WRITE_REFUSED_STATES
 
 
-def missing_columns(engine: Engine) -> Absent:
-    found = inspect(engine)
+def missing_columns(bind: Engine | Connection) -> Absent:
+    """The columns each table lacks; NoSuchTableError for a missing table (a queue older than ``resolutions``)."""
+    found = inspect(bind)
     absent = {t.name: frozenset(c.name for c in t.columns) - {c["name"] for c in found.get_columns(t.name)}
               for t in (cases, resolutions)}
     return {name: columns for name, columns in absent.items() if columns}

@@ -23,9 +23,10 @@ import json
 import sqlite3
 from pathlib import Path
 
-from sqlalchemy import exc, select, text
+from sqlalchemy import Table, exc, select, text
 from sqlalchemy.engine import Connection
 
+from ...serve import queue_sql
 from ...serve.escalation import EscalationQueue, QueueError
 from ...serve.queue_sql import cases, resolutions
 
@@ -141,21 +142,32 @@ def check_sqlite(path: Path) -> dict:
 
 def export_rows(queue: EscalationQueue, folder: Path, snapshot: Connection | None = None) -> dict:
     """Every case and resolution of a server queue, from one snapshot (``snapshot``: a connection inside the
-    transaction that holds it; else one taken now), as JSON lines; their counts."""
+    transaction that holds it; else one taken now), as JSON lines; their counts. Only the columns the queue has
+    are written: one made by an earlier version and opened where it may only be read (a SELECT-only role, a hot
+    standby) lacks those added since, and a restore leaves them empty, as a migration would."""
     folder.mkdir(parents=True, exist_ok=True)
 
     def read(conn: Connection) -> tuple[list[dict], list[dict]]:
-        return ([dict(r._mapping) for r in conn.execute(select(cases).order_by(cases.c.case_id))],
-                [dict(r._mapping) for r in conn.execute(select(resolutions).order_by(resolutions.c.id))])
+        absent = queue_sql.missing_columns(conn)  # as this snapshot has them (a writer may have migrated it since)
 
-    if snapshot is not None:
-        case_rows, resolution_rows = read(snapshot)
-    else:
-        with queue.engine.connect() as conn:
-            if queue.dialect == "postgresql":  # one snapshot for both tables (SQLite's transaction is one already)
-                conn = conn.execution_options(isolation_level="REPEATABLE READ")
-            with conn.begin():
-                case_rows, resolution_rows = read(conn)
+        def rows(table: Table) -> list[dict]:
+            have = [c for c in table.columns if c.name not in absent.get(table.name, ())]
+            return [dict(r._mapping) for r in conn.execute(select(*have).order_by(*table.primary_key.columns))]
+
+        return rows(cases), rows(resolutions)
+
+    try:
+        if snapshot is not None:
+            case_rows, resolution_rows = read(snapshot)
+        else:
+            with queue.engine.connect() as conn:
+                if queue.dialect == "postgresql":  # one snapshot for both tables (SQLite's transaction is one)
+                    conn = conn.execution_options(isolation_level="REPEATABLE READ")
+                with conn.begin():
+                    case_rows, resolution_rows = read(conn)
+    except exc.DBAPIError as error:
+        found = queue_sql.translate(error, queue.where, queue.timeout_s)
+        raise QueueError(f"{found}; the escalation queue could not be copied") from None
     for name, rows in ((CASES_FILE, case_rows), (RESOLUTIONS_FILE, resolution_rows)):
         (folder / name).write_text("".join(json.dumps(r, ensure_ascii=False) + "\n" for r in rows), encoding="utf-8")
     return {"cases": len(case_rows), "resolutions": len(resolution_rows)}
