@@ -81,7 +81,7 @@ def test_at_signs_that_are_no_address_stay(text):
 @pytest.mark.parametrize("text, expected", [
     ("call 03 - 1234 - 5678", "call [PHONE]"),
     ("call 090 - 1234 - 5678 now", "call [PHONE] now"),
-    ("My Number 1234 - 5678 - 9012", "My Number [MY_NUMBER]"),
+    ("My Number 1234 - 5678 - 9018", "My Number [MY_NUMBER]"),  # with spaced hyphens: its check digit holds
     ("card 4111 - 1111 - 1111 - 1111", "card [CARD]"),
     ("card 3782 - 822463 - 10005", "card [CARD]"),
     ("call +81 (0)3-1234-5678", "call [PHONE]"),
@@ -135,7 +135,8 @@ def test_roles_and_set_phrases_before_a_spaced_honorific_stay(text):
 @pytest.mark.parametrize("shape", ["田@", "田.", "は田", "a田", "田a.", "é", "é@é.", "@例.", "+1 ", "+1 (0)", "1 - ",
                                    "0 - ", "田 ", "田 様 ", "a.田.", "a@例.", "@a.例", "x" * 63 + "@例え",
                                    "a@1.", "@1.1.", "a@1.1.1.1.", "単@1.5", "田部長 様",
-                                   "田 部長", "田課長"])
+                                   "田 部長", "田課長", "+1.", "+1.1 ", "GMT +1 ", "1 - 1 - ", "0 - 0 - 0 ",
+                                   "0900 - 1200 - 1500 ", "+12345.67 "])
 def test_the_new_forms_run_in_linear_time_on_a_megabyte(shape):
     text = shape * (1_000_000 // len(shape))
     masked = mask_personal_data(text)
@@ -185,3 +186,24 @@ def test_a_title_alone_before_an_honorific_stays(text):
 @pytest.mark.parametrize("text", ["本日の会議 部長も参加します", "4月 部長面談", "承認者 部長", "大学 先生"])
 def test_a_word_before_a_spaced_title_stays(text):
     assert mask_personal_data(text) == text
+
+
+@pytest.mark.parametrize("text", [
+    "差額 +12345.67 円", "balance +15000.00 USD", "GMT +9 2026-12-01", "UTC +9 2026-12-01 10:00",
+    "2024 - 2025 - 2026", "0900 - 1200 - 1500", "会議 0900 - 1200 - 1500 の枠",
+])
+def test_signed_amounts_time_zones_and_spaced_lists_stay(text):
+    assert mask_personal_data(text) == text
+
+
+@pytest.mark.parametrize("text, expected", [
+    ("call +1.415.555.0100", "call [PHONE]"),
+    ("call +81.3.1234.5678", "call [PHONE]"),
+    ("whois +1.4155550100", "whois [PHONE]"),
+    ("UTC +81 3 1234 5678", "UTC [PHONE]"),
+    ("番号 1234 - 5678 - 9018 です", "番号 [MY_NUMBER] です"),
+    ("番号 2024-2025-2026", "番号 [MY_NUMBER]"),  # without spaced hyphens, as before
+    ("call 0120 - 123 - 456", "call [PHONE]"),
+])
+def test_phones_and_my_numbers_near_those_forms_are_still_masked(text, expected):
+    assert mask_personal_data(text) == expected

@@ -55,6 +55,10 @@ EMAIL = re.compile(rf"{_LOCAL}@(?:(?:(?:[^\W_]|-)++\.)+(?:[^\W\d_{_CJK}](?:[^\W_
 _DASH = r"[\-‐‑‒–—―−ー]"
 _SEP1 = rf"[ {_DASH[1:-1]}]"  # one character between digit groups
 _SEP = rf"(?: ?{_DASH} ?| )"  # ... or a hyphen with a space either side ("03 - 1234 - 5678")
+# spaced hyphens also join lists (2024 - 2025 - 2026, 0900 - 1200 - 1500): four-four-four digits joined so are
+# a My Number only when the last digit is its check digit, and twelve digits so are no Japanese phone number
+_SPACED_DASH = re.compile(rf" {_DASH}|{_DASH} ")
+_MAX_DOMESTIC_DIGITS = 11
 # 13-19 digits in groups (cards) before 12-digit My Number and phones, so the longest match wins; groups of
 # four may also be apart by a dot or two spaces ("4111.1111.1111.1111"), not a lone decimal point ("3.14159..."),
 # and only groups of 4 (4-6-5 for Amex) by a spaced hyphen, so "2026-12-01 - 2027-01-31" stays a date range
@@ -72,8 +76,12 @@ _PHONE_START = rf"(?:(?<![0-9A-Za-z+.]){_PHONE_LABELS})"
 PHONE = re.compile(rf"{_PHONE_START}(?:\(0\d{{1,4}}\)|0\d{{1,4}})"
                    rf"(?:{_PSEP}|\()?\d{{1,4}}(?:{_PSEP}|\))?\d{{3,4}}(?!\d)")
 # +81 90 1234 5678, +1 (415) 555-0100, +81 (0)3-1234-5678, +86 138 0013 8000, +33 1 23 45 67 89: a country code
-# and up to 7 groups, masked before cards (13 digits after a "+" are a phone); _intl_phone keeps E.164's 15 digits
-INTL_PHONE = re.compile(rf"{_PHONE_START}\+\d{{1,3}}(?:{_PSEP}?(?:\(\d{{1,4}}\)|\d++)){{1,7}}")
+# and up to 7 groups, masked before cards (13 digits after a "+" are a phone); _intl_phone keeps E.164's 15 digits.
+# Not a sign before an amount with one decimal point and 1-3 decimals (差額 +12345.67 円, +15000.00 USD; WHOIS's
+# +1.4155550100 and +1.415.555.0100 are phones) or a time zone's offset, 0 to 14 (GMT +9 2026-12-01;
+# UTC +81 3 1234 5678 is a phone)
+INTL_PHONE = re.compile(rf"{_PHONE_START}\+(?!\d++\.\d{{1,3}}(?![.\d])|(?<=(?i:gmt|utc) \+)(?:0?\d|1[0-4])(?![\d.]))"
+                        rf"\d{{1,3}}(?:{_PSEP}?(?:\(\d{{1,4}}\)|\d++)){{1,7}}")
 _INTL_GROUP = re.compile(r"(\D*)(\d+)\)?")
 _INTL_DIGITS = (7, 15)
 _INTL_COMPLETE = 11  # digits after which a group set off by a plain space is the next number ("... 5678 2 times")
@@ -161,9 +169,24 @@ def _ja_name(match: re.Match) -> str:
     return run if start is None else body[:start] + "[NAME]" + run[len(body):]
 
 
+def _check_digit_holds(digits: str) -> bool:
+    """Whether the 12th digit is the check digit of the 11 before it, as in every individual number."""
+    total = sum(int(digit) * (n + 1 if n <= 6 else n - 5) for n, digit in enumerate(reversed(digits[:11]), 1)) % 11
+    return int(digits[11]) == (0 if total <= 1 else 11 - total)
+
+
+def _my_number(match: re.Match) -> str:
+    number = match.group()
+    if _SPACED_DASH.search(number) and not _check_digit_holds(re.sub(r"\D", "", number)):
+        return number  # a list joined by spaced hyphens (2024 - 2025 - 2026)
+    return "[MY_NUMBER]"
+
+
 def _card(match: re.Match) -> str:
     digits = re.sub(r"\D", "", match.group())
-    return "[MY_NUMBER]" if len(digits) == 12 else "[CARD]"  # any 13-19 digit run: masking beats leaking
+    if len(digits) == 12:
+        return _my_number(match)
+    return "[CARD]"  # any 13-19 digit run: masking beats leaking
 
 
 def _intl_phone(match: re.Match) -> str:
@@ -180,7 +203,10 @@ def _intl_phone(match: re.Match) -> str:
 
 def _phone(match: re.Match) -> str:
     number = match.group()
-    return number if len(re.sub(r"\D", "", number)) < _MIN_DOMESTIC_DIGITS else "[PHONE]"
+    digits = len(re.sub(r"\D", "", number))
+    if digits < _MIN_DOMESTIC_DIGITS or digits > _MAX_DOMESTIC_DIGITS and _SPACED_DASH.search(number):
+        return number  # a date, or a list joined by spaced hyphens (0900 - 1200 - 1500)
+    return "[PHONE]"
 
 
 def mask_personal_data(text: str) -> str:
@@ -190,7 +216,7 @@ def mask_personal_data(text: str) -> str:
     text = EMAIL.sub("[EMAIL]", text)
     text = INTL_PHONE.sub(_intl_phone, text)
     text = CARD.sub(_card, text)
-    text = MY_NUMBER.sub("[MY_NUMBER]", text)
+    text = MY_NUMBER.sub(_my_number, text)
     text = PHONE.sub(_phone, text)
     text = NAME_EN.sub(r"\1[NAME]", text)
     text = NAME_SAN.sub(lambda m: f"[NAME]{m.group(1)}", text)
