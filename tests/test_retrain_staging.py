@@ -1,12 +1,14 @@
 """`retrain run` stages extract and preprocess inside --work: rows preprocess rejects stay where the error says they
 are (and never over an earlier run's files), and staging folders a killed run left behind are cleared by the next
-run on that --work, nothing else."""
+run on that --work (never one a running run holds), nothing else."""
 
 from __future__ import annotations
 
 import functools
 import hashlib
 import json
+import os
+import time
 from pathlib import Path
 from types import SimpleNamespace
 
@@ -14,6 +16,7 @@ import pytest
 
 from so8t_lib.core.config import ModelConfig
 from so8t_lib.core.paths import CORPUS_DIR
+from so8t_lib.core.staging import OWNER_FILE, UNLOCKED_STALE_S
 from so8t_lib.data.corpus.splits import read_split
 from so8t_lib.data.tables import DataError, load_table
 from so8t_lib.model import SO8TModel
@@ -86,7 +89,7 @@ def test_rows_preprocess_rejects_never_replace_an_earlier_runs_rows_and_stay_in_
     assert [r["id"] for r in load_table(named).to_dict("records")] == ["ops-10", "ops-11", taken]
     assert f"kept in {named}" in str(caught.value)
     assert _snapshot(flow.work) == before  # last month's rows and data as they were
-    assert sorted(p.name for p in named.parent.iterdir()) == ["additional_training.jsonl"]
+    assert sorted(p.name for p in named.parent.iterdir()) == [OWNER_FILE, "additional_training.jsonl"]
 
 
 def test_the_next_run_removes_staging_folders_a_killed_run_left_and_nothing_else(flow):
@@ -94,6 +97,7 @@ def test_the_next_run_removes_staging_folders_a_killed_run_left_and_nothing_else
     stale = flow.work / ".retrain-staging-k1ll3d"
     (stale / "data").mkdir(parents=True)
     (stale / "additional_training.jsonl").write_text(json.dumps(_rows(1)[0]) + "\n", encoding="utf-8")
+    (stale / OWNER_FILE).write_text("1\n", encoding="ascii")  # what a run writes once it holds the lock
     others = [flow.work / ".retrain-staging-note.txt", flow.work / ".retrain-notes", flow.work / "retrain-staging-x"]
     others[0].write_text("a file, not a staging folder", encoding="utf-8")
     others[1].mkdir()
@@ -104,3 +108,65 @@ def test_the_next_run_removes_staging_folders_a_killed_run_left_and_nothing_else
     assert any(str(stale) in line and line.startswith("removed") for line in flow.logged)
     assert len(load_table(flow.work / "additional_training.jsonl")) == 3
     assert not list(flow.work.glob(".retrain-staging-*/"))  # this run's own staging folder is gone as well
+
+
+def test_a_second_run_leaves_the_staging_folder_of_a_run_still_preprocessing(flow, monkeypatch):
+    """A second run (or a retry) on the same --work removed every .retrain-staging-* folder, the first run's live
+    one too, which then failed with FileNotFoundError. Each run locks its folder now, and the clean-up skips it."""
+    real = retrain.preprocess
+    seen = {}
+
+    def second_run_starts(rows_file, out, input_as=None):
+        retrain.clear_stale_stages(flow.work, flow.logged.append)  # what another run does first
+        seen["rows"] = Path(rows_file).is_file()
+        return real(rows_file, out, input_as=input_as)
+
+    monkeypatch.setattr(retrain, "preprocess", second_run_starts)
+    with pytest.raises(RuntimeError, match="training called"):  # preprocess went through; the flow went on
+        flow.run()
+    assert seen == {"rows": True} and not any(line.startswith("removed") for line in flow.logged)
+    assert len(load_table(flow.work / "additional_training.jsonl")) == 3
+    assert not list(flow.work.glob(".retrain-staging-*"))
+
+
+def test_rows_kept_after_a_rejection_stay_until_the_next_run_finds_their_folder_unlocked(flow, monkeypatch):
+    """The note names the kept rows' file and says the next run removes its folder: a run starting while the
+    rejected one still preprocessed left that file missing; now it stays for the run after."""
+    flow.rows = _rows(3)
+    with pytest.raises(RuntimeError, match="training called"):
+        flow.run()
+    real = retrain.preprocess
+
+    def second_run_starts(rows_file, out, input_as=None):
+        retrain.clear_stale_stages(flow.work, flow.logged.append)
+        return real(rows_file, out, input_as=input_as)
+
+    flow.rows = [*_rows(1, 10), {**_rows(1, 11)[0], "label": "MAYBE"}]
+    with monkeypatch.context() as patch:
+        patch.setattr(retrain, "preprocess", second_run_starts)
+        with pytest.raises(DataError, match="the next so8t retrain run on this --work removes that folder") as caught:
+            flow.run()
+    kept = Path(str(caught.value).split(":")[0])
+    assert kept.is_file() and len(kept.read_text(encoding="utf-8").splitlines()) == 2
+    flow.rows = _rows(3, 20)
+    with pytest.raises(RuntimeError, match="training called"):
+        flow.run()
+    assert not kept.parent.exists()
+    assert any(line.startswith(f"removed {kept.parent}") for line in flow.logged)
+
+
+def test_a_staging_folder_without_its_owner_file_goes_only_once_idle(flow):
+    """A folder from before runs locked theirs (or one in the instant before its lock) has no owner file: it is
+    removed once nothing in it changed for an hour, not while it may be in use."""
+    flow.work.mkdir()
+    fresh, old = flow.work / ".retrain-staging-fresh", flow.work / ".retrain-staging-old"
+    for folder in (fresh, old):
+        folder.mkdir()
+        (folder / "additional_training.jsonl").write_text(json.dumps(_rows(1)[0]) + "\n", encoding="utf-8")
+    hours_ago = time.time() - 2 * UNLOCKED_STALE_S
+    for path in (old / "additional_training.jsonl", old):
+        os.utime(path, (hours_ago, hours_ago))
+    with pytest.raises(RuntimeError, match="training called"):
+        flow.run()
+    assert fresh.is_dir() and not old.exists()
+

@@ -13,20 +13,17 @@ They are moved in all or none (``export.placement``), Ctrl-C, SIGTERM and SIGHUP
 
 from __future__ import annotations
 
-import fcntl
 import os
-import shutil
 import signal
 import sys
-import tempfile
 import threading
-import time
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from pathlib import Path
 
 from ..core.checkpoint import UNVERIFIED_ENV, CheckpointError, has_manifest, resolve_checkpoint
 from ..core.schema import MANIFEST_FILE, MODEL_CONFIG_FILE
+from ..core.staging import OWNER_FILE, UNLOCKED_STALE_S, LockedFolder, remove_stale  # noqa: F401 (still importable from here)
 from ..model.so8t import SO8TModel
 from .gguf_meta import DEFAULT_THRESHOLD, GGUFError, read_metadata, sidecar_path, write_sha256_sidecar
 from .gguf_writer import write_gguf
@@ -41,11 +38,6 @@ QUANT_TYPES = ("Q8_0", "Q4_K_M", "Q4_K_M_T8", "Q4_K_S", "IQ4_XS")
 RUNG_LABELS = ("f16", "f32") + tuple(q.lower() for q in QUANT_TYPES)
 # staging folders in out_dir: .export- (this version, locked while in use), .mix- (helpers, earlier versions)
 STAGING_PREFIXES = (".export-", ".mix-", ".deploy-")  # retrain deploy stages here too
-# written into a staging folder once its export holds the folder's lock: a lockable folder with it is a dead export's
-OWNER_FILE = ".so8t-export-owner"
-# a staging folder without OWNER_FILE (an earlier version's, or one in the instant before its lock) is left alone
-# until nothing in it has changed for this long
-UNLOCKED_STALE_S = 3600.0
 STOP_SIGNALS = (signal.SIGTERM, signal.SIGHUP)
 # Ctrl-C: Python's own handler (KeyboardInterrupt) already removes the staging folder; only held() defers it
 INTERRUPT = signal.SIGINT
@@ -272,49 +264,12 @@ def staging_folder(out_dir: Path, prefix: str = STAGING_PREFIXES[0]) -> Iterator
     for folder in _remove_stale_staging(out_dir):
         print(f"removed {folder}: the staging folder of an export or deploy that did not finish (killed or crashed)",
               file=sys.stderr)
-    folder = Path(tempfile.mkdtemp(dir=out_dir, prefix=prefix))
-    handle = None
-    try:
-        handle = os.open(folder, os.O_RDONLY | os.O_DIRECTORY)
-        fcntl.flock(handle, fcntl.LOCK_EX)
-        (folder / OWNER_FILE).write_text(f"{os.getpid()}\n", encoding="ascii")
-        yield folder
-    finally:
-        shutil.rmtree(folder, ignore_errors=True)
-        if handle is not None:
-            os.close(handle)  # the lock goes with it
+    with LockedFolder(out_dir, prefix) as staged:
+        yield staged.path
 
 
 def _remove_stale_staging(out_dir: Path) -> list[Path]:
-    """Remove the staging folders in ``out_dir`` no running export holds: a locked one is in use; one this version
-    wrote (OWNER_FILE) whose lock is free belongs to a dead export; one without it only once idle for
-    UNLOCKED_STALE_S (an earlier version's, or a new one in the instant before its lock). Returns what went."""
-    removed = []
-    for folder in sorted(out_dir.iterdir()):
-        if not folder.name.startswith(STAGING_PREFIXES) or folder.is_symlink() or not folder.is_dir():
-            continue
-        try:
-            handle = os.open(folder, os.O_RDONLY | os.O_DIRECTORY)
-        except OSError:
-            continue
-        try:
-            fcntl.flock(handle, fcntl.LOCK_EX | fcntl.LOCK_NB)
-            if (folder / OWNER_FILE).is_file() or time.time() - _last_change(folder) > UNLOCKED_STALE_S:
-                shutil.rmtree(folder, ignore_errors=True)
-                removed.append(folder)
-        except BlockingIOError:  # a running export's
-            pass
-        finally:
-            os.close(handle)
-    return removed
-
-
-def _last_change(folder: Path) -> float:
-    """The newest mtime of a folder and everything in it (a quantize in progress grows its file)."""
-    times = [folder.stat().st_mtime]
-    for path in folder.rglob("*"):
-        try:
-            times.append(path.lstat().st_mtime)
-        except OSError:
-            continue
-    return max(times)
+    """Remove the staging folders in ``out_dir`` no running export holds (``core.staging.remove_stale``: a locked
+    one is in use; one with OWNER_FILE whose lock is free belongs to a dead export; one without it goes only once
+    idle for UNLOCKED_STALE_S). Returns what went."""
+    return [folder for folder, _ in remove_stale(out_dir, STAGING_PREFIXES)]

@@ -17,7 +17,6 @@ from __future__ import annotations
 import json
 import os
 import shutil
-import tempfile
 from pathlib import Path
 
 from ...core.checkpoint import atomic_folder
@@ -25,6 +24,7 @@ from ...core.config import SO8TConfig
 from ...core.io import atomic_write_text
 from ...core.paths import CORPUS_DIR
 from ...core.schema import LAST_DIR, MANIFEST_FILE
+from ...core.staging import LockedFolder, remove_stale
 from ...train.run_folder import check_fresh
 from .deploy import GATE_FILE, NotPromoted, checked_gate, deploy
 from .extract import ExtractError, extract_rows, write_rows
@@ -64,8 +64,9 @@ def run_flow(logs: list[str | Path], serving: str | Path, work: str | Path,
     Extract and preprocess are staged in ``work/.retrain-staging-*`` and moved into place after that check. When
     preprocess rejects the rows, they stay where the operator can read them and the error names that file:
     ``work/additional_training.jsonl`` when no earlier run left rows or data in ``work/`` (as the step-by-step
-    commands leave it), else the staging folder, so an earlier run's files are never replaced. Staging folders
-    left by a failed or killed run are removed (and logged) by the next run on the same ``work/``."""
+    commands leave it), else the staging folder, so an earlier run's files are never replaced. Each run locks its
+    staging folder (``core.staging``); the next run on the same ``work/`` removes (and logs) those no running run
+    holds."""
     check_gate_settings(bootstrap, threshold, margin, eval_max_rows)  # before anything is trained
     work = Path(work)
     summary: dict = {"serving": str(serving), "work": str(work)}
@@ -79,13 +80,14 @@ def run_flow(logs: list[str | Path], serving: str | Path, work: str | Path,
                            "resolve --supersede --gate-label, or spot checks with --reviews; nothing to retrain on")
     work.mkdir(parents=True, exist_ok=True)
     clear_stale_stages(work, log)
-    stage, keep_stage = Path(tempfile.mkdtemp(prefix=STAGE_PREFIX, dir=work)), False
-    try:  # extract and preprocess are staged, and replace work's only once the run may go on with them
+    # extract and preprocess are staged, and replace work's only once the run may go on with them
+    with LockedFolder(work, STAGE_PREFIX) as staged:
+        stage = staged.path
         write_rows(rows, stage / ROWS_FILE)
         try:
             summary["preprocess"] = preprocess(stage / ROWS_FILE, stage / DATA_DIR, input_as=work / ROWS_FILE)
         except Exception as exc:
-            keep_stage = keep_rejected_rows(exc, stage, work, resume)
+            staged.keep = keep_rejected_rows(exc, stage, work, resume)
             raise
         if resume:
             check_same_origin(work / RUN_DIR, run_origin(config, serving, stage / DATA_DIR))
@@ -95,9 +97,6 @@ def run_flow(logs: list[str | Path], serving: str | Path, work: str | Path,
                 if path.name != MANIFEST_FILE:  # atomic_folder writes its own
                     os.replace(path, tmp / path.name)
         os.replace(stage / ROWS_FILE, work / ROWS_FILE)
-    finally:
-        if not keep_stage:
-            shutil.rmtree(stage, ignore_errors=True)
     log(f"2 preprocess: kept {summary['preprocess']['kept']} of {summary['preprocess']['rows']} "
         f"{summary['preprocess']['splits']}; test split untouched (sha256 {summary['preprocess']['test_sha256'][:12]})")
     run_dir = train_from_serving(config, serving, resume=resume)
@@ -137,16 +136,13 @@ def check_work(work: Path, config: SO8TConfig, serving: str | Path) -> bool:
 
 def clear_stale_stages(work: Path, log=print) -> None:
     """Removes the staging folders (``work/.retrain-staging-*``, nothing else) that a run killed mid-step or
-    stopped by preprocess left behind: each holds a copy of the masked rows that nothing else would clear."""
-    for old in sorted(work.glob(STAGE_PREFIX + "*")):
-        if not old.is_dir() or old.is_symlink():
-            continue
-        try:
-            shutil.rmtree(old)
-        except OSError as exc:
-            log(f"could not remove {old}, left by an earlier retrain run ({exc}); remove it by hand")
-        else:
+    stopped by preprocess left behind: each holds a copy of the masked rows that nothing else would clear. A
+    folder another run still holds (locked) is left to it."""
+    for old, gone in remove_stale(work, (STAGE_PREFIX,)):
+        if gone:
             log(f"removed {old}: a staging folder an earlier retrain run left behind (killed or stopped by preprocess)")
+        else:
+            log(f"could not remove {old}, left by an earlier retrain run; check its permissions and remove it by hand")
 
 
 def keep_rejected_rows(exc: Exception, stage: Path, work: Path, resume: bool) -> bool:
