@@ -1,9 +1,11 @@
 """`retrain run` stages extract and preprocess inside --work: rows preprocess rejects stay where the error says they
 are (and never over an earlier run's files), and staging folders a killed run left behind are cleared by the next
-run on that --work (never one a running run holds), nothing else."""
+run on that --work (never one a running run holds), nothing else; preprocess failing for another reason keeps
+nothing."""
 
 from __future__ import annotations
 
+import errno
 import functools
 import hashlib
 import json
@@ -170,3 +172,18 @@ def test_a_staging_folder_without_its_owner_file_goes_only_once_idle(flow):
         flow.run()
     assert fresh.is_dir() and not old.exists()
 
+
+@pytest.mark.parametrize("error", [OSError(errno.ENOSPC, "No space left on device"), MemoryError("preprocess")])
+def test_preprocess_failing_for_another_reason_is_not_a_rejection_of_the_rows(flow, monkeypatch, error):
+    """A full disk or no memory in preprocess was reported as rejected rows (the note on an OSError never reached
+    the CLI's message) and left rows behind. Only PreprocessError and DataError keep the rows now."""
+    message = str(error)
+
+    def fails(rows_file, out, input_as=None):
+        raise error
+
+    monkeypatch.setattr(retrain, "preprocess", fails)
+    with pytest.raises(type(error)) as caught:
+        flow.run()
+    assert caught.value is error and str(caught.value) == message and not getattr(error, "__notes__", None)
+    assert not flow.work.exists() or list(flow.work.iterdir()) == []

@@ -25,6 +25,7 @@ from ...core.io import atomic_write_text
 from ...core.paths import CORPUS_DIR
 from ...core.schema import LAST_DIR, MANIFEST_FILE
 from ...core.staging import LockedFolder, remove_stale
+from ...data.tables import DataError
 from ...train.run_folder import check_fresh
 from .deploy import GATE_FILE, NotPromoted, checked_gate, deploy
 from .extract import ExtractError, extract_rows, write_rows
@@ -64,9 +65,9 @@ def run_flow(logs: list[str | Path], serving: str | Path, work: str | Path,
     Extract and preprocess are staged in ``work/.retrain-staging-*`` and moved into place after that check. When
     preprocess rejects the rows, they stay where the operator can read them and the error names that file:
     ``work/additional_training.jsonl`` when no earlier run left rows or data in ``work/`` (as the step-by-step
-    commands leave it), else the staging folder, so an earlier run's files are never replaced. Each run locks its
-    staging folder (``core.staging``); the next run on the same ``work/`` removes (and logs) those no running run
-    holds."""
+    commands leave it), else the staging folder, so an earlier run's files are never replaced. Any other error
+    (a full disk, no memory) ends the run as it is, its staging folder removed. Each run locks its staging folder
+    (``core.staging``); the next run on the same ``work/`` removes (and logs) those no running run holds."""
     check_gate_settings(bootstrap, threshold, margin, eval_max_rows)  # before anything is trained
     work = Path(work)
     summary: dict = {"serving": str(serving), "work": str(work)}
@@ -86,7 +87,7 @@ def run_flow(logs: list[str | Path], serving: str | Path, work: str | Path,
         write_rows(rows, stage / ROWS_FILE)
         try:
             summary["preprocess"] = preprocess(stage / ROWS_FILE, stage / DATA_DIR, input_as=work / ROWS_FILE)
-        except Exception as exc:
+        except (PreprocessError, DataError) as exc:  # the rows were refused: the operator corrects them
             staged.keep = keep_rejected_rows(exc, stage, work, resume)
             raise
         if resume:
