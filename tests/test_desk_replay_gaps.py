@@ -14,18 +14,14 @@ import datetime as dt
 import json
 
 import pytest
+from desk_support import scratch_desk, spooled_case
 from ops_fixtures import TextDecider, runtime_config
 
 from so8t_lib.serve import audit as audit_module
 from so8t_lib.serve.audit import AuditLog, AuditWriteError
-from so8t_lib.serve.config import EscalationConfig
-from so8t_lib.serve.escalation import EscalationQueue
-from so8t_lib.serve.escalation_desk import EscalationDesk
-from so8t_lib.serve.notify import Notifier
 from so8t_lib.serve.outcome import utc_timestamp
 from so8t_lib.serve.resolutions import resolve_audited
 from so8t_lib.serve.runtime import Agent
-from so8t_lib.serve.spool import CaseSpool
 from so8t_lib.workbench import retrain
 from so8t_lib.workbench.reports import make_report
 
@@ -104,27 +100,14 @@ def test_only_decision_records_answer_for_a_request(tmp_path):
 
 @pytest.fixture
 def desk(tmp_path):
-    queue_path = tmp_path / "escalations.sqlite"
-    desk = EscalationDesk(lambda: EscalationQueue(queue_path), CaseSpool(tmp_path / "escalations.sqlite.spool"),
-                          AuditLog(tmp_path / "audit.jsonl"), Notifier(EscalationConfig()), notify=True,
-                          background=False)
-    sent: list[str] = []
-    desk._notify = lambda case, reminder=False: sent.append(case["case_id"])  # what would be sent
-    desk.sent = sent
+    desk = scratch_desk(tmp_path, record_notices=True)
     yield desk
     desk.close()
 
 
-def _case(n: int) -> tuple[dict, dict]:
-    case = {"case_id": f"esc_{n:05d}", "request_id": f"req_{n:05d}", "category": "hr", "input": "x", "rationale": "r"}
-    record = {"event": "decision", "timestamp": utc_timestamp(), "request_id": case["request_id"],
-              "decision": "ESCALATE", "input": "x", "category": "hr"}
-    return case, record
-
-
 def test_a_case_queued_by_a_pass_whose_audit_write_failed_is_notified_by_the_pass_that_finishes_it(desk,
                                                                                                    monkeypatch):
-    desk.spool.put(*_case(1)).release()  # at request time the queue was locked and the audit write failed
+    desk.spool.put(*spooled_case(1)).release()  # at request time the queue was locked and the audit write failed
     with monkeypatch.context() as patch:
         patch.setattr(desk.audit, "append", lambda record: (_ for _ in ()).throw(AuditWriteError("disk full")))
         assert desk.replay()["finished"] == []
@@ -135,7 +118,7 @@ def test_a_case_queued_by_a_pass_whose_audit_write_failed_is_notified_by_the_pas
 
 
 def test_a_case_notified_at_request_time_is_not_notified_again_by_the_replay(desk):
-    ticket = desk.open(*_case(2))
+    ticket = desk.open(*spooled_case(2))
     assert desk.try_queue(ticket) == "queued"
     desk.finish(ticket, audited=False)  # notified now; the audit record is left to the replay
     assert desk.sent == ["esc_00002"]

@@ -19,6 +19,7 @@ import uuid
 from pathlib import Path
 
 import pytest
+from desk_support import scratch_desk, spooled_case
 from pg_support import cluster
 
 from so8t_lib.serve import queue_sql
@@ -29,7 +30,6 @@ from so8t_lib.serve.escalation_desk import EscalationDesk
 from so8t_lib.serve.notify import Notifier
 from so8t_lib.serve.outcome import utc_timestamp
 from so8t_lib.serve.resolutions import resolve_audited
-from so8t_lib.serve.spool import CaseSpool
 from so8t_lib.workbench import retrain
 
 HARASSMENT = "上司からのパワハラについて相談したい"  # the policy's ESCALATE (hr), however a reviewer settles it
@@ -39,21 +39,14 @@ ROOT = Path(__file__).resolve().parents[1]
 # ----- the replay and a case resolved meanwhile -------------------------------------------------------------------
 @pytest.fixture
 def desk(tmp_path):
-    queue_path = tmp_path / "escalations.sqlite"
-    desk = EscalationDesk(lambda: EscalationQueue(queue_path), CaseSpool(tmp_path / "escalations.sqlite.spool"),
-                          AuditLog(tmp_path / "audit.jsonl"), Notifier(EscalationConfig()), notify=True,
-                          background=False)
-    sent: list[str] = []
-    desk._notify = lambda case, reminder=False: sent.append(case["case_id"])  # what would be sent
-    desk.sent = sent
+    desk = scratch_desk(tmp_path, record_notices=True)
     yield desk
     desk.close()
 
 
 def _spooled(desk: EscalationDesk, n: int) -> str:
-    case = {"case_id": f"esc_{n:05d}", "request_id": f"req_{n:05d}", "category": "hr", "input": "x", "rationale": "r"}
-    desk.spool.put(case, {"event": "decision", "timestamp": utc_timestamp(), "request_id": case["request_id"],
-                          "decision": "ESCALATE", "input": "x", "category": "hr"}).release()
+    case, record = spooled_case(n)
+    desk.spool.put(case, record).release()
     return case["case_id"]
 
 

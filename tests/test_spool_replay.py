@@ -11,38 +11,24 @@ import os
 import resource
 
 import pytest
+from desk_support import scratch_desk, spooled_case
 
 from so8t_lib.serve import audit as audit_module
 from so8t_lib.serve import escalation_desk
-from so8t_lib.serve.audit import AuditLog
-from so8t_lib.serve.config import EscalationConfig
-from so8t_lib.serve.escalation import EscalationQueue
 from so8t_lib.serve.escalation_desk import EscalationDesk
-from so8t_lib.serve.notify import Notifier
-from so8t_lib.serve.outcome import utc_timestamp
-from so8t_lib.serve.spool import SUFFIX, UNREADABLE, CaseSpool
+from so8t_lib.serve.spool import SUFFIX, UNREADABLE
 
 
 @pytest.fixture
 def desk(tmp_path):
-    queue_path = tmp_path / "escalations.sqlite"
-    desk = EscalationDesk(lambda: EscalationQueue(queue_path), CaseSpool(tmp_path / "escalations.sqlite.spool"),
-                          AuditLog(tmp_path / "audit.jsonl"), Notifier(EscalationConfig()), notify=False,
-                          background=False)
+    desk = scratch_desk(tmp_path)
     yield desk
     desk.close()
 
 
-def _case(n: int) -> tuple[dict, dict]:
-    case = {"case_id": f"esc_{n:05d}", "request_id": f"req_{n:05d}", "category": "hr", "input": "x", "rationale": "r"}
-    record = {"event": "decision", "timestamp": utc_timestamp(), "request_id": case["request_id"],
-              "decision": "ESCALATE", "input": "x", "category": "hr"}
-    return case, record
-
-
 def _spool(desk: EscalationDesk, n: int, audited: bool = False) -> None:
     """An orphan: spooled, not queued (the queue was locked, or the process died); audited or not."""
-    case, record = _case(n)
+    case, record = spooled_case(n)
     entry = desk.spool.put(case, record)
     if audited:
         desk.audit.append(record)
@@ -134,7 +120,7 @@ def test_a_backlog_larger_than_the_open_file_limit_drains_in_one_pass(desk, tmp_
     for n in range(backlog):
         _spool(desk, n, audited=n % 2 == 0)
     for n in range(1, backlog, 4):  # audited by a process that died before it could mark the entry
-        desk.audit.append(_case(n)[1])
+        desk.audit.append(spooled_case(n)[1])
     soft, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
     resource.setrlimit(resource.RLIMIT_NOFILE, (_limit_leaving(FREE_FDS), hard))
     try:
