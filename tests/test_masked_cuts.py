@@ -53,7 +53,7 @@ def test_short_texts_and_earlier_notes_are_kept_as_before():
 
 # texts of addresses, phone numbers and filler around the cut points: the stored prefix is the whole text masked,
 # then cut; and as the filler has none of an address's characters (a-p, @), one left outside [EMAIL] is a piece
-# of one (digits are not checked so: two phone numbers a space apart are masked as one card and its rest)
+# of one
 _LOCAL = st.text("abcdefghijklmnop", min_size=1, max_size=40)
 _ADDRESS = st.builds(lambda a, b, d: f"{a}.{b}@{d}.co.jp", _LOCAL, _LOCAL, st.text("abcdefghijklmnop", min_size=1,
                                                                                    max_size=20))

@@ -207,3 +207,15 @@ def test_signed_amounts_time_zones_and_spaced_lists_stay(text):
 ])
 def test_phones_and_my_numbers_near_those_forms_are_still_masked(text, expected):
     assert mask_personal_data(text) == expected
+
+
+@pytest.mark.parametrize("text, masked", [
+    ("090-1234-5678 090-1234-5678", "[PHONE] [PHONE]"),
+    ("03-1234-5678 03-1234-5678", "[PHONE] [PHONE]"),
+    ("4111 1111 1111 1111", "[CARD]"), ("4111-1111-1111-1111", "[CARD]"), ("4111111111111111", "[CARD]"),
+    ("4111-1111 1111-1111", "[CARD]"), ("3782 822463 10005", "[CARD]"),
+])
+def test_two_phone_numbers_a_space_apart_are_two_phones_not_a_card(text, masked):
+    """A card's run of single-character gaps took a space and hyphens mixed: two phone numbers a space apart were
+    read as one 18-digit card, and the second number's last group stayed in clear ('[CARD]-5678')."""
+    assert mask_personal_data(text) == masked

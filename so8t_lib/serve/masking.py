@@ -53,7 +53,6 @@ _CJK_TLDS = "日本|みんな|コム|中国|中國|香港|台湾|台灣|公司|�
 EMAIL = re.compile(rf"{_LOCAL}@(?:(?:(?:[^\W_]|-)++\.)+(?:[^\W\d_{_CJK}](?:[^\W_{_CJK}]|-)*+|{_CJK_TLDS})|"
                    r"\d{1,3}(?:\.\d{1,3}){3}(?!\.?\d))")
 _DASH = r"[\-‐‑‒–—―−ー]"
-_SEP1 = rf"[ {_DASH[1:-1]}]"  # one character between digit groups
 _SEP = rf"(?: ?{_DASH} ?| )"  # ... or a hyphen with a space either side ("03 - 1234 - 5678")
 # spaced hyphens also join lists (2024 - 2025 - 2026, 0900 - 1200 - 1500): four-four-four digits joined so are
 # a My Number only when the last digit is its check digit, and twelve digits so are no Japanese phone number
@@ -62,7 +61,9 @@ _MAX_DOMESTIC_DIGITS = 11
 # 13-19 digits in groups (cards) before 12-digit My Number and phones, so the longest match wins; groups of
 # four may also be apart by a dot or two spaces ("4111.1111.1111.1111"), not a lone decimal point ("3.14159..."),
 # and only groups of 4 (4-6-5 for Amex) by a spaced hyphen, so "2026-12-01 - 2027-01-31" stays a date range
-CARD = re.compile(rf"(?<!\d)(?:\d{_SEP1}?){{12,18}}\d(?!\d)|"
+# one kind of separator through a run of single-character gaps: a space and a hyphen mixed (090-1234-5678
+# 090-1234-5678) are two phone numbers, not one card; mixed card layouts are the second alternative's
+CARD = re.compile(rf"(?<!\d)(?:\d ?){{12,18}}\d(?!\d)|(?<!\d)(?:\d{_DASH}?){{12,18}}\d(?!\d)|"
                   rf"(?<![\d.])\d{{4}}(?:(?:\.|{_SEP}{{1,2}})\d{{4}}){{2,3}}(?:(?:\.|{_SEP}{{1,2}})\d{{1,3}})?(?!\.?\d)|"
                   rf"(?<!\d)\d{{4}}{_SEP}\d{{6}}{_SEP}\d{{5}}(?!\d)")
 MY_NUMBER = re.compile(rf"(?<!\d)\d{{4}}{_SEP}?\d{{4}}{_SEP}?\d{{4}}(?!\d)")
