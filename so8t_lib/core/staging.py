@@ -37,7 +37,11 @@ class LockedFolder:
         self.path = Path(tempfile.mkdtemp(dir=self.parent, prefix=self.prefix))
         try:
             self._handle = os.open(self.path, os.O_RDONLY | os.O_DIRECTORY)
-            fcntl.flock(self._handle, fcntl.LOCK_EX)
+            try:
+                fcntl.flock(self._handle, fcntl.LOCK_EX)
+            except OSError as exc:  # NFS without local locks refuses it (EBADF, ENOLCK)
+                raise OSError(exc.errno, f"cannot lock the staging folder {self.path} ({exc.strerror}): its "
+                                         "filesystem does not support flock; give a folder on a local disk") from exc
             (self.path / OWNER_FILE).write_text(f"{os.getpid()}\n", encoding="ascii")
         except BaseException:
             self.__exit__()
@@ -68,7 +72,7 @@ def remove_stale(parent: str | Path, prefixes: tuple[str, ...]) -> list[tuple[Pa
             if (folder / OWNER_FILE).is_file() or time.time() - last_change(folder) > UNLOCKED_STALE_S:
                 shutil.rmtree(folder, ignore_errors=True)
                 tried.append((folder, not os.path.lexists(folder)))
-        except BlockingIOError:  # a running process's
+        except OSError:  # a running process's (BlockingIOError), removed meanwhile by another, or not lockable here
             pass
         finally:
             os.close(handle)
