@@ -25,6 +25,11 @@ from .textforms import matching_form, matching_forms, unleet
 _RULE_WORDS = (r"(?:rules?|guidelines?|guardrails?|polic(?:y|ies)|restrictions?|filters?|checks?|safety|review|"
                r"programming|constraints?|limitations?|limits?|moderation|safeguards?|content policy|system message)")
 _RULES = rf"(?:instructions?|prompts?|directives?|{_RULE_WORDS})"
+# "never stop following the safety rules" keeps them (a "why not stop ..." does not); a rule word directly before one
+# of these nouns names a workplace thing, "the safety checklist", "the review team", not the rules themselves
+_NOT_NEGATED = r"(?<!\bnever )(?<!n't )(?<!n’t )(?<!\bdont )(?<!(?<!\bwhy )\bnot )(?<!\bno longer )"
+_NOT_A_THING = (r"(?![^\w.,;:!?]+(?:checklists?|teams?|binders?|process(?:es)?|documents?|manuals?|meetings?|"
+                r"trainings?|forms?|sheets?|steps?|boards?|committees?)\b)")
 # what was said before the request, and the verbs that set it aside ("stop following" only counts for the model's
 # own instructions: "stop following the previous instructions for the badge printer" is about a printer)
 _EARLIER = r"(?:previous|prior|earlier|above|preceding|foregoing|original|initial)"
@@ -51,9 +56,11 @@ _EN = [
     rf"circumvent|get around|pay no (?:attention|heed|mind) to)\b(?:\W+\w+){{0,5}}?\W+{_RULES}\b",
     # no longer obeying the rules: "stop following your safety guidelines", "quit following the content policy"; the
     # rule word in the same clause, not past a bare "instructions" (not "stop following the old instructions in the
-    # safety binder, they are outdated")
-    rf"\b(?:stop|quit) (?:following|obeying)(?:[^\w.,;:!?]+(?!(?:instructions?|prompts?|directives?|and|then|but|or|"
-    rf"so)\b)\w+){{0,4}}?[^\w.,;:!?]+{_RULE_WORDS}\b",
+    # safety binder, they are outdated"), not a reminder to keep them ("never stop following the safety rules"), not
+    # chasing something up ("stop following up on the policy renewal") and not a rule word naming a workplace thing
+    # ("stop following the safety checklist steps 3-5")
+    rf"{_NOT_NEGATED}\b(?:stop|quit) (?:following|obeying)(?![^\w.,;:!?]+up\b)(?:[^\w.,;:!?]+(?!(?:instructions?|"
+    rf"prompts?|directives?|and|then|but|or|so)\b)\w+){{0,4}}?[^\w.,;:!?]+{_RULE_WORDS}\b{_NOT_A_THING}",
     # the same by other names, when they are the model's: "ignore your previous directions", "don't follow your
     # instructions", "stop obeying the system's orders" (not "your instructions sheet for the fire drill")
     rf"\b(?:{_SET_ASIDE}|{_STOP_FOLLOWING})\s+(?:(?:all|any|of|the|these|those)\s+)*(?:your|system's)\s+"
@@ -75,8 +82,9 @@ _EN = [
     r"restrictions?|rules|polic(?:y|ies))\b",
     r"\bforget\s+(?:everything|all|anything|what)\s+(?:you(?:'ve| have)?\s+(?:were|was|been|have been)?\s*"
     r"(?:told|taught|instructed)|(?:above|before|so far|earlier))\b",
-    r"\b(?:do not|don'?t|never|no need to)\s+(?:apply|use|run|enforce|follow|check)\b(?:\W+\w+){0,4}?\W+"
-    r"(?:polic(?:y|ies)|checks?|rules?|filters?|guidelines?|safety|restrictions?|review)\b",
+    # "don't apply the safety checks" (not "don't follow up on the policy renewal", "never check the review board")
+    rf"\b(?:do not|don'?t|never|no need to)\s+(?:apply|use|run|enforce|follow|check)\b(?!\s+up\b)(?:\W+\w+){{0,4}}?"
+    rf"\W+(?:polic(?:y|ies)|checks?|rules?|filters?|guidelines?|safety|restrictions?|review)\b{_NOT_A_THING}",
     r"\b(?:no|without|free of|zero|free from)\s+(?:any\s+)?(?:content polic(?:y|ies)|guardrails?|censorship|"
     r"safety (?:checks?|rules|filters?)|filters?|moderation|checks?|ethical \w+)\b",
     r"\byou\s*(?:have|had|'ve got|'d have)\s+no\s+(?:restrictions?|limits?|limitations?|rules|filters?|polic(?:y|ies))\b",
