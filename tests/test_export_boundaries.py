@@ -92,10 +92,12 @@ def test_a_failed_export_removes_nothing(ladder, tmp_path, monkeypatch):
     assert {p.name: p.read_bytes() for p in out.iterdir()} == before
 
 
-def test_the_ladder_comparison_refuses_a_file_of_another_model_version(ladder, tmp_path):
-    """quant_compare.compare scored an earlier export's q4_k_m as a rung of the checkpoint it was given."""
+def test_the_ladder_comparison_refuses_a_file_of_another_model_version(ladder, tmp_path, monkeypatch):
+    """quant_compare.compare scored an earlier export's q4_k_m as a rung of the checkpoint it was given. (Run in
+    this process: a fresh child per backend costs seconds, and test_eval_honesty shows a child's error comes back.)"""
     from so8t_lib.eval import quant_compare
 
+    monkeypatch.setattr(quant_compare, "run_isolated", lambda fn, *args: fn(*args))
     first, second, files = ladder
     data = tmp_path / "rows.jsonl"
     load_split("test").head(4).to_json(data, orient="records", lines=True, force_ascii=False)
