@@ -143,6 +143,17 @@ def test_the_quantization_table_shows_a_macro_f1_a_two_class_set_has_none_of(tmp
     assert "| hf-fp32 | n/a | 1.000 | n/a | 20.0 |" in card
 
 
+def test_the_quantization_section_says_how_the_ladder_was_measured(tmp_path):
+    """A ladder measured one process per backend was described as measured in one process."""
+    row = {"backend": "hf-fp32", "size_mib": None, "agreement_with_fp32": 1.0, "macro_f1": None, "decide_p50_ms": 20.0}
+    for flag, said in ((True, "each backend in a fresh process"), (False, "one process")):
+        quant = {"data": "test", "results": [row], **({"process_per_backend": True} if flag else {})}
+        (tmp_path / "quant.json").write_text(json.dumps(quant))
+        card = model_card.build_card({"model": {"name": "m", "preset": "tiny"}}, tmp_path / "no-eval.json",
+                                     tmp_path / "quant.json", tmp_path / "no-sweep.json")
+        assert f"same requests, {said};" in card
+
+
 def test_the_caption_claims_intervals_only_where_the_file_holds_some(tmp_path):
     """A file written with --bootstrap -5 holds no intervals but ci_resamples -5: the card claimed 95% bootstrap
     intervals "(-5 resamples)"; a positive count without intervals is no better."""
