@@ -42,8 +42,12 @@ class ChunkedAnswers(FixedDecider):
         super().__init__()
         self.writing_long = threading.Event()
         self.chunks_written = 0
+        self.long_decided = threading.Semaphore(0)  # one release per long request the service has taken in
 
     def decide(self, requests, contexts=None, batch_size=32, progress=False):
+        for request in requests:
+            if "long" in request:
+                self.long_decided.release()
         return np.asarray([PROBS["REFUSE"] if "refuse" in r else PROBS["ALLOW"] for r in requests])
 
     def start_answer(self, request, context=None, max_tokens=128, temperature=0.0):
@@ -72,6 +76,8 @@ def test_a_shutdown_answers_what_is_in_flight_503_and_ends_within_its_budget(tmp
         longs = [threading.Thread(target=_ask, args=(server.url, f"long answer {n}", answers)) for n in range(2)]
         for thread in longs:
             thread.start()
+        for _ in longs:  # both inside the service before the stop: a request still connecting is simply refused
+            assert decider.long_decided.acquire(timeout=30), "a long request never reached the service"
         assert decider.writing_long.wait(30), "the long answer was never started"
         began = time.monotonic()
         server.server.should_exit = True  # what uvicorn's SIGTERM handler does
