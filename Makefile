@@ -45,7 +45,8 @@ demo: venv
 	$(VENV)/bin/so8t demo
 
 test: venv
-	$(PY) -m pytest -q
+	# the 30 slowest tests are listed at the end: the suite must stay well inside CI's 30-minute budget
+	$(PY) -m pytest -q --durations=30
 	$(MAKE) --no-print-directory nbval
 
 # every notebook, run by nbval with the tiny parameters of tests/notebook_params.yaml
