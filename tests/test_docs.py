@@ -70,6 +70,77 @@ def test_every_quoted_command_and_file_exists():
     assert problems == []
 
 
+
+class _Parsed(Exception):
+    """Raised once a command's arguments have parsed: the command itself must not run."""
+
+
+def fenced_so8t_commands() -> list[tuple[str, str, list[str]]]:
+    """(doc, subcommand, argv) of each whole ``so8t`` command line in the fenced blocks of the markdown docs, read
+    as a shell reads it (a backslash continues a line; comments, pipes, redirections and ``)`` end a command);
+    ``[--flag]`` reads as an optional flag, and a line with a ``<placeholder>`` or ``...`` is left out."""
+    import shlex
+
+    found = []
+    for doc in DOCS:
+        for block in FENCE.findall(doc.read_text(encoding="utf-8")):
+            for line in re.sub(r"\\\n\s*", " ", block).splitlines():
+                if "so8t " not in line or re.search(r"<\w|\.\.\.", line):
+                    continue
+                lexer = shlex.shlex(re.sub(r"\[(--[\w-]+)\]", r"\1", line), posix=True, punctuation_chars=True)
+                lexer.whitespace_split = True
+                tokens = list(lexer)
+                for at, token in enumerate(tokens[:-1]):
+                    if token != "so8t":
+                        continue
+                    argv = []
+                    for arg in tokens[at + 2:]:
+                        if set(arg) <= set(lexer.punctuation_chars):
+                            argv = argv[:-1] if argv and arg.startswith(">") and argv[-1].isdigit() else argv
+                            break
+                        argv.append(arg)
+                    found.append((str(doc.relative_to(ROOT)), tokens[at + 1], argv))
+    return found
+
+
+def test_every_fenced_so8t_command_parses(monkeypatch):
+    """Each command the docs show in full is accepted by its parser (options renamed or dropped in the code, a
+    required argument left out of the docs): checked by parsing, never by running it."""
+    import argparse
+    import contextlib
+    import importlib
+    import io
+
+    from so8t_lib.cli import COMMANDS
+
+    parse = argparse.ArgumentParser.parse_args
+
+    def parse_then_stop(self, args=None, namespace=None):
+        parse(self, args, namespace)
+        raise _Parsed
+
+    monkeypatch.setattr(argparse.ArgumentParser, "parse_args", parse_then_stop)
+    commands = fenced_so8t_commands()
+    problems = []
+    for doc, name, argv in commands:
+        if name not in COMMANDS:
+            continue  # test_every_quoted_command_and_file_exists names it
+        command = COMMANDS[name]
+        errors = io.StringIO()
+        try:
+            with contextlib.redirect_stderr(errors), contextlib.redirect_stdout(io.StringIO()):
+                getattr(importlib.import_module(f"so8t_lib.cli.{command.module}"), command.function)(argv)
+        except _Parsed:
+            continue
+        except SystemExit as stop:
+            if stop.code in (0, None):
+                continue  # --help
+            problems.append(f"{doc}: so8t {name} {' '.join(argv)}: {errors.getvalue().strip().splitlines()[-1:]}")
+        else:
+            problems.append(f"{doc}: so8t {name} {' '.join(argv)} ran without parsing its arguments")
+    assert len(commands) > 50 and problems == []  # the reader found the commands at all
+
+
 @pytest.mark.parametrize("doc", DOCS, ids=lambda p: str(p.relative_to(ROOT)))
 def test_local_links_resolve(doc):
     text = doc.read_text(encoding="utf-8")
