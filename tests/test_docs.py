@@ -71,45 +71,79 @@ def test_every_quoted_command_and_file_exists():
 
 
 
+EMPTY = "\0empty\0"  # a quoted empty argument ("" or '') while shlex reads the line
+
+
 class _Parsed(Exception):
     """Raised once a command's arguments have parsed: the command itself must not run."""
 
 
-def fenced_so8t_commands() -> list[tuple[str, str, list[str]]]:
-    """(doc, subcommand, argv) of each whole ``so8t`` command line in the fenced blocks of the markdown docs, read
-    as a shell reads it (a backslash continues a line; comments, pipes, redirections and ``)`` end a command);
-    ``[--flag]`` reads as an optional flag, and a line with a ``<placeholder>`` or ``...`` is left out."""
+def fenced_commands() -> list[tuple[str, str, list[str]]]:
+    """(doc, program, argv) of each whole ``so8t <command>`` or ``python benchmarks/<script>.py`` line in the fenced
+    blocks of the markdown docs, read as a shell reads it (a backslash continues a line; comments, pipes,
+    redirections and ``)`` end a command); ``[--flag]`` reads as an optional flag, and a line with a
+    ``<placeholder>`` or ``...`` is left out."""
     import shlex
 
     found = []
     for doc in DOCS:
         for block in FENCE.findall(doc.read_text(encoding="utf-8")):
             for line in re.sub(r"\\\n\s*", " ", block).splitlines():
-                if "so8t " not in line or re.search(r"<\w|\.\.\.", line):
+                if not re.search(r"so8t |benchmarks/", line) or re.search(r"<\w|\.\.\.", line):
                     continue
-                lexer = shlex.shlex(re.sub(r"\[(--[\w-]+)\]", r"\1", line), posix=True, punctuation_chars=True)
+                line = re.sub(r"(?<=\s)(''|\"\")(?=\s|$)", EMPTY, re.sub(r"\[(--[\w-]+)\]", r"\1", line))
+                lexer = shlex.shlex(line, posix=True, punctuation_chars=True)  # it drops '' itself: EMPTY stands in
                 lexer.whitespace_split = True
-                tokens = list(lexer)
-                for at, token in enumerate(tokens[:-1]):
-                    if token != "so8t":
+                tokens = ["" if token == EMPTY else token for token in lexer]
+                for at, (token, program) in enumerate(zip(tokens, tokens[1:])):
+                    if token == "so8t":
+                        program = f"so8t {program}"
+                    elif not (token == "python" and re.fullmatch(r"benchmarks/\w+\.py", program)):
                         continue
                     argv = []
                     for arg in tokens[at + 2:]:
-                        if set(arg) <= set(lexer.punctuation_chars):
+                        if arg and set(arg) <= set(lexer.punctuation_chars):
                             argv = argv[:-1] if argv and arg.startswith(">") and argv[-1].isdigit() else argv
                             break
                         argv.append(arg)
-                    found.append((str(doc.relative_to(ROOT)), tokens[at + 1], argv))
+                    found.append((str(doc.relative_to(ROOT)), program, argv))
     return found
 
 
-def test_every_fenced_so8t_command_parses(monkeypatch):
-    """Each command the docs show in full is accepted by its parser (options renamed or dropped in the code, a
-    required argument left out of the docs): checked by parsing, never by running it."""
+def command_main(program: str):
+    """The function a quoted program's command line runs: ``so8t``'s table entry, or a benchmark's ``main``."""
+    import importlib
+    import importlib.util
+    import inspect
+    import sys
+
+    from so8t_lib.cli import COMMANDS
+
+    if program.startswith("so8t "):
+        command = COMMANDS[program.split()[1]]
+        return getattr(importlib.import_module(f"so8t_lib.cli.{command.module}"), command.function)
+    name = "docs_quoted_" + Path(program).stem
+    if name not in sys.modules:
+        spec = importlib.util.spec_from_file_location(name, ROOT / program)
+        sys.modules[name] = module = importlib.util.module_from_spec(spec)
+        spec.loader.exec_module(module)
+    main = sys.modules[name].main
+    if inspect.signature(main).parameters:
+        return main
+
+    def main_of_sys_argv(argv):
+        sys.argv = [program, *argv]
+        return main()
+    return main_of_sys_argv
+
+
+def test_every_fenced_command_parses(monkeypatch):
+    """Each ``so8t`` and benchmark command the docs show in full is accepted by its parser (an option renamed or
+    dropped in the code, a required argument left out of the docs): checked by parsing, never by running it."""
     import argparse
     import contextlib
-    import importlib
     import io
+    import sys
 
     from so8t_lib.cli import COMMANDS
 
@@ -120,25 +154,24 @@ def test_every_fenced_so8t_command_parses(monkeypatch):
         raise _Parsed
 
     monkeypatch.setattr(argparse.ArgumentParser, "parse_args", parse_then_stop)
-    commands = fenced_so8t_commands()
+    monkeypatch.setattr(sys, "argv", list(sys.argv))
+    monkeypatch.syspath_prepend(str(ROOT / "benchmarks"))  # the scripts import their neighbours, as python does
+    commands = [c for c in fenced_commands() if not c[1].startswith("so8t ") or c[1].split()[1] in COMMANDS]
     problems = []
-    for doc, name, argv in commands:
-        if name not in COMMANDS:
-            continue  # test_every_quoted_command_and_file_exists names it
-        command = COMMANDS[name]
+    for doc, program, argv in commands:  # an unknown so8t command: test_every_quoted_command_and_file_exists
         errors = io.StringIO()
         try:
             with contextlib.redirect_stderr(errors), contextlib.redirect_stdout(io.StringIO()):
-                getattr(importlib.import_module(f"so8t_lib.cli.{command.module}"), command.function)(argv)
+                command_main(program)(argv)
         except _Parsed:
             continue
         except SystemExit as stop:
             if stop.code in (0, None):
                 continue  # --help
-            problems.append(f"{doc}: so8t {name} {' '.join(argv)}: {errors.getvalue().strip().splitlines()[-1:]}")
+            problems.append(f"{doc}: {program} {' '.join(argv)}: {errors.getvalue().strip().splitlines()[-1:]}")
         else:
-            problems.append(f"{doc}: so8t {name} {' '.join(argv)} ran without parsing its arguments")
-    assert len(commands) > 50 and problems == []  # the reader found the commands at all
+            problems.append(f"{doc}: {program} {' '.join(argv)} ran without parsing its arguments")
+    assert len(commands) > 80 and problems == []  # the reader found the commands at all
 
 
 @pytest.mark.parametrize("doc", DOCS, ids=lambda p: str(p.relative_to(ROOT)))
