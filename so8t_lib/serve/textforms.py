@@ -201,11 +201,41 @@ def matching_forms(text: str) -> list[str]:
     return forms[:1] if forms[0] == forms[1] else forms
 
 
+# the invisible parts of emoji as phones and keyboards type them: a variation selector after a symbol (❤️, ☺︎) or
+# between a keycap's base and its keycap mark (1️⃣), a zero-width joiner between two symbols (👨‍💻, ❤️‍🔥), and the
+# tag letters of a subdivision flag after the black flag (England's, Scotland's). Ordinary text, not obfuscation
+_VARIATION_SELECTORS = frozenset("\ufe0e\ufe0f")
+_KEYCAP_BASES, _KEYCAP, _ZWJ = frozenset("0123456789#*"), "\u20e3", "\u200d"
+_FLAG_TAGS = re.compile("\U0001f3f4([\U000e0020-\U000e007e]+\U000e007f)")
+
+
+_SKIN_TONES = range(0x1F3FB, 0x1F400)
+
+
+def _emoji_like(char: str) -> bool:
+    """A symbol an emoji sequence is built from (category So), or a skin-tone modifier (category Sk)."""
+    return bool(char) and (unicodedata.category(char) == "So" or ord(char) in _SKIN_TONES)
+
+
+def emoji_invisibles(text: str) -> int:
+    """How many of ``text``'s invisible characters are parts of emoji sequences (see above), which a sentence
+    like "Thanks ❤️" carries without hiding anything."""
+    count = sum(len(tags.group(1)) for tags in _FLAG_TAGS.finditer(text))
+    for at, char in enumerate(text):
+        before, after = text[at - 1: at], text[at + 1: at + 2]
+        if char in _VARIATION_SELECTORS:
+            count += _emoji_like(before) or (before in _KEYCAP_BASES and after == _KEYCAP)
+        elif char == _ZWJ:
+            count += (_emoji_like(before) or before in _VARIATION_SELECTORS) and _emoji_like(after)
+    return count
+
+
 def is_obfuscated(raw: str, cleaned: str) -> bool:
-    """True when the text hides its letters: invisible characters, look-alike letters (another script's, small
-    capitals; not dotless ı, which Turkish is spelled with), marks that hide a word (``stacked_marks``), or
-    letter-spaced words."""
-    if strip_invisible(raw)[1] or stacked_marks(cleaned):
+    """True when the text hides its letters: invisible characters other than those inside emoji, look-alike
+    letters (another script's, small capitals; not dotless ı, which Turkish is spelled with), marks that hide a
+    word (``stacked_marks``), or letter-spaced words."""
+    invisible = strip_invisible(raw)[1]
+    if (invisible and invisible > emoji_invisibles(raw)) or stacked_marks(cleaned):
         return True
     folded = cleaned.casefold()
     return skeleton(cleaned) != folded.translate(SPELLED_DOTLESS) or _SPACED_LETTERS.search(folded) is not None or \
