@@ -185,12 +185,15 @@ def unleet(text: str) -> str:
 
 # a spacing acute used as an apostrophe ("don´t"), which NFKC writes as a space and a combining acute ("don t")
 _SPACING_ACUTE = re.compile(" \u0301")
+# what phones and word processors type for an apostrophe ("don’t": iOS writes ’ by default), read as a straight one
+APOSTROPHES = str.maketrans({"\u2019": "'", "\u2018": "'", "\u02bc": "'", "\u2032": "'", "`": "'", "\u00b4": "'"})
 
 
 def matching_form(text: str, word_gaps: bool = True) -> str:
     """The form pattern checks run on: clean, casefolded, look-alikes mapped to Latin, combining marks
-    dropped, spaced letters joined, runs of white space collapsed to one space (``unleet`` is a second form)."""
-    cleaned = _SPACING_ACUTE.sub("'", clean_text(text)[0])
+    dropped, curly apostrophes straight, spaced letters joined, runs of white space collapsed to one space
+    (``unleet`` is a second form)."""
+    cleaned = _SPACING_ACUTE.sub("'", clean_text(text)[0]).translate(APOSTROPHES)
     return _SPACES.sub(" ", join_spaced_letters(drop_marks(skeleton(cleaned)), word_gaps)).strip()
 
 

@@ -20,7 +20,7 @@ from collections.abc import Mapping
 
 from ..core.schema import FALLBACK_CATEGORY
 from ..data.tables import detect_lang
-from .textforms import matching_form
+from .textforms import APOSTROPHES, matching_form
 
 URGENT_FLAG = "urgent"
 URGENT_CATEGORY = "medical"
@@ -55,13 +55,12 @@ _JA_URGENT = (
     r"(?:(?:自殺|自死)しよう|死のう)と(?:思|考)(?!った(?:こと|人)|えた(?:こと|人)|う人|える人)",
 )
 _PATTERN = re.compile("|".join(_EN_URGENT + _JA_URGENT))
-_APOSTROPHES = str.maketrans({"\u2019": "'", "\u2018": "'", "\u02bc": "'", "\u2032": "'", "`": "'", "\u00b4": "'"})
 
 
 def is_urgent(request: str | None, context: str | None = None) -> bool:
     """Whether request + context name a sign of an emergency (on the raw text, casefolded, and on its matching
     form, so look-alike letters and letter spacing do not hide one; curly apostrophes read as straight ones)."""
-    raw = f"{context or ''} {request or ''}".translate(_APOSTROPHES)
+    raw = f"{context or ''} {request or ''}".translate(APOSTROPHES)
     folded = unicodedata.normalize("NFKC", raw).casefold()
     return bool(_PATTERN.search(folded) or _PATTERN.search(matching_form(raw)))
 
