@@ -23,6 +23,7 @@ from ..core.unicode_text import (
     marked_latin,
     strip_invisible,
 )
+from .emoji_text import emoji_invisibles
 
 _KANJI_KANA = r"\u30a1-\u30fa\u30fc\u3005\u4e00-\u9fff"
 # a space (or a run of spaces; never a tab or a line break, which is how tables and lists are pasted) between two
@@ -186,7 +187,8 @@ def unleet(text: str) -> str:
 # a spacing acute used as an apostrophe ("don´t"), which NFKC writes as a space and a combining acute ("don t")
 _SPACING_ACUTE = re.compile(" \u0301")
 # what phones and word processors type for an apostrophe ("don’t": iOS writes ’ by default), read as a straight one
-APOSTROPHES = str.maketrans({"\u2019": "'", "\u2018": "'", "\u02bc": "'", "\u2032": "'", "`": "'", "\u00b4": "'"})
+# (not a backtick: in a request it mostly opens a code span, which the patterns must not read as a quote)
+APOSTROPHES = str.maketrans({"\u2019": "'", "\u2018": "'", "\u02bc": "'", "\u2032": "'", "\u00b4": "'"})
 
 
 def matching_form(text: str, word_gaps: bool = True) -> str:
@@ -202,35 +204,6 @@ def matching_forms(text: str) -> list[str]:
     words ('i g n o r e   y o u r'), but one put inside a word ('j a i l  b r e a k') must not split it."""
     forms = [matching_form(text), matching_form(text, word_gaps=False)]
     return forms[:1] if forms[0] == forms[1] else forms
-
-
-# the invisible parts of emoji as phones and keyboards type them: a variation selector after a symbol (❤️, ☺︎) or
-# between a keycap's base and its keycap mark (1️⃣), a zero-width joiner between two symbols (👨‍💻, ❤️‍🔥), and the
-# tag letters of a subdivision flag after the black flag (England's, Scotland's). Ordinary text, not obfuscation
-_VARIATION_SELECTORS = frozenset("\ufe0e\ufe0f")
-_KEYCAP_BASES, _KEYCAP, _ZWJ = frozenset("0123456789#*"), "\u20e3", "\u200d"
-_FLAG_TAGS = re.compile("\U0001f3f4([\U000e0020-\U000e007e]+\U000e007f)")
-
-
-_SKIN_TONES = range(0x1F3FB, 0x1F400)
-
-
-def _emoji_like(char: str) -> bool:
-    """A symbol an emoji sequence is built from (category So), or a skin-tone modifier (category Sk)."""
-    return bool(char) and (unicodedata.category(char) == "So" or ord(char) in _SKIN_TONES)
-
-
-def emoji_invisibles(text: str) -> int:
-    """How many of ``text``'s invisible characters are parts of emoji sequences (see above), which a sentence
-    like "Thanks ❤️" carries without hiding anything."""
-    count = sum(len(tags.group(1)) for tags in _FLAG_TAGS.finditer(text))
-    for at, char in enumerate(text):
-        before, after = text[at - 1: at], text[at + 1: at + 2]
-        if char in _VARIATION_SELECTORS:
-            count += _emoji_like(before) or (before in _KEYCAP_BASES and after == _KEYCAP)
-        elif char == _ZWJ:
-            count += (_emoji_like(before) or before in _VARIATION_SELECTORS) and _emoji_like(after)
-    return count
 
 
 def is_obfuscated(raw: str, cleaned: str) -> bool:

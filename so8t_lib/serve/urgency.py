@@ -60,7 +60,7 @@ _PATTERN = re.compile("|".join(_EN_URGENT + _JA_URGENT))
 def is_urgent(request: str | None, context: str | None = None) -> bool:
     """Whether request + context name a sign of an emergency (on the raw text, casefolded, and on its matching
     form, so look-alike letters and letter spacing do not hide one; curly apostrophes read as straight ones)."""
-    raw = f"{context or ''} {request or ''}".translate(APOSTROPHES)
+    raw = f"{context or ''} {request or ''}".translate(APOSTROPHES).replace("`", "'")
     folded = unicodedata.normalize("NFKC", raw).casefold()
     return bool(_PATTERN.search(folded) or _PATTERN.search(matching_form(raw)))
 
