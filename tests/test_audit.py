@@ -308,9 +308,13 @@ def test_a_re_created_anchor_is_reported_until_a_person_accepts_it(tmp_path, cap
 
 def test_a_clear_writer_cannot_append_to_an_encrypted_log(tmp_path):
     fernet = pytest.importorskip("cryptography.fernet")
-    _fill(tmp_path, 2, encryption_key=fernet.Fernet.generate_key())
+    key = fernet.Fernet.generate_key()
+    _fill(tmp_path, 2, encryption_key=key)
+    clear = audit.AuditLog(tmp_path / "audit.jsonl")
+    assert "encrypted and no key is set" in clear.open_error  # at open: readiness and serve --check say so
     with pytest.raises(audit.AuditWriteError, match="the log is encrypted"):
-        audit.AuditLog(tmp_path / "audit.jsonl").append(_record(2))
+        clear.append(_record(2))
+    assert audit.AuditLog(tmp_path / "audit.jsonl", encryption_key=key).open_error is None
 
 
 def test_an_interrupted_rotation_leaves_no_duplicate(tmp_path):

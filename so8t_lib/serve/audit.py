@@ -107,6 +107,8 @@ class AuditLog:
         except OSError as exc:
             self.open_error = f"{self.path}: cannot open the audit log ({type(exc).__name__}: {exc})"
             logger.error("%s", self.open_error)
+        if self.open_error is None and self._fernet is None:
+            self._check_not_encrypted()
         if self._rotated:  # files a crash left plain
             self._rotated = False
             self._start_compressing()
@@ -164,6 +166,18 @@ class AuditLog:
         self.set_aside.append(target)
         logger.warning("%s: set aside %d bytes of an unfinished write as %s; the chain continues from the last "
                        "complete record", self.path, len(torn), target.name)
+
+    def _check_not_encrypted(self) -> None:
+        """An encrypted log opened without its key refuses every append: said at open, so that readiness and
+        ``so8t serve --check`` name it before the first decision fails closed without a record."""
+        try:
+            last = self._head()[2]
+        except (OSError, ValueError, KeyError):
+            return  # a damaged head: append names it
+        if last is not None and "enc" in last:
+            self.open_error = (f"{self.path}: the log is encrypted and no key is set (logging.encryption_key_env): "
+                               "every append would be refused; set the key, or give this config its own log folder")
+            logger.error("%s", self.open_error)
 
     # ----- the chain head -------------------------------------------------------------------------
     def _head(self) -> tuple[int, str, dict | None, dict | None]:
