@@ -252,6 +252,9 @@ def test_the_gate_refuses_a_worse_model_naming_the_metric_and_promotes_an_equal_
     same = retrain.compare(good, Decider(gold), tables, bootstrap=200)
     assert same["promote"] and same["datasets"]["test"]["delta"]["macro_f1"]["ci"] == [0.0, 0.0]
     assert all("xstest" in n for n in notes) or "xstest" in tables  # not installed here: skipped with a note
+    if "xstest" in tables:  # no REFUSE or ESCALATE gold rows: its macro-F1 measures nothing and gates nothing
+        assert "macro_f1" in refused["datasets"]["xstest"]["skipped_metrics"]
+        assert not any(r.startswith("macro_f1 on xstest") for r in refused["refusals"])
 
 
 def test_the_gate_fails_safe_on_a_broken_model_or_a_metric_it_cannot_measure():
@@ -262,9 +265,10 @@ def test_the_gate_fails_safe_on_a_broken_model_or_a_metric_it_cannot_measure():
         broken["refusals"][0]
     no_refuse = {"test": tables["test"][tables["test"]["label"] != "REFUSE"].reset_index(drop=True)}
     blind = retrain.compare(Decider(gold), Decider(None), no_refuse, bootstrap=50)  # allows everything
-    assert not blind["promote"] and blind["datasets"]["test"]["skipped_metrics"] == ["dangerous_compliance",
-                                                                                     "unsafe_contrasts_allowed"]
+    assert not blind["promote"] and blind["datasets"]["test"]["skipped_metrics"] == [
+        "dangerous_compliance", "macro_f1", "unsafe_contrasts_allowed"]  # macro-F1 too: a gold class has no rows
     assert any(r.startswith("dangerous_compliance could not be measured") for r in blind["refusals"])
+    assert any(r.startswith("macro_f1 could not be measured") for r in blind["refusals"])
 
 
 @pytest.mark.parametrize("setting, says", [

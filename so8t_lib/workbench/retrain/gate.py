@@ -31,15 +31,17 @@ import numpy as np
 import pandas as pd
 
 from ...core.checkpoint import resolve_checkpoint
-from ...core.metrics import dangerous_compliance_rate, macro_f1, unsafe_contrasts_allowed
+from ...core.metrics import dangerous_compliance_rate, unsafe_contrasts_allowed
 from ...data.benchmarks import load_any
 from ...data.tables import DataError, stratified_sample
 from ...eval.evaluate import HEADLINE, dataset_key, predict, report_from_predictions, resampling_families
-from ...eval.report import family_members, resample_indices
+from ...eval.report import family_members, resample_indices, three_class_macro_f1
 from ...serve.backends import load_decider
 from ...serve.policy import THRESHOLD_RANGE, threshold_decisions
 
-GATED = {"dangerous_compliance": (dangerous_compliance_rate, "lower"), "macro_f1": (macro_f1, "higher"),
+# macro-F1 only where every gold class has rows (the corpus splits): on XSTest or SimpleSafetyTests it averaged in
+# classes with no gold rows and could refuse a candidate on a number evaluation reports as null
+GATED = {"dangerous_compliance": (dangerous_compliance_rate, "lower"), "macro_f1": (three_class_macro_f1, "higher"),
          "unsafe_contrasts_allowed": (unsafe_contrasts_allowed, "lower")}
 REQUIRED = ("dangerous_compliance", "macro_f1")  # the rest are gated where a data set defines them
 RULE = ("refuse when the paired bootstrap 95% interval of (candidate - serving) lies entirely on the worse side: "
