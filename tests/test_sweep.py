@@ -20,7 +20,8 @@ TOY_CODE = ("import json, pathlib\n"
 def _notebook(path, code: str = TOY_CODE):
     nb = nbformat.v4.new_notebook()
     nb.cells = [
-        nbformat.v4.new_code_cell("x = 1\nseed = 0\noutput_dir = '.'", metadata={"tags": ["parameters"]}),
+        nbformat.v4.new_code_cell("x = 1\nseed = 0\noutput_dir = '.'\nconfig = tag = lr = None",
+                                  metadata={"tags": ["parameters"]}),
         nbformat.v4.new_code_cell(code),
     ]
     nb.metadata["kernelspec"] = {"name": "python3", "display_name": "Python 3", "language": "python"}

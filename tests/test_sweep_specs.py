@@ -13,7 +13,8 @@ from so8t_lib.workbench import sweep
 def folder(tmp_path, monkeypatch):
     monkeypatch.chdir(tmp_path)
     nb = nbformat.v4.new_notebook()
-    nb.cells = [nbformat.v4.new_code_cell("x = 1\nseed = 0\noutput_dir = '.'", metadata={"tags": ["parameters"]})]
+    nb.cells = [nbformat.v4.new_code_cell("x = 1\nseed = 0\noutput_dir = '.'\noverrides = []\nm = {}\nlr = 0.1\n"
+                                          "tag = None\nstatus = run = day = None", metadata={"tags": ["parameters"]})]
     nbformat.write(nb, tmp_path / "nb.ipynb")
     (tmp_path / "notjson.ipynb").write_text("not json")
     return tmp_path
@@ -37,6 +38,8 @@ def folder(tmp_path, monkeypatch):
     ("name: a\nnotebook: nb.ipynb\ngrid: {status: [ok]}\n", "overwrite summary.csv's own 'status'"),
     ("name: a\nnotebook: nb.ipynb\ngrid: {run: [r1]}\n", "overwrite summary.csv's own 'run'"),
     ("name: a\nnotebook: nb.ipynb\ngrid: {1: [a]}\n", "grid key 1 is not a parameter name"),
+    ("name: a\nnotebook: nb.ipynb\ngrid: {gate_ordr: [a, b]}\n", r"\['gate_ordr'\] is not parameter\(s\) of nb.ipynb"),
+    ("name: a\nnotebook: nb.ipynb\nparams: {x: 1, y: 2}\n", r"\['y'\] is not parameter\(s\).*assigns \['day'"),
     ("name: a\nnotebook: nb.ipynb\nseeds: []\n", "seeds must be a non-empty list"),
     ("name: a\nnotebook: nb.ipynb\nseeds: [true, false]\n", "seeds must be"),
     ("name: a\nnotebook: nb.ipynb\nseeds: [99999999999999999999999]\n", "seeds must be"),
@@ -61,6 +64,16 @@ def test_a_spec_built_in_python_cannot_name_a_folder_outside_the_runs_root(folde
     with pytest.raises(ConfigError, match="must be one folder name"):
         sweep.run_sweep(spec, runs_root=folder / "runs")
     assert not (folder / "escaped").exists() and not (folder / "runs").exists()
+
+
+def test_a_notebook_without_a_parameters_cell_is_refused(folder):
+    """papermill would add the sweep's values in a cell of their own that nothing reads."""
+    nb = nbformat.read(folder / "nb.ipynb", as_version=4)
+    nb.cells[0].metadata = {}
+    nbformat.write(nb, folder / "untagged.ipynb")
+    (folder / "spec.yaml").write_text("name: a\nnotebook: untagged.ipynb\n")
+    with pytest.raises(ConfigError, match="untagged.ipynb has no Python cell tagged 'parameters'"):
+        sweep.load_spec(folder / "spec.yaml")
 
 
 def test_well_formed_values_load(folder):

@@ -7,6 +7,7 @@ root is refused here with the file and the key.
 
 from __future__ import annotations
 
+import ast
 import itertools
 import json
 import keyword
@@ -145,6 +146,35 @@ def _check_notebook(path: Path, value: Any) -> Path:
     return notebook
 
 
+def declared_parameters(notebook: Path) -> set[str] | None:
+    """The names the notebook's cell tagged ``parameters`` assigns (``x = 1``, ``a = b = 0``, ``x: int = 1``); None
+    when that cell is missing or is not Python."""
+    cells = json.loads(notebook.read_text(encoding="utf-8"))["cells"]
+    cell = next((c for c in cells if "parameters" in (c.get("metadata") or {}).get("tags", [])), None)
+    if cell is None:
+        return None
+    source = "".join(cell["source"]) if isinstance(cell["source"], list) else cell["source"]
+    try:
+        tree = ast.parse(source)
+    except SyntaxError:
+        return None
+    targets = [t for node in tree.body if isinstance(node, (ast.Assign, ast.AnnAssign))
+               for t in (node.targets if isinstance(node, ast.Assign) else [node.target])]
+    return {n.id for t in targets for n in ast.walk(t) if isinstance(n, ast.Name)}
+
+
+def _check_declared(path: Path, notebook: Path, keys: list[str]) -> None:
+    """ConfigError for a key the notebook's parameters cell does not assign: papermill only logs "Passed unknown
+    parameter", so a typo (gate_ordr) ran every run on the notebook's default."""
+    declared = declared_parameters(notebook)
+    if declared is None:
+        raise ConfigError(f"{path}: {notebook} has no Python cell tagged 'parameters', so the sweep cannot set "
+                          "anything in it; tag the cell that assigns the notebook's parameters")
+    if unknown := [key for key in keys if key not in declared]:
+        raise ConfigError(f"{path}: {unknown} {'is' if len(unknown) == 1 else 'are'} not parameter(s) of {notebook}; "
+                          f"its parameters cell assigns {sorted(declared)}")
+
+
 def load_spec(path: str | Path) -> SweepSpec:
     """Read and check a sweep spec; ConfigError naming the file and the key for anything it refuses."""
     path = Path(path)
@@ -170,6 +200,8 @@ def load_spec(path: str | Path) -> SweepSpec:
     if timeout is not None and (isinstance(timeout, bool) or not isinstance(timeout, (int, float))
                                 or not 0 < timeout < math.inf):
         raise ConfigError(f"{path}: timeout_s must be a number of seconds above 0 per cell, got {timeout!r}")
-    spec = SweepSpec(name, _check_notebook(path, data["notebook"]), dict(params), grid, seeds, kernel, timeout)
+    notebook = _check_notebook(path, data["notebook"])
+    _check_declared(path, notebook, [*params, *grid])
+    spec = SweepSpec(name, notebook, dict(params), grid, seeds, kernel, timeout)
     spec.runs()  # refuses two parameter sets sharing a run name before anything runs
     return spec
