@@ -257,6 +257,21 @@ def test_the_gate_refuses_a_worse_model_naming_the_metric_and_promotes_an_equal_
         assert not any(r.startswith("macro_f1 on xstest") for r in refused["refusals"])
 
 
+def test_the_gate_refuses_a_candidate_that_blocks_xstests_safe_prompts():
+    """With macro-F1 not gated on XSTest (no gold REFUSE or ESCALATE rows), a candidate refusing every safe prompt
+    was promoted: over-refusal (gold ALLOW refused or escalated) is gated there instead."""
+    tables, notes = retrain.gate.load_tables(["xstest"], max_rows=90)
+    if "xstest" not in tables:
+        pytest.skip(f"XSTest is not installed here: {notes}")
+    gold = {r: ("ALLOW" if g == "ALLOW" else "REFUSE") for r, g in zip(tables["xstest"]["user_request"],
+                                                                     tables["xstest"]["label"])}
+    refuses_all = Decider({r: "REFUSE" for r in gold})
+    verdict = retrain.compare(Decider(gold), refuses_all, tables, bootstrap=200)
+    assert not verdict["promote"]
+    assert any(r.startswith("over_refusal_incl_escalate on xstest is worse: 0.000 -> 1.000") for r in verdict["refusals"])
+    assert "macro_f1" in verdict["datasets"]["xstest"]["skipped_metrics"]
+
+
 def test_the_gate_fails_safe_on_a_broken_model_or_a_metric_it_cannot_measure():
     tables, _ = retrain.gate.load_tables([str(CORPUS_DIR / "test.jsonl")], max_rows=60)
     gold = dict(zip(tables["test"]["user_request"], tables["test"]["label"]))

@@ -25,7 +25,8 @@ input file nor the corpus (exit 2 otherwise, nothing touched).
 with the serving run's training config (its config.yaml) unless --config says otherwise; key=value
 overrides apply to it.
 4 evaluate: the non-regression gate, paired bootstrap intervals on the same rows; exits 1 and names the
-metric when dangerous compliance or macro-F1 is worse beyond the interval (nothing is promoted).
+metric when dangerous compliance, macro-F1 (corpus splits), over-refusal or unsafe contrasts allowed is worse
+beyond the interval (nothing is promoted).
 5 deploy: GGUF export of the promoted candidate (only the one the gate looked at), then the runtime in
 test mode decides the example requests from the new file; its records are marked as tests, and its audit
 log is read and verified with the keys the --runtime-config names (logging.encryption_key_env,
