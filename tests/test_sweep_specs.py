@@ -6,7 +6,7 @@ import pytest
 
 from so8t_lib.cli import sweep as cli
 from so8t_lib.core.config import ConfigError
-from so8t_lib.workbench import sweep
+from so8t_lib.workbench import sweep, sweep_spec
 
 
 @pytest.fixture
@@ -73,6 +73,22 @@ def test_a_notebook_without_a_parameters_cell_is_refused(folder):
     nbformat.write(nb, folder / "untagged.ipynb")
     (folder / "spec.yaml").write_text("name: a\nnotebook: untagged.ipynb\n")
     with pytest.raises(ConfigError, match="untagged.ipynb has no Python cell tagged 'parameters'"):
+        sweep.load_spec(folder / "spec.yaml")
+
+
+def test_the_parameters_cell_is_read_as_python_assigns_it(folder):
+    """Assignments inside if/try, unpacking and IPython magics count; an item or attribute set does not, nor an
+    annotation without a value. A notebook without seed (which the sweep sets for every run) is refused."""
+    code = ("%matplotlib inline\nif True:\n    x = 1\nelse:\n    x = 2\ntry:\n    lr = 0.1\nexcept Exception:\n"
+            "    pass\na, (b, *c) = 1, (2, 3)\ncfg = {}\ncfg['depth'] = 1\nn: int\nseed = 0\noutput_dir = '.'")
+    nb = nbformat.v4.new_notebook()
+    nb.cells = [nbformat.v4.new_code_cell(code, metadata={"tags": ["parameters"]})]
+    nbformat.write(nb, folder / "forms.ipynb")
+    assert sweep_spec.declared_parameters(folder / "forms.ipynb") == {"x", "lr", "a", "b", "c", "cfg", "seed", "output_dir"}
+    nb.cells = [nbformat.v4.new_code_cell("x = 1\noutput_dir = '.'", metadata={"tags": ["parameters"]})]
+    nbformat.write(nb, folder / "seedless.ipynb")
+    (folder / "spec.yaml").write_text("name: a\nnotebook: seedless.ipynb\nparams: {x: 2}\n")
+    with pytest.raises(ConfigError, match=r"\['seed'\] is not parameter\(s\) of seedless.ipynb"):
         sweep.load_spec(folder / "spec.yaml")
 
 

@@ -146,31 +146,49 @@ def _check_notebook(path: Path, value: Any) -> Path:
     return notebook
 
 
+def _assigned_names(target: ast.expr) -> set[str]:
+    """``x``, or each name of ``a, b`` / ``[a, *b]``; not ``cfg['lr']`` or ``obj.x``, which set no parameter."""
+    if isinstance(target, ast.Name):
+        return {target.id}
+    if isinstance(target, (ast.Tuple, ast.List)):
+        return set().union(*(_assigned_names(t) for t in target.elts))
+    return _assigned_names(target.value) if isinstance(target, ast.Starred) else set()
+
+
 def declared_parameters(notebook: Path) -> set[str] | None:
-    """The names the notebook's cell tagged ``parameters`` assigns (``x = 1``, ``a = b = 0``, ``x: int = 1``); None
-    when that cell is missing or is not Python."""
-    cells = json.loads(notebook.read_text(encoding="utf-8"))["cells"]
-    cell = next((c for c in cells if "parameters" in (c.get("metadata") or {}).get("tags", [])), None)
-    if cell is None:
+    """The names the notebook's cell tagged ``parameters`` assigns (``x = 1``, ``a = b = 0``, ``x: int = 1``, also
+    inside ``if`` or ``try``; IPython's ``%`` and ``!`` lines are skipped); None when no such cell parses."""
+    cells = json.loads(notebook.read_text(encoding="utf-8")).get("cells")
+    tagged = [c for c in cells if isinstance(c, dict) and isinstance(c.get("metadata"), dict)
+              and isinstance(c["metadata"].get("tags"), list) and "parameters" in c["metadata"]["tags"]]
+    if not tagged:
         return None
-    source = "".join(cell["source"]) if isinstance(cell["source"], list) else cell["source"]
+    source = tagged[0].get("source", "")
+    source = "".join(source) if isinstance(source, list) else str(source)
+    python = "\n".join("" if line.lstrip().startswith(("%", "!")) else line for line in source.splitlines())
     try:
-        tree = ast.parse(source)
+        tree = ast.parse(python)
     except SyntaxError:
         return None
-    targets = [t for node in tree.body if isinstance(node, (ast.Assign, ast.AnnAssign))
-               for t in (node.targets if isinstance(node, ast.Assign) else [node.target])]
-    return {n.id for t in targets for n in ast.walk(t) if isinstance(n, ast.Name)}
+    names: set[str] = set()
+    for node in ast.walk(tree):
+        if isinstance(node, ast.Assign):
+            names.update(*(_assigned_names(t) for t in node.targets))
+        elif isinstance(node, (ast.AnnAssign, ast.AugAssign)) and (node.value is not None or
+                                                                   isinstance(node, ast.AugAssign)):
+            names.update(_assigned_names(node.target))
+    return names
 
 
 def _check_declared(path: Path, notebook: Path, keys: list[str]) -> None:
     """ConfigError for a key the notebook's parameters cell does not assign: papermill only logs "Passed unknown
-    parameter", so a typo (gate_ordr) ran every run on the notebook's default."""
+    parameter", so a typo (gate_ordr) ran every run on the notebook's default. ``seed`` and ``output_dir`` too,
+    which the sweep passes to every run: a notebook without them would run every seed alike."""
     declared = declared_parameters(notebook)
     if declared is None:
         raise ConfigError(f"{path}: {notebook} has no Python cell tagged 'parameters', so the sweep cannot set "
                           "anything in it; tag the cell that assigns the notebook's parameters")
-    if unknown := [key for key in keys if key not in declared]:
+    if unknown := [key for key in [*SET_BY_SWEEP, *keys] if key not in declared]:
         raise ConfigError(f"{path}: {unknown} {'is' if len(unknown) == 1 else 'are'} not parameter(s) of {notebook}; "
                           f"its parameters cell assigns {sorted(declared)}")
 
