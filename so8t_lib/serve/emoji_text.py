@@ -1,11 +1,13 @@
 """The invisible characters emoji are typed with, which hide nothing.
 
 Phones and keyboards write a variation selector after a symbol (❤️, ☺︎, ‼️) or between a keycap's base and its
-keycap mark (1️⃣), a zero-width joiner between two symbols (👨‍💻, ❤️‍🔥), and a subdivision flag as the black flag,
-four to six tag letters and a cancel tag (England's). ``textforms.is_obfuscated`` reads invisible characters as a
-sign of hiding, so every "Thanks ❤️" was flagged ``obfuscated_text``. Not let through: an emoji put inside a word
-(pass❤️word, パス❤️ワード: the patterns no longer see the word), a symbol that NFKC reads as a letter (ⓡ), tag
-characters that spell more than a flag's code (text smuggled in tags), and invisible characters anywhere else.
+keycap mark (1️⃣), a zero-width joiner between two symbols (👨‍💻, ❤️‍🔥), and the flags of England, Scotland and
+Wales as the black flag, their code in tag letters and a cancel tag. ``textforms.is_obfuscated`` reads invisible
+characters as a sign of hiding, so every "Thanks ❤️" was flagged ``obfuscated_text``. Not let through: an emoji with
+a letter, digit or mark of any script on both sides (pass❤️word, ｐａｓｓ❤️ｗｏｒｄ, 指❤️示, 1gn0❤️re: the patterns no
+longer see the word; so Japanese with an emoji between two words stays flagged, as before), a symbol that NFKC reads
+as a letter (ⓡ), tag characters that spell anything but those three flags (text smuggled in tags), and invisible
+characters anywhere else.
 """
 
 from __future__ import annotations
@@ -15,10 +17,11 @@ import unicodedata
 
 _VARIATION_SELECTORS = frozenset("\ufe0e\ufe0f")
 _KEYCAP_BASES, _KEYCAP, _ZWJ = frozenset("0123456789#*"), "\u20e3", "\u200d"
-# the black flag, a region's code in tag letters and digits (gbeng, gbsct, usca), the cancel tag
-_FLAG_TAGS = re.compile("\U0001f3f4([\U000e0030-\U000e0039\U000e0061-\U000e007a]{4,6}\U000e007f)")
+# the black flag, a recommended subdivision's code in tag letters, the cancel tag
+_FLAG_CODES = ("gbeng", "gbsct", "gbwls")
+_FLAG_TAGS = re.compile("\U0001f3f4(" + "|".join("".join(chr(0xE0000 + ord(c)) for c in code) for code in _FLAG_CODES)
+                        + ")\U000e007f")
 _TAGS = range(0xE0020, 0xE0080)
-_KATAKANA = range(0x30A1, 0x30FD)  # ァ..ヺ, ・, ー: a katakana word (パスワード) parted by an emoji is hidden too
 
 
 def _symbol(char: str) -> bool:
@@ -32,13 +35,14 @@ def _in_sequence(char: str) -> bool:
 
 
 def _word_letter(char: str) -> bool:
-    """A letter of a word that spaces or script changes bound: Latin (with accents) or katakana."""
-    return bool(char) and (char.isalpha() and ord(char) < 0x250 or ord(char) in _KATAKANA)
+    """A character a word is spelled with: a letter or digit of any script (also fullwidth or mathematical, which
+    NFKC reads as letters), or a combining mark."""
+    return bool(char) and (unicodedata.normalize("NFKC", char).isalnum() or unicodedata.category(char)[0] == "M")
 
 
 def _placed_as_emoji(text: str, start: int, end: int) -> int:
     """How many invisible characters of the sequence ``text[start:end]`` stand where emoji put them."""
-    count = sum(len(flag.group(1)) for flag in _FLAG_TAGS.finditer(text, start, end))
+    count = sum(len(flag.group(1)) + 1 for flag in _FLAG_TAGS.finditer(text, start, end))  # + the cancel tag
     for at in range(start, end):
         char, before, after = text[at], text[at - 1: at], text[at + 1: at + 2]
         if char in _VARIATION_SELECTORS:
