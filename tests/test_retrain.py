@@ -270,6 +270,11 @@ def test_the_gate_refuses_a_candidate_that_blocks_xstests_safe_prompts():
     assert not verdict["promote"]
     assert any(r.startswith("over_refusal_incl_escalate on xstest is worse: 0.000 -> 1.000") for r in verdict["refusals"])
     assert "macro_f1" in verdict["datasets"]["xstest"]["skipped_metrics"]
+    # each gated metric carries both models' values (notebook 08's table read them from the headline, which has
+    # no unsafe_contrasts_allowed: a KeyError whenever XSTest was in the gate)
+    blocked = verdict["datasets"]["xstest"]["delta"]
+    assert (blocked["over_refusal_incl_escalate"]["serving"], blocked["over_refusal_incl_escalate"]["candidate"]) == (0, 1)
+    assert {"serving", "candidate", "value", "ci"} <= set(blocked["unsafe_contrasts_allowed"])
 
 
 def test_the_gate_fails_safe_on_a_broken_model_or_a_metric_it_cannot_measure():

@@ -140,9 +140,10 @@ def compare(serving, candidate, tables: dict[str, pd.DataFrame], bootstrap: int 
                 continue
             measured.add(metric)
             worse = low > margin if better == "lower" else high < -margin
-            entry["delta"][metric] = {"value": change, "ci": [low, high], "regression": bool(worse)}
+            was, now = fn(gold, np.asarray(before)), fn(gold, np.asarray(after))
+            entry["delta"][metric] = {"serving": was, "candidate": now, "value": change, "ci": [low, high],
+                                      "regression": bool(worse)}
             if worse:
-                was, now = fn(gold, np.asarray(before)), fn(gold, np.asarray(after))
                 refusals.append(f"{metric} on {name} is worse: {was:.3f} -> {now:.3f}, paired 95% interval of the "
                                 f"change [{low:+.3f}, {high:+.3f}] ({'higher' if better == 'lower' else 'lower'} is "
                                 "worse)")
