@@ -16,7 +16,10 @@ import re
 import unicodedata
 
 _VARIATION_SELECTORS = frozenset("\ufe0e\ufe0f")
-_KEYCAP_BASES, _KEYCAP, _ZWJ = frozenset("0123456789#*"), "\u20e3", "\u200d"
+_KEYCAP, _ZWJ = "\u20e3", "\u200d"
+# a keycap (1️⃣) is read as one symbol, whose digit is no neighbouring letter (1️⃣2️⃣ is two keycaps, not a word);
+# the stand-in, a noncharacter, counts its selector
+_KEYCAP_SEQUENCE, _KEYCAP_STAND_IN = re.compile("[0-9#*]\ufe0f\u20e3"), "\ufdd0"
 # the black flag, a recommended subdivision's code in tag letters, the cancel tag
 _FLAG_CODES = ("gbeng", "gbsct", "gbwls")
 _FLAG_TAGS = re.compile("\U0001f3f4(" + "|".join("".join(chr(0xE0000 + ord(c)) for c in code) for code in _FLAG_CODES)
@@ -31,7 +34,8 @@ def _symbol(char: str) -> bool:
 
 
 def _in_sequence(char: str) -> bool:
-    return _symbol(char) or char in _VARIATION_SELECTORS or char in (_ZWJ, _KEYCAP) or ord(char) in _TAGS
+    return _symbol(char) or char in _VARIATION_SELECTORS or char in (_ZWJ, _KEYCAP, _KEYCAP_STAND_IN) or \
+        ord(char) in _TAGS
 
 
 def _word_letter(char: str) -> bool:
@@ -46,7 +50,9 @@ def _placed_as_emoji(text: str, start: int, end: int) -> int:
     for at in range(start, end):
         char, before, after = text[at], text[at - 1: at], text[at + 1: at + 2]
         if char in _VARIATION_SELECTORS:
-            count += _symbol(before) or (before in _KEYCAP_BASES and after == _KEYCAP)
+            count += _symbol(before)
+        elif char == _KEYCAP_STAND_IN:
+            count += 1
         elif char == _ZWJ:
             count += (_symbol(before) or before in _VARIATION_SELECTORS) and _symbol(after)
     return count
@@ -54,6 +60,7 @@ def _placed_as_emoji(text: str, start: int, end: int) -> int:
 
 def emoji_invisibles(text: str) -> int:
     """How many of ``text``'s invisible characters are parts of emoji sequences that are not inside a word."""
+    text = _KEYCAP_SEQUENCE.sub(_KEYCAP_STAND_IN, text)
     count, at = 0, 0
     while at < len(text):
         if not _in_sequence(text[at]):
