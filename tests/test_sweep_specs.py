@@ -77,14 +77,16 @@ def test_a_notebook_without_a_parameters_cell_is_refused(folder):
 
 
 def test_the_parameters_cell_is_read_as_python_assigns_it(folder):
-    """Assignments inside if/try, unpacking and IPython magics count; an item or attribute set does not, nor an
-    annotation without a value. A notebook without seed (which the sweep sets for every run) is refused."""
+    """Assignments inside if/try, unpacking, walrus and IPython magics count; an item or attribute set does not,
+    nor an annotation without a value, nor what a def or class assigns. A notebook without seed (which the sweep sets for every run) is refused."""
     code = ("%matplotlib inline\nif True:\n    x = 1\nelse:\n    x = 2\ntry:\n    lr = 0.1\nexcept Exception:\n"
-            "    pass\na, (b, *c) = 1, (2, 3)\ncfg = {}\ncfg['depth'] = 1\nn: int\nseed = 0\noutput_dir = '.'")
+            "    pass\na, (b, *c) = 1, (2, 3)\ncfg = {}\ncfg['depth'] = 1\nn: int\nseed = 0\noutput_dir = '.'\n"
+            "def helper():\n    inner = 1\nclass Holder:\n    field = 2\nif (steps := 3):\n    pass")
     nb = nbformat.v4.new_notebook()
     nb.cells = [nbformat.v4.new_code_cell(code, metadata={"tags": ["parameters"]})]
     nbformat.write(nb, folder / "forms.ipynb")
-    assert sweep_spec.declared_parameters(folder / "forms.ipynb") == {"x", "lr", "a", "b", "c", "cfg", "seed", "output_dir"}
+    declared = sweep_spec.declared_parameters(folder / "forms.ipynb")
+    assert declared == {"x", "lr", "a", "b", "c", "cfg", "seed", "output_dir", "steps"}  # not inner, not field
     nb.cells = [nbformat.v4.new_code_cell("x = 1\noutput_dir = '.'", metadata={"tags": ["parameters"]})]
     nbformat.write(nb, folder / "seedless.ipynb")
     (folder / "spec.yaml").write_text("name: a\nnotebook: seedless.ipynb\nparams: {x: 2}\n")

@@ -171,12 +171,15 @@ def declared_parameters(notebook: Path) -> set[str] | None:
     except SyntaxError:
         return None
     names: set[str] = set()
-    for node in ast.walk(tree):
+    nodes = [tree]
+    while nodes:  # the cell's own scope: what a def or class assigns sets no parameter
+        node = nodes.pop()
         if isinstance(node, ast.Assign):
             names.update(*(_assigned_names(t) for t in node.targets))
-        elif isinstance(node, (ast.AnnAssign, ast.AugAssign)) and (node.value is not None or
-                                                                   isinstance(node, ast.AugAssign)):
+        elif isinstance(node, (ast.AugAssign, ast.NamedExpr)) or (isinstance(node, ast.AnnAssign) and node.value):
             names.update(_assigned_names(node.target))
+        nodes += [child for child in ast.iter_child_nodes(node)
+                  if not isinstance(child, (ast.FunctionDef, ast.AsyncFunctionDef, ast.ClassDef, ast.Lambda))]
     return names
 
 
