@@ -1,6 +1,5 @@
 """The emergency runbook of docs/operations.md, step by step on real `so8t serve` processes: the flag
-file switches a running server to emergency mode, SIGTERM drains it and ends it, the repository's
-the usual config restarted with mode=emergency serves without a model and cannot be switched off, a normal
+file switches a running server to emergency mode, SIGTERM drains it and ends it, the usual config restarted with mode=emergency serves without a model and cannot be switched off, a normal
 restart stays in emergency mode while the flag file is there and returns to normal when it is removed; every
 change is in the audit chain, which is encrypted and signed as production's is and verifies with its key."""
 

@@ -66,13 +66,18 @@ def test_a_spec_built_in_python_cannot_name_a_folder_outside_the_runs_root(folde
     assert not (folder / "escaped").exists() and not (folder / "runs").exists()
 
 
-def test_a_notebook_without_a_parameters_cell_is_refused(folder):
+def test_a_notebook_without_a_python_parameters_cell_is_refused(folder):
     """papermill would add the sweep's values in a cell of their own that nothing reads."""
     nb = nbformat.read(folder / "nb.ipynb", as_version=4)
     nb.cells[0].metadata = {}
     nbformat.write(nb, folder / "untagged.ipynb")
     (folder / "spec.yaml").write_text("name: a\nnotebook: untagged.ipynb\n")
     with pytest.raises(ConfigError, match="untagged.ipynb has no Python cell tagged 'parameters'"):
+        sweep.load_spec(folder / "spec.yaml")
+    nb.cells[0] = nbformat.v4.new_code_cell("x = = 1", metadata={"tags": ["parameters"]})
+    nbformat.write(nb, folder / "broken.ipynb")
+    (folder / "spec.yaml").write_text("name: a\nnotebook: broken.ipynb\n")
+    with pytest.raises(ConfigError, match=r"broken.ipynb's parameters cell is not Python \(invalid syntax, line 1\)"):
         sweep.load_spec(folder / "spec.yaml")
 
 

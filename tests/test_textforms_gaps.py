@@ -96,6 +96,7 @@ def test_emoji_sequences_are_not_obfuscation(text):
     "🏴" + "".join(chr(0xE0000 + ord(c)) for c in "system") + "\U000e007f Thanks!",  # a flag's length, no flag's code
 ])
 def test_invisible_characters_outside_emoji_are_still_obfuscation(text):
-    """Only the selectors, joiners and tags in their places inside an emoji sequence are let through, and not
-    when the emoji stands inside a word, which the patterns then no longer see whole."""
+    """A regression guard for the rule above (before it every invisible character was flagged): only the selectors,
+    joiners and tags in their places inside an emoji sequence are let through, and not when the emoji stands inside
+    a word, which the patterns then no longer see whole."""
     assert "obfuscated_text" in validate_request(text).flags

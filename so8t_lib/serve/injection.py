@@ -27,7 +27,7 @@ _RULE_WORDS = (r"(?:rules?|guidelines?|guardrails?|polic(?:y|ies)|restrictions?|
 _RULES = rf"(?:instructions?|prompts?|directives?|{_RULE_WORDS})"
 # "never stop following the safety rules" keeps them (a "why not stop ..." does not); a rule word directly before one
 # of these nouns names a workplace thing, "the safety checklist", "the review team", not the rules themselves
-_NOT_NEGATED = r"(?<!\bnever )(?<!n't )(?<!n’t )(?<!\bdont )(?<!(?<!\bwhy )\bnot )(?<!\bno longer )"
+_NOT_NEGATED = r"(?<!\bnever )(?<!n't )(?<!\bdont )(?<!(?<!\bwhy )\bnot )(?<!\bno longer )"
 _NOT_A_THING = (r"(?![^\w.,;:!?]+(?:checklists?|teams?|binders?|process(?:es)?|documents?|manuals?|meetings?|"
                 r"trainings?|forms?|sheets?|steps?|boards?|committees?)\b)")
 # what was said before the request, and the verbs that set it aside ("stop following" only counts for the model's

@@ -157,7 +157,8 @@ def _assigned_names(target: ast.expr) -> set[str]:
 
 def declared_parameters(notebook: Path) -> set[str] | None:
     """The names the notebook's cell tagged ``parameters`` assigns (``x = 1``, ``a = b = 0``, ``x: int = 1``, also
-    inside ``if`` or ``try``; IPython's ``%`` and ``!`` lines are skipped); None when no such cell parses."""
+    inside ``if`` or ``try``; IPython's ``%`` and ``!`` lines are skipped); None without such a cell, SyntaxError
+    when it is not Python."""
     cells = json.loads(notebook.read_text(encoding="utf-8")).get("cells")
     tagged = [c for c in cells if isinstance(c, dict) and isinstance(c.get("metadata"), dict)
               and isinstance(c["metadata"].get("tags"), list) and "parameters" in c["metadata"]["tags"]]
@@ -166,10 +167,7 @@ def declared_parameters(notebook: Path) -> set[str] | None:
     source = tagged[0].get("source", "")
     source = "".join(source) if isinstance(source, list) else str(source)
     python = "\n".join("" if line.lstrip().startswith(("%", "!")) else line for line in source.splitlines())
-    try:
-        tree = ast.parse(python)
-    except SyntaxError:
-        return None
+    tree = ast.parse(python)
     names: set[str] = set()
     nodes = [tree]
     while nodes:  # the cell's own scope: what a def or class assigns sets no parameter
@@ -187,7 +185,11 @@ def _check_declared(path: Path, notebook: Path, keys: list[str]) -> None:
     """ConfigError for a key the notebook's parameters cell does not assign: papermill only logs "Passed unknown
     parameter", so a typo (gate_ordr) ran every run on the notebook's default. ``seed`` and ``output_dir`` too,
     which the sweep passes to every run: a notebook without them would run every seed alike."""
-    declared = declared_parameters(notebook)
+    try:
+        declared = declared_parameters(notebook)
+    except SyntaxError as exc:
+        raise ConfigError(f"{path}: {notebook}'s parameters cell is not Python ({exc.msg}, line {exc.lineno}), "
+                          "so its parameter names cannot be read; fix the cell") from None
     if declared is None:
         raise ConfigError(f"{path}: {notebook} has no Python cell tagged 'parameters', so the sweep cannot set "
                           "anything in it; tag the cell that assigns the notebook's parameters")
