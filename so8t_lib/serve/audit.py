@@ -107,7 +107,7 @@ class AuditLog:
         except OSError as exc:
             self.open_error = f"{self.path}: cannot open the audit log ({type(exc).__name__}: {exc})"
             logger.error("%s", self.open_error)
-        if self.open_error is None and self._fernet is None:
+        if self.open_error is None and self._fernet is None:  # with a key there is nothing to check
             self._check_not_encrypted()
         if self._rotated:  # files a crash left plain
             self._rotated = False
@@ -167,6 +167,10 @@ class AuditLog:
         logger.warning("%s: set aside %d bytes of an unfinished write as %s; the chain continues from the last "
                        "complete record", self.path, len(torn), target.name)
 
+    def _needs_key(self, last: dict | None) -> bool:
+        """Whether the chain's last record is encrypted and this log has no key to continue it."""
+        return self._fernet is None and last is not None and "enc" in last
+
     def _check_not_encrypted(self) -> None:
         """An encrypted log opened without its key refuses every append: said at open, so that readiness and
         ``so8t serve --check`` name it before the first decision fails closed without a record."""
@@ -174,7 +178,7 @@ class AuditLog:
             last = self._head()[2]
         except (OSError, ValueError, KeyError):
             return  # a damaged head: append names it
-        if last is not None and "enc" in last:
+        if self._needs_key(last):
             self.open_error = (f"{self.path}: the log is encrypted and no key is set (logging.encryption_key_env): "
                                "every append would be refused; set the key, or give this config its own log folder")
             logger.error("%s", self.open_error)
@@ -280,7 +284,7 @@ class AuditLog:
             with file_lock(self.path, timeout=self.lock_timeout_s):
                 self._set_aside_torn_tail()
                 next_seq, last_hash, last, anchor = self._head()
-                if self._fernet is None and last is not None and "enc" in last:
+                if self._needs_key(last):
                     raise AuditWriteError(f"{self.path}: the log is encrypted; set the key "
                                           "(logging.encryption_key_env) to append to it")
                 record["seq"], record["prev_hash"] = next_seq, last_hash
