@@ -177,6 +177,9 @@ def test_model_card_names_missing_results_and_quotes_present_ones(tmp_path):
     so8t(["card", "--run", str(run), "--compare", "", "--follow-up", str(tmp_path / "follow.json"), *common])
     card = out.read_text(encoding="utf-8")
     assert "(4 runs of 40 steps, sweep summary `s.csv`, baseline `none`): Gates made no measurable" in card
+    (tmp_path / "summary.csv").write_text("run\n")  # notebook 02's copy beside the result: the file a reader can open
+    so8t(["card", "--run", str(run), "--compare", "", "--follow-up", str(tmp_path / "follow.json"), *common])
+    assert f"sweep summary `{tmp_path / 'summary.csv'}`, baseline" in out.read_text(encoding="utf-8")
 
 
 def test_model_card_redraws_its_figures_from_the_committed_results(tmp_path):

@@ -185,6 +185,13 @@ def write_figures(eval_json: Path, quant_json: Path, ablation_json: Path, figure
     return written
 
 
+def sweep_summary(result_json: str | Path, result: dict) -> str:
+    """The sweep summary a reader can open: notebook 02's copy beside the result file when there is one (the
+    sweep's own folder under experiments/runs/ is git-ignored), else the path the analysis recorded."""
+    beside = Path(result_json).parent / "summary.csv"
+    return str(beside) if beside.is_file() else result.get("summary_csv", "?")
+
+
 def figure_section(figures: Sequence[Path], card_path: Path) -> list[str]:
     """Only this card's own figures (another model's in a figures/ folder that happens to be there would be
     shown as this model's), in the card's order, each linked from where the card is written."""
@@ -360,7 +367,7 @@ def build_card(config: dict, eval_json: Path, quant_json: Path, ablation_json: P
         if ablation.get("runs"):
             steps = ", ".join(map(str, ablation.get("steps") or [])) or "?"
             lines += ["", f"{ablation.get('runs_ok', '?')} of {ablation['runs']} training runs finished "
-                          f"(the tiny preset, {steps} steps each; sweep summary `{ablation.get('summary_csv', '?')}`)."]
+                          f"(the tiny preset, {steps} steps each; sweep summary `{sweep_summary(ablation_json, ablation)}`)."]
         if ablation.get("conclusion"):
             lines += ["", f"**Finding.** {ablation['conclusion']}", ""]
         if ablation.get("geometry"):
@@ -376,7 +383,7 @@ def build_card(config: dict, eval_json: Path, quant_json: Path, ablation_json: P
         elif more.get("conclusion"):
             steps = ", ".join(map(str, more.get("steps") or [])) or "?"
             lines += ["", f"Follow-up, `{path}` ({more.get('runs_ok', '?')} runs of {steps} steps, sweep summary "
-                          f"`{more.get('summary_csv', '?')}`, baseline `{more.get('baseline', 'none')}`): "
+                          f"`{sweep_summary(path, more)}`, baseline `{more.get('baseline', 'none')}`): "
                           f"{more['conclusion']}",
                       "", more.get("geometry", "").replace("\n", " ")]
     lines += figure_section(figures, card_path)
