@@ -659,3 +659,33 @@ def test_the_benchmarks_argmax_sends_an_exact_tie_to_the_safer_class(tmp_path, n
     result = module.main([*paths, "--targets", "0.2", "--resamples", "5", "--out", str(tmp_path / "out.json")])
     scored = result["recipes"]["run"]["argmax"] if name == "operating_point" else result["runs"]["run"]["argmax"]
     assert scored["test"]["dangerous_compliance"] == 0.0
+
+
+def test_base_dtype_benchmark_times_both_dtypes_and_compares_their_states(tmp_path, tokenizer):
+    from transformers import Gemma3ForCausalLM, Gemma3TextConfig
+
+    base = tmp_path / "base"  # a random two-layer Gemma with the tiny tokenizer: the script reads any local folder
+    torch = pytest.importorskip("torch")
+    torch.manual_seed(0)
+    Gemma3ForCausalLM(Gemma3TextConfig(
+        vocab_size=len(tokenizer), hidden_size=64, intermediate_size=128, num_hidden_layers=2, num_attention_heads=4,
+        num_key_value_heads=1, head_dim=16, pad_token_id=tokenizer.pad_token_id,
+        eos_token_id=tokenizer.eos_token_id)).save_pretrained(base)
+    tokenizer.save_pretrained(base)
+    bench = _load("base_dtype")
+    out = tmp_path / "dtype.json"
+    payload = bench.main(["--base", str(base), "--rows", "6", "--batch-size", "4", "--repeats", "2", "--layer", "2",
+                          "--out", str(out)])
+    assert json.loads(out.read_text()) == payload
+    results, agreement = payload["results"], payload["bf16_against_fp32"]
+    assert list(results) == ["fp32", "bf16"] and results["fp32"]["speed_ratio_to_fp32"] == 1.0
+    assert all(len(r["seconds_per_pass"]) == 2 and r["tokens_per_s"] > 0 for r in results.values())
+    assert payload["settings"]["rows"] == 6 and payload["settings"]["tokens_per_pass"] > 6
+    assert agreement["tokens"] == payload["settings"]["tokens_per_pass"]
+    for kind in ("raw", "standardised"):  # bf16 keeps 8 bits of mantissa: close, not equal
+        assert 0.99 < agreement[kind]["cosine_min"] <= agreement[kind]["cosine_mean"] <= 1.0 + 1e-6
+        assert 0 < agreement[kind]["relative_error_mean"] <= agreement[kind]["relative_error_max"] < 0.1
+    assert payload["machine"]["avx512_bf16"] in (True, False, None)
+    with pytest.raises(SystemExit):  # a layer the base does not have
+        bench.main(["--base", str(base), "--layer", "3", "--out", str(tmp_path / "no.json")])
+    assert not (tmp_path / "no.json").exists()
