@@ -16,6 +16,11 @@ emulates bf16 matmuls and the ratio may fall below 1. Only the ratios carry over
 
 ``--base`` takes any local causal-LM folder (config, weights, tokenizer); without it, the Gemma 3 270M base
 converted under ``$SO8T_CACHE`` (converting it first if needed, about a minute).
+
+``--checkpoint`` (a trained run, e.g. ``checkpoints/so8t-demo``) adds what the decisions do: the checkpoint loaded
+twice, its base in fp32 and in bf16 (what it was trained with), decides the same ``--decide-rows`` test rows
+(a stratified sample) through ``evaluate.predict`` as evaluation does; reported are how many decisions agree,
+the largest probability difference, both models' macro-F1 and dangerous compliance, and the seconds each took.
 """
 
 from __future__ import annotations
@@ -98,6 +103,31 @@ def state_agreement(bodies: dict, batches: list[dict], layer: int) -> dict:
     return {"tokens": len(ref), **report}
 
 
+def decision_agreement(checkpoint: str, rows: int) -> dict:
+    """The checkpoint's decisions with its base in fp32 and in bf16, on the same stratified test rows."""
+    import numpy as np
+
+    from so8t_lib.core.metrics import dangerous_compliance_rate, macro_f1
+    from so8t_lib.eval.evaluate import predict
+    from so8t_lib.model import SO8TModel
+
+    table = stratified_sample(load_split("test"), rows, seed=0)
+    gold, runs = list(table["label"]), {}
+    for name, dtype in (("fp32", "float32"), ("bf16", "bfloat16")):
+        model = SO8TModel.load(checkpoint, dtype=dtype)
+        start = time.perf_counter()
+        probs, decisions = predict(model, table, progress=False)
+        runs[name] = {"seconds": time.perf_counter() - start, "probs": probs, "decisions": decisions,
+                      "macro_f1": macro_f1(gold, decisions), "dangerous_compliance": dangerous_compliance_rate(gold, decisions)}
+        del model
+    ref, low = runs["fp32"], runs["bf16"]
+    return {"checkpoint": checkpoint, "rows": len(table),
+            "agreement": float(np.mean([a == b for a, b in zip(ref["decisions"], low["decisions"])])),
+            "max_probability_difference": float(np.nanmax(np.abs(ref["probs"] - low["probs"]))),
+            **{name: {key: run[key] for key in ("seconds", "macro_f1", "dangerous_compliance")}
+               for name, run in runs.items()}}
+
+
 def load_bodies(folder: Path) -> tuple[dict, object]:
     from transformers import AutoModelForCausalLM, AutoTokenizer
 
@@ -115,6 +145,8 @@ def main(argv: list[str] | None = None) -> dict:
     parser.add_argument("--repeats", type=int, default=3, help="timed passes per dtype")
     parser.add_argument("--layer", type=int, default=9, help="hidden-state index whose agreement is reported")
     parser.add_argument("--base", help="a local causal-LM folder (default: the converted Gemma 3 270M base)")
+    parser.add_argument("--checkpoint", help="also compare a trained run's decisions with its base in fp32 and bf16")
+    parser.add_argument("--decide-rows", type=int, default=200, help="test rows for --checkpoint (stratified)")
     parser.add_argument("--out", default=str(ROOT / "benchmarks" / "results" / "base_dtype.json"))
     args = parser.parse_args(argv)
     if args.rows < 1 or args.batch_size < 1 or args.repeats < 1:
@@ -155,11 +187,16 @@ def main(argv: list[str] | None = None) -> dict:
         "results": results,
         "bf16_against_fp32": state_agreement(bodies, batches, args.layer),
     }
+    del bodies
+    if args.checkpoint:
+        payload["decisions"] = decision_agreement(args.checkpoint, args.decide_rows)
     atomic_write_text(Path(args.out), json.dumps(payload, indent=1))
+    error = payload["bf16_against_fp32"]["standardised"]["relative_error_mean"]
     print(f"bf16 body {results['bf16']['speed_ratio_to_fp32']:.2f}x fp32 ({tokens} tokens per pass); "
-          f"layer {args.layer} standardised relative error {payload['bf16_against_fp32']['standardised']['relative_error_mean']:.4f} "
-          f"on average "
-          f"-> {args.out}")
+          f"layer {args.layer} standardised relative error {error:.4f} on average -> {args.out}")
+    if args.checkpoint:
+        decided = payload["decisions"]
+        print(f"{args.checkpoint}: bf16 and fp32 agree on {decided['agreement']:.3f} of {decided['rows']} test rows")
     return payload
 
 

@@ -674,8 +674,15 @@ def test_base_dtype_benchmark_times_both_dtypes_and_compares_their_states(tmp_pa
     tokenizer.save_pretrained(base)
     bench = _load("base_dtype")
     out = tmp_path / "dtype.json"
+    from so8t_lib.core.config import ModelConfig
+    from so8t_lib.model import SO8TModel
+
+    checkpoint = SO8TModel.from_config(ModelConfig(name="dtype"), tokenizer).save(tmp_path / "ckpt")
     payload = bench.main(["--base", str(base), "--rows", "6", "--batch-size", "4", "--repeats", "2", "--layer", "2",
-                          "--out", str(out)])
+                          "--checkpoint", str(checkpoint), "--decide-rows", "9", "--out", str(out)])
+    decided = payload["decisions"]
+    assert decided["rows"] == 9 and 0 <= decided["agreement"] <= 1 and decided["max_probability_difference"] >= 0
+    assert all(decided[name]["seconds"] > 0 and 0 <= decided[name]["macro_f1"] <= 1 for name in ("fp32", "bf16"))
     assert json.loads(out.read_text()) == payload
     results, agreement = payload["results"], payload["bf16_against_fp32"]
     assert list(results) == ["fp32", "bf16"] and results["fp32"]["speed_ratio_to_fp32"] == 1.0
