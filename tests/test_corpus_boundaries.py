@@ -179,6 +179,23 @@ def test_check_and_stats_name_a_malformed_row(built, line, said, capsys):
         assert f"val.jsonl:{n}: " in err and said in err and "Traceback" not in err
 
 
+def test_a_split_that_is_not_utf8_is_named_and_so_is_it_in_retrain_preprocess(built, tmp_path, capsys):
+    _, out, _ = built
+    with (out / "test.jsonl").open("ab") as f:
+        f.write(b'{"id": "\xff\xfe"}\n')
+    with pytest.raises(ValueError, match=r"test\.jsonl: not UTF-8 text \(byte \d+\)"):
+        read_split(out, "test")
+    assert so8t(["corpus", "check", "--data", str(out)]) == 2
+    assert "test.jsonl: not UTF-8 text" in capsys.readouterr().err
+    rows = tmp_path / "rows.jsonl"  # the corpus preprocess guards against is damaged: named, exit 2, nothing written
+    rows.write_text(json.dumps({"context": "", "user_request": "Where is the remote work form?", "label": "ALLOW",
+                                "category": "hr", "id": "ops-1"}) + "\n", encoding="utf-8")
+    assert so8t(["retrain", "preprocess", "--input", str(rows), "--corpus", str(out), "--out", str(tmp_path / "pp"),
+                 "--no-benchmark-guard"]) == 2
+    err = capsys.readouterr().err
+    assert "test.jsonl: not UTF-8 text" in err and "Traceback" not in err and not (tmp_path / "pp").exists()
+
+
 # --- one notion of "the same request": training's --------------------------------------------------------------------
 
 

@@ -182,6 +182,24 @@ def test_model_card_names_missing_results_and_quotes_present_ones(tmp_path):
     assert f"sweep summary `{tmp_path / 'summary.csv'}`, baseline" in out.read_text(encoding="utf-8")
 
 
+def test_model_card_names_a_config_it_cannot_read_and_writes_nothing(tmp_path, capsys):
+    from so8t_lib.cli import main as so8t
+
+    (tmp_path / "list.yaml").write_text("- 1\n", encoding="utf-8")
+    (tmp_path / "run").mkdir()
+    (tmp_path / "run" / "config.yaml").write_bytes(b"\x97\xff not yaml")
+    out = tmp_path / "CARD.md"
+    common = ["--eval", str(tmp_path / "none.json"), "--out", str(out), "--figures", ""]
+    for args, said in ((["--config", str(tmp_path / "list.yaml")], "list.yaml: the top level must be a mapping"),
+                       (["--config", str(tmp_path / "missing.yaml")], "missing.yaml"),
+                       (["--run", str(tmp_path / "run")], "config.yaml: not UTF-8 text")):
+        with pytest.raises(SystemExit) as exit_info:
+            so8t(["card", *args, *common])
+        err = capsys.readouterr().err
+        assert exit_info.value.code == 2 and said in err and "Traceback" not in err, err
+    assert not out.exists()
+
+
 def test_model_card_redraws_its_figures_from_the_committed_results(tmp_path):
     import pandas as pd
 

@@ -97,15 +97,19 @@ def main(argv: list[str] | None = None) -> int:
     args = parser.parse_args(argv)
     if args.command == "show":
         _check_show_target(Path(args.folder), args.name)
+        skipped: list[str] = []
         try:
             for record in read_records(args.folder, args.name, os.environ.get(args.key_env),
-                                       lock_timeout=args.lock_timeout):
+                                       lock_timeout=args.lock_timeout, skipped=skipped):
                 print(json.dumps(record, ensure_ascii=False))
         except AuditLockTimeout as exc:
             print(f"error: {exc}", file=sys.stderr)
             return 2
         except ValueError as exc:
             sys.exit(f"error: {exc}")
+        if skipped:  # printed nothing for them: without this, damage reads as fewer records
+            sys.exit(f"error: {len(skipped)} line(s) are not audit records ({', '.join(skipped[:3])}"
+                     f"{', ...' if len(skipped) > 3 else ''}); run: so8t audit verify {args.folder}")
         return 0
     if args.command == "accept-anchor":
         try:

@@ -13,9 +13,7 @@ from __future__ import annotations
 import argparse
 from pathlib import Path
 
-import yaml
-
-from ..core.config import read_config_mapping
+from ..core.config import ConfigError, read_config_mapping
 from ..core.io import atomic_write_text
 from ..workbench.model_card import (
     FOLLOW_UP_ABLATIONS,
@@ -59,12 +57,13 @@ def main(argv: list[str] | None = None) -> None:
                         help=f"a further ablation.json to quote (repeatable; default {', '.join(FOLLOW_UP_ABLATIONS)})")
     args = parser.parse_args(argv)
     run_config = Path(args.run) / "config.yaml" if args.run else None
-    if run_config is not None and run_config.is_file():
-        config = yaml.safe_load(run_config.read_text(encoding="utf-8")) or {}
-    else:
-        if run_config is not None:
-            print(f"{run_config} is missing; the recipe is read from {args.config}")
-        config = read_config_mapping(args.config)
+    if run_config is not None and not run_config.is_file():
+        print(f"{run_config} is missing; the recipe is read from {args.config}")
+        run_config = None
+    try:  # a missing, unreadable or non-mapping config names its file (exit 2), as a bad result file does
+        config = read_config_mapping(run_config or args.config)
+    except ConfigError as exc:
+        parser.error(str(exc))
     follow_ups = tuple(Path(p) for p in (args.follow_up if args.follow_up is not None else FOLLOW_UP_ABLATIONS))
     try:  # every result file read and checked, and the card built, before a figure or the card is written
         planned = figure_files(Path(args.eval), Path(args.quant), Path(args.ablation), Path(args.figures)) \

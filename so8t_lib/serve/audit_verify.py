@@ -67,13 +67,15 @@ def make_fernet(key: str | bytes):
 
 
 def read_records(folder: str | Path, name: str = "audit.jsonl", key: str | bytes | None = None,
-                 unreadable: list[str] | None = None, *,
-                 lock_timeout: float | None = READ_LOCK_TIMEOUT_S) -> Iterator[dict]:
+                 unreadable: list[str] | None = None, *, lock_timeout: float | None = READ_LOCK_TIMEOUT_S,
+                 skipped: list[str] | None = None) -> Iterator[dict]:
     """Every complete record, oldest first, decrypted when ``key`` is given (encrypted ones need it). A file that
     cannot be read to the end (a damaged .gz) is a ValueError naming it, or, given an ``unreadable`` list, a line
     added to it, and the next file is read. The files are those of one moment (``open_files``): a rotation or
     a gzip swap while they are read neither hides nor repeats a record. A lock held past ``lock_timeout`` seconds
-    (None: no limit) is an ``AuditLockTimeout``."""
+    (None: no limit) is an ``AuditLockTimeout``. Lines that are no record are passed over; given a ``skipped``
+    list, each complete one is named there (``file:line``; a last line without its newline is a write in
+    progress or torn by a crash, not counted), so a reader can tell damage from an empty log."""
     fernet = make_fernet(key) if key else None
     with ExitStack() as handles:
         with consistent_view(Path(folder) / name, lock_timeout):
@@ -82,7 +84,7 @@ def read_records(folder: str | Path, name: str = "audit.jsonl", key: str | bytes
             try:
                 if error is not None:
                     raise error
-                yield from _file_records(path, fernet, handle, length)
+                yield from _file_records(path, fernet, handle, length, skipped)
             except READ_ERRORS as exc:
                 problem = f"{path.name}: cannot be read to the end ({exc}); the records after the damage are missing"
                 if unreadable is None:
@@ -126,10 +128,12 @@ def open_files(folder: Path, name: str, handles: ExitStack,
     return found
 
 
-def _file_records(path: Path, fernet, handle: BinaryIO, length: int) -> Iterator[dict]:
-    for line, _ in read_lines(path, handle, length):
+def _file_records(path: Path, fernet, handle: BinaryIO, length: int, skipped: list[str] | None) -> Iterator[dict]:
+    for number, (line, terminated) in enumerate(read_lines(path, handle, length), 1):
         stored = parse_record(line)
         if stored is None:
+            if skipped is not None and terminated and line.strip():
+                skipped.append(f"{path.name}:{number}")
             continue
         if "enc" in stored:
             if fernet is None:

@@ -81,23 +81,27 @@ def read_split(data_dir: str | Path, split: str) -> list[dict]:
     if not path.is_file():
         raise FileNotFoundError(f"{path} not found (run: so8t corpus build)")
     rows = []
-    with path.open(encoding="utf-8") as f:
-        for i, line in enumerate(f, 1):
-            if not line.strip():
-                continue
-            try:
-                row = json.loads(line)
-            except json.JSONDecodeError as e:
-                raise ValueError(f"{path}:{i}: not valid JSON: {e}") from e
-            if not isinstance(row, dict):
-                raise ValueError(f"{path}:{i}: a row must be a JSON object, got {type(row).__name__}; "  # noqa: TRY004
-                                 "these files are written by 'so8t corpus build'")
-            bad = next((k for k in ROW_STRINGS if not isinstance(row.get(k), str)), None)
-            if bad is not None:
-                got = "no field" if bad not in row else "null" if row[bad] is None else type(row[bad]).__name__
-                raise ValueError(f"{path}:{i}: field {bad!r} must be a string, the row has {got}; these files are "
-                                 "written by 'so8t corpus build'")
-            rows.append(row)
+    try:
+        lines = path.read_text(encoding="utf-8").split("\n")  # not splitlines: U+2028 may sit in a text
+    except UnicodeDecodeError as exc:
+        raise ValueError(f"{path}: not UTF-8 text (byte {exc.start}); these files are written by "
+                         "'so8t corpus build': build the corpus again") from None
+    for i, line in enumerate(lines, 1):
+        if not line.strip():
+            continue
+        try:
+            row = json.loads(line)
+        except json.JSONDecodeError as e:
+            raise ValueError(f"{path}:{i}: not valid JSON: {e}") from e
+        if not isinstance(row, dict):
+            raise ValueError(f"{path}:{i}: a row must be a JSON object, got {type(row).__name__}; "  # noqa: TRY004
+                             "these files are written by 'so8t corpus build'")
+        bad = next((k for k in ROW_STRINGS if not isinstance(row.get(k), str)), None)
+        if bad is not None:
+            got = "no field" if bad not in row else "null" if row[bad] is None else type(row[bad]).__name__
+            raise ValueError(f"{path}:{i}: field {bad!r} must be a string, the row has {got}; these files are "
+                             "written by 'so8t corpus build'")
+        rows.append(row)
     return rows
 
 

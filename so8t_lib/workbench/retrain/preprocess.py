@@ -144,7 +144,10 @@ def preprocess(rows_file: str | Path, out: str | Path, corpus_dir: str | Path = 
         raise PreprocessError(f"{rows_file} changed while it was read; run preprocess again")
     new = [{**row, **{k: record.get(k) for k in ("request_id", "case_id", "origin", "decided_at")}}
            for row, record in zip(table.to_dict("records"), extra)]
-    corpus = {split: read_split(corpus_dir, split) for split in ("train", "val", "test")}
+    try:
+        corpus = {split: read_split(corpus_dir, split) for split in ("train", "val", "test")}
+    except ValueError as exc:  # read_split names the file and line; a damaged split cannot guard anything
+        raise PreprocessError(str(exc)) from None
     every = [(split, r) for split, part in corpus.items() for r in part]
     seen = dict(zip(_asked([r for _, r in every]), [(split, r["label"]) for split, r in every]))
     dropped: dict[str, list[str]] = {"in_corpus": [], "contradicts_corpus": [], "near_val_or_test": [],
