@@ -121,6 +121,15 @@ def test_list_refuses_prune_options(cache):
         so8t(["cache", "prune", "--unused-days", "-1"])
 
 
+def test_a_cache_setting_that_names_a_file_is_an_error_not_an_empty_cache(tmp_path, monkeypatch, capsys):
+    (tmp_path / "img.png").write_bytes(b"\x89PNG")
+    monkeypatch.setenv("SO8T_CACHE", str(tmp_path / "img.png"))
+    for action in ("list", "prune"):
+        with pytest.raises(SystemExit) as stop:
+            so8t(["cache", action])
+        assert stop.value.code == 2 and "img.png is a file, not a folder" in capsys.readouterr().err
+
+
 def test_reading_a_state_cache_records_its_last_use(cache):
     folder = cache / "states" / "current"
     _age(folder, 30 * 24 * HOUR)

@@ -57,6 +57,8 @@ def test_wrong_type_and_bad_value_are_named(tmp_path):
 def test_missing_file_and_broken_yaml(tmp_path):
     with pytest.raises(ConfigError, match="config file not found: .*nope.yaml"):
         load_config(tmp_path / "nope.yaml")
+    with pytest.raises(ConfigError, match="is a folder; name the config file in it"):
+        load_config(tmp_path)  # it exists: "not found" sent people looking for a missing file
     with pytest.raises(ConfigError, match="not valid YAML"):
         load_config(_write(tmp_path, "model: [unclosed\n"))
     with pytest.raises(ConfigError, match="top level must be a mapping"):

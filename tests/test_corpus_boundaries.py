@@ -111,6 +111,8 @@ def test_an_unreadable_seed_file_is_named(tmp_path, capsys):
     (seeds / "latin1.yaml").write_bytes("- id: tst-en-009\n  request: caf\xe9\n".encode("latin-1"))
     with pytest.raises(ValueError, match=r"latin1\.yaml: not UTF-8"):
         load_seeds(seeds)
+    assert so8t(["corpus", "build", "--seeds-dir", str(seeds / "latin1.yaml"), "--out", str(tmp_path / "o")]) == 2
+    assert "latin1.yaml is a file; --seeds-dir takes the folder" in capsys.readouterr().err  # said "not found"
 
 
 def test_audit_input_errors_are_named_before_the_work(tmp_path, capsys, monkeypatch):

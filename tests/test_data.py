@@ -142,6 +142,8 @@ def test_broken_json_missing_file_and_wrong_type(tmp_path):
         load_table(path)
     with pytest.raises(DataError, match="data file not found"):
         load_table(tmp_path / "absent.jsonl")
+    with pytest.raises(DataError, match="is a folder; name a JSONL or CSV data file in it"):
+        load_table(tmp_path)
     (tmp_path / "x.txt").write_text("hi")
     with pytest.raises(DataError, match="unsupported file type"):
         load_table(tmp_path / "x.txt")

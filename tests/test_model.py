@@ -132,6 +132,8 @@ def test_damaged_checkpoints_fail_clearly(tmp_path, tiny_config, tokenizer):
         SO8TModel.load(path)
     with pytest.raises(CheckpointError, match="nowhere: no such folder; name a checkpoint"):
         SO8TModel.load(tmp_path / "nowhere")  # said 'nowhere/so8t_model.yaml: missing', as if the folder were there
+    with pytest.raises(CheckpointError, match="adapter.safetensors: a file, not a checkpoint folder"):
+        SO8TModel.load(adapter)  # a file inside one (or a GGUF file) is not "no such folder"
     (tmp_path / "empty").mkdir()
     with pytest.raises(CheckpointError, match="not an SO8T checkpoint"):
         SO8TModel.load(tmp_path / "empty")

@@ -42,6 +42,8 @@ def main(argv: list[str] | None = None) -> int:
     if args.action == "list" and (args.dry_run or args.unused_days is not None or args.all_states):
         parser.error("--dry-run, --unused-days and --all-states go with 'so8t cache prune'")
     root = cache_root()
+    if root.exists() and not root.is_dir():  # listed as "(empty)" before: every later run would fail to write there
+        parser.error(f"{root} is a file, not a folder: point SO8T_CACHE at a folder (or unset it for ~/.cache/so8t)")
     entries = inventory(root)
     if args.action == "list":
         print(f"{root}: {len(entries)} entries, {human_bytes(sum(e.bytes for e in entries))}")

@@ -175,6 +175,8 @@ def asked_keys(table: pd.DataFrame) -> pd.Series:
 def load_table(path: str | Path, allow_not_allow: bool = False) -> pd.DataFrame:
     """Read a JSONL/CSV file of requests into the validated table (columns: ``COLUMNS``)."""
     path = Path(path)
+    if path.is_dir():
+        raise DataError(f"{path} is a folder; name a JSONL or CSV data file in it")
     if not path.is_file():
         raise DataError(f"data file not found: {path}")
     allowed = LABELS + ((NOT_ALLOW,) if allow_not_allow else ())

@@ -127,7 +127,8 @@ class CheckpointMixin:
         (e.g. ``load_in_4bit=False`` to export a QLoRA run)."""
         path = resolve_checkpoint(path)
         if not path.is_dir():
-            raise CheckpointError(f"{path}: no such folder; name a checkpoint (a folder so8t train or save wrote) "
+            what = "a file, not a checkpoint folder" if path.is_file() else "no such folder"
+            raise CheckpointError(f"{path}: {what}; name a checkpoint (a folder so8t train or save wrote) "
                                   "or a training run's folder (its best/ is loaded)")
         verify_manifest(path)
         config_file = path / MODEL_CONFIG_FILE

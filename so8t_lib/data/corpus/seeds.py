@@ -149,6 +149,8 @@ def load_seeds(seeds_dir: str | Path) -> list[Seed]:
     Seeds come back sorted by id (file order does not matter).
     """
     seeds_dir = Path(seeds_dir)
+    if seeds_dir.is_file():
+        raise NotADirectoryError(f"{seeds_dir} is a file; --seeds-dir takes the folder of seed files (data/seeds)")
     if not seeds_dir.is_dir():
         raise FileNotFoundError(f"seeds folder not found: {seeds_dir}")
     files = sorted(seeds_dir.glob("*.yaml"))
