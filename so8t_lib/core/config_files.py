@@ -227,10 +227,11 @@ def read_yaml_mapping(path: str | Path, what: str = "config file") -> dict[str, 
     """A YAML file whose top level is a mapping (empty file: {}); ConfigError naming the file otherwise.
     Every config-like file (model/training configs, runtime configs, sweep specs) is read here."""
     path = Path(path)
+    shipped = " (experiments/ holds the shipped ones)" if what == "sweep spec" else " (configs/ holds the shipped ones)"
     if path.is_dir():
-        raise ConfigError(f"{path} is a folder; name the {what} in it (configs/ holds the shipped ones)")
+        raise ConfigError(f"{path} is a folder; name the {what} in it{shipped}")
     if not path.is_file():
-        raise ConfigError(f"{what} not found: {path} (configs/ holds the shipped ones)")
+        raise ConfigError(f"{what} not found: {path}{shipped}")
     try:
         data = load_yaml_strict(path.read_text(encoding="utf-8"))
     except UnicodeDecodeError as exc:

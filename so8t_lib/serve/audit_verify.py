@@ -74,17 +74,17 @@ def read_records(folder: str | Path, name: str = "audit.jsonl", key: str | bytes
     added to it, and the next file is read. The files are those of one moment (``open_files``): a rotation or
     a gzip swap while they are read neither hides nor repeats a record. A lock held past ``lock_timeout`` seconds
     (None: no limit) is an ``AuditLockTimeout``. Lines that are no record are passed over; given a ``skipped``
-    list, each complete one is named there (``file:line``; a last line without its newline is a write in
-    progress or torn by a crash, not counted), so a reader can tell damage from an empty log."""
+    list, each is named there (``file:line``) except the live file's last line, which ``verify`` reads as a torn
+    tail (a write in progress, or cut by a crash), so a reader can tell damage from an empty log."""
     fernet = make_fernet(key) if key else None
     with ExitStack() as handles:
         with consistent_view(Path(folder) / name, lock_timeout):
             files = open_files(Path(folder), name, handles)
-        for path, handle, length, error in files:
+        for index, (path, handle, length, error) in enumerate(files):
             try:
                 if error is not None:
                     raise error
-                yield from _file_records(path, fernet, handle, length, skipped)
+                yield from _file_records(path, fernet, handle, length, skipped, newest=index == len(files) - 1)
             except READ_ERRORS as exc:
                 problem = f"{path.name}: cannot be read to the end ({exc}); the records after the damage are missing"
                 if unreadable is None:
@@ -128,11 +128,13 @@ def open_files(folder: Path, name: str, handles: ExitStack,
     return found
 
 
-def _file_records(path: Path, fernet, handle: BinaryIO, length: int, skipped: list[str] | None) -> Iterator[dict]:
-    for number, (line, terminated) in enumerate(read_lines(path, handle, length), 1):
+def _file_records(path: Path, fernet, handle: BinaryIO, length: int, skipped: list[str] | None,
+                  newest: bool) -> Iterator[dict]:
+    for number, ((line, _), last_line) in enumerate(_with_last(read_lines(path, handle, length)), 1):
         stored = parse_record(line)
         if stored is None:
-            if skipped is not None and terminated and line.strip():
+            torn_tail = newest and last_line and path.suffix != ".gz"  # verify's note, not its error: the writer
+            if skipped is not None and not torn_tail and line.strip():  # sets it aside on its next append
                 skipped.append(f"{path.name}:{number}")
             continue
         if "enc" in stored:
