@@ -216,6 +216,11 @@ def test_a_summary_without_a_pet_column_is_compared_by_gate_order():
         ablation.analyze(_runs().drop(columns="seed"), ["macro_f1"])
     with pytest.raises(ValueError, match=r"no metric \['safety_score'\]"):
         ablation.analyze(_runs(), ["safety_score"])
+    with pytest.raises(ValueError, match="no metric to analyze"):  # said "no finished run" after "12 of 12 finished"
+        ablation.analyze(_runs(), [])
+    with pytest.raises(ValueError, match=r"baseline 'nnone' is no gate_order of a finished run; the sweep has "
+                                         r"\['none', 'safe_first'\]"):  # read as "no baseline runs on the same seeds"
+        ablation.analyze(_runs(), ["macro_f1"], baseline="nnone")
 
 
 def test_when_every_run_failed_nothing_is_written(tmp_path):

@@ -347,6 +347,13 @@ def test_include_tests_that_is_not_a_bool_is_refused_not_read_as_on(november, tm
     assert not (tmp_path / "out").exists()
 
 
+def test_no_log_folder_is_refused_not_reported_as_verified(tmp_path):
+    """notebook 07 with logs [] wrote a report saying "audit chains verified (0 chain(s))" over no decisions."""
+    with pytest.raises(ReportError, match="no log folder given"):
+        make_report([], dt.date(2026, 11, 2), dt.date(2026, 11, 9), tmp_path / "out")
+    assert not (tmp_path / "out").exists()
+
+
 def test_one_log_folder_given_bare_is_one_folder_not_its_characters(november):
     listed, _ = make_report([november], dt.date(2026, 11, 2), dt.date(2026, 11, 9))
     for bare in (str(november), november):  # papermill -p logs logs gives notebook 07 one string

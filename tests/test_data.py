@@ -144,6 +144,11 @@ def test_broken_json_missing_file_and_wrong_type(tmp_path):
         load_table(tmp_path / "absent.jsonl")
     with pytest.raises(DataError, match="is a folder; name a JSONL or CSV data file in it"):
         load_table(tmp_path)
+    from so8t_lib.data.benchmarks import load_any
+
+    with pytest.raises(DataError, match=r"xtest: no such data set; give a split \(train, val, test, or split:N\), "
+                                        r"a public set \(xstest, sst\) or a JSONL/CSV file"):
+        load_any("xtest")  # said "data file not found: xtest", naming no set it could have meant
     (tmp_path / "x.txt").write_text("hi")
     with pytest.raises(DataError, match="unsupported file type"):
         load_table(tmp_path / "x.txt")

@@ -231,3 +231,11 @@ def test_a_model_that_cannot_be_read_is_a_message_not_a_traceback(model, tmp_pat
         so8t(["evaluate", "--model", str(tmp_path / model), "--data", "sst", "--bootstrap", "0"])
     err = capsys.readouterr().err
     assert exited.value.code == 2 and err.startswith("so8t evaluate: error:") and "Traceback" not in err
+
+
+def test_no_data_set_to_evaluate_is_refused_before_anything_is_decided():
+    from so8t_lib.data.tables import DataError
+    from so8t_lib.eval.evaluate import evaluate_datasets
+
+    with pytest.raises(DataError, match="no data set to evaluate"):  # notebook 04 with datasets []
+        evaluate_datasets(None, [], progress=False)  # the model is never touched

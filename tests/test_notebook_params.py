@@ -12,7 +12,14 @@ import nbformat
 import pytest
 from papermill.cli import _resolve_type  # how papermill -p turns the command line's text into a value
 
-from so8t_lib.workbench.notebook_params import ParameterError, as_count, as_flag, as_list
+from so8t_lib.workbench.notebook_params import (
+    ParameterError,
+    as_count,
+    as_flag,
+    as_input_file,
+    as_list,
+    as_out_dir,
+)
 
 ROOT = Path(__file__).resolve().parents[1]
 NOTEBOOKS = sorted((ROOT / "notebooks").glob("*.ipynb"))
@@ -77,6 +84,30 @@ def test_each_notebook_reads_p_flags_and_one_item_lists_as_meant(path):
     if "bootstrap" in defaults:  # a negative count stops the notebook before the training or scoring before it
         with pytest.raises(ParameterError, match="parameter bootstrap"):
             exec(compile(ast.Module(checks, []), str(path), "exec"), {**defaults, "bootstrap": -5})
+
+
+NEEDED_LISTS = {"logs", "datasets", "metrics", "requests"}  # an empty one ran to a report, table or figure of nothing
+
+
+@pytest.mark.parametrize("path", [p for p in NOTEBOOKS if NEEDED_LISTS & set(_cells(p)[0])], ids=lambda p: p.name)
+def test_an_empty_list_of_what_the_notebook_reads_is_refused_by_name(path):
+    """`logs []` wrote a compliance report "verified (0 chains)" and let 08 take labels from the queue with no log
+    verified; `datasets []`, `metrics []` and `requests []` ran to an empty table or a misleading error."""
+    defaults, checks = _cells(path)
+    for name in NEEDED_LISTS & set(defaults):
+        with pytest.raises(ParameterError, match=f"parameter {name} needs at least 1 item"):
+            exec(compile(ast.Module(checks, []), str(path), "exec"), {**defaults, name: []})
+
+
+def test_an_output_folder_that_is_a_file_and_a_missing_input_are_named_before_any_work(tmp_path):
+    (tmp_path / "afile.txt").write_text("x")
+    assert as_out_dir("output_dir", tmp_path / "new" / "out") == tmp_path / "new" / "out"
+    for path in (tmp_path / "afile.txt", tmp_path / "afile.txt" / "run"):
+        with pytest.raises(ParameterError, match="parameter output_dir is an output folder, but .*afile.txt is a file"):
+            as_out_dir("output_dir", path)
+    assert as_input_file("summary_csv", tmp_path / "afile.txt", "run the sweep") == tmp_path / "afile.txt"
+    with pytest.raises(ParameterError, match="parameter summary_csv: no file .*nope.csv; run the sweep first"):
+        as_input_file("summary_csv", tmp_path / "nope.csv", "run the sweep first")
 
 
 def test_run_config_refuses_a_pet_flag_that_is_not_a_bool_and_takes_one_override_string():

@@ -99,6 +99,8 @@ def test_extract_labels_what_people_decided(ops_logs, tmp_path):
                                                    "line 1"):
         retrain.extract_rows([logs], reviews=both)
     assert report["left_out"]["not_a_label"] == report["left_out"]["no_gate_label"] == 0
+    with pytest.raises(retrain.ExtractError, match="no log folder given"):  # the queue alone, nothing verified
+        retrain.extract_rows([], queue=logs / "escalations.sqlite")
     from so8t_lib.workbench.retrain.extract import _moment  # a stamp without a zone is UTC, never local time
 
     assert _moment("2026-11-02T09:00:00") == _moment("2026-11-02T09:00:00Z") == "2026-11-02T09:00:00.000000+00:00"

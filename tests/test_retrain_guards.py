@@ -192,3 +192,12 @@ def test_retrain_run_places_the_staged_rows_and_data_once_the_run_may_go_on(last
     report = json.loads((work / "data" / "preprocess.json").read_text(encoding="utf-8"))
     assert report["input"] == str(work / "additional_training.jsonl")  # where the rows lie, not the staging copy
     assert not list(work.glob(".*"))  # no staging or swap folder left behind
+
+
+def test_a_misspelt_public_set_stops_the_flow_before_anything_is_read_or_trained(tmp_path):
+    """notebook 08 with public ["xtest"] failed only after extract, preprocess and training."""
+    from so8t_lib.data.tables import DataError
+
+    with pytest.raises(DataError, match="xtest: no such data set"):
+        retrain.run_flow([tmp_path / "logs"], tmp_path / "serving", tmp_path / "work", public=("xtest",))
+    assert not (tmp_path / "work").exists()

@@ -132,6 +132,9 @@ def load_any(name_or_path: str | Path) -> pd.DataFrame:
         split, size = named
         return load_split(split) if size is None else stratified_sample(load_split(split), size, seed=0)
     path = Path(text)
+    if not path.suffix and not path.exists():  # a misspelt name, not a missing file
+        raise DataError(f"{text}: no such data set; give a split ({', '.join(SPLITS)}, or split:N), a public set "
+                        f"({', '.join(BENCHMARKS)}) or a JSONL/CSV file")
     benchmark = recognise(path)
     return benchmark.load(path) if benchmark else load_table(path)
 

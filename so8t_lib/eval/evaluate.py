@@ -280,6 +280,8 @@ def evaluate_datasets(model, names: list[str], batch_size: int = 32, bootstrap: 
     from .baselines import baseline_probabilities
 
     names = [names] if isinstance(names, str) else names  # "test" is one data set, not four one-letter files
+    if not names:
+        raise DataError("no data set to evaluate: name at least one (a split, xstest, sst or a JSONL/CSV file)")
     tables = {**load_tables([n for n in names if str(n) not in (tables or {})]), **(tables or {})}
     results: dict = {"decision_rule": "argmax" if threshold is None else f"threshold {threshold}", "datasets": {}}
     lines: list[str] = []

@@ -160,6 +160,8 @@ def _finished_or_refuse(summary: pd.DataFrame, metrics: list[str], group: str) -
         statuses = summary["status"].fillna("(none)").value_counts().to_dict() if "status" in summary else {}
         raise ValueError(f"none of the {len(summary)} runs in the sweep's summary.csv finished (statuses: {statuses}): "
                          "nothing to analyze; rerun the sweep (so8t sweep resumes it) and read its errors first")
+    if not metrics:
+        raise ValueError("no metric to analyze: name at least one (e.g. macro_f1)")
     if missing := [m for m in metrics if m not in ok and f"metric.{m}" not in ok]:
         raise ValueError(f"the sweep's summary.csv has no metric {missing}; it has "
                          f"{sorted(str(c)[len('metric.'):] for c in ok if str(c).startswith('metric.'))}")
@@ -175,9 +177,13 @@ def analyze(summary: pd.DataFrame, metrics: list[str], group: str = "gate_order"
     """One row per (configuration, metric): n, mean, 95% interval; and against the baseline on the same seed
     and other settings (``configuration_columns``): mean difference, its interval, and the p-values.
 
-    ValueError, before anything is written, when no run finished, a column it needs is missing, or two
-    finished runs share one configuration and seed (pairing them would count one seed twice)."""
+    ValueError, before anything is written, when no run finished, a column or metric it needs is missing, the
+    baseline is none of several configurations of finished runs, or two finished runs share one configuration and seed
+    (pairing them would count one seed twice)."""
     ok = _finished_or_refuse(summary, metrics, group)
+    groups = set(ok[group].astype(str))
+    if baseline not in groups and len(groups) > 1:  # a typo read as "no baseline runs", blaming the sweep
+        raise ValueError(f"baseline {baseline!r} is no {group} of a finished run; the sweep has {sorted(groups)}")
     config_cols = configuration_columns(ok, group, pair_by)
     if (twice := ok[ok.duplicated(config_cols + ["seed"], keep=False)]).shape[0]:
         first = twice.iloc[0]

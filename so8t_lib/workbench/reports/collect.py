@@ -101,6 +101,8 @@ def collect(folders: list[str | Path] | str | Path, key: str | bytes | None = No
     for folder in map(Path, [folders] if isinstance(folders, str | Path) else folders):
         unique.setdefault(folder.resolve(), folder)  # a folder given twice (logs, logs/) is read once
     folders = list(unique.values())
+    if not folders:  # the report would say "audit chains verified (0 chains)" over no decisions
+        raise ReportError("no log folder given: name the folder(s) that hold the audit log")
     missing = [str(f) for f in folders if not f.is_dir()]
     if missing:
         raise ReportError(f"no log folder at {', '.join(missing)}")

@@ -29,7 +29,7 @@ from ...data.tables import DataError
 from ...train.run_folder import check_fresh
 from .deploy import GATE_FILE, NotPromoted, checked_gate, deploy
 from .extract import ExtractError, extract_rows, write_rows
-from .gate import check_gate_settings, compare, run_gate
+from .gate import check_gate_settings, compare, load_tables, run_gate
 from .preprocess import PreprocessError, check_out, preprocess
 from .train import (
     ORIGIN_FILE,
@@ -69,6 +69,7 @@ def run_flow(logs: list[str | Path], serving: str | Path, work: str | Path,
     (a full disk, no memory) ends the run as it is, its staging folder removed. Each run locks its staging folder
     (``core.staging``); the next run on the same ``work/`` removes (and logs) those no running run holds."""
     check_gate_settings(bootstrap, threshold, margin, eval_max_rows)  # before anything is trained
+    load_tables(list(public))  # a misspelt public set stops here, not after training (one not installed: a note)
     work = Path(work)
     summary: dict = {"serving": str(serving), "work": str(work)}
     config = retrain_config(base_config, serving, work / DATA_DIR, work / RUN_DIR, overrides)

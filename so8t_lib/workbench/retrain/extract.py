@@ -157,6 +157,8 @@ def extract_rows(logs: list[str | Path], queue: str | Path | None = None, review
     """(rows, report): labelled rows in the corpus's columns plus request_id, case_id, origin and
     decided_at; the report counts what was left out and why."""
     logs = _folders(logs)
+    if not logs:  # no log: nothing verified, yet the queue alone would give labels
+        raise ExtractError("no log folder given: name the folder(s) whose audit log recorded the decisions")
     verification = verify_chains(logs, hmac_key=hmac_key)
     problems = [f"{chain}: {e}" for chain, r in verification.items() for e in r["errors"]]
     if problems and require_verified:
