@@ -88,3 +88,24 @@ def test_a_record_that_starts_a_new_chain_says_so(service, capsys):
     assert so8t(["escalation", "--db", str(logs / "escalations.sqlite"), "resolve", case_id, "--decision", "REFUSE",
                  "--by", "Sato"]) == 0
     assert "no audit chain" not in capsys.readouterr().err                          # the service's own chain
+
+
+def test_a_file_that_is_no_audit_log_is_refused_and_left_whole(service, capsys):
+    """--audit-log naming the runtime config (or the queue) set the whole file aside as a "torn tail" and
+    wrote a record into it (or emptied the queue), exit 0; now exit 2, the file and the case untouched."""
+    logs, desk, case_id = service
+    config = desk / "basic.yaml"
+    config.write_text("runtime:\n  safety_threshold: 0.8\nlogging:\n  audit_log: logs/audit.jsonl\n", encoding="utf-8")
+    queue_file = logs / "escalations.sqlite"
+    for target in (config, queue_file):
+        before = target.read_bytes()
+        assert so8t(["escalation", "resolve", case_id, "--decision", "REFUSE", "--by", "Sato",
+                     "--audit-log", str(target)]) == 2
+        assert "holds no audit record: not an audit log" in capsys.readouterr().err
+        assert target.read_bytes() == before and not list(target.parent.glob(f"{target.name}.torn-*"))
+    assert escalation.EscalationQueue(queue_file).get(case_id)["status"] != "resolved"
+    log = audit.AuditLog(config)  # the service itself: an open error (readiness fails), appends fail closed
+    assert log.open_error and "not an audit log" in log.open_error
+    with pytest.raises(audit.AuditWriteError):
+        log.append({"request_id": "req_x", "decision": "ALLOW"})
+    assert config.read_text(encoding="utf-8").startswith("runtime:")

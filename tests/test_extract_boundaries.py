@@ -131,3 +131,25 @@ def test_a_supersede_written_through_a_replica_whose_clock_is_behind_still_wins(
     for db in (None, logs / "escalations.sqlite"):
         rows, _ = retrain.extract_rows([logs], queue=db)
         assert [(r["label"], r["case_id"]) for r in rows] == [("ESCALATE", "esc_1")], db
+
+
+def test_extract_out_never_replaces_the_log_the_queue_an_input_or_a_file_it_did_not_write(tmp_path, capsys):
+    """--out logs/audit.jsonl replaced the 22-record chain with 4 training rows, exit 0."""
+    from so8t_lib.cli import main as so8t
+
+    logs = tmp_path / "logs"
+    build_ops_logs(logs)
+    notes = tmp_path / "notes.jsonl"
+    notes.write_text('{"todo": "ask legal"}\n', encoding="utf-8")
+    kept = {p: p.read_bytes() for p in (*logs.iterdir(), notes) if p.is_file()}
+    for out, said in ((logs / "audit.jsonl", "lies in the log folder"), (logs / "rows.jsonl", "lies in the log folder"),
+                      (notes, "holds no extracted rows"), (tmp_path, "is a folder")):
+        assert so8t(["retrain", "extract", "--logs", str(logs), "--db", str(logs / "escalations.sqlite"),
+                     "--out", str(out)]) == 2
+        assert said in capsys.readouterr().err
+    assert {p: p.read_bytes() for p in kept} == kept and not (logs / "rows.jsonl").exists()
+    rows = tmp_path / "rows.jsonl"  # its own earlier output is replaced, as a rerun should
+    for _ in range(2):
+        assert so8t(["retrain", "extract", "--logs", str(logs), "--db", str(logs / "escalations.sqlite"),
+                     "--out", str(rows)]) == 0
+    assert len(rows.read_text(encoding="utf-8").splitlines()) > 0

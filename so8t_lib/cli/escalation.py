@@ -149,9 +149,12 @@ def open_audit_log(target: AuditTarget, enc_key: str | None, mac_key: str | None
             f"{target.source}")
     existed = target.path.is_file() or anchor_path(target.path).is_file()
     masking = masking or {}
-    return AuditLog(target.path, encryption_key=enc_key, hmac_key=mac_key,
-                    mask_input=masking.get("mask_personal_data", True),
-                    max_field_chars=masking.get("max_field_chars", 8192)), existed
+    log = AuditLog(target.path, encryption_key=enc_key, hmac_key=mac_key,
+                   mask_input=masking.get("mask_personal_data", True),
+                   max_field_chars=masking.get("max_field_chars", 8192))
+    if log.open_error:  # e.g. not an audit log at all: refused before the case is touched
+        raise NoAuditLog(log.open_error)
+    return log, existed
 
 
 def _new_chain_note(path: Path) -> None:

@@ -167,6 +167,7 @@ def _run(args) -> int:
 
 
 def _extract(args) -> int:
+    retrain.check_extract_out(args.out, args.logs, [args.db, args.reviews])  # before anything is read
     rows, report = retrain.extract_rows(args.logs, args.db, args.reviews, os.environ.get(args.key_env),
                                         os.environ.get(args.hmac_key_env))
     retrain.write_rows(rows, args.out)

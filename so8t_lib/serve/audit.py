@@ -153,6 +153,8 @@ class AuditLog:
         with self.path.open("rb") as handle:
             handle.seek(good_end)
             torn = handle.read()
+        if good_end == 0 and b"\n" in torn:  # whole lines and not one record: another file, not a torn write
+            raise OSError(f"{self.path} holds no audit record: not an audit log, left as it was; name audit.jsonl")
         target = sibling(self.path, f".torn-{_utc_stamp()}-{os.getpid()}")
         fd = os.open(target, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
         try:

@@ -28,7 +28,7 @@ from ...core.staging import LockedFolder, remove_stale
 from ...data.tables import DataError
 from ...train.run_folder import check_fresh
 from .deploy import GATE_FILE, NotPromoted, checked_gate, deploy
-from .extract import ExtractError, extract_rows, write_rows
+from .extract import ExtractError, check_extract_out, extract_rows, write_rows
 from .gate import check_gate_settings, compare, load_tables, run_gate
 from .preprocess import PreprocessError, check_out, preprocess
 from .train import (
@@ -42,7 +42,7 @@ from .train import (
     train_from_serving,
 )
 
-__all__ = ["GATE_FILE", "ContinuedTrainer", "ExtractError", "NotPromoted", "PreprocessError", "checked_gate",
+__all__ = ["GATE_FILE", "ContinuedTrainer", "ExtractError", "NotPromoted", "PreprocessError", "check_extract_out", "checked_gate",
            "compare", "deploy", "extract_rows", "preprocess", "retrain_config", "run_flow", "run_gate",
            "serving_training_config", "train_from_serving", "write_rows"]
 ROWS_FILE, DATA_DIR, RUN_DIR, DIST_DIR, SMOKE_DIR, SUMMARY_FILE = (

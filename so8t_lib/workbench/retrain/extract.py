@@ -260,6 +260,31 @@ def extract_rows(logs: list[str | Path], queue: str | Path | None = None, review
     return kept, report
 
 
+def check_extract_out(out: str | Path, logs: list[str | Path], inputs: list[str | Path | None]) -> None:
+    """ExtractError before anything is read when ``out`` would replace what an operator keeps: a file in a log
+    folder (the audit chain, the queue), one of the inputs, or an existing file that is not extracted rows."""
+    out = Path(out)
+    if out.is_dir():
+        raise ExtractError(f"--out {out} is a folder; name the JSONL file to write")
+    target = out.resolve()
+    for folder in map(Path, logs):
+        if target.is_relative_to(folder.resolve()):
+            raise ExtractError(f"--out {out} lies in the log folder {folder}, which holds the audit chain and the "
+                               "queue; write the rows elsewhere (e.g. experiments/runs/retrain/additional_training.jsonl)")
+    if any(given is not None and "://" not in str(given) and Path(given).resolve() == target for given in inputs):
+        raise ExtractError(f"--out {out} is one of the inputs (--db or --reviews); write the rows elsewhere")
+    if out.is_file() and out.stat().st_size:
+        with out.open("rb") as handle:
+            first = handle.readline()
+        try:
+            row = json.loads(first)
+        except ValueError:
+            row = None
+        if not (isinstance(row, dict) and {"request_id", "label", "user_request"} <= set(row)):
+            raise ExtractError(f"--out {out} exists and holds no extracted rows; choose another file, or move it "
+                               "away if it may be replaced")
+
+
 def write_rows(rows: list[dict], out: str | Path) -> Path:
     """The rows as JSON lines, written whole."""
     return atomic_write_text(out, "".join(json.dumps(r, ensure_ascii=False) + "\n" for r in rows))
