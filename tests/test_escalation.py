@@ -233,6 +233,9 @@ def test_redact_blanks_old_resolved_texts_keeps_the_decisions_and_is_audited(tmp
     assert so8t(["audit", "verify", str(tmp_path)]) in (0, None)                   # the chain still holds
     with pytest.raises(SystemExit):
         so8t(["escalation", "--db", db, "redact", "--resolved-before", "last year"])
+    kept = queue.list()  # a mistyped year would blank cases resolved minutes ago, for good
+    assert so8t(["escalation", "--db", db, "redact", "--resolved-before", "2099-01-01"]) == 2
+    assert "is in the future" in capsys.readouterr().err and queue.list() == kept
 
 
 def test_no_password_goes_to_a_server_without_starttls(tmp_path, smtp_server, monkeypatch):

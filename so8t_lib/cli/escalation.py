@@ -225,6 +225,11 @@ def main(argv: list[str] | None = None) -> int:
             return 0
         if args.command == "redact" and args.dry_run:  # writes nothing, so needs no audit log
             return _redact(queue, None, args.resolved_before, dry_run=True)
+        if args.command == "redact" and args.resolved_before > dt.datetime.now(dt.UTC) + dt.timedelta(days=1):
+            print(f"error: --resolved-before {args.resolved_before.date()} is in the future: it would blank cases "
+                  "resolved minutes ago, and blanking cannot be undone; give a past date (tomorrow: all so far)",
+                  file=sys.stderr)
+            return 2
         audit, existed = open_audit_log(target, enc_key, mac_key, masking)
         if args.command == "redact":
             code = _redact(queue, audit, args.resolved_before, dry_run=False)
