@@ -202,6 +202,13 @@ def test_restore_checks_everything_before_it_writes_and_never_overwrites(project
     with pytest.raises(SystemExit, match="never overwrites"):
         so8t(["restore", str(tmp_path / "b"), "--into", str(tmp_path / "busy")])
     assert (tmp_path / "busy" / "logs" / "audit.jsonl").read_text() == "{}\n"
+    live = {p.name: p.read_bytes() for p in (project / "logs").iterdir() if p.is_file()}
+    with pytest.raises(SystemExit, match="holds a live log .*audit"):  # a second chain beside the first, split in two
+        so8t(["restore", str(tmp_path / "b"), "--into", str(project / "logs")])
+    with pytest.raises(SystemExit, match="lies in the log folder"):  # lost with what it is meant to outlive
+        so8t(["backup", "--logs", "logs", "--out", str(project / "logs" / "backup")])
+    assert {p.name: p.read_bytes() for p in (project / "logs").iterdir() if p.is_file()} == live
+    assert not (project / "logs" / "backup").exists() and not (project / "logs" / "logs").exists()
 
 
 def test_two_gguf_files_of_one_name_are_both_kept_or_refused_before_anything_is_written(project, tmp_path):

@@ -311,6 +311,8 @@ def backup(out: str | Path, log_dir: str | Path, queue: str | Path | None = None
         raise BackupError(f"{out} already exists; a backup never overwrites another")
     if not log_dir.is_dir():
         raise BackupError(f"no log folder at {log_dir}")
+    if out.resolve().is_relative_to(log_dir.resolve()):  # lost with the folder it is meant to outlive
+        raise BackupError(f"{out} lies in the log folder {log_dir} it backs up; write the backup elsewhere")
     out.parent.mkdir(parents=True, exist_ok=True)
     tmp = Path(tempfile.mkdtemp(prefix=f".{out.name}.tmp-", dir=out.parent))
     try:
