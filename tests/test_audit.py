@@ -304,6 +304,25 @@ def test_a_re_created_anchor_is_reported_until_a_person_accepts_it(tmp_path, cap
     so8t(["audit", "accept-anchor", str(tmp_path), "--by", "Sato (audit)"])
     report = audit.verify(tmp_path)
     assert report["errors"] == [] and any("accepted by Sato (audit)" in n for n in report["notes"])
+    anchor = (tmp_path / "audit.jsonl.anchor").read_bytes()
+    for by, said in (("Ito", "accepted by Sato \\(audit\\) at .* already"),  # the first reviewer's name is kept
+                     ("\u200b", "name the person who decided")):  # a name that shows nothing names nobody
+        with pytest.raises(SystemExit, match=said):
+            so8t(["audit", "accept-anchor", str(tmp_path), "--by", by])
+    assert (tmp_path / "audit.jsonl.anchor").read_bytes() == anchor
+
+
+def test_a_signed_re_created_anchor_is_not_accepted_without_its_key(tmp_path, monkeypatch):
+    key = b"k" * 32
+    _fill(tmp_path, 2, hmac_key=key)
+    (tmp_path / "audit.jsonl.anchor").unlink()
+    audit.AuditLog(tmp_path / "audit.jsonl", hmac_key=key).append(_record(2))  # re-created, signed
+    with pytest.raises(SystemExit, match="anchor is signed: set the HMAC key"):  # it would be written unsigned
+        so8t(["audit", "accept-anchor", str(tmp_path), "--by", "Sato"])
+    monkeypatch.setenv("SO8T_AUDIT_HMAC_KEY", key.decode())
+    so8t(["audit", "accept-anchor", str(tmp_path), "--by", "Sato"])
+    report = audit.verify(tmp_path, hmac_key=key)
+    assert report["errors"] == [] and any("accepted by Sato" in n for n in report["notes"])
 
 
 def test_a_clear_writer_cannot_append_to_an_encrypted_log(tmp_path):

@@ -47,6 +47,7 @@ from .audit_files import (
     signature_matches,
     write_anchor,
 )
+from .reviewer_names import checked_name
 
 # How long a reader waits for the log's shared lock. Writers hold it for milliseconds, so a longer wait means a
 # holder that hung; a reader without a limit hung behind it too (`so8t audit show`, reports, backups).
@@ -314,9 +315,10 @@ def read_chains(folders: str | Path | list[str | Path], name: str = "audit.jsonl
 
 
 def accept_anchor(folder: str | Path, by: str, name: str = "audit.jsonl", hmac_key: str | bytes | None = None) -> dict:
-    """Record that a person reviewed a re-created anchor; verify then reports it as a note."""
-    if not by.strip():
-        raise ValueError("--by must name the person who reviewed the log")
+    """Record that a person reviewed a re-created anchor; verify then reports it as a note. Refused: a name that
+    shows nothing (as for a reviewer), an anchor already accepted (the first reviewer's name is kept), and a
+    signed anchor without its key (it would be written unsigned, and verify with the key would then fail)."""
+    by = checked_name(by)
     log = Path(folder) / name
     with file_lock(log, timeout=READ_LOCK_TIMEOUT_S):  # a person at a terminal: named, not hung, behind a holder
         anchor = read_anchor(log)
@@ -324,6 +326,12 @@ def accept_anchor(folder: str | Path, by: str, name: str = "audit.jsonl", hmac_k
             raise ValueError(f"{log}.anchor does not exist")
         if not anchor.get("adopted_at"):
             raise ValueError(f"{log}.anchor was not re-created; there is nothing to accept")
+        if anchor.get("accepted_by"):
+            raise ValueError(f"{log}.anchor was accepted by {anchor['accepted_by']} at {anchor.get('accepted_at')} "
+                             "already; nothing to do")
+        if "mac" in anchor and not hmac_key:
+            raise ValueError(f"{log}.anchor is signed: set the HMAC key (--hmac-key-env) so the accepted anchor "
+                             "stays signed")
         anchor.update(accepted_by=by.strip(), accepted_at=dt.datetime.now(dt.UTC).isoformat(timespec="seconds"))
         write_anchor(log, anchor, key_bytes(hmac_key))
     return anchor
