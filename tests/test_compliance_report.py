@@ -359,3 +359,19 @@ def test_one_log_folder_given_bare_is_one_folder_not_its_characters(november):
     for bare in (str(november), november):  # papermill -p logs logs gives notebook 07 one string
         report, _ = make_report(bare, dt.date(2026, 11, 2), dt.date(2026, 11, 9))
         assert report.summary == listed.summary and list(report.verification) == list(listed.verification)
+
+
+def test_a_copy_of_a_chain_given_beside_it_is_refused_not_counted_twice(november, tmp_path):
+    """`so8t report --logs logs --logs backup/logs` counted every decision of the copied chain twice."""
+    import shutil
+
+    shutil.copytree(november, tmp_path / "backup" / "logs")
+    with pytest.raises(ReportError, match="hold the same records .* give only one of the folders"):
+        make_report([november, tmp_path / "backup" / "logs"], dt.date(2026, 11, 2), dt.date(2026, 11, 9),
+                    tmp_path / "out")
+    assert not (tmp_path / "out").exists()
+    other = tmp_path / "other"  # another service's chain starts at the same place but holds other records
+    _decision(AuditLog(other / "audit.jsonl"), 1, _at(2, 9), "ALLOW", category="none")
+    report, _ = make_report([november, other], dt.date(2026, 11, 2), dt.date(2026, 11, 9))
+    alone, _ = make_report([november], dt.date(2026, 11, 2), dt.date(2026, 11, 9))
+    assert report.summary["decisions"] == alone.summary["decisions"] + 1

@@ -12,6 +12,7 @@ import datetime as dt
 from dataclasses import dataclass, field
 from pathlib import Path
 
+from ...serve.audit_files import GENESIS
 from ...serve.audit_verify import read_chains, verify_chains
 from ...serve.escalation import EscalationQueue, QueueError
 from ...serve.outcome import parse_time
@@ -110,9 +111,11 @@ def collect(folders: list[str | Path] | str | Path, key: str | bytes | None = No
     records, tests, undated, unreadable = [], [], 0, []
     unverified = {"appended": 0, "outside": 0}
     labels = _folder_labels(folders)
+    owners: dict = {}
     try:
         for folder in folders:
             for chain, record in read_chains(folder, name, key, unreadable):
+                _refuse_a_copy(owners, record, str(folder / chain))
                 where = _outside_verified(record, verification.get(str(folder / chain)))
                 if where is not None:  # never checked: written since (a live gate), or in no verified stretch
                     unverified[where] += 1
@@ -136,6 +139,19 @@ def collect(folders: list[str | Path] | str | Path, key: str | bytes | None = No
     if unverified["outside"]:
         notes.append(f"{unverified['outside']} record(s) outside the verified stretch of their chain were left out")
     return Collected(verification, records, tests, undated, notes)
+
+
+def _refuse_a_copy(owners: dict, record: dict, chain: str) -> None:
+    """ReportError when a record was read from another chain before: a backup or a restored copy given beside the
+    live folder would count every decision twice. A record is known by its hash (an encrypted one, decrypted, by
+    its place after the record before it; two chains' first records share that place, so those are not compared)."""
+    identity = record.get("hash") or (None if record.get("prev_hash") == GENESIS else
+                                      (record.get("seq"), record.get("prev_hash")))
+    if identity is None:
+        return
+    if (owner := owners.setdefault(identity, chain)) != chain:
+        raise ReportError(f"{chain} and {owner} hold the same records (a copy of one chain, such as a backup or a "
+                          "restored folder): give only one of the folders")
 
 
 def _outside_verified(record: dict, verification: dict | None) -> str | None:
