@@ -153,3 +153,14 @@ def test_extract_out_never_replaces_the_log_the_queue_an_input_or_a_file_it_did_
         assert so8t(["retrain", "extract", "--logs", str(logs), "--db", str(logs / "escalations.sqlite"),
                      "--out", str(rows)]) == 0
     assert len(rows.read_text(encoding="utf-8").splitlines()) > 0
+
+
+def test_another_services_queue_is_refused_not_read_as_this_logs_labels(tmp_path):
+    """--db of another service gave its cases as rows and dropped every resolution of this log, exit 0."""
+    ours, theirs = tmp_path / "ours", tmp_path / "theirs"
+    build_ops_logs(ours)
+    build_ops_logs(theirs)
+    with pytest.raises(retrain.ExtractError, match="none of the .* resolutions in the log is a case of the queue"):
+        retrain.extract_rows([ours], queue=theirs / "escalations.sqlite")
+    rows, report = retrain.extract_rows([ours], queue=ours / "escalations.sqlite")
+    assert rows and report["left_out"]["resolution_not_in_queue"] == 0

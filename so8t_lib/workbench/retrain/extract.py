@@ -179,8 +179,12 @@ def extract_rows(logs: list[str | Path], queue: str | Path | None = None, review
     standing = standing_resolutions(records)  # a withdrawn attempt is no label
     resolved: list[dict] = []
     if queue is not None:
+        logged = sum(not r.get("test") for r in standing)
         resolved, standing, not_held = _held(queue, key, standing)
         left_out["resolution_not_in_queue"] = sum(not r.get("test") for r in not_held)
+        if resolved and logged and left_out["resolution_not_in_queue"] == logged:  # labels from strangers' cases
+            raise ExtractError(f"none of the {logged} resolutions in the log is a case of the queue {queue}, which "
+                               "holds other resolved cases: it is another service's queue; give this log's --db")
     replaced = _replaced(standing)
     standing, tests = {id(r) for r in standing}, set()
     for record in records:
