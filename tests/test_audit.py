@@ -319,6 +319,9 @@ def test_a_signed_re_created_anchor_is_not_accepted_without_its_key(tmp_path, mo
     audit.AuditLog(tmp_path / "audit.jsonl", hmac_key=key).append(_record(2))  # re-created, signed
     with pytest.raises(SystemExit, match="anchor is signed: set the HMAC key"):  # it would be written unsigned
         so8t(["audit", "accept-anchor", str(tmp_path), "--by", "Sato"])
+    monkeypatch.setenv("SO8T_AUDIT_HMAC_KEY", "another key")  # re-signed with it, verify with the right key failed
+    with pytest.raises(SystemExit, match="anchor is signed: set the HMAC key it is signed with"):
+        so8t(["audit", "accept-anchor", str(tmp_path), "--by", "Sato"])
     monkeypatch.setenv("SO8T_AUDIT_HMAC_KEY", key.decode())
     so8t(["audit", "accept-anchor", str(tmp_path), "--by", "Sato"])
     report = audit.verify(tmp_path, hmac_key=key)

@@ -157,3 +157,15 @@ def test_expect_refuses_a_negative_seq(rotated, capsys):
     with pytest.raises(SystemExit) as exc:
         so8t(["audit", "verify", str(rotated), "--expect=-1:deadbeef"])
     assert exc.value.code == 2 and "0 or more" in capsys.readouterr().err
+
+
+def test_only_the_start_of_one_record_reads_as_a_torn_first_write():
+    """A file with no complete record is set aside as a torn tail only when it can be the writer's first line cut
+    by a crash; anything else (a config, the anchor, a key) is another file, which the writer must leave alone."""
+    from so8t_lib.serve.audit_files import encode_line, not_a_torn_write
+
+    line = encode_line({"seq": 0, "prev_hash": "0" * 64, "hash": "a" * 64, "decision": "ALLOW"})
+    assert not not_a_torn_write(line[:25]) and not not_a_torn_write(line.rstrip(b"\n"))  # cut, or cut at its newline
+    for other in (b'{"first_seq": 0, "last_seq": 3}', b"c2VjcmV0", b"runtime:\n  threshold: 0.8\n", b"{}\n{}",
+                  b"SQLite format 3\x00"):
+        assert not_a_torn_write(other), other

@@ -205,6 +205,9 @@ def test_restore_checks_everything_before_it_writes_and_never_overwrites(project
     live = {p.name: p.read_bytes() for p in (project / "logs").iterdir() if p.is_file()}
     with pytest.raises(SystemExit, match="holds a live log .*audit"):  # a second chain beside the first, split in two
         so8t(["restore", str(tmp_path / "b"), "--into", str(project / "logs")])
+    (tmp_path / "proj").mkdir()  # a project folder's own notes are no live log
+    (tmp_path / "proj" / "audit_notes.md").write_text("who reviewed what\n")
+    assert so8t(["restore", str(tmp_path / "b"), "--into", str(tmp_path / "proj")]) == 0
     with pytest.raises(SystemExit, match="lies in the log folder"):  # lost with what it is meant to outlive
         so8t(["backup", "--logs", "logs", "--out", str(project / "logs" / "backup")])
     assert {p.name: p.read_bytes() for p in (project / "logs").iterdir() if p.is_file()} == live

@@ -97,7 +97,9 @@ def test_a_file_that_is_no_audit_log_is_refused_and_left_whole(service, capsys):
     config = desk / "basic.yaml"
     config.write_text("runtime:\n  safety_threshold: 0.8\nlogging:\n  audit_log: logs/audit.jsonl\n", encoding="utf-8")
     queue_file = logs / "escalations.sqlite"
-    for target in (config, queue_file):
+    key_file = desk / "hmac.key"  # one line without a newline, as the anchor is too
+    key_file.write_bytes(b"c2VjcmV0LWtleS1mb3ItdGhlLWNoYWlu")
+    for target in (config, queue_file, logs / "audit.jsonl.anchor", key_file):
         before = target.read_bytes()
         assert so8t(["escalation", "resolve", case_id, "--decision", "REFUSE", "--by", "Sato",
                      "--audit-log", str(target)]) == 2

@@ -44,6 +44,7 @@ from .audit_files import (
     last_record,
     legacy_head_path,
     log_files,
+    not_a_torn_write,
     parse_record,
     read_anchor,
     read_lines,
@@ -153,8 +154,8 @@ class AuditLog:
         with self.path.open("rb") as handle:
             handle.seek(good_end)
             torn = handle.read()
-        if good_end == 0 and b"\n" in torn:  # whole lines and not one record: another file, not a torn write
-            raise OSError(f"{self.path} holds no audit record: not an audit log, left as it was; name audit.jsonl")
+        if good_end == 0 and not_a_torn_write(torn):  # another file (a config, the queue, the anchor, a key)
+            raise OSError(f"{self.path} holds no audit record: not an audit log, left as it was; name the chain")
         target = sibling(self.path, f".torn-{_utc_stamp()}-{os.getpid()}")
         fd = os.open(target, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
         try:
@@ -333,8 +334,7 @@ class AuditLog:
         return anchor
 
     def _start_compressing(self) -> None:
-        """The record is written: a gzip that cannot start (no threads left) must not fail it. The plain file
-        stays readable and is gzipped on a later rotation or start."""
+        """The record is written: a gzip that cannot start (no threads) must not fail it; it runs later."""
         try:
             self._compressor.start()
         except Exception as exc:  # noqa: BLE001 - never let the gzip decide a request a second time

@@ -176,6 +176,18 @@ def last_record(path: Path) -> dict | None:
     return parse_record(chunk.rstrip(b"\n").rsplit(b"\n", 1)[-1])
 
 
+def not_a_torn_write(content: bytes) -> bool:
+    """Whether a file's content, holding no complete record, cannot be the writer's first line cut by a crash: that
+    is the start of one JSON object without its newline, never whole lines, other text or complete other JSON."""
+    if b"\n" in content or not content.startswith(b"{"):
+        return True
+    try:
+        json.loads(content)
+    except (ValueError, RecursionError):
+        return False  # a cut object does not parse
+    return parse_record(content) is None
+
+
 def last_good_end(path: Path) -> tuple[int, int]:
     """(offset just after the last complete record line, file size). Everything after that offset
     is a torn tail: an unterminated line, or lines that are not records."""

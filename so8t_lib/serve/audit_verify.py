@@ -33,6 +33,7 @@ from .audit_files import (
     GENESIS,
     READ_ERRORS,
     AuditLockTimeout,
+    anchor_mac,
     anchor_path,
     chain_names,
     file_lock,
@@ -43,6 +44,7 @@ from .audit_files import (
     read_anchor,
     read_lines,
     record_hash,
+    same_digest,
     set_aside_files,
     signature_matches,
     write_anchor,
@@ -329,9 +331,9 @@ def accept_anchor(folder: str | Path, by: str, name: str = "audit.jsonl", hmac_k
         if anchor.get("accepted_by"):
             raise ValueError(f"{log}.anchor was accepted by {anchor['accepted_by']} at {anchor.get('accepted_at')} "
                              "already; nothing to do")
-        if "mac" in anchor and not hmac_key:
-            raise ValueError(f"{log}.anchor is signed: set the HMAC key (--hmac-key-env) so the accepted anchor "
-                             "stays signed")
+        if "mac" in anchor and not (hmac_key and same_digest(anchor["mac"], anchor_mac(anchor, key_bytes(hmac_key)))):
+            raise ValueError(f"{log}.anchor is signed: set the HMAC key it is signed with (--hmac-key-env) so the "
+                             "accepted anchor stays signed (no key, or another one, is refused)")
         anchor.update(accepted_by=by.strip(), accepted_at=dt.datetime.now(dt.UTC).isoformat(timespec="seconds"))
         write_anchor(log, anchor, key_bytes(hmac_key))
     return anchor

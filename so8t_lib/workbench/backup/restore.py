@@ -288,7 +288,8 @@ def restore(folder: str | Path, into: str | Path, queue_url: str | None = None,
         raise BackupError(f"{folder} did not pass its checks; nothing was restored:\n  " +
                           "\n  ".join(checks["problems"]))
     manifest = checks["manifest"]
-    if live := sorted(p.name for p in into.glob("*") if p.name.startswith("audit") or p.name == "escalations.sqlite"):
+    if live := sorted(p.name for p in into.glob("*") if ".jsonl" in p.name and p.name.startswith("audit")
+                      or p.name == "escalations.sqlite"):
         raise BackupError(f"{into} holds a live log ({', '.join(live[:3])}): restore into an empty folder, then "
                           "point the service at it; a second copy of the chain beside the first would split it")
     parts = _parts(manifest, folder, into)
