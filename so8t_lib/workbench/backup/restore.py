@@ -27,6 +27,7 @@ from pathlib import Path, PurePosixPath
 
 from ...core.checkpoint import CheckpointError, verify_manifest
 from ...core.io import sha256_file
+from ...serve.audit_files import chain_names
 from ...serve.audit_verify import verify
 from ...serve.escalation import EscalationQueue, QueueError
 from ...serve.router import load_router
@@ -288,8 +289,7 @@ def restore(folder: str | Path, into: str | Path, queue_url: str | None = None,
         raise BackupError(f"{folder} did not pass its checks; nothing was restored:\n  " +
                           "\n  ".join(checks["problems"]))
     manifest = checks["manifest"]
-    if live := sorted(p.name for p in into.glob("*") if ".jsonl" in p.name and p.name.startswith("audit")
-                      or p.name == "escalations.sqlite"):
+    if live := chain_names(into) + [SQLITE_FILE] * (into / SQLITE_FILE).exists():
         raise BackupError(f"{into} holds a live log ({', '.join(live[:3])}): restore into an empty folder, then "
                           "point the service at it; a second copy of the chain beside the first would split it")
     parts = _parts(manifest, folder, into)
