@@ -13,7 +13,13 @@ import pytest
 from pg_support import cluster
 
 from so8t_lib.serve import escalation
-from so8t_lib.serve.escalation import AlreadyResolved, EscalationQueue, QueueError, QueueUnavailable
+from so8t_lib.serve.escalation import (
+    AlreadyResolved,
+    EscalationQueue,
+    NothingToSupersede,
+    QueueError,
+    QueueUnavailable,
+)
 
 
 @pytest.fixture(params=["sqlite", "postgresql"])
@@ -71,6 +77,9 @@ def test_a_resolution_is_kept_a_second_needs_supersede_and_a_failed_audit_resolv
 
     with pytest.raises(OSError, match="disk full"):
         queue.resolve("esc_0001", "REFUSE", "Sato", before_commit=failing_audit)
+    assert queue.get("esc_0001")["status"] == "open" and queue.history("esc_0001") == []
+    with pytest.raises(NothingToSupersede, match="esc_0001 is open: nobody resolved it"):  # a mistyped case id?
+        queue.resolve("esc_0001", "REFUSE", "Sato", supersede=True, before_commit=failing_audit)
     assert queue.get("esc_0001")["status"] == "open" and queue.history("esc_0001") == []
     seen = []
     first = queue.resolve("esc_0001", "ALLOW", " Sato ", "first look", before_commit=seen.append)

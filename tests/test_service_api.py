@@ -246,6 +246,10 @@ def test_escalations_listed_and_resolved_by_reviewers_with_an_audit_record(serve
     assert listed["count"] == 2 and {c["request_id"] for c in listed["cases"]} == {r["request_id"] for r in decided}
     assert not any("Tanaka" in c["input"] for c in listed["cases"])  # masked in the queue
     case_id = decided[0]["escalation_id"]
+    early = client.post(f"/v1/escalations/{case_id}/resolve", headers=REVIEWER,
+                        json={"decision": "REFUSE", "by": "Sato (hr)", "supersede": True})
+    assert early.status_code == 409 and early.json()["error"]["type"] == "not_resolved"
+    assert "supersede: true" in early.json()["error"]["message"] and not records(folder(service), "resolution")
     resolved = client.post(f"/v1/escalations/{case_id}/resolve", json={"decision": "REFUSE", "by": "Sato (hr)"},
                            headers=REVIEWER)
     assert resolved.status_code == 200 and resolved.json()["case"]["status"] == "resolved"

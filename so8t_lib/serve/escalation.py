@@ -28,6 +28,14 @@ from ..core.schema import HUMAN_DECISIONS, LABELS
 from . import queue_sql
 from .audit_verify import make_fernet
 from .fields import bounded, masked_bounded
+from .queue_errors import (  # noqa: F401 - re-exported: callers catch them from here
+    AlreadyResolved,
+    NothingToSupersede,
+    QueueError,
+    QueueUnavailable,
+    ResolutionConflict,
+    ResolvedButUnread,
+)
 from .queue_sql import cases, resolutions
 from .reviewer_names import MAX_NAME_CHARS, checked_name, unseen  # noqa: F401 - re-exported
 
@@ -41,23 +49,6 @@ ENCRYPTED_MARK = "enc:"
 UNRESOLVED_STATUSES = ("open", "notified", "notify_failed")  # waiting for a person, whatever became of its notice
 CASE_STATUSES = (*UNRESOLVED_STATUSES, "resolved")
 UNRESOLVED = "unresolved"  # a list filter: every case of UNRESOLVED_STATUSES
-
-
-class QueueError(RuntimeError):
-    """The queue cannot be used: missing, not a queue, or not answering; the message names it."""
-
-
-class QueueUnavailable(QueueError):
-    """The queue did not answer within the bounded wait (locked by another process, or unreachable)."""
-
-
-class ResolvedButUnread(QueueError):
-    """The resolution was committed (and audited), but reading the case back failed: it must not be reported
-    as "not resolved"."""
-
-
-class AlreadyResolved(ValueError):
-    """A second resolution without ``supersede``: the first must not be overwritten silently."""
 
 
 def utc_now() -> dt.datetime:
@@ -329,6 +320,9 @@ class EscalationQueue:
                 what = last["decision"] if last is not None else row["human_decision"]
                 raise AlreadyResolved(f"case {case_id} was already resolved as {what} by {who}; pass --supersede to "
                                       "record a new decision (the earlier one stays in the history)")
+            if last is None and row["status"] != "resolved" and supersede:
+                raise NothingToSupersede(f"case {case_id} is open: nobody resolved it, so there is nothing to "
+                                         "supersede; check the case id, or resolve it without --supersede")
             if last is None and row["status"] == "resolved":  # resolved by an earlier version: keep it as history
                 db.execute(resolutions.insert().values(
                     case_id=case_id, decided_at=row["resolved_at"] or now, decision=row["human_decision"],

@@ -38,9 +38,9 @@ from ..audit import AuditWriteError
 from ..escalation import (
     CASE_STATUSES,
     UNRESOLVED,
-    AlreadyResolved,
     QueueError,
     QueueUnavailable,
+    ResolutionConflict,
     ResolvedButUnread,
 )
 from ..resolutions import resolve_audited
@@ -312,8 +312,8 @@ def create_app(service: Service) -> FastAPI:
         except KeyError:
             raise ApiError(404, "not_found", f"no escalation case {case_id!r}" + (
                 f" on the desks of {key.name!r}" if key.desks is not None else "")) from None
-        except AlreadyResolved as exc:
-            raise ApiError(409, "already_resolved", str(exc).replace("--supersede", "supersede: true")) from None
+        except ResolutionConflict as exc:
+            raise ApiError(409, exc.code, str(exc).replace("--supersede", "supersede: true")) from None
         except ResolvedButUnread as exc:  # done: retrying would only meet 409 already resolved
             raise ApiError(503, "resolved_not_shown", f"{exc}; GET /v1/escalations shows it",
                            {"Retry-After": "2"}) from None

@@ -232,7 +232,7 @@ def request_models(max_items: int) -> tuple[Any, Any]:
 
 ERRORS = {code: {"model": ErrorBody, "description": text} for code, text in {
     400: "the body cannot be read (not UTF-8)", 401: "no API key, or an unknown one", 403: "the key's role may not do this", 404: "no such case",
-    409: "already resolved (pass supersede)", 413: "the body is larger than service.max_body_bytes",
+    409: "already resolved (pass supersede), or supersede on a case nobody resolved", 413: "the body is larger than service.max_body_bytes",
     422: "the body or a parameter does not match the schema (the message names it)",
     429: "the key's rate limit (Retry-After says when to try again)",
     503: "overloaded, shutting down, or a store that does not answer"}.items()}
