@@ -195,6 +195,25 @@ def test_a_range_whose_first_records_were_rotated_away_says_its_counts_may_be_in
     assert not any("rotated away" in n for n in later.notes)  # the range starts after the first kept record
 
 
+def test_a_range_the_logs_cannot_fill_says_so_on_the_terminal_and_the_page(november, tmp_path, capsys):
+    """A mistyped year (or a month not over yet) must not read as a quiet month."""
+    now = dt.datetime(2026, 11, 5, 12, tzinfo=UTC)
+    report, _ = make_report([november], dt.date(2027, 11, 2), dt.date(2027, 11, 9), now=now)
+    assert report.summary["decisions"] == 0
+    assert any("starts after this report was made (2026-11-05T12:00:00+00:00)" in n for n in report.notes)
+    assert any("no record falls in the range; the logs hold records from 2026-11-01T08:00:00+00:00 to 2026-11-11" in n
+               for n in report.notes), report.notes
+    running, _ = make_report([november], dt.date(2026, 11, 1), dt.date(2026, 11, 30), now=now)
+    assert running.summary["decisions"] > 0 and not any("no record falls" in n for n in running.notes)
+    assert any("has not ended: the counts cover it up to 2026-11-05T12:00:00" in n for n in running.notes)
+    closed, _ = make_report([november], dt.date(2026, 11, 2), dt.date(2026, 11, 9),
+                            now=dt.datetime(2026, 12, 1, tzinfo=UTC))
+    assert not any("has not ended" in n or "no record falls" in n for n in closed.notes)
+    assert so8t(["report", "--logs", str(november), "--from", "2025-11-01", "--to", "2025-11-30",
+                 "--out", str(tmp_path / "reports")]) == 0
+    assert "note: no record falls in the range" in capsys.readouterr().out
+
+
 def test_the_sla_is_taken_as_given_even_zero_and_nonsense_is_refused(november, tmp_path, capsys):
     args = ["report", "--logs", str(november), "--from", "2026-11-02", "--to", "2026-11-09", "--out", str(tmp_path)]
     so8t([*args, "--sla-seconds", "0"])

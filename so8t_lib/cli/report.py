@@ -98,3 +98,5 @@ def _print_outcome(report: ComplianceReport) -> None:
     if "resolutions_not_in_queue" in s:
         print(f"resolutions checked against the escalation queue: {s['resolutions_not_in_queue']} record(s) it does "
               "not hold (a resolve stopped before its commit) left out")
+    for note in report.notes:  # also at the top of the page and in summary.json
+        print(f"note: {note}")

@@ -202,7 +202,8 @@ def build_report(collected: Collected, date_from: dt.date, date_to: dt.date, per
     tables = {"decisions": decision_table, "escalations": cases, "escalation_summary": _case_summary(cases, periods),
               "fail_closed": fail_table, "models": model_table, "mode_changes": switches}
     return ComplianceReport(date_from, date_to, period, sla_s, cutoff, collected.verification, tables, summary,
-                            [*collected.notes, *_rotated_away(collected, start)])
+                            [*collected.notes, *_rotated_away(collected, start),
+                             *_coverage(collected, start, end, cutoff, bool(in_range))])
 
 
 def _left_out(not_held: list[dict], cases: pd.DataFrame, cutoff: dt.datetime) -> int:
@@ -225,4 +226,21 @@ def _rotated_away(collected: Collected, start: dt.datetime) -> list[str]:
             notes.append(f"{chain}: its records up to seq {first_seq - 1} were rotated away (backup_count); it is "
                          f"read from {kept_from.isoformat(timespec='seconds')}, so the counts before that may be "
                          "incomplete")
+    return notes
+
+
+def _coverage(collected: Collected, start: dt.datetime, end: dt.datetime, cutoff: dt.datetime,
+              any_in_range: bool) -> list[str]:
+    """Notes for a range the logs cannot fill: one that has not ended yet (a later report counts more) and one
+    no record falls in (a mistyped year reads as a quiet month otherwise)."""
+    when = cutoff.isoformat(timespec="seconds")
+    notes = []
+    if start >= cutoff:
+        notes.append(f"the range starts after this report was made ({when}): nothing in it can have happened yet")
+    elif end > cutoff:
+        notes.append(f"the range has not ended: the counts cover it up to {when}, when this report was made")
+    if not any_in_range and collected.records:
+        first, last = (min(r["at"] for r in collected.records), max(r["at"] for r in collected.records))
+        notes.append(f"no record falls in the range; the logs hold records from {first.isoformat(timespec='seconds')} "
+                     f"to {last.isoformat(timespec='seconds')}")
     return notes
