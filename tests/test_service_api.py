@@ -24,6 +24,7 @@ from service_support import (
 from so8t_lib.core.config import ConfigError
 from so8t_lib.core.schema import ROUTE_CATEGORIES
 from so8t_lib.serve.http import ApiKeys, create_app
+from so8t_lib.serve.http import service as service_module
 from so8t_lib.serve.http.schemas import DecisionResult
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -103,6 +104,42 @@ def test_readyz_names_an_audit_log_that_cannot_be_written(serve):
     service.agent.audit.open_error = "audit.jsonl: cannot open the audit log (PermissionError)"
     answer = client.get("/readyz")
     assert answer.status_code == 503 and "PermissionError" in answer.json()["checks"]["audit_log"]
+
+
+@pytest.mark.parametrize("broken", ["log_is_a_folder", "folder_is_a_file"])
+def test_readyz_turns_not_ready_when_the_audit_log_breaks_under_a_running_service(serve, broken, monkeypatch):
+    """Replaced under the service (os.access says yes to root whatever the path is): every decision fails closed,
+    so a balancer must stop sending; ready again once the log is back and the hold has passed."""
+    service, client = serve(FixedDecider(PROBS["ALLOW"]))
+    logs, audit = folder(service), service.agent.audit.path
+    moved = logs.with_name(logs.name + ".moved")
+    assert client.post("/v1/decide", json={"user_request": "hello"}, headers=CLIENT).json()["decision"] == "ALLOW"
+    if broken == "log_is_a_folder":
+        audit.rename(audit.with_name("audit.moved"))
+        audit.mkdir()
+    else:
+        logs.rename(moved)
+        logs.write_text("a file where the log folder was", encoding="utf-8")
+    decided = client.post("/v1/decide", json={"user_request": "How do I file expenses?"}, headers=CLIENT).json()
+    assert decided["decision"] == "ESCALATE" and "audit_write_failed" in decided["flags"]
+    moderated = client.post("/v1/moderations", json={"input": "How do I file expenses?"}, headers=CLIENT).json()
+    assert max(moderated["results"][0]["category_scores"].values()) == 1.0  # the head's 0.1 is not the score
+    ready = client.get("/readyz")
+    expected = "is not a file" if broken == "log_is_a_folder" else "is missing or not a folder"
+    assert ready.status_code == 503 and expected in ready.json()["checks"]["audit_log"]
+    if broken == "log_is_a_folder":
+        audit.rmdir()
+        audit.with_name("audit.moved").rename(audit)
+    else:
+        logs.unlink()
+        moved.rename(logs)
+    held = client.get("/readyz").json()["checks"]["audit_log"]
+    assert held.startswith("not ready: the last audit write failed") and str(audit) in held
+    monkeypatch.setattr(service_module, "AUDIT_FAILURE_HOLD_S", 0)
+    assert client.get("/readyz").status_code == 200
+    assert client.post("/v1/decide", json={"user_request": "How do I file expenses?"},
+                       headers=CLIENT).json()["decision"] == "ALLOW"
+    assert service.agent.last_audit_failure is None
 
 
 @pytest.mark.parametrize("decision", ["ALLOW", "REFUSE", "ESCALATE"])

@@ -100,6 +100,7 @@ class Agent(BatchRunning, RequestDeciding, DecisionRecording):
         self._lock = threading.Lock()
         self._delivery = threading.local()  # the claim of the request a batch thread is recording (run_batch)
         self.audit_failures = 0
+        self.last_audit_failure = None
         if esc.enable_notifications and not test_mode and not self.notifier.channels():
             logger.warning("escalations will reach nobody: %s", NO_CHANNEL)
         elif esc.enable_notifications and not test_mode and self.notifier.unset_route_webhooks():

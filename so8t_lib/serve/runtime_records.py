@@ -38,6 +38,7 @@ class DecisionRecording:
     audit: AuditLog
     desk: EscalationDesk
     audit_failures: int
+    last_audit_failure: tuple[float, str] | None  # (time.monotonic(), why) while the latest append failed
     _mac_key: bytes | None  # as hmac takes it (runtime.Agent converts the configured key once)
     _lock: threading.Lock
     _delivery: threading.local
@@ -53,6 +54,7 @@ class DecisionRecording:
     def _audit_failed(self, result: dict, exc: Exception) -> None:
         with self._lock:
             self.audit_failures += 1
+            self.last_audit_failure = (time.monotonic(), str(exc))  # /readyz reports it
         logger.error("audit record of %s not written: %s", result["request_id"], exc)
         result["flags"] = list(dict.fromkeys([*result["flags"], "audit_write_failed"]))
 
@@ -76,6 +78,7 @@ class DecisionRecording:
             self._stamp(result, start)
             try:
                 self.audit.append(self._record(result, asked))
+                self.last_audit_failure = None
                 return result
             except AuditWriteError as exc:
                 self._audit_failed(result, exc)
@@ -100,7 +103,7 @@ class DecisionRecording:
         try:  # spooled: from here nothing may raise, or _guarded would open a second case for this request
             self._stamp(result, start)  # again, now counting the queue's wait
             self.audit.append(self._record(result, asked))
-            audited = True
+            audited, self.last_audit_failure = True, None
         except Exception as exc:  # noqa: BLE001 - an AuditWriteError, or a bug: the spool's replay writes it
             self._audit_failed(result, exc)
             result["error"] = join_errors(result["error"], f"audit write failed: {exc}")

@@ -385,10 +385,11 @@ def create_app(service: Service) -> FastAPI:
 
 def moderation_result(result: dict) -> dict:
     """OpenAI's moderation result for one decision: flagged unless ALLOW; the routed category carries
-    the score 1 - p(ALLOW) (1.0 when the gate could not decide)."""
+    the score 1 - p(ALLOW) (1.0 when the gate could not decide, even if the head had: a failed audit write)."""
     flagged = result["decision"] != "ALLOW"
     probs = result.get("probabilities") or {}
-    score = 1.0 if "ALLOW" not in probs else round(1.0 - float(probs["ALLOW"]), 6)
+    failed = "ALLOW" not in probs or "fail_closed" in (result.get("flags") or [])
+    score = 1.0 if failed else round(1.0 - float(probs["ALLOW"]), 6)
     category = result.get("category")
     return {
         "flagged": flagged,

@@ -9,6 +9,7 @@ import datetime as dt
 import logging
 import os
 import threading
+import time
 from collections.abc import Callable
 from pathlib import Path
 
@@ -23,6 +24,29 @@ from .emergency import API, EMERGENCY, EmergencySwitch, api_state_file
 from .metrics import ServiceMetrics
 
 logger = logging.getLogger("so8t.service")
+
+# how long /readyz reports a failed audit write: not ready stops a balancer's traffic, and only a request shows
+# that writing works again, so the replica is offered requests again after this
+AUDIT_FAILURE_HOLD_S = 30
+
+
+def audit_target_problem(path: Path) -> str | None:
+    """Why the audit log cannot be appended to, as far as can be told without writing a record: something other
+    than a file where it should be, its folder gone or not a folder, no permission (open for appending, which
+    writes nothing: ``os.access`` says yes to root whatever the file is)."""
+    if path.exists() or path.is_symlink():
+        if not path.is_file():
+            return f"{path} is not a file (the audit log must be one)"
+        try:
+            with open(path, "ab"):
+                return None
+        except OSError as exc:
+            return f"{path} cannot be opened for appending: {exc.strerror or exc}"
+    if not path.parent.is_dir():
+        return f"the audit log's folder {path.parent} is missing or not a folder"
+    if not os.access(path.parent, os.W_OK | os.X_OK):
+        return f"{path.parent} is not writable"
+    return None
 
 
 class Service:
@@ -182,12 +206,15 @@ class Service:
             checks["model"] = f"not ready: {agent.load_error or 'no model loaded'}"
         checks["router"] = (f"learned: {agent.config.escalation.router}" if agent.router is not None
                             else f"keyword table only: {agent.router_error or 'no escalation.router configured'}")
-        audit = agent.audit.path
-        target = audit if audit.exists() else audit.parent
+        audit, failure = agent.audit.path, agent.last_audit_failure
         if agent.audit.open_error:
             checks["audit_log"] = f"not ready: {agent.audit.open_error}"
-        elif not os.access(target, os.W_OK):
-            checks["audit_log"] = f"not ready: {target} is not writable"
+        elif problem := audit_target_problem(audit):
+            checks["audit_log"] = f"not ready: {problem}"
+        elif failure is not None and (ago := time.monotonic() - failure[0]) < AUDIT_FAILURE_HOLD_S:
+            checks["audit_log"] = (f"not ready: the last audit write failed {ago:.0f}s ago ({failure[1]}); every "
+                                   f"decision fails closed until one is written (ready again {AUDIT_FAILURE_HOLD_S}s "
+                                   "after a failure, to let a request try)")
         else:
             checks["audit_log"] = f"writable: {audit}"
         if self.draining or not self.batcher.started:
