@@ -24,7 +24,7 @@ def client(tmp_path):
 
 REFUSED_CALLS = {  # what each is refused with while the key has tokens
     "unreadable body": (400, lambda c: c.post("/v1/decide", content=b'{"user_request":"\xe9"}', headers=JSON)),
-    "deeply nested body": (400, lambda c: c.post("/v1/decide", content=b"[" * 3000 + b"]" * 3000, headers=JSON)),
+    "deeply nested body": (422, lambda c: c.post("/v1/decide", content=b"[" * 3000 + b"]" * 3000, headers=JSON)),
     "unknown query": (422, lambda c: c.post("/v1/decide?verbose=1", json=GOOD, headers=CLIENT)),
     "unknown query, moderations": (422, lambda c: c.post("/v1/moderations?x=1", json={"input": "hi"}, headers=CLIENT)),
     "invalid body": (422, lambda c: c.post("/v1/moderations", json={"input": 5}, headers=CLIENT)),
@@ -36,8 +36,8 @@ REFUSED_CALLS = {  # what each is refused with while the key has tokens
 
 @pytest.mark.parametrize(("code", "call"), REFUSED_CALLS.values(), ids=REFUSED_CALLS.keys())
 def test_a_refused_call_uses_up_the_key_and_an_empty_bucket_is_429_before_it_is_read(client, code, call, tmp_path):
-    """A 400 (FastAPI could not read the body) and the app-wide unknown-query 422 were never charged: unlimited,
-    free parsing of up to max_body_bytes each, and never a 429."""
+    """A 400 (FastAPI could not read the body), a 422 past the JSON parser and the app-wide unknown-query 422
+    were never charged: unlimited, free parsing of up to max_body_bytes each, and never a 429."""
     assert [call(client).status_code for _ in range(3)] == [code] * 3
     limited = call(client)
     assert limited.status_code == 429 and limited.json()["error"]["type"] == "rate_limited"

@@ -60,3 +60,23 @@ def test_a_key_with_an_empty_bucket_gets_429_for_a_body_that_is_not_json_too(cli
     limited = client.post("/v1/moderations", content=b"{", headers=broken)
     assert limited.status_code == 429 and int(limited.headers["Retry-After"]) >= 1
     assert client.post("/v1/decide", json={"user_request": "hi"}, headers=CLIENT).status_code == 429
+
+
+def test_a_body_not_sent_as_json_or_past_the_parser_gets_an_error_naming_that_and_no_record(tmp_path):
+    """curl -d sends a form: the schema's message alone blamed the fields. Text the JSON parser gives up on
+    (nesting past the recursion limit, a 5,000-digit number) is invalid JSON (422), not unreadable bytes (400)."""
+    service = make_service(tmp_path / "logs")
+    body = b'{"user_request": "How do I file expenses?"}'
+    json_headers = {**CLIENT, "Content-Type": "application/json"}
+    with TestClient(create_app(service)) as client:
+        for given in ("application/x-www-form-urlencoded", "text/plain"):
+            sent = client.post("/v1/decide", content=body, headers={**CLIENT, "Content-Type": given})
+            message = sent.json()["error"]["message"]
+            assert sent.status_code == 422 and f"send Content-Type: application/json (got '{given}')" in message
+        for deep in (b"[" * 50_000 + b"]" * 50_000, b'{"user_request": ' + b"9" * 5_000 + b"}"):
+            refused = client.post("/v1/decide", content=deep, headers=json_headers)
+            assert refused.status_code == 422 and "not JSON this service can read" in refused.json()["error"]["message"]
+        not_text = client.post("/v1/decide", content=b'{"user_request": "\xff"}', headers=json_headers)
+        assert not_text.status_code == 400 and "cannot be read" in not_text.json()["error"]["message"]
+        assert client.post("/v1/decide", content=body, headers=json_headers).json()["decision"] == "ALLOW"
+    assert [r["input"] for r in records(tmp_path / "logs")] == ["How do I file expenses?"]  # the one that was read

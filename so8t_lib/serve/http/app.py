@@ -16,17 +16,16 @@ never an ALLOW.
 
 # No "from __future__ import annotations": FastAPI reads the route signatures, whose body types are
 # built inside create_app from the config.
-import json
 import logging
 import re
 import uuid
 from contextlib import asynccontextmanager
-from typing import Annotated, Any, Literal
+from typing import Annotated, Literal
 
 from fastapi import Body, Depends, FastAPI, Query, Request
 from fastapi import Path as FastPath
 from fastapi.exceptions import RequestValidationError
-from fastapi.responses import HTMLResponse, JSONResponse, Response
+from fastapi.responses import HTMLResponse, Response
 from fastapi.security import HTTPAuthorizationCredentials, HTTPBearer
 from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
 from starlette.concurrency import run_in_threadpool
@@ -49,6 +48,16 @@ from .auth import CLIENT, REVIEWER, ApiKey, RateLimiter
 from .batching import Closing, Overloaded
 from .dashboard_page import PAGE, SCRIPT
 from .emergency import API, SwitchRefused
+from .errors import (
+    KINDS,
+    ApiError,
+    SafeJSONResponse,
+    content_type_hint,
+    error_response,
+    reject_unknown_query,
+    schema_problems,
+    unreadable_body,
+)
 from .middleware import BodySizeLimit, HttpMetrics, RequireKey
 from .schemas import (
     DecisionResult,
@@ -70,73 +79,7 @@ from .service import Service
 CASE_ID_PATTERN = r"^[A-Za-z0-9_-]{1,64}$"  # case ids are esc_ and hex; anything else cannot name one
 logger = logging.getLogger("so8t.service")
 BEARER = Depends(HTTPBearer(auto_error=False, description="an API key: Authorization: Bearer <secret>"))
-
-
-class ApiError(HTTPException):
-    def __init__(self, status: int, kind: str, message: str, headers: dict | None = None) -> None:
-        super().__init__(status, message, headers)
-        self.kind = kind
-
-
-class SafeJSONResponse(JSONResponse):
-    """UTF-8 JSON; text the client sent that cannot be UTF-8 (a lone surrogate) is escaped, not a 500."""
-
-    def render(self, content: Any) -> bytes:
-        try:
-            return json.dumps(content, ensure_ascii=False, allow_nan=False, separators=(",", ":")).encode("utf-8")
-        except UnicodeEncodeError:
-            return json.dumps(content, ensure_ascii=True, allow_nan=False, separators=(",", ":")).encode("ascii")
-
-
-def _error(status: int, kind: str, message: str, headers: dict | None = None) -> SafeJSONResponse:
-    return SafeJSONResponse({"error": {"type": kind, "message": message}}, status, headers=headers)
-
-
-KINDS = {400: "invalid_request", 401: "unauthorized", 403: "forbidden", 404: "not_found", 405: "method_not_allowed",
-         409: "conflict", 413: "request_too_large", 422: "invalid_request", 429: "rate_limited",
-         503: "unavailable"}
-
-
 CHARGED = re.compile(r"/v1/(decide|moderations|escalations/[^/]+/outcome)")  # calls counted against a key's rate
-MAX_LOCATION_CHARS = 64  # of each part of a problem's location: an unknown field's name is the client's text
-
-
-def _problems(exc: RequestValidationError) -> str:
-    """Each schema problem as 'where: what' (never the value: it may be megabytes of hostile text; nor more than
-    the start of a field name the client made up)."""
-    parts = []
-    for err in exc.errors()[:10]:
-        if err.get("type") == "json_invalid":
-            parts.append(f"the body is not valid JSON ({err.get('ctx', {}).get('error', 'cannot be parsed')})")
-            continue
-        where = ".".join(_short(str(p)) for p in err.get("loc", ()) if p not in ("body",)) or "body"
-        parts.append(f"{where}: {err.get('msg', 'invalid')}")
-    return "; ".join(parts)
-
-
-def _short(text: str) -> str:
-    return text if len(text) <= MAX_LOCATION_CHARS else text[:MAX_LOCATION_CHARS] + "…"
-
-
-def _query_names(dependant) -> set[str]:
-    names = {p.alias for p in dependant.query_params}
-    for sub in dependant.dependencies:
-        names |= _query_names(sub)
-    return names
-
-
-def reject_unknown_query(request: Request) -> None:
-    """A query parameter the route does not take is an error, not silently ignored (a typo such as
-    ?stauts=open would otherwise list every case)."""
-    route = request.scope.get("route")
-    dependant = getattr(route, "dependant", None)
-    if dependant is None:
-        return
-    known = _query_names(dependant)
-    unknown = sorted(set(request.query_params) - known)
-    if unknown:
-        raise ApiError(422, "invalid_request", f"unknown query parameter(s) {unknown}; this route takes "
-                       f"{sorted(known) or 'none'}")
 
 
 def create_app(service: Service) -> FastAPI:
@@ -162,20 +105,18 @@ def create_app(service: Service) -> FastAPI:
 
     @app.exception_handler(HTTPException)
     async def http_error(request: Request, exc: HTTPException):
-        kind = getattr(exc, "kind", None) or KINDS.get(exc.status_code, "error")
-        message = str(exc.detail)
-        if exc.status_code == 400 and exc.__cause__ is not None:  # FastAPI could not read the body
-            message = f"the body cannot be read: {type(exc.__cause__).__name__}: {str(exc.__cause__)[:200]}"
-        return _error(exc.status_code, kind, message, getattr(exc, "headers", None))
+        status, kind, message = unreadable_body(exc) or (
+            exc.status_code, getattr(exc, "kind", None) or KINDS.get(exc.status_code, "error"), str(exc.detail))
+        return error_response(status, kind, message, getattr(exc, "headers", None))
 
     @app.exception_handler(RequestValidationError)
     async def invalid(request: Request, exc: RequestValidationError):  # on a charged path, already paid (admit)
-        return _error(422, "invalid_request", _problems(exc))
+        return error_response(422, "invalid_request", content_type_hint(request) + schema_problems(exc))
 
     @app.exception_handler(Exception)
     async def internal(request: Request, exc: Exception):
         logger.exception("unhandled error on %s", request.url.path)
-        return _error(500, "internal_error", f"{type(exc).__name__}: the service failed; no decision was made")
+        return error_response(500, "internal_error", f"{type(exc).__name__}: the service failed; no decision was made")
 
     def role(required: str):
         def check(credentials: HTTPAuthorizationCredentials | None = BEARER) -> ApiKey:
