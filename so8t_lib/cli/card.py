@@ -2,7 +2,8 @@
 
     so8t card [--config configs/training.yaml] [--eval experiments/eval/so8t-demo.json] [--out MODEL_CARD.md]
     so8t card --config configs/tiny-training.yaml --eval experiments/eval/so8t-tiny.json --quant \\
-        benchmarks/results/gguf_decisions_cpu.json --compare "" --refit "" --operating-points "" --out build/tiny_card.md --figures ""
+        benchmarks/results/gguf_decisions_cpu.json --compare "" --refit "" --operating-points "" --seeds "" \\
+        --out build/tiny_card.md --figures ""
 
 The recipe is read from --config (the committed file the run was trained with) or, when --run names a run
 folder that still holds its config.yaml, from there.

@@ -6,8 +6,8 @@ pass of the lower layers, with a progress bar), stores it as one float32 array u
 ``$SO8T_CACHE/states/<key>/``, and hands batches of it to the trainer, which then runs only the layers from
 k up. The key is a hash of everything the states depend on: the base (its fingerprint, or the tiny preset's
 config), k, and the token ids of every row, so a changed corpus, tokenizer or prompt builds a new cache. The index
-records the states file's sha256, checked the first time a process opens the cache (the demo's 3.1 GB file: 9 s
-from disk, 2.3 s from the page cache, on its 2-core machine): a file damaged at the same size would otherwise train
+records the states file's sha256, checked the first time a process opens the cache (the demo's 3.1 GB file is read
+once more to hash it): a file damaged at the same size would otherwise train
 on wrong states without a word.
 """
 
