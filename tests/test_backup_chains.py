@@ -90,6 +90,11 @@ def test_backup_takes_the_chain_the_config_names_and_refuses_when_it_is_not_ther
     with pytest.raises(SystemExit, match=r"no audit log other\.jsonl in logs.*audit\.jsonl there is another log"):
         so8t(["backup", "--config", "other.yaml", "--configs", "other.yaml", "--out", "b2"])
     assert not (tmp_path / "b2").exists()
+    (tmp_path / "conf").mkdir()
+    (tmp_path / "conf" / "gate.yml").write_text("a config named .yml is not taken\n", encoding="utf-8")
+    with pytest.raises(SystemExit, match=r"no config \(\*\.yaml\) in conf \(--configs"):  # a mistyped folder
+        so8t(["backup", "--config", "gate.yaml", "--configs", "conf", "--out", "b3"])
+    assert not (tmp_path / "b3").exists()
 
 
 def test_backup_with_logs_takes_the_queue_the_service_keeps_there_and_refuses_without_it(tmp_path, monkeypatch):

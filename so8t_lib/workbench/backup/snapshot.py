@@ -270,6 +270,9 @@ def _copy_configs(configs: list[str | Path], folder: Path) -> list[str]:
     kept: dict[str, tuple[Path, bool]] = {}  # name -> (file, named on its own)
     for source in map(Path, configs):
         named = not source.is_dir()
+        if not named and not any(source.glob("*.yaml")):  # a mistyped folder would back up no config, silently
+            raise BackupError(f"no config (*.yaml) in {source} (--configs; default configs/): name the folder that "
+                              "holds them, or each file")
         for path in sorted(source.glob("*.yaml")) if source.is_dir() else [source]:
             if not path.is_file():
                 raise BackupError(f"config not found: {path}")
