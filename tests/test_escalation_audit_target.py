@@ -105,9 +105,13 @@ def test_a_file_that_is_no_audit_log_is_refused_and_left_whole(service, capsys):
                      "--audit-log", str(target)]) == 2
         assert "holds no audit record: not an audit log" in capsys.readouterr().err
         assert target.read_bytes() == before and not list(target.parent.glob(f"{target.name}.torn-*"))
+        assert not target.with_name(target.name + ".lock").exists()  # nothing left beside it either
     assert escalation.EscalationQueue(queue_file).get(case_id)["status"] != "resolved"
     log = audit.AuditLog(config)  # the service itself: an open error (readiness fails), appends fail closed
     assert log.open_error and "not an audit log" in log.open_error
     with pytest.raises(audit.AuditWriteError):
         log.append({"request_id": "req_x", "decision": "ALLOW"})
     assert config.read_text(encoding="utf-8").startswith("runtime:")
+    assert not config.with_name("basic.yaml.lock").exists()
+    config.with_name("basic.yaml.lock").touch()  # one that was there before a refusal stays: a writer may hold it
+    assert audit.AuditLog(config).open_error and config.with_name("basic.yaml.lock").exists()

@@ -40,17 +40,16 @@ from .audit_files import (
     file_lock,
     first_record,
     key_bytes,
-    last_good_end,
     last_record,
     legacy_head_path,
     log_files,
-    not_a_torn_write,
     parse_record,
     read_anchor,
     read_lines,
     record_hash,
     record_mac,
     rotated_path,
+    set_aside_torn_tail,
     sibling,
     write_anchor,
 )
@@ -68,10 +67,6 @@ FIND_SLACK_S = 600.0
 
 class AuditWriteError(RuntimeError):
     """A record could not be written whole; the message names the file and the cause."""
-
-
-def _utc_stamp() -> str:
-    return dt.datetime.now(dt.UTC).strftime("%Y%m%dT%H%M%S.%fZ")
 
 
 @dataclass
@@ -148,27 +143,9 @@ class AuditLog:
             self._move_anchor(anchor, last, last)
 
     def _set_aside_torn_tail(self) -> None:
-        good_end, size = last_good_end(self.path)
-        if good_end == size:
-            return
-        with self.path.open("rb") as handle:
-            handle.seek(good_end)
-            torn = handle.read()
-        if good_end == 0 and not_a_torn_write(torn):  # another file (a config, the queue, the anchor, a key)
-            raise OSError(f"{self.path} holds no audit record: not an audit log, left as it was; name the chain")
-        target = sibling(self.path, f".torn-{_utc_stamp()}-{os.getpid()}")
-        fd = os.open(target, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
-        try:
-            os.write(fd, torn)
-            os.fsync(fd)
-        finally:
-            os.close(fd)
-        with self.path.open("rb+") as handle:
-            handle.truncate(good_end)
-            os.fsync(handle.fileno())
-        self.set_aside.append(target)
-        logger.warning("%s: set aside %d bytes of an unfinished write as %s; the chain continues from the last "
-                       "complete record", self.path, len(torn), target.name)
+        target = set_aside_torn_tail(self.path)
+        if target is not None:
+            self.set_aside.append(target)
 
     def _needs_key(self, last: dict | None) -> bool:
         """Whether the chain's last record is encrypted and this log has no key to continue it."""

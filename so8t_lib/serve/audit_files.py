@@ -15,11 +15,13 @@ In a log folder, for a log named ``audit.jsonl``:
 
 from __future__ import annotations
 
+import datetime as dt
 import fcntl
 import gzip
 import hashlib
 import hmac
 import json
+import logging
 import os
 import re
 import zlib
@@ -29,6 +31,8 @@ from pathlib import Path
 from typing import BinaryIO
 
 from .audit_lock import AuditLockTimeout, lock_within  # noqa: F401 - AuditLockTimeout is part of this API
+
+logger = logging.getLogger("so8t.audit")
 
 GENESIS = "0" * 64
 ANCHOR_FORMAT = 1
@@ -276,13 +280,31 @@ def write_anchor(log: Path, anchor: dict, key: bytes | None = None) -> None:
     os.replace(tmp, path)
 
 
+class NotAnAuditLog(OSError):
+    """The file where the log should be holds no record and cannot be a crash's torn first write: another file
+    (a config, the queue, a key), left as it was."""
+
+
 @contextmanager
 def file_lock(log: Path, shared: bool = False, timeout: float | None = None) -> Iterator[None]:
     """The log's lock: exclusive for writers, shared for readers that need a consistent view (a reader opens
     an existing lock file read-only, so it can take the lock where it may not write: a verifier's sandbox).
     With ``timeout``, ``AuditLockTimeout`` after that many seconds of waiting (a hung holder must not hang the
-    gate: its caller fails closed instead), still in the kernel's queue (``audit_lock``)."""
+    gate: its caller fails closed instead), still in the kernel's queue (``audit_lock``). A lock file this call
+    made beside a file that turns out not to be a log (``NotAnAuditLog``) is removed with the refusal."""
     path = lock_path(log)
+    made = not path.exists()
+    try:
+        with _held(path, shared, timeout):
+            yield
+    except NotAnAuditLog:
+        if made:
+            path.unlink(missing_ok=True)
+        raise
+
+
+@contextmanager
+def _held(path: Path, shared: bool, timeout: float | None) -> Iterator[None]:
     if timeout is not None:
         fd = lock_within(path, shared, timeout)
         try:
@@ -297,6 +319,34 @@ def file_lock(log: Path, shared: bool = False, timeout: float | None = None) -> 
             yield
         finally:
             fcntl.flock(lock, fcntl.LOCK_UN)
+
+
+def set_aside_torn_tail(log: Path) -> Path | None:
+    """Move what follows the log's last complete record (a write a crash cut off) into a ``.torn-`` file beside
+    it and cut the log there; the file it went to, or None when there was nothing. Called under the lock. A file
+    with no record at all that cannot be a torn first write is refused (``NotAnAuditLog``), left as it was."""
+    good_end, size = last_good_end(log)
+    if good_end == size:
+        return None
+    with log.open("rb") as handle:
+        handle.seek(good_end)
+        torn = handle.read()
+    if good_end == 0 and not_a_torn_write(torn):  # another file (a config, the queue, the anchor, a key)
+        raise NotAnAuditLog(f"{log} holds no audit record: not an audit log, left as it was; name the chain")
+    stamp = dt.datetime.now(dt.UTC).strftime("%Y%m%dT%H%M%S.%fZ")
+    target = sibling(log, f".torn-{stamp}-{os.getpid()}")
+    fd = os.open(target, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
+    try:
+        os.write(fd, torn)
+        os.fsync(fd)
+    finally:
+        os.close(fd)
+    with log.open("rb+") as handle:
+        handle.truncate(good_end)
+        os.fsync(handle.fileno())
+    logger.warning("%s: set aside %d bytes of an unfinished write as %s; the chain continues from the last "
+                   "complete record", log, len(torn), target.name)
+    return target
 
 
 def key_bytes(key: str | bytes | None) -> bytes | None:
