@@ -309,7 +309,7 @@ def test_a_second_resolution_needs_supersede_and_both_are_kept_and_audited(tmp_p
     agent = _agent(tmp_path, enable_notifications=False)
     case_id = agent.run_agent(None, "契約書の条項について法務の判断が必要です")["escalation_id"]
     db = str(tmp_path / "cases.sqlite")
-    with pytest.raises(SystemExit, match=f"{case_id} is open.*resolve it without --supersede"):
+    with pytest.raises(SystemExit, match=f"{case_id} has no resolution.*resolve it without --supersede"):
         so8t(["escalation", "--db", db, "resolve", case_id, "--decision", "ALLOW", "--by", "Sato", "--supersede"])
     assert not [r for r in _records(tmp_path) if r.get("event") == "resolution"]
     so8t(["escalation", "--db", db, "resolve", case_id, "--decision", "ALLOW", "--by", "Sato", "--note", "first look"])

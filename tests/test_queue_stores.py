@@ -78,7 +78,7 @@ def test_a_resolution_is_kept_a_second_needs_supersede_and_a_failed_audit_resolv
     with pytest.raises(OSError, match="disk full"):
         queue.resolve("esc_0001", "REFUSE", "Sato", before_commit=failing_audit)
     assert queue.get("esc_0001")["status"] == "open" and queue.history("esc_0001") == []
-    with pytest.raises(NothingToSupersede, match="esc_0001 is open: nobody resolved it"):  # a mistyped case id?
+    with pytest.raises(NothingToSupersede, match=r"esc_0001 has no resolution \(open\): there is nothing to"):
         queue.resolve("esc_0001", "REFUSE", "Sato", supersede=True, before_commit=failing_audit)
     assert queue.get("esc_0001")["status"] == "open" and queue.history("esc_0001") == []
     seen = []

@@ -4,6 +4,7 @@ fail-closed), the OpenAI moderation shape, roles and keys (401/403), the body li
 
 from __future__ import annotations
 
+import os
 from pathlib import Path
 
 import pytest
@@ -140,6 +141,16 @@ def test_readyz_turns_not_ready_when_the_audit_log_breaks_under_a_running_servic
     assert client.post("/v1/decide", json={"user_request": "How do I file expenses?"},
                        headers=CLIENT).json()["decision"] == "ALLOW"
     assert service.agent.last_audit_failure is None
+
+
+def test_the_readiness_probe_never_creates_the_audit_log(tmp_path):
+    """A rotation renames the live log away; the probe must leave its creation (and its 0600 mode) to the writer."""
+    log = tmp_path / "audit.jsonl"
+    assert service_module.audit_target_problem(log) is None and not log.exists()
+    os.mkfifo(tmp_path / "fifo.jsonl")  # opened without blocking: a FIFO with no reader cannot be appended to
+    assert "cannot be opened for appending" in service_module.audit_target_problem(tmp_path / "fifo.jsonl")
+    (tmp_path / "file").write_text("x", encoding="utf-8")
+    assert "is missing or not a folder" in service_module.audit_target_problem(tmp_path / "file" / "audit.jsonl")
 
 
 @pytest.mark.parametrize("decision", ["ALLOW", "REFUSE", "ESCALATE"])

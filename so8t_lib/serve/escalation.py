@@ -321,8 +321,8 @@ class EscalationQueue:
                 raise AlreadyResolved(f"case {case_id} was already resolved as {what} by {who}; pass --supersede to "
                                       "record a new decision (the earlier one stays in the history)")
             if last is None and row["status"] != "resolved" and supersede:
-                raise NothingToSupersede(f"case {case_id} is open: nobody resolved it, so there is nothing to "
-                                         "supersede; check the case id, or resolve it without --supersede")
+                raise NothingToSupersede(f"case {case_id} has no resolution ({row['status']}): there is nothing "
+                                         "to supersede; check the case id, or resolve it without --supersede")
             if last is None and row["status"] == "resolved":  # resolved by an earlier version: keep it as history
                 db.execute(resolutions.insert().values(
                     case_id=case_id, decided_at=row["resolved_at"] or now, decision=row["human_decision"],

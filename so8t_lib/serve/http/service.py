@@ -8,6 +8,7 @@ import asyncio
 import datetime as dt
 import logging
 import os
+import stat
 import threading
 import time
 from collections.abc import Callable
@@ -34,14 +35,20 @@ def audit_target_problem(path: Path) -> str | None:
     """Why the audit log cannot be appended to, as far as can be told without writing a record: something other
     than a file where it should be, its folder gone or not a folder, no permission (open for appending, which
     writes nothing: ``os.access`` says yes to root whatever the file is)."""
-    if path.exists() or path.is_symlink():
-        if not path.is_file():
-            return f"{path} is not a file (the audit log must be one)"
+    try:  # no O_CREAT: a log a rotation just renamed away is the writer's to create, with its own mode
+        fd = os.open(path, os.O_WRONLY | os.O_APPEND | os.O_NONBLOCK)  # NONBLOCK: a FIFO must not hang the probe
+    except (FileNotFoundError, NotADirectoryError):  # not there, or its folder is not one: see the folder
+        fd = None
+    except IsADirectoryError:
+        return f"{path} is not a file (the audit log must be one)"
+    except OSError as exc:
+        return f"{path} cannot be opened for appending: {exc.strerror or exc}"
+    if fd is not None:
         try:
-            with open(path, "ab"):
-                return None
-        except OSError as exc:
-            return f"{path} cannot be opened for appending: {exc.strerror or exc}"
+            regular = stat.S_ISREG(os.fstat(fd).st_mode)
+        finally:
+            os.close(fd)
+        return None if regular else f"{path} is not a file (the audit log must be one)"
     if not path.parent.is_dir():
         return f"the audit log's folder {path.parent} is missing or not a folder"
     if not os.access(path.parent, os.W_OK | os.X_OK):
