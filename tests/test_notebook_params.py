@@ -56,7 +56,7 @@ def test_a_count_is_a_whole_number_from_its_lowest():
         as_count("bootstrap", 0, 1)
 
 
-def _cells(path: Path) -> tuple[dict, list[ast.stmt]]:
+def _cells(path: Path, checks_named: set[str] = CHECKS) -> tuple[dict, list[ast.stmt]]:
     """The parameters' defaults, and the statements of the first cell after them that check parameters."""
     nb = nbformat.read(path, as_version=4)
     at = next(i for i, c in enumerate(nb.cells) if "parameters" in c.metadata.get("tags", []))
@@ -65,8 +65,9 @@ def _cells(path: Path) -> tuple[dict, list[ast.stmt]]:
     first = next(c for c in nb.cells[at + 1:] if c.cell_type == "code")
     checks = [node for node in ast.parse(first.source).body
               if (isinstance(node, ast.ImportFrom) and node.module == "so8t_lib.workbench.notebook_params")
-              or (isinstance(node, ast.Assign) and any(isinstance(call, ast.Call) and getattr(call.func, "id", None)
-                                                       in CHECKS for call in ast.walk(node)))]
+              or (isinstance(node, ast.Assign | ast.Expr | ast.If) and any(
+                  isinstance(call, ast.Call) and getattr(call.func, "id", None) in checks_named
+                  for call in ast.walk(node)))]
     return {k: v for k, v in defaults.items() if not k.startswith("__")}, checks
 
 
@@ -118,3 +119,34 @@ def test_run_config_refuses_a_pet_flag_that_is_not_a_bool_and_takes_one_override
         run_config(config, "none", "false", 2, 0, "/tmp/unused", [])
     one = run_config(config, "none", False, 2, 0, "/tmp/unused", "training.batch_size=4")
     assert one.training.batch_size == 4 and one.loss.pet.enabled is False
+
+
+PATH_CHECKS = {"as_out_dir", "as_input_file"}
+
+
+def _checked_names(checks: list[ast.stmt], function: str) -> list[str]:
+    """The parameter names a notebook's first cell passes to ``function`` (its first argument, a literal)."""
+    return [call.args[0].value for node in checks for call in ast.walk(node)
+            if isinstance(call, ast.Call) and getattr(call.func, "id", None) == function]
+
+
+@pytest.mark.parametrize("path", [p for p in NOTEBOOKS if _cells(p, PATH_CHECKS)[1][1:]], ids=lambda p: p.name)
+def test_each_notebook_names_an_output_folder_that_is_a_file_and_a_missing_input_before_any_work(path, tmp_path):
+    """Run on the notebook's own first-cell lines: an output parameter given a path under a file, or an input
+    file that is not there, stops there by name (not with a bare FileExistsError after the training or export)."""
+    defaults, checks = _cells(path, CHECKS | PATH_CHECKS)
+    first = next(c for c in nbformat.read(path, as_version=4).cells[1:] if c.cell_type == "code"
+                 and "parameters" not in c.metadata.get("tags", []))
+    imports = [node for node in ast.parse(first.source).body if isinstance(node, ast.Import | ast.ImportFrom)]
+    code = compile(ast.Module(imports + checks, []), str(path), "exec")  # pd.read_csv(as_input_file(...))
+    blocking = tmp_path / "a-file"
+    blocking.write_text("x", encoding="utf-8")
+    outputs, inputs = _checked_names(checks, "as_out_dir"), _checked_names(checks, "as_input_file")
+    assert outputs and set(outputs + inputs) <= set(defaults)
+    for name in outputs:
+        with pytest.raises(ParameterError, match=f"parameter {name} is an output folder, but .*a-file is a file"):
+            exec(code, {**defaults, name: str(blocking / "run")})
+    for name in inputs:
+        with pytest.raises(ParameterError, match=f"parameter {name}: no file .*missing.csv"):
+            exec(code, {**defaults, name: str(tmp_path / "missing.csv")})
+
