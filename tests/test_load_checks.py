@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import json
 import math
+import re
 import shutil
 
 import pytest
@@ -61,6 +62,22 @@ def test_a_head_temperature_that_reverses_the_decision_is_refused(saved, tmp_pat
         model.save(tmp_path / "out")
     assert not (tmp_path / "out").exists()
     assert sorted(p.name for p in tmp_path.iterdir()) == ["ckpt"]  # no staging folder left
+
+
+@pytest.mark.parametrize("key", ["lora_A", "gate", "safety_head"])
+def test_an_adapter_weight_that_is_not_finite_is_refused_by_name(saved, tmp_path, key):
+    """A NaN in a LoRA or gate weight (a diverged step saved with a consistent manifest) loaded and decided NaN for
+    every request, and so8t export merged it into a GGUF that replaced the working one."""
+    folder = _copy(saved, tmp_path)
+    state = load_file(str(folder / ADAPTER_FILE))
+    name = next(n for n in sorted(state) if key in n and state[n].is_floating_point() and state[n].numel() > 1)
+    state[name] = state[name].clone()
+    state[name].view(-1)[0] = math.nan
+    save_file(state, str(folder / ADAPTER_FILE), metadata={"format": "1"})
+    (folder / MANIFEST_FILE).unlink()
+    write_manifest(folder)
+    with pytest.raises(CheckpointError, match=rf"adapter.safetensors: {re.escape(name)} holds values that are not"):
+        SO8TModel.load(folder)
 
 
 @pytest.mark.parametrize("change", ["drop model.norm.weight", "drop lm_head.weight", "add model.bogus.weight"])
@@ -138,9 +155,11 @@ def _base_config(key, value):
     (_truncate("base/config.json"), "/base: base model weights are missing or damaged"),
     (_base_config("hidden_size", 128), "/base: base model weights are missing or damaged"),
     (_base_config("vocab_size", 100), "/base: base model weights are missing or damaged"),
+    (_base_config("num_hidden_layers", 3), "/base: base model weights are missing or damaged"),
     (_truncate("tokenizer/tokenizer.json"), "/tokenizer: the checkpoint's tokenizer is missing or damaged"),
     (lambda folder: shutil.rmtree(folder / "base"), "/base: missing; a tiny-preset checkpoint keeps its base"),
-], ids=["truncated-weights", "truncated-config", "config-hidden", "config-vocab", "truncated-tokenizer", "no-base"])
+], ids=["truncated-weights", "truncated-config", "config-hidden", "config-vocab", "config-layers", "truncated-tokenizer",
+        "no-base"])
 def test_damaged_files_under_the_unverified_override_name_the_folder(saved, tmp_path, monkeypatch, damage, named):
     """With SO8T_ALLOW_UNVERIFIED_MODEL=1 (no manifest to catch them) these ended in raw tracebacks, and a tiny
     checkpoint without base/ asked for model.base_model."""

@@ -8,6 +8,7 @@ from __future__ import annotations
 from pathlib import Path
 
 import torch
+from huggingface_hub import errors as hub_errors
 from safetensors import SafetensorError
 from torch import nn
 from transformers import (
@@ -25,6 +26,8 @@ from .checks import check_loading_info
 from .pretrained import GGUF_BASES, converted_base, verify_base
 from .tokenizer import load_tokenizer, tiny_tokenizer
 
+# transformers checks a config.json through huggingface_hub's strict dataclasses (an Exception, not a ValueError)
+CONFIG_REJECTED = getattr(hub_errors, "StrictDataclassError", ValueError)
 ROTARY_BUFFER = "inv_freq"  # in the names of the rotary embeddings' frequency buffers (inv_freq, original_inv_freq)
 
 
@@ -177,7 +180,7 @@ def _load_folder(folder: Path, kwargs: dict) -> PreTrainedModel:
         lm, info = AutoModelForCausalLM.from_pretrained(str(folder), output_loading_info=True, **kwargs)
     except torch.OutOfMemoryError:
         raise  # the device is full, the files are fine: not a reason to restore the base
-    except (OSError, ValueError, RuntimeError, SafetensorError) as exc:
+    except (OSError, ValueError, RuntimeError, SafetensorError, CONFIG_REJECTED) as exc:
         raise CheckpointError(f"{folder}: base model weights are missing or damaged ({type(exc).__name__}: "
                               f"{str(exc)[:300]})") from None
     check_loading_info(info, folder)

@@ -180,6 +180,10 @@ class CheckpointMixin:
             if tensor.shape != expected[name].shape:
                 raise CheckpointError(f"{file}: {name} has shape {tuple(tensor.shape)}, expected {tuple(expected[name].shape)}")
         check_temperature(float(state[TEMPERATURE_KEY]), file)  # before it reaches the model
+        for name, tensor in state.items():
+            if tensor.is_floating_point() and not bool(torch.isfinite(tensor).all()):  # loaded, it decides NaN
+                raise CheckpointError(f"{file}: {name} holds values that are not finite (NaN or inf), as a diverged "
+                                      "step leaves them; load another checkpoint (a run's best/ is never saved so)")
         self.load_state_dict(state, strict=False)
 
 
