@@ -79,6 +79,16 @@ def test_a_model_that_breaks_fails_closed_over_http(serve):
     assert 'so8t_fail_closed_total{reason="model_error"} 2.0' in metrics
 
 
+@pytest.mark.parametrize(("probs", "named"), [((float("nan"), 0.5, 0.5), "that are not finite"),
+                                              ((1.2, -0.1, -0.1), "below 0"), ((0.5, 0.2, 0.2), "that do not sum to 1")])
+def test_probabilities_no_distribution_can_have_fail_closed_naming_what_is_wrong(serve, probs, named):
+    """The error said "probabilities of shape (1, 3)" for a NaN: the shape was right, the values were not."""
+    service, client = serve(FixedDecider(probs))
+    result = client.post("/v1/decide", json={"user_request": "How do I file expenses?"}, headers=CLIENT).json()
+    assert result["decision"] == "ESCALATE" and "fail_closed" in result["flags"]
+    assert f"unreadable model output: probabilities {named}" in result["error"]
+
+
 def test_only_the_broken_items_of_a_batch_fail_closed(serve):
     service, client = serve(FaultyDecider())
     texts = [f"please book room {i}" for i in range(24)]

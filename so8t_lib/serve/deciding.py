@@ -23,9 +23,13 @@ def probabilities(worker: ModelWorker, decider, requests: list[str], contexts: l
     """The decider's probabilities, checked: ValueError for any shape, sign or sum a distribution cannot have."""
     probs = worker.call(lambda: decider.decide(requests, contexts), DECIDE, timeout)
     probs = np.asarray(probs.detach().cpu().numpy() if hasattr(probs, "detach") else probs, dtype=float)
-    if probs.shape != (len(requests), len(LABELS)) or not np.isfinite(probs).all() \
-            or (probs < 0).any() or not np.allclose(probs.sum(-1), 1.0, atol=1e-3):
-        raise ValueError(f"unreadable model output: probabilities of shape {probs.shape}")
+    expected = (len(requests), len(LABELS))
+    problem = (f"of shape {probs.shape}, not {expected}" if probs.shape != expected
+               else "that are not finite (NaN or inf)" if not np.isfinite(probs).all()
+               else "below 0" if (probs < 0).any()
+               else "that do not sum to 1" if not np.allclose(probs.sum(-1), 1.0, atol=1e-3) else None)
+    if problem is not None:
+        raise ValueError(f"unreadable model output: probabilities {problem}")
     return probs
 
 
