@@ -212,3 +212,31 @@ def test_a_killed_deploys_staging_folder_is_removed_by_the_next_and_a_running_on
         os.close(handle)
     assert not dead.exists() and running.is_dir() and not staging.exists()
     assert f"removed {dead}" in capsys.readouterr().err
+
+
+def test_placing_the_files_is_all_or_none_and_a_folder_in_the_way_is_named_first(tmp_path):
+    """The files were moved one by one, sidecar first: a folder where the second rung's sidecar goes left dist with
+    the first rung only and raised a bare IsADirectoryError."""
+    from so8t_lib.export.gguf_file import GGUFError
+    from so8t_lib.export.gguf_meta import sidecar_path
+    from so8t_lib.workbench.retrain.deploy import _place
+
+    staging, dist = tmp_path / ".deploy-x", tmp_path / "dist"
+    staging.mkdir()
+    dist.mkdir()
+    staged = [staging / "m-f16.gguf", staging / "m-q8_0.gguf"]
+    for path in staged:
+        path.write_bytes(path.name.encode())
+        sidecar_path(path).write_text(f"digest  {path.name}\n", encoding="utf-8")
+    (dist / "m-q8_0.gguf.sha256").mkdir()
+    with pytest.raises(GGUFError, match=r"m-q8_0.gguf.sha256 is a folder"):
+        _place(staged, dist, staging)
+    assert sorted(p.name for p in dist.iterdir()) == ["m-q8_0.gguf.sha256"]  # nothing moved in
+    (dist / "m-q8_0.gguf.sha256").rmdir()
+    (dist / "m-f16.gguf").write_bytes(b"the model in service")
+    with pytest.raises(ConfigError, match="m-f16.gguf already exist with other contents"):
+        _place(staged, dist, staging)
+    (dist / "m-f16.gguf").unlink()
+    assert _place(staged, dist, staging) == [dist / "m-f16.gguf", dist / "m-q8_0.gguf"]
+    assert sorted(p.name for p in dist.iterdir()) == ["m-f16.gguf", "m-f16.gguf.sha256", "m-q8_0.gguf",
+                                                      "m-q8_0.gguf.sha256"]

@@ -17,7 +17,6 @@ loads and decides.
 from __future__ import annotations
 
 import json
-import os
 from pathlib import Path
 
 import yaml
@@ -26,7 +25,8 @@ from ...core.checkpoint import checkpoint_version, resolve_checkpoint
 from ...core.config import ConfigError
 from ...core.io import sha256_file
 from ...core.schema import MODEL_CONFIG_FILE
-from ...export.gguf_meta import read_metadata, sidecar_path
+from ...export.gguf_meta import read_metadata
+from ...export.placement import place
 from ...export.quantize import export, staging_folder
 from ...model.prompts import EXAMPLE_REQUESTS
 from ...serve.audit_verify import read_chains, verify_chains
@@ -124,18 +124,16 @@ def _same_model(promoted: str, exported: dict[str, str], candidate: str | Path) 
                           "again once it is finished")
 
 
-def _place(files: list[Path], dist: Path) -> list[Path]:
-    """Move the staged files (and sidecars) into ``dist``. A file of the same name with other bytes is
-    never replaced: it may be the one in service (a retrained model keeps its name)."""
-    clashes = [dist / f.name for f in files if (dist / f.name).exists()
+def _place(files: list[Path], dist: Path, staging: Path) -> list[Path]:
+    """Move the staged files (and sidecars) into ``dist``, all or none (``export.placement``: a folder in the
+    way of any of them is named before the first move). A file of the same name with other bytes is never
+    replaced: it may be the one in service (a retrained model keeps its name)."""
+    clashes = [dist / f.name for f in files if (dist / f.name).is_file()
                and sha256_file(dist / f.name) != sha256_file(f)]
     if clashes:
         raise ConfigError(f"{', '.join(map(str, clashes))} already exist with other contents (perhaps the model in "
                           "service): choose a new --dist folder; nothing was replaced")
-    for f in files:
-        os.replace(sidecar_path(f), dist / sidecar_path(f).name)
-        os.replace(f, dist / f.name)
-    return [dist / f.name for f in files]
+    return place(files, dist, [], staging / "replaced")
 
 
 def deploy(candidate: str | Path, gate_file: str | Path, dist: str | Path, quants: list[str] | None = None,
@@ -155,7 +153,7 @@ def deploy(candidate: str | Path, gate_file: str | Path, dist: str | Path, quant
         _same_model(promoted, {f.name: read_metadata(f)["so8t.model_version"] for f in staged}, candidate)
         version, results, records = _smoke_test(staged[-1], runtime_config, log_dir, requests)
         _same_model(promoted, {f"{staged[-1].name} as the runtime loaded it": version}, candidate)
-        files = _place(staged, dist)
+        files = _place(staged, dist, staging)
     return {"files": [str(f) for f in files], "runtime_file": str(files[-1]), "model_version": version,
             "decisions": [{"decision": r["decision"], "category": r["category"], "error": r["error"]} for r in results],
             "test_records": records, "log_dir": str(log_dir)}
