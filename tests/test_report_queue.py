@@ -103,3 +103,17 @@ def test_a_queue_that_cannot_be_opened_is_an_error_naming_it_and_nothing_is_writ
     with pytest.raises(ReportError, match="not an escalation queue"):
         make_report([logs], FROM, TO, tmp_path / "out", queue=other)
     assert not (tmp_path / "out").exists()
+
+
+def test_another_services_queue_holding_none_of_the_logs_cases_is_refused(killed, tmp_path):
+    """Every resolution looked "never committed" and was left out: the report counted no resolution at all."""
+    from so8t_lib.serve.escalation import EscalationQueue
+
+    logs = killed[0]
+    elsewhere = tmp_path / "elsewhere.sqlite"
+    EscalationQueue(elsewhere).close()  # a real queue, of another service, holding none of these cases
+    with pytest.raises(SystemExit, match=r"elsewhere.sqlite holds none of the 2 escalation case\(s\).*another serv"):
+        so8t(["report", "--logs", str(logs), *RANGE, "--db", str(elsewhere), "--out", str(tmp_path / "out")])
+    assert not (tmp_path / "out").exists()
+    report, _ = make_report([logs], FROM, TO, queue=killed[1])  # this service's own queue still reads
+    assert report.summary["resolutions_not_in_queue"] == 1

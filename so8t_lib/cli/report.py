@@ -14,7 +14,8 @@ compared with the model; fail-closed events by reason; model versions in service
 switch. With --db (the escalation queue: a SQLite file or postgresql:// URL) only the resolutions the queue
 holds count: a resolve killed before its commit leaves a resolution record in the log while the case stays
 open; the report says how many such records it left out. Without --db it reads the log alone. A queue that
-cannot be opened is an error naming it, and nothing is written. Encrypted logs (and an encrypted queue) are
+cannot be opened, or holds none of the cases the logs resolved (another service's), is an error naming it, and
+nothing is written. Encrypted logs (and an encrypted queue) are
 read with the key in $SO8T_AUDIT_KEY (or the config's logging.encryption_key_env). The report holds no
 request text, user id or note. Writes <out>/compliance_<from>_<to>[_<period>]/ (report.html, one CSV per
 table, summary.json).

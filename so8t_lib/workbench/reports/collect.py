@@ -178,8 +178,21 @@ def open_queue(target: str | Path, key: str | bytes | None = None) -> Escalation
 
 def queue_history(queue: EscalationQueue, records: list[dict]) -> dict[str, list[dict]]:
     """case id -> the queue's resolution rows, for every case the records hold a ``resolution`` of."""
-    cases = {r.get("case_id") for r in records if r.get("event") == RESOLUTION}
+    cases = sorted(c for c in {r.get("case_id") for r in records if r.get("event") == RESOLUTION} if isinstance(c, str))
     try:
-        return {case_id: queue.history(case_id) for case_id in sorted(c for c in cases if isinstance(c, str))}
+        history = {case_id: queue.history(case_id) for case_id in cases}
+        if cases and not any(history.values()) and not any(_holds(queue, case_id) for case_id in cases):
+            raise ReportError(f"--db {queue.where} holds none of the {len(cases)} escalation case(s) the logs record "
+                              f"resolutions of (e.g. {cases[0]}): another service's queue? Give the queue this "
+                              "service writes, or leave --db out to count the log's resolutions as written")
+        return history
     except QueueError as exc:
         raise ReportError(f"the escalation queue {queue.where} cannot be read: {exc}") from None
+
+
+def _holds(queue: EscalationQueue, case_id: str) -> bool:
+    try:
+        queue.get(case_id)
+        return True
+    except KeyError:
+        return False
