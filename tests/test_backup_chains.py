@@ -94,7 +94,10 @@ def test_backup_takes_the_chain_the_config_names_and_refuses_when_it_is_not_ther
     (tmp_path / "conf" / "gate.yml").write_text("a config named .yml is not taken\n", encoding="utf-8")
     with pytest.raises(SystemExit, match=r"no config \(\*\.yaml\) in conf \(--configs"):  # a mistyped folder
         so8t(["backup", "--config", "gate.yaml", "--configs", "conf", "--out", "b3"])
-    assert not (tmp_path / "b3").exists()
+    assert not (tmp_path / "b3").exists() and not list(tmp_path.glob(".b3.tmp-*"))
+    (tmp_path / "configs").mkdir()  # the default folder, holding no config: the --config file is still backed up
+    assert so8t(["backup", "--config", "gate.yaml", "--out", "b4"]) == 0
+    assert json.loads((tmp_path / "b4" / "BACKUP.json").read_text())["configs"] == ["gate.yaml"]
 
 
 def test_backup_with_logs_takes_the_queue_the_service_keeps_there_and_refuses_without_it(tmp_path, monkeypatch):

@@ -240,3 +240,18 @@ def test_placing_the_files_is_all_or_none_and_a_folder_in_the_way_is_named_first
     assert _place(staged, dist, staging) == [dist / "m-f16.gguf", dist / "m-q8_0.gguf"]
     assert sorted(p.name for p in dist.iterdir()) == ["m-f16.gguf", "m-f16.gguf.sha256", "m-q8_0.gguf",
                                                       "m-q8_0.gguf.sha256"]
+
+
+def test_a_folder_in_the_way_of_the_run_steps_deploy_is_an_error_line_not_a_traceback(tmp_path, monkeypatch, capsys):
+    """The placement's GGUFError is a ValueError, which the command named for its deploy step only: `retrain run`
+    (which deploys too) ended in a traceback."""
+    from so8t_lib.cli import retrain as retrain_cli
+    from so8t_lib.export.gguf_file import GGUFError
+
+    def deploy_meets_a_folder(*args, **kwargs):
+        raise GGUFError(f"{tmp_path}/dist/m-f16.gguf.sha256 is a folder, which the export's file of that name "
+                        "cannot replace")
+
+    monkeypatch.setattr(retrain, "run_flow", deploy_meets_a_folder)
+    assert retrain_cli.main(["run", "--logs", "l", "--serving", "s", "--work", str(tmp_path)]) == 2
+    assert "error: " in capsys.readouterr().err

@@ -77,8 +77,9 @@ def _sources(args) -> Sources:
     mac_env = args.hmac_key_env
     log_dir = Path(args.logs) if args.logs else Path(os.environ.get("SO8T_LOG_DIR") or "logs")
     queue = None if args.no_queue else args.db or os.environ.get(QUEUE_URL_ENV)
-    configs = [Path(c) for c in args.configs] if args.configs else ([Path("configs")] if Path("configs").is_dir()
-                                                                     else [])
+    default = Path("configs")  # taken when it holds configs: the --config file is backed up either way
+    configs = [Path(c) for c in args.configs] if args.configs else (
+        [default] if default.is_dir() and any(default.glob("*.yaml")) else [])
     models = [Path(m) for m in args.model]
     flag_file = spool = None
     chain = "audit.jsonl"

@@ -51,12 +51,14 @@ from ..core.config import ConfigError
 from ..core.io import atomic_write_text
 from ..core.paths import BENCHMARKS_DIR, CORPUS_DIR
 from ..data.tables import DataError
+from ..export.gguf_file import GGUFError
 from ..serve.config import AUDIT_HMAC_KEY_ENV, AUDIT_KEY_ENV
 from ..serve.escalation import QueueError
 from ..workbench import retrain
 from ..workbench.retrain.preprocess import benchmark_guard
 
-ERRORS = (ConfigError, DataError, QueueError, CheckpointError, OSError, retrain.ExtractError, retrain.PreprocessError)
+ERRORS = (ConfigError, DataError, QueueError, CheckpointError, OSError, GGUFError, retrain.ExtractError,
+          retrain.PreprocessError)
 EXIT_REFUSED = 1  # the gate refused, or deploy found no promotion of this very model
 EXIT_FAILED = 2  # the step could not be done (as argparse's usage errors): never the same code as a refusal
 

@@ -30,7 +30,7 @@ def check_targets(out_dir: Path, targets: list[Path]) -> None:
     for target in targets:
         if target.is_dir() and not target.is_symlink():
             raise GGUFError(f"{target} is a folder, which the export's file of that name cannot replace; move it out "
-                            f"of {out_dir} and export again")
+                            f"of {out_dir} and run the command again")
 
 
 def place(staged: list[Path], out_dir: Path, stale: list[Path], aside: Path) -> list[Path]:

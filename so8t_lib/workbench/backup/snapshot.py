@@ -270,9 +270,6 @@ def _copy_configs(configs: list[str | Path], folder: Path) -> list[str]:
     kept: dict[str, tuple[Path, bool]] = {}  # name -> (file, named on its own)
     for source in map(Path, configs):
         named = not source.is_dir()
-        if not named and not any(source.glob("*.yaml")):  # a mistyped folder would back up no config, silently
-            raise BackupError(f"no config (*.yaml) in {source} (--configs; default configs/): name the folder that "
-                              "holds them, or each file")
         for path in sorted(source.glob("*.yaml")) if source.is_dir() else [source]:
             if not path.is_file():
                 raise BackupError(f"config not found: {path}")
@@ -314,6 +311,10 @@ def backup(out: str | Path, log_dir: str | Path, queue: str | Path | None = None
         raise BackupError(f"{out} already exists; a backup never overwrites another")
     if not log_dir.is_dir():
         raise BackupError(f"no log folder at {log_dir}")
+    empty = [str(c) for c in map(Path, configs) if c.is_dir() and not any(c.glob("*.yaml"))]
+    if empty:  # a mistyped folder would back up no config, silently
+        raise BackupError(f"no config (*.yaml) in {', '.join(empty)} (--configs): name the folder that holds them, "
+                          "or each file")
     if out.resolve().is_relative_to(log_dir.resolve()):  # lost with the folder it is meant to outlive
         raise BackupError(f"{out} lies in the log folder {log_dir} it backs up; write the backup elsewhere")
     out.parent.mkdir(parents=True, exist_ok=True)
