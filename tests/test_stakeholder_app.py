@@ -95,9 +95,53 @@ def test_the_threshold_changes_the_rule_and_reuses_the_loaded_model(tmp_path):
     assert app.last_result["decision"] == "ALLOW"
     app.threshold_slider.value = 0.9
     app.example_buttons[0].click()
-    assert app.last_result["decision"] == "ESCALATE" and "reaches 0.90" in app.result_html.value
+    assert app.last_result["decision"] == "ESCALATE" and "reaches 0.9," in app.result_html.value
     assert loads == [True, False], "a new threshold is a new agent on the same loaded model"
     assert decider.calls == 2
+
+
+def test_a_threshold_between_the_slider_steps_is_kept_as_asked_never_rounded_down(tmp_path):
+    """0.804 became 0.80, so p(ALLOW) 0.802 was allowed under a threshold asked to refuse it to the model."""
+    app = app_with(tmp_path, FixedDecider([0.802, 0.1, 0.098]), threshold=0.804)
+    app.example_buttons[0].click()
+    assert app.last_result["decision"] == "ESCALATE" and "threshold 0.804." in app.status_html.value
+
+
+def test_a_model_still_busy_with_a_timed_out_call_is_not_shared_with_the_next_agent(tmp_path):
+    """A threshold change built a new agent on the cached model while the old agent's timed-out call still ran
+    inside it: two threads in llama.cpp abort the kernel."""
+    import threading
+
+    release = threading.Event()
+
+    class SlowOnce(FixedDecider):
+        def decide(self, requests, contexts=None, batch_size=32, progress=False):
+            if self.calls == 0:
+                release.wait(10)
+            return super().decide(requests, contexts, batch_size, progress)
+
+    loads: list[bool] = []
+    app = app_with(tmp_path, SlowOnce([0.85, 0.1, 0.05]), loads=loads)
+    app.agent.config.inference.decision_timeout_s = 0.2
+    app.example_buttons[0].click()
+    assert app.last_result["decision"] == "ESCALATE" and "timeout" in app.last_result["error"]
+    app.threshold_slider.value = 0.9  # while the first call still runs in the model
+    assert loads == [True, True], "a fresh copy of the model, not the one still busy"
+    release.set()
+    app.threshold_slider.value = 0.85
+    assert loads == [True, True, False], "the agent that took over is not busy: its model is reused"
+
+
+def test_an_escalation_nobody_will_receive_is_not_shown_as_handed_over():
+    result = {"decision": "ESCALATE", "request_id": "req_1", "flags": ["escalation_unqueued", "audit_write_failed"],
+              "error": "NotADirectoryError: logs", "escalation_status": "unqueued", "escalation_id": "esc_1",
+              "rationale": "This needs a person; it has been passed to your direct manager.", "category": "hr",
+              "probabilities": {"ALLOW": 0.1, "REFUSE": 0.1, "ESCALATE": 0.8}, "model_version": "m@1"}
+    html = view.render_result(result, "Can I see the payroll?", 0.8, {"notify": "HR", "email": "hr@example.com"})
+    assert "nobody will receive it" in html and "passed to" not in html and "Goes to" not in html
+    queued = view.render_result({**result, "flags": [], "error": None, "escalation_status": "queued"},
+                                "Can I see the payroll?", 0.8, {"notify": "HR", "email": "hr@example.com"})
+    assert "passed to your direct manager" in queued and "Goes to" in queued and "nobody will" not in queued
 
 
 def test_a_new_model_or_threshold_clears_the_old_decision(tmp_path):
@@ -125,9 +169,10 @@ def test_a_new_model_or_threshold_clears_the_old_decision(tmp_path):
 
 def test_failures_are_messages_never_tracebacks(tmp_path):
     app = app_with(tmp_path, FixedDecider([0.3, 0.3, 0.4], broken=True))
-    app.request_box.value = "   "
-    app.decide_button.click()
-    assert 'data-kind="info"' in app.result_html.value and "Type a request first" in app.result_html.value
+    for blank in ("   ", "\u200b\u200b", "\u00a0\u3000"):  # zero-width characters are nothing to the runtime too
+        app.request_box.value = blank
+        app.decide_button.click()
+        assert 'data-kind="info"' in app.result_html.value and "Type a request first" in app.result_html.value
     assert audit(tmp_path) == [], "an empty box is not sent to the gate"
 
     app.request_box.value = "経費精算の締め日はいつですか？"

@@ -115,6 +115,11 @@ class ModelWorker:
             if call.future.cancel():
                 raise TimeoutError(f"the model was stuck on an earlier request for {limit:g}s past its limit")
 
+    def busy(self) -> bool:
+        """Whether a call is running on the model's thread now (one its caller timed out on may still be)."""
+        with self._lock:
+            return self._running is not None
+
     def stuck(self) -> Stuck | None:
         """The running call, when it has run more than ``STUCK_FACTOR`` times its limit (and ``stuck_floor_s``);
         else None."""

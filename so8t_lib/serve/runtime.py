@@ -166,6 +166,11 @@ class Agent(BatchRunning, RequestDeciding, DecisionRecording):
         server's readiness reports it, since that thread cannot be replaced while the call runs."""
         return self._model.stuck()
 
+    def model_busy(self) -> bool:
+        """Whether a call still runs on this agent's model thread (one a timeout gave up on, even after close):
+        another agent must not call the same model meanwhile, since backends are not thread-safe."""
+        return self._model.busy()
+
     def close(self) -> None:
         self.desk.close()
         self.notifier.close()

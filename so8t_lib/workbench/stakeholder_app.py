@@ -20,6 +20,7 @@ from ..model.prompts import EXAMPLE_REQUESTS
 from ..serve.backends import is_gguf_path
 from ..serve.config import RuntimeConfig
 from ..serve.runtime import Agent
+from ..serve.textforms import clean_text
 from .stakeholder_view import (
     NO_MODEL,
     THRESHOLD_RANGE,
@@ -70,6 +71,7 @@ class StakeholderApp:
         self.agent: Agent | None = None
         self._agent_key: tuple[str, float] | None = None
         self._deciders: dict[str, object] = {}  # one load per model; a new threshold reuses it
+        self._users: dict[str, Agent] = {}  # the agent that last called each model (busy after a timeout?)
         self.last_result: dict | None = None
         low, high = THRESHOLD_RANGE
         self.request_box = w.Textarea(placeholder="Type a request (日本語 or English)",
@@ -129,14 +131,19 @@ class StakeholderApp:
     def _load(self) -> Agent | None:
         """The agent for the picked model and threshold (a new one when either changed); the status line
         says which model decides, or why it cannot."""
-        model, threshold = self.model_picker.value, round(float(self.threshold_slider.value), 2)
+        model, threshold = self.model_picker.value, float(self.threshold_slider.value)  # as asked: never rounded down
         if self._agent_key == (model, threshold) and self.agent is not None:
             # back to the loaded setting after one that failed: the line must stop saying the gate is not set up
             self.status_html.value = self._status(self.agent, model, threshold)
             return self.agent
         self.status_html.value = render_message("info", f"Loading {model_label(model)} …")
+        decider, last_user = self._deciders.get(model), self._users.get(model)
+        if decider is not None and last_user is not None and last_user.model_busy():
+            # a call that timed out still runs inside it: a second thread in llama.cpp aborts the kernel
+            logger.warning("%s is still busy with a request that timed out; loading a fresh copy", model)
+            decider = None
         try:
-            agent = self.agent_factory(model, threshold, self.log_dir, self._deciders.get(model))
+            agent = self.agent_factory(model, threshold, self.log_dir, decider)
         except Exception as exc:  # noqa: BLE001 - the page says what went wrong instead of a traceback
             logger.exception("the demo's agent could not be set up")
             self.status_html.value = render_message("error", f"The gate could not be set up for {model}: "
@@ -146,7 +153,7 @@ class StakeholderApp:
             self.agent.close()
         self.agent, self._agent_key = agent, (model, threshold)
         if agent.decider is not None:
-            self._deciders[model] = agent.decider
+            self._deciders[model], self._users[model] = agent.decider, agent
         self.status_html.value = self._status(agent, model, threshold)
         return agent
 
@@ -157,14 +164,14 @@ class StakeholderApp:
                 "error", f"{model_label(model)} ({model}): every request fails closed (ESCALATE) until another "
                 f"model is picked, because the {agent.load_error}")
         return notes + render_message("info", f"Deciding with {model_label(model)} ({model}), version "
-                                      f"{agent.model_version}; threshold {threshold:.2f}.")
+                                      f"{agent.model_version}; threshold {threshold:g}.")
 
     # ----- deciding -------------------------------------------------------------------------------
     def decide(self, _=None) -> None:
         """Decide what the request box holds and show the runtime's result (or a message)."""
         request, context = self.request_box.value, self.context_box.value.strip() or None
         self.last_result = None  # from here on the page no longer shows it, whatever happens to this request
-        if not request.strip():
+        if not clean_text(request)[0].strip():  # as the runtime reads it: zero-width characters are nothing
             self.result_html.value = render_message("info", "Type a request first (Japanese or English), or pick "
                                                     "an example.")
             return

@@ -189,14 +189,21 @@ def render_result(result: Mapping, request: str, threshold: float, route: Mappin
                                     f"reviews it. Cause: {result.get('error') or 'not given'}"))
     elif result.get("error"):
         parts.append(render_message("warning", f"Decided, with a problem: {result['error']}"))
+    unsaved = decision == "ESCALATE" and result.get("escalation_status") == "unqueued"
+    if unsaved:  # the rationale's "passed to ..." would be untrue
+        parts.append(render_message("error", "The case could not be saved (neither the queue nor its spool took it), "
+                                    "so nobody will receive it: tell the operator, who finds the cause in the log."))
+    elif "audit_write_failed" in flags:
+        parts.append(render_message("error", "This decision's audit record could not be written: tell the operator "
+                                    "(the log folder needs fixing)."))
     parts.append(f'<div style="margin:8px 0 4px 0">Confidence per answer (the rule: the top class only when it '
-                 f'reaches {threshold:.2f}, else a person decides)</div>')
+                 f'reaches {threshold:g}, else a person decides)</div>')
     parts += _bars(result.get("probabilities"))
     if decision == "ALLOW" and result.get("task_response"):
         parts.append(f'<p class="so8t-answer"><b>Answer:</b> {html.escape(result["task_response"])}</p>')
-    elif result.get("rationale"):
+    elif result.get("rationale") and not unsaved:
         parts.append(f'<p class="so8t-reason"><b>Reason:</b> {html.escape(result["rationale"])}</p>')
-    if decision == "ESCALATE":
+    if decision == "ESCALATE" and not unsaved:
         route = route or {}
         who = route.get("notify") or result.get("category") or "a person"
         where = ", ".join(x for x in (route.get("email"), route.get("slack_channel")) if x) or "no channel configured"
