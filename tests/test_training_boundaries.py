@@ -147,6 +147,13 @@ def test_a_resume_under_another_config_is_refused_naming_what_changed(tmp_path, 
         Trainer(other, resume=True)
     with pytest.raises(SystemExit, match="these differ from it: training.task_optimizer.lr. Resume with --config"):
         so8t(["train", "--config", str(started), "--resume", "training.task_optimizer.lr=1e-5"])
+    edited = run_dir / "config.yaml"  # edited after the run started: the CLI loads it and so agreed with it
+    text = edited.read_text(encoding="utf-8")
+    edited.write_text(text.replace("alpha: 1.0", "alpha: 5.0"), encoding="utf-8")
+    assert "alpha: 5.0" in edited.read_text(encoding="utf-8")
+    with pytest.raises(SystemExit, match=r"changed: loss.alpha\).*was config.yaml edited"):
+        so8t(["train", "--config", str(edited), "--resume"])
+    edited.write_text(text, encoding="utf-8")
     shutil.rmtree(run_dir / "last")  # a run killed before its first autosave: best/ and the log, no last/
     with pytest.raises(FileExistsError, match="saved no last/ checkpoint, so nothing can be resumed"):
         Trainer(load_config(_config_file(tmp_path, run_dir, "training.max_steps=4")))

@@ -94,7 +94,8 @@ class RunCheckpoints:
                     "opt_task": self.opt_task.state_dict(), "opt_safety": self.opt_safety.state_dict(),
                     "sched_task": self.sched_task.state_dict(), "sched_safety": self.sched_safety.state_dict(),
                     "state": asdict(state or self.state), "rng": rng,
-                    "config_fingerprint": self.config.fingerprint(), "data_fingerprint": self.data_fingerprint,
+                    "config_fingerprint": self.config.fingerprint(), "config": self.config.to_dict(),
+                    "data_fingerprint": self.data_fingerprint,
                     "world_size": self.accelerator.num_processes,
                 }, tmp / TRAINER_STATE_FILE)
         self._last_save = time.monotonic()

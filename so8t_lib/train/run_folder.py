@@ -105,13 +105,25 @@ def load_trainer_state(run_dir: Path, config: SO8TConfig) -> dict:
     except Exception as exc:  # noqa: BLE001 - torch raises many types for a damaged file
         raise CheckpointError(f"{last / TRAINER_STATE_FILE}: damaged or truncated ({exc})") from None
     if saved.get("config_fingerprint") not in (None, config.fingerprint()):
-        changed = changed_keys(run_dir, config)
+        # the config the state was saved under: config.yaml can be edited after the run started, and a resume
+        # --config'd from it would then match it and carry on half under the new values (the schedulers keep
+        # the old learning rates); states saved before the copy was kept compare with config.yaml
+        recorded = isinstance(saved.get("config"), dict)
+        changed = _saved_differences(saved["config"], config) if recorded else changed_keys(run_dir, config)
         if changed != []:  # [] : the same settings, fingerprinted by an older version with fewer keys
+            where = "the config its last checkpoint was saved under" if recorded else "its config.yaml"
             raise ResumeMismatch(f"{last}: the run was trained under another config ("
-                                  f"{'changed: ' + ', '.join(changed) if changed else 'its config.yaml is unreadable'}"
-                                  "); a resume continues a run under the config it started with (its config.yaml), "
-                                  "or choose another training.output_dir")
+                                  f"{'changed: ' + ', '.join(changed) if changed else where + ' is unreadable'}"
+                                  f"); a resume continues a run under {where}, so put those values back (was "
+                                  "config.yaml edited?), or start a new run in another training.output_dir")
     return saved
+
+
+def _saved_differences(saved: dict, config: SO8TConfig) -> list[str] | None:
+    try:
+        return config_differences(config_from_dict(saved).to_dict(), config.to_dict())
+    except ConfigError:
+        return None
 
 
 def changed_keys(run_dir: Path, config: SO8TConfig) -> list[str] | None:
