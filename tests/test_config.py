@@ -251,3 +251,21 @@ def test_a_config_nested_too_deep_is_a_config_error_naming_the_file(tmp_path):
     path = _write(tmp_path, "model:\n  tiny: " + "[" * 3000 + "]" * 3000 + "\n")
     with pytest.raises(ConfigError, match=rf"{path.name}: not valid YAML: nested too deep"):
         load_config(path)
+
+
+def _alias_levels(count: int) -> str:
+    """A target_modules list whose item i is nine aliases of item i - 1: 9**count strings once expanded."""
+    levels = ["      - &l0 [" + ", ".join(['"x"'] * 9) + "]"]
+    levels += [f"      - &l{i} [" + ", ".join([f"*l{i - 1}"] * 9) + "]" for i in range(1, count)]
+    return "model:\n  lora:\n    target_modules:\n" + "\n".join(levels) + "\n"
+
+
+def test_aliases_nested_in_aliases_are_refused_before_they_expand(tmp_path):
+    """A 400-byte file of aliases of aliases expands to 9**9 values: validating it, or printing it in the error,
+    took gigabytes and killed the process."""
+    path = _write(tmp_path, _alias_levels(9))
+    with pytest.raises(ConfigError, match=rf"{path.name}: not valid YAML: more than 1,000,000 values once its aliases"):
+        load_config(path)
+    with pytest.raises(ConfigError) as refused:  # 9**5 values, within the cap: the wrong type, its value shown short
+        load_config(_write(tmp_path, _alias_levels(5)))
+    assert "model.lora.target_modules" in str(refused.value) and len(str(refused.value)) < 20_000  # not megabytes

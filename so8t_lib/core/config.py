@@ -25,6 +25,7 @@ from .config_files import (  # noqa: F401 - re-exported: callers import them fro
     read_config_mapping,
     read_yaml_mapping,
     section_default,
+    shown_value,
 )
 from .schema import LABELS, POOLINGS
 
@@ -366,7 +367,7 @@ def _describe(error: dict[str, Any]) -> str:
     if error["type"] == "extra_forbidden":
         message = "unknown key (check the spelling; see so8t_lib/core/config.py for the allowed keys)"
     elif "input" in error and not isinstance(error["input"], dict):
-        message += f" (got {error['input']!r})"
+        message += f" (got {shown_value(error['input'])})"
     return f"{key}: {message}"
 
 

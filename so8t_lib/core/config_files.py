@@ -7,6 +7,7 @@ file fails the same way: a ConfigError naming the file and the key.
 from __future__ import annotations
 
 import re
+import reprlib
 from pathlib import Path
 from types import UnionType
 from typing import Any, Literal, Union, get_args, get_origin
@@ -217,10 +218,42 @@ def load_yaml_strict(text: str) -> Any:
     reads numbers as YAML 1.2 does: every hand-written YAML the project reads (configs, sweep specs, corpus seeds)
     goes through it. Nesting deeper than PyYAML's recursion allows is a ``yaml.YAMLError`` too, not a crash."""
     try:
-        return yaml.load(text, Loader=_UniqueKeyLoader)  # noqa: S506 - a SafeLoader
+        data = yaml.load(text, Loader=_UniqueKeyLoader)  # noqa: S506 - a SafeLoader
     except RecursionError:
         raise yaml.YAMLError("nested too deep (lists or mappings inside one another, hundreds of levels): "
                              "flatten it") from None
+    _check_expanded_size(data)
+    return data
+
+
+_SHOWN = reprlib.Repr()  # keyword arguments need Python 3.12
+_SHOWN.maxlevel, _SHOWN.maxlist, _SHOWN.maxtuple, _SHOWN.maxdict, _SHOWN.maxstring, _SHOWN.maxother = 3, 6, 6, 6, 120, 120
+
+
+def shown_value(value: Any) -> str:
+    """A bad value as an error message shows it: its repr, cut short (a list of a million items, or one
+    alias-expanded from a few lines, must not become a message of megabytes)."""
+    return _SHOWN.repr(value)
+
+
+MAX_YAML_VALUES = 1_000_000  # far above any config or seed file; aliases of aliases expand past it in a few lines
+
+
+def _check_expanded_size(data: Any) -> None:
+    """``yaml.YAMLError`` when the document, with every alias expanded as its readers walk it, holds more than
+    MAX_YAML_VALUES values: a few hundred bytes of aliases nested in aliases otherwise take gigabytes to
+    validate or to print in an error message."""
+    pending, seen = [data], 0
+    while pending:
+        value = pending.pop()
+        seen += 1
+        if seen > MAX_YAML_VALUES:
+            raise yaml.YAMLError(f"more than {MAX_YAML_VALUES:,} values once its aliases (*name) are expanded: "
+                                 "aliases nested in aliases; write the values out")
+        if isinstance(value, dict):
+            pending.extend(value.values())
+        elif isinstance(value, list):
+            pending.extend(value)
 
 
 def read_yaml_mapping(path: str | Path, what: str = "config file") -> dict[str, Any]:
