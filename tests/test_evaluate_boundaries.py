@@ -159,7 +159,14 @@ def test_output_paths_are_checked_before_any_model_loads(cli, tmp_path, capsys, 
                                       "--predictions", str(folder)], capsys)
     (tmp_path / "file").write_text("", encoding="utf-8")
     assert "is a file" in _refused(["--model", "ckpt", "--out", str(tmp_path / "file" / "m.json")], capsys)
-    assert loaded == []
+    rows = _write(tmp_path, _test_rows(n=3), "victim")  # the labelled rows: the results would replace them
+    before = rows.read_bytes()
+    for option in ("--predictions", "--out"):
+        said = _refused(["--model", "ckpt", "--data", str(rows), option, str(rows)], capsys)
+        assert f"{option} {rows} is the file --data {rows} reads" in said
+    assert "is the file --calibration-data" in _refused(
+        ["--model", "ckpt", "--calibrate", "--calibration-data", str(rows), "--out", str(rows)], capsys)
+    assert rows.read_bytes() == before and loaded == []
 
 
 # ----- 6. the model measured ------------------------------------------------------------------------------------

@@ -27,6 +27,7 @@ import pandas as pd
 
 from ..core.checkpoint import CheckpointError, resolve_checkpoint
 from ..core.io import atomic_write_text, sha256_file
+from ..data.benchmarks import source_file
 from ..data.tables import DataError, asked_keys
 from ..eval.baselines import fit_baselines
 from ..eval.calibration import CalibrationDataError, calibrate_checkpoint, check_calibration_rows
@@ -166,6 +167,18 @@ def main(argv: list[str] | None = None) -> dict:
             parser.error(why)
     if same_file(args.out, {"--predictions": args.predictions}):
         parser.error("--out and --predictions name the same file; give each its own")
+    inputs = [(f"--data {d}", d) for d in args.data or []] + [
+        (option, name) for option, name in (("--threshold-data", args.threshold_data),
+                                            ("--calibration-data", args.calibration_data)) if name]
+    read = {}
+    for option, name in inputs:
+        try:
+            read[option] = str(source_file(name))
+        except DataError:  # a split sample written wrong (test:x): loading the tables names it
+            pass
+    for option, value in (("--out", args.out), ("--predictions", args.predictions)):
+        if value and (source := same_file(value, read)):  # the labelled rows would be replaced by the results
+            parser.error(f"{option} {value} is the file {source} reads; give {option} a path of its own")
     is_gguf = is_gguf_path(args.model)
     if is_gguf and args.calibrate:
         parser.error("--calibrate works on checkpoint folders; the GGUF carries the temperature of its checkpoint "
