@@ -228,6 +228,9 @@ def test_an_optimizer_given_in_part_keeps_its_sides_own_lr_as_an_override_does(t
         assert getattr(in_file, side).warmup_steps == 5 and in_file == as_override
     explicit = load_config(_write(tmp_path, "training:\n  safety_optimizer: {lr: 0.0001, warmup_steps: 5}\n"))
     assert explicit.training.safety_optimizer.lr == 0.0001 and explicit.training.task_optimizer.lr == 3e-4
+    mapped = load_config(explicit_path := _write(tmp_path, "training:\n  safety_optimizer: {lr: 0.0001}\n"),
+                         ["training.safety_optimizer={warmup_steps: 7}"]).training.safety_optimizer
+    assert (mapped.lr, mapped.warmup_steps) == (0.0001, 7), f"the file's lr in {explicit_path} was dropped"
 
 
 def test_numbers_are_yaml_1_2s_so_none_changes_silently(tmp_path):

@@ -141,7 +141,10 @@ def apply_overrides(data: dict[str, Any], overrides: list[str] | tuple[str, ...]
                 raise ConfigError(f"override {text!r}: {part} is a value, not a section")
             node[part] = dict(child)
             node = node[part]
-        node[path[-1]] = value
+        current = node[path[-1]] if path[-1] in node else _default_section(schema, path)
+        # a mapping given for a section changes the keys it names, as a dotted override would: the file's other
+        # keys in that section stay (they used to fall back to the code's defaults without a word)
+        node[path[-1]] = deep_merge(current, value) if isinstance(value, dict) and isinstance(current, dict) else value
     return data
 
 
