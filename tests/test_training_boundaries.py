@@ -316,3 +316,22 @@ def test_a_pet_layer_in_the_frozen_part_is_refused_however_it_is_counted():
             check_frozen_below(model, 2, layers)
     for layers in ([3], [-2], [-1], [-6], [99]):  # above the frozen part, or not in the model (the loss names those)
         check_frozen_below(model, 2, layers)
+
+
+def test_a_damaged_run_log_on_resume_is_named_and_only_a_cut_last_line_is_dropped(tmp_path):
+    """A non-UTF-8 byte in metrics.jsonl was a traceback, and a line changed by hand in its middle was deleted
+    without a word; only the line a crash cuts short (the last) may go."""
+    from so8t_lib.train.run_folder import truncate_metrics
+
+    log = tmp_path / "metrics.jsonl"
+    good = ['{"step": 1, "kind": "train"}', '{"step": 2, "kind": "train"}', '{"step": 3, "kind": "train"}']
+    log.write_text("\n".join(good) + '\n{"step": 4, "ki', encoding="utf-8")
+    truncate_metrics(tmp_path, 2)
+    assert log.read_text(encoding="utf-8").splitlines() == good[:2]  # past the checkpoint, and the cut line
+    log.write_text(good[0] + "\nnote: restarted by hand\n" + good[1] + "\n", encoding="utf-8")
+    with pytest.raises(CheckpointError, match="metrics.jsonl: line 2 is not a log record.*nothing was dropped"):
+        truncate_metrics(tmp_path, 2)
+    log.write_bytes(good[0].encode() + b"\n\xff\xfe\n")
+    with pytest.raises(CheckpointError, match="metrics.jsonl: not UTF-8 text"):
+        truncate_metrics(tmp_path, 2)
+    assert log.read_bytes() == good[0].encode() + b"\n\xff\xfe\n"

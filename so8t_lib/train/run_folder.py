@@ -142,8 +142,17 @@ def truncate_metrics(run_dir: Path, step: int) -> None:
     path = run_dir / RUN_METRICS_FILE
     if not path.is_file():
         return
-    kept = [line for line in path.read_text(encoding="utf-8").splitlines() if _logged_step(line) <= step]
-    atomic_write_text(path, "".join(line + "\n" for line in kept))
+    try:
+        lines = path.read_text(encoding="utf-8").splitlines()
+    except UnicodeDecodeError as exc:
+        raise CheckpointError(f"{path}: not UTF-8 text (byte {exc.start}): the run's log was damaged; restore it "
+                              "from a copy or move it away, then resume") from None
+    steps = [_logged_step(line) for line in lines]
+    broken = [n for n, logged in enumerate(steps[:-1], 1) if logged == float("inf") and lines[n - 1].strip()]
+    if broken:  # only the last line can be a crash's cut write; one inside the log was changed by hand
+        raise CheckpointError(f"{path}: line {broken[0]} is not a log record (a step's JSON): fix or remove it, "
+                              "then resume (nothing was dropped)")
+    atomic_write_text(path, "".join(line + "\n" for line, logged in zip(lines, steps, strict=True) if logged <= step))
 
 
 def _logged_step(line: str) -> float:
