@@ -113,6 +113,13 @@ def test_an_unreadable_seed_file_is_named(tmp_path, capsys):
         load_seeds(seeds)
     assert so8t(["corpus", "build", "--seeds-dir", str(seeds / "latin1.yaml"), "--out", str(tmp_path / "o")]) == 2
     assert "latin1.yaml is a file; --seeds-dir takes the folder" in capsys.readouterr().err  # said "not found"
+    (seeds / "latin1.yaml").unlink()
+    for name in ("more.yml", "MORE.YAML"):  # skipped without a word: the corpus was built without them
+        (seeds / name).write_text("- id: tst-en-010\n  request: where is the printer\n", encoding="utf-8")
+        with pytest.raises(ValueError, match=rf"{name}: seed files are read as \*\.yaml; rename them"):
+            load_seeds(seeds)
+        (seeds / name).unlink()
+    assert load_seeds(seeds)
 
 
 def test_audit_input_errors_are_named_before_the_work(tmp_path, capsys, monkeypatch):

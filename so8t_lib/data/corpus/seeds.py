@@ -154,6 +154,10 @@ def load_seeds(seeds_dir: str | Path) -> list[Seed]:
     if not seeds_dir.is_dir():
         raise FileNotFoundError(f"seeds folder not found: {seeds_dir}")
     files = sorted(seeds_dir.glob("*.yaml"))
+    other_spelling = sorted(p.name for p in seeds_dir.iterdir()
+                            if p.suffix.lower() in (".yaml", ".yml") and p.suffix != ".yaml")
+    if other_spelling:  # left out, the corpus would be built without them and say nothing
+        raise ValueError(f"{seeds_dir}: {', '.join(other_spelling)}: seed files are read as *.yaml; rename them")
     if not files:
         raise FileNotFoundError(f"no *.yaml seed files in {seeds_dir}")
     seeds: list[Seed] = []
