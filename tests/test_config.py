@@ -272,3 +272,11 @@ def test_aliases_nested_in_aliases_are_refused_before_they_expand(tmp_path):
     with pytest.raises(ConfigError) as refused:  # 9**5 values, within the cap: the wrong type, its value shown short
         load_config(_write(tmp_path, _alias_levels(5)))
     assert "model.lora.target_modules" in str(refused.value) and len(str(refused.value)) < 20_000  # not megabytes
+
+
+@pytest.mark.parametrize("override", ["training.max_steps=true", "model.head.hidden_units=yes", "loss.alpha=false"])
+def test_true_or_false_where_a_number_belongs_is_refused(tmp_path, override):
+    """pydantic's lax mode read true as 1: max_steps: yes trained one step without a word."""
+    with pytest.raises(ConfigError, match=rf"{override.split('=')[0]}: .*a number is needed here"):
+        load_config(_write(tmp_path, ""), [override])
+    assert load_config(_write(tmp_path, ""), ["training.max_steps=3", "model.lora.dropout=0"]).training.max_steps == 3

@@ -13,10 +13,11 @@ from pathlib import Path
 from typing import Any, Literal
 
 import yaml
-from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
+from pydantic import ConfigDict, Field, ValidationError, field_validator, model_validator
 
 from .config_files import (  # noqa: F401 - re-exported: callers import them from core.config
     ConfigError,
+    NumbersNotFlags,
     apply_overrides,
     config_differences,
     deep_merge,
@@ -33,7 +34,7 @@ PRESETS: tuple[str, ...] = ("tiny", "gemma3-270m", "qwen2.5-0.5b", "qwen2.5-7b",
 PRESET_HUB_IDS = {"qwen2.5-0.5b": "Qwen/Qwen2.5-0.5B-Instruct", "qwen2.5-7b": "Qwen/Qwen2.5-7B-Instruct"}
 
 
-class _Section(BaseModel):
+class _Section(NumbersNotFlags):
     model_config = ConfigDict(extra="forbid", validate_assignment=True, allow_inf_nan=False)  # .inf lr, NaN weights
 
     @model_validator(mode="before")

@@ -13,7 +13,7 @@ from types import UnionType
 from typing import Any, Literal, Union, get_args, get_origin
 
 import yaml
-from pydantic import BaseModel
+from pydantic import BaseModel, ValidationInfo, field_validator
 
 
 class ConfigError(ValueError):
@@ -124,6 +124,21 @@ def section_default(model: type[BaseModel], name: str) -> dict[str, Any] | None:
     field = model.model_fields[name]
     default = field.get_default(call_default_factory=True) if field.default_factory is not None else field.default
     return _plain(default) if isinstance(default, BaseModel) else None
+
+
+class NumbersNotFlags(BaseModel):
+    """A base for config sections: true or false where a number belongs is refused (pydantic's lax mode reads
+    true as 1, so ``max_steps: yes`` trained one step without a word)."""
+
+    @field_validator("*", mode="before")
+    @classmethod
+    def _no_flag_for_a_number(cls, value: Any, info: ValidationInfo) -> Any:
+        if isinstance(value, bool) and info.field_name in cls.model_fields:
+            annotation = cls.model_fields[info.field_name].annotation
+            kinds = {annotation, *get_args(annotation)}
+            if bool not in kinds and kinds & {int, float}:
+                raise ValueError(f"a number is needed here, not {str(value).lower()}")
+        return value
 
 
 def apply_overrides(data: dict[str, Any], overrides: list[str] | tuple[str, ...],
