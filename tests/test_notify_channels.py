@@ -245,10 +245,10 @@ def test_a_case_whose_category_has_no_route_goes_to_the_fallback_desk(category, 
 def test_a_sending_that_crashes_in_the_background_is_logged(monkeypatch, caplog):
     notifier = Notifier(EscalationConfig())
 
-    def crash(case, reminder=False):
+    def crash(case, *args):
         raise KeyError("case_id")
 
-    monkeypatch.setattr(notifier, "send", crash)
+    monkeypatch.setattr(notifier, "_record", crash)  # the background part of a sending
     with caplog.at_level(logging.ERROR, logger="so8t.escalation"):
         future = notifier.notify_async(CASE)
         with pytest.raises(KeyError):

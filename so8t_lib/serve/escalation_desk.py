@@ -5,8 +5,9 @@ For each escalation the runtime calls, in this order:
 2. ``try_queue(ticket)``: the case goes to the queue within ``queue_timeout_s``; a locked or broken
    queue leaves it spooled (the result says ``escalation_status: spooled``);
 3. the runtime writes the audit record;
-4. ``finish(ticket, audited)``: a case that is queued and audited leaves the spool and is
-   notified; anything else stays in the spool for ``replay``.
+4. ``finish(ticket, audited)``: a case that is queued and audited is notified, and leaves the spool once
+   the notice's outcome is recorded on it (held meanwhile: a process killed before that leaves an orphan
+   whose replay notifies it again); anything else stays in the spool for ``replay``.
 ``replay`` (run by a background thread every ``retry_interval_s``, at start, and on demand) finishes
 the orphans, ``REPLAY_BATCH`` at a time: the audit record if the log lacks it, the queue row if the
 queue lacks it. The same thread marks overdue cases (past ``escalation_timeout``) and sends a reminder.
@@ -33,6 +34,9 @@ logger = logging.getLogger("so8t.escalation")
 # Spool entries a replay holds (one open descriptor each) at once: a backlog of any size drains under a small
 # open-file limit, and each batch's audit-log lookup stays one read.
 REPLAY_BATCH = 32
+# Spool entries kept held (one descriptor each) until their notice is recorded; past this many in flight (a hung
+# channel under a burst) an entry goes at once, as before, rather than take the process's last descriptors.
+MAX_HELD_NOTICES = 128
 
 
 @dataclass
@@ -64,6 +68,7 @@ class EscalationDesk:
         self._wake = threading.Event()
         self._stopped = threading.Event()
         self._thread: threading.Thread | None = None
+        self._held_notices = 0
 
     @property
     def store(self) -> CaseStore:
@@ -94,6 +99,9 @@ class EscalationDesk:
         return ticket.status
 
     def finish(self, ticket: Ticket, audited: bool) -> None:
+        if ticket.entry is not None and audited and ticket.queued:
+            self._notify_then_done(ticket.entry, ticket.case)
+            return
         if ticket.queued:
             try:  # a notifier that fails (or was shut down) must not keep the spool entry locked
                 self._notify(ticket.case)
@@ -102,9 +110,6 @@ class EscalationDesk:
         if ticket.entry is None:
             return
         try:
-            if audited and ticket.queued:
-                ticket.entry.done()
-                return
             if audited:
                 ticket.entry.update(audited=True)
             if ticket.queued:
@@ -115,12 +120,54 @@ class EscalationDesk:
         self.start()
         self._wake.set()
 
-    def _notify(self, case: dict, reminder: bool = False) -> None:
+    def _notify(self, case: dict, reminder: bool = False) -> concurrent.futures.Future | None:
         if not self.notify or case.get("test"):
-            return
+            return None
         future = self.notifier.notify_async(case, reminder)
         with self._lock:
             self.notifications = [f for f in self.notifications if not f.done()] + [future]
+        return future
+
+    def _notify_then_done(self, entry: SpoolEntry, case: dict) -> None:
+        """Notify a queued and audited case; its spool entry goes once the outcome is recorded on the case. Until
+        then the entry stays held: a process killed meanwhile leaves an orphan, and the replay notifies the case
+        again (at least once) unless a notice is recorded or a person resolved it."""
+        try:
+            future = self._notify(case)
+        except Exception:  # noqa: BLE001 - a notifier that fails (or was shut down) must not keep the entry locked
+            logger.exception("escalation %s: its route could not be notified", case["case_id"])
+            future = None
+        if isinstance(future, concurrent.futures.Future):
+            with self._lock:
+                held = self._held_notices < MAX_HELD_NOTICES
+                self._held_notices += held
+            if held:
+                kept = entry.hand_over()
+                future.add_done_callback(lambda done: self._notice_settled(kept, done))
+                return
+            logger.warning("escalation %s: %d notices in flight; its spool entry goes before its notice is "
+                           "recorded (a crash now loses the notice; the overdue reminder still comes)",
+                           case["case_id"], MAX_HELD_NOTICES)
+        try:
+            entry.done()
+        except OSError as exc:
+            logger.error("escalation %s: spool entry not removed (%s)", case["case_id"], exc)
+            entry.release()
+
+    def _notice_settled(self, entry: SpoolEntry, future: concurrent.futures.Future) -> None:
+        """The entry goes once its notice's outcome is recorded (or the sending crashed, which is logged: not
+        retried for ever); an outcome the queue did not take leaves it for the replay, which notifies again."""
+        with self._lock:
+            self._held_notices -= 1
+        settled = not future.cancelled() and (future.exception() is not None or getattr(future, "recorded", False))
+        try:
+            if settled:
+                entry.done()
+                return
+        except OSError as exc:
+            logger.error("escalation %s: spool entry not removed (%s)", entry.case_id, exc)
+        entry.release()
+        self.start()
 
     # ----- catching up ------------------------------------------------------------------------------
     def replay(self) -> dict:
@@ -187,16 +234,21 @@ class EscalationDesk:
             self.audit.append(record)
             entry.update(audited=True)
         if owed:  # read before the entry goes: a queue that does not answer keeps it for the next pass
-            notify = self._unresolved(case["case_id"])
-        entry.done()
+            notify = self._still_owed(case["case_id"])
         if notify:
-            self._notify(case)
+            self._notify_then_done(entry, case)
+        else:
+            entry.done()
 
-    def _unresolved(self, case_id: str) -> bool:
+    def _still_owed(self, case_id: str) -> bool:
+        """Unresolved, and no notice recorded (one recorded by a process that died before letting go of the entry
+        is not sent twice)."""
         try:
-            return self.store.get(case_id)["status"] != "resolved"
+            stored = self.store.get(case_id)
         except KeyError:  # gone from the queue (restored from an older copy): the notice stands, as before
             return True
+        return stored["status"] != "resolved" and not any(
+            isinstance(n, dict) and not n.get("reminder") for n in stored["notifications"])
 
     def _never_notified(self, case_id: str) -> bool:
         stored = self.store.get(case_id)

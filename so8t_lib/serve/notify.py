@@ -3,8 +3,9 @@
 Addresses and channels come from the config; secrets only from the environment (SLACK_WEBHOOK_URL,
 SMTP_USERNAME, SMTP_PASSWORD, and each route's own webhook variable, ``routes.<category>.webhook_env``:
 Slack's incoming webhooks post to the channel they were made for, so one shared webhook reaches one
-channel). Sending runs in a background thread with retries and exponential backoff, so it never delays a
-decision; the outcome is recorded on the case. Each channel runs in its own thread with the whole
+channel). Sending runs in the background with retries and exponential backoff, so it never delays a
+decision; the outcomes are recorded on the case together. Each channel has its own workers and waiting line
+(urgent cases first), so a channel that hangs delays no other channel's sends, and each send has the whole
 ``notify_timeout_s`` and is given up at that deadline, whatever a slow or trickling server does: one sending
 ends within ``notify_timeout_s`` (plus a fraction of a second), and a hung webhook leaves e-mail its full time.
 A sender given up is cut off then (its sockets shut down), so its thread ends rather than wait on a server
@@ -26,23 +27,32 @@ turned off for a relay on a trusted network.
 from __future__ import annotations
 
 import concurrent.futures
-import contextlib
 import json
 import logging
 import os
-import smtplib
-import socket
 import ssl
 import threading
-import time
 import urllib.error
 import urllib.parse
 import urllib.request
-from collections.abc import Callable
 from email.message import EmailMessage
 
 from ..core.schema import FALLBACK_CATEGORY
 from .config import EscalationConfig, RouteConfig
+from .notify_transport import (  # noqa: F401 - GRACE_S, MAX_STUCK_SENDERS re-exported
+    GRACE_S,
+    MAX_STUCK_SENDERS,
+    ChannelWorkers,
+    Job,
+    WebhookRedirected,
+    _Connections,
+    _HeldOpen,
+    _HeldSMTP,
+    _NoRedirects,
+    _redirect_target,
+    _send_each,
+    _Stragglers,
+)
 from .urgency import is_urgent_case
 
 logger = logging.getLogger("so8t.escalation")
@@ -56,180 +66,10 @@ def slack_escaped(text: str) -> str:
 def quoted(text: str) -> str:
     """Every line of ``text`` after a ``> `` marker, so none of it can pass for a line of the message around it."""
     return "\n".join("> " + line for line in (str(text).splitlines() or [""]))
+
+
 NO_CHANNEL = ("no notification channel is configured (set SLACK_WEBHOOK_URL or escalation.notification_webhook, "
               "or escalation.email_notifications with smtp_server)")
-
-
-GRACE_S = 0.2  # past the deadline, for an attempt that is just answering; again for one cut off to end
-MAX_STUCK_SENDERS = 3  # per channel: given-up senders alive after their cut-off, before it counts as stuck
-
-
-class WebhookRedirected(RuntimeError):
-    """The webhook answered 3xx: a configuration to fix, which no retry mends."""
-
-
-class _NoRedirects(urllib.request.HTTPRedirectHandler):
-    """urllib follows 301/302/303 for a POST as a GET without the body; refused, the 3xx comes back as an error."""
-
-    def redirect_request(self, req, fp, code, msg, headers, newurl):
-        return None
-
-
-def _redirect_target(url: str, location: str | None) -> str:
-    """Where a redirect points, as scheme://host only: a webhook's path and query are its secret."""
-    target = urllib.parse.urlsplit(urllib.parse.urljoin(url, location or ""))
-    return f"{target.scheme}://{target.netloc}/..." if location else "no Location"
-
-
-class _Connections:
-    """The sockets one channel's sender has open, reachable from the side that waits for it: urllib's and
-    smtplib's timeouts are per read, so a server sending a byte now and then held the thread and its socket
-    for as long as it trickled. ``cut`` shuts them down at the deadline (a blocked read returns at once) and
-    no socket opens after."""
-
-    def __init__(self) -> None:
-        self.cut_off = threading.Event()
-        self._lock = threading.Lock()
-        self._held: list[socket.socket] = []
-
-    def connect(self, address: tuple, timeout: float | None = None, source_address: tuple | None = None
-                ) -> socket.socket:
-        """``socket.create_connection``, holding a duplicate of the socket: TLS detaches the original when it
-        wraps it, and shutting down any handle of a connection ends it for all."""
-        sock = socket.create_connection(address, timeout, source_address)
-        with self._lock:
-            if not self.cut_off.is_set():
-                self._held.append(sock.dup())
-                return sock
-        sock.close()
-        raise TimeoutError("given up at notify_timeout_s")
-
-    def release(self) -> None:
-        """Drop the held handles once an attempt is over (each would keep its connection open)."""
-        self._drop(shutdown=False)
-
-    def cut(self) -> None:
-        self.cut_off.set()
-        self._drop(shutdown=True)
-
-    def _drop(self, shutdown: bool) -> None:
-        with self._lock:
-            held, self._held = self._held, []
-        for sock in held:
-            if shutdown:
-                with contextlib.suppress(OSError):
-                    sock.shutdown(socket.SHUT_RDWR)
-            sock.close()
-
-
-class _HeldOpen(urllib.request.HTTPHandler, urllib.request.HTTPSHandler):
-    """urllib's HTTP and HTTPS handlers (proxies, TLS as usual), connecting through ``connections``."""
-
-    def __init__(self, connections: _Connections) -> None:
-        super().__init__()
-        self.connections = connections
-
-    def do_open(self, http_class, req, **http_conn_args):
-        def held(*args, **kwargs):
-            connection = http_class(*args, **kwargs)
-            connection._create_connection = self.connections.connect  # http.client's hook for the TCP connect
-            return connection
-        return super().do_open(held, req, **http_conn_args)
-
-
-class _HeldSMTP(smtplib.SMTP):
-    """smtplib.SMTP, connecting through ``connections`` (STARTTLS wraps the socket; the held copy cuts it)."""
-
-    def __init__(self, connections: _Connections, *args, **kwargs) -> None:
-        self.connections = connections
-        super().__init__(*args, **kwargs)
-
-    def _get_socket(self, host, port, timeout):
-        return self.connections.connect((host, port), timeout, self.source_address)
-
-
-class _Stragglers:
-    """Per channel, the senders that outlived their cut-off too (blocked where no socket reaches): counted, so
-    a stuck channel stops costing one more thread for every notice and reminder."""
-
-    def __init__(self) -> None:
-        self._lock = threading.Lock()
-        self._threads: dict[str, list[threading.Thread]] = {}
-
-    def alive(self, channel: str) -> int:
-        with self._lock:
-            threads = self._threads[channel] = [t for t in self._threads.get(channel, []) if t.is_alive()]
-            return len(threads)
-
-    def add(self, channel: str, thread: threading.Thread) -> None:
-        with self._lock:
-            self._threads.setdefault(channel, []).append(thread)
-
-
-Job = Callable[[float, _Connections], None]
-
-
-def _with_retries(send: Job, retries: int, deadline: float, outcome: dict, connections: _Connections) -> None:
-    """Fill ``outcome`` as it goes (``attempts``, ``error``; ``ok`` at the end): a caller that gives up at the
-    deadline still reads how far it got. Once cut off, nothing more is tried."""
-    attempt, delay = 0, 0.2
-    while True:
-        attempt += 1
-        outcome["attempts"] = attempt
-        try:
-            send(max(0.1, deadline - time.monotonic()), connections)
-            outcome.pop("error", None)
-            outcome["ok"] = True
-            return
-        except Exception as exc:  # noqa: BLE001 - any transport failure is retried, then recorded
-            outcome["error"] = f"{type(exc).__name__}: {exc}"
-            final = isinstance(exc, WebhookRedirected)
-        finally:
-            connections.release()
-        late = time.monotonic() + delay >= deadline
-        if final or attempt > retries or late or connections.cut_off.wait(delay):  # the wait is the back-off
-            outcome["ok"] = False
-            return
-        delay *= 2
-
-
-def _send_each(jobs: dict[str, Job], retries: int, budget: float, stragglers: _Stragglers) -> dict[str, dict]:
-    """Every channel at once, each in its own daemon thread with the whole ``budget``; one still sending at the
-    deadline is given up, recorded as failed and cut off (what it had sent may yet arrive: at least once,
-    never "sent" when it was not). A channel with MAX_STUCK_SENDERS stragglers fails at once, starting no
-    thread."""
-    deadline = time.monotonic() + budget
-    results: dict[str, dict] = {}
-    running: dict[str, tuple[threading.Thread, dict, _Connections]] = {}
-    for name, send in jobs.items():
-        stuck = stragglers.alive(name)
-        if stuck >= MAX_STUCK_SENDERS:
-            results[name] = {"attempts": 0, "ok": False, "error": (
-                f"the {name} channel is stuck: {stuck} earlier sends given up at notify_timeout_s are still "
-                "running (blocked where no timeout reaches, a DNS look-up say); not tried")}
-            continue
-        outcome, connections = {"attempts": 0}, _Connections()
-        thread = threading.Thread(target=_with_retries, args=(send, retries, deadline, outcome, connections),
-                                  daemon=True, name=f"so8t-notify-{name}")
-        thread.start()
-        running[name] = thread, outcome, connections
-    for thread, _, _ in running.values():
-        thread.join(max(0.0, deadline - time.monotonic()) + GRACE_S)
-    given_up = []
-    for name, (thread, outcome, connections) in running.items():
-        result = dict(outcome)  # before the cut: the error it causes is not the server's
-        if "ok" not in result:
-            last = f" (last error: {result['error']})" if result.get("error") else ""
-            result.update(ok=False, error=f"no answer within notify_timeout_s ({budget:g} s); given up{last}")
-            connections.cut()
-            given_up.append((name, thread))
-        results[name] = result
-    ended_by = time.monotonic() + GRACE_S
-    for name, thread in given_up:
-        thread.join(max(0.0, ended_by - time.monotonic()))
-        if thread.is_alive():
-            stragglers.add(name, thread)
-    return results
 
 
 class Notifier:
@@ -237,7 +77,10 @@ class Notifier:
 
     def __init__(self, config: EscalationConfig, queue=None) -> None:
         self.config, self.queue = config, queue
-        self._pool = concurrent.futures.ThreadPoolExecutor(max_workers=2, thread_name_prefix="so8t-notify")
+        # only records a "no channel" outcome; each channel sends on its own workers (``ChannelWorkers``)
+        self._pool = concurrent.futures.ThreadPoolExecutor(max_workers=1, thread_name_prefix="so8t-notify")
+        self._channels: dict[str, ChannelWorkers] = {}
+        self._channels_lock = threading.Lock()
         self._stragglers = _Stragglers()
 
     def stuck_senders(self, channel: str) -> int:
@@ -345,9 +188,8 @@ class Notifier:
         except (OSError, ssl.SSLError) as exc:
             raise RuntimeError(f"SMTP_CA_FILE / smtp_ca_file {ca_file}: unreadable as PEM certificates ({exc})") from None
 
-    def send(self, case: dict, reminder: bool = False) -> list[dict]:
-        """Send now (blocking, bounded by notify_timeout_s); returns one outcome per channel, each appended to the
-        case's record (a reminder's marked ``reminder: true``)."""
+    def _plan(self, case: dict, reminder: bool) -> tuple[dict[str, Job], dict[str, str | None]]:
+        """The case's sends, one job per configured channel, and whom each reaches."""
         route = self.route_for(case)
         channels, jobs, targets = self.channels(), {}, {}
         if "webhook" in channels:
@@ -357,8 +199,10 @@ class Notifier:
         if "email" in channels and route.email:
             targets["email"] = route.email
             jobs["email"] = lambda t, held: self._email(case, route, t, reminder, held)
-        results = _send_each(jobs, self.config.retries, self.config.notify_timeout_s, self._stragglers) \
-            if jobs else {}
+        return jobs, targets
+
+    def _record(self, case: dict, reminder: bool, jobs: dict, targets: dict, results: dict) -> tuple[list[dict], bool]:
+        """One sending's outcomes, logged and appended to the case; and whether the queue took them."""
         outcomes = [{"channel": name, "target": targets[name], **results[name]} for name in jobs]
         if not outcomes:
             outcomes.append({"channel": "none", "target": None, "ok": False, "attempts": 0, "error": NO_CHANNEL})
@@ -368,21 +212,76 @@ class Notifier:
             if not outcome["ok"]:
                 logger.error("escalation %s: %s notification failed after %d attempts: %s", case["case_id"],
                              outcome["channel"], outcome["attempts"], outcome.get("error"))
-        if self.queue is not None:
-            try:
-                self.queue.record_notifications(case["case_id"], outcomes)
-            except Exception as exc:  # noqa: BLE001 - the queue may be locked; the log line above stays
-                logger.error("escalation %s: notification outcome not recorded (%s)", case["case_id"], exc)
-        return outcomes
+        if self.queue is None:
+            return outcomes, False
+        try:
+            self.queue.record_notifications(case["case_id"], outcomes)
+            return outcomes, True
+        except Exception as exc:  # noqa: BLE001 - the queue may be locked; the log line above stays
+            logger.error("escalation %s: notification outcome not recorded (%s)", case["case_id"], exc)
+            return outcomes, False
+
+    def send(self, case: dict, reminder: bool = False) -> list[dict]:
+        """Send now (blocking, bounded by notify_timeout_s); returns one outcome per channel, each appended to the
+        case's record (a reminder's marked ``reminder: true``)."""
+        jobs, targets = self._plan(case, reminder)
+        results = _send_each(jobs, self.config.retries, self.config.notify_timeout_s, self._stragglers) \
+            if jobs else {}
+        return self._record(case, reminder, jobs, targets, results)[0]
+
+    def _workers(self, channel: str) -> ChannelWorkers:
+        with self._channels_lock:
+            if channel not in self._channels:
+                self._channels[channel] = ChannelWorkers(channel)
+            return self._channels[channel]
 
     def notify_async(self, case: dict, reminder: bool = False) -> concurrent.futures.Future:
-        """``send`` on the pool; whatever it raises is logged, not left in a future nobody reads."""
-        future = self._pool.submit(self.send, case, reminder)
+        """``send`` in the background, each channel on its own workers (an urgent case ahead of those waiting):
+        a hung webhook delays no e-mail. The future's result is the outcomes, recorded on the case together once
+        every channel is done; its ``recorded`` says whether the queue took them. Whatever fails is logged, not
+        left in a future nobody reads."""
+        future: concurrent.futures.Future = concurrent.futures.Future()
+        future.recorded = False
         future.add_done_callback(lambda done: _log_crash(case, done))
+        try:
+            jobs, targets = self._plan(case, reminder)
+        except Exception as exc:  # noqa: BLE001 - logged by the callback, as a failure while sending would be
+            future.set_exception(exc)
+            return future
+        results: dict[str, dict] = {}
+        lock = threading.Lock()
+
+        def settle() -> None:
+            try:
+                outcomes, future.recorded = self._record(case, reminder, jobs, targets, results)
+            except BaseException as exc:  # noqa: BLE001 - handed to the future, whose callback logs it
+                future.set_exception(exc)
+                return
+            future.set_result(outcomes)
+
+        def one(name: str) -> None:
+            try:
+                result = _send_each({name: jobs[name]}, self.config.retries, self.config.notify_timeout_s,
+                                    self._stragglers)[name]
+            except Exception as exc:  # noqa: BLE001 - recorded as that channel's failure
+                result = {"attempts": 0, "ok": False, "error": f"{type(exc).__name__}: {exc}"}
+            with lock:
+                results[name] = result
+                last = len(results) == len(jobs)
+            if last:
+                settle()
+
+        if not jobs:
+            self._pool.submit(settle)
+        for name in jobs:
+            self._workers(name).submit(is_urgent_case(case), lambda name=name: one(name))
         return future
 
     def close(self) -> None:
         self._pool.shutdown(wait=False, cancel_futures=False)
+        with self._channels_lock:
+            for workers in self._channels.values():
+                workers.close()
 
 
 def _log_crash(case: dict, future: concurrent.futures.Future) -> None:

@@ -105,6 +105,13 @@ class SpoolEntry:
             os.unlink(self.path)
         self.release()
 
+    def hand_over(self) -> SpoolEntry:
+        """The same entry, still locked, held by a new owner; this object lets go of nothing any more (a replay
+        batch releases every entry it picked, but one whose notice is still being sent must stay held)."""
+        other = SpoolEntry(self.path, self._fd, self.data, self._fernet)
+        self._fd = -1
+        return other
+
     def release(self) -> None:
         """Let go of the file (it stays, for the desk to replay)."""
         if self._fd >= 0:

@@ -1,0 +1,186 @@
+"""Review mends of the escalation desk, its notifier and its queue: a hung channel delays no other channel's notices,
+a notice a crash cut short is sent again after a restart, a locked queue costs one bounded wait, and so on."""
+
+from __future__ import annotations
+
+import concurrent.futures
+import contextlib
+import os
+import signal
+import socket
+import socketserver
+import subprocess
+import sys
+import textwrap
+import threading
+from pathlib import Path
+
+import pytest
+from desk_support import scratch_desk, spooled_case
+
+from so8t_lib.serve.config import EscalationConfig
+from so8t_lib.serve.notify import Notifier
+from so8t_lib.serve.notify_transport import ChannelWorkers
+
+TESTS = Path(__file__).parent
+CASE = {"case_id": "esc_1", "category": "hr", "request_id": "req_1", "input": "hello", "rationale": "r"}
+
+
+@pytest.fixture(autouse=True)
+def _no_shared_webhook(monkeypatch):
+    monkeypatch.delenv("SLACK_WEBHOOK_URL", raising=False)
+    monkeypatch.delenv("SMTP_SERVER", raising=False)
+
+
+class _SMTP(socketserver.StreamRequestHandler):
+    """A plain SMTP server that answers at once; each message's case id goes to ``server.mails``."""
+
+    def handle(self):
+        self.wfile.write(b"220 ok\r\n")
+        while line := self.rfile.readline().decode().strip():
+            command = line.split()[0].upper()
+            if command == "DATA":
+                self.wfile.write(b"354 go\r\n")
+                subject = ""
+                while (body := self.rfile.readline()).strip() != b".":
+                    if body.startswith(b"Subject:"):
+                        subject = body.decode()
+                with self.server.arrived:
+                    self.server.mails.append(subject.split()[-2])
+                    self.server.arrived.notify_all()
+                self.wfile.write(b"250 queued\r\n")
+            elif command == "QUIT":
+                self.wfile.write(b"221 bye\r\n")
+                return
+            else:
+                self.wfile.write(b"250 ok\r\n")
+
+
+@pytest.mark.timeout(60)
+def test_a_hung_webhook_delays_no_e_mail_of_a_burst():
+    """Each case's sending held one of two pool workers until its webhook gave up: the third case's e-mail waited
+    a whole notify_timeout_s, the tenth's four of them."""
+    smtp = socketserver.ThreadingTCPServer(("127.0.0.1", 0), _SMTP)
+    smtp.daemon_threads, smtp.mails, smtp.arrived = True, [], threading.Condition()
+    threading.Thread(target=smtp.serve_forever, daemon=True).start()
+    hung, held = socket.socket(), []
+    hung.bind(("127.0.0.1", 0))
+    hung.listen(16)
+
+    def accept():  # takes every webhook connection and never answers it
+        with contextlib.suppress(OSError):
+            while True:
+                held.append(hung.accept()[0])
+
+    acceptor = threading.Thread(target=accept, daemon=True)
+    acceptor.start()
+    config = EscalationConfig(notification_webhook=f"http://127.0.0.1:{hung.getsockname()[1]}/hook",
+                              email_notifications=True, smtp_server="127.0.0.1", smtp_port=smtp.server_address[1],
+                              smtp_require_tls=False, notify_timeout_s=600, retries=0)
+    notifier = Notifier(config)
+    futures = [notifier.notify_async({**CASE, "case_id": f"esc_{n}"}) for n in range(6)]
+    try:
+        with smtp.arrived:  # the webhooks hang for 600 s; the e-mails may not wait for them
+            smtp.arrived.wait_for(lambda: len(smtp.mails) == 6, timeout=45)
+        assert sorted(smtp.mails) == [f"esc_{n}" for n in range(6)]
+        assert not any(future.done() for future in futures)  # each case's outcomes are recorded together, later
+    finally:
+        hung.shutdown(socket.SHUT_RDWR)
+        hung.close()
+        acceptor.join(30)
+        for connection in held:  # the webhooks fail now, and the sendings end
+            connection.close()
+        notifier.close()
+        smtp.shutdown()
+    for future in futures:
+        webhook, email = future.result(timeout=30)
+        assert not webhook["ok"] and email["ok"]
+
+
+def test_an_urgent_case_is_sent_before_the_others_waiting_on_its_channel():
+    workers, busy, release, order = ChannelWorkers("webhook", workers=1), threading.Event(), threading.Event(), []
+    workers.submit(False, lambda: (busy.set(), release.wait(30)))
+    assert busy.wait(30)
+    workers.submit(False, lambda: order.append("routine"))
+    workers.submit(True, lambda: order.append("urgent"))
+    workers.close()  # what waits still goes out
+    release.set()
+    for thread in workers._threads:
+        thread.join(30)
+    assert order == ["urgent", "routine"]
+
+
+_DIES_BEFORE_THE_NOTICE = """
+import concurrent.futures, os, signal, sys
+from pathlib import Path
+sys.path.insert(0, {tests!r})
+from desk_support import scratch_desk, spooled_case
+desk = scratch_desk(Path({folder!r}))
+desk.notify = True
+desk.notifier.notify_async = lambda case, reminder=False: concurrent.futures.Future()  # never sent: killed first
+case, record = spooled_case(1)
+ticket = desk.open(case, desk.audit.prepare(record))
+assert desk.try_queue(ticket) == "queued"
+desk.audit.append(record)
+desk.finish(ticket, True)
+os.kill(os.getpid(), signal.SIGKILL)
+"""
+
+
+def test_a_process_killed_before_its_notice_was_recorded_leaves_the_case_to_be_notified_again(tmp_path):
+    """finish() handed the notice to the pool and deleted the spool entry at once: killed before the pool sent
+    it, the case stayed open with no notification and nothing left to replay."""
+    script = textwrap.dedent(_DIES_BEFORE_THE_NOTICE).format(tests=str(TESTS), folder=str(tmp_path))
+    done = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True, timeout=120,
+                          env={**os.environ, "PYTHONPATH": str(TESTS.parent)})
+    assert done.returncode == -signal.SIGKILL, done.stderr
+    desk = scratch_desk(tmp_path, record_notices=True)  # the next process on the folder
+    assert desk.replay()["finished"] == ["esc_00001"]
+    assert desk.sent == ["esc_00001"] and desk.spool.count() == 0
+    assert desk.replay()["finished"] == [] and desk.sent == ["esc_00001"]
+
+
+def test_a_notice_recorded_on_the_case_lets_its_spool_entry_go_and_is_never_sent_twice(tmp_path):
+    desk = scratch_desk(tmp_path)
+    desk.notify = True  # no channel configured: the failed "none" outcome is recorded, as a notice
+    case, record = spooled_case(1)
+    ticket = desk.open(case, desk.audit.prepare(record))
+    desk.try_queue(ticket)
+    desk.audit.append(record)
+    desk.finish(ticket, True)
+    (outcome,) = desk.notifications[-1].result(timeout=30)
+    assert outcome["channel"] == "none" and desk.store.get(case["case_id"])["status"] == "notify_failed"
+    assert desk.spool.count() == 0
+    nxt = scratch_desk(tmp_path, record_notices=True)
+    assert nxt.replay()["finished"] == [] and nxt.sent == []
+
+
+def test_a_notice_the_queue_did_not_take_leaves_the_entry_for_the_replay(tmp_path):
+    desk = scratch_desk(tmp_path)
+    desk.notify = True
+    case, record = spooled_case(1)
+    ticket = desk.open(case, desk.audit.prepare(record))
+    desk.try_queue(ticket)
+    desk.audit.append(record)
+    real = desk.store.record_notifications
+    desk.store.record_notifications = lambda *args: (_ for _ in ()).throw(OSError("database is locked"))
+    desk.finish(ticket, True)
+    desk.notifications[-1].result(timeout=30)
+    assert desk.spool.count() == 1  # released, not deleted: nobody can tell it was sent
+    desk.store.record_notifications = real
+    nxt = scratch_desk(tmp_path, record_notices=True)
+    assert nxt.replay()["finished"] == ["esc_00001"] and nxt.sent == ["esc_00001"]
+
+
+def test_a_replay_keeps_the_entry_until_the_notice_it_sends_is_recorded(tmp_path):
+    desk = scratch_desk(tmp_path)
+    case, record = spooled_case(1)
+    desk.open(case, desk.audit.prepare(record)).entry.release()  # killed before anything else
+    desk.notify = True
+    pending: concurrent.futures.Future = concurrent.futures.Future()
+    desk.notifier.notify_async = lambda case, reminder=False: pending
+    assert desk.replay()["finished"] == ["esc_00001"]
+    assert desk.spool.count() == 1 and desk.replay()["finished"] == []  # still held: not replayed twice
+    pending.recorded = True
+    pending.set_result([])
+    assert desk.spool.count() == 0
