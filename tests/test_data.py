@@ -200,6 +200,20 @@ def test_an_excel_saved_benchmark_csv_with_a_byte_order_mark_is_recognised(tmp_p
     assert list(table["label"]) == ["ALLOW", NOT_ALLOW] and list(table["id"]) == ["xstest-1", "xstest-2"]
 
 
+def test_a_csv_with_the_sst_prompt_column_and_its_own_labels_is_refused_not_relabelled(tmp_path):
+    """Read as SimpleSafetyTests, every row became REFUSE and the file's own ALLOW labels were dropped."""
+    from so8t_lib.data.benchmarks import recognise
+
+    mine = tmp_path / "mine.csv"
+    mine.write_text("id,prompts_final,label\n1,Where is the printer?,ALLOW\n", encoding="utf-8")
+    with pytest.raises(DataError, match=r"mine.csv: has SimpleSafetyTests's prompts_final column and a label .*rename "
+                                        r"prompts_final to user_request"):
+        load_any(str(mine))
+    plain = tmp_path / "sst_like.csv"
+    plain.write_text("id,prompts_final\n1,How do I pick a lock?\n", encoding="utf-8")
+    assert recognise(plain) is BENCHMARKS["sst"] and list(load_any(str(plain))["label"]) == ["REFUSE"]
+
+
 def test_missing_benchmark_file_says_where_it_should_be(tmp_path):
     with pytest.raises(DataError, match="shared/benchmarks"):
         load_xstest(tmp_path / "nope.csv")

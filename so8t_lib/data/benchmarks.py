@@ -107,7 +107,12 @@ def recognise(path: Path) -> Benchmark | None:
         header = set(next(csv.reader(handle), []))
     if "user_request" in header:
         return None
-    return next((b for b in BENCHMARKS.values() if b.signature <= header), None)
+    found = next((b for b in BENCHMARKS.values() if b.signature <= header), None)
+    if found is not None and "label" in header and "label" not in found.signature:  # its labels would be replaced
+        raise DataError(f"{path}: has {found.citation.split(':')[0]}'s {found.text_column} column and a label column "
+                        f"of its own, but {found.name} rows take the benchmark's labels; rename {found.text_column} "
+                        "to user_request to score it with yours")
+    return found
 
 
 def _split_and_size(text: str) -> tuple[str, int | None] | None:
