@@ -184,3 +184,28 @@ def test_a_replay_keeps_the_entry_until_the_notice_it_sends_is_recorded(tmp_path
     pending.recorded = True
     pending.set_result([])
     assert desk.spool.count() == 0
+
+
+def test_a_locked_queue_costs_the_first_escalation_one_wait_not_two(tmp_path, monkeypatch):
+    """The queue opened at the first escalation tried its schema (waiting queue_timeout_s, the error kept quiet),
+    then add() tried it again: that escalation waited twice queue_timeout_s before it was spooled."""
+    import sqlite3
+
+    from so8t_lib.serve import queue_sql
+    from so8t_lib.serve.escalation import EscalationQueue, QueueUnavailable
+
+    path = tmp_path / "escalations.sqlite"
+    EscalationQueue(path)
+    real, tries = queue_sql.has_queue_tables, []
+    monkeypatch.setattr(queue_sql, "has_queue_tables", lambda engine: (tries.append(1), real(engine))[1])
+    other = sqlite3.connect(path, isolation_level=None)
+    other.execute("BEGIN EXCLUSIVE")
+    try:
+        queue = EscalationQueue(path, timeout_s=0.2)
+        with pytest.raises(QueueUnavailable, match="locked"):
+            queue.add(CASE)
+        assert len(tries) == 1
+    finally:
+        other.execute("ROLLBACK")
+        other.close()
+    assert queue.add(CASE) and queue.get("esc_1")["status"] == "open"  # free again: tried, not the old error

@@ -16,6 +16,7 @@ from __future__ import annotations
 import datetime as dt
 import json
 import logging
+import time
 from collections.abc import Callable, Iterator
 from contextlib import closing, contextmanager
 from pathlib import Path
@@ -135,11 +136,15 @@ class EscalationQueue:
             self.engine = queue_sql.postgres_engine(url, timeout_s)
         self.dialect = self.engine.dialect.name
         self._ready, self._absent = False, {}
+        self._unavailable: tuple[float, QueueUnavailable] | None = None
         try:
             self._ensure_schema(create)
-        except QueueUnavailable:
+        except QueueUnavailable as error:
             if not create:
                 raise  # the command line says so at once; the runtime retries later
+            # the first use, just after, reports this wait rather than wait once more (the runtime opens the queue at
+            # its first escalation: a locked queue cost that escalation twice queue_timeout_s)
+            self._unavailable = time.monotonic(), error
 
     def close(self) -> None:
         """Let go of pooled connections (a server's; SQLite keeps none)."""
@@ -162,6 +167,9 @@ class EscalationQueue:
         migrates it first, or fails saying the queue cannot be written."""
         if self._ready and not (writing and self._absent):
             return
+        failed, self._unavailable = self._unavailable, None
+        if failed is not None and time.monotonic() - failed[0] < self.timeout_s:
+            raise failed[1]
         try:
             present = queue_sql.has_queue_tables(self.engine)
             if not present and not create:
