@@ -6,7 +6,9 @@
         --out build/tiny_card.md --figures ""
 
 The recipe is read from --config (the committed file the run was trained with) or, when --run names a run
-folder that still holds its config.yaml, from there.
+folder that still holds its config.yaml, from there. The result files default to the config's model's own
+(experiments/eval/<name>.json, benchmarks/results/gguf_decisions_<name>.json, ...); the seed spread and the
+comparison with corpus v6 are the default model's (so8t-demo) only. An evaluation of another model is refused.
 """
 
 from __future__ import annotations
@@ -16,6 +18,7 @@ from pathlib import Path
 
 from ..core.config import ConfigError, read_config_mapping
 from ..core.io import atomic_write_text
+from ..workbench.card_inputs import config_model
 from ..workbench.model_card import (
     FOLLOW_UP_ABLATIONS,
     CardInputError,
@@ -24,33 +27,40 @@ from ..workbench.model_card import (
     write_figures,
 )
 
-DEFAULT_EVAL = "experiments/eval/so8t-demo.json"
-DEFAULT_QUANT = "benchmarks/results/gguf_decisions_so8t-demo.json"
-DEFAULT_REFIT = "benchmarks/results/head_refit_so8t-demo.json"
+DEFAULT_MODEL = "so8t-demo"  # the model of configs/training.yaml, the one the seed and corpus-v6 results are of
 DEFAULT_POINTS = "benchmarks/results/operating_point.json"
-DEFAULT_POINTS_RECIPE = "so8t-demo"
-DEFAULT_SEEDS = "benchmarks/results/seed_ensemble.json"
-DEFAULT_COMPARE = "experiments/eval/so8t-demo-corpus-v6.json"
 DEFAULT_COMPARE_LABEL = "corpus-v6 default"
+
+
+def model_defaults(name: str) -> dict[str, str]:
+    """The result files of the model called ``name`` (an option left out takes its entry): a card of the tiny
+    preset quoted the default model's numbers when these were the default's whatever --config said."""
+    demo = name == DEFAULT_MODEL
+    return {"eval": f"experiments/eval/{name}.json", "quant": f"benchmarks/results/gguf_decisions_{name}.json",
+            "refit": f"benchmarks/results/head_refit_{name}.json", "operating_points_recipe": name,
+            "seeds": "benchmarks/results/seed_ensemble.json" if demo else "",
+            "compare": "experiments/eval/so8t-demo-corpus-v6.json" if demo else ""}
 
 
 def main(argv: list[str] | None = None) -> None:
     parser = argparse.ArgumentParser(prog="so8t card", description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--config", default="configs/training.yaml", help="the config the run was trained with")
     parser.add_argument("--run", default=None, help="a run folder whose config.yaml is read instead of --config")
-    parser.add_argument("--eval", default=DEFAULT_EVAL)
-    parser.add_argument("--quant", default=DEFAULT_QUANT)
-    parser.add_argument("--refit", default=DEFAULT_REFIT, help='the head-refit benchmark\'s result ("" for none)')
+    parser.add_argument("--eval", help="the model's evaluation (default experiments/eval/<model name>.json)")
+    parser.add_argument("--quant", help="the GGUF benchmark's result (default "
+                                        "benchmarks/results/gguf_decisions_<model name>.json)")
+    parser.add_argument("--refit", help='the head-refit benchmark\'s result ("" for none; default '
+                                        'benchmarks/results/head_refit_<model name>.json)')
     parser.add_argument("--operating-points", default=DEFAULT_POINTS,
                         help='the operating-point benchmark\'s result ("" for none)')
-    parser.add_argument("--operating-points-recipe", default=DEFAULT_POINTS_RECIPE,
-                        help="its entry for this model (the predictions file's stem: the default's evaluation "
-                             "with val, docs/benchmarks.md)")
+    parser.add_argument("--operating-points-recipe",
+                        help="its entry for this model (the predictions file's stem; default the model's name: the "
+                             "default's evaluation with val, docs/benchmarks.md)")
     parser.add_argument("--ablation", default="experiments/ablation/ablation.json")
-    parser.add_argument("--seeds", default=DEFAULT_SEEDS,
-                        help='benchmarks/seed_ensemble.py\'s result: the spread between seeds ("" for none)')
-    parser.add_argument("--compare", default=DEFAULT_COMPARE,
-                        help='an evaluation of an earlier run of the recipe, on another corpus or with other settings ("" for none)')
+    parser.add_argument("--seeds", help='benchmarks/seed_ensemble.py\'s result: the spread between seeds ("" for '
+                                        'none; default the so8t-demo model\'s)')
+    parser.add_argument("--compare", help='an evaluation of an earlier run of the recipe, on another corpus or with '
+                                          'other settings ("" for none; default the so8t-demo model\'s on corpus v6)')
     parser.add_argument("--compare-label", default=DEFAULT_COMPARE_LABEL, help="what sets that run apart")
     parser.add_argument("--out", default="MODEL_CARD.md")
     parser.add_argument("--figures", default="figures", help='folder for the figures; "" skips them')
@@ -65,6 +75,10 @@ def main(argv: list[str] | None = None) -> None:
         config = read_config_mapping(run_config or args.config)
     except ConfigError as exc:
         parser.error(str(exc))
+    name, _ = config_model(config.get("model") or {}, config.get("training") or {})
+    for key, value in model_defaults(name).items():
+        if getattr(args, key) is None:
+            setattr(args, key, value)
     follow_ups = tuple(Path(p) for p in (args.follow_up if args.follow_up is not None else FOLLOW_UP_ABLATIONS))
     try:  # every result file read and checked, and the card built, before a figure or the card is written
         planned = figure_files(Path(args.eval), Path(args.quant), Path(args.ablation), Path(args.figures)) \
@@ -74,7 +88,8 @@ def main(argv: list[str] | None = None) -> None:
                           compare_label=args.compare_label, refit_json=Path(args.refit) if args.refit else None,
                           points_json=Path(args.operating_points) if args.operating_points else None,
                           points_recipe=args.operating_points_recipe,
-                          seeds_json=Path(args.seeds) if args.seeds else None, figures=planned, card_path=Path(args.out))
+                          seeds_json=Path(args.seeds) if args.seeds else None, figures=planned, card_path=Path(args.out),
+                          config_path=run_config or args.config)
     except CardInputError as exc:
         parser.error(str(exc))  # exit 2, nothing written
     figures = write_figures(Path(args.eval), Path(args.quant), Path(args.ablation), Path(args.figures)) \

@@ -5,6 +5,8 @@ card for the Gemma default never borrow each other's claims.
 
 from __future__ import annotations
 
+from pathlib import Path
+
 from ..model.pretrained import GGUF_BASES
 
 
@@ -53,8 +55,26 @@ def head_phrase(head: dict) -> str:
     return f"SafetyHeadB ({shape}) on {where}, {head.get('pooling', 'last')}-pooled"
 
 
-def recipe_section(model: dict, training: dict, loss: dict) -> list[str]:
-    """How the run was trained, in the config's own numbers."""
+DEFAULT_CONFIG = "configs/training.yaml"  # what `so8t demo` (`make demo`) trains
+
+
+def measured_here(model: dict) -> bool:
+    """Whether the workbench trained and measured this preset itself (on 2 CPU cores): the tiny preset and the
+    GGUF bases; another preset's card states no such thing."""
+    return model.get("preset") == "tiny" or model.get("preset") in GGUF_BASES
+
+
+def train_command(config_path: str | Path | None) -> str:
+    """The command that trains the run the card describes, from the config file it was read from."""
+    if config_path is None:
+        return "`so8t train --config` with the config the run was trained with"
+    command = f"`so8t train --config {Path(config_path).as_posix()}`"
+    same = Path(config_path).resolve() == Path(DEFAULT_CONFIG).resolve()
+    return f"`make demo` (`so8t demo`), or {command}" if same else command
+
+
+def recipe_section(model: dict, training: dict, loss: dict, config_path: str | Path | None = None) -> list[str]:
+    """How the run was trained, in the config's own numbers; ``config_path`` names the training command."""
     lora, gates, head = model.get("lora", {}), model.get("gates", {}), model.get("head", {})
     frozen = training.get("freeze_below") or 0
     parts = [f"LoRA r={lora.get('r', '?')} on {_layers(lora.get('layers'))}",
@@ -77,8 +97,8 @@ def recipe_section(model: dict, training: dict, loss: dict) -> list[str]:
              f"{training.get('safety_optimizer', {}).get('lr', '?')} (two optimizers); "
              f"{training.get('max_steps', '?')} steps of batch {training.get('batch_size', '?')}"
              + (f" on a stratified sample of {sample} training rows" if sample else " drawn from the whole training split")
-             + f"; early stopping on `{training.get('early_stopping', {}).get('metric', '?')}`, 2 CPU cores. "
-             "Command: `make demo` (`so8t demo`), or `so8t train --config configs/training.yaml`."]
+             + f"; early stopping on `{training.get('early_stopping', {}).get('metric', '?')}`"
+             + (", 2 CPU cores" if measured_here(model) else "") + f". Command: {train_command(config_path)}."]
     return lines
 
 
@@ -156,11 +176,16 @@ def limits_section(model: dict, seeds: dict | None = None, seeds_source: str = "
     if model.get("preset") == "tiny":
         lines.append("- Measured on a tiny random-init model on CPU; nothing here transfers to a pretrained model "
                      "without re-measuring.")
-    else:
+    elif model.get("preset") in GGUF_BASES:
         lines.append(f"- A 270 M base, its SafetyHeadB fitted in minutes on 2 CPU cores "
                      f"({seed_spread(seeds, seeds_source)}): it is the workbench's honest small default, not a gate "
                      "to deploy. Compare it with the keyword baselines above, and the public sets with the corpus, "
                      "before trusting any number.")
+    else:
+        lines.append(f"- A `{model.get('preset', '?')}` base, which the workbench did not train and measure itself "
+                     f"({seed_spread(seeds, seeds_source)}): the numbers above are only what the named result files "
+                     "hold. Compare it with the keyword baselines above, and the public sets with the corpus, before "
+                     "trusting any number.")
     lines += ["- The corpus is generated from hand-written seeds; real traffic will differ.",
               "- The threshold rule trades dangerous compliance for escalations; choose the threshold on val data "
               "from your own traffic.",

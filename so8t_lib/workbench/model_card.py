@@ -16,7 +16,6 @@ evaluation of the same recipe on the previous corpus when there is one, and the 
 
 from __future__ import annotations
 
-import json
 import os
 from collections.abc import Sequence
 from pathlib import Path
@@ -25,95 +24,8 @@ import pandas as pd
 
 from ..data.tables import load_split, rows_digest
 from . import card_sections, plots
-
-
-class CardInputError(ValueError):
-    """A result file the card cannot be built from, named with its key: the card is not written around a hole."""
-
-
-WRITTEN_BY = {"evaluation": "so8t evaluate ... --out", "quantization": "python benchmarks/gguf_decisions.py",
-              "ablation": "notebook 02, ablation.write_report", "follow-up ablation": "notebook 02, ablation.write_report",
-              "head refit": "python benchmarks/head_refit.py",
-              "operating points": "python benchmarks/operating_point.py",
-              "seed ensemble": "python benchmarks/seed_ensemble.py"}
-
-
-def _need(node, keys: str, path: Path, kind: str, where: str = "") -> None:
-    """``node`` (at ``where`` in the file) is an object holding each of ``keys`` (space-separated), else
-    CardInputError naming the file and the key."""
-    if not isinstance(node, dict):
-        problem = f"'{where.rstrip('.')}' is not an object" if where else "holds no JSON object"
-    elif missing := [key for key in keys.split() if key not in node]:
-        problem = f"has no key '{where}{missing[0]}'"
-    else:
-        return
-    raise CardInputError(f"{path}: {problem}; write it again ({WRITTEN_BY.get(kind, kind)}) or name another file")
-
-
-def _items(node, path: Path, kind: str, where: str) -> list[tuple[str, object]]:
-    """The (dotted name, value) of each member of an object or list at ``where``, else CardInputError."""
-    if isinstance(node, (dict, list)):
-        return [(f"{where}.{k}.", v) for k, v in (node.items() if isinstance(node, dict) else enumerate(node))]
-    raise CardInputError(f"{path}: '{where}' is neither an object nor a list; write it again "
-                         f"({WRITTEN_BY.get(kind, kind)}) or name another file")
-
-
-def _check(data: dict, path: Path, kind: str, figures: bool) -> None:
-    """The keys the card reads from a result file of ``kind``, or with ``figures`` the keys its figures read."""
-    if kind == "evaluation":
-        _need(data, "datasets", path, kind)
-        _need(data["datasets"], "", path, kind, "datasets.")
-        reports = _items(data["datasets"], path, kind, "datasets")
-        if figures and reports:
-            name = figure_dataset(data["datasets"])
-            _need(data["datasets"][name], "confusion_matrix labels", path, kind, f"datasets.{name}.")
-        names = ""  # the baseline columns: the first data set's baselines, which every other one must have
-        for where, rep in [] if figures else reports:
-            _need(rep, "n", path, kind, where)
-            if rep.get("baselines"):
-                names = names or " ".join(map(str, rep["baselines"]))
-                _need(rep["baselines"], names, path, kind, f"{where}baselines.")
-    elif kind == "quantization":
-        _need(data, "results", path, kind)
-        for where, row in _items(data["results"], path, kind, "results"):
-            _need(row, "backend agreement_with_fp32 decide_p50_ms" + (" size_mib macro_f1" if figures else ""), path,
-                  kind, where)
-    elif kind == "ablation" and figures:
-        for where, row in _items(data.get("table") or [], path, kind, "table"):
-            _need(row, "gate_order metric mean ci_low ci_high", path, kind, where)
-    elif kind == "ablation":
-        _need(data, "finding", path, kind)
-    elif kind == "head refit":
-        for where, rung in _items(data.get("rungs") or {}, path, kind, "rungs"):
-            for head in ("exported_head", "refitted_head") if "refitted_head" in rung else ():
-                _need(rung, head, path, kind, where)
-                _need(rung[head], "agreement_with_fp32", path, kind, f"{where}{head}.")
-    elif kind == "operating points":
-        for where, recipe in _items(data.get("recipes") or {}, path, kind, "recipes"):
-            for at, point in _items(recipe.get("targets") or {}, path, kind, f"{where}targets"):
-                if point.get("reachable") and point.get("test"):
-                    _need(point, "threshold", path, kind, at)
-                    _need(point["test"], "dangerous_compliance over_refusal_incl_escalate escalation_rate", path,
-                          kind, f"{at}test.")
-    elif kind == "seed ensemble":
-        for where, run in _items(data.get("runs") or {}, path, kind, "runs"):
-            _need(run, "" if where == f"runs.{card_sections.ENSEMBLE_RUN}." else "argmax", path, kind, where)
-
-
-def _load(path: Path, kind: str = "", figures: bool = False) -> dict | None:
-    """A result file's object (None when there is none), checked for valid JSON and for the keys the card reads:
-    a broken file stops the card with its name and key, before any figure or card is written."""
-    if not path.is_file():
-        return None
-    try:
-        data = json.loads(path.read_text(encoding="utf-8"))
-    except (OSError, UnicodeDecodeError, json.JSONDecodeError) as exc:
-        raise CardInputError(f"{path}: not readable JSON ({exc}); write it again ({WRITTEN_BY.get(kind, kind)}) "
-                             "or name another file") from None
-    _need(data, "", path, kind)
-    _check(data, path, kind, figures)
-    return data
-
+from .card_inputs import CardInputError as CardInputError
+from .card_inputs import _load, check_model, figure_dataset
 
 RUNTIME_CONFIGS = ("configs/basic.yaml", "configs/production.yaml")  # the configs the card's routing sentence names
 
@@ -210,12 +122,6 @@ FOLLOW_UP_ABLATIONS = ("experiments/ablation/random_init/ablation.json",
 CORPUS_KEYS = ["safety_score", "macro_f1", "refuse_recall", "dangerous_compliance", "over_refusal", "ece"]
 
 
-def figure_dataset(datasets: dict) -> str:
-    """The data set the card's evaluation figures show: the test split when it was scored (evaluations list val
-    first, whose rows the temperature was fitted on), else the first one."""
-    return "test" if "test" in datasets else next(iter(datasets))
-
-
 def _metrics_caption(evaluation: dict) -> str:
     """What the numbers are: the decision rule and the intervals the evaluation actually used."""
     rule = evaluation.get("decision_rule", "argmax")
@@ -308,16 +214,21 @@ def build_card(config: dict, eval_json: Path, quant_json: Path, ablation_json: P
                compare_label: str = "the previous corpus", refit_json: Path | None = None,
                points_json: Path | None = None, points_recipe: str | None = None,
                seeds_json: Path | None = None, runtime_configs: tuple[str | Path, ...] = RUNTIME_CONFIGS,
-               figures: Sequence[Path] = (), card_path: Path = Path("MODEL_CARD.md")) -> str:
+               figures: Sequence[Path] = (), card_path: Path = Path("MODEL_CARD.md"),
+               config_path: str | Path | None = None) -> str:
     """The card's markdown for the run trained with ``config`` (a config mapping); ``follow_ups`` are further
     ablation results quoted by their conclusion and geometry, ``compare_json`` an evaluation of the same
     recipe trained on another corpus (``compare_label``), ``refit_json`` the head-refit benchmark,
     ``points_json`` the operating-point benchmark (its entry ``points_recipe``, default the model's name),
     ``seeds_json`` the seed-ensemble benchmark (the spread between seeds); each only if given and its file exists.
     ``runtime_configs`` are the serving configs whose escalation routing the limits name. ``figures``: the files
-    ``write_figures`` drew for this card (none: no figure section), linked relative to ``card_path``'s folder."""
+    ``write_figures`` drew for this card (none: no figure section), linked relative to ``card_path``'s folder;
+    ``config_path``, the file ``config`` was read from, is the training command the card names. An evaluation of
+    another model than the config's is refused (CardInputError)."""
     model, training = config.get("model", {}), config.get("training", {})
-    evaluation, quant = _load(Path(eval_json), "evaluation"), _load(Path(quant_json), "quantization")
+    evaluation = _load(Path(eval_json), "evaluation")
+    check_model(evaluation, Path(eval_json), model, training)
+    quant = _load(Path(quant_json), "quantization")
     ablation, compare = _load(Path(ablation_json), "ablation"), _load(Path(compare_json), "evaluation") if compare_json else None
     more_sweeps = {str(path): _load(Path(path), "follow-up ablation") for path in follow_ups}
     seeds = _load(Path(seeds_json), "seed ensemble") if seeds_json else None
@@ -335,7 +246,7 @@ def build_card(config: dict, eval_json: Path, quant_json: Path, ablation_json: P
         f"`data/so8t_safety` (data card: `data/README.md`): train {len(splits['train'])}, val {len(splits['val'])}, "
         f"test {len(splits['test'])} rows, Japanese and English, split by request family. XSTest and "
         "SimpleSafetyTests are used for evaluation only.", "",
-        *card_sections.recipe_section(model, training, config.get("loss", {})), "",
+        *card_sections.recipe_section(model, training, config.get("loss", {}), config_path), "",
         *_metrics_section(evaluation, eval_json, splits),
         *_comparison_section(evaluation, compare, compare_json, compare_label),
     ]

@@ -1,0 +1,72 @@
+"""Review mends for so8t card, the gate ablation's statistics and so8t sweep: each test is a case a user hit."""
+
+import json
+from pathlib import Path
+
+import pytest
+
+from so8t_lib.cli.card import main as card
+from so8t_lib.workbench import model_card
+
+ROOT = Path(__file__).resolve().parents[1]
+NO_EXTRAS = ["--compare", "", "--refit", "", "--operating-points", "", "--seeds", "", "--figures", ""]
+
+
+@pytest.fixture
+def in_repo(monkeypatch):
+    monkeypatch.chdir(ROOT)  # the committed configs and results
+
+
+def test_a_card_refuses_an_evaluation_of_another_model(tmp_path, capsys, in_repo):
+    """`so8t card --config configs/tiny-training.yaml` printed the Gemma default's evaluation under the title
+    "so8t-tiny": nothing checked that the result file was of the config's model."""
+    out = tmp_path / "CARD.md"
+    with pytest.raises(SystemExit) as exited:
+        card(["--config", "configs/tiny-training.yaml", "--eval", "experiments/eval/so8t-demo.json", *NO_EXTRAS,
+              "--out", str(out)])
+    err = capsys.readouterr().err
+    assert exited.value.code == 2 and not out.exists()
+    assert "experiments/eval/so8t-demo.json: evaluates 'checkpoints/so8t-demo/best', not so8t-tiny" in err
+    # left out, --eval is the config's own model's evaluation; the documented tiny command still works
+    card(["--config", "configs/tiny-training.yaml", *NO_EXTRAS, "--out", str(out)])
+    text = out.read_text(encoding="utf-8")
+    assert text.startswith("# Model card: so8t-tiny") and "`experiments/eval/so8t-tiny.json`" in text
+    assert "Not measured for `so8t-tiny`" not in text  # --operating-points "": no section at all
+    card(["--config", "configs/tiny-training.yaml", "--eval", "experiments/eval/so8t-tiny.json", "--quant",
+          "benchmarks/results/gguf_decisions_cpu.json", *NO_EXTRAS, "--out", str(out)])
+    assert "Command: `so8t train --config configs/tiny-training.yaml`." in out.read_text(encoding="utf-8")
+
+
+def test_the_model_match_reads_run_folders_names_and_exported_files():
+    from so8t_lib.workbench.card_inputs import names_model
+
+    for evaluated in ("checkpoints/so8t-demo/best", "/abs/checkpoints/so8t-demo/last", "dist/so8t-demo-q4_k_m.gguf"):
+        assert names_model(evaluated, "so8t-demo", "checkpoints/so8t-demo"), evaluated
+    for evaluated in ("checkpoints/so8t-demo-seed1/best", "checkpoints/so8t-tiny/best", "dist/so8t-tiny-q8_0.gguf"):
+        assert not names_model(evaluated, "so8t-demo", "checkpoints/so8t-demo"), evaluated
+    assert names_model("runs/elsewhere/best", "so8t-demo", "runs/elsewhere")  # trained into another output_dir
+
+
+def test_a_card_of_another_recipe_names_its_own_command_and_base(tmp_path, in_repo):
+    """A card for configs/qwen2.5-7b-qlora.yaml said "A 270 M base ... on 2 CPU cores" and named
+    `so8t train --config configs/training.yaml` as its command, whatever --config was."""
+    out = tmp_path / "CARD.md"
+    card(["--config", "configs/qwen2.5-7b-qlora.yaml", *NO_EXTRAS, "--out", str(out)])
+    text = out.read_text(encoding="utf-8")
+    assert "270 M" not in text and "2 CPU cores" not in text and "configs/training.yaml" not in text
+    assert "Command: `so8t train --config configs/qwen2.5-7b-qlora.yaml`." in text
+    assert "A `qwen2.5-7b` base, which the workbench did not train and measure itself" in text
+    assert "Not measured: `experiments/eval/so8t-qwen2.5-7b.json` is missing" in text  # not the default's numbers
+    card(["--config", "configs/training.yaml", *NO_EXTRAS, "--out", str(out)])  # the default keeps its words
+    text = out.read_text(encoding="utf-8")
+    assert "Command: `make demo` (`so8t demo`), or `so8t train --config configs/training.yaml`." in text
+    assert "- A 270 M base, its SafetyHeadB fitted in minutes on 2 CPU cores" in text
+
+
+def test_build_card_without_a_config_file_names_no_command_of_its_own(tmp_path):
+    text = model_card.build_card({"model": {"name": "m", "preset": "tiny"}}, tmp_path / "e.json",
+                                 tmp_path / "q.json", tmp_path / "a.json")
+    assert "Command: `so8t train --config` with the config the run was trained with." in text
+    (tmp_path / "e.json").write_text(json.dumps({"model": "checkpoints/other/best", "datasets": {}}))
+    with pytest.raises(model_card.CardInputError, match="evaluates 'checkpoints/other/best', not m "):
+        model_card.build_card({"model": {"name": "m"}}, tmp_path / "e.json", tmp_path / "q.json", tmp_path / "a.json")
