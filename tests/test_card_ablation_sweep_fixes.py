@@ -70,3 +70,24 @@ def test_build_card_without_a_config_file_names_no_command_of_its_own(tmp_path):
     (tmp_path / "e.json").write_text(json.dumps({"model": "checkpoints/other/best", "datasets": {}}))
     with pytest.raises(model_card.CardInputError, match="evaluates 'checkpoints/other/best', not m "):
         model_card.build_card({"model": {"name": "m"}}, tmp_path / "e.json", tmp_path / "q.json", tmp_path / "a.json")
+
+
+def _summary(rows):
+    import pandas as pd
+
+    return pd.DataFrame(rows, columns=["run", "status", "gate_order", "pet", "seed", "metric.macro_f1"])
+
+
+def test_a_sweep_without_a_non_commutative_order_draws_no_conclusion_about_one():
+    """With only commuting beside none, the conclusion said "Non-commutative gating (safe_first, cmd_first) made
+    no measurable difference", quoting commuting's p as theirs."""
+    from so8t_lib.workbench import ablation
+
+    rows = [[f"n{i}", "ok", "none", True, i, 0.50 + 0.01 * i] for i in range(5)] + \
+           [[f"c{i}", "ok", "commuting", True, i, 0.52 + 0.013 * i * (-1) ** i] for i in range(5)]
+    text = ablation.conclusion(ablation.analyze(_summary(rows), ["macro_f1"]))
+    assert text.startswith("No non-commutative order (safe_first, cmd_first) was compared")
+    assert "gate_order=commuting only" in text and "made no measurable difference" not in text
+    rows += [[f"s{i}", "ok", "safe_first", True, i, 0.51 + 0.01 * i] for i in range(5)]  # one is: it is judged
+    assert "Non-commutative gating (safe_first) made no measurable difference" in ablation.conclusion(
+        ablation.analyze(_summary(rows), ["macro_f1"]))

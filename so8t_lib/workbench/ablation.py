@@ -252,9 +252,15 @@ def conclusion(table: pd.DataFrame, alpha: float = 0.05, group: str = "gate_orde
     def per_pair(row: pd.Series) -> str:
         return "" if equal else f", {int(row['pairs'])} paired seeds"
 
+    if ours.empty:  # e.g. commuting against none only: a verdict on the non-commutative orders would be invented
+        significant = int((compared["p_holm"] < alpha).sum())
+        return (f"No non-commutative order ({', '.join(non_commuting)}) was compared: the paired comparisons are of "
+                f"{group}={', '.join(sorted(set(compared[group].astype(str))))} only ({family}, {seeds}; "
+                f"{significant} significant at alpha {alpha} after Holm's correction), so this sweep says nothing "
+                "about non-commutative gating.")
     if hits.empty:
-        best = ours.loc[ours["p_value"].idxmin()] if not ours.empty else compared.loc[compared["p_value"].idxmin()]
-        present = [o for o in non_commuting if o in set(ours[group])] or list(non_commuting)
+        best = ours.loc[ours["p_value"].idxmin()]
+        present = [o for o in non_commuting if o in set(ours[group])]
         return (f"Non-commutative gating ({', '.join(present)}) made no measurable difference: none of "
                 f"its comparisons is significant at alpha {alpha} after Holm's correction over {family} "
                 f"({seeds}). The smallest unadjusted p was {best['p_value']:.3f} "
