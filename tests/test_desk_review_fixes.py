@@ -209,3 +209,39 @@ def test_a_locked_queue_costs_the_first_escalation_one_wait_not_two(tmp_path, mo
         other.execute("ROLLBACK")
         other.close()
     assert queue.add(CASE) and queue.get("esc_1")["status"] == "open"  # free again: tried, not the old error
+
+
+def _runtime(escalation: dict, decision_timeout_s: float | None = None):
+    from so8t_lib.serve.config import RuntimeConfig
+
+    inference = {} if decision_timeout_s is None else {"decision_timeout_s": decision_timeout_s}
+    return RuntimeConfig.model_validate({"model": {"checkpoint_path": "x"}, "inference": inference,
+                                         "escalation": escalation})
+
+
+def test_a_postgresql_queue_with_a_wait_shorter_than_its_connect_floor_is_refused_at_load():
+    """libpq waits at least 2 s for a connection: every escalation to a hung server blocked 2 s while the config
+    said 0.5 s, and the error said "within 0.5s"."""
+    from pydantic import ValidationError
+
+    url = {"queue_url": "postgresql://so8t@db/so8t"}
+    with pytest.raises(ValidationError, match=r"queue_timeout_s \(0.5 s\) is shorter than the 2 s a PostgreSQL"):
+        _runtime({**url, "queue_timeout_s": 0.5})
+    with pytest.raises(ValidationError, match=r"\(1.5 s, the default\)"):  # the default follows decision_timeout_s
+        _runtime(url, decision_timeout_s=1.5)
+    assert _runtime({**url, "queue_timeout_s": 2}, decision_timeout_s=5).queue_wait_s() == 2
+    assert _runtime({"queue_timeout_s": 0.5}).queue_wait_s() == 0.5  # SQLite's busy wait has no floor
+
+
+@pytest.mark.timeout(60)
+def test_a_postgresql_server_that_never_answers_is_reported_with_the_wait_it_took():
+    from so8t_lib.serve.escalation import EscalationQueue, QueueUnavailable
+
+    with socket.socket() as hung:
+        hung.bind(("127.0.0.1", 0))
+        hung.listen(8)  # accepts, never answers
+        queue = EscalationQueue(f"postgresql://so8t@127.0.0.1:{hung.getsockname()[1]}/so8t", timeout_s=0.5)
+        with pytest.raises(QueueUnavailable) as raised:
+            queue.add(CASE)
+    assert "does not answer (no connection within 2s" in str(raised.value)
+    assert "within 0.5s" not in str(raised.value)

@@ -26,7 +26,7 @@ from ..core.config import (
     validation_problems,
 )
 from ..core.schema import ROUTE_CATEGORIES
-from .config_fields import EnvName, FilePath
+from .config_fields import PG_SHORTEST_CONNECT_S, EnvName, FilePath
 from .policy import THRESHOLD_RANGE
 
 Device = Literal["cpu", "cuda", "auto"]
@@ -289,6 +289,13 @@ class RuntimeConfig(_Section):
             raise ValueError(f"escalation.queue_timeout_s ({self.escalation.queue_timeout_s}) must be shorter than "
                              f"inference.decision_timeout_s ({self.inference.decision_timeout_s}): a locked queue "
                              "must not hold a decision longer than the model may")
+        if self.escalation.queue_url and self.queue_wait_s() < PG_SHORTEST_CONNECT_S:
+            raise ValueError(
+                f"escalation.queue_timeout_s ({self.queue_wait_s():g} s{'' if wait is not None else ', the default'}) "
+                f"is shorter than the {PG_SHORTEST_CONNECT_S} s a PostgreSQL connection may take (libpq waits at "
+                "least that long for a server that does not answer), so escalations to escalation.queue_url would "
+                f"wait {PG_SHORTEST_CONNECT_S} s: set queue_timeout_s to {PG_SHORTEST_CONNECT_S} or more (with "
+                "inference.decision_timeout_s above it), or use the SQLite queue (queue_db)")
         return self
 
     def queue_wait_s(self) -> float:

@@ -11,6 +11,8 @@ from typing import Annotated
 from pydantic import AfterValidator
 
 ENV_NAME = re.compile(r"[A-Za-z_][A-Za-z0-9_]{0,127}")
+# libpq and psycopg wait at least this long for a connection to a PostgreSQL server, whatever connect_timeout says
+PG_SHORTEST_CONNECT_S = 2
 
 
 def _env_name(value: str) -> str:

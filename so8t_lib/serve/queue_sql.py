@@ -8,8 +8,8 @@ one queue). What differs is kept here:
   queue file replaced by a restore is seen at once), opened with a URI so ``create=False`` never
   makes a file, ``BEGIN IMMEDIATE`` for writes so two writers never deadlock on a lock upgrade,
   and ``timeout_s`` as SQLite's busy wait.
-- **PostgreSQL** (psycopg 3): a small pool with a liveness check, ``connect_timeout`` and
-  ``lock_timeout`` from ``timeout_s``, and row locks (``SELECT ... FOR UPDATE``) where SQLite
+- **PostgreSQL** (psycopg 3): a small pool with a liveness check, ``connect_timeout`` (at least the
+  2 s libpq allows) and ``lock_timeout`` from ``timeout_s``, and row locks (``SELECT ... FOR UPDATE``) where SQLite
   relies on its one writer. The schema is created under an advisory lock, so two replicas that
   start together do not both create it.
 
@@ -51,6 +51,8 @@ from sqlalchemy import (
 from sqlalchemy.engine import URL, Connection, Engine, make_url
 from sqlalchemy.pool import NullPool
 from sqlalchemy.sql import Select
+
+from .config_fields import PG_SHORTEST_CONNECT_S
 
 metadata = MetaData()
 cases = Table(
@@ -161,11 +163,17 @@ def sqlite_engine(path: Path, create: bool, timeout_s: float) -> tuple[Engine, C
     return engine, connect
 
 
+def connect_wait_s(timeout_s: float) -> int:
+    """The longest a new connection to the server may take: ``timeout_s`` in whole seconds (never past it), but at
+    least the 2 s libpq and psycopg allow (the runtime's config refuses a shorter queue_timeout_s for a server)."""
+    return max(PG_SHORTEST_CONNECT_S, int(timeout_s))
+
+
 def postgres_engine(url: URL, timeout_s: float) -> Engine:
     wait_ms = max(1, int(timeout_s * 1000))
     return create_engine(
         url, pool_size=2, max_overflow=8, pool_timeout=timeout_s, pool_pre_ping=True,
-        connect_args={"connect_timeout": max(2, int(round(timeout_s))), "application_name": "so8t",
+        connect_args={"connect_timeout": connect_wait_s(timeout_s), "application_name": "so8t",
                       "options": f"-c lock_timeout={wait_ms}"})
 
 
@@ -262,8 +270,11 @@ def translate(error: exc.DBAPIError | exc.SQLAlchemyError, where: str, timeout_s
             return StoreError(f"{where}: {message}", False)
         return StoreError(f"{where} is not an escalation queue ({message})", False)
     sqlstate = getattr(orig, "sqlstate", None)
-    if sqlstate in ("55P03", "57014") or (isinstance(error, exc.OperationalError) and sqlstate is None):
+    if sqlstate in ("55P03", "57014"):
         return StoreError(f"{where}: the escalation queue does not answer within {timeout_s:g}s ({message})", True)
+    if isinstance(error, exc.OperationalError) and sqlstate is None:  # no connection: its wait has a floor
+        return StoreError(f"{where}: the escalation queue's server does not answer (no connection within "
+                          f"{max(timeout_s, connect_wait_s(timeout_s)):g}s: {message})", True)
     if sqlstate in _WRITE_REFUSED_STATES:
         return StoreError(f"{where}: the escalation queue refused this role ({message}); writing it needs a role "
                           "that owns its tables, reading it one granted SELECT on them", False)
