@@ -245,3 +245,46 @@ def test_a_postgresql_server_that_never_answers_is_reported_with_the_wait_it_too
             queue.add(CASE)
     assert "does not answer (no connection within 2s" in str(raised.value)
     assert "within 0.5s" not in str(raised.value)
+
+
+BAD_WEBHOOKS = ["file:///etc/hostname", "data:,ok", "ftp://127.0.0.1:1/x", "http:///hook", "hooks.example/x"]
+
+
+@pytest.mark.parametrize("url", BAD_WEBHOOKS)
+def test_a_webhook_url_that_is_no_http_url_with_a_host_is_refused_at_load(url):
+    """file:, data: and ftp: URLs were opened by urllib and failed later, at each notice, with meaningless errors
+    (a data: URL even 'succeeded')."""
+    from pydantic import ValidationError
+
+    with pytest.raises(ValidationError, match="must be an http:// or https:// URL with a host"):
+        EscalationConfig(notification_webhook=url)
+    assert EscalationConfig(notification_webhook="https://hooks.example/services/T/B/X").notification_webhook
+
+
+@pytest.mark.parametrize("variable", ["SLACK_WEBHOOK_URL", "HR_WEBHOOK"])
+def test_a_webhook_variable_that_is_no_http_url_stops_the_start_naming_it(variable, monkeypatch):
+    from so8t_lib.core.config import ConfigError
+    from so8t_lib.serve.config import RouteConfig
+
+    routes = {**EscalationConfig().routes, "hr": RouteConfig(email="hr@x", slack_channel="#hr", webhook_env="HR_WEBHOOK")}
+    monkeypatch.setenv(variable, "data:,ok")
+    with pytest.raises(ConfigError, match=f"{variable} must be an http:// or https:// URL with a host, got a data:"):
+        Notifier(EscalationConfig(routes=routes))
+    Notifier(EscalationConfig(routes=routes, enable_notifications=False))  # nothing is sent: nothing to refuse
+
+
+def test_a_webhook_variable_set_after_the_start_is_checked_before_anything_is_opened(tmp_path, monkeypatch):
+    from so8t_lib.serve.notify_transport import _Connections, webhook_opener
+
+    notifier = Notifier(EscalationConfig(retries=3))
+    secret = tmp_path / "secret.txt"
+    secret.write_text("not for a webhook")
+    monkeypatch.setenv("SLACK_WEBHOOK_URL", secret.as_uri())
+    (outcome,) = notifier.send(CASE)
+    assert not outcome["ok"] and outcome["attempts"] == 1  # a configuration to fix: not retried
+    assert "SLACK_WEBHOOK_URL must be an http:// or https:// URL with a host, got a file: URL" in outcome["error"]
+    import urllib.error
+
+    for url in (secret.as_uri(), "data:,ok", "ftp://127.0.0.1:1/x"):  # the opener itself knows only HTTP(S)
+        with pytest.raises(urllib.error.URLError, match="unknown url type"):
+            webhook_opener(_Connections()).open(url, timeout=1)

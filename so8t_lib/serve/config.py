@@ -26,7 +26,7 @@ from ..core.config import (
     validation_problems,
 )
 from ..core.schema import ROUTE_CATEGORIES
-from .config_fields import PG_SHORTEST_CONNECT_S, EnvName, FilePath
+from .config_fields import PG_SHORTEST_CONNECT_S, EnvName, FilePath, WebhookUrl
 from .policy import THRESHOLD_RANGE
 
 Device = Literal["cpu", "cuda", "auto"]
@@ -146,7 +146,8 @@ def _default_routes() -> dict[str, RouteConfig]:
 
 class EscalationConfig(_Section):
     enable_notifications: bool = True
-    notification_webhook: str | None = Field(None, description="Slack-compatible URL; SLACK_WEBHOOK_URL overrides it")
+    notification_webhook: WebhookUrl | None = Field(None, description="Slack-compatible http(s) URL; SLACK_WEBHOOK_URL "
+                                                    "overrides it")
     email_notifications: bool = False
     smtp_server: str | None = None
     smtp_port: int = Field(587, gt=0)

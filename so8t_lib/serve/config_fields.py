@@ -5,6 +5,7 @@ flag file off, an empty ``logging.encryption_key_env`` wrote the audit log unenc
 from __future__ import annotations
 
 import re
+import urllib.parse
 from pathlib import Path
 from typing import Annotated
 
@@ -23,6 +24,21 @@ def _env_name(value: str) -> str:
     return value
 
 
+def check_webhook_url(value: str, source: str) -> str:
+    """``value`` unless it is not an http(s) URL with a host (urllib would open a file:, data: or ftp: URL and fail
+    later with a meaningless error). The message never shows the URL: a webhook's path is its secret."""
+    try:
+        parts = urllib.parse.urlsplit(value.strip())
+        scheme, host = parts.scheme.lower(), parts.hostname
+    except ValueError:  # a malformed port or IPv6 literal
+        scheme, host = None, None
+    if scheme in ("http", "https") and host:
+        return value
+    got = ("a URL that cannot be read" if scheme is None else "no scheme" if not scheme else
+           f"an {scheme}: URL with no host" if scheme in ("http", "https") else f"a {scheme}: URL")
+    raise ValueError(f"{source} must be an http:// or https:// URL with a host, got {got}")
+
+
 def _file_path(value: str) -> str:
     if not value.strip():
         raise ValueError("empty: name the file (a path ending in a file name); an empty path would make the runtime "
@@ -35,3 +51,4 @@ def _file_path(value: str) -> str:
 
 EnvName = Annotated[str, AfterValidator(_env_name)]
 FilePath = Annotated[str, AfterValidator(_file_path)]
+WebhookUrl = Annotated[str, AfterValidator(lambda value: check_webhook_url(value, "the webhook URL"))]

@@ -37,21 +37,23 @@ import urllib.parse
 import urllib.request
 from email.message import EmailMessage
 
+from ..core.config import ConfigError
 from ..core.schema import FALLBACK_CATEGORY
 from .config import EscalationConfig, RouteConfig
+from .config_fields import check_webhook_url
 from .notify_transport import (  # noqa: F401 - GRACE_S, MAX_STUCK_SENDERS re-exported
     GRACE_S,
     MAX_STUCK_SENDERS,
     ChannelWorkers,
     Job,
     WebhookRedirected,
+    WebhookUnusable,
     _Connections,
-    _HeldOpen,
     _HeldSMTP,
-    _NoRedirects,
     _redirect_target,
     _send_each,
     _Stragglers,
+    webhook_opener,
 )
 from .urgency import is_urgent_case
 
@@ -82,6 +84,17 @@ class Notifier:
         self._channels: dict[str, ChannelWorkers] = {}
         self._channels_lock = threading.Lock()
         self._stragglers = _Stragglers()
+        if config.enable_notifications:  # a variable's URL is read only now; the config's was checked at load
+            for name, url in self._webhook_variables():
+                try:
+                    check_webhook_url(url, name)
+                except ValueError as exc:
+                    raise ConfigError(str(exc)) from None
+
+    def _webhook_variables(self) -> list[tuple[str, str]]:
+        """The webhook variables set: SLACK_WEBHOOK_URL and each route's ``webhook_env``."""
+        names = ["SLACK_WEBHOOK_URL", *(route.webhook_env for route in self.config.routes.values() if route.webhook_env)]
+        return [(name, os.environ[name]) for name in dict.fromkeys(names) if os.environ.get(name)]
 
     def stuck_senders(self, channel: str) -> int:
         """Senders on ``channel`` given up and cut off yet still alive (MAX_STUCK_SENDERS marks it stuck)."""
@@ -140,11 +153,16 @@ class Notifier:
         if not url:
             raise RuntimeError(f"no webhook for route {case['category']}: set "
                                f"{route.webhook_env or 'its webhook_env variable'} or SLACK_WEBHOOK_URL")
+        own = route.webhook_env if route.webhook_env and os.environ.get(route.webhook_env) else None
+        try:  # a variable set after the start is read here
+            check_webhook_url(url, own or ("SLACK_WEBHOOK_URL" if os.environ.get("SLACK_WEBHOOK_URL") else
+                                           "escalation.notification_webhook"))
+        except ValueError as exc:
+            raise WebhookUnusable(str(exc)) from None
         body = json.dumps({"text": self._message(case, reminder, escape=slack_escaped), "channel": route.slack_channel}).encode("utf-8")
         request = urllib.request.Request(url, data=body, headers={"Content-Type": "application/json"})
         try:
-            opener = urllib.request.build_opener(_NoRedirects, _HeldOpen(connections))
-            with opener.open(request, timeout=timeout) as response:
+            with webhook_opener(connections).open(request, timeout=timeout) as response:
                 if response.status >= 300:
                     raise RuntimeError(f"webhook answered HTTP {response.status}")
         except urllib.error.HTTPError as exc:

@@ -29,6 +29,10 @@ class WebhookRedirected(RuntimeError):
     """The webhook answered 3xx: a configuration to fix, which no retry mends."""
 
 
+class WebhookUnusable(WebhookRedirected):
+    """The webhook's URL is no http(s) URL with a host: no retry mends it either."""
+
+
 class _NoRedirects(urllib.request.HTTPRedirectHandler):
     """urllib follows 301/302/303 for a POST as a GET without the body; refused, the 3xx comes back as an error."""
 
@@ -96,6 +100,16 @@ class _HeldOpen(urllib.request.HTTPHandler, urllib.request.HTTPSHandler):
             connection._create_connection = self.connections.connect  # http.client's hook for the TCP connect
             return connection
         return super().do_open(held, req, **http_conn_args)
+
+
+def webhook_opener(connections: _Connections) -> urllib.request.OpenerDirector:
+    """urllib's opener for HTTP and HTTPS only (proxies as usual): none of its file:, ftp: or data: handlers, so no
+    other URL is ever opened, and redirects refused."""
+    opener = urllib.request.OpenerDirector()
+    for handler in (urllib.request.ProxyHandler(), urllib.request.UnknownHandler(), _HeldOpen(connections),
+                    urllib.request.HTTPDefaultErrorHandler(), _NoRedirects(), urllib.request.HTTPErrorProcessor()):
+        opener.add_handler(handler)
+    return opener
 
 
 class _HeldSMTP(smtplib.SMTP):
