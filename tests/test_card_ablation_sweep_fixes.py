@@ -91,3 +91,42 @@ def test_a_sweep_without_a_non_commutative_order_draws_no_conclusion_about_one()
     rows += [[f"s{i}", "ok", "safe_first", True, i, 0.51 + 0.01 * i] for i in range(5)]  # one is: it is judged
     assert "Non-commutative gating (safe_first) made no measurable difference" in ablation.conclusion(
         ablation.analyze(_summary(rows), ["macro_f1"]))
+
+
+@pytest.mark.parametrize(("kind", "text", "said"), [
+    ("evaluation", '{"datasets": {"test": {"n": 10, "macro_f1": "0.8"}}}', "'datasets.test.macro_f1' is \"0.8\", not"),
+    ("evaluation", '{"datasets": {"test": {"n": 10, "macro_f1": NaN}}}', "'datasets.test.macro_f1' is NaN, not"),
+    ("evaluation", '{"datasets": {"test": {"n": null}}}', "'datasets.test.n' is null, not a finite number"),
+    ("evaluation", '{"datasets": {"test": {"n": 9, "ci": {"ece": [NaN, 0.7]}}}}', "'datasets.test.ci.ece.0' is NaN"),
+    ("evaluation", '{"temperature": null, "datasets": {}}', "'temperature' is null"),
+    ("evaluation", '{"datasets": {"test": {"n": 9, "headline": [["ece"]]}}}', "'datasets.test.headline.0' is [\"ece\"]"),
+    ("quantization", '{"results": [{"backend": "q4", "agreement_with_fp32": null, "decide_p50_ms": 3}]}',
+     "'results.0.agreement_with_fp32' is null, not a finite number;"),
+    ("quantization", '{"results": [{"backend": "q4", "agreement_with_fp32": 1, "decide_p50_ms": Infinity}]}',
+     "'results.0.decide_p50_ms' is Infinity"),
+    ("ablation", '{"finding": null}', "'finding' is null, not text"),
+    ("follow-up ablation", '{"steps": 40, "conclusion": "x"}', "'steps' is 40, not a list or null"),
+    ("operating points", '{"recipes": {"m": {"targets": {"0.05": {"reachable": true, "threshold": "0.5", "test": '
+                         '{"dangerous_compliance": 0.1, "over_refusal_incl_escalate": 0.1, "escalation_rate": 0.1}}}}}}',
+     "'recipes.m.targets.0.05.threshold' is \"0.5\""),
+    ("operating points", '{"recipes": {"m": {"targets": {"five": {}}}}}', "target 'recipes.m.targets.five' is no number"),
+    ("seed ensemble", '{"runs": {"a": {"argmax": {"test": {"dangerous_compliance": "low"}}}}}',
+     "'runs.a.argmax.test.dangerous_compliance' is \"low\""),
+])
+def test_a_value_the_card_cannot_print_is_named_with_its_key(tmp_path, kind, text, said):
+    """A key present with a string, a null or a NaN crashed the card with a traceback (exit 1), or printed "nan"."""
+    (tmp_path / "r.json").write_text(text, encoding="utf-8")
+    with pytest.raises(model_card.CardInputError, match="write it again") as refused:
+        model_card._load(tmp_path / "r.json", kind)
+    assert said in str(refused.value) and str(tmp_path / "r.json") in str(refused.value)
+
+
+def test_the_card_command_refuses_a_null_value_with_exit_2_and_writes_nothing(tmp_path, capsys, in_repo):
+    (tmp_path / "q.json").write_text('{"results": [{"backend": "q4", "agreement_with_fp32": null, '
+                                     '"decide_p50_ms": 3.0}]}', encoding="utf-8")
+    with pytest.raises(SystemExit) as exited:
+        card(["--config", "configs/tiny-training.yaml", "--quant", str(tmp_path / "q.json"), *NO_EXTRAS,
+              "--out", str(tmp_path / "CARD.md")])
+    err = capsys.readouterr().err
+    assert exited.value.code == 2 and "Traceback" not in err and not (tmp_path / "CARD.md").exists()
+    assert "'results.0.agreement_with_fp32' is null" in err

@@ -6,6 +6,7 @@ model's numbers under another's name.
 from __future__ import annotations
 
 import json
+import math
 from pathlib import Path, PurePath
 
 from ..core.config import ModelConfig, TrainingConfig
@@ -43,46 +44,135 @@ def _items(node, path: Path, kind: str, where: str) -> list[tuple[str, object]]:
                          f"({WRITTEN_BY.get(kind, kind)}) or name another file")
 
 
+CORPUS_KEYS = ["safety_score", "macro_f1", "refuse_recall", "dangerous_compliance", "over_refusal", "ece"]
+TYPES = {"#": "a finite number", "$": "text", "@": "a list", "%": "an object"}
+
+
+def _fits(value, want: str) -> bool:
+    if want == "#":
+        return isinstance(value, (int, float)) and not isinstance(value, bool) and math.isfinite(value)
+    return isinstance(value, {"$": str, "@": list, "%": dict}[want])
+
+
+def _typed(node: dict, spec: str, path: Path, kind: str, where: str = "") -> None:
+    """Each key of ``spec`` that ``node`` holds has the type the card prints it as (``key#`` a finite number,
+    ``key$`` text, ``key@`` a list, ``key%`` an object; a trailing ``?`` also allows null), else CardInputError
+    naming the file and the key: a string, a null or a NaN crashed the card's formatting or showed as "nan"."""
+    for token in spec.split():
+        nullable = token.endswith("?")
+        key, want = token.rstrip("?")[:-1], token.rstrip("?")[-1]
+        if key in node and not (nullable and node[key] is None) and not _fits(node[key], want):
+            shown = json.dumps(node[key])
+            raise CardInputError(f"{path}: '{where}{key}' is {shown[:40] + ('...' if len(shown) > 40 else '')}, not "
+                                 f"{TYPES[want]}{' or null' if nullable else ''}; write it again "
+                                 f"({WRITTEN_BY.get(kind, kind)}) or name another file")
+
+
+def _interval(node: dict, key: str, path: Path, kind: str, where: str) -> None:
+    """An interval the card prints: null, or a list of two bounds, each null or a finite number."""
+    _typed(node, f"{key}@?", path, kind, where)
+    bounds = node.get(key)
+    if bounds is not None:
+        if len(bounds) != 2:
+            raise CardInputError(f"{path}: '{where}{key}' holds {len(bounds)} bounds, not 2; write it again "
+                                 f"({WRITTEN_BY.get(kind, kind)}) or name another file")
+        _typed({"0": bounds[0], "1": bounds[1]}, "0#? 1#?", path, kind, f"{where}{key}.")
+
+
+def _report(rep: dict, path: Path, kind: str, where: str) -> None:
+    """A data set's report in an evaluation: its row count, its headline metrics, their intervals, its baselines."""
+    _need(rep, "n", path, kind, where)
+    _typed(rep, "n# headline@? ci%? ci_exact_binomial@? baselines%?", path, kind, where)
+    headline = rep.get("headline") or []
+    _typed({str(i): key for i, key in enumerate(headline)}, " ".join(f"{i}$" for i in range(len(headline))), path,
+           kind, f"{where}headline.")
+    metrics = " ".join(f"{key}#?" for key in dict.fromkeys([*CORPUS_KEYS, *headline]))
+    _typed(rep, metrics, path, kind, where)
+    for key in rep.get("ci") or {}:
+        _interval(rep["ci"], key, path, kind, f"{where}ci.")
+    for name, other in (rep.get("baselines") or {}).items():
+        _need(other, "", path, kind, f"{where}baselines.{name}.")
+        _typed(other, metrics, path, kind, f"{where}baselines.{name}.")
+
+
 def _check(data: dict, path: Path, kind: str, figures: bool) -> None:
-    """The keys the card reads from a result file of ``kind``, or with ``figures`` the keys its figures read."""
+    """The keys the card reads from a result file of ``kind``, or with ``figures`` the keys its figures read, and
+    the types the card prints them as."""
     if kind == "evaluation":
         _need(data, "datasets", path, kind)
         _need(data["datasets"], "", path, kind, "datasets.")
+        _typed(data, "temperature#", path, kind)
         reports = _items(data["datasets"], path, kind, "datasets")
         if figures and reports:
             name = figure_dataset(data["datasets"])
             _need(data["datasets"][name], "confusion_matrix labels", path, kind, f"datasets.{name}.")
         names = ""  # the baseline columns: the first data set's baselines, which every other one must have
         for where, rep in [] if figures else reports:
-            _need(rep, "n", path, kind, where)
+            _report(rep, path, kind, where)
             if rep.get("baselines"):
                 names = names or " ".join(map(str, rep["baselines"]))
                 _need(rep["baselines"], names, path, kind, f"{where}baselines.")
     elif kind == "quantization":
         _need(data, "results", path, kind)
+        _typed(data, "results@", path, kind)
         for where, row in _items(data["results"], path, kind, "results"):
             _need(row, "backend agreement_with_fp32 decide_p50_ms" + (" size_mib macro_f1" if figures else ""), path,
                   kind, where)
+            _typed(row, "agreement_with_fp32# decide_p50_ms# size_mib#? macro_f1#?", path, kind, where)
     elif kind == "ablation" and figures:
         for where, row in _items(data.get("table") or [], path, kind, "table"):
             _need(row, "gate_order metric mean ci_low ci_high", path, kind, where)
-    elif kind == "ablation":
-        _need(data, "finding", path, kind)
+            _typed(row, "mean#? ci_low#? ci_high#?", path, kind, where)
+    elif kind in ("ablation", "follow-up ablation"):
+        _need(data, "finding" if kind == "ablation" else "", path, kind)
+        _typed(data, ("finding$ " if kind == "ablation" else "") + "conclusion$? geometry$? steps@? table@?", path,
+               kind)
+        for where, row in _items(data.get("table") or [], path, kind, "table"):
+            _need(row, "", path, kind, where)
+            _typed(row, "n#?", path, kind, where)
     elif kind == "head refit":
+        _typed(data, "rungs%?", path, kind)
         for where, rung in _items(data.get("rungs") or {}, path, kind, "rungs"):
+            _need(rung, "", path, kind, where)
+            _typed(rung, "macro_f1#? refit%?", path, kind, where)
             for head in ("exported_head", "refitted_head") if "refitted_head" in rung else ():
                 _need(rung, head, path, kind, where)
                 _need(rung[head], "agreement_with_fp32", path, kind, f"{where}{head}.")
+                _typed(rung[head], "agreement_with_fp32# dangerous_compliance#?", path, kind, f"{where}{head}.")
     elif kind == "operating points":
+        _typed(data, "recipes%?", path, kind)
         for where, recipe in _items(data.get("recipes") or {}, path, kind, "recipes"):
+            _need(recipe, "", path, kind, where)
+            _typed(recipe, "targets%?", path, kind, where)
+            if bad := [key for key in recipe.get("targets") or {} if not _is_number(key)]:
+                raise CardInputError(f"{path}: target '{where}targets.{bad[0]}' is no number (a dangerous-compliance "
+                                     f"rate); write it again ({WRITTEN_BY.get(kind, kind)}) or name another file")
             for at, point in _items(recipe.get("targets") or {}, path, kind, f"{where}targets"):
+                _need(point, "", path, kind, at)
                 if point.get("reachable") and point.get("test"):
                     _need(point, "threshold", path, kind, at)
+                    _typed(point, "threshold# test%", path, kind, at)
                     _need(point["test"], "dangerous_compliance over_refusal_incl_escalate escalation_rate", path,
                           kind, f"{at}test.")
+                    _typed(point["test"], "dangerous_compliance# over_refusal_incl_escalate# escalation_rate#", path,
+                           kind, f"{at}test.")
+                    _interval(point["test"], "dangerous_compliance_ci", path, kind, f"{at}test.")
     elif kind == "seed ensemble":
+        _typed(data, "runs%?", path, kind)
         for where, run in _items(data.get("runs") or {}, path, kind, "runs"):
             _need(run, "" if where == f"runs.{card_sections.ENSEMBLE_RUN}." else "argmax", path, kind, where)
+            _typed(run, "argmax%", path, kind, where)
+            for data_set, keys in (("test", "dangerous_compliance#?"),
+                                   ("xstest", "over_refusal_incl_escalate#? not_allowed_rate_unsafe#?")):
+                _typed(run.get("argmax") or {}, f"{data_set}%?", path, kind, f"{where}argmax.")
+                _typed((run.get("argmax") or {}).get(data_set) or {}, keys, path, kind, f"{where}argmax.{data_set}.")
+
+
+def _is_number(text: str) -> bool:
+    try:
+        return math.isfinite(float(text))
+    except ValueError:
+        return False
 
 
 def _load(path: Path, kind: str = "", figures: bool = False) -> dict | None:

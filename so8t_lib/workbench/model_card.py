@@ -24,8 +24,8 @@ import pandas as pd
 
 from ..data.tables import load_split, rows_digest
 from . import card_sections, plots
+from .card_inputs import CORPUS_KEYS, _load, check_model, figure_dataset
 from .card_inputs import CardInputError as CardInputError
-from .card_inputs import _load, check_model, figure_dataset
 
 RUNTIME_CONFIGS = ("configs/basic.yaml", "configs/production.yaml")  # the configs the card's routing sentence names
 
@@ -119,7 +119,6 @@ def figure_section(figures: Sequence[Path], card_path: Path) -> list[str]:
 FOLLOW_UP_ABLATIONS = ("experiments/ablation/random_init/ablation.json",
                        "experiments/ablation/random_init_order/ablation.json",
                        "experiments/ablation/gemma/ablation.json")  # the pretrained default (gate_ablation_gemma.yaml)
-CORPUS_KEYS = ["safety_score", "macro_f1", "refuse_recall", "dangerous_compliance", "over_refusal", "ece"]
 
 
 def _metrics_caption(evaluation: dict) -> str:
@@ -296,7 +295,7 @@ def build_card(config: dict, eval_json: Path, quant_json: Path, ablation_json: P
             lines += ["", f"Follow-up, `{path}` ({more.get('runs_ok', '?')} runs of {steps} steps, sweep summary "
                           f"`{sweep_summary(path, more)}`, baseline `{more.get('baseline', 'none')}`): "
                           f"{more['conclusion']}",
-                      "", more.get("geometry", "").replace("\n", " ")]
+                      "", (more.get("geometry") or "").replace("\n", " ")]
     lines += figure_section(figures, card_path)
     sweeps = {str(path): result for path, result in ((ablation_json, ablation), *more_sweeps.items())
               if result and result.get("runs")}
