@@ -288,3 +288,32 @@ def test_a_webhook_variable_set_after_the_start_is_checked_before_anything_is_op
     for url in (secret.as_uri(), "data:,ok", "ftp://127.0.0.1:1/x"):  # the opener itself knows only HTTP(S)
         with pytest.raises(urllib.error.URLError, match="unknown url type"):
             webhook_opener(_Connections()).open(url, timeout=1)
+
+
+def test_one_queue_error_in_the_overdue_sweep_costs_no_other_case_its_reminder(tmp_path):
+    """The sweep marked every due case overdue in one commit, then read them one by one: one failed read raised
+    out of the loop, and that case and every one after it never got a reminder (the next sweep skips marked ones)."""
+    import datetime as dt
+
+    from so8t_lib.serve.escalation import QueueUnavailable
+
+    desk = scratch_desk(tmp_path, record_notices=True)
+    for n in range(3):
+        desk.store.add(spooled_case(n)[0])
+    later = dt.datetime.now(dt.UTC) + dt.timedelta(hours=1)
+    real_get, reads = desk.store.get, []
+
+    def flaky(case_id):
+        reads.append(case_id)
+        if len(reads) == 2:
+            raise QueueUnavailable("the escalation queue is locked by another process (waited 2s)")
+        return real_get(case_id)
+
+    desk.store.get = flaky
+    assert desk.sweep_overdue(later) == ["esc_00000", "esc_00001", "esc_00002"]
+    assert desk.sent == ["esc_00000", "esc_00002"]
+    desk.store.get = real_get
+    assert desk.sweep_overdue(later) == []  # nothing newly overdue, but the missed reminder goes now
+    assert desk.sent == ["esc_00000", "esc_00002", "esc_00001"]
+    desk.sweep_overdue(later)
+    assert desk.sent == ["esc_00000", "esc_00002", "esc_00001"]  # once

@@ -69,6 +69,7 @@ class EscalationDesk:
         self._stopped = threading.Event()
         self._thread: threading.Thread | None = None
         self._held_notices = 0
+        self._unreminded: set[str] = set()  # marked overdue, but the reminder could not be sent yet
 
     @property
     def store(self) -> CaseStore:
@@ -255,13 +256,26 @@ class EscalationDesk:
         return stored["status"] == "open" and not stored["notifications"]
 
     def sweep_overdue(self, now: dt.datetime | None = None) -> list[str]:
-        """Mark cases past escalation_timeout as overdue, log them, and remind the route."""
+        """Mark cases past escalation_timeout as overdue, log them, and remind the route: each case on its own, so
+        a queue that fails on one read still lets the others be reminded, and that one is tried again next time."""
         overdue = self.store.mark_overdue(now)
-        for case_id in overdue:
-            case = self.store.get(case_id)
-            logger.warning("escalation %s (%s) is overdue: no decision since %s", case_id, case["category"],
-                           case["created_at"])
-            self._notify(case, reminder=True)
+        with self._lock:  # a reminder an earlier sweep could not send is due too (its case is already marked)
+            due, self._unreminded = sorted({*self._unreminded, *overdue}), set()
+        for case_id in due:
+            try:
+                case = self.store.get(case_id)
+                if case["status"] == "resolved":  # decided since it was marked: nobody needs a reminder
+                    continue
+                logger.warning("escalation %s (%s) is overdue: no decision since %s", case_id, case["category"],
+                               case["created_at"])
+                self._notify(case, reminder=True)
+            except KeyError:  # gone from the queue (restored from an older copy): nothing to remind
+                logger.error("escalation %s: overdue, but no longer in the queue; no reminder sent", case_id)
+            except Exception as exc:  # noqa: BLE001 - one case's failure must not cost the others their reminder
+                logger.error("escalation %s: overdue reminder not sent (%s: %s); tried again at the next sweep",
+                             case_id, type(exc).__name__, exc)
+                with self._lock:
+                    self._unreminded.add(case_id)
         return overdue
 
     def maintain(self) -> None:
