@@ -130,3 +130,18 @@ def test_the_card_command_refuses_a_null_value_with_exit_2_and_writes_nothing(tm
     err = capsys.readouterr().err
     assert exited.value.code == 2 and "Traceback" not in err and not (tmp_path / "CARD.md").exists()
     assert "'results.0.agreement_with_fp32' is null" in err
+
+
+def test_a_difference_without_spread_names_its_sign_flip_p_and_shows_no_interval():
+    """The same difference on every seed: the finding said "[+0.010, +0.010], paired t p = 0.062", though that
+    p is the exact sign-flip test's (a t-test needs a spread) and the interval is no interval."""
+    from so8t_lib.workbench import ablation
+
+    rows = [[f"n{i}", "ok", "none", True, i, 0.5 + i / 100] for i in range(5)] + \
+           [[f"s{i}", "ok", "safe_first", True, i, 0.51 + i / 100] for i in range(5)]
+    text = ablation.finding(ablation.analyze(_summary(rows), ["macro_f1"]), "macro_f1")
+    assert "difference +0.010 on every seed (interval n/a), exact sign-flip p = 0.062 (Holm 0.062)" in text
+    assert "paired t p" not in text and "[+0.010, +0.010]" not in text
+    rows[5:] = [[f"s{i}", "ok", "safe_first", True, i, 0.5 + i / 100 + 0.01 * (-1) ** i] for i in range(5)]
+    text = ablation.finding(ablation.analyze(_summary(rows), ["macro_f1"]), "macro_f1")
+    assert "paired t p =" in text and "sign-flip" not in text  # a spread: the t-test and its interval

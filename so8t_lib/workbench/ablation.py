@@ -221,11 +221,17 @@ def finding(table: pd.DataFrame, metric: str, group: str = "gate_order", alpha: 
     lines = []
     for _, row in table[(table["metric"] == metric) & table.get("p_value", pd.Series(dtype=float)).notna()].iterrows():
         label = ", ".join(f"{k}={row[k]}" for k in row.index if k not in TABLE_STATISTICS)
+        said = f"{label}: {metric} {row['mean']:.3f} vs baseline, difference {row['diff_vs_baseline']:+.3f}"
         p_holm = row.get("p_holm", row["p_value"])
         verdict = "a measurable difference" if p_holm < alpha else "no measurable difference"
-        lines.append(f"{label}: {metric} {row['mean']:.3f} vs baseline, difference {row['diff_vs_baseline']:+.3f} "
-                     f"[{row['diff_ci_low']:+.3f}, {row['diff_ci_high']:+.3f}], paired t p = {row['p_value']:.3f} "
-                     f"(Holm {p_holm:.3f}) over {int(row['pairs'])} paired seeds: {verdict} at alpha {alpha}.")
+        width = row["diff_ci_high"] - row["diff_ci_low"]
+        if row["p_value"] == row.get("p_sign_flip") and width <= 1e-9 * max(1.0, abs(row["diff_vs_baseline"])):
+            # the same difference on every seed: no spread, so no t interval, and paired_t_p_value's p is the sign flip's
+            interval, test = "on every seed (interval n/a)", "exact sign-flip p"
+        else:
+            interval, test = f"[{row['diff_ci_low']:+.3f}, {row['diff_ci_high']:+.3f}]", "paired t p"
+        lines.append(f"{said} {interval}, {test} = {row['p_value']:.3f} (Holm {p_holm:.3f}) over "
+                     f"{int(row['pairs'])} paired seeds: {verdict} at alpha {alpha}.")
     return "\n".join(lines)
 
 
