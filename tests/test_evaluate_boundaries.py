@@ -11,6 +11,7 @@ import pytest
 import torch
 
 from so8t_lib.cli import evaluate as evaluate_cli
+from so8t_lib.core.paths import CORPUS_DIR
 from so8t_lib.data.tables import load_split
 from so8t_lib.eval import calibration, evaluate
 from so8t_lib.eval.exact_intervals import clopper_pearson
@@ -166,6 +167,8 @@ def test_output_paths_are_checked_before_any_model_loads(cli, tmp_path, capsys, 
         assert f"{option} {rows} is the file --data {rows} reads" in said
     assert "is the file --calibration-data" in _refused(
         ["--model", "ckpt", "--calibrate", "--calibration-data", str(rows), "--out", str(rows)], capsys)
+    split = str(CORPUS_DIR / "test.jsonl")  # what is scored when no --data is given
+    assert "is the file --data test reads" in _refused(["--model", "ckpt", "--predictions", split], capsys)
     assert rows.read_bytes() == before and loaded == []
 
 

@@ -167,9 +167,11 @@ def main(argv: list[str] | None = None) -> dict:
             parser.error(why)
     if same_file(args.out, {"--predictions": args.predictions}):
         parser.error("--out and --predictions name the same file; give each its own")
-    inputs = [(f"--data {d}", d) for d in args.data or []] + [
-        (option, name) for option, name in (("--threshold-data", args.threshold_data),
-                                            ("--calibration-data", args.calibration_data)) if name]
+    scored = [] if args.calibrate and not args.data else (args.data or ["test"])  # as _load_tables reads them
+    inputs = [(f"--data {d}", d) for d in scored] + [
+        (option, name) for option, name, used in (("--threshold-data", args.threshold_data, args.max_dangerous),
+                                                  ("--calibration-data", args.calibration_data, args.calibrate or None))
+        if name and used is not None]
     read = {}
     for option, name in inputs:
         try:

@@ -133,12 +133,24 @@ class NumbersNotFlags(BaseModel):
     @field_validator("*", mode="before")
     @classmethod
     def _no_flag_for_a_number(cls, value: Any, info: ValidationInfo) -> Any:
-        if isinstance(value, bool) and info.field_name in cls.model_fields:
-            annotation = cls.model_fields[info.field_name].annotation
-            kinds = {annotation, *get_args(annotation)}
-            if bool not in kinds and kinds & {int, float}:
-                raise ValueError(f"a number is needed here, not {str(value).lower()}")
+        if _holds_a_flag(value) and info.field_name in cls.model_fields:
+            kinds = _types_in(cls.model_fields[info.field_name].annotation)
+            if bool not in kinds and kinds & {int, float}:  # read_layers: [true] was [1]
+                raise ValueError("a number is needed here, not true or false")
         return value
+
+
+def _holds_a_flag(value: Any) -> bool:
+    if isinstance(value, bool):
+        return True
+    if isinstance(value, dict):
+        return any(map(_holds_a_flag, value.values()))
+    return isinstance(value, list | tuple) and any(map(_holds_a_flag, value))
+
+
+def _types_in(annotation: Any) -> set:
+    """Every type an annotation names, through unions, lists and mappings (``list[int] | None``: list, int, None)."""
+    return {annotation, *(kind for arg in get_args(annotation) for kind in _types_in(arg))}
 
 
 def apply_overrides(data: dict[str, Any], overrides: list[str] | tuple[str, ...],
@@ -266,8 +278,8 @@ def _check_expanded_size(data: Any) -> None:
         value = pending.pop()
         seen += 1
         if seen > MAX_YAML_VALUES:
-            raise yaml.YAMLError(f"more than {MAX_YAML_VALUES:,} values once its aliases (*name) are expanded: "
-                                 "aliases nested in aliases; write the values out")
+            raise yaml.YAMLError(f"more than {MAX_YAML_VALUES:,} values, counting each alias (*name) as the values "
+                                 "it stands for: aliases nested in aliases, or a file far larger than a config")
         if isinstance(value, dict):
             pending.extend(value.values())
         elif isinstance(value, list):
