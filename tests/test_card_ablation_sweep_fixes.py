@@ -145,3 +145,18 @@ def test_a_difference_without_spread_names_its_sign_flip_p_and_shows_no_interval
     rows[5:] = [[f"s{i}", "ok", "safe_first", True, i, 0.5 + i / 100 + 0.01 * (-1) ** i] for i in range(5)]
     text = ablation.finding(ablation.analyze(_summary(rows), ["macro_f1"]), "macro_f1")
     assert "paired t p =" in text and "sign-flip" not in text  # a spread: the t-test and its interval
+
+
+def test_one_paired_seed_is_said_to_allow_no_test():
+    """With one seed per configuration the conclusion said "the summary has no baseline runs on the same seeds",
+    though the baseline ran on that seed: one pair allows no test."""
+    from so8t_lib.workbench import ablation
+
+    table = ablation.analyze(_summary([["a", "ok", "none", True, 0, 0.5], ["b", "ok", "safe_first", True, 0, 0.6]]),
+                             ["macro_f1"])
+    text = ablation.conclusion(table)
+    assert "1 paired seed (n=1)" in text and "no baseline runs" not in text
+    assert ablation.finding(table, "macro_f1") == ("gate_order=safe_first, pet=True: macro_f1 0.600 vs baseline, "
+                                                   "difference +0.100 on 1 paired seed: n=1, no test possible.")
+    other_seeds = _summary([["a", "ok", "none", True, 0, 0.5], ["b", "ok", "safe_first", True, 1, 0.6]])
+    assert "no baseline runs on the same seeds" in ablation.conclusion(ablation.analyze(other_seeds, ["macro_f1"]))

@@ -219,9 +219,12 @@ def analyze(summary: pd.DataFrame, metrics: list[str], group: str = "gate_order"
 def finding(table: pd.DataFrame, metric: str, group: str = "gate_order", alpha: float = 0.05) -> str:
     """A plain-language sentence per configuration: did it differ measurably from the baseline?"""
     lines = []
-    for _, row in table[(table["metric"] == metric) & table.get("p_value", pd.Series(dtype=float)).notna()].iterrows():
+    for _, row in table[(table["metric"] == metric) & (table.get("pairs", pd.Series(dtype=float)) >= 1)].iterrows():
         label = ", ".join(f"{k}={row[k]}" for k in row.index if k not in TABLE_STATISTICS)
         said = f"{label}: {metric} {row['mean']:.3f} vs baseline, difference {row['diff_vs_baseline']:+.3f}"
+        if int(row["pairs"]) < 2:  # not "no baseline runs on the same seeds": there is one, and no test on one
+            lines.append(f"{said} on 1 paired seed: n=1, no test possible.")
+            continue
         p_holm = row.get("p_holm", row["p_value"])
         verdict = "a measurable difference" if p_holm < alpha else "no measurable difference"
         width = row["diff_ci_high"] - row["diff_ci_low"]
@@ -247,6 +250,9 @@ def conclusion(table: pd.DataFrame, alpha: float = 0.05, group: str = "gate_orde
     """The ablation's answer in one paragraph: did non-commutative gating differ measurably from the
     baseline on any metric, after Holm's correction over every comparison in the table?"""
     compared = table[table.get("p_holm", pd.Series(dtype=float)).notna()] if "p_holm" in table else table.iloc[0:0]
+    if compared.empty and "pairs" in table and (table["pairs"] == 1).any():
+        return (f"No paired test was possible: the comparisons against {group}={baseline} have 1 paired seed (n=1), "
+                "and a paired test needs at least 2; run more seeds.")
     if compared.empty:
         return "No paired comparisons: the summary has no baseline runs on the same seeds."
     ours = compared[compared[group].isin(non_commuting)]
