@@ -61,3 +61,19 @@ def test_a_flag_poll_too_long_to_notice_an_emergency_is_refused(tmp_path, value)
     assert _load(tmp_path, "service", "flag_poll_s", 60).service.flag_poll_s == 60
     assert "noticed within 60 s" in str(pytest.raises(ConfigError, _load, tmp_path, "service", "flag_poll_s",
                                                       1000).value)
+
+
+def test_a_postgresql_queue_named_by_the_environment_with_a_wait_under_its_connect_floor_is_refused_at_start(
+        tmp_path, monkeypatch):
+    """The config's queue_url is checked at load; $SO8T_ESCALATION_URL arrives only at start, and every escalation
+    to a hung server then waited libpq's 2 s whatever queue_timeout_s said."""
+    from ops_fixtures import TextDecider, runtime_config
+
+    from so8t_lib.serve.runtime import Agent
+
+    config = runtime_config(tmp_path, queue_timeout_s=0.5)
+    monkeypatch.setenv("SO8T_ESCALATION_URL", "postgresql://so8t@127.0.0.1:9/so8t")
+    with pytest.raises(ConfigError, match=r"PostgreSQL \(SO8T_ESCALATION_URL\).*queue_timeout_s is 0.5 s: set it to 2"):
+        Agent(config, decider=TextDecider())
+    monkeypatch.delenv("SO8T_ESCALATION_URL")
+    Agent(config, decider=TextDecider()).close()  # the SQLite queue's busy wait has no such floor

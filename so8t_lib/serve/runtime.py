@@ -41,7 +41,8 @@ from .audit import AuditLog
 from .audit_files import key_bytes
 from .audit_verify import make_fernet
 from .backends import load_decider
-from .config import RuntimeConfig, load_runtime_config, runtime_paths
+from .config import QUEUE_URL_ENV, RuntimeConfig, load_runtime_config, runtime_paths
+from .config_fields import PG_SHORTEST_CONNECT_S
 from .escalation import EscalationQueue
 from .escalation_desk import EscalationDesk
 from .model_worker import STUCK_FACTOR, ModelWorker, Stuck
@@ -63,6 +64,10 @@ class Agent(BatchRunning, RequestDeciding, DecisionRecording):
         self.config = config
         self.test_mode = test_mode
         self.paths = runtime_paths(config, log_dir, shared_queue)
+        if str(self.paths.queue_url or "").startswith("postgres") and config.queue_wait_s() < PG_SHORTEST_CONNECT_S:
+            raise ConfigError(f"the escalation queue is PostgreSQL ({QUEUE_URL_ENV}), whose connection may take "
+                              f"{PG_SHORTEST_CONNECT_S} s, but escalation.queue_timeout_s is {config.queue_wait_s():g} s: "
+                              f"set it to {PG_SHORTEST_CONNECT_S} or more (with inference.decision_timeout_s above it)")
         configure_logging(config.logging.log_level, self.paths.log_file)
         enc_key = self._secret(config.logging.encryption_key_env, "the audit log cannot be encrypted")
         # bytes once, here: the audit log and the case's user-id digest (runtime_records) key hmac with it
