@@ -160,3 +160,27 @@ def test_one_paired_seed_is_said_to_allow_no_test():
                                                    "difference +0.100 on 1 paired seed: n=1, no test possible.")
     other_seeds = _summary([["a", "ok", "none", True, 0, 0.5], ["b", "ok", "safe_first", True, 1, 0.6]])
     assert "no baseline runs on the same seeds" in ablation.conclusion(ablation.analyze(other_seeds, ["macro_f1"]))
+
+
+@pytest.fixture
+def sweep_folder(tmp_path, monkeypatch):
+    import nbformat
+
+    monkeypatch.chdir(tmp_path)
+    nb = nbformat.v4.new_notebook()
+    nb.cells = [nbformat.v4.new_code_cell("x = 1\ny = 2\nseed = 0\noutput_dir = '.'", metadata={"tags": ["parameters"]})]
+    nbformat.write(nb, tmp_path / "nb.ipynb")
+    return tmp_path
+
+
+def test_a_run_name_too_long_for_a_folder_is_refused_when_the_spec_loads(sweep_folder, capsys):
+    """A grid value of 300 characters passed --dry-run, then the sweep died with OSError (File name too long)."""
+    from so8t_lib.cli import sweep as cli
+
+    (sweep_folder / "s.yaml").write_text(f"name: a\nnotebook: nb.ipynb\ngrid: {{y: [1], x: [{'a' * 300}]}}\n")
+    assert cli.main(["s.yaml", "--dry-run"]) == 2
+    err = capsys.readouterr().err
+    assert "would be a folder name of 315 bytes, over the 255" in err and "shorten grid x's values" in err
+    assert not (sweep_folder / "experiments").exists()
+    (sweep_folder / "s.yaml").write_text(f"name: a\nnotebook: nb.ipynb\ngrid: {{x: [{'a' * 245}]}}\n")  # 255 bytes
+    assert cli.main(["s.yaml", "--dry-run"]) == 0

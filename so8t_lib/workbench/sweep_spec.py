@@ -23,6 +23,7 @@ SET_BY_SWEEP = ("seed", "output_dir")  # each run's own: a spec setting them wou
 SUMMARY_COLUMNS = ("run", "status")  # summary.csv's own columns: a parameter of that name would overwrite them
 NAME_PATTERN = re.compile(r"[A-Za-z0-9._-]+")
 MAX_SEED = 2**32 - 1  # numpy's and torch's seed range
+NAME_MAX = 255  # bytes in one file or folder name on Linux and macOS file systems
 
 
 @dataclass
@@ -45,6 +46,12 @@ class SweepSpec:
             point = dict(zip(keys, values))
             for seed in self.seeds:
                 name = "__".join([f"{k}={_slug(v)}" for k, v in point.items()] + [f"seed={seed}"])
+                if len(name.encode()) > NAME_MAX:  # passed --dry-run, then the sweep died with OSError
+                    longest = max(point, key=lambda k: len(f"{k}={_slug(point[k])}".encode()))
+                    raise ConfigError(
+                        f"sweep {self.name}: the run {name[:60]}... would be a folder name of {len(name.encode())} "
+                        f"bytes, over the {NAME_MAX} a file system allows (a run's name spells out its grid values); "
+                        f"shorten grid {longest}'s values")
                 params = {**self.params, **point, "seed": seed}
                 other = seen.setdefault(name.casefold(), params)  # casefold: macOS folders ignore case
                 if other is not params:
