@@ -16,12 +16,13 @@ from pathlib import Path
 
 from ..core.config import ConfigError
 from ..workbench.sweep import RUNS_ROOT, load_spec, run_sweep
+from .arg_types import whole_number
 
 
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(prog="so8t sweep", description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("spec")
-    parser.add_argument("--workers", type=int, default=1)
+    parser.add_argument("--workers", type=whole_number(1), default=1, help="runs at a time, 1 or more")
     parser.add_argument("--runs-root", default=str(RUNS_ROOT))
     parser.add_argument("--dry-run", action="store_true", help="list the runs and exit")
     parser.add_argument("--rerun-stale", action="store_true",
