@@ -184,3 +184,14 @@ def test_a_run_name_too_long_for_a_folder_is_refused_when_the_spec_loads(sweep_f
     assert not (sweep_folder / "experiments").exists()
     (sweep_folder / "s.yaml").write_text(f"name: a\nnotebook: nb.ipynb\ngrid: {{x: [{'a' * 245}]}}\n")  # 255 bytes
     assert cli.main(["s.yaml", "--dry-run"]) == 0
+
+
+@pytest.mark.parametrize("workers", ["0", "-3", "two"])
+def test_workers_below_one_are_refused(sweep_folder, capsys, workers):
+    """--workers 0 and -3 were taken silently and ran one run at a time (exit 0)."""
+    from so8t_lib.cli import sweep as cli
+
+    (sweep_folder / "s.yaml").write_text("name: a\nnotebook: nb.ipynb\n")
+    with pytest.raises(SystemExit) as exited:
+        cli.main(["s.yaml", "--workers", workers, "--dry-run"])
+    assert exited.value.code == 2 and "--workers: expected a whole number, 1 or more" in capsys.readouterr().err
