@@ -195,3 +195,22 @@ def test_workers_below_one_are_refused(sweep_folder, capsys, workers):
     with pytest.raises(SystemExit) as exited:
         cli.main(["s.yaml", "--workers", workers, "--dry-run"])
     assert exited.value.code == 2 and "--workers: expected a whole number, 1 or more" in capsys.readouterr().err
+
+
+@pytest.mark.parametrize(("values", "said"), [("[1, 1.0]", "lists 1 and 1.0, the same number,"),
+                                              ("[0.5, 5e-1]", "lists 0.5 twice"), ("[2, 3, 2]", "lists 2 twice")])
+def test_a_grid_listing_one_number_twice_is_refused(sweep_folder, values, said):
+    """The duplicate check compared JSON text, so x: [1, 1.0] ran one setting twice under two run names."""
+    from so8t_lib.core.config import ConfigError
+    from so8t_lib.workbench import sweep_spec
+
+    (sweep_folder / "s.yaml").write_text(f"name: a\nnotebook: nb.ipynb\ngrid: {{x: {values}}}\n")
+    with pytest.raises(ConfigError, match="grid x " + said.replace(".", r"\.")):
+        sweep_spec.load_spec(sweep_folder / "s.yaml")
+
+
+def test_true_and_false_are_kept_apart_from_one_and_zero(sweep_folder):
+    from so8t_lib.workbench import sweep_spec
+
+    (sweep_folder / "s.yaml").write_text("name: a\nnotebook: nb.ipynb\ngrid: {x: [true, 1, false, 0]}\n")
+    assert [params["x"] for _, params in sweep_spec.load_spec(sweep_folder / "s.yaml").runs()] == [True, 1, False, 0]

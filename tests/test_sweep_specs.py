@@ -101,7 +101,7 @@ def test_the_parameters_cell_is_read_as_python_assigns_it(folder):
 
 def test_well_formed_values_load(folder):
     (folder / "spec.yaml").write_text("name: a-b.c_1\nnotebook: nb.ipynb\nparams: {overrides: ['k=v'], m: {a: [1]}}\n"
-                                      "grid: {lr: [1, 1.0], tag: [null, '2024-01-01']}\nseeds: [0, 4294967295]\n"
+                                      "grid: {lr: [1, 0.5], tag: [null, '2024-01-01']}\nseeds: [0, 4294967295]\n"
                                       "timeout_s: 30\n")
     spec = sweep.load_spec(folder / "spec.yaml")
     assert spec.name == "a-b.c_1" and len(spec.runs()) == 8 and spec.timeout_s == 30

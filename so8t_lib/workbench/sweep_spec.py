@@ -110,6 +110,14 @@ def _mapping(path: Path, data: dict, key: str) -> dict:
     return value
 
 
+def _value_key(value: Any) -> tuple[str, Any]:
+    """What makes two grid values the same: a number by its value (1 and 1.0 ran the same setting twice under
+    two names), true and false apart from 1 and 0, anything else by its JSON text."""
+    if isinstance(value, bool):
+        return "bool", value
+    return ("number", value) if isinstance(value, (int, float)) else ("json", json.dumps(value))
+
+
 def _check_grid(path: Path, grid: dict, params: dict) -> None:
     _check_parameter_names(path, "grid", list(grid))
     for key, values in grid.items():
@@ -118,9 +126,11 @@ def _check_grid(path: Path, grid: dict, params: dict) -> None:
         if bad := [v for v in values if not _json_scalar(v)]:
             raise ConfigError(f"{path}: grid {key}: {bad[0]!r} is not a string, number, true/false or null "
                               "(quote a date or a list to pass it as text)")
-        texts = [json.dumps(v) for v in values]
-        if dups := [v for v, t in zip(values, texts) if texts.count(t) > 1]:  # a list: the value may be 0 or null
-            raise ConfigError(f"{path}: grid {key} lists {dups[0]!r} twice")
+        same = [_value_key(v) for v in values]  # a list: the value may be 0 or null
+        if dups := [v for v, k in zip(values, same) if same.count(k) > 1]:
+            again = next(v for v in dups[1:] if _value_key(v) == _value_key(dups[0]))
+            twice = "twice" if json.dumps(again) == json.dumps(dups[0]) else f"and {again!r}, the same number,"
+            raise ConfigError(f"{path}: grid {key} lists {dups[0]!r} {twice} so one setting would run twice")
         if key in params:
             raise ConfigError(f"{path}: {key} is in both params and grid; the grid's values would replace the "
                               "param's, so keep it in one")
