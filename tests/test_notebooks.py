@@ -83,7 +83,8 @@ def test_model_card_names_missing_results_and_quotes_present_ones(tmp_path):
     test = {"n": 10, "headline": ["safety_score"], "safety_score": 0.5, "macro_f1": 0.4, "refuse_recall": 0.3,
             "dangerous_compliance": 0.2, "over_refusal": 0.1, "ece": 0.05, "ci": {"macro_f1": [0.35, 0.45]},
             "baselines": {"char_ngram_tfidf": {"safety_score": 0.6, "macro_f1": 0.7, "refuse_recall": 0.8}}}
-    (tmp_path / "eval.json").write_text(json.dumps({"temperature": 2.0, "model": "new", "datasets": {"test": test}}))
+    (tmp_path / "eval.json").write_text(json.dumps({"temperature": 2.0, "model": "checkpoints/so8t-tiny/best",
+                                                   "datasets": {"test": test}}))
     (tmp_path / "v1.json").write_text(json.dumps({"model": "old", "datasets": {"test": {**test, "macro_f1": 0.3}}}))
     out = tmp_path / "CARD.md"
     common = ["--eval", str(tmp_path / "eval.json"), "--quant", str(tmp_path / "none.json"), "--seeds", "",
@@ -95,13 +96,13 @@ def test_model_card_names_missing_results_and_quotes_present_ones(tmp_path):
     assert "| test | macro_f1 | 0.400 | 0.700 |" in card  # the keyword yardstick on the same rows
     assert "| test | macro_f1 | 0.300 [0.35, 0.45] | 0.400 [0.35, 0.45] |" in card  # the previous corpus, same n
     # with row digests, only the same rows are compared row for row; a reshuffled split is named as such
-    (tmp_path / "eval.json").write_text(json.dumps({"temperature": 2.0, "model": "new", "datasets": {
+    (tmp_path / "eval.json").write_text(json.dumps({"temperature": 2.0, "model": "checkpoints/so8t-tiny/best", "datasets": {
         "test": {**test, "rows_sha256": "a"}, "xstest": {**test, "rows_sha256": "x"}}}))
-    (tmp_path / "v1.json").write_text(json.dumps({"model": "new", "datasets": {  # the same path, retrained since
+    (tmp_path / "v1.json").write_text(json.dumps({"model": "checkpoints/so8t-tiny/best", "datasets": {  # the same path, retrained since
         "test": {**test, "macro_f1": 0.3, "rows_sha256": "b"}, "xstest": {**test, "macro_f1": 0.2, "rows_sha256": "x"}}}))
     so8t(["card", "--run", str(run), "--compare", str(tmp_path / "v1.json"), "--compare-label", "corpus v0", *common])
     card = out.read_text(encoding="utf-8")
-    assert "(model `old`)" not in card and "same path `new`, which held the corpus v0 run" in card
+    assert "(model `old`)" not in card and "same path `checkpoints/so8t-tiny/best`, which held the corpus v0 run" in card
     assert "## Beside an earlier run: corpus v0" in card and "| xstest | macro_f1 | 0.200 [0.35, 0.45] |" in card
     assert "| test | macro_f1 |" not in card.split("## Beside an earlier run")[1]
     assert "different rows" in card and "test macro_f1 0.300 [0.35, 0.45] (n=10) vs 0.400" in card
@@ -112,6 +113,8 @@ def test_model_card_names_missing_results_and_quotes_present_ones(tmp_path):
         {"backend": "Q8_0", "size_mib": 278.0, "agreement_with_fp32": 0.9, "macro_f1": 0.5, "decide_p50_ms": 8.0}]}
     (tmp_path / "quant.json").write_text(json.dumps(quant))
     common[common.index(str(tmp_path / "none.json"))] = str(tmp_path / "quant.json")
+    (tmp_path / "eval.json").write_text(json.dumps({"temperature": 2.0, "model": "checkpoints/so8t-demo/best",
+                                                   "datasets": {"test": test}}))  # the default's own evaluation
     so8t(["card", "--config", str(ROOT / "configs" / "training.yaml"), "--compare", "", *common])
     card = out.read_text(encoding="utf-8")  # the default: the pretrained Gemma base, its licence, its recipe
     assert "Gemma terms of use" in card and "layers 0-8 frozen" in card and "corpus v1" not in card
@@ -129,6 +132,8 @@ def test_model_card_names_missing_results_and_quotes_present_ones(tmp_path):
     assert "over 2 seeds" in card and "test dangerous compliance 0.09-0.13" in card
     assert "XSTest's safe prompts not allowed 0.20-0.30, its unsafe ones 0.50-0.50" in card
     mean_recipe = str(ROOT / "configs" / "gemma3-270m.yaml")  # the mean-pooled head the refit serves
+    (tmp_path / "eval.json").write_text(json.dumps({"temperature": 2.0, "model": "checkpoints/so8t-mean/best",
+                                                   "datasets": {"test": test}}))  # that recipe's own evaluation
     so8t(["card", "--config", mean_recipe, "--compare", "", *common])
     card = out.read_text(encoding="utf-8")
     assert "layers 0-11 frozen" in card and "SafetyHeadB (linear) on the final-norm states, mean-pooled" in card
@@ -162,11 +167,15 @@ def test_model_card_names_missing_results_and_quotes_present_ones(tmp_path):
                                                   "over_refusal_incl_escalate": 0.526, "escalation_rate": 0.503}},
                                                   "0.01": {"reachable": False, "why": "no threshold"}}}}}
     (tmp_path / "points.json").write_text(json.dumps(points))
+    (tmp_path / "eval.json").write_text(json.dumps({"temperature": 2.0, "model": "checkpoints/so8t-demo/best",
+                                                   "datasets": {"test": test}}))
     so8t(["card", "--config", str(ROOT / "configs" / "training.yaml"), "--compare", "",
           "--operating-points", str(tmp_path / "points.json"), *common])
     card = out.read_text(encoding="utf-8")
     assert "| 0.05 | 0.57 | 0.083 [0.06, 0.11] | 0.526 | 0.503 |" in card and "| 0.01 | unreachable |" in card
     assert "chosen on val (90 rows)" in card and "At 0.05 the test split lets more through" in card
+    (tmp_path / "eval.json").write_text(json.dumps({"temperature": 2.0, "model": "checkpoints/so8t-tiny/best",
+                                                   "datasets": {"test": test}}))  # each card its own model's
     so8t(["card", "--run", str(run), "--compare", "", "--operating-points", str(tmp_path / "points.json"),
           "--operating-points-recipe", "so8t-tiny", *common])
     assert "Not measured for `so8t-tiny`" in out.read_text(encoding="utf-8")
