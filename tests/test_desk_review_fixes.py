@@ -317,3 +317,69 @@ def test_one_queue_error_in_the_overdue_sweep_costs_no_other_case_its_reminder(t
     assert desk.sent == ["esc_00000", "esc_00002", "esc_00001"]
     desk.sweep_overdue(later)
     assert desk.sent == ["esc_00000", "esc_00002", "esc_00001"]  # once
+
+
+def _agent_with_webhook(folder: Path, url: str, test_mode: bool = False):
+    from fault_agent import KeywordDecider
+
+    from so8t_lib.serve.config import RuntimeConfig
+    from so8t_lib.serve.runtime import Agent
+
+    cfg = RuntimeConfig.model_validate({
+        "model": {"checkpoint_path": "unused"}, "inference": {"generate_responses": False, "decision_timeout_s": 10},
+        "logging": {"audit_log": str(folder / "audit.jsonl")},
+        "escalation": {"queue_db": str(folder / "escalations.sqlite"), "enable_notifications": True,
+                       "queue_timeout_s": 0.5, "retry_interval_s": 3600, "notification_webhook": url,
+                       "notify_timeout_s": 10}})
+    return Agent(cfg, decider=KeywordDecider(), test_mode=test_mode)
+
+
+@pytest.mark.timeout(60)
+def test_a_clean_exit_waits_for_the_notice_in_flight_so_it_is_sent_once_and_recorded(tmp_path):
+    """The channels' workers are daemon threads: `so8t runtime` closed its agent and exited before the notice went
+    out, left its spool entry held, and every later start sent it again without recording it."""
+    import http.server
+
+    from so8t_lib.serve.escalation import EscalationQueue
+
+    answer, posts = threading.Event(), []
+
+    class Hook(http.server.BaseHTTPRequestHandler):
+        def do_POST(self):  # noqa: N802 - http.server's naming
+            posts.append(self.path)
+            answer.wait(10)
+            self.send_response(200)
+            self.send_header("Content-Length", "0")
+            self.end_headers()
+
+        def log_message(self, *args):
+            pass
+
+    server = http.server.ThreadingHTTPServer(("127.0.0.1", 0), Hook)
+    threading.Thread(target=server.serve_forever, daemon=True).start()
+    try:
+        agent = _agent_with_webhook(tmp_path, f"http://127.0.0.1:{server.server_port}/hook")
+        case_id = agent.run_batch([{"user_request": "please escalate this"}])[0]["escalation_id"]
+        while not posts:  # the notice is being sent: its spool entry is held, the case is in the queue
+            threading.Event().wait(0.01)
+        assert agent.desk.spool.count() == 1 and agent.desk.waiting_in_spool() == 0
+        threading.Timer(0.3, answer.set).start()
+        agent.close()
+        assert posts == ["/hook"] and agent.desk.spool.count() == 0
+        queue = EscalationQueue(tmp_path / "escalations.sqlite")
+        assert [n["ok"] for n in queue.get(case_id)["notifications"]] == [True]
+        queue.close()
+        _agent_with_webhook(tmp_path, f"http://127.0.0.1:{server.server_port}/hook").close()
+        assert posts == ["/hook"]  # the next start has nothing to send again
+    finally:
+        server.shutdown()
+
+
+def test_a_test_mode_agent_does_not_check_webhook_variables_it_never_sends_to(tmp_path, monkeypatch):
+    """The retrain deploy's smoke test (test mode) failed to start on a host whose SLACK_WEBHOOK_URL is malformed."""
+    from so8t_lib.core.config import ConfigError
+
+    monkeypatch.setenv("SLACK_WEBHOOK_URL", "hooks.slack.example/services/x")
+    _agent_with_webhook(tmp_path, "http://127.0.0.1:9/hook", test_mode=True).close()
+    with pytest.raises(ConfigError, match="SLACK_WEBHOOK_URL"):
+        _agent_with_webhook(tmp_path, "http://127.0.0.1:9/hook")

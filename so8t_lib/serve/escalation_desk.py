@@ -19,6 +19,7 @@ import concurrent.futures
 import datetime as dt
 import logging
 import threading
+import time
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from itertools import islice
@@ -34,6 +35,7 @@ logger = logging.getLogger("so8t.escalation")
 # Spool entries a replay holds (one open descriptor each) at once: a backlog of any size drains under a small
 # open-file limit, and each batch's audit-log lookup stays one read.
 REPLAY_BATCH = 32
+NOTICE_CLOSE_GRACE_S = 1.0  # past notify_timeout_s, for a notice's outcome to be recorded before the queue closes
 # Spool entries kept held (one descriptor each) until their notice is recorded; past this many in flight (a hung
 # channel under a burst) an entry goes at once, as before, rather than take the process's last descriptors.
 MAX_HELD_NOTICES = 128
@@ -304,11 +306,28 @@ class EscalationDesk:
             if not self._stopped.is_set():
                 self.maintain()
 
+    def waiting_in_spool(self) -> int:
+        """Cases in the spool not yet in the queue: the entries held until their notice is recorded are queued."""
+        with self._lock:
+            held = self._held_notices
+        return max(0, self.spool.count() - held)
+
     def close(self) -> None:
         self._stopped.set()
         self._wake.set()
         if self._thread is not None and self._thread is not threading.current_thread():
             self._thread.join(timeout=self.retry_interval_s + 5)
+        # notices in flight are recorded while the queue is open, and their held entries go: the notifier's
+        # workers end with the process, and an entry left held would be sent again at the next start
+        wait_s = self.notifier.config.notify_timeout_s + NOTICE_CLOSE_GRACE_S
+        deadline = time.monotonic() + wait_s
+        concurrent.futures.wait([f for f in self.notifications if isinstance(f, concurrent.futures.Future)],
+                                timeout=wait_s)
+        while self._held_notices and time.monotonic() < deadline:  # removed by the futures' callbacks
+            time.sleep(0.01)
+        if self._held_notices:
+            logger.warning("%d notice(s) still being sent after %gs at close: their spool entries stay, and the "
+                           "next start sends them again", self._held_notices, wait_s)
         if self._store is not None and hasattr(self._store, "close"):
             self._store.close()  # a server queue's pooled connections
 

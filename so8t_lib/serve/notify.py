@@ -77,14 +77,14 @@ NO_CHANNEL = ("no notification channel is configured (set SLACK_WEBHOOK_URL or e
 class Notifier:
     """Sends one case's notifications (webhook and/or e-mail) in a background thread."""
 
-    def __init__(self, config: EscalationConfig, queue=None) -> None:
+    def __init__(self, config: EscalationConfig, queue=None, sending: bool = True) -> None:
         self.config, self.queue = config, queue
         # only records a "no channel" outcome; each channel sends on its own workers (``ChannelWorkers``)
         self._pool = concurrent.futures.ThreadPoolExecutor(max_workers=1, thread_name_prefix="so8t-notify")
         self._channels: dict[str, ChannelWorkers] = {}
         self._channels_lock = threading.Lock()
         self._stragglers = _Stragglers()
-        if config.enable_notifications:  # a variable's URL is read only now; the config's was checked at load
+        if config.enable_notifications and sending:  # a variable's URL is read now; the config's was at load
             for name, url in self._webhook_variables():
                 try:
                     check_webhook_url(url, name)

@@ -93,7 +93,7 @@ class Agent(BatchRunning, RequestDeciding, DecisionRecording):
                               mask_input=logs.mask_personal_data, encryption_key=enc_key, hmac_key=self._mac_key,
                               max_field_chars=logs.max_field_chars, lock_timeout_s=logs.audit_lock_timeout_s)
         esc = config.escalation
-        self.notifier = Notifier(esc)
+        self.notifier = Notifier(esc, sending=not test_mode)  # test mode sends nothing: its variables are moot
         self.desk = EscalationDesk(
             lambda: EscalationQueue(self.paths.queue_target, config.queue_wait_s(), True, enc_key, esc.escalation_timeout,
                                     mask_personal_data=logs.mask_personal_data,  # a reviewer's note as its record

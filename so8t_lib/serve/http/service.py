@@ -185,7 +185,7 @@ class Service:
         except Exception as exc:  # noqa: BLE001
             self.queue_error = f"{type(exc).__name__}: {exc}"
             logger.error("escalation queue not counted: %s", self.queue_error)
-        self.queue_counts["spooled"] = self.agent.desk.spool.count()
+        self.queue_counts["spooled"] = self.agent.desk.waiting_in_spool()
         for gauge, key in ((self.metrics.cases_open, "open"), (self.metrics.cases_overdue, "overdue"),
                            (self.metrics.spooled, "spooled")):
             if self.queue_counts[key] is not None:
