@@ -45,6 +45,28 @@ def test_the_model_match_reads_run_folders_names_and_exported_files():
     for evaluated in ("checkpoints/so8t-demo-seed1/best", "checkpoints/so8t-tiny/best", "dist/so8t-tiny-q8_0.gguf"):
         assert not names_model(evaluated, "so8t-demo", "checkpoints/so8t-demo"), evaluated
     assert names_model("runs/elsewhere/best", "so8t-demo", "runs/elsewhere")  # trained into another output_dir
+    # another model whose file name starts with this one's: a type (q8_0, q4_k_m_t8) must follow, nothing else
+    for evaluated, name in (("dist/so8t-demo-seed1-q4_k_m.gguf", "so8t-demo"),
+                            ("dist/so8t-focus-depths-q4_k_m.gguf", "so8t-focus")):
+        assert not names_model(evaluated, name, None), evaluated
+    assert names_model("dist/so8t-focus-q4_k_m_t8.gguf", "so8t-focus", None)
+    # a config that sets no output_dir: the tiny default's folder is not its own
+    assert not names_model("checkpoints/so8t-tiny/best", "so8t-qwen2.5-7b", None)
+    # a run folder moved since it was trained, named with --run: its own evaluations are taken
+    assert names_model("/tmp/archive-2026-12/best", "so8t-tiny", "checkpoints/so8t-tiny", "/tmp/archive-2026-12")
+
+
+def test_a_run_of_this_recipe_under_another_name_is_taken_when_said_and_the_card_says_so(tmp_path, capsys, in_repo):
+    """The mean-head recipe's committed evaluation was made while it was the default (so8t-demo): refused, with no
+    way to make its card."""
+    out = tmp_path / "CARD.md"
+    args = ["--config", "configs/gemma3-270m.yaml", "--eval", "experiments/eval/so8t-demo-mean-head.json",
+            "--quant", "benchmarks/results/gguf_decisions_so8t-demo-mean-head.json", *NO_EXTRAS, "--out", str(out)]
+    with pytest.raises(SystemExit):
+        card(args)
+    assert "pass --evaluated-as-this-recipe" in capsys.readouterr().err and not out.exists()
+    card([*args, "--evaluated-as-this-recipe"])
+    assert "results below are of `checkpoints/so8t-demo/best`: a run of this recipe" in out.read_text(encoding="utf-8")
 
 
 def test_a_card_of_another_recipe_names_its_own_command_and_base(tmp_path, in_repo):

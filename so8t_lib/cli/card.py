@@ -62,6 +62,9 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--compare", help='an evaluation of an earlier run of the recipe, on another corpus or with '
                                           'other settings ("" for none; default the so8t-demo model\'s on corpus v6)')
     parser.add_argument("--compare-label", default=DEFAULT_COMPARE_LABEL, help="what sets that run apart")
+    parser.add_argument("--evaluated-as-this-recipe", action="store_true",
+                        help="--eval is of a run of this recipe under another name (it was the default, so8t-demo, "
+                        "when it was trained): taken, and said so in the card")
     parser.add_argument("--out", default="MODEL_CARD.md")
     parser.add_argument("--figures", default="figures", help='folder for the figures; "" skips them')
     parser.add_argument("--follow-up", action="append", default=None,
@@ -89,7 +92,8 @@ def main(argv: list[str] | None = None) -> None:
                           points_json=Path(args.operating_points) if args.operating_points else None,
                           points_recipe=args.operating_points_recipe,
                           seeds_json=Path(args.seeds) if args.seeds else None, figures=planned, card_path=Path(args.out),
-                          config_path=run_config or args.config)
+                          config_path=run_config or args.config, run_dir=args.run if run_config else None,
+                          other_name=args.evaluated_as_this_recipe)
     except CardInputError as exc:
         parser.error(str(exc))  # exit 2, nothing written
     figures = write_figures(Path(args.eval), Path(args.quant), Path(args.ablation), Path(args.figures)) \

@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import json
 import math
+import re
 from pathlib import Path, PurePath
 
 from ..core.config import ModelConfig, TrainingConfig
@@ -203,26 +204,36 @@ def config_model(model: dict, training: dict) -> tuple[str, str]:
             str(training.get("output_dir") or TrainingConfig.model_fields["output_dir"].default))
 
 
-def names_model(evaluated: str, name: str, output_dir: str) -> bool:
+# an exported file's name after the model's: its type (f16, q8_0, q4_k_m, q4_k_m_t8, iq4_xs, ...), nothing more
+GGUF_TYPE = re.compile(r"(b?f16|f32|i?q\d[a-z0-9_]*)")
+
+
+def names_model(evaluated: str, name: str, output_dir: str | None, run_dir: str | Path | None = None) -> bool:
     """Whether an evaluation's ``model`` (the checkpoint folder ``so8t evaluate`` resolved, e.g.
-    ``checkpoints/so8t-demo/best``, or an exported ``<name>-<quant>.gguf``) is the config's model: a folder on its
-    path is the run folder or carries the model's name."""
+    ``checkpoints/so8t-demo/best``, or an exported ``<name>-<type>.gguf``) is the config's model: a folder on its
+    path carries the model's name or is the run folder the config sets (``output_dir``) or the card was given
+    (``run_dir``, wherever it was moved)."""
     path = PurePath(evaluated)
-    if {name, PurePath(output_dir).name} & set(path.parts):
+    if {name, *([PurePath(output_dir).name] if output_dir else [])} & set(path.parts):
         return True
-    return path.suffix == ".gguf" and path.stem.startswith(f"{name}-")
+    if run_dir is not None and Path(evaluated).resolve().is_relative_to(Path(run_dir).resolve()):
+        return True
+    return path.suffix == ".gguf" and path.stem.startswith(f"{name}-") and \
+        GGUF_TYPE.fullmatch(path.stem[len(name) + 1:]) is not None
 
 
-def check_model(evaluation: dict | None, eval_json: Path, model: dict, training: dict) -> None:
+def check_model(evaluation: dict | None, eval_json: Path, model: dict, training: dict,
+                run_dir: str | Path | None = None) -> None:
     """CardInputError when the evaluation names a model other than the config's (a file written before
     evaluations recorded their model is taken as it is)."""
     if not evaluation or "model" not in evaluation:
         return
     evaluated = evaluation["model"]
     name, output_dir = config_model(model, training)
-    if isinstance(evaluated, str) and names_model(evaluated, name, output_dir):
+    if isinstance(evaluated, str) and names_model(evaluated, name, training.get("output_dir"), run_dir):
         return
     raise CardInputError(f"{eval_json}: evaluates {evaluated!r}, not {name} (the config's model, trained into "
                          f"{output_dir}), so the card would print its numbers as {name}'s; name an evaluation of "
                          f"{name} with --eval (so8t evaluate --model {output_dir} --out experiments/eval/{name}.json), "
-                         "or the config that model was trained with")
+                         "or the config that model was trained with; if that run was this recipe under another "
+                         "name, pass --evaluated-as-this-recipe (the card says whose results they are)")

@@ -214,7 +214,8 @@ def build_card(config: dict, eval_json: Path, quant_json: Path, ablation_json: P
                points_json: Path | None = None, points_recipe: str | None = None,
                seeds_json: Path | None = None, runtime_configs: tuple[str | Path, ...] = RUNTIME_CONFIGS,
                figures: Sequence[Path] = (), card_path: Path = Path("MODEL_CARD.md"),
-               config_path: str | Path | None = None) -> str:
+               config_path: str | Path | None = None, run_dir: str | Path | None = None,
+               other_name: bool = False) -> str:
     """The card's markdown for the run trained with ``config`` (a config mapping); ``follow_ups`` are further
     ablation results quoted by their conclusion and geometry, ``compare_json`` an evaluation of the same
     recipe trained on another corpus (``compare_label``), ``refit_json`` the head-refit benchmark,
@@ -223,17 +224,21 @@ def build_card(config: dict, eval_json: Path, quant_json: Path, ablation_json: P
     ``runtime_configs`` are the serving configs whose escalation routing the limits name. ``figures``: the files
     ``write_figures`` drew for this card (none: no figure section), linked relative to ``card_path``'s folder;
     ``config_path``, the file ``config`` was read from, is the training command the card names. An evaluation of
-    another model than the config's is refused (CardInputError)."""
+    another model than the config's (or its ``run_dir``) is refused (CardInputError), unless ``other_name`` says it
+    is this recipe's run under another name, which the card then says."""
     model, training = config.get("model", {}), config.get("training", {})
     evaluation = _load(Path(eval_json), "evaluation")
-    check_model(evaluation, Path(eval_json), model, training)
+    if not other_name:
+        check_model(evaluation, Path(eval_json), model, training, run_dir)
+    whose = [f"The results below are of `{evaluation.get('model')}`: a run of this recipe under another name.", ""] \
+        if other_name and evaluation else []
     quant = _load(Path(quant_json), "quantization")
     ablation, compare = _load(Path(ablation_json), "ablation"), _load(Path(compare_json), "evaluation") if compare_json else None
     more_sweeps = {str(path): _load(Path(path), "follow-up ablation") for path in follow_ups}
     seeds = _load(Path(seeds_json), "seed ensemble") if seeds_json else None
     splits = {s: load_split(s) for s in ("train", "val", "test")}
     lines = [
-        f"# Model card: {model.get('name', '?')}", "",
+        f"# Model card: {model.get('name', '?')}", "", *whose,
         "## Intended use",
         "A safety gate for an employee-facing assistant: for each request it decides ALLOW (the assistant "
         "answers), REFUSE (declined with a reason) or ESCALATE (a person with the right role decides), under "
