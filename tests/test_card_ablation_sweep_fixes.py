@@ -54,6 +54,7 @@ def test_the_model_match_reads_run_folders_names_and_exported_files():
     assert not names_model("checkpoints/so8t-tiny/best", "so8t-qwen2.5-7b", None)
     # a run folder moved since it was trained, named with --run: its own evaluations are taken
     assert names_model("/tmp/archive-2026-12/best", "so8t-tiny", "checkpoints/so8t-tiny", "/tmp/archive-2026-12")
+    assert not names_model("/tmp/archive\x00/best", "so8t-tiny", "checkpoints/so8t-tiny", "/tmp/archive")  # no crash
 
 
 def test_a_run_of_this_recipe_under_another_name_is_taken_when_said_and_the_card_says_so(tmp_path, capsys, in_repo):

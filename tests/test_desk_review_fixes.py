@@ -371,6 +371,14 @@ def test_a_clean_exit_waits_for_the_notice_in_flight_so_it_is_sent_once_and_reco
         queue.close()
         _agent_with_webhook(tmp_path, f"http://127.0.0.1:{server.server_port}/hook").close()
         assert posts == ["/hook"]  # the next start has nothing to send again
+        answer.clear()  # a server stopping with a notice still unanswered: its budget says how long to wait
+        late = _agent_with_webhook(tmp_path / "late", f"http://127.0.0.1:{server.server_port}/late")
+        late.run_batch([{"user_request": "please escalate this"}])
+        while "/late" not in posts:
+            threading.Event().wait(0.01)
+        late.close(notice_wait_s=0)
+        assert late.desk.spool.count() == 1  # left for the next start, which sends it (at least once)
+        answer.set()
     finally:
         server.shutdown()
 

@@ -160,8 +160,6 @@ class EscalationDesk:
     def _notice_settled(self, entry: SpoolEntry, future: concurrent.futures.Future) -> None:
         """The entry goes once its notice's outcome is recorded (or the sending crashed, which is logged: not
         retried for ever); an outcome the queue did not take leaves it for the replay, which notifies again."""
-        with self._lock:
-            self._held_notices -= 1
         settled = not future.cancelled() and (future.exception() is not None or getattr(future, "recorded", False))
         try:
             if settled:
@@ -169,6 +167,9 @@ class EscalationDesk:
                 return
         except OSError as exc:
             logger.error("escalation %s: spool entry not removed (%s)", entry.case_id, exc)
+        finally:  # counted down once the entry is gone or let go: close() waits on the count
+            with self._lock:
+                self._held_notices -= 1
         entry.release()
         self.start()
 
@@ -312,7 +313,7 @@ class EscalationDesk:
             held = self._held_notices
         return max(0, self.spool.count() - held)
 
-    def close(self) -> None:
+    def close(self, notice_wait_s: float | None = None) -> None:
         self._stopped.set()
         self._wake.set()
         if self._thread is not None and self._thread is not threading.current_thread():
@@ -320,6 +321,7 @@ class EscalationDesk:
         # notices in flight are recorded while the queue is open, and their held entries go: the notifier's
         # workers end with the process, and an entry left held would be sent again at the next start
         wait_s = self.notifier.config.notify_timeout_s + NOTICE_CLOSE_GRACE_S
+        wait_s = wait_s if notice_wait_s is None else min(wait_s, notice_wait_s)  # a server's stop budget
         deadline = time.monotonic() + wait_s
         concurrent.futures.wait([f for f in self.notifications if isinstance(f, concurrent.futures.Future)],
                                 timeout=wait_s)

@@ -176,8 +176,10 @@ class Agent(BatchRunning, RequestDeciding, DecisionRecording):
         another agent must not call the same model meanwhile, since backends are not thread-safe."""
         return self._model.busy()
 
-    def close(self) -> None:
-        self.desk.close()
+    def close(self, notice_wait_s: float | None = None) -> None:
+        """Stop the desk (waiting at most ``notice_wait_s`` for notices in flight, else the notifier's own bound),
+        the notifier and the model's thread."""
+        self.desk.close(notice_wait_s)
         self.notifier.close()
         self._model.close()
 

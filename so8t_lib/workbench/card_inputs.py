@@ -216,8 +216,11 @@ def names_model(evaluated: str, name: str, output_dir: str | None, run_dir: str 
     path = PurePath(evaluated)
     if {name, *([PurePath(output_dir).name] if output_dir else [])} & set(path.parts):
         return True
-    if run_dir is not None and Path(evaluated).resolve().is_relative_to(Path(run_dir).resolve()):
-        return True
+    try:
+        if run_dir is not None and Path(evaluated).resolve().is_relative_to(Path(run_dir).resolve()):
+            return True
+    except (OSError, ValueError, RuntimeError):  # a NUL in the path, a symlink loop: not this run's
+        pass
     return path.suffix == ".gguf" and path.stem.startswith(f"{name}-") and \
         GGUF_TYPE.fullmatch(path.stem[len(name) + 1:]) is not None
 
@@ -235,5 +238,8 @@ def check_model(evaluation: dict | None, eval_json: Path, model: dict, training:
     raise CardInputError(f"{eval_json}: evaluates {evaluated!r}, not {name} (the config's model, trained into "
                          f"{output_dir}), so the card would print its numbers as {name}'s; name an evaluation of "
                          f"{name} with --eval (so8t evaluate --model {output_dir} --out experiments/eval/{name}.json), "
-                         "or the config that model was trained with; if that run was this recipe under another "
-                         "name, pass --evaluated-as-this-recipe (the card says whose results they are)")
+                         "or the config that model was trained with" + (
+                             "" if training.get("output_dir") else
+                             f" (this config sets no training.output_dir: name the run folder with --run {output_dir})")
+                         + "; if that run was this recipe under another name, pass --evaluated-as-this-recipe (the "
+                         "card says whose results they are)")

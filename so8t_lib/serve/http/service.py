@@ -29,6 +29,7 @@ logger = logging.getLogger("so8t.service")
 # how long /readyz reports a failed audit write: not ready stops a balancer's traffic, and only a request shows
 # that writing works again, so the replica is offered requests again after this
 AUDIT_FAILURE_HOLD_S = 30
+CLOSE_MARGIN_S = 0.5  # of the stop budget, kept for closing the queue and the model after the notices' wait
 
 
 def audit_target_problem(path: Path) -> str | None:
@@ -130,17 +131,19 @@ class Service:
         if self._cut_timer is not None:
             self._cut_timer.cancel()  # everything ended before the deadline
         left = cut_at + SHUTDOWN_MARGIN_S - EXIT_MARGIN_S - loop.time()
-        if not await _in_daemon(self._last_chores, max(0.0, left)):
+        if not await _in_daemon(lambda: self._last_chores(max(0.0, left)), max(0.0, left)):
             logger.error("shutdown: the spool's replay or closing the agent ran past the stop budget (%gs); spooled "
                          "cases are replayed at the next start", self.config.stop_budget_s)
         logger.warning("shutdown complete: the audit log %s is closed", self.agent.audit.path)
 
-    def _last_chores(self) -> None:
+    def _last_chores(self, budget_s: float | None = None) -> None:
+        started = time.monotonic()
         if self.agent.desk.spool.count():
             outcome = self.agent.desk.replay()
             logger.warning("shutdown: spooled escalations replayed: %s", outcome)
-        if self.own_agent:
-            self.agent.close()
+        if self.own_agent:  # the notices in flight get what is left of the stop budget
+            left = None if budget_s is None else max(0.0, budget_s - (time.monotonic() - started) - CLOSE_MARGIN_S)
+            self.agent.close(notice_wait_s=left)
 
     async def _every(self, seconds: float, chore, in_thread: bool) -> None:
         while True:
