@@ -447,9 +447,12 @@ def test_metrics_name_what_the_manual_watches(serve):
     service, client = serve(FixedDecider(PROBS["ESCALATE"]))
     client.post("/v1/decide", json=[{"user_request": "I need a medical certificate for sick leave"}] * 3, headers=CLIENT)
     client.post("/v1/moderations", json={"input": "hello"}, headers=CLIENT)
+    first = service.agent.queue.list()[0]["case_id"]  # a notice no channel took: its own gauge and alert
+    service.agent.queue.record_notifications(first, [{"channel": "webhook", "ok": False, "error": "HTTP 404"}])
     service.count_queue()
     text = client.get("/metrics").text
     for line in ['so8t_decisions_total{category="medical",decision="ESCALATE",endpoint="decide"} 3.0',
+                 "so8t_escalations_notify_failed 1.0",
                  'so8t_model_info{model_version="fake-fixed@1"} 1.0', "so8t_emergency_mode 0.0",
                  "so8t_escalations_open 4.0", "so8t_escalations_overdue 0.0", 'so8t_escalations_total{status="queued"} 4.0',
                  'so8t_http_requests_total{code="200",method="POST",route="/v1/decide"} 1.0', "so8t_ready 1.0"]:

@@ -8,7 +8,7 @@
     model version           so8t_model_info{model_version} 1, so8t_emergency_mode
     fail-closed count       so8t_fail_closed_total{reason}
     queue depth, overdue    so8t_escalations_open, so8t_escalations_overdue, so8t_escalations_spooled,
-                            so8t_batcher_pending
+                            so8t_escalations_notify_failed, so8t_batcher_pending
     CPU and memory          so8t_host_cpu_ratio, so8t_host_memory_ratio (psutil), process_* (the process)
 
 Each app has its own registry, so several services (tests) live in one process. The recording and
@@ -99,6 +99,8 @@ class ServiceMetrics:
         self.cases_overdue = Gauge("so8t_escalations_overdue", "Unresolved cases past escalation_timeout",
                                    registry=r)
         self.spooled = Gauge("so8t_escalations_spooled", "Cases kept in the spool, not yet in the queue", registry=r)
+        self.cases_unnotified = Gauge("so8t_escalations_notify_failed", "Unresolved cases whose notice reached no "
+                                      "channel (status notify_failed)", registry=r)
         self.model_info = Gauge("so8t_model_info", "The model serving, as a label (value 1)", ["model_version"],
                                 registry=r)
         self.emergency = Gauge("so8t_emergency_mode", "1 while every request is escalated (emergency mode)",

@@ -73,7 +73,7 @@ class Service:
                                     concurrency=self.config.concurrent_batches, max_pending=self.config.max_pending,
                                     model_version=lambda: agent.model_version, on_batch=self._batch_done,
                                     streamed=True)
-        self.queue_counts = {"open": None, "overdue": None, "spooled": None}
+        self.queue_counts = {"open": None, "overdue": None, "spooled": None, "notify_failed": None}
         self.queue_error: str | None = None
         self._tasks: list[asyncio.Task] = []
         self.draining = False
@@ -183,15 +183,16 @@ class Service:
         try:
             store = self.agent.queue
             cases = store.list(UNRESOLVED)
-            self.queue_counts.update(open=len(cases), overdue=sum(1 for c in cases if c["overdue"]))
+            self.queue_counts.update(open=len(cases), overdue=sum(1 for c in cases if c["overdue"]),
+                                     notify_failed=sum(1 for c in cases if c["status"] == "notify_failed"))
             self.queue_error = None
         except Exception as exc:  # noqa: BLE001
             self.queue_error = f"{type(exc).__name__}: {exc}"
             logger.error("escalation queue not counted: %s", self.queue_error)
         self.queue_counts["spooled"] = self.agent.desk.waiting_in_spool()
         for gauge, key in ((self.metrics.cases_open, "open"), (self.metrics.cases_overdue, "overdue"),
-                           (self.metrics.spooled, "spooled")):
-            if self.queue_counts[key] is not None:
+                           (self.metrics.spooled, "spooled"), (self.metrics.cases_unnotified, "notify_failed")):
+            if self.queue_counts.get(key) is not None:
                 gauge.set(self.queue_counts[key])
 
     def readiness(self) -> dict[str, str]:
