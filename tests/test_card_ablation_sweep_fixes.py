@@ -183,6 +183,12 @@ def test_one_paired_seed_is_said_to_allow_no_test():
                                                    "difference +0.100 on 1 paired seed: n=1, no test possible.")
     other_seeds = _summary([["a", "ok", "none", True, 0, 0.5], ["b", "ok", "safe_first", True, 1, 0.6]])
     assert "no baseline runs on the same seeds" in ablation.conclusion(ablation.analyze(other_seeds, ["macro_f1"]))
+    mixed = _summary([["a0", "ok", "none", True, 0, 0.5], ["a1", "ok", "none", True, 1, 0.52],
+                      ["a2", "ok", "none", True, 2, 0.49], ["c0", "ok", "commuting", True, 0, 0.51],
+                      ["c1", "ok", "commuting", True, 1, 0.5], ["c2", "ok", "commuting", True, 2, 0.5],
+                      ["s0", "ok", "safe_first", True, 0, 0.6]])  # safe_first ran on one seed only
+    text = ablation.conclusion(ablation.analyze(mixed, ["macro_f1"]))
+    assert "No paired test of safe_first was possible: each has 1 paired seed" in text and "says nothing" not in text
 
 
 @pytest.fixture

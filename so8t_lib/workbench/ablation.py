@@ -264,6 +264,10 @@ def conclusion(table: pd.DataFrame, alpha: float = 0.05, group: str = "gate_orde
     def per_pair(row: pd.Series) -> str:
         return "" if equal else f", {int(row['pairs'])} paired seeds"
 
+    single = sorted(set(table.loc[table[group].isin(non_commuting) & (table.get("pairs", 0) == 1), group].astype(str)))
+    if ours.empty and single:  # run, but on one paired seed: not "not compared"
+        return (f"No paired test of {', '.join(single)} was possible: each has 1 paired seed against {group}={baseline} "
+                "(n=1), and a paired test needs at least 2; run more seeds.")
     if ours.empty:  # e.g. commuting against none only: a verdict on the non-commutative orders would be invented
         significant = int((compared["p_holm"] < alpha).sum())
         return (f"No non-commutative order ({', '.join(non_commuting)}) was compared: the paired comparisons are of "
