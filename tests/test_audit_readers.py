@@ -101,3 +101,24 @@ def test_a_tool_writing_to_the_log_gives_up_behind_a_hung_holder_instead_of_hang
     with pytest.raises(AuditLockTimeout, match="held by another writer for more than 0.3 s"):
         log.rotate()
     assert time.monotonic() - started < 10
+
+
+@pytest.mark.parametrize("content", [b"runtime:\n  threshold: 0.5\n", b'{"not": "a record"}', b"SQLite format 3\x00"])
+def test_show_and_verify_of_a_file_that_is_no_log_refuse_it_and_leave_nothing_beside_it(tmp_path, capsys, content):
+    """``--name config.yaml`` was "OK: 0 records" with a torn-tail note, and left config.yaml.lock behind."""
+    target = tmp_path / "config.yaml"
+    target.write_bytes(content)
+    with pytest.raises(SystemExit) as failed:
+        so8t(["audit", "verify", str(tmp_path), "--name", target.name])
+    assert failed.value.code == 1 and "FAIL" in (out := capsys.readouterr().out) and "not an audit log" in out
+    with pytest.raises(SystemExit, match="not an audit log"):
+        so8t(["audit", "show", str(tmp_path), "--name", target.name])
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["config.yaml"] and target.read_bytes() == content
+
+
+def test_readers_still_take_a_torn_first_write_for_a_log(tmp_path):
+    """A crash that cut the first record is a log with a torn tail, not another file."""
+    (tmp_path / "audit.jsonl").write_bytes(b'{"seq": 0, "request_id": "req_')
+    report = audit_verify.verify(tmp_path)
+    assert report["errors"] == [] and any("torn tail" in note for note in report["notes"])
+    assert list(audit_verify.read_records(tmp_path)) == []

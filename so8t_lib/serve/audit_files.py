@@ -321,6 +321,25 @@ def _held(path: Path, shared: bool, timeout: float | None) -> Iterator[None]:
             fcntl.flock(lock, fcntl.LOCK_UN)
 
 
+def refuse_non_log(log: Path) -> None:
+    """``NotAnAuditLog`` when the file where a reader looks for the log holds no record and cannot be a torn first
+    write (``--name config.yaml``): it was reported as a torn tail of an empty log, "OK"; nothing for a log, an
+    empty file or none. Only the first MiB is looked at (a newline there already rules out one cut record)."""
+    good_end, size = last_good_end(log)
+    if good_end or not size:
+        return
+    with log.open("rb") as handle:
+        head = handle.read(1 << 20)
+    if len(head) < size and b"\n" not in head and head.startswith(b"{"):
+        return  # one long unterminated object: may be a torn record
+    if not_a_torn_write(head):
+        raise NotAnAuditLog(_not_a_log_message(log))
+
+
+def _not_a_log_message(log: Path) -> str:
+    return f"{log} holds no audit record: not an audit log, left as it was; name the chain"
+
+
 def set_aside_torn_tail(log: Path) -> Path | None:
     """Move what follows the log's last complete record (a write a crash cut off) into a ``.torn-`` file beside
     it and cut the log there; the file it went to, or None when there was nothing. Called under the lock. A file
@@ -332,7 +351,7 @@ def set_aside_torn_tail(log: Path) -> Path | None:
         handle.seek(good_end)
         torn = handle.read()
     if good_end == 0 and not_a_torn_write(torn):  # another file (a config, the queue, the anchor, a key)
-        raise NotAnAuditLog(f"{log} holds no audit record: not an audit log, left as it was; name the chain")
+        raise NotAnAuditLog(_not_a_log_message(log))
     stamp = dt.datetime.now(dt.UTC).strftime("%Y%m%dT%H%M%S.%fZ")
     target = sibling(log, f".torn-{stamp}-{os.getpid()}")
     fd = os.open(target, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)

@@ -33,6 +33,7 @@ from .audit_files import (
     GENESIS,
     READ_ERRORS,
     AuditLockTimeout,
+    NotAnAuditLog,
     anchor_mac,
     anchor_path,
     chain_names,
@@ -44,6 +45,7 @@ from .audit_files import (
     read_anchor,
     read_lines,
     record_hash,
+    refuse_non_log,
     same_digest,
     set_aside_files,
     signature_matches,
@@ -81,8 +83,11 @@ def read_records(folder: str | Path, name: str = "audit.jsonl", key: str | bytes
     tail (a write in progress, or cut by a crash), so a reader can tell damage from an empty log."""
     fernet = make_fernet(key) if key else None
     with ExitStack() as handles:
-        with consistent_view(Path(folder) / name, lock_timeout):
-            files = open_files(Path(folder), name, handles)
+        try:
+            with consistent_view(Path(folder) / name, lock_timeout):
+                files = open_files(Path(folder), name, handles)
+        except NotAnAuditLog as exc:
+            raise ValueError(str(exc)) from None
         for index, (path, handle, length, error) in enumerate(files):
             try:
                 if error is not None:
@@ -111,6 +116,7 @@ def consistent_view(log: Path, timeout: float | None = READ_LOCK_TIMEOUT_S) -> I
                 "fix it, or wait longer (--lock-timeout)") from None
         except OSError:
             pass
+        refuse_non_log(log)  # inside the lock's context: a lock file it made beside such a file is removed
         yield
 
 
@@ -242,13 +248,16 @@ def verify(folder: str | Path, name: str = "audit.jsonl", hmac_key: str | bytes 
     with ExitStack() as handles:
         # every file opened and the anchor read at one moment; the walk, which can take minutes on a large log,
         # runs after the lock is released, so the gate's appends never wait for a verification
-        with consistent_view(log, lock_timeout):
-            found = open_files(folder, name, handles)
-            try:
-                anchor, anchor_errors = read_anchor(log), []
-            except ValueError as exc:
-                anchor, anchor_errors = None, [str(exc)]
-            aside = set_aside_files(folder, name)
+        try:
+            with consistent_view(log, lock_timeout):
+                found = open_files(folder, name, handles)
+                try:
+                    anchor, anchor_errors = read_anchor(log), []
+                except ValueError as exc:
+                    anchor, anchor_errors = None, [str(exc)]
+                aside = set_aside_files(folder, name)
+        except NotAnAuditLog as exc:
+            return failed_report(str(exc))
         files, opened, limits, unreadable = [], [], [], []
         for path, handle, length, error in found:
             if error is not None:  # named as a problem of the chain, never a traceback
