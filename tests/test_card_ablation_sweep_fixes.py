@@ -1,11 +1,14 @@
 """Review mends for so8t card, the gate ablation's statistics and so8t sweep: each test is a case a user hit."""
 
 import json
+import shutil
 from pathlib import Path
 
 import pytest
+import yaml
 
 from so8t_lib.cli.card import main as card
+from so8t_lib.core.config import read_config_mapping
 from so8t_lib.workbench import model_card
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -243,3 +246,24 @@ def test_true_and_false_are_kept_apart_from_one_and_zero(sweep_folder):
 
     (sweep_folder / "s.yaml").write_text("name: a\nnotebook: nb.ipynb\ngrid: {x: [true, 1, false, 0]}\n")
     assert [params["x"] for _, params in sweep_spec.load_spec(sweep_folder / "s.yaml").runs()] == [True, 1, False, 0]
+
+
+def test_the_other_name_flag_on_an_evaluation_of_this_model_adds_no_such_claim(tmp_path, in_repo):
+    """--evaluated-as-this-recipe on the default's own evaluation printed "a run of this recipe under another name"
+    above so8t-demo's own numbers."""
+    out = tmp_path / "CARD.md"
+    card(["--config", "configs/training.yaml", *NO_EXTRAS, "--out", str(out), "--evaluated-as-this-recipe"])
+    assert "under another name" not in out.read_text(encoding="utf-8")
+
+
+def test_a_run_folder_given_by_its_absolute_path_is_named_relative_to_the_project(tmp_path, in_repo):
+    """--run $PWD/build/run printed the author's home folder as the card's training command."""
+    run = Path("build") / f"card-run-{tmp_path.name}"
+    run.mkdir(parents=True)
+    try:
+        (run / "config.yaml").write_text(yaml.safe_dump(read_config_mapping("configs/training.yaml")))  # as trained
+        out = tmp_path / "CARD.md"
+        card(["--run", str(run.resolve()), *NO_EXTRAS, "--out", str(out)])
+        assert f"Command: `so8t train --config {run.as_posix()}/config.yaml`." in out.read_text(encoding="utf-8")
+    finally:
+        shutil.rmtree(run)

@@ -68,7 +68,10 @@ def train_command(config_path: str | Path | None) -> str:
     """The command that trains the run the card describes, from the config file it was read from."""
     if config_path is None:
         return "`so8t train --config` with the config the run was trained with"
-    command = f"`so8t train --config {Path(config_path).as_posix()}`"
+    shown = Path(config_path)
+    if shown.is_absolute() and shown.resolve().is_relative_to(Path.cwd().resolve()):  # --run /home/.../run: the
+        shown = shown.resolve().relative_to(Path.cwd().resolve())  # card is read elsewhere, relative to the project
+    command = f"`so8t train --config {shown.as_posix()}`"
     same = Path(config_path).resolve() == Path(DEFAULT_CONFIG).resolve()
     return f"`make demo` (`so8t demo`), or {command}" if same else command
 

@@ -228,8 +228,12 @@ def build_card(config: dict, eval_json: Path, quant_json: Path, ablation_json: P
     is this recipe's run under another name, which the card then says."""
     model, training = config.get("model", {}), config.get("training", {})
     evaluation = _load(Path(eval_json), "evaluation")
-    if not other_name:
+    try:
         check_model(evaluation, Path(eval_json), model, training, run_dir)
+        other_name = False  # the evaluation names this model after all: the card says nothing of another name
+    except CardInputError:
+        if not other_name:
+            raise
     whose = [f"The results below are of `{evaluation.get('model')}`: a run of this recipe under another name.", ""] \
         if other_name and evaluation else []
     quant = _load(Path(quant_json), "quantization")
