@@ -391,3 +391,59 @@ def test_a_test_mode_agent_does_not_check_webhook_variables_it_never_sends_to(tm
     _agent_with_webhook(tmp_path, "http://127.0.0.1:9/hook", test_mode=True).close()
     with pytest.raises(ConfigError, match="SLACK_WEBHOOK_URL"):
         _agent_with_webhook(tmp_path, "http://127.0.0.1:9/hook")
+
+
+def _finished_cases(desk, count: int, pending: list) -> None:
+    """``count`` cases queued, audited and finished on ``desk``, each notice a future that is never settled."""
+    desk.notify = True
+
+    def hold(case, reminder=False):
+        pending.append(concurrent.futures.Future())
+        return pending[-1]
+
+    desk.notifier.notify_async = hold
+    for n in range(1, count + 1):
+        case, record = spooled_case(n)
+        ticket = desk.open(case, desk.audit.prepare(record))
+        desk.try_queue(ticket)
+        desk.audit.append(record)
+        desk.finish(ticket, True)
+
+
+def test_past_the_cap_of_held_notices_a_spool_entry_goes_at_once_and_says_so(tmp_path, monkeypatch, caplog):
+    """Held entries keep a file and a lock each: past MAX_HELD_NOTICES the entry goes before its notice is
+    recorded (a crash then loses the notice), with a warning, rather than growing without a bound."""
+    from so8t_lib.serve import escalation_desk
+
+    monkeypatch.setattr(escalation_desk, "MAX_HELD_NOTICES", 2)
+    desk, pending = scratch_desk(tmp_path), []
+    _finished_cases(desk, 3, pending)
+    assert len(pending) == 3 and desk.spool.count() == 2 and desk._held_notices == 2
+    assert "esc_00003: 2 notices in flight" in caplog.text
+    for future in pending:
+        future.recorded = True
+        future.set_result([])
+    assert desk.spool.count() == 0 and desk._held_notices == 0
+
+
+def test_close_waits_for_an_unanswered_notice_no_longer_than_its_timeout_and_a_grace(tmp_path):
+    """A notice that never settles holds close() for notify_timeout_s + NOTICE_CLOSE_GRACE_S, then its entry stays
+    for the next start; a smaller budget (a server's stop) bounds it further."""
+    import time
+
+    from so8t_lib.serve.escalation_desk import NOTICE_CLOSE_GRACE_S
+
+    desk, pending = scratch_desk(tmp_path), []
+    desk.notifier.config.notify_timeout_s = 0.5
+    _finished_cases(desk, 1, pending)
+    started = time.monotonic()
+    desk.close()
+    waited = time.monotonic() - started
+    assert 0.5 + NOTICE_CLOSE_GRACE_S <= waited < 0.5 + NOTICE_CLOSE_GRACE_S + 5  # bounded, not hung
+    assert desk.spool.count() == 1 and not pending[0].done()  # left for the next start, which sends it again
+    other, more = scratch_desk(tmp_path / "other"), []
+    other.notifier.config.notify_timeout_s = 30
+    _finished_cases(other, 1, more)
+    started = time.monotonic()
+    other.close(notice_wait_s=0.2)
+    assert 0.2 <= time.monotonic() - started < 5
