@@ -13,9 +13,11 @@ from collections.abc import Iterable, Mapping
 from pathlib import Path
 
 from ...core.paths import CORPUS_DIR
-from ...core.schema import SPLITS
-from .seeds import Seed
+from ...core.schema import CATEGORIES, LABELS, LANGS, SPLITS
+from .framings import FRAMINGS
+from .seeds import CONTRASTS, HAZARDS, Seed
 from .text import seeded_rng
+from .transforms import ROW_HARD_KINDS, VARIANTS
 
 SPLIT_FRACTIONS: dict[str, float] = {"train": 0.8, "val": 0.1, "test": 0.1}
 _FILL_ORDER = ("test", "val", "train")  # ties go to the evaluation splits first: every cell of 3+ is in each
@@ -71,12 +73,45 @@ def assign_splits(seeds: Iterable[Seed], seed: int = 0, groups: Mapping[str, str
 
 
 # what the guards and the statistics group and compare by: a row without one of them cannot be checked
-ROW_STRINGS: tuple[str, ...] = ("id", "user_request", "family", "split", "label")
+ROW_STRINGS: tuple[str, ...] = ("id", "user_request", "family", "split", "label", "category", "lang")
+# the closed vocabularies of a row (``build`` writes no other value): one outside them would be counted nowhere by
+# the statistics (a category of pandas takes it for missing) and compared with nothing by the guards
+ROW_CHOICES: dict[str, tuple[str, ...]] = {
+    "split": SPLITS, "label": LABELS, "category": CATEGORIES, "lang": LANGS, "variant": VARIANTS,
+    "hard_kind": ROW_HARD_KINDS, "framing": FRAMINGS, "hazard": HAZARDS, "contrast": CONTRASTS,
+}
+ROW_TEXTS: tuple[str, ...] = ("context", "rationale", "task_output")  # optional texts: a string or null
+ROW_NULLABLE = frozenset({*ROW_TEXTS, "hard_kind", "framing", "hazard", "contrast"})
+
+
+def _got(row: dict, key: str) -> str:
+    value = row.get(key)
+    return ("no field" if key not in row else "null" if value is None else repr(value) if isinstance(value, str)
+            else type(value).__name__)
+
+
+def row_problem(row: dict) -> str | None:
+    """What makes a row unusable for the guards and the statistics (None when nothing): a field they read that is
+    absent, of another type or outside its vocabulary. Fields a row may leave out (a retrained row has no variant)
+    are checked only when present."""
+    bad = next((k for k in ROW_STRINGS if not isinstance(row.get(k), str)), None)
+    if bad is not None:
+        return f"field {bad!r} must be a string, the row has {_got(row, bad)}"
+    bad = next((k for k in ROW_TEXTS if k in row and not isinstance(row[k], str | None)), None)
+    if bad is not None:
+        return f"field {bad!r} must be a string or null, the row has {_got(row, bad)}"
+    if "hard" in row and not isinstance(row["hard"], bool):
+        return f"field 'hard' must be true or false, the row has {_got(row, 'hard')}"
+    for key, allowed in ROW_CHOICES.items():
+        if key in row and row[key] not in allowed and not (row[key] is None and key in ROW_NULLABLE):
+            null = " (or null)" if key in ROW_NULLABLE else ""
+            return f"field {key!r} must be one of {', '.join(allowed)}{null}, the row has {_got(row, key)}"
+    return None
 
 
 def read_split(data_dir: str | Path, split: str) -> list[dict]:
-    """Rows of one split file; a missing file, or a line that is not a JSON object with the ``ROW_STRINGS``
-    as strings, is an error naming it (file:line)."""
+    """Rows of one split file; a missing file, or a line that is not a JSON object passing ``row_problem``, is an
+    error naming it (file:line)."""
     path = Path(data_dir) / f"{split}.jsonl"
     if not path.is_file():
         raise FileNotFoundError(f"{path} not found (run: so8t corpus build)")
@@ -96,11 +131,8 @@ def read_split(data_dir: str | Path, split: str) -> list[dict]:
         if not isinstance(row, dict):
             raise ValueError(f"{path}:{i}: a row must be a JSON object, got {type(row).__name__}; "  # noqa: TRY004
                              "these files are written by 'so8t corpus build'")
-        bad = next((k for k in ROW_STRINGS if not isinstance(row.get(k), str)), None)
-        if bad is not None:
-            got = "no field" if bad not in row else "null" if row[bad] is None else type(row[bad]).__name__
-            raise ValueError(f"{path}:{i}: field {bad!r} must be a string, the row has {got}; these files are "
-                             "written by 'so8t corpus build'")
+        if problem := row_problem(row):
+            raise ValueError(f"{path}:{i}: {problem}; these files are written by 'so8t corpus build'")
         rows.append(row)
     return rows
 
