@@ -130,7 +130,7 @@ class _PerRequestDecider(FakeDecider):
         return torch.tensor([(0.05, 0.9, 0.05) if "refuse" in r else (0.95, 0.03, 0.02) for r in requests])
 
 
-def _run_cli(monkeypatch, capsys, agent, stdin: bytes) -> tuple[int, list[dict]]:
+def _run_cli(monkeypatch, capsys, agent, stdin: bytes) -> tuple[int, list[dict], str]:
     class _Loaded:
         @staticmethod
         def from_config(path, overrides=(), **kwargs):
@@ -139,7 +139,8 @@ def _run_cli(monkeypatch, capsys, agent, stdin: bytes) -> tuple[int, list[dict]]
     monkeypatch.setattr(cli_runtime, "Agent", _Loaded)
     monkeypatch.setattr("sys.stdin", io.TextIOWrapper(io.BytesIO(stdin), encoding="utf-8"))
     code = cli_runtime.main(["--config", "unused.yaml", "--test-mode"])
-    return code, [json.loads(line) for line in capsys.readouterr().out.splitlines()]
+    out, err = capsys.readouterr()
+    return code, [json.loads(line) for line in out.splitlines()], err
 
 
 @pytest.mark.timeout(120)
@@ -151,7 +152,7 @@ def test_a_long_stdin_file_is_decided_in_chunks_each_under_the_decision_limit(tm
     agent.config.service.max_batch = 8
     texts = [f"request {i} {'refuse' if i % 3 == 0 else 'fine'}" for i in range(120)]
     stdin = "".join(json.dumps({"user_request": t}) + "\n" for t in texts).encode()
-    code, results = _run_cli(monkeypatch, capsys, agent, stdin)
+    code, results, _ = _run_cli(monkeypatch, capsys, agent, stdin)
     assert code == 0 and max(decider.passes) <= 8 and sum(decider.passes) == 120
     assert [r["decision"] for r in results] == ["REFUSE" if "refuse" in t else "ALLOW" for t in texts]  # in order
     assert sorted(r["request_id"] for r in _records(tmp_path)) == sorted(r["request_id"] for r in results)
@@ -165,8 +166,10 @@ def test_the_cli_decides_every_line_around_unreadable_ones_and_ignores_a_client(
              b'{"user_request": ' + b"1" * 5000 + b'}\n'
              + b"[" * 100_000 + b"\n"
              b'{"user_request": "the last one"}\n')
-    code, results = _run_cli(monkeypatch, capsys, agent, stdin)
-    assert code == 0 and len(results) == 6 and all(r["decision"] == "ESCALATE" for r in results)
+    code, results, err = _run_cli(monkeypatch, capsys, agent, stdin)
+    assert code == cli_runtime.EXIT_UNREADABLE_LINES  # two lines were no request: said, not exit 0
+    assert len(results) == 6 and all(r["decision"] == "ESCALATE" for r in results)
+    assert [r["line"] for r in results] == [1, 2, 3, 4, 5, 6] and "2 stdin line(s)" in err
     assert all(r["escalation_status"] == "queued" for r in results)
     assert all(agent.queue.get(r["escalation_id"])["client"] is None for r in results)  # never from stdin
     assert "not readable JSON" in results[3]["error"] and "not readable JSON" in results[4]["error"]

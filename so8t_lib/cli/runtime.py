@@ -4,25 +4,32 @@
     cat requests.jsonl | so8t runtime --config configs/basic.yaml [--use-gguf] [--test-mode]
 
 One JSON result per request (``so8t_lib.serve.runtime.Agent.run_batch``), one audit record each, in
-input order; the gate fails closed (ESCALATE, never ALLOW) on anything it cannot decide. A stdin line
-that is not UTF-8 or not JSON (or JSON Python cannot hold: a number past 4300 digits, nesting too
-deep) gets its own fail-closed result; the other lines are decided. Lines are decided in chunks of
-``service.max_batch`` (32), so ``inference.decision_timeout_s`` limits each chunk's model pass, not the
-whole file; each chunk's results are printed when it is decided. A line sets only ``user_request``,
-``context`` and ``user_id`` (a ``client`` field is ignored: only the HTTP service names the key that asked).
+input order; a stdin request's result starts with its ``line`` (blank lines are skipped). The gate fails closed
+(ESCALATE, never ALLOW) on anything it cannot decide. A stdin line that is not UTF-8 or not JSON (or gives a key
+twice, or is JSON Python cannot hold: a number past 4300 digits, nesting too deep) gets its own fail-closed result;
+the other lines are decided. A UTF-16 input is refused before anything is decided. Lines are decided in batches of
+at most ``service.max_batch`` (32) of what has arrived, so ``inference.decision_timeout_s`` limits each batch's
+model pass, not the whole file, and a producer writing a line now and then (``tail -f``) gets each decision when
+its line comes. SIGINT or SIGTERM stops reading; every line read by then is decided and recorded. A line sets only
+``user_request``, ``context`` and ``user_id`` (a ``client`` field is ignored: only the HTTP service names the key
+that asked).
 
-Exit status: 0 all decided and recorded; 3 the model could not be loaded (every request was
-escalated); 4 an audit record could not be written (those requests were escalated, see ``error``).
+Exit status: 0 all decided and recorded; 2 the config or the input as a whole is refused (nothing decided); 3 the
+model could not be loaded (every request was escalated); 4 an audit record could not be written (those requests
+were escalated, see ``error``); 5 some stdin lines were no request (each escalated, see ``error``); 128 + the
+signal's number when a signal stopped it.
 """
 
 from __future__ import annotations
 
 import argparse
 import json
+import signal
 import sys
+import threading
 import warnings
 from collections.abc import Iterable, Iterator
-from itertools import islice
+from contextlib import contextmanager
 
 from tqdm import tqdm
 
@@ -30,50 +37,14 @@ from ..core.config import ConfigError
 from ..serve.request_checks import Unparsed
 from ..serve.runtime import Agent
 from .gate_options import add_gate_options, gate_overrides
+from .runtime_input import REQUEST_FIELDS, NotJsonLines, arrived_batches, iter_items, iter_lines, read_items
+
+__all__ = ["REQUEST_FIELDS", "decide_in_chunks", "iter_items", "main", "read_items"]
 
 EXIT_MODEL_NOT_LOADED = 3
 EXIT_AUDIT_FAILED = 4
-
-
-REQUEST_FIELDS = ("user_request", "context", "user_id")  # what a stdin line may set; never ``client`` (an API key's
-# name, which only the HTTP service sets for the key that asked)
-
-
-def iter_items(stream) -> Iterator:
-    """Requests from a binary stream of JSON lines, one at a time; an unreadable line (not UTF-8, not JSON, or JSON
-    that Python cannot hold: a number past 4300 digits, nesting past the recursion limit) becomes ``Unparsed``. A
-    UTF-8 byte-order mark before the first line (Windows editors write one) is dropped, as the training loaders drop
-    it. An object keeps only the request's own fields (``REQUEST_FIELDS``)."""
-    for line_no, raw in enumerate(stream, 1):
-        if isinstance(raw, str):  # a text stream (tests, notebooks): back to the bytes it stands for
-            raw = raw.encode("utf-8", "surrogateescape")
-        if line_no == 1 and raw.startswith(b"\xef\xbb\xbf"):
-            raw = raw[3:]
-        if not raw.strip():
-            continue
-        try:
-            text = raw.decode("utf-8")
-        except UnicodeDecodeError as exc:
-            yield Unparsed(f"stdin line {line_no}: not valid UTF-8 (byte {exc.start})", raw[:200].decode("utf-8", "replace"))
-            continue
-        try:
-            item = json.loads(text)
-        except json.JSONDecodeError as exc:
-            yield Unparsed(f"stdin line {line_no}: not JSON ({exc.msg})", text[:200])
-            continue
-        except RecursionError:
-            yield Unparsed(f"stdin line {line_no}: not readable JSON (nested too deep)", text[:200])
-            continue
-        except Exception as exc:  # noqa: BLE001 - ValueError (a number past 4300 digits), MemoryError: that line only
-            yield Unparsed(f"stdin line {line_no}: not readable JSON ({type(exc).__name__}: {str(exc)[:200]})",
-                           text[:200])
-            continue
-        yield {k: item[k] for k in REQUEST_FIELDS if k in item} if isinstance(item, dict) else item
-
-
-def read_items(stream) -> list:
-    """All of ``iter_items(stream)``."""
-    return list(iter_items(stream))
+EXIT_UNREADABLE_LINES = 5
+STOP_SIGNALS = (signal.SIGINT, signal.SIGTERM)
 
 
 def _isatty(stream) -> bool:
@@ -83,17 +54,45 @@ def _isatty(stream) -> bool:
         return False
 
 
-def decide_in_chunks(agent: Agent, items: Iterable, chunk: int) -> Iterator[dict]:
+def decide_in_chunks(agent: Agent, items: Iterable, chunk: int, stop: threading.Event | None = None) -> Iterator[dict]:
     """``agent.run_batch`` on at most ``chunk`` requests at a time (the config's ``service.max_batch``), so
-    ``inference.decision_timeout_s`` limits each pass, not the whole input; results in input order, each chunk's as
-    soon as it is decided. When deciding takes over a second, a bar on stderr counts the requests decided (only
-    where stderr is a terminal and the results go elsewhere: a file or a pipe)."""
-    items = iter(items)
+    ``inference.decision_timeout_s`` limits each pass, not the whole input; results in input order, each batch's as
+    soon as it is decided. A batch holds the requests that have arrived (``runtime_input.arrived_batches``): a
+    producer writing now and then gets each decision when its line comes. ``items`` may be (line number, request)
+    pairs (``iter_lines``): each result then starts with its ``line``, since blank lines are skipped. When deciding
+    takes over a second, a bar on stderr counts the requests decided (only where stderr is a terminal and the
+    results go elsewhere: a file or a pipe)."""
     quiet = True if _isatty(sys.stdout) else None  # None: tqdm shows the bar where stderr is a terminal
     with tqdm(desc="deciding", unit="request", leave=False, disable=quiet, file=sys.stderr, delay=1.0) as bar:
-        while batch := list(islice(items, chunk)):
-            yield from agent.run_batch(batch)
+        for batch in arrived_batches(items, chunk, stop):
+            numbered = all(isinstance(entry, tuple) and len(entry) == 2 and isinstance(entry[0], int)
+                           for entry in batch)
+            requests = [entry[1] for entry in batch] if numbered else batch
+            for entry, result in zip(batch, agent.run_batch(requests), strict=True):
+                yield {"line": entry[0], **result} if numbered else result
             bar.update(len(batch))
+
+
+@contextmanager
+def _stop_on_signals() -> Iterator[threading.Event]:
+    """SIGINT and SIGTERM set the event (the requests read by then are decided and recorded); a second one stops at
+    once, as before. Only the main thread may install handlers: elsewhere the event is never set."""
+    stop = threading.Event()
+    if threading.current_thread() is not threading.main_thread():
+        yield stop
+        return
+
+    def _asked(signum, frame) -> None:
+        stop.signum = signum
+        stop.set()
+        signal.signal(signum, signal.default_int_handler if signum == signal.SIGINT else signal.SIG_DFL)
+
+    before = {signum: signal.signal(signum, _asked) for signum in STOP_SIGNALS}
+    try:
+        yield stop
+    finally:
+        for signum, handler in before.items():
+            signal.signal(signum, handler)
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -117,27 +116,55 @@ def main(argv: list[str] | None = None) -> int:
         print(f"so8t runtime: {agent.load_error}; every request is escalated", file=sys.stderr)
     if agent.router_error:
         print(f"so8t runtime: {agent.router_error}", file=sys.stderr)
+    unreadable: list[int] = []  # line numbers of stdin lines that were no request
     if args.request is not None:
         items: Iterable = [{"user_request": args.request, "context": args.context, "user_id": args.user_id}]
     else:
-        items = iter_items(getattr(sys.stdin, "buffer", sys.stdin))
-    try:
-        for result in decide_in_chunks(agent, items, agent.config.service.max_batch):
-            if args.pretty:
-                print(f"{result['decision']:<9s} conf {result['confidence']}  [{result['category']}]  "
-                      f"human_required={result['human_required']}  {result['request_id']}\n  {result['rationale']}"
-                      + (f"\n  answer: {result['task_response']}" if result["task_response"] else "")
-                      + (f"\n  escalation: {result['escalation_id']} ({result.get('escalation_status')})"
-                         if result.get("escalation_id") else "")
-                      + (f"\n  error: {result['error']}" if result.get("error") else ""))
-            else:
-                print(json.dumps(result, ensure_ascii=False))
-    finally:
-        agent.close()
+        items = _counting_unread(iter_lines(getattr(sys.stdin, "buffer", sys.stdin)), unreadable)
+    with _stop_on_signals() as stop:
+        try:
+            for result in decide_in_chunks(agent, items, agent.config.service.max_batch, stop):
+                print(_pretty(result) if args.pretty else json.dumps(result, ensure_ascii=False), flush=True)
+        except NotJsonLines as exc:
+            print(f"error: {exc}", file=sys.stderr)
+            return 2
+        finally:
+            agent.close()
+    return _exit_status(agent, len(unreadable), getattr(stop, "signum", None))
+
+
+def _counting_unread(pairs: Iterable[tuple[int, object]], unreadable: list[int]) -> Iterator[tuple[int, object]]:
+    """``pairs`` as they are; the line number of each that could not be read as a request goes to ``unreadable``."""
+    for line_no, item in pairs:
+        if isinstance(item, Unparsed):
+            unreadable.append(line_no)
+        yield line_no, item
+
+
+def _pretty(result: dict) -> str:
+    where = f"line {result['line']}  " if "line" in result else ""
+    return (f"{where}{result['decision']:<9s} conf {result['confidence']}  [{result['category']}]  "
+            f"human_required={result['human_required']}  {result['request_id']}\n  {result['rationale']}"
+            + (f"\n  answer: {result['task_response']}" if result["task_response"] else "")
+            + (f"\n  escalation: {result['escalation_id']} ({result.get('escalation_status')})"
+               if result.get("escalation_id") else "")
+            + (f"\n  error: {result['error']}" if result.get("error") else ""))
+
+
+def _exit_status(agent: Agent, unreadable: int, signum: int | None) -> int:
+    if signum is not None:
+        print(f"so8t runtime: stopped by {signal.Signals(signum).name}; every request read was decided and "
+              "recorded", file=sys.stderr)
+        return 128 + signum
     if agent.load_error:
         return EXIT_MODEL_NOT_LOADED
     if agent.audit_failures:
         print(f"so8t runtime: {agent.audit_failures} audit record(s) could not be written; see each result's error",
               file=sys.stderr)
         return EXIT_AUDIT_FAILED
+    if unreadable:
+        print(f"so8t runtime: {unreadable} stdin line(s) could not be read as a request (see each result's error): "
+              "each was escalated as it stands, a case for a person; give one JSON object per line, UTF-8",
+              file=sys.stderr)
+        return EXIT_UNREADABLE_LINES
     return 0
