@@ -232,6 +232,13 @@ def test_cli_reads_data_as_every_command_does(tmp_path, capsys):
                  "--out", str(tmp_path / "s.json")]) == 0
     scored = json.loads((tmp_path / "s.json").read_text(encoding="utf-8"))["data"]
     assert list(scored) == ["val:60"] and scored["val:60"]["ESCALATE"]["rows"] > 0
+    assert "fitting_data" not in scored["val:60"] and "not held-out" not in capsys.readouterr().out
+    # scored on the split it was fitted on (another sample of it): said in the output and in the file
+    assert so8t(["router", "score", "--router", str(router_file), "--data", "train:60", "--bootstrap", "5",
+                 "--out", str(tmp_path / "s.json")]) == 0
+    assert "these are not held-out rows" in capsys.readouterr().out
+    assert json.loads((tmp_path / "s.json").read_text(encoding="utf-8"))["data"]["train:60"]["fitting_data"] == \
+        "train:300"
     bare = tmp_path / "bare.jsonl"
     bare.write_text(json.dumps({"user_request": "hello", "label": "ALLOW"}) + "\n", encoding="utf-8")
     assert so8t(["router", "fit", "--data", str(bare), "--out", str(tmp_path / "never.json")]) == 2

@@ -56,14 +56,29 @@ def main(argv: list[str] | None = None) -> int:
         for name in args.data or SCORED_BY_DEFAULT:
             table = load_any(name)
             result = {**score_routing(router, table, resamples=args.bootstrap), "urgency": urgency_counts(table)}
+            if fitted := _fitted_on(router, name):  # its rows' accuracy says how well it learned them, nothing more
+                result["fitting_data"] = fitted
             results["data"][name] = result
             print(format_routing(name, result))
+            if fitted:
+                print(f"  note: the router was fitted on {fitted}, the file {name} is read from: these are not "
+                      "held-out rows (score val or test)")
         if args.out:
             _write(args.out, lambda out: atomic_write_text(out, json.dumps(results, indent=1, ensure_ascii=False)))
         return 0
     except (ConfigError, DataError, OSError) as exc:
         print(f"so8t router: {exc}", file=sys.stderr)
         return 2
+
+
+def _fitted_on(router, name: str) -> str | None:
+    """The router's fitting source when ``name`` reads the same file (``train:2000`` after fitting on ``train``), else
+    None: a router scored on the rows it was fitted on looked perfect (1.000 against 0.469 on val) without a word."""
+    source = str(router.fitted_on.get("source") or "")
+    try:
+        return source if source and source_file(source).resolve() == source_file(name).resolve() else None
+    except (DataError, OSError, ValueError):
+        return None
 
 
 def _check_out(parser: argparse.ArgumentParser, args: argparse.Namespace) -> None:
