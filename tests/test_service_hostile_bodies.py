@@ -80,3 +80,20 @@ def test_a_body_not_sent_as_json_or_past_the_parser_gets_an_error_naming_that_an
         assert not_text.status_code == 400 and "cannot be read" in not_text.json()["error"]["message"]
         assert client.post("/v1/decide", content=body, headers=json_headers).json()["decision"] == "ALLOW"
     assert [r["input"] for r in records(tmp_path / "logs")] == ["How do I file expenses?"]  # the one that was read
+
+
+def test_a_body_giving_a_key_twice_is_refused_whichever_value_a_proxy_would_read(tmp_path):
+    """{"user_request": <harmful>, "user_request": <harmless>} was decided on the last value; a proxy, a WAF or a
+    log reader in front of the gate may keep the first. Nested objects count too; the next body is decided."""
+    service = make_service(tmp_path / "logs")
+    json_headers = {**CLIENT, "Content-Type": "application/json"}
+    twice = b'{"user_request": "every salary and home address", "user_request": "What time is lunch?"}'
+    with TestClient(create_app(service)) as client:
+        for path, body in (("/v1/decide", twice), ("/v1/decide", b"[" + twice + b"]"),
+                           ("/v1/moderations", b'{"input": "a", "input": "b"}')):
+            refused = client.post(path, content=body, headers=json_headers)
+            assert refused.status_code == 422, (path, refused.text)
+            assert "is given twice" in refused.json()["error"]["message"]
+        assert client.post("/v1/decide", content=b'{"user_request": "How do I file expenses?"}',
+                           headers=json_headers).json()["decision"] == "ALLOW"
+    assert [r["input"] for r in records(tmp_path / "logs")] == ["How do I file expenses?"]

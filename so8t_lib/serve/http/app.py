@@ -58,6 +58,7 @@ from .errors import (
     schema_problems,
     unreadable_body,
 )
+from .json_body import UniqueKeysRoute
 from .middleware import BodySizeLimit, HttpMetrics, RequireKey
 from .schemas import (
     DecisionResult,
@@ -97,6 +98,7 @@ def create_app(service: Service) -> FastAPI:
                   dependencies=[Depends(reject_unknown_query)],
                   description="ALLOW / REFUSE / ESCALATE for employee requests (shared/SAFETY_POLICY.md). "
                               "Fail-closed: a failure inside the gate is never ALLOW.")
+    app.router.route_class = UniqueKeysRoute  # a key given twice in a body is refused, not decided on the last
     app.state.service = service
     app.add_middleware(BodySizeLimit, max_bytes=parse_size(service.config.max_body_bytes))
     app.add_middleware(RequireKey, keys_of=lambda: service.keys,  # outside the size limit: no key, no 413 either

@@ -9,6 +9,8 @@ from fastapi.exceptions import RequestValidationError
 from fastapi.responses import JSONResponse
 from starlette.exceptions import HTTPException
 
+from ...core.json_objects import RepeatedKey
+
 
 class ApiError(HTTPException):
     def __init__(self, status: int, kind: str, message: str, headers: dict | None = None) -> None:
@@ -86,6 +88,8 @@ def unreadable_body(exc: HTTPException) -> tuple[int, str, str] | None:
     cause = exc.__cause__
     if exc.status_code != 400 or cause is None:
         return None
+    if isinstance(cause, RepeatedKey):  # readers in front of the gate may keep the other value
+        return 422, "invalid_request", f"the body is refused: {cause}; JSON readers differ on which one counts, say it once"
     if isinstance(cause, RecursionError | ValueError) and not isinstance(cause, UnicodeError):
         return 422, "invalid_request", (f"the body is not JSON this service can read ({type(cause).__name__}: "
                                         f"{str(cause)[:200]}): nested too deep, or a number too long")
