@@ -6,17 +6,20 @@
     so8t cache prune --unused-days 14       # also frozen-state caches no run has read for 14 days
     so8t cache prune --all-states           # every frozen-state cache (the next run rebuilds its own: minutes)
 
-Converted bases and tokenizers are never pruned unless an interrupted write left them half-made; a folder
-written to in the last hour is taken for a build in progress and left alone. A job that has a frozen-state cache
-open keeps working if --all-states or --unused-days removes it; the next run rebuilds it.
+Converted bases and tokenizers are never pruned unless an interrupted write left them half-made or damaged; a
+stale, damaged or half-made folder written to in the last hour is taken for a build in progress and left alone.
+A folder the workbench does not name so (SO8T_CACHE pointed at a project folder) is listed as unknown and never
+removed. A job that has a frozen-state cache open keeps working if --all-states or --unused-days removes it; the
+next run rebuilds it.
 """
 
 from __future__ import annotations
 
 import argparse
+import sys
 
 from ..core.paths import cache_root
-from ..workbench.cache_inventory import CacheEntry, human_bytes, inventory, removable, remove
+from ..workbench.cache_inventory import UNKNOWN, CacheEntry, human_bytes, inventory, removable, remove
 from .arg_types import number_in
 
 
@@ -45,6 +48,10 @@ def main(argv: list[str] | None = None) -> int:
     if root.exists() and not root.is_dir():  # listed as "(empty)" before: every later run would fail to write there
         parser.error(f"{root} is a file, not a folder: point SO8T_CACHE at a folder (or unset it for ~/.cache/so8t)")
     entries = inventory(root)
+    unknown = [e for e in entries if e.status == UNKNOWN]
+    if unknown:
+        print(f"warning: {len(unknown)} of the {len(entries)} folders under {root} were not written by the workbench "
+              "(kept, never pruned): check that SO8T_CACHE points at the workbench's cache", file=sys.stderr)
     if args.action == "list":
         print(f"{root}: {len(entries)} entries, {human_bytes(sum(e.bytes for e in entries))}")
         print(_table(entries))
@@ -57,8 +64,8 @@ def main(argv: list[str] | None = None) -> int:
     freed = sum(e.bytes for e in chosen)
     verb = "would remove" if args.dry_run else "removing"
     print(f"{root}: {verb} {len(chosen)} of {len(entries)} entries, {human_bytes(freed)}")
-    if chosen:
-        print(_table(chosen))
+    if chosen or unknown:
+        print(_table(chosen + unknown))
     failed = 0
     if not args.dry_run:
         for entry in chosen:

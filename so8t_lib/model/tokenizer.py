@@ -38,6 +38,8 @@ CHAT_TEMPLATE = (
     "{% if add_generation_prompt %}{{ '<|im_start|>assistant\n' }}{% endif %}"
 )
 TOKENIZER_VERSION = 1  # bump when the recipe changes, so caches are rebuilt
+TOKENIZER_FILE = "tokenizer.json"  # what a saved tokenizer folder must hold
+CACHE_PREFIX, DIGEST_CHARS = "bpe-", 16  # a cached tokenizer's folder: bpe-<vocab size>-<16 hex digits>
 DEFAULT_TRAIN_FILE = CORPUS_DIR / "train.jsonl"
 
 
@@ -93,8 +95,8 @@ def load_tokenizer(path: str | Path) -> PreTrainedTokenizerFast:
     """Load a saved tokenizer folder. Uses PreTrainedTokenizerFast directly: with transformers 5,
     AutoTokenizer on a qwen2 folder would impose Qwen2's own tokenizer class."""
     path = Path(path)
-    if not (path / "tokenizer.json").is_file():
-        raise FileNotFoundError(f"no tokenizer.json in {path}")
+    if not (path / TOKENIZER_FILE).is_file():
+        raise FileNotFoundError(f"no {TOKENIZER_FILE} in {path}")
     tok = PreTrainedTokenizerFast.from_pretrained(str(path))
     if tok.pad_token is None:
         tok.pad_token = ENDOFTEXT
@@ -113,8 +115,8 @@ def tiny_tokenizer(vocab_size: int = 8192, train_file: str | Path = DEFAULT_TRAI
     digest = hashlib.sha256()
     digest.update(train_file.read_bytes() if train_file.is_file() else b"")
     digest.update(f"{vocab_size}:{TOKENIZER_VERSION}".encode())
-    target = cache_root() / "tokenizers" / f"bpe-{vocab_size}-{digest.hexdigest()[:16]}"
-    if (target / "tokenizer.json").is_file():
+    target = cache_root() / "tokenizers" / f"{CACHE_PREFIX}{vocab_size}-{digest.hexdigest()[:DIGEST_CHARS]}"
+    if (target / TOKENIZER_FILE).is_file():
         return load_tokenizer(target)
     tok = train_tokenizer(corpus_texts(train_file), vocab_size=vocab_size)
     target.parent.mkdir(parents=True, exist_ok=True)
@@ -124,8 +126,8 @@ def tiny_tokenizer(vocab_size: int = 8192, train_file: str | Path = DEFAULT_TRAI
         try:
             os.replace(tmp, target)
         except OSError:
-            if not (target / "tokenizer.json").is_file():  # not another process's copy: a broken leftover
-                logger.warning("%s holds no tokenizer.json; replacing it with the tokenizer just trained", target)
+            if not (target / TOKENIZER_FILE).is_file():  # not another process's copy: a broken leftover
+                logger.warning("%s holds no %s; replacing it with the tokenizer just trained", target, TOKENIZER_FILE)
                 shutil.rmtree(target, ignore_errors=True)
                 with contextlib.suppress(OSError):  # another process's copy may land in between: load reads it
                     os.replace(tmp, target)

