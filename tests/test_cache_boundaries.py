@@ -98,3 +98,64 @@ def test_a_damaged_or_half_made_folder_written_in_the_last_hour_is_left_alone(ca
     _age(folder, 2 * HOUR)
     entry, = inventory()
     assert not entry.recent and entry.status in ("damaged", "partial") and removable([entry]) == [entry]
+
+
+NESTED = "[" * 100000 + "]" * 100000
+DAMAGED_INDEXES = {  # what a disk, an editor or a half-finished copy can leave in index.json
+    "rows null": lambda index: {**index, "rows": None},
+    "a row past the file": lambda index: {**index, "rows": [["r1", 10**9, 4, 1]]},
+    "rows short of the tokens": lambda index: {**index, "rows": [["r1", 2, 3, 1]]},
+    "a row id that is a number": lambda index: {**index, "rows": [[7, 2, 4, 1]]},
+    "a row of three fields": lambda index: {**index, "rows": [["r1", 2, 4]]},
+    "prefix a string": lambda index: {**index, "prefix": "2"},
+    "nested too deep": lambda index: NESTED,
+}
+
+
+def _damage(folder, how):
+    index = json.loads((folder / INDEX_FILE).read_text())
+    damaged = DAMAGED_INDEXES[how](index)
+    (folder / INDEX_FILE).write_text(damaged if isinstance(damaged, str) else json.dumps(damaged))
+
+
+@pytest.mark.parametrize("how", DAMAGED_INDEXES)
+def test_a_damaged_index_is_a_damaged_cache_listed_and_refused(cache, how, capsys):
+    from so8t_lib.train.state_cache import FrozenStates
+
+    folder = _states(cache / "states" / KEY)
+    FrozenStates(folder)  # whole, it reads
+    _damage(folder, how)
+    with pytest.raises(ValueError, match="index.json"):
+        FrozenStates(folder)
+    entry, = inventory()
+    assert entry.status == "damaged"
+    assert so8t(["cache"]) == 0 and "damaged" in capsys.readouterr().out
+
+
+@pytest.mark.parametrize("how", DAMAGED_INDEXES)
+def test_training_builds_a_cache_with_a_damaged_index_again(cache, how, monkeypatch, capsys):
+    """FrozenStates.build on a damaged index: the states are computed again (here by a stand-in for the model's
+    pass), never read through the index, never a crash."""
+    import shutil
+    from types import SimpleNamespace
+
+    from so8t_lib.train import state_cache
+    from so8t_lib.train.state_cache import FrozenStates
+
+    built = []
+
+    def fill(cls, tmp, folder, *args):
+        shutil.rmtree(folder, ignore_errors=True)
+        built.append(_states(folder))
+        return cls(folder)
+
+    monkeypatch.setattr(state_cache, "base_key", lambda model: "a stand-in base")
+    monkeypatch.setattr(FrozenStates, "_fill", classmethod(fill))
+    collate = SimpleNamespace(encode=lambda row: ([1, 2, 3], None))
+    build = lambda: FrozenStates.build(None, SimpleNamespace(k=3), [{"id": "r1"}], collate)  # noqa: E731
+    folder = build().folder
+    assert built == [folder] and build().folder == folder and len(built) == 1  # the second run reads it
+    _damage(folder, how)
+    frozen = build()
+    assert len(built) == 2 and "damaged" in capsys.readouterr().out
+    assert frozen.row_states("r1").shape == (6, 4)

@@ -16,6 +16,7 @@ from __future__ import annotations
 import hashlib
 import json
 import os
+import reprlib
 import shutil
 import tempfile
 from pathlib import Path
@@ -64,6 +65,45 @@ def verify_states(folder: Path, index: dict) -> None:
     elif recorded != digest:
         raise ValueError(f"{STATES_FILE} does not match the sha256 its index recorded (damaged after it was written)")
     _VERIFIED.add(stamp)
+
+
+def read_index(folder: Path) -> dict:
+    """The cache's index, checked as far as it can be without the states file; ValueError when it is not one
+    ``FrozenStates.build`` writes (the cache is then damaged and built again)."""
+    path = folder / INDEX_FILE
+    try:
+        index = json.loads(path.read_text(encoding="utf-8"))
+    except RecursionError:  # '[' * 100000: json gives up before finding anything wrong
+        raise ValueError(f"{path} is nested too deeply to be an index") from None
+    check_index(index, path)
+    return index
+
+
+def check_index(index: object, where: Path) -> None:
+    """ValueError naming the field when ``index`` is not a current-format index: counts that are not counts, rows
+    that are not [id, start, stored, shared], or rows whose states do not tile the file after the shared prefix
+    (a start past the end would read as no states at all)."""
+    if not isinstance(index, dict):
+        raise ValueError(f"{where}: a JSON {type(index).__name__}, not an index object")
+    for key in ("k", "tokens", "prefix"):
+        if type(index.get(key)) is not int or index[key] < 0:
+            raise ValueError(f"{where}: {key} is {reprlib.repr(index.get(key))}, not a count")
+    rows, prefix, tokens = index.get("rows"), index["prefix"], index["tokens"]
+    if not isinstance(rows, list):
+        raise ValueError(f"{where}: rows is {reprlib.repr(rows)}, not a list")
+    seen: set[str] = set()
+    for n, row in enumerate(rows):
+        if not (isinstance(row, list) and len(row) == 4 and isinstance(row[0], str) and row[0] not in seen
+                and all(type(v) is int and v >= 0 for v in row[1:]) and row[3] in (0, 1)):
+            raise ValueError(f"{where}: rows[{n}] is {reprlib.repr(row)}, not [a new row id, start, count, 0 or 1]")
+        seen.add(row[0])
+    end = prefix
+    for _, start, stored, _ in sorted(rows, key=lambda row: (row[1], row[2])):
+        if start != end:
+            raise ValueError(f"{where}: a row's states start at {start}, not at {end} where the previous ones end")
+        end += stored
+    if end != tokens:
+        raise ValueError(f"{where}: the prefix and rows hold {end} states, the index records tokens {tokens}")
 
 
 def base_key(model: SO8TModel) -> str:
@@ -119,7 +159,7 @@ class FrozenStates:
     keep all of theirs)."""
 
     def __init__(self, folder: Path) -> None:
-        index = json.loads((folder / INDEX_FILE).read_text(encoding="utf-8"))
+        index = read_index(folder)
         self.folder = folder
         self.k = int(index["k"])
         self.prefix_length = int(index["prefix"])
@@ -129,8 +169,9 @@ class FrozenStates:
         self.lengths: dict[str, int] = {row_id: stored + (self.prefix_length if shared else 0)
                                         for row_id, (_, stored, shared) in self.stored.items()}
         self.states = np.load(folder / STATES_FILE, mmap_mode="r")
-        if self.states.shape[0] != int(index["tokens"]):
-            raise ValueError(f"{folder}: {STATES_FILE} holds {self.states.shape[0]} states, the index {index['tokens']}")
+        if self.states.ndim != 2 or self.states.shape[0] != index["tokens"]:
+            raise ValueError(f"{folder}: {STATES_FILE} is an array of shape {self.states.shape}, the index records "
+                             f"{index['tokens']} states")
         verify_states(folder, index)
         self.prefix = torch.from_numpy(np.array(self.states[:self.prefix_length]))
         try:  # when it was last read: `so8t cache prune --unused-days` goes by it

@@ -25,7 +25,7 @@ from pathlib import Path
 from ..core.paths import cache_root
 from ..core.schema import MANIFEST_FILE
 from ..model.tokenizer import CACHE_PREFIX, DIGEST_CHARS, TOKENIZER_FILE
-from ..train.state_cache import CACHE_VERSION, INDEX_FILE, KEY_CHARS, STATES_FILE
+from ..train.state_cache import CACHE_VERSION, INDEX_FILE, KEY_CHARS, STATES_FILE, check_index
 
 KINDS = {"bases": "base", "tokenizers": "tokenizer", "states": "frozen states"}
 # the names each kind's writer gives its folders: model.pretrained's <base name>-<sha256[:12]>, model.tokenizer's
@@ -79,14 +79,18 @@ def _states_status(folder: Path) -> tuple[str, str]:
         index = json.loads((folder / INDEX_FILE).read_text(encoding="utf-8"))
         rows, k, tokens = len(index["rows"]), int(index["k"]), int(index["tokens"])
         version = int(index.get("version", 2 if "prefix" in index else 1))  # v1 had no shared prefix, v2 no field
-    except (OSError, ValueError, KeyError, TypeError, OverflowError, AttributeError, RecursionError) as exc:
-        # e.g. version null, "2b", Infinity; an index that is a list; one nested too deep for the parser
+    except (OSError, ValueError, KeyError, TypeError, OverflowError, RecursionError) as exc:
+        # e.g. version null, "2b", Infinity; rows null; an index nested too deep for the parser
         return "damaged", f"no readable {INDEX_FILE} ({exc.__class__.__name__}): it would be built again"
     detail = f"layers 0-{k - 1} of {index.get('base', 'a base')}, {rows} rows, {tokens} states, format v{version}"
     if version < CACHE_VERSION:
         return "stale", detail + f" (this workbench reads v{CACHE_VERSION}: never read again)"
     if version > CACHE_VERSION:
         return "newer", detail + " (written by a newer workbench, which may still read it: kept)"
+    try:
+        check_index(index, folder / INDEX_FILE)  # what FrozenStates checks before it reads a state
+    except ValueError as exc:
+        return "damaged", f"{exc}: it would be built again"
     if not (folder / STATES_FILE).is_file():
         return "damaged", detail + f"; {STATES_FILE} missing: it would be built again"
     return "current", detail
