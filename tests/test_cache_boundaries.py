@@ -159,3 +159,26 @@ def test_training_builds_a_cache_with_a_damaged_index_again(cache, how, monkeypa
     frozen = build()
     assert len(built) == 2 and "damaged" in capsys.readouterr().out
     assert frozen.row_states("r1").shape == (6, 4)
+
+
+@pytest.mark.parametrize("damage", ["truncated", "empty", "nested too deep"])
+def test_a_cached_tokenizer_that_does_not_load_is_damaged_and_trained_again(cache, tmp_path_factory, damage, caplog):
+    from so8t_lib.core.paths import CORPUS_DIR
+    from so8t_lib.model.tokenizer import tiny_tokenizer
+
+    train = tmp_path_factory.mktemp("corpus") / "train.jsonl"  # 40 committed rows: trained in a second
+    train.write_text("".join((CORPUS_DIR / "val.jsonl").read_text(encoding="utf-8").splitlines(True)[:40]),
+                     encoding="utf-8")
+    first = tiny_tokenizer(vocab_size=400, train_file=train)
+    folder, = (cache / "tokenizers").iterdir()
+    path = folder / "tokenizer.json"
+    whole = path.read_bytes()
+    path.write_bytes({"truncated": whole[:1000], "empty": b"", "nested too deep": NESTED.encode()}[damage])
+    _age(folder, 2 * HOUR)
+    entry, = inventory()
+    assert entry.status == "damaged" and "tokenizer.json" in entry.detail
+    assert entry in removable([entry]), "prune --dry-run calls it what it is"
+    again = tiny_tokenizer(vocab_size=400, train_file=train)  # trained again, not a crash
+    assert "does not load" in caplog.text and path.read_bytes() == whole
+    assert again("how do I kill a process")["input_ids"] == first("how do I kill a process")["input_ids"]
+    assert [e.status for e in inventory()] == ["current"]

@@ -116,8 +116,9 @@ def tiny_tokenizer(vocab_size: int = 8192, train_file: str | Path = DEFAULT_TRAI
     digest.update(train_file.read_bytes() if train_file.is_file() else b"")
     digest.update(f"{vocab_size}:{TOKENIZER_VERSION}".encode())
     target = cache_root() / "tokenizers" / f"{CACHE_PREFIX}{vocab_size}-{digest.hexdigest()[:DIGEST_CHARS]}"
-    if (target / TOKENIZER_FILE).is_file():
-        return load_tokenizer(target)
+    cached = _cached(target, warn=True)
+    if cached is not None:
+        return cached
     tok = train_tokenizer(corpus_texts(train_file), vocab_size=vocab_size)
     target.parent.mkdir(parents=True, exist_ok=True)
     tmp = Path(tempfile.mkdtemp(prefix=target.name + ".tmp-", dir=target.parent))
@@ -126,8 +127,9 @@ def tiny_tokenizer(vocab_size: int = 8192, train_file: str | Path = DEFAULT_TRAI
         try:
             os.replace(tmp, target)
         except OSError:
-            if not (target / TOKENIZER_FILE).is_file():  # not another process's copy: a broken leftover
-                logger.warning("%s holds no %s; replacing it with the tokenizer just trained", target, TOKENIZER_FILE)
+            if _cached(target, warn=False) is None:  # not another process's copy: a broken or damaged leftover
+                logger.warning("%s holds no %s that loads; replacing it with the tokenizer just trained", target,
+                               TOKENIZER_FILE)
                 shutil.rmtree(target, ignore_errors=True)
                 with contextlib.suppress(OSError):  # another process's copy may land in between: load reads it
                     os.replace(tmp, target)
@@ -135,3 +137,17 @@ def tiny_tokenizer(vocab_size: int = 8192, train_file: str | Path = DEFAULT_TRAI
         if tmp.exists():
             shutil.rmtree(tmp, ignore_errors=True)
     return load_tokenizer(target)
+
+
+def _cached(target: Path, warn: bool) -> PreTrainedTokenizerFast | None:
+    """The cached tokenizer in ``target``, or None when there is none or it does not load (a truncated or damaged
+    file: trained again, as when missing, rather than stopping the run)."""
+    if not (target / TOKENIZER_FILE).is_file():
+        return None
+    try:
+        return load_tokenizer(target)
+    except Exception as exc:  # json, Key-, Type-, RecursionError, tokenizers' bare Exception: all are remade
+        if warn:
+            logger.warning("cached tokenizer %s does not load (%s: %s); training it again", target,
+                           exc.__class__.__name__, str(exc)[:200])
+        return None
