@@ -182,3 +182,36 @@ def test_a_cached_tokenizer_that_does_not_load_is_damaged_and_trained_again(cach
     assert "does not load" in caplog.text and path.read_bytes() == whole
     assert again("how do I kill a process")["input_ids"] == first("how do I kill a process")["input_ids"]
     assert [e.status for e in inventory()] == ["current"]
+
+
+def test_a_cache_setting_with_a_tilde_or_a_relative_path_is_the_folder_it_names(tmp_path, monkeypatch):
+    """A .env file or a systemd unit passes SO8T_CACHE as written: ~ unexpanded made a literal ./~ folder."""
+    from so8t_lib.core.paths import cache_root
+
+    monkeypatch.setenv("HOME", str(tmp_path / "home"))
+    monkeypatch.chdir(tmp_path)
+    monkeypatch.setenv("SO8T_CACHE", "~/so8t-cache")
+    assert cache_root() == tmp_path / "home" / "so8t-cache"
+    monkeypatch.setenv("SO8T_CACHE", "caches/so8t")
+    root = cache_root()
+    (tmp_path / "elsewhere").mkdir()
+    monkeypatch.chdir(tmp_path / "elsewhere")
+    assert root == tmp_path / "caches" / "so8t" and root.is_absolute(), "read once, the same folder after a chdir"
+    assert not (tmp_path / "~").exists()
+
+
+@pytest.mark.parametrize("inside", [False, True])
+def test_a_cache_setting_that_names_a_file_stops_training_with_the_cache_command_s_message(tmp_path, monkeypatch,
+                                                                                         inside, capsys):
+    from so8t_lib.core.paths import CONFIGS_DIR, cache_root
+
+    (tmp_path / "notes.txt").write_text("mine")
+    monkeypatch.setenv("SO8T_CACHE", str(tmp_path / "notes.txt" / "so8t" if inside else tmp_path / "notes.txt"))
+    with pytest.raises(OSError, match=r"notes.txt is a file, not a folder.*point SO8T_CACHE at a folder"):
+        cache_root()
+    with pytest.raises(SystemExit) as stop:
+        so8t(["train", "--config", str(CONFIGS_DIR / "tiny.yaml"), f"training.output_dir={tmp_path / 'run'}"])
+    assert "notes.txt is a file, not a folder" in str(stop.value.code) and not (tmp_path / "run").exists()
+    with pytest.raises(SystemExit) as stop:
+        so8t(["cache"])
+    assert stop.value.code == 2 and "notes.txt is a file, not a folder" in capsys.readouterr().err

@@ -44,9 +44,10 @@ def main(argv: list[str] | None = None) -> int:
     args = parser.parse_args(argv)
     if args.action == "list" and (args.dry_run or args.unused_days is not None or args.all_states):
         parser.error("--dry-run, --unused-days and --all-states go with 'so8t cache prune'")
-    root = cache_root()
-    if root.exists() and not root.is_dir():  # listed as "(empty)" before: every later run would fail to write there
-        parser.error(f"{root} is a file, not a folder: point SO8T_CACHE at a folder (or unset it for ~/.cache/so8t)")
+    try:
+        root = cache_root()
+    except NotADirectoryError as exc:  # listed as "(empty)" before: every later run would fail to write there
+        parser.error(str(exc))
     entries = inventory(root)
     unknown = [e for e in entries if e.status == UNKNOWN]
     if unknown:

@@ -18,10 +18,23 @@ CONFIGS_DIR = PROJECT_ROOT / "configs"
 BENCHMARKS_DIR = PROJECT_ROOT.parent / "shared" / "benchmarks"
 
 
+CACHE_SETTING = "SO8T_CACHE"
+
+
 def cache_root() -> Path:
     """Derived artifacts worth keeping between runs (tokenizers, converted base models): ``$SO8T_CACHE``,
-    else ``~/.cache/so8t`` (also when it is set but empty)."""
-    return Path(os.environ.get("SO8T_CACHE") or Path.home() / ".cache" / "so8t")  # empty means unset, not the cwd
+    else ``~/.cache/so8t`` (also when it is set but empty). Its ``~`` is expanded (a .env file or a systemd unit
+    passes it as written: a literal ./~ folder otherwise) and a relative path made absolute now, so a later chdir
+    does not move the cache. NotADirectoryError (an OSError every command reports) when it, or the nearest of its
+    folders that exists, is a file: each write under it would fail with a bare [Errno 20]."""
+    setting = os.environ.get(CACHE_SETTING)  # empty means unset, not the cwd
+    root = Path(os.path.abspath(Path(setting).expanduser() if setting else Path.home() / ".cache" / "so8t"))
+    existing = next(path for path in (root, *root.parents) if path.exists())
+    if not existing.is_dir():
+        inside = "" if existing == root else f" ({root} would lie inside it)"
+        raise NotADirectoryError(f"{existing} is a file, not a folder{inside}: point {CACHE_SETTING} at a folder "
+                                 "(or unset it for ~/.cache/so8t)")
+    return root
 
 
 def enter_project_root() -> Path:
