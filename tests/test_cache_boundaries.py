@@ -215,3 +215,75 @@ def test_a_cache_setting_that_names_a_file_stops_training_with_the_cache_command
     with pytest.raises(SystemExit) as stop:
         so8t(["cache"])
     assert stop.value.code == 2 and "notes.txt is a file, not a folder" in capsys.readouterr().err
+
+
+def _stand_in_build(monkeypatch, during_fill):
+    """FrozenStates.build with a stand-in for the model's pass: ``during_fill(tmp)`` runs where the states are
+    computed (minutes of a real build)."""
+    from types import SimpleNamespace
+
+    from so8t_lib.train import state_cache
+    from so8t_lib.train.state_cache import FrozenStates
+
+    def fill(cls, tmp, folder, *args):
+        np.save(tmp / STATES_FILE, np.zeros((1000, 4), dtype=np.float32))
+        during_fill(tmp)
+        raise AssertionError("the build went on")
+
+    monkeypatch.setattr(state_cache, "base_key", lambda model: "a stand-in base")
+    monkeypatch.setattr(FrozenStates, "_fill", classmethod(fill))
+    return lambda: FrozenStates.build(None, SimpleNamespace(k=3), [{"id": "r1"}],
+                                      SimpleNamespace(encode=lambda row: ([1, 2, 3], None)))
+
+
+@pytest.mark.parametrize("signame", ["SIGTERM", "SIGHUP"])
+def test_a_stop_signal_during_a_build_removes_its_staging_folder(cache, monkeypatch, signame):
+    """Run in a forked child (as `so8t train` runs, the signal at its default): the signal ends it with 128 + the
+    signal, and the half-written states go with it."""
+    import signal
+
+    sig = getattr(signal, signame)
+
+    def stop(tmp):
+        assert (tmp / STATES_FILE).is_file()
+        os.kill(os.getpid(), sig)
+        time.sleep(10)
+
+    build = _stand_in_build(monkeypatch, stop)
+    pid = os.fork()
+    if pid == 0:  # the child: never back into pytest
+        code = 99
+        try:
+            signal.signal(sig, signal.SIG_DFL)
+            build()
+        except SystemExit as exc:
+            code = exc.code if isinstance(exc.code, int) else 98
+        finally:
+            os._exit(code)
+    _, status = os.waitpid(pid, 0)
+    assert os.WIFEXITED(status) and os.WEXITSTATUS(status) == 128 + sig, f"killed, no cleanup: {status}"
+    assert list((cache / "states").iterdir()) == [], "the staging folder went"
+
+
+def test_a_build_leaves_the_callers_signal_handlers_as_it_found_them(cache, monkeypatch):
+    import signal
+
+    handlers = {signal.SIGTERM: signal.getsignal(signal.SIGTERM), signal.SIGHUP: signal.getsignal(signal.SIGHUP)}
+    seen = {}
+
+    def look(tmp):
+        seen.update({sig: signal.getsignal(sig) for sig in handlers})
+        raise RuntimeError("the model's pass failed")
+
+    build = _stand_in_build(monkeypatch, look)
+    try:
+        signal.signal(signal.SIGTERM, signal.SIG_DFL)
+        signal.signal(signal.SIGHUP, signal.SIG_IGN)  # under nohup: a hangup must not stop the build
+        with pytest.raises(RuntimeError):
+            build()
+        assert seen[signal.SIGTERM] not in (signal.SIG_DFL, signal.SIG_IGN) and seen[signal.SIGHUP] == signal.SIG_IGN
+        assert signal.getsignal(signal.SIGTERM) == signal.SIG_DFL and signal.getsignal(signal.SIGHUP) == signal.SIG_IGN
+        assert list((cache / "states").iterdir()) == []
+    finally:
+        for sig, handler in handlers.items():
+            signal.signal(sig, handler)

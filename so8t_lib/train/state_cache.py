@@ -13,13 +13,18 @@ on wrong states without a word.
 
 from __future__ import annotations
 
+import contextlib
 import hashlib
 import json
 import os
 import reprlib
 import shutil
+import signal
 import tempfile
+import threading
+from collections.abc import Iterator
 from pathlib import Path
+from types import FrameType
 
 import numpy as np
 import torch
@@ -38,6 +43,8 @@ STATES_FILE, INDEX_FILE = "states.npy", "index.json"
 CACHE_VERSION = 2  # 2: the shared prefix stored once
 KEY_CHARS = 24  # a cache folder's name: this many hex digits of its key's sha256
 STATES_SHA256 = "states_sha256"  # the index's record of the states file's hash (absent in caches written before)
+# what ends a build without running its cleanup (SIGINT already raises KeyboardInterrupt)
+STAGING_SIGNALS = tuple(getattr(signal, name) for name in ("SIGTERM", "SIGHUP") if hasattr(signal, name))
 # states files this process has hashed, as (path, inode, size, mtime): each is hashed once per process and again only
 # when it was written since
 _VERIFIED: set[tuple[str, int, int, int]] = set()
@@ -194,11 +201,12 @@ class FrozenStates:
             except (ValueError, OSError, KeyError) as exc:
                 print(f"frozen-state cache {folder} is damaged ({exc}); building it again")
         folder.parent.mkdir(parents=True, exist_ok=True)  # a folder of this build's own: two runs may build at once
-        tmp = Path(tempfile.mkdtemp(prefix=f"{folder.name}.tmp-", dir=folder.parent))
-        try:
-            return cls._fill(tmp, folder, model, split, rows, collate, encoded, batch_size, progress)
-        finally:
-            shutil.rmtree(tmp, ignore_errors=True)
+        with signals_end_with_cleanup():
+            tmp = Path(tempfile.mkdtemp(prefix=f"{folder.name}.tmp-", dir=folder.parent))
+            try:
+                return cls._fill(tmp, folder, model, split, rows, collate, encoded, batch_size, progress)
+            finally:
+                shutil.rmtree(tmp, ignore_errors=True)
 
     @classmethod
     def _fill(cls, tmp: Path, folder: Path, model: SO8TModel, split: DecoderSplit, rows: list[dict],
@@ -278,6 +286,34 @@ class FrozenStates:
             states = self.row_states(row["id"], width)
             out[i, :len(states)] = states
         return out
+
+
+@contextlib.contextmanager
+def signals_end_with_cleanup() -> Iterator[None]:
+    """SIGTERM and SIGHUP raise SystemExit(128 + signal) inside the block: by default they end the process without
+    running a ``finally``, which left the build's staging folder (GBs of states) behind. Only a signal still at its
+    default is changed (a caller's handler, or nohup's ignored SIGHUP, stays as it is), only in the main thread
+    (the only one that may set handlers), and the handlers are put back on the way out."""
+    if threading.current_thread() is not threading.main_thread():
+        yield
+        return
+    previous = {sig: signal.getsignal(sig) for sig in STAGING_SIGNALS}
+    changed = [sig for sig, handler in previous.items() if handler == signal.SIG_DFL]
+    for sig in changed:
+        signal.signal(sig, _exit_with_cleanup)
+    try:
+        yield
+    finally:
+        for sig in changed:
+            signal.signal(sig, previous[sig])
+
+
+def _exit_with_cleanup(signum: int, frame: FrameType | None) -> None:  # noqa: ARG001 - a handler's signature
+    """The first signal ends the build; a repeat (a supervisor's second SIGTERM) is ignored until the cleanup is done."""
+    for sig in STAGING_SIGNALS:
+        if signal.getsignal(sig) is _exit_with_cleanup:
+            signal.signal(sig, signal.SIG_IGN)
+    raise SystemExit(128 + signum)
 
 
 def _padded(sequences: list[list[int]], pad_id: int) -> tuple[torch.Tensor, torch.Tensor]:
