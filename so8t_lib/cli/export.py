@@ -13,7 +13,9 @@ another checkpoint is removed, each named on stderr (beside the new files it pas
 model version stay. Keep an older model's ladder by exporting the new one to another --out. Files are staged in a hidden
 --out/.export-* folder, removed however the export ends (Ctrl-C, SIGTERM, an error); one a killed export left
 is removed by the next export into that --out. They are moved in all or none: a failed move puts the earlier
-files back, and Ctrl-C or SIGTERM waits until the moves end.
+files back, and Ctrl-C or SIGTERM waits until the moves end; an --out the export made is removed again if it fails
+or is stopped. An --out inside the checkpoint or the run folder it belongs to is refused (exit 2) before anything
+is loaded: a file there is in no manifest, and every later load of the checkpoint would refuse it.
 """
 
 from __future__ import annotations
@@ -35,7 +37,8 @@ def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(prog="so8t export", description=__doc__,
                                      formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("checkpoint", help="checkpoint folder or run folder")
-    parser.add_argument("--out", default="dist")
+    parser.add_argument("--out", default="dist", help="folder for the GGUF files (made if missing), outside the "
+                        "checkpoint and its run folder")
     parser.add_argument("--quant", default="", help=f"comma-separated, from {','.join(QUANT_TYPES)}")
     parser.add_argument("--f32", action="store_true", help="also write an f32 file (for parity checks)")
     parser.add_argument("--threshold", type=number_in(*THRESHOLD_RANGE), default=DEFAULT_THRESHOLD,

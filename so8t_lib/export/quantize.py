@@ -8,7 +8,9 @@ After an export, ``out_dir`` holds no rung of the model's name from another mode
 ``<name>-<rung>.gguf`` files (and sidecars) an earlier export left there are removed, each named on stderr, since
 beside the new files they passed every check; rungs of the same version stay. Files are staged in a locked ``.export-*`` folder in ``out_dir``,
 removed however the export ends (SIGTERM and SIGHUP included); one a killed export left is removed by the next.
-They are moved in all or none (``export.placement``), Ctrl-C, SIGTERM and SIGHUP waiting until the moves end.
+They are moved in all or none (``export.placement``), Ctrl-C, SIGTERM and SIGHUP waiting until the moves end;
+an ``out_dir`` the export made is removed again when it fails or is stopped and it is still empty. An ``out_dir``
+inside the checkpoint or its run folder is refused before anything is loaded (``check_out_outside``).
 """
 
 from __future__ import annotations
@@ -22,7 +24,7 @@ from contextlib import contextmanager
 from pathlib import Path
 
 from ..core.checkpoint import UNVERIFIED_ENV, CheckpointError, has_manifest, resolve_checkpoint
-from ..core.schema import MANIFEST_FILE, MODEL_CONFIG_FILE
+from ..core.schema import BEST_DIR, LAST_DIR, MANIFEST_FILE, MODEL_CONFIG_FILE, RUN_CONFIG_FILE
 from ..core.staging import OWNER_FILE, UNLOCKED_STALE_S, LockedFolder, remove_stale  # noqa: F401 (still importable from here)
 from ..model.so8t import SO8TModel
 from .gguf_meta import DEFAULT_THRESHOLD, GGUFError, read_metadata, sidecar_path, write_sha256_sidecar
@@ -39,6 +41,8 @@ RUNG_LABELS = ("f16", "f32") + tuple(q.lower() for q in QUANT_TYPES)
 # staging folders in out_dir: .export- (this version, locked while in use), .mix- (helpers, earlier versions)
 STAGING_PREFIXES = (".export-", ".mix-", ".deploy-")  # retrain deploy stages here too
 STOP_SIGNALS = (signal.SIGTERM, signal.SIGHUP)
+# the checkpoints of a training run; the run folder holding them takes no exported file (check_out_outside)
+CHECKPOINT_DIRS = (BEST_DIR, LAST_DIR)
 # Ctrl-C: Python's own handler (KeyboardInterrupt) already removes the staging folder; only held() defers it
 INTERRUPT = signal.SIGINT
 
@@ -106,10 +110,9 @@ def export(checkpoint: str | Path, out_dir: str | Path = "dist", quants: list[st
     from tqdm.auto import tqdm
 
     out_dir = Path(out_dir)
-    if out_dir.exists() and not out_dir.is_dir():  # found before the model is loaded, not at the first write
-        raise GGUFError(f"{out_dir} is a file, not a folder: name a folder for the exported files (one that does not "
-                        "exist is made)")
+    check_out_dir(out_dir)  # found before the model is loaded, not at the first write
     folder = resolve_checkpoint(checkpoint)
+    check_out_outside(out_dir, run_folder_of(folder))
     _require_manifest(folder)
     quants, refit_heads = rung_names(quants or []), rung_names(refit_heads or [])
     unknown = [q for q in quants if q not in QUANT_TYPES]
@@ -125,19 +128,18 @@ def export(checkpoint: str | Path, out_dir: str | Path = "dist", quants: list[st
     if refit_heads:
         check_refittable(model.safety_head)  # before anything is written
     name = model.config.name
-    out_dir.mkdir(parents=True, exist_ok=True)
     plain = [q for q in quants if q not in MIXED_TYPES]
     mixes = [q for q in quants if q in MIXED_TYPES]
     # a mix needs both of its llama.cpp types; those not asked for are built aside and removed
     helpers = list(dict.fromkeys(t for q in mixes for t in MIXED_TYPES[q] if t not in plain))
     jobs = [("f16", None)] + ([("f32", None)] if f32 else []) + [(q, q) for q in plain + helpers + mixes]
-    check_targets(out_dir, with_sidecars([out_dir / f"{name}-{label.lower()}.gguf" for label, q in jobs
-                                          if q not in helpers]))  # before minutes of quantizing, not after
     written, made = [], {}
     source = base_source_file(model.config) if source_tensors else None
     # every file is made in a staging folder and moved in only once all of them are: a failed export leaves
-    # out_dir as it was, never this export's f16 beside the last one's quantized files
-    with _StopSignals() as stop, staging_folder(out_dir) as staging:
+    # out_dir as it was, never this export's f16 beside the last one's quantized files (nor a folder it made)
+    with _StopSignals() as stop, made_folder(out_dir), staging_folder(out_dir) as staging:
+        check_targets(out_dir, with_sidecars([out_dir / f"{name}-{label.lower()}.gguf" for label, q in jobs
+                                              if q not in helpers]))  # before minutes of quantizing, not after
         aside = staging / "mix"
         aside.mkdir()
         f16_path = staging / f"{name}-f16.gguf"
@@ -174,6 +176,45 @@ def export(checkpoint: str | Path, out_dir: str | Path = "dist", quants: list[st
                 print(f"removed {path}: an earlier export's file of {name}, which this export did not write (left "
                       "beside the new files it would pass for the current model)", file=sys.stderr)
         return placed
+
+
+def check_out_dir(out_dir: Path) -> None:
+    """Refuse a folder for exported files that is a file, lies under one, or sits where this user may not make or
+    write it: found at the first write, it came after minutes of loading (the demo's: of training and scoring)."""
+    full = Path(os.path.abspath(out_dir))
+    existing = next(folder for folder in (full, *full.parents) if folder.exists() or folder.is_symlink())
+    if not existing.is_dir():
+        where = "" if existing == full else f" ({existing} is a file, so no folder can be made under it)"
+        raise GGUFError(f"{out_dir} is not a folder{where}: name a folder for the exported files (one that does not "
+                        "exist is made)")
+    if not os.access(existing, os.W_OK | os.X_OK):
+        raise GGUFError(f"{out_dir}: this user (uid {os.getuid()}) may not write in {existing}, so the exported files "
+                        "cannot go there; make it writable or name another folder")
+
+
+def run_folder_of(folder: Path) -> Path:
+    """The training run a checkpoint is the ``best/`` or ``last/`` of (its ``config.yaml`` or the other checkpoint
+    beside it), else the checkpoint itself: the folder no export may write into."""
+    parent = Path(folder).parent
+    if folder.name in CHECKPOINT_DIRS and ((parent / RUN_CONFIG_FILE).is_file()
+                                           or any((parent / name).is_dir() for name in CHECKPOINT_DIRS
+                                                  if name != folder.name)):
+        return parent
+    return Path(folder)
+
+
+def check_out_outside(out_dir: Path, kept: Path) -> None:
+    """Refuse an ``out_dir`` that is ``kept`` (a checkpoint, or the run folder holding ``best/`` and ``last/``) or
+    lies inside it: every file in a checkpoint must be in its manifest, so a GGUF written there left it unloadable
+    and a resume from ``last/`` refused, and ``--retrain`` empties a run folder, exports included."""
+    out, home = Path(out_dir).resolve(), Path(kept).resolve()
+    if out == home or home in out.parents:
+        why = ("a file written there is in no manifest, and every later load of the checkpoint would refuse it"
+               if (home / MODEL_CONFIG_FILE).is_file() else "a file written into its best/ or last/ is in no "
+               "manifest, and every later load (a resume too) would refuse it; --retrain empties the rest")
+        raise GGUFError(f"{out_dir} {'is' if out == home else 'lies inside'} the folder {kept}, which holds the "
+                        f"checkpoint it would export: {why}. Name a folder outside it for the exported files, e.g. "
+                        "dist/")
 
 
 def _require_manifest(folder: Path) -> None:
@@ -255,6 +296,23 @@ class _StopSignals:
 def _ending(number: int) -> BaseException:
     """What a stop signal raises: KeyboardInterrupt for Ctrl-C, as Python's own handler does; else SystemExit."""
     return KeyboardInterrupt() if number == INTERRUPT else SystemExit(128 + number)
+
+
+@contextmanager
+def made_folder(out_dir: Path) -> Iterator[None]:
+    """Make ``out_dir`` (and its missing parents); an export that fails or is stopped removes the ones it made
+    that are still empty: a stopped export into a new --out left that empty folder behind."""
+    made = [folder for folder in (out_dir, *out_dir.parents) if not folder.exists()]  # deepest first
+    try:
+        out_dir.mkdir(parents=True, exist_ok=True)
+        yield
+    except BaseException:
+        for folder in made:
+            try:
+                folder.rmdir()  # only an empty one
+            except OSError:
+                break
+        raise
 
 
 @contextmanager

@@ -1,0 +1,122 @@
+"""Where an export and the demo may write, and how they refuse: an --out inside the checkpoint it reads (every later
+load refused the checkpoint), the empty --out a stopped export left, a demo that continued a run under another
+config without a word, and the demo's own refusals ending in tracebacks (exit 1) or found only after training."""
+
+import shutil
+import signal
+import subprocess
+import sys
+
+import pytest
+
+from so8t_lib.cli import main as so8t
+from so8t_lib.core.checkpoint import verify_manifest
+from so8t_lib.core.config import load_config
+from so8t_lib.export import quantize
+from so8t_lib.export.gguf_meta import GGUFError
+from so8t_lib.model import SO8TModel
+
+TINY = "configs/tiny-training.yaml"
+
+
+def _tree(root):
+    """Every path under ``root`` with its bytes (None for a folder): what a refusal must leave as it was."""
+    return {str(p.relative_to(root)): (p.read_bytes() if p.is_file() else None) for p in sorted(root.rglob("*"))}
+
+
+@pytest.fixture(scope="module")
+def run(tmp_path_factory, tokenizer):
+    """A run folder as training leaves it: config.yaml, best/ and last/ (each a checkpoint with its manifest)."""
+    from so8t_lib.core.config import ModelConfig
+
+    root = tmp_path_factory.mktemp("edge") / "run"
+    SO8TModel.from_config(ModelConfig(name="so8t-edge"), tokenizer).save(root / "best")
+    shutil.copytree(root / "best", root / "last")
+    (root / "config.yaml").write_text(load_config(TINY, [f"training.output_dir={root}"]).to_yaml(), encoding="utf-8")
+    return root
+
+
+@pytest.mark.parametrize("checkpoint", ["best", "."])  # the checkpoint, or the run folder (which means its best/)
+@pytest.mark.parametrize("out", ["best", "best/gguf", "last", ".", "dist"])
+def test_an_out_inside_the_checkpoint_or_its_run_is_refused_before_loading(run, checkpoint, out, monkeypatch,
+                                                                              capsys):
+    """so8t export ckA/best --out ckA/best exited 0 and every later load refused the checkpoint (a GGUF not in its
+    manifest); --out <run>/last broke --resume. Now exit 2, nothing loaded, nothing written."""
+    before = _tree(run)
+    monkeypatch.setattr(quantize.SO8TModel, "load", lambda *a, **k: pytest.fail("the checkpoint was loaded"))
+    assert so8t(["export", str(run / checkpoint), "--out", str(run / out)]) == 2
+    err = capsys.readouterr().err
+    assert err.startswith("error: ") and "Name a folder outside it" in err, err
+    assert _tree(run) == before
+    monkeypatch.undo()
+    verify_manifest(run / "best")
+    verify_manifest(run / "last")
+
+
+def test_only_the_checkpoint_and_its_run_are_kept_from_exports(run, tmp_path, tokenizer):
+    """A checkpoint of no run (even one named best/) keeps only itself; an --out beside the run is fine."""
+    assert quantize.run_folder_of(run / "best") == run and quantize.run_folder_of(run / "last") == run
+    lone = tmp_path / "models" / "best"
+    shutil.copytree(run / "best", lone)
+    assert quantize.run_folder_of(lone) == lone
+    quantize.check_out_outside(tmp_path / "models" / "dist", lone)
+    quantize.check_out_outside(run.parent / "dist", run)
+    quantize.check_out_outside(run.parent / "run-dist", run)  # a sibling whose name starts like the run's
+    with pytest.raises(GGUFError, match="is the folder"):
+        quantize.check_out_outside(lone / ".." / "best", lone)
+
+
+def test_an_out_under_a_file_is_refused_before_loading(run, tmp_path, monkeypatch, capsys):
+    (tmp_path / "notes").write_text("a file")
+    monkeypatch.setattr(quantize.SO8TModel, "load", lambda *a, **k: pytest.fail("the checkpoint was loaded"))
+    assert so8t(["export", str(run), "--out", str(tmp_path / "notes" / "dist")]) == 2
+    assert f"{tmp_path / 'notes'} is a file" in capsys.readouterr().err
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["notes"]
+
+
+def test_a_failed_export_removes_the_out_folders_it_made_only(run, tmp_path, monkeypatch):
+    """The export made --out (and its parents) before failing, and left them empty."""
+    def failing(*args, **kwargs):
+        raise GGUFError("the f16 file could not be written")
+
+    monkeypatch.setattr(quantize, "write_gguf", failing)
+    with pytest.raises(GGUFError):
+        quantize.export(run, tmp_path / "new" / "dist", progress=False)
+    assert list(tmp_path.iterdir()) == []
+    (tmp_path / "kept").mkdir()  # a folder that was there before stays, empty or not
+    with pytest.raises(GGUFError):
+        quantize.export(run, tmp_path / "kept", progress=False)
+    assert [p.name for p in tmp_path.iterdir()] == ["kept"] and list((tmp_path / "kept").iterdir()) == []
+
+
+STOPPED_EXPORT = """
+import sys, time
+from so8t_lib.export import quantize
+from so8t_lib.cli import main
+
+written = quantize.write_sha256_sidecar
+def staged_then_wait(path):
+    result = written(path)
+    print("staged", flush=True)
+    time.sleep(60)
+    return result
+quantize.write_sha256_sidecar = staged_then_wait
+sys.exit(main(["export", sys.argv[1], "--out", sys.argv[2]]))
+"""
+
+
+def test_sigterm_during_an_export_removes_the_out_folder_it_made(run, tmp_path):
+    """SIGTERM removed the staging folder but left the empty --out the export had made."""
+    pytest.importorskip("gguf")
+    out = tmp_path / "new" / "dist"
+    process = subprocess.Popen([sys.executable, "-c", STOPPED_EXPORT, str(run), str(out)], stdout=subprocess.PIPE,
+                               stderr=subprocess.DEVNULL, text=True)
+    try:
+        assert process.stdout.readline().strip() == "staged"
+        assert out.is_dir()
+        process.send_signal(signal.SIGTERM)
+        assert process.wait(timeout=60) == 128 + signal.SIGTERM
+    finally:
+        process.kill()
+        process.wait()
+    assert list(tmp_path.iterdir()) == []
