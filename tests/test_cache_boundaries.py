@@ -287,3 +287,18 @@ def test_a_build_leaves_the_callers_signal_handlers_as_it_found_them(cache, monk
     finally:
         for sig, handler in handlers.items():
             signal.signal(sig, handler)
+
+
+def test_sizes_are_what_the_files_take_on_disk_not_their_apparent_size(cache, capsys):
+    """A build's states file is allocated at its full size and filled as rows are computed: sparse until then."""
+    folder = cache / "states" / f"{KEY}.tmp-x1y2z3w4"
+    folder.mkdir(parents=True)
+    with open(folder / STATES_FILE, "wb") as states:
+        states.write(b"\1" * 100_000)
+        states.truncate(3 * 10**9)  # 3 GB apparent, 100 KB written
+    _age(folder, 2 * HOUR)
+    entry, = inventory()
+    on_disk = (folder / STATES_FILE).stat().st_blocks * 512
+    assert entry.bytes == on_disk < 10**7
+    assert so8t(["cache", "prune", "--dry-run"]) == 0
+    assert "GB" not in capsys.readouterr().out

@@ -17,6 +17,7 @@ import json
 import os
 import re
 import shutil
+import stat
 import time
 from collections.abc import Iterable
 from dataclasses import dataclass
@@ -37,6 +38,7 @@ STAGING = r"{entry}\.tmp-[A-Za-z0-9_]+"  # tempfile.mkdtemp(prefix=f"{name}.tmp-
 TRASH = r"\.trash-{entry}-[0-9]+"  # remove()'s rename aside, a removal cut short
 QUIET_BEFORE_PARTIAL_IS_LEFTOVER_S = 3600.0  # a folder still being written is touched more often than this
 DAY_S = 86400.0
+BLOCK_BYTES = 512  # the unit of st_blocks, whatever the file system's block size
 UNKNOWN = "unknown"
 RECENT = "written to in the last hour: left alone"
 PRUNED_ALWAYS = ("stale", "damaged", "partial")  # nothing reads them again: prune removes them unasked
@@ -60,15 +62,16 @@ class CacheEntry:
 
 
 def _size_and_newest(folder: Path) -> tuple[int, float]:
-    """Bytes under ``folder`` and the newest modification time among it and its files."""
+    """Bytes on disk under ``folder`` (what removing it frees: a build's states file is sparse until written, its
+    apparent size GBs more) and the newest modification time among it and its files. Links are not followed."""
     size, newest = 0, folder.stat().st_mtime
     for path in folder.rglob("*"):
         try:
-            info = path.stat()
+            info = path.lstat()
         except OSError:
             continue  # removed while we looked
-        if path.is_file():
-            size += info.st_size
+        if stat.S_ISREG(info.st_mode):
+            size += info.st_blocks * BLOCK_BYTES
         newest = max(newest, info.st_mtime)
     return size, newest
 
