@@ -15,6 +15,7 @@ from so8t_lib.core.config import load_config
 from so8t_lib.export import quantize
 from so8t_lib.export.gguf_meta import GGUFError
 from so8t_lib.model import SO8TModel
+from so8t_lib.workbench import pipeline
 
 TINY = "configs/tiny-training.yaml"
 
@@ -120,3 +121,94 @@ def test_sigterm_during_an_export_removes_the_out_folder_it_made(run, tmp_path):
         process.kill()
         process.wait()
     assert list(tmp_path.iterdir()) == []
+
+
+def _no_training(monkeypatch):
+    monkeypatch.setattr(pipeline, "train_and_calibrate", lambda *a, **k: pytest.fail("training started"))
+
+
+def _demo_refused(args, capsys) -> str:
+    """The demo's stderr, after checking it ended with exit 2 and no traceback."""
+    with pytest.raises(SystemExit) as stopped:
+        so8t(["demo", "--bootstrap", "0", *args])
+    err = capsys.readouterr().err
+    assert stopped.value.code == 2 and err.startswith("error: ") and "Traceback" not in err, err
+    return err
+
+
+@pytest.mark.parametrize("dist", ["notes", "notes/dist", "run", "run/best", "run/dist"])
+def test_the_demo_refuses_a_dist_it_could_not_write_before_training(dist, tmp_path, monkeypatch, capsys):
+    """--dist naming a file was found only after training and scoring; --dist <run>/best broke the checkpoint."""
+    _no_training(monkeypatch)
+    (tmp_path / "notes").write_text("a file")
+    err = _demo_refused(["--config", TINY, "--dist", str(tmp_path / dist), f"training.output_dir={tmp_path / 'run'}"],
+                        capsys)
+    assert str(tmp_path / dist) in err
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["notes"]  # the run folder not even made
+
+
+def test_the_demo_refuses_a_missing_config_and_a_retrain_of_no_run_with_status_2(tmp_path, monkeypatch, capsys):
+    """Both were ConfigError tracebacks, exit 1."""
+    _no_training(monkeypatch)
+    assert "nothere.yaml" in _demo_refused(["--config", str(tmp_path / "nothere.yaml"), "--no-gguf"], capsys)
+    folder = tmp_path / "mine"
+    folder.mkdir()
+    (folder / "notes.txt").write_text("a person's file")
+    err = _demo_refused(["--config", TINY, "--retrain", "--no-gguf", f"training.output_dir={folder}"], capsys)
+    assert "does not hold a run" in err and (folder / "notes.txt").is_file()
+
+
+def _run_folder(root, overrides):
+    """A run folder as an interrupted run leaves it: its config.yaml and last/ (contents unread before training)."""
+    (root / "last").mkdir(parents=True)
+    config = load_config(TINY, [f"training.output_dir={root}", *overrides])
+    (root / "config.yaml").write_text(config.to_yaml(), encoding="utf-8")
+    return config
+
+
+def test_the_demo_refuses_a_run_folder_whose_config_is_empty_with_status_2(tmp_path, monkeypatch, capsys):
+    """A CheckpointError traceback, exit 1."""
+    _no_training(monkeypatch)
+    _run_folder(tmp_path / "run", [])
+    (tmp_path / "run" / "config.yaml").write_text("")
+    err = _demo_refused(["--config", TINY, "--no-gguf", f"training.output_dir={tmp_path / 'run'}"], capsys)
+    assert "config.yaml is empty" in err
+
+
+@pytest.mark.parametrize("config, overrides, differ", [
+    (TINY, ["training.max_steps=4"], "training.max_steps"),
+    ("configs/gemma3-270m.yaml", [], "model.preset"),
+])
+def test_the_demo_refuses_to_continue_a_run_under_another_config(config, overrides, differ, tmp_path, monkeypatch,
+                                                                  capsys):
+    """max_steps=4 on a folder of a max_steps=2 run resumed with 2 and exit 0; the Gemma config continued a tiny
+    run. Now refused as so8t train --resume refuses it, naming the keys, before training."""
+    _no_training(monkeypatch)
+    run_dir = tmp_path / "run"
+    _run_folder(run_dir, ["training.max_steps=2"])
+    before = _tree(run_dir)
+    err = _demo_refused(["--config", config, "--no-gguf", *overrides, f"training.output_dir={run_dir}"], capsys)
+    assert f"differ from it: {differ}" in err or f", {differ}" in err, err
+    assert "--retrain" in err and "training.output_dir" in err
+    assert _tree(run_dir) == before
+
+
+class _Trained(Exception):
+    pass
+
+
+def test_the_demo_continues_a_run_whose_config_matches(tmp_path, monkeypatch):
+    run_dir = tmp_path / "run"
+    started = _run_folder(run_dir, ["training.max_steps=2"])
+    calls = []
+
+    def trained(config, resume=False):
+        calls.append((config, resume))
+        raise _Trained
+
+    monkeypatch.setattr(pipeline, "train_and_calibrate", trained)
+    with pytest.raises(_Trained):
+        pipeline.run_demo(TINY, ["training.max_steps=2", f"training.output_dir={run_dir}"], bootstrap=0, gguf=False)
+    with pytest.raises(_Trained):  # the run's own config.yaml, as so8t train --resume is told to use
+        pipeline.run_demo(run_dir / "config.yaml", [], bootstrap=0, gguf=False)
+    assert [(c.to_dict(), resume) for c, resume in calls] == [(started.to_dict(), True)] * 2

@@ -18,7 +18,7 @@ from pathlib import Path
 import yaml
 
 from ..core.checkpoint import CheckpointError, recover_interrupted_swap
-from ..core.config import ConfigError, SO8TConfig, config_from_dict, load_config
+from ..core.config import ConfigError, SO8TConfig, config_differences, config_from_dict, load_config
 from ..core.io import atomic_write_text
 from ..core.paths import CONFIGS_DIR
 from ..core.schema import (
@@ -36,6 +36,7 @@ from ..eval.calibration import calibrate_checkpoint
 from ..eval.evaluate import evaluate_table, format_report
 from ..eval.quant_refit import refit_rungs
 from ..export.gguf_meta import GGUFError
+from ..export.quantize import check_out_dir, check_out_outside
 from ..model.prompts import EXAMPLE_REQUESTS
 from ..serve.backends import load_decider
 from ..serve.router import RouterError, fit_router, load_router
@@ -116,6 +117,9 @@ def run_demo(config_path: str | Path = DEFAULT_CONFIG, overrides: list[str] | tu
                         "token states (model.head.pooling: max; its 4-bit file keeps the decisions without it, "
                         "docs/benchmarks.md): drop --refit-head")
     run_dir = Path(config.training.output_dir)
+    if gguf:  # a --dist that cannot take the files (or that lies in the run) was found after training and scoring
+        check_out_dir(Path(dist))
+        check_out_outside(Path(dist), run_dir)
     lock = RunLock(run_dir)  # a run another process is training is refused here, never emptied below
     try:
         config, resume = _prepare_run_folder(run_dir, config, retrain)
@@ -182,9 +186,23 @@ def _prepare_run_folder(run_dir: Path, config: SO8TConfig, retrain: bool) -> tup
         raise ConfigError(f"{run_dir} holds a run without a last/ checkpoint ({', '.join(leftovers)}), so it cannot be "
                           "continued: so8t demo --retrain starts it over, or move the folder away")
     if resume:
-        config = config_of_run(run_dir)
+        config = _config_to_continue(run_dir, config)
         print(f"{run_dir} holds a run: continuing it if unfinished (--retrain starts over)")
     return config, resume
+
+
+def _config_to_continue(run_dir: Path, asked: SO8TConfig) -> SO8TConfig:
+    """The config of the run in ``run_dir``, refused where the one asked for (--config and overrides) differs:
+    the demo continued the run under its own config without a word, a Gemma config on a tiny run's folder too."""
+    started = config_of_run(run_dir)
+    changed = config_differences(started.to_dict(), asked.to_dict())
+    if changed:
+        moved = (f" (it was started with training.output_dir={started.training.output_dir}: a run folder moved "
+                 "since cannot be continued)" if "training.output_dir" in changed else "")
+        raise ConfigError(f"{run_dir} holds a run started with another config ({run_dir / RUN_CONFIG_FILE}); these "
+                          f"differ from it: {', '.join(changed)}{moved}. so8t demo --retrain starts it over under "
+                          "the one asked for, or choose another training.output_dir")
+    return started
 
 
 def _empty_run_folder(run_dir: Path) -> None:
