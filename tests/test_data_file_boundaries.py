@@ -86,3 +86,75 @@ def test_stats_counts_every_row(corpus, capsys):
     summary = split_summary(corpus)
     assert int(summary.loc["total", "rows"]) == total
     assert sum(int(summary.loc["total", lab]) for lab in ("ALLOW", "REFUSE", "ESCALATE")) == total
+
+
+# --- CSV and JSONL files a user gives: named, with what to do ----------------------------------------------------
+
+
+def test_a_csv_that_is_not_utf8_is_named_with_its_line_and_byte(tmp_path, capsys):
+    """A Shift_JIS CSV crashed `so8t evaluate` and `so8t router` with a UnicodeDecodeError: the benchmark sniff read
+    its header outside the guard the rows are read under."""
+    from so8t_lib.data.benchmarks import load_any
+    from so8t_lib.data.tables import DataError
+
+    sjis = tmp_path / "sjis.csv"
+    sjis.write_bytes("user_request,label,category\n経費精算の締め日は？,ALLOW,\n".encode("shift_jis"))
+    with pytest.raises(DataError, match=r"sjis\.csv: not UTF-8 text \(line 2, byte 28: b'\\x8c'\); save it as UTF-8"):
+        load_any(sjis)
+    assert so8t(["router", "fit", "--data", str(sjis), "--out", str(tmp_path / "router.json")]) == 2
+    err = capsys.readouterr().err
+    assert "sjis.csv: not UTF-8 text (line 2" in err and "Traceback" not in err
+    assert not (tmp_path / "router.json").exists()
+
+
+def test_the_byte_named_in_a_long_file_is_the_files_byte(tmp_path):
+    """The byte was counted from the start of the chunk the text stream decoded (8 KiB), not of the file."""
+    from so8t_lib.data.tables import DataError, load_table
+
+    good = "".join(json.dumps({"id": f"r{i}", "user_request": f"Book room {i}", "label": "ALLOW"}) + "\n"
+                   for i in range(2000)).encode()
+    path = tmp_path / "long.jsonl"
+    path.write_bytes(good + b'{"id": "bad", "user_request": "caf\xe9", "label": "ALLOW"}\n')
+    byte = len(good) + len(b'{"id": "bad", "user_request": "caf')
+    with pytest.raises(DataError, match=rf"long\.jsonl: not UTF-8 text \(line 2001, byte {byte}: "):
+        load_table(path)
+
+
+def test_a_csv_field_over_the_csv_modules_limit_is_named(tmp_path, capsys):
+    """A 200,000-character field crashed with `_csv.Error: field larger than field limit (131072)`; the project's
+    own bound for a text (MAX_REQUEST_CHARS) is lower, so the file is refused, naming the line and both bounds."""
+    from so8t_lib.data.benchmarks import load_any
+    from so8t_lib.data.tables import MAX_REQUEST_CHARS, DataError
+
+    big = tmp_path / "big.csv"
+    big.write_text("user_request,label\nok,ALLOW\n\"" + "x" * 200_000 + "\",ALLOW\n", encoding="utf-8")
+    with pytest.raises(DataError, match=rf"big\.csv:3: a field is longer than 131072 characters; a text may hold at "
+                                        rf"most {MAX_REQUEST_CHARS}"):
+        load_any(big)
+    head = tmp_path / "head.csv"  # the same in the header, read by the benchmark sniff
+    head.write_text("x" * 200_000 + ",label\n", encoding="utf-8")
+    with pytest.raises(DataError, match=r"head\.csv:1: a field is longer than 131072"):
+        load_any(head)
+    assert so8t(["router", "fit", "--data", str(big), "--out", str(tmp_path / "router.json")]) == 2
+    assert "big.csv:3: a field is longer" in capsys.readouterr().err
+
+
+@pytest.mark.parametrize("header, said", [
+    ("user_request;label;category", r"its columns are \['user_request;label;category'\]; the header looks "
+                                    r"separated by ';'"),
+    ("user_request\tlabel\tcategory", r"the header looks separated by '\\t'"),
+    ("user_request, label, category", r"'label'; its columns are \['user_request', ' label', ' category'\]"
+                                      r"; ' label' is 'label' with spaces"),
+    ("User_Request,label", r"'user_request'; .*'User_Request' is 'user_request' with spaces or capitals"),
+    ("request,label", r"'user_request'; its columns are \['request', 'label'\]$"),
+])
+def test_a_csv_header_without_a_required_column_names_the_columns_found(tmp_path, header, said):
+    """A file separated by semicolons, or with spaces after the commas, was said to lack 'user_request' (or 'label')
+    on line 2, as if the row were empty."""
+    from so8t_lib.data.tables import DataError, load_table
+
+    path = tmp_path / "mine.csv"
+    path.write_text(f"{header}\nhow do I reset my password,ALLOW,\n", encoding="utf-8")
+    with pytest.raises(DataError, match=rf"mine\.csv:1: the header has no column .*{said}"):
+        load_table(path)
+

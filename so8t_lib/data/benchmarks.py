@@ -8,7 +8,6 @@ or any JSONL/CSV file (a benchmark file elsewhere is recognised by its columns).
 
 from __future__ import annotations
 
-import csv
 import warnings
 from collections.abc import Callable
 from dataclasses import dataclass
@@ -18,7 +17,7 @@ import pandas as pd
 
 from ..core.paths import BENCHMARKS_DIR, CORPUS_DIR
 from ..core.schema import NOT_ALLOW, SPLITS
-from .tables import COLUMNS, DataError, load_split, load_table, read_records, stratified_sample
+from .tables import COLUMNS, DataError, csv_header, load_split, load_table, read_records, stratified_sample
 
 
 @dataclass(frozen=True)
@@ -101,10 +100,9 @@ def recognise(path: Path) -> Benchmark | None:
     """The registered benchmark whose columns a CSV file has (a project table has user_request instead)."""
     if path.suffix.lower() != ".csv" or not path.is_file():
         return None
-    # utf-8-sig, as read_records reads the rows: an Excel-saved file starts with a byte order mark, which would
-    # otherwise stick to the first column's name ("\ufeffprompt") and hide the benchmark's signature
-    with path.open(encoding="utf-8-sig", newline="") as handle:
-        header = set(next(csv.reader(handle), []))
+    # as read_records reads the rows (utf-8-sig: an Excel-saved file's byte order mark would stick to the first
+    # column's name, "\ufeffprompt", and hide the signature), with its errors for a file that is not UTF-8 or CSV
+    header = set(csv_header(path))
     if "user_request" in header:
         return None
     found = next((b for b in BENCHMARKS.values() if b.signature <= header), None)

@@ -41,8 +41,43 @@ def read_records(path: Path) -> Iterator[tuple[int, dict]]:
     """(line number, raw record) pairs from a JSONL or CSV file (UTF-8; a CSV may start with a byte order mark)."""
     try:
         yield from _records(path)
+    except UnicodeDecodeError:
+        raise _not_utf8(path) from None
+
+
+def _not_utf8(path: Path) -> DataError:
+    """The error for a file that is not UTF-8, naming its first bad byte and that byte's line: a decoding error
+    raised while reading a text stream counts from the start of the chunk it decoded, not of the file."""
+    data = path.read_bytes()
+    try:
+        data.decode("utf-8")
     except UnicodeDecodeError as exc:
-        raise DataError(f"{path}: not UTF-8 text (byte {exc.start}); save it as UTF-8") from None
+        line = data.count(b"\n", 0, exc.start) + 1
+        return DataError(f"{path}: not UTF-8 text (line {line}, byte {exc.start}: {data[exc.start:exc.start + 1]!r}); "
+                         "save it as UTF-8 (from Excel: 'CSV UTF-8'; a Shift_JIS file: iconv -f shift_jis -t utf-8)")
+    return DataError(f"{path}: not UTF-8 text; save it as UTF-8")  # changed while read: no byte to name
+
+
+def _csv_error(path: Path, line_no: int, exc: csv.Error) -> DataError:
+    """A CSV the csv module cannot read: a field over its limit said with the project's own bound, anything else
+    in the module's words."""
+    if "field limit" in str(exc):
+        return DataError(f"{path}:{line_no}: a field is longer than {csv.field_size_limit()} characters; a text may "
+                         f"hold at most {MAX_REQUEST_CHARS} (a quote left open runs the field on to the next one)")
+    return DataError(f"{path}:{line_no}: not a readable CSV ({exc})")
+
+
+def csv_header(path: Path) -> list[str]:
+    """The column names of a CSV file, read as ``read_records`` reads its rows (UTF-8, a byte order mark dropped);
+    a file that is not UTF-8 or not CSV is a ``DataError`` naming it."""
+    with path.open(encoding="utf-8-sig", newline="") as handle:
+        reader = csv.reader(handle)
+        try:
+            return next(reader, [])
+        except UnicodeDecodeError:
+            raise _not_utf8(path) from None
+        except csv.Error as exc:
+            raise _csv_error(path, reader.line_num, exc) from None
 
 
 class _RepeatedKey(ValueError):
@@ -79,18 +114,25 @@ def _records(path: Path) -> Iterator[tuple[int, dict]]:
     elif suffix == ".csv":
         with path.open(encoding="utf-8-sig", newline="") as handle:
             reader = csv.DictReader(handle)
-            header = reader.fieldnames or []
-            repeated = next((name for i, name in enumerate(header) if name and name in header[:i]), None)
-            if repeated is not None:  # DictReader would keep the last column of that name
-                raise DataError(f"{path}:{reader.line_num}: the column {repeated!r} is named twice in the header; "
-                                "name each column once")
-            for record in reader:
-                if None in record:  # more fields than the header names: an unquoted comma in a text
-                    raise DataError(f"{path}:{reader.line_num}: more fields than the header names; quote a text "
-                                    "that holds a comma")
-                yield reader.line_num, record
+            try:
+                yield from _csv_records(path, reader)
+            except csv.Error as exc:  # DictReader's own line_num is that of the last row it returned
+                raise _csv_error(path, reader.reader.line_num, exc) from None
     else:
         raise DataError(f"{path}: unsupported file type {suffix!r}; use .jsonl or .csv")
+
+
+def _csv_records(path: Path, reader: csv.DictReader) -> Iterator[tuple[int, dict]]:
+    header = reader.fieldnames or []
+    repeated = next((name for i, name in enumerate(header) if name and name in header[:i]), None)
+    if repeated is not None:  # DictReader would keep the last column of that name
+        raise DataError(f"{path}:{reader.line_num}: the column {repeated!r} is named twice in the header; "
+                        "name each column once")
+    for record in reader:
+        if None in record:  # more fields than the header names: an unquoted comma in a text
+            raise DataError(f"{path}:{reader.line_num}: more fields than the header names; quote a text "
+                            "that holds a comma")
+        yield reader.line_num, record
 
 
 def _text(record: dict, field: str, where: str, required: bool = False) -> str:
@@ -172,6 +214,26 @@ def asked_keys(table: pd.DataFrame) -> pd.Series:
     return table["context"].map(wording) + "\x00" + table["user_request"].map(wording)
 
 
+REQUIRED_COLUMNS: tuple[str, ...] = ("user_request", "label")
+_OTHER_DELIMITERS = (";", "\t", "|")
+
+
+def _check_header(path: Path) -> None:
+    """A CSV whose header lacks a required column is named by its header: read with commas, a file separated by
+    semicolons has one column, and ' label' (a space after the comma) is no 'label', so every row would be said to
+    lack the field."""
+    header = csv_header(path)
+    missing = [column for column in REQUIRED_COLUMNS if column not in header]
+    if not header or not missing:
+        return  # an empty file: "no rows" says it
+    hints = [f"{name!r} is {column!r} with spaces or capitals: rename it" for column in missing for name in header
+             if name != column and name.strip().lower() == column]
+    hints += [f"the header looks separated by {sep!r}: save the file with commas between the fields"
+              for sep in _OTHER_DELIMITERS if any(sep in name for name in header)][:1]
+    raise DataError(f"{path}:1: the header has no column {' or '.join(map(repr, missing))}; its columns are "
+                    f"{header!r}" + "".join(f"; {hint}" for hint in hints))
+
+
 def load_table(path: str | Path, allow_not_allow: bool = False) -> pd.DataFrame:
     """Read a JSONL/CSV file of requests into the validated table (columns: ``COLUMNS``)."""
     path = Path(path)
@@ -179,6 +241,8 @@ def load_table(path: str | Path, allow_not_allow: bool = False) -> pd.DataFrame:
         raise DataError(f"{path} is a folder; name a JSONL or CSV data file in it")
     if not path.is_file():
         raise DataError(f"data file not found: {path}")
+    if path.suffix.lower() == ".csv":
+        _check_header(path)
     allowed = LABELS + ((NOT_ALLOW,) if allow_not_allow else ())
     rows = [_validated_row(record, path, line_no, allowed) for line_no, record in read_records(path)]
     if not rows:
