@@ -158,3 +158,16 @@ def test_a_csv_header_without_a_required_column_names_the_columns_found(tmp_path
     with pytest.raises(DataError, match=rf"mine\.csv:1: the header has no column .*{said}"):
         load_table(path)
 
+
+# --- the corpus commands take the corpus folder ---------------------------------------------------------------------
+
+
+@pytest.mark.parametrize("cmd", ["stats", "check", "audit"])
+def test_corpus_commands_given_a_split_file_say_they_take_the_folder(corpus, cmd, capsys):
+    """`--data data/so8t_safety/test.jsonl` said 'test.jsonl/train.jsonl not found (run: so8t corpus build)'."""
+    assert so8t(["corpus", cmd, "--data", str(corpus / "test.jsonl")]) == 2
+    err = capsys.readouterr().err
+    assert f"--data {corpus / 'test.jsonl'} names a file; --data takes the corpus folder" in err
+    assert f"(--data {corpus})" in err and "corpus build" not in err
+    assert not (corpus / "label_audit.json").exists() and not (corpus.parent / "label_audit.json").exists()
+

@@ -61,6 +61,14 @@ def _check(data: Path, as_json: bool) -> int:
     return 1
 
 
+def _check_folder(data: Path) -> None:
+    """--data names the corpus folder: a split file given for it would be read as a folder holding
+    ``test.jsonl/train.jsonl`` and said to be missing, with 'run so8t corpus build' for advice."""
+    if data.is_file() or (not data.is_dir() and data.suffix.lower() in (".jsonl", ".json", ".csv")):
+        raise ValueError(f"--data {data} names a file; --data takes the corpus folder, the one holding "
+                         f"{', '.join(f'{sp}.jsonl' for sp in SPLITS)} (--data {data.parent})")
+
+
 def _audit(args: argparse.Namespace) -> int:
     out = args.out if args.out is not None else audit_path(args.data)
     if why := unwritable_file("--out", str(out)):  # before the cross-validation, not after it
@@ -106,6 +114,8 @@ def main(argv: list[str] | None = None) -> int:
     a.add_argument("--show", type=int, default=30, help="flagged families to print")
     args = p.parse_args(argv)
     try:
+        if args.cmd != "build":
+            _check_folder(args.data)
         if args.cmd == "build":
             counts = build_corpus(args.seeds_dir, args.out, seed=args.seed)
             print(f"wrote {args.out}: " + ", ".join(f"{k}={v}" for k, v in counts.items()))
