@@ -171,3 +171,78 @@ def test_corpus_commands_given_a_split_file_say_they_take_the_folder(corpus, cmd
     assert f"(--data {corpus})" in err and "corpus build" not in err
     assert not (corpus / "label_audit.json").exists() and not (corpus.parent / "label_audit.json").exists()
 
+
+# --- the label audit shown by stats is the audit of the corpus summarised -----------------------------------------
+
+
+ROOT = Path(__file__).resolve().parents[1]
+
+
+def _sample_corpus(tmp_path: Path) -> Path:
+    """50 rows of each committed split copied beside a copy of the committed label audit (which records no corpus)."""
+    from so8t_lib.core.paths import CORPUS_DIR, DATA_DIR
+
+    data = tmp_path / "data" / "tiny_corpus"
+    data.mkdir(parents=True)
+    for sp in SPLITS:
+        with (CORPUS_DIR / f"{sp}.jsonl").open(encoding="utf-8") as f:
+            (data / f"{sp}.jsonl").write_text("".join(next(f) for _ in range(50)), encoding="utf-8")
+    (data.parent / "label_audit.json").write_bytes((DATA_DIR / "label_audit.json").read_bytes())
+    return data
+
+
+def test_stats_does_not_show_the_audit_of_another_corpus(tmp_path, capsys):
+    """`corpus stats --markdown` of 50 rows per split showed the committed corpus's audit ('families audited |
+    2489'): label_audit.json did not say which corpus it audited."""
+    data = _sample_corpus(tmp_path)
+    assert so8t(["corpus", "stats", "--markdown", "--data", str(data)]) == 0
+    out = capsys.readouterr().out
+    part = out[out.index("**Label audit**"):]
+    assert "families audited" not in part and "| count |" not in part
+    assert f"Not shown: {data.parent / 'label_audit.json'} is the audit of another corpus (2489 families" in part
+    assert f"run so8t corpus audit --data {data}" in part and len(part.strip().splitlines()) == 3
+
+
+def test_an_audit_records_its_corpus_and_stats_shows_it_only_for_that_corpus(tmp_path):
+    from so8t_lib.data.corpus import stats_text
+    from so8t_lib.data.corpus.audit import corpus_digests, read_audit
+
+    data = _sample_corpus(tmp_path)
+    path = data.parent / "label_audit.json"
+    rep = json.loads(path.read_text(encoding="utf-8"))
+    path.write_text(json.dumps({**rep, "corpus": corpus_digests(data)}), encoding="utf-8")
+    md = stats_text(data, markdown=True, benchmarks_dir=None)
+    assert "Of this corpus: label_audit.json records the SHA-256 of its split files (train " in md
+    assert "| families audited | 2489 |" in md  # recorded: the counts need not match
+    val = (data / "val.jsonl").read_text(encoding="utf-8").splitlines(keepends=True)
+    (data / "val.jsonl").write_text("".join(val[:-1]), encoding="utf-8")  # the same corpus less one row
+    md = stats_text(data, markdown=True, benchmarks_dir=None)
+    assert "families audited" not in md
+    assert "is the audit of another corpus (the SHA-256 it records for val.jsonl differ" in md
+    path.write_text(json.dumps({**rep, "corpus": ["train.jsonl"]}), encoding="utf-8")
+    with pytest.raises(ValueError, match="not a label audit \\('corpus' must map split files"):
+        read_audit(path)
+
+
+def test_the_committed_audit_is_shown_for_the_committed_corpus():
+    """The committed label_audit.json records no corpus: its families and unframed rows match the committed
+    corpus's, so the data card still shows it, saying how it was matched."""
+    from so8t_lib.core.paths import CORPUS_DIR, DATA_DIR
+    from so8t_lib.data.corpus.stats import _frame, audit_table
+
+    table = audit_table(DATA_DIR / "label_audit.json", CORPUS_DIR, _frame(CORPUS_DIR))
+    assert table is not None and "| families audited | 2489 |" in table
+    assert table.startswith("Of a corpus of 2489 families and 16190 unframed rows, as this one (label_audit.json "
+                            "does not record which corpus: run so8t corpus audit to record it).")
+
+
+def test_audit_labels_records_the_corpus_it_audited(tmp_path):
+    from so8t_lib.data.corpus.audit import audit_labels, corpus_digests
+    from tests.test_corpus_audit import _rows as audit_rows
+
+    data = tmp_path / "c"
+    data.mkdir()
+    for sp in SPLITS:
+        _write_rows(data, sp, [r for r in audit_rows() if r["split"] == sp])
+    rep = audit_labels(data, seeds_dir=None, review_path=tmp_path / "none.yaml", group_threshold=0.9)
+    assert rep["corpus"] == corpus_digests(data) and set(rep["corpus"]) == {f"{sp}.jsonl" for sp in SPLITS}

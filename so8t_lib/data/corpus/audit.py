@@ -5,7 +5,8 @@ near-duplicate group, so a family (or a near copy of it) is never in its own tra
 out-of-fold probabilities, averaged over each family's unframed rows (a label belongs to a seed, not to a
 row), go to cleanlab's ``find_label_issues``. The flagged families, ranked by self-confidence, are for a
 person to review against SAFETY_POLICY.md; the verdicts live in ``data/label_audit_review.yaml``
-(family -> fixed / kept / reported, with a note) and are merged into the report.
+(family -> fixed / kept / reported, with a note) and are merged into the report. The report records which
+corpus it audited (``corpus``: the SHA-256 of each split file), so a summary of another corpus does not show it.
 """
 
 from __future__ import annotations
@@ -17,9 +18,9 @@ from pathlib import Path
 
 import yaml
 
-from ...core.io import atomic_write_text
+from ...core.io import atomic_write_text, sha256_file
 from ...core.paths import CORPUS_DIR, DATA_DIR, SEEDS_DIR
-from ...core.schema import LABELS
+from ...core.schema import LABELS, SPLITS
 from .neardup import GROUP_THRESHOLD, groups_of, near_duplicate_pairs
 from .seeds import load_seeds
 from .splits import read_corpus
@@ -39,6 +40,12 @@ def audit_path(data_dir: str | Path = CORPUS_DIR) -> Path:
     return Path(os.path.abspath(data_dir)).parent / AUDIT_FILE.name  # absolute ('.' has no parent), links kept
 
 
+def corpus_digests(data_dir: str | Path) -> dict[str, str]:
+    """Split file name -> its SHA-256: which corpus an audit is of (a build is byte-identical for the same seeds,
+    so a rebuild keeps it, while another corpus, or this one grown by a retrain, does not)."""
+    return {f"{sp}.jsonl": sha256_file(Path(data_dir) / f"{sp}.jsonl") for sp in SPLITS}
+
+
 def read_audit(path: str | Path) -> dict | None:
     """The report ``write_audit`` wrote (None when there is none); a file that is not one is an error naming it."""
     path = Path(path)
@@ -53,6 +60,10 @@ def read_audit(path: str | Path) -> dict | None:
                if not isinstance(summary, dict) or not isinstance(summary.get(k), int | float)]
     if missing:
         raise ValueError(f"{path}: not a label audit (no 'summary' with numbers {missing}); rerun so8t corpus audit")
+    corpus = rep.get("corpus", {})  # absent in reports written before it was recorded
+    if not isinstance(corpus, dict) or not all(isinstance(v, str) for v in corpus.values()):
+        raise ValueError(f"{path}: not a label audit ('corpus' must map split files to their SHA-256); rerun so8t "
+                         "corpus audit")
     return rep
 
 
@@ -114,6 +125,7 @@ def audit_labels(data_dir: str | Path = CORPUS_DIR, seeds_dir: str | Path | None
     seeds = {s.id: s for s in load_seeds(seeds_dir)} if seeds_dir is not None else {}  # errors before the work
     review = load_review(review_path)
     rows = [r for r in read_corpus(data_dir) if r.get("framing") is None]  # encodings would only add noise
+    digests = corpus_digests(data_dir)  # after read_corpus, which names a missing split file with what to do
     hand = [r for r in rows if r["variant"] in HANDWRITTEN]
     group_of = groups_of([r["family"] for r in hand],
                          near_duplicate_pairs([r["user_request"] for r in hand], group_threshold))
@@ -154,6 +166,7 @@ def audit_labels(data_dir: str | Path = CORPUS_DIR, seeds_dir: str | Path | None
             "rows": len(rows), "unit": "family (out-of-fold probabilities averaged over its unframed rows)",
             "cleanlab": "filter.find_label_issues(filter_by='prune_by_noise_rate'), ranked by self_confidence",
         },
+        "corpus": digests,
         "summary": {
             "families": len(families), "flagged": len(flagged),
             "flagged_reviewed": sum(1 for f in flagged if f["review"]), "reviewed": len(review),
