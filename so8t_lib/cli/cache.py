@@ -26,7 +26,8 @@ from .arg_types import number_in
 def _table(entries: list[CacheEntry]) -> str:
     if not entries:
         return "  (empty)"
-    rows = [f"  {e.kind:<14} {e.status:<12} {human_bytes(e.bytes):>9}  {e.idle_days:6.1f} d  {e.path.name}\n"
+    rows = [f"  {e.kind:<14} {e.status:<12} {'-' if e.status == UNKNOWN else human_bytes(e.bytes):>9}  "
+            f"{e.idle_days:6.1f} d  {e.path.name}\n"
             f"  {'':<14} {e.detail}" for e in entries]
     header = f"  {'kind':<14} {'status':<12} {'size':>9}  {'unused':>8}  folder"
     return "\n".join([header, *rows])
