@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import hashlib
 import json
 import os
 import time
@@ -15,6 +16,19 @@ from so8t_lib.train.state_cache import CACHE_VERSION, INDEX_FILE, STATES_FILE, F
 from so8t_lib.workbench.cache_inventory import inventory, removable
 
 HOUR = 3600.0
+# the names the workbench gives its folders (a states key: 24 hex digits; bpe-<vocab>-<16 hex>; <base>-<sha12>),
+# by the label each test knows them by: prune touches nothing else
+KEYS = {label: hashlib.sha256(label.encode()).hexdigest()[:24] for label in
+        ("current", "current-unversioned", "stale-v1", "damaged", "left", "building", "from-v3", "gone",
+         "odd-version", "moved", "dangling")}
+N = {**KEYS, "left.tmp": f"{KEYS['left']}.tmp-a1b2c3d4", "building.tmp": f"{KEYS['building']}.tmp-e5f6g7h8",
+     ".trash-gone-1": f".trash-{KEYS['gone']}-1", "gemma3-270m-abc": "gemma3-270m-abcabcabcabc",
+     "gemma3-270m-def": "gemma3-270m-defdefdefdef", "bpe-8192-ff": "bpe-8192-" + "f" * 16}
+LABEL = {name: label for label, name in N.items()}
+
+
+def _labels(entries):
+    return {LABEL[e.path.name] for e in entries}
 
 
 def _age(path, seconds):
@@ -40,32 +54,30 @@ def _states(folder, version=CACHE_VERSION, tokens=6, hidden=4):
 def cache(tmp_path, monkeypatch):
     monkeypatch.setenv("SO8T_CACHE", str(tmp_path))
     states = tmp_path / "states"
-    _states(states / "current")
-    _states(states / "current-unversioned", version=None)  # written before the index named its format
-    _states(states / "stale-v1", version=1)
-    (states / "damaged").mkdir()
-    (states / "damaged" / INDEX_FILE).write_text("{not json")
-    _states(states / "left.tmp")
-    _age(states / "left.tmp", 2 * HOUR)
-    _states(states / "building.tmp")  # written to just now: a build in progress
-    _states(states / "from-v3", version=CACHE_VERSION + 1)  # a newer workbench shares the cache
-    _states(states / ".trash-gone-1")  # a removal cut short
-    _age(states / ".trash-gone-1", 2 * HOUR)
-    base = tmp_path / "bases" / "gemma3-270m-abc"  # as pretrained.converted_base leaves it
+    _states(states / N["current"])
+    _states(states / N["current-unversioned"], version=None)  # written before the index named its format
+    _states(states / N["stale-v1"], version=1)
+    (states / N["damaged"]).mkdir()
+    (states / N["damaged"] / INDEX_FILE).write_text("{not json")
+    _states(states / N["left.tmp"])
+    _states(states / N["from-v3"], version=CACHE_VERSION + 1)  # a newer workbench shares the cache
+    _states(states / N[".trash-gone-1"])  # a removal cut short
+    base = tmp_path / "bases" / N["gemma3-270m-abc"]  # as pretrained.converted_base leaves it
     (base / "hf").mkdir(parents=True)
     (base / "hf" / "model.safetensors").write_bytes(b"x" * 100)
     (base / "hf" / MANIFEST_FILE).write_text("{}")
-    half = tmp_path / "bases" / "gemma3-270m-def"  # the source file only: its conversion was cut short
+    half = tmp_path / "bases" / N["gemma3-270m-def"]  # the source file only: its conversion was cut short
     (half / "source").mkdir(parents=True)
     (half / "source" / "base.gguf").write_bytes(b"x" * 10)
-    _age(half, 3 * HOUR)
-    (tmp_path / "tokenizers" / "bpe-8192-ff").mkdir(parents=True)
-    (tmp_path / "tokenizers" / "bpe-8192-ff" / "tokenizer.json").write_text("{}")
+    (tmp_path / "tokenizers" / N["bpe-8192-ff"]).mkdir(parents=True)
+    (tmp_path / "tokenizers" / N["bpe-8192-ff"] / "tokenizer.json").write_text("{}")
+    _age(tmp_path, 2 * HOUR)  # a folder written to in the last hour is left alone by prune, whatever it holds
+    _states(states / N["building.tmp"])  # written to just now: a build in progress
     return tmp_path
 
 
 def test_every_entry_is_named_with_its_status(cache):
-    status = {e.path.name: (e.kind, e.status) for e in inventory()}
+    status = {LABEL[e.path.name]: (e.kind, e.status) for e in inventory()}
     assert status == {
         "current": ("frozen states", "current"), "current-unversioned": ("frozen states", "current"),
         "stale-v1": ("frozen states", "stale"), "damaged": ("frozen states", "damaged"),
@@ -73,16 +85,18 @@ def test_every_entry_is_named_with_its_status(cache):
         "from-v3": ("frozen states", "newer"), ".trash-gone-1": ("frozen states", "partial"),
         "gemma3-270m-abc": ("base", "current"), "gemma3-270m-def": ("base", "partial"),
         "bpe-8192-ff": ("tokenizer", "current")}
-    sizes = {e.path.name: e.bytes for e in inventory()}
-    assert sizes["gemma3-270m-abc"] == 102 and sizes["current"] > 6 * 4 * 4
+    sizes = {LABEL[e.path.name]: e.bytes for e in inventory()}
+    base = cache / "bases" / N["gemma3-270m-abc"]  # bytes on disk: what removing it frees
+    assert sizes["gemma3-270m-abc"] == sum(p.stat().st_blocks * 512 for p in base.rglob("*") if p.is_file()) >= 102
+    assert sizes["current"] > 6 * 4 * 4
 
 
 def test_prune_keeps_what_is_in_use_unless_asked(cache):
-    names = lambda entries: {e.path.name for e in entries}  # noqa: E731
+    names = _labels
     entries = inventory()
     assert names(removable(entries)) == {"stale-v1", "damaged", "left.tmp", ".trash-gone-1", "gemma3-270m-def"}
     assert names(removable(entries, all_states=True)) - names(removable(entries)) == {"current", "current-unversioned"}
-    _age(cache / "states" / "current", 20 * 24 * HOUR)
+    _age(cache / "states" / N["current"], 20 * 24 * HOUR)
     assert names(removable(inventory(), unused_days=14)) - names(removable(entries)) == {"current"}
 
 
@@ -92,13 +106,13 @@ def test_prune_dry_run_removes_nothing_and_prune_removes_exactly_the_list(cache,
     assert sorted(p.name for p in cache.rglob("*")) == before
     assert "would remove 5 of 11 entries" in capsys.readouterr().out
     assert so8t(["cache", "prune"]) == 0
-    left = {e.path.name for e in inventory()}
+    left = _labels(inventory())
     assert left == {"current", "current-unversioned", "building.tmp", "from-v3", "gemma3-270m-abc", "bpe-8192-ff"}
     assert not any(".trash-" in p.name for p in cache.rglob("*"))  # renamed aside, then gone
     assert so8t(["cache"]) == 0 and "6 entries" in capsys.readouterr().out
-    _age(cache / "states" / "current", 20 * 24 * HOUR)
+    _age(cache / "states" / N["current"], 20 * 24 * HOUR)
     assert so8t(["cache", "prune", "--unused-days", "14"]) == 0
-    assert {e.path.name for e in inventory()} == left - {"current"}
+    assert _labels(inventory()) == left - {"current"}
 
 
 def test_a_removal_that_fails_says_where_the_folder_is_and_exits_1(cache, monkeypatch, capsys):
@@ -110,7 +124,7 @@ def test_a_removal_that_fails_says_where_the_folder_is_and_exits_1(cache, monkey
     monkeypatch.setattr(shutil, "rmtree", refuse)
     assert so8t(["cache", "prune"]) == 1
     out = capsys.readouterr().out
-    assert "renamed to" in out and ".trash-stale-v1-" in out and "run prune again" in out
+    assert "renamed to" in out and f".trash-{N['stale-v1']}-" in out and "run prune again" in out
 
 
 def test_list_refuses_prune_options(cache):
@@ -131,7 +145,7 @@ def test_a_cache_setting_that_names_a_file_is_an_error_not_an_empty_cache(tmp_pa
 
 
 def test_reading_a_state_cache_records_its_last_use(cache):
-    folder = cache / "states" / "current"
+    folder = cache / "states" / N["current"]
     _age(folder, 30 * 24 * HOUR)
     stale_use = (folder / INDEX_FILE).stat().st_mtime
     frozen = FrozenStates(folder)
@@ -141,28 +155,30 @@ def test_reading_a_state_cache_records_its_last_use(cache):
 
 @pytest.mark.parametrize("version", [None, "2b", [2], float("inf")])
 def test_an_index_whose_version_cannot_be_read_is_damaged_and_pruned(cache, version, capsys):
-    folder = cache / "states" / "odd-version"
+    folder = cache / "states" / N["odd-version"]
     _states(folder)
     index = json.loads((folder / INDEX_FILE).read_text())
     (folder / INDEX_FILE).write_text(json.dumps({**index, "version": version}))
-    assert {e.path.name: e.status for e in inventory()}["odd-version"] == "damaged"
+    _age(folder, 2 * HOUR)
+    assert {e.path.name: e.status for e in inventory()}[N["odd-version"]] == "damaged"
     assert so8t(["cache"]) == 0 and so8t(["cache", "prune"]) == 0
-    assert not folder.exists() and "odd-version" in capsys.readouterr().out
+    assert not folder.exists() and N["odd-version"] in capsys.readouterr().out
 
 
 def test_a_tokenizer_folder_without_its_tokenizer_is_damaged(cache):
-    (cache / "tokenizers" / "bpe-8192-ff" / "tokenizer.json").unlink()
-    entry = {e.path.name: e for e in inventory()}["bpe-8192-ff"]
+    (cache / "tokenizers" / N["bpe-8192-ff"] / "tokenizer.json").unlink()
+    _age(cache / "tokenizers", 2 * HOUR)
+    entry = {e.path.name: e for e in inventory()}[N["bpe-8192-ff"]]
     assert entry.status == "damaged" and "tokenizer.json" in entry.detail
     assert entry in removable(inventory())
 
 
 def test_a_linked_state_cache_is_named_never_followed_and_prune_leaves_both(cache, tmp_path_factory, capsys):
-    elsewhere = _states(tmp_path_factory.mktemp("other-disk") / "moved", version=1)  # stale, 100+ bytes
-    link = cache / "states" / "moved"
+    elsewhere = _states(tmp_path_factory.mktemp("other-disk") / N["moved"], version=1)  # stale, 100+ bytes
+    link = cache / "states" / N["moved"]
     link.symlink_to(elsewhere, target_is_directory=True)
-    (cache / "states" / "dangling").symlink_to(cache / "gone")
-    entries = {e.path.name: e for e in inventory()}
+    (cache / "states" / N["dangling"]).symlink_to(cache / "gone")
+    entries = {LABEL[e.path.name]: e for e in inventory()}
     for name in ("moved", "dangling"):
         assert entries[name].status == "link" and entries[name].bytes == 0 and "not followed" in entries[name].detail
     assert str(elsewhere) in entries["moved"].detail
