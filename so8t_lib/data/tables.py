@@ -18,6 +18,7 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 
+from ..core.json_objects import RepeatedKey, unique_keys
 from ..core.paths import CORPUS_DIR
 from ..core.schema import CATEGORIES, LABELS, LANGS, NOT_ALLOW, SPLITS
 
@@ -80,20 +81,6 @@ def csv_header(path: Path) -> list[str]:
             raise _csv_error(path, reader.line_num, exc) from None
 
 
-class _RepeatedKey(ValueError):
-    """A JSON object with one key twice."""
-
-
-def _unique_keys(pairs: list[tuple[str, object]]) -> dict:
-    """``json.loads``'s object hook: a key given twice is an error (a second "label" would win without a word)."""
-    record = {}
-    for key, value in pairs:
-        if key in record:
-            raise _RepeatedKey(key)
-        record[key] = value
-    return record
-
-
 def _records(path: Path) -> Iterator[tuple[int, dict]]:
     suffix = path.suffix.lower()
     if suffix in (".jsonl", ".json"):
@@ -102,11 +89,11 @@ def _records(path: Path) -> Iterator[tuple[int, dict]]:
                 if not line.strip():
                     continue
                 try:
-                    record = json.loads(line, object_pairs_hook=_unique_keys)
+                    record = json.loads(line, object_pairs_hook=unique_keys)
                 except json.JSONDecodeError as exc:
                     raise DataError(f"{path}:{line_no}: not valid JSON ({exc.msg})") from None
-                except _RepeatedKey as exc:
-                    raise DataError(f"{path}:{line_no}: the key {exc.args[0]!r} is given twice in one object; "
+                except RepeatedKey as exc:
+                    raise DataError(f"{path}:{line_no}: the key {exc.key!r} is given twice in one object; "
                                     "JSON readers keep the last, so say it once") from None
                 if not isinstance(record, dict):
                     raise DataError(f"{path}:{line_no}: expected a JSON object, got {type(record).__name__}")
