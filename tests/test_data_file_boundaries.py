@@ -199,7 +199,7 @@ def test_stats_does_not_show_the_audit_of_another_corpus(tmp_path, capsys):
     out = capsys.readouterr().out
     part = out[out.index("**Label audit**"):]
     assert "families audited" not in part and "| count |" not in part
-    assert f"Not shown: {data.parent / 'label_audit.json'} is the audit of another corpus (2489 families" in part
+    assert f"Not shown: {data.parent / 'label_audit.json'} is the audit of another corpus (" in part
     assert f"run so8t corpus audit --data {data}" in part and len(part.strip().splitlines()) == 3
 
 
@@ -224,16 +224,22 @@ def test_an_audit_records_its_corpus_and_stats_shows_it_only_for_that_corpus(tmp
         read_audit(path)
 
 
-def test_the_committed_audit_is_shown_for_the_committed_corpus():
-    """The committed label_audit.json records no corpus: its families and unframed rows match the committed
-    corpus's, so the data card still shows it, saying how it was matched."""
+def test_the_committed_audit_is_shown_for_the_committed_corpus(tmp_path):
+    """The committed label_audit.json records the corpus it audited; one written before audits recorded it is matched
+    on its families and unframed rows, and the data card says how it was matched."""
     from so8t_lib.core.paths import CORPUS_DIR, DATA_DIR
     from so8t_lib.data.corpus.stats import _frame, audit_table
 
     table = audit_table(DATA_DIR / "label_audit.json", CORPUS_DIR, _frame(CORPUS_DIR))
     assert table is not None and "| families audited | 2489 |" in table
-    assert table.startswith("Of a corpus of 2489 families and 16190 unframed rows, as this one (label_audit.json "
-                            "does not record which corpus: run so8t corpus audit to record it).")
+    assert table.startswith("Of this corpus: label_audit.json records the SHA-256 of its split files (train ")
+    older = tmp_path / "label_audit.json"
+    report = json.loads((DATA_DIR / "label_audit.json").read_text(encoding="utf-8"))
+    older.write_text(json.dumps({k: v for k, v in report.items() if k != "corpus"}), encoding="utf-8")
+    table = audit_table(older, CORPUS_DIR, _frame(CORPUS_DIR))
+    assert table is not None and table.startswith(
+        "Of a corpus of 2489 families and 16190 unframed rows, as this one (label_audit.json does not record which "
+        "corpus: run so8t corpus audit to record it).")
 
 
 def test_audit_labels_records_the_corpus_it_audited(tmp_path):
