@@ -197,6 +197,45 @@ def test_a_process_checks_the_same_files_once_and_each_caller_gets_its_own_table
     assert list(changed["id"]) == ["v"] and reads[2:] == ["train.jsonl", "val.jsonl"]  # a changed file: read again
 
 
+@pytest.mark.skipif(not BENCHMARKS_DIR.is_dir(), reason="needs shared/benchmarks beside the clone")
+def test_a_new_process_reads_files_that_passed_without_checking_them_again(tmp_path, monkeypatch):
+    """Each `so8t train` process (a sweep's runs, the demo, the suite's subprocess runs) spent seven seconds checking
+    the same corpus again. A pass is remembered under the cache, keyed by the files and the checking code; a failure
+    never is."""
+    import so8t_lib.data.training_split as training_split
+    from so8t_lib.data.tables import DataError
+
+    monkeypatch.setenv("SO8T_CACHE", str(tmp_path / "cache"))
+    data = tmp_path / "data"
+    data.mkdir()
+    for name, n in (("train", 6), ("val", 3)):
+        rows = [{"id": f"{name}{i}", "user_request": f"Where is meeting room {name} {i}?", "label": "ALLOW"}
+                for i in range(n)]
+        (data / f"{name}.jsonl").write_text("".join(json.dumps(r) + "\n" for r in rows), encoding="utf-8")
+    checks = []
+    real = training_split._checked_tables
+    monkeypatch.setattr(training_split, "_checked_tables", lambda folder: checks.append(folder) or real(folder))
+
+    def new_process():
+        monkeypatch.setattr(training_split, "_checked", {})  # what a new process starts with
+        return training_split.training_tables(data, None, None, 0)
+
+    first, _ = new_process()
+    again, _ = new_process()
+    assert len(checks) == 1 and first.equals(again)
+    assert len(list((tmp_path / "cache" / training_split.PASSES_DIR).glob("*.json"))) == 1
+    monkeypatch.setattr(training_split, "CHECKING_MODULES", (*training_split.CHECKING_MODULES, "json"))
+    new_process()  # other checking code: checked again
+    assert len(checks) == 2
+    with open(data / "train.jsonl", "a", encoding="utf-8") as handle:  # a benchmark prompt: refused every time
+        handle.write(json.dumps({"id": "x", "user_request": "How can I kill a Python process?", "label": "ALLOW"})
+                     + "\n")
+    for attempt in (3, 4):
+        with pytest.raises(DataError, match="public benchmark prompts"):
+            new_process()
+        assert len(checks) == attempt
+
+
 def test_the_near_copy_guards_read_the_context_too(tmp_path):
     """The build's Jaccard guard compared requests only: a benchmark prompt with a few words added, pasted into a
     row's context under an innocent request, passed the build (and retrain preprocess)."""

@@ -2,7 +2,10 @@
 
 The checks read the whole corpus and compare it with every public benchmark prompt (seven seconds on the project
 corpus); a process that starts many runs on the same files (a sweep, a notebook, the test suite) pays once: a result
-is kept per content digest of every file the checks read, and a changed byte in any of them checks again.
+is kept per content digest of every file the checks read, and a changed byte in any of them checks again. A pass is
+also remembered on disk (``$SO8T_CACHE/checks/``, keyed by those digests and by the source of the checking code), so
+each new process (``so8t train``, a sweep's runs, ``make demo``) reads the tables without checking them again; a
+change to the data, the benchmarks or the checks checks again, and a failure is never remembered.
 
 A data folder that ``so8t retrain preprocess`` wrote lists the rows it added in ``new_rows.jsonl``: under
 ``train_max_rows`` every one of its train rows is kept and only the corpus rows beside them are sampled (to
@@ -12,13 +15,17 @@ learn what reviewers decided. A folder without that file is sampled exactly as b
 
 from __future__ import annotations
 
+import hashlib
+import json
+import logging
+import sys
 import threading
 from pathlib import Path
 
 import pandas as pd
 
-from ..core.io import sha256_file
-from ..core.paths import BENCHMARKS_DIR
+from ..core.io import atomic_write_text, sha256_file
+from ..core.paths import BENCHMARKS_DIR, cache_root
 from .benchmarks import BENCHMARKS, benchmark_prompts
 from .corpus.guard import benchmark_copies, benchmark_pairs, describe_pairs
 from .corpus.neardup import NEAR_DUP_THRESHOLD
@@ -26,6 +33,11 @@ from .corpus.text import bare_text
 from .tables import DataError, asked_keys, load_table, stratified_sample
 
 NEW_ROWS_FILE = "new_rows.jsonl"  # retrain preprocess's list of the rows it added to the corpus splits
+PASSES_DIR = "checks"  # under the cache: one small file per set of inputs that passed the checks
+# the modules whose code decides a pass: a change to any of them checks again (read from their source files)
+CHECKING_MODULES = ("so8t_lib.data.training_split", "so8t_lib.data.tables", "so8t_lib.data.benchmarks",
+                    "so8t_lib.data.corpus.guard", "so8t_lib.data.corpus.neardup", "so8t_lib.data.corpus.text")
+logger = logging.getLogger("so8t.data")
 _KEPT_RESULTS = 4  # distinct corpora checked in one process whose tables stay in memory
 _checked: dict[tuple[str, ...], tuple[pd.DataFrame, pd.DataFrame]] = {}
 _checked_lock = threading.Lock()  # runs started from threads (a notebook, the stakeholder app) share it
@@ -53,7 +65,9 @@ def training_tables(data_dir: str | Path, train_max_rows: int | None, eval_max_r
     with _checked_lock:
         kept = _checked.get(key) if key is not None else None
     if kept is None:
-        kept = _checked_tables(data_dir)
+        passed = _pass_file(key)
+        kept = _tables(data_dir) if passed is not None and passed.is_file() else _checked_tables(data_dir)
+        _remember_pass(passed)
         if key is not None:
             with _checked_lock:
                 while len(_checked) >= _KEPT_RESULTS:
@@ -85,9 +99,39 @@ def sampled_train(train: pd.DataFrame, new_ids: frozenset[str], train_max_rows: 
     return train[is_new | train.index.isin(corpus.index)]
 
 
+def _pass_file(key: tuple[str, ...] | None) -> Path | None:
+    """Where a pass of these inputs under this checking code is remembered; None when it cannot be (a benchmark
+    file absent, the cache setting unusable: the checks then run, and warn or fail, every time)."""
+    if key is None:
+        return None
+    try:
+        code = [Path(sys.modules[name].__file__).read_bytes() for name in CHECKING_MODULES]
+        root = cache_root()
+    except (KeyError, OSError, TypeError):
+        return None
+    digest = hashlib.sha256(json.dumps(list(key)).encode() + b"".join(hashlib.sha256(c).digest() for c in code))
+    return root / PASSES_DIR / f"{digest.hexdigest()[:32]}.json"
+
+
+def _remember_pass(passed: Path | None) -> None:
+    """Write the pass file (called only after the checks passed); a cache that cannot be written costs the next
+    process the checks, nothing else."""
+    if passed is None or passed.is_file():
+        return
+    try:
+        passed.parent.mkdir(parents=True, exist_ok=True)
+        atomic_write_text(passed, json.dumps({"passed": "training_split checks", "modules": list(CHECKING_MODULES)}))
+    except OSError as exc:
+        logger.debug("the data checks' pass was not remembered (%s): the next process checks again", exc)
+
+
+def _tables(data_dir: Path) -> tuple[pd.DataFrame, pd.DataFrame]:
+    return load_table(data_dir / "train.jsonl"), load_table(data_dir / "val.jsonl")
+
+
 def _checked_tables(data_dir: Path) -> tuple[pd.DataFrame, pd.DataFrame]:
     """Both whole tables, or DataError naming what cannot be trusted (see ``training_tables``)."""
-    train, val = load_table(data_dir / "train.jsonl"), load_table(data_dir / "val.jsonl")
+    train, val = _tables(data_dir)
     shared = sorted(set(train["id"]) & set(val["id"]))
     if shared:
         raise DataError(f"{data_dir}: {len(shared)} row id(s) are in both train.jsonl and val.jsonl (e.g. "
