@@ -16,14 +16,16 @@ that asked).
 
 Exit status: 0 all decided and recorded; 2 the config or the input as a whole is refused (nothing decided); 3 the
 model could not be loaded (every request was escalated); 4 an audit record could not be written (those requests
-were escalated, see ``error``); 5 some stdin lines were no request (each escalated, see ``error``); 128 + the
-signal's number when a signal stopped it.
+were escalated, see ``error``); 5 some stdin lines gave no request (each escalated, see ``error``); 6 stdin could
+not be read to its end (the lines before were decided); 128 + the signal's number when a signal stopped it (what
+else went wrong is still said on stderr).
 """
 
 from __future__ import annotations
 
 import argparse
 import json
+import os
 import signal
 import sys
 import threading
@@ -34,16 +36,16 @@ from contextlib import contextmanager
 from tqdm import tqdm
 
 from ..core.config import ConfigError
-from ..serve.request_checks import Unparsed
 from ..serve.runtime import Agent
 from .gate_options import add_gate_options, gate_overrides
-from .runtime_input import REQUEST_FIELDS, NotJsonLines, arrived_batches, iter_items, iter_lines, read_items
+from .runtime_input import REQUEST_FIELDS, NotJsonLines, StdinBatches, is_request, iter_items, read_items
 
 __all__ = ["REQUEST_FIELDS", "decide_in_chunks", "iter_items", "main", "read_items"]
 
 EXIT_MODEL_NOT_LOADED = 3
 EXIT_AUDIT_FAILED = 4
 EXIT_UNREADABLE_LINES = 5
+EXIT_STDIN_FAILED = 6
 STOP_SIGNALS = (signal.SIGINT, signal.SIGTERM)
 
 
@@ -54,17 +56,15 @@ def _isatty(stream) -> bool:
         return False
 
 
-def decide_in_chunks(agent: Agent, items: Iterable, chunk: int, stop: threading.Event | None = None) -> Iterator[dict]:
-    """``agent.run_batch`` on at most ``chunk`` requests at a time (the config's ``service.max_batch``), so
-    ``inference.decision_timeout_s`` limits each pass, not the whole input; results in input order, each batch's as
-    soon as it is decided. A batch holds the requests that have arrived (``runtime_input.arrived_batches``): a
-    producer writing now and then gets each decision when its line comes. ``items`` may be (line number, request)
-    pairs (``iter_lines``): each result then starts with its ``line``, since blank lines are skipped. When deciding
-    takes over a second, a bar on stderr counts the requests decided (only where stderr is a terminal and the
-    results go elsewhere: a file or a pipe)."""
+def decide_in_chunks(agent: Agent, batches: Iterable[list]) -> Iterator[dict]:
+    """``agent.run_batch`` on each batch (at most the config's ``service.max_batch`` requests, so
+    ``inference.decision_timeout_s`` limits each pass, not the whole input); results in input order, each batch's as
+    soon as it is decided. A batch of (line number, request) pairs (``StdinBatches``) gives results that start with
+    their ``line``, since blank lines are skipped. When deciding takes over a second, a bar on stderr counts the
+    requests decided (only where stderr is a terminal and the results go elsewhere: a file or a pipe)."""
     quiet = True if _isatty(sys.stdout) else None  # None: tqdm shows the bar where stderr is a terminal
     with tqdm(desc="deciding", unit="request", leave=False, disable=quiet, file=sys.stderr, delay=1.0) as bar:
-        for batch in arrived_batches(items, chunk, stop):
+        for batch in batches:
             numbered = all(isinstance(entry, tuple) and len(entry) == 2 and isinstance(entry[0], int)
                            for entry in batch)
             requests = [entry[1] for entry in batch] if numbered else batch
@@ -75,8 +75,9 @@ def decide_in_chunks(agent: Agent, items: Iterable, chunk: int, stop: threading.
 
 @contextmanager
 def _stop_on_signals() -> Iterator[threading.Event]:
-    """SIGINT and SIGTERM set the event (the requests read by then are decided and recorded); a second one stops at
-    once, as before. Only the main thread may install handlers: elsewhere the event is never set."""
+    """SIGINT and SIGTERM set the event (the requests read by then are decided and recorded, and it is said on
+    stderr); a second one stops at once. Only the main thread may install handlers (elsewhere the event is never
+    set), and a signal the process was started ignoring (a script's background job ignores SIGINT) stays ignored."""
     stop = threading.Event()
     if threading.current_thread() is not threading.main_thread():
         yield stop
@@ -86,13 +87,23 @@ def _stop_on_signals() -> Iterator[threading.Event]:
         stop.signum = signum
         stop.set()
         signal.signal(signum, signal.default_int_handler if signum == signal.SIGINT else signal.SIG_DFL)
+        os.write(2, f"so8t runtime: {signal.Signals(signum).name}: reading stops; the lines read are being decided "
+                    "and recorded (the same signal again abandons them)\n".encode())  # no print: not reentrant
 
-    before = {signum: signal.signal(signum, _asked) for signum in STOP_SIGNALS}
+    before = {signum: signal.signal(signum, _asked) for signum in STOP_SIGNALS
+              if signal.getsignal(signum) is not signal.SIG_IGN}
     try:
         yield stop
     finally:
         for signum, handler in before.items():
             signal.signal(signum, handler)
+
+
+def _counting_unread(batches: Iterable[list], unreadable: list[int]) -> Iterator[list]:
+    """``batches`` as they are; the line number of each line that gave no request goes to ``unreadable``."""
+    for batch in batches:
+        unreadable += [line_no for line_no, item in batch if not is_request(item)]
+        yield batch
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -117,28 +128,31 @@ def main(argv: list[str] | None = None) -> int:
     if agent.router_error:
         print(f"so8t runtime: {agent.router_error}", file=sys.stderr)
     unreadable: list[int] = []  # line numbers of stdin lines that were no request
-    if args.request is not None:
-        items: Iterable = [{"user_request": args.request, "context": args.context, "user_id": args.user_id}]
-    else:
-        items = _counting_unread(iter_lines(getattr(sys.stdin, "buffer", sys.stdin)), unreadable)
     with _stop_on_signals() as stop:
+        source = None if args.request is not None else \
+            StdinBatches(getattr(sys.stdin, "buffer", sys.stdin), agent.config.service.max_batch, stop)
+        batches: Iterable[list] = _counting_unread(source, unreadable) if source is not None else \
+            [[{"user_request": args.request, "context": args.context, "user_id": args.user_id}]]
         try:
-            for result in decide_in_chunks(agent, items, agent.config.service.max_batch, stop):
+            for result in decide_in_chunks(agent, batches):
                 print(_pretty(result) if args.pretty else json.dumps(result, ensure_ascii=False), flush=True)
         except NotJsonLines as exc:
             print(f"error: {exc}", file=sys.stderr)
             return 2
+        except KeyboardInterrupt:  # the second Ctrl-C: at once, as asked, without a traceback
+            print("so8t runtime: stopped at once by a second SIGINT: the batch being decided has no result, and may "
+                  "have no audit record", file=sys.stderr)
+            return 128 + signal.SIGINT
+        except (OSError, MemoryError) as exc:  # the lines read before it were decided
+            print(f"so8t runtime: stdin could not be read to its end ({type(exc).__name__}: {exc}); the lines before "
+                  "it were decided and recorded", file=sys.stderr)
+            return EXIT_STDIN_FAILED
         finally:
             agent.close()
+    if source is not None and source.unfinished:
+        print(f"so8t runtime: {source.unfinished} byte(s) of a line still being written when reading stopped were "
+              "not decided (not a request yet)", file=sys.stderr)
     return _exit_status(agent, len(unreadable), getattr(stop, "signum", None))
-
-
-def _counting_unread(pairs: Iterable[tuple[int, object]], unreadable: list[int]) -> Iterator[tuple[int, object]]:
-    """``pairs`` as they are; the line number of each that could not be read as a request goes to ``unreadable``."""
-    for line_no, item in pairs:
-        if isinstance(item, Unparsed):
-            unreadable.append(line_no)
-        yield line_no, item
 
 
 def _pretty(result: dict) -> str:
@@ -152,19 +166,21 @@ def _pretty(result: dict) -> str:
 
 
 def _exit_status(agent: Agent, unreadable: int, signum: int | None) -> int:
+    """What went wrong is said whatever ends the run; the status is the first of: a signal, the model not loaded,
+    an audit record not written, lines that were no request."""
+    if agent.audit_failures:
+        print(f"so8t runtime: {agent.audit_failures} audit record(s) could not be written; see each result's error",
+              file=sys.stderr)
+    if unreadable:
+        print(f"so8t runtime: {unreadable} stdin line(s) gave no request (see each result's error): each was escalated "
+              "as it stands, a case for a person; give one JSON object with user_request per line, UTF-8",
+              file=sys.stderr)
     if signum is not None:
-        print(f"so8t runtime: stopped by {signal.Signals(signum).name}; every request read was decided and "
+        print(f"so8t runtime: stopped by {signal.Signals(signum).name}; every complete line read was decided and "
               "recorded", file=sys.stderr)
         return 128 + signum
     if agent.load_error:
         return EXIT_MODEL_NOT_LOADED
     if agent.audit_failures:
-        print(f"so8t runtime: {agent.audit_failures} audit record(s) could not be written; see each result's error",
-              file=sys.stderr)
         return EXIT_AUDIT_FAILED
-    if unreadable:
-        print(f"so8t runtime: {unreadable} stdin line(s) could not be read as a request (see each result's error): "
-              "each was escalated as it stands, a case for a person; give one JSON object per line, UTF-8",
-              file=sys.stderr)
-        return EXIT_UNREADABLE_LINES
-    return 0
+    return EXIT_UNREADABLE_LINES if unreadable else 0

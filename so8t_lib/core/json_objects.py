@@ -12,7 +12,8 @@ class RepeatedKey(ValueError):
     """A key given twice in one JSON object; ``key`` names it."""
 
     def __init__(self, key: str) -> None:
-        super().__init__(f"the key {key!r} is given twice in one object")
+        shown = repr(key) if len(key) <= 80 else repr(key[:80]) + f" (cut; {len(key)} characters)"
+        super().__init__(f"the key {shown} is given twice in one object")
         self.key = key
 
 
