@@ -122,3 +122,22 @@ def test_readers_still_take_a_torn_first_write_for_a_log(tmp_path):
     report = audit_verify.verify(tmp_path)
     assert report["errors"] == [] and any("torn tail" in note for note in report["notes"])
     assert list(audit_verify.read_records(tmp_path)) == []
+
+
+def test_a_stray_file_named_like_a_replica_chain_stops_no_reader_but_verify_names_it(log, tmp_path):
+    """Refusing every file that is no log in the shared lock path stopped the spool replay, backup, reports and
+    retrain extract for every chain of the folder over one `audit-export.jsonl`; a rotated chain whose live file a
+    crash left as NULs was called no log, its good rotated records hidden."""
+    stray = tmp_path / "audit-export.jsonl"
+    stray.write_text('{"note": "not a log"}\n', encoding="utf-8")
+    records = [record for _, record in audit_verify.read_chains(tmp_path)]
+    assert [r["request_id"] for r in records] == ["req_0", "req_1", "req_2"]
+    assert log.find_requests({"req_1"}) == {"req_1"}
+    reports = audit_verify.verify_chains(tmp_path)
+    assert reports[str(log.path)]["errors"] == []
+    assert "not an audit log" in reports[str(stray)]["errors"][0]
+    stray.unlink()
+    log.rotate()
+    log.path.write_bytes(b"\x00" * 64)  # a crash's leftover in the live file of a rotated chain
+    report = audit_verify.verify(tmp_path)
+    assert report["records"] == 3 and report["errors"] == []

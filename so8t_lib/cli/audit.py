@@ -100,7 +100,7 @@ def main(argv: list[str] | None = None) -> int:
         skipped: list[str] = []
         try:
             for record in read_records(args.folder, args.name, os.environ.get(args.key_env),
-                                       lock_timeout=args.lock_timeout, skipped=skipped):
+                                       lock_timeout=args.lock_timeout, skipped=skipped, named=True):
                 print(json.dumps(record, ensure_ascii=False))
         except AuditLockTimeout as exc:
             print(f"error: {exc}", file=sys.stderr)

@@ -324,7 +324,10 @@ def _held(path: Path, shared: bool, timeout: float | None) -> Iterator[None]:
 def refuse_non_log(log: Path) -> None:
     """``NotAnAuditLog`` when the file where a reader looks for the log holds no record and cannot be a torn first
     write (``--name config.yaml``): it was reported as a torn tail of an empty log, "OK"; nothing for a log, an
-    empty file or none. Only the first MiB is looked at (a newline there already rules out one cut record)."""
+    empty file or none, and nothing for a chain with rotated files or an anchor (its live file may be what a crash
+    left). Only the first MiB is looked at (a newline there already rules out one cut record)."""
+    if len(log_files(log.parent, log.name)) > 1 or anchor_path(log).exists():
+        return
     good_end, size = last_good_end(log)
     if good_end or not size:
         return

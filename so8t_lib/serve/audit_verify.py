@@ -73,18 +73,19 @@ def make_fernet(key: str | bytes):
 
 def read_records(folder: str | Path, name: str = "audit.jsonl", key: str | bytes | None = None,
                  unreadable: list[str] | None = None, *, lock_timeout: float | None = READ_LOCK_TIMEOUT_S,
-                 skipped: list[str] | None = None) -> Iterator[dict]:
+                 skipped: list[str] | None = None, named: bool = False) -> Iterator[dict]:
     """Every complete record, oldest first, decrypted when ``key`` is given (encrypted ones need it). A file that
     cannot be read to the end (a damaged .gz) is a ValueError naming it, or, given an ``unreadable`` list, a line
     added to it, and the next file is read. The files are those of one moment (``open_files``): a rotation or
     a gzip swap while they are read neither hides nor repeats a record. A lock held past ``lock_timeout`` seconds
     (None: no limit) is an ``AuditLockTimeout``. Lines that are no record are passed over; given a ``skipped``
     list, each is named there (``file:line``) except the live file's last line, which ``verify`` reads as a torn
-    tail (a write in progress, or cut by a crash), so a reader can tell damage from an empty log."""
+    tail (a write in progress, or cut by a crash), so a reader can tell damage from an empty log. ``named``: as for
+    ``consistent_view`` (a file that is no log is a ValueError)."""
     fernet = make_fernet(key) if key else None
     with ExitStack() as handles:
         try:
-            with consistent_view(Path(folder) / name, lock_timeout):
+            with consistent_view(Path(folder) / name, lock_timeout, named):
                 files = open_files(Path(folder), name, handles)
         except NotAnAuditLog as exc:
             raise ValueError(str(exc)) from None
@@ -101,10 +102,12 @@ def read_records(folder: str | Path, name: str = "audit.jsonl", key: str | bytes
 
 
 @contextmanager
-def consistent_view(log: Path, timeout: float | None = READ_LOCK_TIMEOUT_S) -> Iterator[None]:
+def consistent_view(log: Path, timeout: float | None = READ_LOCK_TIMEOUT_S, named: bool = False) -> Iterator[None]:
     """The log's shared lock, for opening its files at one moment (a rotation or a gzip swap afterwards cannot
     pull a file away); where it cannot be taken (a read-only copy of a folder), the files are opened without it.
-    A lock held longer than ``timeout`` seconds (None: no limit) is an ``AuditLockTimeout`` that says what to do."""
+    A lock held longer than ``timeout`` seconds (None: no limit) is an ``AuditLockTimeout`` that says what to do.
+    ``named``: the caller was told this file is a chain (``--name``, or verify), so one that is no log is refused
+    (``NotAnAuditLog``); a reader of every chain in a folder reads a stray file as one without records instead."""
     with ExitStack() as lock:
         try:
             lock.enter_context(file_lock(log, shared=True, timeout=timeout))
@@ -116,7 +119,8 @@ def consistent_view(log: Path, timeout: float | None = READ_LOCK_TIMEOUT_S) -> I
                 "fix it, or wait longer (--lock-timeout)") from None
         except OSError:
             pass
-        refuse_non_log(log)  # inside the lock's context: a lock file it made beside such a file is removed
+        if named:
+            refuse_non_log(log)  # inside the lock's context: a lock file it made beside such a file is removed
         yield
 
 
@@ -249,7 +253,7 @@ def verify(folder: str | Path, name: str = "audit.jsonl", hmac_key: str | bytes 
         # every file opened and the anchor read at one moment; the walk, which can take minutes on a large log,
         # runs after the lock is released, so the gate's appends never wait for a verification
         try:
-            with consistent_view(log, lock_timeout):
+            with consistent_view(log, lock_timeout, named=True):  # a chain verify calls OK must be one
                 found = open_files(folder, name, handles)
                 try:
                     anchor, anchor_errors = read_anchor(log), []
