@@ -302,3 +302,14 @@ def test_sizes_are_what_the_files_take_on_disk_not_their_apparent_size(cache, ca
     assert entry.bytes == on_disk < 10**7
     assert so8t(["cache", "prune", "--dry-run"]) == 0
     assert "GB" not in capsys.readouterr().out
+
+
+def test_only_the_bases_the_workbench_converts_and_the_trash_of_a_staging_folder_are_its_own():
+    """bases/llama-202412061530 (a user's folder ending in 12 hex digits) was taken for a half-made base and pruned;
+    the trash of a staging folder whose removal was cut short was called unknown and kept for ever."""
+    from so8t_lib.workbench.cache_inventory import name_form
+
+    assert name_form("base", "gemma3-270m-a5fd3b62230a") == "entry"
+    assert name_form("base", "llama-202412061530") is None and name_form("base", "notes-0123456789ab") is None
+    assert name_form("frozen states", f".trash-{'0' * 24}.tmp-abc_12-1733000000") == "partial"
+    assert name_form("frozen states", f".trash-{'0' * 24}-1733000000") == "partial"

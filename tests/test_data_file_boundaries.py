@@ -46,7 +46,7 @@ def _write_rows(folder: Path, split: str, rows: list[dict]) -> None:
     ("category", "HR", "field 'category' must be one of medical, "),
     ("lang", "fr", "field 'lang' must be one of ja, en, the row has 'fr'"),
     ("split", "holdout", "field 'split' must be one of train, val, test, the row has 'holdout'"),
-    ("variant", "orignal", "field 'variant' must be one of original, "),
+    ("variant", ["original"], "field 'variant' must be a string or null, the row has list"),
     ("hazard", "weapon", "field 'hazard' must be one of violent_crime, "),
     ("hard_kind", ["lookalike"], "field 'hard_kind' must be one of benign_violent_words, "),
 ])
@@ -65,6 +65,14 @@ def test_check_and_stats_name_a_field_of_the_wrong_type_or_outside_the_vocabular
         assert so8t(["corpus", cmd, "--data", str(corpus)]) == 2
         err = capsys.readouterr().err
         assert f"test.jsonl:{len(rows)}: {said}" in err and "Traceback" not in err
+
+
+def test_a_variant_an_earlier_corpus_version_made_is_read(corpus):
+    """Corpora before v7 named variants this one no longer makes ("injection"); only stats reads the field."""
+    rows = _rows(corpus, "test")
+    rows[-1]["variant"] = "injection"
+    _write_rows(corpus, "test", rows)
+    assert read_split(corpus, "test")[-1]["variant"] == "injection"
 
 
 def test_optional_fields_may_be_absent_or_null(corpus):

@@ -24,8 +24,8 @@ CACHE_SETTING = "SO8T_CACHE"
 def cache_root() -> Path:
     """Derived artifacts worth keeping between runs (tokenizers, converted base models): ``$SO8T_CACHE``,
     else ``~/.cache/so8t`` (also when it is set but empty). Its ``~`` is expanded (a .env file or a systemd unit
-    passes it as written: a literal ./~ folder otherwise) and a relative path made absolute now, so a later chdir
-    does not move the cache. NotADirectoryError (an OSError every command reports) when it, or the nearest of its
+    passes it as written: a literal ./~ folder otherwise) and a relative path made absolute against the working
+    folder of the call (set an absolute path where a process changes folder: notebooks enter the project root). NotADirectoryError (an OSError every command reports) when it, or the nearest of its
     folders that exists, is a file: each write under it would fail with a bare [Errno 20]."""
     setting = os.environ.get(CACHE_SETTING)  # empty means unset, not the cwd
     root = Path(os.path.abspath(Path(setting).expanduser() if setting else Path.home() / ".cache" / "so8t"))

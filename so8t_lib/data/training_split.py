@@ -16,11 +16,14 @@ learn what reviewers decided. A folder without that file is sampled exactly as b
 from __future__ import annotations
 
 import hashlib
+import importlib.metadata
 import json
 import logging
 import sys
 import threading
+import unicodedata
 from pathlib import Path
+from types import ModuleType
 
 import pandas as pd
 
@@ -34,7 +37,8 @@ from .tables import DataError, asked_keys, load_table, stratified_sample
 
 NEW_ROWS_FILE = "new_rows.jsonl"  # retrain preprocess's list of the rows it added to the corpus splits
 PASSES_DIR = "checks"  # under the cache: one small file per set of inputs that passed the checks
-# the modules whose code decides a pass: a change to any of them checks again (read from their source files)
+# the modules whose code decides a pass, with every so8t_lib module they use (``checking_code``): a change to any of
+# them checks again (read from their source files)
 CHECKING_MODULES = ("so8t_lib.data.training_split", "so8t_lib.data.tables", "so8t_lib.data.benchmarks",
                     "so8t_lib.data.corpus.guard", "so8t_lib.data.corpus.neardup", "so8t_lib.data.corpus.text")
 logger = logging.getLogger("so8t.data")
@@ -105,12 +109,38 @@ def _pass_file(key: tuple[str, ...] | None) -> Path | None:
     if key is None:
         return None
     try:
-        code = [Path(sys.modules[name].__file__).read_bytes() for name in CHECKING_MODULES]
+        code = [Path(sys.modules[name].__file__).read_bytes() for name in checking_code()]
         root = cache_root()
     except (KeyError, OSError, TypeError):
         return None
-    digest = hashlib.sha256(json.dumps(list(key)).encode() + b"".join(hashlib.sha256(c).digest() for c in code))
+    versions = [sys.version_info[:2], unicodedata.unidata_version, _version_of("confusable_homoglyphs"),
+                _version_of("scikit-learn")]  # the look-alike tables, the Unicode data and the n-gram vectorizer
+    digest = hashlib.sha256(json.dumps([list(key), versions], default=str).encode()
+                            + b"".join(hashlib.sha256(c).digest() for c in code))
     return root / PASSES_DIR / f"{digest.hexdigest()[:32]}.json"
+
+
+def checking_code() -> list[str]:
+    """``CHECKING_MODULES`` and every so8t_lib module they use, found from what their namespaces hold (an imported
+    module, or a function or class defined in one: ``guard`` reads ``core.unicode_text``'s look-alike table), sorted."""
+    found, todo = set(), list(CHECKING_MODULES)
+    while todo:
+        name = todo.pop()
+        if name in found or name not in sys.modules:
+            continue
+        found.add(name)
+        for value in vars(sys.modules[name]).values():
+            used = value.__name__ if isinstance(value, ModuleType) else getattr(value, "__module__", None)
+            if isinstance(used, str) and used.startswith("so8t_lib.") and used not in found:
+                todo.append(used)
+    return sorted(found)
+
+
+def _version_of(distribution: str) -> str | None:
+    try:
+        return importlib.metadata.version(distribution)
+    except importlib.metadata.PackageNotFoundError:
+        return None
 
 
 def _remember_pass(passed: Path | None) -> None:

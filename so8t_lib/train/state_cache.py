@@ -299,9 +299,9 @@ def signals_end_with_cleanup() -> Iterator[None]:
         return
     previous = {sig: signal.getsignal(sig) for sig in STAGING_SIGNALS}
     changed = [sig for sig, handler in previous.items() if handler == signal.SIG_DFL]
-    for sig in changed:
-        signal.signal(sig, _exit_with_cleanup)
-    try:
+    try:  # installed inside: a signal between two installs still puts every handler back
+        for sig in changed:
+            signal.signal(sig, _exit_with_cleanup)
         yield
     finally:
         for sig in changed:

@@ -25,17 +25,18 @@ from pathlib import Path
 
 from ..core.paths import cache_root
 from ..core.schema import MANIFEST_FILE
+from ..model.pretrained import GGUF_BASES
 from ..model.tokenizer import CACHE_PREFIX, DIGEST_CHARS, TOKENIZER_FILE
 from ..train.state_cache import CACHE_VERSION, INDEX_FILE, KEY_CHARS, STATES_FILE, check_index
 
 KINDS = {"bases": "base", "tokenizers": "tokenizer", "states": "frozen states"}
 # the names each kind's writer gives its folders: model.pretrained's <base name>-<sha256[:12]>, model.tokenizer's
 # bpe-<vocab>-<digest>, train.state_cache's key
-ENTRY_NAMES = {"base": r"[a-z0-9][a-z0-9._-]*-[0-9a-f]{12}",
+ENTRY_NAMES = {"base": rf"(?:{'|'.join(map(re.escape, GGUF_BASES))})-[0-9a-f]{{12}}",  # the bases it converts
                "tokenizer": rf"{re.escape(CACHE_PREFIX)}[0-9]+-[0-9a-f]{{{DIGEST_CHARS}}}",
                "frozen states": rf"[0-9a-f]{{{KEY_CHARS}}}"}
 STAGING = r"{entry}\.tmp-[A-Za-z0-9_]+"  # tempfile.mkdtemp(prefix=f"{name}.tmp-"), a write cut short
-TRASH = r"\.trash-{entry}-[0-9]+"  # remove()'s rename aside, a removal cut short
+TRASH = r"\.trash-{entry}(?:\.tmp-[A-Za-z0-9_]+)?-[0-9]+"  # remove()'s rename aside (of an entry or its staging)
 QUIET_BEFORE_PARTIAL_IS_LEFTOVER_S = 3600.0  # a folder still being written is touched more often than this
 DAY_S = 86400.0
 BLOCK_BYTES = 512  # the unit of st_blocks, whatever the file system's block size

@@ -17,7 +17,7 @@ from ...core.schema import CATEGORIES, LABELS, LANGS, SPLITS
 from .framings import FRAMINGS
 from .seeds import CONTRASTS, HAZARDS, Seed
 from .text import seeded_rng
-from .transforms import ROW_HARD_KINDS, VARIANTS
+from .transforms import ROW_HARD_KINDS
 
 SPLIT_FRACTIONS: dict[str, float] = {"train": 0.8, "val": 0.1, "test": 0.1}
 _FILL_ORDER = ("test", "val", "train")  # ties go to the evaluation splits first: every cell of 3+ is in each
@@ -77,10 +77,11 @@ ROW_STRINGS: tuple[str, ...] = ("id", "user_request", "family", "split", "label"
 # the closed vocabularies of a row (``build`` writes no other value): one outside them would be counted nowhere by
 # the statistics (a category of pandas takes it for missing) and compared with nothing by the guards
 ROW_CHOICES: dict[str, tuple[str, ...]] = {
-    "split": SPLITS, "label": LABELS, "category": CATEGORIES, "lang": LANGS, "variant": VARIANTS,
+    "split": SPLITS, "label": LABELS, "category": CATEGORIES, "lang": LANGS,
     "hard_kind": ROW_HARD_KINDS, "framing": FRAMINGS, "hazard": HAZARDS, "contrast": CONTRASTS,
-}
-ROW_TEXTS: tuple[str, ...] = ("context", "rationale", "task_output")  # optional texts: a string or null
+}  # not ``variant``: earlier corpus versions named variants this one no longer makes (injection), and only stats
+# reads it, as a label to count by
+ROW_TEXTS: tuple[str, ...] = ("context", "rationale", "task_output", "variant")  # optional: a string or null
 ROW_NULLABLE = frozenset({*ROW_TEXTS, "hard_kind", "framing", "hazard", "contrast"})
 
 
