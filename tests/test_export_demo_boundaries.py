@@ -6,6 +6,7 @@ import shutil
 import signal
 import subprocess
 import sys
+from pathlib import Path
 
 import pytest
 
@@ -211,4 +212,26 @@ def test_the_demo_continues_a_run_whose_config_matches(tmp_path, monkeypatch):
         pipeline.run_demo(TINY, ["training.max_steps=2", f"training.output_dir={run_dir}"], bootstrap=0, gguf=False)
     with pytest.raises(_Trained):  # the run's own config.yaml, as so8t train --resume is told to use
         pipeline.run_demo(run_dir / "config.yaml", [], bootstrap=0, gguf=False)
-    assert [(c.to_dict(), resume) for c, resume in calls] == [(started.to_dict(), True)] * 2
+    monkeypatch.chdir(tmp_path)  # the same folder written another way (relative, a trailing slash) is the same run
+    for spelled in ("run", "./run/", f"{tmp_path}//run"):
+        with pytest.raises(_Trained):
+            pipeline.run_demo(Path(__file__).resolve().parents[1] / TINY, ["training.max_steps=2",
+                              f"training.output_dir={spelled}"], bootstrap=0, gguf=False)
+    assert [(c.to_dict(), resume) for c, resume in calls] == [(started.to_dict(), True)] * 5
+
+
+def test_an_out_inside_another_run_or_checkpoint_is_refused_too(tmp_path):
+    """`so8t export ck --out ckm/best` (another run) exited 0 and left ckm's checkpoint unloadable."""
+    from so8t_lib.export.gguf_meta import GGUFError
+    from so8t_lib.export.quantize import check_out_outside
+
+    other = tmp_path / "ckm"
+    (other / "best").mkdir(parents=True)
+    (other / "config.yaml").write_text("model: {}\n")
+    lone = tmp_path / "lone"
+    lone.mkdir()
+    (lone / "manifest.json").write_text("{}")
+    for out in (other, other / "best", other / "best" / "x", lone, lone / "sub"):
+        with pytest.raises(GGUFError, match="holds a checkpoint or a training run"):
+            check_out_outside(out, tmp_path / "ck" / "best")
+    check_out_outside(tmp_path / "dist", tmp_path / "ck" / "best")  # a folder of its own is fine

@@ -184,9 +184,9 @@ def check_out_dir(out_dir: Path) -> None:
     full = Path(os.path.abspath(out_dir))
     existing = next(folder for folder in (full, *full.parents) if folder.exists() or folder.is_symlink())
     if not existing.is_dir():
-        where = "" if existing == full else f" ({existing} is a file, so no folder can be made under it)"
-        raise GGUFError(f"{out_dir} is not a folder{where}: name a folder for the exported files (one that does not "
-                        "exist is made)")
+        what = "is a file, not a folder" if existing == full else \
+            f"is not a folder ({existing} is a file, so no folder can be made under it)"
+        raise GGUFError(f"{out_dir} {what}: name a folder for the exported files (one that does not exist is made)")
     if not os.access(existing, os.W_OK | os.X_OK):
         raise GGUFError(f"{out_dir}: this user (uid {os.getuid()}) may not write in {existing}, so the exported files "
                         "cannot go there; make it writable or name another folder")
@@ -208,6 +208,13 @@ def check_out_outside(out_dir: Path, kept: Path) -> None:
     lies inside it: every file in a checkpoint must be in its manifest, so a GGUF written there left it unloadable
     and a resume from ``last/`` refused, and ``--retrain`` empties a run folder, exports included."""
     out, home = Path(out_dir).resolve(), Path(kept).resolve()
+    if not (out == home or home in out.parents):  # another run's or checkpoint's folder breaks the same way
+        home = next((folder for folder in (out, *out.parents) if _holds_a_checkpoint(folder)), None)
+        if home is not None:
+            raise GGUFError(f"{out_dir} {'is' if out == home else 'lies inside'} {home}, which holds a checkpoint or "
+                            "a training run: a file written there is in no manifest, and every later load of it "
+                            "would refuse it. Name a folder outside it for the exported files, e.g. dist/")
+        return
     if out == home or home in out.parents:
         why = ("a file written there is in no manifest, and every later load of the checkpoint would refuse it"
                if (home / MODEL_CONFIG_FILE).is_file() else "a file written into its best/ or last/ is in no "
@@ -215,6 +222,12 @@ def check_out_outside(out_dir: Path, kept: Path) -> None:
         raise GGUFError(f"{out_dir} {'is' if out == home else 'lies inside'} the folder {kept}, which holds the "
                         f"checkpoint it would export: {why}. Name a folder outside it for the exported files, e.g. "
                         "dist/")
+
+
+def _holds_a_checkpoint(folder: Path) -> bool:
+    """A checkpoint (its manifest) or a run folder (its config beside best/ or last/)."""
+    return (folder / MANIFEST_FILE).is_file() or (
+        (folder / RUN_CONFIG_FILE).is_file() and any((folder / name).is_dir() for name in CHECKPOINT_DIRS))
 
 
 def _require_manifest(folder: Path) -> None:

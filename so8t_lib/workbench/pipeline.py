@@ -196,6 +196,8 @@ def _config_to_continue(run_dir: Path, asked: SO8TConfig) -> SO8TConfig:
     the demo continued the run under its own config without a word, a Gemma config on a tiny run's folder too."""
     started = config_of_run(run_dir)
     changed = config_differences(started.to_dict(), asked.to_dict())
+    if "training.output_dir" in changed and _same_folder(started.training.output_dir, asked.training.output_dir):
+        changed.remove("training.output_dir")  # ck, ./ck, /abs/ck/: one folder written three ways
     if changed:
         moved = (f" (it was started with training.output_dir={started.training.output_dir}: a run folder moved "
                  "since cannot be continued)" if "training.output_dir" in changed else "")
@@ -203,6 +205,13 @@ def _config_to_continue(run_dir: Path, asked: SO8TConfig) -> SO8TConfig:
                           f"differ from it: {', '.join(changed)}{moved}. so8t demo --retrain starts it over under "
                           "the one asked for, or choose another training.output_dir")
     return started
+
+
+def _same_folder(a: str | Path, b: str | Path) -> bool:
+    try:
+        return Path(a).resolve() == Path(b).resolve()
+    except (OSError, RuntimeError):
+        return False
 
 
 def _empty_run_folder(run_dir: Path) -> None:
