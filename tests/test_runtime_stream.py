@@ -43,19 +43,20 @@ def test_lines_that_come_now_and_then_are_decided_as_they_come(tmp_path):
     agent = _agent(tmp_path, FakeDecider(ALLOW_PROBS), generate_responses=False)
     read_end, write_end = os.pipe()
     results: list[dict] = []
-    with open(read_end, "rb") as reader, open(write_end, "wb", buffering=0) as writer:
-        deciding = threading.Thread(target=lambda: results.extend(
-            cli_runtime.decide_in_chunks(agent, StdinBatches(reader, 32))), daemon=True)
-        deciding.start()
-        writer.write(b'{"user_request": "first"}\n\n{"user_request": "second"}\n')
-        _until(lambda: len(results) == 2)  # the producer is still open
-        assert [r["line"] for r in results] == [1, 3] and _recorded(tmp_path) == 2
-        writer.write(b'{"user_request": "thi')  # a line written in two pieces is one line
-        time.sleep(0.2)
-        writer.write(b'rd"}\n')
-        _until(lambda: len(results) == 3)
-    deciding.join(30)
-    assert not deciding.is_alive() and [r["line"] for r in results] == [1, 3, 4]
+    with open(read_end, "rb") as reader:
+        with open(write_end, "wb", buffering=0) as writer:
+            deciding = threading.Thread(target=lambda: results.extend(
+                cli_runtime.decide_in_chunks(agent, StdinBatches(reader, 32))), daemon=True)
+            deciding.start()
+            writer.write(b'{"user_request": "first"}\n\n{"user_request": "second"}\n')
+            _until(lambda: len(results) == 2)  # the producer is still open
+            assert [r["line"] for r in results] == [1, 3] and _recorded(tmp_path) == 2
+            writer.write(b'{"user_request": "thi')  # a line written in two pieces is one line
+            time.sleep(0.2)
+            writer.write(b'rd"}\n')
+            _until(lambda: len(results) == 3)
+        deciding.join(30)  # the producer closed: the end of the input ends the batches
+        assert not deciding.is_alive() and [r["line"] for r in results] == [1, 3, 4]
     agent.close()
 
 
@@ -157,3 +158,15 @@ def test_lines_that_are_objects_without_a_request_count_as_no_request(tmp_path, 
     code, out, err = _run_main(tmp_path, monkeypatch, capsys, stdin)
     assert code == cli_runtime.EXIT_UNREADABLE_LINES and "3 stdin line(s) gave no request" in err
     assert [json.loads(line)["decision"] for line in out.splitlines()] == ["ESCALATE"] * 3 + ["ALLOW"]
+
+
+def test_a_closed_output_is_no_stdin_error(tmp_path, monkeypatch, capsys):
+    """`so8t runtime < file | head -3` reported 'stdin could not be read' (exit 6): a broken pipe on stdout is the
+    CLI's own (exit 141), and the input was fine."""
+    class Closed(io.StringIO):
+        def write(self, text):
+            raise BrokenPipeError(32, "Broken pipe")
+
+    monkeypatch.setattr("sys.stdout", Closed())
+    with pytest.raises(BrokenPipeError):
+        _run_main(tmp_path, monkeypatch, capsys, b'{"user_request": "one"}\n{"user_request": "two"}\n')

@@ -38,7 +38,15 @@ from tqdm import tqdm
 from ..core.config import ConfigError
 from ..serve.runtime import Agent
 from .gate_options import add_gate_options, gate_overrides
-from .runtime_input import REQUEST_FIELDS, NotJsonLines, StdinBatches, is_request, iter_items, read_items
+from .runtime_input import (
+    REQUEST_FIELDS,
+    NotJsonLines,
+    StdinBatches,
+    StdinReadError,
+    is_request,
+    iter_items,
+    read_items,
+)
 
 __all__ = ["REQUEST_FIELDS", "decide_in_chunks", "iter_items", "main", "read_items"]
 
@@ -84,7 +92,7 @@ def _stop_on_signals() -> Iterator[threading.Event]:
         return
 
     def _asked(signum, frame) -> None:
-        stop.signum = signum
+        stop.signum = getattr(stop, "signum", signum)  # the first one says why the run stopped
         stop.set()
         signal.signal(signum, signal.default_int_handler if signum == signal.SIGINT else signal.SIG_DFL)
         os.write(2, f"so8t runtime: {signal.Signals(signum).name}: reading stops; the lines read are being decided "
@@ -128,6 +136,12 @@ def main(argv: list[str] | None = None) -> int:
     if agent.router_error:
         print(f"so8t runtime: {agent.router_error}", file=sys.stderr)
     unreadable: list[int] = []  # line numbers of stdin lines that were no request
+    read_failed: StdinReadError | None = None
+    if args.request is None and sys.stdin is None:  # started with stdin closed (<&-)
+        agent.close()
+        print("error: no stdin to read requests from (it is closed): pipe JSON lines in, or give --request",
+              file=sys.stderr)
+        return 2
     with _stop_on_signals() as stop:
         source = None if args.request is not None else \
             StdinBatches(getattr(sys.stdin, "buffer", sys.stdin), agent.config.service.max_batch, stop)
@@ -139,20 +153,20 @@ def main(argv: list[str] | None = None) -> int:
         except NotJsonLines as exc:
             print(f"error: {exc}", file=sys.stderr)
             return 2
-        except KeyboardInterrupt:  # the second Ctrl-C: at once, as asked, without a traceback
-            print("so8t runtime: stopped at once by a second SIGINT: the batch being decided has no result, and may "
-                  "have no audit record", file=sys.stderr)
-            return 128 + signal.SIGINT
-        except (OSError, MemoryError) as exc:  # the lines read before it were decided
-            print(f"so8t runtime: stdin could not be read to its end ({type(exc).__name__}: {exc}); the lines before "
-                  "it were decided and recorded", file=sys.stderr)
-            return EXIT_STDIN_FAILED
+        except KeyboardInterrupt:  # the second Ctrl-C: at once, as asked; the model thread may be inside torch,
+            # and an interpreter shutting down around it aborts (134), so the process ends here
+            sys.stdout.flush()
+            os.write(2, b"so8t runtime: stopped at once by a second SIGINT: the batch being decided has no result, "
+                        b"and may have no audit record\n")
+            os._exit(128 + signal.SIGINT)
+        except StdinReadError as exc:  # the lines read before it were decided
+            read_failed = exc
         finally:
             agent.close()
     if source is not None and source.unfinished:
         print(f"so8t runtime: {source.unfinished} byte(s) of a line still being written when reading stopped were "
               "not decided (not a request yet)", file=sys.stderr)
-    return _exit_status(agent, len(unreadable), getattr(stop, "signum", None))
+    return _exit_status(agent, len(unreadable), getattr(stop, "signum", None), read_failed)
 
 
 def _pretty(result: dict) -> str:
@@ -165,9 +179,12 @@ def _pretty(result: dict) -> str:
             + (f"\n  error: {result['error']}" if result.get("error") else ""))
 
 
-def _exit_status(agent: Agent, unreadable: int, signum: int | None) -> int:
+def _exit_status(agent: Agent, unreadable: int, signum: int | None, read_failed: StdinReadError | None = None) -> int:
     """What went wrong is said whatever ends the run; the status is the first of: a signal, the model not loaded,
-    an audit record not written, lines that were no request."""
+    an audit record not written, stdin not read to its end, lines that were no request."""
+    if read_failed is not None:
+        print(f"so8t runtime: stdin could not be read to its end ({read_failed}); the lines before it were decided "
+              "and recorded", file=sys.stderr)
     if agent.audit_failures:
         print(f"so8t runtime: {agent.audit_failures} audit record(s) could not be written; see each result's error",
               file=sys.stderr)
@@ -183,4 +200,6 @@ def _exit_status(agent: Agent, unreadable: int, signum: int | None) -> int:
         return EXIT_MODEL_NOT_LOADED
     if agent.audit_failures:
         return EXIT_AUDIT_FAILED
+    if read_failed is not None:
+        return EXIT_STDIN_FAILED
     return EXIT_UNREADABLE_LINES if unreadable else 0

@@ -29,6 +29,11 @@ READ_BYTES = 1 << 16
 UTF16_MARKS = (b"\xff\xfe", b"\xfe\xff")
 
 
+class StdinReadError(OSError):
+    """Reading stdin failed part-way (EIO on a hung-up terminal, a line too large for memory); the lines read before
+    it were handed out first."""
+
+
 class NotJsonLines(ValueError):
     """The input as a whole is not UTF-8 JSON lines (a UTF-16 file): said once, before any request is decided."""
 
@@ -118,7 +123,7 @@ class StdinBatches:
         batches = self._from_fd(fd) if fd is not None else self._from_lines()
         yield from batches
         if self.error is not None:
-            raise self.error
+            raise StdinReadError(f"{type(self.error).__name__}: {self.error}") from self.error
 
     def _from_lines(self) -> Iterator[list]:
         lines, batch = iter_lines(self.stream), []
@@ -154,14 +159,14 @@ class StdinBatches:
         what is left is the last line."""
         try:
             data = os.read(fd, READ_BYTES)
-        except (OSError, MemoryError) as exc:
-            self.error, data = exc, b""
-        if data:
-            *ends, rest = data.split(b"\n")  # joined only when a line is complete: a long line costs one copy
-            lines = [b"".join([*self.parts, ends[0]]), *ends[1:]] if ends else []
-            self.parts = [*self.parts, rest] if not ends else [rest]
-        else:
-            self.ended, lines, self.parts = True, [b"".join(self.parts)] if any(self.parts) else [], []
+            if data:
+                *ends, rest = data.split(b"\n")  # joined only when a line is complete: a long line costs one copy
+                lines = [b"".join([*self.parts, ends[0]]), *ends[1:]] if ends else []
+                self.parts = [*self.parts, rest] if not ends else [rest]
+            else:
+                self.ended, lines, self.parts = True, [b"".join(self.parts)] if any(self.parts) else [], []
+        except (OSError, MemoryError) as exc:  # what was read before stays pending: handed out, then raised
+            self.error, self.ended, lines, self.parts = exc, True, [], []
         for raw in lines:
             if (pair := self.parser.parse(raw + b"\n")) is not None:
                 self.pending.append(pair)
