@@ -133,11 +133,14 @@ def test_a_stray_file_named_like_a_replica_chain_stops_no_reader_but_verify_name
     records = [record for _, record in audit_verify.read_chains(tmp_path)]
     assert [r["request_id"] for r in records] == ["req_0", "req_1", "req_2"]
     assert log.find_requests({"req_1"}) == {"req_1"}
-    reports = audit_verify.verify_chains(tmp_path)
-    assert reports[str(log.path)]["errors"] == []
-    assert "not an audit log" in reports[str(stray)]["errors"][0]
+    reports = audit_verify.verify_chains(tmp_path)  # a file found by its name is no chain that failed
+    assert reports[str(log.path)]["errors"] == [] and reports[str(stray)]["errors"] == []
+    assert "not an audit log" in reports[str(stray)]["notes"][0]
     stray.unlink()
     log.rotate()
     log.path.write_bytes(b"\x00" * 64)  # a crash's leftover in the live file of a rotated chain
     report = audit_verify.verify(tmp_path)
     assert report["records"] == 3 and report["errors"] == []
+    log.append({"request_id": "req_3", "decision": "REFUSE"})  # the writer sets it aside too, as verify promised
+    report = audit_verify.verify(tmp_path)
+    assert report["records"] == 4 and report["errors"] == [] and report["set_aside"]

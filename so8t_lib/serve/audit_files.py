@@ -326,7 +326,7 @@ def refuse_non_log(log: Path) -> None:
     write (``--name config.yaml``): it was reported as a torn tail of an empty log, "OK"; nothing for a log, an
     empty file or none, and nothing for a chain with rotated files or an anchor (its live file may be what a crash
     left). Only the first MiB is looked at (a newline there already rules out one cut record)."""
-    if len(log_files(log.parent, log.name)) > 1 or anchor_path(log).exists():
+    if _has_history(log):
         return
     good_end, size = last_good_end(log)
     if good_end or not size:
@@ -337,6 +337,12 @@ def refuse_non_log(log: Path) -> None:
         return  # one long unterminated object: may be a torn record
     if not_a_torn_write(head):
         raise NotAnAuditLog(_not_a_log_message(log))
+
+
+def _has_history(log: Path) -> bool:
+    """A chain with rotated files or an anchor: its live file, whatever it holds (NULs a crash left), is the log's, to
+    be set aside as torn by the writer and read as such by verify, never refused as another file."""
+    return len(log_files(log.parent, log.name)) > 1 or anchor_path(log).exists()
 
 
 def _not_a_log_message(log: Path) -> str:
@@ -353,7 +359,7 @@ def set_aside_torn_tail(log: Path) -> Path | None:
     with log.open("rb") as handle:
         handle.seek(good_end)
         torn = handle.read()
-    if good_end == 0 and not_a_torn_write(torn):  # another file (a config, the queue, the anchor, a key)
+    if good_end == 0 and not_a_torn_write(torn) and not _has_history(log):  # a config, the queue, a key
         raise NotAnAuditLog(_not_a_log_message(log))
     stamp = dt.datetime.now(dt.UTC).strftime("%Y%m%dT%H%M%S.%fZ")
     target = sibling(log, f".torn-{stamp}-{os.getpid()}")

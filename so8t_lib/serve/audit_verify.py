@@ -310,10 +310,25 @@ def verify_chains(folders: str | Path | list[str | Path], name: str = "audit.jso
         if not names:
             reports[str(folder / name)] = failed_report(f"no audit log ({name} or a replica's chain) in {folder}")
         for chain in names:
+            if (stray := _stray_file(folder / chain)) is not None:  # found by its name, not named by anyone
+                reports[str(folder / chain)] = {**failed_report(stray), "errors": [], "notes": [stray]}
+                continue
             reports[str(folder / chain)] = verify(folder, chain, hmac_key,
                                                   expect_for(folder / chain) if expect_for else None,
                                                   lock_timeout=lock_timeout, rotated_expect_is_note=True)
     return reports
+
+
+def _stray_file(log: Path) -> str | None:
+    """A note for a file named like a replica's chain that holds no audit record (``audit-export.jsonl``): not a
+    chain, so no chain failed; else None."""
+    try:
+        refuse_non_log(log)
+    except NotAnAuditLog as exc:
+        return f"{exc}: named like a replica's chain, not read as one (move it out of the log folder)"
+    except OSError:
+        return None  # verify names what cannot be read
+    return None
 
 
 def read_chains(folders: str | Path | list[str | Path], name: str = "audit.jsonl",
