@@ -166,7 +166,13 @@ def main(argv: list[str] | None = None) -> int:
     if source is not None and source.unfinished:
         print(f"so8t runtime: {source.unfinished} byte(s) of a line still being written when reading stopped were "
               "not decided (not a request yet)", file=sys.stderr)
-    return _exit_status(agent, len(unreadable), getattr(stop, "signum", None), read_failed)
+    status = _exit_status(agent, len(unreadable), getattr(stop, "signum", None), read_failed)
+    if getattr(stop, "signum", None) is not None:  # stopped by a signal: the records are written and the agent
+        # closed; returning into the interpreter's shutdown with torch's threads about aborted it now and then (134)
+        sys.stdout.flush()
+        sys.stderr.flush()
+        os._exit(status)
+    return status
 
 
 def _pretty(result: dict) -> str:
