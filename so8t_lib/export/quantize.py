@@ -16,9 +16,7 @@ inside the checkpoint or its run folder is refused before anything is loaded (``
 from __future__ import annotations
 
 import os
-import signal
 import sys
-import threading
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from pathlib import Path
@@ -26,6 +24,7 @@ from pathlib import Path
 from ..core.checkpoint import UNVERIFIED_ENV, CheckpointError, has_manifest, resolve_checkpoint
 from ..core.schema import BEST_DIR, LAST_DIR, MANIFEST_FILE, MODEL_CONFIG_FILE, RUN_CONFIG_FILE
 from ..core.staging import OWNER_FILE, UNLOCKED_STALE_S, LockedFolder, remove_stale  # noqa: F401 (still importable from here)
+from ..core.stop_signals import StopSignals
 from ..model.so8t import SO8TModel
 from .gguf_meta import DEFAULT_THRESHOLD, GGUFError, read_metadata, sidecar_path, write_sha256_sidecar
 from .gguf_writer import write_gguf
@@ -40,11 +39,8 @@ QUANT_TYPES = ("Q8_0", "Q4_K_M", "Q4_K_M_T8", "Q4_K_S", "IQ4_XS")
 RUNG_LABELS = ("f16", "f32") + tuple(q.lower() for q in QUANT_TYPES)
 # staging folders in out_dir: .export- (this version, locked while in use), .mix- (helpers, earlier versions)
 STAGING_PREFIXES = (".export-", ".mix-", ".deploy-")  # retrain deploy stages here too
-STOP_SIGNALS = (signal.SIGTERM, signal.SIGHUP)
 # the checkpoints of a training run; the run folder holding them takes no exported file (check_out_outside)
 CHECKPOINT_DIRS = (BEST_DIR, LAST_DIR)
-# Ctrl-C: Python's own handler (KeyboardInterrupt) already removes the staging folder; only held() defers it
-INTERRUPT = signal.SIGINT
 
 
 def quantize(source: str | Path, target: str | Path, quant: str) -> Path:
@@ -137,7 +133,7 @@ def export(checkpoint: str | Path, out_dir: str | Path = "dist", quants: list[st
     source = base_source_file(model.config) if source_tensors else None
     # every file is made in a staging folder and moved in only once all of them are: a failed export leaves
     # out_dir as it was, never this export's f16 beside the last one's quantized files (nor a folder it made)
-    with _StopSignals() as stop, made_folder(out_dir), staging_folder(out_dir) as staging:
+    with StopSignals() as stop, made_folder(out_dir), staging_folder(out_dir) as staging:
         check_targets(out_dir, with_sidecars([out_dir / f"{name}-{label.lower()}.gguf" for label, q in jobs
                                               if q not in helpers]))  # before minutes of quantizing, not after
         aside = staging / "mix"
@@ -263,52 +259,6 @@ def _version_of(path: Path) -> str | None:
         return read_metadata(path)["so8t.model_version"]
     except (GGUFError, OSError, ValueError):
         return None
-
-
-class _StopSignals:
-    """SIGTERM and SIGHUP raise SystemExit (status 128 + signal) while an export runs, so its staging folder is
-    removed: by default they ended the process on the spot, leaving gigabytes of staged GGUFs in out_dir. Only
-    where the signal has its default action (SIGINT: Python's KeyboardInterrupt) and in the main thread (the only
-    one Python lets set handlers); ``held()`` defers the exit to the end of a block that must not stop half-way,
-    Ctrl-C's too: raised between two renames it left two model versions mixed in out_dir."""
-
-    def __init__(self) -> None:
-        self._previous: dict[int, object] = {}
-        self._holding = False
-        self._pending: int | None = None
-
-    def __enter__(self) -> _StopSignals:
-        if threading.current_thread() is threading.main_thread():
-            defaults = {**dict.fromkeys(STOP_SIGNALS, signal.SIG_DFL), INTERRUPT: signal.default_int_handler}
-            for number, default in defaults.items():
-                if signal.getsignal(number) == default:
-                    self._previous[number] = signal.signal(number, self._stop)
-        return self
-
-    def __exit__(self, *exc) -> None:
-        for number, handler in self._previous.items():
-            signal.signal(number, handler)
-
-    def _stop(self, number: int, frame) -> None:
-        if self._holding:
-            self._pending = number
-            return
-        raise _ending(number)
-
-    @contextmanager
-    def held(self) -> Iterator[None]:
-        self._holding = True
-        try:
-            yield
-        finally:
-            self._holding = False
-            if self._pending is not None:  # the signal wins over an error in the block: the process was told to end
-                raise _ending(self._pending)  # noqa: B012
-
-
-def _ending(number: int) -> BaseException:
-    """What a stop signal raises: KeyboardInterrupt for Ctrl-C, as Python's own handler does; else SystemExit."""
-    return KeyboardInterrupt() if number == INTERRUPT else SystemExit(128 + number)
 
 
 @contextmanager

@@ -13,18 +13,13 @@ on wrong states without a word.
 
 from __future__ import annotations
 
-import contextlib
 import hashlib
 import json
 import os
 import reprlib
 import shutil
-import signal
 import tempfile
-import threading
-from collections.abc import Iterator
 from pathlib import Path
-from types import FrameType
 
 import numpy as np
 import torch
@@ -33,6 +28,7 @@ from ..core.batching import batches_by_length
 from ..core.config import ConfigError
 from ..core.io import atomic_write_text, sha256_file
 from ..core.paths import cache_root
+from ..core.stop_signals import StopSignals
 from ..data.tables import requests_and_contexts
 from ..model.base import want_4bit
 from ..model.so8t import SO8TModel, position_ids_from_mask
@@ -44,7 +40,6 @@ CACHE_VERSION = 2  # 2: the shared prefix stored once
 KEY_CHARS = 24  # a cache folder's name: this many hex digits of its key's sha256
 STATES_SHA256 = "states_sha256"  # the index's record of the states file's hash (absent in caches written before)
 # what ends a build without running its cleanup (SIGINT already raises KeyboardInterrupt)
-STAGING_SIGNALS = tuple(getattr(signal, name) for name in ("SIGTERM", "SIGHUP") if hasattr(signal, name))
 # states files this process has hashed, as (path, inode, size, mtime): each is hashed once per process and again only
 # when it was written since
 _VERIFIED: set[tuple[str, int, int, int]] = set()
@@ -201,7 +196,7 @@ class FrozenStates:
             except (ValueError, OSError, KeyError) as exc:
                 print(f"frozen-state cache {folder} is damaged ({exc}); building it again")
         folder.parent.mkdir(parents=True, exist_ok=True)  # a folder of this build's own: two runs may build at once
-        with signals_end_with_cleanup():
+        with StopSignals():  # SIGTERM/SIGHUP end the build through its finally: no GBs of staging left
             tmp = Path(tempfile.mkdtemp(prefix=f"{folder.name}.tmp-", dir=folder.parent))
             try:
                 return cls._fill(tmp, folder, model, split, rows, collate, encoded, batch_size, progress)
@@ -286,34 +281,6 @@ class FrozenStates:
             states = self.row_states(row["id"], width)
             out[i, :len(states)] = states
         return out
-
-
-@contextlib.contextmanager
-def signals_end_with_cleanup() -> Iterator[None]:
-    """SIGTERM and SIGHUP raise SystemExit(128 + signal) inside the block: by default they end the process without
-    running a ``finally``, which left the build's staging folder (GBs of states) behind. Only a signal still at its
-    default is changed (a caller's handler, or nohup's ignored SIGHUP, stays as it is), only in the main thread
-    (the only one that may set handlers), and the handlers are put back on the way out."""
-    if threading.current_thread() is not threading.main_thread():
-        yield
-        return
-    previous = {sig: signal.getsignal(sig) for sig in STAGING_SIGNALS}
-    changed = [sig for sig, handler in previous.items() if handler == signal.SIG_DFL]
-    try:  # installed inside: a signal between two installs still puts every handler back
-        for sig in changed:
-            signal.signal(sig, _exit_with_cleanup)
-        yield
-    finally:
-        for sig in changed:
-            signal.signal(sig, previous[sig])
-
-
-def _exit_with_cleanup(signum: int, frame: FrameType | None) -> None:  # noqa: ARG001 - a handler's signature
-    """The first signal ends the build; a repeat (a supervisor's second SIGTERM) is ignored until the cleanup is done."""
-    for sig in STAGING_SIGNALS:
-        if signal.getsignal(sig) is _exit_with_cleanup:
-            signal.signal(sig, signal.SIG_IGN)
-    raise SystemExit(128 + signum)
 
 
 def _padded(sequences: list[list[int]], pad_id: int) -> tuple[torch.Tensor, torch.Tensor]:
