@@ -64,20 +64,18 @@ def _isatty(stream) -> bool:
         return False
 
 
-def decide_in_chunks(agent: Agent, batches: Iterable[list]) -> Iterator[dict]:
-    """``agent.run_batch`` on each batch (at most the config's ``service.max_batch`` requests, so
-    ``inference.decision_timeout_s`` limits each pass, not the whole input); results in input order, each batch's as
-    soon as it is decided. A batch of (line number, request) pairs (``StdinBatches``) gives results that start with
-    their ``line``, since blank lines are skipped. When deciding takes over a second, a bar on stderr counts the
-    requests decided (only where stderr is a terminal and the results go elsewhere: a file or a pipe)."""
+def decide_in_chunks(agent: Agent, batches: Iterable[list[tuple[int | None, object]]]) -> Iterator[dict]:
+    """``agent.run_batch`` on each batch of (line number, request) pairs (``StdinBatches``: at most the config's
+    ``service.max_batch``, so ``inference.decision_timeout_s`` limits each pass, not the whole input); results in
+    input order, each batch's as soon as it is decided, each starting with its ``line`` (blank lines are skipped),
+    none for a request given without one (None: ``--request``). When deciding takes over a second, a bar on stderr
+    counts the requests decided (only where stderr is a terminal and the results go elsewhere: a file or a pipe)."""
     quiet = True if _isatty(sys.stdout) else None  # None: tqdm shows the bar where stderr is a terminal
     with tqdm(desc="deciding", unit="request", leave=False, disable=quiet, file=sys.stderr, delay=1.0) as bar:
         for batch in batches:
-            numbered = all(isinstance(entry, tuple) and len(entry) == 2 and isinstance(entry[0], int)
-                           for entry in batch)
-            requests = [entry[1] for entry in batch] if numbered else batch
-            for entry, result in zip(batch, agent.run_batch(requests), strict=True):
-                yield {"line": entry[0], **result} if numbered else result
+            results = agent.run_batch([request for _, request in batch])
+            for (line, _), result in zip(batch, results, strict=True):
+                yield result if line is None else {"line": line, **result}
             bar.update(len(batch))
 
 
@@ -146,7 +144,7 @@ def main(argv: list[str] | None = None) -> int:
         source = None if args.request is not None else \
             StdinBatches(getattr(sys.stdin, "buffer", sys.stdin), agent.config.service.max_batch, stop)
         batches: Iterable[list] = _counting_unread(source, unreadable) if source is not None else \
-            [[{"user_request": args.request, "context": args.context, "user_id": args.user_id}]]
+            [[(None, {"user_request": args.request, "context": args.context, "user_id": args.user_id})]]
         try:
             for result in decide_in_chunks(agent, batches):
                 print(_pretty(result) if args.pretty else json.dumps(result, ensure_ascii=False), flush=True)
