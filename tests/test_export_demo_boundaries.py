@@ -235,3 +235,17 @@ def test_an_out_inside_another_run_or_checkpoint_is_refused_too(tmp_path):
         with pytest.raises(GGUFError, match="holds a checkpoint or a training run"):
             check_out_outside(out, tmp_path / "ck" / "best")
     check_out_outside(tmp_path / "dist", tmp_path / "ck" / "best")  # a folder of its own is fine
+
+
+def test_every_resume_check_takes_the_run_folder_as_a_place(tmp_path, monkeypatch):
+    """The demo, `so8t train --resume` and the trainer compare through run_differences: the same folder written
+    another way is no difference, another folder or another setting is."""
+    from so8t_lib.train.run_folder import run_differences
+
+    monkeypatch.chdir(tmp_path)
+    started = load_config(Path(__file__).resolve().parents[1] / TINY, [f"training.output_dir={tmp_path / 'ck'}"])
+    again = [f"training.output_dir={spelled}" for spelled in ("ck", "./ck/", f"{tmp_path}//ck")]
+    for override in again:
+        assert run_differences(started, load_config(Path(__file__).resolve().parents[1] / TINY, [override])) == []
+    other = load_config(Path(__file__).resolve().parents[1] / TINY, ["training.output_dir=other", "training.max_steps=3"])
+    assert run_differences(started, other) == ["training.max_steps", "training.output_dir"]

@@ -14,9 +14,10 @@ import warnings
 from pathlib import Path
 
 from ..core.checkpoint import CheckpointError
-from ..core.config import ConfigError, config_differences, load_config
+from ..core.config import ConfigError, load_config
 from ..core.schema import BEST_DIR, LAST_DIR, RUN_CONFIG_FILE
 from ..data.tables import DataError
+from ..train.run_folder import run_differences
 from ..train.val_checks import TrainingDiverged
 from ..workbench.pipeline import config_of_run, train_and_calibrate
 
@@ -47,7 +48,7 @@ def _train(args: argparse.Namespace) -> None:
     run_dir = Path(config.training.output_dir)
     if args.resume and (run_dir / RUN_CONFIG_FILE).is_file():
         started = config_of_run(run_dir)  # the run continues under the config it started with
-        changed = config_differences(started.to_dict(), config.to_dict())
+        changed = run_differences(started, config)
         if changed:  # overrides that would be dropped without a word
             sys.exit(f"error: --resume continues {run_dir} under the config it started with ({run_dir / RUN_CONFIG_FILE}"
                      f"); these differ from it: {', '.join(changed)}. Resume with --config {run_dir / RUN_CONFIG_FILE}, or "

@@ -119,9 +119,26 @@ def load_trainer_state(run_dir: Path, config: SO8TConfig) -> dict:
     return saved
 
 
+def run_differences(started: SO8TConfig, asked: SO8TConfig) -> list[str]:
+    """The dotted keys where the config a run was started with and the one a resume asks for differ, the run folder
+    compared as a place (``ck``, ``./ck/`` and its absolute path are one folder): every resume check (``so8t train
+    --resume``, the demo, the trainer's own) asks here."""
+    changed = config_differences(started.to_dict(), asked.to_dict())
+    if "training.output_dir" in changed and _same_place(started.training.output_dir, asked.training.output_dir):
+        changed.remove("training.output_dir")
+    return changed
+
+
+def _same_place(a: str | Path, b: str | Path) -> bool:
+    try:
+        return Path(a).resolve() == Path(b).resolve()
+    except (OSError, RuntimeError):
+        return False
+
+
 def _saved_differences(saved: dict, config: SO8TConfig) -> list[str] | None:
     try:
-        return config_differences(config_from_dict(saved).to_dict(), config.to_dict())
+        return run_differences(config_from_dict(saved), config)
     except ConfigError:
         return None
 
@@ -133,7 +150,7 @@ def changed_keys(run_dir: Path, config: SO8TConfig) -> list[str] | None:
         before = config_from_dict(yaml.safe_load((run_dir / RUN_CONFIG_FILE).read_text(encoding="utf-8")))
     except (OSError, yaml.YAMLError, ConfigError):
         return None
-    return config_differences(before.to_dict(), config.to_dict())
+    return run_differences(before, config)
 
 
 def truncate_metrics(run_dir: Path, step: int) -> None:

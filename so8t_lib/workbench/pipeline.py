@@ -18,7 +18,7 @@ from pathlib import Path
 import yaml
 
 from ..core.checkpoint import CheckpointError, recover_interrupted_swap
-from ..core.config import ConfigError, SO8TConfig, config_differences, config_from_dict, load_config
+from ..core.config import ConfigError, SO8TConfig, config_from_dict, load_config
 from ..core.io import atomic_write_text
 from ..core.paths import CONFIGS_DIR
 from ..core.schema import (
@@ -40,7 +40,7 @@ from ..export.quantize import check_out_dir, check_out_outside
 from ..model.prompts import EXAMPLE_REQUESTS
 from ..serve.backends import load_decider
 from ..serve.router import RouterError, fit_router, load_router
-from ..train.run_folder import LOCK_FILE, RunLock
+from ..train.run_folder import LOCK_FILE, RunLock, run_differences
 from ..train.trainer import train
 
 DEFAULT_CONFIG = CONFIGS_DIR / "training.yaml"
@@ -195,9 +195,7 @@ def _config_to_continue(run_dir: Path, asked: SO8TConfig) -> SO8TConfig:
     """The config of the run in ``run_dir``, refused where the one asked for (--config and overrides) differs:
     the demo continued the run under its own config without a word, a Gemma config on a tiny run's folder too."""
     started = config_of_run(run_dir)
-    changed = config_differences(started.to_dict(), asked.to_dict())
-    if "training.output_dir" in changed and _same_folder(started.training.output_dir, asked.training.output_dir):
-        changed.remove("training.output_dir")  # ck, ./ck, /abs/ck/: one folder written three ways
+    changed = run_differences(started, asked)
     if changed:
         moved = (f" (it was started with training.output_dir={started.training.output_dir}: a run folder moved "
                  "since cannot be continued)" if "training.output_dir" in changed else "")
@@ -205,13 +203,6 @@ def _config_to_continue(run_dir: Path, asked: SO8TConfig) -> SO8TConfig:
                           f"differ from it: {', '.join(changed)}{moved}. so8t demo --retrain starts it over under "
                           "the one asked for, or choose another training.output_dir")
     return started
-
-
-def _same_folder(a: str | Path, b: str | Path) -> bool:
-    try:
-        return Path(a).resolve() == Path(b).resolve()
-    except (OSError, RuntimeError):
-        return False
 
 
 def _empty_run_folder(run_dir: Path) -> None:
