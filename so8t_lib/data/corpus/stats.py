@@ -160,38 +160,30 @@ def leakage_table(data_dir: str | Path, benchmarks_dir: str | Path | None = BENC
     return "\n".join(lines)
 
 
-def audit_of(rep: dict, audit_path: str | Path, data_dir: str | Path, df: pandas.DataFrame) -> tuple[bool, str]:
-    """(whether the audit is of the corpus in ``data_dir``, one line saying which corpus it is of). An audit records
-    its corpus's split files' SHA-256; one written before it did is matched by the families and unframed rows it
-    audited (what ``audit_labels`` counts), which another corpus (a sample, a retrained copy) does not share."""
+def audit_of(rep: dict, audit_path: str | Path, data_dir: str | Path) -> tuple[bool, str]:
+    """(whether the audit is of the corpus in ``data_dir``, one line saying which corpus it is of or that it is not):
+    an audit records its corpus's split files' SHA-256; one that records none (written before it did) is not shown,
+    as nothing says which corpus it audited."""
     named = "" if Path(data_dir).resolve() == CORPUS_DIR.resolve() else f" --data {data_dir}"  # the card's: none
     name, again = Path(audit_path).name, f"run so8t corpus audit{named}"
-    if recorded := rep.get("corpus"):
-        here = corpus_digests(data_dir)
-        if recorded == here:
-            shown = ", ".join(f"{f.removesuffix('.jsonl')} {d[:12]}" for f, d in here.items())
-            return True, f"Of this corpus: {name} records the SHA-256 of its split files ({shown})."
-        differ = [f for f in here if recorded.get(f) != here[f]]
-        return False, (f"Not shown: {audit_path} is the audit of another corpus (the SHA-256 it records for "
-                       f"{', '.join(differ)} differ from this corpus's); {again}.")
-    unframed = df[df["framing"].isna()]
-    method = rep.get("method")
-    audited = (rep["summary"]["families"], method.get("rows") if isinstance(method, dict) else None)
-    this = (unframed["family"].nunique(), len(unframed))
-    if audited == this:
-        return True, (f"Of a corpus of {this[0]} families and {this[1]} unframed rows, as this one ({name} does not "
-                      f"record which corpus: {again} to record it).")
-    return False, (f"Not shown: {audit_path} is the audit of another corpus ({audited[0]} families, {audited[1]} "
-                   f"unframed rows; this one has {this[0]} and {this[1]}); {again}.")
+    recorded, here = rep.get("corpus"), corpus_digests(data_dir)
+    if recorded == here:
+        shown = ", ".join(f"{f.removesuffix('.jsonl')} {d[:12]}" for f, d in here.items())
+        return True, f"Of this corpus: {name} records the SHA-256 of its split files ({shown})."
+    if not recorded:
+        return False, f"Not shown: {audit_path} does not record which corpus it audited; {again}."
+    differ = [f for f in here if recorded.get(f) != here[f]]
+    return False, (f"Not shown: {audit_path} is the audit of another corpus (the SHA-256 it records for "
+                   f"{', '.join(differ)} differ from this corpus's); {again}.")
 
 
-def audit_table(audit_path: str | Path, data_dir: str | Path, df: pandas.DataFrame) -> str | None:
+def audit_table(audit_path: str | Path, data_dir: str | Path) -> str | None:
     """The label audit's counts from ``label_audit.json`` under a line saying which corpus it is of, or that line
-    alone when it is of another corpus than ``data_dir``'s (``df``: its ``_frame``); None when no audit was run."""
+    alone when it is not the audit of ``data_dir``'s corpus; None when no audit was run."""
     rep = read_audit(audit_path)
     if rep is None:
         return None
-    mine, which = audit_of(rep, audit_path, data_dir, df)
+    mine, which = audit_of(rep, audit_path, data_dir)
     if not mine:
         return which
     s = rep["summary"]
@@ -237,7 +229,7 @@ def stats_text(data_dir: str | Path = CORPUS_DIR, markdown: bool = False,
         return "\n\n".join(f"{title}\n{tab.to_string()}" for title, tab in tables)
     parts = [f"**{title}**\n\n{_markdown_table(tab)}" for title, tab in tables]
     parts.append("**Leakage guard: nearest pairs**\n\n" + leakage_table(data_dir, benchmarks_dir))
-    audit = audit_table(audit_path if audit_path is not None else default_audit(data_dir), data_dir, df)
+    audit = audit_table(audit_path if audit_path is not None else default_audit(data_dir), data_dir)
     if audit:
         parts.append("**Label audit**\n\n" + audit)
     return "\n\n".join(parts)
