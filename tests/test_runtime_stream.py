@@ -170,3 +170,24 @@ def test_a_closed_output_is_no_stdin_error(tmp_path, monkeypatch, capsys):
     monkeypatch.setattr("sys.stdout", Closed())
     with pytest.raises(BrokenPipeError):
         _run_main(tmp_path, monkeypatch, capsys, b'{"user_request": "one"}\n{"user_request": "two"}\n')
+
+
+def test_a_signal_the_process_was_started_ignoring_stays_ignored():
+    """A script's background job starts with SIGINT ignored: the runtime took it over and stopped on a Ctrl-C meant
+    for the shell."""
+    before = signal.signal(signal.SIGINT, signal.SIG_IGN)
+    try:
+        with cli_runtime._stop_on_signals():
+            assert signal.getsignal(signal.SIGINT) is signal.SIG_IGN
+            assert signal.getsignal(signal.SIGTERM) not in (signal.SIG_DFL, signal.SIG_IGN)
+        assert signal.getsignal(signal.SIGINT) is signal.SIG_IGN
+    finally:
+        signal.signal(signal.SIGINT, before)
+
+
+def test_a_closed_stdin_is_an_error_not_a_traceback(tmp_path, monkeypatch, capsys):
+    agent = _agent(tmp_path, FakeDecider(ALLOW_PROBS), generate_responses=False)
+    monkeypatch.setattr(cli_runtime, "Agent", type("Loaded", (), {"from_config": staticmethod(lambda *a, **k: agent)}))
+    monkeypatch.setattr("sys.stdin", None)  # started with <&-
+    assert cli_runtime.main(["--config", "unused.yaml", "--test-mode"]) == 2
+    assert "no stdin to read requests from" in capsys.readouterr().err and _recorded(tmp_path) == 0
