@@ -17,6 +17,7 @@ from so8t_lib.export import quantize
 from so8t_lib.export.gguf_meta import GGUFError
 from so8t_lib.model import SO8TModel
 from so8t_lib.workbench import pipeline
+from tests.test_export_boundaries import SLOW_EXPORT
 
 TINY = "configs/tiny-training.yaml"
 
@@ -91,20 +92,7 @@ def test_a_failed_export_removes_the_out_folders_it_made_only(run, tmp_path, mon
     assert [p.name for p in tmp_path.iterdir()] == ["kept"] and list((tmp_path / "kept").iterdir()) == []
 
 
-STOPPED_EXPORT = """
-import sys, time
-from so8t_lib.export import quantize
-from so8t_lib.cli import main
-
-written = quantize.write_sha256_sidecar
-def staged_then_wait(path):
-    result = written(path)
-    print("staged", flush=True)
-    time.sleep(60)
-    return result
-quantize.write_sha256_sidecar = staged_then_wait
-sys.exit(main(["export", sys.argv[1], "--out", sys.argv[2]]))
-"""
+STOPPED_EXPORT = SLOW_EXPORT  # an export that waits once its first file is staged (SIGTERM then)
 
 
 def test_sigterm_during_an_export_removes_the_out_folder_it_made(run, tmp_path):
